@@ -1,0 +1,53 @@
+package schema
+
+import (
+	"time"
+
+	"entgo.io/ent"
+	"entgo.io/ent/dialect/entsql"
+	"entgo.io/ent/schema"
+	"entgo.io/ent/schema/edge"
+	"entgo.io/ent/schema/field"
+)
+
+// Profile holds the schema of the profile table: one row per user, keyed by
+// the user's id.
+type Profile struct {
+	ent.Schema
+}
+
+// Annotations names the table as the data model does.
+func (Profile) Annotations() []schema.Annotation {
+	return []schema.Annotation{entsql.Table("profile")}
+}
+
+// Fields of the Profile.
+func (Profile) Fields() []ent.Field {
+	return []ent.Field{
+		// The id is the owning user's id (see User.Edges).
+		field.Int("id").
+			StorageKey("user_id").
+			SchemaType(pgInteger).
+			Immutable(),
+		field.Text("description").
+			Optional().
+			Nillable(),
+		field.Time("created_at").
+			Default(time.Now).
+			Immutable(),
+		field.Time("last_login").
+			Optional().
+			Nillable(),
+	}
+}
+
+// Edges of the Profile.
+func (Profile) Edges() []ent.Edge {
+	return []ent.Edge{
+		edge.From("user", User.Type).
+			Ref("profile").
+			Unique().
+			Required().
+			Immutable(),
+	}
+}

@@ -1,0 +1,252 @@
+// Command parley is the Parley messenger server.
+//
+// Run with no configuration, it starts a complete server with embedded
+// stores under ./data; pointed at PostgreSQL, MongoDB and Redis it is the
+// production server. `parley migrate` applies the PostgreSQL migrations and
+// exits. See README.md and `parley -help` for the configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/parley-chat/parley/server"
+	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/sqldb"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "parley:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// options are the parsed command line.
+type options struct {
+	app       app.Config
+	addr      string
+	logFormat string
+	logLevel  slog.Level
+	migrate   bool // the "migrate" subcommand
+}
+
+// run is the whole program: it parses args (with environment fallbacks read
+// through getenv), starts the server and serves until ctx is done.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	opts, err := parseArgs(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, opts.logFormat, opts.logLevel)
+
+	if opts.migrate {
+		return migrate(ctx, opts, log, stdout)
+	}
+
+	a, err := app.Open(ctx, opts.app, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+
+	ln, err := net.Listen("tcp", opts.addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	printBanner(stdout, a, ln.Addr())
+	log.Info("serving", "addr", ln.Addr().String(), "version", opts.app.Version)
+	return a.Serve(ctx, ln)
+}
+
+func migrate(ctx context.Context, opts options, log *slog.Logger, stdout io.Writer) error {
+	if opts.app.DatabaseURL == "" {
+		return errors.New("migrate: set -database-url or PARLEY_DATABASE_URL (the embedded SQLite database migrates itself at start-up)")
+	}
+	db, err := sqldb.OpenPostgres(ctx, opts.app.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := db.Migrate(ctx, log); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "PostgreSQL schema is up to date")
+	return nil
+}
+
+func printBanner(w io.Writer, a *app.App, addr net.Addr) {
+	scheme := "http"
+	if a.TLSEnabled() {
+		scheme = "https"
+	}
+	host := "localhost"
+	if tcp, ok := addr.(*net.TCPAddr); ok && !tcp.IP.IsUnspecified() {
+		host = tcp.IP.String()
+	}
+	_, port, _ := net.SplitHostPort(addr.String())
+	base := fmt.Sprintf("%s://%s", scheme, net.JoinHostPort(host, port))
+
+	fmt.Fprintf(w, "Parley is listening on %s (Connect, gRPC and gRPC-Web over HTTP/1.1 and HTTP/2)\n", base)
+	for _, s := range a.Stores() {
+		kind := "external"
+		if s.Embedded {
+			kind = "embedded"
+		}
+		fmt.Fprintf(w, "  %-8s %s: %s\n", s.Name, kind, s.Where)
+	}
+	fmt.Fprintf(w, "Try it:\n  curl -s -H 'Content-Type: application/json' -d '{}' %s/grpc.health.v1.Health/Check\n", base)
+}
+
+func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (options, error) {
+	var opts options
+	name := "parley"
+	if len(args) > 0 {
+		args = args[1:]
+	}
+	if len(args) > 0 && args[0] == "migrate" {
+		opts.migrate = true
+		name = "parley migrate"
+		args = args[1:]
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s [flags]\n\n", name)
+		fmt.Fprintln(stderr, "Runs the Parley messenger server; `parley migrate` applies the PostgreSQL")
+		fmt.Fprintln(stderr, "migrations and exits. Every flag falls back to the environment variable")
+		fmt.Fprintln(stderr, "named in its description. With no store URL set, embedded stores are")
+		fmt.Fprint(stderr, "started under the data directory.\n\n")
+		fs.PrintDefaults()
+	}
+	e := envReader{getenv: getenv}
+	c := &opts.app
+	fs.StringVar(&opts.addr, "addr", e.str("PARLEY_ADDR", ":8080"), "listen `address` (PARLEY_ADDR)")
+	fs.StringVar(&c.DataDir, "data-dir", e.str("PARLEY_DATA_DIR", "./data"), "`directory` for the embedded stores' files (PARLEY_DATA_DIR)")
+	fs.StringVar(&c.DatabaseURL, "database-url", e.str("PARLEY_DATABASE_URL", ""), "PostgreSQL connection `URL`; empty: embedded SQLite (PARLEY_DATABASE_URL)")
+	fs.StringVar(&c.MongoURI, "mongo-uri", e.str("PARLEY_MONGO_URI", ""), "MongoDB connection `URI`; empty: embedded FerretDB (PARLEY_MONGO_URI)")
+	fs.StringVar(&c.MongoDatabase, "mongo-database", e.str("PARLEY_MONGO_DATABASE", "parley"), "MongoDB database `name` (PARLEY_MONGO_DATABASE)")
+	fs.StringVar(&c.RedisURL, "redis-url", e.str("PARLEY_REDIS_URL", ""), "Redis `URL` (redis:// or rediss://); empty: embedded miniredis (PARLEY_REDIS_URL)")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", e.str("PARLEY_REDIS_PREFIX", "parley:"), "`prefix` of every Redis key and channel (PARLEY_REDIS_PREFIX)")
+	fs.BoolVar(&c.Migrate, "migrate", e.boolean("PARLEY_MIGRATE", true), "apply pending PostgreSQL migrations at start-up (PARLEY_MIGRATE)")
+	fs.StringVar(&c.TLSCertFile, "tls-cert", e.str("PARLEY_TLS_CERT", ""), "TLS certificate `file`; with -tls-key, serve HTTPS and HTTP/2 over TLS (PARLEY_TLS_CERT)")
+	fs.StringVar(&c.TLSKeyFile, "tls-key", e.str("PARLEY_TLS_KEY", ""), "TLS private key `file` (PARLEY_TLS_KEY)")
+	cors := fs.String("cors-origins", e.str("PARLEY_CORS_ORIGINS", ""), "comma-separated browser `origins` allowed to call the API, or *; empty: CORS off (PARLEY_CORS_ORIGINS)")
+	fs.StringVar(&opts.logFormat, "log-format", e.str("PARLEY_LOG_FORMAT", "text"), "log `format`: text or json (PARLEY_LOG_FORMAT)")
+	level := fs.String("log-level", e.str("PARLEY_LOG_LEVEL", "info"), "log `level`: debug, info, warn or error (PARLEY_LOG_LEVEL)")
+	fs.Int64Var(&c.MaxRequestBytes, "max-request-bytes", e.int64("PARLEY_MAX_REQUEST_BYTES", server.DefaultMaxRequestBytes), "largest request message in `bytes` (PARLEY_MAX_REQUEST_BYTES)")
+	fs.DurationVar(&c.HealthInterval, "health-interval", e.duration("PARLEY_HEALTH_INTERVAL", 2*time.Second), "how often the stores are pinged for health (PARLEY_HEALTH_INTERVAL)")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", e.duration("PARLEY_SHUTDOWN_TIMEOUT", 15*time.Second), "time in-flight requests get to finish on shutdown (PARLEY_SHUTDOWN_TIMEOUT)")
+	if e.err != nil {
+		return opts, e.err
+	}
+	if err := fs.Parse(args); err != nil {
+		return opts, err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return opts, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err := opts.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return opts, fmt.Errorf("-log-level: %w", err)
+	}
+	if opts.logFormat != "text" && opts.logFormat != "json" {
+		return opts, fmt.Errorf("-log-format: want text or json, got %q", opts.logFormat)
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return opts, errors.New("-tls-cert and -tls-key go together")
+	}
+	if c.MaxRequestBytes <= 0 {
+		return opts, errors.New("-max-request-bytes must be positive")
+	}
+	for _, o := range strings.Split(*cors, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			c.CORSOrigins = append(c.CORSOrigins, o)
+		}
+	}
+	c.Version = version()
+	return opts, nil
+}
+
+// envReader reads flag defaults from the environment, keeping the first
+// malformed value as an error.
+type envReader struct {
+	getenv func(string) string
+	err    error
+}
+
+func (e *envReader) str(key, def string) string {
+	if v := e.getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func (e *envReader) boolean(key string, def bool) bool {
+	v := e.getenv(key)
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil && e.err == nil {
+		e.err = fmt.Errorf("%s: %w", key, err)
+	}
+	return b
+}
+
+func (e *envReader) int64(key string, def int64) int64 {
+	v := e.getenv(key)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil && e.err == nil {
+		e.err = fmt.Errorf("%s: %w", key, err)
+	}
+	return n
+}
+
+func (e *envReader) duration(key string, def time.Duration) time.Duration {
+	v := e.getenv(key)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil && e.err == nil {
+		e.err = fmt.Errorf("%s: %w", key, err)
+	}
+	return d
+}
+
+func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// version is the module version the binary was built from, or "devel".
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}

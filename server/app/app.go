@@ -1,0 +1,304 @@
+// Package app assembles a complete Parley server from its configuration:
+// it opens (or starts embedded stand-ins for) PostgreSQL, MongoDB and Redis,
+// migrates the schema, builds the handler with server.New and serves it
+// until told to stop. The program's run function and the test harness
+// (server/servertest) both use it, so tests exercise the same wiring as
+// production.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
+
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server"
+	"github.com/parley-chat/parley/server/embedded"
+	"github.com/parley-chat/parley/server/health"
+	"github.com/parley-chat/parley/server/sqldb"
+)
+
+// Config is the whole configuration of one server instance. The zero value
+// of a URL field means "start the embedded stand-in under DataDir".
+type Config struct {
+	// DataDir holds the embedded stores' files.
+	DataDir string
+	// DatabaseURL is a PostgreSQL connection string.
+	DatabaseURL string
+	// MongoURI is a MongoDB connection string.
+	MongoURI string
+	// MongoDatabase names the MongoDB database to use.
+	MongoDatabase string
+	// RedisURL is a redis:// or rediss:// URL.
+	RedisURL string
+	// RedisPrefix starts every Redis key and channel Parley uses, so that
+	// several deployments (or test runs) can share one Redis.
+	RedisPrefix string
+	// Migrate applies pending PostgreSQL migrations at start-up.
+	Migrate bool
+	// TLSCertFile and TLSKeyFile, when both set, serve HTTPS (HTTP/2 over
+	// TLS) instead of cleartext HTTP/1.1 and h2c.
+	TLSCertFile, TLSKeyFile string
+	// CORSOrigins lists the browser origins allowed to call the API.
+	CORSOrigins []string
+	// MaxRequestBytes limits the size of one request message.
+	MaxRequestBytes int64
+	// HealthInterval is how often the stores are pinged.
+	HealthInterval time.Duration
+	// ShutdownTimeout bounds how long in-flight requests may take to finish
+	// once shutdown begins.
+	ShutdownTimeout time.Duration
+	// Version is the build version.
+	Version string
+}
+
+// StoreInfo says where one store lives, for the start-up banner.
+type StoreInfo struct {
+	// Name is "postgres", "mongodb" or "redis".
+	Name string
+	// Embedded is true when the store runs inside this process.
+	Embedded bool
+	// Where describes the store's location, without credentials.
+	Where string
+}
+
+// App is an assembled server with open stores.
+type App struct {
+	cfg     Config
+	log     *slog.Logger
+	db      *sqldb.DB
+	mongo   *mongo.Client
+	redis   *redis.Client
+	monitor *health.Monitor
+	stores  []StoreInfo
+	closers []func() error
+
+	drain     context.Context
+	stopDrain context.CancelFunc
+}
+
+// Open connects to (or starts) the stores named by cfg and migrates the
+// schema. On error, whatever was opened is closed again.
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) {
+	if cfg.MongoDatabase == "" {
+		cfg.MongoDatabase = "parley"
+	}
+	if cfg.HealthInterval <= 0 {
+		cfg.HealthInterval = 2 * time.Second
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 15 * time.Second
+	}
+	a := &App{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	if err := a.openSQL(ctx); err != nil {
+		return nil, err
+	}
+	if err := a.openMongo(ctx); err != nil {
+		return nil, err
+	}
+	if err := a.openRedis(ctx); err != nil {
+		return nil, err
+	}
+
+	a.monitor = health.NewMonitor(log, cfg.HealthInterval, 2*time.Second, []health.Probe{
+		{Name: "postgres", Ping: a.db.Ping},
+		{Name: "mongodb", Ping: func(ctx context.Context) error { return a.mongo.Ping(ctx, readpref.Primary()) }},
+		{Name: "redis", Ping: func(ctx context.Context) error { return a.redis.Ping(ctx).Err() }},
+	}, services()...)
+	a.monitor.CheckNow(ctx)
+	a.drain, a.stopDrain = context.WithCancel(context.Background())
+	return a, nil
+}
+
+// services lists the API services whose health is reported by name.
+func services() []string {
+	return []string{
+		parleyv1connect.ServerServiceName,
+	}
+}
+
+func (a *App) openSQL(ctx context.Context) error {
+	var err error
+	if a.cfg.DatabaseURL == "" {
+		path := filepath.Join(a.cfg.DataDir, "parley.db")
+		if err := mkdirData(a.cfg.DataDir); err != nil {
+			return err
+		}
+		a.db, err = sqldb.OpenSQLite(ctx, path)
+		if err != nil {
+			return err
+		}
+		a.stores = append(a.stores, StoreInfo{Name: "postgres", Embedded: true, Where: "SQLite at " + path})
+	} else {
+		a.db, err = sqldb.OpenPostgres(ctx, a.cfg.DatabaseURL)
+		if err != nil {
+			return err
+		}
+		a.stores = append(a.stores, StoreInfo{Name: "postgres", Where: redactURL(a.cfg.DatabaseURL)})
+	}
+	a.closers = append(a.closers, a.db.Close)
+	if a.cfg.Migrate || a.db.Dialect != "postgres" {
+		if err := a.db.Migrate(ctx, a.log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *App) openMongo(ctx context.Context) error {
+	uri := a.cfg.MongoURI
+	if uri == "" {
+		dir := filepath.Join(a.cfg.DataDir, "mongo")
+		m, err := embedded.StartMongo(dir, a.log)
+		if err != nil {
+			return err
+		}
+		a.closers = append(a.closers, m.Close)
+		uri = m.URI()
+		a.stores = append(a.stores, StoreInfo{Name: "mongodb", Embedded: true, Where: "FerretDB on SQLite at " + dir})
+	} else {
+		a.stores = append(a.stores, StoreInfo{Name: "mongodb", Where: redactURL(uri)})
+	}
+	client, err := mongo.Connect(options.Client().
+		ApplyURI(uri).
+		SetServerSelectionTimeout(5 * time.Second).
+		SetAppName("parley"))
+	if err != nil {
+		return fmt.Errorf("connect mongodb: %w", err)
+	}
+	a.mongo = client
+	a.closers = append(a.closers, func() error { return client.Disconnect(context.Background()) })
+	if err := client.Ping(ctx, readpref.Primary()); err != nil {
+		return fmt.Errorf("ping mongodb: %w", err)
+	}
+	return nil
+}
+
+func (a *App) openRedis(ctx context.Context) error {
+	url := a.cfg.RedisURL
+	if url == "" {
+		r, err := embedded.StartRedis()
+		if err != nil {
+			return err
+		}
+		a.closers = append(a.closers, r.Close)
+		url = r.URL()
+		a.stores = append(a.stores, StoreInfo{Name: "redis", Embedded: true, Where: "miniredis, in memory"})
+	} else {
+		a.stores = append(a.stores, StoreInfo{Name: "redis", Where: redactURL(url)})
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return fmt.Errorf("redis url: %w", err)
+	}
+	a.redis = redis.NewClient(opts)
+	a.closers = append(a.closers, a.redis.Close)
+	if err := a.redis.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("ping redis: %w", err)
+	}
+	return nil
+}
+
+// Stores describes where each store lives.
+func (a *App) Stores() []StoreInfo { return a.stores }
+
+// Health returns the store monitor behind grpc.health.v1.Health.
+func (a *App) Health() *health.Monitor { return a.monitor }
+
+// Handler returns the HTTP handler serving every service.
+func (a *App) Handler() http.Handler {
+	return server.New(server.Deps{
+		Log:             a.log,
+		Health:          a.monitor,
+		Drain:           a.drain,
+		Version:         a.cfg.Version,
+		CORSOrigins:     a.cfg.CORSOrigins,
+		MaxRequestBytes: a.cfg.MaxRequestBytes,
+	})
+}
+
+// TLSEnabled reports whether Serve speaks HTTPS.
+func (a *App) TLSEnabled() bool {
+	return a.cfg.TLSCertFile != "" && a.cfg.TLSKeyFile != ""
+}
+
+// Serve serves the API on ln until ctx is done, then shuts down gracefully:
+// health turns NOT_SERVING, open streams end, in-flight requests get
+// ShutdownTimeout to finish. It returns nil after a clean shutdown.
+func (a *App) Serve(ctx context.Context, ln net.Listener) error {
+	var tlsConfig *tls.Config
+	if a.TLSEnabled() {
+		cert, err := tls.LoadX509KeyPair(a.cfg.TLSCertFile, a.cfg.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		ln = tls.NewListener(ln, tlsConfig)
+	}
+	srv := server.NewHTTPServer(ln.Addr().String(), a.Handler(), tlsConfig)
+	srv.ErrorLog = slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)
+
+	monitorCtx, stopMonitor := context.WithCancel(context.Background())
+	monitorDone := make(chan struct{})
+	go func() {
+		defer close(monitorDone)
+		a.monitor.Run(monitorCtx)
+	}()
+	defer func() {
+		stopMonitor()
+		<-monitorDone
+	}()
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	a.log.Info("shutting down")
+	a.monitor.Shutdown()
+	a.stopDrain()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(shutdownCtx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		srv.Close()
+		return fmt.Errorf("shutdown: requests still running after %s", a.cfg.ShutdownTimeout)
+	}
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// Close closes the stores and stops the embedded ones, in reverse order of
+// opening.
+func (a *App) Close() error {
+	var errs []error
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		errs = append(errs, a.closers[i]())
+	}
+	a.closers = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,122 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
+	"connectrpc.com/grpcreflect"
+	"connectrpc.com/validate"
+	"github.com/rs/cors"
+
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/health"
+	"github.com/parley-chat/parley/server/info"
+)
+
+// DefaultMaxRequestBytes is the default limit on one request message.
+const DefaultMaxRequestBytes = 4 << 20
+
+// Deps is everything the handlers need, built once by the caller.
+type Deps struct {
+	// Log receives request lines and internal errors.
+	Log *slog.Logger
+	// Health answers grpc.health.v1.Health; it reflects the stores' state.
+	Health *health.Monitor
+	// Drain is cancelled when the server starts shutting down; open streams
+	// end then.
+	Drain context.Context
+	// Version is the build version reported by ServerService.
+	Version string
+	// CORSOrigins lists the browser origins allowed to call the API; "*"
+	// allows any. Empty disables CORS.
+	CORSOrigins []string
+	// MaxRequestBytes limits the size of one request message;
+	// DefaultMaxRequestBytes when zero.
+	MaxRequestBytes int64
+}
+
+// New returns the HTTP handler that serves every Parley service over the
+// Connect, gRPC and gRPC-Web protocols, plus gRPC health and reflection.
+func New(d Deps) http.Handler {
+	if d.MaxRequestBytes <= 0 {
+		d.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if d.Drain == nil {
+		d.Drain = context.Background()
+	}
+	opts := []connect.HandlerOption{
+		connect.WithInterceptors(
+			recordInterceptor{},
+			drainInterceptor{drain: d.Drain},
+			validate.NewInterceptor(),
+		),
+		connect.WithReadMaxBytes(int(d.MaxRequestBytes)),
+		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
+			d.Log.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p)
+			return connect.NewError(connect.CodeInternal, errInternal)
+		}),
+	}
+
+	mux := http.NewServeMux()
+	services := []string{
+		parleyv1connect.ServerServiceName,
+	}
+	mux.Handle(parleyv1connect.NewServerServiceHandler(
+		info.NewService(d.Version, d.MaxRequestBytes), opts...))
+
+	mux.Handle(health.NewHandler(d.Health, opts...))
+	reflector := grpcreflect.NewStaticReflector(append(services, health.ServiceName)...)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector, opts...))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, opts...))
+
+	var h http.Handler = mux
+	if len(d.CORSOrigins) > 0 {
+		h = withCORS(d.CORSOrigins, h)
+	}
+	return withRequestLog(d.Log, h)
+}
+
+// withCORS lets browsers on the given origins call the API with any of the
+// three protocols.
+func withCORS(origins []string, h http.Handler) http.Handler {
+	return cors.New(cors.Options{
+		AllowedOrigins: origins,
+		AllowedMethods: connectcors.AllowedMethods(),
+		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization"),
+		ExposedHeaders: connectcors.ExposedHeaders(),
+		MaxAge:         7200,
+	}).Handler(h)
+}
+
+// NewHTTPServer returns an http.Server for handler that speaks HTTP/1.1 and
+// HTTP/2, the latter over TLS when tlsConfig is set and as cleartext h2c
+// otherwise. Its timeouts bound slow clients without cutting long streams:
+// only reading the headers and idling are limited, not a whole request.
+func NewHTTPServer(addr string, handler http.Handler, tlsConfig *tls.Config) *http.Server {
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	if tlsConfig != nil {
+		protocols.SetHTTP2(true)
+	} else {
+		protocols.SetUnencryptedHTTP2(true)
+	}
+	return &http.Server{
+		Addr:              addr,
+		Handler:           handler,
+		TLSConfig:         tlsConfig,
+		Protocols:         &protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: 1000,
+			SendPingTimeout:      30 * time.Second,
+			PingTimeout:          15 * time.Second,
+		},
+	}
+}
