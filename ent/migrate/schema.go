@@ -15,7 +15,7 @@ var (
 		{Name: "avatar_url", Type: field.TypeString, Size: 2147483647},
 		{Name: "is_active", Type: field.TypeBool, Default: false},
 		{Name: "is_random", Type: field.TypeBool, Default: false},
-		{Name: "uploaded_at", Type: field.TypeTime},
+		{Name: "uploaded_at", Type: field.TypeTime, Default: "CURRENT_TIMESTAMP"},
 		{Name: "user_id", Type: field.TypeInt, SchemaType: map[string]string{"postgres": "integer"}},
 	}
 	// AvatarsTable holds the schema information for the "avatars" table.
@@ -49,9 +49,9 @@ var (
 	}
 	// ProfileColumns holds the columns for the "profile" table.
 	ProfileColumns = []*schema.Column{
-		{Name: "user_id", Type: field.TypeInt, Increment: true, SchemaType: map[string]string{"postgres": "integer"}},
+		{Name: "user_id", Type: field.TypeInt, SchemaType: map[string]string{"postgres": "integer"}},
 		{Name: "description", Type: field.TypeString, Nullable: true, Size: 2147483647},
-		{Name: "created_at", Type: field.TypeTime},
+		{Name: "created_at", Type: field.TypeTime, Default: "CURRENT_TIMESTAMP"},
 		{Name: "last_login", Type: field.TypeTime, Nullable: true},
 	}
 	// ProfileTable holds the schema information for the "profile" table.

@@ -41,7 +41,8 @@ func (Avatar) Fields() []ent.Field {
 			Default(false),
 		field.Time("uploaded_at").
 			Default(time.Now).
-			Immutable(),
+			Immutable().
+			Annotations(entsql.Default("CURRENT_TIMESTAMP")),
 	}
 }
 

@@ -24,17 +24,19 @@ func (Profile) Annotations() []schema.Annotation {
 // Fields of the Profile.
 func (Profile) Fields() []ent.Field {
 	return []ent.Field{
-		// The id is the owning user's id (see User.Edges).
+		// The id is the owning user's id (see User.Edges), never generated.
 		field.Int("id").
 			StorageKey("user_id").
 			SchemaType(pgInteger).
-			Immutable(),
+			Immutable().
+			Annotations(entsql.Annotation{Incremental: new(false)}),
 		field.Text("description").
 			Optional().
 			Nillable(),
 		field.Time("created_at").
 			Default(time.Now).
-			Immutable(),
+			Immutable().
+			Annotations(entsql.Default("CURRENT_TIMESTAMP")),
 		field.Time("last_login").
 			Optional().
 			Nillable(),

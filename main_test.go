@@ -1,0 +1,242 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/servertest"
+	"github.com/parley-chat/parley/server/sqldb"
+)
+
+// startRun runs the program in-process with the given environment and
+// returns its base URL, its banner, and a function that stops it and
+// returns run's error.
+func startRun(t *testing.T, env map[string]string, args ...string) (baseURL, banner string, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdoutR, stdoutW := io.Pipe()
+	var stderr bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		err := run(ctx, append([]string{"parley"}, args...), func(k string) string { return env[k] }, stdoutW, &stderr)
+		stdoutW.CloseWithError(io.EOF)
+		done <- err
+	}()
+
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdoutR)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	urlRE := regexp.MustCompile(`listening on (http://\S+)`)
+	var out strings.Builder
+	timeout := time.After(time.Minute)
+	for baseURL == "" || !strings.Contains(out.String(), "curl") {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				cancel()
+				t.Fatalf("run ended before serving: %v\nstdout:\n%s\nstderr:\n%s", <-done, out.String(), stderr.String())
+			}
+			out.WriteString(line + "\n")
+			if m := urlRE.FindStringSubmatch(line); m != nil {
+				baseURL = m[1]
+			}
+		case <-timeout:
+			cancel()
+			t.Fatalf("no banner after a minute; stdout:\n%s", out.String())
+		}
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+	stopped := false
+	stop = func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		return <-done
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	return baseURL, out.String(), stop
+}
+
+// TestRun_EmbeddedDefaults starts the program as `go run .` does, with no
+// store configured, and checks that the banner's curl command works and the
+// API answers over Connect and gRPC.
+func TestRun_EmbeddedDefaults(t *testing.T) {
+	baseURL, banner, stop := startRun(t, nil, "-addr", "127.0.0.1:0", "-data-dir", t.TempDir())
+	for _, store := range []string{"postgres embedded: SQLite", "mongodb  embedded: FerretDB", "redis    embedded: miniredis"} {
+		if !strings.Contains(banner, store) {
+			t.Errorf("banner does not say %q:\n%s", store, banner)
+		}
+	}
+
+	// The banner's curl command: a JSON health check.
+	res, err := http.Post(baseURL+"/grpc.health.v1.Health/Check", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if got, want := strings.TrimSpace(string(body)), `{"status":"SERVING"}`; got != want {
+		t.Errorf("health check = %s, want %s", got, want)
+	}
+
+	srv := &servertest.Server{URL: baseURL}
+	for _, p := range servertest.Protocols {
+		t.Run(p.Name, func(t *testing.T) {
+			c := servertest.Client(srv, p, parleyv1connect.NewServerServiceClient)
+			res, err := c.GetServerInfo(context.Background(), connect.NewRequest(&parleyv1.GetServerInfoRequest{}))
+			if err != nil {
+				t.Fatalf("GetServerInfo: %v", err)
+			}
+			if got, want := res.Msg.GetApi(), "parley.v1"; got != want {
+				t.Errorf("api = %q, want %q", got, want)
+			}
+		})
+	}
+	if err := stop(); err != nil {
+		t.Errorf("run after shutdown: %v", err)
+	}
+}
+
+// TestRun_ExternalStores points the program at real PostgreSQL and Redis:
+// each URL that is set replaces its embedded store.
+func TestRun_ExternalStores(t *testing.T) {
+	dbURL := servertest.CreateDatabase(t)
+	redisURL := servertest.DefaultRedisURL
+	if u := os.Getenv("PARLEY_TEST_REDIS_URL"); u != "" {
+		redisURL = u
+	}
+	env := map[string]string{
+		"PARLEY_ADDR":         "127.0.0.1:0",
+		"PARLEY_DATA_DIR":     t.TempDir(),
+		"PARLEY_DATABASE_URL": dbURL,
+		"PARLEY_REDIS_URL":    redisURL,
+		"PARLEY_REDIS_PREFIX": "parley_test_run:",
+	}
+	_, banner, _ := startRun(t, env)
+	for _, want := range []string{"postgres external:", "redis    external:", "mongodb  embedded:"} {
+		if !strings.Contains(banner, want) {
+			t.Errorf("banner does not say %q:\n%s", want, banner)
+		}
+	}
+}
+
+func TestParseArgs(t *testing.T) {
+	cases := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		check   func(t *testing.T, o options)
+		wantErr string
+	}{
+		{
+			name: "defaults",
+			check: func(t *testing.T, o options) {
+				if o.addr != ":8080" || o.app.DataDir != "./data" || !o.app.Migrate || o.app.RedisPrefix != "parley:" {
+					t.Errorf("defaults = %+v", o)
+				}
+			},
+		},
+		{
+			name: "environment fallbacks",
+			env: map[string]string{
+				"PARLEY_ADDR": ":9000", "PARLEY_MIGRATE": "false",
+				"PARLEY_CORS_ORIGINS": "https://a.example, https://b.example",
+			},
+			check: func(t *testing.T, o options) {
+				if o.addr != ":9000" || o.app.Migrate {
+					t.Errorf("addr=%q migrate=%v", o.addr, o.app.Migrate)
+				}
+				if got := strings.Join(o.app.CORSOrigins, " "); got != "https://a.example https://b.example" {
+					t.Errorf("cors origins = %q", got)
+				}
+			},
+		},
+		{
+			name: "flags override the environment",
+			args: []string{"-addr", ":7000"},
+			env:  map[string]string{"PARLEY_ADDR": ":9000"},
+			check: func(t *testing.T, o options) {
+				if o.addr != ":7000" {
+					t.Errorf("addr = %q, want :7000", o.addr)
+				}
+			},
+		},
+		{
+			name: "migrate subcommand",
+			args: []string{"migrate", "-database-url", "postgres://x"},
+			check: func(t *testing.T, o options) {
+				if !o.migrate || o.app.DatabaseURL != "postgres://x" {
+					t.Errorf("migrate=%v database=%q", o.migrate, o.app.DatabaseURL)
+				}
+			},
+		},
+		{name: "malformed environment", env: map[string]string{"PARLEY_HEALTH_INTERVAL": "soon"}, wantErr: "PARLEY_HEALTH_INTERVAL"},
+		{name: "tls key without cert", args: []string{"-tls-key", "k.pem"}, wantErr: "go together"},
+		{name: "bad log level", args: []string{"-log-level", "loud"}, wantErr: "-log-level"},
+		{name: "bad log format", args: []string{"-log-format", "xml"}, wantErr: "-log-format"},
+		{name: "stray argument", args: []string{"serve"}, wantErr: "unexpected argument"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := parseArgs(append([]string{"parley"}, tc.args...), func(k string) string { return tc.env[k] }, io.Discard)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one mentioning %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseArgs: %v", err)
+			}
+			tc.check(t, o)
+		})
+	}
+}
+
+// TestRun_Migrate applies the PostgreSQL migrations with `parley migrate`.
+func TestRun_Migrate(t *testing.T) {
+	dbURL := servertest.CreateDatabase(t)
+	var stdout bytes.Buffer
+	err := run(context.Background(), []string{"parley", "migrate", "-database-url", dbURL},
+		func(string) string { return "" }, &stdout, io.Discard)
+	if err != nil {
+		t.Fatalf("parley migrate: %v", err)
+	}
+	if !strings.Contains(stdout.String(), "up to date") {
+		t.Errorf("stdout = %q, want it to say the schema is up to date", stdout.String())
+	}
+	db, err := sqldb.OpenPostgres(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if pending, err := db.Pending(context.Background()); err != nil || pending {
+		t.Errorf("Pending() = %v, %v after parley migrate; want false, nil", pending, err)
+	}
+}

@@ -1,0 +1,152 @@
+package servertest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/parley-chat/parley/server/app"
+)
+
+// Server is a complete Parley server running in-process on a loopback port.
+type Server struct {
+	// URL is the server's base URL, such as "http://127.0.0.1:41234".
+	URL string
+	// App is the assembled server, for access to its stores.
+	App *app.App
+
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// Option adjusts the configuration of a test server.
+type Option func(*app.Config)
+
+// WithConfig lets a test change any part of the server's configuration.
+func WithConfig(f func(*app.Config)) Option { return Option(f) }
+
+// New starts a server on the package's shared stores (see SharedStores)
+// and stops it when tb's test ends. Its log goes to tb.Log when the test
+// runs with -v or fails, and to nowhere otherwise.
+func New(tb testing.TB, opts ...Option) *Server {
+	tb.Helper()
+	stores := SharedStores(tb)
+	cfg := app.Config{
+		DataDir:         tb.TempDir(),
+		DatabaseURL:     stores.DatabaseURL,
+		MongoURI:        stores.MongoURI,
+		MongoDatabase:   stores.MongoDatabase,
+		RedisURL:        stores.RedisURL,
+		RedisPrefix:     stores.RedisPrefix,
+		Migrate:         true,
+		HealthInterval:  50 * time.Millisecond,
+		ShutdownTimeout: 5 * time.Second,
+		Version:         "test",
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return Start(tb, cfg, log)
+}
+
+// Start starts a server with exactly the given configuration and stops it
+// when tb's test ends.
+func Start(tb testing.TB, cfg app.Config, log *slog.Logger) *Server {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := app.Open(ctx, cfg, log)
+	if err != nil {
+		tb.Fatalf("servertest: open: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		a.Close()
+		tb.Fatalf("servertest: listen: %v", err)
+	}
+	serveCtx, stop := context.WithCancel(context.Background())
+	s := &Server{
+		URL:    "http://" + ln.Addr().String(),
+		App:    a,
+		cancel: stop,
+		done:   make(chan error, 1),
+	}
+	go func() {
+		err := a.Serve(serveCtx, ln)
+		s.done <- errors.Join(err, a.Close())
+	}()
+	tb.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			tb.Errorf("servertest: stop: %v", err)
+		}
+	})
+	return s
+}
+
+// Stop shuts the server down gracefully and returns Serve's error. It is
+// safe to call more than once.
+func (s *Server) Stop() error {
+	s.cancel()
+	err, ok := <-s.done
+	if ok {
+		close(s.done)
+	}
+	return err
+}
+
+// Protocol is one of the RPC protocols clients use to reach the server.
+type Protocol struct {
+	// Name is "connect", "grpc" or "grpcweb".
+	Name string
+	// Options select the protocol on a generated client.
+	Options []connect.ClientOption
+	// HTTPClient carries the calls: HTTP/1.1 for Connect and gRPC-Web as
+	// browsers use them, cleartext HTTP/2 for gRPC.
+	HTTPClient *http.Client
+}
+
+// Protocols lists the protocols integration tests run every case over.
+var Protocols = []Protocol{
+	{Name: "connect", HTTPClient: http1Client},
+	{Name: "grpc", Options: []connect.ClientOption{connect.WithGRPC()}, HTTPClient: h2cClient},
+	{Name: "grpcweb", Options: []connect.ClientOption{connect.WithGRPCWeb()}, HTTPClient: http1Client},
+}
+
+var (
+	http1Client = &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: 100,
+	}}
+	h2cClient = func() *http.Client {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		return &http.Client{Transport: &http.Transport{Protocols: &p}}
+	}()
+)
+
+// Client returns a generated client of the server for the protocol, for
+// example:
+//
+//	c := servertest.Client(srv, p, parleyv1connect.NewServerServiceClient)
+func Client[T any](s *Server, p Protocol, newClient func(connect.HTTPClient, string, ...connect.ClientOption) T) T {
+	return newClient(p.HTTPClient, s.URL, p.Options...)
+}
+
+// testWriter sends log output to tb.Log, line by line.
+type testWriter struct{ tb testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.tb.Helper()
+	w.tb.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+var _ io.Writer = testWriter{}

@@ -1,0 +1,245 @@
+// Package servertest starts complete Parley servers in-process for
+// integration tests, on real stores: PostgreSQL and Redis from
+// PARLEY_TEST_DATABASE_URL and PARLEY_TEST_REDIS_URL (default: the local
+// services on their standard ports), MongoDB from PARLEY_TEST_MONGO_URI or,
+// when that is unset, an embedded FerretDB.
+//
+// Each test binary (so each package) works in its own PostgreSQL database,
+// Redis key prefix and MongoDB database, created on first use and removed
+// when the package's tests end. Packages that use it call Main from their
+// TestMain:
+//
+//	func TestMain(m *testing.M) { servertest.Main(m) }
+package servertest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/parley-chat/parley/server/embedded"
+)
+
+// Default addresses of the local services, used when the environment names
+// none.
+const (
+	DefaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	DefaultRedisURL    = "redis://127.0.0.1:6379/0"
+)
+
+// Stores names the stores one test package works in.
+type Stores struct {
+	// DatabaseURL points at the package's own PostgreSQL database.
+	DatabaseURL string
+	// MongoURI and MongoDatabase name the package's MongoDB database.
+	MongoURI      string
+	MongoDatabase string
+	// RedisURL and RedisPrefix name the package's Redis key space.
+	RedisURL    string
+	RedisPrefix string
+}
+
+var shared struct {
+	mu       sync.Mutex
+	inMain   bool
+	stores   *Stores
+	cleanups []func() error
+}
+
+// Main runs the package's tests, then removes the stores they used, and
+// exits with the tests' status.
+func Main(m *testing.M) {
+	shared.mu.Lock()
+	shared.inMain = true
+	shared.mu.Unlock()
+	code := m.Run()
+	shared.mu.Lock()
+	for i := len(shared.cleanups) - 1; i >= 0; i-- {
+		if err := shared.cleanups[i](); err != nil {
+			fmt.Fprintln(os.Stderr, "servertest: cleanup:", err)
+			if code == 0 {
+				code = 1
+			}
+		}
+	}
+	shared.mu.Unlock()
+	os.Exit(code)
+}
+
+// SharedStores returns the package's stores, creating them on first use.
+func SharedStores(tb testing.TB) *Stores {
+	tb.Helper()
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if !shared.inMain {
+		tb.Fatal("servertest: call servertest.Main(m) from the package's TestMain")
+	}
+	if shared.stores != nil {
+		return shared.stores
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := &Stores{}
+	var err error
+	if s.DatabaseURL, err = createPostgres(ctx); err != nil {
+		tb.Fatalf("servertest: %v", err)
+	}
+	if s.MongoURI, s.MongoDatabase, err = createMongo(ctx); err != nil {
+		tb.Fatalf("servertest: %v", err)
+	}
+	if s.RedisURL, s.RedisPrefix, err = createRedis(ctx); err != nil {
+		tb.Fatalf("servertest: %v", err)
+	}
+	shared.stores = s
+	return s
+}
+
+// AdminDatabaseURL returns the URL of the PostgreSQL server's maintenance
+// database that tests create their databases from.
+func AdminDatabaseURL() string {
+	if u := os.Getenv("PARLEY_TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return DefaultDatabaseURL
+}
+
+// CreateDatabase creates an empty PostgreSQL database, dropped when tb's
+// test ends, and returns its URL.
+func CreateDatabase(tb testing.TB) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dbURL, drop, err := newDatabase(ctx)
+	if err != nil {
+		tb.Fatalf("servertest: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := drop(); err != nil {
+			tb.Errorf("servertest: %v", err)
+		}
+	})
+	return dbURL
+}
+
+func createPostgres(ctx context.Context) (string, error) {
+	dbURL, drop, err := newDatabase(ctx)
+	if err != nil {
+		return "", err
+	}
+	shared.cleanups = append(shared.cleanups, drop)
+	return dbURL, nil
+}
+
+func newDatabase(ctx context.Context) (dbURL string, drop func() error, err error) {
+	admin := AdminDatabaseURL()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		return "", nil, fmt.Errorf("postgres at %s: %w (set PARLEY_TEST_DATABASE_URL, or run the tests with `make test`)", admin, err)
+	}
+	defer conn.Close(ctx)
+	name := "parley_test_" + randomHex()
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", nil, fmt.Errorf("create database: %w", err)
+	}
+	u, err := url.Parse(admin)
+	if err != nil {
+		return "", nil, fmt.Errorf("PARLEY_TEST_DATABASE_URL: %w", err)
+	}
+	u.Path = "/" + name
+	drop = func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			return fmt.Errorf("drop database %s: %w", name, err)
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+			return fmt.Errorf("drop database %s: %w", name, err)
+		}
+		return nil
+	}
+	return u.String(), drop, nil
+}
+
+func createMongo(ctx context.Context) (uri, database string, err error) {
+	database = "parley_test_" + randomHex()
+	uri = os.Getenv("PARLEY_TEST_MONGO_URI")
+	if uri == "" {
+		dir, err := os.MkdirTemp("", "parley-ferretdb-")
+		if err != nil {
+			return "", "", err
+		}
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+		m, err := embedded.StartMongo(dir, log)
+		if err != nil {
+			os.RemoveAll(dir)
+			return "", "", err
+		}
+		shared.cleanups = append(shared.cleanups, func() error {
+			m.Close()
+			return os.RemoveAll(dir)
+		})
+		return m.URI(), database, nil
+	}
+	shared.cleanups = append(shared.cleanups, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		client, err := mongo.Connect(options.Client().ApplyURI(uri))
+		if err != nil {
+			return fmt.Errorf("drop mongo database: %w", err)
+		}
+		defer client.Disconnect(ctx)
+		return client.Database(database).Drop(ctx)
+	})
+	return uri, database, nil
+}
+
+func createRedis(ctx context.Context) (redisURL, prefix string, err error) {
+	redisURL = os.Getenv("PARLEY_TEST_REDIS_URL")
+	if redisURL == "" {
+		redisURL = DefaultRedisURL
+	}
+	opts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return "", "", fmt.Errorf("PARLEY_TEST_REDIS_URL: %w", err)
+	}
+	client := redis.NewClient(opts)
+	if err := client.Ping(ctx).Err(); err != nil {
+		client.Close()
+		return "", "", fmt.Errorf("redis at %s: %w (set PARLEY_TEST_REDIS_URL, or run the tests with `make test`)", redisURL, err)
+	}
+	prefix = "parley_test_" + randomHex() + ":"
+	shared.cleanups = append(shared.cleanups, func() error {
+		defer client.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var errs []error
+		iter := client.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			errs = append(errs, client.Del(ctx, iter.Val()).Err())
+		}
+		errs = append(errs, iter.Err())
+		return errors.Join(errs...)
+	})
+	return redisURL, prefix, nil
+}
+
+func randomHex() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
