@@ -1,0 +1,37 @@
+// Package server mounts every Parley service on one http.Handler: the
+// Connect handlers generated from proto/parley/v1 (served over the Connect,
+// gRPC and gRPC-Web protocols alike), gRPC health and reflection, CORS,
+// request size limits, panic recovery and one log line per request.
+//
+// # Package map
+//
+// A request for parley.v1.XService/Method leads to proto/parley/v1/x.proto,
+// to the generated interface in gen/parley/v1/parleyv1connect, and to its
+// implementation in server/<domain>/.
+//
+//	server/             New(Deps) http.Handler, request log, stream draining
+//	server/info/        parley.v1.ServerService: version and limits
+//	server/health/      grpc.health.v1.Health from periodic store pings
+//	server/sqldb/       PostgreSQL (or embedded SQLite) behind ent; migrations
+//	server/embedded/    FerretDB and miniredis, the zero-setup stand-ins
+//	server/app/         Config -> open stores -> handler -> serve; used by
+//	                    main and by the test harness
+//	server/servertest/  in-process servers on real stores for tests
+//
+// # Import graph
+//
+// Imports point down this list only; nothing imports main or servertest
+// (tests aside), and only app and servertest import embedded, which carries
+// FerretDB's weight:
+//
+//	main
+//	server/app, server/servertest
+//	server
+//	server/<domain> (info, ...), server/health
+//	server/sqldb, server/embedded
+//	gen/..., ent/...
+//
+// A domain package that needs another domain's answer (for example, "is
+// this user in this chat?") declares a one-method interface for it, which
+// app wires to the implementation; domains never import each other.
+package server
