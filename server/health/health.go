@@ -194,6 +194,11 @@ func (m *Monitor) Watch(
 		}
 		select {
 		case <-ctx.Done():
+			// A shutdown turns the status NOT_SERVING just before it ends
+			// the streams; let the watcher see that last change.
+			if status, _ := m.current(); status != last {
+				_ = stream.Send(&healthv1.HealthCheckResponse{Status: status})
+			}
 			return nil
 		case <-changed:
 		}
