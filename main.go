@@ -24,6 +24,7 @@ import (
 
 	"github.com/parley-chat/parley/server"
 	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/sqldb"
 )
 
@@ -154,6 +155,10 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.Int64Var(&c.MaxRequestBytes, "max-request-bytes", e.int64("PARLEY_MAX_REQUEST_BYTES", server.DefaultMaxRequestBytes), "largest request message in `bytes` (PARLEY_MAX_REQUEST_BYTES)")
 	fs.DurationVar(&c.HealthInterval, "health-interval", e.duration("PARLEY_HEALTH_INTERVAL", 2*time.Second), "how often the stores are pinged for health (PARLEY_HEALTH_INTERVAL)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", e.duration("PARLEY_SHUTDOWN_TIMEOUT", 15*time.Second), "time in-flight requests get to finish on shutdown (PARLEY_SHUTDOWN_TIMEOUT)")
+	fs.StringVar(&c.JWTKeyFile, "jwt-key-file", e.str("PARLEY_JWT_KEY_FILE", ""), "PEM `file` with the Ed25519 key that signs access tokens, shared by all instances; empty: jwt-ed25519.pem in the data directory, created if missing (PARLEY_JWT_KEY_FILE)")
+	fs.DurationVar(&c.AccessTokenTTL, "access-token-ttl", e.duration("PARLEY_ACCESS_TOKEN_TTL", auth.MaxAccessTTL), "lifetime of an access token, at most 15m (PARLEY_ACCESS_TOKEN_TTL)")
+	fs.DurationVar(&c.SessionTTL, "session-ttl", e.duration("PARLEY_SESSION_TTL", 30*24*time.Hour), "how long a session lasts without a refresh (PARLEY_SESSION_TTL)")
+	fs.StringVar(&c.ClientIPHeader, "client-ip-header", e.str("PARLEY_CLIENT_IP_HEADER", ""), "`header` a trusted reverse proxy sets to the client's IP, e.g. X-Real-IP; empty: use the connection's address (PARLEY_CLIENT_IP_HEADER)")
 	if e.err != nil {
 		return opts, e.err
 	}
@@ -172,6 +177,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return opts, errors.New("-tls-cert and -tls-key go together")
+	}
+	if c.AccessTokenTTL <= 0 || c.AccessTokenTTL > auth.MaxAccessTTL {
+		return opts, fmt.Errorf("-access-token-ttl: want more than 0 and at most %s", auth.MaxAccessTTL)
 	}
 	if c.MaxRequestBytes <= 0 {
 		return opts, errors.New("-max-request-bytes must be positive")

@@ -11,11 +11,16 @@ import (
 	connectcors "connectrpc.com/cors"
 	"connectrpc.com/grpcreflect"
 	"connectrpc.com/validate"
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/cors"
 
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/info"
+	"github.com/parley-chat/parley/server/reqlog"
+	"github.com/parley-chat/parley/server/sqldb"
+	"github.com/parley-chat/parley/server/user"
 )
 
 // DefaultMaxRequestBytes is the default limit on one request message.
@@ -38,20 +43,63 @@ type Deps struct {
 	// MaxRequestBytes limits the size of one request message;
 	// DefaultMaxRequestBytes when zero.
 	MaxRequestBytes int64
+	// DB holds users, profiles and avatars.
+	DB *sqldb.DB
+	// Redis holds sessions and rate-limit counters.
+	Redis redis.UniversalClient
+	// Auth configures tokens, sessions and rate limits.
+	Auth auth.Config
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Services lists the fully-qualified names of the API services New mounts.
+var Services = []string{
+	parleyv1connect.ServerServiceName,
+	parleyv1connect.AuthServiceName,
+	parleyv1connect.UserServiceName,
+	parleyv1connect.AvatarServiceName,
+}
+
+// public lists what may be called without signing in.
+var public = auth.Public{
+	Procedures: map[string]bool{
+		parleyv1connect.AuthServiceRegisterProcedure:        true,
+		parleyv1connect.AuthServiceLoginProcedure:           true,
+		parleyv1connect.AuthServiceRefreshProcedure:         true,
+		parleyv1connect.ServerServiceGetServerInfoProcedure: true,
+	},
+	Prefixes: []string{
+		"/" + health.ServiceName + "/",
+		"/grpc.reflection.v1.ServerReflection/",
+		"/grpc.reflection.v1alpha.ServerReflection/",
+		user.IdenticonPath,
+	},
 }
 
 // New returns the HTTP handler that serves every Parley service over the
 // Connect, gRPC and gRPC-Web protocols, plus gRPC health and reflection.
-func New(d Deps) http.Handler {
+func New(d Deps) (http.Handler, error) {
 	if d.MaxRequestBytes <= 0 {
 		d.MaxRequestBytes = DefaultMaxRequestBytes
 	}
 	if d.Drain == nil {
 		d.Drain = context.Background()
 	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Auth.Now == nil {
+		d.Auth.Now = d.Now
+	}
+	users := user.New(d.Log, d.DB, d.Now)
+	authn, err := auth.New(d.Log, d.Redis, users, d.Auth)
+	if err != nil {
+		return nil, err
+	}
 	opts := []connect.HandlerOption{
 		connect.WithInterceptors(
-			recordInterceptor{},
+			reqlog.Interceptor{},
 			drainInterceptor{drain: d.Drain},
 			validate.NewInterceptor(),
 		),
@@ -63,22 +111,23 @@ func New(d Deps) http.Handler {
 	}
 
 	mux := http.NewServeMux()
-	services := []string{
-		parleyv1connect.ServerServiceName,
-	}
 	mux.Handle(parleyv1connect.NewServerServiceHandler(
 		info.NewService(d.Version, d.MaxRequestBytes), opts...))
+	mux.Handle(parleyv1connect.NewAuthServiceHandler(authn, opts...))
+	mux.Handle(parleyv1connect.NewUserServiceHandler(users, opts...))
+	mux.Handle(parleyv1connect.NewAvatarServiceHandler(users, opts...))
+	mux.Handle(user.IdenticonPath, user.IdenticonHandler())
 
 	mux.Handle(health.NewHandler(d.Health, opts...))
-	reflector := grpcreflect.NewStaticReflector(append(services, health.ServiceName)...)
+	reflector := grpcreflect.NewStaticReflector(append(Services, health.ServiceName)...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, opts...))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, opts...))
 
-	var h http.Handler = mux
+	h := authn.Middleware(public, mux)
 	if len(d.CORSOrigins) > 0 {
 		h = withCORS(d.CORSOrigins, h)
 	}
-	return withRequestLog(d.Log, h)
+	return reqlog.Middleware(d.Log, h), nil
 }
 
 // withCORS lets browsers on the given origins call the API with any of the

@@ -22,8 +22,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
 
-	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server"
+	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/embedded"
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/sqldb"
@@ -61,6 +61,18 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Version is the build version.
 	Version string
+	// JWTKeyFile holds the Ed25519 key that signs access tokens. Empty
+	// means jwt-ed25519.pem in DataDir, created on first start.
+	JWTKeyFile string
+	// AccessTokenTTL and SessionTTL are the lifetimes of an access token
+	// and of a session without a refresh.
+	AccessTokenTTL, SessionTTL time.Duration
+	// ClientIPHeader names the header a trusted proxy sets to the client's
+	// address; empty trusts only the connection's address.
+	ClientIPHeader string
+	// RateLimits bound login and registration attempts; zero means
+	// auth.DefaultRateLimits.
+	RateLimits auth.RateLimits
 }
 
 // StoreInfo says where one store lives, for the start-up banner.
@@ -83,6 +95,7 @@ type App struct {
 	monitor *health.Monitor
 	stores  []StoreInfo
 	closers []func() error
+	handler http.Handler
 
 	drain     context.Context
 	stopDrain context.CancelFunc
@@ -99,6 +112,12 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 15 * time.Second
+	}
+	if cfg.AccessTokenTTL <= 0 {
+		cfg.AccessTokenTTL = auth.MaxAccessTTL
+	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = 30 * 24 * time.Hour
 	}
 	a := &App{cfg: cfg, log: log}
 	defer func() {
@@ -120,17 +139,40 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 		{Name: "postgres", Ping: a.db.Ping},
 		{Name: "mongodb", Ping: func(ctx context.Context) error { return a.mongo.Ping(ctx, readpref.Primary()) }},
 		{Name: "redis", Ping: func(ctx context.Context) error { return a.redis.Ping(ctx).Err() }},
-	}, services()...)
+	}, server.Services...)
 	a.monitor.CheckNow(ctx)
 	a.drain, a.stopDrain = context.WithCancel(context.Background())
-	return a, nil
-}
 
-// services lists the API services whose health is reported by name.
-func services() []string {
-	return []string{
-		parleyv1connect.ServerServiceName,
+	keyFile, create := cfg.JWTKeyFile, false
+	if keyFile == "" {
+		keyFile, create = filepath.Join(cfg.DataDir, "jwt-ed25519.pem"), true
 	}
+	key, err := auth.LoadOrCreateKey(keyFile, create)
+	if err != nil {
+		return nil, err
+	}
+	a.handler, err = server.New(server.Deps{
+		Log:             log,
+		Health:          a.monitor,
+		Drain:           a.drain,
+		Version:         cfg.Version,
+		CORSOrigins:     cfg.CORSOrigins,
+		MaxRequestBytes: cfg.MaxRequestBytes,
+		DB:              a.db,
+		Redis:           a.redis,
+		Auth: auth.Config{
+			Key:            key,
+			AccessTTL:      cfg.AccessTokenTTL,
+			RefreshTTL:     cfg.SessionTTL,
+			RateLimits:     cfg.RateLimits,
+			RedisPrefix:    cfg.RedisPrefix,
+			ClientIPHeader: cfg.ClientIPHeader,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 func (a *App) openSQL(ctx context.Context) error {
@@ -222,16 +264,7 @@ func (a *App) Stores() []StoreInfo { return a.stores }
 func (a *App) Health() *health.Monitor { return a.monitor }
 
 // Handler returns the HTTP handler serving every service.
-func (a *App) Handler() http.Handler {
-	return server.New(server.Deps{
-		Log:             a.log,
-		Health:          a.monitor,
-		Drain:           a.drain,
-		Version:         a.cfg.Version,
-		CORSOrigins:     a.cfg.CORSOrigins,
-		MaxRequestBytes: a.cfg.MaxRequestBytes,
-	})
-}
+func (a *App) Handler() http.Handler { return a.handler }
 
 // TLSEnabled reports whether Serve speaks HTTPS.
 func (a *App) TLSEnabled() bool {

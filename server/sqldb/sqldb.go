@@ -55,7 +55,7 @@ func OpenPostgres(ctx context.Context, url string) (*DB, error) {
 // OpenSQLite opens (creating if needed) the SQLite database file at path.
 func OpenSQLite(ctx context.Context, path string) (*DB, error) {
 	dsn := "file:" + path +
-		"?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)"
+		"?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite: %w", err)

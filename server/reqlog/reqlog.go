@@ -1,4 +1,9 @@
-package server
+// Package reqlog writes one structured log line per HTTP request: the
+// procedure, RPC protocol, Connect code, HTTP status and duration. The
+// Connect interceptor records what the RPC layer knows; layers that answer
+// before any handler runs (authentication, unknown routes) record their
+// outcome with SetCode.
+package reqlog
 
 import (
 	"context"
@@ -42,9 +47,9 @@ func codeString(err error) string {
 	return connect.CodeOf(err).String()
 }
 
-// withRequestLog logs one structured line per request after it completes:
+// Middleware logs one structured line per request after it completes:
 // method, path, procedure, protocol, Connect code, HTTP status, duration.
-func withRequestLog(log *slog.Logger, next http.Handler) http.Handler {
+func Middleware(log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &requestRecord{}
@@ -59,6 +64,8 @@ func withRequestLog(log *slog.Logger, next http.Handler) http.Handler {
 		rec.mu.Unlock()
 		if procedure == "" {
 			procedure = r.URL.Path
+		}
+		if protocol == "" {
 			protocol = protocolOf(r)
 		}
 		if code == "" {
@@ -115,6 +122,17 @@ func httpCode(status int) string {
 	}
 }
 
+// SetCode records the outcome of a request that ends before an RPC handler
+// runs, such as one refused by authentication.
+func SetCode(ctx context.Context, procedure string, code connect.Code) {
+	if rec, ok := ctx.Value(recordKey{}).(*requestRecord); ok {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		rec.procedure = procedure
+		rec.code = code.String()
+	}
+}
+
 // statusWriter remembers the HTTP status. It forwards Flush, which streaming
 // responses need, and exposes the wrapped writer to http.ResponseController.
 type statusWriter struct {
@@ -146,11 +164,11 @@ func (w *statusWriter) Unwrap() http.ResponseWriter {
 	return w.ResponseWriter
 }
 
-// recordInterceptor fills the request's log record with the RPC's
+// Interceptor fills the request's log record with the RPC's
 // procedure, protocol and outcome.
-type recordInterceptor struct{}
+type Interceptor struct{}
 
-func (recordInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+func (Interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		res, err := next(ctx, req)
 		if rec, ok := ctx.Value(recordKey{}).(*requestRecord); ok {
@@ -160,11 +178,11 @@ func (recordInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	}
 }
 
-func (recordInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+func (Interceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return next
 }
 
-func (recordInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+func (Interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		err := next(ctx, conn)
 		if rec, ok := ctx.Value(recordKey{}).(*requestRecord); ok {

@@ -1,0 +1,15 @@
+// Package auth implements parley.v1.AuthService and authenticates every
+// other call.
+//
+// Passwords are hashed with Argon2id in PHC format. A session is a record in
+// Redis (the user's id, the session's current JWT and what ListSessions
+// shows) plus two tokens: a short-lived Ed25519-signed JWT access token
+// carrying the user and session ids, and an opaque refresh token that is
+// good for one Refresh. Every authenticated call checks that its session
+// still exists in Redis, so Logout and RevokeSession take effect at once on
+// every instance.
+//
+// Authentication runs as HTTP middleware in front of every handler (so
+// streams and plain HTTP endpoints are covered, and nothing is decoded for
+// an unknown caller), with an explicit list of public procedures.
+package auth

@@ -1,0 +1,136 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	"connectrpc.com/connect"
+
+	"github.com/parley-chat/parley/server/reqlog"
+	"github.com/parley-chat/parley/server/rpcerr"
+)
+
+// Identity is the authenticated caller of a request.
+type Identity struct {
+	UserID    int
+	SessionID string
+}
+
+type identityKey struct{}
+
+// FromContext returns the caller that the middleware authenticated. ok is
+// false in public procedures, which run without one.
+func FromContext(ctx context.Context) (id Identity, ok bool) {
+	id, ok = ctx.Value(identityKey{}).(Identity)
+	return id, ok
+}
+
+// NewContext returns ctx carrying id, for tests of handlers that run behind
+// the middleware.
+func NewContext(ctx context.Context, id Identity) context.Context {
+	return context.WithValue(ctx, identityKey{}, id)
+}
+
+// Caller returns the authenticated caller, or UNAUTHENTICATED. Handlers of
+// non-public procedures always have one; the error guards against a
+// procedure wrongly listed as public.
+func Caller(ctx context.Context) (Identity, error) {
+	id, ok := FromContext(ctx)
+	if !ok {
+		return Identity{}, connect.NewError(connect.CodeUnauthenticated, errors.New("sign in first"))
+	}
+	return id, nil
+}
+
+// Public says which requests need no caller: RPC procedures by their full
+// path, and plain HTTP endpoints by path prefix.
+type Public struct {
+	Procedures map[string]bool
+	Prefixes   []string
+}
+
+func (p Public) allows(path string) bool {
+	if p.Procedures[path] {
+		return true
+	}
+	for _, prefix := range p.Prefixes {
+		if strings.HasPrefix(path, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// Middleware authenticates every request that public does not allow,
+// before any handler decodes it: a bearer access token whose session is
+// still open in Redis. Refusals are written in the request's own protocol
+// (Connect, gRPC or gRPC-Web) as UNAUTHENTICATED.
+func (s *Service) Middleware(public Public, next http.Handler) http.Handler {
+	errw := connect.NewErrorWriter()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if public.allows(r.URL.Path) || r.Method == http.MethodOptions {
+			next.ServeHTTP(w, r)
+			return
+		}
+		id, err := s.authenticate(r)
+		if err != nil {
+			var cerr *connect.Error
+			if !errors.As(err, &cerr) {
+				cerr = connect.NewError(connect.CodeUnauthenticated, err)
+			}
+			reqlog.SetCode(r.Context(), r.URL.Path, cerr.Code())
+			if cerr.Code() == connect.CodeUnauthenticated {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="parley"`)
+			}
+			if errw.IsSupported(r) {
+				_ = errw.Write(w, r, cerr)
+			} else {
+				http.Error(w, cerr.Message(), connectHTTPStatus(cerr.Code()))
+			}
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(NewContext(r.Context(), id)))
+	})
+}
+
+func (s *Service) authenticate(r *http.Request) (Identity, error) {
+	token, ok := bearer(r.Header.Get("Authorization"))
+	if !ok {
+		return Identity{}, errors.New("missing bearer access token")
+	}
+	userID, sessionID, err := s.tokens.verifyAccess(token)
+	if err != nil {
+		s.log.DebugContext(r.Context(), "access token refused", "err", err)
+		return Identity{}, errBadToken
+	}
+	switch err := s.sessions.check(r.Context(), userID, sessionID); {
+	case errors.Is(err, errNoSession):
+		return Identity{}, errNoSession
+	case err != nil:
+		return Identity{}, rpcerr.From(r.Context(), s.log, "check session", err)
+	}
+	return Identity{UserID: userID, SessionID: sessionID}, nil
+}
+
+func bearer(h string) (string, bool) {
+	const prefix = "Bearer "
+	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
+		return "", false
+	}
+	return strings.TrimSpace(h[len(prefix):]), true
+}
+
+// connectHTTPStatus is the HTTP status of a code, for plain HTTP endpoints.
+func connectHTTPStatus(c connect.Code) int {
+	switch c {
+	case connect.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case connect.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+

@@ -1,0 +1,337 @@
+package auth
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/rpcerr"
+)
+
+// NewAccount is what Register asks the user domain to create.
+type NewAccount struct {
+	Username     string
+	Email        string
+	PasswordHash string
+	PhoneNumber  *string
+}
+
+// Accounts is what authentication needs from the user domain.
+type Accounts interface {
+	// CreateAccount creates the user, its profile and its first avatar in
+	// one transaction, and returns the user's id. A taken username or
+	// email is a connect ALREADY_EXISTS error.
+	CreateAccount(ctx context.Context, a NewAccount) (userID int, err error)
+	// LookupLogin finds the account whose username or email is login, in
+	// any case. It returns 0 and "" when there is none.
+	LookupLogin(ctx context.Context, login string) (userID int, passwordHash string, err error)
+	// RecordLogin sets the account's last login time to now.
+	RecordLogin(ctx context.Context, userID int) error
+	// Me returns the account as its owner sees it.
+	Me(ctx context.Context, userID int) (*parleyv1.Me, error)
+}
+
+// Config configures authentication.
+type Config struct {
+	// Key signs and verifies access tokens.
+	Key ed25519.PrivateKey
+	// AccessTTL is the lifetime of an access token (at most 15 minutes).
+	AccessTTL time.Duration
+	// RefreshTTL is how long a session lives without a Refresh.
+	RefreshTTL time.Duration
+	// RateLimits bound login and registration attempts.
+	RateLimits RateLimits
+	// RedisPrefix starts every Redis key.
+	RedisPrefix string
+	// ClientIPHeader, when set, is the request header (such as X-Real-IP)
+	// that a trusted reverse proxy sets to the client's address. Leave it
+	// empty when clients connect directly: they could forge it.
+	ClientIPHeader string
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// MaxAccessTTL is the longest an access token may live.
+const MaxAccessTTL = 15 * time.Minute
+
+// Service implements parley.v1.AuthService and the authentication
+// middleware.
+type Service struct {
+	log       *slog.Logger
+	accounts  Accounts
+	tokens    *tokens
+	sessions  *sessionStore
+	passwords *passwords
+	limiter   *limiter
+	cfg       Config
+}
+
+var _ parleyv1connect.AuthServiceHandler = (*Service)(nil)
+
+// New returns the authentication service.
+func New(log *slog.Logger, rdb redis.UniversalClient, accounts Accounts, cfg Config) (*Service, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.AccessTTL <= 0 || cfg.AccessTTL > MaxAccessTTL {
+		return nil, fmt.Errorf("access token lifetime %s: want more than 0 and at most %s", cfg.AccessTTL, MaxAccessTTL)
+	}
+	if cfg.RefreshTTL < cfg.AccessTTL {
+		return nil, fmt.Errorf("session lifetime %s is shorter than the access token's", cfg.RefreshTTL)
+	}
+	if cfg.RateLimits == (RateLimits{}) {
+		cfg.RateLimits = DefaultRateLimits
+	}
+	tok, err := newTokens(cfg.Key, cfg.AccessTTL, cfg.Now)
+	if err != nil {
+		return nil, err
+	}
+	pw, err := newPasswords(PasswordParams)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{
+		log:       log,
+		accounts:  accounts,
+		tokens:    tok,
+		sessions:  &sessionStore{rdb: rdb, prefix: cfg.RedisPrefix, refreshTTL: cfg.RefreshTTL, now: cfg.Now},
+		passwords: pw,
+		limiter:   &limiter{l: redis_rate.NewLimiter(rdb), prefix: cfg.RedisPrefix, cfg: cfg.RateLimits},
+		cfg:       cfg,
+	}, nil
+}
+
+// Register creates an account and signs it in.
+func (s *Service) Register(
+	ctx context.Context, req *connect.Request[parleyv1.RegisterRequest],
+) (*connect.Response[parleyv1.RegisterResponse], error) {
+	addr := s.clientAddr(req.Peer(), req.Header())
+	if err := s.limiter.register(ctx, addr); err != nil {
+		return nil, rpcerr.From(ctx, s.log, "register", err)
+	}
+	hash, err := s.passwords.hash(ctx, req.Msg.GetPassword())
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "register", err)
+	}
+	userID, err := s.accounts.CreateAccount(ctx, NewAccount{
+		Username:     req.Msg.GetUsername(),
+		Email:        req.Msg.GetEmail(),
+		PasswordHash: hash,
+		PhoneNumber:  req.Msg.PhoneNumber,
+	})
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "register", err)
+	}
+	me, tokens, err := s.signIn(ctx, userID, req.Header().Get("User-Agent"), addr)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&parleyv1.RegisterResponse{Me: me, Tokens: tokens}), nil
+}
+
+// errBadLogin is the one answer to an unknown login and a wrong password.
+var errBadLogin = connect.NewError(connect.CodeUnauthenticated, errors.New("wrong login or password"))
+
+// Login signs in with a username or email and a password.
+func (s *Service) Login(
+	ctx context.Context, req *connect.Request[parleyv1.LoginRequest],
+) (*connect.Response[parleyv1.LoginResponse], error) {
+	login, addr := req.Msg.GetLogin(), s.clientAddr(req.Peer(), req.Header())
+	if err := s.limiter.checkLogin(ctx, login, addr); err != nil {
+		return nil, rpcerr.From(ctx, s.log, "login", err)
+	}
+	userID, hash, err := s.accounts.LookupLogin(ctx, login)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "login", err)
+	}
+	ok, err := s.passwords.verify(ctx, req.Msg.GetPassword(), hash)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "login", err)
+	}
+	if !ok {
+		if err := s.limiter.failedLogin(ctx, login, addr); err != nil {
+			return nil, rpcerr.From(ctx, s.log, "login", err)
+		}
+		return nil, errBadLogin
+	}
+	if err := s.accounts.RecordLogin(ctx, userID); err != nil {
+		return nil, rpcerr.From(ctx, s.log, "login", err)
+	}
+	me, tokens, err := s.signIn(ctx, userID, req.Header().Get("User-Agent"), addr)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&parleyv1.LoginResponse{Me: me, Tokens: tokens}), nil
+}
+
+// signIn opens a session for the user and returns the account and tokens.
+func (s *Service) signIn(ctx context.Context, userID int, userAgent, addr string) (*parleyv1.Me, *parleyv1.Tokens, error) {
+	salt := make([]byte, 16)
+	rand.Read(salt)
+	sess := &session{
+		ID:        newSessionID(),
+		UserID:    userID,
+		Salt:      base64.RawURLEncoding.EncodeToString(salt),
+		UserAgent: truncate(userAgent, 256),
+		Address:   addr,
+	}
+	access, accessExp, err := s.tokens.issueAccess(userID, sess.ID)
+	if err != nil {
+		return nil, nil, rpcerr.From(ctx, s.log, "sign in", err)
+	}
+	if err := s.sessions.create(ctx, sess, access); err != nil {
+		return nil, nil, rpcerr.From(ctx, s.log, "sign in", err)
+	}
+	me, err := s.accounts.Me(ctx, userID)
+	if err != nil {
+		return nil, nil, rpcerr.From(ctx, s.log, "sign in", err)
+	}
+	return me, s.tokenPair(sess, access, accessExp), nil
+}
+
+func (s *Service) tokenPair(sess *session, access string, accessExp time.Time) *parleyv1.Tokens {
+	return &parleyv1.Tokens{
+		SessionId:             sess.ID,
+		AccessToken:           access,
+		AccessTokenExpiresAt:  timestamppb.New(accessExp),
+		RefreshToken:          s.tokens.issueRefresh(sess.UserID, sess.ID, sess.Generation, sess.Salt),
+		RefreshTokenExpiresAt: timestamppb.New(s.cfg.Now().Add(s.cfg.RefreshTTL)),
+	}
+}
+
+// Refresh exchanges a refresh token for a new token pair.
+func (s *Service) Refresh(
+	ctx context.Context, req *connect.Request[parleyv1.RefreshRequest],
+) (*connect.Response[parleyv1.RefreshResponse], error) {
+	invalid := connect.NewError(connect.CodeUnauthenticated, errors.New("invalid refresh token"))
+	rt, ok := parseRefresh(req.Msg.GetRefreshToken())
+	if !ok {
+		return nil, invalid
+	}
+	sess, err := s.sessions.get(ctx, rt.userID, rt.sessionID)
+	if errors.Is(err, errNoSession) {
+		return nil, connect.NewError(connect.CodeUnauthenticated, errNoSession)
+	}
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "refresh", err)
+	}
+	if !s.tokens.verifyRefresh(rt, sess.Salt) {
+		return nil, invalid
+	}
+	access, accessExp, err := s.tokens.issueAccess(sess.UserID, sess.ID)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "refresh", err)
+	}
+	gen, err := s.sessions.rotate(ctx, sess.UserID, sess.ID, rt.generation, access)
+	switch {
+	case errors.Is(err, errRefreshReused):
+		s.log.WarnContext(ctx, "refresh token reused; session revoked", "user", sess.UserID, "session", sess.ID)
+		return nil, connect.NewError(connect.CodeUnauthenticated, errRefreshReused)
+	case errors.Is(err, errNoSession):
+		return nil, connect.NewError(connect.CodeUnauthenticated, errNoSession)
+	case err != nil:
+		return nil, rpcerr.From(ctx, s.log, "refresh", err)
+	}
+	sess.Generation = gen
+	return connect.NewResponse(&parleyv1.RefreshResponse{Tokens: s.tokenPair(sess, access, accessExp)}), nil
+}
+
+// Logout ends the caller's session.
+func (s *Service) Logout(
+	ctx context.Context, _ *connect.Request[parleyv1.LogoutRequest],
+) (*connect.Response[parleyv1.LogoutResponse], error) {
+	id, err := Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.sessions.revoke(ctx, id.UserID, id.SessionID); err != nil && !errors.Is(err, errNoSession) {
+		return nil, rpcerr.From(ctx, s.log, "logout", err)
+	}
+	return connect.NewResponse(&parleyv1.LogoutResponse{}), nil
+}
+
+// ListSessions lists the caller's open sessions.
+func (s *Service) ListSessions(
+	ctx context.Context, _ *connect.Request[parleyv1.ListSessionsRequest],
+) (*connect.Response[parleyv1.ListSessionsResponse], error) {
+	id, err := Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	list, err := s.sessions.list(ctx, id.UserID)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "list sessions", err)
+	}
+	res := &parleyv1.ListSessionsResponse{}
+	for _, sess := range list {
+		res.Sessions = append(res.Sessions, &parleyv1.Session{
+			Id:         sess.ID,
+			UserAgent:  sess.UserAgent,
+			Address:    sess.Address,
+			CreatedAt:  timestamppb.New(sess.CreatedAt),
+			LastUsedAt: timestamppb.New(sess.LastUsedAt),
+			Current:    sess.ID == id.SessionID,
+		})
+	}
+	return connect.NewResponse(res), nil
+}
+
+// RevokeSession ends one of the caller's sessions.
+func (s *Service) RevokeSession(
+	ctx context.Context, req *connect.Request[parleyv1.RevokeSessionRequest],
+) (*connect.Response[parleyv1.RevokeSessionResponse], error) {
+	id, err := Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sid := req.Msg.GetSessionId()
+	if !validSessionID(sid) {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("session_id: not a session id"))
+	}
+	switch err := s.sessions.revoke(ctx, id.UserID, sid); {
+	case errors.Is(err, errNoSession):
+		return nil, connect.NewError(connect.CodeNotFound, errors.New("no such session"))
+	case err != nil:
+		return nil, rpcerr.From(ctx, s.log, "revoke session", err)
+	}
+	return connect.NewResponse(&parleyv1.RevokeSessionResponse{}), nil
+}
+
+// clientAddr is the client's IP address: from the trusted proxy header when
+// one is configured and present, else from the connection.
+func (s *Service) clientAddr(peer connect.Peer, h interface{ Get(string) string }) string {
+	if s.cfg.ClientIPHeader != "" {
+		if v := h.Get(s.cfg.ClientIPHeader); v != "" {
+			first, _, _ := strings.Cut(v, ",")
+			if ip := net.ParseIP(strings.TrimSpace(first)); ip != nil {
+				return ip.String()
+			}
+		}
+	}
+	host, _, err := net.SplitHostPort(peer.Addr)
+	if err != nil {
+		return peer.Addr
+	}
+	return host
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
+}

@@ -1,0 +1,248 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// session is one signed-in client, as kept in Redis.
+type session struct {
+	ID         string
+	UserID     int
+	Generation int64
+	Salt       string
+	CreatedAt  time.Time
+	LastUsedAt time.Time
+	UserAgent  string
+	Address    string
+}
+
+// sessionStore keeps sessions in Redis. A session is a hash under
+// "<prefix>{u:<user>}:session:<id>" holding the user's id and the session's
+// current JWT (the customer's data model) and its metadata; each user also
+// has a sorted set of session ids, "<prefix>{u:<user>}:sessions". Both keys
+// carry the user's hash tag, so the scripts that touch both work on Redis
+// Cluster too. Both expire with the refresh token.
+type sessionStore struct {
+	rdb        redis.UniversalClient
+	prefix     string
+	refreshTTL time.Duration
+	now        func() time.Time
+}
+
+func (s *sessionStore) sessionKey(userID int, id string) string {
+	return fmt.Sprintf("%s{u:%d}:session:%s", s.prefix, userID, id)
+}
+
+func (s *sessionStore) userKey(userID int) string {
+	return fmt.Sprintf("%s{u:%d}:sessions", s.prefix, userID)
+}
+
+func newSessionID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// validSessionID reports whether id has the shape newSessionID gives.
+func validSessionID(id string) bool {
+	b, err := base64.RawURLEncoding.DecodeString(id)
+	return err == nil && len(b) == 16
+}
+
+// create stores a new session with its first access token.
+func (s *sessionStore) create(ctx context.Context, sess *session, jwt string) error {
+	now := s.now()
+	sess.CreatedAt, sess.LastUsedAt = now, now
+	key, ukey := s.sessionKey(sess.UserID, sess.ID), s.userKey(sess.UserID)
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, key,
+			"user_id", sess.UserID,
+			"jwt", jwt,
+			"gen", sess.Generation,
+			"salt", sess.Salt,
+			"created", now.UnixMilli(),
+			"used", now.UnixMilli(),
+			"ua", sess.UserAgent,
+			"addr", sess.Address,
+		)
+		p.Expire(ctx, key, s.refreshTTL)
+		p.ZAdd(ctx, ukey, redis.Z{Score: float64(now.UnixMilli()), Member: sess.ID})
+		p.Expire(ctx, ukey, s.refreshTTL)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("create session: %w", err)
+	}
+	return nil
+}
+
+// errNoSession means the session ended: logged out, revoked or expired.
+var errNoSession = errors.New("session ended")
+
+// get returns a session, or errNoSession.
+func (s *sessionStore) get(ctx context.Context, userID int, id string) (*session, error) {
+	m, err := s.rdb.HGetAll(ctx, s.sessionKey(userID, id)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("get session: %w", err)
+	}
+	if len(m) == 0 {
+		return nil, errNoSession
+	}
+	return parseSession(id, m)
+}
+
+func parseSession(id string, m map[string]string) (*session, error) {
+	uid, err1 := strconv.Atoi(m["user_id"])
+	gen, err2 := strconv.ParseInt(m["gen"], 10, 64)
+	created, err3 := strconv.ParseInt(m["created"], 10, 64)
+	used, err4 := strconv.ParseInt(m["used"], 10, 64)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		return nil, fmt.Errorf("session %s is malformed: %w", id, err)
+	}
+	return &session{
+		ID: id, UserID: uid, Generation: gen, Salt: m["salt"],
+		CreatedAt: time.UnixMilli(created), LastUsedAt: time.UnixMilli(used),
+		UserAgent: m["ua"], Address: m["addr"],
+	}, nil
+}
+
+// touchEvery is how stale a session's last-used time may get before an
+// authenticated call updates it; it keeps the check to one read per call.
+const touchEvery = time.Minute
+
+// check confirms that the session is open, and records its use.
+func (s *sessionStore) check(ctx context.Context, userID int, id string) error {
+	key := s.sessionKey(userID, id)
+	vals, err := s.rdb.HMGet(ctx, key, "user_id", "used").Result()
+	if err != nil {
+		return fmt.Errorf("check session: %w", err)
+	}
+	if vals[0] == nil {
+		return errNoSession
+	}
+	if used, ok := vals[1].(string); ok {
+		ms, _ := strconv.ParseInt(used, 10, 64)
+		if now := s.now(); now.Sub(time.UnixMilli(ms)) > touchEvery {
+			// HSETEX-like: only touch a session that still exists.
+			if err := touchScript.Run(ctx, s.rdb, []string{key}, now.UnixMilli()).Err(); err != nil && !errors.Is(err, redis.Nil) {
+				return fmt.Errorf("touch session: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+var touchScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'used', ARGV[1])
+end
+return 1
+`)
+
+// rotateScript moves a session to the next generation if it is still at
+// the expected one. It returns the new generation, 0 when the session is
+// gone, or -1 when the expected generation is stale: the refresh token
+// was used before, so the session is deleted.
+var rotateScript = redis.NewScript(`
+local gen = redis.call('HGET', KEYS[1], 'gen')
+if not gen then return 0 end
+if tonumber(gen) ~= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[5])
+  return -1
+end
+local next = tonumber(gen) + 1
+redis.call('HSET', KEYS[1], 'gen', next, 'jwt', ARGV[2], 'used', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return next
+`)
+
+// errRefreshReused means a refresh token was presented a second time; the
+// session has been revoked.
+var errRefreshReused = errors.New("refresh token reused; the session is revoked")
+
+// rotate advances the session from generation gen, storing the new access
+// token. It returns the new generation.
+func (s *sessionStore) rotate(ctx context.Context, userID int, id string, gen int64, jwt string) (int64, error) {
+	res, err := rotateScript.Run(ctx, s.rdb,
+		[]string{s.sessionKey(userID, id), s.userKey(userID)},
+		gen, jwt, s.now().UnixMilli(), s.refreshTTL.Milliseconds(), id,
+	).Int64()
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("rotate session: %w", err)
+	case res == 0:
+		return 0, errNoSession
+	case res < 0:
+		return 0, errRefreshReused
+	}
+	return res, nil
+}
+
+// revoke deletes one of the user's sessions. It returns errNoSession if
+// there was none.
+func (s *sessionStore) revoke(ctx context.Context, userID int, id string) error {
+	var del *redis.IntCmd
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		del = p.Del(ctx, s.sessionKey(userID, id))
+		p.ZRem(ctx, s.userKey(userID), id)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("revoke session: %w", err)
+	}
+	if del.Val() == 0 {
+		return errNoSession
+	}
+	return nil
+}
+
+// list returns the user's open sessions, newest first, and forgets the ids
+// of sessions that expired.
+func (s *sessionStore) list(ctx context.Context, userID int) ([]*session, error) {
+	ukey := s.userKey(userID)
+	ids, err := s.rdb.ZRevRange(ctx, ukey, 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.HGetAll(ctx, s.sessionKey(userID, id))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	var out []*session
+	var gone []any
+	for i, cmd := range cmds {
+		if len(cmd.Val()) == 0 {
+			gone = append(gone, ids[i])
+			continue
+		}
+		sess, err := parseSession(ids[i], cmd.Val())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sess)
+	}
+	if len(gone) > 0 {
+		if err := s.rdb.ZRem(ctx, ukey, gone...).Err(); err != nil {
+			return nil, fmt.Errorf("list sessions: %w", err)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
+	return out, nil
+}

@@ -1,0 +1,55 @@
+// Package rpcerr turns the errors of Parley's stores into Connect errors in
+// one place. Errors that mean something to the client (not found, already
+// exists, store unavailable) get their precise code; anything else is logged
+// with its detail and returned as a bare "internal error".
+package rpcerr
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+
+	"connectrpc.com/connect"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/parley-chat/parley/ent"
+)
+
+// Internal is what clients see of an internal failure.
+var Internal = errors.New("internal error")
+
+// From maps err, from a store or another layer, to a Connect error. A
+// *connect.Error passes through unchanged. what names the operation for the
+// log, for example "create user".
+func From(ctx context.Context, log *slog.Logger, what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var cerr *connect.Error
+	switch {
+	case errors.As(err, &cerr):
+		return cerr
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	case ent.IsNotFound(err), errors.Is(err, redis.Nil):
+		return connect.NewError(connect.CodeNotFound, errors.New("not found"))
+	case isUnavailable(err):
+		log.ErrorContext(ctx, what, "err", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("a store is unavailable; retry later"))
+	default:
+		log.ErrorContext(ctx, what, "err", err)
+		return connect.NewError(connect.CodeInternal, Internal)
+	}
+}
+
+// isUnavailable reports whether err means a store could not be reached, so
+// that retrying later may succeed.
+func isUnavailable(err error) bool {
+	var netErr net.Error
+	var opErr *net.OpError
+	return errors.As(err, &opErr) || (errors.As(err, &netErr) && netErr.Timeout()) ||
+		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
+}

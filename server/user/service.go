@@ -1,0 +1,223 @@
+// Package user implements parley.v1.UserService and parley.v1.AvatarService
+// over the PostgreSQL users, profile and avatars tables, serves the
+// generated identicon avatars, and gives the auth package the accounts it
+// signs in (auth.Accounts).
+package user
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/parley-chat/parley/ent"
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/rpcerr"
+	"github.com/parley-chat/parley/server/sqldb"
+)
+
+// Search page sizes.
+const (
+	DefaultPageSize = 20
+	MaxPageSize     = 100
+)
+
+// Service implements UserService, AvatarService and auth.Accounts.
+type Service struct {
+	log   *slog.Logger
+	store *store
+}
+
+var (
+	_ parleyv1connect.UserServiceHandler   = (*Service)(nil)
+	_ parleyv1connect.AvatarServiceHandler = (*Service)(nil)
+	_ auth.Accounts                        = (*Service)(nil)
+)
+
+// New returns the service over db. now is the clock (time.Now when nil).
+func New(log *slog.Logger, db *sqldb.DB, now func() time.Time) *Service {
+	if now == nil {
+		now = time.Now
+	}
+	return &Service{log: log, store: &store{db: db, now: now}}
+}
+
+var errNoUser = connect.NewError(connect.CodeNotFound, errors.New("no such user"))
+
+// CreateAccount implements auth.Accounts.
+func (s *Service) CreateAccount(ctx context.Context, a auth.NewAccount) (int, error) {
+	return s.store.createAccount(ctx, a)
+}
+
+// LookupLogin implements auth.Accounts.
+func (s *Service) LookupLogin(ctx context.Context, login string) (int, string, error) {
+	return s.store.lookupLogin(ctx, login)
+}
+
+// RecordLogin implements auth.Accounts.
+func (s *Service) RecordLogin(ctx context.Context, userID int) error {
+	return s.store.recordLogin(ctx, userID)
+}
+
+// Me implements auth.Accounts.
+func (s *Service) Me(ctx context.Context, userID int) (*parleyv1.Me, error) {
+	u, err := s.store.get(ctx, userID)
+	if ent.IsNotFound(err) {
+		return nil, errNoUser
+	}
+	if err != nil {
+		return nil, err
+	}
+	return toMe(u), nil
+}
+
+// GetMe returns the caller's account.
+func (s *Service) GetMe(
+	ctx context.Context, _ *connect.Request[parleyv1.GetMeRequest],
+) (*connect.Response[parleyv1.GetMeResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	me, err := s.Me(ctx, id.UserID)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "get me", err)
+	}
+	return connect.NewResponse(&parleyv1.GetMeResponse{Me: me}), nil
+}
+
+// GetUser returns a user's public profile.
+func (s *Service) GetUser(
+	ctx context.Context, req *connect.Request[parleyv1.GetUserRequest],
+) (*connect.Response[parleyv1.GetUserResponse], error) {
+	if _, err := auth.Caller(ctx); err != nil {
+		return nil, err
+	}
+	u, err := s.store.get(ctx, int(req.Msg.GetUserId()))
+	if ent.IsNotFound(err) {
+		return nil, errNoUser
+	}
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "get user", err)
+	}
+	return connect.NewResponse(&parleyv1.GetUserResponse{User: toUser(u)}), nil
+}
+
+// UpdateProfile changes the caller's username, phone number or description.
+func (s *Service) UpdateProfile(
+	ctx context.Context, req *connect.Request[parleyv1.UpdateProfileRequest],
+) (*connect.Response[parleyv1.UpdateProfileResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := req.Msg
+	if err := s.store.updateProfile(ctx, id.UserID, profileUpdate{
+		Username:    m.Username,
+		PhoneNumber: m.PhoneNumber,
+		Description: m.Description,
+	}); err != nil {
+		return nil, rpcerr.From(ctx, s.log, "update profile", err)
+	}
+	me, err := s.Me(ctx, id.UserID)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "update profile", err)
+	}
+	return connect.NewResponse(&parleyv1.UpdateProfileResponse{Me: me}), nil
+}
+
+// SearchUsers finds users by username prefix, a page at a time.
+func (s *Service) SearchUsers(
+	ctx context.Context, req *connect.Request[parleyv1.SearchUsersRequest],
+) (*connect.Response[parleyv1.SearchUsersResponse], error) {
+	if _, err := auth.Caller(ctx); err != nil {
+		return nil, err
+	}
+	size := int(req.Msg.GetPageSize())
+	if size == 0 {
+		size = DefaultPageSize
+	}
+	var after *searchCursor
+	if tok := req.Msg.GetPageToken(); tok != "" {
+		c, err := decodeCursor(tok)
+		if err != nil {
+			return nil, err
+		}
+		after = &c
+	}
+	users, err := s.store.search(ctx, req.Msg.GetPrefix(), after, size+1)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "search users", err)
+	}
+	res := &parleyv1.SearchUsersResponse{}
+	if len(users) > size {
+		users = users[:size]
+		last := users[size-1]
+		res.NextPageToken = encodeCursor(searchCursor{Username: last.Username, ID: last.ID})
+	}
+	for _, u := range users {
+		res.Users = append(res.Users, toUser(u))
+	}
+	return connect.NewResponse(res), nil
+}
+
+// ListAvatars lists a user's avatars, newest first.
+func (s *Service) ListAvatars(
+	ctx context.Context, req *connect.Request[parleyv1.ListAvatarsRequest],
+) (*connect.Response[parleyv1.ListAvatarsResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	userID := int(req.Msg.GetUserId())
+	if userID == 0 {
+		userID = id.UserID
+	}
+	avatars, err := s.store.listAvatars(ctx, userID)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "list avatars", err)
+	}
+	if len(avatars) == 0 {
+		// Every user has an avatar, so none means no such user.
+		return nil, errNoUser
+	}
+	res := &parleyv1.ListAvatarsResponse{}
+	for _, a := range avatars {
+		res.Avatars = append(res.Avatars, toAvatar(a))
+	}
+	return connect.NewResponse(res), nil
+}
+
+// SetActiveAvatar makes one of the caller's avatars the active one.
+func (s *Service) SetActiveAvatar(
+	ctx context.Context, req *connect.Request[parleyv1.SetActiveAvatarRequest],
+) (*connect.Response[parleyv1.SetActiveAvatarResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := s.store.setActive(ctx, id.UserID, int(req.Msg.GetAvatarId()))
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "set active avatar", err)
+	}
+	return connect.NewResponse(&parleyv1.SetActiveAvatarResponse{Avatar: toAvatar(a)}), nil
+}
+
+// DeleteAvatar deletes one of the caller's avatars.
+func (s *Service) DeleteAvatar(
+	ctx context.Context, req *connect.Request[parleyv1.DeleteAvatarRequest],
+) (*connect.Response[parleyv1.DeleteAvatarResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := s.store.deleteAvatar(ctx, id.UserID, int(req.Msg.GetAvatarId()))
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "delete avatar", err)
+	}
+	return connect.NewResponse(&parleyv1.DeleteAvatarResponse{ActiveAvatar: toAvatar(a)}), nil
+}

@@ -1,0 +1,306 @@
+package user
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"entgo.io/ent/dialect"
+	"entgo.io/ent/dialect/sql"
+
+	"github.com/parley-chat/parley/ent"
+	"github.com/parley-chat/parley/ent/avatar"
+	"github.com/parley-chat/parley/ent/predicate"
+	"github.com/parley-chat/parley/ent/user"
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/sqldb"
+)
+
+// store reads and writes users, profiles and avatars in PostgreSQL.
+type store struct {
+	db  *sqldb.DB
+	now func() time.Time
+}
+
+var (
+	errUsernameTaken = connect.NewError(connect.CodeAlreadyExists, errors.New("username is taken"))
+	errEmailTaken    = connect.NewError(connect.CodeAlreadyExists, errors.New("email is already registered"))
+)
+
+// uniqueViolation names the taken field of a unique-constraint error.
+func uniqueViolation(err error) error {
+	if !ent.IsConstraintError(err) {
+		return err
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "username"):
+		return errUsernameTaken
+	case strings.Contains(msg, "email"):
+		return errEmailTaken
+	}
+	return err
+}
+
+// lowerEQ matches rows whose column equals v regardless of case.
+func lowerEQ(column, v string) predicate.User {
+	return func(s *sql.Selector) {
+		s.Where(sql.P(func(b *sql.Builder) {
+			b.WriteString("lower(").Ident(s.C(column)).WriteString(") = lower(").Arg(v).WriteString(")")
+		}))
+	}
+}
+
+// withTx runs fn in a transaction, committing when it returns nil.
+func (s *store) withTx(ctx context.Context, fn func(tx *ent.Tx) error) error {
+	tx, err := s.db.Ent.Tx(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		return errors.Join(err, tx.Rollback())
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// lockUser serializes the transactions that change one user's avatars.
+// SQLite needs nothing here: its transactions take the write lock at once.
+func (s *store) lockUser(ctx context.Context, tx *ent.Tx, userID int) error {
+	if s.db.Dialect != dialect.Postgres {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE`, userID); err != nil {
+		return fmt.Errorf("lock user: %w", err)
+	}
+	return nil
+}
+
+func (s *store) createAccount(ctx context.Context, a auth.NewAccount) (int, error) {
+	var id int
+	err := s.withTx(ctx, func(tx *ent.Tx) error {
+		u, err := tx.User.Create().
+			SetUsername(a.Username).
+			SetEmail(a.Email).
+			SetPasswordHash(a.PasswordHash).
+			SetNillablePhoneNumber(a.PhoneNumber).
+			Save(ctx)
+		if err != nil {
+			return uniqueViolation(err)
+		}
+		now := s.now()
+		if err := tx.Profile.Create().SetUser(u).SetCreatedAt(now).SetLastLogin(now).Exec(ctx); err != nil {
+			return fmt.Errorf("create profile: %w", err)
+		}
+		if err := tx.Avatar.Create().
+			SetUserID(u.ID).
+			SetAvatarURL(newIdenticonURL()).
+			SetIsRandom(true).
+			SetIsActive(true).
+			SetUploadedAt(now).
+			Exec(ctx); err != nil {
+			return fmt.Errorf("create avatar: %w", err)
+		}
+		id = u.ID
+		return nil
+	})
+	return id, err
+}
+
+func (s *store) lookupLogin(ctx context.Context, login string) (int, string, error) {
+	column := user.FieldUsername
+	if strings.Contains(login, "@") {
+		column = user.FieldEmail
+	}
+	u, err := s.db.Ent.User.Query().Where(lowerEQ(column, login)).Only(ctx)
+	if ent.IsNotFound(err) {
+		return 0, "", nil
+	}
+	if err != nil {
+		return 0, "", fmt.Errorf("lookup login: %w", err)
+	}
+	return u.ID, u.PasswordHash, nil
+}
+
+func (s *store) recordLogin(ctx context.Context, userID int) error {
+	return s.db.Ent.Profile.UpdateOneID(userID).SetLastLogin(s.now()).Exec(ctx)
+}
+
+// withDetails loads a user's profile and active avatar along with it.
+func withDetails(q *ent.UserQuery) *ent.UserQuery {
+	return q.WithProfile().WithAvatars(func(aq *ent.AvatarQuery) {
+		aq.Where(avatar.IsActive(true))
+	})
+}
+
+func (s *store) get(ctx context.Context, userID int) (*ent.User, error) {
+	return withDetails(s.db.Ent.User.Query().Where(user.ID(userID))).Only(ctx)
+}
+
+// profileUpdate is a partial update: nil fields stay as they are, and an
+// empty phone number or description clears it.
+type profileUpdate struct {
+	Username, PhoneNumber, Description *string
+}
+
+func (s *store) updateProfile(ctx context.Context, userID int, up profileUpdate) error {
+	return s.withTx(ctx, func(tx *ent.Tx) error {
+		uu := tx.User.UpdateOneID(userID)
+		if up.Username != nil {
+			uu.SetUsername(*up.Username)
+		}
+		if up.PhoneNumber != nil {
+			if *up.PhoneNumber == "" {
+				uu.ClearPhoneNumber()
+			} else {
+				uu.SetPhoneNumber(*up.PhoneNumber)
+			}
+		}
+		if err := uu.Exec(ctx); err != nil {
+			return uniqueViolation(err)
+		}
+		if up.Description != nil {
+			pu := tx.Profile.UpdateOneID(userID)
+			if *up.Description == "" {
+				pu.ClearDescription()
+			} else {
+				pu.SetDescription(*up.Description)
+			}
+			if err := pu.Exec(ctx); err != nil {
+				return fmt.Errorf("update profile: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// searchCursor is the position after the last user of a page.
+type searchCursor struct {
+	Username string `json:"u"`
+	ID       int    `json:"i"`
+}
+
+func encodeCursor(c searchCursor) string {
+	b, _ := json.Marshal(c)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeCursor(s string) (searchCursor, error) {
+	var c searchCursor
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err == nil {
+		err = json.Unmarshal(b, &c)
+	}
+	if err != nil || c.ID <= 0 {
+		return c, connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: not a token from this method"))
+	}
+	return c, nil
+}
+
+// likeEscaper makes a string match literally in LIKE ... ESCAPE '\'.
+var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+
+// search returns up to limit users whose username starts with prefix, in
+// any case, ordered by lower(username) then id, after the cursor.
+func (s *store) search(ctx context.Context, prefix string, after *searchCursor, limit int) ([]*ent.User, error) {
+	q := s.db.Ent.User.Query().Where(func(sel *sql.Selector) {
+		sel.Where(sql.P(func(b *sql.Builder) {
+			b.WriteString("lower(").Ident(sel.C(user.FieldUsername)).WriteString(") LIKE lower(").
+				Arg(likeEscaper.Replace(prefix) + "%").WriteString(`) ESCAPE '\'`)
+		}))
+		if after != nil {
+			sel.Where(sql.P(func(b *sql.Builder) {
+				col := sel.C(user.FieldUsername)
+				b.WriteString("(lower(").Ident(col).WriteString(") > lower(").Arg(after.Username).WriteString(") OR (lower(").
+					Ident(col).WriteString(") = lower(").Arg(after.Username).WriteString(") AND ").
+					Ident(sel.C(user.FieldID)).WriteString(" > ").Arg(after.ID).WriteString("))")
+			}))
+		}
+	}).Order(func(sel *sql.Selector) {
+		sel.OrderExpr(sql.ExprP("lower(" + sel.C(user.FieldUsername) + ")"))
+	}, ent.Asc(user.FieldID)).Limit(limit)
+	return withDetails(q).All(ctx)
+}
+
+
+func (s *store) listAvatars(ctx context.Context, userID int) ([]*ent.Avatar, error) {
+	return s.db.Ent.Avatar.Query().
+		Where(avatar.UserID(userID)).
+		Order(ent.Desc(avatar.FieldUploadedAt), ent.Desc(avatar.FieldID)).
+		All(ctx)
+}
+
+var errNoAvatar = connect.NewError(connect.CodeNotFound, errors.New("no such avatar"))
+
+// setActive makes the user's avatar the active one.
+func (s *store) setActive(ctx context.Context, userID, avatarID int) (*ent.Avatar, error) {
+	var out *ent.Avatar
+	err := s.withTx(ctx, func(tx *ent.Tx) error {
+		if err := s.lockUser(ctx, tx, userID); err != nil {
+			return err
+		}
+		a, err := tx.Avatar.Query().Where(avatar.ID(avatarID), avatar.UserID(userID)).Only(ctx)
+		if ent.IsNotFound(err) {
+			return errNoAvatar
+		}
+		if err != nil {
+			return err
+		}
+		if a.IsActive {
+			out = a
+			return nil
+		}
+		if err := tx.Avatar.Update().Where(avatar.UserID(userID), avatar.IsActive(true)).SetIsActive(false).Exec(ctx); err != nil {
+			return fmt.Errorf("deactivate avatar: %w", err)
+		}
+		out, err = tx.Avatar.UpdateOne(a).SetIsActive(true).Save(ctx)
+		return err
+	})
+	return out, err
+}
+
+// delete removes the user's avatar. If it was the active one, the newest
+// remaining avatar becomes active, or a new identicon when none remains.
+// It returns the active avatar afterwards.
+func (s *store) deleteAvatar(ctx context.Context, userID, avatarID int) (*ent.Avatar, error) {
+	var active *ent.Avatar
+	err := s.withTx(ctx, func(tx *ent.Tx) error {
+		if err := s.lockUser(ctx, tx, userID); err != nil {
+			return err
+		}
+		a, err := tx.Avatar.Query().Where(avatar.ID(avatarID), avatar.UserID(userID)).Only(ctx)
+		if ent.IsNotFound(err) {
+			return errNoAvatar
+		}
+		if err != nil {
+			return err
+		}
+		if err := tx.Avatar.DeleteOne(a).Exec(ctx); err != nil {
+			return fmt.Errorf("delete avatar: %w", err)
+		}
+		if !a.IsActive {
+			active, err = tx.Avatar.Query().Where(avatar.UserID(userID), avatar.IsActive(true)).Only(ctx)
+			return err
+		}
+		next, err := tx.Avatar.Query().Where(avatar.UserID(userID)).
+			Order(ent.Desc(avatar.FieldUploadedAt), ent.Desc(avatar.FieldID)).First(ctx)
+		switch {
+		case ent.IsNotFound(err):
+			active, err = tx.Avatar.Create().SetUserID(userID).SetAvatarURL(newIdenticonURL()).
+				SetIsRandom(true).SetIsActive(true).SetUploadedAt(s.now()).Save(ctx)
+			return err
+		case err != nil:
+			return err
+		}
+		active, err = tx.Avatar.UpdateOne(next).SetIsActive(true).Save(ctx)
+		return err
+	})
+	return active, err
+}
