@@ -73,6 +73,8 @@ type Config struct {
 	// RateLimits bound login and registration attempts; zero means
 	// auth.DefaultRateLimits.
 	RateLimits auth.RateLimits
+	// Now is the clock; time.Now when nil. Tests move it forward.
+	Now func() time.Time
 }
 
 // StoreInfo says where one store lives, for the start-up banner.
@@ -160,6 +162,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 		MaxRequestBytes: cfg.MaxRequestBytes,
 		DB:              a.db,
 		Redis:           a.redis,
+		Now:             cfg.Now,
 		Auth: auth.Config{
 			Key:            key,
 			AccessTTL:      cfg.AccessTokenTTL,
@@ -256,6 +259,12 @@ func (a *App) openRedis(ctx context.Context) error {
 	}
 	return nil
 }
+
+// DB returns the relational database.
+func (a *App) DB() *sqldb.DB { return a.db }
+
+// Redis returns the Redis client.
+func (a *App) Redis() *redis.Client { return a.redis }
 
 // Stores describes where each store lives.
 func (a *App) Stores() []StoreInfo { return a.stores }

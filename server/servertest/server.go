@@ -8,12 +8,14 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
 	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/auth"
 )
 
 // Server is a complete Parley server running in-process on a loopback port.
@@ -50,6 +52,12 @@ func New(tb testing.TB, opts ...Option) *Server {
 		HealthInterval:  50 * time.Millisecond,
 		ShutdownTimeout: 5 * time.Second,
 		Version:         "test",
+		// Tests sign up many accounts from one address; the limits
+		// themselves are tested with a server of their own.
+		RateLimits: auth.RateLimits{
+			LoginFailuresPerAccount: 1000, LoginFailuresPerAddress: 100000, LoginWindow: time.Minute,
+			RegistrationsPerAddress: 100000, RegistrationWindow: time.Minute,
+		},
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -101,6 +109,29 @@ func (s *Server) Stop() error {
 		close(s.done)
 	}
 	return err
+}
+
+// Clock is a clock that tests move by hand, for expiry without sleeping.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewClock returns a clock at the current time.
+func NewClock() *Clock { return &Clock{now: time.Now()} }
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock forward by d.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }
 
 // Protocol is one of the RPC protocols clients use to reach the server.

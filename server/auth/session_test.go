@@ -1,0 +1,347 @@
+package auth_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/golang-jwt/jwt/v5"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/servertest"
+)
+
+func TestAuthService_Login(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range []servertest.Protocol{servertest.Protocols[0], servertest.Protocols[1]} {
+		t.Run(p.Name, func(t *testing.T) {
+			c := newClients(srv, p)
+			name := uniqueName("Login")
+			register(t, c, name)
+			for _, login := range []string{name, strings.ToUpper(name), strings.ToLower(name) + "@EXAMPLE.COM"} {
+				res, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: login, Password: password}))
+				if err != nil {
+					t.Fatalf("Login(%q): %v", login, err)
+				}
+				if got := res.Msg.GetMe().GetUser().GetUsername(); got != name {
+					t.Errorf("Login(%q) signed in %q, want %q", login, got, name)
+				}
+			}
+
+			_, errWrong := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: "wrong password"}))
+			wantCode(t, errWrong, connect.CodeUnauthenticated)
+			_, errUnknown := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: "nobody" + name, Password: password}))
+			wantCode(t, errUnknown, connect.CodeUnauthenticated)
+			if errWrong.Error() != errUnknown.Error() {
+				t.Errorf("wrong password says %q, unknown login says %q; want the same answer", errWrong, errUnknown)
+			}
+		})
+	}
+}
+
+// forge signs claims like the server's with the given method and key.
+func forge(t *testing.T, method jwt.SigningMethod, key any, userID int32, sessionID string, exp time.Time) string {
+	t.Helper()
+	claims := jwt.MapClaims{
+		"iss": "parley", "sub": strconv.Itoa(int(userID)), "sid": sessionID,
+		"iat": time.Now().Unix(), "exp": exp.Unix(),
+	}
+	s, err := jwt.NewWithClaims(method, claims).SignedString(key)
+	if err != nil {
+		t.Fatalf("forge %s token: %v", method.Alg(), err)
+	}
+	return s
+}
+
+// TestAuth_BadTokens presents tokens that must not authenticate, to a call
+// that would write, and checks the code and that nothing changed.
+func TestAuth_BadTokens(t *testing.T) {
+	clock := servertest.NewClock()
+	keyFile := filepath.Join(t.TempDir(), "key.pem")
+	serverKey, err := auth.LoadOrCreateKey(keyFile, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) {
+		c.Now = clock.Now
+		c.JWTKeyFile = keyFile
+	}))
+	_, otherKey, _ := ed25519.GenerateKey(rand.Reader)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	pubDER, _ := x509.MarshalPKIXPublicKey(serverKey.Public())
+	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
+
+	base := newClients(srv, servertest.Protocols[0])
+	tok, uid := register(t, base, uniqueName("victim"))
+	sid := tok.GetSessionId()
+	exp := clock.Now().Add(10 * time.Minute)
+
+	// Tokens of sessions that ended.
+	loggedOut := login(t, base, uid)
+	if _, err := base.auth.Logout(context.Background(), withToken(&parleyv1.LogoutRequest{}, loggedOut.GetAccessToken())); err != nil {
+		t.Fatalf("Logout: %v", err)
+	}
+	revoked := login(t, base, uid)
+	if _, err := base.auth.RevokeSession(context.Background(), withToken(&parleyv1.RevokeSessionRequest{SessionId: revoked.GetSessionId()}, tok.GetAccessToken())); err != nil {
+		t.Fatalf("RevokeSession: %v", err)
+	}
+	expiring := login(t, base, uid)
+
+	cases := []struct {
+		name  string
+		token func(t *testing.T) string
+	}{
+		{"no token", func(*testing.T) string { return "" }},
+		{"garbage", func(*testing.T) string { return "not.a.jwt" }},
+		{"signed with another key", func(*testing.T) string { return forge(t, jwt.SigningMethodEdDSA, otherKey, uid, sid, exp) }},
+		{"alg none", func(*testing.T) string { return forge(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, uid, sid, exp) }},
+		{"HS256 keyed with the public key", func(*testing.T) string { return forge(t, jwt.SigningMethodHS256, pubPEM, uid, sid, exp) }},
+		{"RS256", func(*testing.T) string { return forge(t, jwt.SigningMethodRS256, rsaKey, uid, sid, exp) }},
+		{"right key, unknown session", func(*testing.T) string { return forge(t, jwt.SigningMethodEdDSA, serverKey, uid, "AAAAAAAAAAAAAAAAAAAAAA", exp) }},
+		{"right key, another user's session", func(*testing.T) string { return forge(t, jwt.SigningMethodEdDSA, serverKey, uid+1, sid, exp) }},
+		{"logged-out session", func(*testing.T) string { return loggedOut.GetAccessToken() }},
+		{"revoked session", func(*testing.T) string { return revoked.GetAccessToken() }},
+		{"expired", func(t *testing.T) string {
+			clock.Advance(16 * time.Minute)
+			t.Cleanup(func() { clock.Advance(-16 * time.Minute) })
+			return expiring.GetAccessToken()
+		}},
+	}
+	for _, p := range []servertest.Protocol{servertest.Protocols[0], servertest.Protocols[1]} {
+		c := newClients(srv, p)
+		for _, tc := range cases {
+			t.Run(p.Name+"/"+tc.name, func(t *testing.T) {
+				hacked := "hacked by " + tc.name
+				_, err := c.users.UpdateProfile(context.Background(), withToken(&parleyv1.UpdateProfileRequest{Description: &hacked}, tc.token(t)))
+				wantCode(t, err, connect.CodeUnauthenticated)
+				profile, err := srv.App.DB().Ent.Profile.Get(context.Background(), int(uid))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if profile.Description != nil {
+					t.Errorf("description = %q after a refused call; want it unchanged", *profile.Description)
+				}
+			})
+		}
+	}
+}
+
+// login signs the user in once more and returns the new session's tokens.
+func login(t *testing.T, c clients, userID int32) *parleyv1.Tokens {
+	t.Helper()
+	u, err := c.users.GetUser(context.Background(), withToken(&parleyv1.GetUserRequest{UserId: userID}, anyToken(t, c)))
+	if err != nil {
+		t.Fatalf("GetUser: %v", err)
+	}
+	res, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: u.Msg.GetUser().GetUsername(), Password: password}))
+	if err != nil {
+		t.Fatalf("Login: %v", err)
+	}
+	return res.Msg.GetTokens()
+}
+
+// anyToken returns the token of a throw-away account, for calls that need
+// some signed-in caller.
+func anyToken(t *testing.T, c clients) string {
+	t.Helper()
+	tok, _ := register(t, c, uniqueName("observer"))
+	return tok.GetAccessToken()
+}
+
+func TestAuthService_Refresh(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range []servertest.Protocol{servertest.Protocols[0], servertest.Protocols[1]} {
+		t.Run(p.Name, func(t *testing.T) {
+			c := newClients(srv, p)
+			first, _ := register(t, c, uniqueName("refresh"))
+			res, err := c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: first.GetRefreshToken()}))
+			if err != nil {
+				t.Fatalf("Refresh: %v", err)
+			}
+			second := res.Msg.GetTokens()
+			if second.GetSessionId() != first.GetSessionId() || second.GetRefreshToken() == first.GetRefreshToken() {
+				t.Fatalf("Refresh gave %v, want a new refresh token for the same session", second)
+			}
+			if _, err := c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, second.GetAccessToken())); err != nil {
+				t.Fatalf("GetMe with the refreshed token: %v", err)
+			}
+
+			// Reusing the first refresh token revokes the whole session.
+			_, err = c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: first.GetRefreshToken()}))
+			wantCode(t, err, connect.CodeUnauthenticated)
+			_, err = c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, second.GetAccessToken()))
+			wantCode(t, err, connect.CodeUnauthenticated)
+			_, err = c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: second.GetRefreshToken()}))
+			wantCode(t, err, connect.CodeUnauthenticated)
+		})
+	}
+	t.Run("tampered token", func(t *testing.T) {
+		c := newClients(srv, servertest.Protocols[0])
+		tok, _ := register(t, c, uniqueName("tamper"))
+		rt := tok.GetRefreshToken()
+		for _, bad := range []string{rt[:len(rt)-2] + "AA", "1.2.3", "x" + rt, strings.Replace(rt, ".0.", ".1.", 1)} {
+			_, err := c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: bad}))
+			wantCode(t, err, connect.CodeUnauthenticated)
+		}
+		// The genuine token still works: forgeries did not revoke it.
+		if _, err := c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: rt})); err != nil {
+			t.Errorf("genuine Refresh after forgeries: %v", err)
+		}
+	})
+	t.Run("racing refreshes", func(t *testing.T) {
+		c := newClients(srv, servertest.Protocols[1])
+		tok, _ := register(t, c, uniqueName("race"))
+		const n = 8
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		succeeded := 0
+		for range n {
+			wg.Go(func() {
+				_, err := c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: tok.GetRefreshToken()}))
+				if err == nil {
+					mu.Lock()
+					succeeded++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if succeeded > 1 {
+			t.Errorf("%d of %d refreshes with one token succeeded, want at most 1", succeeded, n)
+		}
+	})
+}
+
+func TestAuthService_Sessions(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range []servertest.Protocol{servertest.Protocols[0], servertest.Protocols[1]} {
+		t.Run(p.Name, func(t *testing.T) {
+			c := newClients(srv, p)
+			phone, uid := register(t, c, uniqueName("sessions"))
+			laptop := login(t, c, uid)
+			list, err := c.auth.ListSessions(context.Background(), withToken(&parleyv1.ListSessionsRequest{}, laptop.GetAccessToken()))
+			if err != nil {
+				t.Fatalf("ListSessions: %v", err)
+			}
+			got := list.Msg.GetSessions()
+			if len(got) != 2 || got[0].GetId() != laptop.GetSessionId() || !got[0].GetCurrent() || got[1].GetCurrent() {
+				t.Fatalf("sessions = %v, want the laptop's (current) then the phone's", got)
+			}
+			if got[0].GetAddress() != "127.0.0.1" || got[0].GetUserAgent() == "" {
+				t.Errorf("session = %v, want the client's address and user agent", got[0])
+			}
+
+			// Another user cannot revoke the phone's session.
+			stranger := anyToken(t, c)
+			_, err = c.auth.RevokeSession(context.Background(), withToken(&parleyv1.RevokeSessionRequest{SessionId: phone.GetSessionId()}, stranger))
+			wantCode(t, err, connect.CodeNotFound)
+			if _, err := c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, phone.GetAccessToken())); err != nil {
+				t.Fatalf("phone session after a stranger's revoke: %v", err)
+			}
+
+			if _, err := c.auth.RevokeSession(context.Background(), withToken(&parleyv1.RevokeSessionRequest{SessionId: phone.GetSessionId()}, laptop.GetAccessToken())); err != nil {
+				t.Fatalf("RevokeSession: %v", err)
+			}
+			_, err = c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, phone.GetAccessToken()))
+			wantCode(t, err, connect.CodeUnauthenticated)
+			_, err = c.auth.RevokeSession(context.Background(), withToken(&parleyv1.RevokeSessionRequest{SessionId: phone.GetSessionId()}, laptop.GetAccessToken()))
+			wantCode(t, err, connect.CodeNotFound)
+			_, err = c.auth.RevokeSession(context.Background(), withToken(&parleyv1.RevokeSessionRequest{SessionId: "not a session"}, laptop.GetAccessToken()))
+			wantCode(t, err, connect.CodeInvalidArgument)
+		})
+	}
+}
+
+// TestAuth_SessionCheckedOnEveryInstance logs out through one server and
+// checks that another server sharing the stores refuses the token at once.
+func TestAuth_SessionCheckedOnEveryInstance(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "key.pem")
+	shareKey := servertest.WithConfig(func(c *app.Config) { c.JWTKeyFile = keyFile })
+	if _, err := auth.LoadOrCreateKey(keyFile, true); err != nil {
+		t.Fatal(err)
+	}
+	a := newClients(servertest.New(t, shareKey), servertest.Protocols[0])
+	b := newClients(servertest.New(t, shareKey), servertest.Protocols[1])
+	tok, _ := register(t, a, uniqueName("multi"))
+	if _, err := b.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, tok.GetAccessToken())); err != nil {
+		t.Fatalf("GetMe on the other instance: %v", err)
+	}
+	if _, err := a.auth.Logout(context.Background(), withToken(&parleyv1.LogoutRequest{}, tok.GetAccessToken())); err != nil {
+		t.Fatalf("Logout: %v", err)
+	}
+	_, err := b.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, tok.GetAccessToken()))
+	wantCode(t, err, connect.CodeUnauthenticated)
+}
+
+func TestAuth_RateLimits(t *testing.T) {
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) {
+		// Counters of their own, apart from the other tests' sign-ups.
+		c.RedisPrefix += "ratelimits:"
+		c.RateLimits = auth.RateLimits{
+			LoginFailuresPerAccount: 3, LoginFailuresPerAddress: 100, LoginWindow: time.Hour,
+			RegistrationsPerAddress: 2, RegistrationWindow: time.Hour,
+		}
+	}))
+	c := newClients(srv, servertest.Protocols[1])
+	t.Run("failed logins per account", func(t *testing.T) {
+		name := uniqueName("guessme")
+		register(t, c, name)
+		for range 3 {
+			_, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: "guess"}))
+			wantCode(t, err, connect.CodeUnauthenticated)
+		}
+		// Even the right password is refused now, in any case of the login.
+		_, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: strings.ToUpper(name), Password: password}))
+		wantCode(t, err, connect.CodeResourceExhausted)
+		var cerr *connect.Error
+		if errorsAs(err, &cerr) && cerr.Meta().Get("Retry-After") == "" && len(cerr.Details()) == 0 {
+			t.Errorf("rate-limit error has no retry hint: %v", err)
+		}
+	})
+	t.Run("registrations per address", func(t *testing.T) {
+		// One registration above used one of the two.
+		register(t, c, uniqueName("second"))
+		before := countUsers(t, srv)
+		_, err := c.auth.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
+			Username: uniqueName("third"), Email: uniqueName("third") + "@example.com", Password: password,
+		}))
+		wantCode(t, err, connect.CodeResourceExhausted)
+		if after := countUsers(t, srv); after != before {
+			t.Errorf("users: %d before, %d after; want nothing written", before, after)
+		}
+	})
+}
+
+func TestLoadOrCreateKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "key.pem")
+	if _, err := auth.LoadOrCreateKey(path, false); err == nil {
+		t.Fatal("loading a missing key without create succeeded")
+	}
+	k1, err := auth.LoadOrCreateKey(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := auth.LoadOrCreateKey(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !k1.Equal(k2) {
+		t.Error("second load returned another key")
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode = %v, want 0600", fi.Mode().Perm())
+	}
+}
