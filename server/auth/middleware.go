@@ -133,4 +133,3 @@ func connectHTTPStatus(c connect.Code) int {
 		return http.StatusInternalServerError
 	}
 }
-

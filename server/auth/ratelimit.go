@@ -55,7 +55,9 @@ func (l *limiter) accountKey(login string) string {
 
 func (l *limiter) loginAddressKey(addr string) string { return l.prefix + "login-address:" + addr }
 
-func (l *limiter) registerAddressKey(addr string) string { return l.prefix + "register-address:" + addr }
+func (l *limiter) registerAddressKey(addr string) string {
+	return l.prefix + "register-address:" + addr
+}
 
 // checkLogin refuses a login attempt when the account or the address has
 // used up its failures, without counting the attempt itself.

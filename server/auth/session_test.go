@@ -107,10 +107,14 @@ func TestAuth_BadTokens(t *testing.T) {
 		{"no token", func(*testing.T) string { return "" }},
 		{"garbage", func(*testing.T) string { return "not.a.jwt" }},
 		{"signed with another key", func(*testing.T) string { return forge(t, jwt.SigningMethodEdDSA, otherKey, uid, sid, exp) }},
-		{"alg none", func(*testing.T) string { return forge(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, uid, sid, exp) }},
+		{"alg none", func(*testing.T) string {
+			return forge(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, uid, sid, exp)
+		}},
 		{"HS256 keyed with the public key", func(*testing.T) string { return forge(t, jwt.SigningMethodHS256, pubPEM, uid, sid, exp) }},
 		{"RS256", func(*testing.T) string { return forge(t, jwt.SigningMethodRS256, rsaKey, uid, sid, exp) }},
-		{"right key, unknown session", func(*testing.T) string { return forge(t, jwt.SigningMethodEdDSA, serverKey, uid, "AAAAAAAAAAAAAAAAAAAAAA", exp) }},
+		{"right key, unknown session", func(*testing.T) string {
+			return forge(t, jwt.SigningMethodEdDSA, serverKey, uid, "AAAAAAAAAAAAAAAAAAAAAA", exp)
+		}},
 		{"right key, another user's session", func(*testing.T) string { return forge(t, jwt.SigningMethodEdDSA, serverKey, uid+1, sid, exp) }},
 		{"logged-out session", func(*testing.T) string { return loggedOut.GetAccessToken() }},
 		{"revoked session", func(*testing.T) string { return revoked.GetAccessToken() }},

@@ -229,7 +229,6 @@ func (s *store) search(ctx context.Context, prefix string, after *searchCursor, 
 	return withDetails(q).All(ctx)
 }
 
-
 func (s *store) listAvatars(ctx context.Context, userID int) ([]*ent.Avatar, error) {
 	return s.db.Ent.Avatar.Query().
 		Where(avatar.UserID(userID)).
