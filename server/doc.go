@@ -9,9 +9,15 @@
 // to the generated interface in gen/parley/v1/parleyv1connect, and to its
 // implementation in server/<domain>/.
 //
-//	server/             New(Deps) http.Handler, request log, stream draining
+//	server/             New(Deps) http.Handler, public procedures, stream draining
 //	server/info/        parley.v1.ServerService: version and limits
+//	server/auth/        parley.v1.AuthService, sessions in Redis, the
+//	                    authentication middleware, rate limits
+//	server/user/        parley.v1.UserService and AvatarService on ent;
+//	                    identicon avatars; the accounts auth signs in
 //	server/health/      grpc.health.v1.Health from periodic store pings
+//	server/reqlog/      one log line per request
+//	server/rpcerr/      store errors -> Connect codes, in one place
 //	server/sqldb/       PostgreSQL (or embedded SQLite) behind ent; migrations
 //	server/embedded/    FerretDB and miniredis, the zero-setup stand-ins
 //	server/app/         Config -> open stores -> handler -> serve; used by
@@ -27,11 +33,13 @@
 //	main
 //	server/app, server/servertest
 //	server
-//	server/<domain> (info, ...), server/health
-//	server/sqldb, server/embedded
+//	server/<domain> (user, then auth, info, ...), server/health
+//	server/reqlog, server/rpcerr, server/sqldb, server/embedded
 //	gen/..., ent/...
 //
 // A domain package that needs another domain's answer (for example, "is
-// this user in this chat?") declares a one-method interface for it, which
-// app wires to the implementation; domains never import each other.
+// this user in this chat?") declares a small interface for it, which
+// server.New wires to the implementation. The one import between domains
+// is of auth, for the caller's identity (auth.Caller), which every domain
+// uses; auth itself declares what it needs of accounts (auth.Accounts).
 package server

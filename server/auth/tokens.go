@@ -13,9 +13,13 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 const issuer = "parley"
+
+// leeway is the clock skew allowed when checking a token's times.
+const leeway = 5 * time.Second
 
 // accessClaims are the claims of an access token.
 type accessClaims struct {
@@ -31,14 +35,34 @@ type tokens struct {
 	accessTTL  time.Duration
 	now        func() time.Time
 	parser     *jwt.Parser
+	// verified remembers tokens whose signature checked out, so a client's
+	// every call does not pay for an Ed25519 verification; expiry is still
+	// checked on each use, and the session in Redis always is.
+	verified *lru.Cache[string, verifiedToken]
 }
+
+// verifiedToken is what a checked access token says.
+type verifiedToken struct {
+	userID    int
+	sessionID string
+	expires   time.Time
+}
+
+// verifiedCacheSize bounds the verified-token cache: about 200 bytes a
+// token, so some 10 MB at most.
+const verifiedCacheSize = 50_000
 
 func newTokens(key ed25519.PrivateKey, accessTTL time.Duration, now func() time.Time) (*tokens, error) {
 	refreshKey, err := hkdf.Key(sha256.New, key.Seed(), nil, "parley refresh token mac", 32)
 	if err != nil {
 		return nil, fmt.Errorf("refresh key: %w", err)
 	}
+	verified, err := lru.New[string, verifiedToken](verifiedCacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("token cache: %w", err)
+	}
 	return &tokens{
+		verified:   verified,
 		key:        key,
 		refreshKey: refreshKey,
 		accessTTL:  accessTTL,
@@ -50,7 +74,7 @@ func newTokens(key ed25519.PrivateKey, accessTTL time.Duration, now func() time.
 			jwt.WithIssuer(issuer),
 			jwt.WithExpirationRequired(),
 			jwt.WithIssuedAt(),
-			jwt.WithLeeway(5*time.Second),
+			jwt.WithLeeway(leeway),
 			jwt.WithTimeFunc(now),
 		),
 	}, nil
@@ -83,6 +107,12 @@ var errBadToken = errors.New("invalid or expired access token")
 // verifyAccess checks an access token's signature, algorithm, issuer and
 // expiry, and returns the user and session it names.
 func (t *tokens) verifyAccess(token string) (userID int, sessionID string, err error) {
+	if v, ok := t.verified.Get(token); ok {
+		if !t.now().Before(v.expires.Add(leeway)) {
+			return 0, "", fmt.Errorf("%w: expired", errBadToken)
+		}
+		return v.userID, v.sessionID, nil
+	}
 	var c accessClaims
 	if _, err := t.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) {
 		return t.key.Public(), nil
@@ -93,6 +123,7 @@ func (t *tokens) verifyAccess(token string) (userID int, sessionID string, err e
 	if err != nil || userID <= 0 || c.SessionID == "" {
 		return 0, "", fmt.Errorf("%w: bad subject or session", errBadToken)
 	}
+	t.verified.Add(token, verifiedToken{userID: userID, sessionID: c.SessionID, expires: c.ExpiresAt.Time})
 	return userID, c.SessionID, nil
 }
 

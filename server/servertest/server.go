@@ -63,6 +63,9 @@ func New(tb testing.TB, opts ...Option) *Server {
 		o(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if _, ok := tb.(*testing.B); ok {
+		log = slog.New(slog.DiscardHandler) // a benchmark's log would be printed whole
+	}
 	return Start(tb, cfg, log)
 }
 

@@ -1,0 +1,219 @@
+package user_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/servertest"
+)
+
+func ptr(s string) *string { return &s }
+
+// updateProfile calls UpdateProfile and fails the test on an error.
+func updateProfile(t *testing.T, c clients, token string, req *parleyv1.UpdateProfileRequest) *parleyv1.Me {
+	t.Helper()
+	res, err := c.users.UpdateProfile(context.Background(), withToken(req, token))
+	if err != nil {
+		t.Fatalf("UpdateProfile(%v): %v", req, err)
+	}
+	return res.Msg.GetMe()
+}
+
+func TestUserService_UpdateProfile(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range protocols {
+		c := newClients(srv, p)
+		t.Run(p.Name+"/username", func(t *testing.T) {
+			acc := register(t, c, uniqueName("Before"))
+			newName := uniqueName("Renamed.ü-")
+			me := updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Username: &newName})
+			if got := me.GetUser().GetUsername(); got != newName {
+				t.Errorf("response username = %q, want %q", got, newName)
+			}
+			if got := snapshot(t, srv, acc.ID).Username; got != newName {
+				t.Errorf("database username = %q, want %q", got, newName)
+			}
+
+			res, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: newName, Password: password}))
+			if err != nil {
+				t.Fatalf("Login with the new name: %v", err)
+			}
+			if got := res.Msg.GetMe().GetUser().GetId(); got != acc.ID {
+				t.Errorf("Login with the new name signed in user %d, want %d", got, acc.ID)
+			}
+			_, err = c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: acc.Username, Password: password}))
+			wantCode(t, err, connect.CodeUnauthenticated)
+		})
+
+		t.Run(p.Name+"/username in another case of its own", func(t *testing.T) {
+			acc := register(t, c, uniqueName("casey"))
+			upper := strings.ToUpper(acc.Username)
+			me := updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Username: &upper})
+			if got := me.GetUser().GetUsername(); got != upper {
+				t.Errorf("username = %q, want %q", got, upper)
+			}
+		})
+
+		t.Run(p.Name+"/phone set and clear", func(t *testing.T) {
+			acc := register(t, c, uniqueName("Phone"))
+			phone := "+33612345678"
+			me := updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{PhoneNumber: &phone})
+			if got := me.GetPhoneNumber(); got != phone {
+				t.Errorf("response phone = %q, want %q", got, phone)
+			}
+			if got, want := snapshot(t, srv, acc.ID).Phone, orNil(&phone); got != want {
+				t.Errorf("database phone = %s, want %s", got, want)
+			}
+
+			me = updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{PhoneNumber: ptr("")})
+			if got := me.GetPhoneNumber(); got != "" {
+				t.Errorf("response phone after clearing = %q, want none", got)
+			}
+			if got := snapshot(t, srv, acc.ID).Phone; got != "<nil>" {
+				t.Errorf("database phone after clearing = %s, want NULL", got)
+			}
+		})
+
+		t.Run(p.Name+"/description set and clear", func(t *testing.T) {
+			acc := register(t, c, uniqueName("Desc"))
+			desc := "Hello there"
+			me := updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Description: &desc})
+			if got := me.GetUser().GetDescription(); got != desc {
+				t.Errorf("response description = %q, want %q", got, desc)
+			}
+			if got, want := snapshot(t, srv, acc.ID).Description, orNil(&desc); got != want {
+				t.Errorf("database description = %s, want %s", got, want)
+			}
+
+			me = updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Description: ptr("")})
+			if got := me.GetUser().GetDescription(); got != "" {
+				t.Errorf("response description after clearing = %q, want none", got)
+			}
+			if got := snapshot(t, srv, acc.ID).Description; got != "<nil>" {
+				t.Errorf("database description after clearing = %s, want NULL", got)
+			}
+		})
+
+		t.Run(p.Name+"/unset fields stay", func(t *testing.T) {
+			acc := register(t, c, uniqueName("Partial"))
+			updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{PhoneNumber: ptr("+491701234567"), Description: ptr("kept")})
+			before := snapshot(t, srv, acc.ID)
+
+			me := updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{})
+			wantUnchanged(t, srv, acc.ID, before)
+			if me.GetPhoneNumber() != "+491701234567" || me.GetUser().GetDescription() != "kept" || me.GetUser().GetUsername() != acc.Username {
+				t.Errorf("after an empty update: %v, want everything as it was", me)
+			}
+
+			desc := "changed"
+			updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Description: &desc})
+			want := before
+			want.Description = orNil(&desc)
+			wantUnchanged(t, srv, acc.ID, want)
+		})
+
+		t.Run(p.Name+"/description stored literally", func(t *testing.T) {
+			acc := register(t, c, uniqueName("Literal"))
+			for _, desc := range []string{
+				`'); DROP TABLE users; --`,
+				`{"$ne": null}`,
+				`{"$where": "sleep(1000)"}`,
+				"Привет, мир 👋",
+				`back\slash 100% _under_ "quotes" <b>html</b>`,
+				"line one\nline two\ttabbed",
+				strings.Repeat("👋", 500),
+			} {
+				me := updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Description: &desc})
+				if got := me.GetUser().GetDescription(); got != desc {
+					t.Errorf("response description = %q, want %q", got, desc)
+				}
+				if got := getMe(t, c, acc.Token).GetUser().GetDescription(); got != desc {
+					t.Errorf("GetMe description = %q, want %q", got, desc)
+				}
+				if got, want := snapshot(t, srv, acc.ID).Description, orNil(&desc); got != want {
+					t.Errorf("database description = %s, want %s", got, want)
+				}
+			}
+			// The users table is still there and still holds the user.
+			if n, err := srv.App.DB().Ent.User.Query().Count(context.Background()); err != nil || n == 0 {
+				t.Errorf("users: %d, %v; want the table intact", n, err)
+			}
+		})
+	}
+}
+
+// TestUserService_UpdateProfile_MultibyteUsername sets usernames the API
+// documents as valid (up to 50 characters of letters) that take more than
+// 50 bytes in UTF-8.
+func TestUserService_UpdateProfile_MultibyteUsername(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range protocols {
+		t.Run(p.Name, func(t *testing.T) {
+			c := newClients(srv, p)
+			acc := register(t, c, uniqueName("Multi"))
+			// 50 characters, 100 bytes; unique by its last characters.
+			suffix := strings.NewReplacer("0", "а", "1", "б", "2", "в", "3", "г", "4", "д", "5", "е", "6", "ж", "7", "з", "8", "и", "9", "й").
+				Replace(uniqueName(""))
+			name := strings.Repeat("ж", 50-len([]rune(suffix))) + suffix
+			res, err := c.users.UpdateProfile(context.Background(), withToken(&parleyv1.UpdateProfileRequest{Username: &name}, acc.Token))
+			if err != nil {
+				t.Fatalf("UpdateProfile(username of 50 characters, %d bytes): %v; want it accepted", len(name), err)
+			}
+			if got := res.Msg.GetMe().GetUser().GetUsername(); got != name {
+				t.Errorf("username = %q, want %q", got, name)
+			}
+		})
+	}
+}
+
+// TestUserService_UpdateProfile_BadInput sends updates that must be
+// refused and checks that none of them changes the user.
+func TestUserService_UpdateProfile_BadInput(t *testing.T) {
+	srv := servertest.New(t)
+	long := func(s string, n int) *string { return ptr(strings.Repeat(s, n)) }
+	for _, p := range protocols {
+		c := newClients(srv, p)
+		acc := register(t, c, uniqueName("Victim"))
+		updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{PhoneNumber: ptr("+12025550123"), Description: ptr("original")})
+		taken := register(t, c, uniqueName("TakenName"))
+
+		cases := []struct {
+			name  string
+			req   *parleyv1.UpdateProfileRequest
+			token string
+			want  connect.Code
+		}{
+			{"username over 50 chars", &parleyv1.UpdateProfileRequest{Username: long("a", 51)}, acc.Token, connect.CodeInvalidArgument},
+			{"username with a space", &parleyv1.UpdateProfileRequest{Username: ptr("a b")}, acc.Token, connect.CodeInvalidArgument},
+			{"empty username", &parleyv1.UpdateProfileRequest{Username: ptr("")}, acc.Token, connect.CodeInvalidArgument},
+			{"username with SQL metacharacters", &parleyv1.UpdateProfileRequest{Username: ptr("x'; DROP TABLE users; --")}, acc.Token, connect.CodeInvalidArgument},
+			{"username taken, in upper case", &parleyv1.UpdateProfileRequest{Username: ptr(strings.ToUpper(taken.Username))}, acc.Token, connect.CodeAlreadyExists},
+			{"username taken, in lower case", &parleyv1.UpdateProfileRequest{Username: ptr(strings.ToLower(taken.Username))}, acc.Token, connect.CodeAlreadyExists},
+			{"username taken, with a valid description", &parleyv1.UpdateProfileRequest{Username: ptr(strings.ToUpper(taken.Username)), Description: ptr("sneaky")}, acc.Token, connect.CodeAlreadyExists},
+			{"phone not E.164", &parleyv1.UpdateProfileRequest{PhoneNumber: ptr("12345")}, acc.Token, connect.CodeInvalidArgument},
+			{"phone with a leading zero", &parleyv1.UpdateProfileRequest{PhoneNumber: ptr("+0123456789")}, acc.Token, connect.CodeInvalidArgument},
+			{"phone over 15 chars", &parleyv1.UpdateProfileRequest{PhoneNumber: ptr("+1234567890123456")}, acc.Token, connect.CodeInvalidArgument},
+			{"description over 500 chars", &parleyv1.UpdateProfileRequest{Description: long("d", 501)}, acc.Token, connect.CodeInvalidArgument},
+			{"description over 500 chars of emoji", &parleyv1.UpdateProfileRequest{Description: long("👋", 501)}, acc.Token, connect.CodeInvalidArgument},
+			{"valid description with a bad phone", &parleyv1.UpdateProfileRequest{Description: ptr("changed"), PhoneNumber: ptr("555-1234")}, acc.Token, connect.CodeInvalidArgument},
+			{"no token", &parleyv1.UpdateProfileRequest{Description: ptr("hacked")}, "", connect.CodeUnauthenticated},
+		}
+		for _, tc := range cases {
+			t.Run(p.Name+"/"+tc.name, func(t *testing.T) {
+				before := snapshot(t, srv, acc.ID)
+				takenBefore := snapshot(t, srv, taken.ID)
+				res, err := c.users.UpdateProfile(context.Background(), withToken(tc.req, tc.token))
+				if err == nil {
+					t.Fatalf("UpdateProfile = %v, want code %v", res.Msg, tc.want)
+				}
+				wantCode(t, err, tc.want)
+				wantUnchanged(t, srv, acc.ID, before)
+				wantUnchanged(t, srv, taken.ID, takenBefore)
+			})
+		}
+	}
+}
