@@ -46,11 +46,11 @@ func (User) Fields() []ent.Field {
 			SchemaType(pgInteger).
 			Immutable(),
 		field.String("username").
-			MaxLen(UsernameMaxLen).
+			MaxRuneLen(UsernameMaxLen).
 			NotEmpty().
 			SchemaType(map[string]string{dialect.Postgres: "varchar(50)"}),
 		field.String("email").
-			MaxLen(EmailMaxLen).
+			MaxRuneLen(EmailMaxLen).
 			NotEmpty().
 			Unique().
 			SchemaType(map[string]string{dialect.Postgres: "varchar(100)"}),
@@ -58,7 +58,7 @@ func (User) Fields() []ent.Field {
 			NotEmpty().
 			Sensitive(),
 		field.String("phone_number").
-			MaxLen(PhoneMaxLen).
+			MaxRuneLen(PhoneMaxLen).
 			Optional().
 			Nillable().
 			SchemaType(map[string]string{dialect.Postgres: "varchar(15)"}),

@@ -36,6 +36,11 @@ func From(ctx context.Context, log *slog.Logger, what string, err error) error {
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	case ent.IsNotFound(err), errors.Is(err, redis.Nil):
 		return connect.NewError(connect.CodeNotFound, errors.New("not found"))
+	case ent.IsValidationError(err):
+		// The request rules should have caught this first; say so in the
+		// log, but the client still sent a bad value.
+		log.WarnContext(ctx, what+": value passed the request rules but not the schema", "err", err)
+		return connect.NewError(connect.CodeInvalidArgument, errors.New("invalid value"))
 	case isUnavailable(err):
 		log.ErrorContext(ctx, what, "err", err)
 		return connect.NewError(connect.CodeUnavailable, errors.New("a store is unavailable; retry later"))

@@ -101,8 +101,16 @@ func TestUserService_GetMe_Unauthenticated(t *testing.T) {
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
 			c := newClients(srv, p)
-			_, err := c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, ""))
-			wantCode(t, err, connect.CodeUnauthenticated)
+			acc := register(t, c, uniqueName("Anon"))
+			before := snapshot(t, srv, acc.ID)
+			for _, token := range []string{"", "not.a.jwt", acc.Token + "x"} {
+				res, err := c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, token))
+				if err == nil {
+					t.Fatalf("GetMe with token %q = %v, want unauthenticated", token, res.Msg)
+				}
+				wantCode(t, err, connect.CodeUnauthenticated)
+			}
+			wantUnchanged(t, srv, acc.ID, before)
 		})
 	}
 }

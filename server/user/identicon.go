@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // IdenticonPath is where generated avatars are served, followed by
@@ -69,20 +70,18 @@ func IdenticonHandler() http.Handler {
 			http.NotFound(w, r)
 			return
 		}
-		etag := `"` + seed + `"`
-		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
-		w.Header().Set("ETag", etag)
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		if r.Header.Get("If-None-Match") == etag {
-			w.WriteHeader(http.StatusNotModified)
-			return
-		}
 		var buf bytes.Buffer
 		if err := png.Encode(&buf, identicon(seed)); err != nil {
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
-		w.Header().Set("Content-Type", "image/png")
-		w.Write(buf.Bytes())
+		h := w.Header()
+		h.Set("Cache-Control", "public, max-age=31536000, immutable")
+		h.Set("ETag", `"`+seed+`"`)
+		h.Set("Content-Type", "image/png")
+		h.Set("X-Content-Type-Options", "nosniff")
+		// ServeContent answers If-None-Match (lists, weak tags, *) and
+		// Range requests as RFC 9110 says.
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(buf.Bytes()))
 	})
 }

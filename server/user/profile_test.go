@@ -3,6 +3,7 @@ package user_test
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -168,6 +169,16 @@ func TestUserService_UpdateProfile_MultibyteUsername(t *testing.T) {
 			}
 		})
 	}
+	t.Run("register", func(t *testing.T) {
+		c := newClients(srv, servertest.Protocols[0])
+		name := strings.Repeat("я", 49) + "ж"
+		_, err := c.auth.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
+			Username: name, Email: uniqueName("multi") + "@example.com", Password: password,
+		}))
+		if err != nil {
+			t.Fatalf("Register(username of 50 characters, %d bytes): %v; want it accepted", len(name), err)
+		}
+	})
 }
 
 // TestUserService_UpdateProfile_BadInput sends updates that must be
@@ -215,5 +226,87 @@ func TestUserService_UpdateProfile_BadInput(t *testing.T) {
 				wantUnchanged(t, srv, taken.ID, takenBefore)
 			})
 		}
+	}
+}
+
+// TestUserService_UpdateProfile_NULByte sets a description holding a NUL
+// character: valid UTF-8 and within 500 characters, so the request passes
+// validation, but PostgreSQL text cannot hold it. The server must refuse
+// it as invalid_argument (or store it), not fail with internal.
+func TestUserService_UpdateProfile_NULByte(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range protocols {
+		t.Run(p.Name, func(t *testing.T) {
+			c := newClients(srv, p)
+			acc := register(t, c, uniqueName("Nul"))
+			updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Description: ptr("original")})
+			before := snapshot(t, srv, acc.ID)
+			desc := "before\x00after"
+			res, err := c.users.UpdateProfile(context.Background(), withToken(&parleyv1.UpdateProfileRequest{Description: &desc}, acc.Token))
+			if err == nil {
+				if got := res.Msg.GetMe().GetUser().GetDescription(); got != desc {
+					t.Errorf("description = %q, want %q or invalid_argument", got, desc)
+				}
+				return
+			}
+			wantCode(t, err, connect.CodeInvalidArgument)
+			wantUnchanged(t, srv, acc.ID, before)
+		})
+	}
+}
+
+// TestUserService_UpdateProfile_RenameRace renames several users to the
+// same new name at once: exactly one wins, the others learn the name is
+// taken, and none fails with internal.
+func TestUserService_UpdateProfile_RenameRace(t *testing.T) {
+	srv := servertest.New(t)
+	base := newClients(srv, servertest.Protocols[0])
+	const racers = 8
+	accs := make([]account, racers)
+	for i := range accs {
+		accs[i] = register(t, base, uniqueName("Racer"))
+	}
+	name := uniqueName("Wanted")
+	errs := make([]error, racers)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i, acc := range accs {
+		c := newClients(srv, protocols[i%len(protocols)])
+		// Half ask for the name in another case.
+		want := name
+		if i%2 == 1 {
+			want = strings.ToUpper(name)
+		}
+		wg.Go(func() {
+			<-start
+			_, errs[i] = c.users.UpdateProfile(context.Background(), withToken(&parleyv1.UpdateProfileRequest{Username: &want}, acc.Token))
+		})
+	}
+	close(start)
+	wg.Wait()
+	winners := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			winners++
+		case connect.CodeOf(err) != connect.CodeAlreadyExists:
+			t.Errorf("racer %d: %v, want success or already_exists", i, err)
+		}
+	}
+	if winners != 1 {
+		t.Errorf("%d racers got the name, want exactly 1", winners)
+	}
+	holders := 0
+	for _, acc := range accs {
+		got := snapshot(t, srv, acc.ID).Username
+		switch {
+		case strings.EqualFold(got, name):
+			holders++
+		case got != acc.Username:
+			t.Errorf("user %d is named %q, want %q or the new name", acc.ID, got, acc.Username)
+		}
+	}
+	if holders != 1 {
+		t.Errorf("%d users hold the name in the database, want exactly 1", holders)
 	}
 }

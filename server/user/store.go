@@ -198,7 +198,7 @@ func decodeCursor(s string) (searchCursor, error) {
 	if err == nil {
 		err = json.Unmarshal(b, &c)
 	}
-	if err != nil || c.ID <= 0 {
+	if err != nil || c.ID <= 0 || strings.ContainsRune(c.Username, 0) {
 		return c, connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: not a token from this method"))
 	}
 	return c, nil

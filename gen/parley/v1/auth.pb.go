@@ -761,9 +761,10 @@ const file_parley_v1_auth_proto_rawDesc = "" +
 	"\r_phone_number\"\\\n" +
 	"\x10RegisterResponse\x12\x1d\n" +
 	"\x02me\x18\x01 \x01(\v2\r.parley.v1.MeR\x02me\x12)\n" +
-	"\x06tokens\x18\x02 \x01(\v2\x11.parley.v1.TokensR\x06tokens\"W\n" +
-	"\fLoginRequest\x12\x1f\n" +
-	"\x05login\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18dR\x05login\x12&\n" +
+	"\x06tokens\x18\x02 \x01(\v2\x11.parley.v1.TokensR\x06tokens\"[\n" +
+	"\fLoginRequest\x12#\n" +
+	"\x05login\x18\x01 \x01(\tB\r\xbaH\n" +
+	"r\b\x10\x01\x18d\xba\x01\x01\x00R\x05login\x12&\n" +
 	"\bpassword\x18\x02 \x01(\tB\n" +
 	"\xbaH\ar\x05 \x01(\x80\bR\bpassword\"Y\n" +
 	"\rLoginResponse\x12\x1d\n" +

@@ -439,7 +439,7 @@ type UpdateProfileRequest struct {
 	Username *string `protobuf:"bytes,1,opt,name=username,proto3,oneof" json:"username,omitempty"`
 	// A new phone number in E.164 form, or "" to remove it.
 	PhoneNumber *string `protobuf:"bytes,2,opt,name=phone_number,json=phoneNumber,proto3,oneof" json:"phone_number,omitempty"`
-	// A new description of up to 500 characters, or "" to remove it.
+	// A new description of up to 500 characters (no NUL), or "" to remove it.
 	Description   *string `protobuf:"bytes,3,opt,name=description,proto3,oneof" json:"description,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -689,18 +689,19 @@ const file_parley_v1_user_proto_rawDesc = "" +
 	"\x0eGetUserRequest\x12 \n" +
 	"\auser_id\x18\x01 \x01(\x05B\a\xbaH\x04\x1a\x02 \x00R\x06userId\"6\n" +
 	"\x0fGetUserResponse\x12#\n" +
-	"\x04user\x18\x01 \x01(\v2\x0f.parley.v1.UserR\x04user\"\xff\x01\n" +
+	"\x04user\x18\x01 \x01(\v2\x0f.parley.v1.UserR\x04user\"\x83\x02\n" +
 	"\x14UpdateProfileRequest\x12>\n" +
 	"\busername\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x1822\x12^[\\p{L}\\p{N}._-]+$H\x00R\busername\x88\x01\x01\x12H\n" +
-	"\fphone_number\x18\x02 \x01(\tB \xbaH\x1dr\x1b\x18\x0f2\x17^(\\+[1-9][0-9]{1,13})?$H\x01R\vphoneNumber\x88\x01\x01\x12/\n" +
-	"\vdescription\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\xf4\x03H\x02R\vdescription\x88\x01\x01B\v\n" +
+	"\fphone_number\x18\x02 \x01(\tB \xbaH\x1dr\x1b\x18\x0f2\x17^(\\+[1-9][0-9]{1,13})?$H\x01R\vphoneNumber\x88\x01\x01\x123\n" +
+	"\vdescription\x18\x03 \x01(\tB\f\xbaH\tr\a\x18\xf4\x03\xba\x01\x01\x00H\x02R\vdescription\x88\x01\x01B\v\n" +
 	"\t_usernameB\x0f\n" +
 	"\r_phone_numberB\x0e\n" +
 	"\f_description\"6\n" +
 	"\x15UpdateProfileResponse\x12\x1d\n" +
-	"\x02me\x18\x01 \x01(\v2\r.parley.v1.MeR\x02me\"\x88\x01\n" +
-	"\x12SearchUsersRequest\x12!\n" +
-	"\x06prefix\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x182R\x06prefix\x12&\n" +
+	"\x02me\x18\x01 \x01(\v2\r.parley.v1.MeR\x02me\"\x8c\x01\n" +
+	"\x12SearchUsersRequest\x12%\n" +
+	"\x06prefix\x18\x01 \x01(\tB\r\xbaH\n" +
+	"r\b\x10\x01\x182\xba\x01\x01\x00R\x06prefix\x12&\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00R\bpageSize\x12'\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"d\n" +
