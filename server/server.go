@@ -104,6 +104,8 @@ func New(d Deps) (http.Handler, error) {
 			validate.NewInterceptor(),
 		),
 		connect.WithReadMaxBytes(int(d.MaxRequestBytes)),
+		// Compressing small messages costs more CPU than it saves.
+		connect.WithCompressMinBytes(1024),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			d.Log.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p)
 			return connect.NewError(connect.CodeInternal, errInternal)
