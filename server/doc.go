@@ -15,6 +15,7 @@
 //	                    authentication middleware, rate limits
 //	server/user/        parley.v1.UserService and AvatarService on ent;
 //	                    identicon avatars; the accounts auth signs in
+//	server/chat/        parley.v1.ChatService on MongoDB: chats, members
 //	server/health/      grpc.health.v1.Health from periodic store pings
 //	server/reqlog/      one log line per request
 //	server/rpcerr/      store errors -> Connect codes, in one place
@@ -33,7 +34,7 @@
 //	main
 //	server/app, server/servertest
 //	server
-//	server/<domain> (user, then auth, info, ...), server/health
+//	server/<domain> (chat, user, then auth, info), server/health
 //	server/reqlog, server/rpcerr, server/sqldb, server/embedded
 //	gen/..., ent/...
 //

@@ -12,10 +12,12 @@ import (
 	"connectrpc.com/grpcreflect"
 	"connectrpc.com/validate"
 	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"github.com/rs/cors"
 
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/info"
 	"github.com/parley-chat/parley/server/reqlog"
@@ -45,6 +47,8 @@ type Deps struct {
 	MaxRequestBytes int64
 	// DB holds users, profiles and avatars.
 	DB *sqldb.DB
+	// Mongo holds chats and messages.
+	Mongo *mongo.Database
 	// Redis holds sessions and rate-limit counters.
 	Redis redis.UniversalClient
 	// Auth configures tokens, sessions and rate limits.
@@ -59,6 +63,7 @@ var Services = []string{
 	parleyv1connect.AuthServiceName,
 	parleyv1connect.UserServiceName,
 	parleyv1connect.AvatarServiceName,
+	parleyv1connect.ChatServiceName,
 }
 
 // public lists what may be called without signing in.
@@ -118,6 +123,7 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(parleyv1connect.NewAuthServiceHandler(authn, opts...))
 	mux.Handle(parleyv1connect.NewUserServiceHandler(users, opts...))
 	mux.Handle(parleyv1connect.NewAvatarServiceHandler(users, opts...))
+	mux.Handle(parleyv1connect.NewChatServiceHandler(chat.New(d.Log, d.Mongo, users, d.Now), opts...))
 	mux.Handle(user.IdenticonPath, user.IdenticonHandler())
 
 	mux.Handle(health.NewHandler(d.Health, opts...))

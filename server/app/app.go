@@ -24,6 +24,7 @@ import (
 
 	"github.com/parley-chat/parley/server"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/embedded"
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/sqldb"
@@ -162,6 +163,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 		MaxRequestBytes: cfg.MaxRequestBytes,
 		DB:              a.db,
 		Redis:           a.redis,
+		Mongo:           a.mongo.Database(cfg.MongoDatabase),
 		Now:             cfg.Now,
 		Auth: auth.Config{
 			Key:            key,
@@ -231,6 +233,9 @@ func (a *App) openMongo(ctx context.Context) error {
 	a.closers = append(a.closers, func() error { return client.Disconnect(context.Background()) })
 	if err := client.Ping(ctx, readpref.Primary()); err != nil {
 		return fmt.Errorf("ping mongodb: %w", err)
+	}
+	if err := chat.EnsureIndexes(ctx, client.Database(a.cfg.MongoDatabase)); err != nil {
+		return err
 	}
 	return nil
 }

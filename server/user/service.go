@@ -7,12 +7,15 @@ package user
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"log/slog"
 	"time"
 
 	"connectrpc.com/connect"
 
 	"github.com/parley-chat/parley/ent"
+	"github.com/parley-chat/parley/ent/user"
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
@@ -73,6 +76,24 @@ func (s *Service) Me(ctx context.Context, userID int) (*parleyv1.Me, error) {
 		return nil, err
 	}
 	return toMe(u), nil
+}
+
+// MissingUsers returns those of ids that name no user; chats use it.
+func (s *Service) MissingUsers(ctx context.Context, ids []int) ([]int, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	found, err := s.store.db.Ent.User.Query().Where(user.IDIn(ids...)).IDs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("find users: %w", err)
+	}
+	var missing []int
+	for _, id := range ids {
+		if !slices.Contains(found, id) {
+			missing = append(missing, id)
+		}
+	}
+	return missing, nil
 }
 
 // GetMe returns the caller's account.

@@ -1,0 +1,470 @@
+// Package chat implements parley.v1.ChatService over MongoDB: private and
+// group chats in the customer's chats collection, and a members collection
+// that is the authority on who is in a chat and with which role.
+//
+// To a caller who is not a member, a chat does not exist: every method
+// answers NOT_FOUND, the same as for a chat id that was never used.
+package chat
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/rpcerr"
+)
+
+// MaxGroupSize is the most members a group may have.
+const MaxGroupSize = 500
+
+// Page sizes of ListChats.
+const (
+	DefaultPageSize = 50
+	MaxPageSize     = 200
+)
+
+// Users is what chats need to know about accounts.
+type Users interface {
+	// MissingUsers returns those of ids that name no user.
+	MissingUsers(ctx context.Context, ids []int) ([]int, error)
+}
+
+// Service implements ChatService.
+type Service struct {
+	log   *slog.Logger
+	store *store
+	users Users
+}
+
+var _ parleyv1connect.ChatServiceHandler = (*Service)(nil)
+
+// New returns the chat service over the MongoDB database. now is the
+// clock (time.Now when nil).
+func New(log *slog.Logger, db *mongo.Database, users Users, now func() time.Time) *Service {
+	if now == nil {
+		now = time.Now
+	}
+	return &Service{log: log, store: newStore(db, now), users: users}
+}
+
+var (
+	errNotFound      = connect.NewError(connect.CodeNotFound, errNoChat)
+	errNotAdmin      = connect.NewError(connect.CodePermissionDenied, errors.New("only the group's admins may do this"))
+	errPrivate       = connect.NewError(connect.CodeFailedPrecondition, errors.New("private chats have no names, roles or members to change"))
+	errLastAdmin     = connect.NewError(connect.CodeFailedPrecondition, errors.New("a group needs an admin: make another member admin first"))
+	errTooManyMember = connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("a group has at most %d members", MaxGroupSize))
+)
+
+func (s *Service) internal(ctx context.Context, what string, err error) error {
+	if errors.Is(err, errNoChat) {
+		return errNotFound
+	}
+	return rpcerr.From(ctx, s.log, what, err)
+}
+
+func parseChatID(hex string) (bson.ObjectID, error) {
+	id, err := bson.ObjectIDFromHex(hex)
+	if err != nil {
+		return id, connect.NewError(connect.CodeInvalidArgument, errors.New("chat_id: not a chat id"))
+	}
+	return id, nil
+}
+
+// access returns the chat and the caller's membership, or NOT_FOUND when
+// the caller is not a member.
+func (s *Service) access(ctx context.Context, chatHex string) (auth.Identity, *chatDoc, *memberDoc, error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return id, nil, nil, err
+	}
+	chatID, err := parseChatID(chatHex)
+	if err != nil {
+		return id, nil, nil, err
+	}
+	m, err := s.store.member(ctx, chatID, id.UserID)
+	if err != nil {
+		return id, nil, nil, s.internal(ctx, "chat access", err)
+	}
+	c, err := s.store.getChat(ctx, chatID)
+	if err != nil {
+		return id, nil, nil, s.internal(ctx, "chat access", err)
+	}
+	return id, c, m, nil
+}
+
+// adminAccess is access for the methods that change a group.
+func (s *Service) adminAccess(ctx context.Context, chatHex string) (auth.Identity, *chatDoc, *memberDoc, error) {
+	id, c, m, err := s.access(ctx, chatHex)
+	if err != nil {
+		return id, nil, nil, err
+	}
+	if c.Type != typeGroup {
+		return id, nil, nil, errPrivate
+	}
+	if m.Role != roleAdmin {
+		return id, nil, nil, errNotAdmin
+	}
+	return id, c, m, nil
+}
+
+// view renders the chat for the member, re-reading it so that the answer
+// shows the change just made.
+func (s *Service) view(ctx context.Context, chatID bson.ObjectID, userID int) (*parleyv1.Chat, error) {
+	c, err := s.store.getChat(ctx, chatID)
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.store.member(ctx, chatID, userID)
+	if err != nil {
+		return nil, err
+	}
+	return s.render(ctx, c, *m)
+}
+
+func (s *Service) render(ctx context.Context, c *chatDoc, m memberDoc) (*parleyv1.Chat, error) {
+	unread, err := s.store.unread(ctx, c, m)
+	if err != nil {
+		return nil, err
+	}
+	return toChat(c, m, unread), nil
+}
+
+func (s *Service) checkUsersExist(ctx context.Context, ids []int) error {
+	missing, err := s.users.MissingUsers(ctx, ids)
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("no user with id %d", missing[0]))
+	}
+	return nil
+}
+
+// CreatePrivateChat returns the private chat with the peer, creating it on
+// first use.
+func (s *Service) CreatePrivateChat(
+	ctx context.Context, req *connect.Request[parleyv1.CreatePrivateChatRequest],
+) (*connect.Response[parleyv1.CreatePrivateChatResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	peer := int(req.Msg.GetPeerId())
+	if peer == id.UserID {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("peer_id: a private chat needs another user"))
+	}
+	if err := s.checkUsersExist(ctx, []int{peer}); err != nil {
+		return nil, s.internal(ctx, "create private chat", err)
+	}
+	c, created, err := s.store.createPrivate(ctx, id.UserID, peer)
+	if err != nil {
+		return nil, s.internal(ctx, "create private chat", err)
+	}
+	chat, err := s.view(ctx, c.ID, id.UserID)
+	if err != nil {
+		return nil, s.internal(ctx, "create private chat", err)
+	}
+	return connect.NewResponse(&parleyv1.CreatePrivateChatResponse{Chat: chat, Created: created}), nil
+}
+
+// CreateGroupChat creates a group run by the caller.
+func (s *Service) CreateGroupChat(
+	ctx context.Context, req *connect.Request[parleyv1.CreateGroupChatRequest],
+) (*connect.Response[parleyv1.CreateGroupChatResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var others []int
+	for _, uid := range req.Msg.GetMemberIds() {
+		if int(uid) != id.UserID {
+			others = append(others, int(uid))
+		}
+	}
+	if len(others)+1 > MaxGroupSize {
+		return nil, errTooManyMember
+	}
+	if err := s.checkUsersExist(ctx, others); err != nil {
+		return nil, s.internal(ctx, "create group", err)
+	}
+	c, err := s.store.createGroup(ctx, id.UserID, req.Msg.GetName(), others)
+	if err != nil {
+		return nil, s.internal(ctx, "create group", err)
+	}
+	chat, err := s.view(ctx, c.ID, id.UserID)
+	if err != nil {
+		return nil, s.internal(ctx, "create group", err)
+	}
+	return connect.NewResponse(&parleyv1.CreateGroupChatResponse{Chat: chat}), nil
+}
+
+// GetChat returns one of the caller's chats.
+func (s *Service) GetChat(
+	ctx context.Context, req *connect.Request[parleyv1.GetChatRequest],
+) (*connect.Response[parleyv1.GetChatResponse], error) {
+	_, c, m, err := s.access(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	chat, err := s.render(ctx, c, *m)
+	if err != nil {
+		return nil, s.internal(ctx, "get chat", err)
+	}
+	return connect.NewResponse(&parleyv1.GetChatResponse{Chat: chat}), nil
+}
+
+func encodePage(p chatPage) string {
+	b := make([]byte, 8, 20)
+	binary.BigEndian.PutUint64(b, uint64(p.UpdatedAt.UnixMilli()))
+	b = append(b, p.ID[:]...)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodePage(s string) (chatPage, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) != 20 {
+		return chatPage{}, connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: not a token from this method"))
+	}
+	var p chatPage
+	p.UpdatedAt = time.UnixMilli(int64(binary.BigEndian.Uint64(b[:8]))).UTC()
+	copy(p.ID[:], b[8:])
+	return p, nil
+}
+
+// ListChats lists the caller's chats, most recent activity first.
+func (s *Service) ListChats(
+	ctx context.Context, req *connect.Request[parleyv1.ListChatsRequest],
+) (*connect.Response[parleyv1.ListChatsResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	size := int(req.Msg.GetPageSize())
+	if size == 0 {
+		size = DefaultPageSize
+	}
+	var after *chatPage
+	if tok := req.Msg.GetPageToken(); tok != "" {
+		p, err := decodePage(tok)
+		if err != nil {
+			return nil, err
+		}
+		after = &p
+	}
+	chats, members, err := s.store.listChats(ctx, id.UserID, after, size+1)
+	if err != nil {
+		return nil, s.internal(ctx, "list chats", err)
+	}
+	res := &parleyv1.ListChatsResponse{}
+	if len(chats) > size {
+		chats = chats[:size]
+		last := chats[size-1]
+		res.NextPageToken = encodePage(chatPage{UpdatedAt: last.UpdatedAt, ID: last.ID})
+	}
+	for i := range chats {
+		chat, err := s.render(ctx, &chats[i], members[chats[i].ID])
+		if err != nil {
+			return nil, s.internal(ctx, "list chats", err)
+		}
+		res.Chats = append(res.Chats, chat)
+	}
+	return connect.NewResponse(res), nil
+}
+
+// UpdateChat renames a group.
+func (s *Service) UpdateChat(
+	ctx context.Context, req *connect.Request[parleyv1.UpdateChatRequest],
+) (*connect.Response[parleyv1.UpdateChatResponse], error) {
+	id, c, _, err := s.adminAccess(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.rename(ctx, c.ID, req.Msg.GetName()); err != nil {
+		return nil, s.internal(ctx, "update chat", err)
+	}
+	chat, err := s.view(ctx, c.ID, id.UserID)
+	if err != nil {
+		return nil, s.internal(ctx, "update chat", err)
+	}
+	return connect.NewResponse(&parleyv1.UpdateChatResponse{Chat: chat}), nil
+}
+
+// AddParticipants adds users to a group as members.
+func (s *Service) AddParticipants(
+	ctx context.Context, req *connect.Request[parleyv1.AddParticipantsRequest],
+) (*connect.Response[parleyv1.AddParticipantsResponse], error) {
+	id, c, _, err := s.adminAccess(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	current, err := s.store.chatMembers(ctx, c.ID)
+	if err != nil {
+		return nil, s.internal(ctx, "add participants", err)
+	}
+	var add []int
+	for _, uid := range req.Msg.GetUserIds() {
+		if !slices.ContainsFunc(current, func(m memberDoc) bool { return m.UserID == int(uid) }) {
+			add = append(add, int(uid))
+		}
+	}
+	if len(current)+len(add) > MaxGroupSize {
+		return nil, errTooManyMember
+	}
+	if err := s.checkUsersExist(ctx, add); err != nil {
+		return nil, s.internal(ctx, "add participants", err)
+	}
+	if err := s.store.addMembers(ctx, c.ID, add, roleMember); err != nil {
+		return nil, s.internal(ctx, "add participants", err)
+	}
+	if _, err := s.store.syncParticipants(ctx, c.ID); err != nil {
+		return nil, s.internal(ctx, "add participants", err)
+	}
+	chat, err := s.view(ctx, c.ID, id.UserID)
+	if err != nil {
+		return nil, s.internal(ctx, "add participants", err)
+	}
+	return connect.NewResponse(&parleyv1.AddParticipantsResponse{Chat: chat}), nil
+}
+
+// RemoveParticipant removes a user from a group.
+func (s *Service) RemoveParticipant(
+	ctx context.Context, req *connect.Request[parleyv1.RemoveParticipantRequest],
+) (*connect.Response[parleyv1.RemoveParticipantResponse], error) {
+	id, c, _, err := s.adminAccess(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	target := int(req.Msg.GetUserId())
+	if err := s.leave(ctx, c.ID, target); err != nil {
+		return nil, err
+	}
+	if target == id.UserID {
+		// An admin who removed itself sees the chat no more.
+		return connect.NewResponse(&parleyv1.RemoveParticipantResponse{}), nil
+	}
+	chat, err := s.view(ctx, c.ID, id.UserID)
+	if err != nil {
+		return nil, s.internal(ctx, "remove participant", err)
+	}
+	return connect.NewResponse(&parleyv1.RemoveParticipantResponse{Chat: chat}), nil
+}
+
+// leave takes the user out of the group, keeping an admin in a group that
+// still has members.
+func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, userID int) error {
+	members, err := s.store.chatMembers(ctx, chatID)
+	if err != nil {
+		return s.internal(ctx, "leave chat", err)
+	}
+	i := slices.IndexFunc(members, func(m memberDoc) bool { return m.UserID == userID })
+	if i < 0 {
+		return connect.NewError(connect.CodeNotFound, errors.New("no such participant"))
+	}
+	leaving := members[i]
+	rest := slices.Delete(slices.Clone(members), i, i+1)
+	if leaving.Role == roleAdmin && len(rest) > 0 && !slices.ContainsFunc(rest, isAdmin) {
+		return errLastAdmin
+	}
+	if _, err := s.store.removeMember(ctx, chatID, userID); err != nil {
+		return s.internal(ctx, "leave chat", err)
+	}
+	after, err := s.store.syncParticipants(ctx, chatID)
+	if err != nil {
+		return s.internal(ctx, "leave chat", err)
+	}
+	// Two admins leaving at once could each have seen the other stay;
+	// the one who finds no admin left puts itself back.
+	if leaving.Role == roleAdmin && len(after) > 0 && !slices.ContainsFunc(after, isAdmin) {
+		if err := s.store.addMembers(ctx, chatID, []int{userID}, roleAdmin); err != nil {
+			return s.internal(ctx, "leave chat", err)
+		}
+		if _, err := s.store.syncParticipants(ctx, chatID); err != nil {
+			return s.internal(ctx, "leave chat", err)
+		}
+		return errLastAdmin
+	}
+	return nil
+}
+
+func isAdmin(m memberDoc) bool { return m.Role == roleAdmin }
+
+// SetParticipantRole changes a member's role.
+func (s *Service) SetParticipantRole(
+	ctx context.Context, req *connect.Request[parleyv1.SetParticipantRoleRequest],
+) (*connect.Response[parleyv1.SetParticipantRoleResponse], error) {
+	id, c, _, err := s.adminAccess(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	target := int(req.Msg.GetUserId())
+	role := roleMember
+	if req.Msg.GetRole() == parleyv1.Role_ROLE_ADMIN {
+		role = roleAdmin
+	}
+	members, err := s.store.chatMembers(ctx, c.ID)
+	if err != nil {
+		return nil, s.internal(ctx, "set role", err)
+	}
+	i := slices.IndexFunc(members, func(m memberDoc) bool { return m.UserID == target })
+	if i < 0 {
+		return nil, connect.NewError(connect.CodeNotFound, errors.New("no such participant"))
+	}
+	if members[i].Role != role {
+		others := slices.Delete(slices.Clone(members), i, i+1)
+		if role == roleMember && !slices.ContainsFunc(others, isAdmin) {
+			return nil, errLastAdmin
+		}
+		if err := s.store.setRole(ctx, c.ID, target, role); err != nil {
+			return nil, s.internal(ctx, "set role", err)
+		}
+		after, err := s.store.syncParticipants(ctx, c.ID)
+		if err != nil {
+			return nil, s.internal(ctx, "set role", err)
+		}
+		// Two admins demoting each other at once: whoever finds no admin
+		// left undoes its own change.
+		if role == roleMember && !slices.ContainsFunc(after, isAdmin) {
+			if err := s.store.setRole(ctx, c.ID, target, roleAdmin); err != nil {
+				return nil, s.internal(ctx, "set role", err)
+			}
+			if _, err := s.store.syncParticipants(ctx, c.ID); err != nil {
+				return nil, s.internal(ctx, "set role", err)
+			}
+			return nil, errLastAdmin
+		}
+	}
+	chat, err := s.view(ctx, c.ID, id.UserID)
+	if err != nil {
+		return nil, s.internal(ctx, "set role", err)
+	}
+	return connect.NewResponse(&parleyv1.SetParticipantRoleResponse{Chat: chat}), nil
+}
+
+// LeaveChat takes the caller out of a group.
+func (s *Service) LeaveChat(
+	ctx context.Context, req *connect.Request[parleyv1.LeaveChatRequest],
+) (*connect.Response[parleyv1.LeaveChatResponse], error) {
+	id, c, _, err := s.access(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	if c.Type != typeGroup {
+		return nil, errPrivate
+	}
+	if err := s.leave(ctx, c.ID, id.UserID); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&parleyv1.LeaveChatResponse{}), nil
+}

@@ -1,0 +1,418 @@
+package chat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// Chat types and roles as the documents spell them (the customer's model).
+const (
+	typePrivate = "private"
+	typeGroup   = "group"
+	roleAdmin   = "admin"
+	roleMember  = "member"
+)
+
+// chatDoc is a document of the chats collection, in the customer's shape.
+// pairKey is Parley's: "p:<low id>:<high id>" for a private chat, so that a
+// unique index allows one per pair, and "g:<chat id>" for a group.
+type chatDoc struct {
+	ID           bson.ObjectID    `bson:"_id"`
+	Name         string           `bson:"chatName,omitempty"`
+	Type         string           `bson:"chatType"`
+	LastMessage  *lastMessageDoc  `bson:"lastMessage,omitempty"`
+	Participants []participantDoc `bson:"participants"`
+	CreatedAt    time.Time        `bson:"createdAt"`
+	UpdatedAt    time.Time        `bson:"updatedAt"`
+	PairKey      string           `bson:"pairKey"`
+}
+
+type participantDoc struct {
+	UserID int    `bson:"user_id"`
+	Role   string `bson:"role"`
+}
+
+type lastMessageDoc struct {
+	MessageID bson.ObjectID `bson:"message_id"`
+	SenderID  int           `bson:"sender_id"`
+	Preview   string        `bson:"preview"`
+	Seq       int64         `bson:"seq"`
+	SentAt    time.Time     `bson:"sentAt"`
+}
+
+// memberDoc is a document of the members collection: one per member of a
+// chat, keyed "<chat id>:<user id>". It is the authority on membership and
+// roles; a chat's participants array is a copy of it for readers of the
+// customer's model. Deleting it removes the member at once.
+type memberDoc struct {
+	ID           string        `bson:"_id"`
+	ChatID       bson.ObjectID `bson:"chatId"`
+	UserID       int           `bson:"userId"`
+	Role         string        `bson:"role"`
+	ReadSeq      int64         `bson:"readSeq"`
+	DeliveredSeq int64         `bson:"deliveredSeq"`
+	JoinedAt     time.Time     `bson:"joinedAt"`
+}
+
+func memberID(chatID bson.ObjectID, userID int) string {
+	return chatID.Hex() + ":" + strconv.Itoa(userID)
+}
+
+func privateKey(a, b int) string {
+	lo, hi := min(a, b), max(a, b)
+	return fmt.Sprintf("p:%d:%d", lo, hi)
+}
+
+// store keeps chats and members in MongoDB. Correctness rests on single
+// inserts and unique indexes only, never on a concurrent read-modify-write
+// of one document, so it holds on MongoDB and on FerretDB alike.
+type store struct {
+	chats    *mongo.Collection
+	members  *mongo.Collection
+	messages *mongo.Collection
+	now      func() time.Time
+}
+
+func newStore(db *mongo.Database, now func() time.Time) *store {
+	return &store{
+		chats:    db.Collection("chats"),
+		members:  db.Collection("members"),
+		messages: db.Collection("messages"),
+		now:      now,
+	}
+}
+
+// EnsureIndexes creates the indexes the chat store relies on. It is
+// idempotent and safe to run from every instance at start-up.
+func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
+	s := newStore(db, time.Now)
+	for _, x := range []struct {
+		c      *mongo.Collection
+		models []mongo.IndexModel
+	}{
+		{s.chats, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "pairKey", Value: 1}}, Options: options.Index().SetUnique(true).SetName("pairKey_unique")},
+			{Keys: bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}, Options: options.Index().SetName("updatedAt_id")},
+		}},
+		{s.members, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "userId", Value: 1}, {Key: "chatId", Value: 1}}, Options: options.Index().SetName("userId_chatId")},
+			{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "joinedAt", Value: 1}}, Options: options.Index().SetName("chatId_joinedAt")},
+		}},
+	} {
+		if err := createMissingIndexes(ctx, x.c, x.models); err != nil {
+			return fmt.Errorf("create indexes on %s: %w", x.c.Name(), err)
+		}
+	}
+	return nil
+}
+
+// createMissingIndexes creates the indexes whose names the collection does
+// not have yet. (FerretDB 1.24 fails on a createIndexes of existing ones,
+// which MongoDB accepts as a no-op.) Instances starting together may race
+// to create one; whatever they leave is checked by listing again.
+func createMissingIndexes(ctx context.Context, c *mongo.Collection, models []mongo.IndexModel) error {
+	missing := func() ([]mongo.IndexModel, error) {
+		specs, err := c.Indexes().ListSpecifications(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var out []mongo.IndexModel
+		for _, m := range models {
+			name := *indexName(m)
+			if !slices.ContainsFunc(specs, func(s mongo.IndexSpecification) bool { return s.Name == name }) {
+				out = append(out, m)
+			}
+		}
+		return out, nil
+	}
+	todo, err := missing()
+	if err != nil || len(todo) == 0 {
+		return err
+	}
+	if _, err := c.Indexes().CreateMany(ctx, todo); err != nil {
+		if left, lerr := missing(); lerr != nil || len(left) > 0 {
+			return err
+		}
+	}
+	return nil
+}
+
+// indexName returns the name an index model sets.
+func indexName(m mongo.IndexModel) *string {
+	var o options.IndexOptions
+	for _, set := range m.Options.List() {
+		_ = set(&o)
+	}
+	return o.Name
+}
+
+// now returns the store's time at the precision MongoDB keeps.
+func (s *store) nowMs() time.Time {
+	return s.now().UTC().Truncate(time.Millisecond)
+}
+
+var errNoChat = errors.New("no such chat")
+
+func (s *store) getChat(ctx context.Context, id bson.ObjectID) (*chatDoc, error) {
+	var c chatDoc
+	err := s.chats.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&c)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, errNoChat
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get chat: %w", err)
+	}
+	return &c, nil
+}
+
+// member returns the user's membership of the chat, or errNoChat.
+func (s *store) member(ctx context.Context, chatID bson.ObjectID, userID int) (*memberDoc, error) {
+	var m memberDoc
+	err := s.members.FindOne(ctx, bson.D{{Key: "_id", Value: memberID(chatID, userID)}}).Decode(&m)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, errNoChat
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get member: %w", err)
+	}
+	return &m, nil
+}
+
+func (s *store) chatMembers(ctx context.Context, chatID bson.ObjectID) ([]memberDoc, error) {
+	cur, err := s.members.Find(ctx, bson.D{{Key: "chatId", Value: chatID}},
+		options.Find().SetSort(bson.D{{Key: "joinedAt", Value: 1}, {Key: "userId", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("list members: %w", err)
+	}
+	var out []memberDoc
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, fmt.Errorf("list members: %w", err)
+	}
+	return out, nil
+}
+
+// addMembers inserts memberships; ones that exist already are kept as
+// they are.
+func (s *store) addMembers(ctx context.Context, chatID bson.ObjectID, userIDs []int, role string) error {
+	if len(userIDs) == 0 {
+		return nil
+	}
+	now := s.nowMs()
+	docs := make([]any, len(userIDs))
+	for i, uid := range userIDs {
+		docs[i] = memberDoc{ID: memberID(chatID, uid), ChatID: chatID, UserID: uid, Role: role, JoinedAt: now}
+	}
+	_, err := s.members.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	if err != nil && !onlyDuplicates(err) {
+		return fmt.Errorf("add members: %w", err)
+	}
+	return nil
+}
+
+// onlyDuplicates reports whether every write error of err is a duplicate
+// key.
+func onlyDuplicates(err error) bool {
+	var bwe mongo.BulkWriteException
+	if errors.As(err, &bwe) {
+		if bwe.WriteConcernError != nil {
+			return false
+		}
+		for _, we := range bwe.WriteErrors {
+			if we.Code != 11000 {
+				return false
+			}
+		}
+		return len(bwe.WriteErrors) > 0
+	}
+	return mongo.IsDuplicateKeyError(err)
+}
+
+// syncParticipants copies the chat's memberships into its participants
+// array and bumps updatedAt. Memberships change by single-document writes
+// that may race; re-reading until the copy matches makes the array
+// converge to the members collection.
+func (s *store) syncParticipants(ctx context.Context, chatID bson.ObjectID) ([]memberDoc, error) {
+	members, err := s.chatMembers(ctx, chatID)
+	if err != nil {
+		return nil, err
+	}
+	for range 5 {
+		parts := make([]participantDoc, len(members))
+		for i, m := range members {
+			parts[i] = participantDoc{UserID: m.UserID, Role: m.Role}
+		}
+		if _, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{
+			{Key: "participants", Value: parts},
+			{Key: "updatedAt", Value: s.nowMs()},
+		}}}); err != nil {
+			return nil, fmt.Errorf("update participants: %w", err)
+		}
+		again, err := s.chatMembers(ctx, chatID)
+		if err != nil {
+			return nil, err
+		}
+		if slices.Equal(again, members) {
+			return members, nil
+		}
+		members = again
+	}
+	return members, nil
+}
+
+// createPrivate returns the private chat of a and b, creating it if needed.
+// The unique pairKey makes racing creators agree on one chat.
+func (s *store) createPrivate(ctx context.Context, a, b int) (*chatDoc, bool, error) {
+	key := privateKey(a, b)
+	now := s.nowMs()
+	c := &chatDoc{
+		ID:   bson.NewObjectID(),
+		Type: typePrivate,
+		Participants: []participantDoc{
+			{UserID: min(a, b), Role: roleMember}, {UserID: max(a, b), Role: roleMember},
+		},
+		CreatedAt: now,
+		UpdatedAt: now,
+		PairKey:   key,
+	}
+	created := true
+	if _, err := s.chats.InsertOne(ctx, c); err != nil {
+		if !mongo.IsDuplicateKeyError(err) {
+			return nil, false, fmt.Errorf("create private chat: %w", err)
+		}
+		created = false
+		var existing chatDoc
+		if err := s.chats.FindOne(ctx, bson.D{{Key: "pairKey", Value: key}}).Decode(&existing); err != nil {
+			return nil, false, fmt.Errorf("find private chat: %w", err)
+		}
+		c = &existing
+	}
+	// Also when the chat existed: a creator that stopped between the two
+	// inserts left it without members.
+	if err := s.addMembers(ctx, c.ID, []int{a, b}, roleMember); err != nil {
+		return nil, false, err
+	}
+	return c, created, nil
+}
+
+func (s *store) createGroup(ctx context.Context, creator int, name string, others []int) (*chatDoc, error) {
+	now := s.nowMs()
+	id := bson.NewObjectID()
+	parts := []participantDoc{{UserID: creator, Role: roleAdmin}}
+	for _, uid := range others {
+		parts = append(parts, participantDoc{UserID: uid, Role: roleMember})
+	}
+	c := &chatDoc{
+		ID: id, Name: name, Type: typeGroup, Participants: parts,
+		CreatedAt: now, UpdatedAt: now, PairKey: "g:" + id.Hex(),
+	}
+	if _, err := s.chats.InsertOne(ctx, c); err != nil {
+		return nil, fmt.Errorf("create group: %w", err)
+	}
+	if err := s.addMembers(ctx, id, []int{creator}, roleAdmin); err != nil {
+		return nil, err
+	}
+	if err := s.addMembers(ctx, id, others, roleMember); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (s *store) rename(ctx context.Context, chatID bson.ObjectID, name string) error {
+	_, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{
+		{Key: "chatName", Value: name},
+		{Key: "updatedAt", Value: s.nowMs()},
+	}}})
+	if err != nil {
+		return fmt.Errorf("rename chat: %w", err)
+	}
+	return nil
+}
+
+func (s *store) removeMember(ctx context.Context, chatID bson.ObjectID, userID int) (bool, error) {
+	res, err := s.members.DeleteOne(ctx, bson.D{{Key: "_id", Value: memberID(chatID, userID)}})
+	if err != nil {
+		return false, fmt.Errorf("remove member: %w", err)
+	}
+	return res.DeletedCount == 1, nil
+}
+
+func (s *store) setRole(ctx context.Context, chatID bson.ObjectID, userID int, role string) error {
+	_, err := s.members.UpdateOne(ctx, bson.D{{Key: "_id", Value: memberID(chatID, userID)}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "role", Value: role}}}})
+	if err != nil {
+		return fmt.Errorf("set role: %w", err)
+	}
+	return nil
+}
+
+// chatPage is the position after the last chat of a ListChats page.
+type chatPage struct {
+	UpdatedAt time.Time
+	ID        bson.ObjectID
+}
+
+// listChats returns up to limit of the user's chats, most recently
+// updated first, after the cursor, with the user's memberships.
+func (s *store) listChats(ctx context.Context, userID int, after *chatPage, limit int) ([]chatDoc, map[bson.ObjectID]memberDoc, error) {
+	cur, err := s.members.Find(ctx, bson.D{{Key: "userId", Value: userID}})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list memberships: %w", err)
+	}
+	var ms []memberDoc
+	if err := cur.All(ctx, &ms); err != nil {
+		return nil, nil, fmt.Errorf("list memberships: %w", err)
+	}
+	if len(ms) == 0 {
+		return nil, nil, nil
+	}
+	byChat := make(map[bson.ObjectID]memberDoc, len(ms))
+	ids := make([]bson.ObjectID, len(ms))
+	for i, m := range ms {
+		byChat[m.ChatID] = m
+		ids[i] = m.ChatID
+	}
+	filter := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}
+	if after != nil {
+		filter = append(filter, bson.E{Key: "$or", Value: bson.A{
+			bson.D{{Key: "updatedAt", Value: bson.D{{Key: "$lt", Value: after.UpdatedAt}}}},
+			bson.D{{Key: "updatedAt", Value: after.UpdatedAt}, {Key: "_id", Value: bson.D{{Key: "$lt", Value: after.ID}}}},
+		}})
+	}
+	cur, err = s.chats.Find(ctx, filter, options.Find().
+		SetSort(bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}).
+		SetLimit(int64(limit)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("list chats: %w", err)
+	}
+	var chats []chatDoc
+	if err := cur.All(ctx, &chats); err != nil {
+		return nil, nil, fmt.Errorf("list chats: %w", err)
+	}
+	return chats, byChat, nil
+}
+
+// unread counts the messages after the member's read position that others
+// sent, skipping deleted ones.
+func (s *store) unread(ctx context.Context, c *chatDoc, m memberDoc) (int64, error) {
+	if c.LastMessage == nil || c.LastMessage.Seq <= m.ReadSeq {
+		return 0, nil
+	}
+	n, err := s.messages.CountDocuments(ctx, bson.D{
+		{Key: "chatId", Value: c.ID},
+		{Key: "seq", Value: bson.D{{Key: "$gt", Value: m.ReadSeq}}},
+		{Key: "senderId", Value: bson.D{{Key: "$ne", Value: m.UserID}}},
+		{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("count unread: %w", err)
+	}
+	return n, nil
+}
