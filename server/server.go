@@ -64,6 +64,7 @@ var Services = []string{
 	parleyv1connect.UserServiceName,
 	parleyv1connect.AvatarServiceName,
 	parleyv1connect.ChatServiceName,
+	parleyv1connect.MessageServiceName,
 }
 
 // public lists what may be called without signing in.
@@ -123,7 +124,9 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(parleyv1connect.NewAuthServiceHandler(authn, opts...))
 	mux.Handle(parleyv1connect.NewUserServiceHandler(users, opts...))
 	mux.Handle(parleyv1connect.NewAvatarServiceHandler(users, opts...))
-	mux.Handle(parleyv1connect.NewChatServiceHandler(chat.New(d.Log, d.Mongo, users, d.Now), opts...))
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.Auth.RedisPrefix, users, d.Now)
+	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
+	mux.Handle(parleyv1connect.NewMessageServiceHandler(chats, opts...))
 	mux.Handle(user.IdenticonPath, user.IdenticonHandler())
 
 	mux.Handle(health.NewHandler(d.Health, opts...))

@@ -20,6 +20,7 @@ type user struct {
 	id    int32
 	token string
 	chats parleyv1connect.ChatServiceClient
+	msgs  parleyv1connect.MessageServiceClient
 }
 
 var seq atomic.Int64
@@ -39,6 +40,7 @@ func newUser(t *testing.T, srv *servertest.Server, p servertest.Protocol) *user 
 		id:    res.Msg.GetMe().GetUser().GetId(),
 		token: res.Msg.GetTokens().GetAccessToken(),
 		chats: servertest.Client(srv, p, parleyv1connect.NewChatServiceClient),
+		msgs:  servertest.Client(srv, p, parleyv1connect.NewMessageServiceClient),
 	}
 }
 
@@ -86,4 +88,46 @@ func chatCount(t *testing.T, u *user) int {
 		t.Fatalf("ListChats: %v", err)
 	}
 	return len(res.Msg.GetChats())
+}
+
+// send sends a text message with a fresh client id.
+func send(t *testing.T, u *user, chatID, text string) *parleyv1.Message {
+	t.Helper()
+	res, err := u.msgs.SendMessage(context.Background(), req(u, &parleyv1.SendMessageRequest{
+		ChatId: chatID, ClientMessageId: fmt.Sprintf("c%d", seq.Add(1)), Text: text,
+	}))
+	if err != nil {
+		t.Fatalf("SendMessage: %v", err)
+	}
+	return res.Msg.GetMessage()
+}
+
+// listAll pages through the whole chat from the start, 100 at a time.
+func listAll(t *testing.T, u *user, chatID string) []*parleyv1.Message {
+	t.Helper()
+	var out []*parleyv1.Message
+	after := int64(0)
+	for {
+		res, err := u.msgs.ListMessages(context.Background(), req(u, &parleyv1.ListMessagesRequest{
+			ChatId: chatID, Cursor: &parleyv1.ListMessagesRequest_AfterSeq{AfterSeq: after}, Limit: 100,
+		}))
+		if err != nil {
+			t.Fatalf("ListMessages: %v", err)
+		}
+		out = append(out, res.Msg.GetMessages()...)
+		if !res.Msg.GetHasMore() {
+			return out
+		}
+		after = res.Msg.GetMessages()[len(res.Msg.GetMessages())-1].GetSeq()
+	}
+}
+
+// getChat returns the chat as u sees it.
+func getChat(t *testing.T, u *user, chatID string) *parleyv1.Chat {
+	t.Helper()
+	res, err := u.chats.GetChat(context.Background(), req(u, &parleyv1.GetChatRequest{ChatId: chatID}))
+	if err != nil {
+		t.Fatalf("GetChat: %v", err)
+	}
+	return res.Msg.GetChat()
 }

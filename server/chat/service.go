@@ -1,6 +1,8 @@
-// Package chat implements parley.v1.ChatService over MongoDB: private and
-// group chats in the customer's chats collection, and a members collection
-// that is the authority on who is in a chat and with which role.
+// Package chat implements parley.v1.ChatService and MessageService over
+// MongoDB: private and group chats in the customer's chats collection,
+// messages in its messages collection, and a members collection that is
+// the authority on who is in a chat, with which role, and how far each
+// member has received and read.
 //
 // To a caller who is not a member, a chat does not exist: every method
 // answers NOT_FOUND, the same as for a chat id that was never used.
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 
@@ -45,18 +48,28 @@ type Users interface {
 type Service struct {
 	log   *slog.Logger
 	store *store
+	seqs  *seqAllocator
 	users Users
 }
 
-var _ parleyv1connect.ChatServiceHandler = (*Service)(nil)
+var (
+	_ parleyv1connect.ChatServiceHandler    = (*Service)(nil)
+	_ parleyv1connect.MessageServiceHandler = (*Service)(nil)
+)
 
-// New returns the chat service over the MongoDB database. now is the
-// clock (time.Now when nil).
-func New(log *slog.Logger, db *mongo.Database, users Users, now func() time.Time) *Service {
+// New returns the chat and message service over the MongoDB database,
+// allocating message sequence numbers in Redis under redisPrefix. now is
+// the clock (time.Now when nil).
+func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, users Users, now func() time.Time) *Service {
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{log: log, store: newStore(db, now), users: users}
+	return &Service{
+		log:   log,
+		store: newStore(db, now),
+		seqs:  &seqAllocator{rdb: rdb, prefix: redisPrefix},
+		users: users,
+	}
 }
 
 var (
@@ -325,7 +338,7 @@ func (s *Service) AddParticipants(
 	if err := s.checkUsersExist(ctx, add); err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
-	if err := s.store.addMembers(ctx, c.ID, add, roleMember); err != nil {
+	if err := s.store.addMembers(ctx, c.ID, add, roleMember, lastSeq(c)); err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
 	if _, err := s.store.syncParticipants(ctx, c.ID); err != nil {
@@ -387,7 +400,7 @@ func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, userID int) e
 	// Two admins leaving at once could each have seen the other stay;
 	// the one who finds no admin left puts itself back.
 	if leaving.Role == roleAdmin && len(after) > 0 && !slices.ContainsFunc(after, isAdmin) {
-		if err := s.store.addMembers(ctx, chatID, []int{userID}, roleAdmin); err != nil {
+		if err := s.store.addMembers(ctx, chatID, []int{userID}, roleAdmin, leaving.ReadSeq); err != nil {
 			return s.internal(ctx, "leave chat", err)
 		}
 		if _, err := s.store.syncParticipants(ctx, chatID); err != nil {
@@ -399,6 +412,14 @@ func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, userID int) e
 }
 
 func isAdmin(m memberDoc) bool { return m.Role == roleAdmin }
+
+// lastSeq is the seq of the chat's last message, 0 before the first.
+func lastSeq(c *chatDoc) int64 {
+	if c.LastMessage == nil {
+		return 0
+	}
+	return c.LastMessage.Seq
+}
 
 // SetParticipantRole changes a member's role.
 func (s *Service) SetParticipantRole(

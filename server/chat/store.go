@@ -102,6 +102,7 @@ func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
 			{Keys: bson.D{{Key: "pairKey", Value: 1}}, Options: options.Index().SetUnique(true).SetName("pairKey_unique")},
 			{Keys: bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}, Options: options.Index().SetName("updatedAt_id")},
 		}},
+		{s.messages, messageIndexes},
 		{s.members, []mongo.IndexModel{
 			{Keys: bson.D{{Key: "userId", Value: 1}, {Key: "chatId", Value: 1}}, Options: options.Index().SetName("userId_chatId")},
 			{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "joinedAt", Value: 1}}, Options: options.Index().SetName("chatId_joinedAt")},
@@ -201,14 +202,20 @@ func (s *store) chatMembers(ctx context.Context, chatID bson.ObjectID) ([]member
 
 // addMembers inserts memberships; ones that exist already are kept as
 // they are.
-func (s *store) addMembers(ctx context.Context, chatID bson.ObjectID, userIDs []int, role string) error {
+// A new member's read and delivered positions start at the chat's last
+// seq, so history does not count as unread, nor hold back the status of
+// earlier messages.
+func (s *store) addMembers(ctx context.Context, chatID bson.ObjectID, userIDs []int, role string, lastSeq int64) error {
 	if len(userIDs) == 0 {
 		return nil
 	}
 	now := s.nowMs()
 	docs := make([]any, len(userIDs))
 	for i, uid := range userIDs {
-		docs[i] = memberDoc{ID: memberID(chatID, uid), ChatID: chatID, UserID: uid, Role: role, JoinedAt: now}
+		docs[i] = memberDoc{
+			ID: memberID(chatID, uid), ChatID: chatID, UserID: uid, Role: role, JoinedAt: now,
+			ReadSeq: lastSeq, DeliveredSeq: lastSeq,
+		}
 	}
 	_, err := s.members.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
 	if err != nil && !onlyDuplicates(err) {
@@ -296,7 +303,7 @@ func (s *store) createPrivate(ctx context.Context, a, b int) (*chatDoc, bool, er
 	}
 	// Also when the chat existed: a creator that stopped between the two
 	// inserts left it without members.
-	if err := s.addMembers(ctx, c.ID, []int{a, b}, roleMember); err != nil {
+	if err := s.addMembers(ctx, c.ID, []int{a, b}, roleMember, 0); err != nil {
 		return nil, false, err
 	}
 	return c, created, nil
@@ -316,10 +323,10 @@ func (s *store) createGroup(ctx context.Context, creator int, name string, other
 	if _, err := s.chats.InsertOne(ctx, c); err != nil {
 		return nil, fmt.Errorf("create group: %w", err)
 	}
-	if err := s.addMembers(ctx, id, []int{creator}, roleAdmin); err != nil {
+	if err := s.addMembers(ctx, id, []int{creator}, roleAdmin, 0); err != nil {
 		return nil, err
 	}
-	if err := s.addMembers(ctx, id, others, roleMember); err != nil {
+	if err := s.addMembers(ctx, id, others, roleMember, 0); err != nil {
 		return nil, err
 	}
 	return c, nil

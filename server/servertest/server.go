@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/auth"
@@ -34,6 +36,28 @@ type Option func(*app.Config)
 
 // WithConfig lets a test change any part of the server's configuration.
 func WithConfig(f func(*app.Config)) Option { return Option(f) }
+
+// WithOwnMongoDatabase gives the server a MongoDB database of its own,
+// dropped when the test ends, for tests that write so much that they would
+// slow the package's other tests down (FerretDB scans whole collections).
+func WithOwnMongoDatabase(tb testing.TB) Option {
+	name := "parley_test_" + randomHex()
+	stores := SharedStores(tb)
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		client, err := mongo.Connect(options.Client().ApplyURI(stores.MongoURI))
+		if err != nil {
+			tb.Errorf("servertest: drop %s: %v", name, err)
+			return
+		}
+		defer client.Disconnect(ctx)
+		if err := client.Database(name).Drop(ctx); err != nil {
+			tb.Errorf("servertest: drop %s: %v", name, err)
+		}
+	})
+	return func(c *app.Config) { c.MongoDatabase = name }
+}
 
 // New starts a server on the package's shared stores (see SharedStores)
 // and stops it when tb's test ends. Its log goes to tb.Log when the test

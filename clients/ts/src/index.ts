@@ -6,5 +6,6 @@
 export * from "./gen/parley/v1/auth_pb.js";
 export * from "./gen/parley/v1/avatar_pb.js";
 export * from "./gen/parley/v1/chat_pb.js";
+export * from "./gen/parley/v1/message_pb.js";
 export * from "./gen/parley/v1/server_pb.js";
 export * from "./gen/parley/v1/user_pb.js";

@@ -1,0 +1,265 @@
+package chat
+
+import (
+	"context"
+	"errors"
+
+	"connectrpc.com/connect"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+)
+
+// Page sizes of ListMessages.
+const (
+	DefaultMessageLimit = 50
+	MaxMessageLimit     = 100
+)
+
+var errMessageNotFound = connect.NewError(connect.CodeNotFound, errNoMessage)
+
+// positions are the lowest delivered and read positions over a chat's
+// members, from which message statuses follow.
+type positions struct{ delivered, read int64 }
+
+func (s *Service) positions(ctx context.Context, chatID bson.ObjectID) (positions, error) {
+	members, err := s.store.chatMembers(ctx, chatID)
+	if err != nil {
+		return positions{}, err
+	}
+	if len(members) == 0 {
+		return positions{}, nil
+	}
+	p := positions{delivered: members[0].DeliveredSeq, read: members[0].ReadSeq}
+	for _, m := range members[1:] {
+		p.delivered = min(p.delivered, m.DeliveredSeq)
+		p.read = min(p.read, m.ReadSeq)
+	}
+	return p, nil
+}
+
+func (p positions) status(seq int64) parleyv1.MessageStatus {
+	switch {
+	case seq <= p.read:
+		return parleyv1.MessageStatus_MESSAGE_STATUS_READ
+	case seq <= p.delivered:
+		return parleyv1.MessageStatus_MESSAGE_STATUS_DELIVERED
+	default:
+		return parleyv1.MessageStatus_MESSAGE_STATUS_SENT
+	}
+}
+
+func toMessage(m *messageDoc, p positions) *parleyv1.Message {
+	out := &parleyv1.Message{
+		Id:              m.ID.Hex(),
+		ChatId:          m.ChatID.Hex(),
+		Seq:             m.Seq,
+		SenderId:        int32(m.SenderID),
+		Text:            m.Text,
+		SentAt:          timestamppb.New(m.SentAt),
+		Deleted:         m.DeletedAt != nil,
+		Status:          p.status(m.Seq),
+		ClientMessageId: m.ClientMessageID,
+	}
+	if m.EditedAt != nil {
+		out.EditedAt = timestamppb.New(*m.EditedAt)
+	}
+	for _, a := range m.Attachments {
+		out.Attachments = append(out.Attachments, &parleyv1.Attachment{Type: a.Type, Url: a.URL})
+	}
+	return out
+}
+
+// SendMessage adds a message to a chat, once per client_message_id.
+func (s *Service) SendMessage(
+	ctx context.Context, req *connect.Request[parleyv1.SendMessageRequest],
+) (*connect.Response[parleyv1.SendMessageResponse], error) {
+	id, c, _, err := s.access(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	m, _, err := s.store.insertMessage(ctx, s.seqs, &messageDoc{
+		ChatID:          c.ID,
+		SenderID:        id.UserID,
+		Text:            req.Msg.GetText(),
+		ClientMessageID: req.Msg.GetClientMessageId(),
+	})
+	if err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
+	// The message is stored and acknowledged from here on; what follows
+	// brings the chat and the sender's positions up to it, and is
+	// idempotent, so a retry of the send repairs any part that failed.
+	if err := s.store.setLastMessage(ctx, m); err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
+	for _, field := range []string{"deliveredSeq", "readSeq"} {
+		if err := s.store.raiseCursor(ctx, c.ID, id.UserID, field, m.Seq); err != nil {
+			return nil, s.internal(ctx, "send message", err)
+		}
+	}
+	// As sent, nobody else has the message yet: its status is SENT, or
+	// READ in a group whose only member is the sender.
+	p := positions{}
+	if len(c.Participants) == 1 {
+		p = positions{delivered: m.Seq, read: m.Seq}
+	}
+	return connect.NewResponse(&parleyv1.SendMessageResponse{Message: toMessage(m, p)}), nil
+}
+
+// ListMessages returns a page of a chat's messages in seq order.
+func (s *Service) ListMessages(
+	ctx context.Context, req *connect.Request[parleyv1.ListMessagesRequest],
+) (*connect.Response[parleyv1.ListMessagesResponse], error) {
+	_, c, _, err := s.access(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	limit := int(req.Msg.GetLimit())
+	if limit == 0 {
+		limit = DefaultMessageLimit
+	}
+	var before, after *int64
+	switch cur := req.Msg.GetCursor().(type) {
+	case *parleyv1.ListMessagesRequest_BeforeSeq:
+		before = &cur.BeforeSeq
+	case *parleyv1.ListMessagesRequest_AfterSeq:
+		after = &cur.AfterSeq
+	}
+	msgs, more, err := s.store.listMessages(ctx, c.ID, before, after, limit)
+	if err != nil {
+		return nil, s.internal(ctx, "list messages", err)
+	}
+	p, err := s.positions(ctx, c.ID)
+	if err != nil {
+		return nil, s.internal(ctx, "list messages", err)
+	}
+	res := &parleyv1.ListMessagesResponse{HasMore: more}
+	for i := range msgs {
+		res.Messages = append(res.Messages, toMessage(&msgs[i], p))
+	}
+	return connect.NewResponse(res), nil
+}
+
+// message loads a message of a chat the caller may see.
+func (s *Service) message(ctx context.Context, chatHex, messageHex string) (*chatDoc, *memberDoc, *messageDoc, error) {
+	_, c, m, err := s.access(ctx, chatHex)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	msgID, err := bson.ObjectIDFromHex(messageHex)
+	if err != nil {
+		return nil, nil, nil, connect.NewError(connect.CodeInvalidArgument, errors.New("message_id: not a message id"))
+	}
+	msg, err := s.store.getMessage(ctx, c.ID, msgID)
+	if errors.Is(err, errNoMessage) {
+		return nil, nil, nil, errMessageNotFound
+	}
+	if err != nil {
+		return nil, nil, nil, s.internal(ctx, "get message", err)
+	}
+	return c, m, msg, nil
+}
+
+// EditMessage replaces the text of the caller's message.
+func (s *Service) EditMessage(
+	ctx context.Context, req *connect.Request[parleyv1.EditMessageRequest],
+) (*connect.Response[parleyv1.EditMessageResponse], error) {
+	c, me, msg, err := s.message(ctx, req.Msg.GetChatId(), req.Msg.GetMessageId())
+	if err != nil {
+		return nil, err
+	}
+	if msg.SenderID != me.UserID {
+		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("only the sender may edit a message"))
+	}
+	if msg.DeletedAt != nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the message was deleted"))
+	}
+	if err := s.store.editMessage(ctx, msg, req.Msg.GetText()); errors.Is(err, errNoMessage) {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the message was deleted"))
+	} else if err != nil {
+		return nil, s.internal(ctx, "edit message", err)
+	}
+	p, err := s.positions(ctx, c.ID)
+	if err != nil {
+		return nil, s.internal(ctx, "edit message", err)
+	}
+	return connect.NewResponse(&parleyv1.EditMessageResponse{Message: toMessage(msg, p)}), nil
+}
+
+// DeleteMessage deletes a message for everyone, leaving a tombstone.
+func (s *Service) DeleteMessage(
+	ctx context.Context, req *connect.Request[parleyv1.DeleteMessageRequest],
+) (*connect.Response[parleyv1.DeleteMessageResponse], error) {
+	c, me, msg, err := s.message(ctx, req.Msg.GetChatId(), req.Msg.GetMessageId())
+	if err != nil {
+		return nil, err
+	}
+	if msg.SenderID != me.UserID && !(c.Type == typeGroup && me.Role == roleAdmin) {
+		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("only the sender or a group admin may delete a message"))
+	}
+	if msg.DeletedAt == nil {
+		if err := s.store.deleteMessage(ctx, msg); err != nil {
+			return nil, s.internal(ctx, "delete message", err)
+		}
+	}
+	p, err := s.positions(ctx, c.ID)
+	if err != nil {
+		return nil, s.internal(ctx, "delete message", err)
+	}
+	return connect.NewResponse(&parleyv1.DeleteMessageResponse{Message: toMessage(msg, p)}), nil
+}
+
+// mark moves the caller's positions forward to upTo, clamped to the
+// chat's last message, and records the statuses that follow.
+func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, fields ...string) (*chatDoc, *memberDoc, error) {
+	id, c, _, err := s.access(ctx, chatHex)
+	if err != nil {
+		return nil, nil, err
+	}
+	upTo = min(upTo, lastSeq(c))
+	for _, f := range fields {
+		if err := s.store.raiseCursor(ctx, c.ID, id.UserID, f, upTo); err != nil {
+			return nil, nil, s.internal(ctx, "mark", err)
+		}
+	}
+	p, err := s.positions(ctx, c.ID)
+	if err != nil {
+		return nil, nil, s.internal(ctx, "mark", err)
+	}
+	if err := s.store.recordStatus(ctx, c.ID, p.delivered, p.read); err != nil {
+		return nil, nil, s.internal(ctx, "mark", err)
+	}
+	m, err := s.store.member(ctx, c.ID, id.UserID)
+	if err != nil {
+		return nil, nil, s.internal(ctx, "mark", err)
+	}
+	return c, m, nil
+}
+
+// MarkDelivered moves the caller's delivered position forward.
+func (s *Service) MarkDelivered(
+	ctx context.Context, req *connect.Request[parleyv1.MarkDeliveredRequest],
+) (*connect.Response[parleyv1.MarkDeliveredResponse], error) {
+	_, m, err := s.mark(ctx, req.Msg.GetChatId(), req.Msg.GetUpToSeq(), "deliveredSeq")
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&parleyv1.MarkDeliveredResponse{DeliveredSeq: m.DeliveredSeq}), nil
+}
+
+// MarkRead moves the caller's read (and delivered) position forward.
+func (s *Service) MarkRead(
+	ctx context.Context, req *connect.Request[parleyv1.MarkReadRequest],
+) (*connect.Response[parleyv1.MarkReadResponse], error) {
+	c, m, err := s.mark(ctx, req.Msg.GetChatId(), req.Msg.GetUpToSeq(), "deliveredSeq", "readSeq")
+	if err != nil {
+		return nil, err
+	}
+	unread, err := s.store.unread(ctx, c, *m)
+	if err != nil {
+		return nil, s.internal(ctx, "mark read", err)
+	}
+	return connect.NewResponse(&parleyv1.MarkReadResponse{ReadSeq: m.ReadSeq, UnreadCount: unread}), nil
+}

@@ -1,0 +1,317 @@
+package chat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// Message statuses as the documents spell them (the customer's model).
+const (
+	statusSent      = "sent"
+	statusDelivered = "delivered"
+	statusRead      = "read"
+)
+
+// messageDoc is a document of the messages collection, in the customer's
+// shape plus Parley's seq, idempotency key, and edit and delete times.
+type messageDoc struct {
+	ID              bson.ObjectID   `bson:"_id"`
+	ChatID          bson.ObjectID   `bson:"chatId"`
+	SenderID        int             `bson:"senderId"`
+	Text            string          `bson:"text,omitempty"`
+	Attachments     []attachmentDoc `bson:"attachments,omitempty"`
+	SentAt          time.Time       `bson:"sentAt"`
+	Status          string          `bson:"status"`
+	Seq             int64           `bson:"seq"`
+	ClientMessageID string          `bson:"clientMessageId"`
+	EditedAt        *time.Time      `bson:"editedAt,omitempty"`
+	DeletedAt       *time.Time      `bson:"deletedAt,omitempty"`
+}
+
+type attachmentDoc struct {
+	Type string `bson:"type"`
+	URL  string `bson:"url"`
+}
+
+// previewLen is how much of a message's text a chat's lastMessage keeps.
+const previewLen = 100
+
+func preview(text string) string {
+	if utf8.RuneCountInString(text) <= previewLen {
+		return text
+	}
+	r := []rune(text)
+	return string(r[:previewLen]) + "…"
+}
+
+var messageIndexes = []mongo.IndexModel{
+	{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "seq", Value: 1}}, Options: options.Index().SetUnique(true).SetName("chatId_seq_unique")},
+	{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "senderId", Value: 1}, {Key: "clientMessageId", Value: 1}}, Options: options.Index().SetUnique(true).SetName("chatId_senderId_clientMessageId_unique")},
+}
+
+// seqAllocator hands out per-chat sequence numbers with Redis INCR. Redis
+// may lose a counter (a flush, a restart without persistence); the unique
+// (chatId, seq) index then refuses the repeated number, and heal moves the
+// counter past the largest seq the store holds.
+type seqAllocator struct {
+	rdb    redis.UniversalClient
+	prefix string
+}
+
+func (a *seqAllocator) key(chatID bson.ObjectID) string {
+	return a.prefix + "chat:" + chatID.Hex() + ":seq"
+}
+
+func (a *seqAllocator) next(ctx context.Context, chatID bson.ObjectID) (int64, error) {
+	n, err := a.rdb.Incr(ctx, a.key(chatID)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("allocate seq: %w", err)
+	}
+	return n, nil
+}
+
+// raiseScript sets a counter to ARGV[1] unless it is larger already.
+var raiseScript = redis.NewScript(`
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+`)
+
+func (a *seqAllocator) raise(ctx context.Context, chatID bson.ObjectID, atLeast int64) error {
+	if err := raiseScript.Run(ctx, a.rdb, []string{a.key(chatID)}, atLeast).Err(); err != nil {
+		return fmt.Errorf("heal seq counter: %w", err)
+	}
+	return nil
+}
+
+// maxSeq returns the largest seq stored for the chat, 0 for none.
+func (s *store) maxSeq(ctx context.Context, chatID bson.ObjectID) (int64, error) {
+	var m messageDoc
+	err := s.messages.FindOne(ctx, bson.D{{Key: "chatId", Value: chatID}},
+		options.FindOne().SetSort(bson.D{{Key: "seq", Value: -1}}).SetProjection(bson.D{{Key: "seq", Value: 1}})).Decode(&m)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("max seq: %w", err)
+	}
+	return m.Seq, nil
+}
+
+func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID int, clientID string) (*messageDoc, error) {
+	var m messageDoc
+	err := s.messages.FindOne(ctx, bson.D{
+		{Key: "chatId", Value: chatID}, {Key: "senderId", Value: senderID}, {Key: "clientMessageId", Value: clientID},
+	}).Decode(&m)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find message by key: %w", err)
+	}
+	return &m, nil
+}
+
+// insertMessage stores a new message with the chat's next seq. It returns
+// the stored message and whether it is new: a retry with a
+// clientMessageId already used gets the first message back.
+func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc) (*messageDoc, bool, error) {
+	// No look-up first: the unique indexes decide, and a duplicate key
+	// sends us to find out which one.
+	for attempt := 0; attempt < 5; attempt++ {
+		seq, err := seqs.next(ctx, m.ChatID)
+		if err != nil {
+			return nil, false, err
+		}
+		m.ID, m.Seq, m.SentAt, m.Status = bson.NewObjectID(), seq, s.nowMs(), statusSent
+		_, err = s.messages.InsertOne(ctx, m)
+		if err == nil {
+			return m, true, nil
+		}
+		if !mongo.IsDuplicateKeyError(err) {
+			return nil, false, fmt.Errorf("insert message: %w", err)
+		}
+		// Either a racing retry of this very send won, or the counter
+		// fell behind the store.
+		if prev, err := s.messageByKey(ctx, m.ChatID, m.SenderID, m.ClientMessageID); err != nil || prev != nil {
+			return prev, false, err
+		}
+		top, err := s.maxSeq(ctx, m.ChatID)
+		if err != nil {
+			return nil, false, err
+		}
+		if err := seqs.raise(ctx, m.ChatID, top); err != nil {
+			return nil, false, err
+		}
+	}
+	return nil, false, errors.New("insert message: no free seq after 5 attempts")
+}
+
+// raise makes a monotonic field of one document at least v: it writes only
+// where the field is smaller, then reads back and writes again if a
+// concurrent smaller write won. On MongoDB the first write is atomic; on
+// FerretDB, whose updates are not, the re-check makes the field converge
+// to the largest value written.
+func raise(ctx context.Context, c *mongo.Collection, id any, field string, v int64, extra bson.D) error {
+	filter := bson.D{{Key: "_id", Value: id}, {Key: "$or", Value: bson.A{
+		bson.D{{Key: field, Value: bson.D{{Key: "$lt", Value: v}}}},
+		bson.D{{Key: field, Value: bson.D{{Key: "$exists", Value: false}}}},
+	}}}
+	set := append(bson.D{{Key: field, Value: v}}, extra...)
+	for range 10 {
+		res, err := c.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: set}})
+		if err != nil {
+			return fmt.Errorf("raise %s: %w", field, err)
+		}
+		if res.MatchedCount == 0 {
+			return nil // already at least v, or no such document
+		}
+		n, err := c.CountDocuments(ctx, filter)
+		if err != nil {
+			return fmt.Errorf("raise %s: %w", field, err)
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("raise %s: still contended after 10 writes", field)
+}
+
+// setLastMessage moves the chat's lastMessage forward to m.
+func (s *store) setLastMessage(ctx context.Context, m *messageDoc) error {
+	return raise(ctx, s.chats, m.ChatID, "lastMessage.seq", m.Seq, bson.D{
+		{Key: "lastMessage.message_id", Value: m.ID},
+		{Key: "lastMessage.sender_id", Value: m.SenderID},
+		{Key: "lastMessage.preview", Value: preview(m.Text)},
+		{Key: "lastMessage.sentAt", Value: m.SentAt},
+		{Key: "updatedAt", Value: m.SentAt},
+	})
+}
+
+// raiseCursor moves a member's read or delivered position forward.
+func (s *store) raiseCursor(ctx context.Context, chatID bson.ObjectID, userID int, field string, seq int64) error {
+	return raise(ctx, s.members, memberID(chatID, userID), field, seq, nil)
+}
+
+func (s *store) getMessage(ctx context.Context, chatID, id bson.ObjectID) (*messageDoc, error) {
+	var m messageDoc
+	err := s.messages.FindOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "chatId", Value: chatID}}).Decode(&m)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, errNoMessage
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get message: %w", err)
+	}
+	return &m, nil
+}
+
+var errNoMessage = errors.New("no such message")
+
+// listMessages returns up to limit messages after or before a seq (or the
+// newest), in ascending seq order, and whether more lie beyond.
+func (s *store) listMessages(ctx context.Context, chatID bson.ObjectID, before, after *int64, limit int) ([]messageDoc, bool, error) {
+	filter := bson.D{{Key: "chatId", Value: chatID}}
+	order := -1
+	switch {
+	case after != nil:
+		filter = append(filter, bson.E{Key: "seq", Value: bson.D{{Key: "$gt", Value: *after}}})
+		order = 1
+	case before != nil:
+		filter = append(filter, bson.E{Key: "seq", Value: bson.D{{Key: "$lt", Value: *before}}})
+	}
+	cur, err := s.messages.Find(ctx, filter, options.Find().
+		SetSort(bson.D{{Key: "seq", Value: order}}).
+		SetLimit(int64(limit+1)))
+	if err != nil {
+		return nil, false, fmt.Errorf("list messages: %w", err)
+	}
+	var out []messageDoc
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, false, fmt.Errorf("list messages: %w", err)
+	}
+	more := len(out) > limit
+	if more {
+		out = out[:limit]
+	}
+	if order < 0 {
+		for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+			out[i], out[j] = out[j], out[i]
+		}
+	}
+	return out, more, nil
+}
+
+func (s *store) editMessage(ctx context.Context, m *messageDoc, text string) error {
+	now := s.nowMs()
+	res, err := s.messages.UpdateOne(ctx,
+		bson.D{{Key: "_id", Value: m.ID}, {Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "text", Value: text}, {Key: "editedAt", Value: now}}}})
+	if err != nil {
+		return fmt.Errorf("edit message: %w", err)
+	}
+	if res.MatchedCount == 0 {
+		return errNoMessage
+	}
+	m.Text, m.EditedAt = text, &now
+	return s.refreshPreview(ctx, m)
+}
+
+func (s *store) deleteMessage(ctx context.Context, m *messageDoc) error {
+	now := s.nowMs()
+	if _, err := s.messages.UpdateOne(ctx, bson.D{{Key: "_id", Value: m.ID}}, bson.D{
+		{Key: "$set", Value: bson.D{{Key: "deletedAt", Value: now}}},
+		{Key: "$unset", Value: bson.D{{Key: "text", Value: ""}, {Key: "attachments", Value: ""}}},
+	}); err != nil {
+		return fmt.Errorf("delete message: %w", err)
+	}
+	m.Text, m.Attachments, m.DeletedAt = "", nil, &now
+	return s.refreshPreview(ctx, m)
+}
+
+// refreshPreview updates the chat's lastMessage preview if m is the last
+// message.
+func (s *store) refreshPreview(ctx context.Context, m *messageDoc) error {
+	_, err := s.chats.UpdateOne(ctx,
+		bson.D{{Key: "_id", Value: m.ChatID}, {Key: "lastMessage.message_id", Value: m.ID}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "lastMessage.preview", Value: preview(m.Text)}}}})
+	if err != nil {
+		return fmt.Errorf("update preview: %w", err)
+	}
+	return nil
+}
+
+// recordStatus writes the seed's status field onto the messages that the
+// members' positions have moved on. Sending moves the sender's own
+// positions past its message, so the lowest position of all members is the
+// lowest of the others' for every message at or below it. The field is a
+// copy; answers derive status from the positions themselves.
+func (s *store) recordStatus(ctx context.Context, chatID bson.ObjectID, minDelivered, minRead int64) error {
+	for _, x := range []struct {
+		upTo   int64
+		status string
+		not    []string
+	}{
+		{minRead, statusRead, []string{statusRead}},
+		{minDelivered, statusDelivered, []string{statusRead, statusDelivered}},
+	} {
+		if x.upTo <= 0 {
+			continue
+		}
+		if _, err := s.messages.UpdateMany(ctx, bson.D{
+			{Key: "chatId", Value: chatID},
+			{Key: "seq", Value: bson.D{{Key: "$lte", Value: x.upTo}}},
+			{Key: "status", Value: bson.D{{Key: "$nin", Value: x.not}}},
+		}, bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: x.status}}}}); err != nil {
+			return fmt.Errorf("record status: %w", err)
+		}
+	}
+	return nil
+}
