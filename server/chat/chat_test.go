@@ -139,8 +139,8 @@ func mapsEqual[K, V comparable](a, b map[K]V) bool {
 	return true
 }
 
-// TestChatService_Authorization runs every chat method as an outsider, a
-// removed member, a member and an admin of a group.
+// TestChatService_Authorization runs every chat and message method as an
+// outsider, a removed member, a member and an admin of a group.
 func TestChatService_Authorization(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range twoProtocols {
@@ -148,13 +148,18 @@ func TestChatService_Authorization(t *testing.T) {
 			admin, member, removed, outsider, extra := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
 			// fresh makes a group for one call, so that calls that change it
 			// do not disturb each other.
+			// fresh makes a group for one call, with a message from the
+			// member, so that calls that change it do not disturb each other.
+			var msgID string
 			fresh := func() string {
 				c := group(t, admin, "team", member, removed)
+				msgID = send(t, member, c.GetId(), "hello").GetId()
 				if _, err := admin.chats.RemoveParticipant(context.Background(), req(admin, &parleyv1.RemoveParticipantRequest{ChatId: c.GetId(), UserId: removed.id})); err != nil {
 					t.Fatalf("RemoveParticipant: %v", err)
 				}
 				return c.GetId()
 			}
+			ok := connect.Code(0)
 			calls := []struct {
 				name string
 				call func(u *user, chatID string) error
@@ -185,6 +190,30 @@ func TestChatService_Authorization(t *testing.T) {
 					_, err := u.chats.LeaveChat(context.Background(), req(u, &parleyv1.LeaveChatRequest{ChatId: id}))
 					return err
 				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, 0, connect.CodeFailedPrecondition}},
+				{"SendMessage", func(u *user, id string) error {
+					_, err := u.msgs.SendMessage(context.Background(), req(u, &parleyv1.SendMessageRequest{ChatId: id, ClientMessageId: "k", Text: "hi"}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"ListMessages", func(u *user, id string) error {
+					_, err := u.msgs.ListMessages(context.Background(), req(u, &parleyv1.ListMessagesRequest{ChatId: id}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"EditMessage", func(u *user, id string) error {
+					_, err := u.msgs.EditMessage(context.Background(), req(u, &parleyv1.EditMessageRequest{ChatId: id, MessageId: msgID, Text: "edited"}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, connect.CodePermissionDenied}},
+				{"DeleteMessage", func(u *user, id string) error {
+					_, err := u.msgs.DeleteMessage(context.Background(), req(u, &parleyv1.DeleteMessageRequest{ChatId: id, MessageId: msgID}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"MarkDelivered", func(u *user, id string) error {
+					_, err := u.msgs.MarkDelivered(context.Background(), req(u, &parleyv1.MarkDeliveredRequest{ChatId: id, UpToSeq: 1}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"MarkRead", func(u *user, id string) error {
+					_, err := u.msgs.MarkRead(context.Background(), req(u, &parleyv1.MarkReadRequest{ChatId: id, UpToSeq: 1}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
 			}
 			callers := []struct {
 				name string
@@ -211,8 +240,13 @@ func TestChatService_Authorization(t *testing.T) {
 						if err != nil {
 							t.Fatal(err)
 						}
-						if before.Msg.GetChat().GetName() != after.Msg.GetChat().GetName() || !mapsEqual(roles(before.Msg.GetChat()), roles(after.Msg.GetChat())) {
+						if before.Msg.GetChat().GetName() != after.Msg.GetChat().GetName() || !mapsEqual(roles(before.Msg.GetChat()), roles(after.Msg.GetChat())) ||
+							before.Msg.GetChat().GetLastMessage().GetSeq() != after.Msg.GetChat().GetLastMessage().GetSeq() {
 							t.Errorf("a refused call changed the chat: %v -> %v", before.Msg.GetChat(), after.Msg.GetChat())
+						}
+						msgs := listAll(t, admin, id)
+						if len(msgs) != 1 || msgs[0].GetText() != "hello" || msgs[0].GetDeleted() {
+							t.Errorf("a refused call changed the messages: %v", msgs)
 						}
 					})
 				}
