@@ -268,6 +268,9 @@ func (a *App) openRedis(ctx context.Context) error {
 // DB returns the relational database.
 func (a *App) DB() *sqldb.DB { return a.db }
 
+// Mongo returns the MongoDB database.
+func (a *App) Mongo() *mongo.Database { return a.mongo.Database(a.cfg.MongoDatabase) }
+
 // Redis returns the Redis client.
 func (a *App) Redis() *redis.Client { return a.redis }
 

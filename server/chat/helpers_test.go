@@ -26,7 +26,7 @@ type user struct {
 var seq atomic.Int64
 
 // newUser registers a user and returns it with a chat client over p.
-func newUser(t *testing.T, srv *servertest.Server, p servertest.Protocol) *user {
+func newUser(t testing.TB, srv *servertest.Server, p servertest.Protocol) *user {
 	t.Helper()
 	name := fmt.Sprintf("chatter%d", seq.Add(1))
 	authc := servertest.Client(srv, p, parleyv1connect.NewAuthServiceClient)
@@ -51,14 +51,14 @@ func req[T any](u *user, msg *T) *connect.Request[T] {
 	return r
 }
 
-func wantCode(t *testing.T, err error, want connect.Code) {
+func wantCode(t testing.TB, err error, want connect.Code) {
 	t.Helper()
 	if got := connect.CodeOf(err); err == nil || got != want {
 		t.Fatalf("err = %v (code %v), want code %v", err, got, want)
 	}
 }
 
-func group(t *testing.T, admin *user, name string, members ...*user) *parleyv1.Chat {
+func group(t testing.TB, admin *user, name string, members ...*user) *parleyv1.Chat {
 	t.Helper()
 	var ids []int32
 	for _, m := range members {
@@ -91,7 +91,7 @@ func chatCount(t *testing.T, u *user) int {
 }
 
 // send sends a text message with a fresh client id.
-func send(t *testing.T, u *user, chatID, text string) *parleyv1.Message {
+func send(t testing.TB, u *user, chatID, text string) *parleyv1.Message {
 	t.Helper()
 	res, err := u.msgs.SendMessage(context.Background(), req(u, &parleyv1.SendMessageRequest{
 		ChatId: chatID, ClientMessageId: fmt.Sprintf("c%d", seq.Add(1)), Text: text,

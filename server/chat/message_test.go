@@ -233,6 +233,13 @@ func TestMessageService_StatusAndUnread(t *testing.T) {
 		if got, want := unread(t, b, id), int64(2); got != want {
 			t.Errorf("b's unread = %d, want %d", got, want)
 		}
+		list, err := b.chats.ListChats(ctx, req(b, &parleyv1.ListChatsRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := list.Msg.GetChats(); len(got) != 1 || got[0].GetUnreadCount() != 2 || got[0].GetLastMessage().GetPreview() != "there" {
+			t.Errorf("b's ListChats = %v, want the chat with 2 unread and the last preview", got)
+		}
 		if got := unread(t, a, id); got != 0 {
 			t.Errorf("a's unread = %d, want 0 (own messages)", got)
 		}

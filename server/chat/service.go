@@ -286,12 +286,12 @@ func (s *Service) ListChats(
 		last := chats[size-1]
 		res.NextPageToken = encodePage(chatPage{UpdatedAt: last.UpdatedAt, ID: last.ID})
 	}
+	unread, err := s.store.unreadMany(ctx, chats, members)
+	if err != nil {
+		return nil, s.internal(ctx, "list chats", err)
+	}
 	for i := range chats {
-		chat, err := s.render(ctx, &chats[i], members[chats[i].ID])
-		if err != nil {
-			return nil, s.internal(ctx, "list chats", err)
-		}
-		res.Chats = append(res.Chats, chat)
+		res.Chats = append(res.Chats, toChat(&chats[i], members[chats[i].ID], unread[chats[i].ID]))
 	}
 	return connect.NewResponse(res), nil
 }

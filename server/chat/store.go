@@ -406,6 +406,48 @@ func (s *store) listChats(ctx context.Context, userID int, after *chatPage, limi
 	return chats, byChat, nil
 }
 
+// unreadMany counts, in one aggregation, the unread messages of each chat
+// for the given memberships (see unread).
+func (s *store) unreadMany(ctx context.Context, chats []chatDoc, members map[bson.ObjectID]memberDoc) (map[bson.ObjectID]int64, error) {
+	var branches bson.A
+	for i := range chats {
+		c, m := &chats[i], members[chats[i].ID]
+		if c.LastMessage == nil || c.LastMessage.Seq <= m.ReadSeq {
+			continue
+		}
+		branches = append(branches, bson.D{
+			{Key: "chatId", Value: c.ID},
+			{Key: "seq", Value: bson.D{{Key: "$gt", Value: m.ReadSeq}}},
+			{Key: "senderId", Value: bson.D{{Key: "$ne", Value: m.UserID}}},
+		})
+	}
+	out := make(map[bson.ObjectID]int64)
+	if len(branches) == 0 {
+		return out, nil
+	}
+	cur, err := s.messages.Aggregate(ctx, mongo.Pipeline{
+		{{Key: "$match", Value: bson.D{
+			{Key: "$or", Value: branches},
+			{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}},
+		}}},
+		{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$chatId"}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count unread: %w", err)
+	}
+	var rows []struct {
+		ChatID bson.ObjectID `bson:"_id"`
+		N      int64         `bson:"n"`
+	}
+	if err := cur.All(ctx, &rows); err != nil {
+		return nil, fmt.Errorf("count unread: %w", err)
+	}
+	for _, r := range rows {
+		out[r.ChatID] = r.N
+	}
+	return out, nil
+}
+
 // unread counts the messages after the member's read position that others
 // sent, skipping deleted ones.
 func (s *store) unread(ctx context.Context, c *chatDoc, m memberDoc) (int64, error) {
