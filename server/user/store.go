@@ -238,17 +238,24 @@ func (s *store) listAvatars(ctx context.Context, userID int) ([]*ent.Avatar, err
 
 var errNoAvatar = connect.NewError(connect.CodeNotFound, errors.New("no such avatar"))
 
+// lockedAvatar locks the user's avatars for the transaction and returns
+// one of them, or errNoAvatar when the user has no such avatar.
+func (s *store) lockedAvatar(ctx context.Context, tx *ent.Tx, userID, avatarID int) (*ent.Avatar, error) {
+	if err := s.lockUser(ctx, tx, userID); err != nil {
+		return nil, err
+	}
+	a, err := tx.Avatar.Query().Where(avatar.ID(avatarID), avatar.UserID(userID)).Only(ctx)
+	if ent.IsNotFound(err) {
+		return nil, errNoAvatar
+	}
+	return a, err
+}
+
 // setActive makes the user's avatar the active one.
 func (s *store) setActive(ctx context.Context, userID, avatarID int) (*ent.Avatar, error) {
 	var out *ent.Avatar
 	err := s.withTx(ctx, func(tx *ent.Tx) error {
-		if err := s.lockUser(ctx, tx, userID); err != nil {
-			return err
-		}
-		a, err := tx.Avatar.Query().Where(avatar.ID(avatarID), avatar.UserID(userID)).Only(ctx)
-		if ent.IsNotFound(err) {
-			return errNoAvatar
-		}
+		a, err := s.lockedAvatar(ctx, tx, userID, avatarID)
 		if err != nil {
 			return err
 		}
@@ -265,19 +272,13 @@ func (s *store) setActive(ctx context.Context, userID, avatarID int) (*ent.Avata
 	return out, err
 }
 
-// delete removes the user's avatar. If it was the active one, the newest
+// deleteAvatar removes the user's avatar. If it was the active one, the newest
 // remaining avatar becomes active, or a new identicon when none remains.
 // It returns the active avatar afterwards.
 func (s *store) deleteAvatar(ctx context.Context, userID, avatarID int) (*ent.Avatar, error) {
 	var active *ent.Avatar
 	err := s.withTx(ctx, func(tx *ent.Tx) error {
-		if err := s.lockUser(ctx, tx, userID); err != nil {
-			return err
-		}
-		a, err := tx.Avatar.Query().Where(avatar.ID(avatarID), avatar.UserID(userID)).Only(ctx)
-		if ent.IsNotFound(err) {
-			return errNoAvatar
-		}
+		a, err := s.lockedAvatar(ctx, tx, userID, avatarID)
 		if err != nil {
 			return err
 		}
