@@ -15,12 +15,13 @@ import (
 // RateLimits bound the attempts that guess passwords or mass-create
 // accounts. They are counted in Redis, so all instances share them.
 type RateLimits struct {
-	// LoginFailuresPerAccount is how many wrong passwords one login name
-	// may get per LoginWindow.
+	// LoginFailuresPerAccount is how many failed logins one account may
+	// get per LoginWindow. Attempts are counted as they start, so parallel
+	// guesses cannot overrun it, and a successful login resets the count.
 	LoginFailuresPerAccount int
-	// LoginFailuresPerAddress is how many failed logins one client address
-	// may make per LoginWindow, across all accounts.
-	LoginFailuresPerAddress int
+	// LoginAttemptsPerAddress is how many logins one client address may
+	// attempt per LoginWindow, across all accounts.
+	LoginAttemptsPerAddress int
 	// LoginWindow is the window of both login limits.
 	LoginWindow time.Duration
 	// RegistrationsPerAddress is how many accounts one client address may
@@ -33,7 +34,7 @@ type RateLimits struct {
 // DefaultRateLimits are the limits a server runs with unless configured.
 var DefaultRateLimits = RateLimits{
 	LoginFailuresPerAccount: 10,
-	LoginFailuresPerAddress: 50,
+	LoginAttemptsPerAddress: 100,
 	LoginWindow:             15 * time.Minute,
 	RegistrationsPerAddress: 10,
 	RegistrationWindow:      time.Hour,
@@ -49,8 +50,8 @@ func limit(n int, window time.Duration) redis_rate.Limit {
 	return redis_rate.Limit{Rate: n, Burst: n, Period: window}
 }
 
-func (l *limiter) accountKey(login string) string {
-	return l.prefix + "login-account:" + strings.ToLower(login)
+func (l *limiter) accountKey(account string) string {
+	return l.prefix + "login-account:" + strings.ToLower(account)
 }
 
 func (l *limiter) loginAddressKey(addr string) string { return l.prefix + "login-address:" + addr }
@@ -59,21 +60,33 @@ func (l *limiter) registerAddressKey(addr string) string {
 	return l.prefix + "register-address:" + addr
 }
 
-// checkLogin refuses a login attempt when the account or the address has
-// used up its failures, without counting the attempt itself.
-func (l *limiter) checkLogin(ctx context.Context, login, addr string) error {
-	if err := l.peek(ctx, l.accountKey(login), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow)); err != nil {
-		return err
+// attemptLogin takes one attempt from the account's and the address's
+// budgets, and refuses the login when either is spent. account names the
+// account: its user id when the login exists, else the login itself, so
+// that the username and the email share one budget.
+func (l *limiter) attemptLogin(ctx context.Context, account, addr string) error {
+	for _, x := range []struct {
+		key string
+		lim redis_rate.Limit
+		msg string
+	}{
+		{l.accountKey(account), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow), "too many failed logins for this account"},
+		{l.loginAddressKey(addr), limit(l.cfg.LoginAttemptsPerAddress, l.cfg.LoginWindow), "too many logins from this address"},
+	} {
+		res, err := l.l.Allow(ctx, x.key, x.lim)
+		if err != nil {
+			return fmt.Errorf("rate limit: %w", err)
+		}
+		if res.Allowed == 0 {
+			return tooMany(x.msg+"; try again later", res.RetryAfter)
+		}
 	}
-	return l.peek(ctx, l.loginAddressKey(addr), limit(l.cfg.LoginFailuresPerAddress, l.cfg.LoginWindow))
+	return nil
 }
 
-// failedLogin counts a failed attempt against the account and the address.
-func (l *limiter) failedLogin(ctx context.Context, login, addr string) error {
-	if _, err := l.l.Allow(ctx, l.accountKey(login), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow)); err != nil {
-		return fmt.Errorf("rate limit: %w", err)
-	}
-	if _, err := l.l.Allow(ctx, l.loginAddressKey(addr), limit(l.cfg.LoginFailuresPerAddress, l.cfg.LoginWindow)); err != nil {
+// loginSucceeded clears the account's failed attempts.
+func (l *limiter) loginSucceeded(ctx context.Context, account string) error {
+	if err := l.l.Reset(ctx, l.accountKey(account)); err != nil {
 		return fmt.Errorf("rate limit: %w", err)
 	}
 	return nil
@@ -91,21 +104,6 @@ func (l *limiter) register(ctx context.Context, addr string) error {
 		return tooMany("too many registrations from this address", res.RetryAfter)
 	}
 	return nil
-}
-
-// peek refuses when the key has no attempts left.
-func (l *limiter) peek(ctx context.Context, key string, lim redis_rate.Limit) error {
-	res, err := l.l.AllowN(ctx, key, lim, 0)
-	if err != nil {
-		return fmt.Errorf("rate limit: %w", err)
-	}
-	if res.Remaining >= 1 {
-		return nil
-	}
-	// With nothing left, one attempt frees up one emission interval before
-	// the limiter is back to full.
-	retry := res.ResetAfter - time.Duration(lim.Burst-1)*(lim.Period/time.Duration(lim.Rate))
-	return tooMany("too many failed logins; try again later", retry)
 }
 
 // tooMany is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail and a

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,9 +58,11 @@ type Config struct {
 	RateLimits RateLimits
 	// RedisPrefix starts every Redis key.
 	RedisPrefix string
-	// ClientIPHeader, when set, is the request header (such as X-Real-IP)
-	// that a trusted reverse proxy sets to the client's address. Leave it
-	// empty when clients connect directly: they could forge it.
+	// ClientIPHeader, when set, is the request header (such as X-Real-IP
+	// or X-Forwarded-For) that a trusted reverse proxy sets to the
+	// client's address; of a list, the last entry (the one the proxy
+	// added) counts. Leave it empty when clients connect directly: they
+	// could forge it.
 	ClientIPHeader string
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
@@ -151,11 +154,15 @@ func (s *Service) Login(
 	ctx context.Context, req *connect.Request[parleyv1.LoginRequest],
 ) (*connect.Response[parleyv1.LoginResponse], error) {
 	login, addr := req.Msg.GetLogin(), s.clientAddr(req.Peer(), req.Header())
-	if err := s.limiter.checkLogin(ctx, login, addr); err != nil {
-		return nil, rpcerr.From(ctx, s.log, "login", err)
-	}
 	userID, hash, err := s.accounts.LookupLogin(ctx, login)
 	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "login", err)
+	}
+	account := "login:" + strings.ToLower(login)
+	if userID != 0 {
+		account = "user:" + strconv.Itoa(userID)
+	}
+	if err := s.limiter.attemptLogin(ctx, account, addr); err != nil {
 		return nil, rpcerr.From(ctx, s.log, "login", err)
 	}
 	ok, err := s.passwords.verify(ctx, req.Msg.GetPassword(), hash)
@@ -163,10 +170,10 @@ func (s *Service) Login(
 		return nil, rpcerr.From(ctx, s.log, "login", err)
 	}
 	if !ok {
-		if err := s.limiter.failedLogin(ctx, login, addr); err != nil {
-			return nil, rpcerr.From(ctx, s.log, "login", err)
-		}
 		return nil, errBadLogin
+	}
+	if err := s.limiter.loginSucceeded(ctx, account); err != nil {
+		return nil, rpcerr.From(ctx, s.log, "login", err)
 	}
 	if err := s.accounts.RecordLogin(ctx, userID); err != nil {
 		return nil, rpcerr.From(ctx, s.log, "login", err)
@@ -316,8 +323,9 @@ func (s *Service) RevokeSession(
 func (s *Service) clientAddr(peer connect.Peer, h interface{ Get(string) string }) string {
 	if s.cfg.ClientIPHeader != "" {
 		if v := h.Get(s.cfg.ClientIPHeader); v != "" {
-			first, _, _ := strings.Cut(v, ",")
-			if ip := net.ParseIP(strings.TrimSpace(first)); ip != nil {
+			// A client can put anything in front; the proxy appends.
+			last := v[strings.LastIndex(v, ",")+1:]
+			if ip := net.ParseIP(strings.TrimSpace(last)); ip != nil {
 				return ip.String()
 			}
 		}

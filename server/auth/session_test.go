@@ -295,8 +295,8 @@ func TestAuth_RateLimits(t *testing.T) {
 		// Counters of their own, apart from the other tests' sign-ups.
 		c.RedisPrefix += "ratelimits:"
 		c.RateLimits = auth.RateLimits{
-			LoginFailuresPerAccount: 3, LoginFailuresPerAddress: 100, LoginWindow: time.Hour,
-			RegistrationsPerAddress: 2, RegistrationWindow: time.Hour,
+			LoginFailuresPerAccount: 3, LoginAttemptsPerAddress: 100, LoginWindow: time.Hour,
+			RegistrationsPerAddress: 3, RegistrationWindow: time.Hour,
 		}
 	}))
 	c := newClients(srv, servertest.Protocols[1])
@@ -315,8 +315,31 @@ func TestAuth_RateLimits(t *testing.T) {
 			t.Errorf("rate-limit error has no retry hint: %v", err)
 		}
 	})
+	t.Run("parallel guesses do not overrun the limit", func(t *testing.T) {
+		name := uniqueName("parallel")
+		register(t, c, name)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		codes := map[connect.Code]int{}
+		for i := range 12 {
+			login := name
+			if i%2 == 1 {
+				login = name + "@example.com" // the email shares the account's budget
+			}
+			wg.Go(func() {
+				_, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: login, Password: "guess"}))
+				mu.Lock()
+				codes[connect.CodeOf(err)]++
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		if got := codes[connect.CodeUnauthenticated]; got > 3 {
+			t.Errorf("%d of 12 parallel guesses were checked (codes %v), want at most the limit of 3", got, codes)
+		}
+	})
 	t.Run("registrations per address", func(t *testing.T) {
-		// One registration above used one of the two.
+		// The two registrations above used two of the three.
 		register(t, c, uniqueName("second"))
 		before := countUsers(t, srv)
 		_, err := c.auth.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{

@@ -84,7 +84,7 @@ func (s *Service) SendMessage(
 		SenderID:        id.UserID,
 		Text:            req.Msg.GetText(),
 		ClientMessageID: req.Msg.GetClientMessageId(),
-	})
+	}, lastSeq(c))
 	if err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
@@ -94,8 +94,8 @@ func (s *Service) SendMessage(
 	if err := s.store.setLastMessage(ctx, m); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
-	for _, field := range []string{"deliveredSeq", "readSeq"} {
-		if err := s.store.raiseCursor(ctx, c.ID, id.UserID, field, m.Seq); err != nil {
+	for _, kind := range []string{kindDelivered, kindRead} {
+		if err := s.store.raisePosition(ctx, c.ID, id.UserID, kind, m.Seq); err != nil {
 			return nil, s.internal(ctx, "send message", err)
 		}
 	}
@@ -212,24 +212,17 @@ func (s *Service) DeleteMessage(
 }
 
 // mark moves the caller's positions forward to upTo, clamped to the
-// chat's last message, and records the statuses that follow.
-func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, fields ...string) (*chatDoc, *memberDoc, error) {
+// chat's last message.
+func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, kinds ...string) (*chatDoc, *memberDoc, error) {
 	id, c, _, err := s.access(ctx, chatHex)
 	if err != nil {
 		return nil, nil, err
 	}
 	upTo = min(upTo, lastSeq(c))
-	for _, f := range fields {
-		if err := s.store.raiseCursor(ctx, c.ID, id.UserID, f, upTo); err != nil {
+	for _, kind := range kinds {
+		if err := s.store.raisePosition(ctx, c.ID, id.UserID, kind, upTo); err != nil {
 			return nil, nil, s.internal(ctx, "mark", err)
 		}
-	}
-	p, err := s.positions(ctx, c.ID)
-	if err != nil {
-		return nil, nil, s.internal(ctx, "mark", err)
-	}
-	if err := s.store.recordStatus(ctx, c.ID, p.delivered, p.read); err != nil {
-		return nil, nil, s.internal(ctx, "mark", err)
 	}
 	m, err := s.store.member(ctx, c.ID, id.UserID)
 	if err != nil {
@@ -242,7 +235,7 @@ func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, fields .
 func (s *Service) MarkDelivered(
 	ctx context.Context, req *connect.Request[parleyv1.MarkDeliveredRequest],
 ) (*connect.Response[parleyv1.MarkDeliveredResponse], error) {
-	_, m, err := s.mark(ctx, req.Msg.GetChatId(), req.Msg.GetUpToSeq(), "deliveredSeq")
+	_, m, err := s.mark(ctx, req.Msg.GetChatId(), req.Msg.GetUpToSeq(), kindDelivered)
 	if err != nil {
 		return nil, err
 	}
@@ -253,7 +246,7 @@ func (s *Service) MarkDelivered(
 func (s *Service) MarkRead(
 	ctx context.Context, req *connect.Request[parleyv1.MarkReadRequest],
 ) (*connect.Response[parleyv1.MarkReadResponse], error) {
-	c, m, err := s.mark(ctx, req.Msg.GetChatId(), req.Msg.GetUpToSeq(), "deliveredSeq", "readSeq")
+	c, m, err := s.mark(ctx, req.Msg.GetChatId(), req.Msg.GetUpToSeq(), kindDelivered, kindRead)
 	if err != nil {
 		return nil, err
 	}

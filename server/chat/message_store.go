@@ -13,12 +13,11 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
-// Message statuses as the documents spell them (the customer's model).
-const (
-	statusSent      = "sent"
-	statusDelivered = "delivered"
-	statusRead      = "read"
-)
+// statusSent is the seed's status field as a message is stored. Answers
+// derive the current status from the members' positions instead of
+// rewriting every message as they move: on FerretDB such a rewrite could
+// race with a delete of the same document and undo it.
+const statusSent = "sent"
 
 // messageDoc is a document of the messages collection, in the customer's
 // shape plus Parley's seq, idempotency key, and edit and delete times.
@@ -120,16 +119,29 @@ func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID
 	return &m, nil
 }
 
-// insertMessage stores a new message with the chat's next seq. It returns
-// the stored message and whether it is new: a retry with a
-// clientMessageId already used gets the first message back.
-func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc) (*messageDoc, bool, error) {
+// insertMessage stores a new message with the chat's next seq, which is
+// always above floor (the chat's last seq as last read). It returns the
+// stored message and whether it is new: a retry with a clientMessageId
+// already used gets the first message back.
+func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc, floor int64) (*messageDoc, bool, error) {
 	// No look-up first: the unique indexes decide, and a duplicate key
 	// sends us to find out which one.
 	for attempt := 0; attempt < 5; attempt++ {
 		seq, err := seqs.next(ctx, m.ChatID)
 		if err != nil {
 			return nil, false, err
+		}
+		if seq <= floor {
+			// The counter went back (Redis lost recent writes) and this
+			// number may fall in a gap below the chat's last message.
+			top, err := s.maxSeq(ctx, m.ChatID)
+			if err != nil {
+				return nil, false, err
+			}
+			if err := seqs.raise(ctx, m.ChatID, max(top, floor)); err != nil {
+				return nil, false, err
+			}
+			continue
 		}
 		m.ID, m.Seq, m.SentAt, m.Status = bson.NewObjectID(), seq, s.nowMs(), statusSent
 		_, err = s.messages.InsertOne(ctx, m)
@@ -160,45 +172,83 @@ func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messag
 // concurrent smaller write won. On MongoDB the first write is atomic; on
 // FerretDB, whose updates are not, the re-check makes the field converge
 // to the largest value written.
-func raise(ctx context.Context, c *mongo.Collection, id any, field string, v int64, extra bson.D) error {
+//
+// It reports whether the document needed the write; false also when there
+// is no such document.
+func raise(ctx context.Context, c *mongo.Collection, id any, field string, v int64, extra bson.D) (bool, error) {
 	filter := bson.D{{Key: "_id", Value: id}, {Key: "$or", Value: bson.A{
 		bson.D{{Key: field, Value: bson.D{{Key: "$lt", Value: v}}}},
 		bson.D{{Key: field, Value: bson.D{{Key: "$exists", Value: false}}}},
 	}}}
 	set := append(bson.D{{Key: field, Value: v}}, extra...)
-	for range 10 {
+	for i := range 10 {
 		res, err := c.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: set}})
 		if err != nil {
-			return fmt.Errorf("raise %s: %w", field, err)
+			return false, fmt.Errorf("raise %s: %w", field, err)
 		}
 		if res.MatchedCount == 0 {
-			return nil // already at least v, or no such document
+			return i > 0, nil // already at least v, or no such document
 		}
 		n, err := c.CountDocuments(ctx, filter)
 		if err != nil {
-			return fmt.Errorf("raise %s: %w", field, err)
+			return false, fmt.Errorf("raise %s: %w", field, err)
 		}
 		if n == 0 {
-			return nil
+			return true, nil
 		}
 	}
-	return fmt.Errorf("raise %s: still contended after 10 writes", field)
+	return false, fmt.Errorf("raise %s: still contended after 10 writes", field)
 }
 
 // setLastMessage moves the chat's lastMessage forward to m.
 func (s *store) setLastMessage(ctx context.Context, m *messageDoc) error {
-	return raise(ctx, s.chats, m.ChatID, "lastMessage.seq", m.Seq, bson.D{
+	return s.locked(ctx, chatLock(m.ChatID), func() error {
+		return s.setLastMessageLocked(ctx, m)
+	})
+}
+
+func (s *store) setLastMessageLocked(ctx context.Context, m *messageDoc) error {
+	_, err := raise(ctx, s.chats, m.ChatID, "lastMessage.seq", m.Seq, bson.D{
 		{Key: "lastMessage.message_id", Value: m.ID},
 		{Key: "lastMessage.sender_id", Value: m.SenderID},
 		{Key: "lastMessage.preview", Value: preview(m.Text)},
 		{Key: "lastMessage.sentAt", Value: m.SentAt},
 		{Key: "updatedAt", Value: m.SentAt},
 	})
+	return err
 }
 
-// raiseCursor moves a member's read or delivered position forward.
-func (s *store) raiseCursor(ctx context.Context, chatID bson.ObjectID, userID int, field string, seq int64) error {
-	return raise(ctx, s.members, memberID(chatID, userID), field, seq, nil)
+// raisePosition moves a member's read or delivered position forward,
+// creating the position if a member was added without one (a crash
+// between the inserts of addMembers).
+func (s *store) raisePosition(ctx context.Context, chatID bson.ObjectID, userID int, kind string, seq int64) error {
+	id := positionID(chatID, userID, kind)
+	return s.locked(ctx, "position:"+id, func() error {
+		return s.raisePositionLocked(ctx, chatID, userID, kind, id, seq)
+	})
+}
+
+func (s *store) raisePositionLocked(ctx context.Context, chatID bson.ObjectID, userID int, kind, id string, seq int64) error {
+	for range 3 {
+		if _, err := raise(ctx, s.positions, id, "seq", seq, nil); err != nil {
+			return err
+		}
+		n, err := s.positions.CountDocuments(ctx, bson.D{{Key: "_id", Value: id}})
+		if err != nil {
+			return fmt.Errorf("raise position: %w", err)
+		}
+		if n == 1 {
+			return nil
+		}
+		_, err = s.positions.InsertOne(ctx, positionDoc{ID: id, ChatID: chatID, UserID: userID, Kind: kind, Seq: seq})
+		if err == nil {
+			return nil
+		}
+		if !mongo.IsDuplicateKeyError(err) {
+			return fmt.Errorf("raise position: %w", err)
+		}
+	}
+	return errors.New("raise position: the position keeps disappearing")
 }
 
 func (s *store) getMessage(ctx context.Context, chatID, id bson.ObjectID) (*messageDoc, error) {
@@ -250,6 +300,13 @@ func (s *store) listMessages(ctx context.Context, chatID bson.ObjectID, before, 
 }
 
 func (s *store) editMessage(ctx context.Context, m *messageDoc, text string) error {
+	if err := s.locked(ctx, "message:"+m.ID.Hex(), func() error { return s.editMessageLocked(ctx, m, text) }); err != nil {
+		return err
+	}
+	return s.refreshPreview(ctx, m)
+}
+
+func (s *store) editMessageLocked(ctx context.Context, m *messageDoc, text string) error {
 	now := s.nowMs()
 	res, err := s.messages.UpdateOne(ctx,
 		bson.D{{Key: "_id", Value: m.ID}, {Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}}},
@@ -261,14 +318,17 @@ func (s *store) editMessage(ctx context.Context, m *messageDoc, text string) err
 		return errNoMessage
 	}
 	m.Text, m.EditedAt = text, &now
-	return s.refreshPreview(ctx, m)
+	return nil
 }
 
 func (s *store) deleteMessage(ctx context.Context, m *messageDoc) error {
 	now := s.nowMs()
-	if _, err := s.messages.UpdateOne(ctx, bson.D{{Key: "_id", Value: m.ID}}, bson.D{
-		{Key: "$set", Value: bson.D{{Key: "deletedAt", Value: now}}},
-		{Key: "$unset", Value: bson.D{{Key: "text", Value: ""}, {Key: "attachments", Value: ""}}},
+	if err := s.locked(ctx, "message:"+m.ID.Hex(), func() error {
+		_, err := s.messages.UpdateOne(ctx, bson.D{{Key: "_id", Value: m.ID}}, bson.D{
+			{Key: "$set", Value: bson.D{{Key: "deletedAt", Value: now}}},
+			{Key: "$unset", Value: bson.D{{Key: "text", Value: ""}, {Key: "attachments", Value: ""}}},
+		})
+		return err
 	}); err != nil {
 		return fmt.Errorf("delete message: %w", err)
 	}
@@ -279,39 +339,13 @@ func (s *store) deleteMessage(ctx context.Context, m *messageDoc) error {
 // refreshPreview updates the chat's lastMessage preview if m is the last
 // message.
 func (s *store) refreshPreview(ctx context.Context, m *messageDoc) error {
-	_, err := s.chats.UpdateOne(ctx,
-		bson.D{{Key: "_id", Value: m.ChatID}, {Key: "lastMessage.message_id", Value: m.ID}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "lastMessage.preview", Value: preview(m.Text)}}}})
-	if err != nil {
-		return fmt.Errorf("update preview: %w", err)
-	}
-	return nil
-}
-
-// recordStatus writes the seed's status field onto the messages that the
-// members' positions have moved on. Sending moves the sender's own
-// positions past its message, so the lowest position of all members is the
-// lowest of the others' for every message at or below it. The field is a
-// copy; answers derive status from the positions themselves.
-func (s *store) recordStatus(ctx context.Context, chatID bson.ObjectID, minDelivered, minRead int64) error {
-	for _, x := range []struct {
-		upTo   int64
-		status string
-		not    []string
-	}{
-		{minRead, statusRead, []string{statusRead}},
-		{minDelivered, statusDelivered, []string{statusRead, statusDelivered}},
-	} {
-		if x.upTo <= 0 {
-			continue
+	return s.locked(ctx, chatLock(m.ChatID), func() error {
+		_, err := s.chats.UpdateOne(ctx,
+			bson.D{{Key: "_id", Value: m.ChatID}, {Key: "lastMessage.message_id", Value: m.ID}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "lastMessage.preview", Value: preview(m.Text)}}}})
+		if err != nil {
+			return fmt.Errorf("update preview: %w", err)
 		}
-		if _, err := s.messages.UpdateMany(ctx, bson.D{
-			{Key: "chatId", Value: chatID},
-			{Key: "seq", Value: bson.D{{Key: "$lte", Value: x.upTo}}},
-			{Key: "status", Value: bson.D{{Key: "$nin", Value: x.not}}},
-		}, bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: x.status}}}}); err != nil {
-			return fmt.Errorf("record status: %w", err)
-		}
-	}
-	return nil
+		return nil
+	})
 }

@@ -66,7 +66,7 @@ func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, redisP
 	}
 	return &Service{
 		log:   log,
-		store: newStore(db, now),
+		store: newStore(db, rdb, redisPrefix, now),
 		seqs:  &seqAllocator{rdb: rdb, prefix: redisPrefix},
 		users: users,
 	}
@@ -400,7 +400,8 @@ func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, userID int) e
 	// Two admins leaving at once could each have seen the other stay;
 	// the one who finds no admin left puts itself back.
 	if leaving.Role == roleAdmin && len(after) > 0 && !slices.ContainsFunc(after, isAdmin) {
-		if err := s.store.addMembers(ctx, chatID, []int{userID}, roleAdmin, leaving.ReadSeq); err != nil {
+		// Its positions documents were kept; 0 leaves them as they are.
+		if err := s.store.addMembers(ctx, chatID, []int{userID}, roleAdmin, 0); err != nil {
 			return s.internal(ctx, "leave chat", err)
 		}
 		if _, err := s.store.syncParticipants(ctx, chatID); err != nil {

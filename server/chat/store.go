@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/bsm/redislock"
+	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
@@ -52,14 +54,40 @@ type lastMessageDoc struct {
 // chat, keyed "<chat id>:<user id>". It is the authority on membership and
 // roles; a chat's participants array is a copy of it for readers of the
 // customer's model. Deleting it removes the member at once.
+//
+// The member's read and delivered positions live in positions documents of
+// their own, because FerretDB rewrites a whole document on every update: a
+// role change and a MarkRead on one document could undo each other.
 type memberDoc struct {
-	ID           string        `bson:"_id"`
-	ChatID       bson.ObjectID `bson:"chatId"`
-	UserID       int           `bson:"userId"`
-	Role         string        `bson:"role"`
-	ReadSeq      int64         `bson:"readSeq"`
-	DeliveredSeq int64         `bson:"deliveredSeq"`
-	JoinedAt     time.Time     `bson:"joinedAt"`
+	ID       string        `bson:"_id"`
+	ChatID   bson.ObjectID `bson:"chatId"`
+	UserID   int           `bson:"userId"`
+	Role     string        `bson:"role"`
+	JoinedAt time.Time     `bson:"joinedAt"`
+	// Filled from the positions collection.
+	ReadSeq      int64 `bson:"-"`
+	DeliveredSeq int64 `bson:"-"`
+}
+
+// Kinds of position.
+const (
+	kindRead      = "read"
+	kindDelivered = "delivered"
+)
+
+// positionDoc is a document of the positions collection: how far one
+// member has read, or received, one chat. Its only changing field is seq,
+// which only grows (see raise).
+type positionDoc struct {
+	ID     string        `bson:"_id"`
+	ChatID bson.ObjectID `bson:"chatId"`
+	UserID int           `bson:"userId"`
+	Kind   string        `bson:"kind"`
+	Seq    int64         `bson:"seq"`
+}
+
+func positionID(chatID bson.ObjectID, userID int, kind string) string {
+	return memberID(chatID, userID) + ":" + kind
 }
 
 func memberID(chatID bson.ObjectID, userID int) string {
@@ -71,29 +99,44 @@ func privateKey(a, b int) string {
 	return fmt.Sprintf("p:%d:%d", lo, hi)
 }
 
-// store keeps chats and members in MongoDB. Correctness rests on single
-// inserts and unique indexes only, never on a concurrent read-modify-write
-// of one document, so it holds on MongoDB and on FerretDB alike.
+// store keeps chats, members, positions and messages in MongoDB.
+// Correctness rests on single inserts and unique indexes, and on never
+// letting two writers update one document at once: FerretDB, unlike
+// MongoDB, rewrites the whole document on each update without isolation,
+// so concurrent updates of one document (even of different fields) lose
+// writes there. Every update of a document that more than one request may
+// change holds a short Redis lock on it (see locked).
 type store struct {
-	chats    *mongo.Collection
-	members  *mongo.Collection
-	messages *mongo.Collection
-	now      func() time.Time
+	locker     *redislock.Client
+	lockPrefix string
+
+	chats     *mongo.Collection
+	members   *mongo.Collection
+	positions *mongo.Collection
+	messages  *mongo.Collection
+	now       func() time.Time
 }
 
-func newStore(db *mongo.Database, now func() time.Time) *store {
+func newStore(db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, now func() time.Time) *store {
+	var locker *redislock.Client
+	if rdb != nil {
+		locker = redislock.New(rdb)
+	}
 	return &store{
-		chats:    db.Collection("chats"),
-		members:  db.Collection("members"),
-		messages: db.Collection("messages"),
-		now:      now,
+		locker:     locker,
+		lockPrefix: redisPrefix + "lock:",
+		chats:     db.Collection("chats"),
+		members:   db.Collection("members"),
+		positions: db.Collection("positions"),
+		messages:  db.Collection("messages"),
+		now:       now,
 	}
 }
 
 // EnsureIndexes creates the indexes the chat store relies on. It is
 // idempotent and safe to run from every instance at start-up.
 func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
-	s := newStore(db, time.Now)
+	s := newStore(db, nil, "", time.Now)
 	for _, x := range []struct {
 		c      *mongo.Collection
 		models []mongo.IndexModel
@@ -103,6 +146,10 @@ func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
 			{Keys: bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}, Options: options.Index().SetName("updatedAt_id")},
 		}},
 		{s.messages, messageIndexes},
+		{s.positions, []mongo.IndexModel{
+			{Keys: bson.D{{Key: "chatId", Value: 1}}, Options: options.Index().SetName("chatId")},
+			{Keys: bson.D{{Key: "userId", Value: 1}, {Key: "kind", Value: 1}}, Options: options.Index().SetName("userId_kind")},
+		}},
 		{s.members, []mongo.IndexModel{
 			{Keys: bson.D{{Key: "userId", Value: 1}, {Key: "chatId", Value: 1}}, Options: options.Index().SetName("userId_chatId")},
 			{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "joinedAt", Value: 1}}, Options: options.Index().SetName("chatId_joinedAt")},
@@ -155,6 +202,23 @@ func indexName(m mongo.IndexModel) *string {
 	return o.Name
 }
 
+// locked runs fn holding the Redis lock named key, waiting up to 5 s for
+// it. The lock expires by itself after 10 s should its holder die.
+func (s *store) locked(ctx context.Context, key string, fn func() error) error {
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	lock, err := s.locker.Obtain(lctx, s.lockPrefix+key, 10*time.Second, &redislock.Options{
+		RetryStrategy: redislock.LinearBackoff(2 * time.Millisecond),
+	})
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", key, err)
+	}
+	defer lock.Release(context.WithoutCancel(ctx))
+	return fn()
+}
+
+func chatLock(id bson.ObjectID) string { return "chat:" + id.Hex() }
+
 // now returns the store's time at the precision MongoDB keeps.
 func (s *store) nowMs() time.Time {
 	return s.now().UTC().Truncate(time.Millisecond)
@@ -184,7 +248,38 @@ func (s *store) member(ctx context.Context, chatID bson.ObjectID, userID int) (*
 	if err != nil {
 		return nil, fmt.Errorf("get member: %w", err)
 	}
-	return &m, nil
+	ms := []memberDoc{m}
+	if err := s.fillPositions(ctx, chatID, ms); err != nil {
+		return nil, err
+	}
+	return &ms[0], nil
+}
+
+// fillPositions sets the members' read and delivered positions.
+func (s *store) fillPositions(ctx context.Context, chatID bson.ObjectID, ms []memberDoc) error {
+	filter := bson.D{{Key: "chatId", Value: chatID}}
+	if len(ms) == 1 {
+		filter = bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{
+			positionID(chatID, ms[0].UserID, kindRead), positionID(chatID, ms[0].UserID, kindDelivered),
+		}}}}}
+	}
+	cur, err := s.positions.Find(ctx, filter)
+	if err != nil {
+		return fmt.Errorf("get positions: %w", err)
+	}
+	var ps []positionDoc
+	if err := cur.All(ctx, &ps); err != nil {
+		return fmt.Errorf("get positions: %w", err)
+	}
+	byID := make(map[string]int64, len(ps))
+	for _, p := range ps {
+		byID[p.ID] = p.Seq
+	}
+	for i := range ms {
+		ms[i].ReadSeq = byID[positionID(chatID, ms[i].UserID, kindRead)]
+		ms[i].DeliveredSeq = byID[positionID(chatID, ms[i].UserID, kindDelivered)]
+	}
+	return nil
 }
 
 func (s *store) chatMembers(ctx context.Context, chatID bson.ObjectID) ([]memberDoc, error) {
@@ -196,6 +291,9 @@ func (s *store) chatMembers(ctx context.Context, chatID bson.ObjectID) ([]member
 	var out []memberDoc
 	if err := cur.All(ctx, &out); err != nil {
 		return nil, fmt.Errorf("list members: %w", err)
+	}
+	if err := s.fillPositions(ctx, chatID, out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -211,10 +309,28 @@ func (s *store) addMembers(ctx context.Context, chatID bson.ObjectID, userIDs []
 	}
 	now := s.nowMs()
 	docs := make([]any, len(userIDs))
+	var positions []any
 	for i, uid := range userIDs {
-		docs[i] = memberDoc{
-			ID: memberID(chatID, uid), ChatID: chatID, UserID: uid, Role: role, JoinedAt: now,
-			ReadSeq: lastSeq, DeliveredSeq: lastSeq,
+		docs[i] = memberDoc{ID: memberID(chatID, uid), ChatID: chatID, UserID: uid, Role: role, JoinedAt: now}
+		for _, kind := range []string{kindRead, kindDelivered} {
+			positions = append(positions, positionDoc{
+				ID: positionID(chatID, uid, kind), ChatID: chatID, UserID: uid, Kind: kind, Seq: lastSeq,
+			})
+		}
+	}
+	// Positions first: a member is visible only once it can be read.
+	if _, err := s.positions.InsertMany(ctx, positions, options.InsertMany().SetOrdered(false)); err != nil && !onlyDuplicates(err) {
+		return fmt.Errorf("add members: %w", err)
+	}
+	if lastSeq > 0 {
+		// Someone who left and comes back keeps older positions; move
+		// them up to now.
+		for _, uid := range userIDs {
+			for _, kind := range []string{kindRead, kindDelivered} {
+				if err := s.raisePosition(ctx, chatID, uid, kind, lastSeq); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	_, err := s.members.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
@@ -256,17 +372,26 @@ func (s *store) syncParticipants(ctx context.Context, chatID bson.ObjectID) ([]m
 		for i, m := range members {
 			parts[i] = participantDoc{UserID: m.UserID, Role: m.Role}
 		}
-		if _, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{
-			{Key: "participants", Value: parts},
-			{Key: "updatedAt", Value: s.nowMs()},
-		}}}); err != nil {
+		if err := s.locked(ctx, chatLock(chatID), func() error {
+			_, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{
+				{Key: "participants", Value: parts},
+				{Key: "updatedAt", Value: s.nowMs()},
+			}}})
+			return err
+		}); err != nil {
 			return nil, fmt.Errorf("update participants: %w", err)
 		}
 		again, err := s.chatMembers(ctx, chatID)
 		if err != nil {
 			return nil, err
 		}
-		if slices.Equal(again, members) {
+		c, err := s.getChat(ctx, chatID)
+		if err != nil {
+			return nil, err
+		}
+		// Done when the members did not change meanwhile and the copy
+		// stuck (on FerretDB another write to the chat can undo it).
+		if slices.Equal(again, members) && slices.Equal(c.Participants, parts) {
 			return members, nil
 		}
 		members = again
@@ -332,15 +457,18 @@ func (s *store) createGroup(ctx context.Context, creator int, name string, other
 	return c, nil
 }
 
+// rename sets the group's name. The name carries the time it was set, so
+// that the latest rename wins and a concurrent write to the chat document
+// (which FerretDB may let undo this one) is repaired by writing again.
 func (s *store) rename(ctx context.Context, chatID bson.ObjectID, name string) error {
-	_, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{
-		{Key: "chatName", Value: name},
-		{Key: "updatedAt", Value: s.nowMs()},
-	}}})
-	if err != nil {
-		return fmt.Errorf("rename chat: %w", err)
-	}
-	return nil
+	return s.locked(ctx, chatLock(chatID), func() error {
+		now := s.nowMs()
+		_, err := raise(ctx, s.chats, chatID, "chatNameSetAt", now.UnixNano(), bson.D{
+			{Key: "chatName", Value: name},
+			{Key: "updatedAt", Value: now},
+		})
+		return err
+	})
 }
 
 func (s *store) removeMember(ctx context.Context, chatID bson.ObjectID, userID int) (bool, error) {
@@ -352,12 +480,15 @@ func (s *store) removeMember(ctx context.Context, chatID bson.ObjectID, userID i
 }
 
 func (s *store) setRole(ctx context.Context, chatID bson.ObjectID, userID int, role string) error {
-	_, err := s.members.UpdateOne(ctx, bson.D{{Key: "_id", Value: memberID(chatID, userID)}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "role", Value: role}}}})
-	if err != nil {
-		return fmt.Errorf("set role: %w", err)
-	}
-	return nil
+	id := memberID(chatID, userID)
+	return s.locked(ctx, "member:"+id, func() error {
+		_, err := s.members.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "role", Value: role}}}})
+		if err != nil {
+			return fmt.Errorf("set role: %w", err)
+		}
+		return nil
+	})
 }
 
 // chatPage is the position after the last chat of a ListChats page.
@@ -380,9 +511,22 @@ func (s *store) listChats(ctx context.Context, userID int, after *chatPage, limi
 	if len(ms) == 0 {
 		return nil, nil, nil
 	}
+	cur, err = s.positions.Find(ctx, bson.D{{Key: "userId", Value: userID}, {Key: "kind", Value: kindRead}})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list positions: %w", err)
+	}
+	var ps []positionDoc
+	if err := cur.All(ctx, &ps); err != nil {
+		return nil, nil, fmt.Errorf("list positions: %w", err)
+	}
+	read := make(map[bson.ObjectID]int64, len(ps))
+	for _, p := range ps {
+		read[p.ChatID] = p.Seq
+	}
 	byChat := make(map[bson.ObjectID]memberDoc, len(ms))
 	ids := make([]bson.ObjectID, len(ms))
 	for i, m := range ms {
+		m.ReadSeq = read[m.ChatID]
 		byChat[m.ChatID] = m
 		ids[i] = m.ChatID
 	}

@@ -79,7 +79,7 @@ func New(tb testing.TB, opts ...Option) *Server {
 		// Tests sign up many accounts from one address; the limits
 		// themselves are tested with a server of their own.
 		RateLimits: auth.RateLimits{
-			LoginFailuresPerAccount: 1000, LoginFailuresPerAddress: 100000, LoginWindow: time.Minute,
+			LoginFailuresPerAccount: 1000, LoginAttemptsPerAddress: 100000, LoginWindow: time.Minute,
 			RegistrationsPerAddress: 100000, RegistrationWindow: time.Minute,
 		},
 	}

@@ -1,0 +1,123 @@
+package chat_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/servertest"
+)
+
+// These tests race two writers that touch the same chat, member or
+// message. FerretDB rewrites a whole document on every update, so writes
+// to different fields of one document can undo each other; the store keeps
+// each changing value in a document of its own, or repairs what it wrote.
+
+const raceRounds = 25
+
+// A MarkDelivered racing a MarkRead must not undo the read position.
+func TestRace_ReadAndDelivered(t *testing.T) {
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))
+	a, b := newUser(t, srv, servertest.Protocols[0]), newUser(t, srv, servertest.Protocols[0])
+	c := group(t, a, "g", b)
+	for i := range raceRounds {
+		m1 := send(t, a, c.GetId(), "x")
+		m2 := send(t, a, c.GetId(), "y")
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if _, err := b.msgs.MarkRead(context.Background(), req(b, &parleyv1.MarkReadRequest{ChatId: c.GetId(), UpToSeq: m1.GetSeq()})); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			if _, err := b.msgs.MarkDelivered(context.Background(), req(b, &parleyv1.MarkDeliveredRequest{ChatId: c.GetId(), UpToSeq: m2.GetSeq()})); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Wait()
+		if got := getChat(t, b, c.GetId()).GetUnreadCount(); got != 1 {
+			t.Fatalf("round %d: unread = %d after reading m1 of m1, m2; want 1", i, got)
+		}
+	}
+}
+
+// A DeleteMessage racing another member's MarkRead must stay deleted.
+func TestRace_DeleteAndRead(t *testing.T) {
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))
+	a, b := newUser(t, srv, servertest.Protocols[0]), newUser(t, srv, servertest.Protocols[0])
+	c := group(t, a, "g", b)
+	for i := range raceRounds {
+		m := send(t, a, c.GetId(), fmt.Sprint("secret ", i))
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if _, err := a.msgs.DeleteMessage(context.Background(), req(a, &parleyv1.DeleteMessageRequest{ChatId: c.GetId(), MessageId: m.GetId()})); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			if _, err := b.msgs.MarkRead(context.Background(), req(b, &parleyv1.MarkReadRequest{ChatId: c.GetId(), UpToSeq: m.GetSeq()})); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Wait()
+	}
+	for _, m := range listAll(t, b, c.GetId()) {
+		if !m.GetDeleted() || m.GetText() != "" {
+			t.Errorf("seq %d: deleted=%v text=%q; an acknowledged delete was undone", m.GetSeq(), m.GetDeleted(), m.GetText())
+		}
+	}
+}
+
+// A rename racing sends must stick.
+func TestRace_RenameAndSend(t *testing.T) {
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))
+	a, b := newUser(t, srv, servertest.Protocols[0]), newUser(t, srv, servertest.Protocols[0])
+	c := group(t, a, "g", b)
+	for i := range raceRounds {
+		name := fmt.Sprint("name ", i)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			send(t, b, c.GetId(), "x")
+			send(t, b, c.GetId(), "y")
+		})
+		wg.Go(func() {
+			if _, err := a.chats.UpdateChat(context.Background(), req(a, &parleyv1.UpdateChatRequest{ChatId: c.GetId(), Name: name})); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Wait()
+		if got := getChat(t, a, c.GetId()).GetName(); got != name {
+			t.Fatalf("round %d: name = %q, want %q: an acknowledged rename was lost", i, got, name)
+		}
+	}
+}
+
+// A counter that goes back into a gap below the chat's last message must
+// not hand out a seq below it.
+func TestRace_SeqCounterBackIntoGap(t *testing.T) {
+	srv := servertest.New(t)
+	a, b := newUser(t, srv, servertest.Protocols[0]), newUser(t, srv, servertest.Protocols[0])
+	c := group(t, a, "g", b)
+	var last int64
+	for range 4 {
+		last = send(t, a, c.GetId(), "m").GetSeq()
+	}
+	chatID, _ := bson.ObjectIDFromHex(c.GetId())
+	ctx := context.Background()
+	// Make a gap at last-1, as a failed send would, and roll the counter back
+	// to just below it.
+	if _, err := srv.App.Mongo().Collection("messages").DeleteOne(ctx, bson.D{{Key: "chatId", Value: chatID}, {Key: "seq", Value: last - 1}}); err != nil {
+		t.Fatal(err)
+	}
+	key := servertest.SharedStores(t).RedisPrefix + "chat:" + c.GetId() + ":seq"
+	if err := srv.App.Redis().Set(ctx, key, last-2, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := send(t, b, c.GetId(), "after the rollback").GetSeq(); got <= last {
+		t.Errorf("seq = %d after the counter went back, want more than %d", got, last)
+	}
+}
