@@ -125,11 +125,11 @@ func newStore(db *mongo.Database, rdb redis.UniversalClient, redisPrefix string,
 	return &store{
 		locker:     locker,
 		lockPrefix: redisPrefix + "lock:",
-		chats:     db.Collection("chats"),
-		members:   db.Collection("members"),
-		positions: db.Collection("positions"),
-		messages:  db.Collection("messages"),
-		now:       now,
+		chats:      db.Collection("chats"),
+		members:    db.Collection("members"),
+		positions:  db.Collection("positions"),
+		messages:   db.Collection("messages"),
+		now:        now,
 	}
 }
 
