@@ -127,7 +127,15 @@ func (s *Service) ListMessages(
 	case *parleyv1.ListMessagesRequest_AfterSeq:
 		after = &cur.AfterSeq
 	}
-	msgs, more, err := s.store.listMessages(ctx, c.ID, before, after, limit)
+	// Stop below any message still being written, so that paging forward
+	// by seq never steps over one that commits late.
+	var upTo *int64
+	if wm, ok, err := s.seqs.stable(ctx, c.ID); err != nil {
+		return nil, s.internal(ctx, "list messages", err)
+	} else if ok {
+		upTo = &wm
+	}
+	msgs, more, err := s.store.listMessages(ctx, c.ID, before, after, upTo, limit)
 	if err != nil {
 		return nil, s.internal(ctx, "list messages", err)
 	}
@@ -219,6 +227,12 @@ func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, kinds ..
 		return nil, nil, err
 	}
 	upTo = min(upTo, lastSeq(c))
+	if wm, ok, err := s.seqs.stable(ctx, c.ID); err != nil {
+		return nil, nil, s.internal(ctx, "mark", err)
+	} else if ok {
+		// Not past a message still being written: it would be born read.
+		upTo = min(upTo, wm)
+	}
 	for _, kind := range kinds {
 		if err := s.store.raisePosition(ctx, c.ID, id.UserID, kind, upTo); err != nil {
 			return nil, nil, s.internal(ctx, "mark", err)

@@ -69,12 +69,69 @@ func (a *seqAllocator) key(chatID bson.ObjectID) string {
 	return a.prefix + "chat:" + chatID.Hex() + ":seq"
 }
 
+func (a *seqAllocator) inflightKey(chatID bson.ObjectID) string {
+	return a.prefix + "chat:" + chatID.Hex() + ":inflight"
+}
+
+// nextScript takes the chat's next seq and records it as in flight, with
+// the time, until done removes it.
+var nextScript = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], ARGV[1], n)
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return n
+`)
+
+// inflightTTL bounds how long a seq counts as in flight: a sender that
+// died holding one stops holding readers back after this long.
+const inflightTTL = 10 * time.Second
+
+// next hands out the chat's next seq. The caller must call done with it
+// once the message is stored or abandoned.
 func (a *seqAllocator) next(ctx context.Context, chatID bson.ObjectID) (int64, error) {
-	n, err := a.rdb.Incr(ctx, a.key(chatID)).Result()
+	n, err := nextScript.Run(ctx, a.rdb, []string{a.key(chatID), a.inflightKey(chatID)},
+		time.Now().UnixMilli(), inflightTTL.Milliseconds()).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("allocate seq: %w", err)
 	}
 	return n, nil
+}
+
+// done marks a seq as no longer in flight.
+func (a *seqAllocator) done(ctx context.Context, chatID bson.ObjectID, seq int64) error {
+	if err := a.rdb.ZRem(context.WithoutCancel(ctx), a.inflightKey(chatID), seq).Err(); err != nil {
+		return fmt.Errorf("release seq: %w", err)
+	}
+	return nil
+}
+
+// stable returns the largest seq below which no message is still being
+// written, and false when nothing is in flight. Messages commit out of seq
+// order; readers that page or mark by seq stop at this watermark, so that
+// a message whose insert finishes late is not passed over for good.
+func (a *seqAllocator) stable(ctx context.Context, chatID bson.ObjectID) (int64, bool, error) {
+	key := a.inflightKey(chatID)
+	stale := time.Now().Add(-inflightTTL).UnixMilli()
+	if err := a.rdb.ZRemRangeByScore(ctx, key, "-inf", fmt.Sprint(stale)).Err(); err != nil {
+		return 0, false, fmt.Errorf("in-flight seqs: %w", err)
+	}
+	// Members are seqs; their lexical order is not numeric, so read all
+	// (a handful at most: the sends in progress in this chat).
+	members, err := a.rdb.ZRange(ctx, key, 0, -1).Result()
+	if err != nil {
+		return 0, false, fmt.Errorf("in-flight seqs: %w", err)
+	}
+	low := int64(-1)
+	for _, m := range members {
+		var n int64
+		if _, err := fmt.Sscan(m, &n); err == nil && (low < 0 || n < low) {
+			low = n
+		}
+	}
+	if low < 0 {
+		return 0, false, nil
+	}
+	return low - 1, true, nil
 }
 
 // raiseScript sets a counter to ARGV[1] unless it is larger already.
@@ -126,30 +183,17 @@ func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID
 func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc, floor int64) (*messageDoc, bool, error) {
 	// No look-up first: the unique indexes decide, and a duplicate key
 	// sends us to find out which one.
-	for attempt := 0; attempt < 5; attempt++ {
+	for range 5 {
 		seq, err := seqs.next(ctx, m.ChatID)
 		if err != nil {
 			return nil, false, err
 		}
-		if seq <= floor {
-			// The counter went back (Redis lost recent writes) and this
-			// number may fall in a gap below the chat's last message.
-			top, err := s.maxSeq(ctx, m.ChatID)
-			if err != nil {
-				return nil, false, err
-			}
-			if err := seqs.raise(ctx, m.ChatID, max(top, floor)); err != nil {
-				return nil, false, err
-			}
-			continue
+		stored, err := s.tryInsert(ctx, seqs, m, seq, floor)
+		if err != nil {
+			return nil, false, err
 		}
-		m.ID, m.Seq, m.SentAt, m.Status = bson.NewObjectID(), seq, s.nowMs(), statusSent
-		_, err = s.messages.InsertOne(ctx, m)
-		if err == nil {
+		if stored {
 			return m, true, nil
-		}
-		if !mongo.IsDuplicateKeyError(err) {
-			return nil, false, fmt.Errorf("insert message: %w", err)
 		}
 		// Either a racing retry of this very send won, or the counter
 		// fell behind the store.
@@ -160,11 +204,37 @@ func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messag
 		if err != nil {
 			return nil, false, err
 		}
-		if err := seqs.raise(ctx, m.ChatID, top); err != nil {
+		if err := seqs.raise(ctx, m.ChatID, max(top, floor)); err != nil {
 			return nil, false, err
 		}
 	}
 	return nil, false, errors.New("insert message: no free seq after 5 attempts")
+}
+
+// tryInsert stores m with seq, which it releases afterwards. It reports
+// false, with no error, when the seq cannot be used: it is not above
+// floor, or the insert hit a duplicate key.
+func (s *store) tryInsert(ctx context.Context, seqs *seqAllocator, m *messageDoc, seq, floor int64) (stored bool, err error) {
+	defer func() {
+		if rerr := seqs.done(ctx, m.ChatID, seq); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+	if seq <= floor {
+		// The counter went back (Redis lost recent writes) and this
+		// number may fall in a gap below the chat's last message.
+		return false, nil
+	}
+	m.ID, m.Seq, m.SentAt, m.Status = bson.NewObjectID(), seq, s.nowMs(), statusSent
+	_, err = s.messages.InsertOne(ctx, m)
+	switch {
+	case err == nil:
+		return true, nil
+	case mongo.IsDuplicateKeyError(err):
+		return false, nil
+	default:
+		return false, fmt.Errorf("insert message: %w", err)
+	}
 }
 
 // raise makes a monotonic field of one document at least v: it writes only
@@ -266,9 +336,13 @@ func (s *store) getMessage(ctx context.Context, chatID, id bson.ObjectID) (*mess
 var errNoMessage = errors.New("no such message")
 
 // listMessages returns up to limit messages after or before a seq (or the
-// newest), in ascending seq order, and whether more lie beyond.
-func (s *store) listMessages(ctx context.Context, chatID bson.ObjectID, before, after *int64, limit int) ([]messageDoc, bool, error) {
+// newest), in ascending seq order, and whether more lie beyond. With upTo
+// set, messages above it are left out.
+func (s *store) listMessages(ctx context.Context, chatID bson.ObjectID, before, after, upTo *int64, limit int) ([]messageDoc, bool, error) {
 	filter := bson.D{{Key: "chatId", Value: chatID}}
+	if upTo != nil {
+		filter = append(filter, bson.E{Key: "$and", Value: bson.A{bson.D{{Key: "seq", Value: bson.D{{Key: "$lte", Value: *upTo}}}}}})
+	}
 	order := -1
 	switch {
 	case after != nil:

@@ -121,3 +121,64 @@ func TestRace_SeqCounterBackIntoGap(t *testing.T) {
 		t.Errorf("seq = %d after the counter went back, want more than %d", got, last)
 	}
 }
+
+// A reader that pages forward by seq while members send must see every
+// message: sends commit out of seq order, and the page stops below any
+// seq still being written.
+func TestRace_ResumeBySeqWhileSending(t *testing.T) {
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))
+	var us []*user
+	for range 5 {
+		us = append(us, newUser(t, srv, servertest.Protocols[0]))
+	}
+	c := group(t, us[0], "g", us[1:]...)
+	reader := us[4]
+	var sending sync.WaitGroup
+	stop := make(chan struct{})
+	for i := range 4 {
+		sending.Go(func() {
+			for n := range 40 {
+				if _, err := us[i].msgs.SendMessage(context.Background(), req(us[i], &parleyv1.SendMessageRequest{
+					ChatId: c.GetId(), ClientMessageId: fmt.Sprint(i, "-", n), Text: "x",
+				})); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	go func() { sending.Wait(); close(stop) }()
+	seen := map[int64]bool{}
+	after := int64(0)
+	for done := false; !done; {
+		select {
+		case <-stop:
+			done = true
+		default:
+		}
+		for {
+			res, err := reader.msgs.ListMessages(context.Background(), req(reader, &parleyv1.ListMessagesRequest{
+				ChatId: c.GetId(), Cursor: &parleyv1.ListMessagesRequest_AfterSeq{AfterSeq: after}, Limit: 100,
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range res.Msg.GetMessages() {
+				seen[m.GetSeq()] = true
+				after = m.GetSeq()
+			}
+			if !res.Msg.GetHasMore() {
+				break
+			}
+		}
+	}
+	all := listAll(t, reader, c.GetId())
+	for _, m := range all {
+		if !seen[m.GetSeq()] {
+			t.Errorf("the paging reader never saw seq %d", m.GetSeq())
+		}
+	}
+	if len(all) != 160 {
+		t.Errorf("chat holds %d messages, want 160", len(all))
+	}
+}
