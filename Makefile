@@ -29,7 +29,7 @@ build: ## Build the server binary into bin/parley.
 
 .PHONY: test
 test: clients/ts/node_modules ## Run every test against real PostgreSQL, Redis and a Mongo wire server.
-	scripts/with-test-services go test -race -count=1 ./...
+	scripts/with-test-services go test -race -count=1 -timeout 30m ./...
 	npm --prefix clients/ts run --silent build
 
 .PHONY: generate

@@ -237,37 +237,20 @@ func (s *store) tryInsert(ctx context.Context, seqs *seqAllocator, m *messageDoc
 	}
 }
 
-// raise makes a monotonic field of one document at least v: it writes only
-// where the field is smaller, then reads back and writes again if a
-// concurrent smaller write won. On MongoDB the first write is atomic; on
-// FerretDB, whose updates are not, the re-check makes the field converge
-// to the largest value written.
-//
-// It reports whether the document needed the write; false also when there
-// is no such document.
+// raise makes a monotonic field of one document at least v, writing only
+// where the field is smaller (or missing). It reports whether it wrote.
+// Callers hold the document's lock (see store.locked): FerretDB does not
+// make even this conditional update atomic.
 func raise(ctx context.Context, c *mongo.Collection, id any, field string, v int64, extra bson.D) (bool, error) {
 	filter := bson.D{{Key: "_id", Value: id}, {Key: "$or", Value: bson.A{
 		bson.D{{Key: field, Value: bson.D{{Key: "$lt", Value: v}}}},
 		bson.D{{Key: field, Value: bson.D{{Key: "$exists", Value: false}}}},
 	}}}
-	set := append(bson.D{{Key: field, Value: v}}, extra...)
-	for i := range 10 {
-		res, err := c.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: set}})
-		if err != nil {
-			return false, fmt.Errorf("raise %s: %w", field, err)
-		}
-		if res.MatchedCount == 0 {
-			return i > 0, nil // already at least v, or no such document
-		}
-		n, err := c.CountDocuments(ctx, filter)
-		if err != nil {
-			return false, fmt.Errorf("raise %s: %w", field, err)
-		}
-		if n == 0 {
-			return true, nil
-		}
+	res, err := c.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: append(bson.D{{Key: field, Value: v}}, extra...)}})
+	if err != nil {
+		return false, fmt.Errorf("raise %s: %w", field, err)
 	}
-	return false, fmt.Errorf("raise %s: still contended after 10 writes", field)
+	return res.MatchedCount == 1, nil
 }
 
 // setLastMessage moves the chat's lastMessage forward to m.
@@ -299,26 +282,23 @@ func (s *store) raisePosition(ctx context.Context, chatID bson.ObjectID, userID 
 }
 
 func (s *store) raisePositionLocked(ctx context.Context, chatID bson.ObjectID, userID int, kind, id string, seq int64) error {
-	for range 3 {
-		if _, err := raise(ctx, s.positions, id, "seq", seq, nil); err != nil {
-			return err
-		}
-		n, err := s.positions.CountDocuments(ctx, bson.D{{Key: "_id", Value: id}})
-		if err != nil {
-			return fmt.Errorf("raise position: %w", err)
-		}
-		if n == 1 {
-			return nil
-		}
-		_, err = s.positions.InsertOne(ctx, positionDoc{ID: id, ChatID: chatID, UserID: userID, Kind: kind, Seq: seq})
-		if err == nil {
-			return nil
-		}
-		if !mongo.IsDuplicateKeyError(err) {
-			return fmt.Errorf("raise position: %w", err)
-		}
+	wrote, err := raise(ctx, s.positions, id, "seq", seq, nil)
+	if err != nil || wrote {
+		return err
 	}
-	return errors.New("raise position: the position keeps disappearing")
+	// Nothing written: the position is at least seq already, or missing.
+	n, err := s.positions.CountDocuments(ctx, bson.D{{Key: "_id", Value: id}})
+	if err != nil {
+		return fmt.Errorf("raise position: %w", err)
+	}
+	if n == 1 {
+		return nil
+	}
+	_, err = s.positions.InsertOne(ctx, positionDoc{ID: id, ChatID: chatID, UserID: userID, Kind: kind, Seq: seq})
+	if err != nil {
+		return fmt.Errorf("raise position: %w", err)
+	}
+	return nil
 }
 
 func (s *store) getMessage(ctx context.Context, chatID, id bson.ObjectID) (*messageDoc, error) {

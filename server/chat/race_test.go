@@ -17,7 +17,7 @@ import (
 // to different fields of one document can undo each other; the store keeps
 // each changing value in a document of its own, or repairs what it wrote.
 
-const raceRounds = 25
+const raceRounds = 15
 
 // A MarkDelivered racing a MarkRead must not undo the read position.
 func TestRace_ReadAndDelivered(t *testing.T) {
