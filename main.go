@@ -159,6 +159,11 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.AccessTokenTTL, "access-token-ttl", e.duration("PARLEY_ACCESS_TOKEN_TTL", auth.MaxAccessTTL), "lifetime of an access token, at most 15m (PARLEY_ACCESS_TOKEN_TTL)")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", e.duration("PARLEY_SESSION_TTL", 30*24*time.Hour), "how long a session lasts without a refresh (PARLEY_SESSION_TTL)")
 	fs.StringVar(&c.ClientIPHeader, "client-ip-header", e.str("PARLEY_CLIENT_IP_HEADER", ""), "`header` a trusted reverse proxy sets to the client's IP, e.g. X-Real-IP; empty: use the connection's address (PARLEY_CLIENT_IP_HEADER)")
+	fs.IntVar(&c.Live.QueueSize, "live-queue", int(e.int64("PARLEY_LIVE_QUEUE", 256)), "events a live stream may have waiting before it is closed as too slow (PARLEY_LIVE_QUEUE)")
+	fs.DurationVar(&c.Live.Heartbeat, "live-heartbeat", e.duration("PARLEY_LIVE_HEARTBEAT", 15*time.Second), "heartbeat interval of idle live streams, and of presence renewal (PARLEY_LIVE_HEARTBEAT)")
+	fs.DurationVar(&c.Live.WriteTimeout, "live-write-timeout", e.duration("PARLEY_LIVE_WRITE_TIMEOUT", 30*time.Second), "a live stream whose client takes no event for this long is closed (PARLEY_LIVE_WRITE_TIMEOUT)")
+	fs.IntVar(&c.Live.MaxEvents, "live-max-events", int(e.int64("PARLEY_LIVE_MAX_EVENTS", 10000)), "about how many events each user's log keeps for resuming streams (PARLEY_LIVE_MAX_EVENTS)")
+	fs.DurationVar(&c.Live.Retention, "live-retention", e.duration("PARLEY_LIVE_RETENTION", 7*24*time.Hour), "how long a user's event log is kept after its last event (PARLEY_LIVE_RETENTION)")
 	if e.err != nil {
 		return opts, e.err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/info"
+	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/reqlog"
 	"github.com/parley-chat/parley/server/sqldb"
 	"github.com/parley-chat/parley/server/user"
@@ -53,6 +54,8 @@ type Deps struct {
 	Redis redis.UniversalClient
 	// Auth configures tokens, sessions and rate limits.
 	Auth auth.Config
+	// Live is the instance's live-delivery hub.
+	Live *live.Hub
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -65,6 +68,7 @@ var Services = []string{
 	parleyv1connect.AvatarServiceName,
 	parleyv1connect.ChatServiceName,
 	parleyv1connect.MessageServiceName,
+	parleyv1connect.LiveServiceName,
 }
 
 // public lists what may be called without signing in.
@@ -124,9 +128,11 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(parleyv1connect.NewAuthServiceHandler(authn, opts...))
 	mux.Handle(parleyv1connect.NewUserServiceHandler(users, opts...))
 	mux.Handle(parleyv1connect.NewAvatarServiceHandler(users, opts...))
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.Auth.RedisPrefix, users, d.Now)
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.Auth.RedisPrefix, users, d.Live, d.Now)
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
 	mux.Handle(parleyv1connect.NewMessageServiceHandler(chats, opts...))
+	livePath, liveHandler := parleyv1connect.NewLiveServiceHandler(live.NewService(d.Log, d.Live, chats), opts...)
+	mux.Handle(livePath, live.WithWriteDeadlines(liveHandler))
 	mux.Handle(user.IdenticonPath, user.IdenticonHandler())
 
 	mux.Handle(health.NewHandler(d.Health, opts...))

@@ -27,6 +27,7 @@ import (
 	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/embedded"
 	"github.com/parley-chat/parley/server/health"
+	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/sqldb"
 )
 
@@ -74,6 +75,8 @@ type Config struct {
 	// RateLimits bound login and registration attempts; zero means
 	// auth.DefaultRateLimits.
 	RateLimits auth.RateLimits
+	// Live tunes live delivery (its Prefix and Now are set from here).
+	Live live.Config
 	// Now is the clock; time.Now when nil. Tests move it forward.
 	Now func() time.Time
 }
@@ -99,6 +102,7 @@ type App struct {
 	stores  []StoreInfo
 	closers []func() error
 	handler http.Handler
+	hub     *live.Hub
 
 	drain     context.Context
 	stopDrain context.CancelFunc
@@ -154,7 +158,14 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	if err != nil {
 		return nil, err
 	}
+	liveCfg := cfg.Live
+	liveCfg.Prefix, liveCfg.Now = cfg.RedisPrefix, cfg.Now
+	hub := live.NewHub(log, a.redis, liveCfg)
+	a.hub = hub
+	// Closers run in reverse: the hub stops before Redis closes.
+	a.closers = append(a.closers, hub.Close)
 	a.handler, err = server.New(server.Deps{
+		Live:            hub,
 		Log:             log,
 		Health:          a.monitor,
 		Drain:           a.drain,
@@ -273,6 +284,9 @@ func (a *App) Mongo() *mongo.Database { return a.mongo.Database(a.cfg.MongoDatab
 
 // Redis returns the Redis client.
 func (a *App) Redis() *redis.Client { return a.redis }
+
+// Live returns the instance's live-delivery hub.
+func (a *App) Live() *live.Hub { return a.hub }
 
 // Stores describes where each store lives.
 func (a *App) Stores() []StoreInfo { return a.stores }

@@ -28,15 +28,19 @@ func (s *Service) positions(ctx context.Context, chatID bson.ObjectID) (position
 	if err != nil {
 		return positions{}, err
 	}
+	return positionsOf(members), nil
+}
+
+func positionsOf(members []memberDoc) positions {
 	if len(members) == 0 {
-		return positions{}, nil
+		return positions{}
 	}
 	p := positions{delivered: members[0].DeliveredSeq, read: members[0].ReadSeq}
 	for _, m := range members[1:] {
 		p.delivered = min(p.delivered, m.DeliveredSeq)
 		p.read = min(p.read, m.ReadSeq)
 	}
-	return p, nil
+	return p
 }
 
 func (p positions) status(seq int64) parleyv1.MessageStatus {
@@ -75,7 +79,7 @@ func toMessage(m *messageDoc, p positions) *parleyv1.Message {
 func (s *Service) SendMessage(
 	ctx context.Context, req *connect.Request[parleyv1.SendMessageRequest],
 ) (*connect.Response[parleyv1.SendMessageResponse], error) {
-	id, c, _, err := s.access(ctx, req.Msg.GetChatId())
+	id, c, me, err := s.access(ctx, req.Msg.GetChatId())
 	if err != nil {
 		return nil, err
 	}
@@ -89,8 +93,10 @@ func (s *Service) SendMessage(
 		return nil, s.internal(ctx, "send message", err)
 	}
 	// The message is stored and acknowledged from here on; what follows
-	// brings the chat and the sender's positions up to it, and is
-	// idempotent, so a retry of the send repairs any part that failed.
+	// brings the chat and the sender's positions up to it and announces
+	// it, and is idempotent, so a retry of the send repairs any part that
+	// failed. (A retry announces the message again; clients keep one
+	// message per seq.)
 	if err := s.store.setLastMessage(ctx, m); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
@@ -105,7 +111,17 @@ func (s *Service) SendMessage(
 	if len(c.Participants) == 1 {
 		p = positions{delivered: m.Seq, read: m.Seq}
 	}
-	return connect.NewResponse(&parleyv1.SendMessageResponse{Message: toMessage(m, p)}), nil
+	msg := toMessage(m, p)
+	if err := s.publishMessage(ctx, "created", msg); err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
+	if me.ReadSeq < m.Seq-1 || me.DeliveredSeq < m.Seq-1 {
+		// Sending read what the sender had not: others' ticks move.
+		if err := s.publishPositions(ctx, c.ID, id.UserID); err != nil {
+			return nil, s.internal(ctx, "send message", err)
+		}
+	}
+	return connect.NewResponse(&parleyv1.SendMessageResponse{Message: msg}), nil
 }
 
 // ListMessages returns a page of a chat's messages in seq order.
@@ -193,7 +209,11 @@ func (s *Service) EditMessage(
 	if err != nil {
 		return nil, s.internal(ctx, "edit message", err)
 	}
-	return connect.NewResponse(&parleyv1.EditMessageResponse{Message: toMessage(msg, p)}), nil
+	out := toMessage(msg, p)
+	if err := s.publishMessage(ctx, "edited", out); err != nil {
+		return nil, s.internal(ctx, "edit message", err)
+	}
+	return connect.NewResponse(&parleyv1.EditMessageResponse{Message: out}), nil
 }
 
 // DeleteMessage deletes a message for everyone, leaving a tombstone.
@@ -207,7 +227,8 @@ func (s *Service) DeleteMessage(
 	if msg.SenderID != me.UserID && !(c.Type == typeGroup && me.Role == roleAdmin) {
 		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("only the sender or a group admin may delete a message"))
 	}
-	if msg.DeletedAt == nil {
+	deleted := msg.DeletedAt == nil
+	if deleted {
 		if err := s.store.deleteMessage(ctx, msg); err != nil {
 			return nil, s.internal(ctx, "delete message", err)
 		}
@@ -216,13 +237,19 @@ func (s *Service) DeleteMessage(
 	if err != nil {
 		return nil, s.internal(ctx, "delete message", err)
 	}
-	return connect.NewResponse(&parleyv1.DeleteMessageResponse{Message: toMessage(msg, p)}), nil
+	out := toMessage(msg, p)
+	if deleted {
+		if err := s.publishMessage(ctx, "deleted", out); err != nil {
+			return nil, s.internal(ctx, "delete message", err)
+		}
+	}
+	return connect.NewResponse(&parleyv1.DeleteMessageResponse{Message: out}), nil
 }
 
 // mark moves the caller's positions forward to upTo, clamped to the
 // chat's last message.
 func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, kinds ...string) (*chatDoc, *memberDoc, error) {
-	id, c, _, err := s.access(ctx, chatHex)
+	id, c, before, err := s.access(ctx, chatHex)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -241,6 +268,11 @@ func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, kinds ..
 	m, err := s.store.member(ctx, c.ID, id.UserID)
 	if err != nil {
 		return nil, nil, s.internal(ctx, "mark", err)
+	}
+	if m.ReadSeq != before.ReadSeq || m.DeliveredSeq != before.DeliveredSeq {
+		if err := s.publishPositions(ctx, c.ID, id.UserID); err != nil {
+			return nil, nil, s.internal(ctx, "mark", err)
+		}
 	}
 	return c, m, nil
 }

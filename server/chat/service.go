@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -46,10 +47,14 @@ type Users interface {
 
 // Service implements ChatService.
 type Service struct {
-	log   *slog.Logger
-	store *store
-	seqs  *seqAllocator
-	users Users
+	log         *slog.Logger
+	store       *store
+	seqs        *seqAllocator
+	users       Users
+	events      Events
+	limiter     *redis_rate.Limiter
+	redisPrefix string
+	now         func() time.Time
 }
 
 var (
@@ -58,17 +63,22 @@ var (
 )
 
 // New returns the chat and message service over the MongoDB database,
-// allocating message sequence numbers in Redis under redisPrefix. now is
-// the clock (time.Now when nil).
-func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, users Users, now func() time.Time) *Service {
+// allocating message sequence numbers in Redis under redisPrefix and
+// announcing changes to events (none when nil). now is the clock
+// (time.Now when nil).
+func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, users Users, events Events, now func() time.Time) *Service {
 	if now == nil {
 		now = time.Now
 	}
 	return &Service{
-		log:   log,
-		store: newStore(db, rdb, redisPrefix, now),
-		seqs:  &seqAllocator{rdb: rdb, prefix: redisPrefix},
-		users: users,
+		log:         log,
+		store:       newStore(db, rdb, redisPrefix, now),
+		seqs:        &seqAllocator{rdb: rdb, prefix: redisPrefix},
+		users:       users,
+		events:      events,
+		limiter:     redis_rate.NewLimiter(rdb),
+		redisPrefix: redisPrefix,
+		now:         now,
 	}
 }
 
@@ -185,6 +195,11 @@ func (s *Service) CreatePrivateChat(
 	if err != nil {
 		return nil, s.internal(ctx, "create private chat", err)
 	}
+	if created {
+		if err := s.publishChat(ctx, c.ID, chatCreated, id.UserID); err != nil {
+			return nil, s.internal(ctx, "create private chat", err)
+		}
+	}
 	chat, err := s.view(ctx, c.ID, id.UserID)
 	if err != nil {
 		return nil, s.internal(ctx, "create private chat", err)
@@ -214,6 +229,9 @@ func (s *Service) CreateGroupChat(
 	}
 	c, err := s.store.createGroup(ctx, id.UserID, req.Msg.GetName(), others)
 	if err != nil {
+		return nil, s.internal(ctx, "create group", err)
+	}
+	if err := s.publishChat(ctx, c.ID, chatCreated, id.UserID); err != nil {
 		return nil, s.internal(ctx, "create group", err)
 	}
 	chat, err := s.view(ctx, c.ID, id.UserID)
@@ -307,6 +325,9 @@ func (s *Service) UpdateChat(
 	if err := s.store.rename(ctx, c.ID, req.Msg.GetName()); err != nil {
 		return nil, s.internal(ctx, "update chat", err)
 	}
+	if err := s.publishChat(ctx, c.ID, chatUpdated, id.UserID); err != nil {
+		return nil, s.internal(ctx, "update chat", err)
+	}
 	chat, err := s.view(ctx, c.ID, id.UserID)
 	if err != nil {
 		return nil, s.internal(ctx, "update chat", err)
@@ -344,6 +365,11 @@ func (s *Service) AddParticipants(
 	if _, err := s.store.syncParticipants(ctx, c.ID); err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
+	if len(add) > 0 {
+		if err := s.publishChat(ctx, c.ID, membersAdded, id.UserID, add...); err != nil {
+			return nil, s.internal(ctx, "add participants", err)
+		}
+	}
 	chat, err := s.view(ctx, c.ID, id.UserID)
 	if err != nil {
 		return nil, s.internal(ctx, "add participants", err)
@@ -362,6 +388,9 @@ func (s *Service) RemoveParticipant(
 	target := int(req.Msg.GetUserId())
 	if err := s.leave(ctx, c.ID, target); err != nil {
 		return nil, err
+	}
+	if err := s.publishChat(ctx, c.ID, memberRemoved, id.UserID, target); err != nil {
+		return nil, s.internal(ctx, "remove participant", err)
 	}
 	if target == id.UserID {
 		// An admin who removed itself sees the chat no more.
@@ -466,6 +495,9 @@ func (s *Service) SetParticipantRole(
 			}
 			return nil, errLastAdmin
 		}
+		if err := s.publishChat(ctx, c.ID, roleChanged, id.UserID, target); err != nil {
+			return nil, s.internal(ctx, "set role", err)
+		}
 	}
 	chat, err := s.view(ctx, c.ID, id.UserID)
 	if err != nil {
@@ -487,6 +519,9 @@ func (s *Service) LeaveChat(
 	}
 	if err := s.leave(ctx, c.ID, id.UserID); err != nil {
 		return nil, err
+	}
+	if err := s.publishChat(ctx, c.ID, memberRemoved, id.UserID, id.UserID); err != nil {
+		return nil, s.internal(ctx, "leave chat", err)
 	}
 	return connect.NewResponse(&parleyv1.LeaveChatResponse{}), nil
 }

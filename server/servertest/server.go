@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,11 +32,22 @@ type Server struct {
 	done   chan error
 }
 
-// Option adjusts the configuration of a test server.
-type Option func(*app.Config)
+// Option adjusts a test server.
+type Option func(*settings)
+
+type settings struct {
+	cfg        app.Config
+	sendBuffer int
+}
 
 // WithConfig lets a test change any part of the server's configuration.
-func WithConfig(f func(*app.Config)) Option { return Option(f) }
+func WithConfig(f func(*app.Config)) Option { return func(s *settings) { f(&s.cfg) } }
+
+// WithSendBuffer gives the server's connections a kernel send buffer of
+// about n bytes (SO_SNDBUF), as on a slow network, so that a client that
+// stops reading blocks the server's writes after little data rather than
+// after the megabytes loopback buffers by default.
+func WithSendBuffer(n int) Option { return func(s *settings) { s.sendBuffer = n } }
 
 // WithOwnMongoDatabase gives the server a MongoDB database of its own,
 // dropped when the test ends, for tests that write so much that they would
@@ -56,7 +68,7 @@ func WithOwnMongoDatabase(tb testing.TB) Option {
 			tb.Errorf("servertest: drop %s: %v", name, err)
 		}
 	})
-	return func(c *app.Config) { c.MongoDatabase = name }
+	return func(s *settings) { s.cfg.MongoDatabase = name }
 }
 
 // New starts a server on the package's shared stores (see SharedStores)
@@ -72,6 +84,7 @@ func New(tb testing.TB, opts ...Option) *Server {
 		MongoDatabase:   stores.MongoDatabase,
 		RedisURL:        stores.RedisURL,
 		RedisPrefix:     stores.RedisPrefix,
+		JWTKeyFile:      stores.JWTKeyFile,
 		Migrate:         true,
 		HealthInterval:  50 * time.Millisecond,
 		ShutdownTimeout: 5 * time.Second,
@@ -83,19 +96,25 @@ func New(tb testing.TB, opts ...Option) *Server {
 			RegistrationsPerAddress: 100000, RegistrationWindow: time.Minute,
 		},
 	}
+	set := settings{cfg: cfg}
 	for _, o := range opts {
-		o(&cfg)
+		o(&set)
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if _, ok := tb.(*testing.B); ok {
 		log = slog.New(slog.DiscardHandler) // a benchmark's log would be printed whole
 	}
-	return Start(tb, cfg, log)
+	return start(tb, set.cfg, log, set.sendBuffer)
 }
 
 // Start starts a server with exactly the given configuration and stops it
 // when tb's test ends.
 func Start(tb testing.TB, cfg app.Config, log *slog.Logger) *Server {
+	tb.Helper()
+	return start(tb, cfg, log, 0)
+}
+
+func start(tb testing.TB, cfg app.Config, log *slog.Logger, sendBuffer int) *Server {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -107,6 +126,9 @@ func Start(tb testing.TB, cfg app.Config, log *slog.Logger) *Server {
 	if err != nil {
 		a.Close()
 		tb.Fatalf("servertest: listen: %v", err)
+	}
+	if sendBuffer > 0 {
+		ln = sendBufferListener{ln.(*net.TCPListener), sendBuffer}
 	}
 	serveCtx, stop := context.WithCancel(context.Background())
 	s := &Server{
@@ -208,3 +230,34 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = testWriter{}
+
+type sendBufferListener struct {
+	*net.TCPListener
+	size int
+}
+
+func (l sendBufferListener) Accept() (net.Conn, error) {
+	c, err := l.AcceptTCP()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetWriteBuffer(l.size); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// SmallReceiveBuffer returns an HTTP/1.1 client whose connections have a
+// kernel receive buffer of about n bytes (SO_RCVBUF), so that a test can
+// stop reading a stream and have the server's writes block soon.
+func SmallReceiveBuffer(n int) *http.Client {
+	d := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, n)
+		})
+		return errors.Join(err, serr)
+	}}
+	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+}

@@ -18,9 +18,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/parley-chat/parley/server/auth"
 	"log/slog"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -50,6 +52,9 @@ type Stores struct {
 	// RedisURL and RedisPrefix name the package's Redis key space.
 	RedisURL    string
 	RedisPrefix string
+	// JWTKeyFile holds the signing key all the package's servers share,
+	// as the instances of one deployment do.
+	JWTKeyFile string
 }
 
 var shared struct {
@@ -101,6 +106,9 @@ func SharedStores(tb testing.TB) *Stores {
 		tb.Fatalf("servertest: %v", err)
 	}
 	if s.RedisURL, s.RedisPrefix, err = createRedis(ctx); err != nil {
+		tb.Fatalf("servertest: %v", err)
+	}
+	if s.JWTKeyFile, err = createKey(); err != nil {
 		tb.Fatalf("servertest: %v", err)
 	}
 	shared.stores = s
@@ -242,4 +250,15 @@ func randomHex() string {
 	b := make([]byte, 6)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+func createKey() (string, error) {
+	dir, err := os.MkdirTemp("", "parley-key-")
+	if err != nil {
+		return "", err
+	}
+	shared.cleanups = append(shared.cleanups, func() error { return os.RemoveAll(dir) })
+	path := filepath.Join(dir, "jwt-ed25519.pem")
+	_, err = auth.LoadOrCreateKey(path, true)
+	return path, err
 }

@@ -928,6 +928,104 @@ func (x *MarkReadResponse) GetUnreadCount() int64 {
 	return 0
 }
 
+type SendTypingRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// False when the user stopped typing without sending.
+	Typing        bool `protobuf:"varint,2,opt,name=typing,proto3" json:"typing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendTypingRequest) Reset() {
+	*x = SendTypingRequest{}
+	mi := &file_parley_v1_message_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendTypingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendTypingRequest) ProtoMessage() {}
+
+func (x *SendTypingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendTypingRequest.ProtoReflect.Descriptor instead.
+func (*SendTypingRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SendTypingRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *SendTypingRequest) GetTyping() bool {
+	if x != nil {
+		return x.Typing
+	}
+	return false
+}
+
+type SendTypingResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Until when the others show the caller as typing.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendTypingResponse) Reset() {
+	*x = SendTypingResponse{}
+	mi := &file_parley_v1_message_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendTypingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendTypingResponse) ProtoMessage() {}
+
+func (x *SendTypingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendTypingResponse.ProtoReflect.Descriptor instead.
+func (*SendTypingResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SendTypingResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 var File_parley_v1_message_proto protoreflect.FileDescriptor
 
 const file_parley_v1_message_proto_rawDesc = "" +
@@ -989,19 +1087,27 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"\tup_to_seq\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\aupToSeq\"P\n" +
 	"\x10MarkReadResponse\x12\x19\n" +
 	"\bread_seq\x18\x01 \x01(\x03R\areadSeq\x12!\n" +
-	"\funread_count\x18\x02 \x01(\x03R\vunreadCount*\x7f\n" +
+	"\funread_count\x18\x02 \x01(\x03R\vunreadCount\"[\n" +
+	"\x11SendTypingRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12\x16\n" +
+	"\x06typing\x18\x02 \x01(\bR\x06typing\"O\n" +
+	"\x12SendTypingResponse\x129\n" +
+	"\n" +
+	"expires_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*\x7f\n" +
 	"\rMessageStatus\x12\x1e\n" +
 	"\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13MESSAGE_STATUS_SENT\x10\x01\x12\x1c\n" +
 	"\x18MESSAGE_STATUS_DELIVERED\x10\x02\x12\x17\n" +
-	"\x13MESSAGE_STATUS_READ\x10\x032\xf4\x03\n" +
+	"\x13MESSAGE_STATUS_READ\x10\x032\xbf\x04\n" +
 	"\x0eMessageService\x12Q\n" +
 	"\vSendMessage\x12\x1d.parley.v1.SendMessageRequest\x1a\x1e.parley.v1.SendMessageResponse\"\x03\x90\x02\x02\x12T\n" +
 	"\fListMessages\x12\x1e.parley.v1.ListMessagesRequest\x1a\x1f.parley.v1.ListMessagesResponse\"\x03\x90\x02\x01\x12L\n" +
 	"\vEditMessage\x12\x1d.parley.v1.EditMessageRequest\x1a\x1e.parley.v1.EditMessageResponse\x12R\n" +
 	"\rDeleteMessage\x12\x1f.parley.v1.DeleteMessageRequest\x1a .parley.v1.DeleteMessageResponse\x12R\n" +
 	"\rMarkDelivered\x12\x1f.parley.v1.MarkDeliveredRequest\x1a .parley.v1.MarkDeliveredResponse\x12C\n" +
-	"\bMarkRead\x12\x1a.parley.v1.MarkReadRequest\x1a\x1b.parley.v1.MarkReadResponseB6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
+	"\bMarkRead\x12\x1a.parley.v1.MarkReadRequest\x1a\x1b.parley.v1.MarkReadResponse\x12I\n" +
+	"\n" +
+	"SendTyping\x12\x1c.parley.v1.SendTypingRequest\x1a\x1d.parley.v1.SendTypingResponseB6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_message_proto_rawDescOnce sync.Once
@@ -1016,7 +1122,7 @@ func file_parley_v1_message_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_message_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_parley_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_parley_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_parley_v1_message_proto_goTypes = []any{
 	(MessageStatus)(0),            // 0: parley.v1.MessageStatus
 	(*Attachment)(nil),            // 1: parley.v1.Attachment
@@ -1033,34 +1139,39 @@ var file_parley_v1_message_proto_goTypes = []any{
 	(*MarkDeliveredResponse)(nil), // 12: parley.v1.MarkDeliveredResponse
 	(*MarkReadRequest)(nil),       // 13: parley.v1.MarkReadRequest
 	(*MarkReadResponse)(nil),      // 14: parley.v1.MarkReadResponse
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*SendTypingRequest)(nil),     // 15: parley.v1.SendTypingRequest
+	(*SendTypingResponse)(nil),    // 16: parley.v1.SendTypingResponse
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_parley_v1_message_proto_depIdxs = []int32{
 	1,  // 0: parley.v1.Message.attachments:type_name -> parley.v1.Attachment
-	15, // 1: parley.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
-	15, // 2: parley.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
+	17, // 1: parley.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
+	17, // 2: parley.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: parley.v1.Message.status:type_name -> parley.v1.MessageStatus
 	2,  // 4: parley.v1.SendMessageResponse.message:type_name -> parley.v1.Message
 	2,  // 5: parley.v1.ListMessagesResponse.messages:type_name -> parley.v1.Message
 	2,  // 6: parley.v1.EditMessageResponse.message:type_name -> parley.v1.Message
 	2,  // 7: parley.v1.DeleteMessageResponse.message:type_name -> parley.v1.Message
-	3,  // 8: parley.v1.MessageService.SendMessage:input_type -> parley.v1.SendMessageRequest
-	5,  // 9: parley.v1.MessageService.ListMessages:input_type -> parley.v1.ListMessagesRequest
-	7,  // 10: parley.v1.MessageService.EditMessage:input_type -> parley.v1.EditMessageRequest
-	9,  // 11: parley.v1.MessageService.DeleteMessage:input_type -> parley.v1.DeleteMessageRequest
-	11, // 12: parley.v1.MessageService.MarkDelivered:input_type -> parley.v1.MarkDeliveredRequest
-	13, // 13: parley.v1.MessageService.MarkRead:input_type -> parley.v1.MarkReadRequest
-	4,  // 14: parley.v1.MessageService.SendMessage:output_type -> parley.v1.SendMessageResponse
-	6,  // 15: parley.v1.MessageService.ListMessages:output_type -> parley.v1.ListMessagesResponse
-	8,  // 16: parley.v1.MessageService.EditMessage:output_type -> parley.v1.EditMessageResponse
-	10, // 17: parley.v1.MessageService.DeleteMessage:output_type -> parley.v1.DeleteMessageResponse
-	12, // 18: parley.v1.MessageService.MarkDelivered:output_type -> parley.v1.MarkDeliveredResponse
-	14, // 19: parley.v1.MessageService.MarkRead:output_type -> parley.v1.MarkReadResponse
-	14, // [14:20] is the sub-list for method output_type
-	8,  // [8:14] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	17, // 8: parley.v1.SendTypingResponse.expires_at:type_name -> google.protobuf.Timestamp
+	3,  // 9: parley.v1.MessageService.SendMessage:input_type -> parley.v1.SendMessageRequest
+	5,  // 10: parley.v1.MessageService.ListMessages:input_type -> parley.v1.ListMessagesRequest
+	7,  // 11: parley.v1.MessageService.EditMessage:input_type -> parley.v1.EditMessageRequest
+	9,  // 12: parley.v1.MessageService.DeleteMessage:input_type -> parley.v1.DeleteMessageRequest
+	11, // 13: parley.v1.MessageService.MarkDelivered:input_type -> parley.v1.MarkDeliveredRequest
+	13, // 14: parley.v1.MessageService.MarkRead:input_type -> parley.v1.MarkReadRequest
+	15, // 15: parley.v1.MessageService.SendTyping:input_type -> parley.v1.SendTypingRequest
+	4,  // 16: parley.v1.MessageService.SendMessage:output_type -> parley.v1.SendMessageResponse
+	6,  // 17: parley.v1.MessageService.ListMessages:output_type -> parley.v1.ListMessagesResponse
+	8,  // 18: parley.v1.MessageService.EditMessage:output_type -> parley.v1.EditMessageResponse
+	10, // 19: parley.v1.MessageService.DeleteMessage:output_type -> parley.v1.DeleteMessageResponse
+	12, // 20: parley.v1.MessageService.MarkDelivered:output_type -> parley.v1.MarkDeliveredResponse
+	14, // 21: parley.v1.MessageService.MarkRead:output_type -> parley.v1.MarkReadResponse
+	16, // 22: parley.v1.MessageService.SendTyping:output_type -> parley.v1.SendTypingResponse
+	16, // [16:23] is the sub-list for method output_type
+	9,  // [9:16] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_message_proto_init() }
@@ -1078,7 +1189,7 @@ func file_parley_v1_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_message_proto_rawDesc), len(file_parley_v1_message_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -50,6 +50,9 @@ const (
 	MessageServiceMarkDeliveredProcedure = "/parley.v1.MessageService/MarkDelivered"
 	// MessageServiceMarkReadProcedure is the fully-qualified name of the MessageService's MarkRead RPC.
 	MessageServiceMarkReadProcedure = "/parley.v1.MessageService/MarkRead"
+	// MessageServiceSendTypingProcedure is the fully-qualified name of the MessageService's SendTyping
+	// RPC.
+	MessageServiceSendTypingProcedure = "/parley.v1.MessageService/SendTyping"
 )
 
 // MessageServiceClient is a client for the parley.v1.MessageService service.
@@ -74,6 +77,11 @@ type MessageServiceClient interface {
 	// received them). The position only moves forward, and never past the
 	// chat's last message.
 	MarkRead(context.Context, *connect.Request[v1.MarkReadRequest]) (*connect.Response[v1.MarkReadResponse], error)
+	// SendTyping tells the chat's other members, live, that the caller is
+	// typing (or stopped). It is not stored; the indication expires by
+	// itself a few seconds later, so clients repeat it while the user types.
+	// At most 10 calls per chat every 10 seconds (RESOURCE_EXHAUSTED beyond).
+	SendTyping(context.Context, *connect.Request[v1.SendTypingRequest]) (*connect.Response[v1.SendTypingResponse], error)
 }
 
 // NewMessageServiceClient constructs a client for the parley.v1.MessageService service. By default,
@@ -125,6 +133,12 @@ func NewMessageServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(messageServiceMethods.ByName("MarkRead")),
 			connect.WithClientOptions(opts...),
 		),
+		sendTyping: connect.NewClient[v1.SendTypingRequest, v1.SendTypingResponse](
+			httpClient,
+			baseURL+MessageServiceSendTypingProcedure,
+			connect.WithSchema(messageServiceMethods.ByName("SendTyping")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -136,6 +150,7 @@ type messageServiceClient struct {
 	deleteMessage *connect.Client[v1.DeleteMessageRequest, v1.DeleteMessageResponse]
 	markDelivered *connect.Client[v1.MarkDeliveredRequest, v1.MarkDeliveredResponse]
 	markRead      *connect.Client[v1.MarkReadRequest, v1.MarkReadResponse]
+	sendTyping    *connect.Client[v1.SendTypingRequest, v1.SendTypingResponse]
 }
 
 // SendMessage calls parley.v1.MessageService.SendMessage.
@@ -168,6 +183,11 @@ func (c *messageServiceClient) MarkRead(ctx context.Context, req *connect.Reques
 	return c.markRead.CallUnary(ctx, req)
 }
 
+// SendTyping calls parley.v1.MessageService.SendTyping.
+func (c *messageServiceClient) SendTyping(ctx context.Context, req *connect.Request[v1.SendTypingRequest]) (*connect.Response[v1.SendTypingResponse], error) {
+	return c.sendTyping.CallUnary(ctx, req)
+}
+
 // MessageServiceHandler is an implementation of the parley.v1.MessageService service.
 type MessageServiceHandler interface {
 	// SendMessage adds a message to the chat. client_message_id makes it
@@ -190,6 +210,11 @@ type MessageServiceHandler interface {
 	// received them). The position only moves forward, and never past the
 	// chat's last message.
 	MarkRead(context.Context, *connect.Request[v1.MarkReadRequest]) (*connect.Response[v1.MarkReadResponse], error)
+	// SendTyping tells the chat's other members, live, that the caller is
+	// typing (or stopped). It is not stored; the indication expires by
+	// itself a few seconds later, so clients repeat it while the user types.
+	// At most 10 calls per chat every 10 seconds (RESOURCE_EXHAUSTED beyond).
+	SendTyping(context.Context, *connect.Request[v1.SendTypingRequest]) (*connect.Response[v1.SendTypingResponse], error)
 }
 
 // NewMessageServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -237,6 +262,12 @@ func NewMessageServiceHandler(svc MessageServiceHandler, opts ...connect.Handler
 		connect.WithSchema(messageServiceMethods.ByName("MarkRead")),
 		connect.WithHandlerOptions(opts...),
 	)
+	messageServiceSendTypingHandler := connect.NewUnaryHandler(
+		MessageServiceSendTypingProcedure,
+		svc.SendTyping,
+		connect.WithSchema(messageServiceMethods.ByName("SendTyping")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.MessageService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case MessageServiceSendMessageProcedure:
@@ -251,6 +282,8 @@ func NewMessageServiceHandler(svc MessageServiceHandler, opts ...connect.Handler
 			messageServiceMarkDeliveredHandler.ServeHTTP(w, r)
 		case MessageServiceMarkReadProcedure:
 			messageServiceMarkReadHandler.ServeHTTP(w, r)
+		case MessageServiceSendTypingProcedure:
+			messageServiceSendTypingHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -282,4 +315,8 @@ func (UnimplementedMessageServiceHandler) MarkDelivered(context.Context, *connec
 
 func (UnimplementedMessageServiceHandler) MarkRead(context.Context, *connect.Request[v1.MarkReadRequest]) (*connect.Response[v1.MarkReadResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.MarkRead is not implemented"))
+}
+
+func (UnimplementedMessageServiceHandler) SendTyping(context.Context, *connect.Request[v1.SendTypingRequest]) (*connect.Response[v1.SendTypingResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.SendTyping is not implemented"))
 }

@@ -1,0 +1,267 @@
+package chat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/go-redis/redis_rate/v10"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+)
+
+// Events is where the chat service announces changes, live, to the users
+// they concern (the live package's Hub).
+type Events interface {
+	// Publish logs the event for each user and delivers it to their open
+	// streams; once it returns, no user can miss the event.
+	Publish(ctx context.Context, userIDs []int, ev *parleyv1.Event) error
+	// Notify delivers an event that changes nothing (typing) to the
+	// users' open streams only.
+	Notify(ctx context.Context, userIDs []int, ev *parleyv1.Event) error
+}
+
+// TypingTTL is how long a typing indication lasts unless repeated.
+const TypingTTL = 6 * time.Second
+
+// typingLimit bounds SendTyping per user and chat.
+var typingLimit = redis_rate.Limit{Rate: 10, Burst: 10, Period: 10 * time.Second}
+
+// errNotDelivered answers a change that was stored but could not be
+// announced; repeating the call completes it.
+var errNotDelivered = connect.NewError(connect.CodeUnavailable,
+	errors.New("the change was saved but live delivery failed; retry the call"))
+
+// publish announces an event to the chat's members and to extra users.
+func (s *Service) publish(ctx context.Context, chatID bson.ObjectID, ev *parleyv1.Event, extra ...int) error {
+	if s.events == nil {
+		return nil
+	}
+	ids, err := s.store.memberIDs(ctx, chatID)
+	if err != nil {
+		return err
+	}
+	for _, u := range extra {
+		if !slices.Contains(ids, u) {
+			ids = append(ids, u)
+		}
+	}
+	if err := s.events.Publish(ctx, ids, ev); err != nil {
+		s.log.ErrorContext(ctx, "publish event", "chat", chatID.Hex(), "err", err)
+		return errNotDelivered
+	}
+	return nil
+}
+
+func (s *Service) publishMessage(ctx context.Context, kind string, m *parleyv1.Message) error {
+	chatID, _ := bson.ObjectIDFromHex(m.ChatId)
+	ev := &parleyv1.Event{}
+	e := &parleyv1.MessageEvent{Message: m}
+	switch kind {
+	case "created":
+		ev.Kind = &parleyv1.Event_MessageCreated{MessageCreated: e}
+	case "edited":
+		ev.Kind = &parleyv1.Event_MessageEdited{MessageEdited: e}
+	default:
+		ev.Kind = &parleyv1.Event_MessageDeleted{MessageDeleted: e}
+	}
+	return s.publish(ctx, chatID, ev)
+}
+
+// Kinds of chat event.
+const (
+	chatCreated   = "created"
+	chatUpdated   = "updated"
+	membersAdded  = "added"
+	memberRemoved = "removed"
+	roleChanged   = "role"
+)
+
+// publishChat announces a change of a chat to its members, and to the
+// users named in it (a removed member, say).
+func (s *Service) publishChat(ctx context.Context, chatID bson.ObjectID, kind string, actor int, users ...int) error {
+	if s.events == nil {
+		return nil
+	}
+	c, err := s.store.getChat(ctx, chatID)
+	if errors.Is(err, errNoChat) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	chat := toChat(c, memberDoc{}, 0)
+	chat.Role = parleyv1.Role_ROLE_UNSPECIFIED
+	e := &parleyv1.ChatEvent{Chat: chat, ActorId: int32(actor)}
+	for _, u := range users {
+		e.UserIds = append(e.UserIds, int32(u))
+	}
+	ev := &parleyv1.Event{}
+	switch kind {
+	case chatCreated:
+		ev.Kind = &parleyv1.Event_ChatCreated{ChatCreated: e}
+	case chatUpdated:
+		ev.Kind = &parleyv1.Event_ChatUpdated{ChatUpdated: e}
+	case membersAdded:
+		ev.Kind = &parleyv1.Event_MembersAdded{MembersAdded: e}
+	case memberRemoved:
+		ev.Kind = &parleyv1.Event_MemberRemoved{MemberRemoved: e}
+	default:
+		ev.Kind = &parleyv1.Event_RoleChanged{RoleChanged: e}
+	}
+	return s.publish(ctx, chatID, ev, users...)
+}
+
+// publishPositions announces a member's positions, with the chat's.
+func (s *Service) publishPositions(ctx context.Context, chatID bson.ObjectID, userID int) error {
+	if s.events == nil {
+		return nil
+	}
+	members, err := s.store.chatMembers(ctx, chatID)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(members, func(m memberDoc) bool { return m.UserID == userID })
+	if i < 0 {
+		return nil // gone meanwhile
+	}
+	all := positionsOf(members)
+	ids := make([]int, len(members))
+	for j, m := range members {
+		ids[j] = m.UserID
+	}
+	ev := &parleyv1.Event{Kind: &parleyv1.Event_PositionsChanged{PositionsChanged: &parleyv1.PositionsChanged{
+		ChatId:           chatID.Hex(),
+		UserId:           int32(userID),
+		DeliveredSeq:     members[i].DeliveredSeq,
+		ReadSeq:          members[i].ReadSeq,
+		ChatDeliveredSeq: all.delivered,
+		ChatReadSeq:      all.read,
+	}}}
+	if err := s.events.Publish(ctx, ids, ev); err != nil {
+		s.log.ErrorContext(ctx, "publish event", "chat", chatID.Hex(), "err", err)
+		return errNotDelivered
+	}
+	return nil
+}
+
+// SendTyping tells the chat's other members that the caller is typing.
+func (s *Service) SendTyping(
+	ctx context.Context, req *connect.Request[parleyv1.SendTypingRequest],
+) (*connect.Response[parleyv1.SendTypingResponse], error) {
+	id, c, _, err := s.access(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	key := fmt.Sprintf("%styping:%d:%s", s.redisPrefix, id.UserID, c.ID.Hex())
+	res, err := s.limiter.Allow(ctx, key, typingLimit)
+	if err != nil {
+		return nil, s.internal(ctx, "send typing", err)
+	}
+	if res.Allowed == 0 {
+		return nil, connect.NewError(connect.CodeResourceExhausted,
+			fmt.Errorf("too many typing indications; retry in %s", res.RetryAfter.Round(time.Millisecond)))
+	}
+	ids, err := s.store.memberIDs(ctx, c.ID)
+	if err != nil {
+		return nil, s.internal(ctx, "send typing", err)
+	}
+	ids = slices.DeleteFunc(ids, func(u int) bool { return u == id.UserID })
+	expires := s.now().Add(TypingTTL)
+	if !req.Msg.GetTyping() {
+		expires = s.now()
+	}
+	if s.events != nil {
+		err = s.events.Notify(ctx, ids, &parleyv1.Event{Kind: &parleyv1.Event_Typing{Typing: &parleyv1.Typing{
+			ChatId: c.ID.Hex(), UserId: int32(id.UserID), Typing: req.Msg.GetTyping(), ExpiresAt: timestamppb.New(expires),
+		}}})
+		if err != nil {
+			return nil, s.internal(ctx, "send typing", err)
+		}
+	}
+	return connect.NewResponse(&parleyv1.SendTypingResponse{ExpiresAt: timestamppb.New(expires)}), nil
+}
+
+// memberIDs lists the users in a chat.
+func (s *store) memberIDs(ctx context.Context, chatID bson.ObjectID) ([]int, error) {
+	cur, err := s.members.Find(ctx, bson.D{{Key: "chatId", Value: chatID}},
+		options.Find().SetProjection(bson.D{{Key: "userId", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("list members: %w", err)
+	}
+	var ms []struct {
+		UserID int `bson:"userId"`
+	}
+	if err := cur.All(ctx, &ms); err != nil {
+		return nil, fmt.Errorf("list members: %w", err)
+	}
+	ids := make([]int, len(ms))
+	for i, m := range ms {
+		ids[i] = m.UserID
+	}
+	return ids, nil
+}
+
+// Contacts returns the users who share a chat with the user.
+func (s *Service) Contacts(ctx context.Context, userID int) ([]int, error) {
+	cur, err := s.store.members.Find(ctx, bson.D{{Key: "userId", Value: userID}},
+		options.Find().SetProjection(bson.D{{Key: "chatId", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("contacts: %w", err)
+	}
+	var mine []struct {
+		ChatID bson.ObjectID `bson:"chatId"`
+	}
+	if err := cur.All(ctx, &mine); err != nil {
+		return nil, fmt.Errorf("contacts: %w", err)
+	}
+	if len(mine) == 0 {
+		return nil, nil
+	}
+	chats := make(bson.A, len(mine))
+	for i, m := range mine {
+		chats[i] = m.ChatID
+	}
+	cur, err = s.store.members.Find(ctx, bson.D{{Key: "chatId", Value: bson.D{{Key: "$in", Value: chats}}}},
+		options.Find().SetProjection(bson.D{{Key: "userId", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("contacts: %w", err)
+	}
+	var others []struct {
+		UserID int `bson:"userId"`
+	}
+	if err := cur.All(ctx, &others); err != nil {
+		return nil, fmt.Errorf("contacts: %w", err)
+	}
+	seen := map[int]bool{userID: true}
+	var out []int
+	for _, o := range others {
+		if !seen[o.UserID] {
+			seen[o.UserID] = true
+			out = append(out, o.UserID)
+		}
+	}
+	return out, nil
+}
+
+// Sharing returns those of others who share a chat with the user.
+func (s *Service) Sharing(ctx context.Context, userID int, others []int) ([]int, error) {
+	if len(others) == 0 {
+		return nil, nil
+	}
+	contacts, err := s.Contacts(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	shared := make(map[int]bool, len(contacts))
+	for _, u := range contacts {
+		shared[u] = true
+	}
+	return slices.DeleteFunc(slices.Clone(others), func(u int) bool { return !shared[u] }), nil
+}

@@ -1,0 +1,328 @@
+package live_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/redis/go-redis/v9"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/servertest"
+)
+
+// A subscriber that stops reading neither slows the sender nor the 50
+// other subscribers; once its queue is full it is closed with
+// RESOURCE_EXHAUSTED, and resumes from its cursor without losing a thing.
+func TestSubscribe_SlowSubscriber(t *testing.T) {
+	srv := servertest.New(t,
+		// Small socket buffers, as on a slow link, so that the stuck
+		// client's stream fills up after little data.
+		servertest.WithSendBuffer(4096),
+		servertest.WithConfig(func(c *app.Config) { c.Live.QueueSize = 32 }),
+	)
+	p := servertest.Protocols[0]
+	sender, stuck := newUser(t, srv, p), newUser(t, srv, p)
+	var others []*user
+	for range 50 {
+		others = append(others, newUser(t, srv, p))
+	}
+	grp := group(t, sender, append(others, stuck)...)
+
+	stuckStream := subscribe(t, stuck.with(servertest.SmallReceiveBuffer(4096), srv.URL), "")
+	var streams []*stream
+	for _, o := range others {
+		streams = append(streams, subscribe(t, o, ""))
+	}
+
+	// 80 messages of 4,000 random (incompressible) bytes: far more than
+	// the stuck client's socket buffers and queue hold.
+	const n = 80
+	var sent []string
+	for i := range n {
+		text := make([]byte, 2990)
+		rand.Read(text)
+		sent = append(sent, send(t, sender, grp, fmt.Sprintf("%03d ", i)+base64.StdEncoding.EncodeToString(text)).GetId())
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(streams))
+	for i, s := range streams {
+		wg.Go(func() {
+			for j := range n {
+				m, err := nextMessage(s)
+				if err != nil {
+					errs <- fmt.Errorf("subscriber %d, message %d: %w", i, j, err)
+					return
+				}
+				if m.GetId() != sent[j] {
+					errs <- fmt.Errorf("subscriber %d got message %d out of order", i, j)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	// The stuck client reads again: what was buffered, then the error.
+	var got []string
+	var err error
+	for {
+		var m *parleyv1.Message
+		if m, err = nextMessage(stuckStream); err != nil {
+			break
+		}
+		got = append(got, m.GetId())
+	}
+	t.Logf("the stuck client got %d messages, then %v", len(got), err)
+	wantCode(t, err, connect.CodeResourceExhausted)
+	if len(got) >= n {
+		t.Fatalf("the stuck client got all %d messages: its queue never filled", len(got))
+	}
+	resumed := subscribe(t, stuck, stuckStream.cursor)
+	for len(got) < n {
+		got = append(got, resumed.message().GetId())
+	}
+	for i := range n {
+		if got[i] != sent[i] {
+			t.Fatalf("after resuming, message %d is not the one sent %d-th", i, i)
+		}
+	}
+}
+
+func nextMessage(s *stream) (*parleyv1.Message, error) {
+	for {
+		ev, err := s.tryNext()
+		if err != nil {
+			return nil, err
+		}
+		if m := ev.GetMessageCreated().GetMessage(); m != nil {
+			return m, nil
+		}
+	}
+}
+
+// redisServer is a Redis of the test's own, which it can restart.
+type redisServer struct {
+	t    *testing.T
+	port int
+	cmd  *exec.Cmd
+}
+
+func startRedis(t *testing.T) *redisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server is not installed (make test installs it): %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	r := &redisServer{t: t, port: port}
+	r.start(bin)
+	t.Cleanup(r.kill)
+	return r
+}
+
+func (r *redisServer) url() string { return "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0" }
+
+func (r *redisServer) start(bin string) {
+	r.t.Helper()
+	r.cmd = exec.Command(bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.t.TempDir())
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatalf("start redis: %v", err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(r.port)})
+	defer c.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for c.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			r.t.Fatal("redis did not start")
+		}
+		time.Sleep(20 * time.Millisecond) // waiting for a process to listen
+	}
+}
+
+func (r *redisServer) kill() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		r.cmd.Process.Kill()
+		r.cmd.Wait()
+	}
+}
+
+func (r *redisServer) restart() {
+	r.t.Helper()
+	r.kill()
+	r.start(r.cmd.Path)
+}
+
+// Redis restarts, losing everything, while streams are open and messages
+// are being sent: every client either goes on without a gap or gets the
+// explicit re-sync error, and re-syncs; no acknowledged message is missed.
+func TestSubscribe_RedisRestart(t *testing.T) {
+	rs := startRedis(t)
+	own := servertest.WithConfig(func(c *app.Config) { c.RedisURL = rs.url() })
+	a, b := servertest.New(t, own), servertest.New(t, own)
+	p := servertest.Protocols[0]
+	alice, bob, carol := newUser(t, a, p), newUser(t, a, p), newUser(t, b, p)
+	grp := group(t, alice, bob, carol)
+	readers := []*user{bob, carol}
+	streams := []*stream{subscribe(t, bob, ""), subscribe(t, carol, "")}
+
+	const total = 60
+	acked := make(chan string, total)
+	restarted := make(chan struct{})
+	go func() {
+		defer close(acked)
+		for i := range total {
+			if i == 20 {
+				rs.restart()
+				close(restarted)
+			}
+			id := fmt.Sprintf("r%d", i)
+			for {
+				m, err := trySend(alice, grp, id, fmt.Sprint(i))
+				if err == nil {
+					acked <- m.GetId()
+					break
+				}
+				if connect.CodeOf(err) == connect.CodeUnauthenticated {
+					// Redis lost the session.
+					relogin(alice)
+				}
+				time.Sleep(50 * time.Millisecond) // back off while Redis comes back
+			}
+		}
+	}()
+
+	var wg sync.WaitGroup
+	results := make([]struct {
+		seen    map[string]bool
+		resyncs int
+		err     error
+	}, len(readers))
+	for i, u := range readers {
+		wg.Go(func() {
+			r := &results[i]
+			r.seen = map[string]bool{}
+			s := streams[i]
+			var lastSeq int64
+			record := func(m *parleyv1.Message) {
+				r.seen[m.GetId()] = true
+				lastSeq = max(lastSeq, m.GetSeq())
+			}
+			deadline := time.Now().Add(90 * time.Second)
+			for len(r.seen) < total && time.Now().Before(deadline) {
+				m, err := nextMessage(s)
+				if err == nil {
+					record(m)
+					continue
+				}
+				// The stream ended: resume from the cursor, or re-sync
+				// when the server says events may be gone.
+				for time.Now().Before(deadline) {
+					relogin(u)
+					var ns *stream
+					if !isCursorExpired(err) {
+						ns, err = trySubscribe(t, u, s.cursor)
+					}
+					if isCursorExpired(err) {
+						r.resyncs++
+						if ns, err = trySubscribe(t, u, ""); err == nil {
+							var listed []*parleyv1.Message
+							if listed, err = listAfter(u, grp, lastSeq); err == nil {
+								for _, m := range listed {
+									record(m)
+								}
+							}
+						}
+					}
+					if err == nil {
+						s = ns
+						break
+					}
+					time.Sleep(50 * time.Millisecond) // back off while Redis comes back
+				}
+			}
+			if len(r.seen) < total {
+				r.err = fmt.Errorf("saw %d of %d messages", len(r.seen), total)
+			}
+		})
+	}
+	var all []string
+	for id := range acked {
+		all = append(all, id)
+	}
+	wg.Wait()
+	<-restarted
+	for i, r := range results {
+		if r.err != nil {
+			t.Fatalf("reader %d: %v", i, r.err)
+		}
+		for _, id := range all {
+			if !r.seen[id] {
+				t.Fatalf("reader %d never saw acknowledged message %s", i, id)
+			}
+		}
+		t.Logf("reader %d: %d re-syncs", i, r.resyncs)
+	}
+	// Every acknowledged message is in the chat.
+	relogin(bob)
+	listed, err := listAfter(bob, grp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, m := range listed {
+		have[m.GetId()] = true
+	}
+	for _, id := range all {
+		if !have[id] {
+			t.Fatalf("acknowledged message %s is missing from ListMessages", id)
+		}
+	}
+}
+
+// relogin signs u in again if Redis lost its session.
+func relogin(u *user) {
+	if _, err := u.live.GetPresence(context.Background(), req(u, &parleyv1.GetPresenceRequest{UserIds: []int32{u.id}})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		return
+	}
+	res, err := u.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: u.name, Password: password}))
+	if err == nil {
+		u.token = res.Msg.GetTokens().GetAccessToken()
+	}
+}
+
+func listAfter(u *user, chatID string, after int64) ([]*parleyv1.Message, error) {
+	var out []*parleyv1.Message
+	for {
+		res, err := u.msgs.ListMessages(context.Background(), req(u, &parleyv1.ListMessagesRequest{
+			ChatId: chatID, Cursor: &parleyv1.ListMessagesRequest_AfterSeq{AfterSeq: after}, Limit: 100,
+		}))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, res.Msg.GetMessages()...)
+		if !res.Msg.GetHasMore() {
+			return out, nil
+		}
+		after = res.Msg.GetMessages()[len(res.Msg.GetMessages())-1].GetSeq()
+	}
+}

@@ -1,0 +1,409 @@
+package live
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+)
+
+// Config tunes live delivery. The zero value of each field means its
+// default.
+type Config struct {
+	// Prefix starts every Redis key and channel name.
+	Prefix string
+	// QueueSize is how many events a stream may have waiting to be
+	// written before it is closed with RESOURCE_EXHAUSTED (default 256).
+	QueueSize int
+	// Heartbeat is how often idle streams get a heartbeat, and how often
+	// this instance renews its users' presence (default 15s).
+	Heartbeat time.Duration
+	// WriteTimeout ends a stream whose client has not taken an event for
+	// this long (default 30s).
+	WriteTimeout time.Duration
+	// MaxEvents is about how many events each user's log keeps (default
+	// 10,000); Retention is how long a log with no new events is kept
+	// (default 7 days). Clients that resume from further back re-sync.
+	MaxEvents int
+	Retention time.Duration
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+func (c *Config) defaults() {
+	if c.QueueSize <= 0 {
+		c.QueueSize = 256
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 15 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 30 * time.Second
+	}
+	if c.MaxEvents <= 0 {
+		c.MaxEvents = 10000
+	}
+	if c.Retention <= 0 {
+		c.Retention = 7 * 24 * time.Hour
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// presenceTTL is how long a user stays online after its instance last
+// renewed it: an instance that dies takes its users offline this late.
+func (c *Config) presenceTTL() time.Duration { return 3 * c.Heartbeat }
+
+// Hub is an instance's side of live delivery. It holds one Redis pub/sub
+// connection for all the streams open on the instance, subscribed to one
+// channel per user with a stream here, and hands each published event to
+// that user's streams without ever waiting for them.
+type Hub struct {
+	log      *slog.Logger
+	rdb      redis.UniversalClient
+	cfg      Config
+	instance string
+	ps       *redis.PubSub
+
+	// subMu orders changes to the set of subscribed channels, so that the
+	// SUBSCRIBE and UNSUBSCRIBE commands go out in the order of the
+	// changes to users.
+	subMu sync.Mutex
+	mu    sync.Mutex
+	users map[int]map[*subscriber]struct{}
+
+	// offline is told about users whose presence expired because the
+	// instance that kept them online stopped renewing it.
+	offline func(ctx context.Context, userID int, lastSeen time.Time)
+
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+}
+
+// NewHub starts the instance's hub; Close stops it.
+func NewHub(log *slog.Logger, rdb redis.UniversalClient, cfg Config) *Hub {
+	cfg.defaults()
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &Hub{
+		log:      log,
+		rdb:      rdb,
+		cfg:      cfg,
+		instance: hex.EncodeToString(b),
+		ps:       rdb.Subscribe(ctx),
+		users:    map[int]map[*subscriber]struct{}{},
+		cancel:   cancel,
+	}
+	h.done.Add(2)
+	go h.receive(ctx)
+	go h.tick(ctx)
+	return h
+}
+
+// Close stops the hub. Streams still open get nothing more.
+func (h *Hub) Close() error {
+	h.cancel()
+	err := h.ps.Close()
+	h.done.Wait()
+	return err
+}
+
+// Streams is how many streams are open on this instance.
+func (h *Hub) Streams() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, subs := range h.users {
+		n += len(subs)
+	}
+	return n
+}
+
+// add registers a stream of the user. first tells that it is the user's
+// only stream on this instance.
+func (h *Hub) add(ctx context.Context, userID int) (sub *subscriber, first bool) {
+	sub = &subscriber{
+		user:  userID,
+		queue: make(chan logged, h.cfg.QueueSize),
+		wake:  make(chan struct{}, 1),
+		ready: make(chan struct{}),
+	}
+	h.subMu.Lock()
+	defer h.subMu.Unlock()
+	h.mu.Lock()
+	subs := h.users[userID]
+	if subs == nil {
+		subs = map[*subscriber]struct{}{}
+		h.users[userID] = subs
+		first = true
+	} else {
+		// The channel is subscribed or about to be: if about to be, its
+		// confirmation will make this stream catch up again.
+		sub.confirm()
+	}
+	subs[sub] = struct{}{}
+	h.mu.Unlock()
+	if first {
+		// On failure go-redis still counts the channel as subscribed and
+		// subscribes it again when it reconnects.
+		if err := h.ps.Subscribe(ctx, h.channel(userID)); err != nil {
+			h.log.WarnContext(ctx, "live: subscribe", "user", userID, "err", err)
+		}
+	}
+	return sub, first
+}
+
+// remove unregisters a stream. last tells that the user has no other
+// stream on this instance.
+func (h *Hub) remove(sub *subscriber) (last bool) {
+	sub.close()
+	h.subMu.Lock()
+	defer h.subMu.Unlock()
+	h.mu.Lock()
+	subs := h.users[sub.user]
+	delete(subs, sub)
+	if len(subs) == 0 {
+		delete(h.users, sub.user)
+		last = true
+	}
+	h.mu.Unlock()
+	if last {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := h.ps.Unsubscribe(ctx, h.channel(sub.user)); err != nil {
+			h.log.Warn("live: unsubscribe", "user", sub.user, "err", err)
+		}
+	}
+	return last
+}
+
+// receive reads the pub/sub connection until the hub closes.
+func (h *Hub) receive(ctx context.Context) {
+	defer h.done.Done()
+	broken := false
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		msg, err := h.ps.ReceiveTimeout(ctx, h.cfg.Heartbeat)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Quiet for a while: make sure the connection lives.
+				if err := h.ps.Ping(ctx); err == nil {
+					continue
+				}
+			}
+			if !broken {
+				h.log.Warn("live: pub/sub connection lost; reconnecting", "err", err)
+				broken = true
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		if broken {
+			h.log.Info("live: pub/sub connection restored")
+			broken, backoff = false, 50*time.Millisecond
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				h.subscribed(m.Channel)
+			}
+		case *redis.Message:
+			h.dispatch(m.Channel, m.Payload)
+		}
+	}
+}
+
+// subscribed is told that a channel's subscription is active, the first
+// time or again after a reconnection. Whatever was published while it
+// was not is in the user's log: every stream of the user reads the log
+// again from its last cursor.
+func (h *Hub) subscribed(ch string) {
+	uid, ok := h.userOfChannel(ch)
+	if !ok {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for sub := range h.users[uid] {
+		sub.confirm()
+	}
+}
+
+// dispatch hands a published event to the user's streams on this
+// instance. It never blocks: a stream whose queue is full is closed.
+func (h *Hub) dispatch(ch, payload string) {
+	uid, ok := h.userOfChannel(ch)
+	if !ok {
+		return
+	}
+	cursor, body, ok := splitPayload(payload)
+	if !ok {
+		h.log.Error("live: malformed message", "channel", ch)
+		return
+	}
+	ev := &parleyv1.Event{}
+	if err := proto.Unmarshal([]byte(body), ev); err != nil {
+		h.log.Error("live: undecodable message", "channel", ch, "err", err)
+		return
+	}
+	ev.Cursor = cursor
+	e := logged{cursor: cursor, ev: ev}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for sub := range h.users[uid] {
+		sub.offer(e)
+	}
+}
+
+// splitPayload parses "<cursor> <event>"; the cursor is empty for events
+// that are not logged.
+func splitPayload(p string) (cursor, body string, ok bool) {
+	for i := 0; i < len(p) && i <= 41; i++ {
+		if p[i] == ' ' {
+			return p[:i], p[i+1:], true
+		}
+	}
+	return "", "", false
+}
+
+// tick sends heartbeats and keeps presence up to date.
+func (h *Hub) tick(ctx context.Context) {
+	defer h.done.Done()
+	t := time.NewTicker(h.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		users := make([]int, 0, len(h.users))
+		for uid, subs := range h.users {
+			users = append(users, uid)
+			for sub := range subs {
+				sub.heartbeat()
+			}
+		}
+		h.mu.Unlock()
+		if err := h.renewPresence(ctx, users); err != nil && ctx.Err() == nil {
+			h.log.Warn("live: renew presence", "err", err)
+		}
+		if err := h.expirePresence(ctx); err != nil && ctx.Err() == nil {
+			h.log.Warn("live: expire presence", "err", err)
+		}
+	}
+}
+
+// subscriber is one open stream, as the hub sees it.
+type subscriber struct {
+	user  int
+	queue chan logged
+	// wake is signalled when a flag below is set.
+	wake chan struct{}
+	// ready is closed once the user's channel is subscribed.
+	ready chan struct{}
+
+	mu         sync.Mutex
+	isReady    bool
+	live       bool // events go into the queue; else they are read from the log
+	dirty      bool // the log may hold events this stream has not seen
+	overflowed bool
+	beat       bool
+	closed     bool
+}
+
+func (s *subscriber) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *subscriber) confirm() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.isReady {
+		s.isReady = true
+		close(s.ready)
+	}
+	s.dirty = true
+	s.signal()
+}
+
+func (s *subscriber) offer(e logged) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.overflowed {
+		return
+	}
+	if !s.live {
+		// Being read from the log: logged events will be found there,
+		// unlogged ones are of no use to a stream still catching up.
+		if e.cursor != "" {
+			s.dirty = true
+		}
+		return
+	}
+	select {
+	case s.queue <- e:
+	default:
+		s.overflowed = true
+		s.signal()
+	}
+}
+
+func (s *subscriber) heartbeat() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.beat = true
+	s.signal()
+}
+
+func (s *subscriber) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+}
+
+// goLive switches the stream to taking events from the queue, unless
+// events came while it read the log (then it must read again).
+func (s *subscriber) goLive() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dirty {
+		s.dirty = false
+		return false
+	}
+	s.live = true
+	return true
+}
+
+// flags returns and clears the stream's pending signals.
+func (s *subscriber) flags() (overflowed, dirty, beat bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	overflowed, dirty, beat = s.overflowed, s.dirty, s.beat
+	s.dirty, s.beat = false, false
+	return
+}

@@ -1,0 +1,189 @@
+package live
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+)
+
+// Each user's event log is a Redis stream whose entry ids are the cursors
+// clients resume from. Appending to it and publishing the entry on the
+// user's channel happen in one script, so the order in which subscribers
+// hear about entries is the order of the log.
+var appendScript = redis.NewScript(`
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], id .. ' ' .. ARGV[4])
+return id
+`)
+
+// tailScript returns the id of the log's last entry. An empty log gets a
+// marker entry first, so that every cursor handed out names an entry,
+// which is how a resumed stream tells that nothing after it was trimmed.
+var tailScript = redis.NewScript(`
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then return last[1][1] end
+local id = redis.call('XADD', KEYS[1], '*', 'm', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return id
+`)
+
+// errCursorExpired means events after a cursor may be gone from the log.
+var errCursorExpired = errors.New("the cursor is older than the events the server keeps, or the event log was lost")
+
+func (h *Hub) streamKey(userID int) string {
+	return h.cfg.Prefix + "{u:" + strconv.Itoa(userID) + "}:events"
+}
+
+func (h *Hub) channel(userID int) string {
+	return h.cfg.Prefix + "live:" + strconv.Itoa(userID)
+}
+
+func (h *Hub) userOfChannel(ch string) (int, bool) {
+	id, err := strconv.Atoi(strings.TrimPrefix(ch, h.cfg.Prefix+"live:"))
+	return id, err == nil
+}
+
+// Publish appends the event to the log of each user and delivers it live
+// to their open streams, on every instance. It returns once every log has
+// it, so an event whose Publish succeeded is never missed by a client that
+// resumes from an earlier cursor.
+func (h *Hub) Publish(ctx context.Context, userIDs []int, ev *parleyv1.Event) error {
+	if len(userIDs) == 0 {
+		return nil
+	}
+	if ev.Time == nil {
+		ev.Time = timestamppb.New(h.cfg.Now())
+	}
+	payload, err := proto.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	maxLen := strconv.Itoa(h.cfg.MaxEvents)
+	retention := strconv.FormatInt(h.cfg.Retention.Milliseconds(), 10)
+	cmds, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, uid := range userIDs {
+			appendScript.EvalSha(ctx, p, []string{h.streamKey(uid)}, maxLen, retention, h.channel(uid), payload)
+		}
+		return nil
+	})
+	if err == nil {
+		return nil
+	}
+	// A Redis that restarted has forgotten the script: send it whole to
+	// the users it failed for (a NOSCRIPT error appended nothing).
+	var retry []int
+	for i, c := range cmds {
+		if err := c.Err(); err != nil {
+			if !redis.HasErrorPrefix(err, "NOSCRIPT") {
+				return fmt.Errorf("live: publish: %w", err)
+			}
+			retry = append(retry, userIDs[i])
+		}
+	}
+	_, err = h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, uid := range retry {
+			appendScript.Eval(ctx, p, []string{h.streamKey(uid)}, maxLen, retention, h.channel(uid), payload)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("live: publish: %w", err)
+	}
+	return nil
+}
+
+// Notify delivers an event that changes no state (typing) to the open
+// streams of the users, without logging it: a client that is not
+// connected has no use for it later.
+func (h *Hub) Notify(ctx context.Context, userIDs []int, ev *parleyv1.Event) error {
+	if len(userIDs) == 0 {
+		return nil
+	}
+	if ev.Time == nil {
+		ev.Time = timestamppb.New(h.cfg.Now())
+	}
+	payload, err := proto.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	msg := " " + string(payload)
+	_, err = h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, uid := range userIDs {
+			p.Publish(ctx, h.channel(uid), msg)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("live: notify: %w", err)
+	}
+	return nil
+}
+
+// tail is the cursor of the last entry of the user's log.
+func (h *Hub) tail(ctx context.Context, userID int) (string, error) {
+	retention := strconv.FormatInt(h.cfg.Retention.Milliseconds(), 10)
+	return tailScript.Run(ctx, h.rdb, []string{h.streamKey(userID)}, retention).Text()
+}
+
+// logged is one entry of a log: an event, or a marker (ev nil).
+type logged struct {
+	cursor string
+	ev     *parleyv1.Event
+}
+
+// readAfter returns up to count entries after cursor, or errCursorExpired
+// when the entry the cursor names is no longer in the log (trimmed, or
+// the log was lost with Redis).
+func (h *Hub) readAfter(ctx context.Context, userID int, cursor string, count int) ([]logged, error) {
+	msgs, err := h.rdb.XRangeN(ctx, h.streamKey(userID), cursor, "+", int64(count)+1).Result()
+	if err != nil {
+		return nil, err
+	}
+	if len(msgs) == 0 || msgs[0].ID != cursor {
+		return nil, errCursorExpired
+	}
+	out := make([]logged, 0, len(msgs)-1)
+	for _, m := range msgs[1:] {
+		e := logged{cursor: m.ID}
+		if raw, ok := m.Values["e"].(string); ok {
+			ev := &parleyv1.Event{}
+			if err := proto.Unmarshal([]byte(raw), ev); err != nil {
+				h.log.ErrorContext(ctx, "live: undecodable log entry", "user", userID, "id", m.ID, "err", err)
+			} else {
+				ev.Cursor = m.ID
+				e.ev = ev
+			}
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// cursorID is a parsed stream entry id, ordered as Redis orders them.
+type cursorID struct{ ms, seq uint64 }
+
+func parseCursor(s string) (cursorID, bool) {
+	a, b, ok := strings.Cut(s, "-")
+	if !ok {
+		return cursorID{}, false
+	}
+	ms, err1 := strconv.ParseUint(a, 10, 64)
+	seq, err2 := strconv.ParseUint(b, 10, 64)
+	return cursorID{ms, seq}, err1 == nil && err2 == nil
+}
+
+func (c cursorID) after(d cursorID) bool {
+	return c.ms > d.ms || (c.ms == d.ms && c.seq > d.seq)
+}
+
+// now is a timestamp for events made here.
+func (h *Hub) now() *timestamppb.Timestamp { return timestamppb.New(h.cfg.Now()) }

@@ -1,0 +1,328 @@
+// Package live implements parley.v1.LiveService: each user's events,
+// logged in a Redis stream per user and fanned out through Redis pub/sub
+// to the streams open on every instance, with resume from any cursor the
+// log still holds; and presence.
+//
+// Writers (the chat service) call Hub.Publish with the users an event is
+// for. Publish appends the event to each user's log and publishes it, in
+// one script, on the user's channel. Each instance's Hub holds a single
+// pub/sub connection, subscribed to the channels of the users who have a
+// stream open there, and hands each message to those streams' bounded
+// queues without waiting. A stream first reads the log from its cursor,
+// then takes live events from its queue, skipping those it already sent;
+// whenever the pub/sub connection may have missed something (a new or
+// renewed subscription) it reads the log again from where it stands.
+package live
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/rpcerr"
+)
+
+// Chats is what live delivery needs to know about who shares chats.
+type Chats interface {
+	// Contacts returns the users who share a chat with the user.
+	Contacts(ctx context.Context, userID int) ([]int, error)
+	// Sharing returns those of others who share a chat with the user.
+	Sharing(ctx context.Context, userID int, others []int) ([]int, error)
+}
+
+// CursorExpiredReason is the ErrorInfo reason of the FAILED_PRECONDITION
+// error that tells a client to re-sync its chats.
+const (
+	CursorExpiredReason = "CURSOR_EXPIRED"
+	ErrorDomain         = "parley.chat"
+)
+
+// readBatch is how many log entries one read takes.
+const readBatch = 256
+
+// Service implements LiveService.
+type Service struct {
+	log   *slog.Logger
+	hub   *Hub
+	chats Chats
+}
+
+var _ parleyv1connect.LiveServiceHandler = (*Service)(nil)
+
+// NewService returns the live service over the instance's hub.
+func NewService(log *slog.Logger, hub *Hub, chats Chats) *Service {
+	s := &Service{log: log, hub: hub, chats: chats}
+	hub.offline = func(ctx context.Context, uid int, at time.Time) { s.announce(ctx, uid, false, at) }
+	return s
+}
+
+func cursorExpired() error {
+	err := connect.NewError(connect.CodeFailedPrecondition, errCursorExpired)
+	if d, e := connect.NewErrorDetail(&errdetails.ErrorInfo{Reason: CursorExpiredReason, Domain: ErrorDomain}); e == nil {
+		err.AddDetail(d)
+	}
+	return err
+}
+
+var errSlow = connect.NewError(connect.CodeResourceExhausted,
+	errors.New("the stream fell too far behind; resubscribe with the last cursor"))
+
+// Subscribe streams the caller's events.
+func (s *Service) Subscribe(
+	ctx context.Context, req *connect.Request[parleyv1.SubscribeRequest], stream *connect.ServerStream[parleyv1.SubscribeResponse],
+) error {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return err
+	}
+	last := req.Msg.GetResumeCursor()
+	resumed := last != ""
+	if resumed {
+		if _, ok := parseCursor(last); !ok {
+			return connect.NewError(connect.CodeInvalidArgument, errors.New("resume_cursor: not a cursor"))
+		}
+	}
+
+	sub, first := s.hub.add(ctx, id.UserID)
+	defer func() {
+		if s.hub.remove(sub) {
+			s.leave(id.UserID)
+		}
+	}()
+	if first {
+		if online, err := s.hub.join(ctx, id.UserID); err != nil {
+			s.log.WarnContext(ctx, "live: presence", "user", id.UserID, "err", err)
+		} else if online {
+			s.announce(ctx, id.UserID, true, s.hub.cfg.Now())
+		}
+	}
+
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	select {
+	case <-sub.ready:
+	case <-wait.Done():
+		if ctx.Err() != nil {
+			return nil
+		}
+		return connect.NewError(connect.CodeUnavailable, errors.New("live delivery is unavailable; retry"))
+	}
+
+	if !resumed {
+		if last, err = s.hub.tail(ctx, id.UserID); err != nil {
+			return s.internal(ctx, err)
+		}
+	}
+	w := newSender(ctx, stream, s.hub.cfg.WriteTimeout)
+
+	// Replay, until no event came in while reading.
+	var replayed int64
+	for {
+		n, err := s.catchUp(ctx, w, id.UserID, &last)
+		replayed += n
+		if err != nil {
+			return s.end(ctx, err)
+		}
+		if sub.goLive() {
+			break
+		}
+	}
+	err = w.send(&parleyv1.Event{
+		Cursor: last,
+		Time:   s.hub.now(),
+		Kind:   &parleyv1.Event_Ready{Ready: &parleyv1.Ready{Resumed: resumed, Replayed: replayed}},
+	})
+	if err != nil {
+		return s.end(ctx, err)
+	}
+
+	lastID, _ := parseCursor(last)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e := <-sub.queue:
+			if e.cursor != "" {
+				c, ok := parseCursor(e.cursor)
+				if !ok || !c.after(lastID) {
+					continue // already sent from the log
+				}
+				lastID, last = c, e.cursor
+			}
+			if err := w.send(e.ev); err != nil {
+				return s.end(ctx, err)
+			}
+		case <-sub.wake:
+			overflowed, dirty, beat := sub.flags()
+			if overflowed {
+				return errSlow
+			}
+			if dirty {
+				// The subscription was renewed: anything published
+				// meanwhile is in the log. The queue keeps filling.
+				if _, err := s.catchUp(ctx, w, id.UserID, &last); err != nil {
+					return s.end(ctx, err)
+				}
+				lastID, _ = parseCursor(last)
+			}
+			if beat {
+				err := w.send(&parleyv1.Event{Time: s.hub.now(), Kind: &parleyv1.Event_Heartbeat{Heartbeat: &parleyv1.Heartbeat{}}})
+				if err != nil {
+					return s.end(ctx, err)
+				}
+			}
+		}
+	}
+}
+
+// catchUp sends what the user's log holds after *last, moving *last.
+func (s *Service) catchUp(ctx context.Context, w *sender, uid int, last *string) (int64, error) {
+	var n int64
+	for {
+		entries, err := s.hub.readAfter(ctx, uid, *last, readBatch)
+		if err != nil {
+			return n, err
+		}
+		for _, e := range entries {
+			if e.ev != nil {
+				if err := w.send(e.ev); err != nil {
+					return n, err
+				}
+				n++
+			}
+			*last = e.cursor
+		}
+		if len(entries) < readBatch {
+			return n, nil
+		}
+	}
+}
+
+// end turns what stopped a stream into its final status: nothing when the
+// client went away or the server is shutting down.
+func (s *Service) end(ctx context.Context, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case errors.Is(err, errCursorExpired):
+		return cursorExpired()
+	case errors.Is(err, errWrite):
+		return err
+	}
+	return s.internal(ctx, err)
+}
+
+func (s *Service) internal(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return rpcerr.From(ctx, s.log, "live", err)
+}
+
+// leave records that the user's last stream here closed.
+func (s *Service) leave(uid int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	offline, at, err := s.hub.leave(ctx, uid)
+	if err != nil {
+		s.log.Warn("live: presence", "user", uid, "err", err)
+		return
+	}
+	if offline {
+		s.announce(ctx, uid, false, at)
+	}
+}
+
+// announce tells the user's contacts that it came online or went offline.
+func (s *Service) announce(ctx context.Context, uid int, online bool, at time.Time) {
+	contacts, err := s.chats.Contacts(ctx, uid)
+	if err == nil {
+		err = s.hub.Publish(ctx, contacts, &parleyv1.Event{Kind: &parleyv1.Event_Presence{Presence: &parleyv1.Presence{
+			UserId: int32(uid), Online: online, LastSeen: timestampOf(at),
+		}}})
+	}
+	if err != nil {
+		s.log.Warn("live: announce presence", "user", uid, "err", err)
+	}
+}
+
+// GetPresence tells whether users who share a chat with the caller are
+// online.
+func (s *Service) GetPresence(
+	ctx context.Context, req *connect.Request[parleyv1.GetPresenceRequest],
+) (*connect.Response[parleyv1.GetPresenceResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var want []int
+	self := false
+	for _, u := range req.Msg.GetUserIds() {
+		if int(u) == id.UserID {
+			self = true
+		} else {
+			want = append(want, int(u))
+		}
+	}
+	visible, err := s.chats.Sharing(ctx, id.UserID, want)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "get presence", err)
+	}
+	if self {
+		visible = append(visible, id.UserID)
+	}
+	ps, err := s.hub.presence(ctx, visible)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "get presence", err)
+	}
+	return connect.NewResponse(&parleyv1.GetPresenceResponse{Presences: ps}), nil
+}
+
+// sender writes events to a stream, giving up on a client that takes
+// none for the write timeout.
+type sender struct {
+	stream  *connect.ServerStream[parleyv1.SubscribeResponse]
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+var errWrite = connect.NewError(connect.CodeDeadlineExceeded, errors.New("the client stopped reading"))
+
+func newSender(ctx context.Context, stream *connect.ServerStream[parleyv1.SubscribeResponse], timeout time.Duration) *sender {
+	rc, _ := ctx.Value(controllerKey{}).(*http.ResponseController)
+	return &sender{stream: stream, rc: rc, timeout: timeout}
+}
+
+func (w *sender) send(ev *parleyv1.Event) error {
+	if w.rc != nil {
+		_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	}
+	if err := w.stream.Send(&parleyv1.SubscribeResponse{Event: ev}); err != nil {
+		return errWrite
+	}
+	if w.rc != nil {
+		// An idle HTTP/2 stream would be reset when its deadline passed.
+		_ = w.rc.SetWriteDeadline(time.Time{})
+	}
+	return nil
+}
+
+type controllerKey struct{}
+
+// WithWriteDeadlines lets Subscribe's streams set write deadlines on
+// their responses, so that a client that stops reading cannot hold a
+// stream (and its goroutine) for ever. It wraps Subscribe's handler.
+func WithWriteDeadlines(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := context.WithValue(r.Context(), controllerKey{}, http.NewResponseController(w))
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
