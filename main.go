@@ -159,6 +159,12 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.AccessTokenTTL, "access-token-ttl", e.duration("PARLEY_ACCESS_TOKEN_TTL", auth.MaxAccessTTL), "lifetime of an access token, at most 15m (PARLEY_ACCESS_TOKEN_TTL)")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", e.duration("PARLEY_SESSION_TTL", 30*24*time.Hour), "how long a session lasts without a refresh (PARLEY_SESSION_TTL)")
 	fs.StringVar(&c.ClientIPHeader, "client-ip-header", e.str("PARLEY_CLIENT_IP_HEADER", ""), "`header` a trusted reverse proxy sets to the client's IP, e.g. X-Real-IP; empty: use the connection's address (PARLEY_CLIENT_IP_HEADER)")
+	rl := auth.DefaultRateLimits
+	fs.IntVar(&c.RateLimits.LoginFailuresPerAccount, "login-failures-per-account", int(e.int64("PARLEY_LOGIN_FAILURES_PER_ACCOUNT", int64(rl.LoginFailuresPerAccount))), "failed logins one account may have per -login-window (PARLEY_LOGIN_FAILURES_PER_ACCOUNT)")
+	fs.IntVar(&c.RateLimits.LoginAttemptsPerAddress, "login-attempts-per-address", int(e.int64("PARLEY_LOGIN_ATTEMPTS_PER_ADDRESS", int64(rl.LoginAttemptsPerAddress))), "logins one client address may attempt per -login-window (PARLEY_LOGIN_ATTEMPTS_PER_ADDRESS)")
+	fs.DurationVar(&c.RateLimits.LoginWindow, "login-window", e.duration("PARLEY_LOGIN_WINDOW", rl.LoginWindow), "window of the login limits (PARLEY_LOGIN_WINDOW)")
+	fs.IntVar(&c.RateLimits.RegistrationsPerAddress, "registrations-per-address", int(e.int64("PARLEY_REGISTRATIONS_PER_ADDRESS", int64(rl.RegistrationsPerAddress))), "accounts one client address may create per -registration-window (PARLEY_REGISTRATIONS_PER_ADDRESS)")
+	fs.DurationVar(&c.RateLimits.RegistrationWindow, "registration-window", e.duration("PARLEY_REGISTRATION_WINDOW", rl.RegistrationWindow), "window of the registration limit (PARLEY_REGISTRATION_WINDOW)")
 	fs.IntVar(&c.Live.QueueSize, "live-queue", int(e.int64("PARLEY_LIVE_QUEUE", 256)), "events a live stream may have waiting before it is closed as too slow (PARLEY_LIVE_QUEUE)")
 	fs.DurationVar(&c.Live.Heartbeat, "live-heartbeat", e.duration("PARLEY_LIVE_HEARTBEAT", 15*time.Second), "heartbeat interval of idle live streams, and of presence renewal (PARLEY_LIVE_HEARTBEAT)")
 	fs.DurationVar(&c.Live.WriteTimeout, "live-write-timeout", e.duration("PARLEY_LIVE_WRITE_TIMEOUT", 30*time.Second), "a live stream whose client takes no event for this long is closed (PARLEY_LIVE_WRITE_TIMEOUT)")

@@ -15,7 +15,12 @@
 //	                    authentication middleware, rate limits
 //	server/user/        parley.v1.UserService and AvatarService on ent;
 //	                    identicon avatars; the accounts auth signs in
-//	server/chat/        parley.v1.ChatService on MongoDB: chats, members
+//	server/chat/        parley.v1.ChatService and MessageService on MongoDB:
+//	                    chats, members, positions, messages, typing; it
+//	                    announces every change through chat.Events
+//	server/live/        parley.v1.LiveService: per-user event logs in Redis
+//	                    streams, one pub/sub connection per instance,
+//	                    resumable streams, presence
 //	server/health/      grpc.health.v1.Health from periodic store pings
 //	server/reqlog/      one log line per request
 //	server/rpcerr/      store errors -> Connect codes, in one place
@@ -34,13 +39,14 @@
 //	main
 //	server/app, server/servertest
 //	server
-//	server/<domain> (chat, user, then auth, info), server/health
+//	server/<domain> (live, chat, user, then auth, info), server/health
 //	server/reqlog, server/rpcerr, server/sqldb, server/embedded
 //	gen/..., ent/...
 //
 // A domain package that needs another domain's answer (for example, "is
 // this user in this chat?") declares a small interface for it, which
-// server.New wires to the implementation. The one import between domains
+// server.New wires to the implementation (chat.Events is live.Hub;
+// live.Chats is chat.Service). The one import between domains
 // is of auth, for the caller's identity (auth.Caller), which every domain
 // uses; auth itself declares what it needs of accounts (auth.Accounts).
 package server

@@ -47,6 +47,11 @@ func (s *Service) publish(ctx context.Context, chatID bson.ObjectID, ev *parleyv
 	if err != nil {
 		return err
 	}
+	return s.publishTo(ctx, chatID, ids, ev, extra...)
+}
+
+// publishTo announces an event to the users and to extra users.
+func (s *Service) publishTo(ctx context.Context, chatID bson.ObjectID, ids []int, ev *parleyv1.Event, extra ...int) error {
 	for _, u := range extra {
 		if !slices.Contains(ids, u) {
 			ids = append(ids, u)
@@ -59,8 +64,17 @@ func (s *Service) publish(ctx context.Context, chatID bson.ObjectID, ev *parleyv
 	return nil
 }
 
-func (s *Service) publishMessage(ctx context.Context, kind string, m *parleyv1.Message) error {
-	chatID, _ := bson.ObjectIDFromHex(m.ChatId)
+// publishMessage announces a message event to the chat's participants
+// as the caller's access found them (changes to membership complete, and
+// update the chat's participants, before they answer).
+func (s *Service) publishMessage(ctx context.Context, c *chatDoc, kind string, m *parleyv1.Message) error {
+	if s.events == nil {
+		return nil
+	}
+	ids := make([]int, len(c.Participants))
+	for i, p := range c.Participants {
+		ids[i] = p.UserID
+	}
 	ev := &parleyv1.Event{}
 	e := &parleyv1.MessageEvent{Message: m}
 	switch kind {
@@ -71,7 +85,7 @@ func (s *Service) publishMessage(ctx context.Context, kind string, m *parleyv1.M
 	default:
 		ev.Kind = &parleyv1.Event_MessageDeleted{MessageDeleted: e}
 	}
-	return s.publish(ctx, chatID, ev)
+	return s.publishTo(ctx, c.ID, ids, ev)
 }
 
 // Kinds of chat event.

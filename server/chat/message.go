@@ -112,7 +112,7 @@ func (s *Service) SendMessage(
 		p = positions{delivered: m.Seq, read: m.Seq}
 	}
 	msg := toMessage(m, p)
-	if err := s.publishMessage(ctx, "created", msg); err != nil {
+	if err := s.publishMessage(ctx, c, "created", msg); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
 	if me.ReadSeq < m.Seq-1 || me.DeliveredSeq < m.Seq-1 {
@@ -210,7 +210,7 @@ func (s *Service) EditMessage(
 		return nil, s.internal(ctx, "edit message", err)
 	}
 	out := toMessage(msg, p)
-	if err := s.publishMessage(ctx, "edited", out); err != nil {
+	if err := s.publishMessage(ctx, c, "edited", out); err != nil {
 		return nil, s.internal(ctx, "edit message", err)
 	}
 	return connect.NewResponse(&parleyv1.EditMessageResponse{Message: out}), nil
@@ -239,7 +239,7 @@ func (s *Service) DeleteMessage(
 	}
 	out := toMessage(msg, p)
 	if deleted {
-		if err := s.publishMessage(ctx, "deleted", out); err != nil {
+		if err := s.publishMessage(ctx, c, "deleted", out); err != nil {
 			return nil, s.internal(ctx, "delete message", err)
 		}
 	}

@@ -28,7 +28,12 @@ func TestSubscribe_SlowSubscriber(t *testing.T) {
 		// Small socket buffers, as on a slow link, so that the stuck
 		// client's stream fills up after little data.
 		servertest.WithSendBuffer(4096),
-		servertest.WithConfig(func(c *app.Config) { c.Live.QueueSize = 32 }),
+		servertest.WithConfig(func(c *app.Config) {
+			c.Live.QueueSize = 32
+			// The stuck client is not cut for being idle while the
+			// others read; it must end by its queue filling.
+			c.Live.WriteTimeout = time.Hour
+		}),
 	)
 	p := servertest.Protocols[0]
 	sender, stuck := newUser(t, srv, p), newUser(t, srv, p)
