@@ -8,8 +8,11 @@
 //     second, and the others are paired in private chats that receive
 //     -private-rate messages a second between them, sent by -senders
 //     workers for -duration. It reports send→receive latency
-//     percentiles over every delivery, and the events missed and
-//     duplicated per stream.
+//     percentiles over every delivery (from the start of SendMessage),
+//     publish→receive latency (from the time the server stamped on the
+//     event as it published it: the live path alone; the tool must run on
+//     the server's machine), and the events missed and duplicated per
+//     stream.
 //   - idle: -streams open streams spread over -users users, idle; it
 //     reports the server's memory per open stream (from /proc of
 //     -server-pid, so the server must run on this machine).
@@ -239,8 +242,10 @@ func delivery(ctx context.Context, cfg config) error {
 		mu        sync.Mutex
 		messages  = map[string]*sent{} // by client message id
 		latencies []time.Duration
+		fanout    []time.Duration
 		dups      atomic.Int64
 		received  atomic.Int64
+		got       = map[string]int{} // streams that received each message
 	)
 	streamCtx, stopStreams := context.WithCancel(ctx)
 	defer stopStreams()
@@ -253,7 +258,8 @@ func delivery(ctx context.Context, cfg config) error {
 		readers.Go(func() {
 			seen := map[string]bool{}
 			for s.Receive() {
-				m := s.Msg().GetEvent().GetMessageCreated().GetMessage()
+				ev := s.Msg().GetEvent()
+				m := ev.GetMessageCreated().GetMessage()
 				if m == nil {
 					continue
 				}
@@ -266,8 +272,10 @@ func delivery(ctx context.Context, cfg config) error {
 				seen[key] = true
 				received.Add(1)
 				mu.Lock()
+				got[key]++
 				if sm := messages[key]; sm != nil {
 					latencies = append(latencies, now.Sub(sm.at))
+					fanout = append(fanout, now.Sub(ev.GetTime().AsTime()))
 				}
 				mu.Unlock()
 			}
@@ -283,7 +291,7 @@ func delivery(ctx context.Context, cfg config) error {
 		n      int
 	}
 	jobs := make(chan job, 10000)
-	var sendErrs atomic.Int64
+	var sendErrs, retries atomic.Int64
 	var sendLat []time.Duration
 	var sendMu sync.Mutex
 	var workers sync.WaitGroup
@@ -296,9 +304,18 @@ func delivery(ctx context.Context, cfg config) error {
 				mu.Lock()
 				messages[key].at = start
 				mu.Unlock()
-				_, err := j.from.msgs.SendMessage(ctx, req(j.from, &parleyv1.SendMessageRequest{
-					ChatId: j.chatID, ClientMessageId: key, Text: "load " + strconv.Itoa(j.n),
-				}))
+				// Like a client, retry a failed send with the same id
+				// (the server keeps one message per id).
+				var err error
+				for range 4 {
+					_, err = j.from.msgs.SendMessage(ctx, req(j.from, &parleyv1.SendMessageRequest{
+						ChatId: j.chatID, ClientMessageId: key, Text: "load " + strconv.Itoa(j.n),
+					}))
+					if err == nil {
+						break
+					}
+					retries.Add(1)
+				}
 				if err != nil {
 					sendErrs.Add(1)
 					fmt.Fprintln(os.Stderr, "send:", err)
@@ -370,9 +387,15 @@ func delivery(ctx context.Context, cfg config) error {
 
 	mu.Lock()
 	defer mu.Unlock()
-	fmt.Printf("\nsent %d messages (%d failed), %d deliveries expected\n", len(messages), sendErrs.Load(), expected)
-	fmt.Printf("delivered %d, missed %d, duplicated %d\n", received.Load(), expected-received.Load(), dups.Load())
+	var missed int64
+	for key, m := range messages {
+		missed += int64(max(0, m.recipients-got[key]))
+	}
+	fmt.Printf("\nsent %d messages (%d failed after 4 attempts; %d attempts retried), %d deliveries expected\n",
+		len(messages), sendErrs.Load(), retries.Load(), expected)
+	fmt.Printf("delivered %d, missed %d, duplicated %d\n", received.Load(), missed, dups.Load())
 	report("send→receive latency", latencies)
+	report("publish→receive latency (the event's server time to arrival)", fanout)
 	report("SendMessage round trip", sendLat)
 	return nil
 }

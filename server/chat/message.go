@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"errors"
+	"time"
 
 	"connectrpc.com/connect"
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -83,7 +84,7 @@ func (s *Service) SendMessage(
 	if err != nil {
 		return nil, err
 	}
-	m, _, err := s.store.insertMessage(ctx, s.seqs, &messageDoc{
+	m, created, err := s.store.insertMessage(ctx, s.seqs, &messageDoc{
 		ChatID:          c.ID,
 		SenderID:        id.UserID,
 		Text:            req.Msg.GetText(),
@@ -93,10 +94,19 @@ func (s *Service) SendMessage(
 		return nil, s.internal(ctx, "send message", err)
 	}
 	// The message is stored and acknowledged from here on; what follows
-	// brings the chat and the sender's positions up to it and announces
+	// announces it and brings the chat and the sender's positions up to
 	// it, and is idempotent, so a retry of the send repairs any part that
 	// failed. (A retry announces the message again; clients keep one
-	// message per seq.)
+	// message per seq.) As sent, nobody else has the message yet: its
+	// status is SENT, or READ in a group whose only member is the sender.
+	p := positions{}
+	if len(c.Participants) == 1 {
+		p = positions{delivered: m.Seq, read: m.Seq}
+	}
+	msg := toMessage(m, p)
+	if err := s.announceSend(ctx, c, msg, created); err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
 	if err := s.store.setLastMessage(ctx, m); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
@@ -104,16 +114,6 @@ func (s *Service) SendMessage(
 		if err := s.store.raisePosition(ctx, c.ID, id.UserID, kind, m.Seq); err != nil {
 			return nil, s.internal(ctx, "send message", err)
 		}
-	}
-	// As sent, nobody else has the message yet: its status is SENT, or
-	// READ in a group whose only member is the sender.
-	p := positions{}
-	if len(c.Participants) == 1 {
-		p = positions{delivered: m.Seq, read: m.Seq}
-	}
-	msg := toMessage(m, p)
-	if err := s.publishMessage(ctx, c, "created", msg); err != nil {
-		return nil, s.internal(ctx, "send message", err)
 	}
 	if me.ReadSeq < m.Seq-1 || me.DeliveredSeq < m.Seq-1 {
 		// Sending read what the sender had not: others' ticks move.
@@ -301,4 +301,28 @@ func (s *Service) MarkRead(
 		return nil, s.internal(ctx, "mark read", err)
 	}
 	return connect.NewResponse(&parleyv1.MarkReadResponse{ReadSeq: m.ReadSeq, UnreadCount: unread}), nil
+}
+
+// announceSend publishes a new message once: a retry of a send whose
+// announcement went out (and whose reply was lost, or which failed
+// later) does not announce it again. Two retries racing can still both
+// announce it; clients keep one message per seq.
+func (s *Service) announceSend(ctx context.Context, c *chatDoc, msg *parleyv1.Message, created bool) error {
+	if s.events == nil {
+		return nil
+	}
+	key := s.redisPrefix + "announced:" + msg.GetId()
+	if !created {
+		n, err := s.seqs.rdb.Exists(ctx, key).Result()
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			return nil
+		}
+	}
+	if err := s.publishMessage(ctx, c, "created", msg); err != nil {
+		return err
+	}
+	return s.seqs.rdb.Set(ctx, key, 1, 24*time.Hour).Err()
 }
