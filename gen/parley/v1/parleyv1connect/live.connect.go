@@ -60,8 +60,9 @@ type LiveServiceClient interface {
 	//     cursor.
 	//   - RESOURCE_EXHAUSTED: the client read too slowly and its stream's
 	//     queue filled up. Nothing is lost: resubscribe with the last cursor.
-	//   - UNAVAILABLE: the server is shutting down. Resubscribe with the last
-	//     cursor.
+	//
+	// When the server shuts down, the stream ends without an error: the client
+	// resubscribes with its last cursor (another instance will answer).
 	//
 	// Idle streams carry a heartbeat event every few seconds so that proxies
 	// keep them open.
@@ -136,8 +137,9 @@ type LiveServiceHandler interface {
 	//     cursor.
 	//   - RESOURCE_EXHAUSTED: the client read too slowly and its stream's
 	//     queue filled up. Nothing is lost: resubscribe with the last cursor.
-	//   - UNAVAILABLE: the server is shutting down. Resubscribe with the last
-	//     cursor.
+	//
+	// When the server shuts down, the stream ends without an error: the client
+	// resubscribes with its last cursor (another instance will answer).
 	//
 	// Idle streams carry a heartbeat event every few seconds so that proxies
 	// keep them open.

@@ -448,8 +448,9 @@ export const LiveService: GenService<{
    *    cursor.
    *  - RESOURCE_EXHAUSTED: the client read too slowly and its stream's
    *    queue filled up. Nothing is lost: resubscribe with the last cursor.
-   *  - UNAVAILABLE: the server is shutting down. Resubscribe with the last
-   *    cursor.
+   *
+   * When the server shuts down, the stream ends without an error: the client
+   * resubscribes with its last cursor (another instance will answer).
    *
    * Idle streams carry a heartbeat event every few seconds so that proxies
    * keep them open.
