@@ -71,10 +71,6 @@ func (s *Service) publishMessage(ctx context.Context, c *chatDoc, kind string, m
 	if s.events == nil {
 		return nil
 	}
-	ids := make([]int, len(c.Participants))
-	for i, p := range c.Participants {
-		ids[i] = p.UserID
-	}
 	ev := &parleyv1.Event{}
 	e := &parleyv1.MessageEvent{Message: m}
 	switch kind {
@@ -85,7 +81,7 @@ func (s *Service) publishMessage(ctx context.Context, c *chatDoc, kind string, m
 	default:
 		ev.Kind = &parleyv1.Event_MessageDeleted{MessageDeleted: e}
 	}
-	return s.publishTo(ctx, c.ID, ids, ev)
+	return s.publishTo(ctx, c.ID, participantIDs(c), ev)
 }
 
 // Kinds of chat event.
@@ -158,11 +154,17 @@ func (s *Service) publishPositions(ctx context.Context, chatID bson.ObjectID, us
 		ChatDeliveredSeq: all.delivered,
 		ChatReadSeq:      all.read,
 	}}}
-	if err := s.events.Publish(ctx, ids, ev); err != nil {
-		s.log.ErrorContext(ctx, "publish event", "chat", chatID.Hex(), "err", err)
-		return errNotDelivered
+	return s.publishTo(ctx, chatID, ids, ev)
+}
+
+// participantIDs lists the chat's members as its participants copy has
+// them (membership changes update it before they answer).
+func participantIDs(c *chatDoc) []int {
+	ids := make([]int, len(c.Participants))
+	for i, p := range c.Participants {
+		ids[i] = p.UserID
 	}
-	return nil
+	return ids
 }
 
 // SendTyping tells the chat's other members that the caller is typing.
@@ -182,11 +184,7 @@ func (s *Service) SendTyping(
 		return nil, connect.NewError(connect.CodeResourceExhausted,
 			fmt.Errorf("too many typing indications; retry in %s", res.RetryAfter.Round(time.Millisecond)))
 	}
-	ids, err := s.store.memberIDs(ctx, c.ID)
-	if err != nil {
-		return nil, s.internal(ctx, "send typing", err)
-	}
-	ids = slices.DeleteFunc(ids, func(u int) bool { return u == id.UserID })
+	ids := slices.DeleteFunc(participantIDs(c), func(u int) bool { return u == id.UserID })
 	expires := s.now().Add(TypingTTL)
 	if !req.Msg.GetTyping() {
 		expires = s.now()
