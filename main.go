@@ -25,6 +25,7 @@ import (
 	"github.com/parley-chat/parley/server"
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/sqldb"
 )
 
@@ -170,6 +171,16 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.Live.WriteTimeout, "live-write-timeout", e.duration("PARLEY_LIVE_WRITE_TIMEOUT", 30*time.Second), "a live stream whose client takes no event for this long is closed (PARLEY_LIVE_WRITE_TIMEOUT)")
 	fs.IntVar(&c.Live.MaxEvents, "live-max-events", int(e.int64("PARLEY_LIVE_MAX_EVENTS", 10000)), "about how many events each user's log keeps for resuming streams (PARLEY_LIVE_MAX_EVENTS)")
 	fs.DurationVar(&c.Live.Retention, "live-retention", e.duration("PARLEY_LIVE_RETENTION", 7*24*time.Hour), "how long a user's event log is kept after its last event (PARLEY_LIVE_RETENTION)")
+	fs.StringVar(&c.MediaDir, "media-dir", e.str("PARLEY_MEDIA_DIR", ""), "`directory` for uploaded files, shared by all instances; empty: media in the data directory (PARLEY_MEDIA_DIR)")
+	fs.StringVar(&c.MediaS3URL, "media-s3-url", e.str("PARLEY_MEDIA_S3_URL", ""), "S3-compatible bucket `URL` for uploaded files instead, as https://KEY:SECRET@host/bucket?region=R; without KEY:SECRET the AWS_* environment or IAM role is used (PARLEY_MEDIA_S3_URL)")
+	fs.Int64Var(&c.Media.MaxImageBytes, "media-max-image-bytes", e.int64("PARLEY_MEDIA_MAX_IMAGE_BYTES", media.DefaultMaxImageBytes), "largest image upload in `bytes` (PARLEY_MEDIA_MAX_IMAGE_BYTES)")
+	fs.Int64Var(&c.Media.MaxVideoBytes, "media-max-video-bytes", e.int64("PARLEY_MEDIA_MAX_VIDEO_BYTES", media.DefaultMaxVideoBytes), "largest video upload in `bytes` (PARLEY_MEDIA_MAX_VIDEO_BYTES)")
+	fs.Int64Var(&c.Media.MaxFileBytes, "media-max-file-bytes", e.int64("PARLEY_MEDIA_MAX_FILE_BYTES", media.DefaultMaxFileBytes), "largest upload of any other file in `bytes` (PARLEY_MEDIA_MAX_FILE_BYTES)")
+	fs.IntVar(&c.Media.Images.MaxPixels, "media-max-image-pixels", int(e.int64("PARLEY_MEDIA_MAX_IMAGE_PIXELS", int64(media.DefaultImageLimits.MaxPixels))), "largest image in pixels (width × height), checked before decoding (PARLEY_MEDIA_MAX_IMAGE_PIXELS)")
+	fs.DurationVar(&c.Media.UploadTTL, "media-upload-ttl", e.duration("PARLEY_MEDIA_UPLOAD_TTL", media.DefaultUploadTTL), "how long an upload URL is accepted (PARLEY_MEDIA_UPLOAD_TTL)")
+	fs.DurationVar(&c.Media.DownloadTTL, "media-download-ttl", e.duration("PARLEY_MEDIA_DOWNLOAD_TTL", media.DefaultDownloadTTL), "how long a signed download URL works (PARLEY_MEDIA_DOWNLOAD_TTL)")
+	fs.DurationVar(&c.MediaCleanupAfter, "media-cleanup-after", e.duration("PARLEY_MEDIA_CLEANUP_AFTER", 24*time.Hour), "uploads not sent or made an avatar within this are deleted (PARLEY_MEDIA_CLEANUP_AFTER)")
+	fs.DurationVar(&c.MediaCleanupInterval, "media-cleanup-interval", e.duration("PARLEY_MEDIA_CLEANUP_INTERVAL", 10*time.Minute), "about how often each instance looks for uploads to delete (PARLEY_MEDIA_CLEANUP_INTERVAL)")
 	if e.err != nil {
 		return opts, e.err
 	}
@@ -191,6 +202,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	}
 	if c.AccessTokenTTL <= 0 || c.AccessTokenTTL > auth.MaxAccessTTL {
 		return opts, fmt.Errorf("-access-token-ttl: want more than 0 and at most %s", auth.MaxAccessTTL)
+	}
+	if c.Media.MaxImageBytes <= 0 || c.Media.MaxVideoBytes <= 0 || c.Media.MaxFileBytes <= 0 || c.Media.Images.MaxPixels <= 0 {
+		return opts, errors.New("-media-max-* must be positive")
 	}
 	if c.MaxRequestBytes <= 0 {
 		return opts, errors.New("-max-request-bytes must be positive")

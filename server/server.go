@@ -13,6 +13,7 @@ import (
 	"connectrpc.com/validate"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/cors"
+	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
@@ -21,6 +22,7 @@ import (
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/info"
 	"github.com/parley-chat/parley/server/live"
+	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/reqlog"
 	"github.com/parley-chat/parley/server/sqldb"
 	"github.com/parley-chat/parley/server/user"
@@ -56,6 +58,10 @@ type Deps struct {
 	Auth auth.Config
 	// Live is the instance's live-delivery hub.
 	Live *live.Hub
+	// Media keeps uploaded files; MediaConfig tunes uploads and downloads
+	// (its Key, RedisPrefix and Now are taken from Auth and Now).
+	Media       *media.Library
+	MediaConfig media.Config
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -69,6 +75,7 @@ var Services = []string{
 	parleyv1connect.ChatServiceName,
 	parleyv1connect.MessageServiceName,
 	parleyv1connect.LiveServiceName,
+	parleyv1connect.MediaServiceName,
 }
 
 // public lists what may be called without signing in.
@@ -85,6 +92,8 @@ var public = auth.Public{
 		"/grpc.reflection.v1alpha.ServerReflection/",
 		user.IdenticonPath,
 	},
+	// Downloads also take signed URLs, checked by the media handler.
+	Optional: []string{media.Path},
 }
 
 // New returns the HTTP handler that serves every Parley service over the
@@ -102,7 +111,7 @@ func New(d Deps) (http.Handler, error) {
 	if d.Auth.Now == nil {
 		d.Auth.Now = d.Now
 	}
-	users := user.New(d.Log, d.DB, d.Now)
+	users := user.New(d.Log, d.DB, d.Media, d.Now)
 	authn, err := auth.New(d.Log, d.Redis, users, d.Auth)
 	if err != nil {
 		return nil, err
@@ -128,8 +137,16 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(parleyv1connect.NewAuthServiceHandler(authn, opts...))
 	mux.Handle(parleyv1connect.NewUserServiceHandler(users, opts...))
 	mux.Handle(parleyv1connect.NewAvatarServiceHandler(users, opts...))
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.Auth.RedisPrefix, users, d.Live, d.Now)
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.Auth.RedisPrefix, users, d.Live, d.Media, d.Now)
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
+	mcfg := d.MediaConfig
+	mcfg.Key, mcfg.RedisPrefix, mcfg.Now = d.Auth.Key, d.Auth.RedisPrefix, d.Now
+	files, err := media.New(d.Log, d.Media, chats, d.Redis, mcfg)
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle(parleyv1connect.NewMediaServiceHandler(files, opts...))
+	mux.Handle(media.Path, files.Handler())
 	mux.Handle(parleyv1connect.NewMessageServiceHandler(chats, opts...))
 	livePath, liveHandler := parleyv1connect.NewLiveServiceHandler(live.NewService(d.Log, d.Live, chats), opts...)
 	mux.Handle(livePath, live.WithWriteDeadlines(liveHandler))
@@ -147,14 +164,37 @@ func New(d Deps) (http.Handler, error) {
 	return reqlog.Middleware(d.Log, h), nil
 }
 
+// NewMediaJanitor returns the clean-up of uploads left unattached for
+// longer than after, over the same stores as New.
+func NewMediaJanitor(d Deps, after time.Duration) *media.Janitor {
+	users := user.New(d.Log, d.DB, d.Media, d.Now)
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.Auth.RedisPrefix, users, d.Live, d.Media, d.Now)
+	return media.NewJanitor(d.Log, d.Media, referrers{chats, users}, after, d.Now)
+}
+
+// referrers finds the messages and avatars that use uploads.
+type referrers struct {
+	chats *chat.Service
+	users *user.Service
+}
+
+func (r referrers) MessageWithMedia(ctx context.Context, chatID, mediaID bson.ObjectID) (bson.ObjectID, bool, error) {
+	return r.chats.MessageWithMedia(ctx, chatID, mediaID)
+}
+
+func (r referrers) AvatarWithURL(ctx context.Context, url string) (int, bool, error) {
+	return r.users.AvatarWithURL(ctx, url)
+}
+
 // withCORS lets browsers on the given origins call the API with any of the
 // three protocols.
 func withCORS(origins []string, h http.Handler) http.Handler {
 	return cors.New(cors.Options{
 		AllowedOrigins: origins,
-		AllowedMethods: connectcors.AllowedMethods(),
-		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization"),
-		ExposedHeaders: connectcors.ExposedHeaders(),
+		// PUT uploads and GET downloads of media, with byte ranges.
+		AllowedMethods: append(connectcors.AllowedMethods(), http.MethodPut, http.MethodHead),
+		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization", "Range", "If-None-Match", "If-Range"),
+		ExposedHeaders: append(connectcors.ExposedHeaders(), "Content-Range", "Content-Length", "Content-Disposition", "ETag", "Accept-Ranges"),
 		MaxAge:         7200,
 	}).Handler(h)
 }

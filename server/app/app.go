@@ -28,6 +28,7 @@ import (
 	"github.com/parley-chat/parley/server/embedded"
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/live"
+	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/sqldb"
 )
 
@@ -77,13 +78,25 @@ type Config struct {
 	RateLimits auth.RateLimits
 	// Live tunes live delivery (its Prefix and Now are set from here).
 	Live live.Config
+	// Media tunes uploads and downloads (its Key, RedisPrefix and Now
+	// are set from here).
+	Media media.Config
+	// MediaDir holds uploaded files when MediaS3URL is empty; empty means
+	// media under DataDir.
+	MediaDir string
+	// MediaS3URL names an S3 bucket for uploaded files instead (see
+	// media.S3Config).
+	MediaS3URL string
+	// MediaCleanupAfter is how long an upload may stay unattached before
+	// it is deleted; MediaCleanupInterval how often to look (about).
+	MediaCleanupAfter, MediaCleanupInterval time.Duration
 	// Now is the clock; time.Now when nil. Tests move it forward.
 	Now func() time.Time
 }
 
 // StoreInfo says where one store lives, for the start-up banner.
 type StoreInfo struct {
-	// Name is "postgres", "mongodb" or "redis".
+	// Name is "postgres", "mongodb", "redis" or "media".
 	Name string
 	// Embedded is true when the store runs inside this process.
 	Embedded bool
@@ -103,6 +116,8 @@ type App struct {
 	closers []func() error
 	handler http.Handler
 	hub     *live.Hub
+	deps    server.Deps
+	storage media.Storage
 
 	drain     context.Context
 	stopDrain context.CancelFunc
@@ -125,6 +140,12 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	}
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = 30 * 24 * time.Hour
+	}
+	if cfg.MediaCleanupAfter <= 0 {
+		cfg.MediaCleanupAfter = 24 * time.Hour
+	}
+	if cfg.MediaCleanupInterval <= 0 {
+		cfg.MediaCleanupInterval = 10 * time.Minute
 	}
 	a := &App{cfg: cfg, log: log}
 	defer func() {
@@ -164,8 +185,13 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	a.hub = hub
 	// Closers run in reverse: the hub stops before Redis closes.
 	a.closers = append(a.closers, hub.Close)
-	a.handler, err = server.New(server.Deps{
+	if err := a.openStorage(ctx); err != nil {
+		return nil, err
+	}
+	a.deps = server.Deps{
 		Live:            hub,
+		Media:           media.NewLibrary(log, a.mongo.Database(cfg.MongoDatabase), a.redis, cfg.RedisPrefix, a.storage, cfg.Now),
+		MediaConfig:     cfg.Media,
 		Log:             log,
 		Health:          a.monitor,
 		Drain:           a.drain,
@@ -184,11 +210,44 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 			RedisPrefix:    cfg.RedisPrefix,
 			ClientIPHeader: cfg.ClientIPHeader,
 		},
-	})
+	}
+	a.handler, err = server.New(a.deps)
 	if err != nil {
 		return nil, err
 	}
 	return a, nil
+}
+
+func (a *App) openStorage(ctx context.Context) error {
+	if a.cfg.MediaS3URL != "" {
+		s3, err := media.NewS3(ctx, a.cfg.MediaS3URL)
+		if err != nil {
+			return err
+		}
+		a.storage = s3
+		a.stores = append(a.stores, StoreInfo{Name: "media", Where: "S3 at " + redactURL(a.cfg.MediaS3URL)})
+		return nil
+	}
+	dir := a.cfg.MediaDir
+	if dir == "" {
+		dir = filepath.Join(a.cfg.DataDir, "media")
+	}
+	fs, err := media.NewFS(dir)
+	if err != nil {
+		return err
+	}
+	a.storage = fs
+	a.stores = append(a.stores, StoreInfo{Name: "media", Embedded: true, Where: "files in " + dir})
+	return nil
+}
+
+// MediaStorage returns where uploaded files are kept.
+func (a *App) MediaStorage() media.Storage { return a.storage }
+
+// NewMediaJanitor returns a clean-up of uploads unattached for longer
+// than after, like the one Serve runs.
+func (a *App) NewMediaJanitor(after time.Duration) *media.Janitor {
+	return server.NewMediaJanitor(a.deps, after)
 }
 
 func (a *App) openSQL(ctx context.Context) error {
@@ -246,6 +305,9 @@ func (a *App) openMongo(ctx context.Context) error {
 		return fmt.Errorf("ping mongodb: %w", err)
 	}
 	if err := chat.EnsureIndexes(ctx, client.Database(a.cfg.MongoDatabase)); err != nil {
+		return err
+	}
+	if err := media.EnsureIndexes(ctx, client.Database(a.cfg.MongoDatabase)); err != nil {
 		return err
 	}
 	return nil
@@ -327,6 +389,17 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	defer func() {
 		stopMonitor()
 		<-monitorDone
+	}()
+
+	janitorCtx, stopJanitor := context.WithCancel(context.Background())
+	janitorDone := make(chan struct{})
+	go func() {
+		defer close(janitorDone)
+		a.NewMediaJanitor(a.cfg.MediaCleanupAfter).Run(janitorCtx, a.cfg.MediaCleanupInterval)
+	}()
+	defer func() {
+		stopJanitor()
+		<-janitorDone
 	}()
 
 	serveErr := make(chan error, 1)

@@ -68,7 +68,7 @@ func BenchmarkAuthOverhead(b *testing.B) {
 	defer rdb.Close()
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	log := slog.New(slog.DiscardHandler)
-	users := user.New(log, db, nil)
+	users := user.New(log, db, nil, nil)
 	authn, err := auth.New(log, rdb, users, auth.Config{
 		Key: key, AccessTTL: 15 * time.Minute, RefreshTTL: time.Hour, RedisPrefix: stores.RedisPrefix + "bench:",
 	})

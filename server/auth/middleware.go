@@ -45,10 +45,26 @@ func Caller(ctx context.Context) (Identity, error) {
 }
 
 // Public says which requests need no caller: RPC procedures by their full
-// path, and plain HTTP endpoints by path prefix.
+// path, and plain HTTP endpoints by path prefix. Requests under an
+// Optional prefix are authenticated when they carry a bearer token (and
+// refused when it is bad), and otherwise passed on without a caller, for
+// endpoints that accept another proof, such as a signed URL.
 type Public struct {
 	Procedures map[string]bool
 	Prefixes   []string
+	Optional   []string
+}
+
+func (p Public) optional(r *http.Request) bool {
+	if r.Header.Get("Authorization") != "" {
+		return false
+	}
+	for _, prefix := range p.Optional {
+		if strings.HasPrefix(r.URL.Path, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p Public) allows(path string) bool {
@@ -70,7 +86,7 @@ func (p Public) allows(path string) bool {
 func (s *Service) Middleware(public Public, next http.Handler) http.Handler {
 	errw := connect.NewErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if public.allows(r.URL.Path) || r.Method == http.MethodOptions {
+		if public.allows(r.URL.Path) || public.optional(r) || r.Method == http.MethodOptions {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -71,7 +71,10 @@ func toMessage(m *messageDoc, p positions) *parleyv1.Message {
 		out.EditedAt = timestamppb.New(*m.EditedAt)
 	}
 	for _, a := range m.Attachments {
-		out.Attachments = append(out.Attachments, &parleyv1.Attachment{Type: a.Type, Url: a.URL})
+		out.Attachments = append(out.Attachments, &parleyv1.Attachment{
+			Type: a.Type, Url: a.URL, MediaId: a.MediaID.Hex(), FileName: a.FileName, ContentType: a.ContentType,
+			Size: a.Size, Width: int32(a.Width), Height: int32(a.Height), ThumbnailUrl: a.Thumbnail,
+		})
 	}
 	return out
 }
@@ -84,14 +87,44 @@ func (s *Service) SendMessage(
 	if err != nil {
 		return nil, err
 	}
+	mediaIDs := make([]bson.ObjectID, len(req.Msg.GetMediaIds()))
+	for i, hex := range req.Msg.GetMediaIds() {
+		if mediaIDs[i], err = bson.ObjectIDFromHex(hex); err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("media_ids: not a media id"))
+		}
+	}
+	var attachments []attachmentDoc
+	if len(mediaIDs) > 0 && s.media == nil {
+		return nil, connect.NewError(connect.CodeUnimplemented, errors.New("uploads are not configured"))
+	}
+	if len(mediaIDs) > 0 {
+		// Claimed first, so that no clean-up deletes them while the
+		// message is stored; a retry claims them again under the same key.
+		claimed, err := s.media.Claim(ctx, id.UserID, c.ID, req.Msg.GetClientMessageId(), mediaIDs)
+		if err != nil {
+			return nil, s.internal(ctx, "send message", err)
+		}
+		for _, a := range claimed {
+			attachments = append(attachments, attachmentDoc{
+				Type: a.Type, URL: a.URL, MediaID: a.MediaID, FileName: a.FileName, ContentType: a.ContentType,
+				Size: a.Size, Width: a.Width, Height: a.Height, Thumbnail: a.ThumbnailURL(),
+			})
+		}
+	}
 	m, created, err := s.store.insertMessage(ctx, s.seqs, &messageDoc{
 		ChatID:          c.ID,
 		SenderID:        id.UserID,
 		Text:            req.Msg.GetText(),
+		Attachments:     attachments,
 		ClientMessageID: req.Msg.GetClientMessageId(),
 	}, lastSeq(c))
 	if err != nil {
 		return nil, s.internal(ctx, "send message", err)
+	}
+	if len(mediaIDs) > 0 {
+		if err := s.media.Attach(ctx, mediaIDs, m.ID); err != nil {
+			return nil, s.internal(ctx, "send message", err)
+		}
 	}
 	// The message is stored and acknowledged from here on; what follows
 	// announces it and brings the chat and the sender's positions up to
@@ -240,6 +273,12 @@ func (s *Service) DeleteMessage(
 	out := toMessage(msg, p)
 	if deleted {
 		if err := s.publishMessage(ctx, c, "deleted", out); err != nil {
+			return nil, s.internal(ctx, "delete message", err)
+		}
+	}
+	// Deleted for everyone, files included; a retry finishes the job.
+	if s.media != nil {
+		if err := s.media.DeleteOfMessage(ctx, msg.ID); err != nil {
 			return nil, s.internal(ctx, "delete message", err)
 		}
 	}

@@ -35,13 +35,40 @@ type messageDoc struct {
 	DeletedAt       *time.Time      `bson:"deletedAt,omitempty"`
 }
 
+// attachmentDoc is the seed's attachment (type, url) plus what clients
+// show before fetching the file.
 type attachmentDoc struct {
-	Type string `bson:"type"`
-	URL  string `bson:"url"`
+	Type        string        `bson:"type"`
+	URL         string        `bson:"url"`
+	MediaID     bson.ObjectID `bson:"mediaId"`
+	FileName    string        `bson:"fileName,omitempty"`
+	ContentType string        `bson:"contentType,omitempty"`
+	Size        int64         `bson:"size,omitempty"`
+	Width       int           `bson:"width,omitempty"`
+	Height      int           `bson:"height,omitempty"`
+	Thumbnail   string        `bson:"thumbnailUrl,omitempty"`
 }
 
 // previewLen is how much of a message's text a chat's lastMessage keeps.
 const previewLen = 100
+
+// previewOf is a message's preview: its text, or for a message of files
+// only, what they are, as in "[image]" or "[2 files]".
+func previewOf(m *messageDoc) string {
+	if m.Text != "" || len(m.Attachments) == 0 {
+		return preview(m.Text)
+	}
+	kind := m.Attachments[0].Type
+	for _, a := range m.Attachments[1:] {
+		if a.Type != kind {
+			kind = "file"
+		}
+	}
+	if len(m.Attachments) == 1 {
+		return "[" + kind + "]"
+	}
+	return fmt.Sprintf("[%d %ss]", len(m.Attachments), kind)
+}
 
 func preview(text string) string {
 	if utf8.RuneCountInString(text) <= previewLen {
@@ -162,6 +189,20 @@ func (s *store) maxSeq(ctx context.Context, chatID bson.ObjectID) (int64, error)
 	return m.Seq, nil
 }
 
+func (s *store) messageWithMedia(ctx context.Context, chatID, mediaID bson.ObjectID) (*messageDoc, error) {
+	var m messageDoc
+	err := s.messages.FindOne(ctx, bson.D{
+		{Key: "chatId", Value: chatID}, {Key: "attachments.mediaId", Value: mediaID},
+	}).Decode(&m)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find message with media: %w", err)
+	}
+	return &m, nil
+}
+
 func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID int, clientID string) (*messageDoc, error) {
 	var m messageDoc
 	err := s.messages.FindOne(ctx, bson.D{
@@ -264,7 +305,7 @@ func (s *store) setLastMessageLocked(ctx context.Context, m *messageDoc) error {
 	_, err := raise(ctx, s.chats, m.ChatID, "lastMessage.seq", m.Seq, bson.D{
 		{Key: "lastMessage.message_id", Value: m.ID},
 		{Key: "lastMessage.sender_id", Value: m.SenderID},
-		{Key: "lastMessage.preview", Value: preview(m.Text)},
+		{Key: "lastMessage.preview", Value: previewOf(m)},
 		{Key: "lastMessage.sentAt", Value: m.SentAt},
 		{Key: "updatedAt", Value: m.SentAt},
 	})
@@ -396,7 +437,7 @@ func (s *store) refreshPreview(ctx context.Context, m *messageDoc) error {
 	return s.locked(ctx, chatLock(m.ChatID), func() error {
 		_, err := s.chats.UpdateOne(ctx,
 			bson.D{{Key: "_id", Value: m.ChatID}, {Key: "lastMessage.message_id", Value: m.ID}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "lastMessage.preview", Value: preview(m.Text)}}}})
+			bson.D{{Key: "$set", Value: bson.D{{Key: "lastMessage.preview", Value: previewOf(m)}}}})
 		if err != nil {
 			return fmt.Errorf("update preview: %w", err)
 		}

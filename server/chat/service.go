@@ -27,6 +27,7 @@ import (
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/rpcerr"
 )
 
@@ -45,6 +46,18 @@ type Users interface {
 	MissingUsers(ctx context.Context, ids []int) ([]int, error)
 }
 
+// Media is what messages need of uploaded files; media.Library
+// implements it.
+type Media interface {
+	// Claim reserves the caller's ready uploads to a chat for the message
+	// that key names, and returns what the message keeps of them.
+	Claim(ctx context.Context, userID int, chatID bson.ObjectID, key string, ids []bson.ObjectID) ([]media.Attachment, error)
+	// Attach records the stored message on the uploads it claimed.
+	Attach(ctx context.Context, ids []bson.ObjectID, messageID bson.ObjectID) error
+	// DeleteOfMessage deletes the files of a deleted message.
+	DeleteOfMessage(ctx context.Context, messageID bson.ObjectID) error
+}
+
 // Service implements ChatService.
 type Service struct {
 	log         *slog.Logger
@@ -52,6 +65,7 @@ type Service struct {
 	seqs        *seqAllocator
 	users       Users
 	events      Events
+	media       Media
 	limiter     *redis_rate.Limiter
 	redisPrefix string
 	now         func() time.Time
@@ -64,9 +78,9 @@ var (
 
 // New returns the chat and message service over the MongoDB database,
 // allocating message sequence numbers in Redis under redisPrefix and
-// announcing changes to events (none when nil). now is the clock
-// (time.Now when nil).
-func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, users Users, events Events, now func() time.Time) *Service {
+// announcing changes to events (none when nil), with the files of
+// messages in files. now is the clock (time.Now when nil).
+func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, users Users, events Events, files Media, now func() time.Time) *Service {
 	if now == nil {
 		now = time.Now
 	}
@@ -76,6 +90,7 @@ func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, redisP
 		seqs:        &seqAllocator{rdb: rdb, prefix: redisPrefix},
 		users:       users,
 		events:      events,
+		media:       files,
 		limiter:     redis_rate.NewLimiter(rdb),
 		redisPrefix: redisPrefix,
 		now:         now,
@@ -95,6 +110,25 @@ func (s *Service) internal(ctx context.Context, what string, err error) error {
 		return errNotFound
 	}
 	return rpcerr.From(ctx, s.log, what, err)
+}
+
+// IsMember reports whether the user is a member of the chat.
+func (s *Service) IsMember(ctx context.Context, chatID bson.ObjectID, userID int) (bool, error) {
+	_, err := s.store.member(ctx, chatID, userID)
+	if errors.Is(err, errNoChat) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// MessageWithMedia returns the message of a chat that has the media among
+// its attachments, for media clean-up.
+func (s *Service) MessageWithMedia(ctx context.Context, chatID, mediaID bson.ObjectID) (bson.ObjectID, bool, error) {
+	m, err := s.store.messageWithMedia(ctx, chatID, mediaID)
+	if err != nil || m == nil {
+		return bson.ObjectID{}, false, err
+	}
+	return m.ID, true, nil
 }
 
 func parseChatID(hex string) (bson.ObjectID, error) {

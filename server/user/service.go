@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/parley-chat/parley/ent"
 	"github.com/parley-chat/parley/ent/user"
@@ -29,10 +30,23 @@ const (
 	MaxPageSize     = 100
 )
 
+// AvatarMedia is what avatars need of uploaded images; media.Library
+// implements it.
+type AvatarMedia interface {
+	// ClaimAvatar reserves an avatar upload of the user for a new avatar
+	// and returns the URL that serves it.
+	ClaimAvatar(ctx context.Context, userID int, mediaID bson.ObjectID) (string, error)
+	// AttachAvatar records the avatar on its upload.
+	AttachAvatar(ctx context.Context, mediaID bson.ObjectID, avatarID int) error
+	// DeleteByURL deletes the upload a deleted avatar served, if any.
+	DeleteByURL(ctx context.Context, url string) error
+}
+
 // Service implements UserService, AvatarService and auth.Accounts.
 type Service struct {
 	log   *slog.Logger
 	store *store
+	media AvatarMedia
 }
 
 var (
@@ -41,12 +55,18 @@ var (
 	_ auth.Accounts                        = (*Service)(nil)
 )
 
-// New returns the service over db. now is the clock (time.Now when nil).
-func New(log *slog.Logger, db *sqldb.DB, now func() time.Time) *Service {
+// New returns the service over db, with uploaded avatar images in files
+// (nil: AddAvatar is unavailable). now is the clock (time.Now when nil).
+func New(log *slog.Logger, db *sqldb.DB, files AvatarMedia, now func() time.Time) *Service {
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{log: log, store: &store{db: db, now: now}}
+	return &Service{log: log, store: &store{db: db, now: now}, media: files}
+}
+
+// AvatarWithURL returns the avatar that serves url, for media clean-up.
+func (s *Service) AvatarWithURL(ctx context.Context, url string) (int, bool, error) {
+	return s.store.avatarWithURL(ctx, url)
 }
 
 var errNoUser = connect.NewError(connect.CodeNotFound, errors.New("no such user"))
@@ -236,9 +256,46 @@ func (s *Service) DeleteAvatar(
 	if err != nil {
 		return nil, err
 	}
-	a, err := s.store.deleteAvatar(ctx, id.UserID, int(req.Msg.GetAvatarId()))
+	a, deleted, err := s.store.deleteAvatar(ctx, id.UserID, int(req.Msg.GetAvatarId()))
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "delete avatar", err)
 	}
+	if s.media != nil && !deleted.IsRandom {
+		// Should this fail, clean-up deletes the image later: it is no
+		// avatar's any more.
+		if err := s.media.DeleteByURL(ctx, deleted.AvatarURL); err != nil {
+			s.log.WarnContext(ctx, "delete avatar image", "url", deleted.AvatarURL, "err", err)
+		}
+	}
 	return connect.NewResponse(&parleyv1.DeleteAvatarResponse{ActiveAvatar: toAvatar(a)}), nil
+}
+
+// AddAvatar makes an uploaded image the caller's active avatar.
+func (s *Service) AddAvatar(
+	ctx context.Context, req *connect.Request[parleyv1.AddAvatarRequest],
+) (*connect.Response[parleyv1.AddAvatarResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.media == nil {
+		return nil, connect.NewError(connect.CodeUnimplemented, errors.New("uploads are not configured"))
+	}
+	mediaID, err := bson.ObjectIDFromHex(req.Msg.GetMediaId())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("media_id: not a media id"))
+	}
+	url, err := s.media.ClaimAvatar(ctx, id.UserID, mediaID)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "add avatar", err)
+	}
+	a, err := s.store.addAvatar(ctx, id.UserID, url)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "add avatar", err)
+	}
+	if err := s.media.AttachAvatar(ctx, mediaID, a.ID); err != nil {
+		// The avatar works; clean-up finds it by its URL and records it.
+		s.log.WarnContext(ctx, "record avatar on its image", "media", mediaID.Hex(), "err", err)
+	}
+	return connect.NewResponse(&parleyv1.AddAvatarResponse{Avatar: toAvatar(a)}), nil
 }

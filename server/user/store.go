@@ -272,16 +272,46 @@ func (s *store) setActive(ctx context.Context, userID, avatarID int) (*ent.Avata
 	return out, err
 }
 
+// addAvatar adds an uploaded image as the user's active avatar.
+func (s *store) addAvatar(ctx context.Context, userID int, url string) (*ent.Avatar, error) {
+	var out *ent.Avatar
+	err := s.withTx(ctx, func(tx *ent.Tx) error {
+		if err := s.lockUser(ctx, tx, userID); err != nil {
+			return err
+		}
+		if err := tx.Avatar.Update().Where(avatar.UserID(userID), avatar.IsActive(true)).SetIsActive(false).Exec(ctx); err != nil {
+			return fmt.Errorf("deactivate avatar: %w", err)
+		}
+		var err error
+		out, err = tx.Avatar.Create().SetUserID(userID).SetAvatarURL(url).
+			SetIsRandom(false).SetIsActive(true).SetUploadedAt(s.now()).Save(ctx)
+		return err
+	})
+	return out, err
+}
+
+// avatarWithURL returns the id of the avatar that serves url.
+func (s *store) avatarWithURL(ctx context.Context, url string) (int, bool, error) {
+	a, err := s.db.Ent.Avatar.Query().Where(avatar.AvatarURL(url)).First(ctx)
+	if ent.IsNotFound(err) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	return a.ID, true, nil
+}
+
 // deleteAvatar removes the user's avatar. If it was the active one, the newest
 // remaining avatar becomes active, or a new identicon when none remains.
-// It returns the active avatar afterwards.
-func (s *store) deleteAvatar(ctx context.Context, userID, avatarID int) (*ent.Avatar, error) {
-	var active *ent.Avatar
+// It returns the active avatar afterwards, and the deleted one.
+func (s *store) deleteAvatar(ctx context.Context, userID, avatarID int) (active, deleted *ent.Avatar, _ error) {
 	err := s.withTx(ctx, func(tx *ent.Tx) error {
 		a, err := s.lockedAvatar(ctx, tx, userID, avatarID)
 		if err != nil {
 			return err
 		}
+		deleted = a
 		if err := tx.Avatar.DeleteOne(a).Exec(ctx); err != nil {
 			return fmt.Errorf("delete avatar: %w", err)
 		}
@@ -302,5 +332,5 @@ func (s *store) deleteAvatar(ctx context.Context, userID, avatarID int) (*ent.Av
 		active, err = tx.Avatar.UpdateOne(next).SetIsActive(true).Save(ctx)
 		return err
 	})
-	return active, err
+	return active, deleted, err
 }

@@ -111,6 +111,95 @@ func (x *ListAvatarsResponse) GetAvatars() []*Avatar {
 	return nil
 }
 
+type AddAvatarRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A ready avatar upload of the caller's, not used before.
+	MediaId       string `protobuf:"bytes,1,opt,name=media_id,json=mediaId,proto3" json:"media_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddAvatarRequest) Reset() {
+	*x = AddAvatarRequest{}
+	mi := &file_parley_v1_avatar_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddAvatarRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddAvatarRequest) ProtoMessage() {}
+
+func (x *AddAvatarRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_avatar_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddAvatarRequest.ProtoReflect.Descriptor instead.
+func (*AddAvatarRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_avatar_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AddAvatarRequest) GetMediaId() string {
+	if x != nil {
+		return x.MediaId
+	}
+	return ""
+}
+
+type AddAvatarResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Avatar        *Avatar                `protobuf:"bytes,1,opt,name=avatar,proto3" json:"avatar,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddAvatarResponse) Reset() {
+	*x = AddAvatarResponse{}
+	mi := &file_parley_v1_avatar_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddAvatarResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddAvatarResponse) ProtoMessage() {}
+
+func (x *AddAvatarResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_avatar_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddAvatarResponse.ProtoReflect.Descriptor instead.
+func (*AddAvatarResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_avatar_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AddAvatarResponse) GetAvatar() *Avatar {
+	if x != nil {
+		return x.Avatar
+	}
+	return nil
+}
+
 type SetActiveAvatarRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AvatarId      int32                  `protobuf:"varint,1,opt,name=avatar_id,json=avatarId,proto3" json:"avatar_id,omitempty"`
@@ -120,7 +209,7 @@ type SetActiveAvatarRequest struct {
 
 func (x *SetActiveAvatarRequest) Reset() {
 	*x = SetActiveAvatarRequest{}
-	mi := &file_parley_v1_avatar_proto_msgTypes[2]
+	mi := &file_parley_v1_avatar_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -132,7 +221,7 @@ func (x *SetActiveAvatarRequest) String() string {
 func (*SetActiveAvatarRequest) ProtoMessage() {}
 
 func (x *SetActiveAvatarRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_avatar_proto_msgTypes[2]
+	mi := &file_parley_v1_avatar_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -145,7 +234,7 @@ func (x *SetActiveAvatarRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetActiveAvatarRequest.ProtoReflect.Descriptor instead.
 func (*SetActiveAvatarRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_avatar_proto_rawDescGZIP(), []int{2}
+	return file_parley_v1_avatar_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SetActiveAvatarRequest) GetAvatarId() int32 {
@@ -164,7 +253,7 @@ type SetActiveAvatarResponse struct {
 
 func (x *SetActiveAvatarResponse) Reset() {
 	*x = SetActiveAvatarResponse{}
-	mi := &file_parley_v1_avatar_proto_msgTypes[3]
+	mi := &file_parley_v1_avatar_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -176,7 +265,7 @@ func (x *SetActiveAvatarResponse) String() string {
 func (*SetActiveAvatarResponse) ProtoMessage() {}
 
 func (x *SetActiveAvatarResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_avatar_proto_msgTypes[3]
+	mi := &file_parley_v1_avatar_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -189,7 +278,7 @@ func (x *SetActiveAvatarResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetActiveAvatarResponse.ProtoReflect.Descriptor instead.
 func (*SetActiveAvatarResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_avatar_proto_rawDescGZIP(), []int{3}
+	return file_parley_v1_avatar_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SetActiveAvatarResponse) GetAvatar() *Avatar {
@@ -208,7 +297,7 @@ type DeleteAvatarRequest struct {
 
 func (x *DeleteAvatarRequest) Reset() {
 	*x = DeleteAvatarRequest{}
-	mi := &file_parley_v1_avatar_proto_msgTypes[4]
+	mi := &file_parley_v1_avatar_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +309,7 @@ func (x *DeleteAvatarRequest) String() string {
 func (*DeleteAvatarRequest) ProtoMessage() {}
 
 func (x *DeleteAvatarRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_avatar_proto_msgTypes[4]
+	mi := &file_parley_v1_avatar_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +322,7 @@ func (x *DeleteAvatarRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAvatarRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAvatarRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_avatar_proto_rawDescGZIP(), []int{4}
+	return file_parley_v1_avatar_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeleteAvatarRequest) GetAvatarId() int32 {
@@ -253,7 +342,7 @@ type DeleteAvatarResponse struct {
 
 func (x *DeleteAvatarResponse) Reset() {
 	*x = DeleteAvatarResponse{}
-	mi := &file_parley_v1_avatar_proto_msgTypes[5]
+	mi := &file_parley_v1_avatar_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +354,7 @@ func (x *DeleteAvatarResponse) String() string {
 func (*DeleteAvatarResponse) ProtoMessage() {}
 
 func (x *DeleteAvatarResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_avatar_proto_msgTypes[5]
+	mi := &file_parley_v1_avatar_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +367,7 @@ func (x *DeleteAvatarResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAvatarResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAvatarResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_avatar_proto_rawDescGZIP(), []int{5}
+	return file_parley_v1_avatar_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeleteAvatarResponse) GetActiveAvatar() *Avatar {
@@ -296,7 +385,11 @@ const file_parley_v1_avatar_proto_rawDesc = "" +
 	"\x12ListAvatarsRequest\x12 \n" +
 	"\auser_id\x18\x01 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\x06userId\"B\n" +
 	"\x13ListAvatarsResponse\x12+\n" +
-	"\aavatars\x18\x01 \x03(\v2\x11.parley.v1.AvatarR\aavatars\">\n" +
+	"\aavatars\x18\x01 \x03(\v2\x11.parley.v1.AvatarR\aavatars\"D\n" +
+	"\x10AddAvatarRequest\x120\n" +
+	"\bmedia_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\amediaId\">\n" +
+	"\x11AddAvatarResponse\x12)\n" +
+	"\x06avatar\x18\x01 \x01(\v2\x11.parley.v1.AvatarR\x06avatar\">\n" +
 	"\x16SetActiveAvatarRequest\x12$\n" +
 	"\tavatar_id\x18\x01 \x01(\x05B\a\xbaH\x04\x1a\x02 \x00R\bavatarId\"D\n" +
 	"\x17SetActiveAvatarResponse\x12)\n" +
@@ -304,9 +397,10 @@ const file_parley_v1_avatar_proto_rawDesc = "" +
 	"\x13DeleteAvatarRequest\x12$\n" +
 	"\tavatar_id\x18\x01 \x01(\x05B\a\xbaH\x04\x1a\x02 \x00R\bavatarId\"N\n" +
 	"\x14DeleteAvatarResponse\x126\n" +
-	"\ractive_avatar\x18\x01 \x01(\v2\x11.parley.v1.AvatarR\factiveAvatar2\x8d\x02\n" +
+	"\ractive_avatar\x18\x01 \x01(\v2\x11.parley.v1.AvatarR\factiveAvatar2\xd5\x02\n" +
 	"\rAvatarService\x12Q\n" +
-	"\vListAvatars\x12\x1d.parley.v1.ListAvatarsRequest\x1a\x1e.parley.v1.ListAvatarsResponse\"\x03\x90\x02\x01\x12X\n" +
+	"\vListAvatars\x12\x1d.parley.v1.ListAvatarsRequest\x1a\x1e.parley.v1.ListAvatarsResponse\"\x03\x90\x02\x01\x12F\n" +
+	"\tAddAvatar\x12\x1b.parley.v1.AddAvatarRequest\x1a\x1c.parley.v1.AddAvatarResponse\x12X\n" +
 	"\x0fSetActiveAvatar\x12!.parley.v1.SetActiveAvatarRequest\x1a\".parley.v1.SetActiveAvatarResponse\x12O\n" +
 	"\fDeleteAvatar\x12\x1e.parley.v1.DeleteAvatarRequest\x1a\x1f.parley.v1.DeleteAvatarResponseB6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
 
@@ -322,31 +416,36 @@ func file_parley_v1_avatar_proto_rawDescGZIP() []byte {
 	return file_parley_v1_avatar_proto_rawDescData
 }
 
-var file_parley_v1_avatar_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_parley_v1_avatar_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_parley_v1_avatar_proto_goTypes = []any{
 	(*ListAvatarsRequest)(nil),      // 0: parley.v1.ListAvatarsRequest
 	(*ListAvatarsResponse)(nil),     // 1: parley.v1.ListAvatarsResponse
-	(*SetActiveAvatarRequest)(nil),  // 2: parley.v1.SetActiveAvatarRequest
-	(*SetActiveAvatarResponse)(nil), // 3: parley.v1.SetActiveAvatarResponse
-	(*DeleteAvatarRequest)(nil),     // 4: parley.v1.DeleteAvatarRequest
-	(*DeleteAvatarResponse)(nil),    // 5: parley.v1.DeleteAvatarResponse
-	(*Avatar)(nil),                  // 6: parley.v1.Avatar
+	(*AddAvatarRequest)(nil),        // 2: parley.v1.AddAvatarRequest
+	(*AddAvatarResponse)(nil),       // 3: parley.v1.AddAvatarResponse
+	(*SetActiveAvatarRequest)(nil),  // 4: parley.v1.SetActiveAvatarRequest
+	(*SetActiveAvatarResponse)(nil), // 5: parley.v1.SetActiveAvatarResponse
+	(*DeleteAvatarRequest)(nil),     // 6: parley.v1.DeleteAvatarRequest
+	(*DeleteAvatarResponse)(nil),    // 7: parley.v1.DeleteAvatarResponse
+	(*Avatar)(nil),                  // 8: parley.v1.Avatar
 }
 var file_parley_v1_avatar_proto_depIdxs = []int32{
-	6, // 0: parley.v1.ListAvatarsResponse.avatars:type_name -> parley.v1.Avatar
-	6, // 1: parley.v1.SetActiveAvatarResponse.avatar:type_name -> parley.v1.Avatar
-	6, // 2: parley.v1.DeleteAvatarResponse.active_avatar:type_name -> parley.v1.Avatar
-	0, // 3: parley.v1.AvatarService.ListAvatars:input_type -> parley.v1.ListAvatarsRequest
-	2, // 4: parley.v1.AvatarService.SetActiveAvatar:input_type -> parley.v1.SetActiveAvatarRequest
-	4, // 5: parley.v1.AvatarService.DeleteAvatar:input_type -> parley.v1.DeleteAvatarRequest
-	1, // 6: parley.v1.AvatarService.ListAvatars:output_type -> parley.v1.ListAvatarsResponse
-	3, // 7: parley.v1.AvatarService.SetActiveAvatar:output_type -> parley.v1.SetActiveAvatarResponse
-	5, // 8: parley.v1.AvatarService.DeleteAvatar:output_type -> parley.v1.DeleteAvatarResponse
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	8, // 0: parley.v1.ListAvatarsResponse.avatars:type_name -> parley.v1.Avatar
+	8, // 1: parley.v1.AddAvatarResponse.avatar:type_name -> parley.v1.Avatar
+	8, // 2: parley.v1.SetActiveAvatarResponse.avatar:type_name -> parley.v1.Avatar
+	8, // 3: parley.v1.DeleteAvatarResponse.active_avatar:type_name -> parley.v1.Avatar
+	0, // 4: parley.v1.AvatarService.ListAvatars:input_type -> parley.v1.ListAvatarsRequest
+	2, // 5: parley.v1.AvatarService.AddAvatar:input_type -> parley.v1.AddAvatarRequest
+	4, // 6: parley.v1.AvatarService.SetActiveAvatar:input_type -> parley.v1.SetActiveAvatarRequest
+	6, // 7: parley.v1.AvatarService.DeleteAvatar:input_type -> parley.v1.DeleteAvatarRequest
+	1, // 8: parley.v1.AvatarService.ListAvatars:output_type -> parley.v1.ListAvatarsResponse
+	3, // 9: parley.v1.AvatarService.AddAvatar:output_type -> parley.v1.AddAvatarResponse
+	5, // 10: parley.v1.AvatarService.SetActiveAvatar:output_type -> parley.v1.SetActiveAvatarResponse
+	7, // 11: parley.v1.AvatarService.DeleteAvatar:output_type -> parley.v1.DeleteAvatarResponse
+	8, // [8:12] is the sub-list for method output_type
+	4, // [4:8] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_avatar_proto_init() }
@@ -361,7 +460,7 @@ func file_parley_v1_avatar_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_avatar_proto_rawDesc), len(file_parley_v1_avatar_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -78,12 +78,23 @@ func (MessageStatus) EnumDescriptor() ([]byte, []int) {
 	return file_parley_v1_message_proto_rawDescGZIP(), []int{0}
 }
 
-// Attachment is a file sent with a message.
+// Attachment is a file sent with a message (see MediaService).
 type Attachment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "image", "file" or "video".
-	Type          string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
-	Url           string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// Where to GET the file with the access token; MediaService.GetMedia
+	// gives a signed URL.
+	Url         string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	MediaId     string `protobuf:"bytes,3,opt,name=media_id,json=mediaId,proto3" json:"media_id,omitempty"`
+	FileName    string `protobuf:"bytes,4,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"`
+	ContentType string `protobuf:"bytes,5,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	Size        int64  `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
+	// The dimensions of an image.
+	Width  int32 `protobuf:"varint,7,opt,name=width,proto3" json:"width,omitempty"`
+	Height int32 `protobuf:"varint,8,opt,name=height,proto3" json:"height,omitempty"`
+	// Where to GET an image's preview; empty for other files.
+	ThumbnailUrl  string `protobuf:"bytes,9,opt,name=thumbnail_url,json=thumbnailUrl,proto3" json:"thumbnail_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -128,6 +139,55 @@ func (x *Attachment) GetType() string {
 func (x *Attachment) GetUrl() string {
 	if x != nil {
 		return x.Url
+	}
+	return ""
+}
+
+func (x *Attachment) GetMediaId() string {
+	if x != nil {
+		return x.MediaId
+	}
+	return ""
+}
+
+func (x *Attachment) GetFileName() string {
+	if x != nil {
+		return x.FileName
+	}
+	return ""
+}
+
+func (x *Attachment) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *Attachment) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Attachment) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *Attachment) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *Attachment) GetThumbnailUrl() string {
+	if x != nil {
+		return x.ThumbnailUrl
 	}
 	return ""
 }
@@ -267,8 +327,11 @@ type SendMessageRequest struct {
 	// Chosen by the client, unique per chat and sender: a UUID, say. A retry
 	// must reuse it.
 	ClientMessageId string `protobuf:"bytes,2,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
-	// 1 to 4096 characters.
-	Text          string `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
+	// Up to 4096 characters; may be empty only when media_ids is not.
+	Text string `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
+	// Files to send with the message: ready uploads of the caller to this
+	// chat (MediaService), not sent before. At most 10.
+	MediaIds      []string `protobuf:"bytes,4,rep,name=media_ids,json=mediaIds,proto3" json:"media_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -322,6 +385,13 @@ func (x *SendMessageRequest) GetText() string {
 		return x.Text
 	}
 	return ""
+}
+
+func (x *SendMessageRequest) GetMediaIds() []string {
+	if x != nil {
+		return x.MediaIds
+	}
+	return nil
 }
 
 type SendMessageResponse struct {
@@ -1030,11 +1100,18 @@ var File_parley_v1_message_proto protoreflect.FileDescriptor
 
 const file_parley_v1_message_proto_rawDesc = "" +
 	"\n" +
-	"\x17parley/v1/message.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n" +
+	"\x17parley/v1/message.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x01\n" +
 	"\n" +
 	"Attachment\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x10\n" +
-	"\x03url\x18\x02 \x01(\tR\x03url\"\x94\x03\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x19\n" +
+	"\bmedia_id\x18\x03 \x01(\tR\amediaId\x12\x1b\n" +
+	"\tfile_name\x18\x04 \x01(\tR\bfileName\x12!\n" +
+	"\fcontent_type\x18\x05 \x01(\tR\vcontentType\x12\x12\n" +
+	"\x04size\x18\x06 \x01(\x03R\x04size\x12\x14\n" +
+	"\x05width\x18\a \x01(\x05R\x05width\x12\x16\n" +
+	"\x06height\x18\b \x01(\x05R\x06height\x12#\n" +
+	"\rthumbnail_url\x18\t \x01(\tR\fthumbnailUrl\"\x94\x03\n" +
 	"\aMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\achat_id\x18\x02 \x01(\tR\x06chatId\x12\x10\n" +
@@ -1047,11 +1124,14 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"\adeleted\x18\t \x01(\bR\adeleted\x120\n" +
 	"\x06status\x18\n" +
 	" \x01(\x0e2\x18.parley.v1.MessageStatusR\x06status\x12*\n" +
-	"\x11client_message_id\x18\v \x01(\tR\x0fclientMessageId\"\xb3\x01\n" +
+	"\x11client_message_id\x18\v \x01(\tR\x0fclientMessageId\"\xdf\x02\n" +
 	"\x12SendMessageRequest\x12.\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12I\n" +
-	"\x11client_message_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[A-Za-z0-9_.:-]+$R\x0fclientMessageId\x12\"\n" +
-	"\x04text\x18\x03 \x01(\tB\x0e\xbaH\vr\t\x10\x01\x18\x80 \xba\x01\x01\x00R\x04text\"C\n" +
+	"\x11client_message_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[A-Za-z0-9_.:-]+$R\x0fclientMessageId\x12 \n" +
+	"\x04text\x18\x03 \x01(\tB\f\xbaH\tr\a\x18\x80 \xba\x01\x01\x00R\x04text\x12;\n" +
+	"\tmedia_ids\x18\x04 \x03(\tB\x1e\xbaH\x1b\x92\x01\x18\x10\n" +
+	"\x18\x01\"\x12r\x102\x0e^[0-9a-f]{24}$R\bmediaIds:o\xbaHl\x1aj\n" +
+	"\x14send_message.content\x12!a message needs text or media_ids\x1a/size(this.text) > 0 || size(this.media_ids) > 0\"C\n" +
 	"\x13SendMessageResponse\x12,\n" +
 	"\amessage\x18\x01 \x01(\v2\x12.parley.v1.MessageR\amessage\"\xc2\x01\n" +
 	"\x13ListMessagesRequest\x12.\n" +

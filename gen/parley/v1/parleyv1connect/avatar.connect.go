@@ -36,6 +36,8 @@ const (
 	// AvatarServiceListAvatarsProcedure is the fully-qualified name of the AvatarService's ListAvatars
 	// RPC.
 	AvatarServiceListAvatarsProcedure = "/parley.v1.AvatarService/ListAvatars"
+	// AvatarServiceAddAvatarProcedure is the fully-qualified name of the AvatarService's AddAvatar RPC.
+	AvatarServiceAddAvatarProcedure = "/parley.v1.AvatarService/AddAvatar"
 	// AvatarServiceSetActiveAvatarProcedure is the fully-qualified name of the AvatarService's
 	// SetActiveAvatar RPC.
 	AvatarServiceSetActiveAvatarProcedure = "/parley.v1.AvatarService/SetActiveAvatar"
@@ -48,6 +50,9 @@ const (
 type AvatarServiceClient interface {
 	// ListAvatars lists a user's avatars, newest first.
 	ListAvatars(context.Context, *connect.Request[v1.ListAvatarsRequest]) (*connect.Response[v1.ListAvatarsResponse], error)
+	// AddAvatar makes an uploaded image (MediaService.CreateUpload with
+	// avatar) the caller's active avatar.
+	AddAvatar(context.Context, *connect.Request[v1.AddAvatarRequest]) (*connect.Response[v1.AddAvatarResponse], error)
 	// SetActiveAvatar makes one of the caller's avatars the active one.
 	SetActiveAvatar(context.Context, *connect.Request[v1.SetActiveAvatarRequest]) (*connect.Response[v1.SetActiveAvatarResponse], error)
 	// DeleteAvatar deletes one of the caller's avatars. Deleting the active
@@ -73,6 +78,12 @@ func NewAvatarServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		addAvatar: connect.NewClient[v1.AddAvatarRequest, v1.AddAvatarResponse](
+			httpClient,
+			baseURL+AvatarServiceAddAvatarProcedure,
+			connect.WithSchema(avatarServiceMethods.ByName("AddAvatar")),
+			connect.WithClientOptions(opts...),
+		),
 		setActiveAvatar: connect.NewClient[v1.SetActiveAvatarRequest, v1.SetActiveAvatarResponse](
 			httpClient,
 			baseURL+AvatarServiceSetActiveAvatarProcedure,
@@ -91,6 +102,7 @@ func NewAvatarServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 // avatarServiceClient implements AvatarServiceClient.
 type avatarServiceClient struct {
 	listAvatars     *connect.Client[v1.ListAvatarsRequest, v1.ListAvatarsResponse]
+	addAvatar       *connect.Client[v1.AddAvatarRequest, v1.AddAvatarResponse]
 	setActiveAvatar *connect.Client[v1.SetActiveAvatarRequest, v1.SetActiveAvatarResponse]
 	deleteAvatar    *connect.Client[v1.DeleteAvatarRequest, v1.DeleteAvatarResponse]
 }
@@ -98,6 +110,11 @@ type avatarServiceClient struct {
 // ListAvatars calls parley.v1.AvatarService.ListAvatars.
 func (c *avatarServiceClient) ListAvatars(ctx context.Context, req *connect.Request[v1.ListAvatarsRequest]) (*connect.Response[v1.ListAvatarsResponse], error) {
 	return c.listAvatars.CallUnary(ctx, req)
+}
+
+// AddAvatar calls parley.v1.AvatarService.AddAvatar.
+func (c *avatarServiceClient) AddAvatar(ctx context.Context, req *connect.Request[v1.AddAvatarRequest]) (*connect.Response[v1.AddAvatarResponse], error) {
+	return c.addAvatar.CallUnary(ctx, req)
 }
 
 // SetActiveAvatar calls parley.v1.AvatarService.SetActiveAvatar.
@@ -114,6 +131,9 @@ func (c *avatarServiceClient) DeleteAvatar(ctx context.Context, req *connect.Req
 type AvatarServiceHandler interface {
 	// ListAvatars lists a user's avatars, newest first.
 	ListAvatars(context.Context, *connect.Request[v1.ListAvatarsRequest]) (*connect.Response[v1.ListAvatarsResponse], error)
+	// AddAvatar makes an uploaded image (MediaService.CreateUpload with
+	// avatar) the caller's active avatar.
+	AddAvatar(context.Context, *connect.Request[v1.AddAvatarRequest]) (*connect.Response[v1.AddAvatarResponse], error)
 	// SetActiveAvatar makes one of the caller's avatars the active one.
 	SetActiveAvatar(context.Context, *connect.Request[v1.SetActiveAvatarRequest]) (*connect.Response[v1.SetActiveAvatarResponse], error)
 	// DeleteAvatar deletes one of the caller's avatars. Deleting the active
@@ -135,6 +155,12 @@ func NewAvatarServiceHandler(svc AvatarServiceHandler, opts ...connect.HandlerOp
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	avatarServiceAddAvatarHandler := connect.NewUnaryHandler(
+		AvatarServiceAddAvatarProcedure,
+		svc.AddAvatar,
+		connect.WithSchema(avatarServiceMethods.ByName("AddAvatar")),
+		connect.WithHandlerOptions(opts...),
+	)
 	avatarServiceSetActiveAvatarHandler := connect.NewUnaryHandler(
 		AvatarServiceSetActiveAvatarProcedure,
 		svc.SetActiveAvatar,
@@ -151,6 +177,8 @@ func NewAvatarServiceHandler(svc AvatarServiceHandler, opts ...connect.HandlerOp
 		switch r.URL.Path {
 		case AvatarServiceListAvatarsProcedure:
 			avatarServiceListAvatarsHandler.ServeHTTP(w, r)
+		case AvatarServiceAddAvatarProcedure:
+			avatarServiceAddAvatarHandler.ServeHTTP(w, r)
 		case AvatarServiceSetActiveAvatarProcedure:
 			avatarServiceSetActiveAvatarHandler.ServeHTTP(w, r)
 		case AvatarServiceDeleteAvatarProcedure:
@@ -166,6 +194,10 @@ type UnimplementedAvatarServiceHandler struct{}
 
 func (UnimplementedAvatarServiceHandler) ListAvatars(context.Context, *connect.Request[v1.ListAvatarsRequest]) (*connect.Response[v1.ListAvatarsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.AvatarService.ListAvatars is not implemented"))
+}
+
+func (UnimplementedAvatarServiceHandler) AddAvatar(context.Context, *connect.Request[v1.AddAvatarRequest]) (*connect.Response[v1.AddAvatarResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.AvatarService.AddAvatar is not implemented"))
 }
 
 func (UnimplementedAvatarServiceHandler) SetActiveAvatar(context.Context, *connect.Request[v1.SetActiveAvatarRequest]) (*connect.Response[v1.SetActiveAvatarResponse], error) {

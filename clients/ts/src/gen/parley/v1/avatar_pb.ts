@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/avatar.proto.
  */
 export const file_parley_v1_avatar: GenFile = /*@__PURE__*/
-  fileDesc("ChZwYXJsZXkvdjEvYXZhdGFyLnByb3RvEglwYXJsZXkudjEiLgoSTGlzdEF2YXRhcnNSZXF1ZXN0EhgKB3VzZXJfaWQYASABKAVCB7pIBBoCKAAiOQoTTGlzdEF2YXRhcnNSZXNwb25zZRIiCgdhdmF0YXJzGAEgAygLMhEucGFybGV5LnYxLkF2YXRhciI0ChZTZXRBY3RpdmVBdmF0YXJSZXF1ZXN0EhoKCWF2YXRhcl9pZBgBIAEoBUIHukgEGgIgACI8ChdTZXRBY3RpdmVBdmF0YXJSZXNwb25zZRIhCgZhdmF0YXIYASABKAsyES5wYXJsZXkudjEuQXZhdGFyIjEKE0RlbGV0ZUF2YXRhclJlcXVlc3QSGgoJYXZhdGFyX2lkGAEgASgFQge6SAQaAiAAIkAKFERlbGV0ZUF2YXRhclJlc3BvbnNlEigKDWFjdGl2ZV9hdmF0YXIYASABKAsyES5wYXJsZXkudjEuQXZhdGFyMo0CCg1BdmF0YXJTZXJ2aWNlElEKC0xpc3RBdmF0YXJzEh0ucGFybGV5LnYxLkxpc3RBdmF0YXJzUmVxdWVzdBoeLnBhcmxleS52MS5MaXN0QXZhdGFyc1Jlc3BvbnNlIgOQAgESWAoPU2V0QWN0aXZlQXZhdGFyEiEucGFybGV5LnYxLlNldEFjdGl2ZUF2YXRhclJlcXVlc3QaIi5wYXJsZXkudjEuU2V0QWN0aXZlQXZhdGFyUmVzcG9uc2USTwoMRGVsZXRlQXZhdGFyEh4ucGFybGV5LnYxLkRlbGV0ZUF2YXRhclJlcXVlc3QaHy5wYXJsZXkudjEuRGVsZXRlQXZhdGFyUmVzcG9uc2VCNlo0Z2l0aHViLmNvbS9wYXJsZXktY2hhdC9wYXJsZXkvZ2VuL3BhcmxleS92MTtwYXJsZXl2MWIGcHJvdG8z", [file_buf_validate_validate, file_parley_v1_user]);
+  fileDesc("ChZwYXJsZXkvdjEvYXZhdGFyLnByb3RvEglwYXJsZXkudjEiLgoSTGlzdEF2YXRhcnNSZXF1ZXN0EhgKB3VzZXJfaWQYASABKAVCB7pIBBoCKAAiOQoTTGlzdEF2YXRhcnNSZXNwb25zZRIiCgdhdmF0YXJzGAEgAygLMhEucGFybGV5LnYxLkF2YXRhciI7ChBBZGRBdmF0YXJSZXF1ZXN0EicKCG1lZGlhX2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQiNgoRQWRkQXZhdGFyUmVzcG9uc2USIQoGYXZhdGFyGAEgASgLMhEucGFybGV5LnYxLkF2YXRhciI0ChZTZXRBY3RpdmVBdmF0YXJSZXF1ZXN0EhoKCWF2YXRhcl9pZBgBIAEoBUIHukgEGgIgACI8ChdTZXRBY3RpdmVBdmF0YXJSZXNwb25zZRIhCgZhdmF0YXIYASABKAsyES5wYXJsZXkudjEuQXZhdGFyIjEKE0RlbGV0ZUF2YXRhclJlcXVlc3QSGgoJYXZhdGFyX2lkGAEgASgFQge6SAQaAiAAIkAKFERlbGV0ZUF2YXRhclJlc3BvbnNlEigKDWFjdGl2ZV9hdmF0YXIYASABKAsyES5wYXJsZXkudjEuQXZhdGFyMtUCCg1BdmF0YXJTZXJ2aWNlElEKC0xpc3RBdmF0YXJzEh0ucGFybGV5LnYxLkxpc3RBdmF0YXJzUmVxdWVzdBoeLnBhcmxleS52MS5MaXN0QXZhdGFyc1Jlc3BvbnNlIgOQAgESRgoJQWRkQXZhdGFyEhsucGFybGV5LnYxLkFkZEF2YXRhclJlcXVlc3QaHC5wYXJsZXkudjEuQWRkQXZhdGFyUmVzcG9uc2USWAoPU2V0QWN0aXZlQXZhdGFyEiEucGFybGV5LnYxLlNldEFjdGl2ZUF2YXRhclJlcXVlc3QaIi5wYXJsZXkudjEuU2V0QWN0aXZlQXZhdGFyUmVzcG9uc2USTwoMRGVsZXRlQXZhdGFyEh4ucGFybGV5LnYxLkRlbGV0ZUF2YXRhclJlcXVlc3QaHy5wYXJsZXkudjEuRGVsZXRlQXZhdGFyUmVzcG9uc2VCNlo0Z2l0aHViLmNvbS9wYXJsZXktY2hhdC9wYXJsZXkvZ2VuL3BhcmxleS92MTtwYXJsZXl2MWIGcHJvdG8z", [file_buf_validate_validate, file_parley_v1_user]);
 
 /**
  * @generated from message parley.v1.ListAvatarsRequest
@@ -52,6 +52,42 @@ export const ListAvatarsResponseSchema: GenMessage<ListAvatarsResponse> = /*@__P
   messageDesc(file_parley_v1_avatar, 1);
 
 /**
+ * @generated from message parley.v1.AddAvatarRequest
+ */
+export type AddAvatarRequest = Message<"parley.v1.AddAvatarRequest"> & {
+  /**
+   * A ready avatar upload of the caller's, not used before.
+   *
+   * @generated from field: string media_id = 1;
+   */
+  mediaId: string;
+};
+
+/**
+ * Describes the message parley.v1.AddAvatarRequest.
+ * Use `create(AddAvatarRequestSchema)` to create a new message.
+ */
+export const AddAvatarRequestSchema: GenMessage<AddAvatarRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_avatar, 2);
+
+/**
+ * @generated from message parley.v1.AddAvatarResponse
+ */
+export type AddAvatarResponse = Message<"parley.v1.AddAvatarResponse"> & {
+  /**
+   * @generated from field: parley.v1.Avatar avatar = 1;
+   */
+  avatar?: Avatar | undefined;
+};
+
+/**
+ * Describes the message parley.v1.AddAvatarResponse.
+ * Use `create(AddAvatarResponseSchema)` to create a new message.
+ */
+export const AddAvatarResponseSchema: GenMessage<AddAvatarResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_avatar, 3);
+
+/**
  * @generated from message parley.v1.SetActiveAvatarRequest
  */
 export type SetActiveAvatarRequest = Message<"parley.v1.SetActiveAvatarRequest"> & {
@@ -66,7 +102,7 @@ export type SetActiveAvatarRequest = Message<"parley.v1.SetActiveAvatarRequest">
  * Use `create(SetActiveAvatarRequestSchema)` to create a new message.
  */
 export const SetActiveAvatarRequestSchema: GenMessage<SetActiveAvatarRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_avatar, 2);
+  messageDesc(file_parley_v1_avatar, 4);
 
 /**
  * @generated from message parley.v1.SetActiveAvatarResponse
@@ -83,7 +119,7 @@ export type SetActiveAvatarResponse = Message<"parley.v1.SetActiveAvatarResponse
  * Use `create(SetActiveAvatarResponseSchema)` to create a new message.
  */
 export const SetActiveAvatarResponseSchema: GenMessage<SetActiveAvatarResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_avatar, 3);
+  messageDesc(file_parley_v1_avatar, 5);
 
 /**
  * @generated from message parley.v1.DeleteAvatarRequest
@@ -100,7 +136,7 @@ export type DeleteAvatarRequest = Message<"parley.v1.DeleteAvatarRequest"> & {
  * Use `create(DeleteAvatarRequestSchema)` to create a new message.
  */
 export const DeleteAvatarRequestSchema: GenMessage<DeleteAvatarRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_avatar, 4);
+  messageDesc(file_parley_v1_avatar, 6);
 
 /**
  * @generated from message parley.v1.DeleteAvatarResponse
@@ -119,7 +155,7 @@ export type DeleteAvatarResponse = Message<"parley.v1.DeleteAvatarResponse"> & {
  * Use `create(DeleteAvatarResponseSchema)` to create a new message.
  */
 export const DeleteAvatarResponseSchema: GenMessage<DeleteAvatarResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_avatar, 5);
+  messageDesc(file_parley_v1_avatar, 7);
 
 /**
  * AvatarService manages profile images. Every user always has exactly one
@@ -137,6 +173,17 @@ export const AvatarService: GenService<{
     methodKind: "unary";
     input: typeof ListAvatarsRequestSchema;
     output: typeof ListAvatarsResponseSchema;
+  },
+  /**
+   * AddAvatar makes an uploaded image (MediaService.CreateUpload with
+   * avatar) the caller's active avatar.
+   *
+   * @generated from rpc parley.v1.AvatarService.AddAvatar
+   */
+  addAvatar: {
+    methodKind: "unary";
+    input: typeof AddAvatarRequestSchema;
+    output: typeof AddAvatarResponseSchema;
   },
   /**
    * SetActiveAvatar makes one of the caller's avatars the active one.

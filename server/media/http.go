@@ -1,0 +1,396 @@
+package media
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/reqlog"
+)
+
+// headLimit is how much of an upload is read before storing: enough to
+// sniff the type and find an image's dimensions behind large metadata.
+const headLimit = 512 << 10
+
+// Handler serves, under Path:
+//
+//	PUT  /media/{id}?token=…           the upload (bearer token required)
+//	GET  /media/{id}                   the file (bearer token or signature)
+//	GET  /media/{id}/thumbnail         an image's preview
+//
+// Signed URLs carry ?expires=…&signature=… instead of a bearer token.
+// The auth middleware must let these paths through without a token and
+// attach the caller when there is one (auth.Public.Optional).
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("PUT "+Path+"{id}", s.upload)
+	mux.HandleFunc("GET "+Path+"{id}", s.download)
+	mux.HandleFunc("GET "+Path+"{id}/thumbnail", s.download)
+	return mux
+}
+
+// httpError is a refusal of an endpoint: a Connect code, written as the
+// matching HTTP status with a JSON body like Connect's.
+func (s *Service) httpError(w http.ResponseWriter, r *http.Request, err error) {
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) {
+		switch {
+		case errors.Is(err, context.Canceled):
+			cerr = connect.NewError(connect.CodeCanceled, err)
+		default:
+			s.log.ErrorContext(r.Context(), r.Method+" media", "path", r.URL.Path, "err", err)
+			cerr = connect.NewError(connect.CodeInternal, errors.New("internal error"))
+		}
+	}
+	reqlog.SetCode(r.Context(), r.URL.Path, cerr.Code())
+	status := httpStatus(cerr.Code())
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="parley"`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"code": cerr.Code().String(), "message": cerr.Message()})
+}
+
+// errTooLarge is an upload body longer than declared (HTTP 413).
+var errTooLarge = connect.NewError(connect.CodeResourceExhausted, errors.New("the body is longer than the declared size"))
+
+func httpStatus(c connect.Code) int {
+	switch c {
+	case connect.CodeInvalidArgument:
+		return http.StatusBadRequest
+	case connect.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case connect.CodePermissionDenied:
+		return http.StatusForbidden
+	case connect.CodeNotFound:
+		return http.StatusNotFound
+	case connect.CodeFailedPrecondition, connect.CodeAlreadyExists, connect.CodeAborted:
+		return http.StatusConflict
+	case connect.CodeResourceExhausted:
+		return http.StatusRequestEntityTooLarge
+	case connect.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case connect.CodeCanceled:
+		return 499
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+func invalid(format string, args ...any) error {
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(format, args...))
+}
+
+// upload receives the bytes of a pending media.
+func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
+	m, err := s.receive(r)
+	if err != nil {
+		s.httpError(w, r, err)
+		return
+	}
+	body, err := protojson.Marshal(toMedia(m))
+	if err != nil {
+		s.httpError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(body)
+}
+
+func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
+	ctx := r.Context()
+	caller, ok := auth.FromContext(ctx)
+	if !ok {
+		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("sign in first"))
+	}
+	id, err := bson.ObjectIDFromHex(r.PathValue("id"))
+	if err != nil {
+		return nil, errMediaNotFound
+	}
+	g, err := s.sign.parseUploadToken(r.URL.Query().Get("token"))
+	switch {
+	case err != nil || g.MediaID != id:
+		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("bad upload token"))
+	case g.Uploader != caller.UserID:
+		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("the upload token is another user's"))
+	case !s.cfg.Now().Before(g.Expires):
+		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("the upload token expired"))
+	case r.ContentLength > g.Size:
+		return nil, errTooLarge
+	case r.ContentLength >= 0 && r.ContentLength < g.Size:
+		return nil, invalid("the body is %d bytes, not the declared %d", r.ContentLength, g.Size)
+	}
+	// The token is single-use: the first request to present it takes it.
+	used, err := s.rdb.SetNX(ctx, s.cfg.RedisPrefix+"media:token:"+id.Hex(), caller.UserID, time.Until(g.Expires)+time.Minute).Result()
+	if err != nil {
+		return nil, err
+	}
+	if !used {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the upload token was already used"))
+	}
+	m, err := s.lib.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		if m.State != statePending || m.UploaderID != caller.UserID || m.Size != g.Size {
+			return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the media is not waiting for an upload"))
+		}
+		return bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: stateUploading}, {Key: "stateAt", Value: s.lib.store.nowMs()}}}}, nil
+	})
+	if errors.Is(err, errNoMedia) {
+		return nil, errMediaNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	done, err := s.store(ctx, m, r.Body)
+	if err != nil {
+		// Nothing of a refused upload stays: not its files, not its
+		// document. The client starts again with CreateUpload.
+		if derr := s.lib.delete(context.WithoutCancel(ctx), id, func(*mediaDoc) bool { return true }); derr != nil {
+			s.log.ErrorContext(ctx, "remove refused upload", "media", id.Hex(), "err", derr)
+		}
+		return nil, err
+	}
+	return done, nil
+}
+
+// store checks and stores the body of an upload in state uploading and
+// marks it ready.
+func (s *Service) store(ctx context.Context, m *mediaDoc, body io.Reader) (*mediaDoc, error) {
+	sum := sha256.New()
+	in := &exactReader{r: body, left: m.Size, sum: sum}
+	head := make([]byte, min(m.Size, headLimit))
+	if _, err := io.ReadFull(in, head); err != nil {
+		return nil, uploadReadError(err, m.Size)
+	}
+	contentType := sniff(head)
+	class := classOf(contentType)
+	if want := declaredClass(m.DeclaredType); (want == TypeImage || want == TypeVideo || m.Avatar) && class != want {
+		return nil, connect.NewError(connect.CodeInvalidArgument,
+			fmt.Errorf("the content is %s, not the declared %s", contentType, m.DeclaredType))
+	}
+	var width, height int
+	if class == TypeImage {
+		var err error
+		if width, height, err = s.cfg.Images.checkImage(head); err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		}
+	}
+	err := s.lib.storage.Put(ctx, originalKey(m.ID), io.MultiReader(bytes.NewReader(head), in), m.Size, contentType)
+	if err != nil {
+		if rerr := in.err; rerr != nil {
+			return nil, uploadReadError(rerr, m.Size)
+		}
+		return nil, err
+	}
+	if in.left != 0 || in.err != nil {
+		return nil, uploadReadError(in.err, m.Size)
+	}
+	thumb := false
+	if class == TypeImage {
+		if err := s.storeThumbnail(ctx, m.ID); err != nil {
+			return nil, err
+		}
+		thumb = true
+	}
+	digest := hex.EncodeToString(sum.Sum(nil))
+	now := s.lib.store.nowMs()
+	return s.lib.store.update(ctx, m.ID, func(m *mediaDoc) (bson.D, error) {
+		if m.State != stateUploading {
+			return nil, errMediaNotFound
+		}
+		m.State, m.StateAt, m.UploadedAt = stateReady, now, &now
+		m.ContentType, m.FileType, m.SHA256 = contentType, class, digest
+		m.Width, m.Height, m.Thumbnail = width, height, thumb
+		return bson.D{{Key: "$set", Value: bson.D{
+			{Key: "state", Value: stateReady}, {Key: "stateAt", Value: now}, {Key: "uploadedAt", Value: now},
+			{Key: "contentType", Value: contentType}, {Key: "fileType", Value: class}, {Key: "sha256", Value: digest},
+			{Key: "width", Value: width}, {Key: "height", Value: height}, {Key: "thumbnail", Value: thumb},
+		}}}, nil
+	})
+}
+
+// storeThumbnail decodes a stored image (its dimensions already checked)
+// and stores its preview.
+func (s *Service) storeThumbnail(ctx context.Context, id bson.ObjectID) error {
+	select {
+	case s.decoding <- struct{}{}:
+		defer func() { <-s.decoding }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	obj, err := s.lib.storage.Open(ctx, originalKey(id))
+	if err != nil {
+		return err
+	}
+	defer obj.Close()
+	jpg, err := thumbnail(obj)
+	if err != nil {
+		s.log.InfoContext(ctx, "image refused", "media", id.Hex(), "err", err)
+		return invalid("the image cannot be decoded")
+	}
+	return s.lib.storage.Put(ctx, thumbnailKey(id), bytes.NewReader(jpg), int64(len(jpg)), "image/jpeg")
+}
+
+// uploadReadError explains a body that did not have the declared size.
+func uploadReadError(err error, size int64) error {
+	switch {
+	case errors.Is(err, errBodyTooLong):
+		return errTooLarge
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), err == nil:
+		return invalid("the body is shorter than the declared %d bytes", size)
+	default:
+		var maxErr *http.MaxBytesError
+		if errors.As(err, &maxErr) {
+			return errTooLarge
+		}
+		return connect.NewError(connect.CodeCanceled, fmt.Errorf("reading the body: %w", err))
+	}
+}
+
+var errBodyTooLong = errors.New("body longer than declared")
+
+// exactReader passes on exactly left bytes of r, hashing them, and fails
+// as soon as r turns out to hold more (or ends before). Its err keeps the
+// failure, since a storage backend may report it as its own.
+type exactReader struct {
+	r    io.Reader
+	left int64
+	sum  hash.Hash
+	err  error
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	if e.left == 0 {
+		// Everything declared has come; anything more is too much.
+		var one [1]byte
+		n, err := io.ReadFull(e.r, one[:])
+		if n > 0 {
+			e.err = errBodyTooLong
+			return 0, e.err
+		}
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			e.err = err
+			return 0, err
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > e.left {
+		p = p[:e.left]
+	}
+	n, err := e.r.Read(p)
+	e.left -= int64(n)
+	e.sum.Write(p[:n])
+	if errors.Is(err, io.EOF) {
+		if e.left > 0 {
+			e.err = io.ErrUnexpectedEOF
+			return n, e.err
+		}
+		err = nil
+	}
+	if err != nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// download serves a ready file or its thumbnail.
+func (s *Service) download(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	id, err := bson.ObjectIDFromHex(r.PathValue("id"))
+	if err != nil {
+		s.httpError(w, r, errMediaNotFound)
+		return
+	}
+	thumb := strings.HasSuffix(r.URL.Path, "/thumbnail")
+	q := r.URL.Query()
+	var m *mediaDoc
+	cache := "private, max-age=31536000, immutable"
+	if sig := q.Get("signature"); sig != "" {
+		if !s.sign.checkSignedPath(r.URL.Path, q.Get("expires"), sig, s.cfg.Now()) {
+			s.httpError(w, r, connect.NewError(connect.CodePermissionDenied, errors.New("the signed URL is invalid or expired")))
+			return
+		}
+		m, err = s.lib.store.get(ctx, id)
+		if errors.Is(err, errNoMedia) || (err == nil && m.State == stateDeleting) {
+			err = errMediaNotFound
+		}
+		exp, _ := strconv.ParseInt(q.Get("expires"), 10, 64)
+		cache = fmt.Sprintf("private, max-age=%d", max(0, exp-s.cfg.Now().Unix()))
+	} else {
+		caller, ok := auth.FromContext(ctx)
+		if !ok {
+			s.httpError(w, r, connect.NewError(connect.CodeUnauthenticated, errors.New("sign in first, or use a signed URL")))
+			return
+		}
+		m, err = s.visible(ctx, id, caller.UserID)
+	}
+	if err == nil && (m.State != stateReady || (thumb && !m.Thumbnail)) {
+		err = errMediaNotFound
+	}
+	if err != nil {
+		s.httpError(w, r, err)
+		return
+	}
+	key, contentType, etag := originalKey(id), m.ContentType, `"`+m.SHA256+`"`
+	if thumb {
+		key, contentType, etag = thumbnailKey(id), "image/jpeg", `"`+m.SHA256+`-thumbnail"`
+	}
+	obj, err := s.lib.storage.Open(ctx, key)
+	if errors.Is(err, ErrNoObject) {
+		err = errMediaNotFound
+	}
+	if err != nil {
+		s.httpError(w, r, err)
+		return
+	}
+	defer obj.Close()
+	h := w.Header()
+	h.Set("Content-Type", contentType)
+	h.Set("ETag", etag)
+	h.Set("Cache-Control", cache)
+	h.Set("X-Content-Type-Options", "nosniff")
+	disposition := "attachment"
+	if IsSafeImage(contentType) {
+		disposition = "inline"
+	} else {
+		// Should a browser render it anyway, it runs nothing.
+		h.Set("Content-Security-Policy", "sandbox; default-src 'none'")
+	}
+	name := m.FileName
+	if thumb {
+		name = strings.TrimSuffix(name, "."+extension(name)) + "-thumbnail.jpg"
+	}
+	if v := mime.FormatMediaType(disposition, map[string]string{"filename": name}); v != "" {
+		h.Set("Content-Disposition", v)
+	} else {
+		h.Set("Content-Disposition", disposition)
+	}
+	http.ServeContent(w, r, "", obj.ModTime(), obj)
+}
+
+func extension(name string) string {
+	if i := strings.LastIndexByte(name, '.'); i > 0 {
+		return name[i+1:]
+	}
+	return ""
+}

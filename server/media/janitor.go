@@ -1,0 +1,142 @@
+package media
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+)
+
+// Referrers find what uses an upload whose claim was never completed
+// (the server stopped between storing a message or avatar and recording
+// it on the media).
+type Referrers interface {
+	// MessageWithMedia returns the message of chatID that has mediaID
+	// among its attachments.
+	MessageWithMedia(ctx context.Context, chatID, mediaID bson.ObjectID) (bson.ObjectID, bool, error)
+	// AvatarWithURL returns the avatar that serves url.
+	AvatarWithURL(ctx context.Context, url string) (int, bool, error)
+}
+
+// Janitor deletes uploads that were never attached to a message or
+// avatar within a delay, with their files. Every instance may run one:
+// each deletion re-checks the document under its lock, and files are
+// removed before the document that names them, so a crash leaves work
+// for the next round rather than orphaned files.
+type Janitor struct {
+	log   *slog.Logger
+	lib   *Library
+	refs  Referrers
+	after time.Duration
+	now   func() time.Time
+}
+
+// claimGrace is how long a claim holds an upload before clean-up checks
+// whether the message or avatar it was claimed for exists.
+const claimGrace = time.Hour
+
+// deletingGrace is how long a deletion in progress is left to its
+// instance before clean-up finishes it.
+const deletingGrace = 10 * time.Minute
+
+// NewJanitor returns a janitor that deletes uploads left unattached for
+// longer than after.
+func NewJanitor(log *slog.Logger, lib *Library, refs Referrers, after time.Duration, now func() time.Time) *Janitor {
+	if now == nil {
+		now = time.Now
+	}
+	return &Janitor{log: log, lib: lib, refs: refs, after: after, now: now}
+}
+
+// Run cleans up every interval (with jitter, so instances spread out)
+// until ctx is done.
+func (j *Janitor) Run(ctx context.Context, interval time.Duration) {
+	for {
+		wait := interval/2 + rand.N(interval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		if n, err := j.Sweep(ctx); err != nil && ctx.Err() == nil {
+			j.log.ErrorContext(ctx, "media clean-up", "err", err, "deleted", n)
+		} else if n > 0 {
+			j.log.InfoContext(ctx, "media clean-up", "deleted", n)
+		}
+	}
+}
+
+// Sweep deletes what is due now and returns how many uploads it deleted.
+func (j *Janitor) Sweep(ctx context.Context) (int, error) {
+	now := j.now()
+	deleted := 0
+	for {
+		batch, err := j.lib.store.stale(ctx, now.Add(-j.after), now.Add(-deletingGrace), 100)
+		if err != nil {
+			return deleted, err
+		}
+		progress := false
+		for i := range batch {
+			done, err := j.sweepOne(ctx, &batch[i], now)
+			if err != nil {
+				return deleted, err
+			}
+			if done {
+				deleted++
+				progress = true
+			}
+		}
+		if len(batch) < 100 || !progress {
+			return deleted, nil
+		}
+	}
+}
+
+// sweepOne deletes one stale upload unless, looked at again under its
+// lock, it is in use after all.
+func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (bool, error) {
+	if seen.State == stateDeleting {
+		return true, j.lib.purge(ctx, seen.ID)
+	}
+	// A claim may be a message or avatar stored but not yet recorded.
+	var messageID *bson.ObjectID
+	avatarID := 0
+	if seen.Claim != "" {
+		if seen.ClaimedAt != nil && now.Sub(*seen.ClaimedAt) < claimGrace {
+			return false, nil
+		}
+		var err error
+		if seen.Claim == claimAvatar {
+			var ok bool
+			avatarID, ok, err = j.refs.AvatarWithURL(ctx, seen.URL)
+			if !ok {
+				avatarID = 0
+			}
+		} else if seen.ChatID != nil {
+			id, ok, ferr := j.refs.MessageWithMedia(ctx, *seen.ChatID, seen.ID)
+			if ok {
+				messageID = &id
+			}
+			err = ferr
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	if messageID != nil {
+		return false, j.lib.Attach(ctx, []bson.ObjectID{seen.ID}, *messageID)
+	}
+	if avatarID != 0 {
+		return false, j.lib.AttachAvatar(ctx, seen.ID, avatarID)
+	}
+	deleted := false
+	err := j.lib.delete(ctx, seen.ID, func(m *mediaDoc) bool {
+		// Only what is exactly as seen: a claim taken since, or an
+		// attachment, keeps it.
+		deleted = !m.attached() && m.Claim == seen.Claim && m.CreatedAt.Before(now.Add(-j.after))
+		return deleted
+	})
+	return deleted && err == nil, err
+}

@@ -1,0 +1,252 @@
+package media
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+)
+
+// Library keeps the media documents and their files, and hands uploads
+// over to the messages and avatars that use them. The chat and user
+// services use it; the Service serves it to clients.
+//
+// Attaching is two steps, so that a crash between the stores never loses
+// a file that is in use: Claim reserves ready uploads for one message (or
+// avatar) under a key, the caller stores the message, then Attach records
+// the message on the uploads. A retry with the same key claims again
+// what it claimed before. Clean-up leaves claimed uploads to their owners
+// for a while and then asks (Referrers) whether a message or avatar uses
+// them before deleting anything.
+type Library struct {
+	log     *slog.Logger
+	store   *store
+	storage Storage
+}
+
+// NewLibrary returns a Library over the media collection of db and the
+// files in storage. rdb holds its locks.
+func NewLibrary(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, storage Storage, now func() time.Time) *Library {
+	if now == nil {
+		now = time.Now
+	}
+	return &Library{log: log, store: newStore(db, rdb, redisPrefix, now), storage: storage}
+}
+
+// Attachment is what a message keeps of a file sent with it.
+type Attachment struct {
+	MediaID     bson.ObjectID
+	Type        string
+	URL         string
+	FileName    string
+	ContentType string
+	Size        int64
+	Width       int
+	Height      int
+	Thumbnail   bool
+}
+
+func (m *mediaDoc) attachment() Attachment {
+	return Attachment{
+		MediaID: m.ID, Type: m.FileType, URL: m.URL, FileName: m.FileName, ContentType: m.ContentType,
+		Size: m.Size, Width: m.Width, Height: m.Height, Thumbnail: m.Thumbnail,
+	}
+}
+
+// ThumbnailURL is where an attachment's preview is, when it has one.
+func (a Attachment) ThumbnailURL() string {
+	if !a.Thumbnail {
+		return ""
+	}
+	return thumbnailURL(a.MediaID)
+}
+
+// Errors of Claim, as Connect errors for the client.
+var (
+	errMediaNotFound = connect.NewError(connect.CodeNotFound, errors.New("media not found"))
+	errNotReady      = connect.NewError(connect.CodeFailedPrecondition, errors.New("media upload not finished"))
+	errAlreadyUsed   = connect.NewError(connect.CodeFailedPrecondition, errors.New("media already sent"))
+)
+
+// Claim reserves uploads for the message that key names (unique per
+// chat and sender): each must be a ready upload of userID to chatID, not
+// used by another message. Unknown ids and other people's or other chats'
+// uploads are NOT_FOUND. On error nothing stays claimed by this call.
+func (l *Library) Claim(ctx context.Context, userID int, chatID bson.ObjectID, key string, ids []bson.ObjectID) ([]Attachment, error) {
+	key = "message:" + key
+	out := make([]Attachment, 0, len(ids))
+	var claimed []bson.ObjectID
+	for _, id := range ids {
+		fresh := false
+		m, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+			switch {
+			case m.UploaderID != userID || m.Avatar || m.ChatID == nil || *m.ChatID != chatID:
+				return nil, errMediaNotFound
+			case m.State != stateReady:
+				return nil, errNotReady
+			case m.Claim == key:
+				return nil, nil
+			case m.Claim != "" || m.attached():
+				return nil, errAlreadyUsed
+			}
+			now := l.store.nowMs()
+			m.Claim, m.ClaimedAt, fresh = key, &now, true
+			return bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: key}, {Key: "claimedAt", Value: now}}}}, nil
+		})
+		if errors.Is(err, errNoMedia) {
+			err = errMediaNotFound
+		}
+		if err != nil {
+			l.release(context.WithoutCancel(ctx), claimed, key)
+			return nil, err
+		}
+		if fresh {
+			claimed = append(claimed, id)
+		}
+		out = append(out, m.attachment())
+	}
+	return out, nil
+}
+
+// release undoes claims made under key that no message took up.
+func (l *Library) release(ctx context.Context, ids []bson.ObjectID, key string) {
+	for _, id := range ids {
+		_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+			if m.Claim != key || m.attached() {
+				return nil, nil
+			}
+			return bson.D{{Key: "$unset", Value: bson.D{{Key: "claim", Value: ""}, {Key: "claimedAt", Value: ""}}}}, nil
+		})
+		if err != nil && !errors.Is(err, errNoMedia) {
+			// Clean-up will find the stale claim unused and delete it.
+			l.log.WarnContext(ctx, "release media claim", "media", id.Hex(), "err", err)
+		}
+	}
+}
+
+// Attach records the stored message on the uploads claimed for it.
+// It is idempotent.
+func (l *Library) Attach(ctx context.Context, ids []bson.ObjectID, messageID bson.ObjectID) error {
+	for _, id := range ids {
+		_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+			if m.MessageID != nil {
+				return nil, nil
+			}
+			m.MessageID = &messageID
+			return bson.D{{Key: "$set", Value: bson.D{{Key: "messageId", Value: messageID}}}}, nil
+		})
+		if err != nil {
+			return fmt.Errorf("attach media %s: %w", id.Hex(), err)
+		}
+	}
+	return nil
+}
+
+// DeleteOfMessage deletes the files sent with a message that was deleted
+// for everyone.
+func (l *Library) DeleteOfMessage(ctx context.Context, messageID bson.ObjectID) error {
+	ms, err := l.store.ofMessage(ctx, messageID)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if err := l.delete(ctx, m.ID, func(*mediaDoc) bool { return true }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ClaimAvatar reserves an upload of userID for a new avatar and returns
+// the URL the avatar serves it at: it must be a ready avatar image the
+// user uploaded and has not used yet.
+func (l *Library) ClaimAvatar(ctx context.Context, userID int, id bson.ObjectID) (string, error) {
+	m, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		switch {
+		case m.UploaderID != userID || !m.Avatar:
+			return nil, errMediaNotFound
+		case m.State != stateReady:
+			return nil, errNotReady
+		case m.attached():
+			return nil, connect.NewError(connect.CodeAlreadyExists, errors.New("media is already an avatar"))
+		}
+		now := l.store.nowMs()
+		return bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: claimAvatar}, {Key: "claimedAt", Value: now}}}}, nil
+	})
+	if errors.Is(err, errNoMedia) {
+		return "", errMediaNotFound
+	}
+	if err != nil {
+		return "", err
+	}
+	return m.URL, nil
+}
+
+// AttachAvatar records the avatar that uses an upload.
+func (l *Library) AttachAvatar(ctx context.Context, id bson.ObjectID, avatarID int) error {
+	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		return bson.D{{Key: "$set", Value: bson.D{{Key: "avatarId", Value: avatarID}}}}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("attach avatar media %s: %w", id.Hex(), err)
+	}
+	return nil
+}
+
+// DeleteByURL deletes the upload served at url (an avatar's URL), if
+// it is one.
+func (l *Library) DeleteByURL(ctx context.Context, url string) error {
+	id, ok := IDFromURL(url)
+	if !ok {
+		return nil
+	}
+	return l.delete(ctx, id, func(*mediaDoc) bool { return true })
+}
+
+// IDFromURL returns the media id of a URL that URL made.
+func IDFromURL(url string) (bson.ObjectID, bool) {
+	if len(url) != len(Path)+24 || url[:len(Path)] != Path {
+		return bson.ObjectID{}, false
+	}
+	id, err := bson.ObjectIDFromHex(url[len(Path):])
+	return id, err == nil
+}
+
+// delete removes a media document and its files when ok, run under the
+// document's lock, agrees. The document first moves to deleting, so that
+// a crash part-way leaves it for clean-up to finish, never a file without
+// a document.
+func (l *Library) delete(ctx context.Context, id bson.ObjectID, ok func(*mediaDoc) bool) error {
+	go_ := false
+	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		if !ok(m) {
+			return nil, nil
+		}
+		go_ = true
+		now := l.store.nowMs()
+		return bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: stateDeleting}, {Key: "stateAt", Value: now}}}}, nil
+	})
+	if errors.Is(err, errNoMedia) || (err == nil && !go_) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return l.purge(ctx, id)
+}
+
+// purge removes the files and then the document of media being deleted.
+func (l *Library) purge(ctx context.Context, id bson.ObjectID) error {
+	for _, key := range []string{originalKey(id), thumbnailKey(id)} {
+		if err := l.storage.Delete(ctx, key); err != nil {
+			return err
+		}
+	}
+	return l.store.remove(ctx, id)
+}

@@ -1,0 +1,288 @@
+package media
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/rpcerr"
+)
+
+// Config tunes uploads and downloads.
+type Config struct {
+	// Key is the server's signing key; upload tokens and download URLs
+	// are signed with keys derived from it.
+	Key ed25519.PrivateKey
+	// MaxImageBytes, MaxVideoBytes and MaxFileBytes limit the declared
+	// size of an upload by the kind of file declared.
+	MaxImageBytes, MaxVideoBytes, MaxFileBytes int64
+	// Images bounds image dimensions.
+	Images ImageLimits
+	// UploadTTL is how long an upload URL is accepted.
+	UploadTTL time.Duration
+	// DownloadTTL is how long a signed download URL works (about; expiry
+	// is rounded up to a tenth of it, so that URLs signed close together
+	// are equal and caches can share them).
+	DownloadTTL time.Duration
+	// RedisPrefix starts the Redis keys that make upload tokens single-use.
+	RedisPrefix string
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Defaults of Config.
+const (
+	DefaultMaxImageBytes = 25 << 20
+	DefaultMaxVideoBytes = 1 << 30
+	DefaultMaxFileBytes  = 512 << 20
+	DefaultUploadTTL     = 15 * time.Minute
+	DefaultDownloadTTL   = 30 * time.Minute
+)
+
+func (c *Config) setDefaults() {
+	if c.MaxImageBytes <= 0 {
+		c.MaxImageBytes = DefaultMaxImageBytes
+	}
+	if c.MaxVideoBytes <= 0 {
+		c.MaxVideoBytes = DefaultMaxVideoBytes
+	}
+	if c.MaxFileBytes <= 0 {
+		c.MaxFileBytes = DefaultMaxFileBytes
+	}
+	if c.Images.MaxSide <= 0 {
+		c.Images.MaxSide = DefaultImageLimits.MaxSide
+	}
+	if c.Images.MaxPixels <= 0 {
+		c.Images.MaxPixels = DefaultImageLimits.MaxPixels
+	}
+	if c.UploadTTL <= 0 {
+		c.UploadTTL = DefaultUploadTTL
+	}
+	if c.DownloadTTL <= 0 {
+		c.DownloadTTL = DefaultDownloadTTL
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// maxBytes is the size limit of a kind of file.
+func (c *Config) maxBytes(class string) int64 {
+	switch class {
+	case TypeImage:
+		return c.MaxImageBytes
+	case TypeVideo:
+		return c.MaxVideoBytes
+	default:
+		return c.MaxFileBytes
+	}
+}
+
+// Members says who is in a chat; the chat service implements it.
+type Members interface {
+	IsMember(ctx context.Context, chatID bson.ObjectID, userID int) (bool, error)
+}
+
+// Service implements parleyv1connect.MediaServiceHandler and the upload
+// and download endpoints (Handler).
+type Service struct {
+	log     *slog.Logger
+	lib     *Library
+	members Members
+	rdb     redis.UniversalClient
+	cfg     Config
+	sign    signer
+	// decoding bounds how many images are decoded at once, since each
+	// may take tens of megabytes.
+	decoding chan struct{}
+}
+
+var _ parleyv1connect.MediaServiceHandler = (*Service)(nil)
+
+// New returns the media service over lib.
+func New(log *slog.Logger, lib *Library, members Members, rdb redis.UniversalClient, cfg Config) (*Service, error) {
+	cfg.setDefaults()
+	sign, err := newSigner(cfg.Key)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{
+		log: log, lib: lib, members: members, rdb: rdb, cfg: cfg, sign: sign,
+		decoding: make(chan struct{}, runtime.GOMAXPROCS(0)),
+	}, nil
+}
+
+var errChatNotFound = connect.NewError(connect.CodeNotFound, errors.New("chat not found"))
+
+// CreateUpload creates a pending media and its upload URL.
+func (s *Service) CreateUpload(
+	ctx context.Context, req *connect.Request[parleyv1.CreateUploadRequest],
+) (*connect.Response[parleyv1.CreateUploadResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	class := declaredClass(req.Msg.GetContentType())
+	now := s.lib.store.nowMs()
+	m := &mediaDoc{
+		ID:           bson.NewObjectID(),
+		UploaderID:   id.UserID,
+		FileType:     class,
+		State:        statePending,
+		StateAt:      now,
+		CreatedAt:    now,
+		FileName:     req.Msg.GetFileName(),
+		DeclaredType: req.Msg.GetContentType(),
+		Size:         req.Msg.GetSize(),
+	}
+	m.URL = URL(m.ID)
+	switch t := req.Msg.GetTarget().(type) {
+	case *parleyv1.CreateUploadRequest_ChatId:
+		chatID, err := bson.ObjectIDFromHex(t.ChatId)
+		if err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("chat_id: not a chat id"))
+		}
+		ok, err := s.members.IsMember(ctx, chatID, id.UserID)
+		if err != nil {
+			return nil, rpcerr.From(ctx, s.log, "create upload", err)
+		}
+		if !ok {
+			return nil, errChatNotFound
+		}
+		m.ChatID = &chatID
+	case *parleyv1.CreateUploadRequest_Avatar:
+		if class != TypeImage {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("content_type: an avatar must be an image"))
+		}
+		m.Avatar = true
+	}
+	if limit := s.cfg.maxBytes(class); m.Size > limit {
+		return nil, connect.NewError(connect.CodeInvalidArgument,
+			fmt.Errorf("size: %d bytes is over the limit of %d bytes for a %s", m.Size, limit, class))
+	}
+	if err := s.lib.store.insert(ctx, m); err != nil {
+		return nil, rpcerr.From(ctx, s.log, "create upload", err)
+	}
+	expires := s.cfg.Now().Add(s.cfg.UploadTTL).Truncate(time.Second)
+	tok := s.sign.uploadToken(uploadGrant{MediaID: m.ID, Uploader: id.UserID, Size: m.Size, Expires: expires})
+	return connect.NewResponse(&parleyv1.CreateUploadResponse{
+		Media:           toMedia(m),
+		UploadUrl:       m.URL + "?token=" + tok,
+		UploadExpiresAt: timestamppb.New(expires),
+	}), nil
+}
+
+// GetMedia returns a media's metadata and signed download URLs.
+func (s *Service) GetMedia(
+	ctx context.Context, req *connect.Request[parleyv1.GetMediaRequest],
+) (*connect.Response[parleyv1.GetMediaResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	mediaID, err := bson.ObjectIDFromHex(req.Msg.GetMediaId())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("media_id: not a media id"))
+	}
+	m, err := s.visible(ctx, mediaID, id.UserID)
+	if err != nil {
+		return nil, err
+	}
+	res := &parleyv1.GetMediaResponse{Media: toMedia(m)}
+	if m.State == stateReady {
+		expires := s.downloadExpiry()
+		res.DownloadUrl = s.sign.signPath(m.URL, expires)
+		if m.Thumbnail {
+			res.ThumbnailDownloadUrl = s.sign.signPath(thumbnailURL(m.ID), expires)
+		}
+		res.DownloadExpiresAt = timestamppb.New(expires)
+	}
+	return connect.NewResponse(res), nil
+}
+
+// downloadExpiry is the expiry of URLs signed now: DownloadTTL ahead,
+// rounded up to a tenth of it.
+func (s *Service) downloadExpiry() time.Time {
+	step := max(s.cfg.DownloadTTL/10, time.Second)
+	return s.cfg.Now().Add(s.cfg.DownloadTTL).Truncate(step).Add(step)
+}
+
+// visible loads a media userID may see, or NOT_FOUND: avatar images are
+// visible to everyone signed in once uploaded; chat files to their
+// uploader until sent, then to the chat's members.
+func (s *Service) visible(ctx context.Context, id bson.ObjectID, userID int) (*mediaDoc, error) {
+	m, err := s.lib.store.get(ctx, id)
+	if errors.Is(err, errNoMedia) {
+		return nil, errMediaNotFound
+	}
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "get media", err)
+	}
+	switch {
+	case m.State == stateDeleting:
+		return nil, errMediaNotFound
+	case m.UploaderID == userID && !m.attached():
+		return m, nil
+	case m.Avatar:
+		if m.State != stateReady {
+			return nil, errMediaNotFound
+		}
+		return m, nil
+	case m.MessageID == nil || m.ChatID == nil:
+		return nil, errMediaNotFound
+	}
+	ok, err := s.members.IsMember(ctx, *m.ChatID, userID)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "get media", err)
+	}
+	if !ok {
+		return nil, errMediaNotFound
+	}
+	return m, nil
+}
+
+func toMedia(m *mediaDoc) *parleyv1.Media {
+	out := &parleyv1.Media{
+		Id:          m.ID.Hex(),
+		UploaderId:  int32(m.UploaderID),
+		FileType:    m.FileType,
+		Url:         m.URL,
+		State:       parleyv1.MediaState_MEDIA_STATE_PENDING,
+		FileName:    m.FileName,
+		ContentType: m.ContentType,
+		Size:        m.Size,
+		Sha256:      m.SHA256,
+		Width:       int32(m.Width),
+		Height:      int32(m.Height),
+		Avatar:      m.Avatar,
+		CreatedAt:   timestamppb.New(m.CreatedAt),
+	}
+	if m.State == stateReady {
+		out.State = parleyv1.MediaState_MEDIA_STATE_READY
+	}
+	if m.ChatID != nil {
+		out.ChatId = m.ChatID.Hex()
+	}
+	if m.MessageID != nil {
+		out.MessageId = m.MessageID.Hex()
+	}
+	if m.UploadedAt != nil {
+		out.UploadedAt = timestamppb.New(*m.UploadedAt)
+	}
+	if m.Thumbnail {
+		out.ThumbnailUrl = thumbnailURL(m.ID)
+	}
+	return out
+}

@@ -1,0 +1,249 @@
+package media
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/bsm/redislock"
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// States of a media document. An upload moves pending → uploading →
+// ready; a failed one is deleted outright, and clean-up moves stale ones
+// to deleting while it removes their files.
+const (
+	statePending   = "pending"
+	stateUploading = "uploading"
+	stateReady     = "ready"
+	stateDeleting  = "deleting"
+)
+
+// File types, as the seed names them.
+const (
+	TypeImage = "image"
+	TypeVideo = "video"
+	TypeFile  = "file"
+)
+
+// claimAvatar is the claim of an upload being made an avatar.
+const claimAvatar = "avatar"
+
+// mediaDoc is a document of the media collection: the seed's fields
+// (chatId, messageId, uploaderId, fileType, url, uploadedAt) plus the
+// upload's state and what the server learnt from the bytes.
+type mediaDoc struct {
+	ID         bson.ObjectID  `bson:"_id"`
+	ChatID     *bson.ObjectID `bson:"chatId,omitempty"`
+	MessageID  *bson.ObjectID `bson:"messageId,omitempty"`
+	UploaderID int            `bson:"uploaderId"`
+	FileType   string         `bson:"fileType"`
+	URL        string         `bson:"url"`
+	UploadedAt *time.Time     `bson:"uploadedAt,omitempty"`
+
+	Avatar       bool       `bson:"avatar,omitempty"`
+	State        string     `bson:"state"`
+	StateAt      time.Time  `bson:"stateAt"`
+	CreatedAt    time.Time  `bson:"createdAt"`
+	FileName     string     `bson:"fileName"`
+	DeclaredType string     `bson:"declaredType"`
+	ContentType  string     `bson:"contentType,omitempty"`
+	Size         int64      `bson:"size"`
+	SHA256       string     `bson:"sha256,omitempty"`
+	Width        int        `bson:"width,omitempty"`
+	Height       int        `bson:"height,omitempty"`
+	Thumbnail    bool       `bson:"thumbnail,omitempty"`
+	Claim        string     `bson:"claim,omitempty"`
+	ClaimedAt    *time.Time `bson:"claimedAt,omitempty"`
+	AvatarID     int        `bson:"avatarId,omitempty"`
+}
+
+// attached reports whether the file is in use: sent in a message or an
+// avatar.
+func (m *mediaDoc) attached() bool { return m.MessageID != nil || m.AvatarID != 0 }
+
+func originalKey(id bson.ObjectID) string  { return id.Hex() }
+func thumbnailKey(id bson.ObjectID) string { return id.Hex() + ".thumb" }
+
+// Path is where the download endpoint serves files.
+const Path = "/media/"
+
+// URL is where a media's file is downloaded, relative to the base URL.
+func URL(id bson.ObjectID) string { return Path + id.Hex() }
+
+func thumbnailURL(id bson.ObjectID) string { return Path + id.Hex() + "/thumbnail" }
+
+var errNoMedia = errors.New("no such media")
+
+// store keeps the media documents. As in the chat store, every update of
+// a document that more than one request may change holds a short Redis
+// lock on it: FerretDB does not isolate concurrent updates of a document.
+type store struct {
+	media      *mongo.Collection
+	locker     *redislock.Client
+	lockPrefix string
+	now        func() time.Time
+}
+
+func newStore(db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, now func() time.Time) *store {
+	var locker *redislock.Client
+	if rdb != nil {
+		locker = redislock.New(rdb)
+	}
+	return &store{media: db.Collection("media"), locker: locker, lockPrefix: redisPrefix + "lock:media:", now: now}
+}
+
+// EnsureIndexes creates the media collection's indexes. It is idempotent.
+func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
+	c := db.Collection("media")
+	want := map[string]mongo.IndexModel{
+		"createdAt": {Keys: bson.D{{Key: "createdAt", Value: 1}}, Options: options.Index().SetName("createdAt")},
+		"messageId": {Keys: bson.D{{Key: "messageId", Value: 1}}, Options: options.Index().SetName("messageId")},
+	}
+	cur, err := c.Indexes().List(ctx)
+	if err != nil {
+		return fmt.Errorf("media indexes: %w", err)
+	}
+	var have []struct {
+		Name string `bson:"name"`
+	}
+	if err := cur.All(ctx, &have); err != nil {
+		return fmt.Errorf("media indexes: %w", err)
+	}
+	for _, h := range have {
+		delete(want, h.Name)
+	}
+	for name, m := range want {
+		// Instances starting together may race; FerretDB then reports
+		// the existing index as an error, which a second look settles.
+		if _, err := c.Indexes().CreateOne(ctx, m); err != nil {
+			if !hasIndex(ctx, c, name) {
+				return fmt.Errorf("media index %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// hasIndex reports whether c has an index called name.
+func hasIndex(ctx context.Context, c *mongo.Collection, name string) bool {
+	specs, err := c.Indexes().ListSpecifications(ctx)
+	if err != nil {
+		return false
+	}
+	for _, s := range specs {
+		if s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *store) nowMs() time.Time { return s.now().UTC().Truncate(time.Millisecond) }
+
+// locked runs fn holding the lock of one media document.
+func (s *store) locked(ctx context.Context, id bson.ObjectID, fn func() error) error {
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	lock, err := s.locker.Obtain(lctx, s.lockPrefix+id.Hex(), 10*time.Second, &redislock.Options{
+		RetryStrategy: redislock.LinearBackoff(2 * time.Millisecond),
+	})
+	if err != nil {
+		return fmt.Errorf("lock media %s: %w", id.Hex(), err)
+	}
+	defer lock.Release(context.WithoutCancel(ctx))
+	return fn()
+}
+
+func (s *store) insert(ctx context.Context, m *mediaDoc) error {
+	if _, err := s.media.InsertOne(ctx, m); err != nil {
+		return fmt.Errorf("insert media: %w", err)
+	}
+	return nil
+}
+
+func (s *store) get(ctx context.Context, id bson.ObjectID) (*mediaDoc, error) {
+	var m mediaDoc
+	err := s.media.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&m)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, errNoMedia
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get media: %w", err)
+	}
+	return &m, nil
+}
+
+// update reads the document under its lock, lets change decide (and
+// modify it), and writes the fields set returns. change returning an
+// error leaves the document as it was.
+func (s *store) update(ctx context.Context, id bson.ObjectID, change func(m *mediaDoc) (bson.D, error)) (*mediaDoc, error) {
+	var out *mediaDoc
+	err := s.locked(ctx, id, func() error {
+		m, err := s.get(ctx, id)
+		if err != nil {
+			return err
+		}
+		set, err := change(m)
+		if err != nil {
+			return err
+		}
+		if len(set) > 0 {
+			if _, err := s.media.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, set); err != nil {
+				return fmt.Errorf("update media: %w", err)
+			}
+		}
+		out = m
+		return nil
+	})
+	return out, err
+}
+
+func (s *store) remove(ctx context.Context, id bson.ObjectID) error {
+	if _, err := s.media.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
+		return fmt.Errorf("delete media: %w", err)
+	}
+	return nil
+}
+
+// stale lists documents clean-up should look at: unattached ones created
+// before cutoff, and ones left in deleting since before deletingCutoff.
+func (s *store) stale(ctx context.Context, cutoff, deletingCutoff time.Time, limit int) ([]mediaDoc, error) {
+	filter := bson.D{{Key: "$or", Value: bson.A{
+		bson.D{
+			{Key: "createdAt", Value: bson.D{{Key: "$lt", Value: cutoff}}},
+			{Key: "messageId", Value: bson.D{{Key: "$exists", Value: false}}},
+			{Key: "avatarId", Value: bson.D{{Key: "$exists", Value: false}}},
+		},
+		bson.D{
+			{Key: "state", Value: stateDeleting},
+			{Key: "stateAt", Value: bson.D{{Key: "$lt", Value: deletingCutoff}}},
+		},
+	}}}
+	cur, err := s.media.Find(ctx, filter, options.Find().SetLimit(int64(limit)))
+	if err != nil {
+		return nil, fmt.Errorf("stale media: %w", err)
+	}
+	var out []mediaDoc
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, fmt.Errorf("stale media: %w", err)
+	}
+	return out, nil
+}
+
+// ofMessage lists the media attached to a message.
+func (s *store) ofMessage(ctx context.Context, messageID bson.ObjectID) ([]mediaDoc, error) {
+	cur, err := s.media.Find(ctx, bson.D{{Key: "messageId", Value: messageID}})
+	if err != nil {
+		return nil, fmt.Errorf("media of message: %w", err)
+	}
+	var out []mediaDoc
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, fmt.Errorf("media of message: %w", err)
+	}
+	return out, nil
+}
