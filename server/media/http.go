@@ -133,10 +133,6 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("the upload token is another user's"))
 	case !s.cfg.Now().Before(g.Expires):
 		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("the upload token expired"))
-	case r.ContentLength > g.Size:
-		return nil, errTooLarge
-	case r.ContentLength >= 0 && r.ContentLength < g.Size:
-		return nil, invalid("the body is %d bytes, not the declared %d", r.ContentLength, g.Size)
 	}
 	// The token is single-use: the first request to present it takes it.
 	used, err := s.rdb.SetNX(ctx, s.cfg.RedisPrefix+"media:token:"+id.Hex(), caller.UserID, time.Until(g.Expires)+time.Minute).Result()
@@ -158,7 +154,16 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 	if err != nil {
 		return nil, err
 	}
-	done, err := s.store(ctx, m, r.Body)
+	var done *mediaDoc
+	switch {
+	case r.ContentLength > g.Size:
+		// Refused before reading any of it.
+		err = errTooLarge
+	case r.ContentLength >= 0 && r.ContentLength < g.Size:
+		err = invalid("the body is %d bytes, not the declared %d", r.ContentLength, g.Size)
+	default:
+		done, err = s.store(ctx, m, r.Body)
+	}
 	if err != nil {
 		// Nothing of a refused upload stays: not its files, not its
 		// document. The client starts again with CreateUpload.

@@ -223,16 +223,17 @@ func IDFromURL(url string) (bson.ObjectID, bool) {
 // a crash part-way leaves it for clean-up to finish, never a file without
 // a document.
 func (l *Library) delete(ctx context.Context, id bson.ObjectID, ok func(*mediaDoc) bool) error {
-	go_ := false
+	proceed := false
 	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
-		if !ok(m) {
+		if m.State == stateDeleting || !ok(m) {
+			// Being deleted by another request already, or kept.
 			return nil, nil
 		}
-		go_ = true
+		proceed = true
 		now := l.store.nowMs()
 		return bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: stateDeleting}, {Key: "stateAt", Value: now}}}}, nil
 	})
-	if errors.Is(err, errNoMedia) || (err == nil && !go_) {
+	if errors.Is(err, errNoMedia) || (err == nil && !proceed) {
 		return nil
 	}
 	if err != nil {

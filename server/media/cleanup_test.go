@@ -1,0 +1,107 @@
+package media_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/servertest"
+)
+
+// TestCleanup: uploads never sent are deleted with their files after the
+// delay, by janitors running at once on two instances; sent ones stay,
+// and one whose message was stored but not recorded is repaired, not
+// deleted.
+func TestCleanup(t *testing.T) {
+	srv := newServer(t, servertest.WithOwnMongoDatabase(t))
+	p := servertest.Protocols[0]
+	alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+	chatID := privateChat(t, alice, bob)
+	coll := srv.App.Mongo().Collection("media")
+
+	unsent := alice.upload(t, chatID, "unsent.txt", "text/plain", []byte("never sent"))
+	pending, err := alice.createUpload(t, chatID, "pending.txt", "text/plain", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	avatar := alice.upload(t, "", "a.png", "image/png", pngImage(t, 40, 40))
+	sent := alice.upload(t, chatID, "sent.png", "image/png", pngImage(t, 40, 40))
+	if _, err := alice.msgs.SendMessage(context.Background(), req(alice, &parleyv1.SendMessageRequest{
+		ChatId: chatID, ClientMessageId: "sent", MediaIds: []string{sent.GetId()},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	// A send that stopped between storing its message and recording it on
+	// the media: the media keeps only its claim.
+	torn := alice.upload(t, chatID, "torn.txt", "text/plain", []byte("torn send"))
+	if _, err := alice.msgs.SendMessage(context.Background(), req(alice, &parleyv1.SendMessageRequest{
+		ChatId: chatID, ClientMessageId: "torn", MediaIds: []string{torn.GetId()},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	tornID, _ := bson.ObjectIDFromHex(torn.GetId())
+	if _, err := coll.UpdateOne(context.Background(), bson.D{{Key: "_id", Value: tornID}},
+		bson.D{{Key: "$unset", Value: bson.D{{Key: "messageId", Value: ""}}}}); err != nil {
+		t.Fatal(err)
+	}
+	// A claim whose send never stored its message.
+	lost := alice.upload(t, chatID, "lost.txt", "text/plain", []byte("lost send"))
+	lostID, _ := bson.ObjectIDFromHex(lost.GetId())
+	if _, err := coll.UpdateOne(context.Background(), bson.D{{Key: "_id", Value: lostID}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: "message:lost"}, {Key: "claimedAt", Value: srv.clock.Now()}}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Not yet due: nothing goes.
+	if n, err := srv.App.NewMediaJanitor(24*time.Hour).Sweep(context.Background()); err != nil || n != 0 {
+		t.Fatalf("early sweep: %d, %v", n, err)
+	}
+
+	srv.clock.Advance(25 * time.Hour)
+	var wg sync.WaitGroup
+	// Two instances' janitors (each is what one instance runs) at once.
+	counts := make([]int, 2)
+	for i := range counts {
+		wg.Go(func() {
+			n, err := srv.App.NewMediaJanitor(24 * time.Hour).Sweep(context.Background())
+			if err != nil {
+				t.Errorf("sweep %d: %v", i, err)
+			}
+			counts[i] = n
+		})
+	}
+	wg.Wait()
+	if got := counts[0] + counts[1]; got != 4 {
+		t.Errorf("janitors deleted %d uploads (%v), want 4: unsent, pending, avatar never used, lost claim", got, counts)
+	}
+	exists := func(id string) bool {
+		oid, _ := bson.ObjectIDFromHex(id)
+		n, err := coll.CountDocuments(context.Background(), bson.D{{Key: "_id", Value: oid}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	files := strings.Join(srv.files(t), " ")
+	for _, gone := range []string{unsent.GetId(), pending.GetMedia().GetId(), avatar.GetId(), lost.GetId()} {
+		if exists(gone) || strings.Contains(files, gone) {
+			t.Errorf("media %s still stored", gone)
+		}
+	}
+	for _, kept := range []string{sent.GetId(), torn.GetId()} {
+		if !exists(kept) || !strings.Contains(files, kept) {
+			t.Errorf("media %s was deleted", kept)
+		}
+	}
+	var doc struct {
+		MessageID *bson.ObjectID `bson:"messageId"`
+	}
+	if err := coll.FindOne(context.Background(), bson.D{{Key: "_id", Value: tornID}}).Decode(&doc); err != nil || doc.MessageID == nil {
+		t.Errorf("torn send's media not repaired: %v, %v", doc.MessageID, err)
+	}
+}

@@ -1,0 +1,228 @@
+package media_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/servertest"
+)
+
+func TestMain(m *testing.M) { servertest.Main(m) }
+
+// server is a test server with its media directory.
+type server struct {
+	*servertest.Server
+	mediaDir string
+	clock    *servertest.Clock
+}
+
+func newServer(t testing.TB, opts ...servertest.Option) *server {
+	t.Helper()
+	s := &server{mediaDir: t.TempDir(), clock: servertest.NewClock()}
+	opts = append([]servertest.Option{servertest.WithConfig(func(c *app.Config) {
+		c.MediaDir = s.mediaDir
+		c.Now = s.clock.Now
+		c.Media.MaxFileBytes = 4 << 20
+		c.Media.MaxImageBytes = 2 << 20
+		c.Media.UploadTTL = time.Minute
+	})}, opts...)
+	s.Server = servertest.New(t, opts...)
+	return s
+}
+
+// files lists the files in the media directory.
+func (s *server) files(t testing.TB) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(s.mediaDir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			out = append(out, strings.TrimPrefix(path, s.mediaDir))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// user is a signed-in test user with its clients.
+type user struct {
+	id     int32
+	token  string
+	srv    *server
+	media  parleyv1connect.MediaServiceClient
+	chats  parleyv1connect.ChatServiceClient
+	msgs   parleyv1connect.MessageServiceClient
+	avatar parleyv1connect.AvatarServiceClient
+}
+
+var seq atomic.Int64
+
+func newUser(t testing.TB, srv *server, p servertest.Protocol) *user {
+	t.Helper()
+	name := fmt.Sprintf("uploader%d", seq.Add(1))
+	authc := servertest.Client(srv.Server, p, parleyv1connect.NewAuthServiceClient)
+	res, err := authc.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
+		Username: name, Email: name + "@example.com", Password: "correct horse battery staple",
+	}))
+	if err != nil {
+		t.Fatalf("Register: %v", err)
+	}
+	return &user{
+		id:     res.Msg.GetMe().GetUser().GetId(),
+		token:  res.Msg.GetTokens().GetAccessToken(),
+		srv:    srv,
+		media:  servertest.Client(srv.Server, p, parleyv1connect.NewMediaServiceClient),
+		chats:  servertest.Client(srv.Server, p, parleyv1connect.NewChatServiceClient),
+		msgs:   servertest.Client(srv.Server, p, parleyv1connect.NewMessageServiceClient),
+		avatar: servertest.Client(srv.Server, p, parleyv1connect.NewAvatarServiceClient),
+	}
+}
+
+func req[T any](u *user, msg *T) *connect.Request[T] {
+	r := connect.NewRequest(msg)
+	r.Header().Set("Authorization", "Bearer "+u.token)
+	return r
+}
+
+func wantCode(t testing.TB, err error, want connect.Code) {
+	t.Helper()
+	if got := connect.CodeOf(err); err == nil || got != want {
+		t.Fatalf("err = %v (code %v), want code %v", err, got, want)
+	}
+}
+
+func privateChat(t testing.TB, a, b *user) string {
+	t.Helper()
+	res, err := a.chats.CreatePrivateChat(context.Background(), req(a, &parleyv1.CreatePrivateChatRequest{PeerId: b.id}))
+	if err != nil {
+		t.Fatalf("CreatePrivateChat: %v", err)
+	}
+	return res.Msg.GetChat().GetId()
+}
+
+// createUpload starts an upload to a chat ("" for an avatar).
+func (u *user) createUpload(t testing.TB, chatID, name, contentType string, size int) (*parleyv1.CreateUploadResponse, error) {
+	t.Helper()
+	r := &parleyv1.CreateUploadRequest{FileName: name, ContentType: contentType, Size: int64(size)}
+	if chatID == "" {
+		r.Target = &parleyv1.CreateUploadRequest_Avatar{Avatar: true}
+	} else {
+		r.Target = &parleyv1.CreateUploadRequest_ChatId{ChatId: chatID}
+	}
+	res, err := u.media.CreateUpload(context.Background(), req(u, r))
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg, nil
+}
+
+// put sends body to an upload URL with u's token and returns the status
+// and the answer's body.
+func (u *user) put(t testing.TB, url string, body io.Reader, size int64) (int, string) {
+	t.Helper()
+	r, err := http.NewRequest(http.MethodPut, u.srv.URL+url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ContentLength = size
+	r.Header.Set("Authorization", "Bearer "+u.token)
+	res, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatalf("PUT: %v", err)
+	}
+	defer res.Body.Close()
+	out, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(out)
+}
+
+// upload uploads data to a chat ("" for an avatar) and returns the media.
+func (u *user) upload(t testing.TB, chatID, name, contentType string, data []byte) *parleyv1.Media {
+	t.Helper()
+	up, err := u.createUpload(t, chatID, name, contentType, len(data))
+	if err != nil {
+		t.Fatalf("CreateUpload: %v", err)
+	}
+	if status, body := u.put(t, up.GetUploadUrl(), bytes.NewReader(data), int64(len(data))); status != http.StatusOK {
+		t.Fatalf("PUT: %d %s", status, body)
+	}
+	return u.getMedia(t, up.GetMedia().GetId()).GetMedia()
+}
+
+func (u *user) getMedia(t testing.TB, id string) *parleyv1.GetMediaResponse {
+	t.Helper()
+	res, err := u.media.GetMedia(context.Background(), req(u, &parleyv1.GetMediaRequest{MediaId: id}))
+	if err != nil {
+		t.Fatalf("GetMedia: %v", err)
+	}
+	return res.Msg
+}
+
+// get fetches a path with u's token (none when u is nil) and headers.
+func get(t testing.TB, srv *server, u *user, path string, header ...string) (*http.Response, []byte) {
+	t.Helper()
+	r, err := http.NewRequest(http.MethodGet, srv.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u != nil {
+		r.Header.Set("Authorization", "Bearer "+u.token)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		r.Header.Set(header[i], header[i+1])
+	}
+	res, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatalf("GET: %v", err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, body
+}
+
+// pngImage encodes a w×h PNG with noisy pixels.
+func pngImage(t testing.TB, w, h int) []byte {
+	t.Helper()
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		for x := range w {
+			img.Set(x, y, color.NRGBA{uint8(x * 7), uint8(y * 13), uint8(x ^ y), 255})
+		}
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func mustEnv(t testing.TB, name string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		t.Skipf("%s is not set", name)
+	}
+	return v
+}
