@@ -27,9 +27,18 @@ run: ## Run the server with embedded stores (same as `go run .`).
 build: ## Build the server binary into bin/parley.
 	go build -trimpath -ldflags "-s -w" -o bin/parley .
 
+# MinIO, the S3-compatible server the S3 storage is tested against (AGPL; run
+# as a separate process only). Its module has one version on the proxy; the
+# first build takes about 5 minutes.
+MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
+MINIO := $(shell go env GOPATH)/bin/minio
+
+$(MINIO):
+	GOFLAGS= go install github.com/minio/minio@$(MINIO_VERSION)
+
 .PHONY: test
-test: clients/ts/node_modules ## Run every test against real PostgreSQL, Redis and a Mongo wire server.
-	scripts/with-test-services go test -race -count=1 -timeout 30m ./...
+test: clients/ts/node_modules $(MINIO) ## Run every test against real PostgreSQL, Redis, a Mongo wire server and MinIO.
+	PARLEY_TEST_MINIO=$(MINIO) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
 	npm --prefix clients/ts run --silent build
 
 .PHONY: generate

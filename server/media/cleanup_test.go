@@ -58,7 +58,7 @@ func TestCleanup(t *testing.T) {
 	}
 
 	// Not yet due: nothing goes.
-	if n, err := srv.App.NewMediaJanitor(24*time.Hour).Sweep(context.Background()); err != nil || n != 0 {
+	if n, err := srv.App.NewMediaJanitor(24 * time.Hour).Sweep(context.Background()); err != nil || n != 0 {
 		t.Fatalf("early sweep: %d, %v", n, err)
 	}
 
