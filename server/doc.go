@@ -21,6 +21,10 @@
 //	server/live/        parley.v1.LiveService: per-user event logs in Redis
 //	                    streams, one pub/sub connection per instance,
 //	                    resumable streams, presence
+//	server/media/       parley.v1.MediaService and the /media/ upload and
+//	                    download endpoints; storage on disk or S3; the
+//	                    Library that attaches uploads to messages and
+//	                    avatars; clean-up of unattached uploads
 //	server/health/      grpc.health.v1.Health from periodic store pings
 //	server/reqlog/      one log line per request
 //	server/rpcerr/      store errors -> Connect codes, in one place
@@ -39,14 +43,17 @@
 //	main
 //	server/app, server/servertest
 //	server
-//	server/<domain> (live, chat, user, then auth, info), server/health
+//	server/<domain> (live, chat, user, then media, auth, info), server/health
 //	server/reqlog, server/rpcerr, server/sqldb, server/embedded
 //	gen/..., ent/...
 //
 // A domain package that needs another domain's answer (for example, "is
 // this user in this chat?") declares a small interface for it, which
 // server.New wires to the implementation (chat.Events is live.Hub;
-// live.Chats is chat.Service). The one import between domains
-// is of auth, for the caller's identity (auth.Caller), which every domain
-// uses; auth itself declares what it needs of accounts (auth.Accounts).
+// live.Chats is chat.Service; chat.Media and user.AvatarMedia are
+// media.Library; media.Members is chat.Service). The imports between
+// domains are of auth, for the caller's identity (auth.Caller), which
+// every domain uses, and of media by chat, for the media.Attachment its
+// Library hands over; auth itself declares what it needs of accounts
+// (auth.Accounts).
 package server

@@ -16,12 +16,18 @@
 //   - idle: -streams open streams spread over -users users, idle; it
 //     reports the server's memory per open stream (from /proc of
 //     -server-pid, so the server must run on this machine).
+//   - media: uploads a file of -size bytes to a chat and downloads it as
+//     the other member, -rounds times; it reports the throughput of each
+//     and the server's peak memory above its idle level while each runs
+//     (sampled every 20 ms from /proc of -server-pid). The file is
+//     generated and checked (SHA-256) on the fly, never held whole.
 //
 // Accounts are registered fresh each run (the server needs
 // -registrations-per-address raised for that).
 //
 //	go run ./cmd/parley-load -scenario delivery -addr http://127.0.0.1:8080
 //	go run ./cmd/parley-load -scenario idle -streams 10000 -server-pid $(pgrep -n parley)
+//	go run ./cmd/parley-load -scenario media -size 200000000 -server-pid $(pgrep -n parley)
 package main
 
 import (
@@ -63,13 +69,15 @@ type config struct {
 	drain       time.Duration
 	streams     int
 	serverPID   int
+	size        int64
+	rounds      int
 }
 
 func main() {
 	var c config
 	flag.StringVar(&c.addr, "addr", "http://127.0.0.1:8080", "server base `URL`")
 	flag.StringVar(&c.protocol, "protocol", "grpc", "connect (HTTP/1.1), grpc (h2c) or grpcweb (HTTP/1.1)")
-	flag.StringVar(&c.scenario, "scenario", "delivery", "delivery or idle")
+	flag.StringVar(&c.scenario, "scenario", "delivery", "delivery, idle or media")
 	flag.IntVar(&c.users, "users", 1000, "users (delivery: each with one stream)")
 	flag.IntVar(&c.group, "group", 100, "members of the busy group (delivery)")
 	flag.Float64Var(&c.groupRate, "group-rate", 20, "messages per second to the group (delivery)")
@@ -78,7 +86,9 @@ func main() {
 	flag.DurationVar(&c.duration, "duration", 60*time.Second, "how long to send (delivery)")
 	flag.DurationVar(&c.drain, "drain", 10*time.Second, "how long to wait for the last deliveries (delivery)")
 	flag.IntVar(&c.streams, "streams", 10000, "open streams (idle)")
-	flag.IntVar(&c.serverPID, "server-pid", 0, "the server's process id, to read its memory (idle)")
+	flag.IntVar(&c.serverPID, "server-pid", 0, "the server's process id, to read its memory (idle, media)")
+	flag.Int64Var(&c.size, "size", 200_000_000, "file size in bytes (media)")
+	flag.IntVar(&c.rounds, "rounds", 3, "uploads and downloads (media)")
 	flag.Parse()
 	ctx := context.Background()
 	var err error
@@ -87,6 +97,8 @@ func main() {
 		err = delivery(ctx, c)
 	case "idle":
 		err = idle(ctx, c)
+	case "media":
+		err = mediaTransfer(ctx, c)
 	default:
 		err = fmt.Errorf("unknown scenario %q", c.scenario)
 	}
