@@ -11,6 +11,7 @@ import (
 	"hash"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -88,6 +89,8 @@ func httpStatus(c connect.Code) int {
 		return http.StatusRequestEntityTooLarge
 	case connect.CodeUnavailable:
 		return http.StatusServiceUnavailable
+	case connect.CodeDeadlineExceeded:
+		return http.StatusRequestTimeout
 	case connect.CodeCanceled:
 		return 499
 	default:
@@ -101,6 +104,9 @@ func invalid(format string, args ...any) error {
 
 // upload receives the bytes of a pending media.
 func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
+	// The body may take long, but never stall: each read must make
+	// progress within BodyIdleTimeout.
+	r.Body = &idleReader{r: r.Body, rc: http.NewResponseController(w), idle: s.cfg.BodyIdleTimeout}
 	m, err := s.receive(r)
 	if err != nil {
 		s.httpError(w, r, err)
@@ -135,7 +141,7 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("the upload token expired"))
 	}
 	// The token is single-use: the first request to present it takes it.
-	used, err := s.rdb.SetNX(ctx, s.cfg.RedisPrefix+"media:token:"+id.Hex(), caller.UserID, time.Until(g.Expires)+time.Minute).Result()
+	used, err := s.rdb.SetNX(ctx, s.cfg.RedisPrefix+"media:token:"+id.Hex(), caller.UserID, g.Expires.Sub(s.cfg.Now())+time.Minute).Result()
 	if err != nil {
 		return nil, err
 	}
@@ -261,15 +267,36 @@ func uploadReadError(err error, size int64) error {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), err == nil:
 		return invalid("the body is shorter than the declared %d bytes", size)
 	default:
-		var maxErr *http.MaxBytesError
-		if errors.As(err, &maxErr) {
-			return errTooLarge
+		var netErr net.Error
+		if errors.As(err, &netErr) && netErr.Timeout() {
+			return connect.NewError(connect.CodeDeadlineExceeded, errors.New("the body stopped arriving"))
 		}
 		return connect.NewError(connect.CodeCanceled, fmt.Errorf("reading the body: %w", err))
 	}
 }
 
 var errBodyTooLong = errors.New("body longer than declared")
+
+// idleReader moves the connection's read deadline forward before each
+// read (at most once a second), so a body that stops arriving fails after
+// idle instead of holding the request for ever.
+type idleReader struct {
+	r     io.ReadCloser
+	rc    *http.ResponseController
+	idle  time.Duration
+	moved time.Time
+}
+
+func (i *idleReader) Read(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(i.moved) > time.Second {
+		// Unsupported (on some test transports) only means no deadline.
+		_ = i.rc.SetReadDeadline(now.Add(i.idle))
+		i.moved = now
+	}
+	return i.r.Read(p)
+}
+
+func (i *idleReader) Close() error { return i.r.Close() }
 
 // exactReader passes on exactly left bytes of r, hashing them, and fails
 // as soon as r turns out to hold more (or ends before). Its err keeps the

@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -198,6 +199,53 @@ func TestUploadRefusals(t *testing.T) {
 		}
 		nothingStored(t, "")
 	})
+}
+
+// TestUploadStalls: an upload whose body stops arriving is cut after the
+// idle timeout and leaves nothing; too many uploads are refused.
+func TestUploadStalls(t *testing.T) {
+	srv := newServer(t, servertest.WithConfig(func(c *app.Config) {
+		c.Media.BodyIdleTimeout = 300 * time.Millisecond
+		c.Media.UploadsPerHour = 3
+	}))
+	p := servertest.Protocols[0]
+	alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+	chatID := privateChat(t, alice, bob)
+	up, err := alice.createUpload(t, chatID, "stall.txt", "text/plain", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go pw.Write([]byte(strings.Repeat("x", 100))) // then nothing more
+	r, _ := http.NewRequest(http.MethodPut, srv.URL+up.GetUploadUrl(), pr)
+	r.ContentLength = 1000
+	r.Header.Set("Authorization", "Bearer "+alice.token)
+	res, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatalf("stalled upload: %v", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusRequestTimeout {
+		t.Errorf("stalled upload: %d, want 408", res.StatusCode)
+	}
+	// The server removes the upload before it answers.
+	_, err = alice.media.GetMedia(context.Background(), req(alice, &parleyv1.GetMediaRequest{MediaId: up.GetMedia().GetId()}))
+	wantCode(t, err, connect.CodeNotFound)
+	if files := srv.files(t); len(files) != 0 {
+		t.Errorf("files stored: %v", files)
+	}
+
+	for range 2 {
+		if _, err := alice.createUpload(t, chatID, "n.txt", "text/plain", 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = alice.createUpload(t, chatID, "n.txt", "text/plain", 10)
+	wantCode(t, err, connect.CodeResourceExhausted)
+	if _, err := bob.createUpload(t, chatID, "n.txt", "text/plain", 10); err != nil {
+		t.Fatalf("another user's upload: %v", err)
+	}
 }
 
 // cleanFiles deletes a test's upload, so the next subtest starts with no

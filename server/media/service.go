@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -36,7 +37,13 @@ type Config struct {
 	// is rounded up to a tenth of it, so that URLs signed close together
 	// are equal and caches can share them).
 	DownloadTTL time.Duration
-	// RedisPrefix starts the Redis keys that make upload tokens single-use.
+	// UploadsPerHour bounds the uploads one user may start.
+	UploadsPerHour int
+	// BodyIdleTimeout cuts an upload whose body makes no progress for
+	// this long, so stalled clients do not hold connections for ever.
+	BodyIdleTimeout time.Duration
+	// RedisPrefix starts the Redis keys that make upload tokens single-use
+	// and hold the rate-limit counters.
 	RedisPrefix string
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
@@ -44,11 +51,13 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultMaxImageBytes = 25 << 20
-	DefaultMaxVideoBytes = 1 << 30
-	DefaultMaxFileBytes  = 512 << 20
-	DefaultUploadTTL     = 15 * time.Minute
-	DefaultDownloadTTL   = 30 * time.Minute
+	DefaultMaxImageBytes   = 25 << 20
+	DefaultMaxVideoBytes   = 1 << 30
+	DefaultMaxFileBytes    = 512 << 20
+	DefaultUploadTTL       = 15 * time.Minute
+	DefaultDownloadTTL     = 30 * time.Minute
+	DefaultUploadsPerHour  = 1000
+	DefaultBodyIdleTimeout = time.Minute
 )
 
 func (c *Config) setDefaults() {
@@ -72,6 +81,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.DownloadTTL <= 0 {
 		c.DownloadTTL = DefaultDownloadTTL
+	}
+	if c.UploadsPerHour <= 0 {
+		c.UploadsPerHour = DefaultUploadsPerHour
+	}
+	if c.BodyIdleTimeout <= 0 {
+		c.BodyIdleTimeout = DefaultBodyIdleTimeout
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -102,6 +117,7 @@ type Service struct {
 	lib     *Library
 	members Members
 	rdb     redis.UniversalClient
+	limiter *redis_rate.Limiter
 	cfg     Config
 	sign    signer
 	// decoding bounds how many images are decoded at once, since each
@@ -119,7 +135,7 @@ func New(log *slog.Logger, lib *Library, members Members, rdb redis.UniversalCli
 		return nil, err
 	}
 	return &Service{
-		log: log, lib: lib, members: members, rdb: rdb, cfg: cfg, sign: sign,
+		log: log, lib: lib, members: members, rdb: rdb, limiter: redis_rate.NewLimiter(rdb), cfg: cfg, sign: sign,
 		decoding: make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}, nil
 }
@@ -135,6 +151,14 @@ func (s *Service) CreateUpload(
 		return nil, err
 	}
 	class := declaredClass(req.Msg.GetContentType())
+	allowed, err := s.limiter.Allow(ctx, fmt.Sprintf("%smedia:uploads:%d", s.cfg.RedisPrefix, id.UserID), redis_rate.PerHour(s.cfg.UploadsPerHour))
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "create upload", err)
+	}
+	if allowed.Allowed == 0 {
+		return nil, connect.NewError(connect.CodeResourceExhausted,
+			fmt.Errorf("too many uploads; retry in %s", allowed.RetryAfter.Round(time.Second)))
+	}
 	now := s.lib.store.nowMs()
 	m := &mediaDoc{
 		ID:           bson.NewObjectID(),
