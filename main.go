@@ -206,6 +206,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	if c.Media.MaxImageBytes <= 0 || c.Media.MaxVideoBytes <= 0 || c.Media.MaxFileBytes <= 0 || c.Media.Images.MaxPixels <= 0 {
 		return opts, errors.New("-media-max-* must be positive")
 	}
+	if c.MediaCleanupAfter <= c.Media.UploadTTL {
+		return opts, errors.New("-media-cleanup-after must be longer than -media-upload-ttl")
+	}
 	if c.MaxRequestBytes <= 0 {
 		return opts, errors.New("-max-request-bytes must be positive")
 	}

@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -122,7 +123,20 @@ func (s *Service) SendMessage(
 		return nil, s.internal(ctx, "send message", err)
 	}
 	if len(mediaIDs) > 0 {
-		if err := s.media.Attach(ctx, mediaIDs, m.ID); err != nil {
+		// A retry gets the message an earlier attempt stored, with that
+		// attempt's files: only those are attached, the others freed.
+		var taken, other []bson.ObjectID
+		for _, mid := range mediaIDs {
+			if slices.ContainsFunc(m.Attachments, func(a attachmentDoc) bool { return a.MediaID == mid }) {
+				taken = append(taken, mid)
+			} else {
+				other = append(other, mid)
+			}
+		}
+		if len(other) > 0 {
+			s.media.Release(ctx, other, m.ClientMessageID)
+		}
+		if err := s.media.Attach(ctx, taken, m.ClientMessageID, m.ID); err != nil {
 			return nil, s.internal(ctx, "send message", err)
 		}
 	}

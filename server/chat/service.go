@@ -53,7 +53,10 @@ type Media interface {
 	// that key names, and returns what the message keeps of them.
 	Claim(ctx context.Context, userID int, chatID bson.ObjectID, key string, ids []bson.ObjectID) ([]media.Attachment, error)
 	// Attach records the stored message on the uploads it claimed.
-	Attach(ctx context.Context, ids []bson.ObjectID, messageID bson.ObjectID) error
+	Attach(ctx context.Context, ids []bson.ObjectID, key string, messageID bson.ObjectID) error
+	// Release frees uploads claimed under key that the message did not
+	// take.
+	Release(ctx context.Context, ids []bson.ObjectID, key string)
 	// DeleteOfMessage deletes the files of a deleted message.
 	DeleteOfMessage(ctx context.Context, messageID bson.ObjectID) error
 }

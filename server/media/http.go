@@ -25,6 +25,10 @@ import (
 	"github.com/parley-chat/parley/server/reqlog"
 )
 
+// MaxUploadTime is the longest an upload may take, however slow the
+// client.
+const MaxUploadTime = 6 * time.Hour
+
 // headLimit is how much of an upload is read before storing: enough to
 // sniff the type and find an image's dimensions behind large metadata.
 const headLimit = 512 << 10
@@ -160,6 +164,10 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 	if err != nil {
 		return nil, err
 	}
+	// However slow the client, an upload ends within MaxUploadTime, so
+	// that clean-up knows when an upload in progress has died.
+	ctx, cancel := context.WithTimeout(ctx, MaxUploadTime)
+	defer cancel()
 	var done *mediaDoc
 	switch {
 	case r.ContentLength > g.Size:
@@ -173,7 +181,14 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 	if err != nil {
 		// Nothing of a refused upload stays: not its files, not its
 		// document. The client starts again with CreateUpload.
-		if derr := s.lib.delete(context.WithoutCancel(ctx), id, func(*mediaDoc) bool { return true }); derr != nil {
+		dctx := context.WithoutCancel(ctx)
+		derr := s.lib.delete(dctx, id, func(*mediaDoc) bool { return true })
+		if derr == nil {
+			// Even when the document went first (clean-up of an upload
+			// that outlived its time), its files go.
+			derr = s.lib.removeFiles(dctx, id)
+		}
+		if derr != nil {
 			s.log.ErrorContext(ctx, "remove refused upload", "media", id.Hex(), "err", derr)
 		}
 		return nil, err
@@ -192,6 +207,10 @@ func (s *Service) store(ctx context.Context, m *mediaDoc, body io.Reader) (*medi
 	}
 	contentType := sniff(head)
 	class := classOf(contentType)
+	if limit := s.cfg.maxBytes(class); m.Size > limit {
+		// Declared as another kind of file, to get a larger limit.
+		return nil, invalid("a %s is at most %d bytes", class, limit)
+	}
 	if want := declaredClass(m.DeclaredType); (want == TypeImage || want == TypeVideo || m.Avatar) && class != want {
 		return nil, connect.NewError(connect.CodeInvalidArgument,
 			fmt.Errorf("the content is %s, not the declared %s", contentType, m.DeclaredType))
@@ -293,10 +312,36 @@ func (i *idleReader) Read(p []byte) (int, error) {
 		_ = i.rc.SetReadDeadline(now.Add(i.idle))
 		i.moved = now
 	}
-	return i.r.Read(p)
+	n, err := i.r.Read(p)
+	if errors.Is(err, io.EOF) {
+		// The body is complete: net/http's own read of the connection
+		// that follows must not run into our deadline while the upload
+		// is still being processed. (After a failure the deadline stays,
+		// so that the server gives up on the rest of a stalled body.)
+		_ = i.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 func (i *idleReader) Close() error { return i.r.Close() }
+
+// idleWriter moves the connection's write deadline forward before each
+// write (at most once a second), so a download whose client stops taking
+// data fails after idle instead of holding the file open for ever.
+type idleWriter struct {
+	http.ResponseWriter
+	rc    *http.ResponseController
+	idle  time.Duration
+	moved time.Time
+}
+
+func (i *idleWriter) Write(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(i.moved) > time.Second {
+		_ = i.rc.SetWriteDeadline(now.Add(i.idle))
+		i.moved = now
+	}
+	return i.ResponseWriter.Write(p)
+}
 
 // exactReader passes on exactly left bytes of r, hashing them, and fails
 // as soon as r turns out to hold more (or ends before). Its err keeps the
@@ -313,15 +358,7 @@ func (e *exactReader) Read(p []byte) (int, error) {
 		return 0, e.err
 	}
 	if e.left == 0 {
-		// Everything declared has come; anything more is too much.
-		var one [1]byte
-		n, err := io.ReadFull(e.r, one[:])
-		if n > 0 {
-			e.err = errBodyTooLong
-			return 0, e.err
-		}
-		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-			e.err = err
+		if err := e.probe(); err != nil {
 			return 0, err
 		}
 		return 0, io.EOF
@@ -332,17 +369,38 @@ func (e *exactReader) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
 	e.left -= int64(n)
 	e.sum.Write(p[:n])
-	if errors.Is(err, io.EOF) {
-		if e.left > 0 {
-			e.err = io.ErrUnexpectedEOF
-			return n, e.err
+	switch {
+	case errors.Is(err, io.EOF) && e.left > 0:
+		e.err = io.ErrUnexpectedEOF
+		return n, e.err
+	case errors.Is(err, io.EOF):
+		return n, io.EOF
+	case err != nil:
+		e.err = err
+		return n, err
+	case e.left == 0:
+		// Everything declared has come: look for more at once, since a
+		// reader that wants exactly the declared size (S3's parts) may
+		// never ask again.
+		if perr := e.probe(); perr != nil {
+			return n, perr
 		}
-		err = nil
+		return n, io.EOF
 	}
-	if err != nil {
+	return n, nil
+}
+
+// probe reads past the declared end: any byte there is too much.
+func (e *exactReader) probe() error {
+	var one [1]byte
+	n, err := io.ReadFull(e.r, one[:])
+	switch {
+	case n > 0:
+		e.err = errBodyTooLong
+	case err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF):
 		e.err = err
 	}
-	return n, err
+	return e.err
 }
 
 // download serves a ready file or its thumbnail.
@@ -417,7 +475,10 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request) {
 	} else {
 		h.Set("Content-Disposition", disposition)
 	}
-	http.ServeContent(w, r, "", obj.ModTime(), obj)
+	iw := &idleWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: s.cfg.BodyIdleTimeout}
+	http.ServeContent(iw, r, "", obj.ModTime(), obj)
+	// The connection may carry more requests.
+	_ = iw.rc.SetWriteDeadline(time.Time{})
 }
 
 func extension(name string) string {

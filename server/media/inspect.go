@@ -79,10 +79,11 @@ type ImageLimits struct {
 	MaxPixels int
 }
 
-// DefaultImageLimits allow any camera photo and refuse decompression
-// bombs: a 40-megapixel image decodes to at most 160 MB, and decodes run
-// one per core.
-var DefaultImageLimits = ImageLimits{MaxSide: 20000, MaxPixels: 40_000_000}
+// DefaultImageLimits allow the photos phones take (12 to 24 megapixels)
+// and refuse decompression bombs: a 25-megapixel image decodes to at most
+// 100 MB (8-bit RGBA; 200 MB for 16-bit PNG), and decodes run one per
+// core.
+var DefaultImageLimits = ImageLimits{MaxSide: 20000, MaxPixels: 25_000_000}
 
 // errNoImageHeader refuses a file that claims to be an image but whose
 // header does not say its size.

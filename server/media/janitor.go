@@ -2,8 +2,11 @@ package media
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -78,15 +81,24 @@ func (j *Janitor) Sweep(ctx context.Context) (int, error) {
 			return deleted, err
 		}
 		progress := false
+		var errs []error
 		for i := range batch {
+			// One upload that cannot be cleaned up must not stop the rest.
 			done, err := j.sweepOne(ctx, &batch[i], now)
 			if err != nil {
-				return deleted, err
+				if ctx.Err() != nil {
+					return deleted, err
+				}
+				errs = append(errs, fmt.Errorf("media %s: %w", batch[i].ID.Hex(), err))
+				continue
 			}
 			if done {
 				deleted++
 				progress = true
 			}
+		}
+		if len(errs) > 0 {
+			return deleted, errors.Join(errs...)
 		}
 		if len(batch) < 100 || !progress {
 			return deleted, nil
@@ -97,8 +109,12 @@ func (j *Janitor) Sweep(ctx context.Context) (int, error) {
 // sweepOne deletes one stale upload unless, looked at again under its
 // lock, it is in use after all.
 func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (bool, error) {
-	if seen.State == stateDeleting {
+	switch {
+	case seen.State == stateDeleting:
 		return true, j.lib.purge(ctx, seen.ID)
+	case seen.State == stateUploading && now.Sub(seen.StateAt) < MaxUploadTime+time.Minute:
+		// Still arriving, perhaps slowly.
+		return false, nil
 	}
 	// A claim may be a message or avatar stored but not yet recorded.
 	var messageID *bson.ObjectID
@@ -126,17 +142,25 @@ func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (
 		}
 	}
 	if messageID != nil {
-		return false, j.lib.Attach(ctx, []bson.ObjectID{seen.ID}, *messageID)
+		return false, j.lib.Attach(ctx, []bson.ObjectID{seen.ID}, strings.TrimPrefix(seen.Claim, "message:"), *messageID)
 	}
 	if avatarID != 0 {
 		return false, j.lib.AttachAvatar(ctx, seen.ID, avatarID)
 	}
 	deleted := false
 	err := j.lib.delete(ctx, seen.ID, func(m *mediaDoc) bool {
-		// Only what is exactly as seen: a claim taken since, or an
-		// attachment, keeps it.
-		deleted = !m.attached() && m.Claim == seen.Claim && m.CreatedAt.Before(now.Add(-j.after))
+		// Only what is exactly as seen: a claim taken or renewed since,
+		// an attachment, or an upload begun since, keeps it.
+		deleted = !m.attached() && m.Claim == seen.Claim && sameTime(m.ClaimedAt, seen.ClaimedAt) &&
+			m.State == seen.State && m.StateAt.Equal(seen.StateAt) && m.CreatedAt.Before(now.Add(-j.after))
 		return deleted
 	})
 	return deleted && err == nil, err
+}
+
+func sameTime(a, b *time.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(*b)
 }

@@ -72,6 +72,7 @@ var (
 	errMediaNotFound = connect.NewError(connect.CodeNotFound, errors.New("media not found"))
 	errNotReady      = connect.NewError(connect.CodeFailedPrecondition, errors.New("media upload not finished"))
 	errAlreadyUsed   = connect.NewError(connect.CodeFailedPrecondition, errors.New("media already sent"))
+	errAlreadyAvatar = connect.NewError(connect.CodeAlreadyExists, errors.New("media is already an avatar"))
 )
 
 // Claim reserves uploads for the message that key names (unique per
@@ -91,12 +92,15 @@ func (l *Library) Claim(ctx context.Context, userID int, chatID bson.ObjectID, k
 			case m.State != stateReady:
 				return nil, errNotReady
 			case m.Claim == key:
-				return nil, nil
+				// A retry: the claim is renewed, so that clean-up
+				// (which compares claimedAt) leaves it alone.
 			case m.Claim != "" || m.attached():
 				return nil, errAlreadyUsed
+			default:
+				fresh = true
 			}
 			now := l.store.nowMs()
-			m.Claim, m.ClaimedAt, fresh = key, &now, true
+			m.Claim, m.ClaimedAt = key, &now
 			return bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: key}, {Key: "claimedAt", Value: now}}}}, nil
 		})
 		if errors.Is(err, errNoMedia) {
@@ -112,6 +116,13 @@ func (l *Library) Claim(ctx context.Context, userID int, chatID bson.ObjectID, k
 		out = append(out, m.attachment())
 	}
 	return out, nil
+}
+
+// Release undoes the claims under key (as given to Claim) of uploads that
+// the message did not take: a retried send whose message was stored by an
+// earlier attempt with other files.
+func (l *Library) Release(ctx context.Context, ids []bson.ObjectID, key string) {
+	l.release(ctx, ids, "message:"+key)
 }
 
 // release undoes claims made under key that no message took up.
@@ -130,12 +141,13 @@ func (l *Library) release(ctx context.Context, ids []bson.ObjectID, key string) 
 	}
 }
 
-// Attach records the stored message on the uploads claimed for it.
-// It is idempotent.
-func (l *Library) Attach(ctx context.Context, ids []bson.ObjectID, messageID bson.ObjectID) error {
+// Attach records the stored message on the uploads claimed for it under
+// key (as given to Claim). It is idempotent.
+func (l *Library) Attach(ctx context.Context, ids []bson.ObjectID, key string, messageID bson.ObjectID) error {
+	key = "message:" + key
 	for _, id := range ids {
 		_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
-			if m.MessageID != nil {
+			if m.MessageID != nil || m.Claim != key {
 				return nil, nil
 			}
 			m.MessageID = &messageID
@@ -174,8 +186,10 @@ func (l *Library) ClaimAvatar(ctx context.Context, userID int, id bson.ObjectID)
 		case m.State != stateReady:
 			return nil, errNotReady
 		case m.attached():
-			return nil, connect.NewError(connect.CodeAlreadyExists, errors.New("media is already an avatar"))
+			return nil, errAlreadyAvatar
 		}
+		// A claim left by an AddAvatar that failed part-way is taken
+		// over; the avatars table decides (one avatar per URL).
 		now := l.store.nowMs()
 		return bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: claimAvatar}, {Key: "claimedAt", Value: now}}}}, nil
 	})
@@ -199,14 +213,16 @@ func (l *Library) AttachAvatar(ctx context.Context, id bson.ObjectID, avatarID i
 	return nil
 }
 
-// DeleteByURL deletes the upload served at url (an avatar's URL), if
-// it is one.
-func (l *Library) DeleteByURL(ctx context.Context, url string) error {
+// DeleteAvatar deletes the upload that a deleted avatar served at url,
+// if it is one and was that avatar's.
+func (l *Library) DeleteAvatar(ctx context.Context, url string, avatarID int) error {
 	id, ok := IDFromURL(url)
 	if !ok {
 		return nil
 	}
-	return l.delete(ctx, id, func(*mediaDoc) bool { return true })
+	return l.delete(ctx, id, func(m *mediaDoc) bool {
+		return m.Avatar && (m.AvatarID == avatarID || m.AvatarID == 0)
+	})
 }
 
 // IDFromURL returns the media id of a URL that URL made.
@@ -244,10 +260,17 @@ func (l *Library) delete(ctx context.Context, id bson.ObjectID, ok func(*mediaDo
 
 // purge removes the files and then the document of media being deleted.
 func (l *Library) purge(ctx context.Context, id bson.ObjectID) error {
+	if err := l.removeFiles(ctx, id); err != nil {
+		return err
+	}
+	return l.store.remove(ctx, id)
+}
+
+func (l *Library) removeFiles(ctx context.Context, id bson.ObjectID) error {
 	for _, key := range []string{originalKey(id), thumbnailKey(id)} {
 		if err := l.storage.Delete(ctx, key); err != nil {
 			return err
 		}
 	}
-	return l.store.remove(ctx, id)
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"image/jpeg"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -209,12 +210,22 @@ func TestAttachRules(t *testing.T) {
 		t.Fatalf("retried send: %v", err)
 	}
 	wantCode(t, send("again", mine.GetId()), connect.CodeFailedPrecondition)
+	// A retry with other files gets the first message, and leaves the
+	// other files free to send.
+	other := alice.upload(t, ab, "o.txt", "text/plain", []byte("other"))
+	if err := send("ok", other.GetId()); err != nil {
+		t.Fatalf("retry with another file: %v", err)
+	}
+	if err := send("later", other.GetId()); err != nil {
+		t.Fatalf("the other file after the retry: %v", err)
+	}
 	list, err := alice.msgs.ListMessages(context.Background(), req(alice, &parleyv1.ListMessagesRequest{ChatId: ab}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(list.Msg.GetMessages()); n != 1 {
-		t.Fatalf("%d messages, want 1", n)
+	msgs := list.Msg.GetMessages()
+	if len(msgs) != 2 || msgs[0].GetAttachments()[0].GetMediaId() != mine.GetId() || msgs[1].GetAttachments()[0].GetMediaId() != other.GetId() {
+		t.Fatalf("messages = %v, want ok with a.txt, later with o.txt", msgs)
 	}
 	// Validation: neither text nor media, too many, duplicates.
 	wantCode(t, send("empty"), connect.CodeInvalidArgument)
@@ -242,6 +253,40 @@ func TestAvatarUpload(t *testing.T) {
 	}
 	_, err = alice.avatar.AddAvatar(context.Background(), req(alice, &parleyv1.AddAvatarRequest{MediaId: m.GetId()}))
 	wantCode(t, err, connect.CodeAlreadyExists)
+	// A double click: two AddAvatar of one image at once make one avatar.
+	second := alice.upload(t, "", "me2.png", "image/png", data)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := alice.avatar.AddAvatar(context.Background(), req(alice, &parleyv1.AddAvatarRequest{MediaId: second.GetId()}))
+			errs <- err
+		}()
+	}
+	ok := 0
+	for range 2 {
+		if err := <-errs; err == nil {
+			ok++
+		} else if connect.CodeOf(err) != connect.CodeAlreadyExists {
+			t.Fatalf("concurrent AddAvatar: %v", err)
+		}
+	}
+	mine, err := alice.avatar.ListAvatars(context.Background(), req(alice, &parleyv1.ListAvatarsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, av := range mine.Msg.GetAvatars() {
+		if av.GetUrl() == second.GetUrl() {
+			n++
+		}
+	}
+	if ok != 1 || n != 1 {
+		t.Fatalf("concurrent AddAvatar: %d succeeded, %d avatars of the image; want 1 and 1", ok, n)
+	}
+	// Back to the first image as the active avatar, for what follows.
+	if _, err := alice.avatar.SetActiveAvatar(context.Background(), req(alice, &parleyv1.SetActiveAvatarRequest{AvatarId: a.GetId()})); err != nil {
+		t.Fatal(err)
+	}
 	_, err = stranger.avatar.AddAvatar(context.Background(), req(stranger, &parleyv1.AddAvatarRequest{MediaId: m.GetId()}))
 	wantCode(t, err, connect.CodeNotFound)
 
@@ -252,8 +297,9 @@ func TestAvatarUpload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := list.Msg.GetAvatars()[0]; got.GetId() != a.GetId() || !got.GetIsActive() {
-		t.Fatalf("ListAvatars: %v", list.Msg.GetAvatars())
+	active := slices.IndexFunc(list.Msg.GetAvatars(), func(av *parleyv1.Avatar) bool { return av.GetIsActive() })
+	if active < 0 || list.Msg.GetAvatars()[active].GetId() != a.GetId() {
+		t.Fatalf("ListAvatars: %v, want %d active", list.Msg.GetAvatars(), a.GetId())
 	}
 	// A chat file cannot be an avatar, nor an avatar image be sent.
 	chatID := privateChat(t, alice, stranger)

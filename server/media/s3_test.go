@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -133,8 +134,18 @@ func TestS3Storage(t *testing.T) {
 	if status, body := alice.put(t, up.GetUploadUrl(), strings.NewReader(strings.Repeat("x", 200)), -1); status != http.StatusRequestEntityTooLarge {
 		t.Fatalf("long body: %d %s", status, body)
 	}
+	// Also when the declared size is a whole number of parts, so that
+	// the part reader alone would stop right at it.
+	up, err = alice.createUpload(t, chatID, "parts.txt", "text/plain", 10<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	longer := io.LimitReader(zeros{}, 10<<20+10)
+	if status, body := alice.put(t, up.GetUploadUrl(), longer, -1); status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("long body of whole parts: %d %s", status, body)
+	}
 	if got := objects(); len(got) != 3 {
-		t.Fatalf("objects after a refused upload = %v", got)
+		t.Fatalf("objects after refused uploads = %v", got)
 	}
 
 	if _, err := alice.msgs.DeleteMessage(ctx, req(alice, &parleyv1.DeleteMessageRequest{

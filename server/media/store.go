@@ -224,7 +224,7 @@ func (s *store) stale(ctx context.Context, cutoff, deletingCutoff time.Time, lim
 			{Key: "stateAt", Value: bson.D{{Key: "$lt", Value: deletingCutoff}}},
 		},
 	}}}
-	cur, err := s.media.Find(ctx, filter, options.Find().SetLimit(int64(limit)))
+	cur, err := s.media.Find(ctx, filter, options.Find().SetLimit(int64(limit)).SetSort(bson.D{{Key: "createdAt", Value: 1}}))
 	if err != nil {
 		return nil, fmt.Errorf("stale media: %w", err)
 	}

@@ -38,8 +38,8 @@ type AvatarMedia interface {
 	ClaimAvatar(ctx context.Context, userID int, mediaID bson.ObjectID) (string, error)
 	// AttachAvatar records the avatar on its upload.
 	AttachAvatar(ctx context.Context, mediaID bson.ObjectID, avatarID int) error
-	// DeleteByURL deletes the upload a deleted avatar served, if any.
-	DeleteByURL(ctx context.Context, url string) error
+	// DeleteAvatar deletes the upload a deleted avatar served, if any.
+	DeleteAvatar(ctx context.Context, url string, avatarID int) error
 }
 
 // Service implements UserService, AvatarService and auth.Accounts.
@@ -261,10 +261,9 @@ func (s *Service) DeleteAvatar(
 		return nil, rpcerr.From(ctx, s.log, "delete avatar", err)
 	}
 	if s.media != nil && !deleted.IsRandom {
-		// Should this fail, clean-up deletes the image later: it is no
-		// avatar's any more.
-		if err := s.media.DeleteByURL(ctx, deleted.AvatarURL); err != nil {
-			s.log.WarnContext(ctx, "delete avatar image", "url", deleted.AvatarURL, "err", err)
+		if err := s.media.DeleteAvatar(ctx, deleted.AvatarURL, deleted.ID); err != nil {
+			// The avatar is gone; its image file stays behind.
+			s.log.ErrorContext(ctx, "delete avatar image", "url", deleted.AvatarURL, "err", err)
 		}
 	}
 	return connect.NewResponse(&parleyv1.DeleteAvatarResponse{ActiveAvatar: toAvatar(a)}), nil
@@ -290,6 +289,9 @@ func (s *Service) AddAvatar(
 		return nil, rpcerr.From(ctx, s.log, "add avatar", err)
 	}
 	a, err := s.store.addAvatar(ctx, id.UserID, url)
+	if errors.Is(err, errAvatarExists) {
+		return nil, connect.NewError(connect.CodeAlreadyExists, errors.New("media is already an avatar"))
+	}
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "add avatar", err)
 	}

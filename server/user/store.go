@@ -272,6 +272,8 @@ func (s *store) setActive(ctx context.Context, userID, avatarID int) (*ent.Avata
 	return out, err
 }
 
+var errAvatarExists = errors.New("an avatar already serves this image")
+
 // addAvatar adds an uploaded image as the user's active avatar.
 func (s *store) addAvatar(ctx context.Context, userID int, url string) (*ent.Avatar, error) {
 	var out *ent.Avatar
@@ -279,10 +281,18 @@ func (s *store) addAvatar(ctx context.Context, userID int, url string) (*ent.Ava
 		if err := s.lockUser(ctx, tx, userID); err != nil {
 			return err
 		}
+		// Under the user's lock, so two AddAvatar of one image (a double
+		// click) make one avatar.
+		n, err := tx.Avatar.Query().Where(avatar.AvatarURL(url)).Count(ctx)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			return errAvatarExists
+		}
 		if err := tx.Avatar.Update().Where(avatar.UserID(userID), avatar.IsActive(true)).SetIsActive(false).Exec(ctx); err != nil {
 			return fmt.Errorf("deactivate avatar: %w", err)
 		}
-		var err error
 		out, err = tx.Avatar.Create().SetUserID(userID).SetAvatarURL(url).
 			SetIsRandom(false).SetIsActive(true).SetUploadedAt(s.now()).Save(ctx)
 		return err
