@@ -27,7 +27,9 @@
 //	                    avatars; clean-up of unattached uploads
 //	server/health/      grpc.health.v1.Health from periodic store pings
 //	server/reqlog/      one log line per request
-//	server/rpcerr/      store errors -> Connect codes, in one place
+//	server/rpcerr/      store errors -> Connect codes (and HTTP statuses), in
+//	                    one place
+//	server/doclock/     per-document Redis locks around MongoDB updates
 //	server/sqldb/       PostgreSQL (or embedded SQLite) behind ent; migrations
 //	server/embedded/    FerretDB and miniredis, the zero-setup stand-ins
 //	server/app/         Config -> open stores -> handler -> serve; used by
@@ -44,7 +46,7 @@
 //	server/app, server/servertest
 //	server
 //	server/<domain> (live, chat, user, then media, auth, info), server/health
-//	server/reqlog, server/rpcerr, server/sqldb, server/embedded
+//	server/reqlog, server/rpcerr, server/doclock, server/sqldb, server/embedded
 //	gen/..., ent/...
 //
 // A domain package that needs another domain's answer (for example, "is

@@ -103,7 +103,7 @@ func (s *Service) Middleware(public Public, next http.Handler) http.Handler {
 			if errw.IsSupported(r) {
 				_ = errw.Write(w, r, cerr)
 			} else {
-				http.Error(w, cerr.Message(), connectHTTPStatus(cerr.Code()))
+				http.Error(w, cerr.Message(), rpcerr.HTTPStatus(cerr.Code()))
 			}
 			return
 		}
@@ -136,16 +136,4 @@ func bearer(h string) (string, bool) {
 		return "", false
 	}
 	return strings.TrimSpace(h[len(prefix):]), true
-}
-
-// connectHTTPStatus is the HTTP status of a code, for plain HTTP endpoints.
-func connectHTTPStatus(c connect.Code) int {
-	switch c {
-	case connect.CodeUnauthenticated:
-		return http.StatusUnauthorized
-	case connect.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	default:
-		return http.StatusInternalServerError
-	}
 }

@@ -8,11 +8,12 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/bsm/redislock"
 	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/parley-chat/parley/server/doclock"
 )
 
 // Chat types and roles as the documents spell them (the customer's model).
@@ -107,8 +108,7 @@ func privateKey(a, b int) string {
 // writes there. Every update of a document that more than one request may
 // change holds a short Redis lock on it (see locked).
 type store struct {
-	locker     *redislock.Client
-	lockPrefix string
+	locks *doclock.Locks
 
 	chats     *mongo.Collection
 	members   *mongo.Collection
@@ -118,18 +118,17 @@ type store struct {
 }
 
 func newStore(db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, now func() time.Time) *store {
-	var locker *redislock.Client
+	var locks *doclock.Locks
 	if rdb != nil {
-		locker = redislock.New(rdb)
+		locks = doclock.New(rdb, redisPrefix+"lock:")
 	}
 	return &store{
-		locker:     locker,
-		lockPrefix: redisPrefix + "lock:",
-		chats:      db.Collection("chats"),
-		members:    db.Collection("members"),
-		positions:  db.Collection("positions"),
-		messages:   db.Collection("messages"),
-		now:        now,
+		locks:     locks,
+		chats:     db.Collection("chats"),
+		members:   db.Collection("members"),
+		positions: db.Collection("positions"),
+		messages:  db.Collection("messages"),
+		now:       now,
 	}
 }
 
@@ -202,19 +201,9 @@ func indexName(m mongo.IndexModel) *string {
 	return o.Name
 }
 
-// locked runs fn holding the Redis lock named key, waiting up to 5 s for
-// it. The lock expires by itself after 10 s should its holder die.
+// locked runs fn holding the lock named key (see doclock).
 func (s *store) locked(ctx context.Context, key string, fn func() error) error {
-	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	lock, err := s.locker.Obtain(lctx, s.lockPrefix+key, 10*time.Second, &redislock.Options{
-		RetryStrategy: redislock.LinearBackoff(2 * time.Millisecond),
-	})
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", key, err)
-	}
-	defer lock.Release(context.WithoutCancel(ctx))
-	return fn()
+	return s.locks.Do(ctx, key, fn)
 }
 
 func chatLock(id bson.ObjectID) string { return "chat:" + id.Hex() }

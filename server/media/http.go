@@ -23,6 +23,7 @@ import (
 
 	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/reqlog"
+	"github.com/parley-chat/parley/server/rpcerr"
 )
 
 // MaxUploadTime is the longest an upload may take, however slow the
@@ -64,7 +65,7 @@ func (s *Service) httpError(w http.ResponseWriter, r *http.Request, err error) {
 		}
 	}
 	reqlog.SetCode(r.Context(), r.URL.Path, cerr.Code())
-	status := httpStatus(cerr.Code())
+	status := rpcerr.HTTPStatus(cerr.Code())
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="parley"`)
 	}
@@ -76,31 +77,6 @@ func (s *Service) httpError(w http.ResponseWriter, r *http.Request, err error) {
 
 // errTooLarge is an upload body longer than declared (HTTP 413).
 var errTooLarge = connect.NewError(connect.CodeResourceExhausted, errors.New("the body is longer than the declared size"))
-
-func httpStatus(c connect.Code) int {
-	switch c {
-	case connect.CodeInvalidArgument:
-		return http.StatusBadRequest
-	case connect.CodeUnauthenticated:
-		return http.StatusUnauthorized
-	case connect.CodePermissionDenied:
-		return http.StatusForbidden
-	case connect.CodeNotFound:
-		return http.StatusNotFound
-	case connect.CodeFailedPrecondition, connect.CodeAlreadyExists, connect.CodeAborted:
-		return http.StatusConflict
-	case connect.CodeResourceExhausted:
-		return http.StatusRequestEntityTooLarge
-	case connect.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	case connect.CodeDeadlineExceeded:
-		return http.StatusRequestTimeout
-	case connect.CodeCanceled:
-		return 499
-	default:
-		return http.StatusInternalServerError
-	}
-}
 
 func invalid(format string, args ...any) error {
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(format, args...))

@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/bsm/redislock"
 	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/parley-chat/parley/server/doclock"
 )
 
 // States of a media document. An upload moves pending → uploading →
@@ -80,21 +81,19 @@ func thumbnailURL(id bson.ObjectID) string { return Path + id.Hex() + "/thumbnai
 var errNoMedia = errors.New("no such media")
 
 // store keeps the media documents. As in the chat store, every update of
-// a document that more than one request may change holds a short Redis
-// lock on it: FerretDB does not isolate concurrent updates of a document.
+// a document that more than one request may change holds its doclock.
 type store struct {
-	media      *mongo.Collection
-	locker     *redislock.Client
-	lockPrefix string
-	now        func() time.Time
+	media *mongo.Collection
+	locks *doclock.Locks
+	now   func() time.Time
 }
 
 func newStore(db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, now func() time.Time) *store {
-	var locker *redislock.Client
+	var locks *doclock.Locks
 	if rdb != nil {
-		locker = redislock.New(rdb)
+		locks = doclock.New(rdb, redisPrefix+"lock:media:")
 	}
-	return &store{media: db.Collection("media"), locker: locker, lockPrefix: redisPrefix + "lock:media:", now: now}
+	return &store{media: db.Collection("media"), locks: locks, now: now}
 }
 
 // EnsureIndexes creates the media collection's indexes. It is idempotent.
@@ -145,18 +144,9 @@ func hasIndex(ctx context.Context, c *mongo.Collection, name string) bool {
 
 func (s *store) nowMs() time.Time { return s.now().UTC().Truncate(time.Millisecond) }
 
-// locked runs fn holding the lock of one media document.
+// locked runs fn holding the lock of one media document (see doclock).
 func (s *store) locked(ctx context.Context, id bson.ObjectID, fn func() error) error {
-	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	lock, err := s.locker.Obtain(lctx, s.lockPrefix+id.Hex(), 10*time.Second, &redislock.Options{
-		RetryStrategy: redislock.LinearBackoff(2 * time.Millisecond),
-	})
-	if err != nil {
-		return fmt.Errorf("lock media %s: %w", id.Hex(), err)
-	}
-	defer lock.Release(context.WithoutCancel(ctx))
-	return fn()
+	return s.locks.Do(ctx, id.Hex(), fn)
 }
 
 func (s *store) insert(ctx context.Context, m *mediaDoc) error {

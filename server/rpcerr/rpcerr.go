@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/http"
 
 	"connectrpc.com/connect"
 	"github.com/redis/go-redis/v9"
@@ -57,4 +58,31 @@ func isUnavailable(err error) bool {
 	var opErr *net.OpError
 	return errors.As(err, &opErr) || (errors.As(err, &netErr) && netErr.Timeout()) ||
 		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
+}
+
+// HTTPStatus is the HTTP status that plain HTTP endpoints (not RPCs)
+// answer with for a code.
+func HTTPStatus(c connect.Code) int {
+	switch c {
+	case connect.CodeInvalidArgument:
+		return http.StatusBadRequest
+	case connect.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case connect.CodePermissionDenied:
+		return http.StatusForbidden
+	case connect.CodeNotFound:
+		return http.StatusNotFound
+	case connect.CodeFailedPrecondition, connect.CodeAlreadyExists, connect.CodeAborted:
+		return http.StatusConflict
+	case connect.CodeResourceExhausted:
+		return http.StatusRequestEntityTooLarge
+	case connect.CodeDeadlineExceeded:
+		return http.StatusRequestTimeout
+	case connect.CodeCanceled:
+		return 499 // client closed request, as nginx logs it
+	case connect.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
 }
