@@ -40,6 +40,8 @@ $(MINIO):
 test: clients/ts/node_modules $(MINIO) ## Run every test against real PostgreSQL, Redis, a Mongo wire server and MinIO.
 	PARLEY_TEST_MINIO=$(MINIO) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
 	npm --prefix clients/ts run --silent build
+	go build -o bin/parley-test .
+	PARLEY_BIN=$(CURDIR)/bin/parley-test npm --prefix clients/ts test
 
 .PHONY: generate
 generate: proto-deps clients/ts/node_modules ## Regenerate gen/, ent/ and clients/ts/src/gen from scratch.

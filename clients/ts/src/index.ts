@@ -1,11 +1,18 @@
 // @parley/client: typed clients for the Parley messenger API.
 //
-// The messages and service descriptors are generated from proto/ by
-// protoc-gen-es (see `make generate`); use them with a Connect transport
-// from @connectrpc/connect-web (browsers) or @connectrpc/connect-node.
+// createParleyClient (client.ts) gives typed clients of every service over
+// the Connect or gRPC-Web protocol, with the access token attached and
+// refreshed, a resumable live event stream and uploads with progress. The
+// messages and service descriptors are generated from proto/ by
+// protoc-gen-es (see `make generate`).
+export * from "./client.js";
+export * from "./tokens.js";
 export * from "./gen/parley/v1/auth_pb.js";
 export * from "./gen/parley/v1/avatar_pb.js";
 export * from "./gen/parley/v1/chat_pb.js";
+export * from "./gen/parley/v1/live_pb.js";
+export * from "./gen/parley/v1/media_pb.js";
 export * from "./gen/parley/v1/message_pb.js";
 export * from "./gen/parley/v1/server_pb.js";
 export * from "./gen/parley/v1/user_pb.js";
+export { Code, ConnectError } from "@connectrpc/connect";

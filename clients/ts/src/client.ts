@@ -1,0 +1,441 @@
+// The hand-written layer of @parley/client: typed service clients with the
+// access token attached and refreshed, a resumable live event stream, and
+// uploads with progress.
+
+import { fromJson, type JsonValue } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type Client,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
+
+import { AuthService, type Tokens } from "./gen/parley/v1/auth_pb.js";
+import { AvatarService } from "./gen/parley/v1/avatar_pb.js";
+import { ChatService } from "./gen/parley/v1/chat_pb.js";
+import { LiveService, type Event } from "./gen/parley/v1/live_pb.js";
+import { MediaSchema, MediaService, type Media } from "./gen/parley/v1/media_pb.js";
+import { MessageService } from "./gen/parley/v1/message_pb.js";
+import { ServerService } from "./gen/parley/v1/server_pb.js";
+import { UserService } from "./gen/parley/v1/user_pb.js";
+import { memoryTokenStore, type TokenStore } from "./tokens.js";
+
+export interface ParleyClientOptions {
+  /** The server's base URL, such as "https://chat.example.com". */
+  baseUrl: string;
+  /** "connect" (the default) or "grpc-web". */
+  protocol?: "connect" | "grpc-web";
+  /** Where the session's tokens live; in memory when omitted. */
+  tokenStore?: TokenStore;
+  /** Refresh the access token this long before it expires (default 30 s). */
+  refreshMarginMs?: number;
+  /** The fetch to use; globalThis.fetch when omitted. */
+  fetch?: typeof globalThis.fetch;
+  /** Called after each refresh of the tokens (for logging or tests). */
+  onRefresh?: (tokens: Tokens) => void;
+}
+
+/** The procedures that are called without an access token. */
+const publicMethods = new Set([
+  "parley.v1.AuthService/Register",
+  "parley.v1.AuthService/Login",
+  "parley.v1.AuthService/Refresh",
+  "parley.v1.ServerService/GetServerInfo",
+]);
+
+/** A live stream item: an event, or the instruction to re-sync. */
+export type LiveItem =
+  | { kind: "event"; event: Event }
+  /**
+   * The server no longer holds the events since the last cursor (the
+   * client was away too long). Reload what is on screen (ListChats,
+   * ListMessages); the stream goes on from now.
+   */
+  | { kind: "resync" };
+
+export interface SubscribeOptions {
+  /** Resume after this cursor (from a previous stream); from now when omitted. */
+  cursor?: string;
+  /** Stops the stream. */
+  signal?: AbortSignal;
+  /** Pass heartbeats through too (default: dropped). */
+  heartbeats?: boolean;
+  /** Called when the connection drops, before reconnecting. */
+  onDisconnect?: (err: unknown, retryInMs: number) => void;
+  /** Longest wait between reconnects (default 30 s). */
+  maxBackoffMs?: number;
+}
+
+export interface UploadOptions {
+  /** The chat the file is for; omit with avatar. */
+  chatId?: string;
+  /** Upload an avatar image instead of a chat file. */
+  avatar?: boolean;
+  /** The file name; File.name, or "file", when omitted. */
+  fileName?: string;
+  /** The MIME type; Blob.type, or application/octet-stream, when omitted. */
+  contentType?: string;
+  /** Called as bytes go out: sent so far, and in all. */
+  onProgress?: (sent: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+/** ParleyClient is what createParleyClient returns. */
+export interface ParleyClient {
+  readonly auth: Client<typeof AuthService>;
+  readonly users: Client<typeof UserService>;
+  readonly avatars: Client<typeof AvatarService>;
+  readonly chats: Client<typeof ChatService>;
+  readonly messages: Client<typeof MessageService>;
+  readonly media: Client<typeof MediaService>;
+  readonly live: Client<typeof LiveService>;
+  readonly server: Client<typeof ServerService>;
+  readonly tokenStore: TokenStore;
+  /** Creates an account and signs in to it. */
+  register(username: string, email: string, password: string): Promise<Tokens>;
+  /** Signs in with a username or email. */
+  login(login: string, password: string): Promise<Tokens>;
+  /** Ends the session on the server and forgets the tokens. */
+  logout(): Promise<void>;
+  /**
+   * The access token, refreshed first when it is about to expire. All
+   * callers share one refresh in flight.
+   */
+  accessToken(): Promise<string>;
+  /**
+   * The caller's live events as an async iterator. It reconnects with
+   * backoff and resumes from the last cursor, so no event is lost across
+   * disconnects; when resuming is impossible it yields { kind: "resync" }.
+   */
+  subscribe(options?: SubscribeOptions): AsyncIterable<LiveItem>;
+  /** Uploads a file (CreateUpload, then the PUT) and returns the ready media. */
+  upload(file: Blob, options: UploadOptions): Promise<Media>;
+  /** Fetches a file (Media.url or a signed URL) as a Blob. */
+  download(url: string, init?: { signal?: AbortSignal }): Promise<Blob>;
+  /** An absolute URL for a path the server returned (such as Media.url). */
+  url(path: string): string;
+}
+
+/** createParleyClient returns typed clients of every Parley service. */
+export function createParleyClient(options: ParleyClientOptions): ParleyClient {
+  const baseUrl = options.baseUrl.replace(/\/+$/, "");
+  const store = options.tokenStore ?? memoryTokenStore();
+  const margin = options.refreshMarginMs ?? 30_000;
+  const doFetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+  const makeTransport = (interceptors: Interceptor[]): Transport => {
+    const o = { baseUrl, interceptors, fetch: doFetch };
+    return options.protocol === "grpc-web" ? createGrpcWebTransport(o) : createConnectTransport(o);
+  };
+
+  // Refresh goes through a transport of its own, without the interceptor.
+  const bare = createClient(AuthService, makeTransport([]));
+  let refreshing: Promise<Tokens> | undefined;
+  const refresh = (): Promise<Tokens> => {
+    refreshing ??= (async () => {
+      const current = await store.get();
+      if (!current?.refreshToken) {
+        throw new ConnectError("not signed in", Code.Unauthenticated);
+      }
+      try {
+        const res = await bare.refresh({ refreshToken: current.refreshToken });
+        if (!res.tokens) throw new ConnectError("no tokens in the answer", Code.Internal);
+        await store.set(res.tokens);
+        options.onRefresh?.(res.tokens);
+        return res.tokens;
+      } catch (err) {
+        if (ConnectError.from(err).code === Code.Unauthenticated) {
+          await store.set(undefined); // the session is over
+        }
+        throw err;
+      }
+    })().finally(() => {
+      refreshing = undefined;
+    });
+    return refreshing;
+  };
+  const accessToken = async (): Promise<string> => {
+    if (refreshing) return (await refreshing).accessToken;
+    const t = await store.get();
+    if (!t?.accessToken) throw new ConnectError("not signed in", Code.Unauthenticated);
+    const exp = t.accessTokenExpiresAt ? timestampDate(t.accessTokenExpiresAt).getTime() : Infinity;
+    if (exp - margin <= Date.now()) return (await refresh()).accessToken;
+    return t.accessToken;
+  };
+
+  const auth: Interceptor = (next) => async (req) => {
+    if (publicMethods.has(`${req.service.typeName}/${req.method.name}`)) return next(req);
+    const used = await accessToken();
+    req.header.set("Authorization", `Bearer ${used}`);
+    try {
+      return await next(req);
+    } catch (err) {
+      // A unary call refused for its token (revoked, or the clocks
+      // disagree) is retried once with a fresh one. Streams are retried
+      // by their consumers (subscribe does).
+      if (req.stream || ConnectError.from(err).code !== Code.Unauthenticated) throw err;
+      const t = await store.get();
+      const fresh = t && t.accessToken !== used ? t.accessToken : (await refresh()).accessToken;
+      req.header.set("Authorization", `Bearer ${fresh}`);
+      return await next(req);
+    }
+  };
+  const transport = makeTransport([auth]);
+
+  const client = {
+    auth: createClient(AuthService, transport),
+    users: createClient(UserService, transport),
+    avatars: createClient(AvatarService, transport),
+    chats: createClient(ChatService, transport),
+    messages: createClient(MessageService, transport),
+    media: createClient(MediaService, transport),
+    live: createClient(LiveService, transport),
+    server: createClient(ServerService, transport),
+    tokenStore: store,
+    accessToken,
+    url: (path: string) => new URL(path, baseUrl + "/").toString(),
+  } as ParleyClient;
+
+  const signedIn = async (tokens: Tokens | undefined): Promise<Tokens> => {
+    if (!tokens) throw new ConnectError("no tokens in the answer", Code.Internal);
+    await store.set(tokens);
+    return tokens;
+  };
+  Object.assign(client, {
+    async register(username: string, email: string, password: string) {
+      return signedIn((await client.auth.register({ username, email, password })).tokens);
+    },
+    async login(login: string, password: string) {
+      return signedIn((await client.auth.login({ login, password })).tokens);
+    },
+    async logout() {
+      try {
+        await client.auth.logout({});
+      } finally {
+        await store.set(undefined);
+      }
+    },
+    subscribe: (o: SubscribeOptions = {}) => subscribe(client, refresh, o),
+    upload: (file: Blob, o: UploadOptions) => upload(client, doFetch, file, o),
+    async download(url: string, init?: { signal?: AbortSignal }) {
+      const res = await doFetch(client.url(url), {
+        headers: url.includes("signature=") ? {} : { Authorization: `Bearer ${await accessToken()}` },
+        signal: init?.signal,
+      });
+      if (!res.ok) throw await httpError(res);
+      return await res.blob();
+    },
+  });
+  return client;
+}
+
+/** How long a stream may stay silent (heartbeats come every 15 s). */
+const silenceMs = 45_000;
+
+async function* subscribe(
+  client: ParleyClient,
+  refresh: () => Promise<Tokens>,
+  o: SubscribeOptions,
+): AsyncGenerator<LiveItem> {
+  let cursor = o.cursor ?? "";
+  let failures = 0;
+  const maxBackoff = o.maxBackoffMs ?? 30_000;
+  while (!o.signal?.aborted) {
+    const ctl = new AbortController();
+    let silence: ReturnType<typeof setTimeout> | undefined;
+    const stop = () => {
+      // The consumer may never resume the generator; nothing of it may
+      // stay pending.
+      clearTimeout(silence);
+      ctl.abort();
+    };
+    o.signal?.addEventListener("abort", stop);
+    const quiet = () => {
+      clearTimeout(silence);
+      silence = setTimeout(() => ctl.abort(new ConnectError("stream went silent", Code.Unavailable)), silenceMs);
+    };
+    try {
+      quiet();
+      for await (const res of client.live.subscribe({ resumeCursor: cursor }, { signal: ctl.signal })) {
+        quiet();
+        const ev = res.event;
+        if (!ev) continue;
+        if (ev.kind.case === "ready") failures = 0;
+        if (ev.cursor) cursor = ev.cursor;
+        if (ev.kind.case === "heartbeat" && !o.heartbeats) continue;
+        yield { kind: "event", event: ev };
+      }
+      // The server ended the stream (it is shutting down): resume at once.
+      failures = 0;
+    } catch (err) {
+      if (o.signal?.aborted) return;
+      const ce = ConnectError.from(err);
+      if (ce.code === Code.FailedPrecondition && isCursorExpired(ce)) {
+        cursor = "";
+        failures = 0;
+        yield { kind: "resync" };
+        continue;
+      }
+      if (ce.code === Code.Unauthenticated) {
+        try {
+          await refresh();
+        } catch (rerr) {
+          throw rerr; // signed out: the stream cannot go on
+        }
+      }
+      const wait = Math.min(maxBackoff, 250 * 2 ** Math.min(failures, 10)) * (0.5 + Math.random() / 2);
+      failures++;
+      o.onDisconnect?.(ce, wait);
+      await delay(wait, o.signal);
+    } finally {
+      clearTimeout(silence);
+      o.signal?.removeEventListener("abort", stop);
+      ctl.abort();
+    }
+  }
+}
+
+function isCursorExpired(err: ConnectError): boolean {
+  // The google.rpc.ErrorInfo detail whose reason is CURSOR_EXPIRED: its
+  // encoded bytes hold the reason as plain text.
+  const text = new TextDecoder();
+  return err.details.some(
+    (d) =>
+      "type" in d &&
+      d.type === "google.rpc.ErrorInfo" &&
+      d.value instanceof Uint8Array &&
+      text.decode(d.value).includes("CURSOR_EXPIRED"),
+  );
+}
+
+function delay(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    signal?.addEventListener("abort", done);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+  });
+}
+
+async function upload(
+  client: ParleyClient,
+  doFetch: typeof globalThis.fetch,
+  file: Blob,
+  o: UploadOptions,
+): Promise<Media> {
+  const fileName = o.fileName ?? ("name" in file && typeof file.name === "string" && file.name ? file.name : "file");
+  const contentType = o.contentType || file.type || "application/octet-stream";
+  const created = await client.media.createUpload(
+    {
+      target: o.avatar ? { case: "avatar", value: true } : { case: "chatId", value: o.chatId ?? "" },
+      fileName,
+      contentType,
+      size: BigInt(file.size),
+    },
+    { signal: o.signal },
+  );
+  const url = client.url(created.uploadUrl);
+  const token = await client.accessToken();
+  const body =
+    typeof XMLHttpRequest !== "undefined"
+      ? await putWithXHR(url, token, file, o)
+      : await putWithFetch(doFetch, url, token, file, o);
+  return fromJson(MediaSchema, body as JsonValue, { ignoreUnknownFields: true });
+}
+
+/** In browsers, XMLHttpRequest is what reports upload progress. */
+function putWithXHR(url: string, token: string, file: Blob, o: UploadOptions): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("PUT", url);
+    xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+    xhr.upload.onprogress = (e) => o.onProgress?.(e.loaded, file.size);
+    xhr.onload = () => {
+      let body: unknown;
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch {
+        body = { message: xhr.responseText };
+      }
+      if (xhr.status === 200) {
+        o.onProgress?.(file.size, file.size);
+        resolve(body);
+      } else {
+        reject(uploadError(xhr.status, body));
+      }
+    };
+    xhr.onerror = () => reject(new ConnectError("upload failed: network error", Code.Unavailable));
+    xhr.onabort = () => reject(new ConnectError("upload aborted", Code.Canceled));
+    o.signal?.addEventListener("abort", () => xhr.abort());
+    xhr.send(file);
+  });
+}
+
+/** Elsewhere (Node), fetch with a streamed body counts the bytes read. */
+async function putWithFetch(
+  doFetch: typeof globalThis.fetch,
+  url: string,
+  token: string,
+  file: Blob,
+  o: UploadOptions,
+): Promise<unknown> {
+  let sent = 0;
+  const counted = file.stream().pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, ctl) {
+        sent += chunk.byteLength;
+        o.onProgress?.(sent, file.size);
+        ctl.enqueue(chunk);
+      },
+    }),
+  );
+  const res = await doFetch(url, {
+    method: "PUT",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/octet-stream" },
+    body: counted,
+    signal: o.signal,
+    // Required by fetch for a streamed request body.
+    duplex: "half",
+  } as RequestInit);
+  const text = await res.text();
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = { message: text };
+  }
+  if (res.status !== 200) throw uploadError(res.status, body);
+  return body;
+}
+
+const httpCodes: Record<number, Code> = {
+  400: Code.InvalidArgument,
+  401: Code.Unauthenticated,
+  403: Code.PermissionDenied,
+  404: Code.NotFound,
+  408: Code.DeadlineExceeded,
+  409: Code.FailedPrecondition,
+  413: Code.ResourceExhausted,
+  503: Code.Unavailable,
+};
+
+function uploadError(status: number, body: unknown): ConnectError {
+  const msg = typeof body === "object" && body && "message" in body ? String(body.message) : `HTTP ${status}`;
+  return new ConnectError(msg, httpCodes[status] ?? Code.Unknown);
+}
+
+async function httpError(res: Response): Promise<ConnectError> {
+  let body: unknown;
+  try {
+    body = await res.json();
+  } catch {
+    body = undefined;
+  }
+  return uploadError(res.status, body);
+}

@@ -1,0 +1,223 @@
+// End-to-end tests of @parley/client against a real Parley server, over
+// the Connect and gRPC-Web protocols.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { crc32, deflateSync } from "node:zlib";
+
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+
+import {
+  Code,
+  ConnectError,
+  createParleyClient,
+  memoryTokenStore,
+  type LiveItem,
+} from "../src/index.js";
+import { Proxy, startServer, type TestServer } from "./harness.js";
+
+// Access tokens live 2 s here, so that tests see them expire.
+const tokenTTL = ["-access-token-ttl", "2s"];
+
+let server: TestServer;
+before(async () => {
+  server = await startServer(tokenTTL);
+});
+after(async () => {
+  await server?.stop();
+});
+
+let seq = 0;
+function unique(prefix: string) {
+  return `${prefix}${process.pid}x${++seq}`;
+}
+
+type Protocol = "connect" | "grpc-web";
+
+async function newUser(protocol: Protocol, baseUrl = server.url, extra: { onRefresh?: () => void } = {}) {
+  const client = createParleyClient({ baseUrl, protocol, refreshMarginMs: 0, onRefresh: extra.onRefresh });
+  const name = unique("ts");
+  await client.register(name, `${name}@example.com`, "correct horse battery staple");
+  const me = await client.users.getMe({});
+  return { client, id: me.me!.user!.id, name };
+}
+
+/** next pulls items until one matches, failing after timeoutMs. */
+async function next(
+  it: AsyncIterator<LiveItem>,
+  match: (item: LiveItem) => boolean,
+  timeoutMs = 15_000,
+): Promise<LiveItem> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const left = deadline - Date.now();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const r = await Promise.race([
+      it.next(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("timed out waiting for a live event")), Math.max(left, 0));
+      }),
+    ]).finally(() => clearTimeout(timer));
+    if (r.done) throw new Error("stream ended");
+    if (match(r.value)) return r.value;
+  }
+}
+
+const isReady = (i: LiveItem) => i.kind === "event" && i.event.kind.case === "ready";
+const created = (i: LiveItem) => (i.kind === "event" && i.event.kind.case === "messageCreated" ? i.event.kind.value.message : undefined);
+
+/** A w×h RGB PNG, built by hand. */
+function png(w: number, h: number): Uint8Array<ArrayBuffer> {
+  const chunk = (type: string, data: Buffer) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type, "latin1"), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(td));
+    return Buffer.concat([len, td, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) raw.set([x % 256, y % 256, (x * y) % 256], y * (w * 3 + 1) + 1 + x * 3);
+  }
+  const all = Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", ihdr),
+    chunk("IDAT", deflateSync(raw)),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+  return new Uint8Array(all); // a copy on a plain ArrayBuffer
+}
+
+for (const protocol of ["connect", "grpc-web"] as const) {
+  describe(protocol, () => {
+    test("register, chat, send and receive live", async () => {
+      const alice = await newUser(protocol);
+      const bob = await newUser(protocol);
+      const chat = await alice.client.chats.createPrivateChat({ peerId: bob.id });
+      const stop = new AbortController();
+      const it = bob.client.subscribe({ signal: stop.signal })[Symbol.asyncIterator]();
+      await next(it, isReady);
+      const sent = await alice.client.messages.sendMessage({ chatId: chat.chat!.id, clientMessageId: "m1", text: "hello bob" });
+      const got = created(await next(it, (i) => created(i)?.id === sent.message!.id));
+      assert.equal(got?.text, "hello bob");
+      assert.equal(got?.senderId, alice.id);
+      stop.abort();
+    });
+
+    test("refreshes an expired access token once for many calls", async () => {
+      let refreshes = 0;
+      const alice = await newUser(protocol, server.url, { onRefresh: () => refreshes++ });
+      const tokens = (await alice.client.tokenStore.get())!;
+      // Let the 2-second token expire: the client's clock says so.
+      const wait = timestampDate(tokens.accessTokenExpiresAt!).getTime() - Date.now() + 50;
+      await new Promise((r) => setTimeout(r, Math.max(wait, 0)));
+      const results = await Promise.all(Array.from({ length: 5 }, () => alice.client.users.getMe({})));
+      assert.ok(results.every((r) => r.me?.user?.id === alice.id));
+      assert.equal(refreshes, 1);
+
+      // The server refuses a token the client thinks valid (revoked, or
+      // clocks apart): the calls refresh once and are retried.
+      const current = (await alice.client.tokenStore.get())!;
+      const forged: typeof current = { ...current, accessToken: current.accessToken.slice(0, -4) + "AAAA" };
+      await alice.client.tokenStore.set(forged);
+      const again = await Promise.all(Array.from({ length: 5 }, () => alice.client.users.getMe({})));
+      assert.ok(again.every((r) => r.me?.user?.id === alice.id));
+      assert.equal(refreshes, 2);
+
+      // After a logout, calls fail as unauthenticated.
+      await alice.client.logout();
+      await assert.rejects(alice.client.users.getMe({}), (err) => ConnectError.from(err).code === Code.Unauthenticated);
+    });
+
+    test("resumes after a forced disconnect without losing a message", async () => {
+      const proxy = await Proxy.start(server.url);
+      try {
+        const alice = await newUser(protocol);
+        const bob = await newUser(protocol, proxy.url);
+        const chat = (await alice.client.chats.createPrivateChat({ peerId: bob.id })).chat!;
+        let disconnects = 0;
+        const stop = new AbortController();
+        const it = bob.client
+          .subscribe({ signal: stop.signal, onDisconnect: () => disconnects++, maxBackoffMs: 500 })
+          [Symbol.asyncIterator]();
+        await next(it, isReady);
+        await alice.client.messages.sendMessage({ chatId: chat.id, clientMessageId: "r0", text: "before" });
+        await next(it, (i) => created(i)?.text === "before");
+
+        proxy.cut();
+        for (let n = 1; n <= 5; n++) {
+          await alice.client.messages.sendMessage({ chatId: chat.id, clientMessageId: `r${n}`, text: `while away ${n}` });
+        }
+        const seen: bigint[] = [];
+        while (seen.length < 5) {
+          const m = created(await next(it, (i) => created(i) !== undefined));
+          seen.push(m!.seq);
+        }
+        assert.deepEqual(seen, [2n, 3n, 4n, 5n, 6n]);
+        assert.ok(disconnects >= 1, "the stream should have seen the cut");
+        stop.abort();
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    test("surfaces the re-sync instruction", async () => {
+      const alice = await newUser(protocol);
+      const stop = new AbortController();
+      // A well-formed cursor the server does not hold.
+      const it = alice.client.subscribe({ cursor: "1-0", signal: stop.signal })[Symbol.asyncIterator]();
+      const first = await next(it, () => true);
+      assert.equal(first.kind, "resync");
+      await next(it, isReady);
+      stop.abort();
+    });
+
+    test("uploads and downloads an image", async () => {
+      const alice = await newUser(protocol);
+      const bob = await newUser(protocol);
+      const chat = (await alice.client.chats.createPrivateChat({ peerId: bob.id })).chat!;
+      const data = png(400, 300);
+      const progress: number[] = [];
+      const media = await alice.client.upload(new Blob([data], { type: "image/png" }), {
+        chatId: chat.id,
+        fileName: "picture.png",
+        onProgress: (sent) => progress.push(sent),
+      });
+      assert.equal(media.contentType, "image/png");
+      assert.equal(media.width, 400);
+      assert.equal(media.height, 300);
+      assert.equal(progress.at(-1), data.length);
+      assert.ok(progress.every((v, i) => i === 0 || v >= progress[i - 1]), "progress only grows");
+
+      const stop = new AbortController();
+      const it = bob.client.subscribe({ signal: stop.signal })[Symbol.asyncIterator]();
+      await next(it, isReady);
+      await alice.client.messages.sendMessage({ chatId: chat.id, clientMessageId: "pic", mediaIds: [media.id] });
+      const msg = created(await next(it, (i) => (created(i)?.attachments.length ?? 0) > 0))!;
+      assert.equal(msg.attachments[0].mediaId, media.id);
+      stop.abort();
+
+      // With the access token, and with a signed URL.
+      const viaToken = new Uint8Array(await (await bob.client.download(msg.attachments[0].url)).arrayBuffer());
+      assert.deepEqual(viaToken, data);
+      const signed = await bob.client.media.getMedia({ mediaId: media.id });
+      const res = await fetch(bob.client.url(signed.downloadUrl));
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get("x-content-type-options"), "nosniff");
+      assert.deepEqual(new Uint8Array(await res.arrayBuffer()), data);
+      const thumb = await bob.client.download(signed.thumbnailDownloadUrl);
+      assert.equal(thumb.type, "image/jpeg");
+
+      // A refused upload is a typed error.
+      await assert.rejects(
+        alice.client.upload(new Blob(["<html></html>"]), { chatId: chat.id, fileName: "x.png", contentType: "image/png" }),
+        (err) => ConnectError.from(err).code === Code.InvalidArgument,
+      );
+    });
+  });
+}
