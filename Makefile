@@ -36,12 +36,26 @@ MINIO := $(shell go env GOPATH)/bin/minio
 $(MINIO):
 	GOFLAGS= go install github.com/minio/minio@$(MINIO_VERSION)
 
+# Debian's Chromium, which the browser test drives through playwright-core
+# (Playwright's own browser download cannot work here).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
 .PHONY: test
-test: clients/ts/node_modules $(MINIO) ## Run every test against real PostgreSQL, Redis, a Mongo wire server and MinIO.
+test: clients/ts/node_modules clients/web/node_modules $(MINIO) $(CHROMIUM) ## Run every test: Go against real PostgreSQL, Redis, a Mongo wire server and MinIO; the TS client and the web chat (in Chromium) against a real server.
 	PARLEY_TEST_MINIO=$(MINIO) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
-	npm --prefix clients/ts run --silent build
 	go build -o bin/parley-test .
+	npm --prefix clients/ts run --silent build
 	PARLEY_BIN=$(CURDIR)/bin/parley-test npm --prefix clients/ts test
+	npm --prefix clients/web run --silent build
+	PARLEY_BIN=$(CURDIR)/bin/parley-test CHROMIUM=$(CHROMIUM) npm --prefix clients/web test
+
+.PHONY: web
+web: clients/web/node_modules ## Build the web chat into clients/web/dist (serve it with -web-dir).
+	npm --prefix clients/ts run --silent build
+	npm --prefix clients/web run --silent build
 
 .PHONY: generate
 generate: proto-deps clients/ts/node_modules ## Regenerate gen/, ent/ and clients/ts/src/gen from scratch.
@@ -73,6 +87,10 @@ proto-deps: ## Copy validate.proto from the Go module pinned in tools/go.mod.
 
 clients/ts/node_modules: clients/ts/package-lock.json
 	npm --prefix clients/ts ci --no-audit --no-fund
+	@touch $@
+
+clients/web/node_modules: clients/web/package-lock.json clients/ts/node_modules
+	npm --prefix clients/web ci --no-audit --no-fund
 	@touch $@
 
 .PHONY: lint

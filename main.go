@@ -171,6 +171,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.Live.WriteTimeout, "live-write-timeout", e.duration("PARLEY_LIVE_WRITE_TIMEOUT", 30*time.Second), "a live stream whose client takes no event for this long is closed (PARLEY_LIVE_WRITE_TIMEOUT)")
 	fs.IntVar(&c.Live.MaxEvents, "live-max-events", int(e.int64("PARLEY_LIVE_MAX_EVENTS", 10000)), "about how many events each user's log keeps for resuming streams (PARLEY_LIVE_MAX_EVENTS)")
 	fs.DurationVar(&c.Live.Retention, "live-retention", e.duration("PARLEY_LIVE_RETENTION", 7*24*time.Hour), "how long a user's event log is kept after its last event (PARLEY_LIVE_RETENTION)")
+	fs.StringVar(&c.WebDir, "web-dir", e.str("PARLEY_WEB_DIR", ""), "`directory` of a built web app to serve at /, such as clients/web/dist (PARLEY_WEB_DIR)")
 	fs.StringVar(&c.MediaDir, "media-dir", e.str("PARLEY_MEDIA_DIR", ""), "`directory` for uploaded files, shared by all instances; empty: media in the data directory (PARLEY_MEDIA_DIR)")
 	fs.StringVar(&c.MediaS3URL, "media-s3-url", e.str("PARLEY_MEDIA_S3_URL", ""), "S3-compatible bucket `URL` for uploaded files instead, as https://KEY:SECRET@host/bucket?region=R; without KEY:SECRET the AWS_* environment or IAM role is used (PARLEY_MEDIA_S3_URL)")
 	fs.Int64Var(&c.Media.MaxImageBytes, "media-max-image-bytes", e.int64("PARLEY_MEDIA_MAX_IMAGE_BYTES", media.DefaultMaxImageBytes), "largest image upload in `bytes` (PARLEY_MEDIA_MAX_IMAGE_BYTES)")

@@ -62,6 +62,9 @@ type Deps struct {
 	// (its Key, RedisPrefix and Now are taken from Auth and Now).
 	Media       *media.Library
 	MediaConfig media.Config
+	// WebDir, when set, holds a built web app (clients/web/dist) served
+	// at / without authentication.
+	WebDir string
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -158,10 +161,24 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, opts...))
 
 	h := authn.Middleware(public, mux)
+	if d.WebDir != "" {
+		h = withWebApp(d.WebDir, h)
+	}
 	if len(d.CORSOrigins) > 0 {
 		h = withCORS(d.CORSOrigins, h)
 	}
 	return reqlog.Middleware(d.Log, h), nil
+}
+
+// withWebApp serves a built single-page app from dir: its index.html at /
+// and its files under /assets/, all public; everything else goes to api.
+func withWebApp(dir string, api http.Handler) http.Handler {
+	files := http.FileServer(http.Dir(dir))
+	mux := http.NewServeMux()
+	mux.Handle("/", api)
+	mux.Handle("GET /{$}", files)
+	mux.Handle("GET /assets/", files)
+	return mux
 }
 
 // NewMediaJanitor returns the clean-up of uploads left unattached for

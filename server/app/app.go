@@ -90,6 +90,8 @@ type Config struct {
 	// MediaCleanupAfter is how long an upload may stay unattached before
 	// it is deleted; MediaCleanupInterval how often to look (about).
 	MediaCleanupAfter, MediaCleanupInterval time.Duration
+	// WebDir, when set, holds a built web app served at /.
+	WebDir string
 	// Now is the clock; time.Now when nil. Tests move it forward.
 	Now func() time.Time
 }
@@ -192,6 +194,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 		Live:            hub,
 		Media:           media.NewLibrary(log, a.mongo.Database(cfg.MongoDatabase), a.redis, cfg.RedisPrefix, a.storage, cfg.Now),
 		MediaConfig:     cfg.Media,
+		WebDir:          cfg.WebDir,
 		Log:             log,
 		Health:          a.monitor,
 		Drain:           a.drain,

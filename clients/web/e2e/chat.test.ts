@@ -1,0 +1,146 @@
+// Browser end-to-end test: two users chat live in the web app, served by a
+// real Parley server, in Debian's Chromium driven by playwright-core.
+
+import assert from "node:assert/strict";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { crc32, deflateSync } from "node:zlib";
+
+import { chromium, type Browser, type Page } from "playwright-core";
+
+const webRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const repoRoot = path.resolve(webRoot, "../..");
+const shots = path.join(webRoot, "test-results");
+
+let server: ChildProcess;
+let baseUrl = "";
+let browser: Browser;
+let dir = "";
+
+before(async () => {
+  dir = mkdtempSync(path.join(tmpdir(), "parley-web-"));
+  let bin = process.env.PARLEY_BIN;
+  if (!bin) {
+    bin = path.join(dir, "parley");
+    execFileSync("go", ["build", "-o", bin, "."], { cwd: repoRoot, stdio: "inherit" });
+  }
+  server = spawn(bin, [
+    "-addr", "127.0.0.1:0",
+    "-data-dir", path.join(dir, "data"),
+    "-web-dir", path.join(webRoot, "dist"),
+    "-log-level", "warn",
+  ], { stdio: ["ignore", "pipe", "inherit"] });
+  baseUrl = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: server.stdout! }).on("line", (line) => {
+      const m = /^Parley is listening on (\S+)/.exec(line);
+      if (m) resolve(m[1]);
+    });
+    server.on("exit", (code) => reject(new Error(`server exited with ${code}`)));
+  });
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (server) {
+    const exited = new Promise((r) => server.once("exit", r));
+    server.kill("SIGINT");
+    await exited;
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A w×h PNG with a gradient. */
+function png(w: number, h: number): Buffer {
+  const chunk = (type: string, data: Buffer) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type, "latin1"), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(td));
+    return Buffer.concat([len, td, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) raw.set([(x * 255) / w, (y * 255) / h, 160], y * (w * 3 + 1) + 1 + x * 3);
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", ihdr), chunk("IDAT", deflateSync(raw)), chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
+async function register(page: Page, name: string) {
+  await page.goto(baseUrl);
+  await page.fill("input[name=username]", name);
+  await page.fill("input[name=email]", `${name}@example.com`);
+  await page.fill("input[name=password]", "correct horse battery staple");
+  await page.click("[data-testid=register]");
+  await page.waitForSelector(`[data-testid=me]:has-text("${name}")`);
+}
+
+test("two users chat live in the browser", async () => {
+  const suffix = String(process.pid);
+  const alice = `alice${suffix}`;
+  const bob = `bob${suffix}`;
+  const a = await (await browser.newContext({ viewport: { width: 1000, height: 700 } })).newPage();
+  const b = await (await browser.newContext({ viewport: { width: 1000, height: 700 } })).newPage();
+  await register(a, alice);
+  await register(b, bob);
+
+  // Alice starts a private chat with Bob; it appears in Bob's list live.
+  await a.fill("[data-testid=new-chat-users]", bob);
+  await a.click("[data-testid=new-chat]");
+  await a.waitForSelector(`[data-testid=chat-title]:has-text("${bob}")`);
+  await b.waitForSelector(`[data-testid=chat][data-title="${alice}"]`);
+
+  // A message: Bob's list shows it unread with its preview.
+  await a.fill("[data-testid=composer]", "Hi Bob!");
+  await a.click("[data-testid=send]");
+  const bobsChat = b.locator(`[data-testid=chat][data-title="${alice}"]`);
+  await bobsChat.locator("[data-testid=unread]:has-text('1')").waitFor();
+  assert.equal(await bobsChat.locator("[data-testid=preview]").textContent(), "Hi Bob!");
+  await a.locator("[data-testid=ticks][data-status=delivered]").waitFor();
+
+  // Bob opens the chat and reads it: Alice's tick turns to read.
+  await bobsChat.click();
+  await b.locator("[data-testid=message] [data-testid=text]:has-text('Hi Bob!')").waitFor();
+  await a.locator("[data-testid=ticks][data-status=read]").waitFor();
+
+  // Bob types: Alice sees it; then his reply arrives.
+  await b.locator("[data-testid=composer]").pressSequentially("Hello Alice", { delay: 20 });
+  await a.locator(`[data-testid=typing]:has-text("${bob} is typing")`).waitFor();
+  await b.click("[data-testid=send]");
+  await a.locator("[data-testid=message] [data-testid=text]:has-text('Hello Alice')").waitFor();
+
+  // Alice sends an image, with upload progress; Bob sees it.
+  await a.setInputFiles("[data-testid=file]", { name: "sunset.png", mimeType: "image/png", buffer: png(640, 400) });
+  await a.click("[data-testid=send]");
+  const img = b.locator("[data-testid=image]");
+  await img.waitFor();
+  await b.waitForFunction(() => {
+    const el = document.querySelector<HTMLImageElement>("[data-testid=image]");
+    return !!el && el.complete && el.naturalWidth > 0;
+  });
+  assert.equal(await a.$eval("[data-testid=upload-progress]", (el) => (el as HTMLProgressElement).value), 100);
+  await a.locator("[data-testid=image]").waitFor();
+
+  mkdirSync(shots, { recursive: true });
+  await a.screenshot({ path: path.join(shots, "alice.png") });
+  await b.screenshot({ path: path.join(shots, "bob.png") });
+});
