@@ -129,9 +129,13 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       assert.ok(again.every((r) => r.me?.user?.id === alice.id));
       assert.equal(refreshes, 2);
 
-      // After a logout, calls fail as unauthenticated.
+      // After a logout, calls fail as unauthenticated; logging in again
+      // (by email, in another case) works.
       await alice.client.logout();
       await assert.rejects(alice.client.users.getMe({}), (err) => ConnectError.from(err).code === Code.Unauthenticated);
+      await assert.rejects(alice.client.login(alice.name, "wrong password"), (err) => ConnectError.from(err).code === Code.Unauthenticated);
+      await alice.client.login(`${alice.name.toUpperCase()}@EXAMPLE.COM`, "correct horse battery staple");
+      assert.equal((await alice.client.users.getMe({})).me?.user?.id, alice.id);
     });
 
     test("resumes after a forced disconnect without losing a message", async () => {

@@ -140,6 +140,19 @@ test("two users chat live in the browser", async () => {
   assert.equal(await a.$eval("[data-testid=upload-progress]", (el) => (el as HTMLProgressElement).value), 100);
   await a.locator("[data-testid=image]").waitFor();
 
+  // A group: Alice names it and adds Bob; it appears in his list.
+  await a.fill("[data-testid=new-chat-users]", bob);
+  await a.fill("[data-testid=new-chat-name]", "Weekend plans");
+  await a.click("[data-testid=new-chat]");
+  await a.waitForSelector(`[data-testid=chat-title]:has-text("Weekend plans")`);
+  await b.waitForSelector(`[data-testid=chat][data-title="Weekend plans"]`);
+  await a.fill("[data-testid=composer]", "Hiking on Saturday?");
+  await a.click("[data-testid=send]");
+  await b.locator(`[data-testid=chat][data-title="Weekend plans"] [data-testid=unread]:has-text('1')`).waitFor();
+  // Back to the private chat for the screenshots.
+  await a.click(`[data-testid=chat][data-title="${bob}"]`);
+  await a.locator("[data-testid=image]").waitFor();
+
   mkdirSync(shots, { recursive: true });
   await a.screenshot({ path: path.join(shots, "alice.png") });
   await b.screenshot({ path: path.join(shots, "bob.png") });
