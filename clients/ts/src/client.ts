@@ -134,24 +134,40 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
   // Refresh goes through a transport of its own, without the interceptor.
   const bare = createClient(AuthService, makeTransport([]));
   let refreshing: Promise<Tokens> | undefined;
+  // Signing in or out starts a new generation: a refresh begun in an
+  // older one must not write its tokens back.
+  let generation = 0;
+  const refreshOnce = async (used: string | undefined): Promise<Tokens> => {
+    const gen = generation;
+    const current = await store.get();
+    if (!current?.refreshToken) {
+      throw new ConnectError("not signed in", Code.Unauthenticated);
+    }
+    if (used !== undefined && current.accessToken !== used) {
+      return current; // another tab (sharing the store) refreshed already
+    }
+    try {
+      const res = await bare.refresh({ refreshToken: current.refreshToken }, { timeoutMs: 15_000 });
+      if (!res.tokens) throw new ConnectError("no tokens in the answer", Code.Internal);
+      if (gen !== generation) throw new ConnectError("signed out meanwhile", Code.Unauthenticated);
+      await store.set(res.tokens);
+      options.onRefresh?.(res.tokens);
+      return res.tokens;
+    } catch (err) {
+      if (ConnectError.from(err).code === Code.Unauthenticated && gen === generation) {
+        await store.set(undefined); // the session is over
+      }
+      throw err;
+    }
+  };
   const refresh = (): Promise<Tokens> => {
     refreshing ??= (async () => {
-      const current = await store.get();
-      if (!current?.refreshToken) {
-        throw new ConnectError("not signed in", Code.Unauthenticated);
-      }
-      try {
-        const res = await bare.refresh({ refreshToken: current.refreshToken });
-        if (!res.tokens) throw new ConnectError("no tokens in the answer", Code.Internal);
-        await store.set(res.tokens);
-        options.onRefresh?.(res.tokens);
-        return res.tokens;
-      } catch (err) {
-        if (ConnectError.from(err).code === Code.Unauthenticated) {
-          await store.set(undefined); // the session is over
-        }
-        throw err;
-      }
+      const used = (await store.get())?.accessToken;
+      // Refresh tokens work once: tabs sharing a store take turns, and
+      // a tab that finds the tokens already changed uses them.
+      const locks = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks;
+      if (locks) return await locks.request("parley.refresh", () => refreshOnce(used));
+      return await refreshOnce(undefined);
     })().finally(() => {
       refreshing = undefined;
     });
@@ -201,6 +217,7 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
 
   const signedIn = async (tokens: Tokens | undefined): Promise<Tokens> => {
     if (!tokens) throw new ConnectError("no tokens in the answer", Code.Internal);
+    generation++;
     await store.set(tokens);
     return tokens;
   };
@@ -215,6 +232,7 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
       try {
         await client.auth.logout({});
       } finally {
+        generation++;
         await store.set(undefined);
       }
     },
@@ -235,6 +253,9 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
 /** How long a stream may stay silent (heartbeats come every 15 s). */
 const silenceMs = 45_000;
 
+/** A stream up this long has recovered: backoff starts again from zero. */
+const stableMs = 10_000;
+
 async function* subscribe(
   client: ParleyClient,
   refresh: () => Promise<Tokens>,
@@ -242,6 +263,7 @@ async function* subscribe(
 ): AsyncGenerator<LiveItem> {
   let cursor = o.cursor ?? "";
   let failures = 0;
+  let resync = false;
   const maxBackoff = o.maxBackoffMs ?? 30_000;
   while (!o.signal?.aborted) {
     const ctl = new AbortController();
@@ -257,44 +279,58 @@ async function* subscribe(
       clearTimeout(silence);
       silence = setTimeout(() => ctl.abort(new ConnectError("stream went silent", Code.Unavailable)), silenceMs);
     };
+    let upSince = 0;
+    let failure: unknown = new ConnectError("the server ended the stream", Code.Unavailable);
     try {
       quiet();
       for await (const res of client.live.subscribe({ resumeCursor: cursor }, { signal: ctl.signal })) {
         quiet();
         const ev = res.event;
         if (!ev) continue;
-        if (ev.kind.case === "ready") failures = 0;
+        if (ev.kind.case === "ready") {
+          upSince = Date.now();
+          if (resync) {
+            // Only now, with the new stream open, may the app reload:
+            // whatever changes after its reload comes on this stream.
+            resync = false;
+            yield { kind: "resync" };
+          }
+        }
         if (ev.cursor) cursor = ev.cursor;
         if (ev.kind.case === "heartbeat" && !o.heartbeats) continue;
         yield { kind: "event", event: ev };
       }
-      // The server ended the stream (it is shutting down): resume at once.
-      failures = 0;
+      // A clean end: the server is shutting down. Reconnect, to another
+      // instance, after a short wait.
     } catch (err) {
       if (o.signal?.aborted) return;
-      const ce = ConnectError.from(err);
-      if (ce.code === Code.FailedPrecondition && isCursorExpired(ce)) {
-        cursor = "";
-        failures = 0;
-        yield { kind: "resync" };
-        continue;
-      }
-      if (ce.code === Code.Unauthenticated) {
-        try {
-          await refresh();
-        } catch (rerr) {
-          throw rerr; // signed out: the stream cannot go on
-        }
-      }
-      const wait = Math.min(maxBackoff, 250 * 2 ** Math.min(failures, 10)) * (0.5 + Math.random() / 2);
-      failures++;
-      o.onDisconnect?.(ce, wait);
-      await delay(wait, o.signal);
+      failure = err;
     } finally {
       clearTimeout(silence);
       o.signal?.removeEventListener("abort", stop);
       ctl.abort();
     }
+    if (o.signal?.aborted) return;
+    const ce = ConnectError.from(failure);
+    if (ce.code === Code.FailedPrecondition || isCursorExpired(ce)) {
+      // The events since the cursor are gone: start from now, and tell
+      // the consumer to reload once the new stream is open.
+      cursor = "";
+      resync = true;
+      continue;
+    }
+    if (ce.code === Code.Unauthenticated) {
+      try {
+        await refresh();
+      } catch (rerr) {
+        if (ConnectError.from(rerr).code === Code.Unauthenticated) throw rerr; // signed out
+      }
+    }
+    if (upSince && Date.now() - upSince > stableMs) failures = 0;
+    const wait = Math.min(maxBackoff, 250 * 2 ** Math.min(failures, 10)) * (0.5 + Math.random() / 2);
+    failures++;
+    o.onDisconnect?.(ce, wait);
+    await delay(wait, o.signal);
   }
 }
 
@@ -372,7 +408,13 @@ function putWithXHR(url: string, token: string, file: Blob, o: UploadOptions): P
     };
     xhr.onerror = () => reject(new ConnectError("upload failed: network error", Code.Unavailable));
     xhr.onabort = () => reject(new ConnectError("upload aborted", Code.Canceled));
-    o.signal?.addEventListener("abort", () => xhr.abort());
+    if (o.signal?.aborted) {
+      reject(new ConnectError("upload aborted", Code.Canceled));
+      return;
+    }
+    const abort = () => xhr.abort();
+    o.signal?.addEventListener("abort", abort);
+    xhr.onloadend = () => o.signal?.removeEventListener("abort", abort);
     xhr.send(file);
   });
 }
@@ -395,14 +437,20 @@ async function putWithFetch(
       },
     }),
   );
-  const res = await doFetch(url, {
-    method: "PUT",
-    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/octet-stream" },
-    body: counted,
-    signal: o.signal,
-    // Required by fetch for a streamed request body.
-    duplex: "half",
-  } as RequestInit);
+  let res: Response;
+  try {
+    res = await doFetch(url, {
+      method: "PUT",
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/octet-stream" },
+      body: counted,
+      signal: o.signal,
+      // Required by fetch for a streamed request body.
+      duplex: "half",
+    } as RequestInit);
+  } catch (err) {
+    if (o.signal?.aborted) throw new ConnectError("upload aborted", Code.Canceled);
+    throw new ConnectError(`upload failed: ${String(err)}`, Code.Unavailable);
+  }
   const text = await res.text();
   let body: unknown;
   try {
@@ -425,9 +473,18 @@ const httpCodes: Record<number, Code> = {
   503: Code.Unavailable,
 };
 
+/** Connect's code names, as the server writes them in error bodies. */
+const codeNames: Record<string, Code> = Object.fromEntries(
+  Object.entries(Code)
+    .filter(([, v]) => typeof v === "number")
+    .map(([k, v]) => [k.replace(/[A-Z]/g, (c, i) => (i ? "_" : "") + c.toLowerCase()), v as Code]),
+);
+
 function uploadError(status: number, body: unknown): ConnectError {
-  const msg = typeof body === "object" && body && "message" in body ? String(body.message) : `HTTP ${status}`;
-  return new ConnectError(msg, httpCodes[status] ?? Code.Unknown);
+  const o = typeof body === "object" && body ? (body as { message?: unknown; code?: unknown }) : {};
+  const msg = o.message !== undefined ? String(o.message) : `HTTP ${status}`;
+  const code = (typeof o.code === "string" ? codeNames[o.code] : undefined) ?? httpCodes[status] ?? Code.Unknown;
+  return new ConnectError(msg, code);
 }
 
 async function httpError(res: Response): Promise<ConnectError> {

@@ -30,6 +30,16 @@ const ticks = new Map<string, { delivered: bigint; read: bigint }>(); // chat-wi
 let current = "";
 let live: AbortController | undefined;
 
+function reset() {
+  live?.abort();
+  chats.clear();
+  messages.clear();
+  typing.clear();
+  ticks.clear();
+  signed.clear();
+  current = "";
+}
+
 // ---- DOM helpers
 
 const app = document.getElementById("app")!;
@@ -99,7 +109,7 @@ async function start() {
       h("aside", {},
         h("header", {},
           h("strong", { "data-testid": "me" }, me.username),
-          h("button", { class: "link", onclick: () => parley.logout().finally(() => showAuth()) }, "Log out"),
+          h("button", { class: "link", onclick: () => parley.logout().finally(() => { reset(); showAuth(); }) }, "Log out"),
         ),
         newChatForm(),
         h("ul", { class: "chats", "data-testid": "chat-list" }),
@@ -107,7 +117,8 @@ async function start() {
       h("main", { "data-testid": "chat-view" }, h("p", { class: "empty" }, "Pick a chat, or start one.")),
     ),
   );
-  await loadChats();
+  // Subscribe first and load the chats once the stream is ready, so that
+  // no change falls between the two.
   void listen();
 }
 
@@ -189,9 +200,11 @@ async function openChat(id: string) {
   current = id;
   const chat = chats.get(id)!;
   const res = await parley.messages.listMessages({ chatId: id, limit: 100 });
-  const byseq = new Map<bigint, Message>();
-  for (const m of res.messages) byseq.set(m.seq, m);
-  messages.set(id, byseq);
+  if (current !== id) return; // another chat was opened meanwhile
+  // Merged with what arrived live while the page was loading.
+  let byseq = messages.get(id);
+  if (!byseq) messages.set(id, (byseq = new Map()));
+  for (const m of res.messages) if (!byseq.has(m.seq)) byseq.set(m.seq, m);
   const main = app.querySelector("main")!;
   const progress = h("progress", { max: "100", value: "0", hidden: true, "data-testid": "upload-progress" });
   const text = h("input", { placeholder: "Message", "data-testid": "composer", autocomplete: "off" });
@@ -293,6 +306,9 @@ function attachmentView(a: Attachment): HTMLElement {
       thumb: r.thumbnailDownloadUrl ? parley.url(r.thumbnailDownloadUrl) : "",
     }));
     signed.set(a.mediaId, urls);
+    urls.catch(() => signed.delete(a.mediaId));
+    // Signed URLs expire; fetch new ones for views made later.
+    setTimeout(() => signed.delete(a.mediaId), 10 * 60_000);
   }
   void urls.then(({ full, thumb }) => {
     box.append(
@@ -312,6 +328,9 @@ function renderTyping() {
   el.textContent = who.length ? `${who.join(", ")} ${who.length > 1 ? "are" : "is"} typing…` : "";
 }
 setInterval(renderTyping, 1000);
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible" && current) void markRead(current).catch(() => {});
+});
 
 async function markRead(chatId: string) {
   const seqs = [...(messages.get(chatId)?.keys() ?? [])];
@@ -327,17 +346,26 @@ async function markRead(chatId: string) {
 
 async function listen() {
   live?.abort();
-  live = new AbortController();
+  const ctl = (live = new AbortController());
+  let loaded = false;
   try {
-    for await (const item of parley.subscribe({ signal: live.signal })) {
-      if (item.kind === "resync") {
-        await loadChats();
-        if (current) await openChat(current);
-        continue;
+    for await (const item of parley.subscribe({ signal: ctl.signal })) {
+      try {
+        if (item.kind === "resync" || (item.event.kind.case === "ready" && !loaded)) {
+          // The stream is open: what changes from here arrives on it.
+          loaded = true;
+          await loadChats();
+          if (current) await openChat(current);
+          continue;
+        }
+        if (item.kind === "event") await onEvent(item.event);
+      } catch (err) {
+        // One event that could not be shown must not stop the others.
+        console.warn("live event", err);
       }
-      await onEvent(item.event);
     }
   } catch (err) {
+    if (ctl.signal.aborted) return;
     if (ConnectError.from(err).code === Code.Unauthenticated) showAuth("Signed out.");
   }
 }
@@ -346,12 +374,15 @@ async function onEvent(ev: Event) {
   switch (ev.kind.case) {
     case "messageCreated": {
       const m = ev.kind.value.message!;
-      if (!chats.has(m.chatId)) await loadChats();
+      if (messages.get(m.chatId)?.has(m.seq)) break; // seen already
+      const known = chats.has(m.chatId);
+      if (!known) await loadChats(); // its unread count includes m
       const mine = m.senderId === me.id;
       if (!mine) {
         typing.get(m.chatId)?.delete(m.senderId);
         const chat = chats.get(m.chatId);
-        if (chat && m.chatId !== current) chat.unreadCount++;
+        const lastSeen = chat?.lastMessage?.seq ?? 0n;
+        if (chat && known && m.chatId !== current && m.seq > lastSeen) chat.unreadCount++;
         void parley.messages.markDelivered({ chatId: m.chatId, upToSeq: m.seq }).catch(() => {});
       }
       addMessage(m);
@@ -373,7 +404,9 @@ async function onEvent(ev: Event) {
       const t = ev.kind.value;
       let m = typing.get(t.chatId);
       if (!m) typing.set(t.chatId, (m = new Map()));
-      const exp = t.expiresAt ? Number(t.expiresAt.seconds) * 1000 + t.expiresAt.nanos / 1e6 : 0;
+      // Relative to the event's own time, so that clocks apart do not matter.
+      const ms = (ts?: { seconds: bigint; nanos: number }) => (ts ? Number(ts.seconds) * 1000 + ts.nanos / 1e6 : 0);
+      const exp = t.expiresAt && ev.time ? Date.now() + ms(t.expiresAt) - ms(ev.time) : 0;
       if (t.typing) m.set(t.userId, exp);
       else m.delete(t.userId);
       renderTyping();
@@ -396,8 +429,10 @@ async function onEvent(ev: Event) {
     try {
       await start();
       return;
-    } catch {
-      await parley.tokenStore.set(undefined);
+    } catch (err) {
+      if (ConnectError.from(err).code === Code.Unauthenticated) await parley.tokenStore.set(undefined);
+      showAuth(ConnectError.from(err).code === Code.Unauthenticated ? "" : errorText(err));
+      return;
     }
   }
   showAuth();
