@@ -9,7 +9,6 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { crc32, deflateSync } from "node:zlib";
 
 import { chromium, type Browser, type Page } from "playwright-core";
 
@@ -61,28 +60,22 @@ after(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** A w×h PNG with a gradient. */
-function png(w: number, h: number): Buffer {
-  const chunk = (type: string, data: Buffer) => {
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(data.length);
-    const td = Buffer.concat([Buffer.from(type, "latin1"), data]);
-    const crc = Buffer.alloc(4);
-    crc.writeUInt32BE(crc32(td));
-    return Buffer.concat([len, td, crc]);
-  };
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(w, 0);
-  ihdr.writeUInt32BE(h, 4);
-  ihdr.set([8, 2, 0, 0, 0], 8);
-  const raw = Buffer.alloc((w * 3 + 1) * h);
-  for (let y = 0; y < h; y++) {
-    for (let x = 0; x < w; x++) raw.set([(x * 255) / w, (y * 255) / h, 160], y * (w * 3 + 1) + 1 + x * 3);
-  }
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk("IHDR", ihdr), chunk("IDAT", deflateSync(raw)), chunk("IEND", Buffer.alloc(0)),
-  ]);
+/** A w×h PNG with a gradient, drawn by the browser. */
+async function png(page: Page, w: number, h: number): Promise<Buffer> {
+  const url = await page.evaluate(([w, h]) => {
+    const c = document.createElement("canvas");
+    c.width = w;
+    c.height = h;
+    const g = c.getContext("2d")!;
+    const grad = g.createLinearGradient(0, 0, w, h);
+    grad.addColorStop(0, "#1e3c72");
+    grad.addColorStop(0.5, "#e96443");
+    grad.addColorStop(1, "#f9d423");
+    g.fillStyle = grad;
+    g.fillRect(0, 0, w, h);
+    return c.toDataURL("image/png");
+  }, [w, h]);
+  return Buffer.from(url.slice(url.indexOf(",") + 1), "base64");
 }
 
 async function register(page: Page, name: string) {
@@ -129,7 +122,7 @@ test("two users chat live in the browser", async () => {
   await a.locator("[data-testid=message] [data-testid=text]:has-text('Hello Alice')").waitFor();
 
   // Alice sends an image, with upload progress; Bob sees it.
-  await a.setInputFiles("[data-testid=file]", { name: "sunset.png", mimeType: "image/png", buffer: png(640, 400) });
+  await a.setInputFiles("[data-testid=file]", { name: "sunset.png", mimeType: "image/png", buffer: await png(a, 640, 400) });
   await a.click("[data-testid=send]");
   const img = b.locator("[data-testid=image]");
   await img.waitFor();
