@@ -2,6 +2,7 @@ package chat
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -294,23 +295,113 @@ func raise(ctx context.Context, c *mongo.Collection, id any, field string, v int
 	return res.MatchedCount == 1, nil
 }
 
-// setLastMessage moves the chat's lastMessage forward to m.
-func (s *store) setLastMessage(ctx context.Context, m *messageDoc) error {
-	return s.locked(ctx, chatLock(m.ChatID), func() error {
-		return s.setLastMessageLocked(ctx, m)
-	})
+// lastOffer is a message offered as a chat's lastMessage (see
+// setLastMessage), as kept in Redis.
+type lastOffer struct {
+	Seq      int64         `json:"seq"`
+	ID       bson.ObjectID `json:"id"`
+	SenderID int           `json:"sender"`
+	Preview  string        `json:"preview"`
+	SentAt   time.Time     `json:"sentAt"`
 }
 
-func (s *store) setLastMessageLocked(ctx context.Context, m *messageDoc) error {
-	_, err := raise(ctx, s.chats, m.ChatID, "lastMessage.seq", m.Seq, bson.D{
-		{Key: "lastMessage.message_id", Value: m.ID},
-		{Key: "lastMessage.sender_id", Value: m.SenderID},
-		{Key: "lastMessage.preview", Value: previewOf(m)},
-		{Key: "lastMessage.sentAt", Value: m.SentAt},
-		{Key: "updatedAt", Value: m.SentAt},
-	})
-	return err
+// offerScript keeps the offer with the highest seq: KEYS[1] the offer,
+// ARGV seq and the offer's JSON.
+var offerScript = redis.NewScript(`
+local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if tonumber(ARGV[1]) > cur then
+  redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'offer', ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[1], 60000)
+return 1`)
+
+func (s *store) offerKey(chatID bson.ObjectID) string {
+	return s.redisPrefix + "last:{" + chatID.Hex() + "}:offer"
 }
+func (s *store) appliedKey(chatID bson.ObjectID) string {
+	return s.redisPrefix + "last:{" + chatID.Hex() + "}:applied"
+}
+
+// setLastMessage moves the chat's lastMessage forward to m. Sends to one
+// chat combine their updates instead of queueing on the chat's lock:
+// each offers its message in Redis (the highest seq wins), and whoever
+// holds the lock writes the best offer, then looks again after letting go,
+// so no offer is left behind. A send returns once a write covered its seq.
+func (s *store) setLastMessage(ctx context.Context, m *messageDoc) error {
+	offer, err := json.Marshal(lastOffer{Seq: m.Seq, ID: m.ID, SenderID: m.SenderID, Preview: previewOf(m), SentAt: m.SentAt})
+	if err != nil {
+		return fmt.Errorf("last message offer: %w", err)
+	}
+	if err := offerScript.Run(ctx, s.rdb, []string{s.offerKey(m.ChatID)}, m.Seq, offer).Err(); err != nil {
+		return fmt.Errorf("last message offer: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	wait := time.Millisecond
+	for {
+		applied, err := s.rdb.Get(ctx, s.appliedKey(m.ChatID)).Int64()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("last message: %w", err)
+		}
+		if applied >= m.Seq {
+			return nil
+		}
+		ran, err := s.locks.TryDo(ctx, chatLock(m.ChatID), func() error { return s.applyOffer(ctx, m.ChatID) })
+		if err != nil {
+			return err
+		}
+		if ran {
+			// Look again: at offers made while we wrote, and at ours,
+			// should Redis have lost it (offering again changes nothing
+			// when a higher one waits).
+			if err := offerScript.Run(ctx, s.rdb, []string{s.offerKey(m.ChatID)}, m.Seq, offer).Err(); err != nil {
+				return fmt.Errorf("last message offer: %w", err)
+			}
+			continue
+		}
+		// Another send is writing; it looks for offers when it is done.
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("last message: %w", ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 20*time.Millisecond)
+	}
+}
+
+// applyOffer writes the chat's best offer, holding the chat's lock, and
+// records how far lastMessage is applied.
+func (s *store) applyOffer(ctx context.Context, chatID bson.ObjectID) error {
+	raw, err := s.rdb.HGet(ctx, s.offerKey(chatID), "offer").Result()
+	if errors.Is(err, redis.Nil) {
+		return nil // expired: its sender writes it again
+	}
+	if err != nil {
+		return fmt.Errorf("last message: %w", err)
+	}
+	var o lastOffer
+	if err := json.Unmarshal([]byte(raw), &o); err != nil {
+		return fmt.Errorf("last message offer: %w", err)
+	}
+	if _, err := raise(ctx, s.chats, chatID, "lastMessage.seq", o.Seq, bson.D{
+		{Key: "lastMessage.message_id", Value: o.ID},
+		{Key: "lastMessage.sender_id", Value: o.SenderID},
+		{Key: "lastMessage.preview", Value: o.Preview},
+		{Key: "lastMessage.sentAt", Value: o.SentAt},
+		{Key: "updatedAt", Value: o.SentAt},
+	}); err != nil {
+		return err
+	}
+	// Only upward, and short-lived: should Redis lose it, the next send
+	// writes again, which raise makes harmless.
+	return raiseAppliedScript.Run(ctx, s.rdb, []string{s.appliedKey(chatID)}, o.Seq).Err()
+}
+
+var raiseAppliedScript = redis.NewScript(`
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], 60000)
+return 1`)
 
 // raisePosition moves a member's read or delivered position forward,
 // creating the position if a member was added without one (a crash

@@ -108,7 +108,9 @@ func privateKey(a, b int) string {
 // writes there. Every update of a document that more than one request may
 // change holds a short Redis lock on it (see locked).
 type store struct {
-	locks *doclock.Locks
+	locks       *doclock.Locks
+	rdb         redis.UniversalClient
+	redisPrefix string
 
 	chats     *mongo.Collection
 	members   *mongo.Collection
@@ -123,12 +125,14 @@ func newStore(db *mongo.Database, rdb redis.UniversalClient, redisPrefix string,
 		locks = doclock.New(rdb, redisPrefix+"lock:")
 	}
 	return &store{
-		locks:     locks,
-		chats:     db.Collection("chats"),
-		members:   db.Collection("members"),
-		positions: db.Collection("positions"),
-		messages:  db.Collection("messages"),
-		now:       now,
+		locks:       locks,
+		rdb:         rdb,
+		redisPrefix: redisPrefix,
+		chats:       db.Collection("chats"),
+		members:     db.Collection("members"),
+		positions:   db.Collection("positions"),
+		messages:    db.Collection("messages"),
+		now:         now,
 	}
 }
 

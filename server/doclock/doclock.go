@@ -9,6 +9,7 @@ package doclock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -25,6 +26,20 @@ type Locks struct {
 // New returns locks kept in rdb under prefix.
 func New(rdb redis.UniversalClient, prefix string) *Locks {
 	return &Locks{locker: redislock.New(rdb), prefix: prefix}
+}
+
+// TryDo runs fn holding the lock named key if it is free now, and reports
+// whether it ran.
+func (l *Locks) TryDo(ctx context.Context, key string, fn func() error) (bool, error) {
+	lock, err := l.locker.Obtain(ctx, l.prefix+key, 10*time.Second, nil)
+	if errors.Is(err, redislock.ErrNotObtained) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("lock %s: %w", key, err)
+	}
+	defer lock.Release(context.WithoutCancel(ctx))
+	return true, fn()
 }
 
 // Do runs fn holding the lock named key, waiting up to 5 s for it. The
