@@ -182,3 +182,37 @@ func TestRace_ResumeBySeqWhileSending(t *testing.T) {
 		t.Errorf("chat holds %d messages, want 160", len(all))
 	}
 }
+
+// Concurrent sends to one chat combine their lastMessage updates: once
+// they all returned, the chat's last message is the highest seq sent.
+func TestRace_SendsSetLastMessage(t *testing.T) {
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))
+	a, b := newUser(t, srv, servertest.Protocols[1]), newUser(t, srv, servertest.Protocols[1])
+	c := group(t, a, "g", b)
+	for round := range 3 {
+		var mu sync.Mutex
+		var top *parleyv1.Message
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Go(func() {
+				for i := range 4 {
+					u := a
+					if w%2 == 1 {
+						u = b
+					}
+					m := send(t, u, c.GetId(), fmt.Sprintf("round %d worker %d message %d", round, w, i))
+					mu.Lock()
+					if top == nil || m.GetSeq() > top.GetSeq() {
+						top = m
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		last := getChat(t, a, c.GetId()).GetLastMessage()
+		if last.GetSeq() != top.GetSeq() || last.GetMessageId() != top.GetId() || last.GetPreview() != top.GetText() {
+			t.Fatalf("round %d: last message = seq %d %q, want seq %d %q", round, last.GetSeq(), last.GetPreview(), top.GetSeq(), top.GetText())
+		}
+	}
+}
