@@ -30,6 +30,7 @@
 //	server/rpcerr/      store errors -> Connect codes (and HTTP statuses), in
 //	                    one place
 //	server/doclock/     per-document Redis locks around MongoDB updates
+//	server/mongoindex/  start-up index creation that FerretDB accepts too
 //	server/sqldb/       PostgreSQL (or embedded SQLite) behind ent; migrations
 //	server/embedded/    FerretDB and miniredis, the zero-setup stand-ins
 //	server/app/         Config -> open stores -> handler -> serve; used by
@@ -46,7 +47,8 @@
 //	server/app, server/servertest
 //	server
 //	server/<domain> (live, chat, user, then media, auth, info), server/health
-//	server/reqlog, server/rpcerr, server/doclock, server/sqldb, server/embedded
+//	server/reqlog, server/rpcerr, server/doclock, server/mongoindex,
+//	server/sqldb, server/embedded
 //	gen/..., ent/...
 //
 // A domain package that needs another domain's answer (for example, "is

@@ -275,6 +275,10 @@ func (s *Service) DeleteMessage(
 		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("only the sender or a group admin may delete a message"))
 	}
 	deleted := msg.DeletedAt == nil
+	// The files go too: those of a message that had any, and, on a retry
+	// (the attachments are gone from a deleted message), whatever the
+	// media still records for it.
+	withFiles := len(msg.Attachments) > 0 || !deleted
 	if deleted {
 		if err := s.store.deleteMessage(ctx, msg); err != nil {
 			return nil, s.internal(ctx, "delete message", err)
@@ -290,8 +294,7 @@ func (s *Service) DeleteMessage(
 			return nil, s.internal(ctx, "delete message", err)
 		}
 	}
-	// Deleted for everyone, files included; a retry finishes the job.
-	if s.media != nil {
+	if s.media != nil && withFiles {
 		if err := s.media.DeleteOfMessage(ctx, msg.ID); err != nil {
 			return nil, s.internal(ctx, "delete message", err)
 		}

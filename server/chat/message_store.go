@@ -339,27 +339,31 @@ func (s *store) setLastMessage(ctx context.Context, m *messageDoc) error {
 	defer cancel()
 	wait := time.Millisecond
 	for {
-		applied, err := s.rdb.Get(ctx, s.appliedKey(m.ChatID)).Int64()
+		var applied int64
+		ran, err := s.locks.TryDo(ctx, chatLock(m.ChatID), func() (err error) {
+			applied, err = s.applyOffer(ctx, m.ChatID)
+			return err
+		})
+		switch {
+		case err != nil:
+			return err
+		case ran && applied >= m.Seq:
+			return nil
+		case ran:
+			// Redis lost our offer: make it again.
+			if err := offerScript.Run(ctx, s.rdb, []string{s.offerKey(m.ChatID)}, m.Seq, offer).Err(); err != nil {
+				return fmt.Errorf("last message offer: %w", err)
+			}
+			continue
+		}
+		// Another send is writing; see whether it covered ours.
+		applied, err = s.rdb.Get(ctx, s.appliedKey(m.ChatID)).Int64()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return fmt.Errorf("last message: %w", err)
 		}
 		if applied >= m.Seq {
 			return nil
 		}
-		ran, err := s.locks.TryDo(ctx, chatLock(m.ChatID), func() error { return s.applyOffer(ctx, m.ChatID) })
-		if err != nil {
-			return err
-		}
-		if ran {
-			// Look again: at offers made while we wrote, and at ours,
-			// should Redis have lost it (offering again changes nothing
-			// when a higher one waits).
-			if err := offerScript.Run(ctx, s.rdb, []string{s.offerKey(m.ChatID)}, m.Seq, offer).Err(); err != nil {
-				return fmt.Errorf("last message offer: %w", err)
-			}
-			continue
-		}
-		// Another send is writing; it looks for offers when it is done.
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("last message: %w", ctx.Err())
@@ -369,19 +373,20 @@ func (s *store) setLastMessage(ctx context.Context, m *messageDoc) error {
 	}
 }
 
-// applyOffer writes the chat's best offer, holding the chat's lock, and
-// records how far lastMessage is applied.
-func (s *store) applyOffer(ctx context.Context, chatID bson.ObjectID) error {
+// applyOffer writes the chat's best offer, holding the chat's lock,
+// records how far lastMessage is applied, and returns that seq (0 when
+// Redis holds no offer).
+func (s *store) applyOffer(ctx context.Context, chatID bson.ObjectID) (int64, error) {
 	raw, err := s.rdb.HGet(ctx, s.offerKey(chatID), "offer").Result()
 	if errors.Is(err, redis.Nil) {
-		return nil // expired: its sender writes it again
+		return 0, nil
 	}
 	if err != nil {
-		return fmt.Errorf("last message: %w", err)
+		return 0, fmt.Errorf("last message: %w", err)
 	}
 	var o lastOffer
 	if err := json.Unmarshal([]byte(raw), &o); err != nil {
-		return fmt.Errorf("last message offer: %w", err)
+		return 0, fmt.Errorf("last message offer: %w", err)
 	}
 	if _, err := raise(ctx, s.chats, chatID, "lastMessage.seq", o.Seq, bson.D{
 		{Key: "lastMessage.message_id", Value: o.ID},
@@ -390,11 +395,14 @@ func (s *store) applyOffer(ctx context.Context, chatID bson.ObjectID) error {
 		{Key: "lastMessage.sentAt", Value: o.SentAt},
 		{Key: "updatedAt", Value: o.SentAt},
 	}); err != nil {
-		return err
+		return 0, err
 	}
 	// Only upward, and short-lived: should Redis lose it, the next send
 	// writes again, which raise makes harmless.
-	return raiseAppliedScript.Run(ctx, s.rdb, []string{s.appliedKey(chatID)}, o.Seq).Err()
+	if err := raiseAppliedScript.Run(ctx, s.rdb, []string{s.appliedKey(chatID)}, o.Seq).Err(); err != nil {
+		return 0, err
+	}
+	return o.Seq, nil
 }
 
 var raiseAppliedScript = redis.NewScript(`

@@ -14,6 +14,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/parley-chat/parley/server/doclock"
+	"github.com/parley-chat/parley/server/mongoindex"
 )
 
 // Chat types and roles as the documents spell them (the customer's model).
@@ -158,51 +159,11 @@ func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
 			{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "joinedAt", Value: 1}}, Options: options.Index().SetName("chatId_joinedAt")},
 		}},
 	} {
-		if err := createMissingIndexes(ctx, x.c, x.models); err != nil {
+		if err := mongoindex.Ensure(ctx, x.c, x.models); err != nil {
 			return fmt.Errorf("create indexes on %s: %w", x.c.Name(), err)
 		}
 	}
 	return nil
-}
-
-// createMissingIndexes creates the indexes whose names the collection does
-// not have yet. (FerretDB 1.24 fails on a createIndexes of existing ones,
-// which MongoDB accepts as a no-op.) Instances starting together may race
-// to create one; whatever they leave is checked by listing again.
-func createMissingIndexes(ctx context.Context, c *mongo.Collection, models []mongo.IndexModel) error {
-	missing := func() ([]mongo.IndexModel, error) {
-		specs, err := c.Indexes().ListSpecifications(ctx)
-		if err != nil {
-			return nil, err
-		}
-		var out []mongo.IndexModel
-		for _, m := range models {
-			name := *indexName(m)
-			if !slices.ContainsFunc(specs, func(s mongo.IndexSpecification) bool { return s.Name == name }) {
-				out = append(out, m)
-			}
-		}
-		return out, nil
-	}
-	todo, err := missing()
-	if err != nil || len(todo) == 0 {
-		return err
-	}
-	if _, err := c.Indexes().CreateMany(ctx, todo); err != nil {
-		if left, lerr := missing(); lerr != nil || len(left) > 0 {
-			return err
-		}
-	}
-	return nil
-}
-
-// indexName returns the name an index model sets.
-func indexName(m mongo.IndexModel) *string {
-	var o options.IndexOptions
-	for _, set := range m.Options.List() {
-		_ = set(&o)
-	}
-	return o.Name
 }
 
 // locked runs fn holding the lock named key (see doclock).

@@ -86,7 +86,8 @@ func invalid(format string, args ...any) error {
 func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
 	// The body may take long, but never stall: each read must make
 	// progress within BodyIdleTimeout.
-	r.Body = &idleReader{r: r.Body, rc: http.NewResponseController(w), idle: s.cfg.BodyIdleTimeout}
+	rc := http.NewResponseController(w)
+	r.Body = &idleReader{ReadCloser: r.Body, deadline: idleDeadline{set: rc.SetReadDeadline, idle: s.cfg.BodyIdleTimeout}}
 	m, err := s.receive(r)
 	if err != nil {
 		s.httpError(w, r, err)
@@ -272,50 +273,51 @@ func uploadReadError(err error, size int64) error {
 
 var errBodyTooLong = errors.New("body longer than declared")
 
-// idleReader moves the connection's read deadline forward before each
-// read (at most once a second), so a body that stops arriving fails after
-// idle instead of holding the request for ever.
-type idleReader struct {
-	r     io.ReadCloser
-	rc    *http.ResponseController
+// idleDeadline moves a connection deadline forward before each read or
+// write (at most once a second), so that a transfer that stops making
+// progress fails after idle instead of holding the request for ever.
+type idleDeadline struct {
+	set   func(time.Time) error
 	idle  time.Duration
 	moved time.Time
 }
 
-func (i *idleReader) Read(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(i.moved) > time.Second {
+func (d *idleDeadline) extend() {
+	if now := time.Now(); now.Sub(d.moved) > time.Second {
 		// Unsupported (on some test transports) only means no deadline.
-		_ = i.rc.SetReadDeadline(now.Add(i.idle))
-		i.moved = now
+		_ = d.set(now.Add(d.idle))
+		d.moved = now
 	}
-	n, err := i.r.Read(p)
+}
+
+// clear removes the deadline; the connection may serve more requests.
+func (d *idleDeadline) clear() { _ = d.set(time.Time{}) }
+
+type idleReader struct {
+	io.ReadCloser
+	deadline idleDeadline
+}
+
+func (i *idleReader) Read(p []byte) (int, error) {
+	i.deadline.extend()
+	n, err := i.ReadCloser.Read(p)
 	if errors.Is(err, io.EOF) {
 		// The body is complete: net/http's own read of the connection
 		// that follows must not run into our deadline while the upload
 		// is still being processed. (After a failure the deadline stays,
 		// so that the server gives up on the rest of a stalled body.)
-		_ = i.rc.SetReadDeadline(time.Time{})
+		i.deadline.clear()
 	}
 	return n, err
 }
 
-func (i *idleReader) Close() error { return i.r.Close() }
-
-// idleWriter moves the connection's write deadline forward before each
-// write (at most once a second), so a download whose client stops taking
-// data fails after idle instead of holding the file open for ever.
 type idleWriter struct {
 	http.ResponseWriter
-	rc    *http.ResponseController
-	idle  time.Duration
-	moved time.Time
+	deadline idleDeadline
 }
 
 func (i *idleWriter) Write(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(i.moved) > time.Second {
-		_ = i.rc.SetWriteDeadline(now.Add(i.idle))
-		i.moved = now
-	}
+	i.deadline.extend()
 	return i.ResponseWriter.Write(p)
 }
 
@@ -451,10 +453,11 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request) {
 	} else {
 		h.Set("Content-Disposition", disposition)
 	}
-	iw := &idleWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: s.cfg.BodyIdleTimeout}
+	iw := &idleWriter{ResponseWriter: w, deadline: idleDeadline{
+		set: http.NewResponseController(w).SetWriteDeadline, idle: s.cfg.BodyIdleTimeout,
+	}}
 	http.ServeContent(iw, r, "", obj.ModTime(), obj)
-	// The connection may carry more requests.
-	_ = iw.rc.SetWriteDeadline(time.Time{})
+	iw.deadline.clear()
 }
 
 func extension(name string) string {

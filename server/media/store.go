@@ -12,6 +12,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/parley-chat/parley/server/doclock"
+	"github.com/parley-chat/parley/server/mongoindex"
 )
 
 // States of a media document. An upload moves pending → uploading →
@@ -98,48 +99,14 @@ func newStore(db *mongo.Database, rdb redis.UniversalClient, redisPrefix string,
 
 // EnsureIndexes creates the media collection's indexes. It is idempotent.
 func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
-	c := db.Collection("media")
-	want := map[string]mongo.IndexModel{
-		"createdAt": {Keys: bson.D{{Key: "createdAt", Value: 1}}, Options: options.Index().SetName("createdAt")},
-		"messageId": {Keys: bson.D{{Key: "messageId", Value: 1}}, Options: options.Index().SetName("messageId")},
-	}
-	cur, err := c.Indexes().List(ctx)
+	err := mongoindex.Ensure(ctx, db.Collection("media"), []mongo.IndexModel{
+		{Keys: bson.D{{Key: "createdAt", Value: 1}}, Options: options.Index().SetName("createdAt")},
+		{Keys: bson.D{{Key: "messageId", Value: 1}}, Options: options.Index().SetName("messageId")},
+	})
 	if err != nil {
-		return fmt.Errorf("media indexes: %w", err)
-	}
-	var have []struct {
-		Name string `bson:"name"`
-	}
-	if err := cur.All(ctx, &have); err != nil {
-		return fmt.Errorf("media indexes: %w", err)
-	}
-	for _, h := range have {
-		delete(want, h.Name)
-	}
-	for name, m := range want {
-		// Instances starting together may race; FerretDB then reports
-		// the existing index as an error, which a second look settles.
-		if _, err := c.Indexes().CreateOne(ctx, m); err != nil {
-			if !hasIndex(ctx, c, name) {
-				return fmt.Errorf("media index %s: %w", name, err)
-			}
-		}
+		return fmt.Errorf("create indexes on media: %w", err)
 	}
 	return nil
-}
-
-// hasIndex reports whether c has an index called name.
-func hasIndex(ctx context.Context, c *mongo.Collection, name string) bool {
-	specs, err := c.Indexes().ListSpecifications(ctx)
-	if err != nil {
-		return false
-	}
-	for _, s := range specs {
-		if s.Name == name {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *store) nowMs() time.Time { return s.now().UTC().Truncate(time.Millisecond) }

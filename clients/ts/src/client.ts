@@ -312,8 +312,9 @@ async function* subscribe(
     }
     if (o.signal?.aborted) return;
     const ce = ConnectError.from(failure);
-    if (ce.code === Code.FailedPrecondition || isCursorExpired(ce)) {
-      // The events since the cursor are gone: start from now, and tell
+    if (ce.code === Code.FailedPrecondition) {
+      // Subscribe's one precondition (ErrorInfo reason CURSOR_EXPIRED):
+      // the events since the cursor are gone. Start from now, and tell
       // the consumer to reload once the new stream is open.
       cursor = "";
       resync = true;
@@ -332,19 +333,6 @@ async function* subscribe(
     o.onDisconnect?.(ce, wait);
     await delay(wait, o.signal);
   }
-}
-
-function isCursorExpired(err: ConnectError): boolean {
-  // The google.rpc.ErrorInfo detail whose reason is CURSOR_EXPIRED: its
-  // encoded bytes hold the reason as plain text.
-  const text = new TextDecoder();
-  return err.details.some(
-    (d) =>
-      "type" in d &&
-      d.type === "google.rpc.ErrorInfo" &&
-      d.value instanceof Uint8Array &&
-      text.decode(d.value).includes("CURSOR_EXPIRED"),
-  );
 }
 
 function delay(ms: number, signal?: AbortSignal): Promise<void> {

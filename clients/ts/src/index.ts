@@ -16,3 +16,4 @@ export * from "./gen/parley/v1/message_pb.js";
 export * from "./gen/parley/v1/server_pb.js";
 export * from "./gen/parley/v1/user_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";
+export { create } from "@bufbuild/protobuf";

@@ -4,7 +4,9 @@ import {
   ChatType,
   Code,
   ConnectError,
+  LastMessageSchema,
   MessageStatus,
+  create,
   createParleyClient,
   webStorageTokenStore,
   type Attachment,
@@ -262,8 +264,10 @@ function addMessage(m: Message) {
   if (!byseq) messages.set(m.chatId, (byseq = new Map()));
   byseq.set(m.seq, m);
   if (chat && (!chat.lastMessage || chat.lastMessage.seq <= m.seq)) {
-    chat.lastMessage = { ...(chat.lastMessage ?? {}), $typeName: "parley.v1.LastMessage", messageId: m.id, senderId: m.senderId,
-      preview: m.text || (m.attachments.length ? `[${m.attachments[0].type}]` : ""), seq: m.seq, sentAt: m.sentAt } as Chat["lastMessage"];
+    chat.lastMessage = create(LastMessageSchema, {
+      messageId: m.id, senderId: m.senderId, seq: m.seq, sentAt: m.sentAt,
+      preview: m.text || (m.attachments.length ? `[${m.attachments[0].type}]` : ""),
+    });
   }
   if (m.chatId === current) renderMessages();
   renderChats();
