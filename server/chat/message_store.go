@@ -133,33 +133,37 @@ func (a *seqAllocator) done(ctx context.Context, chatID bson.ObjectID, seq int64
 	return nil
 }
 
-// stable returns the largest seq below which no message is still being
-// written, and false when nothing is in flight. Messages commit out of seq
-// order; readers that page or mark by seq stop at this watermark, so that
-// a message whose insert finishes late is not passed over for good.
+// stableScript returns the largest seq up to which every message is
+// written: below the lowest seq in flight, or, with none in flight, the
+// counter itself (a seq handed out later is larger). -1 when Redis holds
+// no counter. KEYS: the counter, the in-flight set; ARGV: the time before
+// which an in-flight seq is stale. One script, so that no seq is handed
+// out between looking at the two.
+var stableScript = redis.NewScript(`
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local low = -1
+for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local n = tonumber(m)
+  if n and (low < 0 or n < low) then low = n end
+end
+if low >= 0 then return low - 1 end
+local c = redis.call('GET', KEYS[1])
+if c then return tonumber(c) end
+return -1
+`)
+
+// stable returns the largest seq up to which no message is still being
+// written, and false when Redis knows no bound (it lost the counter).
+// Messages commit out of seq order; readers that page or mark by seq stop
+// at this watermark, so that a message whose insert finishes late is not
+// passed over for good.
 func (a *seqAllocator) stable(ctx context.Context, chatID bson.ObjectID) (int64, bool, error) {
-	key := a.inflightKey(chatID)
 	stale := time.Now().Add(-inflightTTL).UnixMilli()
-	if err := a.rdb.ZRemRangeByScore(ctx, key, "-inf", fmt.Sprint(stale)).Err(); err != nil {
-		return 0, false, fmt.Errorf("in-flight seqs: %w", err)
-	}
-	// Members are seqs; their lexical order is not numeric, so read all
-	// (a handful at most: the sends in progress in this chat).
-	members, err := a.rdb.ZRange(ctx, key, 0, -1).Result()
+	wm, err := stableScript.Run(ctx, a.rdb, []string{a.key(chatID), a.inflightKey(chatID)}, stale).Int64()
 	if err != nil {
 		return 0, false, fmt.Errorf("in-flight seqs: %w", err)
 	}
-	low := int64(-1)
-	for _, m := range members {
-		var n int64
-		if _, err := fmt.Sscan(m, &n); err == nil && (low < 0 || n < low) {
-			low = n
-		}
-	}
-	if low < 0 {
-		return 0, false, nil
-	}
-	return low - 1, true, nil
+	return wm, wm >= 0, nil
 }
 
 // raiseScript sets a counter to ARGV[1] unless it is larger already.
