@@ -16,7 +16,9 @@
 //	server/user/        parley.v1.UserService and AvatarService on ent;
 //	                    identicon avatars; the accounts auth signs in
 //	server/chat/        parley.v1.ChatService and MessageService on MongoDB:
-//	                    chats, members, positions, messages, typing; it
+//	                    chats (whose participants are the membership),
+//	                    positions, messages, typing; chat.Prepare upgrades
+//	                    older data and creates the indexes at start-up; it
 //	                    announces every change through chat.Events
 //	server/live/        parley.v1.LiveService: per-user event logs in Redis
 //	                    streams, one pub/sub connection per instance,
@@ -29,13 +31,16 @@
 //	server/reqlog/      one log line per request
 //	server/rpcerr/      store errors -> Connect codes (and HTTP statuses), in
 //	                    one place
-//	server/doclock/     per-document Redis locks around MongoDB updates
+//	server/doclock/     per-document Redis locks around MongoDB updates, on
+//	                    FerretDB 1.x only (doclock.Needed); nil elsewhere
 //	server/mongoindex/  start-up index creation that FerretDB accepts too
 //	server/sqldb/       PostgreSQL (or embedded SQLite) behind ent; migrations
 //	server/embedded/    FerretDB and miniredis, the zero-setup stand-ins
 //	server/app/         Config -> open stores -> handler -> serve; used by
 //	                    main and by the test harness
-//	server/servertest/  in-process servers on real stores for tests
+//	server/servertest/  in-process servers on real stores for tests, and
+//	                    the helpers the tests share (accounts, tokens,
+//	                    codes, chats)
 //
 // # Import graph
 //

@@ -19,6 +19,7 @@ import (
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/chat"
+	"github.com/parley-chat/parley/server/doclock"
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/info"
 	"github.com/parley-chat/parley/server/live"
@@ -52,6 +53,10 @@ type Deps struct {
 	DB *sqldb.DB
 	// Mongo holds chats and messages.
 	Mongo *mongo.Database
+	// DocLocks serialize the updates of one document where the document
+	// engine does not (FerretDB 1.x, see doclock); nil on MongoDB and
+	// FerretDB 2.
+	DocLocks *doclock.Locks
 	// Redis holds sessions and rate-limit counters.
 	Redis redis.UniversalClient
 	// Auth configures tokens, sessions and rate limits.
@@ -140,7 +145,7 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(parleyv1connect.NewAuthServiceHandler(authn, opts...))
 	mux.Handle(parleyv1connect.NewUserServiceHandler(users, opts...))
 	mux.Handle(parleyv1connect.NewAvatarServiceHandler(users, opts...))
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.Auth.RedisPrefix, users, d.Live, d.Media, d.Now)
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, d.Live, d.Media, d.Now)
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
 	mcfg := d.MediaConfig
 	mcfg.Key, mcfg.RedisPrefix, mcfg.Now = d.Auth.Key, d.Auth.RedisPrefix, d.Now
@@ -185,7 +190,7 @@ func withWebApp(dir string, api http.Handler) http.Handler {
 // longer than after, over the same stores as New.
 func NewMediaJanitor(d Deps, after time.Duration) *media.Janitor {
 	users := user.New(d.Log, d.DB, d.Media, d.Now)
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.Auth.RedisPrefix, users, d.Live, d.Media, d.Now)
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, d.Live, d.Media, d.Now)
 	return media.NewJanitor(d.Log, d.Media, referrers{chats, users}, after, d.Now)
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/parley-chat/parley/server"
 	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/chat"
+	"github.com/parley-chat/parley/server/doclock"
 	"github.com/parley-chat/parley/server/embedded"
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/live"
@@ -108,10 +109,13 @@ type StoreInfo struct {
 
 // App is an assembled server with open stores.
 type App struct {
-	cfg     Config
-	log     *slog.Logger
-	db      *sqldb.DB
-	mongo   *mongo.Client
+	cfg   Config
+	log   *slog.Logger
+	db    *sqldb.DB
+	mongo *mongo.Client
+	// serial: the document engine loses concurrent updates of one
+	// document (FerretDB 1.x; see doclock).
+	serial  bool
 	redis   *redis.Client
 	monitor *health.Monitor
 	stores  []StoreInfo
@@ -164,6 +168,10 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	if err := a.openRedis(ctx); err != nil {
 		return nil, err
 	}
+	var locks *doclock.Locks
+	if a.serial {
+		locks = doclock.New(a.redis, cfg.RedisPrefix+"lock:")
+	}
 
 	a.monitor = health.NewMonitor(log, cfg.HealthInterval, 2*time.Second, []health.Probe{
 		{Name: "postgres", Ping: a.db.Ping},
@@ -192,7 +200,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	}
 	a.deps = server.Deps{
 		Live:            hub,
-		Media:           media.NewLibrary(log, a.mongo.Database(cfg.MongoDatabase), a.redis, cfg.RedisPrefix, a.storage, cfg.Now),
+		Media:           media.NewLibrary(log, a.mongo.Database(cfg.MongoDatabase), locks, a.storage, cfg.Now),
 		MediaConfig:     cfg.Media,
 		WebDir:          cfg.WebDir,
 		Log:             log,
@@ -204,6 +212,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 		DB:              a.db,
 		Redis:           a.redis,
 		Mongo:           a.mongo.Database(cfg.MongoDatabase),
+		DocLocks:        locks,
 		Now:             cfg.Now,
 		Auth: auth.Config{
 			Key:            key,
@@ -307,10 +316,14 @@ func (a *App) openMongo(ctx context.Context) error {
 	if err := client.Ping(ctx, readpref.Primary()); err != nil {
 		return fmt.Errorf("ping mongodb: %w", err)
 	}
-	if err := chat.EnsureIndexes(ctx, client.Database(a.cfg.MongoDatabase)); err != nil {
+	db := client.Database(a.cfg.MongoDatabase)
+	if a.serial, err = doclock.Needed(ctx, db); err != nil {
+		return fmt.Errorf("mongodb engine: %w", err)
+	}
+	if err := chat.Prepare(ctx, a.log, db); err != nil {
 		return err
 	}
-	if err := media.EnsureIndexes(ctx, client.Database(a.cfg.MongoDatabase)); err != nil {
+	if err := media.EnsureIndexes(ctx, db); err != nil {
 		return err
 	}
 	return nil
@@ -442,3 +455,7 @@ func (a *App) Close() error {
 	a.closers = nil
 	return errors.Join(errs...)
 }
+
+// DocLocks returns the per-document locks the stores use, nil where the
+// document engine needs none (see doclock).
+func (a *App) DocLocks() *doclock.Locks { return a.deps.DocLocks }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,7 +27,7 @@ func BenchmarkSendMessage(b *testing.B) {
 		senders = append(senders, newUser(b, srv, servertest.Protocols[0]))
 	}
 	chatID := group(b, senders[0], "bench", senders[1:]...).GetId()
-	direct := chat.New(slog.New(slog.DiscardHandler), srv.App.Mongo(), srv.App.Redis(),
+	direct := chat.New(slog.New(slog.DiscardHandler), srv.App.Mongo(), srv.App.Redis(), srv.App.DocLocks(),
 		servertest.SharedStores(b).RedisPrefix, nil, srv.App.Live(), nil, nil)
 	var keys atomic.Int64
 
@@ -97,32 +95,10 @@ func BenchmarkListMessages(b *testing.B) {
 
 // concurrently makes b.N calls from n workers and returns their latencies.
 func concurrently(b *testing.B, n int, call func(worker int) error) []time.Duration {
-	lat := make([]time.Duration, b.N)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	b.ResetTimer()
-	for w := range n {
-		wg.Go(func() {
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(b.N) {
-					return
-				}
-				start := time.Now()
-				if err := call(w); err != nil {
-					b.Error(err)
-					return
-				}
-				lat[i] = time.Since(start)
-			}
-		})
-	}
-	wg.Wait()
-	return lat
+	return servertest.Concurrently(b, n, call)
 }
 
+// pct returns the q-quantile of the latencies in milliseconds.
 func pct(d []time.Duration, q float64) float64 {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return float64(s[int(q*float64(len(s)-1))]) / float64(time.Millisecond)
+	return float64(servertest.Percentile(d, q)) / float64(time.Millisecond)
 }

@@ -14,7 +14,7 @@ func toRole(r string) parleyv1.Role {
 }
 
 // toChat renders a chat for one of its members.
-func toChat(c *chatDoc, m memberDoc, unread int64) *parleyv1.Chat {
+func toChat(c *chatDoc, m member, unread int64) *parleyv1.Chat {
 	out := &parleyv1.Chat{
 		Id:          c.ID.Hex(),
 		Type:        parleyv1.ChatType_CHAT_TYPE_GROUP,

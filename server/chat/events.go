@@ -10,7 +10,6 @@ import (
 	"connectrpc.com/connect"
 	"github.com/go-redis/redis_rate/v10"
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
@@ -38,18 +37,6 @@ var typingLimit = redis_rate.Limit{Rate: 10, Burst: 10, Period: 10 * time.Second
 var errNotDelivered = connect.NewError(connect.CodeUnavailable,
 	errors.New("the change was saved but live delivery failed; retry the call"))
 
-// publish announces an event to the chat's members and to extra users.
-func (s *Service) publish(ctx context.Context, chatID bson.ObjectID, ev *parleyv1.Event, extra ...int) error {
-	if s.events == nil {
-		return nil
-	}
-	ids, err := s.store.memberIDs(ctx, chatID)
-	if err != nil {
-		return err
-	}
-	return s.publishTo(ctx, chatID, ids, ev, extra...)
-}
-
 // publishTo announces an event to the users and to extra users.
 func (s *Service) publishTo(ctx context.Context, chatID bson.ObjectID, ids []int, ev *parleyv1.Event, extra ...int) error {
 	for _, u := range extra {
@@ -65,8 +52,8 @@ func (s *Service) publishTo(ctx context.Context, chatID bson.ObjectID, ids []int
 }
 
 // publishMessage announces a message event to the chat's participants
-// as the caller's access found them (changes to membership complete, and
-// update the chat's participants, before they answer).
+// as the caller's access found them (changes to membership complete
+// before they answer).
 func (s *Service) publishMessage(ctx context.Context, c *chatDoc, kind string, m *parleyv1.Message) error {
 	if s.events == nil {
 		return nil
@@ -106,7 +93,7 @@ func (s *Service) publishChat(ctx context.Context, chatID bson.ObjectID, kind st
 	if err != nil {
 		return err
 	}
-	chat := toChat(c, memberDoc{}, 0)
+	chat := toChat(c, member{}, 0)
 	chat.Role = parleyv1.Role_ROLE_UNSPECIFIED
 	e := &parleyv1.ChatEvent{Chat: chat, ActorId: int32(actor)}
 	for _, u := range users {
@@ -125,19 +112,21 @@ func (s *Service) publishChat(ctx context.Context, chatID bson.ObjectID, kind st
 	default:
 		ev.Kind = &parleyv1.Event_RoleChanged{RoleChanged: e}
 	}
-	return s.publish(ctx, chatID, ev, users...)
+	return s.publishTo(ctx, chatID, participantIDs(c), ev, users...)
 }
 
-// publishPositions announces a member's positions, with the chat's.
-func (s *Service) publishPositions(ctx context.Context, chatID bson.ObjectID, userID int) error {
+// publishPositions announces a member's positions, with the chat's, to
+// the chat's participants as the caller's access found them.
+func (s *Service) publishPositions(ctx context.Context, c *chatDoc, userID int) error {
 	if s.events == nil {
 		return nil
 	}
-	members, err := s.store.chatMembers(ctx, chatID)
+	chatID := c.ID
+	members, err := s.store.chatMembers(ctx, c)
 	if err != nil {
 		return err
 	}
-	i := slices.IndexFunc(members, func(m memberDoc) bool { return m.UserID == userID })
+	i := slices.IndexFunc(members, func(m member) bool { return m.UserID == userID })
 	if i < 0 {
 		return nil // gone meanwhile
 	}
@@ -157,8 +146,7 @@ func (s *Service) publishPositions(ctx context.Context, chatID bson.ObjectID, us
 	return s.publishTo(ctx, chatID, ids, ev)
 }
 
-// participantIDs lists the chat's members as its participants copy has
-// them (membership changes update it before they answer).
+// participantIDs lists the chat's members.
 func participantIDs(c *chatDoc) []int {
 	ids := make([]int, len(c.Participants))
 	for i, p := range c.Participants {
@@ -200,63 +188,20 @@ func (s *Service) SendTyping(
 	return connect.NewResponse(&parleyv1.SendTypingResponse{ExpiresAt: timestamppb.New(expires)}), nil
 }
 
-// memberIDs lists the users in a chat.
-func (s *store) memberIDs(ctx context.Context, chatID bson.ObjectID) ([]int, error) {
-	cur, err := s.members.Find(ctx, bson.D{{Key: "chatId", Value: chatID}},
-		options.Find().SetProjection(bson.D{{Key: "userId", Value: 1}}))
-	if err != nil {
-		return nil, fmt.Errorf("list members: %w", err)
-	}
-	var ms []struct {
-		UserID int `bson:"userId"`
-	}
-	if err := cur.All(ctx, &ms); err != nil {
-		return nil, fmt.Errorf("list members: %w", err)
-	}
-	ids := make([]int, len(ms))
-	for i, m := range ms {
-		ids[i] = m.UserID
-	}
-	return ids, nil
-}
-
 // Contacts returns the users who share a chat with the user.
 func (s *Service) Contacts(ctx context.Context, userID int) ([]int, error) {
-	cur, err := s.store.members.Find(ctx, bson.D{{Key: "userId", Value: userID}},
-		options.Find().SetProjection(bson.D{{Key: "chatId", Value: 1}}))
+	chats, err := s.store.chatsOf(ctx, userID)
 	if err != nil {
-		return nil, fmt.Errorf("contacts: %w", err)
-	}
-	var mine []struct {
-		ChatID bson.ObjectID `bson:"chatId"`
-	}
-	if err := cur.All(ctx, &mine); err != nil {
-		return nil, fmt.Errorf("contacts: %w", err)
-	}
-	if len(mine) == 0 {
-		return nil, nil
-	}
-	chats := make(bson.A, len(mine))
-	for i, m := range mine {
-		chats[i] = m.ChatID
-	}
-	cur, err = s.store.members.Find(ctx, bson.D{{Key: "chatId", Value: bson.D{{Key: "$in", Value: chats}}}},
-		options.Find().SetProjection(bson.D{{Key: "userId", Value: 1}}))
-	if err != nil {
-		return nil, fmt.Errorf("contacts: %w", err)
-	}
-	var others []struct {
-		UserID int `bson:"userId"`
-	}
-	if err := cur.All(ctx, &others); err != nil {
 		return nil, fmt.Errorf("contacts: %w", err)
 	}
 	seen := map[int]bool{userID: true}
 	var out []int
-	for _, o := range others {
-		if !seen[o.UserID] {
-			seen[o.UserID] = true
-			out = append(out, o.UserID)
+	for _, c := range chats {
+		for _, p := range c.Participants {
+			if !seen[p.UserID] {
+				seen[p.UserID] = true
+				out = append(out, p.UserID)
+			}
 		}
 	}
 	return out, nil

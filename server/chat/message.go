@@ -25,15 +25,15 @@ var errMessageNotFound = connect.NewError(connect.CodeNotFound, errNoMessage)
 // members, from which message statuses follow.
 type positions struct{ delivered, read int64 }
 
-func (s *Service) positions(ctx context.Context, chatID bson.ObjectID) (positions, error) {
-	members, err := s.store.chatMembers(ctx, chatID)
+func (s *Service) positions(ctx context.Context, c *chatDoc) (positions, error) {
+	members, err := s.store.chatMembers(ctx, c)
 	if err != nil {
 		return positions{}, err
 	}
 	return positionsOf(members), nil
 }
 
-func positionsOf(members []memberDoc) positions {
+func positionsOf(members []member) positions {
 	if len(members) == 0 {
 		return positions{}
 	}
@@ -143,28 +143,34 @@ func (s *Service) SendMessage(
 	// The message is stored and acknowledged from here on; what follows
 	// announces it and brings the chat and the sender's positions up to
 	// it, and is idempotent, so a retry of the send repairs any part that
-	// failed. (A retry announces the message again; clients keep one
-	// message per seq.) As sent, nobody else has the message yet: its
-	// status is SENT, or READ in a group whose only member is the sender.
+	// failed. As sent, nobody else has the message yet: its status is
+	// SENT, or READ in a group whose only member is the sender. A retry
+	// answers the status the message has now.
 	p := positions{}
 	if len(c.Participants) == 1 {
 		p = positions{delivered: m.Seq, read: m.Seq}
 	}
+	if !created {
+		if p, err = s.positions(ctx, c); err != nil {
+			return nil, s.internal(ctx, "send message", err)
+		}
+	}
 	msg := toMessage(m, p)
+	// The sender has its message before anyone else hears of it: a
+	// recipient that marks it delivered on its event then moves the
+	// chat's position, which the sender's own would hold back otherwise.
+	if err := s.store.raiseOwnPositions(ctx, c.ID, id.UserID, m.Seq); err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
 	if err := s.announceSend(ctx, c, msg, created); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
 	if err := s.store.setLastMessage(ctx, m); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
-	for _, kind := range []string{kindDelivered, kindRead} {
-		if err := s.store.raisePosition(ctx, c.ID, id.UserID, kind, m.Seq); err != nil {
-			return nil, s.internal(ctx, "send message", err)
-		}
-	}
 	if me.ReadSeq < m.Seq-1 || me.DeliveredSeq < m.Seq-1 {
 		// Sending read what the sender had not: others' ticks move.
-		if err := s.publishPositions(ctx, c.ID, id.UserID); err != nil {
+		if err := s.publishPositions(ctx, c, id.UserID); err != nil {
 			return nil, s.internal(ctx, "send message", err)
 		}
 	}
@@ -198,11 +204,11 @@ func (s *Service) ListMessages(
 	} else if ok {
 		upTo = &wm
 	}
-	msgs, more, err := s.store.listMessages(ctx, c.ID, before, after, upTo, limit)
+	msgs, more, err := s.store.listMessages(ctx, c.ID, before, after, upTo, lastSeq(c), limit)
 	if err != nil {
 		return nil, s.internal(ctx, "list messages", err)
 	}
-	p, err := s.positions(ctx, c.ID)
+	p, err := s.positions(ctx, c)
 	if err != nil {
 		return nil, s.internal(ctx, "list messages", err)
 	}
@@ -214,7 +220,7 @@ func (s *Service) ListMessages(
 }
 
 // message loads a message of a chat the caller may see.
-func (s *Service) message(ctx context.Context, chatHex, messageHex string) (*chatDoc, *memberDoc, *messageDoc, error) {
+func (s *Service) message(ctx context.Context, chatHex, messageHex string) (*chatDoc, *member, *messageDoc, error) {
 	_, c, m, err := s.access(ctx, chatHex)
 	if err != nil {
 		return nil, nil, nil, err
@@ -252,7 +258,7 @@ func (s *Service) EditMessage(
 	} else if err != nil {
 		return nil, s.internal(ctx, "edit message", err)
 	}
-	p, err := s.positions(ctx, c.ID)
+	p, err := s.positions(ctx, c)
 	if err != nil {
 		return nil, s.internal(ctx, "edit message", err)
 	}
@@ -284,7 +290,7 @@ func (s *Service) DeleteMessage(
 			return nil, s.internal(ctx, "delete message", err)
 		}
 	}
-	p, err := s.positions(ctx, c.ID)
+	p, err := s.positions(ctx, c)
 	if err != nil {
 		return nil, s.internal(ctx, "delete message", err)
 	}
@@ -303,30 +309,36 @@ func (s *Service) DeleteMessage(
 }
 
 // mark moves the caller's positions forward to upTo, clamped to the
-// chat's last message.
-func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, kinds ...string) (*chatDoc, *memberDoc, error) {
+// chat's messages: not past a message still being written (it would be
+// born read), nor past the last one. A message whose event went out is
+// written, so a client may mark up to any seq it received live.
+func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, kinds ...string) (*chatDoc, *member, error) {
 	id, c, before, err := s.access(ctx, chatHex)
 	if err != nil {
 		return nil, nil, err
 	}
-	upTo = min(upTo, lastSeq(c))
-	if wm, ok, err := s.seqs.stable(ctx, c.ID); err != nil {
+	wm, ok, err := s.seqs.stable(ctx, c.ID)
+	if err != nil {
 		return nil, nil, s.internal(ctx, "mark", err)
-	} else if ok {
-		// Not past a message still being written: it would be born read.
-		upTo = min(upTo, wm)
 	}
+	if !ok {
+		// Redis lost the counter: the store knows the last message.
+		if wm, err = s.store.maxSeqFrom(ctx, c.ID, lastSeq(c)); err != nil {
+			return nil, nil, s.internal(ctx, "mark", err)
+		}
+	}
+	upTo = min(upTo, wm)
 	for _, kind := range kinds {
 		if err := s.store.raisePosition(ctx, c.ID, id.UserID, kind, upTo); err != nil {
 			return nil, nil, s.internal(ctx, "mark", err)
 		}
 	}
-	m, err := s.store.member(ctx, c.ID, id.UserID)
+	m, err := s.store.member(ctx, c, id.UserID)
 	if err != nil {
 		return nil, nil, s.internal(ctx, "mark", err)
 	}
 	if m.ReadSeq != before.ReadSeq || m.DeliveredSeq != before.DeliveredSeq {
-		if err := s.publishPositions(ctx, c.ID, id.UserID); err != nil {
+		if err := s.publishPositions(ctx, c, id.UserID); err != nil {
 			return nil, nil, s.internal(ctx, "mark", err)
 		}
 	}

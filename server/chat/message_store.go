@@ -2,9 +2,10 @@ package chat
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -21,7 +22,7 @@ import (
 const statusSent = "sent"
 
 // messageDoc is a document of the messages collection, in the customer's
-// shape plus Parley's seq, idempotency key, and edit and delete times.
+// shape plus Parley's seq, idempotency keys, and edit and delete times.
 type messageDoc struct {
 	ID              bson.ObjectID   `bson:"_id"`
 	ChatID          bson.ObjectID   `bson:"chatId"`
@@ -32,8 +33,14 @@ type messageDoc struct {
 	Status          string          `bson:"status"`
 	Seq             int64           `bson:"seq"`
 	ClientMessageID string          `bson:"clientMessageId"`
-	EditedAt        *time.Time      `bson:"editedAt,omitempty"`
-	DeletedAt       *time.Time      `bson:"deletedAt,omitempty"`
+	// IdemKey and SeqKey are unique: "<chat id>:<sender id>:<client
+	// message id>" and "<chat id>:<seq>". Single-field unique indexes,
+	// unlike unique compound ones led by chatId, stay fast on a chat with
+	// many messages on FerretDB 2 + DocumentDB.
+	IdemKey   string     `bson:"idemKey"`
+	SeqKey    string     `bson:"seqKey"`
+	EditedAt  *time.Time `bson:"editedAt,omitempty"`
+	DeletedAt *time.Time `bson:"deletedAt,omitempty"`
 }
 
 // attachmentDoc is the seed's attachment (type, url) plus what clients
@@ -79,26 +86,32 @@ func preview(text string) string {
 	return string(r[:previewLen]) + "…"
 }
 
-var messageIndexes = []mongo.IndexModel{
-	{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "seq", Value: 1}}, Options: options.Index().SetUnique(true).SetName("chatId_seq_unique")},
-	{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "senderId", Value: 1}, {Key: "clientMessageId", Value: 1}}, Options: options.Index().SetUnique(true).SetName("chatId_senderId_clientMessageId_unique")},
+func idemKey(chatID bson.ObjectID, senderID int, clientID string) string {
+	return chatID.Hex() + ":" + strconv.Itoa(senderID) + ":" + clientID
 }
 
-// seqAllocator hands out per-chat sequence numbers with Redis INCR. Redis
-// may lose a counter (a flush, a restart without persistence); the unique
-// (chatId, seq) index then refuses the repeated number, and heal moves the
-// counter past the largest seq the store holds.
+func seqKey(chatID bson.ObjectID, seq int64) string {
+	return chatID.Hex() + ":" + strconv.FormatInt(seq, 10)
+}
+
+// seqAllocator hands out per-chat sequence numbers with Redis INCR, and
+// keeps the seqs still being written in a sorted set, so that readers can
+// stop below them (see stable). Redis may lose a counter (a flush, a
+// restart without persistence); the unique seqKey index then refuses the
+// repeated number, and insertMessage moves the counter past the largest
+// seq the store holds. So seqs stay unique per chat whatever happens to
+// Redis.
 type seqAllocator struct {
 	rdb    redis.UniversalClient
 	prefix string
 }
 
 func (a *seqAllocator) key(chatID bson.ObjectID) string {
-	return a.prefix + "chat:" + chatID.Hex() + ":seq"
+	return a.prefix + "chat:{" + chatID.Hex() + "}:seq"
 }
 
 func (a *seqAllocator) inflightKey(chatID bson.ObjectID) string {
-	return a.prefix + "chat:" + chatID.Hex() + ":inflight"
+	return a.prefix + "chat:{" + chatID.Hex() + "}:inflight"
 }
 
 // nextScript takes the chat's next seq and records it as in flight, with
@@ -133,6 +146,27 @@ func (a *seqAllocator) done(ctx context.Context, chatID bson.ObjectID, seq int64
 	return nil
 }
 
+// giveBackScript takes back the counter's last seq if it is ARGV[1] and
+// no later one was handed out, and marks it no longer in flight.
+var giveBackScript = redis.NewScript(`
+if tonumber(redis.call('GET', KEYS[1]) or '-1') == tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+`)
+
+// giveBack returns a seq that no message took (a retry of a send that a
+// racing attempt stored): when no later seq was handed out meanwhile, the
+// next send takes it, and the chat's seqs stay without a gap.
+func (a *seqAllocator) giveBack(ctx context.Context, chatID bson.ObjectID, seq int64) error {
+	err := giveBackScript.Run(context.WithoutCancel(ctx), a.rdb, []string{a.key(chatID), a.inflightKey(chatID)}, seq).Err()
+	if err != nil {
+		return fmt.Errorf("give back seq: %w", err)
+	}
+	return nil
+}
+
 // stableScript returns the largest seq up to which every message is
 // written: below the lowest seq in flight, or, with none in flight, the
 // counter itself (a seq handed out later is larger). -1 when Redis holds
@@ -156,7 +190,7 @@ return -1
 // written, and false when Redis knows no bound (it lost the counter).
 // Messages commit out of seq order; readers that page or mark by seq stop
 // at this watermark, so that a message whose insert finishes late is not
-// passed over for good.
+// passed over for good. A message whose event went out is below it.
 func (a *seqAllocator) stable(ctx context.Context, chatID bson.ObjectID) (int64, bool, error) {
 	stale := time.Now().Add(-inflightTTL).UnixMilli()
 	wm, err := stableScript.Run(ctx, a.rdb, []string{a.key(chatID), a.inflightKey(chatID)}, stale).Int64()
@@ -182,11 +216,18 @@ func (a *seqAllocator) raise(ctx context.Context, chatID bson.ObjectID, atLeast 
 
 // maxSeq returns the largest seq stored for the chat, 0 for none.
 func (s *store) maxSeq(ctx context.Context, chatID bson.ObjectID) (int64, error) {
+	return s.maxSeqFrom(ctx, chatID, 0)
+}
+
+// maxSeqFrom returns the largest seq stored for the chat, knowing that
+// one at least floor is stored (the chat's lastMessage), 0 for none:
+// the query reads only the messages from floor up.
+func (s *store) maxSeqFrom(ctx context.Context, chatID bson.ObjectID, floor int64) (int64, error) {
 	var m messageDoc
-	err := s.messages.FindOne(ctx, bson.D{{Key: "chatId", Value: chatID}},
+	err := s.messages.FindOne(ctx, bson.D{{Key: "chatId", Value: chatID}, {Key: "seq", Value: bson.D{{Key: "$gte", Value: floor}}}},
 		options.FindOne().SetSort(bson.D{{Key: "seq", Value: -1}}).SetProjection(bson.D{{Key: "seq", Value: 1}})).Decode(&m)
 	if errors.Is(err, mongo.ErrNoDocuments) {
-		return 0, nil
+		return floor, nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("max seq: %w", err)
@@ -210,9 +251,7 @@ func (s *store) messageWithMedia(ctx context.Context, chatID, mediaID bson.Objec
 
 func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID int, clientID string) (*messageDoc, error) {
 	var m messageDoc
-	err := s.messages.FindOne(ctx, bson.D{
-		{Key: "chatId", Value: chatID}, {Key: "senderId", Value: senderID}, {Key: "clientMessageId", Value: clientID},
-	}).Decode(&m)
+	err := s.messages.FindOne(ctx, bson.D{{Key: "idemKey", Value: idemKey(chatID, senderID, clientID)}}).Decode(&m)
 	if errors.Is(err, mongo.ErrNoDocuments) {
 		return nil, nil
 	}
@@ -225,28 +264,41 @@ func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID
 // insertMessage stores a new message with the chat's next seq, which is
 // always above floor (the chat's last seq as last read). It returns the
 // stored message and whether it is new: a retry with a clientMessageId
-// already used gets the first message back.
+// already used gets the first message back, and takes no seq.
 func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc, floor int64) (*messageDoc, bool, error) {
-	// No look-up first: the unique indexes decide, and a duplicate key
-	// sends us to find out which one.
+	m.IdemKey = idemKey(m.ChatID, m.SenderID, m.ClientMessageID)
+	if prev, err := s.messageByKey(ctx, m.ChatID, m.SenderID, m.ClientMessageID); err != nil || prev != nil {
+		return prev, false, err
+	}
 	for range 5 {
 		seq, err := seqs.next(ctx, m.ChatID)
 		if err != nil {
 			return nil, false, err
 		}
-		stored, err := s.tryInsert(ctx, seqs, m, seq, floor)
-		if err != nil {
-			return nil, false, err
-		}
-		if stored {
+		stored, err := s.tryInsert(ctx, m, seq, floor)
+		if err != nil || stored {
+			if derr := seqs.done(ctx, m.ChatID, seq); derr != nil && err == nil {
+				err = derr
+			}
+			if err != nil {
+				return nil, false, err
+			}
 			return m, true, nil
 		}
-		// Either a racing retry of this very send won, or the counter
+		// Either a racing attempt at this very send won, or the counter
 		// fell behind the store.
-		if prev, err := s.messageByKey(ctx, m.ChatID, m.SenderID, m.ClientMessageID); err != nil || prev != nil {
-			return prev, false, err
+		prev, err := s.messageByKey(ctx, m.ChatID, m.SenderID, m.ClientMessageID)
+		if err != nil {
+			_ = seqs.done(ctx, m.ChatID, seq)
+			return nil, false, err
 		}
-		top, err := s.maxSeq(ctx, m.ChatID)
+		if prev != nil {
+			return prev, false, seqs.giveBack(ctx, m.ChatID, seq)
+		}
+		if err := seqs.done(ctx, m.ChatID, seq); err != nil {
+			return nil, false, err
+		}
+		top, err := s.maxSeqFrom(ctx, m.ChatID, floor)
 		if err != nil {
 			return nil, false, err
 		}
@@ -257,22 +309,17 @@ func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messag
 	return nil, false, errors.New("insert message: no free seq after 5 attempts")
 }
 
-// tryInsert stores m with seq, which it releases afterwards. It reports
-// false, with no error, when the seq cannot be used: it is not above
-// floor, or the insert hit a duplicate key.
-func (s *store) tryInsert(ctx context.Context, seqs *seqAllocator, m *messageDoc, seq, floor int64) (stored bool, err error) {
-	defer func() {
-		if rerr := seqs.done(ctx, m.ChatID, seq); rerr != nil && err == nil {
-			err = rerr
-		}
-	}()
+// tryInsert stores m with seq. It reports false, with no error, when the
+// seq cannot be used (it is not above floor, or the insert hit a
+// duplicate key: the seq, or the idempotency key).
+func (s *store) tryInsert(ctx context.Context, m *messageDoc, seq, floor int64) (bool, error) {
 	if seq <= floor {
 		// The counter went back (Redis lost recent writes) and this
 		// number may fall in a gap below the chat's last message.
 		return false, nil
 	}
-	m.ID, m.Seq, m.SentAt, m.Status = bson.NewObjectID(), seq, s.nowMs(), statusSent
-	_, err = s.messages.InsertOne(ctx, m)
+	m.ID, m.Seq, m.SeqKey, m.SentAt, m.Status = bson.NewObjectID(), seq, seqKey(m.ChatID, seq), s.nowMs(), statusSent
+	_, err := s.messages.InsertOne(ctx, m)
 	switch {
 	case err == nil:
 		return true, nil
@@ -284,163 +331,100 @@ func (s *store) tryInsert(ctx context.Context, seqs *seqAllocator, m *messageDoc
 }
 
 // raise makes a monotonic field of one document at least v, writing only
-// where the field is smaller (or missing). It reports whether it wrote.
-// Callers hold the document's lock (see store.locked): FerretDB does not
-// make even this conditional update atomic.
-func raise(ctx context.Context, c *mongo.Collection, id any, field string, v int64, extra bson.D) (bool, error) {
+// where the field is smaller (or missing), with the fields of set and
+// the $max of those of maxes. It reports whether it wrote. One
+// conditional update: atomic on MongoDB and FerretDB 2; on FerretDB 1.x
+// callers hold the document's lock (see store.locked).
+func raise(ctx context.Context, c *mongo.Collection, id any, field string, v int64, set, maxes bson.D) (bool, error) {
 	filter := bson.D{{Key: "_id", Value: id}, {Key: "$or", Value: bson.A{
 		bson.D{{Key: field, Value: bson.D{{Key: "$lt", Value: v}}}},
 		bson.D{{Key: field, Value: bson.D{{Key: "$exists", Value: false}}}},
 	}}}
-	res, err := c.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: append(bson.D{{Key: field, Value: v}}, extra...)}})
+	update := bson.D{{Key: "$set", Value: append(bson.D{{Key: field, Value: v}}, set...)}}
+	if len(maxes) > 0 {
+		update = append(update, bson.E{Key: "$max", Value: maxes})
+	}
+	res, err := c.UpdateOne(ctx, filter, update)
 	if err != nil {
 		return false, fmt.Errorf("raise %s: %w", field, err)
 	}
 	return res.MatchedCount == 1, nil
 }
 
-// lastOffer is a message offered as a chat's lastMessage (see
-// setLastMessage), as kept in Redis.
-type lastOffer struct {
-	Seq      int64         `json:"seq"`
-	ID       bson.ObjectID `json:"id"`
-	SenderID int           `json:"sender"`
-	Preview  string        `json:"preview"`
-	SentAt   time.Time     `json:"sentAt"`
-}
-
-// offerScript keeps the offer with the highest seq: KEYS[1] the offer,
-// ARGV seq and the offer's JSON.
-var offerScript = redis.NewScript(`
-local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-if tonumber(ARGV[1]) > cur then
-  redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'offer', ARGV[2])
-end
-redis.call('PEXPIRE', KEYS[1], 60000)
-return 1`)
-
-func (s *store) offerKey(chatID bson.ObjectID) string {
-	return s.redisPrefix + "last:{" + chatID.Hex() + "}:offer"
-}
-func (s *store) appliedKey(chatID bson.ObjectID) string {
-	return s.redisPrefix + "last:{" + chatID.Hex() + "}:applied"
-}
-
-// setLastMessage moves the chat's lastMessage forward to m. Sends to one
-// chat combine their updates instead of queueing on the chat's lock:
-// each offers its message in Redis (the highest seq wins), and whoever
-// holds the lock writes the best offer, then looks again after letting go,
-// so no offer is left behind. A send returns once a write covered its seq.
+// setLastMessage moves the chat's lastMessage forward to m: one
+// conditional update where the engine makes it atomic. On FerretDB 1.x
+// (see lastOffers) sends to one chat combine their updates under the
+// chat's lock.
 func (s *store) setLastMessage(ctx context.Context, m *messageDoc) error {
-	offer, err := json.Marshal(lastOffer{Seq: m.Seq, ID: m.ID, SenderID: m.SenderID, Preview: previewOf(m), SentAt: m.SentAt})
-	if err != nil {
-		return fmt.Errorf("last message offer: %w", err)
+	if s.locks.Serial() {
+		return s.offerLastMessage(ctx, m)
 	}
-	if err := offerScript.Run(ctx, s.rdb, []string{s.offerKey(m.ChatID)}, m.Seq, offer).Err(); err != nil {
-		return fmt.Errorf("last message offer: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	wait := time.Millisecond
-	for {
-		var applied int64
-		ran, err := s.locks.TryDo(ctx, chatLock(m.ChatID), func() (err error) {
-			applied, err = s.applyOffer(ctx, m.ChatID)
-			return err
-		})
-		switch {
-		case err != nil:
-			return err
-		case ran && applied >= m.Seq:
-			return nil
-		case ran:
-			// Redis lost our offer: make it again.
-			if err := offerScript.Run(ctx, s.rdb, []string{s.offerKey(m.ChatID)}, m.Seq, offer).Err(); err != nil {
-				return fmt.Errorf("last message offer: %w", err)
-			}
-			continue
-		}
-		// Another send is writing; see whether it covered ours.
-		applied, err = s.rdb.Get(ctx, s.appliedKey(m.ChatID)).Int64()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return fmt.Errorf("last message: %w", err)
-		}
-		if applied >= m.Seq {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("last message: %w", ctx.Err())
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 20*time.Millisecond)
-	}
+	_, err := s.applyLast(ctx, m.ChatID, lastOffer{Seq: m.Seq, ID: m.ID, SenderID: m.SenderID, Preview: previewOf(m), SentAt: m.SentAt})
+	return err
 }
 
-// applyOffer writes the chat's best offer, holding the chat's lock,
-// records how far lastMessage is applied, and returns that seq (0 when
-// Redis holds no offer).
-func (s *store) applyOffer(ctx context.Context, chatID bson.ObjectID) (int64, error) {
-	raw, err := s.rdb.HGet(ctx, s.offerKey(chatID), "offer").Result()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("last message: %w", err)
-	}
-	var o lastOffer
-	if err := json.Unmarshal([]byte(raw), &o); err != nil {
-		return 0, fmt.Errorf("last message offer: %w", err)
-	}
-	if _, err := raise(ctx, s.chats, chatID, "lastMessage.seq", o.Seq, bson.D{
+// applyLast writes o as the chat's lastMessage unless a later one is
+// there, and moves updatedAt up to its time.
+func (s *store) applyLast(ctx context.Context, chatID bson.ObjectID, o lastOffer) (bool, error) {
+	return raise(ctx, s.chats, chatID, "lastMessage.seq", o.Seq, bson.D{
 		{Key: "lastMessage.message_id", Value: o.ID},
 		{Key: "lastMessage.sender_id", Value: o.SenderID},
 		{Key: "lastMessage.preview", Value: o.Preview},
 		{Key: "lastMessage.sentAt", Value: o.SentAt},
-		{Key: "updatedAt", Value: o.SentAt},
-	}); err != nil {
-		return 0, err
-	}
-	// Only upward, and short-lived: should Redis lose it, the next send
-	// writes again, which raise makes harmless.
-	if err := raiseAppliedScript.Run(ctx, s.rdb, []string{s.appliedKey(chatID)}, o.Seq).Err(); err != nil {
-		return 0, err
-	}
-	return o.Seq, nil
+	}, bson.D{{Key: "updatedAt", Value: o.SentAt}})
 }
 
-var raiseAppliedScript = redis.NewScript(`
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
-redis.call('PEXPIRE', KEYS[1], 60000)
-return 1`)
-
 // raisePosition moves a member's read or delivered position forward,
-// creating the position if a member was added without one (a crash
-// between the inserts of addMembers).
+// creating it the first time.
 func (s *store) raisePosition(ctx context.Context, chatID bson.ObjectID, userID int, kind string, seq int64) error {
 	id := positionID(chatID, userID, kind)
 	return s.locked(ctx, "position:"+id, func() error {
-		return s.raisePositionLocked(ctx, chatID, userID, kind, id, seq)
+		for range 2 {
+			wrote, err := raise(ctx, s.positions, id, "seq", seq, nil, nil)
+			if err != nil || wrote {
+				return err
+			}
+			// Nothing written: the position is at least seq already, or
+			// missing.
+			n, err := s.positions.CountDocuments(ctx, bson.D{{Key: "_id", Value: id}})
+			if err != nil {
+				return fmt.Errorf("raise position: %w", err)
+			}
+			if n == 1 {
+				return nil
+			}
+			_, err = s.positions.InsertOne(ctx, positionDoc{ID: id, ChatID: chatID, UserID: userID, Kind: kind, Seq: seq})
+			if err == nil || !mongo.IsDuplicateKeyError(err) {
+				return err
+			}
+			// Created meanwhile by another request: raise that one.
+		}
+		return nil
 	})
 }
 
-func (s *store) raisePositionLocked(ctx context.Context, chatID bson.ObjectID, userID int, kind, id string, seq int64) error {
-	wrote, err := raise(ctx, s.positions, id, "seq", seq, nil)
-	if err != nil || wrote {
-		return err
+// raiseOwnPositions moves the sender's delivered and read positions up to
+// the seq it just sent: one update of both where the engine makes it
+// atomic.
+func (s *store) raiseOwnPositions(ctx context.Context, chatID bson.ObjectID, userID int, seq int64) error {
+	if !s.locks.Serial() {
+		res, err := s.positions.UpdateMany(ctx, bson.D{
+			{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{
+				positionID(chatID, userID, kindDelivered), positionID(chatID, userID, kindRead),
+			}}}},
+			{Key: "seq", Value: bson.D{{Key: "$lt", Value: seq}}},
+		}, bson.D{{Key: "$set", Value: bson.D{{Key: "seq", Value: seq}}}})
+		if err != nil {
+			return fmt.Errorf("raise positions: %w", err)
+		}
+		if res.MatchedCount == 2 {
+			return nil
+		}
 	}
-	// Nothing written: the position is at least seq already, or missing.
-	n, err := s.positions.CountDocuments(ctx, bson.D{{Key: "_id", Value: id}})
-	if err != nil {
-		return fmt.Errorf("raise position: %w", err)
-	}
-	if n == 1 {
-		return nil
-	}
-	_, err = s.positions.InsertOne(ctx, positionDoc{ID: id, ChatID: chatID, UserID: userID, Kind: kind, Seq: seq})
-	if err != nil {
-		return fmt.Errorf("raise position: %w", err)
+	for _, kind := range []string{kindDelivered, kindRead} {
+		if err := s.raisePosition(ctx, chatID, userID, kind, seq); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -459,42 +443,95 @@ func (s *store) getMessage(ctx context.Context, chatID, id bson.ObjectID) (*mess
 
 var errNoMessage = errors.New("no such message")
 
-// listMessages returns up to limit messages after or before a seq (or the
-// newest), in ascending seq order, and whether more lie beyond. With upTo
-// set, messages above it are left out.
-func (s *store) listMessages(ctx context.Context, chatID bson.ObjectID, before, after, upTo *int64, limit int) ([]messageDoc, bool, error) {
-	filter := bson.D{{Key: "chatId", Value: chatID}}
-	if upTo != nil {
-		filter = append(filter, bson.E{Key: "$and", Value: bson.A{bson.D{{Key: "seq", Value: bson.D{{Key: "$lte", Value: *upTo}}}}}})
-	}
-	order := -1
-	switch {
-	case after != nil:
-		filter = append(filter, bson.E{Key: "seq", Value: bson.D{{Key: "$gt", Value: *after}}})
+// A page of messages is read through a window of seqs just wider than the
+// page. Seqs are dense (a gap is left only by a send that failed after
+// taking its seq), so one window almost always holds the page; where it
+// does not, the window widens. Bounding the query so keeps the cost of a
+// page independent of the size of the chat on engines whose indexes do
+// not serve the sort: DocumentDB reads every message that matches the
+// filter, then sorts.
+const pageSlack = 16
+
+// pageQuery is the filter and options of one window of a page of
+// messages: after or before a seq (or the newest), never above upTo when
+// set; top is the chat's last seq as last read, which guides the window
+// when upTo is not known. span is the window's width; complete reports
+// that the window reaches as far as the page could.
+func pageQuery(chatID bson.ObjectID, before, after, upTo *int64, top, span int64, limit int) (filter bson.D, opts *options.FindOptionsBuilder, order int, complete bool) {
+	var seq bson.D
+	if after != nil {
 		order = 1
-	case before != nil:
-		filter = append(filter, bson.E{Key: "seq", Value: bson.D{{Key: "$lt", Value: *before}}})
-	}
-	cur, err := s.messages.Find(ctx, filter, options.Find().
-		SetSort(bson.D{{Key: "seq", Value: order}}).
-		SetLimit(int64(limit+1)))
-	if err != nil {
-		return nil, false, fmt.Errorf("list messages: %w", err)
-	}
-	var out []messageDoc
-	if err := cur.All(ctx, &out); err != nil {
-		return nil, false, fmt.Errorf("list messages: %w", err)
-	}
-	more := len(out) > limit
-	if more {
-		out = out[:limit]
-	}
-	if order < 0 {
-		for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-			out[i], out[j] = out[j], out[i]
+		seq = bson.D{{Key: "$gt", Value: *after}}
+		hi := *after + span
+		switch {
+		case upTo != nil && hi >= *upTo:
+			hi, complete = *upTo, true
+		case upTo == nil && hi >= top:
+			complete = true // and no upper bound: beyond top lie few
+		}
+		if upTo != nil || !complete {
+			seq = append(seq, bson.E{Key: "$lte", Value: hi})
+		}
+	} else {
+		order = -1
+		hi := top
+		bounded := false
+		if before != nil {
+			hi, bounded = *before-1, true
+		}
+		if upTo != nil {
+			hi, bounded = min(hi, *upTo), true
+			if before == nil {
+				hi = *upTo
+			}
+		}
+		if bounded {
+			seq = append(seq, bson.E{Key: "$lte", Value: hi})
+		}
+		if lo := hi - span; lo > 0 {
+			seq = append(seq, bson.E{Key: "$gt", Value: lo})
+		} else {
+			complete = true
 		}
 	}
-	return out, more, nil
+	filter = bson.D{{Key: "chatId", Value: chatID}}
+	if len(seq) > 0 {
+		filter = append(filter, bson.E{Key: "seq", Value: seq})
+	}
+	return filter, options.Find().SetSort(bson.D{{Key: "seq", Value: order}}).SetLimit(int64(limit + 1)), order, complete
+}
+
+// listMessages returns up to limit messages after or before a seq (or the
+// newest), in ascending seq order, and whether more lie beyond. With upTo
+// set, messages above it are left out. top is the chat's last seq as last
+// read (see pageQuery).
+func (s *store) listMessages(ctx context.Context, chatID bson.ObjectID, before, after, upTo *int64, top int64, limit int) ([]messageDoc, bool, error) {
+	var out []messageDoc
+	for span := int64(limit + 1 + pageSlack); ; span *= 4 {
+		filter, opts, order, complete := pageQuery(chatID, before, after, upTo, top, span, limit)
+		cur, err := s.messages.Find(ctx, filter, opts)
+		if err != nil {
+			return nil, false, fmt.Errorf("list messages: %w", err)
+		}
+		out = out[:0]
+		if err := cur.All(ctx, &out); err != nil {
+			return nil, false, fmt.Errorf("list messages: %w", err)
+		}
+		if len(out) > limit || complete {
+			if order < 0 {
+				slices.Reverse(out)
+				if len(out) > limit {
+					out = out[1:]
+					return out, true, nil
+				}
+			}
+			more := len(out) > limit
+			if more {
+				out = out[:limit]
+			}
+			return out, more, nil
+		}
+	}
 }
 
 func (s *store) editMessage(ctx context.Context, m *messageDoc, text string) error {

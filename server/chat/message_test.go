@@ -119,7 +119,7 @@ func TestMessageService_SeqCounterLost(t *testing.T) {
 	for range 3 {
 		last = send(t, a, c.GetId(), "before").GetSeq()
 	}
-	key := servertest.SharedStores(t).RedisPrefix + "chat:" + c.GetId() + ":seq"
+	key := servertest.SharedStores(t).RedisPrefix + "chat:{" + c.GetId() + "}:seq"
 	rdb := srv.App.Redis()
 	ctx := context.Background()
 	if n, err := rdb.Del(ctx, key).Result(); err != nil || n != 1 {

@@ -113,7 +113,7 @@ func TestRace_SeqCounterBackIntoGap(t *testing.T) {
 	if _, err := srv.App.Mongo().Collection("messages").DeleteOne(ctx, bson.D{{Key: "chatId", Value: chatID}, {Key: "seq", Value: last - 1}}); err != nil {
 		t.Fatal(err)
 	}
-	key := servertest.SharedStores(t).RedisPrefix + "chat:" + c.GetId() + ":seq"
+	key := servertest.SharedStores(t).RedisPrefix + "chat:{" + c.GetId() + "}:seq"
 	if err := srv.App.Redis().Set(ctx, key, last-2, 0).Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,8 @@
 // Package chat implements parley.v1.ChatService and MessageService over
 // MongoDB: private and group chats in the customer's chats collection,
-// messages in its messages collection, and a members collection that is
-// the authority on who is in a chat, with which role, and how far each
-// member has received and read.
+// whose participants say who is in a chat with which role, messages in
+// its messages collection, and a positions collection that says how far
+// each member has received and read.
 //
 // To a caller who is not a member, a chat does not exist: every method
 // answers NOT_FOUND, the same as for a chat id that was never used.
@@ -27,6 +27,7 @@ import (
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/doclock"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/rpcerr"
 )
@@ -82,14 +83,16 @@ var (
 // New returns the chat and message service over the MongoDB database,
 // allocating message sequence numbers in Redis under redisPrefix and
 // announcing changes to events (none when nil), with the files of
-// messages in files. now is the clock (time.Now when nil).
-func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, users Users, events Events, files Media, now func() time.Time) *Service {
+// messages in files. locks serialize the updates of one document on
+// engines that need it (see doclock); nil on MongoDB and FerretDB 2. now
+// is the clock (time.Now when nil).
+func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Locks, redisPrefix string, users Users, events Events, files Media, now func() time.Time) *Service {
 	if now == nil {
 		now = time.Now
 	}
 	return &Service{
 		log:         log,
-		store:       newStore(db, rdb, redisPrefix, now),
+		store:       newStore(db, rdb, locks, redisPrefix, now),
 		seqs:        &seqAllocator{rdb: rdb, prefix: redisPrefix},
 		users:       users,
 		events:      events,
@@ -117,11 +120,14 @@ func (s *Service) internal(ctx context.Context, what string, err error) error {
 
 // IsMember reports whether the user is a member of the chat.
 func (s *Service) IsMember(ctx context.Context, chatID bson.ObjectID, userID int) (bool, error) {
-	_, err := s.store.member(ctx, chatID, userID)
+	c, err := s.store.getChat(ctx, chatID)
 	if errors.Is(err, errNoChat) {
 		return false, nil
 	}
-	return err == nil, err
+	if err != nil {
+		return false, err
+	}
+	return c.participant(userID) != nil, nil
 }
 
 // MessageWithMedia returns the message of a chat that has the media among
@@ -144,7 +150,7 @@ func parseChatID(hex string) (bson.ObjectID, error) {
 
 // access returns the chat and the caller's membership, or NOT_FOUND when
 // the caller is not a member.
-func (s *Service) access(ctx context.Context, chatHex string) (auth.Identity, *chatDoc, *memberDoc, error) {
+func (s *Service) access(ctx context.Context, chatHex string) (auth.Identity, *chatDoc, *member, error) {
 	id, err := auth.Caller(ctx)
 	if err != nil {
 		return id, nil, nil, err
@@ -153,11 +159,11 @@ func (s *Service) access(ctx context.Context, chatHex string) (auth.Identity, *c
 	if err != nil {
 		return id, nil, nil, err
 	}
-	m, err := s.store.member(ctx, chatID, id.UserID)
+	c, err := s.store.getChat(ctx, chatID)
 	if err != nil {
 		return id, nil, nil, s.internal(ctx, "chat access", err)
 	}
-	c, err := s.store.getChat(ctx, chatID)
+	m, err := s.store.member(ctx, c, id.UserID)
 	if err != nil {
 		return id, nil, nil, s.internal(ctx, "chat access", err)
 	}
@@ -165,7 +171,7 @@ func (s *Service) access(ctx context.Context, chatHex string) (auth.Identity, *c
 }
 
 // adminAccess is access for the methods that change a group.
-func (s *Service) adminAccess(ctx context.Context, chatHex string) (auth.Identity, *chatDoc, *memberDoc, error) {
+func (s *Service) adminAccess(ctx context.Context, chatHex string) (auth.Identity, *chatDoc, *member, error) {
 	id, c, m, err := s.access(ctx, chatHex)
 	if err != nil {
 		return id, nil, nil, err
@@ -186,14 +192,14 @@ func (s *Service) view(ctx context.Context, chatID bson.ObjectID, userID int) (*
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.store.member(ctx, chatID, userID)
+	m, err := s.store.member(ctx, c, userID)
 	if err != nil {
 		return nil, err
 	}
 	return s.render(ctx, c, *m)
 }
 
-func (s *Service) render(ctx context.Context, c *chatDoc, m memberDoc) (*parleyv1.Chat, error) {
+func (s *Service) render(ctx context.Context, c *chatDoc, m member) (*parleyv1.Chat, error) {
 	unread, err := s.store.unread(ctx, c, m)
 	if err != nil {
 		return nil, err
@@ -380,30 +386,49 @@ func (s *Service) AddParticipants(
 	if err != nil {
 		return nil, err
 	}
-	current, err := s.store.chatMembers(ctx, c.ID)
-	if err != nil {
-		return nil, s.internal(ctx, "add participants", err)
-	}
 	var add []int
 	for _, uid := range req.Msg.GetUserIds() {
-		if !slices.ContainsFunc(current, func(m memberDoc) bool { return m.UserID == int(uid) }) {
+		if c.participant(int(uid)) == nil && !slices.Contains(add, int(uid)) {
 			add = append(add, int(uid))
 		}
 	}
-	if len(current)+len(add) > MaxGroupSize {
+	if len(c.Participants)+len(add) > MaxGroupSize {
 		return nil, errTooManyMember
 	}
 	if err := s.checkUsersExist(ctx, add); err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
-	if err := s.store.addMembers(ctx, c.ID, add, roleMember, lastSeq(c)); err != nil {
+	// Positions first: a member counts as having read the history
+	// before it joined from the moment it is in.
+	if err := s.store.startPositions(ctx, c.ID, add, lastSeq(c)); err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
-	if _, err := s.store.syncParticipants(ctx, c.ID); err != nil {
+	var added []int
+	_, err = s.store.changeMembers(ctx, c.ID, func(c *chatDoc) ([]participantDoc, error) {
+		if err := mustBeAdmin(c, id.UserID); err != nil {
+			return nil, err
+		}
+		added = added[:0]
+		parts := slices.Clone(c.Participants)
+		for _, uid := range add {
+			if c.participant(uid) == nil {
+				parts = append(parts, participantDoc{UserID: uid, Role: roleMember})
+				added = append(added, uid)
+			}
+		}
+		if len(added) == 0 {
+			return nil, errNoChange
+		}
+		if len(parts) > MaxGroupSize {
+			return nil, errTooManyMember
+		}
+		return parts, nil
+	})
+	if err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
-	if len(add) > 0 {
-		if err := s.publishChat(ctx, c.ID, membersAdded, id.UserID, add...); err != nil {
+	if len(added) > 0 {
+		if err := s.publishChat(ctx, c.ID, membersAdded, id.UserID, added...); err != nil {
 			return nil, s.internal(ctx, "add participants", err)
 		}
 	}
@@ -412,6 +437,19 @@ func (s *Service) AddParticipants(
 		return nil, s.internal(ctx, "add participants", err)
 	}
 	return connect.NewResponse(&parleyv1.AddParticipantsResponse{Chat: chat}), nil
+}
+
+// mustBeAdmin checks, on the chat as a membership change reads it, that
+// the user is still one of its admins.
+func mustBeAdmin(c *chatDoc, userID int) error {
+	p := c.participant(userID)
+	switch {
+	case p == nil:
+		return errNotFound
+	case p.Role != roleAdmin:
+		return errNotAdmin
+	}
+	return nil
 }
 
 // RemoveParticipant removes a user from a group.
@@ -423,7 +461,7 @@ func (s *Service) RemoveParticipant(
 		return nil, err
 	}
 	target := int(req.Msg.GetUserId())
-	if err := s.leave(ctx, c.ID, target); err != nil {
+	if err := s.leave(ctx, c.ID, id.UserID, target); err != nil {
 		return nil, err
 	}
 	if err := s.publishChat(ctx, c.ID, memberRemoved, id.UserID, target); err != nil {
@@ -440,45 +478,38 @@ func (s *Service) RemoveParticipant(
 	return connect.NewResponse(&parleyv1.RemoveParticipantResponse{Chat: chat}), nil
 }
 
-// leave takes the user out of the group, keeping an admin in a group that
-// still has members.
-func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, userID int) error {
-	members, err := s.store.chatMembers(ctx, chatID)
+var errNoParticipant = connect.NewError(connect.CodeNotFound, errors.New("no such participant"))
+
+// leave takes the target out of the group, on the actor's behalf (an
+// admin, unless the target leaves by itself), keeping an admin in a group
+// that still has members.
+func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, actor, target int) error {
+	_, err := s.store.changeMembers(ctx, chatID, func(c *chatDoc) ([]participantDoc, error) {
+		if actor != target {
+			if err := mustBeAdmin(c, actor); err != nil {
+				return nil, err
+			}
+		}
+		i := slices.IndexFunc(c.Participants, func(p participantDoc) bool { return p.UserID == target })
+		if i < 0 {
+			if actor == target {
+				return nil, errNotFound
+			}
+			return nil, errNoParticipant
+		}
+		rest := slices.Delete(slices.Clone(c.Participants), i, i+1)
+		if c.Participants[i].Role == roleAdmin && len(rest) > 0 && !slices.ContainsFunc(rest, isAdmin) {
+			return nil, errLastAdmin
+		}
+		return rest, nil
+	})
 	if err != nil {
 		return s.internal(ctx, "leave chat", err)
-	}
-	i := slices.IndexFunc(members, func(m memberDoc) bool { return m.UserID == userID })
-	if i < 0 {
-		return connect.NewError(connect.CodeNotFound, errors.New("no such participant"))
-	}
-	leaving := members[i]
-	rest := slices.Delete(slices.Clone(members), i, i+1)
-	if leaving.Role == roleAdmin && len(rest) > 0 && !slices.ContainsFunc(rest, isAdmin) {
-		return errLastAdmin
-	}
-	if _, err := s.store.removeMember(ctx, chatID, userID); err != nil {
-		return s.internal(ctx, "leave chat", err)
-	}
-	after, err := s.store.syncParticipants(ctx, chatID)
-	if err != nil {
-		return s.internal(ctx, "leave chat", err)
-	}
-	// Two admins leaving at once could each have seen the other stay;
-	// the one who finds no admin left puts itself back.
-	if leaving.Role == roleAdmin && len(after) > 0 && !slices.ContainsFunc(after, isAdmin) {
-		// Its positions documents were kept; 0 leaves them as they are.
-		if err := s.store.addMembers(ctx, chatID, []int{userID}, roleAdmin, 0); err != nil {
-			return s.internal(ctx, "leave chat", err)
-		}
-		if _, err := s.store.syncParticipants(ctx, chatID); err != nil {
-			return s.internal(ctx, "leave chat", err)
-		}
-		return errLastAdmin
 	}
 	return nil
 }
 
-func isAdmin(m memberDoc) bool { return m.Role == roleAdmin }
+func isAdmin(p participantDoc) bool { return p.Role == roleAdmin }
 
 // lastSeq is the seq of the chat's last message, 0 before the first.
 func lastSeq(c *chatDoc) int64 {
@@ -501,37 +532,31 @@ func (s *Service) SetParticipantRole(
 	if req.Msg.GetRole() == parleyv1.Role_ROLE_ADMIN {
 		role = roleAdmin
 	}
-	members, err := s.store.chatMembers(ctx, c.ID)
+	changed := false
+	_, err = s.store.changeMembers(ctx, c.ID, func(c *chatDoc) ([]participantDoc, error) {
+		changed = false
+		if err := mustBeAdmin(c, id.UserID); err != nil {
+			return nil, err
+		}
+		i := slices.IndexFunc(c.Participants, func(p participantDoc) bool { return p.UserID == target })
+		if i < 0 {
+			return nil, errNoParticipant
+		}
+		if c.Participants[i].Role == role {
+			return nil, errNoChange
+		}
+		parts := slices.Clone(c.Participants)
+		parts[i].Role = role
+		if !slices.ContainsFunc(parts, isAdmin) {
+			return nil, errLastAdmin
+		}
+		changed = true
+		return parts, nil
+	})
 	if err != nil {
 		return nil, s.internal(ctx, "set role", err)
 	}
-	i := slices.IndexFunc(members, func(m memberDoc) bool { return m.UserID == target })
-	if i < 0 {
-		return nil, connect.NewError(connect.CodeNotFound, errors.New("no such participant"))
-	}
-	if members[i].Role != role {
-		others := slices.Delete(slices.Clone(members), i, i+1)
-		if role == roleMember && !slices.ContainsFunc(others, isAdmin) {
-			return nil, errLastAdmin
-		}
-		if err := s.store.setRole(ctx, c.ID, target, role); err != nil {
-			return nil, s.internal(ctx, "set role", err)
-		}
-		after, err := s.store.syncParticipants(ctx, c.ID)
-		if err != nil {
-			return nil, s.internal(ctx, "set role", err)
-		}
-		// Two admins demoting each other at once: whoever finds no admin
-		// left undoes its own change.
-		if role == roleMember && !slices.ContainsFunc(after, isAdmin) {
-			if err := s.store.setRole(ctx, c.ID, target, roleAdmin); err != nil {
-				return nil, s.internal(ctx, "set role", err)
-			}
-			if _, err := s.store.syncParticipants(ctx, c.ID); err != nil {
-				return nil, s.internal(ctx, "set role", err)
-			}
-			return nil, errLastAdmin
-		}
+	if changed {
 		if err := s.publishChat(ctx, c.ID, roleChanged, id.UserID, target); err != nil {
 			return nil, s.internal(ctx, "set role", err)
 		}
@@ -554,7 +579,7 @@ func (s *Service) LeaveChat(
 	if c.Type != typeGroup {
 		return nil, errPrivate
 	}
-	if err := s.leave(ctx, c.ID, id.UserID); err != nil {
+	if err := s.leave(ctx, c.ID, id.UserID, id.UserID); err != nil {
 		return nil, err
 	}
 	if err := s.publishChat(ctx, c.ID, memberRemoved, id.UserID, id.UserID); err != nil {

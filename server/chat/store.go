@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"time"
@@ -14,7 +15,6 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/parley-chat/parley/server/doclock"
-	"github.com/parley-chat/parley/server/mongoindex"
 )
 
 // Chat types and roles as the documents spell them (the customer's model).
@@ -26,17 +26,24 @@ const (
 )
 
 // chatDoc is a document of the chats collection, in the customer's shape.
+// Its participants array is the authority on who is in the chat and with
+// which role; every change of it is one conditional update that expects
+// the membersVersion it read (compare and swap), so that checks such as
+// "a group keeps an admin" and "at most MaxGroupSize members" hold however
+// many requests change a group at once.
+//
 // pairKey is Parley's: "p:<low id>:<high id>" for a private chat, so that a
 // unique index allows one per pair, and "g:<chat id>" for a group.
 type chatDoc struct {
-	ID           bson.ObjectID    `bson:"_id"`
-	Name         string           `bson:"chatName,omitempty"`
-	Type         string           `bson:"chatType"`
-	LastMessage  *lastMessageDoc  `bson:"lastMessage,omitempty"`
-	Participants []participantDoc `bson:"participants"`
-	CreatedAt    time.Time        `bson:"createdAt"`
-	UpdatedAt    time.Time        `bson:"updatedAt"`
-	PairKey      string           `bson:"pairKey"`
+	ID             bson.ObjectID    `bson:"_id"`
+	Name           string           `bson:"chatName,omitempty"`
+	Type           string           `bson:"chatType"`
+	LastMessage    *lastMessageDoc  `bson:"lastMessage,omitempty"`
+	Participants   []participantDoc `bson:"participants"`
+	MembersVersion int64            `bson:"membersVersion"`
+	CreatedAt      time.Time        `bson:"createdAt"`
+	UpdatedAt      time.Time        `bson:"updatedAt"`
+	PairKey        string           `bson:"pairKey"`
 }
 
 type participantDoc struct {
@@ -52,23 +59,23 @@ type lastMessageDoc struct {
 	SentAt    time.Time     `bson:"sentAt"`
 }
 
-// memberDoc is a document of the members collection: one per member of a
-// chat, keyed "<chat id>:<user id>". It is the authority on membership and
-// roles; a chat's participants array is a copy of it for readers of the
-// customer's model. Deleting it removes the member at once.
-//
-// The member's read and delivered positions live in positions documents of
-// their own, because FerretDB rewrites a whole document on every update: a
-// role change and a MarkRead on one document could undo each other.
-type memberDoc struct {
-	ID       string        `bson:"_id"`
-	ChatID   bson.ObjectID `bson:"chatId"`
-	UserID   int           `bson:"userId"`
-	Role     string        `bson:"role"`
-	JoinedAt time.Time     `bson:"joinedAt"`
-	// Filled from the positions collection.
-	ReadSeq      int64 `bson:"-"`
-	DeliveredSeq int64 `bson:"-"`
+// participant returns the user's entry in the chat, or nil.
+func (c *chatDoc) participant(userID int) *participantDoc {
+	i := slices.IndexFunc(c.Participants, func(p participantDoc) bool { return p.UserID == userID })
+	if i < 0 {
+		return nil
+	}
+	return &c.Participants[i]
+}
+
+// member is one member of a chat: its participant entry with its read and
+// delivered positions.
+type member struct {
+	ChatID       bson.ObjectID
+	UserID       int
+	Role         string
+	ReadSeq      int64
+	DeliveredSeq int64
 }
 
 // Kinds of position.
@@ -79,7 +86,9 @@ const (
 
 // positionDoc is a document of the positions collection: how far one
 // member has read, or received, one chat. Its only changing field is seq,
-// which only grows (see raise).
+// which only grows (see raise). Positions live apart from the chat so
+// that members marking what they read never contend with each other or
+// with sends on the chat document.
 type positionDoc struct {
 	ID     string        `bson:"_id"`
 	ChatID bson.ObjectID `bson:"chatId"`
@@ -89,11 +98,7 @@ type positionDoc struct {
 }
 
 func positionID(chatID bson.ObjectID, userID int, kind string) string {
-	return memberID(chatID, userID) + ":" + kind
-}
-
-func memberID(chatID bson.ObjectID, userID int) string {
-	return chatID.Hex() + ":" + strconv.Itoa(userID)
+	return chatID.Hex() + ":" + strconv.Itoa(userID) + ":" + kind
 }
 
 func privateKey(a, b int) string {
@@ -101,72 +106,36 @@ func privateKey(a, b int) string {
 	return fmt.Sprintf("p:%d:%d", lo, hi)
 }
 
-// store keeps chats, members, positions and messages in MongoDB.
-// Correctness rests on single inserts and unique indexes, and on never
-// letting two writers update one document at once: FerretDB, unlike
-// MongoDB, rewrites the whole document on each update without isolation,
-// so concurrent updates of one document (even of different fields) lose
-// writes there. Every update of a document that more than one request may
-// change holds a short Redis lock on it (see locked).
+// store keeps chats, positions and messages in MongoDB. Every write is a
+// single insert or one atomic single-document update (conditional $set,
+// $max, compare and swap on membersVersion), correct on MongoDB and
+// FerretDB 2 as it is. On FerretDB 1.x, which loses concurrent updates of
+// one document, locks (see doclock) serialize the updates of each
+// document; on the other engines locks is nil and nothing waits.
 type store struct {
 	locks       *doclock.Locks
 	rdb         redis.UniversalClient
 	redisPrefix string
 
 	chats     *mongo.Collection
-	members   *mongo.Collection
 	positions *mongo.Collection
 	messages  *mongo.Collection
 	now       func() time.Time
 }
 
-func newStore(db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, now func() time.Time) *store {
-	var locks *doclock.Locks
-	if rdb != nil {
-		locks = doclock.New(rdb, redisPrefix+"lock:")
-	}
+func newStore(db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Locks, redisPrefix string, now func() time.Time) *store {
 	return &store{
 		locks:       locks,
 		rdb:         rdb,
 		redisPrefix: redisPrefix,
 		chats:       db.Collection("chats"),
-		members:     db.Collection("members"),
 		positions:   db.Collection("positions"),
 		messages:    db.Collection("messages"),
 		now:         now,
 	}
 }
 
-// EnsureIndexes creates the indexes the chat store relies on. It is
-// idempotent and safe to run from every instance at start-up.
-func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
-	s := newStore(db, nil, "", time.Now)
-	for _, x := range []struct {
-		c      *mongo.Collection
-		models []mongo.IndexModel
-	}{
-		{s.chats, []mongo.IndexModel{
-			{Keys: bson.D{{Key: "pairKey", Value: 1}}, Options: options.Index().SetUnique(true).SetName("pairKey_unique")},
-			{Keys: bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}, Options: options.Index().SetName("updatedAt_id")},
-		}},
-		{s.messages, messageIndexes},
-		{s.positions, []mongo.IndexModel{
-			{Keys: bson.D{{Key: "chatId", Value: 1}}, Options: options.Index().SetName("chatId")},
-			{Keys: bson.D{{Key: "userId", Value: 1}, {Key: "kind", Value: 1}}, Options: options.Index().SetName("userId_kind")},
-		}},
-		{s.members, []mongo.IndexModel{
-			{Keys: bson.D{{Key: "userId", Value: 1}, {Key: "chatId", Value: 1}}, Options: options.Index().SetName("userId_chatId")},
-			{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "joinedAt", Value: 1}}, Options: options.Index().SetName("chatId_joinedAt")},
-		}},
-	} {
-		if err := mongoindex.Ensure(ctx, x.c, x.models); err != nil {
-			return fmt.Errorf("create indexes on %s: %w", x.c.Name(), err)
-		}
-	}
-	return nil
-}
-
-// locked runs fn holding the lock named key (see doclock).
+// locked runs fn holding the lock named key where the engine needs it.
 func (s *store) locked(ctx context.Context, key string, fn func() error) error {
 	return s.locks.Do(ctx, key, fn)
 }
@@ -192,30 +161,30 @@ func (s *store) getChat(ctx context.Context, id bson.ObjectID) (*chatDoc, error)
 	return &c, nil
 }
 
-// member returns the user's membership of the chat, or errNoChat.
-func (s *store) member(ctx context.Context, chatID bson.ObjectID, userID int) (*memberDoc, error) {
-	var m memberDoc
-	err := s.members.FindOne(ctx, bson.D{{Key: "_id", Value: memberID(chatID, userID)}}).Decode(&m)
-	if errors.Is(err, mongo.ErrNoDocuments) {
+// member returns the user's membership of the chat with its positions, or
+// errNoChat.
+func (s *store) member(ctx context.Context, c *chatDoc, userID int) (*member, error) {
+	p := c.participant(userID)
+	if p == nil {
 		return nil, errNoChat
 	}
-	if err != nil {
-		return nil, fmt.Errorf("get member: %w", err)
-	}
-	ms := []memberDoc{m}
-	if err := s.fillPositions(ctx, chatID, ms); err != nil {
+	ms := []member{{ChatID: c.ID, UserID: userID, Role: p.Role}}
+	if err := s.fillPositions(ctx, c.ID, ms); err != nil {
 		return nil, err
 	}
 	return &ms[0], nil
 }
 
-// fillPositions sets the members' read and delivered positions.
-func (s *store) fillPositions(ctx context.Context, chatID bson.ObjectID, ms []memberDoc) error {
+// fillPositions sets the members' read and delivered positions. A missing
+// position is 0.
+func (s *store) fillPositions(ctx context.Context, chatID bson.ObjectID, ms []member) error {
 	filter := bson.D{{Key: "chatId", Value: chatID}}
-	if len(ms) == 1 {
-		filter = bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{
-			positionID(chatID, ms[0].UserID, kindRead), positionID(chatID, ms[0].UserID, kindDelivered),
-		}}}}}
+	if len(ms) <= 4 {
+		ids := make(bson.A, 0, 2*len(ms))
+		for _, m := range ms {
+			ids = append(ids, positionID(chatID, m.UserID, kindRead), positionID(chatID, m.UserID, kindDelivered))
+		}
+		filter = bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}
 	}
 	cur, err := s.positions.Find(ctx, filter)
 	if err != nil {
@@ -236,60 +205,96 @@ func (s *store) fillPositions(ctx context.Context, chatID bson.ObjectID, ms []me
 	return nil
 }
 
-func (s *store) chatMembers(ctx context.Context, chatID bson.ObjectID) ([]memberDoc, error) {
-	cur, err := s.members.Find(ctx, bson.D{{Key: "chatId", Value: chatID}},
-		options.Find().SetSort(bson.D{{Key: "joinedAt", Value: 1}, {Key: "userId", Value: 1}}))
-	if err != nil {
-		return nil, fmt.Errorf("list members: %w", err)
+// chatMembers returns the chat's members, in the order they joined, with
+// their positions.
+func (s *store) chatMembers(ctx context.Context, c *chatDoc) ([]member, error) {
+	out := make([]member, len(c.Participants))
+	for i, p := range c.Participants {
+		out[i] = member{ChatID: c.ID, UserID: p.UserID, Role: p.Role}
 	}
-	var out []memberDoc
-	if err := cur.All(ctx, &out); err != nil {
-		return nil, fmt.Errorf("list members: %w", err)
-	}
-	if err := s.fillPositions(ctx, chatID, out); err != nil {
+	if err := s.fillPositions(ctx, c.ID, out); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// addMembers inserts memberships; ones that exist already are kept as
-// they are.
-// A new member's read and delivered positions start at the chat's last
-// seq, so history does not count as unread, nor hold back the status of
-// earlier messages.
-func (s *store) addMembers(ctx context.Context, chatID bson.ObjectID, userIDs []int, role string, lastSeq int64) error {
-	if len(userIDs) == 0 {
+// errNoChange tells changeMembers that the change is already made.
+var errNoChange = errors.New("no change")
+
+// changeMembers replaces the chat's participants with what change makes of
+// the chat as last read, if no other change came in between; otherwise it
+// reads the chat again and asks change again. change sees the current
+// participants, so the checks it makes (the caller is an admin, the
+// group stays within its size and keeps an admin) hold for what is
+// written. It returns the chat as written, or change's error
+// (errNoChange: the chat as read).
+func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, change func(c *chatDoc) ([]participantDoc, error)) (*chatDoc, error) {
+	for attempt := 0; ; attempt++ {
+		c, err := s.getChat(ctx, chatID)
+		if err != nil {
+			return nil, err
+		}
+		parts, err := change(c)
+		if errors.Is(err, errNoChange) {
+			return c, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		now := s.nowMs()
+		var res *mongo.UpdateResult
+		err = s.locked(ctx, chatLock(chatID), func() (err error) {
+			res, err = s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}, versionIs(c.MembersVersion)}, bson.D{
+				{Key: "$set", Value: bson.D{{Key: "participants", Value: parts}}},
+				{Key: "$inc", Value: bson.D{{Key: "membersVersion", Value: 1}}},
+				{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: now}}},
+			})
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("change members: %w", err)
+		}
+		if res.MatchedCount == 1 {
+			c.Participants, c.MembersVersion = parts, c.MembersVersion+1
+			if now.After(c.UpdatedAt) {
+				c.UpdatedAt = now
+			}
+			return c, nil
+		}
+		// Another change won; back off a little so that a crowd of
+		// writers does not retry in lockstep.
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("change members: %w", ctx.Err())
+		case <-time.After(time.Duration(rand.Int64N(int64(min(attempt+1, 20)) * int64(time.Millisecond)))):
+		}
+	}
+}
+
+// versionIs matches a chat whose membersVersion is v (0: none stored,
+// which only chats from before Parley kept one have until start-up
+// upgrades them; see Prepare).
+func versionIs(v int64) bson.E {
+	if v == 0 {
+		return bson.E{Key: "membersVersion", Value: bson.D{{Key: "$exists", Value: false}}}
+	}
+	return bson.E{Key: "membersVersion", Value: v}
+}
+
+// startPositions moves the read and delivered positions of users about to
+// join a chat up to seq, so that history does not count as unread, nor
+// hold back the status of earlier messages. Someone who left and comes
+// back keeps later positions.
+func (s *store) startPositions(ctx context.Context, chatID bson.ObjectID, userIDs []int, seq int64) error {
+	if seq == 0 {
 		return nil
 	}
-	now := s.nowMs()
-	docs := make([]any, len(userIDs))
-	var positions []any
-	for i, uid := range userIDs {
-		docs[i] = memberDoc{ID: memberID(chatID, uid), ChatID: chatID, UserID: uid, Role: role, JoinedAt: now}
+	for _, uid := range userIDs {
 		for _, kind := range []string{kindRead, kindDelivered} {
-			positions = append(positions, positionDoc{
-				ID: positionID(chatID, uid, kind), ChatID: chatID, UserID: uid, Kind: kind, Seq: lastSeq,
-			})
-		}
-	}
-	// Positions first: a member is visible only once it can be read.
-	if _, err := s.positions.InsertMany(ctx, positions, options.InsertMany().SetOrdered(false)); err != nil && !onlyDuplicates(err) {
-		return fmt.Errorf("add members: %w", err)
-	}
-	if lastSeq > 0 {
-		// Someone who left and comes back keeps older positions; move
-		// them up to now.
-		for _, uid := range userIDs {
-			for _, kind := range []string{kindRead, kindDelivered} {
-				if err := s.raisePosition(ctx, chatID, uid, kind, lastSeq); err != nil {
-					return err
-				}
+			if err := s.raisePosition(ctx, chatID, uid, kind, seq); err != nil {
+				return err
 			}
 		}
-	}
-	_, err := s.members.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
-	if err != nil && !onlyDuplicates(err) {
-		return fmt.Errorf("add members: %w", err)
 	}
 	return nil
 }
@@ -312,47 +317,6 @@ func onlyDuplicates(err error) bool {
 	return mongo.IsDuplicateKeyError(err)
 }
 
-// syncParticipants copies the chat's memberships into its participants
-// array and bumps updatedAt. Memberships change by single-document writes
-// that may race; re-reading until the copy matches makes the array
-// converge to the members collection.
-func (s *store) syncParticipants(ctx context.Context, chatID bson.ObjectID) ([]memberDoc, error) {
-	members, err := s.chatMembers(ctx, chatID)
-	if err != nil {
-		return nil, err
-	}
-	for range 5 {
-		parts := make([]participantDoc, len(members))
-		for i, m := range members {
-			parts[i] = participantDoc{UserID: m.UserID, Role: m.Role}
-		}
-		if err := s.locked(ctx, chatLock(chatID), func() error {
-			_, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{
-				{Key: "participants", Value: parts},
-				{Key: "updatedAt", Value: s.nowMs()},
-			}}})
-			return err
-		}); err != nil {
-			return nil, fmt.Errorf("update participants: %w", err)
-		}
-		again, err := s.chatMembers(ctx, chatID)
-		if err != nil {
-			return nil, err
-		}
-		c, err := s.getChat(ctx, chatID)
-		if err != nil {
-			return nil, err
-		}
-		// Done when the members did not change meanwhile and the copy
-		// stuck (on FerretDB another write to the chat can undo it).
-		if slices.Equal(again, members) && slices.Equal(c.Participants, parts) {
-			return members, nil
-		}
-		members = again
-	}
-	return members, nil
-}
-
 // createPrivate returns the private chat of a and b, creating it if needed.
 // The unique pairKey makes racing creators agree on one chat.
 func (s *store) createPrivate(ctx context.Context, a, b int) (*chatDoc, bool, error) {
@@ -364,28 +328,22 @@ func (s *store) createPrivate(ctx context.Context, a, b int) (*chatDoc, bool, er
 		Participants: []participantDoc{
 			{UserID: min(a, b), Role: roleMember}, {UserID: max(a, b), Role: roleMember},
 		},
-		CreatedAt: now,
-		UpdatedAt: now,
-		PairKey:   key,
+		MembersVersion: 1,
+		CreatedAt:      now,
+		UpdatedAt:      now,
+		PairKey:        key,
 	}
-	created := true
 	if _, err := s.chats.InsertOne(ctx, c); err != nil {
 		if !mongo.IsDuplicateKeyError(err) {
 			return nil, false, fmt.Errorf("create private chat: %w", err)
 		}
-		created = false
 		var existing chatDoc
 		if err := s.chats.FindOne(ctx, bson.D{{Key: "pairKey", Value: key}}).Decode(&existing); err != nil {
 			return nil, false, fmt.Errorf("find private chat: %w", err)
 		}
-		c = &existing
+		return &existing, false, nil
 	}
-	// Also when the chat existed: a creator that stopped between the two
-	// inserts left it without members.
-	if err := s.addMembers(ctx, c.ID, []int{a, b}, roleMember, 0); err != nil {
-		return nil, false, err
-	}
-	return c, created, nil
+	return c, true, nil
 }
 
 func (s *store) createGroup(ctx context.Context, creator int, name string, others []int) (*chatDoc, error) {
@@ -396,53 +354,44 @@ func (s *store) createGroup(ctx context.Context, creator int, name string, other
 		parts = append(parts, participantDoc{UserID: uid, Role: roleMember})
 	}
 	c := &chatDoc{
-		ID: id, Name: name, Type: typeGroup, Participants: parts,
+		ID: id, Name: name, Type: typeGroup, Participants: parts, MembersVersion: 1,
 		CreatedAt: now, UpdatedAt: now, PairKey: "g:" + id.Hex(),
 	}
 	if _, err := s.chats.InsertOne(ctx, c); err != nil {
 		return nil, fmt.Errorf("create group: %w", err)
 	}
-	if err := s.addMembers(ctx, id, []int{creator}, roleAdmin, 0); err != nil {
-		return nil, err
-	}
-	if err := s.addMembers(ctx, id, others, roleMember, 0); err != nil {
-		return nil, err
-	}
 	return c, nil
 }
 
 // rename sets the group's name. The name carries the time it was set, so
-// that the latest rename wins and a concurrent write to the chat document
-// (which FerretDB may let undo this one) is repaired by writing again.
+// that the latest rename wins.
 func (s *store) rename(ctx context.Context, chatID bson.ObjectID, name string) error {
 	return s.locked(ctx, chatLock(chatID), func() error {
 		now := s.nowMs()
 		_, err := raise(ctx, s.chats, chatID, "chatNameSetAt", now.UnixNano(), bson.D{
 			{Key: "chatName", Value: name},
-			{Key: "updatedAt", Value: now},
-		})
+		}, bson.D{{Key: "updatedAt", Value: now}})
 		return err
 	})
 }
 
-func (s *store) removeMember(ctx context.Context, chatID bson.ObjectID, userID int) (bool, error) {
-	res, err := s.members.DeleteOne(ctx, bson.D{{Key: "_id", Value: memberID(chatID, userID)}})
-	if err != nil {
-		return false, fmt.Errorf("remove member: %w", err)
+// listChatsQuery is the filter and options of a page of the user's chats,
+// most recently updated first, after the cursor.
+func listChatsQuery(userID int, after *chatPage, limit int) (bson.D, *options.FindOptionsBuilder) {
+	filter := bson.D{{Key: "participants.user_id", Value: userID}}
+	if after != nil {
+		filter = append(filter,
+			// The first condition alone lets the index bound the scan;
+			// the $or breaks ties.
+			bson.E{Key: "updatedAt", Value: bson.D{{Key: "$lte", Value: after.UpdatedAt}}},
+			bson.E{Key: "$or", Value: bson.A{
+				bson.D{{Key: "updatedAt", Value: bson.D{{Key: "$lt", Value: after.UpdatedAt}}}},
+				bson.D{{Key: "_id", Value: bson.D{{Key: "$lt", Value: after.ID}}}},
+			}})
 	}
-	return res.DeletedCount == 1, nil
-}
-
-func (s *store) setRole(ctx context.Context, chatID bson.ObjectID, userID int, role string) error {
-	id := memberID(chatID, userID)
-	return s.locked(ctx, "member:"+id, func() error {
-		_, err := s.members.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "role", Value: role}}}})
-		if err != nil {
-			return fmt.Errorf("set role: %w", err)
-		}
-		return nil
-	})
+	return filter, options.Find().
+		SetSort(bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}).
+		SetLimit(int64(limit))
 }
 
 // chatPage is the position after the last chat of a ListChats page.
@@ -453,19 +402,24 @@ type chatPage struct {
 
 // listChats returns up to limit of the user's chats, most recently
 // updated first, after the cursor, with the user's memberships.
-func (s *store) listChats(ctx context.Context, userID int, after *chatPage, limit int) ([]chatDoc, map[bson.ObjectID]memberDoc, error) {
-	cur, err := s.members.Find(ctx, bson.D{{Key: "userId", Value: userID}})
+func (s *store) listChats(ctx context.Context, userID int, after *chatPage, limit int) ([]chatDoc, map[bson.ObjectID]member, error) {
+	filter, opts := listChatsQuery(userID, after, limit)
+	cur, err := s.chats.Find(ctx, filter, opts)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list memberships: %w", err)
+		return nil, nil, fmt.Errorf("list chats: %w", err)
 	}
-	var ms []memberDoc
-	if err := cur.All(ctx, &ms); err != nil {
-		return nil, nil, fmt.Errorf("list memberships: %w", err)
+	var chats []chatDoc
+	if err := cur.All(ctx, &chats); err != nil {
+		return nil, nil, fmt.Errorf("list chats: %w", err)
 	}
-	if len(ms) == 0 {
+	if len(chats) == 0 {
 		return nil, nil, nil
 	}
-	cur, err = s.positions.Find(ctx, bson.D{{Key: "userId", Value: userID}, {Key: "kind", Value: kindRead}})
+	ids := make(bson.A, len(chats))
+	for i, c := range chats {
+		ids[i] = positionID(c.ID, userID, kindRead)
+	}
+	cur, err = s.positions.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
 	if err != nil {
 		return nil, nil, fmt.Errorf("list positions: %w", err)
 	}
@@ -477,59 +431,40 @@ func (s *store) listChats(ctx context.Context, userID int, after *chatPage, limi
 	for _, p := range ps {
 		read[p.ChatID] = p.Seq
 	}
-	byChat := make(map[bson.ObjectID]memberDoc, len(ms))
-	ids := make([]bson.ObjectID, len(ms))
-	for i, m := range ms {
-		m.ReadSeq = read[m.ChatID]
-		byChat[m.ChatID] = m
-		ids[i] = m.ChatID
-	}
-	filter := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}
-	if after != nil {
-		filter = append(filter, bson.E{Key: "$or", Value: bson.A{
-			bson.D{{Key: "updatedAt", Value: bson.D{{Key: "$lt", Value: after.UpdatedAt}}}},
-			bson.D{{Key: "updatedAt", Value: after.UpdatedAt}, {Key: "_id", Value: bson.D{{Key: "$lt", Value: after.ID}}}},
-		}})
-	}
-	cur, err = s.chats.Find(ctx, filter, options.Find().
-		SetSort(bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}).
-		SetLimit(int64(limit)))
-	if err != nil {
-		return nil, nil, fmt.Errorf("list chats: %w", err)
-	}
-	var chats []chatDoc
-	if err := cur.All(ctx, &chats); err != nil {
-		return nil, nil, fmt.Errorf("list chats: %w", err)
+	byChat := make(map[bson.ObjectID]member, len(chats))
+	for _, c := range chats {
+		m := member{ChatID: c.ID, UserID: userID, ReadSeq: read[c.ID]}
+		if p := c.participant(userID); p != nil {
+			m.Role = p.Role
+		}
+		byChat[c.ID] = m
 	}
 	return chats, byChat, nil
 }
 
+// chatsOf returns the ids and participants of every chat the user is in.
+func (s *store) chatsOf(ctx context.Context, userID int) ([]chatDoc, error) {
+	cur, err := s.chats.Find(ctx, bson.D{{Key: "participants.user_id", Value: userID}},
+		options.Find().SetProjection(bson.D{{Key: "participants", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("chats of user: %w", err)
+	}
+	var out []chatDoc
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, fmt.Errorf("chats of user: %w", err)
+	}
+	return out, nil
+}
+
 // unreadMany counts, in one aggregation, the unread messages of each chat
 // for the given memberships (see unread).
-func (s *store) unreadMany(ctx context.Context, chats []chatDoc, members map[bson.ObjectID]memberDoc) (map[bson.ObjectID]int64, error) {
-	var branches bson.A
-	for i := range chats {
-		c, m := &chats[i], members[chats[i].ID]
-		if c.LastMessage == nil || c.LastMessage.Seq <= m.ReadSeq {
-			continue
-		}
-		branches = append(branches, bson.D{
-			{Key: "chatId", Value: c.ID},
-			{Key: "seq", Value: bson.D{{Key: "$gt", Value: m.ReadSeq}}},
-			{Key: "senderId", Value: bson.D{{Key: "$ne", Value: m.UserID}}},
-		})
-	}
+func (s *store) unreadMany(ctx context.Context, chats []chatDoc, members map[bson.ObjectID]member) (map[bson.ObjectID]int64, error) {
 	out := make(map[bson.ObjectID]int64)
-	if len(branches) == 0 {
+	pipeline := unreadPipeline(chats, members)
+	if pipeline == nil {
 		return out, nil
 	}
-	cur, err := s.messages.Aggregate(ctx, mongo.Pipeline{
-		{{Key: "$match", Value: bson.D{
-			{Key: "$or", Value: branches},
-			{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}},
-		}}},
-		{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$chatId"}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
-	})
+	cur, err := s.messages.Aggregate(ctx, pipeline)
 	if err != nil {
 		return nil, fmt.Errorf("count unread: %w", err)
 	}
@@ -546,18 +481,47 @@ func (s *store) unreadMany(ctx context.Context, chats []chatDoc, members map[bso
 	return out, nil
 }
 
-// unread counts the messages after the member's read position that others
-// sent, skipping deleted ones.
-func (s *store) unread(ctx context.Context, c *chatDoc, m memberDoc) (int64, error) {
-	if c.LastMessage == nil || c.LastMessage.Seq <= m.ReadSeq {
-		return 0, nil
+// unreadPipeline counts the unread messages of each chat for the given
+// memberships; nil when no chat can have any.
+func unreadPipeline(chats []chatDoc, members map[bson.ObjectID]member) mongo.Pipeline {
+	var branches bson.A
+	for i := range chats {
+		c, m := &chats[i], members[chats[i].ID]
+		if c.LastMessage == nil || c.LastMessage.Seq <= m.ReadSeq {
+			continue
+		}
+		branches = append(branches, bson.D{
+			{Key: "chatId", Value: c.ID},
+			{Key: "seq", Value: bson.D{{Key: "$gt", Value: m.ReadSeq}}},
+			{Key: "senderId", Value: bson.D{{Key: "$ne", Value: m.UserID}}},
+		})
 	}
-	n, err := s.messages.CountDocuments(ctx, bson.D{
-		{Key: "chatId", Value: c.ID},
+	if len(branches) == 0 {
+		return nil
+	}
+	return mongo.Pipeline{
+		{{Key: "$match", Value: bson.D{
+			{Key: "$or", Value: branches},
+			{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}},
+		}}},
+		{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$chatId"}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
+	}
+}
+
+// unreadFilter matches the messages after the member's read position that
+// others sent, skipping deleted ones.
+func unreadFilter(chatID bson.ObjectID, m member) bson.D {
+	return bson.D{
+		{Key: "chatId", Value: chatID},
 		{Key: "seq", Value: bson.D{{Key: "$gt", Value: m.ReadSeq}}},
 		{Key: "senderId", Value: bson.D{{Key: "$ne", Value: m.UserID}}},
 		{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}},
-	})
+	}
+}
+
+// unread counts the member's unread messages (see unreadFilter).
+func (s *store) unread(ctx context.Context, c *chatDoc, m member) (int64, error) {
+	n, err := s.messages.CountDocuments(ctx, unreadFilter(c.ID, m))
 	if err != nil {
 		return 0, fmt.Errorf("count unread: %w", err)
 	}

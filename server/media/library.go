@@ -8,9 +8,10 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+
+	"github.com/parley-chat/parley/server/doclock"
 )
 
 // Library keeps the media documents and their files, and hands uploads
@@ -31,12 +32,13 @@ type Library struct {
 }
 
 // NewLibrary returns a Library over the media collection of db and the
-// files in storage. rdb holds its locks.
-func NewLibrary(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, storage Storage, now func() time.Time) *Library {
+// files in storage. locks serialize the updates of one media document on
+// engines that need it (see doclock); nil on MongoDB and FerretDB 2.
+func NewLibrary(log *slog.Logger, db *mongo.Database, locks *doclock.Locks, storage Storage, now func() time.Time) *Library {
 	if now == nil {
 		now = time.Now
 	}
-	return &Library{log: log, store: newStore(db, rdb, redisPrefix, now), storage: storage}
+	return &Library{log: log, store: newStore(db, locks.Prefixed("media:"), now), storage: storage}
 }
 
 // Attachment is what a message keeps of a file sent with it.

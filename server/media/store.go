@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
@@ -81,19 +80,16 @@ func thumbnailURL(id bson.ObjectID) string { return Path + id.Hex() + "/thumbnai
 
 var errNoMedia = errors.New("no such media")
 
-// store keeps the media documents. As in the chat store, every update of
-// a document that more than one request may change holds its doclock.
+// store keeps the media documents. As in the chat store, on engines that
+// lose concurrent updates of one document (see doclock), every update of a
+// document that more than one request may change holds its lock.
 type store struct {
 	media *mongo.Collection
 	locks *doclock.Locks
 	now   func() time.Time
 }
 
-func newStore(db *mongo.Database, rdb redis.UniversalClient, redisPrefix string, now func() time.Time) *store {
-	var locks *doclock.Locks
-	if rdb != nil {
-		locks = doclock.New(rdb, redisPrefix+"lock:media:")
-	}
+func newStore(db *mongo.Database, locks *doclock.Locks, now func() time.Time) *store {
 	return &store{media: db.Collection("media"), locks: locks, now: now}
 }
 

@@ -49,3 +49,24 @@ func indexName(m mongo.IndexModel) *string {
 	}
 	return o.Name
 }
+
+// Drop drops those of the named indexes that the collection has.
+func Drop(ctx context.Context, c *mongo.Collection, names []string) error {
+	specs, err := c.Indexes().ListSpecifications(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if !slices.ContainsFunc(specs, func(s mongo.IndexSpecification) bool { return s.Name == name }) {
+			continue
+		}
+		if err := c.Indexes().DropOne(ctx, name); err != nil {
+			// Another instance may have dropped it meanwhile.
+			if left, lerr := c.Indexes().ListSpecifications(ctx); lerr != nil ||
+				slices.ContainsFunc(left, func(s mongo.IndexSpecification) bool { return s.Name == name }) {
+				return err
+			}
+		}
+	}
+	return nil
+}

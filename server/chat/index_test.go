@@ -1,0 +1,207 @@
+package chat
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// TestIndexes_HotPaths loads enough documents that the engine's planner
+// prefers an index where one fits, then explains every document query of
+// SendMessage, ListMessages, ListChats, MarkRead and MarkDelivered, and
+// fails when a plan reads a collection without an index. It needs a real
+// engine (PARLEY_TEST_MONGO_URI: FerretDB 2 + DocumentDB or MongoDB);
+// FerretDB 1.x answers every query by a scan.
+func TestIndexes_HotPaths(t *testing.T) {
+	uri := os.Getenv("PARLEY_TEST_MONGO_URI")
+	if uri == "" {
+		t.Skip("PARLEY_TEST_MONGO_URI is not set: the embedded FerretDB 1.x uses no indexes (scripts/with-test-services sets it)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Disconnect(context.Background())
+	db := client.Database(fmt.Sprintf("explain_%d", time.Now().UnixNano()))
+	defer db.Drop(context.Background())
+	if err := Prepare(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), db); err != nil {
+		t.Fatal(err)
+	}
+	s := newStore(db, nil, nil, "", time.Now)
+
+	// 100 chats of 10 members each, 10k messages, 2k positions.
+	const chats, members, perChat = 100, 10, 100
+	var chatDocs []any
+	var msgs, poss []any
+	ids := make([]bson.ObjectID, chats)
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	for i := range chats {
+		ids[i] = bson.NewObjectID()
+		c := chatDoc{ID: ids[i], Type: typeGroup, Name: "g", MembersVersion: 1, CreatedAt: now, UpdatedAt: now.Add(time.Duration(i) * time.Millisecond), PairKey: "g:" + ids[i].Hex(),
+			LastMessage: &lastMessageDoc{Seq: perChat, SentAt: now}}
+		for u := range members {
+			uid := i*members/2 + u // chats overlap in members
+			c.Participants = append(c.Participants, participantDoc{UserID: uid, Role: roleMember})
+			for _, kind := range []string{kindRead, kindDelivered} {
+				poss = append(poss, positionDoc{ID: positionID(ids[i], uid, kind), ChatID: ids[i], UserID: uid, Kind: kind, Seq: perChat / 2})
+			}
+		}
+		chatDocs = append(chatDocs, c)
+		for n := int64(1); n <= perChat; n++ {
+			sender := c.Participants[n%members].UserID
+			cid := fmt.Sprintf("m%d", n)
+			msgs = append(msgs, messageDoc{ID: bson.NewObjectID(), ChatID: ids[i], SenderID: sender, Text: "hello", SentAt: now,
+				Status: statusSent, Seq: n, ClientMessageID: cid, IdemKey: idemKey(ids[i], sender, cid), SeqKey: seqKey(ids[i], n)})
+		}
+	}
+	for _, x := range []struct {
+		c    *mongo.Collection
+		docs []any
+	}{{s.chats, chatDocs}, {s.messages, msgs}, {s.positions, poss}} {
+		if _, err := x.c.InsertMany(ctx, x.docs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Let the planner see the tables as they are now.
+	_ = db.RunCommand(ctx, bson.D{{Key: "analyze", Value: "messages"}}).Err()
+
+	chat, user := ids[chats/2], chats/2*members/2+1
+	seq := int64(perChat / 2)
+	me := member{ChatID: chat, UserID: user, ReadSeq: seq / 2}
+	page, pageOpts := listChatsQuery(user, nil, 51)
+	page2, _ := listChatsQuery(user, &chatPage{UpdatedAt: now.Add(50 * time.Millisecond), ID: chat}, 51)
+	msgPage, _, _, _ := pageQuery(chat, nil, &seq, nil, perChat, 67, 50)
+	msgLatest, _, _, _ := pageQuery(chat, nil, nil, &seq, perChat, 67, 50)
+	posIDs := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{positionID(chat, user, kindRead), positionID(chat, user, kindDelivered)}}}}}
+	var listed []chatDoc
+	cur, err := s.chats.Find(ctx, page, pageOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cur.All(ctx, &listed); err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) < 2 {
+		t.Fatalf("the test user is in %d chats; want several", len(listed))
+	}
+	byChat := map[bson.ObjectID]member{}
+	for _, c := range listed {
+		byChat[c.ID] = member{ChatID: c.ID, UserID: user, ReadSeq: perChat / 2}
+	}
+
+	for _, q := range []struct {
+		name    string
+		cmd     bson.D
+		control bool // a query that no index answers, to show the check can fail
+	}{
+		{"access: chat by id", find("chats", bson.D{{Key: "_id", Value: chat}}, nil, 1), false},
+		{"access: positions by id", find("positions", posIDs, nil, 0), false},
+		{"send: message by idempotency key", find("messages", bson.D{{Key: "idemKey", Value: idemKey(chat, user, "m7")}}, nil, 1), false},
+		{"send: largest seq", find("messages", bson.D{{Key: "chatId", Value: chat}}, bson.D{{Key: "seq", Value: -1}}, 1), false},
+		{"list messages: after a seq", find("messages", msgPage, bson.D{{Key: "seq", Value: 1}}, 51), false},
+		{"list messages: latest", find("messages", msgLatest, bson.D{{Key: "seq", Value: -1}}, 51), false},
+		{"list messages: positions of a chat", find("positions", bson.D{{Key: "chatId", Value: chat}}, nil, 0), false},
+		{"list chats: first page", find("chats", page, bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}, 51), false},
+		{"list chats: next page", find("chats", page2, bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}, 51), false},
+		{"list chats: unread counts", bson.D{{Key: "aggregate", Value: "messages"}, {Key: "pipeline", Value: unreadPipeline(listed, byChat)}, {Key: "cursor", Value: bson.D{}}}, false},
+		{"mark read: unread count", bson.D{{Key: "count", Value: "messages"}, {Key: "query", Value: unreadFilter(chat, me)}}, false},
+		{"control: by text, which no index covers", find("messages", bson.D{{Key: "text", Value: "nobody wrote this"}}, nil, 0), true},
+		{"mark: position by id", find("positions", bson.D{{Key: "_id", Value: positionID(chat, user, kindRead)}}, nil, 1), false},
+	} {
+		t.Run(q.name, func(t *testing.T) {
+			var plan bson.Raw
+			plan, err := db.RunCommand(ctx, bson.D{{Key: "explain", Value: q.cmd}, {Key: "verbosity", Value: "queryPlanner"}}).Raw()
+			if err != nil {
+				t.Fatalf("explain: %v", err)
+			}
+			reason := noIndex(t, plan)
+			switch {
+			case q.control && reason == "":
+				t.Errorf("the check finds an index in a plan that has none: %s", plan)
+			case !q.control && reason != "":
+				t.Errorf("%s\nplan: %s", reason, plan)
+			}
+		})
+	}
+}
+
+func find(coll string, filter, sort bson.D, limit int64) bson.D {
+	cmd := bson.D{{Key: "find", Value: coll}, {Key: "filter", Value: filter}}
+	if sort != nil {
+		cmd = append(cmd, bson.E{Key: "sort", Value: sort})
+	}
+	if limit > 0 {
+		cmd = append(cmd, bson.E{Key: "limit", Value: limit})
+	}
+	return cmd
+}
+
+// noIndex says why a plan (MongoDB's, or DocumentDB's PostgreSQL plan as
+// FerretDB 2 returns it) reads a collection without an index, or "" when
+// every scan in it uses one. DocumentDB keeps a collection in one table
+// whose primary key starts with a shard key that every document of the
+// collection shares, so an index scan on that key alone reads the whole
+// collection: it counts as no index.
+func noIndex(t *testing.T, raw bson.Raw) string {
+	t.Helper()
+	if strings.Contains(raw.String(), "COLLSCAN") {
+		return "MongoDB scans the collection (COLLSCAN)"
+	}
+	js, err := bson.MarshalExtJSON(raw, false, false)
+	if err != nil {
+		t.Fatalf("decode plan: %v", err)
+	}
+	var plan any
+	if err := json.Unmarshal(js, &plan); err != nil {
+		t.Fatalf("decode plan: %v", err)
+	}
+	var scans []map[string]any
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if typ, _ := v["Node Type"].(string); strings.HasSuffix(typ, "Scan") && typ != "Bitmap Heap Scan" && typ != "Subquery Scan" {
+				scans = append(scans, v)
+			}
+			for _, x := range v {
+				walk(x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x)
+			}
+		}
+	}
+	walk(plan)
+	if len(scans) == 0 {
+		if strings.Contains(raw.String(), "IXSCAN") || strings.Contains(raw.String(), "IDHACK") || strings.Contains(raw.String(), "EXPRESS") {
+			return "" // MongoDB
+		}
+		return "no scan found in the plan"
+	}
+	for _, sc := range scans {
+		typ := sc["Node Type"].(string)
+		cond, _ := sc["Index Cond"].(string)
+		switch {
+		case typ == "Seq Scan":
+			return "PostgreSQL scans the table (Seq Scan)"
+		case !strings.Contains(typ, "Index"):
+			return "a scan without an index: " + typ
+		case !strings.Contains(cond, "document") && !strings.Contains(cond, "object_id"):
+			return fmt.Sprintf("%s on %v by the shard key alone (the whole collection): %s", typ, sc["Index Name"], cond)
+		}
+	}
+	return ""
+}

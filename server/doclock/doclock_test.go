@@ -1,0 +1,70 @@
+package doclock_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/parley-chat/parley/server/doclock"
+	"github.com/parley-chat/parley/server/embedded"
+)
+
+func database(t *testing.T, uri string) *mongo.Database {
+	t.Helper()
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
+	return client.Database("doclock_test")
+}
+
+func TestNeeded(t *testing.T) {
+	t.Run("embedded FerretDB 1.x", func(t *testing.T) {
+		m, err := embedded.StartMongo(t.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = m.Close() })
+		got, err := doclock.Needed(context.Background(), database(t, m.URI()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got {
+			t.Error("Needed = false on FerretDB 1.x, which loses concurrent updates; want true")
+		}
+	})
+	t.Run("test engine", func(t *testing.T) {
+		uri := os.Getenv("PARLEY_TEST_MONGO_URI")
+		if uri == "" {
+			t.Skip("PARLEY_TEST_MONGO_URI is not set (scripts/with-test-services sets it)")
+		}
+		got, err := doclock.Needed(context.Background(), database(t, uri))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got {
+			t.Error("Needed = true on the test engine (MongoDB or FerretDB 2); want false")
+		}
+	})
+}
+
+func TestLocks_Nil(t *testing.T) {
+	var l *doclock.Locks
+	ran := false
+	if err := l.Do(context.Background(), "k", func() error { ran = true; return nil }); err != nil || !ran {
+		t.Fatalf("nil Locks.Do: ran=%v err=%v; want it to run fn", ran, err)
+	}
+	ok, err := l.TryDo(context.Background(), "k", func() error { return io.EOF })
+	if !ok || err != io.EOF {
+		t.Fatalf("nil Locks.TryDo = %v, %v; want true and fn's error", ok, err)
+	}
+	if l.Serial() || l.Prefixed("x") != nil {
+		t.Fatal("nil Locks claim to serialize")
+	}
+}
