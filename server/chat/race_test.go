@@ -13,9 +13,11 @@ import (
 )
 
 // These tests race two writers that touch the same chat, member or
-// message. FerretDB rewrites a whole document on every update, so writes
-// to different fields of one document can undo each other; the store keeps
-// each changing value in a document of its own, or repairs what it wrote.
+// message. On MongoDB and FerretDB 2 each write is one atomic
+// single-document update; on FerretDB 1.x, which rewrites a whole document
+// on every update so that writes to different fields of one document can
+// undo each other, the store serializes them (see doclock). Both must
+// keep every acknowledged write.
 
 const raceRounds = 15
 

@@ -3,7 +3,6 @@ package media_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"image"
 	"image/color"
 	"image/png"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,49 +73,29 @@ type user struct {
 	avatar parleyv1connect.AvatarServiceClient
 }
 
-var seq atomic.Int64
-
+// newUser registers a user and returns it with clients of srv over p.
 func newUser(t testing.TB, srv *server, p servertest.Protocol) *user {
 	t.Helper()
-	name := fmt.Sprintf("uploader%d", seq.Add(1))
-	authc := servertest.Client(srv.Server, p, parleyv1connect.NewAuthServiceClient)
-	res, err := authc.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
-		Username: name, Email: name + "@example.com", Password: "correct horse battery staple",
-	}))
-	if err != nil {
-		t.Fatalf("Register: %v", err)
-	}
+	c := servertest.NewClients(srv.Server, p)
+	acc := servertest.Register(t, c.Auth, servertest.UniqueName("uploader"))
 	return &user{
-		id:     res.Msg.GetMe().GetUser().GetId(),
-		token:  res.Msg.GetTokens().GetAccessToken(),
+		id:     acc.ID,
+		token:  acc.Token,
 		srv:    srv,
-		media:  servertest.Client(srv.Server, p, parleyv1connect.NewMediaServiceClient),
-		chats:  servertest.Client(srv.Server, p, parleyv1connect.NewChatServiceClient),
-		msgs:   servertest.Client(srv.Server, p, parleyv1connect.NewMessageServiceClient),
-		avatar: servertest.Client(srv.Server, p, parleyv1connect.NewAvatarServiceClient),
+		media:  c.Media,
+		chats:  c.Chat,
+		msgs:   c.Message,
+		avatar: c.Avatar,
 	}
 }
 
-func req[T any](u *user, msg *T) *connect.Request[T] {
-	r := connect.NewRequest(msg)
-	r.Header().Set("Authorization", "Bearer "+u.token)
-	return r
-}
+// req returns a request for msg signed by u.
+func req[T any](u *user, msg *T) *connect.Request[T] { return servertest.WithToken(msg, u.token) }
 
-func wantCode(t testing.TB, err error, want connect.Code) {
-	t.Helper()
-	if got := connect.CodeOf(err); err == nil || got != want {
-		t.Fatalf("err = %v (code %v), want code %v", err, got, want)
-	}
-}
-
+// privateChat returns the id of the private chat between a and b.
 func privateChat(t testing.TB, a, b *user) string {
 	t.Helper()
-	res, err := a.chats.CreatePrivateChat(context.Background(), req(a, &parleyv1.CreatePrivateChatRequest{PeerId: b.id}))
-	if err != nil {
-		t.Fatalf("CreatePrivateChat: %v", err)
-	}
-	return res.Msg.GetChat().GetId()
+	return servertest.PrivateChat(t, a.chats, a.token, b.id).GetId()
 }
 
 // createUpload starts an upload to a chat ("" for an avatar).

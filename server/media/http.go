@@ -159,7 +159,7 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 		// Nothing of a refused upload stays: not its files, not its
 		// document. The client starts again with CreateUpload.
 		dctx := context.WithoutCancel(ctx)
-		derr := s.lib.delete(dctx, id, func(*mediaDoc) bool { return true })
+		_, derr := s.lib.delete(dctx, id, func(*mediaDoc) bool { return true })
 		if derr == nil {
 			// Even when the document went first (clean-up of an upload
 			// that outlived its time), its files go.

@@ -110,7 +110,11 @@ func (j *Janitor) Sweep(ctx context.Context) (int, error) {
 // lock, it is in use after all.
 func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (bool, error) {
 	switch {
+	case seen.State == stateDeleting && now.Sub(seen.StateAt) < deletingGrace:
+		// Another janitor, or a request, is deleting it now.
+		return false, nil
 	case seen.State == stateDeleting:
+		// A deletion that stopped part-way: finish it.
 		return true, j.lib.purge(ctx, seen.ID)
 	case seen.State == stateUploading && now.Sub(seen.StateAt) < MaxUploadTime+time.Minute:
 		// Still arriving, perhaps slowly.
@@ -147,15 +151,12 @@ func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (
 	if avatarID != 0 {
 		return false, j.lib.AttachAvatar(ctx, seen.ID, avatarID)
 	}
-	deleted := false
-	err := j.lib.delete(ctx, seen.ID, func(m *mediaDoc) bool {
+	return j.lib.delete(ctx, seen.ID, func(m *mediaDoc) bool {
 		// Only what is exactly as seen: a claim taken or renewed since,
 		// an attachment, or an upload begun since, keeps it.
-		deleted = !m.attached() && m.Claim == seen.Claim && sameTime(m.ClaimedAt, seen.ClaimedAt) &&
+		return !m.attached() && m.Claim == seen.Claim && sameTime(m.ClaimedAt, seen.ClaimedAt) &&
 			m.State == seen.State && m.StateAt.Equal(seen.StateAt) && m.CreatedAt.Before(now.Add(-j.after))
-		return deleted
 	})
-	return deleted && err == nil, err
 }
 
 func sameTime(a, b *time.Time) bool {

@@ -88,6 +88,7 @@ func (l *Library) Claim(ctx context.Context, userID int, chatID bson.ObjectID, k
 	for _, id := range ids {
 		fresh := false
 		m, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+			fresh = false
 			switch {
 			case m.UploaderID != userID || m.Avatar || m.ChatID == nil || *m.ChatID != chatID:
 				return nil, errMediaNotFound
@@ -170,7 +171,7 @@ func (l *Library) DeleteOfMessage(ctx context.Context, messageID bson.ObjectID) 
 		return err
 	}
 	for _, m := range ms {
-		if err := l.delete(ctx, m.ID, func(*mediaDoc) bool { return true }); err != nil {
+		if _, err := l.delete(ctx, m.ID, func(*mediaDoc) bool { return true }); err != nil {
 			return err
 		}
 	}
@@ -222,9 +223,10 @@ func (l *Library) DeleteAvatar(ctx context.Context, url string, avatarID int) er
 	if !ok {
 		return nil
 	}
-	return l.delete(ctx, id, func(m *mediaDoc) bool {
+	_, err := l.delete(ctx, id, func(m *mediaDoc) bool {
 		return m.Avatar && (m.AvatarID == avatarID || m.AvatarID == 0)
 	})
+	return err
 }
 
 // IDFromURL returns the media id of a URL that URL made.
@@ -236,13 +238,15 @@ func IDFromURL(url string) (bson.ObjectID, bool) {
 	return id, err == nil
 }
 
-// delete removes a media document and its files when ok, run under the
-// document's lock, agrees. The document first moves to deleting, so that
-// a crash part-way leaves it for clean-up to finish, never a file without
-// a document.
-func (l *Library) delete(ctx context.Context, id bson.ObjectID, ok func(*mediaDoc) bool) error {
+// delete removes a media document and its files when ok, given the
+// document as it is when the deletion starts, agrees, and reports whether
+// it did. The document first moves to deleting (one compare and swap, see
+// store.update), so that a crash part-way leaves it for clean-up to
+// finish, never a file without a document.
+func (l *Library) delete(ctx context.Context, id bson.ObjectID, ok func(*mediaDoc) bool) (bool, error) {
 	proceed := false
 	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		proceed = false
 		if m.State == stateDeleting || !ok(m) {
 			// Being deleted by another request already, or kept.
 			return nil, nil
@@ -252,12 +256,12 @@ func (l *Library) delete(ctx context.Context, id bson.ObjectID, ok func(*mediaDo
 		return bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: stateDeleting}, {Key: "stateAt", Value: now}}}}, nil
 	})
 	if errors.Is(err, errNoMedia) || (err == nil && !proceed) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
-	return l.purge(ctx, id)
+	return true, l.purge(ctx, id)
 }
 
 // purge removes the files and then the document of media being deleted.

@@ -121,7 +121,7 @@ func TestSendImage(t *testing.T) {
 				t.Errorf("carol's download: %d, want 404", res.StatusCode)
 			}
 			_, err = carol.media.GetMedia(context.Background(), req(carol, &parleyv1.GetMediaRequest{MediaId: m.GetId()}))
-			wantCode(t, err, connect.CodeNotFound)
+			servertest.WantCode(t, err, connect.CodeNotFound)
 
 			// Deleting the message deletes the file.
 			if _, err := alice.msgs.DeleteMessage(context.Background(), req(alice, &parleyv1.DeleteMessageRequest{
@@ -196,12 +196,12 @@ func TestAttachRules(t *testing.T) {
 		}))
 		return err
 	}
-	wantCode(t, send("x1", bobs.GetId()), connect.CodeNotFound)
-	wantCode(t, send("x2", otherChat.GetId()), connect.CodeNotFound)
-	wantCode(t, send("x3", strings.Repeat("b", 24)), connect.CodeNotFound)
-	wantCode(t, send("x4", pending.GetMedia().GetId()), connect.CodeFailedPrecondition)
+	servertest.WantCode(t, send("x1", bobs.GetId()), connect.CodeNotFound)
+	servertest.WantCode(t, send("x2", otherChat.GetId()), connect.CodeNotFound)
+	servertest.WantCode(t, send("x3", strings.Repeat("b", 24)), connect.CodeNotFound)
+	servertest.WantCode(t, send("x4", pending.GetMedia().GetId()), connect.CodeFailedPrecondition)
 	// A refused send claims nothing: mine is still free for another.
-	wantCode(t, send("x5", mine.GetId(), bobs.GetId()), connect.CodeNotFound)
+	servertest.WantCode(t, send("x5", mine.GetId(), bobs.GetId()), connect.CodeNotFound)
 	if err := send("ok", mine.GetId()); err != nil {
 		t.Fatalf("send: %v", err)
 	}
@@ -209,7 +209,7 @@ func TestAttachRules(t *testing.T) {
 	if err := send("ok", mine.GetId()); err != nil {
 		t.Fatalf("retried send: %v", err)
 	}
-	wantCode(t, send("again", mine.GetId()), connect.CodeFailedPrecondition)
+	servertest.WantCode(t, send("again", mine.GetId()), connect.CodeFailedPrecondition)
 	// A retry with other files gets the first message, and leaves the
 	// other files free to send.
 	other := alice.upload(t, ab, "o.txt", "text/plain", []byte("other"))
@@ -228,8 +228,8 @@ func TestAttachRules(t *testing.T) {
 		t.Fatalf("messages = %v, want ok with a.txt, later with o.txt", msgs)
 	}
 	// Validation: neither text nor media, too many, duplicates.
-	wantCode(t, send("empty"), connect.CodeInvalidArgument)
-	wantCode(t, send("dup", mine.GetId(), mine.GetId()), connect.CodeInvalidArgument)
+	servertest.WantCode(t, send("empty"), connect.CodeInvalidArgument)
+	servertest.WantCode(t, send("dup", mine.GetId(), mine.GetId()), connect.CodeInvalidArgument)
 }
 
 // TestAvatarUpload: an uploaded image becomes the active avatar, served
@@ -252,7 +252,7 @@ func TestAvatarUpload(t *testing.T) {
 		t.Fatalf("avatar = %v", a)
 	}
 	_, err = alice.avatar.AddAvatar(context.Background(), req(alice, &parleyv1.AddAvatarRequest{MediaId: m.GetId()}))
-	wantCode(t, err, connect.CodeAlreadyExists)
+	servertest.WantCode(t, err, connect.CodeAlreadyExists)
 	// A double click: two AddAvatar of one image at once make one avatar.
 	second := alice.upload(t, "", "me2.png", "image/png", data)
 	errs := make(chan error, 2)
@@ -288,7 +288,7 @@ func TestAvatarUpload(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = stranger.avatar.AddAvatar(context.Background(), req(stranger, &parleyv1.AddAvatarRequest{MediaId: m.GetId()}))
-	wantCode(t, err, connect.CodeNotFound)
+	servertest.WantCode(t, err, connect.CodeNotFound)
 
 	if res, body := get(t, srv, stranger, a.GetUrl()); res.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
 		t.Fatalf("stranger's download of the avatar: %d", res.StatusCode)
@@ -305,9 +305,9 @@ func TestAvatarUpload(t *testing.T) {
 	chatID := privateChat(t, alice, stranger)
 	doc := alice.upload(t, chatID, "x.png", "image/png", data)
 	_, err = alice.avatar.AddAvatar(context.Background(), req(alice, &parleyv1.AddAvatarRequest{MediaId: doc.GetId()}))
-	wantCode(t, err, connect.CodeNotFound)
+	servertest.WantCode(t, err, connect.CodeNotFound)
 	_, err = alice.createUpload(t, "", "notes.txt", "text/plain", 10)
-	wantCode(t, err, connect.CodeInvalidArgument)
+	servertest.WantCode(t, err, connect.CodeInvalidArgument)
 
 	if _, err := alice.avatar.DeleteAvatar(context.Background(), req(alice, &parleyv1.DeleteAvatarRequest{AvatarId: a.GetId()})); err != nil {
 		t.Fatalf("DeleteAvatar: %v", err)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,7 +53,7 @@ func TestUploadRefusals(t *testing.T) {
 		}
 		if mediaID != "" {
 			_, err := alice.media.GetMedia(context.Background(), req(alice, &parleyv1.GetMediaRequest{MediaId: mediaID}))
-			wantCode(t, err, connect.CodeNotFound)
+			servertest.WantCode(t, err, connect.CodeNotFound)
 		}
 	}
 	create := func(t *testing.T, name, contentType string, size int) *parleyv1.CreateUploadResponse {
@@ -66,14 +67,14 @@ func TestUploadRefusals(t *testing.T) {
 
 	t.Run("declared size over the limit", func(t *testing.T) {
 		_, err := alice.createUpload(t, chatID, "big.bin", "application/octet-stream", 4<<20+1)
-		wantCode(t, err, connect.CodeInvalidArgument)
+		servertest.WantCode(t, err, connect.CodeInvalidArgument)
 		_, err = alice.createUpload(t, chatID, "big.png", "image/png", 2<<20+1)
-		wantCode(t, err, connect.CodeInvalidArgument)
+		servertest.WantCode(t, err, connect.CodeInvalidArgument)
 		nothingStored(t, "")
 	})
 	t.Run("zero bytes", func(t *testing.T) {
 		_, err := alice.createUpload(t, chatID, "empty.txt", "text/plain", 0)
-		wantCode(t, err, connect.CodeInvalidArgument)
+		servertest.WantCode(t, err, connect.CodeInvalidArgument)
 		up := create(t, "short.txt", "text/plain", 10)
 		if status, body := alice.put(t, up.GetUploadUrl(), http.NoBody, 0); status != http.StatusBadRequest {
 			t.Fatalf("empty body: %d %s", status, body)
@@ -83,13 +84,13 @@ func TestUploadRefusals(t *testing.T) {
 	t.Run("bad file names", func(t *testing.T) {
 		for _, name := range []string{"../../etc/passwd", "a/b.txt", `..\x.txt`, "bell\x07.txt", "new\nline.txt", "..", "."} {
 			_, err := alice.createUpload(t, chatID, name, "text/plain", 10)
-			wantCode(t, err, connect.CodeInvalidArgument)
+			servertest.WantCode(t, err, connect.CodeInvalidArgument)
 		}
 		nothingStored(t, "")
 	})
 	t.Run("chat the caller is not in", func(t *testing.T) {
 		_, err := carol.createUpload(t, chatID, "x.txt", "text/plain", 10)
-		wantCode(t, err, connect.CodeNotFound)
+		servertest.WantCode(t, err, connect.CodeNotFound)
 		nothingStored(t, "")
 	})
 	t.Run("body longer than declared", func(t *testing.T) {
@@ -106,8 +107,8 @@ func TestUploadRefusals(t *testing.T) {
 		if status, res := alice.put(t, up.GetUploadUrl(), body, -1); status != http.StatusRequestEntityTooLarge {
 			t.Fatalf("chunked over: %d %s", status, res)
 		}
-		if body.n > 16<<20 {
-			t.Errorf("the server read %d bytes of a 1000-byte upload", body.n)
+		if n := body.n.Load(); n > 16<<20 {
+			t.Errorf("the server read %d bytes of a 1000-byte upload", n)
 		}
 		nothingStored(t, up.GetMedia().GetId())
 	})
@@ -231,7 +232,7 @@ func TestUploadStalls(t *testing.T) {
 	}
 	// The server removes the upload before it answers.
 	_, err = alice.media.GetMedia(context.Background(), req(alice, &parleyv1.GetMediaRequest{MediaId: up.GetMedia().GetId()}))
-	wantCode(t, err, connect.CodeNotFound)
+	servertest.WantCode(t, err, connect.CodeNotFound)
 	if files := srv.files(t); len(files) != 0 {
 		t.Errorf("files stored: %v", files)
 	}
@@ -242,7 +243,7 @@ func TestUploadStalls(t *testing.T) {
 		}
 	}
 	_, err = alice.createUpload(t, chatID, "n.txt", "text/plain", 10)
-	wantCode(t, err, connect.CodeResourceExhausted)
+	servertest.WantCode(t, err, connect.CodeResourceExhausted)
 	if _, err := bob.createUpload(t, chatID, "n.txt", "text/plain", 10); err != nil {
 		t.Fatalf("another user's upload: %v", err)
 	}
@@ -273,13 +274,16 @@ func (zeros) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// countingReader counts the bytes read from r. The HTTP client may still
+// be reading a request body after the response came, so the count is
+// atomic.
 type countingReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }

@@ -41,7 +41,8 @@ func startMinIO(t *testing.T) (*minio.Client, string) {
 	const key, secret = "parleytest", "parleytestsecret"
 	cmd := exec.Command(bin, "server", t.TempDir(), "--address", addr, "--console-address", "127.0.0.1:0", "--quiet")
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+key, "MINIO_ROOT_PASSWORD="+secret, "MINIO_BROWSER=off")
-	var out bytes.Buffer
+	// MinIO writes its output while the test reads it.
+	var out servertest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start minio: %v", err)

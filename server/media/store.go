@@ -61,6 +61,9 @@ type mediaDoc struct {
 	Claim        string     `bson:"claim,omitempty"`
 	ClaimedAt    *time.Time `bson:"claimedAt,omitempty"`
 	AvatarID     int        `bson:"avatarId,omitempty"`
+	// Version counts the updates of the document; each update expects
+	// the version it read (see store.update). 0: none stored yet.
+	Version int64 `bson:"version,omitempty"`
 }
 
 // attached reports whether the file is in use: sent in a message or an
@@ -131,29 +134,49 @@ func (s *store) get(ctx context.Context, id bson.ObjectID) (*mediaDoc, error) {
 	return &m, nil
 }
 
-// update reads the document under its lock, lets change decide (and
-// modify it), and writes the fields set returns. change returning an
-// error leaves the document as it was.
+// update reads the document, lets change decide (and modify it), and
+// writes the update change returns, if the document is still as read: a
+// compare and swap on its version, atomic on MongoDB and FerretDB 2 (and
+// under the document's lock on FerretDB 1.x). When another update came in
+// between, it reads again and asks change again, so change must derive
+// everything from the document it is given. change returning an error,
+// or no update, leaves the document as it was.
 func (s *store) update(ctx context.Context, id bson.ObjectID, change func(m *mediaDoc) (bson.D, error)) (*mediaDoc, error) {
-	var out *mediaDoc
-	err := s.locked(ctx, id, func() error {
-		m, err := s.get(ctx, id)
-		if err != nil {
-			return err
-		}
-		set, err := change(m)
-		if err != nil {
-			return err
-		}
-		if len(set) > 0 {
-			if _, err := s.media.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, set); err != nil {
+	for {
+		var out *mediaDoc
+		swapped := true
+		err := s.locked(ctx, id, func() error {
+			m, err := s.get(ctx, id)
+			if err != nil {
+				return err
+			}
+			update, err := change(m)
+			if err != nil {
+				return err
+			}
+			out = m
+			if len(update) == 0 {
+				return nil
+			}
+			version := bson.E{Key: "version", Value: m.Version}
+			if m.Version == 0 {
+				version.Value = bson.D{{Key: "$exists", Value: false}}
+			}
+			update = append(update, bson.E{Key: "$inc", Value: bson.D{{Key: "version", Value: int64(1)}}})
+			res, err := s.media.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}, version}, update)
+			if err != nil {
 				return fmt.Errorf("update media: %w", err)
 			}
+			swapped = res.MatchedCount == 1
+			return nil
+		})
+		if err != nil || swapped {
+			return out, err
 		}
-		out = m
-		return nil
-	})
-	return out, err
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
 }
 
 func (s *store) remove(ctx context.Context, id bson.ObjectID) error {
