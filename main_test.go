@@ -6,7 +6,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -127,15 +126,11 @@ func TestRun_EmbeddedDefaults(t *testing.T) {
 // each URL that is set replaces its embedded store.
 func TestRun_ExternalStores(t *testing.T) {
 	dbURL := servertest.CreateDatabase(t)
-	redisURL := servertest.DefaultRedisURL
-	if u := os.Getenv("PARLEY_TEST_REDIS_URL"); u != "" {
-		redisURL = u
-	}
 	env := map[string]string{
 		"PARLEY_ADDR":         "127.0.0.1:0",
 		"PARLEY_DATA_DIR":     t.TempDir(),
 		"PARLEY_DATABASE_URL": dbURL,
-		"PARLEY_REDIS_URL":    redisURL,
+		"PARLEY_REDIS_URL":    servertest.RedisURL(),
 		"PARLEY_REDIS_PREFIX": "parley_test_run:",
 	}
 	_, banner, _ := startRun(t, env)

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -19,28 +18,10 @@ import (
 
 func TestMain(m *testing.M) { servertest.Main(m) }
 
-// syncBuffer is a log sink that tests can read while the server writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // startLogged starts a server whose log the test can read.
-func startLogged(t *testing.T, configure func(*app.Config)) (*servertest.Server, *syncBuffer) {
+func startLogged(t *testing.T, configure func(*app.Config)) (*servertest.Server, *servertest.SyncBuffer) {
 	t.Helper()
-	var logs syncBuffer
+	var logs servertest.SyncBuffer
 	stores := servertest.SharedStores(t)
 	cfg := app.Config{
 		DataDir: t.TempDir(), DatabaseURL: stores.DatabaseURL, MongoURI: stores.MongoURI,

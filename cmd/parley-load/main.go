@@ -1,18 +1,38 @@
 // Command parley-load puts a running Parley server under load through its
 // public API and reports what clients would see.
 //
-// Two scenarios:
+// Scenarios:
 //
+//   - throughput (workload W1): -senders senders (default 16), each in a
+//     private chat with a peer of its own, send -text-bytes messages
+//     (default 200) as fast as their acks come, for -duration (default
+//     20s), with client message ids and retries as a real client. It
+//     reports acked sends a second, send latency percentiles, errors, and
+//     with -cpu-pids the server-side CPU per acked send. With -seed-chats
+//     and -seed-messages it first writes that many chats and messages
+//     straight into the store (chat.Seed; needs -mongo-uri and
+//     -redis-url), so that W1 runs against a big store; -after-seed runs
+//     a command between the two.
+//   - bigchat: -senders members of two groups send W1-style, in
+//     alternating phases of -duration (-rounds of each), into a fresh
+//     group and into one seeded with -big-messages messages (default
+//     100,000; needs -mongo-uri and -redis-url), and it reports the ratio
+//     of the two rates.
 //   - delivery: -users subscribers, each with one live stream; the first
 //     -group of them share a group that receives -group-rate messages a
-//     second, and the others are paired in private chats that receive
-//     -private-rate messages a second between them, sent by -senders
-//     workers for -duration. It reports send→receive latency
+//     second (from its first -group-senders members, or all), and the
+//     others are paired in private chats that receive -private-rate
+//     messages a second between them, sent by -senders workers for
+//     -duration. It reports failed sends, send→receive latency
 //     percentiles over every delivery (from the start of SendMessage),
 //     publish→receive latency (from the time the server stamped on the
 //     event as it published it: the live path alone; the tool must run on
-//     the server's machine), and the events missed and duplicated per
-//     stream.
+//     the server's machine), the events missed and duplicated per stream,
+//     and with -cpu-pids the server-side CPU per acked send. Workload W2
+//     (one sender, 20 messages a second for 20 s into a group of 100
+//     whose members all hold a stream):
+//     -scenario delivery -users 100 -group 100 -group-senders 1
+//     -group-rate 20 -private-rate 0 -duration 20s
 //   - idle: -streams open streams spread over -users users, idle; it
 //     reports the server's memory per open stream (from /proc of
 //     -server-pid, so the server must run on this machine).
@@ -22,9 +42,22 @@
 //     (sampled every 20 ms from /proc of -server-pid). The file is
 //     generated and checked (SHA-256) on the fly, never held whole.
 //
-// Accounts are registered fresh each run (the server needs
-// -registrations-per-address raised for that).
+// -cpu-pids name=pid,... names server-side processes (for example
+// parley=123,ferretdb=456,postgres=789,redis=1011); the CPU of each is
+// that of the process and every process descended from it (all of a
+// PostgreSQL's backends descend from its postmaster), including those
+// that exit during the run, read from /proc before and after the measured
+// window.
 //
+// Accounts are registered fresh each run (the server needs
+// -registrations-per-address raised for that). The tool sends traffic
+// only to this machine (127.0.0.0/8, localhost, [::1]) unless
+// -allow-remote.
+//
+//	go run ./cmd/parley-load -scenario throughput -cpu-pids parley=$(pgrep -n parley)
+//	go run ./cmd/parley-load -scenario throughput -seed-chats 1000 -seed-messages 100000 \
+//	    -mongo-uri mongodb://127.0.0.1:27017/ -redis-url redis://127.0.0.1:6379/0
+//	go run ./cmd/parley-load -scenario bigchat -mongo-uri ... -redis-url ...
 //	go run ./cmd/parley-load -scenario delivery -addr http://127.0.0.1:8080
 //	go run ./cmd/parley-load -scenario idle -streams 10000 -server-pid $(pgrep -n parley)
 //	go run ./cmd/parley-load -scenario media -size 200000000 -server-pid $(pgrep -n parley)
@@ -71,41 +104,114 @@ type config struct {
 	serverPID   int
 	size        int64
 	rounds      int
+
+	groupSenders  int
+	textBytes     int
+	cpuPids       []cpuTarget
+	seedChats     int
+	seedMessages  int
+	seedUsers     int
+	seedGroup     int
+	bigMessages   int
+	mongoURI      string
+	mongoDatabase string
+	redisURL      string
+	redisPrefix   string
+	afterSeed     string
+	allowRemote   bool
 }
 
 func main() {
-	var c config
-	flag.StringVar(&c.addr, "addr", "http://127.0.0.1:8080", "server base `URL`")
-	flag.StringVar(&c.protocol, "protocol", "grpc", "connect (HTTP/1.1), grpc (h2c) or grpcweb (HTTP/1.1)")
-	flag.StringVar(&c.scenario, "scenario", "delivery", "delivery, idle or media")
-	flag.IntVar(&c.users, "users", 1000, "users (delivery: each with one stream)")
-	flag.IntVar(&c.group, "group", 100, "members of the busy group (delivery)")
-	flag.Float64Var(&c.groupRate, "group-rate", 20, "messages per second to the group (delivery)")
-	flag.Float64Var(&c.privateRate, "private-rate", 20, "messages per second over all private chats (delivery)")
-	flag.IntVar(&c.senders, "senders", 32, "sending workers (delivery)")
-	flag.DurationVar(&c.duration, "duration", 60*time.Second, "how long to send (delivery)")
-	flag.DurationVar(&c.drain, "drain", 10*time.Second, "how long to wait for the last deliveries (delivery)")
-	flag.IntVar(&c.streams, "streams", 10000, "open streams (idle)")
-	flag.IntVar(&c.serverPID, "server-pid", 0, "the server's process id, to read its memory (idle, media)")
-	flag.Int64Var(&c.size, "size", 200_000_000, "file size in bytes (media)")
-	flag.IntVar(&c.rounds, "rounds", 3, "uploads and downloads (media)")
-	flag.Parse()
-	ctx := context.Background()
-	var err error
-	switch c.scenario {
-	case "delivery":
-		err = delivery(ctx, c)
-	case "idle":
-		err = idle(ctx, c)
-	case "media":
-		err = mediaTransfer(ctx, c)
-	default:
-		err = fmt.Errorf("unknown scenario %q", c.scenario)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "parley-load:", err)
+	if err := run(context.Background(), os.Args[1:]); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "parley-load:", err)
+		}
 		os.Exit(1)
 	}
+}
+
+func run(ctx context.Context, args []string) error {
+	var c config
+	fs := flag.NewFlagSet("parley-load", flag.ContinueOnError)
+	fs.StringVar(&c.addr, "addr", "http://127.0.0.1:8080", "server base `URL`")
+	fs.StringVar(&c.protocol, "protocol", "grpc", "connect (HTTP/1.1), grpc (h2c) or grpcweb (HTTP/1.1)")
+	fs.StringVar(&c.scenario, "scenario", "delivery", "throughput, bigchat, delivery, idle or media")
+	fs.IntVar(&c.users, "users", 1000, "users (delivery: each with one stream)")
+	fs.IntVar(&c.group, "group", 100, "members of the busy group (delivery)")
+	fs.IntVar(&c.groupSenders, "group-senders", 0, "how many of the group's members send to it, 0 for all (delivery)")
+	fs.Float64Var(&c.groupRate, "group-rate", 20, "messages per second to the group (delivery)")
+	fs.Float64Var(&c.privateRate, "private-rate", 20, "messages per second over all private chats (delivery)")
+	fs.IntVar(&c.senders, "senders", 0, "sending workers (delivery, default 32), or closed-loop senders (throughput, bigchat; default 16)")
+	fs.DurationVar(&c.duration, "duration", 0, "how long to send (delivery, default 60s; throughput, default 20s), or each phase (bigchat, default 20s)")
+	fs.DurationVar(&c.drain, "drain", 10*time.Second, "how long to wait for the last deliveries (delivery)")
+	fs.IntVar(&c.textBytes, "text-bytes", 200, "bytes of text per message (throughput, bigchat, and seeded messages)")
+	cpuPids := fs.String("cpu-pids", "", "server-side processes whose CPU per acked send to report, as name=pid,... (throughput, bigchat, delivery)")
+	fs.IntVar(&c.seedChats, "seed-chats", 0, "chats to write into the store before measuring (throughput)")
+	fs.IntVar(&c.seedMessages, "seed-messages", 0, "messages to write into the store over the -seed-chats chats, in all (throughput)")
+	fs.IntVar(&c.seedUsers, "seed-users", 0, "users to register for the seeded chats; 0: enough for distinct pairs (throughput)")
+	fs.IntVar(&c.seedGroup, "seed-group", 0, "members of each seeded chat: 0 for private chats, more than 2 for groups (throughput)")
+	fs.IntVar(&c.bigMessages, "big-messages", 100_000, "messages seeded into the big chat (bigchat)")
+	fs.StringVar(&c.mongoURI, "mongo-uri", "", "the server's MongoDB `URI`, for seeding")
+	fs.StringVar(&c.mongoDatabase, "mongo-database", "parley", "the server's MongoDB database, for seeding")
+	fs.StringVar(&c.redisURL, "redis-url", "", "the server's Redis `URL`, for seeding")
+	fs.StringVar(&c.redisPrefix, "redis-prefix", "parley:", "the server's Redis key prefix (its -redis-prefix), for seeding")
+	fs.StringVar(&c.afterSeed, "after-seed", "", "shell `command` to run after seeding, before measuring: for example an ANALYZE of the document engine's PostgreSQL, which otherwise plans for the freshly loaded tables as if they were empty until autovacuum gets to them (throughput, bigchat)")
+	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow -addr, -mongo-uri and -redis-url outside this machine")
+	fs.IntVar(&c.streams, "streams", 10000, "open streams (idle)")
+	fs.IntVar(&c.serverPID, "server-pid", 0, "the server's process id, to read its memory (idle, media)")
+	fs.Int64Var(&c.size, "size", 200_000_000, "file size in bytes (media)")
+	fs.IntVar(&c.rounds, "rounds", 0, "uploads and downloads (media, default 3), or rounds of fresh and big phases (bigchat, default 1)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var err error
+	if c.cpuPids, err = parseCPUPids(*cpuPids); err != nil {
+		return err
+	}
+	if err := checkLoopback(c); err != nil {
+		return err
+	}
+	closedLoop := c.scenario == "throughput" || c.scenario == "bigchat"
+	if c.senders == 0 {
+		c.senders = 32
+		if closedLoop {
+			c.senders = 16
+		}
+	}
+	if c.duration == 0 {
+		c.duration = 60 * time.Second
+		if closedLoop {
+			c.duration = 20 * time.Second
+		}
+	}
+	if c.rounds == 0 {
+		c.rounds = 3
+		if c.scenario == "bigchat" {
+			c.rounds = 1
+		}
+	}
+	if c.textBytes <= 0 || c.senders <= 0 || c.rounds <= 0 || c.duration <= 0 {
+		return errors.New("-text-bytes, -senders, -rounds and -duration must be positive")
+	}
+	if c.seedChats < 0 || c.seedMessages < 0 || (c.seedChats > 0) != (c.seedMessages > 0) {
+		return errors.New("-seed-chats and -seed-messages go together")
+	}
+	switch c.scenario {
+	case "throughput":
+		return throughput(ctx, c)
+	case "bigchat":
+		return bigChat(ctx, c)
+	case "delivery":
+		return delivery(ctx, c)
+	case "idle":
+		return idle(ctx, c)
+	case "media":
+		return mediaTransfer(ctx, c)
+	}
+	return fmt.Errorf("unknown scenario %q", c.scenario)
 }
 
 // client is one signed-in user's set of service clients.
@@ -207,13 +313,21 @@ func subscribe(ctx context.Context, c *client) (*connect.ServerStreamForClient[p
 
 // sent is what the senders remember of a message.
 type sent struct {
-	at         time.Time
+	due        time.Time // when the schedule wanted it sent
+	at         time.Time // when a worker started sending it
 	recipients int
 }
 
 func delivery(ctx context.Context, cfg config) error {
 	if cfg.group > cfg.users {
 		return errors.New("-group is larger than -users")
+	}
+	if cfg.groupSenders < 0 || cfg.groupSenders > cfg.group {
+		return errors.New("-group-senders must be between 0 and -group")
+	}
+	groupSenders := cfg.groupSenders
+	if groupSenders == 0 {
+		groupSenders = cfg.group
 	}
 	fmt.Printf("registering %d users…\n", cfg.users)
 	t0 := time.Now()
@@ -295,8 +409,12 @@ func delivery(ctx context.Context, cfg config) error {
 	}
 
 	// Open-loop senders at the configured rates.
-	fmt.Printf("sending for %s: group %.0f/s to %d members, private %.0f/s over %d chats\n",
-		cfg.duration, cfg.groupRate, cfg.group, cfg.privateRate, len(pairs))
+	fmt.Printf("sending for %s: group %.0f/s to %d members from %d of them, private %.0f/s over %d chats\n",
+		cfg.duration, cfg.groupRate, cfg.group, groupSenders, cfg.privateRate, len(pairs))
+	meter, err := startCPU(cfg.cpuPids)
+	if err != nil {
+		return err
+	}
 	type job struct {
 		from   *client
 		chatID string
@@ -306,6 +424,7 @@ func delivery(ctx context.Context, cfg config) error {
 	var sendErrs, retries atomic.Int64
 	var sendLat []time.Duration
 	var sendMu sync.Mutex
+	var queued []time.Duration // from due to the start of sending
 	var workers sync.WaitGroup
 	var total int
 	for range cfg.senders {
@@ -315,7 +434,11 @@ func delivery(ctx context.Context, cfg config) error {
 				start := time.Now()
 				mu.Lock()
 				messages[key].at = start
+				wait := start.Sub(messages[key].due)
 				mu.Unlock()
+				sendMu.Lock()
+				queued = append(queued, wait)
+				sendMu.Unlock()
 				// Like a client, retry a failed send with the same id
 				// (the server keeps one message per id).
 				var err error
@@ -355,16 +478,17 @@ func delivery(ctx context.Context, cfg config) error {
 			mu.Lock()
 			total++
 			n := total
-			messages[fmt.Sprintf("load-%d", n)] = &sent{recipients: recipients}
+			messages[fmt.Sprintf("load-%d", n)] = &sent{due: next, recipients: recipients}
 			mu.Unlock()
 			jobs <- job{from, chatID, n}
 			next = next.Add(interval)
 		}
 	}
+	sendStart := time.Now()
 	var schedulers sync.WaitGroup
 	schedulers.Go(func() {
 		schedule(cfg.groupRate, func() (*client, string, int) {
-			return users[mrand.IntN(cfg.group)], groupID, cfg.group
+			return users[mrand.IntN(groupSenders)], groupID, cfg.group
 		})
 	})
 	if len(pairs) > 0 {
@@ -382,6 +506,7 @@ func delivery(ctx context.Context, cfg config) error {
 	schedulers.Wait()
 	close(jobs)
 	workers.Wait()
+	sendSpan := time.Since(sendStart)
 
 	// Wait for the last deliveries, then count.
 	mu.Lock()
@@ -396,6 +521,13 @@ func delivery(ctx context.Context, cfg config) error {
 	}
 	stopStreams()
 	readers.Wait()
+	sendMu.Lock()
+	acked := int64(len(sendLat))
+	sendMu.Unlock()
+	cpu, err := meter.stop(acked)
+	if err != nil {
+		return err
+	}
 
 	mu.Lock()
 	defer mu.Unlock()
@@ -409,6 +541,15 @@ func delivery(ctx context.Context, cfg config) error {
 	report("send→receive latency", latencies)
 	report("publish→receive latency (the event's server time to arrival)", fanout)
 	report("SendMessage round trip", sendLat)
+	// With every worker busy, messages wait for one: the server did not
+	// keep up with the offered rate (the latencies above start when a
+	// worker picks the message up).
+	report("wait for a free sending worker", queued)
+	fmt.Printf("sending took %.1fs for a %s schedule: %.1f acked sends/s\n",
+		sendSpan.Seconds(), cfg.duration, float64(acked)/sendSpan.Seconds())
+	fmt.Printf("RESULT phase=delivery send_span_s=%.1f queue_p99_ms=%.2f acked=%d failed=%d expected=%d delivered=%d missed=%d duplicated=%d p50_ms=%.2f p99_ms=%.2f send_p50_ms=%.2f send_p99_ms=%.2f %s\n",
+		sendSpan.Seconds(), pctMs(queued, 0.99), acked, sendErrs.Load(), expected, received.Load(), missed, dups.Load(),
+		pctMs(latencies, 0.50), pctMs(latencies, 0.99), pctMs(sendLat, 0.50), pctMs(sendLat, 0.99), cpu)
 	return nil
 }
 

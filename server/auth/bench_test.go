@@ -8,8 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,17 +26,12 @@ import (
 // the Argon2id check dominates, and the machine's cores bound it.
 func BenchmarkLogin(b *testing.B) {
 	srv := servertest.New(b)
-	c := newClients(srv, servertest.Protocols[0])
-	name := uniqueName("bench")
-	if _, err := c.auth.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
-		Username: name, Email: name + "@example.com", Password: password,
-	})); err != nil {
-		b.Fatal(err)
-	}
+	c := servertest.NewClients(srv, servertest.Protocols[0])
+	name := servertest.Register(b, c.Auth, servertest.UniqueName("bench")).Username
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: password})); err != nil {
+			if _, err := c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: servertest.Password})); err != nil {
 				b.Error(err)
 				return
 			}
@@ -82,19 +75,14 @@ func BenchmarkAuthOverhead(b *testing.B) {
 
 	withAuth := httptest.NewServer(authn.Middleware(public, mux))
 	defer withAuth.Close()
-	name := uniqueName("overhead")
-	reg, err := parleyv1connect.NewAuthServiceClient(http.DefaultClient, withAuth.URL).Register(ctx,
-		connect.NewRequest(&parleyv1.RegisterRequest{Username: name, Email: name + "@example.com", Password: password}))
-	if err != nil {
-		b.Fatal(err)
-	}
-	caller := auth.Identity{UserID: int(reg.Msg.GetMe().GetUser().GetId()), SessionID: reg.Msg.GetTokens().GetSessionId()}
+	reg := servertest.Register(b, parleyv1connect.NewAuthServiceClient(http.DefaultClient, withAuth.URL), servertest.UniqueName("overhead"))
+	caller := auth.Identity{UserID: int(reg.ID), SessionID: reg.Tokens.GetSessionId()}
 	bypass := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mux.ServeHTTP(w, r.WithContext(auth.NewContext(r.Context(), caller)))
 	}))
 	defer bypass.Close()
 
-	token := reg.Msg.GetTokens().GetAccessToken()
+	token := reg.Token
 	for _, callers := range []int{1, 16} {
 		for _, bc := range []struct {
 			name string
@@ -102,51 +90,15 @@ func BenchmarkAuthOverhead(b *testing.B) {
 		}{{"bypass", bypass.URL}, {"auth", withAuth.URL}} {
 			b.Run(fmt.Sprintf("callers=%d/%s", callers, bc.name), func(b *testing.B) {
 				client := parleyv1connect.NewUserServiceClient(&http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}}, bc.url)
-				latencies := callConcurrently(b, callers, func() error {
-					_, err := client.GetMe(ctx, withToken(&parleyv1.GetMeRequest{}, token))
+				latencies := servertest.Concurrently(b, callers, func(int) error {
+					_, err := client.GetMe(ctx, servertest.WithToken(&parleyv1.GetMeRequest{}, token))
 					return err
 				})
-				b.ReportMetric(percentile(latencies, 0.50), "p50-µs")
-				b.ReportMetric(percentile(latencies, 0.99), "p99-µs")
+				b.ReportMetric(microseconds(servertest.Percentile(latencies, 0.50)), "p50-µs")
+				b.ReportMetric(microseconds(servertest.Percentile(latencies, 0.99)), "p99-µs")
 			})
 		}
 	}
 }
 
-// callConcurrently makes b.N calls from n goroutines and returns each
-// call's latency.
-func callConcurrently(b *testing.B, n int, call func() error) []time.Duration {
-	latencies := make([]time.Duration, b.N)
-	var next sync.Mutex
-	i := 0
-	var wg sync.WaitGroup
-	b.ResetTimer()
-	for range n {
-		wg.Go(func() {
-			for {
-				next.Lock()
-				if i >= b.N {
-					next.Unlock()
-					return
-				}
-				slot := i
-				i++
-				next.Unlock()
-				start := time.Now()
-				if err := call(); err != nil {
-					b.Error(err)
-					return
-				}
-				latencies[slot] = time.Since(start)
-			}
-		})
-	}
-	wg.Wait()
-	return latencies
-}
-
-func percentile(d []time.Duration, q float64) float64 {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return float64(s[int(q*float64(len(s)-1))].Nanoseconds()) / 1e3
-}
+func microseconds(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

@@ -28,11 +28,11 @@ func TestAuthService_Login(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range []servertest.Protocol{servertest.Protocols[0], servertest.Protocols[1]} {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			name := uniqueName("Login")
-			register(t, c, name)
+			c := servertest.NewClients(srv, p)
+			name := servertest.UniqueName("Login")
+			servertest.Register(t, c.Auth, name)
 			for _, login := range []string{name, strings.ToUpper(name), strings.ToLower(name) + "@EXAMPLE.COM"} {
-				res, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: login, Password: password}))
+				res, err := c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: login, Password: servertest.Password}))
 				if err != nil {
 					t.Fatalf("Login(%q): %v", login, err)
 				}
@@ -41,10 +41,10 @@ func TestAuthService_Login(t *testing.T) {
 				}
 			}
 
-			_, errWrong := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: "wrong password"}))
-			wantCode(t, errWrong, connect.CodeUnauthenticated)
-			_, errUnknown := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: "nobody" + name, Password: password}))
-			wantCode(t, errUnknown, connect.CodeUnauthenticated)
+			_, errWrong := c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: "wrong password"}))
+			servertest.WantCode(t, errWrong, connect.CodeUnauthenticated)
+			_, errUnknown := c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: "nobody" + name, Password: servertest.Password}))
+			servertest.WantCode(t, errUnknown, connect.CodeUnauthenticated)
 			if errWrong.Error() != errUnknown.Error() {
 				t.Errorf("wrong password says %q, unknown login says %q; want the same answer", errWrong, errUnknown)
 			}
@@ -84,18 +84,19 @@ func TestAuth_BadTokens(t *testing.T) {
 	pubDER, _ := x509.MarshalPKIXPublicKey(serverKey.Public())
 	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
 
-	base := newClients(srv, servertest.Protocols[0])
-	tok, uid := register(t, base, uniqueName("victim"))
+	base := servertest.NewClients(srv, servertest.Protocols[0])
+	acc := servertest.Register(t, base.Auth, servertest.UniqueName("victim"))
+	tok, uid := acc.Tokens, acc.ID
 	sid := tok.GetSessionId()
 	exp := clock.Now().Add(10 * time.Minute)
 
 	// Tokens of sessions that ended.
 	loggedOut := login(t, base, uid)
-	if _, err := base.auth.Logout(context.Background(), withToken(&parleyv1.LogoutRequest{}, loggedOut.GetAccessToken())); err != nil {
+	if _, err := base.Auth.Logout(context.Background(), servertest.WithToken(&parleyv1.LogoutRequest{}, loggedOut.GetAccessToken())); err != nil {
 		t.Fatalf("Logout: %v", err)
 	}
 	revoked := login(t, base, uid)
-	if _, err := base.auth.RevokeSession(context.Background(), withToken(&parleyv1.RevokeSessionRequest{SessionId: revoked.GetSessionId()}, tok.GetAccessToken())); err != nil {
+	if _, err := base.Auth.RevokeSession(context.Background(), servertest.WithToken(&parleyv1.RevokeSessionRequest{SessionId: revoked.GetSessionId()}, tok.GetAccessToken())); err != nil {
 		t.Fatalf("RevokeSession: %v", err)
 	}
 	expiring := login(t, base, uid)
@@ -125,12 +126,12 @@ func TestAuth_BadTokens(t *testing.T) {
 		}},
 	}
 	for _, p := range []servertest.Protocol{servertest.Protocols[0], servertest.Protocols[1]} {
-		c := newClients(srv, p)
+		c := servertest.NewClients(srv, p)
 		for _, tc := range cases {
 			t.Run(p.Name+"/"+tc.name, func(t *testing.T) {
 				hacked := "hacked by " + tc.name
-				_, err := c.users.UpdateProfile(context.Background(), withToken(&parleyv1.UpdateProfileRequest{Description: &hacked}, tc.token(t)))
-				wantCode(t, err, connect.CodeUnauthenticated)
+				_, err := c.User.UpdateProfile(context.Background(), servertest.WithToken(&parleyv1.UpdateProfileRequest{Description: &hacked}, tc.token(t)))
+				servertest.WantCode(t, err, connect.CodeUnauthenticated)
 				profile, err := srv.App.DB().Ent.Profile.Get(context.Background(), int(uid))
 				if err != nil {
 					t.Fatal(err)
@@ -144,13 +145,13 @@ func TestAuth_BadTokens(t *testing.T) {
 }
 
 // login signs the user in once more and returns the new session's tokens.
-func login(t *testing.T, c clients, userID int32) *parleyv1.Tokens {
+func login(t *testing.T, c servertest.Clients, userID int32) *parleyv1.Tokens {
 	t.Helper()
-	u, err := c.users.GetUser(context.Background(), withToken(&parleyv1.GetUserRequest{UserId: userID}, anyToken(t, c)))
+	u, err := c.User.GetUser(context.Background(), servertest.WithToken(&parleyv1.GetUserRequest{UserId: userID}, anyToken(t, c)))
 	if err != nil {
 		t.Fatalf("GetUser: %v", err)
 	}
-	res, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: u.Msg.GetUser().GetUsername(), Password: password}))
+	res, err := c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: u.Msg.GetUser().GetUsername(), Password: servertest.Password}))
 	if err != nil {
 		t.Fatalf("Login: %v", err)
 	}
@@ -159,19 +160,18 @@ func login(t *testing.T, c clients, userID int32) *parleyv1.Tokens {
 
 // anyToken returns the token of a throw-away account, for calls that need
 // some signed-in caller.
-func anyToken(t *testing.T, c clients) string {
+func anyToken(t *testing.T, c servertest.Clients) string {
 	t.Helper()
-	tok, _ := register(t, c, uniqueName("observer"))
-	return tok.GetAccessToken()
+	return servertest.Register(t, c.Auth, servertest.UniqueName("observer")).Token
 }
 
 func TestAuthService_Refresh(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range []servertest.Protocol{servertest.Protocols[0], servertest.Protocols[1]} {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			first, _ := register(t, c, uniqueName("refresh"))
-			res, err := c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: first.GetRefreshToken()}))
+			c := servertest.NewClients(srv, p)
+			first := servertest.Register(t, c.Auth, servertest.UniqueName("refresh")).Tokens
+			res, err := c.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: first.GetRefreshToken()}))
 			if err != nil {
 				t.Fatalf("Refresh: %v", err)
 			}
@@ -179,42 +179,42 @@ func TestAuthService_Refresh(t *testing.T) {
 			if second.GetSessionId() != first.GetSessionId() || second.GetRefreshToken() == first.GetRefreshToken() {
 				t.Fatalf("Refresh gave %v, want a new refresh token for the same session", second)
 			}
-			if _, err := c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, second.GetAccessToken())); err != nil {
+			if _, err := c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, second.GetAccessToken())); err != nil {
 				t.Fatalf("GetMe with the refreshed token: %v", err)
 			}
 
 			// Reusing the first refresh token revokes the whole session.
-			_, err = c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: first.GetRefreshToken()}))
-			wantCode(t, err, connect.CodeUnauthenticated)
-			_, err = c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, second.GetAccessToken()))
-			wantCode(t, err, connect.CodeUnauthenticated)
-			_, err = c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: second.GetRefreshToken()}))
-			wantCode(t, err, connect.CodeUnauthenticated)
+			_, err = c.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: first.GetRefreshToken()}))
+			servertest.WantCode(t, err, connect.CodeUnauthenticated)
+			_, err = c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, second.GetAccessToken()))
+			servertest.WantCode(t, err, connect.CodeUnauthenticated)
+			_, err = c.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: second.GetRefreshToken()}))
+			servertest.WantCode(t, err, connect.CodeUnauthenticated)
 		})
 	}
 	t.Run("tampered token", func(t *testing.T) {
-		c := newClients(srv, servertest.Protocols[0])
-		tok, _ := register(t, c, uniqueName("tamper"))
+		c := servertest.NewClients(srv, servertest.Protocols[0])
+		tok := servertest.Register(t, c.Auth, servertest.UniqueName("tamper")).Tokens
 		rt := tok.GetRefreshToken()
 		for _, bad := range []string{rt[:len(rt)-2] + "AA", "1.2.3", "x" + rt, strings.Replace(rt, ".0.", ".1.", 1)} {
-			_, err := c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: bad}))
-			wantCode(t, err, connect.CodeUnauthenticated)
+			_, err := c.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: bad}))
+			servertest.WantCode(t, err, connect.CodeUnauthenticated)
 		}
 		// The genuine token still works: forgeries did not revoke it.
-		if _, err := c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: rt})); err != nil {
+		if _, err := c.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: rt})); err != nil {
 			t.Errorf("genuine Refresh after forgeries: %v", err)
 		}
 	})
 	t.Run("racing refreshes", func(t *testing.T) {
-		c := newClients(srv, servertest.Protocols[1])
-		tok, _ := register(t, c, uniqueName("race"))
+		c := servertest.NewClients(srv, servertest.Protocols[1])
+		tok := servertest.Register(t, c.Auth, servertest.UniqueName("race")).Tokens
 		const n = 8
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		succeeded := 0
 		for range n {
 			wg.Go(func() {
-				_, err := c.auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: tok.GetRefreshToken()}))
+				_, err := c.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: tok.GetRefreshToken()}))
 				if err == nil {
 					mu.Lock()
 					succeeded++
@@ -233,10 +233,11 @@ func TestAuthService_Sessions(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range []servertest.Protocol{servertest.Protocols[0], servertest.Protocols[1]} {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			phone, uid := register(t, c, uniqueName("sessions"))
+			c := servertest.NewClients(srv, p)
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("sessions"))
+			phone, uid := acc.Tokens, acc.ID
 			laptop := login(t, c, uid)
-			list, err := c.auth.ListSessions(context.Background(), withToken(&parleyv1.ListSessionsRequest{}, laptop.GetAccessToken()))
+			list, err := c.Auth.ListSessions(context.Background(), servertest.WithToken(&parleyv1.ListSessionsRequest{}, laptop.GetAccessToken()))
 			if err != nil {
 				t.Fatalf("ListSessions: %v", err)
 			}
@@ -250,21 +251,21 @@ func TestAuthService_Sessions(t *testing.T) {
 
 			// Another user cannot revoke the phone's session.
 			stranger := anyToken(t, c)
-			_, err = c.auth.RevokeSession(context.Background(), withToken(&parleyv1.RevokeSessionRequest{SessionId: phone.GetSessionId()}, stranger))
-			wantCode(t, err, connect.CodeNotFound)
-			if _, err := c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, phone.GetAccessToken())); err != nil {
+			_, err = c.Auth.RevokeSession(context.Background(), servertest.WithToken(&parleyv1.RevokeSessionRequest{SessionId: phone.GetSessionId()}, stranger))
+			servertest.WantCode(t, err, connect.CodeNotFound)
+			if _, err := c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, phone.GetAccessToken())); err != nil {
 				t.Fatalf("phone session after a stranger's revoke: %v", err)
 			}
 
-			if _, err := c.auth.RevokeSession(context.Background(), withToken(&parleyv1.RevokeSessionRequest{SessionId: phone.GetSessionId()}, laptop.GetAccessToken())); err != nil {
+			if _, err := c.Auth.RevokeSession(context.Background(), servertest.WithToken(&parleyv1.RevokeSessionRequest{SessionId: phone.GetSessionId()}, laptop.GetAccessToken())); err != nil {
 				t.Fatalf("RevokeSession: %v", err)
 			}
-			_, err = c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, phone.GetAccessToken()))
-			wantCode(t, err, connect.CodeUnauthenticated)
-			_, err = c.auth.RevokeSession(context.Background(), withToken(&parleyv1.RevokeSessionRequest{SessionId: phone.GetSessionId()}, laptop.GetAccessToken()))
-			wantCode(t, err, connect.CodeNotFound)
-			_, err = c.auth.RevokeSession(context.Background(), withToken(&parleyv1.RevokeSessionRequest{SessionId: "not a session"}, laptop.GetAccessToken()))
-			wantCode(t, err, connect.CodeInvalidArgument)
+			_, err = c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, phone.GetAccessToken()))
+			servertest.WantCode(t, err, connect.CodeUnauthenticated)
+			_, err = c.Auth.RevokeSession(context.Background(), servertest.WithToken(&parleyv1.RevokeSessionRequest{SessionId: phone.GetSessionId()}, laptop.GetAccessToken()))
+			servertest.WantCode(t, err, connect.CodeNotFound)
+			_, err = c.Auth.RevokeSession(context.Background(), servertest.WithToken(&parleyv1.RevokeSessionRequest{SessionId: "not a session"}, laptop.GetAccessToken()))
+			servertest.WantCode(t, err, connect.CodeInvalidArgument)
 		})
 	}
 }
@@ -277,17 +278,17 @@ func TestAuth_SessionCheckedOnEveryInstance(t *testing.T) {
 	if _, err := auth.LoadOrCreateKey(keyFile, true); err != nil {
 		t.Fatal(err)
 	}
-	a := newClients(servertest.New(t, shareKey), servertest.Protocols[0])
-	b := newClients(servertest.New(t, shareKey), servertest.Protocols[1])
-	tok, _ := register(t, a, uniqueName("multi"))
-	if _, err := b.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, tok.GetAccessToken())); err != nil {
+	a := servertest.NewClients(servertest.New(t, shareKey), servertest.Protocols[0])
+	b := servertest.NewClients(servertest.New(t, shareKey), servertest.Protocols[1])
+	tok := servertest.Register(t, a.Auth, servertest.UniqueName("multi")).Tokens
+	if _, err := b.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, tok.GetAccessToken())); err != nil {
 		t.Fatalf("GetMe on the other instance: %v", err)
 	}
-	if _, err := a.auth.Logout(context.Background(), withToken(&parleyv1.LogoutRequest{}, tok.GetAccessToken())); err != nil {
+	if _, err := a.Auth.Logout(context.Background(), servertest.WithToken(&parleyv1.LogoutRequest{}, tok.GetAccessToken())); err != nil {
 		t.Fatalf("Logout: %v", err)
 	}
-	_, err := b.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, tok.GetAccessToken()))
-	wantCode(t, err, connect.CodeUnauthenticated)
+	_, err := b.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, tok.GetAccessToken()))
+	servertest.WantCode(t, err, connect.CodeUnauthenticated)
 }
 
 func TestAuth_RateLimits(t *testing.T) {
@@ -299,25 +300,25 @@ func TestAuth_RateLimits(t *testing.T) {
 			RegistrationsPerAddress: 3, RegistrationWindow: time.Hour,
 		}
 	}))
-	c := newClients(srv, servertest.Protocols[1])
+	c := servertest.NewClients(srv, servertest.Protocols[1])
 	t.Run("failed logins per account", func(t *testing.T) {
-		name := uniqueName("guessme")
-		register(t, c, name)
+		name := servertest.UniqueName("guessme")
+		servertest.Register(t, c.Auth, name)
 		for range 3 {
-			_, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: "guess"}))
-			wantCode(t, err, connect.CodeUnauthenticated)
+			_, err := c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: "guess"}))
+			servertest.WantCode(t, err, connect.CodeUnauthenticated)
 		}
 		// Even the right password is refused now, in any case of the login.
-		_, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: strings.ToUpper(name), Password: password}))
-		wantCode(t, err, connect.CodeResourceExhausted)
+		_, err := c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: strings.ToUpper(name), Password: servertest.Password}))
+		servertest.WantCode(t, err, connect.CodeResourceExhausted)
 		var cerr *connect.Error
 		if errorsAs(err, &cerr) && cerr.Meta().Get("Retry-After") == "" && len(cerr.Details()) == 0 {
 			t.Errorf("rate-limit error has no retry hint: %v", err)
 		}
 	})
 	t.Run("parallel guesses do not overrun the limit", func(t *testing.T) {
-		name := uniqueName("parallel")
-		register(t, c, name)
+		name := servertest.UniqueName("parallel")
+		servertest.Register(t, c.Auth, name)
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		codes := map[connect.Code]int{}
@@ -327,7 +328,7 @@ func TestAuth_RateLimits(t *testing.T) {
 				login = name + "@example.com" // the email shares the account's budget
 			}
 			wg.Go(func() {
-				_, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: login, Password: "guess"}))
+				_, err := c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: login, Password: "guess"}))
 				mu.Lock()
 				codes[connect.CodeOf(err)]++
 				mu.Unlock()
@@ -340,12 +341,12 @@ func TestAuth_RateLimits(t *testing.T) {
 	})
 	t.Run("registrations per address", func(t *testing.T) {
 		// The two registrations above used two of the three.
-		register(t, c, uniqueName("second"))
+		servertest.Register(t, c.Auth, servertest.UniqueName("second"))
 		before := countUsers(t, srv)
-		_, err := c.auth.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
-			Username: uniqueName("third"), Email: uniqueName("third") + "@example.com", Password: password,
+		_, err := c.Auth.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
+			Username: servertest.UniqueName("third"), Email: servertest.UniqueName("third") + "@example.com", Password: servertest.Password,
 		}))
-		wantCode(t, err, connect.CodeResourceExhausted)
+		servertest.WantCode(t, err, connect.CodeResourceExhausted)
 		if after := countUsers(t, srv); after != before {
 			t.Errorf("users: %d before, %d after; want nothing written", before, after)
 		}

@@ -2,7 +2,6 @@ package chat_test
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"testing"
 
@@ -28,34 +27,22 @@ var seq atomic.Int64
 // newUser registers a user and returns it with a chat client over p.
 func newUser(t testing.TB, srv *servertest.Server, p servertest.Protocol) *user {
 	t.Helper()
-	name := fmt.Sprintf("chatter%d", seq.Add(1))
-	authc := servertest.Client(srv, p, parleyv1connect.NewAuthServiceClient)
-	res, err := authc.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
-		Username: name, Email: name + "@example.com", Password: "correct horse battery staple",
-	}))
-	if err != nil {
-		t.Fatalf("Register: %v", err)
-	}
+	acc := servertest.Register(t, servertest.Client(srv, p, parleyv1connect.NewAuthServiceClient), servertest.UniqueName("chatter"))
 	return &user{
-		id:    res.Msg.GetMe().GetUser().GetId(),
-		token: res.Msg.GetTokens().GetAccessToken(),
+		id:    acc.ID,
+		token: acc.Token,
 		chats: servertest.Client(srv, p, parleyv1connect.NewChatServiceClient),
 		msgs:  servertest.Client(srv, p, parleyv1connect.NewMessageServiceClient),
 	}
 }
 
 // req wraps msg in a request signed by u.
-func req[T any](u *user, msg *T) *connect.Request[T] {
-	r := connect.NewRequest(msg)
-	r.Header().Set("Authorization", "Bearer "+u.token)
-	return r
-}
+func req[T any](u *user, msg *T) *connect.Request[T] { return servertest.WithToken(msg, u.token) }
 
+// wantCode fails the test unless err carries the code.
 func wantCode(t testing.TB, err error, want connect.Code) {
 	t.Helper()
-	if got := connect.CodeOf(err); err == nil || got != want {
-		t.Fatalf("err = %v (code %v), want code %v", err, got, want)
-	}
+	servertest.WantCode(t, err, want)
 }
 
 func group(t testing.TB, admin *user, name string, members ...*user) *parleyv1.Chat {
@@ -64,11 +51,7 @@ func group(t testing.TB, admin *user, name string, members ...*user) *parleyv1.C
 	for _, m := range members {
 		ids = append(ids, m.id)
 	}
-	res, err := admin.chats.CreateGroupChat(context.Background(), req(admin, &parleyv1.CreateGroupChatRequest{Name: name, MemberIds: ids}))
-	if err != nil {
-		t.Fatalf("CreateGroupChat: %v", err)
-	}
-	return res.Msg.GetChat()
+	return servertest.GroupChat(t, admin.chats, admin.token, name, ids...)
 }
 
 // roles maps user ids to roles as the chat lists them.
@@ -93,33 +76,17 @@ func chatCount(t *testing.T, u *user) int {
 // send sends a text message with a fresh client id.
 func send(t testing.TB, u *user, chatID, text string) *parleyv1.Message {
 	t.Helper()
-	res, err := u.msgs.SendMessage(context.Background(), req(u, &parleyv1.SendMessageRequest{
-		ChatId: chatID, ClientMessageId: fmt.Sprintf("c%d", seq.Add(1)), Text: text,
-	}))
-	if err != nil {
-		t.Fatalf("SendMessage: %v", err)
-	}
-	return res.Msg.GetMessage()
+	return servertest.Send(t, u.msgs, u.token, chatID, text)
 }
 
 // listAll pages through the whole chat from the start, 100 at a time.
 func listAll(t *testing.T, u *user, chatID string) []*parleyv1.Message {
 	t.Helper()
-	var out []*parleyv1.Message
-	after := int64(0)
-	for {
-		res, err := u.msgs.ListMessages(context.Background(), req(u, &parleyv1.ListMessagesRequest{
-			ChatId: chatID, Cursor: &parleyv1.ListMessagesRequest_AfterSeq{AfterSeq: after}, Limit: 100,
-		}))
-		if err != nil {
-			t.Fatalf("ListMessages: %v", err)
-		}
-		out = append(out, res.Msg.GetMessages()...)
-		if !res.Msg.GetHasMore() {
-			return out
-		}
-		after = res.Msg.GetMessages()[len(res.Msg.GetMessages())-1].GetSeq()
+	out, err := servertest.ListMessagesAfter(u.msgs, u.token, chatID, 0)
+	if err != nil {
+		t.Fatalf("ListMessages: %v", err)
 	}
+	return out
 }
 
 // getChat returns the chat as u sees it.

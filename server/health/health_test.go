@@ -59,9 +59,7 @@ func TestHealth_Check(t *testing.T) {
 				}
 			}
 			_, err := c.check.CallUnary(context.Background(), connect.NewRequest(&healthv1.HealthCheckRequest{Service: "no.such.Service"}))
-			if got, want := connect.CodeOf(err), connect.CodeNotFound; got != want {
-				t.Errorf("Check(unknown service) code = %v, want %v", got, want)
-			}
+			servertest.WantCode(t, err, connect.CodeNotFound)
 		})
 	}
 }

@@ -92,7 +92,7 @@ func TestSubscribe_SlowSubscriber(t *testing.T) {
 		got = append(got, m.GetId())
 	}
 	t.Logf("the stuck client got %d messages, then %v", len(got), err)
-	wantCode(t, err, connect.CodeResourceExhausted)
+	servertest.WantCode(t, err, connect.CodeResourceExhausted)
 	if len(got) >= n {
 		t.Fatalf("the stuck client got all %d messages: its queue never filled", len(got))
 	}
@@ -309,25 +309,12 @@ func relogin(u *user) {
 	if _, err := u.live.GetPresence(context.Background(), req(u, &parleyv1.GetPresenceRequest{UserIds: []int32{u.id}})); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		return
 	}
-	res, err := u.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: u.name, Password: password}))
+	res, err := u.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: u.name, Password: servertest.Password}))
 	if err == nil {
 		u.token = res.Msg.GetTokens().GetAccessToken()
 	}
 }
 
 func listAfter(u *user, chatID string, after int64) ([]*parleyv1.Message, error) {
-	var out []*parleyv1.Message
-	for {
-		res, err := u.msgs.ListMessages(context.Background(), req(u, &parleyv1.ListMessagesRequest{
-			ChatId: chatID, Cursor: &parleyv1.ListMessagesRequest_AfterSeq{AfterSeq: after}, Limit: 100,
-		}))
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, res.Msg.GetMessages()...)
-		if !res.Msg.GetHasMore() {
-			return out, nil
-		}
-		after = res.Msg.GetMessages()[len(res.Msg.GetMessages())-1].GetSeq()
-	}
+	return servertest.ListMessagesAfter(u.msgs, u.token, chatID, after)
 }

@@ -3,8 +3,6 @@ package live_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,8 +17,6 @@ import (
 
 func TestMain(m *testing.M) { servertest.Main(m) }
 
-const password = "correct horse battery staple"
-
 // user is a signed-in test user with clients of one server over one
 // protocol.
 type user struct {
@@ -33,21 +29,12 @@ type user struct {
 	live  parleyv1connect.LiveServiceClient
 }
 
-var counter atomic.Int64
-
+// newUser registers a user and returns it with clients of srv over p.
 func newUser(t testing.TB, srv *servertest.Server, p servertest.Protocol) *user {
 	t.Helper()
-	name := fmt.Sprintf("live%d_%d", time.Now().UnixNano()%1e6, counter.Add(1))
-	u := &user{name: name}
-	u = u.on(srv, p)
-	res, err := u.auth.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
-		Username: name, Email: name + "@example.com", Password: password,
-	}))
-	if err != nil {
-		t.Fatalf("Register: %v", err)
-	}
-	u.id = res.Msg.GetMe().GetUser().GetId()
-	u.token = res.Msg.GetTokens().GetAccessToken()
+	u := (&user{name: servertest.UniqueName("live")}).on(srv, p)
+	acc := servertest.Register(t, u.auth, u.name)
+	u.id, u.token = acc.ID, acc.Token
 	return u
 }
 
@@ -69,25 +56,15 @@ func (u *user) with(hc connect.HTTPClient, url string, opts ...connect.ClientOpt
 // login signs the user in again (after Redis lost its sessions).
 func (u *user) login(t testing.TB) {
 	t.Helper()
-	res, err := u.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: u.name, Password: password}))
+	res, err := u.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: u.name, Password: servertest.Password}))
 	if err != nil {
 		t.Fatalf("Login: %v", err)
 	}
 	u.token = res.Msg.GetTokens().GetAccessToken()
 }
 
-func req[T any](u *user, msg *T) *connect.Request[T] {
-	r := connect.NewRequest(msg)
-	r.Header().Set("Authorization", "Bearer "+u.token)
-	return r
-}
-
-func wantCode(t testing.TB, err error, want connect.Code) {
-	t.Helper()
-	if got := connect.CodeOf(err); err == nil || got != want {
-		t.Fatalf("err = %v (code %v), want code %v", err, got, want)
-	}
-}
+// req returns a request for msg signed by u.
+func req[T any](u *user, msg *T) *connect.Request[T] { return servertest.WithToken(msg, u.token) }
 
 func ids(us ...*user) []int32 {
 	var out []int32
@@ -97,33 +74,22 @@ func ids(us ...*user) []int32 {
 	return out
 }
 
+// group creates a group of admin and the members and returns its id.
 func group(t testing.TB, admin *user, members ...*user) string {
 	t.Helper()
-	res, err := admin.chats.CreateGroupChat(context.Background(), req(admin, &parleyv1.CreateGroupChatRequest{
-		Name: "group", MemberIds: ids(members...),
-	}))
-	if err != nil {
-		t.Fatalf("CreateGroupChat: %v", err)
-	}
-	return res.Msg.GetChat().GetId()
+	return servertest.GroupChat(t, admin.chats, admin.token, "group", ids(members...)...).GetId()
 }
 
+// private returns the id of the private chat between a and b.
 func private(t testing.TB, a, b *user) string {
 	t.Helper()
-	res, err := a.chats.CreatePrivateChat(context.Background(), req(a, &parleyv1.CreatePrivateChatRequest{PeerId: b.id}))
-	if err != nil {
-		t.Fatalf("CreatePrivateChat: %v", err)
-	}
-	return res.Msg.GetChat().GetId()
+	return servertest.PrivateChat(t, a.chats, a.token, b.id).GetId()
 }
 
+// send sends a text message to the chat.
 func send(t testing.TB, u *user, chatID, text string) *parleyv1.Message {
 	t.Helper()
-	m, err := trySend(u, chatID, fmt.Sprintf("c%d", counter.Add(1)), text)
-	if err != nil {
-		t.Fatalf("SendMessage: %v", err)
-	}
-	return m
+	return servertest.Send(t, u.msgs, u.token, chatID, text)
 }
 
 func trySend(u *user, chatID, clientID, text string) (*parleyv1.Message, error) {

@@ -167,7 +167,7 @@ func TestSubscribe_BadCursor(t *testing.T) {
 
 	for _, c := range []string{"abc", "1-2-3", "-1", strings.Repeat("9", 30) + "-1"} {
 		_, err := trySubscribe(t, bob, c)
-		wantCode(t, err, connect.CodeInvalidArgument)
+		servertest.WantCode(t, err, connect.CodeInvalidArgument)
 	}
 	// A cursor the log never held.
 	if _, err := trySubscribe(t, bob, "1-0"); !isCursorExpired(err) {
@@ -319,9 +319,9 @@ func TestSendTyping(t *testing.T) {
 	}
 
 	_, err = eve.msgs.SendTyping(ctx, req(eve, &parleyv1.SendTypingRequest{ChatId: dm, Typing: true}))
-	wantCode(t, err, connect.CodeNotFound)
+	servertest.WantCode(t, err, connect.CodeNotFound)
 	_, err = bob.msgs.SendTyping(ctx, req(bob, &parleyv1.SendTypingRequest{ChatId: "nope"}))
-	wantCode(t, err, connect.CodeInvalidArgument)
+	servertest.WantCode(t, err, connect.CodeInvalidArgument)
 
 	// 10 per 10 seconds, refilled one a second: the first call above
 	// counts, the next 9 pass, and calls beyond soon find the bucket empty.
@@ -336,7 +336,7 @@ func TestSendTyping(t *testing.T) {
 			break
 		}
 	}
-	wantCode(t, err, connect.CodeResourceExhausted)
+	servertest.WantCode(t, err, connect.CodeResourceExhausted)
 }
 
 func TestPresence(t *testing.T) {
@@ -391,7 +391,7 @@ func TestPresence(t *testing.T) {
 		t.Fatalf("bob after leaving: %v", seen)
 	}
 	_, err := alice.live.GetPresence(ctx, req(alice, &parleyv1.GetPresenceRequest{}))
-	wantCode(t, err, connect.CodeInvalidArgument)
+	servertest.WantCode(t, err, connect.CodeInvalidArgument)
 }
 
 // A user whose instance died without saying goodbye goes offline when

@@ -10,6 +10,12 @@
 // TestMain:
 //
 //	func TestMain(m *testing.M) { servertest.Main(m) }
+//
+// It also holds what the packages' tests share, written once: accounts
+// (Register, UniqueName), requests and their checks (NewClients,
+// WithToken, WantCode), chats and messages (PrivateChat, GroupChat, Send,
+// ListMessagesAfter), benchmarks (Concurrently, Percentile) and a
+// SyncBuffer for output read while it is written.
 package servertest
 
 import (
@@ -124,6 +130,15 @@ func AdminDatabaseURL() string {
 	return DefaultDatabaseURL
 }
 
+// RedisURL returns the URL of the Redis server tests use:
+// PARLEY_TEST_REDIS_URL, or the local one on its standard port.
+func RedisURL() string {
+	if u := os.Getenv("PARLEY_TEST_REDIS_URL"); u != "" {
+		return u
+	}
+	return DefaultRedisURL
+}
+
 // CreateDatabase creates an empty PostgreSQL database, dropped when tb's
 // test ends, and returns its URL.
 func CreateDatabase(tb testing.TB) string {
@@ -217,10 +232,7 @@ func createMongo(ctx context.Context) (uri, database string, err error) {
 }
 
 func createRedis(ctx context.Context) (redisURL, prefix string, err error) {
-	redisURL = os.Getenv("PARLEY_TEST_REDIS_URL")
-	if redisURL == "" {
-		redisURL = DefaultRedisURL
-	}
+	redisURL = RedisURL()
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
 		return "", "", fmt.Errorf("PARLEY_TEST_REDIS_URL: %w", err)

@@ -15,9 +15,9 @@ import (
 )
 
 // listAvatars calls ListAvatars and fails the test on an error.
-func listAvatars(t *testing.T, c clients, token string, userID int32) []*parleyv1.Avatar {
+func listAvatars(t *testing.T, c servertest.Clients, token string, userID int32) []*parleyv1.Avatar {
 	t.Helper()
-	res, err := c.avatar.ListAvatars(context.Background(), withToken(&parleyv1.ListAvatarsRequest{UserId: userID}, token))
+	res, err := c.Avatar.ListAvatars(context.Background(), servertest.WithToken(&parleyv1.ListAvatarsRequest{UserId: userID}, token))
 	if err != nil {
 		t.Fatalf("ListAvatars(%d): %v", userID, err)
 	}
@@ -36,13 +36,13 @@ func TestAvatarService_ListAvatars(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			me := register(t, c, uniqueName("Lister"))
-			other := register(t, c, uniqueName("Listed"))
+			c := servertest.NewClients(srv, p)
+			me := servertest.Register(t, c.Auth, servertest.UniqueName("Lister"))
+			other := servertest.Register(t, c.Auth, servertest.UniqueName("Listed"))
 			for _, tc := range []struct {
 				name   string
 				userID int32
-				owner  account
+				owner  servertest.Account
 			}{
 				{"own with user_id 0", 0, me},
 				{"own by id", me.ID, me},
@@ -70,8 +70,8 @@ func TestAvatarService_ListAvatars_BadInput(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			me := register(t, c, uniqueName("BadLister"))
+			c := servertest.NewClients(srv, p)
+			me := servertest.Register(t, c.Auth, servertest.UniqueName("BadLister"))
 			for _, tc := range []struct {
 				name   string
 				userID int32
@@ -84,11 +84,11 @@ func TestAvatarService_ListAvatars_BadInput(t *testing.T) {
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					before := snapshot(t, srv, me.ID)
-					res, err := c.avatar.ListAvatars(context.Background(), withToken(&parleyv1.ListAvatarsRequest{UserId: tc.userID}, tc.token))
+					res, err := c.Avatar.ListAvatars(context.Background(), servertest.WithToken(&parleyv1.ListAvatarsRequest{UserId: tc.userID}, tc.token))
 					if err == nil {
 						t.Fatalf("ListAvatars = %v, want code %v", res.Msg, tc.want)
 					}
-					wantCode(t, err, tc.want)
+					servertest.WantCode(t, err, tc.want)
 					wantUnchanged(t, srv, me.ID, before)
 				})
 			}
@@ -100,11 +100,11 @@ func TestAvatarService_DeleteAvatar_Only(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			acc := register(t, c, uniqueName("Deleter"))
+			c := servertest.NewClients(srv, p)
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Deleter"))
 			old := getMe(t, c, acc.Token).GetActiveAvatar()
 
-			res, err := c.avatar.DeleteAvatar(context.Background(), withToken(&parleyv1.DeleteAvatarRequest{AvatarId: old.GetId()}, acc.Token))
+			res, err := c.Avatar.DeleteAvatar(context.Background(), servertest.WithToken(&parleyv1.DeleteAvatarRequest{AvatarId: old.GetId()}, acc.Token))
 			if err != nil {
 				t.Fatalf("DeleteAvatar(only avatar): %v", err)
 			}
@@ -127,7 +127,7 @@ func TestAvatarService_DeleteAvatar_Only(t *testing.T) {
 				t.Errorf("GetMe active avatar = %v, want %v", me.GetActiveAvatar(), got)
 			}
 
-			res, err = c.avatar.DeleteAvatar(context.Background(), withToken(&parleyv1.DeleteAvatarRequest{AvatarId: got.GetId()}, acc.Token))
+			res, err = c.Avatar.DeleteAvatar(context.Background(), servertest.WithToken(&parleyv1.DeleteAvatarRequest{AvatarId: got.GetId()}, acc.Token))
 			if err != nil {
 				t.Fatalf("DeleteAvatar(only avatar) again: %v", err)
 			}
@@ -146,9 +146,9 @@ func TestAvatarService_SetActiveAndDelete(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			acc := register(t, c, uniqueName("Switcher"))
-			viewer := register(t, c, uniqueName("Viewer"))
+			c := servertest.NewClients(srv, p)
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Switcher"))
+			viewer := servertest.Register(t, c.Auth, servertest.UniqueName("Viewer"))
 			first := getMe(t, c, acc.Token).GetActiveAvatar()
 			t0 := first.GetUploadedAt().AsTime()
 			second := addAvatar(t, srv, acc.ID, t0.Add(time.Hour))
@@ -160,7 +160,7 @@ func TestAvatarService_SetActiveAndDelete(t *testing.T) {
 			}
 
 			t.Run("set active", func(t *testing.T) {
-				res, err := c.avatar.SetActiveAvatar(context.Background(), withToken(&parleyv1.SetActiveAvatarRequest{AvatarId: secondID}, acc.Token))
+				res, err := c.Avatar.SetActiveAvatar(context.Background(), servertest.WithToken(&parleyv1.SetActiveAvatarRequest{AvatarId: secondID}, acc.Token))
 				if err != nil {
 					t.Fatalf("SetActiveAvatar: %v", err)
 				}
@@ -171,7 +171,7 @@ func TestAvatarService_SetActiveAndDelete(t *testing.T) {
 				if me := getMe(t, c, acc.Token); me.GetActiveAvatar().GetId() != secondID {
 					t.Errorf("GetMe active avatar = %d, want %d", me.GetActiveAvatar().GetId(), secondID)
 				}
-				if u, err := c.users.GetUser(context.Background(), withToken(&parleyv1.GetUserRequest{UserId: acc.ID}, viewer.Token)); err != nil || u.Msg.GetUser().GetAvatarUrl() != second.AvatarURL {
+				if u, err := c.User.GetUser(context.Background(), servertest.WithToken(&parleyv1.GetUserRequest{UserId: acc.ID}, viewer.Token)); err != nil || u.Msg.GetUser().GetAvatarUrl() != second.AvatarURL {
 					t.Errorf("GetUser avatar_url = %v (%v), want %q", u, err, second.AvatarURL)
 				}
 				for _, a := range listAvatars(t, c, acc.Token, 0) {
@@ -183,7 +183,7 @@ func TestAvatarService_SetActiveAndDelete(t *testing.T) {
 
 			t.Run("set the active one again", func(t *testing.T) {
 				before := snapshot(t, srv, acc.ID)
-				res, err := c.avatar.SetActiveAvatar(context.Background(), withToken(&parleyv1.SetActiveAvatarRequest{AvatarId: secondID}, acc.Token))
+				res, err := c.Avatar.SetActiveAvatar(context.Background(), servertest.WithToken(&parleyv1.SetActiveAvatarRequest{AvatarId: secondID}, acc.Token))
 				if err != nil {
 					t.Fatalf("SetActiveAvatar: %v", err)
 				}
@@ -194,7 +194,7 @@ func TestAvatarService_SetActiveAndDelete(t *testing.T) {
 			})
 
 			t.Run("delete the active one", func(t *testing.T) {
-				res, err := c.avatar.DeleteAvatar(context.Background(), withToken(&parleyv1.DeleteAvatarRequest{AvatarId: secondID}, acc.Token))
+				res, err := c.Avatar.DeleteAvatar(context.Background(), servertest.WithToken(&parleyv1.DeleteAvatarRequest{AvatarId: secondID}, acc.Token))
 				if err != nil {
 					t.Fatalf("DeleteAvatar: %v", err)
 				}
@@ -208,7 +208,7 @@ func TestAvatarService_SetActiveAndDelete(t *testing.T) {
 			})
 
 			t.Run("delete an inactive one", func(t *testing.T) {
-				res, err := c.avatar.DeleteAvatar(context.Background(), withToken(&parleyv1.DeleteAvatarRequest{AvatarId: first.GetId()}, acc.Token))
+				res, err := c.Avatar.DeleteAvatar(context.Background(), servertest.WithToken(&parleyv1.DeleteAvatarRequest{AvatarId: first.GetId()}, acc.Token))
 				if err != nil {
 					t.Fatalf("DeleteAvatar: %v", err)
 				}
@@ -222,7 +222,7 @@ func TestAvatarService_SetActiveAndDelete(t *testing.T) {
 			})
 
 			t.Run("delete the last one", func(t *testing.T) {
-				res, err := c.avatar.DeleteAvatar(context.Background(), withToken(&parleyv1.DeleteAvatarRequest{AvatarId: thirdID}, acc.Token))
+				res, err := c.Avatar.DeleteAvatar(context.Background(), servertest.WithToken(&parleyv1.DeleteAvatarRequest{AvatarId: thirdID}, acc.Token))
 				if err != nil {
 					t.Fatalf("DeleteAvatar: %v", err)
 				}
@@ -244,9 +244,9 @@ func TestAvatarService_SetActiveAndDelete(t *testing.T) {
 func TestAvatarService_BadInput(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
-		c := newClients(srv, p)
-		attacker := register(t, c, uniqueName("Attacker"))
-		victim := register(t, c, uniqueName("Target"))
+		c := servertest.NewClients(srv, p)
+		attacker := servertest.Register(t, c.Auth, servertest.UniqueName("Attacker"))
+		victim := servertest.Register(t, c.Auth, servertest.UniqueName("Target"))
 		victimActive := getMe(t, c, victim.Token).GetActiveAvatar().GetId()
 		victimSpare := int32(addAvatar(t, srv, victim.ID, time.Now().Add(time.Hour)).ID)
 
@@ -256,11 +256,11 @@ func TestAvatarService_BadInput(t *testing.T) {
 		}
 		calls := []call{
 			{"SetActiveAvatar", func(token string, id int32) error {
-				_, err := c.avatar.SetActiveAvatar(context.Background(), withToken(&parleyv1.SetActiveAvatarRequest{AvatarId: id}, token))
+				_, err := c.Avatar.SetActiveAvatar(context.Background(), servertest.WithToken(&parleyv1.SetActiveAvatarRequest{AvatarId: id}, token))
 				return err
 			}},
 			{"DeleteAvatar", func(token string, id int32) error {
-				_, err := c.avatar.DeleteAvatar(context.Background(), withToken(&parleyv1.DeleteAvatarRequest{AvatarId: id}, token))
+				_, err := c.Avatar.DeleteAvatar(context.Background(), servertest.WithToken(&parleyv1.DeleteAvatarRequest{AvatarId: id}, token))
 				return err
 			}},
 		}
@@ -282,7 +282,7 @@ func TestAvatarService_BadInput(t *testing.T) {
 				t.Run(p.Name+"/"+cl.name+"/"+tc.name, func(t *testing.T) {
 					attackerBefore := snapshot(t, srv, attacker.ID)
 					victimBefore := snapshot(t, srv, victim.ID)
-					wantCode(t, cl.do(tc.token, tc.id), tc.want)
+					servertest.WantCode(t, cl.do(tc.token, tc.id), tc.want)
 					wantUnchanged(t, srv, attacker.ID, attackerBefore)
 					wantUnchanged(t, srv, victim.ID, victimBefore)
 					wantOneActive(t, srv, victim.ID, victimActive)
@@ -297,8 +297,8 @@ func TestAvatarService_BadInput(t *testing.T) {
 // active.
 func TestAvatarService_SetActiveAvatar_Concurrent(t *testing.T) {
 	srv := servertest.New(t)
-	base := newClients(srv, servertest.Protocols[0])
-	acc := register(t, base, uniqueName("Racer"))
+	base := servertest.NewClients(srv, servertest.Protocols[0])
+	acc := servertest.Register(t, base.Auth, servertest.UniqueName("Racer"))
 	ids := []int32{
 		getMe(t, base, acc.Token).GetActiveAvatar().GetId(),
 		int32(addAvatar(t, srv, acc.ID, time.Now().Add(time.Hour)).ID),
@@ -309,11 +309,11 @@ func TestAvatarService_SetActiveAvatar_Concurrent(t *testing.T) {
 		errs := make([]error, calls)
 		start := make(chan struct{})
 		for i := range calls {
-			c := newClients(srv, protocols[i%len(protocols)])
+			c := servertest.NewClients(srv, protocols[i%len(protocols)])
 			wg.Go(func() {
 				<-start
-				_, errs[i] = c.avatar.SetActiveAvatar(context.Background(),
-					withToken(&parleyv1.SetActiveAvatarRequest{AvatarId: ids[i%2]}, acc.Token))
+				_, errs[i] = c.Avatar.SetActiveAvatar(context.Background(),
+					servertest.WithToken(&parleyv1.SetActiveAvatarRequest{AvatarId: ids[i%2]}, acc.Token))
 			})
 		}
 		close(start)
@@ -338,8 +338,8 @@ func TestAvatarService_SetActiveAvatar_Concurrent(t *testing.T) {
 // it gone, and one avatar stays active.
 func TestAvatarService_DeleteAvatar_Concurrent(t *testing.T) {
 	srv := servertest.New(t)
-	base := newClients(srv, servertest.Protocols[0])
-	acc := register(t, base, uniqueName("Deleters"))
+	base := servertest.NewClients(srv, servertest.Protocols[0])
+	acc := servertest.Register(t, base.Auth, servertest.UniqueName("Deleters"))
 	target := getMe(t, base, acc.Token).GetActiveAvatar().GetId()
 	spare := int32(addAvatar(t, srv, acc.ID, time.Now().Add(time.Hour)).ID)
 
@@ -348,11 +348,11 @@ func TestAvatarService_DeleteAvatar_Concurrent(t *testing.T) {
 	errs := make([]error, calls)
 	start := make(chan struct{})
 	for i := range calls {
-		c := newClients(srv, protocols[i%len(protocols)])
+		c := servertest.NewClients(srv, protocols[i%len(protocols)])
 		wg.Go(func() {
 			<-start
-			_, errs[i] = c.avatar.DeleteAvatar(context.Background(),
-				withToken(&parleyv1.DeleteAvatarRequest{AvatarId: target}, acc.Token))
+			_, errs[i] = c.Avatar.DeleteAvatar(context.Background(),
+				servertest.WithToken(&parleyv1.DeleteAvatarRequest{AvatarId: target}, acc.Token))
 		})
 	}
 	close(start)

@@ -22,12 +22,12 @@ func TestUserService_GetMe(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			name := uniqueName("GetMe")
+			c := servertest.NewClients(srv, p)
+			name := servertest.UniqueName("GetMe")
 			phone := "+4915112345678"
 			start := time.Now()
-			acc := registerWith(t, c, &parleyv1.RegisterRequest{
-				Username: name, Email: strings.ToLower(name) + "@example.com", Password: password, PhoneNumber: &phone,
+			acc := servertest.RegisterWith(t, c.Auth, &parleyv1.RegisterRequest{
+				Username: name, Email: strings.ToLower(name) + "@example.com", Password: servertest.Password, PhoneNumber: &phone,
 			})
 
 			me := getMe(t, c, acc.Token)
@@ -79,12 +79,12 @@ func TestUserService_GetMe_LastLogin(t *testing.T) {
 	srv := servertest.New(t, servertest.WithConfig(func(cfg *app.Config) { cfg.Now = clock.Now }))
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			acc := register(t, c, uniqueName("LastLogin"))
+			c := servertest.NewClients(srv, p)
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("LastLogin"))
 			first := getMe(t, c, acc.Token).GetLastLoginAt().AsTime()
 
 			clock.Advance(time.Hour)
-			res, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: acc.Username, Password: password}))
+			res, err := c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: acc.Username, Password: servertest.Password}))
 			if err != nil {
 				t.Fatalf("Login: %v", err)
 			}
@@ -100,15 +100,15 @@ func TestUserService_GetMe_Unauthenticated(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			acc := register(t, c, uniqueName("Anon"))
+			c := servertest.NewClients(srv, p)
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Anon"))
 			before := snapshot(t, srv, acc.ID)
 			for _, token := range []string{"", "not.a.jwt", acc.Token + "x"} {
-				res, err := c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, token))
+				res, err := c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, token))
 				if err == nil {
 					t.Fatalf("GetMe with token %q = %v, want unauthenticated", token, res.Msg)
 				}
-				wantCode(t, err, connect.CodeUnauthenticated)
+				servertest.WantCode(t, err, connect.CodeUnauthenticated)
 			}
 			wantUnchanged(t, srv, acc.ID, before)
 		})
@@ -119,19 +119,19 @@ func TestUserService_GetUser(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			caller := register(t, c, uniqueName("Caller"))
+			c := servertest.NewClients(srv, p)
+			caller := servertest.Register(t, c.Auth, servertest.UniqueName("Caller"))
 			phone := "+442071234567"
-			other := registerWith(t, c, &parleyv1.RegisterRequest{
-				Username: uniqueName("Other"), Email: uniqueName("secret") + "@example.com", Password: password, PhoneNumber: &phone,
+			other := servertest.RegisterWith(t, c.Auth, &parleyv1.RegisterRequest{
+				Username: servertest.UniqueName("Other"), Email: servertest.UniqueName("secret") + "@example.com", Password: servertest.Password, PhoneNumber: &phone,
 			})
 			desc := "likes long walks"
-			if _, err := c.users.UpdateProfile(context.Background(), withToken(&parleyv1.UpdateProfileRequest{Description: &desc}, other.Token)); err != nil {
+			if _, err := c.User.UpdateProfile(context.Background(), servertest.WithToken(&parleyv1.UpdateProfileRequest{Description: &desc}, other.Token)); err != nil {
 				t.Fatalf("UpdateProfile: %v", err)
 			}
 			otherMe := getMe(t, c, other.Token)
 
-			res, err := c.users.GetUser(context.Background(), withToken(&parleyv1.GetUserRequest{UserId: other.ID}, caller.Token))
+			res, err := c.User.GetUser(context.Background(), servertest.WithToken(&parleyv1.GetUserRequest{UserId: other.ID}, caller.Token))
 			if err != nil {
 				t.Fatalf("GetUser: %v", err)
 			}
@@ -160,11 +160,11 @@ func TestUserService_GetUser(t *testing.T) {
 // private fields.
 func TestUserService_GetUser_NoPrivateFields(t *testing.T) {
 	srv := servertest.New(t)
-	c := newClients(srv, servertest.Protocols[0])
-	caller := register(t, c, uniqueName("Reader"))
+	c := servertest.NewClients(srv, servertest.Protocols[0])
+	caller := servertest.Register(t, c.Auth, servertest.UniqueName("Reader"))
 	phone := "+14155550123"
-	other := registerWith(t, c, &parleyv1.RegisterRequest{
-		Username: uniqueName("Private"), Email: uniqueName("hidden") + "@example.com", Password: password, PhoneNumber: &phone,
+	other := servertest.RegisterWith(t, c.Auth, &parleyv1.RegisterRequest{
+		Username: servertest.UniqueName("Private"), Email: servertest.UniqueName("hidden") + "@example.com", Password: servertest.Password, PhoneNumber: &phone,
 	})
 
 	body, err := json.Marshal(map[string]any{"userId": other.ID})
@@ -203,8 +203,8 @@ func TestUserService_GetUser_BadInput(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			caller := register(t, c, uniqueName("Asker"))
+			c := servertest.NewClients(srv, p)
+			caller := servertest.Register(t, c.Auth, servertest.UniqueName("Asker"))
 			cases := []struct {
 				name  string
 				id    int32
@@ -220,11 +220,11 @@ func TestUserService_GetUser_BadInput(t *testing.T) {
 			for _, tc := range cases {
 				t.Run(tc.name, func(t *testing.T) {
 					before := snapshot(t, srv, caller.ID)
-					res, err := c.users.GetUser(context.Background(), withToken(&parleyv1.GetUserRequest{UserId: tc.id}, tc.token))
+					res, err := c.User.GetUser(context.Background(), servertest.WithToken(&parleyv1.GetUserRequest{UserId: tc.id}, tc.token))
 					if err == nil {
 						t.Fatalf("GetUser(%d) = %v, want code %v", tc.id, res.Msg, tc.want)
 					}
-					wantCode(t, err, tc.want)
+					servertest.WantCode(t, err, tc.want)
 					wantUnchanged(t, srv, caller.ID, before)
 				})
 			}

@@ -4,17 +4,13 @@ import (
 	"context"
 	"fmt"
 	"reflect"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"connectrpc.com/connect"
 
 	"github.com/parley-chat/parley/ent"
 	entavatar "github.com/parley-chat/parley/ent/avatar"
 	entuser "github.com/parley-chat/parley/ent/user"
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
-	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -23,82 +19,10 @@ func TestMain(m *testing.M) { servertest.Main(m) }
 // protocols are the protocols every case runs over.
 var protocols = []servertest.Protocol{servertest.Protocols[0], servertest.Protocols[1]}
 
-// clients are the generated clients of one server over one protocol.
-type clients struct {
-	auth   parleyv1connect.AuthServiceClient
-	users  parleyv1connect.UserServiceClient
-	avatar parleyv1connect.AvatarServiceClient
-}
-
-func newClients(srv *servertest.Server, p servertest.Protocol) clients {
-	return clients{
-		auth:   servertest.Client(srv, p, parleyv1connect.NewAuthServiceClient),
-		users:  servertest.Client(srv, p, parleyv1connect.NewUserServiceClient),
-		avatar: servertest.Client(srv, p, parleyv1connect.NewAvatarServiceClient),
-	}
-}
-
-// withToken returns a request carrying the access token.
-func withToken[T any](msg *T, token string) *connect.Request[T] {
-	req := connect.NewRequest(msg)
-	if token != "" {
-		req.Header().Set("Authorization", "Bearer "+token)
-	}
-	return req
-}
-
-var seq atomic.Int64
-
-// uniqueName returns a username no other test uses.
-func uniqueName(prefix string) string {
-	return fmt.Sprintf("%s%d", prefix, seq.Add(1))
-}
-
-const password = "correct horse battery staple"
-
-// account is a registered user.
-type account struct {
-	ID       int32
-	Username string
-	Email    string
-	Token    string
-}
-
-// register creates an account with the email username@example.com.
-func register(t *testing.T, c clients, username string) account {
-	t.Helper()
-	return registerWith(t, c, &parleyv1.RegisterRequest{
-		Username: username, Email: username + "@example.com", Password: password,
-	})
-}
-
-// registerWith creates an account from a full request.
-func registerWith(t *testing.T, c clients, req *parleyv1.RegisterRequest) account {
-	t.Helper()
-	res, err := c.auth.Register(context.Background(), connect.NewRequest(req))
-	if err != nil {
-		t.Fatalf("Register(%q): %v", req.GetUsername(), err)
-	}
-	return account{
-		ID:       res.Msg.GetMe().GetUser().GetId(),
-		Username: req.GetUsername(),
-		Email:    req.GetEmail(),
-		Token:    res.Msg.GetTokens().GetAccessToken(),
-	}
-}
-
-// wantCode fails the test unless err carries the code.
-func wantCode(t *testing.T, err error, want connect.Code) {
-	t.Helper()
-	if got := connect.CodeOf(err); err == nil || got != want {
-		t.Fatalf("err = %v (code %v), want code %v", err, got, want)
-	}
-}
-
 // getMe returns the caller's account through UserService.GetMe.
-func getMe(t *testing.T, c clients, token string) *parleyv1.Me {
+func getMe(t *testing.T, c servertest.Clients, token string) *parleyv1.Me {
 	t.Helper()
-	res, err := c.users.GetMe(context.Background(), withToken(&parleyv1.GetMeRequest{}, token))
+	res, err := c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, token))
 	if err != nil {
 		t.Fatalf("GetMe: %v", err)
 	}
@@ -195,7 +119,7 @@ func addAvatar(t *testing.T, srv *servertest.Server, userID int32, uploadedAt ti
 	t.Helper()
 	a, err := srv.App.DB().Ent.Avatar.Create().
 		SetUserID(int(userID)).
-		SetAvatarURL(fmt.Sprintf("/avatars/uploads/%d-%d.png", userID, seq.Add(1))).
+		SetAvatarURL(servertest.UniqueName(fmt.Sprintf("/avatars/uploads/%d-", userID)) + ".png").
 		SetIsRandom(false).
 		SetIsActive(false).
 		SetUploadedAt(uploadedAt).

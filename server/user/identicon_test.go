@@ -42,9 +42,9 @@ func fetch(t *testing.T, method, url string, header http.Header) (*http.Response
 
 func TestIdenticon(t *testing.T) {
 	srv := servertest.New(t)
-	c := newClients(srv, servertest.Protocols[0])
-	acc := register(t, c, uniqueName("Painter"))
-	other := register(t, c, uniqueName("Sculptor"))
+	c := servertest.NewClients(srv, servertest.Protocols[0])
+	acc := servertest.Register(t, c.Auth, servertest.UniqueName("Painter"))
+	other := servertest.Register(t, c.Auth, servertest.UniqueName("Sculptor"))
 	avatarURL := getMe(t, c, acc.Token).GetActiveAvatar().GetUrl()
 	otherURL := getMe(t, c, other.Token).GetActiveAvatar().GetUrl()
 

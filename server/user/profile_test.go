@@ -15,9 +15,9 @@ import (
 func ptr(s string) *string { return &s }
 
 // updateProfile calls UpdateProfile and fails the test on an error.
-func updateProfile(t *testing.T, c clients, token string, req *parleyv1.UpdateProfileRequest) *parleyv1.Me {
+func updateProfile(t *testing.T, c servertest.Clients, token string, req *parleyv1.UpdateProfileRequest) *parleyv1.Me {
 	t.Helper()
-	res, err := c.users.UpdateProfile(context.Background(), withToken(req, token))
+	res, err := c.User.UpdateProfile(context.Background(), servertest.WithToken(req, token))
 	if err != nil {
 		t.Fatalf("UpdateProfile(%v): %v", req, err)
 	}
@@ -27,10 +27,10 @@ func updateProfile(t *testing.T, c clients, token string, req *parleyv1.UpdatePr
 func TestUserService_UpdateProfile(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
-		c := newClients(srv, p)
+		c := servertest.NewClients(srv, p)
 		t.Run(p.Name+"/username", func(t *testing.T) {
-			acc := register(t, c, uniqueName("Before"))
-			newName := uniqueName("Renamed.ü-")
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Before"))
+			newName := servertest.UniqueName("Renamed.ü-")
 			me := updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Username: &newName})
 			if got := me.GetUser().GetUsername(); got != newName {
 				t.Errorf("response username = %q, want %q", got, newName)
@@ -39,19 +39,19 @@ func TestUserService_UpdateProfile(t *testing.T) {
 				t.Errorf("database username = %q, want %q", got, newName)
 			}
 
-			res, err := c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: newName, Password: password}))
+			res, err := c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: newName, Password: servertest.Password}))
 			if err != nil {
 				t.Fatalf("Login with the new name: %v", err)
 			}
 			if got := res.Msg.GetMe().GetUser().GetId(); got != acc.ID {
 				t.Errorf("Login with the new name signed in user %d, want %d", got, acc.ID)
 			}
-			_, err = c.auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: acc.Username, Password: password}))
-			wantCode(t, err, connect.CodeUnauthenticated)
+			_, err = c.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: acc.Username, Password: servertest.Password}))
+			servertest.WantCode(t, err, connect.CodeUnauthenticated)
 		})
 
 		t.Run(p.Name+"/username in another case of its own", func(t *testing.T) {
-			acc := register(t, c, uniqueName("casey"))
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("casey"))
 			upper := strings.ToUpper(acc.Username)
 			me := updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Username: &upper})
 			if got := me.GetUser().GetUsername(); got != upper {
@@ -60,7 +60,7 @@ func TestUserService_UpdateProfile(t *testing.T) {
 		})
 
 		t.Run(p.Name+"/phone set and clear", func(t *testing.T) {
-			acc := register(t, c, uniqueName("Phone"))
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Phone"))
 			phone := "+33612345678"
 			me := updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{PhoneNumber: &phone})
 			if got := me.GetPhoneNumber(); got != phone {
@@ -80,7 +80,7 @@ func TestUserService_UpdateProfile(t *testing.T) {
 		})
 
 		t.Run(p.Name+"/description set and clear", func(t *testing.T) {
-			acc := register(t, c, uniqueName("Desc"))
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Desc"))
 			desc := "Hello there"
 			me := updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Description: &desc})
 			if got := me.GetUser().GetDescription(); got != desc {
@@ -100,7 +100,7 @@ func TestUserService_UpdateProfile(t *testing.T) {
 		})
 
 		t.Run(p.Name+"/unset fields stay", func(t *testing.T) {
-			acc := register(t, c, uniqueName("Partial"))
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Partial"))
 			updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{PhoneNumber: ptr("+491701234567"), Description: ptr("kept")})
 			before := snapshot(t, srv, acc.ID)
 
@@ -118,7 +118,7 @@ func TestUserService_UpdateProfile(t *testing.T) {
 		})
 
 		t.Run(p.Name+"/description stored literally", func(t *testing.T) {
-			acc := register(t, c, uniqueName("Literal"))
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Literal"))
 			for _, desc := range []string{
 				`'); DROP TABLE users; --`,
 				`{"$ne": null}`,
@@ -154,13 +154,13 @@ func TestUserService_UpdateProfile_MultibyteUsername(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			acc := register(t, c, uniqueName("Multi"))
+			c := servertest.NewClients(srv, p)
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Multi"))
 			// 50 characters, 100 bytes; unique by its last characters.
 			suffix := strings.NewReplacer("0", "а", "1", "б", "2", "в", "3", "г", "4", "д", "5", "е", "6", "ж", "7", "з", "8", "и", "9", "й").
-				Replace(uniqueName(""))
+				Replace(servertest.UniqueName(""))
 			name := strings.Repeat("ж", 50-len([]rune(suffix))) + suffix
-			res, err := c.users.UpdateProfile(context.Background(), withToken(&parleyv1.UpdateProfileRequest{Username: &name}, acc.Token))
+			res, err := c.User.UpdateProfile(context.Background(), servertest.WithToken(&parleyv1.UpdateProfileRequest{Username: &name}, acc.Token))
 			if err != nil {
 				t.Fatalf("UpdateProfile(username of 50 characters, %d bytes): %v; want it accepted", len(name), err)
 			}
@@ -170,10 +170,10 @@ func TestUserService_UpdateProfile_MultibyteUsername(t *testing.T) {
 		})
 	}
 	t.Run("register", func(t *testing.T) {
-		c := newClients(srv, servertest.Protocols[0])
+		c := servertest.NewClients(srv, servertest.Protocols[0])
 		name := strings.Repeat("я", 49) + "ж"
-		_, err := c.auth.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
-			Username: name, Email: uniqueName("multi") + "@example.com", Password: password,
+		_, err := c.Auth.Register(context.Background(), connect.NewRequest(&parleyv1.RegisterRequest{
+			Username: name, Email: servertest.UniqueName("multi") + "@example.com", Password: servertest.Password,
 		}))
 		if err != nil {
 			t.Fatalf("Register(username of 50 characters, %d bytes): %v; want it accepted", len(name), err)
@@ -187,10 +187,10 @@ func TestUserService_UpdateProfile_BadInput(t *testing.T) {
 	srv := servertest.New(t)
 	long := func(s string, n int) *string { return ptr(strings.Repeat(s, n)) }
 	for _, p := range protocols {
-		c := newClients(srv, p)
-		acc := register(t, c, uniqueName("Victim"))
+		c := servertest.NewClients(srv, p)
+		acc := servertest.Register(t, c.Auth, servertest.UniqueName("Victim"))
 		updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{PhoneNumber: ptr("+12025550123"), Description: ptr("original")})
-		taken := register(t, c, uniqueName("TakenName"))
+		taken := servertest.Register(t, c.Auth, servertest.UniqueName("TakenName"))
 
 		cases := []struct {
 			name  string
@@ -217,11 +217,11 @@ func TestUserService_UpdateProfile_BadInput(t *testing.T) {
 			t.Run(p.Name+"/"+tc.name, func(t *testing.T) {
 				before := snapshot(t, srv, acc.ID)
 				takenBefore := snapshot(t, srv, taken.ID)
-				res, err := c.users.UpdateProfile(context.Background(), withToken(tc.req, tc.token))
+				res, err := c.User.UpdateProfile(context.Background(), servertest.WithToken(tc.req, tc.token))
 				if err == nil {
 					t.Fatalf("UpdateProfile = %v, want code %v", res.Msg, tc.want)
 				}
-				wantCode(t, err, tc.want)
+				servertest.WantCode(t, err, tc.want)
 				wantUnchanged(t, srv, acc.ID, before)
 				wantUnchanged(t, srv, taken.ID, takenBefore)
 			})
@@ -237,19 +237,19 @@ func TestUserService_UpdateProfile_NULByte(t *testing.T) {
 	srv := servertest.New(t)
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
-			acc := register(t, c, uniqueName("Nul"))
+			c := servertest.NewClients(srv, p)
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Nul"))
 			updateProfile(t, c, acc.Token, &parleyv1.UpdateProfileRequest{Description: ptr("original")})
 			before := snapshot(t, srv, acc.ID)
 			desc := "before\x00after"
-			res, err := c.users.UpdateProfile(context.Background(), withToken(&parleyv1.UpdateProfileRequest{Description: &desc}, acc.Token))
+			res, err := c.User.UpdateProfile(context.Background(), servertest.WithToken(&parleyv1.UpdateProfileRequest{Description: &desc}, acc.Token))
 			if err == nil {
 				if got := res.Msg.GetMe().GetUser().GetDescription(); got != desc {
 					t.Errorf("description = %q, want %q or invalid_argument", got, desc)
 				}
 				return
 			}
-			wantCode(t, err, connect.CodeInvalidArgument)
+			servertest.WantCode(t, err, connect.CodeInvalidArgument)
 			wantUnchanged(t, srv, acc.ID, before)
 		})
 	}
@@ -260,18 +260,18 @@ func TestUserService_UpdateProfile_NULByte(t *testing.T) {
 // taken, and none fails with internal.
 func TestUserService_UpdateProfile_RenameRace(t *testing.T) {
 	srv := servertest.New(t)
-	base := newClients(srv, servertest.Protocols[0])
+	base := servertest.NewClients(srv, servertest.Protocols[0])
 	const racers = 8
-	accs := make([]account, racers)
+	accs := make([]servertest.Account, racers)
 	for i := range accs {
-		accs[i] = register(t, base, uniqueName("Racer"))
+		accs[i] = servertest.Register(t, base.Auth, servertest.UniqueName("Racer"))
 	}
-	name := uniqueName("Wanted")
+	name := servertest.UniqueName("Wanted")
 	errs := make([]error, racers)
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for i, acc := range accs {
-		c := newClients(srv, protocols[i%len(protocols)])
+		c := servertest.NewClients(srv, protocols[i%len(protocols)])
 		// Half ask for the name in another case.
 		want := name
 		if i%2 == 1 {
@@ -279,7 +279,7 @@ func TestUserService_UpdateProfile_RenameRace(t *testing.T) {
 		}
 		wg.Go(func() {
 			<-start
-			_, errs[i] = c.users.UpdateProfile(context.Background(), withToken(&parleyv1.UpdateProfileRequest{Username: &want}, acc.Token))
+			_, errs[i] = c.User.UpdateProfile(context.Background(), servertest.WithToken(&parleyv1.UpdateProfileRequest{Username: &want}, acc.Token))
 		})
 	}
 	close(start)

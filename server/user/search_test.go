@@ -15,9 +15,9 @@ import (
 )
 
 // search calls SearchUsers and fails the test on an error.
-func search(t *testing.T, c clients, token string, req *parleyv1.SearchUsersRequest) *parleyv1.SearchUsersResponse {
+func search(t *testing.T, c servertest.Clients, token string, req *parleyv1.SearchUsersRequest) *parleyv1.SearchUsersResponse {
 	t.Helper()
-	res, err := c.users.SearchUsers(context.Background(), withToken(req, token))
+	res, err := c.User.SearchUsers(context.Background(), servertest.WithToken(req, token))
 	if err != nil {
 		t.Fatalf("SearchUsers(%v): %v", req, err)
 	}
@@ -34,23 +34,23 @@ func usernames(us []*parleyv1.User) []string {
 
 func TestUserService_SearchUsers(t *testing.T) {
 	srv := servertest.New(t)
-	base := newClients(srv, servertest.Protocols[0])
-	caller := register(t, base, uniqueName("Searcher"))
+	base := servertest.NewClients(srv, servertest.Protocols[0])
+	caller := servertest.Register(t, base.Auth, servertest.UniqueName("Searcher"))
 	// A mixed-case prefix no other user has; the "x" ends it so that no
 	// later uniqueName extends it.
-	prefix := uniqueName("SeArCh") + "x"
+	prefix := servertest.UniqueName("SeArCh") + "x"
 	// Byte order (upper case first) differs from the order of
 	// lower(username) the method promises.
 	suffixes := []string{"Delta", "alpha", "Charlie", "bravo", "Echo"}
 	ids := map[string]int32{}
 	for _, s := range suffixes {
-		acc := register(t, base, prefix+s)
+		acc := servertest.Register(t, base.Auth, prefix+s)
 		ids[acc.Username] = acc.ID
 	}
 	want := []string{prefix + "alpha", prefix + "bravo", prefix + "Charlie", prefix + "Delta", prefix + "Echo"}
 
 	for _, p := range protocols {
-		c := newClients(srv, p)
+		c := servertest.NewClients(srv, p)
 		t.Run(p.Name+"/any case", func(t *testing.T) {
 			for _, q := range []string{prefix, strings.ToLower(prefix), strings.ToUpper(prefix)} {
 				res := search(t, c, caller.Token, &parleyv1.SearchUsersRequest{Prefix: q})
@@ -135,12 +135,12 @@ func TestUserService_SearchUsers(t *testing.T) {
 // escape character in a prefix match only themselves.
 func TestUserService_SearchUsers_Wildcards(t *testing.T) {
 	srv := servertest.New(t)
-	base := newClients(srv, servertest.Protocols[0])
-	caller := register(t, base, uniqueName("Wild"))
-	prefix := uniqueName("lit") + "x"
-	under := register(t, base, prefix+"a_1").Username
-	register(t, base, prefix+"ab1")
-	register(t, base, prefix+"aZ2")
+	base := servertest.NewClients(srv, servertest.Protocols[0])
+	caller := servertest.Register(t, base.Auth, servertest.UniqueName("Wild"))
+	prefix := servertest.UniqueName("lit") + "x"
+	under := servertest.Register(t, base.Auth, prefix+"a_1").Username
+	servertest.Register(t, base.Auth, prefix+"ab1")
+	servertest.Register(t, base.Auth, prefix+"aZ2")
 	cases := []struct {
 		prefix string
 		want   []string
@@ -158,7 +158,7 @@ func TestUserService_SearchUsers_Wildcards(t *testing.T) {
 		{"_", nil},
 	}
 	for _, p := range protocols {
-		c := newClients(srv, p)
+		c := servertest.NewClients(srv, p)
 		for _, tc := range cases {
 			t.Run(p.Name+"/"+tc.prefix, func(t *testing.T) {
 				res := search(t, c, caller.Token, &parleyv1.SearchUsersRequest{Prefix: tc.prefix, PageSize: 100})
@@ -172,8 +172,8 @@ func TestUserService_SearchUsers_Wildcards(t *testing.T) {
 
 func TestUserService_SearchUsers_BadInput(t *testing.T) {
 	srv := servertest.New(t)
-	base := newClients(srv, servertest.Protocols[0])
-	caller := register(t, base, uniqueName("BadSearch"))
+	base := servertest.NewClients(srv, servertest.Protocols[0])
+	caller := servertest.Register(t, base.Auth, servertest.UniqueName("BadSearch"))
 	b64 := base64.RawURLEncoding.EncodeToString
 	cases := []struct {
 		name  string
@@ -193,15 +193,15 @@ func TestUserService_SearchUsers_BadInput(t *testing.T) {
 		{"no token", &parleyv1.SearchUsersRequest{Prefix: "a"}, "", connect.CodeUnauthenticated},
 	}
 	for _, p := range protocols {
-		c := newClients(srv, p)
+		c := servertest.NewClients(srv, p)
 		for _, tc := range cases {
 			t.Run(p.Name+"/"+tc.name, func(t *testing.T) {
 				before := snapshot(t, srv, caller.ID)
-				res, err := c.users.SearchUsers(context.Background(), withToken(tc.req, tc.token))
+				res, err := c.User.SearchUsers(context.Background(), servertest.WithToken(tc.req, tc.token))
 				if err == nil {
 					t.Fatalf("SearchUsers = %v, want code %v", res.Msg, tc.want)
 				}
-				wantCode(t, err, tc.want)
+				servertest.WantCode(t, err, tc.want)
 				wantUnchanged(t, srv, caller.ID, before)
 			})
 		}
@@ -212,15 +212,15 @@ func TestUserService_SearchUsers_BadInput(t *testing.T) {
 // gets pages of 20.
 func TestUserService_SearchUsers_DefaultPageSize(t *testing.T) {
 	srv := servertest.New(t)
-	c := newClients(srv, servertest.Protocols[0])
-	caller := register(t, c, uniqueName("Pager"))
-	prefix := uniqueName("many") + "x"
+	c := servertest.NewClients(srv, servertest.Protocols[0])
+	caller := servertest.Register(t, c.Auth, servertest.UniqueName("Pager"))
+	prefix := servertest.UniqueName("many") + "x"
 	for i := range 21 {
-		register(t, c, fmt.Sprintf("%s%02d", prefix, i))
+		servertest.Register(t, c.Auth, fmt.Sprintf("%s%02d", prefix, i))
 	}
 	for _, p := range protocols {
 		t.Run(p.Name, func(t *testing.T) {
-			c := newClients(srv, p)
+			c := servertest.NewClients(srv, p)
 			res := search(t, c, caller.Token, &parleyv1.SearchUsersRequest{Prefix: prefix})
 			if n := len(res.GetUsers()); n != 20 || res.GetNextPageToken() == "" {
 				t.Fatalf("first page: %d users, next_page_token %q; want 20 and a token", n, res.GetNextPageToken())
@@ -239,8 +239,8 @@ func TestUserService_SearchUsers_DefaultPageSize(t *testing.T) {
 // refuse it as invalid_argument, not fail with internal.
 func TestUserService_SearchUsers_NULByte(t *testing.T) {
 	srv := servertest.New(t)
-	base := newClients(srv, servertest.Protocols[0])
-	caller := register(t, base, uniqueName("NulSearch"))
+	base := servertest.NewClients(srv, servertest.Protocols[0])
+	caller := servertest.Register(t, base.Auth, servertest.UniqueName("NulSearch"))
 	cases := []struct {
 		name string
 		req  *parleyv1.SearchUsersRequest
@@ -249,18 +249,18 @@ func TestUserService_SearchUsers_NULByte(t *testing.T) {
 		{"page token", &parleyv1.SearchUsersRequest{Prefix: "a", PageToken: base64.RawURLEncoding.EncodeToString([]byte(`{"u":"a\u0000","i":1}`))}},
 	}
 	for _, p := range protocols {
-		c := newClients(srv, p)
+		c := servertest.NewClients(srv, p)
 		for _, tc := range cases {
 			t.Run(p.Name+"/"+tc.name, func(t *testing.T) {
 				before := snapshot(t, srv, caller.ID)
-				res, err := c.users.SearchUsers(context.Background(), withToken(tc.req, caller.Token))
+				res, err := c.User.SearchUsers(context.Background(), servertest.WithToken(tc.req, caller.Token))
 				if err == nil {
 					if len(res.Msg.GetUsers()) != 0 {
 						t.Errorf("SearchUsers = %q, want no users", usernames(res.Msg.GetUsers()))
 					}
 					return
 				}
-				wantCode(t, err, connect.CodeInvalidArgument)
+				servertest.WantCode(t, err, connect.CodeInvalidArgument)
 				wantUnchanged(t, srv, caller.ID, before)
 			})
 		}
