@@ -408,12 +408,15 @@ func (s *store) raisePosition(ctx context.Context, chatID bson.ObjectID, userID 
 // atomic.
 func (s *store) raiseOwnPositions(ctx context.Context, chatID bson.ObjectID, userID int, seq int64) error {
 	if !s.locks.Serial() {
-		res, err := s.positions.UpdateMany(ctx, bson.D{
-			{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{
-				positionID(chatID, userID, kindDelivered), positionID(chatID, userID, kindRead),
-			}}}},
-			{Key: "seq", Value: bson.D{{Key: "$lt", Value: seq}}},
-		}, bson.D{{Key: "$set", Value: bson.D{{Key: "seq", Value: seq}}}})
+		// Two updates by _id in one command: an updateMany by "_id $in"
+		// reads the whole collection on DocumentDB.
+		var models []mongo.WriteModel
+		for _, kind := range []string{kindDelivered, kindRead} {
+			models = append(models, mongo.NewUpdateOneModel().
+				SetFilter(bson.D{{Key: "_id", Value: positionID(chatID, userID, kind)}, {Key: "seq", Value: bson.D{{Key: "$lt", Value: seq}}}}).
+				SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: "seq", Value: seq}}}}))
+		}
+		res, err := s.positions.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
 		if err != nil {
 			return fmt.Errorf("raise positions: %w", err)
 		}

@@ -70,8 +70,8 @@ const (
 // Seed writes chats and messages straight into the store, as if they had
 // been sent through the API, for load tests and benchmarks that need a big
 // store: 100,000 messages take many minutes to send through the API, and
-// well under a minute this way. Messages go in with unordered InsertMany calls of about 1,000
-// documents; each chat gets its lastMessage, updatedAt and its members'
+// well under a minute this way. Messages go in with unordered InsertMany
+// calls of about 1,000 documents; each chat gets its lastMessage, updatedAt and its members'
 // positions, and its seq counter in Redis (under redisPrefix, the
 // server's -redis-prefix) is left at the last seq, so that sends through
 // the API continue at the next one. No events are published.
