@@ -74,8 +74,6 @@ func TestIndexes_HotPaths(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Let the planner see the tables as they are now.
-	_ = db.RunCommand(ctx, bson.D{{Key: "analyze", Value: "messages"}}).Err()
 
 	chat, user := ids[chats/2], chats/2*members/2+1
 	seq := int64(perChat / 2)
