@@ -71,12 +71,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -441,16 +439,8 @@ func delivery(ctx context.Context, cfg config) error {
 				sendMu.Unlock()
 				// Like a client, retry a failed send with the same id
 				// (the server keeps one message per id).
-				var err error
-				for range 4 {
-					_, err = j.from.msgs.SendMessage(ctx, req(j.from, &parleyv1.SendMessageRequest{
-						ChatId: j.chatID, ClientMessageId: key, Text: "load " + strconv.Itoa(j.n),
-					}))
-					if err == nil {
-						break
-					}
-					retries.Add(1)
-				}
+				_, failed, err := sendOnce(ctx, target{from: j.from, chatID: j.chatID}, key, "load "+strconv.Itoa(j.n))
+				retries.Add(failed)
 				if err != nil {
 					sendErrs.Add(1)
 					fmt.Fprintln(os.Stderr, "send:", err)
@@ -558,13 +548,8 @@ func report(what string, d []time.Duration) {
 		fmt.Printf("%s: no samples\n", what)
 		return
 	}
-	slices.Sort(d)
-	q := func(p float64) time.Duration {
-		return d[int(math.Min(float64(len(d)-1), math.Ceil(p*float64(len(d)))-1))]
-	}
-	fmt.Printf("%s over %d samples: p50 %s, p90 %s, p99 %s, max %s\n", what, len(d),
-		q(0.50).Round(10*time.Microsecond), q(0.90).Round(10*time.Microsecond),
-		q(0.99).Round(10*time.Microsecond), d[len(d)-1].Round(10*time.Microsecond))
+	q := func(p float64) time.Duration { return percentile(d, p).Round(10 * time.Microsecond) }
+	fmt.Printf("%s over %d samples: p50 %s, p90 %s, p99 %s, max %s\n", what, len(d), q(0.50), q(0.90), q(0.99), q(1))
 }
 
 func idle(ctx context.Context, cfg config) error {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -136,14 +137,19 @@ func printBurst(name string, b *burst) {
 		name, b.rate(), p50, p99, b.acked, b.failed, b.errors, b.cpu)
 }
 
-func pctMs(d []time.Duration, q float64) float64 {
+// percentile returns the q-quantile (0 ≤ q ≤ 1) of d, 0 for none.
+func percentile(d []time.Duration, q float64) time.Duration {
 	if len(d) == 0 {
 		return 0
 	}
 	s := slices.Clone(d)
 	slices.Sort(s)
-	i := min(len(s)-1, max(0, int(float64(len(s))*q+0.999999)-1))
-	return float64(s[i]) / float64(time.Millisecond)
+	return s[min(len(s)-1, max(0, int(math.Ceil(q*float64(len(s))))-1))]
+}
+
+// pctMs is percentile in milliseconds.
+func pctMs(d []time.Duration, q float64) float64 {
+	return float64(percentile(d, q)) / float64(time.Millisecond)
 }
 
 func runTag() string {

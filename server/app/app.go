@@ -109,13 +109,10 @@ type StoreInfo struct {
 
 // App is an assembled server with open stores.
 type App struct {
-	cfg   Config
-	log   *slog.Logger
-	db    *sqldb.DB
-	mongo *mongo.Client
-	// serial: the document engine loses concurrent updates of one
-	// document (FerretDB 1.x; see doclock).
-	serial  bool
+	cfg     Config
+	log     *slog.Logger
+	db      *sqldb.DB
+	mongo   *mongo.Client
 	redis   *redis.Client
 	monitor *health.Monitor
 	stores  []StoreInfo
@@ -168,9 +165,9 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	if err := a.openRedis(ctx); err != nil {
 		return nil, err
 	}
-	var locks *doclock.Locks
-	if a.serial {
-		locks = doclock.New(a.redis, cfg.RedisPrefix+"lock:")
+	locks, err := doclock.For(ctx, a.Mongo(), a.redis, cfg.RedisPrefix+"lock:")
+	if err != nil {
+		return nil, fmt.Errorf("mongodb engine: %w", err)
 	}
 
 	a.monitor = health.NewMonitor(log, cfg.HealthInterval, 2*time.Second, []health.Probe{
@@ -317,9 +314,6 @@ func (a *App) openMongo(ctx context.Context) error {
 		return fmt.Errorf("ping mongodb: %w", err)
 	}
 	db := client.Database(a.cfg.MongoDatabase)
-	if a.serial, err = doclock.Needed(ctx, db); err != nil {
-		return fmt.Errorf("mongodb engine: %w", err)
-	}
 	if err := chat.Prepare(ctx, a.log, db); err != nil {
 		return err
 	}

@@ -114,12 +114,7 @@ func TestChatService_AdminsDemoteEachOther(t *testing.T) {
 	for i := range raceRounds {
 		a := newUser(t, srv1, servertest.Protocols[0])
 		b := newUser(t, srv2, servertest.Protocols[1])
-		c := group(t, a, "g", b)
-		if _, err := a.chats.SetParticipantRole(context.Background(), req(a, &parleyv1.SetParticipantRoleRequest{
-			ChatId: c.GetId(), UserId: b.id, Role: parleyv1.Role_ROLE_ADMIN,
-		})); err != nil {
-			t.Fatal(err)
-		}
+		c := groupOfAdmins(t, a, b)
 		var wg sync.WaitGroup
 		var errA, errB error
 		wg.Go(func() {
@@ -141,13 +136,7 @@ func TestChatService_AdminsDemoteEachOther(t *testing.T) {
 				t.Errorf("round %d: the loser got %v; want permission_denied (it is no admin any more)", i, err)
 			}
 		}
-		admins := 0
-		for _, r := range roles(getChat(t, a, c.GetId())) {
-			if r == parleyv1.Role_ROLE_ADMIN {
-				admins++
-			}
-		}
-		if admins != 1 {
+		if admins := countAdmins(t, a, c.GetId()); admins != 1 {
 			t.Fatalf("round %d: %d admins after the race; want 1", i, admins)
 		}
 	}
@@ -160,12 +149,7 @@ func TestChatService_AdminsLeaveTogether(t *testing.T) {
 		a := newUser(t, srv1, servertest.Protocols[0])
 		b := newUser(t, srv2, servertest.Protocols[1])
 		m := newUser(t, srv1, servertest.Protocols[0])
-		c := group(t, a, "g", b, m)
-		if _, err := a.chats.SetParticipantRole(context.Background(), req(a, &parleyv1.SetParticipantRoleRequest{
-			ChatId: c.GetId(), UserId: b.id, Role: parleyv1.Role_ROLE_ADMIN,
-		})); err != nil {
-			t.Fatal(err)
-		}
+		c := groupOfAdmins(t, a, b, m)
 		var wg sync.WaitGroup
 		var errA, errB error
 		wg.Go(func() {
@@ -178,14 +162,33 @@ func TestChatService_AdminsLeaveTogether(t *testing.T) {
 		if errA != nil && errB != nil {
 			t.Fatalf("round %d: both admins were refused: %v; %v", i, errA, errB)
 		}
-		admins := 0
-		for _, r := range roles(getChat(t, m, c.GetId())) {
-			if r == parleyv1.Role_ROLE_ADMIN {
-				admins++
-			}
-		}
-		if admins != 1 {
+		if admins := countAdmins(t, m, c.GetId()); admins != 1 {
 			t.Fatalf("round %d: %d admins after both tried to leave (a: %v, b: %v); want 1", i, admins, errA, errB)
 		}
 	}
+}
+
+// groupOfAdmins creates a group of a (its admin), b, made admin too, and
+// others as members.
+func groupOfAdmins(t *testing.T, a, b *user, others ...*user) *parleyv1.Chat {
+	t.Helper()
+	c := group(t, a, "g", append([]*user{b}, others...)...)
+	if _, err := a.chats.SetParticipantRole(context.Background(), req(a, &parleyv1.SetParticipantRoleRequest{
+		ChatId: c.GetId(), UserId: b.id, Role: parleyv1.Role_ROLE_ADMIN,
+	})); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// countAdmins returns how many admins the chat has, as u sees it.
+func countAdmins(t *testing.T, u *user, chatID string) int {
+	t.Helper()
+	n := 0
+	for _, r := range roles(getChat(t, u, chatID)) {
+		if r == parleyv1.Role_ROLE_ADMIN {
+			n++
+		}
+	}
+	return n
 }

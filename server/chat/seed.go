@@ -90,14 +90,10 @@ func Seed(ctx context.Context, db *mongo.Database, rdb redis.UniversalClient, re
 	if spec.TextBytes <= 0 {
 		spec.TextBytes = 200
 	}
-	serial, err := doclock.Needed(ctx, db)
+	// The same locks as the server's (see app.Open).
+	locks, err := doclock.For(ctx, db, rdb, redisPrefix+"lock:")
 	if err != nil {
 		return SeedResult{}, fmt.Errorf("seed: %w", err)
-	}
-	var locks *doclock.Locks
-	if serial {
-		// The same locks as the server's (see app.Open).
-		locks = doclock.New(rdb, redisPrefix+"lock:")
 	}
 	sd := &seeder{
 		store: newStore(db, rdb, locks, redisPrefix, time.Now),
@@ -375,11 +371,7 @@ func (sd *seeder) planChats(ctx context.Context) ([]*chatDoc, error) {
 		for i, c := range candidates {
 			keys[i] = c.PairKey
 		}
-		taken, err := sd.store.chats.Distinct(ctx, "pairKey", bson.D{{Key: "pairKey", Value: bson.D{{Key: "$in", Value: keys}}}}).Raw()
-		if err != nil {
-			return fmt.Errorf("seed: existing chats: %w", err)
-		}
-		vals, err := taken.Values()
+		vals, err := distinctIn(ctx, sd.store.chats, "pairKey", keys)
 		if err != nil {
 			return fmt.Errorf("seed: existing chats: %w", err)
 		}
@@ -427,6 +419,15 @@ func (sd *seeder) planChats(ctx context.Context) ([]*chatDoc, error) {
 	return docs, nil
 }
 
+// distinctIn returns those of values that a document of c holds in field.
+func distinctIn(ctx context.Context, c *mongo.Collection, field string, values bson.A) ([]bson.RawValue, error) {
+	raw, err := c.Distinct(ctx, field, bson.D{{Key: field, Value: bson.D{{Key: "$in", Value: values}}}}).Raw()
+	if err != nil {
+		return nil, err
+	}
+	return raw.Values()
+}
+
 // dropOrphans deletes what was written for those of docs that did not
 // make it into the chats collection.
 func (sd *seeder) dropOrphans(ctx context.Context, docs []*chatDoc) error {
@@ -434,11 +435,7 @@ func (sd *seeder) dropOrphans(ctx context.Context, docs []*chatDoc) error {
 	for i, d := range docs {
 		ids[i] = d.ID
 	}
-	raw, err := sd.store.chats.Distinct(ctx, "_id", bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}).Raw()
-	if err != nil {
-		return fmt.Errorf("seed: clean up: %w", err)
-	}
-	vals, err := raw.Values()
+	vals, err := distinctIn(ctx, sd.store.chats, "_id", ids)
 	if err != nil {
 		return fmt.Errorf("seed: clean up: %w", err)
 	}

@@ -299,24 +299,6 @@ func (s *store) startPositions(ctx context.Context, chatID bson.ObjectID, userID
 	return nil
 }
 
-// onlyDuplicates reports whether every write error of err is a duplicate
-// key.
-func onlyDuplicates(err error) bool {
-	var bwe mongo.BulkWriteException
-	if errors.As(err, &bwe) {
-		if bwe.WriteConcernError != nil {
-			return false
-		}
-		for _, we := range bwe.WriteErrors {
-			if we.Code != 11000 {
-				return false
-			}
-		}
-		return len(bwe.WriteErrors) > 0
-	}
-	return mongo.IsDuplicateKeyError(err)
-}
-
 // createPrivate returns the private chat of a and b, creating it if needed.
 // The unique pairKey makes racing creators agree on one chat.
 func (s *store) createPrivate(ctx context.Context, a, b int) (*chatDoc, bool, error) {

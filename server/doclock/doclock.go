@@ -51,6 +51,16 @@ func Needed(ctx context.Context, db *mongo.Database) (bool, error) {
 	return err == nil, nil
 }
 
+// For returns the locks, kept in rdb under prefix, that the updates of
+// db's documents need: nil where its engine needs none.
+func For(ctx context.Context, db *mongo.Database, rdb redis.UniversalClient, prefix string) (*Locks, error) {
+	needed, err := Needed(ctx, db)
+	if err != nil || !needed {
+		return nil, err
+	}
+	return New(rdb, prefix), nil
+}
+
 // Prefixed returns locks under a further key prefix, nil for nil.
 func (l *Locks) Prefixed(prefix string) *Locks {
 	if l == nil {

@@ -22,8 +22,7 @@ func Ensure(ctx context.Context, c *mongo.Collection, models []mongo.IndexModel)
 		}
 		var out []mongo.IndexModel
 		for _, m := range models {
-			name := *indexName(m)
-			if !slices.ContainsFunc(specs, func(s mongo.IndexSpecification) bool { return s.Name == name }) {
+			if !has(specs, *indexName(m)) {
 				out = append(out, m)
 			}
 		}
@@ -39,6 +38,11 @@ func Ensure(ctx context.Context, c *mongo.Collection, models []mongo.IndexModel)
 		}
 	}
 	return nil
+}
+
+// has reports whether specs include an index named name.
+func has(specs []mongo.IndexSpecification, name string) bool {
+	return slices.ContainsFunc(specs, func(s mongo.IndexSpecification) bool { return s.Name == name })
 }
 
 // indexName returns the name an index model sets.
@@ -57,13 +61,12 @@ func Drop(ctx context.Context, c *mongo.Collection, names []string) error {
 		return err
 	}
 	for _, name := range names {
-		if !slices.ContainsFunc(specs, func(s mongo.IndexSpecification) bool { return s.Name == name }) {
+		if !has(specs, name) {
 			continue
 		}
 		if err := c.Indexes().DropOne(ctx, name); err != nil {
 			// Another instance may have dropped it meanwhile.
-			if left, lerr := c.Indexes().ListSpecifications(ctx); lerr != nil ||
-				slices.ContainsFunc(left, func(s mongo.IndexSpecification) bool { return s.Name == name }) {
+			if left, lerr := c.Indexes().ListSpecifications(ctx); lerr != nil || has(left, name) {
 				return err
 			}
 		}
