@@ -53,6 +53,7 @@ func seedUsers(t *testing.T, srv *servertest.Server, n int) []int32 {
 // A group never exceeds chat.MaxGroupSize, however many admins add
 // members at once, on however many instances.
 func TestChatService_MemberLimitUnderConcurrency(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t)
 	srv1, srv2 := twoInstances(t)
 	admin := newUser(t, srv1, servertest.Protocols[0])
 	const start, adders, each = 400, 11, 20

@@ -16,6 +16,7 @@ import (
 // TestMessageService_ConcurrentSenders has 8 members send 200 messages each
 // into one group at once.
 func TestMessageService_ConcurrentSenders(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t)
 	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))
 	const senders, each = 8, 200
 	var users []*user
@@ -143,6 +144,7 @@ func TestMessageService_SeqCounterLost(t *testing.T) {
 
 // TestMessageService_Paging pages through 1,000 messages both ways.
 func TestMessageService_Paging(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t)
 	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))
 	a, b := newUser(t, srv, servertest.Protocols[1]), newUser(t, srv, servertest.Protocols[1])
 	c := group(t, a, "g", b)

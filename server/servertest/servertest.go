@@ -274,3 +274,15 @@ func createKey() (string, error) {
 	_, err = auth.LoadOrCreateKey(path, true)
 	return path, err
 }
+
+// SkipOnEmbeddedMongo skips a test that takes minutes on the embedded
+// FerretDB 1.x, which answers every query by scanning: it runs where
+// PARLEY_TEST_MONGO_URI names a real engine (as scripts/with-test-services
+// provides), or with PARLEY_TEST_SLOW_EMBEDDED=1. The chat store's tests
+// that `make test-embedded` runs on FerretDB 1.x do not call it.
+func SkipOnEmbeddedMongo(tb testing.TB) {
+	tb.Helper()
+	if os.Getenv("PARLEY_TEST_MONGO_URI") == "" && os.Getenv("PARLEY_TEST_SLOW_EMBEDDED") == "" {
+		tb.Skip("minutes on the embedded FerretDB 1.x: set PARLEY_TEST_MONGO_URI to a real engine, or PARLEY_TEST_SLOW_EMBEDDED=1")
+	}
+}
