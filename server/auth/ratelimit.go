@@ -6,10 +6,9 @@ import (
 	"strings"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/go-redis/redis_rate/v10"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/parley-chat/parley/server/rpcerr"
 )
 
 // RateLimits bound the attempts that guess passwords or mass-create
@@ -78,7 +77,7 @@ func (l *limiter) attemptLogin(ctx context.Context, account, addr string) error 
 			return fmt.Errorf("rate limit: %w", err)
 		}
 		if res.Allowed == 0 {
-			return tooMany(x.msg+"; try again later", res.RetryAfter)
+			return rpcerr.TooMany(x.msg+"; try again later", res.RetryAfter)
 		}
 	}
 	return nil
@@ -101,19 +100,7 @@ func (l *limiter) register(ctx context.Context, addr string) error {
 		return fmt.Errorf("rate limit: %w", err)
 	}
 	if res.Allowed == 0 {
-		return tooMany("too many registrations from this address", res.RetryAfter)
+		return rpcerr.TooMany("too many registrations from this address", res.RetryAfter)
 	}
 	return nil
-}
-
-// tooMany is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail and a
-// Retry-After header, both saying when to try again.
-func tooMany(msg string, retry time.Duration) error {
-	retry = max(retry.Round(time.Second), time.Second)
-	err := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%s (retry after %s)", msg, retry))
-	if d, derr := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)}); derr == nil {
-		err.AddDetail(d)
-	}
-	err.Meta().Set("Retry-After", fmt.Sprint(int(retry.Seconds())))
-	return err
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/rpcerr"
 )
 
 // Events is where the chat service announces changes, live, to the users
@@ -169,8 +170,7 @@ func (s *Service) SendTyping(
 		return nil, s.internal(ctx, "send typing", err)
 	}
 	if res.Allowed == 0 {
-		return nil, connect.NewError(connect.CodeResourceExhausted,
-			fmt.Errorf("too many typing indications; retry in %s", res.RetryAfter.Round(time.Millisecond)))
+		return nil, rpcerr.TooMany("too many typing indications", res.RetryAfter)
 	}
 	ids := slices.DeleteFunc(participantIDs(c), func(u int) bool { return u == id.UserID })
 	expires := s.now().Add(TypingTTL)

@@ -156,8 +156,7 @@ func (s *Service) CreateUpload(
 		return nil, rpcerr.From(ctx, s.log, "create upload", err)
 	}
 	if allowed.Allowed == 0 {
-		return nil, connect.NewError(connect.CodeResourceExhausted,
-			fmt.Errorf("too many uploads; retry in %s", allowed.RetryAfter.Round(time.Second)))
+		return nil, rpcerr.TooMany("too many uploads", allowed.RetryAfter)
 	}
 	now := s.lib.store.nowMs()
 	m := &mediaDoc{

@@ -7,12 +7,17 @@ package rpcerr
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/parley-chat/parley/ent"
 )
@@ -85,4 +90,18 @@ func HTTPStatus(c connect.Code) int {
 	default:
 		return http.StatusInternalServerError
 	}
+}
+
+// TooMany is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail and a
+// Retry-After header, both saying when to try again (at least a second
+// from now). Every limit a client can run into answers with it, so clients
+// can back off the same way everywhere.
+func TooMany(msg string, retry time.Duration) *connect.Error {
+	retry = max(retry.Round(time.Second), time.Second)
+	err := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%s (retry after %s)", msg, retry))
+	if d, derr := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)}); derr == nil {
+		err.AddDetail(d)
+	}
+	err.Meta().Set("Retry-After", strconv.Itoa(int(retry.Seconds())))
+	return err
 }
