@@ -16,6 +16,7 @@ import (
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"github.com/parley-chat/parley/ent/avatar"
+	"github.com/parley-chat/parley/ent/block"
 	"github.com/parley-chat/parley/ent/profile"
 	"github.com/parley-chat/parley/ent/user"
 
@@ -29,6 +30,8 @@ type Client struct {
 	Schema *migrate.Schema
 	// Avatar is the client for interacting with the Avatar builders.
 	Avatar *AvatarClient
+	// Block is the client for interacting with the Block builders.
+	Block *BlockClient
 	// Profile is the client for interacting with the Profile builders.
 	Profile *ProfileClient
 	// User is the client for interacting with the User builders.
@@ -45,6 +48,7 @@ func NewClient(opts ...Option) *Client {
 func (c *Client) init() {
 	c.Schema = migrate.NewSchema(c.driver)
 	c.Avatar = NewAvatarClient(c.config)
+	c.Block = NewBlockClient(c.config)
 	c.Profile = NewProfileClient(c.config)
 	c.User = NewUserClient(c.config)
 }
@@ -140,6 +144,7 @@ func (c *Client) Tx(ctx context.Context) (*Tx, error) {
 		ctx:     ctx,
 		config:  cfg,
 		Avatar:  NewAvatarClient(cfg),
+		Block:   NewBlockClient(cfg),
 		Profile: NewProfileClient(cfg),
 		User:    NewUserClient(cfg),
 	}, nil
@@ -162,6 +167,7 @@ func (c *Client) BeginTx(ctx context.Context, opts *sql.TxOptions) (*Tx, error) 
 		ctx:     ctx,
 		config:  cfg,
 		Avatar:  NewAvatarClient(cfg),
+		Block:   NewBlockClient(cfg),
 		Profile: NewProfileClient(cfg),
 		User:    NewUserClient(cfg),
 	}, nil
@@ -193,6 +199,7 @@ func (c *Client) Close() error {
 // In order to add hooks to a specific client, call: `client.Node.Use(...)`.
 func (c *Client) Use(hooks ...Hook) {
 	c.Avatar.Use(hooks...)
+	c.Block.Use(hooks...)
 	c.Profile.Use(hooks...)
 	c.User.Use(hooks...)
 }
@@ -201,6 +208,7 @@ func (c *Client) Use(hooks ...Hook) {
 // In order to add interceptors to a specific client, call: `client.Node.Intercept(...)`.
 func (c *Client) Intercept(interceptors ...Interceptor) {
 	c.Avatar.Intercept(interceptors...)
+	c.Block.Intercept(interceptors...)
 	c.Profile.Intercept(interceptors...)
 	c.User.Intercept(interceptors...)
 }
@@ -210,6 +218,8 @@ func (c *Client) Mutate(ctx context.Context, m Mutation) (Value, error) {
 	switch m := m.(type) {
 	case *AvatarMutation:
 		return c.Avatar.mutate(ctx, m)
+	case *BlockMutation:
+		return c.Block.mutate(ctx, m)
 	case *ProfileMutation:
 		return c.Profile.mutate(ctx, m)
 	case *UserMutation:
@@ -365,6 +375,171 @@ func (c *AvatarClient) mutate(ctx context.Context, m *AvatarMutation) (Value, er
 		return (&AvatarDelete{config: c.config, hooks: c.Hooks(), mutation: m}).Exec(ctx)
 	default:
 		return nil, fmt.Errorf("ent: unknown Avatar mutation op: %q", m.Op())
+	}
+}
+
+// BlockClient is a client for the Block schema.
+type BlockClient struct {
+	config
+}
+
+// NewBlockClient returns a client for the Block from the given config.
+func NewBlockClient(c config) *BlockClient {
+	return &BlockClient{config: c}
+}
+
+// Use adds a list of mutation hooks to the hooks stack.
+// A call to `Use(f, g, h)` equals to `block.Hooks(f(g(h())))`.
+func (c *BlockClient) Use(hooks ...Hook) {
+	c.hooks.Block = append(c.hooks.Block, hooks...)
+}
+
+// Intercept adds a list of query interceptors to the interceptors stack.
+// A call to `Intercept(f, g, h)` equals to `block.Intercept(f(g(h())))`.
+func (c *BlockClient) Intercept(interceptors ...Interceptor) {
+	c.inters.Block = append(c.inters.Block, interceptors...)
+}
+
+// Create returns a builder for creating a Block entity.
+func (c *BlockClient) Create() *BlockCreate {
+	mutation := newBlockMutation(c.config, OpCreate)
+	return &BlockCreate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// CreateBulk returns a builder for creating a bulk of Block entities.
+func (c *BlockClient) CreateBulk(builders ...*BlockCreate) *BlockCreateBulk {
+	return &BlockCreateBulk{config: c.config, builders: builders}
+}
+
+// MapCreateBulk creates a bulk creation builder from the given slice. For each item in the slice, the function creates
+// a builder and applies setFunc on it.
+func (c *BlockClient) MapCreateBulk(slice any, setFunc func(*BlockCreate, int)) *BlockCreateBulk {
+	rv := reflect.ValueOf(slice)
+	if rv.Kind() != reflect.Slice {
+		return &BlockCreateBulk{err: fmt.Errorf("calling to BlockClient.MapCreateBulk with wrong type %T, need slice", slice)}
+	}
+	builders := make([]*BlockCreate, rv.Len())
+	for i := 0; i < rv.Len(); i++ {
+		builders[i] = c.Create()
+		setFunc(builders[i], i)
+	}
+	return &BlockCreateBulk{config: c.config, builders: builders}
+}
+
+// Update returns an update builder for Block.
+func (c *BlockClient) Update() *BlockUpdate {
+	mutation := newBlockMutation(c.config, OpUpdate)
+	return &BlockUpdate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOne returns an update builder for the given entity.
+func (c *BlockClient) UpdateOne(_m *Block) *BlockUpdateOne {
+	mutation := newBlockMutation(c.config, OpUpdateOne, withBlock(_m))
+	return &BlockUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOneID returns an update builder for the given id.
+func (c *BlockClient) UpdateOneID(id int) *BlockUpdateOne {
+	mutation := newBlockMutation(c.config, OpUpdateOne, withBlockID(id))
+	return &BlockUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// Delete returns a delete builder for Block.
+func (c *BlockClient) Delete() *BlockDelete {
+	mutation := newBlockMutation(c.config, OpDelete)
+	return &BlockDelete{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// DeleteOne returns a builder for deleting the given entity.
+func (c *BlockClient) DeleteOne(_m *Block) *BlockDeleteOne {
+	return c.DeleteOneID(_m.ID)
+}
+
+// DeleteOneID returns a builder for deleting the given entity by its id.
+func (c *BlockClient) DeleteOneID(id int) *BlockDeleteOne {
+	builder := c.Delete().Where(block.ID(id))
+	builder.mutation.id = &id
+	builder.mutation.op = OpDeleteOne
+	return &BlockDeleteOne{builder}
+}
+
+// Query returns a query builder for Block.
+func (c *BlockClient) Query() *BlockQuery {
+	return &BlockQuery{
+		config: c.config,
+		ctx:    &QueryContext{Type: TypeBlock},
+		inters: c.Interceptors(),
+	}
+}
+
+// Get returns a Block entity by its id.
+func (c *BlockClient) Get(ctx context.Context, id int) (*Block, error) {
+	return c.Query().Where(block.ID(id)).Only(ctx)
+}
+
+// GetX is like Get, but panics if an error occurs.
+func (c *BlockClient) GetX(ctx context.Context, id int) *Block {
+	obj, err := c.Get(ctx, id)
+	if err != nil {
+		panic(err)
+	}
+	return obj
+}
+
+// QueryBlocker queries the blocker edge of a Block.
+func (c *BlockClient) QueryBlocker(_m *Block) *UserQuery {
+	query := (&UserClient{config: c.config}).Query()
+	query.path = func(context.Context) (fromV *sql.Selector, _ error) {
+		id := _m.ID
+		step := sqlgraph.NewStep(
+			sqlgraph.From(block.Table, block.FieldID, id),
+			sqlgraph.To(user.Table, user.FieldID),
+			sqlgraph.Edge(sqlgraph.M2O, true, block.BlockerTable, block.BlockerColumn),
+		)
+		fromV = sqlgraph.Neighbors(_m.driver.Dialect(), step)
+		return fromV, nil
+	}
+	return query
+}
+
+// QueryBlocked queries the blocked edge of a Block.
+func (c *BlockClient) QueryBlocked(_m *Block) *UserQuery {
+	query := (&UserClient{config: c.config}).Query()
+	query.path = func(context.Context) (fromV *sql.Selector, _ error) {
+		id := _m.ID
+		step := sqlgraph.NewStep(
+			sqlgraph.From(block.Table, block.FieldID, id),
+			sqlgraph.To(user.Table, user.FieldID),
+			sqlgraph.Edge(sqlgraph.M2O, true, block.BlockedTable, block.BlockedColumn),
+		)
+		fromV = sqlgraph.Neighbors(_m.driver.Dialect(), step)
+		return fromV, nil
+	}
+	return query
+}
+
+// Hooks returns the client hooks.
+func (c *BlockClient) Hooks() []Hook {
+	return c.hooks.Block
+}
+
+// Interceptors returns the client interceptors.
+func (c *BlockClient) Interceptors() []Interceptor {
+	return c.inters.Block
+}
+
+func (c *BlockClient) mutate(ctx context.Context, m *BlockMutation) (Value, error) {
+	switch m.Op() {
+	case OpCreate:
+		return (&BlockCreate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdate:
+		return (&BlockUpdate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdateOne:
+		return (&BlockUpdateOne{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpDelete, OpDeleteOne:
+		return (&BlockDelete{config: c.config, hooks: c.Hooks(), mutation: m}).Exec(ctx)
+	default:
+		return nil, fmt.Errorf("ent: unknown Block mutation op: %q", m.Op())
 	}
 }
 
@@ -657,6 +832,38 @@ func (c *UserClient) QueryAvatars(_m *User) *AvatarQuery {
 	return query
 }
 
+// QueryBlocks queries the blocks edge of a User.
+func (c *UserClient) QueryBlocks(_m *User) *BlockQuery {
+	query := (&BlockClient{config: c.config}).Query()
+	query.path = func(context.Context) (fromV *sql.Selector, _ error) {
+		id := _m.ID
+		step := sqlgraph.NewStep(
+			sqlgraph.From(user.Table, user.FieldID, id),
+			sqlgraph.To(block.Table, block.FieldID),
+			sqlgraph.Edge(sqlgraph.O2M, false, user.BlocksTable, user.BlocksColumn),
+		)
+		fromV = sqlgraph.Neighbors(_m.driver.Dialect(), step)
+		return fromV, nil
+	}
+	return query
+}
+
+// QueryBlockedBy queries the blocked_by edge of a User.
+func (c *UserClient) QueryBlockedBy(_m *User) *BlockQuery {
+	query := (&BlockClient{config: c.config}).Query()
+	query.path = func(context.Context) (fromV *sql.Selector, _ error) {
+		id := _m.ID
+		step := sqlgraph.NewStep(
+			sqlgraph.From(user.Table, user.FieldID, id),
+			sqlgraph.To(block.Table, block.FieldID),
+			sqlgraph.Edge(sqlgraph.O2M, false, user.BlockedByTable, user.BlockedByColumn),
+		)
+		fromV = sqlgraph.Neighbors(_m.driver.Dialect(), step)
+		return fromV, nil
+	}
+	return query
+}
+
 // Hooks returns the client hooks.
 func (c *UserClient) Hooks() []Hook {
 	return c.hooks.User
@@ -685,10 +892,10 @@ func (c *UserClient) mutate(ctx context.Context, m *UserMutation) (Value, error)
 // hooks and interceptors per client, for fast access.
 type (
 	hooks struct {
-		Avatar, Profile, User []ent.Hook
+		Avatar, Block, Profile, User []ent.Hook
 	}
 	inters struct {
-		Avatar, Profile, User []ent.Interceptor
+		Avatar, Block, Profile, User []ent.Interceptor
 	}
 )
 

@@ -13,6 +13,7 @@ import (
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"github.com/parley-chat/parley/ent/avatar"
+	"github.com/parley-chat/parley/ent/block"
 	"github.com/parley-chat/parley/ent/profile"
 	"github.com/parley-chat/parley/ent/user"
 )
@@ -76,6 +77,7 @@ func checkColumn(t, c string) error {
 	initCheck.Do(func() {
 		columnCheck = sql.NewColumnCheck(map[string]func(string) bool{
 			avatar.Table:  avatar.ValidColumn,
+			block.Table:   block.ValidColumn,
 			profile.Table: profile.ValidColumn,
 			user.Table:    user.ValidColumn,
 		})

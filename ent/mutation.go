@@ -12,6 +12,7 @@ import (
 	"entgo.io/ent"
 	"entgo.io/ent/dialect/sql"
 	"github.com/parley-chat/parley/ent/avatar"
+	"github.com/parley-chat/parley/ent/block"
 	"github.com/parley-chat/parley/ent/predicate"
 	"github.com/parley-chat/parley/ent/profile"
 	"github.com/parley-chat/parley/ent/user"
@@ -27,6 +28,7 @@ const (
 
 	// Node types.
 	TypeAvatar  = "Avatar"
+	TypeBlock   = "Block"
 	TypeProfile = "Profile"
 	TypeUser    = "User"
 )
@@ -636,21 +638,567 @@ func (m *AvatarMutation) ResetEdge(name string) error {
 	return fmt.Errorf("unknown Avatar edge %s", name)
 }
 
+// BlockMutation represents an operation that mutates the Block nodes in the graph.
+type BlockMutation struct {
+	config
+	op             Op
+	typ            string
+	id             *int
+	created_at     *time.Time
+	clearedFields  map[string]struct{}
+	blocker        *int
+	clearedblocker bool
+	blocked        *int
+	clearedblocked bool
+	done           bool
+	oldValue       func(context.Context) (*Block, error)
+	predicates     []predicate.Block
+}
+
+var _ ent.Mutation = (*BlockMutation)(nil)
+
+// blockOption allows management of the mutation configuration using functional options.
+type blockOption func(*BlockMutation)
+
+// newBlockMutation creates new mutation for the Block entity.
+func newBlockMutation(c config, op Op, opts ...blockOption) *BlockMutation {
+	m := &BlockMutation{
+		config:        c,
+		op:            op,
+		typ:           TypeBlock,
+		clearedFields: make(map[string]struct{}),
+	}
+	for _, opt := range opts {
+		opt(m)
+	}
+	return m
+}
+
+// withBlockID sets the ID field of the mutation.
+func withBlockID(id int) blockOption {
+	return func(m *BlockMutation) {
+		var (
+			err   error
+			once  sync.Once
+			value *Block
+		)
+		m.oldValue = func(ctx context.Context) (*Block, error) {
+			once.Do(func() {
+				if m.done {
+					err = errors.New("querying old values post mutation is not allowed")
+				} else {
+					value, err = m.Client().Block.Get(ctx, id)
+				}
+			})
+			return value, err
+		}
+		m.id = &id
+	}
+}
+
+// withBlock sets the old Block of the mutation.
+func withBlock(node *Block) blockOption {
+	return func(m *BlockMutation) {
+		m.oldValue = func(context.Context) (*Block, error) {
+			return node, nil
+		}
+		m.id = &node.ID
+	}
+}
+
+// Client returns a new `ent.Client` from the mutation. If the mutation was
+// executed in a transaction (ent.Tx), a transactional client is returned.
+func (m BlockMutation) Client() *Client {
+	client := &Client{config: m.config}
+	client.init()
+	return client
+}
+
+// Tx returns an `ent.Tx` for mutations that were executed in transactions;
+// it returns an error otherwise.
+func (m BlockMutation) Tx() (*Tx, error) {
+	if _, ok := m.driver.(*txDriver); !ok {
+		return nil, errors.New("ent: mutation is not running in a transaction")
+	}
+	tx := &Tx{config: m.config}
+	tx.init()
+	return tx, nil
+}
+
+// SetID sets the value of the id field. Note that this
+// operation is only accepted on creation of Block entities.
+func (m *BlockMutation) SetID(id int) {
+	m.id = &id
+}
+
+// ID returns the ID value in the mutation. Note that the ID is only available
+// if it was provided to the builder or after it was returned from the database.
+func (m *BlockMutation) ID() (id int, exists bool) {
+	if m.id == nil {
+		return
+	}
+	return *m.id, true
+}
+
+// IDs queries the database and returns the entity ids that match the mutation's predicate.
+// That means, if the mutation is applied within a transaction with an isolation level such
+// as sql.LevelSerializable, the returned ids match the ids of the rows that will be updated
+// or updated by the mutation.
+func (m *BlockMutation) IDs(ctx context.Context) ([]int, error) {
+	switch {
+	case m.op.Is(OpUpdateOne | OpDeleteOne):
+		id, exists := m.ID()
+		if exists {
+			return []int{id}, nil
+		}
+		fallthrough
+	case m.op.Is(OpUpdate | OpDelete):
+		return m.Client().Block.Query().Where(m.predicates...).IDs(ctx)
+	default:
+		return nil, fmt.Errorf("IDs is not allowed on %s operations", m.op)
+	}
+}
+
+// SetBlockerID sets the "blocker_id" field.
+func (m *BlockMutation) SetBlockerID(i int) {
+	m.blocker = &i
+}
+
+// BlockerID returns the value of the "blocker_id" field in the mutation.
+func (m *BlockMutation) BlockerID() (r int, exists bool) {
+	v := m.blocker
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldBlockerID returns the old "blocker_id" field's value of the Block entity.
+// If the Block object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *BlockMutation) OldBlockerID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldBlockerID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldBlockerID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldBlockerID: %w", err)
+	}
+	return oldValue.BlockerID, nil
+}
+
+// ResetBlockerID resets all changes to the "blocker_id" field.
+func (m *BlockMutation) ResetBlockerID() {
+	m.blocker = nil
+}
+
+// SetBlockedID sets the "blocked_id" field.
+func (m *BlockMutation) SetBlockedID(i int) {
+	m.blocked = &i
+}
+
+// BlockedID returns the value of the "blocked_id" field in the mutation.
+func (m *BlockMutation) BlockedID() (r int, exists bool) {
+	v := m.blocked
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldBlockedID returns the old "blocked_id" field's value of the Block entity.
+// If the Block object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *BlockMutation) OldBlockedID(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldBlockedID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldBlockedID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldBlockedID: %w", err)
+	}
+	return oldValue.BlockedID, nil
+}
+
+// ResetBlockedID resets all changes to the "blocked_id" field.
+func (m *BlockMutation) ResetBlockedID() {
+	m.blocked = nil
+}
+
+// SetCreatedAt sets the "created_at" field.
+func (m *BlockMutation) SetCreatedAt(t time.Time) {
+	m.created_at = &t
+}
+
+// CreatedAt returns the value of the "created_at" field in the mutation.
+func (m *BlockMutation) CreatedAt() (r time.Time, exists bool) {
+	v := m.created_at
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldCreatedAt returns the old "created_at" field's value of the Block entity.
+// If the Block object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *BlockMutation) OldCreatedAt(ctx context.Context) (v time.Time, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldCreatedAt is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldCreatedAt requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldCreatedAt: %w", err)
+	}
+	return oldValue.CreatedAt, nil
+}
+
+// ResetCreatedAt resets all changes to the "created_at" field.
+func (m *BlockMutation) ResetCreatedAt() {
+	m.created_at = nil
+}
+
+// ClearBlocker clears the "blocker" edge to the User entity.
+func (m *BlockMutation) ClearBlocker() {
+	m.clearedblocker = true
+	m.clearedFields[block.FieldBlockerID] = struct{}{}
+}
+
+// BlockerCleared reports if the "blocker" edge to the User entity was cleared.
+func (m *BlockMutation) BlockerCleared() bool {
+	return m.clearedblocker
+}
+
+// BlockerIDs returns the "blocker" edge IDs in the mutation.
+// Note that IDs always returns len(IDs) <= 1 for unique edges, and you should use
+// BlockerID instead. It exists only for internal usage by the builders.
+func (m *BlockMutation) BlockerIDs() (ids []int) {
+	if id := m.blocker; id != nil {
+		ids = append(ids, *id)
+	}
+	return
+}
+
+// ResetBlocker resets all changes to the "blocker" edge.
+func (m *BlockMutation) ResetBlocker() {
+	m.blocker = nil
+	m.clearedblocker = false
+}
+
+// ClearBlocked clears the "blocked" edge to the User entity.
+func (m *BlockMutation) ClearBlocked() {
+	m.clearedblocked = true
+	m.clearedFields[block.FieldBlockedID] = struct{}{}
+}
+
+// BlockedCleared reports if the "blocked" edge to the User entity was cleared.
+func (m *BlockMutation) BlockedCleared() bool {
+	return m.clearedblocked
+}
+
+// BlockedIDs returns the "blocked" edge IDs in the mutation.
+// Note that IDs always returns len(IDs) <= 1 for unique edges, and you should use
+// BlockedID instead. It exists only for internal usage by the builders.
+func (m *BlockMutation) BlockedIDs() (ids []int) {
+	if id := m.blocked; id != nil {
+		ids = append(ids, *id)
+	}
+	return
+}
+
+// ResetBlocked resets all changes to the "blocked" edge.
+func (m *BlockMutation) ResetBlocked() {
+	m.blocked = nil
+	m.clearedblocked = false
+}
+
+// Where appends a list predicates to the BlockMutation builder.
+func (m *BlockMutation) Where(ps ...predicate.Block) {
+	m.predicates = append(m.predicates, ps...)
+}
+
+// WhereP appends storage-level predicates to the BlockMutation builder. Using this method,
+// users can use type-assertion to append predicates that do not depend on any generated package.
+func (m *BlockMutation) WhereP(ps ...func(*sql.Selector)) {
+	p := make([]predicate.Block, len(ps))
+	for i := range ps {
+		p[i] = ps[i]
+	}
+	m.Where(p...)
+}
+
+// Op returns the operation name.
+func (m *BlockMutation) Op() Op {
+	return m.op
+}
+
+// SetOp allows setting the mutation operation.
+func (m *BlockMutation) SetOp(op Op) {
+	m.op = op
+}
+
+// Type returns the node type of this mutation (Block).
+func (m *BlockMutation) Type() string {
+	return m.typ
+}
+
+// Fields returns all fields that were changed during this mutation. Note that in
+// order to get all numeric fields that were incremented/decremented, call
+// AddedFields().
+func (m *BlockMutation) Fields() []string {
+	fields := make([]string, 0, 3)
+	if m.blocker != nil {
+		fields = append(fields, block.FieldBlockerID)
+	}
+	if m.blocked != nil {
+		fields = append(fields, block.FieldBlockedID)
+	}
+	if m.created_at != nil {
+		fields = append(fields, block.FieldCreatedAt)
+	}
+	return fields
+}
+
+// Field returns the value of a field with the given name. The second boolean
+// return value indicates that this field was not set, or was not defined in the
+// schema.
+func (m *BlockMutation) Field(name string) (ent.Value, bool) {
+	switch name {
+	case block.FieldBlockerID:
+		return m.BlockerID()
+	case block.FieldBlockedID:
+		return m.BlockedID()
+	case block.FieldCreatedAt:
+		return m.CreatedAt()
+	}
+	return nil, false
+}
+
+// OldField returns the old value of the field from the database. An error is
+// returned if the mutation operation is not UpdateOne, or the query to the
+// database failed.
+func (m *BlockMutation) OldField(ctx context.Context, name string) (ent.Value, error) {
+	switch name {
+	case block.FieldBlockerID:
+		return m.OldBlockerID(ctx)
+	case block.FieldBlockedID:
+		return m.OldBlockedID(ctx)
+	case block.FieldCreatedAt:
+		return m.OldCreatedAt(ctx)
+	}
+	return nil, fmt.Errorf("unknown Block field %s", name)
+}
+
+// SetField sets the value of a field with the given name. It returns an error if
+// the field is not defined in the schema, or if the type mismatched the field
+// type.
+func (m *BlockMutation) SetField(name string, value ent.Value) error {
+	switch name {
+	case block.FieldBlockerID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetBlockerID(v)
+		return nil
+	case block.FieldBlockedID:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetBlockedID(v)
+		return nil
+	case block.FieldCreatedAt:
+		v, ok := value.(time.Time)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetCreatedAt(v)
+		return nil
+	}
+	return fmt.Errorf("unknown Block field %s", name)
+}
+
+// AddedFields returns all numeric fields that were incremented/decremented during
+// this mutation.
+func (m *BlockMutation) AddedFields() []string {
+	var fields []string
+	return fields
+}
+
+// AddedField returns the numeric value that was incremented/decremented on a field
+// with the given name. The second boolean return value indicates that this field
+// was not set, or was not defined in the schema.
+func (m *BlockMutation) AddedField(name string) (ent.Value, bool) {
+	switch name {
+	}
+	return nil, false
+}
+
+// AddField adds the value to the field with the given name. It returns an error if
+// the field is not defined in the schema, or if the type mismatched the field
+// type.
+func (m *BlockMutation) AddField(name string, value ent.Value) error {
+	switch name {
+	}
+	return fmt.Errorf("unknown Block numeric field %s", name)
+}
+
+// ClearedFields returns all nullable fields that were cleared during this
+// mutation.
+func (m *BlockMutation) ClearedFields() []string {
+	return nil
+}
+
+// FieldCleared returns a boolean indicating if a field with the given name was
+// cleared in this mutation.
+func (m *BlockMutation) FieldCleared(name string) bool {
+	_, ok := m.clearedFields[name]
+	return ok
+}
+
+// ClearField clears the value of the field with the given name. It returns an
+// error if the field is not defined in the schema.
+func (m *BlockMutation) ClearField(name string) error {
+	return fmt.Errorf("unknown Block nullable field %s", name)
+}
+
+// ResetField resets all changes in the mutation for the field with the given name.
+// It returns an error if the field is not defined in the schema.
+func (m *BlockMutation) ResetField(name string) error {
+	switch name {
+	case block.FieldBlockerID:
+		m.ResetBlockerID()
+		return nil
+	case block.FieldBlockedID:
+		m.ResetBlockedID()
+		return nil
+	case block.FieldCreatedAt:
+		m.ResetCreatedAt()
+		return nil
+	}
+	return fmt.Errorf("unknown Block field %s", name)
+}
+
+// AddedEdges returns all edge names that were set/added in this mutation.
+func (m *BlockMutation) AddedEdges() []string {
+	edges := make([]string, 0, 2)
+	if m.blocker != nil {
+		edges = append(edges, block.EdgeBlocker)
+	}
+	if m.blocked != nil {
+		edges = append(edges, block.EdgeBlocked)
+	}
+	return edges
+}
+
+// AddedIDs returns all IDs (to other nodes) that were added for the given edge
+// name in this mutation.
+func (m *BlockMutation) AddedIDs(name string) []ent.Value {
+	switch name {
+	case block.EdgeBlocker:
+		if id := m.blocker; id != nil {
+			return []ent.Value{*id}
+		}
+	case block.EdgeBlocked:
+		if id := m.blocked; id != nil {
+			return []ent.Value{*id}
+		}
+	}
+	return nil
+}
+
+// RemovedEdges returns all edge names that were removed in this mutation.
+func (m *BlockMutation) RemovedEdges() []string {
+	edges := make([]string, 0, 2)
+	return edges
+}
+
+// RemovedIDs returns all IDs (to other nodes) that were removed for the edge with
+// the given name in this mutation.
+func (m *BlockMutation) RemovedIDs(name string) []ent.Value {
+	return nil
+}
+
+// ClearedEdges returns all edge names that were cleared in this mutation.
+func (m *BlockMutation) ClearedEdges() []string {
+	edges := make([]string, 0, 2)
+	if m.clearedblocker {
+		edges = append(edges, block.EdgeBlocker)
+	}
+	if m.clearedblocked {
+		edges = append(edges, block.EdgeBlocked)
+	}
+	return edges
+}
+
+// EdgeCleared returns a boolean which indicates if the edge with the given name
+// was cleared in this mutation.
+func (m *BlockMutation) EdgeCleared(name string) bool {
+	switch name {
+	case block.EdgeBlocker:
+		return m.clearedblocker
+	case block.EdgeBlocked:
+		return m.clearedblocked
+	}
+	return false
+}
+
+// ClearEdge clears the value of the edge with the given name. It returns an error
+// if that edge is not defined in the schema.
+func (m *BlockMutation) ClearEdge(name string) error {
+	switch name {
+	case block.EdgeBlocker:
+		m.ClearBlocker()
+		return nil
+	case block.EdgeBlocked:
+		m.ClearBlocked()
+		return nil
+	}
+	return fmt.Errorf("unknown Block unique edge %s", name)
+}
+
+// ResetEdge resets all changes to the edge with the given name in this mutation.
+// It returns an error if the edge is not defined in the schema.
+func (m *BlockMutation) ResetEdge(name string) error {
+	switch name {
+	case block.EdgeBlocker:
+		m.ResetBlocker()
+		return nil
+	case block.EdgeBlocked:
+		m.ResetBlocked()
+		return nil
+	}
+	return fmt.Errorf("unknown Block edge %s", name)
+}
+
 // ProfileMutation represents an operation that mutates the Profile nodes in the graph.
 type ProfileMutation struct {
 	config
-	op            Op
-	typ           string
-	id            *int
-	description   *string
-	created_at    *time.Time
-	last_login    *time.Time
-	clearedFields map[string]struct{}
-	user          *int
-	cleareduser   bool
-	done          bool
-	oldValue      func(context.Context) (*Profile, error)
-	predicates    []predicate.Profile
+	op             Op
+	typ            string
+	id             *int
+	description    *string
+	created_at     *time.Time
+	last_login     *time.Time
+	group_adds     *profile.GroupAdds
+	private_chats  *profile.PrivateChats
+	hide_last_seen *bool
+	clearedFields  map[string]struct{}
+	user           *int
+	cleareduser    bool
+	done           bool
+	oldValue       func(context.Context) (*Profile, error)
+	predicates     []predicate.Profile
 }
 
 var _ ent.Mutation = (*ProfileMutation)(nil)
@@ -891,6 +1439,114 @@ func (m *ProfileMutation) ResetLastLogin() {
 	delete(m.clearedFields, profile.FieldLastLogin)
 }
 
+// SetGroupAdds sets the "group_adds" field.
+func (m *ProfileMutation) SetGroupAdds(pa profile.GroupAdds) {
+	m.group_adds = &pa
+}
+
+// GroupAdds returns the value of the "group_adds" field in the mutation.
+func (m *ProfileMutation) GroupAdds() (r profile.GroupAdds, exists bool) {
+	v := m.group_adds
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldGroupAdds returns the old "group_adds" field's value of the Profile entity.
+// If the Profile object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ProfileMutation) OldGroupAdds(ctx context.Context) (v profile.GroupAdds, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldGroupAdds is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldGroupAdds requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldGroupAdds: %w", err)
+	}
+	return oldValue.GroupAdds, nil
+}
+
+// ResetGroupAdds resets all changes to the "group_adds" field.
+func (m *ProfileMutation) ResetGroupAdds() {
+	m.group_adds = nil
+}
+
+// SetPrivateChats sets the "private_chats" field.
+func (m *ProfileMutation) SetPrivateChats(pc profile.PrivateChats) {
+	m.private_chats = &pc
+}
+
+// PrivateChats returns the value of the "private_chats" field in the mutation.
+func (m *ProfileMutation) PrivateChats() (r profile.PrivateChats, exists bool) {
+	v := m.private_chats
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldPrivateChats returns the old "private_chats" field's value of the Profile entity.
+// If the Profile object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ProfileMutation) OldPrivateChats(ctx context.Context) (v profile.PrivateChats, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldPrivateChats is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldPrivateChats requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldPrivateChats: %w", err)
+	}
+	return oldValue.PrivateChats, nil
+}
+
+// ResetPrivateChats resets all changes to the "private_chats" field.
+func (m *ProfileMutation) ResetPrivateChats() {
+	m.private_chats = nil
+}
+
+// SetHideLastSeen sets the "hide_last_seen" field.
+func (m *ProfileMutation) SetHideLastSeen(b bool) {
+	m.hide_last_seen = &b
+}
+
+// HideLastSeen returns the value of the "hide_last_seen" field in the mutation.
+func (m *ProfileMutation) HideLastSeen() (r bool, exists bool) {
+	v := m.hide_last_seen
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldHideLastSeen returns the old "hide_last_seen" field's value of the Profile entity.
+// If the Profile object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *ProfileMutation) OldHideLastSeen(ctx context.Context) (v bool, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldHideLastSeen is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldHideLastSeen requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldHideLastSeen: %w", err)
+	}
+	return oldValue.HideLastSeen, nil
+}
+
+// ResetHideLastSeen resets all changes to the "hide_last_seen" field.
+func (m *ProfileMutation) ResetHideLastSeen() {
+	m.hide_last_seen = nil
+}
+
 // SetUserID sets the "user" edge to the User entity by id.
 func (m *ProfileMutation) SetUserID(id int) {
 	m.user = &id
@@ -964,7 +1620,7 @@ func (m *ProfileMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *ProfileMutation) Fields() []string {
-	fields := make([]string, 0, 3)
+	fields := make([]string, 0, 6)
 	if m.description != nil {
 		fields = append(fields, profile.FieldDescription)
 	}
@@ -973,6 +1629,15 @@ func (m *ProfileMutation) Fields() []string {
 	}
 	if m.last_login != nil {
 		fields = append(fields, profile.FieldLastLogin)
+	}
+	if m.group_adds != nil {
+		fields = append(fields, profile.FieldGroupAdds)
+	}
+	if m.private_chats != nil {
+		fields = append(fields, profile.FieldPrivateChats)
+	}
+	if m.hide_last_seen != nil {
+		fields = append(fields, profile.FieldHideLastSeen)
 	}
 	return fields
 }
@@ -988,6 +1653,12 @@ func (m *ProfileMutation) Field(name string) (ent.Value, bool) {
 		return m.CreatedAt()
 	case profile.FieldLastLogin:
 		return m.LastLogin()
+	case profile.FieldGroupAdds:
+		return m.GroupAdds()
+	case profile.FieldPrivateChats:
+		return m.PrivateChats()
+	case profile.FieldHideLastSeen:
+		return m.HideLastSeen()
 	}
 	return nil, false
 }
@@ -1003,6 +1674,12 @@ func (m *ProfileMutation) OldField(ctx context.Context, name string) (ent.Value,
 		return m.OldCreatedAt(ctx)
 	case profile.FieldLastLogin:
 		return m.OldLastLogin(ctx)
+	case profile.FieldGroupAdds:
+		return m.OldGroupAdds(ctx)
+	case profile.FieldPrivateChats:
+		return m.OldPrivateChats(ctx)
+	case profile.FieldHideLastSeen:
+		return m.OldHideLastSeen(ctx)
 	}
 	return nil, fmt.Errorf("unknown Profile field %s", name)
 }
@@ -1032,6 +1709,27 @@ func (m *ProfileMutation) SetField(name string, value ent.Value) error {
 			return fmt.Errorf("unexpected type %T for field %s", value, name)
 		}
 		m.SetLastLogin(v)
+		return nil
+	case profile.FieldGroupAdds:
+		v, ok := value.(profile.GroupAdds)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetGroupAdds(v)
+		return nil
+	case profile.FieldPrivateChats:
+		v, ok := value.(profile.PrivateChats)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetPrivateChats(v)
+		return nil
+	case profile.FieldHideLastSeen:
+		v, ok := value.(bool)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetHideLastSeen(v)
 		return nil
 	}
 	return fmt.Errorf("unknown Profile field %s", name)
@@ -1105,6 +1803,15 @@ func (m *ProfileMutation) ResetField(name string) error {
 		return nil
 	case profile.FieldLastLogin:
 		m.ResetLastLogin()
+		return nil
+	case profile.FieldGroupAdds:
+		m.ResetGroupAdds()
+		return nil
+	case profile.FieldPrivateChats:
+		m.ResetPrivateChats()
+		return nil
+	case profile.FieldHideLastSeen:
+		m.ResetHideLastSeen()
 		return nil
 	}
 	return fmt.Errorf("unknown Profile field %s", name)
@@ -1187,22 +1894,28 @@ func (m *ProfileMutation) ResetEdge(name string) error {
 // UserMutation represents an operation that mutates the User nodes in the graph.
 type UserMutation struct {
 	config
-	op             Op
-	typ            string
-	id             *int
-	username       *string
-	email          *string
-	password_hash  *string
-	phone_number   *string
-	clearedFields  map[string]struct{}
-	profile        *int
-	clearedprofile bool
-	avatars        map[int]struct{}
-	removedavatars map[int]struct{}
-	clearedavatars bool
-	done           bool
-	oldValue       func(context.Context) (*User, error)
-	predicates     []predicate.User
+	op                Op
+	typ               string
+	id                *int
+	username          *string
+	email             *string
+	password_hash     *string
+	phone_number      *string
+	clearedFields     map[string]struct{}
+	profile           *int
+	clearedprofile    bool
+	avatars           map[int]struct{}
+	removedavatars    map[int]struct{}
+	clearedavatars    bool
+	blocks            map[int]struct{}
+	removedblocks     map[int]struct{}
+	clearedblocks     bool
+	blocked_by        map[int]struct{}
+	removedblocked_by map[int]struct{}
+	clearedblocked_by bool
+	done              bool
+	oldValue          func(context.Context) (*User, error)
+	predicates        []predicate.User
 }
 
 var _ ent.Mutation = (*UserMutation)(nil)
@@ -1559,6 +2272,114 @@ func (m *UserMutation) ResetAvatars() {
 	m.removedavatars = nil
 }
 
+// AddBlockIDs adds the "blocks" edge to the Block entity by ids.
+func (m *UserMutation) AddBlockIDs(ids ...int) {
+	if m.blocks == nil {
+		m.blocks = make(map[int]struct{})
+	}
+	for i := range ids {
+		m.blocks[ids[i]] = struct{}{}
+	}
+}
+
+// ClearBlocks clears the "blocks" edge to the Block entity.
+func (m *UserMutation) ClearBlocks() {
+	m.clearedblocks = true
+}
+
+// BlocksCleared reports if the "blocks" edge to the Block entity was cleared.
+func (m *UserMutation) BlocksCleared() bool {
+	return m.clearedblocks
+}
+
+// RemoveBlockIDs removes the "blocks" edge to the Block entity by IDs.
+func (m *UserMutation) RemoveBlockIDs(ids ...int) {
+	if m.removedblocks == nil {
+		m.removedblocks = make(map[int]struct{})
+	}
+	for i := range ids {
+		delete(m.blocks, ids[i])
+		m.removedblocks[ids[i]] = struct{}{}
+	}
+}
+
+// RemovedBlocks returns the removed IDs of the "blocks" edge to the Block entity.
+func (m *UserMutation) RemovedBlocksIDs() (ids []int) {
+	for id := range m.removedblocks {
+		ids = append(ids, id)
+	}
+	return
+}
+
+// BlocksIDs returns the "blocks" edge IDs in the mutation.
+func (m *UserMutation) BlocksIDs() (ids []int) {
+	for id := range m.blocks {
+		ids = append(ids, id)
+	}
+	return
+}
+
+// ResetBlocks resets all changes to the "blocks" edge.
+func (m *UserMutation) ResetBlocks() {
+	m.blocks = nil
+	m.clearedblocks = false
+	m.removedblocks = nil
+}
+
+// AddBlockedByIDs adds the "blocked_by" edge to the Block entity by ids.
+func (m *UserMutation) AddBlockedByIDs(ids ...int) {
+	if m.blocked_by == nil {
+		m.blocked_by = make(map[int]struct{})
+	}
+	for i := range ids {
+		m.blocked_by[ids[i]] = struct{}{}
+	}
+}
+
+// ClearBlockedBy clears the "blocked_by" edge to the Block entity.
+func (m *UserMutation) ClearBlockedBy() {
+	m.clearedblocked_by = true
+}
+
+// BlockedByCleared reports if the "blocked_by" edge to the Block entity was cleared.
+func (m *UserMutation) BlockedByCleared() bool {
+	return m.clearedblocked_by
+}
+
+// RemoveBlockedByIDs removes the "blocked_by" edge to the Block entity by IDs.
+func (m *UserMutation) RemoveBlockedByIDs(ids ...int) {
+	if m.removedblocked_by == nil {
+		m.removedblocked_by = make(map[int]struct{})
+	}
+	for i := range ids {
+		delete(m.blocked_by, ids[i])
+		m.removedblocked_by[ids[i]] = struct{}{}
+	}
+}
+
+// RemovedBlockedBy returns the removed IDs of the "blocked_by" edge to the Block entity.
+func (m *UserMutation) RemovedBlockedByIDs() (ids []int) {
+	for id := range m.removedblocked_by {
+		ids = append(ids, id)
+	}
+	return
+}
+
+// BlockedByIDs returns the "blocked_by" edge IDs in the mutation.
+func (m *UserMutation) BlockedByIDs() (ids []int) {
+	for id := range m.blocked_by {
+		ids = append(ids, id)
+	}
+	return
+}
+
+// ResetBlockedBy resets all changes to the "blocked_by" edge.
+func (m *UserMutation) ResetBlockedBy() {
+	m.blocked_by = nil
+	m.clearedblocked_by = false
+	m.removedblocked_by = nil
+}
+
 // Where appends a list predicates to the UserMutation builder.
 func (m *UserMutation) Where(ps ...predicate.User) {
 	m.predicates = append(m.predicates, ps...)
@@ -1752,12 +2573,18 @@ func (m *UserMutation) ResetField(name string) error {
 
 // AddedEdges returns all edge names that were set/added in this mutation.
 func (m *UserMutation) AddedEdges() []string {
-	edges := make([]string, 0, 2)
+	edges := make([]string, 0, 4)
 	if m.profile != nil {
 		edges = append(edges, user.EdgeProfile)
 	}
 	if m.avatars != nil {
 		edges = append(edges, user.EdgeAvatars)
+	}
+	if m.blocks != nil {
+		edges = append(edges, user.EdgeBlocks)
+	}
+	if m.blocked_by != nil {
+		edges = append(edges, user.EdgeBlockedBy)
 	}
 	return edges
 }
@@ -1776,15 +2603,33 @@ func (m *UserMutation) AddedIDs(name string) []ent.Value {
 			ids = append(ids, id)
 		}
 		return ids
+	case user.EdgeBlocks:
+		ids := make([]ent.Value, 0, len(m.blocks))
+		for id := range m.blocks {
+			ids = append(ids, id)
+		}
+		return ids
+	case user.EdgeBlockedBy:
+		ids := make([]ent.Value, 0, len(m.blocked_by))
+		for id := range m.blocked_by {
+			ids = append(ids, id)
+		}
+		return ids
 	}
 	return nil
 }
 
 // RemovedEdges returns all edge names that were removed in this mutation.
 func (m *UserMutation) RemovedEdges() []string {
-	edges := make([]string, 0, 2)
+	edges := make([]string, 0, 4)
 	if m.removedavatars != nil {
 		edges = append(edges, user.EdgeAvatars)
+	}
+	if m.removedblocks != nil {
+		edges = append(edges, user.EdgeBlocks)
+	}
+	if m.removedblocked_by != nil {
+		edges = append(edges, user.EdgeBlockedBy)
 	}
 	return edges
 }
@@ -1799,18 +2644,36 @@ func (m *UserMutation) RemovedIDs(name string) []ent.Value {
 			ids = append(ids, id)
 		}
 		return ids
+	case user.EdgeBlocks:
+		ids := make([]ent.Value, 0, len(m.removedblocks))
+		for id := range m.removedblocks {
+			ids = append(ids, id)
+		}
+		return ids
+	case user.EdgeBlockedBy:
+		ids := make([]ent.Value, 0, len(m.removedblocked_by))
+		for id := range m.removedblocked_by {
+			ids = append(ids, id)
+		}
+		return ids
 	}
 	return nil
 }
 
 // ClearedEdges returns all edge names that were cleared in this mutation.
 func (m *UserMutation) ClearedEdges() []string {
-	edges := make([]string, 0, 2)
+	edges := make([]string, 0, 4)
 	if m.clearedprofile {
 		edges = append(edges, user.EdgeProfile)
 	}
 	if m.clearedavatars {
 		edges = append(edges, user.EdgeAvatars)
+	}
+	if m.clearedblocks {
+		edges = append(edges, user.EdgeBlocks)
+	}
+	if m.clearedblocked_by {
+		edges = append(edges, user.EdgeBlockedBy)
 	}
 	return edges
 }
@@ -1823,6 +2686,10 @@ func (m *UserMutation) EdgeCleared(name string) bool {
 		return m.clearedprofile
 	case user.EdgeAvatars:
 		return m.clearedavatars
+	case user.EdgeBlocks:
+		return m.clearedblocks
+	case user.EdgeBlockedBy:
+		return m.clearedblocked_by
 	}
 	return false
 }
@@ -1847,6 +2714,12 @@ func (m *UserMutation) ResetEdge(name string) error {
 		return nil
 	case user.EdgeAvatars:
 		m.ResetAvatars()
+		return nil
+	case user.EdgeBlocks:
+		m.ResetBlocks()
+		return nil
+	case user.EdgeBlockedBy:
+		m.ResetBlockedBy()
 		return nil
 	}
 	return fmt.Errorf("unknown User edge %s", name)

@@ -24,6 +24,12 @@ type Profile struct {
 	CreatedAt time.Time `json:"created_at,omitempty"`
 	// LastLogin holds the value of the "last_login" field.
 	LastLogin *time.Time `json:"last_login,omitempty"`
+	// GroupAdds holds the value of the "group_adds" field.
+	GroupAdds profile.GroupAdds `json:"group_adds,omitempty"`
+	// PrivateChats holds the value of the "private_chats" field.
+	PrivateChats profile.PrivateChats `json:"private_chats,omitempty"`
+	// HideLastSeen holds the value of the "hide_last_seen" field.
+	HideLastSeen bool `json:"hide_last_seen,omitempty"`
 	// Edges holds the relations/edges for other nodes in the graph.
 	// The values are being populated by the ProfileQuery when eager-loading is set.
 	Edges        ProfileEdges `json:"edges"`
@@ -55,9 +61,11 @@ func (*Profile) scanValues(columns []string) ([]any, error) {
 	values := make([]any, len(columns))
 	for i := range columns {
 		switch columns[i] {
+		case profile.FieldHideLastSeen:
+			values[i] = new(sql.NullBool)
 		case profile.FieldID:
 			values[i] = new(sql.NullInt64)
-		case profile.FieldDescription:
+		case profile.FieldDescription, profile.FieldGroupAdds, profile.FieldPrivateChats:
 			values[i] = new(sql.NullString)
 		case profile.FieldCreatedAt, profile.FieldLastLogin:
 			values[i] = new(sql.NullTime)
@@ -101,6 +109,24 @@ func (_m *Profile) assignValues(columns []string, values []any) error {
 			} else if value.Valid {
 				_m.LastLogin = new(time.Time)
 				*_m.LastLogin = value.Time
+			}
+		case profile.FieldGroupAdds:
+			if value, ok := values[i].(*sql.NullString); !ok {
+				return fmt.Errorf("unexpected type %T for field group_adds", values[i])
+			} else if value.Valid {
+				_m.GroupAdds = profile.GroupAdds(value.String)
+			}
+		case profile.FieldPrivateChats:
+			if value, ok := values[i].(*sql.NullString); !ok {
+				return fmt.Errorf("unexpected type %T for field private_chats", values[i])
+			} else if value.Valid {
+				_m.PrivateChats = profile.PrivateChats(value.String)
+			}
+		case profile.FieldHideLastSeen:
+			if value, ok := values[i].(*sql.NullBool); !ok {
+				return fmt.Errorf("unexpected type %T for field hide_last_seen", values[i])
+			} else if value.Valid {
+				_m.HideLastSeen = value.Bool
 			}
 		default:
 			_m.selectValues.Set(columns[i], values[i])
@@ -155,6 +181,15 @@ func (_m *Profile) String() string {
 		builder.WriteString("last_login=")
 		builder.WriteString(v.Format(time.ANSIC))
 	}
+	builder.WriteString(", ")
+	builder.WriteString("group_adds=")
+	builder.WriteString(fmt.Sprintf("%v", _m.GroupAdds))
+	builder.WriteString(", ")
+	builder.WriteString("private_chats=")
+	builder.WriteString(fmt.Sprintf("%v", _m.PrivateChats))
+	builder.WriteString(", ")
+	builder.WriteString("hide_last_seen=")
+	builder.WriteString(fmt.Sprintf("%v", _m.HideLastSeen))
 	builder.WriteByte(')')
 	return builder.String()
 }

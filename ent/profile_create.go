@@ -65,6 +65,48 @@ func (_c *ProfileCreate) SetNillableLastLogin(v *time.Time) *ProfileCreate {
 	return _c
 }
 
+// SetGroupAdds sets the "group_adds" field.
+func (_c *ProfileCreate) SetGroupAdds(v profile.GroupAdds) *ProfileCreate {
+	_c.mutation.SetGroupAdds(v)
+	return _c
+}
+
+// SetNillableGroupAdds sets the "group_adds" field if the given value is not nil.
+func (_c *ProfileCreate) SetNillableGroupAdds(v *profile.GroupAdds) *ProfileCreate {
+	if v != nil {
+		_c.SetGroupAdds(*v)
+	}
+	return _c
+}
+
+// SetPrivateChats sets the "private_chats" field.
+func (_c *ProfileCreate) SetPrivateChats(v profile.PrivateChats) *ProfileCreate {
+	_c.mutation.SetPrivateChats(v)
+	return _c
+}
+
+// SetNillablePrivateChats sets the "private_chats" field if the given value is not nil.
+func (_c *ProfileCreate) SetNillablePrivateChats(v *profile.PrivateChats) *ProfileCreate {
+	if v != nil {
+		_c.SetPrivateChats(*v)
+	}
+	return _c
+}
+
+// SetHideLastSeen sets the "hide_last_seen" field.
+func (_c *ProfileCreate) SetHideLastSeen(v bool) *ProfileCreate {
+	_c.mutation.SetHideLastSeen(v)
+	return _c
+}
+
+// SetNillableHideLastSeen sets the "hide_last_seen" field if the given value is not nil.
+func (_c *ProfileCreate) SetNillableHideLastSeen(v *bool) *ProfileCreate {
+	if v != nil {
+		_c.SetHideLastSeen(*v)
+	}
+	return _c
+}
+
 // SetID sets the "id" field.
 func (_c *ProfileCreate) SetID(v int) *ProfileCreate {
 	_c.mutation.SetID(v)
@@ -121,12 +163,43 @@ func (_c *ProfileCreate) defaults() {
 		v := profile.DefaultCreatedAt()
 		_c.mutation.SetCreatedAt(v)
 	}
+	if _, ok := _c.mutation.GroupAdds(); !ok {
+		v := profile.DefaultGroupAdds
+		_c.mutation.SetGroupAdds(v)
+	}
+	if _, ok := _c.mutation.PrivateChats(); !ok {
+		v := profile.DefaultPrivateChats
+		_c.mutation.SetPrivateChats(v)
+	}
+	if _, ok := _c.mutation.HideLastSeen(); !ok {
+		v := profile.DefaultHideLastSeen
+		_c.mutation.SetHideLastSeen(v)
+	}
 }
 
 // check runs all checks and user-defined validators on the builder.
 func (_c *ProfileCreate) check() error {
 	if _, ok := _c.mutation.CreatedAt(); !ok {
 		return &ValidationError{Name: "created_at", err: errors.New(`ent: missing required field "Profile.created_at"`)}
+	}
+	if _, ok := _c.mutation.GroupAdds(); !ok {
+		return &ValidationError{Name: "group_adds", err: errors.New(`ent: missing required field "Profile.group_adds"`)}
+	}
+	if v, ok := _c.mutation.GroupAdds(); ok {
+		if err := profile.GroupAddsValidator(v); err != nil {
+			return &ValidationError{Name: "group_adds", err: fmt.Errorf(`ent: validator failed for field "Profile.group_adds": %w`, err)}
+		}
+	}
+	if _, ok := _c.mutation.PrivateChats(); !ok {
+		return &ValidationError{Name: "private_chats", err: errors.New(`ent: missing required field "Profile.private_chats"`)}
+	}
+	if v, ok := _c.mutation.PrivateChats(); ok {
+		if err := profile.PrivateChatsValidator(v); err != nil {
+			return &ValidationError{Name: "private_chats", err: fmt.Errorf(`ent: validator failed for field "Profile.private_chats": %w`, err)}
+		}
+	}
+	if _, ok := _c.mutation.HideLastSeen(); !ok {
+		return &ValidationError{Name: "hide_last_seen", err: errors.New(`ent: missing required field "Profile.hide_last_seen"`)}
 	}
 	if len(_c.mutation.UserIDs()) == 0 {
 		return &ValidationError{Name: "user", err: errors.New(`ent: missing required edge "Profile.user"`)}
@@ -175,6 +248,18 @@ func (_c *ProfileCreate) createSpec() (*Profile, *sqlgraph.CreateSpec) {
 	if value, ok := _c.mutation.LastLogin(); ok {
 		_spec.SetField(profile.FieldLastLogin, field.TypeTime, value)
 		_node.LastLogin = &value
+	}
+	if value, ok := _c.mutation.GroupAdds(); ok {
+		_spec.SetField(profile.FieldGroupAdds, field.TypeEnum, value)
+		_node.GroupAdds = value
+	}
+	if value, ok := _c.mutation.PrivateChats(); ok {
+		_spec.SetField(profile.FieldPrivateChats, field.TypeEnum, value)
+		_node.PrivateChats = value
+	}
+	if value, ok := _c.mutation.HideLastSeen(); ok {
+		_spec.SetField(profile.FieldHideLastSeen, field.TypeBool, value)
+		_node.HideLastSeen = value
 	}
 	if nodes := _c.mutation.UserIDs(); len(nodes) > 0 {
 		edge := &sqlgraph.EdgeSpec{
@@ -281,6 +366,42 @@ func (u *ProfileUpsert) ClearLastLogin() *ProfileUpsert {
 	return u
 }
 
+// SetGroupAdds sets the "group_adds" field.
+func (u *ProfileUpsert) SetGroupAdds(v profile.GroupAdds) *ProfileUpsert {
+	u.Set(profile.FieldGroupAdds, v)
+	return u
+}
+
+// UpdateGroupAdds sets the "group_adds" field to the value that was provided on create.
+func (u *ProfileUpsert) UpdateGroupAdds() *ProfileUpsert {
+	u.SetExcluded(profile.FieldGroupAdds)
+	return u
+}
+
+// SetPrivateChats sets the "private_chats" field.
+func (u *ProfileUpsert) SetPrivateChats(v profile.PrivateChats) *ProfileUpsert {
+	u.Set(profile.FieldPrivateChats, v)
+	return u
+}
+
+// UpdatePrivateChats sets the "private_chats" field to the value that was provided on create.
+func (u *ProfileUpsert) UpdatePrivateChats() *ProfileUpsert {
+	u.SetExcluded(profile.FieldPrivateChats)
+	return u
+}
+
+// SetHideLastSeen sets the "hide_last_seen" field.
+func (u *ProfileUpsert) SetHideLastSeen(v bool) *ProfileUpsert {
+	u.Set(profile.FieldHideLastSeen, v)
+	return u
+}
+
+// UpdateHideLastSeen sets the "hide_last_seen" field to the value that was provided on create.
+func (u *ProfileUpsert) UpdateHideLastSeen() *ProfileUpsert {
+	u.SetExcluded(profile.FieldHideLastSeen)
+	return u
+}
+
 // UpdateNewValues updates the mutable fields using the new values that were set on create except the ID field.
 // Using this option is equivalent to using:
 //
@@ -371,6 +492,48 @@ func (u *ProfileUpsertOne) UpdateLastLogin() *ProfileUpsertOne {
 func (u *ProfileUpsertOne) ClearLastLogin() *ProfileUpsertOne {
 	return u.Update(func(s *ProfileUpsert) {
 		s.ClearLastLogin()
+	})
+}
+
+// SetGroupAdds sets the "group_adds" field.
+func (u *ProfileUpsertOne) SetGroupAdds(v profile.GroupAdds) *ProfileUpsertOne {
+	return u.Update(func(s *ProfileUpsert) {
+		s.SetGroupAdds(v)
+	})
+}
+
+// UpdateGroupAdds sets the "group_adds" field to the value that was provided on create.
+func (u *ProfileUpsertOne) UpdateGroupAdds() *ProfileUpsertOne {
+	return u.Update(func(s *ProfileUpsert) {
+		s.UpdateGroupAdds()
+	})
+}
+
+// SetPrivateChats sets the "private_chats" field.
+func (u *ProfileUpsertOne) SetPrivateChats(v profile.PrivateChats) *ProfileUpsertOne {
+	return u.Update(func(s *ProfileUpsert) {
+		s.SetPrivateChats(v)
+	})
+}
+
+// UpdatePrivateChats sets the "private_chats" field to the value that was provided on create.
+func (u *ProfileUpsertOne) UpdatePrivateChats() *ProfileUpsertOne {
+	return u.Update(func(s *ProfileUpsert) {
+		s.UpdatePrivateChats()
+	})
+}
+
+// SetHideLastSeen sets the "hide_last_seen" field.
+func (u *ProfileUpsertOne) SetHideLastSeen(v bool) *ProfileUpsertOne {
+	return u.Update(func(s *ProfileUpsert) {
+		s.SetHideLastSeen(v)
+	})
+}
+
+// UpdateHideLastSeen sets the "hide_last_seen" field to the value that was provided on create.
+func (u *ProfileUpsertOne) UpdateHideLastSeen() *ProfileUpsertOne {
+	return u.Update(func(s *ProfileUpsert) {
+		s.UpdateHideLastSeen()
 	})
 }
 
@@ -630,6 +793,48 @@ func (u *ProfileUpsertBulk) UpdateLastLogin() *ProfileUpsertBulk {
 func (u *ProfileUpsertBulk) ClearLastLogin() *ProfileUpsertBulk {
 	return u.Update(func(s *ProfileUpsert) {
 		s.ClearLastLogin()
+	})
+}
+
+// SetGroupAdds sets the "group_adds" field.
+func (u *ProfileUpsertBulk) SetGroupAdds(v profile.GroupAdds) *ProfileUpsertBulk {
+	return u.Update(func(s *ProfileUpsert) {
+		s.SetGroupAdds(v)
+	})
+}
+
+// UpdateGroupAdds sets the "group_adds" field to the value that was provided on create.
+func (u *ProfileUpsertBulk) UpdateGroupAdds() *ProfileUpsertBulk {
+	return u.Update(func(s *ProfileUpsert) {
+		s.UpdateGroupAdds()
+	})
+}
+
+// SetPrivateChats sets the "private_chats" field.
+func (u *ProfileUpsertBulk) SetPrivateChats(v profile.PrivateChats) *ProfileUpsertBulk {
+	return u.Update(func(s *ProfileUpsert) {
+		s.SetPrivateChats(v)
+	})
+}
+
+// UpdatePrivateChats sets the "private_chats" field to the value that was provided on create.
+func (u *ProfileUpsertBulk) UpdatePrivateChats() *ProfileUpsertBulk {
+	return u.Update(func(s *ProfileUpsert) {
+		s.UpdatePrivateChats()
+	})
+}
+
+// SetHideLastSeen sets the "hide_last_seen" field.
+func (u *ProfileUpsertBulk) SetHideLastSeen(v bool) *ProfileUpsertBulk {
+	return u.Update(func(s *ProfileUpsert) {
+		s.SetHideLastSeen(v)
+	})
+}
+
+// UpdateHideLastSeen sets the "hide_last_seen" field to the value that was provided on create.
+func (u *ProfileUpsertBulk) UpdateHideLastSeen() *ProfileUpsertBulk {
+	return u.Update(func(s *ProfileUpsert) {
+		s.UpdateHideLastSeen()
 	})
 }
 

@@ -68,6 +68,48 @@ func (_u *ProfileUpdate) ClearLastLogin() *ProfileUpdate {
 	return _u
 }
 
+// SetGroupAdds sets the "group_adds" field.
+func (_u *ProfileUpdate) SetGroupAdds(v profile.GroupAdds) *ProfileUpdate {
+	_u.mutation.SetGroupAdds(v)
+	return _u
+}
+
+// SetNillableGroupAdds sets the "group_adds" field if the given value is not nil.
+func (_u *ProfileUpdate) SetNillableGroupAdds(v *profile.GroupAdds) *ProfileUpdate {
+	if v != nil {
+		_u.SetGroupAdds(*v)
+	}
+	return _u
+}
+
+// SetPrivateChats sets the "private_chats" field.
+func (_u *ProfileUpdate) SetPrivateChats(v profile.PrivateChats) *ProfileUpdate {
+	_u.mutation.SetPrivateChats(v)
+	return _u
+}
+
+// SetNillablePrivateChats sets the "private_chats" field if the given value is not nil.
+func (_u *ProfileUpdate) SetNillablePrivateChats(v *profile.PrivateChats) *ProfileUpdate {
+	if v != nil {
+		_u.SetPrivateChats(*v)
+	}
+	return _u
+}
+
+// SetHideLastSeen sets the "hide_last_seen" field.
+func (_u *ProfileUpdate) SetHideLastSeen(v bool) *ProfileUpdate {
+	_u.mutation.SetHideLastSeen(v)
+	return _u
+}
+
+// SetNillableHideLastSeen sets the "hide_last_seen" field if the given value is not nil.
+func (_u *ProfileUpdate) SetNillableHideLastSeen(v *bool) *ProfileUpdate {
+	if v != nil {
+		_u.SetHideLastSeen(*v)
+	}
+	return _u
+}
+
 // Mutation returns the ProfileMutation object of the builder.
 func (_u *ProfileUpdate) Mutation() *ProfileMutation {
 	return _u.mutation
@@ -102,6 +144,16 @@ func (_u *ProfileUpdate) ExecX(ctx context.Context) {
 
 // check runs all checks and user-defined validators on the builder.
 func (_u *ProfileUpdate) check() error {
+	if v, ok := _u.mutation.GroupAdds(); ok {
+		if err := profile.GroupAddsValidator(v); err != nil {
+			return &ValidationError{Name: "group_adds", err: fmt.Errorf(`ent: validator failed for field "Profile.group_adds": %w`, err)}
+		}
+	}
+	if v, ok := _u.mutation.PrivateChats(); ok {
+		if err := profile.PrivateChatsValidator(v); err != nil {
+			return &ValidationError{Name: "private_chats", err: fmt.Errorf(`ent: validator failed for field "Profile.private_chats": %w`, err)}
+		}
+	}
 	if _u.mutation.UserCleared() && len(_u.mutation.UserIDs()) > 0 {
 		return errors.New(`ent: clearing a required unique edge "Profile.user"`)
 	}
@@ -131,6 +183,15 @@ func (_u *ProfileUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 	}
 	if _u.mutation.LastLoginCleared() {
 		_spec.ClearField(profile.FieldLastLogin, field.TypeTime)
+	}
+	if value, ok := _u.mutation.GroupAdds(); ok {
+		_spec.SetField(profile.FieldGroupAdds, field.TypeEnum, value)
+	}
+	if value, ok := _u.mutation.PrivateChats(); ok {
+		_spec.SetField(profile.FieldPrivateChats, field.TypeEnum, value)
+	}
+	if value, ok := _u.mutation.HideLastSeen(); ok {
+		_spec.SetField(profile.FieldHideLastSeen, field.TypeBool, value)
 	}
 	if _node, err = sqlgraph.UpdateNodes(ctx, _u.driver, _spec); err != nil {
 		if _, ok := err.(*sqlgraph.NotFoundError); ok {
@@ -192,6 +253,48 @@ func (_u *ProfileUpdateOne) ClearLastLogin() *ProfileUpdateOne {
 	return _u
 }
 
+// SetGroupAdds sets the "group_adds" field.
+func (_u *ProfileUpdateOne) SetGroupAdds(v profile.GroupAdds) *ProfileUpdateOne {
+	_u.mutation.SetGroupAdds(v)
+	return _u
+}
+
+// SetNillableGroupAdds sets the "group_adds" field if the given value is not nil.
+func (_u *ProfileUpdateOne) SetNillableGroupAdds(v *profile.GroupAdds) *ProfileUpdateOne {
+	if v != nil {
+		_u.SetGroupAdds(*v)
+	}
+	return _u
+}
+
+// SetPrivateChats sets the "private_chats" field.
+func (_u *ProfileUpdateOne) SetPrivateChats(v profile.PrivateChats) *ProfileUpdateOne {
+	_u.mutation.SetPrivateChats(v)
+	return _u
+}
+
+// SetNillablePrivateChats sets the "private_chats" field if the given value is not nil.
+func (_u *ProfileUpdateOne) SetNillablePrivateChats(v *profile.PrivateChats) *ProfileUpdateOne {
+	if v != nil {
+		_u.SetPrivateChats(*v)
+	}
+	return _u
+}
+
+// SetHideLastSeen sets the "hide_last_seen" field.
+func (_u *ProfileUpdateOne) SetHideLastSeen(v bool) *ProfileUpdateOne {
+	_u.mutation.SetHideLastSeen(v)
+	return _u
+}
+
+// SetNillableHideLastSeen sets the "hide_last_seen" field if the given value is not nil.
+func (_u *ProfileUpdateOne) SetNillableHideLastSeen(v *bool) *ProfileUpdateOne {
+	if v != nil {
+		_u.SetHideLastSeen(*v)
+	}
+	return _u
+}
+
 // Mutation returns the ProfileMutation object of the builder.
 func (_u *ProfileUpdateOne) Mutation() *ProfileMutation {
 	return _u.mutation
@@ -239,6 +342,16 @@ func (_u *ProfileUpdateOne) ExecX(ctx context.Context) {
 
 // check runs all checks and user-defined validators on the builder.
 func (_u *ProfileUpdateOne) check() error {
+	if v, ok := _u.mutation.GroupAdds(); ok {
+		if err := profile.GroupAddsValidator(v); err != nil {
+			return &ValidationError{Name: "group_adds", err: fmt.Errorf(`ent: validator failed for field "Profile.group_adds": %w`, err)}
+		}
+	}
+	if v, ok := _u.mutation.PrivateChats(); ok {
+		if err := profile.PrivateChatsValidator(v); err != nil {
+			return &ValidationError{Name: "private_chats", err: fmt.Errorf(`ent: validator failed for field "Profile.private_chats": %w`, err)}
+		}
+	}
 	if _u.mutation.UserCleared() && len(_u.mutation.UserIDs()) > 0 {
 		return errors.New(`ent: clearing a required unique edge "Profile.user"`)
 	}
@@ -285,6 +398,15 @@ func (_u *ProfileUpdateOne) sqlSave(ctx context.Context) (_node *Profile, err er
 	}
 	if _u.mutation.LastLoginCleared() {
 		_spec.ClearField(profile.FieldLastLogin, field.TypeTime)
+	}
+	if value, ok := _u.mutation.GroupAdds(); ok {
+		_spec.SetField(profile.FieldGroupAdds, field.TypeEnum, value)
+	}
+	if value, ok := _u.mutation.PrivateChats(); ok {
+		_spec.SetField(profile.FieldPrivateChats, field.TypeEnum, value)
+	}
+	if value, ok := _u.mutation.HideLastSeen(); ok {
+		_spec.SetField(profile.FieldHideLastSeen, field.TypeBool, value)
 	}
 	_node = &Profile{config: _u.config}
 	_spec.Assign = _node.assignValues

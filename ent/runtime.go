@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/parley-chat/parley/ent/avatar"
+	"github.com/parley-chat/parley/ent/block"
 	"github.com/parley-chat/parley/ent/profile"
 	"github.com/parley-chat/parley/ent/schema"
 	"github.com/parley-chat/parley/ent/user"
@@ -33,12 +34,22 @@ func init() {
 	avatarDescUploadedAt := avatarFields[5].Descriptor()
 	// avatar.DefaultUploadedAt holds the default value on creation for the uploaded_at field.
 	avatar.DefaultUploadedAt = avatarDescUploadedAt.Default.(func() time.Time)
+	blockFields := schema.Block{}.Fields()
+	_ = blockFields
+	// blockDescCreatedAt is the schema descriptor for created_at field.
+	blockDescCreatedAt := blockFields[3].Descriptor()
+	// block.DefaultCreatedAt holds the default value on creation for the created_at field.
+	block.DefaultCreatedAt = blockDescCreatedAt.Default.(func() time.Time)
 	profileFields := schema.Profile{}.Fields()
 	_ = profileFields
 	// profileDescCreatedAt is the schema descriptor for created_at field.
 	profileDescCreatedAt := profileFields[2].Descriptor()
 	// profile.DefaultCreatedAt holds the default value on creation for the created_at field.
 	profile.DefaultCreatedAt = profileDescCreatedAt.Default.(func() time.Time)
+	// profileDescHideLastSeen is the schema descriptor for hide_last_seen field.
+	profileDescHideLastSeen := profileFields[6].Descriptor()
+	// profile.DefaultHideLastSeen holds the default value on creation for the hide_last_seen field.
+	profile.DefaultHideLastSeen = profileDescHideLastSeen.Default.(bool)
 	userFields := schema.User{}.Fields()
 	_ = userFields
 	// userDescUsername is the schema descriptor for username field.

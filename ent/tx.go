@@ -16,6 +16,8 @@ type Tx struct {
 	config
 	// Avatar is the client for interacting with the Avatar builders.
 	Avatar *AvatarClient
+	// Block is the client for interacting with the Block builders.
+	Block *BlockClient
 	// Profile is the client for interacting with the Profile builders.
 	Profile *ProfileClient
 	// User is the client for interacting with the User builders.
@@ -152,6 +154,7 @@ func (tx *Tx) Client() *Client {
 
 func (tx *Tx) init() {
 	tx.Avatar = NewAvatarClient(tx.config)
+	tx.Block = NewBlockClient(tx.config)
 	tx.Profile = NewProfileClient(tx.config)
 	tx.User = NewUserClient(tx.config)
 }

@@ -37,9 +37,13 @@ type UserEdges struct {
 	Profile *Profile `json:"profile,omitempty"`
 	// Avatars holds the value of the avatars edge.
 	Avatars []*Avatar `json:"avatars,omitempty"`
+	// Blocks holds the value of the blocks edge.
+	Blocks []*Block `json:"blocks,omitempty"`
+	// BlockedBy holds the value of the blocked_by edge.
+	BlockedBy []*Block `json:"blocked_by,omitempty"`
 	// loadedTypes holds the information for reporting if a
 	// type was loaded (or requested) in eager-loading or not.
-	loadedTypes [2]bool
+	loadedTypes [4]bool
 }
 
 // ProfileOrErr returns the Profile value or an error if the edge
@@ -60,6 +64,24 @@ func (e UserEdges) AvatarsOrErr() ([]*Avatar, error) {
 		return e.Avatars, nil
 	}
 	return nil, &NotLoadedError{edge: "avatars"}
+}
+
+// BlocksOrErr returns the Blocks value or an error if the edge
+// was not loaded in eager-loading.
+func (e UserEdges) BlocksOrErr() ([]*Block, error) {
+	if e.loadedTypes[2] {
+		return e.Blocks, nil
+	}
+	return nil, &NotLoadedError{edge: "blocks"}
+}
+
+// BlockedByOrErr returns the BlockedBy value or an error if the edge
+// was not loaded in eager-loading.
+func (e UserEdges) BlockedByOrErr() ([]*Block, error) {
+	if e.loadedTypes[3] {
+		return e.BlockedBy, nil
+	}
+	return nil, &NotLoadedError{edge: "blocked_by"}
 }
 
 // scanValues returns the types for scanning values from sql.Rows.
@@ -138,6 +160,16 @@ func (_m *User) QueryProfile() *ProfileQuery {
 // QueryAvatars queries the "avatars" edge of the User entity.
 func (_m *User) QueryAvatars() *AvatarQuery {
 	return NewUserClient(_m.config).QueryAvatars(_m)
+}
+
+// QueryBlocks queries the "blocks" edge of the User entity.
+func (_m *User) QueryBlocks() *BlockQuery {
+	return NewUserClient(_m.config).QueryBlocks(_m)
+}
+
+// QueryBlockedBy queries the "blocked_by" edge of the User entity.
+func (_m *User) QueryBlockedBy() *BlockQuery {
+	return NewUserClient(_m.config).QueryBlockedBy(_m)
 }
 
 // Update returns a builder for updating this User.

@@ -11,6 +11,7 @@ import (
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"entgo.io/ent/schema/field"
 	"github.com/parley-chat/parley/ent/avatar"
+	"github.com/parley-chat/parley/ent/block"
 	"github.com/parley-chat/parley/ent/profile"
 	"github.com/parley-chat/parley/ent/user"
 )
@@ -93,6 +94,36 @@ func (_c *UserCreate) AddAvatars(v ...*Avatar) *UserCreate {
 		ids[i] = v[i].ID
 	}
 	return _c.AddAvatarIDs(ids...)
+}
+
+// AddBlockIDs adds the "blocks" edge to the Block entity by IDs.
+func (_c *UserCreate) AddBlockIDs(ids ...int) *UserCreate {
+	_c.mutation.AddBlockIDs(ids...)
+	return _c
+}
+
+// AddBlocks adds the "blocks" edges to the Block entity.
+func (_c *UserCreate) AddBlocks(v ...*Block) *UserCreate {
+	ids := make([]int, len(v))
+	for i := range v {
+		ids[i] = v[i].ID
+	}
+	return _c.AddBlockIDs(ids...)
+}
+
+// AddBlockedByIDs adds the "blocked_by" edge to the Block entity by IDs.
+func (_c *UserCreate) AddBlockedByIDs(ids ...int) *UserCreate {
+	_c.mutation.AddBlockedByIDs(ids...)
+	return _c
+}
+
+// AddBlockedBy adds the "blocked_by" edges to the Block entity.
+func (_c *UserCreate) AddBlockedBy(v ...*Block) *UserCreate {
+	ids := make([]int, len(v))
+	for i := range v {
+		ids[i] = v[i].ID
+	}
+	return _c.AddBlockedByIDs(ids...)
 }
 
 // Mutation returns the UserMutation object of the builder.
@@ -232,6 +263,38 @@ func (_c *UserCreate) createSpec() (*User, *sqlgraph.CreateSpec) {
 			Bidi:    false,
 			Target: &sqlgraph.EdgeTarget{
 				IDSpec: sqlgraph.NewFieldSpec(avatar.FieldID, field.TypeInt),
+			},
+		}
+		for _, k := range nodes {
+			edge.Target.Nodes = append(edge.Target.Nodes, k)
+		}
+		_spec.Edges = append(_spec.Edges, edge)
+	}
+	if nodes := _c.mutation.BlocksIDs(); len(nodes) > 0 {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlocksTable,
+			Columns: []string{user.BlocksColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		for _, k := range nodes {
+			edge.Target.Nodes = append(edge.Target.Nodes, k)
+		}
+		_spec.Edges = append(_spec.Edges, edge)
+	}
+	if nodes := _c.mutation.BlockedByIDs(); len(nodes) > 0 {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlockedByTable,
+			Columns: []string{user.BlockedByColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
 			},
 		}
 		for _, k := range nodes {

@@ -13,6 +13,7 @@ import (
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"entgo.io/ent/schema/field"
 	"github.com/parley-chat/parley/ent/avatar"
+	"github.com/parley-chat/parley/ent/block"
 	"github.com/parley-chat/parley/ent/predicate"
 	"github.com/parley-chat/parley/ent/profile"
 	"github.com/parley-chat/parley/ent/user"
@@ -21,12 +22,14 @@ import (
 // UserQuery is the builder for querying User entities.
 type UserQuery struct {
 	config
-	ctx         *QueryContext
-	order       []user.OrderOption
-	inters      []Interceptor
-	predicates  []predicate.User
-	withProfile *ProfileQuery
-	withAvatars *AvatarQuery
+	ctx           *QueryContext
+	order         []user.OrderOption
+	inters        []Interceptor
+	predicates    []predicate.User
+	withProfile   *ProfileQuery
+	withAvatars   *AvatarQuery
+	withBlocks    *BlockQuery
+	withBlockedBy *BlockQuery
 	// intermediate query (i.e. traversal path).
 	sql  *sql.Selector
 	path func(context.Context) (*sql.Selector, error)
@@ -100,6 +103,50 @@ func (_q *UserQuery) QueryAvatars() *AvatarQuery {
 			sqlgraph.From(user.Table, user.FieldID, selector),
 			sqlgraph.To(avatar.Table, avatar.FieldID),
 			sqlgraph.Edge(sqlgraph.O2M, false, user.AvatarsTable, user.AvatarsColumn),
+		)
+		fromU = sqlgraph.SetNeighbors(_q.driver.Dialect(), step)
+		return fromU, nil
+	}
+	return query
+}
+
+// QueryBlocks chains the current query on the "blocks" edge.
+func (_q *UserQuery) QueryBlocks() *BlockQuery {
+	query := (&BlockClient{config: _q.config}).Query()
+	query.path = func(ctx context.Context) (fromU *sql.Selector, err error) {
+		if err := _q.prepareQuery(ctx); err != nil {
+			return nil, err
+		}
+		selector := _q.sqlQuery(ctx)
+		if err := selector.Err(); err != nil {
+			return nil, err
+		}
+		step := sqlgraph.NewStep(
+			sqlgraph.From(user.Table, user.FieldID, selector),
+			sqlgraph.To(block.Table, block.FieldID),
+			sqlgraph.Edge(sqlgraph.O2M, false, user.BlocksTable, user.BlocksColumn),
+		)
+		fromU = sqlgraph.SetNeighbors(_q.driver.Dialect(), step)
+		return fromU, nil
+	}
+	return query
+}
+
+// QueryBlockedBy chains the current query on the "blocked_by" edge.
+func (_q *UserQuery) QueryBlockedBy() *BlockQuery {
+	query := (&BlockClient{config: _q.config}).Query()
+	query.path = func(ctx context.Context) (fromU *sql.Selector, err error) {
+		if err := _q.prepareQuery(ctx); err != nil {
+			return nil, err
+		}
+		selector := _q.sqlQuery(ctx)
+		if err := selector.Err(); err != nil {
+			return nil, err
+		}
+		step := sqlgraph.NewStep(
+			sqlgraph.From(user.Table, user.FieldID, selector),
+			sqlgraph.To(block.Table, block.FieldID),
+			sqlgraph.Edge(sqlgraph.O2M, false, user.BlockedByTable, user.BlockedByColumn),
 		)
 		fromU = sqlgraph.SetNeighbors(_q.driver.Dialect(), step)
 		return fromU, nil
@@ -294,13 +341,15 @@ func (_q *UserQuery) Clone() *UserQuery {
 		return nil
 	}
 	return &UserQuery{
-		config:      _q.config,
-		ctx:         _q.ctx.Clone(),
-		order:       append([]user.OrderOption{}, _q.order...),
-		inters:      append([]Interceptor{}, _q.inters...),
-		predicates:  append([]predicate.User{}, _q.predicates...),
-		withProfile: _q.withProfile.Clone(),
-		withAvatars: _q.withAvatars.Clone(),
+		config:        _q.config,
+		ctx:           _q.ctx.Clone(),
+		order:         append([]user.OrderOption{}, _q.order...),
+		inters:        append([]Interceptor{}, _q.inters...),
+		predicates:    append([]predicate.User{}, _q.predicates...),
+		withProfile:   _q.withProfile.Clone(),
+		withAvatars:   _q.withAvatars.Clone(),
+		withBlocks:    _q.withBlocks.Clone(),
+		withBlockedBy: _q.withBlockedBy.Clone(),
 		// clone intermediate query.
 		sql:  _q.sql.Clone(),
 		path: _q.path,
@@ -326,6 +375,28 @@ func (_q *UserQuery) WithAvatars(opts ...func(*AvatarQuery)) *UserQuery {
 		opt(query)
 	}
 	_q.withAvatars = query
+	return _q
+}
+
+// WithBlocks tells the query-builder to eager-load the nodes that are connected to
+// the "blocks" edge. The optional arguments are used to configure the query builder of the edge.
+func (_q *UserQuery) WithBlocks(opts ...func(*BlockQuery)) *UserQuery {
+	query := (&BlockClient{config: _q.config}).Query()
+	for _, opt := range opts {
+		opt(query)
+	}
+	_q.withBlocks = query
+	return _q
+}
+
+// WithBlockedBy tells the query-builder to eager-load the nodes that are connected to
+// the "blocked_by" edge. The optional arguments are used to configure the query builder of the edge.
+func (_q *UserQuery) WithBlockedBy(opts ...func(*BlockQuery)) *UserQuery {
+	query := (&BlockClient{config: _q.config}).Query()
+	for _, opt := range opts {
+		opt(query)
+	}
+	_q.withBlockedBy = query
 	return _q
 }
 
@@ -407,9 +478,11 @@ func (_q *UserQuery) sqlAll(ctx context.Context, hooks ...queryHook) ([]*User, e
 	var (
 		nodes       = []*User{}
 		_spec       = _q.querySpec()
-		loadedTypes = [2]bool{
+		loadedTypes = [4]bool{
 			_q.withProfile != nil,
 			_q.withAvatars != nil,
+			_q.withBlocks != nil,
+			_q.withBlockedBy != nil,
 		}
 	)
 	_spec.ScanValues = func(columns []string) ([]any, error) {
@@ -440,6 +513,20 @@ func (_q *UserQuery) sqlAll(ctx context.Context, hooks ...queryHook) ([]*User, e
 		if err := _q.loadAvatars(ctx, query, nodes,
 			func(n *User) { n.Edges.Avatars = []*Avatar{} },
 			func(n *User, e *Avatar) { n.Edges.Avatars = append(n.Edges.Avatars, e) }); err != nil {
+			return nil, err
+		}
+	}
+	if query := _q.withBlocks; query != nil {
+		if err := _q.loadBlocks(ctx, query, nodes,
+			func(n *User) { n.Edges.Blocks = []*Block{} },
+			func(n *User, e *Block) { n.Edges.Blocks = append(n.Edges.Blocks, e) }); err != nil {
+			return nil, err
+		}
+	}
+	if query := _q.withBlockedBy; query != nil {
+		if err := _q.loadBlockedBy(ctx, query, nodes,
+			func(n *User) { n.Edges.BlockedBy = []*Block{} },
+			func(n *User, e *Block) { n.Edges.BlockedBy = append(n.Edges.BlockedBy, e) }); err != nil {
 			return nil, err
 		}
 	}
@@ -495,6 +582,66 @@ func (_q *UserQuery) loadAvatars(ctx context.Context, query *AvatarQuery, nodes 
 		node, ok := nodeids[fk]
 		if !ok {
 			return fmt.Errorf(`unexpected referenced foreign-key "user_id" returned %v for node %v`, fk, n.ID)
+		}
+		assign(node, n)
+	}
+	return nil
+}
+func (_q *UserQuery) loadBlocks(ctx context.Context, query *BlockQuery, nodes []*User, init func(*User), assign func(*User, *Block)) error {
+	fks := make([]driver.Value, 0, len(nodes))
+	nodeids := make(map[int]*User)
+	for i := range nodes {
+		fks = append(fks, nodes[i].ID)
+		nodeids[nodes[i].ID] = nodes[i]
+		if init != nil {
+			init(nodes[i])
+		}
+	}
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(block.FieldBlockerID)
+	}
+	query.Where(predicate.Block(func(s *sql.Selector) {
+		s.Where(sql.InValues(s.C(user.BlocksColumn), fks...))
+	}))
+	neighbors, err := query.All(ctx)
+	if err != nil {
+		return err
+	}
+	for _, n := range neighbors {
+		fk := n.BlockerID
+		node, ok := nodeids[fk]
+		if !ok {
+			return fmt.Errorf(`unexpected referenced foreign-key "blocker_id" returned %v for node %v`, fk, n.ID)
+		}
+		assign(node, n)
+	}
+	return nil
+}
+func (_q *UserQuery) loadBlockedBy(ctx context.Context, query *BlockQuery, nodes []*User, init func(*User), assign func(*User, *Block)) error {
+	fks := make([]driver.Value, 0, len(nodes))
+	nodeids := make(map[int]*User)
+	for i := range nodes {
+		fks = append(fks, nodes[i].ID)
+		nodeids[nodes[i].ID] = nodes[i]
+		if init != nil {
+			init(nodes[i])
+		}
+	}
+	if len(query.ctx.Fields) > 0 {
+		query.ctx.AppendFieldOnce(block.FieldBlockedID)
+	}
+	query.Where(predicate.Block(func(s *sql.Selector) {
+		s.Where(sql.InValues(s.C(user.BlockedByColumn), fks...))
+	}))
+	neighbors, err := query.All(ctx)
+	if err != nil {
+		return err
+	}
+	for _, n := range neighbors {
+		fk := n.BlockedID
+		node, ok := nodeids[fk]
+		if !ok {
+			return fmt.Errorf(`unexpected referenced foreign-key "blocked_id" returned %v for node %v`, fk, n.ID)
 		}
 		assign(node, n)
 	}

@@ -11,6 +11,7 @@ import (
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"entgo.io/ent/schema/field"
 	"github.com/parley-chat/parley/ent/avatar"
+	"github.com/parley-chat/parley/ent/block"
 	"github.com/parley-chat/parley/ent/predicate"
 	"github.com/parley-chat/parley/ent/profile"
 	"github.com/parley-chat/parley/ent/user"
@@ -125,6 +126,36 @@ func (_u *UserUpdate) AddAvatars(v ...*Avatar) *UserUpdate {
 	return _u.AddAvatarIDs(ids...)
 }
 
+// AddBlockIDs adds the "blocks" edge to the Block entity by IDs.
+func (_u *UserUpdate) AddBlockIDs(ids ...int) *UserUpdate {
+	_u.mutation.AddBlockIDs(ids...)
+	return _u
+}
+
+// AddBlocks adds the "blocks" edges to the Block entity.
+func (_u *UserUpdate) AddBlocks(v ...*Block) *UserUpdate {
+	ids := make([]int, len(v))
+	for i := range v {
+		ids[i] = v[i].ID
+	}
+	return _u.AddBlockIDs(ids...)
+}
+
+// AddBlockedByIDs adds the "blocked_by" edge to the Block entity by IDs.
+func (_u *UserUpdate) AddBlockedByIDs(ids ...int) *UserUpdate {
+	_u.mutation.AddBlockedByIDs(ids...)
+	return _u
+}
+
+// AddBlockedBy adds the "blocked_by" edges to the Block entity.
+func (_u *UserUpdate) AddBlockedBy(v ...*Block) *UserUpdate {
+	ids := make([]int, len(v))
+	for i := range v {
+		ids[i] = v[i].ID
+	}
+	return _u.AddBlockedByIDs(ids...)
+}
+
 // Mutation returns the UserMutation object of the builder.
 func (_u *UserUpdate) Mutation() *UserMutation {
 	return _u.mutation
@@ -155,6 +186,48 @@ func (_u *UserUpdate) RemoveAvatars(v ...*Avatar) *UserUpdate {
 		ids[i] = v[i].ID
 	}
 	return _u.RemoveAvatarIDs(ids...)
+}
+
+// ClearBlocks clears all "blocks" edges to the Block entity.
+func (_u *UserUpdate) ClearBlocks() *UserUpdate {
+	_u.mutation.ClearBlocks()
+	return _u
+}
+
+// RemoveBlockIDs removes the "blocks" edge to Block entities by IDs.
+func (_u *UserUpdate) RemoveBlockIDs(ids ...int) *UserUpdate {
+	_u.mutation.RemoveBlockIDs(ids...)
+	return _u
+}
+
+// RemoveBlocks removes "blocks" edges to Block entities.
+func (_u *UserUpdate) RemoveBlocks(v ...*Block) *UserUpdate {
+	ids := make([]int, len(v))
+	for i := range v {
+		ids[i] = v[i].ID
+	}
+	return _u.RemoveBlockIDs(ids...)
+}
+
+// ClearBlockedBy clears all "blocked_by" edges to the Block entity.
+func (_u *UserUpdate) ClearBlockedBy() *UserUpdate {
+	_u.mutation.ClearBlockedBy()
+	return _u
+}
+
+// RemoveBlockedByIDs removes the "blocked_by" edge to Block entities by IDs.
+func (_u *UserUpdate) RemoveBlockedByIDs(ids ...int) *UserUpdate {
+	_u.mutation.RemoveBlockedByIDs(ids...)
+	return _u
+}
+
+// RemoveBlockedBy removes "blocked_by" edges to Block entities.
+func (_u *UserUpdate) RemoveBlockedBy(v ...*Block) *UserUpdate {
+	ids := make([]int, len(v))
+	for i := range v {
+		ids[i] = v[i].ID
+	}
+	return _u.RemoveBlockedByIDs(ids...)
 }
 
 // Save executes the query and returns the number of nodes affected by the update operation.
@@ -310,6 +383,96 @@ func (_u *UserUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 		}
 		_spec.Edges.Add = append(_spec.Edges.Add, edge)
 	}
+	if _u.mutation.BlocksCleared() {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlocksTable,
+			Columns: []string{user.BlocksColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
+	}
+	if nodes := _u.mutation.RemovedBlocksIDs(); len(nodes) > 0 && !_u.mutation.BlocksCleared() {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlocksTable,
+			Columns: []string{user.BlocksColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		for _, k := range nodes {
+			edge.Target.Nodes = append(edge.Target.Nodes, k)
+		}
+		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
+	}
+	if nodes := _u.mutation.BlocksIDs(); len(nodes) > 0 {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlocksTable,
+			Columns: []string{user.BlocksColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		for _, k := range nodes {
+			edge.Target.Nodes = append(edge.Target.Nodes, k)
+		}
+		_spec.Edges.Add = append(_spec.Edges.Add, edge)
+	}
+	if _u.mutation.BlockedByCleared() {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlockedByTable,
+			Columns: []string{user.BlockedByColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
+	}
+	if nodes := _u.mutation.RemovedBlockedByIDs(); len(nodes) > 0 && !_u.mutation.BlockedByCleared() {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlockedByTable,
+			Columns: []string{user.BlockedByColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		for _, k := range nodes {
+			edge.Target.Nodes = append(edge.Target.Nodes, k)
+		}
+		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
+	}
+	if nodes := _u.mutation.BlockedByIDs(); len(nodes) > 0 {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlockedByTable,
+			Columns: []string{user.BlockedByColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		for _, k := range nodes {
+			edge.Target.Nodes = append(edge.Target.Nodes, k)
+		}
+		_spec.Edges.Add = append(_spec.Edges.Add, edge)
+	}
 	if _node, err = sqlgraph.UpdateNodes(ctx, _u.driver, _spec); err != nil {
 		if _, ok := err.(*sqlgraph.NotFoundError); ok {
 			err = &NotFoundError{user.Label}
@@ -426,6 +589,36 @@ func (_u *UserUpdateOne) AddAvatars(v ...*Avatar) *UserUpdateOne {
 	return _u.AddAvatarIDs(ids...)
 }
 
+// AddBlockIDs adds the "blocks" edge to the Block entity by IDs.
+func (_u *UserUpdateOne) AddBlockIDs(ids ...int) *UserUpdateOne {
+	_u.mutation.AddBlockIDs(ids...)
+	return _u
+}
+
+// AddBlocks adds the "blocks" edges to the Block entity.
+func (_u *UserUpdateOne) AddBlocks(v ...*Block) *UserUpdateOne {
+	ids := make([]int, len(v))
+	for i := range v {
+		ids[i] = v[i].ID
+	}
+	return _u.AddBlockIDs(ids...)
+}
+
+// AddBlockedByIDs adds the "blocked_by" edge to the Block entity by IDs.
+func (_u *UserUpdateOne) AddBlockedByIDs(ids ...int) *UserUpdateOne {
+	_u.mutation.AddBlockedByIDs(ids...)
+	return _u
+}
+
+// AddBlockedBy adds the "blocked_by" edges to the Block entity.
+func (_u *UserUpdateOne) AddBlockedBy(v ...*Block) *UserUpdateOne {
+	ids := make([]int, len(v))
+	for i := range v {
+		ids[i] = v[i].ID
+	}
+	return _u.AddBlockedByIDs(ids...)
+}
+
 // Mutation returns the UserMutation object of the builder.
 func (_u *UserUpdateOne) Mutation() *UserMutation {
 	return _u.mutation
@@ -456,6 +649,48 @@ func (_u *UserUpdateOne) RemoveAvatars(v ...*Avatar) *UserUpdateOne {
 		ids[i] = v[i].ID
 	}
 	return _u.RemoveAvatarIDs(ids...)
+}
+
+// ClearBlocks clears all "blocks" edges to the Block entity.
+func (_u *UserUpdateOne) ClearBlocks() *UserUpdateOne {
+	_u.mutation.ClearBlocks()
+	return _u
+}
+
+// RemoveBlockIDs removes the "blocks" edge to Block entities by IDs.
+func (_u *UserUpdateOne) RemoveBlockIDs(ids ...int) *UserUpdateOne {
+	_u.mutation.RemoveBlockIDs(ids...)
+	return _u
+}
+
+// RemoveBlocks removes "blocks" edges to Block entities.
+func (_u *UserUpdateOne) RemoveBlocks(v ...*Block) *UserUpdateOne {
+	ids := make([]int, len(v))
+	for i := range v {
+		ids[i] = v[i].ID
+	}
+	return _u.RemoveBlockIDs(ids...)
+}
+
+// ClearBlockedBy clears all "blocked_by" edges to the Block entity.
+func (_u *UserUpdateOne) ClearBlockedBy() *UserUpdateOne {
+	_u.mutation.ClearBlockedBy()
+	return _u
+}
+
+// RemoveBlockedByIDs removes the "blocked_by" edge to Block entities by IDs.
+func (_u *UserUpdateOne) RemoveBlockedByIDs(ids ...int) *UserUpdateOne {
+	_u.mutation.RemoveBlockedByIDs(ids...)
+	return _u
+}
+
+// RemoveBlockedBy removes "blocked_by" edges to Block entities.
+func (_u *UserUpdateOne) RemoveBlockedBy(v ...*Block) *UserUpdateOne {
+	ids := make([]int, len(v))
+	for i := range v {
+		ids[i] = v[i].ID
+	}
+	return _u.RemoveBlockedByIDs(ids...)
 }
 
 // Where appends a list predicates to the UserUpdate builder.
@@ -634,6 +869,96 @@ func (_u *UserUpdateOne) sqlSave(ctx context.Context) (_node *User, err error) {
 			Bidi:    false,
 			Target: &sqlgraph.EdgeTarget{
 				IDSpec: sqlgraph.NewFieldSpec(avatar.FieldID, field.TypeInt),
+			},
+		}
+		for _, k := range nodes {
+			edge.Target.Nodes = append(edge.Target.Nodes, k)
+		}
+		_spec.Edges.Add = append(_spec.Edges.Add, edge)
+	}
+	if _u.mutation.BlocksCleared() {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlocksTable,
+			Columns: []string{user.BlocksColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
+	}
+	if nodes := _u.mutation.RemovedBlocksIDs(); len(nodes) > 0 && !_u.mutation.BlocksCleared() {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlocksTable,
+			Columns: []string{user.BlocksColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		for _, k := range nodes {
+			edge.Target.Nodes = append(edge.Target.Nodes, k)
+		}
+		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
+	}
+	if nodes := _u.mutation.BlocksIDs(); len(nodes) > 0 {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlocksTable,
+			Columns: []string{user.BlocksColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		for _, k := range nodes {
+			edge.Target.Nodes = append(edge.Target.Nodes, k)
+		}
+		_spec.Edges.Add = append(_spec.Edges.Add, edge)
+	}
+	if _u.mutation.BlockedByCleared() {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlockedByTable,
+			Columns: []string{user.BlockedByColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
+	}
+	if nodes := _u.mutation.RemovedBlockedByIDs(); len(nodes) > 0 && !_u.mutation.BlockedByCleared() {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlockedByTable,
+			Columns: []string{user.BlockedByColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
+			},
+		}
+		for _, k := range nodes {
+			edge.Target.Nodes = append(edge.Target.Nodes, k)
+		}
+		_spec.Edges.Clear = append(_spec.Edges.Clear, edge)
+	}
+	if nodes := _u.mutation.BlockedByIDs(); len(nodes) > 0 {
+		edge := &sqlgraph.EdgeSpec{
+			Rel:     sqlgraph.O2M,
+			Inverse: false,
+			Table:   user.BlockedByTable,
+			Columns: []string{user.BlockedByColumn},
+			Bidi:    false,
+			Target: &sqlgraph.EdgeTarget{
+				IDSpec: sqlgraph.NewFieldSpec(block.FieldID, field.TypeInt),
 			},
 		}
 		for _, k := range nodes {

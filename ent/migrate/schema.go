@@ -47,12 +47,59 @@ var (
 			},
 		},
 	}
+	// BlocksColumns holds the columns for the "blocks" table.
+	BlocksColumns = []*schema.Column{
+		{Name: "block_id", Type: field.TypeInt, Increment: true, SchemaType: map[string]string{"postgres": "integer"}},
+		{Name: "created_at", Type: field.TypeTime, Default: "CURRENT_TIMESTAMP"},
+		{Name: "blocker_id", Type: field.TypeInt, SchemaType: map[string]string{"postgres": "integer"}},
+		{Name: "blocked_id", Type: field.TypeInt, SchemaType: map[string]string{"postgres": "integer"}},
+	}
+	// BlocksTable holds the schema information for the "blocks" table.
+	BlocksTable = &schema.Table{
+		Name:       "blocks",
+		Columns:    BlocksColumns,
+		PrimaryKey: []*schema.Column{BlocksColumns[0]},
+		ForeignKeys: []*schema.ForeignKey{
+			{
+				Symbol:     "blocks_users_blocks",
+				Columns:    []*schema.Column{BlocksColumns[2]},
+				RefColumns: []*schema.Column{UsersColumns[0]},
+				OnDelete:   schema.Cascade,
+			},
+			{
+				Symbol:     "blocks_users_blocked_by",
+				Columns:    []*schema.Column{BlocksColumns[3]},
+				RefColumns: []*schema.Column{UsersColumns[0]},
+				OnDelete:   schema.Cascade,
+			},
+		},
+		Indexes: []*schema.Index{
+			{
+				Name:    "block_blocker_id_blocked_id",
+				Unique:  true,
+				Columns: []*schema.Column{BlocksColumns[2], BlocksColumns[3]},
+			},
+			{
+				Name:    "block_blocker_id_block_id",
+				Unique:  false,
+				Columns: []*schema.Column{BlocksColumns[2], BlocksColumns[0]},
+			},
+			{
+				Name:    "block_blocked_id",
+				Unique:  false,
+				Columns: []*schema.Column{BlocksColumns[3]},
+			},
+		},
+	}
 	// ProfileColumns holds the columns for the "profile" table.
 	ProfileColumns = []*schema.Column{
 		{Name: "user_id", Type: field.TypeInt, SchemaType: map[string]string{"postgres": "integer"}},
 		{Name: "description", Type: field.TypeString, Nullable: true, Size: 2147483647},
 		{Name: "created_at", Type: field.TypeTime, Default: "CURRENT_TIMESTAMP"},
 		{Name: "last_login", Type: field.TypeTime, Nullable: true},
+		{Name: "group_adds", Type: field.TypeEnum, Enums: []string{"everyone", "chatted", "nobody"}, Default: "everyone"},
+		{Name: "private_chats", Type: field.TypeEnum, Enums: []string{"everyone", "groups", "nobody"}, Default: "everyone"},
+		{Name: "hide_last_seen", Type: field.TypeBool, Default: false},
 	}
 	// ProfileTable holds the schema information for the "profile" table.
 	ProfileTable = &schema.Table{
@@ -85,6 +132,7 @@ var (
 	// Tables holds all the tables in the schema.
 	Tables = []*schema.Table{
 		AvatarsTable,
+		BlocksTable,
 		ProfileTable,
 		UsersTable,
 	}
@@ -94,6 +142,11 @@ func init() {
 	AvatarsTable.ForeignKeys[0].RefTable = UsersTable
 	AvatarsTable.Annotation = &entsql.Annotation{
 		Table: "avatars",
+	}
+	BlocksTable.ForeignKeys[0].RefTable = UsersTable
+	BlocksTable.ForeignKeys[1].RefTable = UsersTable
+	BlocksTable.Annotation = &entsql.Annotation{
+		Table: "blocks",
 	}
 	ProfileTable.ForeignKeys[0].RefTable = UsersTable
 	ProfileTable.Annotation = &entsql.Annotation{

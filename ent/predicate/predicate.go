@@ -9,6 +9,9 @@ import (
 // Avatar is the predicate function for avatar builders.
 type Avatar func(*sql.Selector)
 
+// Block is the predicate function for block builders.
+type Block func(*sql.Selector)
+
 // Profile is the predicate function for profile builders.
 type Profile func(*sql.Selector)
 

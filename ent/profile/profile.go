@@ -3,6 +3,7 @@
 package profile
 
 import (
+	"fmt"
 	"time"
 
 	"entgo.io/ent/dialect/sql"
@@ -20,6 +21,12 @@ const (
 	FieldCreatedAt = "created_at"
 	// FieldLastLogin holds the string denoting the last_login field in the database.
 	FieldLastLogin = "last_login"
+	// FieldGroupAdds holds the string denoting the group_adds field in the database.
+	FieldGroupAdds = "group_adds"
+	// FieldPrivateChats holds the string denoting the private_chats field in the database.
+	FieldPrivateChats = "private_chats"
+	// FieldHideLastSeen holds the string denoting the hide_last_seen field in the database.
+	FieldHideLastSeen = "hide_last_seen"
 	// EdgeUser holds the string denoting the user edge name in mutations.
 	EdgeUser = "user"
 	// Table holds the table name of the profile in the database.
@@ -39,6 +46,9 @@ var Columns = []string{
 	FieldDescription,
 	FieldCreatedAt,
 	FieldLastLogin,
+	FieldGroupAdds,
+	FieldPrivateChats,
+	FieldHideLastSeen,
 }
 
 // ValidColumn reports if the column name is valid (part of the table columns).
@@ -54,7 +64,63 @@ func ValidColumn(column string) bool {
 var (
 	// DefaultCreatedAt holds the default value on creation for the "created_at" field.
 	DefaultCreatedAt func() time.Time
+	// DefaultHideLastSeen holds the default value on creation for the "hide_last_seen" field.
+	DefaultHideLastSeen bool
 )
+
+// GroupAdds defines the type for the "group_adds" enum field.
+type GroupAdds string
+
+// GroupAddsEveryone is the default value of the GroupAdds enum.
+const DefaultGroupAdds = GroupAddsEveryone
+
+// GroupAdds values.
+const (
+	GroupAddsEveryone GroupAdds = "everyone"
+	GroupAddsChatted  GroupAdds = "chatted"
+	GroupAddsNobody   GroupAdds = "nobody"
+)
+
+func (ga GroupAdds) String() string {
+	return string(ga)
+}
+
+// GroupAddsValidator is a validator for the "group_adds" field enum values. It is called by the builders before save.
+func GroupAddsValidator(ga GroupAdds) error {
+	switch ga {
+	case GroupAddsEveryone, GroupAddsChatted, GroupAddsNobody:
+		return nil
+	default:
+		return fmt.Errorf("profile: invalid enum value for group_adds field: %q", ga)
+	}
+}
+
+// PrivateChats defines the type for the "private_chats" enum field.
+type PrivateChats string
+
+// PrivateChatsEveryone is the default value of the PrivateChats enum.
+const DefaultPrivateChats = PrivateChatsEveryone
+
+// PrivateChats values.
+const (
+	PrivateChatsEveryone PrivateChats = "everyone"
+	PrivateChatsGroups   PrivateChats = "groups"
+	PrivateChatsNobody   PrivateChats = "nobody"
+)
+
+func (pc PrivateChats) String() string {
+	return string(pc)
+}
+
+// PrivateChatsValidator is a validator for the "private_chats" field enum values. It is called by the builders before save.
+func PrivateChatsValidator(pc PrivateChats) error {
+	switch pc {
+	case PrivateChatsEveryone, PrivateChatsGroups, PrivateChatsNobody:
+		return nil
+	default:
+		return fmt.Errorf("profile: invalid enum value for private_chats field: %q", pc)
+	}
+}
 
 // OrderOption defines the ordering options for the Profile queries.
 type OrderOption func(*sql.Selector)
@@ -77,6 +143,21 @@ func ByCreatedAt(opts ...sql.OrderTermOption) OrderOption {
 // ByLastLogin orders the results by the last_login field.
 func ByLastLogin(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldLastLogin, opts...).ToFunc()
+}
+
+// ByGroupAdds orders the results by the group_adds field.
+func ByGroupAdds(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldGroupAdds, opts...).ToFunc()
+}
+
+// ByPrivateChats orders the results by the private_chats field.
+func ByPrivateChats(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldPrivateChats, opts...).ToFunc()
+}
+
+// ByHideLastSeen orders the results by the hide_last_seen field.
+func ByHideLastSeen(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldHideLastSeen, opts...).ToFunc()
 }
 
 // ByUserField orders the results by user field.

@@ -70,6 +70,11 @@ func LastLogin(v time.Time) predicate.Profile {
 	return predicate.Profile(sql.FieldEQ(FieldLastLogin, v))
 }
 
+// HideLastSeen applies equality check predicate on the "hide_last_seen" field. It's identical to HideLastSeenEQ.
+func HideLastSeen(v bool) predicate.Profile {
+	return predicate.Profile(sql.FieldEQ(FieldHideLastSeen, v))
+}
+
 // DescriptionEQ applies the EQ predicate on the "description" field.
 func DescriptionEQ(v string) predicate.Profile {
 	return predicate.Profile(sql.FieldEQ(FieldDescription, v))
@@ -233,6 +238,56 @@ func LastLoginIsNil() predicate.Profile {
 // LastLoginNotNil applies the NotNil predicate on the "last_login" field.
 func LastLoginNotNil() predicate.Profile {
 	return predicate.Profile(sql.FieldNotNull(FieldLastLogin))
+}
+
+// GroupAddsEQ applies the EQ predicate on the "group_adds" field.
+func GroupAddsEQ(v GroupAdds) predicate.Profile {
+	return predicate.Profile(sql.FieldEQ(FieldGroupAdds, v))
+}
+
+// GroupAddsNEQ applies the NEQ predicate on the "group_adds" field.
+func GroupAddsNEQ(v GroupAdds) predicate.Profile {
+	return predicate.Profile(sql.FieldNEQ(FieldGroupAdds, v))
+}
+
+// GroupAddsIn applies the In predicate on the "group_adds" field.
+func GroupAddsIn(vs ...GroupAdds) predicate.Profile {
+	return predicate.Profile(sql.FieldIn(FieldGroupAdds, vs...))
+}
+
+// GroupAddsNotIn applies the NotIn predicate on the "group_adds" field.
+func GroupAddsNotIn(vs ...GroupAdds) predicate.Profile {
+	return predicate.Profile(sql.FieldNotIn(FieldGroupAdds, vs...))
+}
+
+// PrivateChatsEQ applies the EQ predicate on the "private_chats" field.
+func PrivateChatsEQ(v PrivateChats) predicate.Profile {
+	return predicate.Profile(sql.FieldEQ(FieldPrivateChats, v))
+}
+
+// PrivateChatsNEQ applies the NEQ predicate on the "private_chats" field.
+func PrivateChatsNEQ(v PrivateChats) predicate.Profile {
+	return predicate.Profile(sql.FieldNEQ(FieldPrivateChats, v))
+}
+
+// PrivateChatsIn applies the In predicate on the "private_chats" field.
+func PrivateChatsIn(vs ...PrivateChats) predicate.Profile {
+	return predicate.Profile(sql.FieldIn(FieldPrivateChats, vs...))
+}
+
+// PrivateChatsNotIn applies the NotIn predicate on the "private_chats" field.
+func PrivateChatsNotIn(vs ...PrivateChats) predicate.Profile {
+	return predicate.Profile(sql.FieldNotIn(FieldPrivateChats, vs...))
+}
+
+// HideLastSeenEQ applies the EQ predicate on the "hide_last_seen" field.
+func HideLastSeenEQ(v bool) predicate.Profile {
+	return predicate.Profile(sql.FieldEQ(FieldHideLastSeen, v))
+}
+
+// HideLastSeenNEQ applies the NEQ predicate on the "hide_last_seen" field.
+func HideLastSeenNEQ(v bool) predicate.Profile {
+	return predicate.Profile(sql.FieldNEQ(FieldHideLastSeen, v))
 }
 
 // HasUser applies the HasEdge predicate on the "user" edge.

@@ -40,6 +40,16 @@ func (Profile) Fields() []ent.Field {
 		field.Time("last_login").
 			Optional().
 			Nillable(),
+		// The privacy settings (parley.v1.PrivacySettings), here because
+		// every user has exactly one profile.
+		field.Enum("group_adds").
+			Values("everyone", "chatted", "nobody").
+			Default("everyone"),
+		field.Enum("private_chats").
+			Values("everyone", "groups", "nobody").
+			Default("everyone"),
+		field.Bool("hide_last_seen").
+			Default(false),
 	}
 }
 

@@ -1,6 +1,7 @@
 // Package schema holds Parley's hand-written ent schemas for PostgreSQL: the
-// customer's users, profile and avatars tables. Everything else under ent/
-// is generated from this package by `make generate`.
+// customer's users, profile and avatars tables, and Parley's blocks table.
+// Everything else under ent/ is generated from this package by `make
+// generate`.
 package schema
 
 import (
@@ -75,6 +76,11 @@ func (User) Edges() []ent.Edge {
 			StorageKey(edge.Column("user_id")).
 			Annotations(entsql.OnDelete(entsql.Cascade)),
 		edge.To("avatars", Avatar.Type).
+			Annotations(entsql.OnDelete(entsql.Cascade)),
+		// The users this user blocked, and those who blocked it.
+		edge.To("blocks", Block.Type).
+			Annotations(entsql.OnDelete(entsql.Cascade)),
+		edge.To("blocked_by", Block.Type).
 			Annotations(entsql.OnDelete(entsql.Cascade)),
 	}
 }

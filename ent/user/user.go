@@ -24,8 +24,14 @@ const (
 	EdgeProfile = "profile"
 	// EdgeAvatars holds the string denoting the avatars edge name in mutations.
 	EdgeAvatars = "avatars"
+	// EdgeBlocks holds the string denoting the blocks edge name in mutations.
+	EdgeBlocks = "blocks"
+	// EdgeBlockedBy holds the string denoting the blocked_by edge name in mutations.
+	EdgeBlockedBy = "blocked_by"
 	// AvatarFieldID holds the string denoting the ID field of the Avatar.
 	AvatarFieldID = "avatar_id"
+	// BlockFieldID holds the string denoting the ID field of the Block.
+	BlockFieldID = "block_id"
 	// Table holds the table name of the user in the database.
 	Table = "users"
 	// ProfileTable is the table that holds the profile relation/edge.
@@ -42,6 +48,20 @@ const (
 	AvatarsInverseTable = "avatars"
 	// AvatarsColumn is the table column denoting the avatars relation/edge.
 	AvatarsColumn = "user_id"
+	// BlocksTable is the table that holds the blocks relation/edge.
+	BlocksTable = "blocks"
+	// BlocksInverseTable is the table name for the Block entity.
+	// It exists in this package in order to avoid circular dependency with the "block" package.
+	BlocksInverseTable = "blocks"
+	// BlocksColumn is the table column denoting the blocks relation/edge.
+	BlocksColumn = "blocker_id"
+	// BlockedByTable is the table that holds the blocked_by relation/edge.
+	BlockedByTable = "blocks"
+	// BlockedByInverseTable is the table name for the Block entity.
+	// It exists in this package in order to avoid circular dependency with the "block" package.
+	BlockedByInverseTable = "blocks"
+	// BlockedByColumn is the table column denoting the blocked_by relation/edge.
+	BlockedByColumn = "blocked_id"
 )
 
 // Columns holds all SQL columns for user fields.
@@ -122,6 +142,34 @@ func ByAvatars(term sql.OrderTerm, terms ...sql.OrderTerm) OrderOption {
 		sqlgraph.OrderByNeighborTerms(s, newAvatarsStep(), append([]sql.OrderTerm{term}, terms...)...)
 	}
 }
+
+// ByBlocksCount orders the results by blocks count.
+func ByBlocksCount(opts ...sql.OrderTermOption) OrderOption {
+	return func(s *sql.Selector) {
+		sqlgraph.OrderByNeighborsCount(s, newBlocksStep(), opts...)
+	}
+}
+
+// ByBlocks orders the results by blocks terms.
+func ByBlocks(term sql.OrderTerm, terms ...sql.OrderTerm) OrderOption {
+	return func(s *sql.Selector) {
+		sqlgraph.OrderByNeighborTerms(s, newBlocksStep(), append([]sql.OrderTerm{term}, terms...)...)
+	}
+}
+
+// ByBlockedByCount orders the results by blocked_by count.
+func ByBlockedByCount(opts ...sql.OrderTermOption) OrderOption {
+	return func(s *sql.Selector) {
+		sqlgraph.OrderByNeighborsCount(s, newBlockedByStep(), opts...)
+	}
+}
+
+// ByBlockedBy orders the results by blocked_by terms.
+func ByBlockedBy(term sql.OrderTerm, terms ...sql.OrderTerm) OrderOption {
+	return func(s *sql.Selector) {
+		sqlgraph.OrderByNeighborTerms(s, newBlockedByStep(), append([]sql.OrderTerm{term}, terms...)...)
+	}
+}
 func newProfileStep() *sqlgraph.Step {
 	return sqlgraph.NewStep(
 		sqlgraph.From(Table, FieldID),
@@ -134,5 +182,19 @@ func newAvatarsStep() *sqlgraph.Step {
 		sqlgraph.From(Table, FieldID),
 		sqlgraph.To(AvatarsInverseTable, AvatarFieldID),
 		sqlgraph.Edge(sqlgraph.O2M, false, AvatarsTable, AvatarsColumn),
+	)
+}
+func newBlocksStep() *sqlgraph.Step {
+	return sqlgraph.NewStep(
+		sqlgraph.From(Table, FieldID),
+		sqlgraph.To(BlocksInverseTable, BlockFieldID),
+		sqlgraph.Edge(sqlgraph.O2M, false, BlocksTable, BlocksColumn),
+	)
+}
+func newBlockedByStep() *sqlgraph.Step {
+	return sqlgraph.NewStep(
+		sqlgraph.From(Table, FieldID),
+		sqlgraph.To(BlockedByInverseTable, BlockFieldID),
+		sqlgraph.Edge(sqlgraph.O2M, false, BlockedByTable, BlockedByColumn),
 	)
 }

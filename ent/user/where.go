@@ -389,6 +389,52 @@ func HasAvatarsWith(preds ...predicate.Avatar) predicate.User {
 	})
 }
 
+// HasBlocks applies the HasEdge predicate on the "blocks" edge.
+func HasBlocks() predicate.User {
+	return predicate.User(func(s *sql.Selector) {
+		step := sqlgraph.NewStep(
+			sqlgraph.From(Table, FieldID),
+			sqlgraph.Edge(sqlgraph.O2M, false, BlocksTable, BlocksColumn),
+		)
+		sqlgraph.HasNeighbors(s, step)
+	})
+}
+
+// HasBlocksWith applies the HasEdge predicate on the "blocks" edge with a given conditions (other predicates).
+func HasBlocksWith(preds ...predicate.Block) predicate.User {
+	return predicate.User(func(s *sql.Selector) {
+		step := newBlocksStep()
+		sqlgraph.HasNeighborsWith(s, step, func(s *sql.Selector) {
+			for _, p := range preds {
+				p(s)
+			}
+		})
+	})
+}
+
+// HasBlockedBy applies the HasEdge predicate on the "blocked_by" edge.
+func HasBlockedBy() predicate.User {
+	return predicate.User(func(s *sql.Selector) {
+		step := sqlgraph.NewStep(
+			sqlgraph.From(Table, FieldID),
+			sqlgraph.Edge(sqlgraph.O2M, false, BlockedByTable, BlockedByColumn),
+		)
+		sqlgraph.HasNeighbors(s, step)
+	})
+}
+
+// HasBlockedByWith applies the HasEdge predicate on the "blocked_by" edge with a given conditions (other predicates).
+func HasBlockedByWith(preds ...predicate.Block) predicate.User {
+	return predicate.User(func(s *sql.Selector) {
+		step := newBlockedByStep()
+		sqlgraph.HasNeighborsWith(s, step, func(s *sql.Selector) {
+			for _, p := range preds {
+				p(s)
+			}
+		})
+	})
+}
+
 // And groups predicates with the AND operator between them.
 func And(predicates ...predicate.User) predicate.User {
 	return predicate.User(sql.AndPredicates(predicates...))

@@ -273,7 +273,13 @@ type Chat struct {
 	// The caller's role.
 	Role Role `protobuf:"varint,8,opt,name=role,proto3,enum=parley.v1.Role" json:"role,omitempty"`
 	// Messages after the caller's read position that others sent.
-	UnreadCount   int64 `protobuf:"varint,9,opt,name=unread_count,json=unreadCount,proto3" json:"unread_count,omitempty"`
+	UnreadCount int64 `protobuf:"varint,9,opt,name=unread_count,json=unreadCount,proto3" json:"unread_count,omitempty"`
+	// Set while a private chat is a request: started by starter_id, not yet
+	// accepted by the other member (by a reply or AcceptChatRequest). While
+	// it is, the starter sees neither the other member's presence nor its
+	// positions (every message's status stays SENT for both), and no
+	// position events; the other member's first reply accepts the chat.
+	Request       *ChatRequest `protobuf:"bytes,10,opt,name=request,proto3" json:"request,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -371,6 +377,59 @@ func (x *Chat) GetUnreadCount() int64 {
 	return 0
 }
 
+func (x *Chat) GetRequest() *ChatRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// ChatRequest is the request state of a private chat.
+type ChatRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member who started the chat.
+	StarterId     int32 `protobuf:"varint,1,opt,name=starter_id,json=starterId,proto3" json:"starter_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChatRequest) Reset() {
+	*x = ChatRequest{}
+	mi := &file_parley_v1_chat_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChatRequest) ProtoMessage() {}
+
+func (x *ChatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChatRequest.ProtoReflect.Descriptor instead.
+func (*ChatRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ChatRequest) GetStarterId() int32 {
+	if x != nil {
+		return x.StarterId
+	}
+	return 0
+}
+
 type CreatePrivateChatRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PeerId        int32                  `protobuf:"varint,1,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
@@ -380,7 +439,7 @@ type CreatePrivateChatRequest struct {
 
 func (x *CreatePrivateChatRequest) Reset() {
 	*x = CreatePrivateChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[3]
+	mi := &file_parley_v1_chat_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -392,7 +451,7 @@ func (x *CreatePrivateChatRequest) String() string {
 func (*CreatePrivateChatRequest) ProtoMessage() {}
 
 func (x *CreatePrivateChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[3]
+	mi := &file_parley_v1_chat_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -405,7 +464,7 @@ func (x *CreatePrivateChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrivateChatRequest.ProtoReflect.Descriptor instead.
 func (*CreatePrivateChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{3}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreatePrivateChatRequest) GetPeerId() int32 {
@@ -426,7 +485,7 @@ type CreatePrivateChatResponse struct {
 
 func (x *CreatePrivateChatResponse) Reset() {
 	*x = CreatePrivateChatResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[4]
+	mi := &file_parley_v1_chat_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -438,7 +497,7 @@ func (x *CreatePrivateChatResponse) String() string {
 func (*CreatePrivateChatResponse) ProtoMessage() {}
 
 func (x *CreatePrivateChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[4]
+	mi := &file_parley_v1_chat_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -451,7 +510,7 @@ func (x *CreatePrivateChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrivateChatResponse.ProtoReflect.Descriptor instead.
 func (*CreatePrivateChatResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{4}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreatePrivateChatResponse) GetChat() *Chat {
@@ -480,7 +539,7 @@ type CreateGroupChatRequest struct {
 
 func (x *CreateGroupChatRequest) Reset() {
 	*x = CreateGroupChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[5]
+	mi := &file_parley_v1_chat_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +551,7 @@ func (x *CreateGroupChatRequest) String() string {
 func (*CreateGroupChatRequest) ProtoMessage() {}
 
 func (x *CreateGroupChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[5]
+	mi := &file_parley_v1_chat_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +564,7 @@ func (x *CreateGroupChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupChatRequest.ProtoReflect.Descriptor instead.
 func (*CreateGroupChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{5}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateGroupChatRequest) GetName() string {
@@ -523,15 +582,17 @@ func (x *CreateGroupChatRequest) GetMemberIds() []int32 {
 }
 
 type CreateGroupChatResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Chat          *Chat                  `protobuf:"bytes,1,opt,name=chat,proto3" json:"chat,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Chat  *Chat                  `protobuf:"bytes,1,opt,name=chat,proto3" json:"chat,omitempty"`
+	// The requested members whose settings did not let the caller add them.
+	NotAddedUserIds []int32 `protobuf:"varint,2,rep,packed,name=not_added_user_ids,json=notAddedUserIds,proto3" json:"not_added_user_ids,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CreateGroupChatResponse) Reset() {
 	*x = CreateGroupChatResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[6]
+	mi := &file_parley_v1_chat_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +604,7 @@ func (x *CreateGroupChatResponse) String() string {
 func (*CreateGroupChatResponse) ProtoMessage() {}
 
 func (x *CreateGroupChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[6]
+	mi := &file_parley_v1_chat_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,12 +617,19 @@ func (x *CreateGroupChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupChatResponse.ProtoReflect.Descriptor instead.
 func (*CreateGroupChatResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{6}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateGroupChatResponse) GetChat() *Chat {
 	if x != nil {
 		return x.Chat
+	}
+	return nil
+}
+
+func (x *CreateGroupChatResponse) GetNotAddedUserIds() []int32 {
+	if x != nil {
+		return x.NotAddedUserIds
 	}
 	return nil
 }
@@ -576,7 +644,7 @@ type GetChatRequest struct {
 
 func (x *GetChatRequest) Reset() {
 	*x = GetChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[7]
+	mi := &file_parley_v1_chat_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +656,7 @@ func (x *GetChatRequest) String() string {
 func (*GetChatRequest) ProtoMessage() {}
 
 func (x *GetChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[7]
+	mi := &file_parley_v1_chat_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +669,7 @@ func (x *GetChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChatRequest.ProtoReflect.Descriptor instead.
 func (*GetChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{7}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetChatRequest) GetChatId() string {
@@ -620,7 +688,7 @@ type GetChatResponse struct {
 
 func (x *GetChatResponse) Reset() {
 	*x = GetChatResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[8]
+	mi := &file_parley_v1_chat_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -632,7 +700,7 @@ func (x *GetChatResponse) String() string {
 func (*GetChatResponse) ProtoMessage() {}
 
 func (x *GetChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[8]
+	mi := &file_parley_v1_chat_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -645,7 +713,7 @@ func (x *GetChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChatResponse.ProtoReflect.Descriptor instead.
 func (*GetChatResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{8}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetChatResponse) GetChat() *Chat {
@@ -667,7 +735,7 @@ type ListChatsRequest struct {
 
 func (x *ListChatsRequest) Reset() {
 	*x = ListChatsRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[9]
+	mi := &file_parley_v1_chat_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +747,7 @@ func (x *ListChatsRequest) String() string {
 func (*ListChatsRequest) ProtoMessage() {}
 
 func (x *ListChatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[9]
+	mi := &file_parley_v1_chat_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +760,7 @@ func (x *ListChatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChatsRequest.ProtoReflect.Descriptor instead.
 func (*ListChatsRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{9}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListChatsRequest) GetPageSize() int32 {
@@ -720,7 +788,7 @@ type ListChatsResponse struct {
 
 func (x *ListChatsResponse) Reset() {
 	*x = ListChatsResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[10]
+	mi := &file_parley_v1_chat_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -732,7 +800,7 @@ func (x *ListChatsResponse) String() string {
 func (*ListChatsResponse) ProtoMessage() {}
 
 func (x *ListChatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[10]
+	mi := &file_parley_v1_chat_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +813,7 @@ func (x *ListChatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChatsResponse.ProtoReflect.Descriptor instead.
 func (*ListChatsResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{10}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListChatsResponse) GetChats() []*Chat {
@@ -772,7 +840,7 @@ type UpdateChatRequest struct {
 
 func (x *UpdateChatRequest) Reset() {
 	*x = UpdateChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[11]
+	mi := &file_parley_v1_chat_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +852,7 @@ func (x *UpdateChatRequest) String() string {
 func (*UpdateChatRequest) ProtoMessage() {}
 
 func (x *UpdateChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[11]
+	mi := &file_parley_v1_chat_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +865,7 @@ func (x *UpdateChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateChatRequest.ProtoReflect.Descriptor instead.
 func (*UpdateChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{11}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateChatRequest) GetChatId() string {
@@ -823,7 +891,7 @@ type UpdateChatResponse struct {
 
 func (x *UpdateChatResponse) Reset() {
 	*x = UpdateChatResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[12]
+	mi := &file_parley_v1_chat_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +903,7 @@ func (x *UpdateChatResponse) String() string {
 func (*UpdateChatResponse) ProtoMessage() {}
 
 func (x *UpdateChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[12]
+	mi := &file_parley_v1_chat_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +916,7 @@ func (x *UpdateChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateChatResponse.ProtoReflect.Descriptor instead.
 func (*UpdateChatResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{12}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateChatResponse) GetChat() *Chat {
@@ -868,7 +936,7 @@ type AddParticipantsRequest struct {
 
 func (x *AddParticipantsRequest) Reset() {
 	*x = AddParticipantsRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[13]
+	mi := &file_parley_v1_chat_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +948,7 @@ func (x *AddParticipantsRequest) String() string {
 func (*AddParticipantsRequest) ProtoMessage() {}
 
 func (x *AddParticipantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[13]
+	mi := &file_parley_v1_chat_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +961,7 @@ func (x *AddParticipantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddParticipantsRequest.ProtoReflect.Descriptor instead.
 func (*AddParticipantsRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{13}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AddParticipantsRequest) GetChatId() string {
@@ -911,15 +979,17 @@ func (x *AddParticipantsRequest) GetUserIds() []int32 {
 }
 
 type AddParticipantsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Chat          *Chat                  `protobuf:"bytes,1,opt,name=chat,proto3" json:"chat,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Chat  *Chat                  `protobuf:"bytes,1,opt,name=chat,proto3" json:"chat,omitempty"`
+	// The requested users whose settings did not let the caller add them.
+	NotAddedUserIds []int32 `protobuf:"varint,2,rep,packed,name=not_added_user_ids,json=notAddedUserIds,proto3" json:"not_added_user_ids,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AddParticipantsResponse) Reset() {
 	*x = AddParticipantsResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[14]
+	mi := &file_parley_v1_chat_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1001,7 @@ func (x *AddParticipantsResponse) String() string {
 func (*AddParticipantsResponse) ProtoMessage() {}
 
 func (x *AddParticipantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[14]
+	mi := &file_parley_v1_chat_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,12 +1014,19 @@ func (x *AddParticipantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddParticipantsResponse.ProtoReflect.Descriptor instead.
 func (*AddParticipantsResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{14}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AddParticipantsResponse) GetChat() *Chat {
 	if x != nil {
 		return x.Chat
+	}
+	return nil
+}
+
+func (x *AddParticipantsResponse) GetNotAddedUserIds() []int32 {
+	if x != nil {
+		return x.NotAddedUserIds
 	}
 	return nil
 }
@@ -964,7 +1041,7 @@ type RemoveParticipantRequest struct {
 
 func (x *RemoveParticipantRequest) Reset() {
 	*x = RemoveParticipantRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[15]
+	mi := &file_parley_v1_chat_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1053,7 @@ func (x *RemoveParticipantRequest) String() string {
 func (*RemoveParticipantRequest) ProtoMessage() {}
 
 func (x *RemoveParticipantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[15]
+	mi := &file_parley_v1_chat_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1066,7 @@ func (x *RemoveParticipantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveParticipantRequest.ProtoReflect.Descriptor instead.
 func (*RemoveParticipantRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{15}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoveParticipantRequest) GetChatId() string {
@@ -1015,7 +1092,7 @@ type RemoveParticipantResponse struct {
 
 func (x *RemoveParticipantResponse) Reset() {
 	*x = RemoveParticipantResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[16]
+	mi := &file_parley_v1_chat_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1104,7 @@ func (x *RemoveParticipantResponse) String() string {
 func (*RemoveParticipantResponse) ProtoMessage() {}
 
 func (x *RemoveParticipantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[16]
+	mi := &file_parley_v1_chat_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1117,7 @@ func (x *RemoveParticipantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveParticipantResponse.ProtoReflect.Descriptor instead.
 func (*RemoveParticipantResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{16}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RemoveParticipantResponse) GetChat() *Chat {
@@ -1061,7 +1138,7 @@ type SetParticipantRoleRequest struct {
 
 func (x *SetParticipantRoleRequest) Reset() {
 	*x = SetParticipantRoleRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[17]
+	mi := &file_parley_v1_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1150,7 @@ func (x *SetParticipantRoleRequest) String() string {
 func (*SetParticipantRoleRequest) ProtoMessage() {}
 
 func (x *SetParticipantRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[17]
+	mi := &file_parley_v1_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1163,7 @@ func (x *SetParticipantRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetParticipantRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetParticipantRoleRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{17}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetParticipantRoleRequest) GetChatId() string {
@@ -1119,7 +1196,7 @@ type SetParticipantRoleResponse struct {
 
 func (x *SetParticipantRoleResponse) Reset() {
 	*x = SetParticipantRoleResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[18]
+	mi := &file_parley_v1_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1208,7 @@ func (x *SetParticipantRoleResponse) String() string {
 func (*SetParticipantRoleResponse) ProtoMessage() {}
 
 func (x *SetParticipantRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[18]
+	mi := &file_parley_v1_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1221,7 @@ func (x *SetParticipantRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetParticipantRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetParticipantRoleResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{18}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetParticipantRoleResponse) GetChat() *Chat {
@@ -1163,7 +1240,7 @@ type LeaveChatRequest struct {
 
 func (x *LeaveChatRequest) Reset() {
 	*x = LeaveChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[19]
+	mi := &file_parley_v1_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1252,7 @@ func (x *LeaveChatRequest) String() string {
 func (*LeaveChatRequest) ProtoMessage() {}
 
 func (x *LeaveChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[19]
+	mi := &file_parley_v1_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1265,7 @@ func (x *LeaveChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveChatRequest.ProtoReflect.Descriptor instead.
 func (*LeaveChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{19}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LeaveChatRequest) GetChatId() string {
@@ -1206,7 +1283,7 @@ type LeaveChatResponse struct {
 
 func (x *LeaveChatResponse) Reset() {
 	*x = LeaveChatResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[20]
+	mi := &file_parley_v1_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1295,7 @@ func (x *LeaveChatResponse) String() string {
 func (*LeaveChatResponse) ProtoMessage() {}
 
 func (x *LeaveChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[20]
+	mi := &file_parley_v1_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1308,184 @@ func (x *LeaveChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveChatResponse.ProtoReflect.Descriptor instead.
 func (*LeaveChatResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{20}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{21}
+}
+
+type AcceptChatRequestRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptChatRequestRequest) Reset() {
+	*x = AcceptChatRequestRequest{}
+	mi := &file_parley_v1_chat_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptChatRequestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptChatRequestRequest) ProtoMessage() {}
+
+func (x *AcceptChatRequestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptChatRequestRequest.ProtoReflect.Descriptor instead.
+func (*AcceptChatRequestRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AcceptChatRequestRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+type AcceptChatRequestResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Chat          *Chat                  `protobuf:"bytes,1,opt,name=chat,proto3" json:"chat,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptChatRequestResponse) Reset() {
+	*x = AcceptChatRequestResponse{}
+	mi := &file_parley_v1_chat_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptChatRequestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptChatRequestResponse) ProtoMessage() {}
+
+func (x *AcceptChatRequestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptChatRequestResponse.ProtoReflect.Descriptor instead.
+func (*AcceptChatRequestResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *AcceptChatRequestResponse) GetChat() *Chat {
+	if x != nil {
+		return x.Chat
+	}
+	return nil
+}
+
+type DeclineChatRequestRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// Also block the starter (see PrivacyService.BlockUser).
+	Block         bool `protobuf:"varint,2,opt,name=block,proto3" json:"block,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeclineChatRequestRequest) Reset() {
+	*x = DeclineChatRequestRequest{}
+	mi := &file_parley_v1_chat_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeclineChatRequestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeclineChatRequestRequest) ProtoMessage() {}
+
+func (x *DeclineChatRequestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeclineChatRequestRequest.ProtoReflect.Descriptor instead.
+func (*DeclineChatRequestRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *DeclineChatRequestRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *DeclineChatRequestRequest) GetBlock() bool {
+	if x != nil {
+		return x.Block
+	}
+	return false
+}
+
+type DeclineChatRequestResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeclineChatRequestResponse) Reset() {
+	*x = DeclineChatRequestResponse{}
+	mi := &file_parley_v1_chat_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeclineChatRequestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeclineChatRequestResponse) ProtoMessage() {}
+
+func (x *DeclineChatRequestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeclineChatRequestResponse.ProtoReflect.Descriptor instead.
+func (*DeclineChatRequestResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{25}
 }
 
 var File_parley_v1_chat_proto protoreflect.FileDescriptor
@@ -1248,7 +1502,7 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\tsender_id\x18\x02 \x01(\x05R\bsenderId\x12\x18\n" +
 	"\apreview\x18\x03 \x01(\tR\apreview\x12\x10\n" +
 	"\x03seq\x18\x04 \x01(\x03R\x03seq\x123\n" +
-	"\asent_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\x88\x03\n" +
+	"\asent_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xba\x03\n" +
 	"\x04Chat\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x13.parley.v1.ChatTypeR\x04type\x12\x12\n" +
@@ -1260,7 +1514,12 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\n" +
 	"updated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12#\n" +
 	"\x04role\x18\b \x01(\x0e2\x0f.parley.v1.RoleR\x04role\x12!\n" +
-	"\funread_count\x18\t \x01(\x03R\vunreadCount\"<\n" +
+	"\funread_count\x18\t \x01(\x03R\vunreadCount\x120\n" +
+	"\arequest\x18\n" +
+	" \x01(\v2\x16.parley.v1.ChatRequestR\arequest\",\n" +
+	"\vChatRequest\x12\x1d\n" +
+	"\n" +
+	"starter_id\x18\x01 \x01(\x05R\tstarterId\"<\n" +
 	"\x18CreatePrivateChatRequest\x12 \n" +
 	"\apeer_id\x18\x01 \x01(\x05B\a\xbaH\x04\x1a\x02 \x00R\x06peerId\"Z\n" +
 	"\x19CreatePrivateChatResponse\x12#\n" +
@@ -1270,9 +1529,10 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tB\r\xbaH\n" +
 	"r\b\x10\x01\x18d\xba\x01\x01\x00R\x04name\x120\n" +
 	"\n" +
-	"member_ids\x18\x02 \x03(\x05B\x11\xbaH\x0e\x92\x01\v\x10\xf3\x03\x18\x01\"\x04\x1a\x02 \x00R\tmemberIds\">\n" +
+	"member_ids\x18\x02 \x03(\x05B\x11\xbaH\x0e\x92\x01\v\x10\xf3\x03\x18\x01\"\x04\x1a\x02 \x00R\tmemberIds\"k\n" +
 	"\x17CreateGroupChatResponse\x12#\n" +
-	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\"@\n" +
+	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\x12+\n" +
+	"\x12not_added_user_ids\x18\x02 \x03(\x05R\x0fnotAddedUserIds\"@\n" +
 	"\x0eGetChatRequest\x12.\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\"6\n" +
 	"\x0fGetChatResponse\x12#\n" +
@@ -1293,9 +1553,10 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\"x\n" +
 	"\x16AddParticipantsRequest\x12.\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12.\n" +
-	"\buser_ids\x18\x02 \x03(\x05B\x13\xbaH\x10\x92\x01\r\b\x01\x10\xf3\x03\x18\x01\"\x04\x1a\x02 \x00R\auserIds\">\n" +
+	"\buser_ids\x18\x02 \x03(\x05B\x13\xbaH\x10\x92\x01\r\b\x01\x10\xf3\x03\x18\x01\"\x04\x1a\x02 \x00R\auserIds\"k\n" +
 	"\x17AddParticipantsResponse\x12#\n" +
-	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\"l\n" +
+	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\x12+\n" +
+	"\x12not_added_user_ids\x18\x02 \x03(\x05R\x0fnotAddedUserIds\"l\n" +
 	"\x18RemoveParticipantRequest\x12.\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12 \n" +
 	"\auser_id\x18\x02 \x01(\x05B\a\xbaH\x04\x1a\x02 \x00R\x06userId\"@\n" +
@@ -1310,7 +1571,15 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\"B\n" +
 	"\x10LeaveChatRequest\x12.\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\"\x13\n" +
-	"\x11LeaveChatResponse*Q\n" +
+	"\x11LeaveChatResponse\"J\n" +
+	"\x18AcceptChatRequestRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\"@\n" +
+	"\x19AcceptChatRequestResponse\x12#\n" +
+	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\"a\n" +
+	"\x19DeclineChatRequestRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12\x14\n" +
+	"\x05block\x18\x02 \x01(\bR\x05block\"\x1c\n" +
+	"\x1aDeclineChatRequestResponse*Q\n" +
 	"\bChatType\x12\x19\n" +
 	"\x15CHAT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11CHAT_TYPE_PRIVATE\x10\x01\x12\x13\n" +
@@ -1319,7 +1588,7 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_MEMBER\x10\x01\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x022\x8b\x06\n" +
+	"ROLE_ADMIN\x10\x022\xce\a\n" +
 	"\vChatService\x12^\n" +
 	"\x11CreatePrivateChat\x12#.parley.v1.CreatePrivateChatRequest\x1a$.parley.v1.CreatePrivateChatResponse\x12X\n" +
 	"\x0fCreateGroupChat\x12!.parley.v1.CreateGroupChatRequest\x1a\".parley.v1.CreateGroupChatResponse\x12E\n" +
@@ -1330,7 +1599,9 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x0fAddParticipants\x12!.parley.v1.AddParticipantsRequest\x1a\".parley.v1.AddParticipantsResponse\x12^\n" +
 	"\x11RemoveParticipant\x12#.parley.v1.RemoveParticipantRequest\x1a$.parley.v1.RemoveParticipantResponse\x12a\n" +
 	"\x12SetParticipantRole\x12$.parley.v1.SetParticipantRoleRequest\x1a%.parley.v1.SetParticipantRoleResponse\x12F\n" +
-	"\tLeaveChat\x12\x1b.parley.v1.LeaveChatRequest\x1a\x1c.parley.v1.LeaveChatResponseB6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
+	"\tLeaveChat\x12\x1b.parley.v1.LeaveChatRequest\x1a\x1c.parley.v1.LeaveChatResponse\x12^\n" +
+	"\x11AcceptChatRequest\x12#.parley.v1.AcceptChatRequestRequest\x1a$.parley.v1.AcceptChatRequestResponse\x12a\n" +
+	"\x12DeclineChatRequest\x12$.parley.v1.DeclineChatRequestRequest\x1a%.parley.v1.DeclineChatRequestResponseB6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_chat_proto_rawDescOnce sync.Once
@@ -1345,74 +1616,85 @@ func file_parley_v1_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_parley_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_parley_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_parley_v1_chat_proto_goTypes = []any{
 	(ChatType)(0),                      // 0: parley.v1.ChatType
 	(Role)(0),                          // 1: parley.v1.Role
 	(*Participant)(nil),                // 2: parley.v1.Participant
 	(*LastMessage)(nil),                // 3: parley.v1.LastMessage
 	(*Chat)(nil),                       // 4: parley.v1.Chat
-	(*CreatePrivateChatRequest)(nil),   // 5: parley.v1.CreatePrivateChatRequest
-	(*CreatePrivateChatResponse)(nil),  // 6: parley.v1.CreatePrivateChatResponse
-	(*CreateGroupChatRequest)(nil),     // 7: parley.v1.CreateGroupChatRequest
-	(*CreateGroupChatResponse)(nil),    // 8: parley.v1.CreateGroupChatResponse
-	(*GetChatRequest)(nil),             // 9: parley.v1.GetChatRequest
-	(*GetChatResponse)(nil),            // 10: parley.v1.GetChatResponse
-	(*ListChatsRequest)(nil),           // 11: parley.v1.ListChatsRequest
-	(*ListChatsResponse)(nil),          // 12: parley.v1.ListChatsResponse
-	(*UpdateChatRequest)(nil),          // 13: parley.v1.UpdateChatRequest
-	(*UpdateChatResponse)(nil),         // 14: parley.v1.UpdateChatResponse
-	(*AddParticipantsRequest)(nil),     // 15: parley.v1.AddParticipantsRequest
-	(*AddParticipantsResponse)(nil),    // 16: parley.v1.AddParticipantsResponse
-	(*RemoveParticipantRequest)(nil),   // 17: parley.v1.RemoveParticipantRequest
-	(*RemoveParticipantResponse)(nil),  // 18: parley.v1.RemoveParticipantResponse
-	(*SetParticipantRoleRequest)(nil),  // 19: parley.v1.SetParticipantRoleRequest
-	(*SetParticipantRoleResponse)(nil), // 20: parley.v1.SetParticipantRoleResponse
-	(*LeaveChatRequest)(nil),           // 21: parley.v1.LeaveChatRequest
-	(*LeaveChatResponse)(nil),          // 22: parley.v1.LeaveChatResponse
-	(*timestamppb.Timestamp)(nil),      // 23: google.protobuf.Timestamp
+	(*ChatRequest)(nil),                // 5: parley.v1.ChatRequest
+	(*CreatePrivateChatRequest)(nil),   // 6: parley.v1.CreatePrivateChatRequest
+	(*CreatePrivateChatResponse)(nil),  // 7: parley.v1.CreatePrivateChatResponse
+	(*CreateGroupChatRequest)(nil),     // 8: parley.v1.CreateGroupChatRequest
+	(*CreateGroupChatResponse)(nil),    // 9: parley.v1.CreateGroupChatResponse
+	(*GetChatRequest)(nil),             // 10: parley.v1.GetChatRequest
+	(*GetChatResponse)(nil),            // 11: parley.v1.GetChatResponse
+	(*ListChatsRequest)(nil),           // 12: parley.v1.ListChatsRequest
+	(*ListChatsResponse)(nil),          // 13: parley.v1.ListChatsResponse
+	(*UpdateChatRequest)(nil),          // 14: parley.v1.UpdateChatRequest
+	(*UpdateChatResponse)(nil),         // 15: parley.v1.UpdateChatResponse
+	(*AddParticipantsRequest)(nil),     // 16: parley.v1.AddParticipantsRequest
+	(*AddParticipantsResponse)(nil),    // 17: parley.v1.AddParticipantsResponse
+	(*RemoveParticipantRequest)(nil),   // 18: parley.v1.RemoveParticipantRequest
+	(*RemoveParticipantResponse)(nil),  // 19: parley.v1.RemoveParticipantResponse
+	(*SetParticipantRoleRequest)(nil),  // 20: parley.v1.SetParticipantRoleRequest
+	(*SetParticipantRoleResponse)(nil), // 21: parley.v1.SetParticipantRoleResponse
+	(*LeaveChatRequest)(nil),           // 22: parley.v1.LeaveChatRequest
+	(*LeaveChatResponse)(nil),          // 23: parley.v1.LeaveChatResponse
+	(*AcceptChatRequestRequest)(nil),   // 24: parley.v1.AcceptChatRequestRequest
+	(*AcceptChatRequestResponse)(nil),  // 25: parley.v1.AcceptChatRequestResponse
+	(*DeclineChatRequestRequest)(nil),  // 26: parley.v1.DeclineChatRequestRequest
+	(*DeclineChatRequestResponse)(nil), // 27: parley.v1.DeclineChatRequestResponse
+	(*timestamppb.Timestamp)(nil),      // 28: google.protobuf.Timestamp
 }
 var file_parley_v1_chat_proto_depIdxs = []int32{
 	1,  // 0: parley.v1.Participant.role:type_name -> parley.v1.Role
-	23, // 1: parley.v1.LastMessage.sent_at:type_name -> google.protobuf.Timestamp
+	28, // 1: parley.v1.LastMessage.sent_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: parley.v1.Chat.type:type_name -> parley.v1.ChatType
 	2,  // 3: parley.v1.Chat.participants:type_name -> parley.v1.Participant
 	3,  // 4: parley.v1.Chat.last_message:type_name -> parley.v1.LastMessage
-	23, // 5: parley.v1.Chat.created_at:type_name -> google.protobuf.Timestamp
-	23, // 6: parley.v1.Chat.updated_at:type_name -> google.protobuf.Timestamp
+	28, // 5: parley.v1.Chat.created_at:type_name -> google.protobuf.Timestamp
+	28, // 6: parley.v1.Chat.updated_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: parley.v1.Chat.role:type_name -> parley.v1.Role
-	4,  // 8: parley.v1.CreatePrivateChatResponse.chat:type_name -> parley.v1.Chat
-	4,  // 9: parley.v1.CreateGroupChatResponse.chat:type_name -> parley.v1.Chat
-	4,  // 10: parley.v1.GetChatResponse.chat:type_name -> parley.v1.Chat
-	4,  // 11: parley.v1.ListChatsResponse.chats:type_name -> parley.v1.Chat
-	4,  // 12: parley.v1.UpdateChatResponse.chat:type_name -> parley.v1.Chat
-	4,  // 13: parley.v1.AddParticipantsResponse.chat:type_name -> parley.v1.Chat
-	4,  // 14: parley.v1.RemoveParticipantResponse.chat:type_name -> parley.v1.Chat
-	1,  // 15: parley.v1.SetParticipantRoleRequest.role:type_name -> parley.v1.Role
-	4,  // 16: parley.v1.SetParticipantRoleResponse.chat:type_name -> parley.v1.Chat
-	5,  // 17: parley.v1.ChatService.CreatePrivateChat:input_type -> parley.v1.CreatePrivateChatRequest
-	7,  // 18: parley.v1.ChatService.CreateGroupChat:input_type -> parley.v1.CreateGroupChatRequest
-	9,  // 19: parley.v1.ChatService.GetChat:input_type -> parley.v1.GetChatRequest
-	11, // 20: parley.v1.ChatService.ListChats:input_type -> parley.v1.ListChatsRequest
-	13, // 21: parley.v1.ChatService.UpdateChat:input_type -> parley.v1.UpdateChatRequest
-	15, // 22: parley.v1.ChatService.AddParticipants:input_type -> parley.v1.AddParticipantsRequest
-	17, // 23: parley.v1.ChatService.RemoveParticipant:input_type -> parley.v1.RemoveParticipantRequest
-	19, // 24: parley.v1.ChatService.SetParticipantRole:input_type -> parley.v1.SetParticipantRoleRequest
-	21, // 25: parley.v1.ChatService.LeaveChat:input_type -> parley.v1.LeaveChatRequest
-	6,  // 26: parley.v1.ChatService.CreatePrivateChat:output_type -> parley.v1.CreatePrivateChatResponse
-	8,  // 27: parley.v1.ChatService.CreateGroupChat:output_type -> parley.v1.CreateGroupChatResponse
-	10, // 28: parley.v1.ChatService.GetChat:output_type -> parley.v1.GetChatResponse
-	12, // 29: parley.v1.ChatService.ListChats:output_type -> parley.v1.ListChatsResponse
-	14, // 30: parley.v1.ChatService.UpdateChat:output_type -> parley.v1.UpdateChatResponse
-	16, // 31: parley.v1.ChatService.AddParticipants:output_type -> parley.v1.AddParticipantsResponse
-	18, // 32: parley.v1.ChatService.RemoveParticipant:output_type -> parley.v1.RemoveParticipantResponse
-	20, // 33: parley.v1.ChatService.SetParticipantRole:output_type -> parley.v1.SetParticipantRoleResponse
-	22, // 34: parley.v1.ChatService.LeaveChat:output_type -> parley.v1.LeaveChatResponse
-	26, // [26:35] is the sub-list for method output_type
-	17, // [17:26] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	5,  // 8: parley.v1.Chat.request:type_name -> parley.v1.ChatRequest
+	4,  // 9: parley.v1.CreatePrivateChatResponse.chat:type_name -> parley.v1.Chat
+	4,  // 10: parley.v1.CreateGroupChatResponse.chat:type_name -> parley.v1.Chat
+	4,  // 11: parley.v1.GetChatResponse.chat:type_name -> parley.v1.Chat
+	4,  // 12: parley.v1.ListChatsResponse.chats:type_name -> parley.v1.Chat
+	4,  // 13: parley.v1.UpdateChatResponse.chat:type_name -> parley.v1.Chat
+	4,  // 14: parley.v1.AddParticipantsResponse.chat:type_name -> parley.v1.Chat
+	4,  // 15: parley.v1.RemoveParticipantResponse.chat:type_name -> parley.v1.Chat
+	1,  // 16: parley.v1.SetParticipantRoleRequest.role:type_name -> parley.v1.Role
+	4,  // 17: parley.v1.SetParticipantRoleResponse.chat:type_name -> parley.v1.Chat
+	4,  // 18: parley.v1.AcceptChatRequestResponse.chat:type_name -> parley.v1.Chat
+	6,  // 19: parley.v1.ChatService.CreatePrivateChat:input_type -> parley.v1.CreatePrivateChatRequest
+	8,  // 20: parley.v1.ChatService.CreateGroupChat:input_type -> parley.v1.CreateGroupChatRequest
+	10, // 21: parley.v1.ChatService.GetChat:input_type -> parley.v1.GetChatRequest
+	12, // 22: parley.v1.ChatService.ListChats:input_type -> parley.v1.ListChatsRequest
+	14, // 23: parley.v1.ChatService.UpdateChat:input_type -> parley.v1.UpdateChatRequest
+	16, // 24: parley.v1.ChatService.AddParticipants:input_type -> parley.v1.AddParticipantsRequest
+	18, // 25: parley.v1.ChatService.RemoveParticipant:input_type -> parley.v1.RemoveParticipantRequest
+	20, // 26: parley.v1.ChatService.SetParticipantRole:input_type -> parley.v1.SetParticipantRoleRequest
+	22, // 27: parley.v1.ChatService.LeaveChat:input_type -> parley.v1.LeaveChatRequest
+	24, // 28: parley.v1.ChatService.AcceptChatRequest:input_type -> parley.v1.AcceptChatRequestRequest
+	26, // 29: parley.v1.ChatService.DeclineChatRequest:input_type -> parley.v1.DeclineChatRequestRequest
+	7,  // 30: parley.v1.ChatService.CreatePrivateChat:output_type -> parley.v1.CreatePrivateChatResponse
+	9,  // 31: parley.v1.ChatService.CreateGroupChat:output_type -> parley.v1.CreateGroupChatResponse
+	11, // 32: parley.v1.ChatService.GetChat:output_type -> parley.v1.GetChatResponse
+	13, // 33: parley.v1.ChatService.ListChats:output_type -> parley.v1.ListChatsResponse
+	15, // 34: parley.v1.ChatService.UpdateChat:output_type -> parley.v1.UpdateChatResponse
+	17, // 35: parley.v1.ChatService.AddParticipants:output_type -> parley.v1.AddParticipantsResponse
+	19, // 36: parley.v1.ChatService.RemoveParticipant:output_type -> parley.v1.RemoveParticipantResponse
+	21, // 37: parley.v1.ChatService.SetParticipantRole:output_type -> parley.v1.SetParticipantRoleResponse
+	23, // 38: parley.v1.ChatService.LeaveChat:output_type -> parley.v1.LeaveChatResponse
+	25, // 39: parley.v1.ChatService.AcceptChatRequest:output_type -> parley.v1.AcceptChatRequestResponse
+	27, // 40: parley.v1.ChatService.DeclineChatRequest:output_type -> parley.v1.DeclineChatRequestResponse
+	30, // [30:41] is the sub-list for method output_type
+	19, // [19:30] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_chat_proto_init() }
@@ -1426,7 +1708,7 @@ func file_parley_v1_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_chat_proto_rawDesc), len(file_parley_v1_chat_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

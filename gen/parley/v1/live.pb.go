@@ -764,7 +764,8 @@ type Presence struct {
 	UserId int32                  `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	Online bool                   `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
 	// When the user was last online; now for a user who is online. Absent
-	// for a user never seen online.
+	// for a user never seen online, and for a user who hides its last-seen
+	// time (PrivacySettings.hide_last_seen) from anyone but itself.
 	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

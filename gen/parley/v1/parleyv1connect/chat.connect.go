@@ -56,16 +56,26 @@ const (
 	ChatServiceSetParticipantRoleProcedure = "/parley.v1.ChatService/SetParticipantRole"
 	// ChatServiceLeaveChatProcedure is the fully-qualified name of the ChatService's LeaveChat RPC.
 	ChatServiceLeaveChatProcedure = "/parley.v1.ChatService/LeaveChat"
+	// ChatServiceAcceptChatRequestProcedure is the fully-qualified name of the ChatService's
+	// AcceptChatRequest RPC.
+	ChatServiceAcceptChatRequestProcedure = "/parley.v1.ChatService/AcceptChatRequest"
+	// ChatServiceDeclineChatRequestProcedure is the fully-qualified name of the ChatService's
+	// DeclineChatRequest RPC.
+	ChatServiceDeclineChatRequestProcedure = "/parley.v1.ChatService/DeclineChatRequest"
 )
 
 // ChatServiceClient is a client for the parley.v1.ChatService service.
 type ChatServiceClient interface {
 	// CreatePrivateChat returns the private chat of the caller and the peer,
 	// creating it on first use. There is one per pair of users, even when
-	// both create it at the same moment.
+	// both create it at the same moment. A new private chat is a request of
+	// the caller (see Chat.request). PERMISSION_DENIED when the peer does
+	// not accept private chats from the caller (PrivacySettings), with the
+	// same message whatever the reason.
 	CreatePrivateChat(context.Context, *connect.Request[v1.CreatePrivateChatRequest]) (*connect.Response[v1.CreatePrivateChatResponse], error)
 	// CreateGroupChat creates a group with the caller as its admin and the
-	// other users as members.
+	// other users as members, leaving out (and naming in not_added_user_ids)
+	// those whose settings do not let the caller add them.
 	CreateGroupChat(context.Context, *connect.Request[v1.CreateGroupChatRequest]) (*connect.Response[v1.CreateGroupChatResponse], error)
 	// GetChat returns one of the caller's chats.
 	GetChat(context.Context, *connect.Request[v1.GetChatRequest]) (*connect.Response[v1.GetChatResponse], error)
@@ -73,7 +83,9 @@ type ChatServiceClient interface {
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
 	// UpdateChat renames a group. Admins only.
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
-	// AddParticipants adds users to a group as members. Admins only.
+	// AddParticipants adds users to a group as members. Admins only. Users
+	// whose settings do not let the caller add them are left out and named in
+	// not_added_user_ids.
 	AddParticipants(context.Context, *connect.Request[v1.AddParticipantsRequest]) (*connect.Response[v1.AddParticipantsResponse], error)
 	// RemoveParticipant removes a user from a group. Admins only; the last
 	// admin cannot be removed.
@@ -84,6 +96,18 @@ type ChatServiceClient interface {
 	// LeaveChat removes the caller from a group. The last admin of a group
 	// with other members must first make someone else admin.
 	LeaveChat(context.Context, *connect.Request[v1.LeaveChatRequest]) (*connect.Response[v1.LeaveChatResponse], error)
+	// AcceptChatRequest accepts a private chat request made to the caller
+	// (replying in the chat accepts it too): from then on the starter sees
+	// the caller's presence and read ticks. Accepting a chat that is no
+	// request changes nothing; the starter cannot accept its own request
+	// (FAILED_PRECONDITION). It reopens a request the caller declined.
+	AcceptChatRequest(context.Context, *connect.Request[v1.AcceptChatRequestRequest]) (*connect.Response[v1.AcceptChatRequestResponse], error)
+	// DeclineChatRequest declines a private chat request made to the
+	// caller: the chat disappears for the caller (NOT_FOUND from then on,
+	// until the caller accepts it, or starts a private chat with the
+	// starter), and the starter's further sends fail as if blocked. The
+	// starter is not told and still sees a pending request.
+	DeclineChatRequest(context.Context, *connect.Request[v1.DeclineChatRequestRequest]) (*connect.Response[v1.DeclineChatRequestResponse], error)
 }
 
 // NewChatServiceClient constructs a client for the parley.v1.ChatService service. By default, it
@@ -153,6 +177,18 @@ func NewChatServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(chatServiceMethods.ByName("LeaveChat")),
 			connect.WithClientOptions(opts...),
 		),
+		acceptChatRequest: connect.NewClient[v1.AcceptChatRequestRequest, v1.AcceptChatRequestResponse](
+			httpClient,
+			baseURL+ChatServiceAcceptChatRequestProcedure,
+			connect.WithSchema(chatServiceMethods.ByName("AcceptChatRequest")),
+			connect.WithClientOptions(opts...),
+		),
+		declineChatRequest: connect.NewClient[v1.DeclineChatRequestRequest, v1.DeclineChatRequestResponse](
+			httpClient,
+			baseURL+ChatServiceDeclineChatRequestProcedure,
+			connect.WithSchema(chatServiceMethods.ByName("DeclineChatRequest")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -167,6 +203,8 @@ type chatServiceClient struct {
 	removeParticipant  *connect.Client[v1.RemoveParticipantRequest, v1.RemoveParticipantResponse]
 	setParticipantRole *connect.Client[v1.SetParticipantRoleRequest, v1.SetParticipantRoleResponse]
 	leaveChat          *connect.Client[v1.LeaveChatRequest, v1.LeaveChatResponse]
+	acceptChatRequest  *connect.Client[v1.AcceptChatRequestRequest, v1.AcceptChatRequestResponse]
+	declineChatRequest *connect.Client[v1.DeclineChatRequestRequest, v1.DeclineChatRequestResponse]
 }
 
 // CreatePrivateChat calls parley.v1.ChatService.CreatePrivateChat.
@@ -214,14 +252,28 @@ func (c *chatServiceClient) LeaveChat(ctx context.Context, req *connect.Request[
 	return c.leaveChat.CallUnary(ctx, req)
 }
 
+// AcceptChatRequest calls parley.v1.ChatService.AcceptChatRequest.
+func (c *chatServiceClient) AcceptChatRequest(ctx context.Context, req *connect.Request[v1.AcceptChatRequestRequest]) (*connect.Response[v1.AcceptChatRequestResponse], error) {
+	return c.acceptChatRequest.CallUnary(ctx, req)
+}
+
+// DeclineChatRequest calls parley.v1.ChatService.DeclineChatRequest.
+func (c *chatServiceClient) DeclineChatRequest(ctx context.Context, req *connect.Request[v1.DeclineChatRequestRequest]) (*connect.Response[v1.DeclineChatRequestResponse], error) {
+	return c.declineChatRequest.CallUnary(ctx, req)
+}
+
 // ChatServiceHandler is an implementation of the parley.v1.ChatService service.
 type ChatServiceHandler interface {
 	// CreatePrivateChat returns the private chat of the caller and the peer,
 	// creating it on first use. There is one per pair of users, even when
-	// both create it at the same moment.
+	// both create it at the same moment. A new private chat is a request of
+	// the caller (see Chat.request). PERMISSION_DENIED when the peer does
+	// not accept private chats from the caller (PrivacySettings), with the
+	// same message whatever the reason.
 	CreatePrivateChat(context.Context, *connect.Request[v1.CreatePrivateChatRequest]) (*connect.Response[v1.CreatePrivateChatResponse], error)
 	// CreateGroupChat creates a group with the caller as its admin and the
-	// other users as members.
+	// other users as members, leaving out (and naming in not_added_user_ids)
+	// those whose settings do not let the caller add them.
 	CreateGroupChat(context.Context, *connect.Request[v1.CreateGroupChatRequest]) (*connect.Response[v1.CreateGroupChatResponse], error)
 	// GetChat returns one of the caller's chats.
 	GetChat(context.Context, *connect.Request[v1.GetChatRequest]) (*connect.Response[v1.GetChatResponse], error)
@@ -229,7 +281,9 @@ type ChatServiceHandler interface {
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
 	// UpdateChat renames a group. Admins only.
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
-	// AddParticipants adds users to a group as members. Admins only.
+	// AddParticipants adds users to a group as members. Admins only. Users
+	// whose settings do not let the caller add them are left out and named in
+	// not_added_user_ids.
 	AddParticipants(context.Context, *connect.Request[v1.AddParticipantsRequest]) (*connect.Response[v1.AddParticipantsResponse], error)
 	// RemoveParticipant removes a user from a group. Admins only; the last
 	// admin cannot be removed.
@@ -240,6 +294,18 @@ type ChatServiceHandler interface {
 	// LeaveChat removes the caller from a group. The last admin of a group
 	// with other members must first make someone else admin.
 	LeaveChat(context.Context, *connect.Request[v1.LeaveChatRequest]) (*connect.Response[v1.LeaveChatResponse], error)
+	// AcceptChatRequest accepts a private chat request made to the caller
+	// (replying in the chat accepts it too): from then on the starter sees
+	// the caller's presence and read ticks. Accepting a chat that is no
+	// request changes nothing; the starter cannot accept its own request
+	// (FAILED_PRECONDITION). It reopens a request the caller declined.
+	AcceptChatRequest(context.Context, *connect.Request[v1.AcceptChatRequestRequest]) (*connect.Response[v1.AcceptChatRequestResponse], error)
+	// DeclineChatRequest declines a private chat request made to the
+	// caller: the chat disappears for the caller (NOT_FOUND from then on,
+	// until the caller accepts it, or starts a private chat with the
+	// starter), and the starter's further sends fail as if blocked. The
+	// starter is not told and still sees a pending request.
+	DeclineChatRequest(context.Context, *connect.Request[v1.DeclineChatRequestRequest]) (*connect.Response[v1.DeclineChatRequestResponse], error)
 }
 
 // NewChatServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -305,6 +371,18 @@ func NewChatServiceHandler(svc ChatServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(chatServiceMethods.ByName("LeaveChat")),
 		connect.WithHandlerOptions(opts...),
 	)
+	chatServiceAcceptChatRequestHandler := connect.NewUnaryHandler(
+		ChatServiceAcceptChatRequestProcedure,
+		svc.AcceptChatRequest,
+		connect.WithSchema(chatServiceMethods.ByName("AcceptChatRequest")),
+		connect.WithHandlerOptions(opts...),
+	)
+	chatServiceDeclineChatRequestHandler := connect.NewUnaryHandler(
+		ChatServiceDeclineChatRequestProcedure,
+		svc.DeclineChatRequest,
+		connect.WithSchema(chatServiceMethods.ByName("DeclineChatRequest")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.ChatService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ChatServiceCreatePrivateChatProcedure:
@@ -325,6 +403,10 @@ func NewChatServiceHandler(svc ChatServiceHandler, opts ...connect.HandlerOption
 			chatServiceSetParticipantRoleHandler.ServeHTTP(w, r)
 		case ChatServiceLeaveChatProcedure:
 			chatServiceLeaveChatHandler.ServeHTTP(w, r)
+		case ChatServiceAcceptChatRequestProcedure:
+			chatServiceAcceptChatRequestHandler.ServeHTTP(w, r)
+		case ChatServiceDeclineChatRequestProcedure:
+			chatServiceDeclineChatRequestHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -368,4 +450,12 @@ func (UnimplementedChatServiceHandler) SetParticipantRole(context.Context, *conn
 
 func (UnimplementedChatServiceHandler) LeaveChat(context.Context, *connect.Request[v1.LeaveChatRequest]) (*connect.Response[v1.LeaveChatResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.LeaveChat is not implemented"))
+}
+
+func (UnimplementedChatServiceHandler) AcceptChatRequest(context.Context, *connect.Request[v1.AcceptChatRequestRequest]) (*connect.Response[v1.AcceptChatRequestResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.AcceptChatRequest is not implemented"))
+}
+
+func (UnimplementedChatServiceHandler) DeclineChatRequest(context.Context, *connect.Request[v1.DeclineChatRequestRequest]) (*connect.Response[v1.DeclineChatRequestResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.DeclineChatRequest is not implemented"))
 }

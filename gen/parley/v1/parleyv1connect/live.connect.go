@@ -68,8 +68,10 @@ type LiveServiceClient interface {
 	// keep them open.
 	Subscribe(context.Context, *connect.Request[v1.SubscribeRequest]) (*connect.ServerStreamForClient[v1.SubscribeResponse], error)
 	// GetPresence tells whether users are online and when they were last
-	// seen. Only the caller and users who share a chat with the caller are
-	// answered; the others are left out of the response.
+	// seen. Only the caller and users whose presence the caller may see are
+	// answered: those who share a group with the caller, or a private chat
+	// that is not a pending request, and did not block the caller. The
+	// others are left out of the response.
 	GetPresence(context.Context, *connect.Request[v1.GetPresenceRequest]) (*connect.Response[v1.GetPresenceResponse], error)
 }
 
@@ -145,8 +147,10 @@ type LiveServiceHandler interface {
 	// keep them open.
 	Subscribe(context.Context, *connect.Request[v1.SubscribeRequest], *connect.ServerStream[v1.SubscribeResponse]) error
 	// GetPresence tells whether users are online and when they were last
-	// seen. Only the caller and users who share a chat with the caller are
-	// answered; the others are left out of the response.
+	// seen. Only the caller and users whose presence the caller may see are
+	// answered: those who share a group with the caller, or a private chat
+	// that is not a pending request, and did not block the caller. The
+	// others are left out of the response.
 	GetPresence(context.Context, *connect.Request[v1.GetPresenceRequest]) (*connect.Response[v1.GetPresenceResponse], error)
 }
 

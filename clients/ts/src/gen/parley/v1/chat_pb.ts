@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/chat.proto.
  */
 export const file_parley_v1_chat: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvY2hhdC5wcm90bxIJcGFybGV5LnYxIj0KC1BhcnRpY2lwYW50Eg8KB3VzZXJfaWQYASABKAUSHQoEcm9sZRgCIAEoDjIPLnBhcmxleS52MS5Sb2xlIn8KC0xhc3RNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSEQoJc2VuZGVyX2lkGAIgASgFEg8KB3ByZXZpZXcYAyABKAkSCwoDc2VxGAQgASgDEisKB3NlbnRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrQCCgRDaGF0EgoKAmlkGAEgASgJEiEKBHR5cGUYAiABKA4yEy5wYXJsZXkudjEuQ2hhdFR5cGUSDAoEbmFtZRgDIAEoCRIsCgxwYXJ0aWNpcGFudHMYBCADKAsyFi5wYXJsZXkudjEuUGFydGljaXBhbnQSLAoMbGFzdF9tZXNzYWdlGAUgASgLMhYucGFybGV5LnYxLkxhc3RNZXNzYWdlEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh0KBHJvbGUYCCABKA4yDy5wYXJsZXkudjEuUm9sZRIUCgx1bnJlYWRfY291bnQYCSABKAMiNAoYQ3JlYXRlUHJpdmF0ZUNoYXRSZXF1ZXN0EhgKB3BlZXJfaWQYASABKAVCB7pIBBoCIAAiSwoZQ3JlYXRlUHJpdmF0ZUNoYXRSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQSDwoHY3JlYXRlZBgCIAEoCCJcChZDcmVhdGVHcm91cENoYXRSZXF1ZXN0EhsKBG5hbWUYASABKAlCDbpICnIIEAEYZLoBAQASJQoKbWVtYmVyX2lkcxgCIAMoBUIRukgOkgELEPMDGAEiBBoCIAAiOAoXQ3JlYXRlR3JvdXBDaGF0UmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0IjgKDkdldENoYXRSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JCIwCg9HZXRDaGF0UmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0Ik8KEExpc3RDaGF0c1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRjIASgAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIACIkwKEUxpc3RDaGF0c1Jlc3BvbnNlEh4KBWNoYXRzGAEgAygLMg8ucGFybGV5LnYxLkNoYXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlgKEVVwZGF0ZUNoYXRSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIbCgRuYW1lGAIgASgJQg26SApyCBABGGS6AQEAIjMKElVwZGF0ZUNoYXRSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiZwoWQWRkUGFydGljaXBhbnRzUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSJQoIdXNlcl9pZHMYAiADKAVCE7pIEJIBDQgBEPMDGAEiBBoCIAAiOAoXQWRkUGFydGljaXBhbnRzUmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0IlwKGFJlbW92ZVBhcnRpY2lwYW50UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSGAoHdXNlcl9pZBgCIAEoBUIHukgEGgIgACI6ChlSZW1vdmVQYXJ0aWNpcGFudFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdCKIAQoZU2V0UGFydGljaXBhbnRSb2xlUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSGAoHdXNlcl9pZBgCIAEoBUIHukgEGgIgABIpCgRyb2xlGAMgASgOMg8ucGFybGV5LnYxLlJvbGVCCrpIB4IBBBABIAAiOwoaU2V0UGFydGljaXBhbnRSb2xlUmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0IjoKEExlYXZlQ2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIhMKEUxlYXZlQ2hhdFJlc3BvbnNlKlEKCENoYXRUeXBlEhkKFUNIQVRfVFlQRV9VTlNQRUNJRklFRBAAEhUKEUNIQVRfVFlQRV9QUklWQVRFEAESEwoPQ0hBVF9UWVBFX0dST1VQEAIqPQoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9NRU1CRVIQARIOCgpST0xFX0FETUlOEAIyiwYKC0NoYXRTZXJ2aWNlEl4KEUNyZWF0ZVByaXZhdGVDaGF0EiMucGFybGV5LnYxLkNyZWF0ZVByaXZhdGVDaGF0UmVxdWVzdBokLnBhcmxleS52MS5DcmVhdGVQcml2YXRlQ2hhdFJlc3BvbnNlElgKD0NyZWF0ZUdyb3VwQ2hhdBIhLnBhcmxleS52MS5DcmVhdGVHcm91cENoYXRSZXF1ZXN0GiIucGFybGV5LnYxLkNyZWF0ZUdyb3VwQ2hhdFJlc3BvbnNlEkUKB0dldENoYXQSGS5wYXJsZXkudjEuR2V0Q2hhdFJlcXVlc3QaGi5wYXJsZXkudjEuR2V0Q2hhdFJlc3BvbnNlIgOQAgESSwoJTGlzdENoYXRzEhsucGFybGV5LnYxLkxpc3RDaGF0c1JlcXVlc3QaHC5wYXJsZXkudjEuTGlzdENoYXRzUmVzcG9uc2UiA5ACARJJCgpVcGRhdGVDaGF0EhwucGFybGV5LnYxLlVwZGF0ZUNoYXRSZXF1ZXN0Gh0ucGFybGV5LnYxLlVwZGF0ZUNoYXRSZXNwb25zZRJYCg9BZGRQYXJ0aWNpcGFudHMSIS5wYXJsZXkudjEuQWRkUGFydGljaXBhbnRzUmVxdWVzdBoiLnBhcmxleS52MS5BZGRQYXJ0aWNpcGFudHNSZXNwb25zZRJeChFSZW1vdmVQYXJ0aWNpcGFudBIjLnBhcmxleS52MS5SZW1vdmVQYXJ0aWNpcGFudFJlcXVlc3QaJC5wYXJsZXkudjEuUmVtb3ZlUGFydGljaXBhbnRSZXNwb25zZRJhChJTZXRQYXJ0aWNpcGFudFJvbGUSJC5wYXJsZXkudjEuU2V0UGFydGljaXBhbnRSb2xlUmVxdWVzdBolLnBhcmxleS52MS5TZXRQYXJ0aWNpcGFudFJvbGVSZXNwb25zZRJGCglMZWF2ZUNoYXQSGy5wYXJsZXkudjEuTGVhdmVDaGF0UmVxdWVzdBocLnBhcmxleS52MS5MZWF2ZUNoYXRSZXNwb25zZUI2WjRnaXRodWIuY29tL3BhcmxleS1jaGF0L3BhcmxleS9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChRwYXJsZXkvdjEvY2hhdC5wcm90bxIJcGFybGV5LnYxIj0KC1BhcnRpY2lwYW50Eg8KB3VzZXJfaWQYASABKAUSHQoEcm9sZRgCIAEoDjIPLnBhcmxleS52MS5Sb2xlIn8KC0xhc3RNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSEQoJc2VuZGVyX2lkGAIgASgFEg8KB3ByZXZpZXcYAyABKAkSCwoDc2VxGAQgASgDEisKB3NlbnRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIt0CCgRDaGF0EgoKAmlkGAEgASgJEiEKBHR5cGUYAiABKA4yEy5wYXJsZXkudjEuQ2hhdFR5cGUSDAoEbmFtZRgDIAEoCRIsCgxwYXJ0aWNpcGFudHMYBCADKAsyFi5wYXJsZXkudjEuUGFydGljaXBhbnQSLAoMbGFzdF9tZXNzYWdlGAUgASgLMhYucGFybGV5LnYxLkxhc3RNZXNzYWdlEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh0KBHJvbGUYCCABKA4yDy5wYXJsZXkudjEuUm9sZRIUCgx1bnJlYWRfY291bnQYCSABKAMSJwoHcmVxdWVzdBgKIAEoCzIWLnBhcmxleS52MS5DaGF0UmVxdWVzdCIhCgtDaGF0UmVxdWVzdBISCgpzdGFydGVyX2lkGAEgASgFIjQKGENyZWF0ZVByaXZhdGVDaGF0UmVxdWVzdBIYCgdwZWVyX2lkGAEgASgFQge6SAQaAiAAIksKGUNyZWF0ZVByaXZhdGVDaGF0UmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0Eg8KB2NyZWF0ZWQYAiABKAgiXAoWQ3JlYXRlR3JvdXBDaGF0UmVxdWVzdBIbCgRuYW1lGAEgASgJQg26SApyCBABGGS6AQEAEiUKCm1lbWJlcl9pZHMYAiADKAVCEbpIDpIBCxDzAxgBIgQaAiAAIlQKF0NyZWF0ZUdyb3VwQ2hhdFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdBIaChJub3RfYWRkZWRfdXNlcl9pZHMYAiADKAUiOAoOR2V0Q2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIjAKD0dldENoYXRSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiTwoQTGlzdENoYXRzUmVxdWVzdBIdCglwYWdlX3NpemUYASABKAVCCrpIBxoFGMgBKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAIiTAoRTGlzdENoYXRzUmVzcG9uc2USHgoFY2hhdHMYASADKAsyDy5wYXJsZXkudjEuQ2hhdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWAoRVXBkYXRlQ2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEhsKBG5hbWUYAiABKAlCDbpICnIIEAEYZLoBAQAiMwoSVXBkYXRlQ2hhdFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdCJnChZBZGRQYXJ0aWNpcGFudHNSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIlCgh1c2VyX2lkcxgCIAMoBUITukgQkgENCAEQ8wMYASIEGgIgACJUChdBZGRQYXJ0aWNpcGFudHNSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQSGgoSbm90X2FkZGVkX3VzZXJfaWRzGAIgAygFIlwKGFJlbW92ZVBhcnRpY2lwYW50UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSGAoHdXNlcl9pZBgCIAEoBUIHukgEGgIgACI6ChlSZW1vdmVQYXJ0aWNpcGFudFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdCKIAQoZU2V0UGFydGljaXBhbnRSb2xlUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSGAoHdXNlcl9pZBgCIAEoBUIHukgEGgIgABIpCgRyb2xlGAMgASgOMg8ucGFybGV5LnYxLlJvbGVCCrpIB4IBBBABIAAiOwoaU2V0UGFydGljaXBhbnRSb2xlUmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0IjoKEExlYXZlQ2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIhMKEUxlYXZlQ2hhdFJlc3BvbnNlIkIKGEFjY2VwdENoYXRSZXF1ZXN0UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQiOgoZQWNjZXB0Q2hhdFJlcXVlc3RSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiUgoZRGVjbGluZUNoYXRSZXF1ZXN0UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSDQoFYmxvY2sYAiABKAgiHAoaRGVjbGluZUNoYXRSZXF1ZXN0UmVzcG9uc2UqUQoIQ2hhdFR5cGUSGQoVQ0hBVF9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRQ0hBVF9UWVBFX1BSSVZBVEUQARITCg9DSEFUX1RZUEVfR1JPVVAQAio9CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX01FTUJFUhABEg4KClJPTEVfQURNSU4QAjLOBwoLQ2hhdFNlcnZpY2USXgoRQ3JlYXRlUHJpdmF0ZUNoYXQSIy5wYXJsZXkudjEuQ3JlYXRlUHJpdmF0ZUNoYXRSZXF1ZXN0GiQucGFybGV5LnYxLkNyZWF0ZVByaXZhdGVDaGF0UmVzcG9uc2USWAoPQ3JlYXRlR3JvdXBDaGF0EiEucGFybGV5LnYxLkNyZWF0ZUdyb3VwQ2hhdFJlcXVlc3QaIi5wYXJsZXkudjEuQ3JlYXRlR3JvdXBDaGF0UmVzcG9uc2USRQoHR2V0Q2hhdBIZLnBhcmxleS52MS5HZXRDaGF0UmVxdWVzdBoaLnBhcmxleS52MS5HZXRDaGF0UmVzcG9uc2UiA5ACARJLCglMaXN0Q2hhdHMSGy5wYXJsZXkudjEuTGlzdENoYXRzUmVxdWVzdBocLnBhcmxleS52MS5MaXN0Q2hhdHNSZXNwb25zZSIDkAIBEkkKClVwZGF0ZUNoYXQSHC5wYXJsZXkudjEuVXBkYXRlQ2hhdFJlcXVlc3QaHS5wYXJsZXkudjEuVXBkYXRlQ2hhdFJlc3BvbnNlElgKD0FkZFBhcnRpY2lwYW50cxIhLnBhcmxleS52MS5BZGRQYXJ0aWNpcGFudHNSZXF1ZXN0GiIucGFybGV5LnYxLkFkZFBhcnRpY2lwYW50c1Jlc3BvbnNlEl4KEVJlbW92ZVBhcnRpY2lwYW50EiMucGFybGV5LnYxLlJlbW92ZVBhcnRpY2lwYW50UmVxdWVzdBokLnBhcmxleS52MS5SZW1vdmVQYXJ0aWNpcGFudFJlc3BvbnNlEmEKElNldFBhcnRpY2lwYW50Um9sZRIkLnBhcmxleS52MS5TZXRQYXJ0aWNpcGFudFJvbGVSZXF1ZXN0GiUucGFybGV5LnYxLlNldFBhcnRpY2lwYW50Um9sZVJlc3BvbnNlEkYKCUxlYXZlQ2hhdBIbLnBhcmxleS52MS5MZWF2ZUNoYXRSZXF1ZXN0GhwucGFybGV5LnYxLkxlYXZlQ2hhdFJlc3BvbnNlEl4KEUFjY2VwdENoYXRSZXF1ZXN0EiMucGFybGV5LnYxLkFjY2VwdENoYXRSZXF1ZXN0UmVxdWVzdBokLnBhcmxleS52MS5BY2NlcHRDaGF0UmVxdWVzdFJlc3BvbnNlEmEKEkRlY2xpbmVDaGF0UmVxdWVzdBIkLnBhcmxleS52MS5EZWNsaW5lQ2hhdFJlcXVlc3RSZXF1ZXN0GiUucGFybGV5LnYxLkRlY2xpbmVDaGF0UmVxdWVzdFJlc3BvbnNlQjZaNGdpdGh1Yi5jb20vcGFybGV5LWNoYXQvcGFybGV5L2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * Participant is a member of a chat.
@@ -142,6 +142,17 @@ export type Chat = Message<"parley.v1.Chat"> & {
    * @generated from field: int64 unread_count = 9;
    */
   unreadCount: bigint;
+
+  /**
+   * Set while a private chat is a request: started by starter_id, not yet
+   * accepted by the other member (by a reply or AcceptChatRequest). While
+   * it is, the starter sees neither the other member's presence nor its
+   * positions (every message's status stays SENT for both), and no
+   * position events; the other member's first reply accepts the chat.
+   *
+   * @generated from field: parley.v1.ChatRequest request = 10;
+   */
+  request?: ChatRequest | undefined;
 };
 
 /**
@@ -150,6 +161,27 @@ export type Chat = Message<"parley.v1.Chat"> & {
  */
 export const ChatSchema: GenMessage<Chat> = /*@__PURE__*/
   messageDesc(file_parley_v1_chat, 2);
+
+/**
+ * ChatRequest is the request state of a private chat.
+ *
+ * @generated from message parley.v1.ChatRequest
+ */
+export type ChatRequest = Message<"parley.v1.ChatRequest"> & {
+  /**
+   * The member who started the chat.
+   *
+   * @generated from field: int32 starter_id = 1;
+   */
+  starterId: number;
+};
+
+/**
+ * Describes the message parley.v1.ChatRequest.
+ * Use `create(ChatRequestSchema)` to create a new message.
+ */
+export const ChatRequestSchema: GenMessage<ChatRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 3);
 
 /**
  * @generated from message parley.v1.CreatePrivateChatRequest
@@ -166,7 +198,7 @@ export type CreatePrivateChatRequest = Message<"parley.v1.CreatePrivateChatReque
  * Use `create(CreatePrivateChatRequestSchema)` to create a new message.
  */
 export const CreatePrivateChatRequestSchema: GenMessage<CreatePrivateChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 3);
+  messageDesc(file_parley_v1_chat, 4);
 
 /**
  * @generated from message parley.v1.CreatePrivateChatResponse
@@ -190,7 +222,7 @@ export type CreatePrivateChatResponse = Message<"parley.v1.CreatePrivateChatResp
  * Use `create(CreatePrivateChatResponseSchema)` to create a new message.
  */
 export const CreatePrivateChatResponseSchema: GenMessage<CreatePrivateChatResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 4);
+  messageDesc(file_parley_v1_chat, 5);
 
 /**
  * @generated from message parley.v1.CreateGroupChatRequest
@@ -216,7 +248,7 @@ export type CreateGroupChatRequest = Message<"parley.v1.CreateGroupChatRequest">
  * Use `create(CreateGroupChatRequestSchema)` to create a new message.
  */
 export const CreateGroupChatRequestSchema: GenMessage<CreateGroupChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 5);
+  messageDesc(file_parley_v1_chat, 6);
 
 /**
  * @generated from message parley.v1.CreateGroupChatResponse
@@ -226,6 +258,13 @@ export type CreateGroupChatResponse = Message<"parley.v1.CreateGroupChatResponse
    * @generated from field: parley.v1.Chat chat = 1;
    */
   chat?: Chat | undefined;
+
+  /**
+   * The requested members whose settings did not let the caller add them.
+   *
+   * @generated from field: repeated int32 not_added_user_ids = 2;
+   */
+  notAddedUserIds: number[];
 };
 
 /**
@@ -233,7 +272,7 @@ export type CreateGroupChatResponse = Message<"parley.v1.CreateGroupChatResponse
  * Use `create(CreateGroupChatResponseSchema)` to create a new message.
  */
 export const CreateGroupChatResponseSchema: GenMessage<CreateGroupChatResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 6);
+  messageDesc(file_parley_v1_chat, 7);
 
 /**
  * @generated from message parley.v1.GetChatRequest
@@ -252,7 +291,7 @@ export type GetChatRequest = Message<"parley.v1.GetChatRequest"> & {
  * Use `create(GetChatRequestSchema)` to create a new message.
  */
 export const GetChatRequestSchema: GenMessage<GetChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 7);
+  messageDesc(file_parley_v1_chat, 8);
 
 /**
  * @generated from message parley.v1.GetChatResponse
@@ -269,7 +308,7 @@ export type GetChatResponse = Message<"parley.v1.GetChatResponse"> & {
  * Use `create(GetChatResponseSchema)` to create a new message.
  */
 export const GetChatResponseSchema: GenMessage<GetChatResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 8);
+  messageDesc(file_parley_v1_chat, 9);
 
 /**
  * @generated from message parley.v1.ListChatsRequest
@@ -295,7 +334,7 @@ export type ListChatsRequest = Message<"parley.v1.ListChatsRequest"> & {
  * Use `create(ListChatsRequestSchema)` to create a new message.
  */
 export const ListChatsRequestSchema: GenMessage<ListChatsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 9);
+  messageDesc(file_parley_v1_chat, 10);
 
 /**
  * @generated from message parley.v1.ListChatsResponse
@@ -319,7 +358,7 @@ export type ListChatsResponse = Message<"parley.v1.ListChatsResponse"> & {
  * Use `create(ListChatsResponseSchema)` to create a new message.
  */
 export const ListChatsResponseSchema: GenMessage<ListChatsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 10);
+  messageDesc(file_parley_v1_chat, 11);
 
 /**
  * @generated from message parley.v1.UpdateChatRequest
@@ -341,7 +380,7 @@ export type UpdateChatRequest = Message<"parley.v1.UpdateChatRequest"> & {
  * Use `create(UpdateChatRequestSchema)` to create a new message.
  */
 export const UpdateChatRequestSchema: GenMessage<UpdateChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 11);
+  messageDesc(file_parley_v1_chat, 12);
 
 /**
  * @generated from message parley.v1.UpdateChatResponse
@@ -358,7 +397,7 @@ export type UpdateChatResponse = Message<"parley.v1.UpdateChatResponse"> & {
  * Use `create(UpdateChatResponseSchema)` to create a new message.
  */
 export const UpdateChatResponseSchema: GenMessage<UpdateChatResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 12);
+  messageDesc(file_parley_v1_chat, 13);
 
 /**
  * @generated from message parley.v1.AddParticipantsRequest
@@ -380,7 +419,7 @@ export type AddParticipantsRequest = Message<"parley.v1.AddParticipantsRequest">
  * Use `create(AddParticipantsRequestSchema)` to create a new message.
  */
 export const AddParticipantsRequestSchema: GenMessage<AddParticipantsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 13);
+  messageDesc(file_parley_v1_chat, 14);
 
 /**
  * @generated from message parley.v1.AddParticipantsResponse
@@ -390,6 +429,13 @@ export type AddParticipantsResponse = Message<"parley.v1.AddParticipantsResponse
    * @generated from field: parley.v1.Chat chat = 1;
    */
   chat?: Chat | undefined;
+
+  /**
+   * The requested users whose settings did not let the caller add them.
+   *
+   * @generated from field: repeated int32 not_added_user_ids = 2;
+   */
+  notAddedUserIds: number[];
 };
 
 /**
@@ -397,7 +443,7 @@ export type AddParticipantsResponse = Message<"parley.v1.AddParticipantsResponse
  * Use `create(AddParticipantsResponseSchema)` to create a new message.
  */
 export const AddParticipantsResponseSchema: GenMessage<AddParticipantsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 14);
+  messageDesc(file_parley_v1_chat, 15);
 
 /**
  * @generated from message parley.v1.RemoveParticipantRequest
@@ -419,7 +465,7 @@ export type RemoveParticipantRequest = Message<"parley.v1.RemoveParticipantReque
  * Use `create(RemoveParticipantRequestSchema)` to create a new message.
  */
 export const RemoveParticipantRequestSchema: GenMessage<RemoveParticipantRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 15);
+  messageDesc(file_parley_v1_chat, 16);
 
 /**
  * @generated from message parley.v1.RemoveParticipantResponse
@@ -436,7 +482,7 @@ export type RemoveParticipantResponse = Message<"parley.v1.RemoveParticipantResp
  * Use `create(RemoveParticipantResponseSchema)` to create a new message.
  */
 export const RemoveParticipantResponseSchema: GenMessage<RemoveParticipantResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 16);
+  messageDesc(file_parley_v1_chat, 17);
 
 /**
  * @generated from message parley.v1.SetParticipantRoleRequest
@@ -463,7 +509,7 @@ export type SetParticipantRoleRequest = Message<"parley.v1.SetParticipantRoleReq
  * Use `create(SetParticipantRoleRequestSchema)` to create a new message.
  */
 export const SetParticipantRoleRequestSchema: GenMessage<SetParticipantRoleRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 17);
+  messageDesc(file_parley_v1_chat, 18);
 
 /**
  * @generated from message parley.v1.SetParticipantRoleResponse
@@ -480,7 +526,7 @@ export type SetParticipantRoleResponse = Message<"parley.v1.SetParticipantRoleRe
  * Use `create(SetParticipantRoleResponseSchema)` to create a new message.
  */
 export const SetParticipantRoleResponseSchema: GenMessage<SetParticipantRoleResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 18);
+  messageDesc(file_parley_v1_chat, 19);
 
 /**
  * @generated from message parley.v1.LeaveChatRequest
@@ -497,7 +543,7 @@ export type LeaveChatRequest = Message<"parley.v1.LeaveChatRequest"> & {
  * Use `create(LeaveChatRequestSchema)` to create a new message.
  */
 export const LeaveChatRequestSchema: GenMessage<LeaveChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 19);
+  messageDesc(file_parley_v1_chat, 20);
 
 /**
  * @generated from message parley.v1.LeaveChatResponse
@@ -510,7 +556,78 @@ export type LeaveChatResponse = Message<"parley.v1.LeaveChatResponse"> & {
  * Use `create(LeaveChatResponseSchema)` to create a new message.
  */
 export const LeaveChatResponseSchema: GenMessage<LeaveChatResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 20);
+  messageDesc(file_parley_v1_chat, 21);
+
+/**
+ * @generated from message parley.v1.AcceptChatRequestRequest
+ */
+export type AcceptChatRequestRequest = Message<"parley.v1.AcceptChatRequestRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+};
+
+/**
+ * Describes the message parley.v1.AcceptChatRequestRequest.
+ * Use `create(AcceptChatRequestRequestSchema)` to create a new message.
+ */
+export const AcceptChatRequestRequestSchema: GenMessage<AcceptChatRequestRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 22);
+
+/**
+ * @generated from message parley.v1.AcceptChatRequestResponse
+ */
+export type AcceptChatRequestResponse = Message<"parley.v1.AcceptChatRequestResponse"> & {
+  /**
+   * @generated from field: parley.v1.Chat chat = 1;
+   */
+  chat?: Chat | undefined;
+};
+
+/**
+ * Describes the message parley.v1.AcceptChatRequestResponse.
+ * Use `create(AcceptChatRequestResponseSchema)` to create a new message.
+ */
+export const AcceptChatRequestResponseSchema: GenMessage<AcceptChatRequestResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 23);
+
+/**
+ * @generated from message parley.v1.DeclineChatRequestRequest
+ */
+export type DeclineChatRequestRequest = Message<"parley.v1.DeclineChatRequestRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * Also block the starter (see PrivacyService.BlockUser).
+   *
+   * @generated from field: bool block = 2;
+   */
+  block: boolean;
+};
+
+/**
+ * Describes the message parley.v1.DeclineChatRequestRequest.
+ * Use `create(DeclineChatRequestRequestSchema)` to create a new message.
+ */
+export const DeclineChatRequestRequestSchema: GenMessage<DeclineChatRequestRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 24);
+
+/**
+ * @generated from message parley.v1.DeclineChatRequestResponse
+ */
+export type DeclineChatRequestResponse = Message<"parley.v1.DeclineChatRequestResponse"> & {
+};
+
+/**
+ * Describes the message parley.v1.DeclineChatRequestResponse.
+ * Use `create(DeclineChatRequestResponseSchema)` to create a new message.
+ */
+export const DeclineChatRequestResponseSchema: GenMessage<DeclineChatRequestResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 25);
 
 /**
  * ChatType tells private chats from groups.
@@ -583,7 +700,10 @@ export const ChatService: GenService<{
   /**
    * CreatePrivateChat returns the private chat of the caller and the peer,
    * creating it on first use. There is one per pair of users, even when
-   * both create it at the same moment.
+   * both create it at the same moment. A new private chat is a request of
+   * the caller (see Chat.request). PERMISSION_DENIED when the peer does
+   * not accept private chats from the caller (PrivacySettings), with the
+   * same message whatever the reason.
    *
    * @generated from rpc parley.v1.ChatService.CreatePrivateChat
    */
@@ -594,7 +714,8 @@ export const ChatService: GenService<{
   },
   /**
    * CreateGroupChat creates a group with the caller as its admin and the
-   * other users as members.
+   * other users as members, leaving out (and naming in not_added_user_ids)
+   * those whose settings do not let the caller add them.
    *
    * @generated from rpc parley.v1.ChatService.CreateGroupChat
    */
@@ -634,7 +755,9 @@ export const ChatService: GenService<{
     output: typeof UpdateChatResponseSchema;
   },
   /**
-   * AddParticipants adds users to a group as members. Admins only.
+   * AddParticipants adds users to a group as members. Admins only. Users
+   * whose settings do not let the caller add them are left out and named in
+   * not_added_user_ids.
    *
    * @generated from rpc parley.v1.ChatService.AddParticipants
    */
@@ -675,6 +798,34 @@ export const ChatService: GenService<{
     methodKind: "unary";
     input: typeof LeaveChatRequestSchema;
     output: typeof LeaveChatResponseSchema;
+  },
+  /**
+   * AcceptChatRequest accepts a private chat request made to the caller
+   * (replying in the chat accepts it too): from then on the starter sees
+   * the caller's presence and read ticks. Accepting a chat that is no
+   * request changes nothing; the starter cannot accept its own request
+   * (FAILED_PRECONDITION). It reopens a request the caller declined.
+   *
+   * @generated from rpc parley.v1.ChatService.AcceptChatRequest
+   */
+  acceptChatRequest: {
+    methodKind: "unary";
+    input: typeof AcceptChatRequestRequestSchema;
+    output: typeof AcceptChatRequestResponseSchema;
+  },
+  /**
+   * DeclineChatRequest declines a private chat request made to the
+   * caller: the chat disappears for the caller (NOT_FOUND from then on,
+   * until the caller accepts it, or starts a private chat with the
+   * starter), and the starter's further sends fail as if blocked. The
+   * starter is not told and still sees a pending request.
+   *
+   * @generated from rpc parley.v1.ChatService.DeclineChatRequest
+   */
+  declineChatRequest: {
+    methodKind: "unary";
+    input: typeof DeclineChatRequestRequestSchema;
+    output: typeof DeclineChatRequestResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_v1_chat, 0);

@@ -374,7 +374,8 @@ export type Presence = Message<"parley.v1.Presence"> & {
 
   /**
    * When the user was last online; now for a user who is online. Absent
-   * for a user never seen online.
+   * for a user never seen online, and for a user who hides its last-seen
+   * time (PrivacySettings.hide_last_seen) from anyone but itself.
    *
    * @generated from field: google.protobuf.Timestamp last_seen = 3;
    */
@@ -464,8 +465,10 @@ export const LiveService: GenService<{
   },
   /**
    * GetPresence tells whether users are online and when they were last
-   * seen. Only the caller and users who share a chat with the caller are
-   * answered; the others are left out of the response.
+   * seen. Only the caller and users whose presence the caller may see are
+   * answered: those who share a group with the caller, or a private chat
+   * that is not a pending request, and did not block the caller. The
+   * others are left out of the response.
    *
    * @generated from rpc parley.v1.LiveService.GetPresence
    */
