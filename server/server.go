@@ -84,6 +84,7 @@ var Services = []string{
 	parleyv1connect.MessageServiceName,
 	parleyv1connect.LiveServiceName,
 	parleyv1connect.MediaServiceName,
+	parleyv1connect.PrivacyServiceName,
 }
 
 // public lists what may be called without signing in.
@@ -145,7 +146,10 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(parleyv1connect.NewAuthServiceHandler(authn, opts...))
 	mux.Handle(parleyv1connect.NewUserServiceHandler(users, opts...))
 	mux.Handle(parleyv1connect.NewAvatarServiceHandler(users, opts...))
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, d.Live, d.Media, d.Now)
+	// Blocks and privacy settings live with the users; chats consult
+	// them through chat.Privacy, and live presence through chats.
+	mux.Handle(parleyv1connect.NewPrivacyServiceHandler(users, opts...))
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
 	mcfg := d.MediaConfig
 	mcfg.Key, mcfg.RedisPrefix, mcfg.Now = d.Auth.Key, d.Auth.RedisPrefix, d.Now
@@ -190,7 +194,7 @@ func withWebApp(dir string, api http.Handler) http.Handler {
 // longer than after, over the same stores as New.
 func NewMediaJanitor(d Deps, after time.Duration) *media.Janitor {
 	users := user.New(d.Log, d.DB, d.Media, d.Now)
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, d.Live, d.Media, d.Now)
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
 	return media.NewJanitor(d.Log, d.Media, referrers{chats, users}, after, d.Now)
 }
 

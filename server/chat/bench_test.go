@@ -28,7 +28,7 @@ func BenchmarkSendMessage(b *testing.B) {
 	}
 	chatID := group(b, senders[0], "bench", senders[1:]...).GetId()
 	direct := chat.New(slog.New(slog.DiscardHandler), srv.App.Mongo(), srv.App.Redis(), srv.App.DocLocks(),
-		servertest.SharedStores(b).RedisPrefix, nil, srv.App.Live(), nil, nil)
+		servertest.SharedStores(b).RedisPrefix, nil, nil, srv.App.Live(), nil, nil)
 	var keys atomic.Int64
 
 	for _, mode := range []string{"direct", "rpc"} {

@@ -30,6 +30,9 @@ func toChat(c *chatDoc, m member, unread int64) *parleyv1.Chat {
 	for _, p := range c.Participants {
 		out.Participants = append(out.Participants, &parleyv1.Participant{UserId: int32(p.UserID), Role: toRole(p.Role)})
 	}
+	if c.Request != nil {
+		out.Request = &parleyv1.ChatRequest{StarterId: int32(c.Request.StarterID)}
+	}
 	if lm := c.LastMessage; lm != nil {
 		out.LastMessage = &parleyv1.LastMessage{
 			MessageId: lm.MessageID.Hex(),

@@ -136,6 +136,12 @@ func (s *Service) publishPositions(ctx context.Context, c *chatDoc, userID int) 
 	for j, m := range members {
 		ids[j] = m.UserID
 	}
+	if c.Request != nil {
+		// A request's starter sees no ticks: only the member's own
+		// devices hear of its positions.
+		ids = []int{userID}
+		all = positions{}
+	}
 	ev := &parleyv1.Event{Kind: &parleyv1.Event_PositionsChanged{PositionsChanged: &parleyv1.PositionsChanged{
 		ChatId:           chatID.Hex(),
 		UserId:           int32(userID),
@@ -186,39 +192,4 @@ func (s *Service) SendTyping(
 		}
 	}
 	return connect.NewResponse(&parleyv1.SendTypingResponse{ExpiresAt: timestamppb.New(expires)}), nil
-}
-
-// Contacts returns the users who share a chat with the user.
-func (s *Service) Contacts(ctx context.Context, userID int) ([]int, error) {
-	chats, err := s.store.chatsOf(ctx, userID)
-	if err != nil {
-		return nil, fmt.Errorf("contacts: %w", err)
-	}
-	seen := map[int]bool{userID: true}
-	var out []int
-	for _, c := range chats {
-		for _, p := range c.Participants {
-			if !seen[p.UserID] {
-				seen[p.UserID] = true
-				out = append(out, p.UserID)
-			}
-		}
-	}
-	return out, nil
-}
-
-// Sharing returns those of others who share a chat with the user.
-func (s *Service) Sharing(ctx context.Context, userID int, others []int) ([]int, error) {
-	if len(others) == 0 {
-		return nil, nil
-	}
-	contacts, err := s.Contacts(ctx, userID)
-	if err != nil {
-		return nil, err
-	}
-	shared := make(map[int]bool, len(contacts))
-	for _, u := range contacts {
-		shared[u] = true
-	}
-	return slices.DeleteFunc(slices.Clone(others), func(u int) bool { return !shared[u] }), nil
 }

@@ -26,6 +26,13 @@ var errMessageNotFound = connect.NewError(connect.CodeNotFound, errNoMessage)
 type positions struct{ delivered, read int64 }
 
 func (s *Service) positions(ctx context.Context, c *chatDoc) (positions, error) {
+	if c.Request != nil {
+		// While a chat is a request its starter sees no read or
+		// delivered ticks (every message stays SENT), so that starting
+		// a chat with a stranger tells nothing of the stranger's
+		// activity.
+		return positions{}, nil
+	}
 	members, err := s.store.chatMembers(ctx, c)
 	if err != nil {
 		return positions{}, err
@@ -87,6 +94,11 @@ func (s *Service) SendMessage(
 	id, c, me, err := s.access(ctx, req.Msg.GetChatId())
 	if err != nil {
 		return nil, err
+	}
+	if c.Type == typePrivate {
+		if err := s.checkPrivateSend(ctx, c, id.UserID); err != nil {
+			return nil, err
+		}
 	}
 	mediaIDs := make([]bson.ObjectID, len(req.Msg.GetMediaIds()))
 	for i, hex := range req.Msg.GetMediaIds() {

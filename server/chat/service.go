@@ -68,6 +68,7 @@ type Service struct {
 	store       *store
 	seqs        *seqAllocator
 	users       Users
+	privacy     Privacy
 	events      Events
 	media       Media
 	limiter     *redis_rate.Limiter
@@ -83,18 +84,23 @@ var (
 // New returns the chat and message service over the MongoDB database,
 // allocating message sequence numbers in Redis under redisPrefix and
 // announcing changes to events (none when nil), with the files of
-// messages in files. locks serialize the updates of one document on
+// messages in files and users' blocks and privacy settings in privacy
+// (none when nil: default settings, no blocks). locks serialize the updates of one document on
 // engines that need it (see doclock); nil on MongoDB and FerretDB 2. now
 // is the clock (time.Now when nil).
-func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Locks, redisPrefix string, users Users, events Events, files Media, now func() time.Time) *Service {
+func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Locks, redisPrefix string, users Users, privacy Privacy, events Events, files Media, now func() time.Time) *Service {
 	if now == nil {
 		now = time.Now
+	}
+	if privacy == nil {
+		privacy = noPrivacy{}
 	}
 	return &Service{
 		log:         log,
 		store:       newStore(db, rdb, locks, redisPrefix, now),
 		seqs:        &seqAllocator{rdb: rdb, prefix: redisPrefix},
 		users:       users,
+		privacy:     privacy,
 		events:      events,
 		media:       files,
 		limiter:     redis_rate.NewLimiter(rdb),
@@ -234,8 +240,25 @@ func (s *Service) CreatePrivateChat(
 	if err := s.checkUsersExist(ctx, []int{peer}); err != nil {
 		return nil, s.internal(ctx, "create private chat", err)
 	}
-	c, created, err := s.store.createPrivate(ctx, id.UserID, peer)
-	if err != nil {
+	c, err := s.store.findPrivate(ctx, id.UserID, peer)
+	created := false
+	switch {
+	case err == nil:
+		if slices.Contains(c.HiddenFor, id.UserID) {
+			// The caller declined the peer's request and now starts a
+			// chat with the peer after all: that accepts it.
+			if err := s.accept(ctx, c, id.UserID); err != nil {
+				return nil, err
+			}
+		}
+	case errors.Is(err, errNoChat):
+		if err := s.mayStartPrivate(ctx, id.UserID, peer); err != nil {
+			return nil, s.internal(ctx, "create private chat", err)
+		}
+		if c, created, err = s.store.createPrivate(ctx, id.UserID, peer); err != nil {
+			return nil, s.internal(ctx, "create private chat", err)
+		}
+	default:
 		return nil, s.internal(ctx, "create private chat", err)
 	}
 	if created {
@@ -270,6 +293,10 @@ func (s *Service) CreateGroupChat(
 	if err := s.checkUsersExist(ctx, others); err != nil {
 		return nil, s.internal(ctx, "create group", err)
 	}
+	others, refused, err := s.mayAdd(ctx, id.UserID, others)
+	if err != nil {
+		return nil, s.internal(ctx, "create group", err)
+	}
 	c, err := s.store.createGroup(ctx, id.UserID, req.Msg.GetName(), others)
 	if err != nil {
 		return nil, s.internal(ctx, "create group", err)
@@ -281,7 +308,7 @@ func (s *Service) CreateGroupChat(
 	if err != nil {
 		return nil, s.internal(ctx, "create group", err)
 	}
-	return connect.NewResponse(&parleyv1.CreateGroupChatResponse{Chat: chat}), nil
+	return connect.NewResponse(&parleyv1.CreateGroupChatResponse{Chat: chat, NotAddedUserIds: toInt32s(refused)}), nil
 }
 
 // GetChat returns one of the caller's chats.
@@ -398,6 +425,17 @@ func (s *Service) AddParticipants(
 	if err := s.checkUsersExist(ctx, add); err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
+	add, refused, err := s.mayAdd(ctx, id.UserID, add)
+	if err != nil {
+		return nil, s.internal(ctx, "add participants", err)
+	}
+	if len(add) == 0 {
+		chat, err := s.view(ctx, c.ID, id.UserID)
+		if err != nil {
+			return nil, s.internal(ctx, "add participants", err)
+		}
+		return connect.NewResponse(&parleyv1.AddParticipantsResponse{Chat: chat, NotAddedUserIds: toInt32s(refused)}), nil
+	}
 	// Positions first: a member counts as having read the history
 	// before it joined from the moment it is in.
 	if err := s.store.startPositions(ctx, c.ID, add, lastSeq(c)); err != nil {
@@ -436,7 +474,7 @@ func (s *Service) AddParticipants(
 	if err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
-	return connect.NewResponse(&parleyv1.AddParticipantsResponse{Chat: chat}), nil
+	return connect.NewResponse(&parleyv1.AddParticipantsResponse{Chat: chat, NotAddedUserIds: toInt32s(refused)}), nil
 }
 
 // mustBeAdmin checks, on the chat as a membership change reads it, that

@@ -44,6 +44,33 @@ type chatDoc struct {
 	CreatedAt      time.Time        `bson:"createdAt"`
 	UpdatedAt      time.Time        `bson:"updatedAt"`
 	PairKey        string           `bson:"pairKey"`
+	// Request is set while a private chat is a request of its starter
+	// (see parleyv1.Chat.request); chats from before requests have none
+	// and count as accepted.
+	Request *requestDoc `bson:"request,omitempty"`
+	// HiddenFor lists the member who declined the request: to it the
+	// chat does not exist until it accepts it after all.
+	HiddenFor []int `bson:"hiddenFor,omitempty"`
+}
+
+// requestDoc is the request state of a private chat.
+type requestDoc struct {
+	StarterID int `bson:"starterId"`
+}
+
+// declined reports whether the chat is a request its recipient declined.
+func (c *chatDoc) declined() bool {
+	return c.Request != nil && len(c.HiddenFor) > 0
+}
+
+// peer returns the other member of a private chat (0 when none).
+func (c *chatDoc) peer(userID int) int {
+	for _, p := range c.Participants {
+		if p.UserID != userID {
+			return p.UserID
+		}
+	}
+	return 0
 }
 
 type participantDoc struct {
@@ -165,7 +192,7 @@ func (s *store) getChat(ctx context.Context, id bson.ObjectID) (*chatDoc, error)
 // errNoChat.
 func (s *store) member(ctx context.Context, c *chatDoc, userID int) (*member, error) {
 	p := c.participant(userID)
-	if p == nil {
+	if p == nil || slices.Contains(c.HiddenFor, userID) {
 		return nil, errNoChat
 	}
 	ms := []member{{ChatID: c.ID, UserID: userID, Role: p.Role}}
@@ -299,14 +326,29 @@ func (s *store) startPositions(ctx context.Context, chatID bson.ObjectID, userID
 	return nil
 }
 
-// createPrivate returns the private chat of a and b, creating it if needed.
-// The unique pairKey makes racing creators agree on one chat.
+// findPrivate returns the private chat of a and b, or errNoChat.
+func (s *store) findPrivate(ctx context.Context, a, b int) (*chatDoc, error) {
+	var c chatDoc
+	err := s.chats.FindOne(ctx, bson.D{{Key: "pairKey", Value: privateKey(a, b)}}).Decode(&c)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, errNoChat
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find private chat: %w", err)
+	}
+	return &c, nil
+}
+
+// createPrivate returns the private chat of a and b, creating it if
+// needed, as a request of a. The unique pairKey makes racing creators
+// agree on one chat.
 func (s *store) createPrivate(ctx context.Context, a, b int) (*chatDoc, bool, error) {
 	key := privateKey(a, b)
 	now := s.nowMs()
 	c := &chatDoc{
-		ID:   bson.NewObjectID(),
-		Type: typePrivate,
+		ID:      bson.NewObjectID(),
+		Type:    typePrivate,
+		Request: &requestDoc{StarterID: a},
 		Participants: []participantDoc{
 			{UserID: min(a, b), Role: roleMember}, {UserID: max(a, b), Role: roleMember},
 		},
@@ -360,7 +402,10 @@ func (s *store) rename(ctx context.Context, chatID bson.ObjectID, name string) e
 // listChatsQuery is the filter and options of a page of the user's chats,
 // most recently updated first, after the cursor.
 func listChatsQuery(userID int, after *chatPage, limit int) (bson.D, *options.FindOptionsBuilder) {
-	filter := bson.D{{Key: "participants.user_id", Value: userID}}
+	filter := bson.D{
+		{Key: "participants.user_id", Value: userID},
+		{Key: "hiddenFor", Value: bson.D{{Key: "$ne", Value: userID}}},
+	}
 	if after != nil {
 		filter = append(filter,
 			// The first condition alone lets the index bound the scan;
@@ -424,10 +469,13 @@ func (s *store) listChats(ctx context.Context, userID int, after *chatPage, limi
 	return chats, byChat, nil
 }
 
-// chatsOf returns the ids and participants of every chat the user is in.
+// chatsOf returns the ids, types, request states and participants of
+// every chat the user is in.
 func (s *store) chatsOf(ctx context.Context, userID int) ([]chatDoc, error) {
 	cur, err := s.chats.Find(ctx, bson.D{{Key: "participants.user_id", Value: userID}},
-		options.Find().SetProjection(bson.D{{Key: "participants", Value: 1}}))
+		options.Find().SetProjection(bson.D{
+			{Key: "participants", Value: 1}, {Key: "chatType", Value: 1}, {Key: "request", Value: 1},
+		}))
 	if err != nil {
 		return nil, fmt.Errorf("chats of user: %w", err)
 	}
@@ -508,4 +556,81 @@ func (s *store) unread(ctx context.Context, c *chatDoc, m member) (int64, error)
 		return 0, fmt.Errorf("count unread: %w", err)
 	}
 	return n, nil
+}
+
+// acceptRequest makes the private chat an accepted one (no request, hidden
+// for nobody). It reports whether it changed the chat.
+func (s *store) acceptRequest(ctx context.Context, chatID bson.ObjectID) (bool, error) {
+	var res *mongo.UpdateResult
+	err := s.locked(ctx, chatLock(chatID), func() (err error) {
+		res, err = s.chats.UpdateOne(ctx, bson.D{
+			{Key: "_id", Value: chatID}, {Key: "request", Value: bson.D{{Key: "$exists", Value: true}}},
+		}, bson.D{
+			{Key: "$unset", Value: bson.D{{Key: "request", Value: ""}, {Key: "hiddenFor", Value: ""}}},
+			{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: s.nowMs()}}},
+		})
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("accept request: %w", err)
+	}
+	return res.ModifiedCount > 0, nil
+}
+
+// declineRequest hides the chat, still a request that userID did not
+// start, for userID.
+func (s *store) declineRequest(ctx context.Context, chatID bson.ObjectID, userID int) error {
+	return s.locked(ctx, chatLock(chatID), func() error {
+		_, err := s.chats.UpdateOne(ctx, bson.D{
+			{Key: "_id", Value: chatID},
+			{Key: "request.starterId", Value: bson.D{{Key: "$exists", Value: true}, {Key: "$ne", Value: userID}}},
+		}, bson.D{{Key: "$set", Value: bson.D{{Key: "hiddenFor", Value: bson.A{userID}}}}})
+		if err != nil {
+			return fmt.Errorf("decline request: %w", err)
+		}
+		return nil
+	})
+}
+
+// chattedWith returns those of users with whom the user shares a private
+// chat that is no request: one indexed read of their pair keys.
+func (s *store) chattedWith(ctx context.Context, userID int, users []int) (map[int]bool, error) {
+	out := map[int]bool{}
+	if len(users) == 0 {
+		return out, nil
+	}
+	keys := make(bson.A, len(users))
+	for i, u := range users {
+		keys[i] = privateKey(userID, u)
+	}
+	cur, err := s.chats.Find(ctx, bson.D{
+		{Key: "pairKey", Value: bson.D{{Key: "$in", Value: keys}}},
+		{Key: "request", Value: bson.D{{Key: "$exists", Value: false}}},
+	}, options.Find().SetProjection(bson.D{{Key: "participants", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("chatted with: %w", err)
+	}
+	var chats []chatDoc
+	if err := cur.All(ctx, &chats); err != nil {
+		return nil, fmt.Errorf("chatted with: %w", err)
+	}
+	for _, c := range chats {
+		out[c.peer(userID)] = true
+	}
+	return out, nil
+}
+
+// shareGroup reports whether a and b are both in some group.
+func (s *store) shareGroup(ctx context.Context, a, b int) (bool, error) {
+	err := s.chats.FindOne(ctx, bson.D{
+		{Key: "participants.user_id", Value: bson.D{{Key: "$all", Value: bson.A{a, b}}}},
+		{Key: "chatType", Value: typeGroup},
+	}, options.FindOne().SetProjection(bson.D{{Key: "_id", Value: 1}})).Err()
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("share group: %w", err)
+	}
+	return true, nil
 }

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -30,12 +31,16 @@ import (
 	"github.com/parley-chat/parley/server/rpcerr"
 )
 
-// Chats is what live delivery needs to know about who shares chats.
+// Chats is what live delivery needs to know about who shares chats, and
+// so who may see whose presence; chat.Service implements it.
 type Chats interface {
-	// Contacts returns the users who share a chat with the user.
+	// Contacts returns the users who may see the user's presence.
 	Contacts(ctx context.Context, userID int) ([]int, error)
-	// Sharing returns those of others who share a chat with the user.
+	// Sharing returns those of others whose presence the user may see.
 	Sharing(ctx context.Context, userID int, others []int) ([]int, error)
+	// LastSeenHidden returns those of the users who hide their
+	// last-seen time from everyone else.
+	LastSeenHidden(ctx context.Context, userIDs []int) ([]int, error)
 }
 
 // CursorExpiredReason is the ErrorInfo reason of the FAILED_PRECONDITION
@@ -241,10 +246,19 @@ func (s *Service) leave(uid int) {
 	}
 }
 
-// announce tells the user's contacts that it came online or went offline.
+// announce tells the user's contacts (those who may see its presence)
+// that it came online or went offline, with the time unless the user
+// hides it.
 func (s *Service) announce(ctx context.Context, uid int, online bool, at time.Time) {
 	contacts, err := s.chats.Contacts(ctx, uid)
-	if err == nil {
+	var hidden []int
+	if err == nil && len(contacts) > 0 {
+		hidden, err = s.chats.LastSeenHidden(ctx, []int{uid})
+	}
+	if err == nil && len(contacts) > 0 {
+		if len(hidden) > 0 {
+			at = time.Time{}
+		}
 		err = s.hub.Publish(ctx, contacts, &parleyv1.Event{Kind: &parleyv1.Event_Presence{Presence: &parleyv1.Presence{
 			UserId: int32(uid), Online: online, LastSeen: timestampOf(at),
 		}}})
@@ -254,8 +268,8 @@ func (s *Service) announce(ctx context.Context, uid int, online bool, at time.Ti
 	}
 }
 
-// GetPresence tells whether users who share a chat with the caller are
-// online.
+// GetPresence tells whether users whose presence the caller may see are
+// online, and since when they were not unless they hide it.
 func (s *Service) GetPresence(
 	ctx context.Context, req *connect.Request[parleyv1.GetPresenceRequest],
 ) (*connect.Response[parleyv1.GetPresenceResponse], error) {
@@ -276,12 +290,21 @@ func (s *Service) GetPresence(
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "get presence", err)
 	}
+	hidden, err := s.chats.LastSeenHidden(ctx, visible)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "get presence", err)
+	}
 	if self {
 		visible = append(visible, id.UserID)
 	}
 	ps, err := s.hub.presence(ctx, visible)
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "get presence", err)
+	}
+	for _, p := range ps {
+		if slices.Contains(hidden, int(p.GetUserId())) {
+			p.LastSeen = nil
+		}
 	}
 	return connect.NewResponse(&parleyv1.GetPresenceResponse{Presences: ps}), nil
 }
