@@ -227,6 +227,7 @@ func TestMessageService_StatusAndUnread(t *testing.T) {
 			t.Fatal(err)
 		}
 		id := res.Msg.GetChat().GetId()
+		servertest.AcceptRequest(t, b.chats, b.token, id)
 		m1 := send(t, a, id, "hi")
 		m2 := send(t, a, id, "there")
 		if got := statusOf(t, a, id, m1.GetSeq()); got != sent {

@@ -80,10 +80,13 @@ func group(t testing.TB, admin *user, members ...*user) string {
 	return servertest.GroupChat(t, admin.chats, admin.token, "group", ids(members...)...).GetId()
 }
 
-// private returns the id of the private chat between a and b.
+// private returns the id of the private chat between a and b, started by
+// a and accepted by b.
 func private(t testing.TB, a, b *user) string {
 	t.Helper()
-	return servertest.PrivateChat(t, a.chats, a.token, b.id).GetId()
+	id := servertest.PrivateChat(t, a.chats, a.token, b.id).GetId()
+	servertest.AcceptRequest(t, b.chats, b.token, id)
+	return id
 }
 
 // send sends a text message to the chat.

@@ -19,6 +19,18 @@ func PrivateChat(tb testing.TB, c parleyv1connect.ChatServiceClient, token strin
 	return res.Msg.GetChat()
 }
 
+// AcceptRequest accepts the private chat request chatID as the user whose
+// access token is token, so that the chat behaves as one between users
+// who chatted before (presence, ticks).
+func AcceptRequest(tb testing.TB, c parleyv1connect.ChatServiceClient, token, chatID string) *parleyv1.Chat {
+	tb.Helper()
+	res, err := c.AcceptChatRequest(context.Background(), WithToken(&parleyv1.AcceptChatRequestRequest{ChatId: chatID}, token))
+	if err != nil {
+		tb.Fatalf("AcceptChatRequest: %v", err)
+	}
+	return res.Msg.GetChat()
+}
+
 // GroupChat creates a group named name of the caller, its admin, and the
 // members.
 func GroupChat(tb testing.TB, c parleyv1connect.ChatServiceClient, token, name string, memberIDs ...int32) *parleyv1.Chat {

@@ -19,6 +19,7 @@ type Clients struct {
 	Message parleyv1connect.MessageServiceClient
 	Media   parleyv1connect.MediaServiceClient
 	Live    parleyv1connect.LiveServiceClient
+	Privacy parleyv1connect.PrivacyServiceClient
 }
 
 // NewClients returns the clients of s over p.
@@ -32,6 +33,7 @@ func NewClients(s *Server, p Protocol) Clients {
 		Message: Client(s, p, parleyv1connect.NewMessageServiceClient),
 		Media:   Client(s, p, parleyv1connect.NewMediaServiceClient),
 		Live:    Client(s, p, parleyv1connect.NewLiveServiceClient),
+		Privacy: Client(s, p, parleyv1connect.NewPrivacyServiceClient),
 	}
 }
 
