@@ -159,6 +159,11 @@ func (s *Service) accept(ctx context.Context, c *chatDoc, actor int) error {
 		if err := s.publishChat(ctx, c.ID, chatUpdated, actor); err != nil {
 			return s.internal(ctx, "accept request", err)
 		}
+		// The starter's ticks catch up with what the recipient received
+		// and read during the request, which it was not told of.
+		if err := s.publishPositions(ctx, c, actor); err != nil {
+			return s.internal(ctx, "accept request", err)
+		}
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ import { ChatService } from "./gen/parley/v1/chat_pb.js";
 import { LiveService, type Event } from "./gen/parley/v1/live_pb.js";
 import { MediaSchema, MediaService, type Media } from "./gen/parley/v1/media_pb.js";
 import { MessageService } from "./gen/parley/v1/message_pb.js";
+import { PrivacyService } from "./gen/parley/v1/privacy_pb.js";
 import { ServerService } from "./gen/parley/v1/server_pb.js";
 import { UserService } from "./gen/parley/v1/user_pb.js";
 import { memoryTokenStore, type TokenStore } from "./tokens.js";
@@ -93,6 +94,8 @@ export interface ParleyClient {
   readonly messages: Client<typeof MessageService>;
   readonly media: Client<typeof MediaService>;
   readonly live: Client<typeof LiveService>;
+  /** Blocks and privacy settings. */
+  readonly privacy: Client<typeof PrivacyService>;
   readonly server: Client<typeof ServerService>;
   readonly tokenStore: TokenStore;
   /** Creates an account and signs in to it. */
@@ -209,6 +212,7 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
     messages: createClient(MessageService, transport),
     media: createClient(MediaService, transport),
     live: createClient(LiveService, transport),
+    privacy: createClient(PrivacyService, transport),
     server: createClient(ServerService, transport),
     tokenStore: store,
     accessToken,

@@ -13,6 +13,7 @@ export * from "./gen/parley/v1/chat_pb.js";
 export * from "./gen/parley/v1/live_pb.js";
 export * from "./gen/parley/v1/media_pb.js";
 export * from "./gen/parley/v1/message_pb.js";
+export * from "./gen/parley/v1/privacy_pb.js";
 export * from "./gen/parley/v1/server_pb.js";
 export * from "./gen/parley/v1/user_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";

@@ -108,11 +108,14 @@ test("two users chat live in the browser", async () => {
   const bobsChat = b.locator(`[data-testid=chat][data-title="${alice}"]`);
   await bobsChat.locator("[data-testid=unread]:has-text('1')").waitFor();
   assert.equal(await bobsChat.locator("[data-testid=preview]").textContent(), "Hi Bob!");
-  await a.locator("[data-testid=ticks][data-status=delivered]").waitFor();
+  // The chat is Alice's request: she sees no ticks of Bob's until he
+  // accepts it.
+  await a.locator("[data-testid=ticks][data-status=sent]").waitFor();
 
-  // Bob opens the chat and reads it: Alice's tick turns to read.
+  // Bob opens the chat, reads it and accepts it: Alice's tick turns to read.
   await bobsChat.click();
   await b.locator("[data-testid=message] [data-testid=text]:has-text('Hi Bob!')").waitFor();
+  await b.click("[data-testid=accept-request]");
   await a.locator("[data-testid=ticks][data-status=read]").waitFor();
 
   // Bob types: Alice sees it; then his reply arrives.

@@ -245,9 +245,30 @@ async function openChat(id: string) {
       progress.hidden = true;
     }
   };
+  // A request made to me: its starter sees no ticks or presence of mine
+  // until I accept it (or reply).
+  const request = chat.request && chat.request.starterId !== me.id
+    ? h("span", { class: "request", "data-testid": "request" },
+      h("button", {
+        "data-testid": "accept-request",
+        onclick: async () => {
+          await parley.chats.acceptChatRequest({ chatId: id }).catch((err) => { status.textContent = errorText(err); });
+          request?.remove();
+        },
+      }, "Accept"),
+      h("button", {
+        "data-testid": "decline-request",
+        onclick: async () => {
+          await parley.chats.declineChatRequest({ chatId: id }).catch((err) => { status.textContent = errorText(err); });
+          current = "";
+          main.replaceChildren();
+          await loadChats();
+        },
+      }, "Decline"))
+    : undefined;
   main.replaceChildren(
     h("header", {}, h("strong", { "data-testid": "chat-title" }, chatTitle(chat)),
-      h("span", { class: "typing", "data-testid": "typing" })),
+      h("span", { class: "typing", "data-testid": "typing" }), request),
     h("ol", { class: "messages", "data-testid": "messages" }),
     h("form", { class: "composer", onsubmit: (e: SubmitEvent) => { e.preventDefault(); void send(); } },
       text, file, h("button", { "data-testid": "send" }, "Send"), progress, status),
