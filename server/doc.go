@@ -13,7 +13,8 @@
 //	server/info/        parley.v1.ServerService: version and limits
 //	server/auth/        parley.v1.AuthService, sessions in Redis, the
 //	                    authentication middleware, rate limits
-//	server/user/        parley.v1.UserService and AvatarService on ent;
+//	server/user/        parley.v1.UserService, AvatarService and
+//	                    PrivacyService (blocks, privacy settings) on ent;
 //	                    identicon avatars; the accounts auth signs in
 //	server/chat/        parley.v1.ChatService and MessageService on MongoDB:
 //	                    chats (whose participants are the membership),
@@ -60,7 +61,9 @@
 // this user in this chat?") declares a small interface for it, which
 // server.New wires to the implementation (chat.Events is live.Hub;
 // live.Chats is chat.Service; chat.Media and user.AvatarMedia are
-// media.Library; media.Members is chat.Service). The imports between
+// media.Library; media.Members is chat.Service; chat.Privacy, blocks and
+// privacy settings, is user.Service, which serves parley.v1.PrivacyService
+// too). The imports between
 // domains are of auth, for the caller's identity (auth.Caller), which
 // every domain uses, and of media by chat, for the media.Attachment its
 // Library hands over; auth itself declares what it needs of accounts

@@ -6,6 +6,12 @@
 //
 // To a caller who is not a member, a chat does not exist: every method
 // answers NOT_FOUND, the same as for a chat id that was never used.
+//
+// Consent (privacy.go): a new private chat is a request of its starter
+// until the other member replies or accepts it; blocks and privacy
+// settings, kept by the user package behind Privacy, decide who may start
+// a private chat, send into one, add whom to a group and see whose
+// presence, and a refusal never tells a block from a setting.
 package chat
 
 import (

@@ -1,7 +1,8 @@
-// Package user implements parley.v1.UserService and parley.v1.AvatarService
-// over the PostgreSQL users, profile and avatars tables, serves the
-// generated identicon avatars, and gives the auth package the accounts it
-// signs in (auth.Accounts).
+// Package user implements parley.v1.UserService, parley.v1.AvatarService
+// and parley.v1.PrivacyService over the PostgreSQL users, profile, avatars
+// and blocks tables, serves the generated identicon avatars, gives the auth
+// package the accounts it signs in (auth.Accounts), and gives chats the
+// blocks and privacy settings they enforce (chat.Privacy).
 package user
 
 import (
@@ -42,7 +43,8 @@ type AvatarMedia interface {
 	DeleteAvatar(ctx context.Context, url string, avatarID int) error
 }
 
-// Service implements UserService, AvatarService and auth.Accounts.
+// Service implements UserService, AvatarService, PrivacyService,
+// auth.Accounts and chat.Privacy.
 type Service struct {
 	log   *slog.Logger
 	store *store
