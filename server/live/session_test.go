@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"testing"
 	"time"
 
@@ -278,4 +279,36 @@ func TestSubscribe_StreamLimits(t *testing.T) {
 			subscribe(t, newUser(t, b, p), "")
 		})
 	}
+}
+
+// The slots of an instance that dies (here: loses Redis) come back when
+// its leases lapse, three heartbeats on; until then they count.
+func TestSubscribe_StreamLimitsInstanceDies(t *testing.T) {
+	limits := servertest.WithConfig(func(c *app.Config) {
+		c.Live.Heartbeat = 200 * time.Millisecond
+		c.Live.MaxStreamsPerSession, c.Live.MaxStreamsPerUser = 2, 2
+	})
+	survivor := servertest.New(t, limits)
+	u, err := url.Parse(servertest.SharedStores(t).RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := servertest.NewProxy(t, u.Host)
+	doomed := servertest.New(t, limits, servertest.WithConfig(func(c *app.Config) {
+		c.RedisURL = "redis://" + proxy.Addr() + u.Path
+	}))
+	p := servertest.Protocols[0]
+	alice := newUser(t, survivor, p)
+	for range 2 {
+		subscribe(t, alice.on(doomed, p), "")
+	}
+	_, err = trySubscribe(t, alice, "")
+	wantTooMany(t, "the third stream", err)
+	proxy.Break()
+	start := time.Now()
+	subscribeOnceFree(t, alice)
+	if waited := time.Since(start); waited < 200*time.Millisecond {
+		t.Fatalf("a slot freed after %s, before the dead instance's leases lapsed", waited)
+	}
+	proxy.Restore()
 }
