@@ -60,7 +60,8 @@
 // this user in this chat?") declares a small interface for it, which
 // server.New wires to the implementation (chat.Events is live.Hub;
 // live.Chats is chat.Service; chat.Media and user.AvatarMedia are
-// media.Library; media.Members is chat.Service). The imports between
+// media.Library; media.Members is chat.Service; auth.SessionEnds is
+// live.Hub; live.Sessions is auth.Service). The imports between
 // domains are of auth, for the caller's identity (auth.Caller), which
 // every domain uses, and of media by chat, for the media.Attachment its
 // Library hands over; auth itself declares what it needs of accounts

@@ -491,6 +491,13 @@ func (s *subscriber) close() {
 	s.closed = true
 }
 
+// endedBy tells why the stream must end now, if it must.
+func (s *subscriber) endedBy() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended
+}
+
 // goLive switches the stream to taking events from the queue, unless
 // events came while it read the log (then it must read again).
 func (s *subscriber) goLive() bool {

@@ -173,6 +173,9 @@ func (s *Service) Subscribe(
 		if err != nil {
 			return s.end(ctx, err)
 		}
+		if err := sub.endedBy(); err != nil {
+			return connect.NewError(connect.CodeUnauthenticated, err)
+		}
 		if sub.goLive() {
 			break
 		}
