@@ -25,6 +25,7 @@ import (
 	"github.com/parley-chat/parley/server"
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/sqldb"
 )
@@ -171,6 +172,8 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.Live.WriteTimeout, "live-write-timeout", e.duration("PARLEY_LIVE_WRITE_TIMEOUT", 30*time.Second), "a live stream whose client takes no event for this long is closed (PARLEY_LIVE_WRITE_TIMEOUT)")
 	fs.IntVar(&c.Live.MaxEvents, "live-max-events", int(e.int64("PARLEY_LIVE_MAX_EVENTS", 10000)), "about how many events each user's log keeps for resuming streams (PARLEY_LIVE_MAX_EVENTS)")
 	fs.DurationVar(&c.Live.Retention, "live-retention", e.duration("PARLEY_LIVE_RETENTION", 7*24*time.Hour), "how long a user's event log is kept after its last event (PARLEY_LIVE_RETENTION)")
+	fs.IntVar(&c.Live.MaxStreamsPerSession, "live-max-streams-per-session", int(e.int64("PARLEY_LIVE_MAX_STREAMS_PER_SESSION", live.DefaultMaxStreamsPerSession)), "live streams one session may have open at once, over all instances (PARLEY_LIVE_MAX_STREAMS_PER_SESSION)")
+	fs.IntVar(&c.Live.MaxStreamsPerUser, "live-max-streams-per-user", int(e.int64("PARLEY_LIVE_MAX_STREAMS_PER_USER", live.DefaultMaxStreamsPerUser)), "live streams one user may have open at once, over all sessions and instances (PARLEY_LIVE_MAX_STREAMS_PER_USER)")
 	fs.StringVar(&c.WebDir, "web-dir", e.str("PARLEY_WEB_DIR", ""), "`directory` of a built web app to serve at /, such as clients/web/dist (PARLEY_WEB_DIR)")
 	fs.StringVar(&c.MediaDir, "media-dir", e.str("PARLEY_MEDIA_DIR", ""), "`directory` for uploaded files, shared by all instances; empty: media in the data directory (PARLEY_MEDIA_DIR)")
 	fs.StringVar(&c.MediaS3URL, "media-s3-url", e.str("PARLEY_MEDIA_S3_URL", ""), "S3-compatible bucket `URL` for uploaded files instead, as https://KEY:SECRET@host/bucket?region=R; without KEY:SECRET the AWS_* environment or IAM role is used (PARLEY_MEDIA_S3_URL)")
@@ -212,6 +215,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	}
 	if c.MaxRequestBytes <= 0 {
 		return opts, errors.New("-max-request-bytes must be positive")
+	}
+	if c.Live.MaxStreamsPerSession <= 0 || c.Live.MaxStreamsPerUser < c.Live.MaxStreamsPerSession {
+		return opts, errors.New("-live-max-streams-per-session must be positive, and -live-max-streams-per-user at least as large")
 	}
 	for _, o := range strings.Split(*cors, ",") {
 		if o = strings.TrimSpace(o); o != "" {

@@ -63,7 +63,8 @@
 // live.Chats is chat.Service; chat.Media and user.AvatarMedia are
 // media.Library; media.Members is chat.Service; chat.Privacy, blocks and
 // privacy settings, is user.Service, which serves parley.v1.PrivacyService
-// too). The imports between
+// too; auth.SessionEnds is live.Hub; live.Sessions is auth.Service). The
+// imports between
 // domains are of auth, for the caller's identity (auth.Caller), which
 // every domain uses, and of media by chat, for the media.Attachment its
 // Library hands over; auth itself declares what it needs of accounts

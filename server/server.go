@@ -120,6 +120,10 @@ func New(d Deps) (http.Handler, error) {
 	if d.Auth.Now == nil {
 		d.Auth.Now = d.Now
 	}
+	if d.Live != nil && d.Auth.SessionEnds == nil {
+		// A session that ends ends its live streams, on every instance.
+		d.Auth.SessionEnds = d.Live
+	}
 	users := user.New(d.Log, d.DB, d.Media, d.Now)
 	authn, err := auth.New(d.Log, d.Redis, users, d.Auth)
 	if err != nil {
@@ -160,7 +164,7 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(parleyv1connect.NewMediaServiceHandler(files, opts...))
 	mux.Handle(media.Path, files.Handler())
 	mux.Handle(parleyv1connect.NewMessageServiceHandler(chats, opts...))
-	livePath, liveHandler := parleyv1connect.NewLiveServiceHandler(live.NewService(d.Log, d.Live, chats), opts...)
+	livePath, liveHandler := parleyv1connect.NewLiveServiceHandler(live.NewService(d.Log, d.Live, chats, authn), opts...)
 	mux.Handle(livePath, live.WithWriteDeadlines(liveHandler))
 	mux.Handle(user.IdenticonPath, user.IdenticonHandler())
 

@@ -35,7 +35,10 @@
 //     -group-rate 20 -private-rate 0 -duration 20s
 //   - idle: -streams open streams spread over -users users, idle; it
 //     reports the server's memory per open stream (from /proc of
-//     -server-pid, so the server must run on this machine).
+//     -server-pid, so the server must run on this machine). A user's
+//     streams share one session: beyond 10 a user (the defaults give
+//     exactly that), start the server with -live-max-streams-per-session
+//     and -live-max-streams-per-user raised to match.
 //   - media: uploads a file of -size bytes to a chat and downloads it as
 //     the other member, -rounds times; it reports the throughput of each
 //     and the server's peak memory above its idle level while each runs

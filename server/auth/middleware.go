@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -16,6 +17,10 @@ import (
 type Identity struct {
 	UserID    int
 	SessionID string
+	// Expires is when the access token the request carried expires (zero
+	// when unknown). What outlives the request that opened it, a live
+	// stream, must end then: the token no longer vouches for the caller.
+	Expires time.Time
 }
 
 type identityKey struct{}
@@ -116,18 +121,18 @@ func (s *Service) authenticate(r *http.Request) (Identity, error) {
 	if !ok {
 		return Identity{}, errors.New("missing bearer access token")
 	}
-	userID, sessionID, err := s.tokens.verifyAccess(token)
+	v, err := s.tokens.verifyAccess(token)
 	if err != nil {
 		s.log.DebugContext(r.Context(), "access token refused", "err", err)
 		return Identity{}, errBadToken
 	}
-	switch err := s.sessions.check(r.Context(), userID, sessionID); {
+	switch err := s.sessions.check(r.Context(), v.userID, v.sessionID); {
 	case errors.Is(err, errNoSession):
 		return Identity{}, errNoSession
 	case err != nil:
 		return Identity{}, rpcerr.From(r.Context(), s.log, "check session", err)
 	}
-	return Identity{UserID: userID, SessionID: sessionID}, nil
+	return Identity{UserID: v.userID, SessionID: v.sessionID, Expires: v.expires}, nil
 }
 
 func bearer(h string) (string, bool) {

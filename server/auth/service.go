@@ -46,6 +46,16 @@ type Accounts interface {
 	Me(ctx context.Context, userID int) (*parleyv1.Me, error)
 }
 
+// SessionEnds is told of every session that ends before it expires
+// (Logout, RevokeSession, a reused refresh token), so that what outlives
+// the requests made with its tokens, the live streams, ends with it. It
+// need not be reliable: it may drop a notice, which the live streams'
+// own periodic checks of their session make up for.
+type SessionEnds interface {
+	// SessionEnded says that the user's session is gone.
+	SessionEnded(ctx context.Context, userID int, sessionID string)
+}
+
 // Config configures authentication.
 type Config struct {
 	// Key signs and verifies access tokens.
@@ -66,6 +76,8 @@ type Config struct {
 	ClientIPHeader string
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// SessionEnds, when set, is told of sessions ended early.
+	SessionEnds SessionEnds
 }
 
 // MaxAccessTTL is the longest an access token may live.
@@ -247,6 +259,7 @@ func (s *Service) Refresh(
 	switch {
 	case errors.Is(err, errRefreshReused):
 		s.log.WarnContext(ctx, "refresh token reused; session revoked", "user", sess.UserID, "session", sess.ID)
+		s.ended(ctx, sess.UserID, sess.ID)
 		return nil, connect.NewError(connect.CodeUnauthenticated, errRefreshReused)
 	case errors.Is(err, errNoSession):
 		return nil, connect.NewError(connect.CodeUnauthenticated, errNoSession)
@@ -268,6 +281,8 @@ func (s *Service) Logout(
 	if err := s.sessions.revoke(ctx, id.UserID, id.SessionID); err != nil && !errors.Is(err, errNoSession) {
 		return nil, rpcerr.From(ctx, s.log, "logout", err)
 	}
+	// Even when the session was already gone: its streams may not know.
+	s.ended(ctx, id.UserID, id.SessionID)
 	return connect.NewResponse(&parleyv1.LogoutResponse{}), nil
 }
 
@@ -315,7 +330,22 @@ func (s *Service) RevokeSession(
 	case err != nil:
 		return nil, rpcerr.From(ctx, s.log, "revoke session", err)
 	}
+	s.ended(ctx, id.UserID, sid)
 	return connect.NewResponse(&parleyv1.RevokeSessionResponse{}), nil
+}
+
+// ended tells SessionEnds, if any, that a session is gone.
+func (s *Service) ended(ctx context.Context, userID int, sessionID string) {
+	if s.cfg.SessionEnds != nil {
+		s.cfg.SessionEnds.SessionEnded(ctx, userID, sessionID)
+	}
+}
+
+// SessionsOpen reports, for each caller, whether its session is still
+// open, for what outlives the request the middleware checked (a live
+// stream) to check again.
+func (s *Service) SessionsOpen(ctx context.Context, ids []Identity) ([]bool, error) {
+	return s.sessions.open(ctx, ids)
 }
 
 // clientAddr is the client's IP address: from the trusted proxy header when

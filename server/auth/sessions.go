@@ -246,3 +246,23 @@ func (s *sessionStore) list(ctx context.Context, userID int) ([]*session, error)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
 	return out, nil
 }
+
+// open reports, for each caller, whether its session still exists, in one
+// round trip however many there are.
+func (s *sessionStore) open(ctx context.Context, ids []Identity) ([]bool, error) {
+	cmds := make([]*redis.IntCmd, len(ids))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.Exists(ctx, s.sessionKey(id.UserID, id.SessionID))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("check sessions: %w", err)
+	}
+	out := make([]bool, len(ids))
+	for i, c := range cmds {
+		out[i] = c.Val() > 0
+	}
+	return out, nil
+}

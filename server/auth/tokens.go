@@ -83,13 +83,15 @@ func newTokens(key ed25519.PrivateKey, accessTTL time.Duration, now func() time.
 // issueAccess signs an access token for the user's session.
 func (t *tokens) issueAccess(userID int, sessionID string) (string, time.Time, error) {
 	now := t.now()
-	exp := now.Add(t.accessTTL)
+	// The claim holds whole seconds: the expiry clients are told is the
+	// one the server enforces (live streams end at it).
+	exp := jwt.NewNumericDate(now.Add(t.accessTTL))
 	c := accessClaims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:    issuer,
 			Subject:   strconv.Itoa(userID),
 			IssuedAt:  jwt.NewNumericDate(now),
-			ExpiresAt: jwt.NewNumericDate(exp),
+			ExpiresAt: exp,
 		},
 		SessionID: sessionID,
 	}
@@ -97,7 +99,7 @@ func (t *tokens) issueAccess(userID int, sessionID string) (string, time.Time, e
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("sign access token: %w", err)
 	}
-	return s, exp, nil
+	return s, exp.Time, nil
 }
 
 // errBadToken is returned for any token that does not verify; the detail
@@ -105,26 +107,27 @@ func (t *tokens) issueAccess(userID int, sessionID string) (string, time.Time, e
 var errBadToken = errors.New("invalid or expired access token")
 
 // verifyAccess checks an access token's signature, algorithm, issuer and
-// expiry, and returns the user and session it names.
-func (t *tokens) verifyAccess(token string) (userID int, sessionID string, err error) {
+// expiry, and returns the user and session it names and when it expires.
+func (t *tokens) verifyAccess(token string) (verifiedToken, error) {
 	if v, ok := t.verified.Get(token); ok {
 		if !t.now().Before(v.expires.Add(leeway)) {
-			return 0, "", fmt.Errorf("%w: expired", errBadToken)
+			return verifiedToken{}, fmt.Errorf("%w: expired", errBadToken)
 		}
-		return v.userID, v.sessionID, nil
+		return v, nil
 	}
 	var c accessClaims
 	if _, err := t.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) {
 		return t.key.Public(), nil
 	}); err != nil {
-		return 0, "", fmt.Errorf("%w: %w", errBadToken, err)
+		return verifiedToken{}, fmt.Errorf("%w: %w", errBadToken, err)
 	}
-	userID, err = strconv.Atoi(c.Subject)
+	userID, err := strconv.Atoi(c.Subject)
 	if err != nil || userID <= 0 || c.SessionID == "" {
-		return 0, "", fmt.Errorf("%w: bad subject or session", errBadToken)
+		return verifiedToken{}, fmt.Errorf("%w: bad subject or session", errBadToken)
 	}
-	t.verified.Add(token, verifiedToken{userID: userID, sessionID: c.SessionID, expires: c.ExpiresAt.Time})
-	return userID, c.SessionID, nil
+	v := verifiedToken{userID: userID, sessionID: c.SessionID, expires: c.ExpiresAt.Time}
+	t.verified.Add(token, v)
+	return v, nil
 }
 
 // refreshToken is the parsed form of an opaque refresh token,

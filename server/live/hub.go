@@ -7,13 +7,16 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/auth"
 )
 
 // Config tunes live delivery. The zero value of each field means its
@@ -35,6 +38,11 @@ type Config struct {
 	// (default 7 days). Clients that resume from further back re-sync.
 	MaxEvents int
 	Retention time.Duration
+	// MaxStreamsPerSession and MaxStreamsPerUser bound the streams open at
+	// once, over all instances, in one session and for one user (default
+	// DefaultMaxStreamsPerSession and DefaultMaxStreamsPerUser).
+	MaxStreamsPerSession int
+	MaxStreamsPerUser    int
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -54,6 +62,12 @@ func (c *Config) defaults() {
 	}
 	if c.Retention <= 0 {
 		c.Retention = 7 * 24 * time.Hour
+	}
+	if c.MaxStreamsPerSession <= 0 {
+		c.MaxStreamsPerSession = DefaultMaxStreamsPerSession
+	}
+	if c.MaxStreamsPerUser <= 0 {
+		c.MaxStreamsPerUser = DefaultMaxStreamsPerUser
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -85,6 +99,11 @@ type Hub struct {
 	// offline is told about users whose presence expired because the
 	// instance that kept them online stopped renewing it.
 	offline func(ctx context.Context, userID int, lastSeen time.Time)
+	// sessions, set by NewService under mu, checks at each heartbeat that
+	// the streams' sessions are still open.
+	sessions Sessions
+	// leases numbers this instance's stream leases.
+	leases atomic.Uint64
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -130,14 +149,18 @@ func (h *Hub) Streams() int {
 	return n
 }
 
-// add registers a stream of the user. first tells that it is the user's
-// only stream on this instance.
-func (h *Hub) add(ctx context.Context, userID int) (sub *subscriber, first bool) {
+// add registers a stream of the caller, holding lease. first tells that
+// it is the user's only stream on this instance.
+func (h *Hub) add(ctx context.Context, id auth.Identity, lease string) (sub *subscriber, first bool) {
+	userID := id.UserID
 	sub = &subscriber{
-		user:  userID,
-		queue: make(chan logged, h.cfg.QueueSize),
-		wake:  make(chan struct{}, 1),
-		ready: make(chan struct{}),
+		user:    userID,
+		session: id.SessionID,
+		expires: id.Expires,
+		lease:   lease,
+		queue:   make(chan logged, h.cfg.QueueSize),
+		wake:    make(chan struct{}, 1),
+		ready:   make(chan struct{}),
 	}
 	h.subMu.Lock()
 	defer h.subMu.Unlock()
@@ -256,6 +279,10 @@ func (h *Hub) dispatch(ch, payload string) {
 	if !ok {
 		return
 	}
+	if sid, ok := strings.CutPrefix(payload, sessionEndedPrefix); ok {
+		h.endSession(uid, sid)
+		return
+	}
 	cursor, body, ok := splitPayload(payload)
 	if !ok {
 		h.log.Error("live: malformed message", "channel", ch)
@@ -286,7 +313,10 @@ func splitPayload(p string) (cursor, body string, ok bool) {
 	return "", "", false
 }
 
-// tick sends heartbeats and keeps presence up to date.
+// tick sends heartbeats, keeps presence and the streams' leases up to
+// date, and ends the streams whose token expired (by the hub's clock,
+// which tests may move) or whose session ended without the hub hearing
+// of it.
 func (h *Hub) tick(ctx context.Context) {
 	defer h.done.Done()
 	t := time.NewTicker(h.cfg.Heartbeat)
@@ -297,17 +327,42 @@ func (h *Hub) tick(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		now := h.cfg.Now()
 		h.mu.Lock()
-		users := make([]int, 0, len(h.users))
+		users := make(map[int][]string, len(h.users))
+		var sessions []auth.Identity
+		seen := map[auth.Identity]bool{}
 		for uid, subs := range h.users {
-			users = append(users, uid)
+			leases := make([]string, 0, len(subs))
 			for sub := range subs {
+				leases = append(leases, sub.lease)
+				if !sub.expires.IsZero() && !now.Before(sub.expires) {
+					sub.end(errTokenExpired)
+					continue
+				}
 				sub.heartbeat()
+				if id := (auth.Identity{UserID: uid, SessionID: sub.session}); !seen[id] {
+					seen[id] = true
+					sessions = append(sessions, id)
+				}
 			}
+			users[uid] = leases
 		}
+		check := h.sessions
 		h.mu.Unlock()
 		if err := h.renewPresence(ctx, users); err != nil && ctx.Err() == nil {
 			h.log.Warn("live: renew presence", "err", err)
+		}
+		if check != nil && len(sessions) > 0 {
+			open, err := check.SessionsOpen(ctx, sessions)
+			if err != nil && ctx.Err() == nil {
+				h.log.Warn("live: check sessions", "err", err)
+			}
+			for i, ok := range open {
+				if !ok {
+					h.endSession(sessions[i].UserID, sessions[i].SessionID)
+				}
+			}
 		}
 		if err := h.expirePresence(ctx); err != nil && ctx.Err() == nil {
 			h.log.Warn("live: expire presence", "err", err)
@@ -315,9 +370,44 @@ func (h *Hub) tick(ctx context.Context) {
 	}
 }
 
+// sessionEndedPrefix starts the control message that ends a session's
+// streams, published on its user's channel. Event payloads start with a
+// cursor (digits) or a space; and having no space in its first 42 bytes,
+// the message is dropped as malformed by instances that predate it.
+const sessionEndedPrefix = "!session-ended:"
+
+// SessionEnded ends the streams of the user's session on every instance:
+// each instance with a stream of the user hears it on the user's channel.
+// Pub/sub may lose it (a connection that breaks at that moment); streams
+// also check their session at each heartbeat and whenever their
+// subscription is renewed.
+func (h *Hub) SessionEnded(ctx context.Context, userID int, sessionID string) {
+	if err := h.rdb.Publish(ctx, h.channel(userID), sessionEndedPrefix+sessionID).Err(); err != nil {
+		h.log.WarnContext(ctx, "live: announce session end; its streams end at their next heartbeat", "user", userID, "err", err)
+	}
+}
+
+var _ auth.SessionEnds = (*Hub)(nil)
+
+// endSession ends the session's streams on this instance.
+func (h *Hub) endSession(userID int, sessionID string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for sub := range h.users[userID] {
+		if sub.session == sessionID {
+			sub.end(errSessionEnded)
+		}
+	}
+}
+
 // subscriber is one open stream, as the hub sees it.
 type subscriber struct {
-	user  int
+	user    int
+	session string
+	// expires is when the stream's access token expires (zero: never).
+	expires time.Time
+	// lease holds the stream's slot (see leases.go).
+	lease string
 	queue chan logged
 	// wake is signalled when a flag below is set.
 	wake chan struct{}
@@ -331,6 +421,12 @@ type subscriber struct {
 	overflowed bool
 	beat       bool
 	closed     bool
+	// renewed: the subscription was (re)confirmed, and messages may have
+	// been missed before, a session's end among them.
+	renewed bool
+	// ended is why the stream must end now (its session ended, its token
+	// expired).
+	ended error
 }
 
 func (s *subscriber) signal() {
@@ -347,7 +443,16 @@ func (s *subscriber) confirm() {
 		s.isReady = true
 		close(s.ready)
 	}
-	s.dirty = true
+	s.dirty, s.renewed = true, true
+	s.signal()
+}
+
+func (s *subscriber) end(why error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended == nil {
+		s.ended = why
+	}
 	s.signal()
 }
 
@@ -386,6 +491,13 @@ func (s *subscriber) close() {
 	s.closed = true
 }
 
+// endedBy tells why the stream must end now, if it must.
+func (s *subscriber) endedBy() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended
+}
+
 // goLive switches the stream to taking events from the queue, unless
 // events came while it read the log (then it must read again).
 func (s *subscriber) goLive() bool {
@@ -399,11 +511,17 @@ func (s *subscriber) goLive() bool {
 	return true
 }
 
+// signals are a stream's pending signals.
+type signals struct {
+	overflowed, dirty, renewed, beat bool
+	ended                            error
+}
+
 // flags returns and clears the stream's pending signals.
-func (s *subscriber) flags() (overflowed, dirty, beat bool) {
+func (s *subscriber) flags() signals {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	overflowed, dirty, beat = s.overflowed, s.dirty, s.beat
-	s.dirty, s.beat = false, false
-	return
+	f := signals{overflowed: s.overflowed, dirty: s.dirty, renewed: s.renewed, beat: s.beat, ended: s.ended}
+	s.dirty, s.renewed, s.beat = false, false, false
+	return f
 }

@@ -99,18 +99,29 @@ func (h *Hub) leave(ctx context.Context, uid int) (offline bool, at time.Time, e
 	return n == 1, now, err
 }
 
-// renewPresence keeps the users with streams here online.
-func (h *Hub) renewPresence(ctx context.Context, users []int) error {
+// renewPresence keeps the users with streams here online, and their
+// streams' leases (see leases.go) from lapsing, in one round trip.
+func (h *Hub) renewPresence(ctx context.Context, users map[int][]string) error {
 	if len(users) == 0 {
 		return nil
 	}
 	exp := h.cfg.Now().Add(h.cfg.presenceTTL())
 	score := float64(exp.UnixMilli())
 	_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, uid := range users {
+		for uid, leases := range users {
 			p.ZAdd(ctx, h.presenceKey(uid), redis.Z{Score: score, Member: h.instance})
 			p.PExpireAt(ctx, h.presenceKey(uid), exp)
 			p.ZAdd(ctx, h.onlineKey(), redis.Z{Score: score, Member: uid})
+			if len(leases) > 0 {
+				zs := make([]redis.Z, len(leases))
+				for i, l := range leases {
+					zs[i] = redis.Z{Score: score, Member: l}
+				}
+				// XX: a lease released since it was collected must not
+				// come back and hold a slot until it lapses.
+				p.ZAddXX(ctx, h.leasesKey(uid), zs...)
+				p.PExpireAt(ctx, h.leasesKey(uid), exp)
+			}
 		}
 		return nil
 	})

@@ -12,6 +12,15 @@
 // then takes live events from its queue, skipping those it already sent;
 // whenever the pub/sub connection may have missed something (a new or
 // renewed subscription) it reads the log again from where it stands.
+//
+// A stream lasts no longer than what let it open: it ends with
+// UNAUTHENTICATED when the access token it was opened with expires (the
+// client refreshes and resumes from its cursor), and when its session
+// ends (Hub.SessionEnded, which auth calls, tells every instance through
+// the user's channel; a stream also checks its session at each heartbeat
+// and after each renewal of its subscription, in case the notice was
+// lost). Open streams are counted against per-session and per-user
+// limits, in Redis so that they hold across instances (see leases.go).
 package live
 
 import (
@@ -43,6 +52,12 @@ type Chats interface {
 	LastSeenHidden(ctx context.Context, userIDs []int) ([]int, error)
 }
 
+// Sessions tells whether sessions are still open.
+type Sessions interface {
+	// SessionsOpen reports, for each caller, whether its session is open.
+	SessionsOpen(ctx context.Context, ids []auth.Identity) ([]bool, error)
+}
+
 // CursorExpiredReason is the ErrorInfo reason of the FAILED_PRECONDITION
 // error that tells a client to re-sync its chats.
 const (
@@ -55,17 +70,22 @@ const readBatch = 256
 
 // Service implements LiveService.
 type Service struct {
-	log   *slog.Logger
-	hub   *Hub
-	chats Chats
+	log      *slog.Logger
+	hub      *Hub
+	chats    Chats
+	sessions Sessions
 }
 
 var _ parleyv1connect.LiveServiceHandler = (*Service)(nil)
 
-// NewService returns the live service over the instance's hub.
-func NewService(log *slog.Logger, hub *Hub, chats Chats) *Service {
-	s := &Service{log: log, hub: hub, chats: chats}
+// NewService returns the live service over the instance's hub; the hub
+// checks its streams' sessions with sessions from now on.
+func NewService(log *slog.Logger, hub *Hub, chats Chats, sessions Sessions) *Service {
+	s := &Service{log: log, hub: hub, chats: chats, sessions: sessions}
 	hub.offline = func(ctx context.Context, uid int, at time.Time) { s.announce(ctx, uid, false, at) }
+	hub.mu.Lock()
+	hub.sessions = sessions
+	hub.mu.Unlock()
 	return s
 }
 
@@ -79,6 +99,12 @@ func cursorExpired() error {
 
 var errSlow = connect.NewError(connect.CodeResourceExhausted,
 	errors.New("the stream fell too far behind; resubscribe with the last cursor"))
+
+// What ends a stream with UNAUTHENTICATED.
+var (
+	errSessionEnded = errors.New("the session ended; sign in again")
+	errTokenExpired = errors.New("the access token expired; refresh it and resubscribe with the last cursor")
+)
 
 // Subscribe streams the caller's events.
 func (s *Service) Subscribe(
@@ -96,9 +122,25 @@ func (s *Service) Subscribe(
 		}
 	}
 
-	sub, first := s.hub.add(ctx, id.UserID)
+	if !id.Expires.IsZero() && !s.hub.cfg.Now().Before(id.Expires) {
+		// Within the leeway the middleware allows for skewed clocks.
+		return connect.NewError(connect.CodeUnauthenticated, errTokenExpired)
+	}
+	var expired <-chan time.Time
+	if !id.Expires.IsZero() {
+		t := time.NewTimer(id.Expires.Sub(s.hub.cfg.Now()))
+		defer t.Stop()
+		expired = t.C
+	}
+	lease, err := s.hub.acquire(ctx, id)
+	if err != nil {
+		return s.internal(ctx, err)
+	}
+	sub, first := s.hub.add(ctx, id, lease)
 	defer func() {
-		if s.hub.remove(sub) {
+		last := s.hub.remove(sub)
+		s.hub.release(id.UserID, lease)
+		if last {
 			s.leave(id.UserID)
 		}
 	}()
@@ -136,6 +178,9 @@ func (s *Service) Subscribe(
 		if err != nil {
 			return s.end(ctx, err)
 		}
+		if err := sub.endedBy(); err != nil {
+			return connect.NewError(connect.CodeUnauthenticated, err)
+		}
 		if sub.goLive() {
 			break
 		}
@@ -154,6 +199,8 @@ func (s *Service) Subscribe(
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-expired:
+			return connect.NewError(connect.CodeUnauthenticated, errTokenExpired)
 		case e := <-sub.queue:
 			if e.cursor != "" {
 				c, ok := parseCursor(e.cursor)
@@ -166,11 +213,23 @@ func (s *Service) Subscribe(
 				return s.end(ctx, err)
 			}
 		case <-sub.wake:
-			overflowed, dirty, beat := sub.flags()
-			if overflowed {
+			f := sub.flags()
+			if f.ended != nil {
+				return connect.NewError(connect.CodeUnauthenticated, f.ended)
+			}
+			if f.overflowed {
 				return errSlow
 			}
-			if dirty {
+			if f.renewed {
+				// Subscribed anew: a notice that the session ended may
+				// have been missed.
+				if open, err := s.sessions.SessionsOpen(ctx, []auth.Identity{id}); err != nil {
+					return s.internal(ctx, err)
+				} else if !open[0] {
+					return connect.NewError(connect.CodeUnauthenticated, errSessionEnded)
+				}
+			}
+			if f.dirty {
 				// The subscription was renewed: anything published
 				// meanwhile is in the log. The queue keeps filling.
 				if _, err := s.catchUp(ctx, w, id.UserID, &last); err != nil {
@@ -178,7 +237,7 @@ func (s *Service) Subscribe(
 				}
 				lastID, _ = parseCursor(last)
 			}
-			if beat {
+			if f.beat {
 				err := w.send(&parleyv1.Event{Time: s.hub.now(), Kind: &parleyv1.Event_Heartbeat{Heartbeat: &parleyv1.Heartbeat{}}})
 				if err != nil {
 					return s.end(ctx, err)

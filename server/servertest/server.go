@@ -19,6 +19,7 @@ import (
 
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/live"
 )
 
 // Server is a complete Parley server running in-process on a loopback port.
@@ -95,6 +96,9 @@ func New(tb testing.TB, opts ...Option) *Server {
 			LoginFailuresPerAccount: 1000, LoginAttemptsPerAddress: 100000, LoginWindow: time.Minute,
 			RegistrationsPerAddress: 100000, RegistrationWindow: time.Minute,
 		},
+		// Tests open streams freely; the stream limits are tested with
+		// the defaults set back (see server/live).
+		Live: live.Config{MaxStreamsPerSession: 1000, MaxStreamsPerUser: 1000},
 	}
 	set := settings{cfg: cfg}
 	for _, o := range opts {

@@ -327,6 +327,13 @@ async function* subscribe(
     if (ce.code === Code.Unauthenticated) {
       try {
         await refresh();
+        if (upSince) {
+          // The server ends a stream when the access token it was opened
+          // with expires. That is no failure: with the fresh token,
+          // resume from the cursor at once, without backing off.
+          o.onDisconnect?.(ce, 0);
+          continue;
+        }
       } catch (rerr) {
         if (ConnectError.from(rerr).code === Code.Unauthenticated) throw rerr; // signed out
       }

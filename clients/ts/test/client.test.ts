@@ -170,6 +170,36 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       }
     });
 
+    test("a stream outlives its access tokens, resuming at once and losing nothing", async () => {
+      const alice = await newUser(protocol);
+      const bob = await newUser(protocol);
+      const chat = (await alice.client.chats.createPrivateChat({ peerId: bob.id })).chat!;
+      const ends: { code: Code; wait: number }[] = [];
+      const stop = new AbortController();
+      const it = bob.client
+        .subscribe({ signal: stop.signal, onDisconnect: (err, wait) => ends.push({ code: ConnectError.from(err).code, wait }) })
+        [Symbol.asyncIterator]();
+      await next(it, isReady);
+      // Tokens live 2 s: sending for 5 s spans at least two expiries,
+      // each of which ends the stream on the server.
+      const seen: bigint[] = [];
+      const deadline = Date.now() + 5_000;
+      for (let n = 1; Date.now() < deadline; n++) {
+        const sent = await alice.client.messages.sendMessage({ chatId: chat.id, clientMessageId: `e${n}`, text: `${n}` });
+        const got = created(await next(it, (i) => created(i) !== undefined));
+        assert.equal(got?.id, sent.message!.id);
+        seen.push(got!.seq);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.deepEqual(seen, seen.map((_, i) => BigInt(i + 1)), "every message once, in order");
+      assert.ok(ends.length >= 2, `the stream should have ended at each expiry (ended ${ends.length} times)`);
+      for (const e of ends) {
+        assert.equal(e.code, Code.Unauthenticated);
+        assert.equal(e.wait, 0, "an expiry is no failure: no backoff");
+      }
+      stop.abort();
+    });
+
     test("surfaces the re-sync instruction", async () => {
       const alice = await newUser(protocol);
       const stop = new AbortController();
