@@ -71,6 +71,7 @@ type Service struct {
 	events      Events
 	media       Media
 	limiter     *redis_rate.Limiter
+	sendLimit   SendLimit
 	redisPrefix string
 	now         func() time.Time
 }
@@ -98,6 +99,7 @@ func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, locks 
 		events:      events,
 		media:       files,
 		limiter:     redis_rate.NewLimiter(rdb),
+		sendLimit:   DefaultSendLimit,
 		redisPrefix: redisPrefix,
 		now:         now,
 	}
