@@ -19,6 +19,8 @@ import (
 
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/chat"
+	"github.com/parley-chat/parley/server/media"
 )
 
 // Server is a complete Parley server running in-process on a loopback port.
@@ -95,6 +97,12 @@ func New(tb testing.TB, opts ...Option) *Server {
 			LoginFailuresPerAccount: 1000, LoginAttemptsPerAddress: 100000, LoginWindow: time.Minute,
 			RegistrationsPerAddress: 100000, RegistrationWindow: time.Minute,
 		},
+		// Likewise the per-user limits: tests and benchmarks send and
+		// upload far faster than people; the limits' own tests set
+		// tight ones. (The upload rate floor keeps its default: no test
+		// trickles by accident.)
+		Sends: chat.SendLimit{PerSecond: 1_000_000, Burst: 1_000_000},
+		Media: media.Config{MaxConcurrentUploads: 10_000, MaxUnsentBytes: 1 << 50},
 	}
 	set := settings{cfg: cfg}
 	for _, o := range opts {
