@@ -101,7 +101,7 @@ func New(tb testing.TB, opts ...Option) *Server {
 		// upload far faster than people; the limits' own tests set
 		// tight ones. (The upload rate floor keeps its default: no test
 		// trickles by accident.)
-		Sends: chat.SendLimit{PerSecond: 1_000_000, Burst: 1_000_000},
+		Sends: chat.SendLimit{Rate: 1_000_000, Burst: 1_000_000},
 		Media: media.Config{MaxConcurrentUploads: 10_000, MaxUnsentBytes: 1 << 50},
 	}
 	set := settings{cfg: cfg}
