@@ -25,6 +25,7 @@ import (
 	"github.com/parley-chat/parley/server"
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/sqldb"
@@ -185,6 +186,12 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.Media.DownloadTTL, "media-download-ttl", e.duration("PARLEY_MEDIA_DOWNLOAD_TTL", media.DefaultDownloadTTL), "how long a signed download URL works (PARLEY_MEDIA_DOWNLOAD_TTL)")
 	fs.DurationVar(&c.MediaCleanupAfter, "media-cleanup-after", e.duration("PARLEY_MEDIA_CLEANUP_AFTER", 24*time.Hour), "uploads not sent or made an avatar within this are deleted (PARLEY_MEDIA_CLEANUP_AFTER)")
 	fs.DurationVar(&c.MediaCleanupInterval, "media-cleanup-interval", e.duration("PARLEY_MEDIA_CLEANUP_INTERVAL", 10*time.Minute), "about how often each instance looks for uploads to delete (PARLEY_MEDIA_CLEANUP_INTERVAL)")
+	fs.IntVar(&c.Sends.Rate, "send-rate", int(e.int64("PARLEY_SEND_RATE", int64(chat.DefaultSendLimit.Rate))), "messages one user may send a second, on average, over all instances (PARLEY_SEND_RATE)")
+	fs.IntVar(&c.Sends.Burst, "send-burst", int(e.int64("PARLEY_SEND_BURST", int64(chat.DefaultSendLimit.Burst))), "messages one user may send at once after a pause, above -send-rate (PARLEY_SEND_BURST)")
+	fs.IntVar(&c.Media.MaxConcurrentUploads, "media-max-concurrent-uploads", int(e.int64("PARLEY_MEDIA_MAX_CONCURRENT_UPLOADS", media.DefaultMaxConcurrentUploads)), "upload bodies one user may send at once, over all instances (PARLEY_MEDIA_MAX_CONCURRENT_UPLOADS)")
+	fs.Int64Var(&c.Media.MaxUnsentBytes, "media-max-unsent-bytes", e.int64("PARLEY_MEDIA_MAX_UNSENT_BYTES", media.DefaultMaxUnsentBytes), "`bytes` of uploads one user may have that are not sent in a message or made an avatar (declared sizes, counted from CreateUpload) (PARLEY_MEDIA_MAX_UNSENT_BYTES)")
+	fs.Int64Var(&c.Media.MinUploadRate, "media-min-upload-rate", e.int64("PARLEY_MEDIA_MIN_UPLOAD_RATE", media.DefaultMinUploadRate), "`bytes` a second an upload body must bring, averaged over -media-upload-rate-window, or it ends (PARLEY_MEDIA_MIN_UPLOAD_RATE)")
+	fs.DurationVar(&c.Media.UploadRateWindow, "media-upload-rate-window", e.duration("PARLEY_MEDIA_UPLOAD_RATE_WINDOW", media.DefaultUploadRateWindow), "window of -media-min-upload-rate (PARLEY_MEDIA_UPLOAD_RATE_WINDOW)")
 	if e.err != nil {
 		return opts, e.err
 	}
@@ -218,6 +225,10 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	}
 	if c.Live.MaxStreamsPerSession <= 0 || c.Live.MaxStreamsPerUser < c.Live.MaxStreamsPerSession {
 		return opts, errors.New("-live-max-streams-per-session must be positive, and -live-max-streams-per-user at least as large")
+	}
+	if c.Sends.Rate <= 0 || c.Sends.Burst <= 0 || c.Media.MaxConcurrentUploads <= 0 || c.Media.MaxUnsentBytes <= 0 ||
+		c.Media.MinUploadRate <= 0 || c.Media.UploadRateWindow <= 0 {
+		return opts, errors.New("-send-rate, -send-burst, -media-max-concurrent-uploads, -media-max-unsent-bytes, -media-min-upload-rate and -media-upload-rate-window must be positive")
 	}
 	for _, o := range strings.Split(*cors, ",") {
 		if o = strings.TrimSpace(o); o != "" {

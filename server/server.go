@@ -67,6 +67,9 @@ type Deps struct {
 	// (its Key, RedisPrefix and Now are taken from Auth and Now).
 	Media       *media.Library
 	MediaConfig media.Config
+	// Sends bounds how fast each user may send messages; zero fields
+	// mean chat.DefaultSendLimit's.
+	Sends chat.SendLimit
 	// WebDir, when set, holds a built web app (clients/web/dist) served
 	// at / without authentication.
 	WebDir string
@@ -154,6 +157,7 @@ func New(d Deps) (http.Handler, error) {
 	// them through chat.Privacy, and live presence through chats.
 	mux.Handle(parleyv1connect.NewPrivacyServiceHandler(users, opts...))
 	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
+	chats.LimitSends(d.Sends)
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
 	mcfg := d.MediaConfig
 	mcfg.Key, mcfg.RedisPrefix, mcfg.Now = d.Auth.Key, d.Auth.RedisPrefix, d.Now

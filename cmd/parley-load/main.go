@@ -53,7 +53,11 @@
 // window.
 //
 // Accounts are registered fresh each run (the server needs
-// -registrations-per-address raised for that). The tool sends traffic
+// -registrations-per-address raised for that). The throughput, bigchat
+// and delivery scenarios send far faster per user than people do: the
+// server needs -send-rate 1000000 -send-burst 1000000 (its default
+// allows 10 messages a second per user, bursts of 60), or what they
+// measure is the limit. The tool sends traffic
 // only to this machine (127.0.0.0/8, localhost, [::1]) unless
 // -allow-remote.
 //
@@ -447,6 +451,9 @@ func delivery(ctx context.Context, cfg config) error {
 				if err != nil {
 					sendErrs.Add(1)
 					fmt.Fprintln(os.Stderr, "send:", err)
+					if connect.CodeOf(err) == connect.CodeResourceExhausted {
+						fmt.Fprintln(os.Stderr, sendLimitHint)
+					}
 					mu.Lock()
 					delete(messages, key)
 					mu.Unlock()

@@ -38,6 +38,10 @@ type burst struct {
 
 func (b *burst) rate() float64 { return float64(b.acked) / b.window.Seconds() }
 
+// sendLimitHint explains refused sends: every sender here sends far more
+// than the server's default per-user limit (10 a second, bursts of 60).
+const sendLimitHint = "the server's per-user send limit refused sends: start it with -send-rate 1000000 -send-burst 1000000 (see README, Load tests)"
+
 // sendAttempts is how often a send is tried before it counts as failed.
 const sendAttempts = 5
 
@@ -130,6 +134,9 @@ func printBurst(name string, b *burst) {
 		name, b.acked, b.window.Seconds(), b.rate(), b.failed, sendAttempts, b.errors)
 	if e := b.firstErr.Load(); e != nil {
 		fmt.Printf("  first error: %v\n", *e)
+		if connect.CodeOf(*e) == connect.CodeResourceExhausted {
+			fmt.Println("  " + sendLimitHint)
+		}
 	}
 	report("  send latency (first attempt to ack)", b.latency)
 	p50, p99 := pctMs(b.latency, 0.50), pctMs(b.latency, 0.99)

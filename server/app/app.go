@@ -77,6 +77,9 @@ type Config struct {
 	// RateLimits bound login and registration attempts; zero means
 	// auth.DefaultRateLimits.
 	RateLimits auth.RateLimits
+	// Sends bounds how fast each user may send messages; zero fields mean
+	// chat.DefaultSendLimit's.
+	Sends chat.SendLimit
 	// Live tunes live delivery (its Prefix and Now are set from here).
 	Live live.Config
 	// Media tunes uploads and downloads (its Key, RedisPrefix and Now
@@ -199,6 +202,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 		Live:            hub,
 		Media:           media.NewLibrary(log, a.mongo.Database(cfg.MongoDatabase), locks, a.storage, cfg.Now),
 		MediaConfig:     cfg.Media,
+		Sends:           cfg.Sends,
 		WebDir:          cfg.WebDir,
 		Log:             log,
 		Health:          a.monitor,

@@ -110,6 +110,19 @@ func (s *Service) SendMessage(
 	if len(mediaIDs) > 0 && s.media == nil {
 		return nil, connect.NewError(connect.CodeUnimplemented, errors.New("uploads are not configured"))
 	}
+	// A retry of a send the server already stored gets its first answer
+	// and is not charged again: the rate limit counts messages, not
+	// attempts. The look-up is the one the insert needs anyway, and comes
+	// before anything changes, so that a refused send changes nothing.
+	prev, err := s.store.messageByKey(ctx, c.ID, id.UserID, req.Msg.GetClientMessageId())
+	if err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
+	if prev == nil {
+		if err := s.allowSend(ctx, id.UserID); err != nil {
+			return nil, err
+		}
+	}
 	if len(mediaIDs) > 0 {
 		// Claimed first, so that no clean-up deletes them while the
 		// message is stored; a retry claims them again under the same key.
@@ -124,15 +137,18 @@ func (s *Service) SendMessage(
 			})
 		}
 	}
-	m, created, err := s.store.insertMessage(ctx, s.seqs, &messageDoc{
-		ChatID:          c.ID,
-		SenderID:        id.UserID,
-		Text:            req.Msg.GetText(),
-		Attachments:     attachments,
-		ClientMessageID: req.Msg.GetClientMessageId(),
-	}, lastSeq(c))
-	if err != nil {
-		return nil, s.internal(ctx, "send message", err)
+	m, created := prev, false
+	if prev == nil {
+		m, created, err = s.store.insertMessage(ctx, s.seqs, &messageDoc{
+			ChatID:          c.ID,
+			SenderID:        id.UserID,
+			Text:            req.Msg.GetText(),
+			Attachments:     attachments,
+			ClientMessageID: req.Msg.GetClientMessageId(),
+		}, lastSeq(c))
+		if err != nil {
+			return nil, s.internal(ctx, "send message", err)
+		}
 	}
 	if len(mediaIDs) > 0 {
 		// A retry gets the message an earlier attempt stored, with that

@@ -264,12 +264,12 @@ func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID
 // insertMessage stores a new message with the chat's next seq, which is
 // always above floor (the chat's last seq as last read). It returns the
 // stored message and whether it is new: a retry with a clientMessageId
-// already used gets the first message back, and takes no seq.
+// already used gets the first message back, and takes no seq. The caller
+// has looked the key up already (messageByKey, before charging the send
+// to the sender's rate limit), so only a racing attempt at the same send
+// can have stored it since.
 func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc, floor int64) (*messageDoc, bool, error) {
 	m.IdemKey = idemKey(m.ChatID, m.SenderID, m.ClientMessageID)
-	if prev, err := s.messageByKey(ctx, m.ChatID, m.SenderID, m.ClientMessageID); err != nil || prev != nil {
-		return prev, false, err
-	}
 	for range 5 {
 		seq, err := seqs.next(ctx, m.ChatID)
 		if err != nil {

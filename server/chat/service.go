@@ -78,6 +78,7 @@ type Service struct {
 	events      Events
 	media       Media
 	limiter     *redis_rate.Limiter
+	sendLimit   SendLimit
 	redisPrefix string
 	now         func() time.Time
 }
@@ -110,6 +111,7 @@ func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, locks 
 		events:      events,
 		media:       files,
 		limiter:     redis_rate.NewLimiter(rdb),
+		sendLimit:   DefaultSendLimit,
 		redisPrefix: redisPrefix,
 		now:         now,
 	}

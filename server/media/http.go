@@ -66,6 +66,11 @@ func (s *Service) httpError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	reqlog.SetCode(r.Context(), r.URL.Path, cerr.Code())
 	status := rpcerr.HTTPStatus(cerr.Code())
+	if retry := cerr.Meta().Get("Retry-After"); retry != "" {
+		// A limit (rpcerr.TooMany), not a body too large.
+		status = http.StatusTooManyRequests
+		w.Header().Set("Retry-After", retry)
+	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="parley"`)
 	}
@@ -85,9 +90,12 @@ func invalid(format string, args ...any) error {
 // upload receives the bytes of a pending media.
 func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
 	// The body may take long, but never stall: each read must make
-	// progress within BodyIdleTimeout.
+	// progress within BodyIdleTimeout, and the body as a whole must keep
+	// up MinUploadRate over UploadRateWindow.
 	rc := http.NewResponseController(w)
-	r.Body = &idleReader{ReadCloser: r.Body, deadline: idleDeadline{set: rc.SetReadDeadline, idle: s.cfg.BodyIdleTimeout}}
+	in := newBodyReader(r.Body, rc.SetReadDeadline, s.cfg.BodyIdleTimeout, s.cfg.MinUploadRate, s.cfg.UploadRateWindow)
+	defer in.done()
+	r.Body = in
 	m, err := s.receive(r)
 	if err != nil {
 		s.httpError(w, r, err)
@@ -121,6 +129,14 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 	case !s.cfg.Now().Before(g.Expires):
 		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("the upload token expired"))
 	}
+	// A slot among the user's concurrent uploads comes first, so that a
+	// refused request (which may be retried with the same token) has
+	// changed nothing.
+	slot, err := s.acquireSlot(ctx, caller.UserID, id)
+	if err != nil {
+		return nil, err
+	}
+	defer slot.release(context.WithoutCancel(ctx))
 	// The token is single-use: the first request to present it takes it.
 	used, err := s.rdb.SetNX(ctx, s.cfg.RedisPrefix+"media:token:"+id.Hex(), caller.UserID, g.Expires.Sub(s.cfg.Now())+time.Minute).Result()
 	if err != nil {
@@ -180,7 +196,7 @@ func (s *Service) store(ctx context.Context, m *mediaDoc, body io.Reader) (*medi
 	in := &exactReader{r: body, left: m.Size, sum: sum}
 	head := make([]byte, min(m.Size, headLimit))
 	if _, err := io.ReadFull(in, head); err != nil {
-		return nil, uploadReadError(err, m.Size)
+		return nil, s.uploadReadError(err, m.Size)
 	}
 	contentType := sniff(head)
 	class := classOf(contentType)
@@ -189,8 +205,7 @@ func (s *Service) store(ctx context.Context, m *mediaDoc, body io.Reader) (*medi
 		return nil, invalid("a %s is at most %d bytes", class, limit)
 	}
 	if want := declaredClass(m.DeclaredType); (want == TypeImage || want == TypeVideo || m.Avatar) && class != want {
-		return nil, connect.NewError(connect.CodeInvalidArgument,
-			fmt.Errorf("the content is %s, not the declared %s", contentType, m.DeclaredType))
+		return nil, connect.NewError(connect.CodeInvalidArgument, mismatch(contentType, m.DeclaredType, m.Avatar))
 	}
 	var width, height int
 	if class == TypeImage {
@@ -202,12 +217,12 @@ func (s *Service) store(ctx context.Context, m *mediaDoc, body io.Reader) (*medi
 	err := s.lib.storage.Put(ctx, originalKey(m.ID), io.MultiReader(bytes.NewReader(head), in), m.Size, contentType)
 	if err != nil {
 		if rerr := in.err; rerr != nil {
-			return nil, uploadReadError(rerr, m.Size)
+			return nil, s.uploadReadError(rerr, m.Size)
 		}
 		return nil, err
 	}
 	if in.left != 0 || in.err != nil {
-		return nil, uploadReadError(in.err, m.Size)
+		return nil, s.uploadReadError(in.err, m.Size)
 	}
 	thumb := false
 	if class == TypeImage {
@@ -256,10 +271,14 @@ func (s *Service) storeThumbnail(ctx context.Context, id bson.ObjectID) error {
 }
 
 // uploadReadError explains a body that did not have the declared size.
-func uploadReadError(err error, size int64) error {
+func (s *Service) uploadReadError(err error, size int64) error {
 	switch {
 	case errors.Is(err, errBodyTooLong):
 		return errTooLarge
+	case errors.Is(err, errTooSlow):
+		return connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf(
+			"the upload is too slow: it must bring at least %d bytes a second over any %s; start again with CreateUpload",
+			s.cfg.MinUploadRate, s.cfg.UploadRateWindow))
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), err == nil:
 		return invalid("the body is shorter than the declared %d bytes", size)
 	default:
@@ -292,24 +311,6 @@ func (d *idleDeadline) extend() {
 
 // clear removes the deadline; the connection may serve more requests.
 func (d *idleDeadline) clear() { _ = d.set(time.Time{}) }
-
-type idleReader struct {
-	io.ReadCloser
-	deadline idleDeadline
-}
-
-func (i *idleReader) Read(p []byte) (int, error) {
-	i.deadline.extend()
-	n, err := i.ReadCloser.Read(p)
-	if errors.Is(err, io.EOF) {
-		// The body is complete: net/http's own read of the connection
-		// that follows must not run into our deadline while the upload
-		// is still being processed. (After a failure the deadline stays,
-		// so that the server gives up on the rest of a stalled body.)
-		i.deadline.clear()
-	}
-	return n, err
-}
 
 type idleWriter struct {
 	http.ResponseWriter
@@ -392,6 +393,7 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request) {
 	thumb := strings.HasSuffix(r.URL.Path, "/thumbnail")
 	q := r.URL.Query()
 	var m *mediaDoc
+	callerID := 0 // unknown: a signed URL
 	cache := "private, max-age=31536000, immutable"
 	if sig := q.Get("signature"); sig != "" {
 		if !s.sign.checkSignedPath(r.URL.Path, q.Get("expires"), sig, s.cfg.Now()) {
@@ -410,6 +412,7 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request) {
 			s.httpError(w, r, connect.NewError(connect.CodeUnauthenticated, errors.New("sign in first, or use a signed URL")))
 			return
 		}
+		callerID = caller.UserID
 		m, err = s.visible(ctx, id, caller.UserID)
 	}
 	if err == nil && (m.State != stateReady || (thumb && !m.Thumbnail)) {
@@ -419,9 +422,16 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request) {
 		s.httpError(w, r, err)
 		return
 	}
-	key, contentType, etag := originalKey(id), m.ContentType, `"`+m.SHA256+`"`
+	// Others get of an avatar only its picture (as from GetMedia): no
+	// file name, and an ETag that is not the file's hash.
+	public := m.Avatar && callerID != m.UploaderID
+	tag, name := m.SHA256, m.FileName
+	if public {
+		tag, name = m.ID.Hex(), "avatar."+strings.TrimPrefix(m.ContentType, "image/")
+	}
+	key, contentType, etag := originalKey(id), m.ContentType, `"`+tag+`"`
 	if thumb {
-		key, contentType, etag = thumbnailKey(id), "image/jpeg", `"`+m.SHA256+`-thumbnail"`
+		key, contentType, etag = thumbnailKey(id), "image/jpeg", `"`+tag+`-thumbnail"`
 	}
 	obj, err := s.lib.storage.Open(ctx, key)
 	if errors.Is(err, ErrNoObject) {
@@ -444,7 +454,6 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request) {
 		// Should a browser render it anyway, it runs nothing.
 		h.Set("Content-Security-Policy", "sandbox; default-src 'none'")
 	}
-	name := m.FileName
 	if thumb {
 		name = strings.TrimSuffix(name, "."+extension(name)) + "-thumbnail.jpg"
 	}

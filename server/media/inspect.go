@@ -44,6 +44,24 @@ func classOf(contentType string) string {
 	}
 }
 
+// mismatch explains why content of contentType is refused as what was
+// declared (an image or a video, or any avatar).
+func mismatch(contentType, declared string, avatar bool) error {
+	const images = "only PNG, JPEG, GIF and WebP are"
+	switch {
+	case strings.HasPrefix(contentType, "image/") && !safeImages[contentType] && avatar:
+		// The bytes are an image, but not one served as an image: SVG
+		// can carry scripts, and browsers do not all render the others.
+		return fmt.Errorf("%s is not accepted as an avatar: %s (SVG can carry scripts)", contentType, images)
+	case strings.HasPrefix(contentType, "image/") && !safeImages[contentType]:
+		return fmt.Errorf("%s is not accepted as an image: %s (SVG can carry scripts); send it as a file, declared as application/octet-stream", contentType, images)
+	case avatar:
+		return fmt.Errorf("an avatar must be an image (%s); the content is %s", images, contentType)
+	default:
+		return fmt.Errorf("the content is %s, not the declared %s", contentType, declared)
+	}
+}
+
 // declaredClass is the file type a client's declared content type claims.
 func declaredClass(contentType string) string {
 	t, _, err := mime.ParseMediaType(contentType)

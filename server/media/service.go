@@ -18,6 +18,7 @@ import (
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/doclock"
 	"github.com/parley-chat/parley/server/rpcerr"
 )
 
@@ -42,6 +43,16 @@ type Config struct {
 	// BodyIdleTimeout cuts an upload whose body makes no progress for
 	// this long, so stalled clients do not hold connections for ever.
 	BodyIdleTimeout time.Duration
+	// MaxConcurrentUploads bounds the upload bodies one user may have in
+	// flight at once, over all instances.
+	MaxConcurrentUploads int
+	// MaxUnsentBytes bounds the declared bytes of one user's uploads not
+	// yet sent in a message or made an avatar.
+	MaxUnsentBytes int64
+	// MinUploadRate, in bytes a second, is the least an upload body must
+	// bring averaged over UploadRateWindow (once it has run that long).
+	MinUploadRate    int64
+	UploadRateWindow time.Duration
 	// RedisPrefix starts the Redis keys that make upload tokens single-use
 	// and hold the rate-limit counters.
 	RedisPrefix string
@@ -88,6 +99,18 @@ func (c *Config) setDefaults() {
 	if c.BodyIdleTimeout <= 0 {
 		c.BodyIdleTimeout = DefaultBodyIdleTimeout
 	}
+	if c.MaxConcurrentUploads <= 0 {
+		c.MaxConcurrentUploads = DefaultMaxConcurrentUploads
+	}
+	if c.MaxUnsentBytes <= 0 {
+		c.MaxUnsentBytes = DefaultMaxUnsentBytes
+	}
+	if c.MinUploadRate <= 0 {
+		c.MinUploadRate = DefaultMinUploadRate
+	}
+	if c.UploadRateWindow <= 0 {
+		c.UploadRateWindow = DefaultUploadRateWindow
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -120,6 +143,9 @@ type Service struct {
 	limiter *redis_rate.Limiter
 	cfg     Config
 	sign    signer
+	// quotaLocks serialize a user's CreateUploads across instances, so
+	// that concurrent ones cannot all fit in the same unsent bytes.
+	quotaLocks *doclock.Locks
 	// decoding bounds how many images are decoded at once, since each
 	// may take tens of megabytes.
 	decoding chan struct{}
@@ -136,7 +162,8 @@ func New(log *slog.Logger, lib *Library, members Members, rdb redis.UniversalCli
 	}
 	return &Service{
 		log: log, lib: lib, members: members, rdb: rdb, limiter: redis_rate.NewLimiter(rdb), cfg: cfg, sign: sign,
-		decoding: make(chan struct{}, runtime.GOMAXPROCS(0)),
+		decoding:   make(chan struct{}, runtime.GOMAXPROCS(0)),
+		quotaLocks: doclock.New(rdb, cfg.RedisPrefix+"media:quota:"),
 	}, nil
 }
 
@@ -195,7 +222,7 @@ func (s *Service) CreateUpload(
 		return nil, connect.NewError(connect.CodeInvalidArgument,
 			fmt.Errorf("size: %d bytes is over the limit of %d bytes for a %s", m.Size, limit, class))
 	}
-	if err := s.lib.store.insert(ctx, m); err != nil {
+	if err := s.reserveUnsent(ctx, id.UserID, m.Size, func() error { return s.lib.store.insert(ctx, m) }); err != nil {
 		return nil, rpcerr.From(ctx, s.log, "create upload", err)
 	}
 	expires := s.cfg.Now().Add(s.cfg.UploadTTL).Truncate(time.Second)
@@ -224,6 +251,12 @@ func (s *Service) GetMedia(
 		return nil, err
 	}
 	res := &parleyv1.GetMediaResponse{Media: toMedia(m)}
+	if m.Avatar && m.UploaderID != id.UserID {
+		// Others see of an avatar what its picture shows: not the name
+		// of the file it came from, nor a hash that would match it
+		// against files seen elsewhere.
+		res.Media = toPublicAvatar(m)
+	}
 	if m.State == stateReady {
 		expires := s.downloadExpiry()
 		res.DownloadUrl = s.sign.signPath(m.URL, expires)
@@ -307,5 +340,14 @@ func toMedia(m *mediaDoc) *parleyv1.Media {
 	if m.Thumbnail {
 		out.ThumbnailUrl = thumbnailURL(m.ID)
 	}
+	return out
+}
+
+// toPublicAvatar is what users other than its uploader see of an avatar
+// image.
+func toPublicAvatar(m *mediaDoc) *parleyv1.Media {
+	out := toMedia(m)
+	out.FileName, out.Sha256 = "", ""
+	out.CreatedAt, out.UploadedAt = nil, nil
 	return out
 }

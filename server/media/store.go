@@ -101,6 +101,8 @@ func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
 	err := mongoindex.Ensure(ctx, db.Collection("media"), []mongo.IndexModel{
 		{Keys: bson.D{{Key: "createdAt", Value: 1}}, Options: options.Index().SetName("createdAt")},
 		{Keys: bson.D{{Key: "messageId", Value: 1}}, Options: options.Index().SetName("messageId")},
+		// Each CreateUpload sums the user's unsent uploads.
+		{Keys: bson.D{{Key: "uploaderId", Value: 1}}, Options: options.Index().SetName("uploaderId")},
 	})
 	if err != nil {
 		return fmt.Errorf("create indexes on media: %w", err)
@@ -120,6 +122,38 @@ func (s *store) insert(ctx context.Context, m *mediaDoc) error {
 		return fmt.Errorf("insert media: %w", err)
 	}
 	return nil
+}
+
+// unsentBytes sums the declared sizes of the user's uploads that are in
+// no message and no avatar: those pending since after pendingSince (older
+// ones can no longer be uploaded), being received, or ready.
+func (s *store) unsentBytes(ctx context.Context, userID int, pendingSince time.Time) (int64, error) {
+	cur, err := s.media.Aggregate(ctx, mongo.Pipeline{
+		{{Key: "$match", Value: bson.D{
+			{Key: "uploaderId", Value: userID},
+			{Key: "messageId", Value: bson.D{{Key: "$exists", Value: false}}},
+			{Key: "avatarId", Value: bson.D{{Key: "$exists", Value: false}}},
+			{Key: "state", Value: bson.D{{Key: "$ne", Value: stateDeleting}}},
+			{Key: "$or", Value: bson.A{
+				bson.D{{Key: "state", Value: bson.D{{Key: "$ne", Value: statePending}}}},
+				bson.D{{Key: "createdAt", Value: bson.D{{Key: "$gt", Value: pendingSince}}}},
+			}},
+		}}},
+		{{Key: "$group", Value: bson.D{{Key: "_id", Value: nil}, {Key: "total", Value: bson.D{{Key: "$sum", Value: "$size"}}}}}},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sum unsent media: %w", err)
+	}
+	var out []struct {
+		Total int64 `bson:"total"`
+	}
+	if err := cur.All(ctx, &out); err != nil {
+		return 0, fmt.Errorf("sum unsent media: %w", err)
+	}
+	if len(out) == 0 {
+		return 0, nil
+	}
+	return out[0].Total, nil
 }
 
 func (s *store) get(ctx context.Context, id bson.ObjectID) (*mediaDoc, error) {

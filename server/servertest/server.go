@@ -19,7 +19,9 @@ import (
 
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/live"
+	"github.com/parley-chat/parley/server/media"
 )
 
 // Server is a complete Parley server running in-process on a loopback port.
@@ -99,6 +101,12 @@ func New(tb testing.TB, opts ...Option) *Server {
 		// Tests open streams freely; the stream limits are tested with
 		// the defaults set back (see server/live).
 		Live: live.Config{MaxStreamsPerSession: 1000, MaxStreamsPerUser: 1000},
+		// Likewise the per-user limits: tests and benchmarks send and
+		// upload far faster than people; the limits' own tests set
+		// tight ones. (The upload rate floor keeps its default: no test
+		// trickles by accident.)
+		Sends: chat.SendLimit{Rate: 1_000_000, Burst: 1_000_000},
+		Media: media.Config{MaxConcurrentUploads: 10_000, MaxUnsentBytes: 1 << 50},
 	}
 	set := settings{cfg: cfg}
 	for _, o := range opts {

@@ -54,7 +54,9 @@ func TestAvatarService_ListAvatars(t *testing.T) {
 						t.Fatalf("ListAvatars = %v, want exactly one avatar", as)
 					}
 					a := as[0]
-					if a.GetUserId() != tc.owner.ID || !a.GetIsActive() || !a.GetIsRandom() || a.GetUploadedAt() == nil {
+					// Others see what a profile shows: no upload time.
+					own := tc.owner.ID == me.ID
+					if a.GetUserId() != tc.owner.ID || !a.GetIsActive() || !a.GetIsRandom() || (a.GetUploadedAt() != nil) != own {
 						t.Errorf("avatar = %v, want user %d's active random avatar", a, tc.owner.ID)
 					}
 					if want := getMe(t, c, tc.owner.Token).GetActiveAvatar(); a.GetId() != want.GetId() || a.GetUrl() != want.GetUrl() {
@@ -155,8 +157,12 @@ func TestAvatarService_SetActiveAndDelete(t *testing.T) {
 			third := addAvatar(t, srv, acc.ID, t0.Add(2*time.Hour))
 			secondID, thirdID := int32(second.ID), int32(third.ID)
 
-			if got, want := avatarIDs(listAvatars(t, c, viewer.Token, acc.ID)), []int32{thirdID, secondID, first.GetId()}; !slices.Equal(got, want) {
+			if got, want := avatarIDs(listAvatars(t, c, acc.Token, acc.ID)), []int32{thirdID, secondID, first.GetId()}; !slices.Equal(got, want) {
 				t.Fatalf("ListAvatars = %v, want newest first %v", got, want)
+			}
+			// Another user sees only the active one, as a profile shows.
+			if got := listAvatars(t, c, viewer.Token, acc.ID); len(got) != 1 || !got[0].GetIsActive() {
+				t.Fatalf("another user's ListAvatars = %v, want only the active avatar", avatarIDs(got))
 			}
 
 			t.Run("set active", func(t *testing.T) {

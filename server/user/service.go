@@ -220,7 +220,10 @@ func (s *Service) ListAvatars(
 	if userID == 0 {
 		userID = id.UserID
 	}
-	avatars, err := s.store.listAvatars(ctx, userID)
+	// Others see what a profile shows, the active avatar: not the
+	// history of the old ones, nor when it was uploaded.
+	own := userID == id.UserID
+	avatars, err := s.store.listAvatars(ctx, userID, !own)
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "list avatars", err)
 	}
@@ -230,7 +233,11 @@ func (s *Service) ListAvatars(
 	}
 	res := &parleyv1.ListAvatarsResponse{}
 	for _, a := range avatars {
-		res.Avatars = append(res.Avatars, toAvatar(a))
+		pa := toAvatar(a)
+		if !own {
+			pa.UploadedAt = nil
+		}
+		res.Avatars = append(res.Avatars, pa)
 	}
 	return connect.NewResponse(res), nil
 }

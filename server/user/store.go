@@ -229,11 +229,14 @@ func (s *store) search(ctx context.Context, prefix string, after *searchCursor, 
 	return withDetails(q).All(ctx)
 }
 
-func (s *store) listAvatars(ctx context.Context, userID int) ([]*ent.Avatar, error) {
-	return s.db.Ent.Avatar.Query().
-		Where(avatar.UserID(userID)).
-		Order(ent.Desc(avatar.FieldUploadedAt), ent.Desc(avatar.FieldID)).
-		All(ctx)
+// listAvatars lists the user's avatars, newest first, or only the active
+// one.
+func (s *store) listAvatars(ctx context.Context, userID int, activeOnly bool) ([]*ent.Avatar, error) {
+	q := s.db.Ent.Avatar.Query().Where(avatar.UserID(userID))
+	if activeOnly {
+		q = q.Where(avatar.IsActive(true))
+	}
+	return q.Order(ent.Desc(avatar.FieldUploadedAt), ent.Desc(avatar.FieldID)).All(ctx)
 }
 
 var errNoAvatar = connect.NewError(connect.CodeNotFound, errors.New("no such avatar"))
