@@ -182,6 +182,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.Media.DownloadTTL, "media-download-ttl", e.duration("PARLEY_MEDIA_DOWNLOAD_TTL", media.DefaultDownloadTTL), "how long a signed download URL works (PARLEY_MEDIA_DOWNLOAD_TTL)")
 	fs.DurationVar(&c.MediaCleanupAfter, "media-cleanup-after", e.duration("PARLEY_MEDIA_CLEANUP_AFTER", 24*time.Hour), "uploads not sent or made an avatar within this are deleted (PARLEY_MEDIA_CLEANUP_AFTER)")
 	fs.DurationVar(&c.MediaCleanupInterval, "media-cleanup-interval", e.duration("PARLEY_MEDIA_CLEANUP_INTERVAL", 10*time.Minute), "about how often each instance looks for uploads to delete (PARLEY_MEDIA_CLEANUP_INTERVAL)")
+	fs.DurationVar(&c.ReadHeaderTimeout, "read-header-timeout", e.duration("PARLEY_READ_HEADER_TIMEOUT", server.DefaultReadHeaderTimeout), "time a client has to send a request's headers (PARLEY_READ_HEADER_TIMEOUT)")
+	fs.DurationVar(&c.RequestBodyTimeout, "request-body-timeout", e.duration("PARLEY_REQUEST_BODY_TIMEOUT", server.DefaultRequestBodyTimeout), "time a client has to send a whole RPC request body, not counting /media/ uploads; responses and streams are not bounded by it (PARLEY_REQUEST_BODY_TIMEOUT)")
+	fs.IntVar(&c.UnauthenticatedPerAddress, "unauthenticated-per-address", int(e.int64("PARLEY_UNAUTHENTICATED_PER_ADDRESS", auth.DefaultUnauthenticatedPerAddress)), "requests without signing in (sign-in, server info, health) one client address may have in flight on this instance at once (PARLEY_UNAUTHENTICATED_PER_ADDRESS)")
 	if e.err != nil {
 		return opts, e.err
 	}
@@ -212,6 +215,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	}
 	if c.MaxRequestBytes <= 0 {
 		return opts, errors.New("-max-request-bytes must be positive")
+	}
+	if c.ReadHeaderTimeout <= 0 || c.RequestBodyTimeout <= 0 || c.UnauthenticatedPerAddress <= 0 {
+		return opts, errors.New("-read-header-timeout, -request-body-timeout and -unauthenticated-per-address must be positive")
 	}
 	for _, o := range strings.Split(*cors, ",") {
 		if o = strings.TrimSpace(o); o != "" {

@@ -95,6 +95,9 @@ func New(tb testing.TB, opts ...Option) *Server {
 			LoginFailuresPerAccount: 1000, LoginAttemptsPerAddress: 100000, LoginWindow: time.Minute,
 			RegistrationsPerAddress: 100000, RegistrationWindow: time.Minute,
 		},
+		// Tests sign up hundreds of accounts at once from one address;
+		// the bound itself is tested with a server of its own.
+		UnauthenticatedPerAddress: 100000,
 	}
 	set := settings{cfg: cfg}
 	for _, o := range opts {
