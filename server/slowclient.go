@@ -35,12 +35,12 @@ const (
 //
 // The deadline is set with http.ResponseController: on HTTP/1.1 it is the
 // connection's read deadline, on HTTP/2 (TLS or h2c) the stream's alone,
-// leaving the connection's other streams alone. Once the body has been
-// read to its end the deadline is cleared, so that what follows, such as
-// the response of a LiveService.Subscribe stream, is not bounded by it (on
-// HTTP/1.1 the server keeps reading the connection in the background to
-// notice a client going away, and a deadline left behind would end the
-// request).
+// leaving the connection's other streams alone. Only reading is bounded:
+// what follows, such as the response of a LiveService.Subscribe stream, is
+// not. Once the body has been read to its end the deadline is cleared
+// (Go's HTTP/1.1 server also clears it itself then, before it reads the
+// connection in the background to notice a client going away; on HTTP/2
+// this stops the stream's timer).
 func withBodyDeadline(timeout time.Duration, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body == nil || r.Body == http.NoBody || strings.HasPrefix(r.URL.Path, media.Path) {

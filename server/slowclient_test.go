@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,7 +104,9 @@ func TestServer_RequestBodyTimeout(t *testing.T) {
 	t.Run("h2c", func(t *testing.T) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
-		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/parley.v1.AuthService/Register", pr)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/parley.v1.AuthService/Register", pr)
 		req.Header.Set("Content-Type", "application/grpc")
 		req.Header.Set("Te", "trailers")
 		stop := make(chan struct{})
@@ -174,9 +177,11 @@ func TestServer_ReadHeaderTimeout(t *testing.T) {
 			stop := make(chan struct{})
 			defer close(stop)
 			go trickle(c, stop)
-			_, err := io.ReadAll(c) // until the server closes the connection
+			// Until the server closes the connection: a clean end, or a
+			// reset when bytes it never read were still arriving.
+			_, err := io.ReadAll(c)
 			elapsed := time.Since(start)
-			if err != nil {
+			if err != nil && !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("read: %v (the server did not cut the connection)", err)
 			}
 			if elapsed < timeout || elapsed > timeout+5*time.Second {
