@@ -191,21 +191,41 @@ func TestServer_ReadHeaderTimeout(t *testing.T) {
 	}
 }
 
-// holdRequest starts a request without a caller from the client address
+// heldRequest is a request in flight that the test ends when it wants.
+type heldRequest struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+// holdRequest starts a Register without a caller from the client address
 // ip (in X-Real-IP) and returns once the server is handling it: it asks
 // for 100 Continue, which the server sends when the handler first reads
-// the body. The body never comes; the request stays in flight until the
-// connection closes.
-func holdRequest(t *testing.T, srv *servertest.Server, ip string) net.Conn {
+// the body. The body does not come until finish.
+func holdRequest(t *testing.T, srv *servertest.Server, ip string) heldRequest {
 	t.Helper()
 	c := dial(t, srv)
 	fmt.Fprintf(c, "POST /parley.v1.AuthService/Register HTTP/1.1\r\nHost: %s\r\nX-Real-IP: %s\r\n"+
 		"Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n", hostOf(t, srv), ip)
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
-		t.Fatalf("held request: got %q, %v; want 100 Continue", line, err)
+	h := heldRequest{c: c, r: bufio.NewReader(c)}
+	res, err := http.ReadResponse(h.r, nil)
+	if err != nil || res.StatusCode != http.StatusContinue {
+		t.Fatalf("held request: %v, %v; want 100 Continue", res, err)
 	}
-	return c
+	return h
+}
+
+// finish sends the held request's body (an empty Register, which the
+// server refuses as invalid) and reads the answer, which the server
+// writes only after its handlers have returned.
+func (h heldRequest) finish(t *testing.T) {
+	t.Helper()
+	io.WriteString(h.c, "{}"+strings.Repeat(" ", 98))
+	res, err := http.ReadResponse(h.r, nil)
+	if err != nil {
+		t.Fatalf("held request: %v", err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
 }
 
 // withIP sets the client address header a trusted proxy would set.
@@ -227,8 +247,9 @@ func TestServer_UnauthenticatedPerAddress(t *testing.T) {
 		c.ClientIPHeader = "X-Real-IP"
 	}))
 	const busy, other = "203.0.113.7", "203.0.113.8"
+	var held []heldRequest
 	for range limit {
-		holdRequest(t, srv, busy)
+		held = append(held, holdRequest(t, srv, busy))
 	}
 	for _, p := range servertest.Protocols {
 		t.Run(p.Name, func(t *testing.T) {
@@ -259,6 +280,18 @@ func TestServer_UnauthenticatedPerAddress(t *testing.T) {
 				t.Fatalf("signed in, from the busy address: GetMe: %v", err)
 			}
 		})
+	}
+
+	// Once its requests end, the address may make new ones.
+	for _, h := range held {
+		h.finish(t)
+	}
+	c := servertest.NewClients(srv, servertest.Protocols[0])
+	name := servertest.UniqueName("unauth")
+	if _, err := c.Auth.Register(context.Background(), withIP(&parleyv1.RegisterRequest{
+		Username: name, Email: name + "@example.com", Password: servertest.Password,
+	}, busy)); err != nil {
+		t.Fatalf("after its requests ended, the address: Register: %v", err)
 	}
 }
 
