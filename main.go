@@ -192,6 +192,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.Int64Var(&c.Media.MaxUnsentBytes, "media-max-unsent-bytes", e.int64("PARLEY_MEDIA_MAX_UNSENT_BYTES", media.DefaultMaxUnsentBytes), "`bytes` of uploads one user may have that are not sent in a message or made an avatar (declared sizes, counted from CreateUpload) (PARLEY_MEDIA_MAX_UNSENT_BYTES)")
 	fs.Int64Var(&c.Media.MinUploadRate, "media-min-upload-rate", e.int64("PARLEY_MEDIA_MIN_UPLOAD_RATE", media.DefaultMinUploadRate), "`bytes` a second an upload body must bring, averaged over -media-upload-rate-window, or it ends (PARLEY_MEDIA_MIN_UPLOAD_RATE)")
 	fs.DurationVar(&c.Media.UploadRateWindow, "media-upload-rate-window", e.duration("PARLEY_MEDIA_UPLOAD_RATE_WINDOW", media.DefaultUploadRateWindow), "window of -media-min-upload-rate (PARLEY_MEDIA_UPLOAD_RATE_WINDOW)")
+	fs.DurationVar(&c.ReadHeaderTimeout, "read-header-timeout", e.duration("PARLEY_READ_HEADER_TIMEOUT", server.DefaultReadHeaderTimeout), "time a client has to send a request's headers (PARLEY_READ_HEADER_TIMEOUT)")
+	fs.DurationVar(&c.RequestBodyTimeout, "request-body-timeout", e.duration("PARLEY_REQUEST_BODY_TIMEOUT", server.DefaultRequestBodyTimeout), "time a client has to send a whole RPC request body, not counting /media/ uploads; responses and streams are not bounded by it (PARLEY_REQUEST_BODY_TIMEOUT)")
+	fs.IntVar(&c.UnauthenticatedPerAddress, "unauthenticated-per-address", int(e.int64("PARLEY_UNAUTHENTICATED_PER_ADDRESS", auth.DefaultUnauthenticatedPerAddress)), "requests without signing in (sign-in, server info, health) one client address may have in flight on this instance at once (PARLEY_UNAUTHENTICATED_PER_ADDRESS)")
 	if e.err != nil {
 		return opts, e.err
 	}
@@ -229,6 +232,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	if c.Sends.Rate <= 0 || c.Sends.Burst <= 0 || c.Media.MaxConcurrentUploads <= 0 || c.Media.MaxUnsentBytes <= 0 ||
 		c.Media.MinUploadRate <= 0 || c.Media.UploadRateWindow <= 0 {
 		return opts, errors.New("-send-rate, -send-burst, -media-max-concurrent-uploads, -media-max-unsent-bytes, -media-min-upload-rate and -media-upload-rate-window must be positive")
+	}
+	if c.ReadHeaderTimeout <= 0 || c.RequestBodyTimeout <= 0 || c.UnauthenticatedPerAddress <= 0 {
+		return opts, errors.New("-read-header-timeout, -request-body-timeout and -unauthenticated-per-address must be positive")
 	}
 	for _, o := range strings.Split(*cors, ",") {
 		if o = strings.TrimSpace(o); o != "" {

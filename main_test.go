@@ -191,6 +191,20 @@ func TestParseArgs(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "slow-client bounds",
+			env: map[string]string{
+				"PARLEY_READ_HEADER_TIMEOUT": "3s", "PARLEY_REQUEST_BODY_TIMEOUT": "7s",
+				"PARLEY_UNAUTHENTICATED_PER_ADDRESS": "5",
+			},
+			args: []string{"-request-body-timeout", "9s"},
+			check: func(t *testing.T, o options) {
+				if c := o.app; c.ReadHeaderTimeout != 3*time.Second || c.RequestBodyTimeout != 9*time.Second || c.UnauthenticatedPerAddress != 5 {
+					t.Errorf("read header %s, request body %s, unauthenticated per address %d", c.ReadHeaderTimeout, c.RequestBodyTimeout, c.UnauthenticatedPerAddress)
+				}
+			},
+		},
+		{name: "zero body timeout", args: []string{"-request-body-timeout", "0s"}, wantErr: "-request-body-timeout"},
 		{name: "malformed environment", env: map[string]string{"PARLEY_HEALTH_INTERVAL": "soon"}, wantErr: "PARLEY_HEALTH_INTERVAL"},
 		{name: "tls key without cert", args: []string{"-tls-key", "k.pem"}, wantErr: "go together"},
 		{name: "bad log level", args: []string{"-log-level", "loud"}, wantErr: "-log-level"},

@@ -49,6 +49,9 @@ type Deps struct {
 	// MaxRequestBytes limits the size of one request message;
 	// DefaultMaxRequestBytes when zero.
 	MaxRequestBytes int64
+	// RequestBodyTimeout bounds receiving a request body outside /media/
+	// (see withBodyDeadline); DefaultRequestBodyTimeout when zero.
+	RequestBodyTimeout time.Duration
 	// DB holds users, profiles and avatars.
 	DB *sqldb.DB
 	// Mongo holds chats and messages.
@@ -113,6 +116,9 @@ var public = auth.Public{
 func New(d Deps) (http.Handler, error) {
 	if d.MaxRequestBytes <= 0 {
 		d.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if d.RequestBodyTimeout <= 0 {
+		d.RequestBodyTimeout = DefaultRequestBodyTimeout
 	}
 	if d.Drain == nil {
 		d.Drain = context.Background()
@@ -184,7 +190,7 @@ func New(d Deps) (http.Handler, error) {
 	if len(d.CORSOrigins) > 0 {
 		h = withCORS(d.CORSOrigins, h)
 	}
-	return reqlog.Middleware(d.Log, h), nil
+	return reqlog.Middleware(d.Log, withBodyDeadline(d.RequestBodyTimeout, h)), nil
 }
 
 // withWebApp serves a built single-page app from dir: its index.html at /
@@ -236,8 +242,14 @@ func withCORS(origins []string, h http.Handler) http.Handler {
 // NewHTTPServer returns an http.Server for handler that speaks HTTP/1.1 and
 // HTTP/2, the latter over TLS when tlsConfig is set and as cleartext h2c
 // otherwise. Its timeouts bound slow clients without cutting long streams:
-// only reading the headers and idling are limited, not a whole request.
-func NewHTTPServer(addr string, handler http.Handler, tlsConfig *tls.Config) *http.Server {
+// reading the headers (readHeaderTimeout, DefaultReadHeaderTimeout when
+// zero) and idling are limited here, request bodies by New's handler, and
+// never a whole request. Its connections carry the request log's
+// per-connection record (reqlog.ConnContext).
+func NewHTTPServer(addr string, handler http.Handler, tlsConfig *tls.Config, readHeaderTimeout time.Duration) *http.Server {
+	if readHeaderTimeout <= 0 {
+		readHeaderTimeout = DefaultReadHeaderTimeout
+	}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	if tlsConfig != nil {
@@ -250,9 +262,10 @@ func NewHTTPServer(addr string, handler http.Handler, tlsConfig *tls.Config) *ht
 		Handler:           handler,
 		TLSConfig:         tlsConfig,
 		Protocols:         &protocols,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
+		ConnContext:       reqlog.ConnContext,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: 1000,
 			SendPingTimeout:      30 * time.Second,

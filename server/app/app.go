@@ -96,6 +96,14 @@ type Config struct {
 	MediaCleanupAfter, MediaCleanupInterval time.Duration
 	// WebDir, when set, holds a built web app served at /.
 	WebDir string
+	// ReadHeaderTimeout bounds reading a request's headers;
+	// RequestBodyTimeout receiving an RPC request's body (not under
+	// /media/); UnauthenticatedPerAddress the requests without a caller
+	// one client address may have in flight on this instance. Zero means
+	// server.DefaultReadHeaderTimeout, server.DefaultRequestBodyTimeout
+	// and auth.DefaultUnauthenticatedPerAddress.
+	ReadHeaderTimeout, RequestBodyTimeout time.Duration
+	UnauthenticatedPerAddress             int
 	// Now is the clock; time.Now when nil. Tests move it forward.
 	Now func() time.Time
 }
@@ -224,6 +232,9 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 			ClientIPHeader: cfg.ClientIPHeader,
 		},
 	}
+	// Bounds on slow and abusive clients.
+	a.deps.RequestBodyTimeout = cfg.RequestBodyTimeout
+	a.deps.Auth.UnauthenticatedPerAddress = cfg.UnauthenticatedPerAddress
 	a.handler, err = server.New(a.deps)
 	if err != nil {
 		return nil, err
@@ -391,7 +402,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		ln = tls.NewListener(ln, tlsConfig)
 	}
-	srv := server.NewHTTPServer(ln.Addr().String(), a.Handler(), tlsConfig)
+	srv := server.NewHTTPServer(ln.Addr().String(), a.Handler(), tlsConfig, a.cfg.ReadHeaderTimeout)
 	srv.ErrorLog = slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)
 
 	monitorCtx, stopMonitor := context.WithCancel(context.Background())

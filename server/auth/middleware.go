@@ -88,10 +88,41 @@ func (p Public) allows(path string) bool {
 // before any handler decodes it: a bearer access token whose session is
 // still open in Redis. Refusals are written in the request's own protocol
 // (Connect, gRPC or gRPC-Web) as UNAUTHENTICATED.
+//
+// Requests that public allows without a caller are the ones anybody can
+// make, so they are bounded per client address (see
+// Config.UnauthenticatedPerAddress): the excess is refused at once with
+// RESOURCE_EXHAUSTED rather than held. Requests under an Optional prefix
+// without a token (signed media downloads) are not counted: they carry
+// their own proof and their own rate rules.
 func (s *Service) Middleware(public Public, next http.Handler) http.Handler {
 	errw := connect.NewErrorWriter()
+	refuse := func(w http.ResponseWriter, r *http.Request, cerr *connect.Error, status int) {
+		reqlog.SetRefused(r.Context(), r.URL.Path, cerr.Code())
+		if cerr.Code() == connect.CodeUnauthenticated {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="parley"`)
+		}
+		if errw.IsSupported(r) {
+			_ = errw.Write(w, r, cerr)
+			return
+		}
+		for k, v := range cerr.Meta() {
+			w.Header()[k] = v
+		}
+		http.Error(w, cerr.Message(), status)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if public.allows(r.URL.Path) || public.optional(r) || r.Method == http.MethodOptions {
+		if r.Method == http.MethodOptions || public.optional(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if public.allows(r.URL.Path) {
+			addr := s.clientAddr(r.RemoteAddr, r.Header)
+			if !s.unauth.acquire(addr) {
+				refuse(w, r, rpcerr.TooMany("too many requests without signing in from your address at once", time.Second), http.StatusTooManyRequests)
+				return
+			}
+			defer s.unauth.release(addr)
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -101,15 +132,7 @@ func (s *Service) Middleware(public Public, next http.Handler) http.Handler {
 			if !errors.As(err, &cerr) {
 				cerr = connect.NewError(connect.CodeUnauthenticated, err)
 			}
-			reqlog.SetCode(r.Context(), r.URL.Path, cerr.Code())
-			if cerr.Code() == connect.CodeUnauthenticated {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="parley"`)
-			}
-			if errw.IsSupported(r) {
-				_ = errw.Write(w, r, cerr)
-			} else {
-				http.Error(w, cerr.Message(), rpcerr.HTTPStatus(cerr.Code()))
-			}
+			refuse(w, r, cerr, rpcerr.HTTPStatus(cerr.Code()))
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(NewContext(r.Context(), id)))

@@ -74,6 +74,11 @@ type Config struct {
 	// added) counts. Leave it empty when clients connect directly: they
 	// could forge it.
 	ClientIPHeader string
+	// UnauthenticatedPerAddress bounds the requests without a caller
+	// (sign-in, server info, health, reflection, identicons) that one
+	// client address may have in flight on this instance at once;
+	// DefaultUnauthenticatedPerAddress when zero.
+	UnauthenticatedPerAddress int
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 	// SessionEnds, when set, is told of sessions ended early.
@@ -92,6 +97,7 @@ type Service struct {
 	sessions  *sessionStore
 	passwords *passwords
 	limiter   *limiter
+	unauth    *inFlight
 	cfg       Config
 }
 
@@ -111,6 +117,9 @@ func New(log *slog.Logger, rdb redis.UniversalClient, accounts Accounts, cfg Con
 	if cfg.RateLimits == (RateLimits{}) {
 		cfg.RateLimits = DefaultRateLimits
 	}
+	if cfg.UnauthenticatedPerAddress <= 0 {
+		cfg.UnauthenticatedPerAddress = DefaultUnauthenticatedPerAddress
+	}
 	tok, err := newTokens(cfg.Key, cfg.AccessTTL, cfg.Now)
 	if err != nil {
 		return nil, err
@@ -126,6 +135,7 @@ func New(log *slog.Logger, rdb redis.UniversalClient, accounts Accounts, cfg Con
 		sessions:  &sessionStore{rdb: rdb, prefix: cfg.RedisPrefix, refreshTTL: cfg.RefreshTTL, now: cfg.Now},
 		passwords: pw,
 		limiter:   &limiter{l: redis_rate.NewLimiter(rdb), prefix: cfg.RedisPrefix, cfg: cfg.RateLimits},
+		unauth:    newInFlight(cfg.UnauthenticatedPerAddress),
 		cfg:       cfg,
 	}, nil
 }
@@ -134,7 +144,7 @@ func New(log *slog.Logger, rdb redis.UniversalClient, accounts Accounts, cfg Con
 func (s *Service) Register(
 	ctx context.Context, req *connect.Request[parleyv1.RegisterRequest],
 ) (*connect.Response[parleyv1.RegisterResponse], error) {
-	addr := s.clientAddr(req.Peer(), req.Header())
+	addr := s.clientAddr(req.Peer().Addr, req.Header())
 	if err := s.limiter.register(ctx, addr); err != nil {
 		return nil, rpcerr.From(ctx, s.log, "register", err)
 	}
@@ -165,7 +175,7 @@ var errBadLogin = connect.NewError(connect.CodeUnauthenticated, errors.New("wron
 func (s *Service) Login(
 	ctx context.Context, req *connect.Request[parleyv1.LoginRequest],
 ) (*connect.Response[parleyv1.LoginResponse], error) {
-	login, addr := req.Msg.GetLogin(), s.clientAddr(req.Peer(), req.Header())
+	login, addr := req.Msg.GetLogin(), s.clientAddr(req.Peer().Addr, req.Header())
 	userID, hash, err := s.accounts.LookupLogin(ctx, login)
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "login", err)
@@ -349,8 +359,11 @@ func (s *Service) SessionsOpen(ctx context.Context, ids []Identity) ([]bool, err
 }
 
 // clientAddr is the client's IP address: from the trusted proxy header when
-// one is configured and present, else from the connection.
-func (s *Service) clientAddr(peer connect.Peer, h interface{ Get(string) string }) string {
+// one is configured and present, else from the connection's remote address
+// (host:port, as connect.Peer.Addr and http.Request.RemoteAddr give it).
+// Rate limits and the middleware's bound on unauthenticated requests both
+// use it, so a proxy in front is never one client to either.
+func (s *Service) clientAddr(remote string, h interface{ Get(string) string }) string {
 	if s.cfg.ClientIPHeader != "" {
 		if v := h.Get(s.cfg.ClientIPHeader); v != "" {
 			// A client can put anything in front; the proxy appends.
@@ -360,9 +373,9 @@ func (s *Service) clientAddr(peer connect.Peer, h interface{ Get(string) string 
 			}
 		}
 	}
-	host, _, err := net.SplitHostPort(peer.Addr)
+	host, _, err := net.SplitHostPort(remote)
 	if err != nil {
-		return peer.Addr
+		return remote
 	}
 	return host
 }

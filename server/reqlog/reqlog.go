@@ -3,18 +3,29 @@
 // Connect interceptor records what the RPC layer knows; layers that answer
 // before any handler runs (authentication, unknown routes) record their
 // outcome with SetCode.
+//
+// Requests that cost their client nothing are not logged one by one:
+// those it abandons before any answer (on HTTP/2, streams reset right
+// after their HEADERS, as in a rapid-reset flood) and those refused before
+// any handler runs (no token, too many at once). The first on each
+// connection is logged, and at most AbusePerSecond such lines a second in
+// all. Connections get their record through ConnContext, which the HTTP
+// server must use.
 package reqlog
 
 import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/time/rate"
 )
 
 // requestRecord collects what the RPC layer knows about a request so that
@@ -25,6 +36,9 @@ type requestRecord struct {
 	procedure string
 	protocol  string
 	code      string
+	// refused is set by SetRefused: the request was refused before any
+	// handler ran, such as by authentication.
+	refused bool
 }
 
 type recordKey struct{}
@@ -47,21 +61,82 @@ func codeString(err error) string {
 	return connect.CodeOf(err).String()
 }
 
+// AbusePerSecond caps the log lines written, across all connections, for
+// requests their clients abandoned before any answer or that were refused
+// before any handler ran; it is also the burst allowed.
+const AbusePerSecond = 10
+
+// connRecord is what the log keeps about one connection.
+type connRecord struct {
+	// abuseLogged is set once a request abandoned or refused before a
+	// handler has been logged; later ones on the connection are not.
+	abuseLogged atomic.Bool
+}
+
+type connKey struct{}
+
+// ConnContext gives each connection the record that bounds its log lines;
+// it is meant for http.Server.ConnContext. HTTP/2 requests (over TLS or
+// h2c) inherit their connection's context, so all the streams of one
+// connection share the record.
+func ConnContext(ctx context.Context, _ net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, &connRecord{})
+}
+
+// abuseLog decides which of the requests that cost the client nothing
+// (abandoned, or refused before a handler) get a log line: the first of
+// each connection, within the global rate.
+type abuseLog struct {
+	all *rate.Limiter
+}
+
+// Allow reports whether the request of ctx may be logged, and if so
+// counts it against its connection.
+func (l *abuseLog) Allow(ctx context.Context) bool {
+	conn, _ := ctx.Value(connKey{}).(*connRecord)
+	if conn == nil {
+		conn = &connRecord{} // served without ConnContext: no connection to share
+	}
+	if conn.abuseLogged.Load() || !l.all.Allow() {
+		return false
+	}
+	return conn.abuseLogged.CompareAndSwap(false, true)
+}
+
 // Middleware logs one structured line per request after it completes:
 // method, path, procedure, protocol, Connect code, HTTP status, duration.
+// Requests abandoned by their client before any answer, or refused before
+// any handler, are the exception (see the package comment): Go's HTTP/2
+// server already skips the handlers of streams reset before they start,
+// and closes connections whose queue of such streams grows too long, but
+// the handlers that did start still end here, tens of thousands a second
+// on one connection, and those answered before the reset arrived look
+// like refusals.
 func Middleware(log *slog.Logger, next http.Handler) http.Handler {
+	abusive := &abuseLog{all: rate.NewLimiter(AbusePerSecond, AbusePerSecond)}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &requestRecord{}
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &statusWriter{ResponseWriter: w, client: r.Context()}
 		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), recordKey{}, rec)))
+		rec.mu.Lock()
+		procedure, protocol, code, refused := rec.procedure, rec.protocol, rec.code, rec.refused
+		rec.mu.Unlock()
+		abandoned := r.Context().Err() != nil && !sw.answered
+		if abandoned && code == "" {
+			code = connect.CodeCanceled.String()
+		}
+		var note []slog.Attr
+		if abandoned || refused {
+			if !abusive.Allow(r.Context()) {
+				return
+			}
+			note = append(note, slog.String("note", "later requests on this connection that are abandoned or refused before a handler are not logged"))
+		}
 		status := sw.status
 		if status == 0 {
 			status = http.StatusOK
 		}
-		rec.mu.Lock()
-		procedure, protocol, code := rec.procedure, rec.protocol, rec.code
-		rec.mu.Unlock()
 		if procedure == "" {
 			procedure = r.URL.Path
 		}
@@ -75,14 +150,14 @@ func Middleware(log *slog.Logger, next http.Handler) http.Handler {
 		if code == connect.CodeInternal.String() || code == connect.CodeUnknown.String() || status >= 500 {
 			level = slog.LevelError
 		}
-		log.LogAttrs(r.Context(), level, "request",
+		log.LogAttrs(r.Context(), level, "request", append([]slog.Attr{
 			slog.String("procedure", procedure),
 			slog.String("protocol", protocol),
 			slog.String("code", code),
 			slog.Int("status", status),
 			slog.Duration("duration", time.Since(start)),
 			slog.String("remote", r.RemoteAddr),
-		)
+		}, note...)...)
 	})
 }
 
@@ -133,14 +208,40 @@ func SetCode(ctx context.Context, procedure string, code connect.Code) {
 	}
 }
 
-// statusWriter remembers the HTTP status. It forwards Flush, which streaming
-// responses need, and exposes the wrapped writer to http.ResponseController.
+// SetRefused is SetCode for a request refused before any handler runs
+// because of who sent it (no valid token, too many at once). Such
+// refusals cost their sender nothing, so like abandoned requests they are
+// logged once per connection (see the package comment); an internal
+// error is always logged.
+func SetRefused(ctx context.Context, procedure string, code connect.Code) {
+	if rec, ok := ctx.Value(recordKey{}).(*requestRecord); ok {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		rec.procedure = procedure
+		rec.code = code.String()
+		rec.refused = code != connect.CodeInternal && code != connect.CodeUnknown
+	}
+}
+
+// statusWriter remembers the HTTP status, and whether the answer began
+// while the client was still there. It forwards Flush, which streaming
+// responses need, and exposes the wrapped writer to
+// http.ResponseController.
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	client   context.Context
+	status   int
+	answered bool
+}
+
+func (w *statusWriter) begin() {
+	if !w.answered && w.client.Err() == nil {
+		w.answered = true
+	}
 }
 
 func (w *statusWriter) WriteHeader(code int) {
+	w.begin()
 	if w.status == 0 {
 		w.status = code
 	}
@@ -148,6 +249,7 @@ func (w *statusWriter) WriteHeader(code int) {
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
+	w.begin()
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
@@ -155,6 +257,7 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 func (w *statusWriter) Flush() {
+	w.begin()
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}

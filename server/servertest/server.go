@@ -107,6 +107,9 @@ func New(tb testing.TB, opts ...Option) *Server {
 		// trickles by accident.)
 		Sends: chat.SendLimit{Rate: 1_000_000, Burst: 1_000_000},
 		Media: media.Config{MaxConcurrentUploads: 10_000, MaxUnsentBytes: 1 << 50},
+		// Tests sign up hundreds of accounts at once from one address;
+		// the bound itself is tested with a server of its own.
+		UnauthenticatedPerAddress: 100000,
 	}
 	set := settings{cfg: cfg}
 	for _, o := range opts {
