@@ -200,12 +200,7 @@ func httpCode(status int) string {
 // SetCode records the outcome of a request that ends before an RPC handler
 // runs, such as one refused by authentication.
 func SetCode(ctx context.Context, procedure string, code connect.Code) {
-	if rec, ok := ctx.Value(recordKey{}).(*requestRecord); ok {
-		rec.mu.Lock()
-		defer rec.mu.Unlock()
-		rec.procedure = procedure
-		rec.code = code.String()
-	}
+	setOutcome(ctx, procedure, code, nil)
 }
 
 // SetRefused is SetCode for a request refused before any handler runs
@@ -214,12 +209,21 @@ func SetCode(ctx context.Context, procedure string, code connect.Code) {
 // logged once per connection (see the package comment); an internal
 // error is always logged.
 func SetRefused(ctx context.Context, procedure string, code connect.Code) {
+	refused := code != connect.CodeInternal && code != connect.CodeUnknown
+	setOutcome(ctx, procedure, code, &refused)
+}
+
+// setOutcome records a request's procedure and code, and whether it was
+// refused when refused is not nil.
+func setOutcome(ctx context.Context, procedure string, code connect.Code, refused *bool) {
 	if rec, ok := ctx.Value(recordKey{}).(*requestRecord); ok {
 		rec.mu.Lock()
 		defer rec.mu.Unlock()
 		rec.procedure = procedure
 		rec.code = code.String()
-		rec.refused = code != connect.CodeInternal && code != connect.CodeUnknown
+		if refused != nil {
+			rec.refused = *refused
+		}
 	}
 }
 
