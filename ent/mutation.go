@@ -1898,6 +1898,7 @@ type UserMutation struct {
 	typ               string
 	id                *int
 	username          *string
+	username_key      *string
 	email             *string
 	password_hash     *string
 	phone_number      *string
@@ -2056,6 +2057,55 @@ func (m *UserMutation) OldUsername(ctx context.Context) (v string, err error) {
 // ResetUsername resets all changes to the "username" field.
 func (m *UserMutation) ResetUsername() {
 	m.username = nil
+}
+
+// SetUsernameKey sets the "username_key" field.
+func (m *UserMutation) SetUsernameKey(s string) {
+	m.username_key = &s
+}
+
+// UsernameKey returns the value of the "username_key" field in the mutation.
+func (m *UserMutation) UsernameKey() (r string, exists bool) {
+	v := m.username_key
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldUsernameKey returns the old "username_key" field's value of the User entity.
+// If the User object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *UserMutation) OldUsernameKey(ctx context.Context) (v *string, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldUsernameKey is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldUsernameKey requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldUsernameKey: %w", err)
+	}
+	return oldValue.UsernameKey, nil
+}
+
+// ClearUsernameKey clears the value of the "username_key" field.
+func (m *UserMutation) ClearUsernameKey() {
+	m.username_key = nil
+	m.clearedFields[user.FieldUsernameKey] = struct{}{}
+}
+
+// UsernameKeyCleared returns if the "username_key" field was cleared in this mutation.
+func (m *UserMutation) UsernameKeyCleared() bool {
+	_, ok := m.clearedFields[user.FieldUsernameKey]
+	return ok
+}
+
+// ResetUsernameKey resets all changes to the "username_key" field.
+func (m *UserMutation) ResetUsernameKey() {
+	m.username_key = nil
+	delete(m.clearedFields, user.FieldUsernameKey)
 }
 
 // SetEmail sets the "email" field.
@@ -2414,9 +2464,12 @@ func (m *UserMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *UserMutation) Fields() []string {
-	fields := make([]string, 0, 4)
+	fields := make([]string, 0, 5)
 	if m.username != nil {
 		fields = append(fields, user.FieldUsername)
+	}
+	if m.username_key != nil {
+		fields = append(fields, user.FieldUsernameKey)
 	}
 	if m.email != nil {
 		fields = append(fields, user.FieldEmail)
@@ -2437,6 +2490,8 @@ func (m *UserMutation) Field(name string) (ent.Value, bool) {
 	switch name {
 	case user.FieldUsername:
 		return m.Username()
+	case user.FieldUsernameKey:
+		return m.UsernameKey()
 	case user.FieldEmail:
 		return m.Email()
 	case user.FieldPasswordHash:
@@ -2454,6 +2509,8 @@ func (m *UserMutation) OldField(ctx context.Context, name string) (ent.Value, er
 	switch name {
 	case user.FieldUsername:
 		return m.OldUsername(ctx)
+	case user.FieldUsernameKey:
+		return m.OldUsernameKey(ctx)
 	case user.FieldEmail:
 		return m.OldEmail(ctx)
 	case user.FieldPasswordHash:
@@ -2475,6 +2532,13 @@ func (m *UserMutation) SetField(name string, value ent.Value) error {
 			return fmt.Errorf("unexpected type %T for field %s", value, name)
 		}
 		m.SetUsername(v)
+		return nil
+	case user.FieldUsernameKey:
+		v, ok := value.(string)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetUsernameKey(v)
 		return nil
 	case user.FieldEmail:
 		v, ok := value.(string)
@@ -2527,6 +2591,9 @@ func (m *UserMutation) AddField(name string, value ent.Value) error {
 // mutation.
 func (m *UserMutation) ClearedFields() []string {
 	var fields []string
+	if m.FieldCleared(user.FieldUsernameKey) {
+		fields = append(fields, user.FieldUsernameKey)
+	}
 	if m.FieldCleared(user.FieldPhoneNumber) {
 		fields = append(fields, user.FieldPhoneNumber)
 	}
@@ -2544,6 +2611,9 @@ func (m *UserMutation) FieldCleared(name string) bool {
 // error if the field is not defined in the schema.
 func (m *UserMutation) ClearField(name string) error {
 	switch name {
+	case user.FieldUsernameKey:
+		m.ClearUsernameKey()
+		return nil
 	case user.FieldPhoneNumber:
 		m.ClearPhoneNumber()
 		return nil
@@ -2557,6 +2627,9 @@ func (m *UserMutation) ResetField(name string) error {
 	switch name {
 	case user.FieldUsername:
 		m.ResetUsername()
+		return nil
+	case user.FieldUsernameKey:
+		m.ResetUsernameKey()
 		return nil
 	case user.FieldEmail:
 		m.ResetEmail()

@@ -30,6 +30,20 @@ func (_c *UserCreate) SetUsername(v string) *UserCreate {
 	return _c
 }
 
+// SetUsernameKey sets the "username_key" field.
+func (_c *UserCreate) SetUsernameKey(v string) *UserCreate {
+	_c.mutation.SetUsernameKey(v)
+	return _c
+}
+
+// SetNillableUsernameKey sets the "username_key" field if the given value is not nil.
+func (_c *UserCreate) SetNillableUsernameKey(v *string) *UserCreate {
+	if v != nil {
+		_c.SetUsernameKey(*v)
+	}
+	return _c
+}
+
 // SetEmail sets the "email" field.
 func (_c *UserCreate) SetEmail(v string) *UserCreate {
 	_c.mutation.SetEmail(v)
@@ -226,6 +240,10 @@ func (_c *UserCreate) createSpec() (*User, *sqlgraph.CreateSpec) {
 		_spec.SetField(user.FieldUsername, field.TypeString, value)
 		_node.Username = value
 	}
+	if value, ok := _c.mutation.UsernameKey(); ok {
+		_spec.SetField(user.FieldUsernameKey, field.TypeString, value)
+		_node.UsernameKey = &value
+	}
 	if value, ok := _c.mutation.Email(); ok {
 		_spec.SetField(user.FieldEmail, field.TypeString, value)
 		_node.Email = value
@@ -366,6 +384,24 @@ func (u *UserUpsert) UpdateUsername() *UserUpsert {
 	return u
 }
 
+// SetUsernameKey sets the "username_key" field.
+func (u *UserUpsert) SetUsernameKey(v string) *UserUpsert {
+	u.Set(user.FieldUsernameKey, v)
+	return u
+}
+
+// UpdateUsernameKey sets the "username_key" field to the value that was provided on create.
+func (u *UserUpsert) UpdateUsernameKey() *UserUpsert {
+	u.SetExcluded(user.FieldUsernameKey)
+	return u
+}
+
+// ClearUsernameKey clears the value of the "username_key" field.
+func (u *UserUpsert) ClearUsernameKey() *UserUpsert {
+	u.SetNull(user.FieldUsernameKey)
+	return u
+}
+
 // SetEmail sets the "email" field.
 func (u *UserUpsert) SetEmail(v string) *UserUpsert {
 	u.Set(user.FieldEmail, v)
@@ -467,6 +503,27 @@ func (u *UserUpsertOne) SetUsername(v string) *UserUpsertOne {
 func (u *UserUpsertOne) UpdateUsername() *UserUpsertOne {
 	return u.Update(func(s *UserUpsert) {
 		s.UpdateUsername()
+	})
+}
+
+// SetUsernameKey sets the "username_key" field.
+func (u *UserUpsertOne) SetUsernameKey(v string) *UserUpsertOne {
+	return u.Update(func(s *UserUpsert) {
+		s.SetUsernameKey(v)
+	})
+}
+
+// UpdateUsernameKey sets the "username_key" field to the value that was provided on create.
+func (u *UserUpsertOne) UpdateUsernameKey() *UserUpsertOne {
+	return u.Update(func(s *UserUpsert) {
+		s.UpdateUsernameKey()
+	})
+}
+
+// ClearUsernameKey clears the value of the "username_key" field.
+func (u *UserUpsertOne) ClearUsernameKey() *UserUpsertOne {
+	return u.Update(func(s *UserUpsert) {
+		s.ClearUsernameKey()
 	})
 }
 
@@ -743,6 +800,27 @@ func (u *UserUpsertBulk) SetUsername(v string) *UserUpsertBulk {
 func (u *UserUpsertBulk) UpdateUsername() *UserUpsertBulk {
 	return u.Update(func(s *UserUpsert) {
 		s.UpdateUsername()
+	})
+}
+
+// SetUsernameKey sets the "username_key" field.
+func (u *UserUpsertBulk) SetUsernameKey(v string) *UserUpsertBulk {
+	return u.Update(func(s *UserUpsert) {
+		s.SetUsernameKey(v)
+	})
+}
+
+// UpdateUsernameKey sets the "username_key" field to the value that was provided on create.
+func (u *UserUpsertBulk) UpdateUsernameKey() *UserUpsertBulk {
+	return u.Update(func(s *UserUpsert) {
+		s.UpdateUsernameKey()
+	})
+}
+
+// ClearUsernameKey clears the value of the "username_key" field.
+func (u *UserUpsertBulk) ClearUsernameKey() *UserUpsertBulk {
+	return u.Update(func(s *UserUpsert) {
+		s.ClearUsernameKey()
 	})
 }
 

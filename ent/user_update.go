@@ -44,6 +44,26 @@ func (_u *UserUpdate) SetNillableUsername(v *string) *UserUpdate {
 	return _u
 }
 
+// SetUsernameKey sets the "username_key" field.
+func (_u *UserUpdate) SetUsernameKey(v string) *UserUpdate {
+	_u.mutation.SetUsernameKey(v)
+	return _u
+}
+
+// SetNillableUsernameKey sets the "username_key" field if the given value is not nil.
+func (_u *UserUpdate) SetNillableUsernameKey(v *string) *UserUpdate {
+	if v != nil {
+		_u.SetUsernameKey(*v)
+	}
+	return _u
+}
+
+// ClearUsernameKey clears the value of the "username_key" field.
+func (_u *UserUpdate) ClearUsernameKey() *UserUpdate {
+	_u.mutation.ClearUsernameKey()
+	return _u
+}
+
 // SetEmail sets the "email" field.
 func (_u *UserUpdate) SetEmail(v string) *UserUpdate {
 	_u.mutation.SetEmail(v)
@@ -297,6 +317,12 @@ func (_u *UserUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 	if value, ok := _u.mutation.Username(); ok {
 		_spec.SetField(user.FieldUsername, field.TypeString, value)
 	}
+	if value, ok := _u.mutation.UsernameKey(); ok {
+		_spec.SetField(user.FieldUsernameKey, field.TypeString, value)
+	}
+	if _u.mutation.UsernameKeyCleared() {
+		_spec.ClearField(user.FieldUsernameKey, field.TypeString)
+	}
 	if value, ok := _u.mutation.Email(); ok {
 		_spec.SetField(user.FieldEmail, field.TypeString, value)
 	}
@@ -504,6 +530,26 @@ func (_u *UserUpdateOne) SetNillableUsername(v *string) *UserUpdateOne {
 	if v != nil {
 		_u.SetUsername(*v)
 	}
+	return _u
+}
+
+// SetUsernameKey sets the "username_key" field.
+func (_u *UserUpdateOne) SetUsernameKey(v string) *UserUpdateOne {
+	_u.mutation.SetUsernameKey(v)
+	return _u
+}
+
+// SetNillableUsernameKey sets the "username_key" field if the given value is not nil.
+func (_u *UserUpdateOne) SetNillableUsernameKey(v *string) *UserUpdateOne {
+	if v != nil {
+		_u.SetUsernameKey(*v)
+	}
+	return _u
+}
+
+// ClearUsernameKey clears the value of the "username_key" field.
+func (_u *UserUpdateOne) ClearUsernameKey() *UserUpdateOne {
+	_u.mutation.ClearUsernameKey()
 	return _u
 }
 
@@ -789,6 +835,12 @@ func (_u *UserUpdateOne) sqlSave(ctx context.Context) (_node *User, err error) {
 	}
 	if value, ok := _u.mutation.Username(); ok {
 		_spec.SetField(user.FieldUsername, field.TypeString, value)
+	}
+	if value, ok := _u.mutation.UsernameKey(); ok {
+		_spec.SetField(user.FieldUsernameKey, field.TypeString, value)
+	}
+	if _u.mutation.UsernameKeyCleared() {
+		_spec.ClearField(user.FieldUsernameKey, field.TypeString)
 	}
 	if value, ok := _u.mutation.Email(); ok {
 		_spec.SetField(user.FieldEmail, field.TypeString, value)

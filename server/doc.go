@@ -15,7 +15,8 @@
 //	                    authentication middleware, rate limits
 //	server/user/        parley.v1.UserService, AvatarService and
 //	                    PrivacyService (blocks, privacy settings) on ent;
-//	                    identicon avatars; the accounts auth signs in
+//	                    identicon avatars; the accounts auth signs in,
+//	                    with their usernames normalised (username.go)
 //	server/chat/        parley.v1.ChatService and MessageService on MongoDB:
 //	                    chats (whose participants are the membership),
 //	                    positions, messages, typing; chat.Prepare upgrades

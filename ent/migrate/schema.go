@@ -119,6 +119,7 @@ var (
 	UsersColumns = []*schema.Column{
 		{Name: "user_id", Type: field.TypeInt, Increment: true, SchemaType: map[string]string{"postgres": "integer"}},
 		{Name: "username", Type: field.TypeString, Size: 50, SchemaType: map[string]string{"postgres": "varchar(50)"}},
+		{Name: "username_key", Type: field.TypeString, Unique: true, Nullable: true},
 		{Name: "email", Type: field.TypeString, Unique: true, Size: 100, SchemaType: map[string]string{"postgres": "varchar(100)"}},
 		{Name: "password_hash", Type: field.TypeString, Size: 2147483647},
 		{Name: "phone_number", Type: field.TypeString, Nullable: true, Size: 15, SchemaType: map[string]string{"postgres": "varchar(15)"}},

@@ -26,10 +26,11 @@ const (
 // pgInteger keeps ids as the seed's 32-bit SERIAL columns on PostgreSQL.
 var pgInteger = map[string]string{dialect.Postgres: "integer"}
 
-// User holds the schema of the users table. Usernames and emails are unique
-// regardless of case; the case-insensitive unique indexes on lower(username)
-// and lower(email) live in the SQL migrations (and, for SQLite, in
-// server/postgres), because ent cannot express an index on an expression.
+// User holds the schema of the users table. Usernames are unique by their
+// key (username_key), emails regardless of case; the case-insensitive
+// unique indexes on lower(username) and lower(email) live in the SQL
+// migrations (and, for SQLite, in server/sqldb), because ent cannot express
+// an index on an expression.
 type User struct {
 	ent.Schema
 }
@@ -50,6 +51,14 @@ func (User) Fields() []ent.Field {
 			MaxRuneLen(UsernameMaxLen).
 			NotEmpty().
 			SchemaType(map[string]string{dialect.Postgres: "varchar(50)"}),
+		// The username's key: case and width folded (PRECIS
+		// UsernameCaseMapped), unique, compared by login and search; see
+		// server/user/username.go. Null for an account created before keys
+		// until the start-up check gives it one.
+		field.String("username_key").
+			Optional().
+			Nillable().
+			Unique(),
 		field.String("email").
 			MaxRuneLen(EmailMaxLen).
 			NotEmpty().

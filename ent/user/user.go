@@ -14,6 +14,8 @@ const (
 	FieldID = "user_id"
 	// FieldUsername holds the string denoting the username field in the database.
 	FieldUsername = "username"
+	// FieldUsernameKey holds the string denoting the username_key field in the database.
+	FieldUsernameKey = "username_key"
 	// FieldEmail holds the string denoting the email field in the database.
 	FieldEmail = "email"
 	// FieldPasswordHash holds the string denoting the password_hash field in the database.
@@ -68,6 +70,7 @@ const (
 var Columns = []string{
 	FieldID,
 	FieldUsername,
+	FieldUsernameKey,
 	FieldEmail,
 	FieldPasswordHash,
 	FieldPhoneNumber,
@@ -105,6 +108,11 @@ func ByID(opts ...sql.OrderTermOption) OrderOption {
 // ByUsername orders the results by the username field.
 func ByUsername(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldUsername, opts...).ToFunc()
+}
+
+// ByUsernameKey orders the results by the username_key field.
+func ByUsernameKey(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldUsernameKey, opts...).ToFunc()
 }
 
 // ByEmail orders the results by the email field.

@@ -31,6 +31,7 @@ import (
 	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/sqldb"
+	"github.com/parley-chat/parley/server/user"
 )
 
 // Config is the whole configuration of one server instance. The zero value
@@ -298,6 +299,11 @@ func (a *App) openSQL(ctx context.Context) error {
 		if err := a.db.Migrate(ctx, a.log); err != nil {
 			return err
 		}
+	}
+	// Accounts without a username key (older ones, or made by an older
+	// instance during an upgrade) get theirs; collisions are logged.
+	if _, err := user.New(a.log, a.db, nil, nil).CheckUsernames(ctx); err != nil {
+		return fmt.Errorf("check usernames (are the migrations applied?): %w", err)
 	}
 	return nil
 }

@@ -41,10 +41,14 @@ type Option func(*settings)
 type settings struct {
 	cfg        app.Config
 	sendBuffer int
+	log        slog.Handler
 }
 
 // WithConfig lets a test change any part of the server's configuration.
 func WithConfig(f func(*app.Config)) Option { return func(s *settings) { f(&s.cfg) } }
+
+// WithLog sends the server's log to h as well, for tests of what it logs.
+func WithLog(h slog.Handler) Option { return func(s *settings) { s.log = h } }
 
 // WithSendBuffer gives the server's connections a kernel send buffer of
 // about n bytes (SO_SNDBUF), as on a slow network, so that a client that
@@ -118,6 +122,9 @@ func New(tb testing.TB, opts ...Option) *Server {
 	log := slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if _, ok := tb.(*testing.B); ok {
 		log = slog.New(slog.DiscardHandler) // a benchmark's log would be printed whole
+	}
+	if set.log != nil {
+		log = slog.New(slog.NewMultiHandler(log.Handler(), set.log))
 	}
 	return start(tb, set.cfg, log, set.sendBuffer)
 }

@@ -200,7 +200,7 @@ func (s *Service) SearchUsers(
 	if len(users) > size {
 		users = users[:size]
 		last := users[size-1]
-		res.NextPageToken = encodeCursor(searchCursor{Username: last.Username, ID: last.ID})
+		res.NextPageToken = encodeCursor(searchCursor{Key: searchKeyOf(last), ID: last.ID})
 	}
 	for _, u := range users {
 		res.Users = append(res.Users, toUser(u))

@@ -84,10 +84,15 @@ func (s *store) lockUser(ctx context.Context, tx *ent.Tx, userID int) error {
 }
 
 func (s *store) createAccount(ctx context.Context, a auth.NewAccount) (int, error) {
+	name, key, err := normalizeUsername(a.Username)
+	if err != nil {
+		return 0, err
+	}
 	var id int
-	err := s.withTx(ctx, func(tx *ent.Tx) error {
+	err = s.withTx(ctx, func(tx *ent.Tx) error {
 		u, err := tx.User.Create().
-			SetUsername(a.Username).
+			SetUsername(name).
+			SetUsernameKey(key).
 			SetEmail(a.Email).
 			SetPasswordHash(a.PasswordHash).
 			SetNillablePhoneNumber(a.PhoneNumber).
@@ -114,19 +119,26 @@ func (s *store) createAccount(ctx context.Context, a auth.NewAccount) (int, erro
 	return id, err
 }
 
+// lookupLogin finds the account a login names: an email in any case, or a
+// username by its key. A name typed as it is registered, in any case, is
+// tried first, so that an older account whose name collides with another's
+// key (and so has none) still signs in.
 func (s *store) lookupLogin(ctx context.Context, login string) (int, string, error) {
-	column := user.FieldUsername
-	if strings.Contains(login, "@") {
-		column = user.FieldEmail
+	where := []predicate.User{lowerEQ(user.FieldEmail, login)}
+	if !strings.Contains(login, "@") {
+		where = []predicate.User{lowerEQ(user.FieldUsername, login), user.UsernameKey(usernameKey(login))}
 	}
-	u, err := s.db.Ent.User.Query().Where(lowerEQ(column, login)).Only(ctx)
-	if ent.IsNotFound(err) {
-		return 0, "", nil
+	for _, p := range where {
+		u, err := s.db.Ent.User.Query().Where(p).Select(user.FieldID, user.FieldPasswordHash).Only(ctx)
+		if ent.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return 0, "", fmt.Errorf("lookup login: %w", err)
+		}
+		return u.ID, u.PasswordHash, nil
 	}
-	if err != nil {
-		return 0, "", fmt.Errorf("lookup login: %w", err)
-	}
-	return u.ID, u.PasswordHash, nil
+	return 0, "", nil
 }
 
 func (s *store) recordLogin(ctx context.Context, userID int) error {
@@ -151,10 +163,17 @@ type profileUpdate struct {
 }
 
 func (s *store) updateProfile(ctx context.Context, userID int, up profileUpdate) error {
+	var name, key string
+	if up.Username != nil {
+		var err error
+		if name, key, err = normalizeUsername(*up.Username); err != nil {
+			return err
+		}
+	}
 	return s.withTx(ctx, func(tx *ent.Tx) error {
 		uu := tx.User.UpdateOneID(userID)
 		if up.Username != nil {
-			uu.SetUsername(*up.Username)
+			uu.SetUsername(name).SetUsernameKey(key)
 		}
 		if up.PhoneNumber != nil {
 			if *up.PhoneNumber == "" {
@@ -181,10 +200,11 @@ func (s *store) updateProfile(ctx context.Context, userID int, up profileUpdate)
 	})
 }
 
-// searchCursor is the position after the last user of a page.
+// searchCursor is the position after the last user of a page: its search
+// key (searchKey) and id.
 type searchCursor struct {
-	Username string `json:"u"`
-	ID       int    `json:"i"`
+	Key string `json:"u"`
+	ID  int    `json:"i"`
 }
 
 func encodeCursor(c searchCursor) string {
@@ -198,7 +218,7 @@ func decodeCursor(s string) (searchCursor, error) {
 	if err == nil {
 		err = json.Unmarshal(b, &c)
 	}
-	if err != nil || c.ID <= 0 || strings.ContainsRune(c.Username, 0) {
+	if err != nil || c.ID <= 0 || strings.ContainsRune(c.Key, 0) {
 		return c, connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: not a token from this method"))
 	}
 	return c, nil
@@ -207,24 +227,38 @@ func decodeCursor(s string) (searchCursor, error) {
 // likeEscaper makes a string match literally in LIKE ... ESCAPE '\'.
 var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
 
+// searchKey is what search matches and orders by: the username's key, or
+// while it has none, its name in lower case (users_username_search indexes
+// it).
+func searchKey(sel *sql.Selector) string {
+	return "coalesce(" + sel.C(user.FieldUsernameKey) + ", lower(" + sel.C(user.FieldUsername) + "))"
+}
+
+// searchKeyOf is searchKey of one loaded user.
+func searchKeyOf(u *ent.User) string {
+	if u.UsernameKey != nil {
+		return *u.UsernameKey
+	}
+	return strings.ToLower(u.Username)
+}
+
 // search returns up to limit users whose username starts with prefix, in
-// any case, ordered by lower(username) then id, after the cursor.
+// any case or width, ordered by searchKey then id, after the cursor.
 func (s *store) search(ctx context.Context, prefix string, after *searchCursor, limit int) ([]*ent.User, error) {
 	q := s.db.Ent.User.Query().Where(func(sel *sql.Selector) {
+		key := searchKey(sel)
 		sel.Where(sql.P(func(b *sql.Builder) {
-			b.WriteString("lower(").Ident(sel.C(user.FieldUsername)).WriteString(") LIKE lower(").
-				Arg(likeEscaper.Replace(prefix) + "%").WriteString(`) ESCAPE '\'`)
+			b.WriteString(key).WriteString(" LIKE ").Arg(likeEscaper.Replace(usernameKey(prefix)) + "%").WriteString(` ESCAPE '\'`)
 		}))
 		if after != nil {
 			sel.Where(sql.P(func(b *sql.Builder) {
-				col := sel.C(user.FieldUsername)
-				b.WriteString("(lower(").Ident(col).WriteString(") > lower(").Arg(after.Username).WriteString(") OR (lower(").
-					Ident(col).WriteString(") = lower(").Arg(after.Username).WriteString(") AND ").
+				b.WriteString("(").WriteString(key).WriteString(" > ").Arg(after.Key).WriteString(" OR (").
+					WriteString(key).WriteString(" = ").Arg(after.Key).WriteString(" AND ").
 					Ident(sel.C(user.FieldID)).WriteString(" > ").Arg(after.ID).WriteString("))")
 			}))
 		}
 	}).Order(func(sel *sql.Selector) {
-		sel.OrderExpr(sql.ExprP("lower(" + sel.C(user.FieldUsername) + ")"))
+		sel.OrderExpr(sql.ExprP(searchKey(sel)))
 	}, ent.Asc(user.FieldID)).Limit(limit)
 	return withDetails(q).All(ctx)
 }

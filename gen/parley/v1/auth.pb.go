@@ -228,7 +228,7 @@ func (x *RegisterResponse) GetTokens() *Tokens {
 
 type LoginRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The username or the email address, in any case.
+	// The username, in any case or width, or the email address, in any case.
 	Login         string `protobuf:"bytes,1,opt,name=login,proto3" json:"login,omitempty"`
 	Password      string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -542,7 +542,7 @@ func (x *UpdateProfileResponse) GetMe() *Me {
 
 type SearchUsersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The start of the username, matched in any case.
+	// The start of the username, matched in any case or width.
 	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	// At most this many users; 20 when unset, at most 100.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`

@@ -52,8 +52,10 @@ const (
 // AuthServiceClient is a client for the parley.v1.AuthService service.
 type AuthServiceClient interface {
 	// Register creates an account (user, profile and a generated avatar) and
-	// signs it in. A username or email already taken, in any case, is
-	// ALREADY_EXISTS.
+	// signs it in. A username already taken in any case or width (PRECIS
+	// UsernameCaseMapped: "ａlice" is "alice"), or an email in any case, is
+	// ALREADY_EXISTS; a username that mixes scripts ("аlice" with a Cyrillic
+	// "а") is INVALID_ARGUMENT. The name is stored with its width mapped.
 	Register(context.Context, *connect.Request[v1.RegisterRequest]) (*connect.Response[v1.RegisterResponse], error)
 	// Login signs in with a username or an email and the password. A wrong
 	// password and an unknown login get the same UNAUTHENTICATED error.
@@ -163,8 +165,10 @@ func (c *authServiceClient) RevokeSession(ctx context.Context, req *connect.Requ
 // AuthServiceHandler is an implementation of the parley.v1.AuthService service.
 type AuthServiceHandler interface {
 	// Register creates an account (user, profile and a generated avatar) and
-	// signs it in. A username or email already taken, in any case, is
-	// ALREADY_EXISTS.
+	// signs it in. A username already taken in any case or width (PRECIS
+	// UsernameCaseMapped: "ａlice" is "alice"), or an email in any case, is
+	// ALREADY_EXISTS; a username that mixes scripts ("аlice" with a Cyrillic
+	// "а") is INVALID_ARGUMENT. The name is stored with its width mapped.
 	Register(context.Context, *connect.Request[v1.RegisterRequest]) (*connect.Response[v1.RegisterResponse], error)
 	// Login signs in with a username or an email and the password. A wrong
 	// password and an unknown login get the same UNAUTHENTICATED error.

@@ -53,7 +53,7 @@ type UserServiceClient interface {
 	// UpdateProfile changes the fields that are set and leaves the others.
 	UpdateProfile(context.Context, *connect.Request[v1.UpdateProfileRequest]) (*connect.Response[v1.UpdateProfileResponse], error)
 	// SearchUsers finds users whose username starts with a prefix, in any
-	// case, ordered by username.
+	// case or width, ordered by the username's lower-case form.
 	SearchUsers(context.Context, *connect.Request[v1.SearchUsersRequest]) (*connect.Response[v1.SearchUsersResponse], error)
 }
 
@@ -135,7 +135,7 @@ type UserServiceHandler interface {
 	// UpdateProfile changes the fields that are set and leaves the others.
 	UpdateProfile(context.Context, *connect.Request[v1.UpdateProfileRequest]) (*connect.Response[v1.UpdateProfileResponse], error)
 	// SearchUsers finds users whose username starts with a prefix, in any
-	// case, ordered by username.
+	// case or width, ordered by the username's lower-case form.
 	SearchUsers(context.Context, *connect.Request[v1.SearchUsersRequest]) (*connect.Response[v1.SearchUsersResponse], error)
 }
 

@@ -127,7 +127,7 @@ export const RegisterResponseSchema: GenMessage<RegisterResponse> = /*@__PURE__*
  */
 export type LoginRequest = Message<"parley.v1.LoginRequest"> & {
   /**
-   * The username or the email address, in any case.
+   * The username, in any case or width, or the email address, in any case.
    *
    * @generated from field: string login = 1;
    */
@@ -355,8 +355,10 @@ export const RevokeSessionResponseSchema: GenMessage<RevokeSessionResponse> = /*
 export const AuthService: GenService<{
   /**
    * Register creates an account (user, profile and a generated avatar) and
-   * signs it in. A username or email already taken, in any case, is
-   * ALREADY_EXISTS.
+   * signs it in. A username already taken in any case or width (PRECIS
+   * UsernameCaseMapped: "ａlice" is "alice"), or an email in any case, is
+   * ALREADY_EXISTS; a username that mixes scripts ("аlice" with a Cyrillic
+   * "а") is INVALID_ARGUMENT. The name is stored with its width mapped.
    *
    * @generated from rpc parley.v1.AuthService.Register
    */

@@ -262,7 +262,7 @@ export const UpdateProfileResponseSchema: GenMessage<UpdateProfileResponse> = /*
  */
 export type SearchUsersRequest = Message<"parley.v1.SearchUsersRequest"> & {
   /**
-   * The start of the username, matched in any case.
+   * The start of the username, matched in any case or width.
    *
    * @generated from field: string prefix = 1;
    */
@@ -352,7 +352,7 @@ export const UserService: GenService<{
   },
   /**
    * SearchUsers finds users whose username starts with a prefix, in any
-   * case, ordered by username.
+   * case or width, ordered by the username's lower-case form.
    *
    * @generated from rpc parley.v1.UserService.SearchUsers
    */
