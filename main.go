@@ -158,7 +158,8 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.Int64Var(&c.MaxRequestBytes, "max-request-bytes", e.int64("PARLEY_MAX_REQUEST_BYTES", server.DefaultMaxRequestBytes), "largest request message in `bytes` (PARLEY_MAX_REQUEST_BYTES)")
 	fs.DurationVar(&c.HealthInterval, "health-interval", e.duration("PARLEY_HEALTH_INTERVAL", 2*time.Second), "how often the stores are pinged for health (PARLEY_HEALTH_INTERVAL)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", e.duration("PARLEY_SHUTDOWN_TIMEOUT", 15*time.Second), "time in-flight requests get to finish on shutdown (PARLEY_SHUTDOWN_TIMEOUT)")
-	fs.StringVar(&c.JWTKeyFile, "jwt-key-file", e.str("PARLEY_JWT_KEY_FILE", ""), "PEM `file` with the Ed25519 key that signs access tokens, shared by all instances; empty: jwt-ed25519.pem in the data directory, created if missing (PARLEY_JWT_KEY_FILE)")
+	fs.StringVar(&c.JWTKeyFile, "jwt-key-file", e.str("PARLEY_JWT_KEY_FILE", ""), "PEM `file` with the Ed25519 key that signs access and refresh tokens and media URLs, shared by all instances; empty: jwt-ed25519.pem in the data directory, created if missing (PARLEY_JWT_KEY_FILE)")
+	verifyKeys := fs.String("jwt-verify-key-files", e.str("PARLEY_JWT_VERIFY_KEY_FILES", ""), "comma-separated PEM `files` with retired signing keys (Ed25519 private keys) whose tokens still verify, for key rotation; see the README (PARLEY_JWT_VERIFY_KEY_FILES)")
 	fs.DurationVar(&c.AccessTokenTTL, "access-token-ttl", e.duration("PARLEY_ACCESS_TOKEN_TTL", auth.MaxAccessTTL), "lifetime of an access token, at most 15m (PARLEY_ACCESS_TOKEN_TTL)")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", e.duration("PARLEY_SESSION_TTL", 30*24*time.Hour), "how long a session lasts without a refresh (PARLEY_SESSION_TTL)")
 	fs.StringVar(&c.ClientIPHeader, "client-ip-header", e.str("PARLEY_CLIENT_IP_HEADER", ""), "`header` a trusted reverse proxy sets to the client's IP, e.g. X-Real-IP; empty: use the connection's address (PARLEY_CLIENT_IP_HEADER)")
@@ -236,13 +237,21 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	if c.ReadHeaderTimeout <= 0 || c.RequestBodyTimeout <= 0 || c.UnauthenticatedPerAddress <= 0 {
 		return opts, errors.New("-read-header-timeout, -request-body-timeout and -unauthenticated-per-address must be positive")
 	}
-	for _, o := range strings.Split(*cors, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			c.CORSOrigins = append(c.CORSOrigins, o)
-		}
-	}
+	c.CORSOrigins = splitList(*cors)
+	c.JWTVerifyKeyFiles = splitList(*verifyKeys)
 	c.Version = version()
 	return opts, nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty entries.
+func splitList(s string) []string {
+	var list []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			list = append(list, v)
+		}
+	}
+	return list
 }
 
 // envReader reads flag defaults from the environment, keeping the first

@@ -173,6 +173,15 @@ func TestParseArgs(t *testing.T) {
 			},
 		},
 		{
+			name: "retired signing keys",
+			args: []string{"-jwt-key-file", "new.pem", "-jwt-verify-key-files", "old.pem,, older.pem "},
+			check: func(t *testing.T, o options) {
+				if got := strings.Join(o.app.JWTVerifyKeyFiles, " "); o.app.JWTKeyFile != "new.pem" || got != "old.pem older.pem" {
+					t.Errorf("key file %q, verify key files %q", o.app.JWTKeyFile, got)
+				}
+			},
+		},
+		{
 			name: "flags override the environment",
 			args: []string{"-addr", ":7000"},
 			env:  map[string]string{"PARLEY_ADDR": ":9000"},

@@ -33,6 +33,9 @@
 //	server/reqlog/      one log line per request
 //	server/rpcerr/      store errors -> Connect codes (and HTTP statuses), in
 //	                    one place
+//	server/keyring/     the signing key and retired keys that still verify;
+//	                    MAC keys derived from them (refresh tokens, media
+//	                    URLs); every token names its key
 //	server/doclock/     per-document Redis locks around MongoDB updates, on
 //	                    FerretDB 1.x only (doclock.Needed); nil elsewhere
 //	server/mongoindex/  start-up index creation that FerretDB accepts too
@@ -54,7 +57,7 @@
 //	server/app, server/servertest
 //	server
 //	server/<domain> (live, chat, user, then media, auth, info), server/health
-//	server/reqlog, server/rpcerr, server/doclock, server/mongoindex,
+//	server/reqlog, server/rpcerr, server/keyring, server/doclock, server/mongoindex,
 //	server/sqldb, server/embedded
 //	gen/..., ent/...
 //

@@ -166,7 +166,7 @@ func New(d Deps) (http.Handler, error) {
 	chats.LimitSends(d.Sends)
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
 	mcfg := d.MediaConfig
-	mcfg.Key, mcfg.RedisPrefix, mcfg.Now = d.Auth.Key, d.Auth.RedisPrefix, d.Now
+	mcfg.Keys, mcfg.RedisPrefix, mcfg.Now = d.Auth.Keys, d.Auth.RedisPrefix, d.Now
 	files, err := media.New(d.Log, d.Media, chats, d.Redis, mcfg)
 	if err != nil {
 		return nil, err

@@ -28,6 +28,7 @@ import (
 	"github.com/parley-chat/parley/server/doclock"
 	"github.com/parley-chat/parley/server/embedded"
 	"github.com/parley-chat/parley/server/health"
+	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/sqldb"
@@ -66,9 +67,16 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Version is the build version.
 	Version string
-	// JWTKeyFile holds the Ed25519 key that signs access tokens. Empty
-	// means jwt-ed25519.pem in DataDir, created on first start.
+	// JWTKeyFile holds the Ed25519 key that signs access and refresh
+	// tokens, upload tokens and download URLs. Empty means
+	// jwt-ed25519.pem in DataDir, created on first start.
 	JWTKeyFile string
+	// JWTVerifyKeyFiles hold retired signing keys (PEM, PKCS #8 Ed25519
+	// private keys, since refresh tokens and media URLs carry MACs derived
+	// from them): what they signed still verifies, nothing new is signed
+	// with them. A key rotation lists the new key here on every instance
+	// before any instance signs with it.
+	JWTVerifyKeyFiles []string
 	// AccessTokenTTL and SessionTTL are the lifetimes of an access token
 	// and of a session without a refresh.
 	AccessTokenTTL, SessionTTL time.Duration
@@ -194,7 +202,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	if keyFile == "" {
 		keyFile, create = filepath.Join(cfg.DataDir, "jwt-ed25519.pem"), true
 	}
-	key, err := auth.LoadOrCreateKey(keyFile, create)
+	keys, err := keyring.Load(keyFile, create, cfg.JWTVerifyKeyFiles...)
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +233,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 		DocLocks:        locks,
 		Now:             cfg.Now,
 		Auth: auth.Config{
-			Key:            key,
+			Keys:           keys,
 			AccessTTL:      cfg.AccessTokenTTL,
 			RefreshTTL:     cfg.SessionTTL,
 			RateLimits:     cfg.RateLimits,

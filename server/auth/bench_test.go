@@ -17,6 +17,7 @@ import (
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/servertest"
 	"github.com/parley-chat/parley/server/sqldb"
 	"github.com/parley-chat/parley/server/user"
@@ -60,10 +61,14 @@ func BenchmarkAuthOverhead(b *testing.B) {
 	rdb := redis.NewClient(opts)
 	defer rdb.Close()
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	keys, err := keyring.New(key)
+	if err != nil {
+		b.Fatal(err)
+	}
 	log := slog.New(slog.DiscardHandler)
 	users := user.New(log, db, nil, nil)
 	authn, err := auth.New(log, rdb, users, auth.Config{
-		Key: key, AccessTTL: 15 * time.Minute, RefreshTTL: time.Hour, RedisPrefix: stores.RedisPrefix + "bench:",
+		Keys: keys, AccessTTL: 15 * time.Minute, RefreshTTL: time.Hour, RedisPrefix: stores.RedisPrefix + "bench:",
 	})
 	if err != nil {
 		b.Fatal(err)

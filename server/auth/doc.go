@@ -7,7 +7,8 @@
 // carrying the user and session ids, and an opaque refresh token that is
 // good for one Refresh. Every authenticated call checks that its session
 // still exists in Redis, so Logout and RevokeSession take effect at once on
-// every instance.
+// every instance. Both tokens name the key of the keyring.Ring that signed
+// them, so a retired key keeps verifying during a key rotation.
 //
 // Authentication runs as HTTP middleware in front of every handler (so
 // streams and plain HTTP endpoints are covered, and nothing is decoded for

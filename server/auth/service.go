@@ -2,7 +2,6 @@ package auth
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -20,6 +19,7 @@ import (
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/rpcerr"
 )
 
@@ -58,8 +58,9 @@ type SessionEnds interface {
 
 // Config configures authentication.
 type Config struct {
-	// Key signs and verifies access tokens.
-	Key ed25519.PrivateKey
+	// Keys sign access and refresh tokens (with the ring's signing key)
+	// and verify them (with any of its keys).
+	Keys *keyring.Ring
 	// AccessTTL is the lifetime of an access token (at most 15 minutes).
 	AccessTTL time.Duration
 	// RefreshTTL is how long a session lives without a Refresh.
@@ -120,7 +121,7 @@ func New(log *slog.Logger, rdb redis.UniversalClient, accounts Accounts, cfg Con
 	if cfg.UnauthenticatedPerAddress <= 0 {
 		cfg.UnauthenticatedPerAddress = DefaultUnauthenticatedPerAddress
 	}
-	tok, err := newTokens(cfg.Key, cfg.AccessTTL, cfg.Now)
+	tok, err := newTokens(cfg.Keys, cfg.AccessTTL, cfg.Now)
 	if err != nil {
 		return nil, err
 	}

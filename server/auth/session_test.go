@@ -21,6 +21,7 @@ import (
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -71,7 +72,7 @@ func forge(t *testing.T, method jwt.SigningMethod, key any, userID int32, sessio
 func TestAuth_BadTokens(t *testing.T) {
 	clock := servertest.NewClock()
 	keyFile := filepath.Join(t.TempDir(), "key.pem")
-	serverKey, err := auth.LoadOrCreateKey(keyFile, true)
+	serverKey, err := keyring.LoadOrCreateKey(keyFile, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +276,7 @@ func TestAuthService_Sessions(t *testing.T) {
 func TestAuth_SessionCheckedOnEveryInstance(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "key.pem")
 	shareKey := servertest.WithConfig(func(c *app.Config) { c.JWTKeyFile = keyFile })
-	if _, err := auth.LoadOrCreateKey(keyFile, true); err != nil {
+	if _, err := keyring.LoadOrCreateKey(keyFile, true); err != nil {
 		t.Fatal(err)
 	}
 	a := servertest.NewClients(servertest.New(t, shareKey), servertest.Protocols[0])
@@ -355,14 +356,14 @@ func TestAuth_RateLimits(t *testing.T) {
 
 func TestLoadOrCreateKey(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sub", "key.pem")
-	if _, err := auth.LoadOrCreateKey(path, false); err == nil {
+	if _, err := keyring.LoadOrCreateKey(path, false); err == nil {
 		t.Fatal("loading a missing key without create succeeded")
 	}
-	k1, err := auth.LoadOrCreateKey(path, true)
+	k1, err := keyring.LoadOrCreateKey(path, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k2, err := auth.LoadOrCreateKey(path, true)
+	k2, err := keyring.LoadOrCreateKey(path, true)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -54,7 +54,7 @@ func newSessionID() string {
 
 // validSessionID reports whether id has the shape newSessionID gives.
 func validSessionID(id string) bool {
-	b, err := base64.RawURLEncoding.DecodeString(id)
+	b, err := base64.RawURLEncoding.Strict().DecodeString(id)
 	return err == nil && len(b) == 16
 }
 

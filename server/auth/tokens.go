@@ -1,10 +1,6 @@
 package auth
 
 import (
-	"crypto/ed25519"
-	"crypto/hkdf"
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -14,6 +10,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/parley-chat/parley/server/keyring"
 )
 
 const issuer = "parley"
@@ -28,10 +26,14 @@ type accessClaims struct {
 	SessionID string `json:"sid"`
 }
 
-// tokens signs and verifies access tokens and refresh tokens.
+// tokens signs and verifies access tokens and refresh tokens. Both name
+// the key that signed them (the JWT header's "kid", a field of the refresh
+// token), so tokens signed by a retired key of the ring still verify.
 type tokens struct {
-	key        ed25519.PrivateKey
-	refreshKey []byte
+	keys *keyring.Ring
+	// legacy verifies access tokens from before they named their key.
+	legacy     jwt.VerificationKeySet
+	refreshKey *keyring.MACs
 	accessTTL  time.Duration
 	now        func() time.Time
 	parser     *jwt.Parser
@@ -52,10 +54,14 @@ type verifiedToken struct {
 // token, so some 10 MB at most.
 const verifiedCacheSize = 50_000
 
-func newTokens(key ed25519.PrivateKey, accessTTL time.Duration, now func() time.Time) (*tokens, error) {
-	refreshKey, err := hkdf.Key(sha256.New, key.Seed(), nil, "parley refresh token mac", 32)
+func newTokens(keys *keyring.Ring, accessTTL time.Duration, now func() time.Time) (*tokens, error) {
+	refreshKey, err := keys.MACs("parley refresh token mac")
 	if err != nil {
 		return nil, fmt.Errorf("refresh key: %w", err)
+	}
+	var legacy jwt.VerificationKeySet
+	for _, k := range keys.Keys() {
+		legacy.Keys = append(legacy.Keys, k.Public())
 	}
 	verified, err := lru.New[string, verifiedToken](verifiedCacheSize)
 	if err != nil {
@@ -63,7 +69,8 @@ func newTokens(key ed25519.PrivateKey, accessTTL time.Duration, now func() time.
 	}
 	return &tokens{
 		verified:   verified,
-		key:        key,
+		keys:       keys,
+		legacy:     legacy,
 		refreshKey: refreshKey,
 		accessTTL:  accessTTL,
 		now:        now,
@@ -76,6 +83,9 @@ func newTokens(key ed25519.PrivateKey, accessTTL time.Duration, now func() time.
 			jwt.WithIssuedAt(),
 			jwt.WithLeeway(leeway),
 			jwt.WithTimeFunc(now),
+			// One token, one spelling: base64 with stray low bits in its
+			// last character would otherwise verify as the same token.
+			jwt.WithStrictDecoding(),
 		),
 	}, nil
 }
@@ -95,7 +105,10 @@ func (t *tokens) issueAccess(userID int, sessionID string) (string, time.Time, e
 		},
 		SessionID: sessionID,
 	}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c).SignedString(t.key)
+	key := t.keys.Signing()
+	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
+	tok.Header["kid"] = key.ID
+	s, err := tok.SignedString(key.Private)
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("sign access token: %w", err)
 	}
@@ -116,9 +129,7 @@ func (t *tokens) verifyAccess(token string) (verifiedToken, error) {
 		return v, nil
 	}
 	var c accessClaims
-	if _, err := t.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) {
-		return t.key.Public(), nil
-	}); err != nil {
+	if _, err := t.parser.ParseWithClaims(token, &c, t.verificationKey); err != nil {
 		return verifiedToken{}, fmt.Errorf("%w: %w", errBadToken, err)
 	}
 	userID, err := strconv.Atoi(c.Subject)
@@ -130,45 +141,75 @@ func (t *tokens) verifyAccess(token string) (verifiedToken, error) {
 	return v, nil
 }
 
+// verificationKey picks the public key that verifies an access token: the
+// one its "kid" names, or for a token from before tokens named their key,
+// each key of the ring in turn.
+func (t *tokens) verificationKey(tok *jwt.Token) (any, error) {
+	kid, ok := tok.Header["kid"]
+	if !ok {
+		return t.legacy, nil
+	}
+	id, _ := kid.(string)
+	k, ok := t.keys.Lookup(id)
+	if !ok {
+		return nil, fmt.Errorf("unknown signing key %q", kid)
+	}
+	return k.Public(), nil
+}
+
 // refreshToken is the parsed form of an opaque refresh token,
-// "<user>.<session>.<generation>.<mac>". The MAC binds the first three parts
-// to the server's key and the session's salt, which only Redis holds; each
-// Refresh moves the session to the next generation, so a token of an older
-// generation that still verifies is one that was used before.
+// "<user>.<session>.<generation>.<key>.<mac>". The MAC, by the key the
+// token names, binds the user, session and generation to the server's key
+// and the session's salt, which only Redis holds; each Refresh moves the
+// session to the next generation, so a token of an older generation that
+// still verifies is one that was used before. Tokens issued before they
+// named their key have no key part.
 type refreshToken struct {
 	userID     int
 	sessionID  string
 	generation int64
+	keyID      string
 	mac        []byte
 }
 
-func (t *tokens) refreshMAC(userID int, sessionID string, generation int64, salt string) []byte {
-	m := hmac.New(sha256.New, t.refreshKey)
-	fmt.Fprintf(m, "%d.%s.%d.%s", userID, sessionID, generation, salt)
-	return m.Sum(nil)
+func refreshPayload(userID int, sessionID string, generation int64, salt string) []byte {
+	return fmt.Appendf(nil, "%d.%s.%d.%s", userID, sessionID, generation, salt)
 }
 
 func (t *tokens) issueRefresh(userID int, sessionID string, generation int64, salt string) string {
-	mac := t.refreshMAC(userID, sessionID, generation, salt)
-	return fmt.Sprintf("%d.%s.%d.%s", userID, sessionID, generation, base64.RawURLEncoding.EncodeToString(mac))
+	kid, mac := t.refreshKey.Sign(refreshPayload(userID, sessionID, generation, salt))
+	return fmt.Sprintf("%d.%s.%d.%s.%s", userID, sessionID, generation, kid, base64.RawURLEncoding.EncodeToString(mac))
 }
 
+// parseRefresh parses a refresh token's parts; verifyRefresh checks its
+// MAC.
 func parseRefresh(s string) (refreshToken, bool) {
 	parts := strings.Split(s, ".")
-	if len(parts) != 4 {
+	var kid string
+	switch len(parts) {
+	case 5:
+		kid = parts[3]
+		if kid == "" {
+			return refreshToken{}, false
+		}
+		parts = append(parts[:3], parts[4])
+	case 4: // from before refresh tokens named their key
+	default:
 		return refreshToken{}, false
 	}
 	uid, err1 := strconv.Atoi(parts[0])
 	gen, err2 := strconv.ParseInt(parts[2], 10, 64)
-	mac, err3 := base64.RawURLEncoding.DecodeString(parts[3])
-	if err1 != nil || err2 != nil || err3 != nil || uid <= 0 || gen < 0 || !validSessionID(parts[1]) {
+	mac, err3 := base64.RawURLEncoding.Strict().DecodeString(parts[3])
+	if err1 != nil || err2 != nil || err3 != nil || uid <= 0 || gen < 0 || !validSessionID(parts[1]) ||
+		// One token, one spelling: no "+1" or "01" for 1.
+		strconv.Itoa(uid) != parts[0] || strconv.FormatInt(gen, 10) != parts[2] {
 		return refreshToken{}, false
 	}
-	return refreshToken{userID: uid, sessionID: parts[1], generation: gen, mac: mac}, true
+	return refreshToken{userID: uid, sessionID: parts[1], generation: gen, keyID: kid, mac: mac}, true
 }
 
-// verifyRefresh reports whether the token was issued by this server for the
-// session with the given salt.
+// verifyRefresh reports whether the token was issued by this server, with
+// a key of its ring, for the session with the given salt.
 func (t *tokens) verifyRefresh(r refreshToken, salt string) bool {
-	return hmac.Equal(r.mac, t.refreshMAC(r.userID, r.sessionID, r.generation, salt))
+	return t.refreshKey.Verify(r.keyID, refreshPayload(r.userID, r.sessionID, r.generation, salt), r.mac)
 }

@@ -396,7 +396,7 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request) {
 	callerID := 0 // unknown: a signed URL
 	cache := "private, max-age=31536000, immutable"
 	if sig := q.Get("signature"); sig != "" {
-		if !s.sign.checkSignedPath(r.URL.Path, q.Get("expires"), sig, s.cfg.Now()) {
+		if !s.sign.checkSignedPath(r.URL.Path, q, s.cfg.Now()) {
 			s.httpError(w, r, connect.NewError(connect.CodePermissionDenied, errors.New("the signed URL is invalid or expired")))
 			return
 		}

@@ -2,7 +2,6 @@ package media
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,14 +18,15 @@ import (
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/doclock"
+	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/rpcerr"
 )
 
 // Config tunes uploads and downloads.
 type Config struct {
-	// Key is the server's signing key; upload tokens and download URLs
-	// are signed with keys derived from it.
-	Key ed25519.PrivateKey
+	// Keys are the server's signing keys; upload tokens and download URLs
+	// are signed with keys derived from them.
+	Keys *keyring.Ring
 	// MaxImageBytes, MaxVideoBytes and MaxFileBytes limit the declared
 	// size of an upload by the kind of file declared.
 	MaxImageBytes, MaxVideoBytes, MaxFileBytes int64
@@ -156,7 +156,7 @@ var _ parleyv1connect.MediaServiceHandler = (*Service)(nil)
 // New returns the media service over lib.
 func New(log *slog.Logger, lib *Library, members Members, rdb redis.UniversalClient, cfg Config) (*Service, error) {
 	cfg.setDefaults()
-	sign, err := newSigner(cfg.Key)
+	sign, err := newSigner(cfg.Keys)
 	if err != nil {
 		return nil, err
 	}

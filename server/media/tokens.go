@@ -1,41 +1,42 @@
 package media
 
 import (
-	"crypto/ed25519"
-	"crypto/hkdf"
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+
+	"github.com/parley-chat/parley/server/keyring"
 )
 
 // signer makes and checks the upload tokens and the signed download
-// URLs, with HMAC-SHA256 keys derived from the server's signing key, so
-// every instance of a deployment accepts what another signed.
+// URLs, with HMAC-SHA256 keys derived from the server's signing keys, so
+// every instance of a deployment accepts what another signed. Each token
+// and URL names the key that signed it, so that they keep working when the
+// signing key is rotated and the old one is kept to verify.
 type signer struct {
-	upload, download []byte
+	upload, download *keyring.MACs
 }
 
-func newSigner(key ed25519.PrivateKey) (signer, error) {
-	up, err := hkdf.Key(sha256.New, key.Seed(), nil, "parley media upload token", 32)
+func newSigner(keys *keyring.Ring) (signer, error) {
+	up, err := keys.MACs("parley media upload token")
 	if err != nil {
 		return signer{}, fmt.Errorf("media keys: %w", err)
 	}
-	down, err := hkdf.Key(sha256.New, key.Seed(), nil, "parley media download url", 32)
+	down, err := keys.MACs("parley media download url")
 	if err != nil {
 		return signer{}, fmt.Errorf("media keys: %w", err)
 	}
 	return signer{upload: up, download: down}, nil
 }
 
-var b64 = base64.RawURLEncoding
+var b64 = base64.RawURLEncoding.Strict()
 
 // uploadGrant is what an upload token allows: one upload of exactly Size
 // bytes to one media, by one user, until Expires.
@@ -48,13 +49,16 @@ type uploadGrant struct {
 
 const grantLen = 12 + 4 + 8 + 8
 
+// uploadToken returns "<key>.<grant>.<mac>"; tokens from before they
+// named their key are "<grant>.<mac>".
 func (s signer) uploadToken(g uploadGrant) string {
 	p := make([]byte, 0, grantLen)
 	p = append(p, g.MediaID[:]...)
 	p = binary.BigEndian.AppendUint32(p, uint32(g.Uploader))
 	p = binary.BigEndian.AppendUint64(p, uint64(g.Size))
 	p = binary.BigEndian.AppendUint64(p, uint64(g.Expires.Unix()))
-	return b64.EncodeToString(p) + "." + b64.EncodeToString(mac(s.upload, p))
+	kid, sig := s.upload.Sign(p)
+	return kid + "." + b64.EncodeToString(p) + "." + b64.EncodeToString(sig)
 }
 
 var errBadToken = errors.New("bad upload token")
@@ -62,16 +66,24 @@ var errBadToken = errors.New("bad upload token")
 // parseUploadToken checks a token's signature and returns its grant; the
 // caller checks the rest (expiry, user, media).
 func (s signer) parseUploadToken(tok string) (uploadGrant, error) {
-	payload, sig, ok := strings.Cut(tok, ".")
-	if !ok {
+	parts := strings.Split(tok, ".")
+	var kid string
+	switch len(parts) {
+	case 3:
+		kid, parts = parts[0], parts[1:]
+		if kid == "" {
+			return uploadGrant{}, errBadToken
+		}
+	case 2: // from before tokens named their key
+	default:
 		return uploadGrant{}, errBadToken
 	}
-	p, err := b64.DecodeString(payload)
+	p, err := b64.DecodeString(parts[0])
 	if err != nil || len(p) != grantLen {
 		return uploadGrant{}, errBadToken
 	}
-	got, err := b64.DecodeString(sig)
-	if err != nil || !hmac.Equal(got, mac(s.upload, p)) {
+	got, err := b64.DecodeString(parts[1])
+	if err != nil || !s.upload.Verify(kid, p, got) {
 		return uploadGrant{}, errBadToken
 	}
 	var g uploadGrant
@@ -82,25 +94,27 @@ func (s signer) parseUploadToken(tok string) (uploadGrant, error) {
 	return g, nil
 }
 
-// signPath returns path (a download path) signed until expires.
+// signPath returns path (a download path) signed until expires, by the
+// key the URL names.
 func (s signer) signPath(path string, expires time.Time) string {
 	exp := strconv.FormatInt(expires.Unix(), 10)
-	return path + "?expires=" + exp + "&signature=" + b64.EncodeToString(mac(s.download, []byte(path+"\n"+exp)))
+	kid, sig := s.download.Sign([]byte(path + "\n" + exp))
+	return path + "?expires=" + exp + "&key=" + kid + "&signature=" + b64.EncodeToString(sig)
 }
 
-// checkSignedPath reports whether expires and signature sign path and
-// have not expired at now.
-func (s signer) checkSignedPath(path, expires, signature string, now time.Time) bool {
+// checkSignedPath reports whether the query q of a signed URL (its
+// expires, key and signature) signs path and has not expired at now. URLs
+// from before they named their key have no key.
+func (s signer) checkSignedPath(path string, q url.Values, now time.Time) bool {
+	expires := q.Get("expires")
 	exp, err := strconv.ParseInt(expires, 10, 64)
-	if err != nil || now.Unix() >= exp {
+	if err != nil || now.Unix() >= exp || strconv.FormatInt(exp, 10) != expires {
 		return false
 	}
-	got, err := b64.DecodeString(signature)
-	return err == nil && hmac.Equal(got, mac(s.download, []byte(path+"\n"+expires)))
-}
-
-func mac(key, data []byte) []byte {
-	h := hmac.New(sha256.New, key)
-	h.Write(data)
-	return h.Sum(nil)
+	kid := q.Get("key")
+	if q.Has("key") && kid == "" {
+		return false
+	}
+	got, err := b64.DecodeString(q.Get("signature"))
+	return err == nil && s.download.Verify(kid, []byte(path+"\n"+expires), got)
 }

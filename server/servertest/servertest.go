@@ -24,7 +24,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/parley-chat/parley/server/auth"
 	"log/slog"
 	"net/url"
 	"os"
@@ -39,6 +38,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/parley-chat/parley/server/embedded"
+	"github.com/parley-chat/parley/server/keyring"
 )
 
 // Default addresses of the local services, used when the environment names
@@ -271,7 +271,7 @@ func createKey() (string, error) {
 	}
 	shared.cleanups = append(shared.cleanups, func() error { return os.RemoveAll(dir) })
 	path := filepath.Join(dir, "jwt-ed25519.pem")
-	_, err = auth.LoadOrCreateKey(path, true)
+	_, err = keyring.LoadOrCreateKey(path, true)
 	return path, err
 }
 
