@@ -86,6 +86,13 @@ test-web: web $(CHROMIUM) test-server ## The web chat's browser test (in Chromiu
 test-server:
 	go build -o bin/parley-test .
 
+# How long `make fuzz` fuzzes each target (`make fuzz FUZZTIME=1m`).
+FUZZTIME ?= 10s
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target (func Fuzz... in *_test.go) alone for FUZZTIME (10s) each; stop at the first failure.
+	FUZZTIME=$(FUZZTIME) scripts/fuzz
+
 .PHONY: web
 web: clients/web/node_modules ## Build the web chat into clients/web/dist (serve it with -web-dir).
 	npm --prefix clients/ts run --silent build
@@ -135,4 +142,4 @@ lint: proto-deps ## buf lint, go vet and a gofmt check.
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 
 .PHONY: ci
-ci: check-generated lint test ## Everything CI checks.
+ci: check-generated lint test fuzz ## Everything CI checks.

@@ -72,8 +72,8 @@ type Config struct {
 	// ClientIPHeader, when set, is the request header (such as X-Real-IP
 	// or X-Forwarded-For) that a trusted reverse proxy sets to the
 	// client's address; of a list, the last entry (the one the proxy
-	// added) counts. Leave it empty when clients connect directly: they
-	// could forge it.
+	// added) counts, in the last line when the header comes in several.
+	// Leave it empty when clients connect directly: they could forge it.
 	ClientIPHeader string
 	// UnauthenticatedPerAddress bounds the requests without a caller
 	// (sign-in, server info, health, reflection, identicons) that one
@@ -364,10 +364,14 @@ func (s *Service) SessionsOpen(ctx context.Context, ids []Identity) ([]bool, err
 // (host:port, as connect.Peer.Addr and http.Request.RemoteAddr give it).
 // Rate limits and the middleware's bound on unauthenticated requests both
 // use it, so a proxy in front is never one client to either.
-func (s *Service) clientAddr(remote string, h interface{ Get(string) string }) string {
+func (s *Service) clientAddr(remote string, h interface{ Values(string) []string }) string {
 	if s.cfg.ClientIPHeader != "" {
-		if v := h.Get(s.cfg.ClientIPHeader); v != "" {
-			// A client can put anything in front; the proxy appends.
+		// A client can put anything in front, in the header line the proxy
+		// appends to or in lines of its own before the one a proxy adds
+		// (HAProxy's option forwardfor does): the last entry of the last
+		// line is the proxy's.
+		if lines := h.Values(s.cfg.ClientIPHeader); len(lines) > 0 {
+			v := lines[len(lines)-1]
 			last := v[strings.LastIndex(v, ",")+1:]
 			if ip := net.ParseIP(strings.TrimSpace(last)); ip != nil {
 				return ip.String()

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"golang.org/x/text/secure/bidirule"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/text/unicode/norm"
 
 	"github.com/parley-chat/parley/ent"
+	"github.com/parley-chat/parley/ent/schema"
 	"github.com/parley-chat/parley/ent/user"
 )
 
@@ -71,6 +73,13 @@ func normalizeUsername(name string) (display, key string, err error) {
 	display, err = usernameDisplay.String(name)
 	if err != nil || !rtlValid(display) {
 		return "", "", errUsernameForm
+	}
+	if n := utf8.RuneCountInString(display); n > schema.UsernameMaxLen {
+		// NFC writes a few letters as two or three characters ("क़",
+		// "שּׁ"), so a name within the request's limit can outgrow the
+		// column.
+		return "", "", connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(
+			"username: %d characters once normalised; at most %d", n, schema.UsernameMaxLen))
 	}
 	key, err = usernameFold.String(name)
 	if err != nil || key == "" {

@@ -62,6 +62,8 @@ func TestRegister_LookAlikeNames(t *testing.T) {
 				{strings.Replace(base, "a", "а", 1), connect.CodeInvalidArgument, "mixes the Cyrillic and Latin scripts"}, // Cyrillic a
 				{strings.Replace(base, "a", "α", 1), connect.CodeInvalidArgument, "mixes the Greek and Latin scripts"},
 				{"ＡＢＣ\u00a0" + base, connect.CodeInvalidArgument, "username"}, // a no-break space: refused by the pattern
+				// 26 characters that NFC writes as 52, past the column's 50.
+				{strings.Repeat("\u0958", 26), connect.CodeInvalidArgument, "52 characters once normalised; at most 50"},
 			}
 			before := userCount(t, srv)
 			for _, tc := range cases {
