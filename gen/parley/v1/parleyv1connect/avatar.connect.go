@@ -48,7 +48,9 @@ const (
 
 // AvatarServiceClient is a client for the parley.v1.AvatarService service.
 type AvatarServiceClient interface {
-	// ListAvatars lists a user's avatars, newest first.
+	// ListAvatars lists the caller's avatars, newest first. Of another user
+	// it lists only the active avatar, without its upload time, as a profile
+	// shows it.
 	ListAvatars(context.Context, *connect.Request[v1.ListAvatarsRequest]) (*connect.Response[v1.ListAvatarsResponse], error)
 	// AddAvatar makes an uploaded image (MediaService.CreateUpload with
 	// avatar) the caller's active avatar.
@@ -129,7 +131,9 @@ func (c *avatarServiceClient) DeleteAvatar(ctx context.Context, req *connect.Req
 
 // AvatarServiceHandler is an implementation of the parley.v1.AvatarService service.
 type AvatarServiceHandler interface {
-	// ListAvatars lists a user's avatars, newest first.
+	// ListAvatars lists the caller's avatars, newest first. Of another user
+	// it lists only the active avatar, without its upload time, as a profile
+	// shows it.
 	ListAvatars(context.Context, *connect.Request[v1.ListAvatarsRequest]) (*connect.Response[v1.ListAvatarsResponse], error)
 	// AddAvatar makes an uploaded image (MediaService.CreateUpload with
 	// avatar) the caller's active avatar.

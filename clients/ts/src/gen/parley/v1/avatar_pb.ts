@@ -165,7 +165,9 @@ export const DeleteAvatarResponseSchema: GenMessage<DeleteAvatarResponse> = /*@_
  */
 export const AvatarService: GenService<{
   /**
-   * ListAvatars lists a user's avatars, newest first.
+   * ListAvatars lists the caller's avatars, newest first. Of another user
+   * it lists only the active avatar, without its upload time, as a profile
+   * shows it.
    *
    * @generated from rpc parley.v1.AvatarService.ListAvatars
    */
