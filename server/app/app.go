@@ -17,7 +17,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/event"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
@@ -115,6 +117,25 @@ type Config struct {
 	UnauthenticatedPerAddress             int
 	// Now is the clock; time.Now when nil. Tests move it forward.
 	Now func() time.Time
+	// Observe, when set, sees every request and every store call made
+	// under it; tests and benchmarks count store round trips per RPC with
+	// it. Nil in production.
+	Observe *Observer
+}
+
+// Observer sees a server's requests and its calls to the stores. Each
+// field may be nil.
+type Observer struct {
+	// Handler wraps the server's whole handler, outside authentication,
+	// so what it puts in a request's context reaches every store call
+	// the request makes.
+	Handler func(http.Handler) http.Handler
+	// Mongo monitors the MongoDB client's commands.
+	Mongo *event.CommandMonitor
+	// Redis hooks into the Redis client's commands and pipelines.
+	Redis redis.Hook
+	// SQL traces PostgreSQL queries (not the embedded SQLite's).
+	SQL pgx.QueryTracer
 }
 
 // StoreInfo says where one store lives, for the start-up banner.
@@ -248,6 +269,9 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	if err != nil {
 		return nil, err
 	}
+	if o := cfg.Observe; o != nil && o.Handler != nil {
+		a.handler = o.Handler(a.handler)
+	}
 	return a, nil
 }
 
@@ -296,7 +320,11 @@ func (a *App) openSQL(ctx context.Context) error {
 		}
 		a.stores = append(a.stores, StoreInfo{Name: "postgres", Embedded: true, Where: "SQLite at " + path})
 	} else {
-		a.db, err = sqldb.OpenPostgres(ctx, a.cfg.DatabaseURL)
+		var tracer pgx.QueryTracer
+		if a.cfg.Observe != nil {
+			tracer = a.cfg.Observe.SQL
+		}
+		a.db, err = sqldb.OpenPostgresTraced(ctx, a.cfg.DatabaseURL, tracer)
 		if err != nil {
 			return err
 		}
@@ -330,10 +358,14 @@ func (a *App) openMongo(ctx context.Context) error {
 	} else {
 		a.stores = append(a.stores, StoreInfo{Name: "mongodb", Where: redactURL(uri)})
 	}
-	client, err := mongo.Connect(options.Client().
+	clientOpts := options.Client().
 		ApplyURI(uri).
 		SetServerSelectionTimeout(5 * time.Second).
-		SetAppName("parley"))
+		SetAppName("parley")
+	if a.cfg.Observe != nil && a.cfg.Observe.Mongo != nil {
+		clientOpts.SetMonitor(a.cfg.Observe.Mongo)
+	}
+	client, err := mongo.Connect(clientOpts)
 	if err != nil {
 		return fmt.Errorf("connect mongodb: %w", err)
 	}
@@ -370,6 +402,9 @@ func (a *App) openRedis(ctx context.Context) error {
 		return fmt.Errorf("redis url: %w", err)
 	}
 	a.redis = redis.NewClient(opts)
+	if a.cfg.Observe != nil && a.cfg.Observe.Redis != nil {
+		a.redis.AddHook(a.cfg.Observe.Redis)
+	}
 	a.closers = append(a.closers, a.redis.Close)
 	if err := a.redis.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("ping redis: %w", err)

@@ -14,8 +14,9 @@
 // It also holds what the packages' tests share, written once: accounts
 // (Register, UniqueName), requests and their checks (NewClients,
 // WithToken, WantCode), chats and messages (PrivateChat, GroupChat, Send,
-// ListMessagesAfter), benchmarks (Concurrently, Percentile) and a
-// SyncBuffer for output read while it is written.
+// ListMessagesAfter), benchmarks (Concurrently, Percentile), store calls
+// counted per RPC (StoreCalls, WithStoreCalls) and a SyncBuffer for output
+// read while it is written.
 package servertest
 
 import (

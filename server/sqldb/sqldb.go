@@ -19,7 +19,8 @@ import (
 
 	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
-	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -42,10 +43,18 @@ type DB struct {
 // PostgreSQL connection string such as
 // "postgres://user:pass@host:5432/parley?sslmode=disable".
 func OpenPostgres(ctx context.Context, url string) (*DB, error) {
-	db, err := sql.Open("pgx", url)
+	return OpenPostgresTraced(ctx, url, nil)
+}
+
+// OpenPostgresTraced is OpenPostgres with every query traced by tracer
+// (none when nil).
+func OpenPostgresTraced(ctx context.Context, url string, tracer pgx.QueryTracer) (*DB, error) {
+	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
+	cfg.Tracer = tracer
+	db := stdlib.OpenDB(*cfg)
 	db.SetMaxOpenConns(32)
 	db.SetMaxIdleConns(16)
 	db.SetConnMaxIdleTime(5 * time.Minute)

@@ -1,0 +1,123 @@
+package chat_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"testing"
+
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/servertest"
+)
+
+// storeCallsFile holds the store calls per send that
+// TestSendMessage_StoreCalls holds the server to; see bench/README.md.
+var storeCallsFile = filepath.Join("..", "..", "bench", "store-calls.json")
+
+// perSend is what one send costs in store calls, averaged over the
+// sends of a scenario.
+type perSend struct {
+	Mongo           map[string]float64 `json:"mongo"`
+	MongoTotal      float64            `json:"mongoTotal"`
+	RedisRoundTrips float64            `json:"redisRoundTrips"`
+	Redis           map[string]float64 `json:"redis"`
+	RedisTotal      float64            `json:"redisTotal"`
+	RedisLocks      float64            `json:"redisLocks"`
+	SQL             float64            `json:"sql"`
+}
+
+func average(c servertest.Calls, n int) perSend {
+	per := func(v int) float64 {
+		f, _ := strconv.ParseFloat(strconv.FormatFloat(float64(v)/float64(n), 'f', 2, 64), 64)
+		return f
+	}
+	p := perSend{Mongo: map[string]float64{}, Redis: map[string]float64{},
+		MongoTotal: per(c.MongoTotal()), RedisRoundTrips: per(c.RedisRoundTrips),
+		RedisTotal: per(c.RedisTotal()), RedisLocks: per(c.RedisLocks), SQL: per(c.SQL)}
+	for k, v := range c.Mongo {
+		p.Mongo[k] = per(v)
+	}
+	for k, v := range c.RedisCommands {
+		p.Redis[k] = per(v)
+	}
+	return p
+}
+
+// TestSendMessage_StoreCalls counts the store calls of SendMessage, on the
+// document engine, in the scenarios of the load tool's W1 (a private chat)
+// and W2 (a group; its subscribers make no store call per event), and
+// holds them to the numbers committed in bench/store-calls.json: more
+// calls is a regression, fewer means the file should say so. The counts
+// are deterministic: sends one after another, a clock that stands still
+// (no session touch), scripts and connections warmed up first.
+// PARLEY_UPDATE_STORE_CALLS=1 writes the measured numbers to the file.
+func TestSendMessage_StoreCalls(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t) // FerretDB 1.x takes the locked path
+	const sends = 20
+	calls := &servertest.StoreCalls{}
+	clock := servertest.NewClock()
+	srv := servertest.New(t, servertest.WithStoreCalls(calls), servertest.WithConfig(func(c *app.Config) { c.Now = clock.Now }))
+	p := servertest.Protocols[0]
+	alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+	private := servertest.PrivateChat(t, alice.chats, alice.token, bob.id).GetId()
+	servertest.AcceptRequest(t, bob.chats, bob.token, private)
+	members := []*user{bob}
+	for range 8 {
+		members = append(members, newUser(t, srv, p))
+	}
+	groupID := group(t, alice, "counted", members...).GetId()
+
+	got := map[string]perSend{}
+	for _, sc := range []struct {
+		name   string
+		chatID string
+	}{
+		{"SendMessage, private chat (W1)", private},
+		{fmt.Sprintf("SendMessage, group of %d (W2)", len(members)+1), groupID},
+	} {
+		for range 3 { // warm-up: scripts loaded, pools dialed
+			servertest.Send(t, alice.msgs, alice.token, sc.chatID, "warm-up")
+		}
+		calls.Reset()
+		for range sends {
+			servertest.Send(t, alice.msgs, alice.token, sc.chatID, "counted")
+		}
+		c := calls.Of(parleyv1connect.MessageServiceSendMessageProcedure)
+		if c.Requests != sends {
+			t.Fatalf("%s: counted %d requests, want %d", sc.name, c.Requests, sends)
+		}
+		got[sc.name] = average(c, sends)
+	}
+
+	if os.Getenv("PARLEY_UPDATE_STORE_CALLS") != "" {
+		data, _ := json.MarshalIndent(got, "", "  ")
+		if err := os.WriteFile(storeCallsFile, append(data, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s", storeCallsFile)
+		return
+	}
+	data, err := os.ReadFile(storeCallsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want map[string]perSend
+	if err := json.Unmarshal(data, &want); err != nil {
+		t.Fatalf("%s: %v", storeCallsFile, err)
+	}
+	for name, m := range got {
+		if w, ok := want[name]; !ok || !reflect.DeepEqual(w, m) {
+			wj, _ := json.Marshal(w)
+			mj, _ := json.Marshal(m)
+			t.Errorf("%s: store calls per send differ from %s; if the change is meant, run this test with "+
+				"PARLEY_UPDATE_STORE_CALLS=1 and commit the file\ncommitted: %s\nmeasured:  %s", name, storeCallsFile, wj, mj)
+		}
+	}
+	if len(want) != len(got) {
+		t.Errorf("%s has %d scenarios, the test measures %d", storeCallsFile, len(want), len(got))
+	}
+}
