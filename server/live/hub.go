@@ -96,8 +96,9 @@ type Hub struct {
 	mu    sync.Mutex
 	users map[int]map[*subscriber]struct{}
 
-	// offline is told about users whose presence expired because the
-	// instance that kept them online stopped renewing it.
+	// offline, set by NewService under mu, is told about users whose
+	// presence expired because the instance that kept them online
+	// stopped renewing it.
 	offline func(ctx context.Context, userID int, lastSeen time.Time)
 	// sessions, set by NewService under mu, checks at each heartbeat that
 	// the streams' sessions are still open.

@@ -150,8 +150,11 @@ func (h *Hub) expirePresence(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if seen > 0 && h.offline != nil {
-			h.offline(ctx, uid, time.UnixMilli(seen))
+		h.mu.Lock()
+		offline := h.offline
+		h.mu.Unlock()
+		if seen > 0 && offline != nil {
+			offline(ctx, uid, time.UnixMilli(seen))
 		}
 	}
 	return nil

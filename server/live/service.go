@@ -82,8 +82,9 @@ var _ parleyv1connect.LiveServiceHandler = (*Service)(nil)
 // checks its streams' sessions with sessions from now on.
 func NewService(log *slog.Logger, hub *Hub, chats Chats, sessions Sessions) *Service {
 	s := &Service{log: log, hub: hub, chats: chats, sessions: sessions}
-	hub.offline = func(ctx context.Context, uid int, at time.Time) { s.announce(ctx, uid, false, at) }
 	hub.mu.Lock()
+	// The hub's tick already runs: both under mu.
+	hub.offline = func(ctx context.Context, uid int, at time.Time) { s.announce(ctx, uid, false, at) }
 	hub.sessions = sessions
 	hub.mu.Unlock()
 	return s
