@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/parley-chat/parley/server"
+	"github.com/parley-chat/parley/server/admin"
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/chat"
@@ -47,6 +49,7 @@ func main() {
 type options struct {
 	app       app.Config
 	addr      string
+	adminAddr string
 	logFormat string
 	logLevel  slog.Level
 	migrate   bool // the "migrate" subcommand
@@ -75,8 +78,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	printBanner(stdout, a, ln.Addr())
-	log.Info("serving", "addr", ln.Addr().String(), "version", opts.app.Version)
+	var adminAddr net.Addr
+	if opts.adminAddr != "" {
+		aln, err := net.Listen("tcp", opts.adminAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("admin listen: %w", err)
+		}
+		adminAddr = aln.Addr()
+		// Profiles take as long as they are asked to (?seconds=30): no
+		// write timeout.
+		adminSrv := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go adminSrv.Serve(aln) // ends with ErrServerClosed
+		defer adminSrv.Close()
+	}
+	printBanner(stdout, a, ln.Addr(), adminAddr)
+	log.Info("serving", "addr", ln.Addr().String(), "admin", opts.adminAddr, "version", opts.app.Version)
 	return a.Serve(ctx, ln)
 }
 
@@ -96,7 +113,7 @@ func migrate(ctx context.Context, opts options, log *slog.Logger, stdout io.Writ
 	return nil
 }
 
-func printBanner(w io.Writer, a *app.App, addr net.Addr) {
+func printBanner(w io.Writer, a *app.App, addr, adminAddr net.Addr) {
 	scheme := "http"
 	if a.TLSEnabled() {
 		scheme = "https"
@@ -115,6 +132,9 @@ func printBanner(w io.Writer, a *app.App, addr net.Addr) {
 			kind = "embedded"
 		}
 		fmt.Fprintf(w, "  %-8s %s: %s\n", s.Name, kind, s.Where)
+	}
+	if adminAddr != nil {
+		fmt.Fprintf(w, "Admin (profiles, memory statistics) on http://%s/debug/pprof/ and /debug/vars\n", adminAddr)
 	}
 	fmt.Fprintf(w, "Try it:\n  curl -s -H 'Content-Type: application/json' -d '{}' %s/grpc.health.v1.Health/Check\n", base)
 }
@@ -143,6 +163,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	e := envReader{getenv: getenv}
 	c := &opts.app
 	fs.StringVar(&opts.addr, "addr", e.str("PARLEY_ADDR", ":8080"), "listen `address` (PARLEY_ADDR)")
+	fs.StringVar(&opts.adminAddr, "admin-addr", e.str("PARLEY_ADMIN_ADDR", ""), "listen `address` of the admin listener (pprof profiles, memory statistics), such as 127.0.0.1:9090; never the public one; empty: off (PARLEY_ADMIN_ADDR)")
 	fs.StringVar(&c.DataDir, "data-dir", e.str("PARLEY_DATA_DIR", "./data"), "`directory` for the embedded stores' files (PARLEY_DATA_DIR)")
 	fs.StringVar(&c.DatabaseURL, "database-url", e.str("PARLEY_DATABASE_URL", ""), "PostgreSQL connection `URL`; empty: embedded SQLite (PARLEY_DATABASE_URL)")
 	fs.StringVar(&c.MongoURI, "mongo-uri", e.str("PARLEY_MONGO_URI", ""), "MongoDB connection `URI`; empty: embedded FerretDB (PARLEY_MONGO_URI)")
@@ -236,6 +257,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	}
 	if c.ReadHeaderTimeout <= 0 || c.RequestBodyTimeout <= 0 || c.UnauthenticatedPerAddress <= 0 {
 		return opts, errors.New("-read-header-timeout, -request-body-timeout and -unauthenticated-per-address must be positive")
+	}
+	if _, port, _ := net.SplitHostPort(opts.addr); opts.adminAddr != "" && opts.adminAddr == opts.addr && port != "0" {
+		return opts, errors.New("-admin-addr must differ from -addr: the admin listener is never the public one")
 	}
 	c.CORSOrigins = splitList(*cors)
 	c.JWTVerifyKeyFiles = splitList(*verifyKeys)

@@ -122,6 +122,42 @@ func TestRun_EmbeddedDefaults(t *testing.T) {
 	}
 }
 
+// TestRun_Admin checks that -admin-addr serves profiles and memory
+// statistics on a listener of its own, and that the public listener
+// serves neither.
+func TestRun_Admin(t *testing.T) {
+	baseURL, banner, _ := startRun(t, nil, "-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-data-dir", t.TempDir())
+	m := regexp.MustCompile(`Admin .* on (http://\S+)/debug/pprof/`).FindStringSubmatch(banner)
+	if m == nil {
+		t.Fatalf("the banner names no admin listener:\n%s", banner)
+	}
+	adminURL := m[1]
+	get := func(url string) (int, string) {
+		t.Helper()
+		res, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(body)
+	}
+	if code, body := get(adminURL + "/debug/vars"); code != http.StatusOK || !strings.Contains(body, `"HeapInuse"`) {
+		t.Errorf("GET /debug/vars = %d, want 200 with the memory statistics; got %.200s", code, body)
+	}
+	if code, body := get(adminURL + "/debug/pprof/heap?gc=1&debug=1"); code != http.StatusOK || !strings.Contains(body, "heap profile") {
+		t.Errorf("GET /debug/pprof/heap = %d %.200s, want a heap profile", code, body)
+	}
+	if code, body := get(adminURL + "/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "goroutine profile") {
+		t.Errorf("GET /debug/pprof/goroutine = %d %.200s, want a goroutine profile", code, body)
+	}
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/vars"} {
+		if code, _ := get(baseURL + path); code == http.StatusOK {
+			t.Errorf("the public listener serves %s", path)
+		}
+	}
+}
+
 // TestRun_ExternalStores points the program at real PostgreSQL and Redis:
 // each URL that is set replaces its embedded store.
 func TestRun_ExternalStores(t *testing.T) {
@@ -171,6 +207,11 @@ func TestParseArgs(t *testing.T) {
 					t.Errorf("cors origins = %q", got)
 				}
 			},
+		},
+		{
+			name:    "the admin listener is never the public one",
+			args:    []string{"-addr", "127.0.0.1:8080", "-admin-addr", "127.0.0.1:8080"},
+			wantErr: "-admin-addr must differ from -addr",
 		},
 		{
 			name: "retired signing keys",

@@ -29,6 +29,7 @@
 //	                    download endpoints; storage on disk or S3; the
 //	                    Library that attaches uploads to messages and
 //	                    avatars; clean-up of unattached uploads
+//	server/admin/       the admin listener (-admin-addr): pprof, expvar
 //	server/health/      grpc.health.v1.Health from periodic store pings
 //	server/reqlog/      one log line per request
 //	server/rpcerr/      store errors -> Connect codes (and HTTP statuses), in
@@ -56,7 +57,8 @@
 //	main
 //	server/app, server/servertest
 //	server
-//	server/<domain> (live, chat, user, then media, auth, info), server/health
+//	server/<domain> (live, chat, user, then media, auth, info), server/health,
+//	server/admin
 //	server/reqlog, server/rpcerr, server/keyring, server/doclock, server/mongoindex,
 //	server/sqldb, server/embedded
 //	gen/..., ent/...

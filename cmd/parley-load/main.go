@@ -35,7 +35,10 @@
 //     -group-rate 20 -private-rate 0 -duration 20s
 //   - idle: -streams open streams spread over -users users, idle; it
 //     reports the server's memory per open stream (from /proc of
-//     -server-pid, so the server must run on this machine). A user's
+//     -server-pid, so the server must run on this machine) and, with
+//     -admin-url, its live heap and goroutine stacks per open stream,
+//     each read after a garbage collection, which no memory freed
+//     earlier (such as registration's password hashing) can blur. A user's
 //     streams share one session: beyond 10 a user (the defaults give
 //     exactly that), start the server with -live-max-streams-per-session
 //     and -live-max-streams-per-user raised to match.
@@ -75,9 +78,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -107,6 +112,7 @@ type config struct {
 	drain       time.Duration
 	streams     int
 	serverPID   int
+	adminURL    string
 	size        int64
 	rounds      int
 
@@ -164,6 +170,7 @@ func run(ctx context.Context, args []string) error {
 	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow -addr, -mongo-uri and -redis-url outside this machine")
 	fs.IntVar(&c.streams, "streams", 10000, "open streams (idle)")
 	fs.IntVar(&c.serverPID, "server-pid", 0, "the server's process id, to read its memory (idle, media)")
+	fs.StringVar(&c.adminURL, "admin-url", "", "the server's admin listener (its -admin-addr, as http://127.0.0.1:9090), to read its live heap and stacks after a garbage collection (idle)")
 	fs.Int64Var(&c.size, "size", 200_000_000, "file size in bytes (media)")
 	fs.IntVar(&c.rounds, "rounds", 0, "uploads and downloads (media, default 3), or rounds of fresh and big phases (bigchat, default 1)")
 	if err := fs.Parse(args); err != nil {
@@ -589,6 +596,10 @@ func idle(ctx context.Context, cfg config) error {
 		return err
 	}
 	fmt.Printf("server RSS with %d streams: %.1f MiB\n", len(open), float64(before)/(1<<20))
+	liveBefore, err := liveMemory(ctx, cfg.adminURL)
+	if err != nil {
+		return err
+	}
 	n := cfg.streams - len(open)
 	t0 := time.Now()
 	var mu sync.Mutex
@@ -626,8 +637,61 @@ func idle(ctx context.Context, cfg config) error {
 		return err
 	}
 	fmt.Printf("server RSS with %d streams: %.1f MiB\n", len(open), float64(after)/(1<<20))
-	fmt.Printf("memory per stream: %.1f KiB\n", float64(after-before)/float64(n)/1024)
+	fmt.Printf("memory per stream: %.1f KiB (RSS)\n", float64(after-before)/float64(n)/1024)
+	if cfg.adminURL != "" {
+		liveAfter, err := liveMemory(ctx, cfg.adminURL)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("server live heap and stacks: %.1f MiB with %d streams, %.1f MiB with %d\n",
+			float64(liveBefore)/(1<<20), len(open)-n, float64(liveAfter)/(1<<20), len(open))
+		fmt.Printf("live memory per stream: %.1f KiB (heap and stacks after a garbage collection)\n",
+			float64(liveAfter-liveBefore)/float64(n)/1024)
+	}
 	return nil
+}
+
+// liveMemory asks the server's admin listener for a garbage collection
+// (a heap profile with gc=1) and then for its memory statistics, and
+// returns the bytes of live heap objects and goroutine stacks; 0 without
+// an admin URL.
+func liveMemory(ctx context.Context, adminURL string) (int64, error) {
+	if adminURL == "" {
+		return 0, nil
+	}
+	get := func(path string) ([]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(adminURL, "/")+path, nil)
+		if err != nil {
+			return nil, err
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("admin listener: %w", err)
+		}
+		defer res.Body.Close()
+		body, err := io.ReadAll(res.Body)
+		if err == nil && res.StatusCode != http.StatusOK {
+			err = fmt.Errorf("admin listener: GET %s: %s", path, res.Status)
+		}
+		return body, err
+	}
+	if _, err := get("/debug/pprof/heap?gc=1"); err != nil {
+		return 0, err
+	}
+	body, err := get("/debug/vars")
+	if err != nil {
+		return 0, err
+	}
+	var vars struct {
+		MemStats struct {
+			HeapAlloc  int64
+			StackInuse int64
+		} `json:"memstats"`
+	}
+	if err := json.Unmarshal(body, &vars); err != nil {
+		return 0, fmt.Errorf("admin listener: /debug/vars: %w", err)
+	}
+	return vars.MemStats.HeapAlloc + vars.MemStats.StackInuse, nil
 }
 
 // rss reads a process's resident set size in bytes.
