@@ -89,11 +89,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// Profiles take as long as they are asked to (?seconds=30): no
 		// write timeout.
 		adminSrv := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: 10 * time.Second}
-		go adminSrv.Serve(aln) // ends with ErrServerClosed
+		go func() {
+			if err := adminSrv.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin listener", "err", err)
+			}
+		}()
 		defer adminSrv.Close()
 	}
 	printBanner(stdout, a, ln.Addr(), adminAddr)
-	log.Info("serving", "addr", ln.Addr().String(), "admin", opts.adminAddr, "version", opts.app.Version)
+	log.Info("serving", "addr", ln.Addr().String(), "admin", adminAddr, "version", opts.app.Version)
 	return a.Serve(ctx, ln)
 }
 
@@ -118,12 +122,7 @@ func printBanner(w io.Writer, a *app.App, addr, adminAddr net.Addr) {
 	if a.TLSEnabled() {
 		scheme = "https"
 	}
-	host := "localhost"
-	if tcp, ok := addr.(*net.TCPAddr); ok && !tcp.IP.IsUnspecified() {
-		host = tcp.IP.String()
-	}
-	_, port, _ := net.SplitHostPort(addr.String())
-	base := fmt.Sprintf("%s://%s", scheme, net.JoinHostPort(host, port))
+	base := fmt.Sprintf("%s://%s", scheme, hostPort(addr))
 
 	fmt.Fprintf(w, "Parley is listening on %s (Connect, gRPC and gRPC-Web over HTTP/1.1 and HTTP/2)\n", base)
 	for _, s := range a.Stores() {
@@ -134,9 +133,20 @@ func printBanner(w io.Writer, a *app.App, addr, adminAddr net.Addr) {
 		fmt.Fprintf(w, "  %-8s %s: %s\n", s.Name, kind, s.Where)
 	}
 	if adminAddr != nil {
-		fmt.Fprintf(w, "Admin (profiles, memory statistics) on http://%s/debug/pprof/ and /debug/vars\n", adminAddr)
+		fmt.Fprintf(w, "Admin (profiles, memory statistics) on http://%s/debug/pprof/ and /debug/vars\n", hostPort(adminAddr))
 	}
 	fmt.Fprintf(w, "Try it:\n  curl -s -H 'Content-Type: application/json' -d '{}' %s/grpc.health.v1.Health/Check\n", base)
+}
+
+// hostPort returns addr as a client would dial it: localhost for an
+// address that listens on every interface.
+func hostPort(addr net.Addr) string {
+	host := "localhost"
+	if tcp, ok := addr.(*net.TCPAddr); ok && !tcp.IP.IsUnspecified() {
+		host = tcp.IP.String()
+	}
+	_, port, _ := net.SplitHostPort(addr.String())
+	return net.JoinHostPort(host, port)
 }
 
 func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (options, error) {

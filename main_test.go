@@ -151,6 +151,11 @@ func TestRun_Admin(t *testing.T) {
 	if code, body := get(adminURL + "/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "goroutine profile") {
 		t.Errorf("GET /debug/pprof/goroutine = %d %.200s, want a goroutine profile", code, body)
 	}
+	for _, path := range []string{"/debug/vars", "/debug/pprof/cmdline"} {
+		if _, body := get(adminURL + path); strings.Contains(body, "-data-dir") {
+			t.Errorf("the admin listener shows the command line at %s: %.200s", path, body)
+		}
+	}
 	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/vars"} {
 		if code, _ := get(baseURL + path); code == http.StatusOK {
 			t.Errorf("the public listener serves %s", path)

@@ -2,29 +2,39 @@
 // server for, on a listener of its own (-admin-addr) that is never the
 // public one: CPU, heap, goroutine, block and mutex profiles and execution
 // traces (net/http/pprof, under /debug/pprof/) and the runtime's memory
-// statistics as JSON (expvar, at /debug/vars). Nothing here needs a
-// caller's identity, so the listener belongs on a loopback or private
-// address.
+// statistics as JSON (at /debug/vars, in expvar's "memstats" form).
+// Nothing here needs a caller's identity, so the listener belongs on a
+// loopback or private address. The command line is not served (pprof's
+// and expvar's "cmdline"): it may hold store URLs with passwords.
 package admin
 
 import (
-	"expvar"
+	"encoding/json"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
 )
 
 // Handler returns the admin listener's handler.
 func Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.Handle("/debug/vars", expvar.Handler())
+	mux.HandleFunc("/debug/vars", memStats)
 	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("Parley admin: /debug/pprof/ (profiles), /debug/vars (memory statistics)\n"))
 	})
 	return mux
+}
+
+// memStats writes runtime.MemStats as expvar would, without expvar's
+// command line.
+func memStats(w http.ResponseWriter, _ *http.Request) {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	json.NewEncoder(w).Encode(map[string]any{"memstats": m})
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/parley-chat/parley/server/keyring"
 )
 
 // session is one signed-in client, as kept in Redis.
@@ -54,6 +56,9 @@ func newSessionID() string {
 
 // validSessionID reports whether id has the shape newSessionID gives.
 func validSessionID(id string) bool {
+	if !keyring.TokenChars(id) {
+		return false
+	}
 	b, err := base64.RawURLEncoding.Strict().DecodeString(id)
 	return err == nil && len(b) == 16
 }

@@ -122,6 +122,9 @@ var errBadToken = errors.New("invalid or expired access token")
 // verifyAccess checks an access token's signature, algorithm, issuer and
 // expiry, and returns the user and session it names and when it expires.
 func (t *tokens) verifyAccess(token string) (verifiedToken, error) {
+	if !keyring.TokenChars(token) {
+		return verifiedToken{}, fmt.Errorf("%w: not a token's characters", errBadToken)
+	}
 	if v, ok := t.verified.Get(token); ok {
 		if !t.now().Before(v.expires.Add(leeway)) {
 			return verifiedToken{}, fmt.Errorf("%w: expired", errBadToken)
@@ -184,6 +187,9 @@ func (t *tokens) issueRefresh(userID int, sessionID string, generation int64, sa
 // parseRefresh parses a refresh token's parts; verifyRefresh checks its
 // MAC.
 func parseRefresh(s string) (refreshToken, bool) {
+	if !keyring.TokenChars(s) {
+		return refreshToken{}, false
+	}
 	parts := strings.Split(s, ".")
 	var kid string
 	switch len(parts) {

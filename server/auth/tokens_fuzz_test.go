@@ -2,6 +2,9 @@ package auth
 
 import (
 	"crypto/ed25519"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"strings"
@@ -43,13 +46,23 @@ func spareBits(s string) string {
 const testSession = "AAECAwQFBgcICQoLDA0ODw" // 16 bytes, as newSessionID makes them
 
 // legacyRefresh makes a refresh token as they were before they named
-// their key: "<user>.<session>.<generation>.<mac>".
+// their key: "<user>.<session>.<generation>.<mac>", the MAC over the
+// payload alone.
 func legacyRefresh(tb testing.TB, ring *keyring.Ring, key int, userID int, sessionID string, gen int64, salt string) string {
 	tb.Helper()
-	old, _ := keyring.New(ring.Keys()[key].Private)
-	m, _ := old.MACs("parley refresh token mac")
-	_, mac := m.Sign(refreshPayload(userID, sessionID, gen, salt))
-	return fmt.Sprintf("%d.%s.%d.%s", userID, sessionID, gen, base64.RawURLEncoding.EncodeToString(mac))
+	k, err := hkdf.Key(sha256.New, ring.Keys()[key].Private.Seed(), nil, "parley refresh token mac", 32)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	m := hmac.New(sha256.New, k)
+	m.Write(refreshPayload(userID, sessionID, gen, salt))
+	return fmt.Sprintf("%d.%s.%d.%s", userID, sessionID, gen, base64.RawURLEncoding.EncodeToString(m.Sum(nil)))
+}
+
+// dropKey returns a current refresh token with its key ID taken out.
+func dropKey(s string) string {
+	p := strings.Split(s, ".")
+	return strings.Join(append(p[:3], p[4]), ".")
 }
 
 // legacyAccess makes an access token as they were before they named their
@@ -99,7 +112,8 @@ func FuzzParseRefresh(f *testing.F) {
 	issued := tok.issueRefresh(42, testSession, 7, "salt")
 	legacy := legacyRefresh(f, ring, 0, 42, testSession, 7, "salt")
 	retired := legacyRefresh(f, ring, 1, 42, testSession, 7, "salt")
-	for _, s := range []string{issued, legacy, retired, spareBits(issued), "", "....", "1.a.0.b.c", "+42." + testSession + ".7.x.y",
+	for _, s := range []string{issued, legacy, retired, spareBits(issued), dropKey(issued), issued[:10] + "\n" + issued[10:],
+		issued[:len(issued)-5] + "\r\n" + issued[len(issued)-5:], "", "....", "1.a.0.b.c", "+42." + testSession + ".7.x.y",
 		strings.Replace(issued, ".7.", ".07.", 1), issued + ".", "0.a.0.a"} {
 		f.Add(s)
 	}
@@ -133,7 +147,8 @@ func FuzzVerifyAccess(f *testing.F) {
 		f.Fatal(err)
 	}
 	legacy := legacyAccess(f, tok, ring.Keys()[1].Private, 42, testSession)
-	for _, s := range []string{issued, legacy, "", "a.b.c", issued + "=", strings.ToUpper(issued), spareBits(issued)} {
+	for _, s := range []string{issued, legacy, "", "a.b.c", issued + "=", strings.ToUpper(issued), spareBits(issued),
+		issued[:len(issued)-5] + "\n" + issued[len(issued)-5:]} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -109,14 +109,15 @@ type MACs struct {
 	byID map[string]int
 }
 
-// Sign returns the signing key's ID and its MAC of data.
+// Sign returns the signing key's ID and its MAC of the ID and data: a
+// token cannot drop or change the key it names and still verify.
 func (m *MACs) Sign(data []byte) (id string, mac []byte) {
-	return m.ids[0], sum(m.keys[0], data)
+	return m.ids[0], sum(m.keys[0], bound(m.ids[0], data))
 }
 
-// Verify reports whether mac is the MAC of data under the key named id.
-// An empty id, from a token made before tokens named their key, is tried
-// against every key.
+// Verify reports whether mac is the MAC of data under the key named id,
+// as Sign makes it. An empty id, from a token made before tokens named
+// their key (whose MAC covers data alone), is tried against every key.
 func (m *MACs) Verify(id string, data, mac []byte) bool {
 	if id == "" {
 		for _, k := range m.keys {
@@ -127,7 +128,27 @@ func (m *MACs) Verify(id string, data, mac []byte) bool {
 		return false
 	}
 	i, ok := m.byID[id]
-	return ok && hmac.Equal(mac, sum(m.keys[i], data))
+	return ok && hmac.Equal(mac, sum(m.keys[i], bound(id, data)))
+}
+
+// bound is what a MAC covers: the key's ID (of fixed length) and data.
+func bound(id string, data []byte) []byte {
+	return append([]byte(id+"."), data...)
+}
+
+// TokenChars reports whether s is made only of the characters of the
+// tokens the server issues: URL-safe base64 and ".". Go's base64 decoders,
+// even strict ones, skip "\r" and "\n", which would give a token a second
+// spelling; parsers check this first.
+func TokenChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func sum(key, data []byte) []byte {
@@ -150,7 +171,7 @@ func Load(path string, create bool, retired ...string) (*Ring, error) {
 	for _, p := range retired {
 		k, err := LoadOrCreateKey(p, false)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("retired key: %w", err)
 		}
 		old = append(old, k)
 	}

@@ -3,7 +3,10 @@ package keyring_test
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"os"
 	"path/filepath"
 	"testing"
@@ -69,6 +72,7 @@ func TestMACs(t *testing.T) {
 	}
 	oldMACs, _ := old.MACs("purpose")
 	oldID, oldMAC := oldMACs.Sign(data)
+	legacy, legacyOld := legacyMAC(t, signing, "purpose", data), legacyMAC(t, retired, "purpose", data)
 	other, _ := r.MACs("another purpose")
 	_, otherMAC := other.Sign(data)
 	if bytes.Equal(mac, otherMAC) {
@@ -83,8 +87,10 @@ func TestMACs(t *testing.T) {
 	}{
 		{"signing key", id, data, mac, true},
 		{"retired key", oldID, data, oldMAC, true},
-		{"no key named (an older token), signing key", "", data, mac, true},
-		{"no key named (an older token), retired key", "", data, oldMAC, true},
+		{"no key named (an older token), signing key", "", data, legacy, true},
+		{"no key named (an older token), retired key", "", data, legacyOld, true},
+		{"a new MAC with its key dropped", "", data, mac, false},
+		{"an older MAC given a key", id, data, legacy, false},
 		{"the other key named", oldID, data, mac, false},
 		{"unknown key", "AAAAAAAA", data, mac, false},
 		{"other data", id, []byte("payloae"), mac, false},
@@ -94,6 +100,29 @@ func TestMACs(t *testing.T) {
 	} {
 		if got := m.Verify(c.id, c.data, c.mac); got != c.want {
 			t.Errorf("%s: Verify = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// legacyMAC is a MAC as tokens carried them before they named their key:
+// over the data alone, with the key derived for the purpose.
+func legacyMAC(t *testing.T, key ed25519.PrivateKey, label string, data []byte) []byte {
+	t.Helper()
+	k, err := hkdf.Key(sha256.New, key.Seed(), nil, label, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hmac.New(sha256.New, k)
+	h.Write(data)
+	return h.Sum(nil)
+}
+
+func TestTokenChars(t *testing.T) {
+	for s, want := range map[string]bool{
+		"": true, "abcXYZ019-_.": true, "a\nb": false, "a\rb": false, "a b": false, "a=": false, "a+b/": false, "é": false,
+	} {
+		if got := keyring.TokenChars(s); got != want {
+			t.Errorf("TokenChars(%q) = %v, want %v", s, got, want)
 		}
 	}
 }

@@ -66,6 +66,9 @@ var errBadToken = errors.New("bad upload token")
 // parseUploadToken checks a token's signature and returns its grant; the
 // caller checks the rest (expiry, user, media).
 func (s signer) parseUploadToken(tok string) (uploadGrant, error) {
+	if !keyring.TokenChars(tok) {
+		return uploadGrant{}, errBadToken
+	}
 	parts := strings.Split(tok, ".")
 	var kid string
 	switch len(parts) {
@@ -111,10 +114,10 @@ func (s signer) checkSignedPath(path string, q url.Values, now time.Time) bool {
 	if err != nil || now.Unix() >= exp || strconv.FormatInt(exp, 10) != expires {
 		return false
 	}
-	kid := q.Get("key")
-	if q.Has("key") && kid == "" {
+	kid, sig := q.Get("key"), q.Get("signature")
+	if q.Has("key") && kid == "" || !keyring.TokenChars(kid) || !keyring.TokenChars(sig) {
 		return false
 	}
-	got, err := b64.DecodeString(q.Get("signature"))
+	got, err := b64.DecodeString(sig)
 	return err == nil && s.download.Verify(kid, []byte(path+"\n"+expires), got)
 }

@@ -152,7 +152,14 @@ func (h redisCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 	}
 }
 
+// connSetup names the commands go-redis sends on a new connection, under
+// the context of the call that needed it: what a dial costs, not a call.
+var connSetup = map[string]bool{"hello": true, "client": true, "auth": true, "select": true}
+
 func (h redisCounter) record(ctx context.Context, cmds ...redis.Cmder) {
+	if len(cmds) == 0 || connSetup[cmds[0].Name()] {
+		return
+	}
 	h.sc.count(ctx, func(c *Calls) {
 		c.RedisRoundTrips++
 		for _, cmd := range cmds {
