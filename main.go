@@ -97,7 +97,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer adminSrv.Close()
 	}
 	printBanner(stdout, a, ln.Addr(), adminAddr)
-	log.Info("serving", "addr", ln.Addr().String(), "admin", adminAddr, "version", opts.app.Version)
+	log.Info("serving", "addr", ln.Addr().String(), "version", opts.app.Version)
+	if adminAddr != nil {
+		log.Info("admin listener", "addr", adminAddr.String())
+	}
 	return a.Serve(ctx, ln)
 }
 

@@ -3,7 +3,6 @@ package auth_test
 import (
 	"context"
 	"crypto/ed25519"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -24,9 +23,8 @@ import (
 // key and keeps the old one to verify, (3) after the session lifetime the
 // old key goes, and with it only the sessions that did not refresh since.
 func TestSigningKeyRotation(t *testing.T) {
-	dir := t.TempDir()
-	oldFile, newFile := filepath.Join(dir, "old.pem"), filepath.Join(dir, "new.pem")
-	oldKey, newKey := mustKey(t, oldFile), mustKey(t, newFile)
+	oldFile, oldKey := servertest.NewKeyFile(t)
+	newFile, newKey := servertest.NewKeyFile(t)
 	oldID, newID := keyring.ID(oldKey.Public().(ed25519.PublicKey)), keyring.ID(newKey.Public().(ed25519.PublicKey))
 	instance := func(p servertest.Protocol, sign string, verify ...string) servertest.Clients {
 		return servertest.NewClients(servertest.New(t, servertest.WithConfig(func(c *app.Config) {
@@ -112,16 +110,6 @@ func TestSigningKeyRotation(t *testing.T) {
 		// key refreshes the same token.
 		getMe(t, step2, refresh(t, step2, idleAfter.GetRefreshToken()).GetAccessToken())
 	})
-}
-
-// mustKey creates a signing key in path.
-func mustKey(t *testing.T, path string) ed25519.PrivateKey {
-	t.Helper()
-	k, err := keyring.LoadOrCreateKey(path, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 // keyID returns the key an access token names in its header.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -187,20 +186,8 @@ func (t *tokens) issueRefresh(userID int, sessionID string, generation int64, sa
 // parseRefresh parses a refresh token's parts; verifyRefresh checks its
 // MAC.
 func parseRefresh(s string) (refreshToken, bool) {
-	if !keyring.TokenChars(s) {
-		return refreshToken{}, false
-	}
-	parts := strings.Split(s, ".")
-	var kid string
-	switch len(parts) {
-	case 5:
-		kid = parts[3]
-		if kid == "" {
-			return refreshToken{}, false
-		}
-		parts = append(parts[:3], parts[4])
-	case 4: // from before refresh tokens named their key
-	default:
+	kid, parts, ok := keyring.SplitToken(s, 4, 3)
+	if !ok {
 		return refreshToken{}, false
 	}
 	uid, err1 := strconv.Atoi(parts[0])

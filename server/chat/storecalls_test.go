@@ -3,10 +3,10 @@ package chat_test
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
-	"strconv"
 	"testing"
 
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
@@ -31,10 +31,7 @@ type perSend struct {
 }
 
 func average(c servertest.Calls, n int) perSend {
-	per := func(v int) float64 {
-		f, _ := strconv.ParseFloat(strconv.FormatFloat(float64(v)/float64(n), 'f', 2, 64), 64)
-		return f
-	}
+	per := func(v int) float64 { return math.Round(float64(v)*100/float64(n)) / 100 }
 	p := perSend{Mongo: map[string]float64{}, Redis: map[string]float64{},
 		MongoTotal: per(c.MongoTotal()), RedisRoundTrips: per(c.RedisRoundTrips),
 		RedisTotal: per(c.RedisTotal()), RedisLocks: per(c.RedisLocks), SQL: per(c.SQL)}

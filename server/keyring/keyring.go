@@ -23,6 +23,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Key is one Ed25519 key of the ring.
@@ -134,6 +135,30 @@ func (m *MACs) Verify(id string, data, mac []byte) bool {
 // bound is what a MAC covers: the key's ID (of fixed length) and data.
 func bound(id string, data []byte) []byte {
 	return append([]byte(id+"."), data...)
+}
+
+// SplitToken splits a token made of n "."-separated parts plus, at index
+// at, the ID of the key that signed it. It returns the key ID ("" for a
+// token from before tokens named their key, which has the n parts alone)
+// and the n parts. ok is false when s has characters no token has, another
+// number of parts, or an empty key ID.
+func SplitToken(s string, n, at int) (id string, parts []string, ok bool) {
+	if !TokenChars(s) {
+		return "", nil, false
+	}
+	parts = strings.Split(s, ".")
+	switch len(parts) {
+	case n + 1:
+		id = parts[at]
+		if id == "" {
+			return "", nil, false
+		}
+		parts = append(parts[:at], parts[at+1:]...)
+	case n:
+	default:
+		return "", nil, false
+	}
+	return id, parts, true
 }
 
 // TokenChars reports whether s is made only of the characters of the

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/parley-chat/parley/server/keyring"
@@ -123,6 +124,27 @@ func TestTokenChars(t *testing.T) {
 	} {
 		if got := keyring.TokenChars(s); got != want {
 			t.Errorf("TokenChars(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+func TestSplitToken(t *testing.T) {
+	for _, c := range []struct {
+		s      string
+		id     string
+		parts  string
+		wantOK bool
+	}{
+		{"a.b.KID.c", "KID", "a b c", true},
+		{"a.b.c", "", "a b c", true}, // from before tokens named their key
+		{"a.b..c", "", "", false},
+		{"a.b", "", "", false},
+		{"a.b.K.c.d", "", "", false},
+		{"a.b.K\n.c", "", "", false},
+	} {
+		id, parts, ok := keyring.SplitToken(c.s, 3, 2)
+		if ok != c.wantOK || id != c.id || strings.Join(parts, " ") != c.parts {
+			t.Errorf("SplitToken(%q) = %q, %q, %v; want %q, %q, %v", c.s, id, parts, ok, c.id, c.parts, c.wantOK)
 		}
 	}
 }

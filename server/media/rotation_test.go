@@ -3,12 +3,10 @@ package media_test
 import (
 	"bytes"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/parley-chat/parley/server/app"
-	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -18,13 +16,8 @@ import (
 // key works on an instance that signs with the new one and keeps the old
 // to verify, and stops working only where the old key is gone.
 func TestMedia_SigningKeyRotation(t *testing.T) {
-	dir := t.TempDir()
-	oldFile, newFile := filepath.Join(dir, "old.pem"), filepath.Join(dir, "new.pem")
-	for _, f := range []string{oldFile, newFile} {
-		if _, err := keyring.LoadOrCreateKey(f, true); err != nil {
-			t.Fatal(err)
-		}
-	}
+	oldFile, _ := servertest.NewKeyFile(t)
+	newFile, _ := servertest.NewKeyFile(t)
 	before := newServer(t, servertest.WithConfig(func(c *app.Config) { c.JWTKeyFile = oldFile }))
 	sameFiles := func(sign string, verify ...string) servertest.Option {
 		return servertest.WithConfig(func(c *app.Config) {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -66,19 +65,8 @@ var errBadToken = errors.New("bad upload token")
 // parseUploadToken checks a token's signature and returns its grant; the
 // caller checks the rest (expiry, user, media).
 func (s signer) parseUploadToken(tok string) (uploadGrant, error) {
-	if !keyring.TokenChars(tok) {
-		return uploadGrant{}, errBadToken
-	}
-	parts := strings.Split(tok, ".")
-	var kid string
-	switch len(parts) {
-	case 3:
-		kid, parts = parts[0], parts[1:]
-		if kid == "" {
-			return uploadGrant{}, errBadToken
-		}
-	case 2: // from before tokens named their key
-	default:
+	kid, parts, ok := keyring.SplitToken(tok, 2, 0)
+	if !ok {
 		return uploadGrant{}, errBadToken
 	}
 	p, err := b64.DecodeString(parts[0])

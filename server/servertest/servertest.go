@@ -21,6 +21,7 @@ package servertest
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -263,6 +264,19 @@ func randomHex() string {
 	b := make([]byte, 6)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// NewKeyFile writes a new signing key to a file of its own, for a server
+// of a test's (app.Config.JWTKeyFile or JWTVerifyKeyFiles), and returns
+// the file and the key.
+func NewKeyFile(tb testing.TB) (string, ed25519.PrivateKey) {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "key.pem")
+	key, err := keyring.LoadOrCreateKey(path, true)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return path, key
 }
 
 func createKey() (string, error) {

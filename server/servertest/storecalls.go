@@ -2,6 +2,7 @@ package servertest
 
 import (
 	"context"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
@@ -81,15 +82,7 @@ func (sc *StoreCalls) Of(procedure string) Calls {
 		return Calls{}
 	}
 	out := *c
-	out.Mongo, out.RedisCommands = clone(c.Mongo), clone(c.RedisCommands)
-	return out
-}
-
-func clone(m map[string]int) map[string]int {
-	out := make(map[string]int, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
+	out.Mongo, out.RedisCommands = maps.Clone(c.Mongo), maps.Clone(c.RedisCommands)
 	return out
 }
 
