@@ -171,8 +171,10 @@ func TestServer_ReadHeaderTimeout(t *testing.T) {
 		"h2c":   "PRI * HTTP/2.0\r\n",
 	} {
 		t.Run(name, func(t *testing.T) {
-			c := dial(t, srv)
+			// The server's clock starts when it has the connection, which
+			// may be before dial returns here.
 			start := time.Now()
+			c := dial(t, srv)
 			io.WriteString(c, partial)
 			stop := make(chan struct{})
 			defer close(stop)
