@@ -622,8 +622,13 @@ func (s *store) chattedWith(ctx context.Context, userID int, users []int) (map[i
 
 // shareGroup reports whether a and b are both in some group.
 func (s *store) shareGroup(ctx context.Context, a, b int) (bool, error) {
+	// Two equalities rather than $all, which the embedded FerretDB 1.x
+	// does not match on a path into an array of documents.
 	err := s.chats.FindOne(ctx, bson.D{
-		{Key: "participants.user_id", Value: bson.D{{Key: "$all", Value: bson.A{a, b}}}},
+		{Key: "$and", Value: bson.A{
+			bson.D{{Key: "participants.user_id", Value: a}},
+			bson.D{{Key: "participants.user_id", Value: b}},
+		}},
 		{Key: "chatType", Value: typeGroup},
 	}, options.FindOne().SetProjection(bson.D{{Key: "_id", Value: 1}})).Err()
 	if errors.Is(err, mongo.ErrNoDocuments) {
