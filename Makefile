@@ -93,6 +93,14 @@ FUZZTIME ?= 10s
 fuzz: ## Run every fuzz target (func Fuzz... in *_test.go) alone for FUZZTIME (10s) each; stop at the first failure.
 	FUZZTIME=$(FUZZTIME) scripts/fuzz
 
+.PHONY: bench
+bench: ## Run the load tool's workloads 3 times each on the document engine (about 20 minutes) and write BENCHMARKS.md and bench/charts.
+	scripts/bench
+
+.PHONY: bench-quick
+bench-quick: ## The whole benchmark chain in short (one run, 3 s phases) into a temp dir: that it works, not what it measures.
+	PARLEY_BENCH_QUICK=1 scripts/bench
+
 .PHONY: web
 web: clients/web/node_modules ## Build the web chat into clients/web/dist (serve it with -web-dir).
 	npm --prefix clients/ts run --silent build
@@ -142,4 +150,4 @@ lint: proto-deps ## buf lint, go vet and a gofmt check.
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 
 .PHONY: ci
-ci: check-generated lint test fuzz ## Everything CI checks.
+ci: check-generated lint test fuzz bench-quick ## Everything CI checks.

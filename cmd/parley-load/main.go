@@ -94,6 +94,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/redis/go-redis/v9"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
@@ -130,6 +131,9 @@ type config struct {
 	redisPrefix   string
 	afterSeed     string
 	allowRemote   bool
+	jsonOut       string
+	label         string
+	profile       string
 }
 
 func main() {
@@ -167,6 +171,9 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&c.redisURL, "redis-url", "", "the server's Redis `URL`, for seeding")
 	fs.StringVar(&c.redisPrefix, "redis-prefix", "parley:", "the server's Redis key prefix (its -redis-prefix), for seeding")
 	fs.StringVar(&c.afterSeed, "after-seed", "", "shell `command` to run after seeding, before measuring: for example an ANALYZE of the document engine's PostgreSQL, which otherwise plans for the freshly loaded tables as if they were empty until autovacuum gets to them (throughput, bigchat)")
+	fs.StringVar(&c.jsonOut, "json", "", "append each measured phase's figures and samples to this `file`, one JSON object a line (for cmd/parley-benchreport)")
+	fs.StringVar(&c.label, "label", "", "a name for this run in the -json records (for example W1 or W2-100)")
+	fs.StringVar(&c.profile, "profile", "", "write a CPU profile of the server over the measured window to this `file` (needs -admin-url; throughput, delivery)")
 	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow -addr, -mongo-uri and -redis-url outside this machine")
 	fs.IntVar(&c.streams, "streams", 10000, "open streams (idle)")
 	fs.IntVar(&c.serverPID, "server-pid", 0, "the server's process id, to read its memory (idle, media)")
@@ -185,6 +192,9 @@ func run(ctx context.Context, args []string) error {
 	}
 	if err := checkLoopback(c); err != nil {
 		return err
+	}
+	if c.profile != "" && c.adminURL == "" {
+		return errors.New("-profile needs -admin-url")
 	}
 	closedLoop := c.scenario == "throughput" || c.scenario == "bigchat"
 	if c.senders == 0 {
@@ -381,6 +391,7 @@ func delivery(ctx context.Context, cfg config) error {
 		messages  = map[string]*sent{} // by client message id
 		latencies []time.Duration
 		fanout    []time.Duration
+		arrivals  []time.Time
 		dups      atomic.Int64
 		received  atomic.Int64
 		got       = map[string]int{} // streams that received each message
@@ -411,6 +422,7 @@ func delivery(ctx context.Context, cfg config) error {
 				received.Add(1)
 				mu.Lock()
 				got[key]++
+				arrivals = append(arrivals, now)
 				if sm := messages[key]; sm != nil {
 					latencies = append(latencies, now.Sub(sm.at))
 					fanout = append(fanout, now.Sub(ev.GetTime().AsTime()))
@@ -492,6 +504,7 @@ func delivery(ctx context.Context, cfg config) error {
 		}
 	}
 	sendStart := time.Now()
+	profiled := startProfile(ctx, cfg, cfg.duration)
 	var schedulers sync.WaitGroup
 	schedulers.Go(func() {
 		schedule(cfg.groupRate, func() (*client, string, int) {
@@ -514,6 +527,9 @@ func delivery(ctx context.Context, cfg config) error {
 	close(jobs)
 	workers.Wait()
 	sendSpan := time.Since(sendStart)
+	if err := profiled(); err != nil {
+		return err
+	}
 
 	// Wait for the last deliveries, then count.
 	mu.Lock()
@@ -554,10 +570,20 @@ func delivery(ctx context.Context, cfg config) error {
 	report("wait for a free sending worker", queued)
 	fmt.Printf("sending took %.1fs for a %s schedule: %.1f acked sends/s\n",
 		sendSpan.Seconds(), cfg.duration, float64(acked)/sendSpan.Seconds())
-	fmt.Printf("RESULT phase=delivery send_span_s=%.1f queue_p99_ms=%.2f acked=%d failed=%d expected=%d delivered=%d missed=%d duplicated=%d p50_ms=%.2f p99_ms=%.2f send_p50_ms=%.2f send_p99_ms=%.2f %s\n",
-		sendSpan.Seconds(), pctMs(queued, 0.99), acked, sendErrs.Load(), expected, received.Load(), missed, dups.Load(),
-		pctMs(latencies, 0.50), pctMs(latencies, 0.99), pctMs(sendLat, 0.50), pctMs(sendLat, 0.99), cpu)
-	return nil
+	offsets := make([]time.Duration, len(arrivals))
+	for i, a := range arrivals {
+		offsets[i] = a.Sub(sendStart)
+	}
+	rec := record{Scenario: cfg.scenario, Phase: "delivery", LatencyMs: millis(latencies), PerSecond: perSecond(offsets, sendSpan)}
+	fields := []field{
+		{"send_span_s", sendSpan.Seconds(), 1}, {"queue_p99_ms", pctMs(queued, 0.99), 2},
+		{"acked", float64(acked), 0}, {"failed", float64(sendErrs.Load()), 0}, {"expected", float64(expected), 0},
+		{"delivered", float64(received.Load()), 0}, {"missed", float64(missed), 0}, {"duplicated", float64(dups.Load()), 0},
+		{"p50_ms", pctMs(latencies, 0.50), 2}, {"p99_ms", pctMs(latencies, 0.99), 2},
+		{"fanout_p99_ms", pctMs(fanout, 0.99), 2},
+		{"send_p50_ms", pctMs(sendLat, 0.50), 2}, {"send_p99_ms", pctMs(sendLat, 0.99), 2},
+	}
+	return result(cfg, rec, append(fields, cpuFields(cpu)...)...)
 }
 
 func report(what string, d []time.Duration) {
@@ -572,6 +598,15 @@ func report(what string, d []time.Duration) {
 func idle(ctx context.Context, cfg config) error {
 	if cfg.serverPID == 0 {
 		return errors.New("idle: set -server-pid to the server's process id")
+	}
+	var rdb *redis.Client
+	if cfg.redisURL != "" {
+		opts, err := redis.ParseURL(cfg.redisURL)
+		if err != nil {
+			return fmt.Errorf("-redis-url: %w", err)
+		}
+		rdb = redis.NewClient(opts)
+		defer rdb.Close()
 	}
 	users := min(cfg.users, cfg.streams)
 	fmt.Printf("registering %d users…\n", users)
@@ -596,59 +631,110 @@ func idle(ctx context.Context, cfg config) error {
 		return err
 	}
 	fmt.Printf("server RSS with %d streams: %.1f MiB\n", len(open), float64(before)/(1<<20))
-	liveBefore, err := liveMemory(ctx, cfg.adminURL)
+	measure := func() (memPoint, error) {
+		p := memPoint{Streams: len(open)}
+		var err error
+		if p.Live, err = liveMemory(ctx, cfg.adminURL); err != nil {
+			return p, err
+		}
+		p.Redis, err = redisMemory(ctx, rdb)
+		return p, err
+	}
+	base, err := measure()
 	if err != nil {
 		return err
 	}
+	points := []memPoint{base}
 	n := cfg.streams - len(open)
 	t0 := time.Now()
-	var mu sync.Mutex
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for range 16 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
+	// The rest in five steps, the memory read after each.
+	for step := 1; step <= idleSteps; step++ {
+		upTo := n * step / idleSteps
+		var mu sync.Mutex
+		var next atomic.Int64
+		next.Store(int64(len(open) - users))
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		for range 16 {
+			wg.Go(func() {
+				for {
+					i := int(next.Add(1)) - 1
+					if i >= upTo {
+						return
+					}
+					s, err := subscribe(ctxStreams, cs[i%len(cs)])
+					if err != nil {
+						errs <- err
+						return
+					}
+					mu.Lock()
+					open = append(open, s)
+					mu.Unlock()
 				}
-				s, err := subscribe(ctxStreams, cs[i%len(cs)])
-				if err != nil {
-					errs <- err
-					return
-				}
-				mu.Lock()
-				open = append(open, s)
-				mu.Unlock()
-			}
-		})
+			})
+		}
+		wg.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
+			return err
+		}
+		if step == idleSteps {
+			fmt.Printf("opened %d more streams in %.1fs\n", n, time.Since(t0).Seconds())
+			// Let the server settle (heartbeats go out; nothing else
+			// happens).
+			time.Sleep(5 * time.Second)
+		}
+		p, err := measure()
+		if err != nil {
+			return err
+		}
+		points = append(points, p)
 	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return err
-	}
-	fmt.Printf("opened %d more streams in %.1fs\n", n, time.Since(t0).Seconds())
-	// Let the server settle (heartbeats go out; nothing else happens).
-	time.Sleep(5 * time.Second)
 	after, err := rss(cfg.serverPID)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("server RSS with %d streams: %.1f MiB\n", len(open), float64(after)/(1<<20))
-	fmt.Printf("memory per stream: %.1f KiB (RSS)\n", float64(after-before)/float64(n)/1024)
-	if cfg.adminURL != "" {
-		liveAfter, err := liveMemory(ctx, cfg.adminURL)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("server live heap and stacks: %.1f MiB with %d streams, %.1f MiB with %d\n",
-			float64(liveBefore)/(1<<20), len(open)-n, float64(liveAfter)/(1<<20), len(open))
-		fmt.Printf("live memory per stream: %.1f KiB (heap and stacks after a garbage collection)\n",
-			float64(liveAfter-liveBefore)/float64(n)/1024)
+	rssPer := float64(after-before) / float64(n) / 1024
+	fmt.Printf("memory per stream: %.1f KiB (RSS)\n", rssPer)
+	last := points[len(points)-1]
+	per := func(v func(memPoint) int64) float64 {
+		return float64(v(last)-v(base)) / float64(last.Streams-base.Streams) / 1024
 	}
-	return nil
+	live, inRedis := per(func(p memPoint) int64 { return p.Live }), per(func(p memPoint) int64 { return p.Redis })
+	if cfg.adminURL != "" {
+		fmt.Printf("server live heap and stacks: %.1f MiB with %d streams, %.1f MiB with %d\n",
+			float64(base.Live)/(1<<20), base.Streams, float64(last.Live)/(1<<20), last.Streams)
+		fmt.Printf("live memory per stream: %.1f KiB (heap and stacks after a garbage collection)\n", live)
+	}
+	if rdb != nil {
+		fmt.Printf("Redis memory per stream: %.2f KiB (used_memory)\n", inRedis)
+	}
+	return result(cfg, record{Scenario: cfg.scenario, Phase: "idle", Memory: points},
+		field{"streams", float64(last.Streams), 0}, field{"users", float64(users), 0},
+		field{"live_kib_per_stream", live, 2}, field{"redis_kib_per_stream", inRedis, 2},
+		field{"total_kib_per_stream", live + inRedis, 2}, field{"rss_kib_per_stream", rssPer, 2})
+}
+
+// idleSteps is how many steps the idle scenario opens its streams in,
+// reading the server's memory after each.
+const idleSteps = 5
+
+// redisMemory is Redis's used_memory, 0 without a client.
+func redisMemory(ctx context.Context, rdb *redis.Client) (int64, error) {
+	if rdb == nil {
+		return 0, nil
+	}
+	info, err := rdb.Info(ctx, "memory").Result()
+	if err != nil {
+		return 0, fmt.Errorf("redis: %w", err)
+	}
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, errors.New("redis: no used_memory in INFO memory")
 }
 
 // liveMemory asks the server's admin listener for a garbage collection

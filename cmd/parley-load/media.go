@@ -104,7 +104,10 @@ func mediaTransfer(ctx context.Context, cfg config) error {
 	}
 	fmt.Printf("median of %d: upload %.0f MB/s, download %.0f MB/s, server memory above idle +%.1f MiB up, +%.1f MiB down\n",
 		cfg.rounds, median(upRates), median(downRates), median(upMem), median(downMem))
-	return nil
+	return result(cfg, record{Scenario: cfg.scenario, Phase: "media"},
+		field{"size_mb", float64(cfg.size) / 1e6, 1}, field{"rounds", float64(cfg.rounds), 0},
+		field{"upload_mb_per_s", median(upRates), 1}, field{"download_mb_per_s", median(downRates), 1},
+		field{"upload_peak_mib", median(upMem), 1}, field{"download_peak_mib", median(downMem), 1})
 }
 
 func median(v []float64) float64 {

@@ -32,6 +32,7 @@ type burst struct {
 	errors   int64 // attempts that failed, retried or not
 	window   time.Duration
 	latency  []time.Duration // first attempt to ack
+	acks     []time.Duration // when each ack came, from the start
 	cpu      string          // summary fields of the CPU report
 	firstErr atomic.Pointer[error]
 }
@@ -97,11 +98,12 @@ func hammer(ctx context.Context, cfg config, targets []target, d time.Duration, 
 		return nil, err
 	}
 	start := time.Now()
+	profiled := startProfile(ctx, cfg, d)
 	deadline := start.Add(d)
 	var wg sync.WaitGroup
 	for w, t := range targets {
 		wg.Go(func() {
-			var lat []time.Duration
+			var lat, acks []time.Duration
 			for n := 0; time.Now().Before(deadline); n++ {
 				t0 := time.Now()
 				_, failed, err := sendOnce(ctx, t, fmt.Sprintf("%s-%d-%d", tag, w, n), text)
@@ -111,15 +113,21 @@ func hammer(ctx context.Context, cfg config, targets []target, d time.Duration, 
 					b.firstErr.CompareAndSwap(nil, &err)
 					continue
 				}
-				lat = append(lat, time.Since(t0))
+				now := time.Now()
+				lat = append(lat, now.Sub(t0))
+				acks = append(acks, now.Sub(start))
 			}
 			mu.Lock()
 			b.latency = append(b.latency, lat...)
+			b.acks = append(b.acks, acks...)
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	b.window = time.Since(start)
+	if err := profiled(); err != nil {
+		return nil, err
+	}
 	b.acked = int64(len(b.latency))
 	if b.cpu, err = meter.stop(b.acked); err != nil {
 		return nil, err
@@ -128,8 +136,8 @@ func hammer(ctx context.Context, cfg config, targets []target, d time.Duration, 
 }
 
 // printBurst reports a burst, ending with one summary line of key=value
-// fields, prefixed RESULT, for scripts.
-func printBurst(name string, b *burst) {
+// fields, prefixed RESULT, for scripts (and its -json record).
+func printBurst(cfg config, name string, b *burst) error {
 	fmt.Printf("%s: %d acked sends in %.1fs: %.1f sends/s; %d failed after %d attempts, %d attempts failed\n",
 		name, b.acked, b.window.Seconds(), b.rate(), b.failed, sendAttempts, b.errors)
 	if e := b.firstErr.Load(); e != nil {
@@ -139,9 +147,12 @@ func printBurst(name string, b *burst) {
 		}
 	}
 	report("  send latency (first attempt to ack)", b.latency)
-	p50, p99 := pctMs(b.latency, 0.50), pctMs(b.latency, 0.99)
-	fmt.Printf("RESULT phase=%s sends_per_s=%.1f p50_ms=%.2f p99_ms=%.2f acked=%d failed=%d errors=%d %s\n",
-		name, b.rate(), p50, p99, b.acked, b.failed, b.errors, b.cpu)
+	rec := record{Scenario: cfg.scenario, Phase: name, LatencyMs: millis(b.latency), PerSecond: perSecond(b.acks, b.window)}
+	fields := []field{
+		{"sends_per_s", b.rate(), 1}, {"p50_ms", pctMs(b.latency, 0.50), 2}, {"p99_ms", pctMs(b.latency, 0.99), 2},
+		{"acked", float64(b.acked), 0}, {"failed", float64(b.failed), 0}, {"errors", float64(b.errors), 0},
+	}
+	return result(cfg, rec, append(fields, cpuFields(b.cpu)...)...)
 }
 
 // percentile returns the q-quantile (0 ≤ q ≤ 1) of d, 0 for none.
@@ -216,8 +227,7 @@ func throughput(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	printBurst("throughput", b)
-	return nil
+	return printBurst(cfg, "throughput", b)
 }
 
 // bigChat measures sends into one chat of -big-messages messages against
@@ -308,7 +318,9 @@ func bigChat(ctx context.Context, cfg config) error {
 			if err != nil {
 				return err
 			}
-			printBurst(ph.name, b)
+			if err := printBurst(cfg, ph.name, b); err != nil {
+				return err
+			}
 			*ph.acked += b.acked
 			*ph.window += b.window
 		}
@@ -316,6 +328,6 @@ func bigChat(ctx context.Context, cfg config) error {
 	bigRate, freshRate := float64(bigAcked)/bigTime.Seconds(), float64(freshAcked)/freshTime.Seconds()
 	fmt.Printf("\nbig chat (%d+ messages) %.1f sends/s, fresh chat %.1f sends/s: ratio big/fresh %.2f\n",
 		cfg.bigMessages, bigRate, freshRate, bigRate/freshRate)
-	fmt.Printf("RESULT phase=bigchat-ratio big_per_s=%.1f fresh_per_s=%.1f ratio=%.3f\n", bigRate, freshRate, bigRate/freshRate)
-	return nil
+	return result(cfg, record{Scenario: cfg.scenario, Phase: "bigchat-ratio"},
+		field{"big_per_s", bigRate, 1}, field{"fresh_per_s", freshRate, 1}, field{"ratio", bigRate / freshRate, 3})
 }

@@ -159,7 +159,7 @@ func (h *Hub) add(ctx context.Context, id auth.Identity, lease string) (sub *sub
 		session: id.SessionID,
 		expires: id.Expires,
 		lease:   lease,
-		queue:   make(chan logged, h.cfg.QueueSize),
+		limit:   h.cfg.QueueSize,
 		wake:    make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 	}
@@ -409,15 +409,20 @@ type subscriber struct {
 	expires time.Time
 	// lease holds the stream's slot (see leases.go).
 	lease string
-	queue chan logged
-	// wake is signalled when a flag below is set.
+	// limit bounds the events waiting in pending.
+	limit int
+	// wake is signalled when an event is queued or a flag below is set.
 	wake chan struct{}
 	// ready is closed once the user's channel is subscribed.
 	ready chan struct{}
 
-	mu         sync.Mutex
+	mu sync.Mutex
+	// pending are the live events waiting to be written, oldest first.
+	// It grows as events come (an idle stream holds none) and is handed
+	// over whole by take.
+	pending    []logged
 	isReady    bool
-	live       bool // events go into the queue; else they are read from the log
+	live       bool // events go into pending; else they are read from the log
 	dirty      bool // the log may hold events this stream has not seen
 	overflowed bool
 	beat       bool
@@ -471,12 +476,12 @@ func (s *subscriber) offer(e logged) {
 		}
 		return
 	}
-	select {
-	case s.queue <- e:
-	default:
+	if len(s.pending) >= s.limit {
 		s.overflowed = true
-		s.signal()
+	} else {
+		s.pending = append(s.pending, e)
 	}
+	s.signal()
 }
 
 func (s *subscriber) heartbeat() {
@@ -499,7 +504,7 @@ func (s *subscriber) endedBy() error {
 	return s.ended
 }
 
-// goLive switches the stream to taking events from the queue, unless
+// goLive switches the stream to taking events from pending, unless
 // events came while it read the log (then it must read again).
 func (s *subscriber) goLive() bool {
 	s.mu.Lock()
@@ -518,11 +523,23 @@ type signals struct {
 	ended                            error
 }
 
-// flags returns and clears the stream's pending signals.
-func (s *subscriber) flags() signals {
+// take returns the waiting events and the pending signals, and clears
+// both. spare, emptied, becomes the next pending buffer, so that two
+// buffers serve a busy stream; a big one is dropped instead, so that a
+// burst does not stay in the memory of a stream gone idle.
+func (s *subscriber) take(spare []logged) ([]logged, signals) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := signals{overflowed: s.overflowed, dirty: s.dirty, renewed: s.renewed, beat: s.beat, ended: s.ended}
 	s.dirty, s.renewed, s.beat = false, false, false
-	return f
+	events := s.pending
+	clear(spare)
+	if cap(spare) > keptBuffer {
+		spare = nil
+	}
+	s.pending = spare[:0]
+	return events, f
 }
+
+// keptBuffer is the largest event buffer a stream keeps between bursts.
+const keptBuffer = 16

@@ -8,7 +8,8 @@
 // one script, on the user's channel. Each instance's Hub holds a single
 // pub/sub connection, subscribed to the channels of the users who have a
 // stream open there, and hands each message to those streams' bounded
-// queues without waiting. A stream first reads the log from its cursor,
+// queues without waiting (a queue grows as events come: an idle stream
+// holds none). A stream first reads the log from its cursor,
 // then takes live events from its queue, skipping those it already sent;
 // whenever the pub/sub connection may have missed something (a new or
 // renewed subscription) it reads the log again from where it stands.
@@ -196,13 +197,42 @@ func (s *Service) Subscribe(
 	}
 
 	lastID, _ := parseCursor(last)
+	var spare []logged
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-expired:
 			return connect.NewError(connect.CodeUnauthenticated, errTokenExpired)
-		case e := <-sub.queue:
+		case <-sub.wake:
+		}
+		events, f := sub.take(spare)
+		if f.ended != nil {
+			return connect.NewError(connect.CodeUnauthenticated, f.ended)
+		}
+		if f.overflowed {
+			return errSlow
+		}
+		if f.renewed {
+			// Subscribed anew: a notice that the session ended may have
+			// been missed.
+			if open, err := s.sessions.SessionsOpen(ctx, []auth.Identity{id}); err != nil {
+				return s.internal(ctx, err)
+			} else if !open[0] {
+				return connect.NewError(connect.CodeUnauthenticated, errSessionEnded)
+			}
+		}
+		if f.dirty {
+			// The subscription was renewed: what was published while it
+			// was not is in the log, before the events now waiting, which
+			// came after. Read it first, or those events would move the
+			// cursor past it.
+			if _, err := s.catchUp(ctx, w, id.UserID, &last); err != nil {
+				return s.end(ctx, err)
+			}
+			lastID, _ = parseCursor(last)
+		}
+		for _, e := range events {
 			if e.cursor != "" {
 				c, ok := parseCursor(e.cursor)
 				if !ok || !c.after(lastID) {
@@ -213,36 +243,12 @@ func (s *Service) Subscribe(
 			if err := w.send(e.ev); err != nil {
 				return s.end(ctx, err)
 			}
-		case <-sub.wake:
-			f := sub.flags()
-			if f.ended != nil {
-				return connect.NewError(connect.CodeUnauthenticated, f.ended)
-			}
-			if f.overflowed {
-				return errSlow
-			}
-			if f.renewed {
-				// Subscribed anew: a notice that the session ended may
-				// have been missed.
-				if open, err := s.sessions.SessionsOpen(ctx, []auth.Identity{id}); err != nil {
-					return s.internal(ctx, err)
-				} else if !open[0] {
-					return connect.NewError(connect.CodeUnauthenticated, errSessionEnded)
-				}
-			}
-			if f.dirty {
-				// The subscription was renewed: anything published
-				// meanwhile is in the log. The queue keeps filling.
-				if _, err := s.catchUp(ctx, w, id.UserID, &last); err != nil {
-					return s.end(ctx, err)
-				}
-				lastID, _ = parseCursor(last)
-			}
-			if f.beat {
-				err := w.send(&parleyv1.Event{Time: s.hub.now(), Kind: &parleyv1.Event_Heartbeat{Heartbeat: &parleyv1.Heartbeat{}}})
-				if err != nil {
-					return s.end(ctx, err)
-				}
+		}
+		spare = events
+		if f.beat {
+			err := w.send(&parleyv1.Event{Time: s.hub.now(), Kind: &parleyv1.Event_Heartbeat{Heartbeat: &parleyv1.Heartbeat{}}})
+			if err != nil {
+				return s.end(ctx, err)
 			}
 		}
 	}
