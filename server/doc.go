@@ -48,6 +48,11 @@
 //	                    the helpers the tests share (accounts, tokens,
 //	                    codes, chats)
 //
+// Beside the server, under cmd/: parley-load drives a running server
+// through its public API (the workloads of BENCHMARKS.md);
+// parley-benchreport turns its records (cmd/internal/loadrecord) into
+// BENCHMARKS.md and its charts; scripts/bench (make bench) runs both.
+//
 // # Import graph
 //
 // Imports point down this list only; nothing imports main or servertest

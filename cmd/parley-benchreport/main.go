@@ -26,7 +26,9 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/parley-chat/parley/cmd/internal/loadrecord"
@@ -55,7 +57,7 @@ type meta struct {
 func (m meta) get(k string) string { return m.values[k] }
 
 type options struct {
-	in, metaFile, storeCalls, profiles, out, charts string
+	in, metaFile, storeCalls, profiles, goBench, out, charts string
 }
 
 func run(args []string) error {
@@ -65,6 +67,7 @@ func run(args []string) error {
 	fs.StringVar(&o.metaFile, "meta", "", "facts about the run (`file` of key: value lines)")
 	fs.StringVar(&o.storeCalls, "store-calls", "bench/store-calls.json", "store calls per send (`file`)")
 	fs.StringVar(&o.profiles, "profiles", "", "`directory` of CPU profiles as text (pprof -top), one per workload")
+	fs.StringVar(&o.goBench, "gobench", "", "the output of BenchmarkSendMessage (server/chat), run with -count (`file`)")
 	fs.StringVar(&o.out, "out", "BENCHMARKS.md", "the report (`file`)")
 	fs.StringVar(&o.charts, "charts", "bench/charts", "where the charts go (`directory`)")
 	if err := fs.Parse(args); err != nil {
@@ -96,12 +99,16 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	overhead, err := readGoBench(o.goBench)
+	if err != nil {
+		return err
+	}
 	rel, err := filepath.Rel(filepath.Dir(o.out), o.charts)
 	if err != nil {
 		rel = o.charts
 	}
 	var b strings.Builder
-	writeReport(&b, recs, m, calls, charts, filepath.ToSlash(rel), profiles)
+	writeReport(&b, recs, m, calls, charts, filepath.ToSlash(rel), profiles, overhead)
 	return os.WriteFile(o.out, []byte(b.String()), 0o644)
 }
 
@@ -171,6 +178,53 @@ func readStoreCalls(path string) (storeCalls, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
+}
+
+// goBench is what BenchmarkSendMessage measured: sends a second through
+// the server and in-process, run by run.
+type goBench struct {
+	rpc, direct []float64
+}
+
+var goBenchLine = regexp.MustCompile(`^BenchmarkSendMessage/(direct|rpc)(?:-\d+)?\s.*?\s([0-9.]+) sends/s`)
+
+func readGoBench(path string) (goBench, error) {
+	var g goBench
+	if path == "" {
+		return g, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return g, err
+	}
+	for line := range strings.Lines(string(b)) {
+		m := goBenchLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		v, err := strconv.ParseFloat(m[2], 64)
+		if err != nil {
+			return g, fmt.Errorf("%s: %w", path, err)
+		}
+		if m[1] == "rpc" {
+			g.rpc = append(g.rpc, v)
+		} else {
+			g.direct = append(g.direct, v)
+		}
+	}
+	return g, nil
+}
+
+// ratios pairs the runs in order (each run measures both) and gives
+// through the server over in-process.
+func (g goBench) ratios() stat {
+	var v []float64
+	for i := range min(len(g.rpc), len(g.direct)) {
+		if g.direct[i] > 0 {
+			v = append(v, g.rpc[i]/g.direct[i])
+		}
+	}
+	return statOf(v)
 }
 
 // readProfiles reads <dir>/<label>.txt, by label.

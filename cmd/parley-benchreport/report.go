@@ -79,7 +79,7 @@ func columnsOf(scenario string) []column {
 	return nil
 }
 
-func writeReport(b *strings.Builder, recs []record, m meta, calls storeCalls, charts []chart, chartDir string, profiles map[string]string) {
+func writeReport(b *strings.Builder, recs []record, m meta, calls storeCalls, charts []chart, chartDir string, profiles map[string]string, overhead goBench) {
 	labels, groups := byLabel(recs)
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("# Benchmarks\n\n")
@@ -115,6 +115,8 @@ func writeReport(b *strings.Builder, recs []record, m meta, calls storeCalls, ch
 		s = stat{n: 1, med: c.RedisLocks, min: c.RedisLocks, max: c.RedisLocks}
 		target("W1: Redis lock calls per send (counted in CI)", "0", s, 0, c.RedisLocks == 0)
 	}
+	ratio := overhead.ratios()
+	target("SendMessage through the server over the same method called in-process (BenchmarkSendMessage), sends/s", "≥ 0.7", ratio, 2, ratio.med >= 0.7)
 	for _, l := range []string{"W2-20", "W2-100"} {
 		rs := groups[l]
 		bad := stat{}
@@ -138,13 +140,24 @@ func writeReport(b *strings.Builder, recs []record, m meta, calls storeCalls, ch
 		kb := scale(s, 1.024) // KiB to kB
 		target(l+": server + Redis memory per idle stream, kB", "≤ 30", kb, 1, kb.med <= 30)
 	}
-	ratio := ratioStat(groups["W1-big"], groups["W1"], "cpu_total_ms")
+	ratio = ratioStat(groups["W1-big"], groups["W1"], "cpu_total_ms")
 	target("W1 on 1,000 chats and 100k messages: server-side CPU per send over a fresh store's", "≤ 1.2", ratio, 2, ratio.med <= 1.2)
 	rate := ratioStat(groups["W1"], groups["W1-big"], "sends_per_s")
 	target("W1 on 1,000 chats and 100k messages: a fresh store's acked sends/s over the big store's", "≤ 1.2", rate, 2, rate.med <= 1.2)
 	p("\nThe store calls per send come from `bench/store-calls.json`, which `make test`\n")
 	p("checks on every run (`TestSendMessage_StoreCalls`); `bench/README.md` lists them.\n\n")
 
+	if len(overhead.rpc) > 0 {
+		p("## The server's own cost\n\n")
+		p("`BenchmarkSendMessage` (`server/chat/bench_test.go`) sends into one group from 16\n")
+		p("senders at a time, through a server over HTTP (Connect, authentication,\n")
+		p("validation) and by calling the same service method in-process on the same\n")
+		p("stores, one after the other in each run.\n\n")
+		p("| | sends/s |\n|---|---|\n")
+		p("| through the server | %s |\n", statOf(overhead.rpc).format(0))
+		p("| in-process | %s |\n", statOf(overhead.direct).format(0))
+		p("| ratio, run by run | %s |\n\n", overhead.ratios().format(2))
+	}
 	p("## Store calls per send\n\n")
 	p("| scenario | MongoDB commands | Redis round trips | Redis commands | Redis lock calls | SQL queries |\n|---|---|---|---|---|---|\n")
 	for _, name := range sortedLabels(keysOf(calls)) {

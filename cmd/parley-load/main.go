@@ -38,7 +38,9 @@
 //     -server-pid, so the server must run on this machine) and, with
 //     -admin-url, its live heap and goroutine stacks per open stream,
 //     each read after a garbage collection, which no memory freed
-//     earlier (such as registration's password hashing) can blur. A user's
+//     earlier (such as registration's password hashing) can blur, and with
+//     -redis-url Redis's share. It opens the streams in five steps and
+//     reads the memory after each. A user's
 //     streams share one session: beyond 10 a user (the defaults give
 //     exactly that), start the server with -live-max-streams-per-session
 //     and -live-max-streams-per-user raised to match.
@@ -47,6 +49,12 @@
 //     and the server's peak memory above its idle level while each runs
 //     (sampled every 20 ms from /proc of -server-pid). The file is
 //     generated and checked (SHA-256) on the fly, never held whole.
+//
+// -json FILE appends each measured phase's figures and samples (latencies,
+// completions per second, memory per stream count) to FILE, one JSON
+// object a line, named by -label; `make bench` gathers its runs this way
+// for cmd/parley-benchreport. -profile FILE (with -admin-url) takes a CPU
+// profile of the server over the measured window.
 //
 // -cpu-pids name=pid,... names server-side processes (for example
 // parley=123,ferretdb=456,postgres=789,redis=1011); the CPU of each is

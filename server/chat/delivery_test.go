@@ -2,6 +2,7 @@ package chat_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -121,5 +122,51 @@ func TestMessageService_RetryTakesNoSeq(t *testing.T) {
 	}
 	if len(seqs) != 2 || seqs[0] != first.GetSeq() || seqs[1] != first.GetSeq()+1 {
 		t.Errorf("the chat lists seqs %v; want [%d %d]", seqs, first.GetSeq(), first.GetSeq()+1)
+	}
+}
+
+// TestMessageService_RetryAfterLostAttempt: a send whose earlier attempt
+// took a seq and stored nothing (its server died in between: the seq
+// allocator's mark of the send is there, the message is not) is stored
+// when the client retries, once.
+func TestMessageService_RetryAfterLostAttempt(t *testing.T) {
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))
+	ctx := context.Background()
+	a, b := newUser(t, srv, servertest.Protocols[0]), newUser(t, srv, servertest.Protocols[1])
+	c := group(t, a, "g", b)
+	send := func(key string) *parleyv1.Message {
+		t.Helper()
+		res, err := a.msgs.SendMessage(ctx, req(a, &parleyv1.SendMessageRequest{ChatId: c.GetId(), ClientMessageId: key, Text: key}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Msg.GetMessage()
+	}
+	first := send("k1")
+	// The lost attempt at k2: its seq taken, its send marked.
+	prefix := servertest.SharedStores(t).RedisPrefix + "chat:{" + c.GetId() + "}:"
+	rdb := srv.App.Redis()
+	lost, err := rdb.Incr(ctx, prefix+"seq").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := prefix + "sent:" + c.GetId() + ":" + strconv.Itoa(int(a.id)) + ":k2"
+	if err := rdb.Set(ctx, mark, lost, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	retry := send("k2")
+	if retry.GetSeq() <= lost || retry.GetText() != "k2" {
+		t.Fatalf("the retry stored seq %d %q; want a seq after the lost attempt's %d", retry.GetSeq(), retry.GetText(), lost)
+	}
+	again := send("k2")
+	if again.GetId() != retry.GetId() {
+		t.Errorf("a second retry got message %s; want the stored %s", again.GetId(), retry.GetId())
+	}
+	var keys []string
+	for _, m := range listAll(t, b, c.GetId()) {
+		keys = append(keys, m.GetClientMessageId())
+	}
+	if len(keys) != 2 || keys[0] != first.GetClientMessageId() || keys[1] != "k2" {
+		t.Errorf("the chat holds %v; want [k1 k2]", keys)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -22,6 +23,11 @@ type Events interface {
 	// Publish logs the event for each user and delivers it to their open
 	// streams; once it returns, no user can miss the event.
 	Publish(ctx context.Context, userIDs []int, ev *parleyv1.Event) error
+	// PublishWith is Publish with the caller's Redis commands in the same
+	// round trip: before's ahead of the event's, after's behind them
+	// (and again, if the event had to be sent again: see
+	// live.Hub.PublishWith).
+	PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event, before, after func(redis.Pipeliner)) error
 	// Notify delivers an event that changes nothing (typing) to the
 	// users' open streams only.
 	Notify(ctx context.Context, userIDs []int, ev *parleyv1.Event) error
@@ -45,7 +51,13 @@ func (s *Service) publishTo(ctx context.Context, chatID bson.ObjectID, ids []int
 			ids = append(ids, u)
 		}
 	}
-	if err := s.events.Publish(ctx, ids, ev); err != nil {
+	return s.publishWith(ctx, chatID, ids, ev, nil, nil)
+}
+
+// publishWith announces an event to the users, with before's and after's
+// Redis commands in the same round trip (see Events.PublishWith).
+func (s *Service) publishWith(ctx context.Context, chatID bson.ObjectID, ids []int, ev *parleyv1.Event, before, after func(redis.Pipeliner)) error {
+	if err := s.events.PublishWith(ctx, ids, ev, before, after); err != nil {
 		s.log.ErrorContext(ctx, "publish event", "chat", chatID.Hex(), "err", err)
 		return errNotDelivered
 	}
@@ -56,6 +68,12 @@ func (s *Service) publishTo(ctx context.Context, chatID bson.ObjectID, ids []int
 // as the caller's access found them (changes to membership complete
 // before they answer).
 func (s *Service) publishMessage(ctx context.Context, c *chatDoc, kind string, m *parleyv1.Message) error {
+	return s.publishMessageWith(ctx, c, kind, m, nil, nil)
+}
+
+// publishMessageWith is publishMessage with before's and after's Redis
+// commands in the same round trip (see Events.PublishWith).
+func (s *Service) publishMessageWith(ctx context.Context, c *chatDoc, kind string, m *parleyv1.Message, before, after func(redis.Pipeliner)) error {
 	if s.events == nil {
 		return nil
 	}
@@ -69,7 +87,7 @@ func (s *Service) publishMessage(ctx context.Context, c *chatDoc, kind string, m
 	default:
 		ev.Kind = &parleyv1.Event_MessageDeleted{MessageDeleted: e}
 	}
-	return s.publishTo(ctx, c.ID, participantIDs(c), ev)
+	return s.publishWith(ctx, c.ID, participantIDs(c), ev, before, after)
 }
 
 // Kinds of chat event.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -110,16 +111,21 @@ func (s *Service) SendMessage(
 	if len(mediaIDs) > 0 && s.media == nil {
 		return nil, connect.NewError(connect.CodeUnimplemented, errors.New("uploads are not configured"))
 	}
-	// A retry of a send the server already stored gets its first answer
-	// and is not charged again: the rate limit counts messages, not
-	// attempts. The look-up is the one the insert needs anyway, and comes
-	// before anything changes, so that a refused send changes nothing.
-	prev, err := s.store.messageByKey(ctx, c.ID, id.UserID, req.Msg.GetClientMessageId())
-	if err != nil {
-		return nil, s.internal(ctx, "send message", err)
-	}
-	if prev == nil {
-		if err := s.allowSend(ctx, id.UserID); err != nil {
+	// The rate limit comes before anything changes, so that a refused
+	// send changes nothing. It counts attempts, but never refuses a retry
+	// of a send the server already stored: that gets its first answer.
+	// (The look-up is made only then: a retry that is not refused finds
+	// its message through the seq allocator's mark, see insertMessage.)
+	var prev *messageDoc
+	if err := s.allowSend(ctx, id.UserID); err != nil {
+		if connect.CodeOf(err) != connect.CodeResourceExhausted {
+			return nil, err
+		}
+		var lerr error
+		if prev, lerr = s.store.messageByKey(ctx, c.ID, id.UserID, req.Msg.GetClientMessageId()); lerr != nil {
+			return nil, s.internal(ctx, "send message", lerr)
+		}
+		if prev == nil {
 			return nil, err
 		}
 	}
@@ -150,6 +156,15 @@ func (s *Service) SendMessage(
 			return nil, s.internal(ctx, "send message", err)
 		}
 	}
+	// A new message's seq stays in flight (readers stop below it) until
+	// its announcement, which releases it in the same round trip, or
+	// until this returns.
+	inFlight := created
+	defer func() {
+		if inFlight {
+			_ = s.seqs.done(ctx, c.ID, m.Seq)
+		}
+	}()
 	if len(mediaIDs) > 0 {
 		// A retry gets the message an earlier attempt stored, with that
 		// attempt's files: only those are attached, the others freed.
@@ -190,7 +205,7 @@ func (s *Service) SendMessage(
 	if err := s.store.raiseOwnPositions(ctx, c.ID, id.UserID, m.Seq); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
-	if err := s.announceSend(ctx, c, msg, created); err != nil {
+	if inFlight, err = s.announceSend(ctx, c, msg, created); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
 	if err := s.store.setLastMessage(ctx, m); err != nil {
@@ -402,23 +417,34 @@ func (s *Service) MarkRead(
 // announceSend publishes a new message once: a retry of a send whose
 // announcement went out (and whose reply was lost, or which failed
 // later) does not announce it again. Two retries racing can still both
-// announce it; clients keep one message per seq.
-func (s *Service) announceSend(ctx context.Context, c *chatDoc, msg *parleyv1.Message, created bool) error {
+// announce it; clients keep one message per seq. A new message's seq
+// leaves the in-flight set in the same round trip, ahead of the event,
+// so that a message whose event went out is below the readers'
+// watermark; it reports whether the seq is still in flight.
+func (s *Service) announceSend(ctx context.Context, c *chatDoc, msg *parleyv1.Message, created bool) (inFlight bool, err error) {
 	if s.events == nil {
-		return nil
+		return created, nil
 	}
 	key := s.redisPrefix + "announced:" + msg.GetId()
 	if !created {
 		n, err := s.seqs.rdb.Exists(ctx, key).Result()
 		if err != nil {
-			return err
+			return false, err
 		}
 		if n > 0 {
-			return nil
+			return false, nil
 		}
 	}
-	if err := s.publishMessage(ctx, c, "created", msg); err != nil {
-		return err
+	var release func(redis.Pipeliner)
+	if created {
+		release = func(p redis.Pipeliner) { s.seqs.queueDone(ctx, p, c.ID, msg.GetSeq()) }
 	}
-	return s.seqs.rdb.Set(ctx, key, 1, 24*time.Hour).Err()
+	mark := func(p redis.Pipeliner) { p.Set(ctx, key, 1, 24*time.Hour) }
+	if err := s.publishMessageWith(ctx, c, "created", msg, release, mark); err != nil {
+		// The mark may be set although a log lacks the event: take it
+		// back, so that a retry announces the message again.
+		s.seqs.rdb.Del(context.WithoutCancel(ctx), key)
+		return created, err
+	}
+	return false, nil
 }

@@ -114,28 +114,56 @@ func (a *seqAllocator) inflightKey(chatID bson.ObjectID) string {
 	return a.prefix + "chat:{" + chatID.Hex() + "}:inflight"
 }
 
+// sentKey marks that a send (by its idempotency key) took a seq.
+func (a *seqAllocator) sentKey(chatID bson.ObjectID, idem string) string {
+	return a.prefix + "chat:{" + chatID.Hex() + "}:sent:" + idem
+}
+
 // nextScript takes the chat's next seq and records it as in flight, with
-// the time, until done removes it.
+// the time, until done removes it; and marks the send (KEYS[3]) as having
+// taken it. It returns 0 instead when the send is marked already (unless
+// ARGV[4] is 1): an earlier attempt took a seq. KEYS: the counter, the
+// in-flight set, the send's mark; ARGV: now (ms), the in-flight TTL and
+// the mark's TTL (ms), force.
 var nextScript = redis.NewScript(`
+if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local n = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], ARGV[1], n)
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], n, 'PX', ARGV[3])
 return n
 `)
+
+// sentTTL is how long a send stays marked as having taken a seq: retries
+// come within seconds or minutes, and the marks of a busy server's
+// messages must not fill Redis. A retry later than that still finds its
+// message (by the unique idempotency key), but takes a seq and gives it
+// back, which leaves a gap if another send took the next one meanwhile.
+const sentTTL = time.Hour
 
 // inflightTTL bounds how long a seq counts as in flight: a sender that
 // died holding one stops holding readers back after this long.
 const inflightTTL = 10 * time.Second
 
-// next hands out the chat's next seq. The caller must call done with it
-// once the message is stored or abandoned.
-func (a *seqAllocator) next(ctx context.Context, chatID bson.ObjectID) (int64, error) {
-	n, err := nextScript.Run(ctx, a.rdb, []string{a.key(chatID), a.inflightKey(chatID)},
-		time.Now().UnixMilli(), inflightTTL.Milliseconds()).Int64()
+// next hands out the chat's next seq to the send idem names, or 0 when
+// an earlier attempt at the send took one (unless force). The caller must
+// call done with a seq once the message is stored or abandoned.
+func (a *seqAllocator) next(ctx context.Context, chatID bson.ObjectID, idem string, force bool) (int64, error) {
+	f := 0
+	if force {
+		f = 1
+	}
+	n, err := nextScript.Run(ctx, a.rdb, []string{a.key(chatID), a.inflightKey(chatID), a.sentKey(chatID, idem)},
+		time.Now().UnixMilli(), inflightTTL.Milliseconds(), sentTTL.Milliseconds(), f).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("allocate seq: %w", err)
 	}
 	return n, nil
+}
+
+// queueDone queues, on p, what done does.
+func (a *seqAllocator) queueDone(ctx context.Context, p redis.Pipeliner, chatID bson.ObjectID, seq int64) {
+	p.ZRem(ctx, a.inflightKey(chatID), seq)
 }
 
 // done marks a seq as no longer in flight.
@@ -264,25 +292,37 @@ func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID
 // insertMessage stores a new message with the chat's next seq, which is
 // always above floor (the chat's last seq as last read). It returns the
 // stored message and whether it is new: a retry with a clientMessageId
-// already used gets the first message back, and takes no seq. The caller
-// has looked the key up already (messageByKey, before charging the send
-// to the sender's rate limit), so only a racing attempt at the same send
-// can have stored it since.
+// already used gets the first message back, and takes no seq. A new
+// message's seq is still in flight: the caller must release it
+// (seqAllocator.done, or queueDone in the round trip that announces it),
+// whatever happens next. A retry is known by the mark its first attempt
+// left with the seq allocator, or, should Redis have lost it, by the
+// unique idempotency key refusing the insert.
 func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc, floor int64) (*messageDoc, bool, error) {
 	m.IdemKey = idemKey(m.ChatID, m.SenderID, m.ClientMessageID)
+	force := false
 	for range 5 {
-		seq, err := seqs.next(ctx, m.ChatID)
+		seq, err := seqs.next(ctx, m.ChatID, m.IdemKey, force)
 		if err != nil {
 			return nil, false, err
 		}
+		force = true
+		if seq == 0 {
+			// An earlier attempt at this send took a seq: it stored the
+			// message, failed before, or is storing it now (then one of
+			// the two inserts fails on the idempotency key, below).
+			prev, err := s.messageByKey(ctx, m.ChatID, m.SenderID, m.ClientMessageID)
+			if err != nil || prev != nil {
+				return prev, false, err
+			}
+			continue
+		}
 		stored, err := s.tryInsert(ctx, m, seq, floor)
-		if err != nil || stored {
-			if derr := seqs.done(ctx, m.ChatID, seq); derr != nil && err == nil {
-				err = derr
-			}
-			if err != nil {
-				return nil, false, err
-			}
+		if err != nil {
+			_ = seqs.done(ctx, m.ChatID, seq)
+			return nil, false, err
+		}
+		if stored {
 			return m, true, nil
 		}
 		// Either a racing attempt at this very send won, or the counter

@@ -57,7 +57,20 @@ func (h *Hub) userOfChannel(ch string) (int, bool) {
 // it, so an event whose Publish succeeded is never missed by a client that
 // resumes from an earlier cursor.
 func (h *Hub) Publish(ctx context.Context, userIDs []int, ev *parleyv1.Event) error {
-	if len(userIDs) == 0 {
+	return h.PublishWith(ctx, userIDs, ev, nil, nil)
+}
+
+// PublishWith is Publish with the caller's own Redis commands in the same
+// round trip: those that before queues run ahead of the event's, those
+// that after queues behind them (Redis runs a pipeline's commands in
+// order). It fails if any of them does. When Redis had forgotten the
+// logging script, the event goes again to the users it missed, followed
+// by after's commands again: they run at least once after the event is
+// logged for every user, but they may also have run before, so a caller
+// whose after marks the event as published must undo the mark when
+// PublishWith fails.
+func (h *Hub) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event, before, after func(p redis.Pipeliner)) error {
+	if len(userIDs) == 0 && before == nil && after == nil {
 		return nil
 	}
 	if ev.Time == nil {
@@ -69,9 +82,17 @@ func (h *Hub) Publish(ctx context.Context, userIDs []int, ev *parleyv1.Event) er
 	}
 	maxLen := strconv.Itoa(h.cfg.MaxEvents)
 	retention := strconv.FormatInt(h.cfg.Retention.Milliseconds(), 10)
+	first := 0 // the index of the first append in the pipeline
 	cmds, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if before != nil {
+			before(p)
+			first = p.Len()
+		}
 		for _, uid := range userIDs {
 			appendScript.EvalSha(ctx, p, []string{h.streamKey(uid)}, maxLen, retention, h.channel(uid), payload)
+		}
+		if after != nil {
+			after(p)
 		}
 		return nil
 	})
@@ -82,16 +103,21 @@ func (h *Hub) Publish(ctx context.Context, userIDs []int, ev *parleyv1.Event) er
 	// the users it failed for (a NOSCRIPT error appended nothing).
 	var retry []int
 	for i, c := range cmds {
-		if err := c.Err(); err != nil {
-			if !redis.HasErrorPrefix(err, "NOSCRIPT") {
-				return fmt.Errorf("live: publish: %w", err)
-			}
-			retry = append(retry, userIDs[i])
+		err := c.Err()
+		if err == nil {
+			continue
 		}
+		if i < first || i >= first+len(userIDs) || !redis.HasErrorPrefix(err, "NOSCRIPT") {
+			return fmt.Errorf("live: publish: %w", err)
+		}
+		retry = append(retry, userIDs[i-first])
 	}
 	_, err = h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, uid := range retry {
 			appendScript.Eval(ctx, p, []string{h.streamKey(uid)}, maxLen, retention, h.channel(uid), payload)
+		}
+		if after != nil {
+			after(p)
 		}
 		return nil
 	})
