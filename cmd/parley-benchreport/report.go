@@ -42,6 +42,7 @@ var deliveryColumns = []column{
 	{"failed", "failed", 0},
 	{"missed", "missed", 0},
 	{"duplicated", "duplicated", 0},
+	{"resumed", "streams resumed", 0},
 	{"p50_ms", "send→receive p50 ms", 2},
 	{"p99_ms", "p99 ms", 2},
 	{"fanout_p99_ms", "publish→receive p99 ms", 2},

@@ -329,16 +329,24 @@ func register(ctx context.Context, cfg config, n int) ([]*client, error) {
 
 // subscribe opens a stream and waits for its ready event.
 func subscribe(ctx context.Context, c *client) (*connect.ServerStreamForClient[parleyv1.SubscribeResponse], error) {
-	s, err := c.live.Subscribe(ctx, req(c, &parleyv1.SubscribeRequest{}))
+	s, _, err := subscribeFrom(ctx, c, "")
+	return s, err
+}
+
+// subscribeFrom opens a stream that resumes after cursor (none: live
+// events only), waits for its ready event and returns the cursor it
+// stands at.
+func subscribeFrom(ctx context.Context, c *client, cursor string) (*connect.ServerStreamForClient[parleyv1.SubscribeResponse], string, error) {
+	s, err := c.live.Subscribe(ctx, req(c, &parleyv1.SubscribeRequest{ResumeCursor: cursor}))
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	for s.Receive() {
-		if s.Msg().GetEvent().GetReady() != nil {
-			return s, nil
+		if ev := s.Msg().GetEvent(); ev.GetReady() != nil {
+			return s, ev.GetCursor(), nil
 		}
 	}
-	return nil, fmt.Errorf("subscribe: stream ended before ready: %v", s.Err())
+	return nil, "", fmt.Errorf("subscribe: stream ended before ready: %v", s.Err())
 }
 
 // sent is what the senders remember of a message.
@@ -407,35 +415,55 @@ func delivery(ctx context.Context, cfg config) error {
 	streamCtx, stopStreams := context.WithCancel(ctx)
 	defer stopStreams()
 	var readers sync.WaitGroup
+	var reconnects atomic.Int64
 	for _, u := range users {
-		s, err := subscribe(streamCtx, u)
+		s, cursor, err := subscribeFrom(streamCtx, u, "")
 		if err != nil {
 			return err
 		}
 		readers.Go(func() {
 			seen := map[string]bool{}
-			for s.Receive() {
-				ev := s.Msg().GetEvent()
-				m := ev.GetMessageCreated().GetMessage()
-				if m == nil {
-					continue
+			for {
+				for s.Receive() {
+					ev := s.Msg().GetEvent()
+					if c := ev.GetCursor(); c != "" {
+						cursor = c
+					}
+					m := ev.GetMessageCreated().GetMessage()
+					if m == nil {
+						continue
+					}
+					now := time.Now()
+					key := m.GetClientMessageId()
+					if seen[key] {
+						dups.Add(1)
+						continue
+					}
+					seen[key] = true
+					received.Add(1)
+					mu.Lock()
+					got[key]++
+					arrivals = append(arrivals, now)
+					if sm := messages[key]; sm != nil {
+						latencies = append(latencies, now.Sub(sm.at))
+						fanout = append(fanout, now.Sub(ev.GetTime().AsTime()))
+					}
+					mu.Unlock()
 				}
-				now := time.Now()
-				key := m.GetClientMessageId()
-				if seen[key] {
-					dups.Add(1)
-					continue
+				// The server ended the stream (one that falls behind is
+				// closed, say): resume from the last cursor, as a client
+				// does, until the run ends.
+				for streamCtx.Err() == nil {
+					var err error
+					if s, cursor, err = subscribeFrom(streamCtx, u, cursor); err == nil {
+						reconnects.Add(1)
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
 				}
-				seen[key] = true
-				received.Add(1)
-				mu.Lock()
-				got[key]++
-				arrivals = append(arrivals, now)
-				if sm := messages[key]; sm != nil {
-					latencies = append(latencies, now.Sub(sm.at))
-					fanout = append(fanout, now.Sub(ev.GetTime().AsTime()))
+				if streamCtx.Err() != nil {
+					return
 				}
-				mu.Unlock()
 			}
 		})
 	}
@@ -568,7 +596,8 @@ func delivery(ctx context.Context, cfg config) error {
 	}
 	fmt.Printf("\nsent %d messages (%d failed after 4 attempts; %d attempts retried), %d deliveries expected\n",
 		len(messages), sendErrs.Load(), retries.Load(), expected)
-	fmt.Printf("delivered %d, missed %d, duplicated %d\n", received.Load(), missed, dups.Load())
+	fmt.Printf("delivered %d, missed %d, duplicated %d; streams resumed after the server ended them: %d\n",
+		received.Load(), missed, dups.Load(), reconnects.Load())
 	report("send→receive latency", latencies)
 	report("publish→receive latency (the event's server time to arrival)", fanout)
 	report("SendMessage round trip", sendLat)
@@ -587,6 +616,7 @@ func delivery(ctx context.Context, cfg config) error {
 		{"send_span_s", sendSpan.Seconds(), 1}, {"queue_p99_ms", pctMs(queued, 0.99), 2},
 		{"acked", float64(acked), 0}, {"failed", float64(sendErrs.Load()), 0}, {"expected", float64(expected), 0},
 		{"delivered", float64(received.Load()), 0}, {"missed", float64(missed), 0}, {"duplicated", float64(dups.Load()), 0},
+		{"resumed", float64(reconnects.Load()), 0},
 		{"p50_ms", pctMs(latencies, 0.50), 2}, {"p99_ms", pctMs(latencies, 0.99), 2},
 		{"fanout_p99_ms", pctMs(fanout, 0.99), 2},
 		{"send_p50_ms", pctMs(sendLat, 0.50), 2}, {"send_p99_ms", pctMs(sendLat, 0.99), 2},
