@@ -168,7 +168,12 @@ func (s *Service) publishPositions(ctx context.Context, c *chatDoc, userID int) 
 		ChatDeliveredSeq: all.delivered,
 		ChatReadSeq:      all.read,
 	}}}
-	return s.publishTo(ctx, chatID, ids, ev)
+	// The member's positions as just read, into their mirror (see
+	// seqAllocator.queueRaisePositions), in the same round trip.
+	mirror := func(p redis.Pipeliner) {
+		s.seqs.queueRaisePositions(ctx, p, chatID, userID, members[i].ReadSeq, members[i].DeliveredSeq)
+	}
+	return s.publishWith(ctx, chatID, ids, ev, nil, mirror)
 }
 
 // participantIDs lists the chat's members.

@@ -92,7 +92,7 @@ func toMessage(m *messageDoc, p positions) *parleyv1.Message {
 func (s *Service) SendMessage(
 	ctx context.Context, req *connect.Request[parleyv1.SendMessageRequest],
 ) (*connect.Response[parleyv1.SendMessageResponse], error) {
-	id, c, me, err := s.access(ctx, req.Msg.GetChatId())
+	id, c, _, err := s.accessChat(ctx, req.Msg.GetChatId())
 	if err != nil {
 		return nil, err
 	}
@@ -144,8 +144,12 @@ func (s *Service) SendMessage(
 		}
 	}
 	m, created := prev, false
+	// The lower of the sender's read and delivered positions before this
+	// message, as mirrored in Redis: never above MongoDB's (-1: unknown,
+	// taken as 0, where positions start).
+	var before int64
 	if prev == nil {
-		m, created, err = s.store.insertMessage(ctx, s.seqs, &messageDoc{
+		m, created, before, err = s.store.insertMessage(ctx, s.seqs, &messageDoc{
 			ChatID:          c.ID,
 			SenderID:        id.UserID,
 			Text:            req.Msg.GetText(),
@@ -197,6 +201,13 @@ func (s *Service) SendMessage(
 		if p, err = s.positions(ctx, c); err != nil {
 			return nil, s.internal(ctx, "send message", err)
 		}
+		// A retry: whether the first attempt moved the sender's
+		// positions is not known; they are read as they stand.
+		me, err := s.store.member(ctx, c, id.UserID)
+		if err != nil {
+			return nil, s.internal(ctx, "send message", err)
+		}
+		before = min(me.ReadSeq, me.DeliveredSeq)
 	}
 	msg := toMessage(m, p)
 	// The sender has its message before anyone else hears of it: a
@@ -211,8 +222,9 @@ func (s *Service) SendMessage(
 	if err := s.store.setLastMessage(ctx, m); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
-	if me.ReadSeq < m.Seq-1 || me.DeliveredSeq < m.Seq-1 {
-		// Sending read what the sender had not: others' ticks move.
+	if max(before, 0) < m.Seq-1 {
+		// Sending read what the sender had not (or may have): others'
+		// ticks move.
 		if err := s.publishPositions(ctx, c, id.UserID); err != nil {
 			return nil, s.internal(ctx, "send message", err)
 		}
@@ -437,7 +449,12 @@ func (s *Service) announceSend(ctx context.Context, c *chatDoc, msg *parleyv1.Me
 	}
 	var release func(redis.Pipeliner)
 	if created {
-		release = func(p redis.Pipeliner) { s.seqs.queueDone(ctx, p, c.ID, msg.GetSeq()) }
+		// The seq leaves the in-flight set, and the sender's positions,
+		// which MongoDB has raised to the message, are mirrored.
+		release = func(p redis.Pipeliner) {
+			s.seqs.queueDone(ctx, p, c.ID, msg.GetSeq())
+			s.seqs.queueRaisePositions(ctx, p, c.ID, int(msg.GetSenderId()), msg.GetSeq(), msg.GetSeq())
+		}
 	}
 	mark := func(p redis.Pipeliner) { p.Set(ctx, key, 1, 24*time.Hour) }
 	if err := s.publishMessageWith(ctx, c, "created", msg, release, mark); err != nil {

@@ -119,19 +119,57 @@ func (a *seqAllocator) sentKey(chatID bson.ObjectID, idem string) string {
 	return a.prefix + "chat:{" + chatID.Hex() + "}:sent:" + idem
 }
 
+// positionsKey holds a mirror of a member's read and delivered positions
+// (fields r and d): written after MongoDB's, and only ever raised, so it
+// is never ahead of them; it may lag, or be missing. The seq script reads
+// it, so that a send knows at no extra round trip whether the sender had
+// read everything before it (then nobody's ticks move).
+func (a *seqAllocator) positionsKey(chatID bson.ObjectID, userID int) string {
+	return a.prefix + "chat:{" + chatID.Hex() + "}:positions:" + strconv.Itoa(userID)
+}
+
+// positionsTTL is how long a member's mirrored positions last unless
+// raised again.
+const positionsTTL = 7 * 24 * time.Hour
+
+// raisePositionsScript raises the mirrored positions (KEYS[1]) to ARGV[1]
+// (read) and ARGV[2] (delivered) where they are lower, and sets the TTL
+// (ARGV[3], ms).
+var raisePositionsScript = redis.NewScript(`
+for i, f in ipairs({'r', 'd'}) do
+  local v = tonumber(ARGV[i])
+  if tonumber(redis.call('HGET', KEYS[1], f) or '-1') < v then redis.call('HSET', KEYS[1], f, v) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`)
+
+// queueRaisePositions queues, on p, the raise of the member's mirrored
+// positions to read and delivered, which MongoDB has already. The script
+// goes whole (EVAL, which Redis compiles once): a pipeline cannot fall
+// back from an EVALSHA that a restarted Redis no longer knows.
+func (a *seqAllocator) queueRaisePositions(ctx context.Context, p redis.Pipeliner, chatID bson.ObjectID, userID int, read, delivered int64) {
+	raisePositionsScript.Eval(ctx, p, []string{a.positionsKey(chatID, userID)}, read, delivered, positionsTTL.Milliseconds())
+}
+
 // nextScript takes the chat's next seq and records it as in flight, with
 // the time, until done removes it; and marks the send (KEYS[3]) as having
 // taken it. It returns 0 instead when the send is marked already (unless
-// ARGV[4] is 1): an earlier attempt took a seq. KEYS: the counter, the
-// in-flight set, the send's mark; ARGV: now (ms), the in-flight TTL and
-// the mark's TTL (ms), force.
+// ARGV[4] is 1): an earlier attempt took a seq. With the seq it returns
+// the lower of the sender's mirrored positions (KEYS[4]), -1 when unknown.
+// KEYS: the counter, the in-flight set, the send's mark, the sender's
+// positions; ARGV: now (ms), the in-flight TTL and the mark's TTL (ms),
+// force.
 var nextScript = redis.NewScript(`
-if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local r = redis.call('HMGET', KEYS[4], 'r', 'd')
+local pos = -1
+if r[1] and r[2] then pos = math.min(tonumber(r[1]), tonumber(r[2])) end
+if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return {0, pos} end
 local n = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], ARGV[1], n)
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], n, 'PX', ARGV[3])
-return n
+return {n, pos}
 `)
 
 // sentTTL is how long a send stays marked as having taken a seq: retries
@@ -145,20 +183,25 @@ const sentTTL = time.Hour
 // died holding one stops holding readers back after this long.
 const inflightTTL = 10 * time.Second
 
-// next hands out the chat's next seq to the send idem names, or 0 when
-// an earlier attempt at the send took one (unless force). The caller must
-// call done with a seq once the message is stored or abandoned.
-func (a *seqAllocator) next(ctx context.Context, chatID bson.ObjectID, idem string, force bool) (int64, error) {
+// next hands out the chat's next seq to sender's send that idem names,
+// or 0 when an earlier attempt at the send took one (unless force); and
+// the lower of the sender's mirrored positions (see positionsKey), -1
+// when unknown. The caller must call done with a seq once the message is
+// stored or abandoned.
+func (a *seqAllocator) next(ctx context.Context, chatID bson.ObjectID, sender int, idem string, force bool) (seq, positions int64, err error) {
 	f := 0
 	if force {
 		f = 1
 	}
-	n, err := nextScript.Run(ctx, a.rdb, []string{a.key(chatID), a.inflightKey(chatID), a.sentKey(chatID, idem)},
-		time.Now().UnixMilli(), inflightTTL.Milliseconds(), sentTTL.Milliseconds(), f).Int64()
+	keys := []string{a.key(chatID), a.inflightKey(chatID), a.sentKey(chatID, idem), a.positionsKey(chatID, sender)}
+	r, err := nextScript.Run(ctx, a.rdb, keys, time.Now().UnixMilli(), inflightTTL.Milliseconds(), sentTTL.Milliseconds(), f).Int64Slice()
 	if err != nil {
-		return 0, fmt.Errorf("allocate seq: %w", err)
+		return 0, 0, fmt.Errorf("allocate seq: %w", err)
 	}
-	return n, nil
+	if len(r) != 2 {
+		return 0, 0, fmt.Errorf("allocate seq: the script answered %v", r)
+	}
+	return r[0], r[1], nil
 }
 
 // queueDone queues, on p, what done does.
@@ -297,14 +340,16 @@ func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID
 // (seqAllocator.done, or queueDone in the round trip that announces it),
 // whatever happens next. A retry is known by the mark its first attempt
 // left with the seq allocator, or, should Redis have lost it, by the
-// unique idempotency key refusing the insert.
-func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc, floor int64) (*messageDoc, bool, error) {
+// unique idempotency key refusing the insert. With a new message it
+// returns the lower of the sender's mirrored positions before it (see
+// seqAllocator.positionsKey), -1 when unknown.
+func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc, floor int64) (*messageDoc, bool, int64, error) {
 	m.IdemKey = idemKey(m.ChatID, m.SenderID, m.ClientMessageID)
 	force := false
 	for range 5 {
-		seq, err := seqs.next(ctx, m.ChatID, m.IdemKey, force)
+		seq, pos, err := seqs.next(ctx, m.ChatID, m.SenderID, m.IdemKey, force)
 		if err != nil {
-			return nil, false, err
+			return nil, false, 0, err
 		}
 		force = true
 		if seq == 0 {
@@ -313,40 +358,40 @@ func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messag
 			// the two inserts fails on the idempotency key, below).
 			prev, err := s.messageByKey(ctx, m.ChatID, m.SenderID, m.ClientMessageID)
 			if err != nil || prev != nil {
-				return prev, false, err
+				return prev, false, -1, err
 			}
 			continue
 		}
 		stored, err := s.tryInsert(ctx, m, seq, floor)
 		if err != nil {
 			_ = seqs.done(ctx, m.ChatID, seq)
-			return nil, false, err
+			return nil, false, 0, err
 		}
 		if stored {
-			return m, true, nil
+			return m, true, pos, nil
 		}
 		// Either a racing attempt at this very send won, or the counter
 		// fell behind the store.
 		prev, err := s.messageByKey(ctx, m.ChatID, m.SenderID, m.ClientMessageID)
 		if err != nil {
 			_ = seqs.done(ctx, m.ChatID, seq)
-			return nil, false, err
+			return nil, false, 0, err
 		}
 		if prev != nil {
-			return prev, false, seqs.giveBack(ctx, m.ChatID, seq)
+			return prev, false, -1, seqs.giveBack(ctx, m.ChatID, seq)
 		}
 		if err := seqs.done(ctx, m.ChatID, seq); err != nil {
-			return nil, false, err
+			return nil, false, 0, err
 		}
 		top, err := s.maxSeqFrom(ctx, m.ChatID, floor)
 		if err != nil {
-			return nil, false, err
+			return nil, false, 0, err
 		}
 		if err := seqs.raise(ctx, m.ChatID, max(top, floor)); err != nil {
-			return nil, false, err
+			return nil, false, 0, err
 		}
 	}
-	return nil, false, errors.New("insert message: no free seq after 5 attempts")
+	return nil, false, 0, errors.New("insert message: no free seq after 5 attempts")
 }
 
 // tryInsert stores m with seq. It reports false, with no error, when the

@@ -191,15 +191,25 @@ func (s *store) getChat(ctx context.Context, id bson.ObjectID) (*chatDoc, error)
 // member returns the user's membership of the chat with its positions, or
 // errNoChat.
 func (s *store) member(ctx context.Context, c *chatDoc, userID int) (*member, error) {
-	p := c.participant(userID)
-	if p == nil || slices.Contains(c.HiddenFor, userID) {
-		return nil, errNoChat
+	m, err := memberOf(c, userID)
+	if err != nil {
+		return nil, err
 	}
-	ms := []member{{ChatID: c.ID, UserID: userID, Role: p.Role}}
+	ms := []member{*m}
 	if err := s.fillPositions(ctx, c.ID, ms); err != nil {
 		return nil, err
 	}
 	return &ms[0], nil
+}
+
+// memberOf returns the user's membership of the chat without its
+// positions (0), or errNoChat.
+func memberOf(c *chatDoc, userID int) (*member, error) {
+	p := c.participant(userID)
+	if p == nil || slices.Contains(c.HiddenFor, userID) {
+		return nil, errNoChat
+	}
+	return &member{ChatID: c.ID, UserID: userID, Role: p.Role}, nil
 }
 
 // fillPositions sets the members' read and delivered positions. A missing
