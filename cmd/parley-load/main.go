@@ -424,7 +424,9 @@ func delivery(ctx context.Context, cfg config) error {
 		readers.Go(func() {
 			seen := map[string]bool{}
 			for {
+				events := 0
 				for s.Receive() {
+					events++
 					ev := s.Msg().GetEvent()
 					if c := ev.GetCursor(); c != "" {
 						cursor = c
@@ -452,10 +454,14 @@ func delivery(ctx context.Context, cfg config) error {
 				}
 				// The server ended the stream (one that falls behind is
 				// closed, say): resume from the last cursor, as a client
-				// does, until the run ends.
+				// does, until the run ends. What the log replays comes
+				// before the ready event, and is read like the rest.
+				if events == 0 {
+					time.Sleep(100 * time.Millisecond) // refused: not at once again
+				}
 				for streamCtx.Err() == nil {
 					var err error
-					if s, cursor, err = subscribeFrom(streamCtx, u, cursor); err == nil {
+					if s, err = u.live.Subscribe(streamCtx, req(u, &parleyv1.SubscribeRequest{ResumeCursor: cursor})); err == nil {
 						reconnects.Add(1)
 						break
 					}
