@@ -20,8 +20,6 @@ type chart struct {
 	label, title, file string
 }
 
-func sortFloats(v []float64) { slices.Sort(v) }
-
 // drawCharts draws every chart the records allow into dir.
 func drawCharts(recs []record, dir string) ([]chart, error) {
 	labels, groups := byLabel(recs)

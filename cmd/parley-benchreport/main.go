@@ -17,7 +17,6 @@ package main
 
 import (
 	"bufio"
-	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -323,14 +322,4 @@ func perStream(ps []memPoint, v func(memPoint) int64) float64 {
 	}
 	a, b := ps[0], ps[len(ps)-1]
 	return float64(v(b)-v(a)) / float64(b.Streams-a.Streams) / 1024
-}
-
-func sortedLabels(m map[string]string) []string {
-	return slices.SortedFunc(func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}, cmp.Compare[string])
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -161,7 +163,7 @@ func writeReport(b *strings.Builder, recs []record, m meta, calls storeCalls, ch
 	}
 	p("## Store calls per send\n\n")
 	p("| scenario | MongoDB commands | Redis round trips | Redis commands | Redis lock calls | SQL queries |\n|---|---|---|---|---|---|\n")
-	for _, name := range sortedLabels(keysOf(calls)) {
+	for _, name := range slices.Sorted(maps.Keys(calls)) {
 		c := calls[name]
 		p("| %s | %g | %g | %g | %g | %g |\n", name, c.MongoTotal, c.RedisRoundTrips, c.RedisTotal, c.RedisLocks, c.SQL)
 	}
@@ -221,18 +223,10 @@ func writeReport(b *strings.Builder, recs []record, m meta, calls storeCalls, ch
 		p("workload named: the top entries by the time spent in the function itself\n")
 		p("(`go tool pprof -top`). What they show, and what was done about it, is in\n")
 		p("`bench/README.md`.\n\n")
-		for _, l := range sortedLabels(profiles) {
+		for _, l := range slices.Sorted(maps.Keys(profiles)) {
 			p("### %s\n\n```\n%s```\n\n", l, profiles[l])
 		}
 	}
-}
-
-func keysOf[V any](m map[string]V) map[string]string {
-	out := make(map[string]string, len(m))
-	for k := range m {
-		out[k] = k
-	}
-	return out
 }
 
 func known(label string) bool {
@@ -270,7 +264,7 @@ func latencyLine(rs []record) string {
 	if len(all) == 0 {
 		return ""
 	}
-	sortFloats(all)
+	slices.Sort(all)
 	q := func(x float64) string {
 		v := percentile(all, x)
 		if math.IsNaN(v) {
