@@ -88,7 +88,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		adminAddr = aln.Addr()
 		// Profiles take as long as they are asked to (?seconds=30): no
 		// write timeout.
-		adminSrv := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		adminSrv := &http.Server{Handler: admin.Handler(a.Telemetry().Handler(), a.Health()), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := adminSrv.Serve(aln); !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin listener", "err", err)
@@ -136,7 +136,7 @@ func printBanner(w io.Writer, a *app.App, addr, adminAddr net.Addr) {
 		fmt.Fprintf(w, "  %-8s %s: %s\n", s.Name, kind, s.Where)
 	}
 	if adminAddr != nil {
-		fmt.Fprintf(w, "Admin (profiles, memory statistics) on http://%s/debug/pprof/ and /debug/vars\n", hostPort(adminAddr))
+		fmt.Fprintf(w, "Admin (metrics, probes, profiles) on http://%s/metrics, /readyz and /debug/pprof/\n", hostPort(adminAddr))
 	}
 	fmt.Fprintf(w, "Try it:\n  curl -s -H 'Content-Type: application/json' -d '{}' %s/grpc.health.v1.Health/Check\n", base)
 }
@@ -176,7 +176,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	e := envReader{getenv: getenv}
 	c := &opts.app
 	fs.StringVar(&opts.addr, "addr", e.str("PARLEY_ADDR", ":8080"), "listen `address` (PARLEY_ADDR)")
-	fs.StringVar(&opts.adminAddr, "admin-addr", e.str("PARLEY_ADMIN_ADDR", ""), "listen `address` of the admin listener (pprof profiles, memory statistics), such as 127.0.0.1:9090; never the public one; empty: off (PARLEY_ADMIN_ADDR)")
+	fs.StringVar(&opts.adminAddr, "admin-addr", e.str("PARLEY_ADMIN_ADDR", ""), "listen `address` of the admin listener (Prometheus metrics at /metrics, probes, pprof profiles, memory statistics), such as 127.0.0.1:9090; never the public one; empty: off (PARLEY_ADMIN_ADDR)")
 	fs.StringVar(&c.DataDir, "data-dir", e.str("PARLEY_DATA_DIR", "./data"), "`directory` for the embedded stores' files (PARLEY_DATA_DIR)")
 	fs.StringVar(&c.DatabaseURL, "database-url", e.str("PARLEY_DATABASE_URL", ""), "PostgreSQL connection `URL`; empty: embedded SQLite (PARLEY_DATABASE_URL)")
 	fs.StringVar(&c.MongoURI, "mongo-uri", e.str("PARLEY_MONGO_URI", ""), "MongoDB connection `URI`; empty: embedded FerretDB (PARLEY_MONGO_URI)")

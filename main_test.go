@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -15,6 +18,7 @@ import (
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/servertest"
 	"github.com/parley-chat/parley/server/sqldb"
 )
@@ -86,7 +90,8 @@ func startRun(t *testing.T, env map[string]string, args ...string) (baseURL, ban
 // store configured, and checks that the banner's curl command works and the
 // API answers over Connect and gRPC.
 func TestRun_EmbeddedDefaults(t *testing.T) {
-	baseURL, banner, stop := startRun(t, nil, "-addr", "127.0.0.1:0", "-data-dir", t.TempDir())
+	dir := t.TempDir()
+	baseURL, banner, stop := startRun(t, nil, "-addr", "127.0.0.1:0", "-data-dir", dir)
 	for _, store := range []string{"postgres embedded: SQLite", "mongodb  embedded: FerretDB", "redis    embedded: miniredis"} {
 		if !strings.Contains(banner, store) {
 			t.Errorf("banner does not say %q:\n%s", store, banner)
@@ -117,17 +122,34 @@ func TestRun_EmbeddedDefaults(t *testing.T) {
 			}
 		})
 	}
+
+	// A second server on the same data directory would run its own
+	// embedded stores on the same files: it is refused, and says why.
+	var stderr bytes.Buffer
+	err = run(context.Background(), []string{"parley", "-addr", "127.0.0.1:0", "-data-dir", dir},
+		func(string) string { return "" }, io.Discard, &stderr)
+	if !errors.Is(err, app.ErrDataDirInUse) {
+		t.Errorf("a second server on the same data directory: %v, want %v", err, app.ErrDataDirInUse)
+	} else if want := fmt.Sprintf("used by another Parley server (process %d)", os.Getpid()); !strings.Contains(err.Error(), want) {
+		t.Errorf("the refusal %q does not say %q", err, want)
+	}
+
 	if err := stop(); err != nil {
 		t.Errorf("run after shutdown: %v", err)
 	}
+	// Once the first has stopped, the directory is free again.
+	_, _, stop = startRun(t, nil, "-addr", "127.0.0.1:0", "-data-dir", dir)
+	if err := stop(); err != nil {
+		t.Errorf("run on the data directory after the first stopped: %v", err)
+	}
 }
 
-// TestRun_Admin checks that -admin-addr serves profiles and memory
-// statistics on a listener of its own, and that the public listener
-// serves neither.
+// TestRun_Admin checks that -admin-addr serves metrics, probes, profiles
+// and memory statistics on a listener of its own, and that the public
+// listener serves only the probes.
 func TestRun_Admin(t *testing.T) {
 	baseURL, banner, _ := startRun(t, nil, "-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-data-dir", t.TempDir())
-	m := regexp.MustCompile(`Admin .* on (http://\S+)/debug/pprof/`).FindStringSubmatch(banner)
+	m := regexp.MustCompile(`Admin .* on (http://\S+)/metrics`).FindStringSubmatch(banner)
 	if m == nil {
 		t.Fatalf("the banner names no admin listener:\n%s", banner)
 	}
@@ -151,12 +173,22 @@ func TestRun_Admin(t *testing.T) {
 	if code, body := get(adminURL + "/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "goroutine profile") {
 		t.Errorf("GET /debug/pprof/goroutine = %d %.200s, want a goroutine profile", code, body)
 	}
+	if code, body := get(adminURL + "/metrics"); code != http.StatusOK || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "parley_live_streams 0") {
+		t.Errorf("GET /metrics = %d %.200s, want Prometheus metrics with the Go runtime's and Parley's", code, body)
+	}
+	for _, probe := range []struct{ path, body string }{{"/livez", "ok"}, {"/readyz", "ready"}} {
+		for _, base := range []string{adminURL, baseURL} {
+			if code, body := get(base + probe.path); code != http.StatusOK || strings.TrimSpace(body) != probe.body {
+				t.Errorf("GET %s%s = %d %q, want 200 %q", base, probe.path, code, body, probe.body)
+			}
+		}
+	}
 	for _, path := range []string{"/debug/vars", "/debug/pprof/cmdline"} {
 		if _, body := get(adminURL + path); strings.Contains(body, "-data-dir") {
 			t.Errorf("the admin listener shows the command line at %s: %.200s", path, body)
 		}
 	}
-	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/vars"} {
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/vars", "/metrics"} {
 		if code, _ := get(baseURL + path); code == http.StatusOK {
 			t.Errorf("the public listener serves %s", path)
 		}

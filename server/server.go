@@ -26,6 +26,7 @@ import (
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/reqlog"
 	"github.com/parley-chat/parley/server/sqldb"
+	"github.com/parley-chat/parley/server/telemetry"
 	"github.com/parley-chat/parley/server/user"
 )
 
@@ -36,6 +37,8 @@ const DefaultMaxRequestBytes = 4 << 20
 type Deps struct {
 	// Log receives request lines and internal errors.
 	Log *slog.Logger
+	// Telemetry times and traces every RPC; nil: neither.
+	Telemetry *telemetry.Telemetry
 	// Health answers grpc.health.v1.Health; it reflects the stores' state.
 	Health *health.Monitor
 	// Drain is cancelled when the server starts shutting down; open streams
@@ -106,6 +109,8 @@ var public = auth.Public{
 		"/grpc.reflection.v1.ServerReflection/",
 		"/grpc.reflection.v1alpha.ServerReflection/",
 		user.IdenticonPath,
+		health.LivePath,
+		health.ReadyPath,
 	},
 	// Downloads also take signed URLs, checked by the media handler.
 	Optional: []string{media.Path},
@@ -138,12 +143,22 @@ func New(d Deps) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	var interceptors []connect.Interceptor
+	if d.Telemetry != nil {
+		// First, so that the RPC's span covers the others, and the
+		// request's log line (reqlog) carries its trace id.
+		otel, err := d.Telemetry.Interceptor()
+		if err != nil {
+			return nil, err
+		}
+		interceptors = append(interceptors, otel)
+	}
 	opts := []connect.HandlerOption{
-		connect.WithInterceptors(
+		connect.WithInterceptors(append(interceptors,
 			reqlog.Interceptor{},
 			drainInterceptor{drain: d.Drain},
 			validate.NewInterceptor(),
-		),
+		)...),
 		connect.WithReadMaxBytes(int(d.MaxRequestBytes)),
 		// Compressing small messages costs more CPU than it saves.
 		connect.WithCompressMinBytes(1024),
@@ -179,6 +194,8 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(user.IdenticonPath, user.IdenticonHandler())
 
 	mux.Handle(health.NewHandler(d.Health, opts...))
+	mux.Handle(health.LivePath, health.LiveHandler())
+	mux.Handle(health.ReadyPath, health.ReadyHandler(d.Health))
 	reflector := grpcreflect.NewStaticReflector(append(Services, health.ServiceName)...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, opts...))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, opts...))

@@ -1,7 +1,9 @@
 // Package admin serves what an operator, not a client, asks a running
 // server for, on a listener of its own (-admin-addr) that is never the
-// public one: CPU, heap, goroutine, block and mutex profiles and execution
-// traces (net/http/pprof, under /debug/pprof/) and the runtime's memory
+// public one: Prometheus metrics (/metrics), the liveness and readiness
+// probes (/livez, /readyz, as on the public listener), CPU, heap,
+// goroutine, block and mutex profiles and execution traces
+// (net/http/pprof, under /debug/pprof/) and the runtime's memory
 // statistics as JSON (at /debug/vars, in expvar's "memstats" form).
 // Nothing here needs a caller's identity, so the listener belongs on a
 // loopback or private address. The command line is not served (pprof's
@@ -13,11 +15,17 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"runtime"
+
+	"github.com/parley-chat/parley/server/health"
 )
 
-// Handler returns the admin listener's handler.
-func Handler() http.Handler {
+// Handler returns the admin listener's handler: metrics serves /metrics,
+// and the probes answer from monitor.
+func Handler(metrics http.Handler, monitor *health.Monitor) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics)
+	mux.Handle(health.LivePath, health.LiveHandler())
+	mux.Handle(health.ReadyPath, health.ReadyHandler(monitor))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
@@ -25,7 +33,7 @@ func Handler() http.Handler {
 	mux.HandleFunc("/debug/vars", memStats)
 	mux.HandleFunc("/{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Write([]byte("Parley admin: /debug/pprof/ (profiles), /debug/vars (memory statistics)\n"))
+		w.Write([]byte("Parley admin: /metrics (Prometheus), /livez and /readyz (probes), /debug/pprof/ (profiles), /debug/vars (memory statistics)\n"))
 	})
 	return mux
 }

@@ -14,10 +14,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/event"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -33,7 +35,9 @@ import (
 	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/media"
+	"github.com/parley-chat/parley/server/rpcerr"
 	"github.com/parley-chat/parley/server/sqldb"
+	"github.com/parley-chat/parley/server/telemetry"
 	"github.com/parley-chat/parley/server/user"
 )
 
@@ -162,6 +166,7 @@ type App struct {
 	hub     *live.Hub
 	deps    server.Deps
 	storage media.Storage
+	tel     *telemetry.Telemetry
 
 	drain     context.Context
 	stopDrain context.CancelFunc
@@ -191,12 +196,34 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	if cfg.MediaCleanupInterval <= 0 {
 		cfg.MediaCleanupInterval = 10 * time.Minute
 	}
+	// Log lines of traced requests carry their trace id.
+	log = slog.New(telemetry.LogHandler(log.Handler()))
 	a := &App{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			a.Close()
 		}
 	}()
+	var extra telemetry.Collectors
+	for _, c := range [][]prometheus.Collector{{rpcerr.RateLimited}, live.Collectors(), media.Collectors()} {
+		extra = append(extra, c...)
+	}
+	if a.tel, err = telemetry.New(ctx, cfg.Version, os.Getenv, extra); err != nil {
+		return nil, err
+	}
+	a.closers = append(a.closers, func() error {
+		// Spans still buffered go out before the process ends.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return a.tel.Shutdown(ctx)
+	})
+	if cfg.usesDataDir() {
+		unlock, err := lockDataDir(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		a.closers = append(a.closers, unlock)
+	}
 	if err := a.openSQL(ctx); err != nil {
 		return nil, err
 	}
@@ -231,6 +258,10 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	liveCfg.Prefix, liveCfg.Now = cfg.RedisPrefix, cfg.Now
 	hub := live.NewHub(log, a.redis, liveCfg)
 	a.hub = hub
+	a.tel.Registry().MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "parley_live_streams",
+		Help: "Live streams (LiveService.Subscribe) open on this instance.",
+	}, func() float64 { return float64(hub.Streams()) }))
 	// Closers run in reverse: the hub stops before Redis closes.
 	a.closers = append(a.closers, hub.Close)
 	if err := a.openStorage(ctx); err != nil {
@@ -243,6 +274,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 		Sends:           cfg.Sends,
 		WebDir:          cfg.WebDir,
 		Log:             log,
+		Telemetry:       a.tel,
 		Health:          a.monitor,
 		Drain:           a.drain,
 		Version:         cfg.Version,
@@ -324,7 +356,7 @@ func (a *App) openSQL(ctx context.Context) error {
 		if a.cfg.Observe != nil {
 			tracer = a.cfg.Observe.SQL
 		}
-		a.db, err = sqldb.OpenPostgresTraced(ctx, a.cfg.DatabaseURL, tracer)
+		a.db, err = sqldb.OpenPostgresTraced(ctx, a.cfg.DatabaseURL, a.tel.SQLTracer(tracer))
 		if err != nil {
 			return err
 		}
@@ -362,9 +394,11 @@ func (a *App) openMongo(ctx context.Context) error {
 		ApplyURI(uri).
 		SetServerSelectionTimeout(5 * time.Second).
 		SetAppName("parley")
-	if a.cfg.Observe != nil && a.cfg.Observe.Mongo != nil {
-		clientOpts.SetMonitor(a.cfg.Observe.Mongo)
+	var observe *event.CommandMonitor
+	if a.cfg.Observe != nil {
+		observe = a.cfg.Observe.Mongo
 	}
+	clientOpts.SetMonitor(a.tel.MongoMonitor(observe))
 	client, err := mongo.Connect(clientOpts)
 	if err != nil {
 		return fmt.Errorf("connect mongodb: %w", err)
@@ -402,6 +436,10 @@ func (a *App) openRedis(ctx context.Context) error {
 		return fmt.Errorf("redis url: %w", err)
 	}
 	a.redis = redis.NewClient(opts)
+	if err := a.tel.InstrumentRedis(a.redis); err != nil {
+		a.redis.Close()
+		return fmt.Errorf("redis: %w", err)
+	}
 	if a.cfg.Observe != nil && a.cfg.Observe.Redis != nil {
 		a.redis.AddHook(a.cfg.Observe.Redis)
 	}
@@ -411,6 +449,9 @@ func (a *App) openRedis(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Telemetry returns the server's metrics and tracing.
+func (a *App) Telemetry() *telemetry.Telemetry { return a.tel }
 
 // DB returns the relational database.
 func (a *App) DB() *sqldb.DB { return a.db }

@@ -119,7 +119,7 @@ func (s *Service) Middleware(public Public, next http.Handler) http.Handler {
 		if public.allows(r.URL.Path) {
 			addr := s.clientAddr(r.RemoteAddr, r.Header)
 			if !s.unauth.acquire(addr) {
-				refuse(w, r, rpcerr.TooMany("too many requests without signing in from your address at once", time.Second), http.StatusTooManyRequests)
+				refuse(w, r, rpcerr.TooMany("unauthenticated_address", "too many requests without signing in from your address at once", time.Second), http.StatusTooManyRequests)
 				return
 			}
 			defer s.unauth.release(addr)

@@ -65,19 +65,19 @@ func (l *limiter) registerAddressKey(addr string) string {
 // that the username and the email share one budget.
 func (l *limiter) attemptLogin(ctx context.Context, account, addr string) error {
 	for _, x := range []struct {
-		key string
-		lim redis_rate.Limit
-		msg string
+		name, key string
+		lim       redis_rate.Limit
+		msg       string
 	}{
-		{l.accountKey(account), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow), "too many failed logins for this account"},
-		{l.loginAddressKey(addr), limit(l.cfg.LoginAttemptsPerAddress, l.cfg.LoginWindow), "too many logins from this address"},
+		{"login_account", l.accountKey(account), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow), "too many failed logins for this account"},
+		{"login_address", l.loginAddressKey(addr), limit(l.cfg.LoginAttemptsPerAddress, l.cfg.LoginWindow), "too many logins from this address"},
 	} {
 		res, err := l.l.Allow(ctx, x.key, x.lim)
 		if err != nil {
 			return fmt.Errorf("rate limit: %w", err)
 		}
 		if res.Allowed == 0 {
-			return rpcerr.TooMany(x.msg+"; try again later", res.RetryAfter)
+			return rpcerr.TooMany(x.name, x.msg+"; try again later", res.RetryAfter)
 		}
 	}
 	return nil
@@ -100,7 +100,7 @@ func (l *limiter) register(ctx context.Context, addr string) error {
 		return fmt.Errorf("rate limit: %w", err)
 	}
 	if res.Allowed == 0 {
-		return rpcerr.TooMany("too many registrations from this address", res.RetryAfter)
+		return rpcerr.TooMany("register_address", "too many registrations from this address", res.RetryAfter)
 	}
 	return nil
 }

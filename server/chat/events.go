@@ -199,7 +199,7 @@ func (s *Service) SendTyping(
 		return nil, s.internal(ctx, "send typing", err)
 	}
 	if res.Allowed == 0 {
-		return nil, rpcerr.TooMany("too many typing indications", res.RetryAfter)
+		return nil, rpcerr.TooMany("typing", "too many typing indications", res.RetryAfter)
 	}
 	ids := slices.DeleteFunc(participantIDs(c), func(u int) bool { return u == id.UserID })
 	expires := s.now().Add(TypingTTL)

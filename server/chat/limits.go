@@ -57,7 +57,7 @@ func (s *Service) allowSend(ctx context.Context, userID int) error {
 		return s.internal(ctx, "send limit", err)
 	}
 	if res.Allowed == 0 {
-		return rpcerr.TooMany(fmt.Sprintf("too many messages: at most %d per %s (bursts of %d)", lim.Rate, lim.Period, lim.Burst), res.RetryAfter)
+		return rpcerr.TooMany("send", fmt.Sprintf("too many messages: at most %d per %s (bursts of %d)", lim.Rate, lim.Period, lim.Burst), res.RetryAfter)
 	}
 	return nil
 }

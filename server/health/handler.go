@@ -36,3 +36,37 @@ func NewHandler(m *Monitor, opts ...connect.HandlerOption) (string, http.Handler
 	mux.Handle(healthv1.Health_Watch_FullMethodName, watch)
 	return "/" + ServiceName + "/", mux
 }
+
+// Plain HTTP probes for orchestrators and proxies that do not speak gRPC
+// (a Kubernetes httpGet probe, nginx, a shell script with curl).
+const (
+	// LivePath answers 200 while the process serves HTTP at all: a
+	// failing store does not make restarting the server useful.
+	LivePath = "/livez"
+	// ReadyPath answers 200 while every store answers and the server is
+	// not draining, 503 otherwise, so a load balancer sends requests
+	// elsewhere; the body says why.
+	ReadyPath = "/readyz"
+)
+
+// LiveHandler serves LivePath.
+func LiveHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write([]byte("ok\n"))
+	})
+}
+
+// ReadyHandler serves ReadyPath from m's last round of pings.
+func ReadyHandler(m *Monitor) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		status, why := m.readiness()
+		if status != healthv1.HealthCheckResponse_SERVING {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		w.Write([]byte(why + "\n"))
+	})
+}

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -141,6 +142,29 @@ func (m *Monitor) current() (Status, <-chan struct{}) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.status, m.changed
+}
+
+// readiness returns the status with a short reason for it: "ready",
+// "draining", or the stores that did not answer the last round.
+func (m *Monitor) readiness() (Status, string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.status == healthv1.HealthCheckResponse_SERVING:
+		return m.status, "ready"
+	case m.shutdown:
+		return m.status, "draining"
+	}
+	var down []string
+	for _, p := range m.probes {
+		if m.failing[p.Name] {
+			down = append(down, p.Name)
+		}
+	}
+	if len(down) == 0 {
+		return m.status, "not checked yet"
+	}
+	return m.status, "unreachable: " + strings.Join(down, ", ")
 }
 
 // Check implements grpc.health.v1.Health/Check.

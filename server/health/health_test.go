@@ -3,7 +3,12 @@ package health_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +16,7 @@ import (
 	healthv1 "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -109,6 +115,8 @@ func TestHealth_StoreOutage(t *testing.T) {
 				if got, want := c.status(t, ""), healthv1.HealthCheckResponse_NOT_SERVING; got != want {
 					t.Errorf("Check during the outage = %v, want %v", got, want)
 				}
+				wantProbe(t, srv, health.ReadyPath, http.StatusServiceUnavailable, "unreachable: "+tc.store)
+				wantProbe(t, srv, health.LivePath, http.StatusOK, "ok")
 				px.Restore()
 				if got, want := nextStatus(t, stream), healthv1.HealthCheckResponse_SERVING; got != want {
 					t.Fatalf("status after the outage = %v, want %v", got, want)
@@ -116,6 +124,7 @@ func TestHealth_StoreOutage(t *testing.T) {
 				if got, want := c.status(t, ""), healthv1.HealthCheckResponse_SERVING; got != want {
 					t.Errorf("Check after the outage = %v, want %v", got, want)
 				}
+				wantProbe(t, srv, health.ReadyPath, http.StatusOK, "ready")
 			})
 		}
 	}
@@ -159,6 +168,48 @@ func TestHealth_WatchEndsOnShutdown(t *testing.T) {
 				t.Error("the stream did not end before the test's deadline")
 			}
 		})
+	}
+}
+
+// wantProbe checks the status and body of a plain HTTP health probe,
+// called as an orchestrator does: a GET without credentials.
+func wantProbe(t *testing.T, srv *servertest.Server, path string, status int, body string) {
+	t.Helper()
+	res, err := http.Get(srv.URL + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	if res.StatusCode != status || strings.TrimSpace(string(b)) != body {
+		t.Errorf("GET %s = %d %q, want %d %q", path, res.StatusCode, b, status, body)
+	}
+}
+
+// TestReadyHandler_Draining checks that readiness turns false as soon as
+// a shutdown begins, before the listener closes.
+func TestReadyHandler_Draining(t *testing.T) {
+	m := health.NewMonitor(slog.New(slog.DiscardHandler), time.Hour, time.Second,
+		[]health.Probe{{Name: "redis", Ping: func(context.Context) error { return nil }}})
+	h := health.ReadyHandler(m)
+	probe := func() (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, health.ReadyPath, nil))
+		return rec.Code, strings.TrimSpace(rec.Body.String())
+	}
+	if code, body := probe(); code != http.StatusServiceUnavailable || body != "not checked yet" {
+		t.Errorf("before the first round: %d %q, want 503 \"not checked yet\"", code, body)
+	}
+	m.CheckNow(context.Background())
+	if code, body := probe(); code != http.StatusOK || body != "ready" {
+		t.Errorf("after a round: %d %q, want 200 \"ready\"", code, body)
+	}
+	m.Shutdown()
+	if code, body := probe(); code != http.StatusServiceUnavailable || body != "draining" {
+		t.Errorf("after Shutdown: %d %q, want 503 \"draining\"", code, body)
 	}
 }
 

@@ -465,7 +465,11 @@ func (s *subscriber) end(why error) {
 func (s *subscriber) offer(e logged) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.overflowed {
+	if s.closed {
+		return
+	}
+	if s.overflowed {
+		eventsDropped.Inc()
 		return
 	}
 	if !s.live {
@@ -478,6 +482,7 @@ func (s *subscriber) offer(e logged) {
 	}
 	if len(s.pending) >= s.limit {
 		s.overflowed = true
+		eventsDropped.Inc()
 	} else {
 		s.pending = append(s.pending, e)
 	}

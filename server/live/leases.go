@@ -62,9 +62,9 @@ func (h *Hub) acquire(ctx context.Context, id auth.Identity) (string, error) {
 	case err != nil:
 		return "", fmt.Errorf("acquire stream lease: %w", err)
 	case res == 1:
-		return "", rpcerr.TooMany(fmt.Sprintf("this session has %d live streams open, the most it may", h.cfg.MaxStreamsPerSession), h.cfg.Heartbeat)
+		return "", rpcerr.TooMany("streams_per_session", fmt.Sprintf("this session has %d live streams open, the most it may", h.cfg.MaxStreamsPerSession), h.cfg.Heartbeat)
 	case res == 2:
-		return "", rpcerr.TooMany(fmt.Sprintf("this account has %d live streams open, the most it may", h.cfg.MaxStreamsPerUser), h.cfg.Heartbeat)
+		return "", rpcerr.TooMany("streams_per_user", fmt.Sprintf("this account has %d live streams open, the most it may", h.cfg.MaxStreamsPerUser), h.cfg.Heartbeat)
 	}
 	return lease, nil
 }

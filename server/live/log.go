@@ -97,6 +97,7 @@ func (h *Hub) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event
 		return nil
 	})
 	if err == nil {
+		eventsPublished.Add(float64(len(userIDs)))
 		return nil
 	}
 	// A Redis that restarted has forgotten the script: send it whole to
@@ -124,6 +125,7 @@ func (h *Hub) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event
 	if err != nil {
 		return fmt.Errorf("live: publish: %w", err)
 	}
+	eventsPublished.Add(float64(len(userIDs)))
 	return nil
 }
 

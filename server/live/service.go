@@ -243,6 +243,7 @@ func (s *Service) Subscribe(
 			if err := w.send(e.ev); err != nil {
 				return s.end(ctx, err)
 			}
+			delivered(e.ev)
 		}
 		spare = events
 		if f.beat {
@@ -267,6 +268,7 @@ func (s *Service) catchUp(ctx context.Context, w *sender, uid int, last *string)
 				if err := w.send(e.ev); err != nil {
 					return n, err
 				}
+				eventsDelivered.Inc()
 				n++
 			}
 			*last = e.cursor

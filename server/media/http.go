@@ -101,6 +101,8 @@ func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
 		s.httpError(w, r, err)
 		return
 	}
+	uploads.Inc()
+	uploadBytes.Add(float64(m.Size))
 	body, err := protojson.Marshal(toMedia(m))
 	if err != nil {
 		s.httpError(w, r, err)
@@ -319,7 +321,9 @@ type idleWriter struct {
 
 func (i *idleWriter) Write(p []byte) (int, error) {
 	i.deadline.extend()
-	return i.ResponseWriter.Write(p)
+	n, err := i.ResponseWriter.Write(p)
+	downloadBytes.Add(float64(n))
+	return n, err
 }
 
 // exactReader passes on exactly left bytes of r, hashing them, and fails
@@ -465,6 +469,7 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request) {
 	iw := &idleWriter{ResponseWriter: w, deadline: idleDeadline{
 		set: http.NewResponseController(w).SetWriteDeadline, idle: s.cfg.BodyIdleTimeout,
 	}}
+	downloads.Inc()
 	http.ServeContent(iw, r, "", obj.ModTime(), obj)
 	iw.deadline.clear()
 }

@@ -85,7 +85,7 @@ func (s *Service) acquireSlot(ctx context.Context, userID int, id bson.ObjectID)
 	if !ok {
 		// When a slot frees cannot be known; uploads of a few megabytes
 		// take seconds.
-		return nil, rpcerr.TooMany(fmt.Sprintf("too many uploads at once: at most %d", s.cfg.MaxConcurrentUploads), 2*time.Second)
+		return nil, rpcerr.TooMany("concurrent_uploads", fmt.Sprintf("too many uploads at once: at most %d", s.cfg.MaxConcurrentUploads), 2*time.Second)
 	}
 	go sl.renew(context.WithoutCancel(ctx), s.cfg.MaxConcurrentUploads)
 	return sl, nil
@@ -143,7 +143,7 @@ func (s *Service) reserveUnsent(ctx context.Context, userID int, size int64, ins
 		if used+size > s.cfg.MaxUnsentBytes {
 			// Space frees when files are sent, or deleted by clean-up
 			// (after -media-cleanup-after); a minute is a guess.
-			return rpcerr.TooMany(fmt.Sprintf("too many unsent files: %d bytes are uploaded and not sent, %d more would pass the limit of %d; send or wait for them to expire",
+			return rpcerr.TooMany("unsent_bytes", fmt.Sprintf("too many unsent files: %d bytes are uploaded and not sent, %d more would pass the limit of %d; send or wait for them to expire",
 				used, size, s.cfg.MaxUnsentBytes), time.Minute)
 		}
 		return insert()

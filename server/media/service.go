@@ -183,7 +183,7 @@ func (s *Service) CreateUpload(
 		return nil, rpcerr.From(ctx, s.log, "create upload", err)
 	}
 	if allowed.Allowed == 0 {
-		return nil, rpcerr.TooMany("too many uploads", allowed.RetryAfter)
+		return nil, rpcerr.TooMany("uploads", "too many uploads", allowed.RetryAfter)
 	}
 	now := s.lib.store.nowMs()
 	m := &mediaDoc{

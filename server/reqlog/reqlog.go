@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 )
 
@@ -39,13 +40,18 @@ type requestRecord struct {
 	// refused is set by SetRefused: the request was refused before any
 	// handler ran, such as by authentication.
 	refused bool
+	// span is the RPC's span (invalid when it is not traced), so that
+	// the request's line carries its trace id like the lines logged
+	// while it ran.
+	span trace.SpanContext
 }
 
 type recordKey struct{}
 
-func (r *requestRecord) set(procedure, protocol string, err error) {
+func (r *requestRecord) set(ctx context.Context, procedure, protocol string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.span = trace.SpanContextFromContext(ctx)
 	r.procedure = procedure
 	r.protocol = protocol
 	r.code = codeString(err)
@@ -120,7 +126,7 @@ func Middleware(log *slog.Logger, next http.Handler) http.Handler {
 		sw := &statusWriter{ResponseWriter: w, client: r.Context()}
 		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), recordKey{}, rec)))
 		rec.mu.Lock()
-		procedure, protocol, code, refused := rec.procedure, rec.protocol, rec.code, rec.refused
+		procedure, protocol, code, refused, span := rec.procedure, rec.protocol, rec.code, rec.refused, rec.span
 		rec.mu.Unlock()
 		abandoned := r.Context().Err() != nil && !sw.answered
 		if abandoned && code == "" {
@@ -150,7 +156,11 @@ func Middleware(log *slog.Logger, next http.Handler) http.Handler {
 		if code == connect.CodeInternal.String() || code == connect.CodeUnknown.String() || status >= 500 {
 			level = slog.LevelError
 		}
-		log.LogAttrs(r.Context(), level, "request", append([]slog.Attr{
+		logCtx := r.Context()
+		if span.IsValid() {
+			logCtx = trace.ContextWithSpanContext(logCtx, span)
+		}
+		log.LogAttrs(logCtx, level, "request", append([]slog.Attr{
 			slog.String("procedure", procedure),
 			slog.String("protocol", protocol),
 			slog.String("code", code),
@@ -279,7 +289,7 @@ func (Interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		res, err := next(ctx, req)
 		if rec, ok := ctx.Value(recordKey{}).(*requestRecord); ok {
-			rec.set(req.Spec().Procedure, req.Peer().Protocol, err)
+			rec.set(ctx, req.Spec().Procedure, req.Peer().Protocol, err)
 		}
 		return res, err
 	}
@@ -293,7 +303,7 @@ func (Interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) conne
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		err := next(ctx, conn)
 		if rec, ok := ctx.Value(recordKey{}).(*requestRecord); ok {
-			rec.set(conn.Spec().Procedure, conn.Peer().Protocol, err)
+			rec.set(ctx, conn.Spec().Procedure, conn.Peer().Protocol, err)
 		}
 		return err
 	}

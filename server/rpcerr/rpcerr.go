@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -92,11 +93,22 @@ func HTTPStatus(c connect.Code) int {
 	}
 }
 
+// RateLimited counts the refusals of TooMany by the limit that refused:
+// parley_rate_limited_total{limit="send"}. It is process-wide (each
+// server's metrics registry collects it), as a Prometheus client's
+// counters usually are.
+var RateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "parley_rate_limited_total",
+	Help: "Requests refused by a rate or concurrency limit, by the limit.",
+}, []string{"limit"})
+
 // TooMany is RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail and a
 // Retry-After header, both saying when to try again (at least a second
 // from now). Every limit a client can run into answers with it, so clients
-// can back off the same way everywhere.
-func TooMany(msg string, retry time.Duration) *connect.Error {
+// can back off the same way everywhere. limit names the limit in the
+// metrics (RateLimited), such as "send" or "login_account".
+func TooMany(limit, msg string, retry time.Duration) *connect.Error {
+	RateLimited.WithLabelValues(limit).Inc()
 	retry = max(retry.Round(time.Second), time.Second)
 	err := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%s (retry after %s)", msg, retry))
 	if d, derr := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)}); derr == nil {
