@@ -43,6 +43,12 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
+# Debian's nginx (1.22), which deploy/nginx/parley.conf is tested with.
+NGINX := /usr/sbin/nginx
+
+$(NGINX):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx
+
 # The suites `make test` runs, in order. Each one builds what it needs first,
 # so that one suite's failure (or its setup's) leaves the others to run.
 TEST_SUITES := go embedded ts web
@@ -60,8 +66,8 @@ test: ## Run every test suite (go, embedded, ts, web), even after one fails, and
 	echo "make test: all suites passed: $(TEST_SUITES)"
 
 .PHONY: test-go
-test-go: $(MINIO) ## Go tests against real PostgreSQL, Redis, the document engine (FerretDB 2 + DocumentDB) and MinIO.
-	PARLEY_TEST_MINIO=$(MINIO) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
+test-go: $(MINIO) $(NGINX) ## Go tests against real PostgreSQL, Redis, the document engine (FerretDB 2 + DocumentDB), MinIO and nginx.
+	PARLEY_TEST_MINIO=$(MINIO) PARLEY_TEST_NGINX=$(NGINX) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
 
 # The chat store's tests that cover every store method, run again on the
 # embedded FerretDB 1.x that `go run .` uses (it answers by scanning, so

@@ -336,3 +336,52 @@ func TestRun_Migrate(t *testing.T) {
 		t.Errorf("Pending() = %v, %v after parley migrate; want false, nil", pending, err)
 	}
 }
+
+// TestParseArgs_DeployEnv reads the example configuration of the systemd
+// unit (deploy/systemd/parley.env) as the unit passes it: every variable
+// in it is one the server knows, with a value it takes.
+func TestParseArgs_DeployEnv(t *testing.T) {
+	b, err := os.ReadFile("deploy/systemd/parley.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for line := range strings.Lines(string(b)) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("not a variable: %q", line)
+		}
+		env[k] = v
+	}
+	known := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\((PARLEY_[A-Z0-9_]+)\)`).FindAllStringSubmatch(usage(t), -1) {
+		known[m[1]] = true
+	}
+	for k := range env {
+		if !known[k] {
+			t.Errorf("deploy/systemd/parley.env sets %s, which no flag reads", k)
+		}
+	}
+	o, err := parseArgs([]string{"parley"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatalf("parseArgs with deploy/systemd/parley.env: %v", err)
+	}
+	if o.app.ClientIPHeader != "X-Real-IP" || o.adminAddr == "" || o.app.MediaS3URL == "" || o.app.JWTKeyFile == "" {
+		t.Errorf("the example's settings did not all take: %+v", o)
+	}
+}
+
+// usage is the program's -h text, which names each flag's variable.
+func usage(t *testing.T) string {
+	t.Helper()
+	var out bytes.Buffer
+	parseArgs([]string{"parley", "-h"}, func(string) string { return "" }, &out)
+	if !strings.Contains(out.String(), "PARLEY_ADDR") {
+		t.Fatalf("-h does not list the variables:\n%s", out.String())
+	}
+	return out.String()
+}
