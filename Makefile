@@ -43,6 +43,17 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
+# grpcurl and jq, which the README's examples use (TestREADME runs them).
+GRPCURL_VERSION := v1.9.4
+GRPCURL := $(shell go env GOPATH)/bin/grpcurl
+JQ := /usr/bin/jq
+
+$(GRPCURL):
+	GOFLAGS= go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+$(JQ):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends jq
+
 # Debian's nginx (1.22), which deploy/nginx/parley.conf is tested with.
 NGINX := /usr/sbin/nginx
 
@@ -66,8 +77,8 @@ test: ## Run every test suite (go, embedded, ts, web), even after one fails, and
 	echo "make test: all suites passed: $(TEST_SUITES)"
 
 .PHONY: test-go
-test-go: $(MINIO) $(NGINX) ## Go tests against real PostgreSQL, Redis, the document engine (FerretDB 2 + DocumentDB), MinIO and nginx.
-	PARLEY_TEST_MINIO=$(MINIO) PARLEY_TEST_NGINX=$(NGINX) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
+test-go: $(MINIO) $(NGINX) $(GRPCURL) $(JQ) ## Go tests against real PostgreSQL, Redis, the document engine (FerretDB 2 + DocumentDB), MinIO and nginx; the README's examples.
+	PARLEY_TEST_MINIO=$(MINIO) PARLEY_TEST_NGINX=$(NGINX) PARLEY_TEST_GRPCURL=$(GRPCURL) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
 
 # The chat store's tests that cover every store method, run again on the
 # embedded FerretDB 1.x that `go run .` uses (it answers by scanning, so

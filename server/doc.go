@@ -29,8 +29,14 @@
 //	                    download endpoints; storage on disk or S3; the
 //	                    Library that attaches uploads to messages and
 //	                    avatars; clean-up of unattached uploads
-//	server/admin/       the admin listener (-admin-addr): pprof, expvar
-//	server/health/      grpc.health.v1.Health from periodic store pings
+//	server/admin/       the admin listener (-admin-addr): Prometheus
+//	                    metrics, probes, pprof, expvar
+//	server/telemetry/   the metrics registry and OpenTelemetry tracing:
+//	                    otelconnect, otelpgx, redisotel, MongoDB spans from
+//	                    the command monitor, store-call timings, trace ids
+//	                    in log lines
+//	server/health/      grpc.health.v1.Health from periodic store pings,
+//	                    and the /livez and /readyz probes
 //	server/reqlog/      one log line per request
 //	server/rpcerr/      store errors -> Connect codes (and HTTP statuses), in
 //	                    one place
@@ -42,8 +48,9 @@
 //	server/mongoindex/  start-up index creation that FerretDB accepts too
 //	server/sqldb/       PostgreSQL (or embedded SQLite) behind ent; migrations
 //	server/embedded/    FerretDB and miniredis, the zero-setup stand-ins
-//	server/app/         Config -> open stores -> handler -> serve; used by
-//	                    main and by the test harness
+//	server/app/         Config -> lock the data directory -> open stores ->
+//	                    handler -> serve; used by main and by the test
+//	                    harness
 //	server/servertest/  in-process servers on real stores for tests, and
 //	                    the helpers the tests share (accounts, tokens,
 //	                    codes, chats)
@@ -52,6 +59,8 @@
 // through its public API (the workloads of BENCHMARKS.md);
 // parley-benchreport turns its records (cmd/internal/loadrecord) into
 // BENCHMARKS.md and its charts; scripts/bench (make bench) runs both.
+// deploy/ holds the nginx configuration and the systemd unit, which its
+// tests run.
 //
 // # Import graph
 //
@@ -64,8 +73,8 @@
 //	server
 //	server/<domain> (live, chat, user, then media, auth, info), server/health,
 //	server/admin
-//	server/reqlog, server/rpcerr, server/keyring, server/doclock, server/mongoindex,
-//	server/sqldb, server/embedded
+//	server/telemetry, server/reqlog, server/rpcerr, server/keyring,
+//	server/doclock, server/mongoindex, server/sqldb, server/embedded
 //	gen/..., ent/...
 //
 // A domain package that needs another domain's answer (for example, "is
