@@ -90,13 +90,18 @@ test-embedded: ## The chat store's tests (a subset covering every store method) 
 	scripts/with-test-services env PARLEY_TEST_MONGO_URI= go test -race -count=1 -timeout 20m -run '$(EMBEDDED_TESTS)' ./server/chat/ ./server/doclock/
 
 .PHONY: test-ts
-test-ts: clients/ts/node_modules test-server ## The TS client's tests against a real server.
+test-ts: clients/ts/node_modules test-server $(NGINX) ## The TS client's tests against a real server, then against two behind nginx.
 	npm --prefix clients/ts run --silent build
 	PARLEY_BIN=$(CURDIR)/bin/parley-test npm --prefix clients/ts test
+	PARLEY_BIN=$(CURDIR)/bin/parley-test PARLEY_NGINX=$(NGINX) scripts/with-test-services scripts/behind-nginx \
+		-registrations-per-address 100000 -login-attempts-per-address 100000 -access-token-ttl 2s -- \
+		npm --prefix clients/ts test
 
 .PHONY: test-web
-test-web: web $(CHROMIUM) test-server ## The web chat's browser test (in Chromium) against a real server.
+test-web: web $(CHROMIUM) test-server $(NGINX) ## The web chat's browser test (in Chromium) against a real server, then against two behind nginx.
 	PARLEY_BIN=$(CURDIR)/bin/parley-test CHROMIUM=$(CHROMIUM) npm --prefix clients/web test
+	PARLEY_BIN=$(CURDIR)/bin/parley-test PARLEY_NGINX=$(NGINX) CHROMIUM=$(CHROMIUM) scripts/with-test-services \
+		scripts/behind-nginx -web-dir $(CURDIR)/clients/web/dist -- npm --prefix clients/web test
 
 # The server binary the TS client's and the web chat's tests start.
 .PHONY: test-server

@@ -18,9 +18,23 @@ export interface TestServer {
 
 /**
  * startServer runs the server binary PARLEY_BIN names (built from the
- * repository when unset) with embedded stores in a temp dir.
+ * repository when unset) with embedded stores in a temp dir; or, when
+ * PARLEY_URL is set, returns the deployment there (scripts/behind-nginx).
  */
 export async function startServer(args: string[] = []): Promise<TestServer> {
+  // The tests sign up many accounts from one address.
+  args = ["-registrations-per-address", "100000", "-login-attempts-per-address", "100000", ...args];
+  const deployed = process.env.PARLEY_URL;
+  if (deployed) {
+    // Instances behind nginx, started by scripts/behind-nginx with the
+    // flags this test asks for.
+    if (process.env.PARLEY_SERVER_ARGS !== args.join(" ")) {
+      throw new Error(
+        `the servers at ${deployed} run with "${process.env.PARLEY_SERVER_ARGS}", this test needs "${args.join(" ")}"`,
+      );
+    }
+    return { url: deployed, async stop() {} };
+  }
   const dir = mkdtempSync(path.join(tmpdir(), "parley-ts-"));
   let bin = process.env.PARLEY_BIN;
   if (!bin) {
@@ -33,8 +47,6 @@ export async function startServer(args: string[] = []): Promise<TestServer> {
       "-addr", "127.0.0.1:0",
       "-data-dir", path.join(dir, "data"),
       "-log-level", "warn",
-      "-registrations-per-address", "100000",
-      "-login-attempts-per-address", "100000",
       ...args,
     ],
     { stdio: ["ignore", "pipe", "inherit"] },
@@ -83,7 +95,8 @@ export class Proxy {
   static async start(target: string): Promise<Proxy> {
     const p = new Proxy(new URL(target));
     await new Promise<void>((r) => p.server.listen(0, "127.0.0.1", r));
-    p.url = `http://127.0.0.1:${(p.server.address() as net.AddressInfo).port}`;
+    // TLS passes through: the certificate names 127.0.0.1.
+    p.url = `${new URL(target).protocol}//127.0.0.1:${(p.server.address() as net.AddressInfo).port}`;
     return p;
   }
 

@@ -21,31 +21,45 @@ let baseUrl = "";
 let browser: Browser;
 let dir = "";
 
+// The server's flags; behind nginx (PARLEY_URL, scripts/behind-nginx),
+// the instances' must be these.
+const serverArgs = ["-web-dir", path.join(webRoot, "dist")];
+
 before(async () => {
   dir = mkdtempSync(path.join(tmpdir(), "parley-web-"));
-  let bin = process.env.PARLEY_BIN;
-  if (!bin) {
-    bin = path.join(dir, "parley");
-    execFileSync("go", ["build", "-o", bin, "."], { cwd: repoRoot, stdio: "inherit" });
-  }
-  server = spawn(bin, [
-    "-addr", "127.0.0.1:0",
-    "-data-dir", path.join(dir, "data"),
-    "-web-dir", path.join(webRoot, "dist"),
-    "-log-level", "warn",
-  ], { stdio: ["ignore", "pipe", "inherit"] });
-  baseUrl = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: server.stdout! }).on("line", (line) => {
-      const m = /^Parley is listening on (\S+)/.exec(line);
-      if (m) resolve(m[1]);
+  const deployed = process.env.PARLEY_URL;
+  if (deployed) {
+    if (process.env.PARLEY_SERVER_ARGS !== serverArgs.join(" ")) {
+      throw new Error(`the servers at ${deployed} run with "${process.env.PARLEY_SERVER_ARGS}", this test needs "${serverArgs.join(" ")}"`);
+    }
+    baseUrl = deployed;
+  } else {
+    let bin = process.env.PARLEY_BIN;
+    if (!bin) {
+      bin = path.join(dir, "parley");
+      execFileSync("go", ["build", "-o", bin, "."], { cwd: repoRoot, stdio: "inherit" });
+    }
+    server = spawn(bin, [
+      "-addr", "127.0.0.1:0",
+      "-data-dir", path.join(dir, "data"),
+      "-log-level", "warn",
+      ...serverArgs,
+    ], { stdio: ["ignore", "pipe", "inherit"] });
+    baseUrl = await new Promise<string>((resolve, reject) => {
+      createInterface({ input: server.stdout! }).on("line", (line) => {
+        const m = /^Parley is listening on (\S+)/.exec(line);
+        if (m) resolve(m[1]);
+      });
+      server.on("exit", (code) => reject(new Error(`server exited with ${code}`)));
     });
-    server.on("exit", (code) => reject(new Error(`server exited with ${code}`)));
-  });
+  }
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     args: [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      // Behind nginx the certificate is one scripts/behind-nginx made.
+      ...(baseUrl.startsWith("https:") ? ["--ignore-certificate-errors"] : []),
     ],
   });
 });
