@@ -191,6 +191,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	level := fs.String("log-level", e.str("PARLEY_LOG_LEVEL", "info"), "log `level`: debug, info, warn or error (PARLEY_LOG_LEVEL)")
 	fs.Int64Var(&c.MaxRequestBytes, "max-request-bytes", e.int64("PARLEY_MAX_REQUEST_BYTES", server.DefaultMaxRequestBytes), "largest request message in `bytes` (PARLEY_MAX_REQUEST_BYTES)")
 	fs.DurationVar(&c.HealthInterval, "health-interval", e.duration("PARLEY_HEALTH_INTERVAL", 2*time.Second), "how often the stores are pinged for health (PARLEY_HEALTH_INTERVAL)")
+	fs.DurationVar(&c.DrainDelay, "drain-delay", e.duration("PARLEY_DRAIN_DELAY", 0), "how long a stopping server goes on serving while /readyz and health say it is not ready, for load balancers to move away; 0: stop at once (PARLEY_DRAIN_DELAY)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", e.duration("PARLEY_SHUTDOWN_TIMEOUT", 15*time.Second), "time in-flight requests get to finish on shutdown (PARLEY_SHUTDOWN_TIMEOUT)")
 	fs.StringVar(&c.JWTKeyFile, "jwt-key-file", e.str("PARLEY_JWT_KEY_FILE", ""), "PEM `file` with the Ed25519 key that signs access and refresh tokens and media URLs, shared by all instances; empty: jwt-ed25519.pem in the data directory, created if missing (PARLEY_JWT_KEY_FILE)")
 	verifyKeys := fs.String("jwt-verify-key-files", e.str("PARLEY_JWT_VERIFY_KEY_FILES", ""), "comma-separated PEM `files` with retired signing keys (Ed25519 private keys) whose tokens still verify, for key rotation; see the README (PARLEY_JWT_VERIFY_KEY_FILES)")

@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -68,6 +67,11 @@ type Config struct {
 	MaxRequestBytes int64
 	// HealthInterval is how often the stores are pinged.
 	HealthInterval time.Duration
+	// DrainDelay is how long a server that was told to stop goes on
+	// serving while it reports itself unready (/readyz, gRPC health), so
+	// that load balancers stop sending it requests before it closes its
+	// listener; zero: it closes at once.
+	DrainDelay time.Duration
 	// ShutdownTimeout bounds how long in-flight requests may take to finish
 	// once shutdown begins.
 	ShutdownTimeout time.Duration
@@ -208,7 +212,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	for _, c := range [][]prometheus.Collector{{rpcerr.RateLimited}, live.Collectors(), media.Collectors()} {
 		extra = append(extra, c...)
 	}
-	if a.tel, err = telemetry.New(ctx, cfg.Version, os.Getenv, extra); err != nil {
+	if a.tel, err = telemetry.New(ctx, cfg.Version, extra); err != nil {
 		return nil, err
 	}
 	a.closers = append(a.closers, func() error {
@@ -480,7 +484,8 @@ func (a *App) TLSEnabled() bool {
 }
 
 // Serve serves the API on ln until ctx is done, then shuts down gracefully:
-// health turns NOT_SERVING, open streams end, in-flight requests get
+// health and readiness turn NOT_SERVING, the server goes on serving for
+// DrainDelay, then open streams end and in-flight requests get
 // ShutdownTimeout to finish. It returns nil after a clean shutdown.
 func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	var tlsConfig *tls.Config
@@ -525,8 +530,17 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	}
 
-	a.log.Info("shutting down")
+	a.log.Info("shutting down", "drain_delay", a.cfg.DrainDelay)
 	a.monitor.Shutdown()
+	if a.cfg.DrainDelay > 0 {
+		t := time.NewTimer(a.cfg.DrainDelay)
+		select {
+		case <-t.C:
+		case err := <-serveErr:
+			t.Stop()
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
 	a.stopDrain()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()

@@ -45,7 +45,9 @@ const (
 	LivePath = "/livez"
 	// ReadyPath answers 200 while every store answers and the server is
 	// not draining, 503 otherwise, so a load balancer sends requests
-	// elsewhere; the body says why.
+	// elsewhere; the body says why. (A server that drains goes on serving
+	// for its drain delay, app.Config.DrainDelay, so that a balancer
+	// polling this sees it.)
 	ReadyPath = "/readyz"
 )
 

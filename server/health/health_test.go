@@ -171,6 +171,35 @@ func TestHealth_WatchEndsOnShutdown(t *testing.T) {
 	}
 }
 
+// TestReadiness_DrainDelay stops a server with a drain delay: while it
+// still serves, /readyz says it is draining, so that a load balancer moves
+// away before the listener closes.
+func TestReadiness_DrainDelay(t *testing.T) {
+	srv := servertest.New(t, servertest.WithConfig(func(cfg *app.Config) { cfg.DrainDelay = 5 * time.Second }))
+	wantProbe(t, srv, health.ReadyPath, http.StatusOK, "ready")
+	stopped := make(chan error, 1)
+	go func() { stopped <- srv.Stop() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		res, err := http.Get(srv.URL + health.ReadyPath)
+		if err != nil {
+			t.Fatalf("GET /readyz while draining: %v (the listener closed before the delay ended)", err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode == http.StatusServiceUnavailable && strings.TrimSpace(string(body)) == "draining" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /readyz = %d %q during the drain delay, want 503 \"draining\"", res.StatusCode, body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+}
+
 // wantProbe checks the status and body of a plain HTTP health probe,
 // called as an orchestrator does: a GET without credentials.
 func wantProbe(t *testing.T, srv *servertest.Server, path string, status int, body string) {

@@ -143,34 +143,42 @@ func TestMetrics_Traffic(t *testing.T) {
 	after := scrape(t, adm.URL)
 
 	const sendMessage = "parley.v1.MessageService/SendMessage"
+	// Each series moves by at least least, or by exactly that where exact.
 	moved := []struct {
 		name   string
 		labels map[string]string
 		least  float64
+		exact  bool
 	}{
 		// otelconnect's, through OpenTelemetry's Prometheus exporter: one
 		// histogram for every protocol, by procedure and code.
-		{"rpc_server_call_duration_seconds", map[string]string{"rpc_method": sendMessage, "rpc_system_name": "connectrpc", "rpc_response_status_code": "OK"}, 2},
-		{"rpc_server_call_duration_seconds", map[string]string{"rpc_method": sendMessage, "rpc_system_name": "grpc", "rpc_response_status_code": "OK"}, 2},
-		{"rpc_server_call_duration_seconds", map[string]string{"rpc_method": sendMessage, "rpc_response_status_code": "RESOURCE_EXHAUSTED"}, 3},
-		{"rpc_server_call_duration_seconds", map[string]string{"rpc_method": "parley.v1.LiveService/Subscribe"}, 3},
-		{"parley_live_events_published_total", nil, 6},
-		{"parley_live_events_delivered_total", nil, 3},
-		{"parley_live_fanout_lag_seconds", nil, 3},
-		{"parley_store_call_duration_seconds", map[string]string{"store": "postgres"}, 1},
-		{"parley_store_call_duration_seconds", map[string]string{"store": "mongodb", "operation": "insert"}, 6},
-		{"parley_store_call_duration_seconds", map[string]string{"store": "redis"}, 1},
-		{"parley_media_uploads_total", nil, 3},
-		{"parley_media_upload_bytes_total", nil, float64(uploaded)},
-		{"parley_media_downloads_total", nil, 3},
-		{"parley_media_download_bytes_total", nil, float64(uploaded)},
-		{"parley_rate_limited_total", map[string]string{"limit": "send"}, 3},
+		{"rpc_server_call_duration_seconds", map[string]string{"rpc_method": sendMessage, "rpc_system_name": "connectrpc", "rpc_response_status_code": "OK"}, 2, false},
+		{"rpc_server_call_duration_seconds", map[string]string{"rpc_method": sendMessage, "rpc_system_name": "grpc", "rpc_response_status_code": "OK"}, 2, false},
+		{"rpc_server_call_duration_seconds", map[string]string{"rpc_method": sendMessage, "rpc_response_status_code": "RESOURCE_EXHAUSTED"}, 3, false},
+		{"rpc_server_call_duration_seconds", map[string]string{"rpc_method": "parley.v1.LiveService/Subscribe"}, 3, false},
+		{"parley_live_events_published_total", nil, 6, false},
+		{"parley_live_events_delivered_total", nil, 3, false},
+		{"parley_live_fanout_lag_seconds", nil, 3, false},
+		{"parley_store_call_duration_seconds", map[string]string{"store": "postgres"}, 1, false},
+		{"parley_store_call_duration_seconds", map[string]string{"store": "mongodb", "operation": "insert"}, 6, false},
+		{"parley_store_call_duration_seconds", map[string]string{"store": "redis"}, 1, false},
+		{"parley_media_uploads_total", nil, 3, true},
+		{"parley_media_upload_bytes_total", nil, float64(uploaded), true},
+		{"parley_media_downloads_total", nil, 3, true},
+		{"parley_media_download_bytes_total", nil, float64(uploaded), true},
+		{"parley_rate_limited_total", map[string]string{"limit": "send"}, 3, true},
+		{"rpc_server_call_duration_seconds", map[string]string{"rpc_method": sendMessage}, 9, true},
 	}
 	for _, m := range moved {
-		if d := value(after, m.name, m.labels) - value(before, m.name, m.labels); d < m.least {
+		d := value(after, m.name, m.labels) - value(before, m.name, m.labels)
+		if m.exact && d != m.least {
+			t.Errorf("%s%v moved by %v, want %v", m.name, m.labels, d, m.least)
+		} else if d < m.least {
 			t.Errorf("%s%v moved by %v, want at least %v", m.name, m.labels, d, m.least)
 		}
 	}
+	// Exported, though this traffic moves none of them (the live
+	// package's tests overflow a queue).
 	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "parley_live_events_dropped_total"} {
 		if _, ok := after[name]; !ok {
 			t.Errorf("no %s in /metrics", name)

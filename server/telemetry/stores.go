@@ -3,7 +3,6 @@ package telemetry
 import (
 	"context"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/exaring/otelpgx"
@@ -27,10 +26,10 @@ const instrumentation = "github.com/parley-chat/parley/server/telemetry"
 // be nil).
 func (t *Telemetry) MongoMonitor(next *event.CommandMonitor) *event.CommandMonitor {
 	tracer := t.storeTracers().Tracer(instrumentation)
-	var spans sync.Map // request id → trace.Span
+	spans := &t.mongoSpans
 	end := func(id int64, err string) {
 		if s, ok := spans.LoadAndDelete(id); ok {
-			span := s.(trace.Span)
+			span := s.(openSpan).span
 			if err != "" {
 				span.SetStatus(codes.Error, err)
 			}
@@ -43,7 +42,10 @@ func (t *Telemetry) MongoMonitor(next *event.CommandMonitor) *event.CommandMonit
 	return &event.CommandMonitor{
 		Started: func(ctx context.Context, e *event.CommandStartedEvent) {
 			if t.Tracing() {
-				coll, _ := e.Command.Index(0).Value().StringValueOK()
+				var coll string
+				if first, err := e.Command.IndexErr(0); err == nil { // redacted commands have none
+					coll, _ = first.Value().StringValueOK()
+				}
 				name := e.CommandName
 				if coll != "" {
 					name += " " + coll
@@ -55,7 +57,10 @@ func (t *Telemetry) MongoMonitor(next *event.CommandMonitor) *event.CommandMonit
 					semconv.DBCollectionName(coll),
 				))
 				if span.IsRecording() {
-					spans.Store(e.RequestID, span)
+					spans.Store(e.RequestID, openSpan{span: span, at: time.Now()})
+					if t.mongoStarts.Add(1)%1024 == 0 {
+						t.sweepMongoSpans(time.Now().Add(-staleSpan))
+					}
 				}
 			}
 			if next.Started != nil {
@@ -77,6 +82,30 @@ func (t *Telemetry) MongoMonitor(next *event.CommandMonitor) *event.CommandMonit
 			}
 		},
 	}
+}
+
+// openSpan is a MongoDB command's span, waiting for its reply.
+type openSpan struct {
+	span trace.Span
+	at   time.Time
+}
+
+// staleSpan is how long a command's span waits for the driver's event
+// of its end. The driver publishes none for a command it could not send
+// (such as one it failed to compress); such spans end as stale.
+const staleSpan = 10 * time.Minute
+
+// sweepMongoSpans ends the spans of commands started before cutoff.
+func (t *Telemetry) sweepMongoSpans(cutoff time.Time) {
+	t.mongoSpans.Range(func(id, v any) bool {
+		if s := v.(openSpan); s.at.Before(cutoff) {
+			if _, ok := t.mongoSpans.LoadAndDelete(id); ok {
+				s.span.SetStatus(codes.Error, "no reply seen")
+				s.span.End()
+			}
+		}
+		return true
+	})
 }
 
 // SQLTracer returns a pgx tracer that times every query into the
@@ -106,8 +135,11 @@ type sqlStart struct {
 type sqlStartKey struct{}
 
 func (s sqlTimer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
-	op, _, _ := strings.Cut(strings.TrimSpace(data.SQL), " ")
-	return context.WithValue(ctx, sqlStartKey{}, sqlStart{at: time.Now(), op: strings.ToLower(op)})
+	op := "other"
+	if f := strings.Fields(data.SQL); len(f) > 0 && !strings.HasPrefix(f[0], "-") && !strings.HasPrefix(f[0], "/") {
+		op = strings.ToLower(f[0])
+	}
+	return context.WithValue(ctx, sqlStartKey{}, sqlStart{at: time.Now(), op: op})
 }
 
 func (s sqlTimer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {

@@ -12,11 +12,16 @@
 // go-redis hook.
 //
 // Tracing is off unless OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT
-// or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (and OTEL_SDK_DISABLED is
-// not true); the exporter, its protocol, the sampler and the resource
+// or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set in the process's
+// environment (and OTEL_SDK_DISABLED is not true); the exporter, its
+// endpoint, protocol, headers and batching, the sampler and the resource
 // then follow the other OTEL_* variables as the OpenTelemetry
-// specification defines them. Servers trust an incoming W3C traceparent:
-// a client's trace continues into the server.
+// specification defines them. The propagator is fixed: W3C trace context
+// and baggage (OTEL_PROPAGATORS is not read). Servers trust an incoming
+// traceparent, so a client's trace continues into the server; with the
+// default sampler (parentbased_always_on) a client's sampled flag is
+// followed, so a deployment that must not let clients choose what is
+// sampled sets OTEL_TRACES_SAMPLER=traceidratio.
 package telemetry
 
 import (
@@ -24,7 +29,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/otelconnect"
@@ -53,6 +62,11 @@ type Telemetry struct {
 	tracers    trace.TracerProvider
 	sdkTracers *sdktrace.TracerProvider // nil when tracing is off
 	storeCalls *prometheus.HistogramVec
+	// mongoSpans holds the spans of MongoDB commands awaiting their
+	// reply, by request id (see MongoMonitor); mongoStarts counts
+	// commands, to sweep it now and then.
+	mongoSpans  sync.Map
+	mongoStarts atomic.Uint64
 }
 
 // Collectors are process-wide metrics that other packages define (as a
@@ -62,9 +76,9 @@ type Collectors []prometheus.Collector
 
 // New returns a server's telemetry: a registry with the Go runtime's and
 // the process's metrics, the store-call histogram and extra, and a tracer
-// provider that exports as the OTEL_* environment asks (getenv reads it),
-// or none.
-func New(ctx context.Context, version string, getenv func(string) string, extra Collectors) (*Telemetry, error) {
+// provider that exports as the process's OTEL_* environment asks, or
+// none.
+func New(ctx context.Context, version string, extra Collectors) (*Telemetry, error) {
 	t := &Telemetry{
 		registry: prometheus.NewRegistry(),
 		storeCalls: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -99,7 +113,7 @@ func New(ctx context.Context, version string, getenv func(string) string, extra 
 	t.meters = sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))
 
 	t.tracers = noop.NewTracerProvider()
-	if TracingRequested(getenv) {
+	if TracingRequested(os.Getenv) {
 		spans, err := autoexport.NewSpanExporter(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("telemetry: span exporter: %w", err)
@@ -159,6 +173,8 @@ func (t *Telemetry) Handler() http.Handler {
 func (t *Telemetry) Shutdown(ctx context.Context) error {
 	var errs []error
 	if t.sdkTracers != nil {
+		// Commands still without a reply (the stores close after this).
+		t.sweepMongoSpans(time.Now().Add(time.Hour))
 		errs = append(errs, t.sdkTracers.Shutdown(ctx))
 	}
 	errs = append(errs, t.meters.Shutdown(ctx))

@@ -173,14 +173,21 @@ func TestTracing_SendMessage(t *testing.T) {
 			}
 			t.Logf("trace: %s", names(spans))
 
-			var logged bool
-			for _, rec := range records(logs) {
-				if rec["msg"] == "request" && rec["procedure"] == "/parley.v1.MessageService/SendMessage" && rec["trace_id"] == hex.EncodeToString(traceID) {
-					logged = true
+			// The request's line is written once the handler returned,
+			// which may be after its spans went out.
+			logged := func() bool {
+				for _, rec := range records(logs) {
+					if rec["msg"] == "request" && rec["procedure"] == "/parley.v1.MessageService/SendMessage" && rec["trace_id"] == hex.EncodeToString(traceID) {
+						return true
+					}
 				}
+				return false
 			}
-			if !logged {
-				t.Errorf("no request log line for SendMessage carries trace_id %x", traceID)
+			for logDeadline := time.Now().Add(10 * time.Second); !logged(); time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(logDeadline) {
+					t.Errorf("no request log line for SendMessage carries trace_id %x", traceID)
+					break
+				}
 			}
 		})
 	}
