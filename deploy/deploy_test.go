@@ -246,8 +246,8 @@ const registrationsPerAddress = 3
 // TestNginx runs deploy/nginx/parley.conf in front of two instances and
 // speaks every protocol through it: Connect JSON as curl sends it, the
 // generated clients over Connect (HTTP/1.1 and HTTP/2), gRPC and gRPC-Web,
-// live streams that deliver at once and stay open past nginx's default
-// timeouts, a 200 MB upload and its download, and -client-ip-header.
+// live streams that deliver at once and stay open, idle, for minutes, a
+// 200 MB upload and its download, and -client-ip-header.
 func TestNginx(t *testing.T) {
 	mediaDir := t.TempDir()
 	instance := func() *servertest.Server {
@@ -329,9 +329,11 @@ func TestNginx(t *testing.T) {
 		for _, p := range protocols {
 			streams = append(streams, subscribe(t, parleyv1connect.NewLiveServiceClient(px.client(p.http1, ""), px.url, p.opts...), bob.Token))
 		}
-		// Nothing crosses the streams for longer than nginx's default
-		// read and send timeouts (60 s); then a message reaches each.
-		time.Sleep(70 * time.Second)
+		// Nothing crosses the streams for over two minutes, twice
+		// nginx's default read and send timeouts (60 s) and longer than
+		// Parley's idle-connection timeout (2 min); then a message
+		// reaches each.
+		time.Sleep(125 * time.Second)
 		sent := servertest.Send(t, messages, alice.Token, group.GetId(), "still there?")
 		for i, s := range streams {
 			t.Logf("%s: waiting", protocols[i].name)
