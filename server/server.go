@@ -187,7 +187,7 @@ func New(d Deps) (http.Handler, error) {
 		return nil, err
 	}
 	mux.Handle(parleyv1connect.NewMediaServiceHandler(files, opts...))
-	mux.Handle(media.Path, files.Handler())
+	mux.Handle(media.Path, traced(d.Telemetry, media.Path+"{id}", files.Handler()))
 	mux.Handle(parleyv1connect.NewMessageServiceHandler(chats, opts...))
 	livePath, liveHandler := parleyv1connect.NewLiveServiceHandler(live.NewService(d.Log, d.Live, chats, authn), opts...)
 	mux.Handle(livePath, live.WithWriteDeadlines(liveHandler))
@@ -208,6 +208,18 @@ func New(d Deps) (http.Handler, error) {
 		h = withCORS(d.CORSOrigins, h)
 	}
 	return reqlog.Middleware(d.Log, withBodyDeadline(d.RequestBodyTimeout, h)), nil
+}
+
+// traced gives a plain HTTP endpoint a span (and http_server_* metrics)
+// under route, and its log line the span's trace id.
+func traced(t *telemetry.Telemetry, route string, h http.Handler) http.Handler {
+	if t == nil {
+		return h
+	}
+	return t.HTTPHandler(route, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reqlog.SetSpan(r.Context())
+		h.ServeHTTP(w, r)
+	}))
 }
 
 // withWebApp serves a built single-page app from dir: its index.html at /

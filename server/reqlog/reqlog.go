@@ -213,6 +213,16 @@ func SetCode(ctx context.Context, procedure string, code connect.Code) {
 	setOutcome(ctx, procedure, code, nil)
 }
 
+// SetSpan records the span of a request that is not an RPC (the
+// interceptor records those), so that its log line carries its trace id.
+func SetSpan(ctx context.Context) {
+	if rec, ok := ctx.Value(recordKey{}).(*requestRecord); ok {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		rec.span = trace.SpanContextFromContext(ctx)
+	}
+}
+
 // SetRefused is SetCode for a request refused before any handler runs
 // because of who sent it (no valid token, too many at once). Such
 // refusals cost their sender nothing, so like abandoned requests they are

@@ -41,6 +41,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/contrib/exporters/autoexport"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -158,6 +159,19 @@ func (t *Telemetry) Interceptor() (connect.Interceptor, error) {
 		otelconnect.WithTracerProvider(t.tracers),
 		otelconnect.WithPropagator(Propagator),
 		otelconnect.WithTrustRemote(),
+	)
+}
+
+// HTTPHandler times and traces a plain HTTP endpoint (not an RPC), such
+// as uploads and downloads, with otelhttp: its span is named by the
+// request's method and route, a child of the client's traceparent like an
+// RPC's, and the http_server_* metrics count it.
+func (t *Telemetry) HTTPHandler(route string, h http.Handler) http.Handler {
+	return otelhttp.NewHandler(h, route,
+		otelhttp.WithTracerProvider(t.tracers),
+		otelhttp.WithMeterProvider(t.meters),
+		otelhttp.WithPropagators(Propagator),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + route }),
 	)
 }
 

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -191,6 +192,76 @@ func TestTracing_SendMessage(t *testing.T) {
 			}
 		})
 	}
+	// An upload, a plain HTTP endpoint: its span (otelhttp) continues the
+	// client's trace too, with the store calls under it.
+	t.Run("upload", func(t *testing.T) {
+		c := servertest.NewClients(srv, servertest.Protocols[0])
+		alice := servertest.Register(t, c.Auth, servertest.UniqueName("alice"))
+		bob := servertest.Register(t, c.Auth, servertest.UniqueName("bob"))
+		chat := servertest.PrivateChat(t, c.Chat, alice.Token, bob.ID)
+		data := bytes.Repeat([]byte("traced "), 100)
+		up, err := c.Media.CreateUpload(t.Context(), servertest.WithToken(&parleyv1.CreateUploadRequest{
+			FileName: "notes.txt", ContentType: "text/plain", Size: int64(len(data)),
+			Target: &parleyv1.CreateUploadRequest_ChatId{ChatId: chat.GetId()},
+		}, alice.Token))
+		if err != nil {
+			t.Fatalf("CreateUpload: %v", err)
+		}
+		traceID := bytes.Repeat([]byte{0x6d}, 16)
+		parentID := bytes.Repeat([]byte{0x7e}, 8)
+		req, err := http.NewRequest(http.MethodPut, srv.URL+up.Msg.GetUploadUrl(), bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+alice.Token)
+		req.Header.Set("traceparent", "00-"+hex.EncodeToString(traceID)+"-"+hex.EncodeToString(parentID)+"-01")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("PUT: %v", err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("PUT: %s", res.Status)
+		}
+		deadline := time.After(20 * time.Second)
+		for {
+			spans := recv.trace(traceID)
+			var put *tracev1.Span
+			for _, s := range spans {
+				if s.GetName() == "PUT /media/{id}" {
+					put = s
+				}
+			}
+			if put != nil && hasChild(spans, put, "mongodb") {
+				if !bytes.Equal(put.GetParentSpanId(), parentID) || put.GetKind() != tracev1.Span_SPAN_KIND_SERVER {
+					t.Errorf("the upload's span: parent %x, kind %v; want the client's span %x, SERVER", put.GetParentSpanId(), put.GetKind(), parentID)
+				}
+				break
+			}
+			select {
+			case <-recv.got:
+			case <-deadline:
+				t.Fatalf("the upload's trace did not arrive whole: %s", names(spans))
+			}
+		}
+		for logDeadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			found := false
+			for _, rec := range records(logs) {
+				if rec["msg"] == "request" && strings.HasPrefix(fmt.Sprint(rec["procedure"]), "/media/") && rec["trace_id"] == hex.EncodeToString(traceID) {
+					found = true
+				}
+			}
+			if found {
+				break
+			}
+			if time.Now().After(logDeadline) {
+				t.Errorf("no request log line for the upload carries trace_id %x", traceID)
+				break
+			}
+		}
+	})
+
 	recv.mu.Lock()
 	defer recv.mu.Unlock()
 	for _, s := range recv.services {
