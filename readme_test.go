@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -185,17 +186,17 @@ func TestREADME(t *testing.T) {
 	// Each block's output, and each checked command's.
 	blockOut := map[int]string{}
 	checkOut := map[int]string{}
-	var key string
+	markerRE := regexp.MustCompile(`^::(block|check) (\d+)::\n$`)
+	into := map[string]map[int]string{"block": blockOut, "check": checkOut}
+	var out map[int]string
+	var n int
 	for _, l := range strings.SplitAfter(string(stdout), "\n") {
-		if m := regexp.MustCompile(`^::(block|check) (\d+)::\n$`).FindStringSubmatch(l); m != nil {
-			key = m[1] + " " + m[2]
+		if m := markerRE.FindStringSubmatch(l); m != nil {
+			out, n = into[m[1]], atoi(t, m[2])
 			continue
 		}
-		var n int
-		if _, err := fmt.Sscanf(key, "block %d", &n); err == nil {
-			blockOut[n] += l
-		} else if _, err := fmt.Sscanf(key, "check %d", &n); err == nil {
-			checkOut[n] += l
+		if out != nil {
+			out[n] += l
 		}
 	}
 	for i, c := range checks {
@@ -230,4 +231,13 @@ func sameOutput(got, want string) bool {
 		return reflect.DeepEqual(g, w)
 	}
 	return got == want
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -22,8 +22,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -84,104 +86,39 @@ func (p *proxy) client(http1 bool, from string) *http.Client {
 	return &http.Client{Transport: tr}
 }
 
-// startNginx runs nginx with the committed configuration, changed only
-// where a deployment changes it: the instances' addresses, the listen
-// address and the certificate.
-func startNginx(t *testing.T, upstreams ...string) *proxy {
+// startNginx runs nginx with the committed configuration in front of the
+// instances, through scripts/start-nginx (which scripts/behind-nginx uses
+// too): changed only in the instances' addresses, the listen address and
+// the certificate.
+func startNginx(t *testing.T, a, b string) *proxy {
 	t.Helper()
 	bin := nginxBinary(t)
 	dir := t.TempDir()
 	roots := writeCertificate(t, dir)
-
-	conf, err := os.ReadFile("nginx/parley.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	ln.Close()
-	var servers strings.Builder
-	for _, u := range upstreams {
-		fmt.Fprintf(&servers, "    server %s;\n", strings.TrimPrefix(u, "http://"))
+	cmd := exec.Command("../scripts/start-nginx", dir, port, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"),
+		strings.TrimPrefix(a, "http://"), strings.TrimPrefix(b, "http://"))
+	cmd.Env = append(os.Environ(), "PARLEY_NGINX="+bin)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("start nginx: %v\n%s", err, out)
 	}
-	text := string(conf)
-	if n := strings.Count(text, "    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n"); n != 2 {
-		t.Fatalf("nginx/parley.conf lists the instances %d times, want 2 (its upstreams); update the test", n)
-	}
-	text = strings.ReplaceAll(text, "    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n", servers.String())
-	for _, r := range []struct{ old, new string }{
-		{"    listen 443 ssl http2;\n", "    listen " + addr + " ssl http2;\n"},
-		{"    listen [::]:443 ssl http2;\n", ""},
-		{"/etc/ssl/parley/fullchain.pem", filepath.Join(dir, "cert.pem")},
-		{"/etc/ssl/parley/privkey.pem", filepath.Join(dir, "key.pem")},
-	} {
-		if !strings.Contains(text, r.old) {
-			t.Fatalf("nginx/parley.conf no longer has %q; update the test", r.old)
-		}
-		text = strings.Replace(text, r.old, r.new, 1)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "parley.conf"), []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// What /etc/nginx/nginx.conf provides on a real machine, in dir.
-	user := ""
-	if os.Geteuid() == 0 {
-		user = "user root root;" // the workers then share the test's temp dirs
-	}
-	main := fmt.Sprintf(`%[2]s
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log info;
-events { worker_connections 1024; }
-http {
-    access_log %[1]s/access.log;
-    client_body_temp_path %[1]s/body;
-    proxy_temp_path %[1]s/proxy;
-    fastcgi_temp_path %[1]s/fastcgi;
-    uwsgi_temp_path %[1]s/uwsgi;
-    scgi_temp_path %[1]s/scgi;
-    include %[1]s/parley.conf;
-}
-`, dir, user)
-	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(main), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", filepath.Join(dir, "nginx.conf"), "-g", "daemon off;")
-	out := &servertest.SyncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start nginx: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt) // fast shutdown
-		<-exited
+		if b, err := os.ReadFile(filepath.Join(dir, "nginx.pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(pid, syscall.SIGTERM) // fast shutdown
+			}
+		}
 		if t.Failed() {
 			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
 			t.Logf("nginx error.log:\n%s", log)
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			t.Fatalf("nginx exited: %v\n%s", err, out.String())
-		default:
-		}
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nginx is not listening on %s after 20 s:\n%s", addr, out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return &proxy{url: "https://" + addr, roots: roots}
+	return &proxy{url: "https://127.0.0.1:" + port, roots: roots}
 }
 
 // writeCertificate makes a self-signed certificate for localhost and

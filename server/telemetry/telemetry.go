@@ -114,7 +114,7 @@ func New(ctx context.Context, version string, extra Collectors) (*Telemetry, err
 	t.meters = sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))
 
 	t.tracers = noop.NewTracerProvider()
-	if TracingRequested(os.Getenv) {
+	if tracingRequested() {
 		spans, err := autoexport.NewSpanExporter(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("telemetry: span exporter: %w", err)
@@ -127,13 +127,14 @@ func New(ctx context.Context, version string, extra Collectors) (*Telemetry, err
 	return t, nil
 }
 
-// TracingRequested reports whether the environment asks for traces.
-func TracingRequested(getenv func(string) string) bool {
-	if strings.EqualFold(strings.TrimSpace(getenv("OTEL_SDK_DISABLED")), "true") {
+// tracingRequested reports whether the process's environment asks for
+// traces.
+func tracingRequested() bool {
+	if strings.EqualFold(strings.TrimSpace(os.Getenv("OTEL_SDK_DISABLED")), "true") {
 		return false
 	}
 	for _, k := range []string{"OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
-		if getenv(k) != "" {
+		if os.Getenv(k) != "" {
 			return true
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -142,54 +143,20 @@ func TestTracing_SendMessage(t *testing.T) {
 				t.Fatalf("SendMessage: %v", err)
 			}
 
-			// Spans are exported in batches, every 50 ms here.
-			var rpc *tracev1.Span
-			var spans []*tracev1.Span
-			deadline := time.After(20 * time.Second)
-			for {
-				spans = recv.trace(traceID)
-				rpc = nil
-				for _, s := range spans {
-					if s.GetName() == "parley.v1.MessageService/SendMessage" {
-						rpc = s
-					}
-				}
-				if rpc != nil && hasChild(spans, rpc, "mongodb") && hasChild(spans, rpc, "redis") && hasChild(spans, rpc, "postgresql") {
-					break
-				}
-				select {
-				case <-recv.got:
-				case <-deadline:
-					t.Fatalf("the trace did not arrive whole: %d spans: %s", len(spans), names(spans))
-				}
-			}
+			const name = "parley.v1.MessageService/SendMessage"
+			spans, rpc := recv.waitTrace(t, traceID, name, "mongodb", "redis", "postgresql")
 			if !bytes.Equal(rpc.GetParentSpanId(), parentID) {
 				t.Errorf("the RPC span's parent = %x, want the client's span %x", rpc.GetParentSpanId(), parentID)
 			}
 			if rpc.GetKind() != tracev1.Span_SPAN_KIND_SERVER {
 				t.Errorf("the RPC span's kind = %v, want SERVER", rpc.GetKind())
 			}
-			if n := countNamed(spans, "parley.v1.MessageService/SendMessage"); n != 1 {
+			if n := countNamed(spans, name); n != 1 {
 				t.Errorf("%d SendMessage spans in the trace, want 1", n)
 			}
 			t.Logf("trace: %s", names(spans))
 
-			// The request's line is written once the handler returned,
-			// which may be after its spans went out.
-			logged := func() bool {
-				for _, rec := range records(logs) {
-					if rec["msg"] == "request" && rec["procedure"] == "/parley.v1.MessageService/SendMessage" && rec["trace_id"] == hex.EncodeToString(traceID) {
-						return true
-					}
-				}
-				return false
-			}
-			for logDeadline := time.Now().Add(10 * time.Second); !logged(); time.Sleep(10 * time.Millisecond) {
-				if time.Now().After(logDeadline) {
-					t.Errorf("no request log line for SendMessage carries trace_id %x", traceID)
-					break
-				}
-			}
+			waitLogged(t, logs, traceID, func(procedure string) bool { return procedure == "/"+name })
 		})
 	}
 	// An upload, a plain HTTP endpoint: its span (otelhttp) continues the
@@ -224,42 +191,11 @@ func TestTracing_SendMessage(t *testing.T) {
 		if res.StatusCode != http.StatusOK {
 			t.Fatalf("PUT: %s", res.Status)
 		}
-		deadline := time.After(20 * time.Second)
-		for {
-			spans := recv.trace(traceID)
-			var put *tracev1.Span
-			for _, s := range spans {
-				if s.GetName() == "PUT /media/{id}" {
-					put = s
-				}
-			}
-			if put != nil && hasChild(spans, put, "mongodb") {
-				if !bytes.Equal(put.GetParentSpanId(), parentID) || put.GetKind() != tracev1.Span_SPAN_KIND_SERVER {
-					t.Errorf("the upload's span: parent %x, kind %v; want the client's span %x, SERVER", put.GetParentSpanId(), put.GetKind(), parentID)
-				}
-				break
-			}
-			select {
-			case <-recv.got:
-			case <-deadline:
-				t.Fatalf("the upload's trace did not arrive whole: %s", names(spans))
-			}
+		_, put := recv.waitTrace(t, traceID, "PUT /media/{id}", "mongodb")
+		if !bytes.Equal(put.GetParentSpanId(), parentID) || put.GetKind() != tracev1.Span_SPAN_KIND_SERVER {
+			t.Errorf("the upload's span: parent %x, kind %v; want the client's span %x, SERVER", put.GetParentSpanId(), put.GetKind(), parentID)
 		}
-		for logDeadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			found := false
-			for _, rec := range records(logs) {
-				if rec["msg"] == "request" && strings.HasPrefix(fmt.Sprint(rec["procedure"]), "/media/") && rec["trace_id"] == hex.EncodeToString(traceID) {
-					found = true
-				}
-			}
-			if found {
-				break
-			}
-			if time.Now().After(logDeadline) {
-				t.Errorf("no request log line for the upload carries trace_id %x", traceID)
-				break
-			}
-		}
+		waitLogged(t, logs, traceID, func(procedure string) bool { return strings.HasPrefix(procedure, "/media/") })
 	})
 
 	recv.mu.Lock()
@@ -267,6 +203,45 @@ func TestTracing_SendMessage(t *testing.T) {
 	for _, s := range recv.services {
 		if s != "parley-under-test" {
 			t.Errorf("service.name = %q, want OTEL_SERVICE_NAME's", s)
+		}
+	}
+}
+
+// waitTrace waits for the trace to hold a span named name with spans of
+// each of the stores under it (spans are exported in batches, every 50 ms
+// here), and returns the trace's spans and that span.
+func (r *receiver) waitTrace(t *testing.T, traceID []byte, name string, stores ...string) ([]*tracev1.Span, *tracev1.Span) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		spans := r.trace(traceID)
+		for _, s := range spans {
+			if s.GetName() == name && !slices.ContainsFunc(stores, func(store string) bool { return !hasChild(spans, s, store) }) {
+				return spans, s
+			}
+		}
+		select {
+		case <-r.got:
+		case <-deadline:
+			t.Fatalf("the trace did not arrive whole: %d spans: %s", len(spans), names(spans))
+		}
+	}
+}
+
+// waitLogged waits for a request log line of the trace whose procedure
+// matches: the line is written once the handler returned, which may be
+// after its spans went out.
+func waitLogged(t *testing.T, logs *servertest.SyncBuffer, traceID []byte, match func(procedure string) bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		for _, rec := range records(logs) {
+			if rec["msg"] == "request" && rec["trace_id"] == hex.EncodeToString(traceID) && match(fmt.Sprint(rec["procedure"])) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("no request log line carries trace_id %x", traceID)
+			return
 		}
 	}
 }
