@@ -178,6 +178,7 @@ func New(d Deps) (http.Handler, error) {
 	// them through chat.Privacy, and live presence through chats.
 	mux.Handle(parleyv1connect.NewPrivacyServiceHandler(users, opts...))
 	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
+	users.GuardPairs(chats)
 	chats.LimitSends(d.Sends)
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
 	mcfg := d.MediaConfig
@@ -238,6 +239,7 @@ func withWebApp(dir string, api http.Handler) http.Handler {
 func NewMediaJanitor(d Deps, after time.Duration) *media.Janitor {
 	users := user.New(d.Log, d.DB, d.Media, d.Now)
 	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
+	users.GuardPairs(chats)
 	return media.NewJanitor(d.Log, d.Media, referrers{chats, users}, after, d.Now)
 }
 

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/auth"
 )
 
 // Page sizes of ListMessages.
@@ -92,14 +93,22 @@ func toMessage(m *messageDoc, p positions) *parleyv1.Message {
 func (s *Service) SendMessage(
 	ctx context.Context, req *connect.Request[parleyv1.SendMessageRequest],
 ) (*connect.Response[parleyv1.SendMessageResponse], error) {
-	id, c, _, err := s.accessChat(ctx, req.Msg.GetChatId())
+	id, err := auth.Caller(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if c.Type == typePrivate {
-		if err := s.checkPrivateSend(ctx, c, id.UserID); err != nil {
-			return nil, err
-		}
+	chatID, err := parseChatID(req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	// The checks read the chat from this instance's cache, valid as long
+	// as the seq script finds the version they read (see sendCache); when
+	// it does not, they are made again on the chat as it is now, and the
+	// last time on the chat read from the store with no version.
+	const cachedChecks = 2
+	c, version, floor, err := s.sendChecks(ctx, chatID, id.UserID, true)
+	if err != nil {
+		return nil, err
 	}
 	mediaIDs := make([]bson.ObjectID, len(req.Msg.GetMediaIds()))
 	for i, hex := range req.Msg.GetMediaIds() {
@@ -148,17 +157,26 @@ func (s *Service) SendMessage(
 	// message, as mirrored in Redis: never above MongoDB's (-1: unknown,
 	// taken as 0, where positions start).
 	var before int64
-	if prev == nil {
+	for attempt := 1; prev == nil; attempt++ {
 		m, created, before, err = s.store.insertMessage(ctx, s.seqs, &messageDoc{
 			ChatID:          c.ID,
 			SenderID:        id.UserID,
 			Text:            req.Msg.GetText(),
 			Attachments:     attachments,
 			ClientMessageID: req.Msg.GetClientMessageId(),
-		}, lastSeq(c))
+		}, floor, version)
+		if errors.Is(err, errStaleChat) {
+			s.forgetChat(c.ID)
+			if c, version, floor, err = s.sendChecks(ctx, chatID, id.UserID, attempt < cachedChecks); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err != nil {
 			return nil, s.internal(ctx, "send message", err)
 		}
+		s.sentTo(c.ID, m.Seq)
+		break
 	}
 	// A new message's seq stays in flight (readers stop below it) until
 	// its announcement, which releases it in the same round trip, or
@@ -230,6 +248,64 @@ func (s *Service) SendMessage(
 		}
 	}
 	return connect.NewResponse(&parleyv1.SendMessageResponse{Message: msg}), nil
+}
+
+// sendChecks checks that the sender may send to the chat: it is a member,
+// and in a private chat the other member did not decline it nor block
+// the sender; the sender's reply accepts a request made to it. It returns
+// the chat as checked, the version it was read at (see sendCache), from
+// the cache when cached, else from the store ("": no version), and the
+// floor of the seq to take (see tryInsert). Only a chat read from the
+// store refuses a send: a cached one that refuses may be stale, and the
+// checks are made again on the store's.
+func (s *Service) sendChecks(ctx context.Context, chatID bson.ObjectID, sender int, cached bool) (*chatDoc, string, int64, error) {
+	e, hit, err := s.sendView(ctx, chatID, cached)
+	if err != nil {
+		return nil, "", 0, s.internal(ctx, "send message", err)
+	}
+	c, version, err := s.checkSend(ctx, e, sender)
+	if err != nil && hit {
+		s.forgetChat(chatID)
+		if e, _, err = s.sendView(ctx, chatID, cached); err != nil {
+			return nil, "", 0, s.internal(ctx, "send message", err)
+		}
+		c, version, err = s.checkSend(ctx, e, sender)
+	}
+	if err != nil {
+		return nil, "", 0, err
+	}
+	return c, version, e.floor.Load(), nil
+}
+
+// checkSend makes sendChecks' checks on the chat of e.
+func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int) (*chatDoc, string, error) {
+	// A copy: accepting a request changes it, and the entry is shared.
+	c := *e.chat
+	if _, err := memberOf(&c, sender); err != nil {
+		return nil, "", s.internal(ctx, "send message", err)
+	}
+	if c.Type != typePrivate {
+		return &c, e.version, nil
+	}
+	if c.declined() {
+		return nil, "", errRefused
+	}
+	blocked, err := s.blockedBy(ctx, e, sender)
+	if err != nil {
+		return nil, "", s.internal(ctx, "send message", err)
+	}
+	if blocked {
+		return nil, "", errRefused
+	}
+	if c.Request != nil && c.Request.StarterID != sender {
+		// Accepting changes the chat: the entry is stale from here.
+		if err := s.accept(ctx, &c, sender); err != nil {
+			return nil, "", err
+		}
+		s.forgetChat(c.ID)
+		return &c, "", nil
+	}
+	return &c, e.version, nil
 }
 
 // ListMessages returns a page of a chat's messages in seq order.

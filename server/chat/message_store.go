@@ -110,6 +110,11 @@ func (a *seqAllocator) key(chatID bson.ObjectID) string {
 	return a.prefix + "chat:{" + chatID.Hex() + "}:seq"
 }
 
+// versionKey is the chat's version (see sendCache).
+func (a *seqAllocator) versionKey(chatID bson.ObjectID) string {
+	return a.prefix + "chat:{" + chatID.Hex() + "}:ver"
+}
+
 func (a *seqAllocator) inflightKey(chatID bson.ObjectID) string {
 	return a.prefix + "chat:{" + chatID.Hex() + "}:inflight"
 }
@@ -157,13 +162,17 @@ func (a *seqAllocator) queueRaisePositions(ctx context.Context, p redis.Pipeline
 // taken it. It returns 0 instead when the send is marked already (unless
 // ARGV[4] is 1): an earlier attempt took a seq. With the seq it returns
 // the lower of the sender's mirrored positions (KEYS[4]), -1 when unknown.
+// It returns -1 instead, and takes nothing, when ARGV[5] is a version of
+// the chat (see sendCache) that is no longer its version (KEYS[5]).
 // KEYS: the counter, the in-flight set, the send's mark, the sender's
-// positions; ARGV: now (ms), the in-flight TTL and the mark's TTL (ms),
-// force.
+// positions, the chat's version; ARGV: now (ms), the in-flight TTL and
+// the mark's TTL (ms), force, the version the send's checks read ("":
+// none).
 var nextScript = redis.NewScript(`
 local r = redis.call('HMGET', KEYS[4], 'r', 'd')
 local pos = -1
 if r[1] and r[2] then pos = math.min(tonumber(r[1]), tonumber(r[2])) end
+if ARGV[5] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[5] then return {-1, pos} end
 if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return {0, pos} end
 local n = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], ARGV[1], n)
@@ -186,20 +195,24 @@ const inflightTTL = 10 * time.Second
 // next hands out the chat's next seq to sender's send that idem names,
 // or 0 when an earlier attempt at the send took one (unless force); and
 // the lower of the sender's mirrored positions (see positionsKey), -1
-// when unknown. The caller must call done with a seq once the message is
-// stored or abandoned.
-func (a *seqAllocator) next(ctx context.Context, chatID bson.ObjectID, sender int, idem string, force bool) (seq, positions int64, err error) {
+// when unknown. It fails with errStaleChat when version is not "" and no
+// longer the chat's version. The caller must call done with a seq once
+// the message is stored or abandoned.
+func (a *seqAllocator) next(ctx context.Context, chatID bson.ObjectID, sender int, idem, version string, force bool) (seq, positions int64, err error) {
 	f := 0
 	if force {
 		f = 1
 	}
-	keys := []string{a.key(chatID), a.inflightKey(chatID), a.sentKey(chatID, idem), a.positionsKey(chatID, sender)}
-	r, err := nextScript.Run(ctx, a.rdb, keys, time.Now().UnixMilli(), inflightTTL.Milliseconds(), sentTTL.Milliseconds(), f).Int64Slice()
+	keys := []string{a.key(chatID), a.inflightKey(chatID), a.sentKey(chatID, idem), a.positionsKey(chatID, sender), a.versionKey(chatID)}
+	r, err := nextScript.Run(ctx, a.rdb, keys, time.Now().UnixMilli(), inflightTTL.Milliseconds(), sentTTL.Milliseconds(), f, version).Int64Slice()
 	if err != nil {
 		return 0, 0, fmt.Errorf("allocate seq: %w", err)
 	}
 	if len(r) != 2 {
 		return 0, 0, fmt.Errorf("allocate seq: the script answered %v", r)
+	}
+	if r[0] < 0 {
+		return 0, 0, errStaleChat
 	}
 	return r[0], r[1], nil
 }
@@ -343,11 +356,11 @@ func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID
 // unique idempotency key refusing the insert. With a new message it
 // returns the lower of the sender's mirrored positions before it (see
 // seqAllocator.positionsKey), -1 when unknown.
-func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc, floor int64) (*messageDoc, bool, int64, error) {
+func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc, floor int64, version string) (*messageDoc, bool, int64, error) {
 	m.IdemKey = idemKey(m.ChatID, m.SenderID, m.ClientMessageID)
 	force := false
 	for range 5 {
-		seq, pos, err := seqs.next(ctx, m.ChatID, m.SenderID, m.IdemKey, force)
+		seq, pos, err := seqs.next(ctx, m.ChatID, m.SenderID, m.IdemKey, version, force)
 		if err != nil {
 			return nil, false, 0, err
 		}

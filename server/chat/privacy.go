@@ -125,29 +125,6 @@ func toInt32s(ids []int) []int32 {
 	return out
 }
 
-// checkPrivateSend refuses a send into a private chat that the other
-// member declined or whose other member blocked the sender (one indexed
-// PostgreSQL read per send into a private chat), and accepts a request
-// when its recipient replies.
-func (s *Service) checkPrivateSend(ctx context.Context, c *chatDoc, sender int) error {
-	if c.declined() {
-		return errRefused
-	}
-	blockers, err := s.privacy.BlockersOf(ctx, sender, []int{c.peer(sender)})
-	if err != nil {
-		return s.internal(ctx, "send message", err)
-	}
-	if len(blockers) > 0 {
-		return errRefused
-	}
-	if c.Request != nil && c.Request.StarterID != sender {
-		if err := s.accept(ctx, c, sender); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // accept makes the request an accepted chat and tells both members.
 func (s *Service) accept(ctx context.Context, c *chatDoc, actor int) error {
 	changed, err := s.store.acceptRequest(ctx, c.ID)

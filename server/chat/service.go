@@ -79,6 +79,7 @@ type Service struct {
 	media       Media
 	limiter     *redis_rate.Limiter
 	sendLimit   SendLimit
+	sends       *sendCache
 	redisPrefix string
 	now         func() time.Time
 }
@@ -112,6 +113,7 @@ func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, locks 
 		media:       files,
 		limiter:     redis_rate.NewLimiter(rdb),
 		sendLimit:   DefaultSendLimit,
+		sends:       newSendCache(),
 		redisPrefix: redisPrefix,
 		now:         now,
 	}

@@ -280,13 +280,15 @@ func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, change 
 		}
 		now := s.nowMs()
 		var res *mongo.UpdateResult
-		err = s.locked(ctx, chatLock(chatID), func() (err error) {
-			res, err = s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}, versionIs(c.MembersVersion)}, bson.D{
-				{Key: "$set", Value: bson.D{{Key: "participants", Value: parts}}},
-				{Key: "$inc", Value: bson.D{{Key: "membersVersion", Value: 1}}},
-				{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: now}}},
+		err = s.changing(ctx, chatID, func(ctx context.Context) error {
+			return s.locked(ctx, chatLock(chatID), func() (err error) {
+				res, err = s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}, versionIs(c.MembersVersion)}, bson.D{
+					{Key: "$set", Value: bson.D{{Key: "participants", Value: parts}}},
+					{Key: "$inc", Value: bson.D{{Key: "membersVersion", Value: 1}}},
+					{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: now}}},
+				})
+				return err
 			})
-			return err
 		})
 		if err != nil {
 			return nil, fmt.Errorf("change members: %w", err)
@@ -572,14 +574,16 @@ func (s *store) unread(ctx context.Context, c *chatDoc, m member) (int64, error)
 // for nobody). It reports whether it changed the chat.
 func (s *store) acceptRequest(ctx context.Context, chatID bson.ObjectID) (bool, error) {
 	var res *mongo.UpdateResult
-	err := s.locked(ctx, chatLock(chatID), func() (err error) {
-		res, err = s.chats.UpdateOne(ctx, bson.D{
-			{Key: "_id", Value: chatID}, {Key: "request", Value: bson.D{{Key: "$exists", Value: true}}},
-		}, bson.D{
-			{Key: "$unset", Value: bson.D{{Key: "request", Value: ""}, {Key: "hiddenFor", Value: ""}}},
-			{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: s.nowMs()}}},
+	err := s.changing(ctx, chatID, func(ctx context.Context) error {
+		return s.locked(ctx, chatLock(chatID), func() (err error) {
+			res, err = s.chats.UpdateOne(ctx, bson.D{
+				{Key: "_id", Value: chatID}, {Key: "request", Value: bson.D{{Key: "$exists", Value: true}}},
+			}, bson.D{
+				{Key: "$unset", Value: bson.D{{Key: "request", Value: ""}, {Key: "hiddenFor", Value: ""}}},
+				{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: s.nowMs()}}},
+			})
+			return err
 		})
-		return err
 	})
 	if err != nil {
 		return false, fmt.Errorf("accept request: %w", err)
@@ -590,15 +594,17 @@ func (s *store) acceptRequest(ctx context.Context, chatID bson.ObjectID) (bool, 
 // declineRequest hides the chat, still a request that userID did not
 // start, for userID.
 func (s *store) declineRequest(ctx context.Context, chatID bson.ObjectID, userID int) error {
-	return s.locked(ctx, chatLock(chatID), func() error {
-		_, err := s.chats.UpdateOne(ctx, bson.D{
-			{Key: "_id", Value: chatID},
-			{Key: "request.starterId", Value: bson.D{{Key: "$exists", Value: true}, {Key: "$ne", Value: userID}}},
-		}, bson.D{{Key: "$set", Value: bson.D{{Key: "hiddenFor", Value: bson.A{userID}}}}})
-		if err != nil {
-			return fmt.Errorf("decline request: %w", err)
-		}
-		return nil
+	return s.changing(ctx, chatID, func(ctx context.Context) error {
+		return s.locked(ctx, chatLock(chatID), func() error {
+			_, err := s.chats.UpdateOne(ctx, bson.D{
+				{Key: "_id", Value: chatID},
+				{Key: "request.starterId", Value: bson.D{{Key: "$exists", Value: true}, {Key: "$ne", Value: userID}}},
+			}, bson.D{{Key: "$set", Value: bson.D{{Key: "hiddenFor", Value: bson.A{userID}}}}})
+			if err != nil {
+				return fmt.Errorf("decline request: %w", err)
+			}
+			return nil
+		})
 	})
 }
 

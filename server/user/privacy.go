@@ -109,8 +109,10 @@ func (s *Service) Blocks(ctx context.Context, userID int) ([]int, error) {
 
 // Block records that blocker blocked userID; blocking twice is one block.
 func (s *Service) Block(ctx context.Context, blocker, userID int) error {
-	err := s.store.db.Ent.Block.Create().SetBlockerID(blocker).SetBlockedID(userID).
-		OnConflictColumns(block.FieldBlockerID, block.FieldBlockedID).DoNothing().Exec(ctx)
+	err := s.pairs.ChangingPair(ctx, blocker, userID, func(ctx context.Context) error {
+		return s.store.db.Ent.Block.Create().SetBlockerID(blocker).SetBlockedID(userID).
+			OnConflictColumns(block.FieldBlockerID, block.FieldBlockedID).DoNothing().Exec(ctx)
+	})
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		if ent.IsConstraintError(err) {
 			return errNoUser // the foreign key: no such user
@@ -153,8 +155,11 @@ func (s *Service) UnblockUser(
 	if err != nil {
 		return nil, err
 	}
-	_, err = s.store.db.Ent.Block.Delete().
-		Where(block.BlockerID(id.UserID), block.BlockedID(int(req.Msg.GetUserId()))).Exec(ctx)
+	target := int(req.Msg.GetUserId())
+	err = s.pairs.ChangingPair(ctx, id.UserID, target, func(ctx context.Context) error {
+		_, err := s.store.db.Ent.Block.Delete().Where(block.BlockerID(id.UserID), block.BlockedID(target)).Exec(ctx)
+		return err
+	})
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "unblock user", err)
 	}

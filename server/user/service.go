@@ -49,7 +49,27 @@ type Service struct {
 	log   *slog.Logger
 	store *store
 	media AvatarMedia
+	pairs PairGuard
 }
+
+// PairGuard brackets a change of blocks between two users, so that what
+// depends on them (the checks of sends in their private chat, which
+// instances cache) takes the change into account everywhere at once;
+// chat.Service is one.
+type PairGuard interface {
+	ChangingPair(ctx context.Context, a, b int, write func(ctx context.Context) error) error
+}
+
+// noGuard is the PairGuard of a service told of none: the write alone.
+type noGuard struct{}
+
+func (noGuard) ChangingPair(ctx context.Context, _, _ int, write func(ctx context.Context) error) error {
+	return write(ctx)
+}
+
+// GuardPairs has every change of blocks bracketed by g. Call it before
+// the service serves.
+func (s *Service) GuardPairs(g PairGuard) { s.pairs = g }
 
 var (
 	_ parleyv1connect.UserServiceHandler   = (*Service)(nil)
@@ -63,7 +83,7 @@ func New(log *slog.Logger, db *sqldb.DB, files AvatarMedia, now func() time.Time
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{log: log, store: &store{db: db, now: now}, media: files}
+	return &Service{log: log, store: &store{db: db, now: now}, media: files, pairs: noGuard{}}
 }
 
 // AvatarWithURL returns the avatar that serves url, for media clean-up.

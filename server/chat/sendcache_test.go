@@ -1,0 +1,152 @@
+package chat_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/servertest"
+)
+
+// TestSendMessage_ChecksOnEveryInstance: each instance caches what a send
+// checks of its chat, and a change made through another instance takes
+// effect there at once: the next send through the instance that cached
+// the chat is judged by the chat as it is now. Sends go through one
+// instance (a), which caches each chat on its first send; the changes go
+// through the other (b).
+func TestSendMessage_ChecksOnEveryInstance(t *testing.T) {
+	a, b := servertest.New(t), servertest.New(t)
+	ctx := context.Background()
+	for _, p := range servertest.Protocols[:2] {
+		t.Run(p.Name, func(t *testing.T) {
+			onB := servertest.NewClients(b, p)
+			// A member removed from a group, and added back.
+			admin, member := newPerson(t, a, p), newPerson(t, a, p)
+			g := servertest.GroupChat(t, admin.c.Chat, admin.token, "cached", member.id).GetId()
+			member.send(t, g, "cached now")
+			if _, err := onB.Chat.RemoveParticipant(ctx, tok(admin, &parleyv1.RemoveParticipantRequest{ChatId: g, UserId: member.id})); err != nil {
+				t.Fatalf("RemoveParticipant: %v", err)
+			}
+			servertest.WantCode(t, member.trySend(g, "removed"), connect.CodeNotFound)
+			if _, err := onB.Chat.AddParticipants(ctx, tok(admin, &parleyv1.AddParticipantsRequest{ChatId: g, UserIds: []int32{member.id}})); err != nil {
+				t.Fatalf("AddParticipants: %v", err)
+			}
+			member.send(t, g, "back")
+			// A member that leaves by itself.
+			member.send(t, g, "cached again")
+			if _, err := onB.Chat.LeaveChat(ctx, tok(member, &parleyv1.LeaveChatRequest{ChatId: g})); err != nil {
+				t.Fatalf("LeaveChat: %v", err)
+			}
+			servertest.WantCode(t, member.trySend(g, "left"), connect.CodeNotFound)
+
+			// A block and an unblock in a private chat.
+			alice, bob := newPerson(t, a, p), newPerson(t, a, p)
+			private := alice.startChat(t, bob).GetId()
+			bob.send(t, private, "accepted")
+			alice.send(t, private, "cached now")
+			if _, err := onB.Privacy.BlockUser(ctx, tok(bob, &parleyv1.BlockUserRequest{UserId: alice.id})); err != nil {
+				t.Fatalf("BlockUser: %v", err)
+			}
+			servertest.WantCode(t, alice.trySend(private, "blocked"), connect.CodePermissionDenied)
+			bob.send(t, private, "the blocker still sends")
+			if _, err := onB.Privacy.UnblockUser(ctx, tok(bob, &parleyv1.UnblockUserRequest{UserId: alice.id})); err != nil {
+				t.Fatalf("UnblockUser: %v", err)
+			}
+			alice.send(t, private, "unblocked")
+
+			// A request declined.
+			carol, dave := newPerson(t, a, p), newPerson(t, a, p)
+			request := carol.startChat(t, dave).GetId()
+			carol.send(t, request, "cached now")
+			if _, err := onB.Chat.DeclineChatRequest(ctx, tok(dave, &parleyv1.DeclineChatRequestRequest{ChatId: request})); err != nil {
+				t.Fatalf("DeclineChatRequest: %v", err)
+			}
+			servertest.WantCode(t, carol.trySend(request, "declined"), connect.CodePermissionDenied)
+
+			// Nothing refused was stored.
+			for _, c := range []struct {
+				who    *person
+				chatID string
+				want   []string
+			}{
+				{admin, g, []string{"cached now", "back", "cached again"}},
+				{bob, private, []string{"accepted", "cached now", "the blocker still sends", "unblocked"}},
+				{carol, request, []string{"cached now"}},
+			} {
+				ms, err := servertest.ListMessagesAfter(c.who.c.Message, c.who.token, c.chatID, 0)
+				if err != nil {
+					t.Fatalf("ListMessages: %v", err)
+				}
+				var got []string
+				for _, m := range ms {
+					got = append(got, m.GetText())
+				}
+				if len(got) != len(c.want) {
+					t.Fatalf("chat %s holds %q, want %q", c.chatID, got, c.want)
+				}
+				for i := range got {
+					if got[i] != c.want[i] {
+						t.Fatalf("chat %s holds %q, want %q", c.chatID, got, c.want)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestSendMessage_ChangeThatDied: a change of a chat that began and never
+// ended (its instance died while writing) keeps sends off the cache: they
+// are judged by the chat as the store holds it, until the change's
+// registration expires. The change is made by hand, as the dying
+// instance left it: registered and the version bumped in Redis, the
+// member taken out in MongoDB.
+func TestSendMessage_ChangeThatDied(t *testing.T) {
+	srv := servertest.New(t)
+	ctx := context.Background()
+	p := servertest.Protocols[0]
+	admin, member := newPerson(t, srv, p), newPerson(t, srv, p)
+	g := servertest.GroupChat(t, admin.c.Chat, admin.token, "dies", member.id).GetId()
+	member.send(t, g, "cached now")
+
+	id, err := bson.ObjectIDFromHex(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := servertest.SharedStores(t).RedisPrefix + "chat:{" + g + "}:"
+	rdb := srv.App.Redis()
+	until := time.Now().Add(time.Hour).UnixMilli()
+	if err := rdb.ZAdd(ctx, prefix+"changing", redis.Z{Score: float64(until), Member: "died"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Incr(ctx, prefix+"ver").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Before the write lands, sends pass, and must not cache what they
+	// read.
+	member.send(t, g, "during the change")
+	_, err = srv.App.Mongo().Collection("chats").UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
+		bson.D{{Key: "$pull", Value: bson.D{{Key: "participants", Value: bson.D{{Key: "user_id", Value: member.id}}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servertest.WantCode(t, member.trySend(g, "after the write"), connect.CodeNotFound)
+	admin.send(t, g, "the admin still sends")
+	// Once the registration is gone, sends cache the chat again, as it is.
+	if err := rdb.Del(ctx, prefix+"changing").Err(); err != nil {
+		t.Fatal(err)
+	}
+	servertest.WantCode(t, member.trySend(g, "still out"), connect.CodeNotFound)
+	admin.send(t, g, "cached again")
+	ms, err := servertest.ListMessagesAfter(admin.c.Message, admin.token, g, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 4 {
+		t.Errorf("the chat holds %d messages, want 4 (two before the write, two by the admin)", len(ms))
+	}
+}
