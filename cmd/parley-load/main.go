@@ -7,8 +7,10 @@
 //     private chat with a peer of its own, send -text-bytes messages
 //     (default 200) as fast as their acks come, for -duration (default
 //     20s), with client message ids and retries as a real client. It
-//     reports acked sends a second, send latency percentiles, errors, and
-//     with -cpu-pids the server-side CPU per acked send. With -seed-chats
+//     reports acked sends a second, send latency percentiles, errors,
+//     with -cpu-pids the server-side CPU per acked send, and with
+//     -admin-url the server's calls to each store per acked send (read
+//     from its /metrics before and after). With -seed-chats
 //     and -seed-messages it first writes that many chats and messages
 //     straight into the store (chat.Seed; needs -mongo-uri and
 //     -redis-url), so that W1 runs against a big store; -after-seed runs
@@ -185,7 +187,7 @@ func run(ctx context.Context, args []string) error {
 	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow -addr, -mongo-uri and -redis-url outside this machine")
 	fs.IntVar(&c.streams, "streams", 10000, "open streams (idle)")
 	fs.IntVar(&c.serverPID, "server-pid", 0, "the server's process id, to read its memory (idle, media)")
-	fs.StringVar(&c.adminURL, "admin-url", "", "the server's admin listener (its -admin-addr, as http://127.0.0.1:9090), to read its live heap and stacks after a garbage collection (idle)")
+	fs.StringVar(&c.adminURL, "admin-url", "", "the server's admin listener (its -admin-addr, as http://127.0.0.1:9090), to read its live heap and stacks after a garbage collection (idle) and its store calls per send from /metrics (throughput)")
 	fs.Int64Var(&c.size, "size", 200_000_000, "file size in bytes (media)")
 	fs.IntVar(&c.rounds, "rounds", 0, "uploads and downloads (media, default 3), or rounds of fresh and big phases (bigchat, default 1)")
 	if err := fs.Parse(args); err != nil {

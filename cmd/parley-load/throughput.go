@@ -34,6 +34,7 @@ type burst struct {
 	latency  []time.Duration // first attempt to ack
 	acks     []time.Duration // when each ack came, from the start
 	cpu      string          // summary fields of the CPU report
+	calls    []field         // store calls per acked send (with -admin-url)
 	firstErr atomic.Pointer[error]
 }
 
@@ -97,6 +98,12 @@ func hammer(ctx context.Context, cfg config, targets []target, d time.Duration, 
 	if err != nil {
 		return nil, err
 	}
+	var callsBefore map[string]float64
+	if cfg.adminURL != "" {
+		if callsBefore, err = storeCalls(ctx, cfg.adminURL); err != nil {
+			return nil, err
+		}
+	}
 	start := time.Now()
 	profiled := startProfile(ctx, cfg, d)
 	deadline := start.Add(d)
@@ -132,6 +139,13 @@ func hammer(ctx context.Context, cfg config, targets []target, d time.Duration, 
 	if b.cpu, err = meter.stop(b.acked); err != nil {
 		return nil, err
 	}
+	if callsBefore != nil {
+		after, err := storeCalls(ctx, cfg.adminURL)
+		if err != nil {
+			return nil, err
+		}
+		b.calls = storeCallFields(callsBefore, after, b.acked)
+	}
 	return b, nil
 }
 
@@ -152,6 +166,7 @@ func printBurst(cfg config, name string, b *burst) error {
 		{"sends_per_s", b.rate(), 1}, {"p50_ms", pctMs(b.latency, 0.50), 2}, {"p99_ms", pctMs(b.latency, 0.99), 2},
 		{"acked", float64(b.acked), 0}, {"failed", float64(b.failed), 0}, {"errors", float64(b.errors), 0},
 	}
+	fields = append(fields, b.calls...)
 	return result(cfg, rec, append(fields, cpuFields(b.cpu)...)...)
 }
 

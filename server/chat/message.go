@@ -216,6 +216,11 @@ func (s *Service) SendMessage(
 		p = positions{delivered: m.Seq, read: m.Seq}
 	}
 	if !created {
+		// The positions as they stand: the chat as the store holds it
+		// (a cached one lags in what its members sent).
+		if c, err = s.store.getChat(ctx, c.ID); err != nil {
+			return nil, s.internal(ctx, "send message", err)
+		}
 		if p, err = s.positions(ctx, c); err != nil {
 			return nil, s.internal(ctx, "send message", err)
 		}
@@ -231,19 +236,21 @@ func (s *Service) SendMessage(
 	// The sender has its message before anyone else hears of it: a
 	// recipient that marks it delivered on its event then moves the
 	// chat's position, which the sender's own would hold back otherwise.
-	if err := s.store.raiseOwnPositions(ctx, c.ID, id.UserID, m.Seq); err != nil {
+	// With them, the chat's lastMessage, in the same command.
+	if err := s.store.sent(ctx, m); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
 	if inFlight, err = s.announceSend(ctx, c, msg, created); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
-	if err := s.store.setLastMessage(ctx, m); err != nil {
-		return nil, s.internal(ctx, "send message", err)
-	}
 	if max(before, 0) < m.Seq-1 {
 		// Sending read what the sender had not (or may have): others'
-		// ticks move.
-		if err := s.publishPositions(ctx, c, id.UserID); err != nil {
+		// ticks move. They are read from the chat as the store holds it.
+		fresh, err := s.store.getChat(ctx, c.ID)
+		if err != nil {
+			return nil, s.internal(ctx, "send message", err)
+		}
+		if err := s.publishPositions(ctx, fresh, id.UserID); err != nil {
 			return nil, s.internal(ctx, "send message", err)
 		}
 	}

@@ -417,7 +417,7 @@ func (s *store) tryInsert(ctx context.Context, m *messageDoc, seq, floor int64) 
 		return false, nil
 	}
 	m.ID, m.Seq, m.SeqKey, m.SentAt, m.Status = bson.NewObjectID(), seq, seqKey(m.ChatID, seq), s.nowMs(), statusSent
-	_, err := s.messages.InsertOne(ctx, m)
+	err := s.inserts.do(ctx, m)
 	switch {
 	case err == nil:
 		return true, nil
@@ -428,25 +428,80 @@ func (s *store) tryInsert(ctx context.Context, m *messageDoc, seq, floor int64) 
 	}
 }
 
+// insertMessages inserts the messages of concurrent sends in one
+// unordered insert command, and returns each one's error (a duplicate
+// key refuses its message alone).
+func (s *store) insertMessages(ctx context.Context, ms []*messageDoc) []error {
+	docs := make([]any, len(ms))
+	for i, m := range ms {
+		docs[i] = m
+	}
+	_, err := s.messages.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	return itemErrors(err, len(ms), func(i int) int { return i })
+}
+
 // raise makes a monotonic field of one document at least v, writing only
 // where the field is smaller (or missing), with the fields of set and
 // the $max of those of maxes. It reports whether it wrote. One
 // conditional update: atomic on MongoDB and FerretDB 2; on FerretDB 1.x
 // callers hold the document's lock (see store.locked).
 func raise(ctx context.Context, c *mongo.Collection, id any, field string, v int64, set, maxes bson.D) (bool, error) {
-	filter := bson.D{{Key: "_id", Value: id}, {Key: "$or", Value: bson.A{
-		bson.D{{Key: field, Value: bson.D{{Key: "$lt", Value: v}}}},
-		bson.D{{Key: field, Value: bson.D{{Key: "$exists", Value: false}}}},
-	}}}
-	update := bson.D{{Key: "$set", Value: append(bson.D{{Key: field, Value: v}}, set...)}}
-	if len(maxes) > 0 {
-		update = append(update, bson.E{Key: "$max", Value: maxes})
-	}
-	res, err := c.UpdateOne(ctx, filter, update)
+	res, err := c.UpdateOne(ctx, raiseFilter(id, field, v), raiseUpdate(field, v, set, maxes))
 	if err != nil {
 		return false, fmt.Errorf("raise %s: %w", field, err)
 	}
 	return res.MatchedCount == 1, nil
+}
+
+// raiseFilter and raiseUpdate are raise's update.
+func raiseFilter(id any, field string, v int64) bson.D {
+	return bson.D{{Key: "_id", Value: id}, {Key: "$or", Value: bson.A{
+		bson.D{{Key: field, Value: bson.D{{Key: "$lt", Value: v}}}},
+		bson.D{{Key: field, Value: bson.D{{Key: "$exists", Value: false}}}},
+	}}}
+}
+
+func raiseUpdate(field string, v int64, set, maxes bson.D) bson.D {
+	update := bson.D{{Key: "$set", Value: append(bson.D{{Key: field, Value: v}}, set...)}}
+	if len(maxes) > 0 {
+		update = append(update, bson.E{Key: "$max", Value: maxes})
+	}
+	return update
+}
+
+// sent brings the chat up to m, just stored: the sender's positions
+// (its sent seq, see chatDoc.SentSeq) and the chat's lastMessage and
+// updatedAt. One update command of two statements where the engine makes
+// each atomic; on FerretDB 1.x the positions and lastMessage as
+// raiseOwnPositions and setLastMessage write them.
+func (s *store) sent(ctx context.Context, m *messageDoc) error {
+	if s.locks.Serial() {
+		if err := s.raiseOwnPositions(ctx, m.ChatID, m.SenderID, m.Seq); err != nil {
+			return err
+		}
+		return s.setLastMessage(ctx, m)
+	}
+	if err := s.sentUpdates.do(ctx, m); err != nil {
+		return fmt.Errorf("chat after send: %w", err)
+	}
+	return nil
+}
+
+// sentMany makes sent's update for the messages of concurrent sends, in
+// one unordered update command of two statements each, and returns each
+// one's error.
+func (s *store) sentMany(ctx context.Context, ms []*messageDoc) []error {
+	models := make([]mongo.WriteModel, 0, 2*len(ms))
+	for _, m := range ms {
+		o := lastOffer{Seq: m.Seq, ID: m.ID, SenderID: m.SenderID, Preview: previewOf(m), SentAt: m.SentAt}
+		models = append(models,
+			mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: m.ChatID}}).
+				SetUpdate(bson.D{{Key: "$max", Value: bson.D{{Key: "sentSeq." + strconv.Itoa(m.SenderID), Value: m.Seq}}}}),
+			mongo.NewUpdateOneModel().SetFilter(raiseFilter(m.ChatID, "lastMessage.seq", m.Seq)).
+				SetUpdate(raiseUpdate("lastMessage.seq", m.Seq, lastSet(o), bson.D{{Key: "updatedAt", Value: o.SentAt}})))
+	}
+	_, err := s.chats.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
+	return itemErrors(err, len(ms), func(i int) int { return i / 2 })
 }
 
 // setLastMessage moves the chat's lastMessage forward to m: one
@@ -464,12 +519,17 @@ func (s *store) setLastMessage(ctx context.Context, m *messageDoc) error {
 // applyLast writes o as the chat's lastMessage unless a later one is
 // there, and moves updatedAt up to its time.
 func (s *store) applyLast(ctx context.Context, chatID bson.ObjectID, o lastOffer) (bool, error) {
-	return raise(ctx, s.chats, chatID, "lastMessage.seq", o.Seq, bson.D{
+	return raise(ctx, s.chats, chatID, "lastMessage.seq", o.Seq, lastSet(o), bson.D{{Key: "updatedAt", Value: o.SentAt}})
+}
+
+// lastSet sets lastMessage's fields but its seq to o's.
+func lastSet(o lastOffer) bson.D {
+	return bson.D{
 		{Key: "lastMessage.message_id", Value: o.ID},
 		{Key: "lastMessage.sender_id", Value: o.SenderID},
 		{Key: "lastMessage.preview", Value: o.Preview},
 		{Key: "lastMessage.sentAt", Value: o.SentAt},
-	}, bson.D{{Key: "updatedAt", Value: o.SentAt}})
+	}
 }
 
 // raisePosition moves a member's read or delivered position forward,

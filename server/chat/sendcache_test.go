@@ -2,6 +2,7 @@ package chat_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -130,7 +131,7 @@ func TestSendMessage_ChangeThatDied(t *testing.T) {
 	// read.
 	member.send(t, g, "during the change")
 	_, err = srv.App.Mongo().Collection("chats").UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
-		bson.D{{Key: "$pull", Value: bson.D{{Key: "participants", Value: bson.D{{Key: "user_id", Value: member.id}}}}}})
+		bson.D{{Key: "$set", Value: bson.D{{Key: "participants", Value: bson.A{bson.D{{Key: "user_id", Value: admin.id}, {Key: "role", Value: "admin"}}}}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,5 +149,42 @@ func TestSendMessage_ChangeThatDied(t *testing.T) {
 	}
 	if len(ms) != 4 {
 		t.Errorf("the chat holds %d messages, want 4 (two before the write, two by the admin)", len(ms))
+	}
+}
+
+// TestSendMessage_SentSeqOfMembersOnly: the chat keeps what each member
+// sent (its positions are at least that) for its members only, so the
+// field stays within the group's size: one who leaves takes its entry
+// along.
+func TestSendMessage_SentSeqOfMembersOnly(t *testing.T) {
+	srv := servertest.New(t)
+	ctx := context.Background()
+	p := servertest.Protocols[0]
+	admin, member := newPerson(t, srv, p), newPerson(t, srv, p)
+	g := servertest.GroupChat(t, admin.c.Chat, admin.token, "sent", member.id).GetId()
+	admin.send(t, g, "one")
+	sent := member.send(t, g, "two").GetSeq()
+	id, err := bson.ObjectIDFromHex(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sentSeq := func() map[string]int64 {
+		var doc struct {
+			SentSeq map[string]int64 `bson:"sentSeq"`
+		}
+		if err := srv.App.Mongo().Collection("chats").FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&doc); err != nil {
+			t.Fatal(err)
+		}
+		return doc.SentSeq
+	}
+	if got := sentSeq()[fmt.Sprint(member.id)]; got != sent {
+		t.Fatalf("the chat holds the member's sent seq %d, want %d", got, sent)
+	}
+	if _, err := member.c.Chat.LeaveChat(ctx, tok(member, &parleyv1.LeaveChatRequest{ChatId: g})); err != nil {
+		t.Fatalf("LeaveChat: %v", err)
+	}
+	got := sentSeq()
+	if _, ok := got[fmt.Sprint(member.id)]; ok || len(got) != 1 {
+		t.Errorf("after the member left the chat holds sent seqs %v, want the admin's alone", got)
 	}
 }

@@ -51,6 +51,18 @@ type chatDoc struct {
 	// HiddenFor lists the member who declined the request: to it the
 	// chat does not exist until it accepts it after all.
 	HiddenFor []int `bson:"hiddenFor,omitempty"`
+	// SentSeq holds, by member (its user id in decimal), the largest seq
+	// it sent: its read and delivered positions are at least that (see
+	// fillPositions). A send raises it in the update that moves
+	// lastMessage, one command instead of two; a member that leaves is
+	// taken out. Chats from before it, and the embedded store, have none.
+	SentSeq map[string]int64 `bson:"sentSeq,omitempty"`
+}
+
+// sentBy returns the largest seq the user sent in the chat, as SentSeq
+// holds it (0: none).
+func (c *chatDoc) sentBy(userID int) int64 {
+	return c.SentSeq[strconv.Itoa(userID)]
 }
 
 // requestDoc is the request state of a private chat.
@@ -148,10 +160,18 @@ type store struct {
 	positions *mongo.Collection
 	messages  *mongo.Collection
 	now       func() time.Time
+
+	// inserts and sentUpdates combine the writes of concurrent sends
+	// (see combiner): their messages, and their chats' updates.
+	inserts     *combiner[*messageDoc]
+	sentUpdates *combiner[*messageDoc]
 }
 
+// maxCombined bounds the sends that share one insert or update command.
+const maxCombined = 64
+
 func newStore(db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Locks, redisPrefix string, now func() time.Time) *store {
-	return &store{
+	s := &store{
 		locks:       locks,
 		rdb:         rdb,
 		redisPrefix: redisPrefix,
@@ -160,6 +180,9 @@ func newStore(db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Lock
 		messages:    db.Collection("messages"),
 		now:         now,
 	}
+	s.inserts = &combiner[*messageDoc]{write: s.insertMessages, max: maxCombined}
+	s.sentUpdates = &combiner[*messageDoc]{write: s.sentMany, max: maxCombined}
+	return s
 }
 
 // locked runs fn holding the lock named key where the engine needs it.
@@ -196,7 +219,7 @@ func (s *store) member(ctx context.Context, c *chatDoc, userID int) (*member, er
 		return nil, err
 	}
 	ms := []member{*m}
-	if err := s.fillPositions(ctx, c.ID, ms); err != nil {
+	if err := s.fillPositions(ctx, c, ms); err != nil {
 		return nil, err
 	}
 	return &ms[0], nil
@@ -212,9 +235,11 @@ func memberOf(c *chatDoc, userID int) (*member, error) {
 	return &member{ChatID: c.ID, UserID: userID, Role: p.Role}, nil
 }
 
-// fillPositions sets the members' read and delivered positions. A missing
-// position is 0.
-func (s *store) fillPositions(ctx context.Context, chatID bson.ObjectID, ms []member) error {
+// fillPositions sets the members' read and delivered positions: those of
+// the positions collection (a missing one is 0), raised to what each
+// sent, as the chat holds it (SentSeq).
+func (s *store) fillPositions(ctx context.Context, c *chatDoc, ms []member) error {
+	chatID := c.ID
 	filter := bson.D{{Key: "chatId", Value: chatID}}
 	if len(ms) <= 4 {
 		ids := make(bson.A, 0, 2*len(ms))
@@ -236,8 +261,9 @@ func (s *store) fillPositions(ctx context.Context, chatID bson.ObjectID, ms []me
 		byID[p.ID] = p.Seq
 	}
 	for i := range ms {
-		ms[i].ReadSeq = byID[positionID(chatID, ms[i].UserID, kindRead)]
-		ms[i].DeliveredSeq = byID[positionID(chatID, ms[i].UserID, kindDelivered)]
+		sent := c.sentBy(ms[i].UserID)
+		ms[i].ReadSeq = max(byID[positionID(chatID, ms[i].UserID, kindRead)], sent)
+		ms[i].DeliveredSeq = max(byID[positionID(chatID, ms[i].UserID, kindDelivered)], sent)
 	}
 	return nil
 }
@@ -249,7 +275,7 @@ func (s *store) chatMembers(ctx context.Context, c *chatDoc) ([]member, error) {
 	for i, p := range c.Participants {
 		out[i] = member{ChatID: c.ID, UserID: p.UserID, Role: p.Role}
 	}
-	if err := s.fillPositions(ctx, c.ID, out); err != nil {
+	if err := s.fillPositions(ctx, c, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -279,14 +305,26 @@ func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, change 
 			return nil, err
 		}
 		now := s.nowMs()
+		update := bson.D{
+			{Key: "$set", Value: bson.D{{Key: "participants", Value: parts}}},
+			{Key: "$inc", Value: bson.D{{Key: "membersVersion", Value: 1}}},
+			{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: now}}},
+		}
+		// Those who leave take their sent seq along: SentSeq holds
+		// members only.
+		var gone bson.D
+		for _, p := range c.Participants {
+			if !slices.ContainsFunc(parts, func(q participantDoc) bool { return q.UserID == p.UserID }) {
+				gone = append(gone, bson.E{Key: "sentSeq." + strconv.Itoa(p.UserID), Value: ""})
+			}
+		}
+		if len(gone) > 0 {
+			update = append(update, bson.E{Key: "$unset", Value: gone})
+		}
 		var res *mongo.UpdateResult
 		err = s.changing(ctx, chatID, func(ctx context.Context) error {
 			return s.locked(ctx, chatLock(chatID), func() (err error) {
-				res, err = s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}, versionIs(c.MembersVersion)}, bson.D{
-					{Key: "$set", Value: bson.D{{Key: "participants", Value: parts}}},
-					{Key: "$inc", Value: bson.D{{Key: "membersVersion", Value: 1}}},
-					{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: now}}},
-				})
+				res, err = s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}, versionIs(c.MembersVersion)}, update)
 				return err
 			})
 		})
@@ -472,7 +510,7 @@ func (s *store) listChats(ctx context.Context, userID int, after *chatPage, limi
 	}
 	byChat := make(map[bson.ObjectID]member, len(chats))
 	for _, c := range chats {
-		m := member{ChatID: c.ID, UserID: userID, ReadSeq: read[c.ID]}
+		m := member{ChatID: c.ID, UserID: userID, ReadSeq: max(read[c.ID], c.sentBy(userID))}
 		if p := c.participant(userID); p != nil {
 			m.Role = p.Role
 		}

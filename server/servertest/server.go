@@ -174,6 +174,12 @@ func start(tb testing.TB, cfg app.Config, log *slog.Logger, sendBuffer int) *Ser
 // Stop shuts the server down gracefully and returns Serve's error. It is
 // safe to call more than once.
 func (s *Server) Stop() error {
+	// The test clients' idle connections first: one that a client dialed
+	// and then did not need (another became free) has sent nothing, and
+	// net/http's graceful shutdown waits up to 5 s for such a connection.
+	for _, p := range Protocols {
+		p.HTTPClient.CloseIdleConnections()
+	}
 	s.cancel()
 	err, ok := <-s.done
 	if ok {
