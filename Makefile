@@ -83,7 +83,7 @@ test-go: $(MINIO) $(NGINX) $(GRPCURL) $(JQ) ## Go tests against real PostgreSQL,
 # The chat store's tests that cover every store method, run again on the
 # embedded FerretDB 1.x that `go run .` uses (it answers by scanning, so
 # the slow paging test is left to the real engine).
-EMBEDDED_TESTS := ^(TestStore_PagesAcrossGaps|TestPrepare_UpgradesVersion1|TestChatService_(CreatePrivateChat|CreateGroupChat|Admins|ListChats|AdminsDemoteEachOther|AdminsLeaveTogether)|TestMessageService_(Idempotent|RetryTakesNoSeq|RetryAfterLostAttempt|SeqCounterLost|StatusAndUnread|EditDelete|MarkDeliveredOnLiveEvent)|TestRace_(ReadAndDelivered|RenameAndSend|SendsSetLastMessage|DeleteAndRead)|TestSendMessage_(ChecksOnEveryInstance|ChangeThatDied)|TestPrivacyService|TestNeeded|TestLocks_Nil)$$
+EMBEDDED_TESTS := ^(TestStore_PagesAcrossGaps|TestPrepare_UpgradesVersion1|TestChatService_(CreatePrivateChat|CreateGroupChat|Admins|ListChats|AdminsDemoteEachOther|AdminsLeaveTogether)|TestMessageService_(Idempotent|RetryTakesNoSeq|RetryAfterLostAttempt|SeqCounterLost|StatusAndUnread|EditDelete|MarkDeliveredOnLiveEvent)|TestRace_(ReadAndDelivered|RenameAndSend|SendsSetLastMessage|DeleteAndRead)|TestSendMessage_(ChecksOnEveryInstance|ChangeThatDied|VersionLost)|TestPrivacyService|TestNeeded|TestLocks_Nil)$$
 
 .PHONY: test-embedded
 test-embedded: ## The chat store's tests (a subset covering every store method) on the embedded FerretDB 1.x.

@@ -141,7 +141,15 @@ func (s *Service) publishPositions(ctx context.Context, c *chatDoc, userID int) 
 		return nil
 	}
 	chatID := c.ID
-	members, err := s.store.chatMembers(ctx, c)
+	// What each member sent as it stands now: c may have been read
+	// before a send raised it (or come from the send cache).
+	sent, err := s.store.sentSeq(ctx, chatID)
+	if err != nil {
+		return err
+	}
+	now := *c
+	now.SentSeq = sent
+	members, err := s.store.chatMembers(ctx, &now)
 	if err != nil {
 		return err
 	}

@@ -245,12 +245,8 @@ func (s *Service) SendMessage(
 	}
 	if max(before, 0) < m.Seq-1 {
 		// Sending read what the sender had not (or may have): others'
-		// ticks move. They are read from the chat as the store holds it.
-		fresh, err := s.store.getChat(ctx, c.ID)
-		if err != nil {
-			return nil, s.internal(ctx, "send message", err)
-		}
-		if err := s.publishPositions(ctx, fresh, id.UserID); err != nil {
+		// ticks move.
+		if err := s.publishPositions(ctx, c, id.UserID); err != nil {
 			return nil, s.internal(ctx, "send message", err)
 		}
 	}
@@ -263,20 +259,24 @@ func (s *Service) SendMessage(
 // the chat as checked, the version it was read at (see sendCache), from
 // the cache when cached, else from the store ("": no version), and the
 // floor of the seq to take (see tryInsert). Only a chat read from the
-// store refuses a send: a cached one that refuses may be stale, and the
-// checks are made again on the store's.
+// store refuses a send or accepts a request: a cached entry that would
+// do either may be stale, and the checks are made again on the store's.
 func (s *Service) sendChecks(ctx context.Context, chatID bson.ObjectID, sender int, cached bool) (*chatDoc, string, int64, error) {
-	e, hit, err := s.sendView(ctx, chatID, cached)
+	mode := uncached
+	if cached {
+		mode = fromCache
+	}
+	e, hit, err := s.sendView(ctx, chatID, mode)
 	if err != nil {
 		return nil, "", 0, s.internal(ctx, "send message", err)
 	}
-	c, version, err := s.checkSend(ctx, e, sender)
+	c, version, err := s.checkSend(ctx, e, sender, hit)
 	if err != nil && hit {
 		s.forgetChat(chatID)
-		if e, _, err = s.sendView(ctx, chatID, cached); err != nil {
+		if e, _, err = s.sendView(ctx, chatID, fromStore); err != nil {
 			return nil, "", 0, s.internal(ctx, "send message", err)
 		}
-		c, version, err = s.checkSend(ctx, e, sender)
+		c, version, err = s.checkSend(ctx, e, sender, false)
 	}
 	if err != nil {
 		return nil, "", 0, err
@@ -284,8 +284,12 @@ func (s *Service) sendChecks(ctx context.Context, chatID bson.ObjectID, sender i
 	return c, version, e.floor.Load(), nil
 }
 
-// checkSend makes sendChecks' checks on the chat of e.
-func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int) (*chatDoc, string, error) {
+// errRecheck tells sendChecks that a cached entry would accept a request.
+var errRecheck = errors.New("check again on the store's chat")
+
+// checkSend makes sendChecks' checks on the chat of e (hit: from the
+// cache).
+func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int, hit bool) (*chatDoc, string, error) {
 	// A copy: accepting a request changes it, and the entry is shared.
 	c := *e.chat
 	if _, err := memberOf(&c, sender); err != nil {
@@ -305,7 +309,11 @@ func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int) (*cha
 		return nil, "", errRefused
 	}
 	if c.Request != nil && c.Request.StarterID != sender {
-		// Accepting changes the chat: the entry is stale from here.
+		if hit {
+			return nil, "", errRecheck
+		}
+		// Accepting changes the chat (and sets its version): the send
+		// goes on with the chat as checked, unversioned.
 		if err := s.accept(ctx, &c, sender); err != nil {
 			return nil, "", err
 		}

@@ -29,19 +29,24 @@ import (
 // round trip: a send whose entry is stale takes no seq, loads the chat
 // again and checks again. Every change of what a send checks brackets its
 // write (store.changing): before it, the change registers itself in
-// chat:{id}:changing and bumps the version; after it, it leaves and bumps
-// the version again. So:
+// chat:{id}:changing and sets a new version; after it, it leaves and sets
+// another. So:
 //
 //   - an entry loaded before a change began is refused once it began;
-//   - while a change is under way (or one that died holding it, for
-//     changingTTL), sends read the chat from the store and cache nothing;
+//   - while a change is under way (or one that died holding it, or whose
+//     write failed and may yet land, for changingTTL), sends read the
+//     chat from the store and cache nothing;
 //   - an entry loaded after the change ended read what it wrote.
 //
 // A send that passes the seq script with a cached entry is therefore
 // judged as of the moment of its seq, and a change takes effect on every
-// instance at once, as it did when every send read the store. Should
-// Redis lose the version (a restart without persistence), the next send
-// starts it again from a random number that no entry holds.
+// instance at once, as it did when every send read the store. A version
+// is a random token, never a count: should Redis lose it (a restart
+// without persistence, its TTL), no later version is one an entry holds.
+// An entry never refuses a send, nor accepts a request, on its own: that
+// is done again on the chat as the store holds it. And an entry serves
+// for maxEntryAge at most, which bounds what a Redis failover that gave
+// back an old version could keep alive.
 //
 // What an entry does not follow is the chat's last message, which every
 // send moves. It is used as the floor of the seq a send takes (a counter
@@ -79,6 +84,7 @@ type sendCache struct {
 type sendEntry struct {
 	chat    *chatDoc
 	version string
+	loaded  time.Time
 	floor   atomic.Int64
 
 	mu      sync.Mutex
@@ -101,40 +107,59 @@ func (s *store) changingKey(chatID bson.ObjectID) string {
 	return s.redisPrefix + "chat:{" + chatID.Hex() + "}:changing"
 }
 
+// versionTTL is how long a chat's version lasts in Redis after a send
+// last loaded the chat or a change last set it. A version that expired
+// starts again from a random token, which no entry holds.
+const versionTTL = 7 * 24 * time.Hour
+
+// maxEntryAge bounds how long an entry serves sends, whatever its
+// version: should Redis give back an old version (a failover that lost
+// a change's writes), entries from before the change end this late.
+const maxEntryAge = time.Minute
+
+// Times in the scripts are Redis's own (TIME), so that instances' clocks
+// do not matter.
+const redisNowMs = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
 // versionScript returns the chat's version (KEYS[1]), starting it at
-// ARGV[2] when Redis has none, or false while a change is under way
-// (KEYS[2], changes by their end time; ARGV[1] now, ms).
-var versionScript = redis.NewScript(`
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+// ARGV[1] when Redis has none, and keeps it for ARGV[2] ms more; or false
+// while a change is under way (KEYS[2], changes by their end time).
+var versionScript = redis.NewScript(redisNowMs + `
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 if redis.call('ZCARD', KEYS[2]) > 0 then return false end
 local v = redis.call('GET', KEYS[1])
 if not v then
-  redis.call('SET', KEYS[1], ARGV[2])
-  v = ARGV[2]
+  v = ARGV[1]
+  redis.call('SET', KEYS[1], v)
 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return v
 `)
 
-// beginScript registers a change (ARGV[1], until ARGV[2] ms) and bumps
-// the version; endScript takes it off and bumps the version again.
+// beginScript registers a change (ARGV[1]) for ARGV[2] ms and sets the
+// version to a new token (ARGV[3], kept ARGV[4] ms); endScript takes the
+// change off and sets the version to another new token.
 var (
-	beginScript = redis.NewScript(`
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return redis.call('INCR', KEYS[1])
+	beginScript = redis.NewScript(redisNowMs + `
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1
 `)
 	endScript = redis.NewScript(`
 redis.call('ZREM', KEYS[2], ARGV[1])
-return redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 `)
 )
 
 // chatVersion returns the chat's version, and false while a change of
 // it is under way.
 func (s *store) chatVersion(ctx context.Context, chatID bson.ObjectID) (string, bool, error) {
-	start := strconv.FormatUint(randomUint(1<<52), 10)
 	v, err := versionScript.Run(ctx, s.rdb, []string{s.versionKey(chatID), s.changingKey(chatID)},
-		time.Now().UnixMilli(), start).Text()
+		newToken(), versionTTL.Milliseconds()).Text()
 	if errors.Is(err, redis.Nil) {
 		return "", false, nil
 	}
@@ -147,45 +172,57 @@ func (s *store) chatVersion(ctx context.Context, chatID bson.ObjectID) (string, 
 // changing runs write, a change of what sends check of the chat, so that
 // no send judged by the chat as it was before passes after write began
 // (see sendCache). It fails without writing when Redis cannot be told.
+// The write runs to its end (or changingTTL's margin) even when ctx ends
+// first, since the store may apply it anyway; a write that fails leaves
+// the change registered until it expires, as it may yet land.
 func (s *store) changing(ctx context.Context, chatID bson.ObjectID, write func(ctx context.Context) error) error {
-	token := strconv.FormatUint(randomUint(1<<62), 36)
+	token := newToken()
 	keys := []string{s.versionKey(chatID), s.changingKey(chatID)}
-	until := time.Now().Add(changingTTL) // real time, whatever the service's clock
-	if err := beginScript.Run(ctx, s.rdb, keys, token, until.UnixMilli(), changingTTL.Milliseconds()).Err(); err != nil {
+	err := beginScript.Run(ctx, s.rdb, keys, token, changingTTL.Milliseconds(), newToken(), versionTTL.Milliseconds()).Err()
+	if err != nil {
 		return fmt.Errorf("chat change: %w", err)
 	}
-	// The write must end before the registration does.
-	wctx, cancel := context.WithDeadline(ctx, until.Add(-5*time.Second))
-	werr := write(wctx)
-	cancel()
-	// Whatever write did, the change ends; should this fail, it ends
-	// when its registration expires.
-	if err := endScript.Run(context.WithoutCancel(ctx), s.rdb, keys, token).Err(); err != nil && werr == nil {
-		return fmt.Errorf("chat change: %w", err)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changingTTL-5*time.Second)
+	defer cancel()
+	if err := write(wctx); err != nil {
+		return err
 	}
-	return werr
+	// Should this fail, the change ends when its registration expires:
+	// the write is made, and sends stay off the cache until then.
+	_ = endScript.Run(wctx, s.rdb, keys, token, newToken(), versionTTL.Milliseconds()).Err()
+	return nil
 }
 
-func randomUint(below uint64) uint64 {
+// newToken returns a random version or change token.
+func newToken() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return binary.LittleEndian.Uint64(b[:])%(below-1) + 1
+	return strconv.FormatUint(binary.LittleEndian.Uint64(b[:]), 36)
 }
 
+// How sendView reads the chat.
+type viewMode int
+
+const (
+	fromCache viewMode = iota // the cached entry if any, else as fromStore
+	fromStore                 // from the store, cached with its version
+	uncached                  // from the store, with no version
+)
+
 // sendView returns the chat that a send checks, and the version it was
-// loaded at: from the cache when it may (reporting a hit), else from the
-// store (a version "": no check at the seq, as while the chat changes).
-func (s *Service) sendView(ctx context.Context, chatID bson.ObjectID, cached bool) (*sendEntry, bool, error) {
-	if cached {
-		if e, ok := s.sends.entries.Get(chatID); ok {
+// loaded at (uncached, or while the chat changes: "", no check at the
+// seq), reporting whether it came from the cache.
+func (s *Service) sendView(ctx context.Context, chatID bson.ObjectID, mode viewMode) (*sendEntry, bool, error) {
+	if mode == fromCache {
+		if e, ok := s.sends.entries.Get(chatID); ok && time.Since(e.loaded) < maxEntryAge {
 			return e, true, nil
 		}
 	}
-	// The version first: a change that begins after it bumps it, so a
-	// chat read after that is refused at the seq, or read after the
+	// The version first: a change that begins after it sets another, so
+	// a chat read after that is refused at the seq, or read after the
 	// change's write.
 	version, ok := "", false
-	if cached {
+	if mode != uncached {
 		var err error
 		if version, ok, err = s.store.chatVersion(ctx, chatID); err != nil {
 			return nil, false, err
@@ -195,7 +232,7 @@ func (s *Service) sendView(ctx context.Context, chatID bson.ObjectID, cached boo
 	if err != nil {
 		return nil, false, err
 	}
-	e := &sendEntry{chat: c, version: version}
+	e := &sendEntry{chat: c, version: version, loaded: time.Now()}
 	e.floor.Store(lastSeq(c))
 	if ok {
 		s.sends.entries.Add(chatID, e)

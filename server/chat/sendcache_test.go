@@ -38,6 +38,30 @@ func TestSendMessage_ChecksOnEveryInstance(t *testing.T) {
 				t.Fatalf("AddParticipants: %v", err)
 			}
 			member.send(t, g, "back")
+			// Whom a send goes to follows too: a member added through b
+			// hears, live, the next message sent through a.
+			newcomer := newPerson(t, a, p)
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			stream, err := newcomer.c.Live.Subscribe(sctx, tok(newcomer, &parleyv1.SubscribeRequest{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stream.Close()
+			for stream.Receive() && stream.Msg().GetEvent().GetReady() == nil {
+			}
+			if _, err := onB.Chat.AddParticipants(ctx, tok(admin, &parleyv1.AddParticipantsRequest{ChatId: g, UserIds: []int32{newcomer.id}})); err != nil {
+				t.Fatalf("AddParticipants: %v", err)
+			}
+			welcome := admin.send(t, g, "welcome")
+			for {
+				if !stream.Receive() {
+					t.Fatalf("the newcomer's stream ended before the message sent after it joined: %v", stream.Err())
+				}
+				if m := stream.Msg().GetEvent().GetMessageCreated().GetMessage(); m.GetId() == welcome.GetId() {
+					break
+				}
+			}
 			// A member that leaves by itself.
 			member.send(t, g, "cached again")
 			if _, err := onB.Chat.LeaveChat(ctx, tok(member, &parleyv1.LeaveChatRequest{ChatId: g})); err != nil {
@@ -75,7 +99,7 @@ func TestSendMessage_ChecksOnEveryInstance(t *testing.T) {
 				chatID string
 				want   []string
 			}{
-				{admin, g, []string{"cached now", "back", "cached again"}},
+				{admin, g, []string{"cached now", "back", "welcome", "cached again"}},
 				{bob, private, []string{"accepted", "cached now", "the blocker still sends", "unblocked"}},
 				{carol, request, []string{"cached now"}},
 			} {
@@ -104,7 +128,7 @@ func TestSendMessage_ChecksOnEveryInstance(t *testing.T) {
 // ended (its instance died while writing) keeps sends off the cache: they
 // are judged by the chat as the store holds it, until the change's
 // registration expires. The change is made by hand, as the dying
-// instance left it: registered and the version bumped in Redis, the
+// instance left it: registered and a new version set in Redis, the
 // member taken out in MongoDB.
 func TestSendMessage_ChangeThatDied(t *testing.T) {
 	srv := servertest.New(t)
@@ -124,7 +148,7 @@ func TestSendMessage_ChangeThatDied(t *testing.T) {
 	if err := rdb.ZAdd(ctx, prefix+"changing", redis.Z{Score: float64(until), Member: "died"}).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := rdb.Incr(ctx, prefix+"ver").Err(); err != nil {
+	if err := rdb.Set(ctx, prefix+"ver", "set by the change that died", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	// Before the write lands, sends pass, and must not cache what they
@@ -187,4 +211,33 @@ func TestSendMessage_SentSeqOfMembersOnly(t *testing.T) {
 	if _, ok := got[fmt.Sprint(member.id)]; ok || len(got) != 1 {
 		t.Errorf("after the member left the chat holds sent seqs %v, want the admin's alone", got)
 	}
+}
+
+// TestSendMessage_VersionLost: should Redis lose a chat's version (a
+// restart without persistence, an eviction), the changes made after that
+// still reach the entries cached before: a version is a random token,
+// never one an entry could hold from before.
+func TestSendMessage_VersionLost(t *testing.T) {
+	a, b := servertest.New(t), servertest.New(t)
+	ctx := context.Background()
+	p := servertest.Protocols[0]
+	onB := servertest.NewClients(b, p)
+	admin, member, other := newPerson(t, a, p), newPerson(t, a, p), newPerson(t, a, p)
+	g := servertest.GroupChat(t, admin.c.Chat, admin.token, "lost", member.id).GetId()
+	// A change first, before any send read the version.
+	if _, err := onB.Chat.AddParticipants(ctx, tok(admin, &parleyv1.AddParticipantsRequest{ChatId: g, UserIds: []int32{other.id}})); err != nil {
+		t.Fatalf("AddParticipants: %v", err)
+	}
+	member.send(t, g, "cached now")
+	rdb := a.App.Redis()
+	prefix := servertest.SharedStores(t).RedisPrefix + "chat:{" + g + "}:"
+	if err := rdb.Del(ctx, prefix+"ver", prefix+"changing").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// One change, on a Redis that forgot the first: counted from nothing
+	// again, its version would be the one the entry holds.
+	if _, err := onB.Chat.RemoveParticipant(ctx, tok(admin, &parleyv1.RemoveParticipantRequest{ChatId: g, UserId: member.id})); err != nil {
+		t.Fatalf("RemoveParticipant: %v", err)
+	}
+	servertest.WantCode(t, member.trySend(g, "removed"), connect.CodeNotFound)
 }

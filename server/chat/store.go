@@ -211,6 +211,20 @@ func (s *store) getChat(ctx context.Context, id bson.ObjectID) (*chatDoc, error)
 	return &c, nil
 }
 
+// sentSeq reads the chat's SentSeq alone.
+func (s *store) sentSeq(ctx context.Context, chatID bson.ObjectID) (map[string]int64, error) {
+	var c chatDoc
+	err := s.chats.FindOne(ctx, bson.D{{Key: "_id", Value: chatID}},
+		options.FindOne().SetProjection(bson.D{{Key: "sentSeq", Value: 1}})).Decode(&c)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, errNoChat
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sent seqs: %w", err)
+	}
+	return c.SentSeq, nil
+}
+
 // member returns the user's membership of the chat with its positions, or
 // errNoChat.
 func (s *store) member(ctx context.Context, c *chatDoc, userID int) (*member, error) {
