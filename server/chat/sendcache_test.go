@@ -133,15 +133,9 @@ func TestSendMessage_ChecksOnEveryInstance(t *testing.T) {
 func TestSendMessage_ChangeThatDied(t *testing.T) {
 	srv := servertest.New(t)
 	ctx := context.Background()
-	p := servertest.Protocols[0]
-	admin, member := newPerson(t, srv, p), newPerson(t, srv, p)
-	g := servertest.GroupChat(t, admin.c.Chat, admin.token, "dies", member.id).GetId()
+	admin, member, g, id := groupOfTwo(t, srv, "dies")
 	member.send(t, g, "cached now")
 
-	id, err := bson.ObjectIDFromHex(g)
-	if err != nil {
-		t.Fatal(err)
-	}
 	prefix := servertest.SharedStores(t).RedisPrefix + "chat:{" + g + "}:"
 	rdb := srv.App.Redis()
 	until := time.Now().Add(time.Hour).UnixMilli()
@@ -154,7 +148,7 @@ func TestSendMessage_ChangeThatDied(t *testing.T) {
 	// Before the write lands, sends pass, and must not cache what they
 	// read.
 	member.send(t, g, "during the change")
-	_, err = srv.App.Mongo().Collection("chats").UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
+	_, err := srv.App.Mongo().Collection("chats").UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
 		bson.D{{Key: "$set", Value: bson.D{{Key: "participants", Value: bson.A{bson.D{{Key: "user_id", Value: admin.id}, {Key: "role", Value: "admin"}}}}}}})
 	if err != nil {
 		t.Fatal(err)
@@ -183,15 +177,9 @@ func TestSendMessage_ChangeThatDied(t *testing.T) {
 func TestSendMessage_SentSeqOfMembersOnly(t *testing.T) {
 	srv := servertest.New(t)
 	ctx := context.Background()
-	p := servertest.Protocols[0]
-	admin, member := newPerson(t, srv, p), newPerson(t, srv, p)
-	g := servertest.GroupChat(t, admin.c.Chat, admin.token, "sent", member.id).GetId()
+	admin, member, g, id := groupOfTwo(t, srv, "sent")
 	admin.send(t, g, "one")
 	sent := member.send(t, g, "two").GetSeq()
-	id, err := bson.ObjectIDFromHex(g)
-	if err != nil {
-		t.Fatal(err)
-	}
 	sentSeq := func() map[string]int64 {
 		var doc struct {
 			SentSeq map[string]int64 `bson:"sentSeq"`
@@ -240,4 +228,18 @@ func TestSendMessage_VersionLost(t *testing.T) {
 		t.Fatalf("RemoveParticipant: %v", err)
 	}
 	servertest.WantCode(t, member.trySend(g, "removed"), connect.CodeNotFound)
+}
+
+// groupOfTwo makes a group of an admin and a member on srv (Connect), and
+// returns them with the group's id, as text and as MongoDB's.
+func groupOfTwo(t *testing.T, srv *servertest.Server, name string) (admin, member *person, chatID string, id bson.ObjectID) {
+	t.Helper()
+	p := servertest.Protocols[0]
+	admin, member = newPerson(t, srv, p), newPerson(t, srv, p)
+	chatID = servertest.GroupChat(t, admin.c.Chat, admin.token, name, member.id).GetId()
+	id, err := bson.ObjectIDFromHex(chatID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return admin, member, chatID, id
 }

@@ -167,20 +167,6 @@ func parseChatID(hex string) (bson.ObjectID, error) {
 // access returns the chat and the caller's membership, or NOT_FOUND when
 // the caller is not a member.
 func (s *Service) access(ctx context.Context, chatHex string) (auth.Identity, *chatDoc, *member, error) {
-	id, c, _, err := s.accessChat(ctx, chatHex)
-	if err != nil {
-		return id, nil, nil, err
-	}
-	m, err := s.store.member(ctx, c, id.UserID)
-	if err != nil {
-		return id, nil, nil, s.internal(ctx, "chat access", err)
-	}
-	return id, c, m, nil
-}
-
-// accessChat is access without the caller's positions (0 in the member
-// it returns), which takes one query less.
-func (s *Service) accessChat(ctx context.Context, chatHex string) (auth.Identity, *chatDoc, *member, error) {
 	id, err := auth.Caller(ctx)
 	if err != nil {
 		return id, nil, nil, err
@@ -193,7 +179,7 @@ func (s *Service) accessChat(ctx context.Context, chatHex string) (auth.Identity
 	if err != nil {
 		return id, nil, nil, s.internal(ctx, "chat access", err)
 	}
-	m, err := memberOf(c, id.UserID)
+	m, err := s.store.member(ctx, c, id.UserID)
 	if err != nil {
 		return id, nil, nil, s.internal(ctx, "chat access", err)
 	}
