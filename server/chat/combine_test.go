@@ -4,11 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 )
 
@@ -126,4 +132,69 @@ func TestCombiner_WritePanics(t *testing.T) {
 	if err := c.do(context.Background(), 2); err != nil {
 		t.Fatalf("the write after a panic: %v", err)
 	}
+}
+
+// TestSentMany: the sends of one chat combined in one update move each
+// sender's sentSeq and the chat's updatedAt to the largest of theirs and
+// lastMessage to the highest seq, never back; a preview is stored as
+// written, $ and all; a lastMessage written field by field in another
+// order (as the seeder does) is compared by its seq.
+func TestSentMany(t *testing.T) {
+	if os.Getenv("PARLEY_TEST_MONGO_URI") == "" {
+		t.Skip("sentMany runs on the document engine or MongoDB (PARLEY_TEST_MONGO_URI); the embedded FerretDB 1.x takes the serial path")
+	}
+	ctx := context.Background()
+	db := testDatabase(t)
+	if err := Prepare(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), db); err != nil {
+		t.Fatal(err)
+	}
+	s := newStore(db, nil, nil, "", time.Now)
+	t0 := time.Now().Truncate(time.Millisecond)
+	chatID := bson.NewObjectID()
+	_, err := s.chats.InsertOne(ctx, bson.D{
+		{Key: "_id", Value: chatID}, {Key: "chatType", Value: typeGroup}, {Key: "updatedAt", Value: t0},
+		{Key: "participants", Value: bson.A{bson.D{{Key: "user_id", Value: 1}}, bson.D{{Key: "user_id", Value: 2}}, bson.D{{Key: "user_id", Value: 3}}}},
+		{Key: "lastMessage", Value: lastMessageDoc{MessageID: bson.NewObjectID(), SenderID: 3, Preview: "seeded", Seq: 4, SentAt: t0}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := func(sender int, seq int64, text string, at time.Duration) *messageDoc {
+		return &messageDoc{ID: bson.NewObjectID(), ChatID: chatID, SenderID: sender, Seq: seq, Text: text, SentAt: t0.Add(at)}
+	}
+	check := func(step string, last *messageDoc, sent map[string]int64, updated time.Time) {
+		t.Helper()
+		var c chatDoc
+		if err := s.chats.FindOne(ctx, bson.D{{Key: "_id", Value: chatID}}).Decode(&c); err != nil {
+			t.Fatal(err)
+		}
+		lm := c.LastMessage
+		if lm == nil || lm.Seq != last.Seq || lm.MessageID != last.ID || lm.SenderID != last.SenderID || lm.Preview != last.Text || !lm.SentAt.Equal(last.SentAt) {
+			t.Errorf("%s: lastMessage = %+v, want seq %d %q from %d", step, lm, last.Seq, last.Text, last.SenderID)
+		}
+		if !maps.Equal(c.SentSeq, sent) {
+			t.Errorf("%s: sentSeq = %v, want %v", step, c.SentSeq, sent)
+		}
+		if !c.UpdatedAt.Equal(updated) {
+			t.Errorf("%s: updatedAt = %v, want %v", step, c.UpdatedAt, updated)
+		}
+	}
+
+	m5, m9, m8 := msg(1, 5, "older", 3*time.Millisecond), msg(2, 9, "$100 for the tickets", 2*time.Millisecond), msg(1, 8, "{$set: 1}", 1*time.Millisecond)
+	if errs := s.sentMany(ctx, []*messageDoc{m5, m9, m8}); errs != nil {
+		t.Fatal(errs)
+	}
+	check("one batch", m9, map[string]int64{"1": 8, "2": 9}, m5.SentAt)
+
+	m6 := msg(3, 6, "late", 0)
+	if errs := s.sentMany(ctx, []*messageDoc{m6}); errs != nil {
+		t.Fatal(errs)
+	}
+	check("an older seq after", m9, map[string]int64{"1": 8, "2": 9, "3": 6}, m5.SentAt)
+
+	m10 := msg(3, 10, "newest", 10*time.Millisecond)
+	if errs := s.sentMany(ctx, []*messageDoc{m10, msg(1, 7, "retry of an old one", 0)}); errs != nil {
+		t.Fatal(errs)
+	}
+	check("a newer seq", m10, map[string]int64{"1": 8, "2": 9, "3": 10}, m10.SentAt)
 }

@@ -471,8 +471,8 @@ func raiseUpdate(field string, v int64, set, maxes bson.D) bson.D {
 
 // sent brings the chat up to m, just stored: the sender's positions
 // (its sent seq, see chatDoc.SentSeq) and the chat's lastMessage and
-// updatedAt. One update command of two statements where the engine makes
-// each atomic; on FerretDB 1.x the positions and lastMessage as
+// updatedAt. One update statement (see sentUpdate) where the engine makes
+// it atomic; on FerretDB 1.x the positions and lastMessage as
 // raiseOwnPositions and setLastMessage write them.
 func (s *store) sent(ctx context.Context, m *messageDoc) error {
 	if s.locks.Serial() {
@@ -488,20 +488,72 @@ func (s *store) sent(ctx context.Context, m *messageDoc) error {
 }
 
 // sentMany makes sent's update for the messages of concurrent sends, in
-// one unordered update command of two statements each, and returns each
-// one's error.
+// one unordered update command of one statement per chat, and returns
+// each one's error (that of its chat's statement).
 func (s *store) sentMany(ctx context.Context, ms []*messageDoc) []error {
-	models := make([]mongo.WriteModel, 0, 2*len(ms))
+	var chats []bson.ObjectID
+	byChat := map[bson.ObjectID][]*messageDoc{}
 	for _, m := range ms {
-		o := lastOffer{Seq: m.Seq, ID: m.ID, SenderID: m.SenderID, Preview: previewOf(m), SentAt: m.SentAt}
-		models = append(models,
-			mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: m.ChatID}}).
-				SetUpdate(bson.D{{Key: "$max", Value: bson.D{{Key: "sentSeq." + strconv.Itoa(m.SenderID), Value: m.Seq}}}}),
-			mongo.NewUpdateOneModel().SetFilter(raiseFilter(m.ChatID, "lastMessage.seq", m.Seq)).
-				SetUpdate(raiseUpdate("lastMessage.seq", m.Seq, lastSet(o), bson.D{{Key: "updatedAt", Value: o.SentAt}})))
+		if byChat[m.ChatID] == nil {
+			chats = append(chats, m.ChatID)
+		}
+		byChat[m.ChatID] = append(byChat[m.ChatID], m)
+	}
+	models := make([]mongo.WriteModel, len(chats))
+	for i, id := range chats {
+		models[i] = mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: id}}).SetUpdate(sentUpdate(byChat[id]))
 	}
 	_, err := s.chats.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
-	return itemErrors(err, len(ms), func(i int) int { return i / 2 })
+	chatErrs := itemErrors(err, len(chats), func(i int) int { return i })
+	if chatErrs == nil {
+		return nil
+	}
+	errs := make([]error, len(ms))
+	for i, m := range ms {
+		errs[i] = chatErrs[slices.Index(chats, m.ChatID)]
+	}
+	return errs
+}
+
+// sentUpdate is the update of one chat after the sends of ms, all to it:
+// each sender's sentSeq and the chat's updatedAt up to the largest of
+// theirs, lastMessage to the message with the largest seq unless the chat
+// has a later one. An update pipeline, so that the chat's document is
+// written once however many fields move: a document version in a group's
+// chat means an index entry per member (participants.user_id), which
+// made a second statement cost as much as the first.
+func sentUpdate(ms []*messageDoc) mongo.Pipeline {
+	last := ms[0]
+	bySender := map[int]int64{}
+	var senders []int
+	updated := last.SentAt
+	for _, m := range ms {
+		if m.Seq > last.Seq {
+			last = m
+		}
+		if _, ok := bySender[m.SenderID]; !ok {
+			senders = append(senders, m.SenderID)
+		}
+		bySender[m.SenderID] = max(bySender[m.SenderID], m.Seq)
+		if m.SentAt.After(updated) {
+			updated = m.SentAt
+		}
+	}
+	set := bson.D{}
+	for _, u := range senders {
+		field := "sentSeq." + strconv.Itoa(u)
+		set = append(set, bson.E{Key: field, Value: bson.D{{Key: "$max", Value: bson.A{"$" + field, bySender[u]}}}})
+	}
+	// $literal: a preview is the sender's text, which may start with a $.
+	lm := lastMessageDoc{MessageID: last.ID, SenderID: last.SenderID, Preview: previewOf(last), Seq: last.Seq, SentAt: last.SentAt}
+	set = append(set,
+		bson.E{Key: "updatedAt", Value: bson.D{{Key: "$max", Value: bson.A{"$updatedAt", updated}}}},
+		bson.E{Key: "lastMessage", Value: bson.D{{Key: "$cond", Value: bson.D{
+			{Key: "if", Value: bson.D{{Key: "$lt", Value: bson.A{bson.D{{Key: "$ifNull", Value: bson.A{"$lastMessage.seq", 0}}}, last.Seq}}}},
+			{Key: "then", Value: bson.D{{Key: "$literal", Value: lm}}},
+			{Key: "else", Value: "$lastMessage"},
+		}}}})
+	return mongo.Pipeline{{{Key: "$set", Value: set}}}
 }
 
 // setLastMessage moves the chat's lastMessage forward to m: one
