@@ -52,6 +52,12 @@
 //     (sampled every 20 ms from /proc of -server-pid). The file is
 //     generated and checked (SHA-256) on the fly, never held whole.
 //
+// Each user talks over its own HTTP connection, as each device does
+// (-conns user); -conns shared puts every user on one (with the default
+// -protocol grpc, one HTTP/2 connection that carries every stream and
+// send, where the server writes the frames of a fan-out one after
+// another).
+//
 // -json FILE appends each measured phase's figures and samples (latencies,
 // completions per second, memory per stream count) to FILE, one JSON
 // object a line, named by -label; `make bench` gathers its runs this way
@@ -113,6 +119,7 @@ import (
 type config struct {
 	addr        string
 	protocol    string
+	conns       string
 	scenario    string
 	users       int
 	group       int
@@ -160,6 +167,7 @@ func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("parley-load", flag.ContinueOnError)
 	fs.StringVar(&c.addr, "addr", "http://127.0.0.1:8080", "server base `URL`")
 	fs.StringVar(&c.protocol, "protocol", "grpc", "connect (HTTP/1.1), grpc (h2c) or grpcweb (HTTP/1.1)")
+	fs.StringVar(&c.conns, "conns", "user", "`user`: each user its own HTTP connection, as each device has; shared: all users over one (with -protocol grpc, one HTTP/2 connection carrying every stream)")
 	fs.StringVar(&c.scenario, "scenario", "delivery", "throughput, bigchat, delivery, idle or media")
 	fs.IntVar(&c.users, "users", 1000, "users (delivery: each with one stream)")
 	fs.IntVar(&c.group, "group", 100, "members of the busy group (delivery)")
@@ -224,6 +232,9 @@ func run(ctx context.Context, args []string) error {
 		if c.scenario == "bigchat" {
 			c.rounds = 1
 		}
+	}
+	if c.conns != "user" && c.conns != "shared" {
+		return errors.New("-conns must be user or shared")
 	}
 	if c.textBytes <= 0 || c.senders <= 0 || c.rounds <= 0 || c.duration <= 0 {
 		return errors.New("-text-bytes, -senders, -rounds and -duration must be positive")
@@ -311,12 +322,16 @@ func register(ctx context.Context, cfg config, n int) ([]*client, error) {
 					errs <- fmt.Errorf("register: %w", err)
 					return
 				}
+				uc := hc
+				if cfg.conns == "user" {
+					uc = httpClient(cfg.protocol)
+				}
 				out[i] = &client{
 					id:    res.Msg.GetMe().GetUser().GetId(),
 					token: res.Msg.GetTokens().GetAccessToken(),
-					chats: parleyv1connect.NewChatServiceClient(hc, cfg.addr, opts...),
-					msgs:  parleyv1connect.NewMessageServiceClient(hc, cfg.addr, opts...),
-					live:  parleyv1connect.NewLiveServiceClient(hc, cfg.addr, opts...),
+					chats: parleyv1connect.NewChatServiceClient(uc, cfg.addr, opts...),
+					msgs:  parleyv1connect.NewMessageServiceClient(uc, cfg.addr, opts...),
+					live:  parleyv1connect.NewLiveServiceClient(uc, cfg.addr, opts...),
 				}
 			}
 		})
