@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
+	"net/http"
 	"os/exec"
 	"strconv"
 	"sync"
@@ -104,6 +105,101 @@ func TestSubscribe_SlowSubscriber(t *testing.T) {
 		if got[i] != sent[i] {
 			t.Fatalf("after resuming, message %d is not the one sent %d-th", i, i)
 		}
+	}
+}
+
+// A subscriber whose client takes nothing for the write timeout is cut
+// by the write watch, over HTTP/1.1 (the connection's socket full) and
+// HTTP/2 (the stream's flow-control window closed), while its queue
+// still has room: its user goes offline, the others go on, and it
+// resumes from its cursor without losing a thing.
+func TestSubscribe_StuckClientCut(t *testing.T) {
+	const timeout = time.Second
+	srv := servertest.New(t,
+		servertest.WithSendBuffer(4096),
+		servertest.WithConfig(func(c *app.Config) {
+			c.Live.QueueSize = 1000 // far more than is sent: only the watch can end the stream
+			c.Live.WriteTimeout = timeout
+		}),
+	)
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	stuckClients := []struct {
+		name string
+		hc   connect.HTTPClient
+		opts []connect.ClientOption
+	}{
+		{"http1", servertest.SmallReceiveBuffer(4096), nil},
+		{"h2c", &http.Client{Transport: &http.Transport{Protocols: &h2c, HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerStream: 16 << 10, MaxReceiveBufferPerConnection: 64 << 10,
+		}}}, []connect.ClientOption{connect.WithGRPC()}},
+	}
+	for _, sc := range stuckClients {
+		t.Run(sc.name, func(t *testing.T) {
+			p := servertest.Protocols[1]
+			sender, stuck, other := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
+			grp := group(t, sender, other, stuck)
+			stuckStream := subscribe(t, stuck.with(sc.hc, srv.URL, sc.opts...), "")
+			otherStream := subscribe(t, other, "")
+			otherStream.presence = true
+			bound := time.AfterFunc(30*time.Second, otherStream.close)
+			defer bound.Stop()
+
+			// 40 messages of 4,000 random (incompressible) bytes: far
+			// more than the stuck client's buffers or window hold.
+			const n = 40
+			start := time.Now()
+			var sent []string
+			for i := range n {
+				text := make([]byte, 2990)
+				rand.Read(text)
+				sent = append(sent, send(t, sender, grp, fmt.Sprintf("%03d ", i)+base64.StdEncoding.EncodeToString(text)).GetId())
+			}
+			got, offline := 0, false
+			for got < n || !offline {
+				ev, err := otherStream.tryNext()
+				if err != nil {
+					t.Fatalf("the other subscriber, %d messages in, stuck user offline: %v: %v", got, offline, err)
+				}
+				if m := ev.GetMessageCreated().GetMessage(); m != nil {
+					if m.GetId() != sent[got] {
+						t.Fatalf("the other subscriber got message %d out of order", got)
+					}
+					got++
+				}
+				if pr := ev.GetPresence(); pr != nil && pr.GetUserId() == stuck.id && !pr.GetOnline() {
+					// The stuck user's only stream ended.
+					if d := time.Since(start); d < timeout {
+						t.Fatalf("the stuck stream was cut %s after the first send, before the write timeout (%s)", d, timeout)
+					}
+					offline = true
+				}
+			}
+
+			// The stuck client reads again: what was buffered, then the
+			// end of the stream.
+			var ids []string
+			for {
+				m, err := nextMessage(stuckStream)
+				if err != nil {
+					t.Logf("the stuck client got %d messages, then %v", len(ids), err)
+					break
+				}
+				ids = append(ids, m.GetId())
+			}
+			if len(ids) >= n {
+				t.Fatalf("the stuck client got all %d messages: it was never stuck", len(ids))
+			}
+			resumed := subscribe(t, stuck, stuckStream.cursor)
+			for len(ids) < n {
+				ids = append(ids, resumed.message().GetId())
+			}
+			for i := range n {
+				if ids[i] != sent[i] {
+					t.Fatalf("after resuming, message %d is not the one sent %d-th", i, i)
+				}
+			}
+		})
 	}
 }
 

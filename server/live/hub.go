@@ -31,7 +31,7 @@ type Config struct {
 	// this instance renews its users' presence (default 15s).
 	Heartbeat time.Duration
 	// WriteTimeout ends a stream whose client has not taken an event for
-	// this long (default 30s).
+	// this long, give or take a quarter of it (default 30s; watch.go).
 	WriteTimeout time.Duration
 	// MaxEvents is about how many events each user's log keeps (default
 	// 10,000); Retention is how long a log with no new events is kept
@@ -105,6 +105,9 @@ type Hub struct {
 	sessions Sessions
 	// leases numbers this instance's stream leases.
 	leases atomic.Uint64
+	// writers are the streams' writers, for the write watch (watch.go).
+	writersMu sync.Mutex
+	writers   map[*watchedWriter]struct{}
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -123,11 +126,13 @@ func NewHub(log *slog.Logger, rdb redis.UniversalClient, cfg Config) *Hub {
 		instance: hex.EncodeToString(b),
 		ps:       rdb.Subscribe(ctx),
 		users:    map[int]map[*subscriber]struct{}{},
+		writers:  map[*watchedWriter]struct{}{},
 		cancel:   cancel,
 	}
-	h.done.Add(2)
+	h.done.Add(3)
 	go h.receive(ctx)
 	go h.tick(ctx)
+	go h.watchWrites(ctx)
 	return h
 }
 

@@ -24,6 +24,10 @@ var (
 		Name: "parley_live_events_dropped_total",
 		Help: "Events not queued for a stream because its queue was full; the stream then ends (RESOURCE_EXHAUSTED) and its client resumes from the log.",
 	})
+	streamsCut = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "parley_live_streams_cut_total",
+		Help: "Streams ended because their client took nothing for the write timeout (-live-write-timeout); the client resumes from its cursor.",
+	})
 	fanoutLag = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "parley_live_fanout_lag_seconds",
 		Help:    "Time from an event's publication (after it was stored) to its write to a live stream, for events delivered live.",
@@ -33,7 +37,7 @@ var (
 
 // Collectors returns the package's metrics.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{eventsPublished, eventsDelivered, eventsDropped, fanoutLag}
+	return []prometheus.Collector{eventsPublished, eventsDelivered, eventsDropped, streamsCut, fanoutLag}
 }
 
 // delivered counts an event written to a stream as it happened.

@@ -170,7 +170,8 @@ func (s *Service) Subscribe(
 			return s.internal(ctx, err)
 		}
 	}
-	w := newSender(ctx, stream, s.hub.cfg.WriteTimeout)
+	w, unwatch := s.hub.newSender(ctx, stream)
+	defer unwatch()
 
 	// Replay, until no event came in while reading.
 	var replayed int64
@@ -377,40 +378,50 @@ func (s *Service) GetPresence(
 	return connect.NewResponse(&parleyv1.GetPresenceResponse{Presences: ps}), nil
 }
 
-// sender writes events to a stream, giving up on a client that takes
-// none for the write timeout.
+// sender writes events to a stream, which the write watch (watch.go) cuts
+// when its client takes none for the write timeout.
 type sender struct {
-	stream  *connect.ServerStream[parleyv1.SubscribeResponse]
-	rc      *http.ResponseController
-	timeout time.Duration
+	stream *connect.ServerStream[parleyv1.SubscribeResponse]
+	watch  *watchedWriter // nil: the stream cannot be cut (no ResponseController)
 }
 
 var errWrite = connect.NewError(connect.CodeDeadlineExceeded, errors.New("the client stopped reading"))
 
-func newSender(ctx context.Context, stream *connect.ServerStream[parleyv1.SubscribeResponse], timeout time.Duration) *sender {
+// newSender returns the stream's sender, and the function that must be
+// called once it is done with.
+func (h *Hub) newSender(ctx context.Context, stream *connect.ServerStream[parleyv1.SubscribeResponse]) (*sender, func()) {
 	rc, _ := ctx.Value(controllerKey{}).(*http.ResponseController)
-	return &sender{stream: stream, rc: rc, timeout: timeout}
+	if rc == nil {
+		return &sender{stream: stream}, func() {}
+	}
+	w, unwatch := h.watch(rc)
+	return &sender{stream: stream, watch: w}, unwatch
 }
 
 func (w *sender) send(ev *parleyv1.Event) error {
-	if w.rc != nil {
-		_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	if w.watch == nil {
+		if err := w.stream.Send(&parleyv1.SubscribeResponse{Event: ev}); err != nil {
+			return errWrite
+		}
+		return nil
 	}
-	if err := w.stream.Send(&parleyv1.SubscribeResponse{Event: ev}); err != nil {
+	t, ok := w.watch.begin()
+	if !ok {
 		return errWrite
 	}
-	if w.rc != nil {
-		// An idle HTTP/2 stream would be reset when its deadline passed.
-		_ = w.rc.SetWriteDeadline(time.Time{})
+	err := w.stream.Send(&parleyv1.SubscribeResponse{Event: ev})
+	if !w.watch.end(t) || err != nil {
+		return errWrite
 	}
 	return nil
 }
 
 type controllerKey struct{}
 
-// WithWriteDeadlines lets Subscribe's streams set write deadlines on
-// their responses, so that a client that stops reading cannot hold a
-// stream (and its goroutine) for ever. It wraps Subscribe's handler.
+// WithWriteDeadlines lets the write watch (watch.go) cut Subscribe's
+// streams through their write deadlines, so that a client that stops
+// reading cannot hold a stream (and its goroutine) for ever. It wraps
+// Subscribe's handler.
 func WithWriteDeadlines(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := context.WithValue(r.Context(), controllerKey{}, http.NewResponseController(w))
