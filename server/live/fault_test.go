@@ -51,35 +51,41 @@ func TestSubscribe_SlowSubscriber(t *testing.T) {
 	}
 
 	// 80 messages of 4,000 random (incompressible) bytes: far more than
-	// the stuck client's socket buffers and queue hold.
-	const n = 80
+	// the stuck client's socket buffers and queue hold. They go in rounds
+	// of 16, each read by the others before the next: a subscriber that
+	// reads stays less than a queue behind however slowly the machine
+	// runs it, while the stuck one falls further behind with every round.
+	const n, round = 80, 16
 	var sent []string
-	for i := range n {
-		text := make([]byte, 2990)
-		rand.Read(text)
-		sent = append(sent, send(t, sender, grp, fmt.Sprintf("%03d ", i)+base64.StdEncoding.EncodeToString(text)).GetId())
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, len(streams))
-	for i, s := range streams {
-		wg.Go(func() {
-			for j := range n {
-				m, err := nextMessage(s)
-				if err != nil {
-					errs <- fmt.Errorf("subscriber %d, message %d: %w", i, j, err)
-					return
+	for len(sent) < n {
+		from := len(sent)
+		for i := from; i < from+round; i++ {
+			text := make([]byte, 2990)
+			rand.Read(text)
+			sent = append(sent, send(t, sender, grp, fmt.Sprintf("%03d ", i)+base64.StdEncoding.EncodeToString(text)).GetId())
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, len(streams))
+		for i, s := range streams {
+			wg.Go(func() {
+				for j := from; j < len(sent); j++ {
+					m, err := nextMessage(s)
+					if err != nil {
+						errs <- fmt.Errorf("subscriber %d, message %d: %w", i, j, err)
+						return
+					}
+					if m.GetId() != sent[j] {
+						errs <- fmt.Errorf("subscriber %d got message %d out of order", i, j)
+						return
+					}
 				}
-				if m.GetId() != sent[j] {
-					errs <- fmt.Errorf("subscriber %d got message %d out of order", i, j)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
 	}
 
 	// The stuck client reads again: what was buffered, then the error.
@@ -97,15 +103,7 @@ func TestSubscribe_SlowSubscriber(t *testing.T) {
 	if len(got) >= n {
 		t.Fatalf("the stuck client got all %d messages: its queue never filled", len(got))
 	}
-	resumed := subscribe(t, stuck, stuckStream.cursor)
-	for len(got) < n {
-		got = append(got, resumed.message().GetId())
-	}
-	for i := range n {
-		if got[i] != sent[i] {
-			t.Fatalf("after resuming, message %d is not the one sent %d-th", i, i)
-		}
-	}
+	resumeRest(t, stuck, stuckStream.cursor, got, sent)
 }
 
 // A subscriber whose client takes nothing for the write timeout is cut
@@ -190,16 +188,24 @@ func TestSubscribe_StuckClientCut(t *testing.T) {
 			if len(ids) >= n {
 				t.Fatalf("the stuck client got all %d messages: it was never stuck", len(ids))
 			}
-			resumed := subscribe(t, stuck, stuckStream.cursor)
-			for len(ids) < n {
-				ids = append(ids, resumed.message().GetId())
-			}
-			for i := range n {
-				if ids[i] != sent[i] {
-					t.Fatalf("after resuming, message %d is not the one sent %d-th", i, i)
-				}
-			}
+			resumeRest(t, stuck, stuckStream.cursor, ids, sent)
 		})
+	}
+}
+
+// resumeRest resumes u's stream from cursor and checks that got, the
+// messages its ended stream delivered, and those the resumed one does are
+// sent, in order.
+func resumeRest(t *testing.T, u *user, cursor string, got, sent []string) {
+	t.Helper()
+	resumed := subscribe(t, u, cursor)
+	for len(got) < len(sent) {
+		got = append(got, resumed.message().GetId())
+	}
+	for i := range sent {
+		if got[i] != sent[i] {
+			t.Fatalf("after resuming, message %d is not the one sent %d-th", i, i)
+		}
 	}
 }
 
