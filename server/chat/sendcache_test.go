@@ -12,6 +12,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -246,4 +247,35 @@ func groupOfTwo(t *testing.T, srv *servertest.Server, name string) (admin, membe
 		t.Fatal(err)
 	}
 	return admin, member, chatID, id
+}
+
+// TestSendMessage_RepeatedBlock: blocking a user already blocked changes
+// nothing, and leaves no change registered behind it: once the block is
+// lifted, sends to the pair's chat are answered from the cache again at
+// once (a change registered until it expires would make every send read
+// the chat for 30 s).
+func TestSendMessage_RepeatedBlock(t *testing.T) {
+	calls := &servertest.StoreCalls{}
+	srv := servertest.New(t, servertest.WithStoreCalls(calls))
+	p := servertest.Protocols[0]
+	alice, bob := newPerson(t, srv, p), newPerson(t, srv, p)
+	chatID := alice.startChat(t, bob).GetId()
+	bob.send(t, chatID, "accepted")
+	findsPerSend := func() int {
+		t.Helper()
+		alice.send(t, chatID, "loads the chat, if need be")
+		calls.Reset()
+		alice.send(t, chatID, "counted")
+		return calls.Of(parleyv1connect.MessageServiceSendMessageProcedure).Mongo["find"]
+	}
+	cached := findsPerSend()
+	bob.block(t, alice)
+	bob.block(t, alice)
+	servertest.WantCode(t, alice.trySend(chatID, "blocked"), connect.CodePermissionDenied)
+	if _, err := bob.c.Privacy.UnblockUser(context.Background(), tok(bob, &parleyv1.UnblockUserRequest{UserId: alice.id})); err != nil {
+		t.Fatal(err)
+	}
+	if got := findsPerSend(); got != cached {
+		t.Errorf("a send after a repeated block and its lifting makes %d finds, want %d as before: the chat is not cached", got, cached)
+	}
 }

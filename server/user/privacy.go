@@ -110,10 +110,16 @@ func (s *Service) Blocks(ctx context.Context, userID int) ([]int, error) {
 // Block records that blocker blocked userID; blocking twice is one block.
 func (s *Service) Block(ctx context.Context, blocker, userID int) error {
 	err := s.pairs.ChangingPair(ctx, blocker, userID, func(ctx context.Context) error {
-		return s.store.db.Ent.Block.Create().SetBlockerID(blocker).SetBlockedID(userID).
+		err := s.store.db.Ent.Block.Create().SetBlockerID(blocker).SetBlockedID(userID).
 			OnConflictColumns(block.FieldBlockerID, block.FieldBlockedID).DoNothing().Exec(ctx)
+		if errors.Is(err, sql.ErrNoRows) {
+			// Blocked already: DO NOTHING returned no row. A success, or
+			// the change would stay registered (see chat.Service.ChangingPair).
+			return nil
+		}
+		return err
 	})
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+	if err != nil {
 		if ent.IsConstraintError(err) {
 			return errNoUser // the foreign key: no such user
 		}
