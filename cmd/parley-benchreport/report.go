@@ -10,7 +10,7 @@ import (
 
 // The workloads make bench runs, by label.
 var workloads = []struct{ label, what string }{
-	{"W1", "16 senders, each in its own private chat, 200-byte messages, each sending as soon as its last send is acked, 20 s"},
+	{"W1", "16 senders, each in its own private chat, 200-byte messages, each sending as soon as its last send is acked, 20 s; each user on its own HTTP/2 connection (gRPC), as the following workloads"},
 	{"W1-big", "W1 on a second server whose store was seeded with 1,000 chats and 100,000 messages first"},
 	{"W2-20", "one sender, 20 messages/s for 20 s into a group of 100 members who each hold a live stream"},
 	{"W2-100", "W2 at 100 messages/s"},
