@@ -136,9 +136,12 @@ func TestCombiner_WritePanics(t *testing.T) {
 
 // TestSentMany: the sends of one chat combined in one update move each
 // sender's sentSeq and the chat's updatedAt to the largest of theirs and
-// lastMessage to the highest seq, never back; a preview is stored as
-// written, $ and all; a lastMessage written field by field in another
-// order (as the seeder does) is compared by its seq.
+// lastMessage to the highest seq, never back (nor sideways: a retry of
+// the message it holds changes nothing); updatedAt takes the latest
+// sentAt, whatever its message's seq; a preview is stored as written, $
+// and all; a lastMessage whose fields come in another order than the
+// update's (the struct's, as the seeder writes it) is compared by its
+// seq.
 func TestSentMany(t *testing.T) {
 	if os.Getenv("PARLEY_TEST_MONGO_URI") == "" {
 		t.Skip("sentMany runs on the document engine or MongoDB (PARLEY_TEST_MONGO_URI); the embedded FerretDB 1.x takes the serial path")
@@ -197,4 +200,11 @@ func TestSentMany(t *testing.T) {
 		t.Fatal(errs)
 	}
 	check("a newer seq", m10, map[string]int64{"1": 8, "2": 9, "3": 10}, m10.SentAt)
+
+	retry := *m10
+	retry.ID, retry.Text = bson.NewObjectID(), "a retry"
+	if errs := s.sentMany(ctx, []*messageDoc{&retry}); errs != nil {
+		t.Fatal(errs)
+	}
+	check("the same seq again", m10, map[string]int64{"1": 8, "2": 9, "3": 10}, m10.SentAt)
 }

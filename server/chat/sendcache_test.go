@@ -269,6 +269,9 @@ func TestSendMessage_RepeatedBlock(t *testing.T) {
 		return calls.Of(parleyv1connect.MessageServiceSendMessageProcedure).Mongo["find"]
 	}
 	cached := findsPerSend()
+	if cached != 0 {
+		t.Fatalf("a send to a cached chat makes %d finds, want 0", cached)
+	}
 	bob.block(t, alice)
 	bob.block(t, alice)
 	servertest.WantCode(t, alice.trySend(chatID, "blocked"), connect.CodePermissionDenied)

@@ -112,7 +112,9 @@ func TestSubscribe_SlowSubscriber(t *testing.T) {
 // still has room: its user goes offline, the others go on, and it
 // resumes from its cursor without losing a thing.
 func TestSubscribe_StuckClientCut(t *testing.T) {
-	const timeout = time.Second
+	// Long enough that the readers (the other subscriber, the test) are
+	// never cut on a slow machine.
+	const timeout = 3 * time.Second
 	srv := servertest.New(t,
 		servertest.WithSendBuffer(4096),
 		servertest.WithConfig(func(c *app.Config) {

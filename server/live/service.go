@@ -388,7 +388,7 @@ type sender struct {
 var errWrite = connect.NewError(connect.CodeDeadlineExceeded, errors.New("the client stopped reading"))
 
 // newSender returns the stream's sender, and the function that must be
-// called once it is done with.
+// called once it is done with, before the stream's handler returns.
 func (h *Hub) newSender(ctx context.Context, stream *connect.ServerStream[parleyv1.SubscribeResponse]) (*sender, func()) {
 	rc, _ := ctx.Value(controllerKey{}).(*http.ResponseController)
 	if rc == nil {

@@ -3,6 +3,7 @@ package live
 import (
 	"context"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -38,6 +39,25 @@ type watchedWriter struct {
 	// cutMark once the stream was cut.
 	since atomic.Int64
 	rc    *http.ResponseController
+
+	// mu orders a cut and the end of the stream's handler: once done,
+	// rc must not be used (on HTTP/2 a response writer whose handler
+	// returned panics; on HTTP/1.1 the past deadline would stay on a
+	// kept-alive connection).
+	mu   sync.Mutex
+	done bool
+}
+
+// cut moves the stream's write deadline into the past, which takes
+// effect at once, unless its handler is done; it reports whether it did.
+func (w *watchedWriter) cut() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return false
+	}
+	_ = w.rc.SetWriteDeadline(time.Unix(0, 1))
+	return true
 }
 
 // begin marks the start of a write; false: the stream was cut.
@@ -58,8 +78,9 @@ func (w *watchedWriter) end(t int64) bool {
 	return w.since.CompareAndSwap(t, 0)
 }
 
-// watch registers a stream's writer, whose writes set deadlines through
-// rc; the returned function unregisters it.
+// watch registers a stream's writer, cut through rc; the returned
+// function unregisters it, and must be called before the stream's
+// handler returns.
 func (h *Hub) watch(rc *http.ResponseController) (*watchedWriter, func()) {
 	w := &watchedWriter{rc: rc}
 	h.writersMu.Lock()
@@ -69,6 +90,9 @@ func (h *Hub) watch(rc *http.ResponseController) (*watchedWriter, func()) {
 		h.writersMu.Lock()
 		delete(h.writers, w)
 		h.writersMu.Unlock()
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
 	}
 }
 
@@ -96,9 +120,9 @@ func (h *Hub) watchWrites(ctx context.Context) {
 		}
 		h.writersMu.Unlock()
 		for _, w := range stuck {
-			// A deadline in the past takes effect at once.
-			_ = w.rc.SetWriteDeadline(time.Unix(0, 1))
-			streamsCut.Inc()
+			if w.cut() {
+				streamsCut.Inc()
+			}
 		}
 		clear(stuck)
 	}
