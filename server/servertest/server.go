@@ -3,10 +3,12 @@ package servertest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -119,7 +121,7 @@ func New(tb testing.TB, opts ...Option) *Server {
 	for _, o := range opts {
 		o(&set)
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(slog.NewTextHandler(newTestWriter(tb), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if _, ok := tb.(*testing.B); ok {
 		log = slog.New(slog.DiscardHandler) // a benchmark's log would be printed whole
 	}
@@ -248,16 +250,42 @@ func Client[T any](s *Server, p Protocol, newClient func(connect.HTTPClient, str
 	return newClient(p.HTTPClient, s.URL, p.Options...)
 }
 
-// testWriter sends log output to tb.Log, line by line.
-type testWriter struct{ tb testing.TB }
+// testWriter sends log output to tb.Log, line by line, until tb's test
+// ends; after that (a request the server's shutdown gave up waiting for,
+// still logging) to standard error, since a test's Log may not be called
+// once it has ended.
+type testWriter struct {
+	tb    testing.TB
+	mu    sync.Mutex
+	ended bool
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
+// newTestWriter returns a writer for tb's log. Its cleanup, registered
+// first, runs after every later one (the server's stop among them).
+func newTestWriter(tb testing.TB) *testWriter {
+	w := &testWriter{tb: tb}
+	tb.Cleanup(func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.ended = true
+	})
+	return w
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	line := strings.TrimRight(string(p), "\n")
+	if w.ended {
+		fmt.Fprintf(os.Stderr, "servertest: logged after %s ended: %s\n", w.tb.Name(), line)
+		return len(p), nil
+	}
 	w.tb.Helper()
-	w.tb.Log(strings.TrimRight(string(p), "\n"))
+	w.tb.Log(line)
 	return len(p), nil
 }
 
-var _ io.Writer = testWriter{}
+var _ io.Writer = (*testWriter)(nil)
 
 type sendBufferListener struct {
 	*net.TCPListener
