@@ -74,10 +74,50 @@ func (s *Service) httpError(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="parley"`)
 	}
+	body, _ := json.Marshal(map[string]string{"code": cerr.Code().String(), "message": cerr.Message()})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"code": cerr.Code().String(), "message": cerr.Message()})
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// lingerTime bounds how long closeAfterRefusal waits for the client.
+const lingerTime = 500 * time.Millisecond
+
+// closeAfterRefusal ends the HTTP/1.1 connection of an upload refused
+// while its body may still be coming (too slow, too large, a bad token),
+// once httpError has written the refusal with "Connection: close": the
+// refusal goes out with a FIN, and the connection stays open, discarding
+// what the client still sends, until the client closes it or lingerTime
+// passes. Closing at once with unread bytes makes the kernel send a RST,
+// on which the client's HTTP stack may drop the refusal it has not read
+// yet and report "connection reset" instead (Go's client does, when its
+// write of the body fails first). net/http lingers the same way when it
+// gives up on a body the handler left unread, but not when a read of the
+// body failed, as the upload's rate and idle deadlines make it fail: then
+// it closes at once (TestUploadLimits_MinRate got a reset, in full runs
+// of make test on the embedded stores).
+func closeAfterRefusal(w http.ResponseWriter) {
+	rc := http.NewResponseController(w)
+	// The refusal, buffered in the response, first: hijacking takes the
+	// connection as it is.
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	conn, buf, err := rc.Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if err := buf.Flush(); err != nil {
+		return
+	}
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.Copy(io.Discard, conn)
 }
 
 // errTooLarge is an upload body longer than declared (HTTP 413).
@@ -98,6 +138,10 @@ func (s *Service) upload(w http.ResponseWriter, r *http.Request) {
 	r.Body = in
 	m, err := s.receive(r)
 	if err != nil {
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+			defer closeAfterRefusal(w)
+		}
 		s.httpError(w, r, err)
 		return
 	}
