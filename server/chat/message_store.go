@@ -491,26 +491,29 @@ func (s *store) sent(ctx context.Context, m *messageDoc) error {
 // one unordered update command of one statement per chat, and returns
 // each one's error (that of its chat's statement).
 func (s *store) sentMany(ctx context.Context, ms []*messageDoc) []error {
-	var chats []bson.ObjectID
-	byChat := map[bson.ObjectID][]*messageDoc{}
+	at := map[bson.ObjectID]int{} // a chat's index in models
+	var models []mongo.WriteModel
+	var byChat [][]*messageDoc
 	for _, m := range ms {
-		if byChat[m.ChatID] == nil {
-			chats = append(chats, m.ChatID)
+		i, ok := at[m.ChatID]
+		if !ok {
+			i = len(byChat)
+			at[m.ChatID] = i
+			byChat = append(byChat, nil)
 		}
-		byChat[m.ChatID] = append(byChat[m.ChatID], m)
+		byChat[i] = append(byChat[i], m)
 	}
-	models := make([]mongo.WriteModel, len(chats))
-	for i, id := range chats {
-		models[i] = mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: id}}).SetUpdate(sentUpdate(byChat[id]))
+	for _, chatMs := range byChat {
+		models = append(models, mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: chatMs[0].ChatID}}).SetUpdate(sentUpdate(chatMs)))
 	}
 	_, err := s.chats.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
-	chatErrs := itemErrors(err, len(chats), func(i int) int { return i })
+	chatErrs := itemErrors(err, len(models), func(i int) int { return i })
 	if chatErrs == nil {
 		return nil
 	}
 	errs := make([]error, len(ms))
 	for i, m := range ms {
-		errs[i] = chatErrs[slices.Index(chats, m.ChatID)]
+		errs[i] = chatErrs[at[m.ChatID]]
 	}
 	return errs
 }

@@ -399,12 +399,6 @@ func (h *Hub) newSender(ctx context.Context, stream *connect.ServerStream[parley
 }
 
 func (w *sender) send(ev *parleyv1.Event) error {
-	if w.watch == nil {
-		if err := w.stream.Send(&parleyv1.SubscribeResponse{Event: ev}); err != nil {
-			return errWrite
-		}
-		return nil
-	}
 	t, ok := w.watch.begin()
 	if !ok {
 		return errWrite

@@ -60,8 +60,12 @@ func (w *watchedWriter) cut() bool {
 	return true
 }
 
-// begin marks the start of a write; false: the stream was cut.
+// begin marks the start of a write; false: the stream was cut. A nil
+// writer (a stream that cannot be cut) is never cut.
 func (w *watchedWriter) begin() (int64, bool) {
+	if w == nil {
+		return 0, true
+	}
 	if w.since.Load() == cutMark {
 		return 0, false
 	}
@@ -75,6 +79,9 @@ func (w *watchedWriter) begin() (int64, bool) {
 // end marks the end of the write begin(t) started; false: the stream was
 // cut meanwhile.
 func (w *watchedWriter) end(t int64) bool {
+	if w == nil {
+		return true
+	}
 	return w.since.CompareAndSwap(t, 0)
 }
 
