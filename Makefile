@@ -62,10 +62,10 @@ $(NGINX):
 
 # The suites `make test` runs, in order. Each one builds what it needs first,
 # so that one suite's failure (or its setup's) leaves the others to run.
-TEST_SUITES := go embedded ts web
+TEST_SUITES := go embedded cluster ts web
 
 .PHONY: test
-test: ## Run every test suite (go, embedded, ts, web), even after one fails, and name the failed ones at the end.
+test: ## Run every test suite (go, embedded, cluster, ts, web), even after one fails, and name the failed ones at the end.
 	@failed=(); \
 	for suite in $(TEST_SUITES); do \
 		$(MAKE) --no-print-directory test-$$suite || failed+=("$$suite"); \
@@ -88,6 +88,20 @@ EMBEDDED_TESTS := ^(TestStore_PagesAcrossGaps|TestPrepare_UpgradesVersion1|TestC
 .PHONY: test-embedded
 test-embedded: ## The chat store's tests (a subset covering every store method) on the embedded FerretDB 1.x.
 	scripts/with-test-services env PARLEY_TEST_MONGO_URI= go test -race -count=1 -timeout 20m -run '$(EMBEDDED_TESTS)' ./server/chat/ ./server/doclock/
+
+# The packages whose tests cover every family of Redis keys and channels
+# (sessions, rate limits, seq counters, chat versions, positions, event
+# logs, stream leases, presence, upload slots), run again on a Redis
+# Cluster, without the race detector (test-go runs them with it, on the
+# same code but the Redis client; with it they take 15 minutes here); then,
+# alone and with it, the failover tests of server/clustertest, which kill
+# the cluster's nodes, and server/redisconn.
+CLUSTER_PACKAGES := ./server/auth/ ./server/live/ ./server/chat/ ./server/media/
+
+.PHONY: test-cluster
+test-cluster: ## The auth, live, chat and media suites on a Redis Cluster (3 masters, 3 replicas) that the test scripts start, then the failover tests.
+	PARLEY_TEST_REDIS_CLUSTER=1 scripts/with-test-services bash -c \
+		'go test -count=1 -timeout 20m $(CLUSTER_PACKAGES); a=$$?; go test -race -count=1 -p 1 -timeout 10m ./server/redisconn/ ./server/clustertest/; exit $$((a | $$?))'
 
 .PHONY: test-ts
 test-ts: clients/ts/node_modules test-server $(NGINX) ## The TS client's tests against a real server, then against two behind nginx.

@@ -23,7 +23,8 @@
 //	                    older data and creates the indexes at start-up; it
 //	                    announces every change through chat.Events
 //	server/live/        parley.v1.LiveService: per-user event logs in Redis
-//	                    streams, one pub/sub connection per instance,
+//	                    streams, one pub/sub connection per instance (per
+//	                    node on a Redis Cluster: sharded pub/sub),
 //	                    resumable streams, presence
 //	server/media/       parley.v1.MediaService and the /media/ upload and
 //	                    download endpoints; storage on disk or S3; the
@@ -46,6 +47,9 @@
 //	server/doclock/     per-document Redis locks around MongoDB updates, on
 //	                    FerretDB 1.x only (doclock.Needed); nil elsewhere
 //	server/mongoindex/  start-up index creation that FerretDB accepts too
+//	server/redisconn/   Redis or Redis Cluster from one URL; writes that
+//	                    wait for a replica (WAIT); what differs between the
+//	                    two (the publish command, walking every key)
 //	server/sqldb/       PostgreSQL (or embedded SQLite) behind ent; migrations
 //	server/embedded/    FerretDB and miniredis, the zero-setup stand-ins
 //	server/app/         Config -> lock the data directory -> open stores ->
@@ -54,6 +58,8 @@
 //	server/servertest/  in-process servers on real stores for tests, and
 //	                    the helpers the tests share (accounts, tokens,
 //	                    codes, chats)
+//	server/clustertest/ tests only: failovers of a real Redis Cluster under
+//	                    sessions and live streams (make test-cluster)
 //
 // Beside the server, under cmd/: parley-load drives a running server
 // through its public API (the workloads of BENCHMARKS.md);
@@ -75,6 +81,7 @@
 //	server/admin
 //	server/telemetry, server/reqlog, server/rpcerr, server/keyring,
 //	server/doclock, server/mongoindex, server/sqldb, server/embedded
+//	server/redisconn
 //	gen/..., ent/...
 //
 // A domain package that needs another domain's answer (for example, "is

@@ -114,6 +114,7 @@ import (
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/redisconn"
 )
 
 type config struct {
@@ -660,13 +661,12 @@ func idle(ctx context.Context, cfg config) error {
 	if cfg.serverPID == 0 {
 		return errors.New("idle: set -server-pid to the server's process id")
 	}
-	var rdb *redis.Client
+	var rdb redis.UniversalClient
 	if cfg.redisURL != "" {
-		opts, err := redis.ParseURL(cfg.redisURL)
-		if err != nil {
+		var err error
+		if rdb, err = redisconn.Open(ctx, cfg.redisURL); err != nil {
 			return fmt.Errorf("-redis-url: %w", err)
 		}
-		rdb = redis.NewClient(opts)
 		defer rdb.Close()
 	}
 	users := min(cfg.users, cfg.streams)
@@ -782,20 +782,30 @@ func idle(ctx context.Context, cfg config) error {
 const idleSteps = 5
 
 // redisMemory is Redis's used_memory, 0 without a client.
-func redisMemory(ctx context.Context, rdb *redis.Client) (int64, error) {
+func redisMemory(ctx context.Context, rdb redis.UniversalClient) (int64, error) {
 	if rdb == nil {
 		return 0, nil
 	}
-	info, err := rdb.Info(ctx, "memory").Result()
-	if err != nil {
-		return 0, fmt.Errorf("redis: %w", err)
-	}
-	for line := range strings.Lines(info) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
-			return strconv.ParseInt(v, 10, 64)
+	// Every master's on a cluster: its replicas hold copies.
+	var mu sync.Mutex
+	var total int64
+	err := redisconn.ForEachPrimary(ctx, rdb, func(ctx context.Context, c *redis.Client) error {
+		info, err := c.Info(ctx, "memory").Result()
+		if err != nil {
+			return fmt.Errorf("redis: %w", err)
 		}
-	}
-	return 0, errors.New("redis: no used_memory in INFO memory")
+		for line := range strings.Lines(info) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				mu.Lock()
+				total += n
+				mu.Unlock()
+				return err
+			}
+		}
+		return errors.New("redis: no used_memory in INFO memory")
+	})
+	return total, err
 }
 
 // liveMemory asks the server's admin listener for a garbage collection

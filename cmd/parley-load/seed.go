@@ -17,6 +17,7 @@ import (
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/server/chat"
+	"github.com/parley-chat/parley/server/redisconn"
 )
 
 // loopback reports whether host (a name or an IP, without port or
@@ -106,12 +107,13 @@ func openStores(ctx context.Context, cfg config) (*stores, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("mongodb: %w", err)
 	}
-	ropts, err := redis.ParseURL(cfg.redisURL)
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rdb, err := redisconn.Open(octx, cfg.redisURL)
 	if err != nil {
 		mc.Disconnect(ctx)
-		return nil, nil, fmt.Errorf("redis: %w", err)
+		return nil, nil, err
 	}
-	rdb := redis.NewClient(ropts)
 	closeAll := func() {
 		rdb.Close()
 		mc.Disconnect(context.Background())

@@ -34,6 +34,7 @@ import (
 	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/media"
+	"github.com/parley-chat/parley/server/redisconn"
 	"github.com/parley-chat/parley/server/rpcerr"
 	"github.com/parley-chat/parley/server/sqldb"
 	"github.com/parley-chat/parley/server/telemetry"
@@ -53,6 +54,11 @@ type Config struct {
 	MongoDatabase string
 	// RedisURL is a redis:// or rediss:// URL.
 	RedisURL string
+	// RedisWaitReplicas is how many Redis replicas must confirm a
+	// session's end or a refresh token's rotation before it is answered
+	// (auth.Config.Replicas); below 0: 1 on a Redis Cluster, 0 on a
+	// single server. The zero Config waits for none.
+	RedisWaitReplicas int
 	// RedisPrefix starts every Redis key and channel Parley uses, so that
 	// several deployments (or test runs) can share one Redis.
 	RedisPrefix string
@@ -162,7 +168,7 @@ type App struct {
 	log     *slog.Logger
 	db      *sqldb.DB
 	mongo   *mongo.Client
-	redis   *redis.Client
+	redis   redis.UniversalClient
 	monitor *health.Monitor
 	stores  []StoreInfo
 	closers []func() error
@@ -245,7 +251,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	a.monitor = health.NewMonitor(log, cfg.HealthInterval, 2*time.Second, []health.Probe{
 		{Name: "postgres", Ping: a.db.Ping},
 		{Name: "mongodb", Ping: func(ctx context.Context) error { return a.mongo.Ping(ctx, readpref.Primary()) }},
-		{Name: "redis", Ping: func(ctx context.Context) error { return a.redis.Ping(ctx).Err() }},
+		{Name: "redis", Ping: func(ctx context.Context) error { return redisconn.Ping(ctx, a.redis) }},
 	}, server.Services...)
 	a.monitor.CheckNow(ctx)
 	a.drain, a.stopDrain = context.WithCancel(context.Background())
@@ -296,6 +302,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 			RateLimits:     cfg.RateLimits,
 			RedisPrefix:    cfg.RedisPrefix,
 			ClientIPHeader: cfg.ClientIPHeader,
+			Replicas:       a.waitReplicas(),
 		},
 	}
 	// Bounds on slow and abusive clients.
@@ -435,11 +442,18 @@ func (a *App) openRedis(ctx context.Context) error {
 	} else {
 		a.stores = append(a.stores, StoreInfo{Name: "redis", Where: redactURL(url)})
 	}
-	opts, err := redis.ParseURL(url)
+	rdb, err := redisconn.Open(ctx, url)
 	if err != nil {
-		return fmt.Errorf("redis url: %w", err)
+		return err
 	}
-	a.redis = redis.NewClient(opts)
+	a.redis = rdb
+	if redisconn.IsCluster(rdb) {
+		if err := redisconn.CheckPrefix(a.cfg.RedisPrefix); err != nil {
+			rdb.Close()
+			return err
+		}
+		a.stores[len(a.stores)-1].Where += " (cluster)"
+	}
 	if err := a.tel.InstrumentRedis(a.redis); err != nil {
 		a.redis.Close()
 		return fmt.Errorf("redis: %w", err)
@@ -448,10 +462,18 @@ func (a *App) openRedis(ctx context.Context) error {
 		a.redis.AddHook(a.cfg.Observe.Redis)
 	}
 	a.closers = append(a.closers, a.redis.Close)
-	if err := a.redis.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("ping redis: %w", err)
-	}
 	return nil
+}
+
+// waitReplicas is how many replicas confirm a session's end.
+func (a *App) waitReplicas() int {
+	if n := a.cfg.RedisWaitReplicas; n >= 0 {
+		return n
+	}
+	if redisconn.IsCluster(a.redis) {
+		return 1
+	}
+	return 0
 }
 
 // Telemetry returns the server's metrics and tracing.
@@ -464,7 +486,7 @@ func (a *App) DB() *sqldb.DB { return a.db }
 func (a *App) Mongo() *mongo.Database { return a.mongo.Database(a.cfg.MongoDatabase) }
 
 // Redis returns the Redis client.
-func (a *App) Redis() *redis.Client { return a.redis }
+func (a *App) Redis() redis.UniversalClient { return a.redis }
 
 // Live returns the instance's live-delivery hub.
 func (a *App) Live() *live.Hub { return a.hub }

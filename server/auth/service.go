@@ -84,6 +84,10 @@ type Config struct {
 	Now func() time.Time
 	// SessionEnds, when set, is told of sessions ended early.
 	SessionEnds SessionEnds
+	// Replicas is how many Redis replicas must confirm (WAIT) that they
+	// have a session's end or a refresh token's rotation before it is
+	// answered, so that a failover cannot undo it; 0: none.
+	Replicas int
 }
 
 // MaxAccessTTL is the longest an access token may live.
@@ -133,7 +137,7 @@ func New(log *slog.Logger, rdb redis.UniversalClient, accounts Accounts, cfg Con
 		log:       log,
 		accounts:  accounts,
 		tokens:    tok,
-		sessions:  &sessionStore{rdb: rdb, prefix: cfg.RedisPrefix, refreshTTL: cfg.RefreshTTL, now: cfg.Now},
+		sessions:  &sessionStore{rdb: rdb, prefix: cfg.RedisPrefix, refreshTTL: cfg.RefreshTTL, now: cfg.Now, replicas: cfg.Replicas},
 		passwords: pw,
 		limiter:   &limiter{l: redis_rate.NewLimiter(rdb), prefix: cfg.RedisPrefix, cfg: cfg.RateLimits},
 		unauth:    newInFlight(cfg.UnauthenticatedPerAddress),

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/parley-chat/parley/server/keyring"
+	"github.com/parley-chat/parley/server/redisconn"
 )
 
 // session is one signed-in client, as kept in Redis.
@@ -33,12 +34,23 @@ type session struct {
 // has a sorted set of session ids, "<prefix>{u:<user>}:sessions". Both keys
 // carry the user's hash tag, so the scripts that touch both work on Redis
 // Cluster too. Both expire with the refresh token.
+//
+// A session's end and a refresh token's rotation are the writes that must
+// not be undone by a failover (a revoked session, or a refresh token that
+// was used, coming back): they wait for replicas replicas to have them
+// (WAIT), and fail with redisconn.ErrNotReplicated (UNAVAILABLE to the
+// client, which retries) when they do not in time.
 type sessionStore struct {
 	rdb        redis.UniversalClient
 	prefix     string
 	refreshTTL time.Duration
 	now        func() time.Time
+	replicas   int
 }
+
+// replicaTimeout is how long a revocation or a rotation waits for its
+// replicas.
+const replicaTimeout = 500 * time.Millisecond
 
 func (s *sessionStore) sessionKey(userID int, id string) string {
 	return fmt.Sprintf("%s{u:%d}:session:%s", s.prefix, userID, id)
@@ -179,12 +191,24 @@ var errRefreshReused = errors.New("refresh token reused; the session is revoked"
 // rotate advances the session from generation gen, storing the new access
 // token. It returns the new generation.
 func (s *sessionStore) rotate(ctx context.Context, userID int, id string, gen int64, jwt string) (int64, error) {
-	res, err := rotateScript.Run(ctx, s.rdb,
-		[]string{s.sessionKey(userID, id), s.userKey(userID)},
-		gen, jwt, s.now().UnixMilli(), s.refreshTTL.Milliseconds(), id,
-	).Int64()
+	key := s.sessionKey(userID, id)
+	var cmd *redis.Cmd
+	_, err := redisconn.Replicated(ctx, s.rdb, key, s.replicas, replicaTimeout, func(p redis.Pipeliner) {
+		// The script goes whole: a pipeline cannot fall back from an
+		// EVALSHA that Redis does not know.
+		cmd = rotateScript.Eval(ctx, p, []string{key, s.userKey(userID)},
+			gen, jwt, s.now().UnixMilli(), s.refreshTTL.Milliseconds(), id)
+	})
+	if cmd == nil {
+		return 0, fmt.Errorf("rotate session: %w", err)
+	}
+	res, rerr := cmd.Int64()
 	switch {
+	case rerr != nil:
+		return 0, fmt.Errorf("rotate session: %w", rerr)
 	case err != nil:
+		// The rotation (or the revocation of a reused token) is made
+		// but may not survive a failover.
 		return 0, fmt.Errorf("rotate session: %w", err)
 	case res == 0:
 		return 0, errNoSession
@@ -194,19 +218,32 @@ func (s *sessionStore) rotate(ctx context.Context, userID int, id string, gen in
 	return res, nil
 }
 
+// revokeScript deletes a session and its id from the user's set; it
+// returns 1 if the session was there.
+var revokeScript = redis.NewScript(`
+local n = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return n
+`)
+
 // revoke deletes one of the user's sessions. It returns errNoSession if
 // there was none.
 func (s *sessionStore) revoke(ctx context.Context, userID int, id string) error {
-	var del *redis.IntCmd
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		del = p.Del(ctx, s.sessionKey(userID, id))
-		p.ZRem(ctx, s.userKey(userID), id)
-		return nil
+	key := s.sessionKey(userID, id)
+	var cmd *redis.Cmd
+	_, err := redisconn.Replicated(ctx, s.rdb, key, s.replicas, replicaTimeout, func(p redis.Pipeliner) {
+		cmd = revokeScript.Eval(ctx, p, []string{key, s.userKey(userID)}, id)
 	})
-	if err != nil {
+	if cmd == nil {
 		return fmt.Errorf("revoke session: %w", err)
 	}
-	if del.Val() == 0 {
+	n, rerr := cmd.Int64()
+	switch {
+	case rerr != nil:
+		return fmt.Errorf("revoke session: %w", rerr)
+	case err != nil:
+		return fmt.Errorf("revoke session: %w", err)
+	case n == 0:
 		return errNoSession
 	}
 	return nil

@@ -457,7 +457,13 @@ func (sd *seeder) dropOrphans(ctx context.Context, docs []*chatDoc) error {
 	filter := bson.D{{Key: "chatId", Value: bson.D{{Key: "$in", Value: orphans}}}}
 	_, err1 := sd.store.messages.DeleteMany(ctx, filter)
 	_, err2 := sd.store.positions.DeleteMany(ctx, filter)
-	err3 := sd.seqs.rdb.Del(ctx, keys...).Err()
+	// One DEL each: the chats' counters are in different cluster slots.
+	_, err3 := sd.seqs.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Del(ctx, k)
+		}
+		return nil
+	})
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return fmt.Errorf("seed: clean up: %w", err)
 	}

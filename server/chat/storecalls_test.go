@@ -56,6 +56,7 @@ func TestSendMessage_StoreCalls(t *testing.T) {
 	if os.Getenv("PARLEY_TEST_MONGO_URI") == "" {
 		t.Skip("counts the document engine's path: set PARLEY_TEST_MONGO_URI (FerretDB 1.x takes the locked path)")
 	}
+	servertest.SkipOnRedisCluster(t, "the committed counts are one Redis's; on a cluster a send releases its seq in a round trip of its own, before the event (live.Hub.PublishWith)")
 	const sends = 20
 	calls := &servertest.StoreCalls{}
 	clock := servertest.NewClock()

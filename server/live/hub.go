@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +15,7 @@ import (
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/redisconn"
 )
 
 // Config tunes live delivery. The zero value of each field means its
@@ -79,15 +78,19 @@ func (c *Config) defaults() {
 func (c *Config) presenceTTL() time.Duration { return 3 * c.Heartbeat }
 
 // Hub is an instance's side of live delivery. It holds one Redis pub/sub
-// connection for all the streams open on the instance, subscribed to one
-// channel per user with a stream here, and hands each published event to
-// that user's streams without ever waiting for them.
+// connection for all the streams open on the instance (one per node on a
+// Redis Cluster, see channels.go), subscribed to one channel per user with
+// a stream here, and hands each published event to that user's streams
+// without ever waiting for them.
 type Hub struct {
 	log      *slog.Logger
 	rdb      redis.UniversalClient
 	cfg      Config
 	instance string
-	ps       *redis.PubSub
+	subs     channels
+	// publish is the command that publishes on a channel (PUBLISH, or
+	// SPUBLISH on a cluster).
+	publish string
 
 	// subMu orders changes to the set of subscribed channels, so that the
 	// SUBSCRIBE and UNSUBSCRIBE commands go out in the order of the
@@ -124,22 +127,29 @@ func NewHub(log *slog.Logger, rdb redis.UniversalClient, cfg Config) *Hub {
 		rdb:      rdb,
 		cfg:      cfg,
 		instance: hex.EncodeToString(b),
-		ps:       rdb.Subscribe(ctx),
+		publish:  redisconn.Publish(rdb),
 		users:    map[int]map[*subscriber]struct{}{},
 		writers:  map[*watchedWriter]struct{}{},
 		cancel:   cancel,
 	}
-	h.done.Add(3)
-	go h.receive(ctx)
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		h.subs = newShardedChannels(ctx, h, cc)
+	} else {
+		h.subs = newSingleChannels(ctx, h, rdb)
+	}
+	h.done.Add(2)
 	go h.tick(ctx)
 	go h.watchWrites(ctx)
 	return h
 }
 
+// sharded tells that the hub runs on a Redis Cluster.
+func (h *Hub) sharded() bool { return h.publish == "SPUBLISH" }
+
 // Close stops the hub. Streams still open get nothing more.
 func (h *Hub) Close() error {
 	h.cancel()
-	err := h.ps.Close()
+	err := h.subs.close()
 	h.done.Wait()
 	return err
 }
@@ -184,11 +194,7 @@ func (h *Hub) add(ctx context.Context, id auth.Identity, lease string) (sub *sub
 	subs[sub] = struct{}{}
 	h.mu.Unlock()
 	if first {
-		// On failure go-redis still counts the channel as subscribed and
-		// subscribes it again when it reconnects.
-		if err := h.ps.Subscribe(ctx, h.channel(userID)); err != nil {
-			h.log.WarnContext(ctx, "live: subscribe", "user", userID, "err", err)
-		}
+		h.subs.subscribe(ctx, h.channel(userID))
 	}
 	return sub, first
 }
@@ -210,56 +216,9 @@ func (h *Hub) remove(sub *subscriber) (last bool) {
 	if last {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := h.ps.Unsubscribe(ctx, h.channel(sub.user)); err != nil {
-			h.log.Warn("live: unsubscribe", "user", sub.user, "err", err)
-		}
+		h.subs.unsubscribe(ctx, h.channel(sub.user))
 	}
 	return last
-}
-
-// receive reads the pub/sub connection until the hub closes.
-func (h *Hub) receive(ctx context.Context) {
-	defer h.done.Done()
-	broken := false
-	backoff := 50 * time.Millisecond
-	for ctx.Err() == nil {
-		msg, err := h.ps.ReceiveTimeout(ctx, h.cfg.Heartbeat)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Quiet for a while: make sure the connection lives.
-				if err := h.ps.Ping(ctx); err == nil {
-					continue
-				}
-			}
-			if !broken {
-				h.log.Warn("live: pub/sub connection lost; reconnecting", "err", err)
-				broken = true
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 2*time.Second)
-			continue
-		}
-		if broken {
-			h.log.Info("live: pub/sub connection restored")
-			broken, backoff = false, 50*time.Millisecond
-		}
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if m.Kind == "subscribe" {
-				h.subscribed(m.Channel)
-			}
-		case *redis.Message:
-			h.dispatch(m.Channel, m.Payload)
-		}
-	}
 }
 
 // subscribed is told that a channel's subscription is active, the first
@@ -388,7 +347,7 @@ const sessionEndedPrefix = "!session-ended:"
 // also check their session at each heartbeat and whenever their
 // subscription is renewed.
 func (h *Hub) SessionEnded(ctx context.Context, userID int, sessionID string) {
-	if err := h.rdb.Publish(ctx, h.channel(userID), sessionEndedPrefix+sessionID).Err(); err != nil {
+	if err := h.rdb.Do(ctx, h.publish, h.channel(userID), sessionEndedPrefix+sessionID).Err(); err != nil {
 		h.log.WarnContext(ctx, "live: announce session end; its streams end at their next heartbeat", "user", userID, "err", err)
 	}
 }

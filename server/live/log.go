@@ -18,10 +18,12 @@ import (
 // clients resume from. Appending to it and publishing the entry on the
 // user's channel happen in one script, so the order in which subscribers
 // hear about entries is the order of the log.
+// The channel carries the log's hash tag, so that on a Redis Cluster the
+// script publishes (ARGV[5]: SPUBLISH) on the node that holds the log.
 var appendScript = redis.NewScript(`
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], id .. ' ' .. ARGV[4])
+redis.call(ARGV[5], ARGV[3], id .. ' ' .. ARGV[4])
 return id
 `)
 
@@ -43,12 +45,21 @@ func (h *Hub) streamKey(userID int) string {
 	return h.cfg.Prefix + "{u:" + strconv.Itoa(userID) + "}:events"
 }
 
+// channel is the user's pub/sub channel, in the slot of the user's log.
 func (h *Hub) channel(userID int) string {
-	return h.cfg.Prefix + "live:" + strconv.Itoa(userID)
+	return h.cfg.Prefix + "{u:" + strconv.Itoa(userID) + "}:live"
 }
 
 func (h *Hub) userOfChannel(ch string) (int, bool) {
-	id, err := strconv.Atoi(strings.TrimPrefix(ch, h.cfg.Prefix+"live:"))
+	s, ok := strings.CutPrefix(ch, h.cfg.Prefix+"{u:")
+	if !ok {
+		return 0, false
+	}
+	s, ok = strings.CutSuffix(s, "}:live")
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.Atoi(s)
 	return id, err == nil
 }
 
@@ -63,7 +74,8 @@ func (h *Hub) Publish(ctx context.Context, userIDs []int, ev *parleyv1.Event) er
 // PublishWith is Publish with the caller's own Redis commands in the same
 // round trip: those that before queues run ahead of the event's, those
 // that after queues behind them (Redis runs a pipeline's commands in
-// order). It fails if any of them does. When Redis had forgotten the
+// order; on a Redis Cluster, before's go in a round trip of their own, and
+// after's may run alongside the appends on other nodes). It fails if any of them does. When Redis had forgotten the
 // logging script, the event goes again to the users it missed, followed
 // by after's commands again: they run at least once after the event is
 // logged for every user, but they may also have run before, so a caller
@@ -82,6 +94,16 @@ func (h *Hub) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event
 	}
 	maxLen := strconv.Itoa(h.cfg.MaxEvents)
 	retention := strconv.FormatInt(h.cfg.Retention.Milliseconds(), 10)
+	if before != nil && h.sharded() {
+		// A cluster client sends each node its part of a pipeline at
+		// once: before's commands, on other nodes than the logs, would
+		// no longer run ahead. They go first, in a round trip of their
+		// own.
+		if _, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { before(p); return nil }); err != nil {
+			return fmt.Errorf("live: publish: %w", err)
+		}
+		before = nil
+	}
 	first := 0 // the index of the first append in the pipeline
 	cmds, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		if before != nil {
@@ -89,7 +111,7 @@ func (h *Hub) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event
 			first = p.Len()
 		}
 		for _, uid := range userIDs {
-			appendScript.EvalSha(ctx, p, []string{h.streamKey(uid)}, maxLen, retention, h.channel(uid), payload)
+			appendScript.EvalSha(ctx, p, []string{h.streamKey(uid)}, maxLen, retention, h.channel(uid), payload, h.publish)
 		}
 		if after != nil {
 			after(p)
@@ -115,7 +137,7 @@ func (h *Hub) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event
 	}
 	_, err = h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, uid := range retry {
-			appendScript.Eval(ctx, p, []string{h.streamKey(uid)}, maxLen, retention, h.channel(uid), payload)
+			appendScript.Eval(ctx, p, []string{h.streamKey(uid)}, maxLen, retention, h.channel(uid), payload, h.publish)
 		}
 		if after != nil {
 			after(p)
@@ -146,7 +168,7 @@ func (h *Hub) Notify(ctx context.Context, userIDs []int, ev *parleyv1.Event) err
 	msg := " " + string(payload)
 	_, err = h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, uid := range userIDs {
-			p.Publish(ctx, h.channel(uid), msg)
+			p.Do(ctx, h.publish, h.channel(uid), msg)
 		}
 		return nil
 	})

@@ -12,18 +12,20 @@ import (
 )
 
 // Presence lives in Redis, so that every instance answers alike and none
-// has to be told when another dies:
+// has to be told when another dies. Users are spread over presenceBuckets
+// buckets (by id); b is the user's:
 //
-//   - {u:<id>}:presence is a sorted set of the instances where the user has
-//     a stream open, each scored with the time (ms) at which it stops
+//   - {p:<b>}:presence:<id> is a sorted set of the instances where the user
+//     has a stream open, each scored with the time (ms) at which it stops
 //     counting unless that instance renews it;
-//   - presence:online is a sorted set of the users online anywhere, scored
-//     the same way, which is how an instance finds users whose instance
-//     died and announces them offline;
-//   - {u:<id>}:lastseen holds when the user was last online (ms).
+//   - {p:<b>}:online is a sorted set of the bucket's users online anywhere,
+//     scored the same way, which is how an instance finds users whose
+//     instance died and announces them offline;
+//   - {p:<b>}:lastseen:<id> holds when the user was last online (ms).
 //
-// The scripts below touch keys of different users, so presence needs a
-// single Redis (or the keys in one Cluster slot).
+// The scripts below touch a user's keys and the bucket's online set
+// together: a bucket's keys share a hash tag, so each script runs on one
+// node of a Redis Cluster, and the buckets spread presence over the nodes.
 
 // joinScript marks the user online on an instance. It returns 1 when the
 // user was offline everywhere before.
@@ -68,15 +70,23 @@ return seen
 // lastSeenTTL is how long the last-seen time of a user is kept.
 const lastSeenTTL = 365 * 24 * time.Hour
 
+// presenceBuckets is how many buckets users' presence is spread over.
+const presenceBuckets = 64
+
+func bucketOf(uid int) int { return uid % presenceBuckets }
+
+func (h *Hub) bucketTag(b int) string { return h.cfg.Prefix + "{p:" + strconv.Itoa(b) + "}" }
+
 func (h *Hub) presenceKey(uid int) string {
-	return h.cfg.Prefix + "{u:" + strconv.Itoa(uid) + "}:presence"
+	return h.bucketTag(bucketOf(uid)) + ":presence:" + strconv.Itoa(uid)
 }
 
 func (h *Hub) lastSeenKey(uid int) string {
-	return h.cfg.Prefix + "{u:" + strconv.Itoa(uid) + "}:lastseen"
+	return h.bucketTag(bucketOf(uid)) + ":lastseen:" + strconv.Itoa(uid)
 }
 
-func (h *Hub) onlineKey() string { return h.cfg.Prefix + "presence:online" }
+// onlineKey is the online set of the bucket b.
+func (h *Hub) onlineKey(b int) string { return h.bucketTag(b) + ":online" }
 
 func ms(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
 
@@ -84,7 +94,7 @@ func ms(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
 func (h *Hub) join(ctx context.Context, uid int) (online bool, err error) {
 	now := h.cfg.Now()
 	n, err := joinScript.Run(ctx, h.rdb,
-		[]string{h.presenceKey(uid), h.onlineKey()},
+		[]string{h.presenceKey(uid), h.onlineKey(bucketOf(uid))},
 		h.instance, ms(now.Add(h.cfg.presenceTTL())), ms(now), uid).Int()
 	return n == 1, err
 }
@@ -94,7 +104,7 @@ func (h *Hub) join(ctx context.Context, uid int) (online bool, err error) {
 func (h *Hub) leave(ctx context.Context, uid int) (offline bool, at time.Time, err error) {
 	now := h.cfg.Now()
 	n, err := leaveScript.Run(ctx, h.rdb,
-		[]string{h.presenceKey(uid), h.onlineKey(), h.lastSeenKey(uid)},
+		[]string{h.presenceKey(uid), h.onlineKey(bucketOf(uid)), h.lastSeenKey(uid)},
 		h.instance, ms(now), uid, lastSeenTTL.Milliseconds()).Int()
 	return n == 1, now, err
 }
@@ -111,7 +121,7 @@ func (h *Hub) renewPresence(ctx context.Context, users map[int][]string) error {
 		for uid, leases := range users {
 			p.ZAdd(ctx, h.presenceKey(uid), redis.Z{Score: score, Member: h.instance})
 			p.PExpireAt(ctx, h.presenceKey(uid), exp)
-			p.ZAdd(ctx, h.onlineKey(), redis.Z{Score: score, Member: uid})
+			p.ZAdd(ctx, h.onlineKey(bucketOf(uid)), redis.Z{Score: score, Member: uid})
 			if len(leases) > 0 {
 				zs := make([]redis.Z, len(leases))
 				for i, l := range leases {
@@ -133,31 +143,41 @@ func (h *Hub) renewPresence(ctx context.Context, users map[int][]string) error {
 // of them announce each user.
 func (h *Hub) expirePresence(ctx context.Context) error {
 	now := h.cfg.Now()
-	uids, err := h.rdb.ZRangeByScore(ctx, h.onlineKey(), &redis.ZRangeBy{
-		Min: "-inf", Max: ms(now), Count: 500,
-	}).Result()
-	if err != nil {
-		return err
-	}
-	for _, s := range uids {
-		uid, err := strconv.Atoi(s)
-		if err != nil {
+	lapsed := make([]*redis.StringSliceCmd, presenceBuckets)
+	_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for b := range lapsed {
+			lapsed[b] = p.ZRangeByScore(ctx, h.onlineKey(b), &redis.ZRangeBy{
+				Min: "-inf", Max: ms(now), Count: 500,
+			})
+		}
+		return nil
+	})
+	// On a cluster with a node down, the buckets of the other nodes are
+	// still looked after.
+	for _, cmd := range lapsed {
+		if cmd.Err() != nil {
 			continue
 		}
-		seen, err := expireScript.Run(ctx, h.rdb,
-			[]string{h.presenceKey(uid), h.onlineKey(), h.lastSeenKey(uid)},
-			ms(now), uid, h.cfg.presenceTTL().Milliseconds(), lastSeenTTL.Milliseconds()).Int64()
-		if err != nil {
-			return err
-		}
-		h.mu.Lock()
-		offline := h.offline
-		h.mu.Unlock()
-		if seen > 0 && offline != nil {
-			offline(ctx, uid, time.UnixMilli(seen))
+		for _, s := range cmd.Val() {
+			uid, err := strconv.Atoi(s)
+			if err != nil {
+				continue
+			}
+			seen, err := expireScript.Run(ctx, h.rdb,
+				[]string{h.presenceKey(uid), h.onlineKey(bucketOf(uid)), h.lastSeenKey(uid)},
+				ms(now), uid, h.cfg.presenceTTL().Milliseconds(), lastSeenTTL.Milliseconds()).Int64()
+			if err != nil {
+				return err
+			}
+			h.mu.Lock()
+			offline := h.offline
+			h.mu.Unlock()
+			if seen > 0 && offline != nil {
+				offline(ctx, uid, time.UnixMilli(seen))
+			}
 		}
 	}
-	return nil
+	return err
 }
 
 // presence reads the users' presence.

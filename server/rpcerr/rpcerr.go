@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/parley-chat/parley/ent"
+	"github.com/parley-chat/parley/server/redisconn"
 )
 
 // Internal is what clients see of an internal failure.
@@ -63,7 +64,20 @@ func isUnavailable(err error) bool {
 	var netErr net.Error
 	var opErr *net.OpError
 	return errors.As(err, &opErr) || (errors.As(err, &netErr) && netErr.Timeout()) ||
-		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
+		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) ||
+		errors.Is(err, redisconn.ErrNotReplicated) || redisFailingOver(err)
+}
+
+// redisFailingOver reports whether Redis refused a command because a node
+// is down, loading, or handing its slots over: a Redis Cluster failover,
+// which a retry a few seconds later gets past.
+func redisFailingOver(err error) bool {
+	for _, prefix := range []string{"CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN", "READONLY", "MOVED", "ASK"} {
+		if redis.HasErrorPrefix(err, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // HTTPStatus is the HTTP status that plain HTTP endpoints (not RPCs)

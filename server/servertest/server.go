@@ -87,17 +87,18 @@ func New(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
 	stores := SharedStores(tb)
 	cfg := app.Config{
-		DataDir:         tb.TempDir(),
-		DatabaseURL:     stores.DatabaseURL,
-		MongoURI:        stores.MongoURI,
-		MongoDatabase:   stores.MongoDatabase,
-		RedisURL:        stores.RedisURL,
-		RedisPrefix:     stores.RedisPrefix,
-		JWTKeyFile:      stores.JWTKeyFile,
-		Migrate:         true,
-		HealthInterval:  50 * time.Millisecond,
-		ShutdownTimeout: 5 * time.Second,
-		Version:         "test",
+		DataDir:           tb.TempDir(),
+		DatabaseURL:       stores.DatabaseURL,
+		MongoURI:          stores.MongoURI,
+		MongoDatabase:     stores.MongoDatabase,
+		RedisURL:          stores.RedisURL,
+		RedisPrefix:       stores.RedisPrefix,
+		RedisWaitReplicas: -1,
+		JWTKeyFile:        stores.JWTKeyFile,
+		Migrate:           true,
+		HealthInterval:    50 * time.Millisecond,
+		ShutdownTimeout:   5 * time.Second,
+		Version:           "test",
 		// Tests sign up many accounts from one address; the limits
 		// themselves are tested with a server of their own.
 		RateLimits: auth.RateLimits{

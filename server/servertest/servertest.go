@@ -41,6 +41,7 @@ import (
 
 	"github.com/parley-chat/parley/server/embedded"
 	"github.com/parley-chat/parley/server/keyring"
+	"github.com/parley-chat/parley/server/redisconn"
 )
 
 // Default addresses of the local services, used when the environment names
@@ -60,6 +61,8 @@ type Stores struct {
 	// RedisURL and RedisPrefix name the package's Redis key space.
 	RedisURL    string
 	RedisPrefix string
+	// RedisCluster tells that RedisURL is a Redis Cluster's.
+	RedisCluster bool
 	// JWTKeyFile holds the signing key all the package's servers share,
 	// as the instances of one deployment do.
 	JWTKeyFile string
@@ -113,7 +116,7 @@ func SharedStores(tb testing.TB) *Stores {
 	if s.MongoURI, s.MongoDatabase, err = createMongo(ctx); err != nil {
 		tb.Fatalf("servertest: %v", err)
 	}
-	if s.RedisURL, s.RedisPrefix, err = createRedis(ctx); err != nil {
+	if s.RedisURL, s.RedisPrefix, s.RedisCluster, err = createRedis(ctx); err != nil {
 		tb.Fatalf("servertest: %v", err)
 	}
 	if s.JWTKeyFile, err = createKey(); err != nil {
@@ -233,31 +236,28 @@ func createMongo(ctx context.Context) (uri, database string, err error) {
 	return uri, database, nil
 }
 
-func createRedis(ctx context.Context) (redisURL, prefix string, err error) {
+func createRedis(ctx context.Context) (redisURL, prefix string, cluster bool, err error) {
 	redisURL = RedisURL()
-	opts, err := redis.ParseURL(redisURL)
+	client, err := redisconn.Open(ctx, redisURL)
 	if err != nil {
-		return "", "", fmt.Errorf("PARLEY_TEST_REDIS_URL: %w", err)
-	}
-	client := redis.NewClient(opts)
-	if err := client.Ping(ctx).Err(); err != nil {
-		client.Close()
-		return "", "", fmt.Errorf("redis at %s: %w (set PARLEY_TEST_REDIS_URL, or run the tests with `make test`)", redisURL, err)
+		return "", "", false, fmt.Errorf("redis at %s: %w (set PARLEY_TEST_REDIS_URL, or run the tests with `make test`)", redisURL, err)
 	}
 	prefix = "parley_test_" + randomHex() + ":"
 	shared.cleanups = append(shared.cleanups, func() error {
 		defer client.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		var errs []error
-		iter := client.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			errs = append(errs, client.Del(ctx, iter.Val()).Err())
-		}
-		errs = append(errs, iter.Err())
-		return errors.Join(errs...)
+		return redisconn.ForEachPrimary(ctx, client, func(ctx context.Context, c *redis.Client) error {
+			var errs []error
+			iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+			for iter.Next(ctx) {
+				errs = append(errs, c.Del(ctx, iter.Val()).Err())
+			}
+			errs = append(errs, iter.Err())
+			return errors.Join(errs...)
+		})
 	})
-	return redisURL, prefix, nil
+	return redisURL, prefix, redisconn.IsCluster(client), nil
 }
 
 func randomHex() string {
@@ -288,6 +288,15 @@ func createKey() (string, error) {
 	path := filepath.Join(dir, "jwt-ed25519.pem")
 	_, err = keyring.LoadOrCreateKey(path, true)
 	return path, err
+}
+
+// SkipOnRedisCluster skips a test whose set-up does not hold on a Redis
+// Cluster, saying why.
+func SkipOnRedisCluster(tb testing.TB, why string) {
+	tb.Helper()
+	if SharedStores(tb).RedisCluster {
+		tb.Skip("on a Redis Cluster: " + why)
+	}
 }
 
 // SkipOnEmbeddedMongo skips a test that takes minutes on the embedded

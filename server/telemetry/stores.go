@@ -150,7 +150,7 @@ func (s sqlTimer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQue
 
 // InstrumentRedis makes rdb time every command and pipeline into the
 // store-call histogram and, when tracing, make their spans (redisotel).
-func (t *Telemetry) InstrumentRedis(rdb *redis.Client) error {
+func (t *Telemetry) InstrumentRedis(rdb redis.UniversalClient) error {
 	rdb.AddHook(redisTimer{t.storeCalls})
 	if t.Tracing() {
 		return redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(t.storeTracers()), redisotel.WithDBStatement(false))

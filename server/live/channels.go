@@ -1,0 +1,377 @@
+package live
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// channels is the hub's subscription to its users' channels: one pub/sub
+// connection on a single Redis, one per node on a Redis Cluster. Each
+// tells the hub when a channel's subscription is active (h.subscribed),
+// the first time or again after a reconnection, and hands it what is
+// published (h.dispatch).
+type channels interface {
+	subscribe(ctx context.Context, ch string)
+	unsubscribe(ctx context.Context, ch string)
+	close() error
+}
+
+// receive reads ps until ctx ends. A connection that breaks is reported to
+// lost, and reading stops when lost returns false; with lost nil, go-redis
+// reconnects and subscribes the channels again, and reading goes on.
+func (h *Hub) receive(ctx context.Context, ps *redis.PubSub, lost func(error) bool) {
+	broken, pinged := false, false
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		msg, err := ps.ReceiveTimeout(ctx, h.cfg.Heartbeat)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if lost != nil && pinged {
+					// Not even the pong came back: a node that stopped
+					// (or a link that went dark) keeps its connection
+					// open, and would keep its channels silent.
+					err = errSilent
+				} else if err := ps.Ping(ctx); err == nil {
+					// Quiet for a while: make sure the connection lives.
+					pinged = true
+					continue
+				}
+			}
+			if lost != nil && !lost(err) {
+				return
+			}
+			if !broken {
+				h.log.Warn("live: pub/sub connection lost; reconnecting", "err", err)
+				broken = true
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		pinged = false
+		if broken {
+			h.log.Info("live: pub/sub connection restored")
+			broken, backoff = false, 50*time.Millisecond
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			switch m.Kind {
+			case "subscribe", "ssubscribe":
+				h.subscribed(m.Channel)
+			case "sunsubscribe":
+				if lost != nil {
+					lost(errSlotMoved{m.Channel})
+				}
+			}
+		case *redis.Message:
+			h.dispatch(m.Channel, m.Payload)
+		}
+	}
+}
+
+// errSilent reports a pub/sub connection that answered nothing, not even
+// a ping, for two heartbeats.
+var errSilent = errors.New("no answer to a ping within a heartbeat")
+
+// errSlotMoved reports that a node took back a channel's subscription
+// (SUNSUBSCRIBE from the server: its slot moved to another node).
+type errSlotMoved struct{ channel string }
+
+func (e errSlotMoved) Error() string { return "the slot of " + e.channel + " moved" }
+
+// singleChannels is the one pub/sub connection of a single Redis, which
+// go-redis keeps subscribed through reconnections.
+type singleChannels struct {
+	h    *Hub
+	ps   *redis.PubSub
+	done sync.WaitGroup
+}
+
+func newSingleChannels(ctx context.Context, h *Hub, rdb redis.UniversalClient) *singleChannels {
+	c := &singleChannels{h: h, ps: rdb.Subscribe(ctx)}
+	c.done.Add(1)
+	go func() {
+		defer c.done.Done()
+		h.receive(ctx, c.ps, nil)
+	}()
+	return c
+}
+
+func (c *singleChannels) subscribe(ctx context.Context, ch string) {
+	// On failure go-redis still counts the channel as subscribed and
+	// subscribes it again when it reconnects.
+	if err := c.ps.Subscribe(ctx, ch); err != nil {
+		c.h.log.WarnContext(ctx, "live: subscribe", "channel", ch, "err", err)
+	}
+}
+
+func (c *singleChannels) unsubscribe(ctx context.Context, ch string) {
+	if err := c.ps.Unsubscribe(ctx, ch); err != nil {
+		c.h.log.WarnContext(ctx, "live: unsubscribe", "channel", ch, "err", err)
+	}
+}
+
+func (c *singleChannels) close() error {
+	err := c.ps.Close()
+	c.done.Wait()
+	return err
+}
+
+// shardedChannels subscribes each channel on the cluster node that serves
+// its slot (SSUBSCRIBE), with one pub/sub connection per node, so that an
+// event travels to that node only. go-redis's own sharded PubSub cannot
+// do this (v9.23): it connects to the first channel's node only, and on
+// reconnecting subscribes every channel in one SSUBSCRIBE, which Redis
+// refuses (CROSSSLOT) for channels of different slots. So a node's
+// connection is never reconnected here: when it breaks (its node died, or
+// failed over) or the node hands a channel back (its slot moved), the
+// channels it had are routed again from the cluster's current slot map,
+// one SSUBSCRIBE each; the confirmation makes their streams read their
+// logs again from their cursors, so nothing published meanwhile is missed.
+type shardedChannels struct {
+	h   *Hub
+	cc  *redis.ClusterClient
+	ctx context.Context
+
+	mu      sync.Mutex
+	closed  bool
+	nodes   map[string]*nodeChannels // by address
+	where   map[string]*nodeChannels // each channel's node
+	pending map[string]struct{}      // channels waiting for a node
+	repair  chan struct{}
+	done    sync.WaitGroup
+}
+
+// nodeChannels is the pub/sub connection to one node.
+type nodeChannels struct {
+	addr string
+	ps   *redis.PubSub
+	chs  map[string]struct{}
+	gone bool
+}
+
+func newShardedChannels(ctx context.Context, h *Hub, cc *redis.ClusterClient) *shardedChannels {
+	c := &shardedChannels{
+		h: h, cc: cc, ctx: ctx,
+		nodes:   map[string]*nodeChannels{},
+		where:   map[string]*nodeChannels{},
+		pending: map[string]struct{}{},
+		repair:  make(chan struct{}, 1),
+	}
+	c.done.Add(1)
+	go c.repairs()
+	return c
+}
+
+func (c *shardedChannels) subscribe(ctx context.Context, ch string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.where[ch]; ok {
+		return
+	}
+	if err := c.place(ctx, ch, nil); err != nil {
+		c.h.log.WarnContext(ctx, "live: subscribe; trying again", "channel", ch, "err", err)
+		c.pending[ch] = struct{}{}
+		c.wake()
+	}
+}
+
+// place subscribes ch on its slot's node, under mu. A node in failed
+// (which then gets the node of a failure) is not tried again.
+func (c *shardedChannels) place(ctx context.Context, ch string, failed map[string]error) error {
+	if c.closed {
+		return errors.New("live: the hub is closed")
+	}
+	node, err := c.cc.MasterForKey(ctx, ch)
+	if err != nil {
+		return err
+	}
+	addr := node.Options().Addr
+	if err := failed[addr]; err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil && failed != nil {
+			failed[addr] = err
+		}
+	}()
+	n := c.nodes[addr]
+	if n == nil {
+		n = &nodeChannels{addr: addr, ps: node.SSubscribe(c.ctx), chs: map[string]struct{}{}}
+		c.nodes[addr] = n
+		c.done.Add(1)
+		go func() {
+			defer c.done.Done()
+			c.h.receive(c.ctx, n.ps, func(err error) bool { return c.lost(n, err) })
+		}()
+	}
+	if err = n.ps.SSubscribe(ctx, ch); err != nil {
+		// The connection is broken: its receiver hears of it too.
+		return err
+	}
+	n.chs[ch] = struct{}{}
+	c.where[ch] = n
+	return nil
+}
+
+func (c *shardedChannels) unsubscribe(ctx context.Context, ch string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.pending, ch)
+	n, ok := c.where[ch]
+	if !ok {
+		return
+	}
+	delete(c.where, ch)
+	delete(n.chs, ch)
+	if len(n.chs) == 0 {
+		c.drop(n)
+		return
+	}
+	if err := n.ps.SUnsubscribe(ctx, ch); err != nil {
+		c.h.log.WarnContext(ctx, "live: unsubscribe", "channel", ch, "err", err)
+	}
+}
+
+// drop closes a node's connection, under mu.
+func (c *shardedChannels) drop(n *nodeChannels) {
+	if n.gone {
+		return
+	}
+	n.gone = true
+	if c.nodes[n.addr] == n {
+		delete(c.nodes, n.addr)
+	}
+	// Close waits for nothing: the receiver returns on its own.
+	go n.ps.Close()
+}
+
+// lost is told by a node's receiver that its connection broke, or that
+// the node handed a channel back; it routes the channels again. It tells
+// the receiver to stop (false) unless only one channel moved.
+func (c *shardedChannels) lost(n *nodeChannels, err error) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx.Err() != nil {
+		return false
+	}
+	var moved errSlotMoved
+	if errors.As(err, &moved) {
+		if c.where[moved.channel] == n {
+			delete(c.where, moved.channel)
+			delete(n.chs, moved.channel)
+			c.pending[moved.channel] = struct{}{}
+			c.wake()
+		}
+		return true
+	}
+	if !n.gone && len(n.chs) > 0 {
+		c.h.log.Warn("live: pub/sub connection to a cluster node lost; subscribing its channels again", "node", n.addr, "channels", len(n.chs), "err", err)
+	}
+	for ch := range n.chs {
+		if c.where[ch] == n {
+			delete(c.where, ch)
+			c.pending[ch] = struct{}{}
+		}
+	}
+	n.chs = map[string]struct{}{}
+	c.drop(n)
+	c.wake()
+	return false
+}
+
+func (c *shardedChannels) wake() {
+	select {
+	case c.repair <- struct{}{}:
+	default:
+	}
+}
+
+// repairs subscribes the pending channels, with a fresh slot map and a
+// growing pause while they fail (a failover takes a few seconds).
+func (c *shardedChannels) repairs() {
+	defer c.done.Done()
+	const minBackoff = 50 * time.Millisecond
+	backoff := minBackoff
+	var lastEnd time.Time
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.repair:
+		}
+		if time.Since(lastEnd) < 5*time.Second {
+			// Channels placed a moment ago are lost again (a node that
+			// refuses them, or flaps): go on backing off.
+			select {
+			case <-c.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		} else {
+			backoff = minBackoff
+		}
+		start, warned := time.Now(), false
+		for {
+			// The slot map as the cluster has it now (a node that broke
+			// may have failed over).
+			c.cc.ReloadState(c.ctx)
+			c.mu.Lock()
+			var failed error
+			down := map[string]error{}
+			for ch := range c.pending {
+				if err := c.place(c.ctx, ch, down); err != nil {
+					failed = err
+					continue
+				}
+				delete(c.pending, ch)
+			}
+			left := len(c.pending)
+			c.mu.Unlock()
+			if left == 0 {
+				if warned {
+					c.h.log.Info("live: channels subscribed again", "after", time.Since(start).Round(time.Millisecond))
+				}
+				lastEnd = time.Now()
+				break
+			}
+			if !warned {
+				c.h.log.Warn("live: channels wait for their cluster node; trying again", "channels", left, "err", failed)
+				warned = true
+			}
+			select {
+			case <-c.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		}
+	}
+}
+
+func (c *shardedChannels) close() error {
+	c.mu.Lock()
+	c.closed = true
+	for _, n := range c.nodes {
+		n.gone = true
+		n.ps.Close()
+	}
+	c.nodes = map[string]*nodeChannels{}
+	c.mu.Unlock()
+	c.done.Wait()
+	return nil
+}
