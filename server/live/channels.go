@@ -136,11 +136,16 @@ func (c *singleChannels) close() error {
 // do this (v9.23): it connects to the first channel's node only, and on
 // reconnecting subscribes every channel in one SSUBSCRIBE, which Redis
 // refuses (CROSSSLOT) for channels of different slots. So a node's
-// connection is never reconnected here: when it breaks (its node died, or
-// failed over) or the node hands a channel back (its slot moved), the
-// channels it had are routed again from the cluster's current slot map,
-// one SSUBSCRIBE each; the confirmation makes their streams read their
-// logs again from their cursors, so nothing published meanwhile is missed.
+// connection is never reconnected here: when it breaks (its node died,
+// failed over, or went silent) or the node hands a channel back (its slot
+// moved), the channels it had are routed again from the cluster's current
+// slot map, one SSUBSCRIBE each; the confirmation makes their streams read
+// their logs again from their cursors, so nothing published meanwhile is
+// missed.
+//
+// Channels are placed by one goroutine (place), never under mu while it
+// talks to Redis: a node that does not answer holds up its own channels,
+// not the streams that open or close meanwhile.
 type shardedChannels struct {
 	h   *Hub
 	cc  *redis.ClusterClient
@@ -149,11 +154,19 @@ type shardedChannels struct {
 	mu      sync.Mutex
 	closed  bool
 	nodes   map[string]*nodeChannels // by address
-	where   map[string]*nodeChannels // each channel's node
-	pending map[string]struct{}      // channels waiting for a node
-	repair  chan struct{}
-	done    sync.WaitGroup
+	where   map[string]*nodeChannels // each placed channel's node
+	pending map[string]struct{}      // channels to place
+	// losses counts the connections lost less than lossWindow apart, for
+	// the pause before placing their channels again.
+	losses int
+	lossAt time.Time
+	wakeCh chan struct{}
+	done   sync.WaitGroup
 }
+
+// lossWindow is how close together lost connections count as one
+// trouble, whose retries back off.
+const lossWindow = 5 * time.Second
 
 // nodeChannels is the pub/sub connection to one node.
 type nodeChannels struct {
@@ -169,78 +182,39 @@ func newShardedChannels(ctx context.Context, h *Hub, cc *redis.ClusterClient) *s
 		nodes:   map[string]*nodeChannels{},
 		where:   map[string]*nodeChannels{},
 		pending: map[string]struct{}{},
-		repair:  make(chan struct{}, 1),
+		wakeCh:  make(chan struct{}, 1),
 	}
 	c.done.Add(1)
-	go c.repairs()
+	go c.placing()
 	return c
 }
 
-func (c *shardedChannels) subscribe(ctx context.Context, ch string) {
+func (c *shardedChannels) subscribe(_ context.Context, ch string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.where[ch]; ok {
 		return
 	}
-	if err := c.place(ctx, ch, nil); err != nil {
-		c.h.log.WarnContext(ctx, "live: subscribe; trying again", "channel", ch, "err", err)
-		c.pending[ch] = struct{}{}
-		c.wake()
-	}
-}
-
-// place subscribes ch on its slot's node, under mu. A node in failed
-// (which then gets the node of a failure) is not tried again.
-func (c *shardedChannels) place(ctx context.Context, ch string, failed map[string]error) error {
-	if c.closed {
-		return errors.New("live: the hub is closed")
-	}
-	node, err := c.cc.MasterForKey(ctx, ch)
-	if err != nil {
-		return err
-	}
-	addr := node.Options().Addr
-	if err := failed[addr]; err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil && failed != nil {
-			failed[addr] = err
-		}
-	}()
-	n := c.nodes[addr]
-	if n == nil {
-		n = &nodeChannels{addr: addr, ps: node.SSubscribe(c.ctx), chs: map[string]struct{}{}}
-		c.nodes[addr] = n
-		c.done.Add(1)
-		go func() {
-			defer c.done.Done()
-			c.h.receive(c.ctx, n.ps, func(err error) bool { return c.lost(n, err) })
-		}()
-	}
-	if err = n.ps.SSubscribe(ctx, ch); err != nil {
-		// The connection is broken: its receiver hears of it too.
-		return err
-	}
-	n.chs[ch] = struct{}{}
-	c.where[ch] = n
-	return nil
+	c.pending[ch] = struct{}{}
+	c.wake()
 }
 
 func (c *shardedChannels) unsubscribe(ctx context.Context, ch string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	delete(c.pending, ch)
 	n, ok := c.where[ch]
 	if !ok {
+		c.mu.Unlock()
 		return
 	}
 	delete(c.where, ch)
 	delete(n.chs, ch)
 	if len(n.chs) == 0 {
 		c.drop(n)
+		c.mu.Unlock()
 		return
 	}
+	c.mu.Unlock()
 	if err := n.ps.SUnsubscribe(ctx, ch); err != nil {
 		c.h.log.WarnContext(ctx, "live: unsubscribe", "channel", ch, "err", err)
 	}
@@ -265,7 +239,8 @@ func (c *shardedChannels) drop(n *nodeChannels) {
 func (c *shardedChannels) lost(n *nodeChannels, err error) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.ctx.Err() != nil {
+	if c.closed || n.gone {
+		// Closed on purpose: its channels went elsewhere, or nowhere.
 		return false
 	}
 	var moved errSlotMoved
@@ -278,7 +253,7 @@ func (c *shardedChannels) lost(n *nodeChannels, err error) bool {
 		}
 		return true
 	}
-	if !n.gone && len(n.chs) > 0 {
+	if len(n.chs) > 0 {
 		c.h.log.Warn("live: pub/sub connection to a cluster node lost; subscribing its channels again", "node", n.addr, "channels", len(n.chs), "err", err)
 	}
 	for ch := range n.chs {
@@ -289,78 +264,141 @@ func (c *shardedChannels) lost(n *nodeChannels, err error) bool {
 	}
 	n.chs = map[string]struct{}{}
 	c.drop(n)
+	if now := time.Now(); now.Sub(c.lossAt) < lossWindow {
+		c.losses++
+	} else {
+		c.losses = 1
+	}
+	c.lossAt = time.Now()
 	c.wake()
 	return false
 }
 
+// wake has the placing goroutine look at the pending channels, under mu.
 func (c *shardedChannels) wake() {
 	select {
-	case c.repair <- struct{}{}:
+	case c.wakeCh <- struct{}{}:
 	default:
 	}
 }
 
-// repairs subscribes the pending channels, with a fresh slot map and a
-// growing pause while they fail (a failover takes a few seconds).
-func (c *shardedChannels) repairs() {
+// placing subscribes the pending channels as they come; while they fail,
+// or their connections are lost again soon after (a failover takes a few
+// seconds), with a fresh slot map each time and a growing pause.
+func (c *shardedChannels) placing() {
 	defer c.done.Done()
-	const minBackoff = 50 * time.Millisecond
-	backoff := minBackoff
-	var lastEnd time.Time
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
-		case <-c.repair:
-		}
-		if time.Since(lastEnd) < 5*time.Second {
-			// Channels placed a moment ago are lost again (a node that
-			// refuses them, or flaps): go on backing off.
-			select {
-			case <-c.ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 2*time.Second)
-		} else {
-			backoff = minBackoff
+		case <-c.wakeCh:
 		}
 		start, warned := time.Now(), false
-		for {
-			// The slot map as the cluster has it now (a node that broke
-			// may have failed over).
-			c.cc.ReloadState(c.ctx)
+		for attempt := 0; ; attempt++ {
 			c.mu.Lock()
-			var failed error
-			down := map[string]error{}
-			for ch := range c.pending {
-				if err := c.place(c.ctx, ch, down); err != nil {
-					failed = err
-					continue
-				}
-				delete(c.pending, ch)
-			}
-			left := len(c.pending)
+			losses := c.losses
 			c.mu.Unlock()
+			if pause := backoff(attempt + max(losses-1, 0)); pause > 0 {
+				// The slot map as the cluster has it by then (a node that
+				// broke may have failed over).
+				c.cc.ReloadState(c.ctx)
+				select {
+				case <-c.ctx.Done():
+					return
+				case <-time.After(pause):
+				}
+			}
+			left, err := c.placePending()
 			if left == 0 {
 				if warned {
 					c.h.log.Info("live: channels subscribed again", "after", time.Since(start).Round(time.Millisecond))
 				}
-				lastEnd = time.Now()
 				break
 			}
+			if err == nil {
+				// Channels that came while this pass ran, or whose node's
+				// connection was lost meanwhile: a pass of their own.
+				attempt = -1
+				continue
+			}
 			if !warned {
-				c.h.log.Warn("live: channels wait for their cluster node; trying again", "channels", left, "err", failed)
+				c.h.log.Warn("live: channels wait for their cluster node; trying again", "channels", left, "err", err)
 				warned = true
 			}
-			select {
-			case <-c.ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 2*time.Second)
 		}
 	}
+}
+
+// backoff is the pause before the nth attempt in a row: none for the
+// first, then 50 ms doubling up to 2 s.
+func backoff(n int) time.Duration {
+	if n <= 0 {
+		return 0
+	}
+	return min(50*time.Millisecond<<min(n-1, 6), 2*time.Second)
+}
+
+// placePending subscribes each pending channel on its slot's node, talking
+// to Redis outside mu, and trying no node again once it failed. It
+// returns how many are left, and the last failure.
+func (c *shardedChannels) placePending() (left int, failed error) {
+	c.mu.Lock()
+	chs := make([]string, 0, len(c.pending))
+	for ch := range c.pending {
+		chs = append(chs, ch)
+	}
+	c.mu.Unlock()
+	down := map[string]error{}
+	for _, ch := range chs {
+		node, err := c.cc.MasterForKey(c.ctx, ch)
+		if err != nil {
+			failed = err
+			continue
+		}
+		addr := node.Options().Addr
+		if err := down[addr]; err != nil {
+			continue
+		}
+		c.mu.Lock()
+		if _, ok := c.pending[ch]; !ok || c.closed {
+			c.mu.Unlock()
+			continue
+		}
+		n := c.nodes[addr]
+		if n == nil {
+			n = &nodeChannels{addr: addr, ps: node.SSubscribe(c.ctx), chs: map[string]struct{}{}}
+			c.nodes[addr] = n
+			c.done.Add(1)
+			go func() {
+				defer c.done.Done()
+				c.h.receive(c.ctx, n.ps, func(err error) bool { return c.lost(n, err) })
+			}()
+		}
+		c.mu.Unlock()
+		err = n.ps.SSubscribe(c.ctx, ch)
+		c.mu.Lock()
+		_, wanted := c.pending[ch]
+		switch {
+		case err != nil:
+			// The connection is broken: its receiver hears of it too.
+			down[addr], failed = err, err
+		case n.gone:
+			// Lost meanwhile: the channel stays pending.
+		case !wanted:
+			// Unsubscribed meanwhile.
+			c.mu.Unlock()
+			_ = n.ps.SUnsubscribe(c.ctx, ch)
+			continue
+		default:
+			delete(c.pending, ch)
+			n.chs[ch] = struct{}{}
+			c.where[ch] = n
+		}
+		c.mu.Unlock()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending), failed
 }
 
 func (c *shardedChannels) close() error {
