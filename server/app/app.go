@@ -431,6 +431,7 @@ func (a *App) openMongo(ctx context.Context) error {
 
 func (a *App) openRedis(ctx context.Context) error {
 	url := a.cfg.RedisURL
+	store := StoreInfo{Name: "redis", Where: redactURL(url)}
 	if url == "" {
 		r, err := embedded.StartRedis()
 		if err != nil {
@@ -438,9 +439,7 @@ func (a *App) openRedis(ctx context.Context) error {
 		}
 		a.closers = append(a.closers, r.Close)
 		url = r.URL()
-		a.stores = append(a.stores, StoreInfo{Name: "redis", Embedded: true, Where: "miniredis, in memory"})
-	} else {
-		a.stores = append(a.stores, StoreInfo{Name: "redis", Where: redactURL(url)})
+		store = StoreInfo{Name: "redis", Embedded: true, Where: "miniredis, in memory"}
 	}
 	rdb, err := redisconn.Open(ctx, url)
 	if err != nil {
@@ -452,8 +451,9 @@ func (a *App) openRedis(ctx context.Context) error {
 			rdb.Close()
 			return err
 		}
-		a.stores[len(a.stores)-1].Where += " (cluster)"
+		store.Where += " (cluster)"
 	}
+	a.stores = append(a.stores, store)
 	if err := a.tel.InstrumentRedis(a.redis); err != nil {
 		a.redis.Close()
 		return fmt.Errorf("redis: %w", err)

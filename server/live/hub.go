@@ -144,7 +144,7 @@ func NewHub(log *slog.Logger, rdb redis.UniversalClient, cfg Config) *Hub {
 }
 
 // sharded tells that the hub runs on a Redis Cluster.
-func (h *Hub) sharded() bool { return h.publish == "SPUBLISH" }
+func (h *Hub) sharded() bool { return redisconn.IsCluster(h.rdb) }
 
 // Close stops the hub. Streams still open get nothing more.
 func (h *Hub) Close() error {
