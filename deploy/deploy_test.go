@@ -252,6 +252,14 @@ func TestNginx(t *testing.T) {
 				sent := servertest.Send(t, messages, alice.Token, group.GetId(), fmt.Sprintf("hello %d", i))
 				stream.waitMessage(t, sent.GetId())
 			}
+			// A request refused before any handler (by the
+			// authentication middleware) keeps its code through nginx:
+			// a gRPC refusal whose status nginx dropped would reach
+			// the client as UNKNOWN, which it cannot act on.
+			_, err := messages.ListMessages(t.Context(), connect.NewRequest(&parleyv1.ListMessagesRequest{ChatId: group.GetId()}))
+			if got := connect.CodeOf(err); got != connect.CodeUnauthenticated {
+				t.Errorf("ListMessages without a token through nginx: %v (code %v), want unauthenticated", err, got)
+			}
 		})
 	}
 

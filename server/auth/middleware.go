@@ -104,6 +104,16 @@ func (s *Service) Middleware(public Public, next http.Handler) http.Handler {
 		}
 		if errw.IsSupported(r) {
 			_ = errw.Write(w, r, cerr)
+			if grpcOverHTTP2(r) {
+				// The status goes in HTTP/2 trailers, after headers
+				// that carry no body. Sent only when the handler
+				// returns, such headers get "content-length: 0"
+				// from net/http, and nginx's grpc_pass then ends
+				// the response there, dropping the trailers: the
+				// client sees UNKNOWN ("no Grpc-Status trailer").
+				// Flushed now, they go without it.
+				_ = http.NewResponseController(w).Flush()
+			}
 			return
 		}
 		for k, v := range cerr.Meta() {
@@ -137,6 +147,13 @@ func (s *Service) Middleware(public Public, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r.WithContext(NewContext(r.Context(), id)))
 	})
+}
+
+// grpcOverHTTP2 tells a gRPC request (not gRPC-Web, whose status goes in
+// the body or the headers).
+func grpcOverHTTP2(r *http.Request) bool {
+	ct := r.Header.Get("Content-Type")
+	return r.ProtoMajor == 2 && (ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+") || strings.HasPrefix(ct, "application/grpc;"))
 }
 
 func (s *Service) authenticate(r *http.Request) (Identity, error) {
