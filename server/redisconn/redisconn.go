@@ -10,6 +10,13 @@
 //
 //	redis://10.0.0.1:7000?addr=10.0.0.2:7000&addr=10.0.0.3:7000
 //
+// Where the nodes' own addresses (those they announce, and CLUSTER SLOTS
+// lists) cannot be reached as they are, as behind NAT or a port mapping,
+// nat parameters translate them, one per node: nat=ANNOUNCED,REACHABLE.
+// Every connection to ANNOUNCED then goes to REACHABLE instead:
+//
+//	redis://10.0.0.1:7000?nat=10.0.0.1:7000,203.0.113.5:17000&nat=10.0.0.2:7000,203.0.113.5:17001
+//
 // On a cluster every key that Parley's scripts and transactions touch
 // together carries the same hash tag ({u:<user>}, {<chat>}, {p:<bucket>}),
 // so the key prefix may not contain a brace.
@@ -17,8 +24,10 @@ package redisconn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"strings"
@@ -36,13 +45,21 @@ func Open(ctx context.Context, rawURL string) (redis.UniversalClient, error) {
 		// Not err: it quotes the URL, password and all.
 		return nil, errors.New("redis url: not a valid URL")
 	}
+	nat, err := cutNAT(u)
+	if err != nil {
+		return nil, err
+	}
+	if nat != nil {
+		rawURL = u.String()
+	}
 	if u.Query().Has("addr") {
-		return openCluster(ctx, rawURL)
+		return openCluster(ctx, rawURL, nat)
 	}
 	opts, err := redis.ParseURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("redis url: %w", err)
 	}
+	opts.Dialer = nat.dialer(opts.DialTimeout, opts.TLSConfig)
 	rdb := redis.NewClient(opts)
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()
@@ -60,14 +77,15 @@ func Open(ctx context.Context, rawURL string) (redis.UniversalClient, error) {
 	if opts.DB != 0 {
 		return nil, errors.New("redis url: a Redis Cluster has only database 0")
 	}
-	return openCluster(ctx, rawURL)
+	return openCluster(ctx, rawURL, nat)
 }
 
-func openCluster(ctx context.Context, rawURL string) (redis.UniversalClient, error) {
+func openCluster(ctx context.Context, rawURL string, nat natMap) (redis.UniversalClient, error) {
 	opts, err := redis.ParseClusterURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("redis cluster url: %w", err)
 	}
+	opts.Dialer = nat.dialer(opts.DialTimeout, opts.TLSConfig)
 	// go-redis learns that a master failed over from a MOVED answer, or
 	// when its slot map is older than this; a master that died answers
 	// nothing, so without the hook below its commands would fail until
@@ -80,6 +98,49 @@ func openCluster(ctx context.Context, rawURL string) (redis.UniversalClient, err
 		return nil, fmt.Errorf("redis cluster: %w", err)
 	}
 	return rdb, nil
+}
+
+// natMap translates the addresses nodes announce into those to dial.
+type natMap map[string]string
+
+// cutNAT takes the nat parameters out of a URL (go-redis would refuse
+// them) and returns them.
+func cutNAT(u *url.URL) (natMap, error) {
+	q := u.Query()
+	if !q.Has("nat") {
+		return nil, nil
+	}
+	nat := natMap{}
+	for _, v := range q["nat"] {
+		from, to, ok := strings.Cut(v, ",")
+		if !ok || !validAddr(from) || !validAddr(to) {
+			return nil, fmt.Errorf("redis url: nat=%s: want nat=ANNOUNCED,REACHABLE, two host:port addresses", v)
+		}
+		nat[from] = to
+	}
+	q.Del("nat")
+	u.RawQuery = q.Encode()
+	return nat, nil
+}
+
+func validAddr(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	return err == nil && host != "" && port != ""
+}
+
+// dialer dials the translated address of each address it is given; nil
+// (go-redis's own dialer) without translations.
+func (m natMap) dialer(timeout time.Duration, tlsConfig *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if len(m) == 0 {
+		return nil
+	}
+	dial := redis.NewDialer(&redis.Options{DialTimeout: timeout, TLSConfig: tlsConfig})
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if to, ok := m[addr]; ok {
+			addr = to
+		}
+		return dial(ctx, network, addr)
+	}
 }
 
 // stateReloadInterval bounds how old a cluster client's slot map gets.

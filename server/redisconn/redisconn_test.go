@@ -64,6 +64,30 @@ func TestOpen_Refused(t *testing.T) {
 	}
 }
 
+// A nat parameter sends the connections for an address elsewhere: here
+// from a name that does not resolve to the server.
+func TestOpen_NAT(t *testing.T) {
+	m := miniredis.RunT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rdb, err := redisconn.Open(ctx, "redis://announced.invalid:7000?nat=announced.invalid:7000,"+m.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	if err := rdb.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.Get("k"); err != nil || got != "v" {
+		t.Fatalf("the server holds k = %q, %v; want v", got, err)
+	}
+	for _, bad := range []string{"nat=announced.invalid:7000", "nat=a:1,b", "nat=,b:2"} {
+		if _, err := redisconn.Open(ctx, "redis://"+m.Addr()+"?"+bad); err == nil {
+			t.Errorf("Open with %s succeeded", bad)
+		}
+	}
+}
+
 func TestCheckPrefix(t *testing.T) {
 	for prefix, ok := range map[string]bool{"parley:": true, "": true, "{parley}:": false, "a}": false} {
 		if err := redisconn.CheckPrefix(prefix); (err == nil) != ok {
