@@ -65,7 +65,9 @@
 // through its public API (the workloads of BENCHMARKS.md);
 // parley-benchreport turns its records (cmd/internal/loadrecord) into
 // BENCHMARKS.md and its charts; scripts/bench (make bench) runs both.
-// deploy/ holds the nginx configuration and the systemd unit, which its
+// parley-soak (make soak) runs three instances behind nginx on a Redis
+// Cluster and the document engine, injects faults under traffic, and
+// checks that nothing was lost, stored twice or missed. deploy/ holds the nginx configuration and the systemd unit, which its
 // tests run.
 //
 // # Import graph
