@@ -50,15 +50,16 @@ type deployment struct {
 
 type instance struct {
 	n     int
-	addr  string // where it listens
 	args  []string
 	front *proxy   // nginx → instance
 	redis []*proxy // instance → each Redis node
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
-	starts int
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	starts   int
+	stopping bool     // the soak stops it: its exit is expected
+	crashes  []string // exits the soak did not cause
 }
 
 // deploy starts everything, in cfg.work.
@@ -110,7 +111,7 @@ func deploy(ctx context.Context, cfg config) (*deployment, error) {
 	}
 	args := []string{d.nginxDir, strconv.Itoa(port), certFile, keyFile}
 	for _, in := range d.instances {
-		args = append(args, in.front.addr())
+		args = append(args, in.front.addr)
 	}
 	if err := d.script(ctx, "start-nginx", args...); err != nil {
 		return d, err
@@ -141,12 +142,10 @@ func clusterNodes(ctx context.Context, rdb redis.UniversalClient, mastersOnly bo
 }
 
 func (d *deployment) newInstance(n int, jwtKey, media string) (*instance, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	in := &instance{n: n, addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	if in.front, err = newProxy(in.addr); err != nil {
+	in := &instance{n: n}
+	var err error
+	// Its address is known once it listens (start sets it).
+	if in.front, err = newProxy(""); err != nil {
 		return nil, err
 	}
 	// The instance's Redis URL names the nodes as the cluster announces
@@ -158,14 +157,14 @@ func (d *deployment) newInstance(n int, jwtKey, media string) (*instance, error)
 			return nil, err
 		}
 		in.redis = append(in.redis, p)
-		q.Add("nat", node+","+p.addr())
+		q.Add("nat", node+","+p.addr)
 		if node != d.nodes[0] {
 			q.Add("addr", node)
 		}
 	}
 	redisURL := "redis://" + d.nodes[0] + "?" + q.Encode()
 	in.args = []string{
-		"-addr", in.addr, "-data-dir", filepath.Join(d.work, fmt.Sprintf("data-%d", n)),
+		"-addr", "127.0.0.1:0", "-data-dir", filepath.Join(d.work, fmt.Sprintf("data-%d", n)),
 		"-database-url", d.dbURL, "-mongo-uri", d.cfg.mongoURI, "-mongo-database", d.name,
 		"-redis-url", redisURL, "-redis-prefix", d.name + ":",
 		"-jwt-key-file", jwtKey, "-media-dir", media, "-client-ip-header", "X-Real-IP",
@@ -198,24 +197,35 @@ func (in *instance) start(ctx context.Context, work, bin string) error {
 	}
 	cmd := exec.Command(bin, in.args...)
 	cmd.Stdout, cmd.Stderr = outf, logf
+	// An instance dies with the soak, however the soak ends.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		in.mu.Unlock()
 		return err
 	}
 	exited := make(chan struct{})
-	in.cmd, in.exited = cmd, exited
+	in.cmd, in.exited, in.stopping = cmd, exited, false
 	in.mu.Unlock()
 	go func() {
-		cmd.Wait()
+		err := cmd.Wait()
 		outf.Close()
 		logf.Close()
+		in.mu.Lock()
+		if !in.stopping {
+			in.crashes = append(in.crashes, fmt.Sprintf("instance %d exited on its own: %v", in.n, err))
+		}
+		in.mu.Unlock()
 		close(exited)
 	}()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		b, _ := os.ReadFile(out)
-		if strings.Contains(string(b), "Parley is listening on") {
-			return nil
+		if _, rest, ok := strings.Cut(string(b), "Parley is listening on http://"); ok {
+			if addr, _, ok := strings.Cut(rest, " "); ok {
+				// A restarted instance listens on another port.
+				in.front.retarget(addr)
+				return nil
+			}
 		}
 		select {
 		case <-exited:
@@ -236,6 +246,9 @@ func (in *instance) stop(sig syscall.Signal) {
 	if cmd == nil {
 		return
 	}
+	in.mu.Lock()
+	in.stopping = true
+	in.mu.Unlock()
 	cmd.Process.Signal(sig)
 	select {
 	case <-exited:
@@ -245,7 +258,9 @@ func (in *instance) stop(sig syscall.Signal) {
 	}
 }
 
-// close stops everything deploy started and drops the database.
+// close stops everything deploy started and drops the PostgreSQL
+// database (the Redis Cluster and the document engine are
+// scripts/with-test-services's, removed with it).
 func (d *deployment) close() {
 	if d.nginxDir != "" {
 		if b, err := os.ReadFile(filepath.Join(d.nginxDir, "nginx.pid")); err == nil {
@@ -278,24 +293,31 @@ func (d *deployment) close() {
 	}
 }
 
-// errorLines counts the lines each instance logged at level ERROR.
-func (d *deployment) errorLines() []int {
-	var counts []int
+// logs counts the lines each instance logged at level ERROR, and lists
+// its exits that the soak did not cause and the panics in its logs.
+func (d *deployment) logs() (errorLines []int, crashes []string) {
 	for _, in := range d.instances {
 		n := 0
 		if f, err := os.Open(filepath.Join(d.work, fmt.Sprintf("instance-%d.log", in.n))); err == nil {
 			sc := bufio.NewScanner(f)
 			sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 			for sc.Scan() {
-				if strings.Contains(sc.Text(), "level=ERROR") || strings.Contains(sc.Text(), `"level":"ERROR"`) {
+				line := sc.Text()
+				switch {
+				case strings.Contains(line, "level=ERROR"), strings.Contains(line, `"level":"ERROR"`):
 					n++
+				case strings.HasPrefix(line, "panic: "), strings.HasPrefix(line, "fatal error: "):
+					crashes = append(crashes, fmt.Sprintf("instance %d: %s", in.n, line))
 				}
 			}
 			f.Close()
 		}
-		counts = append(counts, n)
+		errorLines = append(errorLines, n)
+		in.mu.Lock()
+		crashes = append(crashes, in.crashes...)
+		in.mu.Unlock()
 	}
-	return counts
+	return errorLines, crashes
 }
 
 func (d *deployment) createDatabase(ctx context.Context) error {

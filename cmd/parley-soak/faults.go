@@ -17,8 +17,8 @@ var faultKinds = []string{
 	"redis-master-kill", // kill -9 of a Redis master: its replica takes over
 	"ferretdb-restart",  // FerretDB killed and started again
 	"engine-pg-restart", // the engine's PostgreSQL restarted in immediate mode
-	"nginx-cut",         // nginx's connections to an instance cut, and refused, for a while
-	"redis-cut",         // an instance's connections to Redis cut, and refused, for a while
+	"nginx-cut",         // nginx's connections to an instance closed, and new ones refused, for a while
+	"redis-cut",         // an instance's connections to Redis closed, and new ones refused, for a while
 }
 
 // How long an instance stays dead and a cut lasts.
@@ -36,17 +36,22 @@ type fault struct {
 	err    error
 }
 
-// inject runs one fault of kind, the n-th fault and the turn-th of its
-// kind, and returns once it is over. The instances take the faults in
-// turns, the masters theirs.
-func (d *deployment) inject(ctx context.Context, kind string, n, turn int) (target string, err error) {
-	in := d.instances[n%len(d.instances)]
+// inject runs the turn-th fault of kind and returns once it is over. The
+// instances take each kind of fault in turns, the masters theirs.
+func (d *deployment) inject(ctx context.Context, kind string, turn int) (target string, err error) {
+	in := d.instances[turn%len(d.instances)]
 	switch kind {
 	case "instance-kill":
 		target = fmt.Sprintf("instance %d", in.n)
+		// Its port refuses connections while it is dead, as a dead
+		// process's does (nginx then tries another instance).
+		in.front.setCut(true)
 		in.stop(syscall.SIGKILL)
 		time.Sleep(deadFor)
-		return target, in.start(ctx, d.work, d.cfg.parleyBin)
+		if err := in.start(ctx, d.work, d.cfg.parleyBin); err != nil {
+			return target, err
+		}
+		return target, in.front.setCut(false)
 	case "redis-master-kill":
 		m, err := clusterNodes(ctx, d.rdb, true)
 		if err != nil || len(m) == 0 {
@@ -81,8 +86,7 @@ func (d *deployment) inject(ctx context.Context, kind string, n, turn int) (targ
 		target = fmt.Sprintf("nginx → instance %d", in.n)
 		in.front.setCut(true)
 		time.Sleep(cutFor)
-		in.front.setCut(false)
-		return target, nil
+		return target, in.front.setCut(false)
 	case "redis-cut":
 		target = fmt.Sprintf("instance %d → redis", in.n)
 		for _, p := range in.redis {
@@ -90,7 +94,9 @@ func (d *deployment) inject(ctx context.Context, kind string, n, turn int) (targ
 		}
 		time.Sleep(cutFor)
 		for _, p := range in.redis {
-			p.setCut(false)
+			if err := p.setCut(false); err != nil {
+				return target, err
+			}
 		}
 		return target, nil
 	}

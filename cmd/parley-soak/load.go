@@ -44,6 +44,8 @@ type user struct {
 	mu      sync.Mutex
 	token   string
 	refresh string
+
+	reauth sync.Mutex // one refresh at a time
 }
 
 func newUser(n int, base string, d *deployment, tag string) *user {
@@ -60,7 +62,7 @@ func newUser(n int, base string, d *deployment, tag string) *user {
 		p.SetHTTP2(true)
 		opts = append(opts, connect.WithGRPC())
 	} else {
-		// Connect, as the web chat: HTTP/1.1, one connection a request.
+		// Connect, as the web chat: HTTP/1.1.
 		u.protocol = "connect"
 		p.SetHTTP1(true)
 	}
@@ -100,20 +102,43 @@ func (u *user) setTokens(t *parleyv1.Tokens) {
 	u.mu.Unlock()
 }
 
-// reauthenticate gets a new access token after UNAUTHENTICATED, as an app
-// does: with its refresh token, or by signing in again if that is
-// refused too. It counts the sign-ins.
-func (u *user) reauthenticate(ctx context.Context, st *stats) {
+// accessToken is the current access token.
+func (u *user) accessToken() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.token
+}
+
+// reauthenticate gets a new access token after a request made with
+// refused was answered UNAUTHENTICATED, as an app does: with its refresh
+// token, or by signing in again if the refresh token is refused too. One
+// at a time: when another request has already replaced refused, there is
+// nothing to do. A refresh that fails otherwise (the server unavailable)
+// is left for the request's next attempt.
+func (u *user) reauthenticate(ctx context.Context, st *stats, refused string) {
+	u.reauth.Lock()
+	defer u.reauth.Unlock()
+	if u.accessToken() != refused {
+		return
+	}
 	u.mu.Lock()
 	refresh := u.refresh
 	u.mu.Unlock()
-	if res, err := u.auth.Refresh(ctx, connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: refresh})); err == nil {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	res, err := u.auth.Refresh(rctx, connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: refresh}))
+	cancel()
+	if err == nil {
 		st.refreshes.Add(1)
 		u.setTokens(res.Msg.GetTokens())
 		return
 	}
+	if connect.CodeOf(err) != connect.CodeUnauthenticated {
+		return
+	}
 	st.relogins.Add(1)
-	if res, err := u.auth.Login(ctx, connect.NewRequest(&parleyv1.LoginRequest{Login: u.name, Password: u.password})); err == nil {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if res, err := u.auth.Login(lctx, connect.NewRequest(&parleyv1.LoginRequest{Login: u.name, Password: u.password})); err == nil {
 		u.setTokens(res.Msg.GetTokens())
 	}
 }
@@ -136,6 +161,7 @@ func retryable(err error) bool {
 func call(ctx context.Context, u *user, stats *stats, f func(ctx context.Context) error) (int, error) {
 	wait := 100 * time.Millisecond
 	for failed := 0; ; failed++ {
+		token := u.accessToken()
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := f(actx)
 		cancel()
@@ -150,7 +176,7 @@ func call(ctx context.Context, u *user, stats *stats, f func(ctx context.Context
 		}
 		switch {
 		case connect.CodeOf(err) == connect.CodeUnauthenticated:
-			u.reauthenticate(ctx, stats)
+			u.reauthenticate(ctx, stats, token)
 		case !retryable(err):
 			return failed + 1, err
 		}
@@ -179,7 +205,7 @@ type record struct {
 type stats struct {
 	sends, acked, failedAttempts, refused, abandoned atomic.Int64
 	refreshes, relogins                              atomic.Int64
-	uploads, uploadAttemptsFailed                    atomic.Int64
+	uploads, uploadAttemptsFailed, uploadsAbandoned  atomic.Int64
 	resumes, resyncs, resyncErrors, liveDuplicates   atomic.Int64
 }
 
@@ -256,13 +282,19 @@ func (l *load) members(chatID string) []*user {
 func (l *load) openStreams(ctx context.Context, wg *sync.WaitGroup) error {
 	ready := make(chan error, len(l.users))
 	for _, u := range l.users {
-		s := &subscriber{l: l, u: u, got: map[string]map[int64]bool{}, maxSeq: map[string]int64{}}
+		s := &subscriber{l: l, u: u, got: map[string]map[int64]string{}, maxSeq: map[string]int64{}}
 		l.subs = append(l.subs, s)
 		wg.Go(func() { s.run(ctx, ready) })
 	}
+	timeout := time.After(2 * time.Minute)
 	for range l.users {
-		if err := <-ready; err != nil {
-			return err
+		select {
+		case err := <-ready:
+			if err != nil {
+				return err
+			}
+		case <-timeout:
+			return errors.New("the users' streams were not all ready within 2 minutes")
 		}
 	}
 	return nil
@@ -303,8 +335,9 @@ func (l *load) send(ctx context.Context, u *user, chatID, key string, mediaIDs [
 	})
 	l.stats.failedAttempts.Add(int64(failed))
 	if err != nil {
-		if retryable(err) {
+		if ctx.Err() != nil || retryable(err) {
 			l.stats.abandoned.Add(1)
+			fmt.Printf("send %s abandoned: %v\n", key, err)
 		} else {
 			l.stats.refused.Add(1)
 			fmt.Printf("send %s refused: %v\n", key, err)
@@ -318,7 +351,7 @@ func (l *load) send(ctx context.Context, u *user, chatID, key string, mediaIDs [
 }
 
 // uploader has a random user upload a file into one of its chats and
-// send it, every cfg.uploadEvery, until ctx ends.
+// send it, then waits cfg.uploadEvery, until ctx ends.
 func (l *load) uploader(ctx, sendCtx context.Context) {
 	for i := 0; ; i++ {
 		select {
@@ -339,6 +372,7 @@ func (l *load) uploader(ctx, sendCtx context.Context) {
 		})
 		l.stats.uploadAttemptsFailed.Add(int64(failed))
 		if err != nil {
+			l.stats.uploadsAbandoned.Add(1)
 			fmt.Printf("upload abandoned: %v\n", err)
 			continue
 		}
@@ -396,7 +430,7 @@ type subscriber struct {
 	u *user
 
 	mu      sync.Mutex
-	got     map[string]map[int64]bool // seqs received, by chat
+	got     map[string]map[int64]string // client message ids received, by chat and seq
 	maxSeq  map[string]int64
 	resyncs int
 }
@@ -411,6 +445,7 @@ func (s *subscriber) run(ctx context.Context, ready chan<- error) {
 	resync := false
 	wait := 100 * time.Millisecond
 	for ctx.Err() == nil {
+		token := s.u.accessToken()
 		sctx, cancel := context.WithCancel(ctx)
 		stream, err := s.u.live.Subscribe(sctx, req(s.u, &parleyv1.SubscribeRequest{ResumeCursor: cursor}))
 		if err == nil {
@@ -454,7 +489,7 @@ func (s *subscriber) run(ctx context.Context, ready chan<- error) {
 		case cursorExpired(err):
 			resync, cursor = true, ""
 		case connect.CodeOf(err) == connect.CodeUnauthenticated:
-			s.u.reauthenticate(ctx, &s.l.stats)
+			s.u.reauthenticate(ctx, &s.l.stats, token)
 		}
 		s.l.stats.resumes.Add(1)
 		time.Sleep(wait/2 + mrand.N(wait))
@@ -511,11 +546,11 @@ func (s *subscriber) received(m *parleyv1.Message, live bool) {
 	s.mu.Lock()
 	seqs := s.got[m.GetChatId()]
 	if seqs == nil {
-		seqs = map[int64]bool{}
+		seqs = map[int64]string{}
 		s.got[m.GetChatId()] = seqs
 	}
-	dup := seqs[m.GetSeq()]
-	seqs[m.GetSeq()] = true
+	_, dup := seqs[m.GetSeq()]
+	seqs[m.GetSeq()] = m.GetClientMessageId()
 	s.maxSeq[m.GetChatId()] = max(s.maxSeq[m.GetChatId()], m.GetSeq())
 	s.mu.Unlock()
 	if dup {
@@ -533,11 +568,13 @@ func (s *subscriber) received(m *parleyv1.Message, live bool) {
 	s.l.mu.Unlock()
 }
 
-// has tells whether the stream (or a re-sync) brought a chat's seq.
-func (s *subscriber) has(chatID string, seq int64) bool {
+// has tells whether the stream (or a re-sync) brought a chat's seq, and
+// the client message id of the message it brought there.
+func (s *subscriber) has(chatID string, seq int64) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.got[chatID][seq]
+	key, ok := s.got[chatID][seq]
+	return key, ok
 }
 
 // listMessages reads a chat's messages after a seq, every page.

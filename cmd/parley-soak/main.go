@@ -31,8 +31,8 @@
 // Redis master, its replica taking over (the node comes back as a
 // replica); a restart of FerretDB (kill -9 and start); an immediate-mode
 // restart of the engine's PostgreSQL; nginx's connections to an instance
-// cut, and refused, for 10 s; an instance's connections to Redis cut,
-// and refused, for 10 s.
+// closed, and new ones refused, for 10 s; an instance's connections to
+// Redis closed, and new ones refused, for 10 s.
 //
 // After -duration it stops sending, lets the last sends finish their
 // retries, waits up to -drain for the streams, reads every chat's history
@@ -51,6 +51,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -161,6 +162,10 @@ func run(ctx context.Context, args []string) error {
 		}
 	}()
 
+	// However the deployment breaks, the soak ends: everything it waits
+	// for has a bound, and this bounds the whole.
+	ctx, cancel := context.WithTimeout(ctx, c.duration+c.grace+c.drain+10*time.Minute)
+	defer cancel()
 	fmt.Printf("starting %d instances behind nginx on a Redis Cluster and the document engine…\n", c.instances)
 	d, err := deploy(ctx, c)
 	defer d.close()
@@ -214,7 +219,7 @@ func run(ctx context.Context, args []string) error {
 			}
 		}
 		f := fault{kind: kind, at: time.Since(l.start)}
-		f.target, f.err = d.inject(ctx, kind, i-1, turn)
+		f.target, f.err = d.inject(ctx, kind, turn)
 		f.took = time.Since(l.start) - f.at
 		fmt.Printf("%7.1fs  %-18s %-32s over after %.1fs", f.at.Seconds(), kind, f.target, f.took.Seconds())
 		if f.err != nil {
@@ -233,13 +238,18 @@ func run(ctx context.Context, args []string) error {
 	}
 	fmt.Println("traffic stopped; waiting for the last sends…")
 	senders.Wait()
-	v, err := l.verify(ctx)
+	// The reads back are retried as a client's are, for a while.
+	vctx, cancelVerify := context.WithTimeout(ctx, c.drain+5*time.Minute)
+	defer cancelVerify()
+	v, err := l.verify(vctx)
 	if err != nil {
 		return err
 	}
 	stopStreams()
 	streams.Wait()
-	failures := l.report(v, injected, d.errorLines())
+	errorLines, crashes := d.logs()
+	failures := l.report(v, injected, errorLines)
+	failures = append(failures, crashes...)
 	for _, f := range injected {
 		if f.err != nil {
 			failures = append(failures, fmt.Sprintf("fault %s on %s failed: %v", f.kind, f.target, f.err))
@@ -255,9 +265,10 @@ func run(ctx context.Context, args []string) error {
 
 // verdict is what the end-of-run checks found.
 type verdict struct {
-	stored, missingAcked, storedTwice       int
-	missedUntold, resyncUnfilled, undrained int
-	files, filesBad                         int
+	stored, missingAcked, storedTwice int
+	missedUntold, resyncUnfilled      int
+	notStored                         int // events whose message is not the one stored at their seq
+	files, filesBad                   int
 }
 
 // verify reads every chat's history and every file once the last sends
@@ -342,7 +353,7 @@ func (l *load) verify(ctx context.Context) (verdict, error) {
 		for _, s := range l.subs {
 			for _, chatID := range s.u.chatIDs {
 				for _, m := range stored[chatID] {
-					if !s.has(chatID, m.GetSeq()) {
+					if _, ok := s.has(chatID, m.GetSeq()); !ok {
 						missing++
 					}
 				}
@@ -359,16 +370,30 @@ func (l *load) verify(ctx context.Context) (verdict, error) {
 		s.mu.Unlock()
 		for _, chatID := range s.u.chatIDs {
 			for _, m := range stored[chatID] {
-				if s.has(chatID, m.GetSeq()) {
-					continue
-				}
-				if resynced {
+				key, ok := s.has(chatID, m.GetSeq())
+				switch {
+				case !ok && resynced:
 					v.resyncUnfilled++
-				} else {
+				case !ok:
 					v.missedUntold++
+				case key != m.GetClientMessageId():
+					v.notStored++
+					fmt.Printf("user %d's stream brought %s at chat %s seq %d, where %s is stored\n", s.u.n, key, chatID, m.GetSeq(), m.GetClientMessageId())
+					continue
+				default:
+					continue
 				}
 				fmt.Printf("user %d's stream never brought %s (chat %s, seq %d)\n", s.u.n, m.GetClientMessageId(), chatID, m.GetSeq())
 			}
+			// And nothing at a seq where nothing is stored.
+			s.mu.Lock()
+			for seq, key := range s.got[chatID] {
+				if bySeq[fmt.Sprintf("%s/%d", chatID, seq)] == nil {
+					v.notStored++
+					fmt.Printf("user %d's stream brought %s at chat %s seq %d, where nothing is stored\n", s.u.n, key, chatID, seq)
+				}
+			}
+			s.mu.Unlock()
 		}
 	}
 	return v, nil
@@ -381,12 +406,12 @@ func (l *load) report(v verdict, faults []fault, errorLines []int) []string {
 	fmt.Printf("\nsends: %d, acknowledged %d, abandoned after retrying past the grace period %d, refused %d; attempts failed and retried: %d\n",
 		st.sends.Load(), st.acked.Load(), st.abandoned.Load(), st.refused.Load(), st.failedAttempts.Load())
 	fmt.Printf("access tokens refreshed: %d; signed in again (refresh refused): %d\n", st.refreshes.Load(), st.relogins.Load())
-	fmt.Printf("files: %d uploaded (%d attempts failed and retried), %d sent and read back, %d not as uploaded\n",
-		st.uploads.Load(), st.uploadAttemptsFailed.Load(), v.files, v.filesBad)
+	fmt.Printf("files: %d uploaded (%d attempts failed and retried, %d uploads abandoned), %d sent and read back, %d not as uploaded\n",
+		st.uploads.Load(), st.uploadAttemptsFailed.Load(), st.uploadsAbandoned.Load(), v.files, v.filesBad)
 	fmt.Printf("stored: %d messages; acknowledged but missing: %d; stored twice: %d\n", v.stored, v.missingAcked, v.storedTwice)
 	fmt.Printf("streams: %d resumed, %d re-synced (%d re-sync reads failed), %d events delivered twice (allowed: the client keeps one per seq)\n",
 		st.resumes.Load(), st.resyncs.Load(), st.resyncErrors.Load(), st.liveDuplicates.Load())
-	fmt.Printf("missed without being told to re-sync: %d; missed after a re-sync: %d\n", v.missedUntold, v.resyncUnfilled)
+	fmt.Printf("missed without being told to re-sync: %d; missed by streams that had re-synced: %d; brought but not stored so: %d\n", v.missedUntold, v.resyncUnfilled, v.notStored)
 	fmt.Printf("lines logged at level ERROR by each instance: %v\n", errorLines)
 
 	// Latencies, by the window their first attempt fell in.
@@ -451,8 +476,10 @@ func (l *load) report(v verdict, faults []fault, errorLines []int) []string {
 		what string
 	}{
 		{v.missingAcked, "acknowledged messages missing"}, {v.storedTwice, "messages stored twice"},
-		{int(st.refused.Load()), "sends refused"}, {v.missedUntold, "events missed without a re-sync"},
-		{v.resyncUnfilled, "events a re-sync did not bring"}, {v.filesBad, "files not as uploaded"},
+		{int(st.refused.Load()), "sends refused"}, {int(st.abandoned.Load()), "sends never acknowledged"},
+		{int(st.uploadsAbandoned.Load()), "uploads that never went through"},
+		{v.missedUntold, "events missed without a re-sync"}, {v.resyncUnfilled, "events missed by streams that re-synced"},
+		{v.notStored, "events for messages not stored so"}, {v.filesBad, "files not as uploaded"},
 	} {
 		if c.n > 0 {
 			failures = append(failures, fmt.Sprintf("%d %s", c.n, c.what))
@@ -468,7 +495,8 @@ func pct(d []time.Duration, q float64) string {
 	}
 	s := slices.Clone(d)
 	slices.Sort(s)
-	v := s[min(len(s)-1, int(float64(len(s))*q))]
+	// Nearest rank.
+	v := s[max(0, int(math.Ceil(float64(len(s))*q))-1)]
 	if v >= time.Second {
 		return v.Round(10 * time.Millisecond).String()
 	}

@@ -4,18 +4,22 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // proxy forwards TCP connections to one address, and can cut them: while
-// cut, it closes every connection it carries and every new one at once,
-// as a network that drops its connections.
+// cut, it closes every connection it carries and stops listening, so
+// that new connections are refused (as by a host that is down, or a
+// firewall that rejects), until it is mended and listens again on the
+// same port.
 type proxy struct {
-	ln     net.Listener
-	target string
+	addr string // where it listens
 
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]struct{}
+	mu     sync.Mutex
+	ln     net.Listener // nil while cut
+	target string
+	conns  map[net.Conn]struct{}
+	closed bool
 }
 
 // newProxy listens on a free loopback port and forwards to target.
@@ -24,17 +28,21 @@ func newProxy(target string) (*proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	go p.serve()
+	p := &proxy{addr: ln.Addr().String(), ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	go p.serve(ln)
 	return p, nil
 }
 
-// addr is where the proxy listens.
-func (p *proxy) addr() string { return p.ln.Addr().String() }
+// retarget forwards the connections that come from now on to target.
+func (p *proxy) retarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
+}
 
-func (p *proxy) serve() {
+func (p *proxy) serve(ln net.Listener) {
 	for {
-		c, err := p.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
@@ -43,12 +51,15 @@ func (p *proxy) serve() {
 }
 
 func (p *proxy) forward(c net.Conn) {
+	p.mu.Lock()
+	target := p.target
+	p.mu.Unlock()
 	if !p.track(c) {
 		c.Close()
 		return
 	}
 	defer p.untrack(c)
-	t, err := net.Dial("tcp", p.target)
+	t, err := net.DialTimeout("tcp", target, 5*time.Second)
 	if err != nil {
 		c.Close()
 		return
@@ -73,11 +84,11 @@ func (p *proxy) forward(c net.Conn) {
 	<-done
 }
 
-// track adds a connection; false while cut (the connection is refused).
+// track adds a connection; false while cut (the connection is dropped).
 func (p *proxy) track(c net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cut {
+	if p.ln == nil {
 		return false
 	}
 	p.conns[c] = struct{}{}
@@ -90,19 +101,36 @@ func (p *proxy) untrack(c net.Conn) {
 	p.mu.Unlock()
 }
 
-// setCut cuts the proxy (closing what it carries) or mends it.
-func (p *proxy) setCut(cut bool) {
+// setCut cuts the proxy (closing what it carries and its listener) or
+// mends it (listening again on its port).
+func (p *proxy) setCut(cut bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut = cut
 	if cut {
+		if p.ln != nil {
+			p.ln.Close()
+			p.ln = nil
+		}
 		for c := range p.conns {
 			c.Close()
 		}
+		return nil
 	}
+	if p.ln != nil || p.closed {
+		return nil
+	}
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		return err
+	}
+	p.ln = ln
+	go p.serve(ln)
+	return nil
 }
 
 func (p *proxy) close() {
-	p.ln.Close()
 	p.setCut(true)
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
 }

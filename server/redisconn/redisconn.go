@@ -134,6 +134,9 @@ func (m natMap) dialer(timeout time.Duration, tlsConfig *tls.Config) func(ctx co
 	if len(m) == 0 {
 		return nil
 	}
+	if timeout <= 0 {
+		timeout = 5 * time.Second // go-redis's default, which it sets later
+	}
 	dial := redis.NewDialer(&redis.Options{DialTimeout: timeout, TLSConfig: tlsConfig})
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if to, ok := m[addr]; ok {
