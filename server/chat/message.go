@@ -232,7 +232,10 @@ func (s *Service) SendMessage(
 		}
 		before = min(me.ReadSeq, me.DeliveredSeq)
 	}
-	msg := toMessage(m, p)
+	msg, err := s.renderMessage(ctx, c, id.UserID, p, m)
+	if err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
 	// The sender has its message before anyone else hears of it: a
 	// recipient that marks it delivered on its event then moves the
 	// chat's position, which the sender's own would hold back otherwise.
@@ -327,7 +330,7 @@ func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int, hit b
 func (s *Service) ListMessages(
 	ctx context.Context, req *connect.Request[parleyv1.ListMessagesRequest],
 ) (*connect.Response[parleyv1.ListMessagesResponse], error) {
-	_, c, _, err := s.access(ctx, req.Msg.GetChatId())
+	_, c, me, err := s.access(ctx, req.Msg.GetChatId())
 	if err != nil {
 		return nil, err
 	}
@@ -358,11 +361,11 @@ func (s *Service) ListMessages(
 	if err != nil {
 		return nil, s.internal(ctx, "list messages", err)
 	}
-	res := &parleyv1.ListMessagesResponse{HasMore: more}
-	for i := range msgs {
-		res.Messages = append(res.Messages, toMessage(&msgs[i], p))
+	out, err := s.renderMessages(ctx, c, me.UserID, p, msgs)
+	if err != nil {
+		return nil, s.internal(ctx, "list messages", err)
 	}
-	return connect.NewResponse(res), nil
+	return connect.NewResponse(&parleyv1.ListMessagesResponse{Messages: out, HasMore: more}), nil
 }
 
 // message loads a message of a chat the caller may see.
@@ -408,8 +411,15 @@ func (s *Service) EditMessage(
 	if err != nil {
 		return nil, s.internal(ctx, "edit message", err)
 	}
-	out := toMessage(msg, p)
-	if err := s.publishMessage(ctx, c, "edited", out); err != nil {
+	ev, err := s.renderMessage(ctx, c, forEvent, p, msg)
+	if err != nil {
+		return nil, s.internal(ctx, "edit message", err)
+	}
+	if err := s.publishMessage(ctx, c, "edited", ev); err != nil {
+		return nil, s.internal(ctx, "edit message", err)
+	}
+	out, err := s.renderMessage(ctx, c, me.UserID, p, msg)
+	if err != nil {
 		return nil, s.internal(ctx, "edit message", err)
 	}
 	return connect.NewResponse(&parleyv1.EditMessageResponse{Message: out}), nil
@@ -440,7 +450,10 @@ func (s *Service) DeleteMessage(
 	if err != nil {
 		return nil, s.internal(ctx, "delete message", err)
 	}
-	out := toMessage(msg, p)
+	out, err := s.renderMessage(ctx, c, forEvent, p, msg)
+	if err != nil {
+		return nil, s.internal(ctx, "delete message", err)
+	}
 	if deleted {
 		if err := s.publishMessage(ctx, c, "deleted", out); err != nil {
 			return nil, s.internal(ctx, "delete message", err)

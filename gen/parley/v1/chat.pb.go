@@ -279,9 +279,12 @@ type Chat struct {
 	// it is, the starter sees neither the other member's presence nor its
 	// positions (every message's status stays SENT for both), and no
 	// position events; the other member's first reply accepts the chat.
-	Request       *ChatRequest `protobuf:"bytes,10,opt,name=request,proto3" json:"request,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Request *ChatRequest `protobuf:"bytes,10,opt,name=request,proto3" json:"request,omitempty"`
+	// Unread messages of others that mention the caller (or @all), counted
+	// whether or not the chat is muted.
+	UnreadMentionCount int64 `protobuf:"varint,11,opt,name=unread_mention_count,json=unreadMentionCount,proto3" json:"unread_mention_count,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Chat) Reset() {
@@ -382,6 +385,13 @@ func (x *Chat) GetRequest() *ChatRequest {
 		return x.Request
 	}
 	return nil
+}
+
+func (x *Chat) GetUnreadMentionCount() int64 {
+	if x != nil {
+		return x.UnreadMentionCount
+	}
+	return 0
 }
 
 // ChatRequest is the request state of a private chat.
@@ -1502,7 +1512,7 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\tsender_id\x18\x02 \x01(\x05R\bsenderId\x12\x18\n" +
 	"\apreview\x18\x03 \x01(\tR\apreview\x12\x10\n" +
 	"\x03seq\x18\x04 \x01(\x03R\x03seq\x123\n" +
-	"\asent_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xba\x03\n" +
+	"\asent_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xec\x03\n" +
 	"\x04Chat\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x13.parley.v1.ChatTypeR\x04type\x12\x12\n" +
@@ -1516,7 +1526,8 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x04role\x18\b \x01(\x0e2\x0f.parley.v1.RoleR\x04role\x12!\n" +
 	"\funread_count\x18\t \x01(\x03R\vunreadCount\x120\n" +
 	"\arequest\x18\n" +
-	" \x01(\v2\x16.parley.v1.ChatRequestR\arequest\",\n" +
+	" \x01(\v2\x16.parley.v1.ChatRequestR\arequest\x120\n" +
+	"\x14unread_mention_count\x18\v \x01(\x03R\x12unreadMentionCount\",\n" +
 	"\vChatRequest\x12\x1d\n" +
 	"\n" +
 	"starter_id\x18\x01 \x01(\x05R\tstarterId\"<\n" +

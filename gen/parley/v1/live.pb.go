@@ -136,6 +136,8 @@ type Event struct {
 	//	*Event_RoleChanged
 	//	*Event_Typing
 	//	*Event_Presence
+	//	*Event_ReactionsChanged
+	//	*Event_PinsChanged
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -309,6 +311,24 @@ func (x *Event) GetPresence() *Presence {
 	return nil
 }
 
+func (x *Event) GetReactionsChanged() *ReactionsChanged {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_ReactionsChanged); ok {
+			return x.ReactionsChanged
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetPinsChanged() *PinsChanged {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_PinsChanged); ok {
+			return x.PinsChanged
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -365,6 +385,14 @@ type Event_Presence struct {
 	Presence *Presence `protobuf:"bytes,22,opt,name=presence,proto3,oneof"`
 }
 
+type Event_ReactionsChanged struct {
+	ReactionsChanged *ReactionsChanged `protobuf:"bytes,23,opt,name=reactions_changed,json=reactionsChanged,proto3,oneof"`
+}
+
+type Event_PinsChanged struct {
+	PinsChanged *PinsChanged `protobuf:"bytes,24,opt,name=pins_changed,json=pinsChanged,proto3,oneof"`
+}
+
 func (*Event_Ready) isEvent_Kind() {}
 
 func (*Event_Heartbeat) isEvent_Kind() {}
@@ -390,6 +418,10 @@ func (*Event_RoleChanged) isEvent_Kind() {}
 func (*Event_Typing) isEvent_Kind() {}
 
 func (*Event_Presence) isEvent_Kind() {}
+
+func (*Event_ReactionsChanged) isEvent_Kind() {}
+
+func (*Event_PinsChanged) isEvent_Kind() {}
 
 // Ready is the first event of every stream: the replay is over and live
 // events follow. Its cursor (in Event.cursor) is where the stream stands,
@@ -621,6 +653,192 @@ func (x *PositionsChanged) GetChatReadSeq() int64 {
 	return 0
 }
 
+// ReactionsChanged tells that a member added or removed a reaction.
+type ReactionsChanged struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChatId    string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	MessageId string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Seq       int64                  `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Who reacted, with which emoji, and whether it added the reaction or
+	// took it back.
+	UserId int32  `protobuf:"varint,4,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Emoji  string `protobuf:"bytes,5,opt,name=emoji,proto3" json:"emoji,omitempty"`
+	Added  bool   `protobuf:"varint,6,opt,name=added,proto3" json:"added,omitempty"`
+	// The message's reactions after the change (mine is not set: a client
+	// keeps its own from user_id and added).
+	Reactions []*Reaction `protobuf:"bytes,7,rep,name=reactions,proto3" json:"reactions,omitempty"`
+	// Grows with each change of the message's reactions: when changes race,
+	// their events may arrive out of order, and a client keeps the
+	// reactions of the highest version it saw.
+	Version       int64 `protobuf:"varint,8,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReactionsChanged) Reset() {
+	*x = ReactionsChanged{}
+	mi := &file_parley_v1_live_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReactionsChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReactionsChanged) ProtoMessage() {}
+
+func (x *ReactionsChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_live_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReactionsChanged.ProtoReflect.Descriptor instead.
+func (*ReactionsChanged) Descriptor() ([]byte, []int) {
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReactionsChanged) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *ReactionsChanged) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *ReactionsChanged) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ReactionsChanged) GetUserId() int32 {
+	if x != nil {
+		return x.UserId
+	}
+	return 0
+}
+
+func (x *ReactionsChanged) GetEmoji() string {
+	if x != nil {
+		return x.Emoji
+	}
+	return ""
+}
+
+func (x *ReactionsChanged) GetAdded() bool {
+	if x != nil {
+		return x.Added
+	}
+	return false
+}
+
+func (x *ReactionsChanged) GetReactions() []*Reaction {
+	if x != nil {
+		return x.Reactions
+	}
+	return nil
+}
+
+func (x *ReactionsChanged) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// PinsChanged tells that a message was pinned or unpinned.
+type PinsChanged struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChatId    string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	MessageId string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Seq       int64                  `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	Pinned    bool                   `protobuf:"varint,4,opt,name=pinned,proto3" json:"pinned,omitempty"`
+	// Who pinned or unpinned it.
+	ActorId       int32 `protobuf:"varint,5,opt,name=actor_id,json=actorId,proto3" json:"actor_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PinsChanged) Reset() {
+	*x = PinsChanged{}
+	mi := &file_parley_v1_live_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PinsChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PinsChanged) ProtoMessage() {}
+
+func (x *PinsChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_live_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PinsChanged.ProtoReflect.Descriptor instead.
+func (*PinsChanged) Descriptor() ([]byte, []int) {
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PinsChanged) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *PinsChanged) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *PinsChanged) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *PinsChanged) GetPinned() bool {
+	if x != nil {
+		return x.Pinned
+	}
+	return false
+}
+
+func (x *PinsChanged) GetActorId() int32 {
+	if x != nil {
+		return x.ActorId
+	}
+	return 0
+}
+
 // ChatEvent tells that a chat was created or changed.
 type ChatEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -638,7 +856,7 @@ type ChatEvent struct {
 
 func (x *ChatEvent) Reset() {
 	*x = ChatEvent{}
-	mi := &file_parley_v1_live_proto_msgTypes[7]
+	mi := &file_parley_v1_live_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +868,7 @@ func (x *ChatEvent) String() string {
 func (*ChatEvent) ProtoMessage() {}
 
 func (x *ChatEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_live_proto_msgTypes[7]
+	mi := &file_parley_v1_live_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +881,7 @@ func (x *ChatEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatEvent.ProtoReflect.Descriptor instead.
 func (*ChatEvent) Descriptor() ([]byte, []int) {
-	return file_parley_v1_live_proto_rawDescGZIP(), []int{7}
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ChatEvent) GetChat() *Chat {
@@ -702,7 +920,7 @@ type Typing struct {
 
 func (x *Typing) Reset() {
 	*x = Typing{}
-	mi := &file_parley_v1_live_proto_msgTypes[8]
+	mi := &file_parley_v1_live_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +932,7 @@ func (x *Typing) String() string {
 func (*Typing) ProtoMessage() {}
 
 func (x *Typing) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_live_proto_msgTypes[8]
+	mi := &file_parley_v1_live_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +945,7 @@ func (x *Typing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Typing.ProtoReflect.Descriptor instead.
 func (*Typing) Descriptor() ([]byte, []int) {
-	return file_parley_v1_live_proto_rawDescGZIP(), []int{8}
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Typing) GetChatId() string {
@@ -773,7 +991,7 @@ type Presence struct {
 
 func (x *Presence) Reset() {
 	*x = Presence{}
-	mi := &file_parley_v1_live_proto_msgTypes[9]
+	mi := &file_parley_v1_live_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +1003,7 @@ func (x *Presence) String() string {
 func (*Presence) ProtoMessage() {}
 
 func (x *Presence) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_live_proto_msgTypes[9]
+	mi := &file_parley_v1_live_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +1016,7 @@ func (x *Presence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Presence.ProtoReflect.Descriptor instead.
 func (*Presence) Descriptor() ([]byte, []int) {
-	return file_parley_v1_live_proto_rawDescGZIP(), []int{9}
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Presence) GetUserId() int32 {
@@ -831,7 +1049,7 @@ type GetPresenceRequest struct {
 
 func (x *GetPresenceRequest) Reset() {
 	*x = GetPresenceRequest{}
-	mi := &file_parley_v1_live_proto_msgTypes[10]
+	mi := &file_parley_v1_live_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +1061,7 @@ func (x *GetPresenceRequest) String() string {
 func (*GetPresenceRequest) ProtoMessage() {}
 
 func (x *GetPresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_live_proto_msgTypes[10]
+	mi := &file_parley_v1_live_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +1074,7 @@ func (x *GetPresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPresenceRequest.ProtoReflect.Descriptor instead.
 func (*GetPresenceRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_live_proto_rawDescGZIP(), []int{10}
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetPresenceRequest) GetUserIds() []int32 {
@@ -875,7 +1093,7 @@ type GetPresenceResponse struct {
 
 func (x *GetPresenceResponse) Reset() {
 	*x = GetPresenceResponse{}
-	mi := &file_parley_v1_live_proto_msgTypes[11]
+	mi := &file_parley_v1_live_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -887,7 +1105,7 @@ func (x *GetPresenceResponse) String() string {
 func (*GetPresenceResponse) ProtoMessage() {}
 
 func (x *GetPresenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_live_proto_msgTypes[11]
+	mi := &file_parley_v1_live_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -900,7 +1118,7 @@ func (x *GetPresenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPresenceResponse.ProtoReflect.Descriptor instead.
 func (*GetPresenceResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_live_proto_rawDescGZIP(), []int{11}
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetPresenceResponse) GetPresences() []*Presence {
@@ -918,7 +1136,7 @@ const file_parley_v1_live_proto_rawDesc = "" +
 	"\x10SubscribeRequest\x12J\n" +
 	"\rresume_cursor\x18\x01 \x01(\tB%\xbaH\"r \x18)2\x1c^([0-9]{1,20}-[0-9]{1,20})?$R\fresumeCursor\";\n" +
 	"\x11SubscribeResponse\x12&\n" +
-	"\x05event\x18\x01 \x01(\v2\x10.parley.v1.EventR\x05event\"\xda\x06\n" +
+	"\x05event\x18\x01 \x01(\v2\x10.parley.v1.EventR\x05event\"\xe3\a\n" +
 	"\x05Event\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12(\n" +
@@ -935,7 +1153,9 @@ const file_parley_v1_live_proto_rawDesc = "" +
 	"\x0emember_removed\x18\x13 \x01(\v2\x14.parley.v1.ChatEventH\x00R\rmemberRemoved\x129\n" +
 	"\frole_changed\x18\x14 \x01(\v2\x14.parley.v1.ChatEventH\x00R\vroleChanged\x12+\n" +
 	"\x06typing\x18\x15 \x01(\v2\x11.parley.v1.TypingH\x00R\x06typing\x121\n" +
-	"\bpresence\x18\x16 \x01(\v2\x13.parley.v1.PresenceH\x00R\bpresenceB\x06\n" +
+	"\bpresence\x18\x16 \x01(\v2\x13.parley.v1.PresenceH\x00R\bpresence\x12J\n" +
+	"\x11reactions_changed\x18\x17 \x01(\v2\x1b.parley.v1.ReactionsChangedH\x00R\x10reactionsChanged\x12;\n" +
+	"\fpins_changed\x18\x18 \x01(\v2\x16.parley.v1.PinsChangedH\x00R\vpinsChangedB\x06\n" +
 	"\x04kind\"=\n" +
 	"\x05Ready\x12\x18\n" +
 	"\aresumed\x18\x01 \x01(\bR\aresumed\x12\x1a\n" +
@@ -949,7 +1169,24 @@ const file_parley_v1_live_proto_rawDesc = "" +
 	"\rdelivered_seq\x18\x03 \x01(\x03R\fdeliveredSeq\x12\x19\n" +
 	"\bread_seq\x18\x04 \x01(\x03R\areadSeq\x12,\n" +
 	"\x12chat_delivered_seq\x18\x05 \x01(\x03R\x10chatDeliveredSeq\x12\"\n" +
-	"\rchat_read_seq\x18\x06 \x01(\x03R\vchatReadSeq\"f\n" +
+	"\rchat_read_seq\x18\x06 \x01(\x03R\vchatReadSeq\"\xee\x01\n" +
+	"\x10ReactionsChanged\x12\x17\n" +
+	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tR\tmessageId\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x03R\x03seq\x12\x17\n" +
+	"\auser_id\x18\x04 \x01(\x05R\x06userId\x12\x14\n" +
+	"\x05emoji\x18\x05 \x01(\tR\x05emoji\x12\x14\n" +
+	"\x05added\x18\x06 \x01(\bR\x05added\x121\n" +
+	"\treactions\x18\a \x03(\v2\x13.parley.v1.ReactionR\treactions\x12\x18\n" +
+	"\aversion\x18\b \x01(\x03R\aversion\"\x8a\x01\n" +
+	"\vPinsChanged\x12\x17\n" +
+	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tR\tmessageId\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x03R\x03seq\x12\x16\n" +
+	"\x06pinned\x18\x04 \x01(\bR\x06pinned\x12\x19\n" +
+	"\bactor_id\x18\x05 \x01(\x05R\aactorId\"f\n" +
 	"\tChatEvent\x12#\n" +
 	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\x12\x19\n" +
 	"\bactor_id\x18\x02 \x01(\x05R\aactorId\x12\x19\n" +
@@ -984,7 +1221,7 @@ func file_parley_v1_live_proto_rawDescGZIP() []byte {
 	return file_parley_v1_live_proto_rawDescData
 }
 
-var file_parley_v1_live_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_parley_v1_live_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_parley_v1_live_proto_goTypes = []any{
 	(*SubscribeRequest)(nil),      // 0: parley.v1.SubscribeRequest
 	(*SubscribeResponse)(nil),     // 1: parley.v1.SubscribeResponse
@@ -993,45 +1230,51 @@ var file_parley_v1_live_proto_goTypes = []any{
 	(*Heartbeat)(nil),             // 4: parley.v1.Heartbeat
 	(*MessageEvent)(nil),          // 5: parley.v1.MessageEvent
 	(*PositionsChanged)(nil),      // 6: parley.v1.PositionsChanged
-	(*ChatEvent)(nil),             // 7: parley.v1.ChatEvent
-	(*Typing)(nil),                // 8: parley.v1.Typing
-	(*Presence)(nil),              // 9: parley.v1.Presence
-	(*GetPresenceRequest)(nil),    // 10: parley.v1.GetPresenceRequest
-	(*GetPresenceResponse)(nil),   // 11: parley.v1.GetPresenceResponse
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*Message)(nil),               // 13: parley.v1.Message
-	(*Chat)(nil),                  // 14: parley.v1.Chat
+	(*ReactionsChanged)(nil),      // 7: parley.v1.ReactionsChanged
+	(*PinsChanged)(nil),           // 8: parley.v1.PinsChanged
+	(*ChatEvent)(nil),             // 9: parley.v1.ChatEvent
+	(*Typing)(nil),                // 10: parley.v1.Typing
+	(*Presence)(nil),              // 11: parley.v1.Presence
+	(*GetPresenceRequest)(nil),    // 12: parley.v1.GetPresenceRequest
+	(*GetPresenceResponse)(nil),   // 13: parley.v1.GetPresenceResponse
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*Message)(nil),               // 15: parley.v1.Message
+	(*Reaction)(nil),              // 16: parley.v1.Reaction
+	(*Chat)(nil),                  // 17: parley.v1.Chat
 }
 var file_parley_v1_live_proto_depIdxs = []int32{
 	2,  // 0: parley.v1.SubscribeResponse.event:type_name -> parley.v1.Event
-	12, // 1: parley.v1.Event.time:type_name -> google.protobuf.Timestamp
+	14, // 1: parley.v1.Event.time:type_name -> google.protobuf.Timestamp
 	3,  // 2: parley.v1.Event.ready:type_name -> parley.v1.Ready
 	4,  // 3: parley.v1.Event.heartbeat:type_name -> parley.v1.Heartbeat
 	5,  // 4: parley.v1.Event.message_created:type_name -> parley.v1.MessageEvent
 	5,  // 5: parley.v1.Event.message_edited:type_name -> parley.v1.MessageEvent
 	5,  // 6: parley.v1.Event.message_deleted:type_name -> parley.v1.MessageEvent
 	6,  // 7: parley.v1.Event.positions_changed:type_name -> parley.v1.PositionsChanged
-	7,  // 8: parley.v1.Event.chat_created:type_name -> parley.v1.ChatEvent
-	7,  // 9: parley.v1.Event.chat_updated:type_name -> parley.v1.ChatEvent
-	7,  // 10: parley.v1.Event.members_added:type_name -> parley.v1.ChatEvent
-	7,  // 11: parley.v1.Event.member_removed:type_name -> parley.v1.ChatEvent
-	7,  // 12: parley.v1.Event.role_changed:type_name -> parley.v1.ChatEvent
-	8,  // 13: parley.v1.Event.typing:type_name -> parley.v1.Typing
-	9,  // 14: parley.v1.Event.presence:type_name -> parley.v1.Presence
-	13, // 15: parley.v1.MessageEvent.message:type_name -> parley.v1.Message
-	14, // 16: parley.v1.ChatEvent.chat:type_name -> parley.v1.Chat
-	12, // 17: parley.v1.Typing.expires_at:type_name -> google.protobuf.Timestamp
-	12, // 18: parley.v1.Presence.last_seen:type_name -> google.protobuf.Timestamp
-	9,  // 19: parley.v1.GetPresenceResponse.presences:type_name -> parley.v1.Presence
-	0,  // 20: parley.v1.LiveService.Subscribe:input_type -> parley.v1.SubscribeRequest
-	10, // 21: parley.v1.LiveService.GetPresence:input_type -> parley.v1.GetPresenceRequest
-	1,  // 22: parley.v1.LiveService.Subscribe:output_type -> parley.v1.SubscribeResponse
-	11, // 23: parley.v1.LiveService.GetPresence:output_type -> parley.v1.GetPresenceResponse
-	22, // [22:24] is the sub-list for method output_type
-	20, // [20:22] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	9,  // 8: parley.v1.Event.chat_created:type_name -> parley.v1.ChatEvent
+	9,  // 9: parley.v1.Event.chat_updated:type_name -> parley.v1.ChatEvent
+	9,  // 10: parley.v1.Event.members_added:type_name -> parley.v1.ChatEvent
+	9,  // 11: parley.v1.Event.member_removed:type_name -> parley.v1.ChatEvent
+	9,  // 12: parley.v1.Event.role_changed:type_name -> parley.v1.ChatEvent
+	10, // 13: parley.v1.Event.typing:type_name -> parley.v1.Typing
+	11, // 14: parley.v1.Event.presence:type_name -> parley.v1.Presence
+	7,  // 15: parley.v1.Event.reactions_changed:type_name -> parley.v1.ReactionsChanged
+	8,  // 16: parley.v1.Event.pins_changed:type_name -> parley.v1.PinsChanged
+	15, // 17: parley.v1.MessageEvent.message:type_name -> parley.v1.Message
+	16, // 18: parley.v1.ReactionsChanged.reactions:type_name -> parley.v1.Reaction
+	17, // 19: parley.v1.ChatEvent.chat:type_name -> parley.v1.Chat
+	14, // 20: parley.v1.Typing.expires_at:type_name -> google.protobuf.Timestamp
+	14, // 21: parley.v1.Presence.last_seen:type_name -> google.protobuf.Timestamp
+	11, // 22: parley.v1.GetPresenceResponse.presences:type_name -> parley.v1.Presence
+	0,  // 23: parley.v1.LiveService.Subscribe:input_type -> parley.v1.SubscribeRequest
+	12, // 24: parley.v1.LiveService.GetPresence:input_type -> parley.v1.GetPresenceRequest
+	1,  // 25: parley.v1.LiveService.Subscribe:output_type -> parley.v1.SubscribeResponse
+	13, // 26: parley.v1.LiveService.GetPresence:output_type -> parley.v1.GetPresenceResponse
+	25, // [25:27] is the sub-list for method output_type
+	23, // [23:25] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_live_proto_init() }
@@ -1055,6 +1298,8 @@ func file_parley_v1_live_proto_init() {
 		(*Event_RoleChanged)(nil),
 		(*Event_Typing)(nil),
 		(*Event_Presence)(nil),
+		(*Event_ReactionsChanged)(nil),
+		(*Event_PinsChanged)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1062,7 +1307,7 @@ func file_parley_v1_live_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_live_proto_rawDesc), len(file_parley_v1_live_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -210,8 +210,21 @@ type Message struct {
 	Status  MessageStatus `protobuf:"varint,10,opt,name=status,proto3,enum=parley.v1.MessageStatus" json:"status,omitempty"`
 	// The sender's idempotency key.
 	ClientMessageId string `protobuf:"bytes,11,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The message this one replies to, as a quote.
+	ReplyTo *ReplyQuote `protobuf:"bytes,12,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	// The reactions to the message, one entry per emoji, the most used
+	// first. Empty for a deleted message.
+	Reactions []*Reaction `protobuf:"bytes,13,rep,name=reactions,proto3" json:"reactions,omitempty"`
+	// The members the message mentions.
+	MentionedUserIds []int32 `protobuf:"varint,14,rep,packed,name=mentioned_user_ids,json=mentionedUserIds,proto3" json:"mentioned_user_ids,omitempty"`
+	// True when the message mentions every member of its group (@all).
+	MentionsAll bool `protobuf:"varint,15,opt,name=mentions_all,json=mentionsAll,proto3" json:"mentions_all,omitempty"`
+	// Set on a forwarded message: who sent the original, and when.
+	ForwardedFrom *ForwardedFrom `protobuf:"bytes,16,opt,name=forwarded_from,json=forwardedFrom,proto3" json:"forwarded_from,omitempty"`
+	// Set while the message is pinned in its chat.
+	Pin           *Pin `protobuf:"bytes,17,opt,name=pin,proto3" json:"pin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Message) Reset() {
@@ -321,6 +334,364 @@ func (x *Message) GetClientMessageId() string {
 	return ""
 }
 
+func (x *Message) GetReplyTo() *ReplyQuote {
+	if x != nil {
+		return x.ReplyTo
+	}
+	return nil
+}
+
+func (x *Message) GetReactions() []*Reaction {
+	if x != nil {
+		return x.Reactions
+	}
+	return nil
+}
+
+func (x *Message) GetMentionedUserIds() []int32 {
+	if x != nil {
+		return x.MentionedUserIds
+	}
+	return nil
+}
+
+func (x *Message) GetMentionsAll() bool {
+	if x != nil {
+		return x.MentionsAll
+	}
+	return false
+}
+
+func (x *Message) GetForwardedFrom() *ForwardedFrom {
+	if x != nil {
+		return x.ForwardedFrom
+	}
+	return nil
+}
+
+func (x *Message) GetPin() *Pin {
+	if x != nil {
+		return x.Pin
+	}
+	return nil
+}
+
+// ReplyQuote is what a reply shows of the message it answers.
+type ReplyQuote struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	MessageId string                 `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Seq       int64                  `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	SenderId  int32                  `protobuf:"varint,3,opt,name=sender_id,json=senderId,proto3" json:"sender_id,omitempty"`
+	// The start of the original's text, as it is now (after edits); empty
+	// once the original was deleted.
+	Preview string `protobuf:"bytes,4,opt,name=preview,proto3" json:"preview,omitempty"`
+	// The types of the original's attachments ("image", "file", "video").
+	AttachmentTypes []string `protobuf:"bytes,5,rep,name=attachment_types,json=attachmentTypes,proto3" json:"attachment_types,omitempty"`
+	// True once the original was deleted for everyone: the quote is a
+	// tombstone.
+	Deleted       bool `protobuf:"varint,6,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplyQuote) Reset() {
+	*x = ReplyQuote{}
+	mi := &file_parley_v1_message_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplyQuote) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplyQuote) ProtoMessage() {}
+
+func (x *ReplyQuote) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplyQuote.ProtoReflect.Descriptor instead.
+func (*ReplyQuote) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReplyQuote) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *ReplyQuote) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ReplyQuote) GetSenderId() int32 {
+	if x != nil {
+		return x.SenderId
+	}
+	return 0
+}
+
+func (x *ReplyQuote) GetPreview() string {
+	if x != nil {
+		return x.Preview
+	}
+	return ""
+}
+
+func (x *ReplyQuote) GetAttachmentTypes() []string {
+	if x != nil {
+		return x.AttachmentTypes
+	}
+	return nil
+}
+
+func (x *ReplyQuote) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+// Reaction counts the members who reacted to a message with one emoji.
+type Reaction struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Emoji string                 `protobuf:"bytes,1,opt,name=emoji,proto3" json:"emoji,omitempty"`
+	Count int32                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	// True when the caller is one of them. Not set in live events, which
+	// every member receives alike: see ReactionsChanged.
+	Mine          bool `protobuf:"varint,3,opt,name=mine,proto3" json:"mine,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reaction) Reset() {
+	*x = Reaction{}
+	mi := &file_parley_v1_message_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reaction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reaction) ProtoMessage() {}
+
+func (x *Reaction) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reaction.ProtoReflect.Descriptor instead.
+func (*Reaction) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Reaction) GetEmoji() string {
+	if x != nil {
+		return x.Emoji
+	}
+	return ""
+}
+
+func (x *Reaction) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Reaction) GetMine() bool {
+	if x != nil {
+		return x.Mine
+	}
+	return false
+}
+
+// ForwardedFrom marks a forwarded message with its origin. A message
+// forwarded again keeps the first origin.
+type ForwardedFrom struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Who sent the original message.
+	SenderId int32 `protobuf:"varint,1,opt,name=sender_id,json=senderId,proto3" json:"sender_id,omitempty"`
+	// When the original was sent.
+	SentAt        *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardedFrom) Reset() {
+	*x = ForwardedFrom{}
+	mi := &file_parley_v1_message_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardedFrom) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardedFrom) ProtoMessage() {}
+
+func (x *ForwardedFrom) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardedFrom.ProtoReflect.Descriptor instead.
+func (*ForwardedFrom) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ForwardedFrom) GetSenderId() int32 {
+	if x != nil {
+		return x.SenderId
+	}
+	return 0
+}
+
+func (x *ForwardedFrom) GetSentAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SentAt
+	}
+	return nil
+}
+
+// Pin tells who pinned a message, and when.
+type Pin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PinnedBy      int32                  `protobuf:"varint,1,opt,name=pinned_by,json=pinnedBy,proto3" json:"pinned_by,omitempty"`
+	PinnedAt      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=pinned_at,json=pinnedAt,proto3" json:"pinned_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pin) Reset() {
+	*x = Pin{}
+	mi := &file_parley_v1_message_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pin) ProtoMessage() {}
+
+func (x *Pin) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pin.ProtoReflect.Descriptor instead.
+func (*Pin) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Pin) GetPinnedBy() int32 {
+	if x != nil {
+		return x.PinnedBy
+	}
+	return 0
+}
+
+func (x *Pin) GetPinnedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PinnedAt
+	}
+	return nil
+}
+
+// ForwardSource names a message to forward: one of a chat the caller is a
+// member of.
+type ForwardSource struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	MessageId     string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardSource) Reset() {
+	*x = ForwardSource{}
+	mi := &file_parley_v1_message_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardSource) ProtoMessage() {}
+
+func (x *ForwardSource) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardSource.ProtoReflect.Descriptor instead.
+func (*ForwardSource) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ForwardSource) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *ForwardSource) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
 type SendMessageRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
@@ -331,14 +702,28 @@ type SendMessageRequest struct {
 	Text string `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
 	// Files to send with the message: ready uploads of the caller to this
 	// chat (MediaService), not sent before. At most 10.
-	MediaIds      []string `protobuf:"bytes,4,rep,name=media_ids,json=mediaIds,proto3" json:"media_ids,omitempty"`
+	MediaIds []string `protobuf:"bytes,4,rep,name=media_ids,json=mediaIds,proto3" json:"media_ids,omitempty"`
+	// The message of this chat that this one replies to (NOT_FOUND when the
+	// chat has no such message, FAILED_PRECONDITION when it was deleted).
+	ReplyToMessageId string `protobuf:"bytes,5,opt,name=reply_to_message_id,json=replyToMessageId,proto3" json:"reply_to_message_id,omitempty"`
+	// Members of the chat the message mentions (INVALID_ARGUMENT for anyone
+	// else). Each gets the chat's unread_mention_count raised until it reads
+	// the message. At most 50.
+	MentionUserIds []int32 `protobuf:"varint,6,rep,packed,name=mention_user_ids,json=mentionUserIds,proto3" json:"mention_user_ids,omitempty"`
+	// Mention every member of the group (@all): groups only, admins only
+	// (PERMISSION_DENIED).
+	MentionAll bool `protobuf:"varint,7,opt,name=mention_all,json=mentionAll,proto3" json:"mention_all,omitempty"`
+	// Forward this message instead of writing one: the new message takes
+	// its text and files (with no new upload) and a forwarded_from mark.
+	// text and media_ids must then be empty.
+	Forward       *ForwardSource `protobuf:"bytes,8,opt,name=forward,proto3" json:"forward,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SendMessageRequest) Reset() {
 	*x = SendMessageRequest{}
-	mi := &file_parley_v1_message_proto_msgTypes[2]
+	mi := &file_parley_v1_message_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +735,7 @@ func (x *SendMessageRequest) String() string {
 func (*SendMessageRequest) ProtoMessage() {}
 
 func (x *SendMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[2]
+	mi := &file_parley_v1_message_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +748,7 @@ func (x *SendMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendMessageRequest.ProtoReflect.Descriptor instead.
 func (*SendMessageRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{2}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SendMessageRequest) GetChatId() string {
@@ -394,6 +779,34 @@ func (x *SendMessageRequest) GetMediaIds() []string {
 	return nil
 }
 
+func (x *SendMessageRequest) GetReplyToMessageId() string {
+	if x != nil {
+		return x.ReplyToMessageId
+	}
+	return ""
+}
+
+func (x *SendMessageRequest) GetMentionUserIds() []int32 {
+	if x != nil {
+		return x.MentionUserIds
+	}
+	return nil
+}
+
+func (x *SendMessageRequest) GetMentionAll() bool {
+	if x != nil {
+		return x.MentionAll
+	}
+	return false
+}
+
+func (x *SendMessageRequest) GetForward() *ForwardSource {
+	if x != nil {
+		return x.Forward
+	}
+	return nil
+}
+
 type SendMessageResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Message       *Message               `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
@@ -403,7 +816,7 @@ type SendMessageResponse struct {
 
 func (x *SendMessageResponse) Reset() {
 	*x = SendMessageResponse{}
-	mi := &file_parley_v1_message_proto_msgTypes[3]
+	mi := &file_parley_v1_message_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -415,7 +828,7 @@ func (x *SendMessageResponse) String() string {
 func (*SendMessageResponse) ProtoMessage() {}
 
 func (x *SendMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[3]
+	mi := &file_parley_v1_message_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -428,7 +841,7 @@ func (x *SendMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendMessageResponse.ProtoReflect.Descriptor instead.
 func (*SendMessageResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{3}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SendMessageResponse) GetMessage() *Message {
@@ -456,7 +869,7 @@ type ListMessagesRequest struct {
 
 func (x *ListMessagesRequest) Reset() {
 	*x = ListMessagesRequest{}
-	mi := &file_parley_v1_message_proto_msgTypes[4]
+	mi := &file_parley_v1_message_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +881,7 @@ func (x *ListMessagesRequest) String() string {
 func (*ListMessagesRequest) ProtoMessage() {}
 
 func (x *ListMessagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[4]
+	mi := &file_parley_v1_message_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +894,7 @@ func (x *ListMessagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMessagesRequest.ProtoReflect.Descriptor instead.
 func (*ListMessagesRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{4}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListMessagesRequest) GetChatId() string {
@@ -553,7 +966,7 @@ type ListMessagesResponse struct {
 
 func (x *ListMessagesResponse) Reset() {
 	*x = ListMessagesResponse{}
-	mi := &file_parley_v1_message_proto_msgTypes[5]
+	mi := &file_parley_v1_message_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +978,7 @@ func (x *ListMessagesResponse) String() string {
 func (*ListMessagesResponse) ProtoMessage() {}
 
 func (x *ListMessagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[5]
+	mi := &file_parley_v1_message_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +991,7 @@ func (x *ListMessagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMessagesResponse.ProtoReflect.Descriptor instead.
 func (*ListMessagesResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{5}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListMessagesResponse) GetMessages() []*Message {
@@ -606,7 +1019,7 @@ type EditMessageRequest struct {
 
 func (x *EditMessageRequest) Reset() {
 	*x = EditMessageRequest{}
-	mi := &file_parley_v1_message_proto_msgTypes[6]
+	mi := &file_parley_v1_message_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +1031,7 @@ func (x *EditMessageRequest) String() string {
 func (*EditMessageRequest) ProtoMessage() {}
 
 func (x *EditMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[6]
+	mi := &file_parley_v1_message_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +1044,7 @@ func (x *EditMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditMessageRequest.ProtoReflect.Descriptor instead.
 func (*EditMessageRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{6}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EditMessageRequest) GetChatId() string {
@@ -664,7 +1077,7 @@ type EditMessageResponse struct {
 
 func (x *EditMessageResponse) Reset() {
 	*x = EditMessageResponse{}
-	mi := &file_parley_v1_message_proto_msgTypes[7]
+	mi := &file_parley_v1_message_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -676,7 +1089,7 @@ func (x *EditMessageResponse) String() string {
 func (*EditMessageResponse) ProtoMessage() {}
 
 func (x *EditMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[7]
+	mi := &file_parley_v1_message_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -689,7 +1102,7 @@ func (x *EditMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditMessageResponse.ProtoReflect.Descriptor instead.
 func (*EditMessageResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{7}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *EditMessageResponse) GetMessage() *Message {
@@ -709,7 +1122,7 @@ type DeleteMessageRequest struct {
 
 func (x *DeleteMessageRequest) Reset() {
 	*x = DeleteMessageRequest{}
-	mi := &file_parley_v1_message_proto_msgTypes[8]
+	mi := &file_parley_v1_message_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +1134,7 @@ func (x *DeleteMessageRequest) String() string {
 func (*DeleteMessageRequest) ProtoMessage() {}
 
 func (x *DeleteMessageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[8]
+	mi := &file_parley_v1_message_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +1147,7 @@ func (x *DeleteMessageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMessageRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMessageRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{8}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteMessageRequest) GetChatId() string {
@@ -760,7 +1173,7 @@ type DeleteMessageResponse struct {
 
 func (x *DeleteMessageResponse) Reset() {
 	*x = DeleteMessageResponse{}
-	mi := &file_parley_v1_message_proto_msgTypes[9]
+	mi := &file_parley_v1_message_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +1185,7 @@ func (x *DeleteMessageResponse) String() string {
 func (*DeleteMessageResponse) ProtoMessage() {}
 
 func (x *DeleteMessageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[9]
+	mi := &file_parley_v1_message_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +1198,7 @@ func (x *DeleteMessageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMessageResponse.ProtoReflect.Descriptor instead.
 func (*DeleteMessageResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{9}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteMessageResponse) GetMessage() *Message {
@@ -805,7 +1218,7 @@ type MarkDeliveredRequest struct {
 
 func (x *MarkDeliveredRequest) Reset() {
 	*x = MarkDeliveredRequest{}
-	mi := &file_parley_v1_message_proto_msgTypes[10]
+	mi := &file_parley_v1_message_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +1230,7 @@ func (x *MarkDeliveredRequest) String() string {
 func (*MarkDeliveredRequest) ProtoMessage() {}
 
 func (x *MarkDeliveredRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[10]
+	mi := &file_parley_v1_message_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +1243,7 @@ func (x *MarkDeliveredRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkDeliveredRequest.ProtoReflect.Descriptor instead.
 func (*MarkDeliveredRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{10}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MarkDeliveredRequest) GetChatId() string {
@@ -857,7 +1270,7 @@ type MarkDeliveredResponse struct {
 
 func (x *MarkDeliveredResponse) Reset() {
 	*x = MarkDeliveredResponse{}
-	mi := &file_parley_v1_message_proto_msgTypes[11]
+	mi := &file_parley_v1_message_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +1282,7 @@ func (x *MarkDeliveredResponse) String() string {
 func (*MarkDeliveredResponse) ProtoMessage() {}
 
 func (x *MarkDeliveredResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[11]
+	mi := &file_parley_v1_message_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1295,7 @@ func (x *MarkDeliveredResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkDeliveredResponse.ProtoReflect.Descriptor instead.
 func (*MarkDeliveredResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{11}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MarkDeliveredResponse) GetDeliveredSeq() int64 {
@@ -902,7 +1315,7 @@ type MarkReadRequest struct {
 
 func (x *MarkReadRequest) Reset() {
 	*x = MarkReadRequest{}
-	mi := &file_parley_v1_message_proto_msgTypes[12]
+	mi := &file_parley_v1_message_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1327,7 @@ func (x *MarkReadRequest) String() string {
 func (*MarkReadRequest) ProtoMessage() {}
 
 func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[12]
+	mi := &file_parley_v1_message_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1340,7 @@ func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkReadRequest.ProtoReflect.Descriptor instead.
 func (*MarkReadRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{12}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MarkReadRequest) GetChatId() string {
@@ -956,7 +1369,7 @@ type MarkReadResponse struct {
 
 func (x *MarkReadResponse) Reset() {
 	*x = MarkReadResponse{}
-	mi := &file_parley_v1_message_proto_msgTypes[13]
+	mi := &file_parley_v1_message_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1381,7 @@ func (x *MarkReadResponse) String() string {
 func (*MarkReadResponse) ProtoMessage() {}
 
 func (x *MarkReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[13]
+	mi := &file_parley_v1_message_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1394,7 @@ func (x *MarkReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkReadResponse.ProtoReflect.Descriptor instead.
 func (*MarkReadResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{13}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MarkReadResponse) GetReadSeq() int64 {
@@ -1009,7 +1422,7 @@ type SendTypingRequest struct {
 
 func (x *SendTypingRequest) Reset() {
 	*x = SendTypingRequest{}
-	mi := &file_parley_v1_message_proto_msgTypes[14]
+	mi := &file_parley_v1_message_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1021,7 +1434,7 @@ func (x *SendTypingRequest) String() string {
 func (*SendTypingRequest) ProtoMessage() {}
 
 func (x *SendTypingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[14]
+	mi := &file_parley_v1_message_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1034,7 +1447,7 @@ func (x *SendTypingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendTypingRequest.ProtoReflect.Descriptor instead.
 func (*SendTypingRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{14}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SendTypingRequest) GetChatId() string {
@@ -1061,7 +1474,7 @@ type SendTypingResponse struct {
 
 func (x *SendTypingResponse) Reset() {
 	*x = SendTypingResponse{}
-	mi := &file_parley_v1_message_proto_msgTypes[15]
+	mi := &file_parley_v1_message_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1486,7 @@ func (x *SendTypingResponse) String() string {
 func (*SendTypingResponse) ProtoMessage() {}
 
 func (x *SendTypingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_message_proto_msgTypes[15]
+	mi := &file_parley_v1_message_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,12 +1499,752 @@ func (x *SendTypingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendTypingResponse.ProtoReflect.Descriptor instead.
 func (*SendTypingResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_message_proto_rawDescGZIP(), []int{15}
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SendTypingResponse) GetExpiresAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ExpiresAt
+	}
+	return nil
+}
+
+// An emoji: one grapheme cluster of emoji characters (with their
+// modifiers and joiners), at most 32 bytes.
+type AddReactionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	MessageId     string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Emoji         string                 `protobuf:"bytes,3,opt,name=emoji,proto3" json:"emoji,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddReactionRequest) Reset() {
+	*x = AddReactionRequest{}
+	mi := &file_parley_v1_message_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddReactionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddReactionRequest) ProtoMessage() {}
+
+func (x *AddReactionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddReactionRequest.ProtoReflect.Descriptor instead.
+func (*AddReactionRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AddReactionRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *AddReactionRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *AddReactionRequest) GetEmoji() string {
+	if x != nil {
+		return x.Emoji
+	}
+	return ""
+}
+
+type AddReactionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The message's reactions after the call.
+	Reactions     []*Reaction `protobuf:"bytes,1,rep,name=reactions,proto3" json:"reactions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddReactionResponse) Reset() {
+	*x = AddReactionResponse{}
+	mi := &file_parley_v1_message_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddReactionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddReactionResponse) ProtoMessage() {}
+
+func (x *AddReactionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddReactionResponse.ProtoReflect.Descriptor instead.
+func (*AddReactionResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AddReactionResponse) GetReactions() []*Reaction {
+	if x != nil {
+		return x.Reactions
+	}
+	return nil
+}
+
+type RemoveReactionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	MessageId     string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Emoji         string                 `protobuf:"bytes,3,opt,name=emoji,proto3" json:"emoji,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveReactionRequest) Reset() {
+	*x = RemoveReactionRequest{}
+	mi := &file_parley_v1_message_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveReactionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveReactionRequest) ProtoMessage() {}
+
+func (x *RemoveReactionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveReactionRequest.ProtoReflect.Descriptor instead.
+func (*RemoveReactionRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RemoveReactionRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *RemoveReactionRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *RemoveReactionRequest) GetEmoji() string {
+	if x != nil {
+		return x.Emoji
+	}
+	return ""
+}
+
+type RemoveReactionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The message's reactions after the call.
+	Reactions     []*Reaction `protobuf:"bytes,1,rep,name=reactions,proto3" json:"reactions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveReactionResponse) Reset() {
+	*x = RemoveReactionResponse{}
+	mi := &file_parley_v1_message_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveReactionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveReactionResponse) ProtoMessage() {}
+
+func (x *RemoveReactionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveReactionResponse.ProtoReflect.Descriptor instead.
+func (*RemoveReactionResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RemoveReactionResponse) GetReactions() []*Reaction {
+	if x != nil {
+		return x.Reactions
+	}
+	return nil
+}
+
+type ListReactionsRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ChatId    string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	MessageId string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Emoji     string                 `protobuf:"bytes,3,opt,name=emoji,proto3" json:"emoji,omitempty"`
+	// At most this many; 50 when unset, at most 200.
+	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, to continue.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReactionsRequest) Reset() {
+	*x = ListReactionsRequest{}
+	mi := &file_parley_v1_message_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReactionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReactionsRequest) ProtoMessage() {}
+
+func (x *ListReactionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReactionsRequest.ProtoReflect.Descriptor instead.
+func (*ListReactionsRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListReactionsRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *ListReactionsRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *ListReactionsRequest) GetEmoji() string {
+	if x != nil {
+		return x.Emoji
+	}
+	return ""
+}
+
+func (x *ListReactionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListReactionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListReactionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The members who reacted with the emoji, in the order they did.
+	UserIds []int32 `protobuf:"varint,1,rep,packed,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReactionsResponse) Reset() {
+	*x = ListReactionsResponse{}
+	mi := &file_parley_v1_message_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReactionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReactionsResponse) ProtoMessage() {}
+
+func (x *ListReactionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReactionsResponse.ProtoReflect.Descriptor instead.
+func (*ListReactionsResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListReactionsResponse) GetUserIds() []int32 {
+	if x != nil {
+		return x.UserIds
+	}
+	return nil
+}
+
+func (x *ListReactionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type PinMessageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	MessageId     string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PinMessageRequest) Reset() {
+	*x = PinMessageRequest{}
+	mi := &file_parley_v1_message_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PinMessageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PinMessageRequest) ProtoMessage() {}
+
+func (x *PinMessageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PinMessageRequest.ProtoReflect.Descriptor instead.
+func (*PinMessageRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PinMessageRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *PinMessageRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+type PinMessageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Message       *Message               `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PinMessageResponse) Reset() {
+	*x = PinMessageResponse{}
+	mi := &file_parley_v1_message_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PinMessageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PinMessageResponse) ProtoMessage() {}
+
+func (x *PinMessageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PinMessageResponse.ProtoReflect.Descriptor instead.
+func (*PinMessageResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PinMessageResponse) GetMessage() *Message {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+type UnpinMessageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	MessageId     string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnpinMessageRequest) Reset() {
+	*x = UnpinMessageRequest{}
+	mi := &file_parley_v1_message_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnpinMessageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnpinMessageRequest) ProtoMessage() {}
+
+func (x *UnpinMessageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnpinMessageRequest.ProtoReflect.Descriptor instead.
+func (*UnpinMessageRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *UnpinMessageRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *UnpinMessageRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+type UnpinMessageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Message       *Message               `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnpinMessageResponse) Reset() {
+	*x = UnpinMessageResponse{}
+	mi := &file_parley_v1_message_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnpinMessageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnpinMessageResponse) ProtoMessage() {}
+
+func (x *UnpinMessageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnpinMessageResponse.ProtoReflect.Descriptor instead.
+func (*UnpinMessageResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UnpinMessageResponse) GetMessage() *Message {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+type ListPinnedMessagesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPinnedMessagesRequest) Reset() {
+	*x = ListPinnedMessagesRequest{}
+	mi := &file_parley_v1_message_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPinnedMessagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPinnedMessagesRequest) ProtoMessage() {}
+
+func (x *ListPinnedMessagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPinnedMessagesRequest.ProtoReflect.Descriptor instead.
+func (*ListPinnedMessagesRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListPinnedMessagesRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+type ListPinnedMessagesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pinned messages, the most recently pinned first; at most 50.
+	Messages      []*Message `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPinnedMessagesResponse) Reset() {
+	*x = ListPinnedMessagesResponse{}
+	mi := &file_parley_v1_message_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPinnedMessagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPinnedMessagesResponse) ProtoMessage() {}
+
+func (x *ListPinnedMessagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPinnedMessagesResponse.ProtoReflect.Descriptor instead.
+func (*ListPinnedMessagesResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListPinnedMessagesResponse) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+type GetMessageReceiptsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	MessageId     string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMessageReceiptsRequest) Reset() {
+	*x = GetMessageReceiptsRequest{}
+	mi := &file_parley_v1_message_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMessageReceiptsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMessageReceiptsRequest) ProtoMessage() {}
+
+func (x *GetMessageReceiptsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMessageReceiptsRequest.ProtoReflect.Descriptor instead.
+func (*GetMessageReceiptsRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetMessageReceiptsRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *GetMessageReceiptsRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+type GetMessageReceiptsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The other members who read the message.
+	ReadUserIds []int32 `protobuf:"varint,1,rep,packed,name=read_user_ids,json=readUserIds,proto3" json:"read_user_ids,omitempty"`
+	// The other members who received the message but have not read it.
+	DeliveredUserIds []int32 `protobuf:"varint,2,rep,packed,name=delivered_user_ids,json=deliveredUserIds,proto3" json:"delivered_user_ids,omitempty"`
+	// The other members whose devices have not received it yet.
+	PendingUserIds []int32 `protobuf:"varint,3,rep,packed,name=pending_user_ids,json=pendingUserIds,proto3" json:"pending_user_ids,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GetMessageReceiptsResponse) Reset() {
+	*x = GetMessageReceiptsResponse{}
+	mi := &file_parley_v1_message_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMessageReceiptsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMessageReceiptsResponse) ProtoMessage() {}
+
+func (x *GetMessageReceiptsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMessageReceiptsResponse.ProtoReflect.Descriptor instead.
+func (*GetMessageReceiptsResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetMessageReceiptsResponse) GetReadUserIds() []int32 {
+	if x != nil {
+		return x.ReadUserIds
+	}
+	return nil
+}
+
+func (x *GetMessageReceiptsResponse) GetDeliveredUserIds() []int32 {
+	if x != nil {
+		return x.DeliveredUserIds
+	}
+	return nil
+}
+
+func (x *GetMessageReceiptsResponse) GetPendingUserIds() []int32 {
+	if x != nil {
+		return x.PendingUserIds
 	}
 	return nil
 }
@@ -1111,7 +2264,7 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"\x04size\x18\x06 \x01(\x03R\x04size\x12\x14\n" +
 	"\x05width\x18\a \x01(\x05R\x05width\x12\x16\n" +
 	"\x06height\x18\b \x01(\x05R\x06height\x12#\n" +
-	"\rthumbnail_url\x18\t \x01(\tR\fthumbnailUrl\"\x94\x03\n" +
+	"\rthumbnail_url\x18\t \x01(\tR\fthumbnailUrl\"\xad\x05\n" +
 	"\aMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\achat_id\x18\x02 \x01(\tR\x06chatId\x12\x10\n" +
@@ -1124,14 +2277,50 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"\adeleted\x18\t \x01(\bR\adeleted\x120\n" +
 	"\x06status\x18\n" +
 	" \x01(\x0e2\x18.parley.v1.MessageStatusR\x06status\x12*\n" +
-	"\x11client_message_id\x18\v \x01(\tR\x0fclientMessageId\"\xdf\x02\n" +
+	"\x11client_message_id\x18\v \x01(\tR\x0fclientMessageId\x120\n" +
+	"\breply_to\x18\f \x01(\v2\x15.parley.v1.ReplyQuoteR\areplyTo\x121\n" +
+	"\treactions\x18\r \x03(\v2\x13.parley.v1.ReactionR\treactions\x12,\n" +
+	"\x12mentioned_user_ids\x18\x0e \x03(\x05R\x10mentionedUserIds\x12!\n" +
+	"\fmentions_all\x18\x0f \x01(\bR\vmentionsAll\x12?\n" +
+	"\x0eforwarded_from\x18\x10 \x01(\v2\x18.parley.v1.ForwardedFromR\rforwardedFrom\x12 \n" +
+	"\x03pin\x18\x11 \x01(\v2\x0e.parley.v1.PinR\x03pin\"\xb9\x01\n" +
+	"\n" +
+	"ReplyQuote\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x03R\x03seq\x12\x1b\n" +
+	"\tsender_id\x18\x03 \x01(\x05R\bsenderId\x12\x18\n" +
+	"\apreview\x18\x04 \x01(\tR\apreview\x12)\n" +
+	"\x10attachment_types\x18\x05 \x03(\tR\x0fattachmentTypes\x12\x18\n" +
+	"\adeleted\x18\x06 \x01(\bR\adeleted\"J\n" +
+	"\bReaction\x12\x14\n" +
+	"\x05emoji\x18\x01 \x01(\tR\x05emoji\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x05R\x05count\x12\x12\n" +
+	"\x04mine\x18\x03 \x01(\bR\x04mine\"a\n" +
+	"\rForwardedFrom\x12\x1b\n" +
+	"\tsender_id\x18\x01 \x01(\x05R\bsenderId\x123\n" +
+	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"[\n" +
+	"\x03Pin\x12\x1b\n" +
+	"\tpinned_by\x18\x01 \x01(\x05R\bpinnedBy\x127\n" +
+	"\tpinned_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bpinnedAt\"u\n" +
+	"\rForwardSource\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x124\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\tmessageId\"\xef\x05\n" +
 	"\x12SendMessageRequest\x12.\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12I\n" +
 	"\x11client_message_id\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[A-Za-z0-9_.:-]+$R\x0fclientMessageId\x12 \n" +
 	"\x04text\x18\x03 \x01(\tB\f\xbaH\tr\a\x18\x80 \xba\x01\x01\x00R\x04text\x12;\n" +
 	"\tmedia_ids\x18\x04 \x03(\tB\x1e\xbaH\x1b\x92\x01\x18\x10\n" +
-	"\x18\x01\"\x12r\x102\x0e^[0-9a-f]{24}$R\bmediaIds:o\xbaHl\x1aj\n" +
-	"\x14send_message.content\x12!a message needs text or media_ids\x1a/size(this.text) > 0 || size(this.media_ids) > 0\"C\n" +
+	"\x18\x01\"\x12r\x102\x0e^[0-9a-f]{24}$R\bmediaIds\x12G\n" +
+	"\x13reply_to_message_id\x18\x05 \x01(\tB\x18\xbaH\x15r\x132\x11^([0-9a-f]{24})?$R\x10replyToMessageId\x12:\n" +
+	"\x10mention_user_ids\x18\x06 \x03(\x05B\x10\xbaH\r\x92\x01\n" +
+	"\x102\x18\x01\"\x04\x1a\x02 \x00R\x0ementionUserIds\x12\x1f\n" +
+	"\vmention_all\x18\a \x01(\bR\n" +
+	"mentionAll\x122\n" +
+	"\aforward\x18\b \x01(\v2\x18.parley.v1.ForwardSourceR\aforward:\xa4\x02\xbaH\xa0\x02\x1a\x88\x01\n" +
+	"\x14send_message.content\x12*a message needs text, media_ids or forward\x1aDsize(this.text) > 0 || size(this.media_ids) > 0 || has(this.forward)\x1a\x92\x01\n" +
+	"\x14send_message.forward\x12/a forward takes no text or media_ids of its own\x1aI!has(this.forward) || (size(this.text) == 0 && size(this.media_ids) == 0)\"C\n" +
 	"\x13SendMessageResponse\x12,\n" +
 	"\amessage\x18\x01 \x01(\v2\x12.parley.v1.MessageR\amessage\"\xc2\x01\n" +
 	"\x13ListMessagesRequest\x12.\n" +
@@ -1173,12 +2362,62 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"\x06typing\x18\x02 \x01(\bR\x06typing\"O\n" +
 	"\x12SendTypingResponse\x129\n" +
 	"\n" +
-	"expires_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*\x7f\n" +
+	"expires_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xde\x01\n" +
+	"\x12AddReactionRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x124\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\tmessageId\x12b\n" +
+	"\x05emoji\x18\x03 \x01(\tBL\xbaHIrG\x10\x01( 2A^[\\p{So}\\p{Sk}\\x{200D}\\x{FE0F}\\x{20E3}\\x{E0020}-\\x{E007F}#*0-9]+$R\x05emoji\"H\n" +
+	"\x13AddReactionResponse\x121\n" +
+	"\treactions\x18\x01 \x03(\v2\x13.parley.v1.ReactionR\treactions\"\x9e\x01\n" +
+	"\x15RemoveReactionRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x124\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\tmessageId\x12\x1f\n" +
+	"\x05emoji\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x10\x01( R\x05emoji\"K\n" +
+	"\x16RemoveReactionResponse\x121\n" +
+	"\treactions\x18\x01 \x03(\v2\x13.parley.v1.ReactionR\treactions\"\xef\x01\n" +
+	"\x14ListReactionsRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x124\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\tmessageId\x12\x1f\n" +
+	"\x05emoji\x18\x03 \x01(\tB\t\xbaH\x06r\x04\x10\x01( R\x05emoji\x12'\n" +
+	"\tpage_size\x18\x04 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xc8\x01(\x00R\bpageSize\x12'\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\tpageToken\"Z\n" +
+	"\x15ListReactionsResponse\x12\x19\n" +
+	"\buser_ids\x18\x01 \x03(\x05R\auserIds\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"y\n" +
+	"\x11PinMessageRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x124\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\tmessageId\"B\n" +
+	"\x12PinMessageResponse\x12,\n" +
+	"\amessage\x18\x01 \x01(\v2\x12.parley.v1.MessageR\amessage\"{\n" +
+	"\x13UnpinMessageRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x124\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\tmessageId\"D\n" +
+	"\x14UnpinMessageResponse\x12,\n" +
+	"\amessage\x18\x01 \x01(\v2\x12.parley.v1.MessageR\amessage\"K\n" +
+	"\x19ListPinnedMessagesRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\"L\n" +
+	"\x1aListPinnedMessagesResponse\x12.\n" +
+	"\bmessages\x18\x01 \x03(\v2\x12.parley.v1.MessageR\bmessages\"\x81\x01\n" +
+	"\x19GetMessageReceiptsRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x124\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\tmessageId\"\x98\x01\n" +
+	"\x1aGetMessageReceiptsResponse\x12\"\n" +
+	"\rread_user_ids\x18\x01 \x03(\x05R\vreadUserIds\x12,\n" +
+	"\x12delivered_user_ids\x18\x02 \x03(\x05R\x10deliveredUserIds\x12(\n" +
+	"\x10pending_user_ids\x18\x03 \x03(\x05R\x0ependingUserIds*\x7f\n" +
 	"\rMessageStatus\x12\x1e\n" +
 	"\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13MESSAGE_STATUS_SENT\x10\x01\x12\x1c\n" +
 	"\x18MESSAGE_STATUS_DELIVERED\x10\x02\x12\x17\n" +
-	"\x13MESSAGE_STATUS_READ\x10\x032\xbf\x04\n" +
+	"\x13MESSAGE_STATUS_READ\x10\x032\xbd\t\n" +
 	"\x0eMessageService\x12Q\n" +
 	"\vSendMessage\x12\x1d.parley.v1.SendMessageRequest\x1a\x1e.parley.v1.SendMessageResponse\"\x03\x90\x02\x02\x12T\n" +
 	"\fListMessages\x12\x1e.parley.v1.ListMessagesRequest\x1a\x1f.parley.v1.ListMessagesResponse\"\x03\x90\x02\x01\x12L\n" +
@@ -1187,7 +2426,15 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"\rMarkDelivered\x12\x1f.parley.v1.MarkDeliveredRequest\x1a .parley.v1.MarkDeliveredResponse\x12C\n" +
 	"\bMarkRead\x12\x1a.parley.v1.MarkReadRequest\x1a\x1b.parley.v1.MarkReadResponse\x12I\n" +
 	"\n" +
-	"SendTyping\x12\x1c.parley.v1.SendTypingRequest\x1a\x1d.parley.v1.SendTypingResponseB6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
+	"SendTyping\x12\x1c.parley.v1.SendTypingRequest\x1a\x1d.parley.v1.SendTypingResponse\x12Q\n" +
+	"\vAddReaction\x12\x1d.parley.v1.AddReactionRequest\x1a\x1e.parley.v1.AddReactionResponse\"\x03\x90\x02\x02\x12Z\n" +
+	"\x0eRemoveReaction\x12 .parley.v1.RemoveReactionRequest\x1a!.parley.v1.RemoveReactionResponse\"\x03\x90\x02\x02\x12W\n" +
+	"\rListReactions\x12\x1f.parley.v1.ListReactionsRequest\x1a .parley.v1.ListReactionsResponse\"\x03\x90\x02\x01\x12N\n" +
+	"\n" +
+	"PinMessage\x12\x1c.parley.v1.PinMessageRequest\x1a\x1d.parley.v1.PinMessageResponse\"\x03\x90\x02\x02\x12T\n" +
+	"\fUnpinMessage\x12\x1e.parley.v1.UnpinMessageRequest\x1a\x1f.parley.v1.UnpinMessageResponse\"\x03\x90\x02\x02\x12f\n" +
+	"\x12ListPinnedMessages\x12$.parley.v1.ListPinnedMessagesRequest\x1a%.parley.v1.ListPinnedMessagesResponse\"\x03\x90\x02\x01\x12f\n" +
+	"\x12GetMessageReceipts\x12$.parley.v1.GetMessageReceiptsRequest\x1a%.parley.v1.GetMessageReceiptsResponse\"\x03\x90\x02\x01B6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_message_proto_rawDescOnce sync.Once
@@ -1202,56 +2449,101 @@ func file_parley_v1_message_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_message_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_parley_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_parley_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_parley_v1_message_proto_goTypes = []any{
-	(MessageStatus)(0),            // 0: parley.v1.MessageStatus
-	(*Attachment)(nil),            // 1: parley.v1.Attachment
-	(*Message)(nil),               // 2: parley.v1.Message
-	(*SendMessageRequest)(nil),    // 3: parley.v1.SendMessageRequest
-	(*SendMessageResponse)(nil),   // 4: parley.v1.SendMessageResponse
-	(*ListMessagesRequest)(nil),   // 5: parley.v1.ListMessagesRequest
-	(*ListMessagesResponse)(nil),  // 6: parley.v1.ListMessagesResponse
-	(*EditMessageRequest)(nil),    // 7: parley.v1.EditMessageRequest
-	(*EditMessageResponse)(nil),   // 8: parley.v1.EditMessageResponse
-	(*DeleteMessageRequest)(nil),  // 9: parley.v1.DeleteMessageRequest
-	(*DeleteMessageResponse)(nil), // 10: parley.v1.DeleteMessageResponse
-	(*MarkDeliveredRequest)(nil),  // 11: parley.v1.MarkDeliveredRequest
-	(*MarkDeliveredResponse)(nil), // 12: parley.v1.MarkDeliveredResponse
-	(*MarkReadRequest)(nil),       // 13: parley.v1.MarkReadRequest
-	(*MarkReadResponse)(nil),      // 14: parley.v1.MarkReadResponse
-	(*SendTypingRequest)(nil),     // 15: parley.v1.SendTypingRequest
-	(*SendTypingResponse)(nil),    // 16: parley.v1.SendTypingResponse
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(MessageStatus)(0),                 // 0: parley.v1.MessageStatus
+	(*Attachment)(nil),                 // 1: parley.v1.Attachment
+	(*Message)(nil),                    // 2: parley.v1.Message
+	(*ReplyQuote)(nil),                 // 3: parley.v1.ReplyQuote
+	(*Reaction)(nil),                   // 4: parley.v1.Reaction
+	(*ForwardedFrom)(nil),              // 5: parley.v1.ForwardedFrom
+	(*Pin)(nil),                        // 6: parley.v1.Pin
+	(*ForwardSource)(nil),              // 7: parley.v1.ForwardSource
+	(*SendMessageRequest)(nil),         // 8: parley.v1.SendMessageRequest
+	(*SendMessageResponse)(nil),        // 9: parley.v1.SendMessageResponse
+	(*ListMessagesRequest)(nil),        // 10: parley.v1.ListMessagesRequest
+	(*ListMessagesResponse)(nil),       // 11: parley.v1.ListMessagesResponse
+	(*EditMessageRequest)(nil),         // 12: parley.v1.EditMessageRequest
+	(*EditMessageResponse)(nil),        // 13: parley.v1.EditMessageResponse
+	(*DeleteMessageRequest)(nil),       // 14: parley.v1.DeleteMessageRequest
+	(*DeleteMessageResponse)(nil),      // 15: parley.v1.DeleteMessageResponse
+	(*MarkDeliveredRequest)(nil),       // 16: parley.v1.MarkDeliveredRequest
+	(*MarkDeliveredResponse)(nil),      // 17: parley.v1.MarkDeliveredResponse
+	(*MarkReadRequest)(nil),            // 18: parley.v1.MarkReadRequest
+	(*MarkReadResponse)(nil),           // 19: parley.v1.MarkReadResponse
+	(*SendTypingRequest)(nil),          // 20: parley.v1.SendTypingRequest
+	(*SendTypingResponse)(nil),         // 21: parley.v1.SendTypingResponse
+	(*AddReactionRequest)(nil),         // 22: parley.v1.AddReactionRequest
+	(*AddReactionResponse)(nil),        // 23: parley.v1.AddReactionResponse
+	(*RemoveReactionRequest)(nil),      // 24: parley.v1.RemoveReactionRequest
+	(*RemoveReactionResponse)(nil),     // 25: parley.v1.RemoveReactionResponse
+	(*ListReactionsRequest)(nil),       // 26: parley.v1.ListReactionsRequest
+	(*ListReactionsResponse)(nil),      // 27: parley.v1.ListReactionsResponse
+	(*PinMessageRequest)(nil),          // 28: parley.v1.PinMessageRequest
+	(*PinMessageResponse)(nil),         // 29: parley.v1.PinMessageResponse
+	(*UnpinMessageRequest)(nil),        // 30: parley.v1.UnpinMessageRequest
+	(*UnpinMessageResponse)(nil),       // 31: parley.v1.UnpinMessageResponse
+	(*ListPinnedMessagesRequest)(nil),  // 32: parley.v1.ListPinnedMessagesRequest
+	(*ListPinnedMessagesResponse)(nil), // 33: parley.v1.ListPinnedMessagesResponse
+	(*GetMessageReceiptsRequest)(nil),  // 34: parley.v1.GetMessageReceiptsRequest
+	(*GetMessageReceiptsResponse)(nil), // 35: parley.v1.GetMessageReceiptsResponse
+	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
 }
 var file_parley_v1_message_proto_depIdxs = []int32{
 	1,  // 0: parley.v1.Message.attachments:type_name -> parley.v1.Attachment
-	17, // 1: parley.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
-	17, // 2: parley.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
+	36, // 1: parley.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
+	36, // 2: parley.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: parley.v1.Message.status:type_name -> parley.v1.MessageStatus
-	2,  // 4: parley.v1.SendMessageResponse.message:type_name -> parley.v1.Message
-	2,  // 5: parley.v1.ListMessagesResponse.messages:type_name -> parley.v1.Message
-	2,  // 6: parley.v1.EditMessageResponse.message:type_name -> parley.v1.Message
-	2,  // 7: parley.v1.DeleteMessageResponse.message:type_name -> parley.v1.Message
-	17, // 8: parley.v1.SendTypingResponse.expires_at:type_name -> google.protobuf.Timestamp
-	3,  // 9: parley.v1.MessageService.SendMessage:input_type -> parley.v1.SendMessageRequest
-	5,  // 10: parley.v1.MessageService.ListMessages:input_type -> parley.v1.ListMessagesRequest
-	7,  // 11: parley.v1.MessageService.EditMessage:input_type -> parley.v1.EditMessageRequest
-	9,  // 12: parley.v1.MessageService.DeleteMessage:input_type -> parley.v1.DeleteMessageRequest
-	11, // 13: parley.v1.MessageService.MarkDelivered:input_type -> parley.v1.MarkDeliveredRequest
-	13, // 14: parley.v1.MessageService.MarkRead:input_type -> parley.v1.MarkReadRequest
-	15, // 15: parley.v1.MessageService.SendTyping:input_type -> parley.v1.SendTypingRequest
-	4,  // 16: parley.v1.MessageService.SendMessage:output_type -> parley.v1.SendMessageResponse
-	6,  // 17: parley.v1.MessageService.ListMessages:output_type -> parley.v1.ListMessagesResponse
-	8,  // 18: parley.v1.MessageService.EditMessage:output_type -> parley.v1.EditMessageResponse
-	10, // 19: parley.v1.MessageService.DeleteMessage:output_type -> parley.v1.DeleteMessageResponse
-	12, // 20: parley.v1.MessageService.MarkDelivered:output_type -> parley.v1.MarkDeliveredResponse
-	14, // 21: parley.v1.MessageService.MarkRead:output_type -> parley.v1.MarkReadResponse
-	16, // 22: parley.v1.MessageService.SendTyping:output_type -> parley.v1.SendTypingResponse
-	16, // [16:23] is the sub-list for method output_type
-	9,  // [9:16] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	3,  // 4: parley.v1.Message.reply_to:type_name -> parley.v1.ReplyQuote
+	4,  // 5: parley.v1.Message.reactions:type_name -> parley.v1.Reaction
+	5,  // 6: parley.v1.Message.forwarded_from:type_name -> parley.v1.ForwardedFrom
+	6,  // 7: parley.v1.Message.pin:type_name -> parley.v1.Pin
+	36, // 8: parley.v1.ForwardedFrom.sent_at:type_name -> google.protobuf.Timestamp
+	36, // 9: parley.v1.Pin.pinned_at:type_name -> google.protobuf.Timestamp
+	7,  // 10: parley.v1.SendMessageRequest.forward:type_name -> parley.v1.ForwardSource
+	2,  // 11: parley.v1.SendMessageResponse.message:type_name -> parley.v1.Message
+	2,  // 12: parley.v1.ListMessagesResponse.messages:type_name -> parley.v1.Message
+	2,  // 13: parley.v1.EditMessageResponse.message:type_name -> parley.v1.Message
+	2,  // 14: parley.v1.DeleteMessageResponse.message:type_name -> parley.v1.Message
+	36, // 15: parley.v1.SendTypingResponse.expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 16: parley.v1.AddReactionResponse.reactions:type_name -> parley.v1.Reaction
+	4,  // 17: parley.v1.RemoveReactionResponse.reactions:type_name -> parley.v1.Reaction
+	2,  // 18: parley.v1.PinMessageResponse.message:type_name -> parley.v1.Message
+	2,  // 19: parley.v1.UnpinMessageResponse.message:type_name -> parley.v1.Message
+	2,  // 20: parley.v1.ListPinnedMessagesResponse.messages:type_name -> parley.v1.Message
+	8,  // 21: parley.v1.MessageService.SendMessage:input_type -> parley.v1.SendMessageRequest
+	10, // 22: parley.v1.MessageService.ListMessages:input_type -> parley.v1.ListMessagesRequest
+	12, // 23: parley.v1.MessageService.EditMessage:input_type -> parley.v1.EditMessageRequest
+	14, // 24: parley.v1.MessageService.DeleteMessage:input_type -> parley.v1.DeleteMessageRequest
+	16, // 25: parley.v1.MessageService.MarkDelivered:input_type -> parley.v1.MarkDeliveredRequest
+	18, // 26: parley.v1.MessageService.MarkRead:input_type -> parley.v1.MarkReadRequest
+	20, // 27: parley.v1.MessageService.SendTyping:input_type -> parley.v1.SendTypingRequest
+	22, // 28: parley.v1.MessageService.AddReaction:input_type -> parley.v1.AddReactionRequest
+	24, // 29: parley.v1.MessageService.RemoveReaction:input_type -> parley.v1.RemoveReactionRequest
+	26, // 30: parley.v1.MessageService.ListReactions:input_type -> parley.v1.ListReactionsRequest
+	28, // 31: parley.v1.MessageService.PinMessage:input_type -> parley.v1.PinMessageRequest
+	30, // 32: parley.v1.MessageService.UnpinMessage:input_type -> parley.v1.UnpinMessageRequest
+	32, // 33: parley.v1.MessageService.ListPinnedMessages:input_type -> parley.v1.ListPinnedMessagesRequest
+	34, // 34: parley.v1.MessageService.GetMessageReceipts:input_type -> parley.v1.GetMessageReceiptsRequest
+	9,  // 35: parley.v1.MessageService.SendMessage:output_type -> parley.v1.SendMessageResponse
+	11, // 36: parley.v1.MessageService.ListMessages:output_type -> parley.v1.ListMessagesResponse
+	13, // 37: parley.v1.MessageService.EditMessage:output_type -> parley.v1.EditMessageResponse
+	15, // 38: parley.v1.MessageService.DeleteMessage:output_type -> parley.v1.DeleteMessageResponse
+	17, // 39: parley.v1.MessageService.MarkDelivered:output_type -> parley.v1.MarkDeliveredResponse
+	19, // 40: parley.v1.MessageService.MarkRead:output_type -> parley.v1.MarkReadResponse
+	21, // 41: parley.v1.MessageService.SendTyping:output_type -> parley.v1.SendTypingResponse
+	23, // 42: parley.v1.MessageService.AddReaction:output_type -> parley.v1.AddReactionResponse
+	25, // 43: parley.v1.MessageService.RemoveReaction:output_type -> parley.v1.RemoveReactionResponse
+	27, // 44: parley.v1.MessageService.ListReactions:output_type -> parley.v1.ListReactionsResponse
+	29, // 45: parley.v1.MessageService.PinMessage:output_type -> parley.v1.PinMessageResponse
+	31, // 46: parley.v1.MessageService.UnpinMessage:output_type -> parley.v1.UnpinMessageResponse
+	33, // 47: parley.v1.MessageService.ListPinnedMessages:output_type -> parley.v1.ListPinnedMessagesResponse
+	35, // 48: parley.v1.MessageService.GetMessageReceipts:output_type -> parley.v1.GetMessageReceiptsResponse
+	35, // [35:49] is the sub-list for method output_type
+	21, // [21:35] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_message_proto_init() }
@@ -1259,7 +2551,7 @@ func file_parley_v1_message_proto_init() {
 	if File_parley_v1_message_proto != nil {
 		return
 	}
-	file_parley_v1_message_proto_msgTypes[4].OneofWrappers = []any{
+	file_parley_v1_message_proto_msgTypes[9].OneofWrappers = []any{
 		(*ListMessagesRequest_BeforeSeq)(nil),
 		(*ListMessagesRequest_AfterSeq)(nil),
 	}
@@ -1269,7 +2561,7 @@ func file_parley_v1_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_message_proto_rawDesc), len(file_parley_v1_message_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

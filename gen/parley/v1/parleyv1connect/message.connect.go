@@ -53,6 +53,27 @@ const (
 	// MessageServiceSendTypingProcedure is the fully-qualified name of the MessageService's SendTyping
 	// RPC.
 	MessageServiceSendTypingProcedure = "/parley.v1.MessageService/SendTyping"
+	// MessageServiceAddReactionProcedure is the fully-qualified name of the MessageService's
+	// AddReaction RPC.
+	MessageServiceAddReactionProcedure = "/parley.v1.MessageService/AddReaction"
+	// MessageServiceRemoveReactionProcedure is the fully-qualified name of the MessageService's
+	// RemoveReaction RPC.
+	MessageServiceRemoveReactionProcedure = "/parley.v1.MessageService/RemoveReaction"
+	// MessageServiceListReactionsProcedure is the fully-qualified name of the MessageService's
+	// ListReactions RPC.
+	MessageServiceListReactionsProcedure = "/parley.v1.MessageService/ListReactions"
+	// MessageServicePinMessageProcedure is the fully-qualified name of the MessageService's PinMessage
+	// RPC.
+	MessageServicePinMessageProcedure = "/parley.v1.MessageService/PinMessage"
+	// MessageServiceUnpinMessageProcedure is the fully-qualified name of the MessageService's
+	// UnpinMessage RPC.
+	MessageServiceUnpinMessageProcedure = "/parley.v1.MessageService/UnpinMessage"
+	// MessageServiceListPinnedMessagesProcedure is the fully-qualified name of the MessageService's
+	// ListPinnedMessages RPC.
+	MessageServiceListPinnedMessagesProcedure = "/parley.v1.MessageService/ListPinnedMessages"
+	// MessageServiceGetMessageReceiptsProcedure is the fully-qualified name of the MessageService's
+	// GetMessageReceipts RPC.
+	MessageServiceGetMessageReceiptsProcedure = "/parley.v1.MessageService/GetMessageReceipts"
 )
 
 // MessageServiceClient is a client for the parley.v1.MessageService service.
@@ -82,6 +103,32 @@ type MessageServiceClient interface {
 	// itself a few seconds later, so clients repeat it while the user types.
 	// At most 10 calls per chat every 10 seconds (RESOURCE_EXHAUSTED beyond).
 	SendTyping(context.Context, *connect.Request[v1.SendTypingRequest]) (*connect.Response[v1.SendTypingResponse], error)
+	// AddReaction adds the caller's reaction with an emoji to a message: one
+	// of each emoji per member, and at most 20 distinct emoji per message
+	// (FAILED_PRECONDITION beyond). Adding a reaction the caller already
+	// made changes nothing. Deleted messages take no reactions.
+	AddReaction(context.Context, *connect.Request[v1.AddReactionRequest]) (*connect.Response[v1.AddReactionResponse], error)
+	// RemoveReaction takes the caller's reaction with an emoji back; removing
+	// one the caller did not make changes nothing.
+	RemoveReaction(context.Context, *connect.Request[v1.RemoveReactionRequest]) (*connect.Response[v1.RemoveReactionResponse], error)
+	// ListReactions lists who reacted to a message with an emoji, the
+	// earliest first.
+	ListReactions(context.Context, *connect.Request[v1.ListReactionsRequest]) (*connect.Response[v1.ListReactionsResponse], error)
+	// PinMessage pins a message in its chat: any member of a private chat,
+	// a group's admins. At most 50 messages are pinned in a chat
+	// (FAILED_PRECONDITION beyond). Pinning a pinned message changes
+	// nothing; a deleted message is unpinned, and cannot be pinned.
+	PinMessage(context.Context, *connect.Request[v1.PinMessageRequest]) (*connect.Response[v1.PinMessageResponse], error)
+	// UnpinMessage unpins a message, with the same rights as PinMessage.
+	UnpinMessage(context.Context, *connect.Request[v1.UnpinMessageRequest]) (*connect.Response[v1.UnpinMessageResponse], error)
+	// ListPinnedMessages returns the chat's pinned messages, the most
+	// recently pinned first.
+	ListPinnedMessages(context.Context, *connect.Request[v1.ListPinnedMessagesRequest]) (*connect.Response[v1.ListPinnedMessagesResponse], error)
+	// GetMessageReceipts tells which of the chat's other members have read
+	// a message and which have received it without reading it yet. In a
+	// private chat that is still a request, its starter learns nothing
+	// (both lists empty), as with message statuses.
+	GetMessageReceipts(context.Context, *connect.Request[v1.GetMessageReceiptsRequest]) (*connect.Response[v1.GetMessageReceiptsResponse], error)
 }
 
 // NewMessageServiceClient constructs a client for the parley.v1.MessageService service. By default,
@@ -139,18 +186,74 @@ func NewMessageServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(messageServiceMethods.ByName("SendTyping")),
 			connect.WithClientOptions(opts...),
 		),
+		addReaction: connect.NewClient[v1.AddReactionRequest, v1.AddReactionResponse](
+			httpClient,
+			baseURL+MessageServiceAddReactionProcedure,
+			connect.WithSchema(messageServiceMethods.ByName("AddReaction")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		removeReaction: connect.NewClient[v1.RemoveReactionRequest, v1.RemoveReactionResponse](
+			httpClient,
+			baseURL+MessageServiceRemoveReactionProcedure,
+			connect.WithSchema(messageServiceMethods.ByName("RemoveReaction")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		listReactions: connect.NewClient[v1.ListReactionsRequest, v1.ListReactionsResponse](
+			httpClient,
+			baseURL+MessageServiceListReactionsProcedure,
+			connect.WithSchema(messageServiceMethods.ByName("ListReactions")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		pinMessage: connect.NewClient[v1.PinMessageRequest, v1.PinMessageResponse](
+			httpClient,
+			baseURL+MessageServicePinMessageProcedure,
+			connect.WithSchema(messageServiceMethods.ByName("PinMessage")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		unpinMessage: connect.NewClient[v1.UnpinMessageRequest, v1.UnpinMessageResponse](
+			httpClient,
+			baseURL+MessageServiceUnpinMessageProcedure,
+			connect.WithSchema(messageServiceMethods.ByName("UnpinMessage")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		listPinnedMessages: connect.NewClient[v1.ListPinnedMessagesRequest, v1.ListPinnedMessagesResponse](
+			httpClient,
+			baseURL+MessageServiceListPinnedMessagesProcedure,
+			connect.WithSchema(messageServiceMethods.ByName("ListPinnedMessages")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		getMessageReceipts: connect.NewClient[v1.GetMessageReceiptsRequest, v1.GetMessageReceiptsResponse](
+			httpClient,
+			baseURL+MessageServiceGetMessageReceiptsProcedure,
+			connect.WithSchema(messageServiceMethods.ByName("GetMessageReceipts")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // messageServiceClient implements MessageServiceClient.
 type messageServiceClient struct {
-	sendMessage   *connect.Client[v1.SendMessageRequest, v1.SendMessageResponse]
-	listMessages  *connect.Client[v1.ListMessagesRequest, v1.ListMessagesResponse]
-	editMessage   *connect.Client[v1.EditMessageRequest, v1.EditMessageResponse]
-	deleteMessage *connect.Client[v1.DeleteMessageRequest, v1.DeleteMessageResponse]
-	markDelivered *connect.Client[v1.MarkDeliveredRequest, v1.MarkDeliveredResponse]
-	markRead      *connect.Client[v1.MarkReadRequest, v1.MarkReadResponse]
-	sendTyping    *connect.Client[v1.SendTypingRequest, v1.SendTypingResponse]
+	sendMessage        *connect.Client[v1.SendMessageRequest, v1.SendMessageResponse]
+	listMessages       *connect.Client[v1.ListMessagesRequest, v1.ListMessagesResponse]
+	editMessage        *connect.Client[v1.EditMessageRequest, v1.EditMessageResponse]
+	deleteMessage      *connect.Client[v1.DeleteMessageRequest, v1.DeleteMessageResponse]
+	markDelivered      *connect.Client[v1.MarkDeliveredRequest, v1.MarkDeliveredResponse]
+	markRead           *connect.Client[v1.MarkReadRequest, v1.MarkReadResponse]
+	sendTyping         *connect.Client[v1.SendTypingRequest, v1.SendTypingResponse]
+	addReaction        *connect.Client[v1.AddReactionRequest, v1.AddReactionResponse]
+	removeReaction     *connect.Client[v1.RemoveReactionRequest, v1.RemoveReactionResponse]
+	listReactions      *connect.Client[v1.ListReactionsRequest, v1.ListReactionsResponse]
+	pinMessage         *connect.Client[v1.PinMessageRequest, v1.PinMessageResponse]
+	unpinMessage       *connect.Client[v1.UnpinMessageRequest, v1.UnpinMessageResponse]
+	listPinnedMessages *connect.Client[v1.ListPinnedMessagesRequest, v1.ListPinnedMessagesResponse]
+	getMessageReceipts *connect.Client[v1.GetMessageReceiptsRequest, v1.GetMessageReceiptsResponse]
 }
 
 // SendMessage calls parley.v1.MessageService.SendMessage.
@@ -188,6 +291,41 @@ func (c *messageServiceClient) SendTyping(ctx context.Context, req *connect.Requ
 	return c.sendTyping.CallUnary(ctx, req)
 }
 
+// AddReaction calls parley.v1.MessageService.AddReaction.
+func (c *messageServiceClient) AddReaction(ctx context.Context, req *connect.Request[v1.AddReactionRequest]) (*connect.Response[v1.AddReactionResponse], error) {
+	return c.addReaction.CallUnary(ctx, req)
+}
+
+// RemoveReaction calls parley.v1.MessageService.RemoveReaction.
+func (c *messageServiceClient) RemoveReaction(ctx context.Context, req *connect.Request[v1.RemoveReactionRequest]) (*connect.Response[v1.RemoveReactionResponse], error) {
+	return c.removeReaction.CallUnary(ctx, req)
+}
+
+// ListReactions calls parley.v1.MessageService.ListReactions.
+func (c *messageServiceClient) ListReactions(ctx context.Context, req *connect.Request[v1.ListReactionsRequest]) (*connect.Response[v1.ListReactionsResponse], error) {
+	return c.listReactions.CallUnary(ctx, req)
+}
+
+// PinMessage calls parley.v1.MessageService.PinMessage.
+func (c *messageServiceClient) PinMessage(ctx context.Context, req *connect.Request[v1.PinMessageRequest]) (*connect.Response[v1.PinMessageResponse], error) {
+	return c.pinMessage.CallUnary(ctx, req)
+}
+
+// UnpinMessage calls parley.v1.MessageService.UnpinMessage.
+func (c *messageServiceClient) UnpinMessage(ctx context.Context, req *connect.Request[v1.UnpinMessageRequest]) (*connect.Response[v1.UnpinMessageResponse], error) {
+	return c.unpinMessage.CallUnary(ctx, req)
+}
+
+// ListPinnedMessages calls parley.v1.MessageService.ListPinnedMessages.
+func (c *messageServiceClient) ListPinnedMessages(ctx context.Context, req *connect.Request[v1.ListPinnedMessagesRequest]) (*connect.Response[v1.ListPinnedMessagesResponse], error) {
+	return c.listPinnedMessages.CallUnary(ctx, req)
+}
+
+// GetMessageReceipts calls parley.v1.MessageService.GetMessageReceipts.
+func (c *messageServiceClient) GetMessageReceipts(ctx context.Context, req *connect.Request[v1.GetMessageReceiptsRequest]) (*connect.Response[v1.GetMessageReceiptsResponse], error) {
+	return c.getMessageReceipts.CallUnary(ctx, req)
+}
+
 // MessageServiceHandler is an implementation of the parley.v1.MessageService service.
 type MessageServiceHandler interface {
 	// SendMessage adds a message to the chat. client_message_id makes it
@@ -215,6 +353,32 @@ type MessageServiceHandler interface {
 	// itself a few seconds later, so clients repeat it while the user types.
 	// At most 10 calls per chat every 10 seconds (RESOURCE_EXHAUSTED beyond).
 	SendTyping(context.Context, *connect.Request[v1.SendTypingRequest]) (*connect.Response[v1.SendTypingResponse], error)
+	// AddReaction adds the caller's reaction with an emoji to a message: one
+	// of each emoji per member, and at most 20 distinct emoji per message
+	// (FAILED_PRECONDITION beyond). Adding a reaction the caller already
+	// made changes nothing. Deleted messages take no reactions.
+	AddReaction(context.Context, *connect.Request[v1.AddReactionRequest]) (*connect.Response[v1.AddReactionResponse], error)
+	// RemoveReaction takes the caller's reaction with an emoji back; removing
+	// one the caller did not make changes nothing.
+	RemoveReaction(context.Context, *connect.Request[v1.RemoveReactionRequest]) (*connect.Response[v1.RemoveReactionResponse], error)
+	// ListReactions lists who reacted to a message with an emoji, the
+	// earliest first.
+	ListReactions(context.Context, *connect.Request[v1.ListReactionsRequest]) (*connect.Response[v1.ListReactionsResponse], error)
+	// PinMessage pins a message in its chat: any member of a private chat,
+	// a group's admins. At most 50 messages are pinned in a chat
+	// (FAILED_PRECONDITION beyond). Pinning a pinned message changes
+	// nothing; a deleted message is unpinned, and cannot be pinned.
+	PinMessage(context.Context, *connect.Request[v1.PinMessageRequest]) (*connect.Response[v1.PinMessageResponse], error)
+	// UnpinMessage unpins a message, with the same rights as PinMessage.
+	UnpinMessage(context.Context, *connect.Request[v1.UnpinMessageRequest]) (*connect.Response[v1.UnpinMessageResponse], error)
+	// ListPinnedMessages returns the chat's pinned messages, the most
+	// recently pinned first.
+	ListPinnedMessages(context.Context, *connect.Request[v1.ListPinnedMessagesRequest]) (*connect.Response[v1.ListPinnedMessagesResponse], error)
+	// GetMessageReceipts tells which of the chat's other members have read
+	// a message and which have received it without reading it yet. In a
+	// private chat that is still a request, its starter learns nothing
+	// (both lists empty), as with message statuses.
+	GetMessageReceipts(context.Context, *connect.Request[v1.GetMessageReceiptsRequest]) (*connect.Response[v1.GetMessageReceiptsResponse], error)
 }
 
 // NewMessageServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -268,6 +432,55 @@ func NewMessageServiceHandler(svc MessageServiceHandler, opts ...connect.Handler
 		connect.WithSchema(messageServiceMethods.ByName("SendTyping")),
 		connect.WithHandlerOptions(opts...),
 	)
+	messageServiceAddReactionHandler := connect.NewUnaryHandler(
+		MessageServiceAddReactionProcedure,
+		svc.AddReaction,
+		connect.WithSchema(messageServiceMethods.ByName("AddReaction")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	messageServiceRemoveReactionHandler := connect.NewUnaryHandler(
+		MessageServiceRemoveReactionProcedure,
+		svc.RemoveReaction,
+		connect.WithSchema(messageServiceMethods.ByName("RemoveReaction")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	messageServiceListReactionsHandler := connect.NewUnaryHandler(
+		MessageServiceListReactionsProcedure,
+		svc.ListReactions,
+		connect.WithSchema(messageServiceMethods.ByName("ListReactions")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	messageServicePinMessageHandler := connect.NewUnaryHandler(
+		MessageServicePinMessageProcedure,
+		svc.PinMessage,
+		connect.WithSchema(messageServiceMethods.ByName("PinMessage")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	messageServiceUnpinMessageHandler := connect.NewUnaryHandler(
+		MessageServiceUnpinMessageProcedure,
+		svc.UnpinMessage,
+		connect.WithSchema(messageServiceMethods.ByName("UnpinMessage")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	messageServiceListPinnedMessagesHandler := connect.NewUnaryHandler(
+		MessageServiceListPinnedMessagesProcedure,
+		svc.ListPinnedMessages,
+		connect.WithSchema(messageServiceMethods.ByName("ListPinnedMessages")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	messageServiceGetMessageReceiptsHandler := connect.NewUnaryHandler(
+		MessageServiceGetMessageReceiptsProcedure,
+		svc.GetMessageReceipts,
+		connect.WithSchema(messageServiceMethods.ByName("GetMessageReceipts")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.MessageService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case MessageServiceSendMessageProcedure:
@@ -284,6 +497,20 @@ func NewMessageServiceHandler(svc MessageServiceHandler, opts ...connect.Handler
 			messageServiceMarkReadHandler.ServeHTTP(w, r)
 		case MessageServiceSendTypingProcedure:
 			messageServiceSendTypingHandler.ServeHTTP(w, r)
+		case MessageServiceAddReactionProcedure:
+			messageServiceAddReactionHandler.ServeHTTP(w, r)
+		case MessageServiceRemoveReactionProcedure:
+			messageServiceRemoveReactionHandler.ServeHTTP(w, r)
+		case MessageServiceListReactionsProcedure:
+			messageServiceListReactionsHandler.ServeHTTP(w, r)
+		case MessageServicePinMessageProcedure:
+			messageServicePinMessageHandler.ServeHTTP(w, r)
+		case MessageServiceUnpinMessageProcedure:
+			messageServiceUnpinMessageHandler.ServeHTTP(w, r)
+		case MessageServiceListPinnedMessagesProcedure:
+			messageServiceListPinnedMessagesHandler.ServeHTTP(w, r)
+		case MessageServiceGetMessageReceiptsProcedure:
+			messageServiceGetMessageReceiptsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -319,4 +546,32 @@ func (UnimplementedMessageServiceHandler) MarkRead(context.Context, *connect.Req
 
 func (UnimplementedMessageServiceHandler) SendTyping(context.Context, *connect.Request[v1.SendTypingRequest]) (*connect.Response[v1.SendTypingResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.SendTyping is not implemented"))
+}
+
+func (UnimplementedMessageServiceHandler) AddReaction(context.Context, *connect.Request[v1.AddReactionRequest]) (*connect.Response[v1.AddReactionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.AddReaction is not implemented"))
+}
+
+func (UnimplementedMessageServiceHandler) RemoveReaction(context.Context, *connect.Request[v1.RemoveReactionRequest]) (*connect.Response[v1.RemoveReactionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.RemoveReaction is not implemented"))
+}
+
+func (UnimplementedMessageServiceHandler) ListReactions(context.Context, *connect.Request[v1.ListReactionsRequest]) (*connect.Response[v1.ListReactionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.ListReactions is not implemented"))
+}
+
+func (UnimplementedMessageServiceHandler) PinMessage(context.Context, *connect.Request[v1.PinMessageRequest]) (*connect.Response[v1.PinMessageResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.PinMessage is not implemented"))
+}
+
+func (UnimplementedMessageServiceHandler) UnpinMessage(context.Context, *connect.Request[v1.UnpinMessageRequest]) (*connect.Response[v1.UnpinMessageResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.UnpinMessage is not implemented"))
+}
+
+func (UnimplementedMessageServiceHandler) ListPinnedMessages(context.Context, *connect.Request[v1.ListPinnedMessagesRequest]) (*connect.Response[v1.ListPinnedMessagesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.ListPinnedMessages is not implemented"))
+}
+
+func (UnimplementedMessageServiceHandler) GetMessageReceipts(context.Context, *connect.Request[v1.GetMessageReceiptsRequest]) (*connect.Response[v1.GetMessageReceiptsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.GetMessageReceipts is not implemented"))
 }

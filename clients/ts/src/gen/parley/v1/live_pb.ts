@@ -9,7 +9,7 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Chat } from "./chat_pb.js";
 import { file_parley_v1_chat } from "./chat_pb.js";
-import type { Message as Message$1 } from "./message_pb.js";
+import type { Message as Message$1, Reaction } from "./message_pb.js";
 import { file_parley_v1_message } from "./message_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/live.proto.
  */
 export const file_parley_v1_live: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvbGl2ZS5wcm90bxIJcGFybGV5LnYxIlAKEFN1YnNjcmliZVJlcXVlc3QSPAoNcmVzdW1lX2N1cnNvchgBIAEoCUIlukgiciAYKTIcXihbMC05XXsxLDIwfS1bMC05XXsxLDIwfSk/JCI0ChFTdWJzY3JpYmVSZXNwb25zZRIfCgVldmVudBgBIAEoCzIQLnBhcmxleS52MS5FdmVudCKjBQoFRXZlbnQSDgoGY3Vyc29yGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiEKBXJlYWR5GAogASgLMhAucGFybGV5LnYxLlJlYWR5SAASKQoJaGVhcnRiZWF0GAsgASgLMhQucGFybGV5LnYxLkhlYXJ0YmVhdEgAEjIKD21lc3NhZ2VfY3JlYXRlZBgMIAEoCzIXLnBhcmxleS52MS5NZXNzYWdlRXZlbnRIABIxCg5tZXNzYWdlX2VkaXRlZBgNIAEoCzIXLnBhcmxleS52MS5NZXNzYWdlRXZlbnRIABIyCg9tZXNzYWdlX2RlbGV0ZWQYDiABKAsyFy5wYXJsZXkudjEuTWVzc2FnZUV2ZW50SAASOAoRcG9zaXRpb25zX2NoYW5nZWQYDyABKAsyGy5wYXJsZXkudjEuUG9zaXRpb25zQ2hhbmdlZEgAEiwKDGNoYXRfY3JlYXRlZBgQIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIsCgxjaGF0X3VwZGF0ZWQYESABKAsyFC5wYXJsZXkudjEuQ2hhdEV2ZW50SAASLQoNbWVtYmVyc19hZGRlZBgSIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIuCg5tZW1iZXJfcmVtb3ZlZBgTIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIsCgxyb2xlX2NoYW5nZWQYFCABKAsyFC5wYXJsZXkudjEuQ2hhdEV2ZW50SAASIwoGdHlwaW5nGBUgASgLMhEucGFybGV5LnYxLlR5cGluZ0gAEicKCHByZXNlbmNlGBYgASgLMhMucGFybGV5LnYxLlByZXNlbmNlSABCBgoEa2luZCIqCgVSZWFkeRIPCgdyZXN1bWVkGAEgASgIEhAKCHJlcGxheWVkGAIgASgDIgsKCUhlYXJ0YmVhdCIzCgxNZXNzYWdlRXZlbnQSIwoHbWVzc2FnZRgBIAEoCzISLnBhcmxleS52MS5NZXNzYWdlIpABChBQb3NpdGlvbnNDaGFuZ2VkEg8KB2NoYXRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoBRIVCg1kZWxpdmVyZWRfc2VxGAMgASgDEhAKCHJlYWRfc2VxGAQgASgDEhoKEmNoYXRfZGVsaXZlcmVkX3NlcRgFIAEoAxIVCg1jaGF0X3JlYWRfc2VxGAYgASgDIk4KCUNoYXRFdmVudBIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQSEAoIYWN0b3JfaWQYAiABKAUSEAoIdXNlcl9pZHMYAyADKAUiagoGVHlwaW5nEg8KB2NoYXRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoBRIOCgZ0eXBpbmcYAyABKAgSLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWgoIUHJlc2VuY2USDwoHdXNlcl9pZBgBIAEoBRIOCgZvbmxpbmUYAiABKAgSLQoJbGFzdF9zZWVuGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI7ChJHZXRQcmVzZW5jZVJlcXVlc3QSJQoIdXNlcl9pZHMYASADKAVCE7pIEJIBDQgBEPQDGAEiBBoCIAAiPQoTR2V0UHJlc2VuY2VSZXNwb25zZRImCglwcmVzZW5jZXMYASADKAsyEy5wYXJsZXkudjEuUHJlc2VuY2UyqgEKC0xpdmVTZXJ2aWNlEkgKCVN1YnNjcmliZRIbLnBhcmxleS52MS5TdWJzY3JpYmVSZXF1ZXN0GhwucGFybGV5LnYxLlN1YnNjcmliZVJlc3BvbnNlMAESUQoLR2V0UHJlc2VuY2USHS5wYXJsZXkudjEuR2V0UHJlc2VuY2VSZXF1ZXN0Gh4ucGFybGV5LnYxLkdldFByZXNlbmNlUmVzcG9uc2UiA5ACAUI2WjRnaXRodWIuY29tL3BhcmxleS1jaGF0L3BhcmxleS9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_parley_v1_chat, file_parley_v1_message]);
+  fileDesc("ChRwYXJsZXkvdjEvbGl2ZS5wcm90bxIJcGFybGV5LnYxIlAKEFN1YnNjcmliZVJlcXVlc3QSPAoNcmVzdW1lX2N1cnNvchgBIAEoCUIlukgiciAYKTIcXihbMC05XXsxLDIwfS1bMC05XXsxLDIwfSk/JCI0ChFTdWJzY3JpYmVSZXNwb25zZRIfCgVldmVudBgBIAEoCzIQLnBhcmxleS52MS5FdmVudCKNBgoFRXZlbnQSDgoGY3Vyc29yGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiEKBXJlYWR5GAogASgLMhAucGFybGV5LnYxLlJlYWR5SAASKQoJaGVhcnRiZWF0GAsgASgLMhQucGFybGV5LnYxLkhlYXJ0YmVhdEgAEjIKD21lc3NhZ2VfY3JlYXRlZBgMIAEoCzIXLnBhcmxleS52MS5NZXNzYWdlRXZlbnRIABIxCg5tZXNzYWdlX2VkaXRlZBgNIAEoCzIXLnBhcmxleS52MS5NZXNzYWdlRXZlbnRIABIyCg9tZXNzYWdlX2RlbGV0ZWQYDiABKAsyFy5wYXJsZXkudjEuTWVzc2FnZUV2ZW50SAASOAoRcG9zaXRpb25zX2NoYW5nZWQYDyABKAsyGy5wYXJsZXkudjEuUG9zaXRpb25zQ2hhbmdlZEgAEiwKDGNoYXRfY3JlYXRlZBgQIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIsCgxjaGF0X3VwZGF0ZWQYESABKAsyFC5wYXJsZXkudjEuQ2hhdEV2ZW50SAASLQoNbWVtYmVyc19hZGRlZBgSIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIuCg5tZW1iZXJfcmVtb3ZlZBgTIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIsCgxyb2xlX2NoYW5nZWQYFCABKAsyFC5wYXJsZXkudjEuQ2hhdEV2ZW50SAASIwoGdHlwaW5nGBUgASgLMhEucGFybGV5LnYxLlR5cGluZ0gAEicKCHByZXNlbmNlGBYgASgLMhMucGFybGV5LnYxLlByZXNlbmNlSAASOAoRcmVhY3Rpb25zX2NoYW5nZWQYFyABKAsyGy5wYXJsZXkudjEuUmVhY3Rpb25zQ2hhbmdlZEgAEi4KDHBpbnNfY2hhbmdlZBgYIAEoCzIWLnBhcmxleS52MS5QaW5zQ2hhbmdlZEgAQgYKBGtpbmQiKgoFUmVhZHkSDwoHcmVzdW1lZBgBIAEoCBIQCghyZXBsYXllZBgCIAEoAyILCglIZWFydGJlYXQiMwoMTWVzc2FnZUV2ZW50EiMKB21lc3NhZ2UYASABKAsyEi5wYXJsZXkudjEuTWVzc2FnZSKQAQoQUG9zaXRpb25zQ2hhbmdlZBIPCgdjaGF0X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAUSFQoNZGVsaXZlcmVkX3NlcRgDIAEoAxIQCghyZWFkX3NlcRgEIAEoAxIaChJjaGF0X2RlbGl2ZXJlZF9zZXEYBSABKAMSFQoNY2hhdF9yZWFkX3NlcRgGIAEoAyKsAQoQUmVhY3Rpb25zQ2hhbmdlZBIPCgdjaGF0X2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSCwoDc2VxGAMgASgDEg8KB3VzZXJfaWQYBCABKAUSDQoFZW1vamkYBSABKAkSDQoFYWRkZWQYBiABKAgSJgoJcmVhY3Rpb25zGAcgAygLMhMucGFybGV5LnYxLlJlYWN0aW9uEg8KB3ZlcnNpb24YCCABKAMiYQoLUGluc0NoYW5nZWQSDwoHY2hhdF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEgsKA3NlcRgDIAEoAxIOCgZwaW5uZWQYBCABKAgSEAoIYWN0b3JfaWQYBSABKAUiTgoJQ2hhdEV2ZW50Eh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdBIQCghhY3Rvcl9pZBgCIAEoBRIQCgh1c2VyX2lkcxgDIAMoBSJqCgZUeXBpbmcSDwoHY2hhdF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgFEg4KBnR5cGluZxgDIAEoCBIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJaCghQcmVzZW5jZRIPCgd1c2VyX2lkGAEgASgFEg4KBm9ubGluZRgCIAEoCBItCglsYXN0X3NlZW4YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjsKEkdldFByZXNlbmNlUmVxdWVzdBIlCgh1c2VyX2lkcxgBIAMoBUITukgQkgENCAEQ9AMYASIEGgIgACI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKCXByZXNlbmNlcxgBIAMoCzITLnBhcmxleS52MS5QcmVzZW5jZTKqAQoLTGl2ZVNlcnZpY2USSAoJU3Vic2NyaWJlEhsucGFybGV5LnYxLlN1YnNjcmliZVJlcXVlc3QaHC5wYXJsZXkudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJRCgtHZXRQcmVzZW5jZRIdLnBhcmxleS52MS5HZXRQcmVzZW5jZVJlcXVlc3QaHi5wYXJsZXkudjEuR2V0UHJlc2VuY2VSZXNwb25zZSIDkAIBQjZaNGdpdGh1Yi5jb20vcGFybGV5LWNoYXQvcGFybGV5L2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp, file_parley_v1_chat, file_parley_v1_message]);
 
 /**
  * @generated from message parley.v1.SubscribeRequest
@@ -157,6 +157,18 @@ export type Event = Message<"parley.v1.Event"> & {
      */
     value: Presence;
     case: "presence";
+  } | {
+    /**
+     * @generated from field: parley.v1.ReactionsChanged reactions_changed = 23;
+     */
+    value: ReactionsChanged;
+    case: "reactionsChanged";
+  } | {
+    /**
+     * @generated from field: parley.v1.PinsChanged pins_changed = 24;
+     */
+    value: PinsChanged;
+    case: "pinsChanged";
   } | { case: undefined; value?: undefined };
 };
 
@@ -284,6 +296,111 @@ export const PositionsChangedSchema: GenMessage<PositionsChanged> = /*@__PURE__*
   messageDesc(file_parley_v1_live, 6);
 
 /**
+ * ReactionsChanged tells that a member added or removed a reaction.
+ *
+ * @generated from message parley.v1.ReactionsChanged
+ */
+export type ReactionsChanged = Message<"parley.v1.ReactionsChanged"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+
+  /**
+   * @generated from field: int64 seq = 3;
+   */
+  seq: bigint;
+
+  /**
+   * Who reacted, with which emoji, and whether it added the reaction or
+   * took it back.
+   *
+   * @generated from field: int32 user_id = 4;
+   */
+  userId: number;
+
+  /**
+   * @generated from field: string emoji = 5;
+   */
+  emoji: string;
+
+  /**
+   * @generated from field: bool added = 6;
+   */
+  added: boolean;
+
+  /**
+   * The message's reactions after the change (mine is not set: a client
+   * keeps its own from user_id and added).
+   *
+   * @generated from field: repeated parley.v1.Reaction reactions = 7;
+   */
+  reactions: Reaction[];
+
+  /**
+   * Grows with each change of the message's reactions: when changes race,
+   * their events may arrive out of order, and a client keeps the
+   * reactions of the highest version it saw.
+   *
+   * @generated from field: int64 version = 8;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message parley.v1.ReactionsChanged.
+ * Use `create(ReactionsChangedSchema)` to create a new message.
+ */
+export const ReactionsChangedSchema: GenMessage<ReactionsChanged> = /*@__PURE__*/
+  messageDesc(file_parley_v1_live, 7);
+
+/**
+ * PinsChanged tells that a message was pinned or unpinned.
+ *
+ * @generated from message parley.v1.PinsChanged
+ */
+export type PinsChanged = Message<"parley.v1.PinsChanged"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+
+  /**
+   * @generated from field: int64 seq = 3;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: bool pinned = 4;
+   */
+  pinned: boolean;
+
+  /**
+   * Who pinned or unpinned it.
+   *
+   * @generated from field: int32 actor_id = 5;
+   */
+  actorId: number;
+};
+
+/**
+ * Describes the message parley.v1.PinsChanged.
+ * Use `create(PinsChangedSchema)` to create a new message.
+ */
+export const PinsChangedSchema: GenMessage<PinsChanged> = /*@__PURE__*/
+  messageDesc(file_parley_v1_live, 8);
+
+/**
  * ChatEvent tells that a chat was created or changed.
  *
  * @generated from message parley.v1.ChatEvent
@@ -318,7 +435,7 @@ export type ChatEvent = Message<"parley.v1.ChatEvent"> & {
  * Use `create(ChatEventSchema)` to create a new message.
  */
 export const ChatEventSchema: GenMessage<ChatEvent> = /*@__PURE__*/
-  messageDesc(file_parley_v1_live, 7);
+  messageDesc(file_parley_v1_live, 9);
 
 /**
  * Typing tells that a member is typing (or stopped) in a chat. A client
@@ -354,7 +471,7 @@ export type Typing = Message<"parley.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_parley_v1_live, 8);
+  messageDesc(file_parley_v1_live, 10);
 
 /**
  * Presence is whether a user is online.
@@ -387,7 +504,7 @@ export type Presence = Message<"parley.v1.Presence"> & {
  * Use `create(PresenceSchema)` to create a new message.
  */
 export const PresenceSchema: GenMessage<Presence> = /*@__PURE__*/
-  messageDesc(file_parley_v1_live, 9);
+  messageDesc(file_parley_v1_live, 11);
 
 /**
  * @generated from message parley.v1.GetPresenceRequest
@@ -404,7 +521,7 @@ export type GetPresenceRequest = Message<"parley.v1.GetPresenceRequest"> & {
  * Use `create(GetPresenceRequestSchema)` to create a new message.
  */
 export const GetPresenceRequestSchema: GenMessage<GetPresenceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_live, 10);
+  messageDesc(file_parley_v1_live, 12);
 
 /**
  * @generated from message parley.v1.GetPresenceResponse
@@ -421,7 +538,7 @@ export type GetPresenceResponse = Message<"parley.v1.GetPresenceResponse"> & {
  * Use `create(GetPresenceResponseSchema)` to create a new message.
  */
 export const GetPresenceResponseSchema: GenMessage<GetPresenceResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_live, 11);
+  messageDesc(file_parley_v1_live, 13);
 
 /**
  * LiveService delivers what happens in the caller's chats as it happens.

@@ -13,7 +13,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file parley/v1/message.proto.
  */
 export const file_parley_v1_message: GenFile = /*@__PURE__*/
-  fileDesc("ChdwYXJsZXkvdjEvbWVzc2FnZS5wcm90bxIJcGFybGV5LnYxIqYBCgpBdHRhY2htZW50EgwKBHR5cGUYASABKAkSCwoDdXJsGAIgASgJEhAKCG1lZGlhX2lkGAMgASgJEhEKCWZpbGVfbmFtZRgEIAEoCRIUCgxjb250ZW50X3R5cGUYBSABKAkSDAoEc2l6ZRgGIAEoAxINCgV3aWR0aBgHIAEoBRIOCgZoZWlnaHQYCCABKAUSFQoNdGh1bWJuYWlsX3VybBgJIAEoCSKyAgoHTWVzc2FnZRIKCgJpZBgBIAEoCRIPCgdjaGF0X2lkGAIgASgJEgsKA3NlcRgDIAEoAxIRCglzZW5kZXJfaWQYBCABKAUSDAoEdGV4dBgFIAEoCRIqCgthdHRhY2htZW50cxgGIAMoCzIVLnBhcmxleS52MS5BdHRhY2htZW50EisKB3NlbnRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWVkaXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZGVsZXRlZBgJIAEoCBIoCgZzdGF0dXMYCiABKA4yGC5wYXJsZXkudjEuTWVzc2FnZVN0YXR1cxIZChFjbGllbnRfbWVzc2FnZV9pZBgLIAEoCSK2AgoSU2VuZE1lc3NhZ2VSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBI4ChFjbGllbnRfbWVzc2FnZV9pZBgCIAEoCUIdukgachgQARhAMhJeW0EtWmEtejAtOV8uOi1dKyQSGgoEdGV4dBgDIAEoCUIMukgJcgcYgCC6AQEAEjEKCW1lZGlhX2lkcxgEIAMoCUIeukgbkgEYEAoYASISchAyDl5bMC05YS1mXXsyNH0kOm+6SGwaagoUc2VuZF9tZXNzYWdlLmNvbnRlbnQSIWEgbWVzc2FnZSBuZWVkcyB0ZXh0IG9yIG1lZGlhX2lkcxovc2l6ZSh0aGlzLnRleHQpID4gMCB8fCBzaXplKHRoaXMubWVkaWFfaWRzKSA+IDAiOgoTU2VuZE1lc3NhZ2VSZXNwb25zZRIjCgdtZXNzYWdlGAEgASgLMhIucGFybGV5LnYxLk1lc3NhZ2UingEKE0xpc3RNZXNzYWdlc1JlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEh0KCmJlZm9yZV9zZXEYAiABKANCB7pIBCICIABIABIcCglhZnRlcl9zZXEYAyABKANCB7pIBCICKABIABIYCgVsaW1pdBgEIAEoBUIJukgGGgQYZCgAQggKBmN1cnNvciJOChRMaXN0TWVzc2FnZXNSZXNwb25zZRIkCghtZXNzYWdlcxgBIAMoCzISLnBhcmxleS52MS5NZXNzYWdlEhAKCGhhc19tb3JlGAIgASgIIoUBChJFZGl0TWVzc2FnZVJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEikKCm1lc3NhZ2VfaWQYAiABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIcCgR0ZXh0GAMgASgJQg66SAtyCRABGIAgugEBACI6ChNFZGl0TWVzc2FnZVJlc3BvbnNlEiMKB21lc3NhZ2UYASABKAsyEi5wYXJsZXkudjEuTWVzc2FnZSJpChREZWxldGVNZXNzYWdlUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSKQoKbWVzc2FnZV9pZBgCIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIjwKFURlbGV0ZU1lc3NhZ2VSZXNwb25zZRIjCgdtZXNzYWdlGAEgASgLMhIucGFybGV5LnYxLk1lc3NhZ2UiWgoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEhoKCXVwX3RvX3NlcRgCIAEoA0IHukgEIgIgACIuChVNYXJrRGVsaXZlcmVkUmVzcG9uc2USFQoNZGVsaXZlcmVkX3NlcRgBIAEoAyJVCg9NYXJrUmVhZFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEhoKCXVwX3RvX3NlcRgCIAEoA0IHukgEIgIgACI6ChBNYXJrUmVhZFJlc3BvbnNlEhAKCHJlYWRfc2VxGAEgASgDEhQKDHVucmVhZF9jb3VudBgCIAEoAyJLChFTZW5kVHlwaW5nUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSDgoGdHlwaW5nGAIgASgIIkQKElNlbmRUeXBpbmdSZXNwb25zZRIuCgpleHBpcmVzX2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCp/Cg1NZXNzYWdlU3RhdHVzEh4KGk1FU1NBR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTTUVTU0FHRV9TVEFUVVNfU0VOVBABEhwKGE1FU1NBR0VfU1RBVFVTX0RFTElWRVJFRBACEhcKE01FU1NBR0VfU1RBVFVTX1JFQUQQAzK/BAoOTWVzc2FnZVNlcnZpY2USUQoLU2VuZE1lc3NhZ2USHS5wYXJsZXkudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0Gh4ucGFybGV5LnYxLlNlbmRNZXNzYWdlUmVzcG9uc2UiA5ACAhJUCgxMaXN0TWVzc2FnZXMSHi5wYXJsZXkudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBofLnBhcmxleS52MS5MaXN0TWVzc2FnZXNSZXNwb25zZSIDkAIBEkwKC0VkaXRNZXNzYWdlEh0ucGFybGV5LnYxLkVkaXRNZXNzYWdlUmVxdWVzdBoeLnBhcmxleS52MS5FZGl0TWVzc2FnZVJlc3BvbnNlElIKDURlbGV0ZU1lc3NhZ2USHy5wYXJsZXkudjEuRGVsZXRlTWVzc2FnZVJlcXVlc3QaIC5wYXJsZXkudjEuRGVsZXRlTWVzc2FnZVJlc3BvbnNlElIKDU1hcmtEZWxpdmVyZWQSHy5wYXJsZXkudjEuTWFya0RlbGl2ZXJlZFJlcXVlc3QaIC5wYXJsZXkudjEuTWFya0RlbGl2ZXJlZFJlc3BvbnNlEkMKCE1hcmtSZWFkEhoucGFybGV5LnYxLk1hcmtSZWFkUmVxdWVzdBobLnBhcmxleS52MS5NYXJrUmVhZFJlc3BvbnNlEkkKClNlbmRUeXBpbmcSHC5wYXJsZXkudjEuU2VuZFR5cGluZ1JlcXVlc3QaHS5wYXJsZXkudjEuU2VuZFR5cGluZ1Jlc3BvbnNlQjZaNGdpdGh1Yi5jb20vcGFybGV5LWNoYXQvcGFybGV5L2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChdwYXJsZXkvdjEvbWVzc2FnZS5wcm90bxIJcGFybGV5LnYxIqYBCgpBdHRhY2htZW50EgwKBHR5cGUYASABKAkSCwoDdXJsGAIgASgJEhAKCG1lZGlhX2lkGAMgASgJEhEKCWZpbGVfbmFtZRgEIAEoCRIUCgxjb250ZW50X3R5cGUYBSABKAkSDAoEc2l6ZRgGIAEoAxINCgV3aWR0aBgHIAEoBRIOCgZoZWlnaHQYCCABKAUSFQoNdGh1bWJuYWlsX3VybBgJIAEoCSKEBAoHTWVzc2FnZRIKCgJpZBgBIAEoCRIPCgdjaGF0X2lkGAIgASgJEgsKA3NlcRgDIAEoAxIRCglzZW5kZXJfaWQYBCABKAUSDAoEdGV4dBgFIAEoCRIqCgthdHRhY2htZW50cxgGIAMoCzIVLnBhcmxleS52MS5BdHRhY2htZW50EisKB3NlbnRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWVkaXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZGVsZXRlZBgJIAEoCBIoCgZzdGF0dXMYCiABKA4yGC5wYXJsZXkudjEuTWVzc2FnZVN0YXR1cxIZChFjbGllbnRfbWVzc2FnZV9pZBgLIAEoCRInCghyZXBseV90bxgMIAEoCzIVLnBhcmxleS52MS5SZXBseVF1b3RlEiYKCXJlYWN0aW9ucxgNIAMoCzITLnBhcmxleS52MS5SZWFjdGlvbhIaChJtZW50aW9uZWRfdXNlcl9pZHMYDiADKAUSFAoMbWVudGlvbnNfYWxsGA8gASgIEjAKDmZvcndhcmRlZF9mcm9tGBAgASgLMhgucGFybGV5LnYxLkZvcndhcmRlZEZyb20SGwoDcGluGBEgASgLMg4ucGFybGV5LnYxLlBpbiJ8CgpSZXBseVF1b3RlEhIKCm1lc3NhZ2VfaWQYASABKAkSCwoDc2VxGAIgASgDEhEKCXNlbmRlcl9pZBgDIAEoBRIPCgdwcmV2aWV3GAQgASgJEhgKEGF0dGFjaG1lbnRfdHlwZXMYBSADKAkSDwoHZGVsZXRlZBgGIAEoCCI2CghSZWFjdGlvbhINCgVlbW9qaRgBIAEoCRINCgVjb3VudBgCIAEoBRIMCgRtaW5lGAMgASgIIk8KDUZvcndhcmRlZEZyb20SEQoJc2VuZGVyX2lkGAEgASgFEisKB3NlbnRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkcKA1BpbhIRCglwaW5uZWRfYnkYASABKAUSLQoJcGlubmVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiCg1Gb3J3YXJkU291cmNlEiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIpCgptZXNzYWdlX2lkGAIgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQijwUKElNlbmRNZXNzYWdlUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSOAoRY2xpZW50X21lc3NhZ2VfaWQYAiABKAlCHbpIGnIYEAEYQDISXltBLVphLXowLTlfLjotXSskEhoKBHRleHQYAyABKAlCDLpICXIHGIAgugEBABIxCgltZWRpYV9pZHMYBCADKAlCHrpIG5IBGBAKGAEiEnIQMg5eWzAtOWEtZl17MjR9JBI1ChNyZXBseV90b19tZXNzYWdlX2lkGAUgASgJQhi6SBVyEzIRXihbMC05YS1mXXsyNH0pPyQSKgoQbWVudGlvbl91c2VyX2lkcxgGIAMoBUIQukgNkgEKEDIYASIEGgIgABITCgttZW50aW9uX2FsbBgHIAEoCBIpCgdmb3J3YXJkGAggASgLMhgucGFybGV5LnYxLkZvcndhcmRTb3VyY2U6pAK6SKACGogBChRzZW5kX21lc3NhZ2UuY29udGVudBIqYSBtZXNzYWdlIG5lZWRzIHRleHQsIG1lZGlhX2lkcyBvciBmb3J3YXJkGkRzaXplKHRoaXMudGV4dCkgPiAwIHx8IHNpemUodGhpcy5tZWRpYV9pZHMpID4gMCB8fCBoYXModGhpcy5mb3J3YXJkKRqSAQoUc2VuZF9tZXNzYWdlLmZvcndhcmQSL2EgZm9yd2FyZCB0YWtlcyBubyB0ZXh0IG9yIG1lZGlhX2lkcyBvZiBpdHMgb3duGkkhaGFzKHRoaXMuZm9yd2FyZCkgfHwgKHNpemUodGhpcy50ZXh0KSA9PSAwICYmIHNpemUodGhpcy5tZWRpYV9pZHMpID09IDApIjoKE1NlbmRNZXNzYWdlUmVzcG9uc2USIwoHbWVzc2FnZRgBIAEoCzISLnBhcmxleS52MS5NZXNzYWdlIp4BChNMaXN0TWVzc2FnZXNSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIdCgpiZWZvcmVfc2VxGAIgASgDQge6SAQiAiAASAASHAoJYWZ0ZXJfc2VxGAMgASgDQge6SAQiAigASAASGAoFbGltaXQYBCABKAVCCbpIBhoEGGQoAEIICgZjdXJzb3IiTgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USJAoIbWVzc2FnZXMYASADKAsyEi5wYXJsZXkudjEuTWVzc2FnZRIQCghoYXNfbW9yZRgCIAEoCCKFAQoSRWRpdE1lc3NhZ2VSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIpCgptZXNzYWdlX2lkGAIgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSHAoEdGV4dBgDIAEoCUIOukgLcgkQARiAILoBAQAiOgoTRWRpdE1lc3NhZ2VSZXNwb25zZRIjCgdtZXNzYWdlGAEgASgLMhIucGFybGV5LnYxLk1lc3NhZ2UiaQoURGVsZXRlTWVzc2FnZVJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEikKCm1lc3NhZ2VfaWQYAiABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JCI8ChVEZWxldGVNZXNzYWdlUmVzcG9uc2USIwoHbWVzc2FnZRgBIAEoCzISLnBhcmxleS52MS5NZXNzYWdlIloKFE1hcmtEZWxpdmVyZWRSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIaCgl1cF90b19zZXEYAiABKANCB7pIBCICIAAiLgoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEhUKDWRlbGl2ZXJlZF9zZXEYASABKAMiVQoPTWFya1JlYWRSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIaCgl1cF90b19zZXEYAiABKANCB7pIBCICIAAiOgoQTWFya1JlYWRSZXNwb25zZRIQCghyZWFkX3NlcRgBIAEoAxIUCgx1bnJlYWRfY291bnQYAiABKAMiSwoRU2VuZFR5cGluZ1JlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEg4KBnR5cGluZxgCIAEoCCJEChJTZW5kVHlwaW5nUmVzcG9uc2USLgoKZXhwaXJlc19hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAixAEKEkFkZFJlYWN0aW9uUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSKQoKbWVzc2FnZV9pZBgCIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kElsKBWVtb2ppGAMgASgJQky6SElyRxABKCAyQV5bXHB7U299XHB7U2t9XHh7MjAwRH1ceHtGRTBGfVx4ezIwRTN9XHh7RTAwMjB9LVx4e0UwMDdGfSMqMC05XSskIj0KE0FkZFJlYWN0aW9uUmVzcG9uc2USJgoJcmVhY3Rpb25zGAEgAygLMhMucGFybGV5LnYxLlJlYWN0aW9uIoQBChVSZW1vdmVSZWFjdGlvblJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEikKCm1lc3NhZ2VfaWQYAiABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIYCgVlbW9qaRgDIAEoCUIJukgGcgQQASggIkAKFlJlbW92ZVJlYWN0aW9uUmVzcG9uc2USJgoJcmVhY3Rpb25zGAEgAygLMhMucGFybGV5LnYxLlJlYWN0aW9uIsABChRMaXN0UmVhY3Rpb25zUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSKQoKbWVzc2FnZV9pZBgCIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEhgKBWVtb2ppGAMgASgJQgm6SAZyBBABKCASHQoJcGFnZV9zaXplGAQgASgFQgq6SAcaBRjIASgAEhwKCnBhZ2VfdG9rZW4YBSABKAlCCLpIBXIDGIACIkIKFUxpc3RSZWFjdGlvbnNSZXNwb25zZRIQCgh1c2VyX2lkcxgBIAMoBRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiZgoRUGluTWVzc2FnZVJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEikKCm1lc3NhZ2VfaWQYAiABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JCI5ChJQaW5NZXNzYWdlUmVzcG9uc2USIwoHbWVzc2FnZRgBIAEoCzISLnBhcmxleS52MS5NZXNzYWdlImgKE1VucGluTWVzc2FnZVJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEikKCm1lc3NhZ2VfaWQYAiABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JCI7ChRVbnBpbk1lc3NhZ2VSZXNwb25zZRIjCgdtZXNzYWdlGAEgASgLMhIucGFybGV5LnYxLk1lc3NhZ2UiQwoZTGlzdFBpbm5lZE1lc3NhZ2VzUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQiQgoaTGlzdFBpbm5lZE1lc3NhZ2VzUmVzcG9uc2USJAoIbWVzc2FnZXMYASADKAsyEi5wYXJsZXkudjEuTWVzc2FnZSJuChlHZXRNZXNzYWdlUmVjZWlwdHNSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIpCgptZXNzYWdlX2lkGAIgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQiaQoaR2V0TWVzc2FnZVJlY2VpcHRzUmVzcG9uc2USFQoNcmVhZF91c2VyX2lkcxgBIAMoBRIaChJkZWxpdmVyZWRfdXNlcl9pZHMYAiADKAUSGAoQcGVuZGluZ191c2VyX2lkcxgDIAMoBSp/Cg1NZXNzYWdlU3RhdHVzEh4KGk1FU1NBR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTTUVTU0FHRV9TVEFUVVNfU0VOVBABEhwKGE1FU1NBR0VfU1RBVFVTX0RFTElWRVJFRBACEhcKE01FU1NBR0VfU1RBVFVTX1JFQUQQAzK9CQoOTWVzc2FnZVNlcnZpY2USUQoLU2VuZE1lc3NhZ2USHS5wYXJsZXkudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0Gh4ucGFybGV5LnYxLlNlbmRNZXNzYWdlUmVzcG9uc2UiA5ACAhJUCgxMaXN0TWVzc2FnZXMSHi5wYXJsZXkudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBofLnBhcmxleS52MS5MaXN0TWVzc2FnZXNSZXNwb25zZSIDkAIBEkwKC0VkaXRNZXNzYWdlEh0ucGFybGV5LnYxLkVkaXRNZXNzYWdlUmVxdWVzdBoeLnBhcmxleS52MS5FZGl0TWVzc2FnZVJlc3BvbnNlElIKDURlbGV0ZU1lc3NhZ2USHy5wYXJsZXkudjEuRGVsZXRlTWVzc2FnZVJlcXVlc3QaIC5wYXJsZXkudjEuRGVsZXRlTWVzc2FnZVJlc3BvbnNlElIKDU1hcmtEZWxpdmVyZWQSHy5wYXJsZXkudjEuTWFya0RlbGl2ZXJlZFJlcXVlc3QaIC5wYXJsZXkudjEuTWFya0RlbGl2ZXJlZFJlc3BvbnNlEkMKCE1hcmtSZWFkEhoucGFybGV5LnYxLk1hcmtSZWFkUmVxdWVzdBobLnBhcmxleS52MS5NYXJrUmVhZFJlc3BvbnNlEkkKClNlbmRUeXBpbmcSHC5wYXJsZXkudjEuU2VuZFR5cGluZ1JlcXVlc3QaHS5wYXJsZXkudjEuU2VuZFR5cGluZ1Jlc3BvbnNlElEKC0FkZFJlYWN0aW9uEh0ucGFybGV5LnYxLkFkZFJlYWN0aW9uUmVxdWVzdBoeLnBhcmxleS52MS5BZGRSZWFjdGlvblJlc3BvbnNlIgOQAgISWgoOUmVtb3ZlUmVhY3Rpb24SIC5wYXJsZXkudjEuUmVtb3ZlUmVhY3Rpb25SZXF1ZXN0GiEucGFybGV5LnYxLlJlbW92ZVJlYWN0aW9uUmVzcG9uc2UiA5ACAhJXCg1MaXN0UmVhY3Rpb25zEh8ucGFybGV5LnYxLkxpc3RSZWFjdGlvbnNSZXF1ZXN0GiAucGFybGV5LnYxLkxpc3RSZWFjdGlvbnNSZXNwb25zZSIDkAIBEk4KClBpbk1lc3NhZ2USHC5wYXJsZXkudjEuUGluTWVzc2FnZVJlcXVlc3QaHS5wYXJsZXkudjEuUGluTWVzc2FnZVJlc3BvbnNlIgOQAgISVAoMVW5waW5NZXNzYWdlEh4ucGFybGV5LnYxLlVucGluTWVzc2FnZVJlcXVlc3QaHy5wYXJsZXkudjEuVW5waW5NZXNzYWdlUmVzcG9uc2UiA5ACAhJmChJMaXN0UGlubmVkTWVzc2FnZXMSJC5wYXJsZXkudjEuTGlzdFBpbm5lZE1lc3NhZ2VzUmVxdWVzdBolLnBhcmxleS52MS5MaXN0UGlubmVkTWVzc2FnZXNSZXNwb25zZSIDkAIBEmYKEkdldE1lc3NhZ2VSZWNlaXB0cxIkLnBhcmxleS52MS5HZXRNZXNzYWdlUmVjZWlwdHNSZXF1ZXN0GiUucGFybGV5LnYxLkdldE1lc3NhZ2VSZWNlaXB0c1Jlc3BvbnNlIgOQAgFCNlo0Z2l0aHViLmNvbS9wYXJsZXktY2hhdC9wYXJsZXkvZ2VuL3BhcmxleS92MTtwYXJsZXl2MWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * Attachment is a file sent with a message (see MediaService).
@@ -151,6 +151,49 @@ export type Message = Message$1<"parley.v1.Message"> & {
    * @generated from field: string client_message_id = 11;
    */
   clientMessageId: string;
+
+  /**
+   * The message this one replies to, as a quote.
+   *
+   * @generated from field: parley.v1.ReplyQuote reply_to = 12;
+   */
+  replyTo?: ReplyQuote | undefined;
+
+  /**
+   * The reactions to the message, one entry per emoji, the most used
+   * first. Empty for a deleted message.
+   *
+   * @generated from field: repeated parley.v1.Reaction reactions = 13;
+   */
+  reactions: Reaction[];
+
+  /**
+   * The members the message mentions.
+   *
+   * @generated from field: repeated int32 mentioned_user_ids = 14;
+   */
+  mentionedUserIds: number[];
+
+  /**
+   * True when the message mentions every member of its group (@all).
+   *
+   * @generated from field: bool mentions_all = 15;
+   */
+  mentionsAll: boolean;
+
+  /**
+   * Set on a forwarded message: who sent the original, and when.
+   *
+   * @generated from field: parley.v1.ForwardedFrom forwarded_from = 16;
+   */
+  forwardedFrom?: ForwardedFrom | undefined;
+
+  /**
+   * Set while the message is pinned in its chat.
+   *
+   * @generated from field: parley.v1.Pin pin = 17;
+   */
+  pin?: Pin | undefined;
 };
 
 /**
@@ -159,6 +202,168 @@ export type Message = Message$1<"parley.v1.Message"> & {
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
   messageDesc(file_parley_v1_message, 1);
+
+/**
+ * ReplyQuote is what a reply shows of the message it answers.
+ *
+ * @generated from message parley.v1.ReplyQuote
+ */
+export type ReplyQuote = Message$1<"parley.v1.ReplyQuote"> & {
+  /**
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+
+  /**
+   * @generated from field: int64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: int32 sender_id = 3;
+   */
+  senderId: number;
+
+  /**
+   * The start of the original's text, as it is now (after edits); empty
+   * once the original was deleted.
+   *
+   * @generated from field: string preview = 4;
+   */
+  preview: string;
+
+  /**
+   * The types of the original's attachments ("image", "file", "video").
+   *
+   * @generated from field: repeated string attachment_types = 5;
+   */
+  attachmentTypes: string[];
+
+  /**
+   * True once the original was deleted for everyone: the quote is a
+   * tombstone.
+   *
+   * @generated from field: bool deleted = 6;
+   */
+  deleted: boolean;
+};
+
+/**
+ * Describes the message parley.v1.ReplyQuote.
+ * Use `create(ReplyQuoteSchema)` to create a new message.
+ */
+export const ReplyQuoteSchema: GenMessage<ReplyQuote> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 2);
+
+/**
+ * Reaction counts the members who reacted to a message with one emoji.
+ *
+ * @generated from message parley.v1.Reaction
+ */
+export type Reaction = Message$1<"parley.v1.Reaction"> & {
+  /**
+   * @generated from field: string emoji = 1;
+   */
+  emoji: string;
+
+  /**
+   * @generated from field: int32 count = 2;
+   */
+  count: number;
+
+  /**
+   * True when the caller is one of them. Not set in live events, which
+   * every member receives alike: see ReactionsChanged.
+   *
+   * @generated from field: bool mine = 3;
+   */
+  mine: boolean;
+};
+
+/**
+ * Describes the message parley.v1.Reaction.
+ * Use `create(ReactionSchema)` to create a new message.
+ */
+export const ReactionSchema: GenMessage<Reaction> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 3);
+
+/**
+ * ForwardedFrom marks a forwarded message with its origin. A message
+ * forwarded again keeps the first origin.
+ *
+ * @generated from message parley.v1.ForwardedFrom
+ */
+export type ForwardedFrom = Message$1<"parley.v1.ForwardedFrom"> & {
+  /**
+   * Who sent the original message.
+   *
+   * @generated from field: int32 sender_id = 1;
+   */
+  senderId: number;
+
+  /**
+   * When the original was sent.
+   *
+   * @generated from field: google.protobuf.Timestamp sent_at = 2;
+   */
+  sentAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.v1.ForwardedFrom.
+ * Use `create(ForwardedFromSchema)` to create a new message.
+ */
+export const ForwardedFromSchema: GenMessage<ForwardedFrom> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 4);
+
+/**
+ * Pin tells who pinned a message, and when.
+ *
+ * @generated from message parley.v1.Pin
+ */
+export type Pin = Message$1<"parley.v1.Pin"> & {
+  /**
+   * @generated from field: int32 pinned_by = 1;
+   */
+  pinnedBy: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp pinned_at = 2;
+   */
+  pinnedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.v1.Pin.
+ * Use `create(PinSchema)` to create a new message.
+ */
+export const PinSchema: GenMessage<Pin> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 5);
+
+/**
+ * ForwardSource names a message to forward: one of a chat the caller is a
+ * member of.
+ *
+ * @generated from message parley.v1.ForwardSource
+ */
+export type ForwardSource = Message$1<"parley.v1.ForwardSource"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message parley.v1.ForwardSource.
+ * Use `create(ForwardSourceSchema)` to create a new message.
+ */
+export const ForwardSourceSchema: GenMessage<ForwardSource> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 6);
 
 /**
  * @generated from message parley.v1.SendMessageRequest
@@ -191,6 +396,40 @@ export type SendMessageRequest = Message$1<"parley.v1.SendMessageRequest"> & {
    * @generated from field: repeated string media_ids = 4;
    */
   mediaIds: string[];
+
+  /**
+   * The message of this chat that this one replies to (NOT_FOUND when the
+   * chat has no such message, FAILED_PRECONDITION when it was deleted).
+   *
+   * @generated from field: string reply_to_message_id = 5;
+   */
+  replyToMessageId: string;
+
+  /**
+   * Members of the chat the message mentions (INVALID_ARGUMENT for anyone
+   * else). Each gets the chat's unread_mention_count raised until it reads
+   * the message. At most 50.
+   *
+   * @generated from field: repeated int32 mention_user_ids = 6;
+   */
+  mentionUserIds: number[];
+
+  /**
+   * Mention every member of the group (@all): groups only, admins only
+   * (PERMISSION_DENIED).
+   *
+   * @generated from field: bool mention_all = 7;
+   */
+  mentionAll: boolean;
+
+  /**
+   * Forward this message instead of writing one: the new message takes
+   * its text and files (with no new upload) and a forwarded_from mark.
+   * text and media_ids must then be empty.
+   *
+   * @generated from field: parley.v1.ForwardSource forward = 8;
+   */
+  forward?: ForwardSource | undefined;
 };
 
 /**
@@ -198,7 +437,7 @@ export type SendMessageRequest = Message$1<"parley.v1.SendMessageRequest"> & {
  * Use `create(SendMessageRequestSchema)` to create a new message.
  */
 export const SendMessageRequestSchema: GenMessage<SendMessageRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 2);
+  messageDesc(file_parley_v1_message, 7);
 
 /**
  * @generated from message parley.v1.SendMessageResponse
@@ -215,7 +454,7 @@ export type SendMessageResponse = Message$1<"parley.v1.SendMessageResponse"> & {
  * Use `create(SendMessageResponseSchema)` to create a new message.
  */
 export const SendMessageResponseSchema: GenMessage<SendMessageResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 3);
+  messageDesc(file_parley_v1_message, 8);
 
 /**
  * @generated from message parley.v1.ListMessagesRequest
@@ -262,7 +501,7 @@ export type ListMessagesRequest = Message$1<"parley.v1.ListMessagesRequest"> & {
  * Use `create(ListMessagesRequestSchema)` to create a new message.
  */
 export const ListMessagesRequestSchema: GenMessage<ListMessagesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 4);
+  messageDesc(file_parley_v1_message, 9);
 
 /**
  * @generated from message parley.v1.ListMessagesResponse
@@ -288,7 +527,7 @@ export type ListMessagesResponse = Message$1<"parley.v1.ListMessagesResponse"> &
  * Use `create(ListMessagesResponseSchema)` to create a new message.
  */
 export const ListMessagesResponseSchema: GenMessage<ListMessagesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 5);
+  messageDesc(file_parley_v1_message, 10);
 
 /**
  * @generated from message parley.v1.EditMessageRequest
@@ -315,7 +554,7 @@ export type EditMessageRequest = Message$1<"parley.v1.EditMessageRequest"> & {
  * Use `create(EditMessageRequestSchema)` to create a new message.
  */
 export const EditMessageRequestSchema: GenMessage<EditMessageRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 6);
+  messageDesc(file_parley_v1_message, 11);
 
 /**
  * @generated from message parley.v1.EditMessageResponse
@@ -332,7 +571,7 @@ export type EditMessageResponse = Message$1<"parley.v1.EditMessageResponse"> & {
  * Use `create(EditMessageResponseSchema)` to create a new message.
  */
 export const EditMessageResponseSchema: GenMessage<EditMessageResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 7);
+  messageDesc(file_parley_v1_message, 12);
 
 /**
  * @generated from message parley.v1.DeleteMessageRequest
@@ -354,7 +593,7 @@ export type DeleteMessageRequest = Message$1<"parley.v1.DeleteMessageRequest"> &
  * Use `create(DeleteMessageRequestSchema)` to create a new message.
  */
 export const DeleteMessageRequestSchema: GenMessage<DeleteMessageRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 8);
+  messageDesc(file_parley_v1_message, 13);
 
 /**
  * @generated from message parley.v1.DeleteMessageResponse
@@ -371,7 +610,7 @@ export type DeleteMessageResponse = Message$1<"parley.v1.DeleteMessageResponse">
  * Use `create(DeleteMessageResponseSchema)` to create a new message.
  */
 export const DeleteMessageResponseSchema: GenMessage<DeleteMessageResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 9);
+  messageDesc(file_parley_v1_message, 14);
 
 /**
  * @generated from message parley.v1.MarkDeliveredRequest
@@ -393,7 +632,7 @@ export type MarkDeliveredRequest = Message$1<"parley.v1.MarkDeliveredRequest"> &
  * Use `create(MarkDeliveredRequestSchema)` to create a new message.
  */
 export const MarkDeliveredRequestSchema: GenMessage<MarkDeliveredRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 10);
+  messageDesc(file_parley_v1_message, 15);
 
 /**
  * @generated from message parley.v1.MarkDeliveredResponse
@@ -412,7 +651,7 @@ export type MarkDeliveredResponse = Message$1<"parley.v1.MarkDeliveredResponse">
  * Use `create(MarkDeliveredResponseSchema)` to create a new message.
  */
 export const MarkDeliveredResponseSchema: GenMessage<MarkDeliveredResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 11);
+  messageDesc(file_parley_v1_message, 16);
 
 /**
  * @generated from message parley.v1.MarkReadRequest
@@ -434,7 +673,7 @@ export type MarkReadRequest = Message$1<"parley.v1.MarkReadRequest"> & {
  * Use `create(MarkReadRequestSchema)` to create a new message.
  */
 export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 12);
+  messageDesc(file_parley_v1_message, 17);
 
 /**
  * @generated from message parley.v1.MarkReadResponse
@@ -460,7 +699,7 @@ export type MarkReadResponse = Message$1<"parley.v1.MarkReadResponse"> & {
  * Use `create(MarkReadResponseSchema)` to create a new message.
  */
 export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 13);
+  messageDesc(file_parley_v1_message, 18);
 
 /**
  * @generated from message parley.v1.SendTypingRequest
@@ -484,7 +723,7 @@ export type SendTypingRequest = Message$1<"parley.v1.SendTypingRequest"> & {
  * Use `create(SendTypingRequestSchema)` to create a new message.
  */
 export const SendTypingRequestSchema: GenMessage<SendTypingRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 14);
+  messageDesc(file_parley_v1_message, 19);
 
 /**
  * @generated from message parley.v1.SendTypingResponse
@@ -503,7 +742,338 @@ export type SendTypingResponse = Message$1<"parley.v1.SendTypingResponse"> & {
  * Use `create(SendTypingResponseSchema)` to create a new message.
  */
 export const SendTypingResponseSchema: GenMessage<SendTypingResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_message, 15);
+  messageDesc(file_parley_v1_message, 20);
+
+/**
+ * An emoji: one grapheme cluster of emoji characters (with their
+ * modifiers and joiners), at most 32 bytes.
+ *
+ * @generated from message parley.v1.AddReactionRequest
+ */
+export type AddReactionRequest = Message$1<"parley.v1.AddReactionRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+
+  /**
+   * @generated from field: string emoji = 3;
+   */
+  emoji: string;
+};
+
+/**
+ * Describes the message parley.v1.AddReactionRequest.
+ * Use `create(AddReactionRequestSchema)` to create a new message.
+ */
+export const AddReactionRequestSchema: GenMessage<AddReactionRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 21);
+
+/**
+ * @generated from message parley.v1.AddReactionResponse
+ */
+export type AddReactionResponse = Message$1<"parley.v1.AddReactionResponse"> & {
+  /**
+   * The message's reactions after the call.
+   *
+   * @generated from field: repeated parley.v1.Reaction reactions = 1;
+   */
+  reactions: Reaction[];
+};
+
+/**
+ * Describes the message parley.v1.AddReactionResponse.
+ * Use `create(AddReactionResponseSchema)` to create a new message.
+ */
+export const AddReactionResponseSchema: GenMessage<AddReactionResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 22);
+
+/**
+ * @generated from message parley.v1.RemoveReactionRequest
+ */
+export type RemoveReactionRequest = Message$1<"parley.v1.RemoveReactionRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+
+  /**
+   * @generated from field: string emoji = 3;
+   */
+  emoji: string;
+};
+
+/**
+ * Describes the message parley.v1.RemoveReactionRequest.
+ * Use `create(RemoveReactionRequestSchema)` to create a new message.
+ */
+export const RemoveReactionRequestSchema: GenMessage<RemoveReactionRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 23);
+
+/**
+ * @generated from message parley.v1.RemoveReactionResponse
+ */
+export type RemoveReactionResponse = Message$1<"parley.v1.RemoveReactionResponse"> & {
+  /**
+   * The message's reactions after the call.
+   *
+   * @generated from field: repeated parley.v1.Reaction reactions = 1;
+   */
+  reactions: Reaction[];
+};
+
+/**
+ * Describes the message parley.v1.RemoveReactionResponse.
+ * Use `create(RemoveReactionResponseSchema)` to create a new message.
+ */
+export const RemoveReactionResponseSchema: GenMessage<RemoveReactionResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 24);
+
+/**
+ * @generated from message parley.v1.ListReactionsRequest
+ */
+export type ListReactionsRequest = Message$1<"parley.v1.ListReactionsRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+
+  /**
+   * @generated from field: string emoji = 3;
+   */
+  emoji: string;
+
+  /**
+   * At most this many; 50 when unset, at most 200.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page, to continue.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message parley.v1.ListReactionsRequest.
+ * Use `create(ListReactionsRequestSchema)` to create a new message.
+ */
+export const ListReactionsRequestSchema: GenMessage<ListReactionsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 25);
+
+/**
+ * @generated from message parley.v1.ListReactionsResponse
+ */
+export type ListReactionsResponse = Message$1<"parley.v1.ListReactionsResponse"> & {
+  /**
+   * The members who reacted with the emoji, in the order they did.
+   *
+   * @generated from field: repeated int32 user_ids = 1;
+   */
+  userIds: number[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message parley.v1.ListReactionsResponse.
+ * Use `create(ListReactionsResponseSchema)` to create a new message.
+ */
+export const ListReactionsResponseSchema: GenMessage<ListReactionsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 26);
+
+/**
+ * @generated from message parley.v1.PinMessageRequest
+ */
+export type PinMessageRequest = Message$1<"parley.v1.PinMessageRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message parley.v1.PinMessageRequest.
+ * Use `create(PinMessageRequestSchema)` to create a new message.
+ */
+export const PinMessageRequestSchema: GenMessage<PinMessageRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 27);
+
+/**
+ * @generated from message parley.v1.PinMessageResponse
+ */
+export type PinMessageResponse = Message$1<"parley.v1.PinMessageResponse"> & {
+  /**
+   * @generated from field: parley.v1.Message message = 1;
+   */
+  message?: Message | undefined;
+};
+
+/**
+ * Describes the message parley.v1.PinMessageResponse.
+ * Use `create(PinMessageResponseSchema)` to create a new message.
+ */
+export const PinMessageResponseSchema: GenMessage<PinMessageResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 28);
+
+/**
+ * @generated from message parley.v1.UnpinMessageRequest
+ */
+export type UnpinMessageRequest = Message$1<"parley.v1.UnpinMessageRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message parley.v1.UnpinMessageRequest.
+ * Use `create(UnpinMessageRequestSchema)` to create a new message.
+ */
+export const UnpinMessageRequestSchema: GenMessage<UnpinMessageRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 29);
+
+/**
+ * @generated from message parley.v1.UnpinMessageResponse
+ */
+export type UnpinMessageResponse = Message$1<"parley.v1.UnpinMessageResponse"> & {
+  /**
+   * @generated from field: parley.v1.Message message = 1;
+   */
+  message?: Message | undefined;
+};
+
+/**
+ * Describes the message parley.v1.UnpinMessageResponse.
+ * Use `create(UnpinMessageResponseSchema)` to create a new message.
+ */
+export const UnpinMessageResponseSchema: GenMessage<UnpinMessageResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 30);
+
+/**
+ * @generated from message parley.v1.ListPinnedMessagesRequest
+ */
+export type ListPinnedMessagesRequest = Message$1<"parley.v1.ListPinnedMessagesRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+};
+
+/**
+ * Describes the message parley.v1.ListPinnedMessagesRequest.
+ * Use `create(ListPinnedMessagesRequestSchema)` to create a new message.
+ */
+export const ListPinnedMessagesRequestSchema: GenMessage<ListPinnedMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 31);
+
+/**
+ * @generated from message parley.v1.ListPinnedMessagesResponse
+ */
+export type ListPinnedMessagesResponse = Message$1<"parley.v1.ListPinnedMessagesResponse"> & {
+  /**
+   * The pinned messages, the most recently pinned first; at most 50.
+   *
+   * @generated from field: repeated parley.v1.Message messages = 1;
+   */
+  messages: Message[];
+};
+
+/**
+ * Describes the message parley.v1.ListPinnedMessagesResponse.
+ * Use `create(ListPinnedMessagesResponseSchema)` to create a new message.
+ */
+export const ListPinnedMessagesResponseSchema: GenMessage<ListPinnedMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 32);
+
+/**
+ * @generated from message parley.v1.GetMessageReceiptsRequest
+ */
+export type GetMessageReceiptsRequest = Message$1<"parley.v1.GetMessageReceiptsRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message parley.v1.GetMessageReceiptsRequest.
+ * Use `create(GetMessageReceiptsRequestSchema)` to create a new message.
+ */
+export const GetMessageReceiptsRequestSchema: GenMessage<GetMessageReceiptsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 33);
+
+/**
+ * @generated from message parley.v1.GetMessageReceiptsResponse
+ */
+export type GetMessageReceiptsResponse = Message$1<"parley.v1.GetMessageReceiptsResponse"> & {
+  /**
+   * The other members who read the message.
+   *
+   * @generated from field: repeated int32 read_user_ids = 1;
+   */
+  readUserIds: number[];
+
+  /**
+   * The other members who received the message but have not read it.
+   *
+   * @generated from field: repeated int32 delivered_user_ids = 2;
+   */
+  deliveredUserIds: number[];
+
+  /**
+   * The other members whose devices have not received it yet.
+   *
+   * @generated from field: repeated int32 pending_user_ids = 3;
+   */
+  pendingUserIds: number[];
+};
+
+/**
+ * Describes the message parley.v1.GetMessageReceiptsResponse.
+ * Use `create(GetMessageReceiptsResponseSchema)` to create a new message.
+ */
+export const GetMessageReceiptsResponseSchema: GenMessage<GetMessageReceiptsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_message, 34);
 
 /**
  * MessageStatus is how far a message got, derived from the other members'
@@ -631,6 +1201,88 @@ export const MessageService: GenService<{
     methodKind: "unary";
     input: typeof SendTypingRequestSchema;
     output: typeof SendTypingResponseSchema;
+  },
+  /**
+   * AddReaction adds the caller's reaction with an emoji to a message: one
+   * of each emoji per member, and at most 20 distinct emoji per message
+   * (FAILED_PRECONDITION beyond). Adding a reaction the caller already
+   * made changes nothing. Deleted messages take no reactions.
+   *
+   * @generated from rpc parley.v1.MessageService.AddReaction
+   */
+  addReaction: {
+    methodKind: "unary";
+    input: typeof AddReactionRequestSchema;
+    output: typeof AddReactionResponseSchema;
+  },
+  /**
+   * RemoveReaction takes the caller's reaction with an emoji back; removing
+   * one the caller did not make changes nothing.
+   *
+   * @generated from rpc parley.v1.MessageService.RemoveReaction
+   */
+  removeReaction: {
+    methodKind: "unary";
+    input: typeof RemoveReactionRequestSchema;
+    output: typeof RemoveReactionResponseSchema;
+  },
+  /**
+   * ListReactions lists who reacted to a message with an emoji, the
+   * earliest first.
+   *
+   * @generated from rpc parley.v1.MessageService.ListReactions
+   */
+  listReactions: {
+    methodKind: "unary";
+    input: typeof ListReactionsRequestSchema;
+    output: typeof ListReactionsResponseSchema;
+  },
+  /**
+   * PinMessage pins a message in its chat: any member of a private chat,
+   * a group's admins. At most 50 messages are pinned in a chat
+   * (FAILED_PRECONDITION beyond). Pinning a pinned message changes
+   * nothing; a deleted message is unpinned, and cannot be pinned.
+   *
+   * @generated from rpc parley.v1.MessageService.PinMessage
+   */
+  pinMessage: {
+    methodKind: "unary";
+    input: typeof PinMessageRequestSchema;
+    output: typeof PinMessageResponseSchema;
+  },
+  /**
+   * UnpinMessage unpins a message, with the same rights as PinMessage.
+   *
+   * @generated from rpc parley.v1.MessageService.UnpinMessage
+   */
+  unpinMessage: {
+    methodKind: "unary";
+    input: typeof UnpinMessageRequestSchema;
+    output: typeof UnpinMessageResponseSchema;
+  },
+  /**
+   * ListPinnedMessages returns the chat's pinned messages, the most
+   * recently pinned first.
+   *
+   * @generated from rpc parley.v1.MessageService.ListPinnedMessages
+   */
+  listPinnedMessages: {
+    methodKind: "unary";
+    input: typeof ListPinnedMessagesRequestSchema;
+    output: typeof ListPinnedMessagesResponseSchema;
+  },
+  /**
+   * GetMessageReceipts tells which of the chat's other members have read
+   * a message and which have received it without reading it yet. In a
+   * private chat that is still a request, its starter learns nothing
+   * (both lists empty), as with message statuses.
+   *
+   * @generated from rpc parley.v1.MessageService.GetMessageReceipts
+   */
+  getMessageReceipts: {
+    methodKind: "unary";
+    input: typeof GetMessageReceiptsRequestSchema;
+    output: typeof GetMessageReceiptsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_v1_message, 0);

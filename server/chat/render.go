@@ -1,0 +1,31 @@
+package chat
+
+import (
+	"context"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+)
+
+// forEvent is the viewer of a message rendered for a live event, which
+// every member receives alike: nothing in it is the viewer's own.
+const forEvent = 0
+
+// renderMessages renders stored messages of the chat for viewer (a user
+// id, or forEvent): their statuses from p, and what the chat and the
+// other collections hold of them.
+func (s *Service) renderMessages(ctx context.Context, c *chatDoc, viewer int, p positions, docs []messageDoc) ([]*parleyv1.Message, error) {
+	out := make([]*parleyv1.Message, len(docs))
+	for i := range docs {
+		out[i] = toMessage(&docs[i], p)
+	}
+	return out, nil
+}
+
+// renderMessage is renderMessages for one message.
+func (s *Service) renderMessage(ctx context.Context, c *chatDoc, viewer int, p positions, m *messageDoc) (*parleyv1.Message, error) {
+	out, err := s.renderMessages(ctx, c, viewer, p, []messageDoc{*m})
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
