@@ -14,15 +14,16 @@ func toRole(r string) parleyv1.Role {
 }
 
 // toChat renders a chat for one of its members.
-func toChat(c *chatDoc, m member, unread int64) *parleyv1.Chat {
+func toChat(c *chatDoc, m member, unread unreadCounts) *parleyv1.Chat {
 	out := &parleyv1.Chat{
-		Id:          c.ID.Hex(),
-		Type:        parleyv1.ChatType_CHAT_TYPE_GROUP,
-		Name:        c.Name,
-		CreatedAt:   timestamppb.New(c.CreatedAt),
-		UpdatedAt:   timestamppb.New(c.UpdatedAt),
-		Role:        toRole(m.Role),
-		UnreadCount: unread,
+		Id:                 c.ID.Hex(),
+		Type:               parleyv1.ChatType_CHAT_TYPE_GROUP,
+		Name:               c.Name,
+		CreatedAt:          timestamppb.New(c.CreatedAt),
+		UpdatedAt:          timestamppb.New(c.UpdatedAt),
+		Role:               toRole(m.Role),
+		UnreadCount:        unread.messages,
+		UnreadMentionCount: unread.mentions,
 	}
 	if c.Type == typePrivate {
 		out.Type = parleyv1.ChatType_CHAT_TYPE_PRIVATE

@@ -112,7 +112,7 @@ func (s *Service) publishChat(ctx context.Context, chatID bson.ObjectID, kind st
 	if err != nil {
 		return err
 	}
-	chat := toChat(c, member{}, 0)
+	chat := toChat(c, member{}, unreadCounts{})
 	chat.Role = parleyv1.Role_ROLE_UNSPECIFIED
 	e := &parleyv1.ChatEvent{Chat: chat, ActorId: int32(actor)}
 	for _, u := range users {

@@ -113,8 +113,11 @@ func TestIndexes_HotPaths(t *testing.T) {
 		{"list messages: positions of a chat", find("positions", bson.D{{Key: "chatId", Value: chat}}, nil, 0), false},
 		{"list chats: first page", find("chats", page, bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}, 51), false},
 		{"list chats: next page", find("chats", page2, bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}, 51), false},
-		{"list chats: unread counts", bson.D{{Key: "aggregate", Value: "messages"}, {Key: "pipeline", Value: unreadPipeline(listed, byChat)}, {Key: "cursor", Value: bson.D{}}}, false},
+		{"list chats: unread counts", bson.D{{Key: "aggregate", Value: "messages"}, {Key: "pipeline", Value: unreadPipeline(listed, byChat, false)}, {Key: "cursor", Value: bson.D{}}}, false},
+		{"list chats: unread mentions", bson.D{{Key: "aggregate", Value: "messages"}, {Key: "pipeline", Value: unreadPipeline(listed, byChat, true)}, {Key: "cursor", Value: bson.D{}}}, false},
 		{"mark read: unread count", bson.D{{Key: "count", Value: "messages"}, {Key: "query", Value: unreadFilter(chat, me)}}, false},
+		{"get chat: unread mentions", bson.D{{Key: "count", Value: "messages"}, {Key: "query", Value: append(unreadFilter(chat, me), mentioning(user))}}, false},
+		{"list messages: quoted originals", find("messages", bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{msgs[7].(messageDoc).ID, msgs[9].(messageDoc).ID}}}}, {Key: "chatId", Value: ids[0]}}, nil, 0), false},
 		{"control: by text, which no index covers", find("messages", bson.D{{Key: "text", Value: "nobody wrote this"}}, nil, 0), true},
 		{"mark: position by id", find("positions", bson.D{{Key: "_id", Value: positionID(chat, user, kindRead)}}, nil, 1), false},
 	} {

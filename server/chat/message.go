@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -80,6 +81,13 @@ func toMessage(m *messageDoc, p positions) *parleyv1.Message {
 	if m.EditedAt != nil {
 		out.EditedAt = timestamppb.New(*m.EditedAt)
 	}
+	for _, u := range m.Mentions {
+		if u == mentionAll {
+			out.MentionsAll = true
+		} else {
+			out.MentionedUserIds = append(out.MentionedUserIds, int32(u))
+		}
+	}
 	for _, a := range m.Attachments {
 		out.Attachments = append(out.Attachments, &parleyv1.Attachment{
 			Type: a.Type, Url: a.URL, MediaId: a.MediaID.Hex(), FileName: a.FileName, ContentType: a.ContentType,
@@ -106,7 +114,11 @@ func (s *Service) SendMessage(
 	// it does not, they are made again on the chat as it is now, and the
 	// last time on the chat read from the store with no version.
 	const cachedChecks = 2
-	c, version, floor, err := s.sendChecks(ctx, chatID, id.UserID, true)
+	c, version, floor, err := s.sendChecks(ctx, chatID, id.UserID, req.Msg, true)
+	if err != nil {
+		return nil, err
+	}
+	replyTo, err := s.replyTo(ctx, c.ID, req.Msg.GetReplyToMessageId())
 	if err != nil {
 		return nil, err
 	}
@@ -164,10 +176,12 @@ func (s *Service) SendMessage(
 			Text:            req.Msg.GetText(),
 			Attachments:     attachments,
 			ClientMessageID: req.Msg.GetClientMessageId(),
+			ReplyTo:         replyTo,
+			Mentions:        mentionsOf(req.Msg),
 		}, floor, version)
 		if errors.Is(err, errStaleChat) {
 			s.forgetChat(c.ID)
-			if c, version, floor, err = s.sendChecks(ctx, chatID, id.UserID, attempt < cachedChecks); err != nil {
+			if c, version, floor, err = s.sendChecks(ctx, chatID, id.UserID, req.Msg, attempt < cachedChecks); err != nil {
 				return nil, err
 			}
 			continue
@@ -264,7 +278,7 @@ func (s *Service) SendMessage(
 // floor of the seq to take (see tryInsert). Only a chat read from the
 // store refuses a send or accepts a request: a cached entry that would
 // do either may be stale, and the checks are made again on the store's.
-func (s *Service) sendChecks(ctx context.Context, chatID bson.ObjectID, sender int, cached bool) (*chatDoc, string, int64, error) {
+func (s *Service) sendChecks(ctx context.Context, chatID bson.ObjectID, sender int, msg *parleyv1.SendMessageRequest, cached bool) (*chatDoc, string, int64, error) {
 	mode := uncached
 	if cached {
 		mode = fromCache
@@ -273,13 +287,13 @@ func (s *Service) sendChecks(ctx context.Context, chatID bson.ObjectID, sender i
 	if err != nil {
 		return nil, "", 0, s.internal(ctx, "send message", err)
 	}
-	c, version, err := s.checkSend(ctx, e, sender, hit)
+	c, version, err := s.checkSend(ctx, e, sender, msg, hit)
 	if err != nil && hit {
 		s.forgetChat(chatID)
 		if e, _, err = s.sendView(ctx, chatID, fromStore); err != nil {
 			return nil, "", 0, s.internal(ctx, "send message", err)
 		}
-		c, version, err = s.checkSend(ctx, e, sender, false)
+		c, version, err = s.checkSend(ctx, e, sender, msg, false)
 	}
 	if err != nil {
 		return nil, "", 0, err
@@ -287,16 +301,77 @@ func (s *Service) sendChecks(ctx context.Context, chatID bson.ObjectID, sender i
 	return c, version, e.floor.Load(), nil
 }
 
+// checkMentions checks the message's mentions against the chat: only its
+// members may be mentioned, and everyone (@all) only in a group, by an
+// admin.
+func checkMentions(c *chatDoc, sender *member, msg *parleyv1.SendMessageRequest) error {
+	for _, u := range msg.GetMentionUserIds() {
+		if c.participant(int(u)) == nil {
+			return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("mention_user_ids: user %d is not a member of the chat", u))
+		}
+	}
+	if !msg.GetMentionAll() {
+		return nil
+	}
+	if c.Type != typeGroup {
+		return connect.NewError(connect.CodeInvalidArgument, errors.New("mention_all: only in groups"))
+	}
+	if sender.Role != roleAdmin {
+		return connect.NewError(connect.CodePermissionDenied, errors.New("only the group's admins may mention everyone"))
+	}
+	return nil
+}
+
+// mentionsOf is what a message stores of the request's mentions.
+func mentionsOf(msg *parleyv1.SendMessageRequest) []int {
+	var out []int
+	if msg.GetMentionAll() {
+		out = append(out, mentionAll)
+	}
+	for _, u := range msg.GetMentionUserIds() {
+		out = append(out, int(u))
+	}
+	return out
+}
+
+// replyTo returns what a reply keeps of the message of the chat that it
+// answers (nil when hex is empty: no reply). The original must be there,
+// and not deleted.
+func (s *Service) replyTo(ctx context.Context, chatID bson.ObjectID, hex string) (*replyDoc, error) {
+	if hex == "" {
+		return nil, nil
+	}
+	id, err := bson.ObjectIDFromHex(hex)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("reply_to_message_id: not a message id"))
+	}
+	o, err := s.store.getMessage(ctx, chatID, id)
+	if errors.Is(err, errNoMessage) {
+		return nil, connect.NewError(connect.CodeNotFound, errors.New("reply_to_message_id: no such message in this chat"))
+	}
+	if err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
+	if o.DeletedAt != nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("reply_to_message_id: the message was deleted"))
+	}
+	return &replyDoc{MessageID: o.ID, Seq: o.Seq, SenderID: o.SenderID}, nil
+}
+
 // errRecheck tells sendChecks that a cached entry would accept a request.
 var errRecheck = errors.New("check again on the store's chat")
 
 // checkSend makes sendChecks' checks on the chat of e (hit: from the
 // cache).
-func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int, hit bool) (*chatDoc, string, error) {
+func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int, msg *parleyv1.SendMessageRequest, hit bool) (*chatDoc, string, error) {
 	// A copy: accepting a request changes it, and the entry is shared.
 	c := *e.chat
-	if _, err := memberOf(&c, sender); err != nil {
+	me, err := memberOf(&c, sender)
+	if err != nil {
 		return nil, "", s.internal(ctx, "send message", err)
+	}
+	if err := checkMentions(&c, me, msg); err != nil {
+		return nil, "", err
 	}
 	if c.Type != typePrivate {
 		return &c, e.version, nil

@@ -41,6 +41,24 @@ type messageDoc struct {
 	SeqKey    string     `bson:"seqKey"`
 	EditedAt  *time.Time `bson:"editedAt,omitempty"`
 	DeletedAt *time.Time `bson:"deletedAt,omitempty"`
+	// ReplyTo names the message of the same chat that this one answers.
+	// Its quote is rendered from the original as it is when read, so
+	// that it follows the original's edits and deletion.
+	ReplyTo *replyDoc `bson:"replyTo,omitempty"`
+	// Mentions holds the user ids of the members the message mentions,
+	// and mentionAll for @all, so that one multikey index finds the
+	// messages that mention a member either way.
+	Mentions []int `bson:"mentions,omitempty"`
+}
+
+// mentionAll stands for @all in a message's mentions: no user has id 0.
+const mentionAll = 0
+
+// replyDoc is what a reply keeps of the message it answers.
+type replyDoc struct {
+	MessageID bson.ObjectID `bson:"messageId"`
+	Seq       int64         `bson:"seq"`
+	SenderID  int           `bson:"senderId"`
 }
 
 // attachmentDoc is the seed's attachment (type, url) plus what clients
@@ -659,6 +677,37 @@ func (s *store) getMessage(ctx context.Context, chatID, id bson.ObjectID) (*mess
 
 var errNoMessage = errors.New("no such message")
 
+// quoted returns, by id, the messages of the chat that replies among ms
+// answer, in one find of the fields a quote shows.
+func (s *store) quoted(ctx context.Context, chatID bson.ObjectID, ms []messageDoc) (map[bson.ObjectID]*messageDoc, error) {
+	var ids bson.A
+	for i := range ms {
+		if r := ms[i].ReplyTo; r != nil && !slices.Contains(ids, any(r.MessageID)) {
+			ids = append(ids, r.MessageID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	cur, err := s.messages.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}, {Key: "chatId", Value: chatID}},
+		options.Find().SetProjection(bson.D{
+			{Key: "chatId", Value: 1}, {Key: "seq", Value: 1}, {Key: "senderId", Value: 1}, {Key: "text", Value: 1},
+			{Key: "attachments", Value: 1}, {Key: "deletedAt", Value: 1},
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("quoted messages: %w", err)
+	}
+	var found []messageDoc
+	if err := cur.All(ctx, &found); err != nil {
+		return nil, fmt.Errorf("quoted messages: %w", err)
+	}
+	out := make(map[bson.ObjectID]*messageDoc, len(found))
+	for i := range found {
+		out[found[i].ID] = &found[i]
+	}
+	return out, nil
+}
+
 // A page of messages is read through a window of seqs just wider than the
 // page. Seqs are dense (a gap is left only by a send that failed after
 // taking its seq), so one window almost always holds the page; where it
@@ -777,13 +826,17 @@ func (s *store) deleteMessage(ctx context.Context, m *messageDoc) error {
 	if err := s.locked(ctx, "message:"+m.ID.Hex(), func() error {
 		_, err := s.messages.UpdateOne(ctx, bson.D{{Key: "_id", Value: m.ID}}, bson.D{
 			{Key: "$set", Value: bson.D{{Key: "deletedAt", Value: now}}},
-			{Key: "$unset", Value: bson.D{{Key: "text", Value: ""}, {Key: "attachments", Value: ""}}},
+			// A tombstone shows nothing of the message: no text, files,
+			// mentions or quote.
+			{Key: "$unset", Value: bson.D{
+				{Key: "text", Value: ""}, {Key: "attachments", Value: ""}, {Key: "mentions", Value: ""}, {Key: "replyTo", Value: ""},
+			}},
 		})
 		return err
 	}); err != nil {
 		return fmt.Errorf("delete message: %w", err)
 	}
-	m.Text, m.Attachments, m.DeletedAt = "", nil, &now
+	m.Text, m.Attachments, m.Mentions, m.ReplyTo, m.DeletedAt = "", nil, nil, nil, &now
 	return s.refreshPreview(ctx, m)
 }
 

@@ -216,7 +216,7 @@ func (s *Service) DeclineChatRequest(
 	}
 	if s.events != nil {
 		// Only the decliner hears of it: its other devices drop the chat.
-		chat := toChat(c, member{}, 0)
+		chat := toChat(c, member{}, unreadCounts{})
 		ev := &parleyv1.Event{Kind: &parleyv1.Event_MemberRemoved{MemberRemoved: &parleyv1.ChatEvent{
 			Chat: chat, ActorId: int32(id.UserID), UserIds: []int32{int32(id.UserID)},
 		}}}

@@ -18,7 +18,31 @@ func (s *Service) renderMessages(ctx context.Context, c *chatDoc, viewer int, p 
 	for i := range docs {
 		out[i] = toMessage(&docs[i], p)
 	}
+	quoted, err := s.store.quoted(ctx, c.ID, docs)
+	if err != nil {
+		return nil, err
+	}
+	for i := range docs {
+		if r := docs[i].ReplyTo; r != nil {
+			out[i].ReplyTo = toQuote(r, quoted[r.MessageID])
+		}
+	}
 	return out, nil
+}
+
+// toQuote renders a reply's quote of the original message o as it is now
+// (nil: no longer stored, shown as deleted).
+func toQuote(r *replyDoc, o *messageDoc) *parleyv1.ReplyQuote {
+	q := &parleyv1.ReplyQuote{MessageId: r.MessageID.Hex(), Seq: r.Seq, SenderId: int32(r.SenderID)}
+	if o == nil || o.DeletedAt != nil {
+		q.Deleted = true
+		return q
+	}
+	q.Preview = preview(o.Text)
+	for _, a := range o.Attachments {
+		q.AttachmentTypes = append(q.AttachmentTypes, a.Type)
+	}
+	return q
 }
 
 // renderMessage is renderMessages for one message.

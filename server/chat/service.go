@@ -216,7 +216,7 @@ func (s *Service) view(ctx context.Context, chatID bson.ObjectID, userID int) (*
 }
 
 func (s *Service) render(ctx context.Context, c *chatDoc, m member) (*parleyv1.Chat, error) {
-	unread, err := s.store.unread(ctx, c, m)
+	unread, err := s.store.unreadBoth(ctx, c, m)
 	if err != nil {
 		return nil, err
 	}

@@ -550,40 +550,59 @@ func (s *store) chatsOf(ctx context.Context, userID int) ([]chatDoc, error) {
 	return out, nil
 }
 
-// unreadMany counts, in one aggregation, the unread messages of each chat
-// for the given memberships (see unread).
-func (s *store) unreadMany(ctx context.Context, chats []chatDoc, members map[bson.ObjectID]member) (map[bson.ObjectID]int64, error) {
-	out := make(map[bson.ObjectID]int64)
-	pipeline := unreadPipeline(chats, members)
+// unreadCounts are a member's unread messages in a chat, and how many of
+// them mention it.
+type unreadCounts struct{ messages, mentions int64 }
+
+// unreadMany counts the unread messages of each chat for the given
+// memberships (see unread), in one aggregation, and those that mention
+// the member in another, made only when some chat has unread messages.
+func (s *store) unreadMany(ctx context.Context, chats []chatDoc, members map[bson.ObjectID]member) (map[bson.ObjectID]unreadCounts, error) {
+	out := make(map[bson.ObjectID]unreadCounts)
+	pipeline := unreadPipeline(chats, members, false)
 	if pipeline == nil {
 		return out, nil
 	}
-	cur, err := s.messages.Aggregate(ctx, pipeline)
-	if err != nil {
+	counts := func(p mongo.Pipeline, set func(*unreadCounts, int64)) error {
+		cur, err := s.messages.Aggregate(ctx, p)
+		if err != nil {
+			return err
+		}
+		var rows []struct {
+			ChatID bson.ObjectID `bson:"_id"`
+			N      int64         `bson:"n"`
+		}
+		if err := cur.All(ctx, &rows); err != nil {
+			return err
+		}
+		for _, r := range rows {
+			c := out[r.ChatID]
+			set(&c, r.N)
+			out[r.ChatID] = c
+		}
+		return nil
+	}
+	if err := counts(pipeline, func(c *unreadCounts, n int64) { c.messages = n }); err != nil {
 		return nil, fmt.Errorf("count unread: %w", err)
 	}
-	var rows []struct {
-		ChatID bson.ObjectID `bson:"_id"`
-		N      int64         `bson:"n"`
-	}
-	if err := cur.All(ctx, &rows); err != nil {
-		return nil, fmt.Errorf("count unread: %w", err)
-	}
-	for _, r := range rows {
-		out[r.ChatID] = r.N
+	if err := counts(unreadPipeline(chats, members, true), func(c *unreadCounts, n int64) { c.mentions = n }); err != nil {
+		return nil, fmt.Errorf("count unread mentions: %w", err)
 	}
 	return out, nil
 }
 
 // unreadPipeline counts the unread messages of each chat for the given
-// memberships; nil when no chat can have any.
-func unreadPipeline(chats []chatDoc, members map[bson.ObjectID]member) mongo.Pipeline {
+// memberships (only those that mention the member, when mentions); nil
+// when no chat can have any.
+func unreadPipeline(chats []chatDoc, members map[bson.ObjectID]member, mentions bool) mongo.Pipeline {
 	var branches bson.A
+	userID := 0
 	for i := range chats {
 		c, m := &chats[i], members[chats[i].ID]
 		if c.LastMessage == nil || c.LastMessage.Seq <= m.ReadSeq {
 			continue
 		}
+		userID = m.UserID
 		branches = append(branches, bson.D{
 			{Key: "chatId", Value: c.ID},
 			{Key: "seq", Value: bson.D{{Key: "$gt", Value: m.ReadSeq}}},
@@ -593,13 +612,22 @@ func unreadPipeline(chats []chatDoc, members map[bson.ObjectID]member) mongo.Pip
 	if len(branches) == 0 {
 		return nil
 	}
+	match := bson.D{
+		{Key: "$or", Value: branches},
+		{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}},
+	}
+	if mentions {
+		match = append(match, mentioning(userID))
+	}
 	return mongo.Pipeline{
-		{{Key: "$match", Value: bson.D{
-			{Key: "$or", Value: branches},
-			{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}},
-		}}},
+		{{Key: "$match", Value: match}},
 		{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$chatId"}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
 	}
+}
+
+// mentioning matches the messages that mention the user, by name or @all.
+func mentioning(userID int) bson.E {
+	return bson.E{Key: "mentions", Value: bson.D{{Key: "$in", Value: bson.A{userID, mentionAll}}}}
 }
 
 // unreadFilter matches the messages after the member's read position that
@@ -620,6 +648,20 @@ func (s *store) unread(ctx context.Context, c *chatDoc, m member) (int64, error)
 		return 0, fmt.Errorf("count unread: %w", err)
 	}
 	return n, nil
+}
+
+// unreadBoth counts the member's unread messages, and those of them that
+// mention it (not counted when nothing is unread).
+func (s *store) unreadBoth(ctx context.Context, c *chatDoc, m member) (unreadCounts, error) {
+	n, err := s.unread(ctx, c, m)
+	if err != nil || n == 0 {
+		return unreadCounts{messages: n}, err
+	}
+	k, err := s.messages.CountDocuments(ctx, append(unreadFilter(c.ID, m), mentioning(m.UserID)))
+	if err != nil {
+		return unreadCounts{}, fmt.Errorf("count unread mentions: %w", err)
+	}
+	return unreadCounts{messages: n, mentions: k}, nil
 }
 
 // acceptRequest makes the private chat an accepted one (no request, hidden
