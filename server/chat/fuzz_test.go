@@ -30,11 +30,21 @@ func FuzzDecodePage(f *testing.F) {
 	} {
 		f.Add(s)
 	}
+	f.Add(encodePinnedPage(0))
+	f.Add(encodePinnedPage(9))
 	f.Fuzz(func(t *testing.T, s string) {
-		p, err := decodePage(s)
+		p, offset, pinned, err := decodePage(s)
 		if err != nil {
 			if code := connect.CodeOf(err); code != connect.CodeInvalidArgument {
 				t.Fatalf("decodePage(%q): code %v, want InvalidArgument", s, code)
+			}
+			return
+		}
+		if pinned {
+			if again := encodePinnedPage(offset); again != s && !strings.ContainsAny(s, "\r\n") {
+				if _, err := base64.RawURLEncoding.Strict().DecodeString(s); err == nil {
+					t.Fatalf("decodePage(%q) = pinned offset %d, which encodes as %q", s, offset, again)
+				}
 			}
 			return
 		}
@@ -42,7 +52,7 @@ func FuzzDecodePage(f *testing.F) {
 			t.Fatalf("decodePage(%q): time in %v, want UTC", s, p.UpdatedAt.Location())
 		}
 		again := encodePage(p)
-		got, err := decodePage(again)
+		got, _, _, err := decodePage(again)
 		if err != nil || !got.UpdatedAt.Equal(p.UpdatedAt) || got.ID != p.ID {
 			t.Fatalf("decodePage(%q) = %v; its re-encoding %q decodes to %v, %v", s, p, again, got, err)
 		}

@@ -78,8 +78,9 @@ func TestIndexes_HotPaths(t *testing.T) {
 	chat, user := ids[chats/2], chats/2*members/2+1
 	seq := int64(perChat / 2)
 	me := member{ChatID: chat, UserID: user, ReadSeq: seq / 2}
-	page, pageOpts := listChatsQuery(user, nil, 51)
-	page2, _ := listChatsQuery(user, &chatPage{UpdatedAt: now.Add(50 * time.Millisecond), ID: chat}, 51)
+	page, pageOpts := listChatsQuery(user, chatSet{}, nil, 51)
+	page2, _ := listChatsQuery(user, chatSet{notIn: ids[:3]}, &chatPage{UpdatedAt: now.Add(50 * time.Millisecond), ID: chat}, 51)
+	archivedPage, _ := listChatsQuery(user, chatSet{in: ids[:3]}, nil, 51)
 	msgPage, _, _, _ := pageQuery(chat, nil, &seq, nil, perChat, 67, 50)
 	msgLatest, _, _, _ := pageQuery(chat, nil, nil, &seq, perChat, 67, 50)
 	posIDs := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{positionID(chat, user, kindRead), positionID(chat, user, kindDelivered)}}}}}
@@ -117,6 +118,13 @@ func TestIndexes_HotPaths(t *testing.T) {
 		{"list chats: unread mentions", bson.D{{Key: "aggregate", Value: "messages"}, {Key: "pipeline", Value: unreadPipeline(listed, byChat, true)}, {Key: "cursor", Value: bson.D{}}}, false},
 		{"mark read: unread count", bson.D{{Key: "count", Value: "messages"}, {Key: "query", Value: unreadFilter(chat, me)}}, false},
 		{"get chat: unread mentions", bson.D{{Key: "count", Value: "messages"}, {Key: "query", Value: append(unreadFilter(chat, me), mentioning(user))}}, false},
+		{"list chats: archived", find("chats", archivedPage, bson.D{{Key: "updatedAt", Value: -1}, {Key: "_id", Value: -1}}, 51), false},
+		{"list chats: pinned and archived", find("chatSettings", bson.D{{Key: "userId", Value: user}, {Key: "$or", Value: bson.A{
+			bson.D{{Key: "archived", Value: true}}, bson.D{{Key: "pinnedAt", Value: bson.D{{Key: "$exists", Value: true}}}},
+		}}}, nil, 0), false},
+		{"list chats: settings", find("chatSettings", bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{settingsID(chat, user)}}}}}, nil, 0), false},
+		{"list messages: hidden", find("hiddenMessages", bson.D{{Key: "chatId", Value: chat}, {Key: "userId", Value: user},
+			{Key: "seq", Value: bson.D{{Key: "$gte", Value: 1}, {Key: "$lte", Value: 50}}}}, nil, 0), false},
 		{"list messages: quoted originals", find("messages", bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{msgs[7].(messageDoc).ID, msgs[9].(messageDoc).ID}}}}, {Key: "chatId", Value: ids[0]}}, nil, 0), false},
 		{"control: by text, which no index covers", find("messages", bson.D{{Key: "text", Value: "nobody wrote this"}}, nil, 0), true},
 		{"mark: position by id", find("positions", bson.D{{Key: "_id", Value: positionID(chat, user, kindRead)}}, nil, 1), false},

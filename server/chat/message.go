@@ -432,6 +432,9 @@ func (s *Service) ListMessages(
 	if err != nil {
 		return nil, s.internal(ctx, "list messages", err)
 	}
+	if msgs, err = s.store.withoutHidden(ctx, c.ID, me.UserID, msgs); err != nil {
+		return nil, s.internal(ctx, "list messages", err)
+	}
 	p, err := s.positions(ctx, c)
 	if err != nil {
 		return nil, s.internal(ctx, "list messages", err)

@@ -75,6 +75,8 @@ func Prepare(ctx context.Context, log *slog.Logger, db *mongo.Database) error {
 		{db.Collection("chats"), chatIndexes},
 		{db.Collection("messages"), messageIndexes},
 		{db.Collection("positions"), positionIndexes},
+		{db.Collection("chatSettings"), settingsIndexes},
+		{db.Collection("hiddenMessages"), hiddenIndexes},
 	} {
 		if err := mongoindex.Ensure(ctx, x.c, x.models); err != nil {
 			return fmt.Errorf("create indexes on %s: %w", x.c.Name(), err)

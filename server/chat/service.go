@@ -220,7 +220,13 @@ func (s *Service) render(ctx context.Context, c *chatDoc, m member) (*parleyv1.C
 	if err != nil {
 		return nil, err
 	}
-	return toChat(c, m, unread), nil
+	settings, err := s.store.settings(ctx, m.UserID, []bson.ObjectID{c.ID})
+	if err != nil {
+		return nil, err
+	}
+	out := toChat(c, m, unread)
+	out.Settings = toSettings(settings[c.ID], s.now())
+	return out, nil
 }
 
 func (s *Service) checkUsersExist(ctx context.Context, ids []int) error {
@@ -336,6 +342,11 @@ func (s *Service) GetChat(
 	return connect.NewResponse(&parleyv1.GetChatResponse{Chat: chat}), nil
 }
 
+// A ListChats page token is a chatPage (20 bytes: updatedAt in ms, then
+// the chat id), or, while the caller's pinned chats are being listed, a
+// marker byte and how many of them came before.
+const pinnedPage = 0xff
+
 func encodePage(p chatPage) string {
 	b := make([]byte, 8, 20)
 	binary.BigEndian.PutUint64(b, uint64(p.UpdatedAt.UnixMilli()))
@@ -343,18 +354,27 @@ func encodePage(p chatPage) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-func decodePage(s string) (chatPage, error) {
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) != 20 {
-		return chatPage{}, connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: not a token from this method"))
-	}
-	var p chatPage
-	p.UpdatedAt = time.UnixMilli(int64(binary.BigEndian.Uint64(b[:8]))).UTC()
-	copy(p.ID[:], b[8:])
-	return p, nil
+func encodePinnedPage(offset int) string {
+	return base64.RawURLEncoding.EncodeToString([]byte{pinnedPage, byte(offset)})
 }
 
-// ListChats lists the caller's chats, most recent activity first.
+// decodePage returns the page a token continues: a chatPage, or an offset
+// into the pinned chats (pinned true).
+func decodePage(s string) (p chatPage, offset int, pinned bool, err error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	switch {
+	case err == nil && len(b) == 2 && b[0] == pinnedPage:
+		return chatPage{}, int(b[1]), true, nil
+	case err != nil || len(b) != 20:
+		return chatPage{}, 0, false, connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: not a token from this method"))
+	}
+	p.UpdatedAt = time.UnixMilli(int64(binary.BigEndian.Uint64(b[:8]))).UTC()
+	copy(p.ID[:], b[8:])
+	return p, 0, false, nil
+}
+
+// ListChats lists the caller's chats: pinned ones first, then the others
+// that are not archived, most recent activity first; or the archived ones.
 func (s *Service) ListChats(
 	ctx context.Context, req *connect.Request[parleyv1.ListChatsRequest],
 ) (*connect.Response[parleyv1.ListChatsResponse], error) {
@@ -367,29 +387,81 @@ func (s *Service) ListChats(
 		size = DefaultPageSize
 	}
 	var after *chatPage
+	offset, inPinned := 0, !req.Msg.GetArchived()
 	if tok := req.Msg.GetPageToken(); tok != "" {
-		p, err := decodePage(tok)
+		p, off, pinned, err := decodePage(tok)
 		if err != nil {
 			return nil, err
 		}
-		after = &p
+		if pinned {
+			offset = off
+		} else {
+			after, inPinned = &p, false
+		}
 	}
-	chats, members, err := s.store.listChats(ctx, id.UserID, after, size+1)
+	apart, err := s.store.apart(ctx, id.UserID)
 	if err != nil {
 		return nil, s.internal(ctx, "list chats", err)
 	}
 	res := &parleyv1.ListChatsResponse{}
-	if len(chats) > size {
-		chats = chats[:size]
-		last := chats[size-1]
-		res.NextPageToken = encodePage(chatPage{UpdatedAt: last.UpdatedAt, ID: last.ID})
+	var chats []chatDoc
+	if inPinned {
+		pinned, err := s.store.chatsByID(ctx, id.UserID, apart.pinned)
+		if err != nil {
+			return nil, s.internal(ctx, "list chats", err)
+		}
+		chats = pinned[min(offset, len(pinned)):]
+		if len(chats) > size {
+			chats = chats[:size]
+			res.NextPageToken = encodePinnedPage(offset + size)
+		}
+	}
+	if res.NextPageToken == "" {
+		set := chatSet{notIn: append(slices.Clone(apart.pinned), apart.archived...)}
+		if req.Msg.GetArchived() {
+			set = chatSet{in: apart.archived}
+			if set.in == nil {
+				set.in = []bson.ObjectID{}
+			}
+		}
+		need := size - len(chats)
+		rest, err := s.store.listChats(ctx, id.UserID, set, after, need+1)
+		if err != nil {
+			return nil, s.internal(ctx, "list chats", err)
+		}
+		switch {
+		case len(rest) > need && need == 0:
+			// Pinned chats filled the page: the others start the next.
+			res.NextPageToken = encodePinnedPage(offset + len(chats))
+			rest = nil
+		case len(rest) > need:
+			rest = rest[:need]
+			last := rest[need-1]
+			res.NextPageToken = encodePage(chatPage{UpdatedAt: last.UpdatedAt, ID: last.ID})
+		}
+		chats = append(chats, rest...)
+	}
+	members, err := s.store.memberships(ctx, id.UserID, chats)
+	if err != nil {
+		return nil, s.internal(ctx, "list chats", err)
 	}
 	unread, err := s.store.unreadMany(ctx, chats, members)
 	if err != nil {
 		return nil, s.internal(ctx, "list chats", err)
 	}
+	ids := make([]bson.ObjectID, len(chats))
 	for i := range chats {
-		res.Chats = append(res.Chats, toChat(&chats[i], members[chats[i].ID], unread[chats[i].ID]))
+		ids[i] = chats[i].ID
+	}
+	settings, err := s.store.settings(ctx, id.UserID, ids)
+	if err != nil {
+		return nil, s.internal(ctx, "list chats", err)
+	}
+	now := s.now()
+	for i := range chats {
+		c := toChat(&chats[i], members[chats[i].ID], unread[chats[i].ID])
+		c.Settings = toSettings(settings[chats[i].ID], now)
+		res.Chats = append(res.Chats, c)
 	}
 	return connect.NewResponse(res), nil
 }
@@ -553,6 +625,11 @@ func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, actor, target
 	})
 	if err != nil {
 		return s.internal(ctx, "leave chat", err)
+	}
+	// A member who comes back starts with no settings, and a pin of a
+	// chat left counts no more against the limit.
+	if err := s.store.forgetSettings(ctx, chatID, target); err != nil {
+		s.log.WarnContext(ctx, "forget the chat settings of a former member", "chat", chatID.Hex(), "user", target, "err", err)
 	}
 	return nil
 }

@@ -156,10 +156,12 @@ type store struct {
 	rdb         redis.UniversalClient
 	redisPrefix string
 
-	chats     *mongo.Collection
-	positions *mongo.Collection
-	messages  *mongo.Collection
-	now       func() time.Time
+	chats        *mongo.Collection
+	positions    *mongo.Collection
+	messages     *mongo.Collection
+	chatSettings *mongo.Collection
+	hidden       *mongo.Collection
+	now          func() time.Time
 
 	// inserts and sentUpdates combine the writes of concurrent sends
 	// (see combiner): their messages, and their chats' updates.
@@ -179,6 +181,9 @@ func newStore(db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Lock
 		positions:   db.Collection("positions"),
 		messages:    db.Collection("messages"),
 		now:         now,
+
+		chatSettings: db.Collection("chatSettings"),
+		hidden:       db.Collection("hiddenMessages"),
 	}
 	s.inserts = &combiner[*messageDoc]{write: s.insertMessages, max: maxCombined}
 	s.sentUpdates = &combiner[*messageDoc]{write: s.sentMany, max: maxCombined}
@@ -463,13 +468,29 @@ func (s *store) rename(ctx context.Context, chatID bson.ObjectID, name string) e
 	})
 }
 
-// listChatsQuery is the filter and options of a page of the user's chats,
-// most recently updated first, after the cursor.
-func listChatsQuery(userID int, after *chatPage, limit int) (bson.D, *options.FindOptionsBuilder) {
-	filter := bson.D{
+// chatSet narrows a list of chats to some (in), or leaves some out
+// (notIn).
+type chatSet struct {
+	in, notIn []bson.ObjectID
+}
+
+func (cs chatSet) filter() bson.D {
+	switch {
+	case cs.in != nil:
+		return bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: cs.in}}}}
+	case len(cs.notIn) > 0:
+		return bson.D{{Key: "_id", Value: bson.D{{Key: "$nin", Value: cs.notIn}}}}
+	}
+	return nil
+}
+
+// listChatsQuery is the filter and options of a page of the user's chats
+// of the set, most recently updated first, after the cursor.
+func listChatsQuery(userID int, set chatSet, after *chatPage, limit int) (bson.D, *options.FindOptionsBuilder) {
+	filter := append(bson.D{
 		{Key: "participants.user_id", Value: userID},
 		{Key: "hiddenFor", Value: bson.D{{Key: "$ne", Value: userID}}},
-	}
+	}, set.filter()...)
 	if after != nil {
 		filter = append(filter,
 			// The first condition alone lets the index bound the scan;
@@ -491,32 +512,52 @@ type chatPage struct {
 	ID        bson.ObjectID
 }
 
-// listChats returns up to limit of the user's chats, most recently
-// updated first, after the cursor, with the user's memberships.
-func (s *store) listChats(ctx context.Context, userID int, after *chatPage, limit int) ([]chatDoc, map[bson.ObjectID]member, error) {
-	filter, opts := listChatsQuery(userID, after, limit)
+// listChats returns up to limit of the user's chats of the set, most
+// recently updated first, after the cursor.
+func (s *store) listChats(ctx context.Context, userID int, set chatSet, after *chatPage, limit int) ([]chatDoc, error) {
+	filter, opts := listChatsQuery(userID, set, after, limit)
 	cur, err := s.chats.Find(ctx, filter, opts)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list chats: %w", err)
+		return nil, fmt.Errorf("list chats: %w", err)
 	}
 	var chats []chatDoc
 	if err := cur.All(ctx, &chats); err != nil {
-		return nil, nil, fmt.Errorf("list chats: %w", err)
+		return nil, fmt.Errorf("list chats: %w", err)
 	}
+	return chats, nil
+}
+
+// chatsByID returns those of the chats with the ids that the user is in,
+// in the order of ids.
+func (s *store) chatsByID(ctx context.Context, userID int, ids []bson.ObjectID) ([]chatDoc, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	chats, err := s.listChats(ctx, userID, chatSet{in: ids}, nil, len(ids))
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(chats, func(a, b chatDoc) int { return slices.Index(ids, a.ID) - slices.Index(ids, b.ID) })
+	return chats, nil
+}
+
+// memberships returns the user's memberships of the chats, with its read
+// positions.
+func (s *store) memberships(ctx context.Context, userID int, chats []chatDoc) (map[bson.ObjectID]member, error) {
 	if len(chats) == 0 {
-		return nil, nil, nil
+		return nil, nil
 	}
 	ids := make(bson.A, len(chats))
 	for i, c := range chats {
 		ids[i] = positionID(c.ID, userID, kindRead)
 	}
-	cur, err = s.positions.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
+	cur, err := s.positions.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
 	if err != nil {
-		return nil, nil, fmt.Errorf("list positions: %w", err)
+		return nil, fmt.Errorf("list positions: %w", err)
 	}
 	var ps []positionDoc
 	if err := cur.All(ctx, &ps); err != nil {
-		return nil, nil, fmt.Errorf("list positions: %w", err)
+		return nil, fmt.Errorf("list positions: %w", err)
 	}
 	read := make(map[bson.ObjectID]int64, len(ps))
 	for _, p := range ps {
@@ -530,7 +571,7 @@ func (s *store) listChats(ctx context.Context, userID int, after *chatPage, limi
 		}
 		byChat[c.ID] = m
 	}
-	return chats, byChat, nil
+	return byChat, nil
 }
 
 // chatsOf returns the ids, types, request states and participants of

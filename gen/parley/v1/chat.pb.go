@@ -283,8 +283,10 @@ type Chat struct {
 	// Unread messages of others that mention the caller (or @all), counted
 	// whether or not the chat is muted.
 	UnreadMentionCount int64 `protobuf:"varint,11,opt,name=unread_mention_count,json=unreadMentionCount,proto3" json:"unread_mention_count,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The caller's own settings of the chat. Not set in live events.
+	Settings      *ChatSettings `protobuf:"bytes,12,opt,name=settings,proto3" json:"settings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Chat) Reset() {
@@ -394,6 +396,87 @@ func (x *Chat) GetUnreadMentionCount() int64 {
 	return 0
 }
 
+func (x *Chat) GetSettings() *ChatSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+// ChatSettings are one member's settings of a chat.
+type ChatSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True while the chat is muted: clients do not notify of its messages
+	// (mentions excepted, as they choose).
+	Muted bool `protobuf:"varint,1,opt,name=muted,proto3" json:"muted,omitempty"`
+	// When a timed mute ends; absent when muted for ever, or not muted.
+	MutedUntil *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=muted_until,json=mutedUntil,proto3" json:"muted_until,omitempty"`
+	// Archived chats are listed apart (ListChatsRequest.archived).
+	Archived bool `protobuf:"varint,3,opt,name=archived,proto3" json:"archived,omitempty"`
+	// Set while the chat is pinned to the top of the list.
+	PinnedAt      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=pinned_at,json=pinnedAt,proto3" json:"pinned_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChatSettings) Reset() {
+	*x = ChatSettings{}
+	mi := &file_parley_v1_chat_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChatSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChatSettings) ProtoMessage() {}
+
+func (x *ChatSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChatSettings.ProtoReflect.Descriptor instead.
+func (*ChatSettings) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ChatSettings) GetMuted() bool {
+	if x != nil {
+		return x.Muted
+	}
+	return false
+}
+
+func (x *ChatSettings) GetMutedUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.MutedUntil
+	}
+	return nil
+}
+
+func (x *ChatSettings) GetArchived() bool {
+	if x != nil {
+		return x.Archived
+	}
+	return false
+}
+
+func (x *ChatSettings) GetPinnedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PinnedAt
+	}
+	return nil
+}
+
 // ChatRequest is the request state of a private chat.
 type ChatRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -405,7 +488,7 @@ type ChatRequest struct {
 
 func (x *ChatRequest) Reset() {
 	*x = ChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[3]
+	mi := &file_parley_v1_chat_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +500,7 @@ func (x *ChatRequest) String() string {
 func (*ChatRequest) ProtoMessage() {}
 
 func (x *ChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[3]
+	mi := &file_parley_v1_chat_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +513,7 @@ func (x *ChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatRequest.ProtoReflect.Descriptor instead.
 func (*ChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{3}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ChatRequest) GetStarterId() int32 {
@@ -449,7 +532,7 @@ type CreatePrivateChatRequest struct {
 
 func (x *CreatePrivateChatRequest) Reset() {
 	*x = CreatePrivateChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[4]
+	mi := &file_parley_v1_chat_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +544,7 @@ func (x *CreatePrivateChatRequest) String() string {
 func (*CreatePrivateChatRequest) ProtoMessage() {}
 
 func (x *CreatePrivateChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[4]
+	mi := &file_parley_v1_chat_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +557,7 @@ func (x *CreatePrivateChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrivateChatRequest.ProtoReflect.Descriptor instead.
 func (*CreatePrivateChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{4}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreatePrivateChatRequest) GetPeerId() int32 {
@@ -495,7 +578,7 @@ type CreatePrivateChatResponse struct {
 
 func (x *CreatePrivateChatResponse) Reset() {
 	*x = CreatePrivateChatResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[5]
+	mi := &file_parley_v1_chat_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +590,7 @@ func (x *CreatePrivateChatResponse) String() string {
 func (*CreatePrivateChatResponse) ProtoMessage() {}
 
 func (x *CreatePrivateChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[5]
+	mi := &file_parley_v1_chat_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +603,7 @@ func (x *CreatePrivateChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrivateChatResponse.ProtoReflect.Descriptor instead.
 func (*CreatePrivateChatResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{5}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreatePrivateChatResponse) GetChat() *Chat {
@@ -549,7 +632,7 @@ type CreateGroupChatRequest struct {
 
 func (x *CreateGroupChatRequest) Reset() {
 	*x = CreateGroupChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[6]
+	mi := &file_parley_v1_chat_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -561,7 +644,7 @@ func (x *CreateGroupChatRequest) String() string {
 func (*CreateGroupChatRequest) ProtoMessage() {}
 
 func (x *CreateGroupChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[6]
+	mi := &file_parley_v1_chat_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -574,7 +657,7 @@ func (x *CreateGroupChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupChatRequest.ProtoReflect.Descriptor instead.
 func (*CreateGroupChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{6}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateGroupChatRequest) GetName() string {
@@ -602,7 +685,7 @@ type CreateGroupChatResponse struct {
 
 func (x *CreateGroupChatResponse) Reset() {
 	*x = CreateGroupChatResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[7]
+	mi := &file_parley_v1_chat_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +697,7 @@ func (x *CreateGroupChatResponse) String() string {
 func (*CreateGroupChatResponse) ProtoMessage() {}
 
 func (x *CreateGroupChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[7]
+	mi := &file_parley_v1_chat_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +710,7 @@ func (x *CreateGroupChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupChatResponse.ProtoReflect.Descriptor instead.
 func (*CreateGroupChatResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{7}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateGroupChatResponse) GetChat() *Chat {
@@ -654,7 +737,7 @@ type GetChatRequest struct {
 
 func (x *GetChatRequest) Reset() {
 	*x = GetChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[8]
+	mi := &file_parley_v1_chat_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +749,7 @@ func (x *GetChatRequest) String() string {
 func (*GetChatRequest) ProtoMessage() {}
 
 func (x *GetChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[8]
+	mi := &file_parley_v1_chat_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +762,7 @@ func (x *GetChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChatRequest.ProtoReflect.Descriptor instead.
 func (*GetChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{8}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetChatRequest) GetChatId() string {
@@ -698,7 +781,7 @@ type GetChatResponse struct {
 
 func (x *GetChatResponse) Reset() {
 	*x = GetChatResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[9]
+	mi := &file_parley_v1_chat_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +793,7 @@ func (x *GetChatResponse) String() string {
 func (*GetChatResponse) ProtoMessage() {}
 
 func (x *GetChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[9]
+	mi := &file_parley_v1_chat_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +806,7 @@ func (x *GetChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChatResponse.ProtoReflect.Descriptor instead.
 func (*GetChatResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{9}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetChatResponse) GetChat() *Chat {
@@ -738,14 +821,16 @@ type ListChatsRequest struct {
 	// At most this many chats; 50 when unset, at most 200.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of the previous page, to continue.
-	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// List the archived chats instead of the others.
+	Archived      bool `protobuf:"varint,3,opt,name=archived,proto3" json:"archived,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListChatsRequest) Reset() {
 	*x = ListChatsRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[10]
+	mi := &file_parley_v1_chat_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +842,7 @@ func (x *ListChatsRequest) String() string {
 func (*ListChatsRequest) ProtoMessage() {}
 
 func (x *ListChatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[10]
+	mi := &file_parley_v1_chat_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +855,7 @@ func (x *ListChatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChatsRequest.ProtoReflect.Descriptor instead.
 func (*ListChatsRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{10}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListChatsRequest) GetPageSize() int32 {
@@ -787,6 +872,13 @@ func (x *ListChatsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListChatsRequest) GetArchived() bool {
+	if x != nil {
+		return x.Archived
+	}
+	return false
+}
+
 type ListChatsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Chats []*Chat                `protobuf:"bytes,1,rep,name=chats,proto3" json:"chats,omitempty"`
@@ -798,7 +890,7 @@ type ListChatsResponse struct {
 
 func (x *ListChatsResponse) Reset() {
 	*x = ListChatsResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[11]
+	mi := &file_parley_v1_chat_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +902,7 @@ func (x *ListChatsResponse) String() string {
 func (*ListChatsResponse) ProtoMessage() {}
 
 func (x *ListChatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[11]
+	mi := &file_parley_v1_chat_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +915,7 @@ func (x *ListChatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListChatsResponse.ProtoReflect.Descriptor instead.
 func (*ListChatsResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{11}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListChatsResponse) GetChats() []*Chat {
@@ -850,7 +942,7 @@ type UpdateChatRequest struct {
 
 func (x *UpdateChatRequest) Reset() {
 	*x = UpdateChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[12]
+	mi := &file_parley_v1_chat_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +954,7 @@ func (x *UpdateChatRequest) String() string {
 func (*UpdateChatRequest) ProtoMessage() {}
 
 func (x *UpdateChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[12]
+	mi := &file_parley_v1_chat_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +967,7 @@ func (x *UpdateChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateChatRequest.ProtoReflect.Descriptor instead.
 func (*UpdateChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{12}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateChatRequest) GetChatId() string {
@@ -901,7 +993,7 @@ type UpdateChatResponse struct {
 
 func (x *UpdateChatResponse) Reset() {
 	*x = UpdateChatResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[13]
+	mi := &file_parley_v1_chat_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -913,7 +1005,7 @@ func (x *UpdateChatResponse) String() string {
 func (*UpdateChatResponse) ProtoMessage() {}
 
 func (x *UpdateChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[13]
+	mi := &file_parley_v1_chat_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -926,7 +1018,7 @@ func (x *UpdateChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateChatResponse.ProtoReflect.Descriptor instead.
 func (*UpdateChatResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{13}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateChatResponse) GetChat() *Chat {
@@ -946,7 +1038,7 @@ type AddParticipantsRequest struct {
 
 func (x *AddParticipantsRequest) Reset() {
 	*x = AddParticipantsRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[14]
+	mi := &file_parley_v1_chat_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1050,7 @@ func (x *AddParticipantsRequest) String() string {
 func (*AddParticipantsRequest) ProtoMessage() {}
 
 func (x *AddParticipantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[14]
+	mi := &file_parley_v1_chat_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1063,7 @@ func (x *AddParticipantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddParticipantsRequest.ProtoReflect.Descriptor instead.
 func (*AddParticipantsRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{14}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AddParticipantsRequest) GetChatId() string {
@@ -999,7 +1091,7 @@ type AddParticipantsResponse struct {
 
 func (x *AddParticipantsResponse) Reset() {
 	*x = AddParticipantsResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[15]
+	mi := &file_parley_v1_chat_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1103,7 @@ func (x *AddParticipantsResponse) String() string {
 func (*AddParticipantsResponse) ProtoMessage() {}
 
 func (x *AddParticipantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[15]
+	mi := &file_parley_v1_chat_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1116,7 @@ func (x *AddParticipantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddParticipantsResponse.ProtoReflect.Descriptor instead.
 func (*AddParticipantsResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{15}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AddParticipantsResponse) GetChat() *Chat {
@@ -1051,7 +1143,7 @@ type RemoveParticipantRequest struct {
 
 func (x *RemoveParticipantRequest) Reset() {
 	*x = RemoveParticipantRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[16]
+	mi := &file_parley_v1_chat_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1155,7 @@ func (x *RemoveParticipantRequest) String() string {
 func (*RemoveParticipantRequest) ProtoMessage() {}
 
 func (x *RemoveParticipantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[16]
+	mi := &file_parley_v1_chat_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1168,7 @@ func (x *RemoveParticipantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveParticipantRequest.ProtoReflect.Descriptor instead.
 func (*RemoveParticipantRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{16}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RemoveParticipantRequest) GetChatId() string {
@@ -1102,7 +1194,7 @@ type RemoveParticipantResponse struct {
 
 func (x *RemoveParticipantResponse) Reset() {
 	*x = RemoveParticipantResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[17]
+	mi := &file_parley_v1_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1206,7 @@ func (x *RemoveParticipantResponse) String() string {
 func (*RemoveParticipantResponse) ProtoMessage() {}
 
 func (x *RemoveParticipantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[17]
+	mi := &file_parley_v1_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1219,7 @@ func (x *RemoveParticipantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveParticipantResponse.ProtoReflect.Descriptor instead.
 func (*RemoveParticipantResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{17}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemoveParticipantResponse) GetChat() *Chat {
@@ -1148,7 +1240,7 @@ type SetParticipantRoleRequest struct {
 
 func (x *SetParticipantRoleRequest) Reset() {
 	*x = SetParticipantRoleRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[18]
+	mi := &file_parley_v1_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1160,7 +1252,7 @@ func (x *SetParticipantRoleRequest) String() string {
 func (*SetParticipantRoleRequest) ProtoMessage() {}
 
 func (x *SetParticipantRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[18]
+	mi := &file_parley_v1_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1173,7 +1265,7 @@ func (x *SetParticipantRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetParticipantRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetParticipantRoleRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{18}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetParticipantRoleRequest) GetChatId() string {
@@ -1206,7 +1298,7 @@ type SetParticipantRoleResponse struct {
 
 func (x *SetParticipantRoleResponse) Reset() {
 	*x = SetParticipantRoleResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[19]
+	mi := &file_parley_v1_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1310,7 @@ func (x *SetParticipantRoleResponse) String() string {
 func (*SetParticipantRoleResponse) ProtoMessage() {}
 
 func (x *SetParticipantRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[19]
+	mi := &file_parley_v1_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1323,7 @@ func (x *SetParticipantRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetParticipantRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetParticipantRoleResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{19}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SetParticipantRoleResponse) GetChat() *Chat {
@@ -1250,7 +1342,7 @@ type LeaveChatRequest struct {
 
 func (x *LeaveChatRequest) Reset() {
 	*x = LeaveChatRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[20]
+	mi := &file_parley_v1_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1262,7 +1354,7 @@ func (x *LeaveChatRequest) String() string {
 func (*LeaveChatRequest) ProtoMessage() {}
 
 func (x *LeaveChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[20]
+	mi := &file_parley_v1_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1275,7 +1367,7 @@ func (x *LeaveChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveChatRequest.ProtoReflect.Descriptor instead.
 func (*LeaveChatRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{20}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LeaveChatRequest) GetChatId() string {
@@ -1293,7 +1385,7 @@ type LeaveChatResponse struct {
 
 func (x *LeaveChatResponse) Reset() {
 	*x = LeaveChatResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[21]
+	mi := &file_parley_v1_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1397,7 @@ func (x *LeaveChatResponse) String() string {
 func (*LeaveChatResponse) ProtoMessage() {}
 
 func (x *LeaveChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[21]
+	mi := &file_parley_v1_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1410,7 @@ func (x *LeaveChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveChatResponse.ProtoReflect.Descriptor instead.
 func (*LeaveChatResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{21}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{22}
 }
 
 type AcceptChatRequestRequest struct {
@@ -1330,7 +1422,7 @@ type AcceptChatRequestRequest struct {
 
 func (x *AcceptChatRequestRequest) Reset() {
 	*x = AcceptChatRequestRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[22]
+	mi := &file_parley_v1_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1434,7 @@ func (x *AcceptChatRequestRequest) String() string {
 func (*AcceptChatRequestRequest) ProtoMessage() {}
 
 func (x *AcceptChatRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[22]
+	mi := &file_parley_v1_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1447,7 @@ func (x *AcceptChatRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptChatRequestRequest.ProtoReflect.Descriptor instead.
 func (*AcceptChatRequestRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{22}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AcceptChatRequestRequest) GetChatId() string {
@@ -1374,7 +1466,7 @@ type AcceptChatRequestResponse struct {
 
 func (x *AcceptChatRequestResponse) Reset() {
 	*x = AcceptChatRequestResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[23]
+	mi := &file_parley_v1_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1478,7 @@ func (x *AcceptChatRequestResponse) String() string {
 func (*AcceptChatRequestResponse) ProtoMessage() {}
 
 func (x *AcceptChatRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[23]
+	mi := &file_parley_v1_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1491,7 @@ func (x *AcceptChatRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptChatRequestResponse.ProtoReflect.Descriptor instead.
 func (*AcceptChatRequestResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{23}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AcceptChatRequestResponse) GetChat() *Chat {
@@ -1420,7 +1512,7 @@ type DeclineChatRequestRequest struct {
 
 func (x *DeclineChatRequestRequest) Reset() {
 	*x = DeclineChatRequestRequest{}
-	mi := &file_parley_v1_chat_proto_msgTypes[24]
+	mi := &file_parley_v1_chat_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1524,7 @@ func (x *DeclineChatRequestRequest) String() string {
 func (*DeclineChatRequestRequest) ProtoMessage() {}
 
 func (x *DeclineChatRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[24]
+	mi := &file_parley_v1_chat_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1537,7 @@ func (x *DeclineChatRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineChatRequestRequest.ProtoReflect.Descriptor instead.
 func (*DeclineChatRequestRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{24}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeclineChatRequestRequest) GetChatId() string {
@@ -1470,7 +1562,7 @@ type DeclineChatRequestResponse struct {
 
 func (x *DeclineChatRequestResponse) Reset() {
 	*x = DeclineChatRequestResponse{}
-	mi := &file_parley_v1_chat_proto_msgTypes[25]
+	mi := &file_parley_v1_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1574,7 @@ func (x *DeclineChatRequestResponse) String() string {
 func (*DeclineChatRequestResponse) ProtoMessage() {}
 
 func (x *DeclineChatRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_chat_proto_msgTypes[25]
+	mi := &file_parley_v1_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1587,164 @@ func (x *DeclineChatRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineChatRequestResponse.ProtoReflect.Descriptor instead.
 func (*DeclineChatRequestResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_chat_proto_rawDescGZIP(), []int{25}
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{26}
+}
+
+type UpdateChatSettingsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// How to change the mute; unset keeps it.
+	//
+	// Types that are valid to be assigned to Mute:
+	//
+	//	*UpdateChatSettingsRequest_MuteUntil
+	//	*UpdateChatSettingsRequest_Muted
+	Mute isUpdateChatSettingsRequest_Mute `protobuf_oneof:"mute"`
+	// Archive or unarchive; unset keeps it. Archiving unpins.
+	Archived *bool `protobuf:"varint,4,opt,name=archived,proto3,oneof" json:"archived,omitempty"`
+	// Pin to the top of the list or unpin; unset keeps it. Pinning
+	// unarchives.
+	Pinned        *bool `protobuf:"varint,5,opt,name=pinned,proto3,oneof" json:"pinned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateChatSettingsRequest) Reset() {
+	*x = UpdateChatSettingsRequest{}
+	mi := &file_parley_v1_chat_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateChatSettingsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateChatSettingsRequest) ProtoMessage() {}
+
+func (x *UpdateChatSettingsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateChatSettingsRequest.ProtoReflect.Descriptor instead.
+func (*UpdateChatSettingsRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *UpdateChatSettingsRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *UpdateChatSettingsRequest) GetMute() isUpdateChatSettingsRequest_Mute {
+	if x != nil {
+		return x.Mute
+	}
+	return nil
+}
+
+func (x *UpdateChatSettingsRequest) GetMuteUntil() *timestamppb.Timestamp {
+	if x != nil {
+		if x, ok := x.Mute.(*UpdateChatSettingsRequest_MuteUntil); ok {
+			return x.MuteUntil
+		}
+	}
+	return nil
+}
+
+func (x *UpdateChatSettingsRequest) GetMuted() bool {
+	if x != nil {
+		if x, ok := x.Mute.(*UpdateChatSettingsRequest_Muted); ok {
+			return x.Muted
+		}
+	}
+	return false
+}
+
+func (x *UpdateChatSettingsRequest) GetArchived() bool {
+	if x != nil && x.Archived != nil {
+		return *x.Archived
+	}
+	return false
+}
+
+func (x *UpdateChatSettingsRequest) GetPinned() bool {
+	if x != nil && x.Pinned != nil {
+		return *x.Pinned
+	}
+	return false
+}
+
+type isUpdateChatSettingsRequest_Mute interface {
+	isUpdateChatSettingsRequest_Mute()
+}
+
+type UpdateChatSettingsRequest_MuteUntil struct {
+	// Mute until this time, which must be in the future.
+	MuteUntil *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=mute_until,json=muteUntil,proto3,oneof"`
+}
+
+type UpdateChatSettingsRequest_Muted struct {
+	// Mute for ever (true) or unmute (false).
+	Muted bool `protobuf:"varint,3,opt,name=muted,proto3,oneof"`
+}
+
+func (*UpdateChatSettingsRequest_MuteUntil) isUpdateChatSettingsRequest_Mute() {}
+
+func (*UpdateChatSettingsRequest_Muted) isUpdateChatSettingsRequest_Mute() {}
+
+type UpdateChatSettingsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Settings      *ChatSettings          `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateChatSettingsResponse) Reset() {
+	*x = UpdateChatSettingsResponse{}
+	mi := &file_parley_v1_chat_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateChatSettingsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateChatSettingsResponse) ProtoMessage() {}
+
+func (x *UpdateChatSettingsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateChatSettingsResponse.ProtoReflect.Descriptor instead.
+func (*UpdateChatSettingsResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *UpdateChatSettingsResponse) GetSettings() *ChatSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
 }
 
 var File_parley_v1_chat_proto protoreflect.FileDescriptor
@@ -1512,7 +1761,7 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\tsender_id\x18\x02 \x01(\x05R\bsenderId\x12\x18\n" +
 	"\apreview\x18\x03 \x01(\tR\apreview\x12\x10\n" +
 	"\x03seq\x18\x04 \x01(\x03R\x03seq\x123\n" +
-	"\asent_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xec\x03\n" +
+	"\asent_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xa1\x04\n" +
 	"\x04Chat\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x13.parley.v1.ChatTypeR\x04type\x12\x12\n" +
@@ -1527,7 +1776,14 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\funread_count\x18\t \x01(\x03R\vunreadCount\x120\n" +
 	"\arequest\x18\n" +
 	" \x01(\v2\x16.parley.v1.ChatRequestR\arequest\x120\n" +
-	"\x14unread_mention_count\x18\v \x01(\x03R\x12unreadMentionCount\",\n" +
+	"\x14unread_mention_count\x18\v \x01(\x03R\x12unreadMentionCount\x123\n" +
+	"\bsettings\x18\f \x01(\v2\x17.parley.v1.ChatSettingsR\bsettings\"\xb6\x01\n" +
+	"\fChatSettings\x12\x14\n" +
+	"\x05muted\x18\x01 \x01(\bR\x05muted\x12;\n" +
+	"\vmuted_until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"mutedUntil\x12\x1a\n" +
+	"\barchived\x18\x03 \x01(\bR\barchived\x127\n" +
+	"\tpinned_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bpinnedAt\",\n" +
 	"\vChatRequest\x12\x1d\n" +
 	"\n" +
 	"starter_id\x18\x01 \x01(\x05R\tstarterId\"<\n" +
@@ -1547,12 +1803,13 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x0eGetChatRequest\x12.\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\"6\n" +
 	"\x0fGetChatResponse\x12#\n" +
-	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\"d\n" +
+	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\"\x80\x01\n" +
 	"\x10ListChatsRequest\x12'\n" +
 	"\tpage_size\x18\x01 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xc8\x01(\x00R\bpageSize\x12'\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\tpageToken\"b\n" +
+	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\tpageToken\x12\x1a\n" +
+	"\barchived\x18\x03 \x01(\bR\barchived\"b\n" +
 	"\x11ListChatsResponse\x12%\n" +
 	"\x05chats\x18\x01 \x03(\v2\x0f.parley.v1.ChatR\x05chats\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"f\n" +
@@ -1590,7 +1847,20 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x19DeclineChatRequestRequest\x12.\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12\x14\n" +
 	"\x05block\x18\x02 \x01(\bR\x05block\"\x1c\n" +
-	"\x1aDeclineChatRequestResponse*Q\n" +
+	"\x1aDeclineChatRequestResponse\"\xa3\x03\n" +
+	"\x19UpdateChatSettingsRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12;\n" +
+	"\n" +
+	"mute_until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampH\x00R\tmuteUntil\x12\x16\n" +
+	"\x05muted\x18\x03 \x01(\bH\x00R\x05muted\x12\x1f\n" +
+	"\barchived\x18\x04 \x01(\bH\x01R\barchived\x88\x01\x01\x12\x1b\n" +
+	"\x06pinned\x18\x05 \x01(\bH\x02R\x06pinned\x88\x01\x01:\xa2\x01\xbaH\x9e\x01\x1a\x9b\x01\n" +
+	" update_chat_settings.archive_pin\x12,a chat cannot be archived and pinned at once\x1aI!(has(this.archived) && has(this.pinned) && this.archived && this.pinned)B\x06\n" +
+	"\x04muteB\v\n" +
+	"\t_archivedB\t\n" +
+	"\a_pinned\"Q\n" +
+	"\x1aUpdateChatSettingsResponse\x123\n" +
+	"\bsettings\x18\x01 \x01(\v2\x17.parley.v1.ChatSettingsR\bsettings*Q\n" +
 	"\bChatType\x12\x19\n" +
 	"\x15CHAT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11CHAT_TYPE_PRIVATE\x10\x01\x12\x13\n" +
@@ -1599,7 +1869,7 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_MEMBER\x10\x01\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x022\xce\a\n" +
+	"ROLE_ADMIN\x10\x022\xb6\b\n" +
 	"\vChatService\x12^\n" +
 	"\x11CreatePrivateChat\x12#.parley.v1.CreatePrivateChatRequest\x1a$.parley.v1.CreatePrivateChatResponse\x12X\n" +
 	"\x0fCreateGroupChat\x12!.parley.v1.CreateGroupChatRequest\x1a\".parley.v1.CreateGroupChatResponse\x12E\n" +
@@ -1612,7 +1882,8 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x12SetParticipantRole\x12$.parley.v1.SetParticipantRoleRequest\x1a%.parley.v1.SetParticipantRoleResponse\x12F\n" +
 	"\tLeaveChat\x12\x1b.parley.v1.LeaveChatRequest\x1a\x1c.parley.v1.LeaveChatResponse\x12^\n" +
 	"\x11AcceptChatRequest\x12#.parley.v1.AcceptChatRequestRequest\x1a$.parley.v1.AcceptChatRequestResponse\x12a\n" +
-	"\x12DeclineChatRequest\x12$.parley.v1.DeclineChatRequestRequest\x1a%.parley.v1.DeclineChatRequestResponseB6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
+	"\x12DeclineChatRequest\x12$.parley.v1.DeclineChatRequestRequest\x1a%.parley.v1.DeclineChatRequestResponse\x12f\n" +
+	"\x12UpdateChatSettings\x12$.parley.v1.UpdateChatSettingsRequest\x1a%.parley.v1.UpdateChatSettingsResponse\"\x03\x90\x02\x02B6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_chat_proto_rawDescOnce sync.Once
@@ -1627,85 +1898,95 @@ func file_parley_v1_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_parley_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_parley_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_parley_v1_chat_proto_goTypes = []any{
 	(ChatType)(0),                      // 0: parley.v1.ChatType
 	(Role)(0),                          // 1: parley.v1.Role
 	(*Participant)(nil),                // 2: parley.v1.Participant
 	(*LastMessage)(nil),                // 3: parley.v1.LastMessage
 	(*Chat)(nil),                       // 4: parley.v1.Chat
-	(*ChatRequest)(nil),                // 5: parley.v1.ChatRequest
-	(*CreatePrivateChatRequest)(nil),   // 6: parley.v1.CreatePrivateChatRequest
-	(*CreatePrivateChatResponse)(nil),  // 7: parley.v1.CreatePrivateChatResponse
-	(*CreateGroupChatRequest)(nil),     // 8: parley.v1.CreateGroupChatRequest
-	(*CreateGroupChatResponse)(nil),    // 9: parley.v1.CreateGroupChatResponse
-	(*GetChatRequest)(nil),             // 10: parley.v1.GetChatRequest
-	(*GetChatResponse)(nil),            // 11: parley.v1.GetChatResponse
-	(*ListChatsRequest)(nil),           // 12: parley.v1.ListChatsRequest
-	(*ListChatsResponse)(nil),          // 13: parley.v1.ListChatsResponse
-	(*UpdateChatRequest)(nil),          // 14: parley.v1.UpdateChatRequest
-	(*UpdateChatResponse)(nil),         // 15: parley.v1.UpdateChatResponse
-	(*AddParticipantsRequest)(nil),     // 16: parley.v1.AddParticipantsRequest
-	(*AddParticipantsResponse)(nil),    // 17: parley.v1.AddParticipantsResponse
-	(*RemoveParticipantRequest)(nil),   // 18: parley.v1.RemoveParticipantRequest
-	(*RemoveParticipantResponse)(nil),  // 19: parley.v1.RemoveParticipantResponse
-	(*SetParticipantRoleRequest)(nil),  // 20: parley.v1.SetParticipantRoleRequest
-	(*SetParticipantRoleResponse)(nil), // 21: parley.v1.SetParticipantRoleResponse
-	(*LeaveChatRequest)(nil),           // 22: parley.v1.LeaveChatRequest
-	(*LeaveChatResponse)(nil),          // 23: parley.v1.LeaveChatResponse
-	(*AcceptChatRequestRequest)(nil),   // 24: parley.v1.AcceptChatRequestRequest
-	(*AcceptChatRequestResponse)(nil),  // 25: parley.v1.AcceptChatRequestResponse
-	(*DeclineChatRequestRequest)(nil),  // 26: parley.v1.DeclineChatRequestRequest
-	(*DeclineChatRequestResponse)(nil), // 27: parley.v1.DeclineChatRequestResponse
-	(*timestamppb.Timestamp)(nil),      // 28: google.protobuf.Timestamp
+	(*ChatSettings)(nil),               // 5: parley.v1.ChatSettings
+	(*ChatRequest)(nil),                // 6: parley.v1.ChatRequest
+	(*CreatePrivateChatRequest)(nil),   // 7: parley.v1.CreatePrivateChatRequest
+	(*CreatePrivateChatResponse)(nil),  // 8: parley.v1.CreatePrivateChatResponse
+	(*CreateGroupChatRequest)(nil),     // 9: parley.v1.CreateGroupChatRequest
+	(*CreateGroupChatResponse)(nil),    // 10: parley.v1.CreateGroupChatResponse
+	(*GetChatRequest)(nil),             // 11: parley.v1.GetChatRequest
+	(*GetChatResponse)(nil),            // 12: parley.v1.GetChatResponse
+	(*ListChatsRequest)(nil),           // 13: parley.v1.ListChatsRequest
+	(*ListChatsResponse)(nil),          // 14: parley.v1.ListChatsResponse
+	(*UpdateChatRequest)(nil),          // 15: parley.v1.UpdateChatRequest
+	(*UpdateChatResponse)(nil),         // 16: parley.v1.UpdateChatResponse
+	(*AddParticipantsRequest)(nil),     // 17: parley.v1.AddParticipantsRequest
+	(*AddParticipantsResponse)(nil),    // 18: parley.v1.AddParticipantsResponse
+	(*RemoveParticipantRequest)(nil),   // 19: parley.v1.RemoveParticipantRequest
+	(*RemoveParticipantResponse)(nil),  // 20: parley.v1.RemoveParticipantResponse
+	(*SetParticipantRoleRequest)(nil),  // 21: parley.v1.SetParticipantRoleRequest
+	(*SetParticipantRoleResponse)(nil), // 22: parley.v1.SetParticipantRoleResponse
+	(*LeaveChatRequest)(nil),           // 23: parley.v1.LeaveChatRequest
+	(*LeaveChatResponse)(nil),          // 24: parley.v1.LeaveChatResponse
+	(*AcceptChatRequestRequest)(nil),   // 25: parley.v1.AcceptChatRequestRequest
+	(*AcceptChatRequestResponse)(nil),  // 26: parley.v1.AcceptChatRequestResponse
+	(*DeclineChatRequestRequest)(nil),  // 27: parley.v1.DeclineChatRequestRequest
+	(*DeclineChatRequestResponse)(nil), // 28: parley.v1.DeclineChatRequestResponse
+	(*UpdateChatSettingsRequest)(nil),  // 29: parley.v1.UpdateChatSettingsRequest
+	(*UpdateChatSettingsResponse)(nil), // 30: parley.v1.UpdateChatSettingsResponse
+	(*timestamppb.Timestamp)(nil),      // 31: google.protobuf.Timestamp
 }
 var file_parley_v1_chat_proto_depIdxs = []int32{
 	1,  // 0: parley.v1.Participant.role:type_name -> parley.v1.Role
-	28, // 1: parley.v1.LastMessage.sent_at:type_name -> google.protobuf.Timestamp
+	31, // 1: parley.v1.LastMessage.sent_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: parley.v1.Chat.type:type_name -> parley.v1.ChatType
 	2,  // 3: parley.v1.Chat.participants:type_name -> parley.v1.Participant
 	3,  // 4: parley.v1.Chat.last_message:type_name -> parley.v1.LastMessage
-	28, // 5: parley.v1.Chat.created_at:type_name -> google.protobuf.Timestamp
-	28, // 6: parley.v1.Chat.updated_at:type_name -> google.protobuf.Timestamp
+	31, // 5: parley.v1.Chat.created_at:type_name -> google.protobuf.Timestamp
+	31, // 6: parley.v1.Chat.updated_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: parley.v1.Chat.role:type_name -> parley.v1.Role
-	5,  // 8: parley.v1.Chat.request:type_name -> parley.v1.ChatRequest
-	4,  // 9: parley.v1.CreatePrivateChatResponse.chat:type_name -> parley.v1.Chat
-	4,  // 10: parley.v1.CreateGroupChatResponse.chat:type_name -> parley.v1.Chat
-	4,  // 11: parley.v1.GetChatResponse.chat:type_name -> parley.v1.Chat
-	4,  // 12: parley.v1.ListChatsResponse.chats:type_name -> parley.v1.Chat
-	4,  // 13: parley.v1.UpdateChatResponse.chat:type_name -> parley.v1.Chat
-	4,  // 14: parley.v1.AddParticipantsResponse.chat:type_name -> parley.v1.Chat
-	4,  // 15: parley.v1.RemoveParticipantResponse.chat:type_name -> parley.v1.Chat
-	1,  // 16: parley.v1.SetParticipantRoleRequest.role:type_name -> parley.v1.Role
-	4,  // 17: parley.v1.SetParticipantRoleResponse.chat:type_name -> parley.v1.Chat
-	4,  // 18: parley.v1.AcceptChatRequestResponse.chat:type_name -> parley.v1.Chat
-	6,  // 19: parley.v1.ChatService.CreatePrivateChat:input_type -> parley.v1.CreatePrivateChatRequest
-	8,  // 20: parley.v1.ChatService.CreateGroupChat:input_type -> parley.v1.CreateGroupChatRequest
-	10, // 21: parley.v1.ChatService.GetChat:input_type -> parley.v1.GetChatRequest
-	12, // 22: parley.v1.ChatService.ListChats:input_type -> parley.v1.ListChatsRequest
-	14, // 23: parley.v1.ChatService.UpdateChat:input_type -> parley.v1.UpdateChatRequest
-	16, // 24: parley.v1.ChatService.AddParticipants:input_type -> parley.v1.AddParticipantsRequest
-	18, // 25: parley.v1.ChatService.RemoveParticipant:input_type -> parley.v1.RemoveParticipantRequest
-	20, // 26: parley.v1.ChatService.SetParticipantRole:input_type -> parley.v1.SetParticipantRoleRequest
-	22, // 27: parley.v1.ChatService.LeaveChat:input_type -> parley.v1.LeaveChatRequest
-	24, // 28: parley.v1.ChatService.AcceptChatRequest:input_type -> parley.v1.AcceptChatRequestRequest
-	26, // 29: parley.v1.ChatService.DeclineChatRequest:input_type -> parley.v1.DeclineChatRequestRequest
-	7,  // 30: parley.v1.ChatService.CreatePrivateChat:output_type -> parley.v1.CreatePrivateChatResponse
-	9,  // 31: parley.v1.ChatService.CreateGroupChat:output_type -> parley.v1.CreateGroupChatResponse
-	11, // 32: parley.v1.ChatService.GetChat:output_type -> parley.v1.GetChatResponse
-	13, // 33: parley.v1.ChatService.ListChats:output_type -> parley.v1.ListChatsResponse
-	15, // 34: parley.v1.ChatService.UpdateChat:output_type -> parley.v1.UpdateChatResponse
-	17, // 35: parley.v1.ChatService.AddParticipants:output_type -> parley.v1.AddParticipantsResponse
-	19, // 36: parley.v1.ChatService.RemoveParticipant:output_type -> parley.v1.RemoveParticipantResponse
-	21, // 37: parley.v1.ChatService.SetParticipantRole:output_type -> parley.v1.SetParticipantRoleResponse
-	23, // 38: parley.v1.ChatService.LeaveChat:output_type -> parley.v1.LeaveChatResponse
-	25, // 39: parley.v1.ChatService.AcceptChatRequest:output_type -> parley.v1.AcceptChatRequestResponse
-	27, // 40: parley.v1.ChatService.DeclineChatRequest:output_type -> parley.v1.DeclineChatRequestResponse
-	30, // [30:41] is the sub-list for method output_type
-	19, // [19:30] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	6,  // 8: parley.v1.Chat.request:type_name -> parley.v1.ChatRequest
+	5,  // 9: parley.v1.Chat.settings:type_name -> parley.v1.ChatSettings
+	31, // 10: parley.v1.ChatSettings.muted_until:type_name -> google.protobuf.Timestamp
+	31, // 11: parley.v1.ChatSettings.pinned_at:type_name -> google.protobuf.Timestamp
+	4,  // 12: parley.v1.CreatePrivateChatResponse.chat:type_name -> parley.v1.Chat
+	4,  // 13: parley.v1.CreateGroupChatResponse.chat:type_name -> parley.v1.Chat
+	4,  // 14: parley.v1.GetChatResponse.chat:type_name -> parley.v1.Chat
+	4,  // 15: parley.v1.ListChatsResponse.chats:type_name -> parley.v1.Chat
+	4,  // 16: parley.v1.UpdateChatResponse.chat:type_name -> parley.v1.Chat
+	4,  // 17: parley.v1.AddParticipantsResponse.chat:type_name -> parley.v1.Chat
+	4,  // 18: parley.v1.RemoveParticipantResponse.chat:type_name -> parley.v1.Chat
+	1,  // 19: parley.v1.SetParticipantRoleRequest.role:type_name -> parley.v1.Role
+	4,  // 20: parley.v1.SetParticipantRoleResponse.chat:type_name -> parley.v1.Chat
+	4,  // 21: parley.v1.AcceptChatRequestResponse.chat:type_name -> parley.v1.Chat
+	31, // 22: parley.v1.UpdateChatSettingsRequest.mute_until:type_name -> google.protobuf.Timestamp
+	5,  // 23: parley.v1.UpdateChatSettingsResponse.settings:type_name -> parley.v1.ChatSettings
+	7,  // 24: parley.v1.ChatService.CreatePrivateChat:input_type -> parley.v1.CreatePrivateChatRequest
+	9,  // 25: parley.v1.ChatService.CreateGroupChat:input_type -> parley.v1.CreateGroupChatRequest
+	11, // 26: parley.v1.ChatService.GetChat:input_type -> parley.v1.GetChatRequest
+	13, // 27: parley.v1.ChatService.ListChats:input_type -> parley.v1.ListChatsRequest
+	15, // 28: parley.v1.ChatService.UpdateChat:input_type -> parley.v1.UpdateChatRequest
+	17, // 29: parley.v1.ChatService.AddParticipants:input_type -> parley.v1.AddParticipantsRequest
+	19, // 30: parley.v1.ChatService.RemoveParticipant:input_type -> parley.v1.RemoveParticipantRequest
+	21, // 31: parley.v1.ChatService.SetParticipantRole:input_type -> parley.v1.SetParticipantRoleRequest
+	23, // 32: parley.v1.ChatService.LeaveChat:input_type -> parley.v1.LeaveChatRequest
+	25, // 33: parley.v1.ChatService.AcceptChatRequest:input_type -> parley.v1.AcceptChatRequestRequest
+	27, // 34: parley.v1.ChatService.DeclineChatRequest:input_type -> parley.v1.DeclineChatRequestRequest
+	29, // 35: parley.v1.ChatService.UpdateChatSettings:input_type -> parley.v1.UpdateChatSettingsRequest
+	8,  // 36: parley.v1.ChatService.CreatePrivateChat:output_type -> parley.v1.CreatePrivateChatResponse
+	10, // 37: parley.v1.ChatService.CreateGroupChat:output_type -> parley.v1.CreateGroupChatResponse
+	12, // 38: parley.v1.ChatService.GetChat:output_type -> parley.v1.GetChatResponse
+	14, // 39: parley.v1.ChatService.ListChats:output_type -> parley.v1.ListChatsResponse
+	16, // 40: parley.v1.ChatService.UpdateChat:output_type -> parley.v1.UpdateChatResponse
+	18, // 41: parley.v1.ChatService.AddParticipants:output_type -> parley.v1.AddParticipantsResponse
+	20, // 42: parley.v1.ChatService.RemoveParticipant:output_type -> parley.v1.RemoveParticipantResponse
+	22, // 43: parley.v1.ChatService.SetParticipantRole:output_type -> parley.v1.SetParticipantRoleResponse
+	24, // 44: parley.v1.ChatService.LeaveChat:output_type -> parley.v1.LeaveChatResponse
+	26, // 45: parley.v1.ChatService.AcceptChatRequest:output_type -> parley.v1.AcceptChatRequestResponse
+	28, // 46: parley.v1.ChatService.DeclineChatRequest:output_type -> parley.v1.DeclineChatRequestResponse
+	30, // 47: parley.v1.ChatService.UpdateChatSettings:output_type -> parley.v1.UpdateChatSettingsResponse
+	36, // [36:48] is the sub-list for method output_type
+	24, // [24:36] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_chat_proto_init() }
@@ -1713,13 +1994,17 @@ func file_parley_v1_chat_proto_init() {
 	if File_parley_v1_chat_proto != nil {
 		return
 	}
+	file_parley_v1_chat_proto_msgTypes[27].OneofWrappers = []any{
+		(*UpdateChatSettingsRequest_MuteUntil)(nil),
+		(*UpdateChatSettingsRequest_Muted)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_chat_proto_rawDesc), len(file_parley_v1_chat_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -138,6 +138,8 @@ type Event struct {
 	//	*Event_Presence
 	//	*Event_ReactionsChanged
 	//	*Event_PinsChanged
+	//	*Event_ChatSettingsChanged
+	//	*Event_MessagesHidden
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -329,6 +331,24 @@ func (x *Event) GetPinsChanged() *PinsChanged {
 	return nil
 }
 
+func (x *Event) GetChatSettingsChanged() *ChatSettingsChanged {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_ChatSettingsChanged); ok {
+			return x.ChatSettingsChanged
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetMessagesHidden() *MessagesHidden {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_MessagesHidden); ok {
+			return x.MessagesHidden
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -393,6 +413,14 @@ type Event_PinsChanged struct {
 	PinsChanged *PinsChanged `protobuf:"bytes,24,opt,name=pins_changed,json=pinsChanged,proto3,oneof"`
 }
 
+type Event_ChatSettingsChanged struct {
+	ChatSettingsChanged *ChatSettingsChanged `protobuf:"bytes,25,opt,name=chat_settings_changed,json=chatSettingsChanged,proto3,oneof"`
+}
+
+type Event_MessagesHidden struct {
+	MessagesHidden *MessagesHidden `protobuf:"bytes,26,opt,name=messages_hidden,json=messagesHidden,proto3,oneof"`
+}
+
 func (*Event_Ready) isEvent_Kind() {}
 
 func (*Event_Heartbeat) isEvent_Kind() {}
@@ -422,6 +450,10 @@ func (*Event_Presence) isEvent_Kind() {}
 func (*Event_ReactionsChanged) isEvent_Kind() {}
 
 func (*Event_PinsChanged) isEvent_Kind() {}
+
+func (*Event_ChatSettingsChanged) isEvent_Kind() {}
+
+func (*Event_MessagesHidden) isEvent_Kind() {}
 
 // Ready is the first event of every stream: the replay is over and live
 // events follow. Its cursor (in Event.cursor) is where the stream stands,
@@ -839,6 +871,122 @@ func (x *PinsChanged) GetActorId() int32 {
 	return 0
 }
 
+// ChatSettingsChanged tells a member's devices that it changed its own
+// settings of a chat.
+type ChatSettingsChanged struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	Settings      *ChatSettings          `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChatSettingsChanged) Reset() {
+	*x = ChatSettingsChanged{}
+	mi := &file_parley_v1_live_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChatSettingsChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChatSettingsChanged) ProtoMessage() {}
+
+func (x *ChatSettingsChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_live_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChatSettingsChanged.ProtoReflect.Descriptor instead.
+func (*ChatSettingsChanged) Descriptor() ([]byte, []int) {
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ChatSettingsChanged) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *ChatSettingsChanged) GetSettings() *ChatSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+// MessagesHidden tells a member's devices that it deleted messages for
+// itself (DeleteMessagesForMe).
+type MessagesHidden struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	MessageIds    []string               `protobuf:"bytes,2,rep,name=message_ids,json=messageIds,proto3" json:"message_ids,omitempty"`
+	Seqs          []int64                `protobuf:"varint,3,rep,packed,name=seqs,proto3" json:"seqs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MessagesHidden) Reset() {
+	*x = MessagesHidden{}
+	mi := &file_parley_v1_live_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MessagesHidden) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MessagesHidden) ProtoMessage() {}
+
+func (x *MessagesHidden) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_live_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MessagesHidden.ProtoReflect.Descriptor instead.
+func (*MessagesHidden) Descriptor() ([]byte, []int) {
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *MessagesHidden) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *MessagesHidden) GetMessageIds() []string {
+	if x != nil {
+		return x.MessageIds
+	}
+	return nil
+}
+
+func (x *MessagesHidden) GetSeqs() []int64 {
+	if x != nil {
+		return x.Seqs
+	}
+	return nil
+}
+
 // ChatEvent tells that a chat was created or changed.
 type ChatEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -856,7 +1004,7 @@ type ChatEvent struct {
 
 func (x *ChatEvent) Reset() {
 	*x = ChatEvent{}
-	mi := &file_parley_v1_live_proto_msgTypes[9]
+	mi := &file_parley_v1_live_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +1016,7 @@ func (x *ChatEvent) String() string {
 func (*ChatEvent) ProtoMessage() {}
 
 func (x *ChatEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_live_proto_msgTypes[9]
+	mi := &file_parley_v1_live_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +1029,7 @@ func (x *ChatEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatEvent.ProtoReflect.Descriptor instead.
 func (*ChatEvent) Descriptor() ([]byte, []int) {
-	return file_parley_v1_live_proto_rawDescGZIP(), []int{9}
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ChatEvent) GetChat() *Chat {
@@ -920,7 +1068,7 @@ type Typing struct {
 
 func (x *Typing) Reset() {
 	*x = Typing{}
-	mi := &file_parley_v1_live_proto_msgTypes[10]
+	mi := &file_parley_v1_live_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1080,7 @@ func (x *Typing) String() string {
 func (*Typing) ProtoMessage() {}
 
 func (x *Typing) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_live_proto_msgTypes[10]
+	mi := &file_parley_v1_live_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1093,7 @@ func (x *Typing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Typing.ProtoReflect.Descriptor instead.
 func (*Typing) Descriptor() ([]byte, []int) {
-	return file_parley_v1_live_proto_rawDescGZIP(), []int{10}
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Typing) GetChatId() string {
@@ -991,7 +1139,7 @@ type Presence struct {
 
 func (x *Presence) Reset() {
 	*x = Presence{}
-	mi := &file_parley_v1_live_proto_msgTypes[11]
+	mi := &file_parley_v1_live_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1151,7 @@ func (x *Presence) String() string {
 func (*Presence) ProtoMessage() {}
 
 func (x *Presence) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_live_proto_msgTypes[11]
+	mi := &file_parley_v1_live_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1164,7 @@ func (x *Presence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Presence.ProtoReflect.Descriptor instead.
 func (*Presence) Descriptor() ([]byte, []int) {
-	return file_parley_v1_live_proto_rawDescGZIP(), []int{11}
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Presence) GetUserId() int32 {
@@ -1049,7 +1197,7 @@ type GetPresenceRequest struct {
 
 func (x *GetPresenceRequest) Reset() {
 	*x = GetPresenceRequest{}
-	mi := &file_parley_v1_live_proto_msgTypes[12]
+	mi := &file_parley_v1_live_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1209,7 @@ func (x *GetPresenceRequest) String() string {
 func (*GetPresenceRequest) ProtoMessage() {}
 
 func (x *GetPresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_live_proto_msgTypes[12]
+	mi := &file_parley_v1_live_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1222,7 @@ func (x *GetPresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPresenceRequest.ProtoReflect.Descriptor instead.
 func (*GetPresenceRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_live_proto_rawDescGZIP(), []int{12}
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetPresenceRequest) GetUserIds() []int32 {
@@ -1093,7 +1241,7 @@ type GetPresenceResponse struct {
 
 func (x *GetPresenceResponse) Reset() {
 	*x = GetPresenceResponse{}
-	mi := &file_parley_v1_live_proto_msgTypes[13]
+	mi := &file_parley_v1_live_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1253,7 @@ func (x *GetPresenceResponse) String() string {
 func (*GetPresenceResponse) ProtoMessage() {}
 
 func (x *GetPresenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_live_proto_msgTypes[13]
+	mi := &file_parley_v1_live_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1266,7 @@ func (x *GetPresenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPresenceResponse.ProtoReflect.Descriptor instead.
 func (*GetPresenceResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_live_proto_rawDescGZIP(), []int{13}
+	return file_parley_v1_live_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetPresenceResponse) GetPresences() []*Presence {
@@ -1136,7 +1284,7 @@ const file_parley_v1_live_proto_rawDesc = "" +
 	"\x10SubscribeRequest\x12J\n" +
 	"\rresume_cursor\x18\x01 \x01(\tB%\xbaH\"r \x18)2\x1c^([0-9]{1,20}-[0-9]{1,20})?$R\fresumeCursor\";\n" +
 	"\x11SubscribeResponse\x12&\n" +
-	"\x05event\x18\x01 \x01(\v2\x10.parley.v1.EventR\x05event\"\xe3\a\n" +
+	"\x05event\x18\x01 \x01(\v2\x10.parley.v1.EventR\x05event\"\xff\b\n" +
 	"\x05Event\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12(\n" +
@@ -1155,7 +1303,9 @@ const file_parley_v1_live_proto_rawDesc = "" +
 	"\x06typing\x18\x15 \x01(\v2\x11.parley.v1.TypingH\x00R\x06typing\x121\n" +
 	"\bpresence\x18\x16 \x01(\v2\x13.parley.v1.PresenceH\x00R\bpresence\x12J\n" +
 	"\x11reactions_changed\x18\x17 \x01(\v2\x1b.parley.v1.ReactionsChangedH\x00R\x10reactionsChanged\x12;\n" +
-	"\fpins_changed\x18\x18 \x01(\v2\x16.parley.v1.PinsChangedH\x00R\vpinsChangedB\x06\n" +
+	"\fpins_changed\x18\x18 \x01(\v2\x16.parley.v1.PinsChangedH\x00R\vpinsChanged\x12T\n" +
+	"\x15chat_settings_changed\x18\x19 \x01(\v2\x1e.parley.v1.ChatSettingsChangedH\x00R\x13chatSettingsChanged\x12D\n" +
+	"\x0fmessages_hidden\x18\x1a \x01(\v2\x19.parley.v1.MessagesHiddenH\x00R\x0emessagesHiddenB\x06\n" +
 	"\x04kind\"=\n" +
 	"\x05Ready\x12\x18\n" +
 	"\aresumed\x18\x01 \x01(\bR\aresumed\x12\x1a\n" +
@@ -1186,7 +1336,15 @@ const file_parley_v1_live_proto_rawDesc = "" +
 	"message_id\x18\x02 \x01(\tR\tmessageId\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x03R\x03seq\x12\x16\n" +
 	"\x06pinned\x18\x04 \x01(\bR\x06pinned\x12\x19\n" +
-	"\bactor_id\x18\x05 \x01(\x05R\aactorId\"f\n" +
+	"\bactor_id\x18\x05 \x01(\x05R\aactorId\"c\n" +
+	"\x13ChatSettingsChanged\x12\x17\n" +
+	"\achat_id\x18\x01 \x01(\tR\x06chatId\x123\n" +
+	"\bsettings\x18\x02 \x01(\v2\x17.parley.v1.ChatSettingsR\bsettings\"^\n" +
+	"\x0eMessagesHidden\x12\x17\n" +
+	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x1f\n" +
+	"\vmessage_ids\x18\x02 \x03(\tR\n" +
+	"messageIds\x12\x12\n" +
+	"\x04seqs\x18\x03 \x03(\x03R\x04seqs\"f\n" +
 	"\tChatEvent\x12#\n" +
 	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\x12\x19\n" +
 	"\bactor_id\x18\x02 \x01(\x05R\aactorId\x12\x19\n" +
@@ -1221,7 +1379,7 @@ func file_parley_v1_live_proto_rawDescGZIP() []byte {
 	return file_parley_v1_live_proto_rawDescData
 }
 
-var file_parley_v1_live_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_parley_v1_live_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_parley_v1_live_proto_goTypes = []any{
 	(*SubscribeRequest)(nil),      // 0: parley.v1.SubscribeRequest
 	(*SubscribeResponse)(nil),     // 1: parley.v1.SubscribeResponse
@@ -1232,49 +1390,55 @@ var file_parley_v1_live_proto_goTypes = []any{
 	(*PositionsChanged)(nil),      // 6: parley.v1.PositionsChanged
 	(*ReactionsChanged)(nil),      // 7: parley.v1.ReactionsChanged
 	(*PinsChanged)(nil),           // 8: parley.v1.PinsChanged
-	(*ChatEvent)(nil),             // 9: parley.v1.ChatEvent
-	(*Typing)(nil),                // 10: parley.v1.Typing
-	(*Presence)(nil),              // 11: parley.v1.Presence
-	(*GetPresenceRequest)(nil),    // 12: parley.v1.GetPresenceRequest
-	(*GetPresenceResponse)(nil),   // 13: parley.v1.GetPresenceResponse
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*Message)(nil),               // 15: parley.v1.Message
-	(*Reaction)(nil),              // 16: parley.v1.Reaction
-	(*Chat)(nil),                  // 17: parley.v1.Chat
+	(*ChatSettingsChanged)(nil),   // 9: parley.v1.ChatSettingsChanged
+	(*MessagesHidden)(nil),        // 10: parley.v1.MessagesHidden
+	(*ChatEvent)(nil),             // 11: parley.v1.ChatEvent
+	(*Typing)(nil),                // 12: parley.v1.Typing
+	(*Presence)(nil),              // 13: parley.v1.Presence
+	(*GetPresenceRequest)(nil),    // 14: parley.v1.GetPresenceRequest
+	(*GetPresenceResponse)(nil),   // 15: parley.v1.GetPresenceResponse
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*Message)(nil),               // 17: parley.v1.Message
+	(*Reaction)(nil),              // 18: parley.v1.Reaction
+	(*ChatSettings)(nil),          // 19: parley.v1.ChatSettings
+	(*Chat)(nil),                  // 20: parley.v1.Chat
 }
 var file_parley_v1_live_proto_depIdxs = []int32{
 	2,  // 0: parley.v1.SubscribeResponse.event:type_name -> parley.v1.Event
-	14, // 1: parley.v1.Event.time:type_name -> google.protobuf.Timestamp
+	16, // 1: parley.v1.Event.time:type_name -> google.protobuf.Timestamp
 	3,  // 2: parley.v1.Event.ready:type_name -> parley.v1.Ready
 	4,  // 3: parley.v1.Event.heartbeat:type_name -> parley.v1.Heartbeat
 	5,  // 4: parley.v1.Event.message_created:type_name -> parley.v1.MessageEvent
 	5,  // 5: parley.v1.Event.message_edited:type_name -> parley.v1.MessageEvent
 	5,  // 6: parley.v1.Event.message_deleted:type_name -> parley.v1.MessageEvent
 	6,  // 7: parley.v1.Event.positions_changed:type_name -> parley.v1.PositionsChanged
-	9,  // 8: parley.v1.Event.chat_created:type_name -> parley.v1.ChatEvent
-	9,  // 9: parley.v1.Event.chat_updated:type_name -> parley.v1.ChatEvent
-	9,  // 10: parley.v1.Event.members_added:type_name -> parley.v1.ChatEvent
-	9,  // 11: parley.v1.Event.member_removed:type_name -> parley.v1.ChatEvent
-	9,  // 12: parley.v1.Event.role_changed:type_name -> parley.v1.ChatEvent
-	10, // 13: parley.v1.Event.typing:type_name -> parley.v1.Typing
-	11, // 14: parley.v1.Event.presence:type_name -> parley.v1.Presence
+	11, // 8: parley.v1.Event.chat_created:type_name -> parley.v1.ChatEvent
+	11, // 9: parley.v1.Event.chat_updated:type_name -> parley.v1.ChatEvent
+	11, // 10: parley.v1.Event.members_added:type_name -> parley.v1.ChatEvent
+	11, // 11: parley.v1.Event.member_removed:type_name -> parley.v1.ChatEvent
+	11, // 12: parley.v1.Event.role_changed:type_name -> parley.v1.ChatEvent
+	12, // 13: parley.v1.Event.typing:type_name -> parley.v1.Typing
+	13, // 14: parley.v1.Event.presence:type_name -> parley.v1.Presence
 	7,  // 15: parley.v1.Event.reactions_changed:type_name -> parley.v1.ReactionsChanged
 	8,  // 16: parley.v1.Event.pins_changed:type_name -> parley.v1.PinsChanged
-	15, // 17: parley.v1.MessageEvent.message:type_name -> parley.v1.Message
-	16, // 18: parley.v1.ReactionsChanged.reactions:type_name -> parley.v1.Reaction
-	17, // 19: parley.v1.ChatEvent.chat:type_name -> parley.v1.Chat
-	14, // 20: parley.v1.Typing.expires_at:type_name -> google.protobuf.Timestamp
-	14, // 21: parley.v1.Presence.last_seen:type_name -> google.protobuf.Timestamp
-	11, // 22: parley.v1.GetPresenceResponse.presences:type_name -> parley.v1.Presence
-	0,  // 23: parley.v1.LiveService.Subscribe:input_type -> parley.v1.SubscribeRequest
-	12, // 24: parley.v1.LiveService.GetPresence:input_type -> parley.v1.GetPresenceRequest
-	1,  // 25: parley.v1.LiveService.Subscribe:output_type -> parley.v1.SubscribeResponse
-	13, // 26: parley.v1.LiveService.GetPresence:output_type -> parley.v1.GetPresenceResponse
-	25, // [25:27] is the sub-list for method output_type
-	23, // [23:25] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	9,  // 17: parley.v1.Event.chat_settings_changed:type_name -> parley.v1.ChatSettingsChanged
+	10, // 18: parley.v1.Event.messages_hidden:type_name -> parley.v1.MessagesHidden
+	17, // 19: parley.v1.MessageEvent.message:type_name -> parley.v1.Message
+	18, // 20: parley.v1.ReactionsChanged.reactions:type_name -> parley.v1.Reaction
+	19, // 21: parley.v1.ChatSettingsChanged.settings:type_name -> parley.v1.ChatSettings
+	20, // 22: parley.v1.ChatEvent.chat:type_name -> parley.v1.Chat
+	16, // 23: parley.v1.Typing.expires_at:type_name -> google.protobuf.Timestamp
+	16, // 24: parley.v1.Presence.last_seen:type_name -> google.protobuf.Timestamp
+	13, // 25: parley.v1.GetPresenceResponse.presences:type_name -> parley.v1.Presence
+	0,  // 26: parley.v1.LiveService.Subscribe:input_type -> parley.v1.SubscribeRequest
+	14, // 27: parley.v1.LiveService.GetPresence:input_type -> parley.v1.GetPresenceRequest
+	1,  // 28: parley.v1.LiveService.Subscribe:output_type -> parley.v1.SubscribeResponse
+	15, // 29: parley.v1.LiveService.GetPresence:output_type -> parley.v1.GetPresenceResponse
+	28, // [28:30] is the sub-list for method output_type
+	26, // [26:28] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_live_proto_init() }
@@ -1300,6 +1464,8 @@ func file_parley_v1_live_proto_init() {
 		(*Event_Presence)(nil),
 		(*Event_ReactionsChanged)(nil),
 		(*Event_PinsChanged)(nil),
+		(*Event_ChatSettingsChanged)(nil),
+		(*Event_MessagesHidden)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1307,7 +1473,7 @@ func file_parley_v1_live_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_live_proto_rawDesc), len(file_parley_v1_live_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -2249,6 +2249,95 @@ func (x *GetMessageReceiptsResponse) GetPendingUserIds() []int32 {
 	return nil
 }
 
+type DeleteMessagesForMeRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// Messages of the chat (NOT_FOUND for any other); up to 100.
+	MessageIds    []string `protobuf:"bytes,2,rep,name=message_ids,json=messageIds,proto3" json:"message_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMessagesForMeRequest) Reset() {
+	*x = DeleteMessagesForMeRequest{}
+	mi := &file_parley_v1_message_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMessagesForMeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMessagesForMeRequest) ProtoMessage() {}
+
+func (x *DeleteMessagesForMeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMessagesForMeRequest.ProtoReflect.Descriptor instead.
+func (*DeleteMessagesForMeRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *DeleteMessagesForMeRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *DeleteMessagesForMeRequest) GetMessageIds() []string {
+	if x != nil {
+		return x.MessageIds
+	}
+	return nil
+}
+
+type DeleteMessagesForMeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMessagesForMeResponse) Reset() {
+	*x = DeleteMessagesForMeResponse{}
+	mi := &file_parley_v1_message_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMessagesForMeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMessagesForMeResponse) ProtoMessage() {}
+
+func (x *DeleteMessagesForMeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMessagesForMeResponse.ProtoReflect.Descriptor instead.
+func (*DeleteMessagesForMeResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{36}
+}
+
 var File_parley_v1_message_proto protoreflect.FileDescriptor
 
 const file_parley_v1_message_proto_rawDesc = "" +
@@ -2412,12 +2501,18 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"\x1aGetMessageReceiptsResponse\x12\"\n" +
 	"\rread_user_ids\x18\x01 \x03(\x05R\vreadUserIds\x12,\n" +
 	"\x12delivered_user_ids\x18\x02 \x03(\x05R\x10deliveredUserIds\x12(\n" +
-	"\x10pending_user_ids\x18\x03 \x03(\x05R\x0ependingUserIds*\x7f\n" +
+	"\x10pending_user_ids\x18\x03 \x03(\x05R\x0ependingUserIds\"\x8f\x01\n" +
+	"\x1aDeleteMessagesForMeRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12A\n" +
+	"\vmessage_ids\x18\x02 \x03(\tB \xbaH\x1d\x92\x01\x1a\b\x01\x10d\x18\x01\"\x12r\x102\x0e^[0-9a-f]{24}$R\n" +
+	"messageIds\"\x1d\n" +
+	"\x1bDeleteMessagesForMeResponse*\x7f\n" +
 	"\rMessageStatus\x12\x1e\n" +
 	"\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13MESSAGE_STATUS_SENT\x10\x01\x12\x1c\n" +
 	"\x18MESSAGE_STATUS_DELIVERED\x10\x02\x12\x17\n" +
-	"\x13MESSAGE_STATUS_READ\x10\x032\xbd\t\n" +
+	"\x13MESSAGE_STATUS_READ\x10\x032\xa8\n" +
+	"\n" +
 	"\x0eMessageService\x12Q\n" +
 	"\vSendMessage\x12\x1d.parley.v1.SendMessageRequest\x1a\x1e.parley.v1.SendMessageResponse\"\x03\x90\x02\x02\x12T\n" +
 	"\fListMessages\x12\x1e.parley.v1.ListMessagesRequest\x1a\x1f.parley.v1.ListMessagesResponse\"\x03\x90\x02\x01\x12L\n" +
@@ -2434,7 +2529,8 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"PinMessage\x12\x1c.parley.v1.PinMessageRequest\x1a\x1d.parley.v1.PinMessageResponse\"\x03\x90\x02\x02\x12T\n" +
 	"\fUnpinMessage\x12\x1e.parley.v1.UnpinMessageRequest\x1a\x1f.parley.v1.UnpinMessageResponse\"\x03\x90\x02\x02\x12f\n" +
 	"\x12ListPinnedMessages\x12$.parley.v1.ListPinnedMessagesRequest\x1a%.parley.v1.ListPinnedMessagesResponse\"\x03\x90\x02\x01\x12f\n" +
-	"\x12GetMessageReceipts\x12$.parley.v1.GetMessageReceiptsRequest\x1a%.parley.v1.GetMessageReceiptsResponse\"\x03\x90\x02\x01B6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
+	"\x12GetMessageReceipts\x12$.parley.v1.GetMessageReceiptsRequest\x1a%.parley.v1.GetMessageReceiptsResponse\"\x03\x90\x02\x01\x12i\n" +
+	"\x13DeleteMessagesForMe\x12%.parley.v1.DeleteMessagesForMeRequest\x1a&.parley.v1.DeleteMessagesForMeResponse\"\x03\x90\x02\x02B6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_message_proto_rawDescOnce sync.Once
@@ -2449,63 +2545,65 @@ func file_parley_v1_message_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_message_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_parley_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_parley_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_parley_v1_message_proto_goTypes = []any{
-	(MessageStatus)(0),                 // 0: parley.v1.MessageStatus
-	(*Attachment)(nil),                 // 1: parley.v1.Attachment
-	(*Message)(nil),                    // 2: parley.v1.Message
-	(*ReplyQuote)(nil),                 // 3: parley.v1.ReplyQuote
-	(*Reaction)(nil),                   // 4: parley.v1.Reaction
-	(*ForwardedFrom)(nil),              // 5: parley.v1.ForwardedFrom
-	(*Pin)(nil),                        // 6: parley.v1.Pin
-	(*ForwardSource)(nil),              // 7: parley.v1.ForwardSource
-	(*SendMessageRequest)(nil),         // 8: parley.v1.SendMessageRequest
-	(*SendMessageResponse)(nil),        // 9: parley.v1.SendMessageResponse
-	(*ListMessagesRequest)(nil),        // 10: parley.v1.ListMessagesRequest
-	(*ListMessagesResponse)(nil),       // 11: parley.v1.ListMessagesResponse
-	(*EditMessageRequest)(nil),         // 12: parley.v1.EditMessageRequest
-	(*EditMessageResponse)(nil),        // 13: parley.v1.EditMessageResponse
-	(*DeleteMessageRequest)(nil),       // 14: parley.v1.DeleteMessageRequest
-	(*DeleteMessageResponse)(nil),      // 15: parley.v1.DeleteMessageResponse
-	(*MarkDeliveredRequest)(nil),       // 16: parley.v1.MarkDeliveredRequest
-	(*MarkDeliveredResponse)(nil),      // 17: parley.v1.MarkDeliveredResponse
-	(*MarkReadRequest)(nil),            // 18: parley.v1.MarkReadRequest
-	(*MarkReadResponse)(nil),           // 19: parley.v1.MarkReadResponse
-	(*SendTypingRequest)(nil),          // 20: parley.v1.SendTypingRequest
-	(*SendTypingResponse)(nil),         // 21: parley.v1.SendTypingResponse
-	(*AddReactionRequest)(nil),         // 22: parley.v1.AddReactionRequest
-	(*AddReactionResponse)(nil),        // 23: parley.v1.AddReactionResponse
-	(*RemoveReactionRequest)(nil),      // 24: parley.v1.RemoveReactionRequest
-	(*RemoveReactionResponse)(nil),     // 25: parley.v1.RemoveReactionResponse
-	(*ListReactionsRequest)(nil),       // 26: parley.v1.ListReactionsRequest
-	(*ListReactionsResponse)(nil),      // 27: parley.v1.ListReactionsResponse
-	(*PinMessageRequest)(nil),          // 28: parley.v1.PinMessageRequest
-	(*PinMessageResponse)(nil),         // 29: parley.v1.PinMessageResponse
-	(*UnpinMessageRequest)(nil),        // 30: parley.v1.UnpinMessageRequest
-	(*UnpinMessageResponse)(nil),       // 31: parley.v1.UnpinMessageResponse
-	(*ListPinnedMessagesRequest)(nil),  // 32: parley.v1.ListPinnedMessagesRequest
-	(*ListPinnedMessagesResponse)(nil), // 33: parley.v1.ListPinnedMessagesResponse
-	(*GetMessageReceiptsRequest)(nil),  // 34: parley.v1.GetMessageReceiptsRequest
-	(*GetMessageReceiptsResponse)(nil), // 35: parley.v1.GetMessageReceiptsResponse
-	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
+	(MessageStatus)(0),                  // 0: parley.v1.MessageStatus
+	(*Attachment)(nil),                  // 1: parley.v1.Attachment
+	(*Message)(nil),                     // 2: parley.v1.Message
+	(*ReplyQuote)(nil),                  // 3: parley.v1.ReplyQuote
+	(*Reaction)(nil),                    // 4: parley.v1.Reaction
+	(*ForwardedFrom)(nil),               // 5: parley.v1.ForwardedFrom
+	(*Pin)(nil),                         // 6: parley.v1.Pin
+	(*ForwardSource)(nil),               // 7: parley.v1.ForwardSource
+	(*SendMessageRequest)(nil),          // 8: parley.v1.SendMessageRequest
+	(*SendMessageResponse)(nil),         // 9: parley.v1.SendMessageResponse
+	(*ListMessagesRequest)(nil),         // 10: parley.v1.ListMessagesRequest
+	(*ListMessagesResponse)(nil),        // 11: parley.v1.ListMessagesResponse
+	(*EditMessageRequest)(nil),          // 12: parley.v1.EditMessageRequest
+	(*EditMessageResponse)(nil),         // 13: parley.v1.EditMessageResponse
+	(*DeleteMessageRequest)(nil),        // 14: parley.v1.DeleteMessageRequest
+	(*DeleteMessageResponse)(nil),       // 15: parley.v1.DeleteMessageResponse
+	(*MarkDeliveredRequest)(nil),        // 16: parley.v1.MarkDeliveredRequest
+	(*MarkDeliveredResponse)(nil),       // 17: parley.v1.MarkDeliveredResponse
+	(*MarkReadRequest)(nil),             // 18: parley.v1.MarkReadRequest
+	(*MarkReadResponse)(nil),            // 19: parley.v1.MarkReadResponse
+	(*SendTypingRequest)(nil),           // 20: parley.v1.SendTypingRequest
+	(*SendTypingResponse)(nil),          // 21: parley.v1.SendTypingResponse
+	(*AddReactionRequest)(nil),          // 22: parley.v1.AddReactionRequest
+	(*AddReactionResponse)(nil),         // 23: parley.v1.AddReactionResponse
+	(*RemoveReactionRequest)(nil),       // 24: parley.v1.RemoveReactionRequest
+	(*RemoveReactionResponse)(nil),      // 25: parley.v1.RemoveReactionResponse
+	(*ListReactionsRequest)(nil),        // 26: parley.v1.ListReactionsRequest
+	(*ListReactionsResponse)(nil),       // 27: parley.v1.ListReactionsResponse
+	(*PinMessageRequest)(nil),           // 28: parley.v1.PinMessageRequest
+	(*PinMessageResponse)(nil),          // 29: parley.v1.PinMessageResponse
+	(*UnpinMessageRequest)(nil),         // 30: parley.v1.UnpinMessageRequest
+	(*UnpinMessageResponse)(nil),        // 31: parley.v1.UnpinMessageResponse
+	(*ListPinnedMessagesRequest)(nil),   // 32: parley.v1.ListPinnedMessagesRequest
+	(*ListPinnedMessagesResponse)(nil),  // 33: parley.v1.ListPinnedMessagesResponse
+	(*GetMessageReceiptsRequest)(nil),   // 34: parley.v1.GetMessageReceiptsRequest
+	(*GetMessageReceiptsResponse)(nil),  // 35: parley.v1.GetMessageReceiptsResponse
+	(*DeleteMessagesForMeRequest)(nil),  // 36: parley.v1.DeleteMessagesForMeRequest
+	(*DeleteMessagesForMeResponse)(nil), // 37: parley.v1.DeleteMessagesForMeResponse
+	(*timestamppb.Timestamp)(nil),       // 38: google.protobuf.Timestamp
 }
 var file_parley_v1_message_proto_depIdxs = []int32{
 	1,  // 0: parley.v1.Message.attachments:type_name -> parley.v1.Attachment
-	36, // 1: parley.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
-	36, // 2: parley.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
+	38, // 1: parley.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
+	38, // 2: parley.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: parley.v1.Message.status:type_name -> parley.v1.MessageStatus
 	3,  // 4: parley.v1.Message.reply_to:type_name -> parley.v1.ReplyQuote
 	4,  // 5: parley.v1.Message.reactions:type_name -> parley.v1.Reaction
 	5,  // 6: parley.v1.Message.forwarded_from:type_name -> parley.v1.ForwardedFrom
 	6,  // 7: parley.v1.Message.pin:type_name -> parley.v1.Pin
-	36, // 8: parley.v1.ForwardedFrom.sent_at:type_name -> google.protobuf.Timestamp
-	36, // 9: parley.v1.Pin.pinned_at:type_name -> google.protobuf.Timestamp
+	38, // 8: parley.v1.ForwardedFrom.sent_at:type_name -> google.protobuf.Timestamp
+	38, // 9: parley.v1.Pin.pinned_at:type_name -> google.protobuf.Timestamp
 	7,  // 10: parley.v1.SendMessageRequest.forward:type_name -> parley.v1.ForwardSource
 	2,  // 11: parley.v1.SendMessageResponse.message:type_name -> parley.v1.Message
 	2,  // 12: parley.v1.ListMessagesResponse.messages:type_name -> parley.v1.Message
 	2,  // 13: parley.v1.EditMessageResponse.message:type_name -> parley.v1.Message
 	2,  // 14: parley.v1.DeleteMessageResponse.message:type_name -> parley.v1.Message
-	36, // 15: parley.v1.SendTypingResponse.expires_at:type_name -> google.protobuf.Timestamp
+	38, // 15: parley.v1.SendTypingResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 16: parley.v1.AddReactionResponse.reactions:type_name -> parley.v1.Reaction
 	4,  // 17: parley.v1.RemoveReactionResponse.reactions:type_name -> parley.v1.Reaction
 	2,  // 18: parley.v1.PinMessageResponse.message:type_name -> parley.v1.Message
@@ -2525,22 +2623,24 @@ var file_parley_v1_message_proto_depIdxs = []int32{
 	30, // 32: parley.v1.MessageService.UnpinMessage:input_type -> parley.v1.UnpinMessageRequest
 	32, // 33: parley.v1.MessageService.ListPinnedMessages:input_type -> parley.v1.ListPinnedMessagesRequest
 	34, // 34: parley.v1.MessageService.GetMessageReceipts:input_type -> parley.v1.GetMessageReceiptsRequest
-	9,  // 35: parley.v1.MessageService.SendMessage:output_type -> parley.v1.SendMessageResponse
-	11, // 36: parley.v1.MessageService.ListMessages:output_type -> parley.v1.ListMessagesResponse
-	13, // 37: parley.v1.MessageService.EditMessage:output_type -> parley.v1.EditMessageResponse
-	15, // 38: parley.v1.MessageService.DeleteMessage:output_type -> parley.v1.DeleteMessageResponse
-	17, // 39: parley.v1.MessageService.MarkDelivered:output_type -> parley.v1.MarkDeliveredResponse
-	19, // 40: parley.v1.MessageService.MarkRead:output_type -> parley.v1.MarkReadResponse
-	21, // 41: parley.v1.MessageService.SendTyping:output_type -> parley.v1.SendTypingResponse
-	23, // 42: parley.v1.MessageService.AddReaction:output_type -> parley.v1.AddReactionResponse
-	25, // 43: parley.v1.MessageService.RemoveReaction:output_type -> parley.v1.RemoveReactionResponse
-	27, // 44: parley.v1.MessageService.ListReactions:output_type -> parley.v1.ListReactionsResponse
-	29, // 45: parley.v1.MessageService.PinMessage:output_type -> parley.v1.PinMessageResponse
-	31, // 46: parley.v1.MessageService.UnpinMessage:output_type -> parley.v1.UnpinMessageResponse
-	33, // 47: parley.v1.MessageService.ListPinnedMessages:output_type -> parley.v1.ListPinnedMessagesResponse
-	35, // 48: parley.v1.MessageService.GetMessageReceipts:output_type -> parley.v1.GetMessageReceiptsResponse
-	35, // [35:49] is the sub-list for method output_type
-	21, // [21:35] is the sub-list for method input_type
+	36, // 35: parley.v1.MessageService.DeleteMessagesForMe:input_type -> parley.v1.DeleteMessagesForMeRequest
+	9,  // 36: parley.v1.MessageService.SendMessage:output_type -> parley.v1.SendMessageResponse
+	11, // 37: parley.v1.MessageService.ListMessages:output_type -> parley.v1.ListMessagesResponse
+	13, // 38: parley.v1.MessageService.EditMessage:output_type -> parley.v1.EditMessageResponse
+	15, // 39: parley.v1.MessageService.DeleteMessage:output_type -> parley.v1.DeleteMessageResponse
+	17, // 40: parley.v1.MessageService.MarkDelivered:output_type -> parley.v1.MarkDeliveredResponse
+	19, // 41: parley.v1.MessageService.MarkRead:output_type -> parley.v1.MarkReadResponse
+	21, // 42: parley.v1.MessageService.SendTyping:output_type -> parley.v1.SendTypingResponse
+	23, // 43: parley.v1.MessageService.AddReaction:output_type -> parley.v1.AddReactionResponse
+	25, // 44: parley.v1.MessageService.RemoveReaction:output_type -> parley.v1.RemoveReactionResponse
+	27, // 45: parley.v1.MessageService.ListReactions:output_type -> parley.v1.ListReactionsResponse
+	29, // 46: parley.v1.MessageService.PinMessage:output_type -> parley.v1.PinMessageResponse
+	31, // 47: parley.v1.MessageService.UnpinMessage:output_type -> parley.v1.UnpinMessageResponse
+	33, // 48: parley.v1.MessageService.ListPinnedMessages:output_type -> parley.v1.ListPinnedMessagesResponse
+	35, // 49: parley.v1.MessageService.GetMessageReceipts:output_type -> parley.v1.GetMessageReceiptsResponse
+	37, // 50: parley.v1.MessageService.DeleteMessagesForMe:output_type -> parley.v1.DeleteMessagesForMeResponse
+	36, // [36:51] is the sub-list for method output_type
+	21, // [21:36] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -2561,7 +2661,7 @@ func file_parley_v1_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_message_proto_rawDesc), len(file_parley_v1_message_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

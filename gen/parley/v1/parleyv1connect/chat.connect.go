@@ -62,6 +62,9 @@ const (
 	// ChatServiceDeclineChatRequestProcedure is the fully-qualified name of the ChatService's
 	// DeclineChatRequest RPC.
 	ChatServiceDeclineChatRequestProcedure = "/parley.v1.ChatService/DeclineChatRequest"
+	// ChatServiceUpdateChatSettingsProcedure is the fully-qualified name of the ChatService's
+	// UpdateChatSettings RPC.
+	ChatServiceUpdateChatSettingsProcedure = "/parley.v1.ChatService/UpdateChatSettings"
 )
 
 // ChatServiceClient is a client for the parley.v1.ChatService service.
@@ -79,7 +82,10 @@ type ChatServiceClient interface {
 	CreateGroupChat(context.Context, *connect.Request[v1.CreateGroupChatRequest]) (*connect.Response[v1.CreateGroupChatResponse], error)
 	// GetChat returns one of the caller's chats.
 	GetChat(context.Context, *connect.Request[v1.GetChatRequest]) (*connect.Response[v1.GetChatResponse], error)
-	// ListChats lists the caller's chats, most recent activity first.
+	// ListChats lists the caller's chats that are not archived: those it
+	// pinned first (the most recently pinned first), then the others, most
+	// recent activity first. With archived set it lists the archived ones
+	// instead, most recent activity first.
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
 	// UpdateChat renames a group. Admins only.
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
@@ -108,6 +114,12 @@ type ChatServiceClient interface {
 	// starter), and the starter's further sends fail as if blocked. The
 	// starter is not told and still sees a pending request.
 	DeclineChatRequest(context.Context, *connect.Request[v1.DeclineChatRequestRequest]) (*connect.Response[v1.DeclineChatRequestResponse], error)
+	// UpdateChatSettings changes the caller's own settings of a chat: mute,
+	// archive, pin to the top of the list (at most 10 chats pinned,
+	// FAILED_PRECONDITION beyond). Every device of the caller hears of it
+	// (chat_settings_changed); the other members do not. Fields left unset
+	// keep their value.
+	UpdateChatSettings(context.Context, *connect.Request[v1.UpdateChatSettingsRequest]) (*connect.Response[v1.UpdateChatSettingsResponse], error)
 }
 
 // NewChatServiceClient constructs a client for the parley.v1.ChatService service. By default, it
@@ -189,6 +201,13 @@ func NewChatServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(chatServiceMethods.ByName("DeclineChatRequest")),
 			connect.WithClientOptions(opts...),
 		),
+		updateChatSettings: connect.NewClient[v1.UpdateChatSettingsRequest, v1.UpdateChatSettingsResponse](
+			httpClient,
+			baseURL+ChatServiceUpdateChatSettingsProcedure,
+			connect.WithSchema(chatServiceMethods.ByName("UpdateChatSettings")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -205,6 +224,7 @@ type chatServiceClient struct {
 	leaveChat          *connect.Client[v1.LeaveChatRequest, v1.LeaveChatResponse]
 	acceptChatRequest  *connect.Client[v1.AcceptChatRequestRequest, v1.AcceptChatRequestResponse]
 	declineChatRequest *connect.Client[v1.DeclineChatRequestRequest, v1.DeclineChatRequestResponse]
+	updateChatSettings *connect.Client[v1.UpdateChatSettingsRequest, v1.UpdateChatSettingsResponse]
 }
 
 // CreatePrivateChat calls parley.v1.ChatService.CreatePrivateChat.
@@ -262,6 +282,11 @@ func (c *chatServiceClient) DeclineChatRequest(ctx context.Context, req *connect
 	return c.declineChatRequest.CallUnary(ctx, req)
 }
 
+// UpdateChatSettings calls parley.v1.ChatService.UpdateChatSettings.
+func (c *chatServiceClient) UpdateChatSettings(ctx context.Context, req *connect.Request[v1.UpdateChatSettingsRequest]) (*connect.Response[v1.UpdateChatSettingsResponse], error) {
+	return c.updateChatSettings.CallUnary(ctx, req)
+}
+
 // ChatServiceHandler is an implementation of the parley.v1.ChatService service.
 type ChatServiceHandler interface {
 	// CreatePrivateChat returns the private chat of the caller and the peer,
@@ -277,7 +302,10 @@ type ChatServiceHandler interface {
 	CreateGroupChat(context.Context, *connect.Request[v1.CreateGroupChatRequest]) (*connect.Response[v1.CreateGroupChatResponse], error)
 	// GetChat returns one of the caller's chats.
 	GetChat(context.Context, *connect.Request[v1.GetChatRequest]) (*connect.Response[v1.GetChatResponse], error)
-	// ListChats lists the caller's chats, most recent activity first.
+	// ListChats lists the caller's chats that are not archived: those it
+	// pinned first (the most recently pinned first), then the others, most
+	// recent activity first. With archived set it lists the archived ones
+	// instead, most recent activity first.
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
 	// UpdateChat renames a group. Admins only.
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
@@ -306,6 +334,12 @@ type ChatServiceHandler interface {
 	// starter), and the starter's further sends fail as if blocked. The
 	// starter is not told and still sees a pending request.
 	DeclineChatRequest(context.Context, *connect.Request[v1.DeclineChatRequestRequest]) (*connect.Response[v1.DeclineChatRequestResponse], error)
+	// UpdateChatSettings changes the caller's own settings of a chat: mute,
+	// archive, pin to the top of the list (at most 10 chats pinned,
+	// FAILED_PRECONDITION beyond). Every device of the caller hears of it
+	// (chat_settings_changed); the other members do not. Fields left unset
+	// keep their value.
+	UpdateChatSettings(context.Context, *connect.Request[v1.UpdateChatSettingsRequest]) (*connect.Response[v1.UpdateChatSettingsResponse], error)
 }
 
 // NewChatServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -383,6 +417,13 @@ func NewChatServiceHandler(svc ChatServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(chatServiceMethods.ByName("DeclineChatRequest")),
 		connect.WithHandlerOptions(opts...),
 	)
+	chatServiceUpdateChatSettingsHandler := connect.NewUnaryHandler(
+		ChatServiceUpdateChatSettingsProcedure,
+		svc.UpdateChatSettings,
+		connect.WithSchema(chatServiceMethods.ByName("UpdateChatSettings")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.ChatService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ChatServiceCreatePrivateChatProcedure:
@@ -407,6 +448,8 @@ func NewChatServiceHandler(svc ChatServiceHandler, opts ...connect.HandlerOption
 			chatServiceAcceptChatRequestHandler.ServeHTTP(w, r)
 		case ChatServiceDeclineChatRequestProcedure:
 			chatServiceDeclineChatRequestHandler.ServeHTTP(w, r)
+		case ChatServiceUpdateChatSettingsProcedure:
+			chatServiceUpdateChatSettingsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -458,4 +501,8 @@ func (UnimplementedChatServiceHandler) AcceptChatRequest(context.Context, *conne
 
 func (UnimplementedChatServiceHandler) DeclineChatRequest(context.Context, *connect.Request[v1.DeclineChatRequestRequest]) (*connect.Response[v1.DeclineChatRequestResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.DeclineChatRequest is not implemented"))
+}
+
+func (UnimplementedChatServiceHandler) UpdateChatSettings(context.Context, *connect.Request[v1.UpdateChatSettingsRequest]) (*connect.Response[v1.UpdateChatSettingsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.UpdateChatSettings is not implemented"))
 }

@@ -74,6 +74,9 @@ const (
 	// MessageServiceGetMessageReceiptsProcedure is the fully-qualified name of the MessageService's
 	// GetMessageReceipts RPC.
 	MessageServiceGetMessageReceiptsProcedure = "/parley.v1.MessageService/GetMessageReceipts"
+	// MessageServiceDeleteMessagesForMeProcedure is the fully-qualified name of the MessageService's
+	// DeleteMessagesForMe RPC.
+	MessageServiceDeleteMessagesForMeProcedure = "/parley.v1.MessageService/DeleteMessagesForMe"
 )
 
 // MessageServiceClient is a client for the parley.v1.MessageService service.
@@ -129,6 +132,12 @@ type MessageServiceClient interface {
 	// private chat that is still a request, its starter learns nothing
 	// (both lists empty), as with message statuses.
 	GetMessageReceipts(context.Context, *connect.Request[v1.GetMessageReceiptsRequest]) (*connect.Response[v1.GetMessageReceiptsResponse], error)
+	// DeleteMessagesForMe hides messages of a chat from the caller alone
+	// ("delete for me"): ListMessages leaves them out for the caller from
+	// then on (a page may then hold fewer than limit messages, has_more
+	// still telling whether more follow), and every device of the caller
+	// hears of it (messages_hidden). The other members still see them.
+	DeleteMessagesForMe(context.Context, *connect.Request[v1.DeleteMessagesForMeRequest]) (*connect.Response[v1.DeleteMessagesForMeResponse], error)
 }
 
 // NewMessageServiceClient constructs a client for the parley.v1.MessageService service. By default,
@@ -235,25 +244,33 @@ func NewMessageServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		deleteMessagesForMe: connect.NewClient[v1.DeleteMessagesForMeRequest, v1.DeleteMessagesForMeResponse](
+			httpClient,
+			baseURL+MessageServiceDeleteMessagesForMeProcedure,
+			connect.WithSchema(messageServiceMethods.ByName("DeleteMessagesForMe")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // messageServiceClient implements MessageServiceClient.
 type messageServiceClient struct {
-	sendMessage        *connect.Client[v1.SendMessageRequest, v1.SendMessageResponse]
-	listMessages       *connect.Client[v1.ListMessagesRequest, v1.ListMessagesResponse]
-	editMessage        *connect.Client[v1.EditMessageRequest, v1.EditMessageResponse]
-	deleteMessage      *connect.Client[v1.DeleteMessageRequest, v1.DeleteMessageResponse]
-	markDelivered      *connect.Client[v1.MarkDeliveredRequest, v1.MarkDeliveredResponse]
-	markRead           *connect.Client[v1.MarkReadRequest, v1.MarkReadResponse]
-	sendTyping         *connect.Client[v1.SendTypingRequest, v1.SendTypingResponse]
-	addReaction        *connect.Client[v1.AddReactionRequest, v1.AddReactionResponse]
-	removeReaction     *connect.Client[v1.RemoveReactionRequest, v1.RemoveReactionResponse]
-	listReactions      *connect.Client[v1.ListReactionsRequest, v1.ListReactionsResponse]
-	pinMessage         *connect.Client[v1.PinMessageRequest, v1.PinMessageResponse]
-	unpinMessage       *connect.Client[v1.UnpinMessageRequest, v1.UnpinMessageResponse]
-	listPinnedMessages *connect.Client[v1.ListPinnedMessagesRequest, v1.ListPinnedMessagesResponse]
-	getMessageReceipts *connect.Client[v1.GetMessageReceiptsRequest, v1.GetMessageReceiptsResponse]
+	sendMessage         *connect.Client[v1.SendMessageRequest, v1.SendMessageResponse]
+	listMessages        *connect.Client[v1.ListMessagesRequest, v1.ListMessagesResponse]
+	editMessage         *connect.Client[v1.EditMessageRequest, v1.EditMessageResponse]
+	deleteMessage       *connect.Client[v1.DeleteMessageRequest, v1.DeleteMessageResponse]
+	markDelivered       *connect.Client[v1.MarkDeliveredRequest, v1.MarkDeliveredResponse]
+	markRead            *connect.Client[v1.MarkReadRequest, v1.MarkReadResponse]
+	sendTyping          *connect.Client[v1.SendTypingRequest, v1.SendTypingResponse]
+	addReaction         *connect.Client[v1.AddReactionRequest, v1.AddReactionResponse]
+	removeReaction      *connect.Client[v1.RemoveReactionRequest, v1.RemoveReactionResponse]
+	listReactions       *connect.Client[v1.ListReactionsRequest, v1.ListReactionsResponse]
+	pinMessage          *connect.Client[v1.PinMessageRequest, v1.PinMessageResponse]
+	unpinMessage        *connect.Client[v1.UnpinMessageRequest, v1.UnpinMessageResponse]
+	listPinnedMessages  *connect.Client[v1.ListPinnedMessagesRequest, v1.ListPinnedMessagesResponse]
+	getMessageReceipts  *connect.Client[v1.GetMessageReceiptsRequest, v1.GetMessageReceiptsResponse]
+	deleteMessagesForMe *connect.Client[v1.DeleteMessagesForMeRequest, v1.DeleteMessagesForMeResponse]
 }
 
 // SendMessage calls parley.v1.MessageService.SendMessage.
@@ -326,6 +343,11 @@ func (c *messageServiceClient) GetMessageReceipts(ctx context.Context, req *conn
 	return c.getMessageReceipts.CallUnary(ctx, req)
 }
 
+// DeleteMessagesForMe calls parley.v1.MessageService.DeleteMessagesForMe.
+func (c *messageServiceClient) DeleteMessagesForMe(ctx context.Context, req *connect.Request[v1.DeleteMessagesForMeRequest]) (*connect.Response[v1.DeleteMessagesForMeResponse], error) {
+	return c.deleteMessagesForMe.CallUnary(ctx, req)
+}
+
 // MessageServiceHandler is an implementation of the parley.v1.MessageService service.
 type MessageServiceHandler interface {
 	// SendMessage adds a message to the chat. client_message_id makes it
@@ -379,6 +401,12 @@ type MessageServiceHandler interface {
 	// private chat that is still a request, its starter learns nothing
 	// (both lists empty), as with message statuses.
 	GetMessageReceipts(context.Context, *connect.Request[v1.GetMessageReceiptsRequest]) (*connect.Response[v1.GetMessageReceiptsResponse], error)
+	// DeleteMessagesForMe hides messages of a chat from the caller alone
+	// ("delete for me"): ListMessages leaves them out for the caller from
+	// then on (a page may then hold fewer than limit messages, has_more
+	// still telling whether more follow), and every device of the caller
+	// hears of it (messages_hidden). The other members still see them.
+	DeleteMessagesForMe(context.Context, *connect.Request[v1.DeleteMessagesForMeRequest]) (*connect.Response[v1.DeleteMessagesForMeResponse], error)
 }
 
 // NewMessageServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -481,6 +509,13 @@ func NewMessageServiceHandler(svc MessageServiceHandler, opts ...connect.Handler
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	messageServiceDeleteMessagesForMeHandler := connect.NewUnaryHandler(
+		MessageServiceDeleteMessagesForMeProcedure,
+		svc.DeleteMessagesForMe,
+		connect.WithSchema(messageServiceMethods.ByName("DeleteMessagesForMe")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.MessageService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case MessageServiceSendMessageProcedure:
@@ -511,6 +546,8 @@ func NewMessageServiceHandler(svc MessageServiceHandler, opts ...connect.Handler
 			messageServiceListPinnedMessagesHandler.ServeHTTP(w, r)
 		case MessageServiceGetMessageReceiptsProcedure:
 			messageServiceGetMessageReceiptsHandler.ServeHTTP(w, r)
+		case MessageServiceDeleteMessagesForMeProcedure:
+			messageServiceDeleteMessagesForMeHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -574,4 +611,8 @@ func (UnimplementedMessageServiceHandler) ListPinnedMessages(context.Context, *c
 
 func (UnimplementedMessageServiceHandler) GetMessageReceipts(context.Context, *connect.Request[v1.GetMessageReceiptsRequest]) (*connect.Response[v1.GetMessageReceiptsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.GetMessageReceipts is not implemented"))
+}
+
+func (UnimplementedMessageServiceHandler) DeleteMessagesForMe(context.Context, *connect.Request[v1.DeleteMessagesForMeRequest]) (*connect.Response[v1.DeleteMessagesForMeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.DeleteMessagesForMe is not implemented"))
 }

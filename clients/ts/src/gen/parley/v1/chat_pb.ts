@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/chat.proto.
  */
 export const file_parley_v1_chat: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvY2hhdC5wcm90bxIJcGFybGV5LnYxIj0KC1BhcnRpY2lwYW50Eg8KB3VzZXJfaWQYASABKAUSHQoEcm9sZRgCIAEoDjIPLnBhcmxleS52MS5Sb2xlIn8KC0xhc3RNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSEQoJc2VuZGVyX2lkGAIgASgFEg8KB3ByZXZpZXcYAyABKAkSCwoDc2VxGAQgASgDEisKB3NlbnRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvsCCgRDaGF0EgoKAmlkGAEgASgJEiEKBHR5cGUYAiABKA4yEy5wYXJsZXkudjEuQ2hhdFR5cGUSDAoEbmFtZRgDIAEoCRIsCgxwYXJ0aWNpcGFudHMYBCADKAsyFi5wYXJsZXkudjEuUGFydGljaXBhbnQSLAoMbGFzdF9tZXNzYWdlGAUgASgLMhYucGFybGV5LnYxLkxhc3RNZXNzYWdlEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh0KBHJvbGUYCCABKA4yDy5wYXJsZXkudjEuUm9sZRIUCgx1bnJlYWRfY291bnQYCSABKAMSJwoHcmVxdWVzdBgKIAEoCzIWLnBhcmxleS52MS5DaGF0UmVxdWVzdBIcChR1bnJlYWRfbWVudGlvbl9jb3VudBgLIAEoAyIhCgtDaGF0UmVxdWVzdBISCgpzdGFydGVyX2lkGAEgASgFIjQKGENyZWF0ZVByaXZhdGVDaGF0UmVxdWVzdBIYCgdwZWVyX2lkGAEgASgFQge6SAQaAiAAIksKGUNyZWF0ZVByaXZhdGVDaGF0UmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0Eg8KB2NyZWF0ZWQYAiABKAgiXAoWQ3JlYXRlR3JvdXBDaGF0UmVxdWVzdBIbCgRuYW1lGAEgASgJQg26SApyCBABGGS6AQEAEiUKCm1lbWJlcl9pZHMYAiADKAVCEbpIDpIBCxDzAxgBIgQaAiAAIlQKF0NyZWF0ZUdyb3VwQ2hhdFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdBIaChJub3RfYWRkZWRfdXNlcl9pZHMYAiADKAUiOAoOR2V0Q2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIjAKD0dldENoYXRSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiTwoQTGlzdENoYXRzUmVxdWVzdBIdCglwYWdlX3NpemUYASABKAVCCrpIBxoFGMgBKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAIiTAoRTGlzdENoYXRzUmVzcG9uc2USHgoFY2hhdHMYASADKAsyDy5wYXJsZXkudjEuQ2hhdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWAoRVXBkYXRlQ2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEhsKBG5hbWUYAiABKAlCDbpICnIIEAEYZLoBAQAiMwoSVXBkYXRlQ2hhdFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdCJnChZBZGRQYXJ0aWNpcGFudHNSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIlCgh1c2VyX2lkcxgCIAMoBUITukgQkgENCAEQ8wMYASIEGgIgACJUChdBZGRQYXJ0aWNpcGFudHNSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQSGgoSbm90X2FkZGVkX3VzZXJfaWRzGAIgAygFIlwKGFJlbW92ZVBhcnRpY2lwYW50UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSGAoHdXNlcl9pZBgCIAEoBUIHukgEGgIgACI6ChlSZW1vdmVQYXJ0aWNpcGFudFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdCKIAQoZU2V0UGFydGljaXBhbnRSb2xlUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSGAoHdXNlcl9pZBgCIAEoBUIHukgEGgIgABIpCgRyb2xlGAMgASgOMg8ucGFybGV5LnYxLlJvbGVCCrpIB4IBBBABIAAiOwoaU2V0UGFydGljaXBhbnRSb2xlUmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0IjoKEExlYXZlQ2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIhMKEUxlYXZlQ2hhdFJlc3BvbnNlIkIKGEFjY2VwdENoYXRSZXF1ZXN0UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQiOgoZQWNjZXB0Q2hhdFJlcXVlc3RSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiUgoZRGVjbGluZUNoYXRSZXF1ZXN0UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSDQoFYmxvY2sYAiABKAgiHAoaRGVjbGluZUNoYXRSZXF1ZXN0UmVzcG9uc2UqUQoIQ2hhdFR5cGUSGQoVQ0hBVF9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRQ0hBVF9UWVBFX1BSSVZBVEUQARITCg9DSEFUX1RZUEVfR1JPVVAQAio9CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX01FTUJFUhABEg4KClJPTEVfQURNSU4QAjLOBwoLQ2hhdFNlcnZpY2USXgoRQ3JlYXRlUHJpdmF0ZUNoYXQSIy5wYXJsZXkudjEuQ3JlYXRlUHJpdmF0ZUNoYXRSZXF1ZXN0GiQucGFybGV5LnYxLkNyZWF0ZVByaXZhdGVDaGF0UmVzcG9uc2USWAoPQ3JlYXRlR3JvdXBDaGF0EiEucGFybGV5LnYxLkNyZWF0ZUdyb3VwQ2hhdFJlcXVlc3QaIi5wYXJsZXkudjEuQ3JlYXRlR3JvdXBDaGF0UmVzcG9uc2USRQoHR2V0Q2hhdBIZLnBhcmxleS52MS5HZXRDaGF0UmVxdWVzdBoaLnBhcmxleS52MS5HZXRDaGF0UmVzcG9uc2UiA5ACARJLCglMaXN0Q2hhdHMSGy5wYXJsZXkudjEuTGlzdENoYXRzUmVxdWVzdBocLnBhcmxleS52MS5MaXN0Q2hhdHNSZXNwb25zZSIDkAIBEkkKClVwZGF0ZUNoYXQSHC5wYXJsZXkudjEuVXBkYXRlQ2hhdFJlcXVlc3QaHS5wYXJsZXkudjEuVXBkYXRlQ2hhdFJlc3BvbnNlElgKD0FkZFBhcnRpY2lwYW50cxIhLnBhcmxleS52MS5BZGRQYXJ0aWNpcGFudHNSZXF1ZXN0GiIucGFybGV5LnYxLkFkZFBhcnRpY2lwYW50c1Jlc3BvbnNlEl4KEVJlbW92ZVBhcnRpY2lwYW50EiMucGFybGV5LnYxLlJlbW92ZVBhcnRpY2lwYW50UmVxdWVzdBokLnBhcmxleS52MS5SZW1vdmVQYXJ0aWNpcGFudFJlc3BvbnNlEmEKElNldFBhcnRpY2lwYW50Um9sZRIkLnBhcmxleS52MS5TZXRQYXJ0aWNpcGFudFJvbGVSZXF1ZXN0GiUucGFybGV5LnYxLlNldFBhcnRpY2lwYW50Um9sZVJlc3BvbnNlEkYKCUxlYXZlQ2hhdBIbLnBhcmxleS52MS5MZWF2ZUNoYXRSZXF1ZXN0GhwucGFybGV5LnYxLkxlYXZlQ2hhdFJlc3BvbnNlEl4KEUFjY2VwdENoYXRSZXF1ZXN0EiMucGFybGV5LnYxLkFjY2VwdENoYXRSZXF1ZXN0UmVxdWVzdBokLnBhcmxleS52MS5BY2NlcHRDaGF0UmVxdWVzdFJlc3BvbnNlEmEKEkRlY2xpbmVDaGF0UmVxdWVzdBIkLnBhcmxleS52MS5EZWNsaW5lQ2hhdFJlcXVlc3RSZXF1ZXN0GiUucGFybGV5LnYxLkRlY2xpbmVDaGF0UmVxdWVzdFJlc3BvbnNlQjZaNGdpdGh1Yi5jb20vcGFybGV5LWNoYXQvcGFybGV5L2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChRwYXJsZXkvdjEvY2hhdC5wcm90bxIJcGFybGV5LnYxIj0KC1BhcnRpY2lwYW50Eg8KB3VzZXJfaWQYASABKAUSHQoEcm9sZRgCIAEoDjIPLnBhcmxleS52MS5Sb2xlIn8KC0xhc3RNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSEQoJc2VuZGVyX2lkGAIgASgFEg8KB3ByZXZpZXcYAyABKAkSCwoDc2VxGAQgASgDEisKB3NlbnRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqYDCgRDaGF0EgoKAmlkGAEgASgJEiEKBHR5cGUYAiABKA4yEy5wYXJsZXkudjEuQ2hhdFR5cGUSDAoEbmFtZRgDIAEoCRIsCgxwYXJ0aWNpcGFudHMYBCADKAsyFi5wYXJsZXkudjEuUGFydGljaXBhbnQSLAoMbGFzdF9tZXNzYWdlGAUgASgLMhYucGFybGV5LnYxLkxhc3RNZXNzYWdlEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh0KBHJvbGUYCCABKA4yDy5wYXJsZXkudjEuUm9sZRIUCgx1bnJlYWRfY291bnQYCSABKAMSJwoHcmVxdWVzdBgKIAEoCzIWLnBhcmxleS52MS5DaGF0UmVxdWVzdBIcChR1bnJlYWRfbWVudGlvbl9jb3VudBgLIAEoAxIpCghzZXR0aW5ncxgMIAEoCzIXLnBhcmxleS52MS5DaGF0U2V0dGluZ3MijwEKDENoYXRTZXR0aW5ncxINCgVtdXRlZBgBIAEoCBIvCgttdXRlZF91bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIYXJjaGl2ZWQYAyABKAgSLQoJcGlubmVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIhCgtDaGF0UmVxdWVzdBISCgpzdGFydGVyX2lkGAEgASgFIjQKGENyZWF0ZVByaXZhdGVDaGF0UmVxdWVzdBIYCgdwZWVyX2lkGAEgASgFQge6SAQaAiAAIksKGUNyZWF0ZVByaXZhdGVDaGF0UmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0Eg8KB2NyZWF0ZWQYAiABKAgiXAoWQ3JlYXRlR3JvdXBDaGF0UmVxdWVzdBIbCgRuYW1lGAEgASgJQg26SApyCBABGGS6AQEAEiUKCm1lbWJlcl9pZHMYAiADKAVCEbpIDpIBCxDzAxgBIgQaAiAAIlQKF0NyZWF0ZUdyb3VwQ2hhdFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdBIaChJub3RfYWRkZWRfdXNlcl9pZHMYAiADKAUiOAoOR2V0Q2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIjAKD0dldENoYXRSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiYQoQTGlzdENoYXRzUmVxdWVzdBIdCglwYWdlX3NpemUYASABKAVCCrpIBxoFGMgBKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAISEAoIYXJjaGl2ZWQYAyABKAgiTAoRTGlzdENoYXRzUmVzcG9uc2USHgoFY2hhdHMYASADKAsyDy5wYXJsZXkudjEuQ2hhdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWAoRVXBkYXRlQ2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEhsKBG5hbWUYAiABKAlCDbpICnIIEAEYZLoBAQAiMwoSVXBkYXRlQ2hhdFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdCJnChZBZGRQYXJ0aWNpcGFudHNSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIlCgh1c2VyX2lkcxgCIAMoBUITukgQkgENCAEQ8wMYASIEGgIgACJUChdBZGRQYXJ0aWNpcGFudHNSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQSGgoSbm90X2FkZGVkX3VzZXJfaWRzGAIgAygFIlwKGFJlbW92ZVBhcnRpY2lwYW50UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSGAoHdXNlcl9pZBgCIAEoBUIHukgEGgIgACI6ChlSZW1vdmVQYXJ0aWNpcGFudFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdCKIAQoZU2V0UGFydGljaXBhbnRSb2xlUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSGAoHdXNlcl9pZBgCIAEoBUIHukgEGgIgABIpCgRyb2xlGAMgASgOMg8ucGFybGV5LnYxLlJvbGVCCrpIB4IBBBABIAAiOwoaU2V0UGFydGljaXBhbnRSb2xlUmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0IjoKEExlYXZlQ2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIhMKEUxlYXZlQ2hhdFJlc3BvbnNlIkIKGEFjY2VwdENoYXRSZXF1ZXN0UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQiOgoZQWNjZXB0Q2hhdFJlcXVlc3RSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiUgoZRGVjbGluZUNoYXRSZXF1ZXN0UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSDQoFYmxvY2sYAiABKAgiHAoaRGVjbGluZUNoYXRSZXF1ZXN0UmVzcG9uc2Ui9wIKGVVwZGF0ZUNoYXRTZXR0aW5nc1JlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEjAKCm11dGVfdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASDwoFbXV0ZWQYAyABKAhIABIVCghhcmNoaXZlZBgEIAEoCEgBiAEBEhMKBnBpbm5lZBgFIAEoCEgCiAEBOqIBukieARqbAQogdXBkYXRlX2NoYXRfc2V0dGluZ3MuYXJjaGl2ZV9waW4SLGEgY2hhdCBjYW5ub3QgYmUgYXJjaGl2ZWQgYW5kIHBpbm5lZCBhdCBvbmNlGkkhKGhhcyh0aGlzLmFyY2hpdmVkKSAmJiBoYXModGhpcy5waW5uZWQpICYmIHRoaXMuYXJjaGl2ZWQgJiYgdGhpcy5waW5uZWQpQgYKBG11dGVCCwoJX2FyY2hpdmVkQgkKB19waW5uZWQiRwoaVXBkYXRlQ2hhdFNldHRpbmdzUmVzcG9uc2USKQoIc2V0dGluZ3MYASABKAsyFy5wYXJsZXkudjEuQ2hhdFNldHRpbmdzKlEKCENoYXRUeXBlEhkKFUNIQVRfVFlQRV9VTlNQRUNJRklFRBAAEhUKEUNIQVRfVFlQRV9QUklWQVRFEAESEwoPQ0hBVF9UWVBFX0dST1VQEAIqPQoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9NRU1CRVIQARIOCgpST0xFX0FETUlOEAIytggKC0NoYXRTZXJ2aWNlEl4KEUNyZWF0ZVByaXZhdGVDaGF0EiMucGFybGV5LnYxLkNyZWF0ZVByaXZhdGVDaGF0UmVxdWVzdBokLnBhcmxleS52MS5DcmVhdGVQcml2YXRlQ2hhdFJlc3BvbnNlElgKD0NyZWF0ZUdyb3VwQ2hhdBIhLnBhcmxleS52MS5DcmVhdGVHcm91cENoYXRSZXF1ZXN0GiIucGFybGV5LnYxLkNyZWF0ZUdyb3VwQ2hhdFJlc3BvbnNlEkUKB0dldENoYXQSGS5wYXJsZXkudjEuR2V0Q2hhdFJlcXVlc3QaGi5wYXJsZXkudjEuR2V0Q2hhdFJlc3BvbnNlIgOQAgESSwoJTGlzdENoYXRzEhsucGFybGV5LnYxLkxpc3RDaGF0c1JlcXVlc3QaHC5wYXJsZXkudjEuTGlzdENoYXRzUmVzcG9uc2UiA5ACARJJCgpVcGRhdGVDaGF0EhwucGFybGV5LnYxLlVwZGF0ZUNoYXRSZXF1ZXN0Gh0ucGFybGV5LnYxLlVwZGF0ZUNoYXRSZXNwb25zZRJYCg9BZGRQYXJ0aWNpcGFudHMSIS5wYXJsZXkudjEuQWRkUGFydGljaXBhbnRzUmVxdWVzdBoiLnBhcmxleS52MS5BZGRQYXJ0aWNpcGFudHNSZXNwb25zZRJeChFSZW1vdmVQYXJ0aWNpcGFudBIjLnBhcmxleS52MS5SZW1vdmVQYXJ0aWNpcGFudFJlcXVlc3QaJC5wYXJsZXkudjEuUmVtb3ZlUGFydGljaXBhbnRSZXNwb25zZRJhChJTZXRQYXJ0aWNpcGFudFJvbGUSJC5wYXJsZXkudjEuU2V0UGFydGljaXBhbnRSb2xlUmVxdWVzdBolLnBhcmxleS52MS5TZXRQYXJ0aWNpcGFudFJvbGVSZXNwb25zZRJGCglMZWF2ZUNoYXQSGy5wYXJsZXkudjEuTGVhdmVDaGF0UmVxdWVzdBocLnBhcmxleS52MS5MZWF2ZUNoYXRSZXNwb25zZRJeChFBY2NlcHRDaGF0UmVxdWVzdBIjLnBhcmxleS52MS5BY2NlcHRDaGF0UmVxdWVzdFJlcXVlc3QaJC5wYXJsZXkudjEuQWNjZXB0Q2hhdFJlcXVlc3RSZXNwb25zZRJhChJEZWNsaW5lQ2hhdFJlcXVlc3QSJC5wYXJsZXkudjEuRGVjbGluZUNoYXRSZXF1ZXN0UmVxdWVzdBolLnBhcmxleS52MS5EZWNsaW5lQ2hhdFJlcXVlc3RSZXNwb25zZRJmChJVcGRhdGVDaGF0U2V0dGluZ3MSJC5wYXJsZXkudjEuVXBkYXRlQ2hhdFNldHRpbmdzUmVxdWVzdBolLnBhcmxleS52MS5VcGRhdGVDaGF0U2V0dGluZ3NSZXNwb25zZSIDkAICQjZaNGdpdGh1Yi5jb20vcGFybGV5LWNoYXQvcGFybGV5L2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * Participant is a member of a chat.
@@ -161,6 +161,13 @@ export type Chat = Message<"parley.v1.Chat"> & {
    * @generated from field: int64 unread_mention_count = 11;
    */
   unreadMentionCount: bigint;
+
+  /**
+   * The caller's own settings of the chat. Not set in live events.
+   *
+   * @generated from field: parley.v1.ChatSettings settings = 12;
+   */
+  settings?: ChatSettings | undefined;
 };
 
 /**
@@ -169,6 +176,49 @@ export type Chat = Message<"parley.v1.Chat"> & {
  */
 export const ChatSchema: GenMessage<Chat> = /*@__PURE__*/
   messageDesc(file_parley_v1_chat, 2);
+
+/**
+ * ChatSettings are one member's settings of a chat.
+ *
+ * @generated from message parley.v1.ChatSettings
+ */
+export type ChatSettings = Message<"parley.v1.ChatSettings"> & {
+  /**
+   * True while the chat is muted: clients do not notify of its messages
+   * (mentions excepted, as they choose).
+   *
+   * @generated from field: bool muted = 1;
+   */
+  muted: boolean;
+
+  /**
+   * When a timed mute ends; absent when muted for ever, or not muted.
+   *
+   * @generated from field: google.protobuf.Timestamp muted_until = 2;
+   */
+  mutedUntil?: Timestamp | undefined;
+
+  /**
+   * Archived chats are listed apart (ListChatsRequest.archived).
+   *
+   * @generated from field: bool archived = 3;
+   */
+  archived: boolean;
+
+  /**
+   * Set while the chat is pinned to the top of the list.
+   *
+   * @generated from field: google.protobuf.Timestamp pinned_at = 4;
+   */
+  pinnedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.v1.ChatSettings.
+ * Use `create(ChatSettingsSchema)` to create a new message.
+ */
+export const ChatSettingsSchema: GenMessage<ChatSettings> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 3);
 
 /**
  * ChatRequest is the request state of a private chat.
@@ -189,7 +239,7 @@ export type ChatRequest = Message<"parley.v1.ChatRequest"> & {
  * Use `create(ChatRequestSchema)` to create a new message.
  */
 export const ChatRequestSchema: GenMessage<ChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 3);
+  messageDesc(file_parley_v1_chat, 4);
 
 /**
  * @generated from message parley.v1.CreatePrivateChatRequest
@@ -206,7 +256,7 @@ export type CreatePrivateChatRequest = Message<"parley.v1.CreatePrivateChatReque
  * Use `create(CreatePrivateChatRequestSchema)` to create a new message.
  */
 export const CreatePrivateChatRequestSchema: GenMessage<CreatePrivateChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 4);
+  messageDesc(file_parley_v1_chat, 5);
 
 /**
  * @generated from message parley.v1.CreatePrivateChatResponse
@@ -230,7 +280,7 @@ export type CreatePrivateChatResponse = Message<"parley.v1.CreatePrivateChatResp
  * Use `create(CreatePrivateChatResponseSchema)` to create a new message.
  */
 export const CreatePrivateChatResponseSchema: GenMessage<CreatePrivateChatResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 5);
+  messageDesc(file_parley_v1_chat, 6);
 
 /**
  * @generated from message parley.v1.CreateGroupChatRequest
@@ -256,7 +306,7 @@ export type CreateGroupChatRequest = Message<"parley.v1.CreateGroupChatRequest">
  * Use `create(CreateGroupChatRequestSchema)` to create a new message.
  */
 export const CreateGroupChatRequestSchema: GenMessage<CreateGroupChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 6);
+  messageDesc(file_parley_v1_chat, 7);
 
 /**
  * @generated from message parley.v1.CreateGroupChatResponse
@@ -280,7 +330,7 @@ export type CreateGroupChatResponse = Message<"parley.v1.CreateGroupChatResponse
  * Use `create(CreateGroupChatResponseSchema)` to create a new message.
  */
 export const CreateGroupChatResponseSchema: GenMessage<CreateGroupChatResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 7);
+  messageDesc(file_parley_v1_chat, 8);
 
 /**
  * @generated from message parley.v1.GetChatRequest
@@ -299,7 +349,7 @@ export type GetChatRequest = Message<"parley.v1.GetChatRequest"> & {
  * Use `create(GetChatRequestSchema)` to create a new message.
  */
 export const GetChatRequestSchema: GenMessage<GetChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 8);
+  messageDesc(file_parley_v1_chat, 9);
 
 /**
  * @generated from message parley.v1.GetChatResponse
@@ -316,7 +366,7 @@ export type GetChatResponse = Message<"parley.v1.GetChatResponse"> & {
  * Use `create(GetChatResponseSchema)` to create a new message.
  */
 export const GetChatResponseSchema: GenMessage<GetChatResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 9);
+  messageDesc(file_parley_v1_chat, 10);
 
 /**
  * @generated from message parley.v1.ListChatsRequest
@@ -335,6 +385,13 @@ export type ListChatsRequest = Message<"parley.v1.ListChatsRequest"> & {
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * List the archived chats instead of the others.
+   *
+   * @generated from field: bool archived = 3;
+   */
+  archived: boolean;
 };
 
 /**
@@ -342,7 +399,7 @@ export type ListChatsRequest = Message<"parley.v1.ListChatsRequest"> & {
  * Use `create(ListChatsRequestSchema)` to create a new message.
  */
 export const ListChatsRequestSchema: GenMessage<ListChatsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 10);
+  messageDesc(file_parley_v1_chat, 11);
 
 /**
  * @generated from message parley.v1.ListChatsResponse
@@ -366,7 +423,7 @@ export type ListChatsResponse = Message<"parley.v1.ListChatsResponse"> & {
  * Use `create(ListChatsResponseSchema)` to create a new message.
  */
 export const ListChatsResponseSchema: GenMessage<ListChatsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 11);
+  messageDesc(file_parley_v1_chat, 12);
 
 /**
  * @generated from message parley.v1.UpdateChatRequest
@@ -388,7 +445,7 @@ export type UpdateChatRequest = Message<"parley.v1.UpdateChatRequest"> & {
  * Use `create(UpdateChatRequestSchema)` to create a new message.
  */
 export const UpdateChatRequestSchema: GenMessage<UpdateChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 12);
+  messageDesc(file_parley_v1_chat, 13);
 
 /**
  * @generated from message parley.v1.UpdateChatResponse
@@ -405,7 +462,7 @@ export type UpdateChatResponse = Message<"parley.v1.UpdateChatResponse"> & {
  * Use `create(UpdateChatResponseSchema)` to create a new message.
  */
 export const UpdateChatResponseSchema: GenMessage<UpdateChatResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 13);
+  messageDesc(file_parley_v1_chat, 14);
 
 /**
  * @generated from message parley.v1.AddParticipantsRequest
@@ -427,7 +484,7 @@ export type AddParticipantsRequest = Message<"parley.v1.AddParticipantsRequest">
  * Use `create(AddParticipantsRequestSchema)` to create a new message.
  */
 export const AddParticipantsRequestSchema: GenMessage<AddParticipantsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 14);
+  messageDesc(file_parley_v1_chat, 15);
 
 /**
  * @generated from message parley.v1.AddParticipantsResponse
@@ -451,7 +508,7 @@ export type AddParticipantsResponse = Message<"parley.v1.AddParticipantsResponse
  * Use `create(AddParticipantsResponseSchema)` to create a new message.
  */
 export const AddParticipantsResponseSchema: GenMessage<AddParticipantsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 15);
+  messageDesc(file_parley_v1_chat, 16);
 
 /**
  * @generated from message parley.v1.RemoveParticipantRequest
@@ -473,7 +530,7 @@ export type RemoveParticipantRequest = Message<"parley.v1.RemoveParticipantReque
  * Use `create(RemoveParticipantRequestSchema)` to create a new message.
  */
 export const RemoveParticipantRequestSchema: GenMessage<RemoveParticipantRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 16);
+  messageDesc(file_parley_v1_chat, 17);
 
 /**
  * @generated from message parley.v1.RemoveParticipantResponse
@@ -490,7 +547,7 @@ export type RemoveParticipantResponse = Message<"parley.v1.RemoveParticipantResp
  * Use `create(RemoveParticipantResponseSchema)` to create a new message.
  */
 export const RemoveParticipantResponseSchema: GenMessage<RemoveParticipantResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 17);
+  messageDesc(file_parley_v1_chat, 18);
 
 /**
  * @generated from message parley.v1.SetParticipantRoleRequest
@@ -517,7 +574,7 @@ export type SetParticipantRoleRequest = Message<"parley.v1.SetParticipantRoleReq
  * Use `create(SetParticipantRoleRequestSchema)` to create a new message.
  */
 export const SetParticipantRoleRequestSchema: GenMessage<SetParticipantRoleRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 18);
+  messageDesc(file_parley_v1_chat, 19);
 
 /**
  * @generated from message parley.v1.SetParticipantRoleResponse
@@ -534,7 +591,7 @@ export type SetParticipantRoleResponse = Message<"parley.v1.SetParticipantRoleRe
  * Use `create(SetParticipantRoleResponseSchema)` to create a new message.
  */
 export const SetParticipantRoleResponseSchema: GenMessage<SetParticipantRoleResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 19);
+  messageDesc(file_parley_v1_chat, 20);
 
 /**
  * @generated from message parley.v1.LeaveChatRequest
@@ -551,7 +608,7 @@ export type LeaveChatRequest = Message<"parley.v1.LeaveChatRequest"> & {
  * Use `create(LeaveChatRequestSchema)` to create a new message.
  */
 export const LeaveChatRequestSchema: GenMessage<LeaveChatRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 20);
+  messageDesc(file_parley_v1_chat, 21);
 
 /**
  * @generated from message parley.v1.LeaveChatResponse
@@ -564,7 +621,7 @@ export type LeaveChatResponse = Message<"parley.v1.LeaveChatResponse"> & {
  * Use `create(LeaveChatResponseSchema)` to create a new message.
  */
 export const LeaveChatResponseSchema: GenMessage<LeaveChatResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 21);
+  messageDesc(file_parley_v1_chat, 22);
 
 /**
  * @generated from message parley.v1.AcceptChatRequestRequest
@@ -581,7 +638,7 @@ export type AcceptChatRequestRequest = Message<"parley.v1.AcceptChatRequestReque
  * Use `create(AcceptChatRequestRequestSchema)` to create a new message.
  */
 export const AcceptChatRequestRequestSchema: GenMessage<AcceptChatRequestRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 22);
+  messageDesc(file_parley_v1_chat, 23);
 
 /**
  * @generated from message parley.v1.AcceptChatRequestResponse
@@ -598,7 +655,7 @@ export type AcceptChatRequestResponse = Message<"parley.v1.AcceptChatRequestResp
  * Use `create(AcceptChatRequestResponseSchema)` to create a new message.
  */
 export const AcceptChatRequestResponseSchema: GenMessage<AcceptChatRequestResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 23);
+  messageDesc(file_parley_v1_chat, 24);
 
 /**
  * @generated from message parley.v1.DeclineChatRequestRequest
@@ -622,7 +679,7 @@ export type DeclineChatRequestRequest = Message<"parley.v1.DeclineChatRequestReq
  * Use `create(DeclineChatRequestRequestSchema)` to create a new message.
  */
 export const DeclineChatRequestRequestSchema: GenMessage<DeclineChatRequestRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 24);
+  messageDesc(file_parley_v1_chat, 25);
 
 /**
  * @generated from message parley.v1.DeclineChatRequestResponse
@@ -635,7 +692,79 @@ export type DeclineChatRequestResponse = Message<"parley.v1.DeclineChatRequestRe
  * Use `create(DeclineChatRequestResponseSchema)` to create a new message.
  */
 export const DeclineChatRequestResponseSchema: GenMessage<DeclineChatRequestResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_chat, 25);
+  messageDesc(file_parley_v1_chat, 26);
+
+/**
+ * @generated from message parley.v1.UpdateChatSettingsRequest
+ */
+export type UpdateChatSettingsRequest = Message<"parley.v1.UpdateChatSettingsRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * How to change the mute; unset keeps it.
+   *
+   * @generated from oneof parley.v1.UpdateChatSettingsRequest.mute
+   */
+  mute: {
+    /**
+     * Mute until this time, which must be in the future.
+     *
+     * @generated from field: google.protobuf.Timestamp mute_until = 2;
+     */
+    value: Timestamp;
+    case: "muteUntil";
+  } | {
+    /**
+     * Mute for ever (true) or unmute (false).
+     *
+     * @generated from field: bool muted = 3;
+     */
+    value: boolean;
+    case: "muted";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Archive or unarchive; unset keeps it. Archiving unpins.
+   *
+   * @generated from field: optional bool archived = 4;
+   */
+  archived?: boolean | undefined;
+
+  /**
+   * Pin to the top of the list or unpin; unset keeps it. Pinning
+   * unarchives.
+   *
+   * @generated from field: optional bool pinned = 5;
+   */
+  pinned?: boolean | undefined;
+};
+
+/**
+ * Describes the message parley.v1.UpdateChatSettingsRequest.
+ * Use `create(UpdateChatSettingsRequestSchema)` to create a new message.
+ */
+export const UpdateChatSettingsRequestSchema: GenMessage<UpdateChatSettingsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 27);
+
+/**
+ * @generated from message parley.v1.UpdateChatSettingsResponse
+ */
+export type UpdateChatSettingsResponse = Message<"parley.v1.UpdateChatSettingsResponse"> & {
+  /**
+   * @generated from field: parley.v1.ChatSettings settings = 1;
+   */
+  settings?: ChatSettings | undefined;
+};
+
+/**
+ * Describes the message parley.v1.UpdateChatSettingsResponse.
+ * Use `create(UpdateChatSettingsResponseSchema)` to create a new message.
+ */
+export const UpdateChatSettingsResponseSchema: GenMessage<UpdateChatSettingsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 28);
 
 /**
  * ChatType tells private chats from groups.
@@ -743,7 +872,10 @@ export const ChatService: GenService<{
     output: typeof GetChatResponseSchema;
   },
   /**
-   * ListChats lists the caller's chats, most recent activity first.
+   * ListChats lists the caller's chats that are not archived: those it
+   * pinned first (the most recently pinned first), then the others, most
+   * recent activity first. With archived set it lists the archived ones
+   * instead, most recent activity first.
    *
    * @generated from rpc parley.v1.ChatService.ListChats
    */
@@ -834,6 +966,20 @@ export const ChatService: GenService<{
     methodKind: "unary";
     input: typeof DeclineChatRequestRequestSchema;
     output: typeof DeclineChatRequestResponseSchema;
+  },
+  /**
+   * UpdateChatSettings changes the caller's own settings of a chat: mute,
+   * archive, pin to the top of the list (at most 10 chats pinned,
+   * FAILED_PRECONDITION beyond). Every device of the caller hears of it
+   * (chat_settings_changed); the other members do not. Fields left unset
+   * keep their value.
+   *
+   * @generated from rpc parley.v1.ChatService.UpdateChatSettings
+   */
+  updateChatSettings: {
+    methodKind: "unary";
+    input: typeof UpdateChatSettingsRequestSchema;
+    output: typeof UpdateChatSettingsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_v1_chat, 0);

@@ -7,7 +7,7 @@ import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2
 import { file_buf_validate_validate } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Chat } from "./chat_pb.js";
+import type { Chat, ChatSettings } from "./chat_pb.js";
 import { file_parley_v1_chat } from "./chat_pb.js";
 import type { Message as Message$1, Reaction } from "./message_pb.js";
 import { file_parley_v1_message } from "./message_pb.js";
@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/live.proto.
  */
 export const file_parley_v1_live: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvbGl2ZS5wcm90bxIJcGFybGV5LnYxIlAKEFN1YnNjcmliZVJlcXVlc3QSPAoNcmVzdW1lX2N1cnNvchgBIAEoCUIlukgiciAYKTIcXihbMC05XXsxLDIwfS1bMC05XXsxLDIwfSk/JCI0ChFTdWJzY3JpYmVSZXNwb25zZRIfCgVldmVudBgBIAEoCzIQLnBhcmxleS52MS5FdmVudCKNBgoFRXZlbnQSDgoGY3Vyc29yGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiEKBXJlYWR5GAogASgLMhAucGFybGV5LnYxLlJlYWR5SAASKQoJaGVhcnRiZWF0GAsgASgLMhQucGFybGV5LnYxLkhlYXJ0YmVhdEgAEjIKD21lc3NhZ2VfY3JlYXRlZBgMIAEoCzIXLnBhcmxleS52MS5NZXNzYWdlRXZlbnRIABIxCg5tZXNzYWdlX2VkaXRlZBgNIAEoCzIXLnBhcmxleS52MS5NZXNzYWdlRXZlbnRIABIyCg9tZXNzYWdlX2RlbGV0ZWQYDiABKAsyFy5wYXJsZXkudjEuTWVzc2FnZUV2ZW50SAASOAoRcG9zaXRpb25zX2NoYW5nZWQYDyABKAsyGy5wYXJsZXkudjEuUG9zaXRpb25zQ2hhbmdlZEgAEiwKDGNoYXRfY3JlYXRlZBgQIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIsCgxjaGF0X3VwZGF0ZWQYESABKAsyFC5wYXJsZXkudjEuQ2hhdEV2ZW50SAASLQoNbWVtYmVyc19hZGRlZBgSIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIuCg5tZW1iZXJfcmVtb3ZlZBgTIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIsCgxyb2xlX2NoYW5nZWQYFCABKAsyFC5wYXJsZXkudjEuQ2hhdEV2ZW50SAASIwoGdHlwaW5nGBUgASgLMhEucGFybGV5LnYxLlR5cGluZ0gAEicKCHByZXNlbmNlGBYgASgLMhMucGFybGV5LnYxLlByZXNlbmNlSAASOAoRcmVhY3Rpb25zX2NoYW5nZWQYFyABKAsyGy5wYXJsZXkudjEuUmVhY3Rpb25zQ2hhbmdlZEgAEi4KDHBpbnNfY2hhbmdlZBgYIAEoCzIWLnBhcmxleS52MS5QaW5zQ2hhbmdlZEgAQgYKBGtpbmQiKgoFUmVhZHkSDwoHcmVzdW1lZBgBIAEoCBIQCghyZXBsYXllZBgCIAEoAyILCglIZWFydGJlYXQiMwoMTWVzc2FnZUV2ZW50EiMKB21lc3NhZ2UYASABKAsyEi5wYXJsZXkudjEuTWVzc2FnZSKQAQoQUG9zaXRpb25zQ2hhbmdlZBIPCgdjaGF0X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAUSFQoNZGVsaXZlcmVkX3NlcRgDIAEoAxIQCghyZWFkX3NlcRgEIAEoAxIaChJjaGF0X2RlbGl2ZXJlZF9zZXEYBSABKAMSFQoNY2hhdF9yZWFkX3NlcRgGIAEoAyKsAQoQUmVhY3Rpb25zQ2hhbmdlZBIPCgdjaGF0X2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSCwoDc2VxGAMgASgDEg8KB3VzZXJfaWQYBCABKAUSDQoFZW1vamkYBSABKAkSDQoFYWRkZWQYBiABKAgSJgoJcmVhY3Rpb25zGAcgAygLMhMucGFybGV5LnYxLlJlYWN0aW9uEg8KB3ZlcnNpb24YCCABKAMiYQoLUGluc0NoYW5nZWQSDwoHY2hhdF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEgsKA3NlcRgDIAEoAxIOCgZwaW5uZWQYBCABKAgSEAoIYWN0b3JfaWQYBSABKAUiTgoJQ2hhdEV2ZW50Eh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdBIQCghhY3Rvcl9pZBgCIAEoBRIQCgh1c2VyX2lkcxgDIAMoBSJqCgZUeXBpbmcSDwoHY2hhdF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgFEg4KBnR5cGluZxgDIAEoCBIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJaCghQcmVzZW5jZRIPCgd1c2VyX2lkGAEgASgFEg4KBm9ubGluZRgCIAEoCBItCglsYXN0X3NlZW4YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjsKEkdldFByZXNlbmNlUmVxdWVzdBIlCgh1c2VyX2lkcxgBIAMoBUITukgQkgENCAEQ9AMYASIEGgIgACI9ChNHZXRQcmVzZW5jZVJlc3BvbnNlEiYKCXByZXNlbmNlcxgBIAMoCzITLnBhcmxleS52MS5QcmVzZW5jZTKqAQoLTGl2ZVNlcnZpY2USSAoJU3Vic2NyaWJlEhsucGFybGV5LnYxLlN1YnNjcmliZVJlcXVlc3QaHC5wYXJsZXkudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJRCgtHZXRQcmVzZW5jZRIdLnBhcmxleS52MS5HZXRQcmVzZW5jZVJlcXVlc3QaHi5wYXJsZXkudjEuR2V0UHJlc2VuY2VSZXNwb25zZSIDkAIBQjZaNGdpdGh1Yi5jb20vcGFybGV5LWNoYXQvcGFybGV5L2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp, file_parley_v1_chat, file_parley_v1_message]);
+  fileDesc("ChRwYXJsZXkvdjEvbGl2ZS5wcm90bxIJcGFybGV5LnYxIlAKEFN1YnNjcmliZVJlcXVlc3QSPAoNcmVzdW1lX2N1cnNvchgBIAEoCUIlukgiciAYKTIcXihbMC05XXsxLDIwfS1bMC05XXsxLDIwfSk/JCI0ChFTdWJzY3JpYmVSZXNwb25zZRIfCgVldmVudBgBIAEoCzIQLnBhcmxleS52MS5FdmVudCKEBwoFRXZlbnQSDgoGY3Vyc29yGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiEKBXJlYWR5GAogASgLMhAucGFybGV5LnYxLlJlYWR5SAASKQoJaGVhcnRiZWF0GAsgASgLMhQucGFybGV5LnYxLkhlYXJ0YmVhdEgAEjIKD21lc3NhZ2VfY3JlYXRlZBgMIAEoCzIXLnBhcmxleS52MS5NZXNzYWdlRXZlbnRIABIxCg5tZXNzYWdlX2VkaXRlZBgNIAEoCzIXLnBhcmxleS52MS5NZXNzYWdlRXZlbnRIABIyCg9tZXNzYWdlX2RlbGV0ZWQYDiABKAsyFy5wYXJsZXkudjEuTWVzc2FnZUV2ZW50SAASOAoRcG9zaXRpb25zX2NoYW5nZWQYDyABKAsyGy5wYXJsZXkudjEuUG9zaXRpb25zQ2hhbmdlZEgAEiwKDGNoYXRfY3JlYXRlZBgQIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIsCgxjaGF0X3VwZGF0ZWQYESABKAsyFC5wYXJsZXkudjEuQ2hhdEV2ZW50SAASLQoNbWVtYmVyc19hZGRlZBgSIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIuCg5tZW1iZXJfcmVtb3ZlZBgTIAEoCzIULnBhcmxleS52MS5DaGF0RXZlbnRIABIsCgxyb2xlX2NoYW5nZWQYFCABKAsyFC5wYXJsZXkudjEuQ2hhdEV2ZW50SAASIwoGdHlwaW5nGBUgASgLMhEucGFybGV5LnYxLlR5cGluZ0gAEicKCHByZXNlbmNlGBYgASgLMhMucGFybGV5LnYxLlByZXNlbmNlSAASOAoRcmVhY3Rpb25zX2NoYW5nZWQYFyABKAsyGy5wYXJsZXkudjEuUmVhY3Rpb25zQ2hhbmdlZEgAEi4KDHBpbnNfY2hhbmdlZBgYIAEoCzIWLnBhcmxleS52MS5QaW5zQ2hhbmdlZEgAEj8KFWNoYXRfc2V0dGluZ3NfY2hhbmdlZBgZIAEoCzIeLnBhcmxleS52MS5DaGF0U2V0dGluZ3NDaGFuZ2VkSAASNAoPbWVzc2FnZXNfaGlkZGVuGBogASgLMhkucGFybGV5LnYxLk1lc3NhZ2VzSGlkZGVuSABCBgoEa2luZCIqCgVSZWFkeRIPCgdyZXN1bWVkGAEgASgIEhAKCHJlcGxheWVkGAIgASgDIgsKCUhlYXJ0YmVhdCIzCgxNZXNzYWdlRXZlbnQSIwoHbWVzc2FnZRgBIAEoCzISLnBhcmxleS52MS5NZXNzYWdlIpABChBQb3NpdGlvbnNDaGFuZ2VkEg8KB2NoYXRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoBRIVCg1kZWxpdmVyZWRfc2VxGAMgASgDEhAKCHJlYWRfc2VxGAQgASgDEhoKEmNoYXRfZGVsaXZlcmVkX3NlcRgFIAEoAxIVCg1jaGF0X3JlYWRfc2VxGAYgASgDIqwBChBSZWFjdGlvbnNDaGFuZ2VkEg8KB2NoYXRfaWQYASABKAkSEgoKbWVzc2FnZV9pZBgCIAEoCRILCgNzZXEYAyABKAMSDwoHdXNlcl9pZBgEIAEoBRINCgVlbW9qaRgFIAEoCRINCgVhZGRlZBgGIAEoCBImCglyZWFjdGlvbnMYByADKAsyEy5wYXJsZXkudjEuUmVhY3Rpb24SDwoHdmVyc2lvbhgIIAEoAyJhCgtQaW5zQ2hhbmdlZBIPCgdjaGF0X2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSCwoDc2VxGAMgASgDEg4KBnBpbm5lZBgEIAEoCBIQCghhY3Rvcl9pZBgFIAEoBSJRChNDaGF0U2V0dGluZ3NDaGFuZ2VkEg8KB2NoYXRfaWQYASABKAkSKQoIc2V0dGluZ3MYAiABKAsyFy5wYXJsZXkudjEuQ2hhdFNldHRpbmdzIkQKDk1lc3NhZ2VzSGlkZGVuEg8KB2NoYXRfaWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkSDAoEc2VxcxgDIAMoAyJOCglDaGF0RXZlbnQSHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0EhAKCGFjdG9yX2lkGAIgASgFEhAKCHVzZXJfaWRzGAMgAygFImoKBlR5cGluZxIPCgdjaGF0X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAUSDgoGdHlwaW5nGAMgASgIEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIloKCFByZXNlbmNlEg8KB3VzZXJfaWQYASABKAUSDgoGb25saW5lGAIgASgIEi0KCWxhc3Rfc2VlbhgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOwoSR2V0UHJlc2VuY2VSZXF1ZXN0EiUKCHVzZXJfaWRzGAEgAygFQhO6SBCSAQ0IARD0AxgBIgQaAiAAIj0KE0dldFByZXNlbmNlUmVzcG9uc2USJgoJcHJlc2VuY2VzGAEgAygLMhMucGFybGV5LnYxLlByZXNlbmNlMqoBCgtMaXZlU2VydmljZRJICglTdWJzY3JpYmUSGy5wYXJsZXkudjEuU3Vic2NyaWJlUmVxdWVzdBocLnBhcmxleS52MS5TdWJzY3JpYmVSZXNwb25zZTABElEKC0dldFByZXNlbmNlEh0ucGFybGV5LnYxLkdldFByZXNlbmNlUmVxdWVzdBoeLnBhcmxleS52MS5HZXRQcmVzZW5jZVJlc3BvbnNlIgOQAgFCNlo0Z2l0aHViLmNvbS9wYXJsZXktY2hhdC9wYXJsZXkvZ2VuL3BhcmxleS92MTtwYXJsZXl2MWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp, file_parley_v1_chat, file_parley_v1_message]);
 
 /**
  * @generated from message parley.v1.SubscribeRequest
@@ -169,6 +169,18 @@ export type Event = Message<"parley.v1.Event"> & {
      */
     value: PinsChanged;
     case: "pinsChanged";
+  } | {
+    /**
+     * @generated from field: parley.v1.ChatSettingsChanged chat_settings_changed = 25;
+     */
+    value: ChatSettingsChanged;
+    case: "chatSettingsChanged";
+  } | {
+    /**
+     * @generated from field: parley.v1.MessagesHidden messages_hidden = 26;
+     */
+    value: MessagesHidden;
+    case: "messagesHidden";
   } | { case: undefined; value?: undefined };
 };
 
@@ -401,6 +413,61 @@ export const PinsChangedSchema: GenMessage<PinsChanged> = /*@__PURE__*/
   messageDesc(file_parley_v1_live, 8);
 
 /**
+ * ChatSettingsChanged tells a member's devices that it changed its own
+ * settings of a chat.
+ *
+ * @generated from message parley.v1.ChatSettingsChanged
+ */
+export type ChatSettingsChanged = Message<"parley.v1.ChatSettingsChanged"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: parley.v1.ChatSettings settings = 2;
+   */
+  settings?: ChatSettings | undefined;
+};
+
+/**
+ * Describes the message parley.v1.ChatSettingsChanged.
+ * Use `create(ChatSettingsChangedSchema)` to create a new message.
+ */
+export const ChatSettingsChangedSchema: GenMessage<ChatSettingsChanged> = /*@__PURE__*/
+  messageDesc(file_parley_v1_live, 9);
+
+/**
+ * MessagesHidden tells a member's devices that it deleted messages for
+ * itself (DeleteMessagesForMe).
+ *
+ * @generated from message parley.v1.MessagesHidden
+ */
+export type MessagesHidden = Message<"parley.v1.MessagesHidden"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: repeated string message_ids = 2;
+   */
+  messageIds: string[];
+
+  /**
+   * @generated from field: repeated int64 seqs = 3;
+   */
+  seqs: bigint[];
+};
+
+/**
+ * Describes the message parley.v1.MessagesHidden.
+ * Use `create(MessagesHiddenSchema)` to create a new message.
+ */
+export const MessagesHiddenSchema: GenMessage<MessagesHidden> = /*@__PURE__*/
+  messageDesc(file_parley_v1_live, 10);
+
+/**
  * ChatEvent tells that a chat was created or changed.
  *
  * @generated from message parley.v1.ChatEvent
@@ -435,7 +502,7 @@ export type ChatEvent = Message<"parley.v1.ChatEvent"> & {
  * Use `create(ChatEventSchema)` to create a new message.
  */
 export const ChatEventSchema: GenMessage<ChatEvent> = /*@__PURE__*/
-  messageDesc(file_parley_v1_live, 9);
+  messageDesc(file_parley_v1_live, 11);
 
 /**
  * Typing tells that a member is typing (or stopped) in a chat. A client
@@ -471,7 +538,7 @@ export type Typing = Message<"parley.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_parley_v1_live, 10);
+  messageDesc(file_parley_v1_live, 12);
 
 /**
  * Presence is whether a user is online.
@@ -504,7 +571,7 @@ export type Presence = Message<"parley.v1.Presence"> & {
  * Use `create(PresenceSchema)` to create a new message.
  */
 export const PresenceSchema: GenMessage<Presence> = /*@__PURE__*/
-  messageDesc(file_parley_v1_live, 11);
+  messageDesc(file_parley_v1_live, 13);
 
 /**
  * @generated from message parley.v1.GetPresenceRequest
@@ -521,7 +588,7 @@ export type GetPresenceRequest = Message<"parley.v1.GetPresenceRequest"> & {
  * Use `create(GetPresenceRequestSchema)` to create a new message.
  */
 export const GetPresenceRequestSchema: GenMessage<GetPresenceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_live, 12);
+  messageDesc(file_parley_v1_live, 14);
 
 /**
  * @generated from message parley.v1.GetPresenceResponse
@@ -538,7 +605,7 @@ export type GetPresenceResponse = Message<"parley.v1.GetPresenceResponse"> & {
  * Use `create(GetPresenceResponseSchema)` to create a new message.
  */
 export const GetPresenceResponseSchema: GenMessage<GetPresenceResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_live, 13);
+  messageDesc(file_parley_v1_live, 15);
 
 /**
  * LiveService delivers what happens in the caller's chats as it happens.
