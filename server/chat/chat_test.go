@@ -8,6 +8,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"google.golang.org/protobuf/proto"
+
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/server/servertest"
 )
@@ -171,7 +173,7 @@ func TestChatService_Authorization(t *testing.T) {
 					return err
 				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, 0, 0}},
 				{"UpdateChat", func(u *user, id string) error {
-					_, err := u.chats.UpdateChat(context.Background(), req(u, &parleyv1.UpdateChatRequest{ChatId: id, Name: "renamed"}))
+					_, err := u.chats.UpdateChat(context.Background(), req(u, &parleyv1.UpdateChatRequest{ChatId: id, Name: proto.String("renamed")}))
 					return err
 				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, connect.CodePermissionDenied, 0}},
 				{"AddParticipants", func(u *user, id string) error {
@@ -265,7 +267,7 @@ func TestChatService_PrivateChatsHaveNothingToChange(t *testing.T) {
 	}
 	id := res.Msg.GetChat().GetId()
 	ctx := context.Background()
-	_, err = alice.chats.UpdateChat(ctx, req(alice, &parleyv1.UpdateChatRequest{ChatId: id, Name: "x"}))
+	_, err = alice.chats.UpdateChat(ctx, req(alice, &parleyv1.UpdateChatRequest{ChatId: id, Name: proto.String("x")}))
 	wantCode(t, err, connect.CodeFailedPrecondition)
 	_, err = alice.chats.AddParticipants(ctx, req(alice, &parleyv1.AddParticipantsRequest{ChatId: id, UserIds: []int32{carol.id}}))
 	wantCode(t, err, connect.CodeFailedPrecondition)
@@ -370,7 +372,7 @@ func TestChatService_ListChats(t *testing.T) {
 		made = append(made, group(t, owner, "g", newUser(t, srv, p)).GetId())
 	}
 	// Renaming the oldest makes it the most recently active.
-	if _, err := owner.chats.UpdateChat(ctx, req(owner, &parleyv1.UpdateChatRequest{ChatId: made[0], Name: "renamed"})); err != nil {
+	if _, err := owner.chats.UpdateChat(ctx, req(owner, &parleyv1.UpdateChatRequest{ChatId: made[0], Name: proto.String("renamed")})); err != nil {
 		t.Fatal(err)
 	}
 	want := append(slices.Clone(made[1:]), made[0])

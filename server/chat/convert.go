@@ -19,6 +19,7 @@ func toChat(c *chatDoc, m member, unread unreadCounts) *parleyv1.Chat {
 		Id:                 c.ID.Hex(),
 		Type:               parleyv1.ChatType_CHAT_TYPE_GROUP,
 		Name:               c.Name,
+		Description:        c.Description,
 		CreatedAt:          timestamppb.New(c.CreatedAt),
 		UpdatedAt:          timestamppb.New(c.UpdatedAt),
 		Role:               toRole(m.Role),

@@ -8,6 +8,8 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 
+	"google.golang.org/protobuf/proto"
+
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/server/servertest"
 )
@@ -87,7 +89,7 @@ func TestRace_RenameAndSend(t *testing.T) {
 			send(t, b, c.GetId(), "y")
 		})
 		wg.Go(func() {
-			if _, err := a.chats.UpdateChat(context.Background(), req(a, &parleyv1.UpdateChatRequest{ChatId: c.GetId(), Name: name})); err != nil {
+			if _, err := a.chats.UpdateChat(context.Background(), req(a, &parleyv1.UpdateChatRequest{ChatId: c.GetId(), Name: proto.String(name)})); err != nil {
 				t.Error(err)
 			}
 		})

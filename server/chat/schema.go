@@ -77,6 +77,7 @@ func Prepare(ctx context.Context, log *slog.Logger, db *mongo.Database) error {
 		{db.Collection("positions"), positionIndexes},
 		{db.Collection("chatSettings"), settingsIndexes},
 		{db.Collection("hiddenMessages"), hiddenIndexes},
+		{db.Collection("invites"), inviteIndexes},
 	} {
 		if err := mongoindex.Ensure(ctx, x.c, x.models); err != nil {
 			return fmt.Errorf("create indexes on %s: %w", x.c.Name(), err)

@@ -474,8 +474,15 @@ func (s *Service) UpdateChat(
 	if err != nil {
 		return nil, err
 	}
-	if err := s.store.rename(ctx, c.ID, req.Msg.GetName()); err != nil {
-		return nil, s.internal(ctx, "update chat", err)
+	if req.Msg.Name != nil {
+		if err := s.store.rename(ctx, c.ID, req.Msg.GetName()); err != nil {
+			return nil, s.internal(ctx, "update chat", err)
+		}
+	}
+	if req.Msg.Description != nil {
+		if err := s.store.describe(ctx, c.ID, req.Msg.GetDescription()); err != nil {
+			return nil, s.internal(ctx, "update chat", err)
+		}
 	}
 	if err := s.publishChat(ctx, c.ID, chatUpdated, id.UserID); err != nil {
 		return nil, s.internal(ctx, "update chat", err)

@@ -37,6 +37,7 @@ const (
 type chatDoc struct {
 	ID             bson.ObjectID    `bson:"_id"`
 	Name           string           `bson:"chatName,omitempty"`
+	Description    string           `bson:"description,omitempty"`
 	Type           string           `bson:"chatType"`
 	LastMessage    *lastMessageDoc  `bson:"lastMessage,omitempty"`
 	Participants   []participantDoc `bson:"participants"`
@@ -161,6 +162,7 @@ type store struct {
 	messages     *mongo.Collection
 	chatSettings *mongo.Collection
 	hidden       *mongo.Collection
+	invites      *mongo.Collection
 	now          func() time.Time
 
 	// inserts and sentUpdates combine the writes of concurrent sends
@@ -184,6 +186,7 @@ func newStore(db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Lock
 
 		chatSettings: db.Collection("chatSettings"),
 		hidden:       db.Collection("hiddenMessages"),
+		invites:      db.Collection("invites"),
 	}
 	s.inserts = &combiner[*messageDoc]{write: s.insertMessages, max: maxCombined}
 	s.sentUpdates = &combiner[*messageDoc]{write: s.sentMany, max: maxCombined}
@@ -459,10 +462,22 @@ func (s *store) createGroup(ctx context.Context, creator int, name string, other
 // rename sets the group's name. The name carries the time it was set, so
 // that the latest rename wins.
 func (s *store) rename(ctx context.Context, chatID bson.ObjectID, name string) error {
+	return s.setLatest(ctx, chatID, "chatName", name)
+}
+
+// describe sets the group's description, the latest winning as with
+// rename.
+func (s *store) describe(ctx context.Context, chatID bson.ObjectID, text string) error {
+	return s.setLatest(ctx, chatID, "description", text)
+}
+
+// setLatest sets a field of the chat to v unless a later change set it
+// already: the field carries the time it was set (in <field>SetAt).
+func (s *store) setLatest(ctx context.Context, chatID bson.ObjectID, field, v string) error {
 	return s.locked(ctx, chatLock(chatID), func() error {
 		now := s.nowMs()
-		_, err := raise(ctx, s.chats, chatID, "chatNameSetAt", now.UnixNano(), bson.D{
-			{Key: "chatName", Value: name},
+		_, err := raise(ctx, s.chats, chatID, field+"SetAt", now.UnixNano(), bson.D{
+			{Key: field, Value: v},
 		}, bson.D{{Key: "updatedAt", Value: now}})
 		return err
 	})

@@ -12,6 +12,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"google.golang.org/protobuf/proto"
+
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/servertest"
@@ -256,7 +258,7 @@ func TestSubscribe_ChangeEvents(t *testing.T) {
 	if _, err := alice.msgs.DeleteMessage(ctx, req(alice, &parleyv1.DeleteMessageRequest{ChatId: grp, MessageId: m.GetId()})); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := alice.chats.UpdateChat(ctx, req(alice, &parleyv1.UpdateChatRequest{ChatId: grp, Name: "renamed"})); err != nil {
+	if _, err := alice.chats.UpdateChat(ctx, req(alice, &parleyv1.UpdateChatRequest{ChatId: grp, Name: proto.String("renamed")})); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := alice.chats.SetParticipantRole(ctx, req(alice, &parleyv1.SetParticipantRoleRequest{ChatId: grp, UserId: bob.id, Role: parleyv1.Role_ROLE_ADMIN})); err != nil {

@@ -284,7 +284,9 @@ type Chat struct {
 	// whether or not the chat is muted.
 	UnreadMentionCount int64 `protobuf:"varint,11,opt,name=unread_mention_count,json=unreadMentionCount,proto3" json:"unread_mention_count,omitempty"`
 	// The caller's own settings of the chat. Not set in live events.
-	Settings      *ChatSettings `protobuf:"bytes,12,opt,name=settings,proto3" json:"settings,omitempty"`
+	Settings *ChatSettings `protobuf:"bytes,12,opt,name=settings,proto3" json:"settings,omitempty"`
+	// The group's description; empty for private chats.
+	Description   string `protobuf:"bytes,13,opt,name=description,proto3" json:"description,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -401,6 +403,13 @@ func (x *Chat) GetSettings() *ChatSettings {
 		return x.Settings
 	}
 	return nil
+}
+
+func (x *Chat) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
 }
 
 // ChatSettings are one member's settings of a chat.
@@ -933,9 +942,13 @@ func (x *ListChatsResponse) GetNextPageToken() string {
 }
 
 type UpdateChatRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// The new name, 1 to 100 characters; unset keeps it.
+	Name *string `protobuf:"bytes,2,opt,name=name,proto3,oneof" json:"name,omitempty"`
+	// The new description, up to 500 characters (empty removes it); unset
+	// keeps it.
+	Description   *string `protobuf:"bytes,3,opt,name=description,proto3,oneof" json:"description,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -978,8 +991,15 @@ func (x *UpdateChatRequest) GetChatId() string {
 }
 
 func (x *UpdateChatRequest) GetName() string {
-	if x != nil {
-		return x.Name
+	if x != nil && x.Name != nil {
+		return *x.Name
+	}
+	return ""
+}
+
+func (x *UpdateChatRequest) GetDescription() string {
+	if x != nil && x.Description != nil {
+		return *x.Description
 	}
 	return ""
 }
@@ -1747,6 +1767,614 @@ func (x *UpdateChatSettingsResponse) GetSettings() *ChatSettings {
 	return nil
 }
 
+// InviteLink is a code by which users join a group.
+type InviteLink struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The code, to put in a link: 22 URL-safe characters.
+	Code   string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	ChatId string `protobuf:"bytes,2,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// The admin who made it.
+	CreatorId int32                  `protobuf:"varint,3,opt,name=creator_id,json=creatorId,proto3" json:"creator_id,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When it stops working; absent for never.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// How many joins it allows; 0 for no limit.
+	UsageLimit int32 `protobuf:"varint,6,opt,name=usage_limit,json=usageLimit,proto3" json:"usage_limit,omitempty"`
+	// How many users joined by it.
+	UsageCount int32 `protobuf:"varint,7,opt,name=usage_count,json=usageCount,proto3" json:"usage_count,omitempty"`
+	// Set once revoked.
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InviteLink) Reset() {
+	*x = InviteLink{}
+	mi := &file_parley_v1_chat_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InviteLink) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InviteLink) ProtoMessage() {}
+
+func (x *InviteLink) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InviteLink.ProtoReflect.Descriptor instead.
+func (*InviteLink) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *InviteLink) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *InviteLink) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *InviteLink) GetCreatorId() int32 {
+	if x != nil {
+		return x.CreatorId
+	}
+	return 0
+}
+
+func (x *InviteLink) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *InviteLink) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *InviteLink) GetUsageLimit() int32 {
+	if x != nil {
+		return x.UsageLimit
+	}
+	return 0
+}
+
+func (x *InviteLink) GetUsageCount() int32 {
+	if x != nil {
+		return x.UsageCount
+	}
+	return 0
+}
+
+func (x *InviteLink) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+type CreateInviteLinkRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// When the link stops working (in the future); unset for never.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// How many users may join by it, up to 100000; 0 for no limit.
+	UsageLimit    int32 `protobuf:"varint,3,opt,name=usage_limit,json=usageLimit,proto3" json:"usage_limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateInviteLinkRequest) Reset() {
+	*x = CreateInviteLinkRequest{}
+	mi := &file_parley_v1_chat_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateInviteLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateInviteLinkRequest) ProtoMessage() {}
+
+func (x *CreateInviteLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateInviteLinkRequest.ProtoReflect.Descriptor instead.
+func (*CreateInviteLinkRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CreateInviteLinkRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *CreateInviteLinkRequest) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *CreateInviteLinkRequest) GetUsageLimit() int32 {
+	if x != nil {
+		return x.UsageLimit
+	}
+	return 0
+}
+
+type CreateInviteLinkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InviteLink    *InviteLink            `protobuf:"bytes,1,opt,name=invite_link,json=inviteLink,proto3" json:"invite_link,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateInviteLinkResponse) Reset() {
+	*x = CreateInviteLinkResponse{}
+	mi := &file_parley_v1_chat_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateInviteLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateInviteLinkResponse) ProtoMessage() {}
+
+func (x *CreateInviteLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateInviteLinkResponse.ProtoReflect.Descriptor instead.
+func (*CreateInviteLinkResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CreateInviteLinkResponse) GetInviteLink() *InviteLink {
+	if x != nil {
+		return x.InviteLink
+	}
+	return nil
+}
+
+type ListInviteLinksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInviteLinksRequest) Reset() {
+	*x = ListInviteLinksRequest{}
+	mi := &file_parley_v1_chat_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInviteLinksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInviteLinksRequest) ProtoMessage() {}
+
+func (x *ListInviteLinksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInviteLinksRequest.ProtoReflect.Descriptor instead.
+func (*ListInviteLinksRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListInviteLinksRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+type ListInviteLinksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most the 100 newest.
+	InviteLinks   []*InviteLink `protobuf:"bytes,1,rep,name=invite_links,json=inviteLinks,proto3" json:"invite_links,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInviteLinksResponse) Reset() {
+	*x = ListInviteLinksResponse{}
+	mi := &file_parley_v1_chat_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInviteLinksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInviteLinksResponse) ProtoMessage() {}
+
+func (x *ListInviteLinksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInviteLinksResponse.ProtoReflect.Descriptor instead.
+func (*ListInviteLinksResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListInviteLinksResponse) GetInviteLinks() []*InviteLink {
+	if x != nil {
+		return x.InviteLinks
+	}
+	return nil
+}
+
+type RevokeInviteLinkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChatId        string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	Code          string                 `protobuf:"bytes,2,opt,name=code,proto3" json:"code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeInviteLinkRequest) Reset() {
+	*x = RevokeInviteLinkRequest{}
+	mi := &file_parley_v1_chat_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeInviteLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeInviteLinkRequest) ProtoMessage() {}
+
+func (x *RevokeInviteLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeInviteLinkRequest.ProtoReflect.Descriptor instead.
+func (*RevokeInviteLinkRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RevokeInviteLinkRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *RevokeInviteLinkRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+type RevokeInviteLinkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InviteLink    *InviteLink            `protobuf:"bytes,1,opt,name=invite_link,json=inviteLink,proto3" json:"invite_link,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeInviteLinkResponse) Reset() {
+	*x = RevokeInviteLinkResponse{}
+	mi := &file_parley_v1_chat_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeInviteLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeInviteLinkResponse) ProtoMessage() {}
+
+func (x *RevokeInviteLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeInviteLinkResponse.ProtoReflect.Descriptor instead.
+func (*RevokeInviteLinkResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RevokeInviteLinkResponse) GetInviteLink() *InviteLink {
+	if x != nil {
+		return x.InviteLink
+	}
+	return nil
+}
+
+type GetInviteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          string                 `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetInviteRequest) Reset() {
+	*x = GetInviteRequest{}
+	mi := &file_parley_v1_chat_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetInviteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetInviteRequest) ProtoMessage() {}
+
+func (x *GetInviteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetInviteRequest.ProtoReflect.Descriptor instead.
+func (*GetInviteRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GetInviteRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+type GetInviteResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// The group's name and description.
+	Name        string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	MemberCount int32  `protobuf:"varint,4,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
+	// True when the caller is a member already.
+	Member        bool `protobuf:"varint,5,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetInviteResponse) Reset() {
+	*x = GetInviteResponse{}
+	mi := &file_parley_v1_chat_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetInviteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetInviteResponse) ProtoMessage() {}
+
+func (x *GetInviteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetInviteResponse.ProtoReflect.Descriptor instead.
+func (*GetInviteResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *GetInviteResponse) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *GetInviteResponse) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetInviteResponse) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *GetInviteResponse) GetMemberCount() int32 {
+	if x != nil {
+		return x.MemberCount
+	}
+	return 0
+}
+
+func (x *GetInviteResponse) GetMember() bool {
+	if x != nil {
+		return x.Member
+	}
+	return false
+}
+
+type JoinChatByInviteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          string                 `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinChatByInviteRequest) Reset() {
+	*x = JoinChatByInviteRequest{}
+	mi := &file_parley_v1_chat_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinChatByInviteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinChatByInviteRequest) ProtoMessage() {}
+
+func (x *JoinChatByInviteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinChatByInviteRequest.ProtoReflect.Descriptor instead.
+func (*JoinChatByInviteRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *JoinChatByInviteRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+type JoinChatByInviteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Chat          *Chat                  `protobuf:"bytes,1,opt,name=chat,proto3" json:"chat,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinChatByInviteResponse) Reset() {
+	*x = JoinChatByInviteResponse{}
+	mi := &file_parley_v1_chat_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinChatByInviteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinChatByInviteResponse) ProtoMessage() {}
+
+func (x *JoinChatByInviteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_chat_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinChatByInviteResponse.ProtoReflect.Descriptor instead.
+func (*JoinChatByInviteResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_chat_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *JoinChatByInviteResponse) GetChat() *Chat {
+	if x != nil {
+		return x.Chat
+	}
+	return nil
+}
+
 var File_parley_v1_chat_proto protoreflect.FileDescriptor
 
 const file_parley_v1_chat_proto_rawDesc = "" +
@@ -1761,7 +2389,7 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\tsender_id\x18\x02 \x01(\x05R\bsenderId\x12\x18\n" +
 	"\apreview\x18\x03 \x01(\tR\apreview\x12\x10\n" +
 	"\x03seq\x18\x04 \x01(\x03R\x03seq\x123\n" +
-	"\asent_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xa1\x04\n" +
+	"\asent_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xc3\x04\n" +
 	"\x04Chat\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x13.parley.v1.ChatTypeR\x04type\x12\x12\n" +
@@ -1777,7 +2405,8 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\arequest\x18\n" +
 	" \x01(\v2\x16.parley.v1.ChatRequestR\arequest\x120\n" +
 	"\x14unread_mention_count\x18\v \x01(\x03R\x12unreadMentionCount\x123\n" +
-	"\bsettings\x18\f \x01(\v2\x17.parley.v1.ChatSettingsR\bsettings\"\xb6\x01\n" +
+	"\bsettings\x18\f \x01(\v2\x17.parley.v1.ChatSettingsR\bsettings\x12 \n" +
+	"\vdescription\x18\r \x01(\tR\vdescription\"\xb6\x01\n" +
 	"\fChatSettings\x12\x14\n" +
 	"\x05muted\x18\x01 \x01(\bR\x05muted\x12;\n" +
 	"\vmuted_until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -1812,11 +2441,15 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\barchived\x18\x03 \x01(\bR\barchived\"b\n" +
 	"\x11ListChatsResponse\x12%\n" +
 	"\x05chats\x18\x01 \x03(\v2\x0f.parley.v1.ChatR\x05chats\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"f\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9e\x02\n" +
 	"\x11UpdateChatRequest\x12.\n" +
-	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12!\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12&\n" +
 	"\x04name\x18\x02 \x01(\tB\r\xbaH\n" +
-	"r\b\x10\x01\x18d\xba\x01\x01\x00R\x04name\"9\n" +
+	"r\b\x10\x01\x18d\xba\x01\x01\x00H\x00R\x04name\x88\x01\x01\x123\n" +
+	"\vdescription\x18\x03 \x01(\tB\f\xbaH\tr\a\x18\xf4\x03\xba\x01\x01\x00H\x01R\vdescription\x88\x01\x01:c\xbaH`\x1a^\n" +
+	"\x12update_chat.change\x12\x1fname or description must be set\x1a'has(this.name) || has(this.description)B\a\n" +
+	"\x05_nameB\x0e\n" +
+	"\f_description\"9\n" +
 	"\x12UpdateChatResponse\x12#\n" +
 	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\"x\n" +
 	"\x16AddParticipantsRequest\x12.\n" +
@@ -1860,7 +2493,54 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\t_archivedB\t\n" +
 	"\a_pinned\"Q\n" +
 	"\x1aUpdateChatSettingsResponse\x123\n" +
-	"\bsettings\x18\x01 \x01(\v2\x17.parley.v1.ChatSettingsR\bsettings*Q\n" +
+	"\bsettings\x18\x01 \x01(\v2\x17.parley.v1.ChatSettingsR\bsettings\"\xcd\x02\n" +
+	"\n" +
+	"InviteLink\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x17\n" +
+	"\achat_id\x18\x02 \x01(\tR\x06chatId\x12\x1d\n" +
+	"\n" +
+	"creator_id\x18\x03 \x01(\x05R\tcreatorId\x129\n" +
+	"\n" +
+	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12;\n" +
+	"\vexpire_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12\x1f\n" +
+	"\vusage_limit\x18\x06 \x01(\x05R\n" +
+	"usageLimit\x12\x1f\n" +
+	"\vusage_count\x18\a \x01(\x05R\n" +
+	"usageCount\x129\n" +
+	"\n" +
+	"revoked_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"\xb4\x01\n" +
+	"\x17CreateInviteLinkRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12;\n" +
+	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12,\n" +
+	"\vusage_limit\x18\x03 \x01(\x05B\v\xbaH\b\x1a\x06\x18\xa0\x8d\x06(\x00R\n" +
+	"usageLimit\"R\n" +
+	"\x18CreateInviteLinkResponse\x126\n" +
+	"\vinvite_link\x18\x01 \x01(\v2\x15.parley.v1.InviteLinkR\n" +
+	"inviteLink\"H\n" +
+	"\x16ListInviteLinksRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\"S\n" +
+	"\x17ListInviteLinksResponse\x128\n" +
+	"\finvite_links\x18\x01 \x03(\v2\x15.parley.v1.InviteLinkR\vinviteLinks\"y\n" +
+	"\x17RevokeInviteLinkRequest\x12.\n" +
+	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12.\n" +
+	"\x04code\x18\x02 \x01(\tB\x1a\xbaH\x17r\x152\x13^[A-Za-z0-9_-]{22}$R\x04code\"R\n" +
+	"\x18RevokeInviteLinkResponse\x126\n" +
+	"\vinvite_link\x18\x01 \x01(\v2\x15.parley.v1.InviteLinkR\n" +
+	"inviteLink\"B\n" +
+	"\x10GetInviteRequest\x12.\n" +
+	"\x04code\x18\x01 \x01(\tB\x1a\xbaH\x17r\x152\x13^[A-Za-z0-9_-]{22}$R\x04code\"\x9d\x01\n" +
+	"\x11GetInviteResponse\x12\x17\n" +
+	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x12!\n" +
+	"\fmember_count\x18\x04 \x01(\x05R\vmemberCount\x12\x16\n" +
+	"\x06member\x18\x05 \x01(\bR\x06member\"I\n" +
+	"\x17JoinChatByInviteRequest\x12.\n" +
+	"\x04code\x18\x01 \x01(\tB\x1a\xbaH\x17r\x152\x13^[A-Za-z0-9_-]{22}$R\x04code\"?\n" +
+	"\x18JoinChatByInviteResponse\x12#\n" +
+	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat*Q\n" +
 	"\bChatType\x12\x19\n" +
 	"\x15CHAT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11CHAT_TYPE_PRIVATE\x10\x01\x12\x13\n" +
@@ -1869,7 +2549,7 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_MEMBER\x10\x01\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x022\xb6\b\n" +
+	"ROLE_ADMIN\x10\x022\xfe\v\n" +
 	"\vChatService\x12^\n" +
 	"\x11CreatePrivateChat\x12#.parley.v1.CreatePrivateChatRequest\x1a$.parley.v1.CreatePrivateChatResponse\x12X\n" +
 	"\x0fCreateGroupChat\x12!.parley.v1.CreateGroupChatRequest\x1a\".parley.v1.CreateGroupChatResponse\x12E\n" +
@@ -1883,7 +2563,12 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\tLeaveChat\x12\x1b.parley.v1.LeaveChatRequest\x1a\x1c.parley.v1.LeaveChatResponse\x12^\n" +
 	"\x11AcceptChatRequest\x12#.parley.v1.AcceptChatRequestRequest\x1a$.parley.v1.AcceptChatRequestResponse\x12a\n" +
 	"\x12DeclineChatRequest\x12$.parley.v1.DeclineChatRequestRequest\x1a%.parley.v1.DeclineChatRequestResponse\x12f\n" +
-	"\x12UpdateChatSettings\x12$.parley.v1.UpdateChatSettingsRequest\x1a%.parley.v1.UpdateChatSettingsResponse\"\x03\x90\x02\x02B6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
+	"\x12UpdateChatSettings\x12$.parley.v1.UpdateChatSettingsRequest\x1a%.parley.v1.UpdateChatSettingsResponse\"\x03\x90\x02\x02\x12[\n" +
+	"\x10CreateInviteLink\x12\".parley.v1.CreateInviteLinkRequest\x1a#.parley.v1.CreateInviteLinkResponse\x12]\n" +
+	"\x0fListInviteLinks\x12!.parley.v1.ListInviteLinksRequest\x1a\".parley.v1.ListInviteLinksResponse\"\x03\x90\x02\x01\x12`\n" +
+	"\x10RevokeInviteLink\x12\".parley.v1.RevokeInviteLinkRequest\x1a#.parley.v1.RevokeInviteLinkResponse\"\x03\x90\x02\x02\x12K\n" +
+	"\tGetInvite\x12\x1b.parley.v1.GetInviteRequest\x1a\x1c.parley.v1.GetInviteResponse\"\x03\x90\x02\x01\x12[\n" +
+	"\x10JoinChatByInvite\x12\".parley.v1.JoinChatByInviteRequest\x1a#.parley.v1.JoinChatByInviteResponseB6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_chat_proto_rawDescOnce sync.Once
@@ -1898,7 +2583,7 @@ func file_parley_v1_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_parley_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_parley_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_parley_v1_chat_proto_goTypes = []any{
 	(ChatType)(0),                      // 0: parley.v1.ChatType
 	(Role)(0),                          // 1: parley.v1.Role
@@ -1931,21 +2616,32 @@ var file_parley_v1_chat_proto_goTypes = []any{
 	(*DeclineChatRequestResponse)(nil), // 28: parley.v1.DeclineChatRequestResponse
 	(*UpdateChatSettingsRequest)(nil),  // 29: parley.v1.UpdateChatSettingsRequest
 	(*UpdateChatSettingsResponse)(nil), // 30: parley.v1.UpdateChatSettingsResponse
-	(*timestamppb.Timestamp)(nil),      // 31: google.protobuf.Timestamp
+	(*InviteLink)(nil),                 // 31: parley.v1.InviteLink
+	(*CreateInviteLinkRequest)(nil),    // 32: parley.v1.CreateInviteLinkRequest
+	(*CreateInviteLinkResponse)(nil),   // 33: parley.v1.CreateInviteLinkResponse
+	(*ListInviteLinksRequest)(nil),     // 34: parley.v1.ListInviteLinksRequest
+	(*ListInviteLinksResponse)(nil),    // 35: parley.v1.ListInviteLinksResponse
+	(*RevokeInviteLinkRequest)(nil),    // 36: parley.v1.RevokeInviteLinkRequest
+	(*RevokeInviteLinkResponse)(nil),   // 37: parley.v1.RevokeInviteLinkResponse
+	(*GetInviteRequest)(nil),           // 38: parley.v1.GetInviteRequest
+	(*GetInviteResponse)(nil),          // 39: parley.v1.GetInviteResponse
+	(*JoinChatByInviteRequest)(nil),    // 40: parley.v1.JoinChatByInviteRequest
+	(*JoinChatByInviteResponse)(nil),   // 41: parley.v1.JoinChatByInviteResponse
+	(*timestamppb.Timestamp)(nil),      // 42: google.protobuf.Timestamp
 }
 var file_parley_v1_chat_proto_depIdxs = []int32{
 	1,  // 0: parley.v1.Participant.role:type_name -> parley.v1.Role
-	31, // 1: parley.v1.LastMessage.sent_at:type_name -> google.protobuf.Timestamp
+	42, // 1: parley.v1.LastMessage.sent_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: parley.v1.Chat.type:type_name -> parley.v1.ChatType
 	2,  // 3: parley.v1.Chat.participants:type_name -> parley.v1.Participant
 	3,  // 4: parley.v1.Chat.last_message:type_name -> parley.v1.LastMessage
-	31, // 5: parley.v1.Chat.created_at:type_name -> google.protobuf.Timestamp
-	31, // 6: parley.v1.Chat.updated_at:type_name -> google.protobuf.Timestamp
+	42, // 5: parley.v1.Chat.created_at:type_name -> google.protobuf.Timestamp
+	42, // 6: parley.v1.Chat.updated_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: parley.v1.Chat.role:type_name -> parley.v1.Role
 	6,  // 8: parley.v1.Chat.request:type_name -> parley.v1.ChatRequest
 	5,  // 9: parley.v1.Chat.settings:type_name -> parley.v1.ChatSettings
-	31, // 10: parley.v1.ChatSettings.muted_until:type_name -> google.protobuf.Timestamp
-	31, // 11: parley.v1.ChatSettings.pinned_at:type_name -> google.protobuf.Timestamp
+	42, // 10: parley.v1.ChatSettings.muted_until:type_name -> google.protobuf.Timestamp
+	42, // 11: parley.v1.ChatSettings.pinned_at:type_name -> google.protobuf.Timestamp
 	4,  // 12: parley.v1.CreatePrivateChatResponse.chat:type_name -> parley.v1.Chat
 	4,  // 13: parley.v1.CreateGroupChatResponse.chat:type_name -> parley.v1.Chat
 	4,  // 14: parley.v1.GetChatResponse.chat:type_name -> parley.v1.Chat
@@ -1956,37 +2652,55 @@ var file_parley_v1_chat_proto_depIdxs = []int32{
 	1,  // 19: parley.v1.SetParticipantRoleRequest.role:type_name -> parley.v1.Role
 	4,  // 20: parley.v1.SetParticipantRoleResponse.chat:type_name -> parley.v1.Chat
 	4,  // 21: parley.v1.AcceptChatRequestResponse.chat:type_name -> parley.v1.Chat
-	31, // 22: parley.v1.UpdateChatSettingsRequest.mute_until:type_name -> google.protobuf.Timestamp
+	42, // 22: parley.v1.UpdateChatSettingsRequest.mute_until:type_name -> google.protobuf.Timestamp
 	5,  // 23: parley.v1.UpdateChatSettingsResponse.settings:type_name -> parley.v1.ChatSettings
-	7,  // 24: parley.v1.ChatService.CreatePrivateChat:input_type -> parley.v1.CreatePrivateChatRequest
-	9,  // 25: parley.v1.ChatService.CreateGroupChat:input_type -> parley.v1.CreateGroupChatRequest
-	11, // 26: parley.v1.ChatService.GetChat:input_type -> parley.v1.GetChatRequest
-	13, // 27: parley.v1.ChatService.ListChats:input_type -> parley.v1.ListChatsRequest
-	15, // 28: parley.v1.ChatService.UpdateChat:input_type -> parley.v1.UpdateChatRequest
-	17, // 29: parley.v1.ChatService.AddParticipants:input_type -> parley.v1.AddParticipantsRequest
-	19, // 30: parley.v1.ChatService.RemoveParticipant:input_type -> parley.v1.RemoveParticipantRequest
-	21, // 31: parley.v1.ChatService.SetParticipantRole:input_type -> parley.v1.SetParticipantRoleRequest
-	23, // 32: parley.v1.ChatService.LeaveChat:input_type -> parley.v1.LeaveChatRequest
-	25, // 33: parley.v1.ChatService.AcceptChatRequest:input_type -> parley.v1.AcceptChatRequestRequest
-	27, // 34: parley.v1.ChatService.DeclineChatRequest:input_type -> parley.v1.DeclineChatRequestRequest
-	29, // 35: parley.v1.ChatService.UpdateChatSettings:input_type -> parley.v1.UpdateChatSettingsRequest
-	8,  // 36: parley.v1.ChatService.CreatePrivateChat:output_type -> parley.v1.CreatePrivateChatResponse
-	10, // 37: parley.v1.ChatService.CreateGroupChat:output_type -> parley.v1.CreateGroupChatResponse
-	12, // 38: parley.v1.ChatService.GetChat:output_type -> parley.v1.GetChatResponse
-	14, // 39: parley.v1.ChatService.ListChats:output_type -> parley.v1.ListChatsResponse
-	16, // 40: parley.v1.ChatService.UpdateChat:output_type -> parley.v1.UpdateChatResponse
-	18, // 41: parley.v1.ChatService.AddParticipants:output_type -> parley.v1.AddParticipantsResponse
-	20, // 42: parley.v1.ChatService.RemoveParticipant:output_type -> parley.v1.RemoveParticipantResponse
-	22, // 43: parley.v1.ChatService.SetParticipantRole:output_type -> parley.v1.SetParticipantRoleResponse
-	24, // 44: parley.v1.ChatService.LeaveChat:output_type -> parley.v1.LeaveChatResponse
-	26, // 45: parley.v1.ChatService.AcceptChatRequest:output_type -> parley.v1.AcceptChatRequestResponse
-	28, // 46: parley.v1.ChatService.DeclineChatRequest:output_type -> parley.v1.DeclineChatRequestResponse
-	30, // 47: parley.v1.ChatService.UpdateChatSettings:output_type -> parley.v1.UpdateChatSettingsResponse
-	36, // [36:48] is the sub-list for method output_type
-	24, // [24:36] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	42, // 24: parley.v1.InviteLink.created_at:type_name -> google.protobuf.Timestamp
+	42, // 25: parley.v1.InviteLink.expire_time:type_name -> google.protobuf.Timestamp
+	42, // 26: parley.v1.InviteLink.revoked_at:type_name -> google.protobuf.Timestamp
+	42, // 27: parley.v1.CreateInviteLinkRequest.expire_time:type_name -> google.protobuf.Timestamp
+	31, // 28: parley.v1.CreateInviteLinkResponse.invite_link:type_name -> parley.v1.InviteLink
+	31, // 29: parley.v1.ListInviteLinksResponse.invite_links:type_name -> parley.v1.InviteLink
+	31, // 30: parley.v1.RevokeInviteLinkResponse.invite_link:type_name -> parley.v1.InviteLink
+	4,  // 31: parley.v1.JoinChatByInviteResponse.chat:type_name -> parley.v1.Chat
+	7,  // 32: parley.v1.ChatService.CreatePrivateChat:input_type -> parley.v1.CreatePrivateChatRequest
+	9,  // 33: parley.v1.ChatService.CreateGroupChat:input_type -> parley.v1.CreateGroupChatRequest
+	11, // 34: parley.v1.ChatService.GetChat:input_type -> parley.v1.GetChatRequest
+	13, // 35: parley.v1.ChatService.ListChats:input_type -> parley.v1.ListChatsRequest
+	15, // 36: parley.v1.ChatService.UpdateChat:input_type -> parley.v1.UpdateChatRequest
+	17, // 37: parley.v1.ChatService.AddParticipants:input_type -> parley.v1.AddParticipantsRequest
+	19, // 38: parley.v1.ChatService.RemoveParticipant:input_type -> parley.v1.RemoveParticipantRequest
+	21, // 39: parley.v1.ChatService.SetParticipantRole:input_type -> parley.v1.SetParticipantRoleRequest
+	23, // 40: parley.v1.ChatService.LeaveChat:input_type -> parley.v1.LeaveChatRequest
+	25, // 41: parley.v1.ChatService.AcceptChatRequest:input_type -> parley.v1.AcceptChatRequestRequest
+	27, // 42: parley.v1.ChatService.DeclineChatRequest:input_type -> parley.v1.DeclineChatRequestRequest
+	29, // 43: parley.v1.ChatService.UpdateChatSettings:input_type -> parley.v1.UpdateChatSettingsRequest
+	32, // 44: parley.v1.ChatService.CreateInviteLink:input_type -> parley.v1.CreateInviteLinkRequest
+	34, // 45: parley.v1.ChatService.ListInviteLinks:input_type -> parley.v1.ListInviteLinksRequest
+	36, // 46: parley.v1.ChatService.RevokeInviteLink:input_type -> parley.v1.RevokeInviteLinkRequest
+	38, // 47: parley.v1.ChatService.GetInvite:input_type -> parley.v1.GetInviteRequest
+	40, // 48: parley.v1.ChatService.JoinChatByInvite:input_type -> parley.v1.JoinChatByInviteRequest
+	8,  // 49: parley.v1.ChatService.CreatePrivateChat:output_type -> parley.v1.CreatePrivateChatResponse
+	10, // 50: parley.v1.ChatService.CreateGroupChat:output_type -> parley.v1.CreateGroupChatResponse
+	12, // 51: parley.v1.ChatService.GetChat:output_type -> parley.v1.GetChatResponse
+	14, // 52: parley.v1.ChatService.ListChats:output_type -> parley.v1.ListChatsResponse
+	16, // 53: parley.v1.ChatService.UpdateChat:output_type -> parley.v1.UpdateChatResponse
+	18, // 54: parley.v1.ChatService.AddParticipants:output_type -> parley.v1.AddParticipantsResponse
+	20, // 55: parley.v1.ChatService.RemoveParticipant:output_type -> parley.v1.RemoveParticipantResponse
+	22, // 56: parley.v1.ChatService.SetParticipantRole:output_type -> parley.v1.SetParticipantRoleResponse
+	24, // 57: parley.v1.ChatService.LeaveChat:output_type -> parley.v1.LeaveChatResponse
+	26, // 58: parley.v1.ChatService.AcceptChatRequest:output_type -> parley.v1.AcceptChatRequestResponse
+	28, // 59: parley.v1.ChatService.DeclineChatRequest:output_type -> parley.v1.DeclineChatRequestResponse
+	30, // 60: parley.v1.ChatService.UpdateChatSettings:output_type -> parley.v1.UpdateChatSettingsResponse
+	33, // 61: parley.v1.ChatService.CreateInviteLink:output_type -> parley.v1.CreateInviteLinkResponse
+	35, // 62: parley.v1.ChatService.ListInviteLinks:output_type -> parley.v1.ListInviteLinksResponse
+	37, // 63: parley.v1.ChatService.RevokeInviteLink:output_type -> parley.v1.RevokeInviteLinkResponse
+	39, // 64: parley.v1.ChatService.GetInvite:output_type -> parley.v1.GetInviteResponse
+	41, // 65: parley.v1.ChatService.JoinChatByInvite:output_type -> parley.v1.JoinChatByInviteResponse
+	49, // [49:66] is the sub-list for method output_type
+	32, // [32:49] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_chat_proto_init() }
@@ -1994,6 +2708,7 @@ func file_parley_v1_chat_proto_init() {
 	if File_parley_v1_chat_proto != nil {
 		return
 	}
+	file_parley_v1_chat_proto_msgTypes[13].OneofWrappers = []any{}
 	file_parley_v1_chat_proto_msgTypes[27].OneofWrappers = []any{
 		(*UpdateChatSettingsRequest_MuteUntil)(nil),
 		(*UpdateChatSettingsRequest_Muted)(nil),
@@ -2004,7 +2719,7 @@ func file_parley_v1_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_chat_proto_rawDesc), len(file_parley_v1_chat_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -65,6 +65,20 @@ const (
 	// ChatServiceUpdateChatSettingsProcedure is the fully-qualified name of the ChatService's
 	// UpdateChatSettings RPC.
 	ChatServiceUpdateChatSettingsProcedure = "/parley.v1.ChatService/UpdateChatSettings"
+	// ChatServiceCreateInviteLinkProcedure is the fully-qualified name of the ChatService's
+	// CreateInviteLink RPC.
+	ChatServiceCreateInviteLinkProcedure = "/parley.v1.ChatService/CreateInviteLink"
+	// ChatServiceListInviteLinksProcedure is the fully-qualified name of the ChatService's
+	// ListInviteLinks RPC.
+	ChatServiceListInviteLinksProcedure = "/parley.v1.ChatService/ListInviteLinks"
+	// ChatServiceRevokeInviteLinkProcedure is the fully-qualified name of the ChatService's
+	// RevokeInviteLink RPC.
+	ChatServiceRevokeInviteLinkProcedure = "/parley.v1.ChatService/RevokeInviteLink"
+	// ChatServiceGetInviteProcedure is the fully-qualified name of the ChatService's GetInvite RPC.
+	ChatServiceGetInviteProcedure = "/parley.v1.ChatService/GetInvite"
+	// ChatServiceJoinChatByInviteProcedure is the fully-qualified name of the ChatService's
+	// JoinChatByInvite RPC.
+	ChatServiceJoinChatByInviteProcedure = "/parley.v1.ChatService/JoinChatByInvite"
 )
 
 // ChatServiceClient is a client for the parley.v1.ChatService service.
@@ -87,7 +101,7 @@ type ChatServiceClient interface {
 	// recent activity first. With archived set it lists the archived ones
 	// instead, most recent activity first.
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
-	// UpdateChat renames a group. Admins only.
+	// UpdateChat renames a group, or changes its description. Admins only.
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
 	// AddParticipants adds users to a group as members. Admins only. Users
 	// whose settings do not let the caller add them are left out and named in
@@ -120,6 +134,24 @@ type ChatServiceClient interface {
 	// (chat_settings_changed); the other members do not. Fields left unset
 	// keep their value.
 	UpdateChatSettings(context.Context, *connect.Request[v1.UpdateChatSettingsRequest]) (*connect.Response[v1.UpdateChatSettingsResponse], error)
+	// CreateInviteLink makes a link (a code) by which anyone may join the
+	// group, optionally until a time and for a number of joins. Admins only.
+	CreateInviteLink(context.Context, *connect.Request[v1.CreateInviteLinkRequest]) (*connect.Response[v1.CreateInviteLinkResponse], error)
+	// ListInviteLinks lists the group's invite links, revoked and expired
+	// ones included, the newest first. Admins only.
+	ListInviteLinks(context.Context, *connect.Request[v1.ListInviteLinksRequest]) (*connect.Response[v1.ListInviteLinksResponse], error)
+	// RevokeInviteLink ends an invite link: nobody joins by it any more.
+	// Admins only.
+	RevokeInviteLink(context.Context, *connect.Request[v1.RevokeInviteLinkRequest]) (*connect.Response[v1.RevokeInviteLinkResponse], error)
+	// GetInvite tells what group an invite code leads to, for a user
+	// deciding whether to join. NOT_FOUND for a code that does not exist,
+	// was revoked, expired, or has no joins left.
+	GetInvite(context.Context, *connect.Request[v1.GetInviteRequest]) (*connect.Response[v1.GetInviteResponse], error)
+	// JoinChatByInvite makes the caller a member of the group of a valid
+	// invite code (NOT_FOUND otherwise, as GetInvite). A member already in
+	// gets the chat and uses none of the link's joins. The new member sees
+	// the history from before it joined, read.
+	JoinChatByInvite(context.Context, *connect.Request[v1.JoinChatByInviteRequest]) (*connect.Response[v1.JoinChatByInviteResponse], error)
 }
 
 // NewChatServiceClient constructs a client for the parley.v1.ChatService service. By default, it
@@ -208,6 +240,39 @@ func NewChatServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithIdempotency(connect.IdempotencyIdempotent),
 			connect.WithClientOptions(opts...),
 		),
+		createInviteLink: connect.NewClient[v1.CreateInviteLinkRequest, v1.CreateInviteLinkResponse](
+			httpClient,
+			baseURL+ChatServiceCreateInviteLinkProcedure,
+			connect.WithSchema(chatServiceMethods.ByName("CreateInviteLink")),
+			connect.WithClientOptions(opts...),
+		),
+		listInviteLinks: connect.NewClient[v1.ListInviteLinksRequest, v1.ListInviteLinksResponse](
+			httpClient,
+			baseURL+ChatServiceListInviteLinksProcedure,
+			connect.WithSchema(chatServiceMethods.ByName("ListInviteLinks")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		revokeInviteLink: connect.NewClient[v1.RevokeInviteLinkRequest, v1.RevokeInviteLinkResponse](
+			httpClient,
+			baseURL+ChatServiceRevokeInviteLinkProcedure,
+			connect.WithSchema(chatServiceMethods.ByName("RevokeInviteLink")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		getInvite: connect.NewClient[v1.GetInviteRequest, v1.GetInviteResponse](
+			httpClient,
+			baseURL+ChatServiceGetInviteProcedure,
+			connect.WithSchema(chatServiceMethods.ByName("GetInvite")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		joinChatByInvite: connect.NewClient[v1.JoinChatByInviteRequest, v1.JoinChatByInviteResponse](
+			httpClient,
+			baseURL+ChatServiceJoinChatByInviteProcedure,
+			connect.WithSchema(chatServiceMethods.ByName("JoinChatByInvite")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -225,6 +290,11 @@ type chatServiceClient struct {
 	acceptChatRequest  *connect.Client[v1.AcceptChatRequestRequest, v1.AcceptChatRequestResponse]
 	declineChatRequest *connect.Client[v1.DeclineChatRequestRequest, v1.DeclineChatRequestResponse]
 	updateChatSettings *connect.Client[v1.UpdateChatSettingsRequest, v1.UpdateChatSettingsResponse]
+	createInviteLink   *connect.Client[v1.CreateInviteLinkRequest, v1.CreateInviteLinkResponse]
+	listInviteLinks    *connect.Client[v1.ListInviteLinksRequest, v1.ListInviteLinksResponse]
+	revokeInviteLink   *connect.Client[v1.RevokeInviteLinkRequest, v1.RevokeInviteLinkResponse]
+	getInvite          *connect.Client[v1.GetInviteRequest, v1.GetInviteResponse]
+	joinChatByInvite   *connect.Client[v1.JoinChatByInviteRequest, v1.JoinChatByInviteResponse]
 }
 
 // CreatePrivateChat calls parley.v1.ChatService.CreatePrivateChat.
@@ -287,6 +357,31 @@ func (c *chatServiceClient) UpdateChatSettings(ctx context.Context, req *connect
 	return c.updateChatSettings.CallUnary(ctx, req)
 }
 
+// CreateInviteLink calls parley.v1.ChatService.CreateInviteLink.
+func (c *chatServiceClient) CreateInviteLink(ctx context.Context, req *connect.Request[v1.CreateInviteLinkRequest]) (*connect.Response[v1.CreateInviteLinkResponse], error) {
+	return c.createInviteLink.CallUnary(ctx, req)
+}
+
+// ListInviteLinks calls parley.v1.ChatService.ListInviteLinks.
+func (c *chatServiceClient) ListInviteLinks(ctx context.Context, req *connect.Request[v1.ListInviteLinksRequest]) (*connect.Response[v1.ListInviteLinksResponse], error) {
+	return c.listInviteLinks.CallUnary(ctx, req)
+}
+
+// RevokeInviteLink calls parley.v1.ChatService.RevokeInviteLink.
+func (c *chatServiceClient) RevokeInviteLink(ctx context.Context, req *connect.Request[v1.RevokeInviteLinkRequest]) (*connect.Response[v1.RevokeInviteLinkResponse], error) {
+	return c.revokeInviteLink.CallUnary(ctx, req)
+}
+
+// GetInvite calls parley.v1.ChatService.GetInvite.
+func (c *chatServiceClient) GetInvite(ctx context.Context, req *connect.Request[v1.GetInviteRequest]) (*connect.Response[v1.GetInviteResponse], error) {
+	return c.getInvite.CallUnary(ctx, req)
+}
+
+// JoinChatByInvite calls parley.v1.ChatService.JoinChatByInvite.
+func (c *chatServiceClient) JoinChatByInvite(ctx context.Context, req *connect.Request[v1.JoinChatByInviteRequest]) (*connect.Response[v1.JoinChatByInviteResponse], error) {
+	return c.joinChatByInvite.CallUnary(ctx, req)
+}
+
 // ChatServiceHandler is an implementation of the parley.v1.ChatService service.
 type ChatServiceHandler interface {
 	// CreatePrivateChat returns the private chat of the caller and the peer,
@@ -307,7 +402,7 @@ type ChatServiceHandler interface {
 	// recent activity first. With archived set it lists the archived ones
 	// instead, most recent activity first.
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
-	// UpdateChat renames a group. Admins only.
+	// UpdateChat renames a group, or changes its description. Admins only.
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
 	// AddParticipants adds users to a group as members. Admins only. Users
 	// whose settings do not let the caller add them are left out and named in
@@ -340,6 +435,24 @@ type ChatServiceHandler interface {
 	// (chat_settings_changed); the other members do not. Fields left unset
 	// keep their value.
 	UpdateChatSettings(context.Context, *connect.Request[v1.UpdateChatSettingsRequest]) (*connect.Response[v1.UpdateChatSettingsResponse], error)
+	// CreateInviteLink makes a link (a code) by which anyone may join the
+	// group, optionally until a time and for a number of joins. Admins only.
+	CreateInviteLink(context.Context, *connect.Request[v1.CreateInviteLinkRequest]) (*connect.Response[v1.CreateInviteLinkResponse], error)
+	// ListInviteLinks lists the group's invite links, revoked and expired
+	// ones included, the newest first. Admins only.
+	ListInviteLinks(context.Context, *connect.Request[v1.ListInviteLinksRequest]) (*connect.Response[v1.ListInviteLinksResponse], error)
+	// RevokeInviteLink ends an invite link: nobody joins by it any more.
+	// Admins only.
+	RevokeInviteLink(context.Context, *connect.Request[v1.RevokeInviteLinkRequest]) (*connect.Response[v1.RevokeInviteLinkResponse], error)
+	// GetInvite tells what group an invite code leads to, for a user
+	// deciding whether to join. NOT_FOUND for a code that does not exist,
+	// was revoked, expired, or has no joins left.
+	GetInvite(context.Context, *connect.Request[v1.GetInviteRequest]) (*connect.Response[v1.GetInviteResponse], error)
+	// JoinChatByInvite makes the caller a member of the group of a valid
+	// invite code (NOT_FOUND otherwise, as GetInvite). A member already in
+	// gets the chat and uses none of the link's joins. The new member sees
+	// the history from before it joined, read.
+	JoinChatByInvite(context.Context, *connect.Request[v1.JoinChatByInviteRequest]) (*connect.Response[v1.JoinChatByInviteResponse], error)
 }
 
 // NewChatServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -424,6 +537,39 @@ func NewChatServiceHandler(svc ChatServiceHandler, opts ...connect.HandlerOption
 		connect.WithIdempotency(connect.IdempotencyIdempotent),
 		connect.WithHandlerOptions(opts...),
 	)
+	chatServiceCreateInviteLinkHandler := connect.NewUnaryHandler(
+		ChatServiceCreateInviteLinkProcedure,
+		svc.CreateInviteLink,
+		connect.WithSchema(chatServiceMethods.ByName("CreateInviteLink")),
+		connect.WithHandlerOptions(opts...),
+	)
+	chatServiceListInviteLinksHandler := connect.NewUnaryHandler(
+		ChatServiceListInviteLinksProcedure,
+		svc.ListInviteLinks,
+		connect.WithSchema(chatServiceMethods.ByName("ListInviteLinks")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	chatServiceRevokeInviteLinkHandler := connect.NewUnaryHandler(
+		ChatServiceRevokeInviteLinkProcedure,
+		svc.RevokeInviteLink,
+		connect.WithSchema(chatServiceMethods.ByName("RevokeInviteLink")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	chatServiceGetInviteHandler := connect.NewUnaryHandler(
+		ChatServiceGetInviteProcedure,
+		svc.GetInvite,
+		connect.WithSchema(chatServiceMethods.ByName("GetInvite")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	chatServiceJoinChatByInviteHandler := connect.NewUnaryHandler(
+		ChatServiceJoinChatByInviteProcedure,
+		svc.JoinChatByInvite,
+		connect.WithSchema(chatServiceMethods.ByName("JoinChatByInvite")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.ChatService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ChatServiceCreatePrivateChatProcedure:
@@ -450,6 +596,16 @@ func NewChatServiceHandler(svc ChatServiceHandler, opts ...connect.HandlerOption
 			chatServiceDeclineChatRequestHandler.ServeHTTP(w, r)
 		case ChatServiceUpdateChatSettingsProcedure:
 			chatServiceUpdateChatSettingsHandler.ServeHTTP(w, r)
+		case ChatServiceCreateInviteLinkProcedure:
+			chatServiceCreateInviteLinkHandler.ServeHTTP(w, r)
+		case ChatServiceListInviteLinksProcedure:
+			chatServiceListInviteLinksHandler.ServeHTTP(w, r)
+		case ChatServiceRevokeInviteLinkProcedure:
+			chatServiceRevokeInviteLinkHandler.ServeHTTP(w, r)
+		case ChatServiceGetInviteProcedure:
+			chatServiceGetInviteHandler.ServeHTTP(w, r)
+		case ChatServiceJoinChatByInviteProcedure:
+			chatServiceJoinChatByInviteHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -505,4 +661,24 @@ func (UnimplementedChatServiceHandler) DeclineChatRequest(context.Context, *conn
 
 func (UnimplementedChatServiceHandler) UpdateChatSettings(context.Context, *connect.Request[v1.UpdateChatSettingsRequest]) (*connect.Response[v1.UpdateChatSettingsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.UpdateChatSettings is not implemented"))
+}
+
+func (UnimplementedChatServiceHandler) CreateInviteLink(context.Context, *connect.Request[v1.CreateInviteLinkRequest]) (*connect.Response[v1.CreateInviteLinkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.CreateInviteLink is not implemented"))
+}
+
+func (UnimplementedChatServiceHandler) ListInviteLinks(context.Context, *connect.Request[v1.ListInviteLinksRequest]) (*connect.Response[v1.ListInviteLinksResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.ListInviteLinks is not implemented"))
+}
+
+func (UnimplementedChatServiceHandler) RevokeInviteLink(context.Context, *connect.Request[v1.RevokeInviteLinkRequest]) (*connect.Response[v1.RevokeInviteLinkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.RevokeInviteLink is not implemented"))
+}
+
+func (UnimplementedChatServiceHandler) GetInvite(context.Context, *connect.Request[v1.GetInviteRequest]) (*connect.Response[v1.GetInviteResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.GetInvite is not implemented"))
+}
+
+func (UnimplementedChatServiceHandler) JoinChatByInvite(context.Context, *connect.Request[v1.JoinChatByInviteRequest]) (*connect.Response[v1.JoinChatByInviteResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ChatService.JoinChatByInvite is not implemented"))
 }

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/chat.proto.
  */
 export const file_parley_v1_chat: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvY2hhdC5wcm90bxIJcGFybGV5LnYxIj0KC1BhcnRpY2lwYW50Eg8KB3VzZXJfaWQYASABKAUSHQoEcm9sZRgCIAEoDjIPLnBhcmxleS52MS5Sb2xlIn8KC0xhc3RNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSEQoJc2VuZGVyX2lkGAIgASgFEg8KB3ByZXZpZXcYAyABKAkSCwoDc2VxGAQgASgDEisKB3NlbnRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqYDCgRDaGF0EgoKAmlkGAEgASgJEiEKBHR5cGUYAiABKA4yEy5wYXJsZXkudjEuQ2hhdFR5cGUSDAoEbmFtZRgDIAEoCRIsCgxwYXJ0aWNpcGFudHMYBCADKAsyFi5wYXJsZXkudjEuUGFydGljaXBhbnQSLAoMbGFzdF9tZXNzYWdlGAUgASgLMhYucGFybGV5LnYxLkxhc3RNZXNzYWdlEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh0KBHJvbGUYCCABKA4yDy5wYXJsZXkudjEuUm9sZRIUCgx1bnJlYWRfY291bnQYCSABKAMSJwoHcmVxdWVzdBgKIAEoCzIWLnBhcmxleS52MS5DaGF0UmVxdWVzdBIcChR1bnJlYWRfbWVudGlvbl9jb3VudBgLIAEoAxIpCghzZXR0aW5ncxgMIAEoCzIXLnBhcmxleS52MS5DaGF0U2V0dGluZ3MijwEKDENoYXRTZXR0aW5ncxINCgVtdXRlZBgBIAEoCBIvCgttdXRlZF91bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIYXJjaGl2ZWQYAyABKAgSLQoJcGlubmVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIhCgtDaGF0UmVxdWVzdBISCgpzdGFydGVyX2lkGAEgASgFIjQKGENyZWF0ZVByaXZhdGVDaGF0UmVxdWVzdBIYCgdwZWVyX2lkGAEgASgFQge6SAQaAiAAIksKGUNyZWF0ZVByaXZhdGVDaGF0UmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0Eg8KB2NyZWF0ZWQYAiABKAgiXAoWQ3JlYXRlR3JvdXBDaGF0UmVxdWVzdBIbCgRuYW1lGAEgASgJQg26SApyCBABGGS6AQEAEiUKCm1lbWJlcl9pZHMYAiADKAVCEbpIDpIBCxDzAxgBIgQaAiAAIlQKF0NyZWF0ZUdyb3VwQ2hhdFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdBIaChJub3RfYWRkZWRfdXNlcl9pZHMYAiADKAUiOAoOR2V0Q2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIjAKD0dldENoYXRSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiYQoQTGlzdENoYXRzUmVxdWVzdBIdCglwYWdlX3NpemUYASABKAVCCrpIBxoFGMgBKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAISEAoIYXJjaGl2ZWQYAyABKAgiTAoRTGlzdENoYXRzUmVzcG9uc2USHgoFY2hhdHMYASADKAsyDy5wYXJsZXkudjEuQ2hhdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWAoRVXBkYXRlQ2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEhsKBG5hbWUYAiABKAlCDbpICnIIEAEYZLoBAQAiMwoSVXBkYXRlQ2hhdFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdCJnChZBZGRQYXJ0aWNpcGFudHNSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIlCgh1c2VyX2lkcxgCIAMoBUITukgQkgENCAEQ8wMYASIEGgIgACJUChdBZGRQYXJ0aWNpcGFudHNSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQSGgoSbm90X2FkZGVkX3VzZXJfaWRzGAIgAygFIlwKGFJlbW92ZVBhcnRpY2lwYW50UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSGAoHdXNlcl9pZBgCIAEoBUIHukgEGgIgACI6ChlSZW1vdmVQYXJ0aWNpcGFudFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdCKIAQoZU2V0UGFydGljaXBhbnRSb2xlUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSGAoHdXNlcl9pZBgCIAEoBUIHukgEGgIgABIpCgRyb2xlGAMgASgOMg8ucGFybGV5LnYxLlJvbGVCCrpIB4IBBBABIAAiOwoaU2V0UGFydGljaXBhbnRSb2xlUmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0IjoKEExlYXZlQ2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIhMKEUxlYXZlQ2hhdFJlc3BvbnNlIkIKGEFjY2VwdENoYXRSZXF1ZXN0UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQiOgoZQWNjZXB0Q2hhdFJlcXVlc3RSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiUgoZRGVjbGluZUNoYXRSZXF1ZXN0UmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSDQoFYmxvY2sYAiABKAgiHAoaRGVjbGluZUNoYXRSZXF1ZXN0UmVzcG9uc2Ui9wIKGVVwZGF0ZUNoYXRTZXR0aW5nc1JlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEjAKCm11dGVfdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASDwoFbXV0ZWQYAyABKAhIABIVCghhcmNoaXZlZBgEIAEoCEgBiAEBEhMKBnBpbm5lZBgFIAEoCEgCiAEBOqIBukieARqbAQogdXBkYXRlX2NoYXRfc2V0dGluZ3MuYXJjaGl2ZV9waW4SLGEgY2hhdCBjYW5ub3QgYmUgYXJjaGl2ZWQgYW5kIHBpbm5lZCBhdCBvbmNlGkkhKGhhcyh0aGlzLmFyY2hpdmVkKSAmJiBoYXModGhpcy5waW5uZWQpICYmIHRoaXMuYXJjaGl2ZWQgJiYgdGhpcy5waW5uZWQpQgYKBG11dGVCCwoJX2FyY2hpdmVkQgkKB19waW5uZWQiRwoaVXBkYXRlQ2hhdFNldHRpbmdzUmVzcG9uc2USKQoIc2V0dGluZ3MYASABKAsyFy5wYXJsZXkudjEuQ2hhdFNldHRpbmdzKlEKCENoYXRUeXBlEhkKFUNIQVRfVFlQRV9VTlNQRUNJRklFRBAAEhUKEUNIQVRfVFlQRV9QUklWQVRFEAESEwoPQ0hBVF9UWVBFX0dST1VQEAIqPQoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9NRU1CRVIQARIOCgpST0xFX0FETUlOEAIytggKC0NoYXRTZXJ2aWNlEl4KEUNyZWF0ZVByaXZhdGVDaGF0EiMucGFybGV5LnYxLkNyZWF0ZVByaXZhdGVDaGF0UmVxdWVzdBokLnBhcmxleS52MS5DcmVhdGVQcml2YXRlQ2hhdFJlc3BvbnNlElgKD0NyZWF0ZUdyb3VwQ2hhdBIhLnBhcmxleS52MS5DcmVhdGVHcm91cENoYXRSZXF1ZXN0GiIucGFybGV5LnYxLkNyZWF0ZUdyb3VwQ2hhdFJlc3BvbnNlEkUKB0dldENoYXQSGS5wYXJsZXkudjEuR2V0Q2hhdFJlcXVlc3QaGi5wYXJsZXkudjEuR2V0Q2hhdFJlc3BvbnNlIgOQAgESSwoJTGlzdENoYXRzEhsucGFybGV5LnYxLkxpc3RDaGF0c1JlcXVlc3QaHC5wYXJsZXkudjEuTGlzdENoYXRzUmVzcG9uc2UiA5ACARJJCgpVcGRhdGVDaGF0EhwucGFybGV5LnYxLlVwZGF0ZUNoYXRSZXF1ZXN0Gh0ucGFybGV5LnYxLlVwZGF0ZUNoYXRSZXNwb25zZRJYCg9BZGRQYXJ0aWNpcGFudHMSIS5wYXJsZXkudjEuQWRkUGFydGljaXBhbnRzUmVxdWVzdBoiLnBhcmxleS52MS5BZGRQYXJ0aWNpcGFudHNSZXNwb25zZRJeChFSZW1vdmVQYXJ0aWNpcGFudBIjLnBhcmxleS52MS5SZW1vdmVQYXJ0aWNpcGFudFJlcXVlc3QaJC5wYXJsZXkudjEuUmVtb3ZlUGFydGljaXBhbnRSZXNwb25zZRJhChJTZXRQYXJ0aWNpcGFudFJvbGUSJC5wYXJsZXkudjEuU2V0UGFydGljaXBhbnRSb2xlUmVxdWVzdBolLnBhcmxleS52MS5TZXRQYXJ0aWNpcGFudFJvbGVSZXNwb25zZRJGCglMZWF2ZUNoYXQSGy5wYXJsZXkudjEuTGVhdmVDaGF0UmVxdWVzdBocLnBhcmxleS52MS5MZWF2ZUNoYXRSZXNwb25zZRJeChFBY2NlcHRDaGF0UmVxdWVzdBIjLnBhcmxleS52MS5BY2NlcHRDaGF0UmVxdWVzdFJlcXVlc3QaJC5wYXJsZXkudjEuQWNjZXB0Q2hhdFJlcXVlc3RSZXNwb25zZRJhChJEZWNsaW5lQ2hhdFJlcXVlc3QSJC5wYXJsZXkudjEuRGVjbGluZUNoYXRSZXF1ZXN0UmVxdWVzdBolLnBhcmxleS52MS5EZWNsaW5lQ2hhdFJlcXVlc3RSZXNwb25zZRJmChJVcGRhdGVDaGF0U2V0dGluZ3MSJC5wYXJsZXkudjEuVXBkYXRlQ2hhdFNldHRpbmdzUmVxdWVzdBolLnBhcmxleS52MS5VcGRhdGVDaGF0U2V0dGluZ3NSZXNwb25zZSIDkAICQjZaNGdpdGh1Yi5jb20vcGFybGV5LWNoYXQvcGFybGV5L2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChRwYXJsZXkvdjEvY2hhdC5wcm90bxIJcGFybGV5LnYxIj0KC1BhcnRpY2lwYW50Eg8KB3VzZXJfaWQYASABKAUSHQoEcm9sZRgCIAEoDjIPLnBhcmxleS52MS5Sb2xlIn8KC0xhc3RNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSEQoJc2VuZGVyX2lkGAIgASgFEg8KB3ByZXZpZXcYAyABKAkSCwoDc2VxGAQgASgDEisKB3NlbnRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrsDCgRDaGF0EgoKAmlkGAEgASgJEiEKBHR5cGUYAiABKA4yEy5wYXJsZXkudjEuQ2hhdFR5cGUSDAoEbmFtZRgDIAEoCRIsCgxwYXJ0aWNpcGFudHMYBCADKAsyFi5wYXJsZXkudjEuUGFydGljaXBhbnQSLAoMbGFzdF9tZXNzYWdlGAUgASgLMhYucGFybGV5LnYxLkxhc3RNZXNzYWdlEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh0KBHJvbGUYCCABKA4yDy5wYXJsZXkudjEuUm9sZRIUCgx1bnJlYWRfY291bnQYCSABKAMSJwoHcmVxdWVzdBgKIAEoCzIWLnBhcmxleS52MS5DaGF0UmVxdWVzdBIcChR1bnJlYWRfbWVudGlvbl9jb3VudBgLIAEoAxIpCghzZXR0aW5ncxgMIAEoCzIXLnBhcmxleS52MS5DaGF0U2V0dGluZ3MSEwoLZGVzY3JpcHRpb24YDSABKAkijwEKDENoYXRTZXR0aW5ncxINCgVtdXRlZBgBIAEoCBIvCgttdXRlZF91bnRpbBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIYXJjaGl2ZWQYAyABKAgSLQoJcGlubmVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIhCgtDaGF0UmVxdWVzdBISCgpzdGFydGVyX2lkGAEgASgFIjQKGENyZWF0ZVByaXZhdGVDaGF0UmVxdWVzdBIYCgdwZWVyX2lkGAEgASgFQge6SAQaAiAAIksKGUNyZWF0ZVByaXZhdGVDaGF0UmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0Eg8KB2NyZWF0ZWQYAiABKAgiXAoWQ3JlYXRlR3JvdXBDaGF0UmVxdWVzdBIbCgRuYW1lGAEgASgJQg26SApyCBABGGS6AQEAEiUKCm1lbWJlcl9pZHMYAiADKAVCEbpIDpIBCxDzAxgBIgQaAiAAIlQKF0NyZWF0ZUdyb3VwQ2hhdFJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdBIaChJub3RfYWRkZWRfdXNlcl9pZHMYAiADKAUiOAoOR2V0Q2hhdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIjAKD0dldENoYXRSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiYQoQTGlzdENoYXRzUmVxdWVzdBIdCglwYWdlX3NpemUYASABKAVCCrpIBxoFGMgBKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAISEAoIYXJjaGl2ZWQYAyABKAgiTAoRTGlzdENoYXRzUmVzcG9uc2USHgoFY2hhdHMYASADKAsyDy5wYXJsZXkudjEuQ2hhdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkigwIKEVVwZGF0ZUNoYXRSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIgCgRuYW1lGAIgASgJQg26SApyCBABGGS6AQEASACIAQESJgoLZGVzY3JpcHRpb24YAyABKAlCDLpICXIHGPQDugEBAEgBiAEBOmO6SGAaXgoSdXBkYXRlX2NoYXQuY2hhbmdlEh9uYW1lIG9yIGRlc2NyaXB0aW9uIG11c3QgYmUgc2V0GidoYXModGhpcy5uYW1lKSB8fCBoYXModGhpcy5kZXNjcmlwdGlvbilCBwoFX25hbWVCDgoMX2Rlc2NyaXB0aW9uIjMKElVwZGF0ZUNoYXRSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiZwoWQWRkUGFydGljaXBhbnRzUmVxdWVzdBImCgdjaGF0X2lkGAEgASgJQhW6SBJyEDIOXlswLTlhLWZdezI0fSQSJQoIdXNlcl9pZHMYAiADKAVCE7pIEJIBDQgBEPMDGAEiBBoCIAAiVAoXQWRkUGFydGljaXBhbnRzUmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0EhoKEm5vdF9hZGRlZF91c2VyX2lkcxgCIAMoBSJcChhSZW1vdmVQYXJ0aWNpcGFudFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEhgKB3VzZXJfaWQYAiABKAVCB7pIBBoCIAAiOgoZUmVtb3ZlUGFydGljaXBhbnRSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQiiAEKGVNldFBhcnRpY2lwYW50Um9sZVJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEhgKB3VzZXJfaWQYAiABKAVCB7pIBBoCIAASKQoEcm9sZRgDIAEoDjIPLnBhcmxleS52MS5Sb2xlQgq6SAeCAQQQASAAIjsKGlNldFBhcnRpY2lwYW50Um9sZVJlc3BvbnNlEh0KBGNoYXQYASABKAsyDy5wYXJsZXkudjEuQ2hhdCI6ChBMZWF2ZUNoYXRSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JCITChFMZWF2ZUNoYXRSZXNwb25zZSJCChhBY2NlcHRDaGF0UmVxdWVzdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIjoKGUFjY2VwdENoYXRSZXF1ZXN0UmVzcG9uc2USHQoEY2hhdBgBIAEoCzIPLnBhcmxleS52MS5DaGF0IlIKGURlY2xpbmVDaGF0UmVxdWVzdFJlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kEg0KBWJsb2NrGAIgASgIIhwKGkRlY2xpbmVDaGF0UmVxdWVzdFJlc3BvbnNlIvcCChlVcGRhdGVDaGF0U2V0dGluZ3NSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIwCgptdXRlX3VudGlsGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAEg8KBW11dGVkGAMgASgISAASFQoIYXJjaGl2ZWQYBCABKAhIAYgBARITCgZwaW5uZWQYBSABKAhIAogBATqiAbpIngEamwEKIHVwZGF0ZV9jaGF0X3NldHRpbmdzLmFyY2hpdmVfcGluEixhIGNoYXQgY2Fubm90IGJlIGFyY2hpdmVkIGFuZCBwaW5uZWQgYXQgb25jZRpJIShoYXModGhpcy5hcmNoaXZlZCkgJiYgaGFzKHRoaXMucGlubmVkKSAmJiB0aGlzLmFyY2hpdmVkICYmIHRoaXMucGlubmVkKUIGCgRtdXRlQgsKCV9hcmNoaXZlZEIJCgdfcGlubmVkIkcKGlVwZGF0ZUNoYXRTZXR0aW5nc1Jlc3BvbnNlEikKCHNldHRpbmdzGAEgASgLMhcucGFybGV5LnYxLkNoYXRTZXR0aW5ncyL6AQoKSW52aXRlTGluaxIMCgRjb2RlGAEgASgJEg8KB2NoYXRfaWQYAiABKAkSEgoKY3JlYXRvcl9pZBgDIAEoBRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLdXNhZ2VfbGltaXQYBiABKAUSEwoLdXNhZ2VfY291bnQYByABKAUSLgoKcmV2b2tlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAilAEKF0NyZWF0ZUludml0ZUxpbmtSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIAoLdXNhZ2VfbGltaXQYAyABKAVCC7pICBoGGKCNBigAIkYKGENyZWF0ZUludml0ZUxpbmtSZXNwb25zZRIqCgtpbnZpdGVfbGluaxgBIAEoCzIVLnBhcmxleS52MS5JbnZpdGVMaW5rIkAKFkxpc3RJbnZpdGVMaW5rc1JlcXVlc3QSJgoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIkYKF0xpc3RJbnZpdGVMaW5rc1Jlc3BvbnNlEisKDGludml0ZV9saW5rcxgBIAMoCzIVLnBhcmxleS52MS5JbnZpdGVMaW5rImsKF1Jldm9rZUludml0ZUxpbmtSZXF1ZXN0EiYKB2NoYXRfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JBIoCgRjb2RlGAIgASgJQhq6SBdyFTITXltBLVphLXowLTlfLV17MjJ9JCJGChhSZXZva2VJbnZpdGVMaW5rUmVzcG9uc2USKgoLaW52aXRlX2xpbmsYASABKAsyFS5wYXJsZXkudjEuSW52aXRlTGluayI8ChBHZXRJbnZpdGVSZXF1ZXN0EigKBGNvZGUYASABKAlCGrpIF3IVMhNeW0EtWmEtejAtOV8tXXsyMn0kIm0KEUdldEludml0ZVJlc3BvbnNlEg8KB2NoYXRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIUCgxtZW1iZXJfY291bnQYBCABKAUSDgoGbWVtYmVyGAUgASgIIkMKF0pvaW5DaGF0QnlJbnZpdGVSZXF1ZXN0EigKBGNvZGUYASABKAlCGrpIF3IVMhNeW0EtWmEtejAtOV8tXXsyMn0kIjkKGEpvaW5DaGF0QnlJbnZpdGVSZXNwb25zZRIdCgRjaGF0GAEgASgLMg8ucGFybGV5LnYxLkNoYXQqUQoIQ2hhdFR5cGUSGQoVQ0hBVF9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRQ0hBVF9UWVBFX1BSSVZBVEUQARITCg9DSEFUX1RZUEVfR1JPVVAQAio9CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX01FTUJFUhABEg4KClJPTEVfQURNSU4QAjL+CwoLQ2hhdFNlcnZpY2USXgoRQ3JlYXRlUHJpdmF0ZUNoYXQSIy5wYXJsZXkudjEuQ3JlYXRlUHJpdmF0ZUNoYXRSZXF1ZXN0GiQucGFybGV5LnYxLkNyZWF0ZVByaXZhdGVDaGF0UmVzcG9uc2USWAoPQ3JlYXRlR3JvdXBDaGF0EiEucGFybGV5LnYxLkNyZWF0ZUdyb3VwQ2hhdFJlcXVlc3QaIi5wYXJsZXkudjEuQ3JlYXRlR3JvdXBDaGF0UmVzcG9uc2USRQoHR2V0Q2hhdBIZLnBhcmxleS52MS5HZXRDaGF0UmVxdWVzdBoaLnBhcmxleS52MS5HZXRDaGF0UmVzcG9uc2UiA5ACARJLCglMaXN0Q2hhdHMSGy5wYXJsZXkudjEuTGlzdENoYXRzUmVxdWVzdBocLnBhcmxleS52MS5MaXN0Q2hhdHNSZXNwb25zZSIDkAIBEkkKClVwZGF0ZUNoYXQSHC5wYXJsZXkudjEuVXBkYXRlQ2hhdFJlcXVlc3QaHS5wYXJsZXkudjEuVXBkYXRlQ2hhdFJlc3BvbnNlElgKD0FkZFBhcnRpY2lwYW50cxIhLnBhcmxleS52MS5BZGRQYXJ0aWNpcGFudHNSZXF1ZXN0GiIucGFybGV5LnYxLkFkZFBhcnRpY2lwYW50c1Jlc3BvbnNlEl4KEVJlbW92ZVBhcnRpY2lwYW50EiMucGFybGV5LnYxLlJlbW92ZVBhcnRpY2lwYW50UmVxdWVzdBokLnBhcmxleS52MS5SZW1vdmVQYXJ0aWNpcGFudFJlc3BvbnNlEmEKElNldFBhcnRpY2lwYW50Um9sZRIkLnBhcmxleS52MS5TZXRQYXJ0aWNpcGFudFJvbGVSZXF1ZXN0GiUucGFybGV5LnYxLlNldFBhcnRpY2lwYW50Um9sZVJlc3BvbnNlEkYKCUxlYXZlQ2hhdBIbLnBhcmxleS52MS5MZWF2ZUNoYXRSZXF1ZXN0GhwucGFybGV5LnYxLkxlYXZlQ2hhdFJlc3BvbnNlEl4KEUFjY2VwdENoYXRSZXF1ZXN0EiMucGFybGV5LnYxLkFjY2VwdENoYXRSZXF1ZXN0UmVxdWVzdBokLnBhcmxleS52MS5BY2NlcHRDaGF0UmVxdWVzdFJlc3BvbnNlEmEKEkRlY2xpbmVDaGF0UmVxdWVzdBIkLnBhcmxleS52MS5EZWNsaW5lQ2hhdFJlcXVlc3RSZXF1ZXN0GiUucGFybGV5LnYxLkRlY2xpbmVDaGF0UmVxdWVzdFJlc3BvbnNlEmYKElVwZGF0ZUNoYXRTZXR0aW5ncxIkLnBhcmxleS52MS5VcGRhdGVDaGF0U2V0dGluZ3NSZXF1ZXN0GiUucGFybGV5LnYxLlVwZGF0ZUNoYXRTZXR0aW5nc1Jlc3BvbnNlIgOQAgISWwoQQ3JlYXRlSW52aXRlTGluaxIiLnBhcmxleS52MS5DcmVhdGVJbnZpdGVMaW5rUmVxdWVzdBojLnBhcmxleS52MS5DcmVhdGVJbnZpdGVMaW5rUmVzcG9uc2USXQoPTGlzdEludml0ZUxpbmtzEiEucGFybGV5LnYxLkxpc3RJbnZpdGVMaW5rc1JlcXVlc3QaIi5wYXJsZXkudjEuTGlzdEludml0ZUxpbmtzUmVzcG9uc2UiA5ACARJgChBSZXZva2VJbnZpdGVMaW5rEiIucGFybGV5LnYxLlJldm9rZUludml0ZUxpbmtSZXF1ZXN0GiMucGFybGV5LnYxLlJldm9rZUludml0ZUxpbmtSZXNwb25zZSIDkAICEksKCUdldEludml0ZRIbLnBhcmxleS52MS5HZXRJbnZpdGVSZXF1ZXN0GhwucGFybGV5LnYxLkdldEludml0ZVJlc3BvbnNlIgOQAgESWwoQSm9pbkNoYXRCeUludml0ZRIiLnBhcmxleS52MS5Kb2luQ2hhdEJ5SW52aXRlUmVxdWVzdBojLnBhcmxleS52MS5Kb2luQ2hhdEJ5SW52aXRlUmVzcG9uc2VCNlo0Z2l0aHViLmNvbS9wYXJsZXktY2hhdC9wYXJsZXkvZ2VuL3BhcmxleS92MTtwYXJsZXl2MWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * Participant is a member of a chat.
@@ -168,6 +168,13 @@ export type Chat = Message<"parley.v1.Chat"> & {
    * @generated from field: parley.v1.ChatSettings settings = 12;
    */
   settings?: ChatSettings | undefined;
+
+  /**
+   * The group's description; empty for private chats.
+   *
+   * @generated from field: string description = 13;
+   */
+  description: string;
 };
 
 /**
@@ -435,9 +442,19 @@ export type UpdateChatRequest = Message<"parley.v1.UpdateChatRequest"> & {
   chatId: string;
 
   /**
-   * @generated from field: string name = 2;
+   * The new name, 1 to 100 characters; unset keeps it.
+   *
+   * @generated from field: optional string name = 2;
    */
-  name: string;
+  name?: string | undefined;
+
+  /**
+   * The new description, up to 500 characters (empty removes it); unset
+   * keeps it.
+   *
+   * @generated from field: optional string description = 3;
+   */
+  description?: string | undefined;
 };
 
 /**
@@ -767,6 +784,287 @@ export const UpdateChatSettingsResponseSchema: GenMessage<UpdateChatSettingsResp
   messageDesc(file_parley_v1_chat, 28);
 
 /**
+ * InviteLink is a code by which users join a group.
+ *
+ * @generated from message parley.v1.InviteLink
+ */
+export type InviteLink = Message<"parley.v1.InviteLink"> & {
+  /**
+   * The code, to put in a link: 22 URL-safe characters.
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * @generated from field: string chat_id = 2;
+   */
+  chatId: string;
+
+  /**
+   * The admin who made it.
+   *
+   * @generated from field: int32 creator_id = 3;
+   */
+  creatorId: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 4;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When it stops working; absent for never.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 5;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * How many joins it allows; 0 for no limit.
+   *
+   * @generated from field: int32 usage_limit = 6;
+   */
+  usageLimit: number;
+
+  /**
+   * How many users joined by it.
+   *
+   * @generated from field: int32 usage_count = 7;
+   */
+  usageCount: number;
+
+  /**
+   * Set once revoked.
+   *
+   * @generated from field: google.protobuf.Timestamp revoked_at = 8;
+   */
+  revokedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.v1.InviteLink.
+ * Use `create(InviteLinkSchema)` to create a new message.
+ */
+export const InviteLinkSchema: GenMessage<InviteLink> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 29);
+
+/**
+ * @generated from message parley.v1.CreateInviteLinkRequest
+ */
+export type CreateInviteLinkRequest = Message<"parley.v1.CreateInviteLinkRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * When the link stops working (in the future); unset for never.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 2;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * How many users may join by it, up to 100000; 0 for no limit.
+   *
+   * @generated from field: int32 usage_limit = 3;
+   */
+  usageLimit: number;
+};
+
+/**
+ * Describes the message parley.v1.CreateInviteLinkRequest.
+ * Use `create(CreateInviteLinkRequestSchema)` to create a new message.
+ */
+export const CreateInviteLinkRequestSchema: GenMessage<CreateInviteLinkRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 30);
+
+/**
+ * @generated from message parley.v1.CreateInviteLinkResponse
+ */
+export type CreateInviteLinkResponse = Message<"parley.v1.CreateInviteLinkResponse"> & {
+  /**
+   * @generated from field: parley.v1.InviteLink invite_link = 1;
+   */
+  inviteLink?: InviteLink | undefined;
+};
+
+/**
+ * Describes the message parley.v1.CreateInviteLinkResponse.
+ * Use `create(CreateInviteLinkResponseSchema)` to create a new message.
+ */
+export const CreateInviteLinkResponseSchema: GenMessage<CreateInviteLinkResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 31);
+
+/**
+ * @generated from message parley.v1.ListInviteLinksRequest
+ */
+export type ListInviteLinksRequest = Message<"parley.v1.ListInviteLinksRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+};
+
+/**
+ * Describes the message parley.v1.ListInviteLinksRequest.
+ * Use `create(ListInviteLinksRequestSchema)` to create a new message.
+ */
+export const ListInviteLinksRequestSchema: GenMessage<ListInviteLinksRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 32);
+
+/**
+ * @generated from message parley.v1.ListInviteLinksResponse
+ */
+export type ListInviteLinksResponse = Message<"parley.v1.ListInviteLinksResponse"> & {
+  /**
+   * At most the 100 newest.
+   *
+   * @generated from field: repeated parley.v1.InviteLink invite_links = 1;
+   */
+  inviteLinks: InviteLink[];
+};
+
+/**
+ * Describes the message parley.v1.ListInviteLinksResponse.
+ * Use `create(ListInviteLinksResponseSchema)` to create a new message.
+ */
+export const ListInviteLinksResponseSchema: GenMessage<ListInviteLinksResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 33);
+
+/**
+ * @generated from message parley.v1.RevokeInviteLinkRequest
+ */
+export type RevokeInviteLinkRequest = Message<"parley.v1.RevokeInviteLinkRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * @generated from field: string code = 2;
+   */
+  code: string;
+};
+
+/**
+ * Describes the message parley.v1.RevokeInviteLinkRequest.
+ * Use `create(RevokeInviteLinkRequestSchema)` to create a new message.
+ */
+export const RevokeInviteLinkRequestSchema: GenMessage<RevokeInviteLinkRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 34);
+
+/**
+ * @generated from message parley.v1.RevokeInviteLinkResponse
+ */
+export type RevokeInviteLinkResponse = Message<"parley.v1.RevokeInviteLinkResponse"> & {
+  /**
+   * @generated from field: parley.v1.InviteLink invite_link = 1;
+   */
+  inviteLink?: InviteLink | undefined;
+};
+
+/**
+ * Describes the message parley.v1.RevokeInviteLinkResponse.
+ * Use `create(RevokeInviteLinkResponseSchema)` to create a new message.
+ */
+export const RevokeInviteLinkResponseSchema: GenMessage<RevokeInviteLinkResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 35);
+
+/**
+ * @generated from message parley.v1.GetInviteRequest
+ */
+export type GetInviteRequest = Message<"parley.v1.GetInviteRequest"> & {
+  /**
+   * @generated from field: string code = 1;
+   */
+  code: string;
+};
+
+/**
+ * Describes the message parley.v1.GetInviteRequest.
+ * Use `create(GetInviteRequestSchema)` to create a new message.
+ */
+export const GetInviteRequestSchema: GenMessage<GetInviteRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 36);
+
+/**
+ * @generated from message parley.v1.GetInviteResponse
+ */
+export type GetInviteResponse = Message<"parley.v1.GetInviteResponse"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * The group's name and description.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string description = 3;
+   */
+  description: string;
+
+  /**
+   * @generated from field: int32 member_count = 4;
+   */
+  memberCount: number;
+
+  /**
+   * True when the caller is a member already.
+   *
+   * @generated from field: bool member = 5;
+   */
+  member: boolean;
+};
+
+/**
+ * Describes the message parley.v1.GetInviteResponse.
+ * Use `create(GetInviteResponseSchema)` to create a new message.
+ */
+export const GetInviteResponseSchema: GenMessage<GetInviteResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 37);
+
+/**
+ * @generated from message parley.v1.JoinChatByInviteRequest
+ */
+export type JoinChatByInviteRequest = Message<"parley.v1.JoinChatByInviteRequest"> & {
+  /**
+   * @generated from field: string code = 1;
+   */
+  code: string;
+};
+
+/**
+ * Describes the message parley.v1.JoinChatByInviteRequest.
+ * Use `create(JoinChatByInviteRequestSchema)` to create a new message.
+ */
+export const JoinChatByInviteRequestSchema: GenMessage<JoinChatByInviteRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 38);
+
+/**
+ * @generated from message parley.v1.JoinChatByInviteResponse
+ */
+export type JoinChatByInviteResponse = Message<"parley.v1.JoinChatByInviteResponse"> & {
+  /**
+   * @generated from field: parley.v1.Chat chat = 1;
+   */
+  chat?: Chat | undefined;
+};
+
+/**
+ * Describes the message parley.v1.JoinChatByInviteResponse.
+ * Use `create(JoinChatByInviteResponseSchema)` to create a new message.
+ */
+export const JoinChatByInviteResponseSchema: GenMessage<JoinChatByInviteResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_chat, 39);
+
+/**
  * ChatType tells private chats from groups.
  *
  * @generated from enum parley.v1.ChatType
@@ -885,7 +1183,7 @@ export const ChatService: GenService<{
     output: typeof ListChatsResponseSchema;
   },
   /**
-   * UpdateChat renames a group. Admins only.
+   * UpdateChat renames a group, or changes its description. Admins only.
    *
    * @generated from rpc parley.v1.ChatService.UpdateChat
    */
@@ -980,6 +1278,64 @@ export const ChatService: GenService<{
     methodKind: "unary";
     input: typeof UpdateChatSettingsRequestSchema;
     output: typeof UpdateChatSettingsResponseSchema;
+  },
+  /**
+   * CreateInviteLink makes a link (a code) by which anyone may join the
+   * group, optionally until a time and for a number of joins. Admins only.
+   *
+   * @generated from rpc parley.v1.ChatService.CreateInviteLink
+   */
+  createInviteLink: {
+    methodKind: "unary";
+    input: typeof CreateInviteLinkRequestSchema;
+    output: typeof CreateInviteLinkResponseSchema;
+  },
+  /**
+   * ListInviteLinks lists the group's invite links, revoked and expired
+   * ones included, the newest first. Admins only.
+   *
+   * @generated from rpc parley.v1.ChatService.ListInviteLinks
+   */
+  listInviteLinks: {
+    methodKind: "unary";
+    input: typeof ListInviteLinksRequestSchema;
+    output: typeof ListInviteLinksResponseSchema;
+  },
+  /**
+   * RevokeInviteLink ends an invite link: nobody joins by it any more.
+   * Admins only.
+   *
+   * @generated from rpc parley.v1.ChatService.RevokeInviteLink
+   */
+  revokeInviteLink: {
+    methodKind: "unary";
+    input: typeof RevokeInviteLinkRequestSchema;
+    output: typeof RevokeInviteLinkResponseSchema;
+  },
+  /**
+   * GetInvite tells what group an invite code leads to, for a user
+   * deciding whether to join. NOT_FOUND for a code that does not exist,
+   * was revoked, expired, or has no joins left.
+   *
+   * @generated from rpc parley.v1.ChatService.GetInvite
+   */
+  getInvite: {
+    methodKind: "unary";
+    input: typeof GetInviteRequestSchema;
+    output: typeof GetInviteResponseSchema;
+  },
+  /**
+   * JoinChatByInvite makes the caller a member of the group of a valid
+   * invite code (NOT_FOUND otherwise, as GetInvite). A member already in
+   * gets the chat and uses none of the link's joins. The new member sees
+   * the history from before it joined, read.
+   *
+   * @generated from rpc parley.v1.ChatService.JoinChatByInvite
+   */
+  joinChatByInvite: {
+    methodKind: "unary";
+    input: typeof JoinChatByInviteRequestSchema;
+    output: typeof JoinChatByInviteResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_v1_chat, 0);

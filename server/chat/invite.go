@@ -1,0 +1,331 @@
+package chat
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/auth"
+)
+
+// inviteDoc is a document of the invites collection: a code by which
+// users join a group. Its code is its _id, 16 random bytes, so that codes
+// cannot be guessed.
+type inviteDoc struct {
+	Code       string        `bson:"_id"`
+	ChatID     bson.ObjectID `bson:"chatId"`
+	CreatorID  int           `bson:"creatorId"`
+	CreatedAt  time.Time     `bson:"createdAt"`
+	ExpiresAt  *time.Time    `bson:"expiresAt,omitempty"`
+	UsageLimit int           `bson:"usageLimit,omitempty"`
+	Uses       int           `bson:"uses"`
+	RevokedAt  *time.Time    `bson:"revokedAt,omitempty"`
+}
+
+// maxListedInvites bounds ListInviteLinks.
+const maxListedInvites = 100
+
+var inviteIndexes = []mongo.IndexModel{
+	// ListInviteLinks: a group's links, the newest first.
+	{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "createdAt", Value: -1}}, Options: options.Index().SetName("chatId_createdAt")},
+}
+
+// errNoInvite answers every code that does not lead to a group, whatever
+// the reason, so that a code's past tells nothing.
+var errNoInvite = connect.NewError(connect.CodeNotFound, errors.New("no such invite, or it no longer works"))
+
+// usable reports whether the link still lets users join at now.
+func (d *inviteDoc) usable(now time.Time) bool {
+	return d.RevokedAt == nil && (d.ExpiresAt == nil || d.ExpiresAt.After(now)) && (d.UsageLimit == 0 || d.Uses < d.UsageLimit)
+}
+
+func newInviteCode() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func (s *store) insertInvite(ctx context.Context, d *inviteDoc) error {
+	if _, err := s.invites.InsertOne(ctx, d); err != nil {
+		return fmt.Errorf("create invite: %w", err)
+	}
+	return nil
+}
+
+func (s *store) invite(ctx context.Context, code string) (*inviteDoc, error) {
+	var d inviteDoc
+	err := s.invites.FindOne(ctx, bson.D{{Key: "_id", Value: code}}).Decode(&d)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, errNoInvite
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get invite: %w", err)
+	}
+	return &d, nil
+}
+
+func (s *store) invitesOf(ctx context.Context, chatID bson.ObjectID) ([]inviteDoc, error) {
+	cur, err := s.invites.Find(ctx, bson.D{{Key: "chatId", Value: chatID}},
+		options.Find().SetSort(bson.D{{Key: "createdAt", Value: -1}}).SetLimit(maxListedInvites))
+	if err != nil {
+		return nil, fmt.Errorf("list invites: %w", err)
+	}
+	var out []inviteDoc
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, fmt.Errorf("list invites: %w", err)
+	}
+	return out, nil
+}
+
+// revokeInvite revokes the group's link, once, and returns it.
+func (s *store) revokeInvite(ctx context.Context, chatID bson.ObjectID, code string) (*inviteDoc, error) {
+	var d inviteDoc
+	err := s.locked(ctx, "invite:"+code, func() error {
+		_, err := s.invites.UpdateOne(ctx,
+			bson.D{{Key: "_id", Value: code}, {Key: "chatId", Value: chatID}, {Key: "revokedAt", Value: bson.D{{Key: "$exists", Value: false}}}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "revokedAt", Value: s.nowMs()}}}})
+		if err != nil {
+			return err
+		}
+		return s.invites.FindOne(ctx, bson.D{{Key: "_id", Value: code}, {Key: "chatId", Value: chatID}}).Decode(&d)
+	})
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, errNoInvite
+	}
+	if err != nil {
+		return nil, fmt.Errorf("revoke invite: %w", err)
+	}
+	return &d, nil
+}
+
+// useInvite takes one of the link's joins, if it still has any: one
+// conditional update, so that racing joins never exceed the limit.
+func (s *store) useInvite(ctx context.Context, d *inviteDoc, delta int) (bool, error) {
+	filter := bson.D{{Key: "_id", Value: d.Code}}
+	if delta > 0 {
+		now := s.nowMs()
+		filter = append(filter,
+			bson.E{Key: "revokedAt", Value: bson.D{{Key: "$exists", Value: false}}},
+			bson.E{Key: "$or", Value: bson.A{
+				bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$exists", Value: false}}}},
+				bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: now}}}},
+			}})
+		if d.UsageLimit > 0 {
+			filter = append(filter, bson.E{Key: "uses", Value: bson.D{{Key: "$lt", Value: d.UsageLimit}}})
+		}
+	}
+	var res *mongo.UpdateResult
+	err := s.locked(ctx, "invite:"+d.Code, func() (err error) {
+		res, err = s.invites.UpdateOne(ctx, filter, bson.D{{Key: "$inc", Value: bson.D{{Key: "uses", Value: delta}}}})
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("use invite: %w", err)
+	}
+	return res.ModifiedCount == 1, nil
+}
+
+func toInvite(d *inviteDoc) *parleyv1.InviteLink {
+	out := &parleyv1.InviteLink{
+		Code: d.Code, ChatId: d.ChatID.Hex(), CreatorId: int32(d.CreatorID), CreatedAt: timestamppb.New(d.CreatedAt),
+		UsageLimit: int32(d.UsageLimit), UsageCount: int32(d.Uses),
+	}
+	if d.ExpiresAt != nil {
+		out.ExpireTime = timestamppb.New(*d.ExpiresAt)
+	}
+	if d.RevokedAt != nil {
+		out.RevokedAt = timestamppb.New(*d.RevokedAt)
+	}
+	return out
+}
+
+// CreateInviteLink makes an invite link to a group.
+func (s *Service) CreateInviteLink(
+	ctx context.Context, req *connect.Request[parleyv1.CreateInviteLinkRequest],
+) (*connect.Response[parleyv1.CreateInviteLinkResponse], error) {
+	id, c, _, err := s.adminAccess(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	now := s.store.nowMs()
+	d := &inviteDoc{Code: newInviteCode(), ChatID: c.ID, CreatorID: id.UserID, CreatedAt: now, UsageLimit: int(req.Msg.GetUsageLimit())}
+	if t := req.Msg.GetExpireTime(); t != nil {
+		at := t.AsTime().UTC().Truncate(time.Millisecond)
+		if !at.After(now) {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("expire_time: not in the future"))
+		}
+		d.ExpiresAt = &at
+	}
+	if err := s.store.insertInvite(ctx, d); err != nil {
+		return nil, s.internal(ctx, "create invite link", err)
+	}
+	return connect.NewResponse(&parleyv1.CreateInviteLinkResponse{InviteLink: toInvite(d)}), nil
+}
+
+// ListInviteLinks lists a group's invite links.
+func (s *Service) ListInviteLinks(
+	ctx context.Context, req *connect.Request[parleyv1.ListInviteLinksRequest],
+) (*connect.Response[parleyv1.ListInviteLinksResponse], error) {
+	_, c, _, err := s.adminAccess(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	ds, err := s.store.invitesOf(ctx, c.ID)
+	if err != nil {
+		return nil, s.internal(ctx, "list invite links", err)
+	}
+	res := &parleyv1.ListInviteLinksResponse{}
+	for i := range ds {
+		res.InviteLinks = append(res.InviteLinks, toInvite(&ds[i]))
+	}
+	return connect.NewResponse(res), nil
+}
+
+// RevokeInviteLink ends a group's invite link.
+func (s *Service) RevokeInviteLink(
+	ctx context.Context, req *connect.Request[parleyv1.RevokeInviteLinkRequest],
+) (*connect.Response[parleyv1.RevokeInviteLinkResponse], error) {
+	_, c, _, err := s.adminAccess(ctx, req.Msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	d, err := s.store.revokeInvite(ctx, c.ID, req.Msg.GetCode())
+	if errors.Is(err, errNoInvite) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, s.internal(ctx, "revoke invite link", err)
+	}
+	return connect.NewResponse(&parleyv1.RevokeInviteLinkResponse{InviteLink: toInvite(d)}), nil
+}
+
+// usableInvite returns the invite of a code that leads to a group, with
+// the group.
+func (s *Service) usableInvite(ctx context.Context, code string) (*inviteDoc, *chatDoc, error) {
+	d, err := s.store.invite(ctx, code)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !d.usable(s.store.nowMs()) {
+		return nil, nil, errNoInvite
+	}
+	c, err := s.store.getChat(ctx, d.ChatID)
+	if errors.Is(err, errNoChat) {
+		return nil, nil, errNoInvite
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, c, nil
+}
+
+// GetInvite tells what group an invite code leads to.
+func (s *Service) GetInvite(
+	ctx context.Context, req *connect.Request[parleyv1.GetInviteRequest],
+) (*connect.Response[parleyv1.GetInviteResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	_, c, err := s.usableInvite(ctx, req.Msg.GetCode())
+	if errors.Is(err, errNoInvite) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, s.internal(ctx, "get invite", err)
+	}
+	return connect.NewResponse(&parleyv1.GetInviteResponse{
+		ChatId: c.ID.Hex(), Name: c.Name, Description: c.Description, MemberCount: int32(len(c.Participants)),
+		Member: c.participant(id.UserID) != nil,
+	}), nil
+}
+
+// JoinChatByInvite makes the caller a member of the group of an invite.
+func (s *Service) JoinChatByInvite(
+	ctx context.Context, req *connect.Request[parleyv1.JoinChatByInviteRequest],
+) (*connect.Response[parleyv1.JoinChatByInviteResponse], error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d, c, err := s.usableInvite(ctx, req.Msg.GetCode())
+	if errors.Is(err, errNoInvite) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, s.internal(ctx, "join chat", err)
+	}
+	if c.participant(id.UserID) == nil {
+		if err := s.join(ctx, d, c, id.UserID); err != nil {
+			return nil, err
+		}
+	}
+	chat, err := s.view(ctx, c.ID, id.UserID)
+	if err != nil {
+		return nil, s.internal(ctx, "join chat", err)
+	}
+	return connect.NewResponse(&parleyv1.JoinChatByInviteResponse{Chat: chat}), nil
+}
+
+// join adds the user to the group by the invite, taking one of its joins
+// first and giving it back when the user does not join after all (a full
+// group, a member already: another join of the user's won the race).
+func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int) error {
+	ok, err := s.store.useInvite(ctx, d, 1)
+	if err != nil {
+		return s.internal(ctx, "join chat", err)
+	}
+	if !ok {
+		return errNoInvite
+	}
+	joined := false
+	defer func() {
+		if !joined {
+			if _, err := s.store.useInvite(context.WithoutCancel(ctx), d, -1); err != nil {
+				s.log.WarnContext(ctx, "give an invite's join back", "chat", c.ID.Hex(), "err", err)
+			}
+		}
+	}()
+	// As AddParticipants: the history before the join counts as read.
+	if err := s.store.startPositions(ctx, c.ID, []int{userID}, lastSeq(c)); err != nil {
+		return s.internal(ctx, "join chat", err)
+	}
+	_, err = s.store.changeMembers(ctx, c.ID, func(c *chatDoc) ([]participantDoc, error) {
+		joined = false
+		if c.Type != typeGroup {
+			return nil, errNoInvite
+		}
+		if c.participant(userID) != nil {
+			return nil, errNoChange
+		}
+		if len(c.Participants)+1 > MaxGroupSize {
+			return nil, errTooManyMember
+		}
+		joined = true
+		return append(slices.Clone(c.Participants), participantDoc{UserID: userID, Role: roleMember}), nil
+	})
+	if err != nil {
+		joined = false
+		if errors.Is(err, errNoInvite) || errors.Is(err, errTooManyMember) {
+			return err
+		}
+		return s.internal(ctx, "join chat", err)
+	}
+	if joined {
+		if err := s.publishChat(ctx, c.ID, membersAdded, userID, userID); err != nil {
+			return s.internal(ctx, "join chat", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,181 @@
+package chat_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/servertest"
+)
+
+func createInvite(t *testing.T, u *user, r *parleyv1.CreateInviteLinkRequest) *parleyv1.InviteLink {
+	t.Helper()
+	res, err := u.chats.CreateInviteLink(context.Background(), req(u, r))
+	if err != nil {
+		t.Fatalf("CreateInviteLink: %v", err)
+	}
+	return res.Msg.GetInviteLink()
+}
+
+func join(u *user, code string) (*parleyv1.Chat, error) {
+	res, err := u.chats.JoinChatByInvite(context.Background(), req(u, &parleyv1.JoinChatByInviteRequest{Code: code}))
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg.GetChat(), nil
+}
+
+func TestInvites_JoinByLink(t *testing.T) {
+	clock := servertest.NewClock()
+	srv := servertest.New(t, servertest.WithConfig(func(cfg *app.Config) { cfg.Now = clock.Now }))
+	for _, p := range twoProtocols {
+		t.Run(p.Name, func(t *testing.T) {
+			admin, member := newUser(t, srv, p), newUser(t, srv, p)
+			first, second, third := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
+			g := group(t, admin, "club", member)
+			if _, err := admin.chats.UpdateChat(context.Background(), req(admin, &parleyv1.UpdateChatRequest{
+				ChatId: g.GetId(), Description: proto.String("a club for testers"),
+			})); err != nil {
+				t.Fatal(err)
+			}
+			history := send(t, admin, g.GetId(), "before anyone joined")
+			link := createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId(), UsageLimit: 2})
+			adminLive := subscribe(t, srv, p, admin)
+
+			info, err := first.chats.GetInvite(context.Background(), req(first, &parleyv1.GetInviteRequest{Code: link.GetCode()}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := info.Msg; got.GetName() != "club" || got.GetDescription() != "a club for testers" || got.GetMemberCount() != 2 || got.GetMember() {
+				t.Errorf("GetInvite = %v", got)
+			}
+			c, err := join(first, link.GetCode())
+			if err != nil {
+				t.Fatalf("join: %v", err)
+			}
+			if c.GetId() != g.GetId() || c.GetRole() != parleyv1.Role_ROLE_MEMBER || c.GetUnreadCount() != 0 {
+				t.Errorf("joined chat: id %s role %v unread %d; want %s, member, 0 unread", c.GetId(), c.GetRole(), c.GetUnreadCount(), g.GetId())
+			}
+			if msgs := listAll(t, first, g.GetId()); len(msgs) != 1 || msgs[0].GetId() != history.GetId() {
+				t.Errorf("the new member lists %v, want the history from before it joined", msgs)
+			}
+			ev := nextEvent(t, adminLive, func(ev *parleyv1.Event) bool { return ev.GetMembersAdded() != nil })
+			if added := ev.GetMembersAdded(); added.GetActorId() != first.id || len(added.GetUserIds()) != 1 || added.GetUserIds()[0] != first.id {
+				t.Errorf("members_added = %v, want the joiner as actor and member", added)
+			}
+			// Joining again uses no join.
+			if _, err := join(first, link.GetCode()); err != nil {
+				t.Errorf("a member joining again: %v", err)
+			}
+			if _, err := join(second, link.GetCode()); err != nil {
+				t.Fatalf("second join: %v", err)
+			}
+			_, err = join(third, link.GetCode())
+			wantCode(t, err, connect.CodeNotFound)
+			links, err := admin.chats.ListInviteLinks(context.Background(), req(admin, &parleyv1.ListInviteLinksRequest{ChatId: g.GetId()}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := links.Msg.GetInviteLinks(); len(got) != 1 || got[0].GetUsageCount() != 2 {
+				t.Errorf("ListInviteLinks = %v, want one link used twice", got)
+			}
+			if n := len(getChat(t, admin, g.GetId()).GetParticipants()); n != 4 {
+				t.Errorf("%d members after two joins, want 4", n)
+			}
+
+			// Revoked and expired links lead nowhere.
+			open := createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId()})
+			if _, err := admin.chats.RevokeInviteLink(context.Background(), req(admin, &parleyv1.RevokeInviteLinkRequest{ChatId: g.GetId(), Code: open.GetCode()})); err != nil {
+				t.Fatal(err)
+			}
+			_, err = third.chats.GetInvite(context.Background(), req(third, &parleyv1.GetInviteRequest{Code: open.GetCode()}))
+			wantCode(t, err, connect.CodeNotFound)
+			_, err = join(third, open.GetCode())
+			wantCode(t, err, connect.CodeNotFound)
+			soon := createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId(), ExpireTime: timestamppb.New(clock.Now().Add(time.Minute))})
+			clock.Advance(2 * time.Minute)
+			_, err = join(third, soon.GetCode())
+			wantCode(t, err, connect.CodeNotFound)
+			_, err = join(third, "AAAAAAAAAAAAAAAAAAAAAA")
+			wantCode(t, err, connect.CodeNotFound)
+			if getChat(t, admin, g.GetId()).GetParticipants()[len(getChat(t, admin, g.GetId()).GetParticipants())-1].GetUserId() == third.id {
+				t.Errorf("a refused join made the user a member")
+			}
+		})
+	}
+}
+
+func TestInvites_Authorization(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range twoProtocols {
+		t.Run(p.Name, func(t *testing.T) {
+			admin, member, removed, outsider := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
+			g := group(t, admin, "g", member, removed)
+			if _, err := admin.chats.RemoveParticipant(context.Background(), req(admin, &parleyv1.RemoveParticipantRequest{ChatId: g.GetId(), UserId: removed.id})); err != nil {
+				t.Fatal(err)
+			}
+			link := createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId()})
+			for _, tc := range []struct {
+				u    *user
+				code connect.Code
+			}{{member, connect.CodePermissionDenied}, {removed, connect.CodeNotFound}, {outsider, connect.CodeNotFound}} {
+				_, err := tc.u.chats.CreateInviteLink(context.Background(), req(tc.u, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId()}))
+				wantCode(t, err, tc.code)
+				_, err = tc.u.chats.ListInviteLinks(context.Background(), req(tc.u, &parleyv1.ListInviteLinksRequest{ChatId: g.GetId()}))
+				wantCode(t, err, tc.code)
+				_, err = tc.u.chats.RevokeInviteLink(context.Background(), req(tc.u, &parleyv1.RevokeInviteLinkRequest{ChatId: g.GetId(), Code: link.GetCode()}))
+				wantCode(t, err, tc.code)
+			}
+			priv := servertest.PrivateChat(t, admin.chats, admin.token, member.id)
+			_, err := admin.chats.CreateInviteLink(context.Background(), req(admin, &parleyv1.CreateInviteLinkRequest{ChatId: priv.GetId()}))
+			wantCode(t, err, connect.CodeFailedPrecondition)
+			_, err = admin.chats.CreateInviteLink(context.Background(), req(admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId(), ExpireTime: timestamppb.New(time.Now().Add(-time.Hour))}))
+			wantCode(t, err, connect.CodeInvalidArgument)
+			_, err = admin.chats.JoinChatByInvite(context.Background(), req(admin, &parleyv1.JoinChatByInviteRequest{Code: "not a code"}))
+			wantCode(t, err, connect.CodeInvalidArgument)
+			// A removed member may come back by a link.
+			if _, err := join(removed, link.GetCode()); err != nil {
+				t.Errorf("a removed member joining by a link: %v", err)
+			}
+		})
+	}
+}
+
+// TestInvites_RaceToLimit has ten users join by a link of three joins at
+// once: three get in.
+func TestInvites_RaceToLimit(t *testing.T) {
+	srv := servertest.New(t)
+	p := servertest.Protocols[0]
+	admin := newUser(t, srv, p)
+	g := group(t, admin, "g")
+	link := createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId(), UsageLimit: 3})
+	var users []*user
+	for range 10 {
+		users = append(users, newUser(t, srv, p))
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(users))
+	for i, u := range users {
+		wg.Go(func() { _, errs[i] = join(u, link.GetCode()) })
+	}
+	wg.Wait()
+	joined := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			joined++
+		case connect.CodeOf(err) != connect.CodeNotFound:
+			t.Errorf("a join past the limit: %v, want not_found", err)
+		}
+	}
+	if n := len(getChat(t, admin, g.GetId()).GetParticipants()); joined != 3 || n != 4 {
+		t.Errorf("%d joins succeeded and the group has %d members; want 3 and 4", joined, n)
+	}
+}
