@@ -41,6 +41,8 @@ type messageDoc struct {
 	SeqKey    string     `bson:"seqKey"`
 	EditedAt  *time.Time `bson:"editedAt,omitempty"`
 	DeletedAt *time.Time `bson:"deletedAt,omitempty"`
+	// ForwardedFrom is set on a forwarded message (see forward.go).
+	ForwardedFrom *forwardDoc `bson:"forwardedFrom,omitempty"`
 }
 
 // attachmentDoc is the seed's attachment (type, url) plus what clients
