@@ -88,6 +88,10 @@ func toMessage(m *messageDoc, p positions) *parleyv1.Message {
 			out.MentionedUserIds = append(out.MentionedUserIds, int32(u))
 		}
 	}
+	if m.DeletedAt == nil {
+		// A tombstone keeps nothing of what the message said.
+		out.ForwardedFrom = m.ForwardedFrom.toProto()
+	}
 	for _, a := range m.Attachments {
 		out.Attachments = append(out.Attachments, &parleyv1.Attachment{
 			Type: a.Type, Url: a.URL, MediaId: a.MediaID.Hex(), FileName: a.FileName, ContentType: a.ContentType,
@@ -164,6 +168,14 @@ func (s *Service) SendMessage(
 			})
 		}
 	}
+	text, origin := req.Msg.GetText(), (*forwardDoc)(nil)
+	if src := req.Msg.GetForward(); src != nil {
+		f, err := s.forward(ctx, id.UserID, c.ID, req.Msg.GetClientMessageId(), src, prev)
+		if err != nil {
+			return nil, err
+		}
+		text, attachments, mediaIDs, origin = f.text, f.attachments, f.mediaIDs, f.origin
+	}
 	m, created := prev, false
 	// The lower of the sender's read and delivered positions before this
 	// message, as mirrored in Redis: never above MongoDB's (-1: unknown,
@@ -173,11 +185,12 @@ func (s *Service) SendMessage(
 		m, created, before, err = s.store.insertMessage(ctx, s.seqs, &messageDoc{
 			ChatID:          c.ID,
 			SenderID:        id.UserID,
-			Text:            req.Msg.GetText(),
+			Text:            text,
 			Attachments:     attachments,
 			ClientMessageID: req.Msg.GetClientMessageId(),
 			ReplyTo:         replyTo,
 			Mentions:        mentionsOf(req.Msg),
+			ForwardedFrom:   origin,
 		}, floor, version)
 		if errors.Is(err, errStaleChat) {
 			s.forgetChat(c.ID)

@@ -41,6 +41,8 @@ type messageDoc struct {
 	SeqKey    string     `bson:"seqKey"`
 	EditedAt  *time.Time `bson:"editedAt,omitempty"`
 	DeletedAt *time.Time `bson:"deletedAt,omitempty"`
+	// ForwardedFrom is set on a forwarded message (see forward.go).
+	ForwardedFrom *forwardDoc `bson:"forwardedFrom,omitempty"`
 	// ReplyTo names the message of the same chat that this one answers.
 	// Its quote is rendered from the original as it is when read, so
 	// that it follows the original's edits and deletion.

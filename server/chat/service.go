@@ -66,6 +66,11 @@ type Media interface {
 	Release(ctx context.Context, ids []bson.ObjectID, key string)
 	// DeleteOfMessage deletes the files of a deleted message.
 	DeleteOfMessage(ctx context.Context, messageID bson.ObjectID) error
+	// Forward gives the message that key names, a forward by userID into
+	// chatID, its own copies of the files ids of the message sourceID,
+	// claimed for it as by Claim, and returns what the message keeps of
+	// them (leaving out those that are missing).
+	Forward(ctx context.Context, userID int, chatID bson.ObjectID, key string, sourceID bson.ObjectID, ids []bson.ObjectID) ([]media.Attachment, error)
 }
 
 // Service implements ChatService.

@@ -3,9 +3,6 @@ package media_test
 import (
 	"bytes"
 	"context"
-	"image"
-	"image/color"
-	"image/png"
 	"io"
 	"io/fs"
 	"net/http"
@@ -183,17 +180,7 @@ func get(t testing.TB, srv *server, u *user, path string, header ...string) (*ht
 // pngImage encodes a w×h PNG with noisy pixels.
 func pngImage(t testing.TB, w, h int) []byte {
 	t.Helper()
-	img := image.NewNRGBA(image.Rect(0, 0, w, h))
-	for y := range h {
-		for x := range w {
-			img.Set(x, y, color.NRGBA{uint8(x * 7), uint8(y * 13), uint8(x ^ y), 255})
-		}
-	}
-	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return servertest.PNG(t, w, h)
 }
 
 func mustEnv(t testing.TB, name string) string {

@@ -225,7 +225,7 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 		if derr == nil {
 			// Even when the document went first (clean-up of an upload
 			// that outlived its time), its files go.
-			derr = s.lib.removeFiles(dctx, id)
+			derr = s.lib.removeFiles(dctx, &mediaDoc{ID: id})
 		}
 		if derr != nil {
 			s.log.ErrorContext(ctx, "remove refused upload", "media", id.Hex(), "err", derr)
@@ -260,7 +260,7 @@ func (s *Service) store(ctx context.Context, m *mediaDoc, body io.Reader) (*medi
 			return nil, connect.NewError(connect.CodeInvalidArgument, err)
 		}
 	}
-	err := s.lib.storage.Put(ctx, originalKey(m.ID), io.MultiReader(bytes.NewReader(head), in), m.Size, contentType)
+	err := s.lib.storage.Put(ctx, originalKey(m.fileID()), io.MultiReader(bytes.NewReader(head), in), m.Size, contentType)
 	if err != nil {
 		if rerr := in.err; rerr != nil {
 			return nil, s.uploadReadError(rerr, m.Size)
@@ -272,7 +272,7 @@ func (s *Service) store(ctx context.Context, m *mediaDoc, body io.Reader) (*medi
 	}
 	thumb := false
 	if class == TypeImage {
-		if err := s.storeThumbnail(ctx, m.ID); err != nil {
+		if err := s.storeThumbnail(ctx, m.fileID()); err != nil {
 			return nil, err
 		}
 		thumb = true
@@ -477,9 +477,10 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request) {
 	if public {
 		tag, name = m.ID.Hex(), "avatar."+strings.TrimPrefix(m.ContentType, "image/")
 	}
-	key, contentType, etag := originalKey(id), m.ContentType, `"`+tag+`"`
+	// A forwarded copy's bytes are its original's (see Library.Forward).
+	key, contentType, etag := originalKey(m.fileID()), m.ContentType, `"`+tag+`"`
 	if thumb {
-		key, contentType, etag = thumbnailKey(id), "image/jpeg", `"`+tag+`-thumbnail"`
+		key, contentType, etag = thumbnailKey(m.fileID()), "image/jpeg", `"`+tag+`-thumbnail"`
 	}
 	obj, err := s.lib.storage.Open(ctx, key)
 	if errors.Is(err, ErrNoObject) {

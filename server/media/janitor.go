@@ -115,7 +115,7 @@ func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (
 		return false, nil
 	case seen.State == stateDeleting:
 		// A deletion that stopped part-way: finish it.
-		return true, j.lib.purge(ctx, seen.ID)
+		return true, j.lib.purge(ctx, seen)
 	case seen.State == stateUploading && now.Sub(seen.StateAt) < MaxUploadTime+time.Minute:
 		// Still arriving, perhaps slowly.
 		return false, nil

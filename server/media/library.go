@@ -245,15 +245,15 @@ func IDFromURL(url string) (bson.ObjectID, bool) {
 // finish, never a file without a document.
 func (l *Library) delete(ctx context.Context, id bson.ObjectID, ok func(*mediaDoc) bool) (bool, error) {
 	proceed := false
-	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+	m, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
 		proceed = false
 		if m.State == stateDeleting || !ok(m) {
 			// Being deleted by another request already, or kept.
 			return nil, nil
 		}
 		proceed = true
-		now := l.store.nowMs()
-		return bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: stateDeleting}, {Key: "stateAt", Value: now}}}}, nil
+		m.State, m.StateAt = stateDeleting, l.store.nowMs()
+		return bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: m.State}, {Key: "stateAt", Value: m.StateAt}}}}, nil
 	})
 	if errors.Is(err, errNoMedia) || (err == nil && !proceed) {
 		return false, nil
@@ -261,19 +261,28 @@ func (l *Library) delete(ctx context.Context, id bson.ObjectID, ok func(*mediaDo
 	if err != nil {
 		return false, err
 	}
-	return true, l.purge(ctx, id)
+	return true, l.purge(ctx, m)
 }
 
 // purge removes the files and then the document of media being deleted.
-func (l *Library) purge(ctx context.Context, id bson.ObjectID) error {
-	if err := l.removeFiles(ctx, id); err != nil {
+func (l *Library) purge(ctx context.Context, m *mediaDoc) error {
+	if err := l.removeFiles(ctx, m); err != nil {
 		return err
 	}
-	return l.store.remove(ctx, id)
+	return l.store.remove(ctx, m.ID)
 }
 
-func (l *Library) removeFiles(ctx context.Context, id bson.ObjectID) error {
-	for _, key := range []string{originalKey(id), thumbnailKey(id)} {
+// removeFiles removes the stored files of m, a media document in state
+// deleting (or gone), unless another document not being deleted still
+// uses them: forwarded copies share their original's files (see Forward,
+// which explains why a forward in progress cannot lose them).
+func (l *Library) removeFiles(ctx context.Context, m *mediaDoc) error {
+	file := m.fileID()
+	used, err := l.store.fileInUse(ctx, file, m.ID)
+	if err != nil || used {
+		return err
+	}
+	for _, key := range []string{originalKey(file), thumbnailKey(file)} {
 		if err := l.storage.Delete(ctx, key); err != nil {
 			return err
 		}

@@ -61,6 +61,10 @@ type mediaDoc struct {
 	Claim        string     `bson:"claim,omitempty"`
 	ClaimedAt    *time.Time `bson:"claimedAt,omitempty"`
 	AvatarID     int        `bson:"avatarId,omitempty"`
+	// FileID names the media whose stored files this one shares: set on
+	// a forwarded copy (see Library.Forward); an upload's files are its
+	// own.
+	FileID *bson.ObjectID `bson:"fileId,omitempty"`
 	// Version counts the updates of the document; each update expects
 	// the version it read (see store.update). 0: none stored yet.
 	Version int64 `bson:"version,omitempty"`
@@ -69,6 +73,15 @@ type mediaDoc struct {
 // attached reports whether the file is in use: sent in a message or an
 // avatar.
 func (m *mediaDoc) attached() bool { return m.MessageID != nil || m.AvatarID != 0 }
+
+// fileID names the stored files of m: the keys of its bytes and
+// thumbnail always derive from it, never from m's own id.
+func (m *mediaDoc) fileID() bson.ObjectID {
+	if m.FileID != nil {
+		return *m.FileID
+	}
+	return m.ID
+}
 
 func originalKey(id bson.ObjectID) string  { return id.Hex() }
 func thumbnailKey(id bson.ObjectID) string { return id.Hex() + ".thumb" }
@@ -103,6 +116,8 @@ func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
 		{Keys: bson.D{{Key: "messageId", Value: 1}}, Options: options.Index().SetName("messageId")},
 		// Each CreateUpload sums the user's unsent uploads.
 		{Keys: bson.D{{Key: "uploaderId", Value: 1}}, Options: options.Index().SetName("uploaderId")},
+		// Deleting a file's document looks for others that share it.
+		{Keys: bson.D{{Key: "fileId", Value: 1}}, Options: options.Index().SetName("fileId")},
 	})
 	if err != nil {
 		return fmt.Errorf("create indexes on media: %w", err)
@@ -126,7 +141,8 @@ func (s *store) insert(ctx context.Context, m *mediaDoc) error {
 
 // unsentBytes sums the declared sizes of the user's uploads that are in
 // no message and no avatar: those pending since after pendingSince (older
-// ones can no longer be uploaded), being received, or ready.
+// ones can no longer be uploaded), being received, or ready. Forwarded
+// copies, which hold no bytes of their own, do not count.
 func (s *store) unsentBytes(ctx context.Context, userID int, pendingSince time.Time) (int64, error) {
 	cur, err := s.media.Aggregate(ctx, mongo.Pipeline{
 		{{Key: "$match", Value: bson.D{
@@ -134,6 +150,7 @@ func (s *store) unsentBytes(ctx context.Context, userID int, pendingSince time.T
 			{Key: "messageId", Value: bson.D{{Key: "$exists", Value: false}}},
 			{Key: "avatarId", Value: bson.D{{Key: "$exists", Value: false}}},
 			{Key: "state", Value: bson.D{{Key: "$ne", Value: stateDeleting}}},
+			{Key: "fileId", Value: bson.D{{Key: "$exists", Value: false}}},
 			{Key: "$or", Value: bson.A{
 				bson.D{{Key: "state", Value: bson.D{{Key: "$ne", Value: statePending}}}},
 				bson.D{{Key: "createdAt", Value: bson.D{{Key: "$gt", Value: pendingSince}}}},
@@ -211,6 +228,27 @@ func (s *store) update(ctx context.Context, id bson.ObjectID, change func(m *med
 			return nil, err
 		}
 	}
+}
+
+// fileInUse reports whether a media document other than self, and not
+// being deleted, uses the stored files of file: the upload file itself or
+// a copy of it (fileId). Two queries by index, rather than one $or.
+func (s *store) fileInUse(ctx context.Context, file, self bson.ObjectID) (bool, error) {
+	live := bson.E{Key: "state", Value: bson.D{{Key: "$ne", Value: stateDeleting}}}
+	filters := []bson.D{{{Key: "fileId", Value: file}, {Key: "_id", Value: bson.D{{Key: "$ne", Value: self}}}, live}}
+	if file != self {
+		filters = append(filters, bson.D{{Key: "_id", Value: file}, live})
+	}
+	for _, f := range filters {
+		err := s.media.FindOne(ctx, f, options.FindOne().SetProjection(bson.D{{Key: "_id", Value: 1}})).Err()
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, mongo.ErrNoDocuments) {
+			return false, fmt.Errorf("media file in use: %w", err)
+		}
+	}
+	return false, nil
 }
 
 func (s *store) remove(ctx context.Context, id bson.ObjectID) error {
