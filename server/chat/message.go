@@ -537,6 +537,9 @@ func (s *Service) DeleteMessage(
 			return nil, s.internal(ctx, "delete message", err)
 		}
 	}
+	if err := s.unpinDeleted(ctx, c, me.UserID, msg); err != nil {
+		return nil, err
+	}
 	p, err := s.positions(ctx, c)
 	if err != nil {
 		return nil, s.internal(ctx, "delete message", err)

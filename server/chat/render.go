@@ -17,6 +17,7 @@ func (s *Service) renderMessages(ctx context.Context, c *chatDoc, viewer int, p 
 	out := make([]*parleyv1.Message, len(docs))
 	for i := range docs {
 		out[i] = toMessage(&docs[i], p)
+		out[i].Pin = pinOf(c, &docs[i])
 	}
 	quoted, err := s.store.quoted(ctx, c.ID, docs)
 	if err != nil {

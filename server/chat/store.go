@@ -58,6 +58,9 @@ type chatDoc struct {
 	// lastMessage, one command instead of two; a member that leaves is
 	// taken out. Chats from before it, and the embedded store, have none.
 	SentSeq map[string]int64 `bson:"sentSeq,omitempty"`
+	// Pins are the chat's pinned messages, in the order they were
+	// pinned (see pinDoc).
+	Pins []pinDoc `bson:"pins,omitempty"`
 }
 
 // sentBy returns the largest seq the user sent in the chat, as SentSeq

@@ -26,19 +26,3 @@ func (s *Service) RemoveReaction(context.Context, *connect.Request[parleyv1.Remo
 func (s *Service) ListReactions(context.Context, *connect.Request[parleyv1.ListReactionsRequest]) (*connect.Response[parleyv1.ListReactionsResponse], error) {
 	return nil, errWIP
 }
-
-func (s *Service) PinMessage(context.Context, *connect.Request[parleyv1.PinMessageRequest]) (*connect.Response[parleyv1.PinMessageResponse], error) {
-	return nil, errWIP
-}
-
-func (s *Service) UnpinMessage(context.Context, *connect.Request[parleyv1.UnpinMessageRequest]) (*connect.Response[parleyv1.UnpinMessageResponse], error) {
-	return nil, errWIP
-}
-
-func (s *Service) ListPinnedMessages(context.Context, *connect.Request[parleyv1.ListPinnedMessagesRequest]) (*connect.Response[parleyv1.ListPinnedMessagesResponse], error) {
-	return nil, errWIP
-}
-
-func (s *Service) GetMessageReceipts(context.Context, *connect.Request[parleyv1.GetMessageReceiptsRequest]) (*connect.Response[parleyv1.GetMessageReceiptsResponse], error) {
-	return nil, errWIP
-}
