@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -225,25 +226,6 @@ func (s *store) withoutHidden(ctx context.Context, chatID bson.ObjectID, userID 
 	return slices.DeleteFunc(ms, func(m messageDoc) bool { return gone[m.Seq] }), nil
 }
 
-// messagesByID returns the messages of the chat with the ids, or
-// errNoMessage when one is not in it.
-func (s *store) messagesByID(ctx context.Context, chatID bson.ObjectID, ids []bson.ObjectID) ([]messageDoc, error) {
-	cur, err := s.messages.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}, {Key: "chatId", Value: chatID}},
-		options.Find().SetProjection(bson.D{{Key: "chatId", Value: 1}, {Key: "seq", Value: 1}}))
-	if err != nil {
-		return nil, fmt.Errorf("messages by id: %w", err)
-	}
-	var out []messageDoc
-	if err := cur.All(ctx, &out); err != nil {
-		return nil, fmt.Errorf("messages by id: %w", err)
-	}
-	if len(out) != len(ids) {
-		return nil, errNoMessage
-	}
-	slices.SortFunc(out, func(a, b messageDoc) int { return int(a.Seq - b.Seq) })
-	return out, nil
-}
-
 // toSettings renders a member's settings of a chat as they stand at now.
 func toSettings(d *settingsDoc, now time.Time) *parleyv1.ChatSettings {
 	out := &parleyv1.ChatSettings{}
@@ -349,13 +331,14 @@ func (s *Service) DeleteMessagesForMe(
 			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("message_ids: not a message id"))
 		}
 	}
-	ms, err := s.store.messagesByID(ctx, c.ID, ids)
-	if errors.Is(err, errNoMessage) {
-		return nil, errMessageNotFound
-	}
+	found, err := s.store.messagesByID(ctx, c.ID, ids)
 	if err != nil {
 		return nil, s.internal(ctx, "delete messages for me", err)
 	}
+	if len(found) != len(ids) {
+		return nil, errMessageNotFound
+	}
+	ms := slices.SortedFunc(maps.Values(found), func(a, b messageDoc) int { return cmp.Compare(a.Seq, b.Seq) })
 	if err := s.store.hide(ctx, id.UserID, ms); err != nil {
 		return nil, s.internal(ctx, "delete messages for me", err)
 	}
