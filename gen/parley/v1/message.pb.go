@@ -2338,6 +2338,132 @@ func (*DeleteMessagesForMeResponse) Descriptor() ([]byte, []int) {
 	return file_parley_v1_message_proto_rawDescGZIP(), []int{36}
 }
 
+type SearchMessagesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Words to find: 1 to 200 characters, at most 8 words.
+	Query string `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
+	// Search this chat only; every chat of the caller when empty.
+	ChatId string `protobuf:"bytes,2,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// At most this many; 20 when unset, at most 100.
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, to continue.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SearchMessagesRequest) Reset() {
+	*x = SearchMessagesRequest{}
+	mi := &file_parley_v1_message_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SearchMessagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SearchMessagesRequest) ProtoMessage() {}
+
+func (x *SearchMessagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SearchMessagesRequest.ProtoReflect.Descriptor instead.
+func (*SearchMessagesRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *SearchMessagesRequest) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+func (x *SearchMessagesRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *SearchMessagesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *SearchMessagesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type SearchMessagesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The newest first; each carries its chat_id.
+	Messages []*Message `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SearchMessagesResponse) Reset() {
+	*x = SearchMessagesResponse{}
+	mi := &file_parley_v1_message_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SearchMessagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SearchMessagesResponse) ProtoMessage() {}
+
+func (x *SearchMessagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_message_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SearchMessagesResponse.ProtoReflect.Descriptor instead.
+func (*SearchMessagesResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_message_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *SearchMessagesResponse) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *SearchMessagesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_parley_v1_message_proto protoreflect.FileDescriptor
 
 const file_parley_v1_message_proto_rawDesc = "" +
@@ -2506,13 +2632,21 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12A\n" +
 	"\vmessage_ids\x18\x02 \x03(\tB \xbaH\x1d\x92\x01\x1a\b\x01\x10d\x18\x01\"\x12r\x102\x0e^[0-9a-f]{24}$R\n" +
 	"messageIds\"\x1d\n" +
-	"\x1bDeleteMessagesForMeResponse*\x7f\n" +
+	"\x1bDeleteMessagesForMeResponse\"\xc1\x01\n" +
+	"\x15SearchMessagesRequest\x12$\n" +
+	"\x05query\x18\x01 \x01(\tB\x0e\xbaH\vr\t\x10\x01\x18\xc8\x01\xba\x01\x01\x00R\x05query\x121\n" +
+	"\achat_id\x18\x02 \x01(\tB\x18\xbaH\x15r\x132\x11^([0-9a-f]{24})?$R\x06chatId\x12&\n" +
+	"\tpage_size\x18\x03 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00R\bpageSize\x12'\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\tpageToken\"p\n" +
+	"\x16SearchMessagesResponse\x12.\n" +
+	"\bmessages\x18\x01 \x03(\v2\x12.parley.v1.MessageR\bmessages\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x7f\n" +
 	"\rMessageStatus\x12\x1e\n" +
 	"\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13MESSAGE_STATUS_SENT\x10\x01\x12\x1c\n" +
 	"\x18MESSAGE_STATUS_DELIVERED\x10\x02\x12\x17\n" +
-	"\x13MESSAGE_STATUS_READ\x10\x032\xa8\n" +
-	"\n" +
+	"\x13MESSAGE_STATUS_READ\x10\x032\x84\v\n" +
 	"\x0eMessageService\x12Q\n" +
 	"\vSendMessage\x12\x1d.parley.v1.SendMessageRequest\x1a\x1e.parley.v1.SendMessageResponse\"\x03\x90\x02\x02\x12T\n" +
 	"\fListMessages\x12\x1e.parley.v1.ListMessagesRequest\x1a\x1f.parley.v1.ListMessagesResponse\"\x03\x90\x02\x01\x12L\n" +
@@ -2530,7 +2664,8 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"\fUnpinMessage\x12\x1e.parley.v1.UnpinMessageRequest\x1a\x1f.parley.v1.UnpinMessageResponse\"\x03\x90\x02\x02\x12f\n" +
 	"\x12ListPinnedMessages\x12$.parley.v1.ListPinnedMessagesRequest\x1a%.parley.v1.ListPinnedMessagesResponse\"\x03\x90\x02\x01\x12f\n" +
 	"\x12GetMessageReceipts\x12$.parley.v1.GetMessageReceiptsRequest\x1a%.parley.v1.GetMessageReceiptsResponse\"\x03\x90\x02\x01\x12i\n" +
-	"\x13DeleteMessagesForMe\x12%.parley.v1.DeleteMessagesForMeRequest\x1a&.parley.v1.DeleteMessagesForMeResponse\"\x03\x90\x02\x02B6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
+	"\x13DeleteMessagesForMe\x12%.parley.v1.DeleteMessagesForMeRequest\x1a&.parley.v1.DeleteMessagesForMeResponse\"\x03\x90\x02\x02\x12Z\n" +
+	"\x0eSearchMessages\x12 .parley.v1.SearchMessagesRequest\x1a!.parley.v1.SearchMessagesResponse\"\x03\x90\x02\x01B6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_message_proto_rawDescOnce sync.Once
@@ -2545,7 +2680,7 @@ func file_parley_v1_message_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_message_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_parley_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_parley_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_parley_v1_message_proto_goTypes = []any{
 	(MessageStatus)(0),                  // 0: parley.v1.MessageStatus
 	(*Attachment)(nil),                  // 1: parley.v1.Attachment
@@ -2585,65 +2720,70 @@ var file_parley_v1_message_proto_goTypes = []any{
 	(*GetMessageReceiptsResponse)(nil),  // 35: parley.v1.GetMessageReceiptsResponse
 	(*DeleteMessagesForMeRequest)(nil),  // 36: parley.v1.DeleteMessagesForMeRequest
 	(*DeleteMessagesForMeResponse)(nil), // 37: parley.v1.DeleteMessagesForMeResponse
-	(*timestamppb.Timestamp)(nil),       // 38: google.protobuf.Timestamp
+	(*SearchMessagesRequest)(nil),       // 38: parley.v1.SearchMessagesRequest
+	(*SearchMessagesResponse)(nil),      // 39: parley.v1.SearchMessagesResponse
+	(*timestamppb.Timestamp)(nil),       // 40: google.protobuf.Timestamp
 }
 var file_parley_v1_message_proto_depIdxs = []int32{
 	1,  // 0: parley.v1.Message.attachments:type_name -> parley.v1.Attachment
-	38, // 1: parley.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
-	38, // 2: parley.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
+	40, // 1: parley.v1.Message.sent_at:type_name -> google.protobuf.Timestamp
+	40, // 2: parley.v1.Message.edited_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: parley.v1.Message.status:type_name -> parley.v1.MessageStatus
 	3,  // 4: parley.v1.Message.reply_to:type_name -> parley.v1.ReplyQuote
 	4,  // 5: parley.v1.Message.reactions:type_name -> parley.v1.Reaction
 	5,  // 6: parley.v1.Message.forwarded_from:type_name -> parley.v1.ForwardedFrom
 	6,  // 7: parley.v1.Message.pin:type_name -> parley.v1.Pin
-	38, // 8: parley.v1.ForwardedFrom.sent_at:type_name -> google.protobuf.Timestamp
-	38, // 9: parley.v1.Pin.pinned_at:type_name -> google.protobuf.Timestamp
+	40, // 8: parley.v1.ForwardedFrom.sent_at:type_name -> google.protobuf.Timestamp
+	40, // 9: parley.v1.Pin.pinned_at:type_name -> google.protobuf.Timestamp
 	7,  // 10: parley.v1.SendMessageRequest.forward:type_name -> parley.v1.ForwardSource
 	2,  // 11: parley.v1.SendMessageResponse.message:type_name -> parley.v1.Message
 	2,  // 12: parley.v1.ListMessagesResponse.messages:type_name -> parley.v1.Message
 	2,  // 13: parley.v1.EditMessageResponse.message:type_name -> parley.v1.Message
 	2,  // 14: parley.v1.DeleteMessageResponse.message:type_name -> parley.v1.Message
-	38, // 15: parley.v1.SendTypingResponse.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 15: parley.v1.SendTypingResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 16: parley.v1.AddReactionResponse.reactions:type_name -> parley.v1.Reaction
 	4,  // 17: parley.v1.RemoveReactionResponse.reactions:type_name -> parley.v1.Reaction
 	2,  // 18: parley.v1.PinMessageResponse.message:type_name -> parley.v1.Message
 	2,  // 19: parley.v1.UnpinMessageResponse.message:type_name -> parley.v1.Message
 	2,  // 20: parley.v1.ListPinnedMessagesResponse.messages:type_name -> parley.v1.Message
-	8,  // 21: parley.v1.MessageService.SendMessage:input_type -> parley.v1.SendMessageRequest
-	10, // 22: parley.v1.MessageService.ListMessages:input_type -> parley.v1.ListMessagesRequest
-	12, // 23: parley.v1.MessageService.EditMessage:input_type -> parley.v1.EditMessageRequest
-	14, // 24: parley.v1.MessageService.DeleteMessage:input_type -> parley.v1.DeleteMessageRequest
-	16, // 25: parley.v1.MessageService.MarkDelivered:input_type -> parley.v1.MarkDeliveredRequest
-	18, // 26: parley.v1.MessageService.MarkRead:input_type -> parley.v1.MarkReadRequest
-	20, // 27: parley.v1.MessageService.SendTyping:input_type -> parley.v1.SendTypingRequest
-	22, // 28: parley.v1.MessageService.AddReaction:input_type -> parley.v1.AddReactionRequest
-	24, // 29: parley.v1.MessageService.RemoveReaction:input_type -> parley.v1.RemoveReactionRequest
-	26, // 30: parley.v1.MessageService.ListReactions:input_type -> parley.v1.ListReactionsRequest
-	28, // 31: parley.v1.MessageService.PinMessage:input_type -> parley.v1.PinMessageRequest
-	30, // 32: parley.v1.MessageService.UnpinMessage:input_type -> parley.v1.UnpinMessageRequest
-	32, // 33: parley.v1.MessageService.ListPinnedMessages:input_type -> parley.v1.ListPinnedMessagesRequest
-	34, // 34: parley.v1.MessageService.GetMessageReceipts:input_type -> parley.v1.GetMessageReceiptsRequest
-	36, // 35: parley.v1.MessageService.DeleteMessagesForMe:input_type -> parley.v1.DeleteMessagesForMeRequest
-	9,  // 36: parley.v1.MessageService.SendMessage:output_type -> parley.v1.SendMessageResponse
-	11, // 37: parley.v1.MessageService.ListMessages:output_type -> parley.v1.ListMessagesResponse
-	13, // 38: parley.v1.MessageService.EditMessage:output_type -> parley.v1.EditMessageResponse
-	15, // 39: parley.v1.MessageService.DeleteMessage:output_type -> parley.v1.DeleteMessageResponse
-	17, // 40: parley.v1.MessageService.MarkDelivered:output_type -> parley.v1.MarkDeliveredResponse
-	19, // 41: parley.v1.MessageService.MarkRead:output_type -> parley.v1.MarkReadResponse
-	21, // 42: parley.v1.MessageService.SendTyping:output_type -> parley.v1.SendTypingResponse
-	23, // 43: parley.v1.MessageService.AddReaction:output_type -> parley.v1.AddReactionResponse
-	25, // 44: parley.v1.MessageService.RemoveReaction:output_type -> parley.v1.RemoveReactionResponse
-	27, // 45: parley.v1.MessageService.ListReactions:output_type -> parley.v1.ListReactionsResponse
-	29, // 46: parley.v1.MessageService.PinMessage:output_type -> parley.v1.PinMessageResponse
-	31, // 47: parley.v1.MessageService.UnpinMessage:output_type -> parley.v1.UnpinMessageResponse
-	33, // 48: parley.v1.MessageService.ListPinnedMessages:output_type -> parley.v1.ListPinnedMessagesResponse
-	35, // 49: parley.v1.MessageService.GetMessageReceipts:output_type -> parley.v1.GetMessageReceiptsResponse
-	37, // 50: parley.v1.MessageService.DeleteMessagesForMe:output_type -> parley.v1.DeleteMessagesForMeResponse
-	36, // [36:51] is the sub-list for method output_type
-	21, // [21:36] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	2,  // 21: parley.v1.SearchMessagesResponse.messages:type_name -> parley.v1.Message
+	8,  // 22: parley.v1.MessageService.SendMessage:input_type -> parley.v1.SendMessageRequest
+	10, // 23: parley.v1.MessageService.ListMessages:input_type -> parley.v1.ListMessagesRequest
+	12, // 24: parley.v1.MessageService.EditMessage:input_type -> parley.v1.EditMessageRequest
+	14, // 25: parley.v1.MessageService.DeleteMessage:input_type -> parley.v1.DeleteMessageRequest
+	16, // 26: parley.v1.MessageService.MarkDelivered:input_type -> parley.v1.MarkDeliveredRequest
+	18, // 27: parley.v1.MessageService.MarkRead:input_type -> parley.v1.MarkReadRequest
+	20, // 28: parley.v1.MessageService.SendTyping:input_type -> parley.v1.SendTypingRequest
+	22, // 29: parley.v1.MessageService.AddReaction:input_type -> parley.v1.AddReactionRequest
+	24, // 30: parley.v1.MessageService.RemoveReaction:input_type -> parley.v1.RemoveReactionRequest
+	26, // 31: parley.v1.MessageService.ListReactions:input_type -> parley.v1.ListReactionsRequest
+	28, // 32: parley.v1.MessageService.PinMessage:input_type -> parley.v1.PinMessageRequest
+	30, // 33: parley.v1.MessageService.UnpinMessage:input_type -> parley.v1.UnpinMessageRequest
+	32, // 34: parley.v1.MessageService.ListPinnedMessages:input_type -> parley.v1.ListPinnedMessagesRequest
+	34, // 35: parley.v1.MessageService.GetMessageReceipts:input_type -> parley.v1.GetMessageReceiptsRequest
+	36, // 36: parley.v1.MessageService.DeleteMessagesForMe:input_type -> parley.v1.DeleteMessagesForMeRequest
+	38, // 37: parley.v1.MessageService.SearchMessages:input_type -> parley.v1.SearchMessagesRequest
+	9,  // 38: parley.v1.MessageService.SendMessage:output_type -> parley.v1.SendMessageResponse
+	11, // 39: parley.v1.MessageService.ListMessages:output_type -> parley.v1.ListMessagesResponse
+	13, // 40: parley.v1.MessageService.EditMessage:output_type -> parley.v1.EditMessageResponse
+	15, // 41: parley.v1.MessageService.DeleteMessage:output_type -> parley.v1.DeleteMessageResponse
+	17, // 42: parley.v1.MessageService.MarkDelivered:output_type -> parley.v1.MarkDeliveredResponse
+	19, // 43: parley.v1.MessageService.MarkRead:output_type -> parley.v1.MarkReadResponse
+	21, // 44: parley.v1.MessageService.SendTyping:output_type -> parley.v1.SendTypingResponse
+	23, // 45: parley.v1.MessageService.AddReaction:output_type -> parley.v1.AddReactionResponse
+	25, // 46: parley.v1.MessageService.RemoveReaction:output_type -> parley.v1.RemoveReactionResponse
+	27, // 47: parley.v1.MessageService.ListReactions:output_type -> parley.v1.ListReactionsResponse
+	29, // 48: parley.v1.MessageService.PinMessage:output_type -> parley.v1.PinMessageResponse
+	31, // 49: parley.v1.MessageService.UnpinMessage:output_type -> parley.v1.UnpinMessageResponse
+	33, // 50: parley.v1.MessageService.ListPinnedMessages:output_type -> parley.v1.ListPinnedMessagesResponse
+	35, // 51: parley.v1.MessageService.GetMessageReceipts:output_type -> parley.v1.GetMessageReceiptsResponse
+	37, // 52: parley.v1.MessageService.DeleteMessagesForMe:output_type -> parley.v1.DeleteMessagesForMeResponse
+	39, // 53: parley.v1.MessageService.SearchMessages:output_type -> parley.v1.SearchMessagesResponse
+	38, // [38:54] is the sub-list for method output_type
+	22, // [22:38] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_message_proto_init() }
@@ -2661,7 +2801,7 @@ func file_parley_v1_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_message_proto_rawDesc), len(file_parley_v1_message_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   37,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -77,6 +77,9 @@ const (
 	// MessageServiceDeleteMessagesForMeProcedure is the fully-qualified name of the MessageService's
 	// DeleteMessagesForMe RPC.
 	MessageServiceDeleteMessagesForMeProcedure = "/parley.v1.MessageService/DeleteMessagesForMe"
+	// MessageServiceSearchMessagesProcedure is the fully-qualified name of the MessageService's
+	// SearchMessages RPC.
+	MessageServiceSearchMessagesProcedure = "/parley.v1.MessageService/SearchMessages"
 )
 
 // MessageServiceClient is a client for the parley.v1.MessageService service.
@@ -138,6 +141,13 @@ type MessageServiceClient interface {
 	// still telling whether more follow), and every device of the caller
 	// hears of it (messages_hidden). The other members still see them.
 	DeleteMessagesForMe(context.Context, *connect.Request[v1.DeleteMessagesForMeRequest]) (*connect.Response[v1.DeleteMessagesForMeResponse], error)
+	// SearchMessages finds messages by their text, in one chat or in every
+	// chat the caller is a member of, the newest first. A message matches
+	// when each word of the query is the start of one of its words, case
+	// and accents aside ("cafe" finds "Café", "rend" finds "rendezvous").
+	// Deleted messages, those the caller deleted for itself, and those of
+	// chats it is no longer in are never found; edits are.
+	SearchMessages(context.Context, *connect.Request[v1.SearchMessagesRequest]) (*connect.Response[v1.SearchMessagesResponse], error)
 }
 
 // NewMessageServiceClient constructs a client for the parley.v1.MessageService service. By default,
@@ -251,6 +261,13 @@ func NewMessageServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithIdempotency(connect.IdempotencyIdempotent),
 			connect.WithClientOptions(opts...),
 		),
+		searchMessages: connect.NewClient[v1.SearchMessagesRequest, v1.SearchMessagesResponse](
+			httpClient,
+			baseURL+MessageServiceSearchMessagesProcedure,
+			connect.WithSchema(messageServiceMethods.ByName("SearchMessages")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -271,6 +288,7 @@ type messageServiceClient struct {
 	listPinnedMessages  *connect.Client[v1.ListPinnedMessagesRequest, v1.ListPinnedMessagesResponse]
 	getMessageReceipts  *connect.Client[v1.GetMessageReceiptsRequest, v1.GetMessageReceiptsResponse]
 	deleteMessagesForMe *connect.Client[v1.DeleteMessagesForMeRequest, v1.DeleteMessagesForMeResponse]
+	searchMessages      *connect.Client[v1.SearchMessagesRequest, v1.SearchMessagesResponse]
 }
 
 // SendMessage calls parley.v1.MessageService.SendMessage.
@@ -348,6 +366,11 @@ func (c *messageServiceClient) DeleteMessagesForMe(ctx context.Context, req *con
 	return c.deleteMessagesForMe.CallUnary(ctx, req)
 }
 
+// SearchMessages calls parley.v1.MessageService.SearchMessages.
+func (c *messageServiceClient) SearchMessages(ctx context.Context, req *connect.Request[v1.SearchMessagesRequest]) (*connect.Response[v1.SearchMessagesResponse], error) {
+	return c.searchMessages.CallUnary(ctx, req)
+}
+
 // MessageServiceHandler is an implementation of the parley.v1.MessageService service.
 type MessageServiceHandler interface {
 	// SendMessage adds a message to the chat. client_message_id makes it
@@ -407,6 +430,13 @@ type MessageServiceHandler interface {
 	// still telling whether more follow), and every device of the caller
 	// hears of it (messages_hidden). The other members still see them.
 	DeleteMessagesForMe(context.Context, *connect.Request[v1.DeleteMessagesForMeRequest]) (*connect.Response[v1.DeleteMessagesForMeResponse], error)
+	// SearchMessages finds messages by their text, in one chat or in every
+	// chat the caller is a member of, the newest first. A message matches
+	// when each word of the query is the start of one of its words, case
+	// and accents aside ("cafe" finds "Café", "rend" finds "rendezvous").
+	// Deleted messages, those the caller deleted for itself, and those of
+	// chats it is no longer in are never found; edits are.
+	SearchMessages(context.Context, *connect.Request[v1.SearchMessagesRequest]) (*connect.Response[v1.SearchMessagesResponse], error)
 }
 
 // NewMessageServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -516,6 +546,13 @@ func NewMessageServiceHandler(svc MessageServiceHandler, opts ...connect.Handler
 		connect.WithIdempotency(connect.IdempotencyIdempotent),
 		connect.WithHandlerOptions(opts...),
 	)
+	messageServiceSearchMessagesHandler := connect.NewUnaryHandler(
+		MessageServiceSearchMessagesProcedure,
+		svc.SearchMessages,
+		connect.WithSchema(messageServiceMethods.ByName("SearchMessages")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.MessageService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case MessageServiceSendMessageProcedure:
@@ -548,6 +585,8 @@ func NewMessageServiceHandler(svc MessageServiceHandler, opts ...connect.Handler
 			messageServiceGetMessageReceiptsHandler.ServeHTTP(w, r)
 		case MessageServiceDeleteMessagesForMeProcedure:
 			messageServiceDeleteMessagesForMeHandler.ServeHTTP(w, r)
+		case MessageServiceSearchMessagesProcedure:
+			messageServiceSearchMessagesHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -615,4 +654,8 @@ func (UnimplementedMessageServiceHandler) GetMessageReceipts(context.Context, *c
 
 func (UnimplementedMessageServiceHandler) DeleteMessagesForMe(context.Context, *connect.Request[v1.DeleteMessagesForMeRequest]) (*connect.Response[v1.DeleteMessagesForMeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.DeleteMessagesForMe is not implemented"))
+}
+
+func (UnimplementedMessageServiceHandler) SearchMessages(context.Context, *connect.Request[v1.SearchMessagesRequest]) (*connect.Response[v1.SearchMessagesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.MessageService.SearchMessages is not implemented"))
 }
