@@ -62,7 +62,7 @@ func TestIndexes_HotPaths(t *testing.T) {
 		for n := int64(1); n <= perChat; n++ {
 			sender := c.Participants[n%members].UserID
 			cid := fmt.Sprintf("m%d", n)
-			msgs = append(msgs, messageDoc{ID: bson.NewObjectID(), ChatID: ids[i], SenderID: sender, Text: "hello", SentAt: now,
+			msgs = append(msgs, messageDoc{ID: bson.NewObjectID(), ChatID: ids[i], SenderID: sender, Text: "hello", Words: []string{"hello", fmt.Sprintf("w%d", n)}, SentAt: now,
 				Status: statusSent, Seq: n, ClientMessageID: cid, IdemKey: idemKey(ids[i], sender, cid), SeqKey: seqKey(ids[i], n)})
 		}
 	}
@@ -125,6 +125,8 @@ func TestIndexes_HotPaths(t *testing.T) {
 		{"list chats: settings", find("chatSettings", bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{settingsID(chat, user)}}}}}, nil, 0), false},
 		{"list messages: hidden", find("hiddenMessages", bson.D{{Key: "chatId", Value: chat}, {Key: "userId", Value: user},
 			{Key: "seq", Value: bson.D{{Key: "$gte", Value: 1}, {Key: "$lte", Value: 50}}}}, nil, 0), false},
+		{"search: a prefix in the user's chats", searchCmd([]string{"hel"}, ids[:10]), false},
+		{"search: two words", searchCmd([]string{"hello", "wor"}, ids[:10]), false},
 		{"list messages: quoted originals", find("messages", bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{msgs[7].(messageDoc).ID, msgs[9].(messageDoc).ID}}}}, {Key: "chatId", Value: ids[0]}}, nil, 0), false},
 		{"control: by text, which no index covers", find("messages", bson.D{{Key: "text", Value: "nobody wrote this"}}, nil, 0), true},
 		{"mark: position by id", find("positions", bson.D{{Key: "_id", Value: positionID(chat, user, kindRead)}}, nil, 1), false},
@@ -144,6 +146,11 @@ func TestIndexes_HotPaths(t *testing.T) {
 			}
 		})
 	}
+}
+
+func searchCmd(words []string, chats []bson.ObjectID) bson.D {
+	filter, _ := searchQuery(words, chats, &searchPage{SentAt: time.Now(), ID: bson.NewObjectID()}, 21)
+	return find("messages", filter, bson.D{{Key: "sentAt", Value: -1}, {Key: "_id", Value: -1}}, 21)
 }
 
 func find(coll string, filter, sort bson.D, limit int64) bson.D {

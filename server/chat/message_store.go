@@ -47,6 +47,9 @@ type messageDoc struct {
 	// Its quote is rendered from the original as it is when read, so
 	// that it follows the original's edits and deletion.
 	ReplyTo *replyDoc `bson:"replyTo,omitempty"`
+	// Words are the words of the text as search matches them (see
+	// searchWords); never sent to clients.
+	Words []string `bson:"words,omitempty"`
 	// Mentions holds the user ids of the members the message mentions,
 	// and mentionAll for @all, so that one multikey index finds the
 	// messages that mention a member either way.
@@ -378,6 +381,7 @@ func (s *store) messageByKey(ctx context.Context, chatID bson.ObjectID, senderID
 // seqAllocator.positionsKey), -1 when unknown.
 func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messageDoc, floor int64, version string) (*messageDoc, bool, int64, error) {
 	m.IdemKey = idemKey(m.ChatID, m.SenderID, m.ClientMessageID)
+	m.Words = searchWords(m.Text)
 	force := false
 	for range 5 {
 		seq, pos, err := seqs.next(ctx, m.ChatID, m.SenderID, m.IdemKey, version, force)
@@ -812,7 +816,7 @@ func (s *store) editMessageLocked(ctx context.Context, m *messageDoc, text strin
 	now := s.nowMs()
 	res, err := s.messages.UpdateOne(ctx,
 		bson.D{{Key: "_id", Value: m.ID}, {Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "text", Value: text}, {Key: "editedAt", Value: now}}}})
+		bson.D{{Key: "$set", Value: bson.D{{Key: "text", Value: text}, {Key: "words", Value: searchWords(text)}, {Key: "editedAt", Value: now}}}})
 	if err != nil {
 		return fmt.Errorf("edit message: %w", err)
 	}
@@ -831,7 +835,7 @@ func (s *store) deleteMessage(ctx context.Context, m *messageDoc) error {
 			// A tombstone shows nothing of the message: no text, files,
 			// mentions or quote.
 			{Key: "$unset", Value: bson.D{
-				{Key: "text", Value: ""}, {Key: "attachments", Value: ""}, {Key: "mentions", Value: ""}, {Key: "replyTo", Value: ""},
+				{Key: "text", Value: ""}, {Key: "words", Value: ""}, {Key: "attachments", Value: ""}, {Key: "mentions", Value: ""}, {Key: "replyTo", Value: ""},
 			}},
 		})
 		return err

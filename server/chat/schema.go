@@ -17,8 +17,9 @@ import (
 // Version 2: participants are the authority on membership (the members
 // collection of version 1 is read once, to fill them), chats carry
 // membersVersion, and messages carry idemKey and seqKey, with unique
-// single-field indexes in place of the unique compound ones.
-const schemaVersion = 2
+// single-field indexes in place of the unique compound ones. Version 3:
+// messages carry the words that search matches (see searchWords).
+const schemaVersion = 3
 
 // Indexes of the chat collections. Every query on the message path is
 // answered from one of them (see TestIndexes_HotPaths).
@@ -32,6 +33,8 @@ var (
 		{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "seq", Value: 1}}, Options: options.Index().SetName("chatId_seq")},
 		{Keys: bson.D{{Key: "seqKey", Value: 1}}, Options: options.Index().SetUnique(true).SetName("seqKey_unique")},
 		{Keys: bson.D{{Key: "idemKey", Value: 1}}, Options: options.Index().SetUnique(true).SetName("idemKey_unique")},
+		// SearchMessages: messages by the start of a word.
+		{Keys: bson.D{{Key: "words", Value: 1}}, Options: options.Index().SetName("words")},
 	}
 	positionIndexes = []mongo.IndexModel{
 		{Keys: bson.D{{Key: "chatId", Value: 1}}, Options: options.Index().SetName("chatId")},
@@ -61,6 +64,9 @@ func Prepare(ctx context.Context, log *slog.Logger, db *mongo.Database) error {
 			return err
 		}
 		if err := upgradeMessages(ctx, log, db); err != nil {
+			return err
+		}
+		if err := upgradeWords(ctx, log, db); err != nil {
 			return err
 		}
 	}
@@ -182,6 +188,46 @@ func upgradeMessages(ctx context.Context, log *slog.Logger, db *mongo.Database) 
 	}
 	if n > 0 {
 		log.InfoContext(ctx, "upgraded messages: idempotency and seq keys", "messages", n)
+	}
+	return nil
+}
+
+// upgradeWords fills the search words of messages written before they
+// existed.
+func upgradeWords(ctx context.Context, log *slog.Logger, db *mongo.Database) error {
+	messages := db.Collection("messages")
+	n := 0
+	for {
+		cur, err := messages.Find(ctx, bson.D{
+			{Key: "words", Value: bson.D{{Key: "$exists", Value: false}}},
+			{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}},
+		}, options.Find().SetLimit(1000).SetProjection(bson.D{{Key: "text", Value: 1}}))
+		if err != nil {
+			return fmt.Errorf("upgrade messages: %w", err)
+		}
+		var ms []messageDoc
+		if err := cur.All(ctx, &ms); err != nil {
+			return fmt.Errorf("upgrade messages: %w", err)
+		}
+		if len(ms) == 0 {
+			break
+		}
+		models := make([]mongo.WriteModel, len(ms))
+		for i, m := range ms {
+			words := searchWords(m.Text)
+			if words == nil {
+				words = []string{} // so that the message is not read again
+			}
+			models[i] = mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: m.ID}}).
+				SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: "words", Value: words}}}})
+		}
+		if _, err := messages.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false)); err != nil {
+			return fmt.Errorf("upgrade messages: %w", err)
+		}
+		n += len(ms)
+	}
+	if n > 0 {
+		log.InfoContext(ctx, "upgraded messages: search words", "messages", n)
 	}
 	return nil
 }

@@ -141,6 +141,7 @@ func (sd *seeder) message(c *seedChat, i int) messageDoc {
 		SeqKey:          seqKey(c.doc.ID, seq),
 	}
 	m.IdemKey = idemKey(m.ChatID, m.SenderID, m.ClientMessageID)
+	m.Words = searchWords(m.Text)
 	return m
 }
 

@@ -53,6 +53,10 @@ type hiddenDoc struct {
 	Seq       int64         `bson:"seq"`
 }
 
+func hiddenID(messageID bson.ObjectID, userID int) string {
+	return messageID.Hex() + ":" + strconv.Itoa(userID)
+}
+
 // Indexes of the per-member collections.
 var (
 	settingsIndexes = []mongo.IndexModel{
@@ -185,7 +189,7 @@ func (s *store) forgetSettings(ctx context.Context, chatID bson.ObjectID, userID
 func (s *store) hide(ctx context.Context, userID int, ms []messageDoc) error {
 	docs := make([]any, len(ms))
 	for i, m := range ms {
-		docs[i] = hiddenDoc{ID: m.ID.Hex() + ":" + strconv.Itoa(userID), ChatID: m.ChatID, UserID: userID, MessageID: m.ID, Seq: m.Seq}
+		docs[i] = hiddenDoc{ID: hiddenID(m.ID, userID), ChatID: m.ChatID, UserID: userID, MessageID: m.ID, Seq: m.Seq}
 	}
 	_, err := s.hidden.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
 	var bulk mongo.BulkWriteException

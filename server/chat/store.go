@@ -597,7 +597,7 @@ func (s *store) memberships(ctx context.Context, userID int, chats []chatDoc) (m
 func (s *store) chatsOf(ctx context.Context, userID int) ([]chatDoc, error) {
 	cur, err := s.chats.Find(ctx, bson.D{{Key: "participants.user_id", Value: userID}},
 		options.Find().SetProjection(bson.D{
-			{Key: "participants", Value: 1}, {Key: "chatType", Value: 1}, {Key: "request", Value: 1},
+			{Key: "participants", Value: 1}, {Key: "chatType", Value: 1}, {Key: "request", Value: 1}, {Key: "hiddenFor", Value: 1},
 		}))
 	if err != nil {
 		return nil, fmt.Errorf("chats of user: %w", err)

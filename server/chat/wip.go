@@ -26,7 +26,3 @@ func (s *Service) RemoveReaction(context.Context, *connect.Request[parleyv1.Remo
 func (s *Service) ListReactions(context.Context, *connect.Request[parleyv1.ListReactionsRequest]) (*connect.Response[parleyv1.ListReactionsResponse], error) {
 	return nil, errWIP
 }
-
-func (s *Service) SearchMessages(context.Context, *connect.Request[parleyv1.SearchMessagesRequest]) (*connect.Response[parleyv1.SearchMessagesResponse], error) {
-	return nil, errWIP
-}
