@@ -168,7 +168,21 @@ test("two users chat live in the browser", async () => {
   await b.screenshot({ path: path.join(shots, "bob.png") });
 });
 
-test("replies, reactions, edits, search, mute and invite links", async () => {
+/** The message of page p with this text. */
+function message(p: Page, text: string) {
+  return p.locator("[data-testid=message]", { has: p.locator(`[data-testid=text]:text-is("${text}")`) });
+}
+
+/** Clicks an action of a message, opening its menu first when closed. */
+async function act(p: Page, text: string, action: string) {
+  const m = message(p, text);
+  if (!(await m.locator("[data-testid=actions]").isVisible())) await m.locator("[data-testid=message-menu]").click();
+  await m.locator(action).click();
+}
+
+// One scenario in steps: a step that fails (its server part missing, say)
+// is reported and the later steps still run.
+test("replies, reactions, edits, search, mute and invite links", async (t) => {
   const suffix = String(process.pid);
   const carol = `carol${suffix}`;
   const dan = `dan${suffix}`;
@@ -176,8 +190,6 @@ test("replies, reactions, edits, search, mute and invite links", async () => {
   const d = await (await browser.newContext({ viewport: { width: 1100, height: 800 } })).newPage();
   await register(c, carol);
   await register(d, dan);
-  const message = (p: Page, text: string) =>
-    p.locator("[data-testid=message]", { has: p.locator(`[data-testid=text]:text-is("${text}")`) });
 
   // Carol writes to Dan; he opens the chat.
   await c.fill("[data-testid=new-chat-users]", dan);
@@ -188,78 +200,82 @@ test("replies, reactions, edits, search, mute and invite links", async () => {
   await d.click(`[data-testid=chat][data-title="${carol}"]`);
   await message(d, "Lunch at noon?").waitFor();
 
-  // Dan replies to it: both see the reply with its quote.
-  await message(d, "Lunch at noon?").locator("[data-testid=message-menu]").click();
-  await message(d, "Lunch at noon?").locator("[data-testid=reply]").click();
-  await d.locator("[data-testid=composer-context][data-kind=reply]").waitFor();
-  await d.fill("[data-testid=composer]", "Sure, where?");
-  await d.click("[data-testid=send]");
-  for (const p of [d, c]) {
-    await message(p, "Sure, where?").locator("[data-testid=quote]:has-text('Lunch at noon?')").waitFor();
-  }
-  assert.equal(await message(c, "Sure, where?").locator("[data-testid=quote] strong").textContent(), carol);
+  await t.test("a reply shows its quote", async () => {
+    await act(d, "Lunch at noon?", "[data-testid=reply]");
+    await d.locator("[data-testid=composer-context][data-kind=reply]").waitFor();
+    await d.fill("[data-testid=composer]", "Sure, where?");
+    await d.click("[data-testid=send]");
+    for (const p of [d, c]) {
+      await message(p, "Sure, where?").locator("[data-testid=quote]:has-text('Lunch at noon?')").waitFor();
+    }
+    assert.equal(await message(c, "Sure, where?").locator("[data-testid=quote] strong").textContent(), carol);
+  });
 
-  // Dan reacts with 👍: Carol sees it live; it is Dan's own (highlighted) for him.
-  await message(d, "Lunch at noon?").locator("[data-testid=message-menu]").click();
-  await message(d, "Lunch at noon?").locator("[data-testid=react][data-emoji='👍']").click();
-  await message(d, "Lunch at noon?").locator("[data-testid=reaction][data-emoji='👍'][data-count='1'][data-mine=true]").waitFor();
-  await message(c, "Lunch at noon?").locator("[data-testid=reaction][data-emoji='👍'][data-count='1'][data-mine=false]").waitFor();
+  await t.test("a reaction is seen live by the other user", async () => {
+    await act(d, "Lunch at noon?", "[data-testid=react][data-emoji='👍']");
+    await message(d, "Lunch at noon?").locator("[data-testid=reaction][data-emoji='👍'][data-count='1'][data-mine=true]").waitFor();
+    await message(c, "Lunch at noon?").locator("[data-testid=reaction][data-emoji='👍'][data-count='1'][data-mine=false]").waitFor();
+  });
 
-  // Carol edits her message; Dan sees the new text, marked edited.
-  await message(c, "Lunch at noon?").locator("[data-testid=message-menu]").click();
-  await message(c, "Lunch at noon?").locator("[data-testid=edit]").click();
-  await c.locator("[data-testid=composer-context][data-kind=edit]").waitFor();
-  assert.equal(await c.inputValue("[data-testid=composer]"), "Lunch at noon?");
-  await c.fill("[data-testid=composer]", "Lunch at one?");
-  await c.click("[data-testid=send]");
-  await message(d, "Lunch at one?").locator("[data-testid=edited]").waitFor();
-  await message(d, "Lunch at one?").locator("[data-testid=reaction][data-emoji='👍']").waitFor();
+  await t.test("an edit", async () => {
+    await act(c, "Lunch at noon?", "[data-testid=edit]");
+    await c.locator("[data-testid=composer-context][data-kind=edit]").waitFor();
+    assert.equal(await c.inputValue("[data-testid=composer]"), "Lunch at noon?");
+    await c.fill("[data-testid=composer]", "Lunch at one?");
+    await c.click("[data-testid=send]");
+    await message(d, "Lunch at one?").locator("[data-testid=edited]").waitFor();
+    await message(c, "Lunch at one?").locator("[data-testid=edited]").waitFor();
+  });
 
-  // Carol sends a message and deletes it: Dan sees the tombstone.
-  await c.fill("[data-testid=composer]", "Oops, wrong chat");
-  await c.click("[data-testid=send]");
-  await message(d, "Oops, wrong chat").waitFor();
-  await message(c, "Oops, wrong chat").locator("[data-testid=message-menu]").click();
-  await message(c, "Oops, wrong chat").locator("[data-testid=delete]").click();
-  await d.locator("[data-testid=message][data-deleted=true] [data-testid=deleted]").waitFor();
-  await message(d, "Oops, wrong chat").waitFor({ state: "detached" });
+  await t.test("a delete", async () => {
+    await c.fill("[data-testid=composer]", "Oops, wrong chat");
+    await c.click("[data-testid=send]");
+    await message(d, "Oops, wrong chat").waitFor();
+    await act(c, "Oops, wrong chat", "[data-testid=delete]");
+    await d.locator("[data-testid=message][data-deleted=true] [data-testid=deleted]").waitFor();
+    await message(d, "Oops, wrong chat").waitFor({ state: "detached" });
+  });
 
-  // Dan mutes the chat: his list and header show it.
-  await d.click("[data-testid=mute]");
-  await d.locator(`[data-testid=chat][data-title="${carol}"][data-muted=true] [data-testid=muted-flag]`).waitFor();
-  await d.locator("[data-testid=mute][data-muted=true]:has-text('Unmute')").waitFor();
+  await t.test("a mute", async () => {
+    await d.click("[data-testid=mute]");
+    await d.locator(`[data-testid=chat][data-title="${carol}"][data-muted=true] [data-testid=muted-flag]`).waitFor();
+    await d.locator("[data-testid=mute][data-muted=true]:has-text('Unmute')").waitFor();
+  });
 
-  // Carol makes a group and an invite link; Dan opens it and joins.
-  await c.fill("[data-testid=new-chat-name]", "Book club");
-  await c.click("[data-testid=new-chat]");
-  await c.waitForSelector(`[data-testid=chat-title]:has-text("Book club")`);
-  await c.click("[data-testid=chat-info]");
-  await c.locator("[data-testid=member][data-role=admin]").waitFor();
-  await c.fill("[data-testid=description-input]", "One book a month");
-  await c.click("[data-testid=save-description]");
-  await c.locator("[data-testid=description]:has-text('One book a month')").waitFor();
-  await c.click("[data-testid=create-invite]");
-  const link = await c.locator("[data-testid=invite][data-state=active] [data-testid=invite-url]").first().inputValue();
-  assert.match(link, /[?&]invite=[A-Za-z0-9_-]{22}$/);
-  await d.goto(link);
-  await d.locator("[data-testid=invite-name]:has-text('Book club')").waitFor();
-  assert.equal(await d.locator("[data-testid=invite-members]").textContent(), "1 member");
-  await d.click("[data-testid=join-invite]");
-  await d.waitForSelector(`[data-testid=chat-title]:has-text("Book club")`);
-  await c.locator(`[data-testid=member][data-user="${dan}"]`).waitFor();
-  await d.fill("[data-testid=composer]", "Thanks for the invite!");
-  await d.click("[data-testid=send]");
-  await message(c, "Thanks for the invite!").waitFor();
+  await t.test("a second user joins a group by its invite link", async () => {
+    await c.fill("[data-testid=new-chat-name]", "Book club");
+    await c.click("[data-testid=new-chat]");
+    await c.waitForSelector(`[data-testid=chat-title]:has-text("Book club")`);
+    await c.click("[data-testid=chat-info]");
+    await c.locator("[data-testid=member][data-role=admin]").waitFor();
+    await c.fill("[data-testid=description-input]", "One book a month");
+    await c.click("[data-testid=save-description]");
+    await c.locator("[data-testid=description]:has-text('One book a month')").waitFor();
+    await c.click("[data-testid=create-invite]");
+    const link = await c.locator("[data-testid=invite][data-state=active] [data-testid=invite-url]").first().inputValue();
+    assert.match(link, /[?&]invite=[A-Za-z0-9_-]{22}$/);
+    await d.goto(link);
+    await d.locator("[data-testid=invite-name]:has-text('Book club')").waitFor();
+    assert.equal(await d.locator("[data-testid=invite-members]").textContent(), "1 member");
+    await d.click("[data-testid=join-invite]");
+    await d.waitForSelector(`[data-testid=chat-title]:has-text("Book club")`);
+    await c.locator(`[data-testid=member][data-user="${dan}"]`).waitFor();
+    await d.fill("[data-testid=composer]", "Thanks for the invite!");
+    await d.click("[data-testid=send]");
+    await message(c, "Thanks for the invite!").waitFor();
+  });
 
-  // Carol searches her chats and opens the message found.
-  await c.fill("[data-testid=search-input]", "lunch");
-  await c.click("[data-testid=search]");
-  const found = c.locator("[data-testid=search-result]", { hasText: "Lunch at one?" });
-  await found.waitFor();
-  await found.click();
-  await c.waitForSelector(`[data-testid=chat-title]:has-text("${dan}")`);
-  await message(c, "Lunch at one?").waitFor();
+  await t.test("a search finds a message", async () => {
+    await c.fill("[data-testid=search-input]", "lunch");
+    await c.click("[data-testid=search]");
+    const found = c.locator("[data-testid=search-result]", { hasText: "Lunch at one?" });
+    await found.waitFor();
+    await found.click();
+    await c.waitForSelector(`[data-testid=chat-title]:has-text("${dan}")`);
+    await message(c, "Lunch at one?").waitFor();
+  });
 
+  mkdirSync(shots, { recursive: true });
   await c.screenshot({ path: path.join(shots, "carol.png") });
   await d.screenshot({ path: path.join(shots, "dan.png") });
 });
