@@ -170,7 +170,7 @@ test("two users chat live in the browser", async () => {
 
 /** The message of page p with this text. */
 function message(p: Page, text: string) {
-  return p.locator("[data-testid=message]", { has: p.locator(`[data-testid=text]:text-is("${text}")`) });
+  return p.locator(`[data-testid=message][data-text=${JSON.stringify(text)}]`);
 }
 
 /** Clicks an action of a message, opening its menu first when closed. */
@@ -263,6 +263,48 @@ test("replies, reactions, edits, search, mute and invite links", async (t) => {
     await d.fill("[data-testid=composer]", "Thanks for the invite!");
     await d.click("[data-testid=send]");
     await message(c, "Thanks for the invite!").waitFor();
+  });
+
+  await t.test("a mention, a pin, receipts, a forward and an archive in the group", async () => {
+    // Dan looks at the private chat while Carol mentions him in the group.
+    await d.click(`[data-testid=chat][data-title="${carol}"]`);
+    await d.waitForSelector(`[data-testid=chat-title]:has-text("${carol}")`);
+    const text = `@${dan} pick the next book`;
+    await c.fill("[data-testid=composer]", text);
+    await c.click("[data-testid=send]");
+    const club = d.locator(`[data-testid=chat][data-title="Book club"]`);
+    await club.locator("[data-testid=mentions]:has-text('@1')").waitFor();
+    await club.click();
+    await d.locator("[data-testid=message][data-mentioned=true]").waitFor();
+    await club.locator("[data-testid=mentions]").waitFor({ state: "detached" });
+
+    // Carol pins it: Dan's pinned bar shows it live.
+    await act(c, text, "[data-testid=pin-message]");
+    await d.locator(`[data-testid=pinned-bar] [data-testid=pinned-latest]:has-text("pick the next book")`).waitFor();
+    await message(d, text).locator("[data-testid=pin-mark]").waitFor();
+
+    // Once Dan read it, Carol's receipts name him.
+    await message(c, text).locator("[data-testid=ticks][data-status=read]").waitFor();
+    await act(c, text, "[data-testid=receipts-button]");
+    await message(c, text).locator(`[data-testid=read-by]:has-text("${dan}")`).waitFor();
+
+    // Dan forwards it to his chat with Carol.
+    const m = message(d, text);
+    if (!(await m.locator("[data-testid=actions]").isVisible())) await m.locator("[data-testid=message-menu]").click();
+    await m.locator("[data-testid=forward-target]").selectOption({ label: carol });
+    await m.locator("[data-testid=forward]").click();
+    await c.click(`[data-testid=chat][data-title="${dan}"]`);
+    await message(c, text).locator(`[data-testid=forwarded]:has-text("Forwarded from ${carol}")`).waitFor();
+
+    // Dan archives the group: it moves to his archived list, and back.
+    await d.click(`[data-testid=chat][data-title="Book club"]`);
+    await d.click("[data-testid=archive]");
+    await club.waitFor({ state: "detached" });
+    await d.click("[data-testid=show-archived]");
+    await club.waitFor();
+    await d.click("[data-testid=archive]:has-text('Unarchive')");
+    await d.click("[data-testid=show-chats]");
+    await club.waitFor();
   });
 
   await t.test("a search finds a message", async () => {

@@ -36,6 +36,7 @@ const menuOpen = new Set<string>(); // messages whose actions are shown
 let pinned: { chatId: string; list: Message[]; open: boolean } = { chatId: "", list: [], open: false };
 let context: { kind: "reply" | "edit"; m: Message } | undefined; // what the composer does
 let live: AbortController | undefined;
+let forwardTo = ""; // the chat last chosen to forward to
 
 function reset() {
   live?.abort();
@@ -527,9 +528,17 @@ function addMessage(m: Message) {
     for (const r of m.reactions) r.mine ||= mine.has(r.emoji);
   }
   byseq.set(m.seq, m);
+  // Replies quote the original as it is now.
+  if (old && (m.deleted || m.editedAt)) {
+    for (const r of byseq.values()) {
+      if (r.replyTo?.messageId !== m.id) continue;
+      r.replyTo.preview = m.deleted ? "" : m.text;
+      r.replyTo.deleted = m.deleted;
+    }
+  }
   if (chat && (!chat.lastMessage || chat.lastMessage.seq <= m.seq)) {
     chat.lastMessage = create(LastMessageSchema, {
-      messageId: m.id, senderId: m.senderId, seq: m.seq, sentAt: m.sentAt, preview: m.deleted ? "" : preview(m),
+      messageId: m.id, senderId: m.senderId, seq: m.seq, sentAt: m.sentAt, preview: preview(m),
     });
   }
   if (m.chatId === ui.current) renderMessages();
@@ -562,7 +571,7 @@ function messageView(m: Message, chat: Chat): HTMLElement {
   const st = statusOf(m);
   return h("li", {
     class: `${mine ? "mine" : "theirs"} ${mentioned ? "mentioned" : ""} ${m.pin ? "pinned" : ""}`,
-    "data-testid": "message", "data-seq": String(m.seq), "data-id": m.id,
+    "data-testid": "message", "data-seq": String(m.seq), "data-id": m.id, "data-text": m.text,
     "data-mentioned": String(mentioned), "data-pinned": String(!!m.pin), "data-deleted": String(m.deleted),
   },
   mine ? undefined : h("div", { class: "sender" }, avatar(m.senderId, 18), nameOf(m.senderId)),
@@ -606,7 +615,8 @@ function quoteView(q: ReplyQuote): HTMLElement {
 function actionsView(m: Message, chat: Chat): HTMLElement {
   const mine = m.senderId === me.id;
   const others = [...chats.values()].filter((c) => listed.includes(c.id) || c.id === chat.id);
-  const target = h("select", { "data-testid": "forward-target" }, ...others.map((c) => h("option", { value: c.id }, chatTitle(c))));
+  const target = h("select", { "data-testid": "forward-target", onchange: () => { forwardTo = target.value; } },
+    ...others.map((c) => h("option", { value: c.id, selected: c.id === forwardTo }, chatTitle(c))));
   const act = (f: () => Promise<unknown>) => () => { setStatus(""); f().catch((err) => setStatus(errorText(err))); };
   return h("div", { class: "actions", "data-testid": "actions" },
     h("span", { class: "palette" }, ...PALETTE.map((e) => {
