@@ -8,6 +8,19 @@ import {
 } from "./state.js";
 
 let invites: { chatId: string; links: InviteLink[] } = { chatId: "", links: [] };
+// What the user typed in the panel's fields, kept across re-renders (live
+// events re-render the panel) until saved.
+const drafts = new Map<string, string>();
+
+function field<E extends HTMLInputElement | HTMLTextAreaElement>(el: E, key: string, initial = ""): E {
+  el.value = drafts.get(key) ?? initial;
+  el.addEventListener("input", () => drafts.set(key, el.value));
+  return el;
+}
+
+function saved(...keys: string[]) {
+  for (const k of keys) drafts.delete(k);
+}
 
 export function inviteUrl(code: string): string {
   return `${location.origin}${location.pathname}?invite=${code}`;
@@ -37,22 +50,25 @@ export function renderInfo(el: HTMLElement, chat: Chat) {
     hooks.renderChats();
   };
 
-  const description = h("textarea", { "data-testid": "description-input", rows: "2", maxlength: "500", placeholder: "description" });
-  description.value = chat.description;
-  const rename = h("input", { "data-testid": "rename-input", value: chat.name, maxlength: "100" });
-  const adding = h("input", { "data-testid": "add-members-input", placeholder: "usernames, comma-separated" });
+  const description = field(h("textarea", { "data-testid": "description-input", rows: "2", maxlength: "500", placeholder: "description" }), `${chat.id}:description`, chat.description);
+  const rename = field(h("input", { "data-testid": "rename-input", maxlength: "100" }), `${chat.id}:name`, chat.name);
+  const adding = field(h("input", { "data-testid": "add-members-input", placeholder: "usernames, comma-separated" }), `${chat.id}:add`);
 
   const members = [...chat.participants].sort((a, b) => b.role - a.role || nameOf(a.userId).localeCompare(nameOf(b.userId)));
   fill(el,
     h("h3", {}, "Group"),
     admin
-      ? h("div", { class: "row" }, rename, h("button", { "data-testid": "rename", onclick: act(async () => updated((await parley.chats.updateChat({ chatId: chat.id, name: rename.value.trim() })).chat)) }, "Rename"))
+      ? h("div", { class: "row" }, rename, h("button", { "data-testid": "rename", onclick: act(async () => { const c = (await parley.chats.updateChat({ chatId: chat.id, name: rename.value.trim() })).chat; saved(`${chat.id}:name`); updated(c); }) }, "Rename"))
       : undefined,
     h("p", { class: "description", "data-testid": "description" }, chat.description || (admin ? "" : "No description.")),
     admin
       ? h("div", { class: "row" }, description, h("button", {
         "data-testid": "save-description",
-        onclick: act(async () => updated((await parley.chats.updateChat({ chatId: chat.id, description: description.value.trim() })).chat)),
+        onclick: act(async () => {
+          const c = (await parley.chats.updateChat({ chatId: chat.id, description: description.value.trim() })).chat;
+          saved(`${chat.id}:description`);
+          updated(c);
+        }),
       }, "Save description"))
       : undefined,
     h("h4", {}, `Members (${members.length})`),
@@ -76,7 +92,7 @@ export function renderInfo(el: HTMLElement, chat: Chat) {
         onclick: act(async () => {
           const ids = await userIds(adding.value);
           const res = await parley.chats.addParticipants({ chatId: chat.id, userIds: ids });
-          adding.value = "";
+          saved(`${chat.id}:add`);
           if (res.notAddedUserIds.length) status.textContent = `Not added: ${res.notAddedUserIds.map(nameOf).join(", ")}`;
           updated(res.chat);
         }),
@@ -98,8 +114,8 @@ export function renderInfo(el: HTMLElement, chat: Chat) {
 }
 
 function inviteSection(chat: Chat, act: (f: () => Promise<unknown>) => () => Promise<void>): HTMLElement {
-  const hours = h("input", { type: "number", min: "1", placeholder: "expires in hours (never)", "data-testid": "invite-hours" });
-  const limit = h("input", { type: "number", min: "0", placeholder: "max joins (no limit)", "data-testid": "invite-limit" });
+  const hours = field(h("input", { type: "number", min: "1", placeholder: "expires in hours (never)", "data-testid": "invite-hours" }), `${chat.id}:hours`);
+  const limit = field(h("input", { type: "number", min: "0", placeholder: "max joins (no limit)", "data-testid": "invite-limit" }), `${chat.id}:limit`);
   const list = h("ul", { class: "invites", "data-testid": "invites" });
   const show = () => list.replaceChildren(...invites.links.map((l) => {
     const state = l.revokedAt ? "revoked"
@@ -139,6 +155,7 @@ function inviteSection(chat: Chat, act: (f: () => Promise<unknown>) => () => Pro
           expireTime: hrs > 0 ? { seconds: BigInt(Math.floor(Date.now() / 1000 + hrs * 3600)), nanos: 0 } : undefined,
         });
         invites.links.unshift(res.inviteLink!);
+        saved(`${chat.id}:hours`, `${chat.id}:limit`);
         hours.value = limit.value = "";
         show();
       }),
