@@ -257,6 +257,10 @@ func (r referrers) AvatarWithURL(ctx context.Context, url string) (int, bool, er
 	return r.users.AvatarWithURL(ctx, url)
 }
 
+func (r referrers) GroupHasAvatar(ctx context.Context, chatID bson.ObjectID, url string) (bool, error) {
+	return r.chats.GroupHasAvatar(ctx, chatID, url)
+}
+
 // withCORS lets browsers on the given origins call the API with any of the
 // three protocols.
 func withCORS(origins []string, h http.Handler) http.Handler {

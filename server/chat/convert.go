@@ -20,6 +20,7 @@ func toChat(c *chatDoc, m member, unread unreadCounts) *parleyv1.Chat {
 		Type:               parleyv1.ChatType_CHAT_TYPE_GROUP,
 		Name:               c.Name,
 		Description:        c.Description,
+		AvatarUrl:          c.AvatarURL,
 		CreatedAt:          timestamppb.New(c.CreatedAt),
 		UpdatedAt:          timestamppb.New(c.UpdatedAt),
 		Role:               toRole(m.Role),

@@ -329,3 +329,60 @@ func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int
 	}
 	return nil
 }
+
+// setAvatar makes the upload mediaHex the group's avatar ("": none). The
+// latest change wins (setLatest); the upload it replaces, or that lost to
+// a change made at the same time, is deleted.
+func (s *Service) setAvatar(ctx context.Context, userID int, c *chatDoc, mediaHex string) error {
+	if s.media == nil {
+		return connect.NewError(connect.CodeUnimplemented, errors.New("uploads are not configured"))
+	}
+	url := ""
+	if mediaHex != "" {
+		id, err := bson.ObjectIDFromHex(mediaHex)
+		if err != nil {
+			return connect.NewError(connect.CodeInvalidArgument, errors.New("avatar_media_id: not a media id"))
+		}
+		if url, err = s.media.ClaimGroupAvatar(ctx, userID, id, c.ID); err != nil {
+			return s.internal(ctx, "update chat", err)
+		}
+	}
+	if err := s.store.setLatest(ctx, c.ID, "avatarUrl", url); err != nil {
+		return s.internal(ctx, "update chat", err)
+	}
+	now, err := s.store.getChat(ctx, c.ID)
+	if err != nil {
+		return s.internal(ctx, "update chat", err)
+	}
+	if url != "" {
+		if now.AvatarURL != url {
+			// Another admin's change came later and won.
+			if err := s.media.DeleteGroupAvatar(ctx, url, c.ID); err != nil {
+				return s.internal(ctx, "update chat", err)
+			}
+			return nil
+		}
+		if err := s.media.AttachGroupAvatar(ctx, url, c.ID); err != nil {
+			return s.internal(ctx, "update chat", err)
+		}
+	}
+	if old := c.AvatarURL; old != "" && old != now.AvatarURL {
+		if err := s.media.DeleteGroupAvatar(ctx, old, c.ID); err != nil {
+			return s.internal(ctx, "update chat", err)
+		}
+	}
+	return nil
+}
+
+// GroupHasAvatar reports whether the group's avatar is url, for media
+// clean-up.
+func (s *Service) GroupHasAvatar(ctx context.Context, chatID bson.ObjectID, url string) (bool, error) {
+	c, err := s.store.getChat(ctx, chatID)
+	if errors.Is(err, errNoChat) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return c.AvatarURL == url, nil
+}

@@ -1,6 +1,7 @@
 package chat_test
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/servertest"
 )
@@ -177,5 +179,68 @@ func TestInvites_RaceToLimit(t *testing.T) {
 	}
 	if n := len(getChat(t, admin, g.GetId()).GetParticipants()); joined != 3 || n != 4 {
 		t.Errorf("%d joins succeeded and the group has %d members; want 3 and 4", joined, n)
+	}
+}
+
+func TestGroupAvatar(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range twoProtocols {
+		t.Run(p.Name, func(t *testing.T) {
+			admin, member, outsider := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
+			g := group(t, admin, "g", member)
+			media := servertest.Client(srv, p, parleyv1connect.NewMediaServiceClient)
+			img := servertest.PNG(t, 32, 32)
+			first := servertest.UploadAvatar(t, srv, media, admin.token, "a.png", "image/png", img)
+			setAvatar := func(u *user, r *parleyv1.UpdateChatRequest) (*parleyv1.Chat, error) {
+				r.ChatId = g.GetId()
+				res, err := u.chats.UpdateChat(context.Background(), req(u, r))
+				if err != nil {
+					return nil, err
+				}
+				return res.Msg.GetChat(), nil
+			}
+			c, err := setAvatar(admin, &parleyv1.UpdateChatRequest{AvatarMediaId: first.GetId()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.GetAvatarUrl() != first.GetUrl() || getChat(t, member, g.GetId()).GetAvatarUrl() != first.GetUrl() {
+				t.Fatalf("avatar_url = %q, want %q", c.GetAvatarUrl(), first.GetUrl())
+			}
+			if code, body := servertest.Download(t, srv, member.token, first.GetUrl()); code != 200 || !bytes.Equal(body, img) {
+				t.Errorf("a member downloading the group's avatar: %d, %d bytes", code, len(body))
+			}
+			// Replacing it deletes the old file; an upload used once
+			// cannot be used again; only admins; others' uploads are
+			// not found.
+			second := servertest.UploadAvatar(t, srv, media, admin.token, "b.png", "image/png", img)
+			if _, err := setAvatar(admin, &parleyv1.UpdateChatRequest{AvatarMediaId: second.GetId()}); err != nil {
+				t.Fatal(err)
+			}
+			if code, _ := servertest.Download(t, srv, member.token, first.GetUrl()); code != 404 {
+				t.Errorf("the replaced avatar's file answers %d, want 404", code)
+			}
+			_, err = setAvatar(admin, &parleyv1.UpdateChatRequest{AvatarMediaId: second.GetId()})
+			wantCode(t, err, connect.CodeAlreadyExists)
+			mine := servertest.UploadAvatar(t, srv, media, member.token, "m.png", "image/png", img)
+			_, err = setAvatar(member, &parleyv1.UpdateChatRequest{AvatarMediaId: mine.GetId()})
+			wantCode(t, err, connect.CodePermissionDenied)
+			_, err = setAvatar(outsider, &parleyv1.UpdateChatRequest{AvatarMediaId: mine.GetId()})
+			wantCode(t, err, connect.CodeNotFound)
+			_, err = setAvatar(admin, &parleyv1.UpdateChatRequest{AvatarMediaId: mine.GetId()})
+			wantCode(t, err, connect.CodeNotFound)
+			if got := getChat(t, member, g.GetId()).GetAvatarUrl(); got != second.GetUrl() {
+				t.Errorf("after refused changes the avatar is %q, want %q", got, second.GetUrl())
+			}
+			c, err = setAvatar(admin, &parleyv1.UpdateChatRequest{RemoveAvatar: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.GetAvatarUrl() != "" {
+				t.Errorf("after removal avatar_url = %q", c.GetAvatarUrl())
+			}
+			if code, _ := servertest.Download(t, srv, member.token, second.GetUrl()); code != 404 {
+				t.Errorf("the removed avatar's file answers %d, want 404", code)
+			}
+		})
 	}
 }

@@ -66,6 +66,13 @@ type Media interface {
 	Release(ctx context.Context, ids []bson.ObjectID, key string)
 	// DeleteOfMessage deletes the files of a deleted message.
 	DeleteOfMessage(ctx context.Context, messageID bson.ObjectID) error
+	// ClaimGroupAvatar reserves an avatar upload of the user for the
+	// group's avatar and returns its URL; AttachGroupAvatar records that
+	// the group uses it, and DeleteGroupAvatar deletes one the group
+	// no longer uses.
+	ClaimGroupAvatar(ctx context.Context, userID int, id, chatID bson.ObjectID) (string, error)
+	AttachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error
+	DeleteGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error
 	// Forward gives the message that key names, a forward by userID into
 	// chatID, its own copies of the files ids of the message sourceID,
 	// claimed for it as by Claim, and returns what the message keeps of
@@ -487,6 +494,11 @@ func (s *Service) UpdateChat(
 	if req.Msg.Description != nil {
 		if err := s.store.describe(ctx, c.ID, req.Msg.GetDescription()); err != nil {
 			return nil, s.internal(ctx, "update chat", err)
+		}
+	}
+	if req.Msg.GetAvatarMediaId() != "" || req.Msg.GetRemoveAvatar() {
+		if err := s.setAvatar(ctx, id.UserID, c, req.Msg.GetAvatarMediaId()); err != nil {
+			return nil, err
 		}
 	}
 	if err := s.publishChat(ctx, c.ID, chatUpdated, id.UserID); err != nil {

@@ -38,6 +38,7 @@ type chatDoc struct {
 	ID             bson.ObjectID    `bson:"_id"`
 	Name           string           `bson:"chatName,omitempty"`
 	Description    string           `bson:"description,omitempty"`
+	AvatarURL      string           `bson:"avatarUrl,omitempty"`
 	Type           string           `bson:"chatType"`
 	LastMessage    *lastMessageDoc  `bson:"lastMessage,omitempty"`
 	Participants   []participantDoc `bson:"participants"`

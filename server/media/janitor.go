@@ -21,6 +21,8 @@ type Referrers interface {
 	MessageWithMedia(ctx context.Context, chatID, mediaID bson.ObjectID) (bson.ObjectID, bool, error)
 	// AvatarWithURL returns the avatar that serves url.
 	AvatarWithURL(ctx context.Context, url string) (int, bool, error)
+	// GroupHasAvatar reports whether the group's avatar is url.
+	GroupHasAvatar(ctx context.Context, chatID bson.ObjectID, url string) (bool, error)
 }
 
 // Janitor deletes uploads that were never attached to a message or
@@ -121,7 +123,7 @@ func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (
 		return false, nil
 	}
 	// A claim may be a message or avatar stored but not yet recorded.
-	var messageID *bson.ObjectID
+	var messageID, groupID *bson.ObjectID
 	avatarID := 0
 	if seen.Claim != "" {
 		if seen.ClaimedAt != nil && now.Sub(*seen.ClaimedAt) < claimGrace {
@@ -133,6 +135,13 @@ func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (
 			avatarID, ok, err = j.refs.AvatarWithURL(ctx, seen.URL)
 			if !ok {
 				avatarID = 0
+			}
+		} else if hex, ok := strings.CutPrefix(seen.Claim, claimGroup); ok {
+			if id, perr := bson.ObjectIDFromHex(hex); perr == nil {
+				var has bool
+				if has, err = j.refs.GroupHasAvatar(ctx, id, seen.URL); has {
+					groupID = &id
+				}
 			}
 		} else if seen.ChatID != nil {
 			id, ok, ferr := j.refs.MessageWithMedia(ctx, *seen.ChatID, seen.ID)
@@ -150,6 +159,9 @@ func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (
 	}
 	if avatarID != 0 {
 		return false, j.lib.AttachAvatar(ctx, seen.ID, avatarID)
+	}
+	if groupID != nil {
+		return false, j.lib.AttachGroupAvatar(ctx, seen.URL, *groupID)
 	}
 	return j.lib.delete(ctx, seen.ID, func(m *mediaDoc) bool {
 		// Only what is exactly as seen: a claim taken or renewed since,

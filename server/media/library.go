@@ -229,6 +229,61 @@ func (l *Library) DeleteAvatar(ctx context.Context, url string, avatarID int) er
 	return err
 }
 
+// ClaimGroupAvatar reserves an avatar upload of userID (see ClaimAvatar)
+// for the avatar of a group, and returns its URL.
+func (l *Library) ClaimGroupAvatar(ctx context.Context, userID int, id, chatID bson.ObjectID) (string, error) {
+	m, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		switch {
+		case m.UploaderID != userID || !m.Avatar:
+			return nil, errMediaNotFound
+		case m.State != stateReady:
+			return nil, errNotReady
+		case m.attached():
+			return nil, errAlreadyAvatar
+		}
+		now := l.store.nowMs()
+		return bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: claimGroup + chatID.Hex()}, {Key: "claimedAt", Value: now}}}}, nil
+	})
+	if errors.Is(err, errNoMedia) {
+		return "", errMediaNotFound
+	}
+	if err != nil {
+		return "", err
+	}
+	return m.URL, nil
+}
+
+// AttachGroupAvatar records the group whose avatar an upload is.
+func (l *Library) AttachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error {
+	id, ok := IDFromURL(url)
+	if !ok {
+		return nil
+	}
+	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		if m.GroupID != nil {
+			return nil, nil
+		}
+		return bson.D{{Key: "$set", Value: bson.D{{Key: "groupId", Value: chatID}}}}, nil
+	})
+	if err != nil && !errors.Is(err, errNoMedia) {
+		return fmt.Errorf("attach group avatar media %s: %w", id.Hex(), err)
+	}
+	return nil
+}
+
+// DeleteGroupAvatar deletes the upload that served the group's avatar
+// at url, if it was that group's (or claimed for it and never attached).
+func (l *Library) DeleteGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error {
+	id, ok := IDFromURL(url)
+	if !ok {
+		return nil
+	}
+	_, err := l.delete(ctx, id, func(m *mediaDoc) bool {
+		return m.Avatar && ((m.GroupID != nil && *m.GroupID == chatID) || (m.GroupID == nil && m.Claim == claimGroup+chatID.Hex()))
+	})
+	return err
+}
+
 // IDFromURL returns the media id of a URL that URL made.
 func IDFromURL(url string) (bson.ObjectID, bool) {
 	if len(url) != len(Path)+24 || url[:len(Path)] != Path {

@@ -31,8 +31,12 @@ const (
 	TypeFile  = "file"
 )
 
-// claimAvatar is the claim of an upload being made an avatar.
-const claimAvatar = "avatar"
+// claimAvatar is the claim of an upload being made an avatar, and
+// claimGroup (+ the chat id) of one being made a group's avatar.
+const (
+	claimAvatar = "avatar"
+	claimGroup  = "group:"
+)
 
 // mediaDoc is a document of the media collection: the seed's fields
 // (chatId, messageId, uploaderId, fileType, url, uploadedAt) plus the
@@ -61,6 +65,8 @@ type mediaDoc struct {
 	Claim        string     `bson:"claim,omitempty"`
 	ClaimedAt    *time.Time `bson:"claimedAt,omitempty"`
 	AvatarID     int        `bson:"avatarId,omitempty"`
+	// GroupID is the group whose avatar the upload is.
+	GroupID *bson.ObjectID `bson:"groupId,omitempty"`
 	// FileID names the media whose stored files this one shares: set on
 	// a forwarded copy (see Library.Forward); an upload's files are its
 	// own.
@@ -72,7 +78,7 @@ type mediaDoc struct {
 
 // attached reports whether the file is in use: sent in a message or an
 // avatar.
-func (m *mediaDoc) attached() bool { return m.MessageID != nil || m.AvatarID != 0 }
+func (m *mediaDoc) attached() bool { return m.MessageID != nil || m.AvatarID != 0 || m.GroupID != nil }
 
 // fileID names the stored files of m: the keys of its bytes and
 // thumbnail always derive from it, never from m's own id.

@@ -18,10 +18,25 @@ import (
 // (CreateUpload, then the PUT) and returns the media, ready.
 func Upload(tb testing.TB, s *Server, c parleyv1connect.MediaServiceClient, token, chatID, name, contentType string, data []byte) *parleyv1.Media {
 	tb.Helper()
-	up, err := c.CreateUpload(context.Background(), WithToken(&parleyv1.CreateUploadRequest{
-		FileName: name, ContentType: contentType, Size: int64(len(data)),
-		Target: &parleyv1.CreateUploadRequest_ChatId{ChatId: chatID},
-	}, token))
+	return upload(tb, s, c, token, &parleyv1.CreateUploadRequest_ChatId{ChatId: chatID}, name, contentType, data)
+}
+
+// UploadAvatar uploads an avatar image as Upload does.
+func UploadAvatar(tb testing.TB, s *Server, c parleyv1connect.MediaServiceClient, token, name, contentType string, data []byte) *parleyv1.Media {
+	tb.Helper()
+	return upload(tb, s, c, token, &parleyv1.CreateUploadRequest_Avatar{Avatar: true}, name, contentType, data)
+}
+
+func upload(tb testing.TB, s *Server, c parleyv1connect.MediaServiceClient, token string, target any, name, contentType string, data []byte) *parleyv1.Media {
+	tb.Helper()
+	cr := &parleyv1.CreateUploadRequest{FileName: name, ContentType: contentType, Size: int64(len(data))}
+	switch t := target.(type) {
+	case *parleyv1.CreateUploadRequest_ChatId:
+		cr.Target = t
+	case *parleyv1.CreateUploadRequest_Avatar:
+		cr.Target = t
+	}
+	up, err := c.CreateUpload(context.Background(), WithToken(cr, token))
 	if err != nil {
 		tb.Fatalf("CreateUpload: %v", err)
 	}

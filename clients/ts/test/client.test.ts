@@ -109,6 +109,48 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       stop.abort();
     });
 
+    test("conversation features: replies, mentions, reactions, pins, search, invites", async () => {
+      const alice = await newUser(protocol);
+      const bob = await newUser(protocol);
+      const carol = await newUser(protocol);
+      const group = (await alice.client.chats.createGroupChat({ name: "ts group", memberIds: [bob.id] })).chat!;
+      const stop = new AbortController();
+      const it = bob.client.subscribe({ signal: stop.signal })[Symbol.asyncIterator]();
+      await next(it, isReady);
+
+      const question = (await alice.client.messages.sendMessage({ chatId: group.id, clientMessageId: "q", text: "Où est le café?" })).message!;
+      const answer = (
+        await bob.client.messages.sendMessage({
+          chatId: group.id, clientMessageId: "a", text: "@alice ici", replyToMessageId: question.id, mentionUserIds: [alice.id],
+        })
+      ).message!;
+      assert.equal(answer.replyTo?.messageId, question.id);
+      assert.equal(answer.replyTo?.preview, "Où est le café?");
+      assert.deepEqual(answer.mentionedUserIds, [alice.id]);
+      const listed = await alice.client.chats.getChat({ chatId: group.id });
+      assert.equal(listed.chat?.unreadMentionCount, 1n);
+
+      await alice.client.messages.addReaction({ chatId: group.id, messageId: answer.id, emoji: "👍" });
+      const reacted = await next(it, (i) => i.kind === "event" && i.event.kind.case === "reactionsChanged");
+      assert.ok(reacted.kind === "event" && reacted.event.kind.case === "reactionsChanged");
+      assert.deepEqual(
+        reacted.event.kind.value.reactions.map((r) => [r.emoji, r.count]),
+        [["👍", 1]],
+      );
+
+      await alice.client.messages.pinMessage({ chatId: group.id, messageId: question.id });
+      const pins = await bob.client.messages.listPinnedMessages({ chatId: group.id });
+      assert.deepEqual(pins.messages.map((m) => m.id), [question.id]);
+
+      const found = await bob.client.messages.searchMessages({ query: "CAFE" });
+      assert.deepEqual(found.messages.map((m) => m.id), [question.id]);
+
+      const link = (await alice.client.chats.createInviteLink({ chatId: group.id })).inviteLink!;
+      const joined = await carol.client.chats.joinChatByInvite({ code: link.code });
+      assert.equal(joined.chat?.id, group.id);
+      stop.abort();
+    });
+
     test("refreshes an expired access token once for many calls", async () => {
       let refreshes = 0;
       const alice = await newUser(protocol, server.url, { onRefresh: () => refreshes++ });

@@ -286,7 +286,9 @@ type Chat struct {
 	// The caller's own settings of the chat. Not set in live events.
 	Settings *ChatSettings `protobuf:"bytes,12,opt,name=settings,proto3" json:"settings,omitempty"`
 	// The group's description; empty for private chats.
-	Description   string `protobuf:"bytes,13,opt,name=description,proto3" json:"description,omitempty"`
+	Description string `protobuf:"bytes,13,opt,name=description,proto3" json:"description,omitempty"`
+	// Where to GET the group's avatar; empty when it has none.
+	AvatarUrl     string `protobuf:"bytes,14,opt,name=avatar_url,json=avatarUrl,proto3" json:"avatar_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -408,6 +410,13 @@ func (x *Chat) GetSettings() *ChatSettings {
 func (x *Chat) GetDescription() string {
 	if x != nil {
 		return x.Description
+	}
+	return ""
+}
+
+func (x *Chat) GetAvatarUrl() string {
+	if x != nil {
+		return x.AvatarUrl
 	}
 	return ""
 }
@@ -948,7 +957,12 @@ type UpdateChatRequest struct {
 	Name *string `protobuf:"bytes,2,opt,name=name,proto3,oneof" json:"name,omitempty"`
 	// The new description, up to 500 characters (empty removes it); unset
 	// keeps it.
-	Description   *string `protobuf:"bytes,3,opt,name=description,proto3,oneof" json:"description,omitempty"`
+	Description *string `protobuf:"bytes,3,opt,name=description,proto3,oneof" json:"description,omitempty"`
+	// Make this upload the group's avatar: an avatar upload of the caller
+	// (MediaService.CreateUpload with avatar set), ready and not used yet.
+	AvatarMediaId string `protobuf:"bytes,4,opt,name=avatar_media_id,json=avatarMediaId,proto3" json:"avatar_media_id,omitempty"`
+	// Remove the group's avatar.
+	RemoveAvatar  bool `protobuf:"varint,5,opt,name=remove_avatar,json=removeAvatar,proto3" json:"remove_avatar,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1002,6 +1016,20 @@ func (x *UpdateChatRequest) GetDescription() string {
 		return *x.Description
 	}
 	return ""
+}
+
+func (x *UpdateChatRequest) GetAvatarMediaId() string {
+	if x != nil {
+		return x.AvatarMediaId
+	}
+	return ""
+}
+
+func (x *UpdateChatRequest) GetRemoveAvatar() bool {
+	if x != nil {
+		return x.RemoveAvatar
+	}
+	return false
 }
 
 type UpdateChatResponse struct {
@@ -2389,7 +2417,7 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\tsender_id\x18\x02 \x01(\x05R\bsenderId\x12\x18\n" +
 	"\apreview\x18\x03 \x01(\tR\apreview\x12\x10\n" +
 	"\x03seq\x18\x04 \x01(\x03R\x03seq\x123\n" +
-	"\asent_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xc3\x04\n" +
+	"\asent_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xe2\x04\n" +
 	"\x04Chat\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x13.parley.v1.ChatTypeR\x04type\x12\x12\n" +
@@ -2406,7 +2434,9 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	" \x01(\v2\x16.parley.v1.ChatRequestR\arequest\x120\n" +
 	"\x14unread_mention_count\x18\v \x01(\x03R\x12unreadMentionCount\x123\n" +
 	"\bsettings\x18\f \x01(\v2\x17.parley.v1.ChatSettingsR\bsettings\x12 \n" +
-	"\vdescription\x18\r \x01(\tR\vdescription\"\xb6\x01\n" +
+	"\vdescription\x18\r \x01(\tR\vdescription\x12\x1d\n" +
+	"\n" +
+	"avatar_url\x18\x0e \x01(\tR\tavatarUrl\"\xb6\x01\n" +
 	"\fChatSettings\x12\x14\n" +
 	"\x05muted\x18\x01 \x01(\bR\x05muted\x12;\n" +
 	"\vmuted_until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -2441,13 +2471,16 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\barchived\x18\x03 \x01(\bR\barchived\"b\n" +
 	"\x11ListChatsResponse\x12%\n" +
 	"\x05chats\x18\x01 \x03(\v2\x0f.parley.v1.ChatR\x05chats\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9e\x02\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe5\x04\n" +
 	"\x11UpdateChatRequest\x12.\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x12&\n" +
 	"\x04name\x18\x02 \x01(\tB\r\xbaH\n" +
 	"r\b\x10\x01\x18d\xba\x01\x01\x00H\x00R\x04name\x88\x01\x01\x123\n" +
-	"\vdescription\x18\x03 \x01(\tB\f\xbaH\tr\a\x18\xf4\x03\xba\x01\x01\x00H\x01R\vdescription\x88\x01\x01:c\xbaH`\x1a^\n" +
-	"\x12update_chat.change\x12\x1fname or description must be set\x1a'has(this.name) || has(this.description)B\a\n" +
+	"\vdescription\x18\x03 \x01(\tB\f\xbaH\tr\a\x18\xf4\x03\xba\x01\x01\x00H\x01R\vdescription\x88\x01\x01\x12@\n" +
+	"\x0favatar_media_id\x18\x04 \x01(\tB\x18\xbaH\x15r\x132\x11^([0-9a-f]{24})?$R\ravatarMediaId\x12#\n" +
+	"\rremove_avatar\x18\x05 \x01(\bR\fremoveAvatar:\xc2\x02\xbaH\xbe\x02\x1a\xb6\x01\n" +
+	"\x12update_chat.change\x12?name, description, avatar_media_id or remove_avatar must be set\x1a_has(this.name) || has(this.description) || size(this.avatar_media_id) > 0 || this.remove_avatar\x1a\x82\x01\n" +
+	"\x12update_chat.avatar\x124avatar_media_id and remove_avatar exclude each other\x1a6size(this.avatar_media_id) == 0 || !this.remove_avatarB\a\n" +
 	"\x05_nameB\x0e\n" +
 	"\f_description\"9\n" +
 	"\x12UpdateChatResponse\x12#\n" +

@@ -101,7 +101,8 @@ type ChatServiceClient interface {
 	// recent activity first. With archived set it lists the archived ones
 	// instead, most recent activity first.
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
-	// UpdateChat renames a group, or changes its description. Admins only.
+	// UpdateChat renames a group, changes its description, or its avatar.
+	// Admins only.
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
 	// AddParticipants adds users to a group as members. Admins only. Users
 	// whose settings do not let the caller add them are left out and named in
@@ -402,7 +403,8 @@ type ChatServiceHandler interface {
 	// recent activity first. With archived set it lists the archived ones
 	// instead, most recent activity first.
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
-	// UpdateChat renames a group, or changes its description. Admins only.
+	// UpdateChat renames a group, changes its description, or its avatar.
+	// Admins only.
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
 	// AddParticipants adds users to a group as members. Admins only. Users
 	// whose settings do not let the caller add them are left out and named in
