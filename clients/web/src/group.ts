@@ -4,7 +4,7 @@
 import { ChatType, Role, type Chat, type InviteLink } from "@parley/client";
 import { errorText, fill, h, ms, when } from "./dom.js";
 import {
-  avatar, chats, hooks, me, nameOf, parley, peerOf, presenceDot, presenceText, ui, users,
+  avatar, chatAvatar, chats, hooks, me, nameOf, parley, peerOf, presenceDot, presenceText, ui, users,
 } from "./state.js";
 
 let invites: { chatId: string; links: InviteLink[] } = { chatId: "", links: [] };
@@ -60,6 +60,7 @@ export function renderInfo(el: HTMLElement, chat: Chat) {
     admin
       ? h("div", { class: "row" }, rename, h("button", { "data-testid": "rename", onclick: act(async () => { const c = (await parley.chats.updateChat({ chatId: chat.id, name: rename.value.trim() })).chat; saved(`${chat.id}:name`); updated(c); }) }, "Rename"))
       : undefined,
+    h("div", { class: "row" }, chatAvatar(chat, 48), admin ? groupAvatarForm(chat, act, updated) : undefined),
     h("p", { class: "description", "data-testid": "description" }, chat.description || (admin ? "" : "No description.")),
     admin
       ? h("div", { class: "row" }, description, h("button", {
@@ -111,6 +112,23 @@ export function renderInfo(el: HTMLElement, chat: Chat) {
     admin ? inviteSection(chat, act) : undefined,
     status,
   );
+}
+
+function groupAvatarForm(chat: Chat, act: (f: () => Promise<unknown>) => () => Promise<void>, updated: (c?: Chat) => void): HTMLElement {
+  const file = h("input", { type: "file", accept: "image/*", "data-testid": "group-avatar-file" });
+  return h("span", { class: "row" }, file,
+    h("button", {
+      class: "link", "data-testid": "set-group-avatar",
+      onclick: act(async () => {
+        const f = file.files?.[0];
+        if (!f) throw new Error("choose an image first");
+        const media = await parley.upload(f, { avatar: true });
+        updated((await parley.chats.updateChat({ chatId: chat.id, avatarMediaId: media.id })).chat);
+      }),
+    }, "Set avatar"),
+    chat.avatarUrl
+      ? h("button", { class: "link danger", "data-testid": "remove-group-avatar", onclick: act(async () => updated((await parley.chats.updateChat({ chatId: chat.id, removeAvatar: true })).chat)) }, "Remove avatar")
+      : undefined);
 }
 
 function inviteSection(chat: Chat, act: (f: () => Promise<unknown>) => () => Promise<void>): HTMLElement {

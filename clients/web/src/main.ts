@@ -21,7 +21,7 @@ import {
 import { errorText, fill, h, ms, when } from "./dom.js";
 import { inviteCode, renderInfo, showInvite, userIds } from "./group.js";
 import {
-  avatar, chatTitle, chats, hooks, loadPresence, me, messages, nameOf, nameUsers, parley, peerOf,
+  avatar, chatAvatar, chatTitle, chats, hooks, loadPresence, me, messages, nameOf, nameUsers, parley, peerOf,
   presence, presenceDot, presenceText, ui, users,
 } from "./state.js";
 
@@ -222,7 +222,7 @@ function renderChats() {
         onclick: () => openChat(c.id),
       },
       h("div", { class: "title" },
-        h("span", { class: "who" }, peer ? avatar(peer, 20) : h("span", { class: "group-icon" }, "#"), peer ? presenceDot(peer) : undefined, chatTitle(c)),
+        h("span", { class: "who" }, chatAvatar(c, 20), peer ? presenceDot(peer) : undefined, chatTitle(c)),
         h("span", { class: "flags" },
           c.settings?.pinnedAt ? h("span", { title: "pinned", "data-testid": "pinned-flag" }, "📌") : undefined,
           muted ? h("span", { title: "muted", "data-testid": "muted-flag" }, "🔕") : undefined,
@@ -341,7 +341,7 @@ function renderHeader(chat: Chat) {
   const members = chat.participants.length;
   fill(header,
     h("div", { class: "who" },
-      peer ? avatar(peer, 32) : h("span", { class: "group-icon" }, "#"),
+      chatAvatar(chat, 32),
       h("div", {},
         h("strong", { "data-testid": "chat-title" }, chatTitle(chat)),
         h("div", { class: "muted", "data-testid": "presence" },

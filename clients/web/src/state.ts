@@ -64,8 +64,19 @@ export function peerOf(c: Chat): number | undefined {
 const avatarSrc = new Map<string, Promise<string>>();
 
 export function avatar(userId: number, size = 24): HTMLElement {
+  return avatarImg(users.get(userId)?.avatarUrl ?? "", size);
+}
+
+/** A group's avatar, or a # when it has none. */
+export function chatAvatar(c: Chat, size = 20): HTMLElement {
+  if (c.type === ChatType.GROUP && !c.avatarUrl) {
+    return h("span", { class: "group-icon", style: `width:${size}px;height:${size}px` }, "#");
+  }
+  return c.type === ChatType.GROUP ? avatarImg(c.avatarUrl, size) : avatar(peerOf(c) ?? me.id, size);
+}
+
+function avatarImg(url: string, size: number): HTMLElement {
   const img = h("img", { class: "avatar", width: String(size), height: String(size), alt: "", "data-testid": "avatar" });
-  const url = users.get(userId)?.avatarUrl;
   if (!url) return img;
   let src = avatarSrc.get(url);
   if (!src) {
