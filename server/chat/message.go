@@ -446,6 +446,9 @@ func (s *Service) DeleteMessage(
 			return nil, s.internal(ctx, "delete message", err)
 		}
 	}
+	if err := s.store.dropReactions(ctx, msg); err != nil {
+		return nil, s.internal(ctx, "delete message", err)
+	}
 	p, err := s.positions(ctx, c)
 	if err != nil {
 		return nil, s.internal(ctx, "delete message", err)

@@ -41,6 +41,12 @@ type messageDoc struct {
 	SeqKey    string     `bson:"seqKey"`
 	EditedAt  *time.Time `bson:"editedAt,omitempty"`
 	DeletedAt *time.Time `bson:"deletedAt,omitempty"`
+	// Emojis are the distinct emoji of the message's reactions (at most
+	// MaxReactionEmoji), so that a page of messages without any asks
+	// nothing of the reactions collection; ReactVer counts the changes of
+	// its reactions (see parleyv1.ReactionsChanged.version).
+	Emojis   []string `bson:"emojis,omitempty"`
+	ReactVer int64    `bson:"reactVer,omitempty"`
 }
 
 // attachmentDoc is the seed's attachment (type, url) plus what clients

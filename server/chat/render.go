@@ -18,6 +18,9 @@ func (s *Service) renderMessages(ctx context.Context, c *chatDoc, viewer int, p 
 	for i := range docs {
 		out[i] = toMessage(&docs[i], p)
 	}
+	if err := s.renderReactions(ctx, viewer, docs, out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

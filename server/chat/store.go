@@ -159,6 +159,7 @@ type store struct {
 	chats     *mongo.Collection
 	positions *mongo.Collection
 	messages  *mongo.Collection
+	reactions *mongo.Collection
 	now       func() time.Time
 
 	// inserts and sentUpdates combine the writes of concurrent sends
@@ -178,6 +179,7 @@ func newStore(db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Lock
 		chats:       db.Collection("chats"),
 		positions:   db.Collection("positions"),
 		messages:    db.Collection("messages"),
+		reactions:   db.Collection("reactions"),
 		now:         now,
 	}
 	s.inserts = &combiner[*messageDoc]{write: s.insertMessages, max: maxCombined}

@@ -15,18 +15,6 @@ import (
 
 var errWIP = connect.NewError(connect.CodeUnimplemented, errors.New("not written yet"))
 
-func (s *Service) AddReaction(context.Context, *connect.Request[parleyv1.AddReactionRequest]) (*connect.Response[parleyv1.AddReactionResponse], error) {
-	return nil, errWIP
-}
-
-func (s *Service) RemoveReaction(context.Context, *connect.Request[parleyv1.RemoveReactionRequest]) (*connect.Response[parleyv1.RemoveReactionResponse], error) {
-	return nil, errWIP
-}
-
-func (s *Service) ListReactions(context.Context, *connect.Request[parleyv1.ListReactionsRequest]) (*connect.Response[parleyv1.ListReactionsResponse], error) {
-	return nil, errWIP
-}
-
 func (s *Service) PinMessage(context.Context, *connect.Request[parleyv1.PinMessageRequest]) (*connect.Response[parleyv1.PinMessageResponse], error) {
 	return nil, errWIP
 }
