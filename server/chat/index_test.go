@@ -18,10 +18,10 @@ import (
 
 // TestIndexes_HotPaths loads enough documents that the engine's planner
 // prefers an index where one fits, then explains every document query of
-// SendMessage, ListMessages, ListChats, MarkRead and MarkDelivered, and
-// fails when a plan reads a collection without an index. It needs a real
-// engine (PARLEY_TEST_MONGO_URI: FerretDB 2 + DocumentDB or MongoDB);
-// FerretDB 1.x answers every query by a scan.
+// SendMessage, ListMessages, ListChats, MarkRead, MarkDelivered and the
+// reaction methods, and fails when a plan reads a collection without an
+// index. It needs a real engine (PARLEY_TEST_MONGO_URI: FerretDB 2 +
+// DocumentDB or MongoDB); FerretDB 1.x answers every query by a scan.
 func TestIndexes_HotPaths(t *testing.T) {
 	uri := os.Getenv("PARLEY_TEST_MONGO_URI")
 	if uri == "" {
@@ -41,10 +41,12 @@ func TestIndexes_HotPaths(t *testing.T) {
 	}
 	s := newStore(db, nil, nil, "", time.Now)
 
-	// 100 chats of 10 members each, 10k messages, 2k positions.
+	// 100 chats of 10 members each, 10k messages, 2k positions, 10k
+	// reactions (to the last 20 messages of each chat).
 	const chats, members, perChat = 100, 10, 100
 	var chatDocs []any
-	var msgs, poss []any
+	var msgs, poss, reacts []any
+	var reacted []bson.ObjectID // the reacted messages of the test chat
 	ids := make([]bson.ObjectID, chats)
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	for i := range chats {
@@ -62,14 +64,25 @@ func TestIndexes_HotPaths(t *testing.T) {
 		for n := int64(1); n <= perChat; n++ {
 			sender := c.Participants[n%members].UserID
 			cid := fmt.Sprintf("m%d", n)
-			msgs = append(msgs, messageDoc{ID: bson.NewObjectID(), ChatID: ids[i], SenderID: sender, Text: "hello", Words: []string{"hello", fmt.Sprintf("w%d", n)}, SentAt: now,
-				Status: statusSent, Seq: n, ClientMessageID: cid, IdemKey: idemKey(ids[i], sender, cid), SeqKey: seqKey(ids[i], n)})
+			m := messageDoc{ID: bson.NewObjectID(), ChatID: ids[i], SenderID: sender, Text: "hello", Words: []string{"hello", fmt.Sprintf("w%d", n)}, SentAt: now,
+				Status: statusSent, Seq: n, ClientMessageID: cid, IdemKey: idemKey(ids[i], sender, cid), SeqKey: seqKey(ids[i], n)}
+			if n > perChat-20 {
+				if i == chats/2 {
+					reacted = append(reacted, m.ID)
+				}
+				for u, p := range c.Participants[:5] {
+					r := reactionDoc{ChatID: ids[i], MessageID: m.ID, UserID: p.UserID, Emoji: []string{"👍", "❤️"}[u%2], At: now.Add(time.Duration(u) * time.Millisecond)}
+					r.ID = reactionID(r.MessageID, r.UserID, r.Emoji)
+					reacts = append(reacts, r)
+				}
+			}
+			msgs = append(msgs, m)
 		}
 	}
 	for _, x := range []struct {
 		c    *mongo.Collection
 		docs []any
-	}{{s.chats, chatDocs}, {s.messages, msgs}, {s.positions, poss}} {
+	}{{s.chats, chatDocs}, {s.messages, msgs}, {s.positions, poss}, {s.reactions, reacts}} {
 		if _, err := x.c.InsertMany(ctx, x.docs); err != nil {
 			t.Fatal(err)
 		}
@@ -83,6 +96,7 @@ func TestIndexes_HotPaths(t *testing.T) {
 	archivedPage, _ := listChatsQuery(user, chatSet{in: ids[:3]}, nil, 51)
 	msgPage, _, _, _ := pageQuery(chat, nil, &seq, nil, perChat, 67, 50)
 	msgLatest, _, _, _ := pageQuery(chat, nil, nil, &seq, perChat, 67, 50)
+	reactPage, _ := listReactionsQuery(reacted[0], "👍", &reactionPage{At: now, UserID: user}, 51)
 	posIDs := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{positionID(chat, user, kindRead), positionID(chat, user, kindDelivered)}}}}}
 	var listed []chatDoc
 	cur, err := s.chats.Find(ctx, page, pageOpts)
@@ -130,6 +144,9 @@ func TestIndexes_HotPaths(t *testing.T) {
 		{"list messages: quoted originals", find("messages", bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{msgs[7].(messageDoc).ID, msgs[9].(messageDoc).ID}}}}, {Key: "chatId", Value: ids[0]}}, nil, 0), false},
 		{"control: by text, which no index covers", find("messages", bson.D{{Key: "text", Value: "nobody wrote this"}}, nil, 0), true},
 		{"mark: position by id", find("positions", bson.D{{Key: "_id", Value: positionID(chat, user, kindRead)}}, nil, 1), false},
+		{"render: reactions of a page", bson.D{{Key: "aggregate", Value: "reactions"}, {Key: "pipeline", Value: reactionsPipeline(reacted, user)}, {Key: "cursor", Value: bson.D{}}}, false},
+		{"list reactions: next page", find("reactions", reactPage, bson.D{{Key: "at", Value: 1}, {Key: "userId", Value: 1}}, 51), false},
+		{"remove reaction: emoji still used", find("reactions", bson.D{{Key: "messageId", Value: reacted[0]}, {Key: "emoji", Value: "👍"}}, nil, 1), false},
 	} {
 		t.Run(q.name, func(t *testing.T) {
 			var plan bson.Raw

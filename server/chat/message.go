@@ -540,6 +540,9 @@ func (s *Service) DeleteMessage(
 	if err := s.unpinDeleted(ctx, c, me.UserID, msg); err != nil {
 		return nil, err
 	}
+	if err := s.store.dropReactions(ctx, msg); err != nil {
+		return nil, s.internal(ctx, "delete message", err)
+	}
 	p, err := s.positions(ctx, c)
 	if err != nil {
 		return nil, s.internal(ctx, "delete message", err)

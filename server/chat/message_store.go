@@ -54,6 +54,12 @@ type messageDoc struct {
 	// and mentionAll for @all, so that one multikey index finds the
 	// messages that mention a member either way.
 	Mentions []int `bson:"mentions,omitempty"`
+	// Emojis are the distinct emoji of the message's reactions (at most
+	// MaxReactionEmoji), so that a page of messages without any asks
+	// nothing of the reactions collection; ReactVer counts the changes of
+	// its reactions (see parleyv1.ReactionsChanged.version).
+	Emojis   []string `bson:"emojis,omitempty"`
+	ReactVer int64    `bson:"reactVer,omitempty"`
 }
 
 // mentionAll stands for @all in a message's mentions: no user has id 0.

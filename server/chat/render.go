@@ -28,6 +28,9 @@ func (s *Service) renderMessages(ctx context.Context, c *chatDoc, viewer int, p 
 			out[i].ReplyTo = toQuote(r, quoted[r.MessageID])
 		}
 	}
+	if err := s.renderReactions(ctx, viewer, docs, out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

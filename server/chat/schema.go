@@ -39,6 +39,11 @@ var (
 	positionIndexes = []mongo.IndexModel{
 		{Keys: bson.D{{Key: "chatId", Value: 1}}, Options: options.Index().SetName("chatId")},
 	}
+	// A message's reactions: counted by emoji, listed by emoji in the
+	// order they came, the viewer's own among them.
+	reactionIndexes = []mongo.IndexModel{
+		{Keys: bson.D{{Key: "messageId", Value: 1}, {Key: "emoji", Value: 1}, {Key: "at", Value: 1}, {Key: "userId", Value: 1}}, Options: options.Index().SetName("messageId_emoji_at_userId")},
+	}
 	// Indexes of version 1 that version 2 replaces: a unique compound
 	// index led by chatId slows every insert into a big chat on
 	// FerretDB 2 + DocumentDB.
@@ -84,6 +89,7 @@ func Prepare(ctx context.Context, log *slog.Logger, db *mongo.Database) error {
 		{db.Collection("chatSettings"), settingsIndexes},
 		{db.Collection("hiddenMessages"), hiddenIndexes},
 		{db.Collection("invites"), inviteIndexes},
+		{db.Collection("reactions"), reactionIndexes},
 	} {
 		if err := mongoindex.Ensure(ctx, x.c, x.models); err != nil {
 			return fmt.Errorf("create indexes on %s: %w", x.c.Name(), err)

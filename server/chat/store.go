@@ -167,6 +167,7 @@ type store struct {
 	chatSettings *mongo.Collection
 	hidden       *mongo.Collection
 	invites      *mongo.Collection
+	reactions    *mongo.Collection
 	now          func() time.Time
 
 	// inserts and sentUpdates combine the writes of concurrent sends
@@ -186,6 +187,7 @@ func newStore(db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Lock
 		chats:       db.Collection("chats"),
 		positions:   db.Collection("positions"),
 		messages:    db.Collection("messages"),
+		reactions:   db.Collection("reactions"),
 		now:         now,
 
 		chatSettings: db.Collection("chatSettings"),
