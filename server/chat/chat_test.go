@@ -216,6 +216,70 @@ func TestChatService_Authorization(t *testing.T) {
 					_, err := u.msgs.MarkRead(context.Background(), req(u, &parleyv1.MarkReadRequest{ChatId: id, UpToSeq: 1}))
 					return err
 				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"SendMessage/reply", func(u *user, id string) error {
+					_, err := u.msgs.SendMessage(context.Background(), req(u, &parleyv1.SendMessageRequest{ChatId: id, ClientMessageId: "r", Text: "re", ReplyToMessageId: msgID}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"SendMessage/forward", func(u *user, id string) error {
+					// Into a chat of the caller's own, from this one.
+					own := group(t, u, "own")
+					_, err := u.msgs.SendMessage(context.Background(), req(u, &parleyv1.SendMessageRequest{ChatId: own.GetId(), ClientMessageId: "f",
+						Forward: &parleyv1.ForwardSource{ChatId: id, MessageId: msgID}}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"AddReaction", func(u *user, id string) error {
+					_, err := u.msgs.AddReaction(context.Background(), req(u, &parleyv1.AddReactionRequest{ChatId: id, MessageId: msgID, Emoji: "👍"}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"RemoveReaction", func(u *user, id string) error {
+					_, err := u.msgs.RemoveReaction(context.Background(), req(u, &parleyv1.RemoveReactionRequest{ChatId: id, MessageId: msgID, Emoji: "👍"}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"ListReactions", func(u *user, id string) error {
+					_, err := u.msgs.ListReactions(context.Background(), req(u, &parleyv1.ListReactionsRequest{ChatId: id, MessageId: msgID, Emoji: "👍"}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"PinMessage", func(u *user, id string) error {
+					_, err := u.msgs.PinMessage(context.Background(), req(u, &parleyv1.PinMessageRequest{ChatId: id, MessageId: msgID}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, connect.CodePermissionDenied, ok}},
+				{"UnpinMessage", func(u *user, id string) error {
+					_, err := u.msgs.UnpinMessage(context.Background(), req(u, &parleyv1.UnpinMessageRequest{ChatId: id, MessageId: msgID}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, connect.CodePermissionDenied, ok}},
+				{"ListPinnedMessages", func(u *user, id string) error {
+					_, err := u.msgs.ListPinnedMessages(context.Background(), req(u, &parleyv1.ListPinnedMessagesRequest{ChatId: id}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"GetMessageReceipts", func(u *user, id string) error {
+					_, err := u.msgs.GetMessageReceipts(context.Background(), req(u, &parleyv1.GetMessageReceiptsRequest{ChatId: id, MessageId: msgID}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"DeleteMessagesForMe", func(u *user, id string) error {
+					_, err := u.msgs.DeleteMessagesForMe(context.Background(), req(u, &parleyv1.DeleteMessagesForMeRequest{ChatId: id, MessageIds: []string{msgID}}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"SearchMessages", func(u *user, id string) error {
+					_, err := u.msgs.SearchMessages(context.Background(), req(u, &parleyv1.SearchMessagesRequest{ChatId: id, Query: "hello"}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"UpdateChatSettings", func(u *user, id string) error {
+					_, err := u.chats.UpdateChatSettings(context.Background(), req(u, &parleyv1.UpdateChatSettingsRequest{ChatId: id, Archived: proto.Bool(true)}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, ok, ok}},
+				{"CreateInviteLink", func(u *user, id string) error {
+					_, err := u.chats.CreateInviteLink(context.Background(), req(u, &parleyv1.CreateInviteLinkRequest{ChatId: id}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, connect.CodePermissionDenied, ok}},
+				{"ListInviteLinks", func(u *user, id string) error {
+					_, err := u.chats.ListInviteLinks(context.Background(), req(u, &parleyv1.ListInviteLinksRequest{ChatId: id}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, connect.CodePermissionDenied, ok}},
+				{"RevokeInviteLink", func(u *user, id string) error {
+					link := createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: id})
+					_, err := u.chats.RevokeInviteLink(context.Background(), req(u, &parleyv1.RevokeInviteLinkRequest{ChatId: id, Code: link.GetCode()}))
+					return err
+				}, [4]connect.Code{connect.CodeNotFound, connect.CodeNotFound, connect.CodePermissionDenied, ok}},
 			}
 			callers := []struct {
 				name string
@@ -247,8 +311,21 @@ func TestChatService_Authorization(t *testing.T) {
 							t.Errorf("a refused call changed the chat: %v -> %v", before.Msg.GetChat(), after.Msg.GetChat())
 						}
 						msgs := listAll(t, admin, id)
-						if len(msgs) != 1 || msgs[0].GetText() != "hello" || msgs[0].GetDeleted() {
+						if len(msgs) != 1 || msgs[0].GetText() != "hello" || msgs[0].GetDeleted() ||
+							len(msgs[0].GetReactions()) > 0 || msgs[0].GetPin() != nil {
 							t.Errorf("a refused call changed the messages: %v", msgs)
+						}
+						links, err := admin.chats.ListInviteLinks(context.Background(), req(admin, &parleyv1.ListInviteLinksRequest{ChatId: id}))
+						if err != nil {
+							t.Fatal(err)
+						}
+						for _, l := range links.Msg.GetInviteLinks() {
+							if l.GetRevokedAt() != nil {
+								t.Errorf("a refused call revoked an invite link")
+							}
+						}
+						if n := len(links.Msg.GetInviteLinks()); n > 0 && c.name != "RevokeInviteLink" {
+							t.Errorf("a refused call made %d invite links", n)
 						}
 					})
 				}

@@ -42,13 +42,16 @@ const (
 )
 
 // folding takes accents off: decomposed, without combining marks,
-// composed again.
-var folding = transform.Chain(norm.NFD, runes.Remove(runes.In(unicode.Mn)), norm.NFC)
+// composed again. A chain keeps state between calls, so each use makes
+// its own.
+func folding() transform.Transformer {
+	return transform.Chain(norm.NFD, runes.Remove(runes.In(unicode.Mn)), norm.NFC)
+}
 
 // searchWords returns the distinct words of text, as search stores and
 // matches them.
 func searchWords(text string) []string {
-	folded, _, err := transform.String(folding, text)
+	folded, _, err := transform.String(folding(), text)
 	if err != nil {
 		folded = text
 	}
