@@ -87,7 +87,7 @@ func (s *Service) publishMessageWith(ctx context.Context, c *chatDoc, kind strin
 	default:
 		ev.Kind = &parleyv1.Event_MessageDeleted{MessageDeleted: e}
 	}
-	return s.publishWith(ctx, c.ID, participantIDs(c), ev, before, after)
+	return s.publishWith(ctx, c.ID, audience(c), ev, before, after)
 }
 
 // Kinds of chat event.
@@ -184,6 +184,13 @@ func (s *Service) publishPositions(ctx context.Context, c *chatDoc, userID int) 
 	return s.publishWith(ctx, chatID, ids, ev, nil, mirror)
 }
 
+// audience lists the members who hear of what happens in the chat's
+// messages: all but one who declined the chat's request, to whom it does
+// not exist.
+func audience(c *chatDoc) []int {
+	return slices.DeleteFunc(participantIDs(c), func(u int) bool { return slices.Contains(c.HiddenFor, u) })
+}
+
 // participantIDs lists the chat's members.
 func participantIDs(c *chatDoc) []int {
 	ids := make([]int, len(c.Participants))
@@ -209,7 +216,7 @@ func (s *Service) SendTyping(
 	if res.Allowed == 0 {
 		return nil, rpcerr.TooMany("typing", "too many typing indications", res.RetryAfter)
 	}
-	ids := slices.DeleteFunc(participantIDs(c), func(u int) bool { return u == id.UserID })
+	ids := slices.DeleteFunc(audience(c), func(u int) bool { return u == id.UserID })
 	expires := s.now().Add(TypingTTL)
 	if !req.Msg.GetTyping() {
 		expires = s.now()

@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
@@ -118,13 +119,20 @@ func (s *Service) SendMessage(
 	// it does not, they are made again on the chat as it is now, and the
 	// last time on the chat read from the store with no version.
 	const cachedChecks = 2
-	c, version, floor, err := s.sendChecks(ctx, chatID, id.UserID, req.Msg, true)
+	var prev *messageDoc
+	c, version, floor, replyTo, err := s.contentChecks(ctx, chatID, id.UserID, req.Msg)
 	if err != nil {
-		return nil, err
-	}
-	replyTo, err := s.replyTo(ctx, c.ID, req.Msg.GetReplyToMessageId())
-	if err != nil {
-		return nil, err
+		// A reply or a mention that was valid when the message was stored
+		// may be no longer (the original deleted, a member gone): a retry
+		// of that send still gets the stored message.
+		if prev, err = s.retryOfRefused(ctx, chatID, id.UserID, req.Msg, err); err != nil {
+			return nil, err
+		}
+		bare := proto.CloneOf(req.Msg)
+		bare.ReplyToMessageId, bare.MentionUserIds, bare.MentionAll = "", nil, false
+		if c, version, floor, err = s.sendChecks(ctx, chatID, id.UserID, bare, true); err != nil {
+			return nil, err
+		}
 	}
 	mediaIDs := make([]bson.ObjectID, len(req.Msg.GetMediaIds()))
 	for i, hex := range req.Msg.GetMediaIds() {
@@ -141,8 +149,7 @@ func (s *Service) SendMessage(
 	// of a send the server already stored: that gets its first answer.
 	// (The look-up is made only then: a retry that is not refused finds
 	// its message through the seq allocator's mark, see insertMessage.)
-	var prev *messageDoc
-	if err := s.allowSend(ctx, id.UserID); err != nil {
+	if err := s.allowSend(ctx, id.UserID); err != nil && prev == nil {
 		if connect.CodeOf(err) != connect.CodeResourceExhausted {
 			return nil, err
 		}
@@ -314,6 +321,41 @@ func (s *Service) sendChecks(ctx context.Context, chatID bson.ObjectID, sender i
 	return c, version, e.floor.Load(), nil
 }
 
+// contentChecks makes sendChecks' checks, and those of the reply.
+func (s *Service) contentChecks(ctx context.Context, chatID bson.ObjectID, sender int, msg *parleyv1.SendMessageRequest) (*chatDoc, string, int64, *replyDoc, error) {
+	c, version, floor, err := s.sendChecks(ctx, chatID, sender, msg, true)
+	if err != nil {
+		return nil, "", 0, nil, err
+	}
+	replyTo, err := s.replyTo(ctx, c.ID, msg.GetReplyToMessageId())
+	if err != nil {
+		return nil, "", 0, nil, err
+	}
+	return c, version, floor, replyTo, nil
+}
+
+// retryOfRefused returns the message stored by an earlier attempt at a
+// send with a reply or mentions that the checks now refuse (refusal), or
+// the refusal when there is none.
+func (s *Service) retryOfRefused(ctx context.Context, chatID bson.ObjectID, sender int, msg *parleyv1.SendMessageRequest, refusal error) (*messageDoc, error) {
+	if msg.GetReplyToMessageId() == "" && len(msg.GetMentionUserIds()) == 0 && !msg.GetMentionAll() {
+		return nil, refusal
+	}
+	switch connect.CodeOf(refusal) {
+	case connect.CodeInvalidArgument, connect.CodePermissionDenied, connect.CodeNotFound, connect.CodeFailedPrecondition:
+	default:
+		return nil, refusal
+	}
+	prev, err := s.store.messageByKey(ctx, chatID, sender, msg.GetClientMessageId())
+	if err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
+	if prev == nil {
+		return nil, refusal
+	}
+	return prev, nil
+}
+
 // checkMentions checks the message's mentions against the chat: only its
 // members may be mentioned, and everyone (@all) only in a group, by an
 // admin.
@@ -441,12 +483,31 @@ func (s *Service) ListMessages(
 	} else if ok {
 		upTo = &wm
 	}
-	msgs, more, err := s.store.listMessages(ctx, c.ID, before, after, upTo, lastSeq(c), limit)
-	if err != nil {
-		return nil, s.internal(ctx, "list messages", err)
-	}
-	if msgs, err = s.store.withoutHidden(ctx, c.ID, me.UserID, msgs); err != nil {
-		return nil, s.internal(ctx, "list messages", err)
+	// A page the caller hid whole would leave it no seq to page on from:
+	// read on, a few pages at most, until one shows something.
+	var msgs []messageDoc
+	var more bool
+	for range 8 {
+		raw, m, err := s.store.listMessages(ctx, c.ID, before, after, upTo, lastSeq(c), limit)
+		if err != nil {
+			return nil, s.internal(ctx, "list messages", err)
+		}
+		more = m
+		if len(raw) == 0 {
+			break
+		}
+		first, last := raw[0].Seq, raw[len(raw)-1].Seq
+		if msgs, err = s.store.withoutHidden(ctx, c.ID, me.UserID, raw); err != nil {
+			return nil, s.internal(ctx, "list messages", err)
+		}
+		if len(msgs) > 0 || !more {
+			break
+		}
+		if after != nil {
+			after = &last
+		} else {
+			before = &first
+		}
 	}
 	p, err := s.positions(ctx, c)
 	if err != nil {

@@ -205,7 +205,7 @@ func (s *Service) publishPins(ctx context.Context, c *chatDoc, m *messageDoc, pi
 	ev := &parleyv1.Event{Kind: &parleyv1.Event_PinsChanged{PinsChanged: &parleyv1.PinsChanged{
 		ChatId: c.ID.Hex(), MessageId: m.ID.Hex(), Seq: m.Seq, Pinned: pinned, ActorId: int32(actor),
 	}}}
-	return s.publishTo(ctx, c.ID, participantIDs(c), ev)
+	return s.publishTo(ctx, c.ID, audience(c), ev)
 }
 
 // pin adds p to the chat's pins unless its message is pinned already or

@@ -132,11 +132,19 @@ func (s *Service) reactionAdded(ctx context.Context, c *chatDoc, msg *messageDoc
 		return nil, errReactDeleted
 	}
 	if !slices.Contains(now.Emojis, emoji) {
-		// The removal of the emoji's last other reaction took it out
-		// after this add found it there (see store.dropEmoji and
-		// store.restoreEmoji).
-		if err := s.store.restoreEmoji(ctx, msg.ID, emoji); err != nil {
+		// The removal of the emoji's last other reaction, or freeEmojis,
+		// took it out after this add recorded or found it (see
+		// store.dropEmoji and store.restoreEmoji).
+		back, err := s.store.restoreEmoji(ctx, msg.ID, emoji)
+		if err != nil {
 			return nil, err
+		}
+		if !back {
+			// Its place was taken: the reaction goes, unannounced.
+			if _, err := s.store.removeReaction(ctx, msg.ID, userID, emoji); err != nil {
+				return nil, err
+			}
+			return nil, errReactionLimit
 		}
 	}
 	counts, err := s.store.reactionCounts(ctx, []bson.ObjectID{msg.ID}, userID)
@@ -233,7 +241,7 @@ func (s *Service) publishReactions(ctx context.Context, c *chatDoc, msg *message
 		Reactions: toReactions(counts, false),
 		Version:   version,
 	}}}
-	return s.publishTo(ctx, c.ID, participantIDs(c), ev)
+	return s.publishTo(ctx, c.ID, audience(c), ev)
 }
 
 // renderReactions sets, on each rendered message of out, the reactions

@@ -86,21 +86,30 @@ func (s *store) useEmoji(ctx context.Context, chatID, messageID bson.ObjectID, e
 }
 
 // restoreEmoji puts emoji back among the emojis of the message, unless it
-// is deleted, whatever the limit: a reaction uses it, which a removal
-// racing with its add took for the last one (see dropEmoji). This is the
-// one way past the limit, and a bounded one: when, in the moment the
-// emoji was out, the add of a new emoji took its place, the message ends
-// with one emoji more than MaxReactionEmoji (and takes no new one until
-// it is back under).
-func (s *store) restoreEmoji(ctx context.Context, messageID bson.ObjectID, emoji string) error {
-	return s.locked(ctx, messageLock(messageID), func() error {
-		_, err := s.messages.UpdateOne(ctx, bson.D{{Key: "_id", Value: messageID}, notDeleted},
-			bson.D{{Key: "$addToSet", Value: bson.D{{Key: "emojis", Value: emoji}}}})
-		if err != nil {
-			return fmt.Errorf("restore emoji: %w", err)
-		}
-		return nil
+// is deleted, within the limit, and reports whether the emoji is there:
+// a reaction uses it, which a removal racing with its add took for the
+// last one (see dropEmoji), or which freeEmojis freed while the add was
+// between recording its emoji and storing its reaction. When the emoji's
+// place was taken meanwhile, the add takes its reaction back (see
+// Service.reactionAdded), so that a message never has more than
+// MaxReactionEmoji emoji.
+func (s *store) restoreEmoji(ctx context.Context, messageID bson.ObjectID, emoji string) (bool, error) {
+	var res *mongo.UpdateResult
+	err := s.locked(ctx, messageLock(messageID), func() (err error) {
+		res, err = s.messages.UpdateOne(ctx, bson.D{
+			{Key: "_id", Value: messageID},
+			notDeleted,
+			{Key: "$or", Value: bson.A{
+				bson.D{{Key: "emojis", Value: emoji}},
+				bson.D{{Key: "emojis." + strconv.Itoa(MaxReactionEmoji-1), Value: bson.D{{Key: "$exists", Value: false}}}},
+			}},
+		}, bson.D{{Key: "$addToSet", Value: bson.D{{Key: "emojis", Value: emoji}}}})
+		return err
 	})
+	if err != nil {
+		return false, fmt.Errorf("restore emoji: %w", err)
+	}
+	return res.MatchedCount == 1, nil
 }
 
 // dropEmoji takes emoji out of the message's emojis if no reaction uses
@@ -123,7 +132,10 @@ func (s *store) dropEmoji(ctx context.Context, messageID bson.ObjectID, emoji st
 	if used, err := s.emojiUsed(ctx, messageID, emoji); err != nil || !used {
 		return err
 	}
-	return s.restoreEmoji(ctx, messageID, emoji)
+	// When it cannot go back, the add whose reaction uses it takes the
+	// reaction back.
+	_, err = s.restoreEmoji(ctx, messageID, emoji)
+	return err
 }
 
 // freeEmojis drops (see dropEmoji) those of the message's emojis that no

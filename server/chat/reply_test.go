@@ -105,6 +105,15 @@ func TestReplies(t *testing.T) {
 			want.Preview, want.Deleted = "", true
 			checkQuote(t, "after the original's deletion", messageAt(t, b, c.GetId(), reply.GetSeq()).GetReplyTo(), want)
 
+			// A retry of the reply, after its original was deleted, gets
+			// the stored reply.
+			again, err := b.msgs.SendMessage(context.Background(), req(b, &parleyv1.SendMessageRequest{
+				ChatId: c.GetId(), ClientMessageId: reply.GetClientMessageId(), Text: "noon", ReplyToMessageId: orig.GetId(),
+			}))
+			if err != nil || again.Msg.GetMessage().GetId() != reply.GetId() {
+				t.Errorf("retry of a reply whose original is gone: %v, %v; want the stored reply", again, err)
+			}
+
 			// Refusals change nothing.
 			before := len(listAll(t, a, c.GetId()))
 			for _, tc := range []struct {

@@ -18,7 +18,9 @@ import (
 // collection of version 1 is read once, to fill them), chats carry
 // membersVersion, and messages carry idemKey and seqKey, with unique
 // single-field indexes in place of the unique compound ones. Version 3:
-// messages carry the words that search matches (see searchWords).
+// messages carry the words that search matches (see searchWords); the
+// instances of version 2 must be stopped for the upgrade, as their
+// messages would have none.
 const schemaVersion = 3
 
 // Indexes of the chat collections. Every query on the message path is
@@ -33,8 +35,9 @@ var (
 		{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "seq", Value: 1}}, Options: options.Index().SetName("chatId_seq")},
 		{Keys: bson.D{{Key: "seqKey", Value: 1}}, Options: options.Index().SetUnique(true).SetName("seqKey_unique")},
 		{Keys: bson.D{{Key: "idemKey", Value: 1}}, Options: options.Index().SetUnique(true).SetName("idemKey_unique")},
-		// SearchMessages: messages by the start of a word.
-		{Keys: bson.D{{Key: "words", Value: 1}}, Options: options.Index().SetName("words")},
+		// SearchMessages: the messages of the caller's chats by the start
+		// of a word.
+		{Keys: bson.D{{Key: "chatId", Value: 1}, {Key: "words", Value: 1}}, Options: options.Index().SetName("chatId_words")},
 	}
 	positionIndexes = []mongo.IndexModel{
 		{Keys: bson.D{{Key: "chatId", Value: 1}}, Options: options.Index().SetName("chatId")},
@@ -203,11 +206,14 @@ func upgradeMessages(ctx context.Context, log *slog.Logger, db *mongo.Database) 
 func upgradeWords(ctx context.Context, log *slog.Logger, db *mongo.Database) error {
 	messages := db.Collection("messages")
 	n := 0
+	// By _id, each batch after the last: one pass over the collection.
+	last := bson.NilObjectID
 	for {
 		cur, err := messages.Find(ctx, bson.D{
+			{Key: "_id", Value: bson.D{{Key: "$gt", Value: last}}},
 			{Key: "words", Value: bson.D{{Key: "$exists", Value: false}}},
 			{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}},
-		}, options.Find().SetLimit(1000).SetProjection(bson.D{{Key: "text", Value: 1}}))
+		}, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).SetLimit(1000).SetProjection(bson.D{{Key: "text", Value: 1}}))
 		if err != nil {
 			return fmt.Errorf("upgrade messages: %w", err)
 		}
@@ -218,6 +224,7 @@ func upgradeWords(ctx context.Context, log *slog.Logger, db *mongo.Database) err
 		if len(ms) == 0 {
 			break
 		}
+		last = ms[len(ms)-1].ID
 		models := make([]mongo.WriteModel, len(ms))
 		for i, m := range ms {
 			words := searchWords(m.Text)

@@ -117,17 +117,18 @@ func searchQuery(words []string, chatIDs []bson.ObjectID, after *searchPage, lim
 // search returns up to limit messages of the chats with the words, the
 // newest first, after the cursor, leaving out those the user hid; more
 // tells whether the search goes on past them.
-func (s *store) search(ctx context.Context, userID int, words []string, chatIDs []bson.ObjectID, after *searchPage, limit int) (out []messageDoc, more bool, err error) {
+func (s *store) search(ctx context.Context, userID int, words []string, chatIDs []bson.ObjectID, after *searchPage, limit int) (out []messageDoc, next *searchPage, err error) {
+	more := false
 	// Rounds of a page each, as long as hidden messages leave it short.
 	for range 4 {
 		filter, opts := searchQuery(words, chatIDs, after, limit+1)
 		cur, err := s.messages.Find(ctx, filter, opts)
 		if err != nil {
-			return nil, false, fmt.Errorf("search messages: %w", err)
+			return nil, nil, fmt.Errorf("search messages: %w", err)
 		}
 		var ms []messageDoc
 		if err := cur.All(ctx, &ms); err != nil {
-			return nil, false, fmt.Errorf("search messages: %w", err)
+			return nil, nil, fmt.Errorf("search messages: %w", err)
 		}
 		more = len(ms) > limit
 		if more {
@@ -138,7 +139,7 @@ func (s *store) search(ctx context.Context, userID int, words []string, chatIDs 
 		}
 		after = &searchPage{SentAt: ms[len(ms)-1].SentAt, ID: ms[len(ms)-1].ID}
 		if ms, err = s.withoutHiddenIDs(ctx, userID, ms); err != nil {
-			return nil, false, err
+			return nil, nil, err
 		}
 		out = append(out, ms...)
 		if len(out) >= limit || !more {
@@ -147,8 +148,14 @@ func (s *store) search(ctx context.Context, userID int, words []string, chatIDs 
 	}
 	if len(out) > limit {
 		out, more = out[:limit], true
+		after = &searchPage{SentAt: out[limit-1].SentAt, ID: out[limit-1].ID}
 	}
-	return out, more, nil
+	if !more {
+		return out, nil, nil
+	}
+	// Where the scan stopped: after the last message returned, or after
+	// hidden ones when it returns none.
+	return out, after, nil
 }
 
 // withoutHiddenIDs returns ms without the messages the user hid.
@@ -228,13 +235,12 @@ func (s *Service) SearchMessages(
 			}
 		}
 	})
-	ms, more, err := s.store.search(ctx, id.UserID, words, ids, after, size)
+	ms, next, err := s.store.search(ctx, id.UserID, words, ids, after, size)
 	if err != nil {
 		return nil, s.internal(ctx, "search messages", err)
 	}
-	if more && len(ms) > 0 {
-		last := ms[len(ms)-1]
-		res.NextPageToken = encodeSearchPage(searchPage{SentAt: last.SentAt, ID: last.ID})
+	if next != nil {
+		res.NextPageToken = encodeSearchPage(*next)
 	}
 	// Each found message as its chat renders it (status, quote, pin...):
 	// chat by chat, in one render per chat, then back in search order.

@@ -2,6 +2,7 @@ package chat_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 
@@ -86,6 +87,19 @@ func TestSearchMessages(t *testing.T) {
 						t.Errorf("search %q in %q (pages of %d): %q, want %q", tc.query, tc.chatID, size, got, tc.want)
 					}
 				}
+			}
+
+			// Hidden matches, more than a page's rounds of them, are
+			// skipped without ending the search.
+			var zebras []string
+			for i := range 7 {
+				zebras = append(zebras, send(t, c, ac.GetId(), fmt.Sprintf("zebra %d", i)).GetId())
+			}
+			if _, err := c.msgs.DeleteMessagesForMe(context.Background(), req(c, &parleyv1.DeleteMessagesForMeRequest{ChatId: ac.GetId(), MessageIds: zebras[1:]})); err != nil {
+				t.Fatal(err)
+			}
+			if got := search(t, c, "", "zebra", 1); !slices.Equal(got, []string{"zebra 0"}) {
+				t.Errorf("search past 6 hidden matches: %q, want [zebra 0]", got)
 			}
 
 			// Refusals.

@@ -275,6 +275,8 @@ func (s *Service) UpdateChatSettings(
 			unset = append(unset, bson.E{Key: "mutedForever", Value: ""})
 		}
 	}
+	// pin: this call pins the chat (it was not pinned), so it counts the
+	// pins and takes its own back past the limit.
 	pin := false
 	if req.Msg.Archived != nil {
 		if req.Msg.GetArchived() {
@@ -286,7 +288,6 @@ func (s *Service) UpdateChatSettings(
 	}
 	if req.Msg.Pinned != nil {
 		if req.Msg.GetPinned() {
-			pin = true
 			// A chat pinned already keeps its place.
 			cur, err := s.store.settings(ctx, id.UserID, []bson.ObjectID{c.ID})
 			if err != nil {
@@ -294,15 +295,31 @@ func (s *Service) UpdateChatSettings(
 			}
 			if st := cur[c.ID]; st == nil || st.PinnedAt == nil {
 				set = append(set, bson.E{Key: "pinnedAt", Value: now}, bson.E{Key: "pinOrder", Value: s.now().UnixNano()})
+				pin = true
 			}
 			if req.Msg.Archived == nil {
 				unset = append(unset, bson.E{Key: "archived", Value: ""})
 			}
-		} else {
+		} else if !req.Msg.GetArchived() {
+			// (Archiving unpinned it already.)
 			unset = append(unset, bson.E{Key: "pinnedAt", Value: ""}, bson.E{Key: "pinOrder", Value: ""})
 		}
 	}
 	st, err := s.store.updateSettings(ctx, c.ID, id.UserID, set, unset, pin)
+	if err == nil && pin {
+		// A pin that raced the member's leaving would outlive it and count
+		// against the limit for ever: it goes with the membership.
+		cur, gerr := s.store.getChat(ctx, c.ID)
+		if gerr != nil && !errors.Is(gerr, errNoChat) {
+			return nil, s.internal(ctx, "update chat settings", gerr)
+		}
+		if gerr != nil || memberCheck(cur, id.UserID) != nil {
+			if ferr := s.store.forgetSettings(ctx, c.ID, id.UserID); ferr != nil {
+				return nil, s.internal(ctx, "update chat settings", ferr)
+			}
+			return nil, errNotFound
+		}
+	}
 	if errors.Is(err, errTooManyPinned) {
 		return nil, err
 	}
@@ -356,4 +373,11 @@ func (s *Service) DeleteMessagesForMe(
 		}
 	}
 	return connect.NewResponse(&parleyv1.DeleteMessagesForMeResponse{}), nil
+}
+
+// memberCheck tells whether the user is a member of the chat (nil) or not
+// (errNoChat).
+func memberCheck(c *chatDoc, userID int) error {
+	_, err := memberOf(c, userID)
+	return err
 }

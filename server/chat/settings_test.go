@@ -169,6 +169,12 @@ func TestChatSettings_Authorization(t *testing.T) {
 				ChatId: g.GetId(), Archived: proto.Bool(true), Pinned: proto.Bool(true),
 			}))
 			wantCode(t, err, connect.CodeInvalidArgument)
+			// Archiving and unpinning at once (archiving unpins anyway).
+			updateSettings(t, member, &parleyv1.UpdateChatSettingsRequest{ChatId: g.GetId(), Pinned: proto.Bool(true)})
+			if st := updateSettings(t, member, &parleyv1.UpdateChatSettingsRequest{ChatId: g.GetId(), Archived: proto.Bool(true), Pinned: proto.Bool(false)}); !st.GetArchived() || st.GetPinnedAt() != nil {
+				t.Errorf("archived and unpinned at once: %v", st)
+			}
+			updateSettings(t, member, &parleyv1.UpdateChatSettingsRequest{ChatId: g.GetId(), Archived: proto.Bool(false)})
 			for _, u := range []*user{admin, member} {
 				updateSettings(t, u, &parleyv1.UpdateChatSettingsRequest{ChatId: g.GetId(), Archived: proto.Bool(true)})
 			}
@@ -282,14 +288,23 @@ func TestDeleteMessagesForMe(t *testing.T) {
 			if got := texts(a); !slices.Equal(got, []string{"one", "two", "three", "four"}) {
 				t.Errorf("a lists %v, want all four", got)
 			}
-			// Paging by two still reaches every message b kept.
+			// A page whose messages b hid whole reads on to the next
+			// that shows one, both ways.
 			res, err := b.msgs.ListMessages(context.Background(), req(b, &parleyv1.ListMessagesRequest{ChatId: g.GetId(), Limit: 2,
 				Cursor: &parleyv1.ListMessagesRequest_AfterSeq{AfterSeq: sent[0].GetSeq()}}))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(res.Msg.GetMessages()) != 0 || !res.Msg.GetHasMore() {
-				t.Errorf("a page of hidden messages: %d messages, has_more %v; want none, and more", len(res.Msg.GetMessages()), res.Msg.GetHasMore())
+			if ms := res.Msg.GetMessages(); len(ms) != 1 || ms[0].GetText() != "four" || res.Msg.GetHasMore() {
+				t.Errorf("after seq %d by two: %v, has_more %v; want [four] and no more", sent[0].GetSeq(), ms, res.Msg.GetHasMore())
+			}
+			res, err = b.msgs.ListMessages(context.Background(), req(b, &parleyv1.ListMessagesRequest{ChatId: g.GetId(), Limit: 2,
+				Cursor: &parleyv1.ListMessagesRequest_BeforeSeq{BeforeSeq: sent[3].GetSeq()}}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ms := res.Msg.GetMessages(); len(ms) != 1 || ms[0].GetText() != "one" {
+				t.Errorf("before seq %d by two: %v; want [one]", sent[3].GetSeq(), ms)
 			}
 			// A message of another chat is refused, and nothing changes.
 			wantCode(t, hide(sent[3].GetId(), elsewhere.GetId()), connect.CodeNotFound)

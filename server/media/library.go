@@ -263,7 +263,10 @@ func (l *Library) AttachGroupAvatar(ctx context.Context, url string, chatID bson
 		if m.GroupID != nil {
 			return nil, nil
 		}
-		return bson.D{{Key: "$set", Value: bson.D{{Key: "groupId", Value: chatID}}}}, nil
+		return bson.D{
+			{Key: "$set", Value: bson.D{{Key: "groupId", Value: chatID}}},
+			{Key: "$unset", Value: bson.D{{Key: "claim", Value: ""}, {Key: "claimedAt", Value: ""}}},
+		}, nil
 	})
 	if err != nil && !errors.Is(err, errNoMedia) {
 		return fmt.Errorf("attach group avatar media %s: %w", id.Hex(), err)

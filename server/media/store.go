@@ -272,6 +272,7 @@ func (s *store) stale(ctx context.Context, cutoff, deletingCutoff time.Time, lim
 			{Key: "createdAt", Value: bson.D{{Key: "$lt", Value: cutoff}}},
 			{Key: "messageId", Value: bson.D{{Key: "$exists", Value: false}}},
 			{Key: "avatarId", Value: bson.D{{Key: "$exists", Value: false}}},
+			{Key: "groupId", Value: bson.D{{Key: "$exists", Value: false}}},
 		},
 		bson.D{
 			{Key: "state", Value: stateDeleting},
