@@ -19,9 +19,14 @@
 //	                    with their usernames normalised (username.go)
 //	server/chat/        parley.v1.ChatService and MessageService on MongoDB:
 //	                    chats (whose participants are the membership),
-//	                    positions, messages, typing; chat.Prepare upgrades
-//	                    older data and creates the indexes at start-up; it
-//	                    announces every change through chat.Events
+//	                    positions, messages, typing; replies and mentions
+//	                    (message.go, render.go), reactions, pins and
+//	                    receipts, forwarding, search (search.go: folded
+//	                    words), per-member settings and delete for me
+//	                    (settings.go), invite links and group avatars
+//	                    (invite.go); chat.Prepare upgrades older data and
+//	                    creates the indexes at start-up; it announces every
+//	                    change through chat.Events
 //	server/live/        parley.v1.LiveService: per-user event logs in Redis
 //	                    streams, one pub/sub connection per instance (per
 //	                    node on a Redis Cluster: sharded pub/sub),
@@ -90,7 +95,8 @@
 // this user in this chat?") declares a small interface for it, which
 // server.New wires to the implementation (chat.Events is live.Hub;
 // live.Chats is chat.Service; chat.Media and user.AvatarMedia are
-// media.Library; media.Members is chat.Service; chat.Privacy, blocks and
+// media.Library; media.Members and media.Referrers are chat.Service (with
+// user.Service for avatars); chat.Privacy, blocks and
 // privacy settings, is user.Service, which serves parley.v1.PrivacyService
 // too; auth.SessionEnds is live.Hub; live.Sessions is auth.Service). The
 // imports between
