@@ -51,6 +51,19 @@ func messageLock(id bson.ObjectID) string { return "message:" + id.Hex() }
 // notDeleted matches a message that is not deleted.
 var notDeleted = bson.E{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: false}}}
 
+// emojiRoom matches the message when it is not deleted and has emoji
+// among its emojis, or room for it.
+func emojiRoom(messageID bson.ObjectID, emoji string) bson.D {
+	return bson.D{
+		{Key: "_id", Value: messageID},
+		notDeleted,
+		{Key: "$or", Value: bson.A{
+			bson.D{{Key: "emojis", Value: emoji}},
+			bson.D{{Key: "emojis." + strconv.Itoa(MaxReactionEmoji-1), Value: bson.D{{Key: "$exists", Value: false}}}},
+		}},
+	}
+}
+
 // useEmoji records emoji among the message's emojis, unless the message
 // is deleted (errMessageDeleted) or uses MaxReactionEmoji others already
 // (errTooManyEmoji): one conditional update, so that racing reactions
@@ -58,15 +71,8 @@ var notDeleted = bson.E{Key: "deletedAt", Value: bson.D{{Key: "$exists", Value: 
 func (s *store) useEmoji(ctx context.Context, chatID, messageID bson.ObjectID, emoji string) error {
 	var res *mongo.UpdateResult
 	err := s.locked(ctx, messageLock(messageID), func() (err error) {
-		res, err = s.messages.UpdateOne(ctx, bson.D{
-			{Key: "_id", Value: messageID},
-			{Key: "chatId", Value: chatID},
-			notDeleted,
-			{Key: "$or", Value: bson.A{
-				bson.D{{Key: "emojis", Value: emoji}},
-				bson.D{{Key: "emojis." + strconv.Itoa(MaxReactionEmoji-1), Value: bson.D{{Key: "$exists", Value: false}}}},
-			}},
-		}, bson.D{{Key: "$addToSet", Value: bson.D{{Key: "emojis", Value: emoji}}}})
+		res, err = s.messages.UpdateOne(ctx, append(emojiRoom(messageID, emoji), bson.E{Key: "chatId", Value: chatID}),
+			bson.D{{Key: "$addToSet", Value: bson.D{{Key: "emojis", Value: emoji}}}})
 		return err
 	})
 	if err != nil {
@@ -96,14 +102,8 @@ func (s *store) useEmoji(ctx context.Context, chatID, messageID bson.ObjectID, e
 func (s *store) restoreEmoji(ctx context.Context, messageID bson.ObjectID, emoji string) (bool, error) {
 	var res *mongo.UpdateResult
 	err := s.locked(ctx, messageLock(messageID), func() (err error) {
-		res, err = s.messages.UpdateOne(ctx, bson.D{
-			{Key: "_id", Value: messageID},
-			notDeleted,
-			{Key: "$or", Value: bson.A{
-				bson.D{{Key: "emojis", Value: emoji}},
-				bson.D{{Key: "emojis." + strconv.Itoa(MaxReactionEmoji-1), Value: bson.D{{Key: "$exists", Value: false}}}},
-			}},
-		}, bson.D{{Key: "$addToSet", Value: bson.D{{Key: "emojis", Value: emoji}}}})
+		res, err = s.messages.UpdateOne(ctx, emojiRoom(messageID, emoji),
+			bson.D{{Key: "$addToSet", Value: bson.D{{Key: "emojis", Value: emoji}}}})
 		return err
 	})
 	if err != nil {

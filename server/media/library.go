@@ -180,8 +180,16 @@ func (l *Library) DeleteOfMessage(ctx context.Context, messageID bson.ObjectID) 
 
 // ClaimAvatar reserves an upload of userID for a new avatar and returns
 // the URL the avatar serves it at: it must be a ready avatar image the
-// user uploaded and has not used yet.
+// user uploaded and has not used yet. A claim left by an AddAvatar that
+// failed part-way is taken over; the avatars table decides (one avatar
+// per URL).
 func (l *Library) ClaimAvatar(ctx context.Context, userID int, id bson.ObjectID) (string, error) {
+	return l.claimAvatarImage(ctx, userID, id, claimAvatar)
+}
+
+// claimAvatarImage reserves an avatar upload of userID under claim (see
+// ClaimAvatar and ClaimGroupAvatar) and returns its URL.
+func (l *Library) claimAvatarImage(ctx context.Context, userID int, id bson.ObjectID, claim string) (string, error) {
 	m, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
 		switch {
 		case m.UploaderID != userID || !m.Avatar:
@@ -191,10 +199,8 @@ func (l *Library) ClaimAvatar(ctx context.Context, userID int, id bson.ObjectID)
 		case m.attached():
 			return nil, errAlreadyAvatar
 		}
-		// A claim left by an AddAvatar that failed part-way is taken
-		// over; the avatars table decides (one avatar per URL).
 		now := l.store.nowMs()
-		return bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: claimAvatar}, {Key: "claimedAt", Value: now}}}}, nil
+		return bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: now}}}}, nil
 	})
 	if errors.Is(err, errNoMedia) {
 		return "", errMediaNotFound
@@ -232,25 +238,7 @@ func (l *Library) DeleteAvatar(ctx context.Context, url string, avatarID int) er
 // ClaimGroupAvatar reserves an avatar upload of userID (see ClaimAvatar)
 // for the avatar of a group, and returns its URL.
 func (l *Library) ClaimGroupAvatar(ctx context.Context, userID int, id, chatID bson.ObjectID) (string, error) {
-	m, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
-		switch {
-		case m.UploaderID != userID || !m.Avatar:
-			return nil, errMediaNotFound
-		case m.State != stateReady:
-			return nil, errNotReady
-		case m.attached():
-			return nil, errAlreadyAvatar
-		}
-		now := l.store.nowMs()
-		return bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: claimGroup + chatID.Hex()}, {Key: "claimedAt", Value: now}}}}, nil
-	})
-	if errors.Is(err, errNoMedia) {
-		return "", errMediaNotFound
-	}
-	if err != nil {
-		return "", err
-	}
-	return m.URL, nil
+	return l.claimAvatarImage(ctx, userID, id, claimGroup+chatID.Hex())
 }
 
 // AttachGroupAvatar records the group whose avatar an upload is.
