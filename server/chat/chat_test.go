@@ -144,6 +144,7 @@ func mapsEqual[K, V comparable](a, b map[K]V) bool {
 // TestChatService_Authorization runs every chat and message method as an
 // outsider, a removed member, a member and an admin of a group.
 func TestChatService_Authorization(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t) // the same checks on any store; minutes on FerretDB 1.x
 	srv := servertest.New(t)
 	for _, p := range twoProtocols {
 		t.Run(p.Name, func(t *testing.T) {

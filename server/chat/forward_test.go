@@ -129,6 +129,7 @@ func TestForward_TextAndFiles(t *testing.T) {
 // caller is in, into a chat the caller may send to; refused, it stores
 // nothing.
 func TestForward_Authorization(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t) // the same checks on any store; minutes on FerretDB 1.x
 	srv := servertest.New(t)
 	ctx := context.Background()
 	p := twoProtocols[0]
@@ -196,6 +197,7 @@ func TestForward_Authorization(t *testing.T) {
 // TestForward_Idempotent sends one forward five times at once with one
 // client_message_id: one message, one copy of each file.
 func TestForward_Idempotent(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t) // minutes on FerretDB 1.x
 	srv := servertest.New(t)
 	ctx := context.Background()
 	p := twoProtocols[1]

@@ -115,6 +115,7 @@ func TestInvites_JoinByLink(t *testing.T) {
 }
 
 func TestInvites_Authorization(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t) // the same checks on any store; minutes on FerretDB 1.x
 	srv := servertest.New(t)
 	for _, p := range twoProtocols {
 		t.Run(p.Name, func(t *testing.T) {

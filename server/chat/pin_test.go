@@ -157,6 +157,7 @@ func TestPins_PinUnpinList(t *testing.T) {
 }
 
 func TestPins_Authorization(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t) // the same checks on any store; minutes on FerretDB 1.x
 	srv := servertest.New(t)
 	ctx := context.Background()
 	p := servertest.Protocols[0]

@@ -247,6 +247,7 @@ func TestReactions_AddRemoveList(t *testing.T) {
 }
 
 func TestReactions_Authorization(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t) // the same checks on any store; minutes on FerretDB 1.x
 	srv := servertest.New(t)
 	ctx := context.Background()
 	p := servertest.Protocols[0]
@@ -347,6 +348,7 @@ func TestReactions_Limit(t *testing.T) {
 }
 
 func TestReactions_Concurrent(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t) // minutes on FerretDB 1.x
 	// A database of its own: the embedded FerretDB 1.x scans the
 	// collections on every write, and serializes a message's writes.
 	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))

@@ -149,6 +149,7 @@ func TestChatSettings_PinArchiveMute(t *testing.T) {
 }
 
 func TestChatSettings_Authorization(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t) // the same checks on any store; minutes on FerretDB 1.x
 	srv := servertest.New(t)
 	for _, p := range twoProtocols {
 		t.Run(p.Name, func(t *testing.T) {
