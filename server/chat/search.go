@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -228,13 +229,7 @@ func (s *Service) SearchMessages(
 	if len(chats) == 0 {
 		return connect.NewResponse(res), nil
 	}
-	ids := slices.Collect(func(yield func(bson.ObjectID) bool) {
-		for id := range chats {
-			if !yield(id) {
-				return
-			}
-		}
-	})
+	ids := slices.Collect(maps.Keys(chats))
 	ms, next, err := s.store.search(ctx, id.UserID, words, ids, after, size)
 	if err != nil {
 		return nil, s.internal(ctx, "search messages", err)
@@ -250,8 +245,8 @@ func (s *Service) SearchMessages(
 	}
 	rendered := map[bson.ObjectID]*parleyv1.Message{}
 	for chatID, docs := range byChat {
-		c, ok := chats[chatID], req.Msg.GetChatId() != ""
-		if !ok {
+		c := chats[chatID]
+		if req.Msg.GetChatId() == "" {
 			// The whole chat, where chatsOf read a part.
 			if c, err = s.store.getChat(ctx, chatID); err != nil {
 				return nil, s.internal(ctx, "search messages", err)
