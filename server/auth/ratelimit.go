@@ -83,6 +83,20 @@ func (l *limiter) attemptLogin(ctx context.Context, account, addr string) error 
 	return nil
 }
 
+// attemptReauth takes one attempt from the account's login budget alone:
+// a re-authentication has a session, so the address's budget (for
+// strangers' guesses) does not apply.
+func (l *limiter) attemptReauth(ctx context.Context, account string) error {
+	res, err := l.l.Allow(ctx, l.accountKey(account), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow))
+	if err != nil {
+		return fmt.Errorf("rate limit: %w", err)
+	}
+	if res.Allowed == 0 {
+		return rpcerr.TooMany("login_account", "too many failed logins for this account; try again later", res.RetryAfter)
+	}
+	return nil
+}
+
 // loginSucceeded clears the account's failed attempts.
 func (l *limiter) loginSucceeded(ctx context.Context, account string) error {
 	if err := l.l.Reset(ctx, l.accountKey(account)); err != nil {

@@ -40,6 +40,9 @@ type Accounts interface {
 	// LookupLogin finds the account whose username or email is login, in
 	// any case. It returns 0 and "" when there is none.
 	LookupLogin(ctx context.Context, login string) (userID int, passwordHash string, err error)
+	// PasswordHash returns the account's password hash; a connect
+	// NOT_FOUND error when there is no such account.
+	PasswordHash(ctx context.Context, userID int) (string, error)
 	// RecordLogin sets the account's last login time to now.
 	RecordLogin(ctx context.Context, userID int) error
 	// Me returns the account as its owner sees it.

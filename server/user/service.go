@@ -103,6 +103,18 @@ func (s *Service) LookupLogin(ctx context.Context, login string) (int, string, e
 	return s.store.lookupLogin(ctx, login)
 }
 
+// PasswordHash implements auth.Accounts.
+func (s *Service) PasswordHash(ctx context.Context, userID int) (string, error) {
+	u, err := s.store.db.Ent.User.Query().Where(user.ID(userID)).Select(user.FieldPasswordHash).Only(ctx)
+	if ent.IsNotFound(err) {
+		return "", errNoUser
+	}
+	if err != nil {
+		return "", fmt.Errorf("password hash: %w", err)
+	}
+	return u.PasswordHash, nil
+}
+
 // RecordLogin implements auth.Accounts.
 func (s *Service) RecordLogin(ctx context.Context, userID int) error {
 	return s.store.recordLogin(ctx, userID)

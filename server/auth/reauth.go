@@ -1,0 +1,65 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"connectrpc.com/connect"
+)
+
+// errWrongPassword is the answer to a re-authentication whose password is
+// not the account's.
+var errWrongPassword = connect.NewError(connect.CodePermissionDenied, errors.New("wrong password"))
+
+// Reauthenticate checks that password is the signed-in user's, for the
+// calls that need more than a session (changing the password or the email,
+// deleting the account). A wrong password is PERMISSION_DENIED; failures
+// count towards the account's login limit, so a stolen session cannot
+// guess the password faster than a login could, and a success resets it.
+func (s *Service) Reauthenticate(ctx context.Context, userID int, password string) error {
+	hash, err := s.accounts.PasswordHash(ctx, userID)
+	if err != nil {
+		return err
+	}
+	account := "user:" + strconv.Itoa(userID)
+	if err := s.limiter.attemptReauth(ctx, account); err != nil {
+		return err
+	}
+	ok, err := s.passwords.verify(ctx, password, hash)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errWrongPassword
+	}
+	return s.limiter.loginSucceeded(ctx, account)
+}
+
+// HashPassword hashes a new password as Register does (Argon2id).
+func (s *Service) HashPassword(ctx context.Context, password string) (string, error) {
+	return s.passwords.hash(ctx, password)
+}
+
+// EndSessions ends every session of the user except keep ("" ends them
+// all), on every instance, and tells SessionEnds of each, so that their
+// live streams (and whatever else hangs on a session) end too. A session
+// created while it runs may survive it: callers change what a new session
+// needs (the password, the account) first.
+func (s *Service) EndSessions(ctx context.Context, userID int, keep string) error {
+	ids, err := s.sessions.rdb.ZRange(ctx, s.sessions.userKey(userID), 0, -1).Result()
+	if err != nil {
+		return fmt.Errorf("end sessions: %w", err)
+	}
+	for _, id := range ids {
+		if id == keep {
+			continue
+		}
+		if err := s.sessions.revoke(ctx, userID, id); err != nil && !errors.Is(err, errNoSession) {
+			return fmt.Errorf("end sessions: %w", err)
+		}
+		s.ended(ctx, userID, id)
+	}
+	return nil
+}
