@@ -20,6 +20,7 @@ import (
 	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/doclock"
+	"github.com/parley-chat/parley/server/export"
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/info"
 	"github.com/parley-chat/parley/server/live"
@@ -76,6 +77,9 @@ type Deps struct {
 	// Sends bounds how fast each user may send messages; zero fields
 	// mean chat.DefaultSendLimit's.
 	Sends chat.SendLimit
+	// Export tunes data exports (its Keys and Now are taken from Auth and
+	// Now); their zips go to Media's storage.
+	Export export.Config
 	// WebDir, when set, holds a built web app (clients/web/dist) served
 	// at / without authentication.
 	WebDir string
@@ -94,6 +98,7 @@ var Services = []string{
 	parleyv1connect.LiveServiceName,
 	parleyv1connect.MediaServiceName,
 	parleyv1connect.PrivacyServiceName,
+	parleyv1connect.ExportServiceName,
 }
 
 // public lists what may be called without signing in.
@@ -109,6 +114,8 @@ var public = auth.Public{
 		"/grpc.reflection.v1.ServerReflection/",
 		"/grpc.reflection.v1alpha.ServerReflection/",
 		user.IdenticonPath,
+		// Finished exports are fetched by signed URL alone.
+		export.Path,
 		health.LivePath,
 		health.ReadyPath,
 	},
@@ -193,6 +200,12 @@ func New(d Deps) (http.Handler, error) {
 	livePath, liveHandler := parleyv1connect.NewLiveServiceHandler(live.NewService(d.Log, d.Live, chats, authn), opts...)
 	mux.Handle(livePath, live.WithWriteDeadlines(liveHandler))
 	mux.Handle(user.IdenticonPath, user.IdenticonHandler())
+	exports, err := export.New(d.Log, d.Mongo, d.DocLocks, d.Media.Storage(), exportConfig(d))
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle(parleyv1connect.NewExportServiceHandler(exports, opts...))
+	mux.Handle(export.Path, traced(d.Telemetry, export.Path+"{id}", exports.Handler()))
 
 	mux.Handle(health.NewHandler(d.Health, opts...))
 	mux.Handle(health.LivePath, health.LiveHandler())
@@ -241,6 +254,25 @@ func NewMediaJanitor(d Deps, after time.Duration) *media.Janitor {
 	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
 	users.GuardPairs(chats)
 	return media.NewJanitor(d.Log, d.Media, referrers{chats, users}, after, d.Now)
+}
+
+// NewExportWorker returns the worker that makes the data exports users
+// request, over the same stores as New; run one on every instance.
+func NewExportWorker(d Deps) *export.Worker {
+	users := user.New(d.Log, d.DB, d.Media, d.Now)
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
+	users.GuardPairs(chats)
+	src := export.Sources{Profiles: users, Chats: chats, Files: d.Media}
+	return export.NewWorker(d.Log, d.Mongo, d.DocLocks, d.Media.Storage(), src, exportConfig(d))
+}
+
+func exportConfig(d Deps) export.Config {
+	cfg := d.Export
+	cfg.Keys = d.Auth.Keys
+	if d.Now != nil {
+		cfg.Now = d.Now
+	}
+	return cfg
 }
 
 // referrers finds the messages and avatars that use uploads.

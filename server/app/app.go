@@ -30,6 +30,7 @@ import (
 	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/doclock"
 	"github.com/parley-chat/parley/server/embedded"
+	"github.com/parley-chat/parley/server/export"
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/live"
@@ -119,6 +120,8 @@ type Config struct {
 	// MediaCleanupAfter is how long an upload may stay unattached before
 	// it is deleted; MediaCleanupInterval how often to look (about).
 	MediaCleanupAfter, MediaCleanupInterval time.Duration
+	// Export tunes data exports (its Keys and Now are set from here).
+	Export export.Config
 	// WebDir, when set, holds a built web app served at /.
 	WebDir string
 	// ReadHeaderTimeout bounds reading a request's headers;
@@ -282,6 +285,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 		Media:           media.NewLibrary(log, a.mongo.Database(cfg.MongoDatabase), locks, a.storage, cfg.Now),
 		MediaConfig:     cfg.Media,
 		Sends:           cfg.Sends,
+		Export:          cfg.Export,
 		WebDir:          cfg.WebDir,
 		Log:             log,
 		Telemetry:       a.tel,
@@ -423,6 +427,9 @@ func (a *App) openMongo(ctx context.Context) error {
 	if err := chat.Prepare(ctx, a.log, db); err != nil {
 		return err
 	}
+	if err := export.EnsureIndexes(ctx, db); err != nil {
+		return err
+	}
 	if err := media.EnsureIndexes(ctx, db); err != nil {
 		return err
 	}
@@ -542,6 +549,19 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	defer func() {
 		stopJanitor()
 		<-janitorDone
+	}()
+
+	// Every instance makes exports; a job in progress at shutdown is
+	// handed back for another instance (or this one, restarted).
+	exportCtx, stopExports := context.WithCancel(context.Background())
+	exportsDone := make(chan struct{})
+	go func() {
+		defer close(exportsDone)
+		server.NewExportWorker(a.deps).Run(exportCtx)
+	}()
+	defer func() {
+		stopExports()
+		<-exportsDone
 	}()
 
 	serveErr := make(chan error, 1)
