@@ -157,27 +157,36 @@ func (l limited) Error() string { return "export quota: next at " + l.next.Strin
 // running (it returns that one, created false) or the quota holds the
 // user back until later (a limited error). The quota's document is the
 // one place concurrent requests of a user meet: taking it is a single
-// conditional upsert, which the unique _id decides.
+// conditional update.
 func (s *store) request(ctx context.Context, userID int, now time.Time, every time.Duration) (*job, bool, error) {
 	if j, err := s.active(ctx, userID); err == nil {
 		return j, false, nil
 	} else if !errors.Is(err, errNoJob) {
 		return nil, false, err
 	}
+	// The user's quota document first, if missing, allowing an export
+	// now; then one conditional update takes it. (An upsert that meets
+	// the document another request inserted fails with a duplicate-key
+	// error that FerretDB reports as an internal error; an insert's is
+	// reported as it should be.)
+	_, err := s.quotas.InsertOne(ctx, quota{UserID: userID, NextAt: time.Unix(0, 0).UTC()})
+	if err != nil && !mongo.IsDuplicateKeyError(err) {
+		return nil, false, fmt.Errorf("create export quota: %w", err)
+	}
 	id := bson.NewObjectID()
 	var q quota
-	err := s.locked(ctx, func() error {
+	err = s.locked(ctx, func() error {
 		return s.quotas.FindOneAndUpdate(ctx,
 			bson.D{{Key: "_id", Value: userID}, {Key: "nextAt", Value: bson.D{{Key: "$lte", Value: now}}}},
 			bson.D{{Key: "$set", Value: bson.D{{Key: "exportId", Value: id}, {Key: "createdAt", Value: now}, {Key: "nextAt", Value: now.Add(every)}}}},
-			options.FindOneAndUpdate().SetUpsert(true).SetReturnDocument(options.After),
+			options.FindOneAndUpdate().SetReturnDocument(options.After),
 		).Decode(&q)
 	})
 	switch {
 	case err == nil:
 		j, err := s.insertMissing(ctx, &q)
 		return j, err == nil, err
-	case !mongo.IsDuplicateKeyError(err):
+	case !errors.Is(err, mongo.ErrNoDocuments):
 		return nil, false, fmt.Errorf("take export quota: %w", err)
 	}
 	// The quota holds the user back: an export started less than every
@@ -203,11 +212,9 @@ func (s *store) request(ctx context.Context, userID int, now time.Time, every ti
 // insertMissing stores the pending job that q took the quota for, unless
 // it is there already.
 func (s *store) insertMissing(ctx context.Context, q *quota) (*job, error) {
-	_, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: q.ExportID}},
-		bson.D{{Key: "$setOnInsert", Value: bson.D{
-			{Key: "userId", Value: q.UserID}, {Key: "state", Value: statePending}, {Key: "createdAt", Value: q.CreatedAt},
-			{Key: "notBefore", Value: q.CreatedAt}, {Key: "attempts", Value: 0},
-		}}}, options.UpdateOne().SetUpsert(true))
+	_, err := s.jobs.InsertOne(ctx, job{
+		ID: q.ExportID, UserID: q.UserID, State: statePending, CreatedAt: q.CreatedAt, NotBefore: q.CreatedAt,
+	})
 	if err != nil && !mongo.IsDuplicateKeyError(err) {
 		return nil, fmt.Errorf("insert export: %w", err)
 	}
