@@ -28,6 +28,7 @@ import (
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/chat"
+	"github.com/parley-chat/parley/server/export"
 	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/sqldb"
@@ -223,6 +224,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.Media.DownloadTTL, "media-download-ttl", e.duration("PARLEY_MEDIA_DOWNLOAD_TTL", media.DefaultDownloadTTL), "how long a signed download URL works (PARLEY_MEDIA_DOWNLOAD_TTL)")
 	fs.DurationVar(&c.MediaCleanupAfter, "media-cleanup-after", e.duration("PARLEY_MEDIA_CLEANUP_AFTER", 24*time.Hour), "uploads not sent or made an avatar within this are deleted (PARLEY_MEDIA_CLEANUP_AFTER)")
 	fs.DurationVar(&c.MediaCleanupInterval, "media-cleanup-interval", e.duration("PARLEY_MEDIA_CLEANUP_INTERVAL", 10*time.Minute), "about how often each instance looks for uploads to delete (PARLEY_MEDIA_CLEANUP_INTERVAL)")
+	fs.DurationVar(&c.Export.TTL, "export-ttl", e.duration("PARLEY_EXPORT_TTL", export.DefaultTTL), "how long a finished data export is kept, and its signed download URL works (PARLEY_EXPORT_TTL)")
+	fs.DurationVar(&c.Export.PollInterval, "export-interval", e.duration("PARLEY_EXPORT_INTERVAL", export.DefaultPollInterval), "about how often each instance looks for data exports to make (PARLEY_EXPORT_INTERVAL)")
+	fs.StringVar(&c.Export.TempDir, "export-temp-dir", e.str("PARLEY_EXPORT_TEMP_DIR", ""), "`directory` where data exports are written before they are stored; empty: the system's temporary directory (PARLEY_EXPORT_TEMP_DIR)")
 	fs.IntVar(&c.Sends.Rate, "send-rate", int(e.int64("PARLEY_SEND_RATE", int64(chat.DefaultSendLimit.Rate))), "messages one user may send a second, on average, over all instances (PARLEY_SEND_RATE)")
 	fs.IntVar(&c.Sends.Burst, "send-burst", int(e.int64("PARLEY_SEND_BURST", int64(chat.DefaultSendLimit.Burst))), "messages one user may send at once after a pause, above -send-rate (PARLEY_SEND_BURST)")
 	fs.IntVar(&c.Media.MaxConcurrentUploads, "media-max-concurrent-uploads", int(e.int64("PARLEY_MEDIA_MAX_CONCURRENT_UPLOADS", media.DefaultMaxConcurrentUploads)), "upload bodies one user may send at once, over all instances (PARLEY_MEDIA_MAX_CONCURRENT_UPLOADS)")

@@ -65,7 +65,7 @@ type Config struct {
 const (
 	DefaultTTL          = 24 * time.Hour
 	DefaultEvery        = 24 * time.Hour
-	DefaultPollInterval = 10 * time.Second
+	DefaultPollInterval = 5 * time.Second
 	DefaultLease        = time.Minute
 	DefaultMaxAttempts  = 3
 	DefaultRetryDelay   = time.Minute

@@ -197,8 +197,10 @@ func (s *store) request(ctx context.Context, userID int, now time.Time, every ti
 	}
 	j, err := s.get(ctx, q.ExportID)
 	if errors.Is(err, errNoJob) {
+		// Another request took the quota and has not stored its job yet
+		// (or stopped before it could): store it for it.
 		j, err = s.insertMissing(ctx, &q)
-		return j, err == nil, err
+		return j, false, err
 	}
 	if err != nil {
 		return nil, false, err
