@@ -27,26 +27,38 @@ import (
 
 func TestMain(m *testing.M) { servertest.Main(m) }
 
-// pair starts two instances of one deployment on their own MongoDB
-// database and a shared media directory, both on clock: api, whose
-// worker looks for work only at start-up (so that what the test
-// requests stays pending until the other one takes it), and worker,
-// whose worker looks every few milliseconds.
-func pair(t *testing.T, clock *servertest.Clock) (api, worker *servertest.Server) {
+// deployment is the shared part of a deployment's instances: their own
+// MongoDB database, a media directory and a clock.
+type deployment struct {
+	db    servertest.Option
+	dir   string
+	clock *servertest.Clock
+}
+
+func newDeployment(t *testing.T) *deployment {
+	return &deployment{db: servertest.WithOwnMongoDatabase(t), dir: t.TempDir(), clock: servertest.NewClock()}
+}
+
+// instance starts an instance of d whose worker looks for work every
+// poll.
+func (d *deployment) instance(t *testing.T, poll time.Duration) *servertest.Server {
 	t.Helper()
-	db := servertest.WithOwnMongoDatabase(t)
-	dir := t.TempDir()
-	cfg := func(poll time.Duration) servertest.Option {
-		return servertest.WithConfig(func(c *app.Config) {
-			c.MediaDir = dir
-			c.Now = clock.Now
-			c.Export.PollInterval = poll
-			c.Export.TempDir = t.TempDir()
-		})
-	}
-	api = servertest.New(t, db, cfg(time.Hour))
-	worker = servertest.New(t, db, cfg(20*time.Millisecond))
-	return api, worker
+	return servertest.New(t, d.db, servertest.WithConfig(func(c *app.Config) {
+		c.MediaDir = d.dir
+		c.Now = d.clock.Now
+		c.Export.PollInterval = poll
+		c.Export.TempDir = t.TempDir()
+	}))
+}
+
+// pair starts two instances of one deployment: api, whose worker looks
+// for work only at start-up (so that what the test requests stays
+// pending until the other one takes it), and worker, whose worker looks
+// every few milliseconds.
+func pair(t *testing.T) (d *deployment, api, worker *servertest.Server) {
+	t.Helper()
+	d = newDeployment(t)
+	return d, d.instance(t, time.Hour), d.instance(t, 20*time.Millisecond)
 }
 
 // waitState polls GetExport until the export is in state want, and fails
@@ -132,8 +144,8 @@ type exportedMessage struct {
 }
 
 func TestExportService_Export(t *testing.T) {
-	clock := servertest.NewClock()
-	api, worker := pair(t, clock)
+	d, api, _ := pair(t)
+	clock := d.clock
 	for _, p := range servertest.Protocols {
 		t.Run(p.Name, func(t *testing.T) {
 			c := servertest.NewClients(api, p)
@@ -477,7 +489,6 @@ func TestExportService_Export(t *testing.T) {
 				}
 				waitState(t, exp, token, res.Msg.GetExport().GetId(), parleyv1.ExportState_EXPORT_STATE_READY)
 			})
-			_ = worker
 		})
 	}
 }
@@ -486,8 +497,11 @@ func TestExportService_Export(t *testing.T) {
 // lease ran out) is finished by another instance, and the dead
 // attempt's partial zip is removed.
 func TestExportWorker_TakesOverDeadLease(t *testing.T) {
-	clock := servertest.NewClock()
-	api, _ := pair(t, clock)
+	// The instance that takes the job over starts once the job is as a
+	// dead worker left it.
+	d := newDeployment(t)
+	clock := d.clock
+	api := d.instance(t, time.Hour)
 	p := servertest.Protocols[1] // gRPC; the main test covers every protocol
 	c := servertest.NewClients(api, p)
 	exp := servertest.Client(api, p, parleyv1connect.NewExportServiceClient)
@@ -508,10 +522,13 @@ func TestExportWorker_TakesOverDeadLease(t *testing.T) {
 			return err
 		}
 		id, _ = bson.ObjectIDFromHex(res.Msg.GetExport().GetId())
-		_, err = jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "state", Value: "pending"}}, bson.D{{Key: "$set", Value: bson.D{
+		up, err := jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}, {Key: "state", Value: "pending"}}, bson.D{{Key: "$set", Value: bson.D{
 			{Key: "state", Value: "running"}, {Key: "leaseOwner", Value: "dead-instance"},
 			{Key: "leaseUntil", Value: clock.Now().Add(time.Minute)}, {Key: "attempts", Value: 1},
 		}}})
+		if err == nil && up.MatchedCount != 1 {
+			err = errors.New("the export was not pending")
+		}
 		return err
 	}()
 	if err != nil {
@@ -530,7 +547,9 @@ func TestExportWorker_TakesOverDeadLease(t *testing.T) {
 		t.Fatalf("RequestExport while running = %v, want the running export %s", res.Msg, id.Hex())
 	}
 
-	// The lease runs out; the other instance's worker takes the job.
+	// Another instance starts; once the lease has run out, its worker
+	// takes the job.
+	d.instance(t, 20*time.Millisecond)
 	clock.Advance(2 * time.Minute)
 	ready := waitState(t, exp, carol.Token, id.Hex(), parleyv1.ExportState_EXPORT_STATE_READY)
 	if ready.GetAttempts() != 2 {
@@ -550,5 +569,94 @@ func TestExportWorker_TakesOverDeadLease(t *testing.T) {
 	decode(t, unzip(t, body), "messages/"+group.GetId()+".json", &doc)
 	if len(doc.Messages) != 1 || doc.Messages[0].ID != msg.GetId() || doc.Messages[0].Text != msg.GetText() {
 		t.Errorf("messages = %+v, want dave's message %s", doc.Messages, msg.GetId())
+	}
+}
+
+// TestExportWorker_RetriesThenFails: an export whose attempts fail is
+// retried up to MaxAttempts times, then fails, and frees the user to ask
+// again at once.
+func TestExportWorker_RetriesThenFails(t *testing.T) {
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t), servertest.WithConfig(func(c *app.Config) {
+		c.Export.PollInterval = 20 * time.Millisecond
+		c.Export.RetryDelay = time.Millisecond
+		c.Export.MaxAttempts = 2
+		// Every attempt fails to write its zip.
+		c.Export.TempDir = t.TempDir() + "/missing"
+	}))
+	p := servertest.Protocols[0]
+	c := servertest.NewClients(srv, p)
+	exp := servertest.Client(srv, p, parleyv1connect.NewExportServiceClient)
+	ctx := context.Background()
+	erin := servertest.Register(t, c.Auth, servertest.UniqueName("erin"))
+
+	res, err := exp.RequestExport(ctx, servertest.WithToken(&parleyv1.RequestExportRequest{}, erin.Token))
+	if err != nil {
+		t.Fatalf("RequestExport: %v", err)
+	}
+	failed := waitState(t, exp, erin.Token, res.Msg.GetExport().GetId(), parleyv1.ExportState_EXPORT_STATE_FAILED)
+	if failed.GetAttempts() != 2 || failed.GetFinishedAt() == nil || failed.GetDownloadUrl() != "" {
+		t.Errorf("failed export = %v, want 2 attempts, a finish time and no URL", failed)
+	}
+	again, err := exp.RequestExport(ctx, servertest.WithToken(&parleyv1.RequestExportRequest{}, erin.Token))
+	if err != nil {
+		t.Fatalf("RequestExport after a failure: %v", err)
+	}
+	if !again.Msg.GetCreated() || again.Msg.GetExport().GetId() == failed.GetId() {
+		t.Errorf("RequestExport after a failure = %v, want a new export", again.Msg)
+	}
+}
+
+// TestExportService_ConcurrentRequests: requests of one user at once
+// start one export, which they all return.
+func TestExportService_ConcurrentRequests(t *testing.T) {
+	// The worker looks for work at start-up only: the export stays
+	// pending while the requests run.
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t), servertest.WithConfig(func(c *app.Config) {
+		c.Export.PollInterval = time.Hour
+	}))
+	p := servertest.Protocols[1]
+	c := servertest.NewClients(srv, p)
+	exp := servertest.Client(srv, p, parleyv1connect.NewExportServiceClient)
+	frank := servertest.Register(t, c.Auth, servertest.UniqueName("frank"))
+
+	const n = 8
+	type result struct {
+		id      string
+		created bool
+		err     error
+	}
+	results := make(chan result, n)
+	for range n {
+		go func() {
+			res, err := exp.RequestExport(context.Background(), servertest.WithToken(&parleyv1.RequestExportRequest{}, frank.Token))
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			results <- result{id: res.Msg.GetExport().GetId(), created: res.Msg.GetCreated()}
+		}()
+	}
+	created := 0
+	ids := map[string]bool{}
+	for range n {
+		r := <-results
+		if r.err != nil {
+			t.Errorf("RequestExport: %v", r.err)
+			continue
+		}
+		ids[r.id] = true
+		if r.created {
+			created++
+		}
+	}
+	if created != 1 || len(ids) != 1 {
+		t.Errorf("%d requests created %d exports, returned ids %v; want one created, one id", n, created, ids)
+	}
+	list, err := exp.ListExports(context.Background(), servertest.WithToken(&parleyv1.ListExportsRequest{}, frank.Token))
+	if err != nil {
+		t.Fatalf("ListExports: %v", err)
+	}
+	if len(list.Msg.GetExports()) != 1 {
+		t.Errorf("ListExports = %v, want one export", list.Msg.GetExports())
 	}
 }
