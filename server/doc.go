@@ -35,6 +35,11 @@
 //	                    download endpoints; storage on disk or S3; the
 //	                    Library that attaches uploads to messages and
 //	                    avatars; clean-up of unattached uploads
+//	server/export/      parley.v1.ExportService and the /exports/
+//	                    download: data exports (zips of a user's profile,
+//	                    chats, messages and own files) made by a worker on
+//	                    every instance from leased jobs in MongoDB, stored
+//	                    with the media, fetched by signed URL
 //	server/admin/       the admin listener (-admin-addr): Prometheus
 //	                    metrics, probes, pprof, expvar
 //	server/telemetry/   the metrics registry and OpenTelemetry tracing:
@@ -84,6 +89,7 @@
 //	main
 //	server/app, server/servertest
 //	server
+//	server/export
 //	server/<domain> (live, chat, user, then media, auth, info), server/health,
 //	server/admin
 //	server/telemetry, server/reqlog, server/rpcerr, server/keyring,
@@ -98,10 +104,13 @@
 // media.Library; media.Members and media.Referrers are chat.Service (with
 // user.Service for avatars); chat.Privacy, blocks and
 // privacy settings, is user.Service, which serves parley.v1.PrivacyService
-// too; auth.SessionEnds is live.Hub; live.Sessions is auth.Service). The
-// imports between
+// too; auth.SessionEnds is live.Hub; live.Sessions is auth.Service;
+// export.Profiles is user.Service, export.Chats chat.Service and
+// export.Files media.Library, which export calls as the user, so that an
+// export renders everything as the API does). The imports between
 // domains are of auth, for the caller's identity (auth.Caller), which
-// every domain uses, and of media by chat, for the media.Attachment its
-// Library hands over; auth itself declares what it needs of accounts
+// every domain uses, of media by chat, for the media.Attachment its
+// Library hands over, and of media by export, for the storage and the
+// media.OwnFile it lists; auth itself declares what it needs of accounts
 // (auth.Accounts).
 package server
