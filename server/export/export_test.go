@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -21,6 +22,8 @@ import (
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/export"
+	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/servertest"
 )
@@ -658,5 +661,41 @@ func TestExportService_ConcurrentRequests(t *testing.T) {
 	}
 	if len(list.Msg.GetExports()) != 1 {
 		t.Errorf("ListExports = %v, want one export", list.Msg.GetExports())
+	}
+}
+
+// TestExportService_DeleteUser: deleting an account's exports removes
+// their records and zips.
+func TestExportService_DeleteUser(t *testing.T) {
+	_, api, _ := pair(t)
+	p := servertest.Protocols[0]
+	c := servertest.NewClients(api, p)
+	exp := servertest.Client(api, p, parleyv1connect.NewExportServiceClient)
+	ctx := context.Background()
+	gina := servertest.Register(t, c.Auth, servertest.UniqueName("gina"))
+	res, err := exp.RequestExport(ctx, servertest.WithToken(&parleyv1.RequestExportRequest{}, gina.Token))
+	if err != nil {
+		t.Fatalf("RequestExport: %v", err)
+	}
+	ready := waitState(t, exp, gina.Token, res.Msg.GetExport().GetId(), parleyv1.ExportState_EXPORT_STATE_READY)
+
+	keys, err := keyring.Load(servertest.SharedStores(t).JWTKeyFile, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := export.New(slog.New(slog.DiscardHandler), api.App.Mongo(), api.App.DocLocks(), api.App.MediaStorage(), export.Config{Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.DeleteUser(ctx, int(gina.ID)); err != nil {
+		t.Fatalf("DeleteUser: %v", err)
+	}
+	_, err = exp.GetExport(ctx, servertest.WithToken(&parleyv1.GetExportRequest{ExportId: ready.GetId()}, gina.Token))
+	servertest.WantCode(t, err, connect.CodeNotFound)
+	if res := get(t, api, ready.GetDownloadUrl()); res.StatusCode != http.StatusNotFound {
+		t.Errorf("download after DeleteUser: status %d, want 404", res.StatusCode)
+	}
+	if _, err := api.App.MediaStorage().Open(ctx, "export-"+ready.GetId()+"-1.zip"); !errors.Is(err, media.ErrNoObject) {
+		t.Errorf("the zip after DeleteUser: Open = %v, want it deleted", err)
 	}
 }

@@ -67,7 +67,32 @@ func (s *Service) download(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", "sandbox; default-src 'none'")
 	name := "parley-export-" + j.CreatedAt.UTC().Format("2006-01-02") + ".zip"
 	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": name}))
-	http.ServeContent(w, r, "", obj.ModTime(), obj)
+	iw := &idleWriter{ResponseWriter: w, rc: http.NewResponseController(w)}
+	http.ServeContent(iw, r, "", obj.ModTime(), obj)
+	// The connection may serve more requests, without a deadline.
+	_ = iw.rc.SetWriteDeadline(time.Time{})
+}
+
+// downloadIdle is how long a download may make no progress: a client that
+// stops reading is cut off then, rather than holding the connection (and
+// the open file) for ever.
+const downloadIdle = time.Minute
+
+// idleWriter moves the connection's write deadline forward before its
+// writes (at most once a second).
+type idleWriter struct {
+	http.ResponseWriter
+	rc    *http.ResponseController
+	moved time.Time
+}
+
+func (i *idleWriter) Write(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(i.moved) > time.Second {
+		// Unsupported (on some test transports) only means no deadline.
+		_ = i.rc.SetWriteDeadline(now.Add(downloadIdle))
+		i.moved = now
+	}
+	return i.ResponseWriter.Write(p)
 }
 
 // checkSignedPath reports whether q (expires, key and signature) signs

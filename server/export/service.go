@@ -243,3 +243,23 @@ func (s *Service) signPath(path string, expires time.Time) string {
 	kid, sig := s.sign.Sign([]byte(path + "\n" + exp))
 	return path + "?expires=" + exp + "&key=" + kid + "&signature=" + b64.EncodeToString(sig)
 }
+
+// DeleteUser deletes the exports of a user whose account is being
+// deleted: their records, their zips and the user's quota. The records
+// go first, so that no worker claims a job any more; a worker making one
+// at that moment finds its lease gone when it finishes and deletes its
+// own zip.
+func (s *Service) DeleteUser(ctx context.Context, userID int) error {
+	jobs, err := s.store.removeUser(ctx, userID)
+	if err != nil {
+		return err
+	}
+	for _, j := range jobs {
+		for n := 1; n <= j.Attempts; n++ {
+			if err := s.storage.Delete(ctx, fileKey(j.ID, n)); err != nil {
+				return fmt.Errorf("delete export %s: %w", j.ID.Hex(), err)
+			}
+		}
+	}
+	return nil
+}

@@ -364,3 +364,27 @@ func (s *store) expire(ctx context.Context, id bson.ObjectID) error {
 		return nil
 	})
 }
+
+// removeUser deletes every job of userID and its quota, and returns the
+// jobs as they were.
+func (s *store) removeUser(ctx context.Context, userID int) ([]job, error) {
+	cur, err := s.jobs.Find(ctx, bson.D{{Key: "userId", Value: userID}})
+	if err != nil {
+		return nil, fmt.Errorf("exports of user: %w", err)
+	}
+	var jobs []job
+	if err := cur.All(ctx, &jobs); err != nil {
+		return nil, fmt.Errorf("exports of user: %w", err)
+	}
+	err = s.locked(ctx, func() error {
+		if _, err := s.jobs.DeleteMany(ctx, bson.D{{Key: "userId", Value: userID}}); err != nil {
+			return err
+		}
+		_, err := s.quotas.DeleteOne(ctx, bson.D{{Key: "_id", Value: userID}})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("delete exports of user: %w", err)
+	}
+	return jobs, nil
+}
