@@ -103,12 +103,17 @@ func (w *Worker) RunOnce(ctx context.Context) (bool, error) {
 			w.removeAttempts(ctx, j, j.Attempts)
 			return true, nil
 		}
-		// Another worker took it over: this attempt's zip is nobody's.
-		w.remove(ctx, key)
 		if errors.Is(err, errLostLease) {
+			// Another worker took it over: this attempt's zip is
+			// nobody's.
+			w.remove(ctx, key)
 			log.WarnContext(ctx, "export taken over by another worker")
 			return true, nil
 		}
+		// The update may have been applied all the same: the zip stays.
+		// If the job is still running, its lease runs out and another
+		// attempt makes it again; the one that finishes, or the sweep,
+		// removes this attempt's zip.
 		return true, err
 	case errors.Is(err, errLostLease):
 		log.WarnContext(ctx, "export taken over by another worker")
@@ -148,7 +153,6 @@ func (w *Worker) giveUp(ctx context.Context, j *job, cause string) error {
 // worker took the job over.
 func (w *Worker) make(ctx context.Context, j *job) (string, int64, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	renewed := make(chan struct{})
 	go func() {
 		defer close(renewed)
