@@ -40,7 +40,7 @@ type Chats interface {
 // Files are the files a user uploaded; media.Library implements it.
 type Files interface {
 	OwnFiles(ctx context.Context, userID int, fn func(media.OwnFile) error) error
-	Open(ctx context.Context, f media.OwnFile) (media.Object, error)
+	OpenOwn(ctx context.Context, f media.OwnFile) (media.Object, error)
 }
 
 // Sources are what an export reads.
@@ -308,7 +308,7 @@ func (a *archive) messages(ctx context.Context, c Chats, chatID string) error {
 func (a *archive) files(ctx context.Context, f Files, userID int) error {
 	index := []fileEntry{}
 	err := f.OwnFiles(ctx, userID, func(of media.OwnFile) error {
-		obj, err := f.Open(ctx, of)
+		obj, err := f.OpenOwn(ctx, of)
 		if errors.Is(err, media.ErrNoObject) {
 			// Deleted since it was listed: not the user's any more.
 			return nil

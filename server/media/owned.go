@@ -68,9 +68,9 @@ func (l *Library) OwnFiles(ctx context.Context, userID int, fn func(OwnFile) err
 	return nil
 }
 
-// Open opens the bytes of an own file. ErrNoObject: it was deleted since
+// OpenOwn opens the bytes of an own file. ErrNoObject: it was deleted since
 // OwnFiles listed it.
-func (l *Library) Open(ctx context.Context, f OwnFile) (Object, error) {
+func (l *Library) OpenOwn(ctx context.Context, f OwnFile) (Object, error) {
 	return l.storage.Open(ctx, originalKey(f.file))
 }
 
