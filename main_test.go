@@ -92,7 +92,7 @@ func startRun(t *testing.T, env map[string]string, args ...string) (baseURL, ban
 func TestRun_EmbeddedDefaults(t *testing.T) {
 	dir := t.TempDir()
 	baseURL, banner, stop := startRun(t, nil, "-addr", "127.0.0.1:0", "-data-dir", dir)
-	for _, store := range []string{"postgres embedded: SQLite", "mongodb  embedded: FerretDB", "redis    embedded: miniredis"} {
+	for _, store := range []string{"postgres embedded: SQLite", "mongodb  embedded: FerretDB", "redis    embedded: miniredis", "mail     no -smtp-url: mails are written to the log"} {
 		if !strings.Contains(banner, store) {
 			t.Errorf("banner does not say %q:\n%s", store, banner)
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/info"
 	"github.com/parley-chat/parley/server/live"
+	"github.com/parley-chat/parley/server/mail"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/reqlog"
 	"github.com/parley-chat/parley/server/sqldb"
@@ -76,6 +77,9 @@ type Deps struct {
 	// Sends bounds how fast each user may send messages; zero fields
 	// mean chat.DefaultSendLimit's.
 	Sends chat.SendLimit
+	// Mail sends the account mails (verification, password reset); nil:
+	// they are logged to Log.
+	Mail mail.Sender
 	// WebDir, when set, holds a built web app (clients/web/dist) served
 	// at / without authentication.
 	WebDir string
