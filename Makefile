@@ -36,6 +36,14 @@ MINIO := $(shell go env GOPATH)/bin/minio
 $(MINIO):
 	GOFLAGS= go install github.com/minio/minio@$(MINIO_VERSION)
 
+# Mailpit, the SMTP server the account mails are tested against (the tests
+# read what it received through its HTTP API); servertest starts it.
+MAILPIT_VERSION := v1.33.1
+MAILPIT := $(shell go env GOPATH)/bin/mailpit
+
+$(MAILPIT):
+	GOFLAGS= go install github.com/axllent/mailpit@$(MAILPIT_VERSION)
+
 # Debian's Chromium, which the browser test drives through playwright-core
 # (Playwright's own browser download cannot work here).
 CHROMIUM := /usr/bin/chromium
@@ -81,8 +89,8 @@ test: ## Run every test suite (go, embedded, cluster, soak, ts, web), even after
 	echo "make test: all suites passed: $(TEST_SUITES)"
 
 .PHONY: test-go
-test-go: $(MINIO) $(NGINX) $(GRPCURL) $(JQ) ## Go tests against real PostgreSQL, Redis, the document engine (FerretDB 2 + DocumentDB), MinIO and nginx; the README's examples.
-	PARLEY_TEST_MINIO=$(MINIO) PARLEY_TEST_NGINX=$(NGINX) PARLEY_TEST_GRPCURL=$(GRPCURL) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
+test-go: $(MINIO) $(MAILPIT) $(NGINX) $(GRPCURL) $(JQ) ## Go tests against real PostgreSQL, Redis, the document engine (FerretDB 2 + DocumentDB), MinIO, Mailpit and nginx; the README's examples.
+	PARLEY_TEST_MINIO=$(MINIO) PARLEY_TEST_MAILPIT=$(MAILPIT) PARLEY_TEST_NGINX=$(NGINX) PARLEY_TEST_GRPCURL=$(GRPCURL) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
 
 # The chat store's tests that cover every store method, run again on the
 # embedded FerretDB 1.x that `go run .` uses (it answers by scanning, so

@@ -371,7 +371,7 @@ func (a *App) openMail() error {
 		a.mail, a.mailTo = mail.NewLog(a.log, a.cfg.MailFrom), ""
 		return nil
 	}
-	s, err := mail.NewSMTP(a.cfg.SMTPURL, a.cfg.MailFrom)
+	s, err := mail.NewSMTP(a.cfg.SMTPURL, a.cfg.MailFrom, nil)
 	if err != nil {
 		return err
 	}
