@@ -91,6 +91,7 @@ type Deps struct {
 var Services = []string{
 	parleyv1connect.ServerServiceName,
 	parleyv1connect.AuthServiceName,
+	parleyv1connect.AccountServiceName,
 	parleyv1connect.UserServiceName,
 	parleyv1connect.AvatarServiceName,
 	parleyv1connect.ChatServiceName,
@@ -107,6 +108,10 @@ var public = auth.Public{
 		parleyv1connect.AuthServiceLoginProcedure:           true,
 		parleyv1connect.AuthServiceRefreshProcedure:         true,
 		parleyv1connect.ServerServiceGetServerInfoProcedure: true,
+		// The mailed code or token is their proof.
+		parleyv1connect.AccountServiceRequestPasswordResetProcedure: true,
+		parleyv1connect.AccountServiceResetPasswordProcedure:        true,
+		parleyv1connect.AccountServiceVerifyEmailProcedure:          true,
 	},
 	Prefixes: []string{
 		"/" + health.ServiceName + "/",
@@ -176,6 +181,15 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(parleyv1connect.NewServerServiceHandler(
 		info.NewService(d.Version, d.MaxRequestBytes), opts...))
 	mux.Handle(parleyv1connect.NewAuthServiceHandler(authn, opts...))
+	sender := d.Mail
+	if sender == nil {
+		sender = mail.NewLog(d.Log, "")
+	}
+	accounts, err := auth.NewAccountService(authn, users, sender)
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle(parleyv1connect.NewAccountServiceHandler(accounts, opts...))
 	mux.Handle(parleyv1connect.NewUserServiceHandler(users, opts...))
 	mux.Handle(parleyv1connect.NewAvatarServiceHandler(users, opts...))
 	// Blocks and privacy settings live with the users; chats consult
