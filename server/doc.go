@@ -109,5 +109,6 @@
 // domains are of auth, for the caller's identity (auth.Caller), which
 // every domain uses, and of media by chat, for the media.Attachment its
 // Library hands over; auth itself declares what it needs of accounts
-// (auth.Accounts).
+// (auth.Accounts, and auth.AccountEmails for AccountService, both
+// user.Service).
 package server
