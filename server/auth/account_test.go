@@ -424,6 +424,8 @@ func TestAccountService_ChangeEmail(t *testing.T) {
 				return err
 			}
 
+			_, err := c.Account.ChangeEmail(ctx, servertest.WithToken(&parleyv1.ChangeEmailRequest{Password: servertest.Password, NewEmail: newEmail}, ""))
+			servertest.WantCode(t, err, connect.CodeUnauthenticated)
 			servertest.WantCode(t, change("not my password", newEmail), connect.CodePermissionDenied)
 			servertest.WantCode(t, change(servertest.Password, strings.ToUpper(b.Email)), connect.CodeAlreadyExists)
 			servertest.WantCode(t, change(servertest.Password, strings.ToUpper(a.Email)), connect.CodeFailedPrecondition)
@@ -440,7 +442,7 @@ func TestAccountService_ChangeEmail(t *testing.T) {
 			if m.GetEmail() != a.Email || !m.GetEmailVerified() || m.GetPendingEmail() != newEmail {
 				t.Fatalf("Me: email %q verified %v pending %q; want %q, true, %q", m.GetEmail(), m.GetEmailVerified(), m.GetPendingEmail(), a.Email, newEmail)
 			}
-			_, err := signIn(c, newEmail, servertest.Password)
+			_, err = signIn(c, newEmail, servertest.Password)
 			servertest.WantCode(t, err, connect.CodeUnauthenticated)
 			notice := mp.WaitMail(t, a.Email, 2)
 			if !strings.Contains(notice.Text, newEmail) {

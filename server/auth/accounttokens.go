@@ -46,11 +46,16 @@ func (s *AccountService) newVerifyToken(ctx context.Context, userID int, email s
 		expires: s.auth.cfg.Now().Add(VerifyTokenTTL).Unix(),
 		nonce:   newSessionID(),
 	}
-	kid, mac := s.verify.Sign(verifyPayload(t, email))
+	t.keyID, t.mac = s.verify.Sign(verifyPayload(t, email))
 	if err := s.rdb.Set(ctx, s.verifyKey(userID), t.nonce, VerifyTokenTTL).Err(); err != nil {
 		return "", fmt.Errorf("store verification nonce: %w", err)
 	}
-	return fmt.Sprintf("%d.%d.%s.%s.%s", t.userID, t.expires, t.nonce, kid, base64.RawURLEncoding.EncodeToString(mac)), nil
+	return t.String(), nil
+}
+
+// String formats the token as parseVerifyToken reads it.
+func (t verifyToken) String() string {
+	return fmt.Sprintf("%d.%d.%s.%s.%s", t.userID, t.expires, t.nonce, t.keyID, base64.RawURLEncoding.EncodeToString(t.mac))
 }
 
 // parseVerifyToken parses a token's parts; VerifyEmail checks its MAC.
