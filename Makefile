@@ -111,8 +111,8 @@ test-embedded: ## The chat store's tests (a subset covering every store method) 
 CLUSTER_PACKAGES := ./server/auth/ ./server/live/ ./server/chat/ ./server/media/
 
 .PHONY: test-cluster
-test-cluster: ## The auth, live, chat and media suites on a Redis Cluster (3 masters, 3 replicas) that the test scripts start, then the failover tests.
-	PARLEY_TEST_REDIS_CLUSTER=1 scripts/with-test-services bash -c \
+test-cluster: $(MAILPIT) ## The auth, live, chat and media suites on a Redis Cluster (3 masters, 3 replicas) that the test scripts start, then the failover tests.
+	PARLEY_TEST_REDIS_CLUSTER=1 PARLEY_TEST_MAILPIT=$(MAILPIT) scripts/with-test-services bash -c \
 		'go test -count=1 -timeout 20m $(CLUSTER_PACKAGES); a=$$?; go test -race -count=1 -p 1 -timeout 10m ./server/redisconn/ ./server/clustertest/; exit $$((a | $$?))'
 
 # The fault soak (cmd/parley-soak): three instances behind nginx, on a Redis
