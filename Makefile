@@ -36,6 +36,14 @@ MINIO := $(shell go env GOPATH)/bin/minio
 $(MINIO):
 	GOFLAGS= go install github.com/minio/minio@$(MINIO_VERSION)
 
+# Mailpit, the SMTP server the account mails are tested against (the tests
+# read what it received through its HTTP API); servertest starts it.
+MAILPIT_VERSION := v1.33.1
+MAILPIT := $(shell go env GOPATH)/bin/mailpit
+
+$(MAILPIT):
+	GOFLAGS= go install github.com/axllent/mailpit@$(MAILPIT_VERSION)
+
 # Debian's Chromium, which the browser test drives through playwright-core
 # (Playwright's own browser download cannot work here).
 CHROMIUM := /usr/bin/chromium
@@ -81,8 +89,8 @@ test: ## Run every test suite (go, embedded, cluster, soak, ts, web), even after
 	echo "make test: all suites passed: $(TEST_SUITES)"
 
 .PHONY: test-go
-test-go: $(MINIO) $(NGINX) $(GRPCURL) $(JQ) ## Go tests against real PostgreSQL, Redis, the document engine (FerretDB 2 + DocumentDB), MinIO and nginx; the README's examples.
-	PARLEY_TEST_MINIO=$(MINIO) PARLEY_TEST_NGINX=$(NGINX) PARLEY_TEST_GRPCURL=$(GRPCURL) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
+test-go: $(MINIO) $(MAILPIT) $(NGINX) $(GRPCURL) $(JQ) ## Go tests against real PostgreSQL, Redis, the document engine (FerretDB 2 + DocumentDB), MinIO, Mailpit and nginx; the README's examples.
+	PARLEY_TEST_MINIO=$(MINIO) PARLEY_TEST_MAILPIT=$(MAILPIT) PARLEY_TEST_NGINX=$(NGINX) PARLEY_TEST_GRPCURL=$(GRPCURL) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
 
 # The chat store's tests that cover every store method, run again on the
 # embedded FerretDB 1.x that `go run .` uses (it answers by scanning, so
@@ -103,8 +111,8 @@ test-embedded: ## The chat store's tests (a subset covering every store method) 
 CLUSTER_PACKAGES := ./server/auth/ ./server/live/ ./server/chat/ ./server/media/
 
 .PHONY: test-cluster
-test-cluster: ## The auth, live, chat and media suites on a Redis Cluster (3 masters, 3 replicas) that the test scripts start, then the failover tests.
-	PARLEY_TEST_REDIS_CLUSTER=1 scripts/with-test-services bash -c \
+test-cluster: $(MAILPIT) ## The auth, live, chat and media suites on a Redis Cluster (3 masters, 3 replicas) that the test scripts start, then the failover tests.
+	PARLEY_TEST_REDIS_CLUSTER=1 PARLEY_TEST_MAILPIT=$(MAILPIT) scripts/with-test-services bash -c \
 		'go test -count=1 -timeout 20m $(CLUSTER_PACKAGES); a=$$?; go test -race -count=1 -p 1 -timeout 10m ./server/redisconn/ ./server/clustertest/; exit $$((a | $$?))'
 
 # The fault soak (cmd/parley-soak): three instances behind nginx, on a Redis

@@ -136,6 +136,11 @@ func printBanner(w io.Writer, a *app.App, addr, adminAddr net.Addr) {
 		}
 		fmt.Fprintf(w, "  %-8s %s: %s\n", s.Name, kind, s.Where)
 	}
+	if smtp := a.MailServer(); smtp != "" {
+		fmt.Fprintf(w, "  %-8s SMTP at %s\n", "mail", smtp)
+	} else {
+		fmt.Fprintf(w, "  %-8s no -smtp-url: mails are written to the log, not sent\n", "mail")
+	}
 	if adminAddr != nil {
 		fmt.Fprintf(w, "Admin (metrics, probes, profiles) on http://%s/metrics, /readyz and /debug/pprof/\n", hostPort(adminAddr))
 	}
@@ -213,6 +218,8 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.Live.Retention, "live-retention", e.duration("PARLEY_LIVE_RETENTION", 7*24*time.Hour), "how long a user's event log is kept after its last event (PARLEY_LIVE_RETENTION)")
 	fs.IntVar(&c.Live.MaxStreamsPerSession, "live-max-streams-per-session", int(e.int64("PARLEY_LIVE_MAX_STREAMS_PER_SESSION", live.DefaultMaxStreamsPerSession)), "live streams one session may have open at once, over all instances (PARLEY_LIVE_MAX_STREAMS_PER_SESSION)")
 	fs.IntVar(&c.Live.MaxStreamsPerUser, "live-max-streams-per-user", int(e.int64("PARLEY_LIVE_MAX_STREAMS_PER_USER", live.DefaultMaxStreamsPerUser)), "live streams one user may have open at once, over all sessions and instances (PARLEY_LIVE_MAX_STREAMS_PER_USER)")
+	fs.StringVar(&c.SMTPURL, "smtp-url", e.str("PARLEY_SMTP_URL", ""), "SMTP server `URL` for the account mails (verification, password reset): smtp://user:pass@host:port uses STARTTLS when the server offers it, smtp+starttls:// requires it, smtps:// is TLS from the start; empty: mails are written to the log (PARLEY_SMTP_URL)")
+	fs.StringVar(&c.MailFrom, "mail-from", e.str("PARLEY_MAIL_FROM", app.DefaultMailFrom), "sender `address` of the account mails (PARLEY_MAIL_FROM)")
 	fs.StringVar(&c.WebDir, "web-dir", e.str("PARLEY_WEB_DIR", ""), "`directory` of a built web app to serve at /, such as clients/web/dist (PARLEY_WEB_DIR)")
 	fs.StringVar(&c.MediaDir, "media-dir", e.str("PARLEY_MEDIA_DIR", ""), "`directory` for uploaded files, shared by all instances; empty: media in the data directory (PARLEY_MEDIA_DIR)")
 	fs.StringVar(&c.MediaS3URL, "media-s3-url", e.str("PARLEY_MEDIA_S3_URL", ""), "S3-compatible bucket `URL` for uploaded files instead, as https://KEY:SECRET@host/bucket?region=R; without KEY:SECRET the AWS_* environment or IAM role is used (PARLEY_MEDIA_S3_URL)")

@@ -92,7 +92,7 @@ func startRun(t *testing.T, env map[string]string, args ...string) (baseURL, ban
 func TestRun_EmbeddedDefaults(t *testing.T) {
 	dir := t.TempDir()
 	baseURL, banner, stop := startRun(t, nil, "-addr", "127.0.0.1:0", "-data-dir", dir)
-	for _, store := range []string{"postgres embedded: SQLite", "mongodb  embedded: FerretDB", "redis    embedded: miniredis"} {
+	for _, store := range []string{"postgres embedded: SQLite", "mongodb  embedded: FerretDB", "redis    embedded: miniredis", "mail     no -smtp-url: mails are written to the log"} {
 		if !strings.Contains(banner, store) {
 			t.Errorf("banner does not say %q:\n%s", store, banner)
 		}
@@ -384,4 +384,25 @@ func usage(t *testing.T) string {
 		t.Fatalf("-h does not list the variables:\n%s", out.String())
 	}
 	return out.String()
+}
+
+// TestRun_SMTP checks that -smtp-url and -mail-from (here from the
+// environment) send the account mails through that server, and that the
+// banner says so.
+func TestRun_SMTP(t *testing.T) {
+	mp := servertest.StartMailpit(t)
+	env := map[string]string{"PARLEY_SMTP_URL": mp.SMTPURL, "PARLEY_MAIL_FROM": "Parley Test <parley@test.example>"}
+	baseURL, banner, _ := startRun(t, env, "-addr", "127.0.0.1:0", "-data-dir", t.TempDir())
+	if want := "mail     SMTP at " + mp.SMTPURL; !strings.Contains(banner, want) {
+		t.Errorf("banner does not say %q:\n%s", want, banner)
+	}
+	srv := &servertest.Server{URL: baseURL}
+	c := servertest.NewClients(srv, servertest.Protocols[0])
+	a := servertest.Register(t, c.Auth, "smtp_user")
+	if _, err := c.Account.SendEmailVerification(context.Background(), servertest.WithToken(&parleyv1.SendEmailVerificationRequest{}, a.Token)); err != nil {
+		t.Fatalf("SendEmailVerification: %v", err)
+	}
+	if m := mp.WaitMail(t, a.Email, 1); m.From != "parley@test.example" {
+		t.Errorf("the mail is from %q, want parley@test.example", m.From)
+	}
 }

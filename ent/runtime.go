@@ -92,8 +92,12 @@ func init() {
 	userDescPasswordHash := userFields[4].Descriptor()
 	// user.PasswordHashValidator is a validator for the "password_hash" field. It is called by the builders before save.
 	user.PasswordHashValidator = userDescPasswordHash.Validators[0].(func(string) error)
+	// userDescPendingEmail is the schema descriptor for pending_email field.
+	userDescPendingEmail := userFields[6].Descriptor()
+	// user.PendingEmailValidator is a validator for the "pending_email" field. It is called by the builders before save.
+	user.PendingEmailValidator = userDescPendingEmail.Validators[0].(func(string) error)
 	// userDescPhoneNumber is the schema descriptor for phone_number field.
-	userDescPhoneNumber := userFields[5].Descriptor()
+	userDescPhoneNumber := userFields[7].Descriptor()
 	// user.PhoneNumberValidator is a validator for the "phone_number" field. It is called by the builders before save.
 	user.PhoneNumberValidator = userDescPhoneNumber.Validators[0].(func(string) error)
 }

@@ -5,6 +5,7 @@ package ent
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"entgo.io/ent"
 	"entgo.io/ent/dialect/sql"
@@ -25,6 +26,10 @@ type User struct {
 	Email string `json:"email,omitempty"`
 	// PasswordHash holds the value of the "password_hash" field.
 	PasswordHash string `json:"-"`
+	// EmailVerifiedAt holds the value of the "email_verified_at" field.
+	EmailVerifiedAt *time.Time `json:"email_verified_at,omitempty"`
+	// PendingEmail holds the value of the "pending_email" field.
+	PendingEmail *string `json:"pending_email,omitempty"`
 	// PhoneNumber holds the value of the "phone_number" field.
 	PhoneNumber *string `json:"phone_number,omitempty"`
 	// Edges holds the relations/edges for other nodes in the graph.
@@ -93,8 +98,10 @@ func (*User) scanValues(columns []string) ([]any, error) {
 		switch columns[i] {
 		case user.FieldID:
 			values[i] = new(sql.NullInt64)
-		case user.FieldUsername, user.FieldUsernameKey, user.FieldEmail, user.FieldPasswordHash, user.FieldPhoneNumber:
+		case user.FieldUsername, user.FieldUsernameKey, user.FieldEmail, user.FieldPasswordHash, user.FieldPendingEmail, user.FieldPhoneNumber:
 			values[i] = new(sql.NullString)
+		case user.FieldEmailVerifiedAt:
+			values[i] = new(sql.NullTime)
 		default:
 			values[i] = new(sql.UnknownType)
 		}
@@ -140,6 +147,20 @@ func (_m *User) assignValues(columns []string, values []any) error {
 				return fmt.Errorf("unexpected type %T for field password_hash", values[i])
 			} else if value.Valid {
 				_m.PasswordHash = value.String
+			}
+		case user.FieldEmailVerifiedAt:
+			if value, ok := values[i].(*sql.NullTime); !ok {
+				return fmt.Errorf("unexpected type %T for field email_verified_at", values[i])
+			} else if value.Valid {
+				_m.EmailVerifiedAt = new(time.Time)
+				*_m.EmailVerifiedAt = value.Time
+			}
+		case user.FieldPendingEmail:
+			if value, ok := values[i].(*sql.NullString); !ok {
+				return fmt.Errorf("unexpected type %T for field pending_email", values[i])
+			} else if value.Valid {
+				_m.PendingEmail = new(string)
+				*_m.PendingEmail = value.String
 			}
 		case user.FieldPhoneNumber:
 			if value, ok := values[i].(*sql.NullString); !ok {
@@ -216,6 +237,16 @@ func (_m *User) String() string {
 	builder.WriteString(_m.Email)
 	builder.WriteString(", ")
 	builder.WriteString("password_hash=<sensitive>")
+	builder.WriteString(", ")
+	if v := _m.EmailVerifiedAt; v != nil {
+		builder.WriteString("email_verified_at=")
+		builder.WriteString(v.Format(time.ANSIC))
+	}
+	builder.WriteString(", ")
+	if v := _m.PendingEmail; v != nil {
+		builder.WriteString("pending_email=")
+		builder.WriteString(*v)
+	}
 	builder.WriteString(", ")
 	if v := _m.PhoneNumber; v != nil {
 		builder.WriteString("phone_number=")

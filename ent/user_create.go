@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
@@ -53,6 +54,34 @@ func (_c *UserCreate) SetEmail(v string) *UserCreate {
 // SetPasswordHash sets the "password_hash" field.
 func (_c *UserCreate) SetPasswordHash(v string) *UserCreate {
 	_c.mutation.SetPasswordHash(v)
+	return _c
+}
+
+// SetEmailVerifiedAt sets the "email_verified_at" field.
+func (_c *UserCreate) SetEmailVerifiedAt(v time.Time) *UserCreate {
+	_c.mutation.SetEmailVerifiedAt(v)
+	return _c
+}
+
+// SetNillableEmailVerifiedAt sets the "email_verified_at" field if the given value is not nil.
+func (_c *UserCreate) SetNillableEmailVerifiedAt(v *time.Time) *UserCreate {
+	if v != nil {
+		_c.SetEmailVerifiedAt(*v)
+	}
+	return _c
+}
+
+// SetPendingEmail sets the "pending_email" field.
+func (_c *UserCreate) SetPendingEmail(v string) *UserCreate {
+	_c.mutation.SetPendingEmail(v)
+	return _c
+}
+
+// SetNillablePendingEmail sets the "pending_email" field if the given value is not nil.
+func (_c *UserCreate) SetNillablePendingEmail(v *string) *UserCreate {
+	if v != nil {
+		_c.SetPendingEmail(*v)
+	}
 	return _c
 }
 
@@ -198,6 +227,11 @@ func (_c *UserCreate) check() error {
 			return &ValidationError{Name: "password_hash", err: fmt.Errorf(`ent: validator failed for field "User.password_hash": %w`, err)}
 		}
 	}
+	if v, ok := _c.mutation.PendingEmail(); ok {
+		if err := user.PendingEmailValidator(v); err != nil {
+			return &ValidationError{Name: "pending_email", err: fmt.Errorf(`ent: validator failed for field "User.pending_email": %w`, err)}
+		}
+	}
 	if v, ok := _c.mutation.PhoneNumber(); ok {
 		if err := user.PhoneNumberValidator(v); err != nil {
 			return &ValidationError{Name: "phone_number", err: fmt.Errorf(`ent: validator failed for field "User.phone_number": %w`, err)}
@@ -251,6 +285,14 @@ func (_c *UserCreate) createSpec() (*User, *sqlgraph.CreateSpec) {
 	if value, ok := _c.mutation.PasswordHash(); ok {
 		_spec.SetField(user.FieldPasswordHash, field.TypeString, value)
 		_node.PasswordHash = value
+	}
+	if value, ok := _c.mutation.EmailVerifiedAt(); ok {
+		_spec.SetField(user.FieldEmailVerifiedAt, field.TypeTime, value)
+		_node.EmailVerifiedAt = &value
+	}
+	if value, ok := _c.mutation.PendingEmail(); ok {
+		_spec.SetField(user.FieldPendingEmail, field.TypeString, value)
+		_node.PendingEmail = &value
 	}
 	if value, ok := _c.mutation.PhoneNumber(); ok {
 		_spec.SetField(user.FieldPhoneNumber, field.TypeString, value)
@@ -426,6 +468,42 @@ func (u *UserUpsert) UpdatePasswordHash() *UserUpsert {
 	return u
 }
 
+// SetEmailVerifiedAt sets the "email_verified_at" field.
+func (u *UserUpsert) SetEmailVerifiedAt(v time.Time) *UserUpsert {
+	u.Set(user.FieldEmailVerifiedAt, v)
+	return u
+}
+
+// UpdateEmailVerifiedAt sets the "email_verified_at" field to the value that was provided on create.
+func (u *UserUpsert) UpdateEmailVerifiedAt() *UserUpsert {
+	u.SetExcluded(user.FieldEmailVerifiedAt)
+	return u
+}
+
+// ClearEmailVerifiedAt clears the value of the "email_verified_at" field.
+func (u *UserUpsert) ClearEmailVerifiedAt() *UserUpsert {
+	u.SetNull(user.FieldEmailVerifiedAt)
+	return u
+}
+
+// SetPendingEmail sets the "pending_email" field.
+func (u *UserUpsert) SetPendingEmail(v string) *UserUpsert {
+	u.Set(user.FieldPendingEmail, v)
+	return u
+}
+
+// UpdatePendingEmail sets the "pending_email" field to the value that was provided on create.
+func (u *UserUpsert) UpdatePendingEmail() *UserUpsert {
+	u.SetExcluded(user.FieldPendingEmail)
+	return u
+}
+
+// ClearPendingEmail clears the value of the "pending_email" field.
+func (u *UserUpsert) ClearPendingEmail() *UserUpsert {
+	u.SetNull(user.FieldPendingEmail)
+	return u
+}
+
 // SetPhoneNumber sets the "phone_number" field.
 func (u *UserUpsert) SetPhoneNumber(v string) *UserUpsert {
 	u.Set(user.FieldPhoneNumber, v)
@@ -552,6 +630,48 @@ func (u *UserUpsertOne) SetPasswordHash(v string) *UserUpsertOne {
 func (u *UserUpsertOne) UpdatePasswordHash() *UserUpsertOne {
 	return u.Update(func(s *UserUpsert) {
 		s.UpdatePasswordHash()
+	})
+}
+
+// SetEmailVerifiedAt sets the "email_verified_at" field.
+func (u *UserUpsertOne) SetEmailVerifiedAt(v time.Time) *UserUpsertOne {
+	return u.Update(func(s *UserUpsert) {
+		s.SetEmailVerifiedAt(v)
+	})
+}
+
+// UpdateEmailVerifiedAt sets the "email_verified_at" field to the value that was provided on create.
+func (u *UserUpsertOne) UpdateEmailVerifiedAt() *UserUpsertOne {
+	return u.Update(func(s *UserUpsert) {
+		s.UpdateEmailVerifiedAt()
+	})
+}
+
+// ClearEmailVerifiedAt clears the value of the "email_verified_at" field.
+func (u *UserUpsertOne) ClearEmailVerifiedAt() *UserUpsertOne {
+	return u.Update(func(s *UserUpsert) {
+		s.ClearEmailVerifiedAt()
+	})
+}
+
+// SetPendingEmail sets the "pending_email" field.
+func (u *UserUpsertOne) SetPendingEmail(v string) *UserUpsertOne {
+	return u.Update(func(s *UserUpsert) {
+		s.SetPendingEmail(v)
+	})
+}
+
+// UpdatePendingEmail sets the "pending_email" field to the value that was provided on create.
+func (u *UserUpsertOne) UpdatePendingEmail() *UserUpsertOne {
+	return u.Update(func(s *UserUpsert) {
+		s.UpdatePendingEmail()
+	})
+}
+
+// ClearPendingEmail clears the value of the "pending_email" field.
+func (u *UserUpsertOne) ClearPendingEmail() *UserUpsertOne {
+	return u.Update(func(s *UserUpsert) {
+		s.ClearPendingEmail()
 	})
 }
 
@@ -849,6 +969,48 @@ func (u *UserUpsertBulk) SetPasswordHash(v string) *UserUpsertBulk {
 func (u *UserUpsertBulk) UpdatePasswordHash() *UserUpsertBulk {
 	return u.Update(func(s *UserUpsert) {
 		s.UpdatePasswordHash()
+	})
+}
+
+// SetEmailVerifiedAt sets the "email_verified_at" field.
+func (u *UserUpsertBulk) SetEmailVerifiedAt(v time.Time) *UserUpsertBulk {
+	return u.Update(func(s *UserUpsert) {
+		s.SetEmailVerifiedAt(v)
+	})
+}
+
+// UpdateEmailVerifiedAt sets the "email_verified_at" field to the value that was provided on create.
+func (u *UserUpsertBulk) UpdateEmailVerifiedAt() *UserUpsertBulk {
+	return u.Update(func(s *UserUpsert) {
+		s.UpdateEmailVerifiedAt()
+	})
+}
+
+// ClearEmailVerifiedAt clears the value of the "email_verified_at" field.
+func (u *UserUpsertBulk) ClearEmailVerifiedAt() *UserUpsertBulk {
+	return u.Update(func(s *UserUpsert) {
+		s.ClearEmailVerifiedAt()
+	})
+}
+
+// SetPendingEmail sets the "pending_email" field.
+func (u *UserUpsertBulk) SetPendingEmail(v string) *UserUpsertBulk {
+	return u.Update(func(s *UserUpsert) {
+		s.SetPendingEmail(v)
+	})
+}
+
+// UpdatePendingEmail sets the "pending_email" field to the value that was provided on create.
+func (u *UserUpsertBulk) UpdatePendingEmail() *UserUpsertBulk {
+	return u.Update(func(s *UserUpsert) {
+		s.UpdatePendingEmail()
+	})
+}
+
+// ClearPendingEmail clears the value of the "pending_email" field.
+func (u *UserUpsertBulk) ClearPendingEmail() *UserUpsertBulk {
+	return u.Update(func(s *UserUpsert) {
+		s.ClearPendingEmail()
 	})
 }
 

@@ -12,7 +12,10 @@
 //	server/             New(Deps) http.Handler, public procedures, stream draining
 //	server/info/        parley.v1.ServerService: version and limits
 //	server/auth/        parley.v1.AuthService, sessions in Redis, the
-//	                    authentication middleware, rate limits
+//	                    authentication middleware, rate limits;
+//	                    parley.v1.AccountService (account.go): password
+//	                    change and reset codes, email verification tokens
+//	                    and email change (accounttokens.go)
 //	server/user/        parley.v1.UserService, AvatarService and
 //	                    PrivacyService (blocks, privacy settings) on ent;
 //	                    identicon avatars; the accounts auth signs in,
@@ -51,6 +54,8 @@
 //	server/reqlog/      one log line per request
 //	server/rpcerr/      store errors -> Connect codes (and HTTP statuses), in
 //	                    one place
+//	server/mail/        outgoing mail: SMTP (-smtp-url, with go-mail) or,
+//	                    without it, the log
 //	server/keyring/     the signing key and retired keys that still verify;
 //	                    MAC keys derived from them (refresh tokens, media
 //	                    URLs); every token names its key
@@ -67,7 +72,7 @@
 //	                    harness
 //	server/servertest/  in-process servers on real stores for tests, and
 //	                    the helpers the tests share (accounts, tokens,
-//	                    codes, chats)
+//	                    codes, chats, mail read back from Mailpit)
 //	server/clustertest/ tests only: failovers of a real Redis Cluster under
 //	                    sessions and live streams (make test-cluster)
 //
@@ -93,6 +98,7 @@
 //	server/<domain> (live, chat, user, then media, auth, info), server/health,
 //	server/admin
 //	server/telemetry, server/reqlog, server/rpcerr, server/keyring,
+//	server/mail,
 //	server/doclock, server/mongoindex, server/sqldb, server/embedded
 //	server/redisconn
 //	gen/..., ent/...
@@ -112,5 +118,6 @@
 // every domain uses, of media by chat, for the media.Attachment its
 // Library hands over, and of media by export, for the storage and the
 // media.OwnFile it lists; auth itself declares what it needs of accounts
-// (auth.Accounts).
+// (auth.Accounts, and auth.AccountEmails for AccountService, both
+// user.Service).
 package server

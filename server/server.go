@@ -24,6 +24,7 @@ import (
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/info"
 	"github.com/parley-chat/parley/server/live"
+	"github.com/parley-chat/parley/server/mail"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/reqlog"
 	"github.com/parley-chat/parley/server/sqldb"
@@ -80,6 +81,9 @@ type Deps struct {
 	// Export tunes data exports (its Keys and Now are taken from Auth and
 	// Now); their zips go to Media's storage.
 	Export export.Config
+	// Mail sends the account mails (verification, password reset); nil:
+	// they are logged to Log.
+	Mail mail.Sender
 	// WebDir, when set, holds a built web app (clients/web/dist) served
 	// at / without authentication.
 	WebDir string
@@ -91,6 +95,7 @@ type Deps struct {
 var Services = []string{
 	parleyv1connect.ServerServiceName,
 	parleyv1connect.AuthServiceName,
+	parleyv1connect.AccountServiceName,
 	parleyv1connect.UserServiceName,
 	parleyv1connect.AvatarServiceName,
 	parleyv1connect.ChatServiceName,
@@ -108,6 +113,10 @@ var public = auth.Public{
 		parleyv1connect.AuthServiceLoginProcedure:           true,
 		parleyv1connect.AuthServiceRefreshProcedure:         true,
 		parleyv1connect.ServerServiceGetServerInfoProcedure: true,
+		// The mailed code or token is their proof.
+		parleyv1connect.AccountServiceRequestPasswordResetProcedure: true,
+		parleyv1connect.AccountServiceResetPasswordProcedure:        true,
+		parleyv1connect.AccountServiceVerifyEmailProcedure:          true,
 	},
 	Prefixes: []string{
 		"/" + health.ServiceName + "/",
@@ -179,6 +188,15 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(parleyv1connect.NewServerServiceHandler(
 		info.NewService(d.Version, d.MaxRequestBytes), opts...))
 	mux.Handle(parleyv1connect.NewAuthServiceHandler(authn, opts...))
+	sender := d.Mail
+	if sender == nil {
+		sender = mail.NewLog(d.Log, "")
+	}
+	accounts, err := auth.NewAccountService(authn, users, sender)
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle(parleyv1connect.NewAccountServiceHandler(accounts, opts...))
 	mux.Handle(parleyv1connect.NewUserServiceHandler(users, opts...))
 	mux.Handle(parleyv1connect.NewAvatarServiceHandler(users, opts...))
 	// Blocks and privacy settings live with the users; chats consult

@@ -122,6 +122,8 @@ var (
 		{Name: "username_key", Type: field.TypeString, Unique: true, Nullable: true},
 		{Name: "email", Type: field.TypeString, Unique: true, Size: 100, SchemaType: map[string]string{"postgres": "varchar(100)"}},
 		{Name: "password_hash", Type: field.TypeString, Size: 2147483647},
+		{Name: "email_verified_at", Type: field.TypeTime, Nullable: true},
+		{Name: "pending_email", Type: field.TypeString, Nullable: true, Size: 100, SchemaType: map[string]string{"postgres": "varchar(100)"}},
 		{Name: "phone_number", Type: field.TypeString, Nullable: true, Size: 15, SchemaType: map[string]string{"postgres": "varchar(15)"}},
 	}
 	// UsersTable holds the schema information for the "users" table.

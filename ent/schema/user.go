@@ -67,6 +67,18 @@ func (User) Fields() []ent.Field {
 		field.Text("password_hash").
 			NotEmpty().
 			Sensitive(),
+		// When the email was verified; null while it is not (accounts
+		// from before verification existed start so).
+		field.Time("email_verified_at").
+			Optional().
+			Nillable(),
+		// The address a change asked for, until it is verified and
+		// replaces email.
+		field.String("pending_email").
+			MaxRuneLen(EmailMaxLen).
+			Optional().
+			Nillable().
+			SchemaType(map[string]string{dialect.Postgres: "varchar(100)"}),
 		field.String("phone_number").
 			MaxRuneLen(PhoneMaxLen).
 			Optional().

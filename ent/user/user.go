@@ -20,6 +20,10 @@ const (
 	FieldEmail = "email"
 	// FieldPasswordHash holds the string denoting the password_hash field in the database.
 	FieldPasswordHash = "password_hash"
+	// FieldEmailVerifiedAt holds the string denoting the email_verified_at field in the database.
+	FieldEmailVerifiedAt = "email_verified_at"
+	// FieldPendingEmail holds the string denoting the pending_email field in the database.
+	FieldPendingEmail = "pending_email"
 	// FieldPhoneNumber holds the string denoting the phone_number field in the database.
 	FieldPhoneNumber = "phone_number"
 	// EdgeProfile holds the string denoting the profile edge name in mutations.
@@ -73,6 +77,8 @@ var Columns = []string{
 	FieldUsernameKey,
 	FieldEmail,
 	FieldPasswordHash,
+	FieldEmailVerifiedAt,
+	FieldPendingEmail,
 	FieldPhoneNumber,
 }
 
@@ -93,6 +99,8 @@ var (
 	EmailValidator func(string) error
 	// PasswordHashValidator is a validator for the "password_hash" field. It is called by the builders before save.
 	PasswordHashValidator func(string) error
+	// PendingEmailValidator is a validator for the "pending_email" field. It is called by the builders before save.
+	PendingEmailValidator func(string) error
 	// PhoneNumberValidator is a validator for the "phone_number" field. It is called by the builders before save.
 	PhoneNumberValidator func(string) error
 )
@@ -123,6 +131,16 @@ func ByEmail(opts ...sql.OrderTermOption) OrderOption {
 // ByPasswordHash orders the results by the password_hash field.
 func ByPasswordHash(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldPasswordHash, opts...).ToFunc()
+}
+
+// ByEmailVerifiedAt orders the results by the email_verified_at field.
+func ByEmailVerifiedAt(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldEmailVerifiedAt, opts...).ToFunc()
+}
+
+// ByPendingEmail orders the results by the pending_email field.
+func ByPendingEmail(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldPendingEmail, opts...).ToFunc()
 }
 
 // ByPhoneNumber orders the results by the phone_number field.

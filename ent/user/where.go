@@ -3,6 +3,8 @@
 package user
 
 import (
+	"time"
+
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"github.com/parley-chat/parley/ent/predicate"
@@ -71,6 +73,16 @@ func Email(v string) predicate.User {
 // PasswordHash applies equality check predicate on the "password_hash" field. It's identical to PasswordHashEQ.
 func PasswordHash(v string) predicate.User {
 	return predicate.User(sql.FieldEQ(FieldPasswordHash, v))
+}
+
+// EmailVerifiedAt applies equality check predicate on the "email_verified_at" field. It's identical to EmailVerifiedAtEQ.
+func EmailVerifiedAt(v time.Time) predicate.User {
+	return predicate.User(sql.FieldEQ(FieldEmailVerifiedAt, v))
+}
+
+// PendingEmail applies equality check predicate on the "pending_email" field. It's identical to PendingEmailEQ.
+func PendingEmail(v string) predicate.User {
+	return predicate.User(sql.FieldEQ(FieldPendingEmail, v))
 }
 
 // PhoneNumber applies equality check predicate on the "phone_number" field. It's identical to PhoneNumberEQ.
@@ -346,6 +358,131 @@ func PasswordHashEqualFold(v string) predicate.User {
 // PasswordHashContainsFold applies the ContainsFold predicate on the "password_hash" field.
 func PasswordHashContainsFold(v string) predicate.User {
 	return predicate.User(sql.FieldContainsFold(FieldPasswordHash, v))
+}
+
+// EmailVerifiedAtEQ applies the EQ predicate on the "email_verified_at" field.
+func EmailVerifiedAtEQ(v time.Time) predicate.User {
+	return predicate.User(sql.FieldEQ(FieldEmailVerifiedAt, v))
+}
+
+// EmailVerifiedAtNEQ applies the NEQ predicate on the "email_verified_at" field.
+func EmailVerifiedAtNEQ(v time.Time) predicate.User {
+	return predicate.User(sql.FieldNEQ(FieldEmailVerifiedAt, v))
+}
+
+// EmailVerifiedAtIn applies the In predicate on the "email_verified_at" field.
+func EmailVerifiedAtIn(vs ...time.Time) predicate.User {
+	return predicate.User(sql.FieldIn(FieldEmailVerifiedAt, vs...))
+}
+
+// EmailVerifiedAtNotIn applies the NotIn predicate on the "email_verified_at" field.
+func EmailVerifiedAtNotIn(vs ...time.Time) predicate.User {
+	return predicate.User(sql.FieldNotIn(FieldEmailVerifiedAt, vs...))
+}
+
+// EmailVerifiedAtGT applies the GT predicate on the "email_verified_at" field.
+func EmailVerifiedAtGT(v time.Time) predicate.User {
+	return predicate.User(sql.FieldGT(FieldEmailVerifiedAt, v))
+}
+
+// EmailVerifiedAtGTE applies the GTE predicate on the "email_verified_at" field.
+func EmailVerifiedAtGTE(v time.Time) predicate.User {
+	return predicate.User(sql.FieldGTE(FieldEmailVerifiedAt, v))
+}
+
+// EmailVerifiedAtLT applies the LT predicate on the "email_verified_at" field.
+func EmailVerifiedAtLT(v time.Time) predicate.User {
+	return predicate.User(sql.FieldLT(FieldEmailVerifiedAt, v))
+}
+
+// EmailVerifiedAtLTE applies the LTE predicate on the "email_verified_at" field.
+func EmailVerifiedAtLTE(v time.Time) predicate.User {
+	return predicate.User(sql.FieldLTE(FieldEmailVerifiedAt, v))
+}
+
+// EmailVerifiedAtIsNil applies the IsNil predicate on the "email_verified_at" field.
+func EmailVerifiedAtIsNil() predicate.User {
+	return predicate.User(sql.FieldIsNull(FieldEmailVerifiedAt))
+}
+
+// EmailVerifiedAtNotNil applies the NotNil predicate on the "email_verified_at" field.
+func EmailVerifiedAtNotNil() predicate.User {
+	return predicate.User(sql.FieldNotNull(FieldEmailVerifiedAt))
+}
+
+// PendingEmailEQ applies the EQ predicate on the "pending_email" field.
+func PendingEmailEQ(v string) predicate.User {
+	return predicate.User(sql.FieldEQ(FieldPendingEmail, v))
+}
+
+// PendingEmailNEQ applies the NEQ predicate on the "pending_email" field.
+func PendingEmailNEQ(v string) predicate.User {
+	return predicate.User(sql.FieldNEQ(FieldPendingEmail, v))
+}
+
+// PendingEmailIn applies the In predicate on the "pending_email" field.
+func PendingEmailIn(vs ...string) predicate.User {
+	return predicate.User(sql.FieldIn(FieldPendingEmail, vs...))
+}
+
+// PendingEmailNotIn applies the NotIn predicate on the "pending_email" field.
+func PendingEmailNotIn(vs ...string) predicate.User {
+	return predicate.User(sql.FieldNotIn(FieldPendingEmail, vs...))
+}
+
+// PendingEmailGT applies the GT predicate on the "pending_email" field.
+func PendingEmailGT(v string) predicate.User {
+	return predicate.User(sql.FieldGT(FieldPendingEmail, v))
+}
+
+// PendingEmailGTE applies the GTE predicate on the "pending_email" field.
+func PendingEmailGTE(v string) predicate.User {
+	return predicate.User(sql.FieldGTE(FieldPendingEmail, v))
+}
+
+// PendingEmailLT applies the LT predicate on the "pending_email" field.
+func PendingEmailLT(v string) predicate.User {
+	return predicate.User(sql.FieldLT(FieldPendingEmail, v))
+}
+
+// PendingEmailLTE applies the LTE predicate on the "pending_email" field.
+func PendingEmailLTE(v string) predicate.User {
+	return predicate.User(sql.FieldLTE(FieldPendingEmail, v))
+}
+
+// PendingEmailContains applies the Contains predicate on the "pending_email" field.
+func PendingEmailContains(v string) predicate.User {
+	return predicate.User(sql.FieldContains(FieldPendingEmail, v))
+}
+
+// PendingEmailHasPrefix applies the HasPrefix predicate on the "pending_email" field.
+func PendingEmailHasPrefix(v string) predicate.User {
+	return predicate.User(sql.FieldHasPrefix(FieldPendingEmail, v))
+}
+
+// PendingEmailHasSuffix applies the HasSuffix predicate on the "pending_email" field.
+func PendingEmailHasSuffix(v string) predicate.User {
+	return predicate.User(sql.FieldHasSuffix(FieldPendingEmail, v))
+}
+
+// PendingEmailIsNil applies the IsNil predicate on the "pending_email" field.
+func PendingEmailIsNil() predicate.User {
+	return predicate.User(sql.FieldIsNull(FieldPendingEmail))
+}
+
+// PendingEmailNotNil applies the NotNil predicate on the "pending_email" field.
+func PendingEmailNotNil() predicate.User {
+	return predicate.User(sql.FieldNotNull(FieldPendingEmail))
+}
+
+// PendingEmailEqualFold applies the EqualFold predicate on the "pending_email" field.
+func PendingEmailEqualFold(v string) predicate.User {
+	return predicate.User(sql.FieldEqualFold(FieldPendingEmail, v))
+}
+
+// PendingEmailContainsFold applies the ContainsFold predicate on the "pending_email" field.
+func PendingEmailContainsFold(v string) predicate.User {
+	return predicate.User(sql.FieldContainsFold(FieldPendingEmail, v))
 }
 
 // PhoneNumberEQ applies the EQ predicate on the "phone_number" field.

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	netmail "net/mail"
 	"path/filepath"
 	"time"
 
@@ -34,6 +35,7 @@ import (
 	"github.com/parley-chat/parley/server/health"
 	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/live"
+	"github.com/parley-chat/parley/server/mail"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/redisconn"
 	"github.com/parley-chat/parley/server/rpcerr"
@@ -124,6 +126,12 @@ type Config struct {
 	Export export.Config
 	// WebDir, when set, holds a built web app served at /.
 	WebDir string
+	// SMTPURL names the SMTP server that sends the server's mail (see
+	// mail.NewSMTP); empty: mail is written to the log instead.
+	SMTPURL string
+	// MailFrom is the sender address of that mail; DefaultMailFrom when
+	// empty.
+	MailFrom string
 	// ReadHeaderTimeout bounds reading a request's headers;
 	// RequestBodyTimeout receiving an RPC request's body (not under
 	// /media/); UnauthenticatedPerAddress the requests without a caller
@@ -165,8 +173,13 @@ type StoreInfo struct {
 	Where string
 }
 
+// DefaultMailFrom is the sender of the server's mail unless configured.
+const DefaultMailFrom = "Parley <no-reply@localhost>"
+
 // App is an assembled server with open stores.
 type App struct {
+	mail    mail.Sender
+	mailTo  string
 	cfg     Config
 	log     *slog.Logger
 	db      *sqldb.DB
@@ -208,6 +221,9 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	}
 	if cfg.MediaCleanupInterval <= 0 {
 		cfg.MediaCleanupInterval = 10 * time.Minute
+	}
+	if cfg.MailFrom == "" {
+		cfg.MailFrom = DefaultMailFrom
 	}
 	// Log lines of traced requests carry their trace id.
 	log = slog.New(telemetry.LogHandler(log.Handler()))
@@ -280,7 +296,11 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	if err := a.openStorage(ctx); err != nil {
 		return nil, err
 	}
+	if err := a.openMail(); err != nil {
+		return nil, err
+	}
 	a.deps = server.Deps{
+		Mail:            a.mail,
 		Live:            hub,
 		Media:           media.NewLibrary(log, a.mongo.Database(cfg.MongoDatabase), locks, a.storage, cfg.Now),
 		MediaConfig:     cfg.Media,
@@ -344,6 +364,28 @@ func (a *App) openStorage(ctx context.Context) error {
 	a.stores = append(a.stores, StoreInfo{Name: "media", Embedded: true, Where: "files in " + dir})
 	return nil
 }
+
+// openMail sets up the sender of the server's mail: SMTP when configured,
+// else the log.
+func (a *App) openMail() error {
+	if a.cfg.SMTPURL == "" {
+		if _, err := netmail.ParseAddress(a.cfg.MailFrom); err != nil {
+			return fmt.Errorf("mail from %q: %w", a.cfg.MailFrom, err)
+		}
+		a.mail, a.mailTo = mail.NewLog(a.log, a.cfg.MailFrom), ""
+		return nil
+	}
+	s, err := mail.NewSMTP(a.cfg.SMTPURL, a.cfg.MailFrom, nil)
+	if err != nil {
+		return err
+	}
+	a.mail, a.mailTo = s, s.String()
+	return nil
+}
+
+// MailServer describes the SMTP server that sends the server's mail,
+// without its password; "" when mail goes to the log.
+func (a *App) MailServer() string { return a.mailTo }
 
 // MediaStorage returns where uploaded files are kept.
 func (a *App) MediaStorage() media.Storage { return a.storage }

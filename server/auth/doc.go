@@ -1,5 +1,7 @@
 // Package auth implements parley.v1.AuthService and authenticates every
-// other call.
+// other call; it also implements parley.v1.AccountService (account.go),
+// the password and email calls that build on its passwords, sessions, keys
+// and rate limits.
 //
 // Passwords are hashed with Argon2id in PHC format. A session is a record in
 // Redis (the user's id, the session's current JWT and what ListSessions

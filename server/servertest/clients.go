@@ -13,6 +13,7 @@ import (
 type Clients struct {
 	Server  parleyv1connect.ServerServiceClient
 	Auth    parleyv1connect.AuthServiceClient
+	Account parleyv1connect.AccountServiceClient
 	User    parleyv1connect.UserServiceClient
 	Avatar  parleyv1connect.AvatarServiceClient
 	Chat    parleyv1connect.ChatServiceClient
@@ -27,6 +28,7 @@ func NewClients(s *Server, p Protocol) Clients {
 	return Clients{
 		Server:  Client(s, p, parleyv1connect.NewServerServiceClient),
 		Auth:    Client(s, p, parleyv1connect.NewAuthServiceClient),
+		Account: Client(s, p, parleyv1connect.NewAccountServiceClient),
 		User:    Client(s, p, parleyv1connect.NewUserServiceClient),
 		Avatar:  Client(s, p, parleyv1connect.NewAvatarServiceClient),
 		Chat:    Client(s, p, parleyv1connect.NewChatServiceClient),

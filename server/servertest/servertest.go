@@ -15,8 +15,10 @@
 // (Register, UniqueName), requests and their checks (NewClients,
 // WithToken, WantCode), chats and messages (PrivateChat, GroupChat, Send,
 // ListMessagesAfter), benchmarks (Concurrently, Percentile), store calls
-// counted per RPC (StoreCalls, WithStoreCalls) and a SyncBuffer for output
-// read while it is written.
+// counted per RPC (StoreCalls, WithStoreCalls), mail (WithMail points a
+// server at the package's Mailpit, an SMTP server whose API returns what
+// it received: SharedMailpit, WaitMail) and a SyncBuffer for output read
+// while it is written.
 package servertest
 
 import (

@@ -26,7 +26,10 @@ func toUser(u *ent.User) *parleyv1.User {
 // toMe converts a user loaded with its profile and active avatar into the
 // owner's view.
 func toMe(u *ent.User) *parleyv1.Me {
-	me := &parleyv1.Me{User: toUser(u), Email: u.Email}
+	me := &parleyv1.Me{User: toUser(u), Email: u.Email, EmailVerified: u.EmailVerifiedAt != nil}
+	if u.PendingEmail != nil {
+		me.PendingEmail = *u.PendingEmail
+	}
 	if u.PhoneNumber != nil {
 		me.PhoneNumber = *u.PhoneNumber
 	}

@@ -14,6 +14,7 @@ import {
 } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 
+import { AccountService } from "./gen/parley/v1/account_pb.js";
 import { AuthService, type Tokens } from "./gen/parley/v1/auth_pb.js";
 import { AvatarService } from "./gen/parley/v1/avatar_pb.js";
 import { ChatService } from "./gen/parley/v1/chat_pb.js";
@@ -88,6 +89,8 @@ export interface UploadOptions {
 /** ParleyClient is what createParleyClient returns. */
 export interface ParleyClient {
   readonly auth: Client<typeof AuthService>;
+  /** Password change and reset, email verification and change. */
+  readonly account: Client<typeof AccountService>;
   readonly users: Client<typeof UserService>;
   readonly avatars: Client<typeof AvatarService>;
   readonly chats: Client<typeof ChatService>;
@@ -206,6 +209,7 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
 
   const client = {
     auth: createClient(AuthService, transport),
+    account: createClient(AccountService, transport),
     users: createClient(UserService, transport),
     avatars: createClient(AvatarService, transport),
     chats: createClient(ChatService, transport),

@@ -7,6 +7,7 @@
 // protoc-gen-es (see `make generate`).
 export * from "./client.js";
 export * from "./tokens.js";
+export * from "./gen/parley/v1/account_pb.js";
 export * from "./gen/parley/v1/auth_pb.js";
 export * from "./gen/parley/v1/avatar_pb.js";
 export * from "./gen/parley/v1/chat_pb.js";

@@ -103,12 +103,18 @@ func (x *User) GetCreatedAt() *timestamppb.Timestamp {
 
 // Me is the caller's own account: the public profile plus private fields.
 type Me struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	User          *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
-	Email         string                 `protobuf:"bytes,2,opt,name=email,proto3" json:"email,omitempty"`
-	PhoneNumber   string                 `protobuf:"bytes,3,opt,name=phone_number,json=phoneNumber,proto3" json:"phone_number,omitempty"`
-	LastLoginAt   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_login_at,json=lastLoginAt,proto3" json:"last_login_at,omitempty"`
-	ActiveAvatar  *Avatar                `protobuf:"bytes,5,opt,name=active_avatar,json=activeAvatar,proto3" json:"active_avatar,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	User  *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// The account's address: sign-in, password reset codes.
+	Email        string                 `protobuf:"bytes,2,opt,name=email,proto3" json:"email,omitempty"`
+	PhoneNumber  string                 `protobuf:"bytes,3,opt,name=phone_number,json=phoneNumber,proto3" json:"phone_number,omitempty"`
+	LastLoginAt  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_login_at,json=lastLoginAt,proto3" json:"last_login_at,omitempty"`
+	ActiveAvatar *Avatar                `protobuf:"bytes,5,opt,name=active_avatar,json=activeAvatar,proto3" json:"active_avatar,omitempty"`
+	// Whether email was verified (AccountService.VerifyEmail).
+	EmailVerified bool `protobuf:"varint,6,opt,name=email_verified,json=emailVerified,proto3" json:"email_verified,omitempty"`
+	// The new address a ChangeEmail asked for, until it is verified and
+	// becomes email; empty when there is none.
+	PendingEmail  string `protobuf:"bytes,7,opt,name=pending_email,json=pendingEmail,proto3" json:"pending_email,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -176,6 +182,20 @@ func (x *Me) GetActiveAvatar() *Avatar {
 		return x.ActiveAvatar
 	}
 	return nil
+}
+
+func (x *Me) GetEmailVerified() bool {
+	if x != nil {
+		return x.EmailVerified
+	}
+	return false
+}
+
+func (x *Me) GetPendingEmail() string {
+	if x != nil {
+		return x.PendingEmail
+	}
+	return ""
 }
 
 // Avatar is one of a user's profile images.
@@ -668,13 +688,15 @@ const file_parley_v1_user_proto_rawDesc = "" +
 	"\n" +
 	"avatar_url\x18\x04 \x01(\tR\tavatarUrl\x129\n" +
 	"\n" +
-	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xda\x01\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xa6\x02\n" +
 	"\x02Me\x12#\n" +
 	"\x04user\x18\x01 \x01(\v2\x0f.parley.v1.UserR\x04user\x12\x14\n" +
 	"\x05email\x18\x02 \x01(\tR\x05email\x12!\n" +
 	"\fphone_number\x18\x03 \x01(\tR\vphoneNumber\x12>\n" +
 	"\rlast_login_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vlastLoginAt\x126\n" +
-	"\ractive_avatar\x18\x05 \x01(\v2\x11.parley.v1.AvatarR\factiveAvatar\"\xba\x01\n" +
+	"\ractive_avatar\x18\x05 \x01(\v2\x11.parley.v1.AvatarR\factiveAvatar\x12%\n" +
+	"\x0eemail_verified\x18\x06 \x01(\bR\remailVerified\x12#\n" +
+	"\rpending_email\x18\a \x01(\tR\fpendingEmail\"\xba\x01\n" +
 	"\x06Avatar\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x05R\x02id\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\x05R\x06userId\x12\x10\n" +
