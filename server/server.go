@@ -180,6 +180,7 @@ func New(d Deps) (http.Handler, error) {
 	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
 	users.GuardPairs(chats)
 	chats.LimitSends(d.Sends)
+	authn.DeleteAccountsWith(accountDeleter{users: users, chats: chats, files: d.Media})
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
 	mcfg := d.MediaConfig
 	mcfg.Keys, mcfg.RedisPrefix, mcfg.Now = d.Auth.Keys, d.Auth.RedisPrefix, d.Now

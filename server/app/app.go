@@ -350,6 +350,13 @@ func (a *App) NewMediaJanitor(after time.Duration) *media.Janitor {
 	return server.NewMediaJanitor(a.deps, after)
 }
 
+// NewDeletionSweep returns the authentication service whose
+// FinishDeletions finishes account deletions that stopped part-way, as the
+// sweep Serve runs does.
+func (a *App) NewDeletionSweep() (*auth.Service, error) {
+	return server.NewDeletionSweep(a.deps)
+}
+
 func (a *App) openSQL(ctx context.Context) error {
 	var err error
 	if a.cfg.DatabaseURL == "" {
@@ -542,6 +549,23 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	defer func() {
 		stopJanitor()
 		<-janitorDone
+	}()
+
+	// Account deletions that stopped part-way (on any instance) are
+	// finished at start-up and then now and again.
+	sweep, sweepErr := a.NewDeletionSweep()
+	if sweepErr != nil {
+		return sweepErr
+	}
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		sweep.RunDeletionSweep(sweepCtx, auth.DeletionSweepInterval)
+	}()
+	defer func() {
+		stopSweep()
+		<-sweepDone
 	}()
 
 	serveErr := make(chan error, 1)

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/user.proto.
  */
 export const file_parley_v1_user: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvdXNlci5wcm90bxIJcGFybGV5LnYxIn0KBFVzZXISCgoCaWQYASABKAUSEAoIdXNlcm5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSEgoKYXZhdGFyX3VybBgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKlAQoCTWUSHQoEdXNlchgBIAEoCzIPLnBhcmxleS52MS5Vc2VyEg0KBWVtYWlsGAIgASgJEhQKDHBob25lX251bWJlchgDIAEoCRIxCg1sYXN0X2xvZ2luX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCg1hY3RpdmVfYXZhdGFyGAUgASgLMhEucGFybGV5LnYxLkF2YXRhciKJAQoGQXZhdGFyEgoKAmlkGAEgASgFEg8KB3VzZXJfaWQYAiABKAUSCwoDdXJsGAMgASgJEhEKCWlzX2FjdGl2ZRgEIAEoCBIRCglpc19yYW5kb20YBSABKAgSLwoLdXBsb2FkZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIg4KDEdldE1lUmVxdWVzdCIqCg1HZXRNZVJlc3BvbnNlEhkKAm1lGAEgASgLMg0ucGFybGV5LnYxLk1lIioKDkdldFVzZXJSZXF1ZXN0EhgKB3VzZXJfaWQYASABKAVCB7pIBBoCIAAiMAoPR2V0VXNlclJlc3BvbnNlEh0KBHVzZXIYASABKAsyDy5wYXJsZXkudjEuVXNlciLfAQoUVXBkYXRlUHJvZmlsZVJlcXVlc3QSNAoIdXNlcm5hbWUYASABKAlCHbpIGnIYEAEYMjISXltccHtMfVxwe059Ll8tXSskSACIAQESOwoMcGhvbmVfbnVtYmVyGAIgASgJQiC6SB1yGxgPMhdeKFwrWzEtOV1bMC05XXsxLDEzfSk/JEgBiAEBEiYKC2Rlc2NyaXB0aW9uGAMgASgJQgy6SAlyBxj0A7oBAQBIAogBAUILCglfdXNlcm5hbWVCDwoNX3Bob25lX251bWJlckIOCgxfZGVzY3JpcHRpb24iMgoVVXBkYXRlUHJvZmlsZVJlc3BvbnNlEhkKAm1lGAEgASgLMg0ucGFybGV5LnYxLk1lIm8KElNlYXJjaFVzZXJzUmVxdWVzdBIdCgZwcmVmaXgYASABKAlCDbpICnIIEAEYMroBAQASHAoJcGFnZV9zaXplGAIgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgAQiTgoTU2VhcmNoVXNlcnNSZXNwb25zZRIeCgV1c2VycxgBIAMoCzIPLnBhcmxleS52MS5Vc2VyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTK8AgoLVXNlclNlcnZpY2USPwoFR2V0TWUSFy5wYXJsZXkudjEuR2V0TWVSZXF1ZXN0GhgucGFybGV5LnYxLkdldE1lUmVzcG9uc2UiA5ACARJFCgdHZXRVc2VyEhkucGFybGV5LnYxLkdldFVzZXJSZXF1ZXN0GhoucGFybGV5LnYxLkdldFVzZXJSZXNwb25zZSIDkAIBElIKDVVwZGF0ZVByb2ZpbGUSHy5wYXJsZXkudjEuVXBkYXRlUHJvZmlsZVJlcXVlc3QaIC5wYXJsZXkudjEuVXBkYXRlUHJvZmlsZVJlc3BvbnNlElEKC1NlYXJjaFVzZXJzEh0ucGFybGV5LnYxLlNlYXJjaFVzZXJzUmVxdWVzdBoeLnBhcmxleS52MS5TZWFyY2hVc2Vyc1Jlc3BvbnNlIgOQAgFCNlo0Z2l0aHViLmNvbS9wYXJsZXktY2hhdC9wYXJsZXkvZ2VuL3BhcmxleS92MTtwYXJsZXl2MWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChRwYXJsZXkvdjEvdXNlci5wcm90bxIJcGFybGV5LnYxIo4BCgRVc2VyEgoKAmlkGAEgASgFEhAKCHVzZXJuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhIKCmF2YXRhcl91cmwYBCABKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZGVsZXRlZBgGIAEoCCKlAQoCTWUSHQoEdXNlchgBIAEoCzIPLnBhcmxleS52MS5Vc2VyEg0KBWVtYWlsGAIgASgJEhQKDHBob25lX251bWJlchgDIAEoCRIxCg1sYXN0X2xvZ2luX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCg1hY3RpdmVfYXZhdGFyGAUgASgLMhEucGFybGV5LnYxLkF2YXRhciKJAQoGQXZhdGFyEgoKAmlkGAEgASgFEg8KB3VzZXJfaWQYAiABKAUSCwoDdXJsGAMgASgJEhEKCWlzX2FjdGl2ZRgEIAEoCBIRCglpc19yYW5kb20YBSABKAgSLwoLdXBsb2FkZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIg4KDEdldE1lUmVxdWVzdCIqCg1HZXRNZVJlc3BvbnNlEhkKAm1lGAEgASgLMg0ucGFybGV5LnYxLk1lIioKDkdldFVzZXJSZXF1ZXN0EhgKB3VzZXJfaWQYASABKAVCB7pIBBoCIAAiMAoPR2V0VXNlclJlc3BvbnNlEh0KBHVzZXIYASABKAsyDy5wYXJsZXkudjEuVXNlciLfAQoUVXBkYXRlUHJvZmlsZVJlcXVlc3QSNAoIdXNlcm5hbWUYASABKAlCHbpIGnIYEAEYMjISXltccHtMfVxwe059Ll8tXSskSACIAQESOwoMcGhvbmVfbnVtYmVyGAIgASgJQiC6SB1yGxgPMhdeKFwrWzEtOV1bMC05XXsxLDEzfSk/JEgBiAEBEiYKC2Rlc2NyaXB0aW9uGAMgASgJQgy6SAlyBxj0A7oBAQBIAogBAUILCglfdXNlcm5hbWVCDwoNX3Bob25lX251bWJlckIOCgxfZGVzY3JpcHRpb24iMgoVVXBkYXRlUHJvZmlsZVJlc3BvbnNlEhkKAm1lGAEgASgLMg0ucGFybGV5LnYxLk1lIm8KElNlYXJjaFVzZXJzUmVxdWVzdBIdCgZwcmVmaXgYASABKAlCDbpICnIIEAEYMroBAQASHAoJcGFnZV9zaXplGAIgASgFQgm6SAYaBBhkKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgAQiTgoTU2VhcmNoVXNlcnNSZXNwb25zZRIeCgV1c2VycxgBIAMoCzIPLnBhcmxleS52MS5Vc2VyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTK8AgoLVXNlclNlcnZpY2USPwoFR2V0TWUSFy5wYXJsZXkudjEuR2V0TWVSZXF1ZXN0GhgucGFybGV5LnYxLkdldE1lUmVzcG9uc2UiA5ACARJFCgdHZXRVc2VyEhkucGFybGV5LnYxLkdldFVzZXJSZXF1ZXN0GhoucGFybGV5LnYxLkdldFVzZXJSZXNwb25zZSIDkAIBElIKDVVwZGF0ZVByb2ZpbGUSHy5wYXJsZXkudjEuVXBkYXRlUHJvZmlsZVJlcXVlc3QaIC5wYXJsZXkudjEuVXBkYXRlUHJvZmlsZVJlc3BvbnNlElEKC1NlYXJjaFVzZXJzEh0ucGFybGV5LnYxLlNlYXJjaFVzZXJzUmVxdWVzdBoeLnBhcmxleS52MS5TZWFyY2hVc2Vyc1Jlc3BvbnNlIgOQAgFCNlo0Z2l0aHViLmNvbS9wYXJsZXktY2hhdC9wYXJsZXkvZ2VuL3BhcmxleS92MTtwYXJsZXl2MWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * User is what every signed-in user may see of another.
@@ -27,6 +27,8 @@ export type User = Message<"parley.v1.User"> & {
   id: number;
 
   /**
+   * Empty for a deleted account.
+   *
    * @generated from field: string username = 2;
    */
   username: string;
@@ -37,7 +39,8 @@ export type User = Message<"parley.v1.User"> & {
   description: string;
 
   /**
-   * The active avatar's URL, relative to the server's base URL.
+   * The active avatar's URL, relative to the server's base URL; empty for
+   * a deleted account.
    *
    * @generated from field: string avatar_url = 4;
    */
@@ -47,6 +50,15 @@ export type User = Message<"parley.v1.User"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 5;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * True for an account that was deleted (AuthService.DeleteAccount):
+   * only id is set. Its messages stay in others' history; clients show
+   * the sender as a deleted account.
+   *
+   * @generated from field: bool deleted = 6;
+   */
+  deleted: boolean;
 };
 
 /**
@@ -331,7 +343,9 @@ export const UserService: GenService<{
     output: typeof GetMeResponseSchema;
   },
   /**
-   * GetUser returns another user's public profile.
+   * GetUser returns another user's public profile; for a deleted account,
+   * a User with only id and deleted set (NOT_FOUND: no account ever had
+   * the id).
    *
    * @generated from rpc parley.v1.UserService.GetUser
    */
@@ -352,7 +366,8 @@ export const UserService: GenService<{
   },
   /**
    * SearchUsers finds users whose username starts with a prefix, in any
-   * case or width, ordered by the username's lower-case form.
+   * case or width, ordered by the username's lower-case form. Deleted
+   * accounts are not found.
    *
    * @generated from rpc parley.v1.UserService.SearchUsers
    */

@@ -1,0 +1,159 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"connectrpc.com/connect"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/rpcerr"
+)
+
+// AccountDeleter is what DeleteAccount needs of the domains that hold an
+// account's data; server.New wires it to the user, chat and media
+// services. Each step is idempotent and safe to run twice at once, so that
+// a deletion stopped part-way (a crash, a store that failed) is finished
+// by running all of it again, and two requests of one user, or a request
+// and the sweep, may run it together.
+type AccountDeleter interface {
+	// MarkDeleted writes the account's tombstone: from then on it cannot
+	// sign in (LookupLogin and Me do not find it), others do not find it,
+	// and its username is held back. No such account is a connect
+	// NOT_FOUND error; an account marked already is no error.
+	MarkDeleted(ctx context.Context, userID int) error
+	// LeaveChats takes the user out of every group it is in, as LeaveChat
+	// does, making the longest-standing member admin of a group that
+	// would have none, and closes its private chats to sends.
+	LeaveChats(ctx context.Context, userID int) error
+	// DeleteFiles deletes the user's uploads that no message and no
+	// group uses: its avatars' files and what it never sent.
+	DeleteFiles(ctx context.Context, userID int) error
+	// FinishDeletion deletes the account, its profile, avatars and
+	// blocks, and marks its tombstone finished.
+	FinishDeletion(ctx context.Context, userID int) error
+	// UnfinishedDeletions returns up to limit accounts whose deletion
+	// began before before and did not finish, oldest first.
+	UnfinishedDeletions(ctx context.Context, before time.Time, limit int) ([]int, error)
+}
+
+// DeleteAccountsWith has DeleteAccount, and the sweep, delete accounts
+// through d. Call it before the service serves; without it DeleteAccount
+// is UNIMPLEMENTED.
+func (s *Service) DeleteAccountsWith(d AccountDeleter) { s.deleter = d }
+
+var errNoDeleter = connect.NewError(connect.CodeUnimplemented, errors.New("account deletion is not configured"))
+
+// DeleteAccount deletes the caller's account after checking its password
+// again. Nothing changes until the password is right; then the tombstone
+// makes the account deleted to everyone at once, and the rest follows
+// (see finishDeletion), whether or not the client waits for it.
+func (s *Service) DeleteAccount(
+	ctx context.Context, req *connect.Request[parleyv1.DeleteAccountRequest],
+) (*connect.Response[parleyv1.DeleteAccountResponse], error) {
+	id, err := Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.deleter == nil {
+		return nil, errNoDeleter
+	}
+	if err := s.Reauthenticate(ctx, id.UserID, req.Msg.GetPassword()); err != nil {
+		return nil, rpcerr.From(ctx, s.log, "delete account", err)
+	}
+	if err := s.deleter.MarkDeleted(ctx, id.UserID); err != nil {
+		return nil, rpcerr.From(ctx, s.log, "delete account", err)
+	}
+	// From here the account is deleted: a client that hangs up does not
+	// stop the rest, and a failure leaves it to the sweep, which the
+	// answer need not wait for (the caller's session may be over by
+	// then, so a retry could not help).
+	if err := s.finishDeletion(context.WithoutCancel(ctx), id.UserID); err != nil {
+		s.log.ErrorContext(ctx, "delete account: stopped part-way; the sweep finishes it", "user", id.UserID, "err", err)
+	}
+	return connect.NewResponse(&parleyv1.DeleteAccountResponse{}), nil
+}
+
+// finishDeletion carries out a deletion whose tombstone is written, in an
+// order that loses nothing if it stops at any point and is run again:
+//
+//  1. every session ends, and with them the live streams and push
+//     subscriptions (SessionEnds); no new one can start, as sign-in no
+//     longer finds the account, and one that passed that check before
+//     the tombstone either exists now or is refused by signIn's check
+//     after it is created;
+//  2. the user leaves its chats, and the other members get the events
+//     of a member who leaves;
+//  3. the files of its avatars and its unsent uploads are deleted, while
+//     the avatar rows still name them (a retry finds them by uploader
+//     anyway);
+//  4. the account's rows go, and the tombstone is marked finished, last,
+//     so that an unfinished tombstone always means work is left.
+func (s *Service) finishDeletion(ctx context.Context, userID int) error {
+	if err := s.EndSessions(ctx, userID, ""); err != nil {
+		return err
+	}
+	if err := s.deleter.LeaveChats(ctx, userID); err != nil {
+		return fmt.Errorf("leave chats: %w", err)
+	}
+	if err := s.deleter.DeleteFiles(ctx, userID); err != nil {
+		return fmt.Errorf("delete files: %w", err)
+	}
+	return s.deleter.FinishDeletion(ctx, userID)
+}
+
+// deletionGrace is how long the sweep leaves a deletion to the request
+// that began it: running it twice at once is safe, but wasted.
+const deletionGrace = 5 * time.Minute
+
+// DeletionSweepInterval is how often, on average, RunDeletionSweep looks
+// for deletions that stopped part-way.
+const DeletionSweepInterval = 5 * time.Minute
+
+// FinishDeletions finishes the account deletions that began more than a
+// few minutes ago and did not finish (their instance stopped, or a store
+// failed, part-way), and returns how many it finished. Every instance may
+// run it.
+func (s *Service) FinishDeletions(ctx context.Context) (int, error) {
+	if s.deleter == nil {
+		return 0, nil
+	}
+	ids, err := s.deleter.UnfinishedDeletions(ctx, s.cfg.Now().Add(-deletionGrace), 100)
+	if err != nil {
+		return 0, err
+	}
+	done := 0
+	var errs []error
+	for _, id := range ids {
+		// One account that cannot be finished must not hold up the rest.
+		if err := s.finishDeletion(ctx, id); err != nil {
+			if ctx.Err() != nil {
+				return done, err
+			}
+			errs = append(errs, fmt.Errorf("user %d: %w", id, err))
+			continue
+		}
+		done++
+	}
+	return done, errors.Join(errs...)
+}
+
+// RunDeletionSweep runs FinishDeletions at once, then about every interval
+// (with jitter, so that instances spread out), until ctx is done.
+func (s *Service) RunDeletionSweep(ctx context.Context, interval time.Duration) {
+	for {
+		if n, err := s.FinishDeletions(ctx); err != nil && ctx.Err() == nil {
+			s.log.ErrorContext(ctx, "account deletion sweep", "err", err, "finished", n)
+		} else if n > 0 {
+			s.log.InfoContext(ctx, "account deletion sweep", "finished", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval/2 + rand.N(interval)):
+		}
+	}
+}

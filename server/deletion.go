@@ -1,0 +1,70 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/chat"
+	"github.com/parley-chat/parley/server/media"
+	"github.com/parley-chat/parley/server/user"
+)
+
+// accountDeleter carries out account deletion (auth.AccountDeleter) over
+// the domains that hold an account's data: the user's rows and tombstone,
+// its chats, and its uploads.
+type accountDeleter struct {
+	users *user.Service
+	chats *chat.Service
+	files *media.Library // nil: uploads are not configured
+}
+
+var _ auth.AccountDeleter = accountDeleter{}
+
+func (a accountDeleter) MarkDeleted(ctx context.Context, userID int) error {
+	return a.users.MarkDeleted(ctx, userID)
+}
+
+func (a accountDeleter) LeaveChats(ctx context.Context, userID int) error {
+	return a.chats.LeaveAll(ctx, userID)
+}
+
+func (a accountDeleter) DeleteFiles(ctx context.Context, userID int) error {
+	if a.files == nil {
+		return nil
+	}
+	_, err := a.files.DeleteUploadsOf(ctx, userID)
+	return err
+}
+
+func (a accountDeleter) FinishDeletion(ctx context.Context, userID int) error {
+	return a.users.FinishDeletion(ctx, userID)
+}
+
+func (a accountDeleter) UnfinishedDeletions(ctx context.Context, before time.Time, limit int) ([]int, error) {
+	return a.users.UnfinishedDeletions(ctx, before, limit)
+}
+
+// NewDeletionSweep returns the authentication service over the same stores
+// as New, for its RunDeletionSweep: the finishing of account deletions that
+// stopped part-way.
+func NewDeletionSweep(d Deps) (*auth.Service, error) {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Auth.Now == nil {
+		d.Auth.Now = d.Now
+	}
+	if d.Live != nil && d.Auth.SessionEnds == nil {
+		d.Auth.SessionEnds = d.Live
+	}
+	users := user.New(d.Log, d.DB, d.Media, d.Now)
+	authn, err := auth.New(d.Log, d.Redis, users, d.Auth)
+	if err != nil {
+		return nil, err
+	}
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
+	users.GuardPairs(chats)
+	authn.DeleteAccountsWith(accountDeleter{users: users, chats: chats, files: d.Media})
+	return authn, nil
+}
