@@ -325,3 +325,106 @@ func countUserRows(t *testing.T, srv *servertest.Server, id int32) int {
 	}
 	return n
 }
+
+// A deletion that stopped right after its tombstone (its instance died) is
+// finished by the sweep, and the account was deleted to everyone from the
+// tombstone on.
+func TestAuthService_DeletionSweep(t *testing.T) {
+	srv := servertest.New(t)
+	p := servertest.Protocols[0]
+	ctx := context.Background()
+	alice, bob := signUp(t, srv, p, "swept"), signUp(t, srv, p, "bob")
+	group := servertest.GroupChat(t, alice.c.Chat, alice.Token, "alice's", bob.ID).GetId()
+	stream := liveStream(t, alice)
+	err := srv.App.DB().Ent.DeletedUser.Create().SetID(int(alice.ID)).SetUsernameKey(alice.Username).
+		SetDeletedAt(time.Now().Add(-10 * time.Minute)).Exec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = alice.c.Auth.Login(ctx, connect.NewRequest(&parleyv1.LoginRequest{Login: alice.Username, Password: servertest.Password}))
+	servertest.WantCode(t, err, connect.CodeUnauthenticated)
+	res, err := bob.c.User.GetUser(ctx, servertest.WithToken(&parleyv1.GetUserRequest{UserId: alice.ID}, bob.Token))
+	if err != nil || !res.Msg.GetUser().GetDeleted() {
+		t.Errorf("GetUser(alice) before the sweep = %v, %v; want deleted", res.Msg.GetUser(), err)
+	}
+
+	sweep, err := srv.App.NewDeletionSweep()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sweep.FinishDeletions(ctx); err != nil {
+		t.Fatalf("FinishDeletions: %v", err)
+	}
+	select {
+	case err := <-stream:
+		servertest.WantCode(t, err, connect.CodeUnauthenticated)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the live stream is still open 10 s after the sweep")
+	}
+	if got := members(t, bob, group); len(got) != 1 || got[bob.ID] != parleyv1.Role_ROLE_ADMIN {
+		t.Errorf("the group after the sweep = %v, want bob alone, admin", got)
+	}
+	if n := countUserRows(t, srv, alice.ID); n != 0 {
+		t.Errorf("alice's users rows = %d, want 0", n)
+	}
+	tomb, err := srv.App.DB().Ent.DeletedUser.Get(ctx, int(alice.ID))
+	if err != nil || tomb.FinishedAt == nil {
+		t.Errorf("tombstone after the sweep = %v, %v; want finished", tomb, err)
+	}
+	// Nothing is left to do.
+	unfinished, err := srv.App.DB().Ent.DeletedUser.Query().Where(deleteduser.FinishedAtIsNil()).Count(ctx)
+	if err != nil || unfinished != 0 {
+		t.Errorf("unfinished deletions after the sweep = %d (%v), want 0", unfinished, err)
+	}
+}
+
+// Two devices of one user delete the account at once: both may run the
+// deletion together, and the result is one deletion.
+func TestAuthService_DeleteAccountTwiceAtOnce(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range servertest.Protocols[:2] {
+		t.Run(p.Name, func(t *testing.T) {
+			ctx := context.Background()
+			alice, bob, carol := signUp(t, srv, p, "twice"), signUp(t, srv, p, "bob"), signUp(t, srv, p, "carol")
+			group := servertest.GroupChat(t, alice.c.Chat, alice.Token, "alice's", bob.ID, carol.ID).GetId()
+
+			_, err := alice.c.Auth.DeleteAccount(ctx, connect.NewRequest(&parleyv1.DeleteAccountRequest{Password: servertest.Password}))
+			servertest.WantCode(t, err, connect.CodeUnauthenticated)
+			servertest.WantCode(t, deleteAccount(alice, ""), connect.CodeInvalidArgument)
+
+			phone := alice
+			login, err := alice.c.Auth.Login(ctx, connect.NewRequest(&parleyv1.LoginRequest{Login: alice.Username, Password: servertest.Password}))
+			if err != nil {
+				t.Fatalf("Login: %v", err)
+			}
+			laptop := alice
+			laptop.Token = login.Msg.GetTokens().GetAccessToken()
+			errs := make(chan error, 2)
+			for _, u := range []person{phone, laptop} {
+				go func() { errs <- deleteAccount(u, servertest.Password) }()
+			}
+			ok := 0
+			for range 2 {
+				switch err := <-errs; connect.CodeOf(err) {
+				case connect.CodeUnauthenticated: // the other one ended this session first
+				default:
+					if err != nil {
+						t.Errorf("DeleteAccount: %v", err)
+					}
+					ok++
+				}
+			}
+			if ok == 0 {
+				t.Error("neither DeleteAccount succeeded")
+			}
+			got := members(t, carol, group)
+			if len(got) != 2 || got[bob.ID] != parleyv1.Role_ROLE_ADMIN || got[carol.ID] != parleyv1.Role_ROLE_MEMBER {
+				t.Errorf("the group = %v, want bob admin and carol member", got)
+			}
+			if n := countUserRows(t, srv, alice.ID); n != 0 {
+				t.Errorf("alice's users rows = %d, want 0", n)
+			}
+		})
+	}
+}
