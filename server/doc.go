@@ -9,14 +9,18 @@
 // to the generated interface in gen/parley/v1/parleyv1connect, and to its
 // implementation in server/<domain>/.
 //
-//	server/             New(Deps) http.Handler, public procedures, stream draining
+//	server/             New(Deps) http.Handler, public procedures, stream draining;
+//	                    account deletion over the domains (deletion.go)
 //	server/info/        parley.v1.ServerService: version and limits
 //	server/auth/        parley.v1.AuthService, sessions in Redis, the
-//	                    authentication middleware, rate limits
+//	                    authentication middleware, rate limits; account
+//	                    deletion in order, and its sweep (delete.go)
 //	server/user/        parley.v1.UserService, AvatarService and
 //	                    PrivacyService (blocks, privacy settings) on ent;
 //	                    identicon avatars; the accounts auth signs in,
-//	                    with their usernames normalised (username.go)
+//	                    with their usernames normalised (username.go);
+//	                    deleted accounts' tombstones, held-back usernames
+//	                    (deletion.go)
 //	server/chat/        parley.v1.ChatService and MessageService on MongoDB:
 //	                    chats (whose participants are the membership),
 //	                    positions, messages, typing; replies and mentions
@@ -24,7 +28,9 @@
 //	                    receipts, forwarding, search (search.go: folded
 //	                    words), per-member settings and delete for me
 //	                    (settings.go), invite links and group avatars
-//	                    (invite.go); chat.Prepare upgrades older data and
+//	                    (invite.go); a deleted user's leaving, with the
+//	                    hand-over of its groups (deletion.go);
+//	                    chat.Prepare upgrades older data and
 //	                    creates the indexes at start-up; it announces every
 //	                    change through chat.Events
 //	server/live/        parley.v1.LiveService: per-user event logs in Redis
@@ -34,7 +40,8 @@
 //	server/media/       parley.v1.MediaService and the /media/ upload and
 //	                    download endpoints; storage on disk or S3; the
 //	                    Library that attaches uploads to messages and
-//	                    avatars; clean-up of unattached uploads
+//	                    avatars; clean-up of unattached uploads; a
+//	                    deleted user's uploads (deletion.go)
 //	server/admin/       the admin listener (-admin-addr): Prometheus
 //	                    metrics, probes, pprof, expvar
 //	server/telemetry/   the metrics registry and OpenTelemetry tracing:
@@ -98,7 +105,9 @@
 // media.Library; media.Members and media.Referrers are chat.Service (with
 // user.Service for avatars); chat.Privacy, blocks and
 // privacy settings, is user.Service, which serves parley.v1.PrivacyService
-// too; auth.SessionEnds is live.Hub; live.Sessions is auth.Service). The
+// too; auth.SessionEnds is live.Hub; live.Sessions is auth.Service;
+// auth.AccountDeleter is user.Service, chat.Service and media.Library
+// together, in server/deletion.go). The
 // imports between
 // domains are of auth, for the caller's identity (auth.Caller), which
 // every domain uses, and of media by chat, for the media.Attachment its
