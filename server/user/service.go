@@ -1,8 +1,9 @@
 // Package user implements parley.v1.UserService, parley.v1.AvatarService
 // and parley.v1.PrivacyService over the PostgreSQL users, profile, avatars
 // and blocks tables, serves the generated identicon avatars, gives the auth
-// package the accounts it signs in (auth.Accounts), and gives chats the
-// blocks and privacy settings they enforce (chat.Privacy).
+// package the accounts it signs in (auth.Accounts), gives chats the
+// blocks and privacy settings they enforce (chat.Privacy), and keeps the
+// tombstones of deleted accounts (deletion.go).
 package user
 
 import (

@@ -252,7 +252,8 @@ func searchKeyOf(u *ent.User) string {
 }
 
 // search returns up to limit users whose username starts with prefix, in
-// any case or width, ordered by searchKey then id, after the cursor.
+// any case or width, ordered by searchKey then id, after the cursor,
+// leaving out those being deleted.
 func (s *store) search(ctx context.Context, prefix string, after *searchCursor, limit int) ([]*ent.User, error) {
 	q := s.db.Ent.User.Query().Where(notDeleted(), func(sel *sql.Selector) {
 		key := searchKey(sel)
