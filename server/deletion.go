@@ -37,8 +37,12 @@ func (a accountDeleter) DeleteFiles(ctx context.Context, userID int) error {
 	return err
 }
 
-func (a accountDeleter) FinishDeletion(ctx context.Context, userID int) error {
-	return a.users.FinishDeletion(ctx, userID)
+func (a accountDeleter) DeleteRows(ctx context.Context, userID int) error {
+	return a.users.DeleteRows(ctx, userID)
+}
+
+func (a accountDeleter) MarkFinished(ctx context.Context, userID int) error {
+	return a.users.MarkFinished(ctx, userID)
 }
 
 func (a accountDeleter) UnfinishedDeletions(ctx context.Context, before time.Time, limit int) ([]int, error) {

@@ -32,9 +32,10 @@ type AccountDeleter interface {
 	// DeleteFiles deletes the user's uploads that no message and no
 	// group uses: its avatars' files and what it never sent.
 	DeleteFiles(ctx context.Context, userID int) error
-	// FinishDeletion deletes the account, its profile, avatars and
-	// blocks, and marks its tombstone finished.
-	FinishDeletion(ctx context.Context, userID int) error
+	// DeleteRows deletes the account, its profile, avatars and blocks.
+	DeleteRows(ctx context.Context, userID int) error
+	// MarkFinished marks the account's tombstone finished.
+	MarkFinished(ctx context.Context, userID int) error
 	// UnfinishedDeletions returns up to limit accounts whose deletion
 	// began before before and did not finish, oldest first.
 	UnfinishedDeletions(ctx context.Context, before time.Time, limit int) ([]int, error)
@@ -87,22 +88,33 @@ func (s *Service) DeleteAccount(
 //     after it is created;
 //  2. the user leaves its chats, and the other members get the events
 //     of a member who leaves;
-//  3. the files of its avatars and its unsent uploads are deleted, while
-//     the avatar rows still name them (a retry finds them by uploader
-//     anyway);
-//  4. the account's rows go, and the tombstone is marked finished, last,
-//     so that an unfinished tombstone always means work is left.
+//  3. the files of its avatars and its unsent uploads are deleted;
+//  4. the account's rows go; from then on no request can add the user to
+//     a chat or give it a file (they check that the account exists);
+//  5. steps 2 and 3 run again, for what requests under way when the
+//     deletion began did after the first run (another device of the user
+//     creating a group, an admin's add that had checked the user before
+//     the tombstone);
+//  6. the tombstone is marked finished, last, so that an unfinished
+//     tombstone always means work is left.
 func (s *Service) finishDeletion(ctx context.Context, userID int) error {
 	if err := s.EndSessions(ctx, userID, ""); err != nil {
 		return err
 	}
-	if err := s.deleter.LeaveChats(ctx, userID); err != nil {
-		return fmt.Errorf("leave chats: %w", err)
+	for pass := range 2 {
+		if err := s.deleter.LeaveChats(ctx, userID); err != nil {
+			return fmt.Errorf("leave chats: %w", err)
+		}
+		if err := s.deleter.DeleteFiles(ctx, userID); err != nil {
+			return fmt.Errorf("delete files: %w", err)
+		}
+		if pass == 0 {
+			if err := s.deleter.DeleteRows(ctx, userID); err != nil {
+				return err
+			}
+		}
 	}
-	if err := s.deleter.DeleteFiles(ctx, userID); err != nil {
-		return fmt.Errorf("delete files: %w", err)
-	}
-	return s.deleter.FinishDeletion(ctx, userID)
+	return s.deleter.MarkFinished(ctx, userID)
 }
 
 // deletionGrace is how long the sweep leaves a deletion to the request

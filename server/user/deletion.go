@@ -25,8 +25,8 @@ import (
 // it (search, MissingUsers, which chats ask before starting a chat with a
 // user or adding one to a group), it refuses every message (BlockersOf),
 // and GetUser shows it as deleted. The other domains then delete what they
-// hold, and FinishDeletion deletes the users row (its profile, avatars and
-// blocks go with it) and marks the tombstone finished. The tombstone
+// hold, DeleteRows deletes the users row (its profile, avatars and blocks
+// go with it), and MarkFinished marks the tombstone finished. The tombstone
 // stays: GetUser answers a deleted account's id with User.deleted rather
 // than NOT_FOUND, so that clients can show the sender of the messages it
 // left in others' history, and its username's key is refused to new
@@ -91,24 +91,24 @@ func (s *Service) MarkDeleted(ctx context.Context, userID int) error {
 	return nil
 }
 
-// FinishDeletion deletes the account's users row, and with it (ON DELETE
+// DeleteRows deletes the account's users row, and with it (ON DELETE
 // CASCADE) its profile, avatar rows and the blocks it made or was the
-// target of, then marks its tombstone finished. It is idempotent. The
-// avatars' files are the media library's to delete, before.
-func (s *Service) FinishDeletion(ctx context.Context, userID int) error {
-	err := s.store.withTx(ctx, func(tx *ent.Tx) error {
-		if _, err := tx.User.Delete().Where(user.ID(userID)).Exec(ctx); err != nil {
-			return fmt.Errorf("delete user: %w", err)
-		}
-		err := tx.DeletedUser.Update().Where(deleteduser.ID(userID), deleteduser.FinishedAtIsNil()).
-			SetFinishedAt(s.store.now()).Exec(ctx)
-		if err != nil {
-			return fmt.Errorf("finish tombstone: %w", err)
-		}
-		return nil
-	})
-	if err != nil {
+// target of. It is idempotent. The avatars' files are the media library's
+// to delete, before.
+func (s *Service) DeleteRows(ctx context.Context, userID int) error {
+	if _, err := s.store.db.Ent.User.Delete().Where(user.ID(userID)).Exec(ctx); err != nil {
 		return fmt.Errorf("delete account: %w", err)
+	}
+	return nil
+}
+
+// MarkFinished records that the account's deletion finished. It is
+// idempotent.
+func (s *Service) MarkFinished(ctx context.Context, userID int) error {
+	err := s.store.db.Ent.DeletedUser.Update().Where(deleteduser.ID(userID), deleteduser.FinishedAtIsNil()).
+		SetFinishedAt(s.store.now()).Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("finish account deletion: %w", err)
 	}
 	return nil
 }
