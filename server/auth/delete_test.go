@@ -13,6 +13,8 @@ import (
 	"github.com/parley-chat/parley/ent/deleteduser"
 	entuser "github.com/parley-chat/parley/ent/user"
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -426,5 +428,25 @@ func TestAuthService_DeleteAccountTwiceAtOnce(t *testing.T) {
 				t.Errorf("alice's users rows = %d, want 0", n)
 			}
 		})
+	}
+}
+
+// A stolen session cannot guess the password through DeleteAccount faster
+// than through Login: the guesses count towards the account's login limit.
+func TestAuthService_DeleteAccountRateLimited(t *testing.T) {
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) {
+		c.RedisPrefix += "deletelimits:"
+		c.RateLimits = auth.RateLimits{
+			LoginFailuresPerAccount: 3, LoginAttemptsPerAddress: 100, LoginWindow: time.Hour,
+			RegistrationsPerAddress: 10, RegistrationWindow: time.Hour,
+		}
+	}))
+	alice := signUp(t, srv, servertest.Protocols[1], "guessed")
+	for range 3 {
+		servertest.WantCode(t, deleteAccount(alice, "a guess"), connect.CodePermissionDenied)
+	}
+	servertest.WantCode(t, deleteAccount(alice, servertest.Password), connect.CodeResourceExhausted)
+	if _, err := alice.c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, alice.Token)); err != nil {
+		t.Errorf("GetMe after refused deletions: %v", err)
 	}
 }
