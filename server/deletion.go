@@ -49,10 +49,10 @@ func (a accountDeleter) UnfinishedDeletions(ctx context.Context, before time.Tim
 	return a.users.UnfinishedDeletions(ctx, before, limit)
 }
 
-// NewDeletionSweep returns the authentication service over the same stores
-// as New, for its RunDeletionSweep: the finishing of account deletions that
-// stopped part-way.
-func NewDeletionSweep(d Deps) (*auth.Service, error) {
+// NewDeletionSweep returns the account deletions over the same stores as
+// New, for their sweep (auth.Deletions.Run): the finishing of deletions
+// that stopped part-way.
+func NewDeletionSweep(d Deps) *auth.Deletions {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
@@ -63,12 +63,7 @@ func NewDeletionSweep(d Deps) (*auth.Service, error) {
 		d.Auth.SessionEnds = d.Live
 	}
 	users := user.New(d.Log, d.DB, d.Media, d.Now)
-	authn, err := auth.New(d.Log, d.Redis, users, d.Auth)
-	if err != nil {
-		return nil, err
-	}
 	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
 	users.GuardPairs(chats)
-	authn.DeleteAccountsWith(accountDeleter{users: users, chats: chats, files: d.Media})
-	return authn, nil
+	return auth.NewDeletions(d.Log, d.Redis, d.Auth, accountDeleter{users: users, chats: chats, files: d.Media})
 }

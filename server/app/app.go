@@ -350,10 +350,9 @@ func (a *App) NewMediaJanitor(after time.Duration) *media.Janitor {
 	return server.NewMediaJanitor(a.deps, after)
 }
 
-// NewDeletionSweep returns the authentication service whose
-// FinishDeletions finishes account deletions that stopped part-way, as the
-// sweep Serve runs does.
-func (a *App) NewDeletionSweep() (*auth.Service, error) {
+// NewDeletionSweep returns the account deletions whose Sweep finishes
+// those that stopped part-way, as the sweep Serve runs does.
+func (a *App) NewDeletionSweep() *auth.Deletions {
 	return server.NewDeletionSweep(a.deps)
 }
 
@@ -553,15 +552,11 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 
 	// Account deletions that stopped part-way (on any instance) are
 	// finished at start-up and then now and again.
-	sweep, sweepErr := a.NewDeletionSweep()
-	if sweepErr != nil {
-		return sweepErr
-	}
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	sweepDone := make(chan struct{})
 	go func() {
 		defer close(sweepDone)
-		sweep.RunDeletionSweep(sweepCtx, auth.DeletionSweepInterval)
+		a.NewDeletionSweep().Run(sweepCtx, auth.DeletionSweepInterval)
 	}()
 	defer func() {
 		stopSweep()

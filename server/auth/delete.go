@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/redis/go-redis/v9"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/server/rpcerr"
@@ -41,17 +43,51 @@ type AccountDeleter interface {
 	UnfinishedDeletions(ctx context.Context, before time.Time, limit int) ([]int, error)
 }
 
-// DeleteAccountsWith has DeleteAccount, and the sweep, delete accounts
-// through d. Call it before the service serves; without it DeleteAccount
-// is UNIMPLEMENTED.
-func (s *Service) DeleteAccountsWith(d AccountDeleter) { s.deleter = d }
+// DeleteAccountsWith has DeleteAccount delete accounts through d. Call it
+// before the service serves; without it DeleteAccount is UNIMPLEMENTED.
+func (s *Service) DeleteAccountsWith(d AccountDeleter) {
+	s.deletions = &Deletions{
+		log:     s.log,
+		end:     func(ctx context.Context, userID int) error { return s.EndSessions(ctx, userID, "") },
+		deleter: d,
+		now:     s.cfg.Now,
+	}
+}
+
+// Deletions carries out account deletions whose tombstone is written:
+// DeleteAccount's, and those that stopped part-way, which its sweep
+// (Sweep, Run) finishes.
+type Deletions struct {
+	log     *slog.Logger
+	end     func(ctx context.Context, userID int) error
+	deleter AccountDeleter
+	now     func() time.Time
+}
+
+// NewDeletions returns the deletion of accounts through d for a sweep,
+// ending their sessions in rdb as cfg has them (its RedisPrefix,
+// RefreshTTL, Replicas, SessionEnds and Now), without a whole Service.
+func NewDeletions(log *slog.Logger, rdb redis.UniversalClient, cfg Config, d AccountDeleter) *Deletions {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	sessions := &sessionStore{rdb: rdb, prefix: cfg.RedisPrefix, refreshTTL: cfg.RefreshTTL, now: cfg.Now, replicas: cfg.Replicas}
+	return &Deletions{
+		log: log,
+		end: func(ctx context.Context, userID int) error {
+			return endSessions(ctx, sessions, cfg.SessionEnds, userID, "")
+		},
+		deleter: d,
+		now:     cfg.Now,
+	}
+}
 
 var errNoDeleter = connect.NewError(connect.CodeUnimplemented, errors.New("account deletion is not configured"))
 
 // DeleteAccount deletes the caller's account after checking its password
 // again. Nothing changes until the password is right; then the tombstone
 // makes the account deleted to everyone at once, and the rest follows
-// (see finishDeletion), whether or not the client waits for it.
+// (see Deletions.finish), whether or not the client waits for it.
 func (s *Service) DeleteAccount(
 	ctx context.Context, req *connect.Request[parleyv1.DeleteAccountRequest],
 ) (*connect.Response[parleyv1.DeleteAccountResponse], error) {
@@ -59,26 +95,26 @@ func (s *Service) DeleteAccount(
 	if err != nil {
 		return nil, err
 	}
-	if s.deleter == nil {
+	if s.deletions == nil {
 		return nil, errNoDeleter
 	}
 	if err := s.Reauthenticate(ctx, id.UserID, req.Msg.GetPassword()); err != nil {
 		return nil, rpcerr.From(ctx, s.log, "delete account", err)
 	}
-	if err := s.deleter.MarkDeleted(ctx, id.UserID); err != nil {
+	if err := s.deletions.deleter.MarkDeleted(ctx, id.UserID); err != nil {
 		return nil, rpcerr.From(ctx, s.log, "delete account", err)
 	}
 	// From here the account is deleted: a client that hangs up does not
 	// stop the rest, and a failure leaves it to the sweep, which the
 	// answer need not wait for (the caller's session may be over by
 	// then, so a retry could not help).
-	if err := s.finishDeletion(context.WithoutCancel(ctx), id.UserID); err != nil {
+	if err := s.deletions.finish(context.WithoutCancel(ctx), id.UserID); err != nil {
 		s.log.ErrorContext(ctx, "delete account: stopped part-way; the sweep finishes it", "user", id.UserID, "err", err)
 	}
 	return connect.NewResponse(&parleyv1.DeleteAccountResponse{}), nil
 }
 
-// finishDeletion carries out a deletion whose tombstone is written, in an
+// finish carries out a deletion whose tombstone is written, in an
 // order that loses nothing if it stops at any point and is run again:
 //
 //  1. every session ends, and with them the live streams and push
@@ -89,16 +125,16 @@ func (s *Service) DeleteAccount(
 //  2. the user leaves its chats, and the other members get the events
 //     of a member who leaves;
 //  3. the files of its avatars and its unsent uploads are deleted;
-//  4. the account's rows go; from then on no request can add the user to
-//     a chat or give it a file (they check that the account exists);
+//  4. the account's rows go;
 //  5. steps 2 and 3 run again, for what requests under way when the
 //     deletion began did after the first run (another device of the user
-//     creating a group, an admin's add that had checked the user before
-//     the tombstone);
+//     creating a group or an upload, an admin's add that checked the user
+//     before the tombstone): a request would have to outlast the whole
+//     deletion to escape it;
 //  6. the tombstone is marked finished, last, so that an unfinished
 //     tombstone always means work is left.
-func (s *Service) finishDeletion(ctx context.Context, userID int) error {
-	if err := s.EndSessions(ctx, userID, ""); err != nil {
+func (s *Deletions) finish(ctx context.Context, userID int) error {
+	if err := s.end(ctx, userID); err != nil {
 		return err
 	}
 	for pass := range 2 {
@@ -121,19 +157,16 @@ func (s *Service) finishDeletion(ctx context.Context, userID int) error {
 // that began it: running it twice at once is safe, but wasted.
 const deletionGrace = 5 * time.Minute
 
-// DeletionSweepInterval is how often, on average, RunDeletionSweep looks
-// for deletions that stopped part-way.
+// DeletionSweepInterval is how often, on average, Run looks for deletions
+// that stopped part-way.
 const DeletionSweepInterval = 5 * time.Minute
 
-// FinishDeletions finishes the account deletions that began more than a
-// few minutes ago and did not finish (their instance stopped, or a store
+// Sweep finishes the account deletions that began more than a few
+// minutes ago and did not finish (their instance stopped, or a store
 // failed, part-way), and returns how many it finished. Every instance may
 // run it.
-func (s *Service) FinishDeletions(ctx context.Context) (int, error) {
-	if s.deleter == nil {
-		return 0, nil
-	}
-	ids, err := s.deleter.UnfinishedDeletions(ctx, s.cfg.Now().Add(-deletionGrace), 100)
+func (s *Deletions) Sweep(ctx context.Context) (int, error) {
+	ids, err := s.deleter.UnfinishedDeletions(ctx, s.now().Add(-deletionGrace), 100)
 	if err != nil {
 		return 0, err
 	}
@@ -141,7 +174,7 @@ func (s *Service) FinishDeletions(ctx context.Context) (int, error) {
 	var errs []error
 	for _, id := range ids {
 		// One account that cannot be finished must not hold up the rest.
-		if err := s.finishDeletion(ctx, id); err != nil {
+		if err := s.finish(ctx, id); err != nil {
 			if ctx.Err() != nil {
 				return done, err
 			}
@@ -153,11 +186,11 @@ func (s *Service) FinishDeletions(ctx context.Context) (int, error) {
 	return done, errors.Join(errs...)
 }
 
-// RunDeletionSweep runs FinishDeletions at once, then about every interval
-// (with jitter, so that instances spread out), until ctx is done.
-func (s *Service) RunDeletionSweep(ctx context.Context, interval time.Duration) {
+// Run sweeps at once, then about every interval (with jitter, so that
+// instances spread out), until ctx is done.
+func (s *Deletions) Run(ctx context.Context, interval time.Duration) {
 	for {
-		if n, err := s.FinishDeletions(ctx); err != nil && ctx.Err() == nil {
+		if n, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
 			s.log.ErrorContext(ctx, "account deletion sweep", "err", err, "finished", n)
 		} else if n > 0 {
 			s.log.InfoContext(ctx, "account deletion sweep", "finished", n)

@@ -351,12 +351,8 @@ func TestAuthService_DeletionSweep(t *testing.T) {
 		t.Errorf("GetUser(alice) before the sweep = %v, %v; want deleted", res.Msg.GetUser(), err)
 	}
 
-	sweep, err := srv.App.NewDeletionSweep()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sweep.FinishDeletions(ctx); err != nil {
-		t.Fatalf("FinishDeletions: %v", err)
+	if _, err := srv.App.NewDeletionSweep().Sweep(ctx); err != nil {
+		t.Fatalf("Sweep: %v", err)
 	}
 	select {
 	case err := <-stream:

@@ -107,8 +107,8 @@ type Service struct {
 	limiter   *limiter
 	unauth    *inFlight
 	cfg       Config
-	// deleter deletes accounts (see DeleteAccountsWith); nil: none.
-	deleter AccountDeleter
+	// deletions deletes accounts (see DeleteAccountsWith); nil: none.
+	deletions *Deletions
 }
 
 var _ parleyv1connect.AuthServiceHandler = (*Service)(nil)
