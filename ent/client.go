@@ -17,6 +17,7 @@ import (
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"github.com/parley-chat/parley/ent/avatar"
 	"github.com/parley-chat/parley/ent/block"
+	"github.com/parley-chat/parley/ent/deleteduser"
 	"github.com/parley-chat/parley/ent/profile"
 	"github.com/parley-chat/parley/ent/user"
 
@@ -32,6 +33,8 @@ type Client struct {
 	Avatar *AvatarClient
 	// Block is the client for interacting with the Block builders.
 	Block *BlockClient
+	// DeletedUser is the client for interacting with the DeletedUser builders.
+	DeletedUser *DeletedUserClient
 	// Profile is the client for interacting with the Profile builders.
 	Profile *ProfileClient
 	// User is the client for interacting with the User builders.
@@ -49,6 +52,7 @@ func (c *Client) init() {
 	c.Schema = migrate.NewSchema(c.driver)
 	c.Avatar = NewAvatarClient(c.config)
 	c.Block = NewBlockClient(c.config)
+	c.DeletedUser = NewDeletedUserClient(c.config)
 	c.Profile = NewProfileClient(c.config)
 	c.User = NewUserClient(c.config)
 }
@@ -141,12 +145,13 @@ func (c *Client) Tx(ctx context.Context) (*Tx, error) {
 	cfg := c.config
 	cfg.driver = tx
 	return &Tx{
-		ctx:     ctx,
-		config:  cfg,
-		Avatar:  NewAvatarClient(cfg),
-		Block:   NewBlockClient(cfg),
-		Profile: NewProfileClient(cfg),
-		User:    NewUserClient(cfg),
+		ctx:         ctx,
+		config:      cfg,
+		Avatar:      NewAvatarClient(cfg),
+		Block:       NewBlockClient(cfg),
+		DeletedUser: NewDeletedUserClient(cfg),
+		Profile:     NewProfileClient(cfg),
+		User:        NewUserClient(cfg),
 	}, nil
 }
 
@@ -164,12 +169,13 @@ func (c *Client) BeginTx(ctx context.Context, opts *sql.TxOptions) (*Tx, error) 
 	cfg := c.config
 	cfg.driver = &txDriver{tx: tx, drv: c.driver}
 	return &Tx{
-		ctx:     ctx,
-		config:  cfg,
-		Avatar:  NewAvatarClient(cfg),
-		Block:   NewBlockClient(cfg),
-		Profile: NewProfileClient(cfg),
-		User:    NewUserClient(cfg),
+		ctx:         ctx,
+		config:      cfg,
+		Avatar:      NewAvatarClient(cfg),
+		Block:       NewBlockClient(cfg),
+		DeletedUser: NewDeletedUserClient(cfg),
+		Profile:     NewProfileClient(cfg),
+		User:        NewUserClient(cfg),
 	}, nil
 }
 
@@ -200,6 +206,7 @@ func (c *Client) Close() error {
 func (c *Client) Use(hooks ...Hook) {
 	c.Avatar.Use(hooks...)
 	c.Block.Use(hooks...)
+	c.DeletedUser.Use(hooks...)
 	c.Profile.Use(hooks...)
 	c.User.Use(hooks...)
 }
@@ -209,6 +216,7 @@ func (c *Client) Use(hooks ...Hook) {
 func (c *Client) Intercept(interceptors ...Interceptor) {
 	c.Avatar.Intercept(interceptors...)
 	c.Block.Intercept(interceptors...)
+	c.DeletedUser.Intercept(interceptors...)
 	c.Profile.Intercept(interceptors...)
 	c.User.Intercept(interceptors...)
 }
@@ -220,6 +228,8 @@ func (c *Client) Mutate(ctx context.Context, m Mutation) (Value, error) {
 		return c.Avatar.mutate(ctx, m)
 	case *BlockMutation:
 		return c.Block.mutate(ctx, m)
+	case *DeletedUserMutation:
+		return c.DeletedUser.mutate(ctx, m)
 	case *ProfileMutation:
 		return c.Profile.mutate(ctx, m)
 	case *UserMutation:
@@ -540,6 +550,139 @@ func (c *BlockClient) mutate(ctx context.Context, m *BlockMutation) (Value, erro
 		return (&BlockDelete{config: c.config, hooks: c.Hooks(), mutation: m}).Exec(ctx)
 	default:
 		return nil, fmt.Errorf("ent: unknown Block mutation op: %q", m.Op())
+	}
+}
+
+// DeletedUserClient is a client for the DeletedUser schema.
+type DeletedUserClient struct {
+	config
+}
+
+// NewDeletedUserClient returns a client for the DeletedUser from the given config.
+func NewDeletedUserClient(c config) *DeletedUserClient {
+	return &DeletedUserClient{config: c}
+}
+
+// Use adds a list of mutation hooks to the hooks stack.
+// A call to `Use(f, g, h)` equals to `deleteduser.Hooks(f(g(h())))`.
+func (c *DeletedUserClient) Use(hooks ...Hook) {
+	c.hooks.DeletedUser = append(c.hooks.DeletedUser, hooks...)
+}
+
+// Intercept adds a list of query interceptors to the interceptors stack.
+// A call to `Intercept(f, g, h)` equals to `deleteduser.Intercept(f(g(h())))`.
+func (c *DeletedUserClient) Intercept(interceptors ...Interceptor) {
+	c.inters.DeletedUser = append(c.inters.DeletedUser, interceptors...)
+}
+
+// Create returns a builder for creating a DeletedUser entity.
+func (c *DeletedUserClient) Create() *DeletedUserCreate {
+	mutation := newDeletedUserMutation(c.config, OpCreate)
+	return &DeletedUserCreate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// CreateBulk returns a builder for creating a bulk of DeletedUser entities.
+func (c *DeletedUserClient) CreateBulk(builders ...*DeletedUserCreate) *DeletedUserCreateBulk {
+	return &DeletedUserCreateBulk{config: c.config, builders: builders}
+}
+
+// MapCreateBulk creates a bulk creation builder from the given slice. For each item in the slice, the function creates
+// a builder and applies setFunc on it.
+func (c *DeletedUserClient) MapCreateBulk(slice any, setFunc func(*DeletedUserCreate, int)) *DeletedUserCreateBulk {
+	rv := reflect.ValueOf(slice)
+	if rv.Kind() != reflect.Slice {
+		return &DeletedUserCreateBulk{err: fmt.Errorf("calling to DeletedUserClient.MapCreateBulk with wrong type %T, need slice", slice)}
+	}
+	builders := make([]*DeletedUserCreate, rv.Len())
+	for i := 0; i < rv.Len(); i++ {
+		builders[i] = c.Create()
+		setFunc(builders[i], i)
+	}
+	return &DeletedUserCreateBulk{config: c.config, builders: builders}
+}
+
+// Update returns an update builder for DeletedUser.
+func (c *DeletedUserClient) Update() *DeletedUserUpdate {
+	mutation := newDeletedUserMutation(c.config, OpUpdate)
+	return &DeletedUserUpdate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOne returns an update builder for the given entity.
+func (c *DeletedUserClient) UpdateOne(_m *DeletedUser) *DeletedUserUpdateOne {
+	mutation := newDeletedUserMutation(c.config, OpUpdateOne, withDeletedUser(_m))
+	return &DeletedUserUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOneID returns an update builder for the given id.
+func (c *DeletedUserClient) UpdateOneID(id int) *DeletedUserUpdateOne {
+	mutation := newDeletedUserMutation(c.config, OpUpdateOne, withDeletedUserID(id))
+	return &DeletedUserUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// Delete returns a delete builder for DeletedUser.
+func (c *DeletedUserClient) Delete() *DeletedUserDelete {
+	mutation := newDeletedUserMutation(c.config, OpDelete)
+	return &DeletedUserDelete{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// DeleteOne returns a builder for deleting the given entity.
+func (c *DeletedUserClient) DeleteOne(_m *DeletedUser) *DeletedUserDeleteOne {
+	return c.DeleteOneID(_m.ID)
+}
+
+// DeleteOneID returns a builder for deleting the given entity by its id.
+func (c *DeletedUserClient) DeleteOneID(id int) *DeletedUserDeleteOne {
+	builder := c.Delete().Where(deleteduser.ID(id))
+	builder.mutation.id = &id
+	builder.mutation.op = OpDeleteOne
+	return &DeletedUserDeleteOne{builder}
+}
+
+// Query returns a query builder for DeletedUser.
+func (c *DeletedUserClient) Query() *DeletedUserQuery {
+	return &DeletedUserQuery{
+		config: c.config,
+		ctx:    &QueryContext{Type: TypeDeletedUser},
+		inters: c.Interceptors(),
+	}
+}
+
+// Get returns a DeletedUser entity by its id.
+func (c *DeletedUserClient) Get(ctx context.Context, id int) (*DeletedUser, error) {
+	return c.Query().Where(deleteduser.ID(id)).Only(ctx)
+}
+
+// GetX is like Get, but panics if an error occurs.
+func (c *DeletedUserClient) GetX(ctx context.Context, id int) *DeletedUser {
+	obj, err := c.Get(ctx, id)
+	if err != nil {
+		panic(err)
+	}
+	return obj
+}
+
+// Hooks returns the client hooks.
+func (c *DeletedUserClient) Hooks() []Hook {
+	return c.hooks.DeletedUser
+}
+
+// Interceptors returns the client interceptors.
+func (c *DeletedUserClient) Interceptors() []Interceptor {
+	return c.inters.DeletedUser
+}
+
+func (c *DeletedUserClient) mutate(ctx context.Context, m *DeletedUserMutation) (Value, error) {
+	switch m.Op() {
+	case OpCreate:
+		return (&DeletedUserCreate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdate:
+		return (&DeletedUserUpdate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdateOne:
+		return (&DeletedUserUpdateOne{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpDelete, OpDeleteOne:
+		return (&DeletedUserDelete{config: c.config, hooks: c.Hooks(), mutation: m}).Exec(ctx)
+	default:
+		return nil, fmt.Errorf("ent: unknown DeletedUser mutation op: %q", m.Op())
 	}
 }
 
@@ -892,10 +1035,10 @@ func (c *UserClient) mutate(ctx context.Context, m *UserMutation) (Value, error)
 // hooks and interceptors per client, for fast access.
 type (
 	hooks struct {
-		Avatar, Block, Profile, User []ent.Hook
+		Avatar, Block, DeletedUser, Profile, User []ent.Hook
 	}
 	inters struct {
-		Avatar, Block, Profile, User []ent.Interceptor
+		Avatar, Block, DeletedUser, Profile, User []ent.Interceptor
 	}
 )
 

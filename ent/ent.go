@@ -14,6 +14,7 @@ import (
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"github.com/parley-chat/parley/ent/avatar"
 	"github.com/parley-chat/parley/ent/block"
+	"github.com/parley-chat/parley/ent/deleteduser"
 	"github.com/parley-chat/parley/ent/profile"
 	"github.com/parley-chat/parley/ent/user"
 )
@@ -76,10 +77,11 @@ var (
 func checkColumn(t, c string) error {
 	initCheck.Do(func() {
 		columnCheck = sql.NewColumnCheck(map[string]func(string) bool{
-			avatar.Table:  avatar.ValidColumn,
-			block.Table:   block.ValidColumn,
-			profile.Table: profile.ValidColumn,
-			user.Table:    user.ValidColumn,
+			avatar.Table:      avatar.ValidColumn,
+			block.Table:       block.ValidColumn,
+			deleteduser.Table: deleteduser.ValidColumn,
+			profile.Table:     profile.ValidColumn,
+			user.Table:        user.ValidColumn,
 		})
 	})
 	return columnCheck(t, c)

@@ -18,6 +18,8 @@ type Tx struct {
 	Avatar *AvatarClient
 	// Block is the client for interacting with the Block builders.
 	Block *BlockClient
+	// DeletedUser is the client for interacting with the DeletedUser builders.
+	DeletedUser *DeletedUserClient
 	// Profile is the client for interacting with the Profile builders.
 	Profile *ProfileClient
 	// User is the client for interacting with the User builders.
@@ -155,6 +157,7 @@ func (tx *Tx) Client() *Client {
 func (tx *Tx) init() {
 	tx.Avatar = NewAvatarClient(tx.config)
 	tx.Block = NewBlockClient(tx.config)
+	tx.DeletedUser = NewDeletedUserClient(tx.config)
 	tx.Profile = NewProfileClient(tx.config)
 	tx.User = NewUserClient(tx.config)
 }

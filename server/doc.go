@@ -9,17 +9,21 @@
 // to the generated interface in gen/parley/v1/parleyv1connect, and to its
 // implementation in server/<domain>/.
 //
-//	server/             New(Deps) http.Handler, public procedures, stream draining
+//	server/             New(Deps) http.Handler, public procedures, stream draining;
+//	                    account deletion over the domains (deletion.go)
 //	server/info/        parley.v1.ServerService: version and limits
 //	server/auth/        parley.v1.AuthService, sessions in Redis, the
 //	                    authentication middleware, rate limits;
 //	                    parley.v1.AccountService (account.go): password
 //	                    change and reset codes, email verification tokens
-//	                    and email change (accounttokens.go)
+//	                    and email change (accounttokens.go); account
+//	                    deletion in order, and its sweep (delete.go)
 //	server/user/        parley.v1.UserService, AvatarService and
 //	                    PrivacyService (blocks, privacy settings) on ent;
 //	                    identicon avatars; the accounts auth signs in,
-//	                    with their usernames normalised (username.go)
+//	                    with their usernames normalised (username.go);
+//	                    deleted accounts' tombstones, held-back usernames
+//	                    (deletion.go)
 //	server/chat/        parley.v1.ChatService and MessageService on MongoDB:
 //	                    chats (whose participants are the membership),
 //	                    positions, messages, typing; replies and mentions
@@ -27,7 +31,9 @@
 //	                    receipts, forwarding, search (search.go: folded
 //	                    words), per-member settings and delete for me
 //	                    (settings.go), invite links and group avatars
-//	                    (invite.go); chat.Prepare upgrades older data and
+//	                    (invite.go); a deleted user's leaving, with the
+//	                    hand-over of its groups (deletion.go);
+//	                    chat.Prepare upgrades older data and
 //	                    creates the indexes at start-up; it announces every
 //	                    change through chat.Events
 //	server/live/        parley.v1.LiveService: per-user event logs in Redis
@@ -37,7 +43,8 @@
 //	server/media/       parley.v1.MediaService and the /media/ upload and
 //	                    download endpoints; storage on disk or S3; the
 //	                    Library that attaches uploads to messages and
-//	                    avatars; clean-up of unattached uploads
+//	                    avatars; clean-up of unattached uploads; a
+//	                    deleted user's uploads (deletion.go)
 //	server/export/      parley.v1.ExportService and the /exports/
 //	                    download: data exports (zips of a user's profile,
 //	                    chats, messages and own files) made by a worker on
@@ -113,7 +120,9 @@
 // too; auth.SessionEnds is live.Hub; live.Sessions is auth.Service;
 // export.Profiles is user.Service, export.Chats chat.Service and
 // export.Files media.Library, which export calls as the user, so that an
-// export renders everything as the API does). The imports between
+// export renders everything as the API does; auth.AccountDeleter is
+// user.Service, chat.Service, media.Library and export.Service together,
+// in server/deletion.go). The imports between
 // domains are of auth, for the caller's identity (auth.Caller), which
 // every domain uses, of media by chat, for the media.Attachment its
 // Library hands over, and of media by export, for the storage and the

@@ -205,6 +205,11 @@ func New(d Deps) (http.Handler, error) {
 	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
 	users.GuardPairs(chats)
 	chats.LimitSends(d.Sends)
+	exports, err := export.New(d.Log, d.Mongo, d.DocLocks, d.Media.Storage(), exportConfig(d))
+	if err != nil {
+		return nil, err
+	}
+	authn.DeleteAccountsWith(accountDeleter{users: users, chats: chats, files: d.Media, exports: exports})
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
 	mcfg := d.MediaConfig
 	mcfg.Keys, mcfg.RedisPrefix, mcfg.Now = d.Auth.Keys, d.Auth.RedisPrefix, d.Now
@@ -218,10 +223,6 @@ func New(d Deps) (http.Handler, error) {
 	livePath, liveHandler := parleyv1connect.NewLiveServiceHandler(live.NewService(d.Log, d.Live, chats, authn), opts...)
 	mux.Handle(livePath, live.WithWriteDeadlines(liveHandler))
 	mux.Handle(user.IdenticonPath, user.IdenticonHandler())
-	exports, err := export.New(d.Log, d.Mongo, d.DocLocks, d.Media.Storage(), exportConfig(d))
-	if err != nil {
-		return nil, err
-	}
 	mux.Handle(parleyv1connect.NewExportServiceHandler(exports, opts...))
 	mux.Handle(export.Path, traced(d.Telemetry, export.Path+"{id}", exports.Handler()))
 

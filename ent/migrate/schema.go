@@ -91,6 +91,34 @@ var (
 			},
 		},
 	}
+	// DeletedUsersColumns holds the columns for the "deleted_users" table.
+	DeletedUsersColumns = []*schema.Column{
+		{Name: "user_id", Type: field.TypeInt, SchemaType: map[string]string{"postgres": "integer"}},
+		{Name: "username_key", Type: field.TypeString},
+		{Name: "deleted_at", Type: field.TypeTime},
+		{Name: "finished_at", Type: field.TypeTime, Nullable: true},
+	}
+	// DeletedUsersTable holds the schema information for the "deleted_users" table.
+	DeletedUsersTable = &schema.Table{
+		Name:       "deleted_users",
+		Columns:    DeletedUsersColumns,
+		PrimaryKey: []*schema.Column{DeletedUsersColumns[0]},
+		Indexes: []*schema.Index{
+			{
+				Name:    "deleteduser_username_key_deleted_at",
+				Unique:  false,
+				Columns: []*schema.Column{DeletedUsersColumns[1], DeletedUsersColumns[2]},
+			},
+			{
+				Name:    "deleted_users_unfinished",
+				Unique:  false,
+				Columns: []*schema.Column{DeletedUsersColumns[2]},
+				Annotation: &entsql.IndexAnnotation{
+					Where: "finished_at IS NULL",
+				},
+			},
+		},
+	}
 	// ProfileColumns holds the columns for the "profile" table.
 	ProfileColumns = []*schema.Column{
 		{Name: "user_id", Type: field.TypeInt, SchemaType: map[string]string{"postgres": "integer"}},
@@ -136,6 +164,7 @@ var (
 	Tables = []*schema.Table{
 		AvatarsTable,
 		BlocksTable,
+		DeletedUsersTable,
 		ProfileTable,
 		UsersTable,
 	}
@@ -150,6 +179,9 @@ func init() {
 	BlocksTable.ForeignKeys[1].RefTable = UsersTable
 	BlocksTable.Annotation = &entsql.Annotation{
 		Table: "blocks",
+	}
+	DeletedUsersTable.Annotation = &entsql.Annotation{
+		Table: "deleted_users",
 	}
 	ProfileTable.ForeignKeys[0].RefTable = UsersTable
 	ProfileTable.Annotation = &entsql.Annotation{

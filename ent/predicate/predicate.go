@@ -12,6 +12,9 @@ type Avatar func(*sql.Selector)
 // Block is the predicate function for block builders.
 type Block func(*sql.Selector)
 
+// DeletedUser is the predicate function for deleteduser builders.
+type DeletedUser func(*sql.Selector)
+
 // Profile is the predicate function for profile builders.
 type Profile func(*sql.Selector)
 

@@ -396,6 +396,12 @@ func (a *App) NewMediaJanitor(after time.Duration) *media.Janitor {
 	return server.NewMediaJanitor(a.deps, after)
 }
 
+// NewDeletionSweep returns the account deletions whose Sweep finishes
+// those that stopped part-way, as the sweep Serve runs does.
+func (a *App) NewDeletionSweep() (*auth.Deletions, error) {
+	return server.NewDeletionSweep(a.deps)
+}
+
 func (a *App) openSQL(ctx context.Context) error {
 	var err error
 	if a.cfg.DatabaseURL == "" {
@@ -606,6 +612,23 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		<-exportsDone
 	}()
 
+	// Account deletions that stopped part-way (on any instance) are
+	// finished at start-up and then now and again.
+	sweep, err := a.NewDeletionSweep()
+	if err != nil {
+		return err
+	}
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		sweep.Run(sweepCtx, auth.DeletionSweepInterval)
+	}()
+	defer func() {
+		stopSweep()
+		<-sweepDone
+	}()
+
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
@@ -628,7 +651,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	a.stopDrain()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
-	err := srv.Shutdown(shutdownCtx)
+	err = srv.Shutdown(shutdownCtx)
 	if errors.Is(err, context.DeadlineExceeded) {
 		srv.Close()
 		return fmt.Errorf("shutdown: requests still running after %s", a.cfg.ShutdownTimeout)

@@ -12,6 +12,12 @@
 // every instance. Both tokens name the key of the keyring.Ring that signed
 // them, so a retired key keeps verifying during a key rotation.
 //
+// DeleteAccount (delete.go) checks the password again, then has the
+// domains that hold the account's data delete it through AccountDeleter,
+// in an order that a crash cannot make lose anything: a tombstone first
+// (the account can no longer sign in), then the sessions, chats, files and
+// rows; a sweep finishes deletions that stopped part-way.
+//
 // Authentication runs as HTTP middleware in front of every handler (so
 // streams and plain HTTP endpoints are covered, and nothing is decoded for
 // an unknown caller), with an explicit list of public procedures.

@@ -48,7 +48,12 @@ func (s *Service) HashPassword(ctx context.Context, password string) (string, er
 // created while it runs may survive it: callers change what a new session
 // needs (the password, the account) first.
 func (s *Service) EndSessions(ctx context.Context, userID int, keep string) error {
-	ids, err := s.sessions.rdb.ZRange(ctx, s.sessions.userKey(userID), 0, -1).Result()
+	return endSessions(ctx, s.sessions, s.cfg.SessionEnds, userID, keep)
+}
+
+// endSessions is EndSessions over sessions, telling ends (if any).
+func endSessions(ctx context.Context, sessions *sessionStore, ends SessionEnds, userID int, keep string) error {
+	ids, err := sessions.rdb.ZRange(ctx, sessions.userKey(userID), 0, -1).Result()
 	if err != nil {
 		return fmt.Errorf("end sessions: %w", err)
 	}
@@ -56,10 +61,12 @@ func (s *Service) EndSessions(ctx context.Context, userID int, keep string) erro
 		if id == keep {
 			continue
 		}
-		if err := s.sessions.revoke(ctx, userID, id); err != nil && !errors.Is(err, errNoSession) {
+		if err := sessions.revoke(ctx, userID, id); err != nil && !errors.Is(err, errNoSession) {
 			return fmt.Errorf("end sessions: %w", err)
 		}
-		s.ended(ctx, userID, id)
+		if ends != nil {
+			ends.SessionEnded(ctx, userID, id)
+		}
 	}
 	return nil
 }

@@ -107,6 +107,8 @@ type Service struct {
 	limiter   *limiter
 	unauth    *inFlight
 	cfg       Config
+	// deletions deletes accounts (see DeleteAccountsWith); nil: none.
+	deletions *Deletions
 }
 
 var _ parleyv1connect.AuthServiceHandler = (*Service)(nil)
@@ -235,6 +237,15 @@ func (s *Service) signIn(ctx context.Context, userID int, userAgent, addr string
 	}
 	me, err := s.accounts.Me(ctx, userID)
 	if err != nil {
+		// The account may have begun its deletion since it was looked up,
+		// after which EndSessions might not have seen this session: it
+		// goes.
+		if rerr := s.sessions.revoke(context.WithoutCancel(ctx), userID, sess.ID); rerr != nil && !errors.Is(rerr, errNoSession) {
+			s.log.ErrorContext(ctx, "sign in: revoke the session of an account not found", "user", userID, "err", rerr)
+		}
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			return nil, nil, errBadLogin
+		}
 		return nil, nil, rpcerr.From(ctx, s.log, "sign in", err)
 	}
 	return me, s.tokenPair(sess, access, accessExp), nil

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"connectrpc.com/connect"
@@ -81,7 +82,9 @@ func (s *Service) Settings(ctx context.Context, userIDs []int) (map[int]*parleyv
 }
 
 // BlockersOf returns those of among who blocked userID, in one read of
-// the unique (blocker_id, blocked_id) index.
+// the unique (blocker_id, blocked_id) index, and those being or having
+// been deleted (one read by primary key): a deleted account refuses every
+// message, new chat and presence, as one that blocked everyone.
 func (s *Service) BlockersOf(ctx context.Context, userID int, among []int) ([]int, error) {
 	if len(among) == 0 {
 		return nil, nil
@@ -92,6 +95,15 @@ func (s *Service) BlockersOf(ctx context.Context, userID int, among []int) ([]in
 		Select(block.FieldBlockerID).Scan(ctx, &ids)
 	if err != nil {
 		return nil, fmt.Errorf("blockers: %w", err)
+	}
+	deleted, err := s.store.deletedAmong(ctx, among)
+	if err != nil {
+		return nil, fmt.Errorf("blockers: %w", err)
+	}
+	for _, u := range deleted {
+		if !slices.Contains(ids, u) {
+			ids = append(ids, u)
+		}
 	}
 	return ids, nil
 }

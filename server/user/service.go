@@ -1,8 +1,9 @@
 // Package user implements parley.v1.UserService, parley.v1.AvatarService
 // and parley.v1.PrivacyService over the PostgreSQL users, profile, avatars
 // and blocks tables, serves the generated identicon avatars, gives the auth
-// package the accounts it signs in (auth.Accounts), and gives chats the
-// blocks and privacy settings they enforce (chat.Privacy).
+// package the accounts it signs in (auth.Accounts), gives chats the
+// blocks and privacy settings they enforce (chat.Privacy), and keeps the
+// tombstones of deleted accounts (deletion.go).
 package user
 
 import (
@@ -132,12 +133,13 @@ func (s *Service) Me(ctx context.Context, userID int) (*parleyv1.Me, error) {
 	return toMe(u), nil
 }
 
-// MissingUsers returns those of ids that name no user; chats use it.
+// MissingUsers returns those of ids that name no user, or a user being
+// deleted; chats use it.
 func (s *Service) MissingUsers(ctx context.Context, ids []int) ([]int, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	found, err := s.store.db.Ent.User.Query().Where(user.IDIn(ids...)).IDs(ctx)
+	found, err := s.store.db.Ent.User.Query().Where(user.IDIn(ids...), notDeleted()).IDs(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("find users: %w", err)
 	}
@@ -165,16 +167,25 @@ func (s *Service) GetMe(
 	return connect.NewResponse(&parleyv1.GetMeResponse{Me: me}), nil
 }
 
-// GetUser returns a user's public profile.
+// GetUser returns a user's public profile, or the marker of a deleted
+// account.
 func (s *Service) GetUser(
 	ctx context.Context, req *connect.Request[parleyv1.GetUserRequest],
 ) (*connect.Response[parleyv1.GetUserResponse], error) {
 	if _, err := auth.Caller(ctx); err != nil {
 		return nil, err
 	}
-	u, err := s.store.get(ctx, int(req.Msg.GetUserId()))
+	userID := int(req.Msg.GetUserId())
+	u, err := s.store.get(ctx, userID)
 	if ent.IsNotFound(err) {
-		return nil, errNoUser
+		deleted, err := s.store.deletedAmong(ctx, []int{userID})
+		if err != nil {
+			return nil, rpcerr.From(ctx, s.log, "get user", err)
+		}
+		if len(deleted) == 0 {
+			return nil, errNoUser
+		}
+		return connect.NewResponse(&parleyv1.GetUserResponse{User: deletedUser(userID)}), nil
 	}
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "get user", err)

@@ -100,6 +100,9 @@ func (s *store) createAccount(ctx context.Context, a auth.NewAccount) (int, erro
 		if err != nil {
 			return uniqueViolation(err)
 		}
+		if err := s.checkName(ctx, tx, u.ID, key); err != nil {
+			return err
+		}
 		now := s.now()
 		if err := tx.Profile.Create().SetUser(u).SetCreatedAt(now).SetLastLogin(now).Exec(ctx); err != nil {
 			return fmt.Errorf("create profile: %w", err)
@@ -129,7 +132,7 @@ func (s *store) lookupLogin(ctx context.Context, login string) (int, string, err
 		where = []predicate.User{lowerEQ(user.FieldUsername, login), user.UsernameKey(usernameKey(login))}
 	}
 	for _, p := range where {
-		u, err := s.db.Ent.User.Query().Where(p).Select(user.FieldID, user.FieldPasswordHash).Only(ctx)
+		u, err := s.db.Ent.User.Query().Where(p, notDeleted()).Select(user.FieldID, user.FieldPasswordHash).Only(ctx)
 		if ent.IsNotFound(err) {
 			continue
 		}
@@ -152,8 +155,9 @@ func withDetails(q *ent.UserQuery) *ent.UserQuery {
 	})
 }
 
+// get returns the user, unless its deletion began (ent's not-found error).
 func (s *store) get(ctx context.Context, userID int) (*ent.User, error) {
-	return withDetails(s.db.Ent.User.Query().Where(user.ID(userID))).Only(ctx)
+	return withDetails(s.db.Ent.User.Query().Where(user.ID(userID), notDeleted())).Only(ctx)
 }
 
 // profileUpdate is a partial update: nil fields stay as they are, and an
@@ -184,6 +188,11 @@ func (s *store) updateProfile(ctx context.Context, userID int, up profileUpdate)
 		}
 		if err := uu.Exec(ctx); err != nil {
 			return uniqueViolation(err)
+		}
+		if up.Username != nil {
+			if err := s.checkName(ctx, tx, userID, key); err != nil {
+				return err
+			}
 		}
 		if up.Description != nil {
 			pu := tx.Profile.UpdateOneID(userID)
@@ -243,9 +252,10 @@ func searchKeyOf(u *ent.User) string {
 }
 
 // search returns up to limit users whose username starts with prefix, in
-// any case or width, ordered by searchKey then id, after the cursor.
+// any case or width, ordered by searchKey then id, after the cursor,
+// leaving out those being deleted.
 func (s *store) search(ctx context.Context, prefix string, after *searchCursor, limit int) ([]*ent.User, error) {
-	q := s.db.Ent.User.Query().Where(func(sel *sql.Selector) {
+	q := s.db.Ent.User.Query().Where(notDeleted(), func(sel *sql.Selector) {
 		key := searchKey(sel)
 		sel.Where(sql.P(func(b *sql.Builder) {
 			b.WriteString(key).WriteString(" LIKE ").Arg(likeEscaper.Replace(usernameKey(prefix)) + "%").WriteString(` ESCAPE '\'`)

@@ -740,6 +740,87 @@ func (*RevokeSessionResponse) Descriptor() ([]byte, []int) {
 	return file_parley_v1_auth_proto_rawDescGZIP(), []int{13}
 }
 
+type DeleteAccountRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account's current password.
+	Password      string `protobuf:"bytes,1,opt,name=password,proto3" json:"password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAccountRequest) Reset() {
+	*x = DeleteAccountRequest{}
+	mi := &file_parley_v1_auth_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAccountRequest) ProtoMessage() {}
+
+func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_auth_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAccountRequest.ProtoReflect.Descriptor instead.
+func (*DeleteAccountRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_auth_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DeleteAccountRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+type DeleteAccountResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAccountResponse) Reset() {
+	*x = DeleteAccountResponse{}
+	mi := &file_parley_v1_auth_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAccountResponse) ProtoMessage() {}
+
+func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_auth_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAccountResponse.ProtoReflect.Descriptor instead.
+func (*DeleteAccountResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_auth_proto_rawDescGZIP(), []int{15}
+}
+
 var File_parley_v1_auth_proto protoreflect.FileDescriptor
 
 const file_parley_v1_auth_proto_rawDesc = "" +
@@ -793,14 +874,19 @@ const file_parley_v1_auth_proto_rawDesc = "" +
 	"\x14RevokeSessionRequest\x12(\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\tsessionId\"\x17\n" +
-	"\x15RevokeSessionResponse2\xb9\x03\n" +
+	"\x15RevokeSessionResponse\">\n" +
+	"\x14DeleteAccountRequest\x12&\n" +
+	"\bpassword\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05 \x01(\x80\bR\bpassword\"\x17\n" +
+	"\x15DeleteAccountResponse2\x8d\x04\n" +
 	"\vAuthService\x12C\n" +
 	"\bRegister\x12\x1a.parley.v1.RegisterRequest\x1a\x1b.parley.v1.RegisterResponse\x12:\n" +
 	"\x05Login\x12\x17.parley.v1.LoginRequest\x1a\x18.parley.v1.LoginResponse\x12@\n" +
 	"\aRefresh\x12\x19.parley.v1.RefreshRequest\x1a\x1a.parley.v1.RefreshResponse\x12=\n" +
 	"\x06Logout\x12\x18.parley.v1.LogoutRequest\x1a\x19.parley.v1.LogoutResponse\x12T\n" +
 	"\fListSessions\x12\x1e.parley.v1.ListSessionsRequest\x1a\x1f.parley.v1.ListSessionsResponse\"\x03\x90\x02\x01\x12R\n" +
-	"\rRevokeSession\x12\x1f.parley.v1.RevokeSessionRequest\x1a .parley.v1.RevokeSessionResponseB6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
+	"\rRevokeSession\x12\x1f.parley.v1.RevokeSessionRequest\x1a .parley.v1.RevokeSessionResponse\x12R\n" +
+	"\rDeleteAccount\x12\x1f.parley.v1.DeleteAccountRequest\x1a .parley.v1.DeleteAccountResponseB6Z4github.com/parley-chat/parley/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_auth_proto_rawDescOnce sync.Once
@@ -814,7 +900,7 @@ func file_parley_v1_auth_proto_rawDescGZIP() []byte {
 	return file_parley_v1_auth_proto_rawDescData
 }
 
-var file_parley_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_parley_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_parley_v1_auth_proto_goTypes = []any{
 	(*Tokens)(nil),                // 0: parley.v1.Tokens
 	(*RegisterRequest)(nil),       // 1: parley.v1.RegisterRequest
@@ -830,19 +916,21 @@ var file_parley_v1_auth_proto_goTypes = []any{
 	(*ListSessionsResponse)(nil),  // 11: parley.v1.ListSessionsResponse
 	(*RevokeSessionRequest)(nil),  // 12: parley.v1.RevokeSessionRequest
 	(*RevokeSessionResponse)(nil), // 13: parley.v1.RevokeSessionResponse
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*Me)(nil),                    // 15: parley.v1.Me
+	(*DeleteAccountRequest)(nil),  // 14: parley.v1.DeleteAccountRequest
+	(*DeleteAccountResponse)(nil), // 15: parley.v1.DeleteAccountResponse
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*Me)(nil),                    // 17: parley.v1.Me
 }
 var file_parley_v1_auth_proto_depIdxs = []int32{
-	14, // 0: parley.v1.Tokens.access_token_expires_at:type_name -> google.protobuf.Timestamp
-	14, // 1: parley.v1.Tokens.refresh_token_expires_at:type_name -> google.protobuf.Timestamp
-	15, // 2: parley.v1.RegisterResponse.me:type_name -> parley.v1.Me
+	16, // 0: parley.v1.Tokens.access_token_expires_at:type_name -> google.protobuf.Timestamp
+	16, // 1: parley.v1.Tokens.refresh_token_expires_at:type_name -> google.protobuf.Timestamp
+	17, // 2: parley.v1.RegisterResponse.me:type_name -> parley.v1.Me
 	0,  // 3: parley.v1.RegisterResponse.tokens:type_name -> parley.v1.Tokens
-	15, // 4: parley.v1.LoginResponse.me:type_name -> parley.v1.Me
+	17, // 4: parley.v1.LoginResponse.me:type_name -> parley.v1.Me
 	0,  // 5: parley.v1.LoginResponse.tokens:type_name -> parley.v1.Tokens
 	0,  // 6: parley.v1.RefreshResponse.tokens:type_name -> parley.v1.Tokens
-	14, // 7: parley.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	14, // 8: parley.v1.Session.last_used_at:type_name -> google.protobuf.Timestamp
+	16, // 7: parley.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	16, // 8: parley.v1.Session.last_used_at:type_name -> google.protobuf.Timestamp
 	10, // 9: parley.v1.ListSessionsResponse.sessions:type_name -> parley.v1.Session
 	1,  // 10: parley.v1.AuthService.Register:input_type -> parley.v1.RegisterRequest
 	3,  // 11: parley.v1.AuthService.Login:input_type -> parley.v1.LoginRequest
@@ -850,14 +938,16 @@ var file_parley_v1_auth_proto_depIdxs = []int32{
 	7,  // 13: parley.v1.AuthService.Logout:input_type -> parley.v1.LogoutRequest
 	9,  // 14: parley.v1.AuthService.ListSessions:input_type -> parley.v1.ListSessionsRequest
 	12, // 15: parley.v1.AuthService.RevokeSession:input_type -> parley.v1.RevokeSessionRequest
-	2,  // 16: parley.v1.AuthService.Register:output_type -> parley.v1.RegisterResponse
-	4,  // 17: parley.v1.AuthService.Login:output_type -> parley.v1.LoginResponse
-	6,  // 18: parley.v1.AuthService.Refresh:output_type -> parley.v1.RefreshResponse
-	8,  // 19: parley.v1.AuthService.Logout:output_type -> parley.v1.LogoutResponse
-	11, // 20: parley.v1.AuthService.ListSessions:output_type -> parley.v1.ListSessionsResponse
-	13, // 21: parley.v1.AuthService.RevokeSession:output_type -> parley.v1.RevokeSessionResponse
-	16, // [16:22] is the sub-list for method output_type
-	10, // [10:16] is the sub-list for method input_type
+	14, // 16: parley.v1.AuthService.DeleteAccount:input_type -> parley.v1.DeleteAccountRequest
+	2,  // 17: parley.v1.AuthService.Register:output_type -> parley.v1.RegisterResponse
+	4,  // 18: parley.v1.AuthService.Login:output_type -> parley.v1.LoginResponse
+	6,  // 19: parley.v1.AuthService.Refresh:output_type -> parley.v1.RefreshResponse
+	8,  // 20: parley.v1.AuthService.Logout:output_type -> parley.v1.LogoutResponse
+	11, // 21: parley.v1.AuthService.ListSessions:output_type -> parley.v1.ListSessionsResponse
+	13, // 22: parley.v1.AuthService.RevokeSession:output_type -> parley.v1.RevokeSessionResponse
+	15, // 23: parley.v1.AuthService.DeleteAccount:output_type -> parley.v1.DeleteAccountResponse
+	17, // [17:24] is the sub-list for method output_type
+	10, // [10:17] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -876,7 +966,7 @@ func file_parley_v1_auth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_auth_proto_rawDesc), len(file_parley_v1_auth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

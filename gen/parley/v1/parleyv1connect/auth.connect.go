@@ -47,6 +47,9 @@ const (
 	// AuthServiceRevokeSessionProcedure is the fully-qualified name of the AuthService's RevokeSession
 	// RPC.
 	AuthServiceRevokeSessionProcedure = "/parley.v1.AuthService/RevokeSession"
+	// AuthServiceDeleteAccountProcedure is the fully-qualified name of the AuthService's DeleteAccount
+	// RPC.
+	AuthServiceDeleteAccountProcedure = "/parley.v1.AuthService/DeleteAccount"
 )
 
 // AuthServiceClient is a client for the parley.v1.AuthService service.
@@ -69,6 +72,22 @@ type AuthServiceClient interface {
 	ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error)
 	// RevokeSession ends one of the caller's sessions.
 	RevokeSession(context.Context, *connect.Request[v1.RevokeSessionRequest]) (*connect.Response[v1.RevokeSessionResponse], error)
+	// DeleteAccount deletes the caller's account, Register's counterpart,
+	// after checking its password again (a wrong one is PERMISSION_DENIED
+	// and changes nothing; repeated failures are RESOURCE_EXHAUSTED, on the
+	// account's login budget). From the moment it starts, the account can
+	// no longer sign in and others no longer find it; then every session
+	// ends (with its live streams and push subscriptions), the user leaves
+	// every group (a group where it was the only admin gets its
+	// longest-standing remaining member as admin), its avatars and their
+	// files, its unsent uploads, profile, blocks and account are deleted.
+	// Its messages and their files stay in the other members' history,
+	// from a user whose User.deleted is true; its private chats stay with
+	// the other member, who can read but no longer send there. The
+	// username cannot be registered again for 30 days; the email can at
+	// once. A deletion interrupted part-way (a crash) is finished by the
+	// server.
+	DeleteAccount(context.Context, *connect.Request[v1.DeleteAccountRequest]) (*connect.Response[v1.DeleteAccountResponse], error)
 }
 
 // NewAuthServiceClient constructs a client for the parley.v1.AuthService service. By default, it
@@ -119,6 +138,12 @@ func NewAuthServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(authServiceMethods.ByName("RevokeSession")),
 			connect.WithClientOptions(opts...),
 		),
+		deleteAccount: connect.NewClient[v1.DeleteAccountRequest, v1.DeleteAccountResponse](
+			httpClient,
+			baseURL+AuthServiceDeleteAccountProcedure,
+			connect.WithSchema(authServiceMethods.ByName("DeleteAccount")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -130,6 +155,7 @@ type authServiceClient struct {
 	logout        *connect.Client[v1.LogoutRequest, v1.LogoutResponse]
 	listSessions  *connect.Client[v1.ListSessionsRequest, v1.ListSessionsResponse]
 	revokeSession *connect.Client[v1.RevokeSessionRequest, v1.RevokeSessionResponse]
+	deleteAccount *connect.Client[v1.DeleteAccountRequest, v1.DeleteAccountResponse]
 }
 
 // Register calls parley.v1.AuthService.Register.
@@ -162,6 +188,11 @@ func (c *authServiceClient) RevokeSession(ctx context.Context, req *connect.Requ
 	return c.revokeSession.CallUnary(ctx, req)
 }
 
+// DeleteAccount calls parley.v1.AuthService.DeleteAccount.
+func (c *authServiceClient) DeleteAccount(ctx context.Context, req *connect.Request[v1.DeleteAccountRequest]) (*connect.Response[v1.DeleteAccountResponse], error) {
+	return c.deleteAccount.CallUnary(ctx, req)
+}
+
 // AuthServiceHandler is an implementation of the parley.v1.AuthService service.
 type AuthServiceHandler interface {
 	// Register creates an account (user, profile and a generated avatar) and
@@ -182,6 +213,22 @@ type AuthServiceHandler interface {
 	ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error)
 	// RevokeSession ends one of the caller's sessions.
 	RevokeSession(context.Context, *connect.Request[v1.RevokeSessionRequest]) (*connect.Response[v1.RevokeSessionResponse], error)
+	// DeleteAccount deletes the caller's account, Register's counterpart,
+	// after checking its password again (a wrong one is PERMISSION_DENIED
+	// and changes nothing; repeated failures are RESOURCE_EXHAUSTED, on the
+	// account's login budget). From the moment it starts, the account can
+	// no longer sign in and others no longer find it; then every session
+	// ends (with its live streams and push subscriptions), the user leaves
+	// every group (a group where it was the only admin gets its
+	// longest-standing remaining member as admin), its avatars and their
+	// files, its unsent uploads, profile, blocks and account are deleted.
+	// Its messages and their files stay in the other members' history,
+	// from a user whose User.deleted is true; its private chats stay with
+	// the other member, who can read but no longer send there. The
+	// username cannot be registered again for 30 days; the email can at
+	// once. A deletion interrupted part-way (a crash) is finished by the
+	// server.
+	DeleteAccount(context.Context, *connect.Request[v1.DeleteAccountRequest]) (*connect.Response[v1.DeleteAccountResponse], error)
 }
 
 // NewAuthServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -228,6 +275,12 @@ func NewAuthServiceHandler(svc AuthServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(authServiceMethods.ByName("RevokeSession")),
 		connect.WithHandlerOptions(opts...),
 	)
+	authServiceDeleteAccountHandler := connect.NewUnaryHandler(
+		AuthServiceDeleteAccountProcedure,
+		svc.DeleteAccount,
+		connect.WithSchema(authServiceMethods.ByName("DeleteAccount")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.AuthService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AuthServiceRegisterProcedure:
@@ -242,6 +295,8 @@ func NewAuthServiceHandler(svc AuthServiceHandler, opts ...connect.HandlerOption
 			authServiceListSessionsHandler.ServeHTTP(w, r)
 		case AuthServiceRevokeSessionProcedure:
 			authServiceRevokeSessionHandler.ServeHTTP(w, r)
+		case AuthServiceDeleteAccountProcedure:
+			authServiceDeleteAccountHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -273,4 +328,8 @@ func (UnimplementedAuthServiceHandler) ListSessions(context.Context, *connect.Re
 
 func (UnimplementedAuthServiceHandler) RevokeSession(context.Context, *connect.Request[v1.RevokeSessionRequest]) (*connect.Response[v1.RevokeSessionResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.AuthService.RevokeSession is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) DeleteAccount(context.Context, *connect.Request[v1.DeleteAccountRequest]) (*connect.Response[v1.DeleteAccountResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.AuthService.DeleteAccount is not implemented"))
 }

@@ -48,12 +48,15 @@ const (
 type UserServiceClient interface {
 	// GetMe returns the caller's account, profile and active avatar.
 	GetMe(context.Context, *connect.Request[v1.GetMeRequest]) (*connect.Response[v1.GetMeResponse], error)
-	// GetUser returns another user's public profile.
+	// GetUser returns another user's public profile; for a deleted account,
+	// a User with only id and deleted set (NOT_FOUND: no account ever had
+	// the id).
 	GetUser(context.Context, *connect.Request[v1.GetUserRequest]) (*connect.Response[v1.GetUserResponse], error)
 	// UpdateProfile changes the fields that are set and leaves the others.
 	UpdateProfile(context.Context, *connect.Request[v1.UpdateProfileRequest]) (*connect.Response[v1.UpdateProfileResponse], error)
 	// SearchUsers finds users whose username starts with a prefix, in any
-	// case or width, ordered by the username's lower-case form.
+	// case or width, ordered by the username's lower-case form. Deleted
+	// accounts are not found.
 	SearchUsers(context.Context, *connect.Request[v1.SearchUsersRequest]) (*connect.Response[v1.SearchUsersResponse], error)
 }
 
@@ -130,12 +133,15 @@ func (c *userServiceClient) SearchUsers(ctx context.Context, req *connect.Reques
 type UserServiceHandler interface {
 	// GetMe returns the caller's account, profile and active avatar.
 	GetMe(context.Context, *connect.Request[v1.GetMeRequest]) (*connect.Response[v1.GetMeResponse], error)
-	// GetUser returns another user's public profile.
+	// GetUser returns another user's public profile; for a deleted account,
+	// a User with only id and deleted set (NOT_FOUND: no account ever had
+	// the id).
 	GetUser(context.Context, *connect.Request[v1.GetUserRequest]) (*connect.Response[v1.GetUserResponse], error)
 	// UpdateProfile changes the fields that are set and leaves the others.
 	UpdateProfile(context.Context, *connect.Request[v1.UpdateProfileRequest]) (*connect.Response[v1.UpdateProfileResponse], error)
 	// SearchUsers finds users whose username starts with a prefix, in any
-	// case or width, ordered by the username's lower-case form.
+	// case or width, ordered by the username's lower-case form. Deleted
+	// accounts are not found.
 	SearchUsers(context.Context, *connect.Request[v1.SearchUsersRequest]) (*connect.Response[v1.SearchUsersResponse], error)
 }
 

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/auth.proto.
  */
 export const file_parley_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvYXV0aC5wcm90bxIJcGFybGV5LnYxIsQBCgZUb2tlbnMSEgoKc2Vzc2lvbl9pZBgBIAEoCRIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSOwoXYWNjZXNzX3Rva2VuX2V4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXJlZnJlc2hfdG9rZW4YBCABKAkSPAoYcmVmcmVzaF90b2tlbl9leHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLFAQoPUmVnaXN0ZXJSZXF1ZXN0Ei8KCHVzZXJuYW1lGAEgASgJQh26SBpyGBABGDIyEl5bXHB7TH1ccHtOfS5fLV0rJBIYCgVlbWFpbBgCIAEoCUIJukgGcgQYZGABEhwKCHBhc3N3b3JkGAMgASgJQgq6SAdyBSAIKIAIEjgKDHBob25lX251bWJlchgEIAEoCUIdukgachgYDzIUXlwrWzEtOV1bMC05XXsxLDEzfSRIAIgBAUIPCg1fcGhvbmVfbnVtYmVyIlAKEFJlZ2lzdGVyUmVzcG9uc2USGQoCbWUYASABKAsyDS5wYXJsZXkudjEuTWUSIQoGdG9rZW5zGAIgASgLMhEucGFybGV5LnYxLlRva2VucyJKCgxMb2dpblJlcXVlc3QSHAoFbG9naW4YASABKAlCDbpICnIIEAEYZLoBAQASHAoIcGFzc3dvcmQYAiABKAlCCrpIB3IFIAEogAgiTQoNTG9naW5SZXNwb25zZRIZCgJtZRgBIAEoCzINLnBhcmxleS52MS5NZRIhCgZ0b2tlbnMYAiABKAsyES5wYXJsZXkudjEuVG9rZW5zIjMKDlJlZnJlc2hSZXF1ZXN0EiEKDXJlZnJlc2hfdG9rZW4YASABKAlCCrpIB3IFEAEYgAIiNAoPUmVmcmVzaFJlc3BvbnNlEiEKBnRva2VucxgBIAEoCzIRLnBhcmxleS52MS5Ub2tlbnMiDwoNTG9nb3V0UmVxdWVzdCIQCg5Mb2dvdXRSZXNwb25zZSIVChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Iq0BCgdTZXNzaW9uEgoKAmlkGAEgASgJEhIKCnVzZXJfYWdlbnQYAiABKAkSDwoHYWRkcmVzcxgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2N1cnJlbnQYBiABKAgiPAoUTGlzdFNlc3Npb25zUmVzcG9uc2USJAoIc2Vzc2lvbnMYASADKAsyEi5wYXJsZXkudjEuU2Vzc2lvbiI1ChRSZXZva2VTZXNzaW9uUmVxdWVzdBIdCgpzZXNzaW9uX2lkGAEgASgJQgm6SAZyBBABGEAiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlMrkDCgtBdXRoU2VydmljZRJDCghSZWdpc3RlchIaLnBhcmxleS52MS5SZWdpc3RlclJlcXVlc3QaGy5wYXJsZXkudjEuUmVnaXN0ZXJSZXNwb25zZRI6CgVMb2dpbhIXLnBhcmxleS52MS5Mb2dpblJlcXVlc3QaGC5wYXJsZXkudjEuTG9naW5SZXNwb25zZRJACgdSZWZyZXNoEhkucGFybGV5LnYxLlJlZnJlc2hSZXF1ZXN0GhoucGFybGV5LnYxLlJlZnJlc2hSZXNwb25zZRI9CgZMb2dvdXQSGC5wYXJsZXkudjEuTG9nb3V0UmVxdWVzdBoZLnBhcmxleS52MS5Mb2dvdXRSZXNwb25zZRJUCgxMaXN0U2Vzc2lvbnMSHi5wYXJsZXkudjEuTGlzdFNlc3Npb25zUmVxdWVzdBofLnBhcmxleS52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZSIDkAIBElIKDVJldm9rZVNlc3Npb24SHy5wYXJsZXkudjEuUmV2b2tlU2Vzc2lvblJlcXVlc3QaIC5wYXJsZXkudjEuUmV2b2tlU2Vzc2lvblJlc3BvbnNlQjZaNGdpdGh1Yi5jb20vcGFybGV5LWNoYXQvcGFybGV5L2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp, file_parley_v1_user]);
+  fileDesc("ChRwYXJsZXkvdjEvYXV0aC5wcm90bxIJcGFybGV5LnYxIsQBCgZUb2tlbnMSEgoKc2Vzc2lvbl9pZBgBIAEoCRIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSOwoXYWNjZXNzX3Rva2VuX2V4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXJlZnJlc2hfdG9rZW4YBCABKAkSPAoYcmVmcmVzaF90b2tlbl9leHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLFAQoPUmVnaXN0ZXJSZXF1ZXN0Ei8KCHVzZXJuYW1lGAEgASgJQh26SBpyGBABGDIyEl5bXHB7TH1ccHtOfS5fLV0rJBIYCgVlbWFpbBgCIAEoCUIJukgGcgQYZGABEhwKCHBhc3N3b3JkGAMgASgJQgq6SAdyBSAIKIAIEjgKDHBob25lX251bWJlchgEIAEoCUIdukgachgYDzIUXlwrWzEtOV1bMC05XXsxLDEzfSRIAIgBAUIPCg1fcGhvbmVfbnVtYmVyIlAKEFJlZ2lzdGVyUmVzcG9uc2USGQoCbWUYASABKAsyDS5wYXJsZXkudjEuTWUSIQoGdG9rZW5zGAIgASgLMhEucGFybGV5LnYxLlRva2VucyJKCgxMb2dpblJlcXVlc3QSHAoFbG9naW4YASABKAlCDbpICnIIEAEYZLoBAQASHAoIcGFzc3dvcmQYAiABKAlCCrpIB3IFIAEogAgiTQoNTG9naW5SZXNwb25zZRIZCgJtZRgBIAEoCzINLnBhcmxleS52MS5NZRIhCgZ0b2tlbnMYAiABKAsyES5wYXJsZXkudjEuVG9rZW5zIjMKDlJlZnJlc2hSZXF1ZXN0EiEKDXJlZnJlc2hfdG9rZW4YASABKAlCCrpIB3IFEAEYgAIiNAoPUmVmcmVzaFJlc3BvbnNlEiEKBnRva2VucxgBIAEoCzIRLnBhcmxleS52MS5Ub2tlbnMiDwoNTG9nb3V0UmVxdWVzdCIQCg5Mb2dvdXRSZXNwb25zZSIVChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Iq0BCgdTZXNzaW9uEgoKAmlkGAEgASgJEhIKCnVzZXJfYWdlbnQYAiABKAkSDwoHYWRkcmVzcxgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2N1cnJlbnQYBiABKAgiPAoUTGlzdFNlc3Npb25zUmVzcG9uc2USJAoIc2Vzc2lvbnMYASADKAsyEi5wYXJsZXkudjEuU2Vzc2lvbiI1ChRSZXZva2VTZXNzaW9uUmVxdWVzdBIdCgpzZXNzaW9uX2lkGAEgASgJQgm6SAZyBBABGEAiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIjQKFERlbGV0ZUFjY291bnRSZXF1ZXN0EhwKCHBhc3N3b3JkGAEgASgJQgq6SAdyBSABKIAIIhcKFURlbGV0ZUFjY291bnRSZXNwb25zZTKNBAoLQXV0aFNlcnZpY2USQwoIUmVnaXN0ZXISGi5wYXJsZXkudjEuUmVnaXN0ZXJSZXF1ZXN0GhsucGFybGV5LnYxLlJlZ2lzdGVyUmVzcG9uc2USOgoFTG9naW4SFy5wYXJsZXkudjEuTG9naW5SZXF1ZXN0GhgucGFybGV5LnYxLkxvZ2luUmVzcG9uc2USQAoHUmVmcmVzaBIZLnBhcmxleS52MS5SZWZyZXNoUmVxdWVzdBoaLnBhcmxleS52MS5SZWZyZXNoUmVzcG9uc2USPQoGTG9nb3V0EhgucGFybGV5LnYxLkxvZ291dFJlcXVlc3QaGS5wYXJsZXkudjEuTG9nb3V0UmVzcG9uc2USVAoMTGlzdFNlc3Npb25zEh4ucGFybGV5LnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaHy5wYXJsZXkudjEuTGlzdFNlc3Npb25zUmVzcG9uc2UiA5ACARJSCg1SZXZva2VTZXNzaW9uEh8ucGFybGV5LnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GiAucGFybGV5LnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJSCg1EZWxldGVBY2NvdW50Eh8ucGFybGV5LnYxLkRlbGV0ZUFjY291bnRSZXF1ZXN0GiAucGFybGV5LnYxLkRlbGV0ZUFjY291bnRSZXNwb25zZUI2WjRnaXRodWIuY29tL3BhcmxleS1jaGF0L3BhcmxleS9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_parley_v1_user]);
 
 /**
  * Tokens are a session's credentials.
@@ -341,6 +341,38 @@ export const RevokeSessionResponseSchema: GenMessage<RevokeSessionResponse> = /*
   messageDesc(file_parley_v1_auth, 13);
 
 /**
+ * @generated from message parley.v1.DeleteAccountRequest
+ */
+export type DeleteAccountRequest = Message<"parley.v1.DeleteAccountRequest"> & {
+  /**
+   * The account's current password.
+   *
+   * @generated from field: string password = 1;
+   */
+  password: string;
+};
+
+/**
+ * Describes the message parley.v1.DeleteAccountRequest.
+ * Use `create(DeleteAccountRequestSchema)` to create a new message.
+ */
+export const DeleteAccountRequestSchema: GenMessage<DeleteAccountRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_auth, 14);
+
+/**
+ * @generated from message parley.v1.DeleteAccountResponse
+ */
+export type DeleteAccountResponse = Message<"parley.v1.DeleteAccountResponse"> & {
+};
+
+/**
+ * Describes the message parley.v1.DeleteAccountResponse.
+ * Use `create(DeleteAccountResponseSchema)` to create a new message.
+ */
+export const DeleteAccountResponseSchema: GenMessage<DeleteAccountResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_auth, 15);
+
+/**
  * AuthService creates accounts and sessions. Register, Login and Refresh
  * are public; the other methods act on the caller's own sessions.
  *
@@ -418,6 +450,30 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof RevokeSessionRequestSchema;
     output: typeof RevokeSessionResponseSchema;
+  },
+  /**
+   * DeleteAccount deletes the caller's account, Register's counterpart,
+   * after checking its password again (a wrong one is PERMISSION_DENIED
+   * and changes nothing; repeated failures are RESOURCE_EXHAUSTED, on the
+   * account's login budget). From the moment it starts, the account can
+   * no longer sign in and others no longer find it; then every session
+   * ends (with its live streams and push subscriptions), the user leaves
+   * every group (a group where it was the only admin gets its
+   * longest-standing remaining member as admin), its avatars and their
+   * files, its unsent uploads, profile, blocks and account are deleted.
+   * Its messages and their files stay in the other members' history,
+   * from a user whose User.deleted is true; its private chats stay with
+   * the other member, who can read but no longer send there. The
+   * username cannot be registered again for 30 days; the email can at
+   * once. A deletion interrupted part-way (a crash) is finished by the
+   * server.
+   *
+   * @generated from rpc parley.v1.AuthService.DeleteAccount
+   */
+  deleteAccount: {
+    methodKind: "unary";
+    input: typeof DeleteAccountRequestSchema;
+    output: typeof DeleteAccountResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_v1_auth, 0);

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/user.proto.
  */
 export const file_parley_v1_user: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvdXNlci5wcm90bxIJcGFybGV5LnYxIn0KBFVzZXISCgoCaWQYASABKAUSEAoIdXNlcm5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSEgoKYXZhdGFyX3VybBgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLUAQoCTWUSHQoEdXNlchgBIAEoCzIPLnBhcmxleS52MS5Vc2VyEg0KBWVtYWlsGAIgASgJEhQKDHBob25lX251bWJlchgDIAEoCRIxCg1sYXN0X2xvZ2luX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCg1hY3RpdmVfYXZhdGFyGAUgASgLMhEucGFybGV5LnYxLkF2YXRhchIWCg5lbWFpbF92ZXJpZmllZBgGIAEoCBIVCg1wZW5kaW5nX2VtYWlsGAcgASgJIokBCgZBdmF0YXISCgoCaWQYASABKAUSDwoHdXNlcl9pZBgCIAEoBRILCgN1cmwYAyABKAkSEQoJaXNfYWN0aXZlGAQgASgIEhEKCWlzX3JhbmRvbRgFIAEoCBIvCgt1cGxvYWRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiDgoMR2V0TWVSZXF1ZXN0IioKDUdldE1lUmVzcG9uc2USGQoCbWUYASABKAsyDS5wYXJsZXkudjEuTWUiKgoOR2V0VXNlclJlcXVlc3QSGAoHdXNlcl9pZBgBIAEoBUIHukgEGgIgACIwCg9HZXRVc2VyUmVzcG9uc2USHQoEdXNlchgBIAEoCzIPLnBhcmxleS52MS5Vc2VyIt8BChRVcGRhdGVQcm9maWxlUmVxdWVzdBI0Cgh1c2VybmFtZRgBIAEoCUIdukgachgQARgyMhJeW1xwe0x9XHB7Tn0uXy1dKyRIAIgBARI7CgxwaG9uZV9udW1iZXIYAiABKAlCILpIHXIbGA8yF14oXCtbMS05XVswLTldezEsMTN9KT8kSAGIAQESJgoLZGVzY3JpcHRpb24YAyABKAlCDLpICXIHGPQDugEBAEgCiAEBQgsKCV91c2VybmFtZUIPCg1fcGhvbmVfbnVtYmVyQg4KDF9kZXNjcmlwdGlvbiIyChVVcGRhdGVQcm9maWxlUmVzcG9uc2USGQoCbWUYASABKAsyDS5wYXJsZXkudjEuTWUibwoSU2VhcmNoVXNlcnNSZXF1ZXN0Eh0KBnByZWZpeBgBIAEoCUINukgKcggQARgyugEBABIcCglwYWdlX3NpemUYAiABKAVCCbpIBhoEGGQoABIcCgpwYWdlX3Rva2VuGAMgASgJQgi6SAVyAxiABCJOChNTZWFyY2hVc2Vyc1Jlc3BvbnNlEh4KBXVzZXJzGAEgAygLMg8ucGFybGV5LnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMrwCCgtVc2VyU2VydmljZRI/CgVHZXRNZRIXLnBhcmxleS52MS5HZXRNZVJlcXVlc3QaGC5wYXJsZXkudjEuR2V0TWVSZXNwb25zZSIDkAIBEkUKB0dldFVzZXISGS5wYXJsZXkudjEuR2V0VXNlclJlcXVlc3QaGi5wYXJsZXkudjEuR2V0VXNlclJlc3BvbnNlIgOQAgESUgoNVXBkYXRlUHJvZmlsZRIfLnBhcmxleS52MS5VcGRhdGVQcm9maWxlUmVxdWVzdBogLnBhcmxleS52MS5VcGRhdGVQcm9maWxlUmVzcG9uc2USUQoLU2VhcmNoVXNlcnMSHS5wYXJsZXkudjEuU2VhcmNoVXNlcnNSZXF1ZXN0Gh4ucGFybGV5LnYxLlNlYXJjaFVzZXJzUmVzcG9uc2UiA5ACAUI2WjRnaXRodWIuY29tL3BhcmxleS1jaGF0L3BhcmxleS9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChRwYXJsZXkvdjEvdXNlci5wcm90bxIJcGFybGV5LnYxIo4BCgRVc2VyEgoKAmlkGAEgASgFEhAKCHVzZXJuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhIKCmF2YXRhcl91cmwYBCABKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZGVsZXRlZBgGIAEoCCLUAQoCTWUSHQoEdXNlchgBIAEoCzIPLnBhcmxleS52MS5Vc2VyEg0KBWVtYWlsGAIgASgJEhQKDHBob25lX251bWJlchgDIAEoCRIxCg1sYXN0X2xvZ2luX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCg1hY3RpdmVfYXZhdGFyGAUgASgLMhEucGFybGV5LnYxLkF2YXRhchIWCg5lbWFpbF92ZXJpZmllZBgGIAEoCBIVCg1wZW5kaW5nX2VtYWlsGAcgASgJIokBCgZBdmF0YXISCgoCaWQYASABKAUSDwoHdXNlcl9pZBgCIAEoBRILCgN1cmwYAyABKAkSEQoJaXNfYWN0aXZlGAQgASgIEhEKCWlzX3JhbmRvbRgFIAEoCBIvCgt1cGxvYWRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiDgoMR2V0TWVSZXF1ZXN0IioKDUdldE1lUmVzcG9uc2USGQoCbWUYASABKAsyDS5wYXJsZXkudjEuTWUiKgoOR2V0VXNlclJlcXVlc3QSGAoHdXNlcl9pZBgBIAEoBUIHukgEGgIgACIwCg9HZXRVc2VyUmVzcG9uc2USHQoEdXNlchgBIAEoCzIPLnBhcmxleS52MS5Vc2VyIt8BChRVcGRhdGVQcm9maWxlUmVxdWVzdBI0Cgh1c2VybmFtZRgBIAEoCUIdukgachgQARgyMhJeW1xwe0x9XHB7Tn0uXy1dKyRIAIgBARI7CgxwaG9uZV9udW1iZXIYAiABKAlCILpIHXIbGA8yF14oXCtbMS05XVswLTldezEsMTN9KT8kSAGIAQESJgoLZGVzY3JpcHRpb24YAyABKAlCDLpICXIHGPQDugEBAEgCiAEBQgsKCV91c2VybmFtZUIPCg1fcGhvbmVfbnVtYmVyQg4KDF9kZXNjcmlwdGlvbiIyChVVcGRhdGVQcm9maWxlUmVzcG9uc2USGQoCbWUYASABKAsyDS5wYXJsZXkudjEuTWUibwoSU2VhcmNoVXNlcnNSZXF1ZXN0Eh0KBnByZWZpeBgBIAEoCUINukgKcggQARgyugEBABIcCglwYWdlX3NpemUYAiABKAVCCbpIBhoEGGQoABIcCgpwYWdlX3Rva2VuGAMgASgJQgi6SAVyAxiABCJOChNTZWFyY2hVc2Vyc1Jlc3BvbnNlEh4KBXVzZXJzGAEgAygLMg8ucGFybGV5LnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMrwCCgtVc2VyU2VydmljZRI/CgVHZXRNZRIXLnBhcmxleS52MS5HZXRNZVJlcXVlc3QaGC5wYXJsZXkudjEuR2V0TWVSZXNwb25zZSIDkAIBEkUKB0dldFVzZXISGS5wYXJsZXkudjEuR2V0VXNlclJlcXVlc3QaGi5wYXJsZXkudjEuR2V0VXNlclJlc3BvbnNlIgOQAgESUgoNVXBkYXRlUHJvZmlsZRIfLnBhcmxleS52MS5VcGRhdGVQcm9maWxlUmVxdWVzdBogLnBhcmxleS52MS5VcGRhdGVQcm9maWxlUmVzcG9uc2USUQoLU2VhcmNoVXNlcnMSHS5wYXJsZXkudjEuU2VhcmNoVXNlcnNSZXF1ZXN0Gh4ucGFybGV5LnYxLlNlYXJjaFVzZXJzUmVzcG9uc2UiA5ACAUI2WjRnaXRodWIuY29tL3BhcmxleS1jaGF0L3BhcmxleS9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * User is what every signed-in user may see of another.
@@ -27,6 +27,8 @@ export type User = Message<"parley.v1.User"> & {
   id: number;
 
   /**
+   * Empty for a deleted account.
+   *
    * @generated from field: string username = 2;
    */
   username: string;
@@ -37,7 +39,8 @@ export type User = Message<"parley.v1.User"> & {
   description: string;
 
   /**
-   * The active avatar's URL, relative to the server's base URL.
+   * The active avatar's URL, relative to the server's base URL; empty for
+   * a deleted account.
    *
    * @generated from field: string avatar_url = 4;
    */
@@ -47,6 +50,15 @@ export type User = Message<"parley.v1.User"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 5;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * True for an account that was deleted (AuthService.DeleteAccount):
+   * only id is set. Its messages stay in others' history; clients show
+   * the sender as a deleted account.
+   *
+   * @generated from field: bool deleted = 6;
+   */
+  deleted: boolean;
 };
 
 /**
@@ -348,7 +360,9 @@ export const UserService: GenService<{
     output: typeof GetMeResponseSchema;
   },
   /**
-   * GetUser returns another user's public profile.
+   * GetUser returns another user's public profile; for a deleted account,
+   * a User with only id and deleted set (NOT_FOUND: no account ever had
+   * the id).
    *
    * @generated from rpc parley.v1.UserService.GetUser
    */
@@ -369,7 +383,8 @@ export const UserService: GenService<{
   },
   /**
    * SearchUsers finds users whose username starts with a prefix, in any
-   * case or width, ordered by the username's lower-case form.
+   * case or width, ordered by the username's lower-case form. Deleted
+   * accounts are not found.
    *
    * @generated from rpc parley.v1.UserService.SearchUsers
    */
