@@ -24,6 +24,7 @@ import (
 	"github.com/parley-chat/parley/server/info"
 	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/media"
+	"github.com/parley-chat/parley/server/push"
 	"github.com/parley-chat/parley/server/reqlog"
 	"github.com/parley-chat/parley/server/sqldb"
 	"github.com/parley-chat/parley/server/telemetry"
@@ -76,6 +77,10 @@ type Deps struct {
 	// Sends bounds how fast each user may send messages; zero fields
 	// mean chat.DefaultSendLimit's.
 	Sends chat.SendLimit
+	// Push sends push notifications and serves PushService; New wires
+	// it to the chats' events and the sessions' ends (its workers run
+	// apart: push.Service.Run). Nil: no pushes, no PushService.
+	Push *push.Service
 	// WebDir, when set, holds a built web app (clients/web/dist) served
 	// at / without authentication.
 	WebDir string
@@ -94,6 +99,7 @@ var Services = []string{
 	parleyv1connect.LiveServiceName,
 	parleyv1connect.MediaServiceName,
 	parleyv1connect.PrivacyServiceName,
+	parleyv1connect.PushServiceName,
 }
 
 // public lists what may be called without signing in.
@@ -103,6 +109,8 @@ var public = auth.Public{
 		parleyv1connect.AuthServiceLoginProcedure:           true,
 		parleyv1connect.AuthServiceRefreshProcedure:         true,
 		parleyv1connect.ServerServiceGetServerInfoProcedure: true,
+		// Browsers need it to subscribe.
+		parleyv1connect.PushServiceGetVapidPublicKeyProcedure: true,
 	},
 	Prefixes: []string{
 		"/" + health.ServiceName + "/",
@@ -134,9 +142,19 @@ func New(d Deps) (http.Handler, error) {
 	if d.Auth.Now == nil {
 		d.Auth.Now = d.Now
 	}
-	if d.Live != nil && d.Auth.SessionEnds == nil {
-		// A session that ends ends its live streams, on every instance.
-		d.Auth.SessionEnds = d.Live
+	if d.Auth.SessionEnds == nil {
+		// A session that ends ends its live streams, on every instance,
+		// and its devices' push subscriptions.
+		var ends push.SessionEnds
+		if d.Live != nil {
+			ends = append(ends, d.Live)
+		}
+		if d.Push != nil {
+			ends = append(ends, d.Push)
+		}
+		if len(ends) > 0 {
+			d.Auth.SessionEnds = ends
+		}
 	}
 	users := user.New(d.Log, d.DB, d.Media, d.Now)
 	authn, err := auth.New(d.Log, d.Redis, users, d.Auth)
@@ -177,10 +195,19 @@ func New(d Deps) (http.Handler, error) {
 	// Blocks and privacy settings live with the users; chats consult
 	// them through chat.Privacy, and live presence through chats.
 	mux.Handle(parleyv1connect.NewPrivacyServiceHandler(users, opts...))
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
+	var events chat.Events = d.Live
+	if d.Push != nil {
+		// New messages and reactions queue pushes as they are announced.
+		events = d.Push.Events(events)
+	}
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, events, d.Media, d.Now)
 	users.GuardPairs(chats)
 	chats.LimitSends(d.Sends)
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
+	if d.Push != nil {
+		d.Push.Use(authn, chats, userNames{users})
+		mux.Handle(parleyv1connect.NewPushServiceHandler(d.Push, opts...))
+	}
 	mcfg := d.MediaConfig
 	mcfg.Keys, mcfg.RedisPrefix, mcfg.Now = d.Auth.Keys, d.Auth.RedisPrefix, d.Now
 	files, err := media.New(d.Log, d.Media, chats, d.Redis, mcfg)
@@ -241,6 +268,20 @@ func NewMediaJanitor(d Deps, after time.Duration) *media.Janitor {
 	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
 	users.GuardPairs(chats)
 	return media.NewJanitor(d.Log, d.Media, referrers{chats, users}, after, d.Now)
+}
+
+// userNames names the senders of pushes.
+type userNames struct{ users *user.Service }
+
+func (n userNames) Name(ctx context.Context, userID int) (string, error) {
+	me, err := n.users.Me(ctx, userID)
+	if connect.CodeOf(err) == connect.CodeNotFound {
+		return "", nil // a deleted account: the push names no sender
+	}
+	if err != nil {
+		return "", err
+	}
+	return me.GetUser().GetUsername(), nil
 }
 
 // referrers finds the messages and avatars that use uploads.

@@ -143,9 +143,9 @@ type Service struct {
 	instance string
 }
 
-// New returns the push service. It needs Use's sessions and chats before
-// it serves or runs.
-func New(log *slog.Logger, rdb redis.UniversalClient, presence Presence, names Names, cfg Config) (*Service, error) {
+// New returns the push service. It needs what Use gives it before it
+// serves or runs.
+func New(log *slog.Logger, rdb redis.UniversalClient, presence Presence, cfg Config) (*Service, error) {
 	if cfg.Provider == nil {
 		return nil, errors.New("push: no provider")
 	}
@@ -158,16 +158,15 @@ func New(log *slog.Logger, rdb redis.UniversalClient, presence Presence, names N
 		store:    &store{rdb: rdb, prefix: cfg.RedisPrefix},
 		queue:    newQueue(rdb, cfg.RedisPrefix),
 		presence: presence,
-		names:    names,
 		instance: hex.EncodeToString(b),
 	}, nil
 }
 
 // Use gives the service what is built after it: the sessions (the auth
-// service, which is told of sessions' ends through SessionEnded) and the
-// chats (whose events Events wraps).
-func (s *Service) Use(sessions Sessions, chats Chats) {
-	s.sessions, s.chats = sessions, chats
+// service, which is told of sessions' ends through SessionEnded), the
+// chats (whose events Events wraps) and the users' names.
+func (s *Service) Use(sessions Sessions, chats Chats, names Names) {
+	s.sessions, s.chats, s.names = sessions, chats, names
 }
 
 // SessionEnded removes the subscriptions of a session that ended (it
