@@ -207,4 +207,3 @@ func newID() string {
 	rand.Read(b)
 	return hex.EncodeToString(b)
 }
-

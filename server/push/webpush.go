@@ -91,4 +91,3 @@ func (w *WebPush) Send(ctx context.Context, sub Subscription, payload []byte, op
 	}
 	return res, fmt.Errorf("web push: %s: %s", resp.Status, strings.TrimSpace(string(body)))
 }
-
