@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/redis/go-redis/v9"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
@@ -533,5 +534,72 @@ func TestPush_QueueSurvivesRestart(t *testing.T) {
 				t.Fatalf("push %+v, want seq %d of %s", got, m.GetSeq(), c.GetId())
 			}
 		})
+	}
+}
+
+// A job that a worker took and never finished (its instance died) is
+// taken over by another instance's worker.
+func TestPush_DeadWorkersJobsAreTakenOver(t *testing.T) {
+	p := servertest.Protocols[0]
+	prefix := servertest.SharedStores(t).RedisPrefix + servertest.UniqueName("push") + ":"
+	keys := t.TempDir()
+	first := servertest.New(t, servertest.WithConfig(config(t, keys, prefix, -1)))
+	ps := newPushService(t, vapidKey(t, first, p))
+	sender, r := newMember(t, first, p, ""), newMember(t, first, p, "")
+	d := ps.newDevice()
+	r.subscribe(t, d, false)
+	c := sender.group(t, "Taken", r)
+	m := sender.send(t, c.GetId(), "taken over")
+	// A worker of the consumer group takes the job, then dies.
+	ctx := context.Background()
+	jobs := prefix + "{pushq}:jobs"
+	rdb := first.App.Redis()
+	if err := rdb.XGroupCreateMkStream(ctx, jobs, "push", "0").Err(); err != nil {
+		t.Fatalf("create the group: %v", err)
+	}
+	res, err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "push", Consumer: "dead", Streams: []string{jobs, ">"}, Count: 10}).Result()
+	if err != nil || len(res) != 1 || len(res[0].Messages) != 1 {
+		t.Fatalf("the dead worker's read: %v, %v; want one job", res, err)
+	}
+	if err := first.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+
+	servertest.New(t, servertest.WithConfig(func(c *app.Config) {
+		config(t, keys, prefix, 1)(c)
+		c.Push.ClaimAfter = 200 * time.Millisecond
+	}))
+	if got := d.next(t).Payload; got.Seq != m.GetSeq() || got.Preview != "taken over" {
+		t.Fatalf("push %+v, want seq %d", got, m.GetSeq())
+	}
+}
+
+// The embedded Redis (miniredis, what `go run .` uses) runs the queue too:
+// streams, consumer groups and the scripts.
+func TestPush_EmbeddedRedis(t *testing.T) {
+	p := servertest.Protocols[0]
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) {
+		config(t, t.TempDir(), "", 1)(c)
+		c.RedisURL, c.RedisPrefix = "", ""
+	}))
+	ps := newPushService(t, vapidKey(t, srv, p))
+	sender, r := newMember(t, srv, p, ""), newMember(t, srv, p, "")
+	d := ps.newDevice()
+	r.subscribe(t, d, false)
+	d.answer(http.StatusServiceUnavailable)
+	c := sender.group(t, "Embedded", r)
+	var sent []*parleyv1.Message
+	for _, text := range []string{"one", "two", "three"} {
+		sent = append(sent, sender.send(t, c.GetId(), text))
+	}
+	// The first, after a retry; then the window's latest.
+	if got := d.next(t).Payload; got.Seq != sent[0].GetSeq() {
+		t.Fatalf("push %+v, want seq %d", got, sent[0].GetSeq())
+	}
+	if got := d.next(t).Payload; got.Seq != sent[2].GetSeq() {
+		t.Fatalf("push %+v, want seq %d", got, sent[2].GetSeq())
+	}
+	if got := d.triesSoFar(); got != 3 {
+		t.Fatalf("%d tries, want 3", got)
 	}
 }
