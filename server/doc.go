@@ -35,6 +35,13 @@
 //	                    download endpoints; storage on disk or S3; the
 //	                    Library that attaches uploads to messages and
 //	                    avatars; clean-up of unattached uploads
+//	server/push/        parley.v1.PushService: Web Push subscriptions (by
+//	                    session) and settings in Redis; the chat events
+//	                    wrapper that queues a job per new message or
+//	                    reaction; the queue (a Redis stream and a sorted
+//	                    set) and its workers, collapse windows, retries;
+//	                    the Provider interface and its Web Push provider
+//	                    (VAPID key: vapid.go)
 //	server/admin/       the admin listener (-admin-addr): Prometheus
 //	                    metrics, probes, pprof, expvar
 //	server/telemetry/   the metrics registry and OpenTelemetry tracing:
@@ -84,6 +91,7 @@
 //	main
 //	server/app, server/servertest
 //	server
+//	server/push
 //	server/<domain> (live, chat, user, then media, auth, info), server/health,
 //	server/admin
 //	server/telemetry, server/reqlog, server/rpcerr, server/keyring,
@@ -98,10 +106,15 @@
 // media.Library; media.Members and media.Referrers are chat.Service (with
 // user.Service for avatars); chat.Privacy, blocks and
 // privacy settings, is user.Service, which serves parley.v1.PrivacyService
-// too; auth.SessionEnds is live.Hub; live.Sessions is auth.Service). The
+// too; auth.SessionEnds is live.Hub and push.Service together
+// (push.SessionEnds); live.Sessions is auth.Service; chat.Events is
+// wrapped by push.Service.Events when pushes are on; push.Presence is
+// live.Hub, push.Sessions auth.Service, push.Chats chat.Service and
+// push.Names user.Service). The
 // imports between
 // domains are of auth, for the caller's identity (auth.Caller), which
 // every domain uses, and of media by chat, for the media.Attachment its
-// Library hands over; auth itself declares what it needs of accounts
-// (auth.Accounts).
+// Library hands over; push, above the domains, imports chat for the
+// chat.Events it wraps and chat.PushChat; auth itself declares what it
+// needs of accounts (auth.Accounts).
 package server
