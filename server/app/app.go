@@ -352,7 +352,13 @@ func (a *App) openPush(presence push.Presence) (*push.Service, error) {
 	if subject == "" {
 		subject = DefaultVAPIDSubject
 	}
-	provider, err := push.NewWebPush(key, subject, nil)
+	// Pushes go to public addresses only, unless tests run their push
+	// service here.
+	var client *http.Client
+	if a.cfg.Push.InsecureEndpoints {
+		client = &http.Client{Timeout: 30 * time.Second}
+	}
+	provider, err := push.NewWebPush(key, subject, client)
 	if err != nil {
 		return nil, err
 	}

@@ -55,8 +55,9 @@ type Config struct {
 	PublicKey string
 	// RedisPrefix starts every Redis key.
 	RedisPrefix string
-	// InsecureEndpoints accepts http endpoints as well as https ones;
-	// for tests with a local push service only.
+	// InsecureEndpoints accepts http endpoints as well as https ones,
+	// for tests with a local push service only (such a service also
+	// needs a Provider whose client connects to it: see PublicClient).
 	InsecureEndpoints bool
 	// Window is how long pushes to one device for one chat collapse
 	// into one more; DefaultWindow when zero.

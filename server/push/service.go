@@ -60,7 +60,7 @@ func (s *Service) RegisterPushSubscription(
 	ok, err := s.store.register(ctx, id.UserID, r)
 	if err == nil && !ok {
 		// Full: subscriptions of sessions that expired make room.
-		if err = s.pruneEnded(ctx, id.UserID); err == nil {
+		if _, err = s.liveSubscriptions(ctx, id.UserID); err == nil {
 			ok, err = s.store.register(ctx, id.UserID, r)
 		}
 	}
@@ -90,11 +90,13 @@ func decodeKey(s string) ([]byte, error) {
 	return base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
 }
 
-// pruneEnded removes the user's subscriptions whose sessions ended.
-func (s *Service) pruneEnded(ctx context.Context, uid int) error {
+// liveSubscriptions returns the user's subscriptions whose sessions are
+// open, and removes the others (of sessions that expired: those that
+// ended early went then).
+func (s *Service) liveSubscriptions(ctx context.Context, uid int) ([]*subRecord, error) {
 	subs, err := s.store.list(ctx, uid)
-	if err != nil {
-		return err
+	if err != nil || len(subs) == 0 {
+		return subs, err
 	}
 	ids := make([]auth.Identity, len(subs))
 	for i, r := range subs {
@@ -102,16 +104,21 @@ func (s *Service) pruneEnded(ctx context.Context, uid int) error {
 	}
 	open, err := s.sessions.SessionsOpen(ctx, ids)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var live []*subRecord
 	var gone []string
 	for i, r := range subs {
-		if !open[i] {
+		if open[i] {
+			live = append(live, r)
+		} else {
 			gone = append(gone, r.ID)
 		}
 	}
-	_, err = s.store.remove(ctx, uid, gone...)
-	return err
+	if _, err := s.store.remove(ctx, uid, gone...); err != nil {
+		return nil, err
+	}
+	return live, nil
 }
 
 // UnregisterPushSubscription removes one of the caller's subscriptions.
@@ -140,7 +147,7 @@ func (s *Service) ListPushSubscriptions(
 	if err != nil {
 		return nil, err
 	}
-	subs, err := s.store.list(ctx, id.UserID)
+	subs, err := s.liveSubscriptions(ctx, id.UserID)
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "list push subscriptions", err)
 	}

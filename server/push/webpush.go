@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	webpush "github.com/SherClockHolmes/webpush-go"
@@ -28,8 +31,7 @@ var _ Provider = (*WebPush)(nil)
 
 // NewWebPush returns a Web Push provider that signs with key on behalf of
 // subject, a "mailto:" or "https:" URL where the push services can reach
-// the operator. client sends the requests; nil means one with a
-// 30-second timeout.
+// the operator. client sends the requests; nil means PublicClient().
 func NewWebPush(key *ecdsa.PrivateKey, subject string, client *http.Client) (*WebPush, error) {
 	if !strings.HasPrefix(subject, "mailto:") && !strings.HasPrefix(subject, "https://") {
 		return nil, fmt.Errorf("vapid subject %q: want a mailto: or https: URL", subject)
@@ -39,7 +41,7 @@ func NewWebPush(key *ecdsa.PrivateKey, subject string, client *http.Client) (*We
 		return nil, err
 	}
 	if client == nil {
-		client = &http.Client{Timeout: 30 * time.Second}
+		client = PublicClient()
 	}
 	return &WebPush{public: public, private: private, subject: subject, client: client}, nil
 }
@@ -70,7 +72,7 @@ func (w *WebPush) Send(ctx context.Context, sub Subscription, payload []byte, op
 		// The client's errors (*url.Error, Op "Post") are the network's;
 		// the others are webpush-go's, about the keys.
 		var ue *url.Error
-		if ctx.Err() == nil && errors.As(err, &ue) && ue.Op != "parse" {
+		if ctx.Err() == nil && errors.As(err, &ue) && ue.Op != "parse" && !errors.Is(err, errNotPublic) {
 			return Result{Retry: true}, fmt.Errorf("web push: %w", err)
 		}
 		return Result{}, fmt.Errorf("web push: %w", err)
@@ -90,4 +92,44 @@ func (w *WebPush) Send(ctx context.Context, sub Subscription, payload []byte, op
 		}
 	}
 	return res, fmt.Errorf("web push: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+}
+
+// errNotPublic refuses a connection to an address of the server's own
+// networks.
+var errNotPublic = errors.New("push endpoint: not a public address")
+
+// PublicClient returns the HTTP client for push services: it connects to
+// public addresses only, so that an endpoint a user registered cannot
+// make the server post to its own network (loopback, private, link-local
+// and other special addresses are refused), and gives a push 30 seconds.
+func PublicClient() *http.Client {
+	dialer := &net.Dialer{
+		Timeout: 10 * time.Second,
+		ControlContext: func(_ context.Context, _, address string, _ syscall.RawConn) error {
+			host, _, err := net.SplitHostPort(address)
+			if err != nil {
+				return err
+			}
+			ip, err := netip.ParseAddr(host)
+			if err != nil {
+				return err
+			}
+			if !publicAddr(ip.Unmap()) {
+				return fmt.Errorf("%w: %s", errNotPublic, ip)
+			}
+			return nil
+		},
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.Proxy = nil
+	transport.DialContext = dialer.DialContext
+	return &http.Client{Timeout: 30 * time.Second, Transport: transport}
+}
+
+// publicAddr reports whether ip is a global unicast address outside the
+// private ranges.
+func publicAddr(ip netip.Addr) bool {
+	return ip.IsGlobalUnicast() && !ip.IsPrivate() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() &&
+		!netip.MustParsePrefix("100.64.0.0/10").Contains(ip) && // carrier-grade NAT
+		!netip.MustParsePrefix("64:ff9b:1::/48").Contains(ip) // local-use NAT64
 }

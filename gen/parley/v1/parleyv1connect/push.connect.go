@@ -60,14 +60,14 @@ type PushServiceClient interface {
 	GetVapidPublicKey(context.Context, *connect.Request[v1.GetVapidPublicKeyRequest]) (*connect.Response[v1.GetVapidPublicKeyResponse], error)
 	// RegisterPushSubscription registers the push subscription of the
 	// caller's device for the caller's session. Registering the same
-	// endpoint again replaces its keys and options and keeps its id. A user
-	// has at most 20 subscriptions (RESOURCE_EXHAUSTED past that). The
-	// endpoint must be an https URL.
+	// endpoint again replaces its keys, options and session and keeps its
+	// id. A user has at most 20 subscriptions (RESOURCE_EXHAUSTED past
+	// that). The endpoint must be an https URL on a public address.
 	RegisterPushSubscription(context.Context, *connect.Request[v1.RegisterPushSubscriptionRequest]) (*connect.Response[v1.RegisterPushSubscriptionResponse], error)
 	// UnregisterPushSubscription removes one of the caller's subscriptions
 	// (of any of its sessions); NOT_FOUND when it has none with that id.
 	UnregisterPushSubscription(context.Context, *connect.Request[v1.UnregisterPushSubscriptionRequest]) (*connect.Response[v1.UnregisterPushSubscriptionResponse], error)
-	// ListPushSubscriptions lists the caller's subscriptions, of all its
+	// ListPushSubscriptions lists the caller's subscriptions, of all its open
 	// sessions, oldest first.
 	ListPushSubscriptions(context.Context, *connect.Request[v1.ListPushSubscriptionsRequest]) (*connect.Response[v1.ListPushSubscriptionsResponse], error)
 	// GetPushSettings returns the caller's push settings.
@@ -177,14 +177,14 @@ type PushServiceHandler interface {
 	GetVapidPublicKey(context.Context, *connect.Request[v1.GetVapidPublicKeyRequest]) (*connect.Response[v1.GetVapidPublicKeyResponse], error)
 	// RegisterPushSubscription registers the push subscription of the
 	// caller's device for the caller's session. Registering the same
-	// endpoint again replaces its keys and options and keeps its id. A user
-	// has at most 20 subscriptions (RESOURCE_EXHAUSTED past that). The
-	// endpoint must be an https URL.
+	// endpoint again replaces its keys, options and session and keeps its
+	// id. A user has at most 20 subscriptions (RESOURCE_EXHAUSTED past
+	// that). The endpoint must be an https URL on a public address.
 	RegisterPushSubscription(context.Context, *connect.Request[v1.RegisterPushSubscriptionRequest]) (*connect.Response[v1.RegisterPushSubscriptionResponse], error)
 	// UnregisterPushSubscription removes one of the caller's subscriptions
 	// (of any of its sessions); NOT_FOUND when it has none with that id.
 	UnregisterPushSubscription(context.Context, *connect.Request[v1.UnregisterPushSubscriptionRequest]) (*connect.Response[v1.UnregisterPushSubscriptionResponse], error)
-	// ListPushSubscriptions lists the caller's subscriptions, of all its
+	// ListPushSubscriptions lists the caller's subscriptions, of all its open
 	// sessions, oldest first.
 	ListPushSubscriptions(context.Context, *connect.Request[v1.ListPushSubscriptionsRequest]) (*connect.Response[v1.ListPushSubscriptionsResponse], error)
 	// GetPushSettings returns the caller's push settings.

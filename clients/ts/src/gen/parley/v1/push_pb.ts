@@ -348,9 +348,9 @@ export const PushService: GenService<{
   /**
    * RegisterPushSubscription registers the push subscription of the
    * caller's device for the caller's session. Registering the same
-   * endpoint again replaces its keys and options and keeps its id. A user
-   * has at most 20 subscriptions (RESOURCE_EXHAUSTED past that). The
-   * endpoint must be an https URL.
+   * endpoint again replaces its keys, options and session and keeps its
+   * id. A user has at most 20 subscriptions (RESOURCE_EXHAUSTED past
+   * that). The endpoint must be an https URL on a public address.
    *
    * @generated from rpc parley.v1.PushService.RegisterPushSubscription
    */
@@ -371,7 +371,7 @@ export const PushService: GenService<{
     output: typeof UnregisterPushSubscriptionResponseSchema;
   },
   /**
-   * ListPushSubscriptions lists the caller's subscriptions, of all its
+   * ListPushSubscriptions lists the caller's subscriptions, of all its open
    * sessions, oldest first.
    *
    * @generated from rpc parley.v1.PushService.ListPushSubscriptions
