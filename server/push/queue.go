@@ -142,3 +142,20 @@ func (q *queue) done(ctx context.Context, ids ...string) error {
 	}
 	return nil
 }
+
+// dropIdleConsumers takes out of the consumer group the consumers with no
+// pending job idle for longer than after.
+func (q *queue) dropIdleConsumers(ctx context.Context, after time.Duration) error {
+	consumers, err := q.rdb.XInfoConsumers(ctx, q.jobs, group).Result()
+	if err != nil {
+		return err
+	}
+	for _, c := range consumers {
+		if c.Pending == 0 && c.Idle > after {
+			if err := q.rdb.XGroupDelConsumer(ctx, q.jobs, group, c.Name).Err(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

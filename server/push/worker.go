@@ -28,6 +28,11 @@ func (s *Service) Run(ctx context.Context) {
 	wg.Wait()
 }
 
+// forgetConsumersAfter is how long a consumer with no pending job may stay
+// idle before it is taken out of the consumer group: instances that
+// stopped leave their consumers behind.
+const forgetConsumersAfter = 24 * time.Hour
+
 // work is one worker, named consumer in the consumer group.
 func (s *Service) work(ctx context.Context, consumer string) {
 	ready := false
@@ -57,10 +62,15 @@ func (s *Service) work(ctx context.Context, consumer string) {
 			for _, m := range msgs {
 				s.process(ctx, m)
 			}
+			if err := s.queue.dropIdleConsumers(ctx, forgetConsumersAfter); err != nil && ctx.Err() == nil {
+				s.log.WarnContext(ctx, "push: forget idle consumers", "err", err)
+			}
 		}
 		res, err := s.queue.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
 			Group: group, Consumer: consumer, Streams: []string{s.queue.jobs, ">"},
-			Count: 16, Block: s.cfg.Poll,
+			// One job at a time: a job waits in no busy worker's hands
+			// while another worker is free.
+			Count: 1, Block: s.cfg.Poll,
 		}).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
