@@ -103,15 +103,16 @@ test-embedded: ## The chat store's tests (a subset covering every store method) 
 
 # The packages whose tests cover every family of Redis keys and channels
 # (sessions, rate limits, seq counters, chat versions, positions, event
-# logs, stream leases, presence, upload slots), run again on a Redis
+# logs, stream leases, presence, upload slots, push subscriptions and the
+# push queue), run again on a Redis
 # Cluster, without the race detector (test-go runs them with it, on the
 # same code but the Redis client; with it they take 15 minutes here); then,
 # alone and with it, the failover tests of server/clustertest, which kill
 # the cluster's nodes, and server/redisconn.
-CLUSTER_PACKAGES := ./server/auth/ ./server/live/ ./server/chat/ ./server/media/
+CLUSTER_PACKAGES := ./server/auth/ ./server/live/ ./server/chat/ ./server/media/ ./server/push/
 
 .PHONY: test-cluster
-test-cluster: $(MAILPIT) ## The auth, live, chat and media suites on a Redis Cluster (3 masters, 3 replicas) that the test scripts start, then the failover tests.
+test-cluster: $(MAILPIT) ## The auth, live, chat, media and push suites on a Redis Cluster (3 masters, 3 replicas) that the test scripts start, then the failover tests.
 	PARLEY_TEST_REDIS_CLUSTER=1 PARLEY_TEST_MAILPIT=$(MAILPIT) scripts/with-test-services bash -c \
 		'go test -count=1 -timeout 20m $(CLUSTER_PACKAGES); a=$$?; go test -race -count=1 -p 1 -timeout 10m ./server/redisconn/ ./server/clustertest/; exit $$((a | $$?))'
 

@@ -11,6 +11,7 @@ require (
 	connectrpc.com/validate v0.9.0
 	entgo.io/ent v0.14.5
 	github.com/FerretDB/FerretDB v1.24.2
+	github.com/SherClockHolmes/webpush-go v1.4.0
 	github.com/alexedwards/argon2id v1.0.0
 	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/bsm/redislock v0.9.4

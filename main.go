@@ -31,6 +31,7 @@ import (
 	"github.com/parley-chat/parley/server/export"
 	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/media"
+	"github.com/parley-chat/parley/server/push"
 	"github.com/parley-chat/parley/server/sqldb"
 )
 
@@ -201,6 +202,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.DrainDelay, "drain-delay", e.duration("PARLEY_DRAIN_DELAY", 0), "how long a stopping server goes on serving while /readyz and health say it is not ready, for load balancers to move away; 0: stop at once (PARLEY_DRAIN_DELAY)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", e.duration("PARLEY_SHUTDOWN_TIMEOUT", 15*time.Second), "time in-flight requests get to finish on shutdown (PARLEY_SHUTDOWN_TIMEOUT)")
 	fs.StringVar(&c.JWTKeyFile, "jwt-key-file", e.str("PARLEY_JWT_KEY_FILE", ""), "PEM `file` with the Ed25519 key that signs access and refresh tokens and media URLs, shared by all instances; empty: jwt-ed25519.pem in the data directory, created if missing (PARLEY_JWT_KEY_FILE)")
+	fs.StringVar(&c.VAPIDKeyFile, "vapid-key-file", e.str("PARLEY_VAPID_KEY_FILE", ""), "PEM `file` with the ECDSA P-256 key that signs Web Push requests (VAPID), shared by all instances; empty: vapid-p256.pem in the data directory, created if missing (PARLEY_VAPID_KEY_FILE)")
+	fs.StringVar(&c.VAPIDSubject, "vapid-subject", e.str("PARLEY_VAPID_SUBJECT", app.DefaultVAPIDSubject), "mailto: or https: `URL` at which push services can reach the operator, sent with every push (PARLEY_VAPID_SUBJECT)")
+	fs.IntVar(&c.Push.Workers, "push-workers", int(e.int64("PARLEY_PUSH_WORKERS", push.DefaultWorkers)), "push delivery workers on this instance; negative: none, the other instances deliver (PARLEY_PUSH_WORKERS)")
 	verifyKeys := fs.String("jwt-verify-key-files", e.str("PARLEY_JWT_VERIFY_KEY_FILES", ""), "comma-separated PEM `files` with retired signing keys (Ed25519 private keys) whose tokens still verify, for key rotation; see the README (PARLEY_JWT_VERIFY_KEY_FILES)")
 	fs.DurationVar(&c.AccessTokenTTL, "access-token-ttl", e.duration("PARLEY_ACCESS_TOKEN_TTL", auth.MaxAccessTTL), "lifetime of an access token, at most 15m (PARLEY_ACCESS_TOKEN_TTL)")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", e.duration("PARLEY_SESSION_TTL", 30*24*time.Hour), "how long a session lasts without a refresh (PARLEY_SESSION_TTL)")

@@ -15,8 +15,8 @@ import (
 // the domains that hold an account's data: the user's rows and tombstone,
 // its chats, and its uploads.
 type accountDeleter struct {
-	users *user.Service
-	chats *chat.Service
+	users   *user.Service
+	chats   *chat.Service
 	files   *media.Library // nil: uploads are not configured
 	exports *export.Service
 }

@@ -50,6 +50,13 @@
 //	                    chats, messages and own files) made by a worker on
 //	                    every instance from leased jobs in MongoDB, stored
 //	                    with the media, fetched by signed URL
+//	server/push/        parley.v1.PushService: Web Push subscriptions (by
+//	                    session) and settings in Redis; the chat events
+//	                    wrapper that queues a job per new message or
+//	                    reaction; the queue (a Redis stream and a sorted
+//	                    set) and its workers, collapse windows, retries;
+//	                    the Provider interface and its Web Push provider
+//	                    (VAPID key: vapid.go)
 //	server/admin/       the admin listener (-admin-addr): Prometheus
 //	                    metrics, probes, pprof, expvar
 //	server/telemetry/   the metrics registry and OpenTelemetry tracing:
@@ -101,7 +108,7 @@
 //	main
 //	server/app, server/servertest
 //	server
-//	server/export
+//	server/export, server/push
 //	server/<domain> (live, chat, user, then media, auth, info), server/health,
 //	server/admin
 //	server/telemetry, server/reqlog, server/rpcerr, server/keyring,
@@ -117,16 +124,20 @@
 // media.Library; media.Members and media.Referrers are chat.Service (with
 // user.Service for avatars); chat.Privacy, blocks and
 // privacy settings, is user.Service, which serves parley.v1.PrivacyService
-// too; auth.SessionEnds is live.Hub; live.Sessions is auth.Service;
-// export.Profiles is user.Service, export.Chats chat.Service and
-// export.Files media.Library, which export calls as the user, so that an
-// export renders everything as the API does; auth.AccountDeleter is
-// user.Service, chat.Service, media.Library and export.Service together,
-// in server/deletion.go). The imports between
+// too; auth.SessionEnds is live.Hub and push.Service together
+// (push.SessionEnds); live.Sessions is auth.Service; chat.Events is
+// wrapped by push.Service.Events when pushes are on; push.Presence is
+// live.Hub, push.Sessions auth.Service, push.Chats chat.Service and
+// push.Names user.Service; export.Profiles is user.Service, export.Chats
+// chat.Service and export.Files media.Library, which export calls as the
+// user, so that an export renders everything as the API does;
+// auth.AccountDeleter is user.Service, chat.Service, media.Library and
+// export.Service together, in server/deletion.go). The imports between
 // domains are of auth, for the caller's identity (auth.Caller), which
 // every domain uses, of media by chat, for the media.Attachment its
 // Library hands over, and of media by export, for the storage and the
-// media.OwnFile it lists; auth itself declares what it needs of accounts
-// (auth.Accounts, and auth.AccountEmails for AccountService, both
-// user.Service).
+// media.OwnFile it lists; push, above the domains, imports chat for the
+// chat.Events it wraps and chat.PushChat; auth itself declares what it
+// needs of accounts (auth.Accounts, and auth.AccountEmails for
+// AccountService, both user.Service).
 package server

@@ -26,6 +26,7 @@ import (
 	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/mail"
 	"github.com/parley-chat/parley/server/media"
+	"github.com/parley-chat/parley/server/push"
 	"github.com/parley-chat/parley/server/reqlog"
 	"github.com/parley-chat/parley/server/sqldb"
 	"github.com/parley-chat/parley/server/telemetry"
@@ -84,6 +85,10 @@ type Deps struct {
 	// Mail sends the account mails (verification, password reset); nil:
 	// they are logged to Log.
 	Mail mail.Sender
+	// Push sends push notifications and serves PushService; New wires
+	// it to the chats' events and the sessions' ends (its workers run
+	// apart: push.Service.Run). Nil: no pushes, no PushService.
+	Push *push.Service
 	// WebDir, when set, holds a built web app (clients/web/dist) served
 	// at / without authentication.
 	WebDir string
@@ -104,6 +109,7 @@ var Services = []string{
 	parleyv1connect.MediaServiceName,
 	parleyv1connect.PrivacyServiceName,
 	parleyv1connect.ExportServiceName,
+	parleyv1connect.PushServiceName,
 }
 
 // public lists what may be called without signing in.
@@ -117,6 +123,8 @@ var public = auth.Public{
 		parleyv1connect.AccountServiceRequestPasswordResetProcedure: true,
 		parleyv1connect.AccountServiceResetPasswordProcedure:        true,
 		parleyv1connect.AccountServiceVerifyEmailProcedure:          true,
+		// Browsers need it to subscribe.
+		parleyv1connect.PushServiceGetVapidPublicKeyProcedure: true,
 	},
 	Prefixes: []string{
 		"/" + health.ServiceName + "/",
@@ -150,9 +158,19 @@ func New(d Deps) (http.Handler, error) {
 	if d.Auth.Now == nil {
 		d.Auth.Now = d.Now
 	}
-	if d.Live != nil && d.Auth.SessionEnds == nil {
-		// A session that ends ends its live streams, on every instance.
-		d.Auth.SessionEnds = d.Live
+	if d.Auth.SessionEnds == nil {
+		// A session that ends ends its live streams, on every instance,
+		// and its devices' push subscriptions.
+		var ends push.SessionEnds
+		if d.Live != nil {
+			ends = append(ends, d.Live)
+		}
+		if d.Push != nil {
+			ends = append(ends, d.Push)
+		}
+		if len(ends) > 0 {
+			d.Auth.SessionEnds = ends
+		}
 	}
 	users := user.New(d.Log, d.DB, d.Media, d.Now)
 	authn, err := auth.New(d.Log, d.Redis, users, d.Auth)
@@ -202,7 +220,12 @@ func New(d Deps) (http.Handler, error) {
 	// Blocks and privacy settings live with the users; chats consult
 	// them through chat.Privacy, and live presence through chats.
 	mux.Handle(parleyv1connect.NewPrivacyServiceHandler(users, opts...))
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
+	var events chat.Events = d.Live
+	if d.Push != nil {
+		// New messages and reactions queue pushes as they are announced.
+		events = d.Push.Events(events)
+	}
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, events, d.Media, d.Now)
 	users.GuardPairs(chats)
 	chats.LimitSends(d.Sends)
 	exports, err := export.New(d.Log, d.Mongo, d.DocLocks, d.Media.Storage(), exportConfig(d))
@@ -211,6 +234,10 @@ func New(d Deps) (http.Handler, error) {
 	}
 	authn.DeleteAccountsWith(accountDeleter{users: users, chats: chats, files: d.Media, exports: exports})
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
+	if d.Push != nil {
+		d.Push.Use(authn, chats, userNames{users})
+		mux.Handle(parleyv1connect.NewPushServiceHandler(d.Push, opts...))
+	}
 	mcfg := d.MediaConfig
 	mcfg.Keys, mcfg.RedisPrefix, mcfg.Now = d.Auth.Keys, d.Auth.RedisPrefix, d.Now
 	files, err := media.New(d.Log, d.Media, chats, d.Redis, mcfg)
@@ -292,6 +319,20 @@ func exportConfig(d Deps) export.Config {
 		cfg.Now = d.Now
 	}
 	return cfg
+}
+
+// userNames names the senders of pushes.
+type userNames struct{ users *user.Service }
+
+func (n userNames) Name(ctx context.Context, userID int) (string, error) {
+	me, err := n.users.Me(ctx, userID)
+	if connect.CodeOf(err) == connect.CodeNotFound {
+		return "", nil // a deleted account: the push names no sender
+	}
+	if err != nil {
+		return "", err
+	}
+	return me.GetUser().GetUsername(), nil
 }
 
 // referrers finds the messages and avatars that use uploads.

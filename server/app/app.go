@@ -37,6 +37,7 @@ import (
 	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/mail"
 	"github.com/parley-chat/parley/server/media"
+	"github.com/parley-chat/parley/server/push"
 	"github.com/parley-chat/parley/server/redisconn"
 	"github.com/parley-chat/parley/server/rpcerr"
 	"github.com/parley-chat/parley/server/sqldb"
@@ -96,6 +97,17 @@ type Config struct {
 	// with them. A key rotation lists the new key here on every instance
 	// before any instance signs with it.
 	JWTVerifyKeyFiles []string
+	// VAPIDKeyFile holds the ECDSA P-256 key (PEM) that signs Web Push
+	// requests (VAPID), shared by all instances: browsers' subscriptions
+	// are bound to its public half. Empty means vapid-p256.pem in
+	// DataDir, created on first start.
+	VAPIDKeyFile string
+	// VAPIDSubject is the mailto: or https: URL the push services may
+	// contact the operator at; DefaultVAPIDSubject when empty.
+	VAPIDSubject string
+	// Push tunes push delivery (its Provider, PublicKey, RedisPrefix and
+	// Now are set from here).
+	Push push.Config
 	// AccessTokenTTL and SessionTTL are the lifetimes of an access token
 	// and of a session without a refresh.
 	AccessTokenTTL, SessionTTL time.Duration
@@ -190,6 +202,7 @@ type App struct {
 	closers []func() error
 	handler http.Handler
 	hub     *live.Hub
+	push    *push.Service
 	deps    server.Deps
 	storage media.Storage
 	tel     *telemetry.Telemetry
@@ -234,7 +247,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 		}
 	}()
 	var extra telemetry.Collectors
-	for _, c := range [][]prometheus.Collector{{rpcerr.RateLimited}, live.Collectors(), media.Collectors()} {
+	for _, c := range [][]prometheus.Collector{{rpcerr.RateLimited}, live.Collectors(), media.Collectors(), push.Collectors()} {
 		extra = append(extra, c...)
 	}
 	if a.tel, err = telemetry.New(ctx, cfg.Version, extra); err != nil {
@@ -299,9 +312,13 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	if err := a.openMail(); err != nil {
 		return nil, err
 	}
+	if a.push, err = a.openPush(hub); err != nil {
+		return nil, err
+	}
 	a.deps = server.Deps{
 		Mail:            a.mail,
 		Live:            hub,
+		Push:            a.push,
 		Media:           media.NewLibrary(log, a.mongo.Database(cfg.MongoDatabase), locks, a.storage, cfg.Now),
 		MediaConfig:     cfg.Media,
 		Sends:           cfg.Sends,
@@ -341,6 +358,42 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	}
 	return a, nil
 }
+
+// DefaultVAPIDSubject is the VAPID subject when none is configured.
+const DefaultVAPIDSubject = "mailto:postmaster@localhost"
+
+// openPush loads (or creates) the VAPID key and builds the push service.
+func (a *App) openPush(presence push.Presence) (*push.Service, error) {
+	keyFile, create := a.cfg.VAPIDKeyFile, false
+	if keyFile == "" {
+		keyFile, create = filepath.Join(a.cfg.DataDir, "vapid-p256.pem"), true
+	}
+	key, err := push.LoadOrCreateVAPIDKey(keyFile, create)
+	if err != nil {
+		return nil, err
+	}
+	subject := a.cfg.VAPIDSubject
+	if subject == "" {
+		subject = DefaultVAPIDSubject
+	}
+	// Pushes go to public addresses only, unless tests run their push
+	// service here.
+	var client *http.Client
+	if a.cfg.Push.InsecureEndpoints {
+		client = &http.Client{Timeout: 30 * time.Second}
+	}
+	provider, err := push.NewWebPush(key, subject, client)
+	if err != nil {
+		return nil, err
+	}
+	cfg := a.cfg.Push
+	cfg.Provider, cfg.PublicKey = provider, provider.PublicKey()
+	cfg.RedisPrefix, cfg.Now = a.cfg.RedisPrefix, a.cfg.Now
+	return push.New(a.log, a.redis, presence, cfg)
+}
+
+// Push returns the push service.
+func (a *App) Push() *push.Service { return a.push }
 
 func (a *App) openStorage(ctx context.Context) error {
 	if a.cfg.MediaS3URL != "" {
@@ -627,6 +680,18 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	defer func() {
 		stopSweep()
 		<-sweepDone
+	}()
+
+	// Push workers stop before the stores close.
+	pushCtx, stopPush := context.WithCancel(context.Background())
+	pushDone := make(chan struct{})
+	go func() {
+		defer close(pushDone)
+		a.push.Run(pushCtx)
+	}()
+	defer func() {
+		stopPush()
+		<-pushDone
 	}()
 
 	serveErr := make(chan error, 1)

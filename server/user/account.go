@@ -14,7 +14,7 @@ var _ auth.AccountEmails = (*Service)(nil)
 
 // AccountEmail implements auth.AccountEmails.
 func (s *Service) AccountEmail(ctx context.Context, userID int) (auth.AccountEmail, error) {
-	u, err := s.store.db.Ent.User.Query().Where(user.ID(userID)).
+	u, err := s.store.db.Ent.User.Query().Where(user.ID(userID), notDeleted()).
 		Select(user.FieldEmail, user.FieldEmailVerifiedAt, user.FieldPendingEmail).Only(ctx)
 	if ent.IsNotFound(err) {
 		return auth.AccountEmail{}, errNoUser
@@ -29,9 +29,10 @@ func (s *Service) AccountEmail(ctx context.Context, userID int) (auth.AccountEma
 	return a, nil
 }
 
-// LookupEmail implements auth.AccountEmails.
+// LookupEmail implements auth.AccountEmails. An account being deleted
+// has no email: no code goes to it.
 func (s *Service) LookupEmail(ctx context.Context, email string) (int, bool, error) {
-	u, err := s.store.db.Ent.User.Query().Where(lowerEQ(user.FieldEmail, email)).
+	u, err := s.store.db.Ent.User.Query().Where(lowerEQ(user.FieldEmail, email), notDeleted()).
 		Select(user.FieldID, user.FieldEmailVerifiedAt).Only(ctx)
 	if ent.IsNotFound(err) {
 		return 0, false, nil

@@ -1,0 +1,267 @@
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"time"
+	"unicode/utf8"
+
+	"github.com/redis/go-redis/v9"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/chat"
+)
+
+// PreviewRunes bounds a push's preview of a message's text.
+const PreviewRunes = 100
+
+// Payload is what a push carries, as JSON (see parley.v1.PushService).
+type Payload struct {
+	// Kind is KindMessage, KindMention or KindReaction.
+	Kind string `json:"kind"`
+	// ChatID, ChatType ("private" or "group") and ChatTitle (a group's
+	// name, the other member's in a private chat) describe the chat.
+	ChatID    string `json:"chat_id"`
+	ChatType  string `json:"chat_type"`
+	ChatTitle string `json:"chat_title,omitempty"`
+	// SenderID and SenderName are who sent the message or reacted.
+	SenderID   int    `json:"sender_id"`
+	SenderName string `json:"sender_name,omitempty"`
+	// Seq is the message's in its chat.
+	Seq int64 `json:"seq"`
+	// Preview is the start of the message's text, absent when the user
+	// chose no previews.
+	Preview string `json:"preview,omitempty"`
+	// Emoji is a reaction's.
+	Emoji string `json:"emoji,omitempty"`
+}
+
+// Pushes' time to live at the push service, and their urgency.
+const (
+	messageTTL  = 24 * time.Hour
+	reactionTTL = time.Hour
+)
+
+// Events wraps next, the live delivery of chat events, so that a new
+// message or a reaction also queues a push job, in the same Redis round
+// trip as the event.
+func (s *Service) Events(next chat.Events) chat.Events { return &events{Events: next, s: s} }
+
+type events struct {
+	chat.Events
+	s *Service
+}
+
+func (e *events) Publish(ctx context.Context, userIDs []int, ev *parleyv1.Event) error {
+	return e.PublishWith(ctx, userIDs, ev, nil, nil)
+}
+
+func (e *events) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event, before, after func(redis.Pipeliner)) error {
+	j := jobOf(userIDs, ev)
+	if j == nil {
+		return e.Events.PublishWith(ctx, userIDs, ev, before, after)
+	}
+	return e.Events.PublishWith(ctx, userIDs, ev, before, func(p redis.Pipeliner) {
+		if after != nil {
+			after(p)
+		}
+		if err := e.s.queue.add(ctx, p, j); err != nil {
+			e.s.log.ErrorContext(ctx, "push: queue an event", "chat", j.Chat, "err", err)
+		}
+	})
+}
+
+// jobOf returns the job of an event that may push, nil for others.
+func jobOf(userIDs []int, ev *parleyv1.Event) *job {
+	if len(userIDs) < 2 {
+		return nil // nobody but the actor
+	}
+	switch k := ev.GetKind().(type) {
+	case *parleyv1.Event_MessageCreated:
+		m := k.MessageCreated.GetMessage()
+		if m == nil || m.GetDeleted() {
+			return nil
+		}
+		j := &job{
+			Type: jobEvent, Kind: KindMessage, Chat: m.GetChatId(), Seq: m.GetSeq(), Actor: int(m.GetSenderId()),
+			Message: m.GetId(), Text: truncate(m.GetText(), PreviewRunes), MentionsAll: m.GetMentionsAll(), Users: userIDs,
+		}
+		for _, u := range m.GetMentionedUserIds() {
+			j.Mentioned = append(j.Mentioned, int(u))
+		}
+		return j
+	case *parleyv1.Event_ReactionsChanged:
+		r := k.ReactionsChanged
+		if !r.GetAdded() {
+			return nil
+		}
+		return &job{
+			Type: jobEvent, Kind: KindReaction, Chat: r.GetChatId(), Seq: r.GetSeq(), Actor: int(r.GetUserId()),
+			Message: r.GetMessageId(), Emoji: r.GetEmoji(), Users: userIDs,
+		}
+	}
+	return nil
+}
+
+// truncate cuts s to n runes, marking the cut with an ellipsis.
+func truncate(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
+}
+
+// target is one device to push to.
+type target struct {
+	user int
+	sub  *subRecord
+}
+
+// fanOut pushes an event to its recipients' devices.
+func (s *Service) fanOut(ctx context.Context, j *job) error {
+	var users []int
+	for _, u := range j.Users {
+		if u != j.Actor && !slices.Contains(users, u) {
+			users = append(users, u)
+		}
+	}
+	if j.Kind == KindReaction {
+		// A reaction concerns the message's sender alone.
+		sender, ok, err := s.chats.MessageSender(ctx, j.Chat, j.Message)
+		if err != nil {
+			return err
+		}
+		if !ok || !slices.Contains(users, sender) {
+			return nil
+		}
+		users = []int{sender}
+	}
+	if len(users) == 0 {
+		return nil
+	}
+	recips, err := s.store.recipients(ctx, users)
+	if err != nil {
+		return err
+	}
+	users = slices.DeleteFunc(users, func(u int) bool { return len(recips[u].subs) == 0 })
+	if len(users) == 0 {
+		return nil
+	}
+	// Users with a live stream open hear of the event there; only their
+	// devices that asked for pushes always get one.
+	online, err := s.presence.Online(ctx, users)
+	if err != nil {
+		return err
+	}
+	for i, u := range users {
+		if online[i] {
+			recips[u].subs = slices.DeleteFunc(recips[u].subs, func(r *subRecord) bool { return !r.Always })
+		}
+	}
+	users = slices.DeleteFunc(users, func(u int) bool { return len(recips[u].subs) == 0 })
+	if len(users) == 0 {
+		return nil
+	}
+	c, ok, err := s.chats.PushChat(ctx, j.Chat, users)
+	if err != nil || !ok {
+		return err
+	}
+	users = slices.DeleteFunc(users, func(u int) bool {
+		return slices.Contains(c.Muted, u) || !slices.Contains(c.Members, u)
+	})
+	var targets []target
+	var ids []auth.Identity
+	for _, u := range users {
+		for _, r := range recips[u].subs {
+			targets = append(targets, target{u, r})
+			ids = append(ids, auth.Identity{UserID: u, SessionID: r.Session})
+		}
+	}
+	if len(targets) == 0 {
+		return nil
+	}
+	open, err := s.sessions.SessionsOpen(ctx, ids)
+	if err != nil {
+		return err
+	}
+	name, err := s.names.Name(ctx, j.Actor)
+	if err != nil {
+		return err
+	}
+	p := Payload{
+		Kind: j.Kind, ChatID: j.Chat, ChatType: c.Type, ChatTitle: c.Title,
+		SenderID: j.Actor, SenderName: name, Seq: j.Seq, Emoji: j.Emoji,
+	}
+	if c.Type != "group" {
+		p.ChatTitle = name // the other member, from the recipient's side
+	}
+	for i, t := range targets {
+		if !open[i] {
+			if _, err := s.store.remove(ctx, t.user, t.sub.ID); err != nil {
+				return err
+			}
+			continue
+		}
+		p := p
+		if j.Kind == KindMessage && (j.MentionsAll || slices.Contains(j.Mentioned, t.user)) {
+			p.Kind = KindMention
+		}
+		if recips[t.user].settings.previews {
+			p.Preview = j.Text
+		}
+		b, err := json.Marshal(p)
+		if err != nil {
+			return err
+		}
+		due, err := s.store.collapse(ctx, t.user, t.sub.ID, j.Chat, s.cfg.Now(), s.cfg.Window, b)
+		if err != nil {
+			return err
+		}
+		if !due.IsZero() {
+			// The window's latest goes when it ends; one flush job per
+			// window, however many pushes it collapsed.
+			if err := s.queue.addLater(ctx, &job{Type: jobFlush, User: t.user, Sub: t.sub.ID, Chat: j.Chat}, due); err != nil {
+				return err
+			}
+			continue
+		}
+		s.send(ctx, t.user, t.sub, j.Chat, b, 0)
+	}
+	return nil
+}
+
+// send delivers one push; one that may succeed later goes back to the
+// queue, one to a subscription gone removes it.
+func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID string, payload []byte, attempt int) {
+	opts := Options{TTL: messageTTL, Urgency: "normal", Topic: chatID}
+	var p Payload
+	if json.Unmarshal(payload, &p) == nil {
+		switch p.Kind {
+		case KindMention:
+			opts.Urgency = "high"
+		case KindReaction:
+			opts.TTL, opts.Urgency = reactionTTL, "low"
+		}
+	}
+	res, err := s.cfg.Provider.Send(ctx, sub.subscription(), payload, opts)
+	switch {
+	case err == nil:
+		pushesSent.Inc()
+	case ctx.Err() != nil:
+	case res.Gone:
+		pushesGone.Inc()
+		s.log.InfoContext(ctx, "push: subscription gone, removed", "user", uid, "subscription", sub.ID, "status", res.Status)
+		if _, err := s.store.remove(ctx, uid, sub.ID); err != nil {
+			s.log.WarnContext(ctx, "push: remove a subscription", "user", uid, "err", err)
+		}
+	case res.Retry:
+		pushesFailed.Inc()
+		s.retry(ctx, &job{Type: jobSend, User: uid, Sub: sub.ID, Chat: chatID, Payload: payload, Attempt: attempt}, res.RetryAfter, err)
+	default:
+		pushesFailed.Inc()
+		s.log.WarnContext(ctx, "push: rejected", "user", uid, "subscription", sub.ID, "status", res.Status, "err", err)
+	}
+}

@@ -1,0 +1,161 @@
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The queue is two Redis keys under one hash tag ({pushq}), so that the
+// script that moves jobs between them runs on one node of a Redis
+// Cluster:
+//
+//   - {pushq}:jobs is a stream of jobs to do now, read through the
+//     consumer group "push" by every instance's workers; a job stays
+//     pending with its worker until done, and one whose worker died is
+//     taken over (XAUTOCLAIM) after Config.ClaimAfter;
+//   - {pushq}:later is a sorted set of jobs for later (retries, the ends
+//     of collapse windows), scored by when (ms), which the workers move
+//     to the stream when their time comes.
+//
+// Both are kept by Redis, so jobs outlive the instances.
+
+// Types of job.
+const (
+	// jobEvent fans a chat event out to its recipients' devices.
+	jobEvent = "event"
+	// jobSend sends one push again.
+	jobSend = "send"
+	// jobFlush sends the push kept at the end of a collapse window.
+	jobFlush = "flush"
+)
+
+// Kinds of event, as pushes name them.
+const (
+	KindMessage  = "message"
+	KindMention  = "mention"
+	KindReaction = "reaction"
+)
+
+// job is one unit of the queue's work, as JSON.
+type job struct {
+	Type    string `json:"type"`
+	ID      string `json:"id,omitempty"`
+	Attempt int    `json:"attempt,omitempty"`
+	Chat    string `json:"chat"`
+
+	// Of an event: a new message (KindMessage) or a reaction
+	// (KindReaction), by Actor, announced to Users.
+	Kind        string `json:"kind,omitempty"`
+	Seq         int64  `json:"seq,omitempty"`
+	Actor       int    `json:"actor,omitempty"`
+	Message     string `json:"message,omitempty"`
+	Text        string `json:"text,omitempty"`
+	Mentioned   []int  `json:"mentioned,omitempty"`
+	MentionsAll bool   `json:"mentionsAll,omitempty"`
+	Emoji       string `json:"emoji,omitempty"`
+	Users       []int  `json:"users,omitempty"`
+
+	// Of a send or a flush: the device, and the push of a send.
+	User    int             `json:"user,omitempty"`
+	Sub     string          `json:"sub,omitempty"`
+	Payload json.RawMessage `json:"payload,omitempty"`
+}
+
+const group = "push"
+
+type queue struct {
+	rdb         redis.UniversalClient
+	jobs, later string
+}
+
+func newQueue(rdb redis.UniversalClient, prefix string) *queue {
+	return &queue{rdb: rdb, jobs: prefix + "{pushq}:jobs", later: prefix + "{pushq}:later"}
+}
+
+// add queues the job for now in the pipeline.
+func (q *queue) add(ctx context.Context, p redis.Pipeliner, j *job) error {
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	p.XAdd(ctx, &redis.XAddArgs{Stream: q.jobs, Values: []any{"job", b}})
+	return nil
+}
+
+// addLater queues the job for at. The same job queued twice for later is
+// there once.
+func (q *queue) addLater(ctx context.Context, j *job, at time.Time) error {
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	if err := q.rdb.ZAdd(ctx, q.later, redis.Z{Score: float64(at.UnixMilli()), Member: b}).Err(); err != nil {
+		return fmt.Errorf("queue for later: %w", err)
+	}
+	return nil
+}
+
+// ensureGroup creates the stream and its consumer group, which reads it
+// from the start, unless they exist.
+func (q *queue) ensureGroup(ctx context.Context) error {
+	err := q.rdb.XGroupCreateMkStream(ctx, q.jobs, group, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("create the consumer group: %w", err)
+	}
+	return nil
+}
+
+// moveScript moves up to ARGV[2] jobs of KEYS[1] (later) due by ARGV[1]
+// (ms) to the stream KEYS[2].
+var moveScript = redis.NewScript(`
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, j in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'job', j)
+  redis.call('ZREM', KEYS[1], j)
+end
+return #due
+`)
+
+// moveDue moves the jobs whose time came to the stream.
+func (q *queue) moveDue(ctx context.Context, now time.Time) (int, error) {
+	n, err := moveScript.Run(ctx, q.rdb, []string{q.later, q.jobs}, now.UnixMilli(), 100).Int()
+	if err != nil {
+		return 0, fmt.Errorf("move due jobs: %w", err)
+	}
+	return n, nil
+}
+
+// done takes jobs off the stream.
+func (q *queue) done(ctx context.Context, ids ...string) error {
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.XAck(ctx, q.jobs, group, ids...)
+		p.XDel(ctx, q.jobs, ids...)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("finish jobs: %w", err)
+	}
+	return nil
+}
+
+// dropIdleConsumers takes out of the consumer group the consumers with no
+// pending job idle for longer than after.
+func (q *queue) dropIdleConsumers(ctx context.Context, after time.Duration) error {
+	consumers, err := q.rdb.XInfoConsumers(ctx, q.jobs, group).Result()
+	if err != nil {
+		return err
+	}
+	for _, c := range consumers {
+		if c.Pending == 0 && c.Idle > after {
+			if err := q.rdb.XGroupDelConsumer(ctx, q.jobs, group, c.Name).Err(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

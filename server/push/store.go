@@ -1,0 +1,270 @@
+package push
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Subscriptions and settings live in Redis, beside the sessions they
+// belong to, under one hash tag per user ({push:<id>}), so that a user's
+// keys share a node of a Redis Cluster and users spread over the nodes:
+//
+//   - {push:<id>}:subs is a hash of the user's subscriptions by id, each a
+//     JSON subRecord;
+//   - {push:<id>}:settings is a hash of the user's settings ("previews":
+//     "0" or "1"; absent: the default);
+//   - {push:<id>}:win:<subscription>:<chat> is the collapse window of one
+//     device and chat (see collapseScript).
+
+// MaxSubscriptions bounds the subscriptions of one user.
+const MaxSubscriptions = 20
+
+// subRecord is one subscription as stored.
+type subRecord struct {
+	ID       string `json:"id"`
+	Session  string `json:"session"`
+	Endpoint string `json:"endpoint"`
+	P256dh   string `json:"p256dh"`
+	Auth     string `json:"auth"`
+	Always   bool   `json:"always,omitempty"`
+	Created  int64  `json:"created"` // ms
+}
+
+func (r *subRecord) subscription() Subscription {
+	return Subscription{Endpoint: r.Endpoint, P256dh: r.P256dh, Auth: r.Auth}
+}
+
+// subscriptionID names the subscription of an endpoint: registering the
+// endpoint again finds the same one.
+func subscriptionID(endpoint string) string {
+	h := sha256.Sum256([]byte(endpoint))
+	return hex.EncodeToString(h[:12])
+}
+
+type store struct {
+	rdb    redis.UniversalClient
+	prefix string
+}
+
+func (s *store) userTag(uid int) string { return s.prefix + "{push:" + strconv.Itoa(uid) + "}" }
+
+func (s *store) subsKey(uid int) string     { return s.userTag(uid) + ":subs" }
+func (s *store) settingsKey(uid int) string { return s.userTag(uid) + ":settings" }
+func (s *store) windowKey(uid int, sub, chat string) string {
+	return s.userTag(uid) + ":win:" + sub + ":" + chat
+}
+
+// registerScript stores a subscription unless the user already has
+// ARGV[3] others. It returns 1 when stored.
+var registerScript = redis.NewScript(`
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+`)
+
+// register stores the subscription; false when the user has too many.
+func (s *store) register(ctx context.Context, uid int, r *subRecord) (bool, error) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return false, err
+	}
+	n, err := registerScript.Run(ctx, s.rdb, []string{s.subsKey(uid)}, r.ID, b, MaxSubscriptions).Int()
+	if err != nil {
+		return false, fmt.Errorf("register subscription: %w", err)
+	}
+	return n == 1, nil
+}
+
+// list returns the user's subscriptions, oldest first.
+func (s *store) list(ctx context.Context, uid int) ([]*subRecord, error) {
+	m, err := s.rdb.HGetAll(ctx, s.subsKey(uid)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list subscriptions: %w", err)
+	}
+	return parseSubs(m), nil
+}
+
+func parseSubs(m map[string]string) []*subRecord {
+	out := make([]*subRecord, 0, len(m))
+	for _, v := range m {
+		var r subRecord
+		if json.Unmarshal([]byte(v), &r) == nil {
+			out = append(out, &r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Created != out[j].Created {
+			return out[i].Created < out[j].Created
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// get returns one subscription, nil when there is none.
+func (s *store) get(ctx context.Context, uid int, id string) (*subRecord, error) {
+	v, err := s.rdb.HGet(ctx, s.subsKey(uid), id).Result()
+	if err == redis.Nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get subscription: %w", err)
+	}
+	var r subRecord
+	if err := json.Unmarshal([]byte(v), &r); err != nil {
+		return nil, fmt.Errorf("get subscription: %w", err)
+	}
+	return &r, nil
+}
+
+// remove deletes subscriptions; it returns how many there were.
+func (s *store) remove(ctx context.Context, uid int, ids ...string) (int64, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	n, err := s.rdb.HDel(ctx, s.subsKey(uid), ids...).Result()
+	if err != nil {
+		return 0, fmt.Errorf("remove subscriptions: %w", err)
+	}
+	return n, nil
+}
+
+// removeSession deletes the subscriptions of the user's session.
+func (s *store) removeSession(ctx context.Context, uid int, session string) error {
+	subs, err := s.list(ctx, uid)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for _, r := range subs {
+		if r.Session == session {
+			ids = append(ids, r.ID)
+		}
+	}
+	_, err = s.remove(ctx, uid, ids...)
+	return err
+}
+
+// settings are a user's push settings.
+type settings struct {
+	previews bool
+}
+
+func parseSettings(m map[string]string) settings {
+	return settings{previews: m["previews"] != "0"}
+}
+
+func (s *store) settings(ctx context.Context, uid int) (settings, error) {
+	m, err := s.rdb.HGetAll(ctx, s.settingsKey(uid)).Result()
+	if err != nil {
+		return settings{}, fmt.Errorf("push settings: %w", err)
+	}
+	return parseSettings(m), nil
+}
+
+func (s *store) setPreviews(ctx context.Context, uid int, on bool) error {
+	v := "0"
+	if on {
+		v = "1"
+	}
+	if err := s.rdb.HSet(ctx, s.settingsKey(uid), "previews", v).Err(); err != nil {
+		return fmt.Errorf("push settings: %w", err)
+	}
+	return nil
+}
+
+// recipient is what the worker reads of one user at once.
+type recipient struct {
+	subs     []*subRecord
+	settings settings
+}
+
+// recipients reads the users' subscriptions and settings in one round
+// trip.
+func (s *store) recipients(ctx context.Context, uids []int) (map[int]*recipient, error) {
+	subs := make([]*redis.MapStringStringCmd, len(uids))
+	sets := make([]*redis.MapStringStringCmd, len(uids))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, u := range uids {
+			subs[i] = p.HGetAll(ctx, s.subsKey(u))
+			sets[i] = p.HGetAll(ctx, s.settingsKey(u))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read recipients: %w", err)
+	}
+	out := make(map[int]*recipient, len(uids))
+	for i, u := range uids {
+		out[u] = &recipient{subs: parseSubs(subs[i].Val()), settings: parseSettings(sets[i].Val())}
+	}
+	return out, nil
+}
+
+// collapseScript decides whether a push for a device and chat goes now.
+// KEYS[1] is the window (see store); ARGV: now (ms), the window (ms) and
+// the push. Outside a window it opens one and returns 0: send now.
+// Within one it keeps the push as the window's latest and returns when
+// the window ends (ms), when the latest goes (flushScript).
+var collapseScript = redis.NewScript(`
+local untilv = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+local now = tonumber(ARGV[1])
+if untilv <= now then
+  redis.call('HSET', KEYS[1], 'until', now + tonumber(ARGV[2]))
+  redis.call('HDEL', KEYS[1], 'pending')
+  redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 60000)
+  return 0
+end
+redis.call('HSET', KEYS[1], 'pending', ARGV[3])
+return untilv
+`)
+
+// flushScript takes the latest push kept in a window that ended, and
+// opens the next window, which it starts. It returns nil when no push
+// waits.
+var flushScript = redis.NewScript(`
+local p = redis.call('HGET', KEYS[1], 'pending')
+if not p then return false end
+redis.call('HDEL', KEYS[1], 'pending')
+redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 60000)
+return p
+`)
+
+// collapse returns the zero time when the push goes now, or when the
+// window it waits in ends.
+func (s *store) collapse(ctx context.Context, uid int, sub, chat string, now time.Time, window time.Duration, payload []byte) (time.Time, error) {
+	until, err := collapseScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)},
+		now.UnixMilli(), window.Milliseconds(), payload).Int64()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("collapse: %w", err)
+	}
+	if until == 0 {
+		return time.Time{}, nil
+	}
+	return time.UnixMilli(until), nil
+}
+
+// flush returns the push waiting at the end of a window, nil when none.
+func (s *store) flush(ctx context.Context, uid int, sub, chat string, now time.Time, window time.Duration) ([]byte, error) {
+	p, err := flushScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)}, now.UnixMilli(), window.Milliseconds()).Text()
+	if err == redis.Nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("flush: %w", err)
+	}
+	return []byte(p), nil
+}
+
+func timeMS(ms int64) time.Time { return time.UnixMilli(ms) }

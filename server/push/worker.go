@@ -1,0 +1,188 @@
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/parley-chat/parley/server/auth"
+)
+
+// Run runs the instance's workers (Config.Workers) until ctx is done,
+// and returns once they have stopped. A job a worker had begun stays
+// pending in the queue and is taken over later (Config.ClaimAfter).
+func (s *Service) Run(ctx context.Context) {
+	if s.cfg.Workers < 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for i := range s.cfg.Workers {
+		wg.Go(func() { s.work(ctx, s.instance+"-"+strconv.Itoa(i)) })
+	}
+	wg.Wait()
+}
+
+// forgetConsumersAfter is how long a consumer with no pending job may stay
+// idle before it is taken out of the consumer group: instances that
+// stopped leave their consumers behind.
+const forgetConsumersAfter = 24 * time.Hour
+
+// work is one worker, named consumer in the consumer group.
+func (s *Service) work(ctx context.Context, consumer string) {
+	ready := false
+	var claimed time.Time
+	for ctx.Err() == nil {
+		if !ready {
+			if err := s.queue.ensureGroup(ctx); err != nil {
+				s.log.WarnContext(ctx, "push: queue", "err", err)
+				s.pause(ctx)
+				continue
+			}
+			ready = true
+		}
+		now := s.cfg.Now()
+		if _, err := s.queue.moveDue(ctx, now); err != nil && ctx.Err() == nil {
+			s.log.WarnContext(ctx, "push: queue", "err", err)
+		}
+		if now.Sub(claimed) >= s.cfg.ClaimAfter/2 {
+			claimed = now
+			msgs, _, err := s.queue.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+				Stream: s.queue.jobs, Group: group, Consumer: consumer,
+				MinIdle: s.cfg.ClaimAfter, Start: "0-0", Count: 16,
+			}).Result()
+			if err != nil && ctx.Err() == nil {
+				s.log.WarnContext(ctx, "push: take over jobs", "err", err)
+			}
+			for _, m := range msgs {
+				s.process(ctx, m)
+			}
+			if err := s.queue.dropIdleConsumers(ctx, forgetConsumersAfter); err != nil && ctx.Err() == nil {
+				s.log.WarnContext(ctx, "push: forget idle consumers", "err", err)
+			}
+		}
+		res, err := s.queue.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: group, Consumer: consumer, Streams: []string{s.queue.jobs, ">"},
+			// One job at a time: a job waits in no busy worker's hands
+			// while another worker is free.
+			Count: 1, Block: s.cfg.Poll,
+		}).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if strings.HasPrefix(err.Error(), "NOGROUP") {
+				ready = false // Redis lost the queue (a restart without persistence)
+			} else {
+				s.log.WarnContext(ctx, "push: read the queue", "err", err)
+			}
+			s.pause(ctx)
+			continue
+		}
+		for _, st := range res {
+			for _, m := range st.Messages {
+				s.process(ctx, m)
+			}
+		}
+	}
+}
+
+// pause waits one poll interval, or until ctx is done.
+func (s *Service) pause(ctx context.Context) {
+	t := time.NewTimer(s.cfg.Poll)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// process does one job of the stream and takes it off. A job that fails
+// goes back to the queue for later, up to Config.MaxAttempts tries; one
+// cut short by ctx stays pending, for another worker to take over.
+func (s *Service) process(ctx context.Context, m redis.XMessage) {
+	raw, _ := m.Values["job"].(string)
+	var j job
+	if err := json.Unmarshal([]byte(raw), &j); err != nil {
+		s.log.ErrorContext(ctx, "push: malformed job, dropped", "id", m.ID, "err", err)
+	} else if err := s.handle(ctx, &j); err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		s.retry(ctx, &j, 0, err)
+	}
+	if err := s.queue.done(ctx, m.ID); err != nil && ctx.Err() == nil {
+		s.log.WarnContext(ctx, "push: queue", "err", err)
+	}
+}
+
+// retry queues the job again after a backoff (at least after), unless it
+// had its tries.
+func (s *Service) retry(ctx context.Context, j *job, after time.Duration, cause error) {
+	if j.Attempt+1 >= s.cfg.MaxAttempts {
+		s.log.WarnContext(ctx, "push: giving up", "type", j.Type, "chat", j.Chat, "user", j.User, "attempts", j.Attempt+1, "err", cause)
+		return
+	}
+	wait := max(s.backoff(j.Attempt), after)
+	next := *j
+	next.Attempt++
+	next.ID = newID() // a job in the later set once per try
+	s.log.InfoContext(ctx, "push: will retry", "type", j.Type, "chat", j.Chat, "user", j.User, "attempt", next.Attempt, "in", wait, "err", cause)
+	if err := s.queue.addLater(ctx, &next, s.cfg.Now().Add(wait)); err != nil {
+		s.log.ErrorContext(ctx, "push: lost a job", "type", j.Type, "chat", j.Chat, "err", err)
+	}
+}
+
+// handle does one job.
+func (s *Service) handle(ctx context.Context, j *job) error {
+	switch j.Type {
+	case jobEvent:
+		return s.fanOut(ctx, j)
+	case jobSend:
+		sub, err := s.liveSubscription(ctx, j.User, j.Sub)
+		if err != nil || sub == nil {
+			return err
+		}
+		s.send(ctx, j.User, sub, j.Chat, j.Payload, j.Attempt)
+		return nil
+	case jobFlush:
+		p, err := s.store.flush(ctx, j.User, j.Sub, j.Chat, s.cfg.Now(), s.cfg.Window)
+		if err != nil || p == nil {
+			return err
+		}
+		sub, err := s.liveSubscription(ctx, j.User, j.Sub)
+		if err != nil || sub == nil {
+			return err
+		}
+		s.send(ctx, j.User, sub, j.Chat, p, 0)
+		return nil
+	}
+	s.log.ErrorContext(ctx, "push: unknown job, dropped", "type", j.Type)
+	return nil
+}
+
+// liveSubscription returns the subscription if it still exists and its
+// session is open; it removes one whose session ended.
+func (s *Service) liveSubscription(ctx context.Context, uid int, id string) (*subRecord, error) {
+	sub, err := s.store.get(ctx, uid, id)
+	if err != nil || sub == nil {
+		return nil, err
+	}
+	open, err := s.sessions.SessionsOpen(ctx, []auth.Identity{{UserID: uid, SessionID: sub.Session}})
+	if err != nil {
+		return nil, err
+	}
+	if !open[0] {
+		_, err := s.store.remove(ctx, uid, id)
+		return nil, err
+	}
+	return sub, nil
+}
