@@ -8,6 +8,7 @@ import (
 	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/export"
 	"github.com/parley-chat/parley/server/media"
+	"github.com/parley-chat/parley/server/push"
 	"github.com/parley-chat/parley/server/user"
 )
 
@@ -19,6 +20,7 @@ type accountDeleter struct {
 	chats   *chat.Service
 	files   *media.Library // nil: uploads are not configured
 	exports *export.Service
+	push    *push.Service // nil: pushes are off
 }
 
 var _ auth.AccountDeleter = accountDeleter{}
@@ -44,6 +46,11 @@ func (a accountDeleter) DeleteFiles(ctx context.Context, userID int) error {
 }
 
 func (a accountDeleter) DeleteRows(ctx context.Context, userID int) error {
+	if a.push != nil {
+		if err := a.push.ForgetUser(ctx, userID); err != nil {
+			return err
+		}
+	}
 	return a.users.DeleteRows(ctx, userID)
 }
 
@@ -75,5 +82,5 @@ func NewDeletionSweep(d Deps) (*auth.Deletions, error) {
 	if err != nil {
 		return nil, err
 	}
-	return auth.NewDeletions(d.Log, d.Redis, d.Auth, accountDeleter{users: users, chats: chats, files: d.Media, exports: exports}), nil
+	return auth.NewDeletions(d.Log, d.Redis, d.Auth, accountDeleter{users: users, chats: chats, files: d.Media, exports: exports, push: d.Push}), nil
 }

@@ -232,7 +232,7 @@ func New(d Deps) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	authn.DeleteAccountsWith(accountDeleter{users: users, chats: chats, files: d.Media, exports: exports})
+	authn.DeleteAccountsWith(accountDeleter{users: users, chats: chats, files: d.Media, exports: exports, push: d.Push})
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
 	if d.Push != nil {
 		d.Push.Use(authn, chats, userNames{users})

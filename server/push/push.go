@@ -181,6 +181,12 @@ func (s *Service) SessionEnded(ctx context.Context, userID int, sessionID string
 
 var _ auth.SessionEnds = (*Service)(nil)
 
+// ForgetUser deletes a deleted account's subscriptions (its sessions'
+// ends took them already, unless a notice was lost) and its settings.
+func (s *Service) ForgetUser(ctx context.Context, userID int) error {
+	return s.store.forget(ctx, userID)
+}
+
 // SessionEnds tells every one of ends of a session's end.
 type SessionEnds []auth.SessionEnds
 

@@ -2,6 +2,7 @@ package push_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -601,5 +602,34 @@ func TestPush_EmbeddedRedis(t *testing.T) {
 	}
 	if got := d.triesSoFar(); got != 3 {
 		t.Fatalf("%d tries, want 3", got)
+	}
+}
+
+// A deleted account leaves nothing of its pushes behind: its
+// subscriptions (gone with its sessions) and its settings.
+func TestPush_DeletedAccountForgotten(t *testing.T) {
+	for _, p := range servertest.Protocols {
+		t.Run(p.Name, func(t *testing.T) {
+			prefix := servertest.SharedStores(t).RedisPrefix + servertest.UniqueName("push") + ":"
+			srv := servertest.New(t, servertest.WithConfig(config(t, t.TempDir(), prefix, 1)))
+			ps := newPushService(t, vapidKey(t, srv, p))
+			alice := newMember(t, srv, p, "")
+			alice.subscribe(t, ps.newDevice(), true)
+			off := false
+			if _, err := alice.push.UpdatePushSettings(context.Background(), req(alice, &parleyv1.UpdatePushSettingsRequest{ShowPreviews: &off})); err != nil {
+				t.Fatalf("UpdatePushSettings: %v", err)
+			}
+			rdb := srv.App.Redis()
+			tag := fmt.Sprintf("%s{push:%d}", prefix, alice.id)
+			if n, err := rdb.Exists(context.Background(), tag+":subs", tag+":settings").Result(); err != nil || n != 2 {
+				t.Fatalf("before the deletion, %d of the subscription and settings keys exist (%v); want 2: the test looks at the wrong keys", n, err)
+			}
+			if _, err := alice.auth.DeleteAccount(context.Background(), req(alice, &parleyv1.DeleteAccountRequest{Password: servertest.Password})); err != nil {
+				t.Fatalf("DeleteAccount: %v", err)
+			}
+			if n, err := rdb.Exists(context.Background(), tag+":subs", tag+":settings").Result(); err != nil || n != 0 {
+				t.Errorf("after the deletion, %d of the subscription and settings keys exist (%v); want none", n, err)
+			}
+		})
 	}
 }

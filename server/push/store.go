@@ -268,3 +268,12 @@ func (s *store) flush(ctx context.Context, uid int, sub, chat string, now time.T
 }
 
 func timeMS(ms int64) time.Time { return time.UnixMilli(ms) }
+
+// forget deletes the user's subscriptions and settings, for a deleted
+// account. Collapse windows expire on their own.
+func (s *store) forget(ctx context.Context, uid int) error {
+	if err := s.rdb.Del(ctx, s.subsKey(uid), s.settingsKey(uid)).Err(); err != nil {
+		return fmt.Errorf("forget push user: %w", err)
+	}
+	return nil
+}
