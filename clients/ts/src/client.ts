@@ -18,10 +18,12 @@ import { AccountService } from "./gen/parley/v1/account_pb.js";
 import { AuthService, type Tokens } from "./gen/parley/v1/auth_pb.js";
 import { AvatarService } from "./gen/parley/v1/avatar_pb.js";
 import { ChatService } from "./gen/parley/v1/chat_pb.js";
+import { ExportService } from "./gen/parley/v1/export_pb.js";
 import { LiveService, type Event } from "./gen/parley/v1/live_pb.js";
 import { MediaSchema, MediaService, type Media } from "./gen/parley/v1/media_pb.js";
 import { MessageService } from "./gen/parley/v1/message_pb.js";
 import { PrivacyService } from "./gen/parley/v1/privacy_pb.js";
+import { PushService } from "./gen/parley/v1/push_pb.js";
 import { ServerService } from "./gen/parley/v1/server_pb.js";
 import { UserService } from "./gen/parley/v1/user_pb.js";
 import { memoryTokenStore, type TokenStore } from "./tokens.js";
@@ -47,6 +49,12 @@ const publicMethods = new Set([
   "parley.v1.AuthService/Login",
   "parley.v1.AuthService/Refresh",
   "parley.v1.ServerService/GetServerInfo",
+  // The mailed code or token is their proof.
+  "parley.v1.AccountService/RequestPasswordReset",
+  "parley.v1.AccountService/ResetPassword",
+  "parley.v1.AccountService/VerifyEmail",
+  // Browsers need it to subscribe.
+  "parley.v1.PushService/GetVapidPublicKey",
 ]);
 
 /** A live stream item: an event, or the instruction to re-sync. */
@@ -99,6 +107,10 @@ export interface ParleyClient {
   readonly live: Client<typeof LiveService>;
   /** Blocks and privacy settings. */
   readonly privacy: Client<typeof PrivacyService>;
+  /** Data exports: a zip of the account's profile, chats, messages and files. */
+  readonly exports: Client<typeof ExportService>;
+  /** Web Push subscriptions and settings. */
+  readonly push: Client<typeof PushService>;
   readonly server: Client<typeof ServerService>;
   readonly tokenStore: TokenStore;
   /** Creates an account and signs in to it. */
@@ -217,6 +229,8 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
     media: createClient(MediaService, transport),
     live: createClient(LiveService, transport),
     privacy: createClient(PrivacyService, transport),
+    exports: createClient(ExportService, transport),
+    push: createClient(PushService, transport),
     server: createClient(ServerService, transport),
     tokenStore: store,
     accessToken,

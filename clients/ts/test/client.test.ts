@@ -109,6 +109,33 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       stop.abort();
     });
 
+    test("account life cycle: signed-out calls, export, push key, deletion", async () => {
+      // The calls a signed-out client makes go without a token.
+      const stranger = createParleyClient({ baseUrl: server.url, protocol });
+      await stranger.account.requestPasswordReset({ email: `${unique("nobody")}@example.com` });
+      const { publicKey } = await stranger.push.getVapidPublicKey({});
+      assert.match(publicKey, /^[A-Za-z0-9_-]{87}$/, "an uncompressed P-256 point, base64url");
+
+      const alice = await newUser(protocol);
+      const bob = await newUser(protocol);
+      const first = await alice.client.exports.requestExport({});
+      assert.ok(first.created);
+      const again = await alice.client.exports.requestExport({});
+      assert.equal(again.export?.id, first.export?.id, "a request while one is under way returns it");
+      await assert.rejects(
+        bob.client.exports.getExport({ exportId: first.export!.id }),
+        (err) => ConnectError.from(err).code === Code.NotFound,
+      );
+
+      await alice.client.auth.deleteAccount({ password: "correct horse battery staple" });
+      const gone = await bob.client.users.getUser({ userId: alice.id });
+      assert.equal(gone.user?.deleted, true);
+      await assert.rejects(
+        alice.client.chats.listChats({}),
+        (err) => ConnectError.from(err).code === Code.Unauthenticated,
+      );
+    });
+
     test("conversation features: replies, mentions, reactions, pins, search, invites", async () => {
       const alice = await newUser(protocol);
       const bob = await newUser(protocol);
