@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
@@ -61,7 +60,8 @@ const (
 	// ResetCodeTries is how many wrong codes end the current one.
 	ResetCodeTries = 5
 	// ResetsPerAccount and ResetsPerAddress bound RequestPasswordReset
-	// per ResetWindow, for one account and one client address.
+	// in any ResetWindow (a sliding window), for one account and one
+	// client address.
 	ResetsPerAccount = 3
 	ResetsPerAddress = 10
 	ResetWindow      = time.Hour
@@ -69,7 +69,7 @@ const (
 	VerifyTokenTTL = 24 * time.Hour
 	// VerifyMailsPerAccount bounds the verification mails (from
 	// SendEmailVerification and ChangeEmail) one account may have sent
-	// per VerifyMailWindow, so that nobody mails strangers through it.
+	// in any VerifyMailWindow, so that nobody mails strangers through it.
 	VerifyMailsPerAccount = 5
 	VerifyMailWindow      = time.Hour
 )
@@ -135,18 +135,10 @@ func (s *AccountService) setPassword(ctx context.Context, userID int, password, 
 	return s.auth.EndSessions(ctx, userID, keep)
 }
 
-// allow takes one from the budget under key and refuses beyond n per
-// window.
+// allow takes one attempt from the budget under key, and refuses it
+// when n were taken in the last window (see limiter.inWindow).
 func (s *AccountService) allow(ctx context.Context, name, key string, n int, window time.Duration, msg string) error {
-	l := s.auth.limiter
-	res, err := l.l.Allow(ctx, l.prefix+key, redis_rate.Limit{Rate: n, Burst: n, Period: window})
-	if err != nil {
-		return fmt.Errorf("rate limit: %w", err)
-	}
-	if res.Allowed == 0 {
-		return rpcerr.TooMany(name, msg+"; try again later", res.RetryAfter)
-	}
-	return nil
+	return s.auth.limiter.inWindow(ctx, name, key, n, window, msg)
 }
 
 // RequestPasswordReset mails a reset code to a verified address, and

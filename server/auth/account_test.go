@@ -2,11 +2,13 @@ package auth_test
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -480,6 +482,99 @@ func TestAccountService_ChangeEmail(t *testing.T) {
 			if m := me(t, c, a.Token); m.GetEmail() != newEmail {
 				t.Errorf("email %q after the refused confirmation, want %q", m.GetEmail(), newEmail)
 			}
+		})
+	}
+}
+
+// wantWindow checks that call, which must pass n times an hour, is held
+// to n in any hour: the first call passes; n-1 more a minute later pass;
+// the next is refused then, 20 minutes later (a token bucket refilling n
+// an hour would let it through by then) and a second before the hour
+// since the first call is over, each time asking to retry when that hour
+// is over; then it passes, and the one after it is refused until the
+// hour since the other calls is over. Refusals say msg.
+func wantWindow(t *testing.T, clock *servertest.Clock, n int, msg string, call func() error) {
+	t.Helper()
+	pass := func(what string) {
+		t.Helper()
+		if err := call(); err != nil {
+			t.Fatalf("%s: %v, want it to pass", what, err)
+		}
+	}
+	refuse := func(what string, retry time.Duration) {
+		t.Helper()
+		err := call()
+		if connect.CodeOf(err) != connect.CodeResourceExhausted {
+			t.Fatalf("%s: %v, want RESOURCE_EXHAUSTED", what, err)
+		}
+		if got := servertest.WantRetry(t, err); got != retry {
+			t.Errorf("%s: retry after %s, want %s", what, got, retry)
+		}
+		if !strings.Contains(err.Error(), msg) {
+			t.Errorf("%s: %q, want it to say %q", what, err, msg)
+		}
+	}
+	pass("call 1")
+	clock.Advance(time.Minute)
+	for i := 2; i <= n; i++ {
+		pass(fmt.Sprintf("call %d, a minute later", i))
+	}
+	refuse(fmt.Sprintf("call %d, at once", n+1), time.Hour-time.Minute)
+	clock.Advance(20 * time.Minute)
+	refuse(fmt.Sprintf("call %d, 20 minutes later", n+1), time.Hour-21*time.Minute)
+	clock.Advance(time.Hour - 21*time.Minute - time.Second)
+	refuse(fmt.Sprintf("call %d, a second before the hour is over", n+1), time.Second)
+	clock.Advance(time.Second)
+	pass("the call an hour after the first")
+	refuse("the call after it", time.Minute)
+}
+
+// TestAccountService_LimitWindows holds the password reset and
+// verification mail limits to their numbers in any hour.
+func TestAccountService_LimitWindows(t *testing.T) {
+	clock := servertest.NewClock()
+	srv, mp := accountServer(t, clock)
+	ctx := context.Background()
+	for _, p := range twoProtocols {
+		t.Run(p.Name, func(t *testing.T) {
+			c := servertest.NewClients(srv, p)
+			requestReset := func(email, ip string) error {
+				_, err := c.Account.RequestPasswordReset(ctx, from(&parleyv1.RequestPasswordResetRequest{Email: email}, "", ip))
+				return err
+			}
+
+			t.Run("reset per account", func(t *testing.T) {
+				a := servertest.Register(t, c.Auth, servertest.UniqueName("window"))
+				verify(t, c, mp, a, 1)
+				// Each from an address of its own: the account's budget
+				// is what runs out.
+				wantWindow(t, clock, auth.ResetsPerAccount, "too many password resets for this account", func() error {
+					return requestReset(a.Email, newIP())
+				})
+				// Every request that passed mailed a code.
+				mp.WaitMail(t, a.Email, 1+auth.ResetsPerAccount+1)
+			})
+
+			t.Run("reset per address", func(t *testing.T) {
+				ip := newIP()
+				wantWindow(t, clock, auth.ResetsPerAddress, "too many password resets from this address", func() error {
+					return requestReset(servertest.UniqueName("nobody")+"@example.com", ip)
+				})
+			})
+
+			t.Run("verification mails", func(t *testing.T) {
+				a := servertest.Register(t, c.Auth, servertest.UniqueName("window"))
+				wantWindow(t, clock, auth.VerifyMailsPerAccount, "too many verification mails for this account", func() error {
+					// Signed in afresh: the clock outruns access tokens.
+					tokens, err := signIn(c, a.Username, servertest.Password)
+					if err != nil {
+						t.Fatal(err)
+					}
+					_, err = c.Account.SendEmailVerification(ctx, servertest.WithToken(&parleyv1.SendEmailVerificationRequest{}, tokens.GetAccessToken()))
+					return err
+				})
+				mp.WaitMail(t, a.Email, auth.VerifyMailsPerAccount+1)
+			})
 		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/parley-chat/parley/server/rpcerr"
 )
@@ -41,8 +42,10 @@ var DefaultRateLimits = RateLimits{
 
 type limiter struct {
 	l      *redis_rate.Limiter
+	rdb    redis.UniversalClient
 	prefix string
 	cfg    RateLimits
+	now    func() time.Time
 }
 
 func limit(n int, window time.Duration) redis_rate.Limit {
@@ -115,6 +118,41 @@ func (l *limiter) register(ctx context.Context, addr string) error {
 	}
 	if res.Allowed == 0 {
 		return rpcerr.TooMany("register_address", "too many registrations from this address", res.RetryAfter)
+	}
+	return nil
+}
+
+// slidingWindow counts the attempts of the last window under KEYS[1], a
+// sorted set of their times (Unix milliseconds by the service's clock):
+// it drops those at or before ARGV[1] - ARGV[2] (now - window), and with
+// ARGV[3] (n) or more left refuses, answering how many milliseconds until
+// the oldest one leaves the window; else it records this attempt as
+// ARGV[4] (a unique member) and answers -1. One key per call: safe on a
+// Redis Cluster.
+var slidingWindow = redis.NewScript(`
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+	local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+	return tonumber(oldest[2]) + window - now
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], window)
+return -1`)
+
+// inWindow takes one attempt under key, allowing at most n (at least 1)
+// in any window of the given length: a true sliding window, unlike the
+// GCRA of redis_rate, which lets a full burst through and then refills,
+// so that an hour can hold nearly twice n. A refused attempt does not
+// count. The window is measured by the service's clock.
+func (l *limiter) inWindow(ctx context.Context, name, key string, n int, window time.Duration, msg string) error {
+	retry, err := slidingWindow.Run(ctx, l.rdb, []string{l.prefix + "window:" + key},
+		l.now().UnixMilli(), window.Milliseconds(), n, newSessionID()).Int64()
+	if err != nil {
+		return fmt.Errorf("rate limit: %w", err)
+	}
+	if retry >= 0 {
+		return rpcerr.TooMany(name, msg+"; try again later", time.Duration(retry)*time.Millisecond)
 	}
 	return nil
 }

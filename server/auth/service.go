@@ -144,7 +144,7 @@ func New(log *slog.Logger, rdb redis.UniversalClient, accounts Accounts, cfg Con
 		tokens:    tok,
 		sessions:  &sessionStore{rdb: rdb, prefix: cfg.RedisPrefix, refreshTTL: cfg.RefreshTTL, now: cfg.Now, replicas: cfg.Replicas},
 		passwords: pw,
-		limiter:   &limiter{l: redis_rate.NewLimiter(rdb), prefix: cfg.RedisPrefix, cfg: cfg.RateLimits},
+		limiter:   &limiter{l: redis_rate.NewLimiter(rdb), rdb: rdb, prefix: cfg.RedisPrefix, cfg: cfg.RateLimits, now: cfg.Now},
 		unauth:    newInFlight(cfg.UnauthenticatedPerAddress),
 		cfg:       cfg,
 	}, nil
