@@ -57,8 +57,18 @@ type AccountEmails interface {
 const (
 	// ResetCodeTTL is how long a password reset code works.
 	ResetCodeTTL = 15 * time.Minute
-	// ResetCodeTries is how many wrong codes end the current one.
+	// ResetCodeTries is how many wrong codes end the current one, so
+	// that a code (one of 10^8) gets at most that many guesses. Wrong
+	// codes end it whoever sends them: a stranger can end someone's
+	// code, and its owner then asks for another. That is bounded by
+	// ResetTriesPerAddress (a client address ends at most 6 codes an
+	// hour) and ResetsPerAccount, and costs no more than a delay: a
+	// code that guesses could not end would be guessed more.
 	ResetCodeTries = 5
+	// ResetTriesPerAddress bounds ResetPassword per ResetWindow (a
+	// sliding window) for one client address, right codes or wrong, for
+	// addresses with an account or without.
+	ResetTriesPerAddress = 30
 	// ResetsPerAccount and ResetsPerAddress bound RequestPasswordReset
 	// in any ResetWindow (a sliding window), for one account and one
 	// client address.
@@ -169,20 +179,22 @@ func (s *AccountService) RequestPasswordReset(
 	if userID == 0 || !verified {
 		return res, nil
 	}
-	code, err := s.newResetCode(ctx, userID)
-	if err != nil {
-		return nil, rpcerr.From(ctx, s.auth.log, "request password reset", err)
-	}
-	// Sent in the background: an answer that waited for the mail server
-	// would tell, by its delay, that the address has an account.
-	msg := resetMail(email, code)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*mail.Timeout)
+	// The code is made and mailed in the background: an answer that
+	// waited for either would tell, by its delay, that the address has
+	// an account. The work is tracked (Config.Background) so that a
+	// server that stops waits for it.
+	s.auth.cfg.Background.Go(func() {
+		ctx, cancel := context.WithTimeout(detach(ctx), 2*mail.Timeout)
 		defer cancel()
-		if err := s.mail.Send(ctx, msg); err != nil {
+		code, err := s.newResetCode(ctx, userID)
+		if err != nil {
+			s.auth.log.ErrorContext(ctx, "request password reset: make the code", "user", userID, "err", err)
+			return
+		}
+		if err := s.mail.Send(ctx, resetMail(email, code)); err != nil {
 			s.auth.log.ErrorContext(ctx, "request password reset: mail the code", "user", userID, "err", err)
 		}
-	}()
+	})
 	return res, nil
 }
 
@@ -195,18 +207,23 @@ var errBadResetCode = connect.NewError(connect.CodeInvalidArgument, errors.New("
 func (s *AccountService) ResetPassword(
 	ctx context.Context, req *connect.Request[parleyv1.ResetPasswordRequest],
 ) (*connect.Response[parleyv1.ResetPasswordResponse], error) {
+	// The address's budget first, whether or not the account exists.
+	addr := s.auth.clientAddr(req.Peer().Addr, req.Header())
+	if err := s.allow(ctx, "reset_try_address", "reset-try-address:"+addr, ResetTriesPerAddress, ResetWindow, "too many password reset attempts from this address"); err != nil {
+		return nil, rpcerr.From(ctx, s.auth.log, "reset password", err)
+	}
 	userID, _, err := s.accounts.LookupEmail(ctx, req.Msg.GetEmail())
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.auth.log, "reset password", err)
 	}
-	if userID == 0 {
-		return nil, errBadResetCode
-	}
+	// An address without an account has its code checked all the same,
+	// against the key of user 0, which never holds one: the answer then
+	// takes as long as a wrong code's for an account.
 	ok, err := s.useResetCode(ctx, userID, req.Msg.GetCode())
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.auth.log, "reset password", err)
 	}
-	if !ok {
+	if !ok || userID == 0 {
 		return nil, errBadResetCode
 	}
 	if err := s.setPassword(ctx, userID, req.Msg.GetNewPassword(), ""); err != nil {

@@ -3,6 +3,7 @@ package auth_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"regexp"
 	"strconv"
 	"strings"
@@ -562,6 +563,33 @@ func TestAccountService_LimitWindows(t *testing.T) {
 				})
 			})
 
+			t.Run("reset tries per address", func(t *testing.T) {
+				ip := newIP()
+				// Wrong codes for addresses without an account count:
+				// answered INVALID_ARGUMENT within the budget.
+				wantWindow(t, clock, auth.ResetTriesPerAddress, "too many password reset attempts from this address", func() error {
+					_, err := c.Account.ResetPassword(ctx, from(&parleyv1.ResetPasswordRequest{Email: servertest.UniqueName("nobody") + "@example.com", Code: "12345678", NewPassword: "the new password"}, "", ip))
+					if connect.CodeOf(err) == connect.CodeInvalidArgument {
+						return nil
+					}
+					return err
+				})
+				// Right codes count too, and the refusal changes
+				// nothing: the code works from another address.
+				a := servertest.Register(t, c.Auth, servertest.UniqueName("window"))
+				verify(t, c, mp, a, 1)
+				if err := requestReset(a.Email, newIP()); err != nil {
+					t.Fatal(err)
+				}
+				code := codeIn(t, mp.WaitMail(t, a.Email, 2))
+				reset := &parleyv1.ResetPasswordRequest{Email: a.Email, Code: code, NewPassword: "the new password"}
+				_, err := c.Account.ResetPassword(ctx, from(reset, "", ip))
+				servertest.WantRetry(t, err)
+				if _, err := c.Account.ResetPassword(ctx, from(reset, "", newIP())); err != nil {
+					t.Fatalf("ResetPassword from another address: %v", err)
+				}
+			})
+
 			t.Run("verification mails", func(t *testing.T) {
 				a := servertest.Register(t, c.Auth, servertest.UniqueName("window"))
 				wantWindow(t, clock, auth.VerifyMailsPerAccount, "too many verification mails for this account", func() error {
@@ -575,6 +603,69 @@ func TestAccountService_LimitWindows(t *testing.T) {
 				})
 				mp.WaitMail(t, a.Email, auth.VerifyMailsPerAccount+1)
 			})
+		})
+	}
+}
+
+// TestAccountService_PasswordResetSameWork checks that the password reset
+// calls make the same store calls, in number and kind, whether the
+// address has an account, a verified address and a code or not: their
+// answers take as long, and their time tells nothing.
+func TestAccountService_PasswordResetSameWork(t *testing.T) {
+	var sc servertest.StoreCalls
+	srv := servertest.New(t, servertest.WithMail(t), servertest.WithStoreCalls(&sc), servertest.WithConfig(func(c *app.Config) {
+		c.ClientIPHeader = "X-Real-IP"
+	}))
+	mp := servertest.SharedMailpit(t)
+	ctx := context.Background()
+	for _, p := range twoProtocols {
+		t.Run(p.Name, func(t *testing.T) {
+			c := servertest.NewClients(srv, p)
+			verified := servertest.Register(t, c.Auth, servertest.UniqueName("work"))
+			verify(t, c, mp, verified, 1)
+			unverified := servertest.Register(t, c.Auth, servertest.UniqueName("work"))
+			emails := map[string]string{
+				"verified":   verified.Email,
+				"unverified": unverified.Email,
+				"unknown":    servertest.UniqueName("nobody") + "@example.com",
+			}
+			// calls returns the store calls of one call of f per
+			// address (after one more, so that Redis has the scripts).
+			calls := func(proc string, f func(email string)) map[string]servertest.Calls {
+				t.Helper()
+				out := map[string]servertest.Calls{}
+				for name, email := range emails {
+					f(email)
+					sc.Reset()
+					f(email)
+					out[name] = sc.Of(proc)
+				}
+				return out
+			}
+			same := func(what string, got map[string]servertest.Calls) {
+				t.Helper()
+				want := got["verified"]
+				if want.Requests != 1 || want.RedisTotal() == 0 || want.SQL == 0 {
+					t.Fatalf("%s, verified address: %+v, want one request's Redis and SQL calls", what, want)
+				}
+				for name, c := range got {
+					if c.RedisRoundTrips != want.RedisRoundTrips || !maps.Equal(c.RedisCommands, want.RedisCommands) || c.SQL != want.SQL || c.MongoTotal() != 0 {
+						t.Errorf("%s, %s address: %+v; verified address: %+v; want the same", what, name, c, want)
+					}
+				}
+			}
+
+			same("RequestPasswordReset", calls("/parley.v1.AccountService/RequestPasswordReset", func(email string) {
+				if _, err := c.Account.RequestPasswordReset(ctx, from(&parleyv1.RequestPasswordResetRequest{Email: email}, "", newIP())); err != nil {
+					t.Fatalf("RequestPasswordReset(%s): %v", email, err)
+				}
+			}))
+			// The verified address has a live code now.
+			mp.WaitMail(t, verified.Email, 3)
+			same("ResetPassword with a wrong code", calls("/parley.v1.AccountService/ResetPassword", func(email string) {
+				_, err := c.Account.ResetPassword(ctx, from(&parleyv1.ResetPasswordRequest{Email: email, Code: "12345678", NewPassword: "the new password"}, "", newIP()))
+				servertest.WantCode(t, err, connect.CodeInvalidArgument)
+			}))
 		})
 	}
 }

@@ -87,6 +87,10 @@ type Config struct {
 	Now func() time.Time
 	// SessionEnds, when set, is told of sessions ended early.
 	SessionEnds SessionEnds
+	// Background runs the work that the account calls (AccountService)
+	// go on with after answering, so that the server can wait for it
+	// when it stops; when nil, New makes one that nobody waits for.
+	Background *Background
 	// Replicas is how many Redis replicas must confirm (WAIT) that they
 	// have a session's end or a refresh token's rotation before it is
 	// answered, so that a failover cannot undo it; 0: none.
@@ -126,6 +130,9 @@ func New(log *slog.Logger, rdb redis.UniversalClient, accounts Accounts, cfg Con
 	}
 	if cfg.RateLimits == (RateLimits{}) {
 		cfg.RateLimits = DefaultRateLimits
+	}
+	if cfg.Background == nil {
+		cfg.Background = new(Background)
 	}
 	if cfg.UnauthenticatedPerAddress <= 0 {
 		cfg.UnauthenticatedPerAddress = DefaultUnauthenticatedPerAddress
