@@ -16,8 +16,10 @@
 //	                    authentication middleware, rate limits;
 //	                    parley.v1.AccountService (account.go): password
 //	                    change and reset codes, email verification tokens
-//	                    and email change (accounttokens.go); account
-//	                    deletion in order, and its sweep (delete.go)
+//	                    and email change (accounttokens.go), the reset
+//	                    mails it sends after answering, which shutdown
+//	                    waits for (background.go); account deletion in
+//	                    order, and its sweep (delete.go)
 //	server/user/        parley.v1.UserService, AvatarService and
 //	                    PrivacyService (blocks, privacy settings) on ent;
 //	                    identicon avatars; the accounts auth signs in,

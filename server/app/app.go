@@ -82,7 +82,8 @@ type Config struct {
 	// that load balancers stop sending it requests before it closes its
 	// listener; zero: it closes at once.
 	DrainDelay time.Duration
-	// ShutdownTimeout bounds how long in-flight requests may take to finish
+	// ShutdownTimeout bounds how long in-flight requests, and then the
+	// mails they left sending (password reset codes), may take to finish
 	// once shutdown begins.
 	ShutdownTimeout time.Duration
 	// Version is the build version.
@@ -209,6 +210,9 @@ type App struct {
 
 	drain     context.Context
 	stopDrain context.CancelFunc
+	// background is the work requests leave running (mailing reset
+	// codes), which Serve waits for before it returns.
+	background *auth.Background
 }
 
 // Open connects to (or starts) the stores named by cfg and migrates the
@@ -315,6 +319,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 	if a.push, err = a.openPush(hub); err != nil {
 		return nil, err
 	}
+	a.background = new(auth.Background)
 	a.deps = server.Deps{
 		Mail:            a.mail,
 		Live:            hub,
@@ -344,6 +349,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 			RedisPrefix:    cfg.RedisPrefix,
 			ClientIPHeader: cfg.ClientIPHeader,
 			Replicas:       a.waitReplicas(),
+			Background:     a.background,
 		},
 	}
 	// Bounds on slow and abusive clients.
@@ -615,8 +621,9 @@ func (a *App) TLSEnabled() bool {
 
 // Serve serves the API on ln until ctx is done, then shuts down gracefully:
 // health and readiness turn NOT_SERVING, the server goes on serving for
-// DrainDelay, then open streams end and in-flight requests get
-// ShutdownTimeout to finish. It returns nil after a clean shutdown.
+// DrainDelay, then open streams end and in-flight requests, and then the
+// mails they left sending, get ShutdownTimeout to finish. It returns nil
+// after a clean shutdown.
 func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	var tlsConfig *tls.Config
 	if a.TLSEnabled() {
@@ -717,6 +724,9 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
 	err = srv.Shutdown(shutdownCtx)
+	// Then, before the stores close, the mails that requests left
+	// sending, in what is left of the time.
+	a.waitBackground(shutdownCtx)
 	if errors.Is(err, context.DeadlineExceeded) {
 		srv.Close()
 		return fmt.Errorf("shutdown: requests still running after %s", a.cfg.ShutdownTimeout)
@@ -728,6 +738,19 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil
+}
+
+// waitBackground waits until ctx is done for the work that requests left
+// running (see auth.Background).
+func (a *App) waitBackground(ctx context.Context) {
+	n := a.background.Running()
+	if n == 0 {
+		return
+	}
+	a.log.Info("shutting down: waiting for mails in flight", "mails", n)
+	if err := a.background.Wait(ctx); err != nil {
+		a.log.Error("shutting down: mails in flight abandoned", "err", err)
+	}
 }
 
 // Close closes the stores and stops the embedded ones, in reverse order of

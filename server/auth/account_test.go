@@ -3,10 +3,14 @@ package auth_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"maps"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -669,3 +673,136 @@ func TestAccountService_PasswordResetSameWork(t *testing.T) {
 		})
 	}
 }
+
+// TestAccountService_ShutdownWaitsForMail stops the server while a reset
+// code's mail is on its way (its SMTP connection held), and checks that
+// the server waits for it before it stops. (A shutdown test: one
+// protocol is enough.)
+func TestAccountService_ShutdownWaitsForMail(t *testing.T) {
+	mp := servertest.SharedMailpit(t)
+	relay := newHeldSMTP(t, strings.TrimPrefix(mp.SMTPURL, "smtp://"))
+	waiting := &logWatch{msg: "shutting down: waiting for mails in flight", seen: make(chan struct{})}
+	srv := servertest.New(t, servertest.WithLog(waiting), servertest.WithConfig(func(c *app.Config) {
+		c.SMTPURL = "smtp://" + relay.ln.Addr().String()
+	}))
+	c := servertest.NewClients(srv, twoProtocols[0])
+	a := servertest.Register(t, c.Auth, servertest.UniqueName("shutdown"))
+	verify(t, c, mp, a, 1)
+
+	relay.holdNext()
+	if _, err := c.Account.RequestPasswordReset(context.Background(), connect.NewRequest(&parleyv1.RequestPasswordResetRequest{Email: a.Email})); err != nil {
+		t.Fatalf("RequestPasswordReset: %v", err)
+	}
+	select {
+	case <-relay.held:
+	case <-time.After(time.Minute):
+		t.Fatal("the reset mail did not connect to the SMTP server")
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- srv.Stop() }()
+	select {
+	case <-waiting.seen:
+	case err := <-stopped:
+		t.Fatalf("the server stopped (%v) with a mail in flight", err)
+	}
+	relay.release()
+	if err := <-stopped; err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	// Sent before the server stopped: Mailpit has it already.
+	mails := mp.Mails(t, a.Email)
+	if len(mails) != 2 || !strings.Contains(mails[len(mails)-1].Subject, "password reset") {
+		t.Fatalf("mails to %s after the stop: %d, want the verification and the reset code", a.Email, len(mails))
+	}
+}
+
+// heldSMTP relays SMTP connections to target; the one after holdNext is
+// accepted but not passed on until release.
+type heldSMTP struct {
+	ln     net.Listener
+	target string
+	held   chan struct{} // closed when the held connection came
+	free   chan struct{} // closed by release
+	once   sync.Once
+	mu     sync.Mutex
+	hold   bool
+}
+
+func newHeldSMTP(t *testing.T, target string) *heldSMTP {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &heldSMTP{ln: ln, target: target, held: make(chan struct{}), free: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return // closed
+			}
+			r.mu.Lock()
+			hold := r.hold
+			r.hold = false
+			r.mu.Unlock()
+			wg.Go(func() { r.relay(conn, hold) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		r.release()
+		wg.Wait()
+	})
+	return r
+}
+
+func (r *heldSMTP) holdNext() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hold = true
+}
+
+func (r *heldSMTP) release() { r.once.Do(func() { close(r.free) }) }
+
+func (r *heldSMTP) relay(conn net.Conn, hold bool) {
+	defer conn.Close()
+	if hold {
+		close(r.held)
+		<-r.free
+	}
+	up, err := net.Dial("tcp", r.target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.Copy(up, conn)
+		up.Close()
+	}()
+	_, _ = io.Copy(conn, up)
+	conn.Close()
+	<-done
+}
+
+// logWatch is a log handler that closes seen at the first record whose
+// message is msg.
+type logWatch struct {
+	msg  string
+	seen chan struct{}
+	once sync.Once
+}
+
+func (w *logWatch) Enabled(context.Context, slog.Level) bool { return true }
+
+func (w *logWatch) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == w.msg {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return nil
+}
+
+func (w *logWatch) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *logWatch) WithGroup(string) slog.Handler      { return w }
