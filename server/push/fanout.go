@@ -45,8 +45,11 @@ const (
 )
 
 // Events wraps next, the live delivery of chat events, so that a new
-// message or a reaction also queues a push job, in the same Redis round
-// trip as the event.
+// message or a reaction also queues a push job once the event is
+// delivered. The job is queued in a round trip of its own, after the
+// event's: not among the event's commands, whose failure would fail the
+// event (a queue that refuses the job costs the push, not the event), and
+// which are sent again when Redis had forgotten the logging script.
 func (s *Service) Events(next chat.Events) chat.Events { return &events{Events: next, s: s} }
 
 type events struct {
@@ -59,18 +62,23 @@ func (e *events) Publish(ctx context.Context, userIDs []int, ev *parleyv1.Event)
 }
 
 func (e *events) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event, before, after func(redis.Pipeliner)) error {
-	j := jobOf(userIDs, ev)
-	if j == nil {
-		return e.Events.PublishWith(ctx, userIDs, ev, before, after)
+	if err := e.Events.PublishWith(ctx, userIDs, ev, before, after); err != nil {
+		return err
 	}
-	return e.Events.PublishWith(ctx, userIDs, ev, before, func(p redis.Pipeliner) {
-		if after != nil {
-			after(p)
-		}
-		if err := e.s.queue.add(ctx, p, j); err != nil {
-			e.s.log.ErrorContext(ctx, "push: queue an event", "chat", j.Chat, "err", err)
-		}
-	})
+	if j := jobOf(userIDs, ev); j != nil {
+		e.s.enqueue(context.WithoutCancel(ctx), j)
+	}
+	return nil
+}
+
+// enqueue queues a job for now; a job it cannot queue is lost (logged,
+// and counted).
+func (s *Service) enqueue(ctx context.Context, j *job) {
+	_, err := s.queue.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { return s.queue.add(ctx, p, j) })
+	if err != nil {
+		jobsLost.Inc()
+		s.log.ErrorContext(ctx, "push: queue an event; its pushes are lost", "chat", j.Chat, "seq", j.Seq, "err", err)
+	}
 }
 
 // jobOf returns the job of an event that may push, nil for others.

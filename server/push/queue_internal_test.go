@@ -1,0 +1,201 @@
+package push
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/chat"
+	"github.com/parley-chat/parley/server/live"
+)
+
+// The tests of this file drive the service's parts directly, on the
+// package's Redis, with fakes for the other services.
+
+// SetTestRedis gives the package's internal tests their Redis.
+func SetTestRedis(f func(t *testing.T) (redis.UniversalClient, string)) { testRedis = f }
+
+// testRedis returns a client of the package's Redis (servertest's
+// stores) and a key prefix of the test's own. The external tests set it:
+// servertest imports this package.
+var testRedis func(t *testing.T) (redis.UniversalClient, string)
+
+// sessions answers that every session is open; ask, when set, is told
+// of each question first.
+type sessions struct{ ask func([]auth.Identity) }
+
+func (s sessions) SessionsOpen(_ context.Context, ids []auth.Identity) ([]bool, error) {
+	if s.ask != nil {
+		s.ask(ids)
+	}
+	out := make([]bool, len(ids))
+	for i := range out {
+		out[i] = true
+	}
+	return out, nil
+}
+
+// closedSessions answers that the sessions named are closed.
+type closedSessions struct {
+	closed []string
+	ask    func([]auth.Identity)
+}
+
+func (s closedSessions) SessionsOpen(_ context.Context, ids []auth.Identity) ([]bool, error) {
+	if s.ask != nil {
+		s.ask(ids)
+	}
+	out := make([]bool, len(ids))
+	for i, id := range ids {
+		out[i] = !slices.Contains(s.closed, id.SessionID)
+	}
+	return out, nil
+}
+
+type offline struct{}
+
+func (offline) Online(_ context.Context, ids []int) ([]bool, error) {
+	return make([]bool, len(ids)), nil
+}
+
+// oneGroup is a group of users 1 and 2, where 1 sent every message.
+type oneGroup struct{}
+
+func (oneGroup) PushChat(context.Context, string, []int) (chat.PushChat, bool, error) {
+	return chat.PushChat{Type: "group", Title: "g", Members: []int{1, 2}}, true, nil
+}
+func (oneGroup) MessageSender(context.Context, string, string) (int, bool, error) {
+	return 1, true, nil
+}
+
+type names struct{}
+
+func (names) Name(context.Context, int) (string, error) { return "one", nil }
+
+// provider records the pushes; answer, when set, decides each.
+type provider struct {
+	mu     sync.Mutex
+	sent   []Subscription
+	answer func(ctx context.Context) (Result, error)
+}
+
+func (p *provider) Send(ctx context.Context, sub Subscription, _ []byte, _ Options) (Result, error) {
+	p.mu.Lock()
+	p.sent = append(p.sent, sub)
+	answer := p.answer
+	p.mu.Unlock()
+	if answer != nil {
+		return answer(ctx)
+	}
+	return Result{Status: 201}, nil
+}
+
+func (p *provider) sends() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.sent)
+}
+
+func newTestService(t *testing.T, prov Provider, cfg Config) (*Service, redis.UniversalClient) {
+	t.Helper()
+	rdb, prefix := testRedis(t)
+	cfg.Provider, cfg.PublicKey, cfg.RedisPrefix = prov, "k", prefix
+	if cfg.Poll == 0 {
+		cfg.Poll = 20 * time.Millisecond
+	}
+	s, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, offline{}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Use(sessions{}, oneGroup{}, names{})
+	return s, rdb
+}
+
+func register(t *testing.T, s *Service, uid int, endpoint, session string) *subRecord {
+	t.Helper()
+	r := &subRecord{ID: subscriptionID(endpoint), Session: session, Endpoint: endpoint, Created: time.Now().UnixMilli()}
+	if ok, err := s.store.register(context.Background(), uid, r); err != nil || !ok {
+		t.Fatalf("register: %v, %v", ok, err)
+	}
+	return r
+}
+
+// echoAfterTwice is the live delivery when Redis had forgotten its
+// script: it runs after's commands twice (live.Hub.PublishWith).
+type echoAfterTwice struct {
+	chat.Events
+	rdb redis.UniversalClient
+}
+
+func (e echoAfterTwice) PublishWith(ctx context.Context, _ []int, _ *parleyv1.Event, _, after func(redis.Pipeliner)) error {
+	for range 2 {
+		if _, err := e.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if after != nil {
+				after(p)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func messageEvent() *parleyv1.Event {
+	return &parleyv1.Event{Kind: &parleyv1.Event_MessageCreated{MessageCreated: &parleyv1.MessageEvent{
+		Message: &parleyv1.Message{Id: "m", ChatId: "c", Seq: 1, SenderId: 1, Text: "hi"},
+	}}}
+}
+
+// An event queues one push job, however many times the live delivery
+// runs the caller's commands.
+func TestEvents_QueuesOnce(t *testing.T) {
+	s, rdb := newTestService(t, &provider{}, Config{Workers: -1})
+	ctx := context.Background()
+	ev := s.Events(echoAfterTwice{rdb: rdb})
+	if err := ev.PublishWith(ctx, []int{1, 2}, messageEvent(), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rdb.XLen(ctx, s.queue.jobs).Result(); err != nil || n != 1 {
+		t.Fatalf("%d jobs queued (%v), want 1", n, err)
+	}
+}
+
+// A push job the queue refuses costs the push, not the event: publishing
+// succeeds, and the loss is counted.
+func TestEvents_QueueFailureKeepsTheEvent(t *testing.T) {
+	s, rdb := newTestService(t, &provider{}, Config{Workers: -1})
+	ctx := context.Background()
+	hub := live.NewHub(slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, live.Config{Prefix: s.cfg.RedisPrefix})
+	t.Cleanup(func() { hub.Close() })
+	// The queue's key holds something else: every XADD to it fails.
+	if err := rdb.Set(ctx, s.queue.jobs, "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	lost := counted(t, jobsLost)
+	if err := s.Events(hub).PublishWith(ctx, []int{1, 2}, messageEvent(), nil, nil); err != nil {
+		t.Fatalf("PublishWith: %v; want the event published without its push", err)
+	}
+	if got := counted(t, jobsLost) - lost; got != 1 {
+		t.Fatalf("%v jobs counted lost, want 1", got)
+	}
+}
+
+func counted(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
