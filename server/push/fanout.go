@@ -208,7 +208,7 @@ func (s *Service) fanOut(ctx context.Context, j *job) error {
 	}
 	for i, t := range targets {
 		if !open[i] {
-			if _, err := s.store.remove(ctx, t.user, t.sub.ID); err != nil {
+			if err := s.store.removeOf(ctx, t.user, t.sub); err != nil {
 				return err
 			}
 			continue
@@ -262,7 +262,7 @@ func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID stri
 	case res.Gone:
 		pushesGone.Inc()
 		s.log.InfoContext(ctx, "push: subscription gone, removed", "user", uid, "subscription", sub.ID, "status", res.Status)
-		if _, err := s.store.remove(ctx, uid, sub.ID); err != nil {
+		if err := s.store.removeOf(ctx, uid, sub); err != nil {
 			s.log.WarnContext(ctx, "push: remove a subscription", "user", uid, "err", err)
 		}
 	case res.Retry:

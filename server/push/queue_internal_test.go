@@ -199,3 +199,53 @@ func counted(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// A subscription whose session ended is removed only as it was read: the
+// same device registered meanwhile for another session stays.
+func TestRemove_KeepsNewerRegistration(t *testing.T) {
+	const endpoint = "https://push.example/device"
+	ctx := context.Background()
+	for name, remove := range map[string]func(s *Service) error{
+		"worker": func(s *Service) error {
+			sub, err := s.liveSubscription(ctx, 2, subscriptionID(endpoint))
+			if sub != nil {
+				t.Errorf("session A's subscription is live")
+			}
+			return err
+		},
+		"list": func(s *Service) error {
+			_, err := s.liveSubscriptions(ctx, 2)
+			return err
+		},
+		"fan-out": func(s *Service) error {
+			return s.fanOut(ctx, &job{Type: jobEvent, Kind: KindMessage, Chat: "c", Seq: 1, Actor: 1, Message: "m", Users: []int{1, 2}})
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, _ := newTestService(t, &provider{}, Config{Workers: -1})
+			register(t, s, 2, endpoint, "A")
+			// Session A turns out closed; while that is checked, the
+			// device registers again, for session B.
+			s.Use(closedSessions{closed: []string{"A"}, ask: func([]auth.Identity) {
+				register(t, s, 2, endpoint, "B")
+			}}, oneGroup{}, names{})
+			if err := remove(s); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.store.get(ctx, 2, subscriptionID(endpoint))
+			if err != nil || got == nil || got.Session != "B" {
+				t.Fatalf("subscription after removing session A's: %+v, %v; want session B's", got, err)
+			}
+		})
+	}
+	t.Run("session ended", func(t *testing.T) {
+		s, _ := newTestService(t, &provider{}, Config{Workers: -1})
+		register(t, s, 2, endpoint, "B")
+		other := register(t, s, 2, "https://push.example/other", "A")
+		s.SessionEnded(ctx, 2, "A")
+		subs, err := s.store.list(ctx, 2)
+		if err != nil || len(subs) != 1 || subs[0].Session != "B" {
+			t.Fatalf("subscriptions after session A ended: %v, %v; want session B's alone (not %s)", subs, err, other.ID)
+		}
+	})
+}

@@ -127,7 +127,8 @@ func (s *store) get(ctx context.Context, uid int, id string) (*subRecord, error)
 	return &r, nil
 }
 
-// remove deletes subscriptions; it returns how many there were.
+// remove deletes subscriptions, whatever session they belong to (the
+// user unregistered them); it returns how many there were.
 func (s *store) remove(ctx context.Context, uid int, ids ...string) (int64, error) {
 	if len(ids) == 0 {
 		return 0, nil
@@ -139,20 +140,61 @@ func (s *store) remove(ctx context.Context, uid int, ids ...string) (int64, erro
 	return n, nil
 }
 
+// removeIfScript deletes from the hash KEYS[1] each subscription ARGV[i]
+// whose record still names the session ARGV[i+1]; a record stored again
+// meanwhile, by another session (the same device registered anew), stays.
+// It returns how many it deleted.
+var removeIfScript = redis.NewScript(`
+local n = 0
+for i = 1, #ARGV, 2 do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v then
+    local ok, r = pcall(cjson.decode, v)
+    if ok and type(r) == 'table' and r.session == ARGV[i+1] then
+      n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+    end
+  end
+end
+return n
+`)
+
+// removeOf deletes the subscriptions if they still belong to the
+// sessions they were read with (a caller found those sessions ended).
+func (s *store) removeOf(ctx context.Context, uid int, subs ...*subRecord) error {
+	if len(subs) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 2*len(subs))
+	for _, r := range subs {
+		args = append(args, r.ID, r.Session)
+	}
+	if err := removeIfScript.Run(ctx, s.rdb, []string{s.subsKey(uid)}, args...).Err(); err != nil {
+		return fmt.Errorf("remove subscriptions: %w", err)
+	}
+	return nil
+}
+
+// removeSessionScript deletes from the hash KEYS[1] the subscriptions of
+// the session ARGV[1], in one step: one the same device registered again
+// for another session stays.
+var removeSessionScript = redis.NewScript(`
+local all = redis.call('HGETALL', KEYS[1])
+local n = 0
+for i = 1, #all, 2 do
+  local ok, r = pcall(cjson.decode, all[i+1])
+  if ok and type(r) == 'table' and r.session == ARGV[1] then
+    n = n + redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return n
+`)
+
 // removeSession deletes the subscriptions of the user's session.
 func (s *store) removeSession(ctx context.Context, uid int, session string) error {
-	subs, err := s.list(ctx, uid)
-	if err != nil {
-		return err
+	if err := removeSessionScript.Run(ctx, s.rdb, []string{s.subsKey(uid)}, session).Err(); err != nil {
+		return fmt.Errorf("remove the subscriptions of a session: %w", err)
 	}
-	var ids []string
-	for _, r := range subs {
-		if r.Session == session {
-			ids = append(ids, r.ID)
-		}
-	}
-	_, err = s.remove(ctx, uid, ids...)
-	return err
+	return nil
 }
 
 // settings are a user's push settings.

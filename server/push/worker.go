@@ -181,8 +181,7 @@ func (s *Service) liveSubscription(ctx context.Context, uid int, id string) (*su
 		return nil, err
 	}
 	if !open[0] {
-		_, err := s.store.remove(ctx, uid, id)
-		return nil, err
+		return nil, s.store.removeOf(ctx, uid, sub)
 	}
 	return sub, nil
 }
