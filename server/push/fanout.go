@@ -3,6 +3,7 @@ package push
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -128,7 +129,10 @@ type target struct {
 	sub  *subRecord
 }
 
-// fanOut pushes an event to its recipients' devices.
+// fanOut decides who gets a push of an event, and queues one send job per
+// device (the first of a collapse window), or one flush job for the end
+// of its window: a job of the queue is at most one request to a push
+// service, well within Config.ClaimAfter.
 func (s *Service) fanOut(ctx context.Context, j *job) error {
 	var users []int
 	for _, u := range j.Users {
@@ -206,6 +210,8 @@ func (s *Service) fanOut(ctx context.Context, j *job) error {
 	if c.Type != "group" {
 		p.ChatTitle = name // the other member, from the recipient's side
 	}
+	var now, later []*job
+	var at []time.Time
 	for i, t := range targets {
 		if !open[i] {
 			if err := s.store.removeOf(ctx, t.user, t.sub); err != nil {
@@ -231,19 +237,20 @@ func (s *Service) fanOut(ctx context.Context, j *job) error {
 		if !due.IsZero() {
 			// The window's latest goes when it ends; one flush job per
 			// window, however many pushes it collapsed.
-			if err := s.queue.addLater(ctx, &job{Type: jobFlush, User: t.user, Sub: t.sub.ID, Chat: j.Chat}, due); err != nil {
-				return err
-			}
+			later = append(later, &job{Type: jobFlush, User: t.user, Sub: t.sub.ID, Chat: j.Chat})
+			at = append(at, due)
 			continue
 		}
-		s.send(ctx, t.user, t.sub, j.Chat, b, 0)
+		now = append(now, &job{Type: jobSend, User: t.user, Sub: t.sub.ID, Chat: j.Chat, Payload: b})
 	}
-	return nil
+	return s.queue.addAll(ctx, now, later, at)
 }
 
-// send delivers one push; one that may succeed later goes back to the
-// queue, one to a subscription gone removes it.
-func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID string, payload []byte, attempt int) {
+// send delivers one push, giving the push service Config.SendTimeout; a
+// push that may succeed later goes back to the queue, one to a
+// subscription gone removes it. It fails only when ctx ended first: the
+// job is then left to another worker.
+func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID string, payload []byte, attempt int) error {
 	opts := Options{TTL: messageTTL, Urgency: "normal", Topic: chatID}
 	var p Payload
 	if json.Unmarshal(payload, &p) == nil {
@@ -254,22 +261,27 @@ func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID stri
 			opts.TTL, opts.Urgency = reactionTTL, "low"
 		}
 	}
-	res, err := s.cfg.Provider.Send(ctx, sub.subscription(), payload, opts)
+	sctx, cancel := context.WithTimeout(ctx, s.cfg.SendTimeout)
+	res, err := s.cfg.Provider.Send(sctx, sub.subscription(), payload, opts)
+	cancel()
 	switch {
 	case err == nil:
 		pushesSent.Inc()
 	case ctx.Err() != nil:
+		return ctx.Err()
 	case res.Gone:
 		pushesGone.Inc()
 		s.log.InfoContext(ctx, "push: subscription gone, removed", "user", uid, "subscription", sub.ID, "status", res.Status)
 		if err := s.store.removeOf(ctx, uid, sub); err != nil {
 			s.log.WarnContext(ctx, "push: remove a subscription", "user", uid, "err", err)
 		}
-	case res.Retry:
+	case res.Retry || errors.Is(err, context.DeadlineExceeded):
+		// A push service that did not answer in time is tried again too.
 		pushesFailed.Inc()
 		s.retry(ctx, &job{Type: jobSend, User: uid, Sub: sub.ID, Chat: chatID, Payload: payload, Attempt: attempt}, res.RetryAfter, err)
 	default:
 		pushesFailed.Inc()
 		s.log.WarnContext(ctx, "push: rejected", "user", uid, "subscription", sub.ID, "status", res.Status, "err", err)
 	}
+	return nil
 }

@@ -40,6 +40,7 @@ const (
 	DefaultWorkers     = 4
 	DefaultPoll        = time.Second
 	DefaultClaimAfter  = 2 * time.Minute
+	DefaultSendTimeout = 10 * time.Second
 	DefaultRetryBase   = 2 * time.Second
 	DefaultMaxBackoff  = 10 * time.Minute
 	DefaultMaxAttempts = 10
@@ -72,6 +73,11 @@ type Config struct {
 	// finish it (its instance died) before another takes it over;
 	// DefaultClaimAfter when zero.
 	ClaimAfter time.Duration
+	// SendTimeout bounds one request to a push service (one that takes
+	// longer is tried again later); DefaultSendTimeout when zero, and at
+	// most half ClaimAfter, so that a job is not taken over while it
+	// runs.
+	SendTimeout time.Duration
 	// RetryBase is the wait before the first retry, doubled for each
 	// next one up to MaxBackoff; MaxAttempts bounds the tries of one
 	// push. Defaults when zero.
@@ -94,6 +100,10 @@ func (c *Config) setDefaults() {
 	if c.ClaimAfter <= 0 {
 		c.ClaimAfter = DefaultClaimAfter
 	}
+	if c.SendTimeout <= 0 {
+		c.SendTimeout = DefaultSendTimeout
+	}
+	c.SendTimeout = min(c.SendTimeout, c.ClaimAfter/2)
 	if c.RetryBase <= 0 {
 		c.RetryBase = DefaultRetryBase
 	}

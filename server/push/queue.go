@@ -28,7 +28,8 @@ import (
 const (
 	// jobEvent fans a chat event out to its recipients' devices.
 	jobEvent = "event"
-	// jobSend sends one push again.
+	// jobSend sends one push (to one device: a job is at most one
+	// request to a push service).
 	jobSend = "send"
 	// jobFlush sends the push kept at the end of a collapse window.
 	jobFlush = "flush"
@@ -84,6 +85,33 @@ func (q *queue) add(ctx context.Context, p redis.Pipeliner, j *job) error {
 		return err
 	}
 	p.XAdd(ctx, &redis.XAddArgs{Stream: q.jobs, Values: []any{"job", b}})
+	return nil
+}
+
+// addAll queues the jobs now for now, and each of later for its at, in
+// one round trip.
+func (q *queue) addAll(ctx context.Context, now, later []*job, at []time.Time) error {
+	if len(now) == 0 && len(later) == 0 {
+		return nil
+	}
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, j := range now {
+			if err := q.add(ctx, p, j); err != nil {
+				return err
+			}
+		}
+		for i, j := range later {
+			b, err := json.Marshal(j)
+			if err != nil {
+				return err
+			}
+			p.ZAdd(ctx, q.later, redis.Z{Score: float64(at[i].UnixMilli()), Member: b})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("queue jobs: %w", err)
+	}
 	return nil
 }
 

@@ -2,10 +2,13 @@ package push
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,6 +133,75 @@ func register(t *testing.T, s *Service, uid int, endpoint, session string) *subR
 	return r
 }
 
+// A fan-out queues one job per device, so that a slow push service holds
+// a job no longer than one push: a fan-out to many devices that took
+// longer than ClaimAfter was taken over while it ran, and done twice.
+func TestFanOut_OneJobPerDevice(t *testing.T) {
+	const devices = 5
+	prov := &provider{answer: func(ctx context.Context) (Result, error) {
+		select { // a push service that answers slowly
+		case <-time.After(300 * time.Millisecond):
+		case <-ctx.Done():
+			return Result{}, ctx.Err()
+		}
+		return Result{Status: 201}, nil
+	}}
+	s, rdb := newTestService(t, prov, Config{Workers: 2, ClaimAfter: time.Second, Window: time.Minute})
+	ctx := context.Background()
+	for i := range devices {
+		register(t, s, 2, "https://push.example/"+string(rune('a'+i)), "s")
+	}
+	if err := s.queue.ensureGroup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.enqueue(ctx, &job{Type: jobEvent, Kind: KindMessage, Chat: "c", Seq: 1, Actor: 1, Message: "m", Users: []int{1, 2}})
+	// Long enough for a job of all the devices' pushes (1.5 s) to be
+	// taken over (after 1 s) and done again.
+	run, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	s.Run(run)
+	if got := prov.sends(); got != devices {
+		t.Errorf("%d pushes, want %d", got, devices)
+	}
+	if n, err := rdb.ZCard(ctx, s.queue.later).Result(); err != nil || n != 0 {
+		t.Errorf("%d jobs for later (%v), want none: the event was fanned out again, its pushes collapsed", n, err)
+	}
+}
+
+// Each push gets Config.SendTimeout, and one that runs out of it is tried
+// again.
+func TestSend_Timeout(t *testing.T) {
+	var calls atomic.Int32
+	tried := make(chan error, 4)
+	prov := &provider{answer: func(ctx context.Context) (Result, error) {
+		calls.Add(1)
+		<-ctx.Done() // a push service that never answers
+		tried <- ctx.Err()
+		return Result{}, ctx.Err()
+	}}
+	s, _ := newTestService(t, prov, Config{Workers: 1, SendTimeout: 100 * time.Millisecond, RetryBase: 10 * time.Millisecond, MaxAttempts: 2})
+	register(t, s, 2, "https://push.example/slow", "s")
+	ctx := context.Background()
+	if err := s.queue.ensureGroup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.enqueue(ctx, &job{Type: jobEvent, Kind: KindMessage, Chat: "c", Seq: 1, Actor: 1, Message: "m", Users: []int{1, 2}})
+	run, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { s.Run(run); close(done) }()
+	defer func() { cancel(); <-done }()
+	for i := range 2 {
+		select {
+		case err := <-tried:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("try %d ended with %v, want its deadline", i+1, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("try %d never ended: a push has no timeout of its own", i+1)
+		}
+	}
+}
+
 // echoAfterTwice is the live delivery when Redis had forgotten its
 // script: it runs after's commands twice (live.Hub.PublishWith).
 type echoAfterTwice struct {
@@ -248,4 +320,55 @@ func TestRemove_KeepsNewerRegistration(t *testing.T) {
 			t.Fatalf("subscriptions after session A ended: %v, %v; want session B's alone (not %s)", subs, err, other.ID)
 		}
 	})
+}
+
+// The push a collapse window kept stays kept until it went: a flush cut
+// short (the instance stopping) leaves it for the worker that takes the
+// job over; one that fails for a while queues it again.
+func TestFlush_KeptUntilSent(t *testing.T) {
+	ctx := context.Background()
+	prov := &provider{}
+	s, rdb := newTestService(t, prov, Config{Workers: -1, Window: time.Minute})
+	sub := register(t, s, 2, "https://push.example/device", "s")
+	now := time.Now()
+	first, latest := []byte(`{"kind":"message","seq":1}`), []byte(`{"kind":"message","seq":2}`)
+	if due, err := s.store.collapse(ctx, 2, sub.ID, "c", now, time.Minute, first); err != nil || !due.IsZero() {
+		t.Fatalf("collapse: %v, %v; want the first to go now", due, err)
+	}
+	if due, err := s.store.collapse(ctx, 2, sub.ID, "c", now, time.Minute, latest); err != nil || due.IsZero() {
+		t.Fatalf("collapse: %v, %v; want the second to wait", due, err)
+	}
+	flush := &job{Type: jobFlush, User: 2, Sub: sub.ID, Chat: "c"}
+
+	// The instance stops during the push.
+	stopping, stop := context.WithCancel(ctx)
+	prov.answer = func(ctx context.Context) (Result, error) {
+		stop()
+		<-ctx.Done()
+		return Result{}, ctx.Err()
+	}
+	if err := s.handle(stopping, flush); err == nil {
+		t.Fatal("a flush cut short succeeded")
+	}
+	// A push service that fails for a while: the push goes back to the
+	// queue.
+	prov.answer = func(context.Context) (Result, error) { return Result{Retry: true, Status: 503}, errors.New("503") }
+	if err := s.handle(ctx, flush); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if got := prov.sends(); got != 2 {
+		t.Fatalf("%d pushes tried, want 2: the kept push was lost when the first flush was cut short", got)
+	}
+	later, err := rdb.ZRange(ctx, s.queue.later, 0, -1).Result()
+	if err != nil || len(later) != 1 {
+		t.Fatalf("jobs for later: %v, %v; want the push's retry", later, err)
+	}
+	var retry job
+	if err := json.Unmarshal([]byte(later[0]), &retry); err != nil || retry.Type != jobSend || string(retry.Payload) != string(latest) {
+		t.Fatalf("job for later %s (%v), want a send of the latest push", later[0], err)
+	}
+	// Queued again, the push is no longer the window's.
+	if p, err := s.store.flush(ctx, 2, sub.ID, "c", now, time.Minute, time.Minute); err != nil || p != nil {
+		t.Fatalf("the window still keeps %s (%v)", p, err)
+	}
 }

@@ -271,16 +271,27 @@ redis.call('HSET', KEYS[1], 'pending', ARGV[3])
 return untilv
 `)
 
-// flushScript takes the latest push kept in a window that ended, and
-// opens the next window, which it starts. It returns nil when no push
-// waits.
+// flushScript returns the latest push kept in a window that ended, and
+// opens the next window, which it starts. The push stays kept until it
+// was sent (clearScript), so that a flush cut short (the instance
+// stopped) finds it again; ARGV[3] is how long the window's key lasts
+// (ms), long enough for a stalled flush job to be taken over. It returns
+// nil when no push waits.
 var flushScript = redis.NewScript(`
 local p = redis.call('HGET', KEYS[1], 'pending')
 if not p then return false end
-redis.call('HDEL', KEYS[1], 'pending')
 redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 60000)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 return p
+`)
+
+// clearScript lets go of the push a window kept, ARGV[1], once it went:
+// unless a later push replaced it meanwhile.
+var clearScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'pending') == ARGV[1] then
+  return redis.call('HDEL', KEYS[1], 'pending')
+end
+return 0
 `)
 
 // collapse returns the zero time when the push goes now, or when the
@@ -297,9 +308,12 @@ func (s *store) collapse(ctx context.Context, uid int, sub, chat string, now tim
 	return time.UnixMilli(until), nil
 }
 
-// flush returns the push waiting at the end of a window, nil when none.
-func (s *store) flush(ctx context.Context, uid int, sub, chat string, now time.Time, window time.Duration) ([]byte, error) {
-	p, err := flushScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)}, now.UnixMilli(), window.Milliseconds()).Text()
+// flush returns the push waiting at the end of a window, nil when none;
+// it stays in the window until clear. keep is how long the window lasts
+// at least, unless cleared.
+func (s *store) flush(ctx context.Context, uid int, sub, chat string, now time.Time, window, keep time.Duration) ([]byte, error) {
+	p, err := flushScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)},
+		now.UnixMilli(), window.Milliseconds(), (2*window + keep).Milliseconds()).Text()
 	if err == redis.Nil {
 		return nil, nil
 	}
@@ -307,6 +321,15 @@ func (s *store) flush(ctx context.Context, uid int, sub, chat string, now time.T
 		return nil, fmt.Errorf("flush: %w", err)
 	}
 	return []byte(p), nil
+}
+
+// clear takes the push flush returned out of its window, unless a later
+// one replaced it.
+func (s *store) clear(ctx context.Context, uid int, sub, chat string, payload []byte) error {
+	if err := clearScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)}, payload).Err(); err != nil {
+		return fmt.Errorf("clear a window: %w", err)
+	}
+	return nil
 }
 
 func timeMS(ms int64) time.Time { return time.UnixMilli(ms) }

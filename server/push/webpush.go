@@ -101,7 +101,8 @@ var errNotPublic = errors.New("push endpoint: not a public address")
 // PublicClient returns the HTTP client for push services: it connects to
 // public addresses only, so that an endpoint a user registered cannot
 // make the server post to its own network (loopback, private, link-local
-// and other special addresses are refused), and gives a push 30 seconds.
+// and other special addresses are refused), and gives a push 10 seconds
+// (DefaultSendTimeout).
 func PublicClient() *http.Client {
 	dialer := &net.Dialer{
 		Timeout: 10 * time.Second,
@@ -123,7 +124,7 @@ func PublicClient() *http.Client {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.Proxy = nil
 	transport.DialContext = dialer.DialContext
-	return &http.Client{Timeout: 30 * time.Second, Transport: transport}
+	return &http.Client{Timeout: DefaultSendTimeout, Transport: transport}
 }
 
 // publicAddr reports whether ip is a global unicast address outside the
