@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -46,11 +47,11 @@ const (
 )
 
 // Events wraps next, the live delivery of chat events, so that a new
-// message or a reaction also queues a push job once the event is
-// delivered. The job is queued in a round trip of its own, after the
-// event's: not among the event's commands, whose failure would fail the
-// event (a queue that refuses the job costs the push, not the event), and
-// which are sent again when Redis had forgotten the logging script.
+// message or a reaction also queues a push job, in the same Redis round
+// trip as the event, behind the event's own commands. The job is queued
+// once, although next runs the commands again when Redis had forgotten
+// its logging script; and a queue that refuses it costs the push, not the
+// event (see queue.addReported).
 func (s *Service) Events(next chat.Events) chat.Events { return &events{Events: next, s: s} }
 
 type events struct {
@@ -63,23 +64,35 @@ func (e *events) Publish(ctx context.Context, userIDs []int, ev *parleyv1.Event)
 }
 
 func (e *events) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event, before, after func(redis.Pipeliner)) error {
-	if err := e.Events.PublishWith(ctx, userIDs, ev, before, after); err != nil {
-		return err
+	j := jobOf(userIDs, ev)
+	if j == nil {
+		return e.Events.PublishWith(ctx, userIDs, ev, before, after)
 	}
-	if j := jobOf(userIDs, ev); j != nil {
-		e.s.enqueue(context.WithoutCancel(ctx), j)
-	}
-	return nil
-}
-
-// enqueue queues a job for now; a job it cannot queue is lost (logged,
-// and counted).
-func (s *Service) enqueue(ctx context.Context, j *job) {
-	_, err := s.queue.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { return s.queue.add(ctx, p, j) })
+	b, err := json.Marshal(j)
 	if err != nil {
+		e.s.log.ErrorContext(ctx, "push: encode a job; its pushes are lost", "chat", j.Chat, "err", err)
 		jobsLost.Inc()
-		s.log.ErrorContext(ctx, "push: queue an event; its pushes are lost", "chat", j.Chat, "seq", j.Seq, "err", err)
+		return e.Events.PublishWith(ctx, userIDs, ev, before, after)
 	}
+	var queued *redis.Cmd
+	err = e.Events.PublishWith(ctx, userIDs, ev, before, func(p redis.Pipeliner) {
+		if after != nil {
+			after(p)
+		}
+		if queued == nil {
+			queued = e.s.queue.addReported(ctx, p, b)
+		}
+	})
+	if err == nil && queued != nil {
+		if err := queued.Err(); err != nil || !reportedAdded(queued) {
+			if err == nil {
+				err = fmt.Errorf("%v", queued.Val())
+			}
+			jobsLost.Inc()
+			e.s.log.ErrorContext(ctx, "push: queue an event; its pushes are lost", "chat", j.Chat, "seq", j.Seq, "err", err)
+		}
+	}
+	return err
 }
 
 // jobOf returns the job of an event that may push, nil for others.

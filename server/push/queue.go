@@ -88,6 +88,34 @@ func (q *queue) add(ctx context.Context, p redis.Pipeliner, j *job) error {
 	return nil
 }
 
+// addScript queues the job ARGV[1] on the stream KEYS[1], answering {1,
+// id}, or {0, the error} when Redis refuses it (a key of another type, no
+// memory left): the error is the caller's to report, not the pipeline's
+// (see addReported).
+var addScript = redis.NewScript(`
+local r = redis.pcall('XADD', KEYS[1], '*', 'job', ARGV[1])
+if type(r) == 'table' and r.err then return {0, r.err} end
+return {1, r}
+`)
+
+// addReported queues the encoded job for now in the pipeline, where an
+// error of the queue does not fail the other commands' round trip: the
+// caller looks at the command (reportedAdded). The script goes whole
+// (EVAL), as a pipeline's EVALSHA fails when Redis forgot it.
+func (q *queue) addReported(ctx context.Context, p redis.Pipeliner, job []byte) *redis.Cmd {
+	return addScript.Eval(ctx, p, []string{q.jobs}, job)
+}
+
+// reportedAdded tells whether addReported's command queued its job.
+func reportedAdded(c *redis.Cmd) bool {
+	r, err := c.Slice()
+	if err != nil || len(r) != 2 {
+		return false
+	}
+	n, ok := r[0].(int64)
+	return ok && n == 1
+}
+
 // addAll queues the jobs now for now, and each of later for its at, in
 // one round trip.
 func (q *queue) addAll(ctx context.Context, now, later []*job, at []time.Time) error {

@@ -124,6 +124,13 @@ func newTestService(t *testing.T, prov Provider, cfg Config) (*Service, redis.Un
 	return s, rdb
 }
 
+// enqueue queues a job for now.
+func (s *Service) enqueue(ctx context.Context, j *job) {
+	if _, err := s.queue.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { return s.queue.add(ctx, p, j) }); err != nil {
+		panic(err)
+	}
+}
+
 func register(t *testing.T, s *Service, uid int, endpoint, session string) *subRecord {
 	t.Helper()
 	r := &subRecord{ID: subscriptionID(endpoint), Session: session, Endpoint: endpoint, Created: time.Now().UnixMilli()}
