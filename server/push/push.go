@@ -8,9 +8,11 @@
 // event's own (Events); a worker on any instance fans it out to the
 // recipients' subscriptions, skipping users who have a live stream open
 // (unless the subscription asked for pushes always), muted the chat, or
-// whose subscription's session ended. Pushes to one device for one chat
-// collapse: the first goes at once, and those that follow within the
-// window (10 s) become one more push at the window's end with the latest.
+// whose subscription's session ended, and queues a job per device, each
+// one request to a push service (Config.SendTimeout). Pushes to one
+// device for one chat collapse: the first goes at once, and those that
+// follow within the window (10 s) become one more push at the window's
+// end with the latest.
 // A push that fails for a while (429, 5xx, a network error) is tried
 // again with exponential backoff; one the push service calls gone (404,
 // 410) removes its subscription.
