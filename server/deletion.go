@@ -33,7 +33,16 @@ func (a accountDeleter) LeaveChats(ctx context.Context, userID int) error {
 	return a.chats.LeaveAll(ctx, userID)
 }
 
+// DeleteFiles deletes the user's exports and uploads, and forgets its push
+// subscriptions and settings: it runs in both passes of a deletion, so
+// that a subscription a request under way registered after the first
+// pass is gone too.
 func (a accountDeleter) DeleteFiles(ctx context.Context, userID int) error {
+	if a.push != nil {
+		if err := a.push.ForgetUser(ctx, userID); err != nil {
+			return err
+		}
+	}
 	// The exports first: their zips hold copies of the files.
 	if err := a.exports.DeleteUser(ctx, userID); err != nil {
 		return err
@@ -46,11 +55,6 @@ func (a accountDeleter) DeleteFiles(ctx context.Context, userID int) error {
 }
 
 func (a accountDeleter) DeleteRows(ctx context.Context, userID int) error {
-	if a.push != nil {
-		if err := a.push.ForgetUser(ctx, userID); err != nil {
-			return err
-		}
-	}
 	return a.users.DeleteRows(ctx, userID)
 }
 

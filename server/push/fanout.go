@@ -3,6 +3,8 @@ package push
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -46,7 +48,10 @@ const (
 
 // Events wraps next, the live delivery of chat events, so that a new
 // message or a reaction also queues a push job, in the same Redis round
-// trip as the event.
+// trip as the event, behind the event's own commands. The job is queued
+// once, although next runs the commands again when Redis had forgotten
+// its logging script; and a queue that refuses it costs the push, not the
+// event (see queue.addReported).
 func (s *Service) Events(next chat.Events) chat.Events { return &events{Events: next, s: s} }
 
 type events struct {
@@ -63,14 +68,31 @@ func (e *events) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Ev
 	if j == nil {
 		return e.Events.PublishWith(ctx, userIDs, ev, before, after)
 	}
-	return e.Events.PublishWith(ctx, userIDs, ev, before, func(p redis.Pipeliner) {
+	b, err := json.Marshal(j)
+	if err != nil {
+		e.s.log.ErrorContext(ctx, "push: encode a job; its pushes are lost", "chat", j.Chat, "err", err)
+		jobsLost.Inc()
+		return e.Events.PublishWith(ctx, userIDs, ev, before, after)
+	}
+	var queued *redis.Cmd
+	err = e.Events.PublishWith(ctx, userIDs, ev, before, func(p redis.Pipeliner) {
 		if after != nil {
 			after(p)
 		}
-		if err := e.s.queue.add(ctx, p, j); err != nil {
-			e.s.log.ErrorContext(ctx, "push: queue an event", "chat", j.Chat, "err", err)
+		if queued == nil {
+			queued = e.s.queue.addReported(ctx, p, b)
 		}
 	})
+	if err == nil && queued != nil {
+		if err := queued.Err(); err != nil || !reportedAdded(queued) {
+			if err == nil {
+				err = fmt.Errorf("%v", queued.Val())
+			}
+			jobsLost.Inc()
+			e.s.log.ErrorContext(ctx, "push: queue an event; its pushes are lost", "chat", j.Chat, "seq", j.Seq, "err", err)
+		}
+	}
+	return err
 }
 
 // jobOf returns the job of an event that may push, nil for others.
@@ -120,7 +142,10 @@ type target struct {
 	sub  *subRecord
 }
 
-// fanOut pushes an event to its recipients' devices.
+// fanOut decides who gets a push of an event, and queues one send job per
+// device (the first of a collapse window), or one flush job for the end
+// of its window: a job of the queue is at most one request to a push
+// service, well within Config.ClaimAfter.
 func (s *Service) fanOut(ctx context.Context, j *job) error {
 	var users []int
 	for _, u := range j.Users {
@@ -198,9 +223,11 @@ func (s *Service) fanOut(ctx context.Context, j *job) error {
 	if c.Type != "group" {
 		p.ChatTitle = name // the other member, from the recipient's side
 	}
+	var now, later []*job
+	var at []time.Time
 	for i, t := range targets {
 		if !open[i] {
-			if _, err := s.store.remove(ctx, t.user, t.sub.ID); err != nil {
+			if err := s.store.removeOf(ctx, t.user, t.sub); err != nil {
 				return err
 			}
 			continue
@@ -223,19 +250,20 @@ func (s *Service) fanOut(ctx context.Context, j *job) error {
 		if !due.IsZero() {
 			// The window's latest goes when it ends; one flush job per
 			// window, however many pushes it collapsed.
-			if err := s.queue.addLater(ctx, &job{Type: jobFlush, User: t.user, Sub: t.sub.ID, Chat: j.Chat}, due); err != nil {
-				return err
-			}
+			later = append(later, &job{Type: jobFlush, User: t.user, Sub: t.sub.ID, Chat: j.Chat})
+			at = append(at, due)
 			continue
 		}
-		s.send(ctx, t.user, t.sub, j.Chat, b, 0)
+		now = append(now, &job{Type: jobSend, User: t.user, Sub: t.sub.ID, Chat: j.Chat, Payload: b})
 	}
-	return nil
+	return s.queue.addAll(ctx, now, later, at)
 }
 
-// send delivers one push; one that may succeed later goes back to the
-// queue, one to a subscription gone removes it.
-func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID string, payload []byte, attempt int) {
+// send delivers one push, giving the push service Config.SendTimeout; a
+// push that may succeed later goes back to the queue, one to a
+// subscription gone removes it. It fails only when ctx ended first: the
+// job is then left to another worker.
+func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID string, payload []byte, attempt int) error {
 	opts := Options{TTL: messageTTL, Urgency: "normal", Topic: chatID}
 	var p Payload
 	if json.Unmarshal(payload, &p) == nil {
@@ -246,22 +274,27 @@ func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID stri
 			opts.TTL, opts.Urgency = reactionTTL, "low"
 		}
 	}
-	res, err := s.cfg.Provider.Send(ctx, sub.subscription(), payload, opts)
+	sctx, cancel := context.WithTimeout(ctx, s.cfg.SendTimeout)
+	res, err := s.cfg.Provider.Send(sctx, sub.subscription(), payload, opts)
+	cancel()
 	switch {
 	case err == nil:
 		pushesSent.Inc()
 	case ctx.Err() != nil:
+		return ctx.Err()
 	case res.Gone:
 		pushesGone.Inc()
 		s.log.InfoContext(ctx, "push: subscription gone, removed", "user", uid, "subscription", sub.ID, "status", res.Status)
-		if _, err := s.store.remove(ctx, uid, sub.ID); err != nil {
+		if err := s.store.removeOf(ctx, uid, sub); err != nil {
 			s.log.WarnContext(ctx, "push: remove a subscription", "user", uid, "err", err)
 		}
-	case res.Retry:
+	case res.Retry || errors.Is(err, context.DeadlineExceeded):
+		// A push service that did not answer in time is tried again too.
 		pushesFailed.Inc()
 		s.retry(ctx, &job{Type: jobSend, User: uid, Sub: sub.ID, Chat: chatID, Payload: payload, Attempt: attempt}, res.RetryAfter, err)
 	default:
 		pushesFailed.Inc()
 		s.log.WarnContext(ctx, "push: rejected", "user", uid, "subscription", sub.ID, "status", res.Status, "err", err)
 	}
+	return nil
 }

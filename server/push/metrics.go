@@ -11,6 +11,10 @@ var (
 		Name: "parley_push_failed_total",
 		Help: "Pushes the push services did not accept (each try).",
 	})
+	jobsLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "parley_push_jobs_lost_total",
+		Help: "Events delivered whose push job could not be queued (their pushes are lost).",
+	})
 	pushesGone = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "parley_push_gone_total",
 		Help: "Subscriptions removed because their push service called them gone.",
@@ -19,5 +23,5 @@ var (
 
 // Collectors returns the package's metrics, for the registry.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{pushesSent, pushesFailed, pushesGone}
+	return []prometheus.Collector{pushesSent, pushesFailed, pushesGone, jobsLost}
 }

@@ -8,9 +8,11 @@
 // event's own (Events); a worker on any instance fans it out to the
 // recipients' subscriptions, skipping users who have a live stream open
 // (unless the subscription asked for pushes always), muted the chat, or
-// whose subscription's session ended. Pushes to one device for one chat
-// collapse: the first goes at once, and those that follow within the
-// window (10 s) become one more push at the window's end with the latest.
+// whose subscription's session ended, and queues a job per device, each
+// one request to a push service (Config.SendTimeout). Pushes to one
+// device for one chat collapse: the first goes at once, and those that
+// follow within the window (10 s) become one more push at the window's
+// end with the latest.
 // A push that fails for a while (429, 5xx, a network error) is tried
 // again with exponential backoff; one the push service calls gone (404,
 // 410) removes its subscription.
@@ -40,6 +42,7 @@ const (
 	DefaultWorkers     = 4
 	DefaultPoll        = time.Second
 	DefaultClaimAfter  = 2 * time.Minute
+	DefaultSendTimeout = 10 * time.Second
 	DefaultRetryBase   = 2 * time.Second
 	DefaultMaxBackoff  = 10 * time.Minute
 	DefaultMaxAttempts = 10
@@ -72,6 +75,11 @@ type Config struct {
 	// finish it (its instance died) before another takes it over;
 	// DefaultClaimAfter when zero.
 	ClaimAfter time.Duration
+	// SendTimeout bounds one request to a push service (one that takes
+	// longer is tried again later); DefaultSendTimeout when zero, and at
+	// most half ClaimAfter, so that a job is not taken over while it
+	// runs.
+	SendTimeout time.Duration
 	// RetryBase is the wait before the first retry, doubled for each
 	// next one up to MaxBackoff; MaxAttempts bounds the tries of one
 	// push. Defaults when zero.
@@ -94,6 +102,10 @@ func (c *Config) setDefaults() {
 	if c.ClaimAfter <= 0 {
 		c.ClaimAfter = DefaultClaimAfter
 	}
+	if c.SendTimeout <= 0 {
+		c.SendTimeout = DefaultSendTimeout
+	}
+	c.SendTimeout = min(c.SendTimeout, c.ClaimAfter/2)
 	if c.RetryBase <= 0 {
 		c.RetryBase = DefaultRetryBase
 	}

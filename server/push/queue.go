@@ -28,7 +28,8 @@ import (
 const (
 	// jobEvent fans a chat event out to its recipients' devices.
 	jobEvent = "event"
-	// jobSend sends one push again.
+	// jobSend sends one push (to one device: a job is at most one
+	// request to a push service).
 	jobSend = "send"
 	// jobFlush sends the push kept at the end of a collapse window.
 	jobFlush = "flush"
@@ -84,6 +85,61 @@ func (q *queue) add(ctx context.Context, p redis.Pipeliner, j *job) error {
 		return err
 	}
 	p.XAdd(ctx, &redis.XAddArgs{Stream: q.jobs, Values: []any{"job", b}})
+	return nil
+}
+
+// addScript queues the job ARGV[1] on the stream KEYS[1], answering {1,
+// id}, or {0, the error} when Redis refuses it (a key of another type, no
+// memory left): the error is the caller's to report, not the pipeline's
+// (see addReported).
+var addScript = redis.NewScript(`
+local r = redis.pcall('XADD', KEYS[1], '*', 'job', ARGV[1])
+if type(r) == 'table' and r.err then return {0, r.err} end
+return {1, r}
+`)
+
+// addReported queues the encoded job for now in the pipeline, where an
+// error of the queue does not fail the other commands' round trip: the
+// caller looks at the command (reportedAdded). The script goes whole
+// (EVAL), as a pipeline's EVALSHA fails when Redis forgot it.
+func (q *queue) addReported(ctx context.Context, p redis.Pipeliner, job []byte) *redis.Cmd {
+	return addScript.Eval(ctx, p, []string{q.jobs}, job)
+}
+
+// reportedAdded tells whether addReported's command queued its job.
+func reportedAdded(c *redis.Cmd) bool {
+	r, err := c.Slice()
+	if err != nil || len(r) != 2 {
+		return false
+	}
+	n, ok := r[0].(int64)
+	return ok && n == 1
+}
+
+// addAll queues the jobs now for now, and each of later for its at, in
+// one round trip.
+func (q *queue) addAll(ctx context.Context, now, later []*job, at []time.Time) error {
+	if len(now) == 0 && len(later) == 0 {
+		return nil
+	}
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, j := range now {
+			if err := q.add(ctx, p, j); err != nil {
+				return err
+			}
+		}
+		for i, j := range later {
+			b, err := json.Marshal(j)
+			if err != nil {
+				return err
+			}
+			p.ZAdd(ctx, q.later, redis.Z{Score: float64(at[i].UnixMilli()), Member: b})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("queue jobs: %w", err)
+	}
 	return nil
 }
 

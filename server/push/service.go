@@ -106,16 +106,15 @@ func (s *Service) liveSubscriptions(ctx context.Context, uid int) ([]*subRecord,
 	if err != nil {
 		return nil, err
 	}
-	var live []*subRecord
-	var gone []string
+	var live, gone []*subRecord
 	for i, r := range subs {
 		if open[i] {
 			live = append(live, r)
 		} else {
-			gone = append(gone, r.ID)
+			gone = append(gone, r)
 		}
 	}
-	if _, err := s.store.remove(ctx, uid, gone...); err != nil {
+	if err := s.store.removeOf(ctx, uid, gone...); err != nil {
 		return nil, err
 	}
 	return live, nil

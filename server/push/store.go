@@ -127,7 +127,8 @@ func (s *store) get(ctx context.Context, uid int, id string) (*subRecord, error)
 	return &r, nil
 }
 
-// remove deletes subscriptions; it returns how many there were.
+// remove deletes subscriptions, whatever session they belong to (the
+// user unregistered them); it returns how many there were.
 func (s *store) remove(ctx context.Context, uid int, ids ...string) (int64, error) {
 	if len(ids) == 0 {
 		return 0, nil
@@ -139,20 +140,61 @@ func (s *store) remove(ctx context.Context, uid int, ids ...string) (int64, erro
 	return n, nil
 }
 
+// removeIfScript deletes from the hash KEYS[1] each subscription ARGV[i]
+// whose record still names the session ARGV[i+1]; a record stored again
+// meanwhile, by another session (the same device registered anew), stays.
+// It returns how many it deleted.
+var removeIfScript = redis.NewScript(`
+local n = 0
+for i = 1, #ARGV, 2 do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v then
+    local ok, r = pcall(cjson.decode, v)
+    if ok and type(r) == 'table' and r.session == ARGV[i+1] then
+      n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+    end
+  end
+end
+return n
+`)
+
+// removeOf deletes the subscriptions if they still belong to the
+// sessions they were read with (a caller found those sessions ended).
+func (s *store) removeOf(ctx context.Context, uid int, subs ...*subRecord) error {
+	if len(subs) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 2*len(subs))
+	for _, r := range subs {
+		args = append(args, r.ID, r.Session)
+	}
+	if err := removeIfScript.Run(ctx, s.rdb, []string{s.subsKey(uid)}, args...).Err(); err != nil {
+		return fmt.Errorf("remove subscriptions: %w", err)
+	}
+	return nil
+}
+
+// removeSessionScript deletes from the hash KEYS[1] the subscriptions of
+// the session ARGV[1], in one step: one the same device registered again
+// for another session stays.
+var removeSessionScript = redis.NewScript(`
+local all = redis.call('HGETALL', KEYS[1])
+local n = 0
+for i = 1, #all, 2 do
+  local ok, r = pcall(cjson.decode, all[i+1])
+  if ok and type(r) == 'table' and r.session == ARGV[1] then
+    n = n + redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return n
+`)
+
 // removeSession deletes the subscriptions of the user's session.
 func (s *store) removeSession(ctx context.Context, uid int, session string) error {
-	subs, err := s.list(ctx, uid)
-	if err != nil {
-		return err
+	if err := removeSessionScript.Run(ctx, s.rdb, []string{s.subsKey(uid)}, session).Err(); err != nil {
+		return fmt.Errorf("remove the subscriptions of a session: %w", err)
 	}
-	var ids []string
-	for _, r := range subs {
-		if r.Session == session {
-			ids = append(ids, r.ID)
-		}
-	}
-	_, err = s.remove(ctx, uid, ids...)
-	return err
+	return nil
 }
 
 // settings are a user's push settings.
@@ -229,16 +271,27 @@ redis.call('HSET', KEYS[1], 'pending', ARGV[3])
 return untilv
 `)
 
-// flushScript takes the latest push kept in a window that ended, and
-// opens the next window, which it starts. It returns nil when no push
-// waits.
+// flushScript returns the latest push kept in a window that ended, and
+// opens the next window, which it starts. The push stays kept until it
+// was sent (clearScript), so that a flush cut short (the instance
+// stopped) finds it again; ARGV[3] is how long the window's key lasts
+// (ms), long enough for a stalled flush job to be taken over. It returns
+// nil when no push waits.
 var flushScript = redis.NewScript(`
 local p = redis.call('HGET', KEYS[1], 'pending')
 if not p then return false end
-redis.call('HDEL', KEYS[1], 'pending')
 redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 60000)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 return p
+`)
+
+// clearScript lets go of the push a window kept, ARGV[1], once it went:
+// unless a later push replaced it meanwhile.
+var clearScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'pending') == ARGV[1] then
+  return redis.call('HDEL', KEYS[1], 'pending')
+end
+return 0
 `)
 
 // collapse returns the zero time when the push goes now, or when the
@@ -255,9 +308,12 @@ func (s *store) collapse(ctx context.Context, uid int, sub, chat string, now tim
 	return time.UnixMilli(until), nil
 }
 
-// flush returns the push waiting at the end of a window, nil when none.
-func (s *store) flush(ctx context.Context, uid int, sub, chat string, now time.Time, window time.Duration) ([]byte, error) {
-	p, err := flushScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)}, now.UnixMilli(), window.Milliseconds()).Text()
+// flush returns the push waiting at the end of a window, nil when none;
+// it stays in the window until clear. keep is how long the window lasts
+// at least, unless cleared.
+func (s *store) flush(ctx context.Context, uid int, sub, chat string, now time.Time, window, keep time.Duration) ([]byte, error) {
+	p, err := flushScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)},
+		now.UnixMilli(), window.Milliseconds(), (2*window + keep).Milliseconds()).Text()
 	if err == redis.Nil {
 		return nil, nil
 	}
@@ -265,6 +321,15 @@ func (s *store) flush(ctx context.Context, uid int, sub, chat string, now time.T
 		return nil, fmt.Errorf("flush: %w", err)
 	}
 	return []byte(p), nil
+}
+
+// clear takes the push flush returned out of its window, unless a later
+// one replaced it.
+func (s *store) clear(ctx context.Context, uid int, sub, chat string, payload []byte) error {
+	if err := clearScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)}, payload).Err(); err != nil {
+		return fmt.Errorf("clear a window: %w", err)
+	}
+	return nil
 }
 
 func timeMS(ms int64) time.Time { return time.UnixMilli(ms) }

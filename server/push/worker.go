@@ -151,18 +151,28 @@ func (s *Service) handle(ctx context.Context, j *job) error {
 		if err != nil || sub == nil {
 			return err
 		}
-		s.send(ctx, j.User, sub, j.Chat, j.Payload, j.Attempt)
-		return nil
+		return s.send(ctx, j.User, sub, j.Chat, j.Payload, j.Attempt)
 	case jobFlush:
-		p, err := s.store.flush(ctx, j.User, j.Sub, j.Chat, s.cfg.Now(), s.cfg.Window)
+		// The window keeps its push until it went (or went back to the
+		// queue): a flush cut short is done again by the worker that
+		// takes the job over.
+		p, err := s.store.flush(ctx, j.User, j.Sub, j.Chat, s.cfg.Now(), s.cfg.Window, 2*s.cfg.ClaimAfter)
 		if err != nil || p == nil {
 			return err
 		}
 		sub, err := s.liveSubscription(ctx, j.User, j.Sub)
-		if err != nil || sub == nil {
+		if err != nil {
 			return err
 		}
-		s.send(ctx, j.User, sub, j.Chat, p, 0)
+		if sub != nil {
+			if err := s.send(ctx, j.User, sub, j.Chat, p, 0); err != nil {
+				return err
+			}
+		}
+		if err := s.store.clear(ctx, j.User, j.Sub, j.Chat, p); err != nil {
+			// Kept, it goes only if a flush of this window runs again.
+			s.log.WarnContext(ctx, "push: window", "user", j.User, "err", err)
+		}
 		return nil
 	}
 	s.log.ErrorContext(ctx, "push: unknown job, dropped", "type", j.Type)
@@ -181,8 +191,7 @@ func (s *Service) liveSubscription(ctx context.Context, uid int, id string) (*su
 		return nil, err
 	}
 	if !open[0] {
-		_, err := s.store.remove(ctx, uid, id)
-		return nil, err
+		return nil, s.store.removeOf(ctx, uid, sub)
 	}
 	return sub, nil
 }

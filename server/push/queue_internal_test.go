@@ -1,0 +1,381 @@
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/chat"
+	"github.com/parley-chat/parley/server/live"
+)
+
+// The tests of this file drive the service's parts directly, on the
+// package's Redis, with fakes for the other services.
+
+// SetTestRedis gives the package's internal tests their Redis.
+func SetTestRedis(f func(t *testing.T) (redis.UniversalClient, string)) { testRedis = f }
+
+// testRedis returns a client of the package's Redis (servertest's
+// stores) and a key prefix of the test's own. The external tests set it:
+// servertest imports this package.
+var testRedis func(t *testing.T) (redis.UniversalClient, string)
+
+// sessions answers that every session is open; ask, when set, is told
+// of each question first.
+type sessions struct{ ask func([]auth.Identity) }
+
+func (s sessions) SessionsOpen(_ context.Context, ids []auth.Identity) ([]bool, error) {
+	if s.ask != nil {
+		s.ask(ids)
+	}
+	out := make([]bool, len(ids))
+	for i := range out {
+		out[i] = true
+	}
+	return out, nil
+}
+
+// closedSessions answers that the sessions named are closed.
+type closedSessions struct {
+	closed []string
+	ask    func([]auth.Identity)
+}
+
+func (s closedSessions) SessionsOpen(_ context.Context, ids []auth.Identity) ([]bool, error) {
+	if s.ask != nil {
+		s.ask(ids)
+	}
+	out := make([]bool, len(ids))
+	for i, id := range ids {
+		out[i] = !slices.Contains(s.closed, id.SessionID)
+	}
+	return out, nil
+}
+
+type offline struct{}
+
+func (offline) Online(_ context.Context, ids []int) ([]bool, error) {
+	return make([]bool, len(ids)), nil
+}
+
+// oneGroup is a group of users 1 and 2, where 1 sent every message.
+type oneGroup struct{}
+
+func (oneGroup) PushChat(context.Context, string, []int) (chat.PushChat, bool, error) {
+	return chat.PushChat{Type: "group", Title: "g", Members: []int{1, 2}}, true, nil
+}
+func (oneGroup) MessageSender(context.Context, string, string) (int, bool, error) {
+	return 1, true, nil
+}
+
+type names struct{}
+
+func (names) Name(context.Context, int) (string, error) { return "one", nil }
+
+// provider records the pushes; answer, when set, decides each.
+type provider struct {
+	mu     sync.Mutex
+	sent   []Subscription
+	answer func(ctx context.Context) (Result, error)
+}
+
+func (p *provider) Send(ctx context.Context, sub Subscription, _ []byte, _ Options) (Result, error) {
+	p.mu.Lock()
+	p.sent = append(p.sent, sub)
+	answer := p.answer
+	p.mu.Unlock()
+	if answer != nil {
+		return answer(ctx)
+	}
+	return Result{Status: 201}, nil
+}
+
+func (p *provider) sends() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.sent)
+}
+
+func newTestService(t *testing.T, prov Provider, cfg Config) (*Service, redis.UniversalClient) {
+	t.Helper()
+	rdb, prefix := testRedis(t)
+	cfg.Provider, cfg.PublicKey, cfg.RedisPrefix = prov, "k", prefix
+	if cfg.Poll == 0 {
+		cfg.Poll = 20 * time.Millisecond
+	}
+	s, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, offline{}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Use(sessions{}, oneGroup{}, names{})
+	return s, rdb
+}
+
+// enqueue queues a job for now.
+func (s *Service) enqueue(ctx context.Context, j *job) {
+	if _, err := s.queue.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { return s.queue.add(ctx, p, j) }); err != nil {
+		panic(err)
+	}
+}
+
+func register(t *testing.T, s *Service, uid int, endpoint, session string) *subRecord {
+	t.Helper()
+	r := &subRecord{ID: subscriptionID(endpoint), Session: session, Endpoint: endpoint, Created: time.Now().UnixMilli()}
+	if ok, err := s.store.register(context.Background(), uid, r); err != nil || !ok {
+		t.Fatalf("register: %v, %v", ok, err)
+	}
+	return r
+}
+
+// A fan-out queues one job per device, so that a slow push service holds
+// a job no longer than one push: a fan-out to many devices that took
+// longer than ClaimAfter was taken over while it ran, and done twice.
+func TestFanOut_OneJobPerDevice(t *testing.T) {
+	const devices = 5
+	prov := &provider{answer: func(ctx context.Context) (Result, error) {
+		select { // a push service that answers slowly
+		case <-time.After(300 * time.Millisecond):
+		case <-ctx.Done():
+			return Result{}, ctx.Err()
+		}
+		return Result{Status: 201}, nil
+	}}
+	s, rdb := newTestService(t, prov, Config{Workers: 2, ClaimAfter: time.Second, Window: time.Minute})
+	ctx := context.Background()
+	for i := range devices {
+		register(t, s, 2, "https://push.example/"+string(rune('a'+i)), "s")
+	}
+	if err := s.queue.ensureGroup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.enqueue(ctx, &job{Type: jobEvent, Kind: KindMessage, Chat: "c", Seq: 1, Actor: 1, Message: "m", Users: []int{1, 2}})
+	// Long enough for a job of all the devices' pushes (1.5 s) to be
+	// taken over (after 1 s) and done again.
+	run, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	s.Run(run)
+	if got := prov.sends(); got != devices {
+		t.Errorf("%d pushes, want %d", got, devices)
+	}
+	if n, err := rdb.ZCard(ctx, s.queue.later).Result(); err != nil || n != 0 {
+		t.Errorf("%d jobs for later (%v), want none: the event was fanned out again, its pushes collapsed", n, err)
+	}
+}
+
+// Each push gets Config.SendTimeout, and one that runs out of it is tried
+// again.
+func TestSend_Timeout(t *testing.T) {
+	var calls atomic.Int32
+	tried := make(chan error, 4)
+	prov := &provider{answer: func(ctx context.Context) (Result, error) {
+		calls.Add(1)
+		<-ctx.Done() // a push service that never answers
+		tried <- ctx.Err()
+		return Result{}, ctx.Err()
+	}}
+	s, _ := newTestService(t, prov, Config{Workers: 1, SendTimeout: 100 * time.Millisecond, RetryBase: 10 * time.Millisecond, MaxAttempts: 2})
+	register(t, s, 2, "https://push.example/slow", "s")
+	ctx := context.Background()
+	if err := s.queue.ensureGroup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.enqueue(ctx, &job{Type: jobEvent, Kind: KindMessage, Chat: "c", Seq: 1, Actor: 1, Message: "m", Users: []int{1, 2}})
+	run, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { s.Run(run); close(done) }()
+	defer func() { cancel(); <-done }()
+	for i := range 2 {
+		select {
+		case err := <-tried:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("try %d ended with %v, want its deadline", i+1, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("try %d never ended: a push has no timeout of its own", i+1)
+		}
+	}
+}
+
+// echoAfterTwice is the live delivery when Redis had forgotten its
+// script: it runs after's commands twice (live.Hub.PublishWith).
+type echoAfterTwice struct {
+	chat.Events
+	rdb redis.UniversalClient
+}
+
+func (e echoAfterTwice) PublishWith(ctx context.Context, _ []int, _ *parleyv1.Event, _, after func(redis.Pipeliner)) error {
+	for range 2 {
+		if _, err := e.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if after != nil {
+				after(p)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func messageEvent() *parleyv1.Event {
+	return &parleyv1.Event{Kind: &parleyv1.Event_MessageCreated{MessageCreated: &parleyv1.MessageEvent{
+		Message: &parleyv1.Message{Id: "m", ChatId: "c", Seq: 1, SenderId: 1, Text: "hi"},
+	}}}
+}
+
+// An event queues one push job, however many times the live delivery
+// runs the caller's commands.
+func TestEvents_QueuesOnce(t *testing.T) {
+	s, rdb := newTestService(t, &provider{}, Config{Workers: -1})
+	ctx := context.Background()
+	ev := s.Events(echoAfterTwice{rdb: rdb})
+	if err := ev.PublishWith(ctx, []int{1, 2}, messageEvent(), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rdb.XLen(ctx, s.queue.jobs).Result(); err != nil || n != 1 {
+		t.Fatalf("%d jobs queued (%v), want 1", n, err)
+	}
+}
+
+// A push job the queue refuses costs the push, not the event: publishing
+// succeeds, and the loss is counted.
+func TestEvents_QueueFailureKeepsTheEvent(t *testing.T) {
+	s, rdb := newTestService(t, &provider{}, Config{Workers: -1})
+	ctx := context.Background()
+	hub := live.NewHub(slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, live.Config{Prefix: s.cfg.RedisPrefix})
+	t.Cleanup(func() { hub.Close() })
+	// The queue's key holds something else: every XADD to it fails.
+	if err := rdb.Set(ctx, s.queue.jobs, "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	lost := counted(t, jobsLost)
+	if err := s.Events(hub).PublishWith(ctx, []int{1, 2}, messageEvent(), nil, nil); err != nil {
+		t.Fatalf("PublishWith: %v; want the event published without its push", err)
+	}
+	if got := counted(t, jobsLost) - lost; got != 1 {
+		t.Fatalf("%v jobs counted lost, want 1", got)
+	}
+}
+
+func counted(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// A subscription whose session ended is removed only as it was read: the
+// same device registered meanwhile for another session stays.
+func TestRemove_KeepsNewerRegistration(t *testing.T) {
+	const endpoint = "https://push.example/device"
+	ctx := context.Background()
+	for name, remove := range map[string]func(s *Service) error{
+		"worker": func(s *Service) error {
+			sub, err := s.liveSubscription(ctx, 2, subscriptionID(endpoint))
+			if sub != nil {
+				t.Errorf("session A's subscription is live")
+			}
+			return err
+		},
+		"list": func(s *Service) error {
+			_, err := s.liveSubscriptions(ctx, 2)
+			return err
+		},
+		"fan-out": func(s *Service) error {
+			return s.fanOut(ctx, &job{Type: jobEvent, Kind: KindMessage, Chat: "c", Seq: 1, Actor: 1, Message: "m", Users: []int{1, 2}})
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, _ := newTestService(t, &provider{}, Config{Workers: -1})
+			register(t, s, 2, endpoint, "A")
+			// Session A turns out closed; while that is checked, the
+			// device registers again, for session B.
+			s.Use(closedSessions{closed: []string{"A"}, ask: func([]auth.Identity) {
+				register(t, s, 2, endpoint, "B")
+			}}, oneGroup{}, names{})
+			if err := remove(s); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.store.get(ctx, 2, subscriptionID(endpoint))
+			if err != nil || got == nil || got.Session != "B" {
+				t.Fatalf("subscription after removing session A's: %+v, %v; want session B's", got, err)
+			}
+		})
+	}
+	t.Run("session ended", func(t *testing.T) {
+		s, _ := newTestService(t, &provider{}, Config{Workers: -1})
+		register(t, s, 2, endpoint, "B")
+		other := register(t, s, 2, "https://push.example/other", "A")
+		s.SessionEnded(ctx, 2, "A")
+		subs, err := s.store.list(ctx, 2)
+		if err != nil || len(subs) != 1 || subs[0].Session != "B" {
+			t.Fatalf("subscriptions after session A ended: %v, %v; want session B's alone (not %s)", subs, err, other.ID)
+		}
+	})
+}
+
+// The push a collapse window kept stays kept until it went: a flush cut
+// short (the instance stopping) leaves it for the worker that takes the
+// job over; one that fails for a while queues it again.
+func TestFlush_KeptUntilSent(t *testing.T) {
+	ctx := context.Background()
+	prov := &provider{}
+	s, rdb := newTestService(t, prov, Config{Workers: -1, Window: time.Minute})
+	sub := register(t, s, 2, "https://push.example/device", "s")
+	now := time.Now()
+	first, latest := []byte(`{"kind":"message","seq":1}`), []byte(`{"kind":"message","seq":2}`)
+	if due, err := s.store.collapse(ctx, 2, sub.ID, "c", now, time.Minute, first); err != nil || !due.IsZero() {
+		t.Fatalf("collapse: %v, %v; want the first to go now", due, err)
+	}
+	if due, err := s.store.collapse(ctx, 2, sub.ID, "c", now, time.Minute, latest); err != nil || due.IsZero() {
+		t.Fatalf("collapse: %v, %v; want the second to wait", due, err)
+	}
+	flush := &job{Type: jobFlush, User: 2, Sub: sub.ID, Chat: "c"}
+
+	// The instance stops during the push.
+	stopping, stop := context.WithCancel(ctx)
+	prov.answer = func(ctx context.Context) (Result, error) {
+		stop()
+		<-ctx.Done()
+		return Result{}, ctx.Err()
+	}
+	if err := s.handle(stopping, flush); err == nil {
+		t.Fatal("a flush cut short succeeded")
+	}
+	// A push service that fails for a while: the push goes back to the
+	// queue.
+	prov.answer = func(context.Context) (Result, error) { return Result{Retry: true, Status: 503}, errors.New("503") }
+	if err := s.handle(ctx, flush); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if got := prov.sends(); got != 2 {
+		t.Fatalf("%d pushes tried, want 2: the kept push was lost when the first flush was cut short", got)
+	}
+	later, err := rdb.ZRange(ctx, s.queue.later, 0, -1).Result()
+	if err != nil || len(later) != 1 {
+		t.Fatalf("jobs for later: %v, %v; want the push's retry", later, err)
+	}
+	var retry job
+	if err := json.Unmarshal([]byte(later[0]), &retry); err != nil || retry.Type != jobSend || string(retry.Payload) != string(latest) {
+		t.Fatalf("job for later %s (%v), want a send of the latest push", later[0], err)
+	}
+	// Queued again, the push is no longer the window's.
+	if p, err := s.store.flush(ctx, 2, sub.ID, "c", now, time.Minute, time.Minute); err != nil || p != nil {
+		t.Fatalf("the window still keeps %s (%v)", p, err)
+	}
+}
