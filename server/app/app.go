@@ -637,40 +637,14 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	srv := server.NewHTTPServer(ln.Addr().String(), a.Handler(), tlsConfig, a.cfg.ReadHeaderTimeout)
 	srv.ErrorLog = slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)
 
-	monitorCtx, stopMonitor := context.WithCancel(context.Background())
-	monitorDone := make(chan struct{})
-	go func() {
-		defer close(monitorDone)
-		a.monitor.Run(monitorCtx)
-	}()
-	defer func() {
-		stopMonitor()
-		<-monitorDone
-	}()
-
-	janitorCtx, stopJanitor := context.WithCancel(context.Background())
-	janitorDone := make(chan struct{})
-	go func() {
-		defer close(janitorDone)
-		a.NewMediaJanitor(a.cfg.MediaCleanupAfter).Run(janitorCtx, a.cfg.MediaCleanupInterval)
-	}()
-	defer func() {
-		stopJanitor()
-		<-janitorDone
-	}()
+	defer runInBackground(func(ctx context.Context) { a.monitor.Run(ctx) })()
+	defer runInBackground(func(ctx context.Context) {
+		a.NewMediaJanitor(a.cfg.MediaCleanupAfter).Run(ctx, a.cfg.MediaCleanupInterval)
+	})()
 
 	// Every instance makes exports; a job in progress at shutdown is
 	// handed back for another instance (or this one, restarted).
-	exportCtx, stopExports := context.WithCancel(context.Background())
-	exportsDone := make(chan struct{})
-	go func() {
-		defer close(exportsDone)
-		server.NewExportWorker(a.deps).Run(exportCtx)
-	}()
-	defer func() {
-		stopExports()
-		<-exportsDone
-	}()
+	defer runInBackground(func(ctx context.Context) { server.NewExportWorker(a.deps).Run(ctx) })()
 
 	// Account deletions that stopped part-way (on any instance) are
 	// finished at start-up and then now and again.
@@ -678,28 +652,10 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	if err != nil {
 		return err
 	}
-	sweepCtx, stopSweep := context.WithCancel(context.Background())
-	sweepDone := make(chan struct{})
-	go func() {
-		defer close(sweepDone)
-		sweep.Run(sweepCtx, auth.DeletionSweepInterval)
-	}()
-	defer func() {
-		stopSweep()
-		<-sweepDone
-	}()
+	defer runInBackground(func(ctx context.Context) { sweep.Run(ctx, auth.DeletionSweepInterval) })()
 
 	// Push workers stop before the stores close.
-	pushCtx, stopPush := context.WithCancel(context.Background())
-	pushDone := make(chan struct{})
-	go func() {
-		defer close(pushDone)
-		a.push.Run(pushCtx)
-	}()
-	defer func() {
-		stopPush()
-		<-pushDone
-	}()
+	defer runInBackground(func(ctx context.Context) { a.push.Run(ctx) })()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -767,3 +723,20 @@ func (a *App) Close() error {
 // DocLocks returns the per-document locks the stores use, nil where the
 // document engine needs none (see doclock).
 func (a *App) DocLocks() *doclock.Locks { return a.deps.DocLocks }
+
+// runInBackground runs run in a goroutine until the returned stop
+// cancels its context, and stop returns once run has returned. Serve
+// defers the stops, so its background work ends, last started first,
+// before the stores close.
+func runInBackground(run func(ctx context.Context)) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
