@@ -80,7 +80,7 @@ func (e *events) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Ev
 			after(p)
 		}
 		if queued == nil {
-			queued = e.s.queue.addReported(ctx, p, b)
+			queued = e.s.queue.addReported(ctx, p, b, j.recipients())
 		}
 	})
 	if err == nil && queued != nil {
@@ -125,6 +125,17 @@ func jobOf(userIDs []int, ev *parleyv1.Event) *job {
 		}
 	}
 	return nil
+}
+
+// recipients are the users an event's job may push to: all but the actor.
+func (j *job) recipients() []int {
+	out := make([]int, 0, len(j.Users))
+	for _, u := range j.Users {
+		if u != j.Actor {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // truncate cuts s to n runes, marking the cut with an ellipsis.

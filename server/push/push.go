@@ -165,11 +165,12 @@ func New(log *slog.Logger, rdb redis.UniversalClient, presence Presence, cfg Con
 	cfg.setDefaults()
 	b := make([]byte, 6)
 	rand.Read(b)
+	q := newQueue(rdb, cfg.RedisPrefix)
 	return &Service{
 		log:      log,
 		cfg:      cfg,
-		store:    &store{rdb: rdb, prefix: cfg.RedisPrefix},
-		queue:    newQueue(rdb, cfg.RedisPrefix),
+		store:    &store{rdb: rdb, prefix: cfg.RedisPrefix, subscribed: q.subscribed, ready: q.ready},
+		queue:    q,
 		presence: presence,
 		instance: hex.EncodeToString(b),
 	}, nil

@@ -20,9 +20,16 @@ import (
 //     taken over (XAUTOCLAIM) after Config.ClaimAfter;
 //   - {pushq}:later is a sorted set of jobs for later (retries, the ends
 //     of collapse windows), scored by when (ms), which the workers move
-//     to the stream when their time comes.
+//     to the stream when their time comes;
+//   - {pushq}:subscribed is the set of users who have a subscription (or
+//     had one lately: it may hold more, never fewer), and
+//     {pushq}:subscribed:ready says that it is whole (see
+//     store.rebuildSubscribed). An event none of whose recipients is in
+//     it queues no job (addScript): most sends reach nobody with a device
+//     to push to, and a job would cost a worker a fan-out of several
+//     round trips for nothing.
 //
-// Both are kept by Redis, so jobs outlive the instances.
+// All are kept by Redis, so jobs outlive the instances.
 
 // Types of job.
 const (
@@ -72,10 +79,16 @@ const group = "push"
 type queue struct {
 	rdb         redis.UniversalClient
 	jobs, later string
+	// subscribed and ready are the set of users with subscriptions and
+	// the key that says it is whole.
+	subscribed, ready string
 }
 
 func newQueue(rdb redis.UniversalClient, prefix string) *queue {
-	return &queue{rdb: rdb, jobs: prefix + "{pushq}:jobs", later: prefix + "{pushq}:later"}
+	return &queue{
+		rdb: rdb, jobs: prefix + "{pushq}:jobs", later: prefix + "{pushq}:later",
+		subscribed: prefix + "{pushq}:subscribed", ready: prefix + "{pushq}:subscribed:ready",
+	}
 }
 
 // add queues the job for now in the pipeline.
@@ -91,19 +104,34 @@ func (q *queue) add(ctx context.Context, p redis.Pipeliner, j *job) error {
 // addScript queues the job ARGV[1] on the stream KEYS[1], answering {1,
 // id}, or {0, the error} when Redis refuses it (a key of another type, no
 // memory left): the error is the caller's to report, not the pipeline's
-// (see addReported).
+// (see addReported). When the set of subscribed users KEYS[2] is whole
+// (KEYS[3] exists) and none of the recipients ARGV[2...] is in it, the
+// job is not queued, and the answer is {1, ""}.
 var addScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local any = false
+  for i = 2, #ARGV do
+    if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 1 then any = true; break end
+  end
+  if not any then return {1, ''} end
+end
 local r = redis.pcall('XADD', KEYS[1], '*', 'job', ARGV[1])
 if type(r) == 'table' and r.err then return {0, r.err} end
 return {1, r}
 `)
 
-// addReported queues the encoded job for now in the pipeline, where an
-// error of the queue does not fail the other commands' round trip: the
-// caller looks at the command (reportedAdded). The script goes whole
-// (EVAL), as a pipeline's EVALSHA fails when Redis forgot it.
-func (q *queue) addReported(ctx context.Context, p redis.Pipeliner, job []byte) *redis.Cmd {
-	return addScript.Eval(ctx, p, []string{q.jobs}, job)
+// addReported queues the encoded job for now in the pipeline, unless none
+// of the recipients has a subscription, where an error of the queue does
+// not fail the other commands' round trip: the caller looks at the
+// command (reportedAdded). The script goes whole (EVAL), as a pipeline's
+// EVALSHA fails when Redis forgot it.
+func (q *queue) addReported(ctx context.Context, p redis.Pipeliner, job []byte, recipients []int) *redis.Cmd {
+	args := make([]any, 1, 1+len(recipients))
+	args[0] = job
+	for _, u := range recipients {
+		args = append(args, u)
+	}
+	return addScript.Eval(ctx, p, []string{q.jobs, q.subscribed, q.ready}, args...)
 }
 
 // reportedAdded tells whether addReported's command queued its job.

@@ -379,3 +379,76 @@ func TestFlush_KeptUntilSent(t *testing.T) {
 		t.Fatalf("the window still keeps %s (%v)", p, err)
 	}
 }
+
+// An event none of whose recipients has a subscription queues no job,
+// once the set of subscribed users is known whole; the set follows
+// registrations and removals, and is rebuilt from the subscriptions when
+// Redis lost it.
+func TestEvents_SkipsUnsubscribedRecipients(t *testing.T) {
+	s, rdb := newTestService(t, &provider{}, Config{Workers: -1})
+	ctx := context.Background()
+	hub := live.NewHub(slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, live.Config{Prefix: s.cfg.RedisPrefix})
+	t.Cleanup(func() { hub.Close() })
+	ev := s.Events(hub)
+	queued := func(users ...int) bool {
+		t.Helper()
+		before, err := rdb.XLen(ctx, s.queue.jobs).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			t.Fatal(err)
+		}
+		if err := ev.PublishWith(ctx, users, messageEvent(), nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		after, err := rdb.XLen(ctx, s.queue.jobs).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return after > before
+	}
+	// A subscription stored before the set existed (by an older
+	// version): until the set is rebuilt, no event is skipped.
+	if err := rdb.HSet(ctx, s.store.subsKey(3), "x", `{"id":"x","session":"s"}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !queued(1, 4) {
+		t.Fatal("an event was skipped before the set of subscribed users was whole")
+	}
+	if err := s.store.rebuildSubscribed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if queued(1, 4, 5) {
+		t.Error("an event to users without subscriptions queued a job")
+	}
+	if !queued(1, 3) {
+		t.Error("an event to a user whose subscription predates the set queued no job")
+	}
+	// The actor's own subscription does not count.
+	register(t, s, 1, "https://push.example/one", "A")
+	if queued(1, 4) {
+		t.Error("an event queued a job for its actor's own subscription")
+	}
+	sub := register(t, s, 4, "https://push.example/four", "B")
+	if !queued(1, 4) {
+		t.Error("an event to a user who registered queued no job")
+	}
+	if _, err := s.store.remove(ctx, 4, sub.ID); err != nil {
+		t.Fatal(err)
+	}
+	if queued(1, 4) {
+		t.Error("an event to a user who unregistered its only subscription queued a job")
+	}
+	// Redis lost the set: the ready mark went with it (a restart), and
+	// the workers' rebuild brings back the users who have subscriptions.
+	if err := rdb.Del(ctx, s.queue.subscribed, s.queue.ready).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !queued(1, 5) {
+		t.Error("an event was skipped while the set of subscribed users was lost")
+	}
+	if err := s.store.rebuildSubscribed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !queued(1, 3) || queued(1, 4, 5) {
+		t.Error("after a rebuild, the set of subscribed users is not the users with subscriptions")
+	}
+}

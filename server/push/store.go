@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/parley-chat/parley/server/redisconn"
 )
 
 // Subscriptions and settings live in Redis, beside the sessions they
@@ -52,6 +55,9 @@ func subscriptionID(endpoint string) string {
 type store struct {
 	rdb    redis.UniversalClient
 	prefix string
+	// subscribed is the queue's set of users with subscriptions, and
+	// ready the key that says it is whole (see queue).
+	subscribed, ready string
 }
 
 func (s *store) userTag(uid int) string { return s.prefix + "{push:" + strconv.Itoa(uid) + "}" }
@@ -82,7 +88,77 @@ func (s *store) register(ctx context.Context, uid int, r *subRecord) (bool, erro
 	if err != nil {
 		return false, fmt.Errorf("register subscription: %w", err)
 	}
-	return n == 1, nil
+	if n != 1 {
+		return false, nil
+	}
+	// After the subscription, so that an unmark that raced it finds the
+	// subscription or is followed by this.
+	if err := s.rdb.SAdd(ctx, s.subscribed, uid).Err(); err != nil {
+		return false, fmt.Errorf("register subscription: %w", err)
+	}
+	return true, nil
+}
+
+// unmark takes the user out of the set of subscribed users if it has no
+// subscription left. A registration racing it (subscription stored, then
+// the user added to the set) could store its subscription after the
+// first count and add the user before the removal from the set: the
+// count is made again after the removal, which puts the user back when
+// it finds a subscription, so the set never lacks a user who has one.
+// An error leaves the user in the set, which costs jobs, not pushes.
+func (s *store) unmark(ctx context.Context, uid int) {
+	n, err := s.rdb.HLen(ctx, s.subsKey(uid)).Result()
+	if err != nil || n > 0 {
+		return
+	}
+	if err := s.rdb.SRem(ctx, s.subscribed, uid).Err(); err != nil {
+		return
+	}
+	if n, err := s.rdb.HLen(ctx, s.subsKey(uid)).Result(); err != nil || n > 0 {
+		// Unknown or back: the user stays in the set.
+		s.rdb.SAdd(ctx, s.subscribed, uid)
+	}
+}
+
+// rebuildSubscribed fills the set of subscribed users from the
+// subscriptions themselves when the set is not known to be whole (its
+// ready key is absent: Redis lost it, or the set is new), and then marks
+// it whole. Until then no job is skipped. Registrations and removals
+// meanwhile keep the set as they always do, so it is whole when marked.
+func (s *store) rebuildSubscribed(ctx context.Context) error {
+	n, err := s.rdb.Exists(ctx, s.ready).Result()
+	if err != nil || n == 1 {
+		return err
+	}
+	pattern := s.prefix + "{push:*}:subs"
+	err = redisconn.ForEachPrimary(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			key := iter.Val()
+			rest, ok := strings.CutPrefix(key, s.prefix+"{push:")
+			if !ok {
+				continue
+			}
+			id, ok := strings.CutSuffix(rest, "}:subs")
+			if !ok {
+				continue
+			}
+			uid, err := strconv.Atoi(id)
+			if err != nil {
+				continue
+			}
+			// Added whether or not the hash still holds a
+			// subscription: the set may hold more, never fewer.
+			if err := s.rdb.SAdd(ctx, s.subscribed, uid).Err(); err != nil {
+				return err
+			}
+		}
+		return iter.Err()
+	})
+	if err != nil {
+		return fmt.Errorf("rebuild the set of subscribed users: %w", err)
+	}
+	return s.rdb.Set(ctx, s.ready, 1, 0).Err()
 }
 
 // list returns the user's subscriptions, oldest first.
@@ -137,6 +213,7 @@ func (s *store) remove(ctx context.Context, uid int, ids ...string) (int64, erro
 	if err != nil {
 		return 0, fmt.Errorf("remove subscriptions: %w", err)
 	}
+	s.unmark(ctx, uid)
 	return n, nil
 }
 
@@ -171,6 +248,7 @@ func (s *store) removeOf(ctx context.Context, uid int, subs ...*subRecord) error
 	if err := removeIfScript.Run(ctx, s.rdb, []string{s.subsKey(uid)}, args...).Err(); err != nil {
 		return fmt.Errorf("remove subscriptions: %w", err)
 	}
+	s.unmark(ctx, uid)
 	return nil
 }
 
@@ -194,6 +272,7 @@ func (s *store) removeSession(ctx context.Context, uid int, session string) erro
 	if err := removeSessionScript.Run(ctx, s.rdb, []string{s.subsKey(uid)}, session).Err(); err != nil {
 		return fmt.Errorf("remove the subscriptions of a session: %w", err)
 	}
+	s.unmark(ctx, uid)
 	return nil
 }
 
@@ -340,5 +419,6 @@ func (s *store) forget(ctx context.Context, uid int) error {
 	if err := s.rdb.Del(ctx, s.subsKey(uid), s.settingsKey(uid)).Err(); err != nil {
 		return fmt.Errorf("forget push user: %w", err)
 	}
+	s.unmark(ctx, uid)
 	return nil
 }

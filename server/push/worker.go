@@ -52,6 +52,9 @@ func (s *Service) work(ctx context.Context, consumer string) {
 		}
 		if now.Sub(claimed) >= s.cfg.ClaimAfter/2 {
 			claimed = now
+			if err := s.store.rebuildSubscribed(ctx); err != nil && ctx.Err() == nil {
+				s.log.WarnContext(ctx, "push: subscribed users", "err", err)
+			}
 			msgs, _, err := s.queue.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
 				Stream: s.queue.jobs, Group: group, Consumer: consumer,
 				MinIdle: s.cfg.ClaimAfter, Start: "0-0", Count: 16,
