@@ -10,7 +10,9 @@
 // implementation in server/<domain>/.
 //
 //	server/             New(Deps) http.Handler, public procedures, stream draining;
-//	                    account deletion over the domains (deletion.go)
+//	                    account deletion over the domains (deletion.go);
+//	                    short HTTP/2 requests run on a pool of workers whose
+//	                    stacks have grown (workers.go)
 //	server/info/        parley.v1.ServerService: version and limits
 //	server/auth/        parley.v1.AuthService, sessions in Redis, the
 //	                    authentication middleware, rate limits;
@@ -55,8 +57,9 @@
 //	server/push/        parley.v1.PushService: Web Push subscriptions (by
 //	                    session) and settings in Redis; the chat events
 //	                    wrapper that queues a job per new message or
-//	                    reaction; the queue (a Redis stream and a sorted
-//	                    set) and its workers, collapse windows, retries;
+//	                    reaction with a subscribed recipient; the queue
+//	                    (a Redis stream and a sorted set) and its
+//	                    workers, collapse windows, retries;
 //	                    the Provider interface and its Web Push provider
 //	                    (VAPID key: vapid.go)
 //	server/admin/       the admin listener (-admin-addr): Prometheus

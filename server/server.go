@@ -253,7 +253,8 @@ func New(d Deps) (http.Handler, error) {
 	mux.Handle(parleyv1connect.NewExportServiceHandler(exports, opts...))
 	mux.Handle(export.Path, traced(d.Telemetry, export.Path+"{id}", exports.Handler()))
 
-	mux.Handle(health.NewHandler(d.Health, opts...))
+	healthPath, healthHandler := health.NewHandler(d.Health, opts...)
+	mux.Handle(healthPath, healthHandler)
 	mux.Handle(health.LivePath, health.LiveHandler())
 	mux.Handle(health.ReadyPath, health.ReadyHandler(d.Health))
 	reflector := grpcreflect.NewStaticReflector(append(Services, health.ServiceName)...)
@@ -267,7 +268,14 @@ func New(d Deps) (http.Handler, error) {
 	if len(d.CORSOrigins) > 0 {
 		h = withCORS(d.CORSOrigins, h)
 	}
-	return reqlog.Middleware(d.Log, withBodyDeadline(d.RequestBodyTimeout, h)), nil
+	pool, err := workers()
+	if err != nil {
+		return nil, err
+	}
+	// Streams (live events, health watches, reflection) and file
+	// transfers keep their goroutine.
+	h = reqlog.Middleware(d.Log, withBodyDeadline(d.RequestBodyTimeout, h))
+	return withWorkers(pool, h, livePath, healthPath, "/grpc.reflection.", media.Path, export.Path), nil
 }
 
 // traced gives a plain HTTP endpoint a span (and http_server_* metrics)

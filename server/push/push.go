@@ -5,7 +5,9 @@
 // in Redis that outlives the instance that filled it.
 //
 // A chat event becomes one job, queued in the same Redis round trip as the
-// event's own (Events); a worker on any instance fans it out to the
+// event's own (Events), unless none of its recipients has a subscription
+// (a set of such users is kept beside the queue: see queue); a worker on
+// any instance fans it out to the
 // recipients' subscriptions, skipping users who have a live stream open
 // (unless the subscription asked for pushes always), muted the chat, or
 // whose subscription's session ended, and queues a job per device, each
