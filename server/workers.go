@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -70,7 +71,7 @@ var handoffs = sync.Pool{New: func() any { return make(chan handedOver, 1) }}
 // path starts with none of long.
 func withWorkers(pool *ants.Pool, next http.Handler, long ...string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ProtoMajor != 2 || hasAnyPrefix(r.URL.Path, long) {
+		if r.ProtoMajor != 2 || slices.ContainsFunc(long, func(p string) bool { return strings.HasPrefix(r.URL.Path, p) }) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -107,13 +108,4 @@ func withWorkers(pool *ants.Pool, next http.Handler, long ...string) http.Handle
 			panic(h.value)
 		}
 	})
-}
-
-func hasAnyPrefix(s string, prefixes []string) bool {
-	for _, p := range prefixes {
-		if strings.HasPrefix(s, p) {
-			return true
-		}
-	}
-	return false
 }

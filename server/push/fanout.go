@@ -127,15 +127,12 @@ func jobOf(userIDs []int, ev *parleyv1.Event) *job {
 	return nil
 }
 
-// recipients are the users an event's job may push to: all but the actor.
+// recipients are the users an event's job may push to: all but the
+// actor, each once, in ascending order.
 func (j *job) recipients() []int {
-	out := make([]int, 0, len(j.Users))
-	for _, u := range j.Users {
-		if u != j.Actor {
-			out = append(out, u)
-		}
-	}
-	return out
+	out := slices.DeleteFunc(slices.Clone(j.Users), func(u int) bool { return u == j.Actor })
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // truncate cuts s to n runes, marking the cut with an ellipsis.
@@ -158,12 +155,7 @@ type target struct {
 // of its window: a job of the queue is at most one request to a push
 // service, well within Config.ClaimAfter.
 func (s *Service) fanOut(ctx context.Context, j *job) error {
-	var users []int
-	for _, u := range j.Users {
-		if u != j.Actor && !slices.Contains(users, u) {
-			users = append(users, u)
-		}
-	}
+	users := j.recipients()
 	if j.Kind == KindReaction {
 		// A reaction concerns the message's sender alone.
 		sender, ok, err := s.chats.MessageSender(ctx, j.Chat, j.Message)
