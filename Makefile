@@ -90,7 +90,7 @@ test: ## Run every test suite (go, embedded, cluster, soak, ts, web), even after
 
 .PHONY: test-go
 test-go: $(MINIO) $(MAILPIT) $(NGINX) $(GRPCURL) $(JQ) ## Go tests against real PostgreSQL, Redis, the document engine (FerretDB 2 + DocumentDB), MinIO, Mailpit and nginx; the README's examples.
-	PARLEY_TEST_MINIO=$(MINIO) PARLEY_TEST_MAILPIT=$(MAILPIT) PARLEY_TEST_NGINX=$(NGINX) PARLEY_TEST_GRPCURL=$(GRPCURL) scripts/with-test-services go test -race -count=1 -timeout 30m ./...
+	PARLEY_TEST_MINIO=$(MINIO) PARLEY_TEST_MAILPIT=$(MAILPIT) PARLEY_TEST_NGINX=$(NGINX) PARLEY_TEST_GRPCURL=$(GRPCURL) scripts/with-test-services go test -race -count=1 -timeout 60m ./...
 
 # The chat store's tests that cover every store method, run again on the
 # embedded FerretDB 1.x that `go run .` uses (it answers by scanning, so
@@ -209,9 +209,10 @@ clients/web/node_modules: clients/web/package-lock.json clients/ts/node_modules
 	@touch $@
 
 .PHONY: lint
-lint: proto-deps ## buf lint, go vet and a gofmt check.
+lint: proto-deps ## buf lint, go vet, a gofmt check and go.mod tidy.
 	$(BUF) lint
 	go vet ./...
+	go mod tidy -diff
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 
