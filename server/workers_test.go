@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/parley-chat/parley/server"
 	"github.com/parley-chat/parley/server/servertest"
@@ -126,7 +127,9 @@ func TestWithWorkers_Busy(t *testing.T) {
 // http.ErrAbortHandler aborts the request without a log, as it does
 // without workers. The worker serves on.
 func TestWithWorkers_Panics(t *testing.T) {
-	var logs servertest.SyncBuffer
+	// net/http resets the stream before it logs the panic, and does not
+	// wait for the log when the server closes: the test waits for it.
+	logs := &notifyingLog{written: make(chan struct{}, 16)}
 	h := func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/panic":
@@ -136,8 +139,8 @@ func TestWithWorkers_Panics(t *testing.T) {
 		}
 		io.WriteString(w, "fine")
 	}
-	srv, c := workersServer(t, 1, h, true, &logs)
-	for _, path := range []string{"/panic", "/abort"} {
+	srv, c := workersServer(t, 1, h, true, logs)
+	for _, path := range []string{"/abort", "/panic"} {
 		if _, _, err := get(t, c, srv.URL+path); err == nil {
 			t.Errorf("%s: the request succeeded", path)
 		}
@@ -145,12 +148,35 @@ func TestWithWorkers_Panics(t *testing.T) {
 	if _, body, err := get(t, c, srv.URL+"/fine"); err != nil || body != "fine" {
 		t.Fatalf("after the panics: %q, %v", body, err)
 	}
-	srv.Close() // waits for the handlers, and their logs
+	timeout := time.After(30 * time.Second)
+	for !strings.Contains(logs.String(), "handler bug") {
+		select {
+		case <-logs.written:
+		case <-timeout:
+			t.Fatalf("no log of the handler's panic in 30 s; the log:\n%s", logs.String())
+		}
+	}
+	srv.Close()
 	got := logs.String()
-	if !strings.Contains(got, "handler bug") || !strings.Contains(got, "on a request worker") || !strings.Contains(got, "workers_test.go") {
-		t.Errorf("the log of a handler's panic lacks it or its stack:\n%s", got)
+	if !strings.Contains(got, "on a request worker") || !strings.Contains(got, "workers_test.go") {
+		t.Errorf("the log of a handler's panic lacks the worker's stack:\n%s", got)
 	}
 	if strings.Count(got, "panic serving") != 1 {
 		t.Errorf("want one panic logged (ErrAbortHandler is not), got:\n%s", got)
 	}
+}
+
+// notifyingLog is a log that signals each write.
+type notifyingLog struct {
+	servertest.SyncBuffer
+	written chan struct{}
+}
+
+func (l *notifyingLog) Write(p []byte) (int, error) {
+	n, err := l.SyncBuffer.Write(p)
+	select {
+	case l.written <- struct{}{}:
+	default:
+	}
+	return n, err
 }
