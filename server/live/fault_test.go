@@ -422,3 +422,52 @@ func relogin(u *user) {
 func listAfter(u *user, chatID string, after int64) ([]*parleyv1.Message, error) {
 	return servertest.ListMessagesAfter(u.msgs, u.token, chatID, after)
 }
+
+// Redis forgets its scripts (SCRIPT FLUSH; a replica promoted before it
+// ran them forgets them too): a send to a group still puts the message
+// in each member's log once, so that it arrives once, live and on
+// resume.
+func TestPublish_ScriptsForgotten(t *testing.T) {
+	rs := startRedis(t)
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) { c.RedisURL = rs.url() }))
+	p := servertest.Protocols[0]
+	alice := newUser(t, srv, p)
+	members := []*user{newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)}
+	grp := group(t, alice, members...)
+	streams := make([]*stream, len(members))
+	for i, u := range members {
+		streams[i] = subscribe(t, u, "")
+	}
+	first := send(t, alice, grp, "first")
+	cursors := make([]string, len(members))
+	for i, s := range streams {
+		if got := s.message().GetId(); got != first.GetId() {
+			t.Fatalf("member %d: message %s, want %s", i, got, first.GetId())
+		}
+		cursors[i] = s.cursor
+	}
+
+	opts, err := redis.ParseURL(rs.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatalf("SCRIPT FLUSH: %v", err)
+	}
+	want := []string{send(t, alice, grp, "after").GetId(), send(t, alice, grp, "next").GetId()}
+
+	check := func(what string, i int, s *stream) {
+		t.Helper()
+		for _, id := range want {
+			if got := s.message().GetId(); got != id {
+				t.Fatalf("member %d, %s: message %s, want %v once each, in order", i, what, got, want)
+			}
+		}
+	}
+	for i, s := range streams {
+		check("live", i, s)
+		check("resumed", i, subscribe(t, members[i], cursors[i]))
+	}
+}

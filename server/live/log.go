@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -26,6 +27,25 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call(ARGV[5], ARGV[3], id .. ' ' .. ARGV[4])
 return id
 `)
+
+// appendManyScript is appendScript for several users at once (KEYS:
+// their logs; ARGV[3+i]: the channel of KEYS[i]), in one call where a
+// call per user cost Redis and the server more than the appends
+// themselves. A script may touch only keys of one slot on a Redis
+// Cluster, where users' logs are spread over slots: there, each user
+// gets a call of its own (appendScript).
+var appendManyScript = redis.NewScript(`
+for i, key in ipairs(KEYS) do
+  local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[3])
+  redis.call('PEXPIRE', key, ARGV[2])
+  redis.call('PUBLISH', ARGV[3 + i], id .. ' ' .. ARGV[3])
+end
+return #KEYS
+`)
+
+// appendsPerCall bounds the users of one appendManyScript call, and so
+// how long Redis runs it without serving others (about 10 µs a user).
+const appendsPerCall = 100
 
 // tailScript returns the id of the log's last entry. An empty log gets a
 // marker entry first, so that every cursor handed out names an entry,
@@ -104,14 +124,49 @@ func (h *Hub) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event
 		}
 		before = nil
 	}
+	// The users each append of the pipeline is for, in order.
+	var calls [][]int
+	if h.sharded() {
+		for i := range userIDs {
+			calls = append(calls, userIDs[i:i+1])
+		}
+	} else {
+		for c := range slices.Chunk(userIDs, appendsPerCall) {
+			calls = append(calls, c)
+		}
+	}
+	appendTo := func(p redis.Pipeliner, users []int, eval bool) {
+		if len(users) == 1 || h.sharded() {
+			uid := users[0]
+			args := []any{maxLen, retention, h.channel(uid), payload, h.publish}
+			if eval {
+				appendScript.Eval(ctx, p, []string{h.streamKey(uid)}, args...)
+			} else {
+				appendScript.EvalSha(ctx, p, []string{h.streamKey(uid)}, args...)
+			}
+			return
+		}
+		keys := make([]string, len(users))
+		args := make([]any, 3, 3+len(users))
+		args[0], args[1], args[2] = maxLen, retention, payload
+		for i, uid := range users {
+			keys[i] = h.streamKey(uid)
+			args = append(args, h.channel(uid))
+		}
+		if eval {
+			appendManyScript.Eval(ctx, p, keys, args...)
+		} else {
+			appendManyScript.EvalSha(ctx, p, keys, args...)
+		}
+	}
 	first := 0 // the index of the first append in the pipeline
 	cmds, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		if before != nil {
 			before(p)
 			first = p.Len()
 		}
-		for _, uid := range userIDs {
-			appendScript.EvalSha(ctx, p, []string{h.streamKey(uid)}, maxLen, retention, h.channel(uid), payload, h.publish)
+		for _, users := range calls {
+			appendTo(p, users, false)
 		}
 		if after != nil {
 			after(p)
@@ -122,22 +177,22 @@ func (h *Hub) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event
 		eventsPublished.Add(float64(len(userIDs)))
 		return nil
 	}
-	// A Redis that restarted has forgotten the script: send it whole to
-	// the users it failed for (a NOSCRIPT error appended nothing).
-	var retry []int
+	// A Redis that restarted has forgotten the scripts: send them whole
+	// for the users they failed for (a NOSCRIPT error appended nothing).
+	var retry [][]int
 	for i, c := range cmds {
 		err := c.Err()
 		if err == nil {
 			continue
 		}
-		if i < first || i >= first+len(userIDs) || !redis.HasErrorPrefix(err, "NOSCRIPT") {
+		if i < first || i >= first+len(calls) || !redis.HasErrorPrefix(err, "NOSCRIPT") {
 			return fmt.Errorf("live: publish: %w", err)
 		}
-		retry = append(retry, userIDs[i-first])
+		retry = append(retry, calls[i-first])
 	}
 	_, err = h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, uid := range retry {
-			appendScript.Eval(ctx, p, []string{h.streamKey(uid)}, maxLen, retention, h.channel(uid), payload, h.publish)
+		for _, users := range retry {
+			appendTo(p, users, true)
 		}
 		if after != nil {
 			after(p)
