@@ -4,8 +4,9 @@
 // log still holds; and presence.
 //
 // Writers (the chat service) call Hub.Publish with the users an event is
-// for. Publish appends the event to each user's log and publishes it, in
-// one script, on the user's channel. Each instance's Hub holds a single
+// for. Publish appends the event to each user's log and publishes it on
+// the user's channel, in scripts (one call for up to 100 users on a
+// single Redis, one per user on a Redis Cluster). Each instance's Hub holds a single
 // pub/sub connection, subscribed to the channels of the users who have a
 // stream open there, and hands each message to those streams' bounded
 // queues without waiting (a queue grows as events come: an idle stream
