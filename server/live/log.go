@@ -18,33 +18,26 @@ import (
 // Each user's event log is a Redis stream whose entry ids are the cursors
 // clients resume from. Appending to it and publishing the entry on the
 // user's channel happen in one script, so the order in which subscribers
-// hear about entries is the order of the log.
-// The channel carries the log's hash tag, so that on a Redis Cluster the
-// script publishes (ARGV[5]: SPUBLISH) on the node that holds the log.
+// hear about entries is the order of the log. The script does so for
+// each of its keys (the logs; ARGV[4+i]: the channel of KEYS[i]), so
+// that one call serves many users where a call per user cost Redis and
+// the server more than the appends themselves. On a Redis Cluster a
+// script may touch the keys of one slot only, and users' logs are spread
+// over slots: there each user gets a call of its own, and the channel,
+// which carries the log's hash tag, gets the entry by ARGV[3]: SPUBLISH,
+// on the node that holds the log.
 var appendScript = redis.NewScript(`
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call(ARGV[5], ARGV[3], id .. ' ' .. ARGV[4])
-return id
-`)
-
-// appendManyScript is appendScript for several users at once (KEYS:
-// their logs; ARGV[3+i]: the channel of KEYS[i]), in one call where a
-// call per user cost Redis and the server more than the appends
-// themselves. A script may touch only keys of one slot on a Redis
-// Cluster, where users' logs are spread over slots: there, each user
-// gets a call of its own (appendScript).
-var appendManyScript = redis.NewScript(`
 for i, key in ipairs(KEYS) do
-  local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[3])
+  local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[4])
   redis.call('PEXPIRE', key, ARGV[2])
-  redis.call('PUBLISH', ARGV[3 + i], id .. ' ' .. ARGV[3])
+  redis.call(ARGV[3], ARGV[4 + i], id .. ' ' .. ARGV[4])
 end
 return #KEYS
 `)
 
-// appendsPerCall bounds the users of one appendManyScript call, and so
-// how long Redis runs it without serving others (about 10 µs a user).
+// appendsPerCall bounds the users of one appendScript call on a single
+// Redis, and so how long Redis runs it without serving others (about
+// 10 µs a user).
 const appendsPerCall = 100
 
 // tailScript returns the id of the log's last entry. An empty log gets a
@@ -125,38 +118,23 @@ func (h *Hub) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Event
 		before = nil
 	}
 	// The users each append of the pipeline is for, in order.
-	var calls [][]int
+	perCall := appendsPerCall
 	if h.sharded() {
-		for i := range userIDs {
-			calls = append(calls, userIDs[i:i+1])
-		}
-	} else {
-		for c := range slices.Chunk(userIDs, appendsPerCall) {
-			calls = append(calls, c)
-		}
+		perCall = 1
 	}
+	calls := slices.Collect(slices.Chunk(userIDs, perCall))
 	appendTo := func(p redis.Pipeliner, users []int, eval bool) {
-		if len(users) == 1 || h.sharded() {
-			uid := users[0]
-			args := []any{maxLen, retention, h.channel(uid), payload, h.publish}
-			if eval {
-				appendScript.Eval(ctx, p, []string{h.streamKey(uid)}, args...)
-			} else {
-				appendScript.EvalSha(ctx, p, []string{h.streamKey(uid)}, args...)
-			}
-			return
-		}
 		keys := make([]string, len(users))
-		args := make([]any, 3, 3+len(users))
-		args[0], args[1], args[2] = maxLen, retention, payload
+		args := make([]any, 4, 4+len(users))
+		args[0], args[1], args[2], args[3] = maxLen, retention, h.publish, payload
 		for i, uid := range users {
 			keys[i] = h.streamKey(uid)
 			args = append(args, h.channel(uid))
 		}
 		if eval {
-			appendManyScript.Eval(ctx, p, keys, args...)
+			appendScript.Eval(ctx, p, keys, args...)
 		} else {
-			appendManyScript.EvalSha(ctx, p, keys, args...)
+			appendScript.EvalSha(ctx, p, keys, args...)
 		}
 	}
 	first := 0 // the index of the first append in the pipeline
