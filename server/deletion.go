@@ -79,9 +79,7 @@ func NewDeletionSweep(d Deps) (*auth.Deletions, error) {
 	if d.Live != nil && d.Auth.SessionEnds == nil {
 		d.Auth.SessionEnds = d.Live
 	}
-	users := user.New(d.Log, d.DB, d.Media, d.Now)
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
-	users.GuardPairs(chats)
+	users, chats := domain(d, d.Live)
 	exports, err := export.New(d.Log, d.Mongo, d.DocLocks, d.Media.Storage(), exportConfig(d))
 	if err != nil {
 		return nil, err

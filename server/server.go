@@ -172,7 +172,13 @@ func New(d Deps) (http.Handler, error) {
 			d.Auth.SessionEnds = ends
 		}
 	}
-	users := user.New(d.Log, d.DB, d.Media, d.Now)
+	var events chat.Events = d.Live
+	if d.Push != nil {
+		// New messages and reactions queue pushes as they are announced.
+		events = d.Push.Events(events)
+	}
+	users, chats := domain(d, events)
+	chats.LimitSends(d.Sends)
 	authn, err := auth.New(d.Log, d.Redis, users, d.Auth)
 	if err != nil {
 		return nil, err
@@ -220,14 +226,6 @@ func New(d Deps) (http.Handler, error) {
 	// Blocks and privacy settings live with the users; chats consult
 	// them through chat.Privacy, and live presence through chats.
 	mux.Handle(parleyv1connect.NewPrivacyServiceHandler(users, opts...))
-	var events chat.Events = d.Live
-	if d.Push != nil {
-		// New messages and reactions queue pushes as they are announced.
-		events = d.Push.Events(events)
-	}
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, events, d.Media, d.Now)
-	users.GuardPairs(chats)
-	chats.LimitSends(d.Sends)
 	exports, err := export.New(d.Log, d.Mongo, d.DocLocks, d.Media.Storage(), exportConfig(d))
 	if err != nil {
 		return nil, err
@@ -304,20 +302,27 @@ func withWebApp(dir string, api http.Handler) http.Handler {
 // NewMediaJanitor returns the clean-up of uploads left unattached for
 // longer than after, over the same stores as New.
 func NewMediaJanitor(d Deps, after time.Duration) *media.Janitor {
-	users := user.New(d.Log, d.DB, d.Media, d.Now)
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
-	users.GuardPairs(chats)
+	users, chats := domain(d, d.Live)
 	return media.NewJanitor(d.Log, d.Media, referrers{chats, users}, after, d.Now)
 }
 
 // NewExportWorker returns the worker that makes the data exports users
 // request, over the same stores as New; run one on every instance.
 func NewExportWorker(d Deps) *export.Worker {
-	users := user.New(d.Log, d.DB, d.Media, d.Now)
-	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, d.Live, d.Media, d.Now)
-	users.GuardPairs(chats)
+	users, chats := domain(d, d.Live)
 	src := export.Sources{Profiles: users, Chats: chats, Files: d.Media}
 	return export.NewWorker(d.Log, d.Mongo, d.DocLocks, d.Media.Storage(), src, exportConfig(d))
+}
+
+// domain returns the user and chat services over d's stores, the chats
+// announcing their events through events: New serves them, and the
+// background workers (the media janitor, the export worker, the account
+// deletion sweep) use them alike.
+func domain(d Deps, events chat.Events) (*user.Service, *chat.Service) {
+	users := user.New(d.Log, d.DB, d.Media, d.Now)
+	chats := chat.New(d.Log, d.Mongo, d.Redis, d.DocLocks, d.Auth.RedisPrefix, users, users, events, d.Media, d.Now)
+	users.GuardPairs(chats)
+	return users, chats
 }
 
 func exportConfig(d Deps) export.Config {
