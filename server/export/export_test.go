@@ -609,6 +609,50 @@ func TestExportWorker_RetriesThenFails(t *testing.T) {
 	}
 }
 
+// TestExportService_FailedBeforeQuotaFreed: an export seen failed frees
+// the user to ask again, even before its worker's second write (the
+// quota's) has landed, as a client that asks again on FAILED may find.
+func TestExportService_FailedBeforeQuotaFreed(t *testing.T) {
+	// The worker looks for work at start-up only: the job is as the
+	// test leaves it.
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t), servertest.WithConfig(func(c *app.Config) {
+		c.Export.PollInterval = time.Hour
+	}))
+	p := servertest.Protocols[0]
+	c := servertest.NewClients(srv, p)
+	exp := servertest.Client(srv, p, parleyv1connect.NewExportServiceClient)
+	ctx := context.Background()
+	fay := servertest.Register(t, c.Auth, servertest.UniqueName("fay"))
+
+	first, err := exp.RequestExport(ctx, servertest.WithToken(&parleyv1.RequestExportRequest{}, fay.Token))
+	if err != nil {
+		t.Fatalf("RequestExport: %v", err)
+	}
+	id, _ := bson.ObjectIDFromHex(first.Msg.GetExport().GetId())
+	// The failure recorded, the quota not yet freed: fail's first write.
+	up, err := srv.App.Mongo().Collection("exports").UpdateOne(ctx, bson.D{{Key: "_id", Value: id}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: "failed"}, {Key: "finishedAt", Value: time.Now()}}}})
+	if err != nil || up.MatchedCount != 1 {
+		t.Fatalf("mark the export failed: %v, %+v", err, up)
+	}
+	again, err := exp.RequestExport(ctx, servertest.WithToken(&parleyv1.RequestExportRequest{}, fay.Token))
+	if err != nil {
+		t.Fatalf("RequestExport after a failure: %v", err)
+	}
+	if !again.Msg.GetCreated() || again.Msg.GetExport().GetId() == id.Hex() {
+		t.Fatalf("RequestExport after a failure = %v, want a new export", again.Msg)
+	}
+	// The new export holds the quota as any other: a third request
+	// returns it.
+	third, err := exp.RequestExport(ctx, servertest.WithToken(&parleyv1.RequestExportRequest{}, fay.Token))
+	if err != nil {
+		t.Fatalf("RequestExport while pending: %v", err)
+	}
+	if third.Msg.GetCreated() || third.Msg.GetExport().GetId() != again.Msg.GetExport().GetId() {
+		t.Errorf("RequestExport while pending = %v, want export %s", third.Msg, again.Msg.GetExport().GetId())
+	}
+}
+
 // TestExportService_ConcurrentRequests: requests of one user at once
 // start one export, which they all return.
 func TestExportService_ConcurrentRequests(t *testing.T) {

@@ -173,29 +173,37 @@ func (s *store) request(ctx context.Context, userID int, now time.Time, every ti
 	if err != nil && !mongo.IsDuplicateKeyError(err) {
 		return nil, false, fmt.Errorf("create export quota: %w", err)
 	}
-	id := bson.NewObjectID()
-	var q quota
-	err = s.locked(ctx, func() error {
-		return s.quotas.FindOneAndUpdate(ctx,
-			bson.D{{Key: "_id", Value: userID}, {Key: "nextAt", Value: bson.D{{Key: "$lte", Value: now}}}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "exportId", Value: id}, {Key: "createdAt", Value: now}, {Key: "nextAt", Value: now.Add(every)}}}},
-			options.FindOneAndUpdate().SetReturnDocument(options.After),
-		).Decode(&q)
-	})
-	switch {
-	case err == nil:
-		j, err := s.insertMissing(ctx, &q)
-		return j, err == nil, err
-	case !errors.Is(err, mongo.ErrNoDocuments):
-		return nil, false, fmt.Errorf("take export quota: %w", err)
+	// take takes the quota for a new export where it matches free (the
+	// quota's condition besides the user), and stores the export.
+	take := func(free bson.E) (*job, error) {
+		var q quota
+		err := s.locked(ctx, func() error {
+			return s.quotas.FindOneAndUpdate(ctx,
+				bson.D{{Key: "_id", Value: userID}, free},
+				bson.D{{Key: "$set", Value: bson.D{{Key: "exportId", Value: bson.NewObjectID()}, {Key: "createdAt", Value: now}, {Key: "nextAt", Value: now.Add(every)}}}},
+				options.FindOneAndUpdate().SetReturnDocument(options.After),
+			).Decode(&q)
+		})
+		if err != nil {
+			if errors.Is(err, mongo.ErrNoDocuments) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("take export quota: %w", err)
+		}
+		return s.insertMissing(ctx, &q)
 	}
+	j, err := take(bson.E{Key: "nextAt", Value: bson.D{{Key: "$lte", Value: now}}})
+	if !errors.Is(err, mongo.ErrNoDocuments) {
+		return j, err == nil, err
+	}
+	var q quota
 	// The quota holds the user back: an export started less than every
 	// ago. It may still be running (started by a concurrent request), or
 	// missing (its request stopped between the two writes).
 	if err := s.quotas.FindOne(ctx, bson.D{{Key: "_id", Value: userID}}).Decode(&q); err != nil {
 		return nil, false, fmt.Errorf("read export quota: %w", err)
 	}
-	j, err := s.get(ctx, q.ExportID)
+	j, err = s.get(ctx, q.ExportID)
 	if errors.Is(err, errNoJob) {
 		// Another request took the quota and has not stored its job yet
 		// (or stopped before it could): store it for it.
@@ -205,8 +213,18 @@ func (s *store) request(ctx context.Context, userID int, now time.Time, every ti
 	if err != nil {
 		return nil, false, err
 	}
-	if j.State == statePending || j.State == stateRunning {
+	switch j.State {
+	case statePending, stateRunning:
 		return j, false, nil
+	case stateFailed:
+		// A failed export frees the quota (see fail), in a write after
+		// the one that records the failure: one seen failed frees it
+		// here too, unless another request took it meanwhile.
+		j, err := take(bson.E{Key: "exportId", Value: q.ExportID})
+		if !errors.Is(err, mongo.ErrNoDocuments) {
+			return j, err == nil, err
+		}
+		return s.request(ctx, userID, now, every)
 	}
 	return nil, false, limited{next: q.NextAt}
 }
