@@ -39,7 +39,11 @@ type session struct {
 // not be undone by a failover (a revoked session, or a refresh token that
 // was used, coming back): they wait for replicas replicas to have them
 // (WAIT), and fail with redisconn.ErrNotReplicated (UNAVAILABLE to the
-// client, which retries) when they do not in time.
+// client, which retries) when they do not in time. A rotation that
+// failed so was made on the master nonetheless: the session records it as
+// unconfirmed, and the client's retry with the same refresh token, within
+// unconfirmedRetry, is answered with the pair the rotation made instead
+// of being taken for a reuse (see rotateScript).
 type sessionStore struct {
 	rdb        redis.UniversalClient
 	prefix     string
@@ -51,6 +55,11 @@ type sessionStore struct {
 // replicaTimeout is how long a revocation or a rotation waits for its
 // replicas.
 const replicaTimeout = 500 * time.Millisecond
+
+// unconfirmedRetry is how long after a rotation that its replicas did not
+// confirm in time (the client was answered UNAVAILABLE) the refresh token
+// it used is taken as that client's retry, once, rather than as a reuse.
+const unconfirmedRetry = time.Minute
 
 func (s *sessionStore) sessionKey(userID int, id string) string {
 	return fmt.Sprintf("%s{u:%d}:session:%s", s.prefix, userID, id)
@@ -168,20 +177,39 @@ return 1
 // rotateScript moves a session to the next generation if it is still at
 // the expected one. It returns the new generation, 0 when the session is
 // gone, or -1 when the expected generation is stale: the refresh token
-// was used before, so the session is deleted.
+// was used before, so the session is deleted. One stale use is not a
+// reuse: the retry of a rotation whose replicas did not confirm it in
+// time (the session's "unconfirmed" field, the time markUnconfirmed
+// recorded, at most ARGV[6] ms before now). Its client never had the
+// answer, so the retry gets the generation that rotation made, with a
+// new access token, and the rotation is confirmed anew.
 var rotateScript = redis.NewScript(`
-local gen = redis.call('HGET', KEYS[1], 'gen')
-if not gen then return 0 end
-if tonumber(gen) ~= tonumber(ARGV[1]) then
+local s = redis.call('HMGET', KEYS[1], 'gen', 'unconfirmed')
+if not s[1] then return 0 end
+local gen = tonumber(s[1])
+local want = tonumber(ARGV[1])
+local next = gen + 1
+if gen == want + 1 and s[2] and tonumber(ARGV[3]) - tonumber(s[2]) <= tonumber(ARGV[6]) then
+  next = gen
+elseif gen ~= want then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[5])
   return -1
 end
-local next = tonumber(gen) + 1
 redis.call('HSET', KEYS[1], 'gen', next, 'jwt', ARGV[2], 'used', ARGV[3])
+redis.call('HDEL', KEYS[1], 'unconfirmed')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return next
+`)
+
+// markUnconfirmedScript records, at ARGV[2], that the rotation to
+// generation ARGV[1] was not confirmed, if the session is still at it.
+var markUnconfirmedScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'gen') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[2])
+end
+return 1
 `)
 
 // errRefreshReused means a refresh token was presented a second time; the
@@ -197,7 +225,7 @@ func (s *sessionStore) rotate(ctx context.Context, userID int, id string, gen in
 		// The script goes whole: a pipeline cannot fall back from an
 		// EVALSHA that Redis does not know.
 		cmd = rotateScript.Eval(ctx, p, []string{key, s.userKey(userID)},
-			gen, jwt, s.now().UnixMilli(), s.refreshTTL.Milliseconds(), id)
+			gen, jwt, s.now().UnixMilli(), s.refreshTTL.Milliseconds(), id, unconfirmedRetry.Milliseconds())
 	})
 	if cmd == nil {
 		return 0, fmt.Errorf("rotate session: %w", err)
@@ -208,7 +236,13 @@ func (s *sessionStore) rotate(ctx context.Context, userID int, id string, gen in
 		return 0, fmt.Errorf("rotate session: %w", rerr)
 	case err != nil:
 		// The rotation (or the revocation of a reused token) is made
-		// but may not survive a failover.
+		// but may not survive a failover. A rotation that does is the
+		// one the client's retry gets.
+		if res > 0 {
+			if merr := markUnconfirmedScript.Run(ctx, s.rdb, []string{key}, res, s.now().UnixMilli()).Err(); merr != nil {
+				err = errors.Join(err, fmt.Errorf("mark the rotation unconfirmed: %w", merr))
+			}
+		}
 		return 0, fmt.Errorf("rotate session: %w", err)
 	case res == 0:
 		return 0, errNoSession

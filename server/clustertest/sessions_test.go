@@ -96,6 +96,48 @@ func TestFailover_RotatedRefreshTokenStaysRotated(t *testing.T) {
 	}
 }
 
+// When the replica cannot confirm a refresh token's rotation (it is
+// stopped), the client hears UNAVAILABLE; the master made the rotation
+// all the same, and the client's retry with the same token, once the
+// replica is back, gets the new pair rather than being taken for a reuse
+// (which would end the session). The retry was answered: a third use of
+// the token is a reuse, and ends it.
+func TestFailover_UnconfirmedRotationIsRetried(t *testing.T) {
+	c := newCluster(t)
+	s := signIn(t, servertest.Protocols[1])
+	master := c.master(t, userKey(s.acc.ID))
+	resume := c.pause(t, c.replica(t, master))
+	refresh := func() (*parleyv1.Tokens, error) {
+		res, err := s.cl.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: s.session.GetRefreshToken()}))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg.GetTokens(), nil
+	}
+	_, err := refresh()
+	servertest.WantCode(t, err, connect.CodeUnavailable)
+	resume()
+	var tokens *parleyv1.Tokens
+	eventually(t, "the retried refresh", func() error {
+		tokens, err = refresh()
+		if err != nil && connect.CodeOf(err) != connect.CodeUnavailable {
+			t.Fatalf("the retried refresh: %v, want the new pair", err)
+		}
+		return err
+	})
+	if tokens.GetRefreshToken() == s.session.GetRefreshToken() {
+		t.Fatalf("the retried refresh answered the token it was given")
+	}
+	if err := s.whoAmI(tokens.GetAccessToken()); err != nil {
+		t.Fatalf("GetMe with the retried refresh's access token: %v", err)
+	}
+	_, err = refresh()
+	servertest.WantCode(t, err, connect.CodeUnauthenticated)
+	if err := s.whoAmI(tokens.GetAccessToken()); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("GetMe after the token's reuse = %v, want UNAUTHENTICATED", err)
+	}
+}
+
 // When the replica cannot confirm a revocation (it is stopped), the
 // revocation is not acknowledged: the client hears UNAVAILABLE, never an
 // OK that a failover could undo; and its retry, once the cluster has
