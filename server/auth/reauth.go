@@ -57,16 +57,24 @@ func endSessions(ctx context.Context, sessions *sessionStore, ends SessionEnds, 
 	if err != nil {
 		return fmt.Errorf("end sessions: %w", err)
 	}
+	// Every session is ended even when one's revocation fails: one that
+	// its replicas did not confirm in time is ended on the master all the
+	// same, and an error half-way must not leave the rest open (after a
+	// password reset, say). Their streams are told in every case.
+	var errs []error
 	for _, id := range ids {
 		if id == keep {
 			continue
 		}
 		if err := sessions.revoke(ctx, userID, id); err != nil && !errors.Is(err, errNoSession) {
-			return fmt.Errorf("end sessions: %w", err)
+			errs = append(errs, err)
 		}
 		if ends != nil {
 			ends.SessionEnded(ctx, userID, id)
 		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("end sessions: %w", err)
 	}
 	return nil
 }

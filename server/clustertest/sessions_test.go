@@ -138,6 +138,37 @@ func TestFailover_UnconfirmedRotationIsRetried(t *testing.T) {
 	}
 }
 
+// When the replica cannot confirm the end of a user's other sessions
+// after a password change, the client hears UNAVAILABLE, but every one of
+// them is ended on the master all the same, not only those before the
+// first that failed: a password changed after a theft leaves none of the
+// thief's sessions open.
+func TestFailover_UnconfirmedEndOfSessionsEndsThemAll(t *testing.T) {
+	c := newCluster(t)
+	s := signIn(t, servertest.Protocols[0])
+	others := []*parleyv1.Tokens{s.session}
+	for range 2 {
+		res, err := s.cl.Auth.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: s.acc.Username, Password: servertest.Password}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		others = append(others, res.Msg.GetTokens())
+	}
+	resume := c.pause(t, c.replica(t, c.master(t, userKey(s.acc.ID))))
+	_, err := s.cl.Account.ChangePassword(context.Background(), servertest.WithToken(
+		&parleyv1.ChangePasswordRequest{OldPassword: servertest.Password, NewPassword: servertest.Password + "-changed"}, s.acc.Token))
+	servertest.WantCode(t, err, connect.CodeUnavailable)
+	resume()
+	for i, tok := range others {
+		if err := s.whoAmI(tok.GetAccessToken()); connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Errorf("other session %d after the password change: GetMe = %v, want UNAUTHENTICATED", i, err)
+		}
+	}
+	if err := s.whoAmI(s.acc.Token); err != nil {
+		t.Errorf("the session that changed the password: GetMe = %v", err)
+	}
+}
+
 // When the replica cannot confirm a revocation (it is stopped), the
 // revocation is not acknowledged: the client hears UNAVAILABLE, never an
 // OK that a failover could undo; and its retry, once the cluster has
