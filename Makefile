@@ -94,12 +94,15 @@ test-go: $(MINIO) $(MAILPIT) $(NGINX) $(GRPCURL) $(JQ) ## Go tests against real 
 
 # The chat store's tests that cover every store method, run again on the
 # embedded FerretDB 1.x that `go run .` uses (it answers by scanning, so
-# the slow paging test is left to the real engine).
+# the slow paging test is left to the real engine), without the race
+# detector: test-go runs them with it on the engine, and here it would
+# instrument the in-process FerretDB too (294 s against 110 s without it,
+# on session 17's machine).
 EMBEDDED_TESTS := ^(TestStore_PagesAcrossGaps|TestPrepare_UpgradesVersion1|TestChatService_(CreatePrivateChat|CreateGroupChat|Admins|ListChats|AdminsDemoteEachOther|AdminsLeaveTogether)|TestMessageService_(Idempotent|RetryTakesNoSeq|RetryAfterLostAttempt|SeqCounterLost|StatusAndUnread|EditDelete|MarkDeliveredOnLiveEvent)|TestRace_(ReadAndDelivered|RenameAndSend|SendsSetLastMessage|DeleteAndRead)|TestSendMessage_(ChecksOnEveryInstance|ChangeThatDied|VersionLost)|TestPrivacyService|TestNeeded|TestLocks_Nil|TestReplies|TestMentions|TestChatSettings_(PinArchiveMute|PinLimitRace)|TestDeleteMessagesForMe|TestInvites_(JoinByLink|RaceToLimit)|TestGroupAvatar|TestSearchMessages|TestPins_(PinUnpinList|RaceToLimit)|TestMessageReceipts|TestForward_(TextAndFiles|DeleteKeepsSharedFile)|TestReactions_(AddRemoveList|Limit)|TestDeletedMember)$$
 
 .PHONY: test-embedded
 test-embedded: ## The chat store's tests (a subset covering every store method) on the embedded FerretDB 1.x.
-	scripts/with-test-services env PARLEY_TEST_MONGO_URI= go test -race -count=1 -timeout 20m -run '$(EMBEDDED_TESTS)' ./server/chat/ ./server/doclock/
+	scripts/with-test-services env PARLEY_TEST_MONGO_URI= go test -count=1 -timeout 20m -run '$(EMBEDDED_TESTS)' ./server/chat/ ./server/doclock/
 
 # The packages whose tests cover every family of Redis keys and channels
 # (sessions, rate limits, seq counters, chat versions, positions, event
