@@ -5,10 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
-	"net"
 	"net/http"
-	"os/exec"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -223,70 +220,12 @@ func nextMessage(s *stream) (*parleyv1.Message, error) {
 	}
 }
 
-// redisServer is a Redis of the test's own, which it can restart.
-type redisServer struct {
-	t    *testing.T
-	port int
-	cmd  *exec.Cmd
-}
-
-func startRedis(t *testing.T) *redisServer {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server is not installed (make test installs it): %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	r := &redisServer{t: t, port: port}
-	r.start(bin)
-	t.Cleanup(r.kill)
-	return r
-}
-
-func (r *redisServer) url() string { return "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0" }
-
-func (r *redisServer) start(bin string) {
-	r.t.Helper()
-	r.cmd = exec.Command(bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.t.TempDir())
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatalf("start redis: %v", err)
-	}
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(r.port)})
-	defer c.Close()
-	deadline := time.Now().Add(20 * time.Second)
-	for c.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			r.t.Fatal("redis did not start")
-		}
-		time.Sleep(20 * time.Millisecond) // waiting for a process to listen
-	}
-}
-
-func (r *redisServer) kill() {
-	if r.cmd != nil && r.cmd.Process != nil {
-		r.cmd.Process.Kill()
-		r.cmd.Wait()
-	}
-}
-
-func (r *redisServer) restart() {
-	r.t.Helper()
-	r.kill()
-	r.start(r.cmd.Path)
-}
-
 // Redis restarts, losing everything, while streams are open and messages
 // are being sent: every client either goes on without a gap or gets the
 // explicit re-sync error, and re-syncs; no acknowledged message is missed.
 func TestSubscribe_RedisRestart(t *testing.T) {
-	rs := startRedis(t)
-	own := servertest.WithConfig(func(c *app.Config) { c.RedisURL = rs.url() })
+	rs := servertest.StartRedis(t)
+	own := servertest.WithConfig(func(c *app.Config) { c.RedisURL = rs.URL() })
 	a, b := servertest.New(t, own), servertest.New(t, own)
 	p := servertest.Protocols[0]
 	alice, bob, carol := newUser(t, a, p), newUser(t, a, p), newUser(t, b, p)
@@ -301,7 +240,7 @@ func TestSubscribe_RedisRestart(t *testing.T) {
 		defer close(acked)
 		for i := range total {
 			if i == 20 {
-				rs.restart()
+				rs.Restart()
 				close(restarted)
 			}
 			id := fmt.Sprintf("r%d", i)
@@ -428,8 +367,8 @@ func listAfter(u *user, chatID string, after int64) ([]*parleyv1.Message, error)
 // in each member's log once, so that it arrives once, live and on
 // resume.
 func TestPublish_ScriptsForgotten(t *testing.T) {
-	rs := startRedis(t)
-	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) { c.RedisURL = rs.url() }))
+	rs := servertest.StartRedis(t)
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) { c.RedisURL = rs.URL() }))
 	p := servertest.Protocols[0]
 	alice := newUser(t, srv, p)
 	members := []*user{newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)}
@@ -447,7 +386,7 @@ func TestPublish_ScriptsForgotten(t *testing.T) {
 		cursors[i] = s.cursor
 	}
 
-	opts, err := redis.ParseURL(rs.url())
+	opts, err := redis.ParseURL(rs.URL())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,8 +17,9 @@
 // ListMessagesAfter), benchmarks (Concurrently, Percentile), store calls
 // counted per RPC (StoreCalls, WithStoreCalls), mail (WithMail points a
 // server at the package's Mailpit, an SMTP server whose API returns what
-// it received: SharedMailpit, WaitMail) and a SyncBuffer for output read
-// while it is written.
+// it received: SharedMailpit, WaitMail), a Redis of a test's own that it
+// may restart or reconfigure (StartRedis) and a SyncBuffer for output
+// read while it is written.
 package servertest
 
 import (
