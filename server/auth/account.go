@@ -219,19 +219,31 @@ func (s *AccountService) ResetPassword(
 	// An address without an account has its code checked all the same,
 	// against the key of user 0, which never holds one: the answer then
 	// takes as long as a wrong code's for an account.
-	ok, err := s.useResetCode(ctx, userID, req.Msg.GetCode())
+	claim, ok, err := s.claimResetCode(ctx, userID, req.Msg.GetCode())
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.auth.log, "reset password", err)
 	}
 	if !ok || userID == 0 {
 		return nil, errBadResetCode
 	}
-	if err := s.setPassword(ctx, userID, req.Msg.GetNewPassword(), ""); err != nil {
+	// The owner proved it holds the address: failed logins are forgiven.
+	err = s.setPassword(ctx, userID, req.Msg.GetNewPassword(), "")
+	if err == nil {
+		err = s.auth.limiter.loginSucceeded(ctx, "user:"+strconv.Itoa(userID))
+	}
+	settle := context.WithoutCancel(ctx)
+	if err != nil {
+		// The code works again, for a retry: until the sessions are
+		// ended, the reset is not done.
+		if err := s.settleResetCode(settle, claim, false); err != nil {
+			s.auth.log.WarnContext(ctx, "reset password: give the code back", "user", userID, "err", err)
+		}
 		return nil, rpcerr.From(ctx, s.auth.log, "reset password", err)
 	}
-	// The owner proved it holds the address: failed logins are forgiven.
-	if err := s.auth.limiter.loginSucceeded(ctx, "user:"+strconv.Itoa(userID)); err != nil {
-		return nil, rpcerr.From(ctx, s.auth.log, "reset password", err)
+	if err := s.settleResetCode(settle, claim, true); err != nil {
+		// The password is reset and the sessions ended: the code, still
+		// claimed, works again after resetClaimTTL, until it expires.
+		s.auth.log.WarnContext(ctx, "reset password: use the code up", "user", userID, "err", err)
 	}
 	return connect.NewResponse(&parleyv1.ResetPasswordResponse{}), nil
 }

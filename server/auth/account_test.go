@@ -806,3 +806,74 @@ func (w *logWatch) Handle(_ context.Context, r slog.Record) error {
 
 func (w *logWatch) WithAttrs([]slog.Attr) slog.Handler { return w }
 func (w *logWatch) WithGroup(string) slog.Handler      { return w }
+
+// A reset that fails after taking the code (here: ending the sessions,
+// with Redis refusing ZRANGE) leaves the sessions open and gives the code
+// back: the retry resets the password and ends them. A reset whose give
+// back failed too holds the code a minute: meanwhile the code is ABORTED,
+// then it works. A Redis of the test's own, whose ACL it changes.
+func TestAccountService_PasswordResetRetried(t *testing.T) {
+	rs := servertest.StartRedis(t)
+	clock := servertest.NewClock()
+	srv := servertest.New(t, servertest.WithMail(t), servertest.WithConfig(func(c *app.Config) {
+		c.ClientIPHeader = "X-Real-IP"
+		c.RedisURL = rs.URL()
+		c.Now = clock.Now
+	}))
+	mp := servertest.SharedMailpit(t)
+	rdb := rs.Client()
+	ctx := context.Background()
+	acl := func(rules ...any) {
+		t.Helper()
+		if err := rdb.Do(ctx, append([]any{"ACL", "SETUSER", "default"}, rules...)...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := servertest.NewClients(srv, servertest.Protocols[0])
+	ip := newIP()
+	a := servertest.Register(t, c.Auth, servertest.UniqueName("retried"))
+	verify(t, c, mp, a, 1)
+	reset := func(code, password string) error {
+		_, err := c.Account.ResetPassword(ctx, from(&parleyv1.ResetPasswordRequest{Email: a.Email, Code: code, NewPassword: password}, "", ip))
+		return err
+	}
+	newCode := func(n int) string {
+		t.Helper()
+		if _, err := c.Account.RequestPasswordReset(ctx, from(&parleyv1.RequestPasswordResetRequest{Email: a.Email}, "", ip)); err != nil {
+			t.Fatalf("RequestPasswordReset: %v", err)
+		}
+		return codeIn(t, mp.WaitMail(t, a.Email, n))
+	}
+
+	code := newCode(2)
+	acl("-zrange")
+	err := reset(code, "the new password")
+	acl("+zrange")
+	servertest.WantCode(t, err, connect.CodeInternal)
+	me(t, c, a.Token) // not ended yet
+	if err := reset(code, "the new password"); err != nil {
+		t.Fatalf("ResetPassword, retried: %v", err)
+	}
+	_, err = c.User.GetMe(ctx, servertest.WithToken(&parleyv1.GetMeRequest{}, a.Token))
+	servertest.WantCode(t, err, connect.CodeUnauthenticated)
+	servertest.WantCode(t, reset(code, "yet another password"), connect.CodeInvalidArgument)
+	session, err := signIn(c, a.Email, "the new password")
+	if err != nil {
+		t.Fatalf("Login with the new password: %v", err)
+	}
+
+	code = newCode(3)
+	acl("-zrange", "-hdel")
+	err = reset(code, "the last password")
+	acl("+zrange", "+hdel")
+	servertest.WantCode(t, err, connect.CodeInternal)
+	servertest.WantCode(t, reset(code, "the last password"), connect.CodeAborted)
+	me(t, c, session.GetAccessToken())
+	clock.Advance(time.Minute + time.Second)
+	if err := reset(code, "the last password"); err != nil {
+		t.Fatalf("ResetPassword once the claim is over: %v", err)
+	}
+	if _, err := signIn(c, a.Email, "the last password"); err != nil {
+		t.Fatalf("Login with the last password: %v", err)
+	}
+}

@@ -5,11 +5,14 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/big"
 	"strconv"
 	"strings"
+	"time"
 
+	"connectrpc.com/connect"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/parley-chat/parley/server/keyring"
@@ -129,17 +132,23 @@ func (s *AccountService) newResetCode(ctx context.Context, userID int) (string, 
 	return code, nil
 }
 
-// useResetCode checks a code and uses it up: ARGV are its MAC, the time
-// (Unix milliseconds) and the number of wrong tries that end it.
-var useResetCode = redis.NewScript(`
-local c = redis.call('HMGET', KEYS[1], 'mac', 'expires')
+// claimResetCode checks a code and, when it is the current one, claims it
+// for the reset that uses it, which then ends the claim (settleResetCode):
+// used up, or left for a retry. ARGV are the code's MAC, the time (Unix
+// milliseconds), the number of wrong tries that end the code and when
+// the claim ends. It answers 1 for a claim, 2 for a code that another
+// reset has claimed, 0 for a wrong or expired code.
+var claimResetCode = redis.NewScript(`
+local c = redis.call('HMGET', KEYS[1], 'mac', 'expires', 'claimed')
 if not c[1] then return 0 end
-if tonumber(ARGV[2]) >= tonumber(c[2]) then
+local now = tonumber(ARGV[2])
+if now >= tonumber(c[2]) then
 	redis.call('DEL', KEYS[1])
 	return 0
 end
 if c[1] == ARGV[1] then
-	redis.call('DEL', KEYS[1])
+	if c[3] and tonumber(c[3]) > now then return 2 end
+	redis.call('HSET', KEYS[1], 'claimed', ARGV[4])
 	return 1
 end
 if redis.call('HINCRBY', KEYS[1], 'tries', 1) >= tonumber(ARGV[3]) then
@@ -147,15 +156,58 @@ if redis.call('HINCRBY', KEYS[1], 'tries', 1) >= tonumber(ARGV[3]) then
 end
 return 0`)
 
-// useResetCode reports whether code is the user's current reset code,
-// and uses it up if so; a wrong one counts towards ending it.
-func (s *AccountService) useResetCode(ctx context.Context, userID int, code string) (bool, error) {
-	n, err := useResetCode.Run(ctx, s.rdb, []string{s.resetKey(userID)},
-		s.resetMAC(userID, code), s.auth.cfg.Now().UnixMilli(), ResetCodeTries).Int()
-	if err != nil {
-		return false, fmt.Errorf("use reset code: %w", err)
+// settleResetCode ends a claim on a code, if the code still holds it (a
+// newer code replaces the claimed one): ARGV[1] is the claim, ARGV[2]
+// "used" to use the code up, anything else to leave it for a retry.
+var settleResetCode = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'claimed') ~= ARGV[1] then return 0 end
+if ARGV[2] == 'used' then
+	redis.call('DEL', KEYS[1])
+else
+	redis.call('HDEL', KEYS[1], 'claimed')
+end
+return 1`)
+
+// resetClaimTTL bounds a reset's claim on its code: the code of a reset
+// that stopped half-way without giving it back (a crash) works again
+// after it.
+const resetClaimTTL = time.Minute
+
+var errResetUnderWay = connect.NewError(connect.CodeAborted, errors.New("a password reset with this code is under way; try again in a minute"))
+
+// resetClaim is a reset's claim on the user's code.
+type resetClaim struct {
+	key, until string
+}
+
+// claimResetCode reports whether code is the user's current reset code,
+// and claims it for the caller if so; a wrong one counts towards ending
+// it, and one another reset has claimed is errResetUnderWay.
+func (s *AccountService) claimResetCode(ctx context.Context, userID int, code string) (resetClaim, bool, error) {
+	now := s.auth.cfg.Now()
+	claim := resetClaim{key: s.resetKey(userID), until: strconv.FormatInt(now.Add(resetClaimTTL).UnixMilli(), 10)}
+	n, err := claimResetCode.Run(ctx, s.rdb, []string{claim.key},
+		s.resetMAC(userID, code), now.UnixMilli(), ResetCodeTries, claim.until).Int()
+	switch {
+	case err != nil:
+		return claim, false, fmt.Errorf("claim reset code: %w", err)
+	case n == 2:
+		return claim, false, errResetUnderWay
 	}
-	return n == 1, nil
+	return claim, n == 1, nil
+}
+
+// settleResetCode ends the claim: the code is used up if used, and works
+// again otherwise.
+func (s *AccountService) settleResetCode(ctx context.Context, claim resetClaim, used bool) error {
+	how := "retry"
+	if used {
+		how = "used"
+	}
+	if err := settleResetCode.Run(ctx, s.rdb, []string{claim.key}, claim.until, how).Err(); err != nil {
+		return fmt.Errorf("settle reset code: %w", err)
+	}
+	return nil
 }
 
 func resetMail(to, code string) mail.Message {

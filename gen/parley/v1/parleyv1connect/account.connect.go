@@ -70,7 +70,9 @@ type AccountServiceClient interface {
 	// RequestPasswordReset, and ends every session of the account. A code
 	// works once, for 15 minutes, and only the last one mailed; five wrong
 	// codes end it. A wrong, used or expired code, and an unknown email,
-	// are all the same INVALID_ARGUMENT.
+	// are all the same INVALID_ARGUMENT. A call that fails after taking the
+	// code (UNAVAILABLE, say) gives it back for a retry; while one call
+	// uses a code, another with it is ABORTED.
 	ResetPassword(context.Context, *connect.Request[v1.ResetPasswordRequest]) (*connect.Response[v1.ResetPasswordResponse], error)
 	// SendEmailVerification mails a verification token to the caller's
 	// pending new address if there is one (see ChangeEmail), else to its
@@ -198,7 +200,9 @@ type AccountServiceHandler interface {
 	// RequestPasswordReset, and ends every session of the account. A code
 	// works once, for 15 minutes, and only the last one mailed; five wrong
 	// codes end it. A wrong, used or expired code, and an unknown email,
-	// are all the same INVALID_ARGUMENT.
+	// are all the same INVALID_ARGUMENT. A call that fails after taking the
+	// code (UNAVAILABLE, say) gives it back for a retry; while one call
+	// uses a code, another with it is ABORTED.
 	ResetPassword(context.Context, *connect.Request[v1.ResetPasswordRequest]) (*connect.Response[v1.ResetPasswordResponse], error)
 	// SendEmailVerification mails a verification token to the caller's
 	// pending new address if there is one (see ChangeEmail), else to its

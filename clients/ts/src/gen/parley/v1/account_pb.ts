@@ -275,7 +275,9 @@ export const AccountService: GenService<{
    * RequestPasswordReset, and ends every session of the account. A code
    * works once, for 15 minutes, and only the last one mailed; five wrong
    * codes end it. A wrong, used or expired code, and an unknown email,
-   * are all the same INVALID_ARGUMENT.
+   * are all the same INVALID_ARGUMENT. A call that fails after taking the
+   * code (UNAVAILABLE, say) gives it back for a retry; while one call
+   * uses a code, another with it is ABORTED.
    *
    * @generated from rpc parley.v1.AccountService.ResetPassword
    */
