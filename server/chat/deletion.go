@@ -86,7 +86,9 @@ func (s *Service) leaveDeleted(ctx context.Context, chatID bson.ObjectID, userID
 		case err != nil:
 			return err
 		}
-		s.announce(ctx, chatID, memberRemoved, userID, userID)
+		if s.announce(ctx, chatID, memberRemoved, userID, userID) {
+			s.departureAnnounced(ctx, chatID, userID, userID)
+		}
 		return nil
 	}
 	return fmt.Errorf("leave group: still its only admin after %d hand-overs", maxHandOvers)
@@ -97,7 +99,7 @@ func (s *Service) leaveDeleted(ctx context.Context, chatID bson.ObjectID, userID
 // or nobody to hand over to).
 func (s *Service) handOver(ctx context.Context, chatID bson.ObjectID, userID int) (int, error) {
 	successor := 0
-	_, err := s.store.changeMembers(ctx, chatID, func(c *chatDoc) ([]participantDoc, error) {
+	_, err := s.store.changeMembers(ctx, chatID, userID, func(c *chatDoc) ([]participantDoc, error) {
 		successor = 0
 		me := c.participant(userID)
 		others := slices.DeleteFunc(slices.Clone(c.Participants), func(p participantDoc) bool { return p.UserID == userID })
@@ -143,11 +145,14 @@ func (s *Service) forgetMember(ctx context.Context, chatID bson.ObjectID, userID
 	return nil
 }
 
-// announce publishes a chat event of the deletion. A failure is logged,
-// not returned: the change is made and a retry would not announce it
-// again (the user is out of the chat by then).
-func (s *Service) announce(ctx context.Context, chatID bson.ObjectID, kind string, actor int, users ...int) {
+// announce publishes a chat event of the deletion, and reports whether
+// it did. A failure is logged, not returned: the change is made, and a
+// retry of the sweep announces only a departure again (see
+// departureDoc).
+func (s *Service) announce(ctx context.Context, chatID bson.ObjectID, kind string, actor int, users ...int) bool {
 	if err := s.publishChat(ctx, chatID, kind, actor, users...); err != nil {
 		s.log.WarnContext(ctx, "announce a deleted member's change", "chat", chatID.Hex(), "kind", kind, "err", err)
+		return false
 	}
+	return true
 }

@@ -40,7 +40,10 @@ const TypingTTL = 6 * time.Second
 var typingLimit = redis_rate.Limit{Rate: 10, Burst: 10, Period: 10 * time.Second}
 
 // errNotDelivered answers a change that was stored but could not be
-// announced; repeating the call completes it.
+// announced; repeating the call completes it. For that, each method that
+// finds the change it asks for made already announces it again (a pin
+// that is there, a member that left lately: see departureDoc), and
+// CreateGroupChat takes a request id.
 var errNotDelivered = connect.NewError(connect.CodeUnavailable,
 	errors.New("the change was saved but live delivery failed; retry the call"))
 
@@ -111,6 +114,14 @@ func (s *Service) publishChat(ctx context.Context, chatID bson.ObjectID, kind st
 	}
 	if err != nil {
 		return err
+	}
+	if kind == membersAdded {
+		// Only those still members hear of their add: one removed since
+		// sees nothing more of the chat.
+		users = slices.DeleteFunc(slices.Clone(users), func(u int) bool { return c.participant(u) == nil })
+		if len(users) == 0 {
+			return nil
+		}
 	}
 	chat := toChat(c, member{}, unreadCounts{})
 	chat.Role = parleyv1.Role_ROLE_UNSPECIFIED

@@ -213,12 +213,21 @@ func (s *Service) RevokeInviteLink(
 // usableInvite returns the invite of a code that leads to a group, with
 // the group.
 func (s *Service) usableInvite(ctx context.Context, code string) (*inviteDoc, *chatDoc, error) {
-	d, err := s.store.invite(ctx, code)
+	d, c, err := s.inviteChat(ctx, code)
 	if err != nil {
 		return nil, nil, err
 	}
 	if !d.usable(s.store.nowMs()) {
 		return nil, nil, errNoInvite
+	}
+	return d, c, nil
+}
+
+// inviteChat returns the invite of a code, usable or not, and its group.
+func (s *Service) inviteChat(ctx context.Context, code string) (*inviteDoc, *chatDoc, error) {
+	d, err := s.store.invite(ctx, code)
+	if err != nil {
+		return nil, nil, err
 	}
 	c, err := s.store.getChat(ctx, d.ChatID)
 	if errors.Is(err, errNoChat) {
@@ -259,14 +268,23 @@ func (s *Service) JoinChatByInvite(
 	if err != nil {
 		return nil, err
 	}
-	d, c, err := s.usableInvite(ctx, req.Msg.GetCode())
-	if errors.Is(err, errNoInvite) {
+	// A member already is answered, and announced again, whether the
+	// invite still works or not: the call that made it one may have
+	// failed to announce it (errNotDelivered), and used the invite's
+	// last join.
+	d, c, err := s.inviteChat(ctx, req.Msg.GetCode())
+	switch {
+	case errors.Is(err, errNoInvite):
 		return nil, err
-	}
-	if err != nil {
+	case err != nil:
 		return nil, s.internal(ctx, "join chat", err)
-	}
-	if c.participant(id.UserID) == nil {
+	case c.participant(id.UserID) != nil:
+		if err := s.publishChat(ctx, c.ID, membersAdded, id.UserID, id.UserID); err != nil {
+			return nil, s.internal(ctx, "join chat", err)
+		}
+	case !d.usable(s.store.nowMs()):
+		return nil, errNoInvite
+	default:
 		if err := s.join(ctx, d, c, id.UserID); err != nil {
 			return nil, err
 		}
@@ -301,7 +319,7 @@ func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int
 	if err := s.store.startPositions(ctx, c.ID, []int{userID}, lastSeq(c)); err != nil {
 		return s.internal(ctx, "join chat", err)
 	}
-	_, err = s.store.changeMembers(ctx, c.ID, func(c *chatDoc) ([]participantDoc, error) {
+	_, err = s.store.changeMembers(ctx, c.ID, userID, func(c *chatDoc) ([]participantDoc, error) {
 		joined = false
 		if c.Type != typeGroup {
 			return nil, errNoInvite
@@ -322,17 +340,19 @@ func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int
 		}
 		return s.internal(ctx, "join chat", err)
 	}
-	if joined {
-		if err := s.publishChat(ctx, c.ID, membersAdded, userID, userID); err != nil {
-			return s.internal(ctx, "join chat", err)
-		}
+	// Announced when another join of the user's won the race too.
+	if err := s.publishChat(ctx, c.ID, membersAdded, userID, userID); err != nil {
+		return s.internal(ctx, "join chat", err)
 	}
 	return nil
 }
 
 // setAvatar makes the upload mediaHex the group's avatar ("": none). The
 // latest change wins (setLatest); the upload it replaces, or that lost to
-// a change made at the same time, is deleted.
+// a change made at the same time, is deleted. The one it replaces is
+// detached first: if the change stops half-way, clean-up deletes it, or
+// attaches it again if it is still the avatar. Making the avatar the
+// upload it is already (a retry) changes nothing.
 func (s *Service) setAvatar(ctx context.Context, userID int, c *chatDoc, mediaHex string) error {
 	if s.media == nil {
 		return connect.NewError(connect.CodeUnimplemented, errors.New("uploads are not configured"))
@@ -344,6 +364,11 @@ func (s *Service) setAvatar(ctx context.Context, userID int, c *chatDoc, mediaHe
 			return connect.NewError(connect.CodeInvalidArgument, errors.New("avatar_media_id: not a media id"))
 		}
 		if url, err = s.media.ClaimGroupAvatar(ctx, userID, id, c.ID); err != nil {
+			return s.internal(ctx, "update chat", err)
+		}
+	}
+	if old := c.AvatarURL; old != "" && old != url {
+		if err := s.media.DetachGroupAvatar(ctx, old, c.ID); err != nil {
 			return s.internal(ctx, "update chat", err)
 		}
 	}

@@ -210,9 +210,10 @@ func TestGroupAvatar(t *testing.T) {
 			if code, body := servertest.Download(t, srv, member.token, first.GetUrl()); code != 200 || !bytes.Equal(body, img) {
 				t.Errorf("a member downloading the group's avatar: %d, %d bytes", code, len(body))
 			}
-			// Replacing it deletes the old file; an upload used once
-			// cannot be used again; only admins; others' uploads are
-			// not found.
+			// Replacing it deletes the old file; making it the avatar
+			// again (a retry) changes nothing; an upload used once
+			// cannot be used elsewhere; only admins; others' uploads
+			// are not found.
 			second := servertest.UploadAvatar(t, srv, media, admin.token, "b.png", "image/png", img)
 			if _, err := setAvatar(admin, &parleyv1.UpdateChatRequest{AvatarMediaId: second.GetId()}); err != nil {
 				t.Fatal(err)
@@ -220,7 +221,14 @@ func TestGroupAvatar(t *testing.T) {
 			if code, _ := servertest.Download(t, srv, member.token, first.GetUrl()); code != 404 {
 				t.Errorf("the replaced avatar's file answers %d, want 404", code)
 			}
-			_, err = setAvatar(admin, &parleyv1.UpdateChatRequest{AvatarMediaId: second.GetId()})
+			if c, err := setAvatar(admin, &parleyv1.UpdateChatRequest{AvatarMediaId: second.GetId()}); err != nil || c.GetAvatarUrl() != second.GetUrl() {
+				t.Fatalf("the same avatar again: %v, %v", c.GetAvatarUrl(), err)
+			}
+			if code, _ := servertest.Download(t, srv, member.token, second.GetUrl()); code != 200 {
+				t.Errorf("the avatar set again answers %d, want 200", code)
+			}
+			other := group(t, admin, "other")
+			_, err = admin.chats.UpdateChat(context.Background(), req(admin, &parleyv1.UpdateChatRequest{ChatId: other.GetId(), AvatarMediaId: second.GetId()}))
 			wantCode(t, err, connect.CodeAlreadyExists)
 			mine := servertest.UploadAvatar(t, srv, media, member.token, "m.png", "image/png", img)
 			_, err = setAvatar(member, &parleyv1.UpdateChatRequest{AvatarMediaId: mine.GetId()})

@@ -612,10 +612,10 @@ func (s *Service) DeleteMessage(
 	if err != nil {
 		return nil, s.internal(ctx, "delete message", err)
 	}
-	if deleted {
-		if err := s.publishMessage(ctx, c, "deleted", out); err != nil {
-			return nil, s.internal(ctx, "delete message", err)
-		}
+	// Announced on a retry too: the call that deleted it may have failed
+	// to (errNotDelivered).
+	if err := s.publishMessage(ctx, c, "deleted", out); err != nil {
+		return nil, s.internal(ctx, "delete message", err)
 	}
 	if s.media != nil && withFiles {
 		if err := s.media.DeleteOfMessage(ctx, msg.ID); err != nil {

@@ -63,7 +63,7 @@ func (s *Service) pinAccess(ctx context.Context, chatHex, messageHex string) (*c
 }
 
 // PinMessage pins a message in its chat; pinning a pinned message
-// changes nothing.
+// changes nothing, and announces the pin again (by its pinner).
 func (s *Service) PinMessage(
 	ctx context.Context, req *connect.Request[parleyv1.PinMessageRequest],
 ) (*connect.Response[parleyv1.PinMessageResponse], error) {
@@ -92,9 +92,11 @@ func (s *Service) PinMessage(
 			}
 			return nil, errPinDeleted
 		}
-		if err := s.publishPins(ctx, c, msg, true, me.UserID); err != nil {
-			return nil, err
-		}
+	}
+	// Announced when the message was pinned already too: the call that
+	// pinned it may have failed to (errNotDelivered).
+	if err := s.publishPins(ctx, c, msg, true, pin.PinnedBy); err != nil {
+		return nil, err
 	}
 	c.Pins = append(withoutPin(c.Pins, msg.ID), pin)
 	p, err := s.positions(ctx, c)
@@ -109,7 +111,7 @@ func (s *Service) PinMessage(
 }
 
 // UnpinMessage unpins a message; unpinning one that is not pinned changes
-// nothing.
+// nothing, and announces that it is not.
 func (s *Service) UnpinMessage(
 	ctx context.Context, req *connect.Request[parleyv1.UnpinMessageRequest],
 ) (*connect.Response[parleyv1.UnpinMessageResponse], error) {
@@ -117,14 +119,13 @@ func (s *Service) UnpinMessage(
 	if err != nil {
 		return nil, err
 	}
-	removed, err := s.store.unpin(ctx, c.ID, msg.ID)
-	if err != nil {
+	if _, err := s.store.unpin(ctx, c.ID, msg.ID); err != nil {
 		return nil, s.internal(ctx, "unpin message", err)
 	}
-	if removed {
-		if err := s.publishPins(ctx, c, msg, false, me.UserID); err != nil {
-			return nil, err
-		}
+	// Announced when it was not pinned too: the call that unpinned it
+	// may have failed to (errNotDelivered).
+	if err := s.publishPins(ctx, c, msg, false, me.UserID); err != nil {
+		return nil, err
 	}
 	c.Pins = withoutPin(c.Pins, msg.ID)
 	p, err := s.positions(ctx, c)

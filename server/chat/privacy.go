@@ -125,22 +125,22 @@ func toInt32s(ids []int) []int32 {
 	return out
 }
 
-// accept makes the request an accepted chat and tells both members.
+// accept makes the request an accepted chat and tells both members,
+// also when it was accepted already.
 func (s *Service) accept(ctx context.Context, c *chatDoc, actor int) error {
-	changed, err := s.store.acceptRequest(ctx, c.ID)
-	if err != nil {
+	if c.Request != nil || len(c.HiddenFor) > 0 {
+		if err := s.store.acceptRequest(ctx, c.ID); err != nil {
+			return s.internal(ctx, "accept request", err)
+		}
+		c.Request, c.HiddenFor = nil, nil
+	}
+	if err := s.publishChat(ctx, c.ID, chatUpdated, actor); err != nil {
 		return s.internal(ctx, "accept request", err)
 	}
-	c.Request, c.HiddenFor = nil, nil
-	if changed {
-		if err := s.publishChat(ctx, c.ID, chatUpdated, actor); err != nil {
-			return s.internal(ctx, "accept request", err)
-		}
-		// The starter's ticks catch up with what the recipient received
-		// and read during the request, which it was not told of.
-		if err := s.publishPositions(ctx, c, actor); err != nil {
-			return s.internal(ctx, "accept request", err)
-		}
+	// The starter's ticks catch up with what the recipient received and
+	// read during the request, which it was not told of.
+	if err := s.publishPositions(ctx, c, actor); err != nil {
+		return s.internal(ctx, "accept request", err)
 	}
 	return nil
 }
@@ -176,10 +176,12 @@ func (s *Service) AcceptChatRequest(
 	if err != nil {
 		return nil, err
 	}
-	if c.Request != nil {
-		if c.Request.StarterID == id.UserID {
-			return nil, errOwnRequest
-		}
+	if c.Request != nil && c.Request.StarterID == id.UserID {
+		return nil, errOwnRequest
+	}
+	// An accepted private chat is announced again: the call that
+	// accepted it may have failed to (errNotDelivered).
+	if c.Type == typePrivate {
 		if err := s.accept(ctx, c, id.UserID); err != nil {
 			return nil, err
 		}

@@ -26,7 +26,7 @@ var (
 // reactionTimeout bounds what a reaction's change does once its first
 // write is made. The caller's context does not end it: a change left
 // half-way would leave the message's emojis out of step and the change
-// unannounced, and a retry finds the change made, so announces nothing.
+// unannounced (a retry completes both, but it may not come).
 const reactionTimeout = 10 * time.Second
 
 // isEmoji reports whether s is one emoji: a single grapheme cluster (an
@@ -70,16 +70,13 @@ func (s *Service) AddReaction(
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reactionTimeout)
 	defer cancel()
-	added, err := s.store.addReaction(ctx, &reactionDoc{ChatID: c.ID, MessageID: msg.ID, UserID: me.UserID, Emoji: emoji})
-	if err != nil {
+	if _, err := s.store.addReaction(ctx, &reactionDoc{ChatID: c.ID, MessageID: msg.ID, UserID: me.UserID, Emoji: emoji}); err != nil {
 		return nil, s.internal(ctx, "add reaction", err)
 	}
-	var reactions []*parleyv1.Reaction
-	if added {
-		reactions, err = s.reactionAdded(ctx, c, msg, me.UserID, emoji)
-	} else {
-		reactions, err = s.reactionsOf(ctx, msg, me.UserID)
-	}
+	// A reaction the caller had already is completed and announced
+	// again, as a new version: the call that added it may have failed
+	// before either (errNotDelivered).
+	reactions, err := s.reactionAdded(ctx, c, msg, me.UserID, emoji)
 	if err != nil {
 		return nil, s.internal(ctx, "add reaction", err)
 	}
@@ -161,23 +158,23 @@ func (s *Service) reactionAdded(ctx context.Context, c *chatDoc, msg *messageDoc
 func (s *Service) RemoveReaction(
 	ctx context.Context, req *connect.Request[parleyv1.RemoveReactionRequest],
 ) (*connect.Response[parleyv1.RemoveReactionResponse], error) {
+	emoji := req.Msg.GetEmoji()
+	if !isEmoji(emoji) {
+		return nil, errNotEmoji
+	}
 	c, me, msg, err := s.message(ctx, req.Msg.GetChatId(), req.Msg.GetMessageId())
 	if err != nil {
 		return nil, err
 	}
-	emoji := req.Msg.GetEmoji()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reactionTimeout)
 	defer cancel()
-	removed, err := s.store.removeReaction(ctx, msg.ID, me.UserID, emoji)
-	if err != nil {
+	if _, err := s.store.removeReaction(ctx, msg.ID, me.UserID, emoji); err != nil {
 		return nil, s.internal(ctx, "remove reaction", err)
 	}
-	var reactions []*parleyv1.Reaction
-	if removed {
-		reactions, err = s.reactionRemoved(ctx, c, msg, me.UserID, emoji)
-	} else {
-		reactions, err = s.reactionsOf(ctx, msg, me.UserID)
-	}
+	// A reaction the caller did not have is completed and announced as
+	// gone all the same, as a new version: the call that removed it may
+	// have failed before either (errNotDelivered).
+	reactions, err := s.reactionRemoved(ctx, c, msg, me.UserID, emoji)
 	if err != nil {
 		return nil, s.internal(ctx, "remove reaction", err)
 	}
@@ -207,18 +204,6 @@ func (s *Service) reactionRemoved(ctx context.Context, c *chatDoc, msg *messageD
 		}
 	}
 	if err := s.publishReactions(ctx, c, msg, userID, emoji, false, now.ReactVer, counts[msg.ID]); err != nil {
-		return nil, err
-	}
-	return toReactions(counts[msg.ID], true), nil
-}
-
-// reactionsOf returns the message's reactions as the viewer sees them.
-func (s *Service) reactionsOf(ctx context.Context, msg *messageDoc, viewer int) ([]*parleyv1.Reaction, error) {
-	if msg.DeletedAt != nil {
-		return nil, nil
-	}
-	counts, err := s.store.reactionCounts(ctx, []bson.ObjectID{msg.ID}, viewer)
-	if err != nil {
 		return nil, err
 	}
 	return toReactions(counts[msg.ID], true), nil

@@ -493,9 +493,11 @@ func TestReactions_LiveAcrossInstances(t *testing.T) {
 
 			react(t, reactor, g, m, "👍", "👍1*")
 			check(nextReactions(t, events), reactor, "👍", true, "👍1")
-			// A repeated add changes nothing, and announces nothing: the
-			// next event is the next change's.
+			// A repeated add changes nothing, but is announced again, as
+			// a new version (a retry's announcement, see
+			// TestRetry_AnnouncesWhatTheFailedCallDidNot).
 			react(t, reactor, g, m, "👍", "👍1*")
+			check(nextReactions(t, events), reactor, "👍", true, "👍1")
 			react(t, watcher, g, m, "❤️", "👍1,❤️1*")
 			check(nextReactions(t, events), watcher, "❤️", true, "👍1,❤️1")
 			unreact(t, reactor, g, m, "👍", "❤️1")

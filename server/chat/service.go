@@ -73,6 +73,10 @@ type Media interface {
 	ClaimGroupAvatar(ctx context.Context, userID int, id, chatID bson.ObjectID) (string, error)
 	AttachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error
 	DeleteGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error
+	// DetachGroupAvatar makes the group's avatar upload a claim again,
+	// before the avatar changes, so that clean-up deletes it if the
+	// change stops half-way.
+	DetachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error
 	// Forward gives the message that key names, a forward by userID into
 	// chatID, its own copies of the files ids of the message sourceID,
 	// claimed for it as by Claim, and returns what the message keeps of
@@ -289,7 +293,19 @@ func (s *Service) CreatePrivateChat(
 	default:
 		return nil, s.internal(ctx, "create private chat", err)
 	}
-	if created {
+	// A chat found with no message in it yet, hidden for neither, is
+	// announced again, unless the peer would refuse it now: the call that
+	// created it may have failed to (errNotDelivered).
+	announce := created
+	if !created && c.LastMessage == nil && len(c.HiddenFor) == 0 {
+		switch err := s.mayStartPrivate(ctx, id.UserID, peer); {
+		case err == nil:
+			announce = true
+		case !errors.Is(err, errRefused):
+			return nil, s.internal(ctx, "create private chat", err)
+		}
+	}
+	if announce {
 		if err := s.publishChat(ctx, c.ID, chatCreated, id.UserID); err != nil {
 			return nil, s.internal(ctx, "create private chat", err)
 		}
@@ -325,10 +341,16 @@ func (s *Service) CreateGroupChat(
 	if err != nil {
 		return nil, s.internal(ctx, "create group", err)
 	}
-	c, err := s.store.createGroup(ctx, id.UserID, req.Msg.GetName(), others)
+	c, created, err := s.store.createGroup(ctx, id.UserID, req.Msg.GetName(), others, req.Msg.GetRequestId())
 	if err != nil {
 		return nil, s.internal(ctx, "create group", err)
 	}
+	if !created && c.participant(id.UserID) == nil {
+		// The group of the request, which the caller has left since.
+		return nil, errNotFound
+	}
+	// The group of a request made before is announced again: the call
+	// that created it may have failed to (errNotDelivered).
 	if err := s.publishChat(ctx, c.ID, chatCreated, id.UserID); err != nil {
 		return nil, s.internal(ctx, "create group", err)
 	}
@@ -519,10 +541,13 @@ func (s *Service) AddParticipants(
 	if err != nil {
 		return nil, err
 	}
-	var add []int
+	var add, in []int // to add, and members already
 	for _, uid := range req.Msg.GetUserIds() {
-		if c.participant(int(uid)) == nil && !slices.Contains(add, int(uid)) {
-			add = append(add, int(uid))
+		switch u := int(uid); {
+		case c.participant(u) != nil:
+			in = append(in, u)
+		case !slices.Contains(add, u):
+			add = append(add, u)
 		}
 	}
 	if len(c.Participants)+len(add) > MaxGroupSize {
@@ -536,11 +561,7 @@ func (s *Service) AddParticipants(
 		return nil, s.internal(ctx, "add participants", err)
 	}
 	if len(add) == 0 {
-		chat, err := s.view(ctx, c.ID, id.UserID)
-		if err != nil {
-			return nil, s.internal(ctx, "add participants", err)
-		}
-		return connect.NewResponse(&parleyv1.AddParticipantsResponse{Chat: chat, NotAddedUserIds: toInt32s(refused)}), nil
+		return s.participantsAdded(ctx, c.ID, id.UserID, in, refused)
 	}
 	// Positions first: a member counts as having read the history
 	// before it joined from the moment it is in.
@@ -548,7 +569,7 @@ func (s *Service) AddParticipants(
 		return nil, s.internal(ctx, "add participants", err)
 	}
 	var added []int
-	_, err = s.store.changeMembers(ctx, c.ID, func(c *chatDoc) ([]participantDoc, error) {
+	_, err = s.store.changeMembers(ctx, c.ID, id.UserID, func(c *chatDoc) ([]participantDoc, error) {
 		if err := mustBeAdmin(c, id.UserID); err != nil {
 			return nil, err
 		}
@@ -557,10 +578,10 @@ func (s *Service) AddParticipants(
 		for _, uid := range add {
 			if c.participant(uid) == nil {
 				parts = append(parts, participantDoc{UserID: uid, Role: roleMember})
-				added = append(added, uid)
 			}
+			added = append(added, uid)
 		}
-		if len(added) == 0 {
+		if len(parts) == len(c.Participants) {
 			return nil, errNoChange
 		}
 		if len(parts) > MaxGroupSize {
@@ -571,12 +592,20 @@ func (s *Service) AddParticipants(
 	if err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
-	if len(added) > 0 {
-		if err := s.publishChat(ctx, c.ID, membersAdded, id.UserID, added...); err != nil {
+	return s.participantsAdded(ctx, c.ID, id.UserID, append(in, added...), refused)
+}
+
+// participantsAdded completes AddParticipants: it announces the users
+// the request named who are members now, by this call or an earlier one
+// (which may have failed to announce them: errNotDelivered), and answers
+// with the chat.
+func (s *Service) participantsAdded(ctx context.Context, chatID bson.ObjectID, actor int, members, refused []int) (*connect.Response[parleyv1.AddParticipantsResponse], error) {
+	if len(members) > 0 {
+		if err := s.publishChat(ctx, chatID, membersAdded, actor, members...); err != nil {
 			return nil, s.internal(ctx, "add participants", err)
 		}
 	}
-	chat, err := s.view(ctx, c.ID, id.UserID)
+	chat, err := s.view(ctx, chatID, actor)
 	if err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
@@ -600,17 +629,25 @@ func mustBeAdmin(c *chatDoc, userID int) error {
 func (s *Service) RemoveParticipant(
 	ctx context.Context, req *connect.Request[parleyv1.RemoveParticipantRequest],
 ) (*connect.Response[parleyv1.RemoveParticipantResponse], error) {
+	target := int(req.Msg.GetUserId())
 	id, c, _, err := s.adminAccess(ctx, req.Msg.GetChatId())
+	if connect.CodeOf(err) == connect.CodeNotFound && target == id.UserID {
+		// Not a member: an admin that removed itself lately is
+		// retrying, maybe.
+		c, err = s.departed(ctx, req.Msg.GetChatId(), id.UserID, err)
+	}
 	if err != nil {
 		return nil, err
 	}
-	target := int(req.Msg.GetUserId())
 	if err := s.leave(ctx, c.ID, id.UserID, target); err != nil {
 		return nil, err
 	}
+	// Announced when the target had left already, lately, too: the call
+	// that removed it failed to (errNotDelivered).
 	if err := s.publishChat(ctx, c.ID, memberRemoved, id.UserID, target); err != nil {
 		return nil, s.internal(ctx, "remove participant", err)
 	}
+	s.departureAnnounced(ctx, c.ID, target, id.UserID)
 	if target == id.UserID {
 		// An admin who removed itself sees the chat no more.
 		return connect.NewResponse(&parleyv1.RemoveParticipantResponse{}), nil
@@ -626,15 +663,20 @@ var errNoParticipant = connect.NewError(connect.CodeNotFound, errors.New("no suc
 
 // leave takes the target out of the group, on the actor's behalf (an
 // admin, unless the target leaves by itself), keeping an admin in a group
-// that still has members.
+// that still has members. A target that the actor took out (or that
+// left, when it is the actor) in the last departureMemory, without the
+// departure announced, is out already: that is no error.
 func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, actor, target int) error {
-	_, err := s.store.changeMembers(ctx, chatID, func(c *chatDoc) ([]participantDoc, error) {
+	_, err := s.store.changeMembers(ctx, chatID, actor, func(c *chatDoc) ([]participantDoc, error) {
 		if actor != target {
 			if err := mustBeAdmin(c, actor); err != nil {
 				return nil, err
 			}
 		}
 		i := slices.IndexFunc(c.Participants, func(p participantDoc) bool { return p.UserID == target })
+		if i < 0 && c.departedSince(target, actor, s.now().Add(-departureMemory)) {
+			return nil, errNoChange
+		}
 		if i < 0 {
 			if actor == target {
 				return nil, errNotFound
@@ -658,6 +700,36 @@ func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, actor, target
 	return nil
 }
 
+// departureAnnounced forgets the departure of target by actor, now
+// announced: no later call announces it again.
+func (s *Service) departureAnnounced(ctx context.Context, chatID bson.ObjectID, target, actor int) {
+	if err := s.store.forgetDeparture(ctx, chatID, target, actor); err != nil {
+		// A retry within departureMemory announces it once more.
+		s.log.WarnContext(ctx, "forget an announced departure", "chat", chatID.Hex(), "user", target, "err", err)
+	}
+}
+
+// departed returns the chat if the user left it (by itself) in the last
+// departureMemory and its departure was not announced, and notFound
+// otherwise.
+func (s *Service) departed(ctx context.Context, chatHex string, userID int, notFound error) (*chatDoc, error) {
+	chatID, err := parseChatID(chatHex)
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.store.getChat(ctx, chatID)
+	if errors.Is(err, errNoChat) {
+		return nil, notFound
+	}
+	if err != nil {
+		return nil, s.internal(ctx, "leave chat", err)
+	}
+	if !c.departedSince(userID, userID, s.now().Add(-departureMemory)) {
+		return nil, notFound
+	}
+	return c, nil
+}
+
 func isAdmin(p participantDoc) bool { return p.Role == roleAdmin }
 
 // lastSeq is the seq of the chat's last message, 0 before the first.
@@ -672,18 +744,21 @@ func lastSeq(c *chatDoc) int64 {
 func (s *Service) SetParticipantRole(
 	ctx context.Context, req *connect.Request[parleyv1.SetParticipantRoleRequest],
 ) (*connect.Response[parleyv1.SetParticipantRoleResponse], error) {
-	id, c, _, err := s.adminAccess(ctx, req.Msg.GetChatId())
-	if err != nil {
-		return nil, err
-	}
 	target := int(req.Msg.GetUserId())
 	role := roleMember
 	if req.Msg.GetRole() == parleyv1.Role_ROLE_ADMIN {
 		role = roleAdmin
 	}
-	changed := false
-	_, err = s.store.changeMembers(ctx, c.ID, func(c *chatDoc) ([]participantDoc, error) {
-		changed = false
+	id, c, _, err := s.adminAccess(ctx, req.Msg.GetChatId())
+	if errors.Is(err, errNotAdmin) && target == id.UserID && role == roleMember {
+		// A member stepping down: an admin that stepped down is
+		// retrying, maybe; it is announced again.
+		return s.roleSet(ctx, req.Msg.GetChatId(), id.UserID, target)
+	}
+	if err != nil {
+		return nil, err
+	}
+	_, err = s.store.changeMembers(ctx, c.ID, id.UserID, func(c *chatDoc) ([]participantDoc, error) {
 		if err := mustBeAdmin(c, id.UserID); err != nil {
 			return nil, err
 		}
@@ -699,18 +774,27 @@ func (s *Service) SetParticipantRole(
 		if !slices.ContainsFunc(parts, isAdmin) {
 			return nil, errLastAdmin
 		}
-		changed = true
 		return parts, nil
 	})
 	if err != nil {
 		return nil, s.internal(ctx, "set role", err)
 	}
-	if changed {
-		if err := s.publishChat(ctx, c.ID, roleChanged, id.UserID, target); err != nil {
-			return nil, s.internal(ctx, "set role", err)
-		}
+	// Announced when the member had the role already too: the call that
+	// gave it may have failed to (errNotDelivered).
+	return s.roleSet(ctx, req.Msg.GetChatId(), id.UserID, target)
+}
+
+// roleSet completes SetParticipantRole: it announces the target's role
+// and answers with the chat.
+func (s *Service) roleSet(ctx context.Context, chatHex string, actor, target int) (*connect.Response[parleyv1.SetParticipantRoleResponse], error) {
+	chatID, err := parseChatID(chatHex)
+	if err != nil {
+		return nil, err
 	}
-	chat, err := s.view(ctx, c.ID, id.UserID)
+	if err := s.publishChat(ctx, chatID, roleChanged, actor, target); err != nil {
+		return nil, s.internal(ctx, "set role", err)
+	}
+	chat, err := s.view(ctx, chatID, actor)
 	if err != nil {
 		return nil, s.internal(ctx, "set role", err)
 	}
@@ -722,6 +806,10 @@ func (s *Service) LeaveChat(
 	ctx context.Context, req *connect.Request[parleyv1.LeaveChatRequest],
 ) (*connect.Response[parleyv1.LeaveChatResponse], error) {
 	id, c, _, err := s.access(ctx, req.Msg.GetChatId())
+	if connect.CodeOf(err) == connect.CodeNotFound {
+		// Not a member: one that left lately is retrying, maybe.
+		c, err = s.departed(ctx, req.Msg.GetChatId(), id.UserID, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -731,8 +819,11 @@ func (s *Service) LeaveChat(
 	if err := s.leave(ctx, c.ID, id.UserID, id.UserID); err != nil {
 		return nil, err
 	}
+	// Announced when the caller had left already, lately, too: the call
+	// that took it out failed to (errNotDelivered).
 	if err := s.publishChat(ctx, c.ID, memberRemoved, id.UserID, id.UserID); err != nil {
 		return nil, s.internal(ctx, "leave chat", err)
 	}
+	s.departureAnnounced(ctx, c.ID, id.UserID, id.UserID)
 	return connect.NewResponse(&parleyv1.LeaveChatResponse{}), nil
 }

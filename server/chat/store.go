@@ -33,7 +33,9 @@ const (
 // many requests change a group at once.
 //
 // pairKey is Parley's: "p:<low id>:<high id>" for a private chat, so that a
-// unique index allows one per pair, and "g:<chat id>" for a group.
+// unique index allows one per pair, and "g:<chat id>" for a group, or
+// "g:<creator id>:<request id>" for one created with a request id, so
+// that the index allows one per request (see CreateGroupChatRequest).
 type chatDoc struct {
 	ID             bson.ObjectID    `bson:"_id"`
 	Name           string           `bson:"chatName,omitempty"`
@@ -62,6 +64,36 @@ type chatDoc struct {
 	// Pins are the chat's pinned messages, in the order they were
 	// pinned (see pinDoc).
 	Pins []pinDoc `bson:"pins,omitempty"`
+	// Left lists the members who left (or were removed) in the last
+	// departureMemory and whose departure may not have been announced,
+	// for a retry of the call that took them out (see departureDoc).
+	Left []departureDoc `bson:"left,omitempty"`
+}
+
+// departureDoc is a member's departure from a chat whose announcement
+// may have failed: it left by itself when By is the member, or By (an
+// admin) removed it. Once announced, it is forgotten (forgetDeparture):
+// a retry of the call that took the member out announces it once more,
+// and only such a retry.
+type departureDoc struct {
+	UserID int       `bson:"userId"`
+	By     int       `bson:"by"`
+	At     time.Time `bson:"at"`
+}
+
+// departureMemory is how long a chat remembers who left it, and
+// maxDepartures how many at most.
+const (
+	departureMemory = 10 * time.Minute
+	maxDepartures   = 100
+)
+
+// departedSince reports whether by took the user out of the chat (by
+// itself: the user left) after t, and the user was not back since.
+func (c *chatDoc) departedSince(userID, by int, t time.Time) bool {
+	return c.participant(userID) == nil && slices.ContainsFunc(c.Left, func(d departureDoc) bool {
+		return d.UserID == userID && d.By == by && d.At.After(t)
+	})
 }
 
 // sentBy returns the largest seq the user sent in the chat, as SentSeq
@@ -312,14 +344,41 @@ func (s *store) chatMembers(ctx context.Context, c *chatDoc) ([]member, error) {
 // errNoChange tells changeMembers that the change is already made.
 var errNoChange = errors.New("no change")
 
+// forgetDeparture forgets the departures of userID by actor, announced.
+func (s *store) forgetDeparture(ctx context.Context, chatID bson.ObjectID, userID, actor int) error {
+	err := s.locked(ctx, chatLock(chatID), func() error {
+		if s.locks.Serial() {
+			// FerretDB 1.x: read and written under the lock.
+			c, err := s.getChat(ctx, chatID)
+			if err != nil {
+				return err
+			}
+			left := slices.DeleteFunc(slices.Clone(c.Left), func(d departureDoc) bool { return d.UserID == userID && d.By == actor })
+			if len(left) == len(c.Left) {
+				return nil
+			}
+			_, err = s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{{Key: "left", Value: left}}}})
+			return err
+		}
+		_, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}, {Key: "left.userId", Value: userID}},
+			bson.D{{Key: "$pull", Value: bson.D{{Key: "left", Value: bson.D{{Key: "userId", Value: userID}, {Key: "by", Value: actor}}}}}})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("forget departure: %w", err)
+	}
+	return nil
+}
+
 // changeMembers replaces the chat's participants with what change makes of
 // the chat as last read, if no other change came in between; otherwise it
-// reads the chat again and asks change again. change sees the current
+// reads the chat again and asks change again. The members it takes out
+// are recorded as departures by actor. change sees the current
 // participants, so the checks it makes (the caller is an admin, the
 // group stays within its size and keeps an admin) hold for what is
 // written. It returns the chat as written, or change's error
 // (errNoChange: the chat as read).
-func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, change func(c *chatDoc) ([]participantDoc, error)) (*chatDoc, error) {
+func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, actor int, change func(c *chatDoc) ([]participantDoc, error)) (*chatDoc, error) {
 	for attempt := 0; ; attempt++ {
 		c, err := s.getChat(ctx, chatID)
 		if err != nil {
@@ -339,15 +398,21 @@ func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, change 
 			{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: now}}},
 		}
 		// Those who leave take their sent seq along: SentSeq holds
-		// members only.
+		// members only. Their departure is remembered a while.
 		var gone bson.D
+		left := slices.DeleteFunc(slices.Clone(c.Left), func(d departureDoc) bool { return !d.At.After(now.Add(-departureMemory)) })
 		for _, p := range c.Participants {
 			if !slices.ContainsFunc(parts, func(q participantDoc) bool { return q.UserID == p.UserID }) {
 				gone = append(gone, bson.E{Key: "sentSeq." + strconv.Itoa(p.UserID), Value: ""})
+				left = append(left, departureDoc{UserID: p.UserID, By: actor, At: now})
 			}
 		}
 		if len(gone) > 0 {
 			update = append(update, bson.E{Key: "$unset", Value: gone})
+		}
+		left = left[max(0, len(left)-maxDepartures):]
+		if len(gone) > 0 || len(left) != len(c.Left) {
+			update[0].Value = append(update[0].Value.(bson.D), bson.E{Key: "left", Value: left})
 		}
 		var res *mongo.UpdateResult
 		err = s.changing(ctx, chatID, func(ctx context.Context) error {
@@ -360,7 +425,7 @@ func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, change 
 			return nil, fmt.Errorf("change members: %w", err)
 		}
 		if res.MatchedCount == 1 {
-			c.Participants, c.MembersVersion = parts, c.MembersVersion+1
+			c.Participants, c.MembersVersion, c.Left = parts, c.MembersVersion+1, left
 			if now.After(c.UpdatedAt) {
 				c.UpdatedAt = now
 			}
@@ -435,34 +500,45 @@ func (s *store) createPrivate(ctx context.Context, a, b int) (*chatDoc, bool, er
 		UpdatedAt:      now,
 		PairKey:        key,
 	}
-	if _, err := s.chats.InsertOne(ctx, c); err != nil {
-		if !mongo.IsDuplicateKeyError(err) {
-			return nil, false, fmt.Errorf("create private chat: %w", err)
-		}
-		var existing chatDoc
-		if err := s.chats.FindOne(ctx, bson.D{{Key: "pairKey", Value: key}}).Decode(&existing); err != nil {
-			return nil, false, fmt.Errorf("find private chat: %w", err)
-		}
-		return &existing, false, nil
-	}
-	return c, true, nil
+	return s.insertChat(ctx, c)
 }
 
-func (s *store) createGroup(ctx context.Context, creator int, name string, others []int) (*chatDoc, error) {
+// insertChat stores a new chat, unless one with its pairKey exists: it
+// returns that one then, and reports whether it stored c.
+func (s *store) insertChat(ctx context.Context, c *chatDoc) (*chatDoc, bool, error) {
+	_, err := s.chats.InsertOne(ctx, c)
+	if err == nil {
+		return c, true, nil
+	}
+	if !mongo.IsDuplicateKeyError(err) {
+		return nil, false, fmt.Errorf("create chat: %w", err)
+	}
+	var existing chatDoc
+	if err := s.chats.FindOne(ctx, bson.D{{Key: "pairKey", Value: c.PairKey}}).Decode(&existing); err != nil {
+		return nil, false, fmt.Errorf("find chat %s: %w", c.PairKey, err)
+	}
+	return &existing, false, nil
+}
+
+// createGroup creates a group of the creator, its admin, and others. With
+// a request id ("": none), it returns the group the creator made with
+// the same id instead, if there is one, and reports whether it created
+// the group.
+func (s *store) createGroup(ctx context.Context, creator int, name string, others []int, requestID string) (*chatDoc, bool, error) {
 	now := s.nowMs()
 	id := bson.NewObjectID()
 	parts := []participantDoc{{UserID: creator, Role: roleAdmin}}
 	for _, uid := range others {
 		parts = append(parts, participantDoc{UserID: uid, Role: roleMember})
 	}
-	c := &chatDoc{
+	key := "g:" + id.Hex()
+	if requestID != "" {
+		key = "g:" + strconv.Itoa(creator) + ":" + requestID
+	}
+	return s.insertChat(ctx, &chatDoc{
 		ID: id, Name: name, Type: typeGroup, Participants: parts, MembersVersion: 1,
-		CreatedAt: now, UpdatedAt: now, PairKey: "g:" + id.Hex(),
-	}
-	if _, err := s.chats.InsertOne(ctx, c); err != nil {
-		return nil, fmt.Errorf("create group: %w", err)
-	}
-	return c, nil
+		CreatedAt: now, UpdatedAt: now, PairKey: key,
+	})
 }
 
 // rename sets the group's name. The name carries the time it was set, so
@@ -727,12 +803,11 @@ func (s *store) unreadBoth(ctx context.Context, c *chatDoc, m member) (unreadCou
 }
 
 // acceptRequest makes the private chat an accepted one (no request, hidden
-// for nobody). It reports whether it changed the chat.
-func (s *store) acceptRequest(ctx context.Context, chatID bson.ObjectID) (bool, error) {
-	var res *mongo.UpdateResult
+// for nobody).
+func (s *store) acceptRequest(ctx context.Context, chatID bson.ObjectID) error {
 	err := s.changing(ctx, chatID, func(ctx context.Context) error {
-		return s.locked(ctx, chatLock(chatID), func() (err error) {
-			res, err = s.chats.UpdateOne(ctx, bson.D{
+		return s.locked(ctx, chatLock(chatID), func() error {
+			_, err := s.chats.UpdateOne(ctx, bson.D{
 				{Key: "_id", Value: chatID}, {Key: "request", Value: bson.D{{Key: "$exists", Value: true}}},
 			}, bson.D{
 				{Key: "$unset", Value: bson.D{{Key: "request", Value: ""}, {Key: "hiddenFor", Value: ""}}},
@@ -742,9 +817,9 @@ func (s *store) acceptRequest(ctx context.Context, chatID bson.ObjectID) (bool, 
 		})
 	})
 	if err != nil {
-		return false, fmt.Errorf("accept request: %w", err)
+		return fmt.Errorf("accept request: %w", err)
 	}
-	return res.ModifiedCount > 0, nil
+	return nil
 }
 
 // declineRequest hides the chat, still a request that userID did not

@@ -105,3 +105,75 @@ func TestCleanup(t *testing.T) {
 		t.Errorf("torn send's media not repaired: %v, %v", doc.MessageID, err)
 	}
 }
+
+// TestCleanup_DetachedAvatars: an avatar change stops after detaching the
+// upload it replaces (DetachGroupAvatar, DetachAvatar: the upload is a
+// claim again). Clean-up attaches again an upload whose group or avatar
+// still has it, and deletes one whose group moved on.
+func TestCleanup_DetachedAvatars(t *testing.T) {
+	srv := newServer(t, servertest.WithOwnMongoDatabase(t))
+	p := servertest.Protocols[0]
+	ctx := context.Background()
+	alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+	db := srv.App.Mongo()
+	coll := db.Collection("media")
+	grp := servertest.GroupChat(t, alice.chats, alice.token, "g", bob.id).GetId()
+	other := servertest.GroupChat(t, alice.chats, alice.token, "h", bob.id).GetId()
+	groupAvatar := func(chatID, name string) *parleyv1.Media {
+		t.Helper()
+		m := alice.upload(t, "", name, "image/png", pngImage(t, 40, 40))
+		if _, err := alice.chats.UpdateChat(ctx, req(alice, &parleyv1.UpdateChatRequest{ChatId: chatID, AvatarMediaId: m.GetId()})); err != nil {
+			t.Fatalf("UpdateChat: %v", err)
+		}
+		return m
+	}
+	kept, moved := groupAvatar(grp, "kept.png"), groupAvatar(other, "moved.png")
+	own := alice.upload(t, "", "own.png", "image/png", pngImage(t, 40, 40))
+	if _, err := alice.avatar.AddAvatar(ctx, req(alice, &parleyv1.AddAvatarRequest{MediaId: own.GetId()})); err != nil {
+		t.Fatalf("AddAvatar: %v", err)
+	}
+	detach := func(m *parleyv1.Media, claim, field string) bson.ObjectID {
+		t.Helper()
+		id, _ := bson.ObjectIDFromHex(m.GetId())
+		if _, err := coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{
+			{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: srv.clock.Now()}}},
+			{Key: "$unset", Value: bson.D{{Key: field, Value: ""}}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	keptID := detach(kept, "group:"+grp, "groupId")
+	movedID := detach(moved, "group:"+other, "groupId")
+	ownID := detach(own, "avatar", "avatarId")
+	// The change of the other group got as far as its avatar.
+	otherID, _ := bson.ObjectIDFromHex(other)
+	if _, err := db.Collection("chats").UpdateOne(ctx, bson.D{{Key: "_id", Value: otherID}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "avatarUrl", Value: ""}}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.clock.Advance(25 * time.Hour)
+	n, err := srv.App.NewMediaJanitor(24 * time.Hour).Sweep(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("sweep: %d deleted, %v; want 1 (the avatar the group moved on from)", n, err)
+	}
+	var doc struct {
+		GroupID  *bson.ObjectID `bson:"groupId"`
+		AvatarID int            `bson:"avatarId"`
+	}
+	if err := coll.FindOne(ctx, bson.D{{Key: "_id", Value: keptID}}).Decode(&doc); err != nil || doc.GroupID == nil || doc.GroupID.Hex() != grp {
+		t.Errorf("the group's avatar, detached: group %v, %v; want attached again", doc.GroupID, err)
+	}
+	doc.GroupID = nil
+	if err := coll.FindOne(ctx, bson.D{{Key: "_id", Value: ownID}}).Decode(&doc); err != nil || doc.AvatarID == 0 {
+		t.Errorf("the user's avatar, detached: avatar %d, %v; want attached again", doc.AvatarID, err)
+	}
+	if n, err := coll.CountDocuments(ctx, bson.D{{Key: "_id", Value: movedID}}); err != nil || n != 0 {
+		t.Errorf("the avatar the group moved on from: %d documents, %v; want 0", n, err)
+	}
+	files := strings.Join(srv.files(t), " ")
+	if strings.Contains(files, moved.GetId()) || !strings.Contains(files, kept.GetId()) || !strings.Contains(files, own.GetId()) {
+		t.Errorf("files %s: want %s's gone, %s's and %s's kept", files, moved.GetId(), kept.GetId(), own.GetId())
+	}
+}

@@ -196,6 +196,10 @@ func (l *Library) claimAvatarImage(ctx context.Context, userID int, id bson.Obje
 			return nil, errMediaNotFound
 		case m.State != stateReady:
 			return nil, errNotReady
+		case m.GroupID != nil && claim == claimGroup+m.GroupID.Hex():
+			// The group's avatar already: a retry of the change that
+			// made it so.
+			return nil, nil
 		case m.attached():
 			return nil, errAlreadyAvatar
 		}
@@ -222,6 +226,48 @@ func (l *Library) AttachAvatar(ctx context.Context, id bson.ObjectID, avatarID i
 	return nil
 }
 
+// DetachAvatar turns the upload that serves the avatar at url back into
+// a claim, as it is while an avatar is made: before the avatar is
+// deleted, so that clean-up deletes the upload if the deletion of the
+// avatar or of the upload stops half-way (or records it again on the
+// avatar, if that stays).
+func (l *Library) DetachAvatar(ctx context.Context, url string, avatarID int) error {
+	return l.detach(ctx, url, func(m *mediaDoc) (bson.D, bool) {
+		return bson.D{{Key: "avatarId", Value: ""}}, m.AvatarID == avatarID
+	}, claimAvatar)
+}
+
+// DetachGroupAvatar is DetachAvatar for the avatar of a group, before
+// it is replaced or removed.
+func (l *Library) DetachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error {
+	return l.detach(ctx, url, func(m *mediaDoc) (bson.D, bool) {
+		return bson.D{{Key: "groupId", Value: ""}}, m.GroupID != nil && *m.GroupID == chatID
+	}, claimGroup+chatID.Hex())
+}
+
+// detach replaces the attachment of the upload at url, if attached says
+// it is the one, with claim, claimed now.
+func (l *Library) detach(ctx context.Context, url string, attached func(*mediaDoc) (bson.D, bool), claim string) error {
+	id, ok := IDFromURL(url)
+	if !ok {
+		return nil
+	}
+	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		unset, ok := attached(m)
+		if !ok {
+			return nil, nil
+		}
+		return bson.D{
+			{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: l.store.nowMs()}}},
+			{Key: "$unset", Value: unset},
+		}, nil
+	})
+	if err != nil && !errors.Is(err, errNoMedia) {
+		return fmt.Errorf("detach avatar media %s: %w", id.Hex(), err)
+	}
+	return nil
+}
+
 // DeleteAvatar deletes the upload that a deleted avatar served at url,
 // if it is one and was that avatar's.
 func (l *Library) DeleteAvatar(ctx context.Context, url string, avatarID int) error {
@@ -236,7 +282,8 @@ func (l *Library) DeleteAvatar(ctx context.Context, url string, avatarID int) er
 }
 
 // ClaimGroupAvatar reserves an avatar upload of userID (see ClaimAvatar)
-// for the avatar of a group, and returns its URL.
+// for the avatar of a group, and returns its URL; the group's avatar
+// already, it stays so.
 func (l *Library) ClaimGroupAvatar(ctx context.Context, userID int, id, chatID bson.ObjectID) (string, error) {
 	return l.claimAvatarImage(ctx, userID, id, claimGroup+chatID.Hex())
 }

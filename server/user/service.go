@@ -42,6 +42,10 @@ type AvatarMedia interface {
 	AttachAvatar(ctx context.Context, mediaID bson.ObjectID, avatarID int) error
 	// DeleteAvatar deletes the upload a deleted avatar served, if any.
 	DeleteAvatar(ctx context.Context, url string, avatarID int) error
+	// DetachAvatar makes the upload an avatar serves a claim again,
+	// before the avatar is deleted, so that clean-up deletes it if the
+	// deletion stops half-way.
+	DetachAvatar(ctx context.Context, url string, avatarID int) error
 }
 
 // Service implements UserService, AvatarService, PrivacyService,
@@ -308,13 +312,20 @@ func (s *Service) DeleteAvatar(
 	if err != nil {
 		return nil, err
 	}
-	a, deleted, err := s.store.deleteAvatar(ctx, id.UserID, int(req.Msg.GetAvatarId()))
+	uploaded := s.media != nil
+	a, deleted, err := s.store.deleteAvatar(ctx, id.UserID, int(req.Msg.GetAvatarId()), func(a *ent.Avatar) error {
+		if !uploaded || a.IsRandom {
+			return nil
+		}
+		return s.media.DetachAvatar(ctx, a.AvatarURL, a.ID)
+	})
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "delete avatar", err)
 	}
-	if s.media != nil && !deleted.IsRandom {
+	if uploaded && !deleted.IsRandom {
 		if err := s.media.DeleteAvatar(ctx, deleted.AvatarURL, deleted.ID); err != nil {
-			// The avatar is gone; its image file stays behind.
+			// The avatar is gone; clean-up deletes its upload, detached
+			// (a claim), within the hour.
 			s.log.ErrorContext(ctx, "delete avatar image", "url", deleted.AvatarURL, "err", err)
 		}
 	}

@@ -359,13 +359,17 @@ func (s *store) avatarWithURL(ctx context.Context, url string) (int, bool, error
 	return a.ID, true, nil
 }
 
-// deleteAvatar removes the user's avatar. If it was the active one, the newest
-// remaining avatar becomes active, or a new identicon when none remains.
-// It returns the active avatar afterwards, and the deleted one.
-func (s *store) deleteAvatar(ctx context.Context, userID, avatarID int) (active, deleted *ent.Avatar, _ error) {
+// deleteAvatar removes the user's avatar, once before, called in its
+// transaction with the avatar locked, succeeds. If it was the active one,
+// the newest remaining avatar becomes active, or a new identicon when none
+// remains. It returns the active avatar afterwards, and the deleted one.
+func (s *store) deleteAvatar(ctx context.Context, userID, avatarID int, before func(*ent.Avatar) error) (active, deleted *ent.Avatar, _ error) {
 	err := s.withTx(ctx, func(tx *ent.Tx) error {
 		a, err := s.lockedAvatar(ctx, tx, userID, avatarID)
 		if err != nil {
+			return err
+		}
+		if err := before(a); err != nil {
 			return err
 		}
 		deleted = a

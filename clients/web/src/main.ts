@@ -127,6 +127,9 @@ async function switchView(view: "chats" | "archived") {
 
 function newChatForm(): HTMLElement {
   const status = h("p", { class: "error" });
+  // One request id per group asked for, kept when the same group is asked
+  // for again after an error: a retry then makes no second group.
+  let request = { key: "", id: "" };
   const people = h("input", { placeholder: "usernames, comma-separated", "data-testid": "new-chat-users" });
   const name = h("input", { placeholder: "group name (for a group)", "data-testid": "new-chat-name" });
   const make = async () => {
@@ -135,9 +138,12 @@ function newChatForm(): HTMLElement {
       const ids = await userIds(people.value);
       const group = name.value.trim();
       if (ids.length === 0 && !group) throw new Error("name at least one user, or a group");
+      const key = JSON.stringify([group, ids]);
+      if (request.key !== key) request = { key, id: crypto.randomUUID() };
       const chat = group || ids.length > 1
-        ? (await parley.chats.createGroupChat({ name: group || "Group", memberIds: ids })).chat!
+        ? (await parley.chats.createGroupChat({ name: group || "Group", memberIds: ids, requestId: request.id })).chat!
         : (await parley.chats.createPrivateChat({ peerId: ids[0] })).chat!;
+      request = { key: "", id: "" };
       chats.set(chat.id, chat);
       if (!listed.includes(chat.id)) listed.unshift(chat.id);
       people.value = name.value = "";

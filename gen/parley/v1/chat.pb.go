@@ -643,7 +643,13 @@ type CreateGroupChatRequest struct {
 	// 1 to 100 characters.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The other members, up to 499.
-	MemberIds     []int32 `protobuf:"varint,2,rep,packed,name=member_ids,json=memberIds,proto3" json:"member_ids,omitempty"`
+	MemberIds []int32 `protobuf:"varint,2,rep,packed,name=member_ids,json=memberIds,proto3" json:"member_ids,omitempty"`
+	// Chosen by the client, unique per caller: a UUID, say. A call with the
+	// id of a group the caller created before answers with that group (and
+	// announces it again) instead of creating another, so that a retry
+	// after UNAVAILABLE or a lost answer makes one group. Empty: every call
+	// creates a group.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -690,6 +696,13 @@ func (x *CreateGroupChatRequest) GetMemberIds() []int32 {
 		return x.MemberIds
 	}
 	return nil
+}
+
+func (x *CreateGroupChatRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type CreateGroupChatResponse struct {
@@ -2450,12 +2463,14 @@ const file_parley_v1_chat_proto_rawDesc = "" +
 	"\apeer_id\x18\x01 \x01(\x05B\a\xbaH\x04\x1a\x02 \x00R\x06peerId\"Z\n" +
 	"\x19CreatePrivateChatResponse\x12#\n" +
 	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"m\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"\xa9\x01\n" +
 	"\x16CreateGroupChatRequest\x12!\n" +
 	"\x04name\x18\x01 \x01(\tB\r\xbaH\n" +
 	"r\b\x10\x01\x18d\xba\x01\x01\x00R\x04name\x120\n" +
 	"\n" +
-	"member_ids\x18\x02 \x03(\x05B\x11\xbaH\x0e\x92\x01\v\x10\xf3\x03\x18\x01\"\x04\x1a\x02 \x00R\tmemberIds\"k\n" +
+	"member_ids\x18\x02 \x03(\x05B\x11\xbaH\x0e\x92\x01\v\x10\xf3\x03\x18\x01\"\x04\x1a\x02 \x00R\tmemberIds\x12:\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tB\x1b\xbaH\x18r\x16\x18@2\x12^[A-Za-z0-9_.:-]*$R\trequestId\"k\n" +
 	"\x17CreateGroupChatResponse\x12#\n" +
 	"\x04chat\x18\x01 \x01(\v2\x0f.parley.v1.ChatR\x04chat\x12+\n" +
 	"\x12not_added_user_ids\x18\x02 \x03(\x05R\x0fnotAddedUserIds\"@\n" +

@@ -88,11 +88,13 @@ type ChatServiceClient interface {
 	// both create it at the same moment. A new private chat is a request of
 	// the caller (see Chat.request). PERMISSION_DENIED when the peer does
 	// not accept private chats from the caller (PrivacySettings), with the
-	// same message whatever the reason.
+	// same message whatever the reason. A chat found with no message yet is
+	// announced again (chat_created), as a retry after UNAVAILABLE needs.
 	CreatePrivateChat(context.Context, *connect.Request[v1.CreatePrivateChatRequest]) (*connect.Response[v1.CreatePrivateChatResponse], error)
 	// CreateGroupChat creates a group with the caller as its admin and the
 	// other users as members, leaving out (and naming in not_added_user_ids)
-	// those whose settings do not let the caller add them.
+	// those whose settings do not let the caller add them. With a request_id
+	// it made a group with before, it answers with that group.
 	CreateGroupChat(context.Context, *connect.Request[v1.CreateGroupChatRequest]) (*connect.Response[v1.CreateGroupChatResponse], error)
 	// GetChat returns one of the caller's chats.
 	GetChat(context.Context, *connect.Request[v1.GetChatRequest]) (*connect.Response[v1.GetChatResponse], error)
@@ -106,21 +108,29 @@ type ChatServiceClient interface {
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
 	// AddParticipants adds users to a group as members. Admins only. Users
 	// whose settings do not let the caller add them are left out and named in
-	// not_added_user_ids.
+	// not_added_user_ids. Those named who are members already are announced
+	// again (members_added), as a retry after UNAVAILABLE needs.
 	AddParticipants(context.Context, *connect.Request[v1.AddParticipantsRequest]) (*connect.Response[v1.AddParticipantsResponse], error)
 	// RemoveParticipant removes a user from a group. Admins only; the last
-	// admin cannot be removed.
+	// admin cannot be removed. A user the same admin removed in the last 10
+	// minutes, when that call answered UNAVAILABLE, is removed already: the
+	// retry answers OK and announces it.
 	RemoveParticipant(context.Context, *connect.Request[v1.RemoveParticipantRequest]) (*connect.Response[v1.RemoveParticipantResponse], error)
 	// SetParticipantRole makes a member an admin or an admin a member.
-	// Admins only; a group always keeps at least one admin.
+	// Admins only; a group always keeps at least one admin. A role the
+	// member has already is announced again (as is a member stepping down
+	// that is one already), as a retry after UNAVAILABLE needs.
 	SetParticipantRole(context.Context, *connect.Request[v1.SetParticipantRoleRequest]) (*connect.Response[v1.SetParticipantRoleResponse], error)
 	// LeaveChat removes the caller from a group. The last admin of a group
-	// with other members must first make someone else admin.
+	// with other members must first make someone else admin. A caller that
+	// left in the last 10 minutes by a call that answered UNAVAILABLE has
+	// left already: the retry answers OK and announces it.
 	LeaveChat(context.Context, *connect.Request[v1.LeaveChatRequest]) (*connect.Response[v1.LeaveChatResponse], error)
 	// AcceptChatRequest accepts a private chat request made to the caller
 	// (replying in the chat accepts it too): from then on the starter sees
 	// the caller's presence and read ticks. Accepting a chat that is no
-	// request changes nothing; the starter cannot accept its own request
+	// request changes nothing but announces the chat again (chat_updated);
+	// the starter cannot accept its own request
 	// (FAILED_PRECONDITION). It reopens a request the caller declined.
 	AcceptChatRequest(context.Context, *connect.Request[v1.AcceptChatRequestRequest]) (*connect.Response[v1.AcceptChatRequestResponse], error)
 	// DeclineChatRequest declines a private chat request made to the
@@ -150,8 +160,9 @@ type ChatServiceClient interface {
 	GetInvite(context.Context, *connect.Request[v1.GetInviteRequest]) (*connect.Response[v1.GetInviteResponse], error)
 	// JoinChatByInvite makes the caller a member of the group of a valid
 	// invite code (NOT_FOUND otherwise, as GetInvite). A member already in
-	// gets the chat and uses none of the link's joins. The new member sees
-	// the history from before it joined, read.
+	// gets the chat, whether the code still works or not, uses none of the
+	// link's joins, and is announced again (members_added). The new member
+	// sees the history from before it joined, read.
 	JoinChatByInvite(context.Context, *connect.Request[v1.JoinChatByInviteRequest]) (*connect.Response[v1.JoinChatByInviteResponse], error)
 }
 
@@ -390,11 +401,13 @@ type ChatServiceHandler interface {
 	// both create it at the same moment. A new private chat is a request of
 	// the caller (see Chat.request). PERMISSION_DENIED when the peer does
 	// not accept private chats from the caller (PrivacySettings), with the
-	// same message whatever the reason.
+	// same message whatever the reason. A chat found with no message yet is
+	// announced again (chat_created), as a retry after UNAVAILABLE needs.
 	CreatePrivateChat(context.Context, *connect.Request[v1.CreatePrivateChatRequest]) (*connect.Response[v1.CreatePrivateChatResponse], error)
 	// CreateGroupChat creates a group with the caller as its admin and the
 	// other users as members, leaving out (and naming in not_added_user_ids)
-	// those whose settings do not let the caller add them.
+	// those whose settings do not let the caller add them. With a request_id
+	// it made a group with before, it answers with that group.
 	CreateGroupChat(context.Context, *connect.Request[v1.CreateGroupChatRequest]) (*connect.Response[v1.CreateGroupChatResponse], error)
 	// GetChat returns one of the caller's chats.
 	GetChat(context.Context, *connect.Request[v1.GetChatRequest]) (*connect.Response[v1.GetChatResponse], error)
@@ -408,21 +421,29 @@ type ChatServiceHandler interface {
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
 	// AddParticipants adds users to a group as members. Admins only. Users
 	// whose settings do not let the caller add them are left out and named in
-	// not_added_user_ids.
+	// not_added_user_ids. Those named who are members already are announced
+	// again (members_added), as a retry after UNAVAILABLE needs.
 	AddParticipants(context.Context, *connect.Request[v1.AddParticipantsRequest]) (*connect.Response[v1.AddParticipantsResponse], error)
 	// RemoveParticipant removes a user from a group. Admins only; the last
-	// admin cannot be removed.
+	// admin cannot be removed. A user the same admin removed in the last 10
+	// minutes, when that call answered UNAVAILABLE, is removed already: the
+	// retry answers OK and announces it.
 	RemoveParticipant(context.Context, *connect.Request[v1.RemoveParticipantRequest]) (*connect.Response[v1.RemoveParticipantResponse], error)
 	// SetParticipantRole makes a member an admin or an admin a member.
-	// Admins only; a group always keeps at least one admin.
+	// Admins only; a group always keeps at least one admin. A role the
+	// member has already is announced again (as is a member stepping down
+	// that is one already), as a retry after UNAVAILABLE needs.
 	SetParticipantRole(context.Context, *connect.Request[v1.SetParticipantRoleRequest]) (*connect.Response[v1.SetParticipantRoleResponse], error)
 	// LeaveChat removes the caller from a group. The last admin of a group
-	// with other members must first make someone else admin.
+	// with other members must first make someone else admin. A caller that
+	// left in the last 10 minutes by a call that answered UNAVAILABLE has
+	// left already: the retry answers OK and announces it.
 	LeaveChat(context.Context, *connect.Request[v1.LeaveChatRequest]) (*connect.Response[v1.LeaveChatResponse], error)
 	// AcceptChatRequest accepts a private chat request made to the caller
 	// (replying in the chat accepts it too): from then on the starter sees
 	// the caller's presence and read ticks. Accepting a chat that is no
-	// request changes nothing; the starter cannot accept its own request
+	// request changes nothing but announces the chat again (chat_updated);
+	// the starter cannot accept its own request
 	// (FAILED_PRECONDITION). It reopens a request the caller declined.
 	AcceptChatRequest(context.Context, *connect.Request[v1.AcceptChatRequestRequest]) (*connect.Response[v1.AcceptChatRequestResponse], error)
 	// DeclineChatRequest declines a private chat request made to the
@@ -452,8 +473,9 @@ type ChatServiceHandler interface {
 	GetInvite(context.Context, *connect.Request[v1.GetInviteRequest]) (*connect.Response[v1.GetInviteResponse], error)
 	// JoinChatByInvite makes the caller a member of the group of a valid
 	// invite code (NOT_FOUND otherwise, as GetInvite). A member already in
-	// gets the chat and uses none of the link's joins. The new member sees
-	// the history from before it joined, read.
+	// gets the chat, whether the code still works or not, uses none of the
+	// link's joins, and is announced again (members_added). The new member
+	// sees the history from before it joined, read.
 	JoinChatByInvite(context.Context, *connect.Request[v1.JoinChatByInviteRequest]) (*connect.Response[v1.JoinChatByInviteResponse], error)
 }
 

@@ -112,10 +112,13 @@ type MessageServiceClient interface {
 	// AddReaction adds the caller's reaction with an emoji to a message: one
 	// of each emoji per member, and at most 20 distinct emoji per message
 	// (FAILED_PRECONDITION beyond). Adding a reaction the caller already
-	// made changes nothing. Deleted messages take no reactions.
+	// made changes nothing but announces the reactions again (a new
+	// version), as a retry after UNAVAILABLE needs. Deleted messages take no
+	// reactions.
 	AddReaction(context.Context, *connect.Request[v1.AddReactionRequest]) (*connect.Response[v1.AddReactionResponse], error)
 	// RemoveReaction takes the caller's reaction with an emoji back; removing
-	// one the caller did not make changes nothing.
+	// one the caller did not make changes nothing but announces the
+	// reactions again (a new version).
 	RemoveReaction(context.Context, *connect.Request[v1.RemoveReactionRequest]) (*connect.Response[v1.RemoveReactionResponse], error)
 	// ListReactions lists who reacted to a message with an emoji, the
 	// earliest first.
@@ -123,9 +126,12 @@ type MessageServiceClient interface {
 	// PinMessage pins a message in its chat: any member of a private chat,
 	// a group's admins. At most 50 messages are pinned in a chat
 	// (FAILED_PRECONDITION beyond). Pinning a pinned message changes
-	// nothing; a deleted message is unpinned, and cannot be pinned.
+	// nothing but announces the pin again; a deleted message is unpinned,
+	// and cannot be pinned.
 	PinMessage(context.Context, *connect.Request[v1.PinMessageRequest]) (*connect.Response[v1.PinMessageResponse], error)
 	// UnpinMessage unpins a message, with the same rights as PinMessage.
+	// Unpinning a message that is not pinned changes nothing but announces
+	// that it is not.
 	UnpinMessage(context.Context, *connect.Request[v1.UnpinMessageRequest]) (*connect.Response[v1.UnpinMessageResponse], error)
 	// ListPinnedMessages returns the chat's pinned messages, the most
 	// recently pinned first.
@@ -401,10 +407,13 @@ type MessageServiceHandler interface {
 	// AddReaction adds the caller's reaction with an emoji to a message: one
 	// of each emoji per member, and at most 20 distinct emoji per message
 	// (FAILED_PRECONDITION beyond). Adding a reaction the caller already
-	// made changes nothing. Deleted messages take no reactions.
+	// made changes nothing but announces the reactions again (a new
+	// version), as a retry after UNAVAILABLE needs. Deleted messages take no
+	// reactions.
 	AddReaction(context.Context, *connect.Request[v1.AddReactionRequest]) (*connect.Response[v1.AddReactionResponse], error)
 	// RemoveReaction takes the caller's reaction with an emoji back; removing
-	// one the caller did not make changes nothing.
+	// one the caller did not make changes nothing but announces the
+	// reactions again (a new version).
 	RemoveReaction(context.Context, *connect.Request[v1.RemoveReactionRequest]) (*connect.Response[v1.RemoveReactionResponse], error)
 	// ListReactions lists who reacted to a message with an emoji, the
 	// earliest first.
@@ -412,9 +421,12 @@ type MessageServiceHandler interface {
 	// PinMessage pins a message in its chat: any member of a private chat,
 	// a group's admins. At most 50 messages are pinned in a chat
 	// (FAILED_PRECONDITION beyond). Pinning a pinned message changes
-	// nothing; a deleted message is unpinned, and cannot be pinned.
+	// nothing but announces the pin again; a deleted message is unpinned,
+	// and cannot be pinned.
 	PinMessage(context.Context, *connect.Request[v1.PinMessageRequest]) (*connect.Response[v1.PinMessageResponse], error)
 	// UnpinMessage unpins a message, with the same rights as PinMessage.
+	// Unpinning a message that is not pinned changes nothing but announces
+	// that it is not.
 	UnpinMessage(context.Context, *connect.Request[v1.UnpinMessageRequest]) (*connect.Response[v1.UnpinMessageResponse], error)
 	// ListPinnedMessages returns the chat's pinned messages, the most
 	// recently pinned first.

@@ -1309,7 +1309,9 @@ export const MessageService: GenService<{
    * AddReaction adds the caller's reaction with an emoji to a message: one
    * of each emoji per member, and at most 20 distinct emoji per message
    * (FAILED_PRECONDITION beyond). Adding a reaction the caller already
-   * made changes nothing. Deleted messages take no reactions.
+   * made changes nothing but announces the reactions again (a new
+   * version), as a retry after UNAVAILABLE needs. Deleted messages take no
+   * reactions.
    *
    * @generated from rpc parley.v1.MessageService.AddReaction
    */
@@ -1320,7 +1322,8 @@ export const MessageService: GenService<{
   },
   /**
    * RemoveReaction takes the caller's reaction with an emoji back; removing
-   * one the caller did not make changes nothing.
+   * one the caller did not make changes nothing but announces the
+   * reactions again (a new version).
    *
    * @generated from rpc parley.v1.MessageService.RemoveReaction
    */
@@ -1344,7 +1347,8 @@ export const MessageService: GenService<{
    * PinMessage pins a message in its chat: any member of a private chat,
    * a group's admins. At most 50 messages are pinned in a chat
    * (FAILED_PRECONDITION beyond). Pinning a pinned message changes
-   * nothing; a deleted message is unpinned, and cannot be pinned.
+   * nothing but announces the pin again; a deleted message is unpinned,
+   * and cannot be pinned.
    *
    * @generated from rpc parley.v1.MessageService.PinMessage
    */
@@ -1355,6 +1359,8 @@ export const MessageService: GenService<{
   },
   /**
    * UnpinMessage unpins a message, with the same rights as PinMessage.
+   * Unpinning a message that is not pinned changes nothing but announces
+   * that it is not.
    *
    * @generated from rpc parley.v1.MessageService.UnpinMessage
    */

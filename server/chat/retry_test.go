@@ -1,0 +1,276 @@
+package chat_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/servertest"
+)
+
+// A change whose announcement failed is answered UNAVAILABLE, "retry the
+// call"; the retry finds the change made and announces it. Redis refuses
+// XADD, the append to the users' event logs, during the first call
+// only: a Redis of the test's own, whose ACL it changes.
+func TestRetry_AnnouncesWhatTheFailedCallDidNot(t *testing.T) {
+	rs := servertest.StartRedis(t)
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) { c.RedisURL = rs.URL() }))
+	rdb := rs.Client()
+	ctx := context.Background()
+	p := servertest.Protocols[0]
+	alice, bob, carol, dave, erin := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
+	grp := group(t, alice, "g", bob, carol)
+	pinned := send(t, alice, grp.GetId(), "pin me")
+	doomed := send(t, alice, grp.GetId(), "delete me")
+	invite, err := alice.chats.CreateInviteLink(ctx, req(alice, &parleyv1.CreateInviteLinkRequest{ChatId: grp.GetId(), UsageLimit: 1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Carol watches the group; Erin's private chat with Alice is made
+	// in a later case, and Erin watches for it. Erin's invite is good for
+	// one join, which the failed call uses.
+	carolLive := subscribe(t, srv, p, carol)
+	erinLive := subscribe(t, srv, p, erin)
+
+	acl := func(rule string) {
+		t.Helper()
+		if err := rdb.Do(ctx, "ACL", "SETUSER", "default", rule).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		name  string
+		call  func() error
+		watch *user // whose stream hears of it; a member of grp
+		want  func(*parleyv1.Event) bool
+	}{{
+		name: "SetParticipantRole",
+		call: func() error {
+			_, err := alice.chats.SetParticipantRole(ctx, req(alice, &parleyv1.SetParticipantRoleRequest{ChatId: grp.GetId(), UserId: bob.id, Role: parleyv1.Role_ROLE_ADMIN}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			return slices.Contains(ev.GetRoleChanged().GetUserIds(), bob.id)
+		},
+	}, {
+		name: "AddParticipants",
+		call: func() error {
+			_, err := alice.chats.AddParticipants(ctx, req(alice, &parleyv1.AddParticipantsRequest{ChatId: grp.GetId(), UserIds: []int32{dave.id}}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			return slices.Contains(ev.GetMembersAdded().GetUserIds(), dave.id)
+		},
+	}, {
+		name: "JoinChatByInvite",
+		call: func() error {
+			_, err := erin.chats.JoinChatByInvite(ctx, req(erin, &parleyv1.JoinChatByInviteRequest{Code: invite.Msg.GetInviteLink().GetCode()}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			return slices.Contains(ev.GetMembersAdded().GetUserIds(), erin.id)
+		},
+	}, {
+		name: "PinMessage",
+		call: func() error {
+			_, err := alice.msgs.PinMessage(ctx, req(alice, &parleyv1.PinMessageRequest{ChatId: grp.GetId(), MessageId: pinned.GetId()}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			return ev.GetPinsChanged().GetMessageId() == pinned.GetId() && ev.GetPinsChanged().GetPinned()
+		},
+	}, {
+		name: "UnpinMessage",
+		call: func() error {
+			_, err := alice.msgs.UnpinMessage(ctx, req(alice, &parleyv1.UnpinMessageRequest{ChatId: grp.GetId(), MessageId: pinned.GetId()}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			return ev.GetPinsChanged().GetMessageId() == pinned.GetId() && !ev.GetPinsChanged().GetPinned()
+		},
+	}, {
+		name: "AddReaction",
+		call: func() error {
+			_, err := bob.msgs.AddReaction(ctx, req(bob, &parleyv1.AddReactionRequest{ChatId: grp.GetId(), MessageId: pinned.GetId(), Emoji: "👍"}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			r := ev.GetReactionsChanged()
+			return r.GetMessageId() == pinned.GetId() && r.GetAdded() && len(r.GetReactions()) == 1
+		},
+	}, {
+		name: "RemoveReaction",
+		call: func() error {
+			_, err := bob.msgs.RemoveReaction(ctx, req(bob, &parleyv1.RemoveReactionRequest{ChatId: grp.GetId(), MessageId: pinned.GetId(), Emoji: "👍"}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			r := ev.GetReactionsChanged()
+			return r.GetMessageId() == pinned.GetId() && !r.GetAdded() && len(r.GetReactions()) == 0
+		},
+	}, {
+		name: "DeleteMessage",
+		call: func() error {
+			_, err := alice.msgs.DeleteMessage(ctx, req(alice, &parleyv1.DeleteMessageRequest{ChatId: grp.GetId(), MessageId: doomed.GetId()}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			return ev.GetMessageDeleted().GetMessage().GetId() == doomed.GetId()
+		},
+	}, {
+		name: "CreatePrivateChat",
+		call: func() error {
+			_, err := alice.chats.CreatePrivateChat(ctx, req(alice, &parleyv1.CreatePrivateChatRequest{PeerId: erin.id}))
+			return err
+		},
+		watch: erin, // a member of grp since JoinChatByInvite
+		want: func(ev *parleyv1.Event) bool {
+			c := ev.GetChatCreated().GetChat()
+			return c.GetType() == parleyv1.ChatType_CHAT_TYPE_PRIVATE && slices.ContainsFunc(c.GetParticipants(), func(p *parleyv1.Participant) bool { return p.GetUserId() == alice.id })
+		},
+	}, {
+		name: "RemoveParticipant",
+		call: func() error {
+			_, err := alice.chats.RemoveParticipant(ctx, req(alice, &parleyv1.RemoveParticipantRequest{ChatId: grp.GetId(), UserId: dave.id}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			return slices.Contains(ev.GetMemberRemoved().GetUserIds(), dave.id)
+		},
+	}, {
+		name: "LeaveChat",
+		call: func() error {
+			_, err := bob.chats.LeaveChat(ctx, req(bob, &parleyv1.LeaveChatRequest{ChatId: grp.GetId()}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			return slices.Contains(ev.GetMemberRemoved().GetUserIds(), bob.id)
+		},
+	}, {
+		name: "CreateGroupChat",
+		call: func() error {
+			_, err := alice.chats.CreateGroupChat(ctx, req(alice, &parleyv1.CreateGroupChatRequest{Name: "made once", MemberIds: []int32{carol.id}, RequestId: "d5c0b1e4-made-once"}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			return ev.GetChatCreated().GetChat().GetName() == "made once"
+		},
+	}}
+	streams := map[*user]*connect.ServerStreamForClient[parleyv1.SubscribeResponse]{carol: carolLive, erin: erinLive}
+	for _, tc := range cases {
+		acl("-xadd")
+		err := tc.call()
+		acl("+xadd")
+		wantCode(t, err, connect.CodeUnavailable)
+		if err := tc.call(); err != nil {
+			t.Fatalf("%s, retried: %v", tc.name, err)
+		}
+		// A message sent after the retry: the event comes before it,
+		// once (the failed call logged nothing).
+		marker := send(t, alice, grp.GetId(), "after "+tc.name)
+		seen := 0
+		nextEvent(t, streams[tc.watch], func(ev *parleyv1.Event) bool {
+			if tc.want(ev) {
+				seen++
+			}
+			return ev.GetMessageCreated().GetMessage().GetId() == marker.GetId()
+		})
+		if seen != 1 {
+			t.Errorf("%s: the watcher heard of the change %d times before the next message, want 1", tc.name, seen)
+		}
+	}
+	list, err := carol.chats.ListChats(ctx, req(carol, &parleyv1.ListChatsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	made := 0
+	for _, c := range list.Msg.GetChats() {
+		if c.GetName() == "made once" {
+			made++
+		}
+	}
+	if made != 1 {
+		t.Errorf("CreateGroupChat with one request id, called twice, made %d groups, want 1", made)
+	}
+}
+
+// A departure whose announcement failed is kept for ten minutes: the
+// same caller's retry within them answers OK (and announces it); once
+// announced, after them, for another caller, and for one that never was
+// a member, the answer is NOT_FOUND.
+func TestRetry_LeaveWithinTenMinutes(t *testing.T) {
+	rs := servertest.StartRedis(t)
+	clock := servertest.NewClock()
+	srv := servertest.New(t, servertest.WithConfig(func(cfg *app.Config) {
+		cfg.RedisURL = rs.URL()
+		cfg.Now = clock.Now
+	}))
+	rdb := rs.Client()
+	ctx := context.Background()
+	p := servertest.Protocols[0]
+	alice, bob, carol, dave, erin, frank := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
+	grp := group(t, alice, "g", bob, carol, dave, erin)
+	leave := func(u *user) error {
+		_, err := u.chats.LeaveChat(ctx, req(u, &parleyv1.LeaveChatRequest{ChatId: grp.GetId()}))
+		return err
+	}
+	remove := func(u *user) error {
+		_, err := alice.chats.RemoveParticipant(ctx, req(alice, &parleyv1.RemoveParticipantRequest{ChatId: grp.GetId(), UserId: u.id}))
+		return err
+	}
+	unannounced := func(call func() error) {
+		t.Helper()
+		if err := rdb.Do(ctx, "ACL", "SETUSER", "default", "-xadd").Err(); err != nil {
+			t.Fatal(err)
+		}
+		err := call()
+		if err := rdb.Do(ctx, "ACL", "SETUSER", "default", "+xadd").Err(); err != nil {
+			t.Fatal(err)
+		}
+		wantCode(t, err, connect.CodeUnavailable)
+	}
+
+	unannounced(func() error { return leave(bob) })
+	unannounced(func() error { return remove(carol) })
+	// Only what the caller did is retried: Carol was removed, Bob left.
+	wantCode(t, leave(carol), connect.CodeNotFound)
+	wantCode(t, remove(bob), connect.CodeNotFound)
+	if err := leave(bob); err != nil {
+		t.Fatalf("LeaveChat, retried: %v", err)
+	}
+	if err := remove(carol); err != nil {
+		t.Fatalf("RemoveParticipant, retried: %v", err)
+	}
+	// Announced now: no more.
+	wantCode(t, leave(bob), connect.CodeNotFound)
+	wantCode(t, remove(carol), connect.CodeNotFound)
+	if err := leave(erin); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, leave(erin), connect.CodeNotFound)
+	wantCode(t, leave(frank), connect.CodeNotFound)
+	wantCode(t, remove(frank), connect.CodeNotFound)
+
+	unannounced(func() error { return leave(dave) })
+	clock.Advance(10*time.Minute + time.Second)
+	wantCode(t, leave(dave), connect.CodeNotFound)
+	if n := len(getChat(t, alice, grp.GetId()).GetParticipants()); n != 1 {
+		t.Errorf("the group has %d members, want 1", n)
+	}
+}
