@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -133,6 +134,73 @@ func seqKey(chatID bson.ObjectID, seq int64) string {
 type seqAllocator struct {
 	rdb    redis.UniversalClient
 	prefix string
+	// inflight is how long a seq counts as in flight unless renewed
+	// (inflightTTL when zero; tests shorten it).
+	inflight time.Duration
+
+	// held keeps the seqs this instance's sends hold in flight (see
+	// keep).
+	mu   sync.Mutex
+	held map[heldSeq]*time.Timer
+}
+
+type heldSeq struct {
+	chatID bson.ObjectID
+	seq    int64
+}
+
+// keep keeps a seq in flight for as long as its send holds it: every
+// third of inflightTTL, the seq's time in the in-flight set is renewed.
+// A send slowed past inflightTTL (writes queued behind others, a slow
+// engine) would otherwise stop holding readers back before its message
+// is stored, and a reader that paged or marked past its seq in the
+// meantime would pass over the message for good. Only a send that died
+// stops renewing. Sends answered within the period make no extra call.
+func (a *seqAllocator) keep(chatID bson.ObjectID, seq int64) {
+	h := heldSeq{chatID, seq}
+	ttl := a.ttl()
+	renew := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), ttl/3)
+		defer cancel()
+		key := a.inflightKey(chatID)
+		// XX: a seq released meanwhile stays released. An error is left
+		// to the next renewal: a send this slow is failing anyway.
+		_, _ = a.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.ZAddXX(ctx, key, redis.Z{Score: float64(time.Now().UnixMilli()), Member: seq})
+			p.PExpire(ctx, key, ttl)
+			return nil
+		})
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if t, ok := a.held[h]; ok {
+			t.Reset(ttl / 3)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.held == nil {
+		a.held = make(map[heldSeq]*time.Timer)
+	}
+	a.held[h] = time.AfterFunc(ttl/3, renew)
+}
+
+// ttl is how long a seq counts as in flight unless renewed.
+func (a *seqAllocator) ttl() time.Duration {
+	if a.inflight > 0 {
+		return a.inflight
+	}
+	return inflightTTL
+}
+
+// release stops keeping a seq in flight (see keep).
+func (a *seqAllocator) release(chatID bson.ObjectID, seq int64) {
+	h := heldSeq{chatID, seq}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if t, ok := a.held[h]; ok {
+		t.Stop()
+		delete(a.held, h)
+	}
 }
 
 func (a *seqAllocator) key(chatID bson.ObjectID) string {
@@ -217,8 +285,9 @@ return {n, pos}
 // back, which leaves a gap if another send took the next one meanwhile.
 const sentTTL = time.Hour
 
-// inflightTTL bounds how long a seq counts as in flight: a sender that
-// died holding one stops holding readers back after this long.
+// inflightTTL bounds how long a seq counts as in flight unless its send
+// renews it (see keep): a sender that died holding one stops holding
+// readers back after this long.
 const inflightTTL = 10 * time.Second
 
 // next hands out the chat's next seq to sender's send that idem names,
@@ -233,7 +302,7 @@ func (a *seqAllocator) next(ctx context.Context, chatID bson.ObjectID, sender in
 		f = 1
 	}
 	keys := []string{a.key(chatID), a.inflightKey(chatID), a.sentKey(chatID, idem), a.positionsKey(chatID, sender), a.versionKey(chatID)}
-	r, err := nextScript.Run(ctx, a.rdb, keys, time.Now().UnixMilli(), inflightTTL.Milliseconds(), sentTTL.Milliseconds(), f, version).Int64Slice()
+	r, err := nextScript.Run(ctx, a.rdb, keys, time.Now().UnixMilli(), a.ttl().Milliseconds(), sentTTL.Milliseconds(), f, version).Int64Slice()
 	if err != nil {
 		return 0, 0, fmt.Errorf("allocate seq: %w", err)
 	}
@@ -243,16 +312,29 @@ func (a *seqAllocator) next(ctx context.Context, chatID bson.ObjectID, sender in
 	if r[0] < 0 {
 		return 0, 0, errStaleChat
 	}
+	if r[0] > 0 {
+		a.keep(chatID, r[0])
+	}
 	return r[0], r[1], nil
 }
 
 // queueDone queues, on p, what done does.
 func (a *seqAllocator) queueDone(ctx context.Context, p redis.Pipeliner, chatID bson.ObjectID, seq int64) {
+	a.release(chatID, seq)
 	p.ZRem(ctx, a.inflightKey(chatID), seq)
+}
+
+// abandon stops keeping a seq in flight without marking it done: a send
+// whose write failed may yet be stored (a write that timed out), so
+// readers stay below it until it goes stale, inflightTTL from its last
+// renewal.
+func (a *seqAllocator) abandon(chatID bson.ObjectID, seq int64) {
+	a.release(chatID, seq)
 }
 
 // done marks a seq as no longer in flight.
 func (a *seqAllocator) done(ctx context.Context, chatID bson.ObjectID, seq int64) error {
+	a.release(chatID, seq)
 	if err := a.rdb.ZRem(context.WithoutCancel(ctx), a.inflightKey(chatID), seq).Err(); err != nil {
 		return fmt.Errorf("release seq: %w", err)
 	}
@@ -273,6 +355,7 @@ return 1
 // racing attempt stored): when no later seq was handed out meanwhile, the
 // next send takes it, and the chat's seqs stay without a gap.
 func (a *seqAllocator) giveBack(ctx context.Context, chatID bson.ObjectID, seq int64) error {
+	a.release(chatID, seq)
 	err := giveBackScript.Run(context.WithoutCancel(ctx), a.rdb, []string{a.key(chatID), a.inflightKey(chatID)}, seq).Err()
 	if err != nil {
 		return fmt.Errorf("give back seq: %w", err)
@@ -305,7 +388,7 @@ return -1
 // at this watermark, so that a message whose insert finishes late is not
 // passed over for good. A message whose event went out is below it.
 func (a *seqAllocator) stable(ctx context.Context, chatID bson.ObjectID) (int64, bool, error) {
-	stale := time.Now().Add(-inflightTTL).UnixMilli()
+	stale := time.Now().Add(-a.ttl()).UnixMilli()
 	wm, err := stableScript.Run(ctx, a.rdb, []string{a.key(chatID), a.inflightKey(chatID)}, stale).Int64()
 	if err != nil {
 		return 0, false, fmt.Errorf("in-flight seqs: %w", err)
@@ -407,7 +490,9 @@ func (s *store) insertMessage(ctx context.Context, seqs *seqAllocator, m *messag
 		}
 		stored, err := s.tryInsert(ctx, m, seq, floor)
 		if err != nil {
-			_ = seqs.done(ctx, m.ChatID, seq)
+			// The write may yet land: the seq stays in flight until
+			// stale.
+			seqs.abandon(m.ChatID, seq)
 			return nil, false, 0, err
 		}
 		if stored {
