@@ -228,6 +228,11 @@ func (s *Service) SendTyping(
 		return nil, rpcerr.TooMany("typing", "too many typing indications", res.RetryAfter)
 	}
 	ids := slices.DeleteFunc(audience(c), func(u int) bool { return u == id.UserID })
+	if c.Request != nil && c.Request.StarterID != id.UserID {
+		// A request's starter sees no activity of the other member (as
+		// no ticks, no presence) until it accepts.
+		ids = nil
+	}
 	expires := s.now().Add(TypingTTL)
 	if !req.Msg.GetTyping() {
 		expires = s.now()

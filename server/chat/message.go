@@ -441,7 +441,9 @@ func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int, msg *
 	if blocked {
 		return nil, "", errRefused
 	}
-	if c.Request != nil && c.Request.StarterID != sender {
+	// A reply accepts a request; an acceptance whose announcement
+	// failed is announced by the next send.
+	if c.Request != nil && c.Request.StarterID != sender || c.AcceptedBy != 0 {
 		if hit {
 			return nil, "", errRecheck
 		}
@@ -654,7 +656,15 @@ func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, kinds ..
 	if err != nil {
 		return nil, nil, s.internal(ctx, "mark", err)
 	}
-	if m.ReadSeq != before.ReadSeq || m.DeliveredSeq != before.DeliveredSeq {
+	// A mark that finds the position it asks for already there announces
+	// it again: it is the retry of a mark whose announcement failed
+	// (errNotDelivered), maybe, or another device's.
+	moved := m.ReadSeq != before.ReadSeq || m.DeliveredSeq != before.DeliveredSeq
+	there := m.DeliveredSeq
+	if slices.Contains(kinds, kindRead) {
+		there = m.ReadSeq
+	}
+	if moved || upTo > 0 && there == upTo {
 		if err := s.publishPositions(ctx, c, id.UserID); err != nil {
 			return nil, nil, s.internal(ctx, "mark", err)
 		}

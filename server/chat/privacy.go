@@ -126,21 +126,34 @@ func toInt32s(ids []int) []int32 {
 }
 
 // accept makes the request an accepted chat and tells both members,
-// also when it was accepted already.
+// also when it was accepted already. The acceptance stays marked on the
+// chat (acceptedBy) until both announcements are out, so that a retry
+// (or the next send) announces it when this call failed to.
 func (s *Service) accept(ctx context.Context, c *chatDoc, actor int) error {
 	if c.Request != nil || len(c.HiddenFor) > 0 {
-		if err := s.store.acceptRequest(ctx, c.ID); err != nil {
+		if err := s.store.acceptRequest(ctx, c.ID, actor); err != nil {
 			return s.internal(ctx, "accept request", err)
 		}
-		c.Request, c.HiddenFor = nil, nil
+		c.Request, c.HiddenFor, c.AcceptedBy = nil, nil, actor
 	}
-	if err := s.publishChat(ctx, c.ID, chatUpdated, actor); err != nil {
+	by := actor
+	if c.AcceptedBy != 0 {
+		by = c.AcceptedBy
+	}
+	if err := s.publishChat(ctx, c.ID, chatUpdated, by); err != nil {
 		return s.internal(ctx, "accept request", err)
 	}
 	// The starter's ticks catch up with what the recipient received and
 	// read during the request, which it was not told of.
-	if err := s.publishPositions(ctx, c, actor); err != nil {
+	if err := s.publishPositions(ctx, c, by); err != nil {
 		return s.internal(ctx, "accept request", err)
+	}
+	if c.AcceptedBy != 0 {
+		if err := s.store.acceptAnnounced(ctx, c.ID); err != nil {
+			// The next send announces it again.
+			s.log.WarnContext(ctx, "record an acceptance announced", "chat", c.ID.Hex(), "err", err)
+		}
+		c.AcceptedBy = 0
 	}
 	return nil
 }

@@ -369,6 +369,9 @@ func TestPrivacy_RequestEvents(t *testing.T) {
 	if _, err := bob.c.Message.MarkRead(ctx, tok(bob, &parleyv1.MarkReadRequest{ChatId: c.GetId(), UpToSeq: m.GetSeq()})); err != nil {
 		t.Fatalf("MarkRead: %v", err)
 	}
+	if _, err := bob.c.Message.SendTyping(ctx, tok(bob, &parleyv1.SendTypingRequest{ChatId: c.GetId(), Typing: true})); err != nil {
+		t.Fatalf("SendTyping: %v", err)
+	}
 	closeBob()
 	// A marker: once alice has her own message's event, anything bob's
 	// stream and reading caused before it would have arrived.
@@ -377,7 +380,7 @@ func TestPrivacy_RequestEvents(t *testing.T) {
 	for {
 		select {
 		case ev := <-aliceEvents:
-			if ev.GetPresence() != nil || ev.GetPositionsChanged() != nil {
+			if ev.GetPresence() != nil || ev.GetPositionsChanged() != nil || ev.GetTyping() != nil {
 				t.Fatalf("the starter of a request got %v", ev)
 			}
 			if ev.GetMessageCreated().GetMessage().GetId() == marker.GetId() {

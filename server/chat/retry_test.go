@@ -23,8 +23,10 @@ func TestRetry_AnnouncesWhatTheFailedCallDidNot(t *testing.T) {
 	rdb := rs.Client()
 	ctx := context.Background()
 	p := servertest.Protocols[0]
-	alice, bob, carol, dave, erin := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
+	alice, bob, carol, dave, erin, frank := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
 	grp := group(t, alice, "g", bob, carol)
+	// Alice's request to Frank, which Frank's reply accepts.
+	request := servertest.PrivateChat(t, alice.chats, alice.token, frank.id)
 	pinned := send(t, alice, grp.GetId(), "pin me")
 	doomed := send(t, alice, grp.GetId(), "delete me")
 	invite, err := alice.chats.CreateInviteLink(ctx, req(alice, &parleyv1.CreateInviteLinkRequest{ChatId: grp.GetId(), UsageLimit: 1}))
@@ -36,6 +38,7 @@ func TestRetry_AnnouncesWhatTheFailedCallDidNot(t *testing.T) {
 	// one join, which the failed call uses.
 	carolLive := subscribe(t, srv, p, carol)
 	erinLive := subscribe(t, srv, p, erin)
+	aliceLive := subscribe(t, srv, p, alice)
 
 	acl := func(rule string) {
 		t.Helper()
@@ -142,6 +145,28 @@ func TestRetry_AnnouncesWhatTheFailedCallDidNot(t *testing.T) {
 			return c.GetType() == parleyv1.ChatType_CHAT_TYPE_PRIVATE && slices.ContainsFunc(c.GetParticipants(), func(p *parleyv1.Participant) bool { return p.GetUserId() == alice.id })
 		},
 	}, {
+		name: "MarkRead",
+		call: func() error {
+			_, err := bob.msgs.MarkRead(ctx, req(bob, &parleyv1.MarkReadRequest{ChatId: grp.GetId(), UpToSeq: pinned.GetSeq()}))
+			return err
+		},
+		watch: carol,
+		want: func(ev *parleyv1.Event) bool {
+			p := ev.GetPositionsChanged()
+			return p.GetUserId() == bob.id && p.GetReadSeq() == pinned.GetSeq()
+		},
+	}, {
+		name: "SendMessage accepting a request",
+		call: func() error {
+			_, err := sendReq(frank, &parleyv1.SendMessageRequest{ChatId: request.GetId(), ClientMessageId: "accepting", Text: "hi Alice"})
+			return err
+		},
+		watch: alice,
+		want: func(ev *parleyv1.Event) bool {
+			c := ev.GetChatUpdated().GetChat()
+			return c.GetId() == request.GetId() && c.GetRequest() == nil
+		},
+	}, {
 		name: "RemoveParticipant",
 		call: func() error {
 			_, err := alice.chats.RemoveParticipant(ctx, req(alice, &parleyv1.RemoveParticipantRequest{ChatId: grp.GetId(), UserId: dave.id}))
@@ -172,7 +197,7 @@ func TestRetry_AnnouncesWhatTheFailedCallDidNot(t *testing.T) {
 			return ev.GetChatCreated().GetChat().GetName() == "made once"
 		},
 	}}
-	streams := map[*user]*connect.ServerStreamForClient[parleyv1.SubscribeResponse]{carol: carolLive, erin: erinLive}
+	streams := map[*user]*connect.ServerStreamForClient[parleyv1.SubscribeResponse]{carol: carolLive, erin: erinLive, alice: aliceLive}
 	for _, tc := range cases {
 		acl("-xadd")
 		err := tc.call()

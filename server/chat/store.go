@@ -55,6 +55,10 @@ type chatDoc struct {
 	// HiddenFor lists the member who declined the request: to it the
 	// chat does not exist until it accepts it after all.
 	HiddenFor []int `bson:"hiddenFor,omitempty"`
+	// AcceptedBy is the member that accepted the request, until the
+	// acceptance is announced (see Service.accept): the next send or
+	// accept announces it, should the accepting call have failed to.
+	AcceptedBy int `bson:"acceptedBy,omitempty"`
 	// SentSeq holds, by member (its user id in decimal), the largest seq
 	// it sent: its read and delivered positions are at least that (see
 	// fillPositions). A send raises it in the update that moves
@@ -803,14 +807,15 @@ func (s *store) unreadBoth(ctx context.Context, c *chatDoc, m member) (unreadCou
 }
 
 // acceptRequest makes the private chat an accepted one (no request, hidden
-// for nobody).
-func (s *store) acceptRequest(ctx context.Context, chatID bson.ObjectID) error {
+// for nobody), by userID, its acceptance not yet announced.
+func (s *store) acceptRequest(ctx context.Context, chatID bson.ObjectID, userID int) error {
 	err := s.changing(ctx, chatID, func(ctx context.Context) error {
 		return s.locked(ctx, chatLock(chatID), func() error {
 			_, err := s.chats.UpdateOne(ctx, bson.D{
 				{Key: "_id", Value: chatID}, {Key: "request", Value: bson.D{{Key: "$exists", Value: true}}},
 			}, bson.D{
 				{Key: "$unset", Value: bson.D{{Key: "request", Value: ""}, {Key: "hiddenFor", Value: ""}}},
+				{Key: "$set", Value: bson.D{{Key: "acceptedBy", Value: userID}}},
 				{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: s.nowMs()}}},
 			})
 			return err
@@ -818,6 +823,22 @@ func (s *store) acceptRequest(ctx context.Context, chatID bson.ObjectID) error {
 	})
 	if err != nil {
 		return fmt.Errorf("accept request: %w", err)
+	}
+	return nil
+}
+
+// acceptAnnounced records that the chat's acceptance is announced.
+func (s *store) acceptAnnounced(ctx context.Context, chatID bson.ObjectID) error {
+	err := s.changing(ctx, chatID, func(ctx context.Context) error {
+		return s.locked(ctx, chatLock(chatID), func() error {
+			_, err := s.chats.UpdateOne(ctx, bson.D{
+				{Key: "_id", Value: chatID}, {Key: "acceptedBy", Value: bson.D{{Key: "$exists", Value: true}}},
+			}, bson.D{{Key: "$unset", Value: bson.D{{Key: "acceptedBy", Value: ""}}}})
+			return err
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("record the acceptance announced: %w", err)
 	}
 	return nil
 }

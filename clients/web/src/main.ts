@@ -849,7 +849,12 @@ async function onEvent(ev: Event) {
     }
     case "positionsChanged": {
       const p = ev.kind.value;
-      ticks.set(p.chatId, { delivered: p.chatDeliveredSeq, read: p.chatReadSeq });
+      // Positions only move forward; two marks' events may cross.
+      const had = ticks.get(p.chatId);
+      ticks.set(p.chatId, {
+        delivered: had && had.delivered > p.chatDeliveredSeq ? had.delivered : p.chatDeliveredSeq,
+        read: had && had.read > p.chatReadSeq ? had.read : p.chatReadSeq,
+      });
       if (p.chatId === ui.current) renderMessages();
       break;
     }

@@ -597,7 +597,10 @@ func (x *MessageEvent) GetMessage() *Message {
 	return nil
 }
 
-// PositionsChanged tells that a member received or read further.
+// PositionsChanged tells that a member received or read further. Positions
+// only move forward, but the events of two marks made at once may arrive
+// in either order, and a mark repeated (a retry) announces them again: a
+// client keeps the largest of each it has seen.
 type PositionsChanged struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`

@@ -259,7 +259,10 @@ export const MessageEventSchema: GenMessage<MessageEvent> = /*@__PURE__*/
   messageDesc(file_parley_v1_live, 5);
 
 /**
- * PositionsChanged tells that a member received or read further.
+ * PositionsChanged tells that a member received or read further. Positions
+ * only move forward, but the events of two marks made at once may arrive
+ * in either order, and a mark repeated (a retry) announces them again: a
+ * client keeps the largest of each it has seen.
  *
  * @generated from message parley.v1.PositionsChanged
  */
