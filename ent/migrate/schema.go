@@ -38,6 +38,11 @@ var (
 				Columns: []*schema.Column{AvatarsColumns[5], AvatarsColumns[4]},
 			},
 			{
+				Name:    "avatar_avatar_url",
+				Unique:  false,
+				Columns: []*schema.Column{AvatarsColumns[1]},
+			},
+			{
 				Name:    "avatars_one_active_per_user",
 				Unique:  true,
 				Columns: []*schema.Column{AvatarsColumns[5]},

@@ -62,6 +62,9 @@ func (Avatar) Edges() []ent.Edge {
 func (Avatar) Indexes() []ent.Index {
 	return []ent.Index{
 		index.Fields("user_id", "uploaded_at"),
+		// The avatar that serves an image: AddAvatar's check and media
+		// clean-up look it up by its URL.
+		index.Fields("avatar_url"),
 		index.Fields("user_id").
 			Unique().
 			StorageKey("avatars_one_active_per_user").

@@ -350,6 +350,8 @@ func TestAuthService_DeletionSweep(t *testing.T) {
 	if err != nil || !res.Msg.GetUser().GetDeleted() {
 		t.Errorf("GetUser(alice) before the sweep = %v, %v; want deleted", res.Msg.GetUser(), err)
 	}
+	_, err = bob.c.Avatar.ListAvatars(ctx, servertest.WithToken(&parleyv1.ListAvatarsRequest{UserId: alice.ID}, bob.Token))
+	servertest.WantCode(t, err, connect.CodeNotFound)
 
 	sweep, err := srv.App.NewDeletionSweep()
 	if err != nil {

@@ -196,11 +196,14 @@ func (l *Library) claimAvatarImage(ctx context.Context, userID int, id bson.Obje
 			return nil, errMediaNotFound
 		case m.State != stateReady:
 			return nil, errNotReady
-		case m.GroupID != nil && claim == claimGroup+m.GroupID.Hex():
-			// The group's avatar already: a retry of the change that
-			// made it so.
+		case m.GroupID != nil && claim == claimGroup+m.GroupID.Hex(), m.AvatarID != 0 && claim == claimAvatar:
+			// The group's avatar, or one of the user's, already: a
+			// retry of the change that made it so.
 			return nil, nil
-		case m.attached():
+		case m.attached(), m.Claim != "" && m.Claim != claim:
+			// Used, or being made, elsewhere: a user's avatar or
+			// another group's. (A claim of the same kind, left by a
+			// change that failed part-way, is taken over.)
 			return nil, errAlreadyAvatar
 		}
 		now := l.store.nowMs()
@@ -276,7 +279,7 @@ func (l *Library) DeleteAvatar(ctx context.Context, url string, avatarID int) er
 		return nil
 	}
 	_, err := l.delete(ctx, id, func(m *mediaDoc) bool {
-		return m.Avatar && (m.AvatarID == avatarID || m.AvatarID == 0)
+		return m.Avatar && m.GroupID == nil && (m.AvatarID == avatarID || m.AvatarID == 0 && m.Claim == claimAvatar)
 	})
 	return err
 }

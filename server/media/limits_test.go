@@ -246,6 +246,26 @@ func TestUploadLimits_Unsent(t *testing.T) {
 	}
 }
 
+// TestUploadLimits_GroupAvatarIsUsed: a group's avatar counts as used, as
+// a user's avatar and a sent file do, not against the unsent bytes.
+func TestUploadLimits_GroupAvatarIsUsed(t *testing.T) {
+	const limit = 10_000
+	srv := newServer(t, servertest.WithConfig(func(c *app.Config) { c.Media.MaxUnsentBytes = limit }))
+	p := servertest.Protocols[0]
+	alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+	grp := servertest.GroupChat(t, alice.chats, alice.token, "g", bob.id).GetId()
+	avatar := alice.upload(t, "", "g.png", "image/png", pngImage(t, 40, 40))
+	if _, err := alice.createUpload(t, grp, "full.txt", "text/plain", limit); connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Fatalf("an upload over the limit with the image unused: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if _, err := alice.chats.UpdateChat(context.Background(), req(alice, &parleyv1.UpdateChatRequest{ChatId: grp, AvatarMediaId: avatar.GetId()})); err != nil {
+		t.Fatalf("UpdateChat: %v", err)
+	}
+	if _, err := alice.createUpload(t, grp, "full.txt", "text/plain", limit); err != nil {
+		t.Fatalf("an upload of the whole limit once the image is the group's avatar: %v", err)
+	}
+}
+
 // TestUploadLimits_MinRate: an upload that keeps trickling (never idle
 // long enough for the idle timeout) is ended by the rate floor with a
 // clear error and leaves nothing; one that keeps up the rate for longer

@@ -155,6 +155,7 @@ func (s *store) unsentBytes(ctx context.Context, userID int, pendingSince time.T
 			{Key: "uploaderId", Value: userID},
 			{Key: "messageId", Value: bson.D{{Key: "$exists", Value: false}}},
 			{Key: "avatarId", Value: bson.D{{Key: "$exists", Value: false}}},
+			{Key: "groupId", Value: bson.D{{Key: "$exists", Value: false}}},
 			{Key: "state", Value: bson.D{{Key: "$ne", Value: stateDeleting}}},
 			{Key: "fileId", Value: bson.D{{Key: "$exists", Value: false}}},
 			{Key: "$or", Value: bson.A{

@@ -276,7 +276,8 @@ func (s *store) search(ctx context.Context, prefix string, after *searchCursor, 
 // listAvatars lists the user's avatars, newest first, or only the active
 // one.
 func (s *store) listAvatars(ctx context.Context, userID int, activeOnly bool) ([]*ent.Avatar, error) {
-	q := s.db.Ent.Avatar.Query().Where(avatar.UserID(userID))
+	// Those of an account being deleted are not: it is gone for others.
+	q := s.db.Ent.Avatar.Query().Where(avatar.UserID(userID), avatar.HasUserWith(notDeleted()))
 	if activeOnly {
 		q = q.Where(avatar.IsActive(true))
 	}
@@ -321,7 +322,9 @@ func (s *store) setActive(ctx context.Context, userID, avatarID int) (*ent.Avata
 
 var errAvatarExists = errors.New("an avatar already serves this image")
 
-// addAvatar adds an uploaded image as the user's active avatar.
+// addAvatar adds an uploaded image as the user's active avatar; an image
+// that is one of the user's avatars already (a retry, a double click)
+// gives that avatar back, unchanged.
 func (s *store) addAvatar(ctx context.Context, userID int, url string) (*ent.Avatar, error) {
 	var out *ent.Avatar
 	err := s.withTx(ctx, func(tx *ent.Tx) error {
@@ -330,12 +333,15 @@ func (s *store) addAvatar(ctx context.Context, userID int, url string) (*ent.Ava
 		}
 		// Under the user's lock, so two AddAvatar of one image (a double
 		// click) make one avatar.
-		n, err := tx.Avatar.Query().Where(avatar.AvatarURL(url)).Count(ctx)
-		if err != nil {
-			return err
-		}
-		if n > 0 {
+		had, err := tx.Avatar.Query().Where(avatar.AvatarURL(url)).First(ctx)
+		switch {
+		case err == nil && had.UserID == userID:
+			out = had
+			return nil
+		case err == nil:
 			return errAvatarExists
+		case !ent.IsNotFound(err):
+			return err
 		}
 		if err := tx.Avatar.Update().Where(avatar.UserID(userID), avatar.IsActive(true)).SetIsActive(false).Exec(ctx); err != nil {
 			return fmt.Errorf("deactivate avatar: %w", err)
