@@ -128,23 +128,40 @@ func validAddr(addr string) bool {
 	return err == nil && host != "" && port != ""
 }
 
-// dialer dials the translated address of each address it is given; nil
-// (go-redis's own dialer) without translations.
+// dialer dials the translated address of each address it is given (as
+// is without translations), as go-redis's own dialer does, with the
+// connections' unacknowledged data bounded (see userTimeout).
 func (m natMap) dialer(timeout time.Duration, tlsConfig *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	if len(m) == 0 {
-		return nil
-	}
 	if timeout <= 0 {
 		timeout = 5 * time.Second // go-redis's default, which it sets later
 	}
-	dial := redis.NewDialer(&redis.Options{DialTimeout: timeout, TLSConfig: tlsConfig})
+	// go-redis's keep-alive (probes after 30 s idle, 3 of them 5 s apart)
+	// finds a dead peer on an idle connection; userTimeout, one with data
+	// in flight.
+	d := &net.Dialer{
+		Timeout:         timeout,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 5 * time.Second, Count: 3},
+		Control:         control,
+	}
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if to, ok := m[addr]; ok {
 			addr = to
 		}
-		return dial(ctx, network, addr)
+		if tlsConfig == nil {
+			return d.DialContext(ctx, network, addr)
+		}
+		return (&tls.Dialer{NetDialer: d, Config: tlsConfig}).DialContext(ctx, network, addr)
 	}
 }
+
+// userTimeout bounds how long data sent on a connection to Redis may stay
+// unacknowledged before the kernel ends the connection (TCP_USER_TIMEOUT,
+// on Linux). A link that goes dark (a dropped NAT entry, a moved virtual
+// IP) otherwise keeps a pub/sub connection, whose reads have no deadline,
+// open for some 15 minutes of retransmissions: the live hub's pings
+// (every heartbeat of silence) then fail it within this, go-redis
+// reconnects, and the hub's streams catch up.
+const userTimeout = 30 * time.Second
 
 // stateReloadInterval bounds how old a cluster client's slot map gets.
 const stateReloadInterval = 5 * time.Second
