@@ -159,6 +159,7 @@ type heldSeq struct {
 func (a *seqAllocator) keep(chatID bson.ObjectID, seq int64) {
 	h := heldSeq{chatID, seq}
 	ttl := a.ttl()
+	var timer *time.Timer
 	renew := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), ttl/3)
 		defer cancel()
@@ -172,8 +173,8 @@ func (a *seqAllocator) keep(chatID bson.ObjectID, seq int64) {
 		})
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		if t, ok := a.held[h]; ok {
-			t.Reset(ttl / 3)
+		if a.held[h] == timer {
+			timer.Reset(ttl / 3)
 		}
 	}
 	a.mu.Lock()
@@ -181,7 +182,13 @@ func (a *seqAllocator) keep(chatID bson.ObjectID, seq int64) {
 	if a.held == nil {
 		a.held = make(map[heldSeq]*time.Timer)
 	}
-	a.held[h] = time.AfterFunc(ttl/3, renew)
+	if t, ok := a.held[h]; ok {
+		// The same seq handed out again (Redis lost the counter while
+		// a send held it): one keeper, released by either send.
+		t.Stop()
+	}
+	timer = time.AfterFunc(ttl/3, renew)
+	a.held[h] = timer
 }
 
 // ttl is how long a seq counts as in flight unless renewed.
