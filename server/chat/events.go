@@ -188,11 +188,20 @@ func (s *Service) publishPositions(ctx context.Context, c *chatDoc, userID int) 
 		ChatReadSeq:      all.read,
 	}}}
 	// The member's positions as just read, into their mirror (see
-	// seqAllocator.queueRaisePositions), in the same round trip.
-	mirror := func(p redis.Pipeliner) {
+	// seqAllocator.queueRaisePositions), and as announced (see mark), in
+	// the same round trip.
+	announced := s.seqs.announcedKey(chatID, userID)
+	after := func(p redis.Pipeliner) {
 		s.seqs.queueRaisePositions(ctx, p, chatID, userID, members[i].ReadSeq, members[i].DeliveredSeq)
+		p.Set(ctx, announced, announcedPositions(members[i].ReadSeq, members[i].DeliveredSeq), positionsTTL)
 	}
-	return s.publishWith(ctx, chatID, ids, ev, nil, mirror)
+	if err := s.publishWith(ctx, chatID, ids, ev, nil, after); err != nil {
+		// The record may be set although a log lacks the event: take it
+		// back, so that a repeated mark announces the positions again.
+		s.seqs.rdb.Del(context.WithoutCancel(ctx), announced)
+		return err
+	}
+	return nil
 }
 
 // audience lists the members who hear of what happens in the chat's

@@ -46,7 +46,9 @@ func TestSeqAllocator_KeepsHeldSeqsInFlight(t *testing.T) {
 		}
 		return wm
 	}
-	t.Cleanup(func() { rdb.Del(ctx, a.key(chatID), a.inflightKey(chatID), a.sentKey(chatID, "slow"), a.sentKey(chatID, "failed")) })
+	t.Cleanup(func() {
+		rdb.Del(ctx, a.key(chatID), a.inflightKey(chatID), a.sentKey(chatID, "slow"), a.sentKey(chatID, "failed"))
+	})
 
 	slow, failed := next("slow"), next("failed")
 	a.abandon(chatID, failed)
@@ -70,20 +72,28 @@ func TestSeqAllocator_KeepsHeldSeqsInFlight(t *testing.T) {
 }
 
 // A seq handed out twice (Redis lost the counter while a send held it)
-// has one keeper, which either send's release stops: none is left to
-// renew the seq for ever.
+// has one keeper, which runs until both sends release it: none is left
+// to renew the seq for ever, and one send's failure does not stop the
+// other's.
 func TestSeqAllocator_SameSeqKeptTwice(t *testing.T) {
 	a := &seqAllocator{inflight: time.Hour}
 	chatID := bson.NewObjectID()
 	a.keep(chatID, 7)
 	a.mu.Lock()
-	first := a.held[heldSeq{chatID, 7}]
+	k := a.held[heldSeq{chatID, 7}]
 	a.mu.Unlock()
 	a.keep(chatID, 7)
-	if first.Stop() {
-		t.Error("the first keeper of the seq still runs after the second")
+	a.abandon(chatID, 7)
+	a.mu.Lock()
+	still := a.held[heldSeq{chatID, 7}] == k
+	a.mu.Unlock()
+	if !still {
+		t.Fatal("one send's release ended the keeper of a seq another send holds")
 	}
 	a.release(chatID, 7)
+	if k.timer.Stop() {
+		t.Error("the keeper still runs once both sends released the seq")
+	}
 	a.release(chatID, 7)
 	if len(a.held) != 0 {
 		t.Errorf("%d seqs still kept", len(a.held))

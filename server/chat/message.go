@@ -656,15 +656,23 @@ func (s *Service) mark(ctx context.Context, chatHex string, upTo int64, kinds ..
 	if err != nil {
 		return nil, nil, s.internal(ctx, "mark", err)
 	}
-	// A mark that finds the position it asks for already there announces
-	// it again: it is the retry of a mark whose announcement failed
-	// (errNotDelivered), maybe, or another device's.
-	moved := m.ReadSeq != before.ReadSeq || m.DeliveredSeq != before.DeliveredSeq
+	// A mark that finds the position it asks for already there, but not
+	// announced as it is, announces it: it is the retry of a mark whose
+	// announcement failed (errNotDelivered). Another device's repeat, of
+	// positions announced, costs one Redis read.
+	publish := m.ReadSeq != before.ReadSeq || m.DeliveredSeq != before.DeliveredSeq
 	there := m.DeliveredSeq
 	if slices.Contains(kinds, kindRead) {
 		there = m.ReadSeq
 	}
-	if moved || upTo > 0 && there == upTo {
+	if !publish && upTo > 0 && there == upTo && s.events != nil {
+		was, err := s.seqs.rdb.Get(ctx, s.seqs.announcedKey(c.ID, id.UserID)).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, nil, s.internal(ctx, "mark", err)
+		}
+		publish = was != announcedPositions(m.ReadSeq, m.DeliveredSeq)
+	}
+	if publish {
 		if err := s.publishPositions(ctx, c, id.UserID); err != nil {
 			return nil, nil, s.internal(ctx, "mark", err)
 		}

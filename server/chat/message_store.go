@@ -141,7 +141,14 @@ type seqAllocator struct {
 	// held keeps the seqs this instance's sends hold in flight (see
 	// keep).
 	mu   sync.Mutex
-	held map[heldSeq]*time.Timer
+	held map[heldSeq]*keeper
+}
+
+// keeper renews a held seq for its holders (more than one only when the
+// seq was handed out again: Redis lost the counter while a send held it).
+type keeper struct {
+	timer   *time.Timer
+	holders int
 }
 
 type heldSeq struct {
@@ -159,7 +166,7 @@ type heldSeq struct {
 func (a *seqAllocator) keep(chatID bson.ObjectID, seq int64) {
 	h := heldSeq{chatID, seq}
 	ttl := a.ttl()
-	var timer *time.Timer
+	k := &keeper{holders: 1}
 	renew := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), ttl/3)
 		defer cancel()
@@ -173,22 +180,23 @@ func (a *seqAllocator) keep(chatID bson.ObjectID, seq int64) {
 		})
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		if a.held[h] == timer {
-			timer.Reset(ttl / 3)
+		if a.held[h] == k {
+			k.timer.Reset(ttl / 3)
 		}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.held == nil {
-		a.held = make(map[heldSeq]*time.Timer)
+		a.held = make(map[heldSeq]*keeper)
 	}
-	if t, ok := a.held[h]; ok {
-		// The same seq handed out again (Redis lost the counter while
-		// a send held it): one keeper, released by either send.
-		t.Stop()
+	if had, ok := a.held[h]; ok {
+		// The same seq handed out again: one keeper, until both sends
+		// release it.
+		had.holders++
+		return
 	}
-	timer = time.AfterFunc(ttl/3, renew)
-	a.held[h] = timer
+	k.timer = time.AfterFunc(ttl/3, renew)
+	a.held[h] = k
 }
 
 // ttl is how long a seq counts as in flight unless renewed.
@@ -204,9 +212,11 @@ func (a *seqAllocator) release(chatID bson.ObjectID, seq int64) {
 	h := heldSeq{chatID, seq}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if t, ok := a.held[h]; ok {
-		t.Stop()
-		delete(a.held, h)
+	if k, ok := a.held[h]; ok {
+		if k.holders--; k.holders == 0 {
+			k.timer.Stop()
+			delete(a.held, h)
+		}
 	}
 }
 
@@ -235,6 +245,18 @@ func (a *seqAllocator) sentKey(chatID bson.ObjectID, idem string) string {
 // read everything before it (then nobody's ticks move).
 func (a *seqAllocator) positionsKey(chatID bson.ObjectID, userID int) string {
 	return a.prefix + "chat:{" + chatID.Hex() + "}:positions:" + strconv.Itoa(userID)
+}
+
+// announcedKey holds the member's positions as last announced (see
+// announcedPositions), until positionsTTL after.
+func (a *seqAllocator) announcedKey(chatID bson.ObjectID, userID int) string {
+	return a.prefix + "chat:{" + chatID.Hex() + "}:announced:" + strconv.Itoa(userID)
+}
+
+// announcedPositions is the value of announcedKey for a member's
+// positions.
+func announcedPositions(read, delivered int64) string {
+	return strconv.FormatInt(read, 10) + ":" + strconv.FormatInt(delivered, 10)
 }
 
 // positionsTTL is how long a member's mirrored positions last unless

@@ -299,3 +299,32 @@ func TestRetry_LeaveWithinTenMinutes(t *testing.T) {
 		t.Errorf("the group has %d members, want 1", n)
 	}
 }
+
+// A mark repeated once its positions are announced (another device's, a
+// client's repeat) announces nothing: only a mark whose announcement
+// failed is announced again (see TestRetry_AnnouncesWhatTheFailedCallDidNot).
+func TestRetry_RepeatedMarkAnnouncesNothing(t *testing.T) {
+	srv := servertest.New(t)
+	ctx := context.Background()
+	p := servertest.Protocols[0]
+	alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+	grp := group(t, alice, "g", bob)
+	m := send(t, alice, grp.GetId(), "read me")
+	live := subscribe(t, srv, p, alice)
+	for range 3 {
+		if _, err := bob.msgs.MarkRead(ctx, req(bob, &parleyv1.MarkReadRequest{ChatId: grp.GetId(), UpToSeq: m.GetSeq()})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	marker := send(t, alice, grp.GetId(), "marker")
+	seen := 0
+	nextEvent(t, live, func(ev *parleyv1.Event) bool {
+		if ev.GetPositionsChanged().GetUserId() == bob.id {
+			seen++
+		}
+		return ev.GetMessageCreated().GetMessage().GetId() == marker.GetId()
+	})
+	if seen != 1 {
+		t.Errorf("three marks of the same message announced Bob's positions %d times, want 1", seen)
+	}
+}
