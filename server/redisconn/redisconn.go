@@ -160,8 +160,10 @@ func (m natMap) dialer(timeout time.Duration, tlsConfig *tls.Config) func(ctx co
 // IP) otherwise keeps a pub/sub connection, whose reads have no deadline,
 // open for some 15 minutes of retransmissions: the live hub's pings
 // (every heartbeat of silence) then fail it within this, go-redis
-// reconnects, and the hub's streams catch up.
-const userTimeout = 30 * time.Second
+// reconnects, and the hub's streams catch up. On an idle connection it
+// also ends keep-alive's probing: 45 s, 30 s idle and three probes 5 s
+// apart, as go-redis's own dialer has it.
+const userTimeout = 45 * time.Second
 
 // stateReloadInterval bounds how old a cluster client's slot map gets.
 const stateReloadInterval = 5 * time.Second
