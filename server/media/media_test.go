@@ -291,9 +291,22 @@ func TestAvatarUpload(t *testing.T) {
 	if ok != 2 || n != 1 {
 		t.Fatalf("concurrent AddAvatar: %d succeeded, %d avatars of the image; want 2 and 1", ok, n)
 	}
-	// Back to the first image as the active avatar, for what follows.
-	if _, err := alice.avatar.SetActiveAvatar(context.Background(), req(alice, &parleyv1.SetActiveAvatarRequest{AvatarId: a.GetId()})); err != nil {
-		t.Fatal(err)
+	// Back to the first image as the active avatar, for what follows;
+	// adding the second again makes it active again, then the first.
+	for _, m := range []*parleyv1.Media{m, second, m} {
+		res, err := alice.avatar.AddAvatar(context.Background(), req(alice, &parleyv1.AddAvatarRequest{MediaId: m.GetId()}))
+		if err != nil || !res.Msg.GetAvatar().GetIsActive() || res.Msg.GetAvatar().GetUrl() != m.GetUrl() {
+			t.Fatalf("AddAvatar of %s, one of the user's avatars: %v, %v; want it active", m.GetId(), res.Msg.GetAvatar(), err)
+		}
+		mine, err := alice.avatar.ListAvatars(context.Background(), req(alice, &parleyv1.ListAvatarsRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, av := range mine.Msg.GetAvatars() {
+			if av.GetIsActive() != (av.GetUrl() == m.GetUrl()) {
+				t.Errorf("after AddAvatar of %s: avatar %s active %v", m.GetId(), av.GetUrl(), av.GetIsActive())
+			}
+		}
 	}
 	_, err = stranger.avatar.AddAvatar(context.Background(), req(stranger, &parleyv1.AddAvatarRequest{MediaId: m.GetId()}))
 	servertest.WantCode(t, err, connect.CodeNotFound)

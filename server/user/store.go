@@ -324,7 +324,7 @@ var errAvatarExists = errors.New("an avatar already serves this image")
 
 // addAvatar adds an uploaded image as the user's active avatar; an image
 // that is one of the user's avatars already (a retry, a double click)
-// gives that avatar back, unchanged.
+// makes that avatar the active one.
 func (s *store) addAvatar(ctx context.Context, userID int, url string) (*ent.Avatar, error) {
 	var out *ent.Avatar
 	err := s.withTx(ctx, func(tx *ent.Tx) error {
@@ -335,16 +335,20 @@ func (s *store) addAvatar(ctx context.Context, userID int, url string) (*ent.Ava
 		// click) make one avatar.
 		had, err := tx.Avatar.Query().Where(avatar.AvatarURL(url)).First(ctx)
 		switch {
-		case err == nil && had.UserID == userID:
+		case err == nil && had.UserID != userID:
+			return errAvatarExists
+		case err == nil && had.IsActive:
 			out = had
 			return nil
-		case err == nil:
-			return errAvatarExists
-		case !ent.IsNotFound(err):
+		case err != nil && !ent.IsNotFound(err):
 			return err
 		}
 		if err := tx.Avatar.Update().Where(avatar.UserID(userID), avatar.IsActive(true)).SetIsActive(false).Exec(ctx); err != nil {
 			return fmt.Errorf("deactivate avatar: %w", err)
+		}
+		if had != nil {
+			out, err = tx.Avatar.UpdateOne(had).SetIsActive(true).Save(ctx)
+			return err
 		}
 		out, err = tx.Avatar.Create().SetUserID(userID).SetAvatarURL(url).
 			SetIsRandom(false).SetIsActive(true).SetUploadedAt(s.now()).Save(ctx)
