@@ -821,14 +821,7 @@ func TestAccountService_PasswordResetRetried(t *testing.T) {
 		c.Now = clock.Now
 	}))
 	mp := servertest.SharedMailpit(t)
-	rdb := rs.Client()
 	ctx := context.Background()
-	acl := func(rules ...any) {
-		t.Helper()
-		if err := rdb.Do(ctx, append([]any{"ACL", "SETUSER", "default"}, rules...)...).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
 	c := servertest.NewClients(srv, servertest.Protocols[0])
 	ip := newIP()
 	a := servertest.Register(t, c.Auth, servertest.UniqueName("retried"))
@@ -846,9 +839,9 @@ func TestAccountService_PasswordResetRetried(t *testing.T) {
 	}
 
 	code := newCode(2)
-	acl("-zrange")
+	rs.ACL("-zrange")
 	err := reset(code, "the new password")
-	acl("+zrange")
+	rs.ACL("+zrange")
 	servertest.WantCode(t, err, connect.CodeInternal)
 	me(t, c, a.Token) // not ended yet
 	if err := reset(code, "the new password"); err != nil {
@@ -863,9 +856,9 @@ func TestAccountService_PasswordResetRetried(t *testing.T) {
 	}
 
 	code = newCode(3)
-	acl("-zrange", "-hdel")
+	rs.ACL("-zrange", "-hdel")
 	err = reset(code, "the last password")
-	acl("+zrange", "+hdel")
+	rs.ACL("+zrange", "+hdel")
 	servertest.WantCode(t, err, connect.CodeInternal)
 	servertest.WantCode(t, reset(code, "the last password"), connect.CodeAborted)
 	me(t, c, session.GetAccessToken())

@@ -70,7 +70,7 @@ func (s *Service) AddReaction(
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reactionTimeout)
 	defer cancel()
-	if _, err := s.store.addReaction(ctx, &reactionDoc{ChatID: c.ID, MessageID: msg.ID, UserID: me.UserID, Emoji: emoji}); err != nil {
+	if err := s.store.addReaction(ctx, &reactionDoc{ChatID: c.ID, MessageID: msg.ID, UserID: me.UserID, Emoji: emoji}); err != nil {
 		return nil, s.internal(ctx, "add reaction", err)
 	}
 	// A reaction the caller had already is completed and announced
@@ -123,7 +123,7 @@ func (s *Service) reactionAdded(ctx context.Context, c *chatDoc, msg *messageDoc
 	if now.DeletedAt != nil {
 		// Deleted since the emoji was recorded: the delete may have
 		// dropped the message's reactions before this one was stored.
-		if _, err := s.store.removeReaction(ctx, msg.ID, userID, emoji); err != nil {
+		if err := s.store.removeReaction(ctx, msg.ID, userID, emoji); err != nil {
 			return nil, err
 		}
 		return nil, errReactDeleted
@@ -138,7 +138,7 @@ func (s *Service) reactionAdded(ctx context.Context, c *chatDoc, msg *messageDoc
 		}
 		if !back {
 			// Its place was taken: the reaction goes, unannounced.
-			if _, err := s.store.removeReaction(ctx, msg.ID, userID, emoji); err != nil {
+			if err := s.store.removeReaction(ctx, msg.ID, userID, emoji); err != nil {
 				return nil, err
 			}
 			return nil, errReactionLimit
@@ -168,7 +168,7 @@ func (s *Service) RemoveReaction(
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reactionTimeout)
 	defer cancel()
-	if _, err := s.store.removeReaction(ctx, msg.ID, me.UserID, emoji); err != nil {
+	if err := s.store.removeReaction(ctx, msg.ID, me.UserID, emoji); err != nil {
 		return nil, s.internal(ctx, "remove reaction", err)
 	}
 	// A reaction the caller did not have is completed and announced as

@@ -175,27 +175,23 @@ func (s *store) emojiUsed(ctx context.Context, messageID bson.ObjectID, emoji st
 	return true, nil
 }
 
-// addReaction stores r; false when the member had made it already.
-func (s *store) addReaction(ctx context.Context, r *reactionDoc) (bool, error) {
+// addReaction stores r; nothing changes when the member had made it
+// already.
+func (s *store) addReaction(ctx context.Context, r *reactionDoc) error {
 	r.ID, r.At = reactionID(r.MessageID, r.UserID, r.Emoji), s.nowMs()
-	_, err := s.reactions.InsertOne(ctx, r)
-	if mongo.IsDuplicateKeyError(err) {
-		return false, nil
+	if _, err := s.reactions.InsertOne(ctx, r); err != nil && !mongo.IsDuplicateKeyError(err) {
+		return fmt.Errorf("add reaction: %w", err)
 	}
-	if err != nil {
-		return false, fmt.Errorf("add reaction: %w", err)
-	}
-	return true, nil
+	return nil
 }
 
-// removeReaction deletes the member's reaction with emoji; false when
-// there was none.
-func (s *store) removeReaction(ctx context.Context, messageID bson.ObjectID, userID int, emoji string) (bool, error) {
-	res, err := s.reactions.DeleteOne(ctx, bson.D{{Key: "_id", Value: reactionID(messageID, userID, emoji)}})
-	if err != nil {
-		return false, fmt.Errorf("remove reaction: %w", err)
+// removeReaction deletes the member's reaction with emoji, if there is
+// one.
+func (s *store) removeReaction(ctx context.Context, messageID bson.ObjectID, userID int, emoji string) error {
+	if _, err := s.reactions.DeleteOne(ctx, bson.D{{Key: "_id", Value: reactionID(messageID, userID, emoji)}}); err != nil {
+		return fmt.Errorf("remove reaction: %w", err)
 	}
-	return res.DeletedCount > 0, nil
+	return nil
 }
 
 // bumpReactions raises the message's reactions version, and returns the

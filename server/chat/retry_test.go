@@ -20,7 +20,6 @@ import (
 func TestRetry_AnnouncesWhatTheFailedCallDidNot(t *testing.T) {
 	rs := servertest.StartRedis(t)
 	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) { c.RedisURL = rs.URL() }))
-	rdb := rs.Client()
 	ctx := context.Background()
 	p := servertest.Protocols[0]
 	alice, bob, carol, dave, erin, frank := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
@@ -40,12 +39,6 @@ func TestRetry_AnnouncesWhatTheFailedCallDidNot(t *testing.T) {
 	erinLive := subscribe(t, srv, p, erin)
 	aliceLive := subscribe(t, srv, p, alice)
 
-	acl := func(rule string) {
-		t.Helper()
-		if err := rdb.Do(ctx, "ACL", "SETUSER", "default", rule).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
 	cases := []struct {
 		name  string
 		call  func() error
@@ -199,9 +192,9 @@ func TestRetry_AnnouncesWhatTheFailedCallDidNot(t *testing.T) {
 	}}
 	streams := map[*user]*connect.ServerStreamForClient[parleyv1.SubscribeResponse]{carol: carolLive, erin: erinLive, alice: aliceLive}
 	for _, tc := range cases {
-		acl("-xadd")
+		rs.ACL("-xadd")
 		err := tc.call()
-		acl("+xadd")
+		rs.ACL("+xadd")
 		wantCode(t, err, connect.CodeUnavailable)
 		if err := tc.call(); err != nil {
 			t.Fatalf("%s, retried: %v", tc.name, err)
@@ -246,7 +239,6 @@ func TestRetry_LeaveWithinTenMinutes(t *testing.T) {
 		cfg.RedisURL = rs.URL()
 		cfg.Now = clock.Now
 	}))
-	rdb := rs.Client()
 	ctx := context.Background()
 	p := servertest.Protocols[0]
 	alice, bob, carol, dave, erin, frank := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
@@ -261,13 +253,9 @@ func TestRetry_LeaveWithinTenMinutes(t *testing.T) {
 	}
 	unannounced := func(call func() error) {
 		t.Helper()
-		if err := rdb.Do(ctx, "ACL", "SETUSER", "default", "-xadd").Err(); err != nil {
-			t.Fatal(err)
-		}
+		rs.ACL("-xadd")
 		err := call()
-		if err := rdb.Do(ctx, "ACL", "SETUSER", "default", "+xadd").Err(); err != nil {
-			t.Fatal(err)
-		}
+		rs.ACL("+xadd")
 		wantCode(t, err, connect.CodeUnavailable)
 	}
 

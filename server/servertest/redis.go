@@ -51,6 +51,22 @@ func (r *Redis) Client() *redis.Client {
 	return c
 }
 
+// ACL changes what the Redis lets its clients do, by ACL SETUSER on
+// the default user: "-xadd" refuses XADD (so that live delivery fails),
+// "+xadd" allows it again.
+func (r *Redis) ACL(rules ...string) {
+	r.tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(r.port)})
+	defer c.Close()
+	args := []any{"ACL", "SETUSER", "default"}
+	for _, rule := range rules {
+		args = append(args, rule)
+	}
+	if err := c.Do(context.Background(), args...).Err(); err != nil {
+		r.tb.Fatalf("ACL SETUSER default %v: %v", rules, err)
+	}
+}
+
 // Restart kills the Redis and starts it again, empty.
 func (r *Redis) Restart() {
 	r.tb.Helper()

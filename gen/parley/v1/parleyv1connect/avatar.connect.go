@@ -53,7 +53,9 @@ type AvatarServiceClient interface {
 	// shows it.
 	ListAvatars(context.Context, *connect.Request[v1.ListAvatarsRequest]) (*connect.Response[v1.ListAvatarsResponse], error)
 	// AddAvatar makes an uploaded image (MediaService.CreateUpload with
-	// avatar) the caller's active avatar.
+	// avatar) the caller's active avatar. It may be retried: with an image
+	// that is already one of the caller's avatars it answers that avatar,
+	// made active again, and adds none.
 	AddAvatar(context.Context, *connect.Request[v1.AddAvatarRequest]) (*connect.Response[v1.AddAvatarResponse], error)
 	// SetActiveAvatar makes one of the caller's avatars the active one.
 	SetActiveAvatar(context.Context, *connect.Request[v1.SetActiveAvatarRequest]) (*connect.Response[v1.SetActiveAvatarResponse], error)
@@ -136,7 +138,9 @@ type AvatarServiceHandler interface {
 	// shows it.
 	ListAvatars(context.Context, *connect.Request[v1.ListAvatarsRequest]) (*connect.Response[v1.ListAvatarsResponse], error)
 	// AddAvatar makes an uploaded image (MediaService.CreateUpload with
-	// avatar) the caller's active avatar.
+	// avatar) the caller's active avatar. It may be retried: with an image
+	// that is already one of the caller's avatars it answers that avatar,
+	// made active again, and adds none.
 	AddAvatar(context.Context, *connect.Request[v1.AddAvatarRequest]) (*connect.Response[v1.AddAvatarResponse], error)
 	// SetActiveAvatar makes one of the caller's avatars the active one.
 	SetActiveAvatar(context.Context, *connect.Request[v1.SetActiveAvatarRequest]) (*connect.Response[v1.SetActiveAvatarResponse], error)

@@ -178,7 +178,9 @@ export const AvatarService: GenService<{
   },
   /**
    * AddAvatar makes an uploaded image (MediaService.CreateUpload with
-   * avatar) the caller's active avatar.
+   * avatar) the caller's active avatar. It may be retried: with an image
+   * that is already one of the caller's avatars it answers that avatar,
+   * made active again, and adds none.
    *
    * @generated from rpc parley.v1.AvatarService.AddAvatar
    */
