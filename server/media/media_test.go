@@ -243,6 +243,15 @@ func TestAvatarUpload(t *testing.T) {
 	if !m.GetAvatar() || m.GetChatId() != "" {
 		t.Fatalf("avatar media = %v", m)
 	}
+	// Until it is an avatar, the upload is its uploader's alone.
+	if res, _ := get(t, srv, stranger, m.GetUrl()); res.StatusCode != http.StatusNotFound {
+		t.Fatalf("stranger's download of an upload that is no avatar yet: %d, want 404", res.StatusCode)
+	}
+	_, err := stranger.media.GetMedia(context.Background(), req(stranger, &parleyv1.GetMediaRequest{MediaId: m.GetId()}))
+	servertest.WantCode(t, err, connect.CodeNotFound)
+	if res, body := get(t, srv, alice, m.GetUrl()); res.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+		t.Fatalf("uploader's download of its upload: %d", res.StatusCode)
+	}
 	res, err := alice.avatar.AddAvatar(context.Background(), req(alice, &parleyv1.AddAvatarRequest{MediaId: m.GetId()}))
 	if err != nil {
 		t.Fatalf("AddAvatar: %v", err)

@@ -292,7 +292,11 @@ func (s *Service) visible(ctx context.Context, id bson.ObjectID, userID int) (*m
 	case m.UploaderID == userID && !m.attached():
 		return m, nil
 	case m.Avatar:
-		if m.State != stateReady {
+		// Anyone signed in may see an avatar's picture, as a profile or
+		// a group shows it, but not an upload that never became one (or
+		// is not becoming one: a claim): the uploader may have thought
+		// better of it.
+		if m.State != stateReady || (!m.attached() && m.Claim == "") {
 			return nil, errMediaNotFound
 		}
 		return m, nil

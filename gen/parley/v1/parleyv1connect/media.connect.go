@@ -48,7 +48,8 @@ type MediaServiceClient interface {
 	CreateUpload(context.Context, *connect.Request[v1.CreateUploadRequest]) (*connect.Response[v1.CreateUploadResponse], error)
 	// GetMedia returns a file's metadata and signed download URLs. Chat
 	// files are visible to the uploader and, once sent in a message, to the
-	// chat's members; avatar images to anyone signed in.
+	// chat's members; avatar images to the uploader and, once they are a
+	// user's or a group's avatar, to anyone signed in.
 	GetMedia(context.Context, *connect.Request[v1.GetMediaRequest]) (*connect.Response[v1.GetMediaResponse], error)
 }
 
@@ -103,7 +104,8 @@ type MediaServiceHandler interface {
 	CreateUpload(context.Context, *connect.Request[v1.CreateUploadRequest]) (*connect.Response[v1.CreateUploadResponse], error)
 	// GetMedia returns a file's metadata and signed download URLs. Chat
 	// files are visible to the uploader and, once sent in a message, to the
-	// chat's members; avatar images to anyone signed in.
+	// chat's members; avatar images to the uploader and, once they are a
+	// user's or a group's avatar, to anyone signed in.
 	GetMedia(context.Context, *connect.Request[v1.GetMediaRequest]) (*connect.Response[v1.GetMediaResponse], error)
 }
 

@@ -355,7 +355,8 @@ export const MediaService: GenService<{
   /**
    * GetMedia returns a file's metadata and signed download URLs. Chat
    * files are visible to the uploader and, once sent in a message, to the
-   * chat's members; avatar images to anyone signed in.
+   * chat's members; avatar images to the uploader and, once they are a
+   * user's or a group's avatar, to anyone signed in.
    *
    * @generated from rpc parley.v1.MediaService.GetMedia
    */
