@@ -2,18 +2,18 @@ package chat
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/parley-chat/parley/server/mongoindex"
 )
 
 // TestIndexes_HotPaths loads enough documents that the engine's planner
@@ -154,7 +154,10 @@ func TestIndexes_HotPaths(t *testing.T) {
 			if err != nil {
 				t.Fatalf("explain: %v", err)
 			}
-			reason := noIndex(t, plan)
+			reason, err := mongoindex.Unindexed(plan)
+			if err != nil {
+				t.Fatal(err)
+			}
 			switch {
 			case q.control && reason == "":
 				t.Errorf("the check finds an index in a plan that has none: %s", plan)
@@ -179,62 +182,4 @@ func find(coll string, filter, sort bson.D, limit int64) bson.D {
 		cmd = append(cmd, bson.E{Key: "limit", Value: limit})
 	}
 	return cmd
-}
-
-// noIndex says why a plan (MongoDB's, or DocumentDB's PostgreSQL plan as
-// FerretDB 2 returns it) reads a collection without an index, or "" when
-// every scan in it uses one. DocumentDB keeps a collection in one table
-// whose primary key starts with a shard key that every document of the
-// collection shares, so an index scan on that key alone reads the whole
-// collection: it counts as no index.
-func noIndex(t *testing.T, raw bson.Raw) string {
-	t.Helper()
-	if strings.Contains(raw.String(), "COLLSCAN") {
-		return "MongoDB scans the collection (COLLSCAN)"
-	}
-	js, err := bson.MarshalExtJSON(raw, false, false)
-	if err != nil {
-		t.Fatalf("decode plan: %v", err)
-	}
-	var plan any
-	if err := json.Unmarshal(js, &plan); err != nil {
-		t.Fatalf("decode plan: %v", err)
-	}
-	var scans []map[string]any
-	var walk func(v any)
-	walk = func(v any) {
-		switch v := v.(type) {
-		case map[string]any:
-			if typ, _ := v["Node Type"].(string); strings.HasSuffix(typ, "Scan") && typ != "Bitmap Heap Scan" && typ != "Subquery Scan" {
-				scans = append(scans, v)
-			}
-			for _, x := range v {
-				walk(x)
-			}
-		case []any:
-			for _, x := range v {
-				walk(x)
-			}
-		}
-	}
-	walk(plan)
-	if len(scans) == 0 {
-		if strings.Contains(raw.String(), "IXSCAN") || strings.Contains(raw.String(), "IDHACK") || strings.Contains(raw.String(), "EXPRESS") {
-			return "" // MongoDB
-		}
-		return "no scan found in the plan"
-	}
-	for _, sc := range scans {
-		typ := sc["Node Type"].(string)
-		cond, _ := sc["Index Cond"].(string)
-		switch {
-		case typ == "Seq Scan":
-			return "PostgreSQL scans the table (Seq Scan)"
-		case !strings.Contains(typ, "Index"):
-			return "a scan without an index: " + typ
-		case !strings.Contains(cond, "document") && !strings.Contains(cond, "object_id"):
-			return fmt.Sprintf("%s on %v by the shard key alone (the whole collection): %s", typ, sc["Index Name"], cond)
-		}
-	}
-	return ""
 }
