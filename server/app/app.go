@@ -720,6 +720,10 @@ func (a *App) Close() error {
 	return errors.Join(errs...)
 }
 
+// MediaLibrary returns the uploads' library, as the chat and user
+// services use it (tests call it to stop a change half-way).
+func (a *App) MediaLibrary() *media.Library { return a.deps.Media }
+
 // DocLocks returns the per-document locks the stores use, nil where the
 // document engine needs none (see doclock).
 func (a *App) DocLocks() *doclock.Locks { return a.deps.DocLocks }

@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"testing"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
+	"github.com/parley-chat/parley/server/enginetest"
 	"github.com/parley-chat/parley/server/mongoindex"
 )
 
@@ -23,19 +22,9 @@ import (
 // index. It needs a real engine (PARLEY_TEST_MONGO_URI: FerretDB 2 +
 // DocumentDB or MongoDB); FerretDB 1.x answers every query by a scan.
 func TestIndexes_HotPaths(t *testing.T) {
-	uri := os.Getenv("PARLEY_TEST_MONGO_URI")
-	if uri == "" {
-		t.Skip("PARLEY_TEST_MONGO_URI is not set: the embedded FerretDB 1.x uses no indexes (scripts/with-test-services sets it)")
-	}
+	db := enginetest.Database(t, "explain")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	client, err := mongo.Connect(options.Client().ApplyURI(uri))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Disconnect(context.Background())
-	db := client.Database(fmt.Sprintf("explain_%d", time.Now().UnixNano()))
-	defer db.Drop(context.Background())
 	if err := Prepare(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), db); err != nil {
 		t.Fatal(err)
 	}

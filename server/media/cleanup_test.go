@@ -45,8 +45,10 @@ func TestCleanup(t *testing.T) {
 		t.Fatal(err)
 	}
 	tornID, _ := bson.ObjectIDFromHex(torn.GetId())
-	if _, err := coll.UpdateOne(context.Background(), bson.D{{Key: "_id", Value: tornID}},
-		bson.D{{Key: "$unset", Value: bson.D{{Key: "messageId", Value: ""}}}}); err != nil {
+	if _, err := coll.UpdateOne(context.Background(), bson.D{{Key: "_id", Value: tornID}}, bson.D{
+		{Key: "$unset", Value: bson.D{{Key: "messageId", Value: ""}}},
+		{Key: "$set", Value: bson.D{{Key: "loose", Value: true}}},
+	}); err != nil {
 		t.Fatal(err)
 	}
 	// A claim whose send never stored its message.
@@ -129,25 +131,27 @@ func TestCleanup_DetachedAvatars(t *testing.T) {
 	}
 	kept, moved := groupAvatar(grp, "kept.png"), groupAvatar(other, "moved.png")
 	own := alice.upload(t, "", "own.png", "image/png", pngImage(t, 40, 40))
-	if _, err := alice.avatar.AddAvatar(ctx, req(alice, &parleyv1.AddAvatarRequest{MediaId: own.GetId()})); err != nil {
+	added, err := alice.avatar.AddAvatar(ctx, req(alice, &parleyv1.AddAvatarRequest{MediaId: own.GetId()}))
+	if err != nil {
 		t.Fatalf("AddAvatar: %v", err)
 	}
-	detach := func(m *parleyv1.Media, claim, field string) bson.ObjectID {
-		t.Helper()
-		id, _ := bson.ObjectIDFromHex(m.GetId())
-		if _, err := coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, bson.D{
-			{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: srv.clock.Now()}}},
-			{Key: "$unset", Value: bson.D{{Key: field, Value: ""}}},
-		}); err != nil {
+	// Each change's first step, as the services take it.
+	lib := srv.App.MediaLibrary()
+	grpID, _ := bson.ObjectIDFromHex(grp)
+	otherID, _ := bson.ObjectIDFromHex(other)
+	for _, err := range []error{
+		lib.DetachGroupAvatar(ctx, kept.GetUrl(), grpID),
+		lib.DetachGroupAvatar(ctx, moved.GetUrl(), otherID),
+		lib.DetachAvatar(ctx, own.GetUrl(), int(added.Msg.GetAvatar().GetId())),
+	} {
+		if err != nil {
 			t.Fatal(err)
 		}
-		return id
 	}
-	keptID := detach(kept, "group:"+grp, "groupId")
-	movedID := detach(moved, "group:"+other, "groupId")
-	ownID := detach(own, "avatar", "avatarId")
+	keptID, _ := bson.ObjectIDFromHex(kept.GetId())
+	movedID, _ := bson.ObjectIDFromHex(moved.GetId())
+	ownID, _ := bson.ObjectIDFromHex(own.GetId())
 	// The change of the other group got as far as its avatar.
-	otherID, _ := bson.ObjectIDFromHex(other)
 	if _, err := db.Collection("chats").UpdateOne(ctx, bson.D{{Key: "_id", Value: otherID}},
 		bson.D{{Key: "$set", Value: bson.D{{Key: "avatarUrl", Value: ""}}}}); err != nil {
 		t.Fatal(err)
@@ -175,5 +179,56 @@ func TestCleanup_DetachedAvatars(t *testing.T) {
 	files := strings.Join(srv.files(t), " ")
 	if strings.Contains(files, moved.GetId()) || !strings.Contains(files, kept.GetId()) || !strings.Contains(files, own.GetId()) {
 		t.Errorf("files %s: want %s's gone, %s's and %s's kept", files, moved.GetId(), kept.GetId(), own.GetId())
+	}
+}
+
+// TestCleanup_OlderVersionsUploads: clean-up reads only uploads marked
+// loose. Those an older version stored unmarked are marked once at
+// start (MarkLoose); one that an older version attached while marked
+// is settled, not deleted.
+func TestCleanup_OlderVersionsUploads(t *testing.T) {
+	srv := newServer(t, servertest.WithOwnMongoDatabase(t))
+	p := servertest.Protocols[0]
+	ctx := context.Background()
+	alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+	chatID := privateChat(t, alice, bob)
+	coll := srv.App.Mongo().Collection("media")
+	set := func(m *parleyv1.Media, update bson.D) bson.ObjectID {
+		t.Helper()
+		id, _ := bson.ObjectIDFromHex(m.GetId())
+		if _, err := coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: id}}, update); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	unsent := alice.upload(t, chatID, "unsent.txt", "text/plain", []byte("never sent"))
+	unsentID := set(unsent, bson.D{{Key: "$unset", Value: bson.D{{Key: "loose", Value: ""}}}})
+	sent := alice.upload(t, chatID, "sent.txt", "text/plain", []byte("sent"))
+	if _, err := alice.msgs.SendMessage(ctx, req(alice, &parleyv1.SendMessageRequest{
+		ChatId: chatID, ClientMessageId: "sent", MediaIds: []string{sent.GetId()},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	sentID := set(sent, bson.D{{Key: "$set", Value: bson.D{{Key: "loose", Value: true}}}})
+
+	srv.clock.Advance(25 * time.Hour)
+	janitor := srv.App.NewMediaJanitor(24 * time.Hour)
+	if n, err := janitor.Sweep(ctx); err != nil || n != 0 {
+		t.Fatalf("sweep before the mark: %d deleted, %v; want 0", n, err)
+	}
+	if n, err := janitor.MarkLoose(ctx); err != nil || n != 1 {
+		t.Fatalf("MarkLoose: %d, %v; want 1 (the unsent upload)", n, err)
+	}
+	if n, err := janitor.Sweep(ctx); err != nil || n != 1 {
+		t.Fatalf("sweep: %d deleted, %v; want 1 (the unsent upload)", n, err)
+	}
+	if n, err := coll.CountDocuments(ctx, bson.D{{Key: "_id", Value: unsentID}}); err != nil || n != 0 {
+		t.Errorf("unsent upload: %d documents, %v; want 0", n, err)
+	}
+	if n, err := coll.CountDocuments(ctx, bson.D{{Key: "_id", Value: sentID}, {Key: "loose", Value: bson.D{{Key: "$exists", Value: false}}}}); err != nil || n != 1 {
+		t.Errorf("sent file: %d documents unmarked, %v; want 1, settled", n, err)
+	}
+	if files := strings.Join(srv.files(t), " "); strings.Contains(files, unsent.GetId()) || !strings.Contains(files, sent.GetId()) {
+		t.Errorf("files %s: want %s's gone and %s's kept", files, unsent.GetId(), sent.GetId())
 	}
 }

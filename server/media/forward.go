@@ -93,7 +93,7 @@ func (l *Library) forwardOne(ctx context.Context, userID int, chatID bson.Object
 		State: stateReady, StateAt: now, CreatedAt: now,
 		FileName: src.FileName, DeclaredType: src.DeclaredType, ContentType: src.ContentType, Size: src.Size, SHA256: src.SHA256,
 		Width: src.Width, Height: src.Height, Thumbnail: src.Thumbnail,
-		Claim: forwardClaim(key), ClaimedAt: &now, FileID: &fileID,
+		Claim: forwardClaim(key), ClaimedAt: &now, FileID: &fileID, Loose: true,
 	}
 	cp.URL = URL(cp.ID)
 	if err := l.store.insert(ctx, cp); err != nil && !mongo.IsDuplicateKeyError(err) {
@@ -119,7 +119,7 @@ func (l *Library) forwardOne(ctx context.Context, userID int, chatID bson.Object
 		case m.Claim == forwardClaim(key):
 			aborted = true
 			m.State, m.StateAt = stateDeleting, l.store.nowMs()
-			return bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: m.State}, {Key: "stateAt", Value: m.StateAt}}}}, nil
+			return bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: m.State}, {Key: "stateAt", Value: m.StateAt}, {Key: "loose", Value: true}}}}, nil
 		case m.Claim == "" && !m.attached():
 			// Confirmed, then released by an attempt whose message was
 			// stored without it: claimed again, as Claim does.

@@ -46,11 +46,14 @@ func TestCleanup_ForwardedCopies(t *testing.T) {
 	// One copy's deletion stopped part-way, long ago; the other is in no
 	// message. (The clock moves little, so that the access tokens last.)
 	if _, err := coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: copies[0]}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: "deleting"}, {Key: "stateAt", Value: srv.clock.Now().Add(-time.Hour)}}}}); err != nil {
+		bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: "deleting"}, {Key: "stateAt", Value: srv.clock.Now().Add(-time.Hour)}, {Key: "loose", Value: true}}}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: copies[1]}},
-		bson.D{{Key: "$unset", Value: bson.D{{Key: "messageId", Value: ""}, {Key: "claim", Value: ""}, {Key: "claimedAt", Value: ""}}}}); err != nil {
+		bson.D{
+			{Key: "$unset", Value: bson.D{{Key: "messageId", Value: ""}, {Key: "claim", Value: ""}, {Key: "claimedAt", Value: ""}}},
+			{Key: "$set", Value: bson.D{{Key: "loose", Value: true}}},
+		}); err != nil {
 		t.Fatal(err)
 	}
 	srv.clock.Advance(time.Minute)

@@ -56,8 +56,14 @@ func NewJanitor(log *slog.Logger, lib *Library, refs Referrers, after time.Durat
 }
 
 // Run cleans up every interval (with jitter, so instances spread out)
-// until ctx is done.
+// until ctx is done. It first marks what older versions left unmarked
+// (MarkLoose).
 func (j *Janitor) Run(ctx context.Context, interval time.Duration) {
+	if n, err := j.MarkLoose(ctx); err != nil && ctx.Err() == nil {
+		j.log.ErrorContext(ctx, "media clean-up: mark loose uploads", "err", err)
+	} else if n > 0 {
+		j.log.InfoContext(ctx, "media clean-up: marked loose uploads", "count", n)
+	}
 	for {
 		wait := interval/2 + rand.N(interval)
 		select {
@@ -71,6 +77,14 @@ func (j *Janitor) Run(ctx context.Context, interval time.Duration) {
 			j.log.InfoContext(ctx, "media clean-up", "deleted", n)
 		}
 	}
+}
+
+// MarkLoose marks for clean-up the uploads in no message, avatar or
+// group, and those being deleted, that a version before the mark
+// (mediaDoc.Loose) stored: clean-up reads only marked ones. It reads the
+// whole collection, and Run calls it once; it returns how many it marked.
+func (j *Janitor) MarkLoose(ctx context.Context) (int64, error) {
+	return j.lib.store.markLoose(ctx)
 }
 
 // Sweep deletes what is due now and returns how many uploads it deleted.
@@ -121,6 +135,9 @@ func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (
 	case seen.State == stateUploading && now.Sub(seen.StateAt) < MaxUploadTime+time.Minute:
 		// Still arriving, perhaps slowly.
 		return false, nil
+	case seen.attached():
+		// Attached by a version that left the mark: settled now.
+		return false, j.lib.settle(ctx, seen.ID)
 	}
 	// A claim may be a message or avatar stored but not yet recorded.
 	var messageID, groupID *bson.ObjectID

@@ -154,11 +154,29 @@ func (l *Library) Attach(ctx context.Context, ids []bson.ObjectID, key string, m
 				return nil, nil
 			}
 			m.MessageID = &messageID
-			return bson.D{{Key: "$set", Value: bson.D{{Key: "messageId", Value: messageID}}}}, nil
+			return bson.D{
+				{Key: "$set", Value: bson.D{{Key: "messageId", Value: messageID}}},
+				{Key: "$unset", Value: bson.D{{Key: "loose", Value: ""}}},
+			}, nil
 		})
 		if err != nil {
 			return fmt.Errorf("attach media %s: %w", id.Hex(), err)
 		}
+	}
+	return nil
+}
+
+// settle takes the loose mark off an upload that is attached and not
+// being deleted.
+func (l *Library) settle(ctx context.Context, id bson.ObjectID) error {
+	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		if !m.Loose || !m.attached() || m.State == stateDeleting {
+			return nil, nil
+		}
+		return bson.D{{Key: "$unset", Value: bson.D{{Key: "loose", Value: ""}}}}, nil
+	})
+	if err != nil && !errors.Is(err, errNoMedia) {
+		return fmt.Errorf("settle media %s: %w", id.Hex(), err)
 	}
 	return nil
 }
@@ -221,7 +239,10 @@ func (l *Library) claimAvatarImage(ctx context.Context, userID int, id bson.Obje
 // AttachAvatar records the avatar that uses an upload.
 func (l *Library) AttachAvatar(ctx context.Context, id bson.ObjectID, avatarID int) error {
 	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
-		return bson.D{{Key: "$set", Value: bson.D{{Key: "avatarId", Value: avatarID}}}}, nil
+		return bson.D{
+			{Key: "$set", Value: bson.D{{Key: "avatarId", Value: avatarID}}},
+			{Key: "$unset", Value: bson.D{{Key: "loose", Value: ""}}},
+		}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("attach avatar media %s: %w", id.Hex(), err)
@@ -261,7 +282,7 @@ func (l *Library) detach(ctx context.Context, url string, attached func(*mediaDo
 			return nil, nil
 		}
 		return bson.D{
-			{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: l.store.nowMs()}}},
+			{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: l.store.nowMs()}, {Key: "loose", Value: true}}},
 			{Key: "$unset", Value: unset},
 		}, nil
 	})
@@ -303,7 +324,7 @@ func (l *Library) AttachGroupAvatar(ctx context.Context, url string, chatID bson
 		}
 		return bson.D{
 			{Key: "$set", Value: bson.D{{Key: "groupId", Value: chatID}}},
-			{Key: "$unset", Value: bson.D{{Key: "claim", Value: ""}, {Key: "claimedAt", Value: ""}}},
+			{Key: "$unset", Value: bson.D{{Key: "claim", Value: ""}, {Key: "claimedAt", Value: ""}, {Key: "loose", Value: ""}}},
 		}, nil
 	})
 	if err != nil && !errors.Is(err, errNoMedia) {
@@ -349,7 +370,7 @@ func (l *Library) delete(ctx context.Context, id bson.ObjectID, ok func(*mediaDo
 		}
 		proceed = true
 		m.State, m.StateAt = stateDeleting, l.store.nowMs()
-		return bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: m.State}, {Key: "stateAt", Value: m.StateAt}}}}, nil
+		return bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: m.State}, {Key: "stateAt", Value: m.StateAt}, {Key: "loose", Value: true}}}}, nil
 	})
 	if errors.Is(err, errNoMedia) || (err == nil && !proceed) {
 		return false, nil

@@ -222,6 +222,7 @@ func (s *Service) CreateUpload(
 		return nil, connect.NewError(connect.CodeInvalidArgument,
 			fmt.Errorf("size: %d bytes is over the limit of %d bytes for a %s", m.Size, limit, class))
 	}
+	m.Loose = true
 	if err := s.reserveUnsent(ctx, id.UserID, m.Size, func() error { return s.lib.store.insert(ctx, m) }); err != nil {
 		return nil, rpcerr.From(ctx, s.log, "create upload", err)
 	}

@@ -74,6 +74,12 @@ type mediaDoc struct {
 	// Version counts the updates of the document; each update expects
 	// the version it read (see store.update). 0: none stored yet.
 	Version int64 `bson:"version,omitempty"`
+	// Loose marks what clean-up looks at: an upload in no message, avatar
+	// or group (from its insert until it is attached, and again when it
+	// is detached), and one being deleted. Clean-up reads these by their
+	// index, not the whole collection, which holds mostly files that were
+	// sent and stay.
+	Loose bool `bson:"loose,omitempty"`
 }
 
 // attached reports whether the file is in use: sent in a message or an
@@ -124,6 +130,8 @@ func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
 		{Keys: bson.D{{Key: "uploaderId", Value: 1}}, Options: options.Index().SetName("uploaderId")},
 		// Deleting a file's document looks for others that share it.
 		{Keys: bson.D{{Key: "fileId", Value: 1}}, Options: options.Index().SetName("fileId")},
+		// Clean-up reads what is loose, oldest first.
+		{Keys: bson.D{{Key: "loose", Value: 1}, {Key: "createdAt", Value: 1}}, Options: options.Index().SetName("loose_createdAt")},
 	})
 	if err != nil {
 		return fmt.Errorf("create indexes on media: %w", err)
@@ -265,22 +273,13 @@ func (s *store) remove(ctx context.Context, id bson.ObjectID) error {
 	return nil
 }
 
-// stale lists documents clean-up should look at: unattached ones created
-// before cutoff, and ones left in deleting since before deletingCutoff.
+// stale lists documents clean-up should look at, oldest first: loose
+// ones created before cutoff, and ones left in deleting since before
+// deletingCutoff. (A loose one found attached is one that an older
+// version attached: clean-up settles it.)
 func (s *store) stale(ctx context.Context, cutoff, deletingCutoff time.Time, limit int) ([]mediaDoc, error) {
-	filter := bson.D{{Key: "$or", Value: bson.A{
-		bson.D{
-			{Key: "createdAt", Value: bson.D{{Key: "$lt", Value: cutoff}}},
-			{Key: "messageId", Value: bson.D{{Key: "$exists", Value: false}}},
-			{Key: "avatarId", Value: bson.D{{Key: "$exists", Value: false}}},
-			{Key: "groupId", Value: bson.D{{Key: "$exists", Value: false}}},
-		},
-		bson.D{
-			{Key: "state", Value: stateDeleting},
-			{Key: "stateAt", Value: bson.D{{Key: "$lt", Value: deletingCutoff}}},
-		},
-	}}}
-	cur, err := s.media.Find(ctx, filter, options.Find().SetLimit(int64(limit)).SetSort(bson.D{{Key: "createdAt", Value: 1}}))
+	filter, sort := staleQuery(cutoff, deletingCutoff)
+	cur, err := s.media.Find(ctx, filter, options.Find().SetLimit(int64(limit)).SetSort(sort))
 	if err != nil {
 		return nil, fmt.Errorf("stale media: %w", err)
 	}
@@ -289,6 +288,38 @@ func (s *store) stale(ctx context.Context, cutoff, deletingCutoff time.Time, lim
 		return nil, fmt.Errorf("stale media: %w", err)
 	}
 	return out, nil
+}
+
+// staleQuery is stale's filter and order.
+func staleQuery(cutoff, deletingCutoff time.Time) (filter, sort bson.D) {
+	return bson.D{{Key: "loose", Value: true}, {Key: "$or", Value: bson.A{
+		bson.D{{Key: "createdAt", Value: bson.D{{Key: "$lt", Value: cutoff}}}},
+		bson.D{
+			{Key: "state", Value: stateDeleting},
+			{Key: "stateAt", Value: bson.D{{Key: "$lt", Value: deletingCutoff}}},
+		},
+	}}}, bson.D{{Key: "createdAt", Value: 1}}
+}
+
+// markLoose marks loose what versions before the mark stored unmarked:
+// uploads in no message, avatar or group, and those being deleted. It
+// reads the whole collection, once per start.
+func (s *store) markLoose(ctx context.Context) (int64, error) {
+	res, err := s.media.UpdateMany(ctx, bson.D{
+		{Key: "loose", Value: bson.D{{Key: "$exists", Value: false}}},
+		{Key: "$or", Value: bson.A{
+			bson.D{
+				{Key: "messageId", Value: bson.D{{Key: "$exists", Value: false}}},
+				{Key: "avatarId", Value: bson.D{{Key: "$exists", Value: false}}},
+				{Key: "groupId", Value: bson.D{{Key: "$exists", Value: false}}},
+			},
+			bson.D{{Key: "state", Value: stateDeleting}},
+		}},
+	}, bson.D{{Key: "$set", Value: bson.D{{Key: "loose", Value: true}}}})
+	if err != nil {
+		return 0, fmt.Errorf("mark loose media: %w", err)
+	}
+	return res.ModifiedCount, nil
 }
 
 // ofMessage lists the media attached to a message.
