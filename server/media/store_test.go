@@ -2,15 +2,12 @@ package media
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"testing"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
+	"github.com/parley-chat/parley/server/enginetest"
 	"github.com/parley-chat/parley/server/mongoindex"
 )
 
@@ -19,19 +16,9 @@ import (
 // were sent. It needs a real engine (PARLEY_TEST_MONGO_URI: FerretDB 2 +
 // DocumentDB or MongoDB); FerretDB 1.x answers every query by a scan.
 func TestStale_ReadsByIndex(t *testing.T) {
-	uri := os.Getenv("PARLEY_TEST_MONGO_URI")
-	if uri == "" {
-		t.Skip("PARLEY_TEST_MONGO_URI is not set: the embedded FerretDB 1.x uses no indexes (scripts/with-test-services sets it)")
-	}
+	db := enginetest.Database(t, "explain_media")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	client, err := mongo.Connect(options.Client().ApplyURI(uri))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Disconnect(context.Background())
-	db := client.Database(fmt.Sprintf("explain_media_%d", time.Now().UnixNano()))
-	defer db.Drop(context.Background())
 	if err := EnsureIndexes(ctx, db); err != nil {
 		t.Fatal(err)
 	}
