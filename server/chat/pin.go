@@ -10,6 +10,8 @@ import (
 
 	"connectrpc.com/connect"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
@@ -74,7 +76,7 @@ func (s *Service) PinMessage(
 	if msg.DeletedAt != nil {
 		return nil, errPinDeleted
 	}
-	pin, added, err := s.store.pin(ctx, c.ID, pinDoc{MessageID: msg.ID, Seq: msg.Seq, PinnedBy: me.UserID, PinnedAt: s.store.nowMs()})
+	pin, added, ver, err := s.store.pin(ctx, c.ID, pinDoc{MessageID: msg.ID, Seq: msg.Seq, PinnedBy: me.UserID, PinnedAt: s.store.nowMs()})
 	if err != nil {
 		return nil, s.internal(ctx, "pin message", err)
 	}
@@ -87,7 +89,7 @@ func (s *Service) PinMessage(
 			return nil, s.internal(ctx, "pin message", err)
 		}
 		if err != nil || now.DeletedAt != nil {
-			if _, err := s.store.unpin(ctx, c.ID, msg.ID); err != nil {
+			if _, _, err := s.store.unpin(ctx, c.ID, msg.ID); err != nil {
 				return nil, s.internal(ctx, "pin message", err)
 			}
 			return nil, errPinDeleted
@@ -95,7 +97,7 @@ func (s *Service) PinMessage(
 	}
 	// Announced when the message was pinned already too: the call that
 	// pinned it may have failed to (errNotDelivered).
-	if err := s.publishPins(ctx, c, msg, true, pin.PinnedBy); err != nil {
+	if err := s.publishPins(ctx, c, msg, true, pin.PinnedBy, ver); err != nil {
 		return nil, err
 	}
 	c.Pins = append(withoutPin(c.Pins, msg.ID), pin)
@@ -119,12 +121,18 @@ func (s *Service) UnpinMessage(
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.store.unpin(ctx, c.ID, msg.ID); err != nil {
+	removed, ver, err := s.store.unpin(ctx, c.ID, msg.ID)
+	if err != nil {
 		return nil, s.internal(ctx, "unpin message", err)
 	}
-	// Announced when it was not pinned too: the call that unpinned it
-	// may have failed to (errNotDelivered).
-	if err := s.publishPins(ctx, c, msg, false, me.UserID); err != nil {
+	if !removed {
+		// Announced when it was not pinned too: the call that unpinned
+		// it may have failed to (errNotDelivered). With the version the
+		// chat was read at, after that call: a change since then has a
+		// higher one.
+		ver = c.PinsVer
+	}
+	if err := s.publishPins(ctx, c, msg, false, me.UserID, ver); err != nil {
 		return nil, err
 	}
 	c.Pins = withoutPin(c.Pins, msg.ID)
@@ -148,7 +156,7 @@ func withoutPin(pins []pinDoc, messageID bson.ObjectID) []pinDoc {
 // had deleted), announcing it if it was pinned, and takes it out of c's
 // pins, which the answer and the event render.
 func (s *Service) unpinDeleted(ctx context.Context, c *chatDoc, actor int, m *messageDoc) error {
-	removed, err := s.store.unpin(ctx, c.ID, m.ID)
+	removed, ver, err := s.store.unpin(ctx, c.ID, m.ID)
 	if err != nil {
 		return s.internal(ctx, "delete message", err)
 	}
@@ -156,7 +164,7 @@ func (s *Service) unpinDeleted(ctx context.Context, c *chatDoc, actor int, m *me
 	if !removed {
 		return nil
 	}
-	return s.publishPins(ctx, c, m, false, actor)
+	return s.publishPins(ctx, c, m, false, actor, ver)
 }
 
 // ListPinnedMessages returns the chat's pinned messages, the most
@@ -197,26 +205,27 @@ func (s *Service) ListPinnedMessages(
 	return connect.NewResponse(res), nil
 }
 
-// publishPins announces that a message was pinned or unpinned to the
-// chat's participants.
-func (s *Service) publishPins(ctx context.Context, c *chatDoc, m *messageDoc, pinned bool, actor int) error {
+// publishPins announces to the chat's participants that a message was
+// pinned or unpinned, as of the chat's pins version ver.
+func (s *Service) publishPins(ctx context.Context, c *chatDoc, m *messageDoc, pinned bool, actor int, ver int64) error {
 	if s.events == nil {
 		return nil
 	}
 	ev := &parleyv1.Event{Kind: &parleyv1.Event_PinsChanged{PinsChanged: &parleyv1.PinsChanged{
-		ChatId: c.ID.Hex(), MessageId: m.ID.Hex(), Seq: m.Seq, Pinned: pinned, ActorId: int32(actor),
+		ChatId: c.ID.Hex(), MessageId: m.ID.Hex(), Seq: m.Seq, Pinned: pinned, ActorId: int32(actor), Version: ver,
 	}}}
 	return s.publishTo(ctx, c.ID, audience(c), ev)
 }
 
 // pin adds p to the chat's pins unless its message is pinned already or
 // the chat has MaxPins: one conditional update. It returns the message's
-// pin, p or the one found, and whether it added p. Pins change neither
-// updatedAt (a pin does not move the chat up the list) nor
+// pin, p or the one found, whether it added p, and the chat's pins
+// version after the pin (or as read with the pin found). Pins change
+// neither updatedAt (a pin does not move the chat up the list) nor
 // membersVersion (sends do not check them).
-func (s *store) pin(ctx context.Context, chatID bson.ObjectID, p pinDoc) (pinDoc, bool, error) {
+func (s *store) pin(ctx context.Context, chatID bson.ObjectID, p pinDoc) (pinDoc, bool, int64, error) {
 	var c *chatDoc
-	added := false
+	added, ver := false, int64(0)
 	err := s.locked(ctx, chatLock(chatID), func() (err error) {
 		if s.locks.Serial() {
 			// FerretDB 1.x matches no condition on a field of an
@@ -225,64 +234,90 @@ func (s *store) pin(ctx context.Context, chatID bson.ObjectID, p pinDoc) (pinDoc
 			if c, err = s.getChat(ctx, chatID); err != nil || hasPin(c.Pins, p.MessageID) || len(c.Pins) >= MaxPins {
 				return err
 			}
-			added = true
-			return s.setPins(ctx, chatID, append(c.Pins, p))
+			added, ver = true, c.PinsVer+1
+			return s.setPins(ctx, chatID, append(c.Pins, p), ver)
 		}
-		res, err := s.chats.UpdateOne(ctx, bson.D{
-			{Key: "_id", Value: chatID},
-			{Key: "pins.messageId", Value: bson.D{{Key: "$ne", Value: p.MessageID}}},
-			{Key: "pins." + strconv.Itoa(MaxPins-1), Value: bson.D{{Key: "$exists", Value: false}}},
-		}, bson.D{{Key: "$push", Value: bson.D{{Key: "pins", Value: p}}}})
-		if err != nil {
-			return fmt.Errorf("pin message: %w", err)
+		for {
+			ver, err = s.changePins(ctx, bson.D{
+				{Key: "_id", Value: chatID},
+				{Key: "pins.messageId", Value: bson.D{{Key: "$ne", Value: p.MessageID}}},
+				{Key: "pins." + strconv.Itoa(MaxPins-1), Value: bson.D{{Key: "$exists", Value: false}}},
+			}, bson.E{Key: "$push", Value: bson.D{{Key: "pins", Value: p}}})
+			if err != nil {
+				return fmt.Errorf("pin message: %w", err)
+			}
+			if added = ver > 0; added {
+				return nil
+			}
+			if c, err = s.getChat(ctx, chatID); err != nil || hasPin(c.Pins, p.MessageID) || len(c.Pins) >= MaxPins {
+				return err
+			}
+			// Unpinned, or another message unpinned, since the update
+			// found it pinned or the pins full: again.
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 		}
-		if added = res.MatchedCount == 1; added {
-			return nil
-		}
-		c, err = s.getChat(ctx, chatID)
-		return err
 	})
 	switch {
 	case err != nil:
-		return pinDoc{}, false, err
+		return pinDoc{}, false, 0, err
 	case added:
-		return p, true, nil
+		return p, true, ver, nil
 	}
 	if i := slices.IndexFunc(c.Pins, func(q pinDoc) bool { return q.MessageID == p.MessageID }); i >= 0 {
-		return c.Pins[i], false, nil
+		return c.Pins[i], false, c.PinsVer, nil
 	}
-	return pinDoc{}, false, errTooManyPins
+	return pinDoc{}, false, 0, errTooManyPins
 }
 
 // unpin takes the message out of the chat's pins, and reports whether it
-// was there.
-func (s *store) unpin(ctx context.Context, chatID, messageID bson.ObjectID) (bool, error) {
-	removed := false
-	err := s.locked(ctx, chatLock(chatID), func() error {
+// was there, with the chat's pins version after the unpin (0 when it was
+// not).
+func (s *store) unpin(ctx context.Context, chatID, messageID bson.ObjectID) (bool, int64, error) {
+	ver := int64(0)
+	err := s.locked(ctx, chatLock(chatID), func() (err error) {
 		if s.locks.Serial() {
 			// As in pin.
 			c, err := s.getChat(ctx, chatID)
 			if err != nil || !hasPin(c.Pins, messageID) {
 				return err
 			}
-			removed = true
-			return s.setPins(ctx, chatID, withoutPin(c.Pins, messageID))
+			ver = c.PinsVer + 1
+			return s.setPins(ctx, chatID, withoutPin(c.Pins, messageID), ver)
 		}
-		res, err := s.chats.UpdateOne(ctx,
-			bson.D{{Key: "_id", Value: chatID}, {Key: "pins.messageId", Value: messageID}},
-			bson.D{{Key: "$pull", Value: bson.D{{Key: "pins", Value: bson.D{{Key: "messageId", Value: messageID}}}}}})
+		ver, err = s.changePins(ctx, bson.D{{Key: "_id", Value: chatID}, {Key: "pins.messageId", Value: messageID}},
+			bson.E{Key: "$pull", Value: bson.D{{Key: "pins", Value: bson.D{{Key: "messageId", Value: messageID}}}}})
 		if err != nil {
 			return fmt.Errorf("unpin message: %w", err)
 		}
-		removed = res.MatchedCount == 1
 		return nil
 	})
-	return removed, err
+	return ver > 0, ver, err
 }
 
-// setPins replaces the chat's pins, on FerretDB 1.x under the chat's lock.
-func (s *store) setPins(ctx context.Context, chatID bson.ObjectID, pins []pinDoc) error {
-	if _, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{{Key: "pins", Value: pins}}}}); err != nil {
+// changePins applies change to the chat that filter matches, raising its
+// pins version in the same update, and returns the version after it (0:
+// the filter matched no chat).
+func (s *store) changePins(ctx context.Context, filter bson.D, change bson.E) (int64, error) {
+	var c chatDoc
+	err := s.chats.FindOneAndUpdate(ctx, filter,
+		bson.D{change, {Key: "$inc", Value: bson.D{{Key: "pinsVer", Value: int64(1)}}}},
+		options.FindOneAndUpdate().SetProjection(bson.D{{Key: "pinsVer", Value: 1}}).SetReturnDocument(options.After)).Decode(&c)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return c.PinsVer, nil
+}
+
+// setPins replaces the chat's pins, with their version, on FerretDB 1.x
+// under the chat's lock.
+func (s *store) setPins(ctx context.Context, chatID bson.ObjectID, pins []pinDoc, ver int64) error {
+	if _, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "pins", Value: pins}, {Key: "pinsVer", Value: ver}}}}); err != nil {
 		return fmt.Errorf("set pins: %w", err)
 	}
 	return nil

@@ -277,7 +277,7 @@ func wantPinEvent(t *testing.T, events <-chan *parleyv1.PinsChanged, want *parle
 		t.Fatalf("no pins_changed within 10 s, want %v", want)
 	}
 	if ev.GetChatId() != want.GetChatId() || ev.GetMessageId() != want.GetMessageId() || ev.GetSeq() != want.GetSeq() ||
-		ev.GetPinned() != want.GetPinned() || ev.GetActorId() != want.GetActorId() {
+		ev.GetPinned() != want.GetPinned() || ev.GetActorId() != want.GetActorId() || ev.GetVersion() != want.GetVersion() {
 		t.Fatalf("pins_changed = %v, want %v", ev, want)
 	}
 }
@@ -292,7 +292,8 @@ func TestPins_LiveAcrossInstances(t *testing.T) {
 			m := send(t, alice, id, "pin me")
 			onB := pinEvents(t, b, p, bob)
 			own := pinEvents(t, a, p, alice)
-			ev := &parleyv1.PinsChanged{ChatId: id, MessageId: m.GetId(), Seq: m.GetSeq(), Pinned: true, ActorId: alice.id}
+			// Each change raises the chat's pins version.
+			ev := &parleyv1.PinsChanged{ChatId: id, MessageId: m.GetId(), Seq: m.GetSeq(), Pinned: true, ActorId: alice.id, Version: 1}
 
 			pin(t, alice, id, m.GetId())
 			wantPinEvent(t, onB, ev)
@@ -300,26 +301,70 @@ func TestPins_LiveAcrossInstances(t *testing.T) {
 			// A second pin, and an unpin of what is not pinned, change
 			// nothing but are announced again (a retry's announcement,
 			// see TestRetry_AnnouncesWhatTheFailedCallDidNot): the pin
-			// by its pinner.
+			// by its pinner, each as of the version it read.
 			pin(t, bob, id, m.GetId())
 			wantPinEvent(t, onB, ev)
 			wantPinEvent(t, own, ev)
 			unpin(t, bob, id, m.GetId())
 			unpin(t, bob, id, m.GetId())
-			ev.Pinned, ev.ActorId = false, bob.id
+			ev.Pinned, ev.ActorId, ev.Version = false, bob.id, 2
 			for range 2 {
 				wantPinEvent(t, onB, ev)
 				wantPinEvent(t, own, ev)
 			}
 			// A delete unpins.
 			pin(t, bob, id, m.GetId())
-			ev.Pinned = true
+			ev.Pinned, ev.Version = true, 3
 			wantPinEvent(t, onB, ev)
 			if _, err := alice.msgs.DeleteMessage(ctx, req(alice, &parleyv1.DeleteMessageRequest{ChatId: id, MessageId: m.GetId()})); err != nil {
 				t.Fatalf("DeleteMessage: %v", err)
 			}
-			ev.Pinned, ev.ActorId = false, alice.id
+			ev.Pinned, ev.ActorId, ev.Version = false, alice.id, 4
 			wantPinEvent(t, onB, ev)
 		})
+	}
+}
+
+// TestPins_RacingChangesOrdered: a pin and an unpin of one message made
+// at once, through two instances, may announce in any order; the event
+// of the highest version tells the message's state as it is stored.
+func TestPins_RacingChangesOrdered(t *testing.T) {
+	a, b := servertest.New(t), servertest.New(t)
+	p := servertest.Protocols[0]
+	alice, bob := newUser(t, a, p), newUser(t, b, p)
+	id := servertest.PrivateChat(t, alice.chats, alice.token, bob.id).GetId()
+	m := send(t, alice, id, "pin me")
+	events := pinEvents(t, a, p, alice)
+	const rounds = 10
+	for round := range rounds {
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if err := tryPin(alice, id, m.GetId()); err != nil {
+				t.Errorf("round %d: PinMessage: %v", round, err)
+			}
+		})
+		wg.Go(func() {
+			if err := tryUnpin(bob, id, m.GetId()); err != nil {
+				t.Errorf("round %d: UnpinMessage: %v", round, err)
+			}
+		})
+		wg.Wait()
+		// The latest, as a client keeps it: the highest version.
+		latest := &parleyv1.PinsChanged{}
+		for range 2 {
+			select {
+			case ev := <-events:
+				if ev.GetVersion() > latest.GetVersion() {
+					latest = ev
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("round %d: no pins_changed within 10 s", round)
+			}
+		}
+		stored := pinsInList(t, alice, id)["pin me"] != 0
+		if latest.GetPinned() != stored {
+			t.Fatalf("round %d: the highest version's event says pinned %v (version %d); stored: pinned %v",
+				round, latest.GetPinned(), latest.GetVersion(), stored)
+		}
 	}
 }

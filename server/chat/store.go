@@ -68,6 +68,10 @@ type chatDoc struct {
 	// Pins are the chat's pinned messages, in the order they were
 	// pinned (see pinDoc).
 	Pins []pinDoc `bson:"pins,omitempty"`
+	// PinsVer counts the changes of Pins: each pin and unpin raises it in
+	// its update, and its event carries the value (PinsChanged.version),
+	// so that clients order the events of changes made at once.
+	PinsVer int64 `bson:"pinsVer,omitempty"`
 	// Left lists the members who left (or were removed) in the last
 	// departureMemory and whose departure may not have been announced,
 	// for a retry of the call that took them out (see departureDoc).

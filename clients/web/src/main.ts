@@ -31,6 +31,7 @@ let listed: string[] = []; // the chats of the list shown (ui.view), in the serv
 const typing = new Map<string, Map<number, number>>(); // chat → user → expiry (ms)
 const ticks = new Map<string, { delivered: bigint; read: bigint }>(); // chat-wide positions
 const reactionVersion = new Map<string, bigint>(); // message id → highest version seen
+const pinVersion = new Map<string, bigint>(); // message id → highest pins version seen
 const receipts = new Map<string, GetMessageReceiptsResponse>(); // message id → its receipts, once asked
 const menuOpen = new Set<string>(); // messages whose actions are shown
 let pinned: { chatId: string; list: Message[]; open: boolean } = { chatId: "", list: [], open: false };
@@ -40,7 +41,7 @@ let forwardTo = ""; // the chat last chosen to forward to
 
 function reset() {
   live?.abort();
-  for (const m of [chats, messages, typing, ticks, reactionVersion, receipts, presence, signed]) m.clear();
+  for (const m of [chats, messages, typing, ticks, reactionVersion, pinVersion, receipts, presence, signed]) m.clear();
   menuOpen.clear();
   listed = [];
   ui.current = "";
@@ -830,6 +831,9 @@ async function onEvent(ev: Event) {
       break;
     case "pinsChanged": {
       const p = ev.kind.value;
+      // A pin and an unpin made at once may announce in either order.
+      if (p.version <= (pinVersion.get(p.messageId) ?? -1n)) break;
+      pinVersion.set(p.messageId, p.version);
       const m = messages.get(p.chatId)?.get(p.seq);
       if (m) m.pin = p.pinned ? create(PinSchema, { pinnedBy: p.actorId, pinnedAt: ev.time }) : undefined;
       if (p.chatId === ui.current) { renderMessages(); await loadPinned(p.chatId); }

@@ -804,7 +804,13 @@ type PinsChanged struct {
 	Seq       int64                  `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	Pinned    bool                   `protobuf:"varint,4,opt,name=pinned,proto3" json:"pinned,omitempty"`
 	// Who pinned or unpinned it.
-	ActorId       int32 `protobuf:"varint,5,opt,name=actor_id,json=actorId,proto3" json:"actor_id,omitempty"`
+	ActorId int32 `protobuf:"varint,5,opt,name=actor_id,json=actorId,proto3" json:"actor_id,omitempty"`
+	// The chat's pins version as of the change: it grows with each pin and
+	// unpin in the chat. The events of changes made at once may arrive in
+	// either order: a client keeps, for each message, what the event of
+	// the highest version it saw says. (A call that repeats the state
+	// announces it again with the version it read.)
+	Version       int64 `protobuf:"varint,6,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -870,6 +876,13 @@ func (x *PinsChanged) GetPinned() bool {
 func (x *PinsChanged) GetActorId() int32 {
 	if x != nil {
 		return x.ActorId
+	}
+	return 0
+}
+
+func (x *PinsChanged) GetVersion() int64 {
+	if x != nil {
+		return x.Version
 	}
 	return 0
 }
@@ -1332,14 +1345,15 @@ const file_parley_v1_live_proto_rawDesc = "" +
 	"\x05emoji\x18\x05 \x01(\tR\x05emoji\x12\x14\n" +
 	"\x05added\x18\x06 \x01(\bR\x05added\x121\n" +
 	"\treactions\x18\a \x03(\v2\x13.parley.v1.ReactionR\treactions\x12\x18\n" +
-	"\aversion\x18\b \x01(\x03R\aversion\"\x8a\x01\n" +
+	"\aversion\x18\b \x01(\x03R\aversion\"\xa4\x01\n" +
 	"\vPinsChanged\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x02 \x01(\tR\tmessageId\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x03R\x03seq\x12\x16\n" +
 	"\x06pinned\x18\x04 \x01(\bR\x06pinned\x12\x19\n" +
-	"\bactor_id\x18\x05 \x01(\x05R\aactorId\"c\n" +
+	"\bactor_id\x18\x05 \x01(\x05R\aactorId\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\x03R\aversion\"c\n" +
 	"\x13ChatSettingsChanged\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x123\n" +
 	"\bsettings\x18\x02 \x01(\v2\x17.parley.v1.ChatSettingsR\bsettings\"^\n" +
