@@ -249,6 +249,10 @@ func (s *Service) SendMessage(
 	if len(c.Participants) == 1 {
 		p = positions{delivered: m.Seq, read: m.Seq}
 	}
+	// Whether the sender's positions are to be announced: when sending
+	// read what it had not, or, on a retry, when they are not announced
+	// as they stand (the first attempt may have failed before it could).
+	announcePositions := false
 	if !created {
 		// The positions as they stand: the chat as the store holds it
 		// (a cached one lags in what its members sent).
@@ -265,6 +269,13 @@ func (s *Service) SendMessage(
 			return nil, s.internal(ctx, "send message", err)
 		}
 		before = min(me.ReadSeq, me.DeliveredSeq)
+		if s.events != nil {
+			was, err := s.seqs.rdb.Get(ctx, s.seqs.announcedKey(c.ID, id.UserID)).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return nil, s.internal(ctx, "send message", err)
+			}
+			announcePositions = was != announcedPositions(me.ReadSeq, me.DeliveredSeq)
+		}
 	}
 	msg, err := s.renderMessage(ctx, c, id.UserID, p, m)
 	if err != nil {
@@ -280,7 +291,7 @@ func (s *Service) SendMessage(
 	if inFlight, err = s.announceSend(ctx, c, msg, created); err != nil {
 		return nil, s.internal(ctx, "send message", err)
 	}
-	if max(before, 0) < m.Seq-1 {
+	if announcePositions || max(before, 0) < m.Seq-1 {
 		// Sending read what the sender had not (or may have): others'
 		// ticks move.
 		if err := s.publishPositions(ctx, c, id.UserID); err != nil {

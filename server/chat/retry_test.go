@@ -45,6 +45,18 @@ func TestRetry_AnnouncesWhatTheFailedCallDidNot(t *testing.T) {
 		watch *user // whose stream hears of it; a member of grp
 		want  func(*parleyv1.Event) bool
 	}{{
+		// Carol has read nothing: her send moves her positions.
+		name: "SendMessage (the sender's positions)",
+		call: func() error {
+			_, err := carol.msgs.SendMessage(ctx, req(carol, &parleyv1.SendMessageRequest{ChatId: grp.GetId(), ClientMessageId: "positions", Text: "read it all"}))
+			return err
+		},
+		watch: alice,
+		want: func(ev *parleyv1.Event) bool {
+			pc := ev.GetPositionsChanged()
+			return pc.GetChatId() == grp.GetId() && pc.GetUserId() == carol.id
+		},
+	}, {
 		name: "SetParticipantRole",
 		call: func() error {
 			_, err := alice.chats.SetParticipantRole(ctx, req(alice, &parleyv1.SetParticipantRoleRequest{ChatId: grp.GetId(), UserId: bob.id, Role: parleyv1.Role_ROLE_ADMIN}))
