@@ -55,21 +55,39 @@ func NewJanitor(log *slog.Logger, lib *Library, refs Referrers, after time.Durat
 	return &Janitor{log: log, lib: lib, refs: refs, after: after, now: now}
 }
 
+// markEvery is how often Run marks what older versions left unmarked
+// (MarkLoose): once at start, then daily, for the instances of an older
+// version that run on during an upgrade.
+const markEvery = 24 * time.Hour
+
 // Run cleans up every interval (with jitter, so instances spread out)
-// until ctx is done. It first marks what older versions left unmarked
-// (MarkLoose).
+// until ctx is done. It marks what older versions left unmarked
+// (MarkLoose) at its start and every markEvery; after a failure, at the
+// next round.
 func (j *Janitor) Run(ctx context.Context, interval time.Duration) {
-	if n, err := j.MarkLoose(ctx); err != nil && ctx.Err() == nil {
-		j.log.ErrorContext(ctx, "media clean-up: mark loose uploads", "err", err)
-	} else if n > 0 {
-		j.log.InfoContext(ctx, "media clean-up: marked loose uploads", "count", n)
+	var marked time.Time
+	mark := func() {
+		n, err := j.MarkLoose(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			j.log.ErrorContext(ctx, "media clean-up: mark loose uploads", "err", err, "marked", n)
+		case err == nil:
+			marked = time.Now()
+			if n > 0 {
+				j.log.InfoContext(ctx, "media clean-up: marked loose uploads", "count", n)
+			}
+		}
 	}
+	mark()
 	for {
 		wait := interval/2 + rand.N(interval)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		}
+		if time.Since(marked) >= markEvery {
+			mark()
 		}
 		if n, err := j.Sweep(ctx); err != nil && ctx.Err() == nil {
 			j.log.ErrorContext(ctx, "media clean-up", "err", err, "deleted", n)

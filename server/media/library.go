@@ -154,16 +154,26 @@ func (l *Library) Attach(ctx context.Context, ids []bson.ObjectID, key string, m
 				return nil, nil
 			}
 			m.MessageID = &messageID
-			return bson.D{
-				{Key: "$set", Value: bson.D{{Key: "messageId", Value: messageID}}},
-				{Key: "$unset", Value: bson.D{{Key: "loose", Value: ""}}},
-			}, nil
+			return settled(m, bson.D{{Key: "$set", Value: bson.D{{Key: "messageId", Value: messageID}}}}, nil), nil
 		})
 		if err != nil {
 			return fmt.Errorf("attach media %s: %w", id.Hex(), err)
 		}
 	}
 	return nil
+}
+
+// settled is the update that attaches m, with set and unset, and takes
+// its loose mark off, unless m is being deleted: clean-up must finish
+// that deletion, should it stop part-way.
+func settled(m *mediaDoc, set bson.D, unset bson.D) bson.D {
+	if m.State != stateDeleting {
+		unset = append(unset, bson.E{Key: "loose", Value: ""})
+	}
+	if len(unset) == 0 {
+		return set
+	}
+	return append(set, bson.E{Key: "$unset", Value: unset})
 }
 
 // settle takes the loose mark off an upload that is attached and not
@@ -239,10 +249,7 @@ func (l *Library) claimAvatarImage(ctx context.Context, userID int, id bson.Obje
 // AttachAvatar records the avatar that uses an upload.
 func (l *Library) AttachAvatar(ctx context.Context, id bson.ObjectID, avatarID int) error {
 	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
-		return bson.D{
-			{Key: "$set", Value: bson.D{{Key: "avatarId", Value: avatarID}}},
-			{Key: "$unset", Value: bson.D{{Key: "loose", Value: ""}}},
-		}, nil
+		return settled(m, bson.D{{Key: "$set", Value: bson.D{{Key: "avatarId", Value: avatarID}}}}, nil), nil
 	})
 	if err != nil {
 		return fmt.Errorf("attach avatar media %s: %w", id.Hex(), err)
@@ -322,10 +329,8 @@ func (l *Library) AttachGroupAvatar(ctx context.Context, url string, chatID bson
 		if m.GroupID != nil {
 			return nil, nil
 		}
-		return bson.D{
-			{Key: "$set", Value: bson.D{{Key: "groupId", Value: chatID}}},
-			{Key: "$unset", Value: bson.D{{Key: "claim", Value: ""}, {Key: "claimedAt", Value: ""}, {Key: "loose", Value: ""}}},
-		}, nil
+		return settled(m, bson.D{{Key: "$set", Value: bson.D{{Key: "groupId", Value: chatID}}}},
+			bson.D{{Key: "claim", Value: ""}, {Key: "claimedAt", Value: ""}}), nil
 	})
 	if err != nil && !errors.Is(err, errNoMedia) {
 		return fmt.Errorf("attach group avatar media %s: %w", id.Hex(), err)

@@ -277,8 +277,9 @@ func (s *Service) downloadExpiry() time.Time {
 }
 
 // visible loads a media userID may see, or NOT_FOUND: avatar images are
-// visible to everyone signed in once uploaded; chat files to their
-// uploader until sent, then to the chat's members.
+// visible to their uploader, and to everyone signed in once they are (or
+// are being made) an avatar; chat files to their uploader until sent,
+// then to the chat's members.
 func (s *Service) visible(ctx context.Context, id bson.ObjectID, userID int) (*mediaDoc, error) {
 	m, err := s.lib.store.get(ctx, id)
 	if errors.Is(err, errNoMedia) {

@@ -303,9 +303,13 @@ func staleQuery(cutoff, deletingCutoff time.Time) (filter, sort bson.D) {
 
 // markLoose marks loose what versions before the mark stored unmarked:
 // uploads in no message, avatar or group, and those being deleted. It
-// reads the whole collection, once per start.
+// reads the whole collection. Each document is marked by its own
+// compare and swap (store.update), as any other change of it, so that
+// it loses no change made meanwhile (FerretDB 1.x would, to one
+// updateMany).
 func (s *store) markLoose(ctx context.Context) (int64, error) {
-	res, err := s.media.UpdateMany(ctx, bson.D{
+	const batch = 500
+	filter := bson.D{
 		{Key: "loose", Value: bson.D{{Key: "$exists", Value: false}}},
 		{Key: "$or", Value: bson.A{
 			bson.D{
@@ -315,11 +319,45 @@ func (s *store) markLoose(ctx context.Context) (int64, error) {
 			},
 			bson.D{{Key: "state", Value: stateDeleting}},
 		}},
-	}, bson.D{{Key: "$set", Value: bson.D{{Key: "loose", Value: true}}}})
-	if err != nil {
-		return 0, fmt.Errorf("mark loose media: %w", err)
 	}
-	return res.ModifiedCount, nil
+	marked := int64(0)
+	after := bson.ObjectID{}
+	for {
+		// By id, from where the last batch ended: a document that stays
+		// unmarked (attached meanwhile) is not read again.
+		page := append(bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: after}}}}, filter...)
+		cur, err := s.media.Find(ctx, page, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).SetLimit(batch).
+			SetProjection(bson.D{{Key: "_id", Value: 1}}))
+		if err != nil {
+			return marked, fmt.Errorf("mark loose media: %w", err)
+		}
+		var ids []struct {
+			ID bson.ObjectID `bson:"_id"`
+		}
+		if err := cur.All(ctx, &ids); err != nil {
+			return marked, fmt.Errorf("mark loose media: %w", err)
+		}
+		for _, d := range ids {
+			changed := false
+			_, err := s.update(ctx, d.ID, func(m *mediaDoc) (bson.D, error) {
+				changed = !m.Loose && (!m.attached() || m.State == stateDeleting)
+				if !changed {
+					return nil, nil
+				}
+				return bson.D{{Key: "$set", Value: bson.D{{Key: "loose", Value: true}}}}, nil
+			})
+			if err != nil && !errors.Is(err, errNoMedia) {
+				return marked, fmt.Errorf("mark loose media %s: %w", d.ID.Hex(), err)
+			}
+			if err == nil && changed {
+				marked++
+			}
+		}
+		if len(ids) < batch {
+			return marked, nil
+		}
+		after = ids[len(ids)-1].ID
+	}
 }
 
 // ofMessage lists the media attached to a message.
