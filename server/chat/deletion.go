@@ -148,7 +148,7 @@ func (s *Service) forgetMember(ctx context.Context, chatID bson.ObjectID, userID
 // announce publishes a chat event of the deletion, and reports whether
 // it did. A failure is logged, not returned: the change is made, and a
 // retry of the sweep announces only a departure again (see
-// departureDoc).
+// memberChangeDoc).
 func (s *Service) announce(ctx context.Context, chatID bson.ObjectID, kind string, actor int, users ...int) bool {
 	if err := s.publishChat(ctx, chatID, kind, actor, users...); err != nil {
 		s.log.WarnContext(ctx, "announce a deleted member's change", "chat", chatID.Hex(), "kind", kind, "err", err)

@@ -42,7 +42,7 @@ var typingLimit = redis_rate.Limit{Rate: 10, Burst: 10, Period: 10 * time.Second
 // errNotDelivered answers a change that was stored but could not be
 // announced; repeating the call completes it. For that, each method that
 // finds the change it asks for made already announces it again (a pin
-// that is there, a member that left lately: see departureDoc), and
+// that is there, a member that left lately: see memberChangeDoc), and
 // CreateGroupChat takes a request id.
 var errNotDelivered = connect.NewError(connect.CodeUnavailable,
 	errors.New("the change was saved but live delivery failed; retry the call"))

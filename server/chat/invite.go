@@ -268,10 +268,10 @@ func (s *Service) JoinChatByInvite(
 	if err != nil {
 		return nil, err
 	}
-	// A member already is answered, and announced again, whether the
-	// invite still works or not: the call that made it one may have
-	// failed to announce it (errNotDelivered), and used the invite's
-	// last join.
+	// A member already is answered, whether the invite still works or
+	// not, and its join announced again if it is not yet: the call that
+	// made it one may have failed to announce it (errNotDelivered), and
+	// used the invite's last join.
 	d, c, err := s.inviteChat(ctx, req.Msg.GetCode())
 	switch {
 	case errors.Is(err, errNoInvite):
@@ -279,8 +279,11 @@ func (s *Service) JoinChatByInvite(
 	case err != nil:
 		return nil, s.internal(ctx, "join chat", err)
 	case c.participant(id.UserID) != nil:
-		if err := s.publishChat(ctx, c.ID, membersAdded, id.UserID, id.UserID); err != nil {
-			return nil, s.internal(ctx, "join chat", err)
+		if c.arrivedSince(id.UserID, id.UserID, s.now().Add(-departureMemory)) {
+			if err := s.publishChat(ctx, c.ID, membersAdded, id.UserID, id.UserID); err != nil {
+				return nil, s.internal(ctx, "join chat", err)
+			}
+			s.changesAnnounced(ctx, c.ID, arrivals, []int{id.UserID}, id.UserID)
 		}
 	case !d.usable(s.store.nowMs()):
 		return nil, errNoInvite
@@ -344,6 +347,7 @@ func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int
 	if err := s.publishChat(ctx, c.ID, membersAdded, userID, userID); err != nil {
 		return s.internal(ctx, "join chat", err)
 	}
+	s.changesAnnounced(ctx, c.ID, arrivals, []int{userID}, userID)
 	return nil
 }
 

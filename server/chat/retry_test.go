@@ -328,3 +328,82 @@ func TestRetry_RepeatedMarkAnnouncesNothing(t *testing.T) {
 		t.Errorf("three marks of the same message announced Bob's positions %d times, want 1", seen)
 	}
 }
+
+// An addition or a join is announced again only by a retry of the call
+// that made it, while its announcement may have failed: another
+// AddParticipants of a member, or its join by an invite again, answers
+// OK and announces nothing (see TestRetry_AnnouncesWhatTheFailedCallDidNot
+// for the retries).
+func TestRetry_ArrivalsAnnouncedOnce(t *testing.T) {
+	rs := servertest.StartRedis(t)
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) { c.RedisURL = rs.URL() }))
+	ctx := context.Background()
+	p := servertest.Protocols[0]
+	alice, bob, carol, dave, erin := newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p), newUser(t, srv, p)
+	grp := group(t, alice, "g", bob)
+	if _, err := alice.chats.SetParticipantRole(ctx, req(alice, &parleyv1.SetParticipantRoleRequest{ChatId: grp.GetId(), UserId: bob.id, Role: parleyv1.Role_ROLE_ADMIN})); err != nil {
+		t.Fatal(err)
+	}
+	invite, err := alice.chats.CreateInviteLink(ctx, req(alice, &parleyv1.CreateInviteLinkRequest{ChatId: grp.GetId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := func(by *user, u *user) error {
+		_, err := by.chats.AddParticipants(ctx, req(by, &parleyv1.AddParticipantsRequest{ChatId: grp.GetId(), UserIds: []int32{u.id}}))
+		return err
+	}
+	join := func(u *user) error {
+		_, err := u.chats.JoinChatByInvite(ctx, req(u, &parleyv1.JoinChatByInviteRequest{Code: invite.Msg.GetInviteLink().GetCode()}))
+		return err
+	}
+	live := subscribe(t, srv, p, alice)
+	// announced counts the arrivals of u that alice hears of before the
+	// next message.
+	announced := func(u *user) int {
+		t.Helper()
+		marker := send(t, bob, grp.GetId(), "marker")
+		seen := 0
+		nextEvent(t, live, func(ev *parleyv1.Event) bool {
+			if ev.GetMembersAdded() != nil && slices.Contains(ev.GetMembersAdded().GetUserIds(), u.id) {
+				seen++
+			}
+			return ev.GetMessageCreated().GetMessage().GetId() == marker.GetId()
+		})
+		return seen
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	must(add(alice, carol))
+	if n := announced(carol); n != 1 {
+		t.Fatalf("Carol's addition announced %d times, want 1", n)
+	}
+	must(add(alice, carol))
+	must(add(bob, carol))
+	must(join(carol))
+	if n := announced(carol); n != 0 {
+		t.Errorf("Carol, a member, added again and joining: announced %d times, want 0", n)
+	}
+	must(join(dave))
+	must(join(dave))
+	must(add(alice, dave))
+	if n := announced(dave); n != 1 {
+		t.Errorf("Dave joined, then joined and was added again: announced %d times, want 1", n)
+	}
+	// An addition whose announcement failed: another admin's call does
+	// not announce it; the retry of the call that made it does, once.
+	rs.ACL("-xadd")
+	err = add(alice, erin)
+	rs.ACL("+xadd")
+	wantCode(t, err, connect.CodeUnavailable)
+	must(add(bob, erin))
+	must(add(alice, erin))
+	must(add(alice, erin))
+	if n := announced(erin); n != 1 {
+		t.Errorf("Erin's addition, retried: announced %d times, want 1", n)
+	}
+}

@@ -541,11 +541,18 @@ func (s *Service) AddParticipants(
 	if err != nil {
 		return nil, err
 	}
-	var add, in []int // to add, and members already
+	// To add, and members already whose addition by the caller (a call
+	// that may have failed to announce it: errNotDelivered) is not
+	// announced yet. Other members already are neither added nor
+	// announced again.
+	var add, in []int
+	since := s.now().Add(-departureMemory)
 	for _, uid := range req.Msg.GetUserIds() {
 		switch u := int(uid); {
 		case c.participant(u) != nil:
-			in = append(in, u)
+			if c.arrivedSince(u, id.UserID, since) && !slices.Contains(in, u) {
+				in = append(in, u)
+			}
 		case !slices.Contains(add, u):
 			add = append(add, u)
 		}
@@ -597,13 +604,14 @@ func (s *Service) AddParticipants(
 
 // participantsAdded completes AddParticipants: it announces the users
 // the request named who are members now, by this call or an earlier one
-// (which may have failed to announce them: errNotDelivered), and answers
-// with the chat.
+// of the caller's (which may have failed to announce them:
+// errNotDelivered), and answers with the chat.
 func (s *Service) participantsAdded(ctx context.Context, chatID bson.ObjectID, actor int, members, refused []int) (*connect.Response[parleyv1.AddParticipantsResponse], error) {
 	if len(members) > 0 {
 		if err := s.publishChat(ctx, chatID, membersAdded, actor, members...); err != nil {
 			return nil, s.internal(ctx, "add participants", err)
 		}
+		s.changesAnnounced(ctx, chatID, arrivals, members, actor)
 	}
 	chat, err := s.view(ctx, chatID, actor)
 	if err != nil {
@@ -703,9 +711,15 @@ func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, actor, target
 // departureAnnounced forgets the departure of target by actor, now
 // announced: no later call announces it again.
 func (s *Service) departureAnnounced(ctx context.Context, chatID bson.ObjectID, target, actor int) {
-	if err := s.store.forgetDeparture(ctx, chatID, target, actor); err != nil {
-		// A retry within departureMemory announces it once more.
-		s.log.WarnContext(ctx, "forget an announced departure", "chat", chatID.Hex(), "user", target, "err", err)
+	s.changesAnnounced(ctx, chatID, departures, []int{target}, actor)
+}
+
+// changesAnnounced forgets the departures or arrivals (field) of the
+// users by actor, now announced.
+func (s *Service) changesAnnounced(ctx context.Context, chatID bson.ObjectID, field string, users []int, actor int) {
+	if err := s.store.forgetChanges(ctx, chatID, field, users, actor); err != nil {
+		// A retry within departureMemory announces them once more.
+		s.log.WarnContext(ctx, "forget announced member changes", "chat", chatID.Hex(), "users", users, "err", err)
 	}
 }
 

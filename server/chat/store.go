@@ -74,16 +74,20 @@ type chatDoc struct {
 	PinsVer int64 `bson:"pinsVer,omitempty"`
 	// Left lists the members who left (or were removed) in the last
 	// departureMemory and whose departure may not have been announced,
-	// for a retry of the call that took them out (see departureDoc).
-	Left []departureDoc `bson:"left,omitempty"`
+	// for a retry of the call that took them out (see memberChangeDoc).
+	Left []memberChangeDoc `bson:"left,omitempty"`
+	// Arrived lists, likewise, the members who joined (or were added)
+	// and whose arrival may not have been announced.
+	Arrived []memberChangeDoc `bson:"arrived,omitempty"`
 }
 
-// departureDoc is a member's departure from a chat whose announcement
-// may have failed: it left by itself when By is the member, or By (an
-// admin) removed it. Once announced, it is forgotten (forgetDeparture):
-// a retry of the call that took the member out announces it once more,
-// and only such a retry.
-type departureDoc struct {
+// memberChangeDoc is a member's arrival in a chat, or departure from it,
+// whose announcement may have failed: it joined or left by itself when
+// By is the member, or By (an admin) added or removed it. Once
+// announced, it is forgotten (forgetChanges): a retry of the call that
+// made the change announces it once more, and only such a retry (not
+// another call that finds the member in, or out, already).
+type memberChangeDoc struct {
 	UserID int       `bson:"userId"`
 	By     int       `bson:"by"`
 	At     time.Time `bson:"at"`
@@ -99,7 +103,15 @@ const (
 // departedSince reports whether by took the user out of the chat (by
 // itself: the user left) after t, and the user was not back since.
 func (c *chatDoc) departedSince(userID, by int, t time.Time) bool {
-	return c.participant(userID) == nil && slices.ContainsFunc(c.Left, func(d departureDoc) bool {
+	return c.participant(userID) == nil && slices.ContainsFunc(c.Left, func(d memberChangeDoc) bool {
+		return d.UserID == userID && d.By == by && d.At.After(t)
+	})
+}
+
+// arrivedSince reports whether by made the user a member of the chat (by
+// itself: the user joined) after t, with the arrival not yet announced.
+func (c *chatDoc) arrivedSince(userID, by int, t time.Time) bool {
+	return c.participant(userID) != nil && slices.ContainsFunc(c.Arrived, func(d memberChangeDoc) bool {
 		return d.UserID == userID && d.By == by && d.At.After(t)
 	})
 }
@@ -352,8 +364,19 @@ func (s *store) chatMembers(ctx context.Context, c *chatDoc) ([]member, error) {
 // errNoChange tells changeMembers that the change is already made.
 var errNoChange = errors.New("no change")
 
-// forgetDeparture forgets the departures of userID by actor, announced.
-func (s *store) forgetDeparture(ctx context.Context, chatID bson.ObjectID, userID, actor int) error {
+// Fields of the chat document that list member changes (see
+// memberChangeDoc).
+const (
+	departures = "left"
+	arrivals   = "arrived"
+)
+
+// forgetChanges forgets the departures or arrivals (field) of the users
+// by actor, announced.
+func (s *store) forgetChanges(ctx context.Context, chatID bson.ObjectID, field string, userIDs []int, actor int) error {
+	if len(userIDs) == 0 {
+		return nil
+	}
 	err := s.locked(ctx, chatLock(chatID), func() error {
 		if s.locks.Serial() {
 			// FerretDB 1.x: read and written under the lock.
@@ -361,19 +384,23 @@ func (s *store) forgetDeparture(ctx context.Context, chatID bson.ObjectID, userI
 			if err != nil {
 				return err
 			}
-			left := slices.DeleteFunc(slices.Clone(c.Left), func(d departureDoc) bool { return d.UserID == userID && d.By == actor })
-			if len(left) == len(c.Left) {
+			was := c.Left
+			if field == arrivals {
+				was = c.Arrived
+			}
+			kept := slices.DeleteFunc(slices.Clone(was), func(d memberChangeDoc) bool { return d.By == actor && slices.Contains(userIDs, d.UserID) })
+			if len(kept) == len(was) {
 				return nil
 			}
-			_, err = s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{{Key: "left", Value: left}}}})
+			_, err = s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{{Key: field, Value: kept}}}})
 			return err
 		}
-		_, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}, {Key: "left.userId", Value: userID}},
-			bson.D{{Key: "$pull", Value: bson.D{{Key: "left", Value: bson.D{{Key: "userId", Value: userID}, {Key: "by", Value: actor}}}}}})
+		_, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}, {Key: field + ".userId", Value: bson.D{{Key: "$in", Value: userIDs}}}},
+			bson.D{{Key: "$pull", Value: bson.D{{Key: field, Value: bson.D{{Key: "userId", Value: bson.D{{Key: "$in", Value: userIDs}}}, {Key: "by", Value: actor}}}}}})
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("forget departure: %w", err)
+		return fmt.Errorf("forget %s: %w", field, err)
 	}
 	return nil
 }
@@ -381,7 +408,7 @@ func (s *store) forgetDeparture(ctx context.Context, chatID bson.ObjectID, userI
 // changeMembers replaces the chat's participants with what change makes of
 // the chat as last read, if no other change came in between; otherwise it
 // reads the chat again and asks change again. The members it takes out
-// are recorded as departures by actor. change sees the current
+// are recorded as departures by actor, those it brings in as arrivals. change sees the current
 // participants, so the checks it makes (the caller is an admin, the
 // group stays within its size and keeps an admin) hold for what is
 // written. It returns the chat as written, or change's error
@@ -406,21 +433,40 @@ func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, actor i
 			{Key: "$max", Value: bson.D{{Key: "updatedAt", Value: now}}},
 		}
 		// Those who leave take their sent seq along: SentSeq holds
-		// members only. Their departure is remembered a while.
+		// members only. Departures and arrivals are remembered a while:
+		// an arrival until its member leaves, a departure until its
+		// member is back.
+		in := func(ps []participantDoc, uid int) bool {
+			return slices.ContainsFunc(ps, func(q participantDoc) bool { return q.UserID == uid })
+		}
 		var gone bson.D
-		left := slices.DeleteFunc(slices.Clone(c.Left), func(d departureDoc) bool { return !d.At.After(now.Add(-departureMemory)) })
+		left := slices.DeleteFunc(slices.Clone(c.Left), func(d memberChangeDoc) bool {
+			return !d.At.After(now.Add(-departureMemory)) || in(parts, d.UserID)
+		})
+		arrived := slices.DeleteFunc(slices.Clone(c.Arrived), func(d memberChangeDoc) bool {
+			return !d.At.After(now.Add(-departureMemory)) || !in(parts, d.UserID)
+		})
 		for _, p := range c.Participants {
-			if !slices.ContainsFunc(parts, func(q participantDoc) bool { return q.UserID == p.UserID }) {
+			if !in(parts, p.UserID) {
 				gone = append(gone, bson.E{Key: "sentSeq." + strconv.Itoa(p.UserID), Value: ""})
-				left = append(left, departureDoc{UserID: p.UserID, By: actor, At: now})
+				left = append(left, memberChangeDoc{UserID: p.UserID, By: actor, At: now})
+			}
+		}
+		for _, p := range parts {
+			if !in(c.Participants, p.UserID) {
+				arrived = append(arrived, memberChangeDoc{UserID: p.UserID, By: actor, At: now})
 			}
 		}
 		if len(gone) > 0 {
 			update = append(update, bson.E{Key: "$unset", Value: gone})
 		}
 		left = left[max(0, len(left)-maxDepartures):]
-		if len(gone) > 0 || len(left) != len(c.Left) {
-			update[0].Value = append(update[0].Value.(bson.D), bson.E{Key: "left", Value: left})
+		arrived = arrived[max(0, len(arrived)-maxDepartures):]
+		if !slices.Equal(left, c.Left) {
+			update[0].Value = append(update[0].Value.(bson.D), bson.E{Key: departures, Value: left})
+		}
+		if !slices.Equal(arrived, c.Arrived) {
+			update[0].Value = append(update[0].Value.(bson.D), bson.E{Key: arrivals, Value: arrived})
 		}
 		var res *mongo.UpdateResult
 		err = s.changing(ctx, chatID, func(ctx context.Context) error {
@@ -433,7 +479,7 @@ func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, actor i
 			return nil, fmt.Errorf("change members: %w", err)
 		}
 		if res.MatchedCount == 1 {
-			c.Participants, c.MembersVersion, c.Left = parts, c.MembersVersion+1, left
+			c.Participants, c.MembersVersion, c.Left, c.Arrived = parts, c.MembersVersion+1, left, arrived
 			if now.After(c.UpdatedAt) {
 				c.UpdatedAt = now
 			}

@@ -108,8 +108,10 @@ type ChatServiceClient interface {
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
 	// AddParticipants adds users to a group as members. Admins only. Users
 	// whose settings do not let the caller add them are left out and named in
-	// not_added_user_ids. Those named who are members already are announced
-	// again (members_added), as a retry after UNAVAILABLE needs.
+	// not_added_user_ids. Those named who are members already are left as
+	// they are; those among them that the caller added in the last 10
+	// minutes, in a call that answered UNAVAILABLE, are announced
+	// (members_added): the retry completes that call.
 	AddParticipants(context.Context, *connect.Request[v1.AddParticipantsRequest]) (*connect.Response[v1.AddParticipantsResponse], error)
 	// RemoveParticipant removes a user from a group. Admins only; the last
 	// admin cannot be removed. A user the same admin removed in the last 10
@@ -160,9 +162,10 @@ type ChatServiceClient interface {
 	GetInvite(context.Context, *connect.Request[v1.GetInviteRequest]) (*connect.Response[v1.GetInviteResponse], error)
 	// JoinChatByInvite makes the caller a member of the group of a valid
 	// invite code (NOT_FOUND otherwise, as GetInvite). A member already in
-	// gets the chat, whether the code still works or not, uses none of the
-	// link's joins, and is announced again (members_added). The new member
-	// sees the history from before it joined, read.
+	// gets the chat, whether the code still works or not, and uses none of
+	// the link's joins; its join is announced (members_added) if it joined
+	// in the last 10 minutes in a call that answered UNAVAILABLE. The new
+	// member sees the history from before it joined, read.
 	JoinChatByInvite(context.Context, *connect.Request[v1.JoinChatByInviteRequest]) (*connect.Response[v1.JoinChatByInviteResponse], error)
 }
 
@@ -421,8 +424,10 @@ type ChatServiceHandler interface {
 	UpdateChat(context.Context, *connect.Request[v1.UpdateChatRequest]) (*connect.Response[v1.UpdateChatResponse], error)
 	// AddParticipants adds users to a group as members. Admins only. Users
 	// whose settings do not let the caller add them are left out and named in
-	// not_added_user_ids. Those named who are members already are announced
-	// again (members_added), as a retry after UNAVAILABLE needs.
+	// not_added_user_ids. Those named who are members already are left as
+	// they are; those among them that the caller added in the last 10
+	// minutes, in a call that answered UNAVAILABLE, are announced
+	// (members_added): the retry completes that call.
 	AddParticipants(context.Context, *connect.Request[v1.AddParticipantsRequest]) (*connect.Response[v1.AddParticipantsResponse], error)
 	// RemoveParticipant removes a user from a group. Admins only; the last
 	// admin cannot be removed. A user the same admin removed in the last 10
@@ -473,9 +478,10 @@ type ChatServiceHandler interface {
 	GetInvite(context.Context, *connect.Request[v1.GetInviteRequest]) (*connect.Response[v1.GetInviteResponse], error)
 	// JoinChatByInvite makes the caller a member of the group of a valid
 	// invite code (NOT_FOUND otherwise, as GetInvite). A member already in
-	// gets the chat, whether the code still works or not, uses none of the
-	// link's joins, and is announced again (members_added). The new member
-	// sees the history from before it joined, read.
+	// gets the chat, whether the code still works or not, and uses none of
+	// the link's joins; its join is announced (members_added) if it joined
+	// in the last 10 minutes in a call that answered UNAVAILABLE. The new
+	// member sees the history from before it joined, read.
 	JoinChatByInvite(context.Context, *connect.Request[v1.JoinChatByInviteRequest]) (*connect.Response[v1.JoinChatByInviteResponse], error)
 }
 

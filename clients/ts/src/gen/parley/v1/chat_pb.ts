@@ -1231,8 +1231,10 @@ export const ChatService: GenService<{
   /**
    * AddParticipants adds users to a group as members. Admins only. Users
    * whose settings do not let the caller add them are left out and named in
-   * not_added_user_ids. Those named who are members already are announced
-   * again (members_added), as a retry after UNAVAILABLE needs.
+   * not_added_user_ids. Those named who are members already are left as
+   * they are; those among them that the caller added in the last 10
+   * minutes, in a call that answered UNAVAILABLE, are announced
+   * (members_added): the retry completes that call.
    *
    * @generated from rpc parley.v1.ChatService.AddParticipants
    */
@@ -1371,9 +1373,10 @@ export const ChatService: GenService<{
   /**
    * JoinChatByInvite makes the caller a member of the group of a valid
    * invite code (NOT_FOUND otherwise, as GetInvite). A member already in
-   * gets the chat, whether the code still works or not, uses none of the
-   * link's joins, and is announced again (members_added). The new member
-   * sees the history from before it joined, read.
+   * gets the chat, whether the code still works or not, and uses none of
+   * the link's joins; its join is announced (members_added) if it joined
+   * in the last 10 minutes in a call that answered UNAVAILABLE. The new
+   * member sees the history from before it joined, read.
    *
    * @generated from rpc parley.v1.ChatService.JoinChatByInvite
    */
