@@ -89,8 +89,16 @@ func (s *Service) PinMessage(
 			return nil, s.internal(ctx, "pin message", err)
 		}
 		if err != nil || now.DeletedAt != nil {
-			if _, _, err := s.store.unpin(ctx, c.ID, msg.ID); err != nil {
+			removed, ver, err := s.store.unpin(ctx, c.ID, msg.ID)
+			if err != nil {
 				return nil, s.internal(ctx, "pin message", err)
+			}
+			// Another pin of it, made meanwhile, may have announced
+			// the pin: the unpin is announced after it.
+			if removed {
+				if err := s.publishPins(ctx, c, msg, false, me.UserID, ver); err != nil {
+					return nil, err
+				}
 			}
 			return nil, errPinDeleted
 		}
@@ -129,8 +137,16 @@ func (s *Service) UnpinMessage(
 		// Announced when it was not pinned too: the call that unpinned
 		// it may have failed to (errNotDelivered). With the version the
 		// chat was read at, after that call: a change since then has a
-		// higher one.
+		// higher one. Unless that read still had it pinned (another
+		// unpin came in between): then, with the version after it.
 		ver = c.PinsVer
+		if hasPin(c.Pins, msg.ID) {
+			now, err := s.store.getChat(ctx, c.ID)
+			if err != nil {
+				return nil, s.internal(ctx, "unpin message", err)
+			}
+			ver = now.PinsVer
+		}
 	}
 	if err := s.publishPins(ctx, c, msg, false, me.UserID, ver); err != nil {
 		return nil, err

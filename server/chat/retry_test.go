@@ -407,3 +407,33 @@ func TestRetry_ArrivalsAnnouncedOnce(t *testing.T) {
 		t.Errorf("Erin's addition, retried: announced %d times, want 1", n)
 	}
 }
+
+// A send repeated once it and the sender's positions are announced (a
+// client's retry after a lost answer) announces the positions no more.
+func TestRetry_RepeatedSendAnnouncesNoPositions(t *testing.T) {
+	srv := servertest.New(t)
+	ctx := context.Background()
+	p := servertest.Protocols[0]
+	alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+	grp := group(t, alice, "g", bob)
+	send(t, alice, grp.GetId(), "unread")
+	live := subscribe(t, srv, p, alice)
+	// Bob had not read Alice's message: his send announces his
+	// positions, once.
+	for range 2 {
+		if _, err := bob.msgs.SendMessage(ctx, req(bob, &parleyv1.SendMessageRequest{ChatId: grp.GetId(), ClientMessageId: "once", Text: "read it"})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	marker := send(t, alice, grp.GetId(), "marker")
+	seen := 0
+	nextEvent(t, live, func(ev *parleyv1.Event) bool {
+		if ev.GetPositionsChanged().GetUserId() == bob.id {
+			seen++
+		}
+		return ev.GetMessageCreated().GetMessage().GetId() == marker.GetId()
+	})
+	if seen != 1 {
+		t.Errorf("a send and its repeat announced Bob's positions %d times, want 1", seen)
+	}
+}

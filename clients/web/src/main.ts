@@ -533,6 +533,9 @@ function addMessage(m: Message) {
   if (old) {
     const mine = new Set(old.reactions.filter((r) => r.mine).map((r) => r.emoji));
     for (const r of m.reactions) r.mine ||= mine.has(r.emoji);
+    // Once a pins_changed event told its pin, the events keep it (by
+    // version): an answer or an edit read earlier may be older.
+    if (pinVersion.has(m.id) && !m.deleted) m.pin = old.pin;
   }
   byseq.set(m.seq, m);
   // Replies quote the original as it is now.
