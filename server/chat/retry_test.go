@@ -213,15 +213,7 @@ func TestRetry_AnnouncesWhatTheFailedCallDidNot(t *testing.T) {
 		}
 		// A message sent after the retry: the event comes before it,
 		// once (the failed call logged nothing).
-		marker := send(t, alice, grp.GetId(), "after "+tc.name)
-		seen := 0
-		nextEvent(t, streams[tc.watch], func(ev *parleyv1.Event) bool {
-			if tc.want(ev) {
-				seen++
-			}
-			return ev.GetMessageCreated().GetMessage().GetId() == marker.GetId()
-		})
-		if seen != 1 {
+		if seen := heardBefore(t, streams[tc.watch], alice, grp.GetId(), tc.want); seen != 1 {
 			t.Errorf("%s: the watcher heard of the change %d times before the next message, want 1", tc.name, seen)
 		}
 	}
@@ -316,15 +308,7 @@ func TestRetry_RepeatedMarkAnnouncesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	marker := send(t, alice, grp.GetId(), "marker")
-	seen := 0
-	nextEvent(t, live, func(ev *parleyv1.Event) bool {
-		if ev.GetPositionsChanged().GetUserId() == bob.id {
-			seen++
-		}
-		return ev.GetMessageCreated().GetMessage().GetId() == marker.GetId()
-	})
-	if seen != 1 {
+	if seen := heardBefore(t, live, alice, grp.GetId(), positionsOf(bob)); seen != 1 {
 		t.Errorf("three marks of the same message announced Bob's positions %d times, want 1", seen)
 	}
 }
@@ -361,15 +345,9 @@ func TestRetry_ArrivalsAnnouncedOnce(t *testing.T) {
 	// next message.
 	announced := func(u *user) int {
 		t.Helper()
-		marker := send(t, bob, grp.GetId(), "marker")
-		seen := 0
-		nextEvent(t, live, func(ev *parleyv1.Event) bool {
-			if ev.GetMembersAdded() != nil && slices.Contains(ev.GetMembersAdded().GetUserIds(), u.id) {
-				seen++
-			}
-			return ev.GetMessageCreated().GetMessage().GetId() == marker.GetId()
+		return heardBefore(t, live, bob, grp.GetId(), func(ev *parleyv1.Event) bool {
+			return ev.GetMembersAdded() != nil && slices.Contains(ev.GetMembersAdded().GetUserIds(), u.id)
 		})
-		return seen
 	}
 	must := func(err error) {
 		t.Helper()
@@ -425,15 +403,28 @@ func TestRetry_RepeatedSendAnnouncesNoPositions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	marker := send(t, alice, grp.GetId(), "marker")
+	if seen := heardBefore(t, live, alice, grp.GetId(), positionsOf(bob)); seen != 1 {
+		t.Errorf("a send and its repeat announced Bob's positions %d times, want 1", seen)
+	}
+}
+
+// heardBefore sends a message to the chat as sender and counts the
+// events of the stream that match, up to that message's: what the
+// stream heard of the calls made before it.
+func heardBefore(t *testing.T, stream *connect.ServerStreamForClient[parleyv1.SubscribeResponse], sender *user, chatID string, match func(*parleyv1.Event) bool) int {
+	t.Helper()
+	marker := send(t, sender, chatID, "marker")
 	seen := 0
-	nextEvent(t, live, func(ev *parleyv1.Event) bool {
-		if ev.GetPositionsChanged().GetUserId() == bob.id {
+	nextEvent(t, stream, func(ev *parleyv1.Event) bool {
+		if match(ev) {
 			seen++
 		}
 		return ev.GetMessageCreated().GetMessage().GetId() == marker.GetId()
 	})
-	if seen != 1 {
-		t.Errorf("a send and its repeat announced Bob's positions %d times, want 1", seen)
-	}
+	return seen
+}
+
+// positionsOf matches the events of u's positions.
+func positionsOf(u *user) func(*parleyv1.Event) bool {
+	return func(ev *parleyv1.Event) bool { return ev.GetPositionsChanged().GetUserId() == u.id }
 }
