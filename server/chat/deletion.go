@@ -86,8 +86,9 @@ func (s *Service) leaveDeleted(ctx context.Context, chatID bson.ObjectID, userID
 		case err != nil:
 			return err
 		}
+		upTo := s.store.nowMs()
 		if s.announce(ctx, chatID, memberRemoved, userID, userID) {
-			s.departureAnnounced(ctx, chatID, userID, userID)
+			s.changesAnnounced(ctx, chatID, departures, []int{userID}, userID, upTo)
 		}
 		return nil
 	}

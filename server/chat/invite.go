@@ -280,10 +280,11 @@ func (s *Service) JoinChatByInvite(
 		return nil, s.internal(ctx, "join chat", err)
 	case c.participant(id.UserID) != nil:
 		if c.arrivedSince(id.UserID, id.UserID, s.now().Add(-departureMemory)) {
+			upTo := s.store.nowMs()
 			if err := s.publishChat(ctx, c.ID, membersAdded, id.UserID, id.UserID); err != nil {
 				return nil, s.internal(ctx, "join chat", err)
 			}
-			s.changesAnnounced(ctx, c.ID, arrivals, []int{id.UserID}, id.UserID)
+			s.changesAnnounced(ctx, c.ID, arrivals, []int{id.UserID}, id.UserID, upTo)
 		}
 	case !d.usable(s.store.nowMs()):
 		return nil, errNoInvite
@@ -344,10 +345,11 @@ func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int
 		return s.internal(ctx, "join chat", err)
 	}
 	// Announced when another join of the user's won the race too.
+	upTo := s.store.nowMs()
 	if err := s.publishChat(ctx, c.ID, membersAdded, userID, userID); err != nil {
 		return s.internal(ctx, "join chat", err)
 	}
-	s.changesAnnounced(ctx, c.ID, arrivals, []int{userID}, userID)
+	s.changesAnnounced(ctx, c.ID, arrivals, []int{userID}, userID, upTo)
 	return nil
 }
 

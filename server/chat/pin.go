@@ -133,25 +133,28 @@ func (s *Service) UnpinMessage(
 	if err != nil {
 		return nil, s.internal(ctx, "unpin message", err)
 	}
+	announce := true
 	if !removed {
 		// Announced when it was not pinned too: the call that unpinned
 		// it may have failed to (errNotDelivered). With the version the
 		// chat was read at, after that call: a change since then has a
 		// higher one. Unless that read still had it pinned (another
-		// unpin came in between): then, with the version after it.
+		// unpin came in between): then as the chat is after it, and not
+		// at all if pinned again meanwhile (that pin's event tells).
 		ver = c.PinsVer
 		if hasPin(c.Pins, msg.ID) {
-			now, err := s.store.getChat(ctx, c.ID)
-			if err != nil {
+			if c, err = s.store.getChat(ctx, c.ID); err != nil {
 				return nil, s.internal(ctx, "unpin message", err)
 			}
-			ver = now.PinsVer
+			ver, announce = c.PinsVer, !hasPin(c.Pins, msg.ID)
 		}
 	}
-	if err := s.publishPins(ctx, c, msg, false, me.UserID, ver); err != nil {
-		return nil, err
+	if announce {
+		if err := s.publishPins(ctx, c, msg, false, me.UserID, ver); err != nil {
+			return nil, err
+		}
+		c.Pins = withoutPin(c.Pins, msg.ID)
 	}
-	c.Pins = withoutPin(c.Pins, msg.ID)
 	p, err := s.positions(ctx, c)
 	if err != nil {
 		return nil, s.internal(ctx, "unpin message", err)

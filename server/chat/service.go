@@ -608,10 +608,11 @@ func (s *Service) AddParticipants(
 // errNotDelivered), and answers with the chat.
 func (s *Service) participantsAdded(ctx context.Context, chatID bson.ObjectID, actor int, members, refused []int) (*connect.Response[parleyv1.AddParticipantsResponse], error) {
 	if len(members) > 0 {
+		upTo := s.store.nowMs()
 		if err := s.publishChat(ctx, chatID, membersAdded, actor, members...); err != nil {
 			return nil, s.internal(ctx, "add participants", err)
 		}
-		s.changesAnnounced(ctx, chatID, arrivals, members, actor)
+		s.changesAnnounced(ctx, chatID, arrivals, members, actor, upTo)
 	}
 	chat, err := s.view(ctx, chatID, actor)
 	if err != nil {
@@ -652,10 +653,11 @@ func (s *Service) RemoveParticipant(
 	}
 	// Announced when the target had left already, lately, too: the call
 	// that removed it failed to (errNotDelivered).
+	upTo := s.store.nowMs()
 	if err := s.publishChat(ctx, c.ID, memberRemoved, id.UserID, target); err != nil {
 		return nil, s.internal(ctx, "remove participant", err)
 	}
-	s.departureAnnounced(ctx, c.ID, target, id.UserID)
+	s.changesAnnounced(ctx, c.ID, departures, []int{target}, id.UserID, upTo)
 	if target == id.UserID {
 		// An admin who removed itself sees the chat no more.
 		return connect.NewResponse(&parleyv1.RemoveParticipantResponse{}), nil
@@ -708,16 +710,11 @@ func (s *Service) leave(ctx context.Context, chatID bson.ObjectID, actor, target
 	return nil
 }
 
-// departureAnnounced forgets the departure of target by actor, now
-// announced: no later call announces it again.
-func (s *Service) departureAnnounced(ctx context.Context, chatID bson.ObjectID, target, actor int) {
-	s.changesAnnounced(ctx, chatID, departures, []int{target}, actor)
-}
-
 // changesAnnounced forgets the departures or arrivals (field) of the
-// users by actor, now announced.
-func (s *Service) changesAnnounced(ctx context.Context, chatID bson.ObjectID, field string, users []int, actor int) {
-	if err := s.store.forgetChanges(ctx, chatID, field, users, actor); err != nil {
+// users by actor made up to upTo, a time taken before their announcement
+// (a change made after it, which it did not announce, stays).
+func (s *Service) changesAnnounced(ctx context.Context, chatID bson.ObjectID, field string, users []int, actor int, upTo time.Time) {
+	if err := s.store.forgetChanges(ctx, chatID, field, users, actor, upTo); err != nil {
 		// A retry within departureMemory announces them once more.
 		s.log.WarnContext(ctx, "forget announced member changes", "chat", chatID.Hex(), "users", users, "err", err)
 	}
@@ -835,9 +832,10 @@ func (s *Service) LeaveChat(
 	}
 	// Announced when the caller had left already, lately, too: the call
 	// that took it out failed to (errNotDelivered).
+	upTo := s.store.nowMs()
 	if err := s.publishChat(ctx, c.ID, memberRemoved, id.UserID, id.UserID); err != nil {
 		return nil, s.internal(ctx, "leave chat", err)
 	}
-	s.departureAnnounced(ctx, c.ID, id.UserID, id.UserID)
+	s.changesAnnounced(ctx, c.ID, departures, []int{id.UserID}, id.UserID, upTo)
 	return connect.NewResponse(&parleyv1.LeaveChatResponse{}), nil
 }

@@ -93,8 +93,9 @@ type memberChangeDoc struct {
 	At     time.Time `bson:"at"`
 }
 
-// departureMemory is how long a chat remembers who left it, and
-// maxDepartures how many at most.
+// departureMemory is how long a chat remembers who left it (and who
+// came), and maxDepartures how many left at most (arrivals: its members,
+// MaxGroupSize at most).
 const (
 	departureMemory = 10 * time.Minute
 	maxDepartures   = 100
@@ -372,8 +373,10 @@ const (
 )
 
 // forgetChanges forgets the departures or arrivals (field) of the users
-// by actor, announced.
-func (s *store) forgetChanges(ctx context.Context, chatID bson.ObjectID, field string, userIDs []int, actor int) error {
+// by actor made up to upTo, announced. It raises membersVersion, so that
+// a change of the members that read the chat before writes nothing
+// (changeMembers writes the lists whole) and reads it again.
+func (s *store) forgetChanges(ctx context.Context, chatID bson.ObjectID, field string, userIDs []int, actor int, upTo time.Time) error {
 	if len(userIDs) == 0 {
 		return nil
 	}
@@ -388,15 +391,23 @@ func (s *store) forgetChanges(ctx context.Context, chatID bson.ObjectID, field s
 			if field == arrivals {
 				was = c.Arrived
 			}
-			kept := slices.DeleteFunc(slices.Clone(was), func(d memberChangeDoc) bool { return d.By == actor && slices.Contains(userIDs, d.UserID) })
+			kept := slices.DeleteFunc(slices.Clone(was), func(d memberChangeDoc) bool {
+				return d.By == actor && slices.Contains(userIDs, d.UserID) && !d.At.After(upTo)
+			})
 			if len(kept) == len(was) {
 				return nil
 			}
-			_, err = s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{{Key: "$set", Value: bson.D{{Key: field, Value: kept}}}})
+			_, err = s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}}, bson.D{
+				{Key: "$set", Value: bson.D{{Key: field, Value: kept}}},
+				{Key: "$inc", Value: bson.D{{Key: "membersVersion", Value: 1}}},
+			})
 			return err
 		}
-		_, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}, {Key: field + ".userId", Value: bson.D{{Key: "$in", Value: userIDs}}}},
-			bson.D{{Key: "$pull", Value: bson.D{{Key: field, Value: bson.D{{Key: "userId", Value: bson.D{{Key: "$in", Value: userIDs}}}, {Key: "by", Value: actor}}}}}})
+		match := bson.D{{Key: "userId", Value: bson.D{{Key: "$in", Value: userIDs}}}, {Key: "by", Value: actor}, {Key: "at", Value: bson.D{{Key: "$lte", Value: upTo}}}}
+		_, err := s.chats.UpdateOne(ctx, bson.D{{Key: "_id", Value: chatID}, {Key: field, Value: bson.D{{Key: "$elemMatch", Value: match}}}}, bson.D{
+			{Key: "$pull", Value: bson.D{{Key: field, Value: match}}},
+			{Key: "$inc", Value: bson.D{{Key: "membersVersion", Value: 1}}},
+		})
 		return err
 	})
 	if err != nil {
@@ -461,7 +472,7 @@ func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, actor i
 			update = append(update, bson.E{Key: "$unset", Value: gone})
 		}
 		left = left[max(0, len(left)-maxDepartures):]
-		arrived = arrived[max(0, len(arrived)-maxDepartures):]
+		arrived = arrived[max(0, len(arrived)-MaxGroupSize):]
 		if !slices.Equal(left, c.Left) {
 			update[0].Value = append(update[0].Value.(bson.D), bson.E{Key: departures, Value: left})
 		}

@@ -835,10 +835,12 @@ async function onEvent(ev: Event) {
     case "pinsChanged": {
       const p = ev.kind.value;
       // A pin and an unpin made at once may announce in either order.
-      if (p.version <= (pinVersion.get(p.messageId) ?? -1n)) break;
-      pinVersion.set(p.messageId, p.version);
+      // (A message not loaded is loaded as it is then.)
       const m = messages.get(p.chatId)?.get(p.seq);
-      if (m) m.pin = p.pinned ? create(PinSchema, { pinnedBy: p.actorId, pinnedAt: ev.time }) : undefined;
+      if (m && p.version > (pinVersion.get(p.messageId) ?? -1n)) {
+        pinVersion.set(p.messageId, p.version);
+        m.pin = p.pinned ? create(PinSchema, { pinnedBy: p.actorId, pinnedAt: ev.time }) : undefined;
+      }
       if (p.chatId === ui.current) { renderMessages(); await loadPinned(p.chatId); }
       break;
     }
