@@ -89,13 +89,13 @@ func (s *Service) PinMessage(
 			return nil, s.internal(ctx, "pin message", err)
 		}
 		if err != nil || now.DeletedAt != nil {
-			removed, ver, err := s.store.unpin(ctx, c.ID, msg.ID)
+			ver, err := s.store.unpin(ctx, c.ID, msg.ID)
 			if err != nil {
 				return nil, s.internal(ctx, "pin message", err)
 			}
 			// Another pin of it, made meanwhile, may have announced
 			// the pin: the unpin is announced after it.
-			if removed {
+			if ver > 0 {
 				if err := s.publishPins(ctx, c, msg, false, me.UserID, ver); err != nil {
 					return nil, err
 				}
@@ -129,12 +129,12 @@ func (s *Service) UnpinMessage(
 	if err != nil {
 		return nil, err
 	}
-	removed, ver, err := s.store.unpin(ctx, c.ID, msg.ID)
+	ver, err := s.store.unpin(ctx, c.ID, msg.ID)
 	if err != nil {
 		return nil, s.internal(ctx, "unpin message", err)
 	}
 	announce := true
-	if !removed {
+	if ver == 0 { // it was not pinned
 		// Announced when it was not pinned too: the call that unpinned
 		// it may have failed to (errNotDelivered). With the version the
 		// chat was read at, after that call: a change since then has a
@@ -175,12 +175,12 @@ func withoutPin(pins []pinDoc, messageID bson.ObjectID) []pinDoc {
 // had deleted), announcing it if it was pinned, and takes it out of c's
 // pins, which the answer and the event render.
 func (s *Service) unpinDeleted(ctx context.Context, c *chatDoc, actor int, m *messageDoc) error {
-	removed, ver, err := s.store.unpin(ctx, c.ID, m.ID)
+	ver, err := s.store.unpin(ctx, c.ID, m.ID)
 	if err != nil {
 		return s.internal(ctx, "delete message", err)
 	}
 	c.Pins = withoutPin(c.Pins, m.ID)
-	if !removed {
+	if ver == 0 { // it was not pinned
 		return nil
 	}
 	return s.publishPins(ctx, c, m, false, actor, ver)
@@ -290,10 +290,9 @@ func (s *store) pin(ctx context.Context, chatID bson.ObjectID, p pinDoc) (pinDoc
 	return pinDoc{}, false, 0, errTooManyPins
 }
 
-// unpin takes the message out of the chat's pins, and reports whether it
-// was there, with the chat's pins version after the unpin (0 when it was
-// not).
-func (s *store) unpin(ctx context.Context, chatID, messageID bson.ObjectID) (bool, int64, error) {
+// unpin takes the message out of the chat's pins, and returns the chat's
+// pins version after the unpin: 0 when the message was not pinned.
+func (s *store) unpin(ctx context.Context, chatID, messageID bson.ObjectID) (int64, error) {
 	ver := int64(0)
 	err := s.locked(ctx, chatLock(chatID), func() (err error) {
 		if s.locks.Serial() {
@@ -312,7 +311,7 @@ func (s *store) unpin(ctx context.Context, chatID, messageID bson.ObjectID) (boo
 		}
 		return nil
 	})
-	return ver > 0, ver, err
+	return ver, err
 }
 
 // changePins applies change to the chat that filter matches, raising its

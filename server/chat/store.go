@@ -419,10 +419,10 @@ func (s *store) forgetChanges(ctx context.Context, chatID bson.ObjectID, field s
 // changeMembers replaces the chat's participants with what change makes of
 // the chat as last read, if no other change came in between; otherwise it
 // reads the chat again and asks change again. The members it takes out
-// are recorded as departures by actor, those it brings in as arrivals. change sees the current
-// participants, so the checks it makes (the caller is an admin, the
-// group stays within its size and keeps an admin) hold for what is
-// written. It returns the chat as written, or change's error
+// are recorded as departures by actor, those it brings in as arrivals.
+// change sees the current participants, so the checks it makes (the
+// caller is an admin, the group stays within its size and keeps an
+// admin) hold for what is written. It returns the chat as written, or change's error
 // (errNoChange: the chat as read).
 func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, actor int, change func(c *chatDoc) ([]participantDoc, error)) (*chatDoc, error) {
 	for attempt := 0; ; attempt++ {
@@ -451,12 +451,14 @@ func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, actor i
 			return slices.ContainsFunc(ps, func(q participantDoc) bool { return q.UserID == uid })
 		}
 		var gone bson.D
-		left := slices.DeleteFunc(slices.Clone(c.Left), func(d memberChangeDoc) bool {
-			return !d.At.After(now.Add(-departureMemory)) || in(parts, d.UserID)
-		})
-		arrived := slices.DeleteFunc(slices.Clone(c.Arrived), func(d memberChangeDoc) bool {
-			return !d.At.After(now.Add(-departureMemory)) || !in(parts, d.UserID)
-		})
+		// What is kept of a list: the changes of the last
+		// departureMemory, of members still out (member false) or in.
+		kept := func(changes []memberChangeDoc, member bool) []memberChangeDoc {
+			return slices.DeleteFunc(slices.Clone(changes), func(d memberChangeDoc) bool {
+				return !d.At.After(now.Add(-departureMemory)) || in(parts, d.UserID) != member
+			})
+		}
+		left, arrived := kept(c.Left, false), kept(c.Arrived, true)
 		for _, p := range c.Participants {
 			if !in(parts, p.UserID) {
 				gone = append(gone, bson.E{Key: "sentSeq." + strconv.Itoa(p.UserID), Value: ""})
