@@ -17,6 +17,7 @@ import (
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/media"
 )
 
 // inviteDoc is a document of the invites collection: a code by which
@@ -355,26 +356,29 @@ func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int
 
 // setAvatar makes the upload mediaHex the group's avatar ("": none). The
 // latest change wins (setLatest); the upload it replaces, or that lost to
-// a change made at the same time, is deleted. The one it replaces is
-// detached first: if the change stops half-way, clean-up deletes it, or
-// attaches it again if it is still the avatar. Making the avatar the
-// upload it is already (a retry) changes nothing.
+// a change made at the same time, is deleted, unless a change made since
+// took it over (the claims compared). The one it replaces is detached
+// first: if the change stops half-way, clean-up deletes it, or attaches
+// it again if it is still the avatar. Making the avatar the upload it is
+// already (a retry) changes nothing.
 func (s *Service) setAvatar(ctx context.Context, userID int, c *chatDoc, mediaHex string) error {
 	if s.media == nil {
 		return connect.NewError(connect.CodeUnimplemented, errors.New("uploads are not configured"))
 	}
 	url := ""
+	var claim, oldClaim media.Claim
 	if mediaHex != "" {
 		id, err := bson.ObjectIDFromHex(mediaHex)
 		if err != nil {
 			return connect.NewError(connect.CodeInvalidArgument, errors.New("avatar_media_id: not a media id"))
 		}
-		if url, err = s.media.ClaimGroupAvatar(ctx, userID, id, c.ID); err != nil {
+		if url, claim, err = s.media.ClaimGroupAvatar(ctx, userID, id, c.ID); err != nil {
 			return s.internal(ctx, "update chat", err)
 		}
 	}
 	if old := c.AvatarURL; old != "" && old != url {
-		if err := s.media.DetachGroupAvatar(ctx, old, c.ID); err != nil {
+		var err error
+		if oldClaim, err = s.media.DetachGroupAvatar(ctx, old, c.ID); err != nil {
 			return s.internal(ctx, "update chat", err)
 		}
 	}
@@ -388,7 +392,7 @@ func (s *Service) setAvatar(ctx context.Context, userID int, c *chatDoc, mediaHe
 	if url != "" {
 		if now.AvatarURL != url {
 			// Another admin's change came later and won.
-			if err := s.media.DeleteGroupAvatar(ctx, url, c.ID); err != nil {
+			if err := s.media.DeleteGroupAvatar(ctx, url, c.ID, claim); err != nil {
 				return s.internal(ctx, "update chat", err)
 			}
 			return nil
@@ -398,7 +402,7 @@ func (s *Service) setAvatar(ctx context.Context, userID int, c *chatDoc, mediaHe
 		}
 	}
 	if old := c.AvatarURL; old != "" && old != now.AvatarURL {
-		if err := s.media.DeleteGroupAvatar(ctx, old, c.ID); err != nil {
+		if err := s.media.DeleteGroupAvatar(ctx, old, c.ID, oldClaim); err != nil {
 			return s.internal(ctx, "update chat", err)
 		}
 	}

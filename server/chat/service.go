@@ -67,16 +67,17 @@ type Media interface {
 	// DeleteOfMessage deletes the files of a deleted message.
 	DeleteOfMessage(ctx context.Context, messageID bson.ObjectID) error
 	// ClaimGroupAvatar reserves an avatar upload of the user for the
-	// group's avatar and returns its URL; AttachGroupAvatar records that
-	// the group uses it, and DeleteGroupAvatar deletes one the group
-	// no longer uses.
-	ClaimGroupAvatar(ctx context.Context, userID int, id, chatID bson.ObjectID) (string, error)
+	// group's avatar and returns its URL and the claim it made;
+	// AttachGroupAvatar records that the group uses it, and
+	// DeleteGroupAvatar deletes one the group no longer uses, if it
+	// still holds the claim given.
+	ClaimGroupAvatar(ctx context.Context, userID int, id, chatID bson.ObjectID) (string, media.Claim, error)
 	AttachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error
-	DeleteGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error
+	DeleteGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID, c media.Claim) error
 	// DetachGroupAvatar makes the group's avatar upload a claim again,
 	// before the avatar changes, so that clean-up deletes it if the
-	// change stops half-way.
-	DetachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error
+	// change stops half-way, and returns that claim.
+	DetachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) (media.Claim, error)
 	// Forward gives the message that key names, a forward by userID into
 	// chatID, its own copies of the files ids of the message sourceID,
 	// claimed for it as by Claim, and returns what the message keeps of

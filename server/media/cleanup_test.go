@@ -10,6 +10,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -139,10 +140,11 @@ func TestCleanup_DetachedAvatars(t *testing.T) {
 	lib := srv.App.MediaLibrary()
 	grpID, _ := bson.ObjectIDFromHex(grp)
 	otherID, _ := bson.ObjectIDFromHex(other)
+	errOf := func(_ media.Claim, err error) error { return err }
 	for _, err := range []error{
-		lib.DetachGroupAvatar(ctx, kept.GetUrl(), grpID),
-		lib.DetachGroupAvatar(ctx, moved.GetUrl(), otherID),
-		lib.DetachAvatar(ctx, own.GetUrl(), int(added.Msg.GetAvatar().GetId())),
+		errOf(lib.DetachGroupAvatar(ctx, kept.GetUrl(), grpID)),
+		errOf(lib.DetachGroupAvatar(ctx, moved.GetUrl(), otherID)),
+		errOf(lib.DetachAvatar(ctx, own.GetUrl(), int(added.Msg.GetAvatar().GetId()))),
 	} {
 		if err != nil {
 			t.Fatal(err)

@@ -206,19 +206,47 @@ func (l *Library) DeleteOfMessage(ctx context.Context, messageID bson.ObjectID) 
 	return nil
 }
 
+// A Claim is an upload's claim as one call made it, or found it: the
+// deletion that follows a detach, or an avatar change that lost, deletes
+// the upload only if its claim is still that one. An avatar made of the
+// same upload meanwhile takes the claim over, as a new claim with a later
+// time (see claimTime), and so keeps its image. The zero Claim holds
+// nothing.
+type Claim struct{ at time.Time }
+
+// holds reports whether m's claim is still c.
+func (c Claim) holds(m *mediaDoc) bool {
+	return !c.at.IsZero() && m.ClaimedAt != nil && m.ClaimedAt.Equal(c.at)
+}
+
+// claimTime is the time of a claim made now of m: later than the claim m
+// holds, if any, so that the new one is told from it even within one
+// millisecond.
+func (l *Library) claimTime(m *mediaDoc) time.Time {
+	now := l.store.nowMs()
+	if m.ClaimedAt != nil && !now.After(*m.ClaimedAt) {
+		now = m.ClaimedAt.Add(time.Millisecond)
+	}
+	return now
+}
+
 // ClaimAvatar reserves an upload of userID for a new avatar and returns
 // the URL the avatar serves it at: it must be a ready avatar image the
 // user uploaded and has not used yet. A claim left by an AddAvatar that
-// failed part-way is taken over; the avatars table decides (one avatar
-// per URL).
+// failed part-way, or by an avatar being deleted, is taken over; the
+// avatars table decides (one avatar per URL).
 func (l *Library) ClaimAvatar(ctx context.Context, userID int, id bson.ObjectID) (string, error) {
-	return l.claimAvatarImage(ctx, userID, id, claimAvatar)
+	url, _, err := l.claimAvatarImage(ctx, userID, id, claimAvatar)
+	return url, err
 }
 
 // claimAvatarImage reserves an avatar upload of userID under claim (see
-// ClaimAvatar and ClaimGroupAvatar) and returns its URL.
-func (l *Library) claimAvatarImage(ctx context.Context, userID int, id bson.ObjectID, claim string) (string, error) {
+// ClaimAvatar and ClaimGroupAvatar) and returns its URL and the claim it
+// made (none when the upload was the avatar already).
+func (l *Library) claimAvatarImage(ctx context.Context, userID int, id bson.ObjectID, claim string) (string, Claim, error) {
+	var made Claim
 	m, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		made = Claim{}
 		switch {
 		case m.UploaderID != userID || !m.Avatar:
 			return nil, errMediaNotFound
@@ -231,19 +259,20 @@ func (l *Library) claimAvatarImage(ctx context.Context, userID int, id bson.Obje
 		case m.attached(), m.Claim != "" && m.Claim != claim:
 			// Used, or being made, elsewhere: a user's avatar or
 			// another group's. (A claim of the same kind, left by a
-			// change that failed part-way, is taken over.)
+			// change that failed part-way or by a deletion, is taken
+			// over.)
 			return nil, errAlreadyAvatar
 		}
-		now := l.store.nowMs()
-		return bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: now}}}}, nil
+		made = Claim{at: l.claimTime(m)}
+		return bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: made.at}}}}, nil
 	})
 	if errors.Is(err, errNoMedia) {
-		return "", errMediaNotFound
+		return "", Claim{}, errMediaNotFound
 	}
 	if err != nil {
-		return "", err
+		return "", Claim{}, err
 	}
-	return m.URL, nil
+	return m.URL, made, nil
 }
 
 // AttachAvatar records the avatar that uses an upload.
@@ -261,8 +290,10 @@ func (l *Library) AttachAvatar(ctx context.Context, id bson.ObjectID, avatarID i
 // a claim, as it is while an avatar is made: before the avatar is
 // deleted, so that clean-up deletes the upload if the deletion of the
 // avatar or of the upload stops half-way (or records it again on the
-// avatar, if that stays).
-func (l *Library) DetachAvatar(ctx context.Context, url string, avatarID int) error {
+// avatar, if that stays). It returns the claim, for DeleteAvatar; an
+// upload never recorded on the avatar returns the claim it still holds
+// from the avatar's making.
+func (l *Library) DetachAvatar(ctx context.Context, url string, avatarID int) (Claim, error) {
 	return l.detach(ctx, url, func(m *mediaDoc) (bson.D, bool) {
 		return bson.D{{Key: "avatarId", Value: ""}}, m.AvatarID == avatarID
 	}, claimAvatar)
@@ -270,52 +301,62 @@ func (l *Library) DetachAvatar(ctx context.Context, url string, avatarID int) er
 
 // DetachGroupAvatar is DetachAvatar for the avatar of a group, before
 // it is replaced or removed.
-func (l *Library) DetachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error {
+func (l *Library) DetachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) (Claim, error) {
 	return l.detach(ctx, url, func(m *mediaDoc) (bson.D, bool) {
 		return bson.D{{Key: "groupId", Value: ""}}, m.GroupID != nil && *m.GroupID == chatID
 	}, claimGroup+chatID.Hex())
 }
 
 // detach replaces the attachment of the upload at url, if attached says
-// it is the one, with claim, claimed now.
-func (l *Library) detach(ctx context.Context, url string, attached func(*mediaDoc) (bson.D, bool), claim string) error {
+// it is the one, with claim, claimed now, and returns that claim. An
+// upload not attached that holds claim already returns the claim it
+// holds.
+func (l *Library) detach(ctx context.Context, url string, attached func(*mediaDoc) (bson.D, bool), claim string) (Claim, error) {
 	id, ok := IDFromURL(url)
 	if !ok {
-		return nil
+		return Claim{}, nil
 	}
+	var made Claim
 	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		made = Claim{}
 		unset, ok := attached(m)
 		if !ok {
+			if !m.attached() && m.Claim == claim && m.ClaimedAt != nil {
+				made = Claim{at: *m.ClaimedAt}
+			}
 			return nil, nil
 		}
+		made = Claim{at: l.claimTime(m)}
 		return bson.D{
-			{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: l.store.nowMs()}, {Key: "loose", Value: true}}},
+			{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: made.at}, {Key: "loose", Value: true}}},
 			{Key: "$unset", Value: unset},
 		}, nil
 	})
 	if err != nil && !errors.Is(err, errNoMedia) {
-		return fmt.Errorf("detach avatar media %s: %w", id.Hex(), err)
+		return Claim{}, fmt.Errorf("detach avatar media %s: %w", id.Hex(), err)
 	}
-	return nil
+	return made, nil
 }
 
 // DeleteAvatar deletes the upload that a deleted avatar served at url,
-// if it is one and was that avatar's.
-func (l *Library) DeleteAvatar(ctx context.Context, url string, avatarID int) error {
+// if it is one and was that avatar's: recorded on it, or holding the
+// claim that DetachAvatar returned (not one that an AddAvatar of the same
+// upload took over since).
+func (l *Library) DeleteAvatar(ctx context.Context, url string, avatarID int, c Claim) error {
 	id, ok := IDFromURL(url)
 	if !ok {
 		return nil
 	}
 	_, err := l.delete(ctx, id, func(m *mediaDoc) bool {
-		return m.Avatar && m.GroupID == nil && (m.AvatarID == avatarID || m.AvatarID == 0 && m.Claim == claimAvatar)
+		return m.Avatar && m.GroupID == nil && (m.AvatarID == avatarID || m.AvatarID == 0 && m.Claim == claimAvatar && c.holds(m))
 	})
 	return err
 }
 
 // ClaimGroupAvatar reserves an avatar upload of userID (see ClaimAvatar)
-// for the avatar of a group, and returns its URL; the group's avatar
-// already, it stays so.
-func (l *Library) ClaimGroupAvatar(ctx context.Context, userID int, id, chatID bson.ObjectID) (string, error) {
+// for the avatar of a group, and returns its URL and the claim it made
+// (none when it is the group's avatar already, which it stays).
+func (l *Library) ClaimGroupAvatar(ctx context.Context, userID int, id, chatID bson.ObjectID) (string, Claim, error) {
 	return l.claimAvatarImage(ctx, userID, id, claimGroup+chatID.Hex())
 }
 
@@ -338,15 +379,18 @@ func (l *Library) AttachGroupAvatar(ctx context.Context, url string, chatID bson
 	return nil
 }
 
-// DeleteGroupAvatar deletes the upload that served the group's avatar
-// at url, if it was that group's (or claimed for it and never attached).
-func (l *Library) DeleteGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error {
+// DeleteGroupAvatar deletes the upload at url that is no longer the
+// group's avatar, if it still holds c, the claim that ClaimGroupAvatar
+// or DetachGroupAvatar returned. An upload recorded on the group is the
+// avatar again (another change set it since), and a claim taken over is
+// being made so: both are kept.
+func (l *Library) DeleteGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID, c Claim) error {
 	id, ok := IDFromURL(url)
 	if !ok {
 		return nil
 	}
 	_, err := l.delete(ctx, id, func(m *mediaDoc) bool {
-		return m.Avatar && ((m.GroupID != nil && *m.GroupID == chatID) || (m.GroupID == nil && m.Claim == claimGroup+chatID.Hex()))
+		return m.Avatar && m.GroupID == nil && m.Claim == claimGroup+chatID.Hex() && c.holds(m)
 	})
 	return err
 }

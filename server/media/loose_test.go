@@ -106,7 +106,7 @@ func TestLoose_KeptByEveryChange(t *testing.T) {
 	if loose(doomed.ID) {
 		t.Error("an avatar's upload is still loose")
 	}
-	if err := lib.DeleteAvatar(ctx, doomed.URL, 7); err == nil {
+	if err := lib.DeleteAvatar(ctx, doomed.URL, 7, Claim{}); err == nil {
 		t.Fatal("DeleteAvatar with the files' deletion failing: no error")
 	}
 	if !loose(doomed.ID) {

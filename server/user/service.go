@@ -22,6 +22,7 @@ import (
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/rpcerr"
 	"github.com/parley-chat/parley/server/sqldb"
 )
@@ -40,12 +41,13 @@ type AvatarMedia interface {
 	ClaimAvatar(ctx context.Context, userID int, mediaID bson.ObjectID) (string, error)
 	// AttachAvatar records the avatar on its upload.
 	AttachAvatar(ctx context.Context, mediaID bson.ObjectID, avatarID int) error
-	// DeleteAvatar deletes the upload a deleted avatar served, if any.
-	DeleteAvatar(ctx context.Context, url string, avatarID int) error
+	// DeleteAvatar deletes the upload a deleted avatar served, if any,
+	// and if it still holds the claim that DetachAvatar returned.
+	DeleteAvatar(ctx context.Context, url string, avatarID int, c media.Claim) error
 	// DetachAvatar makes the upload an avatar serves a claim again,
 	// before the avatar is deleted, so that clean-up deletes it if the
-	// deletion stops half-way.
-	DetachAvatar(ctx context.Context, url string, avatarID int) error
+	// deletion stops half-way, and returns that claim.
+	DetachAvatar(ctx context.Context, url string, avatarID int) (media.Claim, error)
 }
 
 // Service implements UserService, AvatarService, PrivacyService,
@@ -313,17 +315,20 @@ func (s *Service) DeleteAvatar(
 		return nil, err
 	}
 	uploaded := s.media != nil
+	var claim media.Claim
 	a, deleted, err := s.store.deleteAvatar(ctx, id.UserID, int(req.Msg.GetAvatarId()), func(a *ent.Avatar) error {
 		if !uploaded || a.IsRandom {
 			return nil
 		}
-		return s.media.DetachAvatar(ctx, a.AvatarURL, a.ID)
+		var err error
+		claim, err = s.media.DetachAvatar(ctx, a.AvatarURL, a.ID)
+		return err
 	})
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "delete avatar", err)
 	}
 	if uploaded && !deleted.IsRandom {
-		if err := s.media.DeleteAvatar(ctx, deleted.AvatarURL, deleted.ID); err != nil {
+		if err := s.media.DeleteAvatar(ctx, deleted.AvatarURL, deleted.ID, claim); err != nil {
 			// The avatar is gone; clean-up deletes its upload, detached
 			// (a claim), within the hour.
 			s.log.ErrorContext(ctx, "delete avatar image", "url", deleted.AvatarURL, "err", err)

@@ -1,0 +1,147 @@
+package media
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+
+	"github.com/parley-chat/parley/server/enginetest"
+)
+
+// TestAvatarClaims_TakenOverKept: an avatar image whose avatar is being
+// deleted or replaced, made an avatar again by another request before
+// the deletion reaches it, keeps its file. The requests are interleaved
+// step by step, as the services take them, on a clock that stands still,
+// so that every claim is made within one millisecond.
+func TestAvatarClaims_TakenOverKept(t *testing.T) {
+	db := enginetest.Database(t, "avatarclaims")
+	ctx := context.Background()
+	if err := EnsureIndexes(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := NewFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	lib := NewLibrary(slog.New(slog.NewTextHandler(io.Discard, nil)), db, nil, fs, func() time.Time { return now })
+	const alice = 1
+	image := func() *mediaDoc {
+		t.Helper()
+		m := &mediaDoc{ID: bson.NewObjectID(), UploaderID: alice, FileType: TypeImage, Avatar: true,
+			State: stateReady, StateAt: now, CreatedAt: now, Size: 4, Loose: true}
+		m.URL = URL(m.ID)
+		if err := lib.store.insert(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		if err := fs.Put(ctx, originalKey(m.ID), strings.NewReader("data"), 4, "image/png"); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	exists := func(m *mediaDoc) bool {
+		t.Helper()
+		_, err := lib.store.get(ctx, m.ID)
+		if err != nil && !errors.Is(err, errNoMedia) {
+			t.Fatal(err)
+		}
+		obj, serr := fs.Open(ctx, originalKey(m.ID))
+		if serr == nil {
+			obj.Close()
+		}
+		if (err == nil) != (serr == nil) {
+			t.Fatalf("media %s: document %v, file %v", m.ID.Hex(), err, serr)
+		}
+		return err == nil
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	claim := func(c Claim, err error) Claim {
+		t.Helper()
+		must(err)
+		return c
+	}
+	groupClaim := func(_ string, c Claim, err error) Claim {
+		t.Helper()
+		must(err)
+		return c
+	}
+
+	t.Run("user avatar", func(t *testing.T) {
+		// Avatar 7 is deleted (detach, then the row, then the file)
+		// while AddAvatar makes the same upload avatar 8.
+		m := image()
+		_, err := lib.ClaimAvatar(ctx, alice, m.ID)
+		must(err)
+		must(lib.AttachAvatar(ctx, m.ID, 7))
+		detached := claim(lib.DetachAvatar(ctx, m.URL, 7))
+		_, err = lib.ClaimAvatar(ctx, alice, m.ID)
+		must(err)
+		must(lib.DeleteAvatar(ctx, m.URL, 7, detached))
+		if !exists(m) {
+			t.Fatal("the image that AddAvatar took over was deleted with the avatar it left")
+		}
+		// With no AddAvatar in between, the deletion goes through; so
+		// it does when avatar 7 was never recorded on its image.
+		must(lib.AttachAvatar(ctx, m.ID, 8))
+		must(lib.DeleteAvatar(ctx, m.URL, 8, claim(lib.DetachAvatar(ctx, m.URL, 8))))
+		if exists(m) {
+			t.Error("the image of a deleted avatar is kept")
+		}
+		unrecorded := image()
+		_, err = lib.ClaimAvatar(ctx, alice, unrecorded.ID)
+		must(err)
+		must(lib.DeleteAvatar(ctx, unrecorded.URL, 9, claim(lib.DetachAvatar(ctx, unrecorded.URL, 9))))
+		if exists(unrecorded) {
+			t.Error("the image of a deleted avatar never recorded on it is kept")
+		}
+	})
+
+	t.Run("group avatar replaced", func(t *testing.T) {
+		// One admin replaces the group's avatar while another sets it
+		// back to the image being replaced.
+		chat := bson.NewObjectID()
+		m := image()
+		groupClaim(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
+		must(lib.AttachGroupAvatar(ctx, m.URL, chat))
+		detached := claim(lib.DetachGroupAvatar(ctx, m.URL, chat))
+		groupClaim(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
+		must(lib.DeleteGroupAvatar(ctx, m.URL, chat, detached))
+		if !exists(m) {
+			t.Fatal("the image set back as the group's avatar was deleted as the one replaced")
+		}
+		must(lib.AttachGroupAvatar(ctx, m.URL, chat))
+		must(lib.DeleteGroupAvatar(ctx, m.URL, chat, claim(lib.DetachGroupAvatar(ctx, m.URL, chat))))
+		if exists(m) {
+			t.Error("the group's replaced avatar image is kept")
+		}
+	})
+
+	t.Run("group avatar lost", func(t *testing.T) {
+		// Two admins set the same image; the first finds another
+		// change won and deletes what it claimed, which the second has
+		// claimed since.
+		chat := bson.NewObjectID()
+		m := image()
+		first := groupClaim(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
+		second := groupClaim(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
+		must(lib.DeleteGroupAvatar(ctx, m.URL, chat, first))
+		if !exists(m) {
+			t.Fatal("an image claimed again for the group was deleted by the change that lost")
+		}
+		must(lib.DeleteGroupAvatar(ctx, m.URL, chat, second))
+		if exists(m) {
+			t.Error("an image whose change lost is kept")
+		}
+	})
+}
