@@ -3,15 +3,10 @@ package media
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
-	"strings"
 	"testing"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-
-	"github.com/parley-chat/parley/server/enginetest"
 )
 
 // TestAvatarClaims_TakenOverKept: an avatar image whose avatar is being
@@ -20,29 +15,15 @@ import (
 // step by step, as the services take them, on a clock that stands still,
 // so that every claim is made within one millisecond.
 func TestAvatarClaims_TakenOverKept(t *testing.T) {
-	db := enginetest.Database(t, "avatarclaims")
 	ctx := context.Background()
-	if err := EnsureIndexes(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	fs, err := NewFS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
 	now := time.Now().UTC().Truncate(time.Millisecond)
-	lib := NewLibrary(slog.New(slog.NewTextHandler(io.Discard, nil)), db, nil, fs, func() time.Time { return now })
+	lib, fs := testLibrary(t, "avatarclaims", func() time.Time { return now }, nil)
 	const alice = 1
 	image := func() *mediaDoc {
 		t.Helper()
 		m := &mediaDoc{ID: bson.NewObjectID(), UploaderID: alice, FileType: TypeImage, Avatar: true,
-			State: stateReady, StateAt: now, CreatedAt: now, Size: 4, Loose: true}
-		m.URL = URL(m.ID)
-		if err := lib.store.insert(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-		if err := fs.Put(ctx, originalKey(m.ID), strings.NewReader("data"), 4, "image/png"); err != nil {
-			t.Fatal(err)
-		}
+			State: stateReady, StateAt: now, CreatedAt: now, Loose: true}
+		putMedia(t, lib, fs, m)
 		return m
 	}
 	exists := func(m *mediaDoc) bool {

@@ -3,15 +3,10 @@ package media
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
-	"strings"
 	"testing"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-
-	"github.com/parley-chat/parley/server/enginetest"
 )
 
 // failingDeletes is a real store of files whose deletions fail while
@@ -33,23 +28,18 @@ func (f *failingDeletes) Delete(ctx context.Context, key string) error {
 // copy until attached, and on one whose deletion stopped part-way (also
 // when an attachment comes after the deletion began); off once attached.
 func TestLoose_KeptByEveryChange(t *testing.T) {
-	db := enginetest.Database(t, "loose")
 	ctx := context.Background()
-	if err := EnsureIndexes(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	fs, err := NewFS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	storage := &failingDeletes{Storage: fs}
-	lib := NewLibrary(slog.New(slog.NewTextHandler(io.Discard, nil)), db, nil, storage, time.Now)
+	var storage *failingDeletes
+	lib, fs := testLibrary(t, "loose", time.Now, func(fs *FS) Storage {
+		storage = &failingDeletes{Storage: fs}
+		return storage
+	})
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	chatID := bson.NewObjectID()
 	upload := func(claim string) *mediaDoc {
 		t.Helper()
 		m := &mediaDoc{ID: bson.NewObjectID(), UploaderID: 1, FileType: TypeFile, State: stateReady,
-			StateAt: now, CreatedAt: now, Size: 4, Loose: true, Claim: claim}
+			StateAt: now, CreatedAt: now, Loose: true, Claim: claim}
 		if claim == claimAvatar {
 			m.Avatar, m.FileType = true, TypeImage
 		} else {
@@ -58,13 +48,7 @@ func TestLoose_KeptByEveryChange(t *testing.T) {
 		if claim != "" {
 			m.ClaimedAt = &now
 		}
-		m.URL = URL(m.ID)
-		if err := lib.store.insert(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-		if err := fs.Put(ctx, originalKey(m.ID), strings.NewReader("data"), 4, "text/plain"); err != nil {
-			t.Fatal(err)
-		}
+		putMedia(t, lib, fs, m)
 		return m
 	}
 	loose := func(id bson.ObjectID) bool {
