@@ -355,16 +355,36 @@ func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int
 }
 
 // setAvatar makes the upload mediaHex the group's avatar ("": none). The
-// latest change wins (setLatest); the upload it replaces, or that lost to
-// a change made at the same time, is deleted, unless a change made since
-// took it over (the claims compared). The one it replaces is detached
-// first: if the change stops half-way, clean-up deletes it, or attaches
-// it again if it is still the avatar. Making the avatar the upload it is
-// already (a retry) changes nothing.
-func (s *Service) setAvatar(ctx context.Context, userID int, c *chatDoc, mediaHex string) error {
+// changes of one group's avatar run one at a time, on every instance
+// (under a short Redis lock), from the chat as it is then: the upload
+// being replaced is detached, the chat changed, and that upload deleted,
+// so that no other change of the avatar, which could make that upload the
+// avatar again, comes between. The latest change wins (setLatest, should
+// the lock have expired under a stalled change); the upload it replaces,
+// or that lost, is deleted unless a change made since took it over (the
+// claims compared). If the change stops half-way, clean-up deletes the
+// detached upload, or attaches it again if it is still the avatar. Making
+// the avatar the upload it is already (a retry) changes nothing.
+func (s *Service) setAvatar(ctx context.Context, userID int, chatID bson.ObjectID, mediaHex string) error {
 	if s.media == nil {
 		return connect.NewError(connect.CodeUnimplemented, errors.New("uploads are not configured"))
 	}
+	err := s.avatarLocks.Do(ctx, chatID.Hex(), func() error {
+		c, err := s.store.getChat(ctx, chatID)
+		if err != nil {
+			return s.internal(ctx, "update chat", err)
+		}
+		return s.changeAvatar(ctx, userID, c, mediaHex)
+	})
+	if err != nil {
+		return s.internal(ctx, "update chat", err)
+	}
+	return nil
+}
+
+// changeAvatar is setAvatar's change, under its lock, of chat c as read
+// there.
+func (s *Service) changeAvatar(ctx context.Context, userID int, c *chatDoc, mediaHex string) error {
 	url := ""
 	var claim, oldClaim media.Claim
 	if mediaHex != "" {

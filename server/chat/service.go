@@ -97,6 +97,9 @@ type Service struct {
 	limiter     *redis_rate.Limiter
 	sendLimit   SendLimit
 	sends       *sendCache
+	// avatarLocks serialize the changes of one group's avatar, on every
+	// engine (see setAvatar).
+	avatarLocks *doclock.Locks
 	redisPrefix string
 	now         func() time.Time
 }
@@ -131,6 +134,7 @@ func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, locks 
 		limiter:     redis_rate.NewLimiter(rdb),
 		sendLimit:   DefaultSendLimit,
 		sends:       newSendCache(),
+		avatarLocks: doclock.New(rdb, redisPrefix+"chat:avatar:"),
 		redisPrefix: redisPrefix,
 		now:         now,
 	}
@@ -520,7 +524,7 @@ func (s *Service) UpdateChat(
 		}
 	}
 	if req.Msg.GetAvatarMediaId() != "" || req.Msg.GetRemoveAvatar() {
-		if err := s.setAvatar(ctx, id.UserID, c, req.Msg.GetAvatarMediaId()); err != nil {
+		if err := s.setAvatar(ctx, id.UserID, c.ID, req.Msg.GetAvatarMediaId()); err != nil {
 			return nil, err
 		}
 	}

@@ -352,11 +352,9 @@ func (s *Service) AddAvatar(
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("media_id: not a media id"))
 	}
-	url, err := s.media.ClaimAvatar(ctx, id.UserID, mediaID)
-	if err != nil {
-		return nil, rpcerr.From(ctx, s.log, "add avatar", err)
-	}
-	a, err := s.store.addAvatar(ctx, id.UserID, url)
+	a, err := s.store.addAvatar(ctx, id.UserID, func() (string, error) {
+		return s.media.ClaimAvatar(ctx, id.UserID, mediaID)
+	})
 	if errors.Is(err, errAvatarExists) {
 		return nil, connect.NewError(connect.CodeAlreadyExists, errors.New("media is already an avatar"))
 	}

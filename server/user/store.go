@@ -322,13 +322,21 @@ func (s *store) setActive(ctx context.Context, userID, avatarID int) (*ent.Avata
 
 var errAvatarExists = errors.New("an avatar already serves this image")
 
-// addAvatar adds an uploaded image as the user's active avatar; an image
-// that is one of the user's avatars already (a retry, a double click)
-// makes that avatar the active one.
-func (s *store) addAvatar(ctx context.Context, userID int, url string) (*ent.Avatar, error) {
+// addAvatar adds the uploaded image that claim reserves (and returns the
+// URL of) as the user's active avatar; an image that is one of the user's
+// avatars already (a retry, a double click) makes that avatar the active
+// one.
+func (s *store) addAvatar(ctx context.Context, userID int, claim func() (string, error)) (*ent.Avatar, error) {
 	var out *ent.Avatar
 	err := s.withTx(ctx, func(tx *ent.Tx) error {
 		if err := s.lockUser(ctx, tx, userID); err != nil {
+			return err
+		}
+		// The image is claimed under the user's lock too, so that a
+		// DeleteAvatar of the avatar it serves (which detaches it under
+		// that lock) comes wholly before or after.
+		url, err := claim()
+		if err != nil {
 			return err
 		}
 		// Under the user's lock, so two AddAvatar of one image (a double
