@@ -133,9 +133,14 @@ func (sl *uploadSlot) release(ctx context.Context) {
 // an avatar (pending ones whose upload URL can still be used, those being
 // received and those ready). Declared sizes are exact, so uploads in
 // flight count in full from CreateUpload on and concurrent ones cannot
-// overrun the quota together.
-func (s *Service) reserveUnsent(ctx context.Context, userID int, size int64, insert func() error) error {
+// overrun the quota together. Under the lock, before either, earlier
+// reports whether the upload was created already (a retry): then nothing
+// is checked or stored.
+func (s *Service) reserveUnsent(ctx context.Context, userID int, size int64, earlier func() (bool, error), insert func() error) error {
 	return s.quotaLocks.Do(ctx, strconv.Itoa(userID), func() error {
+		if found, err := earlier(); found || err != nil {
+			return err
+		}
 		used, err := s.lib.store.unsentBytes(ctx, userID, s.cfg.Now().Add(-s.cfg.UploadTTL))
 		if err != nil {
 			return err

@@ -178,24 +178,34 @@ func (s *Service) CreateUpload(
 		return nil, err
 	}
 	class := declaredClass(req.Msg.GetContentType())
+	key := req.Msg.GetClientUploadId()
 	allowed, err := s.limiter.Allow(ctx, fmt.Sprintf("%smedia:uploads:%d", s.cfg.RedisPrefix, id.UserID), redis_rate.PerHour(s.cfg.UploadsPerHour))
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "create upload", err)
 	}
 	if allowed.Allowed == 0 {
+		// A retry of an upload created is answered past the limit.
+		if key != "" {
+			if m, err := s.createdUpload(ctx, id.UserID, key); err != nil {
+				return nil, rpcerr.From(ctx, s.log, "create upload", err)
+			} else if m != nil {
+				return s.createdAgain(req.Msg, m)
+			}
+		}
 		return nil, rpcerr.TooMany("uploads", "too many uploads", allowed.RetryAfter)
 	}
 	now := s.lib.store.nowMs()
 	m := &mediaDoc{
-		ID:           bson.NewObjectID(),
-		UploaderID:   id.UserID,
-		FileType:     class,
-		State:        statePending,
-		StateAt:      now,
-		CreatedAt:    now,
-		FileName:     req.Msg.GetFileName(),
-		DeclaredType: req.Msg.GetContentType(),
-		Size:         req.Msg.GetSize(),
+		ID:             bson.NewObjectID(),
+		UploaderID:     id.UserID,
+		FileType:       class,
+		State:          statePending,
+		StateAt:        now,
+		CreatedAt:      now,
+		FileName:       req.Msg.GetFileName(),
+		DeclaredType:   req.Msg.GetContentType(),
+		Size:           req.Msg.GetSize(),
+		ClientUploadID: key,
 	}
 	m.URL = URL(m.ID)
 	switch t := req.Msg.GetTarget().(type) {
@@ -223,16 +233,63 @@ func (s *Service) CreateUpload(
 			fmt.Errorf("size: %d bytes is over the limit of %d bytes for a %s", m.Size, limit, class))
 	}
 	m.Loose = true
-	if err := s.reserveUnsent(ctx, id.UserID, m.Size, func() error { return s.lib.store.insert(ctx, m) }); err != nil {
+	var created *mediaDoc
+	earlier := func() (bool, error) {
+		if key == "" {
+			return false, nil
+		}
+		var err error
+		created, err = s.createdUpload(ctx, id.UserID, key)
+		return created != nil, err
+	}
+	if err := s.reserveUnsent(ctx, id.UserID, m.Size, earlier, func() error { return s.lib.store.insert(ctx, m) }); err != nil {
 		return nil, rpcerr.From(ctx, s.log, "create upload", err)
 	}
+	if created != nil {
+		return s.createdAgain(req.Msg, created)
+	}
 	expires := s.cfg.Now().Add(s.cfg.UploadTTL).Truncate(time.Second)
-	tok := s.sign.uploadToken(uploadGrant{MediaID: m.ID, Uploader: id.UserID, Size: m.Size, Expires: expires})
-	return connect.NewResponse(&parleyv1.CreateUploadResponse{
+	return connect.NewResponse(s.uploadResponse(m, expires)), nil
+}
+
+// createdUpload returns the upload that userID created under the client's
+// key whose upload URL has not expired yet, or nil. (An older one is
+// forgotten: its file can no longer arrive, and clean-up deletes it.)
+func (s *Service) createdUpload(ctx context.Context, userID int, key string) (*mediaDoc, error) {
+	return s.lib.store.byClientKey(ctx, userID, key, s.cfg.Now().Add(-s.cfg.UploadTTL))
+}
+
+// createdAgain answers a retry of the CreateUpload that created m: with a
+// new upload URL that expires when the first did, while m waits for its
+// file. A request other than the first is ALREADY_EXISTS.
+func (s *Service) createdAgain(req *parleyv1.CreateUploadRequest, m *mediaDoc) (*connect.Response[parleyv1.CreateUploadResponse], error) {
+	same := m.FileName == req.GetFileName() && m.DeclaredType == req.GetContentType() && m.Size == req.GetSize()
+	switch t := req.GetTarget().(type) {
+	case *parleyv1.CreateUploadRequest_ChatId:
+		same = same && m.ChatID != nil && m.ChatID.Hex() == t.ChatId
+	case *parleyv1.CreateUploadRequest_Avatar:
+		same = same && m.Avatar
+	}
+	if !same {
+		return nil, connect.NewError(connect.CodeAlreadyExists,
+			errors.New("client_upload_id: names another upload of yours; choose a new id for a new upload"))
+	}
+	expires := m.CreatedAt.Add(s.cfg.UploadTTL).Truncate(time.Second)
+	if m.State != statePending || !expires.After(s.cfg.Now()) {
+		return connect.NewResponse(&parleyv1.CreateUploadResponse{Media: toMedia(m)}), nil
+	}
+	return connect.NewResponse(s.uploadResponse(m, expires)), nil
+}
+
+// uploadResponse answers CreateUpload with m and an upload URL that
+// expires at expires.
+func (s *Service) uploadResponse(m *mediaDoc, expires time.Time) *parleyv1.CreateUploadResponse {
+	tok := s.sign.uploadToken(uploadGrant{MediaID: m.ID, Uploader: m.UploaderID, Size: m.Size, Expires: expires})
+	return &parleyv1.CreateUploadResponse{
 		Media:           toMedia(m),
 		UploadUrl:       m.URL + "?token=" + tok,
 		UploadExpiresAt: timestamppb.New(expires),
-	}), nil
+	}
 }
 
 // GetMedia returns a media's metadata and signed download URLs.

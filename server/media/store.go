@@ -80,6 +80,8 @@ type mediaDoc struct {
 	// index, not the whole collection, which holds mostly files that were
 	// sent and stay.
 	Loose bool `bson:"loose,omitempty"`
+	// ClientUploadID is the uploader's key for a retry of CreateUpload.
+	ClientUploadID string `bson:"clientUploadId,omitempty"`
 }
 
 // attached reports whether the file is in use: sent in a message or an
@@ -128,6 +130,8 @@ func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
 		{Keys: bson.D{{Key: "messageId", Value: 1}}, Options: options.Index().SetName("messageId")},
 		// Each CreateUpload sums the user's unsent uploads.
 		{Keys: bson.D{{Key: "uploaderId", Value: 1}}, Options: options.Index().SetName("uploaderId")},
+		// A retried CreateUpload finds the upload by its client's key.
+		{Keys: bson.D{{Key: "uploaderId", Value: 1}, {Key: "clientUploadId", Value: 1}}, Options: options.Index().SetName("uploaderId_clientUploadId")},
 		// Deleting a file's document looks for others that share it.
 		{Keys: bson.D{{Key: "fileId", Value: 1}}, Options: options.Index().SetName("fileId")},
 		// Clean-up reads what is loose, oldest first.
@@ -151,6 +155,29 @@ func (s *store) insert(ctx context.Context, m *mediaDoc) error {
 		return fmt.Errorf("insert media: %w", err)
 	}
 	return nil
+}
+
+// byClientKey returns the user's latest upload created since since under
+// the client's key, or nil.
+func (s *store) byClientKey(ctx context.Context, userID int, key string, since time.Time) (*mediaDoc, error) {
+	var m mediaDoc
+	err := s.media.FindOne(ctx, byClientKeyFilter(userID, key, since),
+		options.FindOne().SetSort(bson.D{{Key: "createdAt", Value: -1}})).Decode(&m)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find media by client key: %w", err)
+	}
+	return &m, nil
+}
+
+func byClientKeyFilter(userID int, key string, since time.Time) bson.D {
+	return bson.D{
+		{Key: "uploaderId", Value: userID},
+		{Key: "clientUploadId", Value: key},
+		{Key: "createdAt", Value: bson.D{{Key: "$gt", Value: since}}},
+	}
 }
 
 // unsentBytes sums the declared sizes of the user's uploads that are in

@@ -11,11 +11,12 @@ import (
 	"github.com/parley-chat/parley/server/mongoindex"
 )
 
-// TestStale_ReadsByIndex: clean-up's query reads the loose uploads by
+// TestQueries_ReadByIndex: clean-up's query reads the loose uploads by
 // their index, not the whole collection, which holds mostly files that
-// were sent. It needs a real engine (PARLEY_TEST_MONGO_URI: FerretDB 2 +
+// were sent; a retried CreateUpload finds its upload by the uploader's
+// index. It needs a real engine (PARLEY_TEST_MONGO_URI: FerretDB 2 +
 // DocumentDB or MongoDB); FerretDB 1.x answers every query by a scan.
-func TestStale_ReadsByIndex(t *testing.T) {
+func TestQueries_ReadByIndex(t *testing.T) {
 	db := enginetest.Database(t, "explain_media")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -39,19 +40,27 @@ func TestStale_ReadsByIndex(t *testing.T) {
 	if _, err := db.Collection("media").InsertMany(ctx, docs); err != nil {
 		t.Fatal(err)
 	}
-	filter, sort := staleQuery(now.Add(-time.Hour), now.Add(-deletingGrace))
-	plan, err := db.RunCommand(ctx, bson.D{
-		{Key: "explain", Value: bson.D{{Key: "find", Value: "media"}, {Key: "filter", Value: filter}, {Key: "sort", Value: sort}, {Key: "limit", Value: 100}}},
-		{Key: "verbosity", Value: "queryPlanner"},
-	}).Raw()
-	if err != nil {
-		t.Fatalf("explain: %v", err)
-	}
-	reason, err := mongoindex.Unindexed(plan)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if reason != "" {
-		t.Errorf("%s\nplan: %s", reason, plan)
+	stale, staleSort := staleQuery(now.Add(-time.Hour), now.Add(-deletingGrace))
+	for _, q := range []struct {
+		name         string
+		filter, sort bson.D
+	}{
+		{"clean-up", stale, staleSort},
+		{"retried upload", byClientKeyFilter(7, "k", now.Add(-time.Hour)), bson.D{{Key: "createdAt", Value: -1}}},
+	} {
+		plan, err := db.RunCommand(ctx, bson.D{
+			{Key: "explain", Value: bson.D{{Key: "find", Value: "media"}, {Key: "filter", Value: q.filter}, {Key: "sort", Value: q.sort}, {Key: "limit", Value: 100}}},
+			{Key: "verbosity", Value: "queryPlanner"},
+		}).Raw()
+		if err != nil {
+			t.Fatalf("explain %s: %v", q.name, err)
+		}
+		reason, err := mongoindex.Unindexed(plan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reason != "" {
+			t.Errorf("%s: %s\nplan: %s", q.name, reason, plan)
+		}
 	}
 }

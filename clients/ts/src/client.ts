@@ -92,6 +92,15 @@ export interface UploadOptions {
   /** Called as bytes go out: sent so far, and in all. */
   onProgress?: (sent: number, total: number) => void;
   signal?: AbortSignal;
+  /**
+   * Makes the upload safe to retry: an id of the caller's choosing (a
+   * UUID, say), unique per upload. Calling upload again with the same id
+   * and file, after a failure, continues the upload the first call
+   * created (within its upload window, 15 minutes by default) instead of
+   * starting a second: the file is sent again only if it had not
+   * arrived.
+   */
+  clientUploadId?: string;
 }
 
 /** ParleyClient is what createParleyClient returns. */
@@ -390,9 +399,14 @@ async function upload(
       fileName,
       contentType,
       size: BigInt(file.size),
+      clientUploadId: o.clientUploadId ?? "",
     },
     { signal: o.signal },
   );
+  if (!created.uploadUrl && created.media) {
+    // A retry whose file arrived already (or is arriving).
+    return created.media;
+  }
   const url = client.url(created.uploadUrl);
   const token = await client.accessToken();
   const body =

@@ -11,6 +11,7 @@ import {
   Code,
   ConnectError,
   createParleyClient,
+  MediaState,
   memoryTokenStore,
   type LiveItem,
 } from "../src/index.js";
@@ -315,6 +316,19 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       assert.deepEqual(new Uint8Array(await res.arrayBuffer()), data);
       const thumb = await bob.client.download(signed.thumbnailDownloadUrl);
       assert.equal(thumb.type, "image/jpeg");
+
+      // Retried with its client_upload_id, an upload whose file arrived
+      // is the first one, and sends nothing again.
+      const once = { chatId: chat.id, fileName: "retried.png", clientUploadId: `retry-${protocol}` };
+      const first = await alice.client.upload(new Blob([data], { type: "image/png" }), once);
+      let resent = 0;
+      const again = await alice.client.upload(new Blob([data], { type: "image/png" }), {
+        ...once,
+        onProgress: () => resent++,
+      });
+      assert.equal(again.id, first.id);
+      assert.equal(again.state, MediaState.READY);
+      assert.equal(resent, 0, "a retry of an upload whose file arrived sends no bytes");
 
       // A refused upload is a typed error.
       await assert.rejects(

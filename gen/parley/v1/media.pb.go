@@ -280,9 +280,16 @@ type CreateUploadRequest struct {
 	// and an upload declared as an image or video must be one.
 	ContentType string `protobuf:"bytes,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	// The exact size of the file in bytes.
-	Size          int64 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Size int64 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	// Optional, chosen by the client to make a retry safe: a UUID, say. A
+	// call with the id of an upload the caller created with the same request
+	// (target, file name, content type and size) before its upload URL
+	// expired returns that upload, not a second one: with a new upload_url
+	// (expiring when the first did) while its file has not arrived, with
+	// none once it has. The same id with another request is ALREADY_EXISTS.
+	ClientUploadId string `protobuf:"bytes,6,opt,name=client_upload_id,json=clientUploadId,proto3" json:"client_upload_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateUploadRequest) Reset() {
@@ -361,6 +368,13 @@ func (x *CreateUploadRequest) GetSize() int64 {
 	return 0
 }
 
+func (x *CreateUploadRequest) GetClientUploadId() string {
+	if x != nil {
+		return x.ClientUploadId
+	}
+	return ""
+}
+
 type isCreateUploadRequest_Target interface {
 	isCreateUploadRequest_Target()
 }
@@ -384,9 +398,11 @@ type CreateUploadResponse struct {
 	// The pending media.
 	Media *Media `protobuf:"bytes,1,opt,name=media,proto3" json:"media,omitempty"`
 	// Where to PUT the file, relative to the server's base URL. It carries
-	// a single-use token bound to the caller, the media and its size.
+	// a single-use token bound to the caller, the media and its size. Empty
+	// when a retry (client_upload_id) finds the file already uploaded, or
+	// being uploaded.
 	UploadUrl string `protobuf:"bytes,2,opt,name=upload_url,json=uploadUrl,proto3" json:"upload_url,omitempty"`
-	// When the upload URL stops being accepted.
+	// When the upload URL stops being accepted (unset with no upload_url).
 	UploadExpiresAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=upload_expires_at,json=uploadExpiresAt,proto3" json:"upload_expires_at,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -586,14 +602,15 @@ const file_parley_v1_media_proto_rawDesc = "" +
 	"\rthumbnail_url\x18\x0f \x01(\tR\fthumbnailUrl\x12\x16\n" +
 	"\x06avatar\x18\x10 \x01(\bR\x06avatar\x129\n" +
 	"\n" +
-	"created_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x93\x03\n" +
+	"created_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xda\x03\n" +
 	"\x13CreateUploadRequest\x120\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$H\x00R\x06chatId\x12!\n" +
 	"\x06avatar\x18\x02 \x01(\bB\a\xbaH\x04j\x02\b\x01H\x00R\x06avatar\x12\x84\x01\n" +
 	"\tfile_name\x18\x03 \x01(\tBg\xbaHd\xba\x01B\n" +
 	"\x0efile_name.dots\x12\x13must not be . or ..\x1a\x1bthis != '.' && this != '..'r\x1d\x10\x01\x18\xff\x012\x16^[^\\x00-\\x1f\\x7f/\\\\]+$R\bfileName\x12r\n" +
 	"\fcontent_type\x18\x04 \x01(\tBO\xbaHLrJ\x10\x03\x18\xff\x012C^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$R\vcontentType\x12\x1b\n" +
-	"\x04size\x18\x05 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\x04sizeB\x0f\n" +
+	"\x04size\x18\x05 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\x04size\x12E\n" +
+	"\x10client_upload_id\x18\x06 \x01(\tB\x1b\xbaH\x18r\x16\x18@2\x12^[A-Za-z0-9_.:-]*$R\x0eclientUploadIdB\x0f\n" +
 	"\x06target\x12\x05\xbaH\x02\b\x01\"\xa5\x01\n" +
 	"\x14CreateUploadResponse\x12&\n" +
 	"\x05media\x18\x01 \x01(\v2\x10.parley.v1.MediaR\x05media\x12\x1d\n" +

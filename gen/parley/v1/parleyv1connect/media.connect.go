@@ -44,7 +44,8 @@ const (
 type MediaServiceClient interface {
 	// CreateUpload starts an upload to a chat the caller is a member of, or
 	// of an avatar image. The declared size must be within the server's
-	// limit for the declared kind of file.
+	// limit for the declared kind of file. With client_upload_id, a retry
+	// returns the upload the first call created.
 	CreateUpload(context.Context, *connect.Request[v1.CreateUploadRequest]) (*connect.Response[v1.CreateUploadResponse], error)
 	// GetMedia returns a file's metadata and signed download URLs. Chat
 	// files are visible to the uploader and, once sent in a message, to the
@@ -100,7 +101,8 @@ func (c *mediaServiceClient) GetMedia(ctx context.Context, req *connect.Request[
 type MediaServiceHandler interface {
 	// CreateUpload starts an upload to a chat the caller is a member of, or
 	// of an avatar image. The declared size must be within the server's
-	// limit for the declared kind of file.
+	// limit for the declared kind of file. With client_upload_id, a retry
+	// returns the upload the first call created.
 	CreateUpload(context.Context, *connect.Request[v1.CreateUploadRequest]) (*connect.Response[v1.CreateUploadResponse], error)
 	// GetMedia returns a file's metadata and signed download URLs. Chat
 	// files are visible to the uploader and, once sent in a message, to the

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/media.proto.
  */
 export const file_parley_v1_media: GenFile = /*@__PURE__*/
-  fileDesc("ChVwYXJsZXkvdjEvbWVkaWEucHJvdG8SCXBhcmxleS52MSKBAwoFTWVkaWESCgoCaWQYASABKAkSDwoHY2hhdF9pZBgCIAEoCRISCgptZXNzYWdlX2lkGAMgASgJEhMKC3VwbG9hZGVyX2lkGAQgASgFEhEKCWZpbGVfdHlwZRgFIAEoCRILCgN1cmwYBiABKAkSLwoLdXBsb2FkZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBXN0YXRlGAggASgOMhUucGFybGV5LnYxLk1lZGlhU3RhdGUSEQoJZmlsZV9uYW1lGAkgASgJEhQKDGNvbnRlbnRfdHlwZRgKIAEoCRIMCgRzaXplGAsgASgDEg4KBnNoYTI1NhgMIAEoCRINCgV3aWR0aBgNIAEoBRIOCgZoZWlnaHQYDiABKAUSFQoNdGh1bWJuYWlsX3VybBgPIAEoCRIOCgZhdmF0YXIYECABKAgSLgoKY3JlYXRlZF9hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi5QIKE0NyZWF0ZVVwbG9hZFJlcXVlc3QSKAoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kSAASGQoGYXZhdGFyGAIgASgIQge6SARqAggBSAASegoJZmlsZV9uYW1lGAMgASgJQme6SGS6AUIKDmZpbGVfbmFtZS5kb3RzEhNtdXN0IG5vdCBiZSAuIG9yIC4uGht0aGlzICE9ICcuJyAmJiB0aGlzICE9ICcuLidyHRABGP8BMhZeW15ceDAwLVx4MWZceDdmL1xcXSskEmUKDGNvbnRlbnRfdHlwZRgEIAEoCUJPukhMckoQAxj/ATJDXltBLVphLXowLTldW0EtWmEtejAtOSEjJCZeXy4rLV0qL1tBLVphLXowLTldW0EtWmEtejAtOSEjJCZeXy4rLV0qJBIVCgRzaXplGAUgASgDQge6SAQiAiAAQg8KBnRhcmdldBIFukgCCAEiggEKFENyZWF0ZVVwbG9hZFJlc3BvbnNlEh8KBW1lZGlhGAEgASgLMhAucGFybGV5LnYxLk1lZGlhEhIKCnVwbG9hZF91cmwYAiABKAkSNQoRdXBsb2FkX2V4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjoKD0dldE1lZGlhUmVxdWVzdBInCghtZWRpYV9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kIqIBChBHZXRNZWRpYVJlc3BvbnNlEh8KBW1lZGlhGAEgASgLMhAucGFybGV5LnYxLk1lZGlhEhQKDGRvd25sb2FkX3VybBgCIAEoCRIeChZ0aHVtYm5haWxfZG93bmxvYWRfdXJsGAMgASgJEjcKE2Rvd25sb2FkX2V4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKlkKCk1lZGlhU3RhdGUSGwoXTUVESUFfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNNRURJQV9TVEFURV9QRU5ESU5HEAESFQoRTUVESUFfU1RBVEVfUkVBRFkQAjKpAQoMTWVkaWFTZXJ2aWNlEk8KDENyZWF0ZVVwbG9hZBIeLnBhcmxleS52MS5DcmVhdGVVcGxvYWRSZXF1ZXN0Gh8ucGFybGV5LnYxLkNyZWF0ZVVwbG9hZFJlc3BvbnNlEkgKCEdldE1lZGlhEhoucGFybGV5LnYxLkdldE1lZGlhUmVxdWVzdBobLnBhcmxleS52MS5HZXRNZWRpYVJlc3BvbnNlIgOQAgFCNlo0Z2l0aHViLmNvbS9wYXJsZXktY2hhdC9wYXJsZXkvZ2VuL3BhcmxleS92MTtwYXJsZXl2MWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChVwYXJsZXkvdjEvbWVkaWEucHJvdG8SCXBhcmxleS52MSKBAwoFTWVkaWESCgoCaWQYASABKAkSDwoHY2hhdF9pZBgCIAEoCRISCgptZXNzYWdlX2lkGAMgASgJEhMKC3VwbG9hZGVyX2lkGAQgASgFEhEKCWZpbGVfdHlwZRgFIAEoCRILCgN1cmwYBiABKAkSLwoLdXBsb2FkZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBXN0YXRlGAggASgOMhUucGFybGV5LnYxLk1lZGlhU3RhdGUSEQoJZmlsZV9uYW1lGAkgASgJEhQKDGNvbnRlbnRfdHlwZRgKIAEoCRIMCgRzaXplGAsgASgDEg4KBnNoYTI1NhgMIAEoCRINCgV3aWR0aBgNIAEoBRIOCgZoZWlnaHQYDiABKAUSFQoNdGh1bWJuYWlsX3VybBgPIAEoCRIOCgZhdmF0YXIYECABKAgSLgoKY3JlYXRlZF9hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAinAMKE0NyZWF0ZVVwbG9hZFJlcXVlc3QSKAoHY2hhdF9pZBgBIAEoCUIVukgSchAyDl5bMC05YS1mXXsyNH0kSAASGQoGYXZhdGFyGAIgASgIQge6SARqAggBSAASegoJZmlsZV9uYW1lGAMgASgJQme6SGS6AUIKDmZpbGVfbmFtZS5kb3RzEhNtdXN0IG5vdCBiZSAuIG9yIC4uGht0aGlzICE9ICcuJyAmJiB0aGlzICE9ICcuLidyHRABGP8BMhZeW15ceDAwLVx4MWZceDdmL1xcXSskEmUKDGNvbnRlbnRfdHlwZRgEIAEoCUJPukhMckoQAxj/ATJDXltBLVphLXowLTldW0EtWmEtejAtOSEjJCZeXy4rLV0qL1tBLVphLXowLTldW0EtWmEtejAtOSEjJCZeXy4rLV0qJBIVCgRzaXplGAUgASgDQge6SAQiAiAAEjUKEGNsaWVudF91cGxvYWRfaWQYBiABKAlCG7pIGHIWGEAyEl5bQS1aYS16MC05Xy46LV0qJEIPCgZ0YXJnZXQSBbpIAggBIoIBChRDcmVhdGVVcGxvYWRSZXNwb25zZRIfCgVtZWRpYRgBIAEoCzIQLnBhcmxleS52MS5NZWRpYRISCgp1cGxvYWRfdXJsGAIgASgJEjUKEXVwbG9hZF9leHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI6Cg9HZXRNZWRpYVJlcXVlc3QSJwoIbWVkaWFfaWQYASABKAlCFbpIEnIQMg5eWzAtOWEtZl17MjR9JCKiAQoQR2V0TWVkaWFSZXNwb25zZRIfCgVtZWRpYRgBIAEoCzIQLnBhcmxleS52MS5NZWRpYRIUCgxkb3dubG9hZF91cmwYAiABKAkSHgoWdGh1bWJuYWlsX2Rvd25sb2FkX3VybBgDIAEoCRI3ChNkb3dubG9hZF9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpZCgpNZWRpYVN0YXRlEhsKF01FRElBX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTTUVESUFfU1RBVEVfUEVORElORxABEhUKEU1FRElBX1NUQVRFX1JFQURZEAIyqQEKDE1lZGlhU2VydmljZRJPCgxDcmVhdGVVcGxvYWQSHi5wYXJsZXkudjEuQ3JlYXRlVXBsb2FkUmVxdWVzdBofLnBhcmxleS52MS5DcmVhdGVVcGxvYWRSZXNwb25zZRJICghHZXRNZWRpYRIaLnBhcmxleS52MS5HZXRNZWRpYVJlcXVlc3QaGy5wYXJsZXkudjEuR2V0TWVkaWFSZXNwb25zZSIDkAIBQjZaNGdpdGh1Yi5jb20vcGFybGV5LWNoYXQvcGFybGV5L2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * Media is an uploaded file.
@@ -191,6 +191,18 @@ export type CreateUploadRequest = Message<"parley.v1.CreateUploadRequest"> & {
    * @generated from field: int64 size = 5;
    */
   size: bigint;
+
+  /**
+   * Optional, chosen by the client to make a retry safe: a UUID, say. A
+   * call with the id of an upload the caller created with the same request
+   * (target, file name, content type and size) before its upload URL
+   * expired returns that upload, not a second one: with a new upload_url
+   * (expiring when the first did) while its file has not arrived, with
+   * none once it has. The same id with another request is ALREADY_EXISTS.
+   *
+   * @generated from field: string client_upload_id = 6;
+   */
+  clientUploadId: string;
 };
 
 /**
@@ -213,14 +225,16 @@ export type CreateUploadResponse = Message<"parley.v1.CreateUploadResponse"> & {
 
   /**
    * Where to PUT the file, relative to the server's base URL. It carries
-   * a single-use token bound to the caller, the media and its size.
+   * a single-use token bound to the caller, the media and its size. Empty
+   * when a retry (client_upload_id) finds the file already uploaded, or
+   * being uploaded.
    *
    * @generated from field: string upload_url = 2;
    */
   uploadUrl: string;
 
   /**
-   * When the upload URL stops being accepted.
+   * When the upload URL stops being accepted (unset with no upload_url).
    *
    * @generated from field: google.protobuf.Timestamp upload_expires_at = 3;
    */
@@ -343,7 +357,8 @@ export const MediaService: GenService<{
   /**
    * CreateUpload starts an upload to a chat the caller is a member of, or
    * of an avatar image. The declared size must be within the server's
-   * limit for the declared kind of file.
+   * limit for the declared kind of file. With client_upload_id, a retry
+   * returns the upload the first call created.
    *
    * @generated from rpc parley.v1.MediaService.CreateUpload
    */
