@@ -16,6 +16,7 @@ import {
   type Event,
   type GetMessageReceiptsResponse,
   type Message,
+  type Pin,
   type ReplyQuote,
 } from "@parley/client";
 import { errorText, fill, h, ms, when } from "./dom.js";
@@ -31,7 +32,7 @@ let listed: string[] = []; // the chats of the list shown (ui.view), in the serv
 const typing = new Map<string, Map<number, number>>(); // chat → user → expiry (ms)
 const ticks = new Map<string, { delivered: bigint; read: bigint }>(); // chat-wide positions
 const reactionVersion = new Map<string, bigint>(); // message id → highest version seen
-const pinVersion = new Map<string, bigint>(); // message id → highest pins version seen
+const pinsTold = new Map<string, { version: bigint; pin?: Pin }>(); // message id → the pin of the highest pins version seen
 const receipts = new Map<string, GetMessageReceiptsResponse>(); // message id → its receipts, once asked
 const menuOpen = new Set<string>(); // messages whose actions are shown
 let pinned: { chatId: string; list: Message[]; open: boolean } = { chatId: "", list: [], open: false };
@@ -41,7 +42,7 @@ let forwardTo = ""; // the chat last chosen to forward to
 
 function reset() {
   live?.abort();
-  for (const m of [chats, messages, typing, ticks, reactionVersion, pinVersion, receipts, presence, signed]) m.clear();
+  for (const m of [chats, messages, typing, ticks, reactionVersion, pinsTold, receipts, presence, signed]) m.clear();
   menuOpen.clear();
   listed = [];
   ui.current = "";
@@ -533,10 +534,12 @@ function addMessage(m: Message) {
   if (old) {
     const mine = new Set(old.reactions.filter((r) => r.mine).map((r) => r.emoji));
     for (const r of m.reactions) r.mine ||= mine.has(r.emoji);
-    // Once a pins_changed event told its pin, the events keep it (by
-    // version): an answer or an edit read earlier may be older.
-    if (pinVersion.has(m.id) && !m.deleted) m.pin = old.pin;
   }
+  // Once a pins_changed event told its pin, the events keep it (by
+  // version): an answer, an edit or a page read earlier may be older,
+  // also for a message that was not loaded when the event came.
+  const told = pinsTold.get(m.id);
+  if (told && !m.deleted) m.pin = told.pin;
   byseq.set(m.seq, m);
   // Replies quote the original as it is now.
   if (old && (m.deleted || m.editedAt)) {
@@ -834,12 +837,13 @@ async function onEvent(ev: Event) {
       break;
     case "pinsChanged": {
       const p = ev.kind.value;
-      // A pin and an unpin made at once may announce in either order.
-      // (A message not loaded is loaded as it is then.)
-      const m = messages.get(p.chatId)?.get(p.seq);
-      if (m && p.version > (pinVersion.get(p.messageId) ?? -1n)) {
-        pinVersion.set(p.messageId, p.version);
-        m.pin = p.pinned ? create(PinSchema, { pinnedBy: p.actorId, pinnedAt: ev.time }) : undefined;
+      // A pin and an unpin made at once may announce in either order:
+      // the highest version wins, kept for messages not loaded yet too.
+      if (p.version > (pinsTold.get(p.messageId)?.version ?? -1n)) {
+        const pin = p.pinned ? create(PinSchema, { pinnedBy: p.actorId, pinnedAt: ev.time }) : undefined;
+        pinsTold.set(p.messageId, { version: p.version, pin });
+        const m = messages.get(p.chatId)?.get(p.seq);
+        if (m) m.pin = pin;
       }
       if (p.chatId === ui.current) { renderMessages(); await loadPinned(p.chatId); }
       break;
