@@ -87,16 +87,16 @@ type Media interface {
 
 // Service implements ChatService.
 type Service struct {
-	log         *slog.Logger
-	store       *store
-	seqs        *seqAllocator
-	users       Users
-	privacy     Privacy
-	events      Events
-	media       Media
-	limiter     *redis_rate.Limiter
-	sendLimit   SendLimit
-	sends       *sendCache
+	log       *slog.Logger
+	store     *store
+	seqs      *seqAllocator
+	users     Users
+	privacy   Privacy
+	events    Events
+	media     Media
+	limiter   *redis_rate.Limiter
+	sendLimit SendLimit
+	sends     *sendCache
 	// avatarLocks serialize the changes of one group's avatar, on every
 	// engine (see setAvatar).
 	avatarLocks *doclock.Locks
