@@ -417,7 +417,7 @@ func (s *Service) changeAvatar(ctx context.Context, userID int, c *chatDoc, medi
 			}
 			return nil
 		}
-		if err := s.media.AttachGroupAvatar(ctx, url, c.ID); err != nil {
+		if err := s.media.AttachGroupAvatar(ctx, url, c.ID, claim); err != nil {
 			return s.internal(ctx, "update chat", err)
 		}
 	}

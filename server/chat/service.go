@@ -72,7 +72,7 @@ type Media interface {
 	// DeleteGroupAvatar deletes one the group no longer uses, if it
 	// still holds the claim given.
 	ClaimGroupAvatar(ctx context.Context, userID int, id, chatID bson.ObjectID) (string, media.Claim, error)
-	AttachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error
+	AttachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID, c media.Claim) error
 	DeleteGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID, c media.Claim) error
 	// DetachGroupAvatar makes the group's avatar upload a claim again,
 	// before the avatar changes, so that clean-up deletes it if the

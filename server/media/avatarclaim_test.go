@@ -52,36 +52,47 @@ func TestAvatarClaims_TakenOverKept(t *testing.T) {
 		must(err)
 		return c
 	}
-	groupClaim := func(_ string, c Claim, err error) Claim {
+	claimed := func(_ string, c Claim, err error) Claim {
 		t.Helper()
 		must(err)
 		return c
+	}
+	recorded := func(m *mediaDoc) (int, *bson.ObjectID) {
+		t.Helper()
+		got, err := lib.store.get(ctx, m.ID)
+		must(err)
+		return got.AvatarID, got.GroupID
 	}
 
 	t.Run("user avatar", func(t *testing.T) {
 		// Avatar 7 is deleted (detach, then the row, then the file)
 		// while AddAvatar makes the same upload avatar 8.
 		m := image()
-		_, err := lib.ClaimAvatar(ctx, alice, m.ID)
-		must(err)
-		must(lib.AttachAvatar(ctx, m.ID, 7))
+		made := claimed(lib.ClaimAvatar(ctx, alice, m.ID))
+		must(lib.AttachAvatar(ctx, m.ID, 7, made))
 		detached := claim(lib.DetachAvatar(ctx, m.URL, 7))
-		_, err = lib.ClaimAvatar(ctx, alice, m.ID)
-		must(err)
+		took := claimed(lib.ClaimAvatar(ctx, alice, m.ID))
 		must(lib.DeleteAvatar(ctx, m.URL, 7, detached))
 		if !exists(m) {
 			t.Fatal("the image that AddAvatar took over was deleted with the avatar it left")
 		}
+		// An AttachAvatar of avatar 7 that comes late records nothing.
+		must(lib.AttachAvatar(ctx, m.ID, 7, made))
+		if avatar, _ := recorded(m); avatar != 0 {
+			t.Errorf("a late AttachAvatar recorded deleted avatar %d on an image claimed since", avatar)
+		}
 		// With no AddAvatar in between, the deletion goes through; so
-		// it does when avatar 7 was never recorded on its image.
-		must(lib.AttachAvatar(ctx, m.ID, 8))
+		// it does when avatar 8 was never recorded on its image.
+		must(lib.AttachAvatar(ctx, m.ID, 8, took))
+		if avatar, _ := recorded(m); avatar != 8 {
+			t.Fatalf("AttachAvatar with its claim recorded avatar %d, want 8", avatar)
+		}
 		must(lib.DeleteAvatar(ctx, m.URL, 8, claim(lib.DetachAvatar(ctx, m.URL, 8))))
 		if exists(m) {
 			t.Error("the image of a deleted avatar is kept")
 		}
 		unrecorded := image()
-		_, err = lib.ClaimAvatar(ctx, alice, unrecorded.ID)
-		must(err)
+		claimed(lib.ClaimAvatar(ctx, alice, unrecorded.ID))
 		must(lib.DeleteAvatar(ctx, unrecorded.URL, 9, claim(lib.DetachAvatar(ctx, unrecorded.URL, 9))))
 		if exists(unrecorded) {
 			t.Error("the image of a deleted avatar never recorded on it is kept")
@@ -93,15 +104,23 @@ func TestAvatarClaims_TakenOverKept(t *testing.T) {
 		// back to the image being replaced.
 		chat := bson.NewObjectID()
 		m := image()
-		groupClaim(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
-		must(lib.AttachGroupAvatar(ctx, m.URL, chat))
+		made := claimed(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
+		must(lib.AttachGroupAvatar(ctx, m.URL, chat, made))
 		detached := claim(lib.DetachGroupAvatar(ctx, m.URL, chat))
-		groupClaim(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
+		// The first change's AttachGroupAvatar, late, records nothing.
+		must(lib.AttachGroupAvatar(ctx, m.URL, chat, made))
+		if _, group := recorded(m); group != nil {
+			t.Error("a late AttachGroupAvatar recorded the group on an image detached since")
+		}
+		back := claimed(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
 		must(lib.DeleteGroupAvatar(ctx, m.URL, chat, detached))
 		if !exists(m) {
 			t.Fatal("the image set back as the group's avatar was deleted as the one replaced")
 		}
-		must(lib.AttachGroupAvatar(ctx, m.URL, chat))
+		must(lib.AttachGroupAvatar(ctx, m.URL, chat, back))
+		if _, group := recorded(m); group == nil || *group != chat {
+			t.Fatalf("AttachGroupAvatar with its claim recorded group %v, want %s", group, chat.Hex())
+		}
 		must(lib.DeleteGroupAvatar(ctx, m.URL, chat, claim(lib.DetachGroupAvatar(ctx, m.URL, chat))))
 		if exists(m) {
 			t.Error("the group's replaced avatar image is kept")
@@ -114,8 +133,8 @@ func TestAvatarClaims_TakenOverKept(t *testing.T) {
 		// claimed since.
 		chat := bson.NewObjectID()
 		m := image()
-		first := groupClaim(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
-		second := groupClaim(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
+		first := claimed(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
+		second := claimed(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
 		must(lib.DeleteGroupAvatar(ctx, m.URL, chat, first))
 		if !exists(m) {
 			t.Fatal("an image claimed again for the group was deleted by the change that lost")

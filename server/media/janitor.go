@@ -193,10 +193,10 @@ func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (
 		return false, j.lib.Attach(ctx, []bson.ObjectID{seen.ID}, strings.TrimPrefix(seen.Claim, "message:"), *messageID)
 	}
 	if avatarID != 0 {
-		return false, j.lib.AttachAvatar(ctx, seen.ID, avatarID)
+		return false, j.lib.AttachAvatar(ctx, seen.ID, avatarID, claimOf(seen))
 	}
 	if groupID != nil {
-		return false, j.lib.AttachGroupAvatar(ctx, seen.URL, *groupID)
+		return false, j.lib.AttachGroupAvatar(ctx, seen.URL, *groupID, claimOf(seen))
 	}
 	return j.lib.delete(ctx, seen.ID, func(m *mediaDoc) bool {
 		// Only what is exactly as seen: a claim taken or renewed since,

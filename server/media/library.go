@@ -219,6 +219,14 @@ func (c Claim) holds(m *mediaDoc) bool {
 	return !c.at.IsZero() && m.ClaimedAt != nil && m.ClaimedAt.Equal(c.at)
 }
 
+// claimOf is the claim m holds (none without one).
+func claimOf(m *mediaDoc) Claim {
+	if m.Claim == "" || m.ClaimedAt == nil {
+		return Claim{}
+	}
+	return Claim{at: *m.ClaimedAt}
+}
+
 // claimTime is the time of a claim made now of m: later than the claim m
 // holds, if any, so that the new one is told from it even within one
 // millisecond.
@@ -231,13 +239,14 @@ func (l *Library) claimTime(m *mediaDoc) time.Time {
 }
 
 // ClaimAvatar reserves an upload of userID for a new avatar and returns
-// the URL the avatar serves it at: it must be a ready avatar image the
-// user uploaded and has not used yet. A claim left by an AddAvatar that
-// failed part-way, or by an avatar being deleted, is taken over; the
-// avatars table decides (one avatar per URL).
-func (l *Library) ClaimAvatar(ctx context.Context, userID int, id bson.ObjectID) (string, error) {
-	url, _, err := l.claimAvatarImage(ctx, userID, id, claimAvatar)
-	return url, err
+// the URL the avatar serves it at, and the claim it made, for
+// AttachAvatar (none when the upload is one of the user's avatars
+// already): it must be a ready avatar image the user uploaded and has not
+// used yet. A claim left by an AddAvatar that failed part-way, or by an
+// avatar being deleted, is taken over; the avatars table decides (one
+// avatar per URL).
+func (l *Library) ClaimAvatar(ctx context.Context, userID int, id bson.ObjectID) (string, Claim, error) {
+	return l.claimAvatarImage(ctx, userID, id, claimAvatar)
 }
 
 // claimAvatarImage reserves an avatar upload of userID under claim (see
@@ -275,9 +284,15 @@ func (l *Library) claimAvatarImage(ctx context.Context, userID int, id bson.Obje
 	return m.URL, made, nil
 }
 
-// AttachAvatar records the avatar that uses an upload.
-func (l *Library) AttachAvatar(ctx context.Context, id bson.ObjectID, avatarID int) error {
+// AttachAvatar records the avatar that uses an upload, which claimed it
+// with c (see ClaimAvatar): only while the upload still holds that claim,
+// or is that avatar's already. An AttachAvatar that comes late, after its
+// avatar was deleted and the upload claimed again, changes nothing.
+func (l *Library) AttachAvatar(ctx context.Context, id bson.ObjectID, avatarID int, c Claim) error {
 	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		if m.AvatarID != avatarID && (m.AvatarID != 0 || m.Claim != claimAvatar || !c.holds(m)) {
+			return nil, nil
+		}
 		return settled(m, bson.D{{Key: "$set", Value: bson.D{{Key: "avatarId", Value: avatarID}}}}, nil), nil
 	})
 	if err != nil {
@@ -360,18 +375,22 @@ func (l *Library) ClaimGroupAvatar(ctx context.Context, userID int, id, chatID b
 	return l.claimAvatarImage(ctx, userID, id, claimGroup+chatID.Hex())
 }
 
-// AttachGroupAvatar records the group whose avatar an upload is.
-func (l *Library) AttachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID) error {
+// AttachGroupAvatar records the group whose avatar an upload is, which
+// claimed it with c (see ClaimGroupAvatar): only while the upload still
+// holds that claim. One recorded on a group already stays as it is.
+func (l *Library) AttachGroupAvatar(ctx context.Context, url string, chatID bson.ObjectID, c Claim) error {
 	id, ok := IDFromURL(url)
 	if !ok {
 		return nil
 	}
 	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
-		if m.GroupID != nil {
+		if m.GroupID != nil || m.Claim != claimGroup+chatID.Hex() || !c.holds(m) {
 			return nil, nil
 		}
+		// claimedAt stays, so that the next claim (a detach, say) is
+		// later than this one, even within its millisecond.
 		return settled(m, bson.D{{Key: "$set", Value: bson.D{{Key: "groupId", Value: chatID}}}},
-			bson.D{{Key: "claim", Value: ""}, {Key: "claimedAt", Value: ""}}), nil
+			bson.D{{Key: "claim", Value: ""}}), nil
 	})
 	if err != nil && !errors.Is(err, errNoMedia) {
 		return fmt.Errorf("attach group avatar media %s: %w", id.Hex(), err)

@@ -84,7 +84,7 @@ func TestLoose_KeptByEveryChange(t *testing.T) {
 		t.Fatal(err) // a message with no files: nothing to delete
 	}
 	doomed := upload(claimAvatar)
-	if err := lib.AttachAvatar(ctx, doomed.ID, 7); err != nil {
+	if err := lib.AttachAvatar(ctx, doomed.ID, 7, claimOf(doomed)); err != nil {
 		t.Fatal(err)
 	}
 	if loose(doomed.ID) {
@@ -96,7 +96,7 @@ func TestLoose_KeptByEveryChange(t *testing.T) {
 	if !loose(doomed.ID) {
 		t.Error("an upload whose deletion stopped part-way is not loose")
 	}
-	if err := lib.AttachAvatar(ctx, doomed.ID, 7); err != nil {
+	if err := lib.AttachAvatar(ctx, doomed.ID, 7, claimOf(doomed)); err != nil {
 		t.Fatal(err)
 	}
 	if !loose(doomed.ID) {

@@ -37,10 +37,11 @@ const (
 // implements it.
 type AvatarMedia interface {
 	// ClaimAvatar reserves an avatar upload of the user for a new avatar
-	// and returns the URL that serves it.
-	ClaimAvatar(ctx context.Context, userID int, mediaID bson.ObjectID) (string, error)
-	// AttachAvatar records the avatar on its upload.
-	AttachAvatar(ctx context.Context, mediaID bson.ObjectID, avatarID int) error
+	// and returns the URL that serves it, and the claim it made.
+	ClaimAvatar(ctx context.Context, userID int, mediaID bson.ObjectID) (string, media.Claim, error)
+	// AttachAvatar records the avatar on its upload, if the upload
+	// still holds the claim.
+	AttachAvatar(ctx context.Context, mediaID bson.ObjectID, avatarID int, c media.Claim) error
 	// DeleteAvatar deletes the upload a deleted avatar served, if any,
 	// and if it still holds the claim that DetachAvatar returned.
 	DeleteAvatar(ctx context.Context, url string, avatarID int, c media.Claim) error
@@ -352,8 +353,11 @@ func (s *Service) AddAvatar(
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("media_id: not a media id"))
 	}
+	var claim media.Claim
 	a, err := s.store.addAvatar(ctx, id.UserID, func() (string, error) {
-		return s.media.ClaimAvatar(ctx, id.UserID, mediaID)
+		url, c, err := s.media.ClaimAvatar(ctx, id.UserID, mediaID)
+		claim = c
+		return url, err
 	})
 	if errors.Is(err, errAvatarExists) {
 		return nil, connect.NewError(connect.CodeAlreadyExists, errors.New("media is already an avatar"))
@@ -361,7 +365,7 @@ func (s *Service) AddAvatar(
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "add avatar", err)
 	}
-	if err := s.media.AttachAvatar(ctx, mediaID, a.ID); err != nil {
+	if err := s.media.AttachAvatar(ctx, mediaID, a.ID, claim); err != nil {
 		// The avatar works; clean-up finds it by its URL and records it.
 		s.log.WarnContext(ctx, "record avatar on its image", "media", mediaID.Hex(), "err", err)
 	}
