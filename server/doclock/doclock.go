@@ -89,9 +89,12 @@ func (l *Locks) TryDo(ctx context.Context, key string, fn func() error) (bool, e
 	return true, fn()
 }
 
-// Do runs fn holding the lock named key, waiting up to 5 s for it. The
-// lock expires by itself after 10 s should its holder die. With nil locks
-// it runs fn at once.
+// ErrBusy is Do's error when the lock stayed taken for all its wait.
+var ErrBusy = errors.New("busy: another request holds the lock")
+
+// Do runs fn holding the lock named key, waiting up to 5 s for it
+// (ErrBusy after that). The lock expires by itself after 10 s should its
+// holder die. With nil locks it runs fn at once.
 func (l *Locks) Do(ctx context.Context, key string, fn func() error) error {
 	if l == nil {
 		return fn()
@@ -101,6 +104,10 @@ func (l *Locks) Do(ctx context.Context, key string, fn func() error) error {
 	lock, err := l.locker.Obtain(lctx, l.prefix+key, 10*time.Second, &redislock.Options{
 		RetryStrategy: redislock.LinearBackoff(2 * time.Millisecond),
 	})
+	if err != nil && ctx.Err() == nil && (lctx.Err() != nil || errors.Is(err, redislock.ErrNotObtained)) {
+		// The wait ran out, not the request.
+		err = ErrBusy
+	}
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", key, err)
 	}

@@ -2,16 +2,21 @@ package doclock_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"testing"
+	"time"
 
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/parley-chat/parley/server/doclock"
 	"github.com/parley-chat/parley/server/embedded"
+	"github.com/parley-chat/parley/server/servertest"
 )
 
 func database(t *testing.T, uri string) *mongo.Database {
@@ -66,5 +71,47 @@ func TestLocks_Nil(t *testing.T) {
 	}
 	if l.Serial() || l.Prefixed("x") != nil {
 		t.Fatal("nil Locks claim to serialize")
+	}
+}
+
+// TestLocks_Busy: a Do that waits the whole 5 s for a lock held
+// elsewhere fails with ErrBusy, without running its function; one whose
+// request ends first fails with the request's error.
+func TestLocks_Busy(t *testing.T) {
+	opts, err := redis.ParseURL(servertest.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { _ = rdb.Close() })
+	l := doclock.New(rdb, "doclock-test:"+bson.NewObjectID().Hex()+":")
+	held, release := make(chan struct{}), make(chan struct{})
+	holder := make(chan error, 1)
+	go func() {
+		holder <- l.Do(context.Background(), "k", func() error {
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	<-held
+	ran := false
+	short, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := l.Do(short, "k", func() error { ran = true; return nil }); !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, doclock.ErrBusy) {
+		t.Errorf("Do with the request's deadline passing first: %v; want the deadline, not ErrBusy", err)
+	}
+	if err := l.Do(context.Background(), "k", func() error { ran = true; return nil }); !errors.Is(err, doclock.ErrBusy) {
+		t.Errorf("Do of a lock held throughout: %v; want ErrBusy", err)
+	}
+	if ran {
+		t.Error("Do ran its function without the lock")
+	}
+	close(release)
+	if err := <-holder; err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Do(context.Background(), "k", func() error { ran = true; return nil }); err != nil || !ran {
+		t.Errorf("Do of the lock released: ran=%v, %v", ran, err)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/parley-chat/parley/ent"
+	"github.com/parley-chat/parley/server/doclock"
 	"github.com/parley-chat/parley/server/redisconn"
 )
 
@@ -38,6 +39,9 @@ func From(ctx context.Context, log *slog.Logger, what string, err error) error {
 	switch {
 	case errors.As(err, &cerr):
 		return cerr
+	case errors.Is(err, doclock.ErrBusy):
+		log.WarnContext(ctx, what, "err", err)
+		return connect.NewError(connect.CodeAborted, errors.New("another change of the same data is in progress; retry"))
 	case errors.Is(err, context.Canceled):
 		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):
