@@ -17,26 +17,27 @@ import (
 // TestCreateUpload_Retried: a CreateUpload retried with its
 // client_upload_id, on either instance, returns the upload the first call
 // created, neither a second one nor a second share of the unsent bytes'
-// quota: with an upload URL that works while the file has not arrived,
-// with none once it has, and past the uploads' rate limit. The same id
-// with another request is ALREADY_EXISTS; once the first upload's URL
-// expired, the id starts a new upload.
+// quota or of the uploads' rate limit: with an upload URL that works
+// while the file has not arrived, with none once it has, and past the
+// rate limit. The same id with another request is ALREADY_EXISTS, a
+// caller no longer in the chat gets NOT_FOUND, and once the first
+// upload's URL expired the id starts a new upload.
 func TestCreateUpload_Retried(t *testing.T) {
 	limits := servertest.WithConfig(func(c *app.Config) {
 		c.Media.MaxUnsentBytes = 10_000
-		c.Media.UploadsPerHour = 4
+		c.Media.UploadsPerHour = 3
 	})
 	srvA, srvB := newServer(t, limits), newServer(t, limits)
 	for _, p := range servertest.Protocols {
 		t.Run(p.Name, func(t *testing.T) {
 			ctx := context.Background()
-			alice, bob := newUser(t, srvA, p), newUser(t, srvA, p)
+			alice, bob, carol := newUser(t, srvA, p), newUser(t, srvA, p), newUser(t, srvA, p)
 			aliceB := userOn(srvB, p, alice)
 			chatID := privateChat(t, alice, bob)
-			create := func(u *user, key string, size int) (*parleyv1.CreateUploadResponse, error) {
+			createIn := func(u *user, chat, key string, size int) (*parleyv1.CreateUploadResponse, error) {
 				t.Helper()
 				res, err := u.media.CreateUpload(ctx, req(u, &parleyv1.CreateUploadRequest{
-					Target:   &parleyv1.CreateUploadRequest_ChatId{ChatId: chatID},
+					Target:   &parleyv1.CreateUploadRequest_ChatId{ChatId: chat},
 					FileName: "a.txt", ContentType: "text/plain", Size: int64(size), ClientUploadId: key,
 				}))
 				if err != nil {
@@ -44,12 +45,16 @@ func TestCreateUpload_Retried(t *testing.T) {
 				}
 				return res.Msg, nil
 			}
+			create := func(u *user, key string, size int) (*parleyv1.CreateUploadResponse, error) {
+				t.Helper()
+				return createIn(u, chatID, key, size)
+			}
 
-			first, err := create(alice, "k1", 6000) // 1 of the 4 an hour
+			first, err := create(alice, "k1", 6000)
 			if err != nil {
 				t.Fatalf("CreateUpload: %v", err)
 			}
-			again, err := create(aliceB, "k1", 6000) // 2
+			again, err := create(aliceB, "k1", 6000)
 			if err != nil {
 				t.Fatalf("CreateUpload retried: %v", err)
 			}
@@ -62,7 +67,7 @@ func TestCreateUpload_Retried(t *testing.T) {
 					again.GetUploadUrl(), again.GetUploadExpiresAt().AsTime(), first.GetUploadExpiresAt().AsTime())
 			}
 			// The retry took no more of the quota: 4000 bytes are left.
-			if _, err := create(alice, "", 4000); err != nil { // 3
+			if _, err := create(alice, "", 4000); err != nil {
 				t.Fatalf("CreateUpload of what is left: %v", err)
 			}
 			// The retry's URL takes the file.
@@ -70,7 +75,7 @@ func TestCreateUpload_Retried(t *testing.T) {
 			if status, body := alice.put(t, again.GetUploadUrl(), bytes.NewReader(data), int64(len(data))); status != http.StatusOK {
 				t.Fatalf("PUT to the retry's URL: %d %s", status, body)
 			}
-			done, err := create(alice, "k1", 6000) // 4
+			done, err := create(alice, "k1", 6000)
 			if err != nil {
 				t.Fatalf("CreateUpload retried after the file arrived: %v", err)
 			}
@@ -78,26 +83,53 @@ func TestCreateUpload_Retried(t *testing.T) {
 				t.Errorf("retry after the file arrived: media %s in %v with upload URL %q; want %s ready, no URL",
 					done.GetMedia().GetId(), done.GetMedia().GetState(), done.GetUploadUrl(), id)
 			}
-			// Past the rate limit, a retry is still answered; a new
-			// upload is not.
-			if res, err := create(aliceB, "k1", 6000); err != nil || res.GetMedia().GetId() != id {
-				t.Errorf("retry past the rate limit: %v, %v; want %s", res.GetMedia().GetId(), err, id)
-			}
-			_, err = create(alice, "k2", 10)
-			servertest.WantRetry(t, err)
 			if _, err := create(alice, "k1", 6001); connect.CodeOf(err) != connect.CodeAlreadyExists {
 				t.Errorf("the id of an upload with another size: %v, want ALREADY_EXISTS", err)
 			}
 
+			// Retries take nothing of the rate limit (3 an hour here),
+			// and are answered past it.
+			kept, err := create(bob, "b1", 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				if _, err := create(bob, "b1", 10); err != nil {
+					t.Fatalf("CreateUpload retried: %v", err)
+				}
+			}
+			for _, key := range []string{"b2", "b3"} {
+				if _, err := create(bob, key, 10); err != nil {
+					t.Fatalf("CreateUpload within the rate limit, after retries: %v", err)
+				}
+			}
+			_, err = create(bob, "b4", 10)
+			servertest.WantRetry(t, err)
+			if res, err := create(bob, "b1", 10); err != nil || res.GetMedia().GetId() != kept.GetMedia().GetId() {
+				t.Errorf("retry past the rate limit: %v, %v; want %s", res.GetMedia().GetId(), err, kept.GetMedia().GetId())
+			}
+
+			// A retry by a member who left the chat since.
+			dave := newUser(t, srvA, p)
+			grp := servertest.GroupChat(t, carol.chats, carol.token, "g", dave.id).GetId()
+			if _, err := createIn(dave, grp, "g1", 10); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := carol.chats.RemoveParticipant(ctx, req(carol, &parleyv1.RemoveParticipantRequest{ChatId: grp, UserId: dave.id})); err != nil {
+				t.Fatal(err)
+			}
+			_, err = createIn(dave, grp, "g1", 10)
+			servertest.WantCode(t, err, connect.CodeNotFound)
+
 			// Once the first upload's URL expired (a minute on these
 			// servers), its id starts a new upload.
-			pending, err := create(bob, "k3", 100)
+			pending, err := createIn(carol, grp, "c1", 100)
 			if err != nil {
 				t.Fatal(err)
 			}
 			srvA.clock.Advance(2 * time.Minute)
 			srvB.clock.Advance(2 * time.Minute)
-			later, err := create(bob, "k3", 100)
+			later, err := createIn(carol, grp, "c1", 100)
 			if err != nil || later.GetMedia().GetId() == pending.GetMedia().GetId() || later.GetUploadUrl() == "" {
 				t.Errorf("the id of an expired upload: %v, %v; want a new upload", later.GetMedia().GetId(), err)
 			}

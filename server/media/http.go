@@ -184,14 +184,18 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 	}
 	defer slot.release(context.WithoutCancel(ctx))
 	// The token is single-use: the first request to present it takes it.
-	used, err := s.rdb.SetNX(ctx, s.cfg.RedisPrefix+"media:token:"+id.Hex(), caller.UserID, g.Expires.Sub(s.cfg.Now())+time.Minute).Result()
+	// (Or any of the media's tokens: a retried CreateUpload gives another.)
+	usedKey := s.cfg.RedisPrefix + "media:token:" + id.Hex()
+	used, err := s.rdb.SetNX(ctx, usedKey, caller.UserID, g.Expires.Sub(s.cfg.Now())+time.Minute).Result()
 	if err != nil {
 		return nil, err
 	}
 	if !used {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the upload token was already used"))
 	}
+	var waiting bool
 	m, err := s.lib.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
+		waiting = m.State == statePending
 		if m.State != statePending || m.UploaderID != caller.UserID || m.Size != g.Size {
 			return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the media is not waiting for an upload"))
 		}
@@ -201,6 +205,14 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 		return nil, errMediaNotFound
 	}
 	if err != nil {
+		if waiting && connect.CodeOf(err) != connect.CodeFailedPrecondition {
+			// The upload did not start: the token works again, for a
+			// retry of this PUT (or of CreateUpload, which gives another
+			// for the same media).
+			if derr := s.rdb.Del(context.WithoutCancel(ctx), usedKey).Err(); derr != nil {
+				s.log.WarnContext(ctx, "give back upload token", "media", id.Hex(), "err", derr)
+			}
+		}
 		return nil, err
 	}
 	// However slow the client, an upload ends within MaxUploadTime, so

@@ -179,19 +179,21 @@ func (s *Service) CreateUpload(
 	}
 	class := declaredClass(req.Msg.GetContentType())
 	key := req.Msg.GetClientUploadId()
+	if key != "" {
+		// A retry of an upload created takes nothing of the limits.
+		m, err := s.createdUpload(ctx, id.UserID, key)
+		if err != nil {
+			return nil, rpcerr.From(ctx, s.log, "create upload", err)
+		}
+		if m != nil {
+			return s.createdAgain(ctx, req.Msg, m)
+		}
+	}
 	allowed, err := s.limiter.Allow(ctx, fmt.Sprintf("%smedia:uploads:%d", s.cfg.RedisPrefix, id.UserID), redis_rate.PerHour(s.cfg.UploadsPerHour))
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "create upload", err)
 	}
 	if allowed.Allowed == 0 {
-		// A retry of an upload created is answered past the limit.
-		if key != "" {
-			if m, err := s.createdUpload(ctx, id.UserID, key); err != nil {
-				return nil, rpcerr.From(ctx, s.log, "create upload", err)
-			} else if m != nil {
-				return s.createdAgain(req.Msg, m)
-			}
-		}
 		return nil, rpcerr.TooMany("uploads", "too many uploads", allowed.RetryAfter)
 	}
 	now := s.lib.store.nowMs()
@@ -235,6 +237,7 @@ func (s *Service) CreateUpload(
 	m.Loose = true
 	var created *mediaDoc
 	earlier := func() (bool, error) {
+		// Looked up again under the lock: concurrent retries.
 		if key == "" {
 			return false, nil
 		}
@@ -246,7 +249,7 @@ func (s *Service) CreateUpload(
 		return nil, rpcerr.From(ctx, s.log, "create upload", err)
 	}
 	if created != nil {
-		return s.createdAgain(req.Msg, created)
+		return s.createdAgain(ctx, req.Msg, created)
 	}
 	expires := s.cfg.Now().Add(s.cfg.UploadTTL).Truncate(time.Second)
 	return connect.NewResponse(s.uploadResponse(m, expires)), nil
@@ -254,15 +257,17 @@ func (s *Service) CreateUpload(
 
 // createdUpload returns the upload that userID created under the client's
 // key whose upload URL has not expired yet, or nil. (An older one is
-// forgotten: its file can no longer arrive, and clean-up deletes it.)
+// forgotten: its file can no longer arrive, and clean-up deletes it; so
+// is one being deleted, refused.)
 func (s *Service) createdUpload(ctx context.Context, userID int, key string) (*mediaDoc, error) {
 	return s.lib.store.byClientKey(ctx, userID, key, s.cfg.Now().Add(-s.cfg.UploadTTL))
 }
 
 // createdAgain answers a retry of the CreateUpload that created m: with a
 // new upload URL that expires when the first did, while m waits for its
-// file. A request other than the first is ALREADY_EXISTS.
-func (s *Service) createdAgain(req *parleyv1.CreateUploadRequest, m *mediaDoc) (*connect.Response[parleyv1.CreateUploadResponse], error) {
+// file. A request other than the first is ALREADY_EXISTS; the caller must
+// still be a member of the upload's chat.
+func (s *Service) createdAgain(ctx context.Context, req *parleyv1.CreateUploadRequest, m *mediaDoc) (*connect.Response[parleyv1.CreateUploadResponse], error) {
 	same := m.FileName == req.GetFileName() && m.DeclaredType == req.GetContentType() && m.Size == req.GetSize()
 	switch t := req.GetTarget().(type) {
 	case *parleyv1.CreateUploadRequest_ChatId:
@@ -273,6 +278,15 @@ func (s *Service) createdAgain(req *parleyv1.CreateUploadRequest, m *mediaDoc) (
 	if !same {
 		return nil, connect.NewError(connect.CodeAlreadyExists,
 			errors.New("client_upload_id: names another upload of yours; choose a new id for a new upload"))
+	}
+	if m.ChatID != nil {
+		ok, err := s.members.IsMember(ctx, *m.ChatID, m.UploaderID)
+		if err != nil {
+			return nil, rpcerr.From(ctx, s.log, "create upload", err)
+		}
+		if !ok {
+			return nil, errChatNotFound
+		}
 	}
 	expires := m.CreatedAt.Add(s.cfg.UploadTTL).Truncate(time.Second)
 	if m.State != statePending || !expires.After(s.cfg.Now()) {

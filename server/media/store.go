@@ -177,6 +177,7 @@ func byClientKeyFilter(userID int, key string, since time.Time) bson.D {
 		{Key: "uploaderId", Value: userID},
 		{Key: "clientUploadId", Value: key},
 		{Key: "createdAt", Value: bson.D{{Key: "$gt", Value: since}}},
+		{Key: "state", Value: bson.D{{Key: "$ne", Value: stateDeleting}}},
 	}
 }
 

@@ -20,7 +20,7 @@ import { AvatarService } from "./gen/parley/v1/avatar_pb.js";
 import { ChatService } from "./gen/parley/v1/chat_pb.js";
 import { ExportService } from "./gen/parley/v1/export_pb.js";
 import { LiveService, type Event } from "./gen/parley/v1/live_pb.js";
-import { MediaSchema, MediaService, type Media } from "./gen/parley/v1/media_pb.js";
+import { MediaSchema, MediaService, MediaState, type Media } from "./gen/parley/v1/media_pb.js";
 import { MessageService } from "./gen/parley/v1/message_pb.js";
 import { PrivacyService } from "./gen/parley/v1/privacy_pb.js";
 import { PushService } from "./gen/parley/v1/push_pb.js";
@@ -94,11 +94,12 @@ export interface UploadOptions {
   signal?: AbortSignal;
   /**
    * Makes the upload safe to retry: an id of the caller's choosing (a
-   * UUID, say), unique per upload. Calling upload again with the same id
-   * and file, after a failure, continues the upload the first call
-   * created (within its upload window, 15 minutes by default) instead of
-   * starting a second: the file is sent again only if it had not
-   * arrived.
+   * UUID, say), new for each file, never reused for another. Calling
+   * upload again with the same id and file, after a failure, continues
+   * the upload the first call created (within its upload window, 15
+   * minutes by default) instead of starting a second: the file is sent
+   * again only if it had not arrived (Code.Aborted while another call is
+   * still sending it).
    */
   clientUploadId?: string;
 }
@@ -403,9 +404,11 @@ async function upload(
     },
     { signal: o.signal },
   );
-  if (!created.uploadUrl && created.media) {
-    // A retry whose file arrived already (or is arriving).
-    return created.media;
+  if (!created.uploadUrl) {
+    // A retry: the file arrived already, or is arriving through another
+    // call.
+    if (created.media?.state === MediaState.READY) return created.media;
+    throw new ConnectError("the upload is in progress in another call; retry later", Code.Aborted);
   }
   const url = client.url(created.uploadUrl);
   const token = await client.accessToken();

@@ -281,12 +281,15 @@ type CreateUploadRequest struct {
 	ContentType string `protobuf:"bytes,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	// The exact size of the file in bytes.
 	Size int64 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
-	// Optional, chosen by the client to make a retry safe: a UUID, say. A
-	// call with the id of an upload the caller created with the same request
-	// (target, file name, content type and size) before its upload URL
-	// expired returns that upload, not a second one: with a new upload_url
-	// (expiring when the first did) while its file has not arrived, with
-	// none once it has. The same id with another request is ALREADY_EXISTS.
+	// Optional, chosen by the client to make a retry safe: a UUID, say, new
+	// for each file and never reused for another. A call with the id of an
+	// upload the caller created with the same request (target, file name,
+	// content type and size) before its upload URL expired returns that
+	// upload, not a second one, and takes nothing of the rate limit or the
+	// unsent bytes: with a new upload_url (expiring when the first did)
+	// while its file has not arrived, with none once it has (or while
+	// another PUT is sending it). The same id with another request is
+	// ALREADY_EXISTS.
 	ClientUploadId string `protobuf:"bytes,6,opt,name=client_upload_id,json=clientUploadId,proto3" json:"client_upload_id,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -398,9 +401,10 @@ type CreateUploadResponse struct {
 	// The pending media.
 	Media *Media `protobuf:"bytes,1,opt,name=media,proto3" json:"media,omitempty"`
 	// Where to PUT the file, relative to the server's base URL. It carries
-	// a single-use token bound to the caller, the media and its size. Empty
-	// when a retry (client_upload_id) finds the file already uploaded, or
-	// being uploaded.
+	// a single-use token bound to the caller, the media and its size (one
+	// PUT of the media in all, whichever of its tokens it carries). Empty
+	// when a retry (client_upload_id) finds the file already uploaded
+	// (media.state READY), or being uploaded.
 	UploadUrl string `protobuf:"bytes,2,opt,name=upload_url,json=uploadUrl,proto3" json:"upload_url,omitempty"`
 	// When the upload URL stops being accepted (unset with no upload_url).
 	UploadExpiresAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=upload_expires_at,json=uploadExpiresAt,proto3" json:"upload_expires_at,omitempty"`

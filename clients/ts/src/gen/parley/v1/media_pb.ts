@@ -193,12 +193,15 @@ export type CreateUploadRequest = Message<"parley.v1.CreateUploadRequest"> & {
   size: bigint;
 
   /**
-   * Optional, chosen by the client to make a retry safe: a UUID, say. A
-   * call with the id of an upload the caller created with the same request
-   * (target, file name, content type and size) before its upload URL
-   * expired returns that upload, not a second one: with a new upload_url
-   * (expiring when the first did) while its file has not arrived, with
-   * none once it has. The same id with another request is ALREADY_EXISTS.
+   * Optional, chosen by the client to make a retry safe: a UUID, say, new
+   * for each file and never reused for another. A call with the id of an
+   * upload the caller created with the same request (target, file name,
+   * content type and size) before its upload URL expired returns that
+   * upload, not a second one, and takes nothing of the rate limit or the
+   * unsent bytes: with a new upload_url (expiring when the first did)
+   * while its file has not arrived, with none once it has (or while
+   * another PUT is sending it). The same id with another request is
+   * ALREADY_EXISTS.
    *
    * @generated from field: string client_upload_id = 6;
    */
@@ -225,9 +228,10 @@ export type CreateUploadResponse = Message<"parley.v1.CreateUploadResponse"> & {
 
   /**
    * Where to PUT the file, relative to the server's base URL. It carries
-   * a single-use token bound to the caller, the media and its size. Empty
-   * when a retry (client_upload_id) finds the file already uploaded, or
-   * being uploaded.
+   * a single-use token bound to the caller, the media and its size (one
+   * PUT of the media in all, whichever of its tokens it carries). Empty
+   * when a retry (client_upload_id) finds the file already uploaded
+   * (media.state READY), or being uploaded.
    *
    * @generated from field: string upload_url = 2;
    */
