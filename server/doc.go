@@ -79,7 +79,9 @@
 //	                    MAC keys derived from them (refresh tokens, media
 //	                    URLs); every token names its key
 //	server/doclock/     per-document Redis locks around MongoDB updates, on
-//	                    FerretDB 1.x only (doclock.Needed); nil elsewhere
+//	                    FerretDB 1.x only (doclock.Needed); nil elsewhere;
+//	                    on every engine, the locks that serialize a user's
+//	                    CreateUploads and a group's avatar changes
 //	server/mongoindex/  start-up index creation that FerretDB accepts too
 //	server/redisconn/   Redis or Redis Cluster from one URL; writes that
 //	                    wait for a replica (WAIT); what differs between the
