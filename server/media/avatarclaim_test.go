@@ -127,6 +127,24 @@ func TestAvatarClaims_TakenOverKept(t *testing.T) {
 		}
 	})
 
+	t.Run("group avatar never recorded", func(t *testing.T) {
+		// A change stopped before recording the group on its image;
+		// the next change detaches it, and the older claim's holder
+		// (clean-up, or the stalled change) can no longer record it.
+		chat := bson.NewObjectID()
+		m := image()
+		made := claimed(lib.ClaimGroupAvatar(ctx, alice, m.ID, chat))
+		detached := claim(lib.DetachGroupAvatar(ctx, m.URL, chat))
+		must(lib.AttachGroupAvatar(ctx, m.URL, chat, made))
+		if _, group := recorded(m); group != nil {
+			t.Error("an AttachGroupAvatar with the claim from before the detach recorded the group")
+		}
+		must(lib.DeleteGroupAvatar(ctx, m.URL, chat, detached))
+		if exists(m) {
+			t.Error("the replaced image, never recorded on the group, is kept")
+		}
+	})
+
 	t.Run("group avatar lost", func(t *testing.T) {
 		// Two admins set the same image; the first finds another
 		// change won and deletes what it claimed, which the second has

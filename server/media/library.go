@@ -295,7 +295,7 @@ func (l *Library) AttachAvatar(ctx context.Context, id bson.ObjectID, avatarID i
 		}
 		return settled(m, bson.D{{Key: "$set", Value: bson.D{{Key: "avatarId", Value: avatarID}}}}, nil), nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, errNoMedia) {
 		return fmt.Errorf("attach avatar media %s: %w", id.Hex(), err)
 	}
 	return nil
@@ -324,8 +324,9 @@ func (l *Library) DetachGroupAvatar(ctx context.Context, url string, chatID bson
 
 // detach replaces the attachment of the upload at url, if attached says
 // it is the one, with claim, claimed now, and returns that claim. An
-// upload not attached that holds claim already returns the claim it
-// holds.
+// upload not attached that holds claim already (never recorded on its
+// avatar) is claimed anew, so that whoever holds the older claim (a
+// stalled change, clean-up) can no longer attach it.
 func (l *Library) detach(ctx context.Context, url string, attached func(*mediaDoc) (bson.D, bool), claim string) (Claim, error) {
 	id, ok := IDFromURL(url)
 	if !ok {
@@ -335,17 +336,15 @@ func (l *Library) detach(ctx context.Context, url string, attached func(*mediaDo
 	_, err := l.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
 		made = Claim{}
 		unset, ok := attached(m)
-		if !ok {
-			if !m.attached() && m.Claim == claim && m.ClaimedAt != nil {
-				made = Claim{at: *m.ClaimedAt}
-			}
+		if !ok && (m.attached() || m.Claim != claim) {
 			return nil, nil
 		}
 		made = Claim{at: l.claimTime(m)}
-		return bson.D{
-			{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: made.at}, {Key: "loose", Value: true}}},
-			{Key: "$unset", Value: unset},
-		}, nil
+		update := bson.D{{Key: "$set", Value: bson.D{{Key: "claim", Value: claim}, {Key: "claimedAt", Value: made.at}, {Key: "loose", Value: true}}}}
+		if ok {
+			update = append(update, bson.E{Key: "$unset", Value: unset})
+		}
+		return update, nil
 	})
 	if err != nil && !errors.Is(err, errNoMedia) {
 		return Claim{}, fmt.Errorf("detach avatar media %s: %w", id.Hex(), err)
