@@ -104,7 +104,7 @@ func (l *Locks) Do(ctx context.Context, key string, fn func() error) error {
 	lock, err := l.locker.Obtain(lctx, l.prefix+key, 10*time.Second, &redislock.Options{
 		RetryStrategy: redislock.LinearBackoff(2 * time.Millisecond),
 	})
-	if err != nil && ctx.Err() == nil && (lctx.Err() != nil || errors.Is(err, redislock.ErrNotObtained)) {
+	if err != nil && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redislock.ErrNotObtained)) {
 		// The wait ran out, not the request.
 		err = ErrBusy
 	}

@@ -193,9 +193,7 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 	if !used {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the upload token was already used"))
 	}
-	var waiting bool
 	m, err := s.lib.store.update(ctx, id, func(m *mediaDoc) (bson.D, error) {
-		waiting = m.State == statePending
 		if m.State != statePending || m.UploaderID != caller.UserID || m.Size != g.Size {
 			return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the media is not waiting for an upload"))
 		}
@@ -205,7 +203,7 @@ func (s *Service) receive(r *http.Request) (*mediaDoc, error) {
 		return nil, errMediaNotFound
 	}
 	if err != nil {
-		if waiting && connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		if connect.CodeOf(err) != connect.CodeFailedPrecondition {
 			// The upload did not start: the token works again, for a
 			// retry of this PUT (or of CreateUpload, which gives another
 			// for the same media).

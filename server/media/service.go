@@ -258,9 +258,10 @@ func (s *Service) CreateUpload(
 // createdUpload returns the upload that userID created under the client's
 // key whose upload URL has not expired yet, or nil. (An older one is
 // forgotten: its file can no longer arrive, and clean-up deletes it; so
-// is one being deleted, refused.)
+// is one being deleted, refused. The second off the window is the upload
+// URL's expiry, which is whole seconds.)
 func (s *Service) createdUpload(ctx context.Context, userID int, key string) (*mediaDoc, error) {
-	return s.lib.store.byClientKey(ctx, userID, key, s.cfg.Now().Add(-s.cfg.UploadTTL))
+	return s.lib.store.byClientKey(ctx, userID, key, s.cfg.Now().Add(-s.cfg.UploadTTL+time.Second))
 }
 
 // createdAgain answers a retry of the CreateUpload that created m: with a

@@ -131,7 +131,7 @@ func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
 		// Each CreateUpload sums the user's unsent uploads.
 		{Keys: bson.D{{Key: "uploaderId", Value: 1}}, Options: options.Index().SetName("uploaderId")},
 		// A retried CreateUpload finds the upload by its client's key.
-		{Keys: bson.D{{Key: "uploaderId", Value: 1}, {Key: "clientUploadId", Value: 1}}, Options: options.Index().SetName("uploaderId_clientUploadId")},
+		{Keys: bson.D{{Key: "uploaderId", Value: 1}, {Key: "clientUploadId", Value: 1}, {Key: "createdAt", Value: -1}}, Options: options.Index().SetName("uploaderId_clientUploadId_createdAt")},
 		// Deleting a file's document looks for others that share it.
 		{Keys: bson.D{{Key: "fileId", Value: 1}}, Options: options.Index().SetName("fileId")},
 		// Clean-up reads what is loose, oldest first.
