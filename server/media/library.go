@@ -306,8 +306,8 @@ func (l *Library) AttachAvatar(ctx context.Context, id bson.ObjectID, avatarID i
 // deleted, so that clean-up deletes the upload if the deletion of the
 // avatar or of the upload stops half-way (or records it again on the
 // avatar, if that stays). It returns the claim, for DeleteAvatar; an
-// upload never recorded on the avatar, which still holds the claim of the
-// avatar's making, is claimed anew (see detach).
+// upload never recorded on the avatar, which still holds a claim of its
+// kind, is claimed anew (see detach).
 func (l *Library) DetachAvatar(ctx context.Context, url string, avatarID int) (Claim, error) {
 	return l.detach(ctx, url, func(m *mediaDoc) (bson.D, bool) {
 		return bson.D{{Key: "avatarId", Value: ""}}, m.AvatarID == avatarID

@@ -270,10 +270,10 @@ async function openChat(id: string, focus?: Message) {
   // Merged with what arrived live while the page was loading.
   let byseq = messages.get(id);
   if (!byseq) messages.set(id, (byseq = new Map()));
-  for (const m of res.messages) if (!byseq.has(m.seq)) byseq.set(m.seq, m);
+  for (const m of res.messages) if (!byseq.has(m.seq)) byseq.set(m.seq, withToldPin(m));
   if (focus && !byseq.has(focus.seq)) {
     const older = await parley.messages.listMessages({ chatId: id, cursor: { case: "beforeSeq", value: focus.seq + 1n }, limit: 50 });
-    for (const m of older.messages) if (!byseq.has(m.seq)) byseq.set(m.seq, m);
+    for (const m of older.messages) if (!byseq.has(m.seq)) byseq.set(m.seq, withToldPin(m));
   }
   await nameUsers(chat.participants.map((p) => p.userId));
   const main = $("main")!;
@@ -525,6 +525,16 @@ function setStatus(message: string) {
 
 // ---- messages
 
+// withToldPin gives m the pin that the latest pins_changed event of it
+// told, if one did: the events keep a message's pin (by version), as an
+// answer, an edit or a page read earlier may be older, also for a message
+// that was not loaded when the event came.
+function withToldPin(m: Message): Message {
+  const told = pinsTold.get(m.id);
+  if (told && !m.deleted) m.pin = told.pin;
+  return m;
+}
+
 function addMessage(m: Message) {
   const chat = chats.get(m.chatId);
   let byseq = messages.get(m.chatId);
@@ -535,12 +545,7 @@ function addMessage(m: Message) {
     const mine = new Set(old.reactions.filter((r) => r.mine).map((r) => r.emoji));
     for (const r of m.reactions) r.mine ||= mine.has(r.emoji);
   }
-  // Once a pins_changed event told its pin, the events keep it (by
-  // version): an answer, an edit or a page read earlier may be older,
-  // also for a message that was not loaded when the event came.
-  const told = pinsTold.get(m.id);
-  if (told && !m.deleted) m.pin = told.pin;
-  byseq.set(m.seq, m);
+  byseq.set(m.seq, withToldPin(m));
   // Replies quote the original as it is now.
   if (old && (m.deleted || m.editedAt)) {
     for (const r of byseq.values()) {
@@ -785,6 +790,9 @@ async function listen() {
       try {
         if (item.kind === "resync" || (item.event.kind.case === "ready" && !loaded)) {
           // The stream is open: what changes from here arrives on it.
+          // After a re-sync, events were missed: what pins events told
+          // may be older than what the pages now read.
+          if (item.kind === "resync") pinsTold.clear();
           loaded = true;
           await loadChats();
           if (ui.current) await openChat(ui.current);
