@@ -30,11 +30,24 @@ import (
 type Locks struct {
 	locker *redislock.Client
 	prefix string
+	lease  time.Duration
+	// maxHold is MaxHold but in tests.
+	maxHold time.Duration
 }
+
+// Lease is how long a lock outlives a holder that died: a live holder
+// renews it every third of it, up to MaxHold.
+const Lease = 10 * time.Second
+
+// MaxHold bounds how long a holder keeps its lock by renewing it: a
+// function still running after that (a store that stopped answering,
+// with no deadline) lets the lock lapse a Lease later rather than block
+// the document's every other update for as long as it hangs.
+const MaxHold = time.Minute
 
 // New returns locks kept in rdb under prefix.
 func New(rdb redis.UniversalClient, prefix string) *Locks {
-	return &Locks{locker: redislock.New(rdb), prefix: prefix}
+	return &Locks{locker: redislock.New(rdb), prefix: prefix, lease: Lease, maxHold: MaxHold}
 }
 
 // Needed reports whether the database's engine loses concurrent updates
@@ -66,7 +79,7 @@ func (l *Locks) Prefixed(prefix string) *Locks {
 	if l == nil {
 		return nil
 	}
-	return &Locks{locker: l.locker, prefix: l.prefix + prefix}
+	return &Locks{locker: l.locker, prefix: l.prefix + prefix, lease: l.lease, maxHold: l.maxHold}
 }
 
 // Serial reports whether l locks anything.
@@ -78,39 +91,77 @@ func (l *Locks) TryDo(ctx context.Context, key string, fn func() error) (bool, e
 	if l == nil {
 		return true, fn()
 	}
-	lock, err := l.locker.Obtain(ctx, l.prefix+key, 10*time.Second, nil)
+	lock, err := l.locker.Obtain(ctx, l.prefix+key, l.lease, nil)
 	if errors.Is(err, redislock.ErrNotObtained) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("lock %s: %w", key, err)
 	}
-	defer lock.Release(context.WithoutCancel(ctx))
-	return true, fn()
+	return true, l.holding(ctx, lock, fn)
+}
+
+// holding runs fn holding lock, which it renews while fn runs (up to
+// MaxHold), so that a slow function (a stalled store) does not outlive
+// its lock and run beside the next holder; it releases the lock after.
+func (l *Locks) holding(ctx context.Context, lock *redislock.Lock, fn func() error) error {
+	ctx = context.WithoutCancel(ctx)
+	done := make(chan struct{})
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		tick := time.NewTicker(l.lease / 3)
+		defer tick.Stop()
+		until := time.Now().Add(l.maxHold)
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-tick.C:
+				if now.After(until) {
+					return
+				}
+				// A failed renewal (Redis unreachable, or the lock lost
+				// already) is tried again at the next tick; the lock
+				// lapses a lease after the last that succeeded.
+				rctx, cancel := context.WithTimeout(ctx, l.lease/3)
+				_ = lock.Refresh(rctx, l.lease, nil)
+				cancel()
+			}
+		}
+	}()
+	defer func() {
+		close(done)
+		<-renewed
+		_ = lock.Release(ctx)
+	}()
+	return fn()
 }
 
 // ErrBusy is Do's error when the lock stayed taken for all its wait.
 var ErrBusy = errors.New("busy: another request holds the lock")
 
 // Do runs fn holding the lock named key, waiting up to 5 s for it
-// (ErrBusy after that). The lock expires by itself after 10 s should its
-// holder die. With nil locks it runs fn at once.
+// (ErrBusy after that). The lock is renewed while fn runs, and expires by
+// itself a Lease after its holder died. With nil locks it runs fn at
+// once.
 func (l *Locks) Do(ctx context.Context, key string, fn func() error) error {
 	if l == nil {
 		return fn()
 	}
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	lock, err := l.locker.Obtain(lctx, l.prefix+key, 10*time.Second, &redislock.Options{
+	lock, err := l.locker.Obtain(lctx, l.prefix+key, l.lease, &redislock.Options{
 		RetryStrategy: redislock.LinearBackoff(2 * time.Millisecond),
 	})
-	if err != nil && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redislock.ErrNotObtained)) {
-		// The wait ran out, not the request.
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		// The wait ran out, not the request. (With a retry strategy
+		// that never gives up, the wait's deadline is how Obtain
+		// reports a lock it could not take.)
 		err = ErrBusy
 	}
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", key, err)
 	}
-	defer lock.Release(context.WithoutCancel(ctx))
-	return fn()
+	return l.holding(ctx, lock, fn)
 }

@@ -115,3 +115,57 @@ func TestLocks_Busy(t *testing.T) {
 		t.Errorf("Do of the lock released: ran=%v, %v", ran, err)
 	}
 }
+
+// TestLocks_KeptWhileHeld: a holder slower than the lock's lease keeps
+// its lock (nobody else takes it while the function runs), up to the
+// longest hold, after which the lock lapses a lease later.
+func TestLocks_KeptWhileHeld(t *testing.T) {
+	opts, err := redis.ParseURL(servertest.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { _ = rdb.Close() })
+	const lease = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name    string
+		maxHold time.Duration
+		// whether another TryDo gets the lock after four leases of
+		// the holder's function
+		taken bool
+	}{
+		{"renewed", time.Minute, false},
+		{"past the longest hold", lease, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := doclock.New(rdb, "doclock-test:"+bson.NewObjectID().Hex()+":").WithTimes(lease, tc.maxHold)
+			held, release := make(chan struct{}), make(chan struct{})
+			holder := make(chan error, 1)
+			go func() {
+				holder <- l.Do(context.Background(), "k", func() error {
+					close(held)
+					<-release
+					return nil
+				})
+			}()
+			<-held
+			// Time passing is what is tested: four leases, which an
+			// unrenewed lock does not outlive.
+			time.Sleep(4 * lease)
+			ran, err := l.TryDo(context.Background(), "k", func() error { return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ran != tc.taken {
+				t.Errorf("TryDo of a lock whose holder still runs, after four leases: ran=%v; want %v", ran, tc.taken)
+			}
+			close(release)
+			if err := <-holder; err != nil {
+				t.Fatal(err)
+			}
+			if ran, err := l.TryDo(context.Background(), "k", func() error { return nil }); err != nil || !ran {
+				t.Errorf("TryDo of the lock released: ran=%v, %v", ran, err)
+			}
+		})
+	}
+}
