@@ -78,23 +78,8 @@ func TestLocks_Nil(t *testing.T) {
 // elsewhere fails with ErrBusy, without running its function; one whose
 // request ends first fails with the request's error.
 func TestLocks_Busy(t *testing.T) {
-	opts, err := redis.ParseURL(servertest.RedisURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { _ = rdb.Close() })
-	l := doclock.New(rdb, "doclock-test:"+bson.NewObjectID().Hex()+":")
-	held, release := make(chan struct{}), make(chan struct{})
-	holder := make(chan error, 1)
-	go func() {
-		holder <- l.Do(context.Background(), "k", func() error {
-			close(held)
-			<-release
-			return nil
-		})
-	}()
-	<-held
+	l := testLocks(t)
+	release, holder := hold(t, l, "k")
 	ran := false
 	short, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -120,12 +105,6 @@ func TestLocks_Busy(t *testing.T) {
 // its lock (nobody else takes it while the function runs), up to the
 // longest hold, after which the lock lapses a lease later.
 func TestLocks_KeptWhileHeld(t *testing.T) {
-	opts, err := redis.ParseURL(servertest.RedisURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { _ = rdb.Close() })
 	const lease = 300 * time.Millisecond
 	for _, tc := range []struct {
 		name    string
@@ -138,17 +117,8 @@ func TestLocks_KeptWhileHeld(t *testing.T) {
 		{"past the longest hold", lease, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l := doclock.New(rdb, "doclock-test:"+bson.NewObjectID().Hex()+":").WithTimes(lease, tc.maxHold)
-			held, release := make(chan struct{}), make(chan struct{})
-			holder := make(chan error, 1)
-			go func() {
-				holder <- l.Do(context.Background(), "k", func() error {
-					close(held)
-					<-release
-					return nil
-				})
-			}()
-			<-held
+			l := testLocks(t).WithTimes(lease, tc.maxHold)
+			release, holder := hold(t, l, "k")
 			// Time passing is what is tested: four leases, which an
 			// unrenewed lock does not outlive.
 			time.Sleep(4 * lease)
@@ -168,4 +138,37 @@ func TestLocks_KeptWhileHeld(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testLocks returns locks in the test Redis, under a prefix of their own.
+func testLocks(t *testing.T) *doclock.Locks {
+	t.Helper()
+	opts, err := redis.ParseURL(servertest.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { _ = rdb.Close() })
+	return doclock.New(rdb, "doclock-test:"+bson.NewObjectID().Hex()+":")
+}
+
+// hold takes the lock named key with l.Do and returns once it holds it:
+// closing release ends Do's function, whose error then comes on holder.
+func hold(t *testing.T, l *doclock.Locks, key string) (release chan struct{}, holder chan error) {
+	t.Helper()
+	held := make(chan struct{})
+	release, holder = make(chan struct{}), make(chan error, 1)
+	go func() {
+		holder <- l.Do(context.Background(), key, func() error {
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	select {
+	case <-held:
+	case err := <-holder:
+		t.Fatalf("Do did not take the lock: %v", err)
+	}
+	return release, holder
 }
