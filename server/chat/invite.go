@@ -359,8 +359,9 @@ func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int
 // (under a short Redis lock), from the chat as it is then: the upload
 // being replaced is detached, the chat changed, and that upload deleted,
 // so that no other change of the avatar, which could make that upload the
-// avatar again, comes between. The latest change wins (setLatest, should
-// the lock have expired under a stalled change); the upload it replaces,
+// avatar again, comes between; the caller's role is checked again under
+// the lock. The latest change wins (setLatest, should the lock have
+// lapsed under a change stalled past doclock.MaxHold); the upload it replaces,
 // or that lost, is deleted unless a change made since took it over (the
 // claims compared). If the change stops half-way, clean-up deletes the
 // detached upload, or attaches it again if it is still the avatar. Making
@@ -373,6 +374,11 @@ func (s *Service) setAvatar(ctx context.Context, userID int, chatID bson.ObjectI
 		c, err := s.store.getChat(ctx, chatID)
 		if err != nil {
 			return s.internal(ctx, "update chat", err)
+		}
+		// UpdateChat checked the caller's role before the lock; a
+		// change waiting for it may have lost the role since.
+		if p := c.participant(userID); p == nil || p.Role != roleAdmin {
+			return errNotAdmin
 		}
 		return s.changeAvatar(ctx, userID, c, mediaHex)
 	})

@@ -14,6 +14,7 @@ import (
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/app"
+	"github.com/parley-chat/parley/server/doclock"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -251,5 +252,58 @@ func TestGroupAvatar(t *testing.T) {
 				t.Errorf("the removed avatar's file answers %d, want 404", code)
 			}
 		})
+	}
+}
+
+// TestGroupAvatar_AdminDemotedWhileWaiting: a change of a group's avatar
+// waiting for the avatar's lock, whose caller stops being an admin
+// meanwhile, is refused and changes nothing: the role is checked again
+// under the lock.
+func TestGroupAvatar_AdminDemotedWhileWaiting(t *testing.T) {
+	calls := &servertest.StoreCalls{}
+	srv := servertest.New(t, servertest.WithStoreCalls(calls))
+	p := servertest.Protocols[0]
+	ctx := context.Background()
+	admin, other := newUser(t, srv, p), newUser(t, srv, p)
+	g := group(t, admin, "g", other)
+	if _, err := admin.chats.SetParticipantRole(ctx, req(admin, &parleyv1.SetParticipantRoleRequest{ChatId: g.GetId(), UserId: other.id, Role: parleyv1.Role_ROLE_ADMIN})); err != nil {
+		t.Fatal(err)
+	}
+	media := servertest.Client(srv, p, parleyv1connect.NewMediaServiceClient)
+	img := servertest.UploadAvatar(t, srv, media, other.token, "a.png", "image/png", servertest.PNG(t, 32, 32))
+
+	// The test holds the avatar's lock while the other admin's change
+	// waits for it and the admin demotes them.
+	locks := doclock.New(srv.App.Redis(), servertest.SharedStores(t).RedisPrefix+"chat:avatar:")
+	release, held, holder := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		holder <- locks.Do(ctx, g.GetId(), func() error { close(held); <-release; return nil })
+	}()
+	<-held
+	calls.Reset()
+	changed := make(chan error, 1)
+	go func() {
+		_, err := other.chats.UpdateChat(ctx, req(other, &parleyv1.UpdateChatRequest{ChatId: g.GetId(), AvatarMediaId: img.GetId()}))
+		changed <- err
+	}()
+	// The change waits for the lock once it tries to take it (a
+	// script call: the session check before it is an HMGET).
+	for calls.Of(parleyv1connect.ChatServiceUpdateChatProcedure).RedisCommands["evalsha"] == 0 {
+		select {
+		case err := <-changed:
+			t.Fatalf("the change ended before it waited for the lock: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	if _, err := admin.chats.SetParticipantRole(ctx, req(admin, &parleyv1.SetParticipantRoleRequest{ChatId: g.GetId(), UserId: other.id, Role: parleyv1.Role_ROLE_MEMBER})); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-holder; err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, <-changed, connect.CodePermissionDenied)
+	if got := getChat(t, admin, g.GetId()).GetAvatarUrl(); got != "" {
+		t.Errorf("the group's avatar is %q after a change its caller was no longer admin for; want none", got)
 	}
 }
