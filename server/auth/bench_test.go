@@ -2,25 +2,18 @@ package auth_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/redis/go-redis/v9"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
-	"github.com/parley-chat/parley/server/keyring"
 	"github.com/parley-chat/parley/server/servertest"
-	"github.com/parley-chat/parley/server/sqldb"
-	"github.com/parley-chat/parley/server/user"
 )
 
 // BenchmarkLogin measures logins per second through a complete server:
@@ -47,36 +40,10 @@ func BenchmarkLogin(b *testing.B) {
 // percentiles. The two sub-benchmarks share one process and stores, so
 // their ratio is the overhead of authentication.
 func BenchmarkAuthOverhead(b *testing.B) {
-	stores := servertest.SharedStores(b)
 	ctx := context.Background()
-	db, err := sqldb.OpenPostgres(ctx, stores.DatabaseURL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.Migrate(ctx, slog.New(slog.DiscardHandler)); err != nil {
-		b.Fatal(err)
-	}
-	opts, _ := redis.ParseURL(stores.RedisURL)
-	rdb := redis.NewClient(opts)
-	defer rdb.Close()
-	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	keys, err := keyring.New(key)
-	if err != nil {
-		b.Fatal(err)
-	}
-	log := slog.New(slog.DiscardHandler)
-	users := user.New(log, db, nil, nil)
-	authn, err := auth.New(log, rdb, users, auth.Config{
-		Keys: keys, AccessTTL: 15 * time.Minute, RefreshTTL: time.Hour, RedisPrefix: stores.RedisPrefix + "bench:",
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	mux := http.NewServeMux()
+	a := newStandaloneAuth(b, nil)
+	users, authn, mux, public := a.users, a.authn, a.mux, a.public
 	mux.Handle(parleyv1connect.NewUserServiceHandler(users))
-	mux.Handle(parleyv1connect.NewAuthServiceHandler(authn))
-	public := auth.Public{Procedures: map[string]bool{parleyv1connect.AuthServiceRegisterProcedure: true}}
 
 	withAuth := httptest.NewServer(authn.Middleware(public, mux))
 	defer withAuth.Close()
