@@ -133,7 +133,8 @@ func (s *AccountService) ChangePassword(
 
 // setPassword hashes and stores password, then ends every session of the
 // user but keep ("" for all): the password first, so that a session
-// opened meanwhile with the old one cannot outlive the change.
+// opened meanwhile with the old one cannot outlive the change (a Login
+// that read the old hash reads it again once its session is open).
 func (s *AccountService) setPassword(ctx context.Context, userID int, password, keep string) error {
 	hash, err := s.auth.HashPassword(ctx, password)
 	if err != nil {

@@ -221,6 +221,23 @@ func (s *Service) Login(
 	if err != nil {
 		return nil, err
 	}
+	// A change of the password ends the sessions open when it is made
+	// (the hash first, then the sessions): one opened with the old
+	// password after its hash was read here, but before the change had
+	// ended the others, goes now.
+	now, err := s.accounts.PasswordHash(ctx, userID)
+	if err == nil && now != hash {
+		err = errBadLogin
+	}
+	if err != nil {
+		if rerr := s.sessions.revoke(context.WithoutCancel(ctx), userID, tokens.GetSessionId()); rerr != nil && !errors.Is(rerr, errNoSession) {
+			s.log.ErrorContext(ctx, "login: revoke a session of a password changed meanwhile", "user", userID, "err", rerr)
+		}
+		if errors.Is(err, errBadLogin) || connect.CodeOf(err) == connect.CodeNotFound {
+			return nil, errBadLogin
+		}
+		return nil, rpcerr.From(ctx, s.log, "login", err)
+	}
 	return connect.NewResponse(&parleyv1.LoginResponse{Me: me, Tokens: tokens}), nil
 }
 
