@@ -161,7 +161,7 @@ func (s *AccountService) RequestPasswordReset(
 	addr := s.auth.clientAddr(req.Peer().Addr, req.Header())
 	// The address's budget first, and whether or not the account exists,
 	// so that running out of it says nothing about any account.
-	if err := s.allow(ctx, "reset_address", "reset-address:"+addr, ResetsPerAddress, ResetWindow, "too many password resets from this address"); err != nil {
+	if err := s.allow(ctx, "reset_address", "reset-address:"+clientNet(addr), ResetsPerAddress, ResetWindow, "too many password resets from this address"); err != nil {
 		return nil, rpcerr.From(ctx, s.auth.log, "request password reset", err)
 	}
 	userID, verified, err := s.accounts.LookupEmail(ctx, email)
@@ -210,7 +210,7 @@ func (s *AccountService) ResetPassword(
 ) (*connect.Response[parleyv1.ResetPasswordResponse], error) {
 	// The address's budget first, whether or not the account exists.
 	addr := s.auth.clientAddr(req.Peer().Addr, req.Header())
-	if err := s.allow(ctx, "reset_try_address", "reset-try-address:"+addr, ResetTriesPerAddress, ResetWindow, "too many password reset attempts from this address"); err != nil {
+	if err := s.allow(ctx, "reset_try_address", "reset-try-address:"+clientNet(addr), ResetTriesPerAddress, ResetWindow, "too many password reset attempts from this address"); err != nil {
 		return nil, rpcerr.From(ctx, s.auth.log, "reset password", err)
 	}
 	userID, _, err := s.accounts.LookupEmail(ctx, req.Msg.GetEmail())

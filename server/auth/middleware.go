@@ -127,7 +127,7 @@ func (s *Service) Middleware(public Public, next http.Handler) http.Handler {
 			return
 		}
 		if public.allows(r.URL.Path) {
-			addr := s.clientAddr(r.RemoteAddr, r.Header)
+			addr := clientNet(s.clientAddr(r.RemoteAddr, r.Header))
 			if !s.unauth.acquire(addr) {
 				refuse(w, r, rpcerr.TooMany("unauthenticated_address", "too many requests without signing in from your address at once", time.Second), http.StatusTooManyRequests)
 				return

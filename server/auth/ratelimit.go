@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -56,10 +57,25 @@ func (l *limiter) accountKey(account string) string {
 	return l.prefix + "login-account:" + strings.ToLower(account)
 }
 
-func (l *limiter) loginAddressKey(addr string) string { return l.prefix + "login-address:" + addr }
+func (l *limiter) loginAddressKey(addr string) string {
+	return l.prefix + "login-address:" + clientNet(addr)
+}
 
 func (l *limiter) registerAddressKey(addr string) string {
-	return l.prefix + "register-address:" + addr
+	return l.prefix + "register-address:" + clientNet(addr)
+}
+
+// clientNet is what the limits per client address count under: an IPv4
+// address itself, and an IPv6 one's /64. A host is given a whole /64
+// (SLAAC, privacy addresses) and may send from any address in it, so a
+// limit per IPv6 address would give it 2^64 budgets. Anything else
+// (not an IP address) counts as it is.
+func clientNet(addr string) string {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil || ip.Unmap().Is4() {
+		return addr
+	}
+	return netip.PrefixFrom(ip.WithZone(""), 64).Masked().String()
 }
 
 // attemptLogin takes one attempt from the account's and the address's

@@ -354,6 +354,45 @@ func TestAuth_RateLimits(t *testing.T) {
 	})
 }
 
+// TestAuth_RateLimitsPerIPv6Network: the limits per address count an
+// IPv6 client by its /64, which it may send from any address of; IPv4
+// addresses each count alone.
+func TestAuth_RateLimitsPerIPv6Network(t *testing.T) {
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) {
+		c.RedisPrefix += "ratelimits6:" + servertest.UniqueName("") + ":"
+		c.ClientIPHeader = "X-Real-IP"
+		c.RateLimits = auth.RateLimits{
+			LoginFailuresPerAccount: 100, LoginAttemptsPerAddress: 100, LoginWindow: time.Hour,
+			RegistrationsPerAddress: 2, RegistrationWindow: time.Hour,
+		}
+	}))
+	c := servertest.NewClients(srv, servertest.Protocols[0])
+	register := func(from string) error {
+		name := servertest.UniqueName("net")
+		req := connect.NewRequest(&parleyv1.RegisterRequest{Username: name, Email: name + "@example.com", Password: servertest.Password})
+		req.Header().Set("X-Real-IP", from)
+		_, err := c.Auth.Register(context.Background(), req)
+		return err
+	}
+	for _, tc := range []struct {
+		from string
+		want connect.Code // 0: registered
+	}{
+		{"2001:db8:1:2::1", 0},
+		{"2001:db8:1:2:aaaa:bbbb:cccc:dddd", 0},
+		{"2001:db8:1:2::3", connect.CodeResourceExhausted}, // the /64's third
+		{"2001:db8:1:3::1", 0},                             // another /64
+		{"192.0.2.1", 0},
+		{"192.0.2.1", 0},
+		{"192.0.2.1", connect.CodeResourceExhausted},
+		{"192.0.2.2", 0},
+	} {
+		if err := register(tc.from); connect.CodeOf(err) != tc.want && (tc.want != 0 || err != nil) {
+			t.Errorf("a registration from %s: %v; want %v", tc.from, err, tc.want)
+		}
+	}
+}
+
 func TestLoadOrCreateKey(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sub", "key.pem")
 	if _, err := keyring.LoadOrCreateKey(path, false); err == nil {
