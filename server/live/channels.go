@@ -3,7 +3,9 @@ package live
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,9 +23,11 @@ type channels interface {
 	close() error
 }
 
-// receive reads ps until ctx ends. A connection that breaks is reported to
-// lost, and reading stops when lost returns false; with lost nil, go-redis
-// reconnects and subscribes the channels again, and reading goes on.
+// receive reads ps until ctx ends. A connection that breaks, or that
+// answered nothing for two heartbeats, not even a ping (errSilent), is
+// reported to lost, and reading stops when lost returns false; while lost
+// returns true, go-redis reconnects and subscribes the channels again,
+// and reading goes on.
 func (h *Hub) receive(ctx context.Context, ps *redis.PubSub, lost func(error) bool) {
 	broken, pinged := false, false
 	backoff := 50 * time.Millisecond
@@ -93,24 +97,71 @@ type errSlotMoved struct{ channel string }
 func (e errSlotMoved) Error() string { return "the slot of " + e.channel + " moved" }
 
 // singleChannels is the one pub/sub connection of a single Redis, which
-// go-redis keeps subscribed through reconnections.
+// go-redis keeps subscribed through reconnections. go-redis does not
+// tell a connection that went silent (a Redis host gone, a link dark:
+// the pings it sends are only queued) from a quiet one; when not even a
+// ping's answer comes back within a heartbeat, the connection is
+// replaced by a new one, subscribed to the same channels.
 type singleChannels struct {
-	h    *Hub
-	ps   *redis.PubSub
-	done sync.WaitGroup
+	h   *Hub
+	ctx context.Context
+	rdb redis.UniversalClient
+
+	// mu orders the changes of ps and of the channels.
+	mu     sync.Mutex
+	ps     *redis.PubSub
+	chans  map[string]struct{}
+	closed bool
+	done   sync.WaitGroup
 }
 
 func newSingleChannels(ctx context.Context, h *Hub, rdb redis.UniversalClient) *singleChannels {
-	c := &singleChannels{h: h, ps: rdb.Subscribe(ctx)}
-	c.done.Add(1)
-	go func() {
-		defer c.done.Done()
-		h.receive(ctx, c.ps, nil)
-	}()
+	c := &singleChannels{h: h, ctx: ctx, rdb: rdb, ps: rdb.Subscribe(ctx), chans: map[string]struct{}{}}
+	c.receive(c.ps)
 	return c
 }
 
+// receive reads ps, until it is replaced or closed.
+func (c *singleChannels) receive(ps *redis.PubSub) {
+	c.done.Add(1)
+	go func() {
+		defer c.done.Done()
+		c.h.receive(c.ctx, ps, func(err error) bool {
+			if !errors.Is(err, errSilent) {
+				return true // go-redis reconnects
+			}
+			c.h.log.Warn("live: pub/sub connection silent; replacing it", "err", err)
+			go c.replace(ps)
+			return false
+		})
+	}()
+}
+
+// replace puts a new connection, subscribed to every channel, in place
+// of ps, gone silent. The confirmations make every stream read its log,
+// which holds what ps missed.
+func (c *singleChannels) replace(ps *redis.PubSub) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.ps != ps {
+		return
+	}
+	_ = ps.Close()
+	c.ps = c.rdb.Subscribe(c.ctx)
+	if len(c.chans) > 0 {
+		// On failure go-redis still counts the channels as subscribed
+		// and subscribes them when it connects.
+		if err := c.ps.Subscribe(c.ctx, slices.Collect(maps.Keys(c.chans))...); err != nil {
+			c.h.log.Warn("live: subscribe again", "channels", len(c.chans), "err", err)
+		}
+	}
+	c.receive(c.ps)
+}
+
 func (c *singleChannels) subscribe(ctx context.Context, ch string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.chans[ch] = struct{}{}
 	// On failure go-redis still counts the channel as subscribed and
 	// subscribes it again when it reconnects.
 	if err := c.ps.Subscribe(ctx, ch); err != nil {
@@ -119,13 +170,19 @@ func (c *singleChannels) subscribe(ctx context.Context, ch string) {
 }
 
 func (c *singleChannels) unsubscribe(ctx context.Context, ch string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.chans, ch)
 	if err := c.ps.Unsubscribe(ctx, ch); err != nil {
 		c.h.log.WarnContext(ctx, "live: unsubscribe", "channel", ch, "err", err)
 	}
 }
 
 func (c *singleChannels) close() error {
+	c.mu.Lock()
+	c.closed = true
 	err := c.ps.Close()
+	c.mu.Unlock()
 	c.done.Wait()
 	return err
 }

@@ -1,0 +1,76 @@
+package live
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/parley-chat/parley/server/auth"
+	"github.com/parley-chat/parley/server/redisconn"
+	"github.com/parley-chat/parley/server/servertest/proxy"
+)
+
+// TestChannels_SilentConnectionReplaced: on a single Redis, a pub/sub
+// connection that went dark (a Redis host gone, a link cut without a
+// reset: the pings are only queued, nothing comes back) is replaced by a
+// new one, subscribed to the same channels, whose confirmation makes the
+// streams read their logs.
+func TestChannels_SilentConnectionReplaced(t *testing.T) {
+	url := os.Getenv("PARLEY_TEST_REDIS_URL")
+	if url == "" {
+		url = "redis://127.0.0.1:6379/0"
+	}
+	ctx := context.Background()
+	direct, err := redisconn.Open(ctx, url)
+	if err != nil {
+		t.Fatalf("%v (set PARLEY_TEST_REDIS_URL, or run the tests with `make test`)", err)
+	}
+	t.Cleanup(func() { direct.Close() })
+	if redisconn.IsCluster(direct) {
+		t.Skip("on a Redis Cluster: a node's silent connection is replaced by the sharded channels, tested with the cluster")
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := proxy.New(t, opts.Addr)
+	opts.Addr = px.Addr()
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+
+	h := NewHub(slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, Config{
+		Prefix: "test-silent:" + time.Now().Format("150405.000000") + ":", Heartbeat: 100 * time.Millisecond,
+	})
+	t.Cleanup(func() { h.Close() })
+	sub, _ := h.add(ctx, auth.Identity{UserID: 1, SessionID: "s"}, "lease")
+	select {
+	case <-sub.ready:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the user's channel was never subscribed")
+	}
+	renewed := func() bool {
+		sub.mu.Lock()
+		defer sub.mu.Unlock()
+		r := sub.renewed
+		sub.renewed = false
+		return r
+	}
+	renewed()
+
+	px.Darken()
+	deadline := time.Now().Add(10 * time.Second)
+	for !renewed() {
+		if time.Now().After(deadline) {
+			t.Fatal("10 s after the pub/sub connection went dark, the channel is not subscribed again")
+		}
+		select {
+		case <-sub.wake:
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
