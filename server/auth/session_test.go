@@ -167,7 +167,15 @@ func anyToken(t *testing.T, c servertest.Clients) string {
 }
 
 func TestAuthService_Refresh(t *testing.T) {
-	srv := servertest.New(t)
+	clock := servertest.NewClock()
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) { c.Now = clock.Now }))
+	refresh := func(c servertest.Clients, rt string) (*parleyv1.Tokens, error) {
+		res, err := c.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: rt}))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg.GetTokens(), nil
+	}
 	for _, p := range []servertest.Protocol{servertest.Protocols[0], servertest.Protocols[1]} {
 		t.Run(p.Name, func(t *testing.T) {
 			c := servertest.NewClients(srv, p)
@@ -184,7 +192,9 @@ func TestAuthService_Refresh(t *testing.T) {
 				t.Fatalf("GetMe with the refreshed token: %v", err)
 			}
 
-			// Reusing the first refresh token revokes the whole session.
+			// Reusing the first refresh token, past the grace of a
+			// retry, revokes the whole session.
+			clock.Advance(auth.RefreshRetryGrace + time.Second)
 			_, err = c.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: first.GetRefreshToken()}))
 			servertest.WantCode(t, err, connect.CodeUnauthenticated)
 			_, err = c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, second.GetAccessToken()))
@@ -207,26 +217,54 @@ func TestAuthService_Refresh(t *testing.T) {
 		}
 	})
 	t.Run("racing refreshes", func(t *testing.T) {
+		// Refreshes of one token at once (one client's requests) make
+		// one rotation: every one that succeeds gets its refresh token.
 		c := servertest.NewClients(srv, servertest.Protocols[1])
 		tok := servertest.Register(t, c.Auth, servertest.UniqueName("race")).Tokens
 		const n = 8
 		var wg sync.WaitGroup
 		var mu sync.Mutex
-		succeeded := 0
+		got := map[string]int{}
 		for range n {
 			wg.Go(func() {
-				_, err := c.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: tok.GetRefreshToken()}))
+				res, err := refresh(c, tok.GetRefreshToken())
 				if err == nil {
 					mu.Lock()
-					succeeded++
+					got[res.GetRefreshToken()]++
 					mu.Unlock()
 				}
 			})
 		}
 		wg.Wait()
-		if succeeded > 1 {
-			t.Errorf("%d of %d refreshes with one token succeeded, want at most 1", succeeded, n)
+		if len(got) != 1 {
+			t.Errorf("%d refreshes at once with one token gave %d refresh tokens, want 1", n, len(got))
 		}
+	})
+	t.Run("retried within the grace", func(t *testing.T) {
+		// A client whose answer was lost retries with the token it has:
+		// it gets the rotation's refresh token, and the session lives.
+		c := servertest.NewClients(srv, servertest.Protocols[0])
+		first := servertest.Register(t, c.Auth, servertest.UniqueName("retry")).Tokens
+		lost, err := refresh(c, first.GetRefreshToken())
+		if err != nil {
+			t.Fatal(err)
+		}
+		retry, err := refresh(c, first.GetRefreshToken())
+		if err != nil {
+			t.Fatalf("a retry of a refresh whose answer was lost: %v", err)
+		}
+		if retry.GetRefreshToken() != lost.GetRefreshToken() {
+			t.Errorf("the retry got another refresh token than the rotation made")
+		}
+		next, err := refresh(c, retry.GetRefreshToken())
+		if err != nil {
+			t.Fatalf("refreshing with the retry's token: %v", err)
+		}
+		// The token two generations back is a reuse, grace or not.
+		_, err = refresh(c, first.GetRefreshToken())
+		servertest.WantCode(t, err, connect.CodeUnauthenticated)
+		_, err = c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, next.GetAccessToken()))
+		servertest.WantCode(t, err, connect.CodeUnauthenticated)
 	})
 }
 

@@ -61,6 +61,15 @@ const replicaTimeout = 500 * time.Millisecond
 // it used is taken as that client's retry, once, rather than as a reuse.
 const unconfirmedRetry = time.Minute
 
+// RefreshRetryGrace is how long after a rotation the refresh token it
+// used still gets that rotation's generation, with a new access token,
+// rather than revoke the session as a reuse: a client whose answer was
+// lost (a mobile network that dropped, a timeout) retries with the token
+// it has, and two requests of one client may refresh at once. A copied
+// token used within it shares the session's next refresh token with its
+// owner, whose next rotation then makes the other's use a reuse.
+const RefreshRetryGrace = 30 * time.Second
+
 func (s *sessionStore) sessionKey(userID int, id string) string {
 	return fmt.Sprintf("%s{u:%d}:session:%s", s.prefix, userID, id)
 }
@@ -177,19 +186,21 @@ return 1
 // rotateScript moves a session to the next generation if it is still at
 // the expected one. It returns the new generation, 0 when the session is
 // gone, or -1 when the expected generation is stale: the refresh token
-// was used before, so the session is deleted. One stale use is not a
-// reuse: the retry of a rotation whose replicas did not confirm it in
-// time (the session's "unconfirmed" field, the time markUnconfirmed
-// recorded, at most ARGV[6] ms before now). Its client never had the
-// answer, so the retry gets the generation that rotation made, with a
-// new access token, and the rotation is confirmed anew.
+// was used before, so the session is deleted. A use of the token of the
+// generation before is not a reuse when it is the retry of a rotation
+// whose replicas did not confirm it in time (the session's "unconfirmed"
+// field, the time markUnconfirmed recorded, at most ARGV[6] ms before
+// now), or comes within ARGV[7] ms of the rotation (its "rotated" field;
+// see RefreshRetryGrace): it gets the generation that rotation made, with
+// a new access token, and the rotation is confirmed anew.
 var rotateScript = redis.NewScript(`
-local s = redis.call('HMGET', KEYS[1], 'gen', 'unconfirmed')
+local s = redis.call('HMGET', KEYS[1], 'gen', 'unconfirmed', 'rotated')
 if not s[1] then return 0 end
 local gen = tonumber(s[1])
 local want = tonumber(ARGV[1])
+local now = tonumber(ARGV[3])
 local next = gen + 1
-if gen == want + 1 and s[2] and tonumber(ARGV[3]) - tonumber(s[2]) <= tonumber(ARGV[6]) then
+if gen == want + 1 and ((s[2] and now - tonumber(s[2]) <= tonumber(ARGV[6])) or (s[3] and now - tonumber(s[3]) <= tonumber(ARGV[7]))) then
   next = gen
 elseif gen ~= want then
   redis.call('DEL', KEYS[1])
@@ -197,6 +208,7 @@ elseif gen ~= want then
   return -1
 end
 redis.call('HSET', KEYS[1], 'gen', next, 'jwt', ARGV[2], 'used', ARGV[3])
+if next > gen then redis.call('HSET', KEYS[1], 'rotated', ARGV[3]) end
 redis.call('HDEL', KEYS[1], 'unconfirmed')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -225,7 +237,7 @@ func (s *sessionStore) rotate(ctx context.Context, userID int, id string, gen in
 		// The script goes whole: a pipeline cannot fall back from an
 		// EVALSHA that Redis does not know.
 		cmd = rotateScript.Eval(ctx, p, []string{key, s.userKey(userID)},
-			gen, jwt, s.now().UnixMilli(), s.refreshTTL.Milliseconds(), id, unconfirmedRetry.Milliseconds())
+			gen, jwt, s.now().UnixMilli(), s.refreshTTL.Milliseconds(), id, unconfirmedRetry.Milliseconds(), RefreshRetryGrace.Milliseconds())
 	})
 	if cmd == nil {
 		return 0, fmt.Errorf("rotate session: %w", err)

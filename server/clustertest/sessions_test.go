@@ -100,8 +100,8 @@ func TestFailover_RotatedRefreshTokenStaysRotated(t *testing.T) {
 // stopped), the client hears UNAVAILABLE; the master made the rotation
 // all the same, and the client's retry with the same token, once the
 // replica is back, gets the new pair rather than being taken for a reuse
-// (which would end the session). The retry was answered: a third use of
-// the token is a reuse, and ends it.
+// (which would end the session). The retry was answered: a use of the
+// token once the session moved on is a reuse, and ends it.
 func TestFailover_UnconfirmedRotationIsRetried(t *testing.T) {
 	c := newCluster(t)
 	s := signIn(t, servertest.Protocols[1])
@@ -131,6 +131,13 @@ func TestFailover_UnconfirmedRotationIsRetried(t *testing.T) {
 	if err := s.whoAmI(tokens.GetAccessToken()); err != nil {
 		t.Fatalf("GetMe with the retried refresh's access token: %v", err)
 	}
+	// Once the session moved on past it (within auth.RefreshRetryGrace,
+	// the token of the generation before still gets the current one).
+	res, err := s.cl.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: tokens.GetRefreshToken()}))
+	if err != nil {
+		t.Fatalf("refreshing with the retried refresh's token: %v", err)
+	}
+	tokens = res.Msg.GetTokens()
 	_, err = refresh()
 	servertest.WantCode(t, err, connect.CodeUnauthenticated)
 	if err := s.whoAmI(tokens.GetAccessToken()); connect.CodeOf(err) != connect.CodeUnauthenticated {

@@ -99,13 +99,19 @@ func TestSubscribe_EndsWithSession(t *testing.T) {
 			wantUnauthenticated(t, "RevokeSession", onLaptopB.endsWithin(time.Second))
 			stillGoing("revoke")
 
-			// The tablet's refresh token, used twice: the session is
+			// The tablet's refresh token, used again once the session
+			// moved on past it (a retry of the refresh just made would
+			// be answered, see auth.RefreshRetryGrace): the session is
 			// revoked, the stream opened with its access token ends.
 			refresh := connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: tabletTokens.GetRefreshToken()})
-			if _, err := alice.auth.Refresh(ctx, refresh); err != nil {
+			next, err := alice.auth.Refresh(ctx, refresh)
+			if err != nil {
 				t.Fatalf("Refresh: %v", err)
 			}
-			_, err := alice.auth.Refresh(ctx, refresh)
+			if _, err := alice.auth.Refresh(ctx, connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: next.Msg.GetTokens().GetRefreshToken()})); err != nil {
+				t.Fatalf("Refresh: %v", err)
+			}
+			_, err = alice.auth.Refresh(ctx, refresh)
 			servertest.WantCode(t, err, connect.CodeUnauthenticated)
 			wantUnauthenticated(t, "refresh token reuse", onTabletB.endsWithin(time.Second))
 			stillGoing("reuse")
