@@ -230,7 +230,7 @@ func (s *AccountService) ResetPassword(
 	// The owner proved it holds the address: failed logins are forgiven.
 	err = s.setPassword(ctx, userID, req.Msg.GetNewPassword(), "")
 	if err == nil {
-		err = s.auth.limiter.loginSucceeded(ctx, "user:"+strconv.Itoa(userID))
+		err = s.auth.limiter.forgive(ctx, "user:"+strconv.Itoa(userID), addr)
 	}
 	settle := context.WithoutCancel(ctx)
 	if err != nil {

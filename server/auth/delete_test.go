@@ -434,7 +434,8 @@ func TestAuthService_DeleteAccountTwiceAtOnce(t *testing.T) {
 }
 
 // A stolen session cannot guess the password through DeleteAccount faster
-// than through Login: the guesses count towards the account's login limit.
+// than through Login: the guesses count towards a limit as large as the
+// account's logins' from one address.
 func TestAuthService_DeleteAccountRateLimited(t *testing.T) {
 	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) {
 		c.RedisPrefix += "deletelimits:"

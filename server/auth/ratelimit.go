@@ -17,9 +17,17 @@ import (
 // accounts. They are counted in Redis, so all instances share them.
 type RateLimits struct {
 	// LoginFailuresPerAccount is how many failed logins one account may
-	// get per LoginWindow. Attempts are counted as they start, so parallel
-	// guesses cannot overrun it, and a successful login resets the count.
+	// get from one client address (see clientNet) per LoginWindow.
+	// Attempts are counted as they start, so parallel guesses cannot
+	// overrun it, and a successful login resets the count. Counted per
+	// address, so that a stranger's guesses do not lock the owner out.
 	LoginFailuresPerAccount int
+	// LoginFailuresPerAccountTotal is how many failed logins one account
+	// may get from all addresses together per LoginWindow: the bound on
+	// guesses spread over many addresses (and, reached, on the owner's
+	// logins until the window passes). 0: ten times
+	// LoginFailuresPerAccount.
+	LoginFailuresPerAccountTotal int
 	// LoginAttemptsPerAddress is how many logins one client address may
 	// attempt per LoginWindow, across all accounts.
 	LoginAttemptsPerAddress int
@@ -34,11 +42,12 @@ type RateLimits struct {
 
 // DefaultRateLimits are the limits a server runs with unless configured.
 var DefaultRateLimits = RateLimits{
-	LoginFailuresPerAccount: 10,
-	LoginAttemptsPerAddress: 100,
-	LoginWindow:             15 * time.Minute,
-	RegistrationsPerAddress: 10,
-	RegistrationWindow:      time.Hour,
+	LoginFailuresPerAccount:      10,
+	LoginFailuresPerAccountTotal: 100,
+	LoginAttemptsPerAddress:      100,
+	LoginWindow:                  15 * time.Minute,
+	RegistrationsPerAddress:      10,
+	RegistrationWindow:           time.Hour,
 }
 
 type limiter struct {
@@ -55,6 +64,16 @@ func limit(n int, window time.Duration) redis_rate.Limit {
 
 func (l *limiter) accountKey(account string) string {
 	return l.prefix + "login-account:" + strings.ToLower(account)
+}
+
+// accountFromKey counts the logins of an account from one address.
+func (l *limiter) accountFromKey(account, addr string) string {
+	return l.accountKey(account) + ":from:" + clientNet(addr)
+}
+
+// reauthKey counts the re-authentications of an account.
+func (l *limiter) reauthKey(account string) string {
+	return l.prefix + "reauth-account:" + strings.ToLower(account)
 }
 
 func (l *limiter) loginAddressKey(addr string) string {
@@ -78,18 +97,21 @@ func clientNet(addr string) string {
 	return netip.PrefixFrom(ip.WithZone(""), 64).Masked().String()
 }
 
-// attemptLogin takes one attempt from the account's and the address's
-// budgets, and refuses the login when either is spent. account names the
-// account: its user id when the login exists, else the login itself, so
-// that the username and the email share one budget.
+// attemptLogin takes one attempt from the address's budget, the
+// account's from that address and the account's in all, in that order,
+// and refuses the login at the first that is spent (the budgets after it
+// keep their attempt). account names the account: its user id when the
+// login exists, else the login itself, so that the username and the email
+// share one budget.
 func (l *limiter) attemptLogin(ctx context.Context, account, addr string) error {
 	for _, x := range []struct {
 		name, key string
 		lim       redis_rate.Limit
 		msg       string
 	}{
-		{"login_account", l.accountKey(account), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow), "too many failed logins for this account"},
 		{"login_address", l.loginAddressKey(addr), limit(l.cfg.LoginAttemptsPerAddress, l.cfg.LoginWindow), "too many logins from this address"},
+		{"login_account", l.accountFromKey(account, addr), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow), "too many failed logins for this account"},
+		{"login_account", l.accountKey(account), limit(l.cfg.LoginFailuresPerAccountTotal, l.cfg.LoginWindow), "too many failed logins for this account"},
 	} {
 		res, err := l.l.Allow(ctx, x.key, x.lim)
 		if err != nil {
@@ -102,11 +124,12 @@ func (l *limiter) attemptLogin(ctx context.Context, account, addr string) error 
 	return nil
 }
 
-// attemptReauth takes one attempt from the account's login budget alone:
-// a re-authentication has a session, so the address's budget (for
-// strangers' guesses) does not apply.
+// attemptReauth takes one attempt from the account's budget of
+// re-authentications, as large as its logins' from one address: a session
+// guesses its password no faster than a login could, and strangers'
+// failed logins do not keep the owner from re-authenticating.
 func (l *limiter) attemptReauth(ctx context.Context, account string) error {
-	res, err := l.l.Allow(ctx, l.accountKey(account), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow))
+	res, err := l.l.Allow(ctx, l.reauthKey(account), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow))
 	if err != nil {
 		return fmt.Errorf("rate limit: %w", err)
 	}
@@ -116,10 +139,28 @@ func (l *limiter) attemptReauth(ctx context.Context, account string) error {
 	return nil
 }
 
-// loginSucceeded clears the account's failed attempts.
-func (l *limiter) loginSucceeded(ctx context.Context, account string) error {
-	if err := l.l.Reset(ctx, l.accountKey(account)); err != nil {
-		return fmt.Errorf("rate limit: %w", err)
+// loginSucceeded clears the account's failed logins, from addr and in
+// all.
+func (l *limiter) loginSucceeded(ctx context.Context, account, addr string) error {
+	return l.reset(ctx, l.accountFromKey(account, addr), l.accountKey(account))
+}
+
+// reauthSucceeded clears the account's failed re-authentications.
+func (l *limiter) reauthSucceeded(ctx context.Context, account string) error {
+	return l.reset(ctx, l.reauthKey(account))
+}
+
+// forgive clears the account's failed logins (in all and from addr) and
+// re-authentications: its owner proved who it is otherwise.
+func (l *limiter) forgive(ctx context.Context, account, addr string) error {
+	return l.reset(ctx, l.accountFromKey(account, addr), l.accountKey(account), l.reauthKey(account))
+}
+
+func (l *limiter) reset(ctx context.Context, keys ...string) error {
+	for _, k := range keys {
+		if err := l.l.Reset(ctx, k); err != nil {
+			return fmt.Errorf("rate limit: %w", err)
+		}
 	}
 	return nil
 }

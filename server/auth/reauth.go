@@ -34,7 +34,7 @@ func (s *Service) Reauthenticate(ctx context.Context, userID int, password strin
 	if !ok {
 		return errWrongPassword
 	}
-	return s.limiter.loginSucceeded(ctx, account)
+	return s.limiter.reauthSucceeded(ctx, account)
 }
 
 // HashPassword hashes a new password as Register does (Argon2id).

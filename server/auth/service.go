@@ -131,6 +131,9 @@ func New(log *slog.Logger, rdb redis.UniversalClient, accounts Accounts, cfg Con
 	if cfg.RateLimits == (RateLimits{}) {
 		cfg.RateLimits = DefaultRateLimits
 	}
+	if cfg.RateLimits.LoginFailuresPerAccountTotal <= 0 {
+		cfg.RateLimits.LoginFailuresPerAccountTotal = 10 * cfg.RateLimits.LoginFailuresPerAccount
+	}
 	if cfg.Background == nil {
 		cfg.Background = new(Background)
 	}
@@ -211,7 +214,7 @@ func (s *Service) Login(
 	if !ok {
 		return nil, errBadLogin
 	}
-	if err := s.limiter.loginSucceeded(ctx, account); err != nil {
+	if err := s.limiter.loginSucceeded(ctx, account, addr); err != nil {
 		return nil, rpcerr.From(ctx, s.log, "login", err)
 	}
 	if err := s.accounts.RecordLogin(ctx, userID); err != nil {

@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -390,6 +391,44 @@ func TestAuth_RateLimits(t *testing.T) {
 			t.Errorf("users: %d before, %d after; want nothing written", before, after)
 		}
 	})
+}
+
+// TestAuth_LoginLimitsPerAddress: failed logins lock an account only for
+// the address they came from, so that a stranger's guesses do not keep
+// the owner out; guesses from many addresses are bounded by the account's
+// total, which then holds everyone back.
+func TestAuth_LoginLimitsPerAddress(t *testing.T) {
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) {
+		c.RedisPrefix += "loginlimits:" + servertest.UniqueName("") + ":"
+		c.ClientIPHeader = "X-Real-IP"
+		c.RateLimits = auth.RateLimits{
+			LoginFailuresPerAccount: 3, LoginFailuresPerAccountTotal: 5, LoginAttemptsPerAddress: 100, LoginWindow: time.Hour,
+			RegistrationsPerAddress: 100, RegistrationWindow: time.Hour,
+		}
+	}))
+	c := servertest.NewClients(srv, servertest.Protocols[0])
+	name := servertest.UniqueName("owner")
+	servertest.Register(t, c.Auth, name)
+	login := func(from, password string) error {
+		req := connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: password})
+		req.Header().Set("X-Real-IP", from)
+		_, err := c.Auth.Login(context.Background(), req)
+		return err
+	}
+	for range 3 {
+		servertest.WantCode(t, login("198.51.100.1", "guess"), connect.CodeUnauthenticated)
+	}
+	servertest.WantCode(t, login("198.51.100.1", servertest.Password), connect.CodeResourceExhausted)
+	if err := login("198.51.100.2", servertest.Password); err != nil {
+		t.Fatalf("the owner's login from another address after a stranger's guesses: %v", err)
+	}
+	// The owner's login reset the account's total; five guesses from
+	// five addresses spend it.
+	for i := range 5 {
+		servertest.WantCode(t, login(fmt.Sprintf("203.0.113.%d", i+1), "guess"), connect.CodeUnauthenticated)
+	}
+	servertest.WantCode(t, login("203.0.113.99", "guess"), connect.CodeResourceExhausted)
+	servertest.WantCode(t, login("198.51.100.2", servertest.Password), connect.CodeResourceExhausted)
 }
 
 // TestAuth_RateLimitsPerIPv6Network: the limits per address count an
