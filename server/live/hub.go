@@ -137,8 +137,9 @@ func NewHub(log *slog.Logger, rdb redis.UniversalClient, cfg Config) *Hub {
 	} else {
 		h.subs = newSingleChannels(ctx, h, rdb)
 	}
-	h.done.Add(2)
+	h.done.Add(3)
 	go h.tick(ctx)
+	go h.expire(ctx)
 	go h.watchWrites(ctx)
 	return h
 }
@@ -328,6 +329,24 @@ func (h *Hub) tick(ctx context.Context) {
 					h.endSession(sessions[i].UserID, sessions[i].SessionID)
 				}
 			}
+		}
+	}
+}
+
+// expire announces offline, at every heartbeat, the users whose instances
+// stopped renewing their presence (see expirePresence). It runs apart from
+// tick: when an instance with many users dies, announcing them (a read of
+// each one's contacts, an event each) takes long, and must not hold back
+// this instance's heartbeats and renewals meanwhile.
+func (h *Hub) expire(ctx context.Context) {
+	defer h.done.Done()
+	t := time.NewTicker(h.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 		if err := h.expirePresence(ctx); err != nil && ctx.Err() == nil {
 			h.log.Warn("live: expire presence", "err", err)
