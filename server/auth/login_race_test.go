@@ -31,30 +31,43 @@ func (p *pausingLookup) LookupLogin(ctx context.Context, login string) (int, str
 	return id, hash, err
 }
 
-// TestLogin_PasswordChangedMeanwhile: a Login with the old password that
-// read the account's hash before a change of the password, and opens its
-// session after the change ended the sessions open then, keeps no
-// session: the change is what ends an intruder's access.
-func TestLogin_PasswordChangedMeanwhile(t *testing.T) {
-	ctx := context.Background()
-	name := servertest.UniqueName("changed")
+// pausedLogin registers an account on a standalone authentication
+// service and starts its Login with the right password, held once it has
+// read the account's password hash: the test changes the account, then
+// calls resume for the Login's answer.
+func pausedLogin(t *testing.T) (a *standaloneAuth, client parleyv1connect.AuthServiceClient, acc servertest.Account, resume func() (*connect.Response[parleyv1.LoginResponse], error)) {
+	t.Helper()
+	name := servertest.UniqueName("paused")
 	pause := &pausingLookup{login: name, looked: make(chan struct{}), resume: make(chan struct{})}
-	a := newStandaloneAuth(t, func(users auth.Accounts) auth.Accounts { pause.Accounts = users; return pause })
+	a = newStandaloneAuth(t, func(users auth.Accounts) auth.Accounts { pause.Accounts = users; return pause })
 	srv := httptest.NewServer(a.authn.Middleware(a.public, a.mux))
 	t.Cleanup(srv.Close)
-	client := parleyv1connect.NewAuthServiceClient(http.DefaultClient, srv.URL)
-	acc := servertest.Register(t, client, name)
-
+	client = parleyv1connect.NewAuthServiceClient(http.DefaultClient, srv.URL)
+	acc = servertest.Register(t, client, name)
 	type result struct {
 		res *connect.Response[parleyv1.LoginResponse]
 		err error
 	}
 	login := make(chan result, 1)
 	go func() {
-		res, err := client.Login(ctx, connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: servertest.Password}))
+		res, err := client.Login(context.Background(), connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: servertest.Password}))
 		login <- result{res, err}
 	}()
 	<-pause.looked
+	return a, client, acc, func() (*connect.Response[parleyv1.LoginResponse], error) {
+		close(pause.resume)
+		r := <-login
+		return r.res, r.err
+	}
+}
+
+// TestLogin_PasswordChangedMeanwhile: a Login with the old password that
+// read the account's hash before a change of the password, and opens its
+// session after the change ended the sessions open then, keeps no
+// session: the change is what ends an intruder's access.
+func TestLogin_PasswordChangedMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	a, client, acc, resume := pausedLogin(t)
 	// The change of the password, as AccountService makes it: the new
 	// hash, then the end of every session.
 	hash, err := a.authn.HashPassword(ctx, "another horse battery staple")
@@ -67,16 +80,31 @@ func TestLogin_PasswordChangedMeanwhile(t *testing.T) {
 	if err := a.authn.EndSessions(ctx, int(acc.ID), ""); err != nil {
 		t.Fatal(err)
 	}
-	close(pause.resume)
-	got := <-login
-	if got.err == nil {
-		_, err := client.ListSessions(ctx, servertest.WithToken(&parleyv1.ListSessionsRequest{}, got.res.Msg.GetTokens().GetAccessToken()))
+	res, err := resume()
+	if err == nil {
+		_, err := client.ListSessions(ctx, servertest.WithToken(&parleyv1.ListSessionsRequest{}, res.Msg.GetTokens().GetAccessToken()))
 		t.Fatalf("a Login with the old password, racing the change, succeeded; its session then answers %v", err)
 	}
-	if connect.CodeOf(got.err) != connect.CodeUnauthenticated {
-		t.Errorf("Login racing the change: %v; want unauthenticated", got.err)
+	if connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Errorf("Login racing the change: %v; want unauthenticated", err)
 	}
 	if _, err := client.ListSessions(ctx, servertest.WithToken(&parleyv1.ListSessionsRequest{}, acc.Token)); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("the session open before the change answers %v; want unauthenticated", err)
+	}
+}
+
+// TestLogin_AccountDeletedMeanwhile: a Login of an account whose deletion
+// ends while it checks the password gets the answer of an unknown login.
+func TestLogin_AccountDeletedMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	a, _, acc, resume := pausedLogin(t)
+	if err := a.users.MarkDeleted(ctx, int(acc.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.users.DeleteRows(ctx, int(acc.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resume(); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Errorf("Login of an account deleted meanwhile: %v; want unauthenticated", err)
 	}
 }

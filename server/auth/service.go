@@ -43,7 +43,8 @@ type Accounts interface {
 	// PasswordHash returns the account's password hash; a connect
 	// NOT_FOUND error when there is no such account.
 	PasswordHash(ctx context.Context, userID int) (string, error)
-	// RecordLogin sets the account's last login time to now.
+	// RecordLogin sets the account's last login time to now; a connect
+	// NOT_FOUND error when there is no such account (any more).
 	RecordLogin(ctx context.Context, userID int) error
 	// Me returns the account as its owner sees it.
 	Me(ctx context.Context, userID int) (*parleyv1.Me, error)
@@ -218,6 +219,10 @@ func (s *Service) Login(
 		return nil, rpcerr.From(ctx, s.log, "login", err)
 	}
 	if err := s.accounts.RecordLogin(ctx, userID); err != nil {
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			// Its deletion ended since it was looked up.
+			return nil, errBadLogin
+		}
 		return nil, rpcerr.From(ctx, s.log, "login", err)
 	}
 	me, tokens, err := s.signIn(ctx, userID, req.Header().Get("User-Agent"), addr)

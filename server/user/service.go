@@ -125,7 +125,11 @@ func (s *Service) PasswordHash(ctx context.Context, userID int) (string, error) 
 
 // RecordLogin implements auth.Accounts.
 func (s *Service) RecordLogin(ctx context.Context, userID int) error {
-	return s.store.recordLogin(ctx, userID)
+	err := s.store.recordLogin(ctx, userID)
+	if ent.IsNotFound(err) {
+		return errNoUser
+	}
+	return err
 }
 
 // Me implements auth.Accounts.
