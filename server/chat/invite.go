@@ -356,7 +356,7 @@ func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int
 
 // setAvatar makes the upload mediaHex the group's avatar ("": none). The
 // changes of one group's avatar run one at a time, on every instance
-// (under a short Redis lock), from the chat as it is then: the upload
+// (under a Redis lock), from the chat as it is then: the upload
 // being replaced is detached, the chat changed, and that upload deleted,
 // so that no other change of the avatar, which could make that upload the
 // avatar again, comes between; the caller's role is checked again under

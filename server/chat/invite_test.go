@@ -236,10 +236,10 @@ func TestGroupAvatar(t *testing.T) {
 			wantCode(t, err, connect.CodePermissionDenied)
 			_, err = setAvatar(outsider, &parleyv1.UpdateChatRequest{AvatarMediaId: mine.GetId()})
 			wantCode(t, err, connect.CodeNotFound)
-			_, err = setAvatar(admin, &parleyv1.UpdateChatRequest{AvatarMediaId: mine.GetId()})
+			_, err = setAvatar(admin, &parleyv1.UpdateChatRequest{AvatarMediaId: mine.GetId(), Name: proto.String("renamed")})
 			wantCode(t, err, connect.CodeNotFound)
-			if got := getChat(t, member, g.GetId()).GetAvatarUrl(); got != second.GetUrl() {
-				t.Errorf("after refused changes the avatar is %q, want %q", got, second.GetUrl())
+			if got := getChat(t, member, g.GetId()); got.GetAvatarUrl() != second.GetUrl() || got.GetName() != "g" {
+				t.Errorf("after refused changes the avatar is %q and the name %q, want %q and %q", got.GetAvatarUrl(), got.GetName(), second.GetUrl(), "g")
 			}
 			c, err = setAvatar(admin, &parleyv1.UpdateChatRequest{RemoveAvatar: true})
 			if err != nil {

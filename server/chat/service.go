@@ -513,6 +513,14 @@ func (s *Service) UpdateChat(
 	if err != nil {
 		return nil, err
 	}
+	// The avatar first: its change is the one that may be refused (an
+	// upload not found or used elsewhere, the role lost meanwhile), and
+	// a refused call changes nothing.
+	if req.Msg.GetAvatarMediaId() != "" || req.Msg.GetRemoveAvatar() {
+		if err := s.setAvatar(ctx, id.UserID, c.ID, req.Msg.GetAvatarMediaId()); err != nil {
+			return nil, err
+		}
+	}
 	if req.Msg.Name != nil {
 		if err := s.store.rename(ctx, c.ID, req.Msg.GetName()); err != nil {
 			return nil, s.internal(ctx, "update chat", err)
@@ -521,11 +529,6 @@ func (s *Service) UpdateChat(
 	if req.Msg.Description != nil {
 		if err := s.store.describe(ctx, c.ID, req.Msg.GetDescription()); err != nil {
 			return nil, s.internal(ctx, "update chat", err)
-		}
-	}
-	if req.Msg.GetAvatarMediaId() != "" || req.Msg.GetRemoveAvatar() {
-		if err := s.setAvatar(ctx, id.UserID, c.ID, req.Msg.GetAvatarMediaId()); err != nil {
-			return nil, err
 		}
 	}
 	if err := s.publishChat(ctx, c.ID, chatUpdated, id.UserID); err != nil {
