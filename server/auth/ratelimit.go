@@ -91,8 +91,11 @@ func (l *limiter) registerAddressKey(addr string) string {
 // (not an IP address) counts as it is.
 func clientNet(addr string) string {
 	ip, err := netip.ParseAddr(addr)
-	if err != nil || ip.Unmap().Is4() {
+	if err != nil {
 		return addr
+	}
+	if ip = ip.Unmap(); ip.Is4() {
+		return ip.String()
 	}
 	return netip.PrefixFrom(ip.WithZone(""), 64).Masked().String()
 }

@@ -1,5 +1,5 @@
 // Package doclock serializes the updates of one MongoDB document across
-// requests and instances with a short Redis lock per document, on the
+// requests and instances with a Redis lock per document, on the
 // document engines that need it.
 //
 // MongoDB and FerretDB 2 (on PostgreSQL with DocumentDB) apply each
