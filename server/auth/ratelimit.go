@@ -2,8 +2,10 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,14 +26,16 @@ type RateLimits struct {
 	LoginFailuresPerAccount int
 	// LoginFailuresPerAccountTotal is how many failed logins one account
 	// may get from all addresses together per LoginWindow: the bound on
-	// guesses spread over many addresses (and, reached, on the owner's
-	// logins until the window passes). 0: ten times
+	// guesses spread over many addresses. Once it is reached, logins
+	// still pass from the networks the account signed in from in the
+	// last KnownNetworkTTL (their own budget still applies), so that
+	// strangers' guesses do not lock the owner out. 0: three times
 	// LoginFailuresPerAccount.
 	LoginFailuresPerAccountTotal int
 	// LoginAttemptsPerAddress is how many logins one client address may
 	// attempt per LoginWindow, across all accounts.
 	LoginAttemptsPerAddress int
-	// LoginWindow is the window of both login limits.
+	// LoginWindow is the window of the login limits.
 	LoginWindow time.Duration
 	// RegistrationsPerAddress is how many accounts one client address may
 	// create per RegistrationWindow.
@@ -43,7 +47,7 @@ type RateLimits struct {
 // DefaultRateLimits are the limits a server runs with unless configured.
 var DefaultRateLimits = RateLimits{
 	LoginFailuresPerAccount:      10,
-	LoginFailuresPerAccountTotal: 100,
+	LoginFailuresPerAccountTotal: 30,
 	LoginAttemptsPerAddress:      100,
 	LoginWindow:                  15 * time.Minute,
 	RegistrationsPerAddress:      10,
@@ -69,6 +73,16 @@ func (l *limiter) accountKey(account string) string {
 // accountFromKey counts the logins of an account from one address.
 func (l *limiter) accountFromKey(account, addr string) string {
 	return l.accountKey(account) + ":from:" + clientNet(addr)
+}
+
+// KnownNetworkTTL is how long a network an account signed in from stays
+// known to it, past its total of failed logins.
+const KnownNetworkTTL = 30 * 24 * time.Hour
+
+// knownKey holds the networks the account signed in from, each scored
+// with the time of its last login (ms).
+func (l *limiter) knownKey(account string) string {
+	return l.prefix + "login-known:" + strings.ToLower(account)
 }
 
 // reauthKey counts the re-authentications of an account.
@@ -121,8 +135,42 @@ func (l *limiter) attemptLogin(ctx context.Context, account, addr string) error 
 			return fmt.Errorf("rate limit: %w", err)
 		}
 		if res.Allowed == 0 {
+			if x.key == l.accountKey(account) {
+				known, err := l.known(ctx, account, addr)
+				if err != nil || known {
+					return err
+				}
+			}
 			return rpcerr.TooMany(x.name, x.msg+"; try again later", res.RetryAfter)
 		}
+	}
+	return nil
+}
+
+// known reports whether the account signed in from addr's network in the
+// last KnownNetworkTTL.
+func (l *limiter) known(ctx context.Context, account, addr string) (bool, error) {
+	at, err := l.rdb.ZScore(ctx, l.knownKey(account), clientNet(addr)).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("rate limit: %w", err)
+	}
+	return l.now().Sub(time.UnixMilli(int64(at))) < KnownNetworkTTL, nil
+}
+
+// remember makes addr's network known to the account.
+func (l *limiter) remember(ctx context.Context, account, addr string) error {
+	key, now := l.knownKey(account), l.now()
+	_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAdd(ctx, key, redis.Z{Score: float64(now.UnixMilli()), Member: clientNet(addr)})
+		p.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(now.Add(-KnownNetworkTTL).UnixMilli(), 10))
+		p.PExpire(ctx, key, KnownNetworkTTL)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("rate limit: %w", err)
 	}
 	return nil
 }
@@ -145,7 +193,10 @@ func (l *limiter) attemptReauth(ctx context.Context, account string) error {
 // loginSucceeded clears the account's failed logins, from addr and in
 // all.
 func (l *limiter) loginSucceeded(ctx context.Context, account, addr string) error {
-	return l.reset(ctx, l.accountFromKey(account, addr), l.accountKey(account))
+	if err := l.reset(ctx, l.accountFromKey(account, addr), l.accountKey(account)); err != nil {
+		return err
+	}
+	return l.remember(ctx, account, addr)
 }
 
 // reauthSucceeded clears the account's failed re-authentications.
@@ -154,9 +205,13 @@ func (l *limiter) reauthSucceeded(ctx context.Context, account string) error {
 }
 
 // forgive clears the account's failed logins (in all and from addr) and
-// re-authentications: its owner proved who it is otherwise.
+// re-authentications, and makes addr's network known to it: its owner
+// proved who it is otherwise.
 func (l *limiter) forgive(ctx context.Context, account, addr string) error {
-	return l.reset(ctx, l.accountFromKey(account, addr), l.accountKey(account), l.reauthKey(account))
+	if err := l.reset(ctx, l.accountFromKey(account, addr), l.accountKey(account), l.reauthKey(account)); err != nil {
+		return err
+	}
+	return l.remember(ctx, account, addr)
 }
 
 func (l *limiter) reset(ctx context.Context, keys ...string) error {

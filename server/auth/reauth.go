@@ -16,8 +16,9 @@ var errWrongPassword = connect.NewError(connect.CodePermissionDenied, errors.New
 // Reauthenticate checks that password is the signed-in user's, for the
 // calls that need more than a session (changing the password or the email,
 // deleting the account). A wrong password is PERMISSION_DENIED; failures
-// count towards the account's login limit, so a stolen session cannot
-// guess the password faster than a login could, and a success resets it.
+// count towards a limit of their own, as large as the account's logins'
+// from one address (a stolen session guesses through it no faster than
+// through a login), and a success resets it.
 func (s *Service) Reauthenticate(ctx context.Context, userID int, password string) error {
 	hash, err := s.accounts.PasswordHash(ctx, userID)
 	if err != nil {

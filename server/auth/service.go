@@ -133,7 +133,7 @@ func New(log *slog.Logger, rdb redis.UniversalClient, accounts Accounts, cfg Con
 		cfg.RateLimits = DefaultRateLimits
 	}
 	if cfg.RateLimits.LoginFailuresPerAccountTotal <= 0 {
-		cfg.RateLimits.LoginFailuresPerAccountTotal = 10 * cfg.RateLimits.LoginFailuresPerAccount
+		cfg.RateLimits.LoginFailuresPerAccountTotal = 3 * cfg.RateLimits.LoginFailuresPerAccount
 	}
 	if cfg.Background == nil {
 		cfg.Background = new(Background)
@@ -316,7 +316,8 @@ func (s *Service) Refresh(
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "refresh", err)
 	}
-	gen, err := s.sessions.rotate(ctx, sess.UserID, sess.ID, rt.generation, access)
+	client := rotationClient(req.Header().Get("User-Agent"), s.clientAddr(req.Peer().Addr, req.Header()))
+	gen, err := s.sessions.rotate(ctx, sess.UserID, sess.ID, rt.generation, access, client)
 	switch {
 	case errors.Is(err, errRefreshReused):
 		s.log.WarnContext(ctx, "refresh token reused; session revoked", "user", sess.UserID, "session", sess.ID)

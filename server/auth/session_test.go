@@ -267,6 +267,22 @@ func TestAuthService_Refresh(t *testing.T) {
 		_, err = c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, next.GetAccessToken()))
 		servertest.WantCode(t, err, connect.CodeUnauthenticated)
 	})
+	t.Run("used again by another client within the grace", func(t *testing.T) {
+		// The grace is the rotating client's: a copy of the token used
+		// elsewhere (another User-Agent) is a reuse.
+		c := servertest.NewClients(srv, servertest.Protocols[0])
+		first := servertest.Register(t, c.Auth, servertest.UniqueName("copied")).Tokens
+		owner, err := refresh(c, first.GetRefreshToken())
+		if err != nil {
+			t.Fatal(err)
+		}
+		copied := connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: first.GetRefreshToken()})
+		copied.Header().Set("User-Agent", "another client")
+		_, err = c.Auth.Refresh(context.Background(), copied)
+		servertest.WantCode(t, err, connect.CodeUnauthenticated)
+		_, err = c.User.GetMe(context.Background(), servertest.WithToken(&parleyv1.GetMeRequest{}, owner.GetAccessToken()))
+		servertest.WantCode(t, err, connect.CodeUnauthenticated)
+	})
 }
 
 func TestAuthService_Sessions(t *testing.T) {
@@ -396,7 +412,7 @@ func TestAuth_RateLimits(t *testing.T) {
 // TestAuth_LoginLimitsPerAddress: failed logins lock an account only for
 // the address they came from, so that a stranger's guesses do not keep
 // the owner out; guesses from many addresses are bounded by the account's
-// total, which then holds everyone back.
+// total, past which only the networks it signed in from may try.
 func TestAuth_LoginLimitsPerAddress(t *testing.T) {
 	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) {
 		c.RedisPrefix += "loginlimits:" + servertest.UniqueName("") + ":"
@@ -428,7 +444,10 @@ func TestAuth_LoginLimitsPerAddress(t *testing.T) {
 		servertest.WantCode(t, login(fmt.Sprintf("203.0.113.%d", i+1), "guess"), connect.CodeUnauthenticated)
 	}
 	servertest.WantCode(t, login("203.0.113.99", "guess"), connect.CodeResourceExhausted)
-	servertest.WantCode(t, login("198.51.100.2", servertest.Password), connect.CodeResourceExhausted)
+	servertest.WantCode(t, login("192.0.2.77", servertest.Password), connect.CodeResourceExhausted)
+	if err := login("198.51.100.2", servertest.Password); err != nil {
+		t.Errorf("the owner's login from a network it signed in from, past the account's total: %v", err)
+	}
 }
 
 // TestAuth_RateLimitsPerIPv6Network: the limits per address count an

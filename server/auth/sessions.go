@@ -3,7 +3,9 @@ package auth
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
@@ -65,10 +67,18 @@ const unconfirmedRetry = time.Minute
 // used still gets that rotation's generation, with a new access token,
 // rather than revoke the session as a reuse: a client whose answer was
 // lost (a mobile network that dropped, a timeout) retries with the token
-// it has, and two requests of one client may refresh at once. A copied
-// token used within it shares the session's next refresh token with its
-// owner, whose next rotation then makes the other's use a reuse.
+// it has, and two requests of one client may refresh at once. Only from
+// the client that made the rotation, as far as the server can tell: the
+// same User-Agent from the same network (see clientNet). A copy of the
+// token used from elsewhere within it is a reuse, as at any time.
 const RefreshRetryGrace = 30 * time.Second
+
+// rotationClient is what a retry must come from to get the grace: the
+// client's User-Agent and network, hashed.
+func rotationClient(userAgent, addr string) string {
+	sum := sha256.Sum256([]byte(userAgent + "\x00" + clientNet(addr)))
+	return hex.EncodeToString(sum[:16])
+}
 
 func (s *sessionStore) sessionKey(userID int, id string) string {
 	return fmt.Sprintf("%s{u:%d}:session:%s", s.prefix, userID, id)
@@ -191,16 +201,17 @@ return 1
 // whose replicas did not confirm it in time (the session's "unconfirmed"
 // field, the time markUnconfirmed recorded, at most ARGV[6] ms before
 // now), or comes within ARGV[7] ms of the rotation (its "rotated" field;
-// see RefreshRetryGrace): it gets the generation that rotation made, with
-// a new access token, and the rotation is confirmed anew.
+// see RefreshRetryGrace) from the client that made it (ARGV[8], as its
+// "rotatedBy" field holds it): it gets the generation that rotation made,
+// with a new access token, and the rotation is confirmed anew.
 var rotateScript = redis.NewScript(`
-local s = redis.call('HMGET', KEYS[1], 'gen', 'unconfirmed', 'rotated')
+local s = redis.call('HMGET', KEYS[1], 'gen', 'unconfirmed', 'rotated', 'rotatedBy')
 if not s[1] then return 0 end
 local gen = tonumber(s[1])
 local want = tonumber(ARGV[1])
 local now = tonumber(ARGV[3])
 local next = gen + 1
-if gen == want + 1 and ((s[2] and now - tonumber(s[2]) <= tonumber(ARGV[6])) or (s[3] and now - tonumber(s[3]) <= tonumber(ARGV[7]))) then
+if gen == want + 1 and ((s[2] and now - tonumber(s[2]) <= tonumber(ARGV[6])) or (s[3] and now - tonumber(s[3]) <= tonumber(ARGV[7]) and s[4] == ARGV[8])) then
   next = gen
 elseif gen ~= want then
   redis.call('DEL', KEYS[1])
@@ -208,7 +219,7 @@ elseif gen ~= want then
   return -1
 end
 redis.call('HSET', KEYS[1], 'gen', next, 'jwt', ARGV[2], 'used', ARGV[3])
-if next > gen then redis.call('HSET', KEYS[1], 'rotated', ARGV[3]) end
+if next > gen then redis.call('HSET', KEYS[1], 'rotated', ARGV[3], 'rotatedBy', ARGV[8]) end
 redis.call('HDEL', KEYS[1], 'unconfirmed')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -229,15 +240,15 @@ return 1
 var errRefreshReused = errors.New("refresh token reused; the session is revoked")
 
 // rotate advances the session from generation gen, storing the new access
-// token. It returns the new generation.
-func (s *sessionStore) rotate(ctx context.Context, userID int, id string, gen int64, jwt string) (int64, error) {
+// token, for client (see rotationClient). It returns the new generation.
+func (s *sessionStore) rotate(ctx context.Context, userID int, id string, gen int64, jwt, client string) (int64, error) {
 	key := s.sessionKey(userID, id)
 	var cmd *redis.Cmd
 	_, err := redisconn.Replicated(ctx, s.rdb, key, s.replicas, replicaTimeout, func(p redis.Pipeliner) {
 		// The script goes whole: a pipeline cannot fall back from an
 		// EVALSHA that Redis does not know.
 		cmd = rotateScript.Eval(ctx, p, []string{key, s.userKey(userID)},
-			gen, jwt, s.now().UnixMilli(), s.refreshTTL.Milliseconds(), id, unconfirmedRetry.Milliseconds(), RefreshRetryGrace.Milliseconds())
+			gen, jwt, s.now().UnixMilli(), s.refreshTTL.Milliseconds(), id, unconfirmedRetry.Milliseconds(), RefreshRetryGrace.Milliseconds(), client)
 	})
 	if cmd == nil {
 		return 0, fmt.Errorf("rotate session: %w", err)

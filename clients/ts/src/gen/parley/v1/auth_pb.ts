@@ -43,7 +43,8 @@ export type Tokens = Message<"parley.v1.Tokens"> & {
   accessTokenExpiresAt?: Timestamp | undefined;
 
   /**
-   * An opaque token for Refresh; it works once.
+   * An opaque token for Refresh; it works once (but for the same client's
+   * retry within 30 seconds, see AuthService).
    *
    * @generated from field: string refresh_token = 4;
    */
@@ -380,7 +381,9 @@ export const DeleteAccountResponseSchema: GenMessage<DeleteAccountResponse> = /*
  * "Authorization: Bearer <token>" on every call, and an opaque, single-use
  * refresh token that Refresh exchanges for a new pair. Presenting a refresh
  * token a second time revokes the whole session, since it means the token
- * was copied.
+ * was copied; except the retry of the client that used it (same
+ * User-Agent, same network) within 30 seconds, before the next refresh,
+ * which gets the same new refresh token again.
  *
  * @generated from service parley.v1.AuthService
  */
