@@ -93,7 +93,10 @@
 //	                    harness
 //	server/servertest/  in-process servers on real stores for tests, and
 //	                    the helpers the tests share (accounts, tokens,
-//	                    codes, chats, mail read back from Mailpit)
+//	                    codes, chats, mail read back from Mailpit); its
+//	                    proxy/ (a TCP proxy that cuts or darkens a store's
+//	                    connections) imports nothing of the server, so
+//	                    that any package's internal tests can use it
 //	server/clustertest/ tests only: failovers of a real Redis Cluster under
 //	                    sessions and live streams (make test-cluster)
 //
