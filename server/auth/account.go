@@ -132,7 +132,8 @@ func (s *AccountService) ChangePassword(
 }
 
 // setPassword hashes and stores password, then ends every session of the
-// user but keep ("" for all): the password first, so that a session
+// user but keep ("" for all), and forgets the networks it signed in from
+// (see LoginFailuresPerAccountTotal): the password first, so that a session
 // opened meanwhile with the old one cannot outlive the change (a Login
 // that read the old hash reads it again once its session is open).
 func (s *AccountService) setPassword(ctx context.Context, userID int, password, keep string) error {
@@ -143,7 +144,10 @@ func (s *AccountService) setPassword(ctx context.Context, userID int, password, 
 	if err := s.accounts.SetPasswordHash(ctx, userID, hash); err != nil {
 		return err
 	}
-	return s.auth.EndSessions(ctx, userID, keep)
+	if err := s.auth.EndSessions(ctx, userID, keep); err != nil {
+		return err
+	}
+	return s.auth.limiter.forgetNetworks(ctx, "user:"+strconv.Itoa(userID))
 }
 
 // allow takes one attempt from the budget under key, and refuses it

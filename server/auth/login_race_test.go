@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -54,8 +55,12 @@ func pausedLogin(t *testing.T) (a *standaloneAuth, client parleyv1connect.AuthSe
 		login <- result{res, err}
 	}()
 	<-pause.looked
+	// A test that fails before resuming lets the Login go on, so that the
+	// server can close.
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(pause.resume) }) })
 	return a, client, acc, func() (*connect.Response[parleyv1.LoginResponse], error) {
-		close(pause.resume)
+		once.Do(func() { close(pause.resume) })
 		r := <-login
 		return r.res, r.err
 	}

@@ -27,10 +27,10 @@ type RateLimits struct {
 	// LoginFailuresPerAccountTotal is how many failed logins one account
 	// may get from all addresses together per LoginWindow: the bound on
 	// guesses spread over many addresses. Once it is reached, logins
-	// still pass from the networks the account signed in from in the
-	// last KnownNetworkTTL (their own budget still applies), so that
-	// strangers' guesses do not lock the owner out. 0: three times
-	// LoginFailuresPerAccount.
+	// still pass from the networks the account signed in from, signed up
+	// from or refreshed a session from in the last KnownNetworkTTL
+	// (their own budget still applies), so that strangers' guesses do
+	// not lock the owner out. 0: three times LoginFailuresPerAccount.
 	LoginFailuresPerAccountTotal int
 	// LoginAttemptsPerAddress is how many logins one client address may
 	// attempt per LoginWindow, across all accounts.
@@ -190,10 +190,12 @@ func (l *limiter) attemptReauth(ctx context.Context, account string) error {
 	return nil
 }
 
-// loginSucceeded clears the account's failed logins, from addr and in
-// all.
+// loginSucceeded clears the account's failed logins from addr, and makes
+// addr's network known to it. The account's total is left to run out by
+// itself: an owner's login, which passes its networks past the total,
+// must not give guessers elsewhere a new one.
 func (l *limiter) loginSucceeded(ctx context.Context, account, addr string) error {
-	if err := l.reset(ctx, l.accountFromKey(account, addr), l.accountKey(account)); err != nil {
+	if err := l.reset(ctx, l.accountFromKey(account, addr)); err != nil {
 		return err
 	}
 	return l.remember(ctx, account, addr)
@@ -204,14 +206,24 @@ func (l *limiter) reauthSucceeded(ctx context.Context, account string) error {
 	return l.reset(ctx, l.reauthKey(account))
 }
 
-// forgive clears the account's failed logins (in all and from addr) and
-// re-authentications, and makes addr's network known to it: its owner
-// proved who it is otherwise.
+// forgive clears the account's failed logins from addr and its
+// re-authentications, and makes addr's network the one known to it: its
+// owner proved who it is otherwise (a reset by mail), and the networks
+// the account signed in from with the old password no longer count.
 func (l *limiter) forgive(ctx context.Context, account, addr string) error {
-	if err := l.reset(ctx, l.accountFromKey(account, addr), l.accountKey(account), l.reauthKey(account)); err != nil {
+	if err := l.reset(ctx, l.accountFromKey(account, addr), l.reauthKey(account), l.knownKey(account)); err != nil {
 		return err
 	}
 	return l.remember(ctx, account, addr)
+}
+
+// forgetNetworks forgets the networks the account signed in from: its
+// password changed, and the sessions opened with the old one ended.
+func (l *limiter) forgetNetworks(ctx context.Context, account string) error {
+	if err := l.rdb.Del(ctx, l.knownKey(account)).Err(); err != nil {
+		return fmt.Errorf("rate limit: %w", err)
+	}
+	return nil
 }
 
 func (l *limiter) reset(ctx context.Context, keys ...string) error {

@@ -186,6 +186,9 @@ func (s *Service) Register(
 	if err != nil {
 		return nil, err
 	}
+	if err := s.limiter.remember(ctx, "user:"+strconv.Itoa(userID), addr); err != nil {
+		s.log.WarnContext(ctx, "register: remember the network", "user", userID, "err", err)
+	}
 	return connect.NewResponse(&parleyv1.RegisterResponse{Me: me, Tokens: tokens}), nil
 }
 
@@ -215,9 +218,6 @@ func (s *Service) Login(
 	if !ok {
 		return nil, errBadLogin
 	}
-	if err := s.limiter.loginSucceeded(ctx, account, addr); err != nil {
-		return nil, rpcerr.From(ctx, s.log, "login", err)
-	}
 	if err := s.accounts.RecordLogin(ctx, userID); err != nil {
 		if connect.CodeOf(err) == connect.CodeNotFound {
 			// Its deletion ended since it was looked up.
@@ -245,6 +245,11 @@ func (s *Service) Login(
 			return nil, errBadLogin
 		}
 		return nil, rpcerr.From(ctx, s.log, "login", err)
+	}
+	// Signed in: the failed attempts from here are forgiven. The login
+	// stands should this fail; the attempts then run out by themselves.
+	if err := s.limiter.loginSucceeded(ctx, account, addr); err != nil {
+		s.log.WarnContext(ctx, "login: clear failed attempts", "user", userID, "err", err)
 	}
 	return connect.NewResponse(&parleyv1.LoginResponse{Me: me, Tokens: tokens}), nil
 }
@@ -316,8 +321,7 @@ func (s *Service) Refresh(
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "refresh", err)
 	}
-	client := rotationClient(req.Header().Get("User-Agent"), s.clientAddr(req.Peer().Addr, req.Header()))
-	gen, err := s.sessions.rotate(ctx, sess.UserID, sess.ID, rt.generation, access, client)
+	gen, err := s.sessions.rotate(ctx, sess.UserID, sess.ID, rt.generation, access, rotationClient(req.Header().Get("User-Agent")))
 	switch {
 	case errors.Is(err, errRefreshReused):
 		s.log.WarnContext(ctx, "refresh token reused; session revoked", "user", sess.UserID, "session", sess.ID)
@@ -329,6 +333,11 @@ func (s *Service) Refresh(
 		return nil, rpcerr.From(ctx, s.log, "refresh", err)
 	}
 	sess.Generation = gen
+	// The session's owner uses this network (see
+	// LoginFailuresPerAccountTotal).
+	if err := s.limiter.remember(ctx, "user:"+strconv.Itoa(sess.UserID), s.clientAddr(req.Peer().Addr, req.Header())); err != nil {
+		s.log.WarnContext(ctx, "refresh: remember the network", "user", sess.UserID, "err", err)
+	}
 	return connect.NewResponse(&parleyv1.RefreshResponse{Tokens: s.tokenPair(sess, access, accessExp)}), nil
 }
 

@@ -7,7 +7,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -412,7 +411,8 @@ func TestAuth_RateLimits(t *testing.T) {
 // TestAuth_LoginLimitsPerAddress: failed logins lock an account only for
 // the address they came from, so that a stranger's guesses do not keep
 // the owner out; guesses from many addresses are bounded by the account's
-// total, past which only the networks it signed in from may try.
+// total, past which only the networks the account signed in, signed up
+// or refreshed from may try, until its password changes.
 func TestAuth_LoginLimitsPerAddress(t *testing.T) {
 	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) {
 		c.RedisPrefix += "loginlimits:" + servertest.UniqueName("") + ":"
@@ -422,32 +422,65 @@ func TestAuth_LoginLimitsPerAddress(t *testing.T) {
 			RegistrationsPerAddress: 100, RegistrationWindow: time.Hour,
 		}
 	}))
+	ctx := context.Background()
 	c := servertest.NewClients(srv, servertest.Protocols[0])
 	name := servertest.UniqueName("owner")
-	servertest.Register(t, c.Auth, name)
+	reg := connect.NewRequest(&parleyv1.RegisterRequest{Username: name, Email: name + "@example.com", Password: servertest.Password})
+	reg.Header().Set("X-Real-IP", "198.51.100.3")
+	res, err := c.Auth.Register(ctx, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := res.Msg.GetTokens()
+	password := servertest.Password
 	login := func(from, password string) error {
 		req := connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: password})
 		req.Header().Set("X-Real-IP", from)
-		_, err := c.Auth.Login(context.Background(), req)
+		_, err := c.Auth.Login(ctx, req)
 		return err
 	}
 	for range 3 {
 		servertest.WantCode(t, login("198.51.100.1", "guess"), connect.CodeUnauthenticated)
 	}
-	servertest.WantCode(t, login("198.51.100.1", servertest.Password), connect.CodeResourceExhausted)
-	if err := login("198.51.100.2", servertest.Password); err != nil {
+	servertest.WantCode(t, login("198.51.100.1", password), connect.CodeResourceExhausted)
+	if err := login("198.51.100.2", password); err != nil {
 		t.Fatalf("the owner's login from another address after a stranger's guesses: %v", err)
 	}
-	// The owner's login reset the account's total; five guesses from
-	// five addresses spend it.
-	for i := range 5 {
-		servertest.WantCode(t, login(fmt.Sprintf("203.0.113.%d", i+1), "guess"), connect.CodeUnauthenticated)
+	// The total took the four attempts; one more guess spends it.
+	servertest.WantCode(t, login("203.0.113.1", "guess"), connect.CodeUnauthenticated)
+	servertest.WantCode(t, login("203.0.113.2", "guess"), connect.CodeResourceExhausted)
+	servertest.WantCode(t, login("192.0.2.77", password), connect.CodeResourceExhausted)
+	// Known: where it signed in, signed up, and refreshed its session.
+	refresh := connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: session.GetRefreshToken()})
+	refresh.Header().Set("X-Real-IP", "198.51.100.4")
+	if _, err := c.Auth.Refresh(ctx, refresh); err != nil {
+		t.Fatal(err)
 	}
-	servertest.WantCode(t, login("203.0.113.99", "guess"), connect.CodeResourceExhausted)
-	servertest.WantCode(t, login("192.0.2.77", servertest.Password), connect.CodeResourceExhausted)
-	if err := login("198.51.100.2", servertest.Password); err != nil {
-		t.Errorf("the owner's login from a network it signed in from, past the account's total: %v", err)
+	for _, from := range []string{"198.51.100.2", "198.51.100.3", "198.51.100.4"} {
+		if err := login(from, password); err != nil {
+			t.Errorf("the owner's login from %s, a network the account used, past its total: %v", from, err)
+		}
 	}
+	// A new password forgets them: they were known to the old one.
+	token := anyLogin(t, c, name, "198.51.100.2")
+	password = "another horse battery staple"
+	if _, err := c.Account.ChangePassword(ctx, servertest.WithToken(&parleyv1.ChangePasswordRequest{OldPassword: servertest.Password, NewPassword: password}, token)); err != nil {
+		t.Fatal(err)
+	}
+	servertest.WantCode(t, login("198.51.100.4", password), connect.CodeResourceExhausted)
+}
+
+// anyLogin signs name in from the address from, and returns the access
+// token.
+func anyLogin(t *testing.T, c servertest.Clients, name, from string) string {
+	t.Helper()
+	req := connect.NewRequest(&parleyv1.LoginRequest{Login: name, Password: servertest.Password})
+	req.Header().Set("X-Real-IP", from)
+	res, err := c.Auth.Login(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Msg.GetTokens().GetAccessToken()
 }
 
 // TestAuth_RateLimitsPerIPv6Network: the limits per address count an

@@ -68,15 +68,18 @@ const unconfirmedRetry = time.Minute
 // rather than revoke the session as a reuse: a client whose answer was
 // lost (a mobile network that dropped, a timeout) retries with the token
 // it has, and two requests of one client may refresh at once. Only from
-// the client that made the rotation, as far as the server can tell: the
-// same User-Agent from the same network (see clientNet). A copy of the
-// token used from elsewhere within it is a reuse, as at any time.
+// the client that made the rotation, as far as the server can tell
+// without binding it to a network that a phone changes as it moves: the
+// same User-Agent. A copy of the token used by another program within it
+// is a reuse, as at any time; one that also copies the User-Agent shares
+// the session's next refresh token with its owner, until either
+// refreshes again past the grace and the other's next use is a reuse.
 const RefreshRetryGrace = 30 * time.Second
 
 // rotationClient is what a retry must come from to get the grace: the
-// client's User-Agent and network, hashed.
-func rotationClient(userAgent, addr string) string {
-	sum := sha256.Sum256([]byte(userAgent + "\x00" + clientNet(addr)))
+// client's User-Agent, hashed.
+func rotationClient(userAgent string) string {
+	sum := sha256.Sum256([]byte(userAgent))
 	return hex.EncodeToString(sum[:16])
 }
 

@@ -505,7 +505,7 @@ func (s *Service) ListChats(
 	return connect.NewResponse(res), nil
 }
 
-// UpdateChat renames a group.
+// UpdateChat changes a group's name, description or avatar.
 func (s *Service) UpdateChat(
 	ctx context.Context, req *connect.Request[parleyv1.UpdateChatRequest],
 ) (*connect.Response[parleyv1.UpdateChatResponse], error) {

@@ -96,6 +96,7 @@ func TestHub_HeartbeatsWhileAnnouncingOffline(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub, _ := h.add(ctx, auth.Identity{UserID: 1, SessionID: "s"}, "lease")
+	t.Cleanup(func() { rdb.Del(ctx, h.onlineKey(bucketOf(1)), h.presenceKey(1), h.leasesKey(1)) })
 	select {
 	case <-announcing:
 	case <-time.After(10 * time.Second):

@@ -56,8 +56,9 @@ const (
 // AccountServiceClient is a client for the parley.v1.AccountService service.
 type AccountServiceClient interface {
 	// ChangePassword sets a new password after checking the current one
-	// (PERMISSION_DENIED when wrong; failures count towards the login
-	// limit), and ends every session of the account but the caller's.
+	// (PERMISSION_DENIED when wrong; failures count towards the account's
+	// limit of re-authentications), and ends every session of the account
+	// but the caller's.
 	ChangePassword(context.Context, *connect.Request[v1.ChangePasswordRequest]) (*connect.Response[v1.ChangePasswordResponse], error)
 	// RequestPasswordReset mails a reset code to the account whose
 	// verified address is email. It answers the same whether or not there
@@ -186,8 +187,9 @@ func (c *accountServiceClient) ChangeEmail(ctx context.Context, req *connect.Req
 // AccountServiceHandler is an implementation of the parley.v1.AccountService service.
 type AccountServiceHandler interface {
 	// ChangePassword sets a new password after checking the current one
-	// (PERMISSION_DENIED when wrong; failures count towards the login
-	// limit), and ends every session of the account but the caller's.
+	// (PERMISSION_DENIED when wrong; failures count towards the account's
+	// limit of re-authentications), and ends every session of the account
+	// but the caller's.
 	ChangePassword(context.Context, *connect.Request[v1.ChangePasswordRequest]) (*connect.Response[v1.ChangePasswordResponse], error)
 	// RequestPasswordReset mails a reset code to the account whose
 	// verified address is email. It answers the same whether or not there

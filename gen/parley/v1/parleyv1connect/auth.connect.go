@@ -75,7 +75,7 @@ type AuthServiceClient interface {
 	// DeleteAccount deletes the caller's account, Register's counterpart,
 	// after checking its password again (a wrong one is PERMISSION_DENIED
 	// and changes nothing; repeated failures are RESOURCE_EXHAUSTED, on the
-	// account's login budget). From the moment it starts, the account can
+	// account's budget of re-authentications). From the moment it starts, the account can
 	// no longer sign in and others no longer find it; then every session
 	// ends (with its live streams and push subscriptions), the user leaves
 	// every group (a group where it was the only admin gets its
@@ -216,7 +216,7 @@ type AuthServiceHandler interface {
 	// DeleteAccount deletes the caller's account, Register's counterpart,
 	// after checking its password again (a wrong one is PERMISSION_DENIED
 	// and changes nothing; repeated failures are RESOURCE_EXHAUSTED, on the
-	// account's login budget). From the moment it starts, the account can
+	// account's budget of re-authentications). From the moment it starts, the account can
 	// no longer sign in and others no longer find it; then every session
 	// ends (with its live streams and push subscriptions), the user leaves
 	// every group (a group where it was the only admin gets its

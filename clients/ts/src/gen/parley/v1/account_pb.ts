@@ -245,8 +245,9 @@ export const ChangeEmailResponseSchema: GenMessage<ChangeEmailResponse> = /*@__P
 export const AccountService: GenService<{
   /**
    * ChangePassword sets a new password after checking the current one
-   * (PERMISSION_DENIED when wrong; failures count towards the login
-   * limit), and ends every session of the account but the caller's.
+   * (PERMISSION_DENIED when wrong; failures count towards the account's
+   * limit of re-authentications), and ends every session of the account
+   * but the caller's.
    *
    * @generated from rpc parley.v1.AccountService.ChangePassword
    */

@@ -381,9 +381,10 @@ export const DeleteAccountResponseSchema: GenMessage<DeleteAccountResponse> = /*
  * "Authorization: Bearer <token>" on every call, and an opaque, single-use
  * refresh token that Refresh exchanges for a new pair. Presenting a refresh
  * token a second time revokes the whole session, since it means the token
- * was copied; except the retry of the client that used it (same
- * User-Agent, same network) within 30 seconds, before the next refresh,
- * which gets the same new refresh token again.
+ * was copied; except the retry of the client that used it (the same
+ * User-Agent) within 30 seconds, before the next refresh, which gets the
+ * same new refresh token again (see the README for this and the retry of
+ * a rotation that a Redis replica did not confirm).
  *
  * @generated from service parley.v1.AuthService
  */
@@ -458,7 +459,7 @@ export const AuthService: GenService<{
    * DeleteAccount deletes the caller's account, Register's counterpart,
    * after checking its password again (a wrong one is PERMISSION_DENIED
    * and changes nothing; repeated failures are RESOURCE_EXHAUSTED, on the
-   * account's login budget). From the moment it starts, the account can
+   * account's budget of re-authentications). From the moment it starts, the account can
    * no longer sign in and others no longer find it; then every session
    * ends (with its live streams and push subscriptions), the user leaves
    * every group (a group where it was the only admin gets its
