@@ -128,6 +128,10 @@ func (s *AccountService) ChangePassword(
 	if err := s.setPassword(ctx, id.UserID, req.Msg.GetNewPassword(), id.SessionID); err != nil {
 		return nil, rpcerr.From(ctx, s.auth.log, "change password", err)
 	}
+	// The caller's network is the one the new password knows.
+	if err := s.auth.limiter.remember(ctx, "user:"+strconv.Itoa(id.UserID), s.auth.clientAddr(req.Peer().Addr, req.Header())); err != nil {
+		s.auth.log.WarnContext(ctx, "change password: remember the network", "user", id.UserID, "err", err)
+	}
 	return connect.NewResponse(&parleyv1.ChangePasswordResponse{}), nil
 }
 
@@ -147,7 +151,12 @@ func (s *AccountService) setPassword(ctx context.Context, userID int, password, 
 	if err := s.auth.EndSessions(ctx, userID, keep); err != nil {
 		return err
 	}
-	return s.auth.limiter.forgetNetworks(ctx, "user:"+strconv.Itoa(userID))
+	// The password is changed: should this fail, the networks stay known
+	// (they let their logins past the account's total, no more).
+	if err := s.auth.limiter.forgetNetworks(ctx, "user:"+strconv.Itoa(userID)); err != nil {
+		s.auth.log.WarnContext(ctx, "set password: forget the networks", "user", userID, "err", err)
+	}
+	return nil
 }
 
 // allow takes one attempt from the budget under key, and refuses it

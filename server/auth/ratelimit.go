@@ -207,18 +207,18 @@ func (l *limiter) reauthSucceeded(ctx context.Context, account string) error {
 }
 
 // forgive clears the account's failed logins from addr and its
-// re-authentications, and makes addr's network the one known to it: its
-// owner proved who it is otherwise (a reset by mail), and the networks
-// the account signed in from with the old password no longer count.
+// re-authentications, and makes addr's network known to it: its owner
+// proved who it is otherwise (a reset by mail).
 func (l *limiter) forgive(ctx context.Context, account, addr string) error {
-	if err := l.reset(ctx, l.accountFromKey(account, addr), l.reauthKey(account), l.knownKey(account)); err != nil {
+	if err := l.reset(ctx, l.accountFromKey(account, addr), l.reauthKey(account)); err != nil {
 		return err
 	}
 	return l.remember(ctx, account, addr)
 }
 
 // forgetNetworks forgets the networks the account signed in from: its
-// password changed, and the sessions opened with the old one ended.
+// password changed, and the sessions opened with the old one ended; or a
+// copy of a refresh token was used, which made its network known.
 func (l *limiter) forgetNetworks(ctx context.Context, account string) error {
 	if err := l.rdb.Del(ctx, l.knownKey(account)).Err(); err != nil {
 		return fmt.Errorf("rate limit: %w", err)

@@ -326,6 +326,10 @@ func (s *Service) Refresh(
 	case errors.Is(err, errRefreshReused):
 		s.log.WarnContext(ctx, "refresh token reused; session revoked", "user", sess.UserID, "session", sess.ID)
 		s.ended(ctx, sess.UserID, sess.ID)
+		// A copy's refreshes made its network known: none counts now.
+		if err := s.limiter.forgetNetworks(ctx, "user:"+strconv.Itoa(sess.UserID)); err != nil {
+			s.log.WarnContext(ctx, "refresh: forget the networks", "user", sess.UserID, "err", err)
+		}
 		return nil, connect.NewError(connect.CodeUnauthenticated, errRefreshReused)
 	case errors.Is(err, errNoSession):
 		return nil, connect.NewError(connect.CodeUnauthenticated, errNoSession)

@@ -168,7 +168,7 @@ func anyToken(t *testing.T, c servertest.Clients) string {
 
 func TestAuthService_Refresh(t *testing.T) {
 	clock := servertest.NewClock()
-	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) { c.Now = clock.Now }))
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) { c.Now = clock.Now; c.ClientIPHeader = "X-Real-IP" }))
 	refresh := func(c servertest.Clients, rt string) (*parleyv1.Tokens, error) {
 		res, err := c.Auth.Refresh(context.Background(), connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: rt}))
 		if err != nil {
@@ -249,10 +249,15 @@ func TestAuthService_Refresh(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		retry, err := refresh(c, first.GetRefreshToken())
+		// From another network: a phone that lost its answer may have
+		// moved to another.
+		moved := connect.NewRequest(&parleyv1.RefreshRequest{RefreshToken: first.GetRefreshToken()})
+		moved.Header().Set("X-Real-IP", "2001:db8:77::1")
+		res, err := c.Auth.Refresh(context.Background(), moved)
 		if err != nil {
 			t.Fatalf("a retry of a refresh whose answer was lost: %v", err)
 		}
+		retry := res.Msg.GetTokens()
 		if retry.GetRefreshToken() != lost.GetRefreshToken() {
 			t.Errorf("the retry got another refresh token than the rotation made")
 		}
@@ -461,13 +466,19 @@ func TestAuth_LoginLimitsPerAddress(t *testing.T) {
 			t.Errorf("the owner's login from %s, a network the account used, past its total: %v", from, err)
 		}
 	}
-	// A new password forgets them: they were known to the old one.
+	// A new password forgets them, they were known to the old one, but
+	// for the network it was changed from.
 	token := anyLogin(t, c, name, "198.51.100.2")
 	password = "another horse battery staple"
-	if _, err := c.Account.ChangePassword(ctx, servertest.WithToken(&parleyv1.ChangePasswordRequest{OldPassword: servertest.Password, NewPassword: password}, token)); err != nil {
+	change := servertest.WithToken(&parleyv1.ChangePasswordRequest{OldPassword: servertest.Password, NewPassword: password}, token)
+	change.Header().Set("X-Real-IP", "198.51.100.5")
+	if _, err := c.Account.ChangePassword(ctx, change); err != nil {
 		t.Fatal(err)
 	}
 	servertest.WantCode(t, login("198.51.100.4", password), connect.CodeResourceExhausted)
+	if err := login("198.51.100.5", password); err != nil {
+		t.Errorf("a login from the network the password was changed from, past the account's total: %v", err)
+	}
 }
 
 // anyLogin signs name in from the address from, and returns the access
