@@ -10,11 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/keyring"
+	"github.com/parley-chat/parley/server/redisconn"
 	"github.com/parley-chat/parley/server/servertest"
 	"github.com/parley-chat/parley/server/sqldb"
 	"github.com/parley-chat/parley/server/user"
@@ -60,11 +59,11 @@ func newStandaloneAuth(tb testing.TB, wrap func(auth.Accounts) auth.Accounts) *s
 	if err := db.Migrate(ctx, slog.New(slog.DiscardHandler)); err != nil {
 		tb.Fatal(err)
 	}
-	opts, err := redis.ParseURL(stores.RedisURL)
+	// A single Redis or a Redis Cluster, as the tests run on.
+	rdb, err := redisconn.Open(ctx, stores.RedisURL)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	rdb := redis.NewClient(opts)
 	tb.Cleanup(func() { rdb.Close() })
 	_, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
