@@ -129,7 +129,7 @@ func (s *AccountService) ChangePassword(
 		return nil, rpcerr.From(ctx, s.auth.log, "change password", err)
 	}
 	// The caller's network is the one the new password knows.
-	if err := s.auth.limiter.remember(ctx, "user:"+strconv.Itoa(id.UserID), s.auth.clientAddr(req.Peer().Addr, req.Header())); err != nil {
+	if err := s.auth.limiter.remember(ctx, userAccount(id.UserID), s.auth.clientAddr(req.Peer().Addr, req.Header())); err != nil {
 		s.auth.log.WarnContext(ctx, "change password: remember the network", "user", id.UserID, "err", err)
 	}
 	return connect.NewResponse(&parleyv1.ChangePasswordResponse{}), nil
@@ -153,7 +153,7 @@ func (s *AccountService) setPassword(ctx context.Context, userID int, password, 
 	}
 	// The password is changed: should this fail, the networks stay known
 	// (they let their logins past the account's total, no more).
-	if err := s.auth.limiter.forgetNetworks(ctx, "user:"+strconv.Itoa(userID)); err != nil {
+	if err := s.auth.limiter.forgetNetworks(ctx, userAccount(userID)); err != nil {
 		s.auth.log.WarnContext(ctx, "set password: forget the networks", "user", userID, "err", err)
 	}
 	return nil
@@ -184,7 +184,7 @@ func (s *AccountService) RequestPasswordReset(
 	// An unknown address has a budget of its own, as an account does.
 	account := "email:" + strings.ToLower(email)
 	if userID != 0 {
-		account = "user:" + strconv.Itoa(userID)
+		account = userAccount(userID)
 	}
 	if err := s.allow(ctx, "reset_account", "reset-account:"+account, ResetsPerAccount, ResetWindow, "too many password resets for this account"); err != nil {
 		return nil, rpcerr.From(ctx, s.auth.log, "request password reset", err)
@@ -243,7 +243,7 @@ func (s *AccountService) ResetPassword(
 	// The owner proved it holds the address: failed logins are forgiven.
 	err = s.setPassword(ctx, userID, req.Msg.GetNewPassword(), "")
 	if err == nil {
-		err = s.auth.limiter.forgive(ctx, "user:"+strconv.Itoa(userID), addr)
+		err = s.auth.limiter.forgive(ctx, userAccount(userID), addr)
 	}
 	settle := context.WithoutCancel(ctx)
 	if err != nil {

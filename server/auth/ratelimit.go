@@ -66,6 +66,9 @@ func limit(n int, window time.Duration) redis_rate.Limit {
 	return redis_rate.Limit{Rate: n, Burst: n, Period: window}
 }
 
+// userAccount names an existing account to the limits (see attemptLogin).
+func userAccount(userID int) string { return "user:" + strconv.Itoa(userID) }
+
 func (l *limiter) accountKey(account string) string {
 	return l.prefix + "login-account:" + strings.ToLower(account)
 }
@@ -125,17 +128,19 @@ func (l *limiter) attemptLogin(ctx context.Context, account, addr string) error 
 		name, key string
 		lim       redis_rate.Limit
 		msg       string
+		// knownPass: the account's known networks pass when it is spent
+		knownPass bool
 	}{
-		{"login_address", l.loginAddressKey(addr), limit(l.cfg.LoginAttemptsPerAddress, l.cfg.LoginWindow), "too many logins from this address"},
-		{"login_account", l.accountFromKey(account, addr), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow), "too many failed logins for this account"},
-		{"login_account", l.accountKey(account), limit(l.cfg.LoginFailuresPerAccountTotal, l.cfg.LoginWindow), "too many failed logins for this account"},
+		{"login_address", l.loginAddressKey(addr), limit(l.cfg.LoginAttemptsPerAddress, l.cfg.LoginWindow), "too many logins from this address", false},
+		{"login_account", l.accountFromKey(account, addr), limit(l.cfg.LoginFailuresPerAccount, l.cfg.LoginWindow), "too many failed logins for this account", false},
+		{"login_account", l.accountKey(account), limit(l.cfg.LoginFailuresPerAccountTotal, l.cfg.LoginWindow), "too many failed logins for this account", true},
 	} {
 		res, err := l.l.Allow(ctx, x.key, x.lim)
 		if err != nil {
 			return fmt.Errorf("rate limit: %w", err)
 		}
 		if res.Allowed == 0 {
-			if x.key == l.accountKey(account) {
+			if x.knownPass {
 				known, err := l.known(ctx, account, addr)
 				if err != nil || known {
 					return err

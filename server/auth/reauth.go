@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 
 	"connectrpc.com/connect"
 )
@@ -24,7 +23,7 @@ func (s *Service) Reauthenticate(ctx context.Context, userID int, password strin
 	if err != nil {
 		return err
 	}
-	account := "user:" + strconv.Itoa(userID)
+	account := userAccount(userID)
 	if err := s.limiter.attemptReauth(ctx, account); err != nil {
 		return err
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
 	"strings"
 	"time"
 
@@ -186,7 +185,7 @@ func (s *Service) Register(
 	if err != nil {
 		return nil, err
 	}
-	if err := s.limiter.remember(ctx, "user:"+strconv.Itoa(userID), addr); err != nil {
+	if err := s.limiter.remember(ctx, userAccount(userID), addr); err != nil {
 		s.log.WarnContext(ctx, "register: remember the network", "user", userID, "err", err)
 	}
 	return connect.NewResponse(&parleyv1.RegisterResponse{Me: me, Tokens: tokens}), nil
@@ -206,7 +205,7 @@ func (s *Service) Login(
 	}
 	account := "login:" + strings.ToLower(login)
 	if userID != 0 {
-		account = "user:" + strconv.Itoa(userID)
+		account = userAccount(userID)
 	}
 	if err := s.limiter.attemptLogin(ctx, account, addr); err != nil {
 		return nil, rpcerr.From(ctx, s.log, "login", err)
@@ -327,7 +326,7 @@ func (s *Service) Refresh(
 		s.log.WarnContext(ctx, "refresh token reused; session revoked", "user", sess.UserID, "session", sess.ID)
 		s.ended(ctx, sess.UserID, sess.ID)
 		// A copy's refreshes made its network known: none counts now.
-		if err := s.limiter.forgetNetworks(ctx, "user:"+strconv.Itoa(sess.UserID)); err != nil {
+		if err := s.limiter.forgetNetworks(ctx, userAccount(sess.UserID)); err != nil {
 			s.log.WarnContext(ctx, "refresh: forget the networks", "user", sess.UserID, "err", err)
 		}
 		return nil, connect.NewError(connect.CodeUnauthenticated, errRefreshReused)
@@ -339,7 +338,7 @@ func (s *Service) Refresh(
 	sess.Generation = gen
 	// The session's owner uses this network (see
 	// LoginFailuresPerAccountTotal).
-	if err := s.limiter.remember(ctx, "user:"+strconv.Itoa(sess.UserID), s.clientAddr(req.Peer().Addr, req.Header())); err != nil {
+	if err := s.limiter.remember(ctx, userAccount(sess.UserID), s.clientAddr(req.Peer().Addr, req.Header())); err != nil {
 		s.log.WarnContext(ctx, "refresh: remember the network", "user", sess.UserID, "err", err)
 	}
 	return connect.NewResponse(&parleyv1.RefreshResponse{Tokens: s.tokenPair(sess, access, accessExp)}), nil

@@ -138,8 +138,8 @@ func NewHub(log *slog.Logger, rdb redis.UniversalClient, cfg Config) *Hub {
 		h.subs = newSingleChannels(ctx, h, rdb)
 	}
 	h.done.Add(3)
-	go h.tick(ctx)
-	go h.expire(ctx)
+	go h.everyHeartbeat(ctx, h.tick)
+	go h.everyHeartbeat(ctx, h.expire)
 	go h.watchWrites(ctx)
 	return h
 }
@@ -279,78 +279,73 @@ func splitPayload(p string) (cursor, body string, ok bool) {
 	return "", "", false
 }
 
+// everyHeartbeat runs round at every heartbeat until ctx ends.
+func (h *Hub) everyHeartbeat(ctx context.Context, round func(context.Context)) {
+	defer h.done.Done()
+	t := time.NewTicker(h.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		round(ctx)
+	}
+}
+
 // tick sends heartbeats, keeps presence and the streams' leases up to
 // date, and ends the streams whose token expired (by the hub's clock,
 // which tests may move) or whose session ended without the hub hearing
 // of it.
 func (h *Hub) tick(ctx context.Context) {
-	defer h.done.Done()
-	t := time.NewTicker(h.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		now := h.cfg.Now()
-		h.mu.Lock()
-		users := make(map[int][]string, len(h.users))
-		var sessions []auth.Identity
-		seen := map[auth.Identity]bool{}
-		for uid, subs := range h.users {
-			leases := make([]string, 0, len(subs))
-			for sub := range subs {
-				leases = append(leases, sub.lease)
-				if !sub.expires.IsZero() && !now.Before(sub.expires) {
-					sub.end(errTokenExpired)
-					continue
-				}
-				sub.heartbeat()
-				if id := (auth.Identity{UserID: uid, SessionID: sub.session}); !seen[id] {
-					seen[id] = true
-					sessions = append(sessions, id)
-				}
+	now := h.cfg.Now()
+	h.mu.Lock()
+	users := make(map[int][]string, len(h.users))
+	var sessions []auth.Identity
+	seen := map[auth.Identity]bool{}
+	for uid, subs := range h.users {
+		leases := make([]string, 0, len(subs))
+		for sub := range subs {
+			leases = append(leases, sub.lease)
+			if !sub.expires.IsZero() && !now.Before(sub.expires) {
+				sub.end(errTokenExpired)
+				continue
 			}
-			users[uid] = leases
-		}
-		check := h.sessions
-		h.mu.Unlock()
-		if err := h.renewPresence(ctx, users); err != nil && ctx.Err() == nil {
-			h.log.Warn("live: renew presence", "err", err)
-		}
-		if check != nil && len(sessions) > 0 {
-			open, err := check.SessionsOpen(ctx, sessions)
-			if err != nil && ctx.Err() == nil {
-				h.log.Warn("live: check sessions", "err", err)
+			sub.heartbeat()
+			if id := (auth.Identity{UserID: uid, SessionID: sub.session}); !seen[id] {
+				seen[id] = true
+				sessions = append(sessions, id)
 			}
-			for i, ok := range open {
-				if !ok {
-					h.endSession(sessions[i].UserID, sessions[i].SessionID)
-				}
+		}
+		users[uid] = leases
+	}
+	check := h.sessions
+	h.mu.Unlock()
+	if err := h.renewPresence(ctx, users); err != nil && ctx.Err() == nil {
+		h.log.Warn("live: renew presence", "err", err)
+	}
+	if check != nil && len(sessions) > 0 {
+		open, err := check.SessionsOpen(ctx, sessions)
+		if err != nil && ctx.Err() == nil {
+			h.log.Warn("live: check sessions", "err", err)
+		}
+		for i, ok := range open {
+			if !ok {
+				h.endSession(sessions[i].UserID, sessions[i].SessionID)
 			}
 		}
 	}
 }
 
-// expire announces offline, at every heartbeat, the users whose instances
-// stopped renewing their presence (see expirePresence). It runs apart from
-// tick: when an instance with many users dies, announcing them (a read of
-// each one's contacts, an event each) takes long, and must not hold back
-// this instance's heartbeats and renewals meanwhile.
+// expire announces offline the users whose instances stopped renewing
+// their presence (see expirePresence). It runs apart from tick: when an
+// instance with many users dies, announcing them (a read of each one's
+// contacts, an event each) takes long, and must not hold back this
+// instance's heartbeats and renewals meanwhile.
 func (h *Hub) expire(ctx context.Context) {
-	defer h.done.Done()
-	t := time.NewTicker(h.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := h.expirePresence(ctx); err != nil && ctx.Err() == nil {
-			h.log.Warn("live: expire presence", "err", err)
-		}
+	if err := h.expirePresence(ctx); err != nil && ctx.Err() == nil {
+		h.log.Warn("live: expire presence", "err", err)
 	}
 }
 
