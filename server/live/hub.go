@@ -99,10 +99,22 @@ type Hub struct {
 	mu    sync.Mutex
 	users map[int]map[*subscriber]struct{}
 
-	// offline, set by NewService under mu, is told about users whose
-	// presence expired because the instance that kept them online
-	// stopped renewing it.
-	offline func(ctx context.Context, userID int, lastSeen time.Time)
+	// announce, set by NewService under mu, tells a user's contacts that
+	// it came online or went offline: when its first stream anywhere
+	// opens, its last one closes, or its presence expires because the
+	// instance that kept it online stopped renewing it.
+	announce func(ctx context.Context, userID int, online bool, at time.Time)
+	// joined are the users with a stream here whose presence this
+	// instance set in Redis (see settle), under mu: those it renews.
+	joined map[int]bool
+	// presMu and presLocks order this instance's changes to presence in
+	// Redis: a renewal holds presMu alone, a settle holds it shared and
+	// its user's lock (see settle and renew).
+	presMu    sync.RWMutex
+	presLocks userLocks
+	// beforeRenew, when set (by tests), runs in each renewal between its
+	// reading which users to renew and their renewal.
+	beforeRenew func()
 	// sessions, set by NewService under mu, checks at each heartbeat that
 	// the streams' sessions are still open.
 	sessions Sessions
@@ -129,6 +141,7 @@ func NewHub(log *slog.Logger, rdb redis.UniversalClient, cfg Config) *Hub {
 		instance: hex.EncodeToString(b),
 		publish:  redisconn.Publish(rdb),
 		users:    map[int]map[*subscriber]struct{}{},
+		joined:   map[int]bool{},
 		writers:  map[*watchedWriter]struct{}{},
 		cancel:   cancel,
 	}
@@ -301,13 +314,10 @@ func (h *Hub) everyHeartbeat(ctx context.Context, round func(context.Context)) {
 func (h *Hub) tick(ctx context.Context) {
 	now := h.cfg.Now()
 	h.mu.Lock()
-	users := make(map[int][]string, len(h.users))
 	var sessions []auth.Identity
 	seen := map[auth.Identity]bool{}
 	for uid, subs := range h.users {
-		leases := make([]string, 0, len(subs))
 		for sub := range subs {
-			leases = append(leases, sub.lease)
 			if !sub.expires.IsZero() && !now.Before(sub.expires) {
 				sub.end(errTokenExpired)
 				continue
@@ -318,11 +328,10 @@ func (h *Hub) tick(ctx context.Context) {
 				sessions = append(sessions, id)
 			}
 		}
-		users[uid] = leases
 	}
 	check := h.sessions
 	h.mu.Unlock()
-	if err := h.renewPresence(ctx, users); err != nil && ctx.Err() == nil {
+	if err := h.renew(ctx); err != nil && ctx.Err() == nil {
 		h.log.Warn("live: renew presence", "err", err)
 	}
 	if check != nil && len(sessions) > 0 {
@@ -343,9 +352,15 @@ func (h *Hub) tick(ctx context.Context) {
 // instance with many users dies, announcing them (a read of each one's
 // contacts, an event each) takes long, and must not hold back this
 // instance's heartbeats and renewals meanwhile.
+//
+// It then sets the presence of the users with a stream here whose first
+// stream's settle failed (Redis was unreachable), and announces them.
 func (h *Hub) expire(ctx context.Context) {
 	if err := h.expirePresence(ctx); err != nil && ctx.Err() == nil {
 		h.log.Warn("live: expire presence", "err", err)
+	}
+	if err := h.rejoin(ctx); err != nil && ctx.Err() == nil {
+		h.log.Warn("live: presence", "err", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package live
 import (
 	"context"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -109,22 +110,115 @@ func (h *Hub) leave(ctx context.Context, uid int) (offline bool, at time.Time, e
 	return n == 1, now, err
 }
 
-// renewPresence keeps the users with streams here online, and their
-// streams' leases (see leases.go) from lapsing, in one round trip.
-func (h *Hub) renewPresence(ctx context.Context, users map[int][]string) error {
+// settle brings the user's presence in Redis to what this instance has:
+// here while the user has a stream here, gone once it has none; and when
+// that takes the user online or offline everywhere, it announces it.
+// Subscribe calls it for a user's first stream here and after its last.
+// Those calls may run in either order (a stream closing as another
+// opens), so each sets presence from the streams as they are when it
+// runs, one call at a time for a user, announcing in the same order.
+func (h *Hub) settle(ctx context.Context, uid int) error {
+	unlock := h.presLocks.lock(uid)
+	defer unlock()
+	online, changed, at, err := h.setPresence(ctx, uid)
+	if err != nil || !changed {
+		return err
+	}
+	h.mu.Lock()
+	announce := h.announce
+	h.mu.Unlock()
+	if announce != nil {
+		announce(ctx, uid, online, at)
+	}
+	return nil
+}
+
+// setPresence is settle's change in Redis; changed tells that it took the
+// user online or offline everywhere. It holds presMu shared: a renewal,
+// which holds it alone, cannot renew the user between its reading that
+// the user is here and its renewal while this takes the user away.
+func (h *Hub) setPresence(ctx context.Context, uid int) (online, changed bool, at time.Time, err error) {
+	h.presMu.RLock()
+	defer h.presMu.RUnlock()
+	h.mu.Lock()
+	_, online = h.users[uid]
+	if !online {
+		delete(h.joined, uid)
+	}
+	h.mu.Unlock()
+	if !online {
+		changed, at, err = h.leave(ctx, uid)
+		return false, changed, at, err
+	}
+	if changed, err = h.join(ctx, uid); err != nil {
+		return true, false, time.Time{}, err
+	}
+	h.mu.Lock()
+	h.joined[uid] = true
+	h.mu.Unlock()
+	return true, changed, h.cfg.Now(), nil
+}
+
+// rejoin settles the users with a stream here whose presence this
+// instance has not set, as their settle failed (or is running). It stops
+// at the first failure: Redis is still unreachable.
+func (h *Hub) rejoin(ctx context.Context) error {
+	h.mu.Lock()
+	var users []int
+	for uid := range h.users {
+		if !h.joined[uid] {
+			users = append(users, uid)
+		}
+	}
+	h.mu.Unlock()
+	for _, uid := range users {
+		if err := h.settle(ctx, uid); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// renew keeps the users whose presence this instance set online, and the
+// leases of all its streams (see leases.go) from lapsing, in one round
+// trip. It holds presMu alone from its reading which users to renew to
+// their renewal, so that no settle takes a user away meanwhile, which the
+// renewal would then bring back online.
+func (h *Hub) renew(ctx context.Context) error {
+	h.presMu.Lock()
+	defer h.presMu.Unlock()
+	type renewal struct {
+		joined bool
+		leases []string
+	}
+	h.mu.Lock()
+	users := make(map[int]renewal, len(h.users))
+	for uid, subs := range h.users {
+		r := renewal{joined: h.joined[uid], leases: make([]string, 0, len(subs))}
+		for sub := range subs {
+			r.leases = append(r.leases, sub.lease)
+		}
+		users[uid] = r
+	}
+	h.mu.Unlock()
+	if h.beforeRenew != nil {
+		h.beforeRenew()
+	}
 	if len(users) == 0 {
 		return nil
 	}
 	exp := h.cfg.Now().Add(h.cfg.presenceTTL())
 	score := float64(exp.UnixMilli())
 	_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for uid, leases := range users {
-			p.ZAdd(ctx, h.presenceKey(uid), redis.Z{Score: score, Member: h.instance})
-			p.PExpireAt(ctx, h.presenceKey(uid), exp)
-			p.ZAdd(ctx, h.onlineKey(bucketOf(uid)), redis.Z{Score: score, Member: uid})
-			if len(leases) > 0 {
-				zs := make([]redis.Z, len(leases))
-				for i, l := range leases {
+		for uid, r := range users {
+			if r.joined {
+				p.ZAdd(ctx, h.presenceKey(uid), redis.Z{Score: score, Member: h.instance})
+				p.PExpireAt(ctx, h.presenceKey(uid), exp)
+				p.ZAdd(ctx, h.onlineKey(bucketOf(uid)), redis.Z{Score: score, Member: uid})
+			}
+			if len(r.leases) > 0 {
+				zs := make([]redis.Z, len(r.leases))
+				for i, l := range r.leases {
 					zs[i] = redis.Z{Score: score, Member: l}
 				}
 				// XX: a lease released since it was collected must not
@@ -136,6 +230,42 @@ func (h *Hub) renewPresence(ctx context.Context, users map[int][]string) error {
 		return nil
 	})
 	return err
+}
+
+// userLocks are mutexes by user, each made when first wanted and dropped
+// when nobody holds or waits for it.
+type userLocks struct {
+	mu sync.Mutex
+	m  map[int]*userLock
+}
+
+type userLock struct {
+	sync.Mutex
+	refs int // holders and waiters, under userLocks.mu
+}
+
+// lock locks the user's mutex and returns its unlock.
+func (l *userLocks) lock(uid int) (unlock func()) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[int]*userLock{}
+	}
+	u := l.m[uid]
+	if u == nil {
+		u = &userLock{}
+		l.m[uid] = u
+	}
+	u.refs++
+	l.mu.Unlock()
+	u.Lock()
+	return func() {
+		u.Unlock()
+		l.mu.Lock()
+		if u.refs--; u.refs == 0 {
+			delete(l.m, uid)
+		}
+		l.mu.Unlock()
+	}
 }
 
 // expirePresence announces offline the users no instance renews any more
@@ -170,10 +300,10 @@ func (h *Hub) expirePresence(ctx context.Context) error {
 				return err
 			}
 			h.mu.Lock()
-			offline := h.offline
+			announce := h.announce
 			h.mu.Unlock()
-			if seen > 0 && offline != nil {
-				offline(ctx, uid, time.UnixMilli(seen))
+			if seen > 0 && announce != nil {
+				announce(ctx, uid, false, time.UnixMilli(seen))
 			}
 		}
 	}

@@ -86,7 +86,7 @@ func NewService(log *slog.Logger, hub *Hub, chats Chats, sessions Sessions) *Ser
 	s := &Service{log: log, hub: hub, chats: chats, sessions: sessions}
 	hub.mu.Lock()
 	// The hub's tick already runs: both under mu.
-	hub.offline = func(ctx context.Context, uid int, at time.Time) { s.announce(ctx, uid, false, at) }
+	hub.announce = s.announce
 	hub.sessions = sessions
 	hub.mu.Unlock()
 	return s
@@ -144,14 +144,17 @@ func (s *Service) Subscribe(
 		last := s.hub.remove(sub)
 		s.hub.release(id.UserID, lease)
 		if last {
-			s.leave(id.UserID)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := s.hub.settle(ctx, id.UserID); err != nil {
+				s.log.Warn("live: presence", "user", id.UserID, "err", err)
+			}
 		}
 	}()
 	if first {
-		if online, err := s.hub.join(ctx, id.UserID); err != nil {
+		// A failure is retried at the next heartbeat (Hub.rejoin).
+		if err := s.hub.settle(ctx, id.UserID); err != nil {
 			s.log.WarnContext(ctx, "live: presence", "user", id.UserID, "err", err)
-		} else if online {
-			s.announce(ctx, id.UserID, true, s.hub.cfg.Now())
 		}
 	}
 
@@ -300,20 +303,6 @@ func (s *Service) internal(ctx context.Context, err error) error {
 		return nil
 	}
 	return rpcerr.From(ctx, s.log, "live", err)
-}
-
-// leave records that the user's last stream here closed.
-func (s *Service) leave(uid int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	offline, at, err := s.hub.leave(ctx, uid)
-	if err != nil {
-		s.log.Warn("live: presence", "user", uid, "err", err)
-		return
-	}
-	if offline {
-		s.announce(ctx, uid, false, at)
-	}
 }
 
 // announce tells the user's contacts (those who may see its presence)

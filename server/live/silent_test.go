@@ -80,7 +80,10 @@ func TestHub_HeartbeatsWhileAnnouncingOffline(t *testing.T) {
 	announcing, release := make(chan struct{}), make(chan struct{})
 	t.Cleanup(func() { close(release) })
 	h.mu.Lock()
-	h.offline = func(context.Context, int, time.Time) {
+	h.announce = func(_ context.Context, _ int, online bool, _ time.Time) {
+		if online {
+			return
+		}
 		select {
 		case <-announcing:
 		default:
