@@ -105,16 +105,25 @@ type Hub struct {
 	// instance that kept it online stopped renewing it.
 	announce func(ctx context.Context, userID int, online bool, at time.Time)
 	// joined are the users with a stream here whose presence this
-	// instance set in Redis (see settle), under mu: those it renews.
+	// instance set in Redis (see settle), under mu: those it renews. A
+	// renewal that finds the user's presence gone from Redis (it lapsed
+	// while this instance stalled, or Redis lost it) takes the user out,
+	// for rejoin to set and announce again.
 	joined map[int]bool
 	// presMu and presLocks order this instance's changes to presence in
 	// Redis: a renewal holds presMu alone, a settle holds it shared and
-	// its user's lock (see settle and renew).
+	// its user's lock, an expiry its user's lock (see settle and renew).
 	presMu    sync.RWMutex
 	presLocks userLocks
-	// beforeRenew, when set (by tests), runs in each renewal between its
-	// reading which users to renew and their renewal.
-	beforeRenew func()
+	// hooks are for tests.
+	hooks struct {
+		// beforeRenew runs in each renewal between its reading which
+		// users to renew and their renewal.
+		beforeRenew func()
+		// settling runs in each settle between its reading whether the
+		// user has a stream here and its change in Redis.
+		settling func(uid int, here bool)
+	}
 	// sessions, set by NewService under mu, checks at each heartbeat that
 	// the streams' sessions are still open.
 	sessions Sessions
@@ -353,14 +362,14 @@ func (h *Hub) tick(ctx context.Context) {
 // contacts, an event each) takes long, and must not hold back this
 // instance's heartbeats and renewals meanwhile.
 //
-// It then sets the presence of the users with a stream here whose first
-// stream's settle failed (Redis was unreachable), and announces them.
+// First it sets again, and announces, the presence of the users with a
+// stream here whose presence is not set (see rejoin).
 func (h *Hub) expire(ctx context.Context) {
-	if err := h.expirePresence(ctx); err != nil && ctx.Err() == nil {
-		h.log.Warn("live: expire presence", "err", err)
-	}
 	if err := h.rejoin(ctx); err != nil && ctx.Err() == nil {
 		h.log.Warn("live: presence", "err", err)
+	}
+	if err := h.expirePresence(ctx); err != nil && ctx.Err() == nil {
+		h.log.Warn("live: expire presence", "err", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package live
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -112,16 +113,19 @@ func (h *Hub) leave(ctx context.Context, uid int) (offline bool, at time.Time, e
 
 // settle brings the user's presence in Redis to what this instance has:
 // here while the user has a stream here, gone once it has none; and when
-// that takes the user online or offline everywhere, it announces it.
+// that takes the user online or offline everywhere, it announces it
+// (again: announces online whenever the user is here, as rejoin does).
 // Subscribe calls it for a user's first stream here and after its last.
 // Those calls may run in either order (a stream closing as another
 // opens), so each sets presence from the streams as they are when it
-// runs, one call at a time for a user, announcing in the same order.
-func (h *Hub) settle(ctx context.Context, uid int) error {
+// runs, one call at a time for a user, and announces before the next
+// runs: a user's stream that opens waits for the announcement that its
+// previous one closed.
+func (h *Hub) settle(ctx context.Context, uid int, again bool) error {
 	unlock := h.presLocks.lock(uid)
 	defer unlock()
 	online, changed, at, err := h.setPresence(ctx, uid)
-	if err != nil || !changed {
+	if err != nil || !(changed || again && online) {
 		return err
 	}
 	h.mu.Lock()
@@ -146,6 +150,9 @@ func (h *Hub) setPresence(ctx context.Context, uid int) (online, changed bool, a
 		delete(h.joined, uid)
 	}
 	h.mu.Unlock()
+	if h.hooks.settling != nil {
+		h.hooks.settling(uid, online)
+	}
 	if !online {
 		changed, at, err = h.leave(ctx, uid)
 		return false, changed, at, err
@@ -159,9 +166,12 @@ func (h *Hub) setPresence(ctx context.Context, uid int) (online, changed bool, a
 	return true, changed, h.cfg.Now(), nil
 }
 
-// rejoin settles the users with a stream here whose presence this
-// instance has not set, as their settle failed (or is running). It stops
-// at the first failure: Redis is still unreachable.
+// rejoin sets the presence of the users with a stream here whose presence
+// is not set: their settle failed (or is running), or a renewal found it
+// gone. It announces them online: their contacts may not have heard it
+// (a join that Redis made but whose answer was lost), or heard that they
+// went offline (from another instance's expiry). It gives up for this
+// round after a heartbeat, and on a single Redis at the first failure.
 func (h *Hub) rejoin(ctx context.Context) error {
 	h.mu.Lock()
 	var users []int
@@ -171,50 +181,67 @@ func (h *Hub) rejoin(ctx context.Context) error {
 		}
 	}
 	h.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.Heartbeat)
+	defer cancel()
+	var first error
 	for _, uid := range users {
-		if err := h.settle(ctx, uid); err != nil {
-			return err
+		err := h.settle(ctx, uid, true)
+		if err != nil && first == nil {
+			first = err
+		}
+		// On a cluster, the other users may be on nodes that answer.
+		if err != nil && (!h.sharded() || ctx.Err() != nil) {
+			break
 		}
 	}
-	return nil
+	return first
 }
 
 // renew keeps the users whose presence this instance set online, and the
 // leases of all its streams (see leases.go) from lapsing, in one round
 // trip. It holds presMu alone from its reading which users to renew to
 // their renewal, so that no settle takes a user away meanwhile, which the
-// renewal would then bring back online.
+// renewal would then bring back online. It only renews presence Redis
+// has: a user's that is gone is left to rejoin.
 func (h *Hub) renew(ctx context.Context) error {
 	h.presMu.Lock()
 	defer h.presMu.Unlock()
 	type renewal struct {
 		joined bool
 		leases []string
+		here   *redis.FloatCmd
 	}
 	h.mu.Lock()
-	users := make(map[int]renewal, len(h.users))
+	users := make(map[int]*renewal, len(h.users))
 	for uid, subs := range h.users {
-		r := renewal{joined: h.joined[uid], leases: make([]string, 0, len(subs))}
+		r := &renewal{joined: h.joined[uid], leases: make([]string, 0, len(subs))}
 		for sub := range subs {
 			r.leases = append(r.leases, sub.lease)
 		}
 		users[uid] = r
 	}
 	h.mu.Unlock()
-	if h.beforeRenew != nil {
-		h.beforeRenew()
+	if h.hooks.beforeRenew != nil {
+		h.hooks.beforeRenew()
 	}
 	if len(users) == 0 {
 		return nil
 	}
 	exp := h.cfg.Now().Add(h.cfg.presenceTTL())
 	score := float64(exp.UnixMilli())
-	_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	cmds, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for uid, r := range users {
 			if r.joined {
-				p.ZAdd(ctx, h.presenceKey(uid), redis.Z{Score: score, Member: h.instance})
+				// XX: presence that lapsed was announced offline; the
+				// user is to come back announced (and so is one Redis
+				// lost). While the user is in the presence set, it is
+				// in the online set too (see the scripts). (Should
+				// another instance take it out between the two, the
+				// next renewal finds it gone.)
+				r.here = p.ZScore(ctx, h.presenceKey(uid), h.instance)
+				p.ZAddXX(ctx, h.presenceKey(uid), redis.Z{Score: score, Member: h.instance})
 				p.PExpireAt(ctx, h.presenceKey(uid), exp)
-				p.ZAdd(ctx, h.onlineKey(bucketOf(uid)), redis.Z{Score: score, Member: uid})
+				p.ZAddXX(ctx, h.onlineKey(bucketOf(uid)), redis.Z{Score: score, Member: uid})
 			}
 			if len(r.leases) > 0 {
 				zs := make([]redis.Z, len(r.leases))
@@ -229,6 +256,23 @@ func (h *Hub) renew(ctx context.Context) error {
 		}
 		return nil
 	})
+	if errors.Is(err, redis.Nil) {
+		// A user's presence not found: that is an answer.
+		err = nil
+		for _, c := range cmds {
+			if c.Err() != nil && !errors.Is(c.Err(), redis.Nil) {
+				err = c.Err()
+				break
+			}
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for uid, r := range users {
+		if r.here != nil && errors.Is(r.here.Err(), redis.Nil) {
+			delete(h.joined, uid)
+		}
+	}
 	return err
 }
 
@@ -293,21 +337,33 @@ func (h *Hub) expirePresence(ctx context.Context) error {
 			if err != nil {
 				continue
 			}
-			seen, err := expireScript.Run(ctx, h.rdb,
-				[]string{h.presenceKey(uid), h.onlineKey(bucketOf(uid)), h.lastSeenKey(uid)},
-				ms(now), uid, h.cfg.presenceTTL().Milliseconds(), lastSeenTTL.Milliseconds()).Int64()
-			if err != nil {
+			if err := h.expireUser(ctx, uid, now); err != nil {
 				return err
-			}
-			h.mu.Lock()
-			announce := h.announce
-			h.mu.Unlock()
-			if seen > 0 && announce != nil {
-				announce(ctx, uid, false, time.UnixMilli(seen))
 			}
 		}
 	}
 	return err
+}
+
+// expireUser takes the user offline, and announces it, if its presence
+// lapsed everywhere. It holds the user's lock, so that its announcement
+// does not overtake one of a settle on this instance that follows it.
+func (h *Hub) expireUser(ctx context.Context, uid int, now time.Time) error {
+	unlock := h.presLocks.lock(uid)
+	defer unlock()
+	seen, err := expireScript.Run(ctx, h.rdb,
+		[]string{h.presenceKey(uid), h.onlineKey(bucketOf(uid)), h.lastSeenKey(uid)},
+		ms(now), uid, h.cfg.presenceTTL().Milliseconds(), lastSeenTTL.Milliseconds()).Int64()
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	announce := h.announce
+	h.mu.Unlock()
+	if seen > 0 && announce != nil {
+		announce(ctx, uid, false, time.UnixMilli(seen))
+	}
+	return nil
 }
 
 // presence reads the users' presence.

@@ -42,10 +42,15 @@ func (a *announced) want(t *testing.T, want ...string) {
 // uid whose keys it deletes at the end.
 func presenceHub(t *testing.T, uid int) (*Hub, *announced) {
 	t.Helper()
+	return presenceHubAt(t, uid, Config{Prefix: "test-presence:" + time.Now().Format("150405.000000") + ":"})
+}
+
+// presenceHubAt is presenceHub with cfg, for another instance of a hub.
+func presenceHubAt(t *testing.T, uid int, cfg Config) (*Hub, *announced) {
+	t.Helper()
 	_, rdb := testRedis(t)
-	h := NewHub(slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, Config{
-		Prefix: "test-presence:" + time.Now().Format("150405.000000") + ":", Heartbeat: time.Hour,
-	})
+	cfg.Heartbeat = time.Hour
+	h := NewHub(slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, cfg)
 	t.Cleanup(func() {
 		h.Close()
 		rdb.Del(context.Background(), h.onlineKey(bucketOf(uid)))
@@ -77,11 +82,11 @@ func TestPresence_LeaveWhileRenewing(t *testing.T) {
 	const uid = 11
 	h, said := presenceHub(t, uid)
 	sub, _ := h.add(ctx, auth.Identity{UserID: uid, SessionID: "s"}, "lease")
-	if err := h.settle(ctx, uid); err != nil {
+	if err := h.settle(ctx, uid, false); err != nil {
 		t.Fatal(err)
 	}
 	collected, release := make(chan struct{}), make(chan struct{})
-	h.beforeRenew = func() {
+	h.hooks.beforeRenew = func() {
 		close(collected)
 		<-release
 	}
@@ -90,13 +95,13 @@ func TestPresence_LeaveWhileRenewing(t *testing.T) {
 	<-collected
 	h.remove(sub)
 	left := make(chan error, 1)
-	go func() { left <- h.settle(ctx, uid) }()
+	go func() { left <- h.settle(ctx, uid, false) }()
 	// The leave may finish before the renewal (it did before settle
 	// waited for renewals): it is given the chance to.
 	select {
 	case err := <-left:
 		left <- err
-	case <-time.After(time.Second):
+	case <-time.After(500 * time.Millisecond):
 	}
 	close(release)
 	if err := <-renewed; err != nil {
@@ -118,7 +123,7 @@ func TestPresence_StreamOpensAsAnotherCloses(t *testing.T) {
 	h, said := presenceHub(t, uid)
 	id := auth.Identity{UserID: uid, SessionID: "s"}
 	a, _ := h.add(ctx, id, "a")
-	if err := h.settle(ctx, uid); err != nil {
+	if err := h.settle(ctx, uid, false); err != nil {
 		t.Fatal(err)
 	}
 	if !h.remove(a) {
@@ -130,7 +135,7 @@ func TestPresence_StreamOpensAsAnotherCloses(t *testing.T) {
 	}
 	// b's settle, then a's.
 	for range 2 {
-		if err := h.settle(ctx, uid); err != nil {
+		if err := h.settle(ctx, uid, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -142,11 +147,85 @@ func TestPresence_StreamOpensAsAnotherCloses(t *testing.T) {
 	said.want(t, "online")
 
 	h.remove(b)
-	if err := h.settle(ctx, uid); err != nil {
+	if err := h.settle(ctx, uid, false); err != nil {
 		t.Fatal(err)
 	}
 	wantOnline(t, h, uid, false)
 	said.want(t, "online", "offline")
+}
+
+// The same, with the settles running at once: the one that read that the
+// user had no stream here does not take it away after the other's join.
+func TestPresence_StreamOpensAsAnotherClosesAtOnce(t *testing.T) {
+	ctx := context.Background()
+	const uid = 14
+	h, said := presenceHub(t, uid)
+	id := auth.Identity{UserID: uid, SessionID: "s"}
+	a, _ := h.add(ctx, id, "a")
+	if err := h.settle(ctx, uid, false); err != nil {
+		t.Fatal(err)
+	}
+	read, release := make(chan struct{}), make(chan struct{})
+	h.hooks.settling = func(_ int, here bool) {
+		if !here {
+			close(read)
+			<-release
+		}
+	}
+	h.remove(a)
+	left := make(chan error, 1)
+	go func() { left <- h.settle(ctx, uid, false) }()
+	<-read
+	h.add(ctx, id, "b")
+	joined := make(chan error, 1)
+	go func() { joined <- h.settle(ctx, uid, false) }()
+	// The join may finish before the leave (it did before settles of a
+	// user waited for each other): it is given the chance to.
+	select {
+	case err := <-joined:
+		joined <- err
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(release)
+	for _, c := range []chan error{left, joined} {
+		if err := <-c; err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantOnline(t, h, uid, true)
+	said.want(t, "online", "offline", "online")
+}
+
+// A user whose presence lapsed while its instance stalled, which another
+// instance announced offline, comes back online announced, not renewed
+// silently.
+func TestPresence_LapsedComesBackAnnounced(t *testing.T) {
+	ctx := context.Background()
+	const uid = 15
+	h, said := presenceHub(t, uid)
+	h.add(ctx, auth.Identity{UserID: uid, SessionID: "s"}, "lease")
+	if err := h.settle(ctx, uid, false); err != nil {
+		t.Fatal(err)
+	}
+	// Another instance whose clock is past the presence's expiry.
+	later := time.Now().Add(4 * time.Hour) // past 3 heartbeats
+	other, otherSaid := presenceHubAt(t, uid, Config{Prefix: h.cfg.Prefix, Now: func() time.Time { return later }})
+	if err := other.expirePresence(ctx); err != nil {
+		t.Fatal(err)
+	}
+	otherSaid.want(t, "offline")
+	if err := h.renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantOnline(t, h, uid, false)
+	h.expire(ctx)
+	wantOnline(t, h, uid, true)
+	said.want(t, "online", "online")
+	if err := h.renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.expire(ctx)
+	said.want(t, "online", "online")
 }
 
 // A user whose first stream's settle failed (Redis unreachable) is not

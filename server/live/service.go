@@ -146,14 +146,18 @@ func (s *Service) Subscribe(
 		if last {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if err := s.hub.settle(ctx, id.UserID); err != nil {
+			if err := s.hub.settle(ctx, id.UserID, false); err != nil {
 				s.log.Warn("live: presence", "user", id.UserID, "err", err)
 			}
 		}
 	}()
 	if first {
-		// A failure is retried at the next heartbeat (Hub.rejoin).
-		if err := s.hub.settle(ctx, id.UserID); err != nil {
+		// Bounded, as renewals wait for it. A failure is retried by the
+		// hub's next expiry round (Hub.rejoin).
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := s.hub.settle(ctx, id.UserID, false)
+		cancel()
+		if err != nil {
 			s.log.WarnContext(ctx, "live: presence", "user", id.UserID, "err", err)
 		}
 	}

@@ -76,6 +76,15 @@ func TestHub_HeartbeatsWhileAnnouncingOffline(t *testing.T) {
 	h := NewHub(slog.New(slog.NewTextHandler(io.Discard, nil)), rdb, Config{
 		Prefix: "test-offline:" + time.Now().Format("150405.000000") + ":", Heartbeat: 50 * time.Millisecond,
 	})
+	// A user whose instance stopped renewing its presence a second ago,
+	// and one with a stream here.
+	const gone, here = 7, 1
+	// Cleanups run last first: the announcement is released, the hub
+	// stops, then its keys go.
+	t.Cleanup(func() {
+		rdb.Del(ctx, h.onlineKey(bucketOf(gone)), h.presenceKey(gone), h.lastSeenKey(gone))
+		rdb.Del(ctx, h.onlineKey(bucketOf(here)), h.presenceKey(here), h.leasesKey(here))
+	})
 	t.Cleanup(func() { h.Close() })
 	announcing, release := make(chan struct{}), make(chan struct{})
 	t.Cleanup(func() { close(release) })
@@ -92,14 +101,10 @@ func TestHub_HeartbeatsWhileAnnouncingOffline(t *testing.T) {
 		<-release
 	}
 	h.mu.Unlock()
-	// A user whose instance stopped renewing its presence a second ago.
-	const gone = 7
-	t.Cleanup(func() { rdb.Del(ctx, h.onlineKey(bucketOf(gone)), h.presenceKey(gone), h.lastSeenKey(gone)) })
 	if err := rdb.ZAdd(ctx, h.onlineKey(bucketOf(gone)), redis.Z{Score: float64(time.Now().Add(-time.Second).UnixMilli()), Member: gone}).Err(); err != nil {
 		t.Fatal(err)
 	}
-	sub, _ := h.add(ctx, auth.Identity{UserID: 1, SessionID: "s"}, "lease")
-	t.Cleanup(func() { rdb.Del(ctx, h.onlineKey(bucketOf(1)), h.presenceKey(1), h.leasesKey(1)) })
+	sub, _ := h.add(ctx, auth.Identity{UserID: here, SessionID: "s"}, "lease")
 	select {
 	case <-announcing:
 	case <-time.After(10 * time.Second):
