@@ -246,14 +246,14 @@ func (s *Service) fanOut(ctx context.Context, j *job) error {
 		if err != nil {
 			return err
 		}
-		due, err := s.store.collapse(ctx, t.user, t.sub.ID, j.Chat, s.cfg.Now(), s.cfg.Window, b)
+		due, err := s.store.collapse(ctx, t.user, t.sub.ID, j.Chat, p.Kind, s.cfg.Now(), s.cfg.Window, b)
 		if err != nil {
 			return err
 		}
 		if !due.IsZero() {
 			// The window's latest goes when it ends; one flush job per
 			// window, however many pushes it collapsed.
-			later = append(later, &job{Type: jobFlush, User: t.user, Sub: t.sub.ID, Chat: j.Chat})
+			later = append(later, &job{Type: jobFlush, User: t.user, Sub: t.sub.ID, Chat: j.Chat, Kind: p.Kind})
 			at = append(at, due)
 			continue
 		}
@@ -267,14 +267,18 @@ func (s *Service) fanOut(ctx context.Context, j *job) error {
 // subscription gone removes it. It fails only when ctx ended first: the
 // job is then left to another worker.
 func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID string, payload []byte, attempt int) error {
+	// A push replaces the one of its topic the push service still keeps
+	// for a device that is off: the chat's latest message, mention and
+	// reaction each have their own, so that neither a message nor a
+	// reaction takes the place of a mention.
 	opts := Options{TTL: messageTTL, Urgency: "normal", Topic: chatID}
 	var p Payload
 	if json.Unmarshal(payload, &p) == nil {
 		switch p.Kind {
 		case KindMention:
-			opts.Urgency = "high"
+			opts.Urgency, opts.Topic = "high", "m"+chatID
 		case KindReaction:
-			opts.TTL, opts.Urgency = reactionTTL, "low"
+			opts.TTL, opts.Urgency, opts.Topic = reactionTTL, "low", "r"+chatID
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.cfg.SendTimeout)

@@ -386,6 +386,9 @@ func TestPush_Delivery(t *testing.T) {
 				if rx.Payload.Kind != push.KindReaction || rx.Payload.Emoji != "👍" || rx.Payload.SenderID != int(r.id) || rx.Payload.Seq != m.GetSeq() || rx.TTL != 3600 {
 					t.Fatalf("reaction push %+v (TTL %d), want 👍 by %d on seq %d", rx.Payload, rx.TTL, r.id, m.GetSeq())
 				}
+				if rx.Topic != "r"+pc.GetId() {
+					t.Fatalf("reaction push topic %q, want %q", rx.Topic, "r"+pc.GetId())
+				}
 				b.wait(t)
 				d.none(t) // the reactor
 			})
@@ -453,6 +456,35 @@ func TestPush_Delivery(t *testing.T) {
 				later := sender.send(t, c.GetId(), "later")
 				if got := d.next(t).Payload; got.Seq != later.GetSeq() {
 					t.Fatalf("third push %+v, want seq %d", got, later.GetSeq())
+				}
+			})
+			t.Run("a mention is not collapsed into messages", func(t *testing.T) {
+				r := e.member(t)
+				d := e.ps.newDevice()
+				r.subscribe(t, d, false)
+				c := sender.group(t, "Mention in a burst", r)
+				first := sender.send(t, c.GetId(), "first")
+				res, err := sender.msgs.SendMessage(ctx, req(sender, &parleyv1.SendMessageRequest{
+					ChatId: c.GetId(), ClientMessageId: servertest.UniqueName("c"), Text: "look", MentionUserIds: []int32{r.id},
+				}))
+				if err != nil {
+					t.Fatalf("SendMessage: %v", err)
+				}
+				mention := res.Msg.GetMessage()
+				last := sender.send(t, c.GetId(), "last")
+				for _, want := range []struct {
+					seq         int64
+					kind, topic string
+				}{
+					{first.GetSeq(), push.KindMessage, c.GetId()},
+					{mention.GetSeq(), push.KindMention, "m" + c.GetId()},
+					// At the message window's end, its latest.
+					{last.GetSeq(), push.KindMessage, c.GetId()},
+				} {
+					got := d.next(t)
+					if got.Payload.Seq != want.seq || got.Payload.Kind != want.kind || got.Topic != want.topic {
+						t.Fatalf("push %+v (topic %q), want a %s of seq %d with topic %q", got.Payload, got.Topic, want.kind, want.seq, want.topic)
+					}
 				}
 			})
 			t.Run("gone removes the subscription", func(t *testing.T) {

@@ -57,7 +57,8 @@ type job struct {
 	Chat    string `json:"chat"`
 
 	// Of an event: a new message (KindMessage) or a reaction
-	// (KindReaction), by Actor, announced to Users.
+	// (KindReaction), by Actor, announced to Users. Of a flush: the kind
+	// of the pushes the window kept (KindMessage when empty).
 	Kind        string `json:"kind,omitempty"`
 	Seq         int64  `json:"seq,omitempty"`
 	Actor       int    `json:"actor,omitempty"`

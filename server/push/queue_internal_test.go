@@ -339,11 +339,16 @@ func TestFlush_KeptUntilSent(t *testing.T) {
 	sub := register(t, s, 2, "https://push.example/device", "s")
 	now := time.Now()
 	first, latest := []byte(`{"kind":"message","seq":1}`), []byte(`{"kind":"message","seq":2}`)
-	if due, err := s.store.collapse(ctx, 2, sub.ID, "c", now, time.Minute, first); err != nil || !due.IsZero() {
+	if due, err := s.store.collapse(ctx, 2, sub.ID, "c", KindMessage, now, time.Minute, first); err != nil || !due.IsZero() {
 		t.Fatalf("collapse: %v, %v; want the first to go now", due, err)
 	}
-	if due, err := s.store.collapse(ctx, 2, sub.ID, "c", now, time.Minute, latest); err != nil || due.IsZero() {
+	if due, err := s.store.collapse(ctx, 2, sub.ID, "c", KindMessage, now, time.Minute, latest); err != nil || due.IsZero() {
 		t.Fatalf("collapse: %v, %v; want the second to wait", due, err)
+	}
+	// Kept for as long as the push service would keep it, however long
+	// the flush job waits in a backlog (the window's key lasted 80 s).
+	if ttl, err := rdb.PTTL(ctx, s.store.windowKey(2, sub.ID, "c", KindMessage)).Result(); err != nil || ttl < messageTTL-time.Minute {
+		t.Fatalf("the kept push lasts %v (%v), want %v", ttl, err, messageTTL)
 	}
 	flush := &job{Type: jobFlush, User: 2, Sub: sub.ID, Chat: "c"}
 
@@ -375,7 +380,7 @@ func TestFlush_KeptUntilSent(t *testing.T) {
 		t.Fatalf("job for later %s (%v), want a send of the latest push", later[0], err)
 	}
 	// Queued again, the push is no longer the window's.
-	if p, err := s.store.flush(ctx, 2, sub.ID, "c", now, time.Minute, time.Minute); err != nil || p != nil {
+	if p, err := s.store.flush(ctx, 2, sub.ID, "c", KindMessage, now, time.Minute, time.Minute); err != nil || p != nil {
 		t.Fatalf("the window still keeps %s (%v)", p, err)
 	}
 }

@@ -64,8 +64,19 @@ func (s *store) userTag(uid int) string { return s.prefix + "{push:" + strconv.I
 
 func (s *store) subsKey(uid int) string     { return s.userTag(uid) + ":subs" }
 func (s *store) settingsKey(uid int) string { return s.userTag(uid) + ":settings" }
-func (s *store) windowKey(uid int, sub, chat string) string {
-	return s.userTag(uid) + ":win:" + sub + ":" + chat
+
+// windowKey is the collapse window of a device's pushes of one kind in
+// a chat: a mention's or a reaction's push never takes the place of
+// another kind's.
+func (s *store) windowKey(uid int, sub, chat, kind string) string {
+	k := s.userTag(uid) + ":win:" + sub + ":" + chat
+	switch kind {
+	case KindMention:
+		k += ":m"
+	case KindReaction:
+		k += ":r"
+	}
+	return k
 }
 
 // registerScript stores a subscription unless the user already has
@@ -333,10 +344,11 @@ func (s *store) recipients(ctx context.Context, uids []int) (map[int]*recipient,
 }
 
 // collapseScript decides whether a push for a device and chat goes now.
-// KEYS[1] is the window (see store); ARGV: now (ms), the window (ms) and
-// the push. Outside a window it opens one and returns 0: send now.
-// Within one it keeps the push as the window's latest and returns when
-// the window ends (ms), when the latest goes (flushScript).
+// KEYS[1] is the window (see store); ARGV: now (ms), the window (ms), the
+// push, and how long a push kept waits for its flush at most (ms).
+// Outside a window it opens one and returns 0: send now. Within one it
+// keeps the push as the window's latest and returns when the window ends
+// (ms), when the latest goes (flushScript).
 var collapseScript = redis.NewScript(`
 local untilv = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
 local now = tonumber(ARGV[1])
@@ -347,6 +359,7 @@ if untilv <= now then
   return 0
 end
 redis.call('HSET', KEYS[1], 'pending', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], untilv - now + tonumber(ARGV[4]))
 return untilv
 `)
 
@@ -375,9 +388,11 @@ return 0
 
 // collapse returns the zero time when the push goes now, or when the
 // window it waits in ends.
-func (s *store) collapse(ctx context.Context, uid int, sub, chat string, now time.Time, window time.Duration, payload []byte) (time.Time, error) {
-	until, err := collapseScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)},
-		now.UnixMilli(), window.Milliseconds(), payload).Int64()
+func (s *store) collapse(ctx context.Context, uid int, sub, chat, kind string, now time.Time, window time.Duration, payload []byte) (time.Time, error) {
+	// A push kept waits for its flush job as long as the push service
+	// would keep it: the job may wait in a backlog, or for workers.
+	until, err := collapseScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat, kind)},
+		now.UnixMilli(), window.Milliseconds(), payload, messageTTL.Milliseconds()).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("collapse: %w", err)
 	}
@@ -390,8 +405,8 @@ func (s *store) collapse(ctx context.Context, uid int, sub, chat string, now tim
 // flush returns the push waiting at the end of a window, nil when none;
 // it stays in the window until clear. keep is how long the window lasts
 // at least, unless cleared.
-func (s *store) flush(ctx context.Context, uid int, sub, chat string, now time.Time, window, keep time.Duration) ([]byte, error) {
-	p, err := flushScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)},
+func (s *store) flush(ctx context.Context, uid int, sub, chat, kind string, now time.Time, window, keep time.Duration) ([]byte, error) {
+	p, err := flushScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat, kind)},
 		now.UnixMilli(), window.Milliseconds(), (2*window + keep).Milliseconds()).Text()
 	if err == redis.Nil {
 		return nil, nil
@@ -404,8 +419,8 @@ func (s *store) flush(ctx context.Context, uid int, sub, chat string, now time.T
 
 // clear takes the push flush returned out of its window, unless a later
 // one replaced it.
-func (s *store) clear(ctx context.Context, uid int, sub, chat string, payload []byte) error {
-	if err := clearScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat)}, payload).Err(); err != nil {
+func (s *store) clear(ctx context.Context, uid int, sub, chat, kind string, payload []byte) error {
+	if err := clearScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat, kind)}, payload).Err(); err != nil {
 		return fmt.Errorf("clear a window: %w", err)
 	}
 	return nil

@@ -159,7 +159,7 @@ func (s *Service) handle(ctx context.Context, j *job) error {
 		// The window keeps its push until it went (or went back to the
 		// queue): a flush cut short is done again by the worker that
 		// takes the job over.
-		p, err := s.store.flush(ctx, j.User, j.Sub, j.Chat, s.cfg.Now(), s.cfg.Window, 2*s.cfg.ClaimAfter)
+		p, err := s.store.flush(ctx, j.User, j.Sub, j.Chat, j.Kind, s.cfg.Now(), s.cfg.Window, 2*s.cfg.ClaimAfter)
 		if err != nil || p == nil {
 			return err
 		}
@@ -172,7 +172,7 @@ func (s *Service) handle(ctx context.Context, j *job) error {
 				return err
 			}
 		}
-		if err := s.store.clear(ctx, j.User, j.Sub, j.Chat, p); err != nil {
+		if err := s.store.clear(ctx, j.User, j.Sub, j.Chat, j.Kind, p); err != nil {
 			// Kept, it goes only if a flush of this window runs again.
 			s.log.WarnContext(ctx, "push: window", "user", j.User, "err", err)
 		}
