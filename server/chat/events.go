@@ -242,6 +242,17 @@ func (s *Service) SendTyping(
 		// no ticks, no presence) until it accepts.
 		ids = nil
 	}
+	if len(ids) > 0 {
+		// Nor does a member who blocked the caller: it is not told,
+		// as a send would be (a typing caller does not learn of it).
+		blocked, err := s.blocksCaller(ctx, c, id.UserID)
+		if err != nil {
+			return nil, s.internal(ctx, "send typing", err)
+		}
+		if blocked {
+			ids = nil
+		}
+	}
 	expires := s.now().Add(TypingTTL)
 	if !req.Msg.GetTyping() {
 		expires = s.now()

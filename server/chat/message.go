@@ -567,6 +567,9 @@ func (s *Service) EditMessage(
 	if msg.DeletedAt != nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the message was deleted"))
 	}
+	if err := s.mayActInPrivate(ctx, c, me.UserID); err != nil {
+		return nil, s.internal(ctx, "edit message", err)
+	}
 	if err := s.store.editMessage(ctx, msg, req.Msg.GetText()); errors.Is(err, errNoMessage) {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the message was deleted"))
 	} else if err != nil {

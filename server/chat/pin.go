@@ -76,6 +76,9 @@ func (s *Service) PinMessage(
 	if msg.DeletedAt != nil {
 		return nil, errPinDeleted
 	}
+	if err := s.mayActInPrivate(ctx, c, me.UserID); err != nil {
+		return nil, s.internal(ctx, "pin message", err)
+	}
 	pin, added, ver, err := s.store.pin(ctx, c.ID, pinDoc{MessageID: msg.ID, Seq: msg.Seq, PinnedBy: me.UserID, PinnedAt: s.store.nowMs()})
 	if err != nil {
 		return nil, s.internal(ctx, "pin message", err)

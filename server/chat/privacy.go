@@ -45,6 +45,38 @@ func (noPrivacy) Block(context.Context, int, int) error {
 // block, which the answer must not tell from the others.
 var errRefused = connect.NewError(connect.CodePermissionDenied, errors.New("this user does not accept messages from you"))
 
+// mayActInPrivate checks that the other member of a private chat still
+// accepts what the caller does there that it would hear of (a reaction,
+// an edit, a pin), as for a message: not when it blocked the caller or
+// declined the chat's request. In a group it accepts everything.
+func (s *Service) mayActInPrivate(ctx context.Context, c *chatDoc, caller int) error {
+	if c.Type != typePrivate {
+		return nil
+	}
+	if c.declined() {
+		return errRefused
+	}
+	blocked, err := s.blocksCaller(ctx, c, caller)
+	if err != nil {
+		return err
+	}
+	if blocked {
+		return errRefused
+	}
+	return nil
+}
+
+// blocksCaller reports whether the other member of a private chat
+// blocked the caller.
+func (s *Service) blocksCaller(ctx context.Context, c *chatDoc, caller int) (bool, error) {
+	peer := c.peer(caller)
+	if c.Type != typePrivate || peer == 0 {
+		return false, nil
+	}
+	blockers, err := s.privacy.BlockersOf(ctx, caller, []int{peer})
+	return len(blockers) > 0, err
+}
+
 // mayStartPrivate checks that peer lets the caller start a private chat
 // with it.
 func (s *Service) mayStartPrivate(ctx context.Context, caller, peer int) error {

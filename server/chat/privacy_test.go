@@ -232,6 +232,53 @@ func TestPrivacy_BlockLooksLikeSettings(t *testing.T) {
 				blocks.send(t, toBlocker, "from the blocker")
 			})
 
+			t.Run("reactions, edits, pins and typing", func(t *testing.T) {
+				// As for SendMessage: one peer blocks alice, the other
+				// declines her request; the blocker hears nothing.
+				blocks, declines := newPerson(t, srv, p), newPerson(t, srv, p)
+				toBlocker, toDecliner := alice.startChat(t, blocks).GetId(), alice.startChat(t, declines).GetId()
+				inBlocked, inDeclined := alice.send(t, toBlocker, "hi"), alice.send(t, toDecliner, "hi")
+				events, stop := blocks.online(t)
+				defer stop()
+				blocks.block(t, alice)
+				if _, err := declines.c.Chat.DeclineChatRequest(ctx, tok(declines, &parleyv1.DeclineChatRequestRequest{ChatId: toDecliner})); err != nil {
+					t.Fatalf("DeclineChatRequest: %v", err)
+				}
+				react := func(chatID string, m *parleyv1.Message) error {
+					_, err := alice.c.Message.AddReaction(ctx, tok(alice, &parleyv1.AddReactionRequest{ChatId: chatID, MessageId: m.GetId(), Emoji: "👍"}))
+					return err
+				}
+				edit := func(chatID string, m *parleyv1.Message) error {
+					_, err := alice.c.Message.EditMessage(ctx, tok(alice, &parleyv1.EditMessageRequest{ChatId: chatID, MessageId: m.GetId(), Text: "edited"}))
+					return err
+				}
+				pin := func(chatID string, m *parleyv1.Message) error {
+					_, err := alice.c.Message.PinMessage(ctx, tok(alice, &parleyv1.PinMessageRequest{ChatId: chatID, MessageId: m.GetId()}))
+					return err
+				}
+				for name, try := range map[string]func(string, *parleyv1.Message) error{"AddReaction": react, "EditMessage": edit, "PinMessage": pin} {
+					sameRefusal(t, name, try(toBlocker, inBlocked), try(toDecliner, inDeclined))
+				}
+				if _, err := alice.c.Message.SendTyping(ctx, tok(alice, &parleyv1.SendTypingRequest{ChatId: toBlocker, Typing: true})); err != nil {
+					t.Fatalf("SendTyping: %v", err)
+				}
+				got := blocks.messages(t, toBlocker)
+				if len(got) != 1 || got[0].GetText() != "hi" || len(got[0].GetReactions()) != 0 || got[0].GetPin() != nil {
+					t.Errorf("the blocker's chat after the refused changes: %v", got)
+				}
+				// The blocker's own message comes after anything alice's
+				// calls announced.
+				mine := blocks.send(t, toBlocker, "from the blocker")
+				for ev := range events {
+					if m := ev.GetMessageCreated().GetMessage(); m.GetId() == mine.GetId() {
+						break
+					}
+					if ev.GetReactionsChanged() != nil || ev.GetMessageEdited() != nil || ev.GetPinsChanged() != nil || ev.GetTyping() != nil {
+						t.Errorf("the blocker heard %v", ev)
+					}
+				}
+			})
+
 			t.Run("add to a group", func(t *testing.T) {
 				welcome := newPerson(t, srv, p)
 				res, err := alice.c.Chat.CreateGroupChat(ctx, tok(alice, &parleyv1.CreateGroupChatRequest{

@@ -60,6 +60,9 @@ func (s *Service) AddReaction(
 	if msg.DeletedAt != nil {
 		return nil, errReactDeleted
 	}
+	if err := s.mayActInPrivate(ctx, c, me.UserID); err != nil {
+		return nil, s.internal(ctx, "add reaction", err)
+	}
 	// An emoji the message has already needs no write to it: the add
 	// reads the emojis again once its reaction is stored, and puts the
 	// emoji back if a removal took it out meanwhile (see reactionAdded).

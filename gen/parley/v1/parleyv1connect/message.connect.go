@@ -92,7 +92,10 @@ type MessageServiceClient interface {
 	// ListMessages returns messages in seq order: the newest page, or those
 	// before or after a seq. Deleted messages come as tombstones.
 	ListMessages(context.Context, *connect.Request[v1.ListMessagesRequest]) (*connect.Response[v1.ListMessagesResponse], error)
-	// EditMessage replaces the text of one of the caller's messages.
+	// EditMessage replaces the text of one of the caller's messages. In a
+	// private chat whose other member blocked the caller or declined its
+	// request, it is PERMISSION_DENIED, as a send is; so are AddReaction and
+	// PinMessage.
 	EditMessage(context.Context, *connect.Request[v1.EditMessageRequest]) (*connect.Response[v1.EditMessageResponse], error)
 	// DeleteMessage deletes a message for everyone: the sender may delete
 	// its own, a group's admins any. The seq stays, as a tombstone.
@@ -107,6 +110,7 @@ type MessageServiceClient interface {
 	// SendTyping tells the chat's other members, live, that the caller is
 	// typing (or stopped). It is not stored; the indication expires by
 	// itself a few seconds later, so clients repeat it while the user types.
+	// A member who blocked the caller is not told.
 	// At most 10 calls per chat every 10 seconds (RESOURCE_EXHAUSTED beyond).
 	SendTyping(context.Context, *connect.Request[v1.SendTypingRequest]) (*connect.Response[v1.SendTypingResponse], error)
 	// AddReaction adds the caller's reaction with an emoji to a message: one
@@ -387,7 +391,10 @@ type MessageServiceHandler interface {
 	// ListMessages returns messages in seq order: the newest page, or those
 	// before or after a seq. Deleted messages come as tombstones.
 	ListMessages(context.Context, *connect.Request[v1.ListMessagesRequest]) (*connect.Response[v1.ListMessagesResponse], error)
-	// EditMessage replaces the text of one of the caller's messages.
+	// EditMessage replaces the text of one of the caller's messages. In a
+	// private chat whose other member blocked the caller or declined its
+	// request, it is PERMISSION_DENIED, as a send is; so are AddReaction and
+	// PinMessage.
 	EditMessage(context.Context, *connect.Request[v1.EditMessageRequest]) (*connect.Response[v1.EditMessageResponse], error)
 	// DeleteMessage deletes a message for everyone: the sender may delete
 	// its own, a group's admins any. The seq stays, as a tombstone.
@@ -402,6 +409,7 @@ type MessageServiceHandler interface {
 	// SendTyping tells the chat's other members, live, that the caller is
 	// typing (or stopped). It is not stored; the indication expires by
 	// itself a few seconds later, so clients repeat it while the user types.
+	// A member who blocked the caller is not told.
 	// At most 10 calls per chat every 10 seconds (RESOURCE_EXHAUSTED beyond).
 	SendTyping(context.Context, *connect.Request[v1.SendTypingRequest]) (*connect.Response[v1.SendTypingResponse], error)
 	// AddReaction adds the caller's reaction with an emoji to a message: one

@@ -1249,7 +1249,10 @@ export const MessageService: GenService<{
     output: typeof ListMessagesResponseSchema;
   },
   /**
-   * EditMessage replaces the text of one of the caller's messages.
+   * EditMessage replaces the text of one of the caller's messages. In a
+   * private chat whose other member blocked the caller or declined its
+   * request, it is PERMISSION_DENIED, as a send is; so are AddReaction and
+   * PinMessage.
    *
    * @generated from rpc parley.v1.MessageService.EditMessage
    */
@@ -1296,6 +1299,7 @@ export const MessageService: GenService<{
    * SendTyping tells the chat's other members, live, that the caller is
    * typing (or stopped). It is not stored; the indication expires by
    * itself a few seconds later, so clients repeat it while the user types.
+   * A member who blocked the caller is not told.
    * At most 10 calls per chat every 10 seconds (RESOURCE_EXHAUSTED beyond).
    *
    * @generated from rpc parley.v1.MessageService.SendTyping
