@@ -7,6 +7,7 @@ import (
 	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/export"
+	"github.com/parley-chat/parley/server/live"
 	"github.com/parley-chat/parley/server/media"
 	"github.com/parley-chat/parley/server/push"
 	"github.com/parley-chat/parley/server/user"
@@ -21,6 +22,7 @@ type accountDeleter struct {
 	files   *media.Library // nil: uploads are not configured
 	exports *export.Service
 	push    *push.Service // nil: pushes are off
+	live    *live.Hub     // nil: no live delivery
 }
 
 var _ auth.AccountDeleter = accountDeleter{}
@@ -34,12 +36,18 @@ func (a accountDeleter) LeaveChats(ctx context.Context, userID int) error {
 }
 
 // DeleteFiles deletes the user's exports and uploads, and forgets its push
-// subscriptions and settings: it runs in both passes of a deletion, so
-// that a subscription a request under way registered after the first
-// pass is gone too.
+// subscriptions and settings and its live event log: it runs in both
+// passes of a deletion, so that a subscription a request under way
+// registered after the first pass is gone too, and the events of its
+// leaving (its own log's among them) are published before.
 func (a accountDeleter) DeleteFiles(ctx context.Context, userID int) error {
 	if a.push != nil {
 		if err := a.push.ForgetUser(ctx, userID); err != nil {
+			return err
+		}
+	}
+	if a.live != nil {
+		if err := a.live.ForgetUser(ctx, userID); err != nil {
 			return err
 		}
 	}
@@ -84,5 +92,5 @@ func NewDeletionSweep(d Deps) (*auth.Deletions, error) {
 	if err != nil {
 		return nil, err
 	}
-	return auth.NewDeletions(d.Log, d.Redis, d.Auth, accountDeleter{users: users, chats: chats, files: d.Media, exports: exports, push: d.Push}), nil
+	return auth.NewDeletions(d.Log, d.Redis, d.Auth, accountDeleter{users: users, chats: chats, files: d.Media, exports: exports, push: d.Push, live: d.Live}), nil
 }

@@ -230,7 +230,7 @@ func New(d Deps) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	authn.DeleteAccountsWith(accountDeleter{users: users, chats: chats, files: d.Media, exports: exports, push: d.Push})
+	authn.DeleteAccountsWith(accountDeleter{users: users, chats: chats, files: d.Media, exports: exports, push: d.Push, live: d.Live})
 	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
 	if d.Push != nil {
 		d.Push.Use(authn, chats, userNames{users})

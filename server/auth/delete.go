@@ -32,7 +32,9 @@ type AccountDeleter interface {
 	// would have none, and closes its private chats to sends.
 	LeaveChats(ctx context.Context, userID int) error
 	// DeleteFiles deletes the user's uploads that no message and no
-	// group uses: its avatars' files and what it never sent.
+	// group uses (its avatars' files and what it never sent), its data
+	// exports, its push subscriptions and settings, and its live event
+	// log and presence.
 	DeleteFiles(ctx context.Context, userID int) error
 	// DeleteRows deletes the account, its profile, avatars and blocks.
 	DeleteRows(ctx context.Context, userID int) error
@@ -47,8 +49,13 @@ type AccountDeleter interface {
 // before the service serves; without it DeleteAccount is UNIMPLEMENTED.
 func (s *Service) DeleteAccountsWith(d AccountDeleter) {
 	s.deletions = &Deletions{
-		log:     s.log,
-		end:     func(ctx context.Context, userID int) error { return s.EndSessions(ctx, userID, "") },
+		log: s.log,
+		end: func(ctx context.Context, userID int) error {
+			if err := s.EndSessions(ctx, userID, ""); err != nil {
+				return err
+			}
+			return s.limiter.forgetNetworks(ctx, userAccount(userID))
+		},
 		deleter: d,
 		now:     s.cfg.Now,
 	}
@@ -72,10 +79,14 @@ func NewDeletions(log *slog.Logger, rdb redis.UniversalClient, cfg Config, d Acc
 		cfg.Now = time.Now
 	}
 	sessions := &sessionStore{rdb: rdb, prefix: cfg.RedisPrefix, refreshTTL: cfg.RefreshTTL, now: cfg.Now, replicas: cfg.Replicas}
+	limits := &limiter{rdb: rdb, prefix: cfg.RedisPrefix}
 	return &Deletions{
 		log: log,
 		end: func(ctx context.Context, userID int) error {
-			return endSessions(ctx, sessions, cfg.SessionEnds, userID, "")
+			if err := endSessions(ctx, sessions, cfg.SessionEnds, userID, ""); err != nil {
+				return err
+			}
+			return limits.forgetNetworks(ctx, userAccount(userID))
 		},
 		deleter: d,
 		now:     cfg.Now,
@@ -117,14 +128,15 @@ func (s *Service) DeleteAccount(
 // finish carries out a deletion whose tombstone is written, in an
 // order that loses nothing if it stops at any point and is run again:
 //
-//  1. every session ends, and with them the live streams and push
-//     subscriptions (SessionEnds); no new one can start, as sign-in no
-//     longer finds the account, and one that passed that check before
-//     the tombstone either exists now or is refused by signIn's check
-//     after it is created;
+//  1. every session ends, and with them the live streams (SessionEnds);
+//     no new one can start, as sign-in no longer finds the account, and
+//     one that passed that check before the tombstone either exists now
+//     or is refused by signIn's check after it is created; the networks
+//     it signed in from are forgotten;
 //  2. the user leaves its chats, and the other members get the events
 //     of a member who leaves;
-//  3. the files of its avatars and its unsent uploads are deleted;
+//  3. its files, exports, push subscriptions and live event log go
+//     (DeleteFiles);
 //  4. the account's rows go;
 //  5. steps 2 and 3 run again, for what requests under way when the
 //     deletion began did after the first run (another device of the user

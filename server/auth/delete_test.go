@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -141,6 +142,19 @@ func TestAuthService_DeleteAccount(t *testing.T) {
 				}
 			})
 
+			// What Redis holds of her: her live event log, and the
+			// networks she signed in from.
+			prefix := servertest.SharedStores(t).RedisPrefix
+			redisKeys := []string{
+				prefix + "{u:" + strconv.Itoa(int(alice.ID)) + "}:events",
+				prefix + "login-known:user:" + strconv.Itoa(int(alice.ID)),
+			}
+			for _, k := range redisKeys {
+				if n, err := srv.App.Redis().Exists(ctx, k).Result(); err != nil || n != 1 {
+					t.Fatalf("before the deletion, %s: %d (%v), want it", k, n, err)
+				}
+			}
+
 			if err := deleteAccount(alice, servertest.Password); err != nil {
 				t.Fatalf("DeleteAccount: %v", err)
 			}
@@ -260,6 +274,14 @@ func TestAuthService_DeleteAccount(t *testing.T) {
 					n, err := srv.App.Mongo().Collection("media").CountDocuments(ctx, bson.D{{Key: "_id", Value: oid}})
 					if err != nil || n != 0 {
 						t.Errorf("media %s: %d documents (%v), want none", id, n, err)
+					}
+				}
+			})
+
+			t.Run("redis", func(t *testing.T) {
+				for _, k := range redisKeys {
+					if n, err := srv.App.Redis().Exists(ctx, k).Result(); err != nil || n != 0 {
+						t.Errorf("%s: %d (%v), want none", k, n, err)
 					}
 				}
 			})

@@ -3,6 +3,7 @@ package live
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -362,6 +363,23 @@ func (h *Hub) expireUser(ctx context.Context, uid int, now time.Time) error {
 	h.mu.Unlock()
 	if seen > 0 && announce != nil {
 		announce(ctx, uid, false, time.UnixMilli(seen))
+	}
+	return nil
+}
+
+// ForgetUser deletes what Redis holds of a deleted account's live
+// delivery: its event log, its presence and last-seen time, and its
+// streams' leases (its streams ended with its sessions).
+func (h *Hub) ForgetUser(ctx context.Context, uid int) error {
+	// Apart: a Redis Cluster takes keys of one slot per command.
+	if err := h.rdb.Del(ctx, h.streamKey(uid), h.leasesKey(uid)).Err(); err != nil {
+		return fmt.Errorf("live: forget user: %w", err)
+	}
+	if err := h.rdb.Del(ctx, h.presenceKey(uid), h.lastSeenKey(uid)).Err(); err != nil {
+		return fmt.Errorf("live: forget user: %w", err)
+	}
+	if err := h.rdb.ZRem(ctx, h.onlineKey(bucketOf(uid)), uid).Err(); err != nil {
+		return fmt.Errorf("live: forget user: %w", err)
 	}
 	return nil
 }
