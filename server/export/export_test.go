@@ -7,9 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -741,5 +744,47 @@ func TestExportService_DeleteUser(t *testing.T) {
 	}
 	if _, err := api.App.MediaStorage().Open(ctx, "export-"+ready.GetId()+"-1.zip"); !errors.Is(err, media.ErrNoObject) {
 		t.Errorf("the zip after DeleteUser: Open = %v, want it deleted", err)
+	}
+}
+
+// The temporary zips that an instance which died while writing them left
+// are deleted by the sweep, once untouched for hours; one being written
+// stays.
+func TestExport_AbandonedTempZipsDeleted(t *testing.T) {
+	tmp := t.TempDir()
+	abandoned, current := filepath.Join(tmp, "parley-export-1.zip"), filepath.Join(tmp, "parley-export-2.zip")
+	other := filepath.Join(tmp, "notes.zip")
+	for _, name := range []string{abandoned, current, other} {
+		if err := os.WriteFile(name, []byte("zip"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := time.Now().Add(-7 * time.Hour)
+	for _, name := range []string{abandoned, other} {
+		if err := os.Chtimes(name, long, long); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := newDeployment(t)
+	servertest.New(t, d.db, servertest.WithConfig(func(c *app.Config) {
+		c.MediaDir = d.dir
+		c.Now = d.clock.Now
+		c.Export.PollInterval = 20 * time.Millisecond
+		c.Export.TempDir = tmp
+	}))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(abandoned); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the abandoned temporary zip is still there after 30 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, name := range []string{current, other} {
+		if _, err := os.Stat(name); err != nil {
+			t.Errorf("%s: %v, want it kept", filepath.Base(name), err)
+		}
 	}
 }

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
 	"os"
+	"path/filepath"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -160,7 +162,7 @@ func (w *Worker) make(ctx context.Context, j *job) (string, int64, error) {
 	}()
 	defer func() { cancel(nil); <-renewed }()
 
-	tmp, err := os.CreateTemp(w.cfg.TempDir, "parley-export-*.zip")
+	tmp, err := os.CreateTemp(w.cfg.TempDir, tempPattern)
 	if err != nil {
 		return "", 0, fmt.Errorf("export temp file: %w", err)
 	}
@@ -235,10 +237,21 @@ func (w *Worker) remove(ctx context.Context, key string) {
 	}
 }
 
+// abandonedAfter is how long a temporary zip goes unwritten before the
+// sweep takes it for one an instance left when it died (a zip being
+// written changes all the while; one being stored, for as long as the
+// storage takes).
+const abandonedAfter = 6 * time.Hour
+
+// tempPattern names the temporary zips in Config.TempDir.
+const tempPattern = "parley-export-*.zip"
+
 // Sweep deletes the zips of ready exports whose time is up and marks
 // them expired; it returns how many. Any instance may run it: deleting a
-// missing object is no error.
+// missing object is no error. It also deletes the temporary zips that
+// instances which died while writing them left in Config.TempDir.
 func (w *Worker) Sweep(ctx context.Context) (int, error) {
+	w.sweepTemp(ctx)
 	done := 0
 	for {
 		batch, err := w.store.expiredReady(ctx, w.cfg.now(), 100)
@@ -260,5 +273,25 @@ func (w *Worker) Sweep(ctx context.Context) (int, error) {
 		if len(batch) < 100 {
 			return done, nil
 		}
+	}
+}
+
+// sweepTemp deletes the temporary zips untouched for abandonedAfter: they
+// hold copies of a user's files, and each may be large.
+func (w *Worker) sweepTemp(ctx context.Context) {
+	names, err := filepath.Glob(filepath.Join(w.cfg.TempDir, tempPattern))
+	if err != nil {
+		return // only a malformed pattern
+	}
+	for _, name := range names {
+		fi, err := os.Stat(name)
+		if err != nil || time.Since(fi.ModTime()) < abandonedAfter {
+			continue
+		}
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			w.log.WarnContext(ctx, "export clean-up: an abandoned temporary zip", "file", name, "err", err)
+			continue
+		}
+		w.log.InfoContext(ctx, "export clean-up: deleted an abandoned temporary zip", "file", name)
 	}
 }
