@@ -500,6 +500,7 @@ func (s *Service) ListMessages(
 	// read on, a few pages at most, until one shows something.
 	var msgs []messageDoc
 	var more bool
+	var end int64 // where the read stopped (see page_end_seq)
 	for range 8 {
 		raw, m, err := s.store.listMessages(ctx, c.ID, before, after, upTo, lastSeq(c), limit)
 		if err != nil {
@@ -510,6 +511,9 @@ func (s *Service) ListMessages(
 			break
 		}
 		first, last := raw[0].Seq, raw[len(raw)-1].Seq
+		if end = first; after != nil {
+			end = last
+		}
 		if msgs, err = s.store.withoutHidden(ctx, c.ID, me.UserID, raw); err != nil {
 			return nil, s.internal(ctx, "list messages", err)
 		}
@@ -530,7 +534,7 @@ func (s *Service) ListMessages(
 	if err != nil {
 		return nil, s.internal(ctx, "list messages", err)
 	}
-	return connect.NewResponse(&parleyv1.ListMessagesResponse{Messages: out, HasMore: more}), nil
+	return connect.NewResponse(&parleyv1.ListMessagesResponse{Messages: out, HasMore: more, PageEndSeq: end}), nil
 }
 
 // message loads a message of a chat the caller may see.

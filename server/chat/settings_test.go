@@ -3,6 +3,7 @@ package chat_test
 import (
 	"context"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -296,21 +297,42 @@ func TestDeleteMessagesForMe(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ms := res.Msg.GetMessages(); len(ms) != 1 || ms[0].GetText() != "four" || res.Msg.GetHasMore() {
-				t.Errorf("after seq %d by two: %v, has_more %v; want [four] and no more", sent[0].GetSeq(), ms, res.Msg.GetHasMore())
+			if ms := res.Msg.GetMessages(); len(ms) != 1 || ms[0].GetText() != "four" || res.Msg.GetHasMore() || res.Msg.GetPageEndSeq() != sent[3].GetSeq() {
+				t.Errorf("after seq %d by two: %v, has_more %v, end %d; want [four], no more, end %d", sent[0].GetSeq(), ms, res.Msg.GetHasMore(), res.Msg.GetPageEndSeq(), sent[3].GetSeq())
 			}
 			res, err = b.msgs.ListMessages(context.Background(), req(b, &parleyv1.ListMessagesRequest{ChatId: g.GetId(), Limit: 2,
 				Cursor: &parleyv1.ListMessagesRequest_BeforeSeq{BeforeSeq: sent[3].GetSeq()}}))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ms := res.Msg.GetMessages(); len(ms) != 1 || ms[0].GetText() != "one" {
-				t.Errorf("before seq %d by two: %v; want [one]", sent[3].GetSeq(), ms)
+			if ms := res.Msg.GetMessages(); len(ms) != 1 || ms[0].GetText() != "one" || res.Msg.GetPageEndSeq() != sent[0].GetSeq() {
+				t.Errorf("before seq %d by two: %v, end %d; want [one], end %d", sent[3].GetSeq(), ms, res.Msg.GetPageEndSeq(), sent[0].GetSeq())
+			}
+			// More pages hidden whole than one call reads on: an empty
+			// page, and the next starts where it stopped.
+			var many []string
+			for i := range 9 {
+				many = append(many, send(t, a, g.GetId(), "hidden "+strconv.Itoa(i)).GetId())
+			}
+			last := send(t, a, g.GetId(), "last")
+			if err := hide(many...); err != nil {
+				t.Fatal(err)
+			}
+			res, err = b.msgs.ListMessages(context.Background(), req(b, &parleyv1.ListMessagesRequest{ChatId: g.GetId(), Limit: 1,
+				Cursor: &parleyv1.ListMessagesRequest_AfterSeq{AfterSeq: sent[3].GetSeq()}}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ms := res.Msg.GetMessages(); len(ms) != 0 || !res.Msg.GetHasMore() || res.Msg.GetPageEndSeq() <= sent[3].GetSeq() || res.Msg.GetPageEndSeq() >= last.GetSeq() {
+				t.Fatalf("after seq %d by one, past 9 hidden: %v, has_more %v, end %d", sent[3].GetSeq(), ms, res.Msg.GetHasMore(), res.Msg.GetPageEndSeq())
+			}
+			if got := texts(b); !slices.Equal(got, []string{"one", "four", "last"}) {
+				t.Errorf("b lists %v, want [one four last]", got)
 			}
 			// A message of another chat is refused, and nothing changes.
 			wantCode(t, hide(sent[3].GetId(), elsewhere.GetId()), connect.CodeNotFound)
-			if got := texts(b); !slices.Equal(got, []string{"one", "four"}) {
-				t.Errorf("after a refused call b lists %v, want [one four]", got)
+			if got := texts(b); !slices.Equal(got, []string{"one", "four", "last"}) {
+				t.Errorf("after a refused call b lists %v, want [one four last]", got)
 			}
 		})
 	}

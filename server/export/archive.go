@@ -296,10 +296,12 @@ func (a *archive) messages(ctx context.Context, c Chats, chatID string) error {
 		for _, m := range msgs {
 			arr.add(m)
 		}
-		if !page.Msg.GetHasMore() || len(msgs) == 0 {
+		// A page may hold none of the messages read, all deleted by
+		// the user for itself: the next starts where the read stopped.
+		if !page.Msg.GetHasMore() || page.Msg.GetPageEndSeq() <= after {
 			break
 		}
-		after = msgs[len(msgs)-1].GetSeq()
+		after = page.Msg.GetPageEndSeq()
 	}
 	return arr.end()
 }

@@ -67,11 +67,10 @@ func ListMessagesAfter(c parleyv1connect.MessageServiceClient, token, chatID str
 		if err != nil {
 			return nil, err
 		}
-		msgs := res.Msg.GetMessages()
-		out = append(out, msgs...)
-		if !res.Msg.GetHasMore() || len(msgs) == 0 {
+		out = append(out, res.Msg.GetMessages()...)
+		if !res.Msg.GetHasMore() || res.Msg.GetPageEndSeq() <= after {
 			return out, nil
 		}
-		after = msgs[len(msgs)-1].GetSeq()
+		after = res.Msg.GetPageEndSeq()
 	}
 }

@@ -959,7 +959,13 @@ type ListMessagesResponse struct {
 	// In ascending seq order.
 	Messages []*Message `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 	// True when more messages lie beyond this page in its direction.
-	HasMore       bool `protobuf:"varint,2,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"`
+	HasMore bool `protobuf:"varint,2,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"`
+	// Where the read stopped, in the page's direction: the smallest seq it
+	// read (the newest page, before_seq) or the largest (after_seq); 0 when
+	// it read none. The next page starts from it. A chat where the caller
+	// deleted many messages for itself can give a page with no messages
+	// while has_more is true: the next one still starts from here.
+	PageEndSeq    int64 `protobuf:"varint,3,opt,name=page_end_seq,json=pageEndSeq,proto3" json:"page_end_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1006,6 +1012,13 @@ func (x *ListMessagesResponse) GetHasMore() bool {
 		return x.HasMore
 	}
 	return false
+}
+
+func (x *ListMessagesResponse) GetPageEndSeq() int64 {
+	if x != nil {
+		return x.PageEndSeq
+	}
+	return 0
 }
 
 type EditMessageRequest struct {
@@ -2544,10 +2557,12 @@ const file_parley_v1_message_proto_rawDesc = "" +
 	"before_seq\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02 \x00H\x00R\tbeforeSeq\x12&\n" +
 	"\tafter_seq\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00H\x00R\bafterSeq\x12\x1f\n" +
 	"\x05limit\x18\x04 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00R\x05limitB\b\n" +
-	"\x06cursor\"a\n" +
+	"\x06cursor\"\x83\x01\n" +
 	"\x14ListMessagesResponse\x12.\n" +
 	"\bmessages\x18\x01 \x03(\v2\x12.parley.v1.MessageR\bmessages\x12\x19\n" +
-	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"\x9e\x01\n" +
+	"\bhas_more\x18\x02 \x01(\bR\ahasMore\x12 \n" +
+	"\fpage_end_seq\x18\x03 \x01(\x03R\n" +
+	"pageEndSeq\"\x9e\x01\n" +
 	"\x12EditMessageRequest\x12.\n" +
 	"\achat_id\x18\x01 \x01(\tB\x15\xbaH\x12r\x102\x0e^[0-9a-f]{24}$R\x06chatId\x124\n" +
 	"\n" +
