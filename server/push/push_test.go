@@ -317,9 +317,14 @@ func TestPushService_HTTPSOnly(t *testing.T) {
 		Endpoint: d.endpoint, P256Dh: d.p256dh(), Auth: d.auth(),
 	}))
 	servertest.WantCode(t, err, connect.CodeInvalidArgument)
+	// Nor https on the server's own network.
 	https := strings.Replace(d.endpoint, "http://", "https://", 1)
-	if _, err := me.push.RegisterPushSubscription(context.Background(), req(me, &parleyv1.RegisterPushSubscriptionRequest{
+	_, err = me.push.RegisterPushSubscription(context.Background(), req(me, &parleyv1.RegisterPushSubscriptionRequest{
 		Endpoint: https, P256Dh: d.p256dh(), Auth: d.auth(),
+	}))
+	servertest.WantCode(t, err, connect.CodeInvalidArgument)
+	if _, err := me.push.RegisterPushSubscription(context.Background(), req(me, &parleyv1.RegisterPushSubscriptionRequest{
+		Endpoint: "https://push.example/send/1", P256Dh: d.p256dh(), Auth: d.auth(),
 	})); err != nil {
 		t.Fatalf("RegisterPushSubscription(https): %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
@@ -455,5 +456,48 @@ func TestEvents_SkipsUnsubscribedRecipients(t *testing.T) {
 	}
 	if !queued(1, 3) || queued(1, 4, 5) {
 		t.Error("after a rebuild, the set of subscribed users is not the users with subscriptions")
+	}
+}
+
+// A job that panics is dropped and logged, not retried, and the worker
+// goes on: taken over, it would panic on each instance in turn.
+func TestProcess_PanicDropsTheJob(t *testing.T) {
+	ctx := context.Background()
+	prov := &provider{answer: func(context.Context) (Result, error) { panic("a broken provider") }}
+	s, rdb := newTestService(t, prov, Config{Workers: -1})
+	sub := register(t, s, 2, "https://push.example/device", "s")
+	raw, err := json.Marshal(&job{Type: jobSend, User: 2, Sub: sub.ID, Chat: "c", Payload: []byte(`{"kind":"message","seq":1}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.process(ctx, redis.XMessage{ID: "1-1", Values: map[string]any{"job": string(raw)}})
+	if got := prov.sends(); got != 1 {
+		t.Fatalf("%d pushes tried, want 1", got)
+	}
+	if n, err := rdb.ZCard(ctx, s.queue.later).Result(); err != nil || n != 0 {
+		t.Fatalf("jobs for later: %d (%v), want none", n, err)
+	}
+}
+
+// An endpoint on an address of the server's own networks is refused at
+// registration, unless tests run their push service here.
+func TestCheckEndpoint_PublicAddressesOnly(t *testing.T) {
+	s := &Service{}
+	for _, endpoint := range []string{
+		"https://127.0.0.1/push/1", "https://10.0.0.5/push/1", "https://[::1]:8443/push/1",
+		"https://169.254.169.254/latest", "https://[::ffff:192.168.1.1]/push",
+	} {
+		if err := s.checkEndpoint(endpoint); connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Errorf("%s: %v, want invalid_argument", endpoint, err)
+		}
+	}
+	for _, endpoint := range []string{"https://fcm.googleapis.com/fcm/send/x", "https://8.8.8.8/push", "https://[2001:4860::8888]/push"} {
+		if err := s.checkEndpoint(endpoint); err != nil {
+			t.Errorf("%s: %v, want it accepted", endpoint, err)
+		}
+	}
+	s.cfg.InsecureEndpoints = true
+	if err := s.checkEndpoint("http://127.0.0.1:8080/push/1"); err != nil {
+		t.Errorf("with InsecureEndpoints, a local push service: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"net/netip"
 	"net/url"
 	"strings"
 
@@ -73,7 +74,9 @@ func (s *Service) RegisterPushSubscription(
 	return connect.NewResponse(&parleyv1.RegisterPushSubscriptionResponse{Subscription: toProto(r, id.SessionID)}), nil
 }
 
-// checkEndpoint accepts an https URL (or http, with InsecureEndpoints).
+// checkEndpoint accepts an https URL (or http, with InsecureEndpoints),
+// not on an address of the server's own networks when it names one (a
+// name is checked as it resolves at each push: see PublicClient).
 func (s *Service) checkEndpoint(endpoint string) error {
 	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" || u.User != nil {
@@ -81,6 +84,9 @@ func (s *Service) checkEndpoint(endpoint string) error {
 	}
 	if u.Scheme != "https" && !(u.Scheme == "http" && s.cfg.InsecureEndpoints) {
 		return connect.NewError(connect.CodeInvalidArgument, errors.New("endpoint: must be an https URL"))
+	}
+	if ip, err := netip.ParseAddr(u.Hostname()); err == nil && !s.cfg.InsecureEndpoints && !publicAddr(ip) {
+		return connect.NewError(connect.CodeInvalidArgument, errors.New("endpoint: not on a public address"))
 	}
 	return nil
 }

@@ -72,7 +72,13 @@ func (w *WebPush) Send(ctx context.Context, sub Subscription, payload []byte, op
 		// The client's errors (*url.Error, Op "Post") are the network's;
 		// the others are webpush-go's, about the keys.
 		var ue *url.Error
-		if ctx.Err() == nil && errors.As(err, &ue) && ue.Op != "parse" && !errors.Is(err, errNotPublic) {
+		switch {
+		case errors.Is(err, errNotPublic):
+			// Its name leads to the server's own networks now: as
+			// good as gone, and it would keep one of the user's
+			// places.
+			return Result{Gone: true}, fmt.Errorf("web push: %w", err)
+		case ctx.Err() == nil && errors.As(err, &ue) && ue.Op != "parse":
 			return Result{Retry: true}, fmt.Errorf("web push: %w", err)
 		}
 		return Result{}, fmt.Errorf("web push: %w", err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -116,7 +118,7 @@ func (s *Service) process(ctx context.Context, m redis.XMessage) {
 	var j job
 	if err := json.Unmarshal([]byte(raw), &j); err != nil {
 		s.log.ErrorContext(ctx, "push: malformed job, dropped", "id", m.ID, "err", err)
-	} else if err := s.handle(ctx, &j); err != nil {
+	} else if err := s.handleBounded(ctx, &j); err != nil {
 		if ctx.Err() != nil {
 			return
 		}
@@ -125,6 +127,24 @@ func (s *Service) process(ctx context.Context, m redis.XMessage) {
 	if err := s.queue.done(ctx, m.ID); err != nil && ctx.Err() == nil {
 		s.log.WarnContext(ctx, "push: queue", "err", err)
 	}
+}
+
+// handleBounded does one job within half of Config.ClaimAfter, so that
+// no other worker takes it over (and pushes it again) while a store that
+// does not answer holds it up: one that runs out goes back to the queue
+// for later. A job that panics is dropped, logged with its stack, rather
+// than taken over, and panicking, on each instance in turn.
+func (s *Service) handleBounded(ctx context.Context, j *job) (err error) {
+	jctx, cancel := context.WithTimeout(ctx, s.cfg.ClaimAfter/2)
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.ErrorContext(ctx, "push: a job panicked, dropped", "type", j.Type, "chat", j.Chat, "user", j.User,
+				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			err = nil
+		}
+	}()
+	return s.handle(jctx, j)
 }
 
 // retry queues the job again after a backoff (at least after), unless it
