@@ -80,7 +80,7 @@ func (e *events) PublishWith(ctx context.Context, userIDs []int, ev *parleyv1.Ev
 			after(p)
 		}
 		if queued == nil {
-			queued = e.s.queue.addReported(ctx, p, b, j.recipients())
+			queued = e.s.queue.addReported(ctx, p, j, b)
 		}
 	})
 	if err == nil && queued != nil {

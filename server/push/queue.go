@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -83,13 +84,32 @@ type queue struct {
 	// subscribed and ready are the set of users with subscriptions and
 	// the key that says it is whole.
 	subscribed, ready string
+	// queued starts the keys that mark an event's job as queued (see
+	// addScript).
+	queued string
 }
 
 func newQueue(rdb redis.UniversalClient, prefix string) *queue {
 	return &queue{
 		rdb: rdb, jobs: prefix + "{pushq}:jobs", later: prefix + "{pushq}:later",
 		subscribed: prefix + "{pushq}:subscribed", ready: prefix + "{pushq}:subscribed:ready",
+		queued: prefix + "{pushq}:queued:",
 	}
+}
+
+// queuedFor is how long an event's job stays marked as queued: a send
+// retried, or a reaction added again (however often), within it queues
+// no second job, so that nobody gets the same push twice.
+const queuedFor = 10 * time.Minute
+
+// queuedKey is the mark of an event's job: the event's kind, chat and
+// seq, and for a reaction its author and emoji.
+func (q *queue) queuedKey(j *job) string {
+	k := q.queued + j.Kind + ":" + j.Chat + ":" + strconv.FormatInt(j.Seq, 10)
+	if j.Kind == KindReaction {
+		k += ":" + strconv.Itoa(j.Actor) + ":" + j.Emoji
+	}
+	return k
 }
 
 // add queues the job for now in the pipeline.
@@ -106,18 +126,23 @@ func (q *queue) add(ctx context.Context, p redis.Pipeliner, j *job) error {
 // id}, or {0, the error} when Redis refuses it (a key of another type, no
 // memory left): the error is the caller's to report, not the pipeline's
 // (see addReported). When the set of subscribed users KEYS[2] is whole
-// (KEYS[3] exists) and none of the recipients ARGV[2...] is in it, the
-// job is not queued, and the answer is {1, ""}.
+// (KEYS[3] exists) and none of the recipients ARGV[3...] is in it, or
+// when the event's job is marked as queued already (KEYS[4], kept ARGV[2]
+// ms), the job is not queued, and the answer is {1, ""}.
 var addScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[3]) == 1 then
   local any = false
-  for i = 2, #ARGV do
+  for i = 3, #ARGV do
     if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 1 then any = true; break end
   end
   if not any then return {1, ''} end
 end
+if not redis.call('SET', KEYS[4], 1, 'NX', 'PX', ARGV[2]) then return {1, ''} end
 local r = redis.pcall('XADD', KEYS[1], '*', 'job', ARGV[1])
-if type(r) == 'table' and r.err then return {0, r.err} end
+if type(r) == 'table' and r.err then
+  redis.call('DEL', KEYS[4])
+  return {0, r.err}
+end
 return {1, r}
 `)
 
@@ -126,13 +151,14 @@ return {1, r}
 // not fail the other commands' round trip: the caller looks at the
 // command (reportedAdded). The script goes whole (EVAL), as a pipeline's
 // EVALSHA fails when Redis forgot it.
-func (q *queue) addReported(ctx context.Context, p redis.Pipeliner, job []byte, recipients []int) *redis.Cmd {
-	args := make([]any, 1, 1+len(recipients))
-	args[0] = job
+func (q *queue) addReported(ctx context.Context, p redis.Pipeliner, j *job, encoded []byte) *redis.Cmd {
+	recipients := j.recipients()
+	args := make([]any, 2, 2+len(recipients))
+	args[0], args[1] = encoded, queuedFor.Milliseconds()
 	for _, u := range recipients {
 		args = append(args, u)
 	}
-	return addScript.Eval(ctx, p, []string{q.jobs, q.subscribed, q.ready}, args...)
+	return addScript.Eval(ctx, p, []string{q.jobs, q.subscribed, q.ready, q.queuedKey(j)}, args...)
 }
 
 // reportedAdded tells whether addReported's command queued its job.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -231,11 +232,16 @@ func (e echoAfterTwice) PublishWith(ctx context.Context, _ []int, _ *parleyv1.Ev
 	return nil
 }
 
+// messageEvent returns the event of a new message, each time another's
+// (a message's job is queued once).
 func messageEvent() *parleyv1.Event {
+	seq := messageSeqs.Add(1)
 	return &parleyv1.Event{Kind: &parleyv1.Event_MessageCreated{MessageCreated: &parleyv1.MessageEvent{
-		Message: &parleyv1.Message{Id: "m", ChatId: "c", Seq: 1, SenderId: 1, Text: "hi"},
+		Message: &parleyv1.Message{Id: "m" + strconv.FormatInt(seq, 10), ChatId: "c", Seq: seq, SenderId: 1, Text: "hi"},
 	}}}
 }
+
+var messageSeqs atomic.Int64
 
 // An event queues one push job, however many times the live delivery
 // runs the caller's commands.
@@ -499,5 +505,36 @@ func TestCheckEndpoint_PublicAddressesOnly(t *testing.T) {
 	s.cfg.InsecureEndpoints = true
 	if err := s.checkEndpoint("http://127.0.0.1:8080/push/1"); err != nil {
 		t.Errorf("with InsecureEndpoints, a local push service: %v", err)
+	}
+}
+
+// An event's job is queued once: a send retried, or a reaction added
+// again, pushes nobody twice; another emoji is another push.
+func TestQueue_EventQueuedOnce(t *testing.T) {
+	ctx := context.Background()
+	s, rdb := newTestService(t, &provider{}, Config{Workers: -1})
+	register(t, s, 2, "https://push.example/device", "s")
+	queue := func(j *job) {
+		t.Helper()
+		b, err := json.Marshal(j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c *redis.Cmd
+		if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			c = s.queue.addReported(ctx, p, j, b)
+			return nil
+		}); err != nil || !reportedAdded(c) {
+			t.Fatalf("queue: %v, %v", c.Val(), err)
+		}
+	}
+	sent := &job{Type: jobEvent, Kind: KindMessage, Chat: "c", Seq: 7, Actor: 3, Users: []int{2, 3}}
+	thumb := &job{Type: jobEvent, Kind: KindReaction, Chat: "c", Seq: 7, Actor: 2, Emoji: "👍", Users: []int{2, 3}}
+	heart := &job{Type: jobEvent, Kind: KindReaction, Chat: "c", Seq: 7, Actor: 2, Emoji: "❤️", Users: []int{2, 3}}
+	for _, j := range []*job{sent, sent, thumb, thumb, thumb, heart} {
+		queue(j)
+	}
+	if n, err := rdb.XLen(ctx, s.queue.jobs).Result(); err != nil || n != 3 {
+		t.Fatalf("%d jobs queued (%v), want 3", n, err)
 	}
 }
