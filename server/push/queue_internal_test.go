@@ -463,6 +463,23 @@ func TestEvents_SkipsUnsubscribedRecipients(t *testing.T) {
 	if !queued(1, 3) || queued(1, 4, 5) {
 		t.Error("after a rebuild, the set of subscribed users is not the users with subscriptions")
 	}
+	// A user a failed write left out of the set is back at the next
+	// rebuild, within the hour the set is taken as whole.
+	if ttl, err := rdb.PTTL(ctx, s.queue.ready).Result(); err != nil || ttl <= 0 || ttl > subscribedWholeFor {
+		t.Errorf("the set is taken as whole for %v (%v), want at most %v", ttl, err, subscribedWholeFor)
+	}
+	if err := rdb.SRem(ctx, s.queue.subscribed, 3).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(ctx, s.queue.ready).Err(); err != nil { // its time is up
+		t.Fatal(err)
+	}
+	if err := s.store.rebuildSubscribed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !queued(1, 3) {
+		t.Error("a user left out of the set is still skipped after a rebuild")
+	}
 }
 
 // A job that panics is dropped and logged, not retried, and the worker

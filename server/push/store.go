@@ -131,16 +131,28 @@ func (s *store) unmark(ctx context.Context, uid int) {
 	}
 }
 
+// subscribedWholeFor is how long the set of subscribed users is taken
+// as whole once rebuilt: it is rebuilt that often, so that a user a
+// failed write left out of it (a registration whose SADD failed, a
+// failover that lost it) gets its pushes again within that time.
+const subscribedWholeFor = time.Hour
+
 // rebuildSubscribed fills the set of subscribed users from the
 // subscriptions themselves when the set is not known to be whole (its
-// ready key is absent: Redis lost it, or the set is new), and then marks
-// it whole. Until then no job is skipped. Registrations and removals
-// meanwhile keep the set as they always do, so it is whole when marked.
+// ready key is absent: Redis lost it, the set is new, or its time is up),
+// and then marks it whole. Until then no job is skipped. Registrations
+// and removals meanwhile keep the set as they always do, so it is whole
+// when marked. One worker of all instances rebuilds it at a time.
 func (s *store) rebuildSubscribed(ctx context.Context) error {
 	n, err := s.rdb.Exists(ctx, s.ready).Result()
 	if err != nil || n == 1 {
 		return err
 	}
+	lock := s.ready + ":rebuilding"
+	if ok, err := s.rdb.SetNX(ctx, lock, 1, 10*time.Minute).Result(); err != nil || !ok {
+		return err
+	}
+	defer s.rdb.Del(context.WithoutCancel(ctx), lock)
 	pattern := s.prefix + "{push:*}:subs"
 	err = redisconn.ForEachPrimary(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
 		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
@@ -169,7 +181,7 @@ func (s *store) rebuildSubscribed(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rebuild the set of subscribed users: %w", err)
 	}
-	return s.rdb.Set(ctx, s.ready, 1, 0).Err()
+	return s.rdb.Set(ctx, s.ready, 1, subscribedWholeFor).Err()
 }
 
 // list returns the user's subscriptions, oldest first.
