@@ -68,7 +68,7 @@ func (s *Service) PushChat(ctx context.Context, chatID string, users []int) (_ P
 }
 
 // MessageSender returns who sent the chat's message; ok is false when
-// there is no such message.
+// there is no such message, or it was deleted.
 func (s *Service) MessageSender(ctx context.Context, chatID, messageID string) (sender int, ok bool, err error) {
 	cid, err1 := bson.ObjectIDFromHex(chatID)
 	mid, err2 := bson.ObjectIDFromHex(messageID)
@@ -77,12 +77,12 @@ func (s *Service) MessageSender(ctx context.Context, chatID, messageID string) (
 	}
 	var m messageDoc
 	err = s.store.messages.FindOne(ctx, bson.D{{Key: "_id", Value: mid}, {Key: "chatId", Value: cid}},
-		options.FindOne().SetProjection(bson.D{{Key: "senderId", Value: 1}})).Decode(&m)
+		options.FindOne().SetProjection(bson.D{{Key: "senderId", Value: 1}, {Key: "deletedAt", Value: 1}})).Decode(&m)
 	if errors.Is(err, mongo.ErrNoDocuments) {
 		return 0, false, nil
 	}
 	if err != nil {
 		return 0, false, fmt.Errorf("message sender: %w", err)
 	}
-	return m.SenderID, true, nil
+	return m.SenderID, m.DeletedAt == nil, nil
 }

@@ -31,8 +31,9 @@ type Payload struct {
 	// SenderID and SenderName are who sent the message or reacted.
 	SenderID   int    `json:"sender_id"`
 	SenderName string `json:"sender_name,omitempty"`
-	// Seq is the message's in its chat.
-	Seq int64 `json:"seq"`
+	// Seq is the message's in its chat, and MessageID its id.
+	Seq       int64  `json:"seq"`
+	MessageID string `json:"message_id,omitempty"`
 	// Preview is the start of the message's text, absent when the user
 	// chose no previews.
 	Preview string `json:"preview,omitempty"`
@@ -221,7 +222,7 @@ func (s *Service) fanOut(ctx context.Context, j *job) error {
 	}
 	p := Payload{
 		Kind: j.Kind, ChatID: j.Chat, ChatType: c.Type, ChatTitle: c.Title,
-		SenderID: j.Actor, SenderName: name, Seq: j.Seq, Emoji: j.Emoji,
+		SenderID: j.Actor, SenderName: name, Seq: j.Seq, MessageID: j.Message, Emoji: j.Emoji,
 	}
 	if c.Type != "group" {
 		p.ChatTitle = name // the other member, from the recipient's side
@@ -279,6 +280,15 @@ func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID stri
 			opts.Urgency, opts.Topic = "high", "m"+chatID
 		case KindReaction:
 			opts.TTL, opts.Urgency, opts.Topic = reactionTTL, "low", "r"+chatID
+		}
+	}
+	if p.MessageID != "" {
+		// A message deleted since its push was made (kept in a
+		// collapse window, or retried) is not shown.
+		if _, ok, err := s.chats.MessageSender(ctx, chatID, p.MessageID); err != nil {
+			return err
+		} else if !ok {
+			return nil
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.cfg.SendTimeout)

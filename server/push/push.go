@@ -136,6 +136,8 @@ type Presence interface {
 // Chats describes chats and messages for pushes (chat.Service).
 type Chats interface {
 	PushChat(ctx context.Context, chatID string, users []int) (chat.PushChat, bool, error)
+	// MessageSender returns who sent the chat's message; ok is false
+	// when there is no such message, or it was deleted.
 	MessageSender(ctx context.Context, chatID, messageID string) (int, bool, error)
 }
 

@@ -348,7 +348,7 @@ func TestPush_Delivery(t *testing.T) {
 				got := d.next(t)
 				want := push.Payload{
 					Kind: push.KindMessage, ChatID: c.GetId(), ChatType: "group", ChatTitle: "Trip",
-					SenderID: int(sender.id), SenderName: sender.name, Seq: m.GetSeq(),
+					SenderID: int(sender.id), SenderName: sender.name, Seq: m.GetSeq(), MessageID: m.GetId(),
 					Preview: string([]rune(text)[:push.PreviewRunes-1]) + "…",
 				}
 				if got.Payload != want {

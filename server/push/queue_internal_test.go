@@ -83,6 +83,13 @@ func (oneGroup) MessageSender(context.Context, string, string) (int, bool, error
 	return 1, true, nil
 }
 
+// deletedMessages is oneGroup where the message "gone" was deleted.
+type deletedMessages struct{ oneGroup }
+
+func (deletedMessages) MessageSender(_ context.Context, _, id string) (int, bool, error) {
+	return 1, id != "gone", nil
+}
+
 type names struct{}
 
 func (names) Name(context.Context, int) (string, error) { return "one", nil }
@@ -553,5 +560,24 @@ func TestQueue_EventQueuedOnce(t *testing.T) {
 	}
 	if n, err := rdb.XLen(ctx, s.queue.jobs).Result(); err != nil || n != 3 {
 		t.Fatalf("%d jobs queued (%v), want 3", n, err)
+	}
+}
+
+// A push of a message deleted since it was made (kept in a window, or
+// retried) does not go.
+func TestSend_DeletedMessageNotPushed(t *testing.T) {
+	ctx := context.Background()
+	prov := &provider{}
+	s, _ := newTestService(t, prov, Config{Workers: -1})
+	s.Use(sessions{}, deletedMessages{}, names{})
+	sub := register(t, s, 2, "https://push.example/device", "s")
+	for _, id := range []string{"gone", "here"} {
+		p := []byte(`{"kind":"message","chat_id":"c","seq":1,"message_id":"` + id + `","preview":"oops"}`)
+		if err := s.handle(ctx, &job{Type: jobSend, User: 2, Sub: sub.ID, Chat: "c", Payload: p}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := prov.sends(); got != 1 {
+		t.Fatalf("%d pushes, want 1: the deleted message's went", got)
 	}
 }

@@ -317,14 +317,16 @@ export const UpdatePushSettingsResponseSchema: GenMessage<UpdatePushSettingsResp
  * reaction to one of the user's messages pushes to each of the user's
  * subscriptions while the user has no live stream open on any instance
  * (or always, for a subscription registered with always), unless the user
- * muted the chat; bursts in one chat come to each device as one push, and
- * at most one more at the end of a 10-second window carrying the latest.
+ * muted the chat; bursts of messages in one chat come to each device as
+ * one push, and at most one more at the end of a 10-second window carrying
+ * the latest (mentions and reactions alike, each kind apart). A message
+ * deleted before its push goes is not pushed.
  *
  * Each push's payload, decrypted, is a JSON object:
  *
  * 	{"kind": "message" | "mention" | "reaction",
  * 	 "chat_id": "...", "chat_type": "private" | "group", "chat_title": "...",
- * 	 "sender_id": 7, "sender_name": "alice", "seq": 42,
+ * 	 "sender_id": 7, "sender_name": "alice", "seq": 42, "message_id": "...",
  * 	 "preview": "the first characters of the text", "emoji": "👍"}
  *
  * preview is absent when the user's settings say show_previews = false;
