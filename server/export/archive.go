@@ -250,6 +250,9 @@ func (arr *jsonArray) end() error {
 	return err
 }
 
+// chatReadings bounds how many times chats reads the user's chats.
+const chatReadings = 5
+
 // chats writes chats.json and returns the chats' ids.
 func (a *archive) chats(ctx context.Context, c Chats) ([]string, error) {
 	w, err := a.create("chats.json", zip.Deflate)
@@ -257,21 +260,37 @@ func (a *archive) chats(ctx context.Context, c Chats) ([]string, error) {
 		return nil, err
 	}
 	arr := startArray(w, "", "chats")
+	// ListChats pages by the latest activity: a chat that has some while
+	// the pages are read moves to the top, past them, and one archived or
+	// unarchived between the two lists moves between them. So the lists
+	// are read again until a reading finds no chat not seen before, and
+	// each chat is written once.
 	var ids []string
-	for _, archived := range []bool{false, true} {
-		token := ""
-		for {
-			page, err := c.ListChats(ctx, connect.NewRequest(&parleyv1.ListChatsRequest{PageSize: 200, PageToken: token, Archived: archived}))
-			if err != nil {
-				return nil, fmt.Errorf("export chats: %w", err)
+	seen := map[string]bool{}
+	for reading := 0; reading < chatReadings; reading++ {
+		found := false
+		for _, archived := range []bool{false, true} {
+			token := ""
+			for {
+				page, err := c.ListChats(ctx, connect.NewRequest(&parleyv1.ListChatsRequest{PageSize: 200, PageToken: token, Archived: archived}))
+				if err != nil {
+					return nil, fmt.Errorf("export chats: %w", err)
+				}
+				for _, ch := range page.Msg.GetChats() {
+					if seen[ch.GetId()] {
+						continue
+					}
+					seen[ch.GetId()], found = true, true
+					arr.add(ch)
+					ids = append(ids, ch.GetId())
+				}
+				if token = page.Msg.GetNextPageToken(); token == "" {
+					break
+				}
 			}
-			for _, ch := range page.Msg.GetChats() {
-				arr.add(ch)
-				ids = append(ids, ch.GetId())
-			}
-			if token = page.Msg.GetNextPageToken(); token == "" {
-				break
-			}
+		}
+		if !found {
+			break
 		}
 	}
 	return ids, arr.end()
