@@ -595,10 +595,10 @@ func listMessages(ctx context.Context, u *user, st *stats, chatID string, after 
 			return nil, err
 		}
 		out = append(out, page.GetMessages()...)
-		if !page.GetHasMore() || len(page.GetMessages()) == 0 {
+		if !page.GetHasMore() || page.GetPageEndSeq() <= after {
 			return out, nil
 		}
-		after = page.GetMessages()[len(page.GetMessages())-1].GetSeq()
+		after = page.GetPageEndSeq()
 	}
 }
 

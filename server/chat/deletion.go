@@ -23,7 +23,8 @@ import (
 //     member keeps the history and still sees with whom it was; the user
 //     package answers for the deleted account as for one that blocked
 //     everyone, so sends into the chat are refused (PERMISSION_DENIED, as
-//     any refused send), and nobody can start a new one with it (it is
+//     any refused send; and so are reactions, edits and pins there, which
+//     nobody would hear of), and nobody can start a new one with it (it is
 //     missing to MissingUsers: NOT_FOUND). The other member gets a
 //     chat_updated event.
 //   - Its messages, their files, reactions and pins stay, attributed to its

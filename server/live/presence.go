@@ -43,13 +43,16 @@ return 0
 `)
 
 // leaveScript takes an instance's streams of the user away. It returns 1
-// when the user is now offline everywhere, having recorded the time.
+// when that took the user offline everywhere, having recorded the time
+// (a user already offline, whose presence expired or was forgotten, has
+// its last-seen time left as it is).
 var leaveScript = redis.NewScript(`
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 if redis.call('ZCARD', KEYS[1]) > 0 then return 0 end
+if redis.call('ZREM', KEYS[2], ARGV[3]) == 0 then return 0 end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[4])
-return redis.call('ZREM', KEYS[2], ARGV[3])
+return 1
 `)
 
 // expireScript takes offline a user whose instances all stopped renewing

@@ -28,7 +28,10 @@ import (
 //     store.rebuildSubscribed). An event none of whose recipients is in
 //     it queues no job (addScript): most sends reach nobody with a device
 //     to push to, and a job would cost a worker a fan-out of several
-//     round trips for nothing.
+//     round trips for nothing;
+//   - {pushq}:queued:<kind>:<chat>:<seq>[:<actor>:<emoji>] marks an
+//     event's job as queued, for queuedFor (addScript): one key per
+//     pushed event, on the queue's node.
 //
 // All are kept by Redis, so jobs outlive the instances.
 

@@ -24,8 +24,9 @@ import (
 //     JSON subRecord;
 //   - {push:<id>}:settings is a hash of the user's settings ("previews":
 //     "0" or "1"; absent: the default);
-//   - {push:<id>}:win:<subscription>:<chat> is the collapse window of one
-//     device and chat (see collapseScript).
+//   - {push:<id>}:win:<subscription>:<chat>[:m|:r] is the collapse
+//     window of one device, chat and kind of push (messages, mentions,
+//     reactions; see collapseScript).
 
 // MaxSubscriptions bounds the subscriptions of one user.
 const MaxSubscriptions = 20
@@ -403,8 +404,12 @@ return 0
 func (s *store) collapse(ctx context.Context, uid int, sub, chat, kind string, now time.Time, window time.Duration, payload []byte) (time.Time, error) {
 	// A push kept waits for its flush job as long as the push service
 	// would keep it: the job may wait in a backlog, or for workers.
+	keep := messageTTL
+	if kind == KindReaction {
+		keep = reactionTTL
+	}
 	until, err := collapseScript.Run(ctx, s.rdb, []string{s.windowKey(uid, sub, chat, kind)},
-		now.UnixMilli(), window.Milliseconds(), payload, messageTTL.Milliseconds()).Int64()
+		now.UnixMilli(), window.Milliseconds(), payload, keep.Milliseconds()).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("collapse: %w", err)
 	}

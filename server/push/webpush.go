@@ -74,10 +74,11 @@ func (w *WebPush) Send(ctx context.Context, sub Subscription, payload []byte, op
 		var ue *url.Error
 		switch {
 		case errors.Is(err, errNotPublic):
-			// Its name leads to the server's own networks now: as
-			// good as gone, and it would keep one of the user's
-			// places.
-			return Result{Gone: true}, fmt.Errorf("web push: %w", err)
+			// Its name leads to the server's own networks: refused,
+			// not retried. The subscription stays, as this may be the
+			// server's resolver's doing, not the user's (addresses
+			// are refused at registration).
+			return Result{}, fmt.Errorf("web push: %w", err)
 		case ctx.Err() == nil && errors.As(err, &ue) && ue.Op != "parse":
 			return Result{Retry: true}, fmt.Errorf("web push: %w", err)
 		}

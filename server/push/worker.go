@@ -57,15 +57,26 @@ func (s *Service) work(ctx context.Context, consumer string) {
 			if err := s.store.rebuildSubscribed(ctx); err != nil && ctx.Err() == nil {
 				s.log.WarnContext(ctx, "push: subscribed users", "err", err)
 			}
-			msgs, _, err := s.queue.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-				Stream: s.queue.jobs, Group: group, Consumer: consumer,
-				MinIdle: s.cfg.ClaimAfter, Start: "0-0", Count: 16,
-			}).Result()
-			if err != nil && ctx.Err() == nil {
-				s.log.WarnContext(ctx, "push: take over jobs", "err", err)
-			}
-			for _, m := range msgs {
-				s.process(ctx, m)
+			// Up to 16 jobs, each taken over just before it is done:
+			// taken together, the last ones' idle time would run out
+			// again while the first ran, and another worker would take
+			// them over (and push twice).
+			start := "0-0"
+			for range 16 {
+				msgs, next, err := s.queue.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+					Stream: s.queue.jobs, Group: group, Consumer: consumer,
+					MinIdle: s.cfg.ClaimAfter, Start: start, Count: 1,
+				}).Result()
+				if err != nil && ctx.Err() == nil {
+					s.log.WarnContext(ctx, "push: take over jobs", "err", err)
+				}
+				for _, m := range msgs {
+					s.process(ctx, m)
+				}
+				if err != nil || len(msgs) == 0 || next == "0-0" {
+					break
+				}
+				start = next
 			}
 			if err := s.queue.dropIdleConsumers(ctx, forgetConsumersAfter); err != nil && ctx.Err() == nil {
 				s.log.WarnContext(ctx, "push: forget idle consumers", "err", err)
