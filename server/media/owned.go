@@ -28,44 +28,54 @@ type OwnFile struct {
 	file       bson.ObjectID
 }
 
+// ownFilesPage is how many documents one read of OwnFiles takes.
+const ownFilesPage = 100
+
 // OwnFiles calls fn with each file userID uploaded that is in use, oldest
 // first: uploads not sent (yet), uploads being deleted and forwarded
-// copies of others' files are left out. It reads the documents as it goes,
-// so a user with many files costs no memory.
+// copies of others' files are left out. It reads the documents a page at
+// a time, by id, so a user with many files costs no memory, and no cursor
+// stays open while fn copies files (the store would drop one idle for
+// minutes).
 func (l *Library) OwnFiles(ctx context.Context, userID int, fn func(OwnFile) error) error {
-	filter := bson.D{
-		{Key: "uploaderId", Value: userID},
-		{Key: "state", Value: stateReady},
-		{Key: "fileId", Value: bson.D{{Key: "$exists", Value: false}}},
-	}
-	cur, err := l.store.media.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}))
-	if err != nil {
-		return fmt.Errorf("own files: %w", err)
-	}
-	defer cur.Close(ctx)
-	for cur.Next(ctx) {
-		var m mediaDoc
-		if err := cur.Decode(&m); err != nil {
+	var after *bson.ObjectID
+	for {
+		filter := bson.D{
+			{Key: "uploaderId", Value: userID},
+			{Key: "state", Value: stateReady},
+			{Key: "fileId", Value: bson.D{{Key: "$exists", Value: false}}},
+		}
+		if after != nil {
+			filter = append(filter, bson.E{Key: "_id", Value: bson.D{{Key: "$gt", Value: *after}}})
+		}
+		var page []mediaDoc
+		cur, err := l.store.media.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).SetLimit(ownFilesPage))
+		if err == nil {
+			err = cur.All(ctx, &page)
+		}
+		if err != nil {
 			return fmt.Errorf("own files: %w", err)
 		}
-		if !m.attached() {
-			continue
+		for _, m := range page {
+			if !m.attached() {
+				continue
+			}
+			f := OwnFile{
+				ID: m.ID, ChatID: m.ChatID, MessageID: m.MessageID, Avatar: m.Avatar, GroupID: m.GroupID,
+				FileName: m.FileName, ContentType: m.ContentType, Size: m.Size, SHA256: m.SHA256, file: m.fileID(),
+			}
+			if m.UploadedAt != nil {
+				f.UploadedAt = *m.UploadedAt
+			}
+			if err := fn(f); err != nil {
+				return err
+			}
 		}
-		f := OwnFile{
-			ID: m.ID, ChatID: m.ChatID, MessageID: m.MessageID, Avatar: m.Avatar, GroupID: m.GroupID,
-			FileName: m.FileName, ContentType: m.ContentType, Size: m.Size, SHA256: m.SHA256, file: m.fileID(),
+		if len(page) < ownFilesPage {
+			return nil
 		}
-		if m.UploadedAt != nil {
-			f.UploadedAt = *m.UploadedAt
-		}
-		if err := fn(f); err != nil {
-			return err
-		}
+		after = &page[len(page)-1].ID
 	}
-	if err := cur.Err(); err != nil {
-		return fmt.Errorf("own files: %w", err)
-	}
-	return nil
 }
 
 // OpenOwn opens the bytes of an own file. ErrNoObject: it was deleted since
