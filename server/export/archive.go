@@ -290,10 +290,11 @@ func (a *archive) chats(ctx context.Context, c Chats) ([]string, error) {
 			}
 		}
 		if !found {
-			break
+			return ids, arr.end()
 		}
 	}
-	return ids, arr.end()
+	// Still moving: this attempt fails, and a later one reads them again.
+	return nil, fmt.Errorf("export chats: still finding new chats after %d readings", chatReadings)
 }
 
 // messages writes messages/<chatID>.json, from the oldest message on.

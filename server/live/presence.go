@@ -374,14 +374,16 @@ func (h *Hub) expireUser(ctx context.Context, uid int, now time.Time) error {
 // delivery: its event log, its presence and last-seen time, and its
 // streams' leases (its streams ended with its sessions).
 func (h *Hub) ForgetUser(ctx context.Context, uid int) error {
-	// Apart: a Redis Cluster takes keys of one slot per command.
+	// Apart: a Redis Cluster takes keys of one slot per command. Out of
+	// the online set first, so that a late leave (leaveScript) finds the
+	// user offline already and records no last-seen time again.
 	if err := h.rdb.Del(ctx, h.streamKey(uid), h.leasesKey(uid)).Err(); err != nil {
 		return fmt.Errorf("live: forget user: %w", err)
 	}
-	if err := h.rdb.Del(ctx, h.presenceKey(uid), h.lastSeenKey(uid)).Err(); err != nil {
+	if err := h.rdb.ZRem(ctx, h.onlineKey(bucketOf(uid)), uid).Err(); err != nil {
 		return fmt.Errorf("live: forget user: %w", err)
 	}
-	if err := h.rdb.ZRem(ctx, h.onlineKey(bucketOf(uid)), uid).Err(); err != nil {
+	if err := h.rdb.Del(ctx, h.presenceKey(uid), h.lastSeenKey(uid)).Err(); err != nil {
 		return fmt.Errorf("live: forget user: %w", err)
 	}
 	return nil

@@ -128,8 +128,9 @@ func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
 	err := mongoindex.Ensure(ctx, db.Collection("media"), []mongo.IndexModel{
 		{Keys: bson.D{{Key: "createdAt", Value: 1}}, Options: options.Index().SetName("createdAt")},
 		{Keys: bson.D{{Key: "messageId", Value: 1}}, Options: options.Index().SetName("messageId")},
-		// Each CreateUpload sums the user's unsent uploads.
-		{Keys: bson.D{{Key: "uploaderId", Value: 1}}, Options: options.Index().SetName("uploaderId")},
+		// Each CreateUpload sums the user's unsent uploads; an export
+		// pages through the user's uploads by id.
+		{Keys: bson.D{{Key: "uploaderId", Value: 1}, {Key: "_id", Value: 1}}, Options: options.Index().SetName("uploaderId_id")},
 		// A retried CreateUpload finds the upload by its client's key.
 		{Keys: bson.D{{Key: "uploaderId", Value: 1}, {Key: "clientUploadId", Value: 1}, {Key: "createdAt", Value: -1}}, Options: options.Index().SetName("uploaderId_clientUploadId_createdAt")},
 		// Deleting a file's document looks for others that share it.
@@ -139,6 +140,10 @@ func EnsureIndexes(ctx context.Context, db *mongo.Database) error {
 	})
 	if err != nil {
 		return fmt.Errorf("create indexes on media: %w", err)
+	}
+	// uploaderId_id begins with what this one held.
+	if err := mongoindex.Drop(ctx, db.Collection("media"), []string{"uploaderId"}); err != nil {
+		return fmt.Errorf("drop an index of media: %w", err)
 	}
 	return nil
 }

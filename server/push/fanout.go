@@ -265,9 +265,13 @@ func (s *Service) fanOut(ctx context.Context, j *job) error {
 
 // send delivers one push, giving the push service Config.SendTimeout; a
 // push that may succeed later goes back to the queue, one to a
-// subscription gone removes it. It fails only when ctx ended first: the
-// job is then left to another worker.
-func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID string, payload []byte, attempt int) error {
+// subscription gone removes it. With check, it first looks for the
+// push's message (a retry, a window's latest): a deleted message's push
+// does not go, or, a window's latest (flush), goes without its text, as
+// the window may have kept others. It fails when ctx ended first (the
+// job is then left to another worker) or when the message could not be
+// looked for (the job is retried).
+func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID string, payload []byte, attempt int, check bool) error {
 	// A push replaces the one of its topic the push service still keeps
 	// for a device that is off: the chat's latest message, mention and
 	// reaction each have their own, so that neither a message nor a
@@ -282,13 +286,19 @@ func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID stri
 			opts.TTL, opts.Urgency, opts.Topic = reactionTTL, "low", "r"+chatID
 		}
 	}
-	if p.MessageID != "" {
-		// A message deleted since its push was made (kept in a
-		// collapse window, or retried) is not shown.
+	if check && p.MessageID != "" {
 		if _, ok, err := s.chats.MessageSender(ctx, chatID, p.MessageID); err != nil {
 			return err
 		} else if !ok {
-			return nil
+			if attempt > 0 {
+				return nil
+			}
+			// A window's latest: the window may have kept others, not
+			// deleted; the push goes, with none of the deleted one.
+			p.Preview, p.MessageID = "", ""
+			if payload, err = json.Marshal(p); err != nil {
+				return err
+			}
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.cfg.SendTimeout)

@@ -96,14 +96,18 @@ func (names) Name(context.Context, int) (string, error) { return "one", nil }
 
 // provider records the pushes; answer, when set, decides each.
 type provider struct {
-	mu     sync.Mutex
-	sent   []Subscription
-	answer func(ctx context.Context) (Result, error)
+	mu       sync.Mutex
+	sent     []Subscription
+	payloads []Payload
+	answer   func(ctx context.Context) (Result, error)
 }
 
-func (p *provider) Send(ctx context.Context, sub Subscription, _ []byte, _ Options) (Result, error) {
+func (p *provider) Send(ctx context.Context, sub Subscription, payload []byte, _ Options) (Result, error) {
+	var pl Payload
+	_ = json.Unmarshal(payload, &pl)
 	p.mu.Lock()
 	p.sent = append(p.sent, sub)
+	p.payloads = append(p.payloads, pl)
 	answer := p.answer
 	p.mu.Unlock()
 	if answer != nil {
@@ -571,13 +575,28 @@ func TestSend_DeletedMessageNotPushed(t *testing.T) {
 	s, _ := newTestService(t, prov, Config{Workers: -1})
 	s.Use(sessions{}, deletedMessages{}, names{})
 	sub := register(t, s, 2, "https://push.example/device", "s")
+	push := func(id string) []byte {
+		return []byte(`{"kind":"message","chat_id":"c","seq":1,"message_id":"` + id + `","preview":"oops ` + id + `"}`)
+	}
+	// Retries.
 	for _, id := range []string{"gone", "here"} {
-		p := []byte(`{"kind":"message","chat_id":"c","seq":1,"message_id":"` + id + `","preview":"oops"}`)
-		if err := s.handle(ctx, &job{Type: jobSend, User: 2, Sub: sub.ID, Chat: "c", Payload: p}); err != nil {
+		if err := s.handle(ctx, &job{Type: jobSend, Attempt: 1, User: 2, Sub: sub.ID, Chat: "c", Payload: push(id)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := prov.sends(); got != 1 {
-		t.Fatalf("%d pushes, want 1: the deleted message's went", got)
+	// A window's latest, deleted: the window may have kept others.
+	for _, id := range []string{"first", "gone"} {
+		if _, err := s.store.collapse(ctx, 2, sub.ID, "c", KindMessage, time.Now(), time.Minute, push(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.handle(ctx, &job{Type: jobFlush, User: 2, Sub: sub.ID, Chat: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	prov.mu.Lock()
+	defer prov.mu.Unlock()
+	if len(prov.payloads) != 2 || prov.payloads[0].Preview != "oops here" ||
+		prov.payloads[1].Preview != "" || prov.payloads[1].MessageID != "" || prov.payloads[1].Seq != 1 {
+		t.Fatalf("pushes %+v; want the retry of the message not deleted, then the window's end without the deleted text", prov.payloads)
 	}
 }

@@ -132,6 +132,12 @@ func (s *store) unmark(ctx context.Context, uid int) {
 	}
 }
 
+// releaseScript deletes the lock KEYS[1] if it still holds ARGV[1].
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
 // subscribedWholeFor is how long the set of subscribed users is taken
 // as whole once rebuilt: it is rebuilt that often, so that a user a
 // failed write left out of it (a registration whose SADD failed, a
@@ -149,13 +155,26 @@ func (s *store) rebuildSubscribed(ctx context.Context) error {
 	if err != nil || n == 1 {
 		return err
 	}
-	lock := s.ready + ":rebuilding"
-	if ok, err := s.rdb.SetNX(ctx, lock, 1, 10*time.Minute).Result(); err != nil || !ok {
+	lock, token := s.ready+":rebuilding", newID()
+	if ok, err := s.rdb.SetNX(ctx, lock, token, 10*time.Minute).Result(); err != nil || !ok {
 		return err
 	}
-	defer s.rdb.Del(context.WithoutCancel(ctx), lock)
+	// Let go only if still held: a rebuild past the lock's time finds
+	// another's lock.
+	defer releaseScript.Run(context.WithoutCancel(ctx), s.rdb, []string{lock}, token)
 	pattern := s.prefix + "{push:*}:subs"
 	err = redisconn.ForEachPrimary(ctx, s.rdb, func(ctx context.Context, c *redis.Client) error {
+		// Added a batch at a time, whether or not a hash still holds a
+		// subscription: the set may hold more, never fewer.
+		var batch []any
+		add := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			err := s.rdb.SAdd(ctx, s.subscribed, batch...).Err()
+			batch = batch[:0]
+			return err
+		}
 		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
 		for iter.Next(ctx) {
 			key := iter.Val()
@@ -171,13 +190,16 @@ func (s *store) rebuildSubscribed(ctx context.Context) error {
 			if err != nil {
 				continue
 			}
-			// Added whether or not the hash still holds a
-			// subscription: the set may hold more, never fewer.
-			if err := s.rdb.SAdd(ctx, s.subscribed, uid).Err(); err != nil {
-				return err
+			if batch = append(batch, uid); len(batch) == 1000 {
+				if err := add(); err != nil {
+					return err
+				}
 			}
 		}
-		return iter.Err()
+		if err := iter.Err(); err != nil {
+			return err
+		}
+		return add()
 	})
 	if err != nil {
 		return fmt.Errorf("rebuild the set of subscribed users: %w", err)

@@ -61,8 +61,10 @@ func (s *Service) work(ctx context.Context, consumer string) {
 			// taken together, the last ones' idle time would run out
 			// again while the first ran, and another worker would take
 			// them over (and push twice).
-			start := "0-0"
-			for range 16 {
+			// (With COUNT 1, Redis looks at 10 pending jobs a call: a
+			// call may take none and point further on.)
+			start, taken := "0-0", 0
+			for calls := 0; taken < 16 && calls < 256; calls++ {
 				msgs, next, err := s.queue.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
 					Stream: s.queue.jobs, Group: group, Consumer: consumer,
 					MinIdle: s.cfg.ClaimAfter, Start: start, Count: 1,
@@ -73,7 +75,8 @@ func (s *Service) work(ctx context.Context, consumer string) {
 				for _, m := range msgs {
 					s.process(ctx, m)
 				}
-				if err != nil || len(msgs) == 0 || next == "0-0" {
+				taken += len(msgs)
+				if err != nil || next == "0-0" {
 					break
 				}
 				start = next
@@ -185,7 +188,9 @@ func (s *Service) handle(ctx context.Context, j *job) error {
 		if err != nil || sub == nil {
 			return err
 		}
-		return s.send(ctx, j.User, sub, j.Chat, j.Payload, j.Attempt)
+		// A first try goes out as its message is made: only a retry
+		// looks for its message's deletion.
+		return s.send(ctx, j.User, sub, j.Chat, j.Payload, j.Attempt, j.Attempt > 0)
 	case jobFlush:
 		// The window keeps its push until it went (or went back to the
 		// queue): a flush cut short is done again by the worker that
@@ -199,7 +204,7 @@ func (s *Service) handle(ctx context.Context, j *job) error {
 			return err
 		}
 		if sub != nil {
-			if err := s.send(ctx, j.User, sub, j.Chat, p, 0); err != nil {
+			if err := s.send(ctx, j.User, sub, j.Chat, p, 0, true); err != nil {
 				return err
 			}
 		}
