@@ -249,11 +249,10 @@ func (s *Service) blockedBy(ctx context.Context, e *sendEntry, sender int) (bool
 	if ok {
 		return b, nil
 	}
-	blockers, err := s.privacy.BlockersOf(ctx, sender, []int{e.chat.peer(sender)})
+	b, err := s.blocksCaller(ctx, e.chat, sender)
 	if err != nil {
 		return false, err
 	}
-	b = len(blockers) > 0
 	e.mu.Lock()
 	if e.blocked == nil {
 		e.blocked = map[int]bool{}

@@ -265,36 +265,34 @@ func (s *Service) fanOut(ctx context.Context, j *job) error {
 
 // send delivers one push, giving the push service Config.SendTimeout; a
 // push that may succeed later goes back to the queue, one to a
-// subscription gone removes it. With check, it first looks for the
-// push's message (a retry, a window's latest): a deleted message's push
-// does not go, or, a window's latest (flush), goes without its text, as
-// the window may have kept others. It fails when ctx ended first (the
-// job is then left to another worker) or when the message could not be
-// looked for (the job is retried).
-func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID string, payload []byte, attempt int, check bool) error {
+// subscription gone removes it. A retry, or a window's latest (flush),
+// first looks for the push's message (a first try goes out as its
+// message is made): a deleted message's retry does not go, and a
+// window's latest goes without its text, as the window may have kept
+// others. It fails when ctx ended first (the job is then left to another
+// worker) or when the message could not be looked for (the job is
+// retried).
+func (s *Service) send(ctx context.Context, uid int, sub *subRecord, chatID string, payload []byte, attempt int, flush bool) error {
 	// A push replaces the one of its topic the push service still keeps
 	// for a device that is off: the chat's latest message, mention and
 	// reaction each have their own, so that neither a message nor a
 	// reaction takes the place of a mention.
-	opts := Options{TTL: messageTTL, Urgency: "normal", Topic: chatID}
 	var p Payload
-	if json.Unmarshal(payload, &p) == nil {
-		switch p.Kind {
-		case KindMention:
-			opts.Urgency, opts.Topic = "high", "m"+chatID
-		case KindReaction:
-			opts.TTL, opts.Urgency, opts.Topic = reactionTTL, "low", "r"+chatID
-		}
+	_ = json.Unmarshal(payload, &p)
+	opts := Options{TTL: messageTTL, Urgency: "normal", Topic: kindTag(p.Kind) + chatID}
+	switch p.Kind {
+	case KindMention:
+		opts.Urgency = "high"
+	case KindReaction:
+		opts.TTL, opts.Urgency = reactionTTL, "low"
 	}
-	if check && p.MessageID != "" {
+	if (flush || attempt > 0) && p.MessageID != "" {
 		if _, ok, err := s.chats.MessageSender(ctx, chatID, p.MessageID); err != nil {
 			return err
 		} else if !ok {
-			if attempt > 0 {
+			if !flush {
 				return nil
 			}
-			// A window's latest: the window may have kept others, not
-			// deleted; the push goes, with none of the deleted one.
 			p.Preview, p.MessageID = "", ""
 			if payload, err = json.Marshal(p); err != nil {
 				return err

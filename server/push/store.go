@@ -71,13 +71,22 @@ func (s *store) settingsKey(uid int) string { return s.userTag(uid) + ":settings
 // another kind's.
 func (s *store) windowKey(uid int, sub, chat, kind string) string {
 	k := s.userTag(uid) + ":win:" + sub + ":" + chat
-	switch kind {
-	case KindMention:
-		k += ":m"
-	case KindReaction:
-		k += ":r"
+	if t := kindTag(kind); t != "" {
+		k += ":" + t
 	}
 	return k
+}
+
+// kindTag marks what is a push kind's own, its window and its topic:
+// "" for messages, "m" for mentions, "r" for reactions.
+func kindTag(kind string) string {
+	switch kind {
+	case KindMention:
+		return "m"
+	case KindReaction:
+		return "r"
+	}
+	return ""
 }
 
 // registerScript stores a subscription unless the user already has

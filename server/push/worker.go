@@ -188,9 +188,7 @@ func (s *Service) handle(ctx context.Context, j *job) error {
 		if err != nil || sub == nil {
 			return err
 		}
-		// A first try goes out as its message is made: only a retry
-		// looks for its message's deletion.
-		return s.send(ctx, j.User, sub, j.Chat, j.Payload, j.Attempt, j.Attempt > 0)
+		return s.send(ctx, j.User, sub, j.Chat, j.Payload, j.Attempt, false)
 	case jobFlush:
 		// The window keeps its push until it went (or went back to the
 		// queue): a flush cut short is done again by the worker that
