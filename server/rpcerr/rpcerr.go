@@ -42,10 +42,15 @@ func From(ctx context.Context, log *slog.Logger, what string, err error) error {
 	case errors.Is(err, doclock.ErrBusy):
 		log.WarnContext(ctx, what, "err", err)
 		return connect.NewError(connect.CodeAborted, errors.New("another change of the same data is in progress; retry"))
-	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	// The request's own end; a deadline of the store's own (a dial
+	// timeout, the MongoDB driver's server selection) is the store
+	// being unavailable, below. Neither says more to the client: the
+	// wrapped errors name the stores' addresses.
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		return connect.NewError(connect.CodeCanceled, errors.New("the request was canceled"))
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+		log.WarnContext(ctx, what+": the request's deadline passed", "err", err)
+		return connect.NewError(connect.CodeDeadlineExceeded, errors.New("the request's deadline passed"))
 	case ent.IsNotFound(err), errors.Is(err, redis.Nil):
 		return connect.NewError(connect.CodeNotFound, errors.New("not found"))
 	case ent.IsValidationError(err):
@@ -67,7 +72,7 @@ func From(ctx context.Context, log *slog.Logger, what string, err error) error {
 func isUnavailable(err error) bool {
 	var netErr net.Error
 	var opErr *net.OpError
-	return errors.As(err, &opErr) || (errors.As(err, &netErr) && netErr.Timeout()) ||
+	return errors.As(err, &opErr) || (errors.As(err, &netErr) && netErr.Timeout()) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) ||
 		errors.Is(err, redisconn.ErrNotReplicated) || redisFailingOver(err)
 }
