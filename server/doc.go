@@ -36,7 +36,8 @@
 //	                    words), per-member settings and delete for me
 //	                    (settings.go), invite links and group avatars
 //	                    (invite.go); a deleted user's leaving, with the
-//	                    hand-over of its groups (deletion.go);
+//	                    hand-over of its groups (deletion.go); the purge
+//	                    of chats left without readers (purge.go);
 //	                    chat.Prepare upgrades older data and
 //	                    creates the indexes at start-up; it announces every
 //	                    change through chat.Events

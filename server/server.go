@@ -306,6 +306,14 @@ func NewMediaJanitor(d Deps, after time.Duration) *media.Janitor {
 	return media.NewJanitor(d.Log, d.Media, referrers{chats, users}, after, d.Now)
 }
 
+// NewChatPurge returns the chat service over the same stores as New, for
+// its purge of the chats left without readers (chat.Service.RunPurge);
+// run it on every instance.
+func NewChatPurge(d Deps) *chat.Service {
+	_, chats := domain(d, d.Live)
+	return chats
+}
+
 // NewExportWorker returns the worker that makes the data exports users
 // request, over the same stores as New; run one on every instance.
 func NewExportWorker(d Deps) *export.Worker {

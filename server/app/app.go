@@ -449,6 +449,12 @@ func (a *App) MailServer() string { return a.mailTo }
 // MediaStorage returns where uploaded files are kept.
 func (a *App) MediaStorage() media.Storage { return a.storage }
 
+// PurgeChats deletes the chats left without readers up to before
+// (chat.Service.Purge), as the instances do now and again.
+func (a *App) PurgeChats(ctx context.Context, before time.Time) (int, error) {
+	return server.NewChatPurge(a.deps).Purge(ctx, before)
+}
+
 // NewMediaJanitor returns a clean-up of uploads unattached for longer
 // than after, like the one Serve runs.
 func (a *App) NewMediaJanitor(after time.Duration) *media.Janitor {
@@ -653,6 +659,9 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	defer runInBackground(func(ctx context.Context) { sweep.Run(ctx, auth.DeletionSweepInterval) })()
+
+	// Chats left without readers go, from every instance.
+	defer runInBackground(func(ctx context.Context) { server.NewChatPurge(a.deps).RunPurge(ctx, chat.PurgeInterval) })()
 
 	// Push workers stop before the stores close.
 	defer runInBackground(func(ctx context.Context) { a.push.Run(ctx) })()

@@ -30,6 +30,9 @@ import (
 //   - Its messages, their files, reactions and pins stay, attributed to its
 //     id (User.deleted says what it is); what was its own in each chat,
 //     its settings and the messages it deleted for itself, goes.
+//   - A chat it leaves without readers goes, with everything in it, ten
+//     minutes later (Service.Purge): a group whose last member it was, a
+//     private chat whose other member's account is deleted too.
 
 // maxHandOvers bounds the attempts at leaving a group whose new admin is
 // demoted (by itself) before the deleted user is out.
@@ -49,7 +52,7 @@ func (s *Service) LeaveAll(ctx context.Context, userID int) error {
 		if c.Type == typeGroup {
 			err = s.leaveDeleted(ctx, c.ID, userID)
 		} else {
-			err = s.closePrivate(ctx, c.ID, userID)
+			err = s.closePrivate(ctx, c, userID)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -126,13 +129,21 @@ func (s *Service) handOver(ctx context.Context, chatID bson.ObjectID, userID int
 // closePrivate makes every instance check sends into the private chat
 // again, now that the user package refuses them for the deleted user (a
 // send checked before is refused once this began, see sendCache), and
-// tells the other member.
-func (s *Service) closePrivate(ctx context.Context, chatID bson.ObjectID, userID int) error {
-	if err := s.store.changing(ctx, chatID, func(context.Context) error { return nil }); err != nil {
+// tells the other member; or, when that member's account is deleted too,
+// records the chat for Purge.
+func (s *Service) closePrivate(ctx context.Context, c *chatDoc, userID int) error {
+	if err := s.store.changing(ctx, c.ID, func(context.Context) error { return nil }); err != nil {
 		return err
 	}
-	s.announce(ctx, chatID, chatUpdated, userID)
-	return nil
+	s.announce(ctx, c.ID, chatUpdated, userID)
+	// The second of its members to be deleted (the two tombstones are
+	// written before either leaves, so the later leaving sees both)
+	// leaves it to Purge.
+	readers, err := s.readers(ctx, c)
+	if err != nil || readers {
+		return err
+	}
+	return s.store.markEmpty(ctx, c.ID)
 }
 
 // forgetMember deletes what was the user's own in a chat: its settings and

@@ -231,7 +231,8 @@ func (s *Service) inviteChat(ctx context.Context, code string) (*inviteDoc, *cha
 		return nil, nil, err
 	}
 	c, err := s.store.getChat(ctx, d.ChatID)
-	if errors.Is(err, errNoChat) {
+	if errors.Is(err, errNoChat) || (err == nil && len(c.Participants) == 0) {
+		// A group whose last member left is to be purged.
 		return nil, nil, errNoInvite
 	}
 	if err != nil {
@@ -326,7 +327,7 @@ func (s *Service) join(ctx context.Context, d *inviteDoc, c *chatDoc, userID int
 	}
 	_, err = s.store.changeMembers(ctx, c.ID, userID, func(c *chatDoc) ([]participantDoc, error) {
 		joined = false
-		if c.Type != typeGroup {
+		if c.Type != typeGroup || len(c.Participants) == 0 {
 			return nil, errNoInvite
 		}
 		if c.participant(userID) != nil {

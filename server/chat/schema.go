@@ -93,6 +93,7 @@ func Prepare(ctx context.Context, log *slog.Logger, db *mongo.Database) error {
 		{db.Collection("hiddenMessages"), hiddenIndexes},
 		{db.Collection("invites"), inviteIndexes},
 		{db.Collection("reactions"), reactionIndexes},
+		{db.Collection("emptyChats"), emptyIndexes},
 	} {
 		if err := mongoindex.Ensure(ctx, x.c, x.models); err != nil {
 			return fmt.Errorf("create indexes on %s: %w", x.c.Name(), err)

@@ -66,6 +66,9 @@ type Media interface {
 	Release(ctx context.Context, ids []bson.ObjectID, key string)
 	// DeleteOfMessage deletes the files of a deleted message.
 	DeleteOfMessage(ctx context.Context, messageID bson.ObjectID) error
+	// DeleteOfGroup deletes the upload at url that is, or was being
+	// made, the avatar of a group being purged.
+	DeleteOfGroup(ctx context.Context, url string, chatID bson.ObjectID) error
 	// ClaimGroupAvatar reserves an avatar upload of the user for the
 	// group's avatar and returns its URL and the claim it made;
 	// AttachGroupAvatar records that the group uses it, and

@@ -221,7 +221,10 @@ type store struct {
 	hidden       *mongo.Collection
 	invites      *mongo.Collection
 	reactions    *mongo.Collection
-	now          func() time.Time
+	// empties records the chats that may have no reader left (see
+	// Service.Purge).
+	empties *mongo.Collection
+	now     func() time.Time
 
 	// inserts and sentUpdates combine the writes of concurrent sends
 	// (see combiner): their messages, and their chats' updates.
@@ -246,6 +249,7 @@ func newStore(db *mongo.Database, rdb redis.UniversalClient, locks *doclock.Lock
 		chatSettings: db.Collection("chatSettings"),
 		hidden:       db.Collection("hiddenMessages"),
 		invites:      db.Collection("invites"),
+		empties:      db.Collection("emptyChats"),
 	}
 	s.inserts = &combiner[*messageDoc]{write: s.insertMessages, max: maxCombined}
 	s.sentUpdates = &combiner[*messageDoc]{write: s.sentMany, max: maxCombined}
@@ -436,6 +440,12 @@ func (s *store) changeMembers(ctx context.Context, chatID bson.ObjectID, actor i
 		}
 		if err != nil {
 			return nil, err
+		}
+		if c.Type == typeGroup && len(parts) == 0 {
+			// Before the change, which may land even if this fails.
+			if err := s.markEmpty(ctx, chatID); err != nil {
+				return nil, err
+			}
 		}
 		now := s.nowMs()
 		update := bson.D{

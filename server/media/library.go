@@ -413,6 +413,20 @@ func (l *Library) DeleteGroupAvatar(ctx context.Context, url string, chatID bson
 	return err
 }
 
+// DeleteOfGroup deletes the upload at url if it is the group's avatar,
+// or claimed for it: the group is being purged, and no change of its
+// avatar can come (only its admins make them, and it has none).
+func (l *Library) DeleteOfGroup(ctx context.Context, url string, chatID bson.ObjectID) error {
+	id, ok := IDFromURL(url)
+	if !ok {
+		return nil
+	}
+	_, err := l.delete(ctx, id, func(m *mediaDoc) bool {
+		return (m.GroupID != nil && *m.GroupID == chatID) || m.Claim == claimGroup+chatID.Hex()
+	})
+	return err
+}
+
 // IDFromURL returns the media id of a URL that URL made.
 func IDFromURL(url string) (bson.ObjectID, bool) {
 	if len(url) != len(Path)+24 || url[:len(Path)] != Path {

@@ -126,7 +126,10 @@ type ChatServiceClient interface {
 	// LeaveChat removes the caller from a group. The last admin of a group
 	// with other members must first make someone else admin. A caller that
 	// left in the last 10 minutes by a call that answered UNAVAILABLE has
-	// left already: the retry answers OK and announces it.
+	// left already: the retry answers OK and announces it. A group whose
+	// last member leaves is gone for good: its invite links answer
+	// NOT_FOUND at once, and 10 minutes later the server deletes it with its
+	// messages, their files, reactions, invite links and avatar.
 	LeaveChat(context.Context, *connect.Request[v1.LeaveChatRequest]) (*connect.Response[v1.LeaveChatResponse], error)
 	// AcceptChatRequest accepts a private chat request made to the caller
 	// (replying in the chat accepts it too): from then on the starter sees
@@ -442,7 +445,10 @@ type ChatServiceHandler interface {
 	// LeaveChat removes the caller from a group. The last admin of a group
 	// with other members must first make someone else admin. A caller that
 	// left in the last 10 minutes by a call that answered UNAVAILABLE has
-	// left already: the retry answers OK and announces it.
+	// left already: the retry answers OK and announces it. A group whose
+	// last member leaves is gone for good: its invite links answer
+	// NOT_FOUND at once, and 10 minutes later the server deletes it with its
+	// messages, their files, reactions, invite links and avatar.
 	LeaveChat(context.Context, *connect.Request[v1.LeaveChatRequest]) (*connect.Response[v1.LeaveChatResponse], error)
 	// AcceptChatRequest accepts a private chat request made to the caller
 	// (replying in the chat accepts it too): from then on the starter sees

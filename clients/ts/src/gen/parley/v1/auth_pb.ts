@@ -467,7 +467,10 @@ export const AuthService: GenService<{
    * files, its unsent uploads, profile, blocks and account are deleted.
    * Its messages and their files stay in the other members' history,
    * from a user whose User.deleted is true; its private chats stay with
-   * the other member, who can read but no longer send there. The
+   * the other member, who can read but no longer send there. A group
+   * whose last member it was, and a private chat whose other member's
+   * account is deleted too, are deleted with all they hold 10 minutes
+   * later (see ChatService.LeaveChat). The
    * username cannot be registered again for 30 days; the email can at
    * once. A deletion interrupted part-way (a crash) is finished by the
    * server.

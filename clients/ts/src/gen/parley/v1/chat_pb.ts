@@ -1273,7 +1273,10 @@ export const ChatService: GenService<{
    * LeaveChat removes the caller from a group. The last admin of a group
    * with other members must first make someone else admin. A caller that
    * left in the last 10 minutes by a call that answered UNAVAILABLE has
-   * left already: the retry answers OK and announces it.
+   * left already: the retry answers OK and announces it. A group whose
+   * last member leaves is gone for good: its invite links answer
+   * NOT_FOUND at once, and 10 minutes later the server deletes it with its
+   * messages, their files, reactions, invite links and avatar.
    *
    * @generated from rpc parley.v1.ChatService.LeaveChat
    */
