@@ -3,20 +3,10 @@ package mail_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/parley-chat/parley/server/mail"
 	"github.com/parley-chat/parley/server/servertest"
@@ -78,7 +68,7 @@ func TestSMTP_Send(t *testing.T) {
 // implicit TLS, authenticating, to Mailpits with a certificate of the
 // test's.
 func TestSMTP_TLS(t *testing.T) {
-	roots, cert, key := newCert(t)
+	roots, cert, key := servertest.SelfSignedCert(t, t.TempDir())
 	tlsArgs := []string{"--smtp-tls-cert", cert, "--smtp-tls-key", key, "--smtp-auth-accept-any"}
 	starttls := servertest.StartMailpit(t, tlsArgs...)
 	implicit := servertest.StartMailpit(t, append(tlsArgs, "--smtp-require-tls")...)
@@ -103,50 +93,6 @@ func TestSMTP_TLS(t *testing.T) {
 			t.Fatal("Send trusted a certificate outside its roots")
 		}
 	})
-}
-
-// newCert writes a self-signed certificate for 127.0.0.1 and its key to
-// files, and returns a pool that trusts it and the files' paths.
-func newCert(t *testing.T) (*x509.CertPool, string, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(c)
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return pool, certFile, keyFile
 }
 
 func TestNewSMTP_BadURL(t *testing.T) {
