@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -46,7 +47,7 @@ func startRun(t *testing.T, env map[string]string, args ...string) (baseURL, ban
 			lines <- sc.Text()
 		}
 	}()
-	urlRE := regexp.MustCompile(`listening on (http://\S+)`)
+	urlRE := regexp.MustCompile(`listening on (https?://\S+)`)
 	var out strings.Builder
 	timeout := time.After(time.Minute)
 	for baseURL == "" || !strings.Contains(out.String(), "curl") {
@@ -404,5 +405,39 @@ func TestRun_SMTP(t *testing.T) {
 	}
 	if m := mp.WaitMail(t, a.Email, 1); m.From != "parley@test.example" {
 		t.Errorf("the mail is from %q, want parley@test.example", m.From)
+	}
+}
+
+// TestRun_TLS: with a certificate, the server speaks HTTP/2 over TLS
+// (negotiated by ALPN), so gRPC clients reach it, and HTTP/1.1 too.
+func TestRun_TLS(t *testing.T) {
+	roots, certFile, keyFile := servertest.SelfSignedCert(t, t.TempDir())
+	env := map[string]string{
+		"PARLEY_ADDR":     "127.0.0.1:0",
+		"PARLEY_DATA_DIR": t.TempDir(),
+	}
+	base, _, _ := startRun(t, env, "-tls-cert", certFile, "-tls-key", keyFile)
+	if !strings.HasPrefix(base, "https://") {
+		t.Fatalf("listening on %s, want https", base)
+	}
+	h2 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true}}
+	h1 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}
+	for _, c := range []struct {
+		name   string
+		client *http.Client
+		proto  string
+	}{{"h2", h2, "HTTP/2.0"}, {"http/1.1", h1, "HTTP/1.1"}} {
+		res, err := c.client.Get(base + "/livez")
+		if err != nil {
+			t.Fatalf("%s: GET /livez: %v", c.name, err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK || res.Proto != c.proto {
+			t.Errorf("%s: GET /livez: %d over %s, want 200 over %s", c.name, res.StatusCode, res.Proto, c.proto)
+		}
+	}
+	info := parleyv1connect.NewServerServiceClient(h2, base, connect.WithGRPC())
+	if _, err := info.GetServerInfo(context.Background(), connect.NewRequest(&parleyv1.GetServerInfoRequest{})); err != nil {
+		t.Errorf("GetServerInfo over gRPC and TLS: %v", err)
 	}
 }

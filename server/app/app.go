@@ -637,7 +637,10 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		if err != nil {
 			return fmt.Errorf("tls: %w", err)
 		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		// The listener negotiates the protocol (ALPN) itself, so it
+		// offers HTTP/2 here: http.Server adds it only to the configs
+		// it wraps listeners with.
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
 		ln = tls.NewListener(ln, tlsConfig)
 	}
 	srv := server.NewHTTPServer(ln.Addr().String(), a.Handler(), tlsConfig, a.cfg.ReadHeaderTimeout)
