@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"time"
 
 	"connectrpc.com/connect"
@@ -203,7 +204,9 @@ func New(d Deps) (http.Handler, error) {
 		// Compressing small messages costs more CPU than it saves.
 		connect.WithCompressMinBytes(1024),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
-			d.Log.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p)
+			// Recovered in the handler's goroutine: the stack is the
+			// panic's.
+			d.Log.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p, "stack", string(debug.Stack()))
 			return connect.NewError(connect.CodeInternal, errInternal)
 		}),
 	}
