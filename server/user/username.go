@@ -74,6 +74,10 @@ func normalizeUsername(name string) (display, key string, err error) {
 	if err != nil || !rtlValid(display) {
 		return "", "", errUsernameForm
 	}
+	if r, _ := utf8.DecodeRuneInString(display); unicode.Is(unicode.M, r) {
+		// A combining mark belongs to the letter before it.
+		return "", "", errUsernameForm
+	}
 	if n := utf8.RuneCountInString(display); n > schema.UsernameMaxLen {
 		// NFC writes a few letters as two or three characters ("क़",
 		// "שּׁ"), so a name within the request's limit can outgrow the

@@ -110,10 +110,26 @@ func TestRegister_NormalisedName(t *testing.T) {
 			if got := usernames(found.GetUsers()); !slices.Equal(got, []string{want}) {
 				t.Errorf("SearchUsers(ＢＯＢ%s) = %q, want [%q]", n, got, want)
 			}
-			for _, name := range []string{"Борис" + n, "東京tokyo" + n, "ひらがなカタカナ漢字abc" + n, "서울seoul" + n, "台北ㄅㄆ" + n} {
+			// Scripts whose letters take combining marks (Devanagari,
+			// Tamil, Thai), and a name typed decomposed ("e" and an
+			// acute), which is shown composed.
+			for _, name := range []string{"Борис" + n, "東京tokyo" + n, "ひらがなカタカナ漢字abc" + n, "서울seoul" + n, "台北ㄅㄆ" + n,
+				"राम" + n, "முருகன்" + n, "สุดา" + n} {
 				if _, err := register(c, name); err != nil {
 					t.Errorf("Register(%q): %v", name, err)
 				}
+			}
+			res, err = register(c, "Jose\u0301"+n)
+			if err != nil {
+				t.Fatalf("Register(Jose + combining acute): %v", err)
+			}
+			if got := res.Msg.GetMe().GetUser().GetUsername(); got != "José"+n {
+				t.Errorf("Register(Jose + combining acute) shows %q, want %q", got, "José"+n)
+			}
+			// A mark on nothing is no name.
+			_, err = register(c, "\u0301"+n)
+			if connect.CodeOf(err) != connect.CodeInvalidArgument {
+				t.Errorf("Register(a combining mark first) = %v, want invalid_argument", err)
 			}
 		})
 	}

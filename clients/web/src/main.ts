@@ -485,7 +485,7 @@ function composer(chat: Chat): HTMLElement {
 function resolveMentions(text: string, chat: Chat): { ids: number[]; all: boolean } {
   const ids = new Set<number>();
   let all = false;
-  for (const [, word] of text.matchAll(/(?:^|[^\p{L}\p{N}_])@([\p{L}\p{N}_.-]+)/gu)) {
+  for (const [, word] of text.matchAll(/(?:^|[^\p{L}\p{M}\p{N}_])@([\p{L}\p{M}\p{N}_.-]+)/gu)) {
     const w = word.replace(/[.-]+$/, "").toLowerCase();
     if (w === "all" && chat.type === ChatType.GROUP && chat.role === Role.ADMIN) all = true;
     const p = chat.participants.find((p) => p.userId !== me.id && nameOf(p.userId).toLowerCase() === w);
@@ -617,7 +617,7 @@ function messageView(m: Message, chat: Chat): HTMLElement {
 
 function textView(text: string, chat: Chat): (string | HTMLElement)[] {
   const members = new Set(chat.participants.map((p) => nameOf(p.userId).toLowerCase()));
-  return text.split(/(@[\p{L}\p{N}_.-]+)/u).map((part) => {
+  return text.split(/(@[\p{L}\p{M}\p{N}_.-]+)/u).map((part) => {
     const name = part.startsWith("@") ? part.slice(1).replace(/[.-]+$/, "").toLowerCase() : "";
     return name && (name === "all" || members.has(name)) ? h("b", { class: name === me.username.toLowerCase() || name === "all" ? "mention me" : "mention" }, part) : part;
   });

@@ -106,7 +106,8 @@ func (x *Tokens) GetRefreshTokenExpiresAt() *timestamppb.Timestamp {
 
 type RegisterRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// 1 to 50 characters: letters, digits, '.', '_' and '-'.
+	// 1 to 50 characters: letters (with their combining marks, not
+	// first), digits, '.', '_' and '-'.
 	Username string `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
 	Email    string `protobuf:"bytes,2,opt,name=email,proto3" json:"email,omitempty"`
 	// 8 to 1024 bytes.
@@ -833,9 +834,9 @@ const file_parley_v1_auth_proto_rawDesc = "" +
 	"\faccess_token\x18\x02 \x01(\tR\vaccessToken\x12Q\n" +
 	"\x17access_token_expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x14accessTokenExpiresAt\x12#\n" +
 	"\rrefresh_token\x18\x04 \x01(\tR\frefreshToken\x12S\n" +
-	"\x18refresh_token_expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x15refreshTokenExpiresAt\"\xed\x01\n" +
-	"\x0fRegisterRequest\x129\n" +
-	"\busername\x18\x01 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x1822\x12^[\\p{L}\\p{N}._-]+$R\busername\x12\x1f\n" +
+	"\x18refresh_token_expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x15refreshTokenExpiresAt\"\xf2\x01\n" +
+	"\x0fRegisterRequest\x12>\n" +
+	"\busername\x18\x01 \x01(\tB\"\xbaH\x1fr\x1d\x10\x01\x1822\x17^[\\p{L}\\p{M}\\p{N}._-]+$R\busername\x12\x1f\n" +
 	"\x05email\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x18d`\x01R\x05email\x12&\n" +
 	"\bpassword\x18\x03 \x01(\tB\n" +
 	"\xbaH\ar\x05 \b(\x80\bR\bpassword\x12E\n" +
