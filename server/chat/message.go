@@ -560,6 +560,20 @@ func (s *Service) message(ctx context.Context, chatHex, messageHex string) (*cha
 // EditMessage replaces the text of the caller's message.
 func (s *Service) EditMessage(
 	ctx context.Context, req *connect.Request[parleyv1.EditMessageRequest],
+) (res *connect.Response[parleyv1.EditMessageResponse], err error) {
+	err = s.messageLocks.Do(ctx, req.Msg.GetMessageId(), func() (err error) {
+		res, err = s.editMessage(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, s.internal(ctx, "edit message", err)
+	}
+	return res, nil
+}
+
+// editMessage is EditMessage, holding the message's lock.
+func (s *Service) editMessage(
+	ctx context.Context, req *connect.Request[parleyv1.EditMessageRequest],
 ) (*connect.Response[parleyv1.EditMessageResponse], error) {
 	c, me, msg, err := s.message(ctx, req.Msg.GetChatId(), req.Msg.GetMessageId())
 	if err != nil {
@@ -599,6 +613,20 @@ func (s *Service) EditMessage(
 
 // DeleteMessage deletes a message for everyone, leaving a tombstone.
 func (s *Service) DeleteMessage(
+	ctx context.Context, req *connect.Request[parleyv1.DeleteMessageRequest],
+) (res *connect.Response[parleyv1.DeleteMessageResponse], err error) {
+	err = s.messageLocks.Do(ctx, req.Msg.GetMessageId(), func() (err error) {
+		res, err = s.deleteMessage(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, s.internal(ctx, "delete message", err)
+	}
+	return res, nil
+}
+
+// deleteMessage is DeleteMessage, holding the message's lock.
+func (s *Service) deleteMessage(
 	ctx context.Context, req *connect.Request[parleyv1.DeleteMessageRequest],
 ) (*connect.Response[parleyv1.DeleteMessageResponse], error) {
 	c, me, msg, err := s.message(ctx, req.Msg.GetChatId(), req.Msg.GetMessageId())

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"connectrpc.com/connect"
 	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"google.golang.org/protobuf/proto"
@@ -217,6 +218,55 @@ func TestRace_SendsSetLastMessage(t *testing.T) {
 		last := getChat(t, a, c.GetId()).GetLastMessage()
 		if last.GetSeq() != top.GetSeq() || last.GetMessageId() != top.GetId() || last.GetPreview() != top.GetText() {
 			t.Fatalf("round %d: last message = seq %d %q, want seq %d %q", round, last.GetSeq(), last.GetPreview(), top.GetSeq(), top.GetText())
+		}
+	}
+}
+
+// An EditMessage racing a DeleteMessage of the same message must not
+// bring its text back: not in the chat's preview, nor in an edit
+// announced after the deletion.
+func TestRace_EditAndDelete(t *testing.T) {
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))
+	p := servertest.Protocols[0]
+	a, b := newUser(t, srv, p), newUser(t, srv, p)
+	c := group(t, a, "g", b)
+	stream := subscribe(t, srv, p, b)
+	for i := range raceRounds {
+		m := send(t, a, c.GetId(), fmt.Sprint("secret ", i))
+		edited := fmt.Sprint("edited ", i)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			_, err := a.msgs.EditMessage(context.Background(), req(a, &parleyv1.EditMessageRequest{ChatId: c.GetId(), MessageId: m.GetId(), Text: edited}))
+			if err != nil && connect.CodeOf(err) != connect.CodeFailedPrecondition {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			if _, err := a.msgs.DeleteMessage(context.Background(), req(a, &parleyv1.DeleteMessageRequest{ChatId: c.GetId(), MessageId: m.GetId()})); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Wait()
+		if got := getChat(t, b, c.GetId()).GetLastMessage().GetPreview(); got != "" {
+			t.Errorf("round %d: the chat's preview is %q after the message's deletion", i, got)
+		}
+		// The events of m up to the next message: the last says it is
+		// deleted.
+		end := send(t, a, c.GetId(), fmt.Sprint("end ", i))
+		var last *parleyv1.Message
+		for {
+			ev := nextEvent(t, stream, func(*parleyv1.Event) bool { return true })
+			if ev.GetMessageCreated().GetMessage().GetId() == end.GetId() {
+				break
+			}
+			for _, me := range []*parleyv1.MessageEvent{ev.GetMessageEdited(), ev.GetMessageDeleted()} {
+				if me.GetMessage().GetId() == m.GetId() {
+					last = me.GetMessage()
+				}
+			}
+		}
+		if !last.GetDeleted() || last.GetText() != "" {
+			t.Errorf("round %d: the last event of the message shows deleted=%v text=%q", i, last.GetDeleted(), last.GetText())
 		}
 	}
 }

@@ -103,8 +103,14 @@ type Service struct {
 	// avatarLocks serialize the changes of one group's avatar, on every
 	// engine (see setAvatar).
 	avatarLocks *doclock.Locks
-	redisPrefix string
-	now         func() time.Time
+	// messageLocks serialize the edits and deletions of one message, on
+	// every engine, from the message's reading to their announcement:
+	// an edit that read the message before a deletion would otherwise
+	// write its text into the chat's preview, and announce it, after the
+	// deletion's tombstone.
+	messageLocks *doclock.Locks
+	redisPrefix  string
+	now          func() time.Time
 }
 
 var (
@@ -127,19 +133,20 @@ func New(log *slog.Logger, db *mongo.Database, rdb redis.UniversalClient, locks 
 		privacy = noPrivacy{}
 	}
 	return &Service{
-		log:         log,
-		store:       newStore(db, rdb, locks, redisPrefix, now),
-		seqs:        &seqAllocator{rdb: rdb, prefix: redisPrefix},
-		users:       users,
-		privacy:     privacy,
-		events:      events,
-		media:       files,
-		limiter:     redis_rate.NewLimiter(rdb),
-		sendLimit:   DefaultSendLimit,
-		sends:       newSendCache(),
-		avatarLocks: doclock.New(rdb, redisPrefix+"chat:avatar:"),
-		redisPrefix: redisPrefix,
-		now:         now,
+		log:          log,
+		store:        newStore(db, rdb, locks, redisPrefix, now),
+		seqs:         &seqAllocator{rdb: rdb, prefix: redisPrefix},
+		users:        users,
+		privacy:      privacy,
+		events:       events,
+		media:        files,
+		limiter:      redis_rate.NewLimiter(rdb),
+		sendLimit:    DefaultSendLimit,
+		sends:        newSendCache(),
+		avatarLocks:  doclock.New(rdb, redisPrefix+"chat:avatar:"),
+		messageLocks: doclock.New(rdb, redisPrefix+"chat:message:"),
+		redisPrefix:  redisPrefix,
+		now:          now,
 	}
 }
 
