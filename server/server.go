@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -234,7 +235,10 @@ func New(d Deps) (http.Handler, error) {
 		return nil, err
 	}
 	authn.DeleteAccountsWith(accountDeleter{users: users, chats: chats, files: d.Media, exports: exports, push: d.Push, live: d.Live})
-	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, opts...))
+	// After the request rules: a refused request takes nothing of the
+	// budget.
+	chatOpts := append(slices.Clone(opts), connect.WithInterceptors(chats.ChangeLimit()))
+	mux.Handle(parleyv1connect.NewChatServiceHandler(chats, chatOpts...))
 	if d.Push != nil {
 		d.Push.Use(authn, chats, userNames{users})
 		mux.Handle(parleyv1connect.NewPushServiceHandler(d.Push, opts...))
@@ -247,7 +251,7 @@ func New(d Deps) (http.Handler, error) {
 	}
 	mux.Handle(parleyv1connect.NewMediaServiceHandler(files, opts...))
 	mux.Handle(media.Path, traced(d.Telemetry, media.Path+"{id}", files.Handler()))
-	mux.Handle(parleyv1connect.NewMessageServiceHandler(chats, opts...))
+	mux.Handle(parleyv1connect.NewMessageServiceHandler(chats, chatOpts...))
 	livePath, liveHandler := parleyv1connect.NewLiveServiceHandler(live.NewService(d.Log, d.Live, chats, authn), opts...)
 	mux.Handle(livePath, live.WithWriteDeadlines(liveHandler))
 	mux.Handle(user.IdenticonPath, user.IdenticonHandler())

@@ -75,6 +75,10 @@ func TestForward_TextAndFiles(t *testing.T) {
 			if got := getChat(t, carol, chatB).GetLastMessage().GetPreview(); got != "look at this" {
 				t.Errorf("chat B's preview = %q, want the forward's text", got)
 			}
+			// Its text is its origin's: the forwarder cannot put words
+			// in bob's mouth.
+			_, err = alice.msgs.EditMessage(ctx, req(alice, &parleyv1.EditMessageRequest{ChatId: chatB, MessageId: fwd.GetId(), Text: "bob owes alice"}))
+			wantCode(t, err, connect.CodeFailedPrecondition)
 
 			// Carol, in B but not in A, gets the copy, not the original.
 			if status, body := download(t, srv, carol, a.GetUrl()); status != http.StatusOK || !bytes.Equal(body, data) {

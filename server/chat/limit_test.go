@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/app"
@@ -84,6 +85,53 @@ func TestMessageService_SendMessage_RateLimit(t *testing.T) {
 			// Bob's budget is his own.
 			if _, err := bob.msgs.SendMessage(ctx, req(bob, &parleyv1.SendMessageRequest{ChatId: chatID, ClientMessageId: "b", Text: "hi"})); err != nil {
 				t.Errorf("bob's send: %v", err)
+			}
+		})
+	}
+}
+
+// TestChangeLimit: the calls that change messages and chats share a
+// budget per user, the send limit's size, apart from the sends'; a
+// request the request rules refuse takes nothing of it; leaving a chat is
+// never refused; other users are not held back.
+func TestChangeLimit(t *testing.T) {
+	// Nothing refills while the test runs: the burst is all there is.
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) {
+		c.Sends = chat.SendLimit{Rate: 1, Period: time.Hour, Burst: 4}
+	}))
+	for _, p := range twoProtocols {
+		t.Run(p.Name, func(t *testing.T) {
+			ctx := context.Background()
+			alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+			g := group(t, bob, "g", alice).GetId()
+			m := send(t, bob, g, "hi")
+			reaction := func(u *user, add bool) error {
+				var err error
+				if add {
+					_, err = u.msgs.AddReaction(ctx, req(u, &parleyv1.AddReactionRequest{ChatId: g, MessageId: m.GetId(), Emoji: "👍"}))
+				} else {
+					_, err = u.msgs.RemoveReaction(ctx, req(u, &parleyv1.RemoveReactionRequest{ChatId: g, MessageId: m.GetId(), Emoji: "👍"}))
+				}
+				return err
+			}
+			_, err := alice.msgs.AddReaction(ctx, req(alice, &parleyv1.AddReactionRequest{ChatId: "not a chat", MessageId: m.GetId(), Emoji: "👍"}))
+			wantCode(t, err, connect.CodeInvalidArgument)
+			for i := range 4 {
+				if err := reaction(alice, i%2 == 0); err != nil {
+					t.Fatalf("change %d of the burst: %v", i+1, err)
+				}
+			}
+			servertest.WantRetry(t, reaction(alice, true))
+			if got := listAll(t, bob, g)[0].GetReactions(); len(got) != 0 {
+				t.Errorf("after the refusal the message has reactions %v, want none", got)
+			}
+			// Her sends have their own budget, and bob his.
+			send(t, alice, g, "still here")
+			if err := reaction(bob, true); err != nil {
+				t.Errorf("bob's reaction: %v", err)
+			}
+			if _, err := alice.chats.LeaveChat(ctx, req(alice, &parleyv1.LeaveChatRequest{ChatId: g})); err != nil {
+				t.Errorf("LeaveChat past the limit: %v", err)
 			}
 		})
 	}

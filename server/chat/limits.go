@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/go-redis/redis_rate/v10"
 
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/auth"
 	"github.com/parley-chat/parley/server/rpcerr"
 )
 
@@ -51,13 +54,68 @@ func (s *Service) LimitSends(l SendLimit) {
 // allowSend takes one send from the user's budget, or answers
 // RESOURCE_EXHAUSTED with when to try again.
 func (s *Service) allowSend(ctx context.Context, userID int) error {
+	return s.allow(ctx, "send", userID, "too many messages")
+}
+
+// allow takes one call from the user's budget of a kind (its key in
+// Redis), which has the send limit's rate and burst, or answers
+// RESOURCE_EXHAUSTED, saying what the calls are too many of, with when to
+// try again.
+func (s *Service) allow(ctx context.Context, kind string, userID int, tooMany string) error {
 	lim := redis_rate.Limit{Rate: s.sendLimit.Rate, Burst: s.sendLimit.Burst, Period: s.sendLimit.Period}
-	res, err := s.limiter.Allow(ctx, fmt.Sprintf("%ssend:%d", s.redisPrefix, userID), lim)
+	res, err := s.limiter.Allow(ctx, fmt.Sprintf("%s%s:%d", s.redisPrefix, kind, userID), lim)
 	if err != nil {
-		return s.internal(ctx, "send limit", err)
+		return s.internal(ctx, kind+" limit", err)
 	}
 	if res.Allowed == 0 {
-		return rpcerr.TooMany("send", fmt.Sprintf("too many messages: at most %d per %s (bursts of %d)", lim.Rate, lim.Period, lim.Burst), res.RetryAfter)
+		return rpcerr.TooMany(kind, fmt.Sprintf("%s: at most %d per %s (bursts of %d)", tooMany, lim.Rate, lim.Period, lim.Burst), res.RetryAfter)
 	}
 	return nil
+}
+
+// limitedChanges are the calls that change messages and chats, and are
+// announced to the other members, that the change limit bounds: without
+// it a member could fill every other member's event log (each holds the
+// latest 10,000 events) with edits, reactions or roles set again, and
+// push out the events they had yet to fetch. Leaving a chat and
+// declining a request are not limited: a user must always be able to get
+// away.
+var limitedChanges = map[string]bool{
+	parleyv1connect.MessageServiceEditMessageProcedure:     true,
+	parleyv1connect.MessageServiceDeleteMessageProcedure:   true,
+	parleyv1connect.MessageServiceAddReactionProcedure:     true,
+	parleyv1connect.MessageServiceRemoveReactionProcedure:  true,
+	parleyv1connect.MessageServicePinMessageProcedure:      true,
+	parleyv1connect.MessageServiceUnpinMessageProcedure:    true,
+	parleyv1connect.ChatServiceCreatePrivateChatProcedure:  true,
+	parleyv1connect.ChatServiceCreateGroupChatProcedure:    true,
+	parleyv1connect.ChatServiceUpdateChatProcedure:         true,
+	parleyv1connect.ChatServiceAddParticipantsProcedure:    true,
+	parleyv1connect.ChatServiceRemoveParticipantProcedure:  true,
+	parleyv1connect.ChatServiceSetParticipantRoleProcedure: true,
+	parleyv1connect.ChatServiceAcceptChatRequestProcedure:  true,
+	parleyv1connect.ChatServiceCreateInviteLinkProcedure:   true,
+	parleyv1connect.ChatServiceRevokeInviteLinkProcedure:   true,
+	parleyv1connect.ChatServiceJoinChatByInviteProcedure:   true,
+}
+
+// ChangeLimit returns the interceptor that takes each of the calls of
+// limitedChanges from its caller's budget of changes: the send limit's
+// rate and burst, in a budget of its own, over all instances.
+func (s *Service) ChangeLimit() connect.Interceptor {
+	return connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			if !limitedChanges[req.Spec().Procedure] {
+				return next(ctx, req)
+			}
+			id, err := auth.Caller(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if err := s.allow(ctx, "change", id.UserID, "too many changes"); err != nil {
+				return nil, err
+			}
+			return next(ctx, req)
+		}
+	})
 }

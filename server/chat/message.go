@@ -585,6 +585,10 @@ func (s *Service) editMessage(
 	if msg.DeletedAt != nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the message was deleted"))
 	}
+	if msg.ForwardedFrom != nil {
+		// Its text would go on showing as its origin's.
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("a forwarded message cannot be edited"))
+	}
 	if err := s.mayActInPrivate(ctx, c, me.UserID); err != nil {
 		return nil, s.internal(ctx, "edit message", err)
 	}

@@ -132,6 +132,10 @@ func (s *Service) UnpinMessage(
 	if err != nil {
 		return nil, err
 	}
+	// The blocker would hear of it, and lose its pin.
+	if err := s.mayActInPrivate(ctx, c, me.UserID); err != nil {
+		return nil, s.internal(ctx, "unpin message", err)
+	}
 	ver, err := s.store.unpin(ctx, c.ID, msg.ID)
 	if err != nil {
 		return nil, s.internal(ctx, "unpin message", err)
@@ -215,6 +219,11 @@ func (s *Service) ListPinnedMessages(
 	for i := len(c.Pins) - 1; i >= 0; i-- {
 		if m, ok := found[c.Pins[i].MessageID]; ok && m.DeletedAt == nil {
 			docs = append(docs, m)
+		}
+	}
+	if len(docs) > 0 {
+		if docs, err = s.store.withoutHiddenIDs(ctx, me.UserID, docs); err != nil {
+			return nil, s.internal(ctx, "list pinned messages", err)
 		}
 	}
 	p, err := s.positions(ctx, c)

@@ -238,6 +238,10 @@ func TestPrivacy_BlockLooksLikeSettings(t *testing.T) {
 				blocks, declines := newPerson(t, srv, p), newPerson(t, srv, p)
 				toBlocker, toDecliner := alice.startChat(t, blocks).GetId(), alice.startChat(t, declines).GetId()
 				inBlocked, inDeclined := alice.send(t, toBlocker, "hi"), alice.send(t, toDecliner, "hi")
+				// The blocker's pin, which alice may not take away.
+				if _, err := blocks.c.Message.PinMessage(ctx, tok(blocks, &parleyv1.PinMessageRequest{ChatId: toBlocker, MessageId: inBlocked.GetId()})); err != nil {
+					t.Fatalf("PinMessage: %v", err)
+				}
 				events, stop := blocks.online(t)
 				defer stop()
 				blocks.block(t, alice)
@@ -256,14 +260,24 @@ func TestPrivacy_BlockLooksLikeSettings(t *testing.T) {
 					_, err := alice.c.Message.PinMessage(ctx, tok(alice, &parleyv1.PinMessageRequest{ChatId: chatID, MessageId: m.GetId()}))
 					return err
 				}
-				for name, try := range map[string]func(string, *parleyv1.Message) error{"AddReaction": react, "EditMessage": edit, "PinMessage": pin} {
+				unreact := func(chatID string, m *parleyv1.Message) error {
+					_, err := alice.c.Message.RemoveReaction(ctx, tok(alice, &parleyv1.RemoveReactionRequest{ChatId: chatID, MessageId: m.GetId(), Emoji: "👍"}))
+					return err
+				}
+				unpin := func(chatID string, m *parleyv1.Message) error {
+					_, err := alice.c.Message.UnpinMessage(ctx, tok(alice, &parleyv1.UnpinMessageRequest{ChatId: chatID, MessageId: m.GetId()}))
+					return err
+				}
+				for name, try := range map[string]func(string, *parleyv1.Message) error{
+					"AddReaction": react, "RemoveReaction": unreact, "EditMessage": edit, "PinMessage": pin, "UnpinMessage": unpin,
+				} {
 					sameRefusal(t, name, try(toBlocker, inBlocked), try(toDecliner, inDeclined))
 				}
 				if _, err := alice.c.Message.SendTyping(ctx, tok(alice, &parleyv1.SendTypingRequest{ChatId: toBlocker, Typing: true})); err != nil {
 					t.Fatalf("SendTyping: %v", err)
 				}
 				got := blocks.messages(t, toBlocker)
-				if len(got) != 1 || got[0].GetText() != "hi" || len(got[0].GetReactions()) != 0 || got[0].GetPin() != nil {
+				if len(got) != 1 || got[0].GetText() != "hi" || len(got[0].GetReactions()) != 0 || got[0].GetPin().GetPinnedBy() != blocks.id {
 					t.Errorf("the blocker's chat after the refused changes: %v", got)
 				}
 				// The blocker's own message comes after anything alice's

@@ -169,6 +169,10 @@ func (s *Service) RemoveReaction(
 	if err != nil {
 		return nil, err
 	}
+	// The blocker would hear of it.
+	if err := s.mayActInPrivate(ctx, c, me.UserID); err != nil {
+		return nil, s.internal(ctx, "remove reaction", err)
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reactionTimeout)
 	defer cancel()
 	if err := s.store.removeReaction(ctx, msg.ID, me.UserID, emoji); err != nil {

@@ -290,6 +290,29 @@ func TestDeleteMessagesForMe(t *testing.T) {
 			if got := texts(a); !slices.Equal(got, []string{"one", "two", "three", "four"}) {
 				t.Errorf("a lists %v, want all four", got)
 			}
+			// Nor are they among b's pinned messages.
+			for _, m := range []*parleyv1.Message{sent[1], sent[3]} {
+				if _, err := a.msgs.PinMessage(context.Background(), req(a, &parleyv1.PinMessageRequest{ChatId: g.GetId(), MessageId: m.GetId()})); err != nil {
+					t.Fatal(err)
+				}
+			}
+			pinned := func(u *user) []string {
+				res, err := u.msgs.ListPinnedMessages(context.Background(), req(u, &parleyv1.ListPinnedMessagesRequest{ChatId: g.GetId()}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var out []string
+				for _, m := range res.Msg.GetMessages() {
+					out = append(out, m.GetText())
+				}
+				return out
+			}
+			if got, want := pinned(b), []string{"four"}; !slices.Equal(got, want) {
+				t.Errorf("b's pinned messages: %v, want %v", got, want)
+			}
+			if got, want := pinned(a), []string{"four", "two"}; !slices.Equal(got, want) {
+				t.Errorf("a's pinned messages: %v, want %v", got, want)
+			}
 			// A page whose messages b hid whole reads on to the next
 			// that shows one, both ways.
 			res, err := b.msgs.ListMessages(context.Background(), req(b, &parleyv1.ListMessagesRequest{ChatId: g.GetId(), Limit: 2,

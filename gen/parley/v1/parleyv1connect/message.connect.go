@@ -92,10 +92,11 @@ type MessageServiceClient interface {
 	// ListMessages returns messages in seq order: the newest page, or those
 	// before or after a seq. Deleted messages come as tombstones.
 	ListMessages(context.Context, *connect.Request[v1.ListMessagesRequest]) (*connect.Response[v1.ListMessagesResponse], error)
-	// EditMessage replaces the text of one of the caller's messages. In a
-	// private chat whose other member blocked the caller or declined its
-	// request, it is PERMISSION_DENIED, as a send is; so are AddReaction and
-	// PinMessage.
+	// EditMessage replaces the text of one of the caller's messages; a
+	// forwarded message cannot be edited (FAILED_PRECONDITION: its text is
+	// its origin's). In a private chat whose other member blocked the
+	// caller or declined its request, it is PERMISSION_DENIED, as a send is;
+	// so are AddReaction, RemoveReaction, PinMessage and UnpinMessage.
 	EditMessage(context.Context, *connect.Request[v1.EditMessageRequest]) (*connect.Response[v1.EditMessageResponse], error)
 	// DeleteMessage deletes a message for everyone: the sender may delete
 	// its own, a group's admins any. The seq stays, as a tombstone.
@@ -138,7 +139,8 @@ type MessageServiceClient interface {
 	// that it is not.
 	UnpinMessage(context.Context, *connect.Request[v1.UnpinMessageRequest]) (*connect.Response[v1.UnpinMessageResponse], error)
 	// ListPinnedMessages returns the chat's pinned messages, the most
-	// recently pinned first.
+	// recently pinned first, leaving out those the caller deleted for
+	// itself.
 	ListPinnedMessages(context.Context, *connect.Request[v1.ListPinnedMessagesRequest]) (*connect.Response[v1.ListPinnedMessagesResponse], error)
 	// GetMessageReceipts tells which of the chat's other members have read
 	// a message and which have received it without reading it yet. In a
@@ -391,10 +393,11 @@ type MessageServiceHandler interface {
 	// ListMessages returns messages in seq order: the newest page, or those
 	// before or after a seq. Deleted messages come as tombstones.
 	ListMessages(context.Context, *connect.Request[v1.ListMessagesRequest]) (*connect.Response[v1.ListMessagesResponse], error)
-	// EditMessage replaces the text of one of the caller's messages. In a
-	// private chat whose other member blocked the caller or declined its
-	// request, it is PERMISSION_DENIED, as a send is; so are AddReaction and
-	// PinMessage.
+	// EditMessage replaces the text of one of the caller's messages; a
+	// forwarded message cannot be edited (FAILED_PRECONDITION: its text is
+	// its origin's). In a private chat whose other member blocked the
+	// caller or declined its request, it is PERMISSION_DENIED, as a send is;
+	// so are AddReaction, RemoveReaction, PinMessage and UnpinMessage.
 	EditMessage(context.Context, *connect.Request[v1.EditMessageRequest]) (*connect.Response[v1.EditMessageResponse], error)
 	// DeleteMessage deletes a message for everyone: the sender may delete
 	// its own, a group's admins any. The seq stays, as a tombstone.
@@ -437,7 +440,8 @@ type MessageServiceHandler interface {
 	// that it is not.
 	UnpinMessage(context.Context, *connect.Request[v1.UnpinMessageRequest]) (*connect.Response[v1.UnpinMessageResponse], error)
 	// ListPinnedMessages returns the chat's pinned messages, the most
-	// recently pinned first.
+	// recently pinned first, leaving out those the caller deleted for
+	// itself.
 	ListPinnedMessages(context.Context, *connect.Request[v1.ListPinnedMessagesRequest]) (*connect.Response[v1.ListPinnedMessagesResponse], error)
 	// GetMessageReceipts tells which of the chat's other members have read
 	// a message and which have received it without reading it yet. In a

@@ -1232,6 +1232,10 @@ export const MessageStatusSchema: GenEnum<MessageStatus> = /*@__PURE__*/
  * increasing in the order the server accepted the messages, with gaps where
  * a send failed. Clients page and resume by seq.
  *
+ * The calls that change messages (edits, deletions, reactions, pins) take
+ * one each from the caller's budget of changes, which has the send
+ * limit's rate and burst (RESOURCE_EXHAUSTED with RetryInfo beyond).
+ *
  * @generated from service parley.v1.MessageService
  */
 export const MessageService: GenService<{
@@ -1260,10 +1264,11 @@ export const MessageService: GenService<{
     output: typeof ListMessagesResponseSchema;
   },
   /**
-   * EditMessage replaces the text of one of the caller's messages. In a
-   * private chat whose other member blocked the caller or declined its
-   * request, it is PERMISSION_DENIED, as a send is; so are AddReaction and
-   * PinMessage.
+   * EditMessage replaces the text of one of the caller's messages; a
+   * forwarded message cannot be edited (FAILED_PRECONDITION: its text is
+   * its origin's). In a private chat whose other member blocked the
+   * caller or declined its request, it is PERMISSION_DENIED, as a send is;
+   * so are AddReaction, RemoveReaction, PinMessage and UnpinMessage.
    *
    * @generated from rpc parley.v1.MessageService.EditMessage
    */
@@ -1386,7 +1391,8 @@ export const MessageService: GenService<{
   },
   /**
    * ListPinnedMessages returns the chat's pinned messages, the most
-   * recently pinned first.
+   * recently pinned first, leaving out those the caller deleted for
+   * itself.
    *
    * @generated from rpc parley.v1.MessageService.ListPinnedMessages
    */
