@@ -237,8 +237,8 @@ func decodeCursor(s string) (searchCursor, error) {
 var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
 
 // searchKey is what search matches and orders by: the username's key, or
-// while it has none, its name in lower case (users_username_search indexes
-// it).
+// while it has none, its name in lower case (users_username_search_order
+// indexes it, with the id).
 func searchKey(sel *sql.Selector) string {
 	return "coalesce(" + sel.C(user.FieldUsernameKey) + ", lower(" + sel.C(user.FieldUsername) + "))"
 }
@@ -254,21 +254,28 @@ func searchKeyOf(u *ent.User) string {
 // search returns up to limit users whose username starts with prefix, in
 // any case or width, ordered by searchKey then id, after the cursor,
 // leaving out those being deleted.
+//
+// On PostgreSQL the key is compared in byte order (COLLATE "C"), as
+// SQLite compares it, so that the index users_username_search_order
+// answers the prefix, the order and the cursor at once.
 func (s *store) search(ctx context.Context, prefix string, after *searchCursor, limit int) ([]*ent.User, error) {
+	collate := ""
+	if s.db.Dialect == dialect.Postgres {
+		collate = ` COLLATE "C"`
+	}
 	q := s.db.Ent.User.Query().Where(notDeleted(), func(sel *sql.Selector) {
-		key := searchKey(sel)
+		key := searchKey(sel) + collate
 		sel.Where(sql.P(func(b *sql.Builder) {
 			b.WriteString(key).WriteString(" LIKE ").Arg(likeEscaper.Replace(usernameKey(prefix)) + "%").WriteString(` ESCAPE '\'`)
 		}))
 		if after != nil {
 			sel.Where(sql.P(func(b *sql.Builder) {
-				b.WriteString("(").WriteString(key).WriteString(" > ").Arg(after.Key).WriteString(" OR (").
-					WriteString(key).WriteString(" = ").Arg(after.Key).WriteString(" AND ").
-					Ident(sel.C(user.FieldID)).WriteString(" > ").Arg(after.ID).WriteString("))")
+				b.WriteString("(").WriteString(key).WriteString(", ").Ident(sel.C(user.FieldID)).WriteString(") > (").
+					Arg(after.Key).WriteString(", ").Arg(after.ID).WriteString(")")
 			}))
 		}
 	}).Order(func(sel *sql.Selector) {
-		sel.OrderExpr(sql.ExprP(searchKey(sel)))
+		sel.OrderExpr(sql.ExprP(searchKey(sel) + collate))
 	}, ent.Asc(user.FieldID)).Limit(limit)
 	return withDetails(q).All(ctx)
 }
