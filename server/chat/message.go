@@ -106,6 +106,65 @@ func toMessage(m *messageDoc, p positions) *parleyv1.Message {
 func (s *Service) SendMessage(
 	ctx context.Context, req *connect.Request[parleyv1.SendMessageRequest],
 ) (*connect.Response[parleyv1.SendMessageResponse], error) {
+	res, err := s.sendMessage(ctx, req)
+	if connect.CodeOf(err) != connect.CodePermissionDenied {
+		return res, err
+	}
+	// A retry of a send the server stored, refused now that the other
+	// member of the private chat blocked the sender or declined its
+	// request since: the send was accepted, and its retry gets the
+	// message, as any other retry does. It is not announced again.
+	stored, serr := s.storedSend(ctx, req.Msg)
+	if serr != nil {
+		return nil, serr
+	}
+	if stored == nil {
+		return nil, err
+	}
+	return connect.NewResponse(&parleyv1.SendMessageResponse{Message: stored}), nil
+}
+
+// storedSend returns, as its sender sees it, the message that the send
+// msg stored, if it did and the sender is still a member of its chat;
+// nil otherwise.
+func (s *Service) storedSend(ctx context.Context, msg *parleyv1.SendMessageRequest) (*parleyv1.Message, error) {
+	id, err := auth.Caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	chatID, err := parseChatID(msg.GetChatId())
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.store.messageByKey(ctx, chatID, id.UserID, msg.GetClientMessageId())
+	if err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
+	if m == nil {
+		return nil, nil
+	}
+	c, err := s.store.getChat(ctx, chatID)
+	if err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
+	if c.participant(id.UserID) == nil {
+		return nil, nil
+	}
+	p, err := s.positions(ctx, c)
+	if err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
+	out, err := s.renderMessage(ctx, c, id.UserID, p, m)
+	if err != nil {
+		return nil, s.internal(ctx, "send message", err)
+	}
+	return out, nil
+}
+
+// sendMessage is SendMessage but for a retry refused (see there).
+func (s *Service) sendMessage(
+	ctx context.Context, req *connect.Request[parleyv1.SendMessageRequest],
+) (*connect.Response[parleyv1.SendMessageResponse], error) {
 	id, err := auth.Caller(ctx)
 	if err != nil {
 		return nil, err

@@ -703,3 +703,50 @@ func TestPrivacyService(t *testing.T) {
 		})
 	}
 }
+
+// TestPrivacy_RetryAfterBlock: a send the server stored, whose answer was
+// lost, is answered on its retry with the stored message, though the
+// other member blocked the sender (or declined its request) since; a new
+// send is refused.
+func TestPrivacy_RetryAfterBlock(t *testing.T) {
+	srv := servertest.New(t)
+	ctx := context.Background()
+	for _, p := range servertest.Protocols[:2] {
+		t.Run(p.Name, func(t *testing.T) {
+			alice, blocks, declines := newPerson(t, srv, p), newPerson(t, srv, p), newPerson(t, srv, p)
+			toBlocker, toDecliner := alice.startChat(t, blocks).GetId(), alice.startChat(t, declines).GetId()
+			sendAs := func(chatID, key string) (*parleyv1.Message, error) {
+				res, err := alice.c.Message.SendMessage(ctx, tok(alice, &parleyv1.SendMessageRequest{ChatId: chatID, ClientMessageId: key, Text: "lost answer"}))
+				if err != nil {
+					return nil, err
+				}
+				return res.Msg.GetMessage(), nil
+			}
+			first, err := sendAs(toBlocker, "k1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			firstDeclined, err := sendAs(toDecliner, "k1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			blocks.block(t, alice)
+			if _, err := declines.c.Chat.DeclineChatRequest(ctx, tok(declines, &parleyv1.DeclineChatRequestRequest{ChatId: toDecliner})); err != nil {
+				t.Fatalf("DeclineChatRequest: %v", err)
+			}
+			for _, c := range []struct {
+				chatID string
+				first  *parleyv1.Message
+			}{{toBlocker, first}, {toDecliner, firstDeclined}} {
+				again, err := sendAs(c.chatID, "k1")
+				if err != nil {
+					t.Errorf("the retry: %v", err)
+				} else if again.GetId() != c.first.GetId() || again.GetSeq() != c.first.GetSeq() {
+					t.Errorf("the retry answered %s seq %d, want the stored %s seq %d", again.GetId(), again.GetSeq(), c.first.GetId(), c.first.GetSeq())
+				}
+				_, err = sendAs(c.chatID, "k2")
+				servertest.WantCode(t, err, connect.CodePermissionDenied)
+			}
+		})
+	}
+}

@@ -86,8 +86,9 @@ const (
 type MessageServiceClient interface {
 	// SendMessage adds a message to the chat. client_message_id makes it
 	// idempotent: a retry with the same id returns the message sent first,
-	// never a second one. Sending also marks the chat read up to the new
-	// message for the sender.
+	// never a second one, also when a new send would be refused now (the
+	// other member of a private chat blocked the sender since). Sending
+	// also marks the chat read up to the new message for the sender.
 	SendMessage(context.Context, *connect.Request[v1.SendMessageRequest]) (*connect.Response[v1.SendMessageResponse], error)
 	// ListMessages returns messages in seq order: the newest page, or those
 	// before or after a seq. Deleted messages come as tombstones.
@@ -387,8 +388,9 @@ func (c *messageServiceClient) SearchMessages(ctx context.Context, req *connect.
 type MessageServiceHandler interface {
 	// SendMessage adds a message to the chat. client_message_id makes it
 	// idempotent: a retry with the same id returns the message sent first,
-	// never a second one. Sending also marks the chat read up to the new
-	// message for the sender.
+	// never a second one, also when a new send would be refused now (the
+	// other member of a private chat blocked the sender since). Sending
+	// also marks the chat read up to the new message for the sender.
 	SendMessage(context.Context, *connect.Request[v1.SendMessageRequest]) (*connect.Response[v1.SendMessageResponse], error)
 	// ListMessages returns messages in seq order: the newest page, or those
 	// before or after a seq. Deleted messages come as tombstones.

@@ -1242,8 +1242,9 @@ export const MessageService: GenService<{
   /**
    * SendMessage adds a message to the chat. client_message_id makes it
    * idempotent: a retry with the same id returns the message sent first,
-   * never a second one. Sending also marks the chat read up to the new
-   * message for the sender.
+   * never a second one, also when a new send would be refused now (the
+   * other member of a private chat blocked the sender since). Sending
+   * also marks the chat read up to the new message for the sender.
    *
    * @generated from rpc parley.v1.MessageService.SendMessage
    */
