@@ -536,8 +536,33 @@ func (s *store) startPositions(ctx context.Context, chatID bson.ObjectID, userID
 	if seq == 0 {
 		return nil
 	}
+	kinds := []string{kindRead, kindDelivered}
+	if !s.locks.Serial() && len(userIDs) > 0 {
+		// One command for them all (a group may take hundreds at once):
+		// each position raised by $max, or created.
+		models := make([]mongo.WriteModel, 0, len(kinds)*len(userIDs))
+		for _, uid := range userIDs {
+			for _, kind := range kinds {
+				models = append(models, mongo.NewUpdateOneModel().
+					SetFilter(bson.D{{Key: "_id", Value: positionID(chatID, uid, kind)}}).
+					SetUpdate(bson.D{
+						{Key: "$max", Value: bson.D{{Key: "seq", Value: seq}}},
+						{Key: "$setOnInsert", Value: bson.D{{Key: "chatId", Value: chatID}, {Key: "userId", Value: uid}, {Key: "kind", Value: kind}}},
+					}).SetUpsert(true))
+			}
+		}
+		_, err := s.positions.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
+		if err == nil {
+			return nil
+		}
+		if !mongo.IsDuplicateKeyError(err) {
+			return fmt.Errorf("start positions: %w", err)
+		}
+		// Two upserts of one position at once (another request created
+		// it meanwhile): one at a time, as on the engines that lock.
+	}
 	for _, uid := range userIDs {
-		for _, kind := range []string{kindRead, kindDelivered} {
+		for _, kind := range kinds {
 			if err := s.raisePosition(ctx, chatID, uid, kind, seq); err != nil {
 				return err
 			}

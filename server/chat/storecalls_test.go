@@ -1,6 +1,7 @@
 package chat_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -9,6 +10,7 @@ import (
 	"reflect"
 	"testing"
 
+	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/servertest"
@@ -119,5 +121,45 @@ func TestSendMessage_StoreCalls(t *testing.T) {
 	}
 	if len(want) != len(got) {
 		t.Errorf("%s has %d scenarios, the test measures %d", storeCallsFile, len(want), len(got))
+	}
+}
+
+// TestAddParticipants_StoreCallsDoNotGrow: adding 20 members to a group
+// with history makes as many document commands as adding 2 (their
+// positions start in one command), and the history counts as read for
+// each of them.
+func TestAddParticipants_StoreCallsDoNotGrow(t *testing.T) {
+	if os.Getenv("PARLEY_TEST_MONGO_URI") == "" {
+		t.Skip("counts the document engine's path: set PARLEY_TEST_MONGO_URI (FerretDB 1.x takes the locked path)")
+	}
+	calls := &servertest.StoreCalls{}
+	srv := servertest.New(t, servertest.WithStoreCalls(calls))
+	p := servertest.Protocols[0]
+	admin := newUser(t, srv, p)
+	commands := map[int]int{}
+	for _, n := range []int{2, 20} {
+		g := group(t, admin, "history").GetId()
+		for i := range 3 {
+			send(t, admin, g, fmt.Sprint("before ", i))
+		}
+		added := make([]*user, n)
+		ids := make([]int32, n)
+		for i := range added {
+			added[i] = newUser(t, srv, p)
+			ids[i] = added[i].id
+		}
+		calls.Reset()
+		if _, err := admin.chats.AddParticipants(context.Background(), req(admin, &parleyv1.AddParticipantsRequest{ChatId: g, UserIds: ids})); err != nil {
+			t.Fatal(err)
+		}
+		commands[n] = calls.Of(parleyv1connect.ChatServiceAddParticipantsProcedure).MongoTotal()
+		for _, u := range added {
+			if got := getChat(t, u, g).GetUnreadCount(); got != 0 {
+				t.Errorf("a member added after 3 messages has %d unread, want 0", got)
+			}
+		}
+	}
+	if commands[20] != commands[2] {
+		t.Errorf("AddParticipants made %d document commands for 2 members and %d for 20; want as many", commands[2], commands[20])
 	}
 }
