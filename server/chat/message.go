@@ -106,65 +106,6 @@ func toMessage(m *messageDoc, p positions) *parleyv1.Message {
 func (s *Service) SendMessage(
 	ctx context.Context, req *connect.Request[parleyv1.SendMessageRequest],
 ) (*connect.Response[parleyv1.SendMessageResponse], error) {
-	res, err := s.sendMessage(ctx, req)
-	if connect.CodeOf(err) != connect.CodePermissionDenied {
-		return res, err
-	}
-	// A retry of a send the server stored, refused now that the other
-	// member of the private chat blocked the sender or declined its
-	// request since: the send was accepted, and its retry gets the
-	// message, as any other retry does. It is not announced again.
-	stored, serr := s.storedSend(ctx, req.Msg)
-	if serr != nil {
-		return nil, serr
-	}
-	if stored == nil {
-		return nil, err
-	}
-	return connect.NewResponse(&parleyv1.SendMessageResponse{Message: stored}), nil
-}
-
-// storedSend returns, as its sender sees it, the message that the send
-// msg stored, if it did and the sender is still a member of its chat;
-// nil otherwise.
-func (s *Service) storedSend(ctx context.Context, msg *parleyv1.SendMessageRequest) (*parleyv1.Message, error) {
-	id, err := auth.Caller(ctx)
-	if err != nil {
-		return nil, err
-	}
-	chatID, err := parseChatID(msg.GetChatId())
-	if err != nil {
-		return nil, err
-	}
-	m, err := s.store.messageByKey(ctx, chatID, id.UserID, msg.GetClientMessageId())
-	if err != nil {
-		return nil, s.internal(ctx, "send message", err)
-	}
-	if m == nil {
-		return nil, nil
-	}
-	c, err := s.store.getChat(ctx, chatID)
-	if err != nil {
-		return nil, s.internal(ctx, "send message", err)
-	}
-	if c.participant(id.UserID) == nil {
-		return nil, nil
-	}
-	p, err := s.positions(ctx, c)
-	if err != nil {
-		return nil, s.internal(ctx, "send message", err)
-	}
-	out, err := s.renderMessage(ctx, c, id.UserID, p, m)
-	if err != nil {
-		return nil, s.internal(ctx, "send message", err)
-	}
-	return out, nil
-}
-
-// sendMessage is SendMessage but for a retry refused (see there).
-func (s *Service) sendMessage(
-	ctx context.Context, req *connect.Request[parleyv1.SendMessageRequest],
-) (*connect.Response[parleyv1.SendMessageResponse], error) {
 	id, err := auth.Caller(ctx)
 	if err != nil {
 		return nil, err
@@ -183,14 +124,20 @@ func (s *Service) sendMessage(
 	if err != nil {
 		// A reply or a mention that was valid when the message was stored
 		// may be no longer (the original deleted, a member gone): a retry
-		// of that send still gets the stored message.
+		// of that send still gets the stored message. So does one that
+		// the other member of a private chat refuses since (storedRetry).
 		if prev, err = s.retryOfRefused(ctx, chatID, id.UserID, req.Msg, err); err != nil {
-			return nil, err
-		}
-		bare := proto.CloneOf(req.Msg)
-		bare.ReplyToMessageId, bare.MentionUserIds, bare.MentionAll = "", nil, false
-		if c, version, floor, err = s.sendChecks(ctx, chatID, id.UserID, bare, true); err != nil {
-			return nil, err
+			if prev, c, err = s.storedRetry(ctx, chatID, id.UserID, req.Msg, err); err != nil {
+				return nil, err
+			}
+		} else {
+			bare := proto.CloneOf(req.Msg)
+			bare.ReplyToMessageId, bare.MentionUserIds, bare.MentionAll = "", nil, false
+			if c, version, floor, err = s.sendChecks(ctx, chatID, id.UserID, bare, true); err != nil {
+				if prev, c, err = s.storedRetry(ctx, chatID, id.UserID, req.Msg, err); err != nil {
+					return nil, err
+				}
+			}
 		}
 	}
 	mediaIDs := make([]bson.ObjectID, len(req.Msg.GetMediaIds()))
@@ -261,7 +208,10 @@ func (s *Service) sendMessage(
 		if errors.Is(err, errStaleChat) {
 			s.forgetChat(c.ID)
 			if c, version, floor, err = s.sendChecks(ctx, chatID, id.UserID, req.Msg, attempt < cachedChecks); err != nil {
-				return nil, err
+				if prev, c, err = s.storedRetry(ctx, chatID, id.UserID, req.Msg, err); err != nil {
+					return nil, err
+				}
+				m = prev
 			}
 			continue
 		}
@@ -402,6 +352,34 @@ func (s *Service) contentChecks(ctx context.Context, chatID bson.ObjectID, sende
 		return nil, "", 0, nil, err
 	}
 	return c, version, floor, replyTo, nil
+}
+
+// storedRetry returns the message stored by an earlier attempt at a send
+// that the checks now refuse PERMISSION_DENIED (refusal): the other member
+// of the private chat blocked the sender, or declined its request, since.
+// The retry completes the send (announces what the first attempt may not
+// have) and gets the message, as any retry does, with the chat as the
+// store holds it. It returns the refusal when no attempt stored the
+// message, and NOT_FOUND when the sender is no member of the chat.
+func (s *Service) storedRetry(ctx context.Context, chatID bson.ObjectID, sender int, msg *parleyv1.SendMessageRequest, refusal error) (*messageDoc, *chatDoc, error) {
+	if connect.CodeOf(refusal) != connect.CodePermissionDenied {
+		return nil, nil, refusal
+	}
+	prev, err := s.store.messageByKey(ctx, chatID, sender, msg.GetClientMessageId())
+	if err != nil {
+		return nil, nil, s.internal(ctx, "send message", err)
+	}
+	if prev == nil {
+		return nil, nil, refusal
+	}
+	c, err := s.store.getChat(ctx, chatID)
+	if err != nil {
+		return nil, nil, s.internal(ctx, "send message", err)
+	}
+	if c.participant(sender) == nil {
+		return nil, nil, errNotFound
+	}
+	return prev, c, nil
 }
 
 // retryOfRefused returns the message stored by an earlier attempt at a

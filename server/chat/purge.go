@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -40,6 +41,43 @@ type emptyDoc struct {
 var emptyIndexes = []mongo.IndexModel{
 	// Purge: the chats recorded before a time.
 	{Keys: bson.D{{Key: "at", Value: 1}}, Options: options.Index().SetName("at")},
+}
+
+// backfillEmpty records, once for the database, the groups that their
+// last member left before the changes that empty a chat recorded it (see
+// above): it reads every chat, and runs at start-up (Prepare). Private
+// chats whose members were both deleted before then are not found: that
+// takes the user database.
+func backfillEmpty(ctx context.Context, log *slog.Logger, db *mongo.Database) error {
+	meta := db.Collection("schema")
+	const mark = "chat-empty-backfill"
+	n, err := meta.CountDocuments(ctx, bson.D{{Key: "_id", Value: mark}})
+	if err != nil || n > 0 {
+		return err
+	}
+	cur, err := db.Collection("chats").Find(ctx, bson.D{
+		{Key: "chatType", Value: typeGroup}, {Key: "participants", Value: bson.D{{Key: "$size", Value: 0}}},
+	}, options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}))
+	if err != nil {
+		return fmt.Errorf("groups without members: %w", err)
+	}
+	var empty []emptyDoc
+	if err := cur.All(ctx, &empty); err != nil {
+		return fmt.Errorf("groups without members: %w", err)
+	}
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	for _, d := range empty {
+		_, err := db.Collection("emptyChats").UpdateOne(ctx, bson.D{{Key: "_id", Value: d.ChatID}},
+			bson.D{{Key: "$max", Value: bson.D{{Key: "at", Value: now}}}}, options.UpdateOne().SetUpsert(true))
+		if err != nil {
+			return fmt.Errorf("record an empty chat: %w", err)
+		}
+	}
+	if len(empty) > 0 {
+		log.Info("recorded the groups without members for purging", "count", len(empty))
+	}
+	_, err = meta.UpdateOne(ctx, bson.D{{Key: "_id", Value: mark}}, bson.D{{Key: "$set", Value: bson.D{{Key: "at", Value: now}}}}, options.UpdateOne().SetUpsert(true))
+	return err
 }
 
 // markEmpty records that the chat may have no reader from now on (see
@@ -99,6 +137,11 @@ func (s *Service) Purge(ctx context.Context, before time.Time) (int, error) {
 				return n, err
 			}
 			errs = append(errs, fmt.Errorf("chat %s: %w", d.ChatID.Hex(), err))
+			// Tried again later, behind the others: chats that keep
+			// failing do not hold the rest back.
+			if err := s.store.markEmpty(ctx, d.ChatID); err != nil {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		if purged {

@@ -2,6 +2,7 @@ package chat_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
+	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -143,4 +145,32 @@ func deleteAccount(t *testing.T, srv *servertest.Server, p servertest.Protocol, 
 	if _, err := authc.DeleteAccount(context.Background(), req(u, &parleyv1.DeleteAccountRequest{Password: servertest.Password})); err != nil {
 		t.Fatalf("DeleteAccount: %v", err)
 	}
+}
+
+// TestPurge_BackfillsEmptyGroups: a group whose last member left before
+// emptied chats were recorded is found once, at start-up (chat.Prepare),
+// and purged.
+func TestPurge_BackfillsEmptyGroups(t *testing.T) {
+	srv := servertest.New(t, servertest.WithOwnMongoDatabase(t))
+	ctx := context.Background()
+	db := srv.App.Mongo()
+	alice := newUser(t, srv, servertest.Protocols[0])
+	g := group(t, alice, "left long ago").GetId()
+	send(t, alice, g, "left behind")
+	gID, _ := bson.ObjectIDFromHex(g)
+	// As an earlier version left it: no member, and no record.
+	if _, err := db.Collection("chats").UpdateOne(ctx, bson.D{{Key: "_id", Value: gID}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "participants", Value: bson.A{}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Collection("schema").DeleteOne(ctx, bson.D{{Key: "_id", Value: "chat-empty-backfill"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := chat.Prepare(ctx, slog.New(slog.DiscardHandler), db); err != nil {
+		t.Fatalf("Prepare: %v", err)
+	}
+	if _, err := srv.App.PurgeChats(ctx, time.Now().Add(time.Second)); err != nil {
+		t.Fatalf("PurgeChats: %v", err)
+	}
+	wantGone(t, db, gID)
 }

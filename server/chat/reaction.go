@@ -71,15 +71,17 @@ func (s *Service) AddReaction(
 			return nil, err
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reactionTimeout)
+	// The errors are mapped with the request's context: one of wctx's
+	// deadline is a store that did not answer (UNAVAILABLE).
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reactionTimeout)
 	defer cancel()
-	if err := s.store.addReaction(ctx, &reactionDoc{ChatID: c.ID, MessageID: msg.ID, UserID: me.UserID, Emoji: emoji}); err != nil {
+	if err := s.store.addReaction(wctx, &reactionDoc{ChatID: c.ID, MessageID: msg.ID, UserID: me.UserID, Emoji: emoji}); err != nil {
 		return nil, s.internal(ctx, "add reaction", err)
 	}
 	// A reaction the caller had already is completed and announced
 	// again, as a new version: the call that added it may have failed
 	// before either (errNotDelivered).
-	reactions, err := s.reactionAdded(ctx, c, msg, me.UserID, emoji)
+	reactions, err := s.reactionAdded(wctx, c, msg, me.UserID, emoji)
 	if err != nil {
 		return nil, s.internal(ctx, "add reaction", err)
 	}
@@ -173,15 +175,15 @@ func (s *Service) RemoveReaction(
 	if err := s.mayActInPrivate(ctx, c, me.UserID); err != nil {
 		return nil, s.internal(ctx, "remove reaction", err)
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reactionTimeout)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reactionTimeout)
 	defer cancel()
-	if err := s.store.removeReaction(ctx, msg.ID, me.UserID, emoji); err != nil {
+	if err := s.store.removeReaction(wctx, msg.ID, me.UserID, emoji); err != nil {
 		return nil, s.internal(ctx, "remove reaction", err)
 	}
 	// A reaction the caller did not have is completed and announced as
 	// gone all the same, as a new version: the call that removed it may
 	// have failed before either (errNotDelivered).
-	reactions, err := s.reactionRemoved(ctx, c, msg, me.UserID, emoji)
+	reactions, err := s.reactionRemoved(wctx, c, msg, me.UserID, emoji)
 	if err != nil {
 		return nil, s.internal(ctx, "remove reaction", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"connectrpc.com/connect"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/gen/parley/v1/parleyv1connect"
 	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/servertest"
 )
@@ -427,4 +428,47 @@ func heardBefore(t *testing.T, stream *connect.ServerStreamForClient[parleyv1.Su
 // positionsOf matches the events of u's positions.
 func positionsOf(u *user) func(*parleyv1.Event) bool {
 	return func(ev *parleyv1.Event) bool { return ev.GetPositionsChanged().GetUserId() == u.id }
+}
+
+// TestRetry_SendStoredBeforeABlock: a send stored but not announced (the
+// event log refused the append), retried after the other member blocked
+// the sender, completes: it is announced, and answered with the stored
+// message; a new send is refused.
+func TestRetry_SendStoredBeforeABlock(t *testing.T) {
+	rs := servertest.StartRedis(t)
+	srv := servertest.New(t, servertest.WithConfig(func(c *app.Config) { c.RedisURL = rs.URL() }))
+	ctx := context.Background()
+	p := servertest.Protocols[0]
+	alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+	dm := servertest.PrivateChat(t, alice.chats, alice.token, bob.id).GetId()
+	servertest.AcceptRequest(t, bob.chats, bob.token, dm)
+	aliceLive := subscribe(t, srv, p, alice)
+	sendAs := func(key string) (*parleyv1.Message, error) {
+		res, err := alice.msgs.SendMessage(ctx, req(alice, &parleyv1.SendMessageRequest{ChatId: dm, ClientMessageId: key, Text: "before the block"}))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg.GetMessage(), nil
+	}
+	rs.ACL("-xadd")
+	_, err := sendAs("k1")
+	rs.ACL("+xadd")
+	wantCode(t, err, connect.CodeUnavailable)
+	privacy := servertest.Client(srv, p, parleyv1connect.NewPrivacyServiceClient)
+	if _, err := privacy.BlockUser(ctx, req(bob, &parleyv1.BlockUserRequest{UserId: alice.id})); err != nil {
+		t.Fatalf("BlockUser: %v", err)
+	}
+	stored, err := sendAs("k1")
+	if err != nil {
+		t.Fatalf("the retry: %v", err)
+	}
+	ev := nextEvent(t, aliceLive, func(ev *parleyv1.Event) bool { return ev.GetMessageCreated() != nil })
+	if got := ev.GetMessageCreated().GetMessage(); got.GetId() != stored.GetId() {
+		t.Errorf("alice's devices heard of %s, want the stored %s", got.GetId(), stored.GetId())
+	}
+	if got := getChat(t, alice, dm).GetLastMessage().GetMessageId(); got != stored.GetId() {
+		t.Errorf("the chat's last message is %q, want the stored %s", got, stored.GetId())
+	}
+	_, err = sendAs("k2")
+	wantCode(t, err, connect.CodePermissionDenied)
 }

@@ -99,6 +99,9 @@ func Prepare(ctx context.Context, log *slog.Logger, db *mongo.Database) error {
 			return fmt.Errorf("create indexes on %s: %w", x.c.Name(), err)
 		}
 	}
+	if err := backfillEmpty(ctx, log, db); err != nil {
+		return err
+	}
 	if v.Version < schemaVersion {
 		_, err := meta.UpdateOne(ctx, bson.D{{Key: "_id", Value: "chat"}},
 			bson.D{{Key: "$set", Value: bson.D{{Key: "version", Value: schemaVersion}}}}, options.UpdateOne().SetUpsert(true))

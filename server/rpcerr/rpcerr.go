@@ -72,7 +72,11 @@ func From(ctx context.Context, log *slog.Logger, what string, err error) error {
 func isUnavailable(err error) bool {
 	var netErr net.Error
 	var opErr *net.OpError
-	return errors.As(err, &opErr) || (errors.As(err, &netErr) && netErr.Timeout()) || errors.Is(err, context.DeadlineExceeded) ||
+	// A context error while the request goes on: a deadline of the
+	// store's own, or work cut short by something else than the request
+	// (From has handled the request's own end).
+	return errors.As(err, &opErr) || (errors.As(err, &netErr) && netErr.Timeout()) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
 		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) ||
 		errors.Is(err, redisconn.ErrNotReplicated) || redisFailingOver(err)
 }

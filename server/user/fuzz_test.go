@@ -59,7 +59,7 @@ func FuzzDecodeCursor(f *testing.F) {
 // requestPattern is the pattern RegisterRequest.username and
 // UpdateProfileRequest.username are validated against, with a length of
 // at most schema.UsernameMaxLen, before normalizeUsername sees them.
-var requestPattern = regexp.MustCompile(`^[\p{L}\p{N}._-]+$`)
+var requestPattern = regexp.MustCompile(`^[\p{L}\p{M}\p{N}._-]+$`)
 
 // FuzzNormalizeUsername checks the promises of username.go: usernameKey
 // is idempotent on any string; a name that normalizeUsername accepts has

@@ -101,7 +101,11 @@ type ChatServiceClient interface {
 	// ListChats lists the caller's chats that are not archived: those it
 	// pinned first (the most recently pinned first), then the others, most
 	// recent activity first. With archived set it lists the archived ones
-	// instead, most recent activity first.
+	// instead, most recent activity first. Each page follows the order as
+	// it stands when it is read: a chat whose activity moves it ahead of
+	// the pages read already is not listed again, and the live stream tells
+	// of that activity, so a client subscribes (LiveService.Subscribe)
+	// before it pages.
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
 	// UpdateChat renames a group, changes its description, or its avatar.
 	// Admins only.
@@ -420,7 +424,11 @@ type ChatServiceHandler interface {
 	// ListChats lists the caller's chats that are not archived: those it
 	// pinned first (the most recently pinned first), then the others, most
 	// recent activity first. With archived set it lists the archived ones
-	// instead, most recent activity first.
+	// instead, most recent activity first. Each page follows the order as
+	// it stands when it is read: a chat whose activity moves it ahead of
+	// the pages read already is not listed again, and the live stream tells
+	// of that activity, so a client subscribes (LiveService.Subscribe)
+	// before it pages.
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
 	// UpdateChat renames a group, changes its description, or its avatar.
 	// Admins only.

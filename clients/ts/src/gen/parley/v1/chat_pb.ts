@@ -1208,7 +1208,11 @@ export const ChatService: GenService<{
    * ListChats lists the caller's chats that are not archived: those it
    * pinned first (the most recently pinned first), then the others, most
    * recent activity first. With archived set it lists the archived ones
-   * instead, most recent activity first.
+   * instead, most recent activity first. Each page follows the order as
+   * it stands when it is read: a chat whose activity moves it ahead of
+   * the pages read already is not listed again, and the live stream tells
+   * of that activity, so a client subscribes (LiveService.Subscribe)
+   * before it pages.
    *
    * @generated from rpc parley.v1.ChatService.ListChats
    */
