@@ -74,7 +74,7 @@ export interface SubscribeOptions {
   signal?: AbortSignal;
   /** Pass heartbeats through too (default: dropped). */
   heartbeats?: boolean;
-  /** Called when the connection drops, before reconnecting. */
+  /** Called when the connection drops, before waiting retryInMs to reconnect. */
   onDisconnect?: (err: unknown, retryInMs: number) => void;
   /** Longest wait between reconnects (default 30 s). */
   maxBackoffMs?: number;
@@ -136,8 +136,14 @@ export interface ParleyClient {
   accessToken(): Promise<string>;
   /**
    * The caller's live events as an async iterator. It reconnects with
-   * backoff and resumes from the last cursor, so no event is lost across
-   * disconnects; when resuming is impossible it yields { kind: "resync" }.
+   * backoff (at least the delay a refusal asks for) and resumes from the
+   * last cursor, so no event is lost across disconnects; when resuming is
+   * impossible (the cursor expired, or is none the server reads) it
+   * yields { kind: "resync" }. It throws a ConnectError when trying again
+   * cannot help: UNAUTHENTICATED once signed out, UNIMPLEMENTED for a
+   * server that does not serve the stream (a wrong base URL), and
+   * INVALID_ARGUMENT, PERMISSION_DENIED or NOT_FOUND. To resume in a later
+   * stream, keep the cursor of the last event handled.
    */
   subscribe(options?: SubscribeOptions): AsyncIterable<LiveItem>;
   /** Uploads a file (CreateUpload, then the PUT) and returns the ready media. */
@@ -288,6 +294,15 @@ const silenceMs = 45_000;
 /** A stream up this long has recovered: backoff starts again from zero. */
 const stableMs = 10_000;
 
+/** The codes on which subscribe stops trying and throws. */
+const permanent = new Set([
+  Code.InvalidArgument,
+  Code.FailedPrecondition,
+  Code.PermissionDenied,
+  Code.NotFound,
+  Code.Unimplemented,
+]);
+
 async function* subscribe(
   client: ParleyClient,
   refresh: () => Promise<Tokens>,
@@ -344,13 +359,21 @@ async function* subscribe(
     }
     if (o.signal?.aborted) return;
     const ce = ConnectError.from(failure);
-    if (ce.code === Code.FailedPrecondition) {
+    if ((ce.code === Code.FailedPrecondition || ce.code === Code.InvalidArgument) && cursor !== "") {
       // Subscribe's one precondition (ErrorInfo reason CURSOR_EXPIRED):
-      // the events since the cursor are gone. Start from now, and tell
-      // the consumer to reload once the new stream is open.
+      // the events since the cursor are gone; or the cursor is none the
+      // server reads (stored corrupt, or from another server). Start
+      // from now, and tell the consumer to reload once the new stream
+      // is open.
       cursor = "";
       resync = true;
       continue;
+    }
+    if (permanent.has(ce.code)) {
+      // Trying again would get the same answer: a wrong base URL or a
+      // proxy that does not route the stream (UNIMPLEMENTED), a request
+      // the server refuses as it stands.
+      throw ce;
     }
     if (ce.code === Code.Unauthenticated) {
       try {
@@ -367,7 +390,11 @@ async function* subscribe(
       }
     }
     if (upSince && Date.now() - upSince > stableMs) failures = 0;
-    const wait = Math.min(maxBackoff, 250 * 2 ** Math.min(failures, 10)) * (0.5 + Math.random() / 2);
+    let wait = Math.min(maxBackoff, 250 * 2 ** Math.min(failures, 10)) * (0.5 + Math.random() / 2);
+    // A refusal that says when to come back (RESOURCE_EXHAUSTED: too
+    // many streams open) is heeded.
+    const retryAfter = Number(ce.metadata.get("retry-after"));
+    if (retryAfter > 0) wait = Math.max(wait, retryAfter * 1000);
     failures++;
     o.onDisconnect?.(ce, wait);
     await delay(wait, o.signal);

@@ -281,6 +281,58 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       stop.abort();
     });
 
+    test("reads a cursor the server cannot as one expired, and stops on what retrying cannot mend", async () => {
+      const alice = await newUser(protocol);
+      const stop = new AbortController();
+      const it = alice.client.subscribe({ cursor: "not-a-cursor", signal: stop.signal })[Symbol.asyncIterator]();
+      const first = await next(it, () => true);
+      assert.equal(first.kind, "resync");
+      await next(it, isReady);
+      stop.abort();
+
+      // No stream at this address: UNIMPLEMENTED, thrown, not retried.
+      // (With the tokens of a user just signed up: they outlive the call.)
+      const bob = await newUser(protocol);
+      const lost = createParleyClient({ baseUrl: `${server.url}/nowhere`, protocol, refreshMarginMs: 0, tokenStore: bob.client.tokenStore });
+      let disconnects = 0;
+      await assert.rejects(
+        (async () => {
+          for await (const _ of lost.subscribe({ onDisconnect: () => disconnects++ })) {
+            // nothing comes
+          }
+        })(),
+        (err: unknown) => ConnectError.from(err).code === Code.Unimplemented,
+      );
+      assert.equal(disconnects, 0);
+    });
+
+    test("waits as long as a refusal asks before trying again", async () => {
+      const alice = await newUser(protocol);
+      const stop = new AbortController();
+      // A session may have 10 streams open (-live-max-streams-per-session):
+      // of 11, one is refused (whichever: they reconnect as tokens expire).
+      let refused: (wait: number) => void = () => {};
+      const waited = new Promise<number>((resolve) => (refused = resolve));
+      const onDisconnect = (err: unknown, wait: number) => {
+        if (ConnectError.from(err).code === Code.ResourceExhausted) refused(wait);
+      };
+      for (let i = 0; i < 11; i++) {
+        const it = alice.client.subscribe({ signal: stop.signal, onDisconnect })[Symbol.asyncIterator]();
+        void (async () => {
+          try {
+            while (!(await it.next()).done) {
+              // drain
+            }
+          } catch {
+            // ended with the test
+          }
+        })();
+      }
+      const wait = await waited;
+      assert.ok(wait >= 1000, `waits ${wait} ms after a refusal with Retry-After`);
+      stop.abort();
+    });
+
     test("uploads and downloads an image", async () => {
       const alice = await newUser(protocol);
       const bob = await newUser(protocol);
