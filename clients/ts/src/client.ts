@@ -140,7 +140,8 @@ export interface ParleyClient {
    * last cursor, so no event is lost across disconnects; when resuming is
    * impossible (the cursor expired, or is none the server reads) it
    * yields { kind: "resync" }. It throws a ConnectError when trying again
-   * cannot help: UNAUTHENTICATED once signed out, UNIMPLEMENTED for a
+   * cannot help: UNAUTHENTICATED once signed out (or in again, maybe as
+   * someone else: a subscription belongs to one sign-in), UNIMPLEMENTED for a
    * server that does not serve the stream (a wrong base URL), and
    * INVALID_ARGUMENT, PERMISSION_DENIED or NOT_FOUND. To resume in a later
    * stream, keep the cursor of the last event handled.
@@ -169,8 +170,14 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
   const bare = createClient(AuthService, makeTransport([]));
   let refreshing: Promise<Tokens> | undefined;
   // Signing in or out starts a new generation: a refresh begun in an
-  // older one must not write its tokens back.
+  // older one must not write its tokens back, and the live streams of the
+  // older one end (sessionEnds).
   let generation = 0;
+  const sessionEnds = new Set<() => void>();
+  const newGeneration = () => {
+    generation++;
+    for (const end of sessionEnds) end();
+  };
   const refreshOnce = async (used: string | undefined): Promise<Tokens> => {
     const gen = generation;
     const current = await store.get();
@@ -255,7 +262,7 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
 
   const signedIn = async (tokens: Tokens | undefined): Promise<Tokens> => {
     if (!tokens) throw new ConnectError("no tokens in the answer", Code.Internal);
-    generation++;
+    newGeneration();
     await store.set(tokens);
     return tokens;
   };
@@ -270,11 +277,11 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
       try {
         await client.auth.logout({});
       } finally {
-        generation++;
+        newGeneration();
         await store.set(undefined);
       }
     },
-    subscribe: (o: SubscribeOptions = {}) => subscribe(client, refresh, o),
+    subscribe: (o: SubscribeOptions = {}) => subscribe(client, refresh, { generation: () => generation, ends: sessionEnds }, o),
     upload: (file: Blob, o: UploadOptions) => upload(client, doFetch, file, o),
     async download(url: string, init?: { signal?: AbortSignal }) {
       const res = await doFetch(client.url(url), {
@@ -303,17 +310,34 @@ const permanent = new Set([
   Code.Unimplemented,
 ]);
 
+/** What subscribe knows of the sign-ins of its client. */
+interface Session {
+  /** The current sign-in's number: each sign-in and sign-out makes a new one. */
+  generation(): number;
+  /** Called at each sign-in and sign-out. */
+  ends: Set<() => void>;
+}
+
 async function* subscribe(
   client: ParleyClient,
   refresh: () => Promise<Tokens>,
+  session: Session,
   o: SubscribeOptions,
 ): AsyncGenerator<LiveItem> {
+  // A subscription belongs to the sign-in it began in: once signed out,
+  // or in as someone else, it ends, and never resumes another account's
+  // events from this one's cursor.
+  const started = session.generation();
+  const signedOut = () => new ConnectError("signed out", Code.Unauthenticated);
   let cursor = o.cursor ?? "";
   let failures = 0;
   let resync = false;
   const maxBackoff = o.maxBackoffMs ?? 30_000;
   while (!o.signal?.aborted) {
+    if (session.generation() !== started) throw signedOut();
     const ctl = new AbortController();
+    const ended = () => ctl.abort(signedOut());
+    session.ends.add(ended);
     let silence: ReturnType<typeof setTimeout> | undefined;
     const stop = () => {
       // The consumer may never resume the generator; nothing of it may
@@ -355,9 +379,11 @@ async function* subscribe(
     } finally {
       clearTimeout(silence);
       o.signal?.removeEventListener("abort", stop);
+      session.ends.delete(ended);
       ctl.abort();
     }
     if (o.signal?.aborted) return;
+    if (session.generation() !== started) throw signedOut();
     const ce = ConnectError.from(failure);
     if ((ce.code === Code.FailedPrecondition || ce.code === Code.InvalidArgument) && cursor !== "") {
       // Subscribe's one precondition (ErrorInfo reason CURSOR_EXPIRED):

@@ -306,6 +306,21 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       assert.equal(disconnects, 0);
     });
 
+    test("a subscription ends with the sign-in it began in", async () => {
+      const alice = await newUser(protocol);
+      const bob = await newUser(protocol);
+      const it = alice.client.subscribe({})[Symbol.asyncIterator]();
+      await next(it, isReady);
+      // Alice signs out and bob in, on the same client, at once: her
+      // stream does not go on with his events.
+      await alice.client.logout();
+      await alice.client.login(bob.name, "correct horse battery staple");
+      await assert.rejects(
+        next(it, () => false),
+        (err: unknown) => ConnectError.from(err).code === Code.Unauthenticated,
+      );
+    });
+
     test("waits as long as a refusal asks before trying again", async () => {
       const alice = await newUser(protocol);
       const stop = new AbortController();
