@@ -173,6 +173,17 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
   // older one must not write its tokens back, and the live streams of the
   // older one end (sessionEnds).
   let generation = 0;
+  // The server's clock less this device's, when they disagree by more
+  // than a few seconds, learnt from the issue time of the access tokens
+  // it sends: their expiry is in the server's time, and a device whose
+  // clock is ahead would otherwise refresh before every call.
+  let skewMs = 0;
+  const learnSkew = (t: Tokens) => {
+    const iat = issuedAt(t.accessToken);
+    if (iat === undefined) return;
+    const d = iat * 1000 - Date.now();
+    skewMs = Math.abs(d) > skewToleranceMs ? d : 0;
+  };
   const sessionEnds = new Set<() => void>();
   const newGeneration = () => {
     generation++;
@@ -191,6 +202,7 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
       const res = await bare.refresh({ refreshToken: current.refreshToken }, { timeoutMs: 15_000 });
       if (!res.tokens) throw new ConnectError("no tokens in the answer", Code.Internal);
       if (gen !== generation) throw new ConnectError("signed out meanwhile", Code.Unauthenticated);
+      learnSkew(res.tokens);
       await store.set(res.tokens);
       options.onRefresh?.(res.tokens);
       return res.tokens;
@@ -219,7 +231,7 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
     const t = await store.get();
     if (!t?.accessToken) throw new ConnectError("not signed in", Code.Unauthenticated);
     const exp = t.accessTokenExpiresAt ? timestampDate(t.accessTokenExpiresAt).getTime() : Infinity;
-    if (exp - margin <= Date.now()) return (await refresh()).accessToken;
+    if (exp - margin <= Date.now() + skewMs) return (await refresh()).accessToken;
     return t.accessToken;
   };
 
@@ -263,6 +275,7 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
   const signedIn = async (tokens: Tokens | undefined): Promise<Tokens> => {
     if (!tokens) throw new ConnectError("no tokens in the answer", Code.Internal);
     newGeneration();
+    learnSkew(tokens);
     await store.set(tokens);
     return tokens;
   };
@@ -293,6 +306,21 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
     },
   });
   return client;
+}
+
+/** Clocks this far apart count as the same (a token's iat is in seconds). */
+const skewToleranceMs = 5_000;
+
+/** issuedAt returns the iat claim of a JWT (seconds), if it reads one. */
+function issuedAt(jwt: string): number | undefined {
+  try {
+    const part = jwt.split(".")[1] ?? "";
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "=");
+    const iat = (JSON.parse(atob(b64)) as { iat?: unknown }).iat;
+    return typeof iat === "number" ? iat : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** How long a stream may stay silent (heartbeats come every 15 s). */

@@ -179,6 +179,22 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       stop.abort();
     });
 
+    test("a device clock ahead of the server's does not refresh before every call", async () => {
+      const realNow = Date.now;
+      // Ahead by an hour: every token looks expired to this clock.
+      Date.now = () => realNow() + 3_600_000;
+      try {
+        let refreshes = 0;
+        const alice = await newUser(protocol, server.url, { onRefresh: () => refreshes++ });
+        for (let i = 0; i < 5; i++) {
+          assert.equal((await alice.client.users.getMe({})).me?.user?.id, alice.id);
+        }
+        assert.ok(refreshes <= 1, `${refreshes} refreshes for 5 calls within a token's life`);
+      } finally {
+        Date.now = realNow;
+      }
+    });
+
     test("refreshes an expired access token once for many calls", async () => {
       let refreshes = 0;
       const alice = await newUser(protocol, server.url, { onRefresh: () => refreshes++ });
