@@ -178,10 +178,14 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
   // it sends: their expiry is in the server's time, and a device whose
   // clock is ahead would otherwise refresh before every call.
   let skewMs = 0;
-  const learnSkew = (t: Tokens) => {
-    const iat = issuedAt(t.accessToken);
-    if (iat === undefined) return;
-    const d = iat * 1000 - Date.now();
+  /** learnSkew learns it from tokens asked for at t0 (this device's time). */
+  const learnSkew = (t: Tokens, t0: number) => {
+    const iat = claim(t.accessToken, "iat");
+    const rtt = Date.now() - t0;
+    // Only from a quick answer (not one a frozen tab took minutes to
+    // handle), at the middle of its round trip.
+    if (typeof iat !== "number" || rtt > skewToleranceMs) return;
+    const d = iat * 1000 - (t0 + rtt / 2);
     skewMs = Math.abs(d) > skewToleranceMs ? d : 0;
   };
   const sessionEnds = new Set<() => void>();
@@ -199,10 +203,11 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
       return current; // another tab (sharing the store) refreshed already
     }
     try {
+      const t0 = Date.now();
       const res = await bare.refresh({ refreshToken: current.refreshToken }, { timeoutMs: 15_000 });
       if (!res.tokens) throw new ConnectError("no tokens in the answer", Code.Internal);
       if (gen !== generation) throw new ConnectError("signed out meanwhile", Code.Unauthenticated);
-      learnSkew(res.tokens);
+      learnSkew(res.tokens, t0);
       await store.set(res.tokens);
       options.onRefresh?.(res.tokens);
       return res.tokens;
@@ -272,19 +277,21 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
     url: (path: string) => new URL(path, baseUrl + "/").toString(),
   } as ParleyClient;
 
-  const signedIn = async (tokens: Tokens | undefined): Promise<Tokens> => {
+  const signedIn = async (tokens: Tokens | undefined, t0: number): Promise<Tokens> => {
     if (!tokens) throw new ConnectError("no tokens in the answer", Code.Internal);
     newGeneration();
-    learnSkew(tokens);
+    learnSkew(tokens, t0);
     await store.set(tokens);
     return tokens;
   };
   Object.assign(client, {
     async register(username: string, email: string, password: string) {
-      return signedIn((await client.auth.register({ username, email, password })).tokens);
+      const t0 = Date.now();
+      return signedIn((await client.auth.register({ username, email, password })).tokens, t0);
     },
     async login(login: string, password: string) {
-      return signedIn((await client.auth.login({ login, password })).tokens);
+      const t0 = Date.now();
+      return signedIn((await client.auth.login({ login, password })).tokens, t0);
     },
     async logout() {
       try {
@@ -294,7 +301,12 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
         await store.set(undefined);
       }
     },
-    subscribe: (o: SubscribeOptions = {}) => subscribe(client, refresh, { generation: () => generation, ends: sessionEnds }, o),
+    subscribe: (o: SubscribeOptions = {}) =>
+      subscribe(client, refresh, {
+        generation: () => generation,
+        ends: sessionEnds,
+        subject: async () => claim((await store.get())?.accessToken, "sub"),
+      }, o),
     upload: (file: Blob, o: UploadOptions) => upload(client, doFetch, file, o),
     async download(url: string, init?: { signal?: AbortSignal }) {
       const res = await doFetch(client.url(url), {
@@ -311,13 +323,12 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
 /** Clocks this far apart count as the same (a token's iat is in seconds). */
 const skewToleranceMs = 5_000;
 
-/** issuedAt returns the iat claim of a JWT (seconds), if it reads one. */
-function issuedAt(jwt: string): number | undefined {
+/** claim returns a claim of a JWT's payload, if it reads one. */
+function claim(jwt: string | undefined, name: string): unknown {
   try {
-    const part = jwt.split(".")[1] ?? "";
+    const part = jwt?.split(".")[1] ?? "";
     const b64 = part.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(part.length / 4) * 4, "=");
-    const iat = (JSON.parse(atob(b64)) as { iat?: unknown }).iat;
-    return typeof iat === "number" ? iat : undefined;
+    return (JSON.parse(atob(b64)) as Record<string, unknown>)[name];
   } catch {
     return undefined;
   }
@@ -332,7 +343,6 @@ const stableMs = 10_000;
 /** The codes on which subscribe stops trying and throws. */
 const permanent = new Set([
   Code.InvalidArgument,
-  Code.FailedPrecondition,
   Code.PermissionDenied,
   Code.NotFound,
   Code.Unimplemented,
@@ -344,6 +354,8 @@ interface Session {
   generation(): number;
   /** Called at each sign-in and sign-out. */
   ends: Set<() => void>;
+  /** The account of the stored tokens (their sub claim): another tab sharing the store may sign in as someone else. */
+  subject(): Promise<unknown>;
 }
 
 async function* subscribe(
@@ -356,7 +368,9 @@ async function* subscribe(
   // or in as someone else, it ends, and never resumes another account's
   // events from this one's cursor.
   const started = session.generation();
+  const account = await session.subject();
   const signedOut = () => new ConnectError("signed out", Code.Unauthenticated);
+  let everUp = false;
   let cursor = o.cursor ?? "";
   let failures = 0;
   let resync = false;
@@ -388,6 +402,7 @@ async function* subscribe(
         if (!ev) continue;
         if (ev.kind.case === "ready") {
           upSince = Date.now();
+          everUp = true;
           if (resync) {
             // Only now, with the new stream open, may the app reload:
             // whatever changes after its reload comes on this stream.
@@ -411,9 +426,10 @@ async function* subscribe(
       ctl.abort();
     }
     if (o.signal?.aborted) return;
-    if (session.generation() !== started) throw signedOut();
+    if (session.generation() !== started || (await session.subject()) !== account) throw signedOut();
     const ce = ConnectError.from(failure);
-    if ((ce.code === Code.FailedPrecondition || ce.code === Code.InvalidArgument) && cursor !== "") {
+    const expired = ce.code === Code.FailedPrecondition || (ce.code === Code.InvalidArgument && cursor !== "");
+    if (expired && cursor !== "") {
       // Subscribe's one precondition (ErrorInfo reason CURSOR_EXPIRED):
       // the events since the cursor are gone; or the cursor is none the
       // server reads (stored corrupt, or from another server). Start
@@ -423,10 +439,12 @@ async function* subscribe(
       resync = true;
       continue;
     }
-    if (permanent.has(ce.code)) {
+    if (!expired && !everUp && permanent.has(ce.code)) {
       // Trying again would get the same answer: a wrong base URL or a
       // proxy that does not route the stream (UNIMPLEMENTED), a request
-      // the server refuses as it stands.
+      // the server refuses as it stands. (Once a stream of this
+      // subscription was up, such answers are a proxy's during a
+      // deploy: it tries again.)
       throw ce;
     }
     if (ce.code === Code.Unauthenticated) {
@@ -448,15 +466,27 @@ async function* subscribe(
     // A refusal that says when to come back (RESOURCE_EXHAUSTED: too
     // many streams open) is heeded.
     const retryAfter = Number(ce.metadata.get("retry-after"));
-    if (retryAfter > 0) wait = Math.max(wait, retryAfter * 1000);
+    if (retryAfter > 0) wait = Math.max(wait, Math.min(retryAfter * 1000, Math.max(maxBackoff, 60_000)));
     failures++;
     o.onDisconnect?.(ce, wait);
-    await delay(wait, o.signal);
+    // The wait ends early when the consumer stops, or the session ends.
+    const waitCtl = new AbortController();
+    const endWait = () => waitCtl.abort();
+    session.ends.add(endWait);
+    o.signal?.addEventListener("abort", endWait);
+    if (o.signal?.aborted) endWait();
+    try {
+      await delay(wait, waitCtl.signal);
+    } finally {
+      session.ends.delete(endWait);
+      o.signal?.removeEventListener("abort", endWait);
+    }
   }
 }
 
 function delay(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
     const t = setTimeout(done, ms);
     signal?.addEventListener("abort", done);
     function done() {

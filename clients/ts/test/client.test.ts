@@ -337,6 +337,22 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       );
     });
 
+    test("a subscription ends when another tab sharing the tokens signs in as someone else", async () => {
+      const alice = await newUser(protocol);
+      const bob = await newUser(protocol);
+      const it = alice.client.subscribe({})[Symbol.asyncIterator]();
+      await next(it, isReady);
+      // Another client on the same token store (a tab) signs in as bob;
+      // alice's stream ends as her 2-second token does, and does not go
+      // on as bob's.
+      const tab = createParleyClient({ baseUrl: server.url, protocol, refreshMarginMs: 0, tokenStore: alice.client.tokenStore });
+      await tab.login(bob.name, "correct horse battery staple");
+      await assert.rejects(
+        next(it, () => false),
+        (err: unknown) => ConnectError.from(err).code === Code.Unauthenticated,
+      );
+    });
+
     test("waits as long as a refusal asks before trying again", async () => {
       const alice = await newUser(protocol);
       const stop = new AbortController();

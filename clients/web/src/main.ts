@@ -806,7 +806,16 @@ async function listen() {
     }
   } catch (err) {
     if (ctl.signal.aborted) return;
-    if (ConnectError.from(err).code === Code.Unauthenticated) showAuth("Signed out.");
+    if (ConnectError.from(err).code === Code.Unauthenticated) {
+      showAuth("Signed out.");
+      return;
+    }
+    // The stream refused for good (a proxy that does not route it, say):
+    // live updates stop, so say so, and try again in a while.
+    console.warn("live updates stopped", err);
+    setTimeout(() => {
+      if (live === ctl) void listen();
+    }, 30_000);
   }
 }
 
