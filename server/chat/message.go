@@ -127,14 +127,14 @@ func (s *Service) SendMessage(
 		// of that send still gets the stored message. So does one that
 		// the other member of a private chat refuses since (storedRetry).
 		if prev, err = s.retryOfRefused(ctx, chatID, id.UserID, req.Msg, err); err != nil {
-			if prev, c, err = s.storedRetry(ctx, chatID, id.UserID, req.Msg, err); err != nil {
+			if prev, c, err = s.storedRetry(ctx, chatID, id.UserID, req.Msg, nil, err); err != nil {
 				return nil, err
 			}
 		} else {
 			bare := proto.CloneOf(req.Msg)
 			bare.ReplyToMessageId, bare.MentionUserIds, bare.MentionAll = "", nil, false
 			if c, version, floor, err = s.sendChecks(ctx, chatID, id.UserID, bare, true); err != nil {
-				if prev, c, err = s.storedRetry(ctx, chatID, id.UserID, req.Msg, err); err != nil {
+				if prev, c, err = s.storedRetry(ctx, chatID, id.UserID, req.Msg, prev, err); err != nil {
 					return nil, err
 				}
 			}
@@ -208,7 +208,7 @@ func (s *Service) SendMessage(
 		if errors.Is(err, errStaleChat) {
 			s.forgetChat(c.ID)
 			if c, version, floor, err = s.sendChecks(ctx, chatID, id.UserID, req.Msg, attempt < cachedChecks); err != nil {
-				if prev, c, err = s.storedRetry(ctx, chatID, id.UserID, req.Msg, err); err != nil {
+				if prev, c, err = s.storedRetry(ctx, chatID, id.UserID, req.Msg, nil, err); err != nil {
 					return nil, err
 				}
 				m = prev
@@ -360,14 +360,18 @@ func (s *Service) contentChecks(ctx context.Context, chatID bson.ObjectID, sende
 // The retry completes the send (announces what the first attempt may not
 // have) and gets the message, as any retry does, with the chat as the
 // store holds it. It returns the refusal when no attempt stored the
-// message, and NOT_FOUND when the sender is no member of the chat.
-func (s *Service) storedRetry(ctx context.Context, chatID bson.ObjectID, sender int, msg *parleyv1.SendMessageRequest, refusal error) (*messageDoc, *chatDoc, error) {
+// message, and NOT_FOUND when the sender is no member of the chat. prev
+// is the stored message when the caller found it already (nil: looked
+// up here).
+func (s *Service) storedRetry(ctx context.Context, chatID bson.ObjectID, sender int, msg *parleyv1.SendMessageRequest, prev *messageDoc, refusal error) (*messageDoc, *chatDoc, error) {
 	if connect.CodeOf(refusal) != connect.CodePermissionDenied {
 		return nil, nil, refusal
 	}
-	prev, err := s.store.messageByKey(ctx, chatID, sender, msg.GetClientMessageId())
-	if err != nil {
-		return nil, nil, s.internal(ctx, "send message", err)
+	if prev == nil {
+		var err error
+		if prev, err = s.store.messageByKey(ctx, chatID, sender, msg.GetClientMessageId()); err != nil {
+			return nil, nil, s.internal(ctx, "send message", err)
+		}
 	}
 	if prev == nil {
 		return nil, nil, refusal
@@ -597,13 +601,23 @@ func (s *Service) message(ctx context.Context, chatHex, messageHex string) (*cha
 // EditMessage replaces the text of the caller's message.
 func (s *Service) EditMessage(
 	ctx context.Context, req *connect.Request[parleyv1.EditMessageRequest],
-) (res *connect.Response[parleyv1.EditMessageResponse], err error) {
-	err = s.messageLocks.Do(ctx, req.Msg.GetMessageId(), func() (err error) {
-		res, err = s.editMessage(ctx, req)
+) (*connect.Response[parleyv1.EditMessageResponse], error) {
+	return withMessageLock(ctx, s, req.Msg.GetMessageId(), "edit message", func() (*connect.Response[parleyv1.EditMessageResponse], error) {
+		return s.editMessage(ctx, req)
+	})
+}
+
+// withMessageLock runs fn holding the lock of the message (see
+// Service.messageLocks), and maps its error (what names the call).
+func withMessageLock[T any](ctx context.Context, s *Service, messageID, what string, fn func() (T, error)) (T, error) {
+	var res T
+	err := s.messageLocks.Do(ctx, messageID, func() (err error) {
+		res, err = fn()
 		return err
 	})
 	if err != nil {
-		return nil, s.internal(ctx, "edit message", err)
+		var zero T
+		return zero, s.internal(ctx, what, err)
 	}
 	return res, nil
 }
@@ -655,15 +669,10 @@ func (s *Service) editMessage(
 // DeleteMessage deletes a message for everyone, leaving a tombstone.
 func (s *Service) DeleteMessage(
 	ctx context.Context, req *connect.Request[parleyv1.DeleteMessageRequest],
-) (res *connect.Response[parleyv1.DeleteMessageResponse], err error) {
-	err = s.messageLocks.Do(ctx, req.Msg.GetMessageId(), func() (err error) {
-		res, err = s.deleteMessage(ctx, req)
-		return err
+) (*connect.Response[parleyv1.DeleteMessageResponse], error) {
+	return withMessageLock(ctx, s, req.Msg.GetMessageId(), "delete message", func() (*connect.Response[parleyv1.DeleteMessageResponse], error) {
+		return s.deleteMessage(ctx, req)
 	})
-	if err != nil {
-		return nil, s.internal(ctx, "delete message", err)
-	}
-	return res, nil
 }
 
 // deleteMessage is DeleteMessage, holding the message's lock.

@@ -24,7 +24,7 @@ import (
 // The change that leaves a chat without readers records it first in the
 // emptyChats collection (emptyDoc), so that an instance that dies between
 // the two leaves the record behind, and Purge, run now and again on every
-// instance (Run), deletes the chats recorded more than departureMemory
+// instance (RunPurge), deletes the chats recorded more than departureMemory
 // ago: a LeaveChat retried within that time still finds its chat. Purge
 // checks the chat again before it deletes anything, and only drops the
 // record of a chat that has readers after all. A group without members
@@ -94,7 +94,7 @@ func (s *store) markEmpty(ctx context.Context, chatID bson.ObjectID) error {
 // purgeBatch is how many messages Purge deletes a command.
 const purgeBatch = 500
 
-// PurgeInterval is how often, on average, Run purges.
+// PurgeInterval is how often, on average, RunPurge purges.
 const PurgeInterval = 5 * time.Minute
 
 // RunPurge purges the chats left without readers (Purge) every interval
