@@ -71,3 +71,36 @@ func TestDeletedMember(t *testing.T) {
 		})
 	}
 }
+
+// A private chat that its recipient declined does not exist for it: the
+// requester's account deletion, which closes the chat, tells it nothing.
+func TestDeletedMember_DeclinerHearsNothing(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range servertest.Protocols[:2] {
+		t.Run(p.Name, func(t *testing.T) {
+			ctx := context.Background()
+			authc := servertest.Client(srv, p, parleyv1connect.NewAuthServiceClient)
+			alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+			dm := servertest.PrivateChat(t, alice.chats, alice.token, bob.id).GetId()
+			send(t, alice, dm, "hi bob")
+			if _, err := bob.chats.DeclineChatRequest(ctx, req(bob, &parleyv1.DeclineChatRequestRequest{ChatId: dm})); err != nil {
+				t.Fatalf("DeclineChatRequest: %v", err)
+			}
+			stream := subscribe(t, srv, p, bob)
+
+			if _, err := authc.DeleteAccount(ctx, req(alice, &parleyv1.DeleteAccountRequest{Password: servertest.Password})); err != nil {
+				t.Fatalf("DeleteAccount: %v", err)
+			}
+			// Bob's own group comes after whatever the deletion told him.
+			mark := group(t, bob, "after").GetId()
+			nextEvent(t, stream, func(ev *parleyv1.Event) bool {
+				for _, c := range []*parleyv1.ChatEvent{ev.GetChatUpdated(), ev.GetChatCreated(), ev.GetMemberRemoved()} {
+					if c.GetChat().GetId() == dm {
+						t.Errorf("bob heard of the chat he declined: %v", ev)
+					}
+				}
+				return ev.GetChatCreated().GetChat().GetId() == mark
+			})
+		})
+	}
+}

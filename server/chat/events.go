@@ -142,7 +142,9 @@ func (s *Service) publishChat(ctx context.Context, chatID bson.ObjectID, kind st
 	default:
 		ev.Kind = &parleyv1.Event_RoleChanged{RoleChanged: e}
 	}
-	return s.publishTo(ctx, chatID, participantIDs(c), ev, users...)
+	// A member who declined a private chat's request hears nothing of it,
+	// as of its messages (audience).
+	return s.publishTo(ctx, chatID, audience(c), ev, users...)
 }
 
 // publishPositions announces a member's positions, with the chat's, to
