@@ -258,6 +258,20 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
     }
   };
   const transport = makeTransport([auth]);
+  // withToken runs an HTTP call outside Connect (an upload's PUT, a
+  // download) as the interceptor runs a unary call: refused for its token
+  // (401, before the server read a byte of the body), it runs once more
+  // with a fresh one.
+  const withToken = async <T>(call: (token: string) => Promise<T>): Promise<T> => {
+    const used = await accessToken();
+    try {
+      return await call(used);
+    } catch (err) {
+      if (ConnectError.from(err).code !== Code.Unauthenticated) throw err;
+      const t = await store.get();
+      return await call(t && t.accessToken !== used ? t.accessToken : (await refresh()).accessToken);
+    }
+  };
 
   const client = {
     auth: createClient(AuthService, transport),
@@ -307,14 +321,16 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
         ends: sessionEnds,
         subject: async () => claim((await store.get())?.accessToken, "sub"),
       }, o),
-    upload: (file: Blob, o: UploadOptions) => upload(client, doFetch, file, o),
+    upload: (file: Blob, o: UploadOptions) => upload(client, doFetch, withToken, file, o),
     async download(url: string, init?: { signal?: AbortSignal }) {
-      const res = await doFetch(client.url(url), {
-        headers: url.includes("signature=") ? {} : { Authorization: `Bearer ${await accessToken()}` },
-        signal: init?.signal,
-      });
-      if (!res.ok) throw await httpError(res);
-      return await res.blob();
+      const get = async (headers: Record<string, string>) => {
+        const res = await doFetch(client.url(url), { headers, signal: init?.signal });
+        if (!res.ok) throw await httpError(res);
+        return await res.blob();
+      };
+      // A signed URL carries its own authority.
+      if (url.includes("signature=")) return await get({});
+      return await withToken((token) => get({ Authorization: `Bearer ${token}` }));
     },
   });
   return client;
@@ -500,6 +516,7 @@ function delay(ms: number, signal?: AbortSignal): Promise<void> {
 async function upload(
   client: ParleyClient,
   doFetch: typeof globalThis.fetch,
+  withToken: <T>(call: (token: string) => Promise<T>) => Promise<T>,
   file: Blob,
   o: UploadOptions,
 ): Promise<Media> {
@@ -522,11 +539,11 @@ async function upload(
     throw new ConnectError("the upload is in progress in another call; retry later", Code.Aborted);
   }
   const url = client.url(created.uploadUrl);
-  const token = await client.accessToken();
-  const body =
+  const body = await withToken((token) =>
     typeof XMLHttpRequest !== "undefined"
-      ? await putWithXHR(url, token, file, o)
-      : await putWithFetch(doFetch, url, token, file, o);
+      ? putWithXHR(url, token, file, o)
+      : putWithFetch(doFetch, url, token, file, o),
+  );
   return fromJson(MediaSchema, body as JsonValue, { ignoreUnknownFields: true });
 }
 

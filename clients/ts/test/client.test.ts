@@ -35,8 +35,12 @@ function unique(prefix: string) {
 
 type Protocol = "connect" | "grpc-web";
 
-async function newUser(protocol: Protocol, baseUrl = server.url, extra: { onRefresh?: () => void } = {}) {
-  const client = createParleyClient({ baseUrl, protocol, refreshMarginMs: 0, onRefresh: extra.onRefresh });
+async function newUser(
+  protocol: Protocol,
+  baseUrl = server.url,
+  extra: { onRefresh?: () => void; fetch?: typeof globalThis.fetch } = {},
+) {
+  const client = createParleyClient({ baseUrl, protocol, refreshMarginMs: 0, onRefresh: extra.onRefresh, fetch: extra.fetch });
   const name = unique("ts");
   await client.register(name, `${name}@example.com`, "correct horse battery staple");
   const me = await client.users.getMe({});
@@ -378,6 +382,35 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       const wait = await waited;
       assert.ok(wait >= 1000, `waits ${wait} ms after a refusal with Retry-After`);
       stop.abort();
+    });
+
+    test("an upload or a download refused for its token is tried once more with a fresh one", async () => {
+      // The first PUT and the first GET carry a token the server refuses
+      // (as one revoked after the client last refreshed would be).
+      const spoilt = new Set<string>();
+      const spoil: typeof globalThis.fetch = (input, init) => {
+        const method = init?.method ?? "GET";
+        const headers = new Headers(init?.headers);
+        const auth = headers.get("Authorization");
+        if ((method === "PUT" || method === "GET") && auth && !spoilt.has(method)) {
+          spoilt.add(method);
+          headers.set("Authorization", auth.slice(0, -4) + "AAAA");
+          return globalThis.fetch(input, { ...init, headers });
+        }
+        return globalThis.fetch(input, init);
+      };
+      let refreshes = 0;
+      const alice = await newUser(protocol, server.url, { fetch: spoil, onRefresh: () => refreshes++ });
+      const bob = await newUser(protocol);
+      const chat = (await alice.client.chats.createPrivateChat({ peerId: bob.id })).chat!;
+      const data = png(40, 30);
+      const media = await alice.client.upload(new Blob([data], { type: "image/png" }), { chatId: chat.id, fileName: "p.png" });
+      assert.equal(media.width, 40);
+      await alice.client.messages.sendMessage({ chatId: chat.id, clientMessageId: "pic", mediaIds: [media.id] });
+      const got = new Uint8Array(await (await alice.client.download(media.url)).arrayBuffer());
+      assert.deepEqual(got, data);
+      assert.deepEqual([...spoilt].sort(), ["GET", "PUT"]);
+      assert.equal(refreshes, 2);
     });
 
     test("uploads and downloads an image", async () => {
