@@ -696,6 +696,14 @@ func (s *Service) deleteMessage(
 			return nil, s.internal(ctx, "delete message", err)
 		}
 	}
+	// The files at once, before what may fail: a call that fails after
+	// this and is never retried leaves no file of a deleted message that
+	// its members could still download.
+	if s.media != nil && withFiles {
+		if err := s.media.DeleteOfMessage(ctx, msg.ID); err != nil {
+			return nil, s.internal(ctx, "delete message", err)
+		}
+	}
 	if err := s.unpinDeleted(ctx, c, me.UserID, msg); err != nil {
 		return nil, err
 	}
@@ -714,11 +722,6 @@ func (s *Service) deleteMessage(
 	// to (errNotDelivered).
 	if err := s.publishMessage(ctx, c, "deleted", out); err != nil {
 		return nil, s.internal(ctx, "delete message", err)
-	}
-	if s.media != nil && withFiles {
-		if err := s.media.DeleteOfMessage(ctx, msg.ID); err != nil {
-			return nil, s.internal(ctx, "delete message", err)
-		}
 	}
 	return connect.NewResponse(&parleyv1.DeleteMessageResponse{Message: out}), nil
 }

@@ -225,7 +225,7 @@ func (s *Service) purgeMessages(ctx context.Context, chatID bson.ObjectID) error
 	for {
 		cur, err := s.store.messages.Find(ctx, bson.D{{Key: "chatId", Value: chatID}}, options.Find().
 			SetSort(bson.D{{Key: "chatId", Value: 1}, {Key: "seq", Value: 1}}).SetLimit(purgeBatch).
-			SetProjection(bson.D{{Key: "_id", Value: 1}, {Key: "attachments.mediaId", Value: 1}}))
+			SetProjection(bson.D{{Key: "_id", Value: 1}, {Key: "attachments.mediaId", Value: 1}, {Key: "deletedAt", Value: 1}}))
 		if err != nil {
 			return fmt.Errorf("messages to purge: %w", err)
 		}
@@ -239,7 +239,9 @@ func (s *Service) purgeMessages(ctx context.Context, chatID bson.ObjectID) error
 		ids := make([]bson.ObjectID, len(msgs))
 		for i, m := range msgs {
 			ids[i] = m.ID
-			if s.media != nil && len(m.Attachments) > 0 {
+			// A deleted message's files went with it, unless the deletion
+			// failed part-way: the media may still record it.
+			if s.media != nil && (len(m.Attachments) > 0 || m.DeletedAt != nil) {
 				if err := s.media.DeleteOfMessage(ctx, m.ID); err != nil {
 					return err
 				}

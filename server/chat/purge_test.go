@@ -43,6 +43,22 @@ func TestPurge_ChatsWithoutReaders(t *testing.T) {
 				t.Fatalf("SendMessage: %v", err)
 			}
 			m := res.Msg.GetMessage()
+			// A message deleted by a call that stopped before its file
+			// went: the tombstone, with the media still recording it.
+			left := upload(t, srv, p, alice, g, "left.png", "image/png", servertest.PNG(t, 16, 16))
+			res, err = alice.msgs.SendMessage(ctx, req(alice, &parleyv1.SendMessageRequest{
+				ChatId: g, ClientMessageId: "deleted-part-way", MediaIds: []string{left.GetId()},
+			}))
+			if err != nil {
+				t.Fatalf("SendMessage: %v", err)
+			}
+			tomb, _ := bson.ObjectIDFromHex(res.Msg.GetMessage().GetId())
+			if _, err := db.Collection("messages").UpdateOne(ctx, bson.D{{Key: "_id", Value: tomb}}, bson.D{
+				{Key: "$set", Value: bson.D{{Key: "deletedAt", Value: time.Now()}}},
+				{Key: "$unset", Value: bson.D{{Key: "attachments", Value: ""}}},
+			}); err != nil {
+				t.Fatal(err)
+			}
 			send(t, bob, g, "nice")
 			if _, err := bob.msgs.AddReaction(ctx, req(bob, &parleyv1.AddReactionRequest{ChatId: g, MessageId: m.GetId(), Emoji: "👍"})); err != nil {
 				t.Fatalf("AddReaction: %v", err)
@@ -73,8 +89,8 @@ func TestPurge_ChatsWithoutReaders(t *testing.T) {
 				t.Fatalf("PurgeChats: %v", err)
 			}
 			gID, _ := bson.ObjectIDFromHex(g)
-			if n, err := db.Collection("messages").CountDocuments(ctx, bson.D{{Key: "chatId", Value: gID}}); err != nil || n != 2 {
-				t.Errorf("the group's messages before departureMemory passed: %d (%v), want 2", n, err)
+			if n, err := db.Collection("messages").CountDocuments(ctx, bson.D{{Key: "chatId", Value: gID}}); err != nil || n != 3 {
+				t.Errorf("the group's messages before departureMemory passed: %d (%v), want 3", n, err)
 			}
 
 			// A private chat with one of its members deleted stays.
@@ -91,12 +107,12 @@ func TestPurge_ChatsWithoutReaders(t *testing.T) {
 			if n, err := srv.App.Redis().Exists(ctx, prefix+"chat:{"+g+"}:seq", prefix+"chat:{"+g+"}:ver").Result(); err != nil || n != 0 {
 				t.Errorf("the group's Redis keys: %d (%v), want none", n, err)
 			}
-			for _, url := range []string{pic.GetUrl(), avatar.GetUrl()} {
+			for _, url := range []string{pic.GetUrl(), left.GetUrl(), avatar.GetUrl()} {
 				if status, _ := servertest.Download(t, srv, alice.token, url); status != http.StatusNotFound {
 					t.Errorf("GET %s: %d, want 404", url, status)
 				}
 			}
-			for _, id := range []string{pic.GetId(), avatar.GetId()} {
+			for _, id := range []string{pic.GetId(), left.GetId(), avatar.GetId()} {
 				oid, _ := bson.ObjectIDFromHex(id)
 				if n, err := db.Collection("media").CountDocuments(ctx, bson.D{{Key: "_id", Value: oid}}); err != nil || n != 0 {
 					t.Errorf("media %s: %d (%v), want gone", id, n, err)
