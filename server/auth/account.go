@@ -44,6 +44,8 @@ type AccountEmails interface {
 	// SetPendingEmail records email as the account's pending address; a
 	// connect ALREADY_EXISTS error when it is another account's address.
 	SetPendingEmail(ctx context.Context, userID int, email string) error
+	// ClearPendingEmail forgets the account's pending address, if any.
+	ClearPendingEmail(ctx context.Context, userID int) error
 	// ConfirmEmail is told that email, an address a verification token
 	// was mailed to, is verified. When it is the account's address (in
 	// any case), it is marked verified; when it is its pending address,
@@ -140,9 +142,18 @@ func (s *AccountService) ChangePassword(
 // (see LoginFailuresPerAccountTotal): the password first, so that a session
 // opened meanwhile with the old one cannot outlive the change (a Login
 // that read the old hash reads it again once its session is open).
+//
+// A change of address under way is cancelled, before and after: it may be
+// the work of whoever had the old password (the notice of a change tells
+// the owner to change the password), whose verification token would
+// otherwise still make its address the account's, and with it the
+// account's password resets.
 func (s *AccountService) setPassword(ctx context.Context, userID int, password, keep string) error {
 	hash, err := s.auth.HashPassword(ctx, password)
 	if err != nil {
+		return err
+	}
+	if err := s.cancelEmailChange(ctx, userID); err != nil {
 		return err
 	}
 	if err := s.accounts.SetPasswordHash(ctx, userID, hash); err != nil {
@@ -150,6 +161,11 @@ func (s *AccountService) setPassword(ctx context.Context, userID int, password, 
 	}
 	if err := s.auth.EndSessions(ctx, userID, keep); err != nil {
 		return err
+	}
+	// Again, for a ChangeEmail that checked the old password before the
+	// change and recorded its address after the first cancellation.
+	if err := s.cancelEmailChange(ctx, userID); err != nil {
+		s.auth.log.WarnContext(ctx, "set password: cancel the change of address", "user", userID, "err", err)
 	}
 	// The password is changed: should this fail, the networks stay known
 	// (they let their logins past the account's total, no more).

@@ -84,6 +84,16 @@ func signIn(c servertest.Clients, name, password string) (*parleyv1.Tokens, erro
 	return res.Msg.GetTokens(), nil
 }
 
+// loginToken signs in and returns the session's access token.
+func loginToken(t *testing.T, c servertest.Clients, name, password string) string {
+	t.Helper()
+	tokens, err := signIn(c, name, password)
+	if err != nil {
+		t.Fatalf("Login: %v", err)
+	}
+	return tokens.GetAccessToken()
+}
+
 // verify has the account's address verified through the mailed token,
 // which is mail number n to it.
 func verify(t *testing.T, c servertest.Clients, mp *servertest.Mailpit, a servertest.Account, n int) {
@@ -868,5 +878,61 @@ func TestAccountService_PasswordResetRetried(t *testing.T) {
 	}
 	if _, err := signIn(c, a.Email, "the last password"); err != nil {
 		t.Fatalf("Login with the last password: %v", err)
+	}
+}
+
+// A change of address under way may be the work of whoever had the old
+// password: a new password, by a change or by a reset, cancels it, and
+// its mailed token no longer makes that address the account's.
+func TestAccountService_NewPasswordCancelsEmailChange(t *testing.T) {
+	srv, mp := accountServer(t, nil)
+	ctx := context.Background()
+	for _, p := range twoProtocols {
+		t.Run(p.Name, func(t *testing.T) {
+			c := servertest.NewClients(srv, p)
+			a := servertest.Register(t, c.Auth, servertest.UniqueName("cancel"))
+			verify(t, c, mp, a, 1)
+			owner, err := signIn(c, a.Username, servertest.Password)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The intruder's session (a.Token) asks for its own address.
+			stolen := func(password string) string {
+				t.Helper()
+				evil := servertest.UniqueName("intruder") + "@example.com"
+				if _, err := c.Account.ChangeEmail(ctx, servertest.WithToken(&parleyv1.ChangeEmailRequest{Password: password, NewEmail: evil}, a.Token)); err != nil {
+					t.Fatalf("ChangeEmail: %v", err)
+				}
+				return codeIn(t, mp.WaitMail(t, evil, 1))
+			}
+			wantCancelled := func(token, token2 string) {
+				t.Helper()
+				_, err := c.Account.VerifyEmail(ctx, connect.NewRequest(&parleyv1.VerifyEmailRequest{Token: token}))
+				servertest.WantCode(t, err, connect.CodeInvalidArgument)
+				if m := me(t, c, token2); m.GetEmail() != a.Email || m.GetPendingEmail() != "" {
+					t.Errorf("Me: email %q pending %q; want %q and none pending", m.GetEmail(), m.GetPendingEmail(), a.Email)
+				}
+			}
+
+			token := stolen(servertest.Password)
+			const changed = "a password of the owner's"
+			if _, err := c.Account.ChangePassword(ctx, servertest.WithToken(&parleyv1.ChangePasswordRequest{OldPassword: servertest.Password, NewPassword: changed}, owner.GetAccessToken())); err != nil {
+				t.Fatalf("ChangePassword: %v", err)
+			}
+			wantCancelled(token, owner.GetAccessToken())
+
+			// The same by a reset, with the intruder's session open again.
+			a.Token = loginToken(t, c, a.Username, changed)
+			token = stolen(changed)
+			ip := newIP()
+			if _, err := c.Account.RequestPasswordReset(ctx, from(&parleyv1.RequestPasswordResetRequest{Email: a.Email}, "", ip)); err != nil {
+				t.Fatalf("RequestPasswordReset: %v", err)
+			}
+			code := codeIn(t, mp.WaitMail(t, a.Email, 4))
+			if _, err := c.Account.ResetPassword(ctx, from(&parleyv1.ResetPasswordRequest{Email: a.Email, Code: code, NewPassword: "reset by the owner"}, "", ip)); err != nil {
+				t.Fatalf("ResetPassword: %v", err)
+			}
+			wantCancelled(token, loginToken(t, c, a.Username, "reset by the owner"))
+		})
 	}
 }

@@ -56,6 +56,18 @@ func (s *AccountService) newVerifyToken(ctx context.Context, userID int, email s
 	return t.String(), nil
 }
 
+// cancelEmailChange forgets the user's pending address and its
+// verification token, and with it any other unused one.
+func (s *AccountService) cancelEmailChange(ctx context.Context, userID int) error {
+	if err := s.rdb.Del(ctx, s.verifyKey(userID)).Err(); err != nil {
+		return fmt.Errorf("forget the verification token: %w", err)
+	}
+	if err := s.accounts.ClearPendingEmail(ctx, userID); err != nil {
+		return fmt.Errorf("forget the pending address: %w", err)
+	}
+	return nil
+}
+
 // String formats the token as parseVerifyToken reads it.
 func (t verifyToken) String() string {
 	return fmt.Sprintf("%d.%d.%s.%s.%s", t.userID, t.expires, t.nonce, t.keyID, base64.RawURLEncoding.EncodeToString(t.mac))

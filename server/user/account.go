@@ -76,6 +76,15 @@ func (s *Service) SetPendingEmail(ctx context.Context, userID int, email string)
 	return nil
 }
 
+// ClearPendingEmail implements auth.AccountEmails.
+func (s *Service) ClearPendingEmail(ctx context.Context, userID int) error {
+	err := s.store.db.Ent.User.UpdateOneID(userID).ClearPendingEmail().Exec(ctx)
+	if err != nil && !ent.IsNotFound(err) {
+		return fmt.Errorf("clear pending email: %w", err)
+	}
+	return nil
+}
+
 // ConfirmEmail implements auth.AccountEmails.
 func (s *Service) ConfirmEmail(ctx context.Context, userID int, email string) (bool, error) {
 	ok := false

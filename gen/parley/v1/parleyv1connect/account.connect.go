@@ -57,8 +57,9 @@ const (
 type AccountServiceClient interface {
 	// ChangePassword sets a new password after checking the current one
 	// (PERMISSION_DENIED when wrong; failures count towards the account's
-	// limit of re-authentications), and ends every session of the account
-	// but the caller's.
+	// limit of re-authentications), ends every session of the account but
+	// the caller's, and cancels a change of address under way (see
+	// ChangeEmail; it may be the work of whoever had the old password).
 	ChangePassword(context.Context, *connect.Request[v1.ChangePasswordRequest]) (*connect.Response[v1.ChangePasswordResponse], error)
 	// RequestPasswordReset mails a reset code to the account whose
 	// verified address is email. It answers the same whether or not there
@@ -68,7 +69,8 @@ type AccountServiceClient interface {
 	// too).
 	RequestPasswordReset(context.Context, *connect.Request[v1.RequestPasswordResetRequest]) (*connect.Response[v1.RequestPasswordResetResponse], error)
 	// ResetPassword sets a new password with a code from
-	// RequestPasswordReset, and ends every session of the account. A code
+	// RequestPasswordReset, ends every session of the account and cancels
+	// a change of address under way, as ChangePassword does. A code
 	// works once, for 15 minutes, and only the last one mailed; five wrong
 	// codes end it. A wrong, used or expired code, and an unknown email,
 	// are all the same INVALID_ARGUMENT. A call that fails after taking the
@@ -188,8 +190,9 @@ func (c *accountServiceClient) ChangeEmail(ctx context.Context, req *connect.Req
 type AccountServiceHandler interface {
 	// ChangePassword sets a new password after checking the current one
 	// (PERMISSION_DENIED when wrong; failures count towards the account's
-	// limit of re-authentications), and ends every session of the account
-	// but the caller's.
+	// limit of re-authentications), ends every session of the account but
+	// the caller's, and cancels a change of address under way (see
+	// ChangeEmail; it may be the work of whoever had the old password).
 	ChangePassword(context.Context, *connect.Request[v1.ChangePasswordRequest]) (*connect.Response[v1.ChangePasswordResponse], error)
 	// RequestPasswordReset mails a reset code to the account whose
 	// verified address is email. It answers the same whether or not there
@@ -199,7 +202,8 @@ type AccountServiceHandler interface {
 	// too).
 	RequestPasswordReset(context.Context, *connect.Request[v1.RequestPasswordResetRequest]) (*connect.Response[v1.RequestPasswordResetResponse], error)
 	// ResetPassword sets a new password with a code from
-	// RequestPasswordReset, and ends every session of the account. A code
+	// RequestPasswordReset, ends every session of the account and cancels
+	// a change of address under way, as ChangePassword does. A code
 	// works once, for 15 minutes, and only the last one mailed; five wrong
 	// codes end it. A wrong, used or expired code, and an unknown email,
 	// are all the same INVALID_ARGUMENT. A call that fails after taking the

@@ -246,8 +246,9 @@ export const AccountService: GenService<{
   /**
    * ChangePassword sets a new password after checking the current one
    * (PERMISSION_DENIED when wrong; failures count towards the account's
-   * limit of re-authentications), and ends every session of the account
-   * but the caller's.
+   * limit of re-authentications), ends every session of the account but
+   * the caller's, and cancels a change of address under way (see
+   * ChangeEmail; it may be the work of whoever had the old password).
    *
    * @generated from rpc parley.v1.AccountService.ChangePassword
    */
@@ -273,7 +274,8 @@ export const AccountService: GenService<{
   },
   /**
    * ResetPassword sets a new password with a code from
-   * RequestPasswordReset, and ends every session of the account. A code
+   * RequestPasswordReset, ends every session of the account and cancels
+   * a change of address under way, as ChangePassword does. A code
    * works once, for 15 minutes, and only the last one mailed; five wrong
    * codes end it. A wrong, used or expired code, and an unknown email,
    * are all the same INVALID_ARGUMENT. A call that fails after taking the
