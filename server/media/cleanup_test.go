@@ -1,7 +1,9 @@
 package media_test
 
 import (
+	"bytes"
 	"context"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -106,6 +108,52 @@ func TestCleanup(t *testing.T) {
 	}
 	if err := coll.FindOne(context.Background(), bson.D{{Key: "_id", Value: tornID}}).Decode(&doc); err != nil || doc.MessageID == nil {
 		t.Errorf("torn send's media not repaired: %v, %v", doc.MessageID, err)
+	}
+}
+
+// TestCleanup_FromArrival: an upload that took long (up to MaxUploadTime)
+// has the whole delay from its arrival to be sent, not what is left of
+// it from its creation. (The times are short, within the test's access
+// tokens' life; the janitor's delay is 5 minutes.)
+func TestCleanup_FromArrival(t *testing.T) {
+	srv := newServer(t, servertest.WithOwnMongoDatabase(t))
+	p := servertest.Protocols[0]
+	alice, bob := newUser(t, srv, p), newUser(t, srv, p)
+	chatID := privateChat(t, alice, bob)
+	const after = 5 * time.Minute
+	data := []byte("a slow upload")
+	// uploadIn creates an upload whose file arrives d later.
+	uploadIn := func(d time.Duration) string {
+		t.Helper()
+		up, err := alice.createUpload(t, chatID, "slow.txt", "text/plain", len(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.clock.Advance(d)
+		if status, body := alice.put(t, up.GetUploadUrl(), bytes.NewReader(data), int64(len(data))); status != http.StatusOK {
+			t.Fatalf("PUT: %d %s", status, body)
+		}
+		return up.GetMedia().GetId()
+	}
+
+	// Created with a 1-minute upload URL (the tests'), which its PUT
+	// began within; it took 50 s.
+	slow := uploadIn(50 * time.Second)
+	srv.clock.Advance(after - 20*time.Second)
+	if n, err := srv.App.NewMediaJanitor(after).Sweep(context.Background()); err != nil || n != 0 {
+		t.Fatalf("a sweep 5m30s after the upload began, 4m40s after its file arrived, deleted %d (%v), want none", n, err)
+	}
+	if _, err := alice.msgs.SendMessage(context.Background(), req(alice, &parleyv1.SendMessageRequest{
+		ChatId: chatID, ClientMessageId: "slow", MediaIds: []string{slow},
+	})); err != nil {
+		t.Fatalf("SendMessage: %v", err)
+	}
+
+	// Past the delay from its arrival, an unsent one goes.
+	uploadIn(50 * time.Second)
+	srv.clock.Advance(after + time.Minute)
+	if n, err := srv.App.NewMediaJanitor(after).Sweep(context.Background()); err != nil || n != 1 {
+		t.Fatalf("a sweep past the delay deleted %d (%v), want the unsent upload", n, err)
 	}
 }
 

@@ -153,6 +153,10 @@ func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (
 	case seen.State == stateUploading && now.Sub(seen.StateAt) < MaxUploadTime+time.Minute:
 		// Still arriving, perhaps slowly.
 		return false, nil
+	case seen.State == stateReady && now.Sub(seen.StateAt) < j.after:
+		// Arrived lately, after an upload of up to MaxUploadTime: its
+		// sender has the whole delay from then.
+		return false, nil
 	case seen.attached():
 		// Attached by a version that left the mark: settled now.
 		return false, j.lib.settle(ctx, seen.ID)
