@@ -56,13 +56,10 @@ func (s *Service) Handler() http.Handler {
 func (s *Service) httpError(w http.ResponseWriter, r *http.Request, err error) {
 	var cerr *connect.Error
 	if !errors.As(err, &cerr) {
-		switch {
-		case errors.Is(err, context.Canceled):
-			cerr = connect.NewError(connect.CodeCanceled, err)
-		default:
-			s.log.ErrorContext(r.Context(), r.Method+" media", "path", r.URL.Path, "err", err)
-			cerr = connect.NewError(connect.CodeInternal, errors.New("internal error"))
-		}
+		// As the RPCs map theirs: a store out of reach is UNAVAILABLE,
+		// and no error says more than its code to the client (the
+		// wrapped ones name the stores' addresses); the log has it.
+		errors.As(rpcerr.From(r.Context(), s.log, r.Method+" media "+r.URL.Path, err), &cerr)
 	}
 	reqlog.SetCode(r.Context(), r.URL.Path, cerr.Code())
 	status := rpcerr.HTTPStatus(cerr.Code())
@@ -342,7 +339,9 @@ func (s *Service) uploadReadError(err error, size int64) error {
 		if errors.As(err, &netErr) && netErr.Timeout() {
 			return connect.NewError(connect.CodeDeadlineExceeded, errors.New("the body stopped arriving"))
 		}
-		return connect.NewError(connect.CodeCanceled, fmt.Errorf("reading the body: %w", err))
+		// The client went, or its connection failed: nobody may read
+		// this, and the error's text names addresses.
+		return connect.NewError(connect.CodeCanceled, errors.New("the body stopped arriving: the connection failed"))
 	}
 }
 
