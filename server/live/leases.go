@@ -26,7 +26,9 @@ const (
 // stream of the user, "<session>/<stream>", scored with the time (ms) at
 // which it lapses unless its instance renews it at the heartbeat. The
 // leases of an instance that died lapse after the presence TTL, giving
-// their slots back. A lease is some 50 bytes in a small set per user.
+// their slots back; one that was only cut off from Redis that long puts
+// the leases of its streams still open back when it reaches Redis again
+// (see restoreLeases). A lease is some 50 bytes in a small set per user.
 
 // acquireScript takes a lease if the session and the user have slots
 // left, dropping lapsed leases first. It returns 0 when it took it, 1

@@ -213,7 +213,9 @@ func (h *Hub) renew(ctx context.Context) error {
 	type renewal struct {
 		joined bool
 		leases []string
+		subs   []*subscriber // leases[i] is subs[i]'s
 		here   *redis.FloatCmd
+		held   *redis.FloatSliceCmd
 	}
 	h.mu.Lock()
 	users := make(map[int]*renewal, len(h.users))
@@ -221,6 +223,7 @@ func (h *Hub) renew(ctx context.Context) error {
 		r := &renewal{joined: h.joined[uid], leases: make([]string, 0, len(subs))}
 		for sub := range subs {
 			r.leases = append(r.leases, sub.lease)
+			r.subs = append(r.subs, sub)
 		}
 		users[uid] = r
 	}
@@ -253,7 +256,10 @@ func (h *Hub) renew(ctx context.Context) error {
 					zs[i] = redis.Z{Score: score, Member: l}
 				}
 				// XX: a lease released since it was collected must not
-				// come back and hold a slot until it lapses.
+				// come back and hold a slot until it lapses. Those
+				// found missing (lapsed while Redis was out of reach,
+				// or lost by it) are put back below.
+				r.held = p.ZMScore(ctx, h.leasesKey(uid), r.leases...)
 				p.ZAddXX(ctx, h.leasesKey(uid), zs...)
 				p.PExpireAt(ctx, h.leasesKey(uid), exp)
 			}
@@ -270,14 +276,67 @@ func (h *Hub) renew(ctx context.Context) error {
 			}
 		}
 	}
+	missing := map[int][]*subscriber{}
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	for uid, r := range users {
 		if r.here != nil && errors.Is(r.here.Err(), redis.Nil) {
 			delete(h.joined, uid)
 		}
+		if r.held == nil || r.held.Err() != nil {
+			continue
+		}
+		for i, at := range r.held.Val() {
+			// No lease has score 0 (a time in ms): 0 is one missing.
+			if _, open := h.users[uid][r.subs[i]]; at == 0 && open {
+				missing[uid] = append(missing[uid], r.subs[i])
+			}
+		}
 	}
-	return err
+	h.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return h.restoreLeases(ctx, missing, score, exp)
+}
+
+// restoreLeases puts back the leases of open streams that Redis no longer
+// holds, so that the streams count towards their limits again (else a
+// user could open as many again after an outage). A stream that closes
+// meanwhile may have its lease released before it is put back: it is
+// taken out again after.
+func (h *Hub) restoreLeases(ctx context.Context, missing map[int][]*subscriber, score float64, exp time.Time) error {
+	if len(missing) == 0 {
+		return nil
+	}
+	if _, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for uid, subs := range missing {
+			zs := make([]redis.Z, len(subs))
+			for i, sub := range subs {
+				zs[i] = redis.Z{Score: score, Member: sub.lease}
+			}
+			p.ZAddNX(ctx, h.leasesKey(uid), zs...)
+			p.PExpireAt(ctx, h.leasesKey(uid), exp)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("restore stream leases: %w", err)
+	}
+	h.mu.Lock()
+	closed := map[int][]any{}
+	for uid, subs := range missing {
+		for _, sub := range subs {
+			if _, open := h.users[uid][sub]; !open {
+				closed[uid] = append(closed[uid], sub.lease)
+			}
+		}
+	}
+	h.mu.Unlock()
+	for uid, leases := range closed {
+		if err := h.rdb.ZRem(ctx, h.leasesKey(uid), leases...).Err(); err != nil {
+			return fmt.Errorf("release restored stream leases: %w", err)
+		}
+	}
+	return nil
 }
 
 // userLocks are mutexes by user, each made when first wanted and dropped

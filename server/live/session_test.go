@@ -318,4 +318,25 @@ func TestSubscribe_StreamLimitsInstanceDies(t *testing.T) {
 		t.Fatalf("a slot freed after %s, before the dead instance's leases lapsed", waited)
 	}
 	proxy.Restore()
+
+	// The dead instance was only cut off: its two streams are open, and
+	// once it reaches Redis again their leases are back, so that alice
+	// has her three streams counted, and a fourth is refused.
+	key := fmt.Sprintf("%s{u:%d}:streams", servertest.SharedStores(t).RedisPrefix, alice.id)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, err := survivor.App.Redis().ZCard(context.Background(), key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of alice's 3 open streams counted 10 s after the instance reached Redis again", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_, err = trySubscribe(t, alice, "")
+	wantTooMany(t, "a stream past those counted again", err)
 }
