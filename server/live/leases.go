@@ -62,6 +62,9 @@ func (h *Hub) acquire(ctx context.Context, id auth.Identity) (string, error) {
 		h.cfg.MaxStreamsPerSession, h.cfg.MaxStreamsPerUser).Int()
 	switch {
 	case err != nil:
+		// The script may have run with its answer lost: the lease would
+		// hold a slot until it lapses.
+		h.release(id.UserID, lease)
 		return "", fmt.Errorf("acquire stream lease: %w", err)
 	case res == 1:
 		return "", rpcerr.TooMany("streams_per_session", fmt.Sprintf("this session has %d live streams open, the most it may", h.cfg.MaxStreamsPerSession), h.cfg.Heartbeat)
