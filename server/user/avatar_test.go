@@ -12,6 +12,7 @@ import (
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
 	"github.com/parley-chat/parley/server/servertest"
+	"github.com/parley-chat/parley/server/user"
 )
 
 // listAvatars calls ListAvatars and fails the test on an error.
@@ -381,5 +382,57 @@ func TestAvatarService_DeleteAvatar_Concurrent(t *testing.T) {
 	wantOneActive(t, srv, acc.ID, spare)
 	if st := snapshot(t, srv, acc.ID); len(st.Avatars) != 1 {
 		t.Errorf("avatars = %+v, want only the spare %d", st.Avatars, spare)
+	}
+}
+
+// An account keeps at most user.MaxAvatars avatars: a new one past it is
+// RESOURCE_EXHAUSTED and changes nothing; once one is deleted, the same
+// image can be added.
+func TestAvatarService_AddAvatar_Limit(t *testing.T) {
+	srv := servertest.New(t)
+	for _, p := range protocols {
+		t.Run(p.Name, func(t *testing.T) {
+			ctx := context.Background()
+			c := servertest.NewClients(srv, p)
+			acc := servertest.Register(t, c.Auth, servertest.UniqueName("Collector"))
+			have := len(listAvatars(t, c, acc.Token, 0))
+			t0 := time.Now()
+			var last int32
+			for i := have; i < user.MaxAvatars; i++ {
+				last = int32(addAvatar(t, srv, acc.ID, t0.Add(time.Duration(i)*time.Second)).ID)
+			}
+			active := getMe(t, c, acc.Token).GetActiveAvatar().GetId()
+			img := servertest.UploadAvatar(t, srv, c.Media, acc.Token, "one.png", "image/png", servertest.PNG(t, 8, 8))
+			add := func() (*parleyv1.Avatar, error) {
+				res, err := c.Avatar.AddAvatar(ctx, servertest.WithToken(&parleyv1.AddAvatarRequest{MediaId: img.GetId()}, acc.Token))
+				if err != nil {
+					return nil, err
+				}
+				return res.Msg.GetAvatar(), nil
+			}
+			_, err := add()
+			servertest.WantCode(t, err, connect.CodeResourceExhausted)
+			if n := len(listAvatars(t, c, acc.Token, 0)); n != user.MaxAvatars {
+				t.Errorf("%d avatars after the refusal, want %d", n, user.MaxAvatars)
+			}
+			if got := getMe(t, c, acc.Token).GetActiveAvatar().GetId(); got != active {
+				t.Errorf("the active avatar is %d after the refusal, want %d still", got, active)
+			}
+
+			if _, err := c.Avatar.DeleteAvatar(ctx, servertest.WithToken(&parleyv1.DeleteAvatarRequest{AvatarId: last}, acc.Token)); err != nil {
+				t.Fatalf("DeleteAvatar: %v", err)
+			}
+			a, err := add()
+			if err != nil {
+				t.Fatalf("AddAvatar after a deletion: %v", err)
+			}
+			if !a.GetIsActive() || a.GetUrl() != img.GetUrl() {
+				t.Errorf("AddAvatar = %v, want the image's avatar, active", a)
+			}
+			// A retry of it is no new avatar, limit or not.
+			if again, err := add(); err != nil || again.GetId() != a.GetId() {
+				t.Errorf("AddAvatar retried: %v, %v; want avatar %d", again, err, a.GetId())
+			}
+		})
 	}
 }

@@ -33,6 +33,11 @@ const (
 	MaxPageSize     = 100
 )
 
+// MaxAvatars is how many avatars an account keeps at most: its images
+// stay stored while they are avatars, outside the limit on unsent
+// uploads, so without it one account could store without end.
+const MaxAvatars = 100
+
 // AvatarMedia is what avatars need of uploaded images; media.Library
 // implements it.
 type AvatarMedia interface {
@@ -365,6 +370,9 @@ func (s *Service) AddAvatar(
 	})
 	if errors.Is(err, errAvatarExists) {
 		return nil, connect.NewError(connect.CodeAlreadyExists, errors.New("media is already an avatar"))
+	}
+	if errors.Is(err, errTooManyAvatars) {
+		return nil, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("an account keeps at most %d avatars; delete one first", MaxAvatars))
 	}
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "add avatar", err)

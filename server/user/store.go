@@ -329,6 +329,8 @@ func (s *store) setActive(ctx context.Context, userID, avatarID int) (*ent.Avata
 
 var errAvatarExists = errors.New("an avatar already serves this image")
 
+var errTooManyAvatars = errors.New("the account has MaxAvatars avatars")
+
 // addAvatar adds the uploaded image that claim reserves (and returns the
 // URL of) as the user's active avatar; an image that is one of the user's
 // avatars already (a retry, a double click) makes that avatar the active
@@ -357,6 +359,17 @@ func (s *store) addAvatar(ctx context.Context, userID int, claim func() (string,
 			return nil
 		case err != nil && !ent.IsNotFound(err):
 			return err
+		}
+		if had == nil {
+			// A new one, past the limit: the image keeps its claim, which
+			// a later AddAvatar takes over (or clean-up ends).
+			n, err := tx.Avatar.Query().Where(avatar.UserID(userID)).Count(ctx)
+			if err != nil {
+				return fmt.Errorf("count avatars: %w", err)
+			}
+			if n >= MaxAvatars {
+				return errTooManyAvatars
+			}
 		}
 		if err := tx.Avatar.Update().Where(avatar.UserID(userID), avatar.IsActive(true)).SetIsActive(false).Exec(ctx); err != nil {
 			return fmt.Errorf("deactivate avatar: %w", err)

@@ -55,7 +55,9 @@ type AvatarServiceClient interface {
 	// AddAvatar makes an uploaded image (MediaService.CreateUpload with
 	// avatar) the caller's active avatar. It may be retried: with an image
 	// that is already one of the caller's avatars it answers that avatar,
-	// made active again, and adds none.
+	// made active again, and adds none. An account keeps at most 100
+	// avatars: a new one past that is RESOURCE_EXHAUSTED (delete one
+	// first).
 	AddAvatar(context.Context, *connect.Request[v1.AddAvatarRequest]) (*connect.Response[v1.AddAvatarResponse], error)
 	// SetActiveAvatar makes one of the caller's avatars the active one.
 	SetActiveAvatar(context.Context, *connect.Request[v1.SetActiveAvatarRequest]) (*connect.Response[v1.SetActiveAvatarResponse], error)
@@ -140,7 +142,9 @@ type AvatarServiceHandler interface {
 	// AddAvatar makes an uploaded image (MediaService.CreateUpload with
 	// avatar) the caller's active avatar. It may be retried: with an image
 	// that is already one of the caller's avatars it answers that avatar,
-	// made active again, and adds none.
+	// made active again, and adds none. An account keeps at most 100
+	// avatars: a new one past that is RESOURCE_EXHAUSTED (delete one
+	// first).
 	AddAvatar(context.Context, *connect.Request[v1.AddAvatarRequest]) (*connect.Response[v1.AddAvatarResponse], error)
 	// SetActiveAvatar makes one of the caller's avatars the active one.
 	SetActiveAvatar(context.Context, *connect.Request[v1.SetActiveAvatarRequest]) (*connect.Response[v1.SetActiveAvatarResponse], error)

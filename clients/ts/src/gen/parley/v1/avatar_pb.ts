@@ -180,7 +180,9 @@ export const AvatarService: GenService<{
    * AddAvatar makes an uploaded image (MediaService.CreateUpload with
    * avatar) the caller's active avatar. It may be retried: with an image
    * that is already one of the caller's avatars it answers that avatar,
-   * made active again, and adds none.
+   * made active again, and adds none. An account keeps at most 100
+   * avatars: a new one past that is RESOURCE_EXHAUSTED (delete one
+   * first).
    *
    * @generated from rpc parley.v1.AvatarService.AddAvatar
    */
