@@ -79,6 +79,7 @@ func (j *Janitor) Run(ctx context.Context, interval time.Duration) {
 		}
 	}
 	mark()
+	j.sweepTemp(ctx)
 	for {
 		wait := interval/2 + rand.N(interval)
 		select {
@@ -103,6 +104,33 @@ func (j *Janitor) Run(ctx context.Context, interval time.Duration) {
 // whole collection, and Run calls it once; it returns how many it marked.
 func (j *Janitor) MarkLoose(ctx context.Context) (int64, error) {
 	return j.lib.store.markLoose(ctx)
+}
+
+// tempSweeper is a Storage whose uploads that stopped with their process
+// may leave temporary files (FS).
+type tempSweeper interface {
+	SweepTemp(olderThan time.Time) (int, error)
+}
+
+// tempGrace is how long a temporary file may go unwritten before it is
+// taken for one whose upload stopped with its process: a live upload
+// writes every few seconds, or fails (idleDeadline, the minimum rate).
+const tempGrace = time.Hour
+
+// sweepTemp deletes the storage's temporary files of uploads that stopped
+// with their process. Run does it once, at its start: it reads every
+// directory of the storage.
+func (j *Janitor) sweepTemp(ctx context.Context) {
+	ts, ok := j.lib.storage.(tempSweeper)
+	if !ok {
+		return
+	}
+	n, err := ts.SweepTemp(j.now().Add(-tempGrace))
+	if err != nil {
+		j.log.ErrorContext(ctx, "media clean-up: temporary files", "err", err, "deleted", n)
+	} else if n > 0 {
+		j.log.InfoContext(ctx, "media clean-up: temporary files of uploads that stopped", "deleted", n)
+	}
 }
 
 // Sweep deletes what is due now and returns how many uploads it deleted.

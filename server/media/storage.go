@@ -74,7 +74,7 @@ func (f *FS) Put(ctx context.Context, key string, r io.Reader, size int64, _ str
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("media storage: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".upload-*")
+	tmp, err := os.CreateTemp(filepath.Dir(path), tempPrefix+"*")
 	if err != nil {
 		return fmt.Errorf("media storage: %w", err)
 	}
@@ -101,6 +101,57 @@ func (f *FS) Put(ctx context.Context, key string, r io.Reader, size int64, _ str
 		return fmt.Errorf("media storage: %w", err)
 	}
 	return nil
+}
+
+// tempPrefix names Put's temporary files.
+const tempPrefix = ".upload-"
+
+// SweepTemp deletes the temporary files that Puts stopped by their
+// process's end (a crash, a kill) left behind: those last written before
+// olderThan. It returns how many it deleted.
+func (f *FS) SweepTemp(olderThan time.Time) (int, error) {
+	subs, err := os.ReadDir(f.dir)
+	if err != nil {
+		return 0, fmt.Errorf("media storage: %w", err)
+	}
+	n := 0
+	var errs []error
+	for _, sub := range subs {
+		if !sub.IsDir() {
+			continue
+		}
+		dir := filepath.Join(f.dir, sub.Name())
+		files, err := os.ReadDir(dir)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, file := range files {
+			if !strings.HasPrefix(file.Name(), tempPrefix) {
+				continue
+			}
+			info, err := file.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // renamed or removed meanwhile
+			}
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if !info.ModTime().Before(olderThan) {
+				continue
+			}
+			if err := os.Remove(filepath.Join(dir, file.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+				continue
+			}
+			n++
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return n, fmt.Errorf("media storage: %w", err)
+	}
+	return n, nil
 }
 
 // Open opens the file under key.
