@@ -211,6 +211,21 @@ test("replies, reactions, edits, search, mute and invite links", async (t) => {
     assert.equal(await message(c, "Sure, where?").locator("[data-testid=quote] strong").textContent(), carol);
   });
 
+  await t.test("a double submit sends once", async () => {
+    await c.fill("[data-testid=composer]", "Only once");
+    await c.evaluate(() => {
+      const form = document.querySelector<HTMLFormElement>("form.composer")!;
+      form.requestSubmit();
+      form.requestSubmit();
+    });
+    // Then another message: what the double submit made arrived before it.
+    await message(c, "Only once").first().waitFor();
+    await c.fill("[data-testid=composer]", "After it");
+    await c.click("[data-testid=send]");
+    await message(d, "After it").waitFor();
+    assert.equal(await message(d, "Only once").count(), 1);
+  });
+
   await t.test("a reaction is seen live by the other user", async () => {
     await act(d, "Lunch at noon?", "[data-testid=react][data-emoji='👍']");
     await message(d, "Lunch at noon?").locator("[data-testid=reaction][data-emoji='👍'][data-count='1'][data-mine=true]").waitFor();

@@ -275,7 +275,11 @@ async function openChat(id: string, focus?: Message) {
     const older = await parley.messages.listMessages({ chatId: id, cursor: { case: "beforeSeq", value: focus.seq + 1n }, limit: 50 });
     for (const m of older.messages) if (!byseq.has(m.seq)) byseq.set(m.seq, withToldPin(m));
   }
+  if (ui.current !== id) return;
   await nameUsers(chat.participants.map((p) => p.userId));
+  // Checked after every wait: a composer of this chat under another
+  // chat's header would send there.
+  if (ui.current !== id) return;
   const main = $("main")!;
   main.replaceChildren(
     h("header", { class: "chat-header" }),
@@ -428,6 +432,11 @@ function composer(chat: Chat): HTMLElement {
   const file = h("input", { type: "file", accept: "image/*", "data-testid": "file" });
   const status = h("span", { class: "error", "data-testid": "send-error" });
   let lastTyping = 0;
+  // A send in flight takes no other (a double click), and a failed one
+  // tried again unchanged keeps its ids: the server answers a send or an
+  // upload it stored already with the stored one, and adds none.
+  let inFlight = false;
+  let draft: { sig: string; clientMessageId: string; clientUploadId: string; mediaId?: string } | undefined;
   text.addEventListener("input", () => {
     if (Date.now() - lastTyping > 3000 && text.value) {
       lastTyping = Date.now();
@@ -435,9 +444,12 @@ function composer(chat: Chat): HTMLElement {
     }
   });
   const send = async () => {
+    if (inFlight) return;
+    if (ui.current !== id) return; // a composer left behind by another chat
     status.textContent = "";
     const body = text.value.trim();
     const f = file.files?.[0];
+    inFlight = true;
     try {
       if (context?.kind === "edit") {
         if (!body) return;
@@ -445,21 +457,30 @@ function composer(chat: Chat): HTMLElement {
         addMessage(res.message!);
       } else {
         if (!body && !f) return;
+        const replyTo = context?.kind === "reply" ? context.m.id : "";
+        const sig = JSON.stringify([body, f ? [f.name, f.size, f.lastModified] : null, replyTo]);
+        if (draft?.sig !== sig) draft = { sig, clientMessageId: crypto.randomUUID(), clientUploadId: crypto.randomUUID() };
+        const d = draft;
         const mediaIds: string[] = [];
         if (f) {
-          progress.hidden = false;
-          const media = await parley.upload(f, {
-            chatId: id,
-            onProgress: (sent, total) => { progress.value = Math.round((100 * sent) / total); },
-          });
-          mediaIds.push(media.id);
+          if (!d.mediaId) {
+            progress.hidden = false;
+            const media = await parley.upload(f, {
+              chatId: id,
+              clientUploadId: d.clientUploadId,
+              onProgress: (sent, total) => { progress.value = total ? Math.round((100 * sent) / total) : 100; },
+            });
+            d.mediaId = media.id;
+          }
+          mediaIds.push(d.mediaId);
         }
         const mentions = resolveMentions(body, chats.get(id) ?? chat);
         const res = await parley.messages.sendMessage({
-          chatId: id, clientMessageId: crypto.randomUUID(), text: body, mediaIds,
-          replyToMessageId: context?.kind === "reply" ? context.m.id : "",
+          chatId: id, clientMessageId: d.clientMessageId, text: body, mediaIds,
+          replyToMessageId: replyTo,
           mentionUserIds: mentions.ids, mentionAll: mentions.all,
         });
+        if (draft === d) draft = undefined;
         addMessage(res.message!);
       }
       text.value = "";
@@ -470,6 +491,7 @@ function composer(chat: Chat): HTMLElement {
     } catch (err) {
       status.textContent = errorText(err);
     } finally {
+      inFlight = false;
       progress.hidden = true;
     }
   };
