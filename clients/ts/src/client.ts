@@ -328,8 +328,10 @@ export function createParleyClient(options: ParleyClientOptions): ParleyClient {
         if (!res.ok) throw await httpError(res);
         return await res.blob();
       };
-      // A signed URL carries its own authority.
-      if (url.includes("signature=")) return await get({});
+      // A signed URL carries its own authority, and the access token goes
+      // to this server only.
+      const target = new URL(client.url(url));
+      if (url.includes("signature=") || target.origin !== new URL(client.url("")).origin) return await get({});
       return await withToken((token) => get({ Authorization: `Bearer ${token}` }));
     },
   });
