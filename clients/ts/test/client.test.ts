@@ -413,6 +413,21 @@ for (const protocol of ["connect", "grpc-web"] as const) {
       assert.equal(refreshes, 2);
     });
 
+    test("download() sends the access token to its server only", async () => {
+      const seen: { url: string; auth: string | null }[] = [];
+      const record: typeof globalThis.fetch = (input, init) => {
+        const url = input instanceof Request ? input.url : String(input);
+        if (!url.startsWith(server.url)) {
+          seen.push({ url, auth: new Headers(init?.headers).get("Authorization") });
+          return Promise.resolve(new Response("elsewhere"));
+        }
+        return globalThis.fetch(input, init);
+      };
+      const alice = await newUser(protocol, server.url, { fetch: record });
+      assert.equal(await (await alice.client.download("//elsewhere.example/x")).text(), "elsewhere");
+      assert.deepEqual(seen, [{ url: "http://elsewhere.example/x", auth: null }]);
+    });
+
     test("uploads and downloads an image", async () => {
       const alice = await newUser(protocol);
       const bob = await newUser(protocol);
