@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/FerretDB/FerretDB/ferretdb"
 	"github.com/alicebob/miniredis/v2"
@@ -83,16 +84,45 @@ func (h levelHandler) WithGroup(name string) slog.Handler {
 // Redis is a running miniredis. It keeps its data in memory only, so
 // sessions and live-event history end when the process does.
 type Redis struct {
-	srv *miniredis.Miniredis
+	srv  *miniredis.Miniredis
+	stop chan struct{}
+	done chan struct{}
 }
 
-// StartRedis starts miniredis on a free loopback port.
+// ttlTick is how often the embedded Redis's keys age: miniredis counts
+// TTLs down only when told time passed (FastForward). (Its ClockTTL does
+// it at every command, over every key: too dear for a server's Redis.)
+const ttlTick = time.Second
+
+// StartRedis starts miniredis on a free loopback port, its keys expiring
+// as in Redis, to the second.
 func StartRedis() (*Redis, error) {
 	srv := miniredis.NewMiniRedis()
 	if err := srv.Start(); err != nil {
 		return nil, fmt.Errorf("embedded redis: %w", err)
 	}
-	return &Redis{srv: srv}, nil
+	r := &Redis{srv: srv, stop: make(chan struct{}), done: make(chan struct{})}
+	go r.age()
+	return r, nil
+}
+
+// age moves the keys' TTLs on with the clock until Close.
+func (r *Redis) age() {
+	defer close(r.done)
+	t := time.NewTicker(ttlTick)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case now := <-t.C:
+			if d := now.Sub(last); d > 0 {
+				r.srv.FastForward(d)
+				last = now
+			}
+		}
+	}
 }
 
 // URL returns the redis:// URL of the running server.
@@ -100,6 +130,8 @@ func (r *Redis) URL() string { return "redis://" + r.srv.Addr() + "/0" }
 
 // Close stops the server.
 func (r *Redis) Close() error {
+	close(r.stop)
+	<-r.done
 	r.srv.Close()
 	return nil
 }
