@@ -231,3 +231,33 @@ func do(t *testing.T, method, url, token string, body []byte) int {
 	io.Copy(io.Discard, res.Body)
 	return res.StatusCode
 }
+
+// A client's Host header names no series: the file endpoints' metrics
+// carry a fixed server name, not what each request claims.
+func TestMetrics_HostIsNoLabel(t *testing.T) {
+	srv := servertest.New(t)
+	adm := httptest.NewServer(admin.Handler(srv.App.Telemetry().Handler(), srv.App.Health()))
+	defer adm.Close()
+	for _, host := range []string{"one.invalid", "two.invalid"} {
+		req, err := http.NewRequest(http.MethodGet, srv.URL+"/media/000000000000000000000000", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	for name, f := range scrape(t, adm.URL) {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if strings.HasSuffix(l.GetValue(), ".invalid") {
+					t.Errorf("%s has the label %s=%q from a request's Host", name, l.GetName(), l.GetValue())
+				}
+			}
+		}
+	}
+}

@@ -173,6 +173,9 @@ func (t *Telemetry) HTTPHandler(route string, h http.Handler) http.Handler {
 		otelhttp.WithMeterProvider(t.meters),
 		otelhttp.WithPropagators(Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + route }),
+		// Else each request's Host header, which the client writes, is a
+		// label (server.address): a series per value anyone sends.
+		otelhttp.WithServerName("parley"),
 	)
 }
 
