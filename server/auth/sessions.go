@@ -206,11 +206,7 @@ return 1
 // now), or comes within ARGV[7] ms of the rotation (its "rotated" field;
 // see RefreshRetryGrace) from the client that made it (ARGV[8], as its
 // "rotatedBy" field holds it): it gets the generation that rotation made,
-// with a new access token, and the rotation is confirmed anew. A token
-// of a later generation than the session's (which only the server can
-// sign) means Redis lost rotations (a restart from an older snapshot, a
-// failover to a replica behind): it is the latest the client holds, not
-// a reuse, and the session moves on from it.
+// with a new access token, and the rotation is confirmed anew.
 var rotateScript = redis.NewScript(`
 local s = redis.call('HMGET', KEYS[1], 'gen', 'unconfirmed', 'rotated', 'rotatedBy')
 if not s[1] then return 0 end
@@ -220,8 +216,6 @@ local now = tonumber(ARGV[3])
 local next = gen + 1
 if gen == want + 1 and ((s[2] and now - tonumber(s[2]) <= tonumber(ARGV[6])) or (s[3] and now - tonumber(s[3]) <= tonumber(ARGV[7]) and s[4] == ARGV[8])) then
   next = gen
-elseif want > gen then
-  next = want + 1
 elseif gen ~= want then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[5])
