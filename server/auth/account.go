@@ -383,6 +383,14 @@ func (s *AccountService) ChangeEmail(
 	if err != nil {
 		return nil, err
 	}
+	// The hash the password is checked against, read again once the
+	// change is recorded: a new password set meanwhile (its owner taking
+	// the account back) cancels changes under way, and this one may come
+	// after the cancellation.
+	hash, err := s.auth.accounts.PasswordHash(ctx, id.UserID)
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.auth.log, "change email", err)
+	}
 	if err := s.auth.Reauthenticate(ctx, id.UserID, req.Msg.GetPassword()); err != nil {
 		return nil, rpcerr.From(ctx, s.auth.log, "change email", err)
 	}
@@ -399,6 +407,15 @@ func (s *AccountService) ChangeEmail(
 	}
 	if err := s.accounts.SetPendingEmail(ctx, id.UserID, to); err != nil {
 		return nil, rpcerr.From(ctx, s.auth.log, "change email", err)
+	}
+	if now, err := s.auth.accounts.PasswordHash(ctx, id.UserID); err != nil || now != hash {
+		if cerr := s.cancelEmailChange(ctx, id.UserID); cerr != nil {
+			s.auth.log.ErrorContext(ctx, "change email: cancel after a new password", "user", id.UserID, "err", cerr)
+		}
+		if err != nil {
+			return nil, rpcerr.From(ctx, s.auth.log, "change email", err)
+		}
+		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("the password changed meanwhile"))
 	}
 	if err := s.mailVerification(ctx, id.UserID, to); err != nil {
 		return nil, rpcerr.From(ctx, s.auth.log, "change email", err)

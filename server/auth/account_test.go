@@ -933,6 +933,20 @@ func TestAccountService_NewPasswordCancelsEmailChange(t *testing.T) {
 				t.Fatalf("ResetPassword: %v", err)
 			}
 			wantCancelled(token, loginToken(t, c, a.Username, "reset by the owner"))
+
+			// With no change of address under way, the token mailed to
+			// the account's own address stays good.
+			b := servertest.Register(t, c.Auth, servertest.UniqueName("cancel"))
+			if _, err := c.Account.SendEmailVerification(ctx, servertest.WithToken(&parleyv1.SendEmailVerificationRequest{}, b.Token)); err != nil {
+				t.Fatalf("SendEmailVerification: %v", err)
+			}
+			own := codeIn(t, mp.WaitMail(t, b.Email, 1))
+			if _, err := c.Account.ChangePassword(ctx, servertest.WithToken(&parleyv1.ChangePasswordRequest{OldPassword: servertest.Password, NewPassword: changed}, b.Token)); err != nil {
+				t.Fatalf("ChangePassword: %v", err)
+			}
+			if _, err := c.Account.VerifyEmail(ctx, connect.NewRequest(&parleyv1.VerifyEmailRequest{Token: own})); err != nil {
+				t.Errorf("VerifyEmail of the account's own address after a new password: %v", err)
+			}
 		})
 	}
 }

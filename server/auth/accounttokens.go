@@ -56,9 +56,17 @@ func (s *AccountService) newVerifyToken(ctx context.Context, userID int, email s
 	return t.String(), nil
 }
 
-// cancelEmailChange forgets the user's pending address and its
-// verification token, and with it any other unused one.
+// cancelEmailChange forgets the user's pending address, if any, and its
+// verification token (the last one mailed). Without one, a token mailed
+// to the account's own address stays good.
 func (s *AccountService) cancelEmailChange(ctx context.Context, userID int) error {
+	a, err := s.accounts.AccountEmail(ctx, userID)
+	if err != nil {
+		return fmt.Errorf("read the pending address: %w", err)
+	}
+	if a.Pending == "" {
+		return nil
+	}
 	if err := s.rdb.Del(ctx, s.verifyKey(userID)).Err(); err != nil {
 		return fmt.Errorf("forget the verification token: %w", err)
 	}

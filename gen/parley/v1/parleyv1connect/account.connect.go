@@ -90,9 +90,10 @@ type AccountServiceClient interface {
 	VerifyEmail(context.Context, *connect.Request[v1.VerifyEmailRequest]) (*connect.Response[v1.VerifyEmailResponse], error)
 	// ChangeEmail, after checking the password, records new_email as the
 	// account's pending address and mails it a verification token. The
-	// account keeps its address until the token is used. An address of
-	// another account is ALREADY_EXISTS; the account's own is
-	// FAILED_PRECONDITION.
+	// account keeps its address until the token is used; a new password
+	// (ChangePassword, ResetPassword) cancels the change, and a call that
+	// the new password overtakes is UNAUTHENTICATED. An address of another
+	// account is ALREADY_EXISTS; the account's own is FAILED_PRECONDITION.
 	ChangeEmail(context.Context, *connect.Request[v1.ChangeEmailRequest]) (*connect.Response[v1.ChangeEmailResponse], error)
 }
 
@@ -223,9 +224,10 @@ type AccountServiceHandler interface {
 	VerifyEmail(context.Context, *connect.Request[v1.VerifyEmailRequest]) (*connect.Response[v1.VerifyEmailResponse], error)
 	// ChangeEmail, after checking the password, records new_email as the
 	// account's pending address and mails it a verification token. The
-	// account keeps its address until the token is used. An address of
-	// another account is ALREADY_EXISTS; the account's own is
-	// FAILED_PRECONDITION.
+	// account keeps its address until the token is used; a new password
+	// (ChangePassword, ResetPassword) cancels the change, and a call that
+	// the new password overtakes is UNAUTHENTICATED. An address of another
+	// account is ALREADY_EXISTS; the account's own is FAILED_PRECONDITION.
 	ChangeEmail(context.Context, *connect.Request[v1.ChangeEmailRequest]) (*connect.Response[v1.ChangeEmailResponse], error)
 }
 

@@ -319,9 +319,10 @@ export const AccountService: GenService<{
   /**
    * ChangeEmail, after checking the password, records new_email as the
    * account's pending address and mails it a verification token. The
-   * account keeps its address until the token is used. An address of
-   * another account is ALREADY_EXISTS; the account's own is
-   * FAILED_PRECONDITION.
+   * account keeps its address until the token is used; a new password
+   * (ChangePassword, ResetPassword) cancels the change, and a call that
+   * the new password overtakes is UNAUTHENTICATED. An address of another
+   * account is ALREADY_EXISTS; the account's own is FAILED_PRECONDITION.
    *
    * @generated from rpc parley.v1.AccountService.ChangeEmail
    */
