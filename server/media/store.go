@@ -326,7 +326,16 @@ func (s *store) stale(ctx context.Context, cutoff, deletingCutoff time.Time, lim
 // staleQuery is stale's filter and order.
 func staleQuery(cutoff, deletingCutoff time.Time) (filter, sort bson.D) {
 	return bson.D{{Key: "loose", Value: true}, {Key: "$or", Value: bson.A{
-		bson.D{{Key: "createdAt", Value: bson.D{{Key: "$lt", Value: cutoff}}}},
+		// Not one whose file arrived since cutoff: it has the whole delay
+		// from then (see Janitor.sweepOne), and would hold a place in
+		// every batch meanwhile.
+		bson.D{
+			{Key: "createdAt", Value: bson.D{{Key: "$lt", Value: cutoff}}},
+			{Key: "$or", Value: bson.A{
+				bson.D{{Key: "state", Value: bson.D{{Key: "$ne", Value: stateReady}}}},
+				bson.D{{Key: "stateAt", Value: bson.D{{Key: "$lt", Value: cutoff}}}},
+			}},
+		},
 		bson.D{
 			{Key: "state", Value: stateDeleting},
 			{Key: "stateAt", Value: bson.D{{Key: "$lt", Value: deletingCutoff}}},
