@@ -28,7 +28,9 @@ const (
 // leases of an instance that died lapse after the presence TTL, giving
 // their slots back; one that was only cut off from Redis that long puts
 // the leases of its streams still open back when it reaches Redis again
-// (see restoreLeases). A lease is some 50 bytes in a small set per user.
+// (see restoreLeases), past the limits if the user opened others
+// meanwhile: they then refuse new streams until enough close. A lease is
+// some 50 bytes in a small set per user.
 
 // acquireScript takes a lease if the session and the user have slots
 // left, dropping lapsed leases first. It returns 0 when it took it, 1

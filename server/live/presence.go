@@ -331,10 +331,16 @@ func (h *Hub) restoreLeases(ctx context.Context, missing map[int][]*subscriber, 
 		}
 	}
 	h.mu.Unlock()
-	for uid, leases := range closed {
-		if err := h.rdb.ZRem(ctx, h.leasesKey(uid), leases...).Err(); err != nil {
-			return fmt.Errorf("release restored stream leases: %w", err)
+	if len(closed) == 0 {
+		return nil
+	}
+	if _, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for uid, leases := range closed {
+			p.ZRem(ctx, h.leasesKey(uid), leases...)
 		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("release restored stream leases: %w", err)
 	}
 	return nil
 }
