@@ -435,8 +435,7 @@ func (s *Service) clientAddr(remote string, h interface{ Values(string) []string
 		// line is the proxy's.
 		if lines := h.Values(s.cfg.ClientIPHeader); len(lines) > 0 {
 			v := lines[len(lines)-1]
-			last := v[strings.LastIndex(v, ",")+1:]
-			if ip := net.ParseIP(strings.TrimSpace(last)); ip != nil {
+			if ip := headerIP(v[strings.LastIndex(v, ",")+1:]); ip != nil {
 				return ip.String()
 			}
 		}
@@ -446,6 +445,20 @@ func (s *Service) clientAddr(remote string, h interface{ Values(string) []string
 		return remote
 	}
 	return host
+}
+
+// headerIP reads a proxy header's address: an IP address, or one with a
+// port as some load balancers write it ("198.51.100.7:41234",
+// "[2001:db8::7]:443"); nil for anything else.
+func headerIP(v string) net.IP {
+	v = strings.TrimSpace(v)
+	if ip := net.ParseIP(v); ip != nil {
+		return ip
+	}
+	if host, _, err := net.SplitHostPort(v); err == nil {
+		return net.ParseIP(host)
+	}
+	return net.ParseIP(strings.TrimSuffix(strings.TrimPrefix(v, "["), "]"))
 }
 
 func truncate(s string, n int) string {
