@@ -142,6 +142,9 @@ func printBanner(w io.Writer, a *app.App, addr, adminAddr net.Addr) {
 		}
 		fmt.Fprintf(w, "  %-8s %s: %s\n", s.Name, kind, s.Where)
 	}
+	if note := sharingNote(a.Stores()); note != "" {
+		fmt.Fprintf(w, "  %-8s %s\n", "note", note)
+	}
 	if smtp := a.MailServer(); smtp != "" {
 		fmt.Fprintf(w, "  %-8s SMTP at %s\n", "mail", smtp)
 	} else {
@@ -151,6 +154,25 @@ func printBanner(w io.Writer, a *app.App, addr, adminAddr net.Addr) {
 		fmt.Fprintf(w, "Admin (metrics, probes, profiles) on http://%s/metrics, /readyz and /debug/pprof/\n", hostPort(adminAddr))
 	}
 	fmt.Fprintf(w, "Try it:\n  curl -s -H 'Content-Type: application/json' -d '{}' %s/grpc.health.v1.Health/Check\n", base)
+}
+
+// sharingNote warns of a Redis embedded beside shared databases: the
+// set-up of several instances, but each would keep its own sessions,
+// limits and live events, and tokens of one would fail on the others.
+func sharingNote(stores []app.StoreInfo) string {
+	redisEmbedded, shared := false, false
+	for _, s := range stores {
+		switch {
+		case s.Name == "redis" && s.Embedded:
+			redisEmbedded = true
+		case (s.Name == "postgres" || s.Name == "mongodb") && !s.Embedded:
+			shared = true
+		}
+	}
+	if !redisEmbedded || !shared {
+		return ""
+	}
+	return "Redis is embedded while the databases are not: run one instance only, or give every instance -redis-url and the same -jwt-key-file"
 }
 
 // hostPort returns addr as a client would dial it: localhost for an

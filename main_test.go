@@ -441,3 +441,23 @@ func TestRun_TLS(t *testing.T) {
 		t.Errorf("GetServerInfo over gRPC and TLS: %v", err)
 	}
 }
+
+// The banner warns of a Redis embedded beside shared databases, and of
+// nothing in the embedded and in the shared set-ups.
+func TestSharingNote(t *testing.T) {
+	embedded := func(name string) app.StoreInfo { return app.StoreInfo{Name: name, Embedded: true} }
+	shared := func(name string) app.StoreInfo { return app.StoreInfo{Name: name} }
+	for _, c := range []struct {
+		stores []app.StoreInfo
+		warn   bool
+	}{
+		{[]app.StoreInfo{embedded("postgres"), embedded("mongodb"), embedded("redis")}, false},
+		{[]app.StoreInfo{shared("postgres"), shared("mongodb"), shared("redis")}, false},
+		{[]app.StoreInfo{shared("postgres"), shared("mongodb"), embedded("redis")}, true},
+		{[]app.StoreInfo{embedded("postgres"), shared("mongodb"), embedded("redis")}, true},
+	} {
+		if got := sharingNote(c.stores) != ""; got != c.warn {
+			t.Errorf("sharingNote(%v) warns: %v, want %v", c.stores, got, c.warn)
+		}
+	}
+}
