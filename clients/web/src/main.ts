@@ -42,8 +42,10 @@ let forwardTo = ""; // the chat last chosen to forward to
 
 function reset() {
   live?.abort();
-  for (const m of [chats, messages, typing, ticks, reactionVersion, pinsTold, receipts, presence, signed]) m.clear();
+  for (const m of [chats, messages, typing, ticks, reactionVersion, pinsTold, receipts, presence, signed, users]) m.clear();
   menuOpen.clear();
+  pinned = { chatId: "", list: [], open: false };
+  forwardTo = "";
   listed = [];
   ui.current = "";
   ui.view = "chats";
@@ -829,6 +831,8 @@ async function listen() {
   } catch (err) {
     if (ctl.signal.aborted) return;
     if (ConnectError.from(err).code === Code.Unauthenticated) {
+      // Nothing of this account stays for the next sign-in.
+      reset();
       showAuth("Signed out.");
       return;
     }
