@@ -912,22 +912,6 @@ async function onEvent(ev: Event) {
         read: had && had.read > p.chatReadSeq ? had.read : p.chatReadSeq,
       });
       if (p.chatId === ui.current) renderMessages();
-      // Read on another device of mine: the badge follows.
-      const chat = chats.get(p.chatId);
-      if (p.userId === me.id && chat && chat.unreadCount > 0n) {
-        if (p.readSeq >= (chat.lastMessage?.seq ?? 0n)) {
-          chat.unreadCount = 0n;
-          chat.unreadMentionCount = 0n;
-          renderChats();
-        } else {
-          void parley.chats.getChat({ chatId: p.chatId }).then((r) => {
-            if (!r.chat || chats.get(p.chatId) !== chat) return;
-            chat.unreadCount = r.chat.unreadCount;
-            chat.unreadMentionCount = r.chat.unreadMentionCount;
-            renderChats();
-          }).catch(() => {});
-        }
-      }
       break;
     }
     case "typing": {
