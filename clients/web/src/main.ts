@@ -202,7 +202,17 @@ function searchForm(): HTMLElement {
 
 async function loadChats() {
   const res = await parley.chats.listChats({ pageSize: 200, archived: ui.view === "archived" });
-  for (const c of res.chats) chats.set(c.id, c);
+  for (const c of res.chats) {
+    // A message that arrived live after the list was read is newer than
+    // the list: its preview and unread counts stay.
+    const had = chats.get(c.id);
+    if (had?.lastMessage && had.lastMessage.seq > (c.lastMessage?.seq ?? 0n)) {
+      c.lastMessage = had.lastMessage;
+      c.unreadCount = had.unreadCount;
+      c.unreadMentionCount = had.unreadMentionCount;
+    }
+    chats.set(c.id, c);
+  }
   listed = res.chats.map((c) => c.id);
   const ids = res.chats.flatMap((c) => c.participants.map((p) => p.userId));
   await nameUsers(ids);
