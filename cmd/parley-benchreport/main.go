@@ -56,7 +56,7 @@ type meta struct {
 func (m meta) get(k string) string { return m.values[k] }
 
 type options struct {
-	in, metaFile, storeCalls, profiles, goBench, out, charts string
+	in, metaFile, storeCalls, profiles, goBench, bounds, out, charts string
 }
 
 func run(args []string) error {
@@ -67,6 +67,7 @@ func run(args []string) error {
 	fs.StringVar(&o.storeCalls, "store-calls", "bench/store-calls.json", "store calls per send (`file`)")
 	fs.StringVar(&o.profiles, "profiles", "", "`directory` of CPU profiles as text (pprof -top), one per workload")
 	fs.StringVar(&o.goBench, "gobench", "", "the output of BenchmarkSendMessage (server/chat), run with -count (`file`)")
+	fs.StringVar(&o.bounds, "bounds", "bench/bounds.md", "what bounds the targets missed (`file` of Markdown, given under the targets when one is missed; none if it does not exist)")
 	fs.StringVar(&o.out, "out", "BENCHMARKS.md", "the report (`file`)")
 	fs.StringVar(&o.charts, "charts", "bench/charts", "where the charts go (`directory`)")
 	if err := fs.Parse(args); err != nil {
@@ -102,12 +103,16 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	bounds, err := os.ReadFile(o.bounds)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	rel, err := filepath.Rel(filepath.Dir(o.out), o.charts)
 	if err != nil {
 		rel = o.charts
 	}
 	var b strings.Builder
-	writeReport(&b, recs, m, calls, charts, filepath.ToSlash(rel), profiles, overhead)
+	writeReport(&b, recs, m, calls, charts, filepath.ToSlash(rel), profiles, overhead, string(bounds))
 	return os.WriteFile(o.out, []byte(b.String()), 0o644)
 }
 
