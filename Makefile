@@ -219,8 +219,19 @@ lint: proto-deps ## buf lint, go vet, a gofmt check and go.mod tidy.
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 
+# What `make ci` runs, in order; it stops at the first that fails, and
+# says how long each took.
+CI_STEPS := check-generated lint test fuzz-and-bench-quick
+
 .PHONY: ci
-ci: check-generated lint test fuzz-and-bench-quick ## Everything CI checks.
+ci: ## Everything CI checks (check-generated, lint, test, fuzz-and-bench-quick).
+	@took=(); \
+	for step in $(CI_STEPS); do \
+		start=$$SECONDS; \
+		$(MAKE) --no-print-directory $$step || { echo "make ci: $$step FAILED after $$((SECONDS - start))s" >&2; exit 1; }; \
+		took+=("$$step $$((SECONDS - start))s"); \
+		printf -v times '%s, ' "$${took[@]}"; echo "make ci: time per step so far: $${times%, }"; \
+	done
 
 # The fuzzing and the short benchmark run side by side: each lasts a set
 # time (FUZZTIME per target, 3 s phases) rather than a set amount of work,
