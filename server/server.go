@@ -369,8 +369,8 @@ type referrers struct {
 	users *user.Service
 }
 
-func (r referrers) MessageWithMedia(ctx context.Context, chatID, mediaID bson.ObjectID) (bson.ObjectID, bool, error) {
-	return r.chats.MessageWithMedia(ctx, chatID, mediaID)
+func (r referrers) MessageWithMedia(ctx context.Context, chatID bson.ObjectID, senderID int, clientMessageID string, mediaID bson.ObjectID) (bson.ObjectID, bool, error) {
+	return r.chats.MessageWithMedia(ctx, chatID, senderID, clientMessageID, mediaID)
 }
 
 func (r referrers) AvatarWithURL(ctx context.Context, url string) (int, bool, error) {

@@ -460,10 +460,13 @@ func (s *store) maxSeqFrom(ctx context.Context, chatID bson.ObjectID, floor int6
 	return m.Seq, nil
 }
 
-func (s *store) messageWithMedia(ctx context.Context, chatID, mediaID bson.ObjectID) (*messageDoc, error) {
+// messageWithMedia returns the message that senderID sent to chatID
+// under clientID if it has mediaID among its attachments (nil if not),
+// found by its idemKey's index.
+func (s *store) messageWithMedia(ctx context.Context, chatID bson.ObjectID, senderID int, clientID string, mediaID bson.ObjectID) (*messageDoc, error) {
 	var m messageDoc
 	err := s.messages.FindOne(ctx, bson.D{
-		{Key: "chatId", Value: chatID}, {Key: "attachments.mediaId", Value: mediaID},
+		{Key: "idemKey", Value: idemKey(chatID, senderID, clientID)}, {Key: "attachments.mediaId", Value: mediaID},
 	}).Decode(&m)
 	if errors.Is(err, mongo.ErrNoDocuments) {
 		return nil, nil

@@ -177,10 +177,11 @@ func (s *Service) IsMember(ctx context.Context, chatID bson.ObjectID, userID int
 	return c.participant(userID) != nil, nil
 }
 
-// MessageWithMedia returns the message of a chat that has the media among
-// its attachments, for media clean-up.
-func (s *Service) MessageWithMedia(ctx context.Context, chatID, mediaID bson.ObjectID) (bson.ObjectID, bool, error) {
-	m, err := s.store.messageWithMedia(ctx, chatID, mediaID)
+// MessageWithMedia returns the message that senderID sent to a chat
+// under clientMessageID, if it has the media among its attachments, for
+// media clean-up.
+func (s *Service) MessageWithMedia(ctx context.Context, chatID bson.ObjectID, senderID int, clientMessageID string, mediaID bson.ObjectID) (bson.ObjectID, bool, error) {
+	m, err := s.store.messageWithMedia(ctx, chatID, senderID, clientMessageID, mediaID)
 	if err != nil || m == nil {
 		return bson.ObjectID{}, false, err
 	}

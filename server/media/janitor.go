@@ -16,9 +16,10 @@ import (
 // (the server stopped between storing a message or avatar and recording
 // it on the media).
 type Referrers interface {
-	// MessageWithMedia returns the message of chatID that has mediaID
-	// among its attachments.
-	MessageWithMedia(ctx context.Context, chatID, mediaID bson.ObjectID) (bson.ObjectID, bool, error)
+	// MessageWithMedia returns the message that senderID sent to chatID
+	// under clientMessageID (a claim's key), if it has mediaID among its
+	// attachments.
+	MessageWithMedia(ctx context.Context, chatID bson.ObjectID, senderID int, clientMessageID string, mediaID bson.ObjectID) (bson.ObjectID, bool, error)
 	// AvatarWithURL returns the avatar that serves url.
 	AvatarWithURL(ctx context.Context, url string) (int, bool, error)
 	// GroupHasAvatar reports whether the group's avatar is url.
@@ -210,8 +211,10 @@ func (j *Janitor) sweepOne(ctx context.Context, seen *mediaDoc, now time.Time) (
 					groupID = &id
 				}
 			}
-		} else if seen.ChatID != nil {
-			id, ok, ferr := j.refs.MessageWithMedia(ctx, *seen.ChatID, seen.ID)
+		} else if key, ok := strings.CutPrefix(seen.Claim, "message:"); ok && seen.ChatID != nil {
+			// The claim's key is the message's client id, and its
+			// sender the upload's (a forward's copy is the forwarder's).
+			id, ok, ferr := j.refs.MessageWithMedia(ctx, *seen.ChatID, seen.UploaderID, key, seen.ID)
 			if ok {
 				messageID = &id
 			}
