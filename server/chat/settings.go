@@ -133,11 +133,30 @@ func (s *store) apart(ctx context.Context, userID int) (listed, error) {
 var errTooManyPinned = connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("at most %d chats can be pinned", MaxPinnedChats))
 
 // updateSettings applies the change to the member's settings of the chat
-// and returns them as they are after it. Pins are counted after the pin
-// is written, and a pin that made more than MaxPinnedChats is taken back:
-// pins racing past the limit may all be refused, but never all kept.
+// and returns them as they are after it. A pin (of a chat not pinned) is
+// refused before anything is written when the member's pins are at
+// MaxPinnedChats already, so that a refused change changes nothing. Pins
+// are counted again after the pin is written, and a pin that made more
+// than MaxPinnedChats is taken back: pins racing past the limit may all
+// be refused, but never all kept (the rest of such a change stays).
 func (s *store) updateSettings(ctx context.Context, chatID bson.ObjectID, userID int, set, unset bson.D, pin bool) (*settingsDoc, error) {
 	id := settingsID(chatID, userID)
+	pinned := func() (int64, error) {
+		n, err := s.chatSettings.CountDocuments(ctx, bson.D{
+			{Key: "userId", Value: userID}, {Key: "pinnedAt", Value: bson.D{{Key: "$exists", Value: true}}},
+		})
+		if err != nil {
+			return 0, fmt.Errorf("count pinned chats: %w", err)
+		}
+		return n, nil
+	}
+	if pin {
+		if n, err := pinned(); err != nil {
+			return nil, err
+		} else if n >= MaxPinnedChats {
+			return nil, errTooManyPinned
+		}
+	}
 	update := bson.D{{Key: "$setOnInsert", Value: bson.D{{Key: "chatId", Value: chatID}, {Key: "userId", Value: userID}}}}
 	if len(set) > 0 {
 		update = append(update, bson.E{Key: "$set", Value: set})
@@ -156,11 +175,9 @@ func (s *store) updateSettings(ctx context.Context, chatID bson.ObjectID, userID
 	if !pin || out.PinnedAt == nil {
 		return &out, nil
 	}
-	n, err := s.chatSettings.CountDocuments(ctx, bson.D{
-		{Key: "userId", Value: userID}, {Key: "pinnedAt", Value: bson.D{{Key: "$exists", Value: true}}},
-	})
+	n, err := pinned()
 	if err != nil {
-		return nil, fmt.Errorf("count pinned chats: %w", err)
+		return nil, err
 	}
 	if n <= MaxPinnedChats {
 		return &out, nil

@@ -248,6 +248,16 @@ func TestChatSettings_PinLimitRace(t *testing.T) {
 	if pinned != chat.MaxPinnedChats {
 		t.Errorf("%d chats pinned after pinning one at a time; want %d", pinned, chat.MaxPinnedChats)
 	}
+	// A pin refused at the limit changes nothing of what came with it.
+	archived := group(t, me, "archived").GetId()
+	updateSettings(t, me, &parleyv1.UpdateChatSettingsRequest{ChatId: archived, Archived: proto.Bool(true)})
+	_, err = me.chats.UpdateChatSettings(context.Background(), req(me, &parleyv1.UpdateChatSettingsRequest{
+		ChatId: archived, Pinned: proto.Bool(true), Mute: &parleyv1.UpdateChatSettingsRequest_Muted{Muted: true},
+	}))
+	wantCode(t, err, connect.CodeFailedPrecondition)
+	if st := getChat(t, me, archived).GetSettings(); !st.GetArchived() || st.GetMuted() || st.GetPinnedAt() != nil {
+		t.Errorf("after a pin refused at the limit, with a mute: settings %v, want archived as before, not muted", st)
+	}
 }
 
 func TestDeleteMessagesForMe(t *testing.T) {
