@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/app"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -268,5 +270,27 @@ func TestRace_EditAndDelete(t *testing.T) {
 		if !last.GetDeleted() || last.GetText() != "" {
 			t.Errorf("round %d: the last event of the message shows deleted=%v text=%q", i, last.GetDeleted(), last.GetText())
 		}
+	}
+}
+
+// Of two renames within a millisecond, the later one sticks: it was
+// acknowledged.
+func TestRename_WithinAMillisecond(t *testing.T) {
+	clock := servertest.NewClock()
+	srv := servertest.New(t, servertest.WithConfig(func(cfg *app.Config) { cfg.Now = clock.Now }))
+	a := newUser(t, srv, servertest.Protocols[0])
+	c := group(t, a, "g")
+	// At the start of a millisecond, so that both fall in it.
+	clock.Advance(time.Millisecond - time.Duration(clock.Now().Nanosecond()%int(time.Millisecond)))
+	for i, name := range []string{"first", "second"} {
+		if i > 0 {
+			clock.Advance(100 * time.Microsecond)
+		}
+		if _, err := a.chats.UpdateChat(context.Background(), req(a, &parleyv1.UpdateChatRequest{ChatId: c.GetId(), Name: proto.String(name)})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := getChat(t, a, c.GetId()).GetName(); got != "second" {
+		t.Errorf("name = %q after renames to %q then %q, 100 µs apart", got, "first", "second")
 	}
 }

@@ -656,13 +656,15 @@ func (s *store) describe(ctx context.Context, chatID bson.ObjectID, text string)
 }
 
 // setLatest sets a field of the chat to v unless a later change set it
-// already: the field carries the time it was set (in <field>SetAt).
+// already: the field carries the time it was set (in <field>SetAt), to
+// the nanosecond, so that two changes within a millisecond are not a tie
+// that the second loses.
 func (s *store) setLatest(ctx context.Context, chatID bson.ObjectID, field, v string) error {
 	return s.locked(ctx, chatLock(chatID), func() error {
-		now := s.nowMs()
+		now := s.now()
 		_, err := raise(ctx, s.chats, chatID, field+"SetAt", now.UnixNano(), bson.D{
 			{Key: field, Value: v},
-		}, bson.D{{Key: "updatedAt", Value: now}})
+		}, bson.D{{Key: "updatedAt", Value: now.UTC().Truncate(time.Millisecond)}})
 		return err
 	})
 }
