@@ -248,6 +248,14 @@ func TestUploadStalls(t *testing.T) {
 		t.Errorf("files stored: %v", files)
 	}
 
+	// Requests refused for what they ask take nothing of the budget.
+	for range 3 {
+		_, err := alice.media.CreateUpload(context.Background(), req(alice, &parleyv1.CreateUploadRequest{
+			Target:   &parleyv1.CreateUploadRequest_Avatar{Avatar: true},
+			FileName: "not-an-image.txt", ContentType: "text/plain", Size: 10,
+		}))
+		servertest.WantCode(t, err, connect.CodeInvalidArgument)
+	}
 	for range 2 {
 		if _, err := alice.createUpload(t, chatID, "n.txt", "text/plain", 10); err != nil {
 			t.Fatal(err)

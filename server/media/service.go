@@ -189,13 +189,6 @@ func (s *Service) CreateUpload(
 			return s.createdAgain(ctx, req.Msg, m)
 		}
 	}
-	allowed, err := s.limiter.Allow(ctx, fmt.Sprintf("%smedia:uploads:%d", s.cfg.RedisPrefix, id.UserID), redis_rate.PerHour(s.cfg.UploadsPerHour))
-	if err != nil {
-		return nil, rpcerr.From(ctx, s.log, "create upload", err)
-	}
-	if allowed.Allowed == 0 {
-		return nil, rpcerr.TooMany("uploads", "too many uploads", allowed.RetryAfter)
-	}
 	now := s.lib.store.nowMs()
 	m := &mediaDoc{
 		ID:             bson.NewObjectID(),
@@ -233,6 +226,15 @@ func (s *Service) CreateUpload(
 	if limit := s.cfg.maxBytes(class); m.Size > limit {
 		return nil, connect.NewError(connect.CodeInvalidArgument,
 			fmt.Errorf("size: %d bytes is over the limit of %d bytes for a %s", m.Size, limit, class))
+	}
+	// The hourly budget counts uploads that could be made, not requests
+	// refused for what they ask.
+	allowed, err := s.limiter.Allow(ctx, fmt.Sprintf("%smedia:uploads:%d", s.cfg.RedisPrefix, id.UserID), redis_rate.PerHour(s.cfg.UploadsPerHour))
+	if err != nil {
+		return nil, rpcerr.From(ctx, s.log, "create upload", err)
+	}
+	if allowed.Allowed == 0 {
+		return nil, rpcerr.TooMany("uploads", "too many uploads", allowed.RetryAfter)
 	}
 	m.Loose = true
 	var created *mediaDoc
