@@ -245,15 +245,14 @@ func (s *Service) SendTyping(
 		ids = nil
 	}
 	if len(ids) > 0 {
-		// Nor does a member who blocked the caller: it is not told,
-		// as a send would be (a typing caller does not learn of it).
-		blocked, err := s.blocksCaller(ctx, c, id.UserID)
+		// Nor does a member who blocked the caller, in a group as in a
+		// private chat: it is not told, as a send would be (a typing
+		// caller does not learn of it).
+		blockers, err := s.privacy.BlockersOf(ctx, id.UserID, ids)
 		if err != nil {
 			return nil, s.internal(ctx, "send typing", err)
 		}
-		if blocked {
-			ids = nil
-		}
+		ids = slices.DeleteFunc(ids, func(u int) bool { return slices.Contains(blockers, u) })
 	}
 	expires := s.now().Add(TypingTTL)
 	if !req.Msg.GetTyping() {

@@ -121,6 +121,9 @@ func (s *Service) SendMessage(
 	const cachedChecks = 2
 	var prev *messageDoc
 	c, version, floor, replyTo, err := s.contentChecks(ctx, chatID, id.UserID, req.Msg)
+	// Whether c is the chat as the checks passed it (not a refused
+	// retry's), whose request the send then accepts (acceptOnSend).
+	checked := err == nil
 	if err != nil {
 		// A reply or a mention that was valid when the message was stored
 		// may be no longer (the original deleted, a member gone): a retry
@@ -137,6 +140,8 @@ func (s *Service) SendMessage(
 				if prev, c, err = s.storedRetry(ctx, chatID, id.UserID, req.Msg, prev, err); err != nil {
 					return nil, err
 				}
+			} else {
+				checked = true
 			}
 		}
 	}
@@ -189,6 +194,11 @@ func (s *Service) SendMessage(
 		}
 		text, attachments, mediaIDs, origin = f.text, f.attachments, f.mediaIDs, f.origin
 	}
+	if checked {
+		if err := s.acceptOnSend(ctx, c, id.UserID); err != nil {
+			return nil, err
+		}
+	}
 	m, created := prev, false
 	// The lower of the sender's read and delivered positions before this
 	// message, as mirrored in Redis: never above MongoDB's (-1: unknown,
@@ -212,6 +222,8 @@ func (s *Service) SendMessage(
 					return nil, err
 				}
 				m = prev
+			} else if err := s.acceptOnSend(ctx, c, id.UserID); err != nil {
+				return nil, err
 			}
 			continue
 		}
@@ -499,15 +511,28 @@ func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int, msg *
 		if hit {
 			return nil, "", errRecheck
 		}
-		// Accepting changes the chat (and sets its version): the send
+		// Accepting changes the chat (and sets its version), but only
+		// once the send's other checks passed (acceptOnSend): the send
 		// goes on with the chat as checked, unversioned.
-		if err := s.accept(ctx, &c, sender); err != nil {
-			return nil, "", err
-		}
-		s.forgetChat(c.ID)
 		return &c, "", nil
 	}
 	return &c, e.version, nil
+}
+
+// acceptOnSend accepts the request of a private chat that the sender's
+// send answers, if it does (see checkSend), once the send's checks have
+// all passed: a send refused for its reply, its rate, its files or what
+// it forwards leaves the request as it was. c is the chat as sendChecks
+// returned it.
+func (s *Service) acceptOnSend(ctx context.Context, c *chatDoc, sender int) error {
+	if c.Type != typePrivate || c.declined() || !(c.Request != nil && c.Request.StarterID != sender || c.AcceptedBy != 0) {
+		return nil
+	}
+	if err := s.accept(ctx, c, sender); err != nil {
+		return err
+	}
+	s.forgetChat(c.ID)
+	return nil
 }
 
 // ListMessages returns a page of a chat's messages in seq order.

@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.mongodb.org/mongo-driver/v2/bson"
 
 	parleyv1 "github.com/parley-chat/parley/gen/parley/v1"
+	"github.com/parley-chat/parley/server/chat"
 	"github.com/parley-chat/parley/server/servertest"
 )
 
@@ -463,6 +465,15 @@ func TestPrivacy_Decline(t *testing.T) {
 			alice, bob := newPerson(t, srv, p), newPerson(t, srv, p)
 			c := alice.startChat(t, bob)
 			alice.send(t, c.GetId(), "buy my stuff")
+			file := servertest.Upload(t, srv, alice.c.Media, alice.token, c.GetId(), "offer.txt", "text/plain", []byte("cheap"))
+			if _, err := alice.c.Message.SendMessage(ctx, tok(alice, &parleyv1.SendMessageRequest{
+				ChatId: c.GetId(), ClientMessageId: servertest.UniqueName("f"), MediaIds: []string{file.GetId()},
+			})); err != nil {
+				t.Fatalf("SendMessage with a file: %v", err)
+			}
+			if _, err := bob.c.Media.GetMedia(ctx, tok(bob, &parleyv1.GetMediaRequest{MediaId: file.GetId()})); err != nil {
+				t.Fatalf("GetMedia of the request's file, before declining: %v", err)
+			}
 
 			// Only the recipient declines.
 			_, err := alice.c.Chat.DeclineChatRequest(ctx, tok(alice, &parleyv1.DeclineChatRequestRequest{ChatId: c.GetId()}))
@@ -481,6 +492,14 @@ func TestPrivacy_Decline(t *testing.T) {
 				t.Errorf("bob still lists %v after declining", got)
 			}
 			_, err = bob.c.Chat.GetChat(ctx, tok(bob, &parleyv1.GetChatRequest{ChatId: c.GetId()}))
+			servertest.WantCode(t, err, connect.CodeNotFound)
+			// Nor are its files, nor may bob upload to it.
+			_, err = bob.c.Media.GetMedia(ctx, tok(bob, &parleyv1.GetMediaRequest{MediaId: file.GetId()}))
+			servertest.WantCode(t, err, connect.CodeNotFound)
+			_, err = bob.c.Media.CreateUpload(ctx, tok(bob, &parleyv1.CreateUploadRequest{
+				Target:   &parleyv1.CreateUploadRequest_ChatId{ChatId: c.GetId()},
+				FileName: "a.txt", ContentType: "text/plain", Size: 1, ClientUploadId: servertest.UniqueName("u"),
+			}))
 			servertest.WantCode(t, err, connect.CodeNotFound)
 			if got := getChatOf(t, alice, c.GetId()).GetRequest().GetStarterId(); got != alice.id {
 				t.Errorf("alice sees request %d, want her pending request unchanged", got)
@@ -504,8 +523,11 @@ func TestPrivacy_Decline(t *testing.T) {
 				t.Fatalf("bob's CreatePrivateChat gave %v, want the same chat, accepted", again)
 			}
 			alice.send(t, c.GetId(), "thanks")
-			if got := len(bob.messages(t, c.GetId())); got != 2 {
-				t.Errorf("bob sees %d messages, want 2", got)
+			if got := len(bob.messages(t, c.GetId())); got != 3 {
+				t.Errorf("bob sees %d messages, want 3", got)
+			}
+			if _, err := bob.c.Media.GetMedia(ctx, tok(bob, &parleyv1.GetMediaRequest{MediaId: file.GetId()})); err != nil {
+				t.Errorf("GetMedia of the chat's file, accepted again: %v", err)
 			}
 		})
 	}
@@ -748,5 +770,104 @@ func TestPrivacy_RetryAfterBlock(t *testing.T) {
 				servertest.WantCode(t, err, connect.CodePermissionDenied)
 			}
 		})
+	}
+}
+
+// A reply refused for what it carries (a reply to no message, a file
+// that is not the sender's) leaves the request as it was: the starter
+// gets no acceptance, no ticks, no presence.
+func TestPrivacy_RefusedReplyKeepsRequest(t *testing.T) {
+	srv := servertest.New(t)
+	ctx := context.Background()
+	for _, p := range servertest.Protocols[:2] {
+		t.Run(p.Name, func(t *testing.T) {
+			alice, bob := newPerson(t, srv, p), newPerson(t, srv, p)
+			c := alice.startChat(t, bob)
+			m := alice.send(t, c.GetId(), "hello, stranger")
+			if _, err := bob.c.Message.MarkRead(ctx, tok(bob, &parleyv1.MarkReadRequest{ChatId: c.GetId(), UpToSeq: m.GetSeq()})); err != nil {
+				t.Fatalf("MarkRead: %v", err)
+			}
+			for _, req := range []*parleyv1.SendMessageRequest{
+				{ChatId: c.GetId(), ClientMessageId: servertest.UniqueName("re"), Text: "re", ReplyToMessageId: bson.NewObjectID().Hex()},
+				{ChatId: c.GetId(), ClientMessageId: servertest.UniqueName("file"), Text: "file", MediaIds: []string{bson.NewObjectID().Hex()}},
+			} {
+				_, err := bob.c.Message.SendMessage(ctx, tok(bob, req))
+				if err == nil {
+					t.Fatalf("SendMessage(%v) succeeded, want refused", req)
+				}
+				if code := connect.CodeOf(err); code == connect.CodeInternal || code == connect.CodeUnknown {
+					t.Fatalf("SendMessage(%v): %v, want a refusal", req, err)
+				}
+				if got := getChatOf(t, alice, c.GetId()).GetRequest(); got.GetStarterId() != alice.id {
+					t.Fatalf("after bob's refused send (%v) the request is %v, want alice's still", err, got)
+				}
+				if got := alice.messages(t, c.GetId())[0].GetStatus(); got != parleyv1.MessageStatus_MESSAGE_STATUS_SENT {
+					t.Errorf("after bob's refused send alice sees %v, want SENT", got)
+				}
+			}
+		})
+	}
+}
+
+// Users whose settings refuse an add do not count against the group's
+// size: a group one short of full takes the one who may be added.
+func TestPrivacy_RefusedAddsDoNotCount(t *testing.T) {
+	srv := servertest.New(t)
+	ctx := context.Background()
+	p := servertest.Protocols[0]
+	admin, anyone, nobody := newPerson(t, srv, p), newPerson(t, srv, p), newPerson(t, srv, p)
+	nobody.settings(t, &parleyv1.UpdatePrivacySettingsRequest{GroupAdds: parleyv1.GroupAdds_GROUP_ADDS_NOBODY.Enum()})
+	g := servertest.GroupChat(t, admin.c.Chat, admin.token, "almost full", seedUsers(t, srv, chat.MaxGroupSize-2)...)
+	res, err := admin.c.Chat.AddParticipants(ctx, tok(admin, &parleyv1.AddParticipantsRequest{ChatId: g.GetId(), UserIds: ids32(anyone, nobody)}))
+	if err != nil {
+		t.Fatalf("AddParticipants of one who may be added and one who may not, to a group one short of full: %v", err)
+	}
+	if got := res.Msg.GetNotAddedUserIds(); !slices.Equal(got, ids32(nobody)) {
+		t.Errorf("not added %v, want %v", got, ids32(nobody))
+	}
+	if got := len(res.Msg.GetChat().GetParticipants()); got != chat.MaxGroupSize {
+		t.Errorf("the group has %d members, want %d", got, chat.MaxGroupSize)
+	}
+}
+
+// In a group too, a member who blocked the caller sees no typing from it;
+// the others do.
+func TestPrivacy_GroupTypingSkipsBlockers(t *testing.T) {
+	srv := servertest.New(t)
+	ctx := context.Background()
+	p := servertest.Protocols[1]
+	alice, blocker, friend := newPerson(t, srv, p), newPerson(t, srv, p), newPerson(t, srv, p)
+	g := servertest.GroupChat(t, alice.c.Chat, alice.token, "g", blocker.id, friend.id)
+	blocker.block(t, alice)
+	blockerEvents, closeBlocker := blocker.online(t)
+	defer closeBlocker()
+	friendEvents, closeFriend := friend.online(t)
+	defer closeFriend()
+	if _, err := alice.c.Message.SendTyping(ctx, tok(alice, &parleyv1.SendTypingRequest{ChatId: g.GetId(), Typing: true})); err != nil {
+		t.Fatalf("SendTyping: %v", err)
+	}
+	// A marker after the typing: the blocker would have heard of it first.
+	marker := alice.send(t, g.GetId(), "marker")
+	heard := func(events <-chan *parleyv1.Event) (typing bool) {
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case ev := <-events:
+				if ev.GetTyping().GetUserId() == alice.id {
+					typing = true
+				}
+				if ev.GetMessageCreated().GetMessage().GetId() == marker.GetId() {
+					return typing
+				}
+			case <-timeout:
+				t.Fatal("no event of the marker message")
+			}
+		}
+	}
+	if heard(blockerEvents) {
+		t.Error("the member who blocked alice saw her typing in the group")
+	}
+	if !heard(friendEvents) {
+		t.Error("another member did not see alice typing in the group")
 	}
 }

@@ -165,7 +165,9 @@ func (s *Service) internal(ctx context.Context, what string, err error) error {
 	return rpcerr.From(ctx, s.log, what, err)
 }
 
-// IsMember reports whether the user is a member of the chat.
+// IsMember reports whether the user is a member of the chat, as every
+// chat RPC sees it: a private chat whose request the user declined is no
+// chat of the user's (see memberOf).
 func (s *Service) IsMember(ctx context.Context, chatID bson.ObjectID, userID int) (bool, error) {
 	c, err := s.store.getChat(ctx, chatID)
 	if errors.Is(err, errNoChat) {
@@ -174,7 +176,8 @@ func (s *Service) IsMember(ctx context.Context, chatID bson.ObjectID, userID int
 	if err != nil {
 		return false, err
 	}
-	return c.participant(userID) != nil, nil
+	_, err = memberOf(c, userID)
+	return err == nil, nil
 }
 
 // MessageWithMedia returns the message that senderID sent to a chat
@@ -576,15 +579,16 @@ func (s *Service) AddParticipants(
 			add = append(add, u)
 		}
 	}
-	if len(c.Participants)+len(add) > MaxGroupSize {
-		return nil, errTooManyMember
-	}
 	if err := s.checkUsersExist(ctx, add); err != nil {
 		return nil, s.internal(ctx, "add participants", err)
 	}
 	add, refused, err := s.mayAdd(ctx, id.UserID, add)
 	if err != nil {
 		return nil, s.internal(ctx, "add participants", err)
+	}
+	// Those whose settings refuse the add do not count.
+	if len(c.Participants)+len(add) > MaxGroupSize {
+		return nil, errTooManyMember
 	}
 	if len(add) == 0 {
 		return s.participantsAdded(ctx, c.ID, id.UserID, in, refused)
