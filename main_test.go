@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -338,6 +340,33 @@ func TestRun_Migrate(t *testing.T) {
 	}
 }
 
+// TestParseArgs_TrustedProxies: -trusted-proxies takes networks and
+// single addresses, loopback and the private ranges by default, and
+// refuses what is neither.
+func TestParseArgs_TrustedProxies(t *testing.T) {
+	parse := func(args ...string) ([]netip.Prefix, error) {
+		o, err := parseArgs(append([]string{"parley"}, args...), func(string) string { return "" }, io.Discard)
+		return o.app.TrustedProxies, err
+	}
+	if got, err := parse(); err != nil || !slices.Equal(got, app.DefaultTrustedProxies) {
+		t.Errorf("default: %v, %v; want %v", got, err, app.DefaultTrustedProxies)
+	}
+	got, err := parse("-trusted-proxies", "203.0.113.7, 198.51.100.9/24,2001:db8::1,::ffff:192.0.2.1")
+	want := []netip.Prefix{
+		netip.MustParsePrefix("203.0.113.7/32"), netip.MustParsePrefix("198.51.100.0/24"),
+		netip.MustParsePrefix("2001:db8::1/128"), netip.MustParsePrefix("192.0.2.1/32"),
+	}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("-trusted-proxies: %v, %v; want %v", got, err, want)
+	}
+	if got, err := parse("-trusted-proxies", ""); err != nil || got == nil || len(got) != 0 {
+		t.Errorf("-trusted-proxies '': %v, %v; want none (not the default)", got, err)
+	}
+	if _, err := parse("-trusted-proxies", "10.0.0.0/8,proxy.internal"); err == nil || !strings.Contains(err.Error(), "proxy.internal") {
+		t.Errorf("-trusted-proxies with a host name: %v, want an error naming it", err)
+	}
+}
+
 // TestParseArgs_DeployEnv reads the example configuration of the systemd
 // unit (deploy/systemd/parley.env) as the unit passes it: every variable
 // in it is one the server knows, with a value it takes.
@@ -371,7 +400,7 @@ func TestParseArgs_DeployEnv(t *testing.T) {
 	if err != nil {
 		t.Fatalf("parseArgs with deploy/systemd/parley.env: %v", err)
 	}
-	if o.app.ClientIPHeader != "X-Real-IP" || o.adminAddr == "" || o.app.MediaS3URL == "" || o.app.JWTKeyFile == "" {
+	if o.app.ClientIPHeader != "X-Real-IP" || len(o.app.TrustedProxies) != 1 || o.adminAddr == "" || o.app.MediaS3URL == "" || o.app.JWTKeyFile == "" {
 		t.Errorf("the example's settings did not all take: %+v", o)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	netmail "net/mail"
+	"net/netip"
 	"path/filepath"
 	"time"
 
@@ -115,6 +116,9 @@ type Config struct {
 	// ClientIPHeader names the header a trusted proxy sets to the client's
 	// address; empty trusts only the connection's address.
 	ClientIPHeader string
+	// TrustedProxies are the networks whose connections' ClientIPHeader
+	// counts; nil means DefaultTrustedProxies.
+	TrustedProxies []netip.Prefix
 	// RateLimits bound login and registration attempts; zero means
 	// auth.DefaultRateLimits.
 	RateLimits auth.RateLimits
@@ -188,6 +192,26 @@ type StoreInfo struct {
 
 // DefaultMailFrom is the sender of the server's mail unless configured.
 const DefaultMailFrom = "Parley <no-reply@localhost>"
+
+// DefaultTrustedProxies are the networks whose connections' client-IP
+// header counts unless told otherwise: loopback and the private ranges
+// (RFC 1918, RFC 4193), where a reverse proxy in front of Parley runs;
+// never the public Internet, whose clients could name any address.
+var DefaultTrustedProxies = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("fc00::/7"),
+}
+
+func trustedProxies(ps []netip.Prefix) []netip.Prefix {
+	if ps == nil {
+		return DefaultTrustedProxies
+	}
+	return ps
+}
 
 // App is an assembled server with open stores.
 type App struct {
@@ -348,6 +372,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error)
 			RateLimits:     cfg.RateLimits,
 			RedisPrefix:    cfg.RedisPrefix,
 			ClientIPHeader: cfg.ClientIPHeader,
+			TrustedProxies: trustedProxies(cfg.TrustedProxies),
 			Replicas:       a.waitReplicas(),
 			Background:     a.background,
 		},

@@ -3,6 +3,7 @@ package auth
 import (
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -35,7 +36,7 @@ func FuzzClientAddr(f *testing.F) {
 		f.Add(tc[0], tc[1])
 	}
 	const name = "X-Forwarded-For"
-	proxied := &Service{cfg: Config{ClientIPHeader: name}}
+	proxied := &Service{cfg: Config{ClientIPHeader: name, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}}
 	direct := &Service{}
 	f.Fuzz(func(t *testing.T, header, remote string) {
 		lines := strings.Split(header, "\n")
@@ -63,6 +64,36 @@ func FuzzClientAddr(f *testing.F) {
 			t.Fatalf("clientAddr(%q, %q) = %q: neither the connection's host %q nor a canonical IP address", remote, lines, got, host)
 		}
 	})
+}
+
+// TestClientAddr_TrustedProxies: the header counts from the trusted
+// proxies' networks only; from any other peer, the connection's address
+// is the client's, whatever the header says.
+func TestClientAddr_TrustedProxies(t *testing.T) {
+	s := &Service{cfg: Config{ClientIPHeader: "X-Real-IP", TrustedProxies: []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8"), netip.MustParsePrefix("192.0.2.1/32"),
+	}}}
+	h := http.Header{}
+	h.Set("X-Real-IP", "198.51.100.7")
+	for _, c := range []struct{ remote, want string }{
+		{"10.1.2.3:443", "198.51.100.7"},
+		{"[::ffff:10.1.2.3]:443", "198.51.100.7"},
+		{"[fd12::1]:443", "198.51.100.7"},
+		{"[fd12::1%eth0]:443", "198.51.100.7"},
+		{"192.0.2.1:1", "198.51.100.7"},
+		{"192.0.2.2:1", "192.0.2.2"},
+		{"203.0.113.9:5000", "203.0.113.9"},
+		{"[2001:db8::1]:443", "2001:db8::1"},
+		{"not an address", "not an address"},
+	} {
+		if got := s.clientAddr(c.remote, h); got != c.want {
+			t.Errorf("clientAddr(%q) with the header = %q, want %q", c.remote, got, c.want)
+		}
+	}
+	none := &Service{cfg: Config{ClientIPHeader: "X-Real-IP"}}
+	if got := none.clientAddr("10.1.2.3:443", h); got != "10.1.2.3" {
+		t.Errorf("with no trusted proxies, clientAddr = %q, want the connection's", got)
+	}
 }
 
 // sessionHash is a session as create stores it in Redis, every value as

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -78,6 +79,11 @@ type Config struct {
 	// added) counts, in the last line when the header comes in several.
 	// Leave it empty when clients connect directly: they could forge it.
 	ClientIPHeader string
+	// TrustedProxies are the networks of the proxies whose ClientIPHeader
+	// counts: from any other peer the header is ignored, and the
+	// connection's address is the client's. None: the header counts from
+	// no peer.
+	TrustedProxies []netip.Prefix
 	// UnauthenticatedPerAddress bounds the requests without a caller
 	// (sign-in, server info, health, reflection, identicons) that one
 	// client address may have in flight on this instance at once;
@@ -423,12 +429,18 @@ func (s *Service) SessionsOpen(ctx context.Context, ids []Identity) ([]bool, err
 }
 
 // clientAddr is the client's IP address: from the trusted proxy header when
-// one is configured and present, else from the connection's remote address
-// (host:port, as connect.Peer.Addr and http.Request.RemoteAddr give it).
-// Rate limits and the middleware's bound on unauthenticated requests both
-// use it, so a proxy in front is never one client to either.
+// one is configured, the connection comes from a trusted proxy and the
+// header is there, else from the connection's remote address (host:port,
+// as connect.Peer.Addr and http.Request.RemoteAddr give it). Rate limits
+// and the middleware's bound on unauthenticated requests both use it, so
+// a proxy in front is never one client to either, and a client that
+// reaches the server around the proxy cannot choose its address.
 func (s *Service) clientAddr(remote string, h interface{ Values(string) []string }) string {
-	if s.cfg.ClientIPHeader != "" {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	if s.cfg.ClientIPHeader != "" && s.trustedProxy(host) {
 		// A client can put anything in front, in the header line the proxy
 		// appends to or in lines of its own before the one a proxy adds
 		// (HAProxy's option forwardfor does): the last entry of the last
@@ -440,11 +452,23 @@ func (s *Service) clientAddr(remote string, h interface{ Values(string) []string
 			}
 		}
 	}
-	host, _, err := net.SplitHostPort(remote)
-	if err != nil {
-		return remote
-	}
 	return host
+}
+
+// trustedProxy reports whether a connection from host (an IP address)
+// comes from one of the trusted proxies.
+func (s *Service) trustedProxy(host string) bool {
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap().WithZone("")
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // headerIP reads a proxy header's address: an IP address, or one with a
