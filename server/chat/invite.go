@@ -34,8 +34,18 @@ type inviteDoc struct {
 	RevokedAt  *time.Time    `bson:"revokedAt,omitempty"`
 }
 
-// maxListedInvites bounds ListInviteLinks.
-const maxListedInvites = 100
+// maxListedInvites bounds ListInviteLinks' revoked and expired links;
+// maxActiveInvites bounds the links of a group in use (neither revoked
+// nor expired), which ListInviteLinks always lists all of, so that an
+// admin can see and revoke every link another made.
+const (
+	maxListedInvites = 100
+	maxActiveInvites = 100
+)
+
+// errTooManyInvites refuses a link past maxActiveInvites.
+var errTooManyInvites = connect.NewError(connect.CodeFailedPrecondition,
+	fmt.Errorf("a group has at most %d invite links in use; revoke one first", maxActiveInvites))
 
 var inviteIndexes = []mongo.IndexModel{
 	// ListInviteLinks: a group's links, the newest first.
@@ -76,17 +86,55 @@ func (s *store) invite(ctx context.Context, code string) (*inviteDoc, error) {
 	return &d, nil
 }
 
-func (s *store) invitesOf(ctx context.Context, chatID bson.ObjectID) ([]inviteDoc, error) {
-	cur, err := s.invites.Find(ctx, bson.D{{Key: "chatId", Value: chatID}},
-		options.Find().SetSort(bson.D{{Key: "createdAt", Value: -1}}).SetLimit(maxListedInvites))
+// activeInvites is the filter of a group's links in use at now: neither
+// revoked nor expired (whether joins are left or not).
+func activeInvites(chatID bson.ObjectID, now time.Time) bson.D {
+	return bson.D{
+		{Key: "chatId", Value: chatID},
+		{Key: "revokedAt", Value: bson.D{{Key: "$exists", Value: false}}},
+		{Key: "$or", Value: bson.A{
+			bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$exists", Value: false}}}},
+			bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: now}}}},
+		}},
+	}
+}
+
+// activeInviteCount counts a group's links in use.
+func (s *store) activeInviteCount(ctx context.Context, chatID bson.ObjectID) (int64, error) {
+	n, err := s.invites.CountDocuments(ctx, activeInvites(chatID, s.nowMs()))
 	if err != nil {
-		return nil, fmt.Errorf("list invites: %w", err)
+		return 0, fmt.Errorf("count invites: %w", err)
 	}
-	var out []inviteDoc
-	if err := cur.All(ctx, &out); err != nil {
-		return nil, fmt.Errorf("list invites: %w", err)
+	return n, nil
+}
+
+// invitesOf returns the group's links in use, all of them, the newest
+// first, then its revoked and expired ones, the newest first, up to
+// maxListedInvites of those.
+func (s *store) invitesOf(ctx context.Context, chatID bson.ObjectID) ([]inviteDoc, error) {
+	now := s.nowMs()
+	newest := bson.D{{Key: "createdAt", Value: -1}}
+	var out, old []inviteDoc
+	for _, q := range []struct {
+		filter bson.D
+		opts   *options.FindOptionsBuilder
+		into   *[]inviteDoc
+	}{
+		{activeInvites(chatID, now), options.Find().SetSort(newest), &out},
+		{bson.D{{Key: "chatId", Value: chatID}, {Key: "$or", Value: bson.A{
+			bson.D{{Key: "revokedAt", Value: bson.D{{Key: "$exists", Value: true}}}},
+			bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$lte", Value: now}}}},
+		}}}, options.Find().SetSort(newest).SetLimit(maxListedInvites), &old},
+	} {
+		cur, err := s.invites.Find(ctx, q.filter, q.opts)
+		if err != nil {
+			return nil, fmt.Errorf("list invites: %w", err)
+		}
+		if err := cur.All(ctx, q.into); err != nil {
+			return nil, fmt.Errorf("list invites: %w", err)
+		}
 	}
-	return out, nil
+	return append(out, old...), nil
 }
 
 // revokeInvite revokes the group's link, once, and returns it.
@@ -167,6 +215,13 @@ func (s *Service) CreateInviteLink(
 			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("expire_time: not in the future"))
 		}
 		d.ExpiresAt = &at
+	}
+	// Racing creations may pass the bound by a few; every link in use
+	// is still listed.
+	if n, err := s.store.activeInviteCount(ctx, c.ID); err != nil {
+		return nil, s.internal(ctx, "create invite link", err)
+	} else if n >= maxActiveInvites {
+		return nil, errTooManyInvites
 	}
 	if err := s.store.insertInvite(ctx, d); err != nil {
 		return nil, s.internal(ctx, "create invite link", err)

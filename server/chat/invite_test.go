@@ -307,3 +307,54 @@ func TestGroupAvatar_AdminDemotedWhileWaiting(t *testing.T) {
 		t.Errorf("the group's avatar is %q after a change its caller was no longer admin for; want none", got)
 	}
 }
+
+// TestInvites_EveryLinkInUseListed: a group's links in use are bounded,
+// and all listed, however many revoked ones came after them, so that an
+// admin can always find and revoke a link another made.
+func TestInvites_EveryLinkInUseListed(t *testing.T) {
+	servertest.SkipOnEmbeddedMongo(t) // hundreds of calls; minutes on FerretDB 1.x
+	srv := servertest.New(t)
+	admin := newUser(t, srv, servertest.Protocols[0])
+	g := group(t, admin, "g")
+	list := func() []*parleyv1.InviteLink {
+		t.Helper()
+		res, err := admin.chats.ListInviteLinks(context.Background(), req(admin, &parleyv1.ListInviteLinksRequest{ChatId: g.GetId()}))
+		if err != nil {
+			t.Fatalf("ListInviteLinks: %v", err)
+		}
+		return res.Msg.GetInviteLinks()
+	}
+	revoke := func(code string) {
+		t.Helper()
+		if _, err := admin.chats.RevokeInviteLink(context.Background(), req(admin, &parleyv1.RevokeInviteLinkRequest{ChatId: g.GetId(), Code: code})); err != nil {
+			t.Fatalf("RevokeInviteLink: %v", err)
+		}
+	}
+	secret := createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId()})
+	for range 100 {
+		revoke(createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId()}).GetCode())
+	}
+	links := list()
+	if len(links) == 0 || links[0].GetCode() != secret.GetCode() {
+		t.Fatalf("the link in use is not listed first among %d links", len(links))
+	}
+	if len(links) != 101 || links[1].GetRevokedAt() == nil {
+		t.Errorf("%d links listed, want the one in use and the 100 newest revoked", len(links))
+	}
+	for range 99 {
+		createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId()})
+	}
+	_, err := admin.chats.CreateInviteLink(context.Background(), req(admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId()}))
+	wantCode(t, err, connect.CodeFailedPrecondition)
+	inUse := 0
+	for _, l := range list() {
+		if l.GetRevokedAt() == nil {
+			inUse++
+		}
+	}
+	if inUse != 100 {
+		t.Errorf("%d links in use listed, want 100", inUse)
+	}
+	revoke(secret.GetCode())
+	createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId()})
+}
