@@ -31,13 +31,17 @@ type inviteDoc struct {
 	ExpiresAt  *time.Time    `bson:"expiresAt,omitempty"`
 	UsageLimit int           `bson:"usageLimit,omitempty"`
 	Uses       int           `bson:"uses"`
-	RevokedAt  *time.Time    `bson:"revokedAt,omitempty"`
+	// Left is how many joins a link with a UsageLimit has left (absent
+	// on a link without one), kept beside Uses so that a query can tell
+	// a used-up link from one in use.
+	Left      int        `bson:"left,omitempty"`
+	RevokedAt *time.Time `bson:"revokedAt,omitempty"`
 }
 
-// maxListedInvites bounds ListInviteLinks' revoked and expired links;
-// maxActiveInvites bounds the links of a group in use (neither revoked
-// nor expired), which ListInviteLinks always lists all of, so that an
-// admin can see and revoke every link another made.
+// maxListedInvites bounds ListInviteLinks' links out of use (revoked,
+// expired or used up); maxActiveInvites bounds the links of a group in
+// use, which ListInviteLinks always lists all of, so that an admin can
+// see and revoke every link another made.
 const (
 	maxListedInvites = 100
 	maxActiveInvites = 100
@@ -86,17 +90,53 @@ func (s *store) invite(ctx context.Context, code string) (*inviteDoc, error) {
 	return &d, nil
 }
 
-// activeInvites is the filter of a group's links in use at now: neither
-// revoked nor expired (whether joins are left or not).
-func activeInvites(chatID bson.ObjectID, now time.Time) bson.D {
+// backfillInviteLeft gives the links with a usage limit made before
+// inviteDoc.Left existed the joins they have left, so that they count as
+// in use while they do. Cheap once done: none is left to find.
+func backfillInviteLeft(ctx context.Context, db *mongo.Database) error {
+	invites := db.Collection("invites")
+	cur, err := invites.Find(ctx, bson.D{
+		{Key: "usageLimit", Value: bson.D{{Key: "$gt", Value: 0}}}, {Key: "left", Value: bson.D{{Key: "$exists", Value: false}}},
+	})
+	if err != nil {
+		return fmt.Errorf("invites without joins left: %w", err)
+	}
+	var ds []inviteDoc
+	if err := cur.All(ctx, &ds); err != nil {
+		return fmt.Errorf("invites without joins left: %w", err)
+	}
+	for _, d := range ds {
+		_, err := invites.UpdateOne(ctx, bson.D{{Key: "_id", Value: d.Code}, {Key: "left", Value: bson.D{{Key: "$exists", Value: false}}}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "left", Value: max(d.UsageLimit-d.Uses, 0)}}}})
+		if err != nil {
+			return fmt.Errorf("invite's joins left: %w", err)
+		}
+	}
+	return nil
+}
+
+// inUse is the condition of a link in use at now: not revoked, not
+// expired, and with joins left if it has a limit.
+func inUse(now time.Time) bson.D {
 	return bson.D{
-		{Key: "chatId", Value: chatID},
 		{Key: "revokedAt", Value: bson.D{{Key: "$exists", Value: false}}},
-		{Key: "$or", Value: bson.A{
-			bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$exists", Value: false}}}},
-			bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: now}}}},
+		{Key: "$and", Value: bson.A{
+			bson.D{{Key: "$or", Value: bson.A{
+				bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$exists", Value: false}}}},
+				bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: now}}}},
+			}}},
+			bson.D{{Key: "$or", Value: bson.A{
+				bson.D{{Key: "usageLimit", Value: bson.D{{Key: "$exists", Value: false}}}},
+				bson.D{{Key: "usageLimit", Value: bson.D{{Key: "$lte", Value: 0}}}},
+				bson.D{{Key: "left", Value: bson.D{{Key: "$gt", Value: 0}}}},
+			}}},
 		}},
 	}
+}
+
+// activeInvites is the filter of a group's links in use at now.
+func activeInvites(chatID bson.ObjectID, now time.Time) bson.D {
+	return append(bson.D{{Key: "chatId", Value: chatID}}, inUse(now)...)
 }
 
 // activeInviteCount counts a group's links in use.
@@ -108,9 +148,10 @@ func (s *store) activeInviteCount(ctx context.Context, chatID bson.ObjectID) (in
 	return n, nil
 }
 
-// invitesOf returns the group's links in use, all of them, the newest
-// first, then its revoked and expired ones, the newest first, up to
-// maxListedInvites of those.
+// invitesOf returns the group's links in use, all of them (racing
+// creations may pass maxActiveInvites by a few; the answer stays
+// bounded), the newest first, then its links out of use, the newest
+// first, up to maxListedInvites of those.
 func (s *store) invitesOf(ctx context.Context, chatID bson.ObjectID) ([]inviteDoc, error) {
 	now := s.nowMs()
 	newest := bson.D{{Key: "createdAt", Value: -1}}
@@ -120,11 +161,9 @@ func (s *store) invitesOf(ctx context.Context, chatID bson.ObjectID) ([]inviteDo
 		opts   *options.FindOptionsBuilder
 		into   *[]inviteDoc
 	}{
-		{activeInvites(chatID, now), options.Find().SetSort(newest), &out},
-		{bson.D{{Key: "chatId", Value: chatID}, {Key: "$or", Value: bson.A{
-			bson.D{{Key: "revokedAt", Value: bson.D{{Key: "$exists", Value: true}}}},
-			bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$lte", Value: now}}}},
-		}}}, options.Find().SetSort(newest).SetLimit(maxListedInvites), &old},
+		{activeInvites(chatID, now), options.Find().SetSort(newest).SetLimit(2 * maxActiveInvites), &out},
+		{bson.D{{Key: "chatId", Value: chatID}, {Key: "$nor", Value: bson.A{inUse(now)}}},
+			options.Find().SetSort(newest).SetLimit(maxListedInvites), &old},
 	} {
 		cur, err := s.invites.Find(ctx, q.filter, q.opts)
 		if err != nil {
@@ -174,9 +213,13 @@ func (s *store) useInvite(ctx context.Context, d *inviteDoc, delta int) (bool, e
 			filter = append(filter, bson.E{Key: "uses", Value: bson.D{{Key: "$lt", Value: d.UsageLimit}}})
 		}
 	}
+	inc := bson.D{{Key: "uses", Value: delta}}
+	if d.UsageLimit > 0 {
+		inc = append(inc, bson.E{Key: "left", Value: -delta})
+	}
 	var res *mongo.UpdateResult
 	err := s.locked(ctx, "invite:"+d.Code, func() (err error) {
-		res, err = s.invites.UpdateOne(ctx, filter, bson.D{{Key: "$inc", Value: bson.D{{Key: "uses", Value: delta}}}})
+		res, err = s.invites.UpdateOne(ctx, filter, bson.D{{Key: "$inc", Value: inc}})
 		return err
 	})
 	if err != nil {
@@ -208,7 +251,8 @@ func (s *Service) CreateInviteLink(
 		return nil, err
 	}
 	now := s.store.nowMs()
-	d := &inviteDoc{Code: newInviteCode(), ChatID: c.ID, CreatorID: id.UserID, CreatedAt: now, UsageLimit: int(req.Msg.GetUsageLimit())}
+	d := &inviteDoc{Code: newInviteCode(), ChatID: c.ID, CreatorID: id.UserID, CreatedAt: now,
+		UsageLimit: int(req.Msg.GetUsageLimit()), Left: int(req.Msg.GetUsageLimit())}
 	if t := req.Msg.GetExpireTime(); t != nil {
 		at := t.AsTime().UTC().Truncate(time.Millisecond)
 		if !at.After(now) {

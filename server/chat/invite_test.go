@@ -341,15 +341,22 @@ func TestInvites_EveryLinkInUseListed(t *testing.T) {
 	if len(links) != 101 || links[1].GetRevokedAt() == nil {
 		t.Errorf("%d links listed, want the one in use and the 100 newest revoked", len(links))
 	}
+	// A link whose joins are all taken is in use no more.
+	single := createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId(), UsageLimit: 1})
+	if _, err := join(newUser(t, srv, servertest.Protocols[0]), single.GetCode()); err != nil {
+		t.Fatalf("join by a link of one join: %v", err)
+	}
 	for range 99 {
 		createInvite(t, admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId()})
 	}
 	_, err := admin.chats.CreateInviteLink(context.Background(), req(admin, &parleyv1.CreateInviteLinkRequest{ChatId: g.GetId()}))
 	wantCode(t, err, connect.CodeFailedPrecondition)
 	inUse := 0
-	for _, l := range list() {
-		if l.GetRevokedAt() == nil {
-			inUse++
+	for i, l := range list() {
+		if l.GetRevokedAt() == nil && l.GetCode() != single.GetCode() {
+			if inUse++; i != inUse-1 {
+				t.Errorf("a link in use listed %dth, after links out of use", i+1)
+			}
 		}
 	}
 	if inUse != 100 {

@@ -102,6 +102,9 @@ func Prepare(ctx context.Context, log *slog.Logger, db *mongo.Database) error {
 	if err := backfillEmpty(ctx, log, db); err != nil {
 		return err
 	}
+	if err := backfillInviteLeft(ctx, db); err != nil {
+		return err
+	}
 	if v.Version < schemaVersion {
 		_, err := meta.UpdateOne(ctx, bson.D{{Key: "_id", Value: "chat"}},
 			bson.D{{Key: "$set", Value: bson.D{{Key: "version", Value: schemaVersion}}}}, options.UpdateOne().SetUpsert(true))

@@ -156,11 +156,12 @@ type ChatServiceClient interface {
 	UpdateChatSettings(context.Context, *connect.Request[v1.UpdateChatSettingsRequest]) (*connect.Response[v1.UpdateChatSettingsResponse], error)
 	// CreateInviteLink makes a link (a code) by which anyone may join the
 	// group, optionally until a time and for a number of joins. Admins only.
-	// A group has at most 100 links in use (neither revoked nor expired):
-	// FAILED_PRECONDITION beyond, until one is revoked.
+	// A group has at most 100 links in use (not revoked, expired or used
+	// up): FAILED_PRECONDITION beyond, until one is revoked.
 	CreateInviteLink(context.Context, *connect.Request[v1.CreateInviteLinkRequest]) (*connect.Response[v1.CreateInviteLinkResponse], error)
 	// ListInviteLinks lists the group's invite links: every link in use, the
-	// newest first, then the 100 newest revoked or expired ones. Admins only.
+	// newest first, then the 100 newest revoked, expired or used-up ones.
+	// Admins only.
 	ListInviteLinks(context.Context, *connect.Request[v1.ListInviteLinksRequest]) (*connect.Response[v1.ListInviteLinksResponse], error)
 	// RevokeInviteLink ends an invite link: nobody joins by it any more.
 	// Admins only.
@@ -481,11 +482,12 @@ type ChatServiceHandler interface {
 	UpdateChatSettings(context.Context, *connect.Request[v1.UpdateChatSettingsRequest]) (*connect.Response[v1.UpdateChatSettingsResponse], error)
 	// CreateInviteLink makes a link (a code) by which anyone may join the
 	// group, optionally until a time and for a number of joins. Admins only.
-	// A group has at most 100 links in use (neither revoked nor expired):
-	// FAILED_PRECONDITION beyond, until one is revoked.
+	// A group has at most 100 links in use (not revoked, expired or used
+	// up): FAILED_PRECONDITION beyond, until one is revoked.
 	CreateInviteLink(context.Context, *connect.Request[v1.CreateInviteLinkRequest]) (*connect.Response[v1.CreateInviteLinkResponse], error)
 	// ListInviteLinks lists the group's invite links: every link in use, the
-	// newest first, then the 100 newest revoked or expired ones. Admins only.
+	// newest first, then the 100 newest revoked, expired or used-up ones.
+	// Admins only.
 	ListInviteLinks(context.Context, *connect.Request[v1.ListInviteLinksRequest]) (*connect.Response[v1.ListInviteLinksResponse], error)
 	// RevokeInviteLink ends an invite link: nobody joins by it any more.
 	// Admins only.

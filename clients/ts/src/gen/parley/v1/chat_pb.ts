@@ -1335,8 +1335,8 @@ export const ChatService: GenService<{
   /**
    * CreateInviteLink makes a link (a code) by which anyone may join the
    * group, optionally until a time and for a number of joins. Admins only.
-   * A group has at most 100 links in use (neither revoked nor expired):
-   * FAILED_PRECONDITION beyond, until one is revoked.
+   * A group has at most 100 links in use (not revoked, expired or used
+   * up): FAILED_PRECONDITION beyond, until one is revoked.
    *
    * @generated from rpc parley.v1.ChatService.CreateInviteLink
    */
@@ -1347,7 +1347,8 @@ export const ChatService: GenService<{
   },
   /**
    * ListInviteLinks lists the group's invite links: every link in use, the
-   * newest first, then the 100 newest revoked or expired ones. Admins only.
+   * newest first, then the 100 newest revoked, expired or used-up ones.
+   * Admins only.
    *
    * @generated from rpc parley.v1.ChatService.ListInviteLinks
    */
