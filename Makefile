@@ -228,7 +228,7 @@ ci: ## Everything CI checks (check-generated, lint, test, fuzz-and-bench-quick).
 	@took=(); \
 	for step in $(CI_STEPS); do \
 		start=$$SECONDS; \
-		$(MAKE) --no-print-directory $$step || { echo "make ci: $$step FAILED after $$((SECONDS - start))s" >&2; exit 1; }; \
+		$(MAKE) --no-print-directory $$step || { rc=$$?; echo "make ci: $$step FAILED after $$((SECONDS - start))s" >&2; exit $$rc; }; \
 		took+=("$$step $$((SECONDS - start))s"); \
 		printf -v times '%s, ' "$${took[@]}"; echo "make ci: time per step so far: $${times%, }"; \
 	done

@@ -237,7 +237,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.DurationVar(&c.AccessTokenTTL, "access-token-ttl", e.duration("PARLEY_ACCESS_TOKEN_TTL", auth.MaxAccessTTL), "lifetime of an access token, at most 15m (PARLEY_ACCESS_TOKEN_TTL)")
 	fs.DurationVar(&c.SessionTTL, "session-ttl", e.duration("PARLEY_SESSION_TTL", 30*24*time.Hour), "how long a session lasts without a refresh (PARLEY_SESSION_TTL)")
 	fs.StringVar(&c.ClientIPHeader, "client-ip-header", e.str("PARLEY_CLIENT_IP_HEADER", ""), "`header` a trusted reverse proxy sets to the client's IP, e.g. X-Real-IP; empty: use the connection's address (PARLEY_CLIENT_IP_HEADER)")
-	trusted := fs.String("trusted-proxies", e.str("PARLEY_TRUSTED_PROXIES", prefixList(app.DefaultTrustedProxies)), "comma-separated `networks` (CIDR, or single addresses) whose connections' -client-ip-header counts; from other peers it is ignored (PARLEY_TRUSTED_PROXIES)")
+	trusted := fs.String("trusted-proxies", e.str("PARLEY_TRUSTED_PROXIES", prefixList(app.DefaultTrustedProxies)), "comma-separated `networks` (CIDR, or single addresses) whose connections' -client-ip-header counts; from other peers it is ignored; none: no peer (PARLEY_TRUSTED_PROXIES)")
 	rl := auth.DefaultRateLimits
 	fs.IntVar(&c.RateLimits.LoginFailuresPerAccount, "login-failures-per-account", int(e.int64("PARLEY_LOGIN_FAILURES_PER_ACCOUNT", int64(rl.LoginFailuresPerAccount))), "failed logins one account may have from one client address per -login-window (PARLEY_LOGIN_FAILURES_PER_ACCOUNT)")
 	fs.IntVar(&c.RateLimits.LoginFailuresPerAccountTotal, "login-failures-per-account-total", int(e.int64("PARLEY_LOGIN_FAILURES_PER_ACCOUNT_TOTAL", int64(rl.LoginFailuresPerAccountTotal))), "failed logins one account may have from all addresses per -login-window, past which only the networks it signed in from lately may try; 0: three times -login-failures-per-account (PARLEY_LOGIN_FAILURES_PER_ACCOUNT_TOTAL)")
@@ -325,13 +325,20 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	c.JWTVerifyKeyFiles = splitList(*verifyKeys)
 	c.TrustedProxies = []netip.Prefix{}
 	for _, v := range splitList(*trusted) {
+		if v == "none" {
+			continue
+		}
 		p, err := netip.ParsePrefix(v)
 		if err != nil {
 			a, aerr := netip.ParseAddr(v)
 			if aerr != nil {
 				return opts, fmt.Errorf("-trusted-proxies: %q is neither a network (CIDR) nor an address", v)
 			}
-			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		// Peers are matched unmapped: an IPv4-mapped network is its IPv4 one.
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 		}
 		c.TrustedProxies = append(c.TrustedProxies, p.Masked())
 	}

@@ -351,16 +351,18 @@ func TestParseArgs_TrustedProxies(t *testing.T) {
 	if got, err := parse(); err != nil || !slices.Equal(got, app.DefaultTrustedProxies) {
 		t.Errorf("default: %v, %v; want %v", got, err, app.DefaultTrustedProxies)
 	}
-	got, err := parse("-trusted-proxies", "203.0.113.7, 198.51.100.9/24,2001:db8::1,::ffff:192.0.2.1")
+	got, err := parse("-trusted-proxies", "203.0.113.7, 198.51.100.9/24,2001:db8::1,::ffff:192.0.2.1,::ffff:10.0.0.0/104")
 	want := []netip.Prefix{
 		netip.MustParsePrefix("203.0.113.7/32"), netip.MustParsePrefix("198.51.100.0/24"),
-		netip.MustParsePrefix("2001:db8::1/128"), netip.MustParsePrefix("192.0.2.1/32"),
+		netip.MustParsePrefix("2001:db8::1/128"), netip.MustParsePrefix("192.0.2.1/32"), netip.MustParsePrefix("10.0.0.0/8"),
 	}
 	if err != nil || !slices.Equal(got, want) {
 		t.Errorf("-trusted-proxies: %v, %v; want %v", got, err, want)
 	}
-	if got, err := parse("-trusted-proxies", ""); err != nil || got == nil || len(got) != 0 {
-		t.Errorf("-trusted-proxies '': %v, %v; want none (not the default)", got, err)
+	for _, none := range []string{"", "none"} {
+		if got, err := parse("-trusted-proxies", none); err != nil || got == nil || len(got) != 0 {
+			t.Errorf("-trusted-proxies %q: %v, %v; want none (not the default)", none, got, err)
+		}
 	}
 	if _, err := parse("-trusted-proxies", "10.0.0.0/8,proxy.internal"); err == nil || !strings.Contains(err.Error(), "proxy.internal") {
 		t.Errorf("-trusted-proxies with a host name: %v, want an error naming it", err)

@@ -249,7 +249,11 @@ func writeReport(b *strings.Builder, recs []record, m meta, calls storeCalls, ch
 		p("(`/debug/pprof/profile`) over the measured window of the first run of each\n")
 		p("workload named: the top entries by the time spent in the function itself\n")
 		p("(`go tool pprof -top`). What they show, and what was done about it, is in\n")
-		p("\"What bounds the targets missed\" above and, measured, in `bench/README.md`.\n\n")
+		if missed > 0 {
+			p("\"What bounds the targets missed\" above and, measured, in `bench/README.md`.\n\n")
+		} else {
+			p("`bench/README.md`.\n\n")
+		}
 		for _, l := range slices.Sorted(maps.Keys(profiles)) {
 			p("### %s\n\n```\n%s```\n\n", l, profiles[l])
 		}

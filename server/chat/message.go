@@ -324,12 +324,13 @@ func (s *Service) SendMessage(
 
 // sendChecks checks that the sender may send to the chat: it is a member,
 // and in a private chat the other member did not decline it nor block
-// the sender; the sender's reply accepts a request made to it. It returns
-// the chat as checked, the version it was read at (see sendCache), from
-// the cache when cached, else from the store ("": no version), and the
-// floor of the seq to take (see tryInsert). Only a chat read from the
-// store refuses a send or accepts a request: a cached entry that would
-// do either may be stale, and the checks are made again on the store's.
+// the sender. It returns the chat as checked, the version it was read at
+// (see sendCache), from the cache when cached, else from the store ("":
+// no version), and the floor of the seq to take (see tryInsert). Only a
+// chat read from the store refuses a send or answers a request made to
+// the sender (which acceptOnSend then accepts, once the send's other
+// checks passed): a cached entry that would do either may be stale, and
+// the checks are made again on the store's.
 func (s *Service) sendChecks(ctx context.Context, chatID bson.ObjectID, sender int, msg *parleyv1.SendMessageRequest, cached bool) (*chatDoc, string, int64, error) {
 	mode := uncached
 	if cached {

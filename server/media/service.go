@@ -227,8 +227,8 @@ func (s *Service) CreateUpload(
 		return nil, connect.NewError(connect.CodeInvalidArgument,
 			fmt.Errorf("size: %d bytes is over the limit of %d bytes for a %s", m.Size, limit, class))
 	}
-	// The hourly budget counts uploads that could be made, not requests
-	// refused for what they ask.
+	// The hourly budget is taken after the checks of what the request
+	// asks (its chat, its type, its size), which refuse it for nothing.
 	allowed, err := s.limiter.Allow(ctx, fmt.Sprintf("%smedia:uploads:%d", s.cfg.RedisPrefix, id.UserID), redis_rate.PerHour(s.cfg.UploadsPerHour))
 	if err != nil {
 		return nil, rpcerr.From(ctx, s.log, "create upload", err)
