@@ -8,6 +8,15 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
+# Every go command here leaves the checkout's path out of what it builds
+# (-trimpath), so that the build cache serves a clone at any path: a clean
+# clone (as CI makes one) recompiles only what changed, where otherwise
+# it recompiled every package of the module, with and without the race
+# detector, and each fuzz target's instrumented build.
+ifeq ($(filter -trimpath,$(GOFLAGS)),)
+export GOFLAGS := $(strip $(GOFLAGS) -trimpath)
+endif
+
 GO_TOOL := go tool -modfile=tools/go.mod
 BUF := $(GO_TOOL) buf
 # validate.proto is copied here from the pinned Go module (never committed).
