@@ -115,23 +115,25 @@ func backfillInviteLeft(ctx context.Context, db *mongo.Database) error {
 	return nil
 }
 
-// inUse is the condition of a link in use at now: not revoked, not
-// expired, and with joins left if it has a limit.
-func inUse(now time.Time) bson.D {
+// openLink is the condition of a link neither revoked nor expired at now.
+func openLink(now time.Time) bson.D {
 	return bson.D{
 		{Key: "revokedAt", Value: bson.D{{Key: "$exists", Value: false}}},
-		{Key: "$and", Value: bson.A{
-			bson.D{{Key: "$or", Value: bson.A{
-				bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$exists", Value: false}}}},
-				bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: now}}}},
-			}}},
-			bson.D{{Key: "$or", Value: bson.A{
-				bson.D{{Key: "usageLimit", Value: bson.D{{Key: "$exists", Value: false}}}},
-				bson.D{{Key: "usageLimit", Value: bson.D{{Key: "$lte", Value: 0}}}},
-				bson.D{{Key: "left", Value: bson.D{{Key: "$gt", Value: 0}}}},
-			}}},
+		{Key: "$or", Value: bson.A{
+			bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$exists", Value: false}}}},
+			bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: now}}}},
 		}},
 	}
+}
+
+// inUse is the condition of a link in use at now: open (openLink), and with joins
+// left if it has a limit.
+func inUse(now time.Time) bson.D {
+	return bson.D{{Key: "$and", Value: bson.A{openLink(now), bson.D{{Key: "$or", Value: bson.A{
+		bson.D{{Key: "usageLimit", Value: bson.D{{Key: "$exists", Value: false}}}},
+		bson.D{{Key: "usageLimit", Value: bson.D{{Key: "$lte", Value: 0}}}},
+		bson.D{{Key: "left", Value: bson.D{{Key: "$gt", Value: 0}}}},
+	}}}}}}
 }
 
 // activeInvites is the filter of a group's links in use at now.
@@ -154,26 +156,26 @@ func (s *store) activeInviteCount(ctx context.Context, chatID bson.ObjectID) (in
 // first, up to maxListedInvites of those.
 func (s *store) invitesOf(ctx context.Context, chatID bson.ObjectID) ([]inviteDoc, error) {
 	now := s.nowMs()
-	newest := bson.D{{Key: "createdAt", Value: -1}}
-	var out, old []inviteDoc
-	for _, q := range []struct {
-		filter bson.D
-		opts   *options.FindOptionsBuilder
-		into   *[]inviteDoc
-	}{
-		{activeInvites(chatID, now), options.Find().SetSort(newest).SetLimit(2 * maxActiveInvites), &out},
-		{bson.D{{Key: "chatId", Value: chatID}, {Key: "$nor", Value: bson.A{inUse(now)}}},
-			options.Find().SetSort(newest).SetLimit(maxListedInvites), &old},
-	} {
-		cur, err := s.invites.Find(ctx, q.filter, q.opts)
+	var out []inviteDoc
+	newest := func(filter bson.D, limit int64) error {
+		cur, err := s.invites.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "createdAt", Value: -1}}).SetLimit(limit))
 		if err != nil {
-			return nil, fmt.Errorf("list invites: %w", err)
+			return fmt.Errorf("list invites: %w", err)
 		}
-		if err := cur.All(ctx, q.into); err != nil {
-			return nil, fmt.Errorf("list invites: %w", err)
+		var ds []inviteDoc
+		if err := cur.All(ctx, &ds); err != nil {
+			return fmt.Errorf("list invites: %w", err)
 		}
+		out = append(out, ds...)
+		return nil
 	}
-	return append(out, old...), nil
+	if err := newest(activeInvites(chatID, now), 2*maxActiveInvites); err != nil {
+		return nil, err
+	}
+	if err := newest(bson.D{{Key: "chatId", Value: chatID}, {Key: "$nor", Value: bson.A{inUse(now)}}}, maxListedInvites); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // revokeInvite revokes the group's link, once, and returns it.
@@ -202,13 +204,7 @@ func (s *store) revokeInvite(ctx context.Context, chatID bson.ObjectID, code str
 func (s *store) useInvite(ctx context.Context, d *inviteDoc, delta int) (bool, error) {
 	filter := bson.D{{Key: "_id", Value: d.Code}}
 	if delta > 0 {
-		now := s.nowMs()
-		filter = append(filter,
-			bson.E{Key: "revokedAt", Value: bson.D{{Key: "$exists", Value: false}}},
-			bson.E{Key: "$or", Value: bson.A{
-				bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$exists", Value: false}}}},
-				bson.D{{Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: now}}}},
-			}})
+		filter = append(filter, openLink(s.nowMs())...)
 		if d.UsageLimit > 0 {
 			filter = append(filter, bson.E{Key: "uses", Value: bson.D{{Key: "$lt", Value: d.UsageLimit}}})
 		}

@@ -508,7 +508,7 @@ func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int, msg *
 	}
 	// A reply accepts a request; an acceptance whose announcement
 	// failed is announced by the next send.
-	if c.Request != nil && c.Request.StarterID != sender || c.AcceptedBy != 0 {
+	if c.answeredBy(sender) {
 		if hit {
 			return nil, "", errRecheck
 		}
@@ -526,7 +526,7 @@ func (s *Service) checkSend(ctx context.Context, e *sendEntry, sender int, msg *
 // it forwards leaves the request as it was. c is the chat as sendChecks
 // returned it.
 func (s *Service) acceptOnSend(ctx context.Context, c *chatDoc, sender int) error {
-	if c.Type != typePrivate || c.declined() || !(c.Request != nil && c.Request.StarterID != sender || c.AcceptedBy != 0) {
+	if c.Type != typePrivate || c.declined() || !c.answeredBy(sender) {
 		return nil
 	}
 	if err := s.accept(ctx, c, sender); err != nil {

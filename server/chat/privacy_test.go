@@ -439,16 +439,27 @@ func TestPrivacy_RequestEvents(t *testing.T) {
 	// A marker: once alice has her own message's event, anything bob's
 	// stream and reading caused before it would have arrived.
 	marker := alice.send(t, c.GetId(), "marker")
+	for _, ev := range eventsUntil(t, aliceEvents, marker.GetId()) {
+		if ev.GetPresence() != nil || ev.GetPositionsChanged() != nil || ev.GetTyping() != nil {
+			t.Fatalf("the starter of a request got %v", ev)
+		}
+	}
+}
+
+// eventsUntil returns the events of a stream (from online) that come
+// before the one of the message created with id, which a test sends as a
+// marker: what was published before it has arrived by then.
+func eventsUntil(t *testing.T, events <-chan *parleyv1.Event, id string) []*parleyv1.Event {
+	t.Helper()
+	var out []*parleyv1.Event
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
-		case ev := <-aliceEvents:
-			if ev.GetPresence() != nil || ev.GetPositionsChanged() != nil || ev.GetTyping() != nil {
-				t.Fatalf("the starter of a request got %v", ev)
+		case ev := <-events:
+			if ev.GetMessageCreated().GetMessage().GetId() == id {
+				return out
 			}
-			if ev.GetMessageCreated().GetMessage().GetId() == marker.GetId() {
-				return
-			}
+			out = append(out, ev)
 		case <-timeout:
 			t.Fatal("no event of the marker message")
 		}
@@ -848,21 +859,10 @@ func TestPrivacy_GroupTypingSkipsBlockers(t *testing.T) {
 	}
 	// A marker after the typing: the blocker would have heard of it first.
 	marker := alice.send(t, g.GetId(), "marker")
-	heard := func(events <-chan *parleyv1.Event) (typing bool) {
-		timeout := time.After(10 * time.Second)
-		for {
-			select {
-			case ev := <-events:
-				if ev.GetTyping().GetUserId() == alice.id {
-					typing = true
-				}
-				if ev.GetMessageCreated().GetMessage().GetId() == marker.GetId() {
-					return typing
-				}
-			case <-timeout:
-				t.Fatal("no event of the marker message")
-			}
-		}
+	heard := func(events <-chan *parleyv1.Event) bool {
+		return slices.ContainsFunc(eventsUntil(t, events, marker.GetId()), func(ev *parleyv1.Event) bool {
+			return ev.GetTyping().GetUserId() == alice.id
+		})
 	}
 	if heard(blockerEvents) {
 		t.Error("the member who blocked alice saw her typing in the group")

@@ -128,6 +128,13 @@ type requestDoc struct {
 	StarterID int `bson:"starterId"`
 }
 
+// answeredBy reports whether a send by sender answers the private chat's
+// request (sender is its recipient), or announces an acceptance whose
+// announcement failed: either way, the send accepts it.
+func (c *chatDoc) answeredBy(sender int) bool {
+	return c.Request != nil && c.Request.StarterID != sender || c.AcceptedBy != 0
+}
+
 // declined reports whether the chat is a request its recipient declined.
 func (c *chatDoc) declined() bool {
 	return c.Request != nil && len(c.HiddenFor) > 0
