@@ -116,13 +116,31 @@ func (s *store) restoreEmoji(ctx context.Context, messageID bson.ObjectID, emoji
 // it. An add of the emoji that raced in (its update found the emoji still
 // there) is seen either here, by the second look after the pull, or by
 // the add itself, which reads the emojis after storing its reaction (see
-// Service.AddReaction); either puts the emoji back.
+// Service.AddReaction); either puts the emoji back. The pull is made only
+// if the reactions' version is still the one read before the first look:
+// an add that stored its reaction and read the emojis (bumpReactions)
+// after that look, but before the pull, has answered that its emoji is
+// there, and must not lose it to the pull (nor its place to another
+// emoji before the emoji could be put back).
 func (s *store) dropEmoji(ctx context.Context, messageID bson.ObjectID, emoji string) error {
+	var m messageDoc
+	err := s.messages.FindOne(ctx, bson.D{{Key: "_id", Value: messageID}},
+		options.FindOne().SetProjection(bson.D{{Key: "reactVer", Value: 1}})).Decode(&m)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("drop emoji: %w", err)
+	}
 	if used, err := s.emojiUsed(ctx, messageID, emoji); err != nil || used {
 		return err
 	}
-	err := s.locked(ctx, messageLock(messageID), func() error {
-		_, err := s.messages.UpdateOne(ctx, bson.D{{Key: "_id", Value: messageID}},
+	version := bson.E{Key: "reactVer", Value: m.ReactVer}
+	if m.ReactVer == 0 {
+		version.Value = bson.D{{Key: "$exists", Value: false}}
+	}
+	err = s.locked(ctx, messageLock(messageID), func() error {
+		_, err := s.messages.UpdateOne(ctx, bson.D{{Key: "_id", Value: messageID}, version},
 			bson.D{{Key: "$pull", Value: bson.D{{Key: "emojis", Value: emoji}}}})
 		return err
 	})
